@@ -1,0 +1,19 @@
+//! netmap-compatible port memory for the userspace VALE switch.
+//!
+//! - [`layout`]: `netmap_if`, `netmap_ring`, `netmap_slot` with netmap.h's exact layout.
+//! - [`Region`]: a sealed memfd holding one port's `netmap_if`, rings and buffers.
+//! - [`RingView`], [`BufPool`]: bounds-checked access to rings and buffers that another
+//!   process writes concurrently (atomics and raw copies only, never references).
+//! - [`sync`]: the app/switch sync protocol in the ring's `sem[128]` area.
+//! - [`ring`]: ring index arithmetic and the application side of txsync/rxsync.
+
+mod error;
+pub mod layout;
+mod mem;
+pub mod region;
+pub mod ring;
+pub mod sync;
+
+pub use error::{Error, Result};
+pub use region::{Dir, PortGeometry, Region, RegionLayout};
+pub use ring::{AppRing, BufPool, RingView, copy_frame};

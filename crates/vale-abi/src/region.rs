@@ -1,0 +1,511 @@
+//! A port region: one sealed memfd holding a `netmap_if`, its rings and its buffers, laid
+//! out the way netmap lays out a private allocator, so that `NETMAP_TXRING`,
+//! `NETMAP_RXRING` and `NETMAP_BUF` computed from the `netmap_if` at offset 0 find them.
+//!
+//! Layout (all offsets from the start of the region, which is also the `netmap_if`):
+//! ```text
+//!   0            netmap_if (56 bytes) + ring_ofs[(tx+1) + (rx+1)] (8 bytes each)
+//!   128-aligned  tx rings 0..tx, then rx rings 0..rx: 256-byte header + 16*slots each
+//!   page-aligned buffers 0..nbufs of buf_size bytes (0 and 1 reserved)
+//! ```
+//! `ring_ofs[]` keeps netmap's placeholder for the host ring of each direction (offset 0,
+//! "not bound"), so `NETMAP_RXRING(nifp, i)` indexes `ring_ofs[i + tx + 1]` as it does for
+//! a netmap VALE port. Every slot starts out owning its own buffer, so
+//! `nbufs = 2 + tx*tx_slots + rx*rx_slots` and the region holds nothing it does not need.
+
+use crate::layout::*;
+use crate::mem::Mapping;
+use crate::ring::{BufPool, RingView};
+use crate::{Error, Result};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+/// Largest ring count per direction the layout accepts (netmap's `NETMAP_RING_MASK`).
+pub const ABI_MAX_RINGS: u16 = 0x0fff;
+/// Largest ring the layout accepts, in slots.
+pub const ABI_MAX_SLOTS: u32 = 1 << 20;
+/// Smallest usable ring (one slot is always kept empty).
+pub const ABI_MIN_SLOTS: u32 = 2;
+/// Buffer sizes are multiples of this (netmap's `NM_BUF_ALIGN`), so copies may round up.
+pub const BUF_ALIGN: u32 = 64;
+/// Largest buffer: `len` in a slot is 16 bits.
+pub const ABI_MAX_BUF_SIZE: u32 = 65536 - BUF_ALIGN;
+const PAGE: usize = 4096;
+const RING_ALIGN: usize = 128;
+
+/// The shape of a port: ring counts, ring sizes and buffer size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortGeometry {
+    pub tx_rings: u16,
+    pub rx_rings: u16,
+    pub tx_slots: u32,
+    pub rx_slots: u32,
+    pub buf_size: u32,
+}
+
+impl Default for PortGeometry {
+    /// netmap's defaults for a VALE port: one ring each way, 1024 slots, 2048-byte buffers.
+    fn default() -> Self {
+        PortGeometry {
+            tx_rings: 1,
+            rx_rings: 1,
+            tx_slots: 1024,
+            rx_slots: 1024,
+            buf_size: 2048,
+        }
+    }
+}
+
+impl PortGeometry {
+    /// Checks the limits the layout itself imposes (daemon settings are checked elsewhere).
+    pub fn validate(&self) -> Result<()> {
+        for (what, n) in [("tx_rings", self.tx_rings), ("rx_rings", self.rx_rings)] {
+            if n == 0 || n > ABI_MAX_RINGS {
+                return Err(Error::Geometry(format!(
+                    "{what} is {n}; it must be between 1 and {ABI_MAX_RINGS}"
+                )));
+            }
+        }
+        for (what, n) in [("tx_slots", self.tx_slots), ("rx_slots", self.rx_slots)] {
+            if !(ABI_MIN_SLOTS..=ABI_MAX_SLOTS).contains(&n) {
+                return Err(Error::Geometry(format!(
+                    "{what} is {n}; it must be between {ABI_MIN_SLOTS} and {ABI_MAX_SLOTS}"
+                )));
+            }
+        }
+        if self.buf_size < BUF_ALIGN
+            || self.buf_size > ABI_MAX_BUF_SIZE
+            || self.buf_size % BUF_ALIGN != 0
+        {
+            return Err(Error::Geometry(format!(
+                "buf_size is {}; it must be a multiple of {BUF_ALIGN} between {BUF_ALIGN} and {ABI_MAX_BUF_SIZE}",
+                self.buf_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Where everything lives in a region of a given geometry. Computed from the geometry
+/// alone: the switch never reads offsets back from shared memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionLayout {
+    pub geometry: PortGeometry,
+    /// Byte offset of each ring: tx rings first, then rx rings.
+    pub ring_offsets: Vec<usize>,
+    /// Byte offset of buffer 0.
+    pub buf_offset: usize,
+    /// Number of buffers including the two reserved ones.
+    pub nbufs: u32,
+    /// Total bytes (a multiple of the page size).
+    pub size: usize,
+}
+
+fn align_up(x: usize, a: usize) -> usize {
+    x.div_ceil(a) * a
+}
+
+/// Bytes of one ring with `slots` slots, padded so the next header stays 128-aligned.
+pub fn ring_bytes(slots: u32) -> usize {
+    align_up(
+        NETMAP_RING_SIZE + NETMAP_SLOT_SIZE * slots as usize,
+        RING_ALIGN,
+    )
+}
+
+impl RegionLayout {
+    pub fn new(geometry: PortGeometry) -> Result<RegionLayout> {
+        geometry.validate()?;
+        let g = geometry;
+        let nifp_bytes = NETMAP_IF_SIZE + 8 * (g.tx_rings as usize + 1 + g.rx_rings as usize + 1);
+        let mut off = align_up(nifp_bytes, RING_ALIGN);
+        let mut ring_offsets = Vec::with_capacity(g.tx_rings as usize + g.rx_rings as usize);
+        for _ in 0..g.tx_rings {
+            ring_offsets.push(off);
+            off += ring_bytes(g.tx_slots);
+        }
+        for _ in 0..g.rx_rings {
+            ring_offsets.push(off);
+            off += ring_bytes(g.rx_slots);
+        }
+        let buf_offset = align_up(off, PAGE);
+        let nbufs = RESERVED_BUFS as u64
+            + g.tx_rings as u64 * g.tx_slots as u64
+            + g.rx_rings as u64 * g.rx_slots as u64;
+        let nbufs = u32::try_from(nbufs)
+            .map_err(|_| Error::Geometry(format!("{nbufs} buffers do not fit a u32 index")))?;
+        let size = align_up(buf_offset + nbufs as usize * g.buf_size as usize, PAGE);
+        Ok(RegionLayout {
+            geometry,
+            ring_offsets,
+            buf_offset,
+            nbufs,
+            size,
+        })
+    }
+
+    /// Offset of TX ring `i` or RX ring `i`.
+    pub fn ring_offset(&self, dir: Dir, i: u16) -> Option<usize> {
+        let g = &self.geometry;
+        match dir {
+            Dir::Tx if i < g.tx_rings => Some(self.ring_offsets[i as usize]),
+            Dir::Rx if i < g.rx_rings => Some(self.ring_offsets[(g.tx_rings + i) as usize]),
+            _ => None,
+        }
+    }
+
+    /// First buffer index owned by a ring's slot 0 at creation.
+    fn first_buf(&self, dir: Dir, i: u16) -> u32 {
+        let g = &self.geometry;
+        match dir {
+            Dir::Tx => RESERVED_BUFS + i as u32 * g.tx_slots,
+            Dir::Rx => RESERVED_BUFS + g.tx_rings as u32 * g.tx_slots + i as u32 * g.rx_slots,
+        }
+    }
+}
+
+/// Direction of a ring, seen from the client (netmap's convention).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dir {
+    /// The client sends: the switch reads.
+    Tx,
+    /// The client receives: the switch writes.
+    Rx,
+}
+
+/// A mapped port region.
+pub struct Region {
+    map: Arc<Mapping>,
+    fd: OwnedFd,
+    layout: Arc<RegionLayout>,
+}
+
+impl std::fmt::Debug for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Region")
+            .field("layout", &self.layout)
+            .finish()
+    }
+}
+
+impl Region {
+    /// Creates, seals, maps and initialises a region for port `name` (the creator's side:
+    /// the switch). The memfd can then be handed to the client.
+    pub fn create(name: &str, geometry: PortGeometry) -> Result<Region> {
+        let layout = RegionLayout::new(geometry)?;
+        let fd = crate::mem::sealed_memfd(name, layout.size)?;
+        let map = Mapping::new(fd.as_fd(), layout.size, true)?;
+        let region = Region {
+            map: Arc::new(map),
+            fd,
+            layout: Arc::new(layout),
+        };
+        region.init(name);
+        Ok(region)
+    }
+
+    /// Maps a region received from the switch (the client's side). The file must be
+    /// exactly the size the geometry calls for.
+    pub fn from_fd(fd: OwnedFd, geometry: PortGeometry) -> Result<Region> {
+        let layout = RegionLayout::new(geometry)?;
+        let actual = crate::mem::file_size(fd.as_fd())?;
+        if actual != layout.size as u64 {
+            return Err(Error::SizeMismatch {
+                expected: layout.size as u64,
+                actual,
+            });
+        }
+        let map = Mapping::new(fd.as_fd(), layout.size, false)?;
+        Ok(Region {
+            map: Arc::new(map),
+            fd,
+            layout: Arc::new(layout),
+        })
+    }
+
+    fn init(&self, name: &str) {
+        let g = self.layout.geometry;
+        let mut ni_name = [0u8; 16];
+        let n = name.len().min(15);
+        ni_name[..n].copy_from_slice(&name.as_bytes()[..n]);
+        self.map.write_bytes(0, &ni_name);
+        let words: [(usize, u32); 7] = [
+            (16, 0),                 // ni_version
+            (20, 0x1),               // ni_flags: NI_PRIV_MEM, each port has its own region
+            (24, g.tx_rings as u32), // ni_tx_rings
+            (28, g.rx_rings as u32), // ni_rx_rings
+            (32, 0),                 // ni_bufs_head: no extra buffers
+            (36, 1),                 // ni_host_tx_rings: netmap's placeholder
+            (40, 1),                 // ni_host_rx_rings
+        ];
+        for (off, v) in words {
+            self.map.write_u32(off, v);
+        }
+        // ring_ofs[]: tx rings, host tx placeholder (0), rx rings, host rx placeholder (0).
+        let mut ofs: Vec<i64> = Vec::new();
+        for i in 0..g.tx_rings {
+            ofs.push(self.layout.ring_offset(Dir::Tx, i).unwrap_or(0) as i64);
+        }
+        ofs.push(0);
+        for i in 0..g.rx_rings {
+            ofs.push(self.layout.ring_offset(Dir::Rx, i).unwrap_or(0) as i64);
+        }
+        ofs.push(0);
+        for (k, v) in ofs.iter().enumerate() {
+            self.map
+                .write_bytes(off::IF_RING_OFS + 8 * k, &v.to_ne_bytes());
+        }
+        for (dir, count, slots) in [
+            (Dir::Tx, g.tx_rings, g.tx_slots),
+            (Dir::Rx, g.rx_rings, g.rx_slots),
+        ] {
+            for i in 0..count {
+                let r = self.layout.ring_offset(dir, i).unwrap_or(0);
+                let buf_ofs = self.layout.buf_offset as i64 - r as i64;
+                self.map.write_bytes(r, &buf_ofs.to_ne_bytes());
+                self.map.write_u32(r + 8, slots);
+                self.map.write_u32(r + 12, g.buf_size);
+                let dirword = if dir == Dir::Tx { NR_TX } else { NR_RX };
+                self.map
+                    .write_u32(r + 16, i as u32 | (dirword as u32) << 16);
+                // head = cur = 0; tail = slots-1 (TX: all free) or 0 (RX: empty).
+                let tail = if dir == Dir::Tx { slots - 1 } else { 0 };
+                self.map.write_u32(r + off::RING_TAIL, tail);
+                self.map.write_u32(r + off::KTOA_HWTAIL, tail);
+                let first = self.layout.first_buf(dir, i);
+                for s in 0..slots {
+                    let so = r + NETMAP_RING_SIZE + s as usize * NETMAP_SLOT_SIZE;
+                    self.map.write_u32(so, first + s);
+                }
+            }
+        }
+    }
+
+    pub fn layout(&self) -> &RegionLayout {
+        &self.layout
+    }
+
+    pub fn geometry(&self) -> PortGeometry {
+        self.layout.geometry
+    }
+
+    /// The memfd, to pass to a client.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    pub fn size(&self) -> usize {
+        self.layout.size
+    }
+
+    /// The region's buffers.
+    pub fn bufs(&self) -> BufPool {
+        BufPool::new(
+            self.map.clone(),
+            self.layout.buf_offset,
+            self.layout.nbufs,
+            self.layout.geometry.buf_size,
+        )
+    }
+
+    /// A view of TX ring `i` or RX ring `i`.
+    pub fn ring(&self, dir: Dir, i: u16) -> Option<RingView> {
+        let off = self.layout.ring_offset(dir, i)?;
+        let slots = match dir {
+            Dir::Tx => self.layout.geometry.tx_slots,
+            Dir::Rx => self.layout.geometry.rx_slots,
+        };
+        Some(RingView::new(self.map.clone(), off, slots, self.bufs()))
+    }
+
+    /// Reads raw bytes of the region (tests, inspection).
+    pub fn read_raw(&self, offset: usize, out: &mut [u8]) -> bool {
+        self.map.read_bytes(offset, out)
+    }
+
+    /// Writes raw bytes anywhere in the region, as a client could. Tests use it to play
+    /// a hostile client.
+    pub fn write_raw(&self, offset: usize, data: &[u8]) -> bool {
+        self.map.write_bytes(offset, data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a C client computes with netmap_user.h, from the raw bytes alone.
+    struct CView<'a>(&'a Region);
+    impl CView<'_> {
+        fn u32_at(&self, off: usize) -> u32 {
+            let mut b = [0u8; 4];
+            assert!(self.0.read_raw(off, &mut b));
+            u32::from_ne_bytes(b)
+        }
+        fn i64_at(&self, off: usize) -> i64 {
+            let mut b = [0u8; 8];
+            assert!(self.0.read_raw(off, &mut b));
+            i64::from_ne_bytes(b)
+        }
+        /// NETMAP_TXRING(nifp, i)
+        fn txring(&self, i: usize) -> usize {
+            self.i64_at(56 + 8 * i) as usize
+        }
+        /// NETMAP_RXRING(nifp, i)
+        fn rxring(&self, i: usize) -> usize {
+            let tx = self.u32_at(24) as usize;
+            let host_tx = self.u32_at(36) as usize;
+            self.i64_at(56 + 8 * (i + tx + host_tx)) as usize
+        }
+        /// NETMAP_BUF(ring, idx)
+        fn buf(&self, ring: usize, idx: u32) -> usize {
+            let buf_ofs = self.i64_at(ring);
+            let bufsz = self.u32_at(ring + 12) as i64;
+            (ring as i64 + buf_ofs + idx as i64 * bufsz) as usize
+        }
+    }
+
+    #[test]
+    fn default_port_is_sized_exactly() {
+        let l = RegionLayout::new(PortGeometry::default()).unwrap();
+        assert_eq!(l.nbufs, 2 + 1024 + 1024);
+        // if (56 + 4*8 = 88 -> 128) + 2 rings of 16640 -> page aligned buffers.
+        assert_eq!(l.ring_offsets, vec![128, 128 + 16640]);
+        assert_eq!(l.buf_offset, 36864);
+        assert_eq!(l.size, 36864 + 2050 * 2048);
+        assert!(
+            l.size < 5 << 20,
+            "netmap's default VALE port takes ~40 MiB; ours ~4 MiB"
+        );
+    }
+
+    #[test]
+    fn netmap_user_macros_find_rings_and_buffers() {
+        let g = PortGeometry {
+            tx_rings: 3,
+            rx_rings: 2,
+            tx_slots: 100, // not a power of two, as netmap allows
+            rx_slots: 64,
+            buf_size: 2048,
+        };
+        let r = Region::create("vale0:macro", g).unwrap();
+        let c = CView(&r);
+        let name = {
+            let mut b = [0u8; 16];
+            r.read_raw(0, &mut b);
+            b
+        };
+        assert_eq!(&name[..12], b"vale0:macro\0");
+        assert_eq!(c.u32_at(24), 3);
+        assert_eq!(c.u32_at(28), 2);
+        assert_eq!(
+            c.u32_at(36),
+            1,
+            "one placeholder host tx ring, as netmap reports"
+        );
+        assert_eq!(c.u32_at(40), 1);
+        assert_eq!(c.txring(3), 0, "host tx ring placeholder is not bound");
+        assert_eq!(c.i64_at(56 + 8 * (3 + 1 + 2)), 0, "host rx placeholder");
+        for i in 0..3u16 {
+            let ro = c.txring(i as usize);
+            assert_eq!(Some(ro), r.layout().ring_offset(Dir::Tx, i));
+            assert_eq!(ro % 128, 0);
+            assert_eq!(c.u32_at(ro + 8), 100, "num_slots");
+            assert_eq!(c.u32_at(ro + 12), 2048, "nr_buf_size");
+            assert_eq!(c.u32_at(ro + 16) & 0xffff, i as u32, "ringid");
+            assert_eq!(c.u32_at(ro + 16) >> 16, NR_TX as u32, "dir");
+            assert_eq!(c.u32_at(ro + 28), 99, "tx tail = num_slots - 1");
+        }
+        for i in 0..2u16 {
+            let ro = c.rxring(i as usize);
+            assert_eq!(Some(ro), r.layout().ring_offset(Dir::Rx, i));
+            assert_eq!(c.u32_at(ro + 16) >> 16, NR_RX as u32);
+            assert_eq!(c.u32_at(ro + 28), 0, "rx tail = 0");
+        }
+        // Every slot owns a distinct buffer, none of them reserved, and NETMAP_BUF of a
+        // slot's buf_idx is where BufPool writes.
+        let mut seen = std::collections::HashSet::new();
+        for (dir, n, slots) in [(Dir::Tx, 3, 100), (Dir::Rx, 2, 64)] {
+            for i in 0..n {
+                let v = r.ring(dir, i).unwrap();
+                let ro = r.layout().ring_offset(dir, i).unwrap();
+                for s in 0..slots {
+                    let slot = v.read_slot(s);
+                    assert!(slot.buf_idx >= 2 && slot.buf_idx < r.layout().nbufs);
+                    assert!(seen.insert(slot.buf_idx));
+                    let tag = [s as u8, i as u8, 0xa5, 0x5a];
+                    assert!(v.bufs().write(slot.buf_idx, &tag));
+                    let mut got = [0u8; 4];
+                    r.read_raw(c.buf(ro, slot.buf_idx), &mut got);
+                    assert_eq!(got, tag);
+                }
+            }
+        }
+        assert_eq!(seen.len() as u32, r.layout().nbufs - 2);
+    }
+
+    #[test]
+    fn geometry_limits_give_clear_errors() {
+        let bad = [
+            PortGeometry {
+                tx_rings: 0,
+                ..Default::default()
+            },
+            PortGeometry {
+                rx_slots: 1,
+                ..Default::default()
+            },
+            PortGeometry {
+                buf_size: 100,
+                ..Default::default()
+            },
+            PortGeometry {
+                buf_size: 65536,
+                ..Default::default()
+            },
+        ];
+        for g in bad {
+            let e = RegionLayout::new(g).unwrap_err().to_string();
+            assert!(e.contains("must be"), "{e}");
+        }
+        let jumbo = PortGeometry {
+            buf_size: 9216,
+            ..Default::default()
+        };
+        assert!(RegionLayout::new(jumbo).is_ok());
+    }
+
+    #[test]
+    fn client_maps_the_same_memory_and_cannot_shrink_it() {
+        let g = PortGeometry::default();
+        let r = Region::create("vale0:share", g).unwrap();
+        let fd = r.fd().try_clone_to_owned().unwrap();
+        assert!(rustix::fs::ftruncate(&fd, 4096).is_err(), "size is sealed");
+        let client = Region::from_fd(fd, g).unwrap();
+        let tx = client.ring(Dir::Tx, 0).unwrap();
+        let idx = tx.read_slot(5).buf_idx;
+        assert!(tx.bufs().write(idx, b"hello"));
+        let mut out = [0u8; 5];
+        assert!(r.bufs().read(idx, &mut out));
+        assert_eq!(&out, b"hello");
+        let other = PortGeometry { tx_slots: 512, ..g };
+        let fd2 = r.fd().try_clone_to_owned().unwrap();
+        assert!(matches!(
+            Region::from_fd(fd2, other),
+            Err(Error::SizeMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn accessors_reject_out_of_range_indices() {
+        let r = Region::create("vale0:oob", PortGeometry::default()).unwrap();
+        let b = r.bufs();
+        assert!(!b.is_valid(0) && !b.is_valid(1) && !b.is_valid(b.nbufs()));
+        assert!(b.header(u32::MAX).is_none());
+        assert!(!b.write(2, &vec![0u8; 2049]));
+        assert!(r.ring(Dir::Tx, 1).is_none());
+        assert!(!r.write_raw(r.size() - 2, &[0; 4]));
+        let v = r.ring(Dir::Rx, 0).unwrap();
+        let _ = v.read_slot(u32::MAX); // clamps, never reads outside the ring
+    }
+}

@@ -1,0 +1,362 @@
+//! Views of one ring and of a region's buffers, and netmap's ring index arithmetic.
+//!
+//! A [`RingView`] knows its geometry from the switch's private layout, never from the
+//! ring header, so a client scribbling over `num_slots` or `buf_ofs` changes nothing for
+//! the switch. Every accessor is bounds-checked or clamps its index; none panics.
+
+use crate::layout::*;
+use crate::mem::Mapping;
+use crate::sync::Csb;
+use core::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+/// `nm_ring_next`: the slot after `i` in a ring of `n` slots.
+#[inline(always)]
+pub fn next(i: u32, n: u32) -> u32 {
+    if i + 1 >= n { 0 } else { i + 1 }
+}
+
+/// Slots from `from` to `to` going forward, for indices already known to be `< n`.
+#[inline(always)]
+pub fn dist(from: u32, to: u32, n: u32) -> u32 {
+    if to >= from { to - from } else { to + n - from }
+}
+
+/// `i + k` modulo `n`, for `i < n` and `k <= n`.
+#[inline(always)]
+pub fn add(i: u32, k: u32, n: u32) -> u32 {
+    let s = i + k;
+    if s >= n { s - n } else { s }
+}
+
+/// The buffers of one region.
+#[derive(Clone)]
+pub struct BufPool {
+    map: Arc<Mapping>,
+    base: *mut u8,
+    nbufs: u32,
+    buf_size: u32,
+}
+
+// SAFETY: `base` points into `map`, which is Send + Sync and kept alive by the Arc; the
+// pool itself has no interior state.
+unsafe impl Send for BufPool {}
+// SAFETY: as above.
+unsafe impl Sync for BufPool {}
+
+impl BufPool {
+    pub(crate) fn new(map: Arc<Mapping>, offset: usize, nbufs: u32, buf_size: u32) -> BufPool {
+        let bytes = nbufs as usize * buf_size as usize;
+        let base = map
+            .ptr(offset, bytes)
+            .expect("layout bug: buffer pool outside the region");
+        BufPool {
+            map,
+            base,
+            nbufs,
+            buf_size,
+        }
+    }
+
+    pub fn nbufs(&self) -> u32 {
+        self.nbufs
+    }
+
+    pub fn buf_size(&self) -> u32 {
+        self.buf_size
+    }
+
+    /// Whether a client may use buffer `idx` (0 and 1 are reserved).
+    #[inline(always)]
+    pub fn is_valid(&self, idx: u32) -> bool {
+        idx >= RESERVED_BUFS && idx < self.nbufs
+    }
+
+    #[inline(always)]
+    fn ptr(&self, idx: u32) -> Option<*mut u8> {
+        if self.is_valid(idx) {
+            // SAFETY: idx < nbufs, so the buffer lies inside the pool checked in `new`.
+            Some(unsafe { self.base.add(idx as usize * self.buf_size as usize) })
+        } else {
+            None
+        }
+    }
+
+    /// The first 16 bytes of buffer `idx` (Ethernet header and 2 more), or `None` for an
+    /// invalid index. Buffers are at least 64 bytes, so this never reads past one.
+    #[inline(always)]
+    pub fn header(&self, idx: u32) -> Option<[u8; 16]> {
+        let p = self.ptr(idx)?;
+        // SAFETY: `p` starts a buffer of at least 64 bytes inside the mapping; the bytes
+        // are copied out, so a concurrent writer can only change what we see.
+        Some(unsafe { core::ptr::read_unaligned(p.cast::<[u8; 16]>()) })
+    }
+
+    /// Hints the CPU to fetch the start of buffer `idx`.
+    #[inline(always)]
+    pub fn prefetch(&self, idx: u32) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(p) = self.ptr(idx) {
+            // SAFETY: prefetch never faults and reads nothing architecturally.
+            #[allow(unused_unsafe)]
+            unsafe {
+                core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                    p as *const i8,
+                )
+            };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = idx;
+    }
+
+    /// Copies `data` into buffer `idx`; false if the index or length is invalid.
+    pub fn write(&self, idx: u32, data: &[u8]) -> bool {
+        match self.ptr(idx) {
+            Some(p) if data.len() <= self.buf_size as usize => {
+                // SAFETY: the buffer holds buf_size >= data.len() bytes; `data` is private.
+                unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Copies the start of buffer `idx` into `out`; false if the index or length is invalid.
+    pub fn read(&self, idx: u32, out: &mut [u8]) -> bool {
+        match self.ptr(idx) {
+            Some(p) if out.len() <= self.buf_size as usize => {
+                // SAFETY: as in `write`, with the direction reversed.
+                unsafe { core::ptr::copy_nonoverlapping(p, out.as_mut_ptr(), out.len()) };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn same_region(&self, other: &BufPool) -> bool {
+        Arc::ptr_eq(&self.map, &other.map)
+    }
+}
+
+/// Copies a `len`-byte fragment from buffer `sidx` of `src` to buffer `didx` of `dst`.
+/// Returns false (and copies nothing) if an index is invalid or `len` exceeds a buffer.
+///
+/// Short frames are copied in whole 64-byte lines, rounding `len` up as netmap's
+/// `pkt_copy` does: buffer sizes are multiples of 64, so the rounded copy stays inside
+/// both buffers, and a 60-byte frame costs one cache line.
+#[inline(always)]
+pub fn copy_frame(src: &BufPool, sidx: u32, dst: &BufPool, didx: u32, len: usize) -> bool {
+    let (Some(s), Some(d)) = (src.ptr(sidx), dst.ptr(didx)) else {
+        return false;
+    };
+    if len > src.buf_size as usize || len > dst.buf_size as usize {
+        return false;
+    }
+    if src.same_region(dst) && sidx == didx {
+        return true; // the same buffer: nothing to move
+    }
+    if len <= 512 {
+        let rounded = len.div_ceil(64) * 64;
+        let mut o = 0;
+        while o < rounded {
+            // SAFETY: `rounded` <= both buffer sizes (multiples of 64 that are >= len);
+            // distinct buffers never overlap, and the same buffer was excluded above.
+            unsafe { core::ptr::copy_nonoverlapping(s.add(o), d.add(o), 64) };
+            o += 64;
+        }
+    } else {
+        // SAFETY: len <= both buffer sizes; distinct buffers never overlap.
+        unsafe { core::ptr::copy_nonoverlapping(s, d, len) };
+    }
+    true
+}
+
+/// One ring of a region, with trusted geometry.
+#[derive(Clone)]
+pub struct RingView {
+    _map: Arc<Mapping>,
+    hdr: *mut u8,
+    slots: *mut NetmapSlot,
+    num_slots: u32,
+    bufs: BufPool,
+}
+
+// SAFETY: the raw pointers point into `map`, kept alive by the Arc; see BufPool.
+unsafe impl Send for RingView {}
+// SAFETY: as above.
+unsafe impl Sync for RingView {}
+
+impl RingView {
+    pub(crate) fn new(map: Arc<Mapping>, offset: usize, num_slots: u32, bufs: BufPool) -> Self {
+        let bytes = NETMAP_RING_SIZE + num_slots as usize * NETMAP_SLOT_SIZE;
+        let hdr = map
+            .ptr(offset, bytes)
+            .expect("layout bug: ring outside the region");
+        debug_assert!(map.len() >= offset + bytes);
+        // SAFETY: the ring's slots follow its 256-byte header, inside the checked range.
+        let slots = unsafe { hdr.add(NETMAP_RING_SIZE) }.cast::<NetmapSlot>();
+        RingView {
+            _map: map,
+            hdr,
+            slots,
+            num_slots,
+            bufs,
+        }
+    }
+
+    #[inline(always)]
+    pub fn num_slots(&self) -> u32 {
+        self.num_slots
+    }
+
+    #[inline(always)]
+    pub fn bufs(&self) -> &BufPool {
+        &self.bufs
+    }
+
+    #[inline(always)]
+    fn word(&self, offset: usize) -> &AtomicU32 {
+        // SAFETY: offsets are constants below NETMAP_RING_SIZE and 4-aligned; the header
+        // is inside the mapping (checked in `new`) and the mapping outlives `&self`.
+        unsafe { AtomicU32::from_ptr(self.hdr.add(offset).cast::<u32>()) }
+    }
+
+    /// The ring's sync words.
+    #[inline(always)]
+    pub fn csb(&self) -> Csb<'_, AtomicU32> {
+        Csb {
+            head: self.word(off::ATOK_HEAD),
+            cur: self.word(off::ATOK_CUR),
+            appl_need_kick: self.word(off::ATOK_NEED_KICK),
+            hwcur: self.word(off::KTOA_HWCUR),
+            hwtail: self.word(off::KTOA_HWTAIL),
+            kern_need_kick: self.word(off::KTOA_NEED_KICK),
+        }
+    }
+
+    #[inline(always)]
+    fn slot_ptr(&self, i: u32) -> *mut NetmapSlot {
+        let i = i.min(self.num_slots - 1);
+        // SAFETY: i < num_slots, and the slot array was bounds-checked in `new`.
+        unsafe { self.slots.add(i as usize) }
+    }
+
+    /// Reads slot `i` once (an out-of-range `i` reads the last slot; callers keep `i`
+    /// in range by construction).
+    #[inline(always)]
+    pub fn read_slot(&self, i: u32) -> NetmapSlot {
+        // SAFETY: slot_ptr is in bounds and 8-aligned (ring offsets are 128-aligned).
+        unsafe { core::ptr::read_volatile(self.slot_ptr(i)) }
+    }
+
+    /// Writes slot `i` whole.
+    #[inline(always)]
+    pub fn write_slot(&self, i: u32, slot: NetmapSlot) {
+        // SAFETY: as in `read_slot`.
+        unsafe { core::ptr::write_volatile(self.slot_ptr(i), slot) }
+    }
+
+    /// Writes `len` and `flags` of slot `i`, leaving `buf_idx` and `ptr` alone.
+    #[inline(always)]
+    pub fn write_len_flags(&self, i: u32, len: u16, flags: u16) {
+        let p = self.slot_ptr(i).cast::<u8>();
+        let v = len as u32 | (flags as u32) << 16;
+        // SAFETY: bytes 4..8 of an in-bounds, 8-aligned slot.
+        unsafe { core::ptr::write_volatile(p.add(4).cast::<u32>(), v) }
+    }
+
+    /// netmap's user-visible `head`.
+    pub fn head(&self) -> u32 {
+        self.word(off::RING_HEAD).load(Ordering::Relaxed)
+    }
+    /// netmap's user-visible `cur`.
+    pub fn cur(&self) -> u32 {
+        self.word(off::RING_CUR).load(Ordering::Relaxed)
+    }
+    /// netmap's user-visible `tail`.
+    pub fn tail(&self) -> u32 {
+        self.word(off::RING_TAIL).load(Ordering::Relaxed)
+    }
+    pub fn set_head(&self, v: u32) {
+        self.word(off::RING_HEAD).store(v, Ordering::Relaxed)
+    }
+    pub fn set_cur(&self, v: u32) {
+        self.word(off::RING_CUR).store(v, Ordering::Relaxed)
+    }
+    pub fn set_tail(&self, v: u32) {
+        self.word(off::RING_TAIL).store(v, Ordering::Relaxed)
+    }
+
+    /// netmap's `netmap_ring_reinit`, done by the switch when a client broke the
+    /// protocol: the user fields and the app's sync words go back to the switch's view.
+    pub fn reinit(&self, hwcur: u32, hwtail: u32) {
+        self.set_head(hwcur);
+        self.set_cur(hwcur);
+        self.set_tail(hwtail);
+        self.csb().app_publish_release(hwcur, hwcur);
+    }
+}
+
+/// The application's side of one ring: netmap's user API (head, cur, tail, slots) and the
+/// `txsync`/`rxsync` that exchange positions with the switch through the sync words.
+#[derive(Clone)]
+pub struct AppRing {
+    view: RingView,
+}
+
+impl AppRing {
+    pub fn new(view: RingView) -> AppRing {
+        AppRing { view }
+    }
+
+    pub fn view(&self) -> &RingView {
+        &self.view
+    }
+
+    pub fn num_slots(&self) -> u32 {
+        self.view.num_slots
+    }
+    pub fn head(&self) -> u32 {
+        self.view.head()
+    }
+    pub fn cur(&self) -> u32 {
+        self.view.cur()
+    }
+    pub fn tail(&self) -> u32 {
+        self.view.tail()
+    }
+
+    /// `nm_ring_space`: slots in `[head, tail)`.
+    pub fn space(&self) -> u32 {
+        let n = self.view.num_slots;
+        dist(self.head().min(n - 1), self.tail().min(n - 1), n)
+    }
+
+    /// Advances `head` and `cur` by `k` slots (netmap: `ring->head = ring->cur = ...`).
+    pub fn advance(&self, k: u32) {
+        let n = self.view.num_slots;
+        let h = add(self.head().min(n - 1), k.min(n), n);
+        self.view.set_head(h);
+        self.view.set_cur(h);
+    }
+
+    /// Publishes `head`/`cur` to the switch and refreshes `tail`. Returns whether the
+    /// switch asked to be kicked (it is sleeping).
+    pub fn sync(&self) -> bool {
+        let csb = self.view.csb();
+        csb.app_publish_release(self.head(), self.cur());
+        let (_, hwtail) = csb.app_read_acquire();
+        self.view.set_tail(hwtail);
+        csb.app_kick_needed()
+    }
+
+    /// `NIOCTXSYNC` for this ring.
+    pub fn txsync(&self) -> bool {
+        self.sync()
+    }
+
+    /// `NIOCRXSYNC` for this ring.
+    pub fn rxsync(&self) -> bool {
+        self.sync()
+    }
+}

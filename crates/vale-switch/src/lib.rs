@@ -1,1 +1,31 @@
-pub fn x() {}
+//! The sans-IO forwarding engine of the userspace VALE switch.
+//!
+//! - [`Switch`]: ports (each a [`vale_abi::Region`]), VALE's two-pass batch forwarding,
+//!   per-port counters with drops by reason.
+//! - [`Lookup`]: the switching decision, pluggable; [`LearningBridge`] is the default,
+//!   [`Hub`] and [`StaticMap`] are the trivial ones.
+//! - [`Registry`]: switches by name, ports by `vale<sw>:<port>` name, and every limit as a
+//!   setting.
+//!
+//! The engine does no I/O and reads no clock: the caller passes the time and gets back
+//! the rings whose clients must be woken.
+#![forbid(unsafe_code)]
+
+mod engine;
+pub mod fdb;
+pub mod lookup;
+pub mod name;
+pub mod registry;
+pub mod stats;
+mod types;
+
+pub use engine::{
+    DEFAULT_BATCH, DEFAULT_MAX_PORTS, EngineError, MAX_BATCH, Notify, Port, RingDir, Switch,
+    SwitchConfig,
+};
+pub use fdb::{Fdb, FdbConfig, FdbEntry, FdbStats, LearningBridge};
+pub use lookup::{Dest, Hub, Lookup, PacketInfo, StaticMap};
+pub use name::{NameError, PortName};
+pub use registry::{Limits, Registry, RegistryError};
+pub use stats::{DropReason, PortStats};
+pub use types::{MacAddr, PortId, Timestamp};

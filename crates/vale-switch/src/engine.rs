@@ -1,0 +1,649 @@
+//! The forwarding engine: VALE's two-pass batch over port regions, sans IO.
+//!
+//! One call of [`Switch::forward_ring`] takes up to `batch` packets from one TX ring:
+//! - pass 0 reads each slot once into private scratch, validates it (buffer index, length,
+//!   fragment chain) and prefetches the frame;
+//! - pass 1 copies the headers out, asks the [`Lookup`] for the whole batch at once and
+//!   threads each packet onto its destination's queue (or the flood queue), in the batch
+//!   array itself, without allocating;
+//! - pass 2, per destination: refresh the receiver's released slots, copy the packets
+//!   (its unicast queue merged with the flood queue in batch order) into free RX slots,
+//!   publish the new tail once, and report a notification if the receiver asked for one.
+//!
+//! A full RX ring drops (counted), never blocks. Nothing read from shared memory is used
+//! before it is checked, and a bad ring only ever costs its own port.
+
+use crate::lookup::{Dest, Lookup, PacketInfo};
+use crate::stats::{DropReason, PortStats};
+use crate::types::{PortId, Timestamp};
+use thiserror::Error;
+use vale_abi::layout::{MAX_FRAGS, NS_INDIRECT, NS_MOREFRAG, NS_RFRAGS_SHIFT};
+use vale_abi::ring::{dist, next};
+use vale_abi::{Dir, PortGeometry, Region, RingView, copy_frame};
+
+/// Largest batch accepted for `bridge_batch`.
+pub const MAX_BATCH: usize = 8192;
+/// netmap's default `bridge_batch`.
+pub const DEFAULT_BATCH: usize = 1024;
+/// netmap's port index space per switch.
+pub const DEFAULT_MAX_PORTS: u16 = 254;
+const ETH_HLEN: u16 = 14;
+const NIL: u32 = u32::MAX;
+
+/// Settings of one switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SwitchConfig {
+    pub max_ports: u16,
+    pub batch: usize,
+}
+
+impl Default for SwitchConfig {
+    fn default() -> Self {
+        SwitchConfig {
+            max_ports: DEFAULT_MAX_PORTS,
+            batch: DEFAULT_BATCH,
+        }
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum EngineError {
+    #[error("switch is full: it already has {limit} ports (raise the ports-per-switch limit)")]
+    SwitchFull { limit: u16 },
+    #[error("bridge_batch {0} is out of range; it must be between 1 and {MAX_BATCH}")]
+    BadBatch(usize),
+}
+
+/// "Kick this ring's client": it asked to be woken (`appl_need_kick`) and the switch
+/// moved its tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Notify {
+    pub port: PortId,
+    pub dir: RingDir,
+    pub ring: u16,
+}
+
+/// [`Dir`] with an ordering, for sorting notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RingDir {
+    Tx,
+    Rx,
+}
+
+struct TxKring {
+    view: RingView,
+    /// Next slot the switch will read; the client owns everything else.
+    hwcur: u32,
+}
+
+struct RxKring {
+    view: RingView,
+    /// First slot the client has not yet released.
+    hwcur: u32,
+    /// Next slot the switch will write.
+    hwtail: u32,
+}
+
+/// A port attached to a switch: its region, the switch's private ring state, counters.
+pub struct Port {
+    name: String,
+    region: Region,
+    tx: Vec<TxKring>,
+    rx: Vec<RxKring>,
+    stats: PortStats,
+}
+
+impl Port {
+    fn new(name: String, region: Region) -> Port {
+        let g = region.geometry();
+        let tx = (0..g.tx_rings)
+            .filter_map(|i| region.ring(Dir::Tx, i))
+            .map(|view| TxKring { view, hwcur: 0 })
+            .collect();
+        let rx = (0..g.rx_rings)
+            .filter_map(|i| region.ring(Dir::Rx, i))
+            .map(|view| RxKring {
+                view,
+                hwcur: 0,
+                hwtail: 0,
+            })
+            .collect();
+        Port {
+            name,
+            region,
+            tx,
+            rx,
+            stats: PortStats::default(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+    pub fn geometry(&self) -> PortGeometry {
+        self.region.geometry()
+    }
+    pub fn stats(&self) -> &PortStats {
+        &self.stats
+    }
+    /// Gives the region back (on detach).
+    pub fn into_region(self) -> Region {
+        self.region
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Frag {
+    buf_idx: u32,
+    len: u16,
+}
+
+#[derive(Clone, Copy)]
+struct Pkt {
+    first: u32,
+    nfrags: u32,
+    len: u32,
+    flags: u16,
+    verdict: Option<DropReason>,
+    next: u32,
+}
+
+#[derive(Clone, Copy)]
+struct Queue {
+    head: u32,
+    tail: u32,
+}
+
+const EMPTY_Q: Queue = Queue {
+    head: NIL,
+    tail: NIL,
+};
+
+#[derive(Default)]
+struct Scratch {
+    frags: Vec<Frag>,
+    pkts: Vec<Pkt>,
+    infos: Vec<PacketInfo>,
+    info_pkt: Vec<u32>,
+    dests: Vec<Dest>,
+    queues: Vec<Queue>,
+    flood: Option<Queue>,
+    dsts: Vec<PortId>,
+}
+
+impl Scratch {
+    fn push(&mut self, q: Option<PortId>, pi: u32) {
+        self.pkts[pi as usize].next = NIL;
+        let queue = match q {
+            Some(p) => &mut self.queues[p.0 as usize],
+            None => self.flood.get_or_insert(EMPTY_Q),
+        };
+        if queue.head == NIL {
+            queue.head = pi;
+            if let Some(p) = q {
+                self.dsts.push(p);
+            }
+        } else {
+            self.pkts[queue.tail as usize].next = pi;
+        }
+        queue.tail = pi;
+    }
+}
+
+/// One switch: its ports, its lookup and its scratch space.
+pub struct Switch<L: Lookup = Box<dyn Lookup>> {
+    ports: Vec<Option<Port>>,
+    active: Vec<PortId>,
+    lookup: L,
+    cfg: SwitchConfig,
+    sc: Scratch,
+    rr: usize,
+}
+
+impl<L: Lookup> Switch<L> {
+    pub fn new(lookup: L, cfg: SwitchConfig) -> Result<Switch<L>, EngineError> {
+        if cfg.batch == 0 || cfg.batch > MAX_BATCH {
+            return Err(EngineError::BadBatch(cfg.batch));
+        }
+        let n = cfg.max_ports as usize;
+        let sc = Scratch {
+            frags: Vec::with_capacity(cfg.batch + MAX_FRAGS),
+            pkts: Vec::with_capacity(cfg.batch),
+            queues: vec![EMPTY_Q; n],
+            ..Default::default()
+        };
+        Ok(Switch {
+            ports: (0..n).map(|_| None).collect(),
+            active: Vec::new(),
+            lookup,
+            cfg,
+            sc,
+            rr: 0,
+        })
+    }
+
+    pub fn config(&self) -> SwitchConfig {
+        self.cfg
+    }
+
+    /// Changes `bridge_batch` (1..=8192).
+    pub fn set_batch(&mut self, batch: usize) -> Result<(), EngineError> {
+        if batch == 0 || batch > MAX_BATCH {
+            return Err(EngineError::BadBatch(batch));
+        }
+        self.cfg.batch = batch;
+        Ok(())
+    }
+
+    pub fn lookup(&self) -> &L {
+        &self.lookup
+    }
+
+    pub fn lookup_mut(&mut self) -> &mut L {
+        &mut self.lookup
+    }
+
+    /// Attaches a port at the lowest free index.
+    pub fn attach(
+        &mut self,
+        name: impl Into<String>,
+        region: Region,
+    ) -> Result<PortId, EngineError> {
+        let Some(i) = self.ports.iter().position(Option::is_none) else {
+            return Err(EngineError::SwitchFull {
+                limit: self.cfg.max_ports,
+            });
+        };
+        let id = PortId(i as u16);
+        self.ports[i] = Some(Port::new(name.into(), region));
+        self.active.push(id);
+        Ok(id)
+    }
+
+    /// Detaches a port: the lookup forgets it and its region is handed back.
+    pub fn detach(&mut self, id: PortId) -> Option<Port> {
+        let port = self.ports.get_mut(id.0 as usize)?.take()?;
+        self.active.retain(|p| *p != id);
+        self.lookup.port_detached(id);
+        Some(port)
+    }
+
+    pub fn port(&self, id: PortId) -> Option<&Port> {
+        self.ports.get(id.0 as usize)?.as_ref()
+    }
+
+    pub fn port_by_name(&self, name: &str) -> Option<PortId> {
+        self.active
+            .iter()
+            .copied()
+            .find(|p| self.port(*p).is_some_and(|x| x.name == name))
+    }
+
+    /// Attached ports in attach order.
+    pub fn ports(&self) -> impl Iterator<Item = (PortId, &Port)> {
+        self.active
+            .iter()
+            .filter_map(|p| self.port(*p).map(|x| (*p, x)))
+    }
+
+    pub fn len(&self) -> usize {
+        self.active.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.active.is_empty()
+    }
+
+    /// One forwarding pass: one batch from every TX ring of every port, starting from a
+    /// rotating port so no port always goes first. Returns the packets consumed.
+    pub fn forward(&mut self, now: Timestamp, notify: &mut Vec<Notify>) -> usize {
+        self.lookup.maintain(now);
+        let n = self.active.len();
+        if n == 0 {
+            return 0;
+        }
+        self.rr = (self.rr + 1) % n;
+        let mut total = 0;
+        for k in 0..n {
+            let id = self.active[(self.rr + k) % n];
+            let rings = self.port(id).map_or(0, |p| p.tx.len());
+            for r in 0..rings {
+                total += self.forward_ring(id, r as u16, now, notify);
+            }
+        }
+        total
+    }
+
+    /// Forwards one batch from TX ring `ring` of port `src`. Returns the packets consumed.
+    pub fn forward_ring(
+        &mut self,
+        src: PortId,
+        ring: u16,
+        now: Timestamp,
+        notify: &mut Vec<Notify>,
+    ) -> usize {
+        let Switch {
+            ports,
+            active,
+            lookup,
+            cfg,
+            sc,
+            ..
+        } = self;
+        let Some(Some(port)) = ports.get_mut(src.0 as usize) else {
+            return 0;
+        };
+        let Some(kr) = port.tx.get_mut(ring as usize) else {
+            return 0;
+        };
+
+        // Where has the client got to? Read once, validate against private state.
+        let n = kr.view.num_slots();
+        let hwcur = kr.hwcur;
+        let prev = |i: u32| if i == 0 { n - 1 } else { i - 1 };
+        let (head, cur) = kr.view.csb().sw_read_acquire();
+        if head >= n || cur >= n || dist(hwcur, cur, n) < dist(hwcur, head, n) {
+            port.stats.ring_resets += 1;
+            kr.view.reinit(hwcur, prev(hwcur));
+            return 0;
+        }
+        let mut pending = dist(hwcur, head, n);
+        if pending == 0 {
+            return 0;
+        }
+
+        // Pass 0: read every slot once, validate, prefetch.
+        sc.frags.clear();
+        sc.pkts.clear();
+        let bufs = kr.view.bufs().clone();
+        let buf_size = bufs.buf_size();
+        let mut j = hwcur;
+        while pending > 0 && sc.pkts.len() < cfg.batch {
+            let first = sc.frags.len() as u32;
+            let mut nfrags = 0u32;
+            let mut len = 0u32;
+            let mut flags0 = 0u16;
+            let mut verdict = None;
+            loop {
+                if pending == 0 {
+                    verdict = Some(DropReason::BadFrag); // chain unfinished at head
+                    break;
+                }
+                let s = kr.view.read_slot(j);
+                j = next(j, n);
+                pending -= 1;
+                nfrags += 1;
+                if verdict.is_none() {
+                    if nfrags == 1 {
+                        flags0 = s.flags;
+                    }
+                    verdict = if nfrags as usize > MAX_FRAGS {
+                        Some(DropReason::BadFrag)
+                    } else if s.flags & NS_INDIRECT != 0 || !bufs.is_valid(s.buf_idx) {
+                        Some(DropReason::BadBuf)
+                    } else if s.len as u32 > buf_size {
+                        Some(DropReason::BadLen)
+                    } else if nfrags == 1 && s.len < ETH_HLEN {
+                        Some(DropReason::Runt)
+                    } else {
+                        if nfrags == 1 {
+                            bufs.prefetch(s.buf_idx);
+                        }
+                        sc.frags.push(Frag {
+                            buf_idx: s.buf_idx,
+                            len: s.len,
+                        });
+                        len += s.len as u32;
+                        None
+                    };
+                }
+                if s.flags & NS_MOREFRAG == 0 {
+                    break;
+                }
+            }
+            sc.pkts.push(Pkt {
+                first,
+                nfrags,
+                len,
+                flags: flags0,
+                verdict,
+                next: NIL,
+            });
+        }
+
+        // Pass 1: headers out, one lookup call for the batch, queue per destination.
+        sc.infos.clear();
+        sc.info_pkt.clear();
+        for (pi, p) in sc.pkts.iter().enumerate() {
+            if p.verdict.is_some() {
+                continue;
+            }
+            let idx = sc.frags[p.first as usize].buf_idx;
+            let Some(hdr) = bufs.header(idx) else {
+                continue; // unreachable: validated in pass 0
+            };
+            sc.infos
+                .push(PacketInfo::from_header(&hdr, src, ring, p.len, p.flags));
+            sc.info_pkt.push(pi as u32);
+        }
+        sc.dests.clear();
+        sc.dests.resize(sc.infos.len(), Dest::Drop);
+        lookup.lookup_batch(&sc.infos, &mut sc.dests, now);
+        let others = active.len().saturating_sub(1);
+        sc.dsts.clear();
+        sc.flood = None;
+        for k in 0..sc.info_pkt.len() {
+            let pi = sc.info_pkt[k];
+            match sc.dests[k] {
+                Dest::Port(q)
+                    if q != src && ports.get(q.0 as usize).is_some_and(Option::is_some) =>
+                {
+                    sc.push(Some(q), pi)
+                }
+                Dest::Flood if others > 0 => sc.push(None, pi),
+                _ => sc.pkts[pi as usize].verdict = Some(DropReason::NoDest),
+            }
+        }
+
+        // Sender-side accounting.
+        let mut st = PortStats {
+            tx_packets: sc.pkts.len() as u64,
+            ..Default::default()
+        };
+        for p in &sc.pkts {
+            match p.verdict {
+                Some(r) => st.drops[r as usize] += 1,
+                None => {
+                    st.forwarded += 1;
+                    st.tx_bytes += p.len as u64;
+                }
+            }
+        }
+
+        // Pass 2: per destination, unicast queue merged with the flood queue.
+        let flood = sc.flood.unwrap_or(EMPTY_Q);
+        let n_uni = sc.dsts.len();
+        let n_targets = if flood.head == NIL {
+            n_uni
+        } else {
+            n_uni + active.len()
+        };
+        for t in 0..n_targets {
+            let (dst, uq) = if t < n_uni {
+                let d = sc.dsts[t];
+                (d, sc.queues[d.0 as usize])
+            } else {
+                let a = active[t - n_uni];
+                if a == src || sc.queues[a.0 as usize].head != NIL {
+                    continue; // the sender, or already served with its unicast queue
+                }
+                (a, EMPTY_Q)
+            };
+            let Some(Some(dport)) = ports.get_mut(dst.0 as usize) else {
+                continue;
+            };
+            deliver(sc, &bufs, ring, uq, flood, dst, dport, &mut st, notify);
+        }
+        for d in &sc.dsts {
+            sc.queues[d.0 as usize] = EMPTY_Q;
+        }
+        sc.flood = None;
+
+        // The TX slots are free again: publish and maybe wake the sender.
+        if let Some(Some(port)) = ports.get_mut(src.0 as usize) {
+            let s = &mut port.stats;
+            s.tx_packets += st.tx_packets;
+            s.tx_bytes += st.tx_bytes;
+            s.forwarded += st.forwarded;
+            s.copies += st.copies;
+            s.copies_dropped += st.copies_dropped;
+            for (a, b) in s.drops.iter_mut().zip(st.drops) {
+                *a += b;
+            }
+            if let Some(kr) = port.tx.get_mut(ring as usize) {
+                kr.hwcur = j;
+                let csb = kr.view.csb();
+                csb.sw_publish_release(j, prev(j));
+                if csb.sw_kick_needed() {
+                    notify.push(Notify {
+                        port: src,
+                        dir: RingDir::Tx,
+                        ring,
+                    });
+                }
+            }
+        }
+        sc.pkts.len()
+    }
+
+    /// Before sleeping: asks every client to kick on new TX work. Returns true if work
+    /// arrived meanwhile (then the caller should [`Self::disarm_kicks`] and go on).
+    pub fn arm_kicks(&self) -> bool {
+        let mut pending = false;
+        for (_, p) in self.ports() {
+            for kr in &p.tx {
+                let csb = kr.view.csb();
+                csb.sw_arm_kick();
+                let (head, _) = csb.sw_read_acquire();
+                pending |= head != kr.hwcur;
+            }
+        }
+        pending
+    }
+
+    /// Busy again: clients need not kick.
+    pub fn disarm_kicks(&self) {
+        for (_, p) in self.ports() {
+            for kr in &p.tx {
+                kr.view.csb().sw_disarm_kick();
+            }
+        }
+    }
+}
+
+/// Pass 2 for one destination.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn deliver(
+    sc: &Scratch,
+    sbufs: &vale_abi::BufPool,
+    src_ring: u16,
+    uq: Queue,
+    flood: Queue,
+    dst: PortId,
+    dport: &mut Port,
+    st: &mut PortStats,
+    notify: &mut Vec<Notify>,
+) {
+    let nrx = dport.rx.len();
+    if nrx == 0 {
+        return;
+    }
+    let rr = (src_ring as usize % nrx) as u16;
+    let rk = &mut dport.rx[rr as usize];
+    let ds = &mut dport.stats;
+    let n = rk.view.num_slots();
+
+    // What has the client released? It may only hand back what it was given.
+    let csb = rk.view.csb();
+    let (head, _) = csb.sw_read_acquire();
+    if head >= n || dist(rk.hwcur, head, n) > dist(rk.hwcur, rk.hwtail, n) {
+        ds.ring_resets += 1;
+        rk.view.reinit(rk.hwcur, rk.hwtail);
+    } else {
+        rk.hwcur = head;
+    }
+    let mut space = n - 1 - dist(rk.hwcur, rk.hwtail, n);
+    let dbufs = rk.view.bufs();
+    let dsize = dbufs.buf_size();
+    let mut t = rk.hwtail;
+    let (mut u, mut b) = (uq.head, flood.head);
+    let mut delivered = 0u64;
+    let mut bytes = 0u64;
+    loop {
+        let pi = if u < b {
+            let x = u;
+            u = sc.pkts[x as usize].next;
+            x
+        } else if b != NIL {
+            let x = b;
+            b = sc.pkts[x as usize].next;
+            x
+        } else {
+            break;
+        };
+        let p = sc.pkts[pi as usize];
+        st.copies += 1;
+        if p.nfrags > space {
+            ds.drops[DropReason::RingFull as usize] += 1;
+            st.copies_dropped += 1;
+            continue;
+        }
+        let frags = &sc.frags[p.first as usize..(p.first + p.nfrags) as usize];
+        let mut k = t;
+        let mut fail = None;
+        let cnt = (p.nfrags as u16) << NS_RFRAGS_SHIFT;
+        for (x, f) in frags.iter().enumerate() {
+            let didx = rk.view.read_slot(k).buf_idx;
+            if f.len as u32 > dsize {
+                fail = Some(DropReason::Oversize);
+                break;
+            }
+            if !copy_frame(sbufs, f.buf_idx, dbufs, didx, f.len as usize) {
+                fail = Some(DropReason::BadRxBuf);
+                break;
+            }
+            let more = if x + 1 < frags.len() { NS_MOREFRAG } else { 0 };
+            rk.view.write_len_flags(k, f.len, cnt | more);
+            k = next(k, n);
+        }
+        match fail {
+            None => {
+                t = k;
+                space -= p.nfrags;
+                delivered += 1;
+                bytes += p.len as u64;
+            }
+            Some(r) => {
+                ds.drops[r as usize] += 1;
+                st.copies_dropped += 1;
+            }
+        }
+    }
+    if t != rk.hwtail {
+        rk.hwtail = t;
+        ds.rx_packets += delivered;
+        ds.rx_bytes += bytes;
+        csb.sw_publish_release(rk.hwcur, t);
+        if csb.sw_kick_needed() {
+            notify.push(Notify {
+                port: dst,
+                dir: RingDir::Rx,
+                ring: rr,
+            });
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! The learning bridge and its forwarding database.
+//!
+//! VALE's table is 1024 direct-mapped entries: a collision silently evicts a live host,
+//! entries never age, a detached port's entries linger, and the all-zero MAC matches every
+//! empty bucket. This one is a bucketed hash (8 entries, one cache line, per bucket) with
+//! a per-table seed: a full bucket refuses a new address (counted) instead of evicting a
+//! live one, entries age out, moves are detected and counted, detach flushes, and an empty
+//! entry never matches anything.
+
+use crate::lookup::{Dest, Lookup, PacketInfo};
+use crate::types::{MacAddr, PortId, Timestamp};
+
+const WAYS: usize = 8;
+const MAC_MASK: u64 = 0xffff_ffff_ffff;
+/// A port's last learned source is re-learned (to refresh its age) at most this often.
+const REFRESH_NS: u64 = 1_000_000_000;
+
+/// Settings of a learning table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdbConfig {
+    /// Maximum number of entries (rounded up to a power of two, at least 8).
+    pub capacity: usize,
+    /// Seconds after which an address not seen is forgotten (0 = never).
+    pub max_age_secs: u32,
+    /// Hash seed; the daemon passes a random one so that nobody can aim collisions.
+    pub seed: u64,
+}
+
+impl Default for FdbConfig {
+    fn default() -> Self {
+        FdbConfig {
+            capacity: 8192,
+            max_age_secs: 300,
+            seed: 0x5bd1_e995_7f4a_7c15,
+        }
+    }
+}
+
+/// Counters of a learning table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FdbStats {
+    pub entries: u64,
+    pub learned: u64,
+    pub moves: u64,
+    /// New addresses not learned because their bucket was full of live entries.
+    pub refused: u64,
+    pub aged: u64,
+    pub flushed: u64,
+}
+
+/// One row of `vale-ctl fdb`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FdbEntry {
+    pub mac: MacAddr,
+    pub port: PortId,
+    pub age_secs: u32,
+}
+
+/// What learning did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learned {
+    New,
+    Refreshed,
+    Moved { from: PortId },
+    Refused,
+}
+
+/// The forwarding database. Entry encoding: `mac | (port + 1) << 48`, 0 = empty, so no
+/// address, not even 00:00:00:00:00:00, can match an empty entry.
+#[derive(Debug, Clone)]
+pub struct Fdb {
+    keys: Vec<u64>,
+    seen: Vec<u32>,
+    bucket_mask: usize,
+    seed: u64,
+    max_age_secs: u32,
+    stats: FdbStats,
+}
+
+impl Fdb {
+    pub fn new(cfg: FdbConfig) -> Fdb {
+        let cap = cfg.capacity.max(WAYS).next_power_of_two();
+        Fdb {
+            keys: vec![0; cap],
+            seen: vec![0; cap],
+            bucket_mask: cap / WAYS - 1,
+            seed: cfg.seed,
+            max_age_secs: cfg.max_age_secs,
+            stats: FdbStats::default(),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn stats(&self) -> &FdbStats {
+        &self.stats
+    }
+
+    #[inline(always)]
+    fn bucket(&self, mac: MacAddr) -> usize {
+        // murmur3's 64-bit finaliser: every input bit reaches the bucket bits.
+        let mut h = mac.to_u64() ^ self.seed;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        (h as usize & self.bucket_mask) * WAYS
+    }
+
+    /// The port that owns `mac`, if learned.
+    #[inline(always)]
+    pub fn get(&self, mac: MacAddr) -> Option<PortId> {
+        let b = self.bucket(mac);
+        let m = mac.to_u64();
+        for &k in &self.keys[b..b + WAYS] {
+            if k & MAC_MASK == m && k >> 48 != 0 {
+                return Some(PortId((k >> 48) as u16 - 1));
+            }
+        }
+        None
+    }
+
+    /// Learns that `mac` lives behind `port`.
+    pub fn learn(&mut self, mac: MacAddr, port: PortId, now: Timestamp) -> Learned {
+        let b = self.bucket(mac);
+        let m = mac.to_u64();
+        let key = m | (port.0 as u64 + 1) << 48;
+        let now_s = now.secs() as u32;
+        let mut free = None;
+        for i in b..b + WAYS {
+            let k = self.keys[i];
+            if k >> 48 == 0 {
+                free.get_or_insert(i);
+                continue;
+            }
+            if k & MAC_MASK == m {
+                self.seen[i] = now_s;
+                if k == key {
+                    return Learned::Refreshed;
+                }
+                self.keys[i] = key;
+                self.stats.moves += 1;
+                return Learned::Moved {
+                    from: PortId((k >> 48) as u16 - 1),
+                };
+            }
+            if free.is_none() && self.expired(i, now_s) {
+                free = Some(i);
+                self.stats.aged += 1;
+                self.stats.entries -= 1;
+                self.keys[i] = 0;
+            }
+        }
+        match free {
+            Some(i) => {
+                self.keys[i] = key;
+                self.seen[i] = now_s;
+                self.stats.learned += 1;
+                self.stats.entries += 1;
+                Learned::New
+            }
+            None => {
+                self.stats.refused += 1;
+                Learned::Refused
+            }
+        }
+    }
+
+    fn expired(&self, i: usize, now_s: u32) -> bool {
+        self.max_age_secs != 0 && now_s.wrapping_sub(self.seen[i]) >= self.max_age_secs
+    }
+
+    /// Forgets every address not seen for `max_age_secs`.
+    pub fn age(&mut self, now: Timestamp) {
+        let now_s = now.secs() as u32;
+        for i in 0..self.keys.len() {
+            if self.keys[i] != 0 && self.expired(i, now_s) {
+                self.keys[i] = 0;
+                self.stats.aged += 1;
+                self.stats.entries -= 1;
+            }
+        }
+    }
+
+    /// Forgets every address behind `port`.
+    pub fn flush_port(&mut self, port: PortId) {
+        let tag = port.0 as u64 + 1;
+        for k in self.keys.iter_mut() {
+            if *k != 0 && *k >> 48 == tag {
+                *k = 0;
+                self.stats.flushed += 1;
+                self.stats.entries -= 1;
+            }
+        }
+    }
+
+    /// Every entry, sorted by port then address.
+    pub fn dump(&self, now: Timestamp) -> Vec<FdbEntry> {
+        let now_s = now.secs() as u32;
+        let mut v: Vec<FdbEntry> = self
+            .keys
+            .iter()
+            .zip(&self.seen)
+            .filter(|(k, _)| **k != 0)
+            .map(|(k, s)| FdbEntry {
+                mac: MacAddr::from_u64(*k),
+                port: PortId((k >> 48) as u16 - 1),
+                age_secs: now_s.wrapping_sub(*s),
+            })
+            .collect();
+        v.sort_by_key(|e| (e.port, e.mac));
+        v
+    }
+}
+
+/// VALE's default lookup, improved: learn sources, forward known unicast, flood the rest.
+#[derive(Debug, Clone)]
+pub struct LearningBridge {
+    fdb: Fdb,
+    /// Per port: the last source learned and when (VALE's `last_smac`, with a time so the
+    /// entry's age gets refreshed, and cleared on any move so a move back is learned).
+    last: Vec<(u64, u64)>,
+    next_age: u64,
+}
+
+const NO_MAC: u64 = u64::MAX;
+
+impl LearningBridge {
+    pub fn new(cfg: FdbConfig) -> LearningBridge {
+        LearningBridge {
+            fdb: Fdb::new(cfg),
+            last: Vec::new(),
+            next_age: 0,
+        }
+    }
+
+    pub fn fdb(&self) -> &Fdb {
+        &self.fdb
+    }
+
+    #[inline(always)]
+    fn learn(&mut self, pkt: &PacketInfo, now: Timestamp) {
+        if pkt.src.is_multicast() || pkt.no_learn() {
+            return;
+        }
+        let p = pkt.src_port.0 as usize;
+        if p >= self.last.len() {
+            self.last.resize(p + 1, (NO_MAC, 0));
+        }
+        let (mac, when) = self.last[p];
+        if mac == pkt.src.to_u64() && now.0.wrapping_sub(when) < REFRESH_NS {
+            return;
+        }
+        match self.fdb.learn(pkt.src, pkt.src_port, now) {
+            Learned::Moved { .. } => {
+                // Other ports may have this address cached as "already learned".
+                self.last.iter_mut().for_each(|e| *e = (NO_MAC, 0));
+                self.last[p] = (pkt.src.to_u64(), now.0);
+            }
+            Learned::Refused => self.last[p] = (NO_MAC, 0),
+            Learned::New | Learned::Refreshed => self.last[p] = (pkt.src.to_u64(), now.0),
+        }
+    }
+}
+
+impl Default for LearningBridge {
+    fn default() -> Self {
+        LearningBridge::new(FdbConfig::default())
+    }
+}
+
+impl Lookup for LearningBridge {
+    #[inline]
+    fn lookup(&mut self, pkt: &PacketInfo, now: Timestamp) -> Dest {
+        self.learn(pkt, now);
+        if pkt.dst.is_multicast() {
+            return Dest::Flood;
+        }
+        match self.fdb.get(pkt.dst) {
+            Some(p) => Dest::Port(p),
+            None => Dest::Flood,
+        }
+    }
+
+    fn port_detached(&mut self, port: PortId) {
+        self.fdb.flush_port(port);
+        if let Some(e) = self.last.get_mut(port.0 as usize) {
+            *e = (NO_MAC, 0);
+        }
+    }
+
+    fn maintain(&mut self, now: Timestamp) {
+        if now.0 >= self.next_age {
+            self.fdb.age(now);
+            self.last.iter_mut().for_each(|e| *e = (NO_MAC, 0));
+            self.next_age = now.0.saturating_add(REFRESH_NS);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Locally administered unicast addresses 02:00:00:00:hi:lo.
+    fn mac(i: u64) -> MacAddr {
+        MacAddr::new([2, 0, 0, 0, (i >> 8) as u8, i as u8])
+    }
+
+    fn pkt(src_port: u16, src: MacAddr, dst: MacAddr) -> PacketInfo {
+        PacketInfo {
+            src_port: PortId(src_port),
+            src_ring: 0,
+            dst,
+            src,
+            ethertype: 0x0800,
+            len: 60,
+            slot_flags: 0,
+        }
+    }
+
+    #[test]
+    fn zero_mac_never_matches_an_empty_entry() {
+        let f = Fdb::new(FdbConfig::default());
+        assert_eq!(f.get(MacAddr::ZERO), None);
+        let mut lb = LearningBridge::default();
+        let t = Timestamp::from_secs(1);
+        assert_eq!(lb.lookup(&pkt(1, mac(1), MacAddr::ZERO), t), Dest::Flood);
+    }
+
+    #[test]
+    fn learns_forwards_and_floods_multicast() {
+        let mut lb = LearningBridge::default();
+        let t = Timestamp::from_secs(10);
+        assert_eq!(lb.lookup(&pkt(0, mac(1), mac(2)), t), Dest::Flood);
+        assert_eq!(lb.lookup(&pkt(1, mac(2), mac(1)), t), Dest::Port(PortId(0)));
+        assert_eq!(lb.lookup(&pkt(0, mac(1), mac(2)), t), Dest::Port(PortId(1)));
+        assert_eq!(
+            lb.lookup(&pkt(0, mac(1), MacAddr::BROADCAST), t),
+            Dest::Flood
+        );
+        let mcast = MacAddr::new([1, 0, 0x5e, 0, 0, 1]);
+        assert_eq!(lb.lookup(&pkt(0, mac(1), mcast), t), Dest::Flood);
+        // A multicast source is never learned.
+        lb.lookup(&pkt(2, mcast, mac(9)), t);
+        assert_eq!(lb.fdb().get(mcast), None);
+    }
+
+    #[test]
+    fn no_learn_flag_is_honoured() {
+        let mut lb = LearningBridge::default();
+        let mut p = pkt(3, mac(7), MacAddr::BROADCAST);
+        p.slot_flags = vale_abi::layout::NS_NO_LEARN;
+        lb.lookup(&p, Timestamp::from_secs(1));
+        assert_eq!(lb.fdb().get(mac(7)), None);
+    }
+
+    #[test]
+    fn moves_are_detected_including_a_move_back() {
+        let mut lb = LearningBridge::default();
+        let t = Timestamp::from_secs(5);
+        lb.lookup(&pkt(0, mac(1), MacAddr::BROADCAST), t);
+        lb.lookup(&pkt(1, mac(1), MacAddr::BROADCAST), t);
+        assert_eq!(lb.fdb().get(mac(1)), Some(PortId(1)));
+        // VALE's last_smac cache would skip this re-learn; ours does not.
+        lb.lookup(&pkt(0, mac(1), MacAddr::BROADCAST), t);
+        assert_eq!(lb.fdb().get(mac(1)), Some(PortId(0)));
+        assert_eq!(lb.fdb().stats().moves, 2);
+    }
+
+    #[test]
+    fn entries_age_out_unless_refreshed() {
+        let mut lb = LearningBridge::new(FdbConfig {
+            max_age_secs: 300,
+            ..Default::default()
+        });
+        lb.lookup(
+            &pkt(0, mac(1), MacAddr::BROADCAST),
+            Timestamp::from_secs(100),
+        );
+        lb.lookup(
+            &pkt(1, mac(2), MacAddr::BROADCAST),
+            Timestamp::from_secs(100),
+        );
+        // mac(2) keeps talking; mac(1) falls silent.
+        for s in (101..=400).step_by(10) {
+            lb.lookup(&pkt(1, mac(2), MacAddr::BROADCAST), Timestamp::from_secs(s));
+            lb.maintain(Timestamp::from_secs(s));
+        }
+        lb.maintain(Timestamp::from_secs(401));
+        assert_eq!(lb.fdb().get(mac(1)), None, "silent for 300 s: aged out");
+        assert_eq!(lb.fdb().get(mac(2)), Some(PortId(1)));
+        assert_eq!(lb.fdb().stats().aged, 1);
+    }
+
+    #[test]
+    fn full_bucket_refuses_instead_of_evicting() {
+        let mut f = Fdb::new(FdbConfig {
+            capacity: 8, // one bucket
+            max_age_secs: 300,
+            seed: 1,
+        });
+        let t = Timestamp::from_secs(1);
+        for i in 0..8 {
+            assert_eq!(f.learn(mac(i), PortId(i as u16), t), Learned::New);
+        }
+        assert_eq!(f.learn(mac(100), PortId(9), t), Learned::Refused);
+        for i in 0..8 {
+            assert_eq!(f.get(mac(i)), Some(PortId(i as u16)), "live entry kept");
+        }
+        assert_eq!(f.stats().refused, 1);
+        // Once an entry has expired its slot is reused.
+        assert_eq!(
+            f.learn(mac(100), PortId(9), Timestamp::from_secs(400)),
+            Learned::New
+        );
+        assert_eq!(f.get(mac(100)), Some(PortId(9)));
+    }
+
+    #[test]
+    fn flush_port_forgets_only_that_port() {
+        let mut lb = LearningBridge::default();
+        let t = Timestamp::from_secs(1);
+        for i in 0..50 {
+            lb.lookup(&pkt((i % 3) as u16, mac(i), MacAddr::BROADCAST), t);
+        }
+        lb.port_detached(PortId(1));
+        let d = lb.fdb().dump(t);
+        assert_eq!(d.len(), 50 - 17);
+        assert!(d.iter().all(|e| e.port != PortId(1)));
+        assert_eq!(lb.fdb().stats().entries, 33);
+    }
+
+    #[test]
+    fn capacity_is_bounded() {
+        let mut f = Fdb::new(FdbConfig {
+            capacity: 64,
+            max_age_secs: 0,
+            seed: 7,
+        });
+        let t = Timestamp::from_secs(1);
+        for i in 0..10_000 {
+            f.learn(mac(i), PortId(0), t);
+        }
+        assert!(f.dump(t).len() <= 64);
+        assert_eq!(f.stats().entries as usize, f.dump(t).len());
+        assert_eq!(f.stats().learned + f.stats().refused, 10_000);
+    }
+}

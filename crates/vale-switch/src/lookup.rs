@@ -1,0 +1,151 @@
+//! The lookup seam (VALE's `bdg_ops.lookup`, mSwitch's modules): given a frame, where does
+//! it go? The engine calls it once per batch with every frame's header, so a boxed
+//! implementation costs one indirect call per batch, not per packet.
+
+use crate::types::{MacAddr, PortId, Timestamp};
+use vale_abi::layout::NS_NO_LEARN;
+
+/// Where a frame goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    /// To one port (never back to the sender: the engine drops that as `no_dest`).
+    Port(PortId),
+    /// To every other port of the switch.
+    Flood,
+    /// Nowhere (counted as `no_dest`).
+    Drop,
+}
+
+/// What a lookup sees of a frame: copied out of shared memory and validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketInfo {
+    pub src_port: PortId,
+    pub src_ring: u16,
+    pub dst: MacAddr,
+    pub src: MacAddr,
+    pub ethertype: u16,
+    /// Total frame length over all fragments.
+    pub len: u32,
+    /// Slot flags of the first fragment (`NS_NO_LEARN`, ...).
+    pub slot_flags: u16,
+}
+
+impl PacketInfo {
+    /// The frame must not teach the switch its source address (`NS_NO_LEARN`).
+    pub fn no_learn(&self) -> bool {
+        self.slot_flags & NS_NO_LEARN != 0
+    }
+
+    /// Parses the first 14 bytes of a frame.
+    pub fn from_header(
+        hdr: &[u8; 16],
+        src_port: PortId,
+        src_ring: u16,
+        len: u32,
+        flags: u16,
+    ) -> Self {
+        let lo = u64::from_le_bytes([
+            hdr[0], hdr[1], hdr[2], hdr[3], hdr[4], hdr[5], hdr[6], hdr[7],
+        ]);
+        let hi = u64::from_le_bytes([
+            hdr[4], hdr[5], hdr[6], hdr[7], hdr[8], hdr[9], hdr[10], hdr[11],
+        ]);
+        PacketInfo {
+            src_port,
+            src_ring,
+            dst: MacAddr::from_u64(lo),
+            src: MacAddr::from_u64(hi >> 16),
+            ethertype: u16::from_be_bytes([hdr[12], hdr[13]]),
+            len,
+            slot_flags: flags,
+        }
+    }
+}
+
+/// A switching decision function. Implementations keep their own state (tables, rules)
+/// and get the time from the caller.
+pub trait Lookup: Send {
+    /// Decides one frame.
+    fn lookup(&mut self, pkt: &PacketInfo, now: Timestamp) -> Dest;
+
+    /// Decides a batch; `out` has the same length as `pkts`.
+    fn lookup_batch(&mut self, pkts: &[PacketInfo], out: &mut [Dest], now: Timestamp) {
+        for (p, o) in pkts.iter().zip(out.iter_mut()) {
+            *o = self.lookup(p, now);
+        }
+    }
+
+    /// A port left the switch: forget everything about it.
+    fn port_detached(&mut self, _port: PortId) {}
+
+    /// Periodic housekeeping (aging); called at least once per forwarding pass.
+    fn maintain(&mut self, _now: Timestamp) {}
+}
+
+impl<T: Lookup + ?Sized> Lookup for Box<T> {
+    fn lookup(&mut self, pkt: &PacketInfo, now: Timestamp) -> Dest {
+        (**self).lookup(pkt, now)
+    }
+    fn lookup_batch(&mut self, pkts: &[PacketInfo], out: &mut [Dest], now: Timestamp) {
+        (**self).lookup_batch(pkts, out, now)
+    }
+    fn port_detached(&mut self, port: PortId) {
+        (**self).port_detached(port)
+    }
+    fn maintain(&mut self, now: Timestamp) {
+        (**self).maintain(now)
+    }
+}
+
+/// A hub: every frame floods. The simplest lookup, and the model the learning bridge is
+/// tested against.
+#[derive(Debug, Default, Clone)]
+pub struct Hub;
+
+impl Lookup for Hub {
+    fn lookup(&mut self, _pkt: &PacketInfo, _now: Timestamp) -> Dest {
+        Dest::Flood
+    }
+}
+
+/// A static port map (a patch panel): frames from port A go to port B, whatever their
+/// addresses; ports without an entry drop.
+#[derive(Debug, Default, Clone)]
+pub struct StaticMap {
+    map: Vec<Option<PortId>>,
+}
+
+impl StaticMap {
+    pub fn new() -> StaticMap {
+        StaticMap::default()
+    }
+
+    /// Sends everything that enters on `from` to `to`.
+    pub fn connect(&mut self, from: PortId, to: PortId) {
+        let i = from.0 as usize;
+        if self.map.len() <= i {
+            self.map.resize(i + 1, None);
+        }
+        self.map[i] = Some(to);
+    }
+}
+
+impl Lookup for StaticMap {
+    fn lookup(&mut self, pkt: &PacketInfo, _now: Timestamp) -> Dest {
+        match self.map.get(pkt.src_port.0 as usize) {
+            Some(Some(p)) => Dest::Port(*p),
+            _ => Dest::Drop,
+        }
+    }
+
+    fn port_detached(&mut self, port: PortId) {
+        for e in self.map.iter_mut() {
+            if *e == Some(port) {
+                *e = None;
+            }
+        }
+        if let Some(e) = self.map.get_mut(port.0 as usize) {
+            *e = None;
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Port names: netmap's `vale<switch>:<port>` grammar.
+//!
+//! The switch name is everything before the first `:`, "vale" prefix included (`vale0`,
+//! `vale`, `valeA_1`); both identifiers use `[A-Za-z0-9_]`; the switch id may be empty
+//! (`vale:x` is switch `vale`), the port may not. The whole name must fit the length
+//! limit, 15 characters by default as with netmap's `nm_open()` and its 16-byte name.
+
+use thiserror::Error;
+
+/// The classic limit: 15 characters plus NUL.
+pub const DEFAULT_MAX_NAME_LEN: usize = 15;
+const PREFIX: &str = "vale";
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum NameError {
+    #[error("port name is empty; VALE port names look like `vale0:p1`")]
+    Empty,
+    #[error("port name `{name}` does not start with `vale`; VALE port names look like `vale0:p1`")]
+    NotVale { name: String },
+    #[error(
+        "port name `{name}` has no `:` between switch and port; VALE port names look like `vale0:p1`"
+    )]
+    NoColon { name: String },
+    #[error(
+        "port name `{name}` has an empty port part after `:`; VALE port names look like `vale0:p1`"
+    )]
+    EmptyPort { name: String },
+    #[error(
+        "port name `{name}` has {ch:?} at position {pos} in the {part} part; only letters, digits and `_` are allowed"
+    )]
+    BadChar {
+        name: String,
+        ch: char,
+        pos: usize,
+        part: &'static str,
+    },
+    #[error(
+        "port name `{name}` is {len} characters; the limit is {limit} (see `valed --max-name-len`)"
+    )]
+    TooLong {
+        name: String,
+        len: usize,
+        limit: usize,
+    },
+}
+
+/// A validated `vale<sw>:<port>` name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PortName {
+    full: String,
+    colon: usize,
+}
+
+fn ident_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+impl PortName {
+    /// Parses `name` with a length limit of `max_len` characters.
+    pub fn parse(name: &str, max_len: usize) -> Result<PortName, NameError> {
+        let quoted = || {
+            name.chars()
+                .flat_map(char::escape_default)
+                .collect::<String>()
+        };
+        if name.is_empty() {
+            return Err(NameError::Empty);
+        }
+        if !name.starts_with(PREFIX) {
+            return Err(NameError::NotVale { name: quoted() });
+        }
+        let len = name.chars().count();
+        if len > max_len {
+            return Err(NameError::TooLong {
+                name: quoted(),
+                len,
+                limit: max_len,
+            });
+        }
+        let Some(colon) = name.find(':') else {
+            return Err(NameError::NoColon { name: quoted() });
+        };
+        for (pos, ch) in name.char_indices() {
+            let part = if pos < colon {
+                "switch"
+            } else if pos > colon {
+                "port"
+            } else {
+                continue;
+            };
+            if !ident_char(ch) {
+                return Err(NameError::BadChar {
+                    name: quoted(),
+                    ch,
+                    pos,
+                    part,
+                });
+            }
+        }
+        if colon + 1 == name.len() {
+            return Err(NameError::EmptyPort { name: quoted() });
+        }
+        Ok(PortName {
+            full: name.to_string(),
+            colon,
+        })
+    }
+
+    /// The whole name, `vale0:p1`.
+    pub fn as_str(&self) -> &str {
+        &self.full
+    }
+
+    /// The switch, `vale0`.
+    pub fn switch(&self) -> &str {
+        &self.full[..self.colon]
+    }
+
+    /// The port within the switch, `p1`.
+    pub fn port(&self) -> &str {
+        &self.full[self.colon + 1..]
+    }
+}
+
+impl std::fmt::Display for PortName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.full)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<PortName, NameError> {
+        PortName::parse(s, DEFAULT_MAX_NAME_LEN)
+    }
+
+    #[test]
+    fn good_names() {
+        for (s, sw, port) in [
+            ("vale0:a", "vale0", "a"),
+            ("vale:x", "vale", "x"),
+            ("valeA_1:p_2", "valeA_1", "p_2"),
+        ] {
+            let n = parse(s).unwrap();
+            assert_eq!((n.switch(), n.port(), n.as_str()), (sw, port, s));
+        }
+        // 15 characters exactly is fine; a longer limit admits longer names.
+        assert!(parse("vale012:abcdefg").is_ok());
+        assert!(PortName::parse("vale0:a_very_long_port", 31).is_ok());
+    }
+
+    #[test]
+    fn bad_names_say_what_is_wrong() {
+        let cases = [
+            ("", "empty"),
+            ("eth0", "does not start with `vale`"),
+            ("vale0", "no `:`"),
+            ("vale0:", "empty port"),
+            ("vale-a:0", "'-' at position 4 in the switch part"),
+            ("vale0:a b", "' ' at position 7 in the port part"),
+            ("vale0:a:b", "':' at position 7 in the port part"),
+            ("vale0:p/t", "'/' at position 7"),
+            (
+                "vale0:abcdefghijklmnop",
+                "`vale0:abcdefghijklmnop` is 22 characters; the limit is 15 (see `valed --max-name-len`)",
+            ),
+            ("vale0:\u{e9}", "'\u{e9}' at position 6"),
+        ];
+        for (name, want) in cases {
+            let e = parse(name).unwrap_err().to_string();
+            assert!(e.contains(want), "{name:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn control_characters_are_escaped_in_errors() {
+        let e = parse("vale0:\n\x1b[2J").unwrap_err().to_string();
+        assert!(!e.contains('\n') && !e.contains('\x1b'), "{e}");
+    }
+}

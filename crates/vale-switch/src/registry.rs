@@ -1,0 +1,462 @@
+//! Switches by name and ports by `vale<sw>:<port>` name, with every limit a setting.
+//!
+//! A switch exists while it has ports: the first open of `valeX:Y` creates switch `valeX`
+//! and port `Y`, the last close of its last port removes it. Opening an existing port
+//! again shares it (netmap lets several descriptors bind one VALE port); ring and slot
+//! requests only count for the open that creates the port, as in netmap.
+
+use crate::engine::{EngineError, Switch, SwitchConfig};
+use crate::fdb::{FdbConfig, LearningBridge};
+use crate::lookup::Lookup;
+use crate::name::{DEFAULT_MAX_NAME_LEN, NameError, PortName};
+use crate::types::PortId;
+use thiserror::Error;
+use vale_abi::{PortGeometry, Region};
+
+/// Every limit of the original, as a setting with netmap's value as default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Switches at once (netmap's `max_bridges`, 8).
+    pub max_switches: usize,
+    /// Ports per switch (netmap's `NM_BDG_MAXPORTS`, 254).
+    pub max_ports: u16,
+    /// Rings per direction per port (netmap: 16).
+    pub max_rings: u16,
+    /// Slots per ring (netmap: 4096).
+    pub max_slots: u32,
+    /// Buffer size in bytes (netmap's `buf_size` parameter tops out at 65536).
+    pub max_buf_size: u32,
+    /// Characters in a port name (15, netmap's 16-byte name with its NUL).
+    pub max_name_len: usize,
+    /// Default `bridge_batch` for new switches (1024).
+    pub batch: usize,
+    /// Geometry of ports whose opener asks for nothing in particular.
+    pub default_geometry: PortGeometry,
+    /// Learning table of new switches.
+    pub fdb: FdbConfig,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_switches: 8,
+            max_ports: crate::DEFAULT_MAX_PORTS,
+            max_rings: 16,
+            max_slots: 4096,
+            max_buf_size: vale_abi::region::ABI_MAX_BUF_SIZE,
+            max_name_len: DEFAULT_MAX_NAME_LEN,
+            batch: crate::DEFAULT_BATCH,
+            default_geometry: PortGeometry::default(),
+            fdb: FdbConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(
+        "cannot create switch `{switch}`: {limit} switches exist already, the limit (see `valed --max-switches`)"
+    )]
+    TooManySwitches { switch: String, limit: usize },
+    #[error("cannot add port `{port}`: {source}")]
+    Engine { port: String, source: EngineError },
+    #[error(
+        "cannot create port `{port}`: {what} is {value}; the limit is {limit} (see `valed --{flag}`)"
+    )]
+    OverLimit {
+        port: String,
+        what: &'static str,
+        value: u64,
+        limit: u64,
+        flag: &'static str,
+    },
+    #[error("cannot create port `{port}`: {source}")]
+    Region {
+        port: String,
+        source: vale_abi::Error,
+    },
+    #[error("no port `{0}` is open")]
+    NoSuchPort(String),
+    #[error("no switch `{0}` exists")]
+    NoSuchSwitch(String),
+}
+
+/// Identifies an open port: its switch slot and its index on that switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    pub switch: usize,
+    pub port: PortId,
+}
+
+/// A named switch and the open count of each of its ports.
+pub struct SwitchEntry {
+    pub name: String,
+    pub switch: Switch<Box<dyn Lookup>>,
+    refs: Vec<u32>,
+}
+
+/// All switches.
+pub struct Registry {
+    limits: Limits,
+    switches: Vec<Option<SwitchEntry>>,
+}
+
+impl Registry {
+    pub fn new(limits: Limits) -> Registry {
+        Registry {
+            limits,
+            switches: Vec::new(),
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn check_geometry(&self, port: &str, g: &PortGeometry) -> Result<(), RegistryError> {
+        let l = &self.limits;
+        let checks: [(&'static str, u64, u64, &'static str); 5] = [
+            (
+                "tx_rings",
+                g.tx_rings as u64,
+                l.max_rings as u64,
+                "max-rings",
+            ),
+            (
+                "rx_rings",
+                g.rx_rings as u64,
+                l.max_rings as u64,
+                "max-rings",
+            ),
+            (
+                "tx_slots",
+                g.tx_slots as u64,
+                l.max_slots as u64,
+                "max-slots",
+            ),
+            (
+                "rx_slots",
+                g.rx_slots as u64,
+                l.max_slots as u64,
+                "max-slots",
+            ),
+            (
+                "buf_size",
+                g.buf_size as u64,
+                l.max_buf_size as u64,
+                "max-buf-size",
+            ),
+        ];
+        for (what, value, limit, flag) in checks {
+            if value > limit {
+                return Err(RegistryError::OverLimit {
+                    port: port.to_string(),
+                    what,
+                    value,
+                    limit,
+                    flag,
+                });
+            }
+        }
+        g.validate().map_err(|source| RegistryError::Region {
+            port: port.to_string(),
+            source,
+        })
+    }
+
+    fn find_switch(&self, name: &str) -> Option<usize> {
+        self.switches
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.name == name))
+    }
+
+    /// Opens `name`, creating its switch and port as needed. `geometry` (or the default
+    /// one) is used only when the port is created.
+    pub fn open(
+        &mut self,
+        name: &str,
+        geometry: Option<PortGeometry>,
+    ) -> Result<PortKey, RegistryError> {
+        let pn = PortName::parse(name, self.limits.max_name_len)?;
+        if let Some(si) = self.find_switch(pn.switch()) {
+            if let Some(e) = self.switches[si].as_mut() {
+                if let Some(p) = e.switch.port_by_name(pn.as_str()) {
+                    e.refs[p.0 as usize] += 1;
+                    return Ok(PortKey {
+                        switch: si,
+                        port: p,
+                    });
+                }
+            }
+        }
+        let g = geometry.unwrap_or(self.limits.default_geometry);
+        self.check_geometry(pn.as_str(), &g)?;
+        let si = match self.find_switch(pn.switch()) {
+            Some(si) => si,
+            None => self.create_switch(pn.switch())?,
+        };
+        let created = self.switches[si]
+            .as_ref()
+            .is_some_and(|e| e.switch.is_empty());
+        let result = self.add_port(si, &pn, g);
+        if result.is_err() && created {
+            self.switches[si] = None; // do not leave an empty switch behind
+        }
+        result
+    }
+
+    fn add_port(
+        &mut self,
+        si: usize,
+        pn: &PortName,
+        g: PortGeometry,
+    ) -> Result<PortKey, RegistryError> {
+        let entry = self.switches[si]
+            .as_mut()
+            .ok_or_else(|| RegistryError::NoSuchSwitch(pn.switch().to_string()))?;
+        if entry.switch.len() >= self.limits.max_ports as usize {
+            return Err(RegistryError::Engine {
+                port: pn.to_string(),
+                source: EngineError::SwitchFull {
+                    limit: self.limits.max_ports,
+                },
+            });
+        }
+        let region = Region::create(pn.as_str(), g).map_err(|source| RegistryError::Region {
+            port: pn.to_string(),
+            source,
+        })?;
+        let port =
+            entry
+                .switch
+                .attach(pn.as_str(), region)
+                .map_err(|source| RegistryError::Engine {
+                    port: pn.to_string(),
+                    source,
+                })?;
+        let i = port.0 as usize;
+        if entry.refs.len() <= i {
+            entry.refs.resize(i + 1, 0);
+        }
+        entry.refs[i] = 1;
+        Ok(PortKey { switch: si, port })
+    }
+
+    fn create_switch(&mut self, name: &str) -> Result<usize, RegistryError> {
+        let live = self.switches.iter().filter(|s| s.is_some()).count();
+        if live >= self.limits.max_switches {
+            return Err(RegistryError::TooManySwitches {
+                switch: name.to_string(),
+                limit: self.limits.max_switches,
+            });
+        }
+        let lookup: Box<dyn Lookup> = Box::new(LearningBridge::new(self.limits.fdb));
+        let cfg = SwitchConfig {
+            max_ports: self.limits.max_ports,
+            batch: self.limits.batch,
+        };
+        let switch = Switch::new(lookup, cfg).map_err(|source| RegistryError::Engine {
+            port: name.to_string(),
+            source,
+        })?;
+        let entry = SwitchEntry {
+            name: name.to_string(),
+            switch,
+            refs: Vec::new(),
+        };
+        match self.switches.iter().position(Option::is_none) {
+            Some(i) => {
+                self.switches[i] = Some(entry);
+                Ok(i)
+            }
+            None => {
+                self.switches.push(Some(entry));
+                Ok(self.switches.len() - 1)
+            }
+        }
+    }
+
+    /// Closes one open of a port. The last close detaches it (its addresses are flushed)
+    /// and the last port's removal removes the switch. Returns true if the port went away.
+    pub fn close(&mut self, key: PortKey) -> Result<bool, RegistryError> {
+        let Some(Some(e)) = self.switches.get_mut(key.switch) else {
+            return Err(RegistryError::NoSuchPort(format!("{key:?}")));
+        };
+        let Some(r) = e.refs.get_mut(key.port.0 as usize).filter(|r| **r > 0) else {
+            return Err(RegistryError::NoSuchPort(format!(
+                "{}:{}",
+                e.name, key.port
+            )));
+        };
+        *r -= 1;
+        if *r > 0 {
+            return Ok(false);
+        }
+        e.switch.detach(key.port);
+        if e.switch.is_empty() {
+            self.switches[key.switch] = None;
+        }
+        Ok(true)
+    }
+
+    /// Finds an open port by full name.
+    pub fn find(&self, name: &str) -> Option<PortKey> {
+        let pn = PortName::parse(name, usize::MAX).ok()?;
+        let si = self.find_switch(pn.switch())?;
+        let port = self.switches[si].as_ref()?.switch.port_by_name(name)?;
+        Some(PortKey { switch: si, port })
+    }
+
+    pub fn switch(&self, name: &str) -> Option<&SwitchEntry> {
+        self.switches[self.find_switch(name)?].as_ref()
+    }
+
+    pub fn switch_mut(&mut self, name: &str) -> Option<&mut SwitchEntry> {
+        let i = self.find_switch(name)?;
+        self.switches[i].as_mut()
+    }
+
+    pub fn entry_mut(&mut self, key: PortKey) -> Option<&mut SwitchEntry> {
+        self.switches.get_mut(key.switch)?.as_mut()
+    }
+
+    /// Live switches.
+    pub fn switches(&self) -> impl Iterator<Item = &SwitchEntry> {
+        self.switches.iter().flatten()
+    }
+
+    pub fn switches_mut(&mut self) -> impl Iterator<Item = &mut SwitchEntry> {
+        self.switches.iter_mut().flatten()
+    }
+
+    /// How many opens a port has.
+    pub fn open_count(&self, key: PortKey) -> u32 {
+        self.switches
+            .get(key.switch)
+            .and_then(|s| s.as_ref())
+            .and_then(|e| e.refs.get(key.port.0 as usize).copied())
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> Limits {
+        Limits {
+            default_geometry: PortGeometry {
+                tx_slots: 64,
+                rx_slots: 64,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn switch_lives_while_it_has_ports() {
+        let mut r = Registry::new(small());
+        let a = r.open("vale0:a", None).unwrap();
+        let b = r.open("vale0:b", None).unwrap();
+        assert_eq!(a.switch, b.switch);
+        assert_eq!(r.switch("vale0").unwrap().switch.len(), 2);
+        // A second open shares the port.
+        assert_eq!(r.open("vale0:a", None).unwrap(), a);
+        assert_eq!(r.open_count(a), 2);
+        assert!(!r.close(a).unwrap());
+        assert!(r.close(a).unwrap());
+        assert!(r.find("vale0:a").is_none());
+        assert!(r.close(b).unwrap());
+        assert!(
+            r.switch("vale0").is_none(),
+            "switch gone with its last port"
+        );
+        assert!(r.close(b).is_err());
+    }
+
+    #[test]
+    fn switch_limit_is_a_setting_with_a_clear_error() {
+        let mut r = Registry::new(Limits {
+            max_switches: 2,
+            ..small()
+        });
+        r.open("vale0:a", None).unwrap();
+        r.open("vale1:a", None).unwrap();
+        let e = r.open("vale2:a", None).unwrap_err().to_string();
+        assert!(
+            e.contains("`vale2`") && e.contains("2 switches") && e.contains("--max-switches"),
+            "{e}"
+        );
+        // Existing switches still take ports.
+        r.open("vale1:b", None).unwrap();
+        assert!(r.switch("vale2").is_none());
+    }
+
+    #[test]
+    fn port_limit_is_a_setting_with_a_clear_error() {
+        let mut r = Registry::new(Limits {
+            max_ports: 3,
+            ..small()
+        });
+        for p in ["a", "b", "c"] {
+            r.open(&format!("vale0:{p}"), None).unwrap();
+        }
+        let e = r.open("vale0:d", None).unwrap_err().to_string();
+        assert!(e.contains("vale0:d") && e.contains("3 ports"), "{e}");
+        let k = r.find("vale0:b").unwrap();
+        r.close(k).unwrap();
+        let d = r.open("vale0:d", None).unwrap();
+        assert_eq!(d.port, k.port, "the freed index is reused");
+    }
+
+    #[test]
+    fn geometry_limits_are_checked() {
+        let mut r = Registry::new(small());
+        let too_many_rings = PortGeometry {
+            tx_rings: 17,
+            ..Default::default()
+        };
+        let e = r
+            .open("vale0:a", Some(too_many_rings))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tx_rings is 17; the limit is 16") && e.contains("--max-rings"),
+            "{e}"
+        );
+        assert!(
+            r.switch("vale0").is_none(),
+            "failed open leaves no switch behind"
+        );
+        let big = PortGeometry {
+            tx_slots: 8192,
+            ..Default::default()
+        };
+        assert!(r.open("vale0:a", Some(big)).is_err());
+        let mut r2 = Registry::new(Limits {
+            max_slots: 8192,
+            ..small()
+        });
+        let k = r2.open("vale0:a", Some(big)).unwrap();
+        let e = r2.entry_mut(k).unwrap();
+        assert_eq!(e.switch.port(k.port).unwrap().geometry().tx_slots, 8192);
+    }
+
+    #[test]
+    fn name_errors_pass_through() {
+        let mut r = Registry::new(small());
+        let e = r
+            .open("vale0:abcdefghijklmnop", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limit is 15"), "{e}");
+        let mut r = Registry::new(Limits {
+            max_name_len: 31,
+            ..small()
+        });
+        assert!(r.open("vale0:abcdefghijklmnop", None).is_ok());
+    }
+}

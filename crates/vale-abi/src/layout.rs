@@ -199,7 +199,7 @@ mod tests {
         assert_eq!(off::KTOA_HWCUR, 192);
         assert_eq!(off::KTOA_HWTAIL, 196);
         assert_eq!(off::KTOA_NEED_KICK, 200);
-        assert!(off::KTOA_NEED_KICK + 4 <= NETMAP_RING_SIZE);
+        const { assert!(off::KTOA_NEED_KICK + 4 <= NETMAP_RING_SIZE) };
     }
 
     #[test]

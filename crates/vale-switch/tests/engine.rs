@@ -1,0 +1,361 @@
+//! Behaviour of the forwarding engine over real memfd regions, driven the way clients
+//! drive it: through their own mappings and the ring protocol.
+
+mod common;
+use common::*;
+use vale_abi::layout::{NS_MOREFRAG, NS_NO_LEARN};
+use vale_abi::PortGeometry;
+use vale_switch::*;
+
+fn geom(slots: u32) -> PortGeometry {
+    PortGeometry {
+        tx_slots: slots,
+        rx_slots: slots,
+        ..Default::default()
+    }
+}
+
+fn bridge(ports: usize, slots: u32) -> (Switch<LearningBridge>, Vec<PortId>, Vec<Client>) {
+    let mut sw = Switch::new(LearningBridge::default(), SwitchConfig::default()).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..ports {
+        let name = format!("vale0:p{i}");
+        let r = vale_abi::Region::create(&name, geom(slots)).unwrap();
+        ids.push(sw.attach(name, r).unwrap());
+    }
+    let clients = ids.iter().map(|id| Client::attach(&sw, *id)).collect();
+    (sw, ids, clients)
+}
+
+#[test]
+fn learned_unicast_reaches_only_its_port() {
+    // netmap's test 007, with the negative case it never checked.
+    let (mut sw, ids, c) = bridge(3, 64);
+    let m2 = mac(2);
+    c[2].send(&[frame(MacAddr::BROADCAST, m2, 1, 60)]);
+    drain(&mut sw, t(1));
+    assert_eq!(c[0].recv_frames().len(), 1, "broadcast reaches p0");
+    assert_eq!(c[1].recv_frames().len(), 1, "broadcast reaches p1");
+    assert!(c[2].recv_frames().is_empty(), "never reflected to the sender");
+    c[0].send(&[frame(m2, mac(0), 2, 60)]);
+    drain(&mut sw, t(1));
+    let got = c[2].recv_frames();
+    assert_eq!(got.len(), 1);
+    assert_eq!(tag_of(&got[0]), 2);
+    assert!(c[1].recv_frames().is_empty(), "p1 must NOT see unicast to a MAC learned on p2");
+    assert!(c[0].recv_frames().is_empty());
+    assert_eq!(sw.lookup().fdb().get(m2), Some(ids[2]));
+    assert_eq!(sw.lookup().fdb().get(mac(0)), Some(ids[0]));
+}
+
+#[test]
+fn unknown_unicast_and_multicast_flood_in_batch_order() {
+    let (mut sw, _, c) = bridge(4, 128);
+    let mut frames = Vec::new();
+    for i in 0..40u64 {
+        let dst = match i % 3 {
+            0 => MacAddr::BROADCAST,
+            1 => MacAddr::new([1, 0, 0x5e, 0, 0, 9]),
+            _ => mac(900 + i as u16), // unknown
+        };
+        frames.push(frame(dst, mac(0), i, 60 + i as usize));
+    }
+    assert_eq!(c[0].send(&frames), 40);
+    drain(&mut sw, t(1));
+    for cl in &c[1..] {
+        let got = cl.recv_frames();
+        assert_eq!(got, frames, "every other port gets every frame, intact, in order");
+    }
+    assert!(c[0].recv_frames().is_empty());
+    let s = sw.port(PortId(0)).unwrap().stats();
+    assert_eq!((s.tx_packets, s.forwarded, s.copies), (40, 40, 120));
+}
+
+#[test]
+fn unicast_and_flood_to_one_port_keep_batch_order() {
+    let (mut sw, _, c) = bridge(3, 256);
+    // Teach the switch where mac(1) lives.
+    c[1].send(&[frame(MacAddr::BROADCAST, mac(1), 0, 60)]);
+    drain(&mut sw, t(1));
+    c[0].recv();
+    c[2].recv();
+    let frames: Vec<_> = (1..=60u64)
+        .map(|i| {
+            let dst = if i % 2 == 0 { mac(1) } else { MacAddr::BROADCAST };
+            frame(dst, mac(0), i, 64)
+        })
+        .collect();
+    c[0].send(&frames);
+    drain(&mut sw, t(1));
+    let tags: Vec<u64> = c[1].recv_frames().iter().map(|f| tag_of(f)).collect();
+    assert_eq!(tags, (1..=60).collect::<Vec<_>>(), "p1: merged in order");
+    let tags2: Vec<u64> = c[2].recv_frames().iter().map(|f| tag_of(f)).collect();
+    assert_eq!(tags2, (1..=60).step_by(2).collect::<Vec<_>>(), "p2: floods only");
+}
+
+#[test]
+fn fragments_are_delivered_whole_with_netmaps_count() {
+    let (mut sw, _, c) = bridge(2, 256);
+    let big = frame(MacAddr::BROADCAST, mac(0), 7, 5000);
+    assert!(c[0].queue(&big, 3));
+    let small = frame(MacAddr::BROADCAST, mac(0), 8, 60);
+    assert!(c[0].queue(&small, 1));
+    c[0].txsync();
+    drain(&mut sw, t(1));
+    let got = c[1].recv();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].0, big);
+    assert_eq!(got[0].1, vec![0x0300 | NS_MOREFRAG, 0x0300 | NS_MOREFRAG, 0x0300]);
+    assert_eq!(got[1].1, vec![0x0100], "single-slot packet: count 1, as netmap writes");
+    let s = sw.port(PortId(0)).unwrap().stats();
+    assert_eq!(s.tx_bytes, 5060);
+    assert_eq!(sw.port(PortId(1)).unwrap().stats().rx_bytes, 5060);
+}
+
+#[test]
+fn bad_fragment_chains_are_dropped_whole_and_counted() {
+    let (mut sw, _, c) = bridge(2, 256);
+    // 65 fragments: one too many.
+    let f = frame(MacAddr::BROADCAST, mac(0), 1, 65 * 20);
+    assert!(c[0].queue(&f, 65));
+    // A chain whose last slot still says MOREFRAG at head: unfinished.
+    let g = frame(MacAddr::BROADCAST, mac(0), 2, 100);
+    assert!(c[0].put_slot(0, &g[..50], NS_MOREFRAG));
+    assert!(c[0].put_slot(0, &g[50..], NS_MOREFRAG));
+    c[0].txsync();
+    drain(&mut sw, t(1));
+    assert!(c[1].recv().is_empty());
+    let s = sw.port(PortId(0)).unwrap().stats();
+    assert_eq!(s.drop_count(DropReason::BadFrag), 2);
+    assert_eq!(s.tx_packets, 2);
+    assert!(s.is_conserved());
+    // The ring is usable afterwards.
+    c[0].send(&[frame(MacAddr::BROADCAST, mac(0), 3, 60)]);
+    drain(&mut sw, t(1));
+    assert_eq!(c[1].recv_frames().len(), 1);
+}
+
+#[test]
+fn a_full_ring_drops_and_counts_and_conservation_holds() {
+    let (mut sw, _, c) = bridge(2, 64);
+    let frames: Vec<_> = (0..63u64).map(|i| frame(mac(1), mac(0), i, 60)).collect();
+    // Receiver sleeps: its ring holds 63 (one slot always empty).
+    for round in 0..3 {
+        assert_eq!(c[0].send(&frames), 63, "round {round}");
+        drain(&mut sw, t(1));
+    }
+    let s0 = sw.port(PortId(0)).unwrap().stats().clone();
+    let s1 = sw.port(PortId(1)).unwrap().stats().clone();
+    assert_eq!(s0.tx_packets, 189);
+    assert_eq!(s1.rx_packets, 63);
+    assert_eq!(s1.drop_count(DropReason::RingFull), 126);
+    assert_eq!(s0.copies_dropped, 126);
+    assert_eq!(s0.copies - s0.copies_dropped, s1.rx_packets);
+    assert!(s0.is_conserved());
+    let got = c[1].recv_frames();
+    assert_eq!(got, frames, "the first ring-full of frames, intact");
+    // Drained: room again.
+    c[0].send(&frames[..10]);
+    drain(&mut sw, t(1));
+    assert_eq!(c[1].recv_frames().len(), 10);
+}
+
+#[test]
+fn malformed_slots_are_dropped_by_reason() {
+    let (mut sw, _, c) = bridge(2, 64);
+    let v = c[0].tx[0].view().clone();
+    let h = c[0].tx[0].head();
+    let f = frame(MacAddr::BROADCAST, mac(0), 1, 60);
+    c[0].queue(&f, 1);
+    c[0].queue(&f[..13], 1); // runt
+    c[0].queue(&f, 1);
+    c[0].queue(&f, 1);
+    c[0].queue(&f, 1);
+    // Slot h+2: bad buffer index; h+3: reserved buffer 1; h+4: length over the buffer.
+    let mut s = v.read_slot(h + 2);
+    s.buf_idx = 1 << 30;
+    v.write_slot(h + 2, s);
+    let mut s = v.read_slot(h + 3);
+    s.buf_idx = 1;
+    v.write_slot(h + 3, s);
+    let mut s = v.read_slot(h + 4);
+    s.len = 4000;
+    v.write_slot(h + 4, s);
+    c[0].txsync();
+    drain(&mut sw, t(1));
+    assert_eq!(c[1].recv_frames(), vec![f]);
+    let st = sw.port(PortId(0)).unwrap().stats();
+    assert_eq!(st.drop_count(DropReason::Runt), 1);
+    assert_eq!(st.drop_count(DropReason::BadBuf), 2);
+    assert_eq!(st.drop_count(DropReason::BadLen), 1);
+    assert_eq!(st.tx_packets, 5);
+    assert!(st.is_conserved());
+}
+
+#[test]
+fn no_learn_and_aging_through_the_engine() {
+    let (mut sw, _, c) = bridge(3, 64);
+    // NS_NO_LEARN: p2's address is not learned, so unicast to it still floods.
+    let f = frame(MacAddr::BROADCAST, mac(2), 0, 60);
+    assert!(c[2].put_slot(0, &f, NS_NO_LEARN));
+    c[2].txsync();
+    drain(&mut sw, t(10));
+    assert_eq!(sw.lookup().fdb().get(mac(2)), None);
+    c[2].send(&[f.clone()]);
+    drain(&mut sw, t(10));
+    assert!(sw.lookup().fdb().get(mac(2)).is_some());
+    for cl in &c {
+        cl.recv();
+    }
+    // 300 s of silence later the entry is gone and unicast floods again.
+    c[0].send(&[frame(mac(2), mac(0), 1, 60)]);
+    drain(&mut sw, t(100));
+    assert!(c[1].recv().is_empty());
+    assert_eq!(c[2].recv().len(), 1);
+    drain(&mut sw, t(311));
+    assert_eq!(sw.lookup().fdb().get(mac(2)), None, "aged out");
+    c[0].send(&[frame(mac(2), mac(0), 2, 60)]);
+    drain(&mut sw, t(311));
+    assert_eq!(c[1].recv().len(), 1, "flooded after aging");
+}
+
+#[test]
+fn detach_flushes_addresses_and_stops_delivery() {
+    let (mut sw, ids, c) = bridge(3, 64);
+    c[2].send(&[frame(MacAddr::BROADCAST, mac(2), 0, 60)]);
+    drain(&mut sw, t(1));
+    c[0].recv();
+    c[1].recv();
+    let gone = sw.detach(ids[2]).unwrap();
+    assert_eq!(gone.name(), "vale0:p2");
+    assert_eq!(sw.lookup().fdb().get(mac(2)), None);
+    c[0].send(&[frame(mac(2), mac(0), 1, 60)]);
+    drain(&mut sw, t(1));
+    assert_eq!(c[1].recv().len(), 1, "unknown again: flooded to the remaining port");
+    assert!(c[2].recv().is_empty());
+    // The index is reused by the next port, which inherits nothing.
+    let r = vale_abi::Region::create("vale0:new", geom(64)).unwrap();
+    let id = sw.attach("vale0:new", r).unwrap();
+    assert_eq!(id, ids[2]);
+    let n = Client::attach(&sw, id);
+    c[0].send(&[frame(mac(2), mac(0), 2, 60)]);
+    drain(&mut sw, t(1));
+    assert_eq!(n.recv().len(), 1, "flooded, not delivered via a stale entry");
+    assert_eq!(c[1].recv().len(), 1);
+}
+
+#[test]
+fn static_map_proves_the_lookup_seam() {
+    let mut map = StaticMap::new();
+    map.connect(PortId(0), PortId(2));
+    map.connect(PortId(2), PortId(0));
+    let mut sw: Switch<Box<dyn Lookup>> =
+        Switch::new(Box::new(map) as Box<dyn Lookup>, SwitchConfig::default()).unwrap();
+    let mut c = Vec::new();
+    for i in 0..3 {
+        let name = format!("vale1:s{i}");
+        let r = vale_abi::Region::create(&name, geom(64)).unwrap();
+        let id = sw.attach(name, r).unwrap();
+        c.push(Client::attach(&sw, id));
+    }
+    c[0].send(&[frame(MacAddr::BROADCAST, mac(0), 1, 60)]);
+    c[1].send(&[frame(MacAddr::BROADCAST, mac(1), 2, 60)]);
+    drain(&mut sw, t(1));
+    assert_eq!(c[2].recv_frames().len(), 1, "patched 0 -> 2 regardless of address");
+    assert!(c[0].recv().is_empty(), "port 1 has no patch: dropped");
+    assert_eq!(sw.port(PortId(1)).unwrap().stats().drop_count(DropReason::NoDest), 1);
+}
+
+#[test]
+fn hub_floods_everything() {
+    let mut sw = Switch::new(Hub, SwitchConfig::default()).unwrap();
+    let mut c = Vec::new();
+    for i in 0..3 {
+        let name = format!("vale2:h{i}");
+        let id = sw
+            .attach(name.clone(), vale_abi::Region::create(&name, geom(64)).unwrap())
+            .unwrap();
+        c.push(Client::attach(&sw, id));
+    }
+    c[1].send(&[frame(mac(0), mac(1), 1, 60)]);
+    drain(&mut sw, t(1));
+    assert_eq!(c[0].recv().len(), 1);
+    assert_eq!(c[2].recv().len(), 1);
+}
+
+#[test]
+fn a_lonely_flood_is_counted_as_no_destination() {
+    let (mut sw, _, c) = bridge(1, 64);
+    c[0].send(&[frame(MacAddr::BROADCAST, mac(0), 1, 60)]);
+    drain(&mut sw, t(1));
+    let s = sw.port(PortId(0)).unwrap().stats();
+    assert_eq!(s.drop_count(DropReason::NoDest), 1);
+    assert!(s.is_conserved());
+}
+
+#[test]
+fn multi_ring_ports_map_source_ring_to_destination_ring() {
+    let mut sw = Switch::new(LearningBridge::default(), SwitchConfig::default()).unwrap();
+    let g4 = PortGeometry {
+        tx_rings: 4,
+        rx_rings: 4,
+        tx_slots: 64,
+        rx_slots: 64,
+        buf_size: 2048,
+    };
+    let a = sw.attach("vale0:a", vale_abi::Region::create("vale0:a", g4).unwrap()).unwrap();
+    let b = sw.attach("vale0:b", vale_abi::Region::create("vale0:b", g4).unwrap()).unwrap();
+    let one = sw.attach("vale0:c", vale_abi::Region::create("vale0:c", geom(64)).unwrap()).unwrap();
+    let (ca, cb, cc) = (Client::attach(&sw, a), Client::attach(&sw, b), Client::attach(&sw, one));
+    for r in 0..4 {
+        assert!(ca.queue_on(r, &frame(MacAddr::BROADCAST, mac(0), r as u64, 60), 1));
+    }
+    ca.txsync();
+    drain(&mut sw, t(1));
+    for r in 0..4 {
+        let ring = &cb.rx[r];
+        ring.rxsync();
+        assert_eq!(ring.space(), 1, "tx ring {r} lands on rx ring {r}");
+    }
+    assert_eq!(cc.recv().len(), 4, "a one-ring port gets all four on its ring 0");
+}
+
+#[test]
+fn notifications_only_when_asked_for() {
+    let (mut sw, ids, c) = bridge(2, 64);
+    c[0].send(&[frame(MacAddr::BROADCAST, mac(0), 1, 60)]);
+    let ev = drain(&mut sw, t(1));
+    assert!(ev.is_empty(), "nobody asked for a kick");
+    c[1].recv();
+    c[1].arm_rx_kick();
+    c[0].send(&[frame(MacAddr::BROADCAST, mac(0), 2, 60)]);
+    let ev = drain(&mut sw, t(1));
+    assert_eq!(
+        ev,
+        vec![Notify {
+            port: ids[1],
+            dir: RingDir::Rx,
+            ring: 0
+        }]
+    );
+    // The switch side: arming kicks reports pending work.
+    assert!(!sw.arm_kicks());
+    c[0].queue(&frame(MacAddr::BROADCAST, mac(0), 3, 60), 1);
+    assert!(c[0].tx[0].txsync(), "client sees the switch asked for a kick");
+    assert!(sw.arm_kicks());
+    sw.disarm_kicks();
+    assert!(!c[0].tx[0].txsync());
+}
+
+#[test]
+fn bridge_batch_limits_packets_per_pass() {
+    let (mut sw, _, c) = bridge(2, 1024);
+    sw.set_batch(16).unwrap();
+    assert!(sw.set_batch(0).is_err() && sw.set_batch(8193).is_err());
+    let frames: Vec<_> = (0..100u64).map(|i| frame(MacAddr::BROADCAST, mac(0), i, 60)).collect();
+    c[0].send(&frames);
+    let mut ev = Vec::new();
+    assert_eq!(sw.forward(t(1), &mut ev), 16);
+    drain(&mut sw, t(1));
+    assert_eq!(c[1].recv_frames(), frames);
+}

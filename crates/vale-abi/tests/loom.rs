@@ -5,8 +5,8 @@
 #![cfg(loom)]
 
 use loom::cell::UnsafeCell;
-use loom::sync::atomic::AtomicU32;
 use loom::sync::Arc;
+use loom::sync::atomic::AtomicU32;
 use loom::thread;
 use vale_abi::sync::Csb;
 
@@ -117,7 +117,10 @@ fn switch_sleep_never_misses_a_kick() {
         let (head, _) = csb.sw_read_acquire();
         let sleeps = head == 0;
         let kicked = app.join().unwrap();
-        assert!(!sleeps || kicked, "switch slept with work pending and no kick");
+        assert!(
+            !sleeps || kicked,
+            "switch slept with work pending and no kick"
+        );
     });
 }
 
@@ -138,7 +141,10 @@ fn client_sleep_never_misses_a_kick() {
         let (_, hwtail) = csb.app_read_acquire();
         let sleeps = hwtail == 0;
         let kicked = sw.join().unwrap();
-        assert!(!sleeps || kicked, "client slept with packets pending and no kick");
+        assert!(
+            !sleeps || kicked,
+            "client slept with packets pending and no kick"
+        );
     });
 }
 

@@ -3,8 +3,8 @@
 
 mod common;
 use common::*;
-use vale_abi::layout::{NS_MOREFRAG, NS_NO_LEARN};
 use vale_abi::PortGeometry;
+use vale_abi::layout::{NS_MOREFRAG, NS_NO_LEARN};
 use vale_switch::*;
 
 fn geom(slots: u32) -> PortGeometry {
@@ -36,13 +36,19 @@ fn learned_unicast_reaches_only_its_port() {
     drain(&mut sw, t(1));
     assert_eq!(c[0].recv_frames().len(), 1, "broadcast reaches p0");
     assert_eq!(c[1].recv_frames().len(), 1, "broadcast reaches p1");
-    assert!(c[2].recv_frames().is_empty(), "never reflected to the sender");
+    assert!(
+        c[2].recv_frames().is_empty(),
+        "never reflected to the sender"
+    );
     c[0].send(&[frame(m2, mac(0), 2, 60)]);
     drain(&mut sw, t(1));
     let got = c[2].recv_frames();
     assert_eq!(got.len(), 1);
     assert_eq!(tag_of(&got[0]), 2);
-    assert!(c[1].recv_frames().is_empty(), "p1 must NOT see unicast to a MAC learned on p2");
+    assert!(
+        c[1].recv_frames().is_empty(),
+        "p1 must NOT see unicast to a MAC learned on p2"
+    );
     assert!(c[0].recv_frames().is_empty());
     assert_eq!(sw.lookup().fdb().get(m2), Some(ids[2]));
     assert_eq!(sw.lookup().fdb().get(mac(0)), Some(ids[0]));
@@ -64,7 +70,10 @@ fn unknown_unicast_and_multicast_flood_in_batch_order() {
     drain(&mut sw, t(1));
     for cl in &c[1..] {
         let got = cl.recv_frames();
-        assert_eq!(got, frames, "every other port gets every frame, intact, in order");
+        assert_eq!(
+            got, frames,
+            "every other port gets every frame, intact, in order"
+        );
     }
     assert!(c[0].recv_frames().is_empty());
     let s = sw.port(PortId(0)).unwrap().stats();
@@ -81,7 +90,11 @@ fn unicast_and_flood_to_one_port_keep_batch_order() {
     c[2].recv();
     let frames: Vec<_> = (1..=60u64)
         .map(|i| {
-            let dst = if i % 2 == 0 { mac(1) } else { MacAddr::BROADCAST };
+            let dst = if i % 2 == 0 {
+                mac(1)
+            } else {
+                MacAddr::BROADCAST
+            };
             frame(dst, mac(0), i, 64)
         })
         .collect();
@@ -90,7 +103,11 @@ fn unicast_and_flood_to_one_port_keep_batch_order() {
     let tags: Vec<u64> = c[1].recv_frames().iter().map(|f| tag_of(f)).collect();
     assert_eq!(tags, (1..=60).collect::<Vec<_>>(), "p1: merged in order");
     let tags2: Vec<u64> = c[2].recv_frames().iter().map(|f| tag_of(f)).collect();
-    assert_eq!(tags2, (1..=60).step_by(2).collect::<Vec<_>>(), "p2: floods only");
+    assert_eq!(
+        tags2,
+        (1..=60).step_by(2).collect::<Vec<_>>(),
+        "p2: floods only"
+    );
 }
 
 #[test]
@@ -105,8 +122,15 @@ fn fragments_are_delivered_whole_with_netmaps_count() {
     let got = c[1].recv();
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].0, big);
-    assert_eq!(got[0].1, vec![0x0300 | NS_MOREFRAG, 0x0300 | NS_MOREFRAG, 0x0300]);
-    assert_eq!(got[1].1, vec![0x0100], "single-slot packet: count 1, as netmap writes");
+    assert_eq!(
+        got[0].1,
+        vec![0x0300 | NS_MOREFRAG, 0x0300 | NS_MOREFRAG, 0x0300]
+    );
+    assert_eq!(
+        got[1].1,
+        vec![0x0100],
+        "single-slot packet: count 1, as netmap writes"
+    );
     let s = sw.port(PortId(0)).unwrap().stats();
     assert_eq!(s.tx_bytes, 5060);
     assert_eq!(sw.port(PortId(1)).unwrap().stats().rx_bytes, 5060);
@@ -231,7 +255,11 @@ fn detach_flushes_addresses_and_stops_delivery() {
     assert_eq!(sw.lookup().fdb().get(mac(2)), None);
     c[0].send(&[frame(mac(2), mac(0), 1, 60)]);
     drain(&mut sw, t(1));
-    assert_eq!(c[1].recv().len(), 1, "unknown again: flooded to the remaining port");
+    assert_eq!(
+        c[1].recv().len(),
+        1,
+        "unknown again: flooded to the remaining port"
+    );
     assert!(c[2].recv().is_empty());
     // The index is reused by the next port, which inherits nothing.
     let r = vale_abi::Region::create("vale0:new", geom(64)).unwrap();
@@ -240,7 +268,11 @@ fn detach_flushes_addresses_and_stops_delivery() {
     let n = Client::attach(&sw, id);
     c[0].send(&[frame(mac(2), mac(0), 2, 60)]);
     drain(&mut sw, t(1));
-    assert_eq!(n.recv().len(), 1, "flooded, not delivered via a stale entry");
+    assert_eq!(
+        n.recv().len(),
+        1,
+        "flooded, not delivered via a stale entry"
+    );
     assert_eq!(c[1].recv().len(), 1);
 }
 
@@ -261,9 +293,19 @@ fn static_map_proves_the_lookup_seam() {
     c[0].send(&[frame(MacAddr::BROADCAST, mac(0), 1, 60)]);
     c[1].send(&[frame(MacAddr::BROADCAST, mac(1), 2, 60)]);
     drain(&mut sw, t(1));
-    assert_eq!(c[2].recv_frames().len(), 1, "patched 0 -> 2 regardless of address");
+    assert_eq!(
+        c[2].recv_frames().len(),
+        1,
+        "patched 0 -> 2 regardless of address"
+    );
     assert!(c[0].recv().is_empty(), "port 1 has no patch: dropped");
-    assert_eq!(sw.port(PortId(1)).unwrap().stats().drop_count(DropReason::NoDest), 1);
+    assert_eq!(
+        sw.port(PortId(1))
+            .unwrap()
+            .stats()
+            .drop_count(DropReason::NoDest),
+        1
+    );
 }
 
 #[test]
@@ -273,7 +315,10 @@ fn hub_floods_everything() {
     for i in 0..3 {
         let name = format!("vale2:h{i}");
         let id = sw
-            .attach(name.clone(), vale_abi::Region::create(&name, geom(64)).unwrap())
+            .attach(
+                name.clone(),
+                vale_abi::Region::create(&name, geom(64)).unwrap(),
+            )
             .unwrap();
         c.push(Client::attach(&sw, id));
     }
@@ -303,10 +348,23 @@ fn multi_ring_ports_map_source_ring_to_destination_ring() {
         rx_slots: 64,
         buf_size: 2048,
     };
-    let a = sw.attach("vale0:a", vale_abi::Region::create("vale0:a", g4).unwrap()).unwrap();
-    let b = sw.attach("vale0:b", vale_abi::Region::create("vale0:b", g4).unwrap()).unwrap();
-    let one = sw.attach("vale0:c", vale_abi::Region::create("vale0:c", geom(64)).unwrap()).unwrap();
-    let (ca, cb, cc) = (Client::attach(&sw, a), Client::attach(&sw, b), Client::attach(&sw, one));
+    let a = sw
+        .attach("vale0:a", vale_abi::Region::create("vale0:a", g4).unwrap())
+        .unwrap();
+    let b = sw
+        .attach("vale0:b", vale_abi::Region::create("vale0:b", g4).unwrap())
+        .unwrap();
+    let one = sw
+        .attach(
+            "vale0:c",
+            vale_abi::Region::create("vale0:c", geom(64)).unwrap(),
+        )
+        .unwrap();
+    let (ca, cb, cc) = (
+        Client::attach(&sw, a),
+        Client::attach(&sw, b),
+        Client::attach(&sw, one),
+    );
     for r in 0..4 {
         assert!(ca.queue_on(r, &frame(MacAddr::BROADCAST, mac(0), r as u64, 60), 1));
     }
@@ -317,7 +375,11 @@ fn multi_ring_ports_map_source_ring_to_destination_ring() {
         ring.rxsync();
         assert_eq!(ring.space(), 1, "tx ring {r} lands on rx ring {r}");
     }
-    assert_eq!(cc.recv().len(), 4, "a one-ring port gets all four on its ring 0");
+    assert_eq!(
+        cc.recv().len(),
+        4,
+        "a one-ring port gets all four on its ring 0"
+    );
 }
 
 #[test]
@@ -341,7 +403,10 @@ fn notifications_only_when_asked_for() {
     // The switch side: arming kicks reports pending work.
     assert!(!sw.arm_kicks());
     c[0].queue(&frame(MacAddr::BROADCAST, mac(0), 3, 60), 1);
-    assert!(c[0].tx[0].txsync(), "client sees the switch asked for a kick");
+    assert!(
+        c[0].tx[0].txsync(),
+        "client sees the switch asked for a kick"
+    );
     assert!(sw.arm_kicks());
     sw.disarm_kicks();
     assert!(!c[0].tx[0].txsync());
@@ -352,7 +417,9 @@ fn bridge_batch_limits_packets_per_pass() {
     let (mut sw, _, c) = bridge(2, 1024);
     sw.set_batch(16).unwrap();
     assert!(sw.set_batch(0).is_err() && sw.set_batch(8193).is_err());
-    let frames: Vec<_> = (0..100u64).map(|i| frame(MacAddr::BROADCAST, mac(0), i, 60)).collect();
+    let frames: Vec<_> = (0..100u64)
+        .map(|i| frame(MacAddr::BROADCAST, mac(0), i, 60))
+        .collect();
     c[0].send(&frames);
     let mut ev = Vec::new();
     assert_eq!(sw.forward(t(1), &mut ev), 16);

@@ -2,7 +2,7 @@
 //! process does, and speaks the ring protocol through `AppRing`.
 #![allow(dead_code)]
 
-use vale_abi::layout::{NetmapSlot, NS_MOREFRAG};
+use vale_abi::layout::{NS_MOREFRAG, NetmapSlot};
 use vale_abi::{AppRing, Dir, Region};
 use vale_switch::{Lookup, MacAddr, Notify, PortId, Switch, Timestamp};
 

@@ -225,7 +225,7 @@ fn no_learn_and_aging_through_the_engine() {
     c[2].txsync();
     drain(&mut sw, t(10));
     assert_eq!(sw.lookup().fdb().get(mac(2)), None);
-    c[2].send(&[f.clone()]);
+    c[2].send(std::slice::from_ref(&f));
     drain(&mut sw, t(10));
     assert!(sw.lookup().fdb().get(mac(2)).is_some());
     for cl in &c {

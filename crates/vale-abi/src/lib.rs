@@ -16,4 +16,4 @@ pub mod sync;
 
 pub use error::{Error, Result};
 pub use region::{Dir, PortGeometry, Region, RegionLayout};
-pub use ring::{AppRing, BufPool, RingView, copy_frame};
+pub use ring::{AppRing, BufPool, Bufs, RingView, Slots, copy_frame};

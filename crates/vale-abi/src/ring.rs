@@ -7,6 +7,7 @@
 use crate::layout::*;
 use crate::mem::Mapping;
 use crate::sync::Csb;
+use core::marker::PhantomData;
 use core::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -32,7 +33,7 @@ pub fn add(i: u32, k: u32, n: u32) -> u32 {
 /// The buffers of one region.
 #[derive(Clone)]
 pub struct BufPool {
-    map: Arc<Mapping>,
+    _map: Arc<Mapping>,
     base: *mut u8,
     nbufs: u32,
     buf_size: u32,
@@ -51,17 +52,63 @@ impl BufPool {
             .ptr(offset, bytes)
             .expect("layout bug: buffer pool outside the region");
         BufPool {
-            map,
+            _map: map,
             base,
             nbufs,
             buf_size,
         }
     }
 
+    /// A copyable handle for hot loops: the compiler keeps its fields in registers.
+    #[inline(always)]
+    pub fn access(&self) -> Bufs<'_> {
+        Bufs {
+            base: self.base,
+            nbufs: self.nbufs,
+            buf_size: self.buf_size,
+            _pool: PhantomData,
+        }
+    }
+
+    pub fn nbufs(&self) -> u32 {
+        self.nbufs
+    }
+    pub fn buf_size(&self) -> u32 {
+        self.buf_size
+    }
+    pub fn is_valid(&self, idx: u32) -> bool {
+        self.access().is_valid(idx)
+    }
+    pub fn header(&self, idx: u32) -> Option<[u64; 2]> {
+        self.access().header(idx)
+    }
+    pub fn prefetch(&self, idx: u32) {
+        self.access().prefetch(idx)
+    }
+    pub fn write(&self, idx: u32, data: &[u8]) -> bool {
+        self.access().write(idx, data)
+    }
+    pub fn read(&self, idx: u32, out: &mut [u8]) -> bool {
+        self.access().read(idx, out)
+    }
+}
+
+/// Borrowed access to a region's buffers (see [`BufPool::access`]).
+#[derive(Clone, Copy)]
+pub struct Bufs<'a> {
+    base: *mut u8,
+    nbufs: u32,
+    buf_size: u32,
+    _pool: PhantomData<&'a BufPool>,
+}
+
+impl Bufs<'_> {
+    #[inline(always)]
     pub fn nbufs(&self) -> u32 {
         self.nbufs
     }
 
+    #[inline(always)]
     pub fn buf_size(&self) -> u32 {
         self.buf_size
     }
@@ -75,31 +122,43 @@ impl BufPool {
     #[inline(always)]
     fn ptr(&self, idx: u32) -> Option<*mut u8> {
         if self.is_valid(idx) {
-            // SAFETY: idx < nbufs, so the buffer lies inside the pool checked in `new`.
+            // SAFETY: idx < nbufs, so the buffer lies inside the pool checked in
+            // `BufPool::new`; the borrow of the pool keeps the mapping alive.
             Some(unsafe { self.base.add(idx as usize * self.buf_size as usize) })
         } else {
             None
         }
     }
 
-    /// The first 16 bytes of buffer `idx` (Ethernet header and 2 more), or `None` for an
-    /// invalid index. Buffers are at least 64 bytes, so this never reads past one.
+    /// The first 16 bytes of buffer `idx` as two little-endian words (bytes 0..8 and
+    /// 8..16: the Ethernet header and 2 more), or `None` for an invalid index. Buffers
+    /// are at least 64 bytes, so this never reads past one.
     #[inline(always)]
-    pub fn header(&self, idx: u32) -> Option<[u8; 16]> {
+    pub fn header(&self, idx: u32) -> Option<[u64; 2]> {
         let p = self.ptr(idx)?;
         // SAFETY: `p` starts a buffer of at least 64 bytes inside the mapping; the bytes
         // are copied out, so a concurrent writer can only change what we see.
-        Some(unsafe { core::ptr::read_unaligned(p.cast::<[u8; 16]>()) })
+        let (a, b) = unsafe {
+            (
+                core::ptr::read_unaligned(p.cast::<u64>()),
+                core::ptr::read_unaligned(p.add(8).cast::<u64>()),
+            )
+        };
+        Some([u64::from_le(a), u64::from_le(b)])
     }
 
-    /// Hints the CPU to fetch the start of buffer `idx`.
+    /// Hints the CPU to fetch the start of buffer `idx` (clamped into the pool: a
+    /// prefetch needs no validation, only an address that stays inside the mapping).
     #[inline(always)]
     pub fn prefetch(&self, idx: u32) {
         #[cfg(target_arch = "x86_64")]
-        if let Some(p) = self.ptr(idx) {
-            // SAFETY: prefetch never faults and reads nothing architecturally.
+        {
+            let idx = idx.min(self.nbufs - 1);
+            // SAFETY: idx < nbufs, so the address is inside the pool; prefetch never
+            // faults and reads nothing architecturally.
             #[allow(unused_unsafe)]
             unsafe {
+                let p = self.base.add(idx as usize * self.buf_size as usize);
                 core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
                     p as *const i8,
                 )
@@ -132,10 +191,6 @@ impl BufPool {
             _ => false,
         }
     }
-
-    fn same_region(&self, other: &BufPool) -> bool {
-        Arc::ptr_eq(&self.map, &other.map)
-    }
 }
 
 /// Copies a `len`-byte fragment from buffer `sidx` of `src` to buffer `didx` of `dst`.
@@ -145,22 +200,23 @@ impl BufPool {
 /// `pkt_copy` does: buffer sizes are multiples of 64, so the rounded copy stays inside
 /// both buffers, and a 60-byte frame costs one cache line.
 #[inline(always)]
-pub fn copy_frame(src: &BufPool, sidx: u32, dst: &BufPool, didx: u32, len: usize) -> bool {
+pub fn copy_frame(src: Bufs<'_>, sidx: u32, dst: Bufs<'_>, didx: u32, len: usize) -> bool {
     let (Some(s), Some(d)) = (src.ptr(sidx), dst.ptr(didx)) else {
         return false;
     };
     if len > src.buf_size as usize || len > dst.buf_size as usize {
         return false;
     }
-    if src.same_region(dst) && sidx == didx {
+    if s == d {
         return true; // the same buffer: nothing to move
     }
-    if len <= 512 {
+    if len <= 256 {
         let rounded = len.div_ceil(64) * 64;
         let mut o = 0;
         while o < rounded {
-            // SAFETY: `rounded` <= both buffer sizes (multiples of 64 that are >= len);
-            // distinct buffers never overlap, and the same buffer was excluded above.
+            // SAFETY: `rounded` <= both buffer sizes (multiples of 64 that are >= len).
+            // Two buffers are either the same (excluded above) or disjoint, even across
+            // regions: each region is its own mapping.
             unsafe { core::ptr::copy_nonoverlapping(s.add(o), d.add(o), 64) };
             o += 64;
         }
@@ -214,6 +270,16 @@ impl RingView {
         &self.bufs
     }
 
+    /// A copyable handle to the slots for hot loops.
+    #[inline(always)]
+    pub fn slots(&self) -> Slots<'_> {
+        Slots {
+            slots: self.slots,
+            num_slots: self.num_slots,
+            _ring: PhantomData,
+        }
+    }
+
     #[inline(always)]
     fn word(&self, offset: usize) -> &AtomicU32 {
         // SAFETY: offsets are constants below NETMAP_RING_SIZE and 4-aligned; the header
@@ -234,35 +300,23 @@ impl RingView {
         }
     }
 
-    #[inline(always)]
-    fn slot_ptr(&self, i: u32) -> *mut NetmapSlot {
-        let i = i.min(self.num_slots - 1);
-        // SAFETY: i < num_slots, and the slot array was bounds-checked in `new`.
-        unsafe { self.slots.add(i as usize) }
-    }
-
     /// Reads slot `i` once (an out-of-range `i` reads the last slot; callers keep `i`
     /// in range by construction).
     #[inline(always)]
     pub fn read_slot(&self, i: u32) -> NetmapSlot {
-        // SAFETY: slot_ptr is in bounds and 8-aligned (ring offsets are 128-aligned).
-        unsafe { core::ptr::read_volatile(self.slot_ptr(i)) }
+        self.slots().read(i)
     }
 
     /// Writes slot `i` whole.
     #[inline(always)]
     pub fn write_slot(&self, i: u32, slot: NetmapSlot) {
-        // SAFETY: as in `read_slot`.
-        unsafe { core::ptr::write_volatile(self.slot_ptr(i), slot) }
+        self.slots().write(i, slot)
     }
 
     /// Writes `len` and `flags` of slot `i`, leaving `buf_idx` and `ptr` alone.
     #[inline(always)]
     pub fn write_len_flags(&self, i: u32, len: u16, flags: u16) {
-        let p = self.slot_ptr(i).cast::<u8>();
-        let v = len as u32 | (flags as u32) << 16;
-        // SAFETY: bytes 4..8 of an in-bounds, 8-aligned slot.
-        unsafe { core::ptr::write_volatile(p.add(4).cast::<u32>(), v) }
+        self.slots().write_len_flags(i, len, flags)
     }
 
     /// netmap's user-visible `head`.
@@ -294,6 +348,62 @@ impl RingView {
         self.set_cur(hwcur);
         self.set_tail(hwtail);
         self.csb().app_publish_release(hwcur, hwcur);
+    }
+}
+
+/// Borrowed access to a ring's slots (see [`RingView::slots`]).
+#[derive(Clone, Copy)]
+pub struct Slots<'a> {
+    slots: *mut NetmapSlot,
+    num_slots: u32,
+    _ring: PhantomData<&'a RingView>,
+}
+
+impl Slots<'_> {
+    #[inline(always)]
+    pub fn len(&self) -> u32 {
+        self.num_slots
+    }
+
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.num_slots == 0
+    }
+
+    #[inline(always)]
+    fn ptr(&self, i: u32) -> *mut NetmapSlot {
+        let i = i.min(self.num_slots - 1);
+        // SAFETY: i < num_slots, and the slot array was bounds-checked in RingView::new.
+        unsafe { self.slots.add(i as usize) }
+    }
+
+    /// Reads slot `i` once; an out-of-range `i` reads the last slot.
+    #[inline(always)]
+    pub fn read(&self, i: u32) -> NetmapSlot {
+        // SAFETY: in bounds (see `ptr`) and 8-aligned (rings are 128-aligned).
+        unsafe { core::ptr::read_volatile(self.ptr(i)) }
+    }
+
+    /// Reads only `buf_idx` of slot `i`.
+    #[inline(always)]
+    pub fn buf_idx(&self, i: u32) -> u32 {
+        // SAFETY: as in `read`; buf_idx is the slot's first field.
+        unsafe { core::ptr::read_volatile(self.ptr(i).cast::<u32>()) }
+    }
+
+    /// Writes slot `i` whole.
+    #[inline(always)]
+    pub fn write(&self, i: u32, slot: NetmapSlot) {
+        // SAFETY: as in `read`.
+        unsafe { core::ptr::write_volatile(self.ptr(i), slot) }
+    }
+
+    /// Writes `len` and `flags` of slot `i`, leaving `buf_idx` and `ptr` alone.
+    #[inline(always)]
+    pub fn write_len_flags(&self, i: u32, len: u16, flags: u16) {
+        let v = len as u32 | (flags as u32) << 16;
+        // SAFETY: bytes 4..8 of an in-bounds, 8-aligned slot.
+        unsafe { core::ptr::write_volatile(self.ptr(i).cast::<u8>().add(4).cast::<u32>(), v) }
     }
 }
 

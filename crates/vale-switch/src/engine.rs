@@ -18,8 +18,8 @@ use crate::stats::{DropReason, PortStats};
 use crate::types::{PortId, Timestamp};
 use thiserror::Error;
 use vale_abi::layout::{MAX_FRAGS, NS_INDIRECT, NS_MOREFRAG, NS_RFRAGS_SHIFT};
-use vale_abi::ring::{dist, next};
-use vale_abi::{Dir, PortGeometry, Region, RingView, copy_frame};
+use vale_abi::ring::{add, dist, next};
+use vale_abi::{Bufs, Dir, PortGeometry, Region, RingView, Slots, copy_frame};
 
 /// Largest batch accepted for `bridge_batch`.
 pub const MAX_BATCH: usize = 8192;
@@ -29,6 +29,8 @@ pub const DEFAULT_BATCH: usize = 1024;
 pub const DEFAULT_MAX_PORTS: u16 = 254;
 const ETH_HLEN: u16 = 14;
 const NIL: u32 = u32::MAX;
+/// How many packets ahead frames are prefetched.
+const PREFETCH: usize = 12;
 
 /// Settings of one switch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,19 +137,24 @@ impl Port {
     }
 }
 
-#[derive(Clone, Copy)]
+/// A fragment after the first one of a multi-slot packet.
+#[derive(Clone, Copy, Default)]
 struct Frag {
     buf_idx: u32,
     len: u16,
 }
 
-#[derive(Clone, Copy)]
+/// A valid packet of the batch (invalid ones are counted and never stored). The first
+/// fragment is kept inline: most packets have only one.
+#[derive(Clone, Copy, Default)]
 struct Pkt {
-    first: u32,
-    nfrags: u32,
-    len: u32,
-    flags: u16,
-    verdict: Option<DropReason>,
+    buf_idx: u32,
+    len: u16,
+    /// Fragments in all, 1..=64.
+    nfrags: u16,
+    /// Index in `Scratch::frags` of the second fragment, if any.
+    more: u32,
+    /// Next packet on the same destination queue.
     next: u32,
 }
 
@@ -162,24 +169,35 @@ const EMPTY_Q: Queue = Queue {
     tail: NIL,
 };
 
-#[derive(Default)]
+/// Per-batch work space, allocated once. `pkts`, `infos` and `dests` are parallel.
 struct Scratch {
-    frags: Vec<Frag>,
     pkts: Vec<Pkt>,
     infos: Vec<PacketInfo>,
-    info_pkt: Vec<u32>,
     dests: Vec<Dest>,
+    frags: Vec<Frag>,
     queues: Vec<Queue>,
-    flood: Option<Queue>,
+    flood: Queue,
     dsts: Vec<PortId>,
 }
 
 impl Scratch {
-    fn push(&mut self, q: Option<PortId>, pi: u32) {
-        self.pkts[pi as usize].next = NIL;
+    fn new(batch: usize, ports: usize) -> Scratch {
+        Scratch {
+            pkts: vec![Pkt::default(); batch],
+            infos: vec![PacketInfo::default(); batch],
+            dests: vec![Dest::Drop; batch],
+            frags: Vec::with_capacity(MAX_FRAGS * 4),
+            queues: vec![EMPTY_Q; ports],
+            flood: EMPTY_Q,
+            dsts: Vec::with_capacity(ports),
+        }
+    }
+
+    #[inline(always)]
+    fn enqueue(&mut self, q: Option<PortId>, pi: u32) {
         let queue = match q {
             Some(p) => &mut self.queues[p.0 as usize],
-            None => self.flood.get_or_insert(EMPTY_Q),
+            None => &mut self.flood,
         };
         if queue.head == NIL {
             queue.head = pi;
@@ -209,12 +227,7 @@ impl<L: Lookup> Switch<L> {
             return Err(EngineError::BadBatch(cfg.batch));
         }
         let n = cfg.max_ports as usize;
-        let sc = Scratch {
-            frags: Vec::with_capacity(cfg.batch + MAX_FRAGS),
-            pkts: Vec::with_capacity(cfg.batch),
-            queues: vec![EMPTY_Q; n],
-            ..Default::default()
-        };
+        let sc = Scratch::new(cfg.batch, n);
         Ok(Switch {
             ports: (0..n).map(|_| None).collect(),
             active: Vec::new(),
@@ -235,6 +248,7 @@ impl<L: Lookup> Switch<L> {
             return Err(EngineError::BadBatch(batch));
         }
         self.cfg.batch = batch;
+        self.sc = Scratch::new(batch, self.cfg.max_ports as usize);
         Ok(())
     }
 
@@ -355,116 +369,99 @@ impl<L: Lookup> Switch<L> {
             return 0;
         }
 
-        // Pass 0: read every slot once, validate, prefetch.
-        sc.frags.clear();
-        sc.pkts.clear();
-        let bufs = kr.view.bufs().clone();
+        // Pass 0: read every slot once, validate it, copy the header out. Invalid
+        // packets are counted here and go no further.
+        let pool = kr.view.bufs().clone();
+        let bufs = pool.access();
+        let slots = kr.view.slots();
         let buf_size = bufs.buf_size();
+        let mut st = PortStats::default();
+        let mut np = 0usize;
         let mut j = hwcur;
-        while pending > 0 && sc.pkts.len() < cfg.batch {
-            let first = sc.frags.len() as u32;
-            let mut nfrags = 0u32;
-            let mut len = 0u32;
-            let mut flags0 = 0u16;
-            let mut verdict = None;
-            loop {
-                if pending == 0 {
-                    verdict = Some(DropReason::BadFrag); // chain unfinished at head
-                    break;
-                }
-                let s = kr.view.read_slot(j);
-                j = next(j, n);
-                pending -= 1;
-                nfrags += 1;
-                if verdict.is_none() {
-                    if nfrags == 1 {
-                        flags0 = s.flags;
-                    }
-                    verdict = if nfrags as usize > MAX_FRAGS {
-                        Some(DropReason::BadFrag)
-                    } else if s.flags & NS_INDIRECT != 0 || !bufs.is_valid(s.buf_idx) {
-                        Some(DropReason::BadBuf)
-                    } else if s.len as u32 > buf_size {
-                        Some(DropReason::BadLen)
-                    } else if nfrags == 1 && s.len < ETH_HLEN {
-                        Some(DropReason::Runt)
-                    } else {
-                        if nfrags == 1 {
-                            bufs.prefetch(s.buf_idx);
-                        }
-                        sc.frags.push(Frag {
-                            buf_idx: s.buf_idx,
-                            len: s.len,
-                        });
-                        len += s.len as u32;
-                        None
-                    };
-                }
-                if s.flags & NS_MOREFRAG == 0 {
-                    break;
-                }
-            }
-            sc.pkts.push(Pkt {
-                first,
-                nfrags,
-                len,
-                flags: flags0,
-                verdict,
-                next: NIL,
-            });
+        let start = hwcur;
+        sc.frags.clear();
+        for k in 0..PREFETCH.min(pending as usize) {
+            bufs.prefetch(slots.buf_idx(add(j, k as u32, n)));
         }
-
-        // Pass 1: headers out, one lookup call for the batch, queue per destination.
-        sc.infos.clear();
-        sc.info_pkt.clear();
-        for (pi, p) in sc.pkts.iter().enumerate() {
-            if p.verdict.is_some() {
-                continue;
-            }
-            let idx = sc.frags[p.first as usize].buf_idx;
-            let Some(hdr) = bufs.header(idx) else {
-                continue; // unreachable: validated in pass 0
+        let pf = PREFETCH as u32 % n;
+        while pending > 0 && np < cfg.batch {
+            let s = slots.read(j);
+            bufs.prefetch(slots.buf_idx(add(j, pf, n)));
+            j = next(j, n);
+            pending -= 1;
+            // `header` validates the buffer index; INDIRECT is checked below.
+            let hdr = bufs.header(s.buf_idx);
+            let mut verdict = if s.flags & NS_INDIRECT != 0 || hdr.is_none() {
+                Some(DropReason::BadBuf)
+            } else if s.len as u32 > buf_size {
+                Some(DropReason::BadLen)
+            } else if s.len < ETH_HLEN {
+                Some(DropReason::Runt)
+            } else {
+                None
             };
-            sc.infos
-                .push(PacketInfo::from_header(&hdr, src, ring, p.len, p.flags));
-            sc.info_pkt.push(pi as u32);
+            let mut nfrags = 1u32;
+            let mut len = s.len as u32;
+            let more = sc.frags.len() as u32;
+            if s.flags & NS_MOREFRAG != 0 {
+                (nfrags, len, verdict) = gather_chain(
+                    slots,
+                    bufs,
+                    &mut j,
+                    &mut pending,
+                    &mut sc.frags,
+                    len,
+                    verdict,
+                );
+            }
+            let hdr = match (verdict, hdr) {
+                (None, Some(h)) => h,
+                (v, _) => {
+                    let r = v.unwrap_or(DropReason::BadBuf);
+                    st.drops[r as usize] += 1;
+                    sc.frags.truncate(more as usize);
+                    continue;
+                }
+            };
+            sc.infos[np] = PacketInfo::from_header(hdr, src, ring, len, s.flags);
+            sc.pkts[np] = Pkt {
+                buf_idx: s.buf_idx,
+                len: s.len,
+                nfrags: nfrags as u16,
+                more,
+                next: NIL,
+            };
+            np += 1;
         }
-        sc.dests.clear();
-        sc.dests.resize(sc.infos.len(), Dest::Drop);
-        lookup.lookup_batch(&sc.infos, &mut sc.dests, now);
+        let taken = dist(start, j, n) as u64;
+
+        // Pass 1: one lookup call for the batch, then thread each packet onto its
+        // destination's queue (or the flood queue).
+        lookup.lookup_batch(&sc.infos[..np], &mut sc.dests[..np], now);
         let others = active.len().saturating_sub(1);
         sc.dsts.clear();
-        sc.flood = None;
-        for k in 0..sc.info_pkt.len() {
-            let pi = sc.info_pkt[k];
-            match sc.dests[k] {
+        sc.flood = EMPTY_Q;
+        for pi in 0..np {
+            let q = match sc.dests[pi] {
                 Dest::Port(q)
                     if q != src && ports.get(q.0 as usize).is_some_and(Option::is_some) =>
                 {
-                    sc.push(Some(q), pi)
+                    Some(q)
                 }
-                Dest::Flood if others > 0 => sc.push(None, pi),
-                _ => sc.pkts[pi as usize].verdict = Some(DropReason::NoDest),
-            }
-        }
-
-        // Sender-side accounting.
-        let mut st = PortStats {
-            tx_packets: sc.pkts.len() as u64,
-            ..Default::default()
-        };
-        for p in &sc.pkts {
-            match p.verdict {
-                Some(r) => st.drops[r as usize] += 1,
-                None => {
-                    st.forwarded += 1;
-                    st.tx_bytes += p.len as u64;
+                Dest::Flood if others > 0 => None,
+                _ => {
+                    st.drops[DropReason::NoDest as usize] += 1;
+                    continue;
                 }
-            }
+            };
+            st.forwarded += 1;
+            st.tx_bytes += sc.infos[pi].len as u64;
+            sc.enqueue(q, pi as u32);
         }
+        st.tx_packets = st.forwarded + st.sender_drops();
 
-        // Pass 2: per destination, unicast queue merged with the flood queue.
-        let flood = sc.flood.unwrap_or(EMPTY_Q);
+        // Pass 2: per destination, its unicast queue merged with the flood queue.
+        let flood = sc.flood;
         let n_uni = sc.dsts.len();
         let n_targets = if flood.head == NIL {
             n_uni
@@ -485,12 +482,11 @@ impl<L: Lookup> Switch<L> {
             let Some(Some(dport)) = ports.get_mut(dst.0 as usize) else {
                 continue;
             };
-            deliver(sc, &bufs, ring, uq, flood, dst, dport, &mut st, notify);
+            deliver(sc, bufs, ring, uq, flood, dst, dport, &mut st, notify);
         }
         for d in &sc.dsts {
             sc.queues[d.0 as usize] = EMPTY_Q;
         }
-        sc.flood = None;
 
         // The TX slots are free again: publish and maybe wake the sender.
         if let Some(Some(port)) = ports.get_mut(src.0 as usize) {
@@ -516,7 +512,7 @@ impl<L: Lookup> Switch<L> {
                 }
             }
         }
-        sc.pkts.len()
+        taken as usize
     }
 
     /// Before sleeping: asks every client to kick on new TX work. Returns true if work
@@ -544,12 +540,106 @@ impl<L: Lookup> Switch<L> {
     }
 }
 
+/// The rest of an `NS_MOREFRAG` chain after its first slot: taken whole, whatever
+/// happens to it. Returns the fragment count, the total length and the verdict.
+#[inline(never)]
+fn gather_chain(
+    slots: Slots<'_>,
+    bufs: Bufs<'_>,
+    j: &mut u32,
+    pending: &mut u32,
+    frags: &mut Vec<Frag>,
+    mut len: u32,
+    mut verdict: Option<DropReason>,
+) -> (u32, u32, Option<DropReason>) {
+    let n = slots.len();
+    let mut nfrags = 1u32;
+    loop {
+        if *pending == 0 {
+            return (nfrags, len, Some(DropReason::BadFrag)); // unfinished at head
+        }
+        let f = slots.read(*j);
+        *j = next(*j, n);
+        *pending -= 1;
+        nfrags += 1;
+        if verdict.is_none() {
+            verdict = if nfrags as usize > MAX_FRAGS {
+                Some(DropReason::BadFrag)
+            } else if f.flags & NS_INDIRECT != 0 || !bufs.is_valid(f.buf_idx) {
+                Some(DropReason::BadBuf)
+            } else if f.len as u32 > bufs.buf_size() {
+                Some(DropReason::BadLen)
+            } else {
+                frags.push(Frag {
+                    buf_idx: f.buf_idx,
+                    len: f.len,
+                });
+                len += f.len as u32;
+                None
+            };
+        }
+        if f.flags & NS_MOREFRAG == 0 {
+            return (nfrags, len, verdict);
+        }
+    }
+}
+
+/// Copies one packet into the destination slots starting at `t`; returns the slot after
+/// it, or why it could not be delivered.
+#[inline(always)]
+fn copy_packet(
+    sc: &Scratch,
+    p: &Pkt,
+    sbufs: Bufs<'_>,
+    dslots: Slots<'_>,
+    dbufs: Bufs<'_>,
+    t: u32,
+) -> Result<u32, DropReason> {
+    let n = dslots.len();
+    let cnt = p.nfrags << NS_RFRAGS_SHIFT;
+    if p.nfrags == 1 {
+        if p.len as u32 > dbufs.buf_size() {
+            return Err(DropReason::Oversize);
+        }
+        if !copy_frame(sbufs, p.buf_idx, dbufs, dslots.buf_idx(t), p.len as usize) {
+            return Err(DropReason::BadRxBuf);
+        }
+        dslots.write_len_flags(t, p.len, cnt);
+        return Ok(next(t, n));
+    }
+    let rest = sc
+        .frags
+        .get(p.more as usize..p.more as usize + p.nfrags as usize - 1)
+        .unwrap_or(&[]);
+    let first = Frag {
+        buf_idx: p.buf_idx,
+        len: p.len,
+    };
+    let mut k = t;
+    for (x, f) in std::iter::once(&first).chain(rest).enumerate() {
+        if f.len as u32 > dbufs.buf_size() {
+            return Err(DropReason::Oversize);
+        }
+        if !copy_frame(sbufs, f.buf_idx, dbufs, dslots.buf_idx(k), f.len as usize) {
+            return Err(DropReason::BadRxBuf);
+        }
+        let more = if x + 1 < p.nfrags as usize {
+            NS_MOREFRAG
+        } else {
+            0
+        };
+        dslots.write_len_flags(k, f.len, cnt | more);
+        k = next(k, n);
+    }
+    Ok(k)
+}
+
 /// Pass 2 for one destination.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn deliver(
     sc: &Scratch,
-    sbufs: &vale_abi::BufPool,
+    sbufs: Bufs<'_>,
     src_ring: u16,
     uq: Queue,
     flood: Queue,
@@ -577,13 +667,14 @@ fn deliver(
         rk.hwcur = head;
     }
     let mut space = n - 1 - dist(rk.hwcur, rk.hwtail, n);
-    let dbufs = rk.view.bufs();
-    let dsize = dbufs.buf_size();
+    let dslots = rk.view.slots();
+    let dbufs = rk.view.bufs().access();
+    let pf = PREFETCH as u32 % n;
     let mut t = rk.hwtail;
     let (mut u, mut b) = (uq.head, flood.head);
-    let mut delivered = 0u64;
-    let mut bytes = 0u64;
+    let (mut copies, mut dropped, mut delivered, mut bytes) = (0u64, 0u64, 0u64, 0u64);
     loop {
+        // Merge the unicast and flood queues in batch order.
         let pi = if u < b {
             let x = u;
             u = sc.pkts[x as usize].next;
@@ -595,44 +686,29 @@ fn deliver(
         } else {
             break;
         };
-        let p = sc.pkts[pi as usize];
-        st.copies += 1;
-        if p.nfrags > space {
+        let p = &sc.pkts[pi as usize];
+        copies += 1;
+        if p.nfrags as u32 > space {
             ds.drops[DropReason::RingFull as usize] += 1;
-            st.copies_dropped += 1;
+            dropped += 1;
             continue;
         }
-        let frags = &sc.frags[p.first as usize..(p.first + p.nfrags) as usize];
-        let mut k = t;
-        let mut fail = None;
-        let cnt = (p.nfrags as u16) << NS_RFRAGS_SHIFT;
-        for (x, f) in frags.iter().enumerate() {
-            let didx = rk.view.read_slot(k).buf_idx;
-            if f.len as u32 > dsize {
-                fail = Some(DropReason::Oversize);
-                break;
-            }
-            if !copy_frame(sbufs, f.buf_idx, dbufs, didx, f.len as usize) {
-                fail = Some(DropReason::BadRxBuf);
-                break;
-            }
-            let more = if x + 1 < frags.len() { NS_MOREFRAG } else { 0 };
-            rk.view.write_len_flags(k, f.len, cnt | more);
-            k = next(k, n);
-        }
-        match fail {
-            None => {
+        dbufs.prefetch(dslots.buf_idx(add(t, pf, n)));
+        match copy_packet(sc, p, sbufs, dslots, dbufs, t) {
+            Ok(k) => {
                 t = k;
-                space -= p.nfrags;
+                space -= p.nfrags as u32;
                 delivered += 1;
-                bytes += p.len as u64;
+                bytes += sc.infos[pi as usize].len as u64;
             }
-            Some(r) => {
+            Err(r) => {
                 ds.drops[r as usize] += 1;
-                st.copies_dropped += 1;
+                dropped += 1;
             }
         }
     }
+    st.copies += copies;
+    st.copies_dropped += dropped;
     if t != rk.hwtail {
         rk.hwtail = t;
         ds.rx_packets += delivered;

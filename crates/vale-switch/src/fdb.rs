@@ -240,9 +240,21 @@ impl LearningBridge {
     }
 
     #[inline(always)]
-    fn learn(&mut self, pkt: &PacketInfo, now: Timestamp) {
+    fn destination(&self, dst: MacAddr) -> Dest {
+        if dst.is_multicast() {
+            return Dest::Flood;
+        }
+        match self.fdb.get(dst) {
+            Some(p) => Dest::Port(p),
+            None => Dest::Flood,
+        }
+    }
+
+    /// Learns the source of `pkt`; returns true if the table changed.
+    #[inline(always)]
+    fn learn(&mut self, pkt: &PacketInfo, now: Timestamp) -> bool {
         if pkt.src.is_multicast() || pkt.no_learn() {
-            return;
+            return false;
         }
         let p = pkt.src_port.0 as usize;
         if p >= self.last.len() {
@@ -250,16 +262,27 @@ impl LearningBridge {
         }
         let (mac, when) = self.last[p];
         if mac == pkt.src.to_u64() && now.0.wrapping_sub(when) < REFRESH_NS {
-            return;
+            return false;
         }
         match self.fdb.learn(pkt.src, pkt.src_port, now) {
             Learned::Moved { .. } => {
                 // Other ports may have this address cached as "already learned".
                 self.last.iter_mut().for_each(|e| *e = (NO_MAC, 0));
                 self.last[p] = (pkt.src.to_u64(), now.0);
+                true
             }
-            Learned::Refused => self.last[p] = (NO_MAC, 0),
-            Learned::New | Learned::Refreshed => self.last[p] = (pkt.src.to_u64(), now.0),
+            Learned::Refused => {
+                self.last[p] = (NO_MAC, 0);
+                false
+            }
+            Learned::New => {
+                self.last[p] = (pkt.src.to_u64(), now.0);
+                true
+            }
+            Learned::Refreshed => {
+                self.last[p] = (pkt.src.to_u64(), now.0);
+                false
+            }
         }
     }
 }
@@ -274,12 +297,25 @@ impl Lookup for LearningBridge {
     #[inline]
     fn lookup(&mut self, pkt: &PacketInfo, now: Timestamp) -> Dest {
         self.learn(pkt, now);
-        if pkt.dst.is_multicast() {
-            return Dest::Flood;
-        }
-        match self.fdb.get(pkt.dst) {
-            Some(p) => Dest::Port(p),
-            None => Dest::Flood,
+        self.destination(pkt.dst)
+    }
+
+    /// Like `lookup` per packet, with a one-entry destination cache for the batch
+    /// (bursts mostly go to one host), dropped whenever learning changes the table.
+    fn lookup_batch(&mut self, pkts: &[PacketInfo], out: &mut [Dest], now: Timestamp) {
+        let mut cache: Option<(MacAddr, Dest)> = None;
+        for (p, o) in pkts.iter().zip(out.iter_mut()) {
+            if self.learn(p, now) {
+                cache = None;
+            }
+            *o = match cache {
+                Some((m, d)) if m == p.dst => d,
+                _ => {
+                    let d = self.destination(p.dst);
+                    cache = Some((p.dst, d));
+                    d
+                }
+            };
         }
     }
 

@@ -17,7 +17,7 @@ pub enum Dest {
 }
 
 /// What a lookup sees of a frame: copied out of shared memory and validated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PacketInfo {
     pub src_port: PortId,
     pub src_ring: u16,
@@ -36,29 +36,39 @@ impl PacketInfo {
         self.slot_flags & NS_NO_LEARN != 0
     }
 
-    /// Parses the first 14 bytes of a frame.
+    /// Parses the first 14 bytes of a frame, given as two little-endian words (bytes
+    /// 0..8 and 8..16).
+    #[inline(always)]
     pub fn from_header(
-        hdr: &[u8; 16],
+        hdr: [u64; 2],
         src_port: PortId,
         src_ring: u16,
         len: u32,
         flags: u16,
     ) -> Self {
-        let lo = u64::from_le_bytes([
-            hdr[0], hdr[1], hdr[2], hdr[3], hdr[4], hdr[5], hdr[6], hdr[7],
-        ]);
-        let hi = u64::from_le_bytes([
-            hdr[4], hdr[5], hdr[6], hdr[7], hdr[8], hdr[9], hdr[10], hdr[11],
-        ]);
+        let [w0, w1] = hdr;
         PacketInfo {
             src_port,
             src_ring,
-            dst: MacAddr::from_u64(lo),
-            src: MacAddr::from_u64(hi >> 16),
-            ethertype: u16::from_be_bytes([hdr[12], hdr[13]]),
+            dst: MacAddr::from_u64(w0),
+            src: MacAddr::from_u64(w0 >> 48 | w1 << 16),
+            ethertype: u16::from_be((w1 >> 32) as u16),
             len,
             slot_flags: flags,
         }
+    }
+
+    /// The same from the frame's bytes.
+    pub fn from_bytes(
+        frame: &[u8; 16],
+        src_port: PortId,
+        src_ring: u16,
+        len: u32,
+        flags: u16,
+    ) -> Self {
+        let w0 = u64::from_le_bytes(frame[..8].try_into().unwrap_or_default());
+        let w1 = u64::from_le_bytes(frame[8..].try_into().unwrap_or_default());
+        PacketInfo::from_header([w0, w1], src_port, src_ring, len, flags)
     }
 }
 
@@ -147,5 +157,23 @@ impl Lookup for StaticMap {
         if let Some(e) = self.map.get_mut(port.0 as usize) {
             *e = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_fields_are_parsed() {
+        let mut f = [0xa5u8; 16];
+        f[..6].copy_from_slice(&[0xff; 6]);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0x0b]);
+        f[12..14].copy_from_slice(&[0x08, 0x06]);
+        let p = PacketInfo::from_bytes(&f, PortId(3), 1, 60, 0);
+        assert_eq!(p.dst, MacAddr::BROADCAST);
+        assert_eq!(p.src, MacAddr::new([2, 0, 0, 0, 0, 0x0b]));
+        assert_eq!(p.ethertype, 0x0806);
+        assert_eq!((p.src_port, p.src_ring, p.len), (PortId(3), 1, 60));
     }
 }

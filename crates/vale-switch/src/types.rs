@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// Index of a port inside its switch (netmap's `bdg_port`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct PortId(pub u16);
 
 impl fmt::Display for PortId {

@@ -1,0 +1,122 @@
+//! The engine benchmark's setup, shared by `benches/engine.rs` and
+//! `examples/engine_profile.rs` (fixed iteration counts for callgrind).
+#![allow(dead_code)]
+
+use vale_abi::layout::NetmapSlot;
+use vale_abi::{AppRing, Dir, PortGeometry, Region};
+use vale_switch::{LearningBridge, MacAddr, PortId, Switch, SwitchConfig, Timestamp};
+
+pub const BURST: u32 = 512;
+
+pub struct Bench {
+    pub sw: Switch<LearningBridge>,
+    pub tx: Vec<(PortId, AppRing)>,
+    pub rx: Vec<AppRing>,
+}
+
+fn mac(i: u8) -> MacAddr {
+    MacAddr::new([2, 0, 0, 0, 0, i])
+}
+
+fn frame(dst: MacAddr, src: MacAddr, len: usize) -> Vec<u8> {
+    let mut f = vec![0x5au8; len];
+    f[..6].copy_from_slice(&dst.octets());
+    f[6..12].copy_from_slice(&src.octets());
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f
+}
+
+impl Bench {
+    /// `senders` ports send `len`-byte frames to `dst` (None: to the first receiver's
+    /// address, learned beforehand); `receivers` ports drain.
+    pub fn new(senders: usize, receivers: usize, len: usize, broadcast: bool) -> Bench {
+        Bench::with_geometry(senders, receivers, len, broadcast, PortGeometry::default())
+    }
+
+    pub fn with_geometry(
+        senders: usize,
+        receivers: usize,
+        len: usize,
+        broadcast: bool,
+        g: PortGeometry,
+    ) -> Bench {
+        let mut sw = Switch::new(LearningBridge::default(), SwitchConfig::default()).unwrap();
+        let mut open = |name: String| {
+            let r = Region::create(&name, g).unwrap();
+            sw.attach(name, r).unwrap()
+        };
+        let rx_ids: Vec<PortId> = (0..receivers)
+            .map(|i| open(format!("vale0:r{i}")))
+            .collect();
+        let tx_ids: Vec<PortId> = (0..senders).map(|i| open(format!("vale0:t{i}"))).collect();
+        let ring =
+            |id: PortId, d: Dir| AppRing::new(sw.port(id).unwrap().region().ring(d, 0).unwrap());
+        let rx: Vec<AppRing> = rx_ids.iter().map(|id| ring(*id, Dir::Rx)).collect();
+        let tx: Vec<(PortId, AppRing)> =
+            tx_ids.iter().map(|id| (*id, ring(*id, Dir::Tx))).collect();
+        // Receiver 0 announces itself so unicast to it is learned.
+        let r0 = ring(rx_ids[0], Dir::Tx);
+        let hello = frame(MacAddr::BROADCAST, mac(200), 60);
+        prefill(&r0, &hello);
+        r0.advance(1);
+        r0.txsync();
+        let mut b = Bench { sw, tx, rx };
+        b.sw.forward_ring(rx_ids[0], 0, Timestamp(1), &mut Vec::new());
+        b.release();
+        let dst = if broadcast {
+            MacAddr::BROADCAST
+        } else {
+            mac(200)
+        };
+        for (k, (_, r)) in b.tx.iter().enumerate() {
+            prefill(r, &frame(dst, mac(k as u8 + 1), len));
+        }
+        b
+    }
+
+    fn switch(&mut self) -> usize {
+        let mut ev = Vec::new();
+        let mut n = 0;
+        for (id, _) in &self.tx {
+            n += self.sw.forward_ring(*id, 0, Timestamp(1), &mut ev);
+        }
+        n
+    }
+
+    fn release(&self) {
+        for r in &self.rx {
+            r.rxsync();
+            r.advance(r.space());
+            r.rxsync();
+        }
+    }
+
+    pub fn iteration(&mut self) -> usize {
+        // Fan-in shares one receiver ring: the senders together send one burst.
+        let burst = BURST / self.tx.len() as u32;
+        for (_, r) in &self.tx {
+            r.advance(burst);
+            r.txsync();
+        }
+        let n = self.switch();
+        self.release();
+        n
+    }
+}
+
+fn prefill(r: &AppRing, f: &[u8]) {
+    let v = r.view();
+    for i in 0..r.num_slots() {
+        let s = v.read_slot(i);
+        v.bufs().write(s.buf_idx, f);
+        v.write_slot(
+            i,
+            NetmapSlot {
+                buf_idx: s.buf_idx,
+                len: f.len() as u16,
+                flags: 0,
+                ptr: 0,
+            },
+        );
+    }
+}

@@ -443,8 +443,11 @@ impl<L: Lookup> Switch<L> {
         sc.flood = EMPTY_Q;
         for pi in 0..np {
             let q = match sc.dests[pi] {
+                // A port with a non-empty queue was checked when its queue started.
                 Dest::Port(q)
-                    if q != src && ports.get(q.0 as usize).is_some_and(Option::is_some) =>
+                    if q != src
+                        && (sc.queues.get(q.0 as usize).is_some_and(|x| x.head != NIL)
+                            || ports.get(q.0 as usize).is_some_and(Option::is_some)) =>
                 {
                     Some(q)
                 }

@@ -426,3 +426,18 @@ fn bridge_batch_limits_packets_per_pass() {
     drain(&mut sw, t(1));
     assert_eq!(c[1].recv_frames(), frames);
 }
+
+#[test]
+fn unicast_to_a_host_on_the_sending_port_is_dropped_not_reflected() {
+    let (mut sw, _, c) = bridge(2, 64);
+    // Two hosts behind port 0; the switch learns host 1 there.
+    c[0].send(&[frame(MacAddr::BROADCAST, mac(1), 1, 60)]);
+    drain(&mut sw, t(1));
+    c[1].recv();
+    c[0].send(&[frame(mac(1), mac(2), 2, 60)]);
+    drain(&mut sw, t(1));
+    assert!(c[0].recv().is_empty(), "never back to the sender");
+    assert!(c[1].recv().is_empty(), "not flooded either");
+    let s = sw.port(PortId(0)).unwrap().stats();
+    assert_eq!(s.drop_count(DropReason::NoDest), 1);
+}

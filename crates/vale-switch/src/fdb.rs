@@ -304,9 +304,19 @@ impl Lookup for LearningBridge {
     /// (bursts mostly go to one host), dropped whenever learning changes the table.
     fn lookup_batch(&mut self, pkts: &[PacketInfo], out: &mut [Dest], now: Timestamp) {
         let mut cache: Option<(MacAddr, Dest)> = None;
+        // A batch comes from one ring: usually one source address throughout.
+        let mut learned: Option<(MacAddr, PortId, u16)> = None;
         for (p, o) in pkts.iter().zip(out.iter_mut()) {
-            if self.learn(p, now) {
-                cache = None;
+            let key = (
+                p.src,
+                p.src_port,
+                p.slot_flags & vale_abi::layout::NS_NO_LEARN,
+            );
+            if learned != Some(key) {
+                learned = Some(key);
+                if self.learn(p, now) {
+                    cache = None;
+                }
             }
             *o = match cache {
                 Some((m, d)) if m == p.dst => d,

@@ -48,6 +48,8 @@ unsafe impl Sync for BufPool {}
 impl BufPool {
     pub(crate) fn new(map: Arc<Mapping>, offset: usize, nbufs: u32, buf_size: u32) -> BufPool {
         let bytes = nbufs as usize * buf_size as usize;
+        // `is_valid` relies on this: with no usable buffer its range check would wrap.
+        assert!(nbufs > RESERVED_BUFS, "layout bug: no usable buffers");
         let base = map
             .ptr(offset, bytes)
             .expect("layout bug: buffer pool outside the region");
@@ -116,7 +118,8 @@ impl Bufs<'_> {
     /// Whether a client may use buffer `idx` (0 and 1 are reserved).
     #[inline(always)]
     pub fn is_valid(&self, idx: u32) -> bool {
-        idx >= RESERVED_BUFS && idx < self.nbufs
+        // One compare: indices below RESERVED_BUFS wrap around to huge values.
+        idx.wrapping_sub(RESERVED_BUFS) < self.nbufs.wrapping_sub(RESERVED_BUFS)
     }
 
     #[inline(always)]
@@ -210,16 +213,17 @@ pub fn copy_frame(src: Bufs<'_>, sidx: u32, dst: Bufs<'_>, didx: u32, len: usize
     if s == d {
         return true; // the same buffer: nothing to move
     }
-    if len <= 256 {
-        let rounded = len.div_ceil(64) * 64;
-        let mut o = 0;
-        while o < rounded {
-            // SAFETY: `rounded` <= both buffer sizes (multiples of 64 that are >= len).
-            // Two buffers are either the same (excluded above) or disjoint, even across
-            // regions: each region is its own mapping.
-            unsafe { core::ptr::copy_nonoverlapping(s.add(o), d.add(o), 64) };
-            o += 64;
-        }
+    if len <= 64 {
+        // SAFETY: 64 <= both buffer sizes (multiples of 64); two buffers are either the
+        // same (excluded above) or disjoint, even across regions (each is a mapping).
+        unsafe { core::ptr::copy_nonoverlapping(s.cast::<[u8; 64]>(), d.cast::<[u8; 64]>(), 1) };
+    } else if len <= 256 {
+        let lines = len.div_ceil(64);
+        // SAFETY: `lines * 64` <= both buffer sizes (multiples of 64 that are >= len);
+        // disjointness as above.
+        unsafe {
+            core::ptr::copy_nonoverlapping(s.cast::<[u8; 64]>(), d.cast::<[u8; 64]>(), lines)
+        };
     } else {
         // SAFETY: len <= both buffer sizes; distinct buffers never overlap.
         unsafe { core::ptr::copy_nonoverlapping(s, d, len) };

@@ -213,17 +213,20 @@ pub fn copy_frame(src: Bufs<'_>, sidx: u32, dst: Bufs<'_>, didx: u32, len: usize
     if s == d {
         return true; // the same buffer: nothing to move
     }
-    if len <= 64 {
-        // SAFETY: 64 <= both buffer sizes (multiples of 64); two buffers are either the
-        // same (excluded above) or disjoint, even across regions (each is a mapping).
-        unsafe { core::ptr::copy_nonoverlapping(s.cast::<[u8; 64]>(), d.cast::<[u8; 64]>(), 1) };
-    } else if len <= 256 {
-        let lines = len.div_ceil(64);
-        // SAFETY: `lines * 64` <= both buffer sizes (multiples of 64 that are >= len);
-        // disjointness as above.
-        unsafe {
-            core::ptr::copy_nonoverlapping(s.cast::<[u8; 64]>(), d.cast::<[u8; 64]>(), lines)
-        };
+    if len <= 256 {
+        // Whole lines, as explicit loads and stores: a variable-length copy here would
+        // become a call to memcpy, which costs more than the frame itself.
+        let mut o = 0;
+        while o < len {
+            // SAFETY: o + 64 <= round_up(len, 64) <= both buffer sizes (multiples of 64
+            // that are >= len); two buffers are either the same (excluded above) or
+            // disjoint, even across regions (each is its own mapping).
+            unsafe {
+                let line = core::ptr::read_unaligned(s.add(o).cast::<[u8; 64]>());
+                core::ptr::write_unaligned(d.add(o).cast::<[u8; 64]>(), line);
+            }
+            o += 64;
+        }
     } else {
         // SAFETY: len <= both buffer sizes; distinct buffers never overlap.
         unsafe { core::ptr::copy_nonoverlapping(s, d, len) };

@@ -336,6 +336,14 @@ impl Lookup for LearningBridge {
         }
     }
 
+    fn fdb_dump(&self, now: Timestamp) -> Option<Vec<FdbEntry>> {
+        Some(self.fdb.dump(now))
+    }
+
+    fn fdb_stats(&self) -> Option<FdbStats> {
+        Some(self.fdb.stats().clone())
+    }
+
     fn maintain(&mut self, now: Timestamp) {
         if now.0 >= self.next_age {
             self.fdb.age(now);

@@ -26,6 +26,6 @@ pub use engine::{
 pub use fdb::{Fdb, FdbConfig, FdbEntry, FdbStats, LearningBridge};
 pub use lookup::{Dest, Hub, Lookup, PacketInfo, StaticMap};
 pub use name::{NameError, PortName};
-pub use registry::{Limits, Registry, RegistryError};
+pub use registry::{Limits, PortKey, Registry, RegistryError, SwitchEntry};
 pub use stats::{DropReason, PortStats};
 pub use types::{MacAddr, PortId, Timestamp};

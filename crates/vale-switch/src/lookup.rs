@@ -2,6 +2,7 @@
 //! it go? The engine calls it once per batch with every frame's header, so a boxed
 //! implementation costs one indirect call per batch, not per packet.
 
+use crate::fdb::{FdbEntry, FdbStats};
 use crate::types::{MacAddr, PortId, Timestamp};
 use vale_abi::layout::NS_NO_LEARN;
 
@@ -90,6 +91,16 @@ pub trait Lookup: Send {
 
     /// Periodic housekeeping (aging); called at least once per forwarding pass.
     fn maintain(&mut self, _now: Timestamp) {}
+
+    /// The learned address table (for `vale-ctl fdb`); `None` if this lookup has none.
+    fn fdb_dump(&self, _now: Timestamp) -> Option<Vec<FdbEntry>> {
+        None
+    }
+
+    /// Counters of the learned address table, if any.
+    fn fdb_stats(&self) -> Option<FdbStats> {
+        None
+    }
 }
 
 impl<T: Lookup + ?Sized> Lookup for Box<T> {
@@ -104,6 +115,12 @@ impl<T: Lookup + ?Sized> Lookup for Box<T> {
     }
     fn maintain(&mut self, now: Timestamp) {
         (**self).maintain(now)
+    }
+    fn fdb_dump(&self, now: Timestamp) -> Option<Vec<FdbEntry>> {
+        (**self).fdb_dump(now)
+    }
+    fn fdb_stats(&self) -> Option<FdbStats> {
+        (**self).fdb_stats()
     }
 }
 

@@ -331,6 +331,33 @@ impl Registry {
         self.switches.iter_mut().flatten()
     }
 
+    /// Live switches with their slot index (the `switch` of a [`PortKey`]).
+    pub fn switches_indexed_mut(&mut self) -> impl Iterator<Item = (usize, &mut SwitchEntry)> {
+        self.switches
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_mut().map(|s| (i, s)))
+    }
+
+    pub fn switches_indexed(&self) -> impl Iterator<Item = (usize, &SwitchEntry)> {
+        self.switches
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
+    }
+
+    /// Changes `bridge_batch` on every switch and for switches created later.
+    pub fn set_batch(&mut self, batch: usize) -> Result<(), EngineError> {
+        if batch == 0 || batch > crate::MAX_BATCH {
+            return Err(EngineError::BadBatch(batch));
+        }
+        for e in self.switches_mut() {
+            e.switch.set_batch(batch)?;
+        }
+        self.limits.batch = batch;
+        Ok(())
+    }
+
     /// How many opens a port has.
     pub fn open_count(&self, key: PortKey) -> u32 {
         self.switches

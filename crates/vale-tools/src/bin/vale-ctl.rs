@@ -1,0 +1,239 @@
+//! vale-ctl: look at and configure the switches of a running valed.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vale::proto::{Request, Response};
+
+/// Control the userspace VALE switch. Without a command (or with -l), lists ports the
+/// way netmap's vale-ctl does.
+#[derive(Parser, Debug)]
+#[command(name = "vale-ctl", version)]
+struct Args {
+    /// valed's socket [default: as valed; VALE_SOCKET overrides]
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Machine-readable output (read commands)
+    #[arg(long, global = true)]
+    json: bool,
+    /// netmap's -l: list all ports, or print the indices of one
+    #[arg(short = 'l', value_name = "PORT", num_args = 0..=1, default_missing_value = "")]
+    list_port: Option<String>,
+    /// netmap's -n (create a persistent port): not available yet
+    #[arg(short = 'n', value_name = "IF")]
+    new_if: Option<String>,
+    /// netmap's -a (attach an interface): not available yet
+    #[arg(short = 'a', value_name = "PORT")]
+    attach: Option<String>,
+    /// netmap's -d (detach an interface): not available yet
+    #[arg(short = 'd', value_name = "PORT")]
+    detach: Option<String>,
+    /// netmap's -r (remove a persistent port): not available yet
+    #[arg(short = 'r', value_name = "IF")]
+    remove: Option<String>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Switches, their ports, ring configuration and clients
+    List,
+    /// Counters of one port or all, with drops by reason
+    Stats { port: Option<String> },
+    /// A switch's learned MAC addresses
+    Fdb { switch: String },
+    /// Change a run-time setting: bridge_batch N | verbose N
+    Set { key: String, value: String },
+    /// The daemon's settings
+    Settings,
+}
+
+fn call(args: &Args, req: &Request) -> Result<Response, String> {
+    let path = args
+        .socket
+        .clone()
+        .unwrap_or_else(vale::default_socket_path);
+    let conn = vale::sock::connect(&path).map_err(|e| e.to_string())?;
+    let (resp, _) = vale::sock::call(&conn, req).map_err(|e| e.to_string())?;
+    match resp {
+        Response::Error { message, .. } => Err(message),
+        r => Ok(r),
+    }
+}
+
+fn print_json(r: &Response) {
+    match serde_json::to_string_pretty(r) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("vale-ctl: {e}"),
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    for (flag, v) in [
+        ("-n", &args.new_if),
+        ("-a", &args.attach),
+        ("-d", &args.detach),
+        ("-r", &args.remove),
+    ] {
+        if v.is_some() {
+            return Err(format!(
+                "{flag} (persistent ports and interface attach) is not available yet; it comes with the host-port milestone"
+            ));
+        }
+    }
+    let cmd = match (&args.cmd, &args.list_port) {
+        (Some(c), _) => c,
+        (None, Some(p)) if !p.is_empty() => return list_one(args, p),
+        (None, _) => return list_netmap(args),
+    };
+    match cmd {
+        Cmd::List => {
+            let r = call(args, &Request::List)?;
+            if args.json {
+                print_json(&r);
+            } else if let Response::List { switches } = r {
+                if switches.is_empty() {
+                    println!("no switches (a switch appears when a client opens vale<sw>:<port>)");
+                }
+                for s in switches {
+                    println!(
+                        "{} (bridge_idx {}, bridge_batch {}, {} ports)",
+                        s.name,
+                        s.index,
+                        s.bridge_batch,
+                        s.ports.len()
+                    );
+                    for p in s.ports {
+                        let g = p.geometry;
+                        println!(
+                            "  {:<16} port_idx {:<3} tx {}x{} rx {}x{} buf {} clients {}",
+                            p.name,
+                            p.index,
+                            g.tx_rings,
+                            g.tx_slots,
+                            g.rx_rings,
+                            g.rx_slots,
+                            g.buf_size,
+                            p.clients
+                        );
+                    }
+                }
+            }
+        }
+        Cmd::Stats { port } => {
+            let r = call(args, &Request::Stats { port: port.clone() })?;
+            if args.json {
+                print_json(&r);
+            } else if let Response::Stats { ports } = r {
+                for p in ports {
+                    let c = &p.counters;
+                    println!("{} (port_idx {})", p.name, p.index);
+                    println!(
+                        "  tx_packets {} tx_bytes {} forwarded {} copies {} copies_dropped {}",
+                        c.tx_packets, c.tx_bytes, c.forwarded, c.copies, c.copies_dropped
+                    );
+                    println!(
+                        "  rx_packets {} rx_bytes {} ring_resets {}",
+                        c.rx_packets, c.rx_bytes, c.ring_resets
+                    );
+                    let drops: Vec<String> =
+                        c.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                    println!("  drops: {}", drops.join(", "));
+                }
+            }
+        }
+        Cmd::Fdb { switch } => {
+            let r = call(
+                args,
+                &Request::Fdb {
+                    switch: switch.clone(),
+                },
+            )?;
+            if args.json {
+                print_json(&r);
+            } else if let Response::Fdb {
+                switch,
+                entries,
+                counters,
+            } = r
+            {
+                println!("{switch}: {} learned addresses", entries.len());
+                println!("  {:<18} {:<16} {:>8}", "mac", "port", "age (s)");
+                for e in entries {
+                    println!("  {:<18} {:<16} {:>8}", e.mac, e.port, e.age_secs);
+                }
+                let c: Vec<String> = counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                println!("  {}", c.join(", "));
+            }
+        }
+        Cmd::Set { key, value } => {
+            if let Response::Done { message } = call(
+                args,
+                &Request::Set {
+                    key: key.clone(),
+                    value: value.clone(),
+                },
+            )? {
+                println!("{message}");
+            }
+        }
+        Cmd::Settings => {
+            let r = call(args, &Request::Settings)?;
+            if args.json {
+                print_json(&r);
+            } else if let Response::Settings { settings } = r {
+                for (k, v) in settings {
+                    println!("{k} = {v}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// netmap's vale-ctl with no arguments: `vale0:a bridge_idx 0 port_idx 0`, a line a port.
+fn list_netmap(args: &Args) -> Result<(), String> {
+    let r = call(args, &Request::List)?;
+    if args.json {
+        print_json(&r);
+    } else if let Response::List { switches } = r {
+        for s in switches {
+            for p in s.ports {
+                println!("{} bridge_idx {} port_idx {}", p.name, s.index, p.index);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// netmap's `vale-ctl -l vale0:a`.
+fn list_one(args: &Args, name: &str) -> Result<(), String> {
+    let Response::List { switches } = call(args, &Request::List)? else {
+        return Err("unexpected answer from valed".into());
+    };
+    for s in &switches {
+        if let Some(p) = s.ports.iter().find(|p| p.name == name) {
+            if args.json {
+                println!("{{\"bridge_idx\": {}, \"port_idx\": {}}}", s.index, p.index);
+            } else {
+                println!("bridge_idx: {}\nport_idx:   {}", s.index, p.index);
+            }
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "failed to list {name}: no such port (see `vale-ctl list`)"
+    ))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vale-ctl: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

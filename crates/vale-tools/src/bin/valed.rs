@@ -1,0 +1,156 @@
+//! valed: the userspace VALE switch daemon. See `valed --help`.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::prelude::*;
+use valed::{ConfigFile, Settings};
+
+/// The userspace VALE switch: switches and ports appear when clients open
+/// `vale<switch>:<port>` names, and each switch is a learning bridge.
+#[derive(Parser, Debug)]
+#[command(name = "valed", version)]
+struct Args {
+    /// Unix socket to listen on [default: /run/vale/valed.sock as root, else
+    /// $XDG_RUNTIME_DIR/vale/valed.sock; VALE_SOCKET overrides]
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Mode of the socket file, octal (who may connect)
+    #[arg(long, value_name = "MODE")]
+    socket_mode: Option<String>,
+    /// TOML file with any of these settings (flags win), e.g. `max_switches = 64`
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// More log output (-v debug, -vv trace); change at run time with `vale-ctl set verbose N`
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Log only warnings and errors
+    #[arg(short, long)]
+    quiet: bool,
+    /// Switches at once [default: 8]
+    #[arg(long)]
+    max_switches: Option<usize>,
+    /// Ports per switch [default: 254]
+    #[arg(long)]
+    max_ports: Option<u16>,
+    /// Rings per direction a port may ask for [default: 16]
+    #[arg(long)]
+    max_rings: Option<u16>,
+    /// Slots per ring a port may ask for [default: 4096]
+    #[arg(long)]
+    max_slots: Option<u32>,
+    /// Largest buffer size [default: 65472]
+    #[arg(long)]
+    max_buf_size: Option<u32>,
+    /// Longest port name [default: 15]
+    #[arg(long)]
+    max_name_len: Option<usize>,
+    /// Packets per forwarding pass (netmap's bridge_batch), 1..=8192 [default: 1024]
+    #[arg(long)]
+    bridge_batch: Option<usize>,
+    /// Rings per direction of ports that ask for nothing else [default: 1]
+    #[arg(long)]
+    rings: Option<u16>,
+    /// Slots per ring of ports that ask for nothing else [default: 1024]
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Buffer size of new ports, a multiple of 64 (larger for jumbo frames) [default: 2048]
+    #[arg(long)]
+    buf_size: Option<u32>,
+    /// Entries of each switch's learning table [default: 8192]
+    #[arg(long)]
+    fdb_size: Option<usize>,
+    /// Seconds before an unused learned address is forgotten, 0 = never [default: 300]
+    #[arg(long)]
+    fdb_max_age: Option<u32>,
+    /// Microseconds the forwarding thread keeps polling after the last packet [default: 200]
+    #[arg(long)]
+    busy_poll_us: Option<u64>,
+    /// Forwarding threads (only 1 so far)
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+fn settings(a: &Args) -> Result<Settings, String> {
+    let mut s = Settings::default();
+    if let Some(path) = &a.config {
+        ConfigFile::load(path)?.apply(&mut s)?;
+    }
+    let flags = ConfigFile {
+        socket: a.socket.clone(),
+        socket_mode: a.socket_mode.clone(),
+        max_switches: a.max_switches,
+        max_ports: a.max_ports,
+        max_rings: a.max_rings,
+        max_slots: a.max_slots,
+        max_buf_size: a.max_buf_size,
+        max_name_len: a.max_name_len,
+        bridge_batch: a.bridge_batch,
+        rings: a.rings,
+        slots: a.slots,
+        buf_size: a.buf_size,
+        fdb_size: a.fdb_size,
+        fdb_max_age: a.fdb_max_age,
+        verbose: None,
+        busy_poll_us: a.busy_poll_us,
+    };
+    flags.apply(&mut s)?;
+    if a.quiet {
+        s.verbose = 0;
+    } else if a.verbose > 0 {
+        s.verbose = 1 + a.verbose;
+    }
+    if a.threads != 1 {
+        return Err(format!(
+            "--threads {}: only one forwarding thread is implemented so far; leave --threads out",
+            a.threads
+        ));
+    }
+    s.validate()?;
+    Ok(s)
+}
+
+fn level(v: u8) -> LevelFilter {
+    match v {
+        0 => LevelFilter::WARN,
+        1 => LevelFilter::INFO,
+        2 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let s = match settings(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("valed: {e}");
+            std::process::exit(2);
+        }
+    };
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(level(s.verbose));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false),
+        )
+        .init();
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("valed: cannot handle signal {sig}: {e}");
+            std::process::exit(1);
+        }
+    }
+    let set_verbosity: valed::SetVerbosity = Box::new(move |v| {
+        let _ = handle.modify(|f| *f = level(v));
+    });
+    if let Err(e) = valed::run(s, stop, set_verbosity) {
+        eprintln!("valed: {e}");
+        std::process::exit(1);
+    }
+}

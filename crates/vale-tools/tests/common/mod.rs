@@ -1,0 +1,216 @@
+//! A real valed per test, on its own socket, stopped (and checked) at the end.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const VALED: &str = env!("CARGO_BIN_EXE_valed");
+pub const VALE_CTL: &str = env!("CARGO_BIN_EXE_vale-ctl");
+pub const PKT_GEN: &str = env!("CARGO_BIN_EXE_pkt-gen");
+
+pub struct Daemon {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vale-test-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+impl Daemon {
+    pub fn start(tag: &str, extra: &[&str]) -> Daemon {
+        let dir = temp_dir(tag);
+        let socket = dir.join("valed.sock");
+        let log = std::fs::File::create(dir.join("valed.log")).unwrap();
+        let child = Command::new(VALED)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("-v")
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn valed");
+        let d = Daemon { child, dir, socket };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&self) {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if vale::sock::connect(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("valed did not start: {}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("valed.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Opens a port through the library, as any client process would.
+    pub fn open(&self, name: &str) -> vale::Port {
+        vale::Port::open_with(
+            name,
+            &vale::OpenOptions {
+                socket: Some(self.socket.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("open {name}: {e}"))
+    }
+
+    pub fn cmd(&self, bin: &str) -> Command {
+        let mut c = Command::new(bin);
+        c.env("VALE_SOCKET", &self.socket);
+        c
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        self.cmd(VALE_CTL)
+            .args(args)
+            .output()
+            .expect("run vale-ctl")
+    }
+
+    pub fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let o = self.ctl(&a);
+        assert!(
+            o.status.success(),
+            "vale-ctl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice(&o.stdout).expect("json")
+    }
+
+    /// Names of the ports that exist now.
+    pub fn ports(&self) -> Vec<String> {
+        let v = self.ctl_json(&["list"]);
+        v["switches"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["ports"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| p["name"].as_str().map(String::from))
+            .collect()
+    }
+
+    pub fn counter(&self, port: &str, key: &str) -> u64 {
+        let v = self.ctl_json(&["stats", port]);
+        let c = &v["ports"][0]["counters"];
+        c[key]
+            .as_u64()
+            .or_else(|| c["drops"][key].as_u64())
+            .unwrap_or_else(|| panic!("no counter {key} in {c}"))
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
+        }
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits for `cond` up to `secs`.
+pub fn wait_for(secs: f64, mut cond: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed().as_secs_f64() < secs {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+pub fn frame(dst: [u8; 6], src: [u8; 6], tag: u32) -> Vec<u8> {
+    let mut f = vec![0u8; 60];
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&[0x88, 0xb5]);
+    f[14..18].copy_from_slice(&tag.to_be_bytes());
+    f
+}
+
+/// Receives everything pending on a port for up to `secs`.
+pub fn drain(p: &vale::Port, secs: f64) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let t = Instant::now();
+    while t.elapsed().as_secs_f64() < secs {
+        if p.poll(vale::Interest::RX, Some(Duration::from_millis(50)))
+            .unwrap()
+        {
+            p.dispatch(0, |f| got.push(f.to_vec()));
+            p.rxsync().unwrap();
+        } else if !got.is_empty() {
+            break;
+        }
+    }
+    got
+}
+
+pub fn send(p: &vale::Port, frames: &[Vec<u8>]) {
+    for f in frames {
+        while !p.inject(f) {
+            p.poll(vale::Interest::TX, Some(Duration::from_millis(100)))
+                .unwrap();
+        }
+    }
+    p.txsync().unwrap();
+}
+
+pub fn stdout_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}

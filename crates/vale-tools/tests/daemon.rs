@@ -1,0 +1,368 @@
+//! valed with real client processes (pkt-gen, vale-ctl) and library clients, each test
+//! on its own daemon and socket.
+
+mod common;
+use common::*;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+const B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
+const C: [u8; 6] = [2, 0, 0, 0, 0, 0xc];
+const BCAST: [u8; 6] = [0xff; 6];
+
+fn received(out: &str) -> u64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix("Received "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary in pkt-gen output:\n{out}"))
+}
+
+/// pkt-gen tx on vale0:a, pkt-gen rx on vale0:b, separate processes: every packet is
+/// either received or counted as dropped.
+fn sender_receiver(n: u64, extra_tx: &[&str]) -> (u64, u64, u64) {
+    let d = Daemon::start(&format!("pair{}", extra_tx.len()), &[]);
+    // Hold b open so its counters outlive the receiver process.
+    let _holder = d.open("vale0:b");
+    let rx = d
+        .cmd(PKT_GEN)
+        .args(["-i", "vale0:b", "-f", "rx", "-W", "--duration", "120"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let count = n.to_string();
+    let tx = d
+        .cmd(PKT_GEN)
+        .args(["-i", "vale0:a", "-f", "tx", "-n", &count, "-l", "60"])
+        .args(extra_tx)
+        .output()
+        .unwrap();
+    assert!(
+        tx.status.success(),
+        "tx: {}",
+        String::from_utf8_lossy(&tx.stderr)
+    );
+    assert!(
+        stdout_of(&tx).contains(&format!("Sent {n} packets")),
+        "{}",
+        stdout_of(&tx)
+    );
+    let rx = rx.wait_with_output().unwrap();
+    assert!(
+        rx.status.success(),
+        "rx: {}",
+        String::from_utf8_lossy(&rx.stderr)
+    );
+    let got = received(&stdout_of(&rx));
+    let delivered = d.counter("vale0:b", "rx_packets");
+    let dropped = d.counter("vale0:b", "ring_full");
+    (got, delivered, dropped)
+}
+
+#[test]
+fn ten_million_packets_are_received_or_counted() {
+    let n = 10_000_000;
+    let (got, delivered, dropped) = sender_receiver(n, &[]);
+    assert_eq!(
+        got, delivered,
+        "the receiver read everything delivered to it"
+    );
+    assert_eq!(
+        got + dropped,
+        n,
+        "received {got} + dropped {dropped} != sent {n}"
+    );
+}
+
+#[test]
+fn a_rate_the_receiver_follows_loses_nothing() {
+    let n = 200_000;
+    let (got, _, dropped) = sender_receiver(n, &["-R", "200000"]);
+    assert_eq!((got, dropped), (n, 0));
+}
+
+#[test]
+fn learning_through_the_daemon() {
+    let d = Daemon::start("learn", &[]);
+    let (a, b, c) = (d.open("vale0:a"), d.open("vale0:b"), d.open("vale0:c"));
+    send(&c, &[frame(BCAST, C, 1)]);
+    assert_eq!(drain(&a, 2.0).len(), 1);
+    assert_eq!(drain(&b, 2.0).len(), 1);
+    let unicast: Vec<_> = (0..100).map(|i| frame(C, A, 100 + i)).collect();
+    send(&a, &unicast);
+    assert_eq!(drain(&c, 2.0), unicast, "learned unicast reaches its port");
+    assert!(drain(&b, 0.3).is_empty(), "b must not see unicast to c");
+    let fdb = d.ctl_json(&["fdb", "vale0"]);
+    let rows = fdb["entries"].as_array().unwrap();
+    let has = |mac: &str, port: &str| rows.iter().any(|r| r["mac"] == mac && r["port"] == port);
+    assert!(
+        has("02:00:00:00:00:0c", "vale0:c") && has("02:00:00:00:00:0a", "vale0:a"),
+        "{fdb}"
+    );
+    let text = stdout_of(&d.ctl(&["fdb", "vale0"]));
+    assert!(
+        text.contains("02:00:00:00:00:0c") && text.contains("vale0:c"),
+        "{text}"
+    );
+}
+
+#[test]
+fn two_switches_are_isolated() {
+    let d = Daemon::start("iso", &[]);
+    let (a0, b0, a1) = (d.open("vale0:a"), d.open("vale0:b"), d.open("vale1:a"));
+    send(
+        &a0,
+        &(0..50).map(|i| frame(BCAST, A, i)).collect::<Vec<_>>(),
+    );
+    assert_eq!(drain(&b0, 2.0).len(), 50);
+    assert!(
+        drain(&a1, 0.5).is_empty(),
+        "vale1 must not see vale0's traffic"
+    );
+    let list = stdout_of(&d.ctl(&[]));
+    assert!(
+        list.contains("vale0:a bridge_idx") && list.contains("vale1:a bridge_idx"),
+        "{list}"
+    );
+}
+
+#[test]
+fn a_killed_client_is_reclaimed_and_others_keep_forwarding() {
+    let mut d = Daemon::start("kill", &[]);
+    let (a, b) = (d.open("vale0:a"), d.open("vale0:b"));
+    send(&a, &[frame(BCAST, A, 0)]);
+    drain(&b, 2.0);
+    let mut victim = d
+        .cmd(PKT_GEN)
+        .args(["-i", "vale0:k", "-f", "tx", "-D", "02:00:00:00:00:0b"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(5.0, || d.ports().contains(&"vale0:k".to_string())));
+    std::thread::sleep(Duration::from_millis(200)); // mid-traffic
+    victim.kill().unwrap(); // SIGKILL
+    let t = Instant::now();
+    victim.wait().unwrap();
+    assert!(
+        wait_for(1.0, || !d.ports().contains(&"vale0:k".to_string())),
+        "port gone within 1 s"
+    );
+    assert!(t.elapsed() < Duration::from_secs(2));
+    drain(&b, 0.5);
+    let frames: Vec<_> = (0..100).map(|i| frame(B, A, i)).collect();
+    send(&a, &frames);
+    assert_eq!(drain(&b, 2.0), frames, "a and b still forward");
+    assert!(d.alive());
+}
+
+#[test]
+fn a_hundred_kills_leak_nothing() {
+    let mut d = Daemon::start("leak", &[]);
+    let _keep = d.open("vale0:keep");
+    let warm = |d: &Daemon| {
+        let mut c = d
+            .cmd(PKT_GEN)
+            .args(["-i", "vale0:v", "-f", "tx"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(wait_for(5.0, || d.ports().contains(&"vale0:v".to_string())));
+        c.kill().unwrap();
+        c.wait().unwrap();
+        assert!(wait_for(2.0, || !d
+            .ports()
+            .contains(&"vale0:v".to_string())));
+    };
+    for _ in 0..3 {
+        warm(&d); // let allocators settle before the baseline
+    }
+    let (fds0, rss0) = (d.fd_count(), d.rss_kib());
+    for _ in 0..100 {
+        warm(&d);
+    }
+    let (fds1, rss1) = (d.fd_count(), d.rss_kib());
+    assert_eq!(fds1, fds0, "open descriptors back to baseline");
+    assert!(
+        rss1 <= rss0 + 4096,
+        "RSS grew from {rss0} KiB to {rss1} KiB"
+    );
+    assert!(d.alive());
+}
+
+#[test]
+fn bad_names_and_limits_get_clear_errors() {
+    let d = Daemon::start("limits", &["--max-ports", "2", "--max-switches", "1"]);
+    let try_open = |name: &str| {
+        vale::Port::open_with(
+            name,
+            &vale::OpenOptions {
+                socket: Some(d.socket.clone()),
+                ..Default::default()
+            },
+        )
+        .map(|_| ())
+        .unwrap_err()
+        .to_string()
+    };
+    let e = try_open("vale0:abcdefghijklmnop");
+    assert!(
+        e.contains("22 characters") && e.contains("limit is 15"),
+        "{e}"
+    );
+    assert!(try_open("eth0").contains("does not start with `vale`"));
+    assert!(try_open("vale-a:0").contains("'-' at position 4"));
+    let _p1 = d.open("vale0:a");
+    let _p2 = d.open("vale0:b");
+    let e = try_open("vale0:c");
+    assert!(e.contains("2 ports"), "{e}");
+    let e = try_open("vale1:a");
+    assert!(
+        e.contains("1 switches") && e.contains("--max-switches"),
+        "{e}"
+    );
+    // pkt-gen reports the daemon's message and fails.
+    let o = d
+        .cmd(PKT_GEN)
+        .args(["-i", "vale0:toolongportname", "-f", "rx"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("limit is 15"));
+}
+
+#[test]
+fn garbage_and_half_handshakes_leave_the_daemon_serving() {
+    let mut d = Daemon::start("garbage", &[]);
+    let conn = vale::sock::connect(&d.socket).unwrap();
+    vale::sock::send(rustix::fd::AsFd::as_fd(&conn), b"\x00\xffnot json", &[]).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let (n, _) = vale::sock::recv(rustix::fd::AsFd::as_fd(&conn), &mut buf).unwrap();
+    let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(
+        reply.contains("bad_request") && reply.contains("malformed request"),
+        "{reply}"
+    );
+    // An unknown request, a wrong version, a second open on one connection.
+    let (r, _) = vale::sock::call(
+        &conn,
+        &vale::proto::Request::Open {
+            version: 99,
+            name: "vale0:x".into(),
+            geometry: Default::default(),
+        },
+    )
+    .unwrap();
+    assert!(
+        matches!(
+            r,
+            vale::proto::Response::Error {
+                kind: vale::proto::ErrorKind::Version,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    drop(conn);
+    // A client that asks to open and hangs up before reading the answer.
+    for _ in 0..20 {
+        let c = vale::sock::connect(&d.socket).unwrap();
+        let req = serde_json::to_vec(&vale::proto::Request::Open {
+            version: vale::proto::VERSION,
+            name: "vale0:h".into(),
+            geometry: Default::default(),
+        })
+        .unwrap();
+        vale::sock::send(rustix::fd::AsFd::as_fd(&c), &req, &[]).unwrap();
+        drop(c);
+        let c2 = vale::sock::connect(&d.socket).unwrap();
+        drop(c2); // connect and close without a word
+    }
+    assert!(
+        wait_for(2.0, || !d.ports().contains(&"vale0:h".to_string())),
+        "half-opened port reclaimed"
+    );
+    let (a, b) = (d.open("vale0:a"), d.open("vale0:b"));
+    send(&a, &[frame(BCAST, A, 7)]);
+    assert_eq!(drain(&b, 2.0).len(), 1);
+    assert!(d.alive());
+    let o = d.ctl(&["set", "bridge_batch", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("between 1 and 8192"));
+    assert!(d.ctl(&["set", "bridge_batch", "64"]).status.success());
+    assert!(stdout_of(&d.ctl(&["list"])).contains("bridge_batch 64"));
+}
+
+#[test]
+fn ping_pong_reports_rtt() {
+    let d = Daemon::start("ping", &[]);
+    let pong = d
+        .cmd(PKT_GEN)
+        .args(["-i", "vale0:pong", "-f", "pong", "--duration", "30"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut pong = scopeguard(pong);
+    assert!(wait_for(5.0, || d
+        .ports()
+        .contains(&"vale0:pong".to_string())));
+    let o = d
+        .cmd(PKT_GEN)
+        .args(["-i", "vale0:ping", "-f", "ping", "-n", "200"])
+        .output()
+        .unwrap();
+    let out = stdout_of(&o);
+    assert!(
+        o.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("RTT over 200 packets") || out.contains("RTT over 19"),
+        "{out}"
+    );
+    assert!(out.contains("p50") && out.contains("p99"), "{out}");
+    let _ = pong.0.kill();
+}
+
+struct Guard(std::process::Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+fn scopeguard(c: std::process::Child) -> Guard {
+    Guard(c)
+}
+
+#[test]
+fn shutdown_on_sigterm_tells_clients() {
+    let mut d = Daemon::start("term", &[]);
+    let p = d.open("vale0:a");
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(d.pid().to_string())
+        .status();
+    assert!(wait_for(5.0, || !d.alive()), "valed exits on SIGTERM");
+    let e = p
+        .poll(vale::Interest::RX, Some(Duration::from_secs(2)))
+        .unwrap_err();
+    assert!(e.should_reconnect(), "{e}");
+    assert!(!d.socket.exists(), "socket removed");
+}
+
+#[test]
+fn no_daemon_means_a_clear_error() {
+    let o = std::process::Command::new(VALE_CTL)
+        .env("VALE_SOCKET", "/nonexistent/vale.sock")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Start it with `valed`"));
+    let o = std::process::Command::new(VALE_CTL)
+        .arg("--bogus")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "usage errors exit 2");
+}

@@ -1,0 +1,220 @@
+//! The control protocol between clients (the library, `vale-ctl`) and `valed`.
+//!
+//! One JSON message per `SOCK_SEQPACKET` datagram, so message boundaries come from the
+//! socket; file descriptors travel with `SCM_RIGHTS`. Every request names the protocol
+//! version it speaks (`Open`) or is answered in the current one; unknown fields are
+//! ignored, unknown requests answered with `Error { kind: BadRequest }`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Protocol version spoken by this library.
+pub const VERSION: u32 = 1;
+/// Largest message either side sends or accepts.
+pub const MAX_MSG: usize = 256 * 1024;
+/// File descriptors that come with `Opened`: the region memfd, the kick eventfd
+/// (client -> switch) and the notify eventfd (switch -> client).
+pub const OPEN_FDS: usize = 3;
+
+/// A port's shape, as requested (fields left out take the daemon's defaults) or as
+/// granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct GeometryRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rings: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rings: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_slots: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_slots: Option<u32>,
+}
+
+impl GeometryRequest {
+    pub fn is_empty(&self) -> bool {
+        *self == GeometryRequest::default()
+    }
+}
+
+/// The geometry of an open port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Geometry {
+    pub tx_rings: u16,
+    pub rx_rings: u16,
+    pub tx_slots: u32,
+    pub rx_slots: u32,
+    pub buf_size: u32,
+}
+
+impl From<vale_abi::PortGeometry> for Geometry {
+    fn from(g: vale_abi::PortGeometry) -> Self {
+        Geometry {
+            tx_rings: g.tx_rings,
+            rx_rings: g.rx_rings,
+            tx_slots: g.tx_slots,
+            rx_slots: g.rx_slots,
+            buf_size: g.buf_size,
+        }
+    }
+}
+
+impl From<Geometry> for vale_abi::PortGeometry {
+    fn from(g: Geometry) -> Self {
+        vale_abi::PortGeometry {
+            tx_rings: g.tx_rings,
+            rx_rings: g.rx_rings,
+            tx_slots: g.tx_slots,
+            rx_slots: g.rx_slots,
+            buf_size: g.buf_size,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Open (and create if needed) a port; the connection then holds it open.
+    Open {
+        version: u32,
+        name: String,
+        #[serde(default)]
+        geometry: GeometryRequest,
+    },
+    /// Switches and their ports.
+    List,
+    /// Counters of one port, or of all.
+    Stats {
+        #[serde(default)]
+        port: Option<String>,
+    },
+    /// A switch's learned addresses.
+    Fdb { switch: String },
+    /// Change a run-time setting (`bridge_batch`, `verbose`).
+    Set { key: String, value: String },
+    /// The daemon's settings.
+    Settings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The message was not understood.
+    BadRequest,
+    /// The client speaks another protocol version.
+    Version,
+    /// A malformed port or switch name.
+    BadName,
+    /// A limit would be exceeded.
+    Limit,
+    /// No such port or switch.
+    NotFound,
+    /// Something failed inside the daemon.
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortSummary {
+    pub name: String,
+    pub index: u16,
+    pub geometry: Geometry,
+    /// Open connections holding the port.
+    pub clients: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwitchInfo {
+    pub name: String,
+    pub index: usize,
+    pub bridge_batch: usize,
+    pub ports: Vec<PortSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Counters {
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub forwarded: u64,
+    pub copies: u64,
+    pub copies_dropped: u64,
+    pub ring_resets: u64,
+    /// Drops by reason (`ring_full`, `runt`, `bad_buf`, `bad_len`, `bad_frag`,
+    /// `no_dest`, `oversize`, `bad_rx_buf`).
+    pub drops: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortStats {
+    pub name: String,
+    pub switch: String,
+    pub index: u16,
+    pub counters: Counters,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FdbRow {
+    pub mac: String,
+    pub port: String,
+    pub index: u16,
+    pub age_secs: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Response {
+    /// The port is open; its fds come with this message (see [`OPEN_FDS`]).
+    Opened {
+        switch: String,
+        port: String,
+        index: u16,
+        geometry: Geometry,
+    },
+    List {
+        switches: Vec<SwitchInfo>,
+    },
+    Stats {
+        ports: Vec<PortStats>,
+    },
+    Fdb {
+        switch: String,
+        entries: Vec<FdbRow>,
+        counters: BTreeMap<String, u64>,
+    },
+    Settings {
+        settings: BTreeMap<String, String>,
+    },
+    Done {
+        message: String,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_read_as_documented() {
+        let r = Request::Open {
+            version: VERSION,
+            name: "vale0:a".into(),
+            geometry: GeometryRequest {
+                tx_slots: Some(512),
+                ..Default::default()
+            },
+        };
+        let j = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            j,
+            r#"{"op":"open","version":1,"name":"vale0:a","geometry":{"tx_slots":512}}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&j).unwrap(), r);
+        let list: Request = serde_json::from_str(r#"{"op":"list","extra":1}"#).unwrap();
+        assert_eq!(list, Request::List);
+        assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
+    }
+}

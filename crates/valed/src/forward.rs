@@ -1,0 +1,103 @@
+//! The forwarding thread: busy-polls every switch while traffic flows, sleeps in epoll
+//! when idle (Snabb's breathe loop, netmap's need_kick): a busy switch runs on shared
+//! memory alone, an idle one costs nothing.
+
+use crate::state::Shared;
+use rustix::event::Timespec;
+use rustix::event::epoll;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use vale_switch::Notify;
+
+/// Epoll data of the wake eventfd; kick fds carry `1 + switch << 16 | port`.
+pub const WAKE: u64 = 0;
+
+pub fn key_data(k: vale_switch::PortKey) -> u64 {
+    1 + ((k.switch as u64) << 16 | k.port.0 as u64)
+}
+
+pub fn run(shared: Arc<Shared>, busy_poll: Duration) {
+    let mut notes: Vec<Notify> = Vec::new();
+    let mut wake_fds: Vec<u64> = Vec::new();
+    let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
+    let mut idle_since: Option<Instant> = None;
+    while !shared.stop.load(Ordering::Acquire) {
+        let moved = {
+            let mut st = shared.lock();
+            let now = shared.now();
+            let mut moved = 0;
+            wake_fds.clear();
+            let st = &mut *st;
+            for (si, e) in st.registry.switches_indexed_mut() {
+                moved += e.switch.forward(now, &mut notes);
+                for n in notes.drain(..) {
+                    let key = vale_switch::PortKey {
+                        switch: si,
+                        port: n.port,
+                    };
+                    if let Some(f) = st.fds.get(&key) {
+                        let _ = rustix::io::write(&f.notify, &1u64.to_ne_bytes());
+                    }
+                }
+            }
+            moved
+        };
+        if moved > 0 {
+            idle_since = None;
+            continue;
+        }
+        let since = *idle_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < busy_poll {
+            std::hint::spin_loop();
+            continue;
+        }
+        // Idle: ask every client to kick, look once more, then sleep.
+        let pending = {
+            let st = shared.lock();
+            st.registry.switches().any(|e| e.switch.arm_kicks())
+        };
+        if !pending {
+            events.clear();
+            // Wake at least once a second so aging runs on an idle switch.
+            let ts = Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            };
+            match epoll::wait(
+                &shared.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                Some(&ts),
+            ) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => tracing::error!("epoll_wait failed: {e}"),
+            }
+            let mut b = [0u8; 8];
+            for ev in &events {
+                let d = ev.data.u64();
+                if d == WAKE {
+                    let _ = rustix::io::read(&shared.wake, &mut b);
+                } else {
+                    wake_fds.push(d);
+                }
+            }
+        }
+        let st = shared.lock();
+        for d in &wake_fds {
+            let key = vale_switch::PortKey {
+                switch: ((d - 1) >> 16) as usize,
+                port: vale_switch::PortId(((d - 1) & 0xffff) as u16),
+            };
+            if let Some(f) = st.fds.get(&key) {
+                let mut b = [0u8; 8];
+                let _ = rustix::io::read(&f.kick, &mut b);
+            }
+        }
+        for e in st.registry.switches() {
+            e.switch.disarm_kicks();
+        }
+        drop(st);
+        idle_since = None;
+    }
+    tracing::debug!("forwarding thread stops");
+}

@@ -1,0 +1,614 @@
+//! The control side of `valed`: the unix socket, one connection per client, requests
+//! answered in order, ports held open by their connections.
+
+use crate::forward::{self, key_data};
+use crate::settings::Settings;
+use crate::state::{PortFds, Shared, State};
+use rustix::event::{EventfdFlags, Timespec, epoll};
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use vale::proto::{
+    self, Counters, ErrorKind, FdbRow, GeometryRequest, PortStats, PortSummary, Request, Response,
+    SwitchInfo,
+};
+use vale_abi::PortGeometry;
+use vale_switch::{DropReason, PortKey, Registry, RegistryError};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("another valed is already listening on {0}")]
+    AlreadyRunning(PathBuf),
+    #[error("{what} {path}: {source}")]
+    Socket {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} failed: {1}")]
+    Os(&'static str, #[source] std::io::Error),
+}
+
+struct Conn {
+    fd: OwnedFd,
+    port: Option<PortKey>,
+}
+
+const LISTENER: u64 = u64::MAX;
+
+/// Callback the binary gives to change log verbosity at run time.
+pub type SetVerbosity = Box<dyn Fn(u8) + Send>;
+
+fn listen(path: &Path, mode: u32) -> Result<OwnedFd, StartError> {
+    let sock_err = |what, e: std::io::Error| StartError::Socket {
+        what,
+        path: path.to_path_buf(),
+        source: e,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| sock_err("cannot create the directory of", e))?;
+    }
+    if path.exists() {
+        // A live daemon answers; a stale file from a crash does not.
+        if vale::sock::connect(path).is_ok() {
+            return Err(StartError::AlreadyRunning(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(|e| sock_err("cannot remove stale socket", e))?;
+    }
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )
+    .map_err(|e| StartError::Os("socket", e.into()))?;
+    let addr = SocketAddrUnix::new(path).map_err(|e| sock_err("bad socket path", e.into()))?;
+    rustix::net::bind(&fd, &addr).map_err(|e| sock_err("cannot bind", e.into()))?;
+    rustix::fs::chmod(path, rustix::fs::Mode::from_raw_mode(mode))
+        .map_err(|e| sock_err("cannot set the mode of", e.into()))?;
+    rustix::net::listen(&fd, 128).map_err(|e| sock_err("cannot listen on", e.into()))?;
+    Ok(fd)
+}
+
+/// Runs the daemon until `stop` is set (SIGINT/SIGTERM in the binary).
+pub fn run(
+    mut settings: Settings,
+    stop: Arc<AtomicBool>,
+    set_verbosity: SetVerbosity,
+) -> Result<(), StartError> {
+    settings.seed_fdb();
+    let listener = listen(&settings.socket, settings.socket_mode)?;
+    let fwd_epoll = epoll::create(epoll::CreateFlags::CLOEXEC)
+        .map_err(|e| StartError::Os("epoll_create", e.into()))?;
+    let wake = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+        .map_err(|e| StartError::Os("eventfd", e.into()))?;
+    epoll::add(
+        &fwd_epoll,
+        &wake,
+        epoll::EventData::new_u64(forward::WAKE),
+        epoll::EventFlags::IN,
+    )
+    .map_err(|e| StartError::Os("epoll_ctl", e.into()))?;
+    let state = State {
+        registry: Registry::new(settings.limits),
+        fds: HashMap::new(),
+    };
+    let shared = Arc::new(Shared::new(state, fwd_epoll, wake));
+    let busy = Duration::from_micros(settings.busy_poll_us);
+    let fwd = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("vale-fwd".into())
+            .spawn(move || forward::run(shared, busy))
+            .map_err(|e| StartError::Os("spawn forwarding thread", e))?
+    };
+    tracing::info!(socket = %settings.socket.display(), "valed listening");
+    let mut ctl = Control {
+        shared: shared.clone(),
+        settings,
+        conns: HashMap::new(),
+        next_id: 1,
+        set_verbosity,
+    };
+    let result = ctl.serve(&listener, &stop);
+    tracing::info!(
+        "shutting down: closing {} client connections",
+        ctl.conns.len()
+    );
+    shared.stop.store(true, Ordering::Release);
+    shared.wake_forwarder();
+    let _ = fwd.join();
+    ctl.conns.clear(); // clients see the connection close
+    let _ = std::fs::remove_file(&ctl.settings.socket);
+    result
+}
+
+struct Control {
+    shared: Arc<Shared>,
+    settings: Settings,
+    conns: HashMap<u64, Conn>,
+    next_id: u64,
+    set_verbosity: SetVerbosity,
+}
+
+impl Control {
+    fn serve(&mut self, listener: &OwnedFd, stop: &AtomicBool) -> Result<(), StartError> {
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC)
+            .map_err(|e| StartError::Os("epoll_create", e.into()))?;
+        epoll::add(
+            &ep,
+            listener,
+            epoll::EventData::new_u64(LISTENER),
+            epoll::EventFlags::IN,
+        )
+        .map_err(|e| StartError::Os("epoll_ctl", e.into()))?;
+        let mut events: Vec<epoll::Event> = Vec::with_capacity(64);
+        let mut buf = vec![0u8; proto::MAX_MSG];
+        let tick = Timespec {
+            tv_sec: 0,
+            tv_nsec: 100_000_000,
+        };
+        while !stop.load(Ordering::Relaxed) {
+            events.clear();
+            match epoll::wait(
+                &ep,
+                rustix::buffer::spare_capacity(&mut events),
+                Some(&tick),
+            ) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(StartError::Os("epoll_wait", e.into())),
+            }
+            for ev in events.clone() {
+                let id = ev.data.u64();
+                if id == LISTENER {
+                    self.accept(&ep, listener);
+                } else {
+                    self.readable(id, &mut buf);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self, ep: &OwnedFd, listener: &OwnedFd) {
+        loop {
+            match rustix::net::accept_with(listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
+                Ok(fd) => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    if let Err(e) = epoll::add(
+                        ep,
+                        &fd,
+                        epoll::EventData::new_u64(id),
+                        epoll::EventFlags::IN,
+                    ) {
+                        tracing::warn!("cannot watch a new connection: {e}");
+                        continue;
+                    }
+                    tracing::debug!(conn = id, "client connected");
+                    self.conns.insert(id, Conn { fd, port: None });
+                }
+                Err(rustix::io::Errno::AGAIN) => return,
+                Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => continue,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn readable(&mut self, id: u64, buf: &mut [u8]) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let r = vale::sock::recv(conn.fd.as_fd(), buf);
+        let n = match r {
+            Ok((0, _)) => return self.disconnect(id),
+            Ok((n, fds)) => {
+                drop(fds); // clients send no descriptors; close any they do send
+                n
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                tracing::debug!(conn = id, "receive failed: {e}");
+                return self.disconnect(id);
+            }
+        };
+        let (resp, fds) = match serde_json::from_slice::<Request>(&buf[..n]) {
+            Ok(req) => self.handle(id, req),
+            Err(e) => (
+                error(
+                    ErrorKind::BadRequest,
+                    format!("malformed request ({n} bytes): {e}"),
+                ),
+                Vec::new(),
+            ),
+        };
+        self.reply(id, &resp, &fds);
+    }
+
+    fn reply(&mut self, id: u64, resp: &Response, fds: &[OwnedFd]) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let bytes = match serde_json::to_vec(resp) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("cannot encode a response: {e}");
+                return;
+            }
+        };
+        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        if let Err(e) = vale::sock::send(conn.fd.as_fd(), &bytes, &borrowed) {
+            tracing::debug!(conn = id, "reply failed: {e}");
+            self.disconnect(id);
+        }
+    }
+
+    fn disconnect(&mut self, id: u64) {
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
+        tracing::debug!(conn = id, "client disconnected");
+        if let Some(key) = conn.port {
+            let mut st = self.shared.lock_ctl();
+            let name = port_name(&st.registry, key);
+            match st.registry.close(key) {
+                Ok(true) => {
+                    if let Some(f) = st.fds.remove(&key) {
+                        let _ = epoll::delete(&self.shared.epoll, &f.kick);
+                    }
+                    tracing::info!(port = %name, "port removed (last client gone)");
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!("closing {name}: {e}"),
+            }
+        }
+    }
+
+    fn handle(&mut self, id: u64, req: Request) -> (Response, Vec<OwnedFd>) {
+        match req {
+            Request::Open {
+                version,
+                name,
+                geometry,
+            } => self.open(id, version, &name, geometry),
+            Request::List => (self.list(), Vec::new()),
+            Request::Stats { port } => (self.stats(port.as_deref()), Vec::new()),
+            Request::Fdb { switch } => (self.fdb(&switch), Vec::new()),
+            Request::Set { key, value } => (self.set(&key, &value), Vec::new()),
+            Request::Settings => (self.settings(), Vec::new()),
+        }
+    }
+
+    fn open(
+        &mut self,
+        id: u64,
+        version: u32,
+        name: &str,
+        req: GeometryRequest,
+    ) -> (Response, Vec<OwnedFd>) {
+        if version != proto::VERSION {
+            return (
+                error(
+                    ErrorKind::Version,
+                    format!(
+                        "client speaks protocol {version}, valed speaks {}; use matching versions",
+                        proto::VERSION
+                    ),
+                ),
+                Vec::new(),
+            );
+        }
+        if self.conns.get(&id).is_some_and(|c| c.port.is_some()) {
+            return (
+                error(
+                    ErrorKind::BadRequest,
+                    "this connection already holds a port; open another connection".into(),
+                ),
+                Vec::new(),
+            );
+        }
+        let d = self.settings.limits.default_geometry;
+        let g = PortGeometry {
+            tx_rings: req.tx_rings.unwrap_or(d.tx_rings),
+            rx_rings: req.rx_rings.unwrap_or(d.rx_rings),
+            tx_slots: req.tx_slots.unwrap_or(d.tx_slots),
+            rx_slots: req.rx_slots.unwrap_or(d.rx_slots),
+            buf_size: d.buf_size,
+        };
+        let shared = self.shared.clone();
+        let mut st = shared.lock_ctl();
+        let key = match st.registry.open(name, Some(g)) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::info!("refused to open `{}`: {e}", name.escape_default());
+                return (error(kind_of(&e), e.to_string()), Vec::new());
+            }
+        };
+        let new = st.registry.open_count(key) == 1;
+        if new {
+            match make_fds(&self.shared, key) {
+                Ok(f) => {
+                    st.fds.insert(key, f);
+                }
+                Err(e) => {
+                    let _ = st.registry.close(key);
+                    return (error(ErrorKind::Internal, e), Vec::new());
+                }
+            }
+        }
+        let result = (|| {
+            let e = st.registry.entry_mut(key)?;
+            let port = e.switch.port(key.port)?;
+            let memfd = port.region().fd().try_clone_to_owned().ok()?;
+            let resp = Response::Opened {
+                switch: e.name.clone(),
+                port: port.name().to_string(),
+                index: key.port.0,
+                geometry: port.geometry().into(),
+            };
+            let f = st.fds.get(&key)?;
+            let kick = f.kick.try_clone().ok()?;
+            let notify = f.notify.try_clone().ok()?;
+            Some((resp, vec![memfd, kick, notify]))
+        })();
+        match result {
+            Some((resp, fds)) => {
+                if new {
+                    tracing::info!(port = name, "port created");
+                }
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.port = Some(key);
+                }
+                drop(st);
+                self.shared.wake_forwarder();
+                (resp, fds)
+            }
+            None => {
+                let _ = st.registry.close(key);
+                (
+                    error(
+                        ErrorKind::Internal,
+                        format!("cannot hand out port `{name}`"),
+                    ),
+                    Vec::new(),
+                )
+            }
+        }
+    }
+
+    fn list(&self) -> Response {
+        let st = self.shared.lock_ctl();
+        let switches = st
+            .registry
+            .switches_indexed()
+            .map(|(si, e)| SwitchInfo {
+                name: e.name.clone(),
+                index: si,
+                bridge_batch: e.switch.config().batch,
+                ports: e
+                    .switch
+                    .ports()
+                    .map(|(pid, p)| PortSummary {
+                        name: p.name().to_string(),
+                        index: pid.0,
+                        geometry: p.geometry().into(),
+                        clients: st.registry.open_count(PortKey {
+                            switch: si,
+                            port: pid,
+                        }),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Response::List { switches }
+    }
+
+    fn stats(&self, port: Option<&str>) -> Response {
+        let st = self.shared.lock_ctl();
+        let mut ports = Vec::new();
+        for (_, e) in st.registry.switches_indexed() {
+            for (pid, p) in e.switch.ports() {
+                if port.is_some_and(|n| n != p.name()) {
+                    continue;
+                }
+                let s = p.stats();
+                ports.push(PortStats {
+                    name: p.name().to_string(),
+                    switch: e.name.clone(),
+                    index: pid.0,
+                    counters: Counters {
+                        tx_packets: s.tx_packets,
+                        tx_bytes: s.tx_bytes,
+                        rx_packets: s.rx_packets,
+                        rx_bytes: s.rx_bytes,
+                        forwarded: s.forwarded,
+                        copies: s.copies,
+                        copies_dropped: s.copies_dropped,
+                        ring_resets: s.ring_resets,
+                        drops: DropReason::ALL
+                            .iter()
+                            .map(|r| (r.name().to_string(), s.drop_count(*r)))
+                            .collect(),
+                    },
+                });
+            }
+        }
+        match port {
+            Some(n) if ports.is_empty() => error(
+                ErrorKind::NotFound,
+                format!(
+                    "no port `{}` is open (see `vale-ctl list`)",
+                    n.escape_default()
+                ),
+            ),
+            _ => Response::Stats { ports },
+        }
+    }
+
+    fn fdb(&self, switch: &str) -> Response {
+        let st = self.shared.lock_ctl();
+        let now = self.shared.now();
+        let Some(e) = st.registry.switch(switch) else {
+            return error(
+                ErrorKind::NotFound,
+                format!(
+                    "no switch `{}` exists (see `vale-ctl list`)",
+                    switch.escape_default()
+                ),
+            );
+        };
+        let entries = e
+            .switch
+            .lookup()
+            .fdb_dump(now)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| FdbRow {
+                mac: r.mac.to_string(),
+                port: e
+                    .switch
+                    .port(r.port)
+                    .map_or_else(|| "?".into(), |p| p.name().to_string()),
+                index: r.port.0,
+                age_secs: r.age_secs,
+            })
+            .collect();
+        let counters = e
+            .switch
+            .lookup()
+            .fdb_stats()
+            .map(|s| {
+                BTreeMap::from([
+                    ("entries".to_string(), s.entries),
+                    ("learned".to_string(), s.learned),
+                    ("moves".to_string(), s.moves),
+                    ("refused".to_string(), s.refused),
+                    ("aged".to_string(), s.aged),
+                    ("flushed".to_string(), s.flushed),
+                ])
+            })
+            .unwrap_or_default();
+        Response::Fdb {
+            switch: e.name.clone(),
+            entries,
+            counters,
+        }
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> Response {
+        let bad = |why: String| error(ErrorKind::BadRequest, why);
+        match key {
+            "bridge_batch" => {
+                let Ok(n) = value.parse::<usize>() else {
+                    return bad(format!(
+                        "bridge_batch `{}` is not a number",
+                        value.escape_default()
+                    ));
+                };
+                let mut st = self.shared.lock_ctl();
+                match st.registry.set_batch(n) {
+                    Ok(()) => {
+                        self.settings.limits.batch = n;
+                        tracing::info!("bridge_batch set to {n}");
+                        Response::Done {
+                            message: format!("bridge_batch = {n}"),
+                        }
+                    }
+                    Err(e) => bad(e.to_string()),
+                }
+            }
+            "verbose" => match value.parse::<u8>() {
+                Ok(v) => {
+                    self.settings.verbose = v;
+                    (self.set_verbosity)(v);
+                    Response::Done {
+                        message: format!("verbose = {v}"),
+                    }
+                }
+                Err(_) => bad(format!(
+                    "verbose `{}` is not a number 0..=255",
+                    value.escape_default()
+                )),
+            },
+            other => bad(format!(
+                "unknown setting `{}`; settable at run time: bridge_batch, verbose",
+                other.escape_default()
+            )),
+        }
+    }
+
+    fn settings(&self) -> Response {
+        let s = &self.settings;
+        let l = &s.limits;
+        let g = l.default_geometry;
+        let settings = BTreeMap::from([
+            ("socket".to_string(), s.socket.display().to_string()),
+            ("socket_mode".to_string(), format!("{:04o}", s.socket_mode)),
+            ("max_switches".to_string(), l.max_switches.to_string()),
+            ("max_ports".to_string(), l.max_ports.to_string()),
+            ("max_rings".to_string(), l.max_rings.to_string()),
+            ("max_slots".to_string(), l.max_slots.to_string()),
+            ("max_buf_size".to_string(), l.max_buf_size.to_string()),
+            ("max_name_len".to_string(), l.max_name_len.to_string()),
+            ("bridge_batch".to_string(), l.batch.to_string()),
+            ("rings".to_string(), g.tx_rings.to_string()),
+            ("slots".to_string(), g.tx_slots.to_string()),
+            ("buf_size".to_string(), g.buf_size.to_string()),
+            ("fdb_size".to_string(), l.fdb.capacity.to_string()),
+            ("fdb_max_age".to_string(), l.fdb.max_age_secs.to_string()),
+            ("verbose".to_string(), s.verbose.to_string()),
+            ("busy_poll_us".to_string(), s.busy_poll_us.to_string()),
+        ]);
+        Response::Settings { settings }
+    }
+}
+
+fn error(kind: ErrorKind, message: String) -> Response {
+    Response::Error { kind, message }
+}
+
+fn kind_of(e: &RegistryError) -> ErrorKind {
+    match e {
+        RegistryError::Name(_) => ErrorKind::BadName,
+        RegistryError::TooManySwitches { .. }
+        | RegistryError::OverLimit { .. }
+        | RegistryError::Engine { .. } => ErrorKind::Limit,
+        RegistryError::NoSuchPort(_) | RegistryError::NoSuchSwitch(_) => ErrorKind::NotFound,
+        RegistryError::Region { .. } => ErrorKind::Internal,
+    }
+}
+
+fn port_name(reg: &Registry, key: PortKey) -> String {
+    reg.switches_indexed()
+        .find(|(si, _)| *si == key.switch)
+        .and_then(|(_, e)| e.switch.port(key.port).map(|p| p.name().to_string()))
+        .unwrap_or_else(|| format!("{}:{}", key.switch, key.port))
+}
+
+fn make_fds(shared: &Shared, key: PortKey) -> Result<PortFds, String> {
+    let ev = || {
+        rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+            .map_err(|e| format!("eventfd failed: {e}"))
+    };
+    let f = PortFds {
+        kick: ev()?,
+        notify: ev()?,
+    };
+    epoll::add(
+        &shared.epoll,
+        &f.kick,
+        epoll::EventData::new_u64(key_data(key)),
+        epoll::EventFlags::IN,
+    )
+    .map_err(|e| format!("epoll_ctl failed: {e}"))?;
+    Ok(f)
+}

@@ -1,0 +1,154 @@
+//! The daemon's settings: netmap's defaults, overridden by a TOML file, overridden by
+//! flags (the binary merges them).
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use vale_switch::{FdbConfig, Limits};
+
+/// Everything `valed` can be told.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub socket: PathBuf,
+    /// Mode of the socket file (who may connect): 0o660 by default.
+    pub socket_mode: u32,
+    pub limits: Limits,
+    /// 0 = warnings, 1 = info, 2 = debug, 3+ = trace.
+    pub verbose: u8,
+    /// How long the forwarding thread keeps polling after the last packet before it
+    /// sleeps in epoll, in microseconds.
+    pub busy_poll_us: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            socket: vale::default_socket_path(),
+            socket_mode: 0o660,
+            limits: Limits::default(),
+            verbose: 1,
+            busy_poll_us: 200,
+        }
+    }
+}
+
+/// The TOML file: every key optional, same names as the flags (with `_`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub socket: Option<PathBuf>,
+    pub socket_mode: Option<String>,
+    pub max_switches: Option<usize>,
+    pub max_ports: Option<u16>,
+    pub max_rings: Option<u16>,
+    pub max_slots: Option<u32>,
+    pub max_buf_size: Option<u32>,
+    pub max_name_len: Option<usize>,
+    pub bridge_batch: Option<usize>,
+    pub rings: Option<u16>,
+    pub slots: Option<u32>,
+    pub buf_size: Option<u32>,
+    pub fdb_size: Option<usize>,
+    pub fdb_max_age: Option<u32>,
+    pub verbose: Option<u8>,
+    pub busy_poll_us: Option<u64>,
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<ConfigFile, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
+    /// Applies the file's values over `s`.
+    pub fn apply(&self, s: &mut Settings) -> Result<(), String> {
+        let l = &mut s.limits;
+        macro_rules! set {
+            ($($field:ident => $target:expr),* $(,)?) => {
+                $(if let Some(v) = self.$field.clone() { $target = v; })*
+            };
+        }
+        set!(socket => s.socket, max_switches => l.max_switches, max_ports => l.max_ports,
+             max_rings => l.max_rings, max_slots => l.max_slots, max_buf_size => l.max_buf_size,
+             max_name_len => l.max_name_len, bridge_batch => l.batch,
+             slots => l.default_geometry.tx_slots, buf_size => l.default_geometry.buf_size,
+             fdb_size => l.fdb.capacity, fdb_max_age => l.fdb.max_age_secs,
+             verbose => s.verbose, busy_poll_us => s.busy_poll_us);
+        if let Some(v) = self.slots {
+            l.default_geometry.rx_slots = v;
+        }
+        if let Some(r) = self.rings {
+            l.default_geometry.tx_rings = r;
+            l.default_geometry.rx_rings = r;
+        }
+        if let Some(m) = &self.socket_mode {
+            s.socket_mode = parse_mode(m)?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses an octal file mode such as `0660`.
+pub fn parse_mode(m: &str) -> Result<u32, String> {
+    u32::from_str_radix(m.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|v| *v <= 0o777)
+        .ok_or_else(|| format!("socket mode `{m}` is not an octal mode like 0660"))
+}
+
+impl Settings {
+    /// Checks values that would only fail later, with messages that name the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        if l.batch == 0 || l.batch > vale_switch::MAX_BATCH {
+            return Err(format!(
+                "bridge_batch {} is out of range; it must be between 1 and {}",
+                l.batch,
+                vale_switch::MAX_BATCH
+            ));
+        }
+        if l.max_switches == 0 || l.max_ports == 0 {
+            return Err("max_switches and max_ports must be at least 1".into());
+        }
+        let g = l.default_geometry;
+        g.validate().map_err(|e| format!("default port: {e}"))?;
+        if g.tx_rings > l.max_rings || g.tx_slots > l.max_slots || g.buf_size > l.max_buf_size {
+            return Err(format!(
+                "the default port ({} rings, {} slots, {}-byte buffers) exceeds the limits ({} rings, {} slots, {} bytes)",
+                g.tx_rings, g.tx_slots, g.buf_size, l.max_rings, l.max_slots, l.max_buf_size
+            ));
+        }
+        Ok(())
+    }
+
+    /// A random seed for the learning tables, so nobody can aim hash collisions.
+    pub fn seed_fdb(&mut self) {
+        let mut b = [0u8; 8];
+        if rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()).is_ok() {
+            self.limits.fdb = FdbConfig {
+                seed: u64::from_ne_bytes(b),
+                ..self.limits.fdb
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_overrides_defaults_and_rejects_typos() {
+        let f: ConfigFile =
+            toml::from_str("max_switches = 64\nslots = 2048\nsocket_mode = \"0600\"\n").unwrap();
+        let mut s = Settings::default();
+        f.apply(&mut s).unwrap();
+        assert_eq!(s.limits.max_switches, 64);
+        assert_eq!(s.limits.default_geometry.rx_slots, 2048);
+        assert_eq!(s.socket_mode, 0o600);
+        assert!(toml::from_str::<ConfigFile>("max_switchez = 1").is_err());
+        assert!(parse_mode("999").is_err());
+        s.limits.batch = 0;
+        assert!(s.validate().unwrap_err().contains("bridge_batch"));
+    }
+}

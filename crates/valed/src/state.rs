@@ -1,0 +1,97 @@
+//! State shared by the control thread and the forwarding thread.
+
+use rustix::fd::OwnedFd;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+use vale_switch::{PortKey, Registry, Timestamp};
+
+/// The eventfds of one port: `kick` (the client wakes the switch), `notify` (the switch
+/// wakes the client).
+pub struct PortFds {
+    pub kick: OwnedFd,
+    pub notify: OwnedFd,
+}
+
+pub struct State {
+    pub registry: Registry,
+    pub fds: HashMap<PortKey, PortFds>,
+}
+
+/// Shared between threads. The forwarding thread takes the lock for one pass at a time;
+/// the control thread raises `ctl_waiting` so the forwarder steps aside promptly.
+pub struct Shared {
+    state: Mutex<State>,
+    ctl_waiting: AtomicBool,
+    pub stop: AtomicBool,
+    /// The forwarder's epoll set: kick eventfds of all ports, and `wake`.
+    pub epoll: OwnedFd,
+    /// Written to wake the forwarder (new port, shutdown).
+    pub wake: OwnedFd,
+    started: Instant,
+}
+
+impl Shared {
+    pub fn new(state: State, epoll: OwnedFd, wake: OwnedFd) -> Shared {
+        Shared {
+            state: Mutex::new(state),
+            ctl_waiting: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            epoll,
+            wake,
+            started: Instant::now(),
+        }
+    }
+
+    /// For the forwarding thread.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        while self.ctl_waiting.load(Ordering::Acquire) {
+            std::thread::yield_now();
+        }
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// For the control thread: get the lock ahead of the forwarder.
+    pub fn lock_ctl(&self) -> CtlGuard<'_> {
+        self.ctl_waiting.store(true, Ordering::Release);
+        let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        CtlGuard {
+            g: Some(g),
+            shared: self,
+        }
+    }
+
+    pub fn now(&self) -> Timestamp {
+        Timestamp(self.started.elapsed().as_nanos() as u64)
+    }
+
+    pub fn wake_forwarder(&self) {
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+    }
+}
+
+pub struct CtlGuard<'a> {
+    g: Option<MutexGuard<'a, State>>,
+    shared: &'a Shared,
+}
+
+impl std::ops::Deref for CtlGuard<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        self.g.as_ref().expect("guard present until drop")
+    }
+}
+
+impl std::ops::DerefMut for CtlGuard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.g.as_mut().expect("guard present until drop")
+    }
+}
+
+impl Drop for CtlGuard<'_> {
+    fn drop(&mut self) {
+        self.g = None;
+        self.shared.ctl_waiting.store(false, Ordering::Release);
+    }
+}

@@ -2,7 +2,9 @@
 //!
 //! The switch name is everything before the first `:`, "vale" prefix included (`vale0`,
 //! `vale`, `valeA_1`); both identifiers use `[A-Za-z0-9_]`; the switch id may be empty
-//! (`vale:x` is switch `vale`), the port may not. The whole name must fit the length
+//! (`vale:x` is switch `vale`), the port may not. One extension: the switch id may also
+//! contain `-`, so that the examples of netmap's own man page (`vale-a:0`, `vale-1:a`)
+//! work; the port part stays strict (in netmap `-N` after it selects a ring). The whole name must fit the length
 //! limit, 15 characters by default as with netmap's `nm_open()` and its 16-byte name.
 
 use thiserror::Error;
@@ -82,6 +84,9 @@ impl PortName {
         };
         for (pos, ch) in name.char_indices() {
             let part = if pos < colon {
+                if ch == '-' {
+                    continue;
+                }
                 "switch"
             } else if pos > colon {
                 "port"
@@ -142,6 +147,8 @@ mod tests {
             ("vale0:a", "vale0", "a"),
             ("vale:x", "vale", "x"),
             ("valeA_1:p_2", "valeA_1", "p_2"),
+            ("vale-a:0", "vale-a", "0"), // netmap's man page examples
+            ("vale-1:a", "vale-1", "a"),
         ] {
             let n = parse(s).unwrap();
             assert_eq!((n.switch(), n.port(), n.as_str()), (sw, port, s));
@@ -158,7 +165,8 @@ mod tests {
             ("eth0", "does not start with `vale`"),
             ("vale0", "no `:`"),
             ("vale0:", "empty port"),
-            ("vale-a:0", "'-' at position 4 in the switch part"),
+            ("vale.a:0", "'.' at position 4 in the switch part"),
+            ("vale0:a-1", "'-' at position 7 in the port part"),
             ("vale0:a b", "' ' at position 7 in the port part"),
             ("vale0:a:b", "':' at position 7 in the port part"),
             ("vale0:p/t", "'/' at position 7"),

@@ -298,6 +298,7 @@ fn tx(ctx: &Ctx, seq: bool) -> Result<(), String> {
     }
     let mut rep = Report::new(Duration::from_millis(o.report_ms));
     let (mut sent, mut events, mut seqno) = (0u64, 0u64, 0u32);
+    let mut next_send = 0f64;
     let mut buf = f.clone();
     while !ctx.done() && (o.count == 0 || sent < o.count) {
         let mut want = o.burst as u64;
@@ -305,14 +306,25 @@ fn tx(ctx: &Ctx, seq: bool) -> Result<(), String> {
             want = want.min(o.count - sent);
         }
         if o.rate > 0 {
-            let allowed = (rep.start.elapsed().as_secs_f64() * o.rate as f64) as u64;
-            want = want.min(allowed.saturating_sub(sent));
-            if want == 0 {
-                std::thread::sleep(Duration::from_micros(50));
+            // netmap's pacing: small bursts (rate/1000, at least 1) on a virtual clock
+            // that forgets debt, so a sender that was descheduled does not catch up in
+            // one long burst a receiver could not follow.
+            let step = (o.rate / 1000).max(1);
+            let now = rep.start.elapsed().as_secs_f64();
+            if now - next_send > 0.002 {
+                next_send = now;
+            }
+            if now < next_send {
+                std::hint::spin_loop();
+                if next_send - now > 0.0002 {
+                    std::thread::sleep(Duration::from_micros(100));
+                }
                 ctx.port.txsync().map_err(|e| e.to_string())?;
                 rep.tick(sent, sent * o.len as u64, events);
                 continue;
             }
+            want = want.min(step);
+            next_send += want as f64 / o.rate as f64;
         }
         let mut progressed = false;
         for r in ctx.port.tx_rings() {

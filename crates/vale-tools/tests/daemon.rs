@@ -372,3 +372,65 @@ fn no_daemon_means_a_clear_error() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "usage errors exit 2");
 }
+
+#[test]
+fn several_forwarding_threads_each_own_switches() {
+    let d = Daemon::start(
+        "threads",
+        &[
+            "--threads",
+            "2",
+            "--socket-group",
+            "0",
+            "--socket-mode",
+            "0600",
+        ],
+    );
+    let settings = stdout_of(&d.ctl(&["settings"]));
+    assert!(
+        settings.contains("threads = 2") && settings.contains("socket_mode = 0600"),
+        "{settings}"
+    );
+    let meta = std::fs::metadata(&d.socket).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!((meta.gid(), meta.permissions().mode() & 0o777), (0, 0o600));
+    let ports: Vec<_> = [
+        "vale0:a", "vale0:b", "vale1:a", "vale1:b", "vale2:a", "vale2:b",
+    ]
+    .iter()
+    .map(|n| d.open(n))
+    .collect();
+    for (k, pair) in ports.chunks(2).enumerate() {
+        let frames: Vec<_> = (0..300)
+            .map(|i| frame(BCAST, A, (k * 1000 + i) as u32))
+            .collect();
+        send(&pair[0], &frames);
+        assert_eq!(
+            drain(&pair[1], 2.0),
+            frames,
+            "switch {k} forwards on its thread"
+        );
+    }
+    for pair in ports.chunks(2) {
+        assert!(
+            drain(&pair[0], 0.2).is_empty(),
+            "no traffic crosses switches"
+        );
+    }
+    let list = d.ctl_json(&["list"]);
+    let mut idx: Vec<u64> = list["switches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["index"].as_u64().unwrap())
+        .collect();
+    idx.dedup();
+    assert_eq!(idx.len(), 3, "bridge_idx unique across threads: {list}");
+    let o = d
+        .cmd(VALED)
+        .args(["--threads", "0", "--socket", "/tmp/x.sock"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("threads 0 is out of range"));
+}

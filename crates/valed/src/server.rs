@@ -37,7 +37,8 @@ pub enum StartError {
 
 struct Conn {
     fd: OwnedFd,
-    port: Option<PortKey>,
+    /// The lane (forwarding thread) and port this connection holds open.
+    port: Option<(usize, PortKey)>,
 }
 
 const LISTENER: u64 = u64::MAX;
@@ -45,7 +46,7 @@ const LISTENER: u64 = u64::MAX;
 /// Callback the binary gives to change log verbosity at run time.
 pub type SetVerbosity = Box<dyn Fn(u8) + Send>;
 
-fn listen(path: &Path, mode: u32) -> Result<OwnedFd, StartError> {
+fn listen(path: &Path, mode: u32, group: Option<&str>) -> Result<OwnedFd, StartError> {
     let sock_err = |what, e: std::io::Error| StartError::Socket {
         what,
         path: path.to_path_buf(),
@@ -72,6 +73,12 @@ fn listen(path: &Path, mode: u32) -> Result<OwnedFd, StartError> {
     rustix::net::bind(&fd, &addr).map_err(|e| sock_err("cannot bind", e.into()))?;
     rustix::fs::chmod(path, rustix::fs::Mode::from_raw_mode(mode))
         .map_err(|e| sock_err("cannot set the mode of", e.into()))?;
+    if let Some(g) = group {
+        let gid = crate::settings::group_id(g)
+            .map_err(|e| sock_err("bad group for", std::io::Error::other(e)))?;
+        rustix::fs::chown(path, None, Some(rustix::process::Gid::from_raw(gid)))
+            .map_err(|e| sock_err("cannot set the group of", e.into()))?;
+    }
     rustix::net::listen(&fd, 128).map_err(|e| sock_err("cannot listen on", e.into()))?;
     Ok(fd)
 }
@@ -83,34 +90,43 @@ pub fn run(
     set_verbosity: SetVerbosity,
 ) -> Result<(), StartError> {
     settings.seed_fdb();
-    let listener = listen(&settings.socket, settings.socket_mode)?;
-    let fwd_epoll = epoll::create(epoll::CreateFlags::CLOEXEC)
-        .map_err(|e| StartError::Os("epoll_create", e.into()))?;
-    let wake = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-        .map_err(|e| StartError::Os("eventfd", e.into()))?;
-    epoll::add(
-        &fwd_epoll,
-        &wake,
-        epoll::EventData::new_u64(forward::WAKE),
-        epoll::EventFlags::IN,
-    )
-    .map_err(|e| StartError::Os("epoll_ctl", e.into()))?;
-    let state = State {
-        registry: Registry::new(settings.limits),
-        fds: HashMap::new(),
-    };
-    let shared = Arc::new(Shared::new(state, fwd_epoll, wake));
+    let listener = listen(
+        &settings.socket,
+        settings.socket_mode,
+        settings.socket_group.as_deref(),
+    )?;
     let busy = Duration::from_micros(settings.busy_poll_us);
-    let fwd = {
-        let shared = shared.clone();
-        std::thread::Builder::new()
-            .name("vale-fwd".into())
-            .spawn(move || forward::run(shared, busy))
-            .map_err(|e| StartError::Os("spawn forwarding thread", e))?
-    };
-    tracing::info!(socket = %settings.socket.display(), "valed listening");
+    let mut lanes = Vec::new();
+    let mut threads = Vec::new();
+    for t in 0..settings.threads.max(1) {
+        let fwd_epoll = epoll::create(epoll::CreateFlags::CLOEXEC)
+            .map_err(|e| StartError::Os("epoll_create", e.into()))?;
+        let wake = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+            .map_err(|e| StartError::Os("eventfd", e.into()))?;
+        epoll::add(
+            &fwd_epoll,
+            &wake,
+            epoll::EventData::new_u64(forward::WAKE),
+            epoll::EventFlags::IN,
+        )
+        .map_err(|e| StartError::Os("epoll_ctl", e.into()))?;
+        let state = State {
+            registry: Registry::new(settings.limits),
+            fds: HashMap::new(),
+        };
+        let shared = Arc::new(Shared::new(state, fwd_epoll, wake));
+        let s2 = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("vale-fwd{t}"))
+                .spawn(move || forward::run(s2, busy))
+                .map_err(|e| StartError::Os("spawn forwarding thread", e))?,
+        );
+        lanes.push(shared);
+    }
+    tracing::info!(socket = %settings.socket.display(), threads = lanes.len(), "valed listening");
     let mut ctl = Control {
-        shared: shared.clone(),
+        lanes: lanes.clone(),
         settings,
         conns: HashMap::new(),
         next_id: 1,
@@ -121,16 +137,21 @@ pub fn run(
         "shutting down: closing {} client connections",
         ctl.conns.len()
     );
-    shared.stop.store(true, Ordering::Release);
-    shared.wake_forwarder();
-    let _ = fwd.join();
+    for l in &lanes {
+        l.stop.store(true, Ordering::Release);
+        l.wake_forwarder();
+    }
+    for t in threads {
+        let _ = t.join();
+    }
     ctl.conns.clear(); // clients see the connection close
     let _ = std::fs::remove_file(&ctl.settings.socket);
     result
 }
 
+/// One forwarding thread with the switches it owns (a switch lives on one thread).
 struct Control {
-    shared: Arc<Shared>,
+    lanes: Vec<Arc<Shared>>,
     settings: Settings,
     conns: HashMap<u64, Conn>,
     next_id: u64,
@@ -257,13 +278,14 @@ impl Control {
             return;
         };
         tracing::debug!(conn = id, "client disconnected");
-        if let Some(key) = conn.port {
-            let mut st = self.shared.lock_ctl();
+        if let Some((lane, key)) = conn.port {
+            let shared = self.lanes[lane].clone();
+            let mut st = shared.lock_ctl();
             let name = port_name(&st.registry, key);
             match st.registry.close(key) {
                 Ok(true) => {
                     if let Some(f) = st.fds.remove(&key) {
-                        let _ = epoll::delete(&self.shared.epoll, &f.kick);
+                        let _ = epoll::delete(&shared.epoll, &f.kick);
                     }
                     tracing::info!(port = %name, "port removed (last client gone)");
                 }
@@ -324,7 +346,11 @@ impl Control {
             rx_slots: req.rx_slots.unwrap_or(d.rx_slots),
             buf_size: d.buf_size,
         };
-        let shared = self.shared.clone();
+        let lane = match self.lane_for(name) {
+            Ok(l) => l,
+            Err(e) => return (e, Vec::new()),
+        };
+        let shared = self.lanes[lane].clone();
         let mut st = shared.lock_ctl();
         let key = match st.registry.open(name, Some(g)) {
             Ok(k) => k,
@@ -335,7 +361,7 @@ impl Control {
         };
         let new = st.registry.open_count(key) == 1;
         if new {
-            match make_fds(&self.shared, key) {
+            match make_fds(&shared, key) {
                 Ok(f) => {
                     st.fds.insert(key, f);
                 }
@@ -366,10 +392,10 @@ impl Control {
                     tracing::info!(port = name, "port created");
                 }
                 if let Some(c) = self.conns.get_mut(&id) {
-                    c.port = Some(key);
+                    c.port = Some((lane, key));
                 }
                 drop(st);
-                self.shared.wake_forwarder();
+                shared.wake_forwarder();
                 (resp, fds)
             }
             None => {
@@ -385,61 +411,99 @@ impl Control {
         }
     }
 
+    /// The lane that owns `name`'s switch, or the least loaded one for a new switch
+    /// (after checking the daemon-wide switch limit).
+    fn lane_for(&self, name: &str) -> Result<usize, Response> {
+        let pn = vale_switch::PortName::parse(name, self.settings.limits.max_name_len)
+            .map_err(|e| error(ErrorKind::BadName, e.to_string()))?;
+        let mut total = 0;
+        let mut best = (usize::MAX, 0);
+        for (i, l) in self.lanes.iter().enumerate() {
+            let st = l.lock_ctl();
+            if st.registry.switch(pn.switch()).is_some() {
+                return Ok(i);
+            }
+            let n = st.registry.switches().count();
+            total += n;
+            if n < best.0 {
+                best = (n, i);
+            }
+        }
+        let limit = self.settings.limits.max_switches;
+        if total >= limit {
+            let e = RegistryError::TooManySwitches {
+                switch: pn.switch().to_string(),
+                limit,
+            };
+            return Err(error(ErrorKind::Limit, e.to_string()));
+        }
+        Ok(best.1)
+    }
+
+    /// The display index of a switch: unique across lanes.
+    fn bridge_idx(&self, lane: usize, local: usize) -> usize {
+        local * self.lanes.len() + lane
+    }
+
     fn list(&self) -> Response {
-        let st = self.shared.lock_ctl();
-        let switches = st
-            .registry
-            .switches_indexed()
-            .map(|(si, e)| SwitchInfo {
-                name: e.name.clone(),
-                index: si,
-                bridge_batch: e.switch.config().batch,
-                ports: e
-                    .switch
-                    .ports()
-                    .map(|(pid, p)| PortSummary {
-                        name: p.name().to_string(),
-                        index: pid.0,
-                        geometry: p.geometry().into(),
-                        clients: st.registry.open_count(PortKey {
-                            switch: si,
-                            port: pid,
-                        }),
-                    })
-                    .collect(),
-            })
-            .collect();
+        let mut switches = Vec::new();
+        for (lane, l) in self.lanes.iter().enumerate() {
+            let st = l.lock_ctl();
+            for (si, e) in st.registry.switches_indexed() {
+                switches.push(SwitchInfo {
+                    name: e.name.clone(),
+                    index: self.bridge_idx(lane, si),
+                    bridge_batch: e.switch.config().batch,
+                    ports: e
+                        .switch
+                        .ports()
+                        .map(|(pid, p)| PortSummary {
+                            name: p.name().to_string(),
+                            index: pid.0,
+                            geometry: p.geometry().into(),
+                            clients: st.registry.open_count(PortKey {
+                                switch: si,
+                                port: pid,
+                            }),
+                        })
+                        .collect(),
+                });
+            }
+        }
+        switches.sort_by_key(|s| s.index);
         Response::List { switches }
     }
 
     fn stats(&self, port: Option<&str>) -> Response {
-        let st = self.shared.lock_ctl();
         let mut ports = Vec::new();
-        for (_, e) in st.registry.switches_indexed() {
-            for (pid, p) in e.switch.ports() {
-                if port.is_some_and(|n| n != p.name()) {
-                    continue;
+        for l in &self.lanes {
+            let st = l.lock_ctl();
+            for (_, e) in st.registry.switches_indexed() {
+                for (pid, p) in e.switch.ports() {
+                    if port.is_some_and(|n| n != p.name()) {
+                        continue;
+                    }
+                    let s = p.stats();
+                    ports.push(PortStats {
+                        name: p.name().to_string(),
+                        switch: e.name.clone(),
+                        index: pid.0,
+                        counters: Counters {
+                            tx_packets: s.tx_packets,
+                            tx_bytes: s.tx_bytes,
+                            rx_packets: s.rx_packets,
+                            rx_bytes: s.rx_bytes,
+                            forwarded: s.forwarded,
+                            copies: s.copies,
+                            copies_dropped: s.copies_dropped,
+                            ring_resets: s.ring_resets,
+                            drops: DropReason::ALL
+                                .iter()
+                                .map(|r| (r.name().to_string(), s.drop_count(*r)))
+                                .collect(),
+                        },
+                    });
                 }
-                let s = p.stats();
-                ports.push(PortStats {
-                    name: p.name().to_string(),
-                    switch: e.name.clone(),
-                    index: pid.0,
-                    counters: Counters {
-                        tx_packets: s.tx_packets,
-                        tx_bytes: s.tx_bytes,
-                        rx_packets: s.rx_packets,
-                        rx_bytes: s.rx_bytes,
-                        forwarded: s.forwarded,
-                        copies: s.copies,
-                        copies_dropped: s.copies_dropped,
-                        ring_resets: s.ring_resets,
-                        drops: DropReason::ALL
-                            .iter()
-                            .map(|r| (r.name().to_string(), s.drop_count(*r)))
-                            .collect(),
-                    },
-                });
             }
         }
         match port {
@@ -455,8 +519,13 @@ impl Control {
     }
 
     fn fdb(&self, switch: &str) -> Response {
-        let st = self.shared.lock_ctl();
-        let now = self.shared.now();
+        let lane = self
+            .lanes
+            .iter()
+            .find(|l| l.lock_ctl().registry.switch(switch).is_some())
+            .unwrap_or(&self.lanes[0]);
+        let st = lane.lock_ctl();
+        let now = lane.now();
         let Some(e) = st.registry.switch(switch) else {
             return error(
                 ErrorKind::NotFound,
@@ -514,8 +583,11 @@ impl Control {
                         value.escape_default()
                     ));
                 };
-                let mut st = self.shared.lock_ctl();
-                match st.registry.set_batch(n) {
+                let mut result = Ok(());
+                for l in &self.lanes {
+                    result = result.and(l.lock_ctl().registry.set_batch(n));
+                }
+                match result {
                     Ok(()) => {
                         self.settings.limits.batch = n;
                         tracing::info!("bridge_batch set to {n}");
@@ -567,6 +639,7 @@ impl Control {
             ("fdb_max_age".to_string(), l.fdb.max_age_secs.to_string()),
             ("verbose".to_string(), s.verbose.to_string()),
             ("busy_poll_us".to_string(), s.busy_poll_us.to_string()),
+            ("threads".to_string(), self.lanes.len().to_string()),
         ]);
         Response::Settings { settings }
     }

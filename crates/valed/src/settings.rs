@@ -17,6 +17,10 @@ pub struct Settings {
     /// How long the forwarding thread keeps polling after the last packet before it
     /// sleeps in epoll, in microseconds.
     pub busy_poll_us: u64,
+    /// Forwarding threads; each switch is forwarded by one of them.
+    pub threads: usize,
+    /// Group that owns the socket file (name or number); `None` = the daemon's group.
+    pub socket_group: Option<String>,
 }
 
 impl Default for Settings {
@@ -27,6 +31,8 @@ impl Default for Settings {
             limits: Limits::default(),
             verbose: 1,
             busy_poll_us: 200,
+            threads: 1,
+            socket_group: None,
         }
     }
 }
@@ -51,6 +57,8 @@ pub struct ConfigFile {
     pub fdb_max_age: Option<u32>,
     pub verbose: Option<u8>,
     pub busy_poll_us: Option<u64>,
+    pub threads: Option<usize>,
+    pub socket_group: Option<String>,
 }
 
 impl ConfigFile {
@@ -73,7 +81,10 @@ impl ConfigFile {
              max_name_len => l.max_name_len, bridge_batch => l.batch,
              slots => l.default_geometry.tx_slots, buf_size => l.default_geometry.buf_size,
              fdb_size => l.fdb.capacity, fdb_max_age => l.fdb.max_age_secs,
-             verbose => s.verbose, busy_poll_us => s.busy_poll_us);
+             verbose => s.verbose, busy_poll_us => s.busy_poll_us, threads => s.threads);
+        if let Some(g) = &self.socket_group {
+            s.socket_group = Some(g.clone());
+        }
         if let Some(v) = self.slots {
             l.default_geometry.rx_slots = v;
         }
@@ -106,6 +117,15 @@ impl Settings {
                 l.batch,
                 vale_switch::MAX_BATCH
             ));
+        }
+        if self.threads == 0 || self.threads > 256 {
+            return Err(format!(
+                "threads {} is out of range; it must be between 1 and 256",
+                self.threads
+            ));
+        }
+        if let Some(g) = &self.socket_group {
+            group_id(g)?;
         }
         if l.max_switches == 0 || l.max_ports == 0 {
             return Err("max_switches and max_ports must be at least 1".into());
@@ -151,4 +171,22 @@ mod tests {
         s.limits.batch = 0;
         assert!(s.validate().unwrap_err().contains("bridge_batch"));
     }
+}
+
+/// A group name (from /etc/group) or number.
+pub fn group_id(g: &str) -> Result<u32, String> {
+    if let Ok(n) = g.parse::<u32>() {
+        return Ok(n);
+    }
+    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    groups
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let gid = f.nth(1)?.parse::<u32>().ok()?;
+            (name == g).then_some(gid)
+        })
+        .next()
+        .ok_or_else(|| format!("socket group `{g}` is not a group name in /etc/group nor a number"))
 }

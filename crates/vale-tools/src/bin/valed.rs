@@ -68,9 +68,13 @@ struct Args {
     /// Microseconds the forwarding thread keeps polling after the last packet [default: 200]
     #[arg(long)]
     busy_poll_us: Option<u64>,
-    /// Forwarding threads (only 1 so far)
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    /// Forwarding threads; each switch is forwarded by one of them (new switches go to
+    /// the least loaded) [default: 1]
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Group owning the socket file, name or number [default: the daemon's group]
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
 }
 
 fn settings(a: &Args) -> Result<Settings, String> {
@@ -95,18 +99,14 @@ fn settings(a: &Args) -> Result<Settings, String> {
         fdb_max_age: a.fdb_max_age,
         verbose: None,
         busy_poll_us: a.busy_poll_us,
+        threads: a.threads,
+        socket_group: a.socket_group.clone(),
     };
     flags.apply(&mut s)?;
     if a.quiet {
         s.verbose = 0;
     } else if a.verbose > 0 {
         s.verbose = 1 + a.verbose;
-    }
-    if a.threads != 1 {
-        return Err(format!(
-            "--threads {}: only one forwarding thread is implemented so far; leave --threads out",
-            a.threads
-        ));
     }
     s.validate()?;
     Ok(s)

@@ -153,6 +153,24 @@ impl Settings {
     }
 }
 
+/// A group name (from /etc/group) or number.
+pub fn group_id(g: &str) -> Result<u32, String> {
+    if let Ok(n) = g.parse::<u32>() {
+        return Ok(n);
+    }
+    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    groups
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let gid = f.nth(1)?.parse::<u32>().ok()?;
+            (name == g).then_some(gid)
+        })
+        .next()
+        .ok_or_else(|| format!("socket group `{g}` is not a group name in /etc/group nor a number"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,22 +189,4 @@ mod tests {
         s.limits.batch = 0;
         assert!(s.validate().unwrap_err().contains("bridge_batch"));
     }
-}
-
-/// A group name (from /etc/group) or number.
-pub fn group_id(g: &str) -> Result<u32, String> {
-    if let Ok(n) = g.parse::<u32>() {
-        return Ok(n);
-    }
-    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    groups
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split(':');
-            let name = f.next()?;
-            let gid = f.nth(1)?.parse::<u32>().ok()?;
-            (name == g).then_some(gid)
-        })
-        .next()
-        .ok_or_else(|| format!("socket group `{g}` is not a group name in /etc/group nor a number"))
 }

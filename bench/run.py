@@ -1,0 +1,397 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: our switch, a DPDK memif pair, the Linux bridge and the copy
+ceiling, measured in one run on this machine. Prints medians over --runs with min-max
+and the ratios the performance issue asks for.
+
+    bench/run.py                 # 3 runs per row, 3-second windows
+    bench/run.py --smoke         # 1 run, 1-second windows: proves each row works (CI)
+    bench/run.py --only ours,ceiling
+
+Rows that cannot run (no dpdk-testpmd, not root) print SKIP with the reason. Every
+process this script starts is stopped by PID; namespaces it creates are removed even on
+failure. Standard library only.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release")
+MAC_B = "02:00:00:00:00:0b"
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+class Procs:
+    """Processes started here, stopped by PID whatever happens."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, args, **kw):
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.STDOUT)
+        p = subprocess.Popen(args, text=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop_all(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs = []
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+# ---------------------------------------------------------------------------- ours
+
+
+class Valed:
+    def __init__(self, procs, tmp):
+        self.sock = os.path.join(tmp, "valed.sock")
+        self.env = dict(os.environ, VALE_SOCKET=self.sock)
+        self.p = procs.start([os.path.join(BIN, "valed"), "-q", "--socket", self.sock],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            if os.path.exists(self.sock):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("valed did not start")
+
+    def stats(self):
+        out = subprocess.run([os.path.join(BIN, "vale-ctl"), "--json", "stats"], env=self.env,
+                             capture_output=True, text=True, check=True).stdout
+        return {p["name"]: p["counters"] for p in json.loads(out)["ports"]}
+
+    def fwd_cpu(self):
+        """CPU seconds used so far by the forwarding thread(s)."""
+        total = 0
+        tdir = f"/proc/{self.p.pid}/task"
+        for tid in os.listdir(tdir):
+            try:
+                with open(f"{tdir}/{tid}/comm") as f:
+                    if not f.read().startswith("vale-fwd"):
+                        continue
+                with open(f"{tdir}/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except OSError:
+                pass
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def pktgen(self, procs, *args):
+        return procs.start([os.path.join(BIN, "pkt-gen"), *args], env=self.env,
+                           stdout=subprocess.DEVNULL)
+
+    def wait_ports(self, names, timeout=5):
+        t = time.time()
+        while time.time() - t < timeout:
+            if all(n in self.stats() for n in names):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"ports {names} did not appear")
+
+
+def ours_rate(secs, senders, receivers, length, broadcast):
+    """Delivered Mpps (from the daemon's counters over a window while traffic flows) and
+    the forwarding thread's packets per CPU-second."""
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="vale-bench-")
+    try:
+        v = Valed(procs, tmp)
+        rx_names = [f"vale0:r{i}" for i in range(receivers)]
+        for n in rx_names:
+            v.pktgen(procs, "-i", n, "-f", "rx", "--duration", str(int(secs) + 6))
+        v.wait_ports(rx_names)
+        dst = []
+        if not broadcast:
+            # The receiver announces its address so the senders' unicast is learned.
+            subprocess.run([os.path.join(BIN, "pkt-gen"), "-i", rx_names[0], "-f", "tx", "-n", "1",
+                            "-S", MAC_B], env=v.env, stdout=subprocess.DEVNULL, check=True)
+            dst = ["-D", MAC_B]
+        tx_names = [f"vale0:s{i}" for i in range(senders)]
+        for n in tx_names:
+            v.pktgen(procs, "-i", n, "-f", "tx", "-l", str(length), "--duration", str(int(secs) + 3), *dst)
+        v.wait_ports(tx_names)
+        time.sleep(0.5)
+        s0, c0, t0 = v.stats(), v.fwd_cpu(), time.time()
+        time.sleep(secs)
+        s1, c1, t1 = v.stats(), v.fwd_cpu(), time.time()
+        rx = sum(s1[n]["rx_packets"] - s0[n]["rx_packets"] for n in rx_names)
+        fwd = sum(s1[n]["forwarded"] - s0[n]["forwarded"] for n in tx_names)
+        cpu = c1 - c0
+        return rx / (t1 - t0) / 1e6, (fwd / cpu / 1e6) if cpu > 0 else None
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ours_rtt(count):
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="vale-bench-")
+    try:
+        v = Valed(procs, tmp)
+        v.pktgen(procs, "-i", "vale0:pong", "-f", "pong", "--duration", "60")
+        v.wait_ports(["vale0:pong"])
+        out = subprocess.run([os.path.join(BIN, "pkt-gen"), "-i", "vale0:ping", "-f", "ping", "-n", str(count)],
+                             env=v.env, capture_output=True, text=True, timeout=120).stdout
+        m = re.search(r"p50 (\d+) p90 \d+ p99 (\d+)", out)
+        return (int(m.group(1)) / 1000, int(m.group(2)) / 1000) if m else (None, None)
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- DPDK memif
+
+
+def memif(secs, length):
+    """dpdk-testpmd txonly (client) -> memif -> dpdk-testpmd rxonly (server)."""
+    tp = shutil.which("dpdk-testpmd")
+    if not tp:
+        return "SKIP: dpdk-testpmd not installed (apt-get install dpdk-dev)"
+    tmp = tempfile.mkdtemp(prefix="vale-memif-")
+    sock = os.path.join(tmp, "memif.sock")
+    eal = ["--no-huge", "-m", "512", "--no-pci", "--log-level=lib.eal:notice"]
+    tparams = ["--total-num-mbufs=16384", "--nb-cores=1", "--rxq=1", "--txq=1"]
+    procs = Procs()
+    try:
+        srv = procs.start([tp, "-l", "0,1", "--main-lcore", "1", *eal, "--file-prefix", "vbsrv",
+                           f"--vdev=net_memif0,role=server,socket={sock}", "--", "-i",
+                           "--forward-mode=rxonly", *tparams], stdin=subprocess.PIPE)
+        time.sleep(1.0)
+        cli = procs.start([tp, "-l", "0,1", "--main-lcore", "0", *eal, "--file-prefix", "vbcli",
+                           f"--vdev=net_memif0,role=client,socket={sock}", "--", "-i",
+                           "--forward-mode=txonly", f"--txpkts={length}", *tparams], stdin=subprocess.PIPE)
+        time.sleep(3.0)
+        cli.stdin.write("start\n")
+        cli.stdin.flush()
+        srv.stdin.write("start\n")
+        srv.stdin.flush()
+        time.sleep(1.5)
+        # testpmd's Rx-pps is "since the last show": the first show only sets the mark.
+        for _ in range(max(1, int(secs)) + 1):
+            time.sleep(1.0)
+            srv.stdin.write("show port stats all\n")
+            srv.stdin.flush()
+        time.sleep(0.5)
+        for p in (cli, srv):
+            p.stdin.write("stop\nquit\n")
+            p.stdin.flush()
+        out, _ = srv.communicate(timeout=20)
+        cli.communicate(timeout=20)
+        samples = [int(x) for x in re.findall(r"Rx-pps:\s+(\d+)", out)][1:]
+        samples = [s for s in samples if s > 0]
+        if not samples:
+            return "SKIP: testpmd reported no Rx-pps (memif did not connect)"
+        return statistics.median(samples) / 1e6
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"SKIP: testpmd failed: {e}"
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- Linux bridge
+
+
+NS = ["vbench_a", "vbench_b", "vbench_sw"]
+
+
+def sh(*args, check=True):
+    return subprocess.run(args, capture_output=True, text=True, check=check)
+
+
+def bridge_down():
+    for ns in NS:
+        sh("ip", "netns", "del", ns, check=False)
+
+
+def bridge_up():
+    bridge_down()
+    for ns in NS:
+        sh("ip", "netns", "add", ns)
+    sw = ["ip", "-n", "vbench_sw"]
+    sh(*sw, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0")
+    for side, ip in (("a", "198.18.0.1/24"), ("b", "198.18.0.2/24")):
+        ns = f"vbench_{side}"
+        sh("ip", "-n", ns, "link", "add", f"v{side}", "type", "veth", "peer", "name", f"s{side}", "netns", "vbench_sw")
+        sh(*sw, "link", "set", f"s{side}", "master", "br0", "up")
+        sh("ip", "-n", ns, "addr", "add", ip, "dev", f"v{side}")
+        sh("ip", "-n", ns, "link", "set", f"v{side}", "up")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+    sh(*sw, "link", "set", "br0", "up")
+    time.sleep(0.5)
+
+
+def bridge_rate(secs, length):
+    procs = Procs()
+    try:
+        mac_b = sh("ip", "netns", "exec", "vbench_b", "cat", "/sys/class/net/vb/address").stdout.strip()
+        rx = procs.start(["ip", "netns", "exec", "vbench_b", os.path.join(BIN, "afpkt"), "rx", "9000", str(secs)])
+        time.sleep(0.3)
+        payload = max(length, 42)
+        sh("ip", "netns", "exec", "vbench_a", os.path.join(BIN, "afpkt"), "tx", "va", mac_b,
+           "198.18.0.1", "198.18.0.2", "9000", str(payload), str(secs))
+        out, _ = rx.communicate(timeout=secs + 40)
+        m = re.search(r"rx: ([\d.]+) Mpps", out)
+        return float(m.group(1)) if m else None
+    finally:
+        procs.stop_all()
+
+
+def bridge_rtt(count):
+    out = sh("ip", "netns", "exec", "vbench_a", "ping", "-c", str(count), "-i", "0.002", "198.18.0.2",
+             check=False).stdout
+    rtts = sorted(float(x) * 1000 for x in re.findall(r"time=([\d.]+) ms", out))
+    if not rtts:
+        return None, None
+    return rtts[len(rtts) // 2], rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))]
+
+
+# ---------------------------------------------------------------------------- ceiling
+
+
+def ceiling(secs, length):
+    out = sh(os.path.join(BIN, "copy-ceiling"), str(length), str(secs)).stdout
+    m = re.search(r": ([\d.]+) Mpps", out)
+    return float(m.group(1)) if m else None
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def ours_rows(a, add):
+    for length in (60, 1514):
+        mpps, per_cpu = ours_rate(a.secs, 1, 1, length, False)
+        add("ours: unicast 1->1, delivered Mpps", length, mpps)
+        add("ours: fwd thread Mpps per CPU-second", length, per_cpu)
+    add("ours: broadcast 1->4, delivered Mpps", 60, ours_rate(a.secs, 1, 4, 60, True)[0])
+    add("ours: fan-in 4->1, delivered Mpps", 60, ours_rate(a.secs, 4, 1, 60, False)[0])
+    p50, p99 = ours_rtt(200 if a.smoke else 2000)
+    add("ours: ping/pong RTT us (p50 | p99)", 60, p50)
+    add("ours: ping/pong RTT us (p50 | p99)", 1514, p99)
+
+
+def fmt(xs, unit=""):
+    xs = [x for x in xs if isinstance(x, (int, float))]
+    if not xs:
+        return "-"
+    m = statistics.median(xs)
+    return f"{m:.2f}{unit} [{min(xs):.2f}-{max(xs):.2f}]" if len(xs) > 1 else f"{m:.2f}{unit}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--secs", type=float, default=3.0)
+    ap.add_argument("--smoke", action="store_true", help="1 run of 1 s per row; asserts no speed")
+    ap.add_argument("--only", default="ours,memif,bridge,ceiling")
+    ap.add_argument("--no-build", action="store_true")
+    a = ap.parse_args()
+    if a.smoke:
+        a.runs, a.secs = 1, 1.0
+    only = set(a.only.split(","))
+    if not a.no_build:
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "vale-tools", "-p", "vale-bench"], cwd=ROOT, check=True)
+    rows = {}  # name -> {size: [values]}
+    notes = []
+    failed = []
+
+    def add(name, key, v):
+        rows.setdefault(name, {}).setdefault(key, []).append(v)
+
+    for run in range(a.runs):
+        log(f"run {run + 1}/{a.runs}")
+        if "ours" in only:
+            try:
+                ours_rows(a, add)
+            except (RuntimeError, OSError, subprocess.SubprocessError, KeyError, ValueError) as e:
+                notes.append(f"ours: FAILED: {e}")
+                failed.append("ours")
+        if "memif" in only:
+            for length, key in ((64, 60), (1500, 1514)):
+                r = memif(a.secs, length)
+                if isinstance(r, str):
+                    notes.append(f"memif {length} B: {r}")
+                else:
+                    add("DPDK memif pair (testpmd, 64/1500 B), Mpps", key, r)
+        if "bridge" in only:
+            if os.geteuid() != 0:
+                notes.append("Linux bridge: SKIP: needs root for network namespaces")
+            else:
+                try:
+                    bridge_up()
+                    for length in (60, 1514):
+                        add("Linux bridge (AF_PACKET -> UDP), Mpps", length, bridge_rate(a.secs, length))
+                    p50, p99 = bridge_rtt(100 if a.smoke else 500)
+                    add("Linux bridge: ping RTT us (p50 | p99)", 60, p50)
+                    add("Linux bridge: ping RTT us (p50 | p99)", 1514, p99)
+                except subprocess.CalledProcessError as e:
+                    notes.append(f"Linux bridge: SKIP: {' '.join(e.cmd)} failed: {e.stderr.strip()}")
+                finally:
+                    bridge_down()
+        if "ceiling" in only:
+            for length in (60, 1514):
+                add("copy ceiling (SPSC, 1 copy), Mpps", length, ceiling(a.secs, length))
+
+    print(f"\n{'row':<46} {'60 B':>26} {'1514 B':>26}")
+    for name, by in rows.items():
+        print(f"{name:<46} {fmt(by.get(60, [])):>26} {fmt(by.get(1514, [])):>26}")
+    print()
+
+    def m(name, key):
+        return med(rows.get(name, {}).get(key, []))
+
+    ratios = []
+    for key in (60, 1514):
+        o = m("ours: unicast 1->1, delivered Mpps", key)
+        for label, other in (("DPDK memif", "DPDK memif pair (testpmd, 64/1500 B), Mpps"),
+                             ("copy ceiling", "copy ceiling (SPSC, 1 copy), Mpps"),
+                             ("Linux bridge", "Linux bridge (AF_PACKET -> UDP), Mpps")):
+            x = m(other, key)
+            if o and x:
+                ratios.append(f"ours / {label}, {key} B: {o / x:.2f}x")
+        g = m("ours: unicast 1->1, delivered Mpps", key)
+        if g:
+            ratios.append(f"ours unicast {key} B: {g * key * 8 / 1000:.1f} Gbit/s")
+    b, u = m("ours: broadcast 1->4, delivered Mpps", 60), m("ours: unicast 1->1, delivered Mpps", 60)
+    if b and u:
+        ratios.append(f"broadcast 1->4 / unicast 1->1 (60 B): {b / u:.2f}x")
+    r_ours, r_br = m("ours: ping/pong RTT us (p50 | p99)", 60), m("Linux bridge: ping RTT us (p50 | p99)", 60)
+    if r_ours and r_br:
+        ratios.append(f"RTT p50 ours / Linux bridge: {r_ours / r_br:.2f}x")
+    for r in ratios:
+        print(r)
+    for n in notes:
+        print(n)
+    missing = [n for n, by in rows.items() if not any(isinstance(v, (int, float)) for vs in by.values() for v in vs)]
+    if missing or failed:
+        print(f"rows without a figure: {missing}; failed: {failed}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,7 +25,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release")
+BIN = os.environ.get("VALE_BENCH_BIN", os.path.join(ROOT, "target", "release"))
 MAC_B = "02:00:00:00:00:0b"
 
 
@@ -39,7 +39,9 @@ class Procs:
     def __init__(self):
         self.procs = []
 
-    def start(self, args, **kw):
+    def start(self, args, cpu=None, **kw):
+        if cpu is not None:
+            kw["preexec_fn"] = lambda: os.sched_setaffinity(0, {cpu})
         kw.setdefault("stdout", subprocess.PIPE)
         kw.setdefault("stderr", subprocess.STDOUT)
         p = subprocess.Popen(args, text=True, **kw)
@@ -68,10 +70,10 @@ def med(xs):
 
 
 class Valed:
-    def __init__(self, procs, tmp):
+    def __init__(self, procs, tmp, extra=()):
         self.sock = os.path.join(tmp, "valed.sock")
         self.env = dict(os.environ, VALE_SOCKET=self.sock)
-        self.p = procs.start([os.path.join(BIN, "valed"), "-q", "--socket", self.sock],
+        self.p = procs.start([os.path.join(BIN, "valed"), "-q", "--socket", self.sock, *extra],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(100):
             if os.path.exists(self.sock):
@@ -86,7 +88,11 @@ class Valed:
 
     def fwd_cpu(self):
         """CPU seconds used so far by the forwarding thread(s)."""
-        total = 0
+        return sum(self.fwd_cpus())
+
+    def fwd_cpus(self):
+        """CPU seconds used so far by each forwarding thread."""
+        out = []
         tdir = f"/proc/{self.p.pid}/task"
         for tid in os.listdir(tdir):
             try:
@@ -95,10 +101,10 @@ class Valed:
                         continue
                 with open(f"{tdir}/{tid}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
+                out.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
             except OSError:
                 pass
-        return total / os.sysconf("SC_CLK_TCK")
+        return out
 
     def pktgen(self, procs, *args):
         return procs.start([os.path.join(BIN, "pkt-gen"), *args], env=self.env,
@@ -158,6 +164,76 @@ def ours_rtt(count):
                              env=v.env, capture_output=True, text=True, timeout=120).stdout
         m = re.search(r"p50 (\d+) p90 \d+ p99 (\d+)", out)
         return (int(m.group(1)) / 1000, int(m.group(2)) / 1000) if m else (None, None)
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cpu_order():
+    """This process's CPUs, one per physical core first, then their SMT siblings."""
+    cpus = sorted(os.sched_getaffinity(0))
+    seen, first, rest = set(), [], []
+    for c in cpus:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list") as f:
+                sib = f.read().strip()
+        except OSError:
+            sib = str(c)
+        (rest if sib in seen else first).append(c)
+        seen.add(sib)
+    return first + rest
+
+
+def ours_pinned(secs, length, threads=1):
+    """`threads` forwarding threads, each pinned to its own CPU and owning one switch
+    (vale0, vale1, ...), each switch with one `pair` client (sender and receiver in one
+    busy process) pinned to another CPU. Returns (aggregate delivered Mpps, packets per
+    forwarding CPU-second in Mpps) or a SKIP string."""
+    cpus = cpu_order()
+    if len(cpus) < 2 * threads:
+        return f"SKIP: needs {2 * threads} CPUs, this machine gives {len(cpus)}"
+    fwd_cpus, cli_cpus = cpus[0:2 * threads:2], cpus[1:2 * threads:2]
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="vale-bench-")
+    try:
+        v = Valed(procs, tmp, ["--threads", str(threads), "--cpus", ",".join(map(str, fwd_cpus))])
+        names = []
+        for t in range(threads):
+            # One at a time: a new switch goes to the least loaded thread.
+            procs.start([os.path.join(BIN, "pair"), f"vale{t}", str(length), str(secs + 3)],
+                        cpu=cli_cpus[t], env=v.env, stdout=subprocess.DEVNULL)
+            names += [f"vale{t}:a", f"vale{t}:b"]
+            v.wait_ports(names)
+        time.sleep(1.0)
+        s0, c0, t0 = v.stats(), v.fwd_cpu(), time.time()
+        time.sleep(secs)
+        s1, c1, t1 = v.stats(), v.fwd_cpu(), time.time()
+        rx = sum(s1[n]["rx_packets"] - s0[n]["rx_packets"] for n in names if n.endswith(":b"))
+        cpu = c1 - c0
+        return rx / (t1 - t0) / 1e6, (rx / cpu / 1e6) if cpu > 0 else None
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ours_rtt_busy(count):
+    """ping/pong with --busy clients, each on its own core, the forwarding thread on a
+    third: the switch's own latency, with no wake-up in the path."""
+    cpus = cpu_order()
+    if len(cpus) < 3:
+        return f"SKIP: needs 3 CPUs (forwarding thread, ping, pong each on its own), this machine gives {len(cpus)}"
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="vale-bench-")
+    try:
+        v = Valed(procs, tmp, ["--cpus", str(cpus[0])])
+        procs.start([os.path.join(BIN, "pkt-gen"), "-i", "vale0:pong", "-f", "pong", "--busy", "--duration", "60"],
+                    cpu=cpus[1], env=v.env, stdout=subprocess.DEVNULL)
+        v.wait_ports(["vale0:pong"])
+        out = subprocess.run([os.path.join(BIN, "pkt-gen"), "-i", "vale0:ping", "-f", "ping", "--busy", "-n", str(count)],
+                             preexec_fn=lambda: os.sched_setaffinity(0, {cpus[2]}),
+                             env=v.env, capture_output=True, text=True, timeout=120).stdout
+        m = re.search(r"p50 (\d+) p90 \d+ p99 (\d+)", out)
+        return (int(m.group(1)) / 1000, int(m.group(2)) / 1000) if m else "SKIP: no RTT line from pkt-gen"
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -282,16 +358,56 @@ def ceiling(secs, length):
 # ---------------------------------------------------------------------------- main
 
 
-def ours_rows(a, add):
+def ours_rows(a, add, notes):
+    for length in (60, 1514):
+        r = ours_pinned(a.secs, length)
+        if isinstance(r, str):
+            notes.append(f"ours pinned {length} B: {r}")
+        else:
+            add("ours: unicast 1->1, pinned, delivered Mpps", length, r[0])
+            add("ours: pinned fwd thread, Mpps per CPU-second", length, r[1])
     for length in (60, 1514):
         mpps, per_cpu = ours_rate(a.secs, 1, 1, length, False)
-        add("ours: unicast 1->1, delivered Mpps", length, mpps)
-        add("ours: fwd thread Mpps per CPU-second", length, per_cpu)
+        add("ours: unicast, 3 processes unpinned, Mpps", length, mpps)
+        add("ours: same, fwd Mpps per CPU-second", length, per_cpu)
     add("ours: broadcast 1->4, delivered Mpps", 60, ours_rate(a.secs, 1, 4, 60, True)[0])
     add("ours: fan-in 4->1, delivered Mpps", 60, ours_rate(a.secs, 4, 1, 60, False)[0])
     p50, p99 = ours_rtt(200 if a.smoke else 2000)
     add("ours: ping/pong RTT us (p50 | p99)", 60, p50)
     add("ours: ping/pong RTT us (p50 | p99)", 1514, p99)
+    r = ours_rtt_busy(200 if a.smoke else 20000)
+    if isinstance(r, str):
+        notes.append(f"ours busy ping/pong: {r}")
+    else:
+        add("ours: busy ping/pong, pinned, RTT us (p50 | p99)", 60, r[0])
+        add("ours: busy ping/pong, pinned, RTT us (p50 | p99)", 1514, r[1])
+
+
+def scaling(a):
+    """--scaling 1,2,4,8: disjoint switch/client pairs over N forwarding threads."""
+    counts = [int(x) for x in a.scaling.split(",")]
+    res = {n: [] for n in counts}
+    for run in range(a.runs):
+        log(f"scaling run {run + 1}/{a.runs}")
+        for n in counts:
+            r = ours_pinned(a.secs, a.length, n)
+            res[n].append(r)
+            log(f"  threads {n}: {r}")
+    print(f"\nscaling, {a.length}-byte frames, CPUs in use order {cpu_order()}")
+    print(f"{'threads':>8} {'aggregate Mpps':>28} {'per thread':>10} {'vs linear':>10} {'fwd Mpps/CPU-s':>16}")
+    base = None
+    for n in counts:
+        ok = [r for r in res[n] if not isinstance(r, str)]
+        if not ok:
+            print(f"{n:>8} {res[n][0]}")
+            continue
+        agg = fmt([r[0] for r in ok])
+        m = statistics.median(r[0] for r in ok)
+        per = statistics.median(r[1] for r in ok if r[1])
+        if n == 1 or base is None:
+            base = m / n
+        print(f"{n:>8} {agg:>28} {m / n:>10.2f} {m / (base * n):>9.2f}x {per:>16.2f}")
+    return 0
 
 
 def fmt(xs, unit=""):
@@ -309,12 +425,16 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="1 run of 1 s per row; asserts no speed")
     ap.add_argument("--only", default="ours,memif,bridge,ceiling")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--scaling", metavar="LIST", help="only the multi-thread scaling table, e.g. 1,2,4,8")
+    ap.add_argument("--length", type=int, default=60, help="frame length for --scaling")
     a = ap.parse_args()
     if a.smoke:
         a.runs, a.secs = 1, 1.0
     only = set(a.only.split(","))
     if not a.no_build:
         subprocess.run(["cargo", "build", "--release", "-q", "-p", "vale-tools", "-p", "vale-bench"], cwd=ROOT, check=True)
+    if a.scaling:
+        return scaling(a)
     rows = {}  # name -> {size: [values]}
     notes = []
     failed = []
@@ -326,7 +446,7 @@ def main():
         log(f"run {run + 1}/{a.runs}")
         if "ours" in only:
             try:
-                ours_rows(a, add)
+                ours_rows(a, add, notes)
             except (RuntimeError, OSError, subprocess.SubprocessError, KeyError, ValueError) as e:
                 notes.append(f"ours: FAILED: {e}")
                 failed.append("ours")
@@ -366,19 +486,19 @@ def main():
 
     ratios = []
     for key in (60, 1514):
-        o = m("ours: unicast 1->1, delivered Mpps", key)
+        o = m("ours: unicast 1->1, pinned, delivered Mpps", key)
         for label, other in (("DPDK memif", "DPDK memif pair (testpmd, 64/1500 B), Mpps"),
                              ("copy ceiling", "copy ceiling (SPSC, 1 copy), Mpps"),
                              ("Linux bridge", "Linux bridge (AF_PACKET -> UDP), Mpps")):
             x = m(other, key)
             if o and x:
                 ratios.append(f"ours / {label}, {key} B: {o / x:.2f}x")
-        g = m("ours: unicast 1->1, delivered Mpps", key)
+        g = o
         if g:
             ratios.append(f"ours unicast {key} B: {g * key * 8 / 1000:.1f} Gbit/s")
-    b, u = m("ours: broadcast 1->4, delivered Mpps", 60), m("ours: unicast 1->1, delivered Mpps", 60)
+    b, u = m("ours: broadcast 1->4, delivered Mpps", 60), m("ours: unicast, 3 processes unpinned, Mpps", 60)
     if b and u:
-        ratios.append(f"broadcast 1->4 / unicast 1->1 (60 B): {b / u:.2f}x")
+        ratios.append(f"broadcast 1->4 / unicast 1->1, both 3+ processes unpinned (60 B): {b / u:.2f}x")
     r_ours, r_br = m("ours: ping/pong RTT us (p50 | p99)", 60), m("Linux bridge: ping RTT us (p50 | p99)", 60)
     if r_ours and r_br:
         ratios.append(f"RTT p50 ours / Linux bridge: {r_ours / r_br:.2f}x")

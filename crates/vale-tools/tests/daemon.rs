@@ -390,13 +390,32 @@ fn several_forwarding_threads_each_own_switches() {
             "0",
             "--socket-mode",
             "0600",
+            "--cpus",
+            "0",
         ],
     );
     let settings = stdout_of(&d.ctl(&["settings"]));
     assert!(
-        settings.contains("threads = 2") && settings.contains("socket_mode = 0600"),
+        settings.contains("threads = 2")
+            && settings.contains("socket_mode = 0600")
+            && settings.contains("cpus = 0"),
         "{settings}"
     );
+    // Both forwarding threads are pinned to CPU 0 (the list wraps around).
+    let tasks = format!("/proc/{}/task", d.pid());
+    let mut pinned = 0;
+    for t in std::fs::read_dir(&tasks).unwrap().flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("vale-fwd") {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap();
+            assert!(
+                status.contains("Cpus_allowed_list:\t0\n"),
+                "{comm}: {status}"
+            );
+            pinned += 1;
+        }
+    }
+    assert_eq!(pinned, 2, "two forwarding threads");
     let meta = std::fs::metadata(&d.socket).unwrap();
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     assert_eq!((meta.gid(), meta.permissions().mode() & 0o777), (0, 0o600));
@@ -439,4 +458,13 @@ fn several_forwarding_threads_each_own_switches() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("threads 0 is out of range"));
+    for (bad, msg) in [("1000", "not available"), ("2-1", "not like")] {
+        let o = d
+            .cmd(VALED)
+            .args(["--cpus", bad, "--socket", "/tmp/x.sock"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&o.stderr).contains(msg), "{bad}");
+    }
 }

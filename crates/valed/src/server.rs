@@ -116,15 +116,21 @@ pub fn run(
         };
         let shared = Arc::new(Shared::new(state, fwd_epoll, wake));
         let s2 = shared.clone();
+        let cpu = (!settings.cpus.is_empty()).then(|| settings.cpus[t % settings.cpus.len()]);
         threads.push(
             std::thread::Builder::new()
                 .name(format!("vale-fwd{t}"))
-                .spawn(move || forward::run(s2, busy))
+                .spawn(move || {
+                    if let Some(c) = cpu {
+                        pin(t, c);
+                    }
+                    forward::run(s2, busy)
+                })
                 .map_err(|e| StartError::Os("spawn forwarding thread", e))?,
         );
         lanes.push(shared);
     }
-    tracing::info!(socket = %settings.socket.display(), threads = lanes.len(), "valed listening");
+    tracing::info!(socket = %settings.socket.display(), threads = lanes.len(), cpus = ?settings.cpus, "valed listening");
     let mut ctl = Control {
         lanes: lanes.clone(),
         settings,
@@ -640,6 +646,14 @@ impl Control {
             ("verbose".to_string(), s.verbose.to_string()),
             ("busy_poll_us".to_string(), s.busy_poll_us.to_string()),
             ("threads".to_string(), self.lanes.len().to_string()),
+            (
+                "cpus".to_string(),
+                s.cpus
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
         ]);
         Response::Settings { settings }
     }
@@ -684,4 +698,15 @@ fn make_fds(shared: &Shared, key: PortKey) -> Result<PortFds, String> {
     )
     .map_err(|e| format!("epoll_ctl failed: {e}"))?;
     Ok(f)
+}
+
+/// Pins the calling forwarding thread to one CPU (checked against the affinity mask at
+/// startup, so a failure here is unusual: it is logged, and the thread runs unpinned).
+fn pin(thread: usize, cpu: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    match rustix::thread::sched_setaffinity(None, &set) {
+        Ok(()) => tracing::debug!(thread, cpu, "forwarding thread pinned"),
+        Err(e) => tracing::warn!(thread, cpu, "cannot pin forwarding thread: {e}"),
+    }
 }

@@ -21,6 +21,9 @@ pub struct Settings {
     pub threads: usize,
     /// Group that owns the socket file (name or number); `None` = the daemon's group.
     pub socket_group: Option<String>,
+    /// CPUs for the forwarding threads: thread `t` is pinned to `cpus[t % len]`; empty =
+    /// not pinned.
+    pub cpus: Vec<usize>,
 }
 
 impl Default for Settings {
@@ -33,6 +36,7 @@ impl Default for Settings {
             busy_poll_us: 200,
             threads: 1,
             socket_group: None,
+            cpus: Vec::new(),
         }
     }
 }
@@ -59,6 +63,7 @@ pub struct ConfigFile {
     pub busy_poll_us: Option<u64>,
     pub threads: Option<usize>,
     pub socket_group: Option<String>,
+    pub cpus: Option<String>,
 }
 
 impl ConfigFile {
@@ -92,11 +97,35 @@ impl ConfigFile {
             l.default_geometry.tx_rings = r;
             l.default_geometry.rx_rings = r;
         }
+        if let Some(c) = &self.cpus {
+            s.cpus = parse_cpus(c)?;
+        }
         if let Some(m) = &self.socket_mode {
             s.socket_mode = parse_mode(m)?;
         }
         Ok(())
     }
+}
+
+/// Parses a CPU list such as `2,3,8-11` (the kernel's cpulist format).
+pub fn parse_cpus(list: &str) -> Result<Vec<usize>, String> {
+    let bad = || format!("cpu list `{list}` is not like 2,3,8-11");
+    let mut out = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+        if a > b || b >= rustix::thread::CpuSet::MAX_CPU {
+            return Err(bad());
+        }
+        out.extend(a..=b);
+    }
+    if out.is_empty() {
+        return Err(bad());
+    }
+    Ok(out)
 }
 
 /// Parses an octal file mode such as `0660`.
@@ -126,6 +155,15 @@ impl Settings {
         }
         if let Some(g) = &self.socket_group {
             group_id(g)?;
+        }
+        if !self.cpus.is_empty() {
+            let allowed = rustix::thread::sched_getaffinity(None)
+                .map_err(|e| format!("cannot read this process's CPU affinity: {e}"))?;
+            if let Some(c) = self.cpus.iter().find(|c| !allowed.is_set(**c)) {
+                return Err(format!(
+                    "cpu {c} is not available to valed (see `taskset -p $$` and nproc)"
+                ));
+            }
         }
         if l.max_switches == 0 || l.max_ports == 0 {
             return Err("max_switches and max_ports must be at least 1".into());
@@ -186,6 +224,10 @@ mod tests {
         assert_eq!(s.socket_mode, 0o600);
         assert!(toml::from_str::<ConfigFile>("max_switchez = 1").is_err());
         assert!(parse_mode("999").is_err());
+        assert_eq!(parse_cpus("1,3-5").unwrap(), vec![1, 3, 4, 5]);
+        for bad in ["", "a", "3-1", "1,,x", "99999"] {
+            assert!(parse_cpus(bad).is_err(), "{bad}");
+        }
         s.limits.batch = 0;
         assert!(s.validate().unwrap_err().contains("bridge_batch"));
     }

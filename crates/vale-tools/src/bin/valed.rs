@@ -75,6 +75,10 @@ struct Args {
     /// Group owning the socket file, name or number [default: the daemon's group]
     #[arg(long, value_name = "GROUP")]
     socket_group: Option<String>,
+    /// Pin forwarding thread t to the t-th CPU of this list, e.g. 2,3 or 4-7 (wraps
+    /// around if shorter than --threads) [default: not pinned]
+    #[arg(long, value_name = "LIST")]
+    cpus: Option<String>,
 }
 
 fn settings(a: &Args) -> Result<Settings, String> {
@@ -101,6 +105,7 @@ fn settings(a: &Args) -> Result<Settings, String> {
         busy_poll_us: a.busy_poll_us,
         threads: a.threads,
         socket_group: a.socket_group.clone(),
+        cpus: a.cpus.clone(),
     };
     flags.apply(&mut s)?;
     if a.quiet {

@@ -67,6 +67,10 @@ pub struct Options {
     /// Stop after this many seconds (0 = no limit)
     #[arg(long, default_value_t = 0)]
     pub duration: u64,
+    /// ping/pong: spin on the ring instead of sleeping in poll() (lowest latency; burns
+    /// the core; give each process its own core with taskset)
+    #[arg(long)]
+    pub busy: bool,
     /// valed's socket [default: as valed; VALE_SOCKET overrides]
     #[arg(long)]
     pub socket: Option<std::path::PathBuf>,
@@ -486,12 +490,7 @@ fn ping(ctx: &Ctx) -> Result<(), String> {
         let wait_until = Instant::now() + Duration::from_secs(1);
         let mut got = false;
         while !got && Instant::now() < wait_until && !ctx.done() {
-            ctx.port
-                .poll(
-                    Interest::RX,
-                    Some(wait_until.saturating_duration_since(Instant::now())),
-                )
-                .map_err(|e| e.to_string())?;
+            wait_rx(ctx, wait_until.saturating_duration_since(Instant::now()))?;
             ctx.port.dispatch(0, |p| {
                 if p.len() >= TS_OFF + 8 && p[SEQ_OFF..SEQ_OFF + 4] == seq.to_be_bytes() {
                     let sent_ts =
@@ -535,16 +534,36 @@ fn ping(ctx: &Ctx) -> Result<(), String> {
     Ok(())
 }
 
+/// Waits until some RX ring holds a packet or `timeout` passes: in poll(), or with
+/// `--busy` by spinning on the ring (no syscall, no wake-up).
+fn wait_rx(ctx: &Ctx, timeout: Duration) -> Result<bool, String> {
+    if !ctx.opts.busy {
+        return ctx
+            .port
+            .poll(Interest::RX, Some(timeout))
+            .map_err(|e| e.to_string());
+    }
+    let end = Instant::now() + timeout;
+    loop {
+        ctx.port.rxsync().map_err(|e| e.to_string())?;
+        if ctx.port.rx_rings().iter().any(|r| r.space() > 0) {
+            return Ok(true);
+        }
+        for _ in 0..64 {
+            std::hint::spin_loop();
+        }
+        if Instant::now() >= end {
+            return Ok(false);
+        }
+    }
+}
+
 fn pong(ctx: &Ctx) -> Result<(), String> {
     let o = &ctx.opts;
     let mut replied = 0u64;
     println!("Replying on {}", ctx.port.name());
     while !ctx.done() && (o.count == 0 || replied < o.count) {
-        if !ctx
-            .port
-            .poll(Interest::RX, Some(Duration::from_millis(100)))
-            .map_err(|e| e.to_string())?
-        {
+        if !wait_rx(ctx, Duration::from_millis(100))? {
             continue;
         }
         let mut out: Vec<Vec<u8>> = Vec::new();

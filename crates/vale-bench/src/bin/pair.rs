@@ -1,0 +1,93 @@
+//! One client process holding both ends of a learned unicast flow through valed:
+//! `pair SWITCH LEN SECS` opens `SWITCH:a` (sender) and `SWITCH:b` (receiver), has `b`
+//! announce its address, then for SECS fills `a`'s TX ring and drains `b`'s RX ring in one
+//! busy loop that never sleeps. With valed's forwarding thread pinned to one core and this
+//! process to another, the forwarding thread has a core to itself: its packets per
+//! CPU-second are the switch's per-core figure without the scheduler in the way (on a
+//! 2-vCPU machine, three busy processes would share two cores).
+//!
+//! Prints `sent N received M secs S`.
+
+use std::time::{Duration, Instant};
+use vale::Port;
+use vale_abi::layout::NetmapSlot;
+
+const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 0x0a];
+const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 0x0b];
+
+fn frame(dst: [u8; 6], src: [u8; 6], len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; len];
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&0x88b5u16.to_be_bytes()); // local experimental ethertype
+    f
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() != 4 {
+        eprintln!("usage: pair SWITCH LEN SECS");
+        std::process::exit(2);
+    }
+    let (sw, len, secs): (&str, usize, f64) = (
+        &args[1],
+        args[2].parse().expect("LEN"),
+        args[3].parse().expect("SECS"),
+    );
+    let open = |p: &str| {
+        Port::open(&format!("{sw}:{p}")).unwrap_or_else(|e| {
+            eprintln!("pair: {sw}:{p}: {e}");
+            std::process::exit(1)
+        })
+    };
+    let a = open("a");
+    let b = open("b");
+    // b speaks first so that a's unicast to it is learned.
+    assert!(b.inject(&frame([0xff; 6], MAC_B, 60)));
+    b.txsync().expect("txsync");
+    std::thread::sleep(Duration::from_millis(50));
+
+    // Prefill every TX buffer once, as pkt-gen does.
+    let f = frame(MAC_B, MAC_A, len);
+    let tx = &a.tx_rings()[0];
+    let v = tx.view();
+    let n = tx.num_slots();
+    for i in 0..n {
+        let s = v.read_slot(i);
+        v.bufs().write(s.buf_idx, &f);
+        v.write_slot(
+            i,
+            NetmapSlot {
+                buf_idx: s.buf_idx,
+                len: len as u16,
+                flags: 0,
+                ptr: 0,
+            },
+        );
+    }
+    let rx = &b.rx_rings()[0];
+    let (mut sent, mut received) = (0u64, 0u64);
+    let t0 = Instant::now();
+    let end = Duration::from_secs_f64(secs);
+    let mut spins = 0u32;
+    loop {
+        let k = tx.space();
+        if k > 0 {
+            tx.advance(k);
+            sent += k as u64;
+        }
+        a.txsync().expect("txsync");
+        b.rxsync().expect("rxsync");
+        let r = rx.space();
+        if r > 0 {
+            rx.advance(r);
+            received += r as u64;
+        }
+        spins += 1;
+        if spins % 1024 == 0 && t0.elapsed() >= end {
+            break;
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!("sent {sent} received {received} secs {secs:.3}");
+}

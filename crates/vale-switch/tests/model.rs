@@ -43,7 +43,15 @@ impl<L: Lookup> Net<L> {
         drain(&mut self.sw, t(now));
         let mut got: HashMap<u64, BTreeSet<usize>> = HashMap::new();
         for (p, c) in self.clients.iter().enumerate() {
+            // Each receiver sees each sender's frames in the order they were sent,
+            // unicast and flooded ones interleaved.
+            let mut last: HashMap<Vec<u8>, u64> = HashMap::new();
             for f in c.recv_frames() {
+                let prev = last.insert(f[6..12].to_vec(), tag_of(&f));
+                assert!(
+                    prev.is_none_or(|x| x < tag_of(&f)),
+                    "out of order at port {p}"
+                );
                 assert!(
                     got.entry(tag_of(&f)).or_default().insert(p),
                     "duplicate delivery"

@@ -56,6 +56,9 @@ pub fn run(shared: Arc<Shared>, busy_poll: Duration) {
             std::hint::spin_loop();
             continue;
         }
+        // A client woken on this CPU (by a notify just sent) runs now rather than when
+        // the scheduler next preempts this busy thread.
+        std::thread::yield_now();
         let since = *idle_since.get_or_insert_with(Instant::now);
         if since.elapsed() < busy_poll {
             std::hint::spin_loop();

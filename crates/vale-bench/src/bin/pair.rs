@@ -1,7 +1,9 @@
-//! One client process holding both ends of a learned unicast flow through valed:
-//! `pair SWITCH LEN SECS` opens `SWITCH:a` (sender) and `SWITCH:b` (receiver), has `b`
-//! announce its address, then for SECS fills `a`'s TX ring and drains `b`'s RX ring in one
-//! busy loop that never sleeps. With valed's forwarding thread pinned to one core and this
+//! One client process holding both ends of a flow through valed:
+//! `pair SWITCH LEN SECS [RECEIVERS]` opens `SWITCH:a` (sender) and `SWITCH:b`
+//! (receiver; with RECEIVERS = N > 1, `SWITCH:b0` .. `SWITCH:b{N-1}` and the sender
+//! broadcasts), has the receivers announce their addresses (so `a`'s unicast to `b` is
+//! learned), then for SECS fills `a`'s TX ring and drains every RX ring in one busy loop
+//! that never sleeps. With valed's forwarding thread pinned to one core and this
 //! process to another, the forwarding thread has a core to itself: its packets per
 //! CPU-second are the switch's per-core figure without the scheduler in the way (on a
 //! 2-vCPU machine, three busy processes would share two cores).
@@ -25,10 +27,11 @@ fn frame(dst: [u8; 6], src: [u8; 6], len: usize) -> Vec<u8> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 4 {
-        eprintln!("usage: pair SWITCH LEN SECS");
+    if args.len() != 4 && args.len() != 5 {
+        eprintln!("usage: pair SWITCH LEN SECS [RECEIVERS]");
         std::process::exit(2);
     }
+    let nrx: usize = args.get(4).map_or(1, |v| v.parse().expect("RECEIVERS"));
     let (sw, len, secs): (&str, usize, f64) = (
         &args[1],
         args[2].parse().expect("LEN"),
@@ -41,14 +44,29 @@ fn main() {
         })
     };
     let a = open("a");
-    let b = open("b");
-    // b speaks first so that a's unicast to it is learned.
-    assert!(b.inject(&frame([0xff; 6], MAC_B, 60)));
-    b.txsync().expect("txsync");
+    let rxs: Vec<Port> = if nrx == 1 {
+        vec![open("b")]
+    } else {
+        (0..nrx).map(|i| open(&format!("b{i}"))).collect()
+    };
+    // The receivers speak first so that a's unicast to b is learned.
+    for (i, b) in rxs.iter().enumerate() {
+        let mut src = MAC_B;
+        src[4] = i as u8;
+        assert!(b.inject(&frame([0xff; 6], src, 60)));
+        b.txsync().expect("txsync");
+    }
     std::thread::sleep(Duration::from_millis(50));
+    for b in &rxs {
+        b.rxsync().expect("rxsync");
+        for r in b.rx_rings() {
+            r.advance(r.space());
+        }
+        b.rxsync().expect("rxsync");
+    }
 
     // Prefill every TX buffer once, as pkt-gen does.
-    let f = frame(MAC_B, MAC_A, len);
+    let f = frame(if nrx == 1 { MAC_B } else { [0xff; 6] }, MAC_A, len);
     let tx = &a.tx_rings()[0];
     let v = tx.view();
     let n = tx.num_slots();
@@ -65,7 +83,6 @@ fn main() {
             },
         );
     }
-    let rx = &b.rx_rings()[0];
     let (mut sent, mut received) = (0u64, 0u64);
     let t0 = Instant::now();
     let end = Duration::from_secs_f64(secs);
@@ -77,11 +94,14 @@ fn main() {
             sent += k as u64;
         }
         a.txsync().expect("txsync");
-        b.rxsync().expect("rxsync");
-        let r = rx.space();
-        if r > 0 {
-            rx.advance(r);
-            received += r as u64;
+        for b in &rxs {
+            b.rxsync().expect("rxsync");
+            let rx = &b.rx_rings()[0];
+            let r = rx.space();
+            if r > 0 {
+                rx.advance(r);
+                received += r as u64;
+            }
         }
         spins += 1;
         if spins % 1024 == 0 && t0.elapsed() >= end {

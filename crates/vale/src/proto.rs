@@ -93,6 +93,17 @@ pub enum Request {
     Set { key: String, value: String },
     /// The daemon's settings.
     Settings,
+    /// netmap's `vale-ctl -n NAME`: a persistent port, here a TAP interface NAME that
+    /// valed creates and keeps until `HostRemove` (or until it exits).
+    HostCreate { name: String },
+    /// netmap's `vale-ctl -r NAME`: removes a persistent port that is not attached.
+    HostRemove { name: String },
+    /// netmap's `vale-ctl -a valeX:NAME`: attaches persistent port NAME, or the existing
+    /// interface NAME (through AF_PACKET), to switch valeX as port `valeX:NAME`.
+    Attach { port: String },
+    /// netmap's `vale-ctl -d valeX:NAME`: detaches it again; an interface is given back
+    /// untouched, a persistent port stays for another attach.
+    Detach { port: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +121,10 @@ pub enum ErrorKind {
     NotFound,
     /// Something failed inside the daemon.
     Internal,
+    /// It exists already (netmap's EEXIST).
+    Exists,
+    /// It is in use (netmap's EBUSY): attached, or held by a client.
+    Busy,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,6 +159,36 @@ pub struct Counters {
     pub drops: BTreeMap<String, u64>,
 }
 
+/// A host port: a TAP interface valed created, or an interface attached by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostInfo {
+    /// The interface name.
+    pub name: String,
+    /// `tap` (created by valed) or `nic` (an existing interface, through AF_PACKET).
+    pub kind: String,
+    /// The switch port it is attached as, `valeX:NAME`.
+    #[serde(default)]
+    pub attached: Option<String>,
+    pub counters: HostCounters,
+}
+
+/// Frames between a host port's interface and its switch port, and what was lost there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct HostCounters {
+    /// Frames read from the interface into the switch.
+    pub from_host: u64,
+    pub from_host_bytes: u64,
+    /// Frames written from the switch to the interface.
+    pub to_host: u64,
+    pub to_host_bytes: u64,
+    /// Frames larger than the largest packet the port can carry, dropped.
+    pub truncated: u64,
+    /// Writes the interface refused (down, queue full), frames dropped.
+    pub write_errors: u64,
+    /// Failed reads.
+    pub read_errors: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PortStats {
     pub name: String,
@@ -172,6 +217,9 @@ pub enum Response {
     },
     List {
         switches: Vec<SwitchInfo>,
+        /// Host ports, attached or not.
+        #[serde(default)]
+        hosts: Vec<HostInfo>,
     },
     Stats {
         ports: Vec<PortStats>,

@@ -2,8 +2,10 @@
 //! answered in order, ports held open by their connections.
 
 use crate::forward::{self, key_data};
+use crate::host::{Attachment, Host, Kind};
 use crate::settings::Settings;
 use crate::state::{PortFds, Shared, State};
+use crate::sys;
 use rustix::event::{EventfdFlags, Timespec, epoll};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
@@ -13,8 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use vale::proto::{
-    self, Counters, ErrorKind, FdbRow, GeometryRequest, PortStats, PortSummary, Request, Response,
-    SwitchInfo,
+    self, Counters, ErrorKind, FdbRow, GeometryRequest, HostInfo, PortStats, PortSummary, Request,
+    Response, SwitchInfo,
 };
 use vale_abi::PortGeometry;
 use vale_switch::{DropReason, PortKey, Registry, RegistryError};
@@ -137,12 +139,19 @@ pub fn run(
         conns: HashMap::new(),
         next_id: 1,
         set_verbosity,
+        hosts: BTreeMap::new(),
     };
     let result = ctl.serve(&listener, &stop);
     tracing::info!(
         "shutting down: closing {} client connections",
         ctl.conns.len()
     );
+    // Host ports first: their threads stop, TAP interfaces disappear.
+    let names: Vec<String> = ctl.hosts.keys().cloned().collect();
+    for n in names {
+        ctl.detach_host(&n);
+    }
+    ctl.hosts.clear();
     for l in &lanes {
         l.stop.store(true, Ordering::Release);
         l.wake_forwarder();
@@ -162,6 +171,19 @@ struct Control {
     conns: HashMap<u64, Conn>,
     next_id: u64,
     set_verbosity: SetVerbosity,
+    /// Host ports by interface name.
+    hosts: BTreeMap<String, Host>,
+}
+
+/// A port opened for a client (or a host port): where it lives and what the client
+/// needs to use it.
+struct Acquired {
+    lane: usize,
+    key: PortKey,
+    opened: Response,
+    memfd: OwnedFd,
+    kick: OwnedFd,
+    notify: OwnedFd,
 }
 
 impl Control {
@@ -285,19 +307,24 @@ impl Control {
         };
         tracing::debug!(conn = id, "client disconnected");
         if let Some((lane, key)) = conn.port {
-            let shared = self.lanes[lane].clone();
-            let mut st = shared.lock_ctl();
-            let name = port_name(&st.registry, key);
-            match st.registry.close(key) {
-                Ok(true) => {
-                    if let Some(f) = st.fds.remove(&key) {
-                        let _ = epoll::delete(&shared.epoll, &f.kick);
-                    }
-                    tracing::info!(port = %name, "port removed (last client gone)");
+            self.release(lane, key);
+        }
+    }
+
+    /// Drops one hold on a port; the port goes away with the last.
+    fn release(&mut self, lane: usize, key: PortKey) {
+        let shared = self.lanes[lane].clone();
+        let mut st = shared.lock_ctl();
+        let name = port_name(&st.registry, key);
+        match st.registry.close(key) {
+            Ok(true) => {
+                if let Some(f) = st.fds.remove(&key) {
+                    let _ = epoll::delete(&shared.epoll, &f.kick);
                 }
-                Ok(false) => {}
-                Err(e) => tracing::error!("closing {name}: {e}"),
+                tracing::info!(port = %name, "port removed (last client gone)");
             }
+            Ok(false) => {}
+            Err(e) => tracing::error!("closing {name}: {e}"),
         }
     }
 
@@ -313,6 +340,10 @@ impl Control {
             Request::Fdb { switch } => (self.fdb(&switch), Vec::new()),
             Request::Set { key, value } => (self.set(&key, &value), Vec::new()),
             Request::Settings => (self.settings(), Vec::new()),
+            Request::HostCreate { name } => (self.host_create(&name), Vec::new()),
+            Request::HostRemove { name } => (self.host_remove(&name), Vec::new()),
+            Request::Attach { port } => (self.attach(&port), Vec::new()),
+            Request::Detach { port } => (self.detach(&port), Vec::new()),
         }
     }
 
@@ -344,6 +375,17 @@ impl Control {
                 Vec::new(),
             );
         }
+        if let Some(h) = self.host_port(name) {
+            return (
+                error(
+                    ErrorKind::Busy,
+                    format!(
+                        "{name} is host port {h}, served by valed itself; detach it first (vale-ctl -d {name})"
+                    ),
+                ),
+                Vec::new(),
+            );
+        }
         let d = self.settings.limits.default_geometry;
         let g = PortGeometry {
             tx_rings: req.tx_rings.unwrap_or(d.tx_rings),
@@ -352,17 +394,35 @@ impl Control {
             rx_slots: req.rx_slots.unwrap_or(d.rx_slots),
             buf_size: d.buf_size,
         };
-        let lane = match self.lane_for(name) {
-            Ok(l) => l,
-            Err(e) => return (e, Vec::new()),
-        };
+        match self.acquire(name, g) {
+            Ok(a) => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.port = Some((a.lane, a.key));
+                }
+                (a.opened, vec![a.memfd, a.kick, a.notify])
+            }
+            Err(e) => (e, Vec::new()),
+        }
+    }
+
+    /// The host port (interface name) attached as switch port `name`, if any.
+    fn host_port(&self, name: &str) -> Option<&str> {
+        self.hosts
+            .iter()
+            .find(|(_, h)| h.attached.as_ref().is_some_and(|a| a.port == name))
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// Opens (creating if needed) port `name` and clones what a client needs.
+    fn acquire(&mut self, name: &str, g: PortGeometry) -> Result<Acquired, Response> {
+        let lane = self.lane_for(name)?;
         let shared = self.lanes[lane].clone();
         let mut st = shared.lock_ctl();
         let key = match st.registry.open(name, Some(g)) {
             Ok(k) => k,
             Err(e) => {
                 tracing::info!("refused to open `{}`: {e}", name.escape_default());
-                return (error(kind_of(&e), e.to_string()), Vec::new());
+                return Err(error(kind_of(&e), e.to_string()));
             }
         };
         let new = st.registry.open_count(key) == 1;
@@ -373,7 +433,7 @@ impl Control {
                 }
                 Err(e) => {
                     let _ = st.registry.close(key);
-                    return (error(ErrorKind::Internal, e), Vec::new());
+                    return Err(error(ErrorKind::Internal, e));
                 }
             }
         }
@@ -381,7 +441,7 @@ impl Control {
             let e = st.registry.entry_mut(key)?;
             let port = e.switch.port(key.port)?;
             let memfd = port.region().fd().try_clone_to_owned().ok()?;
-            let resp = Response::Opened {
+            let opened = Response::Opened {
                 switch: e.name.clone(),
                 port: port.name().to_string(),
                 index: key.port.0,
@@ -390,31 +450,260 @@ impl Control {
             let f = st.fds.get(&key)?;
             let kick = f.kick.try_clone().ok()?;
             let notify = f.notify.try_clone().ok()?;
-            Some((resp, vec![memfd, kick, notify]))
+            Some(Acquired {
+                lane,
+                key,
+                opened,
+                memfd,
+                kick,
+                notify,
+            })
         })();
         match result {
-            Some((resp, fds)) => {
+            Some(a) => {
                 if new {
                     tracing::info!(port = name, "port created");
                 }
-                if let Some(c) = self.conns.get_mut(&id) {
-                    c.port = Some((lane, key));
-                }
                 drop(st);
                 shared.wake_forwarder();
-                (resp, fds)
+                Ok(a)
             }
             None => {
                 let _ = st.registry.close(key);
-                (
-                    error(
-                        ErrorKind::Internal,
-                        format!("cannot hand out port `{name}`"),
-                    ),
-                    Vec::new(),
-                )
+                Err(error(
+                    ErrorKind::Internal,
+                    format!("cannot hand out port `{name}`"),
+                ))
             }
         }
+    }
+
+    /// `vale-ctl -n NAME`.
+    fn host_create(&mut self, name: &str) -> Response {
+        if let Err(e) = sys::check_ifname(name) {
+            return error(ErrorKind::BadName, e);
+        }
+        if name.starts_with("vale") {
+            return error(
+                ErrorKind::BadName,
+                format!(
+                    "{name}: a persistent port's name may not start with `vale` (that names a switch port)"
+                ),
+            );
+        }
+        if self.hosts.contains_key(name) || sys::if_index(name).is_some() {
+            return error(
+                ErrorKind::Exists,
+                format!("{name} already exists (see `ip link` and `vale-ctl list`)"),
+            );
+        }
+        match sys::tap_create(name) {
+            Ok(fd) => {
+                tracing::info!(interface = name, "persistent port (TAP) created");
+                self.hosts.insert(
+                    name.to_string(),
+                    Host {
+                        kind: Kind::Tap,
+                        tap: Some(fd),
+                        attached: None,
+                        counters: Default::default(),
+                    },
+                );
+                Response::Done {
+                    message: format!("created {name}"),
+                }
+            }
+            Err(e) => error(
+                ErrorKind::Internal,
+                format!(
+                    "cannot create TAP interface {name}: {e} (valed needs CAP_NET_ADMIN and /dev/net/tun)"
+                ),
+            ),
+        }
+    }
+
+    /// `vale-ctl -r NAME`.
+    fn host_remove(&mut self, name: &str) -> Response {
+        match self.hosts.get(name) {
+            None => error(
+                ErrorKind::NotFound,
+                format!("{name} is not a persistent port (create one with vale-ctl -n {name})"),
+            ),
+            Some(h) if h.kind == Kind::Nic => error(
+                ErrorKind::BadRequest,
+                format!(
+                    "{name} is an attached interface, not a persistent port; detach it with vale-ctl -d"
+                ),
+            ),
+            Some(h) if h.attached.is_some() => error(
+                ErrorKind::Busy,
+                format!(
+                    "{name} is attached as {}; detach it first (vale-ctl -d {})",
+                    h.attached.as_ref().map_or("", |a| a.port.as_str()),
+                    h.attached.as_ref().map_or("", |a| a.port.as_str())
+                ),
+            ),
+            Some(_) => {
+                self.hosts.remove(name);
+                tracing::info!(interface = name, "persistent port removed");
+                Response::Done {
+                    message: format!("removed {name}"),
+                }
+            }
+        }
+    }
+
+    /// `vale-ctl -a valeX:NAME`.
+    fn attach(&mut self, port: &str) -> Response {
+        let pn = match vale_switch::PortName::parse(port, self.settings.limits.max_name_len) {
+            Ok(p) => p,
+            Err(e) => return error(ErrorKind::BadName, e.to_string()),
+        };
+        let ifname = pn.as_str()[pn.switch().len() + 1..].to_string();
+        if let Some(h) = self.hosts.get(&ifname) {
+            if let Some(a) = &h.attached {
+                return error(
+                    ErrorKind::Busy,
+                    format!("{ifname} is already attached as {}", a.port),
+                );
+            }
+        }
+        let kind = match self.hosts.get(&ifname) {
+            Some(h) => h.kind,
+            None if sys::if_index(&ifname).is_some() => Kind::Nic,
+            None => {
+                return error(
+                    ErrorKind::NotFound,
+                    format!(
+                        "no interface {ifname}: create a persistent port with vale-ctl -n {ifname}, or name an existing interface"
+                    ),
+                );
+            }
+        };
+        if self
+            .lanes
+            .iter()
+            .any(|l| l.lock_ctl().registry.find(port).is_some())
+        {
+            return error(
+                ErrorKind::Busy,
+                format!("{port} is already a port opened by a client"),
+            );
+        }
+        // The interface's descriptor, for the port's thread.
+        let dev = match kind {
+            Kind::Tap => self.hosts[&ifname]
+                .tap
+                .as_ref()
+                .map(|f| f.try_clone())
+                .transpose()
+                .map_err(|e| e.to_string())
+                .and_then(|f| f.ok_or_else(|| "TAP descriptor missing".to_string())),
+            Kind::Nic => match sys::if_index(&ifname) {
+                Some(i) => sys::packet_socket(i).map_err(|e| {
+                    format!(
+                        "cannot open an AF_PACKET socket on {ifname}: {e} (valed needs CAP_NET_RAW)"
+                    )
+                }),
+                None => Err(format!("{ifname} went away")),
+            },
+        };
+        let dev = match dev {
+            Ok(d) => d,
+            Err(e) => return error(ErrorKind::Internal, e),
+        };
+        let g = self.settings.limits.default_geometry;
+        let a = match self.acquire(port, g) {
+            Ok(a) => a,
+            Err(e) => return e,
+        };
+        let Response::Opened {
+            switch,
+            port: pname,
+            index,
+            geometry,
+        } = a.opened
+        else {
+            self.release(a.lane, a.key);
+            return error(ErrorKind::Internal, "unexpected open result".into());
+        };
+        let counters = self
+            .hosts
+            .get(&ifname)
+            .map(|h| h.counters.clone())
+            .unwrap_or_default();
+        let (memfd, kick, notify) = (a.memfd, a.kick, a.notify);
+        let started = Attachment::start(
+            pname.clone(),
+            a.lane,
+            a.key,
+            |conn| {
+                vale::Port::from_parts(
+                    switch,
+                    pname,
+                    index,
+                    geometry.into(),
+                    conn,
+                    memfd,
+                    kick,
+                    notify,
+                )
+            },
+            dev,
+            counters.clone(),
+        );
+        match started {
+            Ok(att) => {
+                tracing::info!(interface = %ifname, port, kind = kind.name(), "host port attached");
+                let h = self.hosts.entry(ifname.clone()).or_insert(Host {
+                    kind,
+                    tap: None,
+                    attached: None,
+                    counters,
+                });
+                h.attached = Some(att);
+                Response::Done {
+                    message: format!("attached {ifname} as {port}"),
+                }
+            }
+            Err(e) => {
+                self.release(a.lane, a.key);
+                error(ErrorKind::Internal, e)
+            }
+        }
+    }
+
+    /// `vale-ctl -d valeX:NAME`.
+    fn detach(&mut self, port: &str) -> Response {
+        let Some(ifname) = self.host_port(port).map(str::to_string) else {
+            return error(
+                ErrorKind::NotFound,
+                format!("{port} is not an attached interface (see `vale-ctl list`)"),
+            );
+        };
+        self.detach_host(&ifname);
+        Response::Done {
+            message: format!("detached {ifname} from {port}"),
+        }
+    }
+
+    /// Stops a host port's thread and removes its switch port; an attached interface
+    /// (not a persistent port) is forgotten, its socket closed.
+    fn detach_host(&mut self, ifname: &str) {
+        let Some(h) = self.hosts.get_mut(ifname) else {
+            return;
+        };
+        let Some(mut a) = h.attached.take() else {
+            return;
+        };
+        a.stop();
+        let (lane, key, port) = (a.lane, a.key, a.port.clone());
+        drop(a);
+        if h.kind == Kind::Nic {
+            self.hosts.remove(ifname);
+        }
+        self.release(lane, key);
+        tracing::info!(interface = ifname, port, "host port detached");
     }
 
     /// The lane that owns `name`'s switch, or the least loaded one for a new switch
@@ -477,7 +766,17 @@ impl Control {
             }
         }
         switches.sort_by_key(|s| s.index);
-        Response::List { switches }
+        let hosts = self
+            .hosts
+            .iter()
+            .map(|(n, h)| HostInfo {
+                name: n.clone(),
+                kind: h.kind.name().to_string(),
+                attached: h.attached.as_ref().map(|a| a.port.clone()),
+                counters: h.counters.snapshot(),
+            })
+            .collect();
+        Response::List { switches, hosts }
     }
 
     fn stats(&self, port: Option<&str>) -> Response {

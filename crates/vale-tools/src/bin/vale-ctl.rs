@@ -8,7 +8,7 @@ use vale::proto::{Request, Response};
 /// Control the userspace VALE switch. Without a command (or with -l), lists ports the
 /// way netmap's vale-ctl does.
 #[derive(Parser, Debug)]
-#[command(name = "vale-ctl", version)]
+#[command(name = "vale-ctl", version, disable_help_flag = true)]
 struct Args {
     /// valed's socket [default: as valed; VALE_SOCKET overrides]
     #[arg(long, global = true)]
@@ -19,18 +19,24 @@ struct Args {
     /// netmap's -l: list all ports, or print the indices of one
     #[arg(short = 'l', value_name = "PORT", num_args = 0..=1, default_missing_value = "")]
     list_port: Option<String>,
-    /// netmap's -n (create a persistent port): not available yet
+    /// Create a persistent port: a TAP interface IF that the OS sees (netmap's -n)
     #[arg(short = 'n', value_name = "IF")]
     new_if: Option<String>,
-    /// netmap's -a (attach an interface): not available yet
-    #[arg(short = 'a', value_name = "PORT")]
+    /// Attach persistent port or existing interface IF to switch valeX as port valeX:IF
+    #[arg(short = 'a', value_name = "valeX:IF")]
     attach: Option<String>,
-    /// netmap's -d (detach an interface): not available yet
-    #[arg(short = 'd', value_name = "PORT")]
+    /// Detach valeX:IF again (an interface is given back untouched)
+    #[arg(short = 'd', value_name = "valeX:IF")]
     detach: Option<String>,
-    /// netmap's -r (remove a persistent port): not available yet
+    /// Remove persistent port IF (it must be detached)
     #[arg(short = 'r', value_name = "IF")]
     remove: Option<String>,
+    /// netmap's -h (attach an interface and its host stack): see the message
+    #[arg(short = 'h', value_name = "valeX:IF")]
+    host_stack: Option<String>,
+    /// Print help
+    #[arg(long = "help", action = clap::ArgAction::Help)]
+    help: Option<bool>,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -70,17 +76,33 @@ fn print_json(r: &Response) {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    for (flag, v) in [
-        ("-n", &args.new_if),
-        ("-a", &args.attach),
-        ("-d", &args.detach),
-        ("-r", &args.remove),
-    ] {
-        if v.is_some() {
-            return Err(format!(
-                "{flag} (persistent ports and interface attach) is not available yet; it comes with the host-port milestone"
-            ));
+    if let Some(p) = &args.host_stack {
+        return Err(format!(
+            "-h {p}: netmap's host-stack port (IF^) has no equivalent here: the interface's own traffic \
+             already reaches the switch once it is attached with -a, and the host reaches the switch \
+             through a persistent port: vale-ctl -n vi0; vale-ctl -a {}:vi0; then give vi0 an address",
+            p.split(':').next().unwrap_or("vale0")
+        ));
+    }
+    type MakeRequest = fn(String) -> Request;
+    let host_ops: [(&Option<String>, MakeRequest); 4] = [
+        (&args.new_if, |name| Request::HostCreate { name }),
+        (&args.attach, |port| Request::Attach { port }),
+        (&args.detach, |port| Request::Detach { port }),
+        (&args.remove, |name| Request::HostRemove { name }),
+    ];
+    let mut did = false;
+    for (v, make) in host_ops {
+        if let Some(v) = v {
+            let r = call(args, &make(v.clone()))?;
+            if args.json {
+                print_json(&r);
+            }
+            did = true;
         }
+    }
+    if did {
+        return Ok(());
     }
     let cmd = match (&args.cmd, &args.list_port) {
         (Some(c), _) => c,
@@ -92,7 +114,7 @@ fn run(args: &Args) -> Result<(), String> {
             let r = call(args, &Request::List)?;
             if args.json {
                 print_json(&r);
-            } else if let Response::List { switches } = r {
+            } else if let Response::List { switches, hosts } = r {
                 if switches.is_empty() {
                     println!("no switches (a switch appears when a client opens vale<sw>:<port>)");
                 }
@@ -118,6 +140,23 @@ fn run(args: &Args) -> Result<(), String> {
                             p.clients
                         );
                     }
+                }
+                if !hosts.is_empty() {
+                    println!("host ports");
+                }
+                for h in hosts {
+                    let c = &h.counters;
+                    println!(
+                        "  {:<16} {} {:<16} from_host {} to_host {} truncated {} write_errors {} read_errors {}",
+                        h.name,
+                        h.kind,
+                        h.attached.as_deref().unwrap_or("(detached)"),
+                        c.from_host,
+                        c.to_host,
+                        c.truncated,
+                        c.write_errors,
+                        c.read_errors
+                    );
                 }
             }
         }
@@ -197,7 +236,7 @@ fn list_netmap(args: &Args) -> Result<(), String> {
     let r = call(args, &Request::List)?;
     if args.json {
         print_json(&r);
-    } else if let Response::List { switches } = r {
+    } else if let Response::List { switches, .. } = r {
         for s in switches {
             for p in s.ports {
                 println!("{} bridge_idx {} port_idx {}", p.name, s.index, p.index);
@@ -209,7 +248,7 @@ fn list_netmap(args: &Args) -> Result<(), String> {
 
 /// netmap's `vale-ctl -l vale0:a`.
 fn list_one(args: &Args, name: &str) -> Result<(), String> {
-    let Response::List { switches } = call(args, &Request::List)? else {
+    let Response::List { switches, .. } = call(args, &Request::List)? else {
         return Err("unexpected answer from valed".into());
     };
     for s in &switches {

@@ -1,0 +1,384 @@
+//! Host ports against the real kernel: TAP interfaces valed creates (`vale-ctl -n`),
+//! moved into network namespaces this test creates, and a veth end attached through
+//! AF_PACKET (`vale-ctl -a vale2:IF`). Needs root, /dev/net/tun and `ip`; prints SKIP
+//! otherwise. Every namespace and interface made here is removed, also on failure.
+
+mod common;
+use common::*;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn skip_reason() -> Option<String> {
+    if !rustix::process::geteuid().is_root() {
+        return Some("needs root for network namespaces and TAP devices".into());
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        return Some("no /dev/net/tun".into());
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Some("no `ip` command (apt-get install iproute2)".into());
+    }
+    None
+}
+
+macro_rules! need_host {
+    () => {
+        if let Some(r) = skip_reason() {
+            eprintln!("SKIP: {r}");
+            return;
+        }
+    };
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+fn ok(args: &[&str]) {
+    let o = run(args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Namespaces and root-namespace interfaces of one test, deleted on drop.
+struct Net {
+    tag: String,
+    namespaces: Vec<String>,
+    links: Vec<String>,
+}
+
+impl Net {
+    fn new(test: &str) -> Net {
+        // Short: interface names have 15 characters at most.
+        let tag = format!("{}{}", test, std::process::id() % 10000);
+        Net {
+            tag,
+            namespaces: Vec::new(),
+            links: Vec::new(),
+        }
+    }
+
+    fn name(&self, what: &str) -> String {
+        format!("{}{what}", self.tag)
+    }
+
+    fn ns(&mut self, what: &str) -> String {
+        let n = self.name(what);
+        let _ = run(&["ip", "netns", "del", &n]);
+        ok(&["ip", "netns", "add", &n]);
+        ok(&["ip", "-n", &n, "link", "set", "lo", "up"]);
+        self.namespaces.push(n.clone());
+        n
+    }
+
+    /// Moves `ifname` into `ns`, gives it `addr` and brings it up.
+    fn place(&self, ifname: &str, ns: &str, addr: &str) {
+        ok(&["ip", "link", "set", ifname, "netns", ns]);
+        ok(&["ip", "-n", ns, "addr", "add", addr, "dev", ifname]);
+        ok(&["ip", "-n", ns, "link", "set", ifname, "up"]);
+    }
+
+    fn mac(&self, ns: &str, ifname: &str) -> String {
+        let o = run(&["ip", "-n", ns, "-o", "link", "show", ifname]);
+        let s = String::from_utf8_lossy(&o.stdout).to_string();
+        s.split("link/ether ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no MAC for {ifname} in {s}"))
+            .to_string()
+    }
+
+    fn ping(&self, ns: &str, dst: &str, count: u32) -> bool {
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "ping",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            dst,
+        ])
+        .status
+        .success()
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for n in &self.namespaces {
+            let _ = run(&["ip", "netns", "del", n]);
+        }
+        for l in &self.links {
+            let _ = run(&["ip", "link", "del", l]);
+        }
+    }
+}
+
+fn ctl_ok(d: &Daemon, args: &[&str]) -> String {
+    let o = d.ctl(args);
+    assert!(
+        o.status.success(),
+        "vale-ctl {args:?}: {}\nvaled log:\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        d.log()
+    );
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn ctl_err(d: &Daemon, args: &[&str]) -> String {
+    let o = d.ctl(args);
+    assert_eq!(o.status.code(), Some(1), "vale-ctl {args:?} should fail");
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn if_exists(name: &str) -> bool {
+    run(&["ip", "link", "show", name]).status.success()
+}
+
+#[test]
+fn tap_ports_in_namespaces_talk_through_the_switch_and_nobody_else() {
+    need_host!();
+    let mut net = Net::new("vh");
+    let d = Daemon::start("host-tap", &[]);
+    let (ta, tb, tc) = (net.name("a"), net.name("b"), net.name("c"));
+    for t in [&ta, &tb, &tc] {
+        ctl_ok(&d, &["-n", t]);
+        assert!(
+            if_exists(t),
+            "vale-ctl -n {t} makes an interface the OS sees"
+        );
+    }
+    ctl_ok(&d, &["-a", &format!("vale0:{ta}")]);
+    ctl_ok(&d, &["-a", &format!("vale0:{tb}")]);
+    ctl_ok(&d, &["-a", &format!("vale1:{tc}")]);
+    let (na, nb, nc) = (net.ns("A"), net.ns("B"), net.ns("C"));
+    net.place(&ta, &na, "10.199.0.1/24");
+    net.place(&tb, &nb, "10.199.0.2/24");
+    net.place(&tc, &nc, "10.199.0.3/24");
+
+    // ARP goes through the flood path, then unicast both ways.
+    assert!(net.ping(&na, "10.199.0.2", 3), "A pings B\n{}", d.log());
+    assert!(net.ping(&nb, "10.199.0.1", 3), "B pings A");
+    let fdb = ctl_ok(&d, &["fdb", "vale0"]);
+    for (ns, t) in [(&na, &ta), (&nb, &tb)] {
+        let mac = net.mac(ns, t);
+        assert!(
+            fdb.contains(&mac) && fdb.contains(&format!("vale0:{t}")),
+            "{mac} of {t} learned on vale0:{t}: {fdb}"
+        );
+    }
+    // vale1 is another switch.
+    assert!(
+        !net.ping(&nc, "10.199.0.1", 2),
+        "C on vale1 must not reach A on vale0"
+    );
+    let list = d.ctl_json(&["list"]);
+    let hosts = list["hosts"].as_array().expect("hosts in list");
+    assert_eq!(hosts.len(), 3, "{list}");
+    let a = hosts.iter().find(|h| h["name"] == ta.as_str()).unwrap();
+    assert_eq!(a["kind"], "tap");
+    assert_eq!(a["attached"], format!("vale0:{ta}").as_str());
+    assert!(a["counters"]["from_host"].as_u64().unwrap() >= 3);
+    assert!(a["counters"]["to_host"].as_u64().unwrap() >= 3);
+
+    // A TCP transfer (the kernel's own, through the switch), if iperf3 is installed.
+    if Command::new("iperf3").arg("-v").output().is_ok() {
+        let mut srv = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &nb,
+                "iperf3",
+                "-s",
+                "-1",
+                "-B",
+                "10.199.0.2",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let o = run(&[
+            "ip",
+            "netns",
+            "exec",
+            &na,
+            "iperf3",
+            "-c",
+            "10.199.0.2",
+            "-t",
+            "2",
+            "-J",
+        ]);
+        let _ = srv.kill();
+        let _ = srv.wait();
+        assert!(
+            o.status.success(),
+            "iperf3: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("iperf3 -J");
+        let bytes = v["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+        let bps = v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0);
+        eprintln!("iperf3 through vale0: {:.2} Gbit/s", bps / 1e9);
+        assert!(bytes > 1_000_000, "iperf3 moved {bytes} bytes");
+    } else {
+        eprintln!("SKIP (iperf3 part): iperf3 not installed (apt-get install iperf3)");
+    }
+
+    // The daemon's exit takes its TAP interfaces with it.
+    drop(d);
+    for (ns, t) in [(&na, &ta), (&nb, &tb), (&nc, &tc)] {
+        assert!(
+            !run(&["ip", "-n", ns, "link", "show", t]).status.success(),
+            "{t} gone with valed"
+        );
+    }
+}
+
+#[test]
+fn a_veth_attached_by_name_reaches_a_tap_port() {
+    need_host!();
+    let mut net = Net::new("vv");
+    let d = Daemon::start("host-veth", &[]);
+    let (veth, peer, tap) = (net.name("x"), net.name("y"), net.name("t"));
+    let _ = run(&["ip", "link", "del", &veth]);
+    ok(&[
+        "ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer,
+    ]);
+    net.links.push(veth.clone());
+    ok(&["ip", "link", "set", &veth, "up"]);
+    let (nd, ne) = (net.ns("D"), net.ns("E"));
+    net.place(&peer, &nd, "10.199.1.1/24");
+    ctl_ok(&d, &["-n", &tap]);
+    net.place(&tap, &ne, "10.199.1.2/24");
+    ctl_ok(&d, &["-a", &format!("vale2:{veth}")]);
+    ctl_ok(&d, &["-a", &format!("vale2:{tap}")]);
+    assert!(
+        net.ping(&nd, "10.199.1.2", 3),
+        "veth side pings the TAP side\n{}",
+        d.log()
+    );
+    assert!(net.ping(&ne, "10.199.1.1", 3), "and back");
+    let list = d.ctl_json(&["list"]);
+    let h = list["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == veth.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(h["kind"], "nic");
+
+    // Detach: the interface is given back untouched, the path is gone.
+    ctl_ok(&d, &["-d", &format!("vale2:{veth}")]);
+    assert!(if_exists(&veth), "{veth} still exists after -d");
+    assert!(!d.ports().contains(&format!("vale2:{veth}")));
+    assert!(!net.ping(&nd, "10.199.1.2", 2), "no path after detach");
+    // And it can come back.
+    ctl_ok(&d, &["-a", &format!("vale2:{veth}")]);
+    assert!(net.ping(&nd, "10.199.1.2", 3), "attached again");
+}
+
+#[test]
+fn host_port_commands_follow_netmaps_rules() {
+    need_host!();
+    let net = Net::new("ve");
+    let d = Daemon::start("host-err", &[]);
+    let t = net.name("p");
+    ctl_ok(&d, &["-n", &t]);
+    assert!(ctl_err(&d, &["-n", &t]).contains("already exists"));
+    assert!(ctl_err(&d, &["-n", "lo"]).contains("already exists"));
+    assert!(ctl_err(&d, &["-n", "vale9"]).contains("may not start with `vale`"));
+    assert!(ctl_err(&d, &["-n", "this-name-is-too-long"]).contains("1 to 15"));
+    assert!(ctl_err(&d, &["-a", "vale0:nosuchif0"]).contains("no interface nosuchif0"));
+    ctl_ok(&d, &["-a", &format!("vale0:{t}")]);
+    assert!(ctl_err(&d, &["-a", &format!("vale1:{t}")]).contains("already attached"));
+    assert!(ctl_err(&d, &["-r", &t]).contains("detach it first"));
+    // The switch port is valed's own: a client cannot open it.
+    let o = d
+        .cmd(PKT_GEN)
+        .args(["-i", &format!("vale0:{t}"), "-f", "rx", "-n", "1"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("served by valed"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // -a on a port name a client holds is refused too.
+    let _p = d.open("vale0:held");
+    assert!(ctl_err(&d, &["-a", "vale0:held"]).contains("no interface held"));
+    assert!(ctl_err(&d, &["-d", "vale0:held"]).contains("not an attached interface"));
+    assert!(ctl_err(&d, &["-h", "vale0:eth0"]).contains("persistent port"));
+    ctl_ok(&d, &["-d", &format!("vale0:{t}")]);
+    ctl_ok(&d, &["-r", &t]);
+    assert!(!if_exists(&t), "-r removes the interface");
+    assert!(ctl_err(&d, &["-r", &t]).contains("not a persistent port"));
+}
+
+#[test]
+fn detach_and_remove_while_traffic_flows() {
+    need_host!();
+    let mut net = Net::new("vf");
+    let mut d = Daemon::start("host-flow", &[]);
+    let (ta, tb) = (net.name("a"), net.name("b"));
+    ctl_ok(&d, &["-n", &ta]);
+    ctl_ok(&d, &["-n", &tb]);
+    ctl_ok(&d, &["-a", &format!("vale0:{ta}")]);
+    ctl_ok(&d, &["-a", &format!("vale0:{tb}")]);
+    let (na, nb) = (net.ns("A"), net.ns("B"));
+    net.place(&ta, &na, "10.199.2.1/24");
+    net.place(&tb, &nb, "10.199.2.2/24");
+    assert!(net.ping(&na, "10.199.2.2", 2));
+    // A flood ping, bounded in count and time, while the ports go away under it.
+    let mut flood = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &na,
+            "ping",
+            "-f",
+            "-c",
+            "200000",
+            "-w",
+            "4",
+            "10.199.2.2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    ctl_ok(&d, &["-d", &format!("vale0:{tb}")]);
+    ctl_ok(&d, &["-r", &tb]);
+    std::thread::sleep(Duration::from_millis(300));
+    ctl_ok(&d, &["-d", &format!("vale0:{ta}")]);
+    let _ = flood.wait();
+    assert!(d.alive(), "valed survives\n{}", d.log());
+    assert!(d.ports().is_empty(), "no ports left: {:?}", d.ports());
+    assert!(
+        !run(&["ip", "-n", &nb, "link", "show", &tb])
+            .status
+            .success()
+    );
+    // The remaining persistent port still works when attached again.
+    ctl_ok(&d, &["-a", &format!("vale3:{ta}")]);
+    assert!(d.ports().contains(&format!("vale3:{ta}")));
+}

@@ -1,0 +1,142 @@
+//! The few system calls rustix does not wrap: creating a TAP device and binding an
+//! AF_PACKET socket to an interface. Each `unsafe` block passes plain-old-data structs
+//! that live across the call.
+
+use rustix::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io;
+
+/// Interface names: what the kernel accepts (`dev_valid_name`), at most 15 bytes.
+pub fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(format!(
+            "interface name `{}` must be 1 to {} characters",
+            name.escape_default(),
+            libc::IFNAMSIZ - 1
+        ));
+    }
+    if name == "."
+        || name == ".."
+        || name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b <= b' ' || b >= 0x7f)
+    {
+        return Err(format!(
+            "interface name `{}` may not be . or .. nor contain '/', ':', spaces or control characters",
+            name.escape_default()
+        ));
+    }
+    Ok(())
+}
+
+/// The interface's index in the daemon's network namespace, if it exists.
+pub fn if_index(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+fn ifreq(name: &str, flags: libc::c_short) -> libc::ifreq {
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut r: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in r.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    r.ifr_ifru.ifru_flags = flags;
+    r
+}
+
+/// Creates TAP interface `name` (no packet-info header), non-blocking. The interface
+/// lives as long as the returned descriptor: it is not made persistent in the kernel,
+/// so it goes away with the daemon.
+pub fn tap_create(name: &str) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::open(
+        "/dev/net/tun",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let mut r = ifreq(name, (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short);
+    // TUNSETIFF refuses an existing interface of another kind; for an existing TAP it
+    // would attach to it, so the caller checks existence first.
+    // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which `r` is.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF as _, &mut r) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// An AF_PACKET socket bound to interface `ifindex`, receiving every frame that arrives
+/// on it (promiscuous, not the ones we send), non-blocking.
+pub fn packet_socket(ifindex: u32) -> io::Result<OwnedFd> {
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket(2); the result is checked and owned at once.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            proto as libc::c_int,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
+    let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sa.sll_family = libc::AF_PACKET as u16;
+    sa.sll_protocol = proto;
+    sa.sll_ifindex = ifindex as i32;
+    // SAFETY: `sa` is a sockaddr_ll of the length passed.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mreq = libc::packet_mreq {
+        mr_ifindex: ifindex as i32,
+        mr_type: libc::PACKET_MR_PROMISC as u16,
+        mr_alen: 0,
+        mr_address: [0; 8],
+    };
+    setsockopt(&fd, libc::PACKET_ADD_MEMBERSHIP, &mreq)?;
+    setsockopt(&fd, libc::PACKET_IGNORE_OUTGOING, &1i32)?;
+    Ok(fd)
+}
+
+fn setsockopt<T>(fd: &OwnedFd, opt: libc::c_int, v: &T) -> io::Result<()> {
+    // SAFETY: `v` points to a `T` of the size passed, alive for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            opt,
+            (v as *const T).cast(),
+            std::mem::size_of::<T>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_follow_the_kernel() {
+        assert!(check_ifname("vi0").is_ok());
+        assert!(check_ifname("a-b_c.d").is_ok());
+        for bad in ["", "0123456789abcdef", "a/b", "a:b", "a b", ".", ".."] {
+            assert!(check_ifname(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -27,6 +27,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("VALE_BENCH_BIN", os.path.join(ROOT, "target", "release"))
 MAC_B = "02:00:00:00:00:0b"
+VALED_ARGS = []  # --valed-args
 
 
 def log(*a):
@@ -73,7 +74,7 @@ class Valed:
     def __init__(self, procs, tmp, extra=()):
         self.sock = os.path.join(tmp, "valed.sock")
         self.env = dict(os.environ, VALE_SOCKET=self.sock)
-        self.p = procs.start([os.path.join(BIN, "valed"), "-q", "--socket", self.sock, *extra],
+        self.p = procs.start([os.path.join(BIN, "valed"), "-q", "--socket", self.sock, *VALED_ARGS, *extra],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(100):
             if os.path.exists(self.sock):
@@ -450,7 +451,9 @@ def main():
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--scaling", metavar="LIST", help="only the multi-thread scaling table, e.g. 1,2,4,8")
     ap.add_argument("--length", type=int, default=60, help="frame length for --scaling")
+    ap.add_argument("--valed-args", default="", help="extra flags for every valed started, e.g. '--buf-size 2112'")
     a = ap.parse_args()
+    VALED_ARGS.extend(a.valed_args.split())
     if a.smoke:
         a.runs, a.secs = 1, 1.0
     only = set(a.only.split(","))

@@ -53,6 +53,8 @@ pub enum EngineError {
     SwitchFull { limit: u16 },
     #[error("bridge_batch {0} is out of range; it must be between 1 and {MAX_BATCH}")]
     BadBatch(usize),
+    #[error("no port {0} to monitor")]
+    NoTarget(PortId),
 }
 
 /// "Kick this ring's client": it asked to be woken (`appl_need_kick`) and the switch
@@ -210,10 +212,24 @@ impl Scratch {
     }
 }
 
+/// A copy monitor (netmap's `vale0:a/t`, `/r`, `/rt`): its own port, whose RX ring
+/// receives a copy of every packet the target sends (`tx`) or is sent (`rx`). A slow
+/// reader only loses copies (counted as `ring_full` on the monitor port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Monitor {
+    port: PortId,
+    /// `None` once the target is gone.
+    target: Option<PortId>,
+    tx: bool,
+    rx: bool,
+}
+
 /// One switch: its ports, its lookup and its scratch space.
 pub struct Switch<L: Lookup = Box<dyn Lookup>> {
     ports: Vec<Option<Port>>,
     active: Vec<PortId>,
+    /// Monitor ports (netmap's `/t`, `/r`): in `ports`, never in `active`.
+    monitors: Vec<Monitor>,
     lookup: L,
     cfg: SwitchConfig,
     sc: Scratch,
@@ -230,6 +246,7 @@ impl<L: Lookup> Switch<L> {
         Ok(Switch {
             ports: (0..n).map(|_| None).collect(),
             active: Vec::new(),
+            monitors: Vec::new(),
             lookup,
             cfg,
             sc,
@@ -276,10 +293,52 @@ impl<L: Lookup> Switch<L> {
         Ok(id)
     }
 
-    /// Detaches a port: the lookup forgets it and its region is handed back.
+    /// Attaches a monitor of port `target`: a port whose RX ring gets a copy of what
+    /// `target` sends (`tx`) and/or receives (`rx`). It takes a port index but is never
+    /// a destination of forwarding, and its TX rings are not read.
+    pub fn attach_monitor(
+        &mut self,
+        name: impl Into<String>,
+        region: Region,
+        target: PortId,
+        tx: bool,
+        rx: bool,
+    ) -> Result<PortId, EngineError> {
+        if !self.active.contains(&target) {
+            return Err(EngineError::NoTarget(target));
+        }
+        let Some(i) = self.ports.iter().position(Option::is_none) else {
+            return Err(EngineError::SwitchFull {
+                limit: self.cfg.max_ports,
+            });
+        };
+        let id = PortId(i as u16);
+        self.ports[i] = Some(Port::new(name.into(), region));
+        self.monitors.push(Monitor {
+            port: id,
+            target: Some(target),
+            tx,
+            rx,
+        });
+        Ok(id)
+    }
+
+    /// Monitor ports: (monitor, target if still there).
+    pub fn monitors(&self) -> impl Iterator<Item = (PortId, Option<PortId>)> + '_ {
+        self.monitors.iter().map(|m| (m.port, m.target))
+    }
+
+    /// Detaches a port (or a monitor): the lookup forgets it, its monitors see nothing
+    /// more, and its region is handed back.
     pub fn detach(&mut self, id: PortId) -> Option<Port> {
         let port = self.ports.get_mut(id.0 as usize)?.take()?;
         self.active.retain(|p| *p != id);
+        self.monitors.retain(|m| m.port != id);
+        for m in &mut self.monitors {
+            if m.target == Some(id) {
+                m.target = None;
+            }
+        }
         self.lookup.port_detached(id);
         Some(port)
     }
@@ -341,6 +400,7 @@ impl<L: Lookup> Switch<L> {
         let Switch {
             ports,
             active,
+            monitors,
             lookup,
             cfg,
             sc,
@@ -457,6 +517,15 @@ impl<L: Lookup> Switch<L> {
         }
         st.tx_packets = st.forwarded + st.sender_drops();
 
+        // TX monitors of the sender: a copy of every valid packet of the batch.
+        if !monitors.is_empty() {
+            for m in monitors.iter().filter(|m| m.tx && m.target == Some(src)) {
+                if let Some(Some(mport)) = ports.get_mut(m.port.0 as usize) {
+                    deliver_seq(sc, bufs, ring, np, m.port, mport, notify);
+                }
+            }
+        }
+
         // Pass 2: per destination, its unicast queue merged with the flood queue.
         let flood = sc.flood;
         let n_uni = sc.dsts.len();
@@ -480,6 +549,26 @@ impl<L: Lookup> Switch<L> {
                 continue;
             };
             deliver(sc, bufs, ring, uq, flood, dst, dport, &mut st, notify);
+            // RX monitors of the destination: the same packets, in the same order.
+            if !monitors.is_empty() {
+                for m in monitors.iter().filter(|m| m.rx && m.target == Some(dst)) {
+                    if let Some(Some(mport)) = ports.get_mut(m.port.0 as usize) {
+                        // Copies to a monitor are not the sender's copies.
+                        let mut ignore = PortStats::default();
+                        deliver(
+                            sc,
+                            bufs,
+                            ring,
+                            uq,
+                            flood,
+                            m.port,
+                            mport,
+                            &mut ignore,
+                            notify,
+                        );
+                    }
+                }
+            }
         }
         for d in &sc.dsts {
             sc.queues[d.0 as usize] = EMPTY_Q;
@@ -629,6 +718,47 @@ fn copy_packet(
         k = next(k, n);
     }
     Ok(k)
+}
+
+/// A copy of the batch's first `np` valid packets, in order, to a monitor port.
+#[inline(never)]
+fn deliver_seq(
+    sc: &mut Scratch,
+    sbufs: Bufs<'_>,
+    src_ring: u16,
+    np: usize,
+    dst: PortId,
+    dport: &mut Port,
+    notify: &mut Vec<Notify>,
+) {
+    // Thread the batch onto one temporary queue: pass 1's links are restored after.
+    let saved: Vec<u32> = sc.pkts[..np].iter().map(|p| p.next).collect();
+    for i in 0..np {
+        sc.pkts[i].next = if i + 1 < np { (i + 1) as u32 } else { NIL };
+    }
+    let all = if np == 0 {
+        EMPTY_Q
+    } else {
+        Queue {
+            head: 0,
+            tail: (np - 1) as u32,
+        }
+    };
+    let mut ignore = PortStats::default();
+    deliver(
+        sc,
+        sbufs,
+        src_ring,
+        all,
+        EMPTY_Q,
+        dst,
+        dport,
+        &mut ignore,
+        notify,
+    );
+    for (p, n) in sc.pkts[..np].iter_mut().zip(saved) {
+        p.next = n;
+    }
 }
 
 /// Pass 2 for one destination.

@@ -81,6 +81,10 @@ pub enum RegistryError {
     NoSuchPort(String),
     #[error("no switch `{0}` exists")]
     NoSuchSwitch(String),
+    #[error(
+        "`{name}`: a monitor is PORT/t (what PORT sends), PORT/r (what it receives) or PORT/rt (both)"
+    )]
+    BadMonitor { name: String },
 }
 
 /// Identifies an open port: its switch slot and its index on that switch.
@@ -179,6 +183,9 @@ impl Registry {
         name: &str,
         geometry: Option<PortGeometry>,
     ) -> Result<PortKey, RegistryError> {
+        if let Some((target, flags)) = name.split_once('/') {
+            return self.open_monitor(name, target, flags, geometry);
+        }
         let pn = PortName::parse(name, self.limits.max_name_len)?;
         if let Some(si) = self.find_switch(pn.switch()) {
             if let Some(e) = self.switches[si].as_mut() {
@@ -205,6 +212,62 @@ impl Registry {
             self.switches[si] = None; // do not leave an empty switch behind
         }
         result
+    }
+
+    /// netmap's monitor names: `vale0:a/t`, `/r`, `/rt` (`/tr`). Every open makes a new
+    /// monitor of the open port `target`; it goes away with its last close.
+    fn open_monitor(
+        &mut self,
+        name: &str,
+        target: &str,
+        flags: &str,
+        geometry: Option<PortGeometry>,
+    ) -> Result<PortKey, RegistryError> {
+        let bad = || RegistryError::BadMonitor {
+            name: name.chars().flat_map(char::escape_default).collect(),
+        };
+        let (tx, rx) = (flags.contains('t'), flags.contains('r'));
+        if flags.is_empty() || flags.len() > 2 || flags.chars().any(|c| c != 't' && c != 'r') {
+            return Err(bad());
+        }
+        let pn = PortName::parse(target, self.limits.max_name_len)?;
+        let key = self
+            .find(pn.as_str())
+            .ok_or_else(|| RegistryError::NoSuchPort(pn.to_string()))?;
+        let g = geometry.unwrap_or(self.limits.default_geometry);
+        self.check_geometry(name, &g)?;
+        let max_ports = self.limits.max_ports as usize;
+        let entry = self.switches[key.switch]
+            .as_mut()
+            .ok_or_else(|| RegistryError::NoSuchSwitch(pn.switch().to_string()))?;
+        if entry.switch.len() + entry.switch.monitors().count() >= max_ports {
+            return Err(RegistryError::Engine {
+                port: name.to_string(),
+                source: EngineError::SwitchFull {
+                    limit: self.limits.max_ports,
+                },
+            });
+        }
+        let region = Region::create(name, g).map_err(|source| RegistryError::Region {
+            port: name.to_string(),
+            source,
+        })?;
+        let port = entry
+            .switch
+            .attach_monitor(name, region, key.port, tx, rx)
+            .map_err(|source| RegistryError::Engine {
+                port: name.to_string(),
+                source,
+            })?;
+        let i = port.0 as usize;
+        if entry.refs.len() <= i {
+            entry.refs.resize(i + 1, 0);
+        }
+        entry.refs[i] = 1;
+        Ok(PortKey {
+            switch: key.switch,
+            port,
+        })
     }
 
     fn add_port(
@@ -295,7 +358,8 @@ impl Registry {
             return Ok(false);
         }
         e.switch.detach(key.port);
-        if e.switch.is_empty() {
+        // A switch lives while it has ports or monitors (whose clients still hold keys).
+        if e.switch.is_empty() && e.switch.monitors().next().is_none() {
             self.switches[key.switch] = None;
         }
         Ok(true)

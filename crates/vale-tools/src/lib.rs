@@ -1,4 +1,6 @@
-//! Library side of the vale binaries: pkt-gen's frame builder, options and loops.
+//! Library side of the vale binaries: pkt-gen's frame builder, options and loops;
+//! vale-ctl's capture (monitor ports to pcap).
 #![forbid(unsafe_code)]
 
+pub mod capture;
 pub mod pktgen;

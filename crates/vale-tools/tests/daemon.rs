@@ -468,3 +468,138 @@ fn several_forwarding_threads_each_own_switches() {
         assert!(String::from_utf8_lossy(&o.stderr).contains(msg), "{bad}");
     }
 }
+
+/// Records of a classic pcap file: (orig_len, bytes).
+fn pcap_records(bytes: &[u8]) -> Vec<Vec<u8>> {
+    assert!(bytes.len() >= 24, "pcap header");
+    assert_eq!(&bytes[0..4], &[0xd4, 0xc3, 0xb2, 0xa1], "pcap magic");
+    let mut out = Vec::new();
+    let mut o = 24;
+    while o + 16 <= bytes.len() {
+        let incl = u32::from_le_bytes(bytes[o + 8..o + 12].try_into().unwrap()) as usize;
+        out.push(bytes[o + 16..o + 16 + incl].to_vec());
+        o += 16 + incl;
+    }
+    out
+}
+
+fn wait_port(d: &Daemon, name: &str) {
+    assert!(
+        wait_for(5.0, || d.ports().iter().any(|p| p == name)),
+        "{name} never appeared: {:?}",
+        d.ports()
+    );
+}
+
+#[test]
+fn capture_writes_pcap_of_what_a_port_sends_and_receives() {
+    let d = Daemon::start("capture", &[]);
+    let a = d.open("vale0:a");
+    let b = d.open("vale0:b");
+    let c = d.open("vale0:c");
+    // b announces itself, so a's frames to b are unicast and c sees none of them.
+    send(&b, &[frame(BCAST, B, 0)]);
+    drain(&a, 0.3);
+    drain(&c, 0.3);
+    let file = d.dir.join("b.pcap");
+    let cap = d
+        .cmd(VALE_CTL)
+        .args([
+            "capture",
+            "vale0:b",
+            "--dir",
+            "rx",
+            "-c",
+            "5",
+            "-w",
+            path_str(&file),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_port(&d, "vale0:b/r");
+    let frames: Vec<_> = (1..=5).map(|i| frame(B, A, i)).collect();
+    send(&a, &frames);
+    let out = cap.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("5 packets captured on vale0:b; 0 dropped"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(pcap_records(&std::fs::read(&file).unwrap()), frames);
+    assert_eq!(drain(&b, 1.0), frames, "b itself still gets every frame");
+    assert!(drain(&c, 0.2).is_empty());
+    // The monitor went away with its reader.
+    assert!(wait_for(2.0, || !d.ports().iter().any(|p| p.contains('/'))));
+
+    // tx side of a, as text lines on stdout.
+    let cap = d
+        .cmd(VALE_CTL)
+        .args(["capture", "vale0:a", "--dir", "tx", "-c", "2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_port(&d, "vale0:a/t");
+    send(&a, &[frame(B, A, 7), frame(BCAST, A, 8)]);
+    let out = cap.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.contains("02:00:00:00:00:0a > 02:00:00:00:00:0b, ethertype 0x88b5, length 60"),
+        "{text}"
+    );
+    assert!(text.contains("> ff:ff:ff:ff:ff:ff"), "{text}");
+
+    // Bad monitor names and missing ports are refused with clear words.
+    let o = d.ctl(&["capture", "vale0:nope", "-c", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no port `vale0:nope`"));
+    let o = d.ctl(&["capture", "vale0:a", "--dir", "sideways"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("use rx, tx or both"));
+}
+
+#[test]
+fn a_capture_that_falls_behind_drops_its_copies_not_the_switchs_frames() {
+    let d = Daemon::start("capture-slow", &[]);
+    let a = d.open("vale0:a");
+    let b = d.open("vale0:b");
+    // A monitor nobody reads (its ring fills up), opened through the library.
+    let _mon = d.open("vale0:b/r");
+    send(&b, &[frame(BCAST, B, 0)]);
+    drain(&a, 0.3);
+    let frames: Vec<_> = (1..=3000).map(|i| frame(B, A, i)).collect();
+    let mut got = Vec::new();
+    for chunk in frames.chunks(500) {
+        send(&a, chunk);
+        got.extend(drain(&b, 1.0));
+    }
+    assert_eq!(got, frames, "the port itself loses nothing");
+    let st = d.ctl_json(&["stats", "vale0:b/r"]);
+    let c = &st["ports"][0]["counters"];
+    assert_eq!(
+        c["rx_packets"].as_u64().unwrap(),
+        1023,
+        "ring of 1024 slots: {c}"
+    );
+    assert_eq!(
+        c["drops"]["ring_full"].as_u64().unwrap(),
+        3000 - 1023,
+        "{c}"
+    );
+    assert_eq!(d.counter("vale0:b", "ring_full"), 0);
+    let o = d.ctl(&["stats", "vale0:b/x"]);
+    assert_eq!(o.status.code(), Some(1));
+    let bad = vale::Port::open_with(
+        "vale0:b/x",
+        &vale::OpenOptions {
+            socket: Some(d.socket.clone()),
+            ..Default::default()
+        },
+    );
+    assert!(bad.unwrap_err().to_string().contains("a monitor is PORT/t"));
+}

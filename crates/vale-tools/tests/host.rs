@@ -382,3 +382,83 @@ fn detach_and_remove_while_traffic_flows() {
     ctl_ok(&d, &["-a", &format!("vale3:{ta}")]);
     assert!(d.ports().contains(&format!("vale3:{ta}")));
 }
+
+#[test]
+fn capture_of_a_host_port_reads_back_in_tcpdump() {
+    need_host!();
+    if Command::new("tcpdump").arg("--version").output().is_err() {
+        eprintln!("SKIP: tcpdump not installed (apt-get install tcpdump)");
+        return;
+    }
+    let mut net = Net::new("vc");
+    let d = Daemon::start("host-cap", &[]);
+    let (ta, tb) = (net.name("a"), net.name("b"));
+    for t in [&ta, &tb] {
+        ctl_ok(&d, &["-n", t]);
+        ctl_ok(&d, &["-a", &format!("vale0:{t}")]);
+    }
+    let (na, nb) = (net.ns("A"), net.ns("B"));
+    net.place(&ta, &na, "10.199.3.1/24");
+    net.place(&tb, &nb, "10.199.3.2/24");
+    assert!(net.ping(&na, "10.199.3.2", 1), "ARP resolved first");
+    let port = format!("vale0:{ta}");
+    let file = d.dir.join("ping.pcap");
+    let file_s = file.to_str().unwrap().to_string();
+    let cap = d
+        .cmd(VALE_CTL)
+        .args(["capture", &port, "-c", "4", "-w", &file_s])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(5.0, || d
+        .ports()
+        .iter()
+        .any(|p| p.ends_with("/rt"))));
+    assert!(net.ping(&na, "10.199.3.2", 2));
+    let out = cap.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let td = run(&["tcpdump", "-n", "-r", &file_s]);
+    let text = String::from_utf8_lossy(&td.stdout);
+    assert!(
+        text.contains("10.199.3.1 > 10.199.3.2: ICMP echo request"),
+        "tcpdump -r:\n{text}{}",
+        String::from_utf8_lossy(&td.stderr)
+    );
+    assert!(
+        text.contains("10.199.3.2 > 10.199.3.1: ICMP echo reply"),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 4, "{text}");
+
+    // Live into tcpdump through a pipe.
+    let sh = format!(
+        "'{}' capture {port} -w - -c 2 | tcpdump -n -r - 2>/dev/null",
+        VALE_CTL
+    );
+    let mut live = d
+        .cmd("sh")
+        .args(["-c", &sh])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(5.0, || d
+        .ports()
+        .iter()
+        .any(|p| p.ends_with("/rt"))));
+    assert!(net.ping(&na, "10.199.3.2", 1));
+    let t0 = std::time::Instant::now();
+    while live.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = live.kill();
+    let out = live.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ICMP echo request") && text.contains("ICMP echo reply"),
+        "{text}"
+    );
+}

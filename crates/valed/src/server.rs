@@ -709,7 +709,9 @@ impl Control {
     /// The lane that owns `name`'s switch, or the least loaded one for a new switch
     /// (after checking the daemon-wide switch limit).
     fn lane_for(&self, name: &str) -> Result<usize, Response> {
-        let pn = vale_switch::PortName::parse(name, self.settings.limits.max_name_len)
+        // A monitor (`vale0:a/t`) lives with the port it watches.
+        let base = name.split('/').next().unwrap_or(name);
+        let pn = vale_switch::PortName::parse(base, self.settings.limits.max_name_len)
             .map_err(|e| error(ErrorKind::BadName, e.to_string()))?;
         let mut total = 0;
         let mut best = (usize::MAX, 0);
@@ -752,6 +754,11 @@ impl Control {
                     ports: e
                         .switch
                         .ports()
+                        .chain(
+                            e.switch
+                                .monitors()
+                                .filter_map(|(m, _)| e.switch.port(m).map(|p| (m, p))),
+                        )
                         .map(|(pid, p)| PortSummary {
                             name: p.name().to_string(),
                             index: pid.0,
@@ -784,7 +791,11 @@ impl Control {
         for l in &self.lanes {
             let st = l.lock_ctl();
             for (_, e) in st.registry.switches_indexed() {
-                for (pid, p) in e.switch.ports() {
+                let monitors = e
+                    .switch
+                    .monitors()
+                    .filter_map(|(m, _)| e.switch.port(m).map(|p| (m, p)));
+                for (pid, p) in e.switch.ports().chain(monitors) {
                     if port.is_some_and(|n| n != p.name()) {
                         continue;
                     }
@@ -964,7 +975,7 @@ fn error(kind: ErrorKind, message: String) -> Response {
 
 fn kind_of(e: &RegistryError) -> ErrorKind {
     match e {
-        RegistryError::Name(_) => ErrorKind::BadName,
+        RegistryError::Name(_) | RegistryError::BadMonitor { .. } => ErrorKind::BadName,
         RegistryError::TooManySwitches { .. }
         | RegistryError::OverLimit { .. }
         | RegistryError::Engine { .. } => ErrorKind::Limit,

@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 use vale::proto::{Request, Response};
+use vale_tools::capture;
 
 /// Control the userspace VALE switch. Without a command (or with -l), lists ports the
 /// way netmap's vale-ctl does.
@@ -53,6 +57,24 @@ enum Cmd {
     Set { key: String, value: String },
     /// The daemon's settings
     Settings,
+    /// Watch a port (netmap's monitor ports PORT/t, /r): pcap for tcpdump, or a line
+    /// per frame. A slow reader never slows the switch: the monitor drops and counts.
+    Capture {
+        /// The port to watch, e.g. vale0:a
+        port: String,
+        /// What to see: rx (what the port receives), tx (what it sends), or both
+        #[arg(long, default_value = "both")]
+        dir: String,
+        /// Write pcap to FILE, or to stdout with `-` (`... -w - | tcpdump -nr -`)
+        #[arg(short = 'w', value_name = "FILE")]
+        file: Option<String>,
+        /// Stop after COUNT frames
+        #[arg(short = 'c', value_name = "COUNT", default_value_t = 0)]
+        count: u64,
+        /// Stop after SECS seconds
+        #[arg(long, value_name = "SECS")]
+        duration: Option<f64>,
+    },
 }
 
 fn call(args: &Args, req: &Request) -> Result<Response, String> {
@@ -216,6 +238,46 @@ fn run(args: &Args) -> Result<(), String> {
             )? {
                 println!("{message}");
             }
+        }
+        Cmd::Capture {
+            port,
+            dir,
+            file,
+            count,
+            duration,
+        } => {
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone())
+                    .map_err(|e| format!("signal handler: {e}"))?;
+            }
+            let o = capture::Options {
+                port: port.clone(),
+                dir: capture::Direction::parse(dir)?,
+                file: file.clone(),
+                count: *count,
+                duration: duration.map(Duration::from_secs_f64),
+                socket: args.socket.clone(),
+            };
+            let s = capture::run(&o, stop)?;
+            // The monitor's own counters: what its full ring made it miss.
+            let dropped = match call(
+                args,
+                &Request::Stats {
+                    port: Some(s.monitor.name().to_string()),
+                },
+            ) {
+                Ok(Response::Stats { ports }) => ports
+                    .iter()
+                    .find(|p| p.index == s.monitor.index())
+                    .and_then(|p| p.counters.drops.get("ring_full").copied()),
+                _ => None,
+            };
+            eprintln!(
+                "{} packets captured on {port}; {} dropped because the capture fell behind",
+                s.captured,
+                dropped.map_or("?".to_string(), |d| d.to_string())
+            );
         }
         Cmd::Settings => {
             let r = call(args, &Request::Settings)?;

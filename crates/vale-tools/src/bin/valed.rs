@@ -56,7 +56,7 @@ struct Args {
     /// Slots per ring of ports that ask for nothing else [default: 1024]
     #[arg(long)]
     slots: Option<u32>,
-    /// Buffer size of new ports, a multiple of 64 (larger for jumbo frames) [default: 2048]
+    /// Buffer size of new ports, a multiple of 64 (larger for jumbo frames; netmap's is 2048) [default: 2112]
     #[arg(long)]
     buf_size: Option<u32>,
     /// Entries of each switch's learning table [default: 8192]

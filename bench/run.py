@@ -6,6 +6,7 @@ and the ratios the performance issue asks for.
     bench/run.py                 # 3 runs per row, 3-second windows
     bench/run.py --smoke         # 1 run, 1-second windows: proves each row works (CI)
     bench/run.py --only ours,ceiling
+    (rows: ours, memif, bridge, host (TAP ports and iperf3), ceiling)
 
 Rows that cannot run (no dpdk-testpmd, not root) print SKIP with the reason. Every
 process this script starts is stopped by PID; namespaces it creates are removed even on
@@ -355,12 +356,69 @@ def bridge_rate(secs, length):
 
 
 def bridge_rtt(count):
-    out = sh("ip", "netns", "exec", "vbench_a", "ping", "-c", str(count), "-i", "0.002", "198.18.0.2",
-             check=False).stdout
+    return ping_rtt("vbench_a", "198.18.0.2", count)
+
+
+def iperf3(client_ns, server_ns, server_ip, secs):
+    """TCP Gbit/s of one iperf3 stream from client_ns to server_ns."""
+    srv = subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", server_ip],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        out = sh("ip", "netns", "exec", client_ns, "iperf3", "-c", server_ip, "-t", str(max(1, int(secs))), "-J",
+                 check=False).stdout
+        try:
+            return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
+        except (ValueError, KeyError):
+            return None
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+        srv.wait()
+
+
+def ping_rtt(ns, dst, count):
+    out = sh("ip", "netns", "exec", ns, "ping", "-c", str(count), "-i", "0.002", dst, check=False).stdout
     rtts = sorted(float(x) * 1000 for x in re.findall(r"time=([\d.]+) ms", out))
     if not rtts:
         return None, None
     return rtts[len(rtts) // 2], rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))]
+
+
+TAP_NS = ["vbtap_a", "vbtap_b"]
+
+
+def ours_tap(secs, count):
+    """Two namespaces, each with a TAP port of vale0 (vale-ctl -n / -a): iperf3 TCP
+    Gbit/s and ping RTT through the switch, the kernel on both ends."""
+    if os.geteuid() != 0:
+        return "SKIP: needs root for network namespaces and TAP devices"
+    if not shutil.which("iperf3"):
+        return "SKIP: iperf3 not installed (apt-get install iperf3)"
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="vale-bench-")
+    try:
+        v = Valed(procs, tmp)
+        for ns in TAP_NS:
+            sh("ip", "netns", "del", ns, check=False)
+        for side, ip in (("a", "198.19.0.1/24"), ("b", "198.19.0.2/24")):
+            tap, ns = f"vbtap{side}", f"vbtap_{side}"
+            for args in (["-n", tap], ["-a", f"vale0:{tap}"]):
+                subprocess.run([os.path.join(BIN, "vale-ctl"), *args], env=v.env, check=True, capture_output=True)
+            sh("ip", "netns", "add", ns)
+            sh("ip", "link", "set", tap, "netns", ns)
+            sh("ip", "-n", ns, "addr", "add", ip, "dev", tap)
+            sh("ip", "-n", ns, "link", "set", tap, "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        p50, p99 = ping_rtt("vbtap_a", "198.19.0.2", count)
+        return iperf3("vbtap_a", "vbtap_b", "198.19.0.2", secs), p50, p99
+    except subprocess.CalledProcessError as e:
+        return f"SKIP: {' '.join(e.cmd)} failed: {(e.stderr or '').strip()}"
+    finally:
+        procs.stop_all()
+        for ns in TAP_NS:
+            sh("ip", "netns", "del", ns, check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- ceiling
@@ -447,7 +505,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--secs", type=float, default=3.0)
     ap.add_argument("--smoke", action="store_true", help="1 run of 1 s per row; asserts no speed")
-    ap.add_argument("--only", default="ours,memif,bridge,ceiling")
+    ap.add_argument("--only", default="ours,memif,bridge,host,ceiling")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--scaling", metavar="LIST", help="only the multi-thread scaling table, e.g. 1,2,4,8")
     ap.add_argument("--length", type=int, default=60, help="frame length for --scaling")
@@ -494,10 +552,21 @@ def main():
                     p50, p99 = bridge_rtt(100 if a.smoke else 500)
                     add("Linux bridge: ping RTT us (p50 | p99)", 60, p50)
                     add("Linux bridge: ping RTT us (p50 | p99)", 1514, p99)
+                    if "host" in only and shutil.which("iperf3"):
+                        add("Linux bridge: iperf3 TCP over veth, Gbit/s", 60,
+                            iperf3("vbench_a", "vbench_b", "198.18.0.2", a.secs))
                 except subprocess.CalledProcessError as e:
                     notes.append(f"Linux bridge: SKIP: {' '.join(e.cmd)} failed: {e.stderr.strip()}")
                 finally:
                     bridge_down()
+        if "host" in only:
+            r = ours_tap(a.secs, 100 if a.smoke else 500)
+            if isinstance(r, str):
+                notes.append(f"ours, TAP ports: {r}")
+            else:
+                add("ours: iperf3 TCP between TAP ports, Gbit/s", 60, r[0])
+                add("ours: ping RTT between TAP ports us (p50 | p99)", 60, r[1])
+                add("ours: ping RTT between TAP ports us (p50 | p99)", 1514, r[2])
         if "ceiling" in only:
             for length in (60, 1514):
                 add("copy ceiling (SPSC, 1 copy), Mpps", length, ceiling(a.secs, length))
@@ -539,6 +608,12 @@ def main():
         r_ours = m(label, 60)
         if r_ours and r_br:
             ratios.append(f"RTT p50 / Linux bridge ping, {label.split(',', 1)[1].split('(')[0].strip()}: {r_ours / r_br:.2f}x")
+    t, b = m("ours: iperf3 TCP between TAP ports, Gbit/s", 60), m("Linux bridge: iperf3 TCP over veth, Gbit/s", 60)
+    if t and b:
+        ratios.append(f"iperf3 TCP, ours (TAP ports) / Linux bridge (veth): {t / b:.2f}x")
+    t = m("ours: ping RTT between TAP ports us (p50 | p99)", 60)
+    if t and r_br:
+        ratios.append(f"ping RTT p50, ours (TAP ports) / Linux bridge (veth): {t / r_br:.2f}x")
     for r in ratios:
         print(r)
     for n in notes:

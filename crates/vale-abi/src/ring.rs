@@ -133,6 +133,25 @@ impl Bufs<'_> {
         }
     }
 
+    /// 16 bytes at offset `off` of buffer `idx` as two little-endian words (a frame
+    /// behind a virtio-net header), or `None` for an invalid index or `off + 16 > 64`.
+    #[inline(always)]
+    pub fn header_at(&self, idx: u32, off: u16) -> Option<[u64; 2]> {
+        if off as usize + 16 > 64 {
+            return None;
+        }
+        let p = self.ptr(idx)?;
+        // SAFETY: `p` starts a buffer of at least 64 bytes and off + 16 <= 64.
+        let (a, b) = unsafe {
+            let q = p.add(off as usize);
+            (
+                core::ptr::read_unaligned(q.cast::<u64>()),
+                core::ptr::read_unaligned(q.add(8).cast::<u64>()),
+            )
+        };
+        Some([u64::from_le(a), u64::from_le(b)])
+    }
+
     /// The first 16 bytes of buffer `idx` as two little-endian words (bytes 0..8 and
     /// 8..16: the Ethernet header and 2 more), or `None` for an invalid index. Buffers
     /// are at least 64 bytes, so this never reads past one.

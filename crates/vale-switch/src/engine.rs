@@ -15,6 +15,7 @@
 //! before it is checked, and a bad ring only ever costs its own port.
 
 use crate::lookup::{Dest, Lookup, PacketInfo};
+use crate::offload::{self, VnetHdr};
 use crate::stats::{DropReason, PortStats};
 use crate::types::{PortId, Timestamp};
 use thiserror::Error;
@@ -53,8 +54,10 @@ pub enum EngineError {
     SwitchFull { limit: u16 },
     #[error("bridge_batch {0} is out of range; it must be between 1 and {MAX_BATCH}")]
     BadBatch(usize),
-    #[error("no port {0} to monitor")]
+    #[error("no port {0}")]
     NoTarget(PortId),
+    #[error("virtio-net header length {0} is not 0, 10 or 12")]
+    BadHdrLen(u16),
 }
 
 /// "Kick this ring's client": it asked to be woken (`appl_need_kick`) and the switch
@@ -94,6 +97,9 @@ pub struct Port {
     tx: Vec<TxKring>,
     rx: Vec<RxKring>,
     stats: PortStats,
+    /// Bytes of virtio-net header in front of each packet (0, 10 or 12; netmap's
+    /// `virt_hdr_len`).
+    hdr_len: u16,
 }
 
 impl Port {
@@ -117,6 +123,7 @@ impl Port {
             tx,
             rx,
             stats: PortStats::default(),
+            hdr_len: 0,
         }
     }
 
@@ -131,6 +138,10 @@ impl Port {
     }
     pub fn stats(&self) -> &PortStats {
         &self.stats
+    }
+    /// Bytes of virtio-net header in front of each packet.
+    pub fn hdr_len(&self) -> u16 {
+        self.hdr_len
     }
     /// Gives the region back (on detach).
     pub fn into_region(self) -> Region {
@@ -233,7 +244,16 @@ pub struct Switch<L: Lookup = Box<dyn Lookup>> {
     lookup: L,
     cfg: SwitchConfig,
     sc: Scratch,
+    conv: Conv,
     rr: usize,
+}
+
+/// Work space of the slow path between ports with different header lengths.
+#[derive(Default)]
+struct Conv {
+    pkt: Vec<u8>,
+    out: Vec<u8>,
+    work: Vec<u8>,
 }
 
 impl<L: Lookup> Switch<L> {
@@ -250,6 +270,7 @@ impl<L: Lookup> Switch<L> {
             lookup,
             cfg,
             sc,
+            conv: Conv::default(),
             rr: 0,
         })
     }
@@ -321,6 +342,22 @@ impl<L: Lookup> Switch<L> {
             rx,
         });
         Ok(id)
+    }
+
+    /// Sets how many bytes of virtio-net header port `id`'s packets carry (0, 10 or 12,
+    /// netmap's `NETMAP_REQ_PORT_HDR_SET`). Packets between ports that disagree are
+    /// converted: headers resized, or offloads finished in software (see `offload`).
+    pub fn set_hdr_len(&mut self, id: PortId, len: u16) -> Result<(), EngineError> {
+        if !crate::offload::HDR_LENS.contains(&len) {
+            return Err(EngineError::BadHdrLen(len));
+        }
+        match self.ports.get_mut(id.0 as usize) {
+            Some(Some(p)) => {
+                p.hdr_len = len;
+                Ok(())
+            }
+            _ => Err(EngineError::NoTarget(id)),
+        }
     }
 
     /// Monitor ports: (monitor, target if still there).
@@ -404,6 +441,7 @@ impl<L: Lookup> Switch<L> {
             lookup,
             cfg,
             sc,
+            conv,
             ..
         } = self;
         let Some(Some(port)) = ports.get_mut(src.0 as usize) else {
@@ -427,6 +465,7 @@ impl<L: Lookup> Switch<L> {
         if pending == 0 {
             return 0;
         }
+        let src_hl = port.hdr_len;
 
         // Pass 0: read every slot once, validate it, copy the header out. Invalid
         // packets are counted here and go no further.
@@ -444,12 +483,16 @@ impl<L: Lookup> Switch<L> {
             j = next(j, n);
             pending -= 1;
             // `header` validates the buffer index; INDIRECT is checked below.
-            let hdr = bufs.header(s.buf_idx);
+            let hdr = if src_hl == 0 {
+                bufs.header(s.buf_idx)
+            } else {
+                bufs.header_at(s.buf_idx, src_hl)
+            };
             let mut verdict = if s.flags & NS_INDIRECT != 0 || hdr.is_none() {
                 Some(DropReason::BadBuf)
             } else if s.len as u32 > buf_size {
                 Some(DropReason::BadLen)
-            } else if s.len < ETH_HLEN {
+            } else if s.len < ETH_HLEN + src_hl {
                 Some(DropReason::Runt)
             } else {
                 None
@@ -521,7 +564,7 @@ impl<L: Lookup> Switch<L> {
         if !monitors.is_empty() {
             for m in monitors.iter().filter(|m| m.tx && m.target == Some(src)) {
                 if let Some(Some(mport)) = ports.get_mut(m.port.0 as usize) {
-                    deliver_seq(sc, bufs, ring, np, m.port, mport, notify);
+                    deliver_seq(sc, conv, src_hl, bufs, ring, np, m.port, mport, notify);
                 }
             }
         }
@@ -548,7 +591,7 @@ impl<L: Lookup> Switch<L> {
             let Some(Some(dport)) = ports.get_mut(dst.0 as usize) else {
                 continue;
             };
-            deliver(sc, bufs, ring, uq, flood, dst, dport, &mut st, notify);
+            deliver(sc, conv, src_hl, bufs, ring, uq, flood, dst, dport, &mut st, notify);
             // RX monitors of the destination: the same packets, in the same order.
             if !monitors.is_empty() {
                 for m in monitors.iter().filter(|m| m.rx && m.target == Some(dst)) {
@@ -557,6 +600,8 @@ impl<L: Lookup> Switch<L> {
                         let mut ignore = PortStats::default();
                         deliver(
                             sc,
+                            conv,
+                            src_hl,
                             bufs,
                             ring,
                             uq,
@@ -722,8 +767,11 @@ fn copy_packet(
 
 /// A copy of the batch's first `np` valid packets, in order, to a monitor port.
 #[inline(never)]
+#[allow(clippy::too_many_arguments)]
 fn deliver_seq(
     sc: &mut Scratch,
+    conv: &mut Conv,
+    src_hl: u16,
     sbufs: Bufs<'_>,
     src_ring: u16,
     np: usize,
@@ -747,6 +795,8 @@ fn deliver_seq(
     let mut ignore = PortStats::default();
     deliver(
         sc,
+        conv,
+        src_hl,
         sbufs,
         src_ring,
         all,
@@ -761,11 +811,108 @@ fn deliver_seq(
     }
 }
 
+/// The slow path between ports whose virtio-net header lengths differ: gathers the
+/// packet, then resizes its header (both have one) or finishes its offloads in software
+/// (only the source has one: TCP segmentation, checksums) or prepends an empty header
+/// (only the destination has one). Returns the frames and bytes written.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn convert(
+    sc: &Scratch,
+    conv: &mut Conv,
+    p: &Pkt,
+    src_hl: u16,
+    dst_hl: u16,
+    sbufs: Bufs<'_>,
+    dslots: Slots<'_>,
+    dbufs: Bufs<'_>,
+    t: &mut u32,
+    space: &mut u32,
+) -> Result<(u64, u64), DropReason> {
+    let Conv { pkt, out, work } = conv;
+    pkt.clear();
+    let rest = sc
+        .frags
+        .get(p.more as usize..p.more as usize + p.nfrags as usize - 1)
+        .unwrap_or(&[]);
+    let first = Frag {
+        buf_idx: p.buf_idx,
+        len: p.len,
+    };
+    for f in std::iter::once(&first).chain(rest) {
+        let start = pkt.len();
+        pkt.resize(start + f.len as usize, 0);
+        if !sbufs.read(f.buf_idx, &mut pkt[start..]) {
+            return Err(DropReason::BadBuf);
+        }
+    }
+    let hl = (src_hl as usize).min(pkt.len());
+    let (h, frame) = pkt.split_at(hl);
+    let vh = VnetHdr::parse(h);
+    if dst_hl > 0 {
+        out.clear();
+        vh.write(out, dst_hl);
+        out.extend_from_slice(frame);
+        put_bytes(out, dslots, dbufs, t, space)?;
+        return Ok((1, out.len() as u64));
+    }
+    let (mut frames, mut nbytes, mut err) = (0u64, 0u64, None);
+    offload::resolve(&vh, frame, work, |f| {
+        match put_bytes(f, dslots, dbufs, t, space) {
+            Ok(()) => {
+                frames += 1;
+                nbytes += f.len() as u64;
+            }
+            Err(r) => err = Some(r),
+        }
+    })
+    .map_err(|_| DropReason::BadOffload)?;
+    match err {
+        Some(r) if frames == 0 => Err(r),
+        _ => Ok((frames, nbytes)),
+    }
+}
+
+/// Writes one packet's bytes into the destination slots at `t` (several slots with
+/// `NS_MOREFRAG` if it is larger than a buffer), advancing `t` and `space`.
+fn put_bytes(
+    bytes: &[u8],
+    dslots: Slots<'_>,
+    dbufs: Bufs<'_>,
+    t: &mut u32,
+    space: &mut u32,
+) -> Result<(), DropReason> {
+    let bs = dbufs.buf_size() as usize;
+    let nfr = bytes.len().div_ceil(bs).max(1);
+    if nfr > MAX_FRAGS {
+        return Err(DropReason::Oversize);
+    }
+    if nfr as u32 > *space {
+        return Err(DropReason::RingFull);
+    }
+    let n = dslots.len();
+    let cnt = (nfr as u16) << NS_RFRAGS_SHIFT;
+    let mut k = *t;
+    for (x, chunk) in bytes.chunks(bs).enumerate() {
+        if !dbufs.write(dslots.buf_idx(k), chunk) {
+            return Err(DropReason::BadRxBuf);
+        }
+        let more = if x + 1 < nfr { NS_MOREFRAG } else { 0 };
+        dslots.write_len_flags(k, chunk.len() as u16, cnt | more);
+        k = next(k, n);
+    }
+    *t = k;
+    *space -= nfr as u32;
+    Ok(())
+}
+
 /// Pass 2 for one destination.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn deliver(
     sc: &Scratch,
+    conv: &mut Conv,
+    src_hl: u16,
     sbufs: Bufs<'_>,
     src_ring: u16,
     uq: Queue,
@@ -780,6 +927,7 @@ fn deliver(
         return;
     }
     let rr = (src_ring as usize % nrx) as u16;
+    let dst_hl = dport.hdr_len;
     let rk = &mut dport.rx[rr as usize];
     let ds = &mut dport.stats;
     let n = rk.view.num_slots();
@@ -814,6 +962,21 @@ fn deliver(
         };
         let p = &sc.pkts[pi as usize];
         copies += 1;
+        if dst_hl != src_hl {
+            match convert(
+                sc, conv, p, src_hl, dst_hl, sbufs, dslots, dbufs, &mut t, &mut space,
+            ) {
+                Ok((frames, nbytes)) => {
+                    delivered += frames;
+                    bytes += nbytes;
+                }
+                Err(r) => {
+                    ds.drops[r as usize] += 1;
+                    dropped += 1;
+                }
+            }
+            continue;
+        }
         if p.nfrags as u32 > space {
             ds.drops[DropReason::RingFull as usize] += 1;
             dropped += 1;

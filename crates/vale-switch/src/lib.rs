@@ -15,6 +15,7 @@ mod engine;
 pub mod fdb;
 pub mod lookup;
 pub mod name;
+pub mod offload;
 pub mod registry;
 pub mod stats;
 mod types;

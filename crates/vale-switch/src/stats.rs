@@ -4,7 +4,7 @@
 //!
 //! and every destination copy of a forwarded frame is either delivered (counted in the
 //! destination's `rx_packets`) or dropped (counted in the destination's `ring_full` /
-//! `oversize` / `bad_rx_buf` and in the sender's `copies_dropped`):
+//! `oversize` / `bad_rx_buf` / `bad_offload` and in the sender's `copies_dropped`):
 //!
 //! `copies = copies_delivered + copies_dropped`.
 
@@ -31,10 +31,14 @@ pub enum DropReason {
     Oversize = 6,
     /// Counted on the destination: its own RX slot named an invalid buffer.
     BadRxBuf = 7,
+    /// Counted on the destination: a packet from a port with a virtio-net header asked
+    /// for offloads the switch could not finish for this port (malformed headers, an
+    /// unsupported segmentation type, checksum offsets outside the frame).
+    BadOffload = 8,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::RingFull,
         DropReason::Runt,
         DropReason::BadBuf,
@@ -43,6 +47,7 @@ impl DropReason {
         DropReason::NoDest,
         DropReason::Oversize,
         DropReason::BadRxBuf,
+        DropReason::BadOffload,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,6 +60,7 @@ impl DropReason {
             DropReason::NoDest => "no_dest",
             DropReason::Oversize => "oversize",
             DropReason::BadRxBuf => "bad_rx_buf",
+            DropReason::BadOffload => "bad_offload",
         }
     }
 
@@ -62,7 +68,10 @@ impl DropReason {
     pub fn on_sender(self) -> bool {
         !matches!(
             self,
-            DropReason::RingFull | DropReason::Oversize | DropReason::BadRxBuf
+            DropReason::RingFull
+                | DropReason::Oversize
+                | DropReason::BadRxBuf
+                | DropReason::BadOffload
         )
     }
 }
@@ -83,7 +92,7 @@ pub struct PortStats {
     /// Of `copies`, those a destination dropped.
     pub copies_dropped: u64,
     /// Drops by [`DropReason`], indexed by `reason as usize`.
-    pub drops: [u64; 8],
+    pub drops: [u64; 9],
     /// Times a ring of this port was reset because the client broke the ring protocol.
     pub ring_resets: u64,
 }

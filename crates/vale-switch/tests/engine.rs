@@ -441,3 +441,108 @@ fn unicast_to_a_host_on_the_sending_port_is_dropped_not_reflected() {
     let s = sw.port(PortId(0)).unwrap().stats();
     assert_eq!(s.drop_count(DropReason::NoDest), 1);
 }
+
+/// Ethernet + IPv4 + TCP with `payload` bytes, checksums correct.
+fn tcp4(dst: MacAddr, src: MacAddr, payload: usize) -> Vec<u8> {
+    let mut f = vec![0u8; 54 + payload];
+    f[..6].copy_from_slice(&dst.octets());
+    f[6..12].copy_from_slice(&src.octets());
+    f[12] = 0x08;
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&((40 + payload) as u16).to_be_bytes());
+    f[22] = 64;
+    f[23] = 6;
+    f[26..30].copy_from_slice(&[10, 0, 0, 1]);
+    f[30..34].copy_from_slice(&[10, 0, 0, 2]);
+    f[38..42].copy_from_slice(&7u32.to_be_bytes());
+    f[46] = 5 << 4;
+    f[47] = 0x18;
+    for (i, b) in f[54..].iter_mut().enumerate() {
+        *b = (i * 7) as u8;
+    }
+    f
+}
+
+fn vnet(h: offload::VnetHdr, len: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    h.write(&mut v, len);
+    v
+}
+
+#[test]
+fn virtio_net_headers_are_resized_stripped_or_finished_in_software() {
+    let (mut sw, ids, c) = bridge(4, 256);
+    // a: header 12 (a TAP with offloads), b: header 12, d: header 10, e: none.
+    sw.set_hdr_len(ids[0], 12).unwrap();
+    sw.set_hdr_len(ids[1], 12).unwrap();
+    sw.set_hdr_len(ids[2], 10).unwrap();
+    assert!(sw.set_hdr_len(ids[3], 11).is_err());
+    let (a, b, d, e) = (&c[0], &c[1], &c[2], &c[3]);
+    let big = tcp4(MacAddr::BROADCAST, mac(1), 4000);
+    let gso = offload::VnetHdr {
+        flags: offload::F_NEEDS_CSUM,
+        gso_type: offload::GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+    };
+    let mut pkt = vnet(gso, 12);
+    pkt.extend_from_slice(&big);
+    assert!(a.queue(&pkt, 3)); // 4066 bytes over three slots
+    a.txsync();
+    drain(&mut sw, t(0));
+    // b has the same header: the super-frame crosses whole, header and all.
+    assert_eq!(b.recv_frames(), vec![pkt.clone()]);
+    // d has a 10-byte header: the same offload request, resized.
+    let mut want_d = vnet(gso, 10);
+    want_d.extend_from_slice(&big);
+    assert_eq!(d.recv_frames(), vec![want_d]);
+    // e has none: three MSS-sized segments with their own headers and checksums.
+    let segs = e.recv_frames();
+    assert_eq!(segs.len(), 3);
+    let mut data = Vec::new();
+    for s in &segs {
+        assert_eq!(offload::checksum(&s[14..34]), 0, "IPv4 header checksum");
+        assert!(s.len() <= 54 + 1448);
+        data.extend_from_slice(&s[54..]);
+    }
+    assert_eq!(data, big[54..].to_vec());
+    assert_eq!(sw.port(ids[3]).unwrap().stats().rx_packets, 3);
+
+    // From a port without a header: receivers with one get an empty header first.
+    let plain = frame(MacAddr::BROADCAST, mac(4), 9, 60);
+    assert_eq!(e.send(&[plain.clone()]), 1);
+    drain(&mut sw, t(0));
+    let mut want = vec![0u8; 10];
+    want.extend_from_slice(&1u16.to_le_bytes());
+    want.extend_from_slice(&plain);
+    assert_eq!(a.recv_frames(), vec![want.clone()]);
+    assert_eq!(b.recv_frames(), vec![want]);
+    let mut want10 = vec![0u8; 10];
+    want10.extend_from_slice(&plain);
+    assert_eq!(d.recv_frames(), vec![want10]);
+
+    // Offloads the switch cannot finish are dropped and counted on the destination.
+    let mut bad = vnet(
+        offload::VnetHdr {
+            gso_type: offload::GSO_UDP,
+            gso_size: 100,
+            ..Default::default()
+        },
+        12,
+    );
+    bad.extend_from_slice(&tcp4(MacAddr::BROADCAST, mac(1), 300));
+    assert!(a.queue(&bad, 1));
+    a.txsync();
+    drain(&mut sw, t(0));
+    assert!(e.recv_frames().is_empty());
+    assert_eq!(d.recv_frames().len(), 1, "header ports take it as it is");
+    assert_eq!(
+        sw.port(ids[3]).unwrap().stats().drop_count(DropReason::BadOffload),
+        1
+    );
+    // Learning used the frame behind the header.
+    let fdb = sw.lookup().fdb_dump(t(0)).unwrap_or_default();
+    assert!(fdb.iter().any(|r| r.mac == mac(1) && r.port == ids[0]), "{fdb:?}");
+}

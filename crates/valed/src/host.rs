@@ -13,8 +13,9 @@ use std::time::Duration;
 use vale::{Interest, Port};
 use vale_switch::PortKey;
 
-/// Largest frame a host port reads: a 64 KiB IP packet plus its Ethernet header.
-pub const MAX_FRAME: usize = 65536 + 64;
+/// Largest frame a host port reads: a 64 KiB IP packet with its Ethernet and
+/// virtio-net headers.
+pub const MAX_FRAME: usize = 65536 + 256;
 /// Frames moved each way per wake-up before looking at the other direction.
 const BURST: usize = 256;
 

@@ -44,6 +44,8 @@ struct Conn {
 }
 
 const LISTENER: u64 = u64::MAX;
+/// Slots per ring of a host port (bounded by `--max-slots`).
+const HOST_SLOTS: u32 = 4096;
 
 /// Callback the binary gives to change log verbosity at run time.
 pub type SetVerbosity = Box<dyn Fn(u8) + Send>;
@@ -612,7 +614,16 @@ impl Control {
             Ok(d) => d,
             Err(e) => return error(ErrorKind::Internal, e),
         };
-        let g = self.settings.limits.default_geometry;
+        // Host ports move 64 KiB super-frames (32 slots each): give them deep rings.
+        let l = &self.settings.limits;
+        let slots = l.max_slots.min(HOST_SLOTS).max(l.default_geometry.tx_slots);
+        let g = PortGeometry {
+            tx_rings: 1,
+            rx_rings: 1,
+            tx_slots: slots,
+            rx_slots: slots,
+            ..l.default_geometry
+        };
         let a = match self.acquire(port, g) {
             Ok(a) => a,
             Err(e) => return e,
@@ -627,6 +638,22 @@ impl Control {
             self.release(a.lane, a.key);
             return error(ErrorKind::Internal, "unexpected open result".into());
         };
+        // The interface's frames carry a virtio-net header: tell the switch.
+        let hdr = match kind {
+            Kind::Tap => sys::TAP_VNET_HDR,
+            Kind::Nic => sys::PACKET_VNET_HDR_LEN,
+        };
+        {
+            let shared = self.lanes[a.lane].clone();
+            let mut st = shared.lock_ctl();
+            if let Some(e) = st.registry.entry_mut(a.key) {
+                if let Err(e) = e.switch.set_hdr_len(a.key.port, hdr) {
+                    drop(st);
+                    self.release(a.lane, a.key);
+                    return error(ErrorKind::Internal, e.to_string());
+                }
+            }
+        }
         let counters = self
             .hosts
             .get(&ifname)

@@ -591,7 +591,9 @@ impl<L: Lookup> Switch<L> {
             let Some(Some(dport)) = ports.get_mut(dst.0 as usize) else {
                 continue;
             };
-            deliver(sc, conv, src_hl, bufs, ring, uq, flood, dst, dport, &mut st, notify);
+            deliver(
+                sc, conv, src_hl, bufs, ring, uq, flood, dst, dport, &mut st, notify,
+            );
             // RX monitors of the destination: the same packets, in the same order.
             if !monitors.is_empty() {
                 for m in monitors.iter().filter(|m| m.rx && m.target == Some(dst)) {

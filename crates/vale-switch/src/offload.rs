@@ -56,7 +56,12 @@ impl VnetHdr {
     pub fn write(&self, out: &mut Vec<u8>, len: u16) {
         out.push(self.flags);
         out.push(self.gso_type);
-        for v in [self.hdr_len, self.gso_size, self.csum_start, self.csum_offset] {
+        for v in [
+            self.hdr_len,
+            self.gso_size,
+            self.csum_start,
+            self.csum_offset,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         if len >= 12 {

@@ -512,7 +512,7 @@ fn virtio_net_headers_are_resized_stripped_or_finished_in_software() {
 
     // From a port without a header: receivers with one get an empty header first.
     let plain = frame(MacAddr::BROADCAST, mac(4), 9, 60);
-    assert_eq!(e.send(&[plain.clone()]), 1);
+    assert_eq!(e.send(std::slice::from_ref(&plain)), 1);
     drain(&mut sw, t(0));
     let mut want = vec![0u8; 10];
     want.extend_from_slice(&1u16.to_le_bytes());
@@ -539,10 +539,16 @@ fn virtio_net_headers_are_resized_stripped_or_finished_in_software() {
     assert!(e.recv_frames().is_empty());
     assert_eq!(d.recv_frames().len(), 1, "header ports take it as it is");
     assert_eq!(
-        sw.port(ids[3]).unwrap().stats().drop_count(DropReason::BadOffload),
+        sw.port(ids[3])
+            .unwrap()
+            .stats()
+            .drop_count(DropReason::BadOffload),
         1
     );
     // Learning used the frame behind the header.
     let fdb = sw.lookup().fdb_dump(t(0)).unwrap_or_default();
-    assert!(fdb.iter().any(|r| r.mac == mac(1) && r.port == ids[0]), "{fdb:?}");
+    assert!(
+        fdb.iter().any(|r| r.mac == mac(1) && r.port == ids[0]),
+        "{fdb:?}"
+    );
 }

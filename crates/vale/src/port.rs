@@ -199,8 +199,8 @@ impl Port {
         )
     }
 
-    /// A port from the pieces an open hands out: for a daemon that serves a port to
-    /// itself (valed's host ports), or a client that got them another way. `conn`
+    /// A port from the pieces an open hands out (for a client that got them another
+    /// way, e.g. handed over by a parent process). `conn`
     /// stands for the daemon: when it hangs up (or becomes readable), [`Port::poll`]
     /// returns [`Error::Disconnected`].
     #[allow(clippy::too_many_arguments)]
@@ -298,18 +298,6 @@ impl Port {
     /// delivers (RX) or frees slots (TX), or until `timeout`. Returns whether something
     /// is ready. An error says the daemon went away.
     pub fn poll(&self, want: Interest, timeout: Option<Duration>) -> Result<bool, Error> {
-        self.poll_with(want, &[], timeout)
-    }
-
-    /// [`Port::poll`] that also waits for input on other descriptors (a socket, a TAP
-    /// device): it returns as soon as the rings are ready or one of `extra` is readable.
-    /// Returns whether the rings are ready.
-    pub fn poll_with(
-        &self,
-        want: Interest,
-        extra: &[rustix::fd::BorrowedFd<'_>],
-        timeout: Option<Duration>,
-    ) -> Result<bool, Error> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             self.txsync()?;
@@ -330,24 +318,13 @@ impl Port {
             self.rxsync()?;
             let ready = self.ready(want);
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let mut other = false;
             if !ready && left != Some(Duration::ZERO) {
                 let mut fds = [
                     PollFd::new(&self.notify, PollFlags::IN),
                     PollFd::new(&self.conn, PollFlags::IN),
                 ];
                 let ts = left.map(timespec);
-                let mut all: Vec<PollFd<'_>> = Vec::with_capacity(2 + extra.len());
-                all.extend(fds.iter().cloned());
-                all.extend(
-                    extra
-                        .iter()
-                        .map(|f| PollFd::from_borrowed_fd(*f, PollFlags::IN)),
-                );
-                let r = rustix::event::poll(&mut all, ts.as_ref());
-                other = all[2..].iter().any(|f| !f.revents().is_empty());
-                fds[1] = all[1].clone();
-                match r {
+                match rustix::event::poll(&mut fds, ts.as_ref()) {
                     Ok(_) | Err(rustix::io::Errno::INTR) => {}
                     Err(e) => return Err(Error::Io("poll", e.into())),
                 }
@@ -368,11 +345,6 @@ impl Port {
             }
             if ready {
                 return Ok(true);
-            }
-            if other {
-                self.txsync()?;
-                self.rxsync()?;
-                return Ok(self.ready(want));
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 self.rxsync()?;

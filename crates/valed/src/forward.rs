@@ -10,8 +10,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use vale_switch::Notify;
 
-/// Epoll data of the wake eventfd; kick fds carry `1 + switch << 16 | port`.
+/// Epoll data of the wake eventfd; kick fds carry `1 + switch << 16 | port`, host-port
+/// devices the same with `HOST` set.
 pub const WAKE: u64 = 0;
+pub const HOST: u64 = 1 << 63;
 
 pub fn key_data(k: vale_switch::PortKey) -> u64 {
     1 + ((k.switch as u64) << 16 | k.port.0 as u64)
@@ -30,6 +32,11 @@ pub fn run(shared: Arc<Shared>, busy_poll: Duration) {
             let mut moved = 0;
             wake_fds.clear();
             let st = &mut *st;
+            // Host ports: what their interfaces have goes into their TX rings first,
+            // so it crosses the switch in this pass.
+            for h in st.hosts.values_mut() {
+                moved += h.pull();
+            }
             for (si, e) in st.registry.switches_indexed_mut() {
                 moved += e.switch.forward(now, &mut notes);
                 for n in notes.drain(..) {
@@ -41,6 +48,10 @@ pub fn run(shared: Arc<Shared>, busy_poll: Duration) {
                         let _ = rustix::io::write(&f.notify, &1u64.to_ne_bytes());
                     }
                 }
+            }
+            // ...and what the switch delivered to them goes out to their interfaces.
+            for h in st.hosts.values_mut() {
+                moved += h.push();
             }
             moved
         };
@@ -89,6 +100,8 @@ pub fn run(shared: Arc<Shared>, busy_poll: Duration) {
                 let d = ev.data.u64();
                 if d == WAKE {
                     let _ = rustix::io::read(&shared.wake, &mut b);
+                } else if d & HOST != 0 {
+                    // A host port's interface has frames: the next pass reads them.
                 } else {
                     wake_fds.push(d);
                 }

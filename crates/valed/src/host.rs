@@ -1,23 +1,25 @@
 //! Host ports: the Linux host on a switch. A host port is a TAP interface valed creates
 //! (netmap's persistent port, `vale-ctl -n vi0`) or an existing interface attached by
 //! name through an AF_PACKET socket (`vale-ctl -a vale0:eth0`). Attached, it is an
-//! ordinary port of the switch whose client is a thread of valed: the thread moves
-//! frames between the interface's descriptor and the port's rings with the same client
-//! API any application uses, so the forwarding engine treats it like every other port.
+//! ordinary port of the switch whose "client" is the switch's own forwarding thread:
+//! each pass it reads what the interface has into the port's TX ring (the application
+//! side of the ring protocol, the same `AppRing` any client uses), forwards, and writes
+//! what the switch delivered to the port's RX ring out to the interface. No thread
+//! hand-offs and no wake-ups between the interface and the switch: a frame from the host
+//! crosses the switch in the pass that read it.
 
-use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread::JoinHandle;
-use std::time::Duration;
-use vale::{Interest, Port};
+use vale_abi::AppRing;
+use vale_abi::layout::{NS_MOREFRAG, NetmapSlot};
 use vale_switch::PortKey;
 
 /// Largest frame a host port reads: a 64 KiB IP packet with its Ethernet and
 /// virtio-net headers.
 pub const MAX_FRAME: usize = 65536 + 256;
-/// Frames moved each way per wake-up before looking at the other direction.
-const BURST: usize = 256;
+/// Frames moved each way per host port per pass.
+const BURST: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -62,141 +64,133 @@ impl Counters {
     }
 }
 
-/// One host port.
+/// One host port, as the control thread knows it.
 pub struct Host {
     pub kind: Kind,
     /// TAP: the device (the interface exists while valed holds it).
     pub tap: Option<OwnedFd>,
-    pub attached: Option<Attachment>,
+    /// Where it is attached: `(valeX:NAME, lane, key)`.
+    pub attached: Option<(String, usize, PortKey)>,
     pub counters: Arc<Counters>,
 }
 
-/// A host port on a switch: its switch port and the thread that serves it.
-pub struct Attachment {
-    /// `valeX:NAME`.
-    pub port: String,
-    pub lane: usize,
-    pub key: PortKey,
-    /// Dropping the write end of this pipe tells the thread to stop.
-    hangup: Option<OwnedFd>,
-    thread: Option<JoinHandle<()>>,
+/// An attached host port, as its forwarding thread drives it.
+pub struct HostIo {
+    /// The interface: a TAP device or a packet socket, non-blocking.
+    pub dev: OwnedFd,
+    /// The application side of the port's rings.
+    pub tx: AppRing,
+    pub rx: AppRing,
+    pub counters: Arc<Counters>,
+    /// Scratch for one frame.
+    buf: Vec<u8>,
 }
 
-impl Attachment {
-    /// Starts the thread that moves frames between `dev` and `port`.
-    pub fn start(
-        port_name: String,
-        lane: usize,
-        key: PortKey,
-        make_port: impl FnOnce(OwnedFd) -> Result<Port, vale::Error>,
-        dev: OwnedFd,
-        counters: Arc<Counters>,
-    ) -> Result<Attachment, String> {
-        let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| format!("pipe: {e}"))?;
-        let port = make_port(rd).map_err(|e| format!("cannot map {port_name}: {e}"))?;
-        let name = port_name.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!(
-                "vale-host-{}",
-                name.rsplit(':').next().unwrap_or("")
-            ))
-            .spawn(move || {
-                if let Err(e) = serve(&port, &dev, &counters) {
-                    tracing::warn!(port = %name, "host port stopped: {e}");
-                }
-            })
-            .map_err(|e| format!("cannot start the thread of {port_name}: {e}"))?;
-        Ok(Attachment {
-            port: port_name,
-            lane,
-            key,
-            hangup: Some(wr),
-            thread: Some(thread),
-        })
-    }
-
-    /// Stops the thread and waits for it (it stops within one poll).
-    pub fn stop(&mut self) {
-        self.hangup = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+impl HostIo {
+    pub fn new(dev: OwnedFd, tx: AppRing, rx: AppRing, counters: Arc<Counters>) -> HostIo {
+        HostIo {
+            dev,
+            tx,
+            rx,
+            counters,
+            buf: vec![0u8; MAX_FRAME],
         }
     }
-}
 
-impl Drop for Attachment {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// The host port's client loop: interface -> TX ring, RX ring -> interface; sleeps in
-/// poll when neither has anything. Returns when valed hangs up (detach, shutdown).
-fn serve(port: &Port, dev: &OwnedFd, c: &Counters) -> Result<(), vale::Error> {
-    let mut buf = vec![0u8; MAX_FRAME];
-    let bs = port.geometry().buf_size as usize;
-    // Read from the interface only when the largest frame fits in the TX ring.
-    let room = MAX_FRAME.div_ceil(bs) as u32;
-    loop {
-        let mut work = false;
-        // Host -> switch.
+    /// Interface -> TX ring: up to a burst of frames, each copied into as many slots as
+    /// it needs (`NS_MOREFRAG`), then published. Returns the frames read.
+    pub fn pull(&mut self) -> usize {
+        let c = &self.counters;
+        let v = self.tx.view();
+        let bs = v.bufs().buf_size() as usize;
+        let room = MAX_FRAME.div_ceil(bs) as u32;
+        let n = self.tx.num_slots();
         let mut got = 0;
-        while got < BURST && port.tx_rings().iter().any(|r| r.space() >= room) {
-            match rustix::io::read(dev, &mut buf) {
+        while got < BURST && self.tx.space() >= room {
+            match rustix::io::read(&self.dev, &mut self.buf) {
                 Ok(0) => break,
-                Ok(n) if n >= MAX_FRAME => {
+                Ok(len) if len >= MAX_FRAME => {
                     c.truncated.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(n) => {
-                    if port.inject(&buf[..n]) {
-                        got += 1;
-                        c.from_host.fetch_add(1, Ordering::Relaxed);
-                        c.from_host_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(len) => {
+                    let frame = &self.buf[..len];
+                    let parts = len.div_ceil(bs).max(1);
+                    let mut h = self.tx.head();
+                    for (x, chunk) in frame.chunks(bs).enumerate() {
+                        let s = v.read_slot(h);
+                        v.bufs().write(s.buf_idx, chunk);
+                        v.write_slot(
+                            h,
+                            NetmapSlot {
+                                buf_idx: s.buf_idx,
+                                len: chunk.len() as u16,
+                                flags: if x + 1 < parts { NS_MOREFRAG } else { 0 },
+                                ptr: 0,
+                            },
+                        );
+                        h = vale_abi::ring::next(h, n);
                     }
+                    self.tx.advance(parts as u32);
+                    got += 1;
+                    c.from_host.fetch_add(1, Ordering::Relaxed);
+                    c.from_host_bytes.fetch_add(len as u64, Ordering::Relaxed);
                 }
                 Err(rustix::io::Errno::AGAIN) => break,
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(_) => {
                     // A TAP nobody has brought up, an interface that went down: count
-                    // and look again after the next wake-up.
+                    // and try again on a later pass.
                     c.read_errors.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
             }
         }
         if got > 0 {
-            port.txsync()?;
-            work = true;
+            self.tx.txsync();
         }
-        // Switch -> host.
-        port.rxsync()?;
-        let sent = port.dispatch(BURST, |frame| match rustix::io::write(dev, frame) {
-            Ok(_) => {
-                c.to_host.fetch_add(1, Ordering::Relaxed);
-                c.to_host_bytes
-                    .fetch_add(frame.len() as u64, Ordering::Relaxed);
+        got
+    }
+
+    /// RX ring -> interface: every packet the switch delivered (up to a burst), each
+    /// written whole, then the slots given back. Returns the frames written.
+    pub fn push(&mut self) -> usize {
+        let c = &self.counters;
+        self.rx.rxsync();
+        let v = self.rx.view();
+        let n = self.rx.num_slots();
+        let mut sent = 0;
+        while sent < BURST && self.rx.space() > 0 {
+            let mut len = 0;
+            let mut used = 0;
+            let mut h = self.rx.head();
+            loop {
+                let s = v.read_slot(h);
+                let l = s.len as usize;
+                if len + l <= self.buf.len() {
+                    v.bufs().read(s.buf_idx, &mut self.buf[len..len + l]);
+                    len += l;
+                }
+                used += 1;
+                h = vale_abi::ring::next(h, n);
+                if s.flags & NS_MOREFRAG == 0 || used >= self.rx.space() {
+                    break;
+                }
             }
-            Err(_) => {
-                c.write_errors.fetch_add(1, Ordering::Relaxed);
+            self.rx.advance(used);
+            match rustix::io::write(&self.dev, &self.buf[..len]) {
+                Ok(_) => {
+                    c.to_host.fetch_add(1, Ordering::Relaxed);
+                    c.to_host_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    c.write_errors.fetch_add(1, Ordering::Relaxed);
+                }
             }
-        });
+            sent += 1;
+        }
         if sent > 0 {
-            port.rxsync()?;
-            work = true;
+            self.rx.rxsync();
         }
-        if work {
-            continue;
-        }
-        // Nothing either way: sleep until the switch delivers, the TX ring has room
-        // again, or the interface has a frame.
-        let tx_room = port.tx_rings().iter().any(|r| r.space() >= room);
-        let want = Interest {
-            rx: true,
-            tx: !tx_room,
-        };
-        let dev_fd = [dev.as_fd()];
-        let extra: &[BorrowedFd<'_>] = if tx_room { &dev_fd } else { &[] };
-        port.poll_with(want, extra, Some(Duration::from_secs(1)))?;
+        sent
     }
 }

@@ -1,8 +1,8 @@
 //! The control side of `valed`: the unix socket, one connection per client, requests
 //! answered in order, ports held open by their connections.
 
-use crate::forward::{self, key_data};
-use crate::host::{Attachment, Host, Kind};
+use crate::forward::{self, HOST, key_data};
+use crate::host::{Host, HostIo, Kind};
 use crate::settings::Settings;
 use crate::state::{PortFds, Shared, State};
 use crate::sys;
@@ -117,6 +117,7 @@ pub fn run(
         let state = State {
             registry: Registry::new(settings.limits),
             fds: HashMap::new(),
+            hosts: HashMap::new(),
         };
         let shared = Arc::new(Shared::new(state, fwd_epoll, wake));
         let s2 = shared.clone();
@@ -411,7 +412,7 @@ impl Control {
     fn host_port(&self, name: &str) -> Option<&str> {
         self.hosts
             .iter()
-            .find(|(_, h)| h.attached.as_ref().is_some_and(|a| a.port == name))
+            .find(|(_, h)| h.attached.as_ref().is_some_and(|a| a.0 == name))
             .map(|(n, _)| n.as_str())
     }
 
@@ -541,8 +542,8 @@ impl Control {
                 ErrorKind::Busy,
                 format!(
                     "{name} is attached as {}; detach it first (vale-ctl -d {})",
-                    h.attached.as_ref().map_or("", |a| a.port.as_str()),
-                    h.attached.as_ref().map_or("", |a| a.port.as_str())
+                    h.attached.as_ref().map_or("", |a| a.0.as_str()),
+                    h.attached.as_ref().map_or("", |a| a.0.as_str())
                 ),
             ),
             Some(_) => {
@@ -566,7 +567,7 @@ impl Control {
             if let Some(a) = &h.attached {
                 return error(
                     ErrorKind::Busy,
-                    format!("{ifname} is already attached as {}", a.port),
+                    format!("{ifname} is already attached as {}", a.0),
                 );
             }
         }
@@ -628,59 +629,53 @@ impl Control {
             Ok(a) => a,
             Err(e) => return e,
         };
-        let Response::Opened {
-            switch,
-            port: pname,
-            index,
-            geometry,
-        } = a.opened
-        else {
-            self.release(a.lane, a.key);
-            return error(ErrorKind::Internal, "unexpected open result".into());
-        };
-        // The interface's frames carry a virtio-net header: tell the switch.
+        // The interface's frames carry a virtio-net header: tell the switch. The port's
+        // rings are driven by the forwarding thread itself (see host.rs).
         let hdr = match kind {
             Kind::Tap => sys::TAP_VNET_HDR,
             Kind::Nic => sys::PACKET_VNET_HDR_LEN,
         };
-        {
-            let shared = self.lanes[a.lane].clone();
-            let mut st = shared.lock_ctl();
-            if let Some(e) = st.registry.entry_mut(a.key) {
-                if let Err(e) = e.switch.set_hdr_len(a.key.port, hdr) {
-                    drop(st);
-                    self.release(a.lane, a.key);
-                    return error(ErrorKind::Internal, e.to_string());
-                }
-            }
-        }
         let counters = self
             .hosts
             .get(&ifname)
             .map(|h| h.counters.clone())
             .unwrap_or_default();
-        let (memfd, kick, notify) = (a.memfd, a.kick, a.notify);
-        let started = Attachment::start(
-            pname.clone(),
-            a.lane,
-            a.key,
-            |conn| {
-                vale::Port::from_parts(
-                    switch,
-                    pname,
-                    index,
-                    geometry.into(),
-                    conn,
-                    memfd,
-                    kick,
-                    notify,
-                )
-            },
-            dev,
-            counters.clone(),
-        );
+        let shared = self.lanes[a.lane].clone();
+        let started = (|| {
+            let mut st = shared.lock_ctl();
+            let e = st
+                .registry
+                .entry_mut(a.key)
+                .ok_or_else(|| "port vanished".to_string())?;
+            e.switch
+                .set_hdr_len(a.key.port, hdr)
+                .map_err(|e| e.to_string())?;
+            let region = e
+                .switch
+                .port(a.key.port)
+                .ok_or_else(|| "port vanished".to_string())?
+                .region();
+            let (tx, rx) = match (
+                region.ring(vale_abi::Dir::Tx, 0),
+                region.ring(vale_abi::Dir::Rx, 0),
+            ) {
+                (Some(t), Some(r)) => (vale_abi::AppRing::new(t), vale_abi::AppRing::new(r)),
+                _ => return Err("host port without rings".to_string()),
+            };
+            epoll::add(
+                &shared.epoll,
+                &dev,
+                epoll::EventData::new_u64(HOST | key_data(a.key)),
+                epoll::EventFlags::IN,
+            )
+            .map_err(|e| format!("epoll_ctl: {e}"))?;
+            st.hosts
+                .insert(a.key, HostIo::new(dev, tx, rx, counters.clone()));
+            Ok(())
+        })();
         match started {
-            Ok(att) => {
+            Ok(()) => {
+                shared.wake_forwarder();
                 tracing::info!(interface = %ifname, port, kind = kind.name(), "host port attached");
                 let h = self.hosts.entry(ifname.clone()).or_insert(Host {
                     kind,
@@ -688,7 +683,7 @@ impl Control {
                     attached: None,
                     counters,
                 });
-                h.attached = Some(att);
+                h.attached = Some((port.to_string(), a.lane, a.key));
                 Response::Done {
                     message: format!("attached {ifname} as {port}"),
                 }
@@ -714,19 +709,27 @@ impl Control {
         }
     }
 
-    /// Stops a host port's thread and removes its switch port; an attached interface
-    /// (not a persistent port) is forgotten, its socket closed.
+    /// Takes a host port off its switch (its forwarding thread stops driving it) and
+    /// removes its switch port; an attached interface (not a persistent port) is
+    /// forgotten, its socket closed.
     fn detach_host(&mut self, ifname: &str) {
         let Some(h) = self.hosts.get_mut(ifname) else {
             return;
         };
-        let Some(mut a) = h.attached.take() else {
+        let Some((port, lane, key)) = h.attached.take() else {
             return;
         };
-        a.stop();
-        let (lane, key, port) = (a.lane, a.key, a.port.clone());
-        drop(a);
-        if h.kind == Kind::Nic {
+        let kind = h.kind;
+        {
+            let shared = self.lanes[lane].clone();
+            let mut st = shared.lock_ctl();
+            if let Some(io) = st.hosts.remove(&key) {
+                // The TAP's descriptor has a twin in `Host::tap`: remove it from epoll
+                // explicitly, closing this one would not.
+                let _ = epoll::delete(&shared.epoll, &io.dev);
+            }
+        }
+        if kind == Kind::Nic {
             self.hosts.remove(ifname);
         }
         self.release(lane, key);
@@ -806,7 +809,7 @@ impl Control {
             .map(|(n, h)| HostInfo {
                 name: n.clone(),
                 kind: h.kind.name().to_string(),
-                attached: h.attached.as_ref().map(|a| a.port.clone()),
+                attached: h.attached.as_ref().map(|a| a.0.clone()),
                 counters: h.counters.snapshot(),
             })
             .collect();

@@ -16,6 +16,8 @@ pub struct PortFds {
 pub struct State {
     pub registry: Registry,
     pub fds: HashMap<PortKey, PortFds>,
+    /// Host ports of this lane's switches, driven by its forwarding thread.
+    pub hosts: HashMap<PortKey, crate::host::HostIo>,
 }
 
 /// Shared between threads. The forwarding thread takes the lock for one pass at a time;

@@ -82,7 +82,13 @@ pub fn tap_create(name: &str) -> io::Result<OwnedFd> {
     }
     let offloads = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
     // SAFETY: TUNSETOFFLOAD takes the flags as the argument value itself.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETOFFLOAD as _, offloads as libc::c_ulong) };
+    let rc = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNSETOFFLOAD as _,
+            offloads as libc::c_ulong,
+        )
+    };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }

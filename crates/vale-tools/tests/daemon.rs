@@ -565,7 +565,7 @@ fn capture_writes_pcap_of_what_a_port_sends_and_receives() {
 
 #[test]
 fn a_capture_that_falls_behind_drops_its_copies_not_the_switchs_frames() {
-    let d = Daemon::start("capture-slow", &[]);
+    let d = Daemon::start("capture-slow", &["--socket-mode", "0666"]);
     let a = d.open("vale0:a");
     let b = d.open("vale0:b");
     // A monitor nobody reads (its ring fills up), opened through the library.
@@ -602,4 +602,26 @@ fn a_capture_that_falls_behind_drops_its_copies_not_the_switchs_frames() {
         },
     );
     assert!(bad.unwrap_err().to_string().contains("a monitor is PORT/t"));
+    // Monitors see other clients' traffic: not for anyone the socket lets in.
+    if rustix::process::geteuid().is_root()
+        && std::process::Command::new("setpriv")
+            .arg("--version")
+            .output()
+            .is_ok()
+    {
+        let o = d
+            .cmd("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", VALE_CTL])
+            .args(["capture", "vale0:b", "-c", "1"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("only root or valed's own user"),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    } else {
+        eprintln!("SKIP (permission part): not root or no setpriv");
+    }
 }

@@ -125,6 +125,8 @@ pub enum ErrorKind {
     Exists,
     /// It is in use (netmap's EBUSY): attached, or held by a client.
     Busy,
+    /// The client may not do this (host ports: only root or valed's own user).
+    Permission,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -39,6 +39,8 @@ pub enum StartError {
 
 struct Conn {
     fd: OwnedFd,
+    /// The peer's user id (SO_PEERCRED), if the kernel told us.
+    uid: Option<u32>,
     /// The lane (forwarding thread) and port this connection holds open.
     port: Option<(usize, PortKey)>,
 }
@@ -243,8 +245,18 @@ impl Control {
                         tracing::warn!("cannot watch a new connection: {e}");
                         continue;
                     }
-                    tracing::debug!(conn = id, "client connected");
-                    self.conns.insert(id, Conn { fd, port: None });
+                    let uid = rustix::net::sockopt::socket_peercred(&fd)
+                        .ok()
+                        .map(|c| c.uid.as_raw());
+                    tracing::debug!(conn = id, ?uid, "client connected");
+                    self.conns.insert(
+                        id,
+                        Conn {
+                            fd,
+                            uid,
+                            port: None,
+                        },
+                    );
                 }
                 Err(rustix::io::Errno::AGAIN) => return,
                 Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => continue,
@@ -343,6 +355,20 @@ impl Control {
             Request::Fdb { switch } => (self.fdb(&switch), Vec::new()),
             Request::Set { key, value } => (self.set(&key, &value), Vec::new()),
             Request::Settings => (self.settings(), Vec::new()),
+            Request::HostCreate { .. }
+            | Request::HostRemove { .. }
+            | Request::Attach { .. }
+            | Request::Detach { .. }
+                if !self.may_touch_host(id) =>
+            {
+                (
+                    error(
+                        ErrorKind::Permission,
+                        "host ports create and attach network interfaces: only root or valed's own user may do that".into(),
+                    ),
+                    Vec::new(),
+                )
+            }
             Request::HostCreate { name } => (self.host_create(&name), Vec::new()),
             Request::HostRemove { name } => (self.host_remove(&name), Vec::new()),
             Request::Attach { port } => (self.attach(&port), Vec::new()),
@@ -378,6 +404,17 @@ impl Control {
                 Vec::new(),
             );
         }
+        if name.contains('/') && !self.may_touch_host(id) {
+            return (
+                error(
+                    ErrorKind::Permission,
+                    format!(
+                        "{name}: monitors see other clients' traffic: only root or valed's own user may open them"
+                    ),
+                ),
+                Vec::new(),
+            );
+        }
         if let Some(h) = self.host_port(name) {
             return (
                 error(
@@ -406,6 +443,17 @@ impl Control {
             }
             Err(e) => (e, Vec::new()),
         }
+    }
+
+    /// Host ports reach the host's network (a TAP in any namespace, any interface in
+    /// promiscuous mode) and monitors see other clients' traffic: only root or the
+    /// daemon's own user may use them, whoever else the socket's mode lets in.
+    fn may_touch_host(&self, id: u64) -> bool {
+        let me = rustix::process::geteuid().as_raw();
+        self.conns
+            .get(&id)
+            .and_then(|c| c.uid)
+            .is_some_and(|u| u == 0 || u == me)
     }
 
     /// The host port (interface name) attached as switch port `name`, if any.

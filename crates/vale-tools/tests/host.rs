@@ -448,6 +448,17 @@ fn capture_of_a_host_port_reads_back_in_tcpdump() {
         "{text}"
     );
     assert_eq!(text.lines().count(), 4, "{text}");
+    if Command::new("tshark").arg("-v").output().is_ok() {
+        let ts = run(&["tshark", "-n", "-r", &file_s]);
+        let t = String::from_utf8_lossy(&ts.stdout);
+        assert_eq!(
+            t.lines().filter(|l| l.contains("ICMP")).count(),
+            4,
+            "tshark -r:\n{t}"
+        );
+    } else {
+        eprintln!("SKIP (tshark part): tshark not installed");
+    }
 
     // Live into tcpdump through a pipe.
     let sh = format!(

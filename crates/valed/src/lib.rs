@@ -4,8 +4,10 @@
 //! One control thread serves the unix socket (requests in order, one connection per
 //! open port: the port lives while a connection holds it); one forwarding thread runs
 //! every switch's engine, busy-polling while traffic flows and sleeping in epoll on the
-//! ports' kick eventfds when idle. Host ports (TAP interfaces valed creates, existing
-//! interfaces attached through AF_PACKET) are served by one thread each.
+//! ports' kick eventfds when idle (`--threads N`: each switch on one of N). Host ports
+//! (TAP interfaces valed creates, existing interfaces attached through AF_PACKET) are
+//! driven by their switch's forwarding thread.
+
 // `unsafe` only in `sys` (TAP and AF_PACKET setup, which rustix does not wrap).
 #![deny(unsafe_code)]
 

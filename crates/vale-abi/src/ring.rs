@@ -133,6 +133,14 @@ impl Bufs<'_> {
         }
     }
 
+    /// The address of buffer `idx` (`buf_size` bytes), or `None` for an invalid index:
+    /// for I/O straight out of a buffer (writev). Dereferencing it is the caller's
+    /// `unsafe`, allowed only while the ring protocol gives it the buffer.
+    #[inline(always)]
+    pub fn as_ptr(&self, idx: u32) -> Option<*mut u8> {
+        self.ptr(idx)
+    }
+
     /// 16 bytes at offset `off` of buffer `idx` as two little-endian words (a frame
     /// behind a virtio-net header), or `None` for an invalid index or `off + 16 > 64`.
     #[inline(always)]

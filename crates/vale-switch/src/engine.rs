@@ -60,6 +60,25 @@ pub enum EngineError {
     BadHdrLen(u16),
 }
 
+/// Where packets for *direct* ports go (see [`Switch::set_direct`]): instead of being
+/// copied into the port's RX ring, each packet is handed over as the sender's fragments,
+/// to be written out (valed writes them to the host port's interface with `writev`).
+pub trait Egress {
+    /// Sends one packet out of port `dst`. `frags` are (address, length) of the
+    /// fragments in the sender's buffers, valid for reads during this call only. Returns
+    /// false if the packet could not be sent (counted as `tx_error` on `dst`).
+    fn send(&mut self, dst: PortId, frags: &[(*const u8, usize)]) -> bool;
+}
+
+/// No direct ports: every destination gets copies in its RX ring.
+pub struct NoEgress;
+
+impl Egress for NoEgress {
+    fn send(&mut self, _dst: PortId, _frags: &[(*const u8, usize)]) -> bool {
+        false
+    }
+}
+
 /// "Kick this ring's client": it asked to be woken (`appl_need_kick`) and the switch
 /// moved its tail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -100,6 +119,9 @@ pub struct Port {
     /// Bytes of virtio-net header in front of each packet (0, 10 or 12; netmap's
     /// `virt_hdr_len`).
     hdr_len: u16,
+    /// Packets for this port go to the [`Egress`] instead of its RX ring (when the
+    /// sender's header length matches; otherwise they are converted into the ring).
+    direct: bool,
 }
 
 impl Port {
@@ -124,6 +146,7 @@ impl Port {
             rx,
             stats: PortStats::default(),
             hdr_len: 0,
+            direct: false,
         }
     }
 
@@ -360,6 +383,19 @@ impl<L: Lookup> Switch<L> {
         }
     }
 
+    /// Makes port `id` direct: its packets are handed to the [`Egress`] given to
+    /// [`Switch::forward_with`] straight from the senders' buffers, one copy fewer
+    /// than through its RX ring (valed's host ports).
+    pub fn set_direct(&mut self, id: PortId, direct: bool) -> Result<(), EngineError> {
+        match self.ports.get_mut(id.0 as usize) {
+            Some(Some(p)) => {
+                p.direct = direct;
+                Ok(())
+            }
+            _ => Err(EngineError::NoTarget(id)),
+        }
+    }
+
     /// Monitor ports: (monitor, target if still there).
     pub fn monitors(&self) -> impl Iterator<Item = (PortId, Option<PortId>)> + '_ {
         self.monitors.iter().map(|m| (m.port, m.target))
@@ -409,6 +445,16 @@ impl<L: Lookup> Switch<L> {
     /// One forwarding pass: one batch from every TX ring of every port, starting from a
     /// rotating port so no port always goes first. Returns the packets consumed.
     pub fn forward(&mut self, now: Timestamp, notify: &mut Vec<Notify>) -> usize {
+        self.forward_with(now, notify, &mut NoEgress)
+    }
+
+    /// [`Switch::forward`] with an [`Egress`] for direct ports.
+    pub fn forward_with(
+        &mut self,
+        now: Timestamp,
+        notify: &mut Vec<Notify>,
+        egress: &mut dyn Egress,
+    ) -> usize {
         self.lookup.maintain(now);
         let n = self.active.len();
         if n == 0 {
@@ -420,7 +466,7 @@ impl<L: Lookup> Switch<L> {
             let id = self.active[(self.rr + k) % n];
             let rings = self.port(id).map_or(0, |p| p.tx.len());
             for r in 0..rings {
-                total += self.forward_ring(id, r as u16, now, notify);
+                total += self.forward_ring_with(id, r as u16, now, notify, egress);
             }
         }
         total
@@ -433,6 +479,18 @@ impl<L: Lookup> Switch<L> {
         ring: u16,
         now: Timestamp,
         notify: &mut Vec<Notify>,
+    ) -> usize {
+        self.forward_ring_with(src, ring, now, notify, &mut NoEgress)
+    }
+
+    /// [`Switch::forward_ring`] with an [`Egress`] for direct ports.
+    pub fn forward_ring_with(
+        &mut self,
+        src: PortId,
+        ring: u16,
+        now: Timestamp,
+        notify: &mut Vec<Notify>,
+        egress: &mut dyn Egress,
     ) -> usize {
         let Switch {
             ports,
@@ -592,7 +650,7 @@ impl<L: Lookup> Switch<L> {
                 continue;
             };
             deliver(
-                sc, conv, src_hl, bufs, ring, uq, flood, dst, dport, &mut st, notify,
+                sc, conv, egress, src_hl, bufs, ring, uq, flood, dst, dport, &mut st, notify,
             );
             // RX monitors of the destination: the same packets, in the same order.
             if !monitors.is_empty() {
@@ -603,6 +661,7 @@ impl<L: Lookup> Switch<L> {
                         deliver(
                             sc,
                             conv,
+                            &mut NoEgress,
                             src_hl,
                             bufs,
                             ring,
@@ -798,6 +857,7 @@ fn deliver_seq(
     deliver(
         sc,
         conv,
+        &mut NoEgress,
         src_hl,
         sbufs,
         src_ring,
@@ -810,6 +870,65 @@ fn deliver_seq(
     );
     for (p, n) in sc.pkts[..np].iter_mut().zip(saved) {
         p.next = n;
+    }
+}
+
+/// Pass 2 for a direct destination: each packet handed to the egress as the sender's
+/// fragments, in batch order.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn deliver_direct(
+    sc: &Scratch,
+    egress: &mut dyn Egress,
+    sbufs: Bufs<'_>,
+    uq: Queue,
+    flood: Queue,
+    dst: PortId,
+    dport: &mut Port,
+    st: &mut PortStats,
+) {
+    let (mut u, mut b) = (uq.head, flood.head);
+    let ds = &mut dport.stats;
+    let mut frags: [(*const u8, usize); MAX_FRAGS] = [(core::ptr::null(), 0); MAX_FRAGS];
+    loop {
+        let pi = if u < b {
+            let x = u;
+            u = sc.pkts[x as usize].next;
+            x
+        } else if b != NIL {
+            let x = b;
+            b = sc.pkts[x as usize].next;
+            x
+        } else {
+            break;
+        };
+        let p = &sc.pkts[pi as usize];
+        st.copies += 1;
+        let rest = sc
+            .frags
+            .get(p.more as usize..p.more as usize + p.nfrags as usize - 1)
+            .unwrap_or(&[]);
+        let first = Frag {
+            buf_idx: p.buf_idx,
+            len: p.len,
+        };
+        let mut k = 0;
+        let mut total = 0u64;
+        for f in std::iter::once(&first).chain(rest) {
+            // Validated in pass 0; as_ptr checks the index again.
+            if let (Some(ptr), Some(slot)) = (sbufs.as_ptr(f.buf_idx), frags.get_mut(k)) {
+                *slot = (ptr as *const u8, f.len as usize);
+                k += 1;
+                total += f.len as u64;
+            }
+        }
+        if k == p.nfrags as usize && egress.send(dst, &frags[..k]) {
+            ds.rx_packets += 1;
+            ds.rx_bytes += total;
+        } else {
+            ds.drops[DropReason::TxError as usize] += 1;
+            st.copies_dropped += 1;
+        }
     }
 }
 
@@ -914,6 +1033,7 @@ fn put_bytes(
 fn deliver(
     sc: &Scratch,
     conv: &mut Conv,
+    egress: &mut dyn Egress,
     src_hl: u16,
     sbufs: Bufs<'_>,
     src_ring: u16,
@@ -928,8 +1048,12 @@ fn deliver(
     if nrx == 0 {
         return;
     }
-    let rr = (src_ring as usize % nrx) as u16;
     let dst_hl = dport.hdr_len;
+    if dport.direct && dst_hl == src_hl {
+        deliver_direct(sc, egress, sbufs, uq, flood, dst, dport, st);
+        return;
+    }
+    let rr = (src_ring as usize % nrx) as u16;
     let rk = &mut dport.rx[rr as usize];
     let ds = &mut dport.stats;
     let n = rk.view.num_slots();

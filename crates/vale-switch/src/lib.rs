@@ -21,8 +21,8 @@ pub mod stats;
 mod types;
 
 pub use engine::{
-    DEFAULT_BATCH, DEFAULT_MAX_PORTS, EngineError, MAX_BATCH, Notify, Port, RingDir, Switch,
-    SwitchConfig,
+    DEFAULT_BATCH, DEFAULT_MAX_PORTS, Egress, EngineError, MAX_BATCH, NoEgress, Notify, Port,
+    RingDir, Switch, SwitchConfig,
 };
 pub use fdb::{Fdb, FdbConfig, FdbEntry, FdbStats, LearningBridge};
 pub use lookup::{Dest, Hub, Lookup, PacketInfo, StaticMap};

@@ -4,7 +4,8 @@
 //!
 //! and every destination copy of a forwarded frame is either delivered (counted in the
 //! destination's `rx_packets`) or dropped (counted in the destination's `ring_full` /
-//! `oversize` / `bad_rx_buf` / `bad_offload` and in the sender's `copies_dropped`):
+//! `oversize` / `bad_rx_buf` / `bad_offload` / `tx_error` and in the sender's
+//! `copies_dropped`):
 //!
 //! `copies = copies_delivered + copies_dropped`.
 
@@ -35,10 +36,13 @@ pub enum DropReason {
     /// for offloads the switch could not finish for this port (malformed headers, an
     /// unsupported segmentation type, checksum offsets outside the frame).
     BadOffload = 8,
+    /// Counted on the destination: a direct port's interface refused the frame (host
+    /// ports; see `Switch::set_direct`).
+    TxError = 9,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::RingFull,
         DropReason::Runt,
         DropReason::BadBuf,
@@ -48,6 +52,7 @@ impl DropReason {
         DropReason::Oversize,
         DropReason::BadRxBuf,
         DropReason::BadOffload,
+        DropReason::TxError,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,6 +66,7 @@ impl DropReason {
             DropReason::Oversize => "oversize",
             DropReason::BadRxBuf => "bad_rx_buf",
             DropReason::BadOffload => "bad_offload",
+            DropReason::TxError => "tx_error",
         }
     }
 
@@ -72,6 +78,7 @@ impl DropReason {
                 | DropReason::Oversize
                 | DropReason::BadRxBuf
                 | DropReason::BadOffload
+                | DropReason::TxError
         )
     }
 }
@@ -92,7 +99,7 @@ pub struct PortStats {
     /// Of `copies`, those a destination dropped.
     pub copies_dropped: u64,
     /// Drops by [`DropReason`], indexed by `reason as usize`.
-    pub drops: [u64; 9],
+    pub drops: [u64; 10],
     /// Times a ring of this port was reset because the client broke the ring protocol.
     pub ring_resets: u64,
 }

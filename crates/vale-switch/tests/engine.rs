@@ -552,3 +552,71 @@ fn virtio_net_headers_are_resized_stripped_or_finished_in_software() {
         "{fdb:?}"
     );
 }
+
+/// Keeps what the switch hands over for direct ports.
+struct Collect {
+    got: Vec<(PortId, Vec<u8>)>,
+    accept: bool,
+}
+
+impl Egress for Collect {
+    fn send(&mut self, dst: PortId, frags: &[(*const u8, usize)]) -> bool {
+        let mut f = Vec::new();
+        for &(p, n) in frags {
+            // SAFETY: the engine guarantees each (address, length) lies inside one of
+            // the sender's buffers, readable for the duration of this call.
+            f.extend_from_slice(unsafe { std::slice::from_raw_parts(p, n) });
+        }
+        self.got.push((dst, f));
+        self.accept
+    }
+}
+
+#[test]
+fn direct_ports_get_packets_from_the_senders_buffers_not_their_ring() {
+    let (mut sw, ids, c) = bridge(3, 256);
+    sw.set_direct(ids[1], true).unwrap();
+    // A direct port whose header length differs from the sender's goes through its ring.
+    sw.set_direct(ids[2], true).unwrap();
+    sw.set_hdr_len(ids[2], 12).unwrap();
+    let frames: Vec<_> = (0..5)
+        .map(|i| frame(MacAddr::BROADCAST, mac(1), i, 60))
+        .collect();
+    assert_eq!(c[0].send(&frames), 5);
+    let mut big = frame(MacAddr::BROADCAST, mac(1), 99, 5000);
+    big.truncate(5000);
+    assert!(c[0].queue(&big, 3));
+    c[0].txsync();
+    let mut eg = Collect {
+        got: Vec::new(),
+        accept: true,
+    };
+    sw.forward_with(t(0), &mut Vec::new(), &mut eg);
+    let mut want: Vec<(PortId, Vec<u8>)> = frames.iter().map(|f| (ids[1], f.clone())).collect();
+    want.push((ids[1], big.clone()));
+    assert_eq!(eg.got, want, "in batch order, fragments joined");
+    assert!(
+        c[1].recv_frames().is_empty(),
+        "nothing in the direct port's ring"
+    );
+    assert_eq!(
+        c[2].recv_frames().len(),
+        6,
+        "header mismatch: converted into the ring"
+    );
+    assert_eq!(sw.port(ids[1]).unwrap().stats().rx_packets, 6);
+    // A refused send is a counted drop.
+    eg = Collect {
+        got: Vec::new(),
+        accept: false,
+    };
+    assert_eq!(c[0].send(&frames[..2]), 2);
+    sw.forward_with(t(0), &mut Vec::new(), &mut eg);
+    assert_eq!(eg.got.len(), 2);
+    let st = sw.port(ids[1]).unwrap().stats();
+    assert_eq!(st.drop_count(DropReason::TxError), 2);
+    assert_eq!(st.rx_packets, 6);
+    let sst = sw.port(ids[0]).unwrap().stats();
+    assert!(sst.is_conserved());
+    assert_eq!(sst.copies_dropped, 2);
+}

@@ -38,7 +38,11 @@ pub fn run(shared: Arc<Shared>, busy_poll: Duration) {
                 moved += h.pull();
             }
             for (si, e) in st.registry.switches_indexed_mut() {
-                moved += e.switch.forward(now, &mut notes);
+                let mut egress = crate::host::HostEgress {
+                    switch: si,
+                    hosts: &st.hosts,
+                };
+                moved += e.switch.forward_with(now, &mut notes, &mut egress);
                 for n in notes.drain(..) {
                     let key = vale_switch::PortKey {
                         switch: si,

@@ -74,6 +74,39 @@ pub struct Host {
     pub counters: Arc<Counters>,
 }
 
+/// The egress of direct ports for one switch of a lane: packets for a host port are
+/// written to its interface straight from the sender's buffers.
+pub struct HostEgress<'a> {
+    pub switch: usize,
+    pub hosts: &'a std::collections::HashMap<PortKey, HostIo>,
+}
+
+impl vale_switch::Egress for HostEgress<'_> {
+    fn send(&mut self, dst: vale_switch::PortId, frags: &[(*const u8, usize)]) -> bool {
+        let key = PortKey {
+            switch: self.switch,
+            port: dst,
+        };
+        let Some(h) = self.hosts.get(&key) else {
+            return false;
+        };
+        use rustix::fd::AsFd;
+        match crate::sys::write_frags(h.dev.as_fd(), frags) {
+            Ok(n) => {
+                h.counters.to_host.fetch_add(1, Ordering::Relaxed);
+                h.counters
+                    .to_host_bytes
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                true
+            }
+            Err(_) => {
+                h.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+}
+
 /// An attached host port, as its forwarding thread drives it.
 pub struct HostIo {
     /// The interface: a TAP device or a packet socket, non-blocking.

@@ -698,6 +698,10 @@ impl Control {
             e.switch
                 .set_hdr_len(a.key.port, hdr)
                 .map_err(|e| e.to_string())?;
+            // Packets for it are written to the interface from the senders' buffers.
+            e.switch
+                .set_direct(a.key.port, true)
+                .map_err(|e| e.to_string())?;
             let region = e
                 .switch
                 .port(a.key.port)

@@ -2,8 +2,36 @@
 //! AF_PACKET socket to an interface. Each `unsafe` block passes plain-old-data structs
 //! that live across the call.
 
-use rustix::fd::{AsRawFd, FromRawFd, OwnedFd};
+use rustix::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::io;
+
+/// Most fragments one packet may have (netmap's limit).
+const MAX_IOV: usize = 64;
+
+/// Writes one packet, given as fragments in the switch's port buffers, to `fd` with
+/// one `writev`: the egress of direct (host) ports, no copy in valed.
+pub fn write_frags(fd: BorrowedFd<'_>, frags: &[(*const u8, usize)]) -> io::Result<usize> {
+    if frags.is_empty() || frags.len() > MAX_IOV {
+        return Err(io::Error::other("packet with no or too many fragments"));
+    }
+    // SAFETY: iovec is plain old data; all-zero is valid.
+    let mut iov: [libc::iovec; MAX_IOV] = unsafe { std::mem::zeroed() };
+    for (e, &(p, n)) in iov.iter_mut().zip(frags) {
+        *e = libc::iovec {
+            iov_base: p as *mut libc::c_void,
+            iov_len: n,
+        };
+    }
+    // SAFETY: the engine hands out (address, length) pairs that lie inside one buffer of
+    // a mapped port region each (`vale_switch::Egress`), readable during this call; the
+    // kernel only reads them. A client rewriting its buffer meanwhile changes only the
+    // bytes of its own packet.
+    let r = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), frags.len() as libc::c_int) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as usize)
+}
 
 /// Interface names: what the kernel accepts (`dev_valid_name`), at most 15 bytes.
 pub fn check_ifname(name: &str) -> Result<(), String> {

@@ -157,7 +157,7 @@ pub struct Counters {
     pub copies_dropped: u64,
     pub ring_resets: u64,
     /// Drops by reason (`ring_full`, `runt`, `bad_buf`, `bad_len`, `bad_frag`,
-    /// `no_dest`, `oversize`, `bad_rx_buf`).
+    /// `no_dest`, `oversize`, `bad_rx_buf`, `bad_offload`, `tx_error`).
     pub drops: BTreeMap<String, u64>,
 }
 

@@ -51,18 +51,38 @@ fn guest() -> Result<PathBuf, String> {
 struct Vm {
     child: Child,
     log: PathBuf,
-    tap: String,
+    tap: Option<String>,
+}
+
+/// How a VM's NIC reaches the host.
+enum Net<'a> {
+    /// `-netdev tap` with this interface name.
+    Tap(&'a str),
+    /// `-netdev dgram` over unix sockets: (the VM's local path, valed's path).
+    Dgram(&'a str, &'a str),
 }
 
 impl Vm {
     fn start(
         dir: &std::path::Path,
         cache: &std::path::Path,
-        tap: &str,
+        net: Net<'_>,
         mac: u8,
         cmdline: &str,
     ) -> Vm {
-        let log = dir.join(format!("{tap}.log"));
+        let (name, netdev) = match net {
+            Net::Tap(t) => (
+                t.to_string(),
+                format!("tap,id=n0,ifname={t},script=no,downscript=no"),
+            ),
+            Net::Dgram(local, remote) => (
+                format!("dgram{mac}"),
+                format!(
+                    "dgram,id=n0,local.type=unix,local.path={local},remote.type=unix,remote.path={remote}"
+                ),
+            ),
+        };
+        let log = dir.join(format!("{name}.log"));
         let child = Command::new("qemu-system-x86_64")
             .args(["-accel", "tcg", "-m", "256", "-smp", "1", "-M", "pc"])
             .args([
@@ -81,7 +101,7 @@ impl Vm {
             .arg("-append")
             .arg(format!("console=ttyS0 quiet panic=-1 {cmdline}"))
             .arg("-netdev")
-            .arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"))
+            .arg(netdev)
             .arg("-device")
             .arg(format!(
                 "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:{mac:02x}"
@@ -90,10 +110,17 @@ impl Vm {
             .stderr(Stdio::null())
             .spawn()
             .expect("start qemu");
+        let Net::Tap(tap) = net else {
+            return Vm {
+                child,
+                log,
+                tap: None,
+            };
+        };
         let vm = Vm {
             child,
             log,
-            tap: tap.to_string(),
+            tap: Some(tap.to_string()),
         };
         assert!(
             wait_for(10.0, || Command::new("ip")
@@ -131,22 +158,31 @@ impl Drop for Vm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = Command::new("ip").args(["link", "del", &self.tap]).output();
+        if let Some(t) = &self.tap {
+            let _ = Command::new("ip").args(["link", "del", t]).output();
+        }
+    }
+}
+
+/// The guest, or `None` after printing why the test is skipped.
+fn ready() -> Option<PathBuf> {
+    if let Some(r) = skip_reason() {
+        eprintln!("SKIP: {r}");
+        return None;
+    }
+    match guest() {
+        Ok(c) => Some(c),
+        Err(r) => {
+            eprintln!("SKIP: {r}");
+            None
+        }
     }
 }
 
 #[test]
 fn qemu_guests_on_one_switch_talk_and_another_switch_is_apart() {
-    if let Some(r) = skip_reason() {
-        eprintln!("SKIP: {r}");
+    let Some(cache) = ready() else {
         return;
-    }
-    let cache = match guest() {
-        Ok(c) => c,
-        Err(r) => {
-            eprintln!("SKIP: {r}");
-            return;
-        }
     };
     let d = Daemon::start("qemu", &[]);
     let tag = std::process::id() % 10000;
@@ -157,18 +193,24 @@ fn qemu_guests_on_one_switch_talk_and_another_switch_is_apart() {
     );
     // A answers (and serves iperf3), B pings it and runs iperf3 against it, C (on
     // another switch) tries to ping it.
-    let mut a = Vm::start(&d.dir, &cache, &ta, 1, "t_ip=10.55.0.1/24 t_role=server");
+    let mut a = Vm::start(
+        &d.dir,
+        &cache,
+        Net::Tap(&ta),
+        1,
+        "t_ip=10.55.0.1/24 t_role=server",
+    );
     let mut b = Vm::start(
         &d.dir,
         &cache,
-        &tb,
+        Net::Tap(&tb),
         2,
         "t_ip=10.55.0.2/24 t_role=pingclient t_peer=10.55.0.1 t_wait=4 t_count=3",
     );
     let mut c = Vm::start(
         &d.dir,
         &cache,
-        &tc,
+        Net::Tap(&tc),
         3,
         "t_ip=10.55.0.3/24 t_role=ping t_peer=10.55.0.1 t_wait=4 t_count=2",
     );
@@ -198,4 +240,79 @@ fn qemu_guests_on_one_switch_talk_and_another_switch_is_apart() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     drop(a.wait(0));
+}
+
+#[test]
+fn qemu_netdev_dgram_ports_and_a_tap_guest_share_a_switch() {
+    let Some(cache) = ready() else {
+        return;
+    };
+    let d = Daemon::start("qemu-dgram", &[]);
+    let dir = d.dir.clone();
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let tag = std::process::id() % 10000;
+    let ta = format!("vd{tag}a");
+    // B and C reach the switch with -netdev dgram (plain frames, no offloads): valed
+    // binds its socket first, the VM binds its own and sends to valed's.
+    for (port, ours, theirs) in [
+        ("vale1:db", p("vb.sock"), p("qb.sock")),
+        ("vale2:dc", p("vc.sock"), p("qc.sock")),
+    ] {
+        let o = d.ctl(&["qemu-dgram", port, "--bind", &ours, "--peer", &theirs]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let (qb, vb, qc, vc) = (p("qb.sock"), p("vb.sock"), p("qc.sock"), p("vc.sock"));
+    let mut b = Vm::start(
+        &dir,
+        &cache,
+        Net::Dgram(&qb, &vb),
+        2,
+        "t_ip=10.56.0.2/24 t_role=server",
+    );
+    let mut c = Vm::start(
+        &dir,
+        &cache,
+        Net::Dgram(&qc, &vc),
+        3,
+        "t_ip=10.56.0.3/24 t_role=ping t_peer=10.56.0.2 t_wait=4 t_count=2",
+    );
+    // A is on a tap with offloads: its TCP leaves as 64 KiB super-frames, which the
+    // switch must cut to MSS-sized frames for B's plain datagram port.
+    let mut a = Vm::start(
+        &dir,
+        &cache,
+        Net::Tap(&ta),
+        1,
+        "t_ip=10.56.0.1/24 t_role=pingclient t_peer=10.56.0.2 t_wait=4 t_count=3",
+    );
+    let o = d.ctl(&["-a", &format!("vale1:{ta}")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log_a = a.wait(90);
+    let log_c = c.wait(60);
+    assert!(
+        log_a.contains("T_PING_OK"),
+        "A pings B:\n{log_a}\nB:\n{}",
+        b.log()
+    );
+    assert!(
+        log_a.contains("T_IPERF_OK"),
+        "A's iperf3 to B:\n{log_a}\nB:\n{}",
+        b.log()
+    );
+    assert!(
+        log_c.contains("T_PING_FAIL"),
+        "C on vale2 must not reach B:\n{log_c}"
+    );
+    let list = d.ctl_json(&["list"]);
+    let hosts = list["hosts"].as_array().unwrap();
+    assert!(
+        hosts
+            .iter()
+            .any(|h| h["kind"] == "qemu-dgram" && h["attached"] == "vale1:db")
+    );
+    // Removing a QEMU port removes its socket too.
+    let o = d.ctl(&["-d", "vale1:db"]);
+    assert!(o.status.success());
+    assert!(!std::path::Path::new(&vb).exists());
+    drop(b.wait(0));
 }

@@ -104,6 +104,14 @@ pub enum Request {
     /// netmap's `vale-ctl -d valeX:NAME`: detaches it again; an interface is given back
     /// untouched, a persistent port stays for another attach.
     Detach { port: String },
+    /// A port `valeX:NAME` for QEMU's `-netdev dgram` over unix sockets: valed binds
+    /// `socket` (the VM's `remote.path`) and sends to `peer` (the VM's `local.path`).
+    /// Removed with `Detach`.
+    QemuDgram {
+        port: String,
+        socket: String,
+        peer: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -27,6 +27,8 @@ pub enum Kind {
     Tap,
     /// An existing interface, reached with an AF_PACKET socket while attached.
     Nic,
+    /// QEMU's `-netdev dgram`: a unix datagram socket, one frame per datagram.
+    QemuDgram,
 }
 
 impl Kind {
@@ -34,6 +36,7 @@ impl Kind {
         match self {
             Kind::Tap => "tap",
             Kind::Nic => "nic",
+            Kind::QemuDgram => "qemu-dgram",
         }
     }
 }
@@ -72,6 +75,8 @@ pub struct Host {
     /// Where it is attached: `(valeX:NAME, lane, key)`.
     pub attached: Option<(String, usize, PortKey)>,
     pub counters: Arc<Counters>,
+    /// A socket file valed created for it (removed with it).
+    pub socket: Option<std::path::PathBuf>,
 }
 
 /// The egress of direct ports for one switch of a lane: packets for a host port are
@@ -115,17 +120,26 @@ pub struct HostIo {
     pub tx: AppRing,
     pub rx: AppRing,
     pub counters: Arc<Counters>,
+    /// Where frames go for an unconnected datagram socket (QEMU's `local.path`).
+    pub peer: Option<rustix::net::SocketAddrUnix>,
     /// Scratch for one frame.
     buf: Vec<u8>,
 }
 
 impl HostIo {
-    pub fn new(dev: OwnedFd, tx: AppRing, rx: AppRing, counters: Arc<Counters>) -> HostIo {
+    pub fn new(
+        dev: OwnedFd,
+        tx: AppRing,
+        rx: AppRing,
+        counters: Arc<Counters>,
+        peer: Option<rustix::net::SocketAddrUnix>,
+    ) -> HostIo {
         HostIo {
             dev,
             tx,
             rx,
             counters,
+            peer,
             buf: vec![0u8; MAX_FRAME],
         }
     }
@@ -210,7 +224,16 @@ impl HostIo {
                 }
             }
             self.rx.advance(used);
-            match rustix::io::write(&self.dev, &self.buf[..len]) {
+            let r = match &self.peer {
+                Some(a) => rustix::net::sendto(
+                    &self.dev,
+                    &self.buf[..len],
+                    rustix::net::SendFlags::empty(),
+                    a,
+                ),
+                None => rustix::io::write(&self.dev, &self.buf[..len]),
+            };
+            match r {
                 Ok(_) => {
                     c.to_host.fetch_add(1, Ordering::Relaxed);
                     c.to_host_bytes.fetch_add(len as u64, Ordering::Relaxed);

@@ -359,6 +359,7 @@ impl Control {
             | Request::HostRemove { .. }
             | Request::Attach { .. }
             | Request::Detach { .. }
+            | Request::QemuDgram { .. }
                 if !self.may_touch_host(id) =>
             {
                 (
@@ -373,6 +374,9 @@ impl Control {
             Request::HostRemove { name } => (self.host_remove(&name), Vec::new()),
             Request::Attach { port } => (self.attach(&port), Vec::new()),
             Request::Detach { port } => (self.detach(&port), Vec::new()),
+            Request::QemuDgram { port, socket, peer } => {
+                (self.qemu_dgram(&port, &socket, &peer), Vec::new())
+            }
         }
     }
 
@@ -558,6 +562,7 @@ impl Control {
                         tap: Some(fd),
                         attached: None,
                         counters: Default::default(),
+                        socket: None,
                     },
                 );
                 Response::Done {
@@ -658,11 +663,28 @@ impl Control {
                 }),
                 None => Err(format!("{ifname} went away")),
             },
+            // Detached QEMU ports are removed, so this is not reached.
+            Kind::QemuDgram => Err(format!(
+                "{ifname} is a QEMU port: remove it with -d and create it again"
+            )),
         };
         let dev = match dev {
             Ok(d) => d,
             Err(e) => return error(ErrorKind::Internal, e),
         };
+        self.attach_dev(port, &ifname, kind, dev, None)
+    }
+
+    /// Attaches host port `ifname` of `kind`, reached through `dev`, as `port`.
+    fn attach_dev(
+        &mut self,
+        port: &str,
+        ifname: &str,
+        kind: Kind,
+        dev: OwnedFd,
+        peer: Option<SocketAddrUnix>,
+    ) -> Response {
+        let ifname = ifname.to_string();
         // Host ports move 64 KiB super-frames (32 slots each): give them deep rings.
         let l = &self.settings.limits;
         let slots = l.max_slots.min(HOST_SLOTS).max(l.default_geometry.tx_slots);
@@ -682,6 +704,7 @@ impl Control {
         let hdr = match kind {
             Kind::Tap => sys::TAP_VNET_HDR,
             Kind::Nic => sys::PACKET_VNET_HDR_LEN,
+            Kind::QemuDgram => 0,
         };
         let counters = self
             .hosts
@@ -698,9 +721,10 @@ impl Control {
             e.switch
                 .set_hdr_len(a.key.port, hdr)
                 .map_err(|e| e.to_string())?;
-            // Packets for it are written to the interface from the senders' buffers.
+            // Packets for it are written to the interface from the senders' buffers
+            // (not for datagram sockets: those need an address on every send).
             e.switch
-                .set_direct(a.key.port, true)
+                .set_direct(a.key.port, kind != Kind::QemuDgram)
                 .map_err(|e| e.to_string())?;
             let region = e
                 .switch
@@ -722,7 +746,7 @@ impl Control {
             )
             .map_err(|e| format!("epoll_ctl: {e}"))?;
             st.hosts
-                .insert(a.key, HostIo::new(dev, tx, rx, counters.clone()));
+                .insert(a.key, HostIo::new(dev, tx, rx, counters.clone(), peer));
             Ok(())
         })();
         match started {
@@ -734,6 +758,7 @@ impl Control {
                     tap: None,
                     attached: None,
                     counters,
+                    socket: None,
                 });
                 h.attached = Some((port.to_string(), a.lane, a.key));
                 Response::Done {
@@ -745,6 +770,57 @@ impl Control {
                 error(ErrorKind::Internal, e)
             }
         }
+    }
+
+    /// `vale-ctl qemu-dgram valeX:NAME --socket PATH --peer PATH`: a port for QEMU's
+    /// `-netdev dgram` (one Ethernet frame per datagram, no header): valed binds PATH
+    /// and sends to the VM's `local.path`.
+    fn qemu_dgram(&mut self, port: &str, socket: &str, peer: &str) -> Response {
+        let pn = match vale_switch::PortName::parse(port, self.settings.limits.max_name_len) {
+            Ok(p) => p,
+            Err(e) => return error(ErrorKind::BadName, e.to_string()),
+        };
+        let name = pn.as_str()[pn.switch().len() + 1..].to_string();
+        if self.hosts.contains_key(&name)
+            || self
+                .lanes
+                .iter()
+                .any(|l| l.lock_ctl().registry.find(port).is_some())
+        {
+            return error(ErrorKind::Exists, format!("{port} exists already"));
+        }
+        let peer_addr = match SocketAddrUnix::new(peer) {
+            Ok(a) => a,
+            Err(e) => return error(ErrorKind::BadRequest, format!("--peer {peer}: {e}")),
+        };
+        let dev = match sys::dgram_bind(socket) {
+            Ok(d) => d,
+            Err(e) => {
+                return error(
+                    ErrorKind::Internal,
+                    format!("cannot bind a datagram socket at {socket}: {e}"),
+                );
+            }
+        };
+        self.hosts.insert(
+            name.clone(),
+            Host {
+                kind: Kind::QemuDgram,
+                tap: None,
+                attached: None,
+                counters: Default::default(),
+                socket: Some(PathBuf::from(socket)),
+            },
+        );
+        let r = self.attach_dev(port, &name, Kind::QemuDgram, dev, Some(peer_addr));
+        if matches!(r, Response::Error { .. }) {
+            if let Some(h) = self.hosts.remove(&name) {
+                if let Some(p) = h.socket {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+        r
     }
 
     /// `vale-ctl -d valeX:NAME`.
@@ -781,8 +857,12 @@ impl Control {
                 let _ = epoll::delete(&shared.epoll, &io.dev);
             }
         }
-        if kind == Kind::Nic {
-            self.hosts.remove(ifname);
+        if kind != Kind::Tap {
+            if let Some(h) = self.hosts.remove(ifname) {
+                if let Some(p) = h.socket {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
         }
         self.release(lane, key);
         tracing::info!(interface = ifname, port, "host port detached");

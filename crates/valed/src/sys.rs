@@ -33,6 +33,30 @@ pub fn write_frags(fd: BorrowedFd<'_>, frags: &[(*const u8, usize)]) -> io::Resu
     Ok(r as usize)
 }
 
+/// A non-blocking unix datagram socket bound to `path` (a stale socket file there is
+/// replaced; any other file is an error).
+pub fn dgram_bind(path: &str) -> io::Result<OwnedFd> {
+    let p = std::path::Path::new(path);
+    if let Ok(m) = std::fs::symlink_metadata(p) {
+        use std::os::unix::fs::FileTypeExt;
+        if !m.file_type().is_socket() {
+            return Err(io::Error::other(format!(
+                "{path} exists and is not a socket"
+            )));
+        }
+        std::fs::remove_file(p)?;
+    }
+    let fd = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::DGRAM,
+        rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let addr = rustix::net::SocketAddrUnix::new(p)?;
+    rustix::net::bind(&fd, &addr)?;
+    Ok(fd)
+}
+
 /// Interface names: what the kernel accepts (`dev_valid_name`), at most 15 bytes.
 pub fn check_ifname(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {

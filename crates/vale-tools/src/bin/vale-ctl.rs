@@ -57,6 +57,18 @@ enum Cmd {
     Set { key: String, value: String },
     /// The daemon's settings
     Settings,
+    /// A port for a QEMU VM's `-netdev dgram` (unix sockets): valed binds --bind (the
+    /// VM's remote.path) and sends to --peer (the VM's local.path). `-d PORT` removes it
+    QemuDgram {
+        /// The switch port, e.g. vale1:vm1
+        port: String,
+        /// Socket valed binds
+        #[arg(long, value_name = "PATH")]
+        bind: String,
+        /// The VM's socket
+        #[arg(long, value_name = "PATH")]
+        peer: String,
+    },
     /// Watch a port (netmap's monitor ports PORT/t, /r): pcap for tcpdump, or a line
     /// per frame. A slow reader never slows the switch: the monitor drops and counts.
     Capture {
@@ -237,6 +249,19 @@ fn run(args: &Args) -> Result<(), String> {
                 },
             )? {
                 println!("{message}");
+            }
+        }
+        Cmd::QemuDgram { port, bind, peer } => {
+            let r = call(
+                args,
+                &Request::QemuDgram {
+                    port: port.clone(),
+                    socket: bind.clone(),
+                    peer: peer.clone(),
+                },
+            )?;
+            if args.json {
+                print_json(&r);
             }
         }
         Cmd::Capture {

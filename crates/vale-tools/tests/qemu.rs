@@ -60,6 +60,8 @@ enum Net<'a> {
     Tap(&'a str),
     /// `-netdev dgram` over unix sockets: (the VM's local path, valed's path).
     Dgram(&'a str, &'a str),
+    /// `-netdev stream` connecting to valed's unix socket.
+    Stream(&'a str),
 }
 
 impl Vm {
@@ -74,6 +76,10 @@ impl Vm {
             Net::Tap(t) => (
                 t.to_string(),
                 format!("tap,id=n0,ifname={t},script=no,downscript=no"),
+            ),
+            Net::Stream(path) => (
+                format!("stream{mac}"),
+                format!("stream,id=n0,server=off,addr.type=unix,addr.path={path}"),
             ),
             Net::Dgram(local, remote) => (
                 format!("dgram{mac}"),
@@ -315,4 +321,63 @@ fn qemu_netdev_dgram_ports_and_a_tap_guest_share_a_switch() {
     assert!(o.status.success());
     assert!(!std::path::Path::new(&vb).exists());
     drop(b.wait(0));
+}
+
+#[test]
+fn qemu_netdev_stream_ports_and_a_vm_that_comes_back() {
+    let Some(cache) = ready() else {
+        return;
+    };
+    let d = Daemon::start("qemu-stream", &[]);
+    let dir = d.dir.clone();
+    let (sa, sb) = (
+        dir.join("sa.sock").to_str().unwrap().to_string(),
+        dir.join("sb.sock").to_str().unwrap().to_string(),
+    );
+    for (port, path) in [("vale1:sa", &sa), ("vale1:sb", &sb)] {
+        let o = d.ctl(&["qemu-stream", port, "--listen", path]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let mut a = Vm::start(
+        &dir,
+        &cache,
+        Net::Stream(&sa),
+        1,
+        "t_ip=10.57.0.1/24 t_role=server",
+    );
+    let mut b = Vm::start(
+        &dir,
+        &cache,
+        Net::Stream(&sb),
+        2,
+        "t_ip=10.57.0.2/24 t_role=pingclient t_peer=10.57.0.1 t_wait=3 t_count=3",
+    );
+    let log_b = b.wait(90);
+    assert!(
+        log_b.contains("T_PING_OK"),
+        "B pings A:\n{log_b}\nA:\n{}\nvaled:\n{}",
+        a.log(),
+        d.log()
+    );
+    assert!(log_b.contains("T_IPERF_OK"), "B's iperf3 to A:\n{log_b}");
+    assert!(d.ports().contains(&"vale1:sb".to_string()));
+    // B is gone: its port stays and waits; a new B connects to the same port.
+    drop(b);
+    let mut b2 = Vm::start(
+        &dir,
+        &cache,
+        Net::Stream(&sb),
+        3,
+        "t_ip=10.57.0.3/24 t_role=ping t_peer=10.57.0.1 t_wait=2 t_count=2",
+    );
+    let log = b2.wait(60);
+    assert!(
+        log.contains("T_PING_OK"),
+        "the restarted VM reaches A again:\n{log}\nvaled:\n{}",
+        d.log()
+    );
+    let o = d.ctl(&["-d", "vale1:sb"]);
+    assert!(o.status.success());
+    assert!(!std::path::Path::new(&sb).exists(), "its socket is removed");
+    drop(a.wait(0));
 }

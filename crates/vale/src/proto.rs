@@ -112,6 +112,16 @@ pub enum Request {
         socket: String,
         peer: String,
     },
+    /// A port `valeX:NAME` for QEMU's `-netdev stream` over a unix socket: valed listens
+    /// at `listen` (the VM connects, `server=off`; it may reconnect) or connects to
+    /// `connect` (the VM listens, `server=on`). Removed with `Detach`.
+    QemuStream {
+        port: String,
+        #[serde(default)]
+        listen: Option<String>,
+        #[serde(default)]
+        connect: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

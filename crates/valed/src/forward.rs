@@ -35,7 +35,7 @@ pub fn run(shared: Arc<Shared>, busy_poll: Duration) {
             // Host ports: what their interfaces have goes into their TX rings first,
             // so it crosses the switch in this pass.
             for h in st.hosts.values_mut() {
-                moved += h.pull();
+                moved += h.pull(&shared.epoll);
             }
             for (si, e) in st.registry.switches_indexed_mut() {
                 let mut egress = crate::host::HostEgress {
@@ -55,7 +55,7 @@ pub fn run(shared: Arc<Shared>, busy_poll: Duration) {
             }
             // ...and what the switch delivered to them goes out to their interfaces.
             for h in st.hosts.values_mut() {
-                moved += h.push();
+                moved += h.push(&shared.epoll);
             }
             moved
         };

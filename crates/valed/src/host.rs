@@ -29,6 +29,9 @@ pub enum Kind {
     Nic,
     /// QEMU's `-netdev dgram`: a unix datagram socket, one frame per datagram.
     QemuDgram,
+    /// QEMU's `-netdev stream`: a unix stream socket, each frame after a 4-byte
+    /// big-endian length.
+    QemuStream,
 }
 
 impl Kind {
@@ -37,6 +40,7 @@ impl Kind {
             Kind::Tap => "tap",
             Kind::Nic => "nic",
             Kind::QemuDgram => "qemu-dgram",
+            Kind::QemuStream => "qemu-stream",
         }
     }
 }
@@ -77,6 +81,8 @@ pub struct Host {
     pub counters: Arc<Counters>,
     /// A socket file valed created for it (removed with it).
     pub socket: Option<std::path::PathBuf>,
+    /// A stream port waiting for its VM to connect: the switch port it will be.
+    pub pending_port: Option<String>,
 }
 
 /// The egress of direct ports for one switch of a lane: packets for a host port are
@@ -122,6 +128,11 @@ pub struct HostIo {
     pub counters: Arc<Counters>,
     /// Where frames go for an unconnected datagram socket (QEMU's `local.path`).
     pub peer: Option<rustix::net::SocketAddrUnix>,
+    /// QEMU stream framing: bytes read but not yet a whole frame, and bytes of a frame
+    /// the socket did not take yet. `None` for devices that keep frame boundaries.
+    stream: Option<(Vec<u8>, Vec<u8>)>,
+    /// The stream hung up (the VM went away); nothing moves until it reconnects.
+    closed: bool,
     /// Scratch for one frame.
     buf: Vec<u8>,
 }
@@ -133,6 +144,7 @@ impl HostIo {
         rx: AppRing,
         counters: Arc<Counters>,
         peer: Option<rustix::net::SocketAddrUnix>,
+        stream: bool,
     ) -> HostIo {
         HostIo {
             dev,
@@ -140,13 +152,201 @@ impl HostIo {
             rx,
             counters,
             peer,
+            stream: stream.then(|| (Vec::new(), Vec::new())),
+            closed: false,
             buf: vec![0u8; MAX_FRAME],
         }
     }
 
+    /// A stream port's VM connected again: a new connection, empty buffers.
+    pub fn reconnect(&mut self, dev: OwnedFd) {
+        self.dev = dev;
+        self.stream = Some((Vec::new(), Vec::new()));
+        self.closed = false;
+    }
+
+    /// Puts one frame into the TX ring (the caller checked there is room).
+    fn inject(&mut self, frame_at: std::ops::Range<usize>, from_stream: bool) {
+        let v = self.tx.view();
+        let bs = v.bufs().buf_size() as usize;
+        let n = self.tx.num_slots();
+        let frame = if from_stream {
+            &self.stream.as_ref().map_or(&self.buf, |s| &s.0)[frame_at]
+        } else {
+            &self.buf[frame_at]
+        };
+        let len = frame.len();
+        let parts = len.div_ceil(bs).max(1);
+        let mut h = self.tx.head();
+        for (x, chunk) in frame.chunks(bs).enumerate() {
+            let s = v.read_slot(h);
+            v.bufs().write(s.buf_idx, chunk);
+            v.write_slot(
+                h,
+                NetmapSlot {
+                    buf_idx: s.buf_idx,
+                    len: chunk.len() as u16,
+                    flags: if x + 1 < parts { NS_MOREFRAG } else { 0 },
+                    ptr: 0,
+                },
+            );
+            h = vale_abi::ring::next(h, n);
+        }
+        self.tx.advance(parts as u32);
+        self.counters.from_host.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .from_host_bytes
+            .fetch_add(len as u64, Ordering::Relaxed);
+    }
+
+    /// Stream ports: reads what the socket has and injects every whole frame.
+    fn pull_stream(&mut self, epoll: &OwnedFd) -> usize {
+        if self.closed {
+            return 0;
+        }
+        let bs = self.tx.view().bufs().buf_size() as usize;
+        let room = MAX_FRAME.div_ceil(bs) as u32;
+        let mut got = 0;
+        loop {
+            // Whole frames first.
+            loop {
+                let Some((rbuf, _)) = &self.stream else {
+                    return got;
+                };
+                if rbuf.len() < 4 || self.tx.space() < room || got >= BURST {
+                    break;
+                }
+                let len = u32::from_be_bytes([rbuf[0], rbuf[1], rbuf[2], rbuf[3]]) as usize;
+                if len > MAX_FRAME || len == 0 {
+                    // Not QEMU's framing: hang up rather than guess.
+                    self.counters.read_errors.fetch_add(1, Ordering::Relaxed);
+                    self.hang_up(epoll);
+                    return got;
+                }
+                if rbuf.len() < 4 + len {
+                    break;
+                }
+                self.inject(4..4 + len, true);
+                if let Some((rbuf, _)) = &mut self.stream {
+                    rbuf.drain(..4 + len);
+                }
+                got += 1;
+            }
+            if got >= BURST || self.tx.space() < room {
+                break;
+            }
+            match rustix::io::read(&self.dev, &mut self.buf) {
+                Ok(0) => {
+                    self.hang_up(epoll);
+                    break;
+                }
+                Ok(n) => {
+                    if let Some((rbuf, _)) = &mut self.stream {
+                        rbuf.extend_from_slice(&self.buf[..n]);
+                    }
+                }
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => {
+                    self.counters.read_errors.fetch_add(1, Ordering::Relaxed);
+                    self.hang_up(epoll);
+                    break;
+                }
+            }
+        }
+        if got > 0 {
+            self.tx.txsync();
+        }
+        got
+    }
+
+    fn hang_up(&mut self, epoll: &OwnedFd) {
+        self.closed = true;
+        let _ = rustix::event::epoll::delete(epoll, &self.dev);
+    }
+
+    /// Stream ports: writes pending bytes, then whole frames with their length, keeping
+    /// what the socket does not take; a full socket leaves packets in the RX ring (whose
+    /// own overflow the switch counts as `ring_full`).
+    fn push_stream(&mut self, epoll: &OwnedFd) -> usize {
+        self.rx.rxsync();
+        if self.closed {
+            // Nobody to send to: give the slots back.
+            let k = self.rx.space();
+            if k > 0 {
+                self.rx.advance(k);
+                self.rx.rxsync();
+            }
+            return 0;
+        }
+        let mut sent = 0;
+        loop {
+            let pending = self.stream.as_ref().map_or(0, |s| s.1.len());
+            if pending > 0 {
+                let r = match &self.stream {
+                    Some((_, w)) => rustix::io::write(&self.dev, w),
+                    None => return sent,
+                };
+                match r {
+                    Ok(n) => {
+                        if let Some((_, w)) = &mut self.stream {
+                            w.drain(..n);
+                        }
+                        if n < pending {
+                            break;
+                        }
+                    }
+                    Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => break,
+                    Err(_) => {
+                        self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                        self.hang_up(epoll);
+                        break;
+                    }
+                }
+            }
+            if sent >= BURST || self.rx.space() == 0 {
+                break;
+            }
+            // The next packet, framed, into the pending buffer.
+            let v = self.rx.view();
+            let n = self.rx.num_slots();
+            let mut used = 0;
+            let mut h = self.rx.head();
+            let mut frame = Vec::with_capacity(2048);
+            loop {
+                let s = v.read_slot(h);
+                let start = frame.len();
+                frame.resize(start + s.len as usize, 0);
+                v.bufs().read(s.buf_idx, &mut frame[start..]);
+                used += 1;
+                h = vale_abi::ring::next(h, n);
+                if s.flags & NS_MOREFRAG == 0 || used >= self.rx.space() {
+                    break;
+                }
+            }
+            self.rx.advance(used);
+            if let Some((_, w)) = &mut self.stream {
+                w.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+                w.extend_from_slice(&frame);
+            }
+            self.counters.to_host.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .to_host_bytes
+                .fetch_add(frame.len() as u64, Ordering::Relaxed);
+            sent += 1;
+        }
+        if sent > 0 {
+            self.rx.rxsync();
+        }
+        sent
+    }
+
     /// Interface -> TX ring: up to a burst of frames, each copied into as many slots as
     /// it needs (`NS_MOREFRAG`), then published. Returns the frames read.
-    pub fn pull(&mut self) -> usize {
+    pub fn pull(&mut self, epoll: &OwnedFd) -> usize {
+        if self.stream.is_some() {
+            return self.pull_stream(epoll);
+        }
         let c = &self.counters;
         let v = self.tx.view();
         let bs = v.bufs().buf_size() as usize;
@@ -200,7 +400,10 @@ impl HostIo {
 
     /// RX ring -> interface: every packet the switch delivered (up to a burst), each
     /// written whole, then the slots given back. Returns the frames written.
-    pub fn push(&mut self) -> usize {
+    pub fn push(&mut self, epoll: &OwnedFd) -> usize {
+        if self.stream.is_some() {
+            return self.push_stream(epoll);
+        }
         let c = &self.counters;
         self.rx.rxsync();
         let v = self.rx.view();

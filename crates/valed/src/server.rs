@@ -145,6 +145,9 @@ pub fn run(
         next_id: 1,
         set_verbosity,
         hosts: BTreeMap::new(),
+        ep: epoll::create(epoll::CreateFlags::CLOEXEC)
+            .map_err(|e| StartError::Os("epoll_create", e.into()))?,
+        stream_listeners: HashMap::new(),
     };
     let result = ctl.serve(&listener, &stop);
     tracing::info!(
@@ -178,7 +181,14 @@ struct Control {
     set_verbosity: SetVerbosity,
     /// Host ports by interface name.
     hosts: BTreeMap<String, Host>,
+    /// The control thread's epoll set (connections, the listener, QEMU stream listeners).
+    ep: OwnedFd,
+    /// QEMU `-netdev stream` listeners: epoll id -> (host port name, socket).
+    stream_listeners: HashMap<u64, (String, OwnedFd)>,
 }
+
+/// Epoll ids of QEMU stream listeners start here (connections count up from 1).
+const STREAM_BASE: u64 = 1 << 62;
 
 /// A port opened for a client (or a host port): where it lives and what the client
 /// needs to use it.
@@ -193,8 +203,7 @@ struct Acquired {
 
 impl Control {
     fn serve(&mut self, listener: &OwnedFd, stop: &AtomicBool) -> Result<(), StartError> {
-        let ep = epoll::create(epoll::CreateFlags::CLOEXEC)
-            .map_err(|e| StartError::Os("epoll_create", e.into()))?;
+        let ep = self.ep.try_clone().map_err(|e| StartError::Os("dup", e))?;
         epoll::add(
             &ep,
             listener,
@@ -222,6 +231,8 @@ impl Control {
                 let id = ev.data.u64();
                 if id == LISTENER {
                     self.accept(&ep, listener);
+                } else if id >= STREAM_BASE {
+                    self.stream_accept(id);
                 } else {
                     self.readable(id, &mut buf);
                 }
@@ -360,6 +371,7 @@ impl Control {
             | Request::Attach { .. }
             | Request::Detach { .. }
             | Request::QemuDgram { .. }
+            | Request::QemuStream { .. }
                 if !self.may_touch_host(id) =>
             {
                 (
@@ -377,6 +389,11 @@ impl Control {
             Request::QemuDgram { port, socket, peer } => {
                 (self.qemu_dgram(&port, &socket, &peer), Vec::new())
             }
+            Request::QemuStream {
+                port,
+                listen,
+                connect,
+            } => (self.qemu_stream(&port, listen, connect), Vec::new()),
         }
     }
 
@@ -563,6 +580,7 @@ impl Control {
                         attached: None,
                         counters: Default::default(),
                         socket: None,
+                        pending_port: None,
                     },
                 );
                 Response::Done {
@@ -664,7 +682,7 @@ impl Control {
                 None => Err(format!("{ifname} went away")),
             },
             // Detached QEMU ports are removed, so this is not reached.
-            Kind::QemuDgram => Err(format!(
+            Kind::QemuDgram | Kind::QemuStream => Err(format!(
                 "{ifname} is a QEMU port: remove it with -d and create it again"
             )),
         };
@@ -704,7 +722,7 @@ impl Control {
         let hdr = match kind {
             Kind::Tap => sys::TAP_VNET_HDR,
             Kind::Nic => sys::PACKET_VNET_HDR_LEN,
-            Kind::QemuDgram => 0,
+            Kind::QemuDgram | Kind::QemuStream => 0,
         };
         let counters = self
             .hosts
@@ -724,7 +742,7 @@ impl Control {
             // Packets for it are written to the interface from the senders' buffers
             // (not for datagram sockets: those need an address on every send).
             e.switch
-                .set_direct(a.key.port, kind != Kind::QemuDgram)
+                .set_direct(a.key.port, matches!(kind, Kind::Tap | Kind::Nic))
                 .map_err(|e| e.to_string())?;
             let region = e
                 .switch
@@ -745,8 +763,17 @@ impl Control {
                 epoll::EventFlags::IN,
             )
             .map_err(|e| format!("epoll_ctl: {e}"))?;
-            st.hosts
-                .insert(a.key, HostIo::new(dev, tx, rx, counters.clone(), peer));
+            st.hosts.insert(
+                a.key,
+                HostIo::new(
+                    dev,
+                    tx,
+                    rx,
+                    counters.clone(),
+                    peer,
+                    kind == Kind::QemuStream,
+                ),
+            );
             Ok(())
         })();
         match started {
@@ -759,6 +786,7 @@ impl Control {
                     attached: None,
                     counters,
                     socket: None,
+                    pending_port: None,
                 });
                 h.attached = Some((port.to_string(), a.lane, a.key));
                 Response::Done {
@@ -810,6 +838,7 @@ impl Control {
                 attached: None,
                 counters: Default::default(),
                 socket: Some(PathBuf::from(socket)),
+                pending_port: None,
             },
         );
         let r = self.attach_dev(port, &name, Kind::QemuDgram, dev, Some(peer_addr));
@@ -823,8 +852,180 @@ impl Control {
         r
     }
 
+    /// `vale-ctl qemu-stream valeX:NAME --listen PATH | --connect PATH`: a port for QEMU's
+    /// `-netdev stream` (a 4-byte big-endian length, then the frame). With `--listen`
+    /// valed listens and the VM connects (`server=off`); a VM that restarts reconnects to
+    /// the same port. With `--connect` valed connects to a VM listening (`server=on`).
+    fn qemu_stream(
+        &mut self,
+        port: &str,
+        listen: Option<String>,
+        connect: Option<String>,
+    ) -> Response {
+        let pn = match vale_switch::PortName::parse(port, self.settings.limits.max_name_len) {
+            Ok(p) => p,
+            Err(e) => return error(ErrorKind::BadName, e.to_string()),
+        };
+        let name = pn.as_str()[pn.switch().len() + 1..].to_string();
+        if self.hosts.contains_key(&name)
+            || self
+                .lanes
+                .iter()
+                .any(|l| l.lock_ctl().registry.find(port).is_some())
+        {
+            return error(ErrorKind::Exists, format!("{port} exists already"));
+        }
+        match (listen, connect) {
+            (Some(path), None) => {
+                let l = match sys::stream_listen(&path) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        return error(ErrorKind::Internal, format!("cannot listen on {path}: {e}"));
+                    }
+                };
+                let id = STREAM_BASE + self.next_id;
+                self.next_id += 1;
+                if let Err(e) = epoll::add(
+                    &self.ep,
+                    &l,
+                    epoll::EventData::new_u64(id),
+                    epoll::EventFlags::IN,
+                ) {
+                    return error(ErrorKind::Internal, format!("epoll_ctl: {e}"));
+                }
+                self.stream_listeners.insert(id, (name.clone(), l));
+                self.hosts.insert(
+                    name,
+                    Host {
+                        kind: Kind::QemuStream,
+                        tap: None,
+                        attached: None,
+                        counters: Default::default(),
+                        socket: Some(PathBuf::from(&path)),
+                        // Attached when the VM connects.
+                        pending_port: Some(port.to_string()),
+                    },
+                );
+                Response::Done {
+                    message: format!("{port}: waiting for QEMU on {path}"),
+                }
+            }
+            (None, Some(path)) => {
+                let conn = match sys::stream_connect(&path) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        return error(
+                            ErrorKind::NotFound,
+                            format!(
+                                "cannot connect to {path}: {e} (is QEMU listening there, server=on?)"
+                            ),
+                        );
+                    }
+                };
+                self.hosts.insert(
+                    name.clone(),
+                    Host {
+                        kind: Kind::QemuStream,
+                        tap: None,
+                        attached: None,
+                        counters: Default::default(),
+                        socket: None,
+                        pending_port: None,
+                    },
+                );
+                let r = self.attach_dev(port, &name, Kind::QemuStream, conn, None);
+                if matches!(r, Response::Error { .. }) {
+                    self.hosts.remove(&name);
+                }
+                r
+            }
+            _ => error(
+                ErrorKind::BadRequest,
+                "qemu-stream takes one of --listen PATH or --connect PATH".into(),
+            ),
+        }
+    }
+
+    /// A VM connected to a stream listener: the port is attached with this connection,
+    /// or (a VM that restarted) its connection is replaced.
+    fn stream_accept(&mut self, id: u64) {
+        let Some((name, l)) = self.stream_listeners.get(&id) else {
+            return;
+        };
+        let name = name.clone();
+        let conn = match rustix::net::accept_with(l, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
+            Ok(c) => c,
+            Err(_) => return,
+        };
+        let Some(h) = self.hosts.get(&name) else {
+            return;
+        };
+        match (&h.attached, h.pending_port.clone()) {
+            (Some((_, lane, key)), _) => {
+                let (lane, key) = (*lane, *key);
+                let shared = self.lanes[lane].clone();
+                let mut st = shared.lock_ctl();
+                if let Some(io) = st.hosts.get_mut(&key) {
+                    let _ = epoll::delete(&shared.epoll, &io.dev);
+                    if epoll::add(
+                        &shared.epoll,
+                        &conn,
+                        epoll::EventData::new_u64(HOST | key_data(key)),
+                        epoll::EventFlags::IN,
+                    )
+                    .is_ok()
+                    {
+                        io.reconnect(conn);
+                        tracing::info!(port = %name, "QEMU reconnected");
+                    }
+                }
+                drop(st);
+                shared.wake_forwarder();
+            }
+            (None, Some(port)) => {
+                let r = self.attach_dev(&port, &name, Kind::QemuStream, conn, None);
+                if let Response::Error { message, .. } = r {
+                    tracing::warn!(port, "cannot attach the QEMU connection: {message}");
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// Drops a host entry that is not a TAP: its socket file and stream listener go too.
+    fn forget_host(&mut self, name: &str) {
+        if let Some(h) = self.hosts.remove(name) {
+            if let Some(p) = h.socket {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        let ids: Vec<u64> = self
+            .stream_listeners
+            .iter()
+            .filter(|(_, (n, _))| n == name)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some((_, l)) = self.stream_listeners.remove(&id) {
+                let _ = epoll::delete(&self.ep, &l);
+            }
+        }
+    }
+
     /// `vale-ctl -d valeX:NAME`.
     fn detach(&mut self, port: &str) -> Response {
+        // A stream port still waiting for its VM.
+        let waiting = self
+            .hosts
+            .iter()
+            .find(|(_, h)| h.attached.is_none() && h.pending_port.as_deref() == Some(port))
+            .map(|(n, _)| n.clone());
+        if let Some(n) = waiting {
+            self.forget_host(&n);
+            return Response::Done {
+                message: format!("removed {port}"),
+            };
+        }
         let Some(ifname) = self.host_port(port).map(str::to_string) else {
             return error(
                 ErrorKind::NotFound,
@@ -858,11 +1059,7 @@ impl Control {
             }
         }
         if kind != Kind::Tap {
-            if let Some(h) = self.hosts.remove(ifname) {
-                if let Some(p) = h.socket {
-                    let _ = std::fs::remove_file(p);
-                }
-            }
+            self.forget_host(ifname);
         }
         self.release(lane, key);
         tracing::info!(interface = ifname, port, "host port detached");

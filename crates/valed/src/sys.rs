@@ -57,6 +57,43 @@ pub fn dgram_bind(path: &str) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// A non-blocking unix stream socket listening at `path` (a stale socket file there is
+/// replaced; any other file is an error).
+pub fn stream_listen(path: &str) -> io::Result<OwnedFd> {
+    let p = std::path::Path::new(path);
+    if let Ok(m) = std::fs::symlink_metadata(p) {
+        use std::os::unix::fs::FileTypeExt;
+        if !m.file_type().is_socket() {
+            return Err(io::Error::other(format!(
+                "{path} exists and is not a socket"
+            )));
+        }
+        std::fs::remove_file(p)?;
+    }
+    let fd = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::bind(&fd, &rustix::net::SocketAddrUnix::new(p)?)?;
+    rustix::net::listen(&fd, 4)?;
+    Ok(fd)
+}
+
+/// A unix stream socket connected to `path`, then made non-blocking.
+pub fn stream_connect(path: &str) -> io::Result<OwnedFd> {
+    let fd = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::connect(&fd, &rustix::net::SocketAddrUnix::new(path)?)?;
+    rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::NONBLOCK)?;
+    Ok(fd)
+}
+
 /// Interface names: what the kernel accepts (`dev_valid_name`), at most 15 bytes.
 pub fn check_ifname(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {

@@ -69,6 +69,19 @@ enum Cmd {
         #[arg(long, value_name = "PATH")]
         peer: String,
     },
+    /// A port for a QEMU VM's `-netdev stream` (unix socket): valed listens at --listen
+    /// (the VM connects with server=off, and may reconnect) or connects to --connect
+    /// (the VM listens, server=on). `-d PORT` removes it
+    QemuStream {
+        /// The switch port, e.g. vale1:vm1
+        port: String,
+        /// Socket valed listens on
+        #[arg(long, value_name = "PATH", conflicts_with = "connect")]
+        listen: Option<String>,
+        /// Socket of a VM listening (server=on)
+        #[arg(long, value_name = "PATH")]
+        connect: Option<String>,
+    },
     /// Watch a port (netmap's monitor ports PORT/t, /r): pcap for tcpdump, or a line
     /// per frame. A slow reader never slows the switch: the monitor drops and counts.
     Capture {
@@ -258,6 +271,23 @@ fn run(args: &Args) -> Result<(), String> {
                     port: port.clone(),
                     socket: bind.clone(),
                     peer: peer.clone(),
+                },
+            )?;
+            if args.json {
+                print_json(&r);
+            }
+        }
+        Cmd::QemuStream {
+            port,
+            listen,
+            connect,
+        } => {
+            let r = call(
+                args,
+                &Request::QemuStream {
+                    port: port.clone(),
+                    listen: listen.clone(),
+                    connect: connect.clone(),
                 },
             )?;
             if args.json {

@@ -338,6 +338,17 @@ fn qemu_netdev_stream_ports_and_a_vm_that_comes_back() {
         let o = d.ctl(&["qemu-stream", port, "--listen", path]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
+    let list = d.ctl_json(&["list"]);
+    assert!(
+        list["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["kind"] == "qemu-stream" && h["waiting"] == "vale1:sa"),
+        "{list}"
+    );
+    let o = d.ctl(&["qemu-stream", "vale1:sa", "--listen", &sa]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("exists already"));
     let mut a = Vm::start(
         &dir,
         &cache,

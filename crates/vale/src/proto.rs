@@ -184,11 +184,15 @@ pub struct Counters {
 pub struct HostInfo {
     /// The interface name.
     pub name: String,
-    /// `tap` (created by valed) or `nic` (an existing interface, through AF_PACKET).
+    /// `tap` (created by valed), `nic` (an existing interface, through AF_PACKET),
+    /// `qemu-stream` or `qemu-dgram` (a VM's `-netdev stream` / `dgram` socket).
     pub kind: String,
     /// The switch port it is attached as, `valeX:NAME`.
     #[serde(default)]
     pub attached: Option<String>,
+    /// A QEMU stream port waiting for its VM to connect: the port it will be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
     pub counters: HostCounters,
 }
 

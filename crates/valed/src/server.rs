@@ -1139,6 +1139,11 @@ impl Control {
                 name: n.clone(),
                 kind: h.kind.name().to_string(),
                 attached: h.attached.as_ref().map(|a| a.0.clone()),
+                waiting: h
+                    .attached
+                    .is_none()
+                    .then(|| h.pending_port.clone())
+                    .flatten(),
                 counters: h.counters.snapshot(),
             })
             .collect();

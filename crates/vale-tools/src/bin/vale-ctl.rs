@@ -197,7 +197,10 @@ fn run(args: &Args) -> Result<(), String> {
                         "  {:<16} {} {:<16} from_host {} to_host {} truncated {} write_errors {} read_errors {}",
                         h.name,
                         h.kind,
-                        h.attached.as_deref().unwrap_or("(detached)"),
+                        h.attached.clone().unwrap_or_else(|| match &h.waiting {
+                            Some(p) => format!("{p} (waiting for QEMU)"),
+                            None => "(detached)".into(),
+                        }),
                         c.from_host,
                         c.to_host,
                         c.truncated,

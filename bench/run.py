@@ -6,7 +6,8 @@ and the ratios the performance issue asks for.
     bench/run.py                 # 3 runs per row, 3-second windows
     bench/run.py --smoke         # 1 run, 1-second windows: proves each row works (CI)
     bench/run.py --only ours,ceiling
-    (rows: ours, memif, bridge, host (TAP ports and iperf3), ceiling)
+    (rows: ours, memif, bridge, host (TAP ports and iperf3), ceiling, and vm (QEMU
+    guests under TCG; not in the default set: about a minute per run))
 
 Rows that cannot run (no dpdk-testpmd, not root) print SKIP with the reason. Every
 process this script starts is stopped by PID; namespaces it creates are removed even on
@@ -421,6 +422,82 @@ def ours_tap(secs, count):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# ---------------------------------------------------------------------------- VMs
+
+
+def vm_pair(secs, how):
+    """Two TCG guests (scripts/build-guest), B running iperf3 against A for `secs`:
+    how = "stream" (our -netdev stream ports on vale1), "tap" (their tap interfaces
+    attached to vale1 by name) or "bridge" (their taps in a Linux bridge). Returns
+    Gbit/s from the client's report, or a SKIP string. Under TCG this measures the
+    emulated guests more than the switch."""
+    if os.geteuid() != 0:
+        return "SKIP: needs root"
+    if not shutil.which("qemu-system-x86_64"):
+        return "SKIP: qemu-system-x86_64 not installed (apt-get install qemu-system-x86)"
+    cache = os.path.join(ROOT, "target", "guest")
+    r = subprocess.run([os.path.join(ROOT, "scripts", "build-guest"), cache], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"SKIP: scripts/build-guest failed: {r.stderr.strip()}"
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="vale-vm-")
+    taps = ["vbvma", "vbvmb"]
+    try:
+        v = Valed(procs, tmp) if how != "bridge" else None
+        if how == "bridge":
+            sh("ip", "link", "del", "vbvmbr", check=False)
+            sh("ip", "link", "add", "vbvmbr", "type", "bridge", "stp_state", "0", "forward_delay", "0")
+            sh("ip", "link", "set", "vbvmbr", "up")
+        vms = []
+        for i, (tap, role) in enumerate(zip(taps, ["t_role=server", f"t_role=client t_peer=10.58.0.1 t_wait=3 t_time={int(secs)}"])):
+            if how == "stream":
+                sock = os.path.join(tmp, f"{tap}.sock")
+                subprocess.run([os.path.join(BIN, "vale-ctl"), "qemu-stream", f"vale1:{tap}", "--listen", sock],
+                               env=v.env, check=True, capture_output=True)
+                netdev = f"stream,id=n0,server=off,addr.type=unix,addr.path={sock}"
+            else:
+                netdev = f"tap,id=n0,ifname={tap},script=no,downscript=no"
+            log_path = os.path.join(tmp, f"{tap}.log")
+            vms.append((procs.start(["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-smp", "1", "-M", "pc",
+                                     "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+                                     "-serial", f"file:{log_path}", "-kernel", os.path.join(cache, "vmlinuz"),
+                                     "-initrd", os.path.join(cache, "initramfs.gz"), "-append",
+                                     f"console=ttyS0 quiet panic=-1 t_ip=10.58.0.{i + 1}/24 {role}",
+                                     "-netdev", netdev, "-device",
+                                     f"virtio-net-pci,netdev=n0,mac=52:54:00:12:35:0{i + 1}"],
+                                    stdout=subprocess.DEVNULL), log_path))
+            if how != "stream":
+                for _ in range(100):
+                    if sh("ip", "link", "show", tap, check=False).returncode == 0:
+                        break
+                    time.sleep(0.1)
+                sh("ip", "link", "set", tap, "up")
+                if how == "tap":
+                    subprocess.run([os.path.join(BIN, "vale-ctl"), "-a", f"vale1:{tap}"], env=v.env, check=True,
+                                   capture_output=True)
+                else:
+                    sh("ip", "link", "set", tap, "master", "vbvmbr")
+        client, log_path = vms[1]
+        try:
+            client.wait(timeout=secs + 60)
+        except subprocess.TimeoutExpired:
+            return "SKIP: the client VM did not finish"
+        with open(log_path, errors="replace") as f:
+            out = f.read()
+        m = re.search(r"([\d.]+) ([MG])bits/sec\s+receiver", out)
+        if not m:
+            return "SKIP: no iperf3 result from the guest"
+        return float(m.group(1)) / (1000 if m.group(2) == "M" else 1)
+    except subprocess.CalledProcessError as e:
+        return f"SKIP: {' '.join(e.cmd)} failed: {(e.stderr or '').strip()}"
+    finally:
+        procs.stop_all()
+        for t in taps:
+            sh("ip", "link", "del", t, check=False)
+        sh("ip", "link", "del", "vbvmbr", check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 # ---------------------------------------------------------------------------- ceiling
 
 
@@ -567,6 +644,15 @@ def main():
                 add("ours: iperf3 TCP between TAP ports, Gbit/s", 60, r[0])
                 add("ours: ping RTT between TAP ports us (p50 | p99)", 60, r[1])
                 add("ours: ping RTT between TAP ports us (p50 | p99)", 1514, r[2])
+        if "vm" in only:
+            for how, label in (("stream", "VMs (TCG): iperf3 over our -netdev stream ports, Gbit/s"),
+                               ("tap", "VMs (TCG): iperf3 over taps attached to ours, Gbit/s"),
+                               ("bridge", "VMs (TCG): iperf3 over taps in a Linux bridge, Gbit/s")):
+                r = vm_pair(a.secs, how)
+                if isinstance(r, str):
+                    notes.append(f"{label}: {r}")
+                else:
+                    add(label, 60, r)
         if "ceiling" in only:
             for length in (60, 1514):
                 add("copy ceiling (SPSC, 1 copy), Mpps", length, ceiling(a.secs, length))

@@ -349,6 +349,12 @@ fn qemu_netdev_stream_ports_and_a_vm_that_comes_back() {
     );
     let o = d.ctl(&["qemu-stream", "vale1:sa", "--listen", &sa]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("exists already"));
+    let o = d.ctl(&["qemu-stream", "vale1:sc", "--listen", &sa]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already the socket"));
+    let own = d.socket.to_str().unwrap().to_string();
+    let o = d.ctl(&["qemu-stream", "vale1:sd", "--listen", &own]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be a QEMU port"));
+    assert!(d.socket.exists(), "valed's own socket untouched");
     let mut a = Vm::start(
         &dir,
         &cache,
@@ -391,4 +397,15 @@ fn qemu_netdev_stream_ports_and_a_vm_that_comes_back() {
     assert!(o.status.success());
     assert!(!std::path::Path::new(&sb).exists(), "its socket is removed");
     drop(a.wait(0));
+    // A port still waiting for its VM leaves no socket behind when valed stops.
+    let se = dir.join("se.sock");
+    let o = d.ctl(&["qemu-stream", "vale1:se", "--listen", se.to_str().unwrap()]);
+    assert!(o.status.success());
+    assert!(se.exists());
+    let mut d = d;
+    let _ = Command::new("kill")
+        .args(["-TERM", &d.pid().to_string()])
+        .status();
+    assert!(wait_for(5.0, || !d.alive()), "valed stops");
+    assert!(!se.exists(), "its socket removed on shutdown");
 }

@@ -158,6 +158,7 @@ pub fn run(
     let names: Vec<String> = ctl.hosts.keys().cloned().collect();
     for n in names {
         ctl.detach_host(&n);
+        ctl.forget_host(&n); // socket files of QEMU ports, attached or still waiting
     }
     ctl.hosts.clear();
     for l in &lanes {
@@ -803,7 +804,28 @@ impl Control {
     /// `vale-ctl qemu-dgram valeX:NAME --socket PATH --peer PATH`: a port for QEMU's
     /// `-netdev dgram` (one Ethernet frame per datagram, no header): valed binds PATH
     /// and sends to the VM's `local.path`.
+    /// A socket path valed may create (and replace, if a stale socket is there).
+    fn check_socket_path(&self, path: &str) -> Result<(), Response> {
+        let p = Path::new(path);
+        if p.as_os_str().is_empty() || p == self.settings.socket {
+            return Err(error(
+                ErrorKind::BadRequest,
+                format!("`{path}` cannot be a QEMU port's socket"),
+            ));
+        }
+        if self.hosts.values().any(|h| h.socket.as_deref() == Some(p)) {
+            return Err(error(
+                ErrorKind::Exists,
+                format!("{path} is already the socket of another port"),
+            ));
+        }
+        Ok(())
+    }
+
     fn qemu_dgram(&mut self, port: &str, socket: &str, peer: &str) -> Response {
+        if let Err(e) = self.check_socket_path(socket) {
+            return e;
+        }
         let pn = match vale_switch::PortName::parse(port, self.settings.limits.max_name_len) {
             Ok(p) => p,
             Err(e) => return error(ErrorKind::BadName, e.to_string()),
@@ -877,6 +899,9 @@ impl Control {
         }
         match (listen, connect) {
             (Some(path), None) => {
+                if let Err(e) = self.check_socket_path(&path) {
+                    return e;
+                }
                 let l = match sys::stream_listen(&path) {
                     Ok(l) => l,
                     Err(e) => {

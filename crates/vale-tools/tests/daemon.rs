@@ -625,3 +625,77 @@ fn a_capture_that_falls_behind_drops_its_copies_not_the_switchs_frames() {
         eprintln!("SKIP (permission part): not root or no setpriv");
     }
 }
+
+#[test]
+fn qemu_stream_and_dgram_ports_survive_hostile_peers() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixDatagram, UnixStream};
+    let d = Daemon::start("qemu-hostile", &[]);
+    let rx = d.open("vale0:rx");
+    let sock = d.dir.join("s.sock");
+    let o = d.ctl(&["qemu-stream", "vale0:s", "--listen", path_str(&sock)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let host = |name: &str| {
+        let v = d.ctl_json(&["list"]);
+        v["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    // A peer that is not QEMU: an impossible length. valed hangs up and counts it.
+    let mut bad = UnixStream::connect(&sock).unwrap();
+    bad.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    bad.write_all(&[0u8; 64]).unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut b = [0u8; 16];
+    assert_eq!(
+        bad.read(&mut b).unwrap_or(0),
+        0,
+        "valed closed the connection"
+    );
+    assert!(wait_for(2.0, || host("s")["counters"]["read_errors"] == 1));
+    // A well-behaved peer on the same port: its frame (a broadcast) reaches vale0:rx,
+    // split across writes as a stream may be.
+    let mut good = UnixStream::connect(&sock).unwrap();
+    let f = frame(BCAST, A, 42);
+    let mut msg = (f.len() as u32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&f);
+    for chunk in msg.chunks(7) {
+        good.write_all(chunk).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(drain(&rx, 2.0), vec![f.clone()]);
+    // ...and what the switch sends it comes framed.
+    send(&rx, &[frame(BCAST, B, 43)]);
+    good.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut len = [0u8; 4];
+    good.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    good.read_exact(&mut body).unwrap();
+    assert_eq!(body, frame(BCAST, B, 43));
+
+    // Datagram port: runts and garbage are counted drops, the port keeps working.
+    let ours = d.dir.join("d.sock");
+    let theirs = d.dir.join("q.sock");
+    let q = UnixDatagram::bind(&theirs).unwrap();
+    let o = d.ctl(&[
+        "qemu-dgram",
+        "vale0:d",
+        "--bind",
+        path_str(&ours),
+        "--peer",
+        path_str(&theirs),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for junk in [&[1u8][..], &[0u8; 13][..]] {
+        q.send_to(junk, &ours).unwrap();
+    }
+    q.send_to(&frame(BCAST, C, 44), &ours).unwrap();
+    let got = drain(&rx, 2.0);
+    assert!(got.contains(&frame(BCAST, C, 44)), "{got:?}");
+    assert!(wait_for(2.0, || d.counter("vale0:d", "runt") == 2));
+    assert!(d.ports().contains(&"vale0:s".to_string()));
+}

@@ -62,6 +62,8 @@ enum Net<'a> {
     Dgram(&'a str, &'a str),
     /// `-netdev stream` connecting to valed's unix socket.
     Stream(&'a str),
+    /// `-netdev stream` listening (`server=on`) for valed to connect.
+    StreamServer(&'a str),
 }
 
 impl Vm {
@@ -80,6 +82,10 @@ impl Vm {
             Net::Stream(path) => (
                 format!("stream{mac}"),
                 format!("stream,id=n0,server=off,addr.type=unix,addr.path={path}"),
+            ),
+            Net::StreamServer(path) => (
+                format!("stream{mac}"),
+                format!("stream,id=n0,server=on,addr.type=unix,addr.path={path}"),
             ),
             Net::Dgram(local, remote) => (
                 format!("dgram{mac}"),
@@ -387,12 +393,31 @@ fn qemu_netdev_stream_ports_and_a_vm_that_comes_back() {
         3,
         "t_ip=10.57.0.3/24 t_role=ping t_peer=10.57.0.1 t_wait=2 t_count=2",
     );
+    // C listens (server=on) and valed connects to it (--connect).
+    let qc = dir.join("qc.sock").to_str().unwrap().to_string();
+    let mut c = Vm::start(
+        &dir,
+        &cache,
+        Net::StreamServer(&qc),
+        4,
+        "t_ip=10.57.0.4/24 t_role=ping t_peer=10.57.0.1 t_wait=3 t_count=2",
+    );
+    assert!(wait_for(10.0, || std::path::Path::new(&qc).exists()));
+    let o = d.ctl(&["qemu-stream", "vale1:sc", "--connect", &qc]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let log = b2.wait(60);
     assert!(
         log.contains("T_PING_OK"),
         "the restarted VM reaches A again:\n{log}\nvaled:\n{}",
         d.log()
     );
+    let log_c = c.wait(60);
+    assert!(
+        log_c.contains("T_PING_OK"),
+        "valed connected to C:\n{log_c}"
+    );
+    let o = d.ctl(&["qemu-stream", "vale1:sx", "--connect", "/nonexistent.sock"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot connect"));
     let o = d.ctl(&["-d", "vale1:sb"]);
     assert!(o.status.success());
     assert!(!std::path::Path::new(&sb).exists(), "its socket is removed");

@@ -699,3 +699,26 @@ fn qemu_stream_and_dgram_ports_survive_hostile_peers() {
     assert!(wait_for(2.0, || d.counter("vale0:d", "runt") == 2));
     assert!(d.ports().contains(&"vale0:s".to_string()));
 }
+
+#[test]
+fn pkt_gen_pins_itself_with_dash_a() {
+    let d = Daemon::start("pin", &[]);
+    let mut rx = d
+        .cmd(PKT_GEN)
+        .args(["-i", "vale0:p", "-f", "rx", "-a", "0", "--duration", "3"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(3.0, || d.ports().iter().any(|p| p == "vale0:p")));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", rx.id())).unwrap();
+    assert!(status.contains("Cpus_allowed_list:\t0\n"), "{status}");
+    let _ = rx.kill();
+    let _ = rx.wait();
+    let o = d
+        .cmd(PKT_GEN)
+        .args(["-i", "vale0:q", "-f", "rx", "-a", "100000", "-n", "1"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("-a 100000"));
+}

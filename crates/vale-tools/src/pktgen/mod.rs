@@ -67,6 +67,9 @@ pub struct Options {
     /// Stop after this many seconds (0 = no limit)
     #[arg(long, default_value_t = 0)]
     pub duration: u64,
+    /// Pin to this CPU (netmap's -a)
+    #[arg(short = 'a', value_name = "CPU")]
+    pub cpu: Option<usize>,
     /// ping/pong: spin on the ring instead of sleeping in poll() (lowest latency; burns
     /// the core; give each process its own core with taskset)
     #[arg(long)]
@@ -173,6 +176,15 @@ impl Ctx {
 
 /// Runs pkt-gen; returns the process exit code.
 pub fn run(opts: Options, stop: Arc<AtomicBool>) -> Result<(), String> {
+    if let Some(cpu) = opts.cpu {
+        let mut set = rustix::thread::CpuSet::new();
+        if cpu >= rustix::thread::CpuSet::MAX_CPU {
+            return Err(format!("-a {cpu}: no such CPU"));
+        }
+        set.set(cpu);
+        rustix::thread::sched_setaffinity(None, &set)
+            .map_err(|e| format!("-a {cpu}: cannot pin to that CPU: {e}"))?;
+    }
     if !(1..=63).contains(&opts.frags) {
         return Err(format!(
             "-F {}: fragments must be between 1 and 63",

@@ -435,6 +435,12 @@ impl Port {
     /// Closes the port (the daemon removes it with its last client).
     pub fn close(self) {}
 
+    /// The eventfd the switch writes when it delivers to a client that asked to be
+    /// woken (armed `appl_need_kick`), for callers that poll it themselves.
+    pub fn notify_fd(&self) -> rustix::fd::BorrowedFd<'_> {
+        self.notify.as_fd()
+    }
+
     /// The control connection, for callers that poll it themselves.
     pub fn connection(&self) -> rustix::fd::BorrowedFd<'_> {
         self.conn.as_fd()

@@ -122,6 +122,10 @@ pub enum Request {
         #[serde(default)]
         connect: Option<String>,
     },
+    /// A port `valeX:NAME` served as a vhost-user virtio-net device on `socket` (valed
+    /// listens; QEMU `-netdev vhost-user`, DPDK `net_virtio_user` connect). Removed with
+    /// `Detach`.
+    VhostUser { port: String, socket: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -32,6 +32,8 @@ pub enum Kind {
     /// QEMU's `-netdev stream`: a unix stream socket, each frame after a 4-byte
     /// big-endian length.
     QemuStream,
+    /// A vhost-user socket (QEMU `-netdev vhost-user`, DPDK `net_virtio_user`).
+    VhostUser,
 }
 
 impl Kind {
@@ -41,6 +43,7 @@ impl Kind {
             Kind::Nic => "nic",
             Kind::QemuDgram => "qemu-dgram",
             Kind::QemuStream => "qemu-stream",
+            Kind::VhostUser => "vhost-user",
         }
     }
 }
@@ -83,6 +86,8 @@ pub struct Host {
     pub socket: Option<std::path::PathBuf>,
     /// A stream port waiting for its VM to connect: the switch port it will be.
     pub pending_port: Option<String>,
+    /// A vhost-user port's serving thread.
+    pub vhost: Option<crate::vhost::Worker>,
 }
 
 /// The egress of direct ports for one switch of a lane: packets for a host port are

@@ -18,6 +18,7 @@ pub mod settings;
 mod state;
 #[allow(unsafe_code)]
 mod sys;
+mod vhost;
 
 pub use server::{SetVerbosity, StartError, run};
 pub use settings::{ConfigFile, Settings};

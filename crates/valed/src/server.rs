@@ -373,6 +373,7 @@ impl Control {
             | Request::Detach { .. }
             | Request::QemuDgram { .. }
             | Request::QemuStream { .. }
+            | Request::VhostUser { .. }
                 if !self.may_touch_host(id) =>
             {
                 (
@@ -395,6 +396,7 @@ impl Control {
                 listen,
                 connect,
             } => (self.qemu_stream(&port, listen, connect), Vec::new()),
+            Request::VhostUser { port, socket } => (self.vhost_user(&port, &socket), Vec::new()),
         }
     }
 
@@ -582,6 +584,7 @@ impl Control {
                         counters: Default::default(),
                         socket: None,
                         pending_port: None,
+                        vhost: None,
                     },
                 );
                 Response::Done {
@@ -683,7 +686,7 @@ impl Control {
                 None => Err(format!("{ifname} went away")),
             },
             // Detached QEMU ports are removed, so this is not reached.
-            Kind::QemuDgram | Kind::QemuStream => Err(format!(
+            Kind::QemuDgram | Kind::QemuStream | Kind::VhostUser => Err(format!(
                 "{ifname} is a QEMU port: remove it with -d and create it again"
             )),
         };
@@ -724,6 +727,7 @@ impl Control {
             Kind::Tap => sys::TAP_VNET_HDR,
             Kind::Nic => sys::PACKET_VNET_HDR_LEN,
             Kind::QemuDgram | Kind::QemuStream => 0,
+            Kind::VhostUser => crate::vhost::VNET_HDR as u16,
         };
         let counters = self
             .hosts
@@ -788,6 +792,7 @@ impl Control {
                     counters,
                     socket: None,
                     pending_port: None,
+                    vhost: None,
                 });
                 h.attached = Some((port.to_string(), a.lane, a.key));
                 Response::Done {
@@ -861,6 +866,7 @@ impl Control {
                 counters: Default::default(),
                 socket: Some(PathBuf::from(socket)),
                 pending_port: None,
+                vhost: None,
             },
         );
         let r = self.attach_dev(port, &name, Kind::QemuDgram, dev, Some(peer_addr));
@@ -929,6 +935,7 @@ impl Control {
                         socket: Some(PathBuf::from(&path)),
                         // Attached when the VM connects.
                         pending_port: Some(port.to_string()),
+                        vhost: None,
                     },
                 );
                 Response::Done {
@@ -956,6 +963,7 @@ impl Control {
                         counters: Default::default(),
                         socket: None,
                         pending_port: None,
+                        vhost: None,
                     },
                 );
                 let r = self.attach_dev(port, &name, Kind::QemuStream, conn, None);
@@ -968,6 +976,106 @@ impl Control {
                 ErrorKind::BadRequest,
                 "qemu-stream takes one of --listen PATH or --connect PATH".into(),
             ),
+        }
+    }
+
+    /// `vale-ctl vhost-user valeX:NAME --socket PATH`: the port as a vhost-user device;
+    /// valed listens at PATH (QEMU `-chardev socket,path=PATH` without `server=on`, DPDK
+    /// `net_virtio_user0,path=PATH`), and a frontend that goes away may come back.
+    fn vhost_user(&mut self, port: &str, socket: &str) -> Response {
+        let pn = match vale_switch::PortName::parse(port, self.settings.limits.max_name_len) {
+            Ok(p) => p,
+            Err(e) => return error(ErrorKind::BadName, e.to_string()),
+        };
+        let name = pn.as_str()[pn.switch().len() + 1..].to_string();
+        if self.hosts.contains_key(&name)
+            || self
+                .lanes
+                .iter()
+                .any(|l| l.lock_ctl().registry.find(port).is_some())
+        {
+            return error(ErrorKind::Exists, format!("{port} exists already"));
+        }
+        if let Err(e) = self.check_socket_path(socket) {
+            return e;
+        }
+        let l = &self.settings.limits;
+        let slots = l.max_slots.min(HOST_SLOTS).max(l.default_geometry.tx_slots);
+        let g = PortGeometry {
+            tx_rings: 1,
+            rx_rings: 1,
+            tx_slots: slots,
+            rx_slots: slots,
+            ..l.default_geometry
+        };
+        let a = match self.acquire(port, g) {
+            Ok(a) => a,
+            Err(e) => return e,
+        };
+        let fail = |ctl: &mut Control, msg: String| {
+            ctl.release(a.lane, a.key);
+            error(ErrorKind::Internal, msg)
+        };
+        {
+            let shared = self.lanes[a.lane].clone();
+            let mut st = shared.lock_ctl();
+            if let Some(e) = st.registry.entry_mut(a.key) {
+                let _ = e
+                    .switch
+                    .set_hdr_len(a.key.port, crate::vhost::VNET_HDR as u16);
+            }
+        }
+        let Response::Opened {
+            switch,
+            port: pname,
+            index,
+            geometry,
+        } = a.opened
+        else {
+            return fail(self, "unexpected open result".into());
+        };
+        // The port's "connection": an eventfd nobody writes (valed is its own client).
+        let conn = match rustix::event::eventfd(0, EventfdFlags::CLOEXEC) {
+            Ok(c) => c,
+            Err(e) => return fail(self, format!("eventfd: {e}")),
+        };
+        let p = match vale::Port::from_parts(
+            switch,
+            pname,
+            index,
+            geometry.into(),
+            conn,
+            a.memfd,
+            a.kick,
+            a.notify,
+        ) {
+            Ok(p) => p,
+            Err(e) => return fail(self, e.to_string()),
+        };
+        let counters: Arc<crate::host::Counters> = Default::default();
+        let worker = match crate::vhost::Worker::start(
+            name.clone(),
+            socket,
+            crate::vhost::NetBackend::new(p, counters.clone()),
+        ) {
+            Ok(w) => w,
+            Err(e) => return fail(self, format!("cannot serve vhost-user at {socket}: {e}")),
+        };
+        tracing::info!(port, socket, "vhost-user port listening");
+        self.hosts.insert(
+            name,
+            Host {
+                kind: Kind::VhostUser,
+                tap: None,
+                attached: Some((port.to_string(), a.lane, a.key)),
+                counters,
+                socket: Some(PathBuf::from(socket)),
+                pending_port: None,
+                vhost: Some(worker),
+            },
+        );
+        Response::Done {
+            message: format!("{port}: vhost-user on {socket}"),
         }
     }
 
@@ -1073,6 +1181,9 @@ impl Control {
         let Some((port, lane, key)) = h.attached.take() else {
             return;
         };
+        if let Some(mut w) = h.vhost.take() {
+            w.stop();
+        }
         let kind = h.kind;
         {
             let shared = self.lanes[lane].clone();

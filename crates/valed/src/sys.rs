@@ -94,6 +94,19 @@ pub fn stream_connect(path: &str) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Whether descriptor `fd` (owned by the caller, open for the call) becomes readable
+/// within `ms` milliseconds.
+pub fn readable_within(fd: std::os::fd::RawFd, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd, valid for the call; poll only reads `fd`'s state.
+    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    n > 0 && p.revents & libc::POLLIN != 0
+}
+
 /// Interface names: what the kernel accepts (`dev_valid_name`), at most 15 bytes.
 pub fn check_ifname(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {

@@ -82,6 +82,16 @@ enum Cmd {
         #[arg(long, value_name = "PATH")]
         connect: Option<String>,
     },
+    /// A port served as a vhost-user virtio-net device: valed listens on --path (QEMU
+    /// `-chardev socket,path=PATH -netdev vhost-user`, DPDK `net_virtio_user0,path=PATH`)
+    /// and serves whoever connects, again after it goes away. `-d PORT` removes it
+    VhostUser {
+        /// The switch port, e.g. vale1:vm1
+        port: String,
+        /// Socket valed listens on
+        #[arg(long, value_name = "PATH")]
+        path: String,
+    },
     /// Watch a port (netmap's monitor ports PORT/t, /r): pcap for tcpdump, or a line
     /// per frame. A slow reader never slows the switch: the monitor drops and counts.
     Capture {
@@ -291,6 +301,18 @@ fn run(args: &Args) -> Result<(), String> {
                     port: port.clone(),
                     listen: listen.clone(),
                     connect: connect.clone(),
+                },
+            )?;
+            if args.json {
+                print_json(&r);
+            }
+        }
+        Cmd::VhostUser { port, path } => {
+            let r = call(
+                args,
+                &Request::VhostUser {
+                    port: port.clone(),
+                    socket: path.clone(),
                 },
             )?;
             if args.json {

@@ -1,0 +1,363 @@
+//! vhost-user ports: a switch port served to QEMU (or DPDK's `net_virtio_user`) as a
+//! virtio-net device over vhost-user, with the rust-vmm crates doing the protocol. The
+//! backend is the port's client: guest TX buffers go into the port's TX ring (12-byte
+//! virtio-net header in front, the port's `hdr_len`), the port's RX ring goes into
+//! guest RX buffers (mergeable: a packet may take several). Guest memory is only
+//! touched through vm-memory, which checks every descriptor against the memory table:
+//! a bad descriptor is a counted error on the port, never a crash.
+
+use crate::host::Counters;
+use rustix::fd::AsRawFd;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::{Listener, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::QueueT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
+};
+
+/// virtio-net header with `num_buffers` (VERSION_1 / MRG_RXBUF).
+pub const VNET_HDR: usize = 12;
+const RX: u16 = 0;
+const TX: u16 = 1;
+/// Epoll id of the port's notify eventfd (ids must be above the queue count).
+const NOTIFY: u16 = 3;
+/// Packets delivered to the guest per event before the next look at the port's ring.
+const BURST: usize = 256;
+
+pub struct NetBackend {
+    /// In a mutex only because `vale::Port` is not `Sync`; one worker thread uses it.
+    port: Mutex<vale::Port>,
+    /// The port's TX ring was full: guest TX resumes when the switch frees slots.
+    tx_blocked: bool,
+    mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
+    counters: Arc<Counters>,
+}
+
+impl NetBackend {
+    pub fn new(port: vale::Port, counters: Arc<Counters>) -> NetBackend {
+        NetBackend {
+            port: Mutex::new(port),
+            tx_blocked: false,
+            mem: None,
+            counters,
+        }
+    }
+
+    /// Guest TX queue -> the port's TX ring.
+    fn tx(&mut self, vring: &VringRwLock) {
+        let Some(mem) = self.mem.as_ref().map(|m| m.memory()) else {
+            return;
+        };
+        self.tx_blocked = false;
+        let port = self.port.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buf = Vec::with_capacity(65536 + VNET_HDR);
+        let mut moved = 0;
+        loop {
+            let _ = vring.disable_notification();
+            loop {
+                // Room for the largest frame, or wait for the switch to free slots: the
+                // port's notify fires then (its TX ring's kick is armed), and the guest's
+                // buffers stay queued meanwhile (backpressure, not drops).
+                let room =
+                    (65536 + 2 * VNET_HDR).div_ceil(port.geometry().buf_size as usize) as u32;
+                let tx = &port.tx_rings()[0];
+                if tx.space() < room {
+                    let _ = port.txsync();
+                    if tx.space() < room {
+                        tx.view().csb().app_arm_kick();
+                        let _ = port.txsync();
+                        if tx.space() < room {
+                            self.tx_blocked = true;
+                            break;
+                        }
+                        tx.view().csb().app_disarm_kick();
+                    }
+                }
+                let mut st = vring.get_mut();
+                let Some(chain) = st.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
+                    break;
+                };
+                let head = chain.head_index();
+                buf.clear();
+                let ok = chain
+                    .clone()
+                    .reader(&*mem)
+                    .ok()
+                    .is_some_and(|mut r| r.read_to_end(&mut buf).is_ok());
+                if !ok || buf.len() < VNET_HDR + 14 {
+                    self.counters.read_errors.fetch_add(1, Ordering::Relaxed);
+                } else if port.inject(&buf) {
+                    self.counters.from_host.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .from_host_bytes
+                        .fetch_add((buf.len() - VNET_HDR) as u64, Ordering::Relaxed);
+                } else {
+                    // The switch is behind: the frame is dropped, as a NIC would.
+                    self.counters.truncated.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = st.add_used(head, 0);
+                moved += 1;
+            }
+            let _ = port.txsync();
+            if self.tx_blocked {
+                break; // resumed from the port's notify
+            }
+            // Until the queue stays empty with notifications back on (EVENT_IDX: the
+            // guest kicks again only for buffers added after this).
+            if !vring.enable_notification().unwrap_or(false) {
+                break;
+            }
+        }
+        if moved > 0 && vring.needs_notification().unwrap_or(true) {
+            let _ = vring.signal_used_queue();
+        }
+    }
+
+    /// The port's RX ring -> guest RX buffers; leaves packets in the ring when the guest
+    /// has no buffers (its next RX kick brings us back). Arms the port's notify before
+    /// returning with an empty ring.
+    fn rx(&mut self, vring: &VringRwLock) {
+        let Some(mem) = self.mem.as_ref().map(|m| m.memory()) else {
+            return;
+        };
+        {
+            let st = vring.get_mut();
+            if !st.get_queue().ready() || !st.is_enabled() {
+                return;
+            }
+        }
+        let port = self.port.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sent = 0;
+        let mut frame = Vec::with_capacity(2048);
+        loop {
+            let _ = port.rxsync();
+            let ring = &port.rx_rings()[0];
+            if ring.space() == 0 {
+                // Nothing to deliver: ask the switch to kick us, then look once more.
+                ring.view().csb().app_arm_kick();
+                let _ = port.rxsync();
+                if port.rx_rings()[0].space() == 0 {
+                    break;
+                }
+                port.rx_rings()[0].view().csb().app_disarm_kick();
+                continue;
+            }
+            if sent >= BURST {
+                break;
+            }
+            // Peek at the packet: its length decides how many guest buffers it takes.
+            frame.clear();
+            port.dispatch(1, |f| frame.extend_from_slice(f));
+            let _ = port.rxsync();
+            if frame.len() < VNET_HDR {
+                continue;
+            }
+            let mut st = vring.get_mut();
+            let mut chains = Vec::new();
+            let mut room = 0usize;
+            while room < frame.len() && chains.len() < 64 {
+                let Some(c) = st.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
+                    break;
+                };
+                let head = c.head_index();
+                match c.writer(&*mem) {
+                    Ok(w) => {
+                        room += w.available_bytes();
+                        chains.push((head, w));
+                    }
+                    Err(_) => {
+                        let _ = st.add_used(head, 0);
+                        self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            if room < frame.len() {
+                // Not enough guest buffers: give back what we took and drop this one.
+                for (head, _) in chains {
+                    let _ = st.add_used(head, 0);
+                }
+                self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            let nbuf = chains.len() as u16;
+            frame[10..12].copy_from_slice(&nbuf.to_le_bytes());
+            let mut rest = &frame[..];
+            for (head, mut w) in chains {
+                let n = w.available_bytes().min(rest.len());
+                let ok = w.write_all(&rest[..n]).is_ok();
+                rest = &rest[n..];
+                let _ = st.add_used(head, if ok { n as u32 } else { 0 });
+            }
+            drop(st);
+            self.counters.to_host.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .to_host_bytes
+                .fetch_add((frame.len() - VNET_HDR) as u64, Ordering::Relaxed);
+            sent += 1;
+        }
+        if sent > 0 && vring.needs_notification().unwrap_or(true) {
+            let _ = vring.signal_used_queue();
+        }
+    }
+}
+
+impl VhostUserBackendMut for NetBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        2
+    }
+    fn max_queue_size(&self) -> usize {
+        1024
+    }
+    fn features(&self) -> u64 {
+        1 << VIRTIO_F_VERSION_1
+            | 1 << VIRTIO_NET_F_MRG_RXBUF
+            | 1 << VIRTIO_RING_F_EVENT_IDX
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
+    }
+    fn set_event_idx(&mut self, _enabled: bool) {}
+    fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> std::io::Result<()> {
+        self.mem = Some(mem);
+        Ok(())
+    }
+    fn exit_event(&self, _thread: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+    }
+    fn handle_event(
+        &mut self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread: usize,
+    ) -> std::io::Result<()> {
+        match device_event {
+            TX => {
+                if let Some(v) = vrings.get(TX as usize) {
+                    self.tx(v);
+                }
+            }
+            RX | NOTIFY => {
+                if device_event == NOTIFY {
+                    {
+                        let port = self.port.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut b = [0u8; 8];
+                        let _ = rustix::io::read(port.notify_fd(), &mut b);
+                        port.tx_rings()[0].view().csb().app_disarm_kick();
+                    }
+                    if self.tx_blocked {
+                        if let Some(v) = vrings.get(TX as usize) {
+                            self.tx(v);
+                        }
+                    }
+                }
+                if let Some(v) = vrings.get(RX as usize) {
+                    self.rx(v);
+                }
+            }
+            _ => {}
+        }
+        // Never an error: the crate would end the worker thread for good.
+        Ok(())
+    }
+}
+
+/// The thread serving one vhost-user port: accepts a frontend on the socket, serves it
+/// until it goes away, and waits for the next, until stopped.
+pub struct Worker {
+    stop: Arc<AtomicBool>,
+    shutdown: Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    pub fn start(name: String, path: &str, backend: NetBackend) -> std::io::Result<Worker> {
+        let mut listener = Listener::new(path, true).map_err(std::io::Error::other)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let shutdown: Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>> =
+            Arc::new(Mutex::new(None));
+        let backend = Arc::new(RwLock::new(backend));
+        let (stop2, shutdown2) = (stop.clone(), shutdown.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("vale-vhost-{name}"))
+            .spawn(move || {
+                while !stop2.load(Ordering::Acquire) {
+                    // Wait for a frontend without blocking in accept, so stop works.
+                    if !crate::sys::readable_within(listener.as_raw_fd(), 200) {
+                        continue;
+                    }
+                    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+                    let mut d = match VhostUserDaemon::new(name.clone(), backend.clone(), mem) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            tracing::warn!(port = %name, "vhost-user: {e}");
+                            std::thread::sleep(Duration::from_millis(200));
+                            continue;
+                        }
+                    };
+                    let notify = backend
+                        .read()
+                        .map(|b| {
+                            b.port
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .notify_fd()
+                                .as_raw_fd()
+                        })
+                        .unwrap_or(-1);
+                    if let Some(h) = d.get_epoll_handlers().first() {
+                        let _ = h.register_listener(notify, EventSet::IN, NOTIFY as u64);
+                    }
+                    if let Err(e) = d.start(&mut listener) {
+                        tracing::warn!(port = %name, "vhost-user accept: {e}");
+                        continue;
+                    }
+                    tracing::info!(port = %name, "vhost-user frontend connected");
+                    *shutdown2.lock().unwrap_or_else(|p| p.into_inner()) = d.shutdown_handle();
+                    let r = d.wait();
+                    *shutdown2.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    tracing::info!(port = %name, "vhost-user frontend gone: {:?}", r.err());
+                }
+            })?;
+        Ok(Worker {
+            stop,
+            shutdown,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self
+            .shutdown
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            h.shutdown();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

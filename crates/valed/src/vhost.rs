@@ -222,6 +222,9 @@ impl VhostUserBackendMut for NetBackend {
         1024
     }
     fn features(&self) -> u64 {
+        // PROTOCOL_FEATURES: DPDK's virtio_user sends SET_VRING_ENABLE, which the vhost
+        // crate accepts only with it. (QEMU 7.2 sends that message before it acks its
+        // features, which the crate refuses: see docs/vhost-user-plan.md.)
         1 << VIRTIO_F_VERSION_1
             | 1 << VIRTIO_NET_F_MRG_RXBUF
             | 1 << VIRTIO_RING_F_EVENT_IDX
@@ -245,6 +248,7 @@ impl VhostUserBackendMut for NetBackend {
         vrings: &[VringRwLock],
         _thread: usize,
     ) -> std::io::Result<()> {
+        tracing::debug!(device_event, mem = self.mem.is_some(), "vhost-user event");
         match device_event {
             TX => {
                 if let Some(v) = vrings.get(TX as usize) {

@@ -64,6 +64,8 @@ enum Net<'a> {
     Stream(&'a str),
     /// `-netdev stream` listening (`server=on`) for valed to connect.
     StreamServer(&'a str),
+    /// `-netdev vhost-user` on valed's socket (guest memory shared through a memfd).
+    VhostUser(&'a str),
 }
 
 impl Vm {
@@ -87,6 +89,7 @@ impl Vm {
                 format!("stream{mac}"),
                 format!("stream,id=n0,server=on,addr.type=unix,addr.path={path}"),
             ),
+            Net::VhostUser(path) => (format!("vhost{mac}"), format!("vhost-user:{path}")),
             Net::Dgram(local, remote) => (
                 format!("dgram{mac}"),
                 format!(
@@ -112,12 +115,7 @@ impl Vm {
             .arg(cache.join("initramfs.gz"))
             .arg("-append")
             .arg(format!("console=ttyS0 quiet panic=-1 {cmdline}"))
-            .arg("-netdev")
-            .arg(netdev)
-            .arg("-device")
-            .arg(format!(
-                "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:{mac:02x}"
-            ))
+            .args(vm_net_args(&netdev, mac))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -173,6 +171,27 @@ impl Drop for Vm {
         if let Some(t) = &self.tap {
             let _ = Command::new("ip").args(["link", "del", t]).output();
         }
+    }
+}
+
+/// QEMU arguments for the VM's NIC. vhost-user needs the guest's memory in a shared
+/// memfd, and `vectors=0` (QEMU 7.2 under TCG crashes with MSI-X on vhost-user).
+fn vm_net_args(netdev: &str, mac: u8) -> Vec<String> {
+    let dev = format!("virtio-net-pci,netdev=n0,mac=52:54:00:12:34:{mac:02x}");
+    match netdev.strip_prefix("vhost-user:") {
+        Some(path) => vec![
+            "-object".into(),
+            "memory-backend-memfd,id=mem,size=256M,share=on".into(),
+            "-numa".into(),
+            "node,memdev=mem".into(),
+            "-chardev".into(),
+            format!("socket,id=c0,path={path}"),
+            "-netdev".into(),
+            "vhost-user,id=n0,chardev=c0".into(),
+            "-device".into(),
+            format!("{dev},vectors=0"),
+        ],
+        None => vec!["-netdev".into(), netdev.into(), "-device".into(), dev],
     }
 }
 
@@ -433,4 +452,70 @@ fn qemu_netdev_stream_ports_and_a_vm_that_comes_back() {
         .status();
     assert!(wait_for(5.0, || !d.alive()), "valed stops");
     assert!(!se.exists(), "its socket removed on shutdown");
+}
+
+#[test]
+fn qemu_guests_over_vhost_user() {
+    let Some(cache) = ready() else {
+        return;
+    };
+    let d = Daemon::start("qemu-vhost", &[]);
+    let dir = d.dir.clone();
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let (va, vb, vc) = (p("va.sock"), p("vb.sock"), p("vc.sock"));
+    for (port, path) in [("vale1:va", &va), ("vale1:vb", &vb), ("vale2:vc", &vc)] {
+        let o = d.ctl(&["vhost-user", port, "--path", path]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let mut a = Vm::start(
+        &dir,
+        &cache,
+        Net::VhostUser(&va),
+        1,
+        "t_ip=10.59.0.1/24 t_role=server",
+    );
+    let mut b = Vm::start(
+        &dir,
+        &cache,
+        Net::VhostUser(&vb),
+        2,
+        "t_ip=10.59.0.2/24 t_role=pingclient t_peer=10.59.0.1 t_wait=4 t_count=3",
+    );
+    let mut c = Vm::start(
+        &dir,
+        &cache,
+        Net::VhostUser(&vc),
+        3,
+        "t_ip=10.59.0.3/24 t_role=ping t_peer=10.59.0.1 t_wait=4 t_count=2",
+    );
+    let log_b = b.wait(90);
+    let log_c = c.wait(60);
+    assert!(
+        log_b.contains("T_PING_OK"),
+        "B pings A over vhost-user:\n{log_b}\nA:\n{}\n{}\n{}",
+        a.log(),
+        stdout_of(&d.ctl(&["list"])),
+        d.log()
+    );
+    assert!(log_b.contains("T_IPERF_OK"), "B's iperf3 to A:\n{log_b}");
+    assert!(
+        log_c.contains("T_PING_FAIL"),
+        "C on vale2 must not reach A:\n{log_c}"
+    );
+    // B is killed and started again on the same port.
+    drop(b);
+    let mut b2 = Vm::start(
+        &dir,
+        &cache,
+        Net::VhostUser(&vb),
+        4,
+        "t_ip=10.59.0.4/24 t_role=ping t_peer=10.59.0.1 t_wait=3 t_count=2",
+    );
+    let log = b2.wait(60);
+    assert!(
+        log.contains("T_PING_OK"),
+        "a restarted VM on the same port:\n{log}\n{}",
+        d.log()
+    );
+    drop(a.wait(0));
 }

@@ -9,6 +9,7 @@
 use crate::host::Counters;
 use rustix::fd::AsRawFd;
 use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -280,30 +281,158 @@ impl VhostUserBackendMut for NetBackend {
     }
 }
 
+/// vhost-user requests the relay looks at.
+const SET_FEATURES: u32 = 2;
+const SET_VRING_KICK: u32 = 12;
+const SET_VRING_ENABLE: u32 = 18;
+const FLAG_VERSION: u32 = 0x1;
+const FLAG_REPLY: u32 = 0x4;
+const FLAG_NEED_REPLY: u32 = 0x8;
+
+/// Reads one vhost-user message (12-byte header, then its payload) and the descriptors
+/// sent with it; `None` when the peer hung up.
+fn read_msg(s: &UnixStream) -> std::io::Result<Option<(Vec<u8>, Vec<rustix::fd::OwnedFd>)>> {
+    use rustix::fd::AsFd;
+    let mut hdr = [0u8; 12];
+    let (n, fds) = vale::sock::recv(s.as_fd(), &mut hdr)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let mut r = s;
+    if n < 12 {
+        r.read_exact(&mut hdr[n..])?;
+    }
+    let size = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]) as usize;
+    if size > 64 * 1024 {
+        return Err(std::io::Error::other("vhost-user message too large"));
+    }
+    let mut msg = hdr.to_vec();
+    msg.resize(12 + size, 0);
+    r.read_exact(&mut msg[12..])?;
+    Ok(Some((msg, fds)))
+}
+
+/// Relays one frontend connection to the vhost crate's handler, holding back what the
+/// crate would refuse from QEMU 7.2: a `SET_VRING_ENABLE` before `SET_FEATURES` (QEMU
+/// disables rings early; rings start disabled anyway, so it is acknowledged here and
+/// not passed on). Returns when either side hangs up.
+fn relay(front: UnixStream, back: UnixStream) {
+    use rustix::fd::AsFd;
+    let front_w = Arc::new(Mutex::new(front.try_clone().ok()));
+    let back_r = back.try_clone().ok();
+    let fw = front_w.clone();
+    // Crate -> frontend: whole messages, so our own replies never interleave.
+    let up = std::thread::spawn(move || {
+        let Some(back_r) = back_r else { return };
+        while let Ok(Some((msg, fds))) = read_msg(&back_r) {
+            let g = fw.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(f) = g.as_ref() else { break };
+            let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+            if vale::sock::send(f.as_fd(), &msg, &borrowed).is_err() {
+                break;
+            }
+        }
+        let _ = back_r.shutdown(std::net::Shutdown::Both);
+        // The crate hung up: so does the frontend's side (it may reconnect).
+        if let Some(f) = fw.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = f.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    let mut features_set = false;
+    let mut protocol_acked = false;
+    while let Ok(Some((msg, fds))) = read_msg(&front) {
+        let req = u32::from_le_bytes([msg[0], msg[1], msg[2], msg[3]]);
+        let flags = u32::from_le_bytes([msg[4], msg[5], msg[6], msg[7]]);
+        if req == SET_FEATURES {
+            features_set = true;
+            if msg.len() >= 20 {
+                let f = u64::from_le_bytes(msg[12..20].try_into().unwrap_or([0; 8]));
+                protocol_acked = f & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
+            }
+        }
+        if req == SET_VRING_ENABLE && !features_set {
+            if flags & FLAG_NEED_REPLY != 0 {
+                let mut reply = Vec::with_capacity(20);
+                reply.extend_from_slice(&req.to_le_bytes());
+                reply.extend_from_slice(&(FLAG_VERSION | FLAG_REPLY).to_le_bytes());
+                reply.extend_from_slice(&8u32.to_le_bytes());
+                reply.extend_from_slice(&0u64.to_le_bytes());
+                let g = front_w.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(f) = g.as_ref() {
+                    let _ = vale::sock::send(f.as_fd(), &reply, &[]);
+                }
+            }
+            continue;
+        }
+        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        if vale::sock::send(back.as_fd(), &msg, &borrowed).is_err() {
+            break;
+        }
+        // QEMU 7.2 (one queue pair) never enables its rings once protocol features are
+        // negotiated, expecting them to run once kicked: enable each ring as its kick
+        // arrives (no reply asked, so none comes back).
+        if req == SET_VRING_KICK && protocol_acked && msg.len() >= 20 {
+            let index = msg[12] as u32;
+            let mut en = Vec::with_capacity(20);
+            en.extend_from_slice(&SET_VRING_ENABLE.to_le_bytes());
+            en.extend_from_slice(&FLAG_VERSION.to_le_bytes());
+            en.extend_from_slice(&8u32.to_le_bytes());
+            en.extend_from_slice(&index.to_le_bytes());
+            en.extend_from_slice(&1u32.to_le_bytes());
+            if vale::sock::send(back.as_fd(), &en, &[]).is_err() {
+                break;
+            }
+        }
+    }
+    let _ = back.shutdown(std::net::Shutdown::Both);
+    let _ = front.shutdown(std::net::Shutdown::Both);
+    let _ = up.join();
+}
+
 /// The thread serving one vhost-user port: accepts a frontend on the socket, serves it
 /// until it goes away, and waits for the next, until stopped.
 pub struct Worker {
     stop: Arc<AtomicBool>,
+    /// The connected frontend, shut down on stop.
+    front: Arc<Mutex<Option<UnixStream>>>,
     shutdown: Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Worker {
     pub fn start(name: String, path: &str, backend: NetBackend) -> std::io::Result<Worker> {
-        let mut listener = Listener::new(path, true).map_err(std::io::Error::other)?;
+        // Frontends connect to `path`; the crate serves a private socket beside it,
+        // through `relay`.
+        let _ = std::fs::remove_file(path);
+        let front_l = std::os::unix::net::UnixListener::bind(path)?;
+        let private = format!("{path}.crate");
+        let mut listener = Listener::new(&private, true).map_err(std::io::Error::other)?;
         let stop = Arc::new(AtomicBool::new(false));
         let shutdown: Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>> =
             Arc::new(Mutex::new(None));
         let backend = Arc::new(RwLock::new(backend));
-        let (stop2, shutdown2) = (stop.clone(), shutdown.clone());
+        let front_now: Arc<Mutex<Option<UnixStream>>> = Arc::new(Mutex::new(None));
+        let (stop2, shutdown2, front2) = (stop.clone(), shutdown.clone(), front_now.clone());
         let thread = std::thread::Builder::new()
             .name(format!("vale-vhost-{name}"))
             .spawn(move || {
                 while !stop2.load(Ordering::Acquire) {
                     // Wait for a frontend without blocking in accept, so stop works.
-                    if !crate::sys::readable_within(listener.as_raw_fd(), 200) {
+                    if !crate::sys::readable_within(front_l.as_raw_fd(), 200) {
                         continue;
                     }
+                    let Ok((front, _)) = front_l.accept() else {
+                        continue;
+                    };
+                    *front2.lock().unwrap_or_else(|p| p.into_inner()) = front.try_clone().ok();
+                    // Queue our end of the private socket, so the crate's accept is quick.
+                    let back = match UnixStream::connect(&private) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::warn!(port = %name, "vhost-user: {e}");
+                            continue;
+                        }
+                    };
                     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
                     let mut d = match VhostUserDaemon::new(name.clone(), backend.clone(), mem) {
                         Ok(d) => d,
@@ -332,13 +461,16 @@ impl Worker {
                     }
                     tracing::info!(port = %name, "vhost-user frontend connected");
                     *shutdown2.lock().unwrap_or_else(|p| p.into_inner()) = d.shutdown_handle();
+                    let relay = std::thread::spawn(move || relay(front, back));
                     let r = d.wait();
+                    let _ = relay.join();
                     *shutdown2.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     tracing::info!(port = %name, "vhost-user frontend gone: {:?}", r.err());
                 }
             })?;
         Ok(Worker {
             stop,
+            front: front_now,
             shutdown,
             thread: Some(thread),
         })
@@ -346,6 +478,9 @@ impl Worker {
 
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        if let Some(f) = self.front.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = f.shutdown(std::net::Shutdown::Both);
+        }
         if let Some(h) = self
             .shutdown
             .lock()

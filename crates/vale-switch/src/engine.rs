@@ -228,6 +228,36 @@ impl Scratch {
         }
     }
 
+    /// The next packet of a destination's unicast queue (`u`) merged with the flood
+    /// queue (`b`) in batch order, advancing whichever it came from.
+    #[inline(always)]
+    fn next_merged(&self, u: &mut u32, b: &mut u32) -> Option<u32> {
+        let q = if *u < *b {
+            u
+        } else if *b != NIL {
+            b
+        } else {
+            return None;
+        };
+        let x = *q;
+        *q = self.pkts[x as usize].next;
+        Some(x)
+    }
+
+    /// The fragments of packet `p`, the inline first one included, in order.
+    #[inline(always)]
+    fn frags_of<'a>(&'a self, p: &Pkt) -> impl Iterator<Item = Frag> + 'a {
+        let rest = self
+            .frags
+            .get(p.more as usize..p.more as usize + p.nfrags as usize - 1)
+            .unwrap_or(&[]);
+        std::iter::once(Frag {
+            buf_idx: p.buf_idx,
+            len: p.len,
+        })
+        .chain(rest.iter().copied())
+    }
+
     #[inline(always)]
     fn enqueue(&mut self, q: Option<PortId>, pi: u32) {
         let queue = match q {
@@ -799,16 +829,8 @@ fn copy_packet(
         dslots.write_len_flags(t, p.len, cnt);
         return Ok(next(t, n));
     }
-    let rest = sc
-        .frags
-        .get(p.more as usize..p.more as usize + p.nfrags as usize - 1)
-        .unwrap_or(&[]);
-    let first = Frag {
-        buf_idx: p.buf_idx,
-        len: p.len,
-    };
     let mut k = t;
-    for (x, f) in std::iter::once(&first).chain(rest).enumerate() {
+    for (x, f) in sc.frags_of(p).enumerate() {
         if f.len as u32 > dbufs.buf_size() {
             return Err(DropReason::Oversize);
         }
@@ -890,31 +912,12 @@ fn deliver_direct(
     let (mut u, mut b) = (uq.head, flood.head);
     let ds = &mut dport.stats;
     let mut frags: [(*const u8, usize); MAX_FRAGS] = [(core::ptr::null(), 0); MAX_FRAGS];
-    loop {
-        let pi = if u < b {
-            let x = u;
-            u = sc.pkts[x as usize].next;
-            x
-        } else if b != NIL {
-            let x = b;
-            b = sc.pkts[x as usize].next;
-            x
-        } else {
-            break;
-        };
+    while let Some(pi) = sc.next_merged(&mut u, &mut b) {
         let p = &sc.pkts[pi as usize];
         st.copies += 1;
-        let rest = sc
-            .frags
-            .get(p.more as usize..p.more as usize + p.nfrags as usize - 1)
-            .unwrap_or(&[]);
-        let first = Frag {
-            buf_idx: p.buf_idx,
-            len: p.len,
-        };
         let mut k = 0;
         let mut total = 0u64;
-        for f in std::iter::once(&first).chain(rest) {
+        for f in sc.frags_of(p) {
             // Validated in pass 0; as_ptr checks the index again.
             if let (Some(ptr), Some(slot)) = (sbufs.as_ptr(f.buf_idx), frags.get_mut(k)) {
                 *slot = (ptr as *const u8, f.len as usize);
@@ -952,15 +955,7 @@ fn convert(
 ) -> Result<(u64, u64), DropReason> {
     let Conv { pkt, out, work } = conv;
     pkt.clear();
-    let rest = sc
-        .frags
-        .get(p.more as usize..p.more as usize + p.nfrags as usize - 1)
-        .unwrap_or(&[]);
-    let first = Frag {
-        buf_idx: p.buf_idx,
-        len: p.len,
-    };
-    for f in std::iter::once(&first).chain(rest) {
+    for f in sc.frags_of(p) {
         let start = pkt.len();
         pkt.resize(start + f.len as usize, 0);
         if !sbufs.read(f.buf_idx, &mut pkt[start..]) {
@@ -1073,19 +1068,8 @@ fn deliver(
     let mut t = rk.hwtail;
     let (mut u, mut b) = (uq.head, flood.head);
     let (mut copies, mut dropped, mut delivered, mut bytes) = (0u64, 0u64, 0u64, 0u64);
-    loop {
-        // Merge the unicast and flood queues in batch order.
-        let pi = if u < b {
-            let x = u;
-            u = sc.pkts[x as usize].next;
-            x
-        } else if b != NIL {
-            let x = b;
-            b = sc.pkts[x as usize].next;
-            x
-        } else {
-            break;
-        };
+    // The unicast and flood queues merged in batch order.
+    while let Some(pi) = sc.next_merged(&mut u, &mut b) {
         let p = &sc.pkts[pi as usize];
         copies += 1;
         if dst_hl != src_hl {

@@ -352,11 +352,9 @@ impl HostIo {
         if self.stream.is_some() {
             return self.pull_stream(epoll);
         }
-        let c = &self.counters;
-        let v = self.tx.view();
-        let bs = v.bufs().buf_size() as usize;
+        let c = self.counters.clone();
+        let bs = self.tx.view().bufs().buf_size() as usize;
         let room = MAX_FRAME.div_ceil(bs) as u32;
-        let n = self.tx.num_slots();
         let mut got = 0;
         while got < BURST && self.tx.space() >= room {
             match rustix::io::read(&self.dev, &mut self.buf) {
@@ -365,27 +363,8 @@ impl HostIo {
                     c.truncated.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(len) => {
-                    let frame = &self.buf[..len];
-                    let parts = len.div_ceil(bs).max(1);
-                    let mut h = self.tx.head();
-                    for (x, chunk) in frame.chunks(bs).enumerate() {
-                        let s = v.read_slot(h);
-                        v.bufs().write(s.buf_idx, chunk);
-                        v.write_slot(
-                            h,
-                            NetmapSlot {
-                                buf_idx: s.buf_idx,
-                                len: chunk.len() as u16,
-                                flags: if x + 1 < parts { NS_MOREFRAG } else { 0 },
-                                ptr: 0,
-                            },
-                        );
-                        h = vale_abi::ring::next(h, n);
-                    }
-                    self.tx.advance(parts as u32);
+                    self.inject(0..len, false);
                     got += 1;
-                    c.from_host.fetch_add(1, Ordering::Relaxed);
-                    c.from_host_bytes.fetch_add(len as u64, Ordering::Relaxed);
                 }
                 Err(rustix::io::Errno::AGAIN) => break,
                 Err(rustix::io::Errno::INTR) => continue,

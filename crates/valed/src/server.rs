@@ -707,17 +707,7 @@ impl Control {
         peer: Option<SocketAddrUnix>,
     ) -> Response {
         let ifname = ifname.to_string();
-        // Host ports move 64 KiB super-frames (32 slots each): give them deep rings.
-        let l = &self.settings.limits;
-        let slots = l.max_slots.min(HOST_SLOTS).max(l.default_geometry.tx_slots);
-        let g = PortGeometry {
-            tx_rings: 1,
-            rx_rings: 1,
-            tx_slots: slots,
-            rx_slots: slots,
-            ..l.default_geometry
-        };
-        let a = match self.acquire(port, g) {
+        let a = match self.acquire(port, self.host_geometry()) {
             Ok(a) => a,
             Err(e) => return e,
         };
@@ -809,6 +799,37 @@ impl Control {
     /// `vale-ctl qemu-dgram valeX:NAME --socket PATH --peer PATH`: a port for QEMU's
     /// `-netdev dgram` (one Ethernet frame per datagram, no header): valed binds PATH
     /// and sends to the VM's `local.path`.
+    /// The port part of `port` (`valeX:NAME`) for a new QEMU or vhost-user port, if
+    /// neither a host port nor a switch port has that name yet.
+    fn new_port_name(&self, port: &str) -> Result<String, Response> {
+        let pn = vale_switch::PortName::parse(port, self.settings.limits.max_name_len)
+            .map_err(|e| error(ErrorKind::BadName, e.to_string()))?;
+        let name = pn.as_str()[pn.switch().len() + 1..].to_string();
+        if self.hosts.contains_key(&name)
+            || self
+                .lanes
+                .iter()
+                .any(|l| l.lock_ctl().registry.find(port).is_some())
+        {
+            return Err(error(ErrorKind::Exists, format!("{port} exists already")));
+        }
+        Ok(name)
+    }
+
+    /// Host, QEMU and vhost-user ports: one ring each way, and deep ones, since a 64 KiB
+    /// super-frame takes 32 slots.
+    fn host_geometry(&self) -> PortGeometry {
+        let l = &self.settings.limits;
+        let slots = l.max_slots.min(HOST_SLOTS).max(l.default_geometry.tx_slots);
+        PortGeometry {
+            tx_rings: 1,
+            rx_rings: 1,
+            tx_slots: slots,
+            rx_slots: slots,
+            ..l.default_geometry
+        }
+    }
+
     /// A socket path valed may create (and replace, if a stale socket is there).
     fn check_socket_path(&self, path: &str) -> Result<(), Response> {
         let p = Path::new(path);
@@ -831,19 +852,10 @@ impl Control {
         if let Err(e) = self.check_socket_path(socket) {
             return e;
         }
-        let pn = match vale_switch::PortName::parse(port, self.settings.limits.max_name_len) {
-            Ok(p) => p,
-            Err(e) => return error(ErrorKind::BadName, e.to_string()),
+        let name = match self.new_port_name(port) {
+            Ok(n) => n,
+            Err(e) => return e,
         };
-        let name = pn.as_str()[pn.switch().len() + 1..].to_string();
-        if self.hosts.contains_key(&name)
-            || self
-                .lanes
-                .iter()
-                .any(|l| l.lock_ctl().registry.find(port).is_some())
-        {
-            return error(ErrorKind::Exists, format!("{port} exists already"));
-        }
         let peer_addr = match SocketAddrUnix::new(peer) {
             Ok(a) => a,
             Err(e) => return error(ErrorKind::BadRequest, format!("--peer {peer}: {e}")),
@@ -890,19 +902,10 @@ impl Control {
         listen: Option<String>,
         connect: Option<String>,
     ) -> Response {
-        let pn = match vale_switch::PortName::parse(port, self.settings.limits.max_name_len) {
-            Ok(p) => p,
-            Err(e) => return error(ErrorKind::BadName, e.to_string()),
+        let name = match self.new_port_name(port) {
+            Ok(n) => n,
+            Err(e) => return e,
         };
-        let name = pn.as_str()[pn.switch().len() + 1..].to_string();
-        if self.hosts.contains_key(&name)
-            || self
-                .lanes
-                .iter()
-                .any(|l| l.lock_ctl().registry.find(port).is_some())
-        {
-            return error(ErrorKind::Exists, format!("{port} exists already"));
-        }
         match (listen, connect) {
             (Some(path), None) => {
                 if let Err(e) = self.check_socket_path(&path) {
@@ -983,32 +986,14 @@ impl Control {
     /// valed listens at PATH (QEMU `-chardev socket,path=PATH` without `server=on`, DPDK
     /// `net_virtio_user0,path=PATH`), and a frontend that goes away may come back.
     fn vhost_user(&mut self, port: &str, socket: &str) -> Response {
-        let pn = match vale_switch::PortName::parse(port, self.settings.limits.max_name_len) {
-            Ok(p) => p,
-            Err(e) => return error(ErrorKind::BadName, e.to_string()),
+        let name = match self.new_port_name(port) {
+            Ok(n) => n,
+            Err(e) => return e,
         };
-        let name = pn.as_str()[pn.switch().len() + 1..].to_string();
-        if self.hosts.contains_key(&name)
-            || self
-                .lanes
-                .iter()
-                .any(|l| l.lock_ctl().registry.find(port).is_some())
-        {
-            return error(ErrorKind::Exists, format!("{port} exists already"));
-        }
         if let Err(e) = self.check_socket_path(socket) {
             return e;
         }
-        let l = &self.settings.limits;
-        let slots = l.max_slots.min(HOST_SLOTS).max(l.default_geometry.tx_slots);
-        let g = PortGeometry {
-            tx_rings: 1,
-            rx_rings: 1,
-            tx_slots: slots,
-            rx_slots: slots,
-            ..l.default_geometry
-        };
-        let a = match self.acquire(port, g) {
+        let a = match self.acquire(port, self.host_geometry()) {
             Ok(a) => a,
             Err(e) => return e,
         };

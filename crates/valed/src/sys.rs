@@ -33,9 +33,10 @@ pub fn write_frags(fd: BorrowedFd<'_>, frags: &[(*const u8, usize)]) -> io::Resu
     Ok(r as usize)
 }
 
-/// A non-blocking unix datagram socket bound to `path` (a stale socket file there is
-/// replaced; any other file is an error).
-pub fn dgram_bind(path: &str) -> io::Result<OwnedFd> {
+/// A non-blocking unix socket of `kind` bound to `path`. A stale socket file there is
+/// replaced; any other kind of file is an error (valed never deletes what it did not
+/// make).
+fn bound_unix(path: &str, kind: rustix::net::SocketType) -> io::Result<OwnedFd> {
     let p = std::path::Path::new(path);
     if let Ok(m) = std::fs::symlink_metadata(p) {
         use std::os::unix::fs::FileTypeExt;
@@ -48,35 +49,22 @@ pub fn dgram_bind(path: &str) -> io::Result<OwnedFd> {
     }
     let fd = rustix::net::socket_with(
         rustix::net::AddressFamily::UNIX,
-        rustix::net::SocketType::DGRAM,
-        rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC,
-        None,
-    )?;
-    let addr = rustix::net::SocketAddrUnix::new(p)?;
-    rustix::net::bind(&fd, &addr)?;
-    Ok(fd)
-}
-
-/// A non-blocking unix stream socket listening at `path` (a stale socket file there is
-/// replaced; any other file is an error).
-pub fn stream_listen(path: &str) -> io::Result<OwnedFd> {
-    let p = std::path::Path::new(path);
-    if let Ok(m) = std::fs::symlink_metadata(p) {
-        use std::os::unix::fs::FileTypeExt;
-        if !m.file_type().is_socket() {
-            return Err(io::Error::other(format!(
-                "{path} exists and is not a socket"
-            )));
-        }
-        std::fs::remove_file(p)?;
-    }
-    let fd = rustix::net::socket_with(
-        rustix::net::AddressFamily::UNIX,
-        rustix::net::SocketType::STREAM,
+        kind,
         rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC,
         None,
     )?;
     rustix::net::bind(&fd, &rustix::net::SocketAddrUnix::new(p)?)?;
+    Ok(fd)
+}
+
+/// A unix datagram socket bound to `path` (see `bound_unix`).
+pub fn dgram_bind(path: &str) -> io::Result<OwnedFd> {
+    bound_unix(path, rustix::net::SocketType::DGRAM)
+}
+
+/// A unix stream socket listening at `path` (see `bound_unix`).
+pub fn stream_listen(path: &str) -> io::Result<OwnedFd> {
+    let fd = bound_unix(path, rustix::net::SocketType::STREAM)?;
     rustix::net::listen(&fd, 4)?;
     Ok(fd)
 }

@@ -403,8 +403,7 @@ impl Worker {
     pub fn start(name: String, path: &str, backend: NetBackend) -> std::io::Result<Worker> {
         // Frontends connect to `path`; the crate serves a private socket beside it,
         // through `relay`.
-        let _ = std::fs::remove_file(path);
-        let front_l = std::os::unix::net::UnixListener::bind(path)?;
+        let front_l = std::os::unix::net::UnixListener::from(crate::sys::stream_listen(path)?);
         let private = format!("{path}.crate");
         let mut listener = Listener::new(&private, true).map_err(std::io::Error::other)?;
         let stop = Arc::new(AtomicBool::new(false));

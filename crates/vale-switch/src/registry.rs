@@ -101,6 +101,17 @@ pub struct SwitchEntry {
     refs: Vec<u32>,
 }
 
+impl SwitchEntry {
+    /// A port just attached: its first open.
+    fn first_open(&mut self, port: PortId) {
+        let i = port.0 as usize;
+        if self.refs.len() <= i {
+            self.refs.resize(i + 1, 0);
+        }
+        self.refs[i] = 1;
+    }
+}
+
 /// All switches.
 pub struct Registry {
     limits: Limits,
@@ -259,11 +270,7 @@ impl Registry {
                 port: name.to_string(),
                 source,
             })?;
-        let i = port.0 as usize;
-        if entry.refs.len() <= i {
-            entry.refs.resize(i + 1, 0);
-        }
-        entry.refs[i] = 1;
+        entry.first_open(port);
         Ok(PortKey {
             switch: key.switch,
             port,
@@ -299,11 +306,7 @@ impl Registry {
                     port: pn.to_string(),
                     source,
                 })?;
-        let i = port.0 as usize;
-        if entry.refs.len() <= i {
-            entry.refs.resize(i + 1, 0);
-        }
-        entry.refs[i] = 1;
+        entry.first_open(port);
         Ok(PortKey { switch: si, port })
     }
 

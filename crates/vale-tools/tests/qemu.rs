@@ -33,6 +33,18 @@ fn skip_reason() -> Option<String> {
 
 /// Builds (or finds) the guest; `Err` is a reason to skip.
 fn guest() -> Result<PathBuf, String> {
+    // One build per test binary; the script itself also locks against other processes.
+    static BUILT: std::sync::Mutex<Option<Result<PathBuf, String>>> = std::sync::Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(r) = built.as_ref() {
+        return r.clone();
+    }
+    let r = build_guest();
+    *built = Some(r.clone());
+    r
+}
+
+fn build_guest() -> Result<PathBuf, String> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let cache = root.join("target/guest");
     let o = Command::new(root.join("scripts/build-guest"))

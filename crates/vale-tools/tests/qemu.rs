@@ -78,6 +78,8 @@ enum Net<'a> {
     StreamServer(&'a str),
     /// `-netdev vhost-user` on valed's socket (guest memory shared through a memfd).
     VhostUser(&'a str),
+    /// `-netdev vhost-user` with QEMU listening (`server=on`) for valed to connect.
+    VhostUserServer(&'a str),
 }
 
 impl Vm {
@@ -102,6 +104,10 @@ impl Vm {
                 format!("stream,id=n0,server=on,addr.type=unix,addr.path={path}"),
             ),
             Net::VhostUser(path) => (format!("vhost{mac}"), format!("vhost-user:{path}")),
+            Net::VhostUserServer(path) => (
+                format!("vhost{mac}"),
+                format!("vhost-user:{path},server=on"),
+            ),
             Net::Dgram(local, remote) => (
                 format!("dgram{mac}"),
                 format!(
@@ -475,10 +481,19 @@ fn qemu_guests_over_vhost_user() {
     let dir = d.dir.clone();
     let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
     let (va, vb, vc) = (p("va.sock"), p("vb.sock"), p("vc.sock"));
-    for (port, path) in [("vale1:va", &va), ("vale1:vb", &vb), ("vale2:vc", &vc)] {
+    // A and C: valed listens, QEMU connects.
+    for (port, path) in [("vale1:va", &va), ("vale2:vc", &vc)] {
         let o = d.ctl(&["vhost-user", port, "--path", path]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
+    // B: QEMU listens (server=on) and waits for valed to connect (--client).
+    let o = d.ctl(&["vhost-user", "vale1:vb", "--path", &vb, "--client"]);
+    assert!(!o.status.success(), "--client with nobody listening fails");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cannot connect"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let mut a = Vm::start(
         &dir,
         &cache,
@@ -489,10 +504,16 @@ fn qemu_guests_over_vhost_user() {
     let mut b = Vm::start(
         &dir,
         &cache,
-        Net::VhostUser(&vb),
+        Net::VhostUserServer(&vb),
         2,
         "t_ip=10.59.0.2/24 t_role=pingclient t_peer=10.59.0.1 t_wait=4 t_count=3",
     );
+    assert!(
+        wait_for(10.0, || std::path::Path::new(&vb).exists()),
+        "QEMU listens on {vb}"
+    );
+    let o = d.ctl(&["vhost-user", "vale1:vb", "--path", &vb, "--client"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let mut c = Vm::start(
         &dir,
         &cache,
@@ -514,12 +535,26 @@ fn qemu_guests_over_vhost_user() {
         log_c.contains("T_PING_FAIL"),
         "C on vale2 must not reach A:\n{log_c}"
     );
-    // B is killed and started again on the same port.
+    // TCP crossed as super-frames: the guests negotiated TSO and the virtio-net header
+    // went through the switch (segmented frames would average under 1514 bytes).
+    let st = d.ctl_json(&["stats", "vale1:vb"]);
+    let c = &st["ports"][0]["counters"];
+    let (pk, by) = (
+        c["tx_packets"].as_u64().unwrap(),
+        c["tx_bytes"].as_u64().unwrap(),
+    );
+    eprintln!("B sent {pk} frames, {} bytes on average", by / pk.max(1));
+    assert!(
+        pk > 0 && by / pk > 3000,
+        "B's frames average {} bytes ({pk} packets): no TSO through the switch",
+        by / pk.max(1)
+    );
+    // B is killed and started again on the same socket: valed connects again.
     drop(b);
     let mut b2 = Vm::start(
         &dir,
         &cache,
-        Net::VhostUser(&vb),
+        Net::VhostUserServer(&vb),
         4,
         "t_ip=10.59.0.4/24 t_role=ping t_peer=10.59.0.1 t_wait=3 t_count=2",
     );

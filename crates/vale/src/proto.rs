@@ -122,10 +122,16 @@ pub enum Request {
         #[serde(default)]
         connect: Option<String>,
     },
-    /// A port `valeX:NAME` served as a vhost-user virtio-net device on `socket` (valed
-    /// listens; QEMU `-netdev vhost-user`, DPDK `net_virtio_user` connect). Removed with
-    /// `Detach`.
-    VhostUser { port: String, socket: String },
+    /// A port `valeX:NAME` served as a vhost-user virtio-net device on `socket`: valed
+    /// listens (QEMU `-netdev vhost-user`, DPDK `net_virtio_user` connect) or, with
+    /// `client`, connects to a frontend listening there (QEMU `server=on`, OVS
+    /// `dpdkvhostuserclient`). Removed with `Detach`.
+    VhostUser {
+        port: String,
+        socket: String,
+        #[serde(default)]
+        client: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,8 +219,13 @@ pub struct HostCounters {
     pub truncated: u64,
     /// Writes the interface refused (down, queue full), frames dropped.
     pub write_errors: u64,
-    /// Failed reads.
+    /// Failed reads (vhost-user: guest TX descriptors that are not readable guest
+    /// memory, or malformed chains).
     pub read_errors: u64,
+    /// Frames whose offloads (checksum, TSO) could not be finished for a peer that does
+    /// not take them (malformed headers), dropped.
+    #[serde(default)]
+    pub bad_offload: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

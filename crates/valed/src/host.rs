@@ -57,6 +57,7 @@ pub struct Counters {
     pub truncated: AtomicU64,
     pub write_errors: AtomicU64,
     pub read_errors: AtomicU64,
+    pub bad_offload: AtomicU64,
 }
 
 impl Counters {
@@ -70,6 +71,7 @@ impl Counters {
             truncated: g(&self.truncated),
             write_errors: g(&self.write_errors),
             read_errors: g(&self.read_errors),
+            bad_offload: g(&self.bad_offload),
         }
     }
 }

@@ -170,7 +170,15 @@ pub fn run(
     }
     ctl.conns.clear(); // clients see the connection close
     let _ = std::fs::remove_file(&ctl.settings.socket);
+    let _ = std::fs::remove_dir(private_dir(&ctl.settings.socket));
     result
+}
+
+/// Where valed keeps sockets only it uses (vhost-user relays' back ends).
+fn private_dir(control: &Path) -> PathBuf {
+    let mut d = control.as_os_str().to_owned();
+    d.push(".private");
+    PathBuf::from(d)
 }
 
 /// One forwarding thread with the switches it owns (a switch lives on one thread).
@@ -396,7 +404,11 @@ impl Control {
                 listen,
                 connect,
             } => (self.qemu_stream(&port, listen, connect), Vec::new()),
-            Request::VhostUser { port, socket } => (self.vhost_user(&port, &socket), Vec::new()),
+            Request::VhostUser {
+                port,
+                socket,
+                client,
+            } => (self.vhost_user(&port, &socket, client), Vec::new()),
         }
     }
 
@@ -982,10 +994,12 @@ impl Control {
         }
     }
 
-    /// `vale-ctl vhost-user valeX:NAME --socket PATH`: the port as a vhost-user device;
-    /// valed listens at PATH (QEMU `-chardev socket,path=PATH` without `server=on`, DPDK
-    /// `net_virtio_user0,path=PATH`), and a frontend that goes away may come back.
-    fn vhost_user(&mut self, port: &str, socket: &str) -> Response {
+    /// `vale-ctl vhost-user valeX:NAME --socket PATH [--client]`: the port as a
+    /// vhost-user device; valed listens at PATH (QEMU `-chardev socket,path=PATH` without
+    /// `server=on`, DPDK `net_virtio_user0,path=PATH`) or, with `client`, connects to a
+    /// frontend listening there (QEMU `server=on`, OVS `dpdkvhostuserclient`); a frontend
+    /// that goes away may come back.
+    fn vhost_user(&mut self, port: &str, socket: &str, client: bool) -> Response {
         let name = match self.new_port_name(port) {
             Ok(n) => n,
             Err(e) => return e,
@@ -993,6 +1007,21 @@ impl Control {
         if let Err(e) = self.check_socket_path(socket) {
             return e;
         }
+        if client {
+            // Say now if nobody listens there; later losses are retried quietly.
+            if let Err(e) = std::os::unix::net::UnixStream::connect(socket) {
+                return error(
+                    ErrorKind::NotFound,
+                    format!(
+                        "cannot connect to {socket}: {e} (is QEMU listening there, server=on?)"
+                    ),
+                );
+            }
+        }
+        let private = match self.private_socket() {
+            Ok(p) => p,
+            Err(e) => return error(ErrorKind::Internal, e),
+        };
         let a = match self.acquire(port, self.host_geometry()) {
             Ok(a) => a,
             Err(e) => return e,
@@ -1041,12 +1070,14 @@ impl Control {
         let worker = match crate::vhost::Worker::start(
             name.clone(),
             socket,
+            client,
+            private,
             crate::vhost::NetBackend::new(p, counters.clone()),
         ) {
             Ok(w) => w,
             Err(e) => return fail(self, format!("cannot serve vhost-user at {socket}: {e}")),
         };
-        tracing::info!(port, socket, "vhost-user port listening");
+        tracing::info!(port, socket, client, "vhost-user port ready");
         self.hosts.insert(
             name,
             Host {
@@ -1054,14 +1085,43 @@ impl Control {
                 tap: None,
                 attached: Some((port.to_string(), a.lane, a.key)),
                 counters,
-                socket: Some(PathBuf::from(socket)),
+                // valed's own socket file (removed with the port); in client mode the
+                // frontend's, left alone.
+                socket: (!client).then(|| PathBuf::from(socket)),
                 pending_port: None,
                 vhost: Some(worker),
             },
         );
         Response::Done {
-            message: format!("{port}: vhost-user on {socket}"),
+            message: if client {
+                format!("{port}: vhost-user connected to {socket}")
+            } else {
+                format!("{port}: vhost-user on {socket}")
+            },
         }
+    }
+
+    /// A fresh socket path in a directory beside the control socket that only valed's
+    /// user may enter: where the vhost crate listens behind a port's relay.
+    fn private_socket(&mut self) -> Result<PathBuf, String> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        let dir = private_dir(&self.settings.socket);
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+        }
+        let m = std::fs::symlink_metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if !m.is_dir() || m.uid() != rustix::process::geteuid().as_raw() {
+            return Err(format!(
+                "{} is not a directory of valed's user",
+                dir.display()
+            ));
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        self.next_id += 1;
+        Ok(dir.join(format!("{}.sock", self.next_id)))
     }
 
     /// A VM connected to a stream listener: the port is attached with this connection,

@@ -8,18 +8,21 @@
 
 use crate::host::Counters;
 use rustix::fd::AsRawFd;
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use vale_switch::offload::{self, VnetHdr};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Listener, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::QueueT;
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -34,6 +37,17 @@ const TX: u16 = 1;
 const NOTIFY: u16 = 3;
 /// Packets delivered to the guest per event before the next look at the port's ring.
 const BURST: usize = 256;
+/// Most guest buffers one packet may take (a 64 KiB frame in 1.5 KiB buffers takes 44).
+const MAX_RX_BUFFERS: usize = 128;
+// virtio-net feature bits (virtio 1.x, 5.1.3).
+const F_CSUM: u32 = 0;
+const F_GUEST_CSUM: u32 = 1;
+const F_GUEST_TSO4: u32 = 7;
+const F_GUEST_TSO6: u32 = 8;
+const F_GUEST_ECN: u32 = 9;
+const F_HOST_TSO4: u32 = 11;
+const F_HOST_TSO6: u32 = 12;
+const F_HOST_ECN: u32 = 13;
 
 pub struct NetBackend {
     /// In a mutex only because `vale::Port` is not `Sync`; one worker thread uses it.
@@ -42,6 +56,21 @@ pub struct NetBackend {
     tx_blocked: bool,
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
     counters: Arc<Counters>,
+    /// Frames on their way to the guest.
+    out: Outbox,
+}
+
+/// Frames for the guest's RX queue that did not fit yet, and what it accepts.
+#[derive(Default)]
+struct Outbox {
+    /// Features the frontend acknowledged (which offloads the guest takes).
+    acked: u64,
+    /// Frames (12-byte header first), in order.
+    pending: VecDeque<Vec<u8>>,
+    /// Frame buffers to reuse.
+    spare: Vec<Vec<u8>>,
+    /// Scratch for software segmentation.
+    work: Vec<u8>,
 }
 
 impl NetBackend {
@@ -51,6 +80,7 @@ impl NetBackend {
             tx_blocked: false,
             mem: None,
             counters,
+            out: Outbox::default(),
         }
     }
 
@@ -124,9 +154,12 @@ impl NetBackend {
         }
     }
 
-    /// The port's RX ring -> guest RX buffers; leaves packets in the ring when the guest
-    /// has no buffers (its next RX kick brings us back). Arms the port's notify before
-    /// returning with an empty ring.
+    /// The port's RX ring -> guest RX buffers (mergeable: a packet takes as many as it
+    /// needs). A packet the guest has no room for stays pending until its next RX kick
+    /// (the guest buffers taken for it are put back, not wasted); meanwhile the switch
+    /// counts ring-full drops on the port, as for any slow reader. Offloads the guest did
+    /// not accept (checksum, TSO) are finished here in software. Arms the port's notify
+    /// before returning with nothing left to deliver.
     fn rx(&mut self, vring: &VringRwLock) {
         let Some(mem) = self.mem.as_ref().map(|m| m.memory()) else {
             return;
@@ -139,77 +172,189 @@ impl NetBackend {
         }
         let port = self.port.lock().unwrap_or_else(|p| p.into_inner());
         let mut sent = 0;
-        let mut frame = Vec::with_capacity(2048);
         loop {
-            let _ = port.rxsync();
-            let ring = &port.rx_rings()[0];
-            if ring.space() == 0 {
-                // Nothing to deliver: ask the switch to kick us, then look once more.
-                ring.view().csb().app_arm_kick();
+            if self.out.pending.is_empty() {
+                if sent >= BURST {
+                    break;
+                }
                 let _ = port.rxsync();
-                if port.rx_rings()[0].space() == 0 {
-                    break;
+                let ring = &port.rx_rings()[0];
+                if ring.space() == 0 {
+                    // Nothing to deliver: ask the switch to kick us, then look once more.
+                    ring.view().csb().app_arm_kick();
+                    let _ = port.rxsync();
+                    if port.rx_rings()[0].space() == 0 {
+                        break;
+                    }
+                    port.rx_rings()[0].view().csb().app_disarm_kick();
+                    continue;
                 }
-                port.rx_rings()[0].view().csb().app_disarm_kick();
+                let mut frame = self.out.spare.pop().unwrap_or_default();
+                frame.clear();
+                port.dispatch(1, |f| frame.extend_from_slice(f));
+                self.out.stage(frame, &self.counters);
                 continue;
             }
-            if sent >= BURST {
-                break;
-            }
-            // Peek at the packet: its length decides how many guest buffers it takes.
-            frame.clear();
-            port.dispatch(1, |f| frame.extend_from_slice(f));
-            let _ = port.rxsync();
-            if frame.len() < VNET_HDR {
-                continue;
-            }
+            let frame = &mut self.out.pending[0];
             let mut st = vring.get_mut();
-            let mut chains = Vec::new();
-            let mut room = 0usize;
-            while room < frame.len() && chains.len() < 64 {
-                let Some(c) = st.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
+            match put_frame(st.get_queue_mut(), &mem, frame) {
+                Put::Done => {
+                    drop(st);
+                    self.counters.to_host.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .to_host_bytes
+                        .fetch_add((frame.len() - VNET_HDR) as u64, Ordering::Relaxed);
+                    sent += 1;
+                    if let Some(f) = self.out.pending.pop_front() {
+                        self.out.recycle(f);
+                    }
+                }
+                Put::Bad => {
+                    drop(st);
+                    self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                    if let Some(f) = self.out.pending.pop_front() {
+                        self.out.recycle(f);
+                    }
+                }
+                Put::NoRoom => {
+                    drop(st);
+                    // Ask the guest to kick when it adds buffers; if it added some
+                    // meanwhile, go on now.
+                    if vring.enable_notification().unwrap_or(false) {
+                        let _ = vring.disable_notification();
+                        continue;
+                    }
                     break;
-                };
-                let head = c.head_index();
-                match c.writer(&*mem) {
-                    Ok(w) => {
-                        room += w.available_bytes();
-                        chains.push((head, w));
-                    }
-                    Err(_) => {
-                        let _ = st.add_used(head, 0);
-                        self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-                    }
                 }
             }
-            if room < frame.len() {
-                // Not enough guest buffers: give back what we took and drop this one.
-                for (head, _) in chains {
-                    let _ = st.add_used(head, 0);
-                }
-                self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-                break;
-            }
-            let nbuf = chains.len() as u16;
-            frame[10..12].copy_from_slice(&nbuf.to_le_bytes());
-            let mut rest = &frame[..];
-            for (head, mut w) in chains {
-                let n = w.available_bytes().min(rest.len());
-                let ok = w.write_all(&rest[..n]).is_ok();
-                rest = &rest[n..];
-                let _ = st.add_used(head, if ok { n as u32 } else { 0 });
-            }
-            drop(st);
-            self.counters.to_host.fetch_add(1, Ordering::Relaxed);
-            self.counters
-                .to_host_bytes
-                .fetch_add((frame.len() - VNET_HDR) as u64, Ordering::Relaxed);
-            sent += 1;
         }
+        let _ = port.rxsync();
         if sent > 0 && vring.needs_notification().unwrap_or(true) {
             let _ = vring.signal_used_queue();
         }
     }
+}
+
+impl Outbox {
+    fn recycle(&mut self, f: Vec<u8>) {
+        if self.spare.len() < 64 {
+            self.spare.push(f);
+        }
+    }
+
+    /// Queues one packet from the port (12-byte header in front) for the guest, finishing
+    /// offloads it did not negotiate: TCP segmentation and checksums.
+    fn stage(&mut self, mut frame: Vec<u8>, counters: &Counters) {
+        if frame.len() < VNET_HDR + 14 {
+            counters.truncated.fetch_add(1, Ordering::Relaxed);
+            self.recycle(frame);
+            return;
+        }
+        let mut h = VnetHdr::parse(&frame[..VNET_HDR]);
+        if self.guest_takes(&h) {
+            if h.flags & offload::F_DATA_VALID != 0 && self.acked & (1 << F_GUEST_CSUM) == 0 {
+                frame[0] &= !offload::F_DATA_VALID;
+            }
+            self.pending.push_back(frame);
+            return;
+        }
+        h.flags &= offload::F_NEEDS_CSUM; // what resolve looks at
+        let (pending, spare) = (&mut self.pending, &mut self.spare);
+        let r = offload::resolve(&h, &frame[VNET_HDR..], &mut self.work, |seg| {
+            let mut f = spare.pop().unwrap_or_default();
+            f.clear();
+            f.resize(VNET_HDR, 0);
+            f.extend_from_slice(seg);
+            pending.push_back(f);
+        });
+        if r.is_err() {
+            counters.bad_offload.fetch_add(1, Ordering::Relaxed);
+        }
+        self.recycle(frame);
+    }
+
+    /// Whether the guest accepted the offloads header `h` asks of it.
+    fn guest_takes(&self, h: &VnetHdr) -> bool {
+        let has = |bit: u32| self.acked & (1u64 << bit) != 0;
+        if h.flags & offload::F_NEEDS_CSUM != 0 && !has(F_GUEST_CSUM) {
+            return false;
+        }
+        if h.gso_type & offload::GSO_ECN != 0 && !has(F_GUEST_ECN) {
+            return false;
+        }
+        match h.gso_type & !offload::GSO_ECN {
+            offload::GSO_NONE => true,
+            offload::GSO_TCPV4 => has(F_GUEST_TSO4),
+            offload::GSO_TCPV6 => has(F_GUEST_TSO6),
+            _ => false,
+        }
+    }
+}
+
+/// What became of a frame offered to the guest's RX queue.
+enum Put {
+    Done,
+    /// Not enough guest buffers now; nothing was taken.
+    NoRoom,
+    /// The guest's buffers are not writable guest memory: dropped.
+    Bad,
+}
+
+/// Writes `frame` (12-byte header first; its `num_buffers` is filled in here) into as
+/// many guest RX buffers as it takes.
+fn put_frame(q: &mut virtio_queue::Queue, mem: &GuestMemoryMmap, frame: &mut [u8]) -> Put {
+    // A frame that needs more buffers than this can never fit: dropped, not waited for.
+    let most = MAX_RX_BUFFERS.min(q.size() as usize);
+    let mut chains = Vec::new();
+    let mut room = 0usize;
+    let mut bad = false;
+    while room < frame.len() && chains.len() < most {
+        let Some(c) = q.pop_descriptor_chain(mem) else {
+            break;
+        };
+        let head = c.head_index();
+        match c.writer(mem) {
+            Ok(w) if w.available_bytes() > 0 => {
+                room += w.available_bytes();
+                chains.push((head, w));
+            }
+            _ => {
+                // Not writable guest memory: returned unused, the frame dropped.
+                let _ = q.add_used(mem, head, 0);
+                bad = true;
+                break;
+            }
+        }
+    }
+    if bad || room < frame.len() {
+        if bad {
+            for (head, _) in chains {
+                let _ = q.add_used(mem, head, 0);
+            }
+            return Put::Bad;
+        }
+        if chains.len() >= most {
+            for (head, _) in chains {
+                let _ = q.add_used(mem, head, 0);
+            }
+            return Put::Bad;
+        }
+        // Put them back for the next try.
+        for _ in 0..chains.len() {
+            q.go_to_previous_position();
+        }
+        return Put::NoRoom;
+    }
+    let nbuf = chains.len() as u16;
+    frame[10..12].copy_from_slice(&nbuf.to_le_bytes());
+    let mut rest = &frame[..];
+    for (head, mut w) in chains {
+        let n = w.available_bytes().min(rest.len());
+        let ok = w.write_all(&rest[..n]).is_ok();
+        rest = &rest[n..];
+        let _ = q.add_used(mem, head, if ok { n as u32 } else { 0 });
+    }
+    Put::Done
 }
 
 impl VhostUserBackendMut for NetBackend {
@@ -230,6 +375,27 @@ impl VhostUserBackendMut for NetBackend {
             | 1 << VIRTIO_NET_F_MRG_RXBUF
             | 1 << VIRTIO_RING_F_EVENT_IDX
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            // Offloads: the virtio-net header crosses the switch as the port's header;
+            // ports that do not take them get them finished in software (the switch for
+            // plain ports, `stage` for guests that did not accept them).
+            | 1 << F_CSUM
+            | 1 << F_GUEST_CSUM
+            | 1 << F_GUEST_TSO4
+            | 1 << F_GUEST_TSO6
+            | 1 << F_GUEST_ECN
+            | 1 << F_HOST_TSO4
+            | 1 << F_HOST_TSO6
+            | 1 << F_HOST_ECN
+    }
+    fn acked_features(&mut self, features: u64) {
+        let o = &mut self.out;
+        o.acked = features;
+        // A new frontend (or a renegotiation): what was pending was for the old one.
+        let n = o.pending.len() as u64;
+        self.counters.write_errors.fetch_add(n, Ordering::Relaxed);
+        while let Some(f) = o.pending.pop_front() {
+            o.recycle(f);
+        }
     }
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
@@ -400,11 +566,25 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn start(name: String, path: &str, backend: NetBackend) -> std::io::Result<Worker> {
-        // Frontends connect to `path`; the crate serves a private socket beside it,
-        // through `relay`.
-        let front_l = std::os::unix::net::UnixListener::from(crate::sys::stream_listen(path)?);
-        let private = format!("{path}.crate");
+    /// Serves `backend` on `path`: valed listens there (`client` false: QEMU's
+    /// `-chardev socket,path=PATH`, DPDK's `net_virtio_user`), or valed connects to a
+    /// frontend listening there (`client` true: QEMU's `server=on`, OVS's
+    /// `dpdkvhostuserclient`), and again after it goes away. `private` is a socket path in
+    /// a directory only valed can enter, where the vhost crate listens behind the relay.
+    pub fn start(
+        name: String,
+        path: &str,
+        client: bool,
+        private: PathBuf,
+        backend: NetBackend,
+    ) -> std::io::Result<Worker> {
+        let front_l = if client {
+            None
+        } else {
+            Some(std::os::unix::net::UnixListener::from(
+                crate::sys::stream_listen(path)?,
+            ))
+        };
         let mut listener = Listener::new(&private, true).map_err(std::io::Error::other)?;
         let stop = Arc::new(AtomicBool::new(false));
         let shutdown: Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>> =
@@ -412,16 +592,43 @@ impl Worker {
         let backend = Arc::new(RwLock::new(backend));
         let front_now: Arc<Mutex<Option<UnixStream>>> = Arc::new(Mutex::new(None));
         let (stop2, shutdown2, front2) = (stop.clone(), shutdown.clone(), front_now.clone());
+        let path = path.to_string();
         let thread = std::thread::Builder::new()
             .name(format!("vale-vhost-{name}"))
             .spawn(move || {
+                let mut warned = false;
                 while !stop2.load(Ordering::Acquire) {
-                    // Wait for a frontend without blocking in accept, so stop works.
-                    if !crate::sys::readable_within(front_l.as_raw_fd(), 200) {
-                        continue;
-                    }
-                    let Ok((front, _)) = front_l.accept() else {
-                        continue;
+                    let front = match &front_l {
+                        // Wait for a frontend without blocking in accept, so stop works.
+                        Some(l) => {
+                            if !crate::sys::readable_within(l.as_raw_fd(), 200) {
+                                continue;
+                            }
+                            let Ok((front, _)) = l.accept() else {
+                                continue;
+                            };
+                            front
+                        }
+                        // Connect to the frontend, retrying while it is not there.
+                        None => match UnixStream::connect(&path) {
+                            Ok(f) => {
+                                warned = false;
+                                f
+                            }
+                            Err(e) => {
+                                if !warned {
+                                    tracing::info!(port = %name, "vhost-user: waiting for {path}: {e}");
+                                    warned = true;
+                                }
+                                for _ in 0..5 {
+                                    if stop2.load(Ordering::Acquire) {
+                                        break;
+                                    }
+                                    std::thread::sleep(Duration::from_millis(100));
+                                }
+                                continue;
+                            }
+                        },
                     };
                     *front2.lock().unwrap_or_else(|p| p.into_inner()) = front.try_clone().ok();
                     // Queue our end of the private socket, so the crate's accept is quick.
@@ -497,5 +704,102 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TCP/IPv4 frame of `payload` bytes behind a 12-byte header asking for TSO at
+    /// `mss` and checksum completion, as a guest or TAP would send it.
+    fn tso_frame(payload: usize, mss: u16) -> Vec<u8> {
+        let mut f = Vec::new();
+        VnetHdr {
+            flags: offload::F_NEEDS_CSUM,
+            gso_type: offload::GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: mss,
+            csum_start: 34,
+            csum_offset: 16,
+        }
+        .write(&mut f, VNET_HDR as u16);
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00]);
+        let tot = (40 + payload) as u16;
+        let mut ip = vec![
+            0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        ip[2..4].copy_from_slice(&tot.to_be_bytes());
+        f.extend_from_slice(&ip);
+        let mut tcp = vec![0u8; 20];
+        tcp[0..2].copy_from_slice(&5001u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&40000u16.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = 0x18; // PSH ACK
+        f.extend_from_slice(&tcp);
+        f.extend((0..payload).map(|i| i as u8));
+        f
+    }
+
+    fn tcp_ok(seg: &[u8]) -> bool {
+        let ip = &seg[14..34];
+        let l4 = &seg[34..];
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&ip[12..20]);
+        pseudo.extend_from_slice(&[0, 6]);
+        pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+        pseudo.extend_from_slice(l4);
+        offload::checksum(ip) == 0 && offload::checksum(&pseudo) == 0
+    }
+
+    #[test]
+    fn a_guest_without_tso_gets_segments_with_checksums() {
+        let c = Counters::default();
+        let mut o = Outbox::default();
+        o.stage(tso_frame(3000, 1000), &c);
+        assert_eq!(o.pending.len(), 3);
+        let mut seq = Vec::new();
+        for f in &o.pending {
+            assert_eq!(&f[..VNET_HDR], &[0u8; VNET_HDR], "a plain header");
+            let seg = &f[VNET_HDR..];
+            assert_eq!(seg.len(), 14 + 40 + 1000);
+            assert!(tcp_ok(seg), "IP and TCP checksums complete");
+            seq.push(u32::from_be_bytes(seg[38..42].try_into().unwrap()));
+        }
+        assert_eq!(seq, [0, 1000, 2000]);
+        assert_eq!(c.bad_offload.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_guest_with_tso_gets_the_super_frame_untouched() {
+        let c = Counters::default();
+        let mut o = Outbox {
+            acked: 1 << F_GUEST_CSUM | 1 << F_GUEST_TSO4 | 1 << F_GUEST_TSO6,
+            ..Default::default()
+        };
+        let f = tso_frame(3000, 1000);
+        o.stage(f.clone(), &c);
+        assert_eq!(o.pending.len(), 1);
+        assert_eq!(o.pending[0], f);
+        // Checksums taken, TSO not: the super-frame is cut.
+        let mut o = Outbox {
+            acked: 1 << F_GUEST_CSUM,
+            ..Default::default()
+        };
+        o.stage(tso_frame(3000, 1500), &c);
+        assert_eq!(o.pending.len(), 2);
+    }
+
+    #[test]
+    fn malformed_offloads_and_runts_are_counted() {
+        let c = Counters::default();
+        let mut o = Outbox::default();
+        let mut f = tso_frame(3000, 1000);
+        f[VNET_HDR + 14] = 0x60; // not IPv4 any more
+        o.stage(f, &c);
+        o.stage(vec![0; VNET_HDR + 5], &c);
+        assert!(o.pending.is_empty());
+        assert_eq!(c.bad_offload.load(Ordering::Relaxed), 1);
+        assert_eq!(c.truncated.load(Ordering::Relaxed), 1);
     }
 }

@@ -84,13 +84,19 @@ enum Cmd {
     },
     /// A port served as a vhost-user virtio-net device: valed listens on --path (QEMU
     /// `-chardev socket,path=PATH -netdev vhost-user`, DPDK `net_virtio_user0,path=PATH`)
-    /// and serves whoever connects, again after it goes away. `-d PORT` removes it
+    /// and serves whoever connects, again after it goes away; with --client valed
+    /// connects to a frontend listening there (QEMU `server=on`, OVS
+    /// `dpdkvhostuserclient`) and reconnects when it comes back. `-d PORT` removes it.
+    /// (The vhost-user socket is --path: --socket names valed's control socket.)
     VhostUser {
         /// The switch port, e.g. vale1:vm1
         port: String,
-        /// Socket valed listens on
+        /// The vhost-user socket
         #[arg(long, value_name = "PATH")]
         path: String,
+        /// Connect to a frontend listening on --path instead of listening there
+        #[arg(long)]
+        client: bool,
     },
     /// Watch a port (netmap's monitor ports PORT/t, /r): pcap for tcpdump, or a line
     /// per frame. A slow reader never slows the switch: the monitor drops and counts.
@@ -204,7 +210,7 @@ fn run(args: &Args) -> Result<(), String> {
                 for h in hosts {
                     let c = &h.counters;
                     println!(
-                        "  {:<16} {} {:<16} from_host {} to_host {} truncated {} write_errors {} read_errors {}",
+                        "  {:<16} {} {:<16} from_host {} to_host {} truncated {} write_errors {} read_errors {} bad_offload {}",
                         h.name,
                         h.kind,
                         h.attached.clone().unwrap_or_else(|| match &h.waiting {
@@ -215,7 +221,8 @@ fn run(args: &Args) -> Result<(), String> {
                         c.to_host,
                         c.truncated,
                         c.write_errors,
-                        c.read_errors
+                        c.read_errors,
+                        c.bad_offload
                     );
                 }
             }
@@ -307,12 +314,13 @@ fn run(args: &Args) -> Result<(), String> {
                 print_json(&r);
             }
         }
-        Cmd::VhostUser { port, path } => {
+        Cmd::VhostUser { port, path, client } => {
             let r = call(
                 args,
                 &Request::VhostUser {
                     port: port.clone(),
                     socket: path.clone(),
+                    client: *client,
                 },
             )?;
             if args.json {

@@ -115,3 +115,400 @@ fn testpmd_virtio_user_exchanges_traffic_through_a_vhost_user_port() {
 }
 
 const A_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+
+/// A hostile vhost-user frontend written here: speaks the protocol by hand over the
+/// socket, with guest memory in a memfd it writes with pwrite, and puts bad descriptors,
+/// bad memory tables and garbage in front of the port. Nothing in it may crash valed or
+/// disturb other ports; each bad descriptor is counted on the port.
+mod hostile {
+    use rustix::fd::{AsFd, OwnedFd};
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
+
+    pub const GET_FEATURES: u32 = 1;
+    pub const SET_FEATURES: u32 = 2;
+    pub const SET_OWNER: u32 = 3;
+    pub const SET_MEM_TABLE: u32 = 5;
+    pub const SET_VRING_NUM: u32 = 8;
+    pub const SET_VRING_ADDR: u32 = 9;
+    pub const SET_VRING_BASE: u32 = 10;
+    pub const SET_VRING_KICK: u32 = 12;
+    pub const SET_VRING_CALL: u32 = 13;
+    /// Queue size, guest memory size, and where the frontend "maps" it.
+    pub const QSIZE: u16 = 8;
+    pub const MEM: u64 = 1 << 20;
+    pub const VA: u64 = 0x7000_0000_0000;
+    pub const F_NEXT: u16 = 1;
+    pub const F_WRITE: u16 = 2;
+
+    /// Where queue `q`'s parts live in guest memory (guest address = offset).
+    pub fn desc(q: u16) -> u64 {
+        q as u64 * 0x4000
+    }
+    pub fn avail(q: u16) -> u64 {
+        desc(q) + 0x1000
+    }
+    pub fn used(q: u16) -> u64 {
+        desc(q) + 0x2000
+    }
+
+    pub struct Front {
+        pub s: UnixStream,
+        pub mem: OwnedFd,
+        kicks: Vec<OwnedFd>,
+        _calls: Vec<OwnedFd>,
+        next_avail: [u16; 2],
+    }
+
+    impl Front {
+        pub fn connect(path: &str) -> Front {
+            let s = UnixStream::connect(path).expect("connect to the vhost-user socket");
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mem = rustix::fs::memfd_create(
+                "guest",
+                rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+            )
+            .unwrap();
+            rustix::fs::ftruncate(&mem, MEM).unwrap();
+            let ev = || rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+            Front {
+                s,
+                mem,
+                kicks: vec![ev(), ev()],
+                _calls: vec![ev(), ev()],
+                next_avail: [0; 2],
+            }
+        }
+
+        pub fn send(&self, req: u32, payload: &[u8], fds: &[rustix::fd::BorrowedFd<'_>]) -> bool {
+            let mut m = Vec::new();
+            m.extend_from_slice(&req.to_le_bytes());
+            m.extend_from_slice(&1u32.to_le_bytes());
+            m.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            m.extend_from_slice(payload);
+            vale::sock::send(self.s.as_fd(), &m, fds).is_ok()
+        }
+
+        pub fn get_features(&mut self) -> u64 {
+            assert!(self.send(GET_FEATURES, &[], &[]));
+            let mut r = [0u8; 20];
+            self.s.read_exact(&mut r).expect("GET_FEATURES reply");
+            u64::from_le_bytes(r[12..20].try_into().unwrap())
+        }
+
+        /// The memory table: one region of `size` bytes at `offset` in the memfd.
+        pub fn mem_table(&self, size: u64, offset: u64) -> bool {
+            let mut p = Vec::new();
+            p.extend_from_slice(&1u32.to_le_bytes());
+            p.extend_from_slice(&0u32.to_le_bytes());
+            for v in [0, size, VA, offset] {
+                p.extend_from_slice(&v.to_le_bytes());
+            }
+            self.send(SET_MEM_TABLE, &p, &[self.mem.as_fd()])
+        }
+
+        fn state(&self, req: u32, q: u32, num: u32) -> bool {
+            let mut p = q.to_le_bytes().to_vec();
+            p.extend_from_slice(&num.to_le_bytes());
+            self.send(req, &p, &[])
+        }
+
+        /// Queue `q` at its place in guest memory (or at `desc_va` for its table).
+        pub fn vring(&self, q: u16, desc_va: u64) -> bool {
+            let mut ok = self.state(SET_VRING_NUM, q as u32, QSIZE as u32);
+            let mut p = (q as u32).to_le_bytes().to_vec();
+            p.extend_from_slice(&0u32.to_le_bytes());
+            for v in [desc_va, VA + used(q), VA + avail(q), 0] {
+                p.extend_from_slice(&v.to_le_bytes());
+            }
+            ok &= self.send(SET_VRING_ADDR, &p, &[]);
+            ok &= self.state(SET_VRING_BASE, q as u32, 0);
+            ok &= self.send(
+                SET_VRING_CALL,
+                &(q as u64).to_le_bytes(),
+                &[self._calls[q as usize].as_fd()],
+            );
+            ok &= self.send(
+                SET_VRING_KICK,
+                &(q as u64).to_le_bytes(),
+                &[self.kicks[q as usize].as_fd()],
+            );
+            ok
+        }
+
+        /// The whole handshake, both queues in place (no EVENT_IDX, no protocol features:
+        /// rings run as soon as they are kicked).
+        pub fn setup(&mut self) {
+            let f = self.get_features();
+            assert!(f & 1 << 32 != 0, "VERSION_1 offered");
+            assert!(self.send(SET_OWNER, &[], &[]));
+            assert!(self.send(SET_FEATURES, &(1u64 << 32).to_le_bytes(), &[]));
+            assert!(self.mem_table(MEM, 0));
+            for q in [0, 1] {
+                assert!(self.vring(q, VA + desc(q)));
+            }
+            self.kick(0);
+            self.kick(1);
+        }
+
+        pub fn write(&self, gpa: u64, bytes: &[u8]) {
+            rustix::io::pwrite(&self.mem, bytes, gpa).unwrap();
+        }
+
+        pub fn read(&self, gpa: u64, len: usize) -> Vec<u8> {
+            let mut b = vec![0u8; len];
+            rustix::io::pread(&self.mem, &mut b, gpa).unwrap();
+            b
+        }
+
+        pub fn kick(&self, q: u16) {
+            rustix::io::write(&self.kicks[q as usize], &1u64.to_le_bytes()).unwrap();
+        }
+
+        /// Descriptor `i` of queue `q`.
+        pub fn set_desc(&self, q: u16, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+            let mut d = addr.to_le_bytes().to_vec();
+            d.extend_from_slice(&len.to_le_bytes());
+            d.extend_from_slice(&flags.to_le_bytes());
+            d.extend_from_slice(&next.to_le_bytes());
+            self.write(desc(q) + 16 * i as u64, &d);
+        }
+
+        /// Offers descriptor chain `head` on queue `q` (by `step` positions: a liar's
+        /// avail index moves further than the ring holds) and kicks.
+        pub fn offer(&mut self, q: u16, head: u16, step: u16) {
+            let n = self.next_avail[q as usize];
+            self.write(avail(q) + 4 + 2 * (n % QSIZE) as u64, &head.to_le_bytes());
+            let n = n.wrapping_add(step);
+            self.next_avail[q as usize] = n;
+            self.write(avail(q) + 2, &n.to_le_bytes());
+            self.kick(q);
+        }
+
+        pub fn used_idx(&self, q: u16) -> u16 {
+            u16::from_le_bytes(self.read(used(q) + 2, 2).try_into().unwrap())
+        }
+
+        /// Used entry `n` of queue `q`: (descriptor, length).
+        pub fn used_entry(&self, q: u16, n: u16) -> (u32, u32) {
+            let b = self.read(used(q) + 4 + 8 * (n % QSIZE) as u64, 8);
+            (
+                u32::from_le_bytes(b[0..4].try_into().unwrap()),
+                u32::from_le_bytes(b[4..8].try_into().unwrap()),
+            )
+        }
+
+        pub fn wait_used(&self, q: u16, n: u16) -> bool {
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(5) {
+                if self.used_idx(q) == n {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            false
+        }
+
+        /// Whether valed hung up on us within `secs`.
+        pub fn hung_up(&mut self, secs: u64) -> bool {
+            self.s
+                .set_read_timeout(Some(Duration::from_secs(secs)))
+                .unwrap();
+            let mut b = [0u8; 64];
+            loop {
+                match self.s.read(&mut b) {
+                    Ok(0) => return true,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => return false,
+                }
+            }
+        }
+    }
+}
+
+/// The port's host counter `key` (vale-ctl list).
+fn host_counter(d: &Daemon, port: &str, key: &str) -> u64 {
+    let list = d.ctl_json(&["list"]);
+    list["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["attached"] == port)
+        .map(|h| h["counters"][key].as_u64().unwrap())
+        .unwrap_or_else(|| panic!("no host port on {port}: {list}"))
+}
+
+#[test]
+fn a_hostile_vhost_user_frontend_is_counted_and_never_crashes_valed() {
+    use hostile::*;
+    let mut d = Daemon::start("vhost-hostile", &[]);
+    let r = d.open("vale0:r");
+    // Bystanders on the same switch, forwarding throughout.
+    let (x, y) = (d.open("vale0:x"), d.open("vale0:y"));
+    let bystanders = |tag: u32| {
+        send(&x, &[frame(Y_MAC, X_MAC, tag)]);
+        let got = drain(&y, 2.0);
+        assert!(
+            got.iter().any(|f| f[14..18] == tag.to_be_bytes()),
+            "bystander frame {tag} crossed"
+        );
+    };
+    // The switch learns x and y before the VM's port exists (nothing floods to it).
+    send(&y, &[frame(X_MAC, Y_MAC, 0)]);
+    send(&x, &[frame(Y_MAC, X_MAC, 0)]);
+    drain(&x, 0.5);
+    drain(&y, 0.5);
+    drain(&r, 0.2);
+    let sock = d.dir.join("vm.sock").to_str().unwrap().to_string();
+    let o = d.ctl(&["vhost-user", "vale0:vm", "--path", &sock]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let mut f = Front::connect(&sock);
+    f.setup();
+    let buf = 0x10000u64;
+    let pkt = |tag: u32| {
+        let mut p = vec![0u8; 12];
+        p.extend_from_slice(&frame([0xff; 6], VM_MAC, tag));
+        p
+    };
+    let from_vm = |r: &vale::Port, tag: u32| {
+        drain(r, 2.0)
+            .iter()
+            .any(|f| f.len() == 60 && f[14..18] == tag.to_be_bytes())
+    };
+
+    // A good frame first: it crosses (header stripped for the plain port).
+    f.write(buf, &pkt(1));
+    f.set_desc(1, 0, buf, 72, 0, 0);
+    f.offer(1, 0, 1);
+    assert!(f.wait_used(1, 1), "the descriptor is used:\n{}", d.log());
+    assert!(from_vm(&r, 1), "a good frame from the frontend arrives");
+
+    // Bad TX descriptors: each returned to the guest, counted, nothing forwarded.
+    let bad: [(u64, u32, u16, u16); 5] = [
+        (0xdead_0000_0000, 72, 0, 0), // outside guest memory
+        (MEM - 10, 72, 0, 0),         // runs past its end
+        (buf, u32::MAX, 0, 0),        // an impossible length
+        (buf, 72, F_WRITE, 0),        // write-only: nothing to read
+        (buf, 0, F_NEXT, 200),        // a chain to a descriptor that does not exist
+    ];
+    for (k, &(addr, len, flags, next)) in bad.iter().enumerate() {
+        f.set_desc(1, 1, addr, len, flags, next);
+        f.offer(1, 1, 1);
+        assert!(f.wait_used(1, 2 + k as u16), "bad descriptor {k} is used");
+        assert_eq!(f.used_entry(1, 1 + k as u16), (1, 0));
+    }
+    assert_eq!(
+        host_counter(&d, "vale0:vm", "read_errors"),
+        bad.len() as u64
+    );
+    assert!(!from_vm(&r, 1), "nothing forwarded from bad descriptors");
+    // A chain longer than any frame (512 KiB): not read at all, counted.
+    f.set_desc(1, 1, buf, 512 << 10, 0, 0);
+    f.offer(1, 1, 1);
+    assert!(f.wait_used(1, 2 + bad.len() as u16));
+    assert_eq!(host_counter(&d, "vale0:vm", "truncated"), 1);
+    bystanders(10);
+
+    // RX (the switch learned the VM's MAC from its frames: r's frames to it are unicast):
+    // a buffer outside guest memory drops that frame (counted); a good one gets the next
+    // frame with its header (num_buffers 1).
+    f.set_desc(0, 0, 0xdead_0000_0000, 2048, F_WRITE, 0);
+    f.offer(0, 0, 1);
+    send(&r, &[frame(VM_MAC, R_MAC, 20)]);
+    assert!(f.wait_used(0, 1), "the bad RX buffer is returned");
+    assert!(wait_for(2.0, || host_counter(
+        &d,
+        "vale0:vm",
+        "write_errors"
+    ) == 1));
+    f.set_desc(0, 1, buf + 0x1000, 2048, F_WRITE, 0);
+    f.offer(0, 1, 1);
+    send(&r, &[frame(VM_MAC, R_MAC, 21)]);
+    assert!(f.wait_used(0, 2), "a good RX buffer is filled");
+    assert_eq!(f.used_entry(0, 1), (1, 72));
+    let got = f.read(buf + 0x1000, 72);
+    assert_eq!(&got[10..12], &1u16.to_le_bytes(), "num_buffers");
+    assert_eq!(&got[12 + 14..12 + 18], &21u32.to_be_bytes());
+
+    // An avail index far ahead of the ring: the queue stops, nothing else does.
+    f.offer(1, 0, 1000);
+    std::thread::sleep(Duration::from_millis(200));
+    bystanders(11);
+    // ... and valed does not spin on it.
+    let cpu = |d: &Daemon| {
+        let st = std::fs::read_to_string(format!("/proc/{}/stat", d.pid())).unwrap();
+        let f: Vec<u64> = st
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        f[0] + f[1]
+    };
+    let c0 = cpu(&d);
+    std::thread::sleep(Duration::from_secs(1));
+    let ticks = cpu(&d) - c0;
+    assert!(ticks < 50, "valed used {ticks} ticks in the second after");
+    assert!(host_counter(&d, "vale0:vm", "read_errors") > bad.len() as u64);
+    drop(f);
+
+    // Memory tables that do not fit their file, and garbage: each connection refused,
+    // the port serves the next frontend.
+    let mut f = Front::connect(&sock);
+    f.get_features();
+    f.send(SET_OWNER, &[], &[]);
+    f.mem_table(16 * MEM, 0); // 16 MiB of a 1 MiB memfd: SIGBUS if ever touched
+    assert!(
+        f.hung_up(5),
+        "a memory table past the end of its file is refused"
+    );
+    let mut f = Front::connect(&sock);
+    f.mem_table(MEM, MEM - 4096 + 1); // starts inside, ends outside
+    assert!(f.hung_up(5), "a region ending past its file is refused");
+    let mut f = Front::connect(&sock);
+    let mut junk = vec![0xffu8; 12];
+    junk[8..12].copy_from_slice(&(1u32 << 30).to_le_bytes());
+    rustix::io::write(&f.s, &junk).unwrap();
+    assert!(f.hung_up(5), "a message of 1 GiB is refused");
+    let mut f = Front::connect(&sock);
+    rustix::io::write(&f.s, &[7u8; 12]).unwrap();
+    assert!(f.hung_up(5), "an unknown request is refused");
+    let mut f = Front::connect(&sock);
+    f.get_features();
+    f.send(SET_OWNER, &[], &[]);
+    f.send(SET_FEATURES, &(1u64 << 32).to_le_bytes(), &[]);
+    f.mem_table(MEM, 0);
+    f.vring(1, 0xdead_0000_0000); // a descriptor table outside guest memory
+    assert!(f.hung_up(5), "a ring outside guest memory is refused");
+    bystanders(12);
+
+    // A well-behaved frontend after all that: traffic flows, and its memory cannot be
+    // shrunk from under valed (sealed when the table was accepted).
+    let mut f = Front::connect(&sock);
+    f.setup();
+    f.write(buf, &pkt(30));
+    f.set_desc(1, 0, buf, 72, 0, 0);
+    f.offer(1, 0, 1);
+    assert!(f.wait_used(1, 1));
+    assert!(
+        from_vm(&r, 30),
+        "a good frontend after the bad ones is served"
+    );
+    assert!(
+        rustix::fs::ftruncate(&f.mem, 4096).is_err(),
+        "guest memory is sealed against shrinking"
+    );
+    assert!(d.alive(), "valed survived:\n{}", d.log());
+    assert_eq!(host_counter(&d, "vale0:vm", "to_host"), 1);
+}
+
+const VM_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x77];
+const R_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0e];
+const X_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x31];
+const Y_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x32];

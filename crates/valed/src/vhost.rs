@@ -37,6 +37,8 @@ const TX: u16 = 1;
 const NOTIFY: u16 = 3;
 /// Packets delivered to the guest per event before the next look at the port's ring.
 const BURST: usize = 256;
+/// The largest frame a guest may send (a 64 KiB TSO frame), header not counted.
+const MAX_FRAME: usize = 65535 + 14;
 /// Most guest buffers one packet may take (a 64 KiB frame in 1.5 KiB buffers takes 44).
 const MAX_RX_BUFFERS: usize = 128;
 // virtio-net feature bits (virtio 1.x, 5.1.3).
@@ -91,16 +93,17 @@ impl NetBackend {
         };
         self.tx_blocked = false;
         let port = self.port.lock().unwrap_or_else(|p| p.into_inner());
-        let mut buf = Vec::with_capacity(65536 + VNET_HDR);
+        let mut buf = Vec::with_capacity(MAX_FRAME + VNET_HDR);
         let mut moved = 0;
         loop {
             let _ = vring.disable_notification();
+            let before = moved;
             loop {
                 // Room for the largest frame, or wait for the switch to free slots: the
                 // port's notify fires then (its TX ring's kick is armed), and the guest's
                 // buffers stay queued meanwhile (backpressure, not drops).
                 let room =
-                    (65536 + 2 * VNET_HDR).div_ceil(port.geometry().buf_size as usize) as u32;
+                    (MAX_FRAME + VNET_HDR).div_ceil(port.geometry().buf_size as usize) as u32;
                 let tx = &port.tx_rings()[0];
                 if tx.space() < room {
                     let _ = port.txsync();
@@ -120,12 +123,15 @@ impl NetBackend {
                 };
                 let head = chain.head_index();
                 buf.clear();
-                let ok = chain
-                    .clone()
-                    .reader(&*mem)
-                    .ok()
-                    .is_some_and(|mut r| r.read_to_end(&mut buf).is_ok());
-                if !ok || buf.len() < VNET_HDR + 14 {
+                // The chain's length first: a guest may describe gigabytes.
+                let (ok, big) = match chain.clone().reader(&*mem) {
+                    Ok(r) if r.available_bytes() > MAX_FRAME + VNET_HDR => (true, true),
+                    Ok(mut r) => (r.read_to_end(&mut buf).is_ok(), false),
+                    Err(_) => (false, false),
+                };
+                if big {
+                    self.counters.truncated.fetch_add(1, Ordering::Relaxed);
+                } else if !ok || buf.len() < VNET_HDR + 14 {
                     self.counters.read_errors.fetch_add(1, Ordering::Relaxed);
                 } else if port.inject(&buf) {
                     self.counters.from_host.fetch_add(1, Ordering::Relaxed);
@@ -146,6 +152,12 @@ impl NetBackend {
             // Until the queue stays empty with notifications back on (EVENT_IDX: the
             // guest kicks again only for buffers added after this).
             if !vring.enable_notification().unwrap_or(false) {
+                break;
+            }
+            if moved == before {
+                // "More to do" but nothing could be taken: the guest's avail index is
+                // beyond its ring. Counted; the queue waits for the guest to reset it.
+                self.counters.read_errors.fetch_add(1, Ordering::Relaxed);
                 break;
             }
         }
@@ -172,6 +184,7 @@ impl NetBackend {
         }
         let port = self.port.lock().unwrap_or_else(|p| p.into_inner());
         let mut sent = 0;
+        let mut rechecked = false;
         loop {
             if self.out.pending.is_empty() {
                 if sent >= BURST {
@@ -200,6 +213,7 @@ impl NetBackend {
             match put_frame(st.get_queue_mut(), &mem, frame) {
                 Put::Done => {
                     drop(st);
+                    rechecked = false;
                     self.counters.to_host.fetch_add(1, Ordering::Relaxed);
                     self.counters
                         .to_host_bytes
@@ -219,8 +233,10 @@ impl NetBackend {
                 Put::NoRoom => {
                     drop(st);
                     // Ask the guest to kick when it adds buffers; if it added some
-                    // meanwhile, go on now.
-                    if vring.enable_notification().unwrap_or(false) {
+                    // meanwhile, go on now (once: a guest whose avail index runs past its
+                    // ring always looks as if it had more).
+                    if !rechecked && vring.enable_notification().unwrap_or(false) {
+                        rechecked = true;
                         let _ = vring.disable_notification();
                         continue;
                     }
@@ -449,6 +465,10 @@ impl VhostUserBackendMut for NetBackend {
 
 /// vhost-user requests the relay looks at.
 const SET_FEATURES: u32 = 2;
+const SET_MEM_TABLE: u32 = 5;
+/// Memory slots (CONFIGURE_MEM_SLOTS, not offered): refused outright.
+const ADD_MEM_REG: u32 = 37;
+const REM_MEM_REG: u32 = 38;
 const SET_VRING_KICK: u32 = 12;
 const SET_VRING_ENABLE: u32 = 18;
 const FLAG_VERSION: u32 = 0x1;
@@ -478,11 +498,66 @@ fn read_msg(s: &UnixStream) -> std::io::Result<Option<(Vec<u8>, Vec<rustix::fd::
     Ok(Some((msg, fds)))
 }
 
+/// Checks a `SET_MEM_TABLE` before the crate maps it: every region must lie inside its
+/// file (the crate maps what it is told, and touching a mapping past the end of its file
+/// kills the process with SIGBUS), and a memfd that allows sealing (QEMU's
+/// memory-backend-memfd) is sealed against shrinking, so the frontend cannot cut guest
+/// memory from under the mapping later. Files that cannot be sealed (hugetlbfs, /dev/shm,
+/// memfds without MFD_ALLOW_SEALING) are accepted with a warning that valed trusts the
+/// frontend not to truncate them.
+fn check_mem_table(msg: &[u8], fds: &[rustix::fd::OwnedFd], port: &str) -> Result<(), String> {
+    let body = &msg[12..];
+    if body.len() < 8 {
+        return Err("short memory table".into());
+    }
+    let n = u32::from_le_bytes(body[0..4].try_into().unwrap_or([0; 4])) as usize;
+    if n == 0 || n > 8 || body.len() < 8 + 32 * n || fds.len() != n {
+        return Err(format!(
+            "memory table of {n} regions with {} descriptors",
+            fds.len()
+        ));
+    }
+    for (i, fd) in fds.iter().enumerate() {
+        let r = &body[8 + 32 * i..8 + 32 * (i + 1)];
+        let u = |o: usize| u64::from_le_bytes(r[o..o + 8].try_into().unwrap_or([0; 8]));
+        let (size, offset) = (u(8), u(24));
+        let st = rustix::fs::fstat(fd).map_err(|e| format!("region {i}: fstat: {e}"))?;
+        let end = offset
+            .checked_add(size)
+            .ok_or_else(|| format!("region {i}: offset + size overflows"))?;
+        if size == 0 || end > st.st_size as u64 {
+            return Err(format!(
+                "region {i}: bytes {offset}..{end} are not inside its file of {} bytes",
+                st.st_size
+            ));
+        }
+        use rustix::fs::SealFlags;
+        let sealed = match rustix::fs::fcntl_get_seals(fd) {
+            Ok(seals) if seals.contains(SealFlags::SHRINK) => true,
+            Ok(seals) if !seals.contains(SealFlags::SEAL) => {
+                rustix::fs::fcntl_add_seals(fd, SealFlags::SHRINK)
+                    .map_err(|e| format!("region {i}: cannot seal it against shrinking: {e}"))?;
+                true
+            }
+            _ => false,
+        };
+        if !sealed {
+            tracing::warn!(
+                port,
+                "vhost-user: guest memory region {i} cannot be sealed against shrinking \
+                 (not a memfd, or one created without MFD_ALLOW_SEALING): valed trusts \
+                 the frontend not to truncate it"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Relays one frontend connection to the vhost crate's handler, holding back what the
 /// crate would refuse from QEMU 7.2: a `SET_VRING_ENABLE` before `SET_FEATURES` (QEMU
 /// disables rings early; rings start disabled anyway, so it is acknowledged here and
 /// not passed on). Returns when either side hangs up.
-fn relay(front: UnixStream, back: UnixStream) {
+fn relay(front: UnixStream, back: UnixStream, port: &str, counters: &Counters) {
     use rustix::fd::AsFd;
     let front_w = Arc::new(Mutex::new(front.try_clone().ok()));
     let back_r = back.try_clone().ok();
@@ -509,6 +584,17 @@ fn relay(front: UnixStream, back: UnixStream) {
     while let Ok(Some((msg, fds))) = read_msg(&front) {
         let req = u32::from_le_bytes([msg[0], msg[1], msg[2], msg[3]]);
         let flags = u32::from_le_bytes([msg[4], msg[5], msg[6], msg[7]]);
+        let refused = match req {
+            SET_MEM_TABLE => check_mem_table(&msg, &fds, port).err(),
+            ADD_MEM_REG | REM_MEM_REG => Some("memory slots were not offered".into()),
+            _ => None,
+        };
+        if let Some(why) = refused {
+            // The frontend sees the connection close; it may come back with a good one.
+            tracing::warn!(port, "vhost-user frontend refused: {why}");
+            counters.read_errors.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
         if req == SET_FEATURES {
             features_set = true;
             if msg.len() >= 20 {
@@ -589,6 +675,7 @@ impl Worker {
         let stop = Arc::new(AtomicBool::new(false));
         let shutdown: Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>> =
             Arc::new(Mutex::new(None));
+        let counters = backend.counters.clone();
         let backend = Arc::new(RwLock::new(backend));
         let front_now: Arc<Mutex<Option<UnixStream>>> = Arc::new(Mutex::new(None));
         let (stop2, shutdown2, front2) = (stop.clone(), shutdown.clone(), front_now.clone());
@@ -667,7 +754,8 @@ impl Worker {
                     }
                     tracing::info!(port = %name, "vhost-user frontend connected");
                     *shutdown2.lock().unwrap_or_else(|p| p.into_inner()) = d.shutdown_handle();
-                    let relay = std::thread::spawn(move || relay(front, back));
+                    let (n2, c2) = (name.clone(), counters.clone());
+                    let relay = std::thread::spawn(move || relay(front, back, &n2, &c2));
                     let r = d.wait();
                     let _ = relay.join();
                     *shutdown2.lock().unwrap_or_else(|p| p.into_inner()) = None;

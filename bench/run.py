@@ -6,8 +6,9 @@ and the ratios the performance issue asks for.
     bench/run.py                 # 3 runs per row, 3-second windows
     bench/run.py --smoke         # 1 run, 1-second windows: proves each row works (CI)
     bench/run.py --only ours,ceiling
-    (rows: ours, memif, bridge, host (TAP ports and iperf3), ceiling, and vm (QEMU
-    guests under TCG; not in the default set: about a minute per run))
+    (rows: ours, memif, vhost (dpdk-testpmd virtio_user on a vhost-user port), bridge,
+    host (TAP ports and iperf3), ceiling, and vm (QEMU guests under TCG; not in the
+    default set: about a minute per run))
 
 Rows that cannot run (no dpdk-testpmd, not root) print SKIP with the reason. Every
 process this script starts is stopped by PID; namespaces it creates are removed even on
@@ -308,6 +309,62 @@ def memif_once(secs, length):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def virtio_user(secs, length, to_vm):
+    """pkt-gen <-> valed <-> dpdk-testpmd net_virtio_user on a vhost-user port: Mpps
+    into testpmd (rxonly, its Rx-pps) or out of it (txonly, the receiving port's counter
+    over a window). No VM: the vhost-user path and the switch alone."""
+    tp = shutil.which("dpdk-testpmd")
+    if not tp:
+        return "SKIP: dpdk-testpmd not installed (apt-get install dpdk-dev)"
+    if os.geteuid() != 0:
+        return "SKIP: needs root for dpdk-testpmd"
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="vale-vu-")
+    try:
+        v = Valed(procs, tmp)
+        sock = os.path.join(tmp, "vm.sock")
+        subprocess.run([os.path.join(BIN, "vale-ctl"), "vhost-user", "vale0:vm", "--path", sock],
+                       env=v.env, check=True, capture_output=True)
+        mode = "rxonly" if to_vm else "txonly"
+        t = procs.start([tp, "-l", "0,1", "--main-lcore", "0", "--no-huge", "-m", "512", "--no-pci",
+                         "--log-level=lib.eal:notice", "--file-prefix", "vbvu",
+                         f"--vdev=net_virtio_user0,path={sock},queues=1", "--", "-i",
+                         f"--forward-mode={mode}", f"--txpkts={length}", "--total-num-mbufs=16384",
+                         "--nb-cores=1"], stdin=subprocess.PIPE)
+        time.sleep(3.0)
+        t.stdin.write("start\n")
+        t.stdin.flush()
+        if to_vm:
+            v.pktgen(procs, "-i", "vale0:a", "-f", "tx", "-l", str(length), "--duration", str(int(secs) + 4))
+        else:
+            v.pktgen(procs, "-i", "vale0:b", "-f", "rx", "--duration", str(int(secs) + 4))
+        time.sleep(1.5)
+        s0, t0 = v.stats(), time.time()
+        for _ in range(max(1, int(secs)) + 1):
+            time.sleep(1.0)
+            t.stdin.write("show port stats all\n")
+            t.stdin.flush()
+        s1, t1 = v.stats(), time.time()
+        t.stdin.write("stop\nquit\n")
+        t.stdin.flush()
+        out, _ = t.communicate(timeout=20)
+        if to_vm:
+            samples = [int(x) for x in re.findall(r"Rx-pps:\s+(\d+)", out)][1:]
+            samples = [x for x in samples if x > 0]
+            if not samples:
+                return "SKIP: testpmd reported no Rx-pps"
+            return statistics.median(samples) / 1e6
+        got = s1.get("vale0:b", {}).get("rx_packets", 0) - s0.get("vale0:b", {}).get("rx_packets", 0)
+        if got <= 0:
+            return "SKIP: nothing arrived from testpmd"
+        return got / (t1 - t0) / 1e6
+    except (OSError, subprocess.SubprocessError, RuntimeError) as e:
+        return f"SKIP: {e}"
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 # ---------------------------------------------------------------------------- Linux bridge
 
 
@@ -427,8 +484,9 @@ def ours_tap(secs, count):
 
 def vm_pair(secs, how):
     """Two TCG guests (scripts/build-guest), B running iperf3 against A for `secs`:
-    how = "stream" (our -netdev stream ports on vale1), "tap" (their tap interfaces
-    attached to vale1 by name) or "bridge" (their taps in a Linux bridge). Returns
+    how = "vhost" (our vhost-user ports on vale1), "stream" (our -netdev stream ports),
+    "tap" (their tap interfaces attached to vale1 by name) or "bridge" (their taps in a
+    Linux bridge). Returns
     Gbit/s from the client's report, or a SKIP string. Under TCG this measures the
     emulated guests more than the switch."""
     if os.geteuid() != 0:
@@ -450,11 +508,23 @@ def vm_pair(secs, how):
             sh("ip", "link", "set", "vbvmbr", "up")
         vms = []
         for i, (tap, role) in enumerate(zip(taps, ["t_role=server", f"t_role=client t_peer=10.58.0.1 t_wait=3 t_time={int(secs)}"])):
+            dev = f"virtio-net-pci,netdev=n0,mac=52:54:00:12:35:0{i + 1}"
+            extra = []
             if how == "stream":
                 sock = os.path.join(tmp, f"{tap}.sock")
                 subprocess.run([os.path.join(BIN, "vale-ctl"), "qemu-stream", f"vale1:{tap}", "--listen", sock],
                                env=v.env, check=True, capture_output=True)
                 netdev = f"stream,id=n0,server=off,addr.type=unix,addr.path={sock}"
+            elif how == "vhost":
+                sock = os.path.join(tmp, f"{tap}.sock")
+                subprocess.run([os.path.join(BIN, "vale-ctl"), "vhost-user", f"vale1:{tap}", "--path", sock],
+                               env=v.env, check=True, capture_output=True)
+                # Guest memory shared with valed; vectors=0: QEMU 7.2's TCG + vhost-user
+                # MSI-X pitfall (reference/qemu-guests.md).
+                extra = ["-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-numa", "node,memdev=mem",
+                         "-chardev", f"socket,id=c0,path={sock}"]
+                netdev = "vhost-user,id=n0,chardev=c0"
+                dev += ",vectors=0"
             else:
                 netdev = f"tap,id=n0,ifname={tap},script=no,downscript=no"
             log_path = os.path.join(tmp, f"{tap}.log")
@@ -463,10 +533,9 @@ def vm_pair(secs, how):
                                      "-serial", f"file:{log_path}", "-kernel", os.path.join(cache, "vmlinuz"),
                                      "-initrd", os.path.join(cache, "initramfs.gz"), "-append",
                                      f"console=ttyS0 quiet panic=-1 t_ip=10.58.0.{i + 1}/24 {role}",
-                                     "-netdev", netdev, "-device",
-                                     f"virtio-net-pci,netdev=n0,mac=52:54:00:12:35:0{i + 1}"],
+                                     *extra, "-netdev", netdev, "-device", dev],
                                     stdout=subprocess.DEVNULL), log_path))
-            if how != "stream":
+            if how in ("tap", "bridge"):
                 for _ in range(100):
                     if sh("ip", "link", "show", tap, check=False).returncode == 0:
                         break
@@ -582,7 +651,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--secs", type=float, default=3.0)
     ap.add_argument("--smoke", action="store_true", help="1 run of 1 s per row; asserts no speed")
-    ap.add_argument("--only", default="ours,memif,bridge,host,ceiling")
+    ap.add_argument("--only", default="ours,memif,vhost,bridge,host,ceiling")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--scaling", metavar="LIST", help="only the multi-thread scaling table, e.g. 1,2,4,8")
     ap.add_argument("--length", type=int, default=60, help="frame length for --scaling")
@@ -645,7 +714,8 @@ def main():
                 add("ours: ping RTT between TAP ports us (p50 | p99)", 60, r[1])
                 add("ours: ping RTT between TAP ports us (p50 | p99)", 1514, r[2])
         if "vm" in only:
-            for how, label in (("stream", "VMs (TCG): iperf3 over our -netdev stream ports, Gbit/s"),
+            for how, label in (("vhost", "VMs (TCG): iperf3 over our vhost-user ports, Gbit/s"),
+                               ("stream", "VMs (TCG): iperf3 over our -netdev stream ports, Gbit/s"),
                                ("tap", "VMs (TCG): iperf3 over taps attached to ours, Gbit/s"),
                                ("bridge", "VMs (TCG): iperf3 over taps in a Linux bridge, Gbit/s")):
                 r = vm_pair(a.secs, how)
@@ -653,6 +723,15 @@ def main():
                     notes.append(f"{label}: {r}")
                 else:
                     add(label, 60, r)
+        if "vhost" in only:
+            for to_vm, label in ((True, "vhost-user: pkt-gen -> ours -> testpmd virtio_user, Mpps"),
+                                 (False, "vhost-user: testpmd virtio_user -> ours -> pkt-gen, Mpps")):
+                for length in (60, 1514):
+                    r = virtio_user(a.secs, length, to_vm)
+                    if isinstance(r, str):
+                        notes.append(f"{label} {length} B: {r}")
+                    else:
+                        add(label, length, r)
         if "ceiling" in only:
             for length in (60, 1514):
                 add("copy ceiling (SPSC, 1 copy), Mpps", length, ceiling(a.secs, length))

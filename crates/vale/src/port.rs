@@ -76,6 +76,8 @@ pub struct Port {
     notify: OwnedFd,
     next_tx: Cell<usize>,
     next_rx: Cell<usize>,
+    /// `dispatch`'s packet buffer, kept between calls.
+    scratch: Cell<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Port {
@@ -235,6 +237,7 @@ impl Port {
             notify,
             next_tx: Cell::new(0),
             next_rx: Cell::new(0),
+            scratch: Cell::new(Vec::new()),
         })
     }
 
@@ -368,15 +371,16 @@ impl Port {
             }
             let v = ring.view();
             let mut h = ring.head();
-            let chunks: Vec<&[u8]> = if frame.is_empty() {
-                vec![frame]
-            } else {
-                frame.chunks(bs).collect()
-            };
-            for (c, chunk) in chunks.iter().enumerate() {
+            let chunks = (0..need as usize)
+                .map(|c| &frame[(c * bs).min(frame.len())..((c + 1) * bs).min(frame.len())]);
+            for (c, chunk) in chunks.enumerate() {
                 let s = v.read_slot(h);
                 v.bufs().write(s.buf_idx, chunk);
-                let flags = if c + 1 < chunks.len() { NS_MOREFRAG } else { 0 };
+                let flags = if c + 1 < need as usize {
+                    NS_MOREFRAG
+                } else {
+                    0
+                };
                 v.write_slot(
                     h,
                     NetmapSlot {
@@ -398,7 +402,7 @@ impl Port {
     /// netmap's `nm_dispatch`: hands up to `max` received packets (0 = all) to `f`, whole
     /// (fragments joined), and advances `head` past them. Does not sync. Returns how many.
     pub fn dispatch(&self, max: usize, mut f: impl FnMut(&[u8])) -> usize {
-        let mut buf = Vec::with_capacity(self.region.geometry().buf_size as usize);
+        let mut buf = self.scratch.take();
         let mut got = 0;
         let n = self.rx.len();
         for k in 0..n {
@@ -429,6 +433,7 @@ impl Port {
                 break;
             }
         }
+        self.scratch.set(buf);
         got
     }
 

@@ -37,6 +37,8 @@ const TX: u16 = 1;
 const NOTIFY: u16 = 3;
 /// Packets delivered to the guest per event before the next look at the port's ring.
 const BURST: usize = 256;
+/// Packets taken from the port's RX ring at a time.
+const RX_BATCH: usize = 32;
 /// The largest frame a guest may send (a 64 KiB TSO frame), header not counted.
 const MAX_FRAME: usize = 65535 + 14;
 /// Most guest buffers one packet may take (a 64 KiB frame in 1.5 KiB buffers takes 44).
@@ -98,6 +100,7 @@ impl NetBackend {
         loop {
             let _ = vring.disable_notification();
             let before = moved;
+            let mut st = vring.get_mut();
             loop {
                 // Room for the largest frame, or wait for the switch to free slots: the
                 // port's notify fires then (its TX ring's kick is armed), and the guest's
@@ -117,7 +120,6 @@ impl NetBackend {
                         tx.view().csb().app_disarm_kick();
                     }
                 }
-                let mut st = vring.get_mut();
                 let Some(chain) = st.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
                     break;
                 };
@@ -144,7 +146,11 @@ impl NetBackend {
                 }
                 let _ = st.add_used(head, 0);
                 moved += 1;
+                if moved % 64 == 0 {
+                    let _ = port.txsync(); // the switch starts on these meanwhile
+                }
             }
+            drop(st);
             let _ = port.txsync();
             if self.tx_blocked {
                 break; // resumed from the port's notify
@@ -202,36 +208,47 @@ impl NetBackend {
                     port.rx_rings()[0].view().csb().app_disarm_kick();
                     continue;
                 }
-                let mut frame = self.out.spare.pop().unwrap_or_default();
-                frame.clear();
-                port.dispatch(1, |f| frame.extend_from_slice(f));
-                self.out.stage(frame, &self.counters);
+                let (out, counters) = (&mut self.out, &*self.counters);
+                port.dispatch(RX_BATCH, |f| {
+                    let mut frame = out.spare.pop().unwrap_or_default();
+                    frame.clear();
+                    frame.extend_from_slice(f);
+                    out.stage(frame, counters);
+                });
                 continue;
             }
-            let frame = &mut self.out.pending[0];
+            // As many pending frames as the guest has buffers for, one lock for all.
             let mut st = vring.get_mut();
-            match put_frame(st.get_queue_mut(), &mem, frame) {
-                Put::Done => {
-                    drop(st);
-                    rechecked = false;
-                    self.counters.to_host.fetch_add(1, Ordering::Relaxed);
-                    self.counters
-                        .to_host_bytes
-                        .fetch_add((frame.len() - VNET_HDR) as u64, Ordering::Relaxed);
-                    sent += 1;
-                    if let Some(f) = self.out.pending.pop_front() {
-                        self.out.recycle(f);
+            let mut verdict = Put::Done;
+            let (mut n, mut bytes) = (0u64, 0u64);
+            while let Some(frame) = self.out.pending.front_mut() {
+                verdict = put_frame(st.get_queue_mut(), &mem, frame);
+                match verdict {
+                    Put::Done => {
+                        n += 1;
+                        bytes += (frame.len() - VNET_HDR) as u64;
                     }
-                }
-                Put::Bad => {
-                    drop(st);
-                    self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-                    if let Some(f) = self.out.pending.pop_front() {
-                        self.out.recycle(f);
+                    Put::Bad => {
+                        self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
                     }
+                    Put::NoRoom => break,
                 }
+                if let Some(f) = self.out.pending.pop_front() {
+                    self.out.recycle(f);
+                }
+            }
+            drop(st);
+            if n > 0 {
+                rechecked = false;
+                sent += n as usize;
+                self.counters.to_host.fetch_add(n, Ordering::Relaxed);
+                self.counters
+                    .to_host_bytes
+                    .fetch_add(bytes, Ordering::Relaxed);
+            }
+            match verdict {
+                Put::Done | Put::Bad => {}
                 Put::NoRoom => {
-                    drop(st);
                     // Ask the guest to kick when it adds buffers; if it added some
                     // meanwhile, go on now (once: a guest whose avail index runs past its
                     // ring always looks as if it had more).
@@ -324,6 +341,27 @@ fn put_frame(q: &mut virtio_queue::Queue, mem: &GuestMemoryMmap, frame: &mut [u8
     let mut chains = Vec::new();
     let mut room = 0usize;
     let mut bad = false;
+    // The common case first: one buffer takes the whole frame.
+    let Some(c) = q.pop_descriptor_chain(mem) else {
+        return Put::NoRoom;
+    };
+    let head = c.head_index();
+    match c.writer(mem) {
+        Ok(mut w) if w.available_bytes() >= frame.len() => {
+            frame[10..12].copy_from_slice(&1u16.to_le_bytes());
+            let ok = w.write_all(frame).is_ok();
+            let _ = q.add_used(mem, head, if ok { frame.len() as u32 } else { 0 });
+            return if ok { Put::Done } else { Put::Bad };
+        }
+        Ok(w) if w.available_bytes() > 0 => {
+            room += w.available_bytes();
+            chains.push((head, w));
+        }
+        _ => {
+            let _ = q.add_used(mem, head, 0);
+            return Put::Bad;
+        }
+    }
     while room < frame.len() && chains.len() < most {
         let Some(c) = q.pop_descriptor_chain(mem) else {
             break;

@@ -549,20 +549,37 @@ fn qemu_guests_over_vhost_user() {
         "B's frames average {} bytes ({pk} packets): no TSO through the switch",
         by / pk.max(1)
     );
-    // B is killed and started again on the same socket: valed connects again.
+    // B is gone; B2 on the same socket (valed connects again) is killed in the middle
+    // of its iperf3; B3 comes back on the port and reaches A: the switch, A and the port
+    // are unaffected.
     drop(b);
     let mut b2 = Vm::start(
         &dir,
         &cache,
         Net::VhostUserServer(&vb),
         4,
-        "t_ip=10.59.0.4/24 t_role=ping t_peer=10.59.0.1 t_wait=3 t_count=2",
+        "t_ip=10.59.0.4/24 t_role=pingclient t_peer=10.59.0.1 t_wait=3 t_count=2 t_time=30",
     );
-    let log = b2.wait(60);
+    let mid = wait_for(60.0, || {
+        let l = b2.log();
+        l.contains("T_PING_OK") && l.contains("bits/sec")
+    });
+    assert!(mid, "B2 pings A and its iperf3 runs:\n{}\n{}", b2.log(), d.log());
+    let sent = d.counter("vale1:vb", "tx_packets");
+    drop(b2);
+    let mut b3 = Vm::start(
+        &dir,
+        &cache,
+        Net::VhostUserServer(&vb),
+        5,
+        "t_ip=10.59.0.5/24 t_role=ping t_peer=10.59.0.1 t_wait=3 t_count=2",
+    );
+    let log = b3.wait(60);
     assert!(
         log.contains("T_PING_OK"),
-        "a restarted VM on the same port:\n{log}\n{}",
+        "a VM restarted after one killed mid-traffic:\n{log}\n{}",
         d.log()
     );
+    assert!(d.counter("vale1:vb", "tx_packets") > sent, "B3's frames cross");
     drop(a.wait(0));
 }

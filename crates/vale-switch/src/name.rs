@@ -2,10 +2,13 @@
 //!
 //! The switch name is everything before the first `:`, "vale" prefix included (`vale0`,
 //! `vale`, `valeA_1`); both identifiers use `[A-Za-z0-9_]`; the switch id may be empty
-//! (`vale:x` is switch `vale`), the port may not. One extension: the switch id may also
+//! (`vale:x` is switch `vale`), the port may not. Two extensions: the switch id may also
 //! contain `-`, so that the examples of netmap's own man page (`vale-a:0`, `vale-1:a`)
-//! work; the port part stays strict (in netmap `-N` after it selects a ring). The whole name must fit the length
-//! limit, 15 characters by default as with netmap's `nm_open()` and its 16-byte name.
+//! work, and the port part may contain `-` and `.` after its first character, so that
+//! Linux interfaces such as `veth-a` or `eth0.100` can be attached by name (netmap's
+//! `-NN` ring-selection suffix is not supported: `vale0:p-1` is the port `p-1`). The
+//! whole name must fit the length limit, 15 characters by default as with netmap's
+//! `nm_open()` and its 16-byte name.
 
 use thiserror::Error;
 
@@ -28,7 +31,7 @@ pub enum NameError {
     )]
     EmptyPort { name: String },
     #[error(
-        "port name `{name}` has {ch:?} at position {pos} in the {part} part; only letters, digits and `_` are allowed"
+        "port name `{name}` has {ch:?} at position {pos} in the {part} part; only letters, digits and `_` are allowed (and `-`, `.` inside a port part)"
     )]
     BadChar {
         name: String,
@@ -89,6 +92,9 @@ impl PortName {
                 }
                 "switch"
             } else if pos > colon {
+                if (ch == '-' || ch == '.') && pos > colon + 1 {
+                    continue;
+                }
                 "port"
             } else {
                 continue;
@@ -149,6 +155,8 @@ mod tests {
             ("valeA_1:p_2", "valeA_1", "p_2"),
             ("vale-a:0", "vale-a", "0"), // netmap's man page examples
             ("vale-1:a", "vale-1", "a"),
+            ("vale0:veth-a", "vale0", "veth-a"), // Linux interface names
+            ("vale0:eth0.100", "vale0", "eth0.100"),
         ] {
             let n = parse(s).unwrap();
             assert_eq!((n.switch(), n.port(), n.as_str()), (sw, port, s));
@@ -166,7 +174,8 @@ mod tests {
             ("vale0", "no `:`"),
             ("vale0:", "empty port"),
             ("vale.a:0", "'.' at position 4 in the switch part"),
-            ("vale0:a-1", "'-' at position 7 in the port part"),
+            ("vale0:-a", "'-' at position 6 in the port part"),
+            ("vale0:.a", "'.' at position 6 in the port part"),
             ("vale0:a b", "' ' at position 7 in the port part"),
             ("vale0:a:b", "':' at position 7 in the port part"),
             ("vale0:p/t", "'/' at position 7"),

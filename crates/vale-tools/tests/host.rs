@@ -248,7 +248,8 @@ fn a_veth_attached_by_name_reaches_a_tap_port() {
     need_host!();
     let mut net = Net::new("vv");
     let d = Daemon::start("host-veth", &[]);
-    let (veth, peer, tap) = (net.name("x"), net.name("y"), net.name("t"));
+    // A name with '-', as interfaces often have (`veth-a`, `br-lan`): attachable by name.
+    let (veth, peer, tap) = (net.name("-x"), net.name("y"), net.name("t"));
     let _ = run(&["ip", "link", "del", &veth]);
     ok(&[
         "ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer,

@@ -564,7 +564,12 @@ fn qemu_guests_over_vhost_user() {
         let l = b2.log();
         l.contains("T_PING_OK") && l.contains("bits/sec")
     });
-    assert!(mid, "B2 pings A and its iperf3 runs:\n{}\n{}", b2.log(), d.log());
+    assert!(
+        mid,
+        "B2 pings A and its iperf3 runs:\n{}\n{}",
+        b2.log(),
+        d.log()
+    );
     let sent = d.counter("vale1:vb", "tx_packets");
     drop(b2);
     let mut b3 = Vm::start(
@@ -580,6 +585,9 @@ fn qemu_guests_over_vhost_user() {
         "a VM restarted after one killed mid-traffic:\n{log}\n{}",
         d.log()
     );
-    assert!(d.counter("vale1:vb", "tx_packets") > sent, "B3's frames cross");
+    assert!(
+        d.counter("vale1:vb", "tx_packets") > sent,
+        "B3's frames cross"
+    );
     drop(a.wait(0));
 }

@@ -553,7 +553,7 @@ fn qemu_guests_over_vhost_user() {
     // of its iperf3; B3 comes back on the port and reaches A: the switch, A and the port
     // are unaffected.
     drop(b);
-    let mut b2 = Vm::start(
+    let b2 = Vm::start(
         &dir,
         &cache,
         Net::VhostUserServer(&vb),

@@ -37,10 +37,14 @@ pub fn run(shared: Arc<Shared>, busy_poll: Duration) {
             for h in st.hosts.values_mut() {
                 moved += h.pull(&shared.epoll);
             }
+            for v in st.vhosts.values_mut() {
+                moved += v.pull();
+            }
             for (si, e) in st.registry.switches_indexed_mut() {
                 let mut egress = crate::host::HostEgress {
                     switch: si,
                     hosts: &st.hosts,
+                    vhosts: &st.vhosts,
                 };
                 moved += e.switch.forward_with(now, &mut notes, &mut egress);
                 for n in notes.drain(..) {
@@ -56,6 +60,9 @@ pub fn run(shared: Arc<Shared>, busy_poll: Duration) {
             // ...and what the switch delivered to them goes out to their interfaces.
             for h in st.hosts.values_mut() {
                 moved += h.push(&shared.epoll);
+            }
+            for v in st.vhosts.values_mut() {
+                moved += v.push();
             }
             moved
         };
@@ -82,7 +89,12 @@ pub fn run(shared: Arc<Shared>, busy_poll: Duration) {
         // Idle: ask every client to kick, look once more, then sleep.
         let pending = {
             let st = shared.lock();
-            st.registry.switches().any(|e| e.switch.arm_kicks())
+            // (Every port armed: no short-circuit.)
+            let mut pending = st.registry.switches().any(|e| e.switch.arm_kicks());
+            for v in st.vhosts.values() {
+                pending |= v.arm();
+            }
+            pending
         };
         if !pending {
             events.clear();
@@ -124,6 +136,9 @@ pub fn run(shared: Arc<Shared>, busy_poll: Duration) {
         }
         for e in st.registry.switches() {
             e.switch.disarm_kicks();
+        }
+        for v in st.vhosts.values() {
+            v.disarm();
         }
         drop(st);
         idle_since = None;

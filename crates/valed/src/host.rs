@@ -97,6 +97,8 @@ pub struct Host {
 pub struct HostEgress<'a> {
     pub switch: usize,
     pub hosts: &'a std::collections::HashMap<PortKey, HostIo>,
+    /// vhost-user ports: packets go into the guest's RX buffers.
+    pub vhosts: &'a std::collections::HashMap<PortKey, crate::vhost::VhostIo>,
 }
 
 impl vale_switch::Egress for HostEgress<'_> {
@@ -106,7 +108,7 @@ impl vale_switch::Egress for HostEgress<'_> {
             port: dst,
         };
         let Some(h) = self.hosts.get(&key) else {
-            return false;
+            return self.vhosts.get(&key).is_some_and(|v| v.send(frags));
         };
         use rustix::fd::AsFd;
         match crate::sys::write_frags(h.dev.as_fd(), frags) {

@@ -120,6 +120,7 @@ pub fn run(
             registry: Registry::new(settings.limits),
             fds: HashMap::new(),
             hosts: HashMap::new(),
+            vhosts: HashMap::new(),
         };
         let shared = Arc::new(Shared::new(state, fwd_epoll, wake));
         let s2 = shared.clone();
@@ -1030,52 +1031,58 @@ impl Control {
             ctl.release(a.lane, a.key);
             error(ErrorKind::Internal, msg)
         };
-        {
-            let shared = self.lanes[a.lane].clone();
-            let mut st = shared.lock_ctl();
-            if let Some(e) = st.registry.entry_mut(a.key) {
-                let _ = e
-                    .switch
-                    .set_hdr_len(a.key.port, crate::vhost::VNET_HDR as u16);
-            }
-        }
-        let Response::Opened {
-            switch,
-            port: pname,
-            index,
-            geometry,
-        } = a.opened
-        else {
-            return fail(self, "unexpected open result".into());
-        };
-        // The port's "connection": an eventfd nobody writes (valed is its own client).
-        let conn = match rustix::event::eventfd(0, EventfdFlags::CLOEXEC) {
-            Ok(c) => c,
-            Err(e) => return fail(self, format!("eventfd: {e}")),
-        };
-        let p = match vale::Port::from_parts(
-            switch,
-            pname,
-            index,
-            geometry.into(),
-            conn,
-            a.memfd,
-            a.kick,
-            a.notify,
-        ) {
-            Ok(p) => p,
-            Err(e) => return fail(self, e.to_string()),
-        };
+        // The forwarding thread serves the guest's queues itself (vhost.rs `VhostIo`):
+        // the port carries the 12-byte header, and packets with one are handed over
+        // directly.
         let counters: Arc<crate::host::Counters> = Default::default();
+        let guest: crate::vhost::GuestRef = Default::default();
+        let shared = self.lanes[a.lane].clone();
+        let started = (|| {
+            let mut st = shared.lock_ctl();
+            let e = st
+                .registry
+                .entry_mut(a.key)
+                .ok_or_else(|| "port vanished".to_string())?;
+            e.switch
+                .set_hdr_len(a.key.port, crate::vhost::VNET_HDR as u16)
+                .map_err(|e| e.to_string())?;
+            e.switch
+                .set_direct(a.key.port, true)
+                .map_err(|e| e.to_string())?;
+            let region = e
+                .switch
+                .port(a.key.port)
+                .ok_or_else(|| "port vanished".to_string())?
+                .region();
+            let (tx, rx) = match (
+                region.ring(vale_abi::Dir::Tx, 0),
+                region.ring(vale_abi::Dir::Rx, 0),
+            ) {
+                (Some(t), Some(r)) => (vale_abi::AppRing::new(t), vale_abi::AppRing::new(r)),
+                _ => return Err("vhost-user port without rings".to_string()),
+            };
+            st.vhosts.insert(
+                a.key,
+                crate::vhost::VhostIo::new(guest.clone(), tx, rx, counters.clone()),
+            );
+            Ok(())
+        })();
+        if let Err(e) = started {
+            return fail(self, e);
+        }
         let worker = match crate::vhost::Worker::start(
             name.clone(),
             socket,
             client,
             private,
-            crate::vhost::NetBackend::new(p, counters.clone()),
+            crate::vhost::NetBackend::new(guest, shared.clone()),
+            counters.clone(),
         ) {
             Ok(w) => w,
-            Err(e) => return fail(self, format!("cannot serve vhost-user at {socket}: {e}")),
+            Err(e) => {
+                shared.lock_ctl().vhosts.remove(&a.key);
+                return fail(self, format!("cannot serve vhost-user at {socket}: {e}"));
+            }
         };
         tracing::info!(port, socket, client, "vhost-user port ready");
         self.hosts.insert(
@@ -1238,6 +1245,7 @@ impl Control {
                 // explicitly, closing this one would not.
                 let _ = epoll::delete(&shared.epoll, &io.dev);
             }
+            st.vhosts.remove(&key);
         }
         if kind != Kind::Tap {
             self.forget_host(ifname);

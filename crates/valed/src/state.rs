@@ -18,6 +18,9 @@ pub struct State {
     pub fds: HashMap<PortKey, PortFds>,
     /// Host ports of this lane's switches, driven by its forwarding thread.
     pub hosts: HashMap<PortKey, crate::host::HostIo>,
+    /// vhost-user ports of this lane's switches, whose queues its forwarding thread
+    /// serves.
+    pub vhosts: HashMap<PortKey, crate::vhost::VhostIo>,
 }
 
 /// Shared between threads. The forwarding thread takes the lock for one pass at a time;

@@ -33,6 +33,19 @@ pub fn write_frags(fd: BorrowedFd<'_>, frags: &[(*const u8, usize)]) -> io::Resu
     Ok(r as usize)
 }
 
+/// Appends a packet given as fragments in a port's buffers to `out` (replacing what it
+/// held): for direct destinations that need the bytes (vhost-user guests).
+pub fn gather(frags: &[(*const u8, usize)], out: &mut Vec<u8>) {
+    out.clear();
+    for &(p, n) in frags {
+        // SAFETY: the engine hands out (address, length) pairs inside the sender's
+        // buffers of a mapped port region, readable during this call
+        // (`vale_switch::Egress`); a client rewriting them meanwhile changes only the
+        // bytes of its own packet.
+        out.extend_from_slice(unsafe { std::slice::from_raw_parts(p, n) });
+    }
+}
+
 /// A non-blocking unix socket of `kind` bound to `path`. A stale socket file there is
 /// replaced; any other kind of file is an error (valed never deletes what it did not
 /// make).

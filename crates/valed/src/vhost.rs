@@ -1,10 +1,13 @@
 //! vhost-user ports: a switch port served to QEMU (or DPDK's `net_virtio_user`) as a
 //! virtio-net device over vhost-user, with the rust-vmm crates doing the protocol. The
-//! backend is the port's client: guest TX buffers go into the port's TX ring (12-byte
-//! virtio-net header in front, the port's `hdr_len`), the port's RX ring goes into
-//! guest RX buffers (mergeable: a packet may take several). Guest memory is only
-//! touched through vm-memory, which checks every descriptor against the memory table:
-//! a bad descriptor is a counted error on the port, never a crash.
+//! crate's thread only handles the protocol and turns the guest's kicks into wake-ups;
+//! the switch's forwarding thread serves the queues itself (`VhostIo`), like host ports:
+//! guest TX chains go into the port's TX ring (12-byte virtio-net header in front, the
+//! port's `hdr_len`) in the pass that forwards them, and packets for the guest go into
+//! its RX buffers (mergeable: a packet may take several) straight from the sender's
+//! buffers when the sender has the same header, or from the port's RX ring. Guest memory
+//! is only touched through vm-memory, which checks every descriptor against the memory
+//! table: a bad descriptor is a counted error on the port, never a crash.
 
 use crate::host::Counters;
 use rustix::fd::AsRawFd;
@@ -15,6 +18,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use vale_abi::AppRing;
+use vale_abi::layout::NS_MOREFRAG;
 use vale_switch::offload::{self, VnetHdr};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Listener, VhostUserVirtioFeatures};
@@ -33,12 +38,8 @@ use vmm_sys_util::event::{
 pub const VNET_HDR: usize = 12;
 const RX: u16 = 0;
 const TX: u16 = 1;
-/// Epoll id of the port's notify eventfd (ids must be above the queue count).
-const NOTIFY: u16 = 3;
 /// Packets delivered to the guest per event before the next look at the port's ring.
 const BURST: usize = 256;
-/// Packets taken from the port's RX ring at a time.
-const RX_BATCH: usize = 32;
 /// The largest frame a guest may send (a 64 KiB TSO frame), header not counted.
 const MAX_FRAME: usize = 65535 + 14;
 /// Most guest buffers one packet may take (a 64 KiB frame in 1.5 KiB buffers takes 44).
@@ -53,15 +54,66 @@ const F_HOST_TSO4: u32 = 11;
 const F_HOST_TSO6: u32 = 12;
 const F_HOST_ECN: u32 = 13;
 
-pub struct NetBackend {
-    /// In a mutex only because `vale::Port` is not `Sync`; one worker thread uses it.
-    port: Mutex<vale::Port>,
-    /// The port's TX ring was full: guest TX resumes when the switch frees slots.
-    tx_blocked: bool,
+/// What the vhost crate's thread learns about the frontend, for the forwarding thread
+/// that moves the packets: the queues, the guest's memory and what it accepted.
+#[derive(Default)]
+pub struct Guest {
+    /// The RX and TX queues, once the frontend has set them up (cleared when it goes).
+    vrings: Option<Vec<VringRwLock>>,
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
-    counters: Arc<Counters>,
-    /// Frames on their way to the guest.
+    /// Frames on their way to the guest, and the features it acknowledged.
     out: Outbox,
+    /// Used RX entries added since the guest was last signalled.
+    rx_dirty: bool,
+    /// The guest's TX avail index ran beyond its ring: counted once, queue ignored
+    /// until the frontend sets it up again.
+    tx_broken: bool,
+}
+
+impl Guest {
+    /// Queue `q` and the guest's memory, if the frontend has set them up.
+    fn queue(
+        &self,
+        q: u16,
+    ) -> Option<(
+        VringRwLock,
+        vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap>,
+    )> {
+        let vq = self.vrings.as_ref()?.get(q as usize)?.clone();
+        Some((vq, self.mem.as_ref()?.memory()))
+    }
+
+    /// The frontend went away: nothing of it may be touched any more.
+    pub fn forget(&mut self, counters: &Counters) {
+        self.vrings = None;
+        self.mem = None;
+        self.rx_dirty = false;
+        self.tx_broken = false;
+        let n = self.out.pending.len() as u64;
+        counters.write_errors.fetch_add(n, Ordering::Relaxed);
+        while let Some(f) = self.out.pending.pop_front() {
+            self.out.recycle(f);
+        }
+    }
+}
+
+pub type GuestRef = Arc<Mutex<Guest>>;
+
+fn lock(g: &GuestRef) -> std::sync::MutexGuard<'_, Guest> {
+    g.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The vhost crate's side: the protocol, the frontend's memory and queues, and kicks
+/// turned into wake-ups of the forwarding thread, which moves the packets (`VhostIo`).
+pub struct NetBackend {
+    guest: GuestRef,
+    lane: Arc<crate::state::Shared>,
+}
+
+impl NetBackend {
+    pub fn new(guest: GuestRef, lane: Arc<crate::state::Shared>) -> NetBackend {
+        NetBackend { guest, lane }
+    }
 }
 
 /// Frames for the guest's RX queue that did not fit yet, and what it accepts.
@@ -77,195 +129,279 @@ struct Outbox {
     work: Vec<u8>,
 }
 
-impl NetBackend {
-    pub fn new(port: vale::Port, counters: Arc<Counters>) -> NetBackend {
-        NetBackend {
-            port: Mutex::new(port),
-            tx_blocked: false,
-            mem: None,
+/// Most frames waiting for guest RX buffers; beyond, the switch's packets for the guest
+/// are dropped (`tx_error` on the port), as a NIC with a full ring would.
+const MAX_PENDING: usize = 512;
+
+/// A vhost-user port as its forwarding thread drives it: guest TX chains into the
+/// port's TX ring, the port's RX ring (and packets handed over directly) into guest RX
+/// buffers, all in the forwarding pass: no thread hand-off between guest and switch.
+pub struct VhostIo {
+    pub guest: GuestRef,
+    tx: AppRing,
+    rx: AppRing,
+    counters: Arc<Counters>,
+    buf: Vec<u8>,
+}
+
+impl VhostIo {
+    pub fn new(guest: GuestRef, tx: AppRing, rx: AppRing, counters: Arc<Counters>) -> VhostIo {
+        VhostIo {
+            guest,
+            tx,
+            rx,
             counters,
-            out: Outbox::default(),
+            buf: Vec::with_capacity(MAX_FRAME + VNET_HDR),
         }
     }
 
-    /// Guest TX queue -> the port's TX ring.
-    fn tx(&mut self, vring: &VringRwLock) {
-        let Some(mem) = self.mem.as_ref().map(|m| m.memory()) else {
-            return;
+    /// Guest TX queue -> the port's TX ring, as much as the ring takes (the guest's
+    /// buffers wait otherwise: backpressure, not drops). Returns the frames moved.
+    pub fn pull(&mut self) -> usize {
+        let mut g = lock(&self.guest);
+        if g.tx_broken {
+            return 0;
+        }
+        let Some((vq, mem)) = g.queue(TX) else {
+            return 0;
         };
-        self.tx_blocked = false;
-        let port = self.port.lock().unwrap_or_else(|p| p.into_inner());
-        let mut buf = Vec::with_capacity(MAX_FRAME + VNET_HDR);
+        let vq = &vq;
+        let room =
+            (MAX_FRAME + VNET_HDR).div_ceil(self.tx.view().bufs().buf_size() as usize) as u32;
+        let c = &self.counters;
         let mut moved = 0;
-        loop {
-            let _ = vring.disable_notification();
-            let before = moved;
-            let mut st = vring.get_mut();
-            loop {
-                // Room for the largest frame, or wait for the switch to free slots: the
-                // port's notify fires then (its TX ring's kick is armed), and the guest's
-                // buffers stay queued meanwhile (backpressure, not drops).
-                let room =
-                    (MAX_FRAME + VNET_HDR).div_ceil(port.geometry().buf_size as usize) as u32;
-                let tx = &port.tx_rings()[0];
-                if tx.space() < room {
-                    let _ = port.txsync();
-                    if tx.space() < room {
-                        tx.view().csb().app_arm_kick();
-                        let _ = port.txsync();
-                        if tx.space() < room {
-                            self.tx_blocked = true;
-                            break;
-                        }
-                        tx.view().csb().app_disarm_kick();
+        {
+            let mut st = vq.get_mut();
+            if !st.get_queue().ready() || !st.is_enabled() {
+                return 0;
+            }
+            while moved < BURST {
+                if self.tx.space() < room {
+                    self.tx.txsync();
+                    if self.tx.space() < room {
+                        break;
                     }
                 }
                 let Some(chain) = st.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
                     break;
                 };
                 let head = chain.head_index();
-                buf.clear();
+                self.buf.clear();
                 // The chain's length first: a guest may describe gigabytes.
                 let (ok, big) = match chain.clone().reader(&*mem) {
                     Ok(r) if r.available_bytes() > MAX_FRAME + VNET_HDR => (true, true),
-                    Ok(mut r) => (r.read_to_end(&mut buf).is_ok(), false),
+                    Ok(mut r) => (r.read_to_end(&mut self.buf).is_ok(), false),
                     Err(_) => (false, false),
                 };
                 if big {
-                    self.counters.truncated.fetch_add(1, Ordering::Relaxed);
-                } else if !ok || buf.len() < VNET_HDR + 14 {
-                    self.counters.read_errors.fetch_add(1, Ordering::Relaxed);
-                } else if port.inject(&buf) {
-                    self.counters.from_host.fetch_add(1, Ordering::Relaxed);
-                    self.counters
-                        .from_host_bytes
-                        .fetch_add((buf.len() - VNET_HDR) as u64, Ordering::Relaxed);
+                    c.truncated.fetch_add(1, Ordering::Relaxed);
+                } else if !ok || self.buf.len() < VNET_HDR + 14 {
+                    c.read_errors.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    // The switch is behind: the frame is dropped, as a NIC would.
-                    self.counters.truncated.fetch_add(1, Ordering::Relaxed);
+                    ring_put(&self.tx, &self.buf);
+                    c.from_host.fetch_add(1, Ordering::Relaxed);
+                    c.from_host_bytes
+                        .fetch_add((self.buf.len() - VNET_HDR) as u64, Ordering::Relaxed);
                 }
                 let _ = st.add_used(head, 0);
                 moved += 1;
-                if moved % 64 == 0 {
-                    let _ = port.txsync(); // the switch starts on these meanwhile
-                }
-            }
-            drop(st);
-            let _ = port.txsync();
-            if self.tx_blocked {
-                break; // resumed from the port's notify
-            }
-            // Until the queue stays empty with notifications back on (EVENT_IDX: the
-            // guest kicks again only for buffers added after this).
-            if !vring.enable_notification().unwrap_or(false) {
-                break;
-            }
-            if moved == before {
-                // "More to do" but nothing could be taken: the guest's avail index is
-                // beyond its ring. Counted; the queue waits for the guest to reset it.
-                self.counters.read_errors.fetch_add(1, Ordering::Relaxed);
-                break;
             }
         }
-        if moved > 0 && vring.needs_notification().unwrap_or(true) {
-            let _ = vring.signal_used_queue();
+        if moved > 0 {
+            self.tx.txsync();
+            if vq.needs_notification().unwrap_or(true) {
+                let _ = vq.signal_used_queue();
+            }
+        } else if avail_beyond_ring(vq, &mem) {
+            g.tx_broken = true;
+            c.read_errors.fetch_add(1, Ordering::Relaxed);
         }
+        moved
     }
 
-    /// The port's RX ring -> guest RX buffers (mergeable: a packet takes as many as it
-    /// needs). A packet the guest has no room for stays pending until its next RX kick
-    /// (the guest buffers taken for it are put back, not wasted); meanwhile the switch
-    /// counts ring-full drops on the port, as for any slow reader. Offloads the guest did
-    /// not accept (checksum, TSO) are finished here in software. Arms the port's notify
-    /// before returning with nothing left to deliver.
-    fn rx(&mut self, vring: &VringRwLock) {
-        let Some(mem) = self.mem.as_ref().map(|m| m.memory()) else {
-            return;
+    /// What the switch left in the port's RX ring (packets converted for the guest's
+    /// header) and what waits for guest buffers -> guest RX buffers; signals the guest
+    /// once for everything added this pass. Returns the frames delivered.
+    pub fn push(&mut self) -> usize {
+        let mut g = lock(&self.guest);
+        let g = &mut *g;
+        let Some((vq, mem)) = g.queue(RX) else {
+            return 0;
         };
-        {
-            let st = vring.get_mut();
-            if !st.get_queue().ready() || !st.is_enabled() {
-                return;
-            }
-        }
-        let port = self.port.lock().unwrap_or_else(|p| p.into_inner());
         let mut sent = 0;
-        let mut rechecked = false;
-        loop {
-            if self.out.pending.is_empty() {
-                if sent >= BURST {
-                    break;
-                }
-                let _ = port.rxsync();
-                let ring = &port.rx_rings()[0];
-                if ring.space() == 0 {
-                    // Nothing to deliver: ask the switch to kick us, then look once more.
-                    ring.view().csb().app_arm_kick();
-                    let _ = port.rxsync();
-                    if port.rx_rings()[0].space() == 0 {
+        {
+            let mut st = vq.get_mut();
+            if !st.get_queue().ready() || !st.is_enabled() {
+                return 0;
+            }
+            self.rx.rxsync();
+            loop {
+                if g.out.pending.is_empty() {
+                    if sent >= BURST || self.rx.space() == 0 {
                         break;
                     }
-                    port.rx_rings()[0].view().csb().app_disarm_kick();
+                    let mut f = g.out.spare.pop().unwrap_or_default();
+                    ring_take(&self.rx, &mut f);
+                    g.out.stage(f, &self.counters);
                     continue;
                 }
-                let (out, counters) = (&mut self.out, &*self.counters);
-                port.dispatch(RX_BATCH, |f| {
-                    let mut frame = out.spare.pop().unwrap_or_default();
-                    frame.clear();
-                    frame.extend_from_slice(f);
-                    out.stage(frame, counters);
-                });
-                continue;
-            }
-            // As many pending frames as the guest has buffers for, one lock for all.
-            let mut st = vring.get_mut();
-            let mut verdict = Put::Done;
-            let (mut n, mut bytes) = (0u64, 0u64);
-            while let Some(frame) = self.out.pending.front_mut() {
-                verdict = put_frame(st.get_queue_mut(), &mem, frame);
-                match verdict {
-                    Put::Done => {
-                        n += 1;
-                        bytes += (frame.len() - VNET_HDR) as u64;
-                    }
-                    Put::Bad => {
-                        self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Put::NoRoom => break,
-                }
-                if let Some(f) = self.out.pending.pop_front() {
-                    self.out.recycle(f);
+                match deliver(&mut g.out, st.get_queue_mut(), &mem, &self.counters) {
+                    Some(true) => sent += 1,
+                    Some(false) => {}
+                    None => break, // no guest buffers: the rest waits
                 }
             }
-            drop(st);
-            if n > 0 {
-                rechecked = false;
-                sent += n as usize;
-                self.counters.to_host.fetch_add(n, Ordering::Relaxed);
-                self.counters
-                    .to_host_bytes
-                    .fetch_add(bytes, Ordering::Relaxed);
+            self.rx.rxsync();
+        }
+        if sent > 0 || g.rx_dirty {
+            g.rx_dirty = false;
+            if vq.needs_notification().unwrap_or(true) {
+                let _ = vq.signal_used_queue();
             }
-            match verdict {
-                Put::Done | Put::Bad => {}
-                Put::NoRoom => {
-                    // Ask the guest to kick when it adds buffers; if it added some
-                    // meanwhile, go on now (once: a guest whose avail index runs past its
-                    // ring always looks as if it had more).
-                    if !rechecked && vring.enable_notification().unwrap_or(false) {
-                        rechecked = true;
-                        let _ = vring.disable_notification();
-                        continue;
-                    }
-                    break;
+        }
+        sent
+    }
+
+    /// A packet handed over by the switch (the engine's direct delivery, same header
+    /// length): into guest RX buffers now, or queued behind what already waits.
+    pub fn send(&self, frags: &[(*const u8, usize)]) -> bool {
+        let mut g = lock(&self.guest);
+        let g = &mut *g;
+        if g.out.pending.len() >= MAX_PENDING {
+            return false;
+        }
+        let mut f = g.out.spare.pop().unwrap_or_default();
+        crate::sys::gather(frags, &mut f);
+        g.out.stage(f, &self.counters);
+        let Some((vq, mem)) = g.queue(RX) else {
+            return true; // delivered when the guest sets its queues up (or dropped)
+        };
+        let mut st = vq.get_mut();
+        if !st.get_queue().ready() || !st.is_enabled() {
+            return true;
+        }
+        while !g.out.pending.is_empty() {
+            match deliver(&mut g.out, st.get_queue_mut(), &mem, &self.counters) {
+                Some(_) => g.rx_dirty = true,
+                None => break,
+            }
+        }
+        true
+    }
+
+    /// Before the forwarding thread sleeps: asks the guest to kick for new TX buffers
+    /// (and for RX buffers, if frames wait for them); true if there is work already.
+    pub fn arm(&self) -> bool {
+        let mut g = lock(&self.guest);
+        let mut work = false;
+        if let Some((vq, mem)) = g.queue(TX) {
+            if !g.tx_broken && vq.enable_notification().unwrap_or(false) {
+                if avail_beyond_ring(&vq, &mem) {
+                    g.tx_broken = true;
+                    self.counters.read_errors.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    work = true;
                 }
             }
         }
-        let _ = port.rxsync();
-        if sent > 0 && vring.needs_notification().unwrap_or(true) {
-            let _ = vring.signal_used_queue();
+        if !g.out.pending.is_empty() {
+            if let Some((vq, mem)) = g.queue(RX) {
+                if vq.enable_notification().unwrap_or(false) && !avail_beyond_ring(&vq, &mem) {
+                    work = true;
+                }
+            }
+        }
+        work
+    }
+
+    /// After the forwarding thread woke: polling again, no kicks wanted.
+    pub fn disarm(&self) {
+        let g = lock(&self.guest);
+        if let Some(vr) = &g.vrings {
+            for vq in vr {
+                let _ = vq.disable_notification();
+            }
         }
     }
+}
+
+/// Whether the guest's avail index is further ahead than its ring holds (a broken or
+/// hostile driver): then "more to do" can never be done.
+fn avail_beyond_ring(vq: &VringRwLock, mem: &GuestMemoryMmap) -> bool {
+    let st = vq.get_ref();
+    let q = st.get_queue();
+    match q.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
+        Ok(i) => (i - std::num::Wrapping(q.next_avail())).0 > q.size(),
+        Err(_) => true,
+    }
+}
+
+/// Offers the first pending frame to the guest: `Some(true)` delivered, `Some(false)`
+/// dropped (counted), `None` no room (it stays first in line).
+fn deliver(
+    out: &mut Outbox,
+    q: &mut virtio_queue::Queue,
+    mem: &GuestMemoryMmap,
+    c: &Counters,
+) -> Option<bool> {
+    let frame = out.pending.front_mut()?;
+    let r = match put_frame(q, mem, frame) {
+        Put::Done => {
+            c.to_host.fetch_add(1, Ordering::Relaxed);
+            c.to_host_bytes
+                .fetch_add((frame.len() - VNET_HDR) as u64, Ordering::Relaxed);
+            true
+        }
+        Put::Bad => {
+            c.write_errors.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+        Put::NoRoom => return None,
+    };
+    if let Some(f) = out.pending.pop_front() {
+        out.recycle(f);
+    }
+    Some(r)
+}
+
+/// Copies one frame into the next free slots of a TX ring (the caller checked there is
+/// room), several with `NS_MOREFRAG` if it is larger than a buffer.
+fn ring_put(ring: &AppRing, frame: &[u8]) {
+    let v = ring.view();
+    let bs = v.bufs().buf_size() as usize;
+    let n = ring.num_slots();
+    let parts = frame.len().div_ceil(bs).max(1);
+    let mut h = ring.head();
+    for x in 0..parts {
+        let chunk = &frame[x * bs..((x + 1) * bs).min(frame.len())];
+        let s = v.read_slot(h);
+        v.bufs().write(s.buf_idx, chunk);
+        let flags = if x + 1 < parts { NS_MOREFRAG } else { 0 };
+        v.write_len_flags(h, chunk.len() as u16, flags);
+        h = vale_abi::ring::next(h, n);
+    }
+    ring.advance(parts as u32);
+}
+
+/// Takes the next packet of an RX ring (fragments joined) into `out`.
+fn ring_take(ring: &AppRing, out: &mut Vec<u8>) {
+    out.clear();
+    let v = ring.view();
+    let n = ring.num_slots();
+    let mut h = ring.head();
+    let mut used = 0;
+    loop {
+        let s = v.read_slot(h);
+        let start = out.len();
+        out.resize(start + s.len as usize, 0);
+        v.bufs().read(s.buf_idx, &mut out[start..]);
+        used += 1;
+        h = vale_abi::ring::next(h, n);
+        if s.flags & NS_MOREFRAG == 0 || used >= ring.space() {
+            break;
+        }
+    }
+    ring.advance(used);
 }
 
 impl Outbox {
@@ -442,21 +578,14 @@ impl VhostUserBackendMut for NetBackend {
             | 1 << F_HOST_ECN
     }
     fn acked_features(&mut self, features: u64) {
-        let o = &mut self.out;
-        o.acked = features;
-        // A new frontend (or a renegotiation): what was pending was for the old one.
-        let n = o.pending.len() as u64;
-        self.counters.write_errors.fetch_add(n, Ordering::Relaxed);
-        while let Some(f) = o.pending.pop_front() {
-            o.recycle(f);
-        }
+        lock(&self.guest).out.acked = features;
     }
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
     }
     fn set_event_idx(&mut self, _enabled: bool) {}
     fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> std::io::Result<()> {
-        self.mem = Some(mem);
+        lock(&self.guest).mem = Some(mem);
         Ok(())
     }
     fn exit_event(&self, _thread: usize) -> Option<(EventConsumer, EventNotifier)> {
@@ -469,33 +598,19 @@ impl VhostUserBackendMut for NetBackend {
         vrings: &[VringRwLock],
         _thread: usize,
     ) -> std::io::Result<()> {
-        tracing::debug!(device_event, mem = self.mem.is_some(), "vhost-user event");
-        match device_event {
-            TX => {
-                if let Some(v) = vrings.get(TX as usize) {
-                    self.tx(v);
-                }
+        // A kick (or a ring enabled): the queues are the forwarding thread's to serve
+        // from now on; wake it in case it sleeps.
+        tracing::debug!(device_event, "vhost-user kick");
+        {
+            let mut g = lock(&self.guest);
+            if g.vrings.is_none() {
+                g.vrings = Some(vrings.to_vec());
             }
-            RX | NOTIFY => {
-                if device_event == NOTIFY {
-                    {
-                        let port = self.port.lock().unwrap_or_else(|p| p.into_inner());
-                        let mut b = [0u8; 8];
-                        let _ = rustix::io::read(port.notify_fd(), &mut b);
-                        port.tx_rings()[0].view().csb().app_disarm_kick();
-                    }
-                    if self.tx_blocked {
-                        if let Some(v) = vrings.get(TX as usize) {
-                            self.tx(v);
-                        }
-                    }
-                }
-                if let Some(v) = vrings.get(RX as usize) {
-                    self.rx(v);
-                }
+            if device_event == TX {
+                g.tx_broken = false;
             }
-            _ => {}
         }
+        self.lane.wake_forwarder();
         // Never an error: the crate would end the worker thread for good.
         Ok(())
     }
@@ -701,6 +816,7 @@ impl Worker {
         client: bool,
         private: PathBuf,
         backend: NetBackend,
+        counters: Arc<Counters>,
     ) -> std::io::Result<Worker> {
         let front_l = if client {
             None
@@ -713,7 +829,7 @@ impl Worker {
         let stop = Arc::new(AtomicBool::new(false));
         let shutdown: Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>> =
             Arc::new(Mutex::new(None));
-        let counters = backend.counters.clone();
+        let guest = backend.guest.clone();
         let backend = Arc::new(RwLock::new(backend));
         let front_now: Arc<Mutex<Option<UnixStream>>> = Arc::new(Mutex::new(None));
         let (stop2, shutdown2, front2) = (stop.clone(), shutdown.clone(), front_now.clone());
@@ -773,19 +889,6 @@ impl Worker {
                             continue;
                         }
                     };
-                    let notify = backend
-                        .read()
-                        .map(|b| {
-                            b.port
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .notify_fd()
-                                .as_raw_fd()
-                        })
-                        .unwrap_or(-1);
-                    if let Some(h) = d.get_epoll_handlers().first() {
-                        let _ = h.register_listener(notify, EventSet::IN, NOTIFY as u64);
-                    }
                     if let Err(e) = d.start(&mut listener) {
                         tracing::warn!(port = %name, "vhost-user accept: {e}");
                         continue;
@@ -796,6 +899,8 @@ impl Worker {
                     let relay = std::thread::spawn(move || relay(front, back, &n2, &c2));
                     let r = d.wait();
                     let _ = relay.join();
+                    // Its queues and memory are gone with it.
+                    lock(&guest).forget(&counters);
                     *shutdown2.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     tracing::info!(port = %name, "vhost-user frontend gone: {:?}", r.err());
                 }

@@ -46,6 +46,20 @@ pub fn gather(frags: &[(*const u8, usize)], out: &mut Vec<u8>) {
     }
 }
 
+/// Runs `f` on a packet given as fragments in a port's buffers, as byte slices (at most
+/// 64; more are left out): for direct destinations that copy them on (vhost-user
+/// guests).
+pub fn with_slices<R>(frags: &[(*const u8, usize)], f: impl FnOnce(&[&[u8]]) -> R) -> R {
+    let mut s: [&[u8]; 64] = [&[]; 64];
+    let n = frags.len().min(64);
+    for (d, &(p, len)) in s.iter_mut().zip(frags) {
+        // SAFETY: as in `gather`: inside the sender's buffers, readable during this call
+        // (the slices do not outlive `f`).
+        *d = unsafe { std::slice::from_raw_parts(p, len) };
+    }
+    f(&s[..n])
+}
+
 /// A non-blocking unix socket of `kind` bound to `path`. A stale socket file there is
 /// replaced; any other kind of file is an error (valed never deletes what it did not
 /// make).

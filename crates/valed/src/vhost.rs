@@ -129,6 +129,8 @@ struct Outbox {
     work: Vec<u8>,
 }
 
+/// Most fragments of a packet handed over directly (netmap's `NETMAP_MAX_FRAGS`).
+const MAX_PARTS: usize = 64;
 /// Most frames waiting for guest RX buffers; beyond, the switch's packets for the guest
 /// are dropped (`tx_error` on the port), as a NIC with a full ring would.
 const MAX_PENDING: usize = 512;
@@ -267,6 +269,55 @@ impl VhostIo {
     pub fn send(&self, frags: &[(*const u8, usize)]) -> bool {
         let mut g = lock(&self.guest);
         let g = &mut *g;
+        // Straight from the sender's buffers into guest buffers when nothing waits and
+        // the guest takes the packet as it is (its offloads accepted).
+        if g.out.pending.is_empty() && frags.len() <= MAX_PARTS {
+            if let Some((vq, mem)) = g.queue(RX) {
+                let mut st = vq.get_mut();
+                if st.get_queue().ready() && st.is_enabled() {
+                    let out = &g.out;
+                    let r = crate::sys::with_slices(frags, |parts| {
+                        let first = parts.first().copied().unwrap_or(&[]);
+                        if first.len() < VNET_HDR + 14 {
+                            return None;
+                        }
+                        let h = VnetHdr::parse(&first[..10]);
+                        if !out.guest_takes(&h) {
+                            return None;
+                        }
+                        let mut hdr = [0u8; VNET_HDR];
+                        hdr.copy_from_slice(&first[..VNET_HDR]);
+                        if out.acked & (1 << F_GUEST_CSUM) == 0 {
+                            hdr[0] &= !offload::F_DATA_VALID;
+                        }
+                        let mut rest: [&[u8]; MAX_PARTS] = [&[]; MAX_PARTS];
+                        rest[0] = &first[VNET_HDR..];
+                        rest[1..parts.len()].copy_from_slice(&parts[1..]);
+                        let len = parts.iter().map(|p| p.len()).sum::<usize>();
+                        Some((
+                            put_parts(st.get_queue_mut(), &mem, &mut hdr, &rest[..parts.len()]),
+                            len,
+                        ))
+                    });
+                    match r {
+                        Some((Put::Done, len)) => {
+                            g.rx_dirty = true;
+                            self.counters.to_host.fetch_add(1, Ordering::Relaxed);
+                            self.counters
+                                .to_host_bytes
+                                .fetch_add((len - VNET_HDR) as u64, Ordering::Relaxed);
+                            return true;
+                        }
+                        Some((Put::Bad, _)) => {
+                            g.rx_dirty = true;
+                            self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                            return true;
+                        }
+                        Some((Put::NoRoom, _)) | None => {} // staged below
+                    }
+                }
+            }
+        }
         if g.out.pending.len() >= MAX_PENDING {
             return false;
         }
@@ -472,33 +523,27 @@ enum Put {
 /// Writes `frame` (12-byte header first; its `num_buffers` is filled in here) into as
 /// many guest RX buffers as it takes.
 fn put_frame(q: &mut virtio_queue::Queue, mem: &GuestMemoryMmap, frame: &mut [u8]) -> Put {
+    let (h, rest) = frame.split_at(VNET_HDR);
+    let mut hdr = [0u8; VNET_HDR];
+    hdr.copy_from_slice(h);
+    put_parts(q, mem, &mut hdr, &[rest])
+}
+
+/// Writes a packet given as its 12-byte header (`num_buffers` is filled in here) and
+/// the parts that follow it into as many guest RX buffers as it takes.
+fn put_parts(
+    q: &mut virtio_queue::Queue,
+    mem: &GuestMemoryMmap,
+    hdr: &mut [u8; VNET_HDR],
+    parts: &[&[u8]],
+) -> Put {
+    let len = VNET_HDR + parts.iter().map(|p| p.len()).sum::<usize>();
     // A frame that needs more buffers than this can never fit: dropped, not waited for.
     let most = MAX_RX_BUFFERS.min(q.size() as usize);
     let mut chains = Vec::new();
     let mut room = 0usize;
     let mut bad = false;
-    // The common case first: one buffer takes the whole frame.
-    let Some(c) = q.pop_descriptor_chain(mem) else {
-        return Put::NoRoom;
-    };
-    let head = c.head_index();
-    match c.writer(mem) {
-        Ok(mut w) if w.available_bytes() >= frame.len() => {
-            frame[10..12].copy_from_slice(&1u16.to_le_bytes());
-            let ok = w.write_all(frame).is_ok();
-            let _ = q.add_used(mem, head, if ok { frame.len() as u32 } else { 0 });
-            return if ok { Put::Done } else { Put::Bad };
-        }
-        Ok(w) if w.available_bytes() > 0 => {
-            room += w.available_bytes();
-            chains.push((head, w));
-        }
-        _ => {
-            let _ = q.add_used(mem, head, 0);
-            return Put::Bad;
-        }
-    }
-    while room < frame.len() && chains.len() < most {
+    while room < len && chains.len() < most {
         let Some(c) = q.pop_descriptor_chain(mem) else {
             break;
         };
@@ -516,14 +561,8 @@ fn put_frame(q: &mut virtio_queue::Queue, mem: &GuestMemoryMmap, frame: &mut [u8
             }
         }
     }
-    if bad || room < frame.len() {
-        if bad {
-            for (head, _) in chains {
-                let _ = q.add_used(mem, head, 0);
-            }
-            return Put::Bad;
-        }
-        if chains.len() >= most {
+    if bad || room < len {
+        if bad || chains.len() >= most {
             for (head, _) in chains {
                 let _ = q.add_used(mem, head, 0);
             }
@@ -535,14 +574,30 @@ fn put_frame(q: &mut virtio_queue::Queue, mem: &GuestMemoryMmap, frame: &mut [u8
         }
         return Put::NoRoom;
     }
-    let nbuf = chains.len() as u16;
-    frame[10..12].copy_from_slice(&nbuf.to_le_bytes());
-    let mut rest = &frame[..];
+    hdr[10..12].copy_from_slice(&(chains.len() as u16).to_le_bytes());
+    let mut src = std::iter::once(&hdr[..])
+        .chain(parts.iter().copied())
+        .filter(|p| !p.is_empty());
+    let mut cur: &[u8] = src.next().unwrap_or(&[]);
+    let mut left = len;
     for (head, mut w) in chains {
-        let n = w.available_bytes().min(rest.len());
-        let ok = w.write_all(&rest[..n]).is_ok();
-        rest = &rest[n..];
-        let _ = q.add_used(mem, head, if ok { n as u32 } else { 0 });
+        let mut n = w.available_bytes().min(left);
+        let wrote = n;
+        let mut ok = true;
+        while n > 0 {
+            if cur.is_empty() {
+                cur = src.next().unwrap_or(&[]);
+                if cur.is_empty() {
+                    break;
+                }
+            }
+            let k = cur.len().min(n);
+            ok &= w.write_all(&cur[..k]).is_ok();
+            cur = &cur[k..];
+            n -= k;
+        }
+        left -= wrote;
+        let _ = q.add_used(mem, head, if ok { wrote as u32 } else { 0 });
     }
     Put::Done
 }

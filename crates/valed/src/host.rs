@@ -12,7 +12,7 @@ use rustix::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use vale_abi::AppRing;
-use vale_abi::layout::{NS_MOREFRAG, NetmapSlot};
+use vale_abi::layout::NS_MOREFRAG;
 use vale_switch::PortKey;
 
 /// Largest frame a host port reads: a 64 KiB IP packet with its Ethernet and
@@ -92,6 +92,26 @@ pub struct Host {
     pub vhost: Option<crate::vhost::Worker>,
 }
 
+/// Copies one frame into the next free slots of a TX ring (the caller checked there is
+/// room), several with `NS_MOREFRAG` if it is larger than a buffer, and moves `head`
+/// past them.
+pub fn ring_put(ring: &AppRing, frame: &[u8]) {
+    let v = ring.view();
+    let bs = v.bufs().buf_size() as usize;
+    let n = ring.num_slots();
+    let parts = frame.len().div_ceil(bs).max(1);
+    let mut h = ring.head();
+    for x in 0..parts {
+        let chunk = &frame[(x * bs).min(frame.len())..((x + 1) * bs).min(frame.len())];
+        let s = v.read_slot(h);
+        v.bufs().write(s.buf_idx, chunk);
+        let flags = if x + 1 < parts { NS_MOREFRAG } else { 0 };
+        v.write_len_flags(h, chunk.len() as u16, flags);
+        h = vale_abi::ring::next(h, n);
+    }
+    ring.advance(parts as u32);
+}
+
 /// The egress of direct ports for one switch of a lane: packets for a host port are
 /// written to its interface straight from the sender's buffers.
 pub struct HostEgress<'a> {
@@ -144,6 +164,9 @@ pub struct HostIo {
     closed: bool,
     /// Scratch for one frame.
     buf: Vec<u8>,
+    /// Attached interfaces: the packet socket's TPACKET_V2 receive ring, if it could be
+    /// set up (plain reads otherwise).
+    ring: Option<crate::sys::PacketRing>,
 }
 
 impl HostIo {
@@ -164,7 +187,14 @@ impl HostIo {
             stream: stream.then(|| (Vec::new(), Vec::new())),
             closed: false,
             buf: vec![0u8; MAX_FRAME],
+            ring: None,
         }
+    }
+
+    /// Reads an attached interface's frames from a TPACKET_V2 ring from now on.
+    pub fn with_ring(mut self, ring: Option<crate::sys::PacketRing>) -> HostIo {
+        self.ring = ring;
+        self
     }
 
     /// A stream port's VM connected again: a new connection, empty buffers.
@@ -176,36 +206,60 @@ impl HostIo {
 
     /// Puts one frame into the TX ring (the caller checked there is room).
     fn inject(&mut self, frame_at: std::ops::Range<usize>, from_stream: bool) {
-        let v = self.tx.view();
-        let bs = v.bufs().buf_size() as usize;
-        let n = self.tx.num_slots();
         let frame = if from_stream {
             &self.stream.as_ref().map_or(&self.buf, |s| &s.0)[frame_at]
         } else {
             &self.buf[frame_at]
         };
-        let len = frame.len();
-        let parts = len.div_ceil(bs).max(1);
-        let mut h = self.tx.head();
-        for (x, chunk) in frame.chunks(bs).enumerate() {
-            let s = v.read_slot(h);
-            v.bufs().write(s.buf_idx, chunk);
-            v.write_slot(
-                h,
-                NetmapSlot {
-                    buf_idx: s.buf_idx,
-                    len: chunk.len() as u16,
-                    flags: if x + 1 < parts { NS_MOREFRAG } else { 0 },
-                    ptr: 0,
-                },
-            );
-            h = vale_abi::ring::next(h, n);
-        }
-        self.tx.advance(parts as u32);
+        ring_put(&self.tx, frame);
         self.counters.from_host.fetch_add(1, Ordering::Relaxed);
         self.counters
             .from_host_bytes
-            .fetch_add(len as u64, Ordering::Relaxed);
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Attached interfaces with a receive ring: frames straight from the ring's shared
+    /// memory (no system call per frame); super-frames the kernel queued on the socket
+    /// instead are read with `read`.
+    fn pull_ring(&mut self, room: u32) -> usize {
+        use crate::sys::RingFrame;
+        let mut got = 0;
+        while got < BURST && self.tx.space() >= room {
+            let Some(ring) = self.ring.as_mut() else {
+                break;
+            };
+            let (tx, c) = (&self.tx, &self.counters);
+            let mut queued = false;
+            let took = ring.take(|f| match f {
+                RingFrame::Empty => {}
+                RingFrame::Frame(b) => {
+                    ring_put(tx, b);
+                    c.from_host.fetch_add(1, Ordering::Relaxed);
+                    c.from_host_bytes
+                        .fetch_add(b.len() as u64, Ordering::Relaxed);
+                }
+                RingFrame::Queued => queued = true,
+                RingFrame::Truncated => {
+                    c.truncated.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            if !took {
+                break;
+            }
+            if queued {
+                match rustix::io::read(&self.dev, &mut self.buf) {
+                    Ok(len) if len > 0 && len < MAX_FRAME => self.inject(0..len, false),
+                    Ok(_) | Err(_) => {
+                        self.counters.truncated.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            got += 1;
+        }
+        if got > 0 {
+            self.tx.txsync();
+        }
+        got
     }
 
     /// Stream ports: reads what the socket has and injects every whole frame.
@@ -360,6 +414,9 @@ impl HostIo {
         let bs = self.tx.view().bufs().buf_size() as usize;
         let room = MAX_FRAME.div_ceil(bs) as u32;
         let mut got = 0;
+        if self.ring.is_some() {
+            return self.pull_ring(room);
+        }
         while got < BURST && self.tx.space() >= room {
             match rustix::io::read(&self.dev, &mut self.buf) {
                 Ok(0) => break,

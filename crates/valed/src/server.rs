@@ -771,6 +771,16 @@ impl Control {
                 epoll::EventFlags::IN,
             )
             .map_err(|e| format!("epoll_ctl: {e}"))?;
+            // Attached interfaces read through a TPACKET_V2 ring (2048-byte slots for
+            // ordinary frames; super-frames come through the socket), or plainly if the
+            // kernel refuses one.
+            let ring = (kind == Kind::Nic)
+                .then(|| {
+                    sys::PacketRing::new(&dev, 2048, 1024)
+                        .map_err(|e| tracing::warn!(interface = %ifname, "no receive ring, plain reads: {e}"))
+                        .ok()
+                })
+                .flatten();
             st.hosts.insert(
                 a.key,
                 HostIo::new(
@@ -780,7 +790,8 @@ impl Control {
                     counters.clone(),
                     peer,
                     kind == Kind::QemuStream,
-                ),
+                )
+                .with_ring(ring),
             );
             Ok(())
         })();

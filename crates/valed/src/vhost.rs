@@ -200,7 +200,7 @@ impl VhostIo {
                 } else if !ok || self.buf.len() < VNET_HDR + 14 {
                     c.read_errors.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    ring_put(&self.tx, &self.buf);
+                    crate::host::ring_put(&self.tx, &self.buf);
                     c.from_host.fetch_add(1, Ordering::Relaxed);
                     c.from_host_bytes
                         .fetch_add((self.buf.len() - VNET_HDR) as u64, Ordering::Relaxed);
@@ -413,25 +413,6 @@ fn deliver(
         out.recycle(f);
     }
     Some(r)
-}
-
-/// Copies one frame into the next free slots of a TX ring (the caller checked there is
-/// room), several with `NS_MOREFRAG` if it is larger than a buffer.
-fn ring_put(ring: &AppRing, frame: &[u8]) {
-    let v = ring.view();
-    let bs = v.bufs().buf_size() as usize;
-    let n = ring.num_slots();
-    let parts = frame.len().div_ceil(bs).max(1);
-    let mut h = ring.head();
-    for x in 0..parts {
-        let chunk = &frame[x * bs..((x + 1) * bs).min(frame.len())];
-        let s = v.read_slot(h);
-        v.bufs().write(s.buf_idx, chunk);
-        let flags = if x + 1 < parts { NS_MOREFRAG } else { 0 };
-        v.write_len_flags(h, chunk.len() as u16, flags);
-        h = vale_abi::ring::next(h, n);
-    }
-    ring.advance(parts as u32);
 }
 
 /// Takes the next packet of an RX ring (fragments joined) into `out`.

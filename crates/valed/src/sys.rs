@@ -295,7 +295,6 @@ fn setsockopt<T>(fd: &OwnedFd, opt: libc::c_int, v: &T) -> io::Result<()> {
     Ok(())
 }
 
-
 // PACKET_MMAP (TPACKET_V2), kernel ABI (linux/if_packet.h).
 const PACKET_RX_RING: libc::c_int = 5;
 const PACKET_COPY_THRESH: libc::c_int = 7;

@@ -64,17 +64,20 @@ pub enum EngineError {
 /// copied into the port's RX ring, each packet is handed over as the sender's fragments,
 /// to be written out (valed writes them to the host port's interface with `writev`).
 pub trait Egress {
-    /// Sends one packet out of port `dst`. `frags` are (address, length) of the
-    /// fragments in the sender's buffers, valid for reads during this call only. Returns
+    /// Sends one packet out of port `dst`: `hdr`, then the fragments `frags`, (address,
+    /// length) pairs in the sender's buffers, valid for reads during this call only.
+    /// `hdr` is empty when sender and destination carry the same virtio-net header
+    /// (it is then at the start of `frags`); otherwise it is the destination's header,
+    /// converted from the sender's, and `frags` start after the sender's header. Returns
     /// false if the packet could not be sent (counted as `tx_error` on `dst`).
-    fn send(&mut self, dst: PortId, frags: &[(*const u8, usize)]) -> bool;
+    fn send(&mut self, dst: PortId, hdr: &[u8], frags: &[(*const u8, usize)]) -> bool;
 }
 
 /// No direct ports: every destination gets copies in its RX ring.
 pub struct NoEgress;
 
 impl Egress for NoEgress {
-    fn send(&mut self, _dst: PortId, _frags: &[(*const u8, usize)]) -> bool {
+    fn send(&mut self, _dst: PortId, _hdr: &[u8], _frags: &[(*const u8, usize)]) -> bool {
         false
     }
 }
@@ -903,6 +906,7 @@ fn deliver_direct(
     sc: &Scratch,
     egress: &mut dyn Egress,
     sbufs: Bufs<'_>,
+    src_hl: u16,
     uq: Queue,
     flood: Queue,
     dst: PortId,
@@ -910,8 +914,10 @@ fn deliver_direct(
     st: &mut PortStats,
 ) {
     let (mut u, mut b) = (uq.head, flood.head);
+    let dst_hl = dport.hdr_len;
     let ds = &mut dport.stats;
     let mut frags: [(*const u8, usize); MAX_FRAGS] = [(core::ptr::null(), 0); MAX_FRAGS];
+    let mut hdr: [u8; 16];
     while let Some(pi) = sc.next_merged(&mut u, &mut b) {
         let p = &sc.pkts[pi as usize];
         st.copies += 1;
@@ -925,7 +931,36 @@ fn deliver_direct(
                 total += f.len as u64;
             }
         }
-        if k == p.nfrags as usize && egress.send(dst, &frags[..k]) {
+        let mut ok = k == p.nfrags as usize;
+        let mut h: &[u8] = &[];
+        if ok && dst_hl != src_hl {
+            // The destination's header: the sender's first 10 bytes (or none: zeros),
+            // `num_buffers` 1 in a 12-byte one; the frame follows the sender's header,
+            // which lies in its first fragment (refused otherwise).
+            let sh = src_hl as usize;
+            hdr = [0u8; 16];
+            if sh > 0 {
+                match sc
+                    .frags_of(p)
+                    .next()
+                    .and_then(|f| sbufs.header_at(f.buf_idx, 0))
+                {
+                    Some([a, b2]) if frags[0].1 >= sh => {
+                        hdr[..8].copy_from_slice(&a.to_le_bytes());
+                        hdr[8..].copy_from_slice(&b2.to_le_bytes());
+                        hdr[10..].fill(0);
+                    }
+                    _ => ok = false,
+                }
+            }
+            if dst_hl >= 12 {
+                hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
+            }
+            frags[0] = (frags[0].0.wrapping_add(sh), frags[0].1 - sh.min(frags[0].1));
+            total = total - sh as u64 + dst_hl as u64;
+            h = &hdr[..dst_hl as usize];
+        }
+        if ok && egress.send(dst, h, &frags[..k]) {
             ds.rx_packets += 1;
             ds.rx_bytes += total;
         } else {
@@ -1044,8 +1079,10 @@ fn deliver(
         return;
     }
     let dst_hl = dport.hdr_len;
-    if dport.direct && dst_hl == src_hl {
-        deliver_direct(sc, egress, sbufs, uq, flood, dst, dport, st);
+    // Direct ports take any sender: with the same header as it is, otherwise with the
+    // header converted (they all carry one and accept offloads).
+    if dport.direct && (dst_hl == src_hl || dst_hl >= 10) {
+        deliver_direct(sc, egress, sbufs, src_hl, uq, flood, dst, dport, st);
         return;
     }
     let rr = (src_ring as usize % nrx) as u16;

@@ -560,8 +560,8 @@ struct Collect {
 }
 
 impl Egress for Collect {
-    fn send(&mut self, dst: PortId, frags: &[(*const u8, usize)]) -> bool {
-        let mut f = Vec::new();
+    fn send(&mut self, dst: PortId, hdr: &[u8], frags: &[(*const u8, usize)]) -> bool {
+        let mut f = hdr.to_vec();
         for &(p, n) in frags {
             // SAFETY: the engine guarantees each (address, length) lies inside one of
             // the sender's buffers, readable for the duration of this call.
@@ -576,7 +576,8 @@ impl Egress for Collect {
 fn direct_ports_get_packets_from_the_senders_buffers_not_their_ring() {
     let (mut sw, ids, c) = bridge(3, 256);
     sw.set_direct(ids[1], true).unwrap();
-    // A direct port whose header length differs from the sender's goes through its ring.
+    // A direct port whose header length differs from the sender's gets the packets
+    // with a header of its own in front (here: an empty 12-byte one, num_buffers 1).
     sw.set_direct(ids[2], true).unwrap();
     sw.set_hdr_len(ids[2], 12).unwrap();
     let frames: Vec<_> = (0..5)
@@ -592,19 +593,58 @@ fn direct_ports_get_packets_from_the_senders_buffers_not_their_ring() {
         accept: true,
     };
     sw.forward_with(t(0), &mut Vec::new(), &mut eg);
-    let mut want: Vec<(PortId, Vec<u8>)> = frames.iter().map(|f| (ids[1], f.clone())).collect();
-    want.push((ids[1], big.clone()));
-    assert_eq!(eg.got, want, "in batch order, fragments joined");
+    let with_hdr = |f: &Vec<u8>| {
+        let mut v = vec![0u8; 12];
+        v[10] = 1;
+        v.extend_from_slice(f);
+        v
+    };
+    let mut want: Vec<(PortId, Vec<u8>)> = Vec::new();
+    for f in frames.iter().chain(std::iter::once(&big)) {
+        want.push((ids[1], f.clone()));
+        want.push((ids[2], with_hdr(f)));
+    }
+    want.sort_by_key(|(p, _)| p.0);
+    let mut got = eg.got.clone();
+    got.sort_by_key(|(p, _)| p.0);
+    assert_eq!(got, want, "in batch order per port, fragments joined");
     assert!(
-        c[1].recv_frames().is_empty(),
-        "nothing in the direct port's ring"
-    );
-    assert_eq!(
-        c[2].recv_frames().len(),
-        6,
-        "header mismatch: converted into the ring"
+        c[1].recv_frames().is_empty() && c[2].recv_frames().is_empty(),
+        "nothing in the direct ports' rings"
     );
     assert_eq!(sw.port(ids[1]).unwrap().stats().rx_packets, 6);
+    assert_eq!(sw.port(ids[2]).unwrap().stats().rx_packets, 6);
+    // And from a sender with a header to one without... is not direct: a port with no
+    // header cannot take offloads, so the switch finishes them into its ring (tested
+    // with the offload tests); a 10-byte header becomes a 12-byte one here.
+    sw.set_hdr_len(ids[0], 10).unwrap();
+    let mut h10 = vec![0u8; 10];
+    h10[0] = 0; // no offload
+    let mut pkt = h10.clone();
+    pkt.extend_from_slice(&frames[0]);
+    assert_eq!(c[0].send(&[pkt]), 1);
+    eg.got.clear();
+    sw.forward_with(t(0), &mut Vec::new(), &mut eg);
+    let to2: Vec<_> = eg.got.iter().filter(|(p, _)| *p == ids[2]).collect();
+    assert_eq!(to2.len(), 1);
+    assert_eq!(
+        to2[0].1,
+        with_hdr(&frames[0]),
+        "10-byte header resized to 12"
+    );
+    let to1: Vec<_> = eg.got.iter().filter(|(p, _)| *p == ids[1]).collect();
+    assert_eq!(
+        to1.len(),
+        0,
+        "ids[1] has no header: not direct from a 10-byte sender"
+    );
+    assert_eq!(
+        c[1].recv_frames().len(),
+        1,
+        "converted into its ring instead"
+    );
+    sw.set_hdr_len(ids[0], 0).unwrap();
+    sw.set_direct(ids[2], false).unwrap();
     // A refused send is a counted drop.
     eg = Collect {
         got: Vec::new(),
@@ -615,7 +655,7 @@ fn direct_ports_get_packets_from_the_senders_buffers_not_their_ring() {
     assert_eq!(eg.got.len(), 2);
     let st = sw.port(ids[1]).unwrap().stats();
     assert_eq!(st.drop_count(DropReason::TxError), 2);
-    assert_eq!(st.rx_packets, 6);
+    assert_eq!(st.rx_packets, 7); // 6 handed over, 1 through its ring
     let sst = sw.port(ids[0]).unwrap().stats();
     assert!(sst.is_conserved());
     assert_eq!(sst.copies_dropped, 2);

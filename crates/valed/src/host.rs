@@ -122,13 +122,26 @@ pub struct HostEgress<'a> {
 }
 
 impl vale_switch::Egress for HostEgress<'_> {
-    fn send(&mut self, dst: vale_switch::PortId, frags: &[(*const u8, usize)]) -> bool {
+    fn send(&mut self, dst: vale_switch::PortId, hdr: &[u8], frags: &[(*const u8, usize)]) -> bool {
         let key = PortKey {
             switch: self.switch,
             port: dst,
         };
         let Some(h) = self.hosts.get(&key) else {
-            return self.vhosts.get(&key).is_some_and(|v| v.send(frags));
+            return self.vhosts.get(&key).is_some_and(|v| v.send(hdr, frags));
+        };
+        // A converted header goes first, as one more fragment.
+        let mut all: [(*const u8, usize); crate::sys::MAX_IOV] =
+            [(std::ptr::null(), 0); crate::sys::MAX_IOV];
+        let frags = if hdr.is_empty() {
+            frags
+        } else {
+            if frags.len() + 1 > all.len() {
+                return false;
+            }
+            all[0] = (hdr.as_ptr(), hdr.len());
+            all[1..=frags.len()].copy_from_slice(frags);
+            &all[..=frags.len()]
         };
         use rustix::fd::AsFd;
         match crate::sys::write_frags(h.dev.as_fd(), frags) {

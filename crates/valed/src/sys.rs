@@ -5,8 +5,8 @@
 use rustix::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::io;
 
-/// Most fragments one packet may have (netmap's limit).
-const MAX_IOV: usize = 64;
+/// Most fragments one packet may have (netmap's limit), and a header in front.
+pub const MAX_IOV: usize = 65;
 
 /// Writes one packet, given as fragments in the switch's port buffers, to `fd` with
 /// one `writev`: the egress of direct (host) ports, no copy in valed.

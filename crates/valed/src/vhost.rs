@@ -266,7 +266,7 @@ impl VhostIo {
 
     /// A packet handed over by the switch (the engine's direct delivery, same header
     /// length): into guest RX buffers now, or queued behind what already waits.
-    pub fn send(&self, frags: &[(*const u8, usize)]) -> bool {
+    pub fn send(&self, hdr: &[u8], frags: &[(*const u8, usize)]) -> bool {
         let mut g = lock(&self.guest);
         let g = &mut *g;
         // Straight from the sender's buffers into guest buffers when nothing waits and
@@ -277,25 +277,31 @@ impl VhostIo {
                 if st.get_queue().ready() && st.is_enabled() {
                     let out = &g.out;
                     let r = crate::sys::with_slices(frags, |parts| {
+                        // The header: converted by the switch, or the sender's own at
+                        // the start of the first fragment.
                         let first = parts.first().copied().unwrap_or(&[]);
-                        if first.len() < VNET_HDR + 14 {
+                        let (h, first) = if hdr.len() == VNET_HDR {
+                            (hdr, first)
+                        } else if first.len() >= VNET_HDR {
+                            first.split_at(VNET_HDR)
+                        } else {
+                            return None;
+                        };
+                        let sum = parts.iter().map(|p| p.len()).sum::<usize>();
+                        let len = if hdr.is_empty() { sum } else { sum + VNET_HDR };
+                        if len < VNET_HDR + 14 || !out.guest_takes(&VnetHdr::parse(&h[..10])) {
                             return None;
                         }
-                        let h = VnetHdr::parse(&first[..10]);
-                        if !out.guest_takes(&h) {
-                            return None;
-                        }
-                        let mut hdr = [0u8; VNET_HDR];
-                        hdr.copy_from_slice(&first[..VNET_HDR]);
+                        let mut hb = [0u8; VNET_HDR];
+                        hb.copy_from_slice(h);
                         if out.acked & (1 << F_GUEST_CSUM) == 0 {
-                            hdr[0] &= !offload::F_DATA_VALID;
+                            hb[0] &= !offload::F_DATA_VALID;
                         }
                         let mut rest: [&[u8]; MAX_PARTS] = [&[]; MAX_PARTS];
-                        rest[0] = &first[VNET_HDR..];
+                        rest[0] = first;
                         rest[1..parts.len()].copy_from_slice(&parts[1..]);
-                        let len = parts.iter().map(|p| p.len()).sum::<usize>();
                         Some((
-                            put_parts(st.get_queue_mut(), &mem, &mut hdr, &rest[..parts.len()]),
+                            put_parts(st.get_queue_mut(), &mem, &mut hb, &rest[..parts.len()]),
                             len,
                         ))
                     });
@@ -323,6 +329,9 @@ impl VhostIo {
         }
         let mut f = g.out.spare.pop().unwrap_or_default();
         crate::sys::gather(frags, &mut f);
+        if !hdr.is_empty() {
+            f.splice(0..0, hdr.iter().copied());
+        }
         g.out.stage(f, &self.counters);
         let Some((vq, mem)) = g.queue(RX) else {
             return true; // delivered when the guest sets its queues up (or dropped)

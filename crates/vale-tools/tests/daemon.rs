@@ -635,16 +635,7 @@ fn qemu_stream_and_dgram_ports_survive_hostile_peers() {
     let sock = d.dir.join("s.sock");
     let o = d.ctl(&["qemu-stream", "vale0:s", "--listen", path_str(&sock)]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let host = |name: &str| {
-        let v = d.ctl_json(&["list"]);
-        v["hosts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|h| h["name"] == name)
-            .cloned()
-            .unwrap()
-    };
+    let host = |name: &str| d.host(name);
     // A peer that is not QEMU: an impossible length. valed hangs up and counts it.
     let mut bad = UnixStream::connect(&sock).unwrap();
     bad.write_all(&u32::MAX.to_be_bytes()).unwrap();

@@ -277,14 +277,7 @@ fn a_veth_attached_by_name_reaches_a_tap_port() {
     // ring's slots and come through the socket instead, whole.
     if let Some(bytes) = iperf3(&nd, &ne, "10.199.1.2") {
         assert!(bytes > 1_000_000, "iperf3 veth -> TAP moved {bytes} bytes");
-        let list = d.ctl_json(&["list"]);
-        let h = list["hosts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|h| h["name"] == veth.as_str())
-            .cloned()
-            .unwrap();
+        let h = d.host(&veth);
         let c = &h["counters"];
         let (n, b) = (
             c["from_host"].as_u64().unwrap(),
@@ -300,15 +293,7 @@ fn a_veth_attached_by_name_reaches_a_tap_port() {
         let lost = c["truncated"].as_u64().unwrap();
         assert!(lost * 100 <= n, "{lost} of {n} frames lost: {c}");
     }
-    let list = d.ctl_json(&["list"]);
-    let h = list["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["name"] == veth.as_str())
-        .cloned()
-        .unwrap();
-    assert_eq!(h["kind"], "nic");
+    assert_eq!(d.host(&veth)["kind"], "nic");
 
     // Detach: the interface is given back untouched, the path is gone.
     ctl_ok(&d, &["-d", &format!("vale2:{veth}")]);

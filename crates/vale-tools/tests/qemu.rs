@@ -381,14 +381,12 @@ fn qemu_netdev_stream_ports_and_a_vm_that_comes_back() {
         let o = d.ctl(&["qemu-stream", port, "--listen", path]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
-    let list = d.ctl_json(&["list"]);
+    let hosts = d.hosts();
     assert!(
-        list["hosts"]
-            .as_array()
-            .unwrap()
+        hosts
             .iter()
             .any(|h| h["kind"] == "qemu-stream" && h["waiting"] == "vale1:sa"),
-        "{list}"
+        "{hosts:?}"
     );
     let o = d.ctl(&["qemu-stream", "vale1:sa", "--listen", &sa]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("exists already"));

@@ -100,14 +100,7 @@ fn testpmd_virtio_user_exchanges_traffic_through_a_vhost_user_port() {
         "testpmd received {rx_pkts} of 3000\n{out}\n{}",
         d.log()
     );
-    let list = d.ctl_json(&["list"]);
-    assert!(
-        list["hosts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|h| h["kind"] == "vhost-user" && h["attached"] == "vale0:vm")
-    );
+    assert_eq!(d.host("vale0:vm")["kind"], "vhost-user");
     // Removing the port removes its socket.
     let o = d.ctl(&["-d", "vale0:vm"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -330,14 +323,7 @@ mod hostile {
 
 /// The port's host counter `key` (vale-ctl list).
 fn host_counter(d: &Daemon, port: &str, key: &str) -> u64 {
-    let list = d.ctl_json(&["list"]);
-    list["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["attached"] == port)
-        .map(|h| h["counters"][key].as_u64().unwrap())
-        .unwrap_or_else(|| panic!("no host port on {port}: {list}"))
+    d.host(port)["counters"][key].as_u64().unwrap()
 }
 
 #[test]

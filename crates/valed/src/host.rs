@@ -112,6 +112,28 @@ pub fn ring_put(ring: &AppRing, frame: &[u8]) {
     ring.advance(parts as u32);
 }
 
+/// Takes the next packet of an RX ring (fragments joined) into `out`, and moves `head`
+/// past it.
+pub fn ring_take(ring: &AppRing, out: &mut Vec<u8>) {
+    out.clear();
+    let v = ring.view();
+    let n = ring.num_slots();
+    let mut h = ring.head();
+    let mut used = 0;
+    loop {
+        let s = v.read_slot(h);
+        let start = out.len();
+        out.resize(start + s.len as usize, 0);
+        v.bufs().read(s.buf_idx, &mut out[start..]);
+        used += 1;
+        h = vale_abi::ring::next(h, n);
+        if s.flags & NS_MOREFRAG == 0 || used >= ring.space() {
+            break;
+        }
+    }
+    ring.advance(used);
+}
+
 /// The egress of direct ports for one switch of a lane: packets for a host port are
 /// written to its interface straight from the sender's buffers.
 pub struct HostEgress<'a> {
@@ -384,23 +406,8 @@ impl HostIo {
                 break;
             }
             // The next packet, framed, into the pending buffer.
-            let v = self.rx.view();
-            let n = self.rx.num_slots();
-            let mut used = 0;
-            let mut h = self.rx.head();
             let mut frame = Vec::with_capacity(2048);
-            loop {
-                let s = v.read_slot(h);
-                let start = frame.len();
-                frame.resize(start + s.len as usize, 0);
-                v.bufs().read(s.buf_idx, &mut frame[start..]);
-                used += 1;
-                h = vale_abi::ring::next(h, n);
-                if s.flags & NS_MOREFRAG == 0 || used >= self.rx.space() {
-                    break;
-                }
-            }
-            self.rx.advance(used);
+            ring_take(&self.rx, &mut frame);
             if let Some((_, w)) = &mut self.stream {
                 w.extend_from_slice(&(frame.len() as u32).to_be_bytes());
                 w.extend_from_slice(&frame);

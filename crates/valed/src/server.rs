@@ -175,6 +175,39 @@ pub fn run(
     result
 }
 
+/// A port whose client is the forwarding thread itself (host and vhost-user ports): its
+/// virtio-net header length, whether packets are handed to it directly, and the
+/// application side of its rings.
+fn drive_port(
+    st: &mut State,
+    key: PortKey,
+    hdr: u16,
+    direct: bool,
+) -> Result<(vale_abi::AppRing, vale_abi::AppRing), String> {
+    let e = st
+        .registry
+        .entry_mut(key)
+        .ok_or_else(|| "port vanished".to_string())?;
+    e.switch
+        .set_hdr_len(key.port, hdr)
+        .map_err(|e| e.to_string())?;
+    e.switch
+        .set_direct(key.port, direct)
+        .map_err(|e| e.to_string())?;
+    let region = e
+        .switch
+        .port(key.port)
+        .ok_or_else(|| "port vanished".to_string())?
+        .region();
+    match (
+        region.ring(vale_abi::Dir::Tx, 0),
+        region.ring(vale_abi::Dir::Rx, 0),
+    ) {
+        (Some(t), Some(r)) => Ok((vale_abi::AppRing::new(t), vale_abi::AppRing::new(r))),
+        _ => Err("port without rings".to_string()),
+    }
+}
+
 /// Where valed keeps sockets only it uses (vhost-user relays' back ends).
 fn private_dir(control: &Path) -> PathBuf {
     let mut d = control.as_os_str().to_owned();
@@ -740,30 +773,9 @@ impl Control {
         let shared = self.lanes[a.lane].clone();
         let started = (|| {
             let mut st = shared.lock_ctl();
-            let e = st
-                .registry
-                .entry_mut(a.key)
-                .ok_or_else(|| "port vanished".to_string())?;
-            e.switch
-                .set_hdr_len(a.key.port, hdr)
-                .map_err(|e| e.to_string())?;
             // Packets for it are written to the interface from the senders' buffers
             // (not for datagram sockets: those need an address on every send).
-            e.switch
-                .set_direct(a.key.port, matches!(kind, Kind::Tap | Kind::Nic))
-                .map_err(|e| e.to_string())?;
-            let region = e
-                .switch
-                .port(a.key.port)
-                .ok_or_else(|| "port vanished".to_string())?
-                .region();
-            let (tx, rx) = match (
-                region.ring(vale_abi::Dir::Tx, 0),
-                region.ring(vale_abi::Dir::Rx, 0),
-            ) {
-                (Some(t), Some(r)) => (vale_abi::AppRing::new(t), vale_abi::AppRing::new(r)),
-                _ => return Err("host port without rings".to_string()),
-            };
+            let (tx, rx) = drive_port(&mut st, a.key, hdr, matches!(kind, Kind::Tap | Kind::Nic))?;
             epoll::add(
                 &shared.epoll,
                 &dev,
@@ -1050,28 +1062,7 @@ impl Control {
         let shared = self.lanes[a.lane].clone();
         let started = (|| {
             let mut st = shared.lock_ctl();
-            let e = st
-                .registry
-                .entry_mut(a.key)
-                .ok_or_else(|| "port vanished".to_string())?;
-            e.switch
-                .set_hdr_len(a.key.port, crate::vhost::VNET_HDR as u16)
-                .map_err(|e| e.to_string())?;
-            e.switch
-                .set_direct(a.key.port, true)
-                .map_err(|e| e.to_string())?;
-            let region = e
-                .switch
-                .port(a.key.port)
-                .ok_or_else(|| "port vanished".to_string())?
-                .region();
-            let (tx, rx) = match (
-                region.ring(vale_abi::Dir::Tx, 0),
-                region.ring(vale_abi::Dir::Rx, 0),
-            ) {
-                (Some(t), Some(r)) => (vale_abi::AppRing::new(t), vale_abi::AppRing::new(r)),
-                _ => return Err("vhost-user port without rings".to_string()),
-            };
+            let (tx, rx) = drive_port(&mut st, a.key, crate::vhost::VNET_HDR as u16, true)?;
             st.vhosts.insert(
                 a.key,
                 crate::vhost::VhostIo::new(guest.clone(), tx, rx, counters.clone()),

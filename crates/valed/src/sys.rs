@@ -33,28 +33,17 @@ pub fn write_frags(fd: BorrowedFd<'_>, frags: &[(*const u8, usize)]) -> io::Resu
     Ok(r as usize)
 }
 
-/// Appends a packet given as fragments in a port's buffers to `out` (replacing what it
-/// held): for direct destinations that need the bytes (vhost-user guests).
-pub fn gather(frags: &[(*const u8, usize)], out: &mut Vec<u8>) {
-    out.clear();
-    for &(p, n) in frags {
-        // SAFETY: the engine hands out (address, length) pairs inside the sender's
-        // buffers of a mapped port region, readable during this call
-        // (`vale_switch::Egress`); a client rewriting them meanwhile changes only the
-        // bytes of its own packet.
-        out.extend_from_slice(unsafe { std::slice::from_raw_parts(p, n) });
-    }
-}
-
 /// Runs `f` on a packet given as fragments in a port's buffers, as byte slices (at most
-/// 64; more are left out): for direct destinations that copy them on (vhost-user
-/// guests).
+/// 64, the engine's limit; callers check): for direct destinations that copy them on
+/// (vhost-user guests).
 pub fn with_slices<R>(frags: &[(*const u8, usize)], f: impl FnOnce(&[&[u8]]) -> R) -> R {
     let mut s: [&[u8]; 64] = [&[]; 64];
     let n = frags.len().min(64);
     for (d, &(p, len)) in s.iter_mut().zip(frags) {
-        // SAFETY: as in `gather`: inside the sender's buffers, readable during this call
-        // (the slices do not outlive `f`).
+        // SAFETY: the engine hands out (address, length) pairs inside the sender's
+        // buffers of a mapped port region, readable during this call
+        // (`vale_switch::Egress`; the slices do not outlive `f`); a client rewriting
+        // them meanwhile changes only the bytes of its own packet.
         *d = unsafe { std::slice::from_raw_parts(p, len) };
     }
     f(&s[..n])

@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use vale_abi::AppRing;
-use vale_abi::layout::NS_MOREFRAG;
 use vale_switch::offload::{self, VnetHdr};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Listener, VhostUserVirtioFeatures};
@@ -243,7 +242,7 @@ impl VhostIo {
                         break;
                     }
                     let mut f = g.out.spare.pop().unwrap_or_default();
-                    ring_take(&self.rx, &mut f);
+                    crate::host::ring_take(&self.rx, &mut f);
                     g.out.stage(f, &self.counters);
                     continue;
                 }
@@ -267,11 +266,14 @@ impl VhostIo {
     /// A packet handed over by the switch (the engine's direct delivery, same header
     /// length): into guest RX buffers now, or queued behind what already waits.
     pub fn send(&self, hdr: &[u8], frags: &[(*const u8, usize)]) -> bool {
+        if frags.len() > MAX_PARTS {
+            return false; // never from the engine (MAX_FRAGS)
+        }
         let mut g = lock(&self.guest);
         let g = &mut *g;
         // Straight from the sender's buffers into guest buffers when nothing waits and
         // the guest takes the packet as it is (its offloads accepted).
-        if g.out.pending.is_empty() && frags.len() <= MAX_PARTS {
+        if g.out.pending.is_empty() {
             if let Some((vq, mem)) = g.queue(RX) {
                 let mut st = vq.get_mut();
                 if st.get_queue().ready() && st.is_enabled() {
@@ -328,10 +330,11 @@ impl VhostIo {
             return false;
         }
         let mut f = g.out.spare.pop().unwrap_or_default();
-        crate::sys::gather(frags, &mut f);
-        if !hdr.is_empty() {
-            f.splice(0..0, hdr.iter().copied());
-        }
+        f.clear();
+        f.extend_from_slice(hdr);
+        crate::sys::with_slices(frags, |parts| {
+            parts.iter().for_each(|p| f.extend_from_slice(p))
+        });
         g.out.stage(f, &self.counters);
         let Some((vq, mem)) = g.queue(RX) else {
             return true; // delivered when the guest sets its queues up (or dropped)
@@ -422,27 +425,6 @@ fn deliver(
         out.recycle(f);
     }
     Some(r)
-}
-
-/// Takes the next packet of an RX ring (fragments joined) into `out`.
-fn ring_take(ring: &AppRing, out: &mut Vec<u8>) {
-    out.clear();
-    let v = ring.view();
-    let n = ring.num_slots();
-    let mut h = ring.head();
-    let mut used = 0;
-    loop {
-        let s = v.read_slot(h);
-        let start = out.len();
-        out.resize(start + s.len as usize, 0);
-        v.bufs().read(s.buf_idx, &mut out[start..]);
-        used += 1;
-        h = vale_abi::ring::next(h, n);
-        if s.flags & NS_MOREFRAG == 0 || used >= ring.space() {
-            break;
-        }
-    }
-    ring.advance(used);
 }
 
 impl Outbox {

@@ -97,6 +97,22 @@ impl Daemon {
         serde_json::from_slice(&o.stdout).expect("json")
     }
 
+    /// The host ports (`vale-ctl list`'s `hosts`).
+    pub fn hosts(&self) -> Vec<serde_json::Value> {
+        let v = self.ctl_json(&["list"]);
+        v["hosts"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// One host port, by interface name or by the port it is attached as.
+    pub fn host(&self, which: &str) -> serde_json::Value {
+        let hosts = self.hosts();
+        hosts
+            .iter()
+            .find(|h| h["name"] == which || h["attached"] == which)
+            .cloned()
+            .unwrap_or_else(|| panic!("no host port {which}: {hosts:?}"))
+    }
+
     /// Names of the ports that exist now.
     pub fn ports(&self) -> Vec<String> {
         let v = self.ctl_json(&["list"]);

@@ -427,12 +427,17 @@ impl HostIo {
     /// Interface -> TX ring: up to a burst of frames, each copied into as many slots as
     /// it needs (`NS_MOREFRAG`), then published. Returns the frames read.
     pub fn pull(&mut self, epoll: &OwnedFd) -> usize {
+        let bs = self.tx.view().bufs().buf_size() as usize;
+        let room = MAX_FRAME.div_ceil(bs) as u32;
+        // `tail` is only as new as the last sync: the switch may have taken the ring
+        // since (a pass that found no room and did not sync would wait forever).
+        if self.tx.space() < room {
+            self.tx.txsync();
+        }
         if self.stream.is_some() {
             return self.pull_stream(epoll);
         }
         let c = self.counters.clone();
-        let bs = self.tx.view().bufs().buf_size() as usize;
-        let room = MAX_FRAME.div_ceil(bs) as u32;
         let mut got = 0;
         if self.ring.is_some() {
             return self.pull_ring(room);

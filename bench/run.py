@@ -417,18 +417,30 @@ def bridge_rtt(count):
     return ping_rtt("vbench_a", "198.18.0.2", count)
 
 
+def busy_cpu_secs():
+    """CPU-seconds all CPUs spent busy since boot (/proc/stat: everything but idle and
+    iowait)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def iperf3(client_ns, server_ns, server_ip, secs):
-    """TCP Gbit/s of one iperf3 stream from client_ns to server_ns."""
+    """One iperf3 TCP stream from client_ns to server_ns: (Gbit/s, CPU-seconds the
+    whole machine was busy per GB received), or (None, None)."""
     srv = subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", server_ip],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.5)
+        b0 = busy_cpu_secs()
         out = sh("ip", "netns", "exec", client_ns, "iperf3", "-c", server_ip, "-t", str(max(1, int(secs))), "-J",
                  check=False).stdout
+        busy = busy_cpu_secs() - b0
         try:
-            return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
-        except (ValueError, KeyError):
-            return None
+            r = json.loads(out)["end"]["sum_received"]
+            return r["bits_per_second"] / 1e9, busy / (r["bytes"] / 1e9)
+        except (ValueError, KeyError, ZeroDivisionError):
+            return None, None
     finally:
         if srv.poll() is None:
             srv.kill()
@@ -699,8 +711,9 @@ def main():
                     add("Linux bridge: ping RTT us (p50 | p99)", 60, p50)
                     add("Linux bridge: ping RTT us (p50 | p99)", 1514, p99)
                     if "host" in only and shutil.which("iperf3"):
-                        add("Linux bridge: iperf3 TCP over veth, Gbit/s", 60,
-                            iperf3("vbench_a", "vbench_b", "198.18.0.2", a.secs))
+                        gbps, cpu = iperf3("vbench_a", "vbench_b", "198.18.0.2", a.secs)
+                        add("Linux bridge: iperf3 TCP over veth, Gbit/s", 60, gbps)
+                        add("Linux bridge: iperf3, machine CPU-seconds per GB", 60, cpu)
                 except subprocess.CalledProcessError as e:
                     notes.append(f"Linux bridge: SKIP: {' '.join(e.cmd)} failed: {e.stderr.strip()}")
                 finally:
@@ -710,7 +723,8 @@ def main():
             if isinstance(r, str):
                 notes.append(f"ours, TAP ports: {r}")
             else:
-                add("ours: iperf3 TCP between TAP ports, Gbit/s", 60, r[0])
+                add("ours: iperf3 TCP between TAP ports, Gbit/s", 60, r[0][0])
+                add("ours: iperf3, machine CPU-seconds per GB", 60, r[0][1])
                 add("ours: ping RTT between TAP ports us (p50 | p99)", 60, r[1])
                 add("ours: ping RTT between TAP ports us (p50 | p99)", 1514, r[2])
         if "vm" in only:
@@ -776,6 +790,9 @@ def main():
     t, b = m("ours: iperf3 TCP between TAP ports, Gbit/s", 60), m("Linux bridge: iperf3 TCP over veth, Gbit/s", 60)
     if t and b:
         ratios.append(f"iperf3 TCP, ours (TAP ports) / Linux bridge (veth): {t / b:.2f}x")
+    t, b = m("ours: iperf3, machine CPU-seconds per GB", 60), m("Linux bridge: iperf3, machine CPU-seconds per GB", 60)
+    if t and b:
+        ratios.append(f"iperf3 TCP, machine CPU per GB, ours (TAP ports) / Linux bridge (veth): {t / b:.2f}x")
     t = m("ours: ping RTT between TAP ports us (p50 | p99)", 60)
     if t and r_br:
         ratios.append(f"ping RTT p50, ours (TAP ports) / Linux bridge (veth): {t / r_br:.2f}x")

@@ -245,10 +245,11 @@ fn tap_ports_in_namespaces_talk_through_the_switch_and_nobody_else() {
     }
 }
 
-/// Host ports with small rings (`--max-slots 512`: 15 super-frames fill one): a pass
-/// that finds the TX ring full must still see the room the switch makes. It did not once
-/// (the ring's `tail` was refreshed only after a read), and TCP stalled for good within
-/// a second or two of iperf3.
+/// Host ports' TX rings hold 8 super-frames (256 slots), RX rings here 512
+/// (`--max-slots 512`): a pass that finds the TX ring full must still see the room the
+/// switch makes. It did not once (the ring's `tail` was refreshed only after a read),
+/// and TCP stalled for good within a second or two of iperf3. Rings that cannot hold one
+/// largest frame are refused with a clear error.
 #[test]
 fn tap_ports_with_small_rings_keep_forwarding_under_tcp_load() {
     need_host!();
@@ -265,7 +266,8 @@ fn tap_ports_with_small_rings_keep_forwarding_under_tcp_load() {
     assert!(net.ping(&na, "10.199.2.2", 2), "A pings B\n{}", d.log());
     let list = d.ctl_json(&["list"]);
     let port = &list["switches"][0]["ports"][0];
-    assert_eq!(port["geometry"]["tx_slots"], 512, "{list}");
+    assert_eq!(port["geometry"]["tx_slots"], 256, "{list}");
+    assert_eq!(port["geometry"]["rx_slots"], 512, "{list}");
     for round in 0..3 {
         let Some(bytes) = iperf3(&na, &nb, "10.199.2.2") else {
             return;
@@ -279,6 +281,20 @@ fn tap_ports_with_small_rings_keep_forwarding_under_tcp_load() {
             "round {round}: A still reaches B after the transfer"
         );
     }
+
+    let tiny = Daemon::start("host-tiny", &["--max-slots", "32", "--slots", "32"]);
+    let tc = net.name("c");
+    ctl_ok(&tiny, &["-n", &tc]);
+    let e = ctl_err(&tiny, &["-a", &format!("vale0:{tc}")]);
+    assert!(
+        e.contains("host ports need rings of more than 32 slots"),
+        "{e}"
+    );
+    assert!(
+        tiny.ports().is_empty(),
+        "nothing attached: {:?}",
+        tiny.ports()
+    );
 }
 
 #[test]

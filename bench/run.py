@@ -425,22 +425,24 @@ def busy_cpu_secs():
     return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def iperf3(client_ns, server_ns, server_ip, secs):
+def iperf3(client_ns, server_ns, server_ip, secs, valed=None):
     """One iperf3 TCP stream from client_ns to server_ns: (Gbit/s, CPU-seconds the
-    whole machine was busy per GB received), or (None, None)."""
+    whole machine was busy per GB received, and with `valed` its forwarding threads'
+    CPU-seconds per GB), or Nones."""
     srv = subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", server_ip],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.5)
-        b0 = busy_cpu_secs()
+        b0, f0 = busy_cpu_secs(), valed.fwd_cpu() if valed else 0
         out = sh("ip", "netns", "exec", client_ns, "iperf3", "-c", server_ip, "-t", str(max(1, int(secs))), "-J",
                  check=False).stdout
-        busy = busy_cpu_secs() - b0
+        busy, fwd = busy_cpu_secs() - b0, valed.fwd_cpu() - f0 if valed else None
         try:
             r = json.loads(out)["end"]["sum_received"]
-            return r["bits_per_second"] / 1e9, busy / (r["bytes"] / 1e9)
+            gb = r["bytes"] / 1e9
+            return r["bits_per_second"] / 1e9, busy / gb, fwd / gb if valed else None
         except (ValueError, KeyError, ZeroDivisionError):
-            return None, None
+            return None, None, None
     finally:
         if srv.poll() is None:
             srv.kill()
@@ -481,7 +483,7 @@ def ours_tap(secs, count):
             sh("ip", "-n", ns, "link", "set", tap, "up")
             sh("ip", "-n", ns, "link", "set", "lo", "up")
         p50, p99 = ping_rtt("vbtap_a", "198.19.0.2", count)
-        return iperf3("vbtap_a", "vbtap_b", "198.19.0.2", secs), p50, p99
+        return iperf3("vbtap_a", "vbtap_b", "198.19.0.2", secs, v), p50, p99
     except subprocess.CalledProcessError as e:
         return f"SKIP: {' '.join(e.cmd)} failed: {(e.stderr or '').strip()}"
     finally:
@@ -711,7 +713,7 @@ def main():
                     add("Linux bridge: ping RTT us (p50 | p99)", 60, p50)
                     add("Linux bridge: ping RTT us (p50 | p99)", 1514, p99)
                     if "host" in only and shutil.which("iperf3"):
-                        gbps, cpu = iperf3("vbench_a", "vbench_b", "198.18.0.2", a.secs)
+                        gbps, cpu, _ = iperf3("vbench_a", "vbench_b", "198.18.0.2", a.secs)
                         add("Linux bridge: iperf3 TCP over veth, Gbit/s", 60, gbps)
                         add("Linux bridge: iperf3, machine CPU-seconds per GB", 60, cpu)
                 except subprocess.CalledProcessError as e:
@@ -725,6 +727,7 @@ def main():
             else:
                 add("ours: iperf3 TCP between TAP ports, Gbit/s", 60, r[0][0])
                 add("ours: iperf3, machine CPU-seconds per GB", 60, r[0][1])
+                add("ours: iperf3, forwarding thread CPU-seconds per GB", 60, r[0][2])
                 add("ours: ping RTT between TAP ports us (p50 | p99)", 60, r[1])
                 add("ours: ping RTT between TAP ports us (p50 | p99)", 1514, r[2])
         if "vm" in only:

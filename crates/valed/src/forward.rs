@@ -19,9 +19,18 @@ pub fn key_data(k: vale_switch::PortKey) -> u64 {
     1 + ((k.switch as u64) << 16 | k.port.0 as u64)
 }
 
+/// The port of an epoll key (`key_data`, without the `HOST` bit).
+fn port_key(d: u64) -> vale_switch::PortKey {
+    vale_switch::PortKey {
+        switch: ((d - 1) >> 16) as usize,
+        port: vale_switch::PortId(((d - 1) & 0xffff) as u16),
+    }
+}
+
 pub fn run(shared: Arc<Shared>, busy_poll: Duration) {
     let mut notes: Vec<Notify> = Vec::new();
     let mut wake_fds: Vec<u64> = Vec::new();
+    let mut host_errors: Vec<u64> = Vec::new();
     let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
     let mut idle_since: Option<Instant> = None;
     let mut empty_passes = 0u32;
@@ -31,6 +40,7 @@ pub fn run(shared: Arc<Shared>, busy_poll: Duration) {
             let now = shared.now();
             let mut moved = 0;
             wake_fds.clear();
+            host_errors.clear();
             let st = &mut *st;
             // Host ports: what their interfaces have goes into their TX rings first,
             // so it crosses the switch in this pass.
@@ -118,18 +128,24 @@ pub fn run(shared: Arc<Shared>, busy_poll: Duration) {
                     let _ = rustix::io::read(&shared.wake, &mut b);
                 } else if d & HOST != 0 {
                     // A host port's interface has frames: the next pass reads them.
+                    // An error condition stays until handled (below).
+                    let flags = ev.flags;
+                    if flags.intersects(epoll::EventFlags::ERR | epoll::EventFlags::HUP) {
+                        host_errors.push(d & !HOST);
+                    }
                 } else {
                     wake_fds.push(d);
                 }
             }
         }
-        let st = shared.lock();
+        let mut st = shared.lock();
+        for &d in &host_errors {
+            if let Some(h) = st.hosts.get_mut(&port_key(d)) {
+                h.device_error(&shared.epoll);
+            }
+        }
         for d in &wake_fds {
-            let key = vale_switch::PortKey {
-                switch: ((d - 1) >> 16) as usize,
-                port: vale_switch::PortId(((d - 1) & 0xffff) as u16),
-            };
-            if let Some(f) = st.fds.get(&key) {
+            if let Some(f) = st.fds.get(&port_key(*d)) {
                 let mut b = [0u8; 8];
                 let _ = rustix::io::read(&f.kick, &mut b);
             }

@@ -195,8 +195,11 @@ pub struct HostIo {
     /// QEMU stream framing: bytes read but not yet a whole frame, and bytes of a frame
     /// the socket did not take yet. `None` for devices that keep frame boundaries.
     stream: Option<(Vec<u8>, Vec<u8>)>,
-    /// The stream hung up (the VM went away); nothing moves until it reconnects.
+    /// The device is gone: a stream's VM hung up (nothing moves until it reconnects),
+    /// or a TAP's interface was deleted (for good).
     closed: bool,
+    /// The interface, for messages.
+    name: String,
     /// Scratch for one frame.
     buf: Vec<u8>,
     /// Attached interfaces: the packet socket's TPACKET_V2 receive ring, if it could be
@@ -221,9 +224,49 @@ impl HostIo {
             peer,
             stream: stream.then(|| (Vec::new(), Vec::new())),
             closed: false,
+            name: String::new(),
             buf: vec![0u8; MAX_FRAME],
             ring: None,
         }
+    }
+
+    /// Names the interface in messages.
+    pub fn named(mut self, name: &str) -> HostIo {
+        self.name = name.to_string();
+        self
+    }
+
+    /// The forwarding thread's epoll reported an error on the device (level-triggered:
+    /// left alone, it would wake the thread at once, forever). A socket's pending error
+    /// (`ENETDOWN` when an attached interface goes down or away) is read, which clears
+    /// it, and counted; a TAP reports errors only once its interface is deleted, and is
+    /// then done for. Stream ports see their hang-up in `pull`.
+    pub fn device_error(&mut self, epoll: &OwnedFd) {
+        if self.stream.is_some() || self.closed {
+            return;
+        }
+        match rustix::net::sockopt::socket_error(&self.dev) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.counters.read_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(interface = %self.name, "host port: {e}");
+            }
+            Err(_) => self.gone(epoll),
+        }
+    }
+
+    /// The TAP's interface was deleted: out of the epoll set, nothing read from it
+    /// again (what the switch sends it is counted as `write_errors`).
+    fn gone(&mut self, epoll: &OwnedFd) {
+        if !self.closed {
+            tracing::warn!(
+                interface = %self.name,
+                "host port's interface was deleted; `vale-ctl -d` and `-r` it, `-n` makes a new one"
+            );
+            self.counters.read_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.closed = true;
+        let _ = rustix::event::epoll::delete(epoll, &self.dev);
     }
 
     /// Reads an attached interface's frames from a TPACKET_V2 ring from now on.
@@ -437,6 +480,9 @@ impl HostIo {
         if self.stream.is_some() {
             return self.pull_stream(epoll);
         }
+        if self.closed {
+            return 0;
+        }
         let c = self.counters.clone();
         let mut got = 0;
         if self.ring.is_some() {
@@ -454,9 +500,13 @@ impl HostIo {
                 }
                 Err(rustix::io::Errno::AGAIN) => break,
                 Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::BADFD) => {
+                    self.gone(epoll); // the TAP's interface was deleted
+                    break;
+                }
                 Err(_) => {
-                    // A TAP nobody has brought up, an interface that went down: count
-                    // and try again on a later pass.
+                    // An interface that went down: count and try again on a later
+                    // pass.
                     c.read_errors.fetch_add(1, Ordering::Relaxed);
                     break;
                 }

@@ -805,7 +805,8 @@ impl Control {
                     peer,
                     kind == Kind::QemuStream,
                 )
-                .with_ring(ring),
+                .with_ring(ring)
+                .named(&ifname),
             );
             Ok(())
         })();

@@ -126,6 +126,7 @@ mod hostile {
     pub const SET_VRING_NUM: u32 = 8;
     pub const SET_VRING_ADDR: u32 = 9;
     pub const SET_VRING_BASE: u32 = 10;
+    pub const GET_VRING_BASE: u32 = 11;
     pub const SET_VRING_KICK: u32 = 12;
     pub const SET_VRING_CALL: u32 = 13;
     /// Queue size, guest memory size, and where the frontend "maps" it.
@@ -492,6 +493,50 @@ fn a_hostile_vhost_user_frontend_is_counted_and_never_crashes_valed() {
     );
     assert!(d.alive(), "valed survived:\n{}", d.log());
     assert_eq!(host_counter(&d, "vale0:vm", "to_host"), 1);
+
+    // A guest that starves its RX queue (one buffer too small for any frame, never
+    // refilled) while frames wait for it: they wait, and valed sleeps meanwhile (it
+    // once kept its forwarding thread awake for as long as the guest stayed so).
+    f.set_desc(0, 0, buf + 0x1000, 20, F_WRITE, 0);
+    f.offer(0, 0, 1);
+    send(&r, &[frame(VM_MAC, R_MAC, 40)]);
+    std::thread::sleep(Duration::from_millis(300));
+    let c0 = cpu(&d);
+    std::thread::sleep(Duration::from_secs(1));
+    let ticks = cpu(&d) - c0;
+    assert!(
+        ticks < 30,
+        "valed used {ticks} ticks while the guest starved RX"
+    );
+    // The guest adds a buffer: the waiting frame goes out in both (num_buffers 2).
+    f.set_desc(0, 1, buf + 0x2000, 2048, F_WRITE, 0);
+    f.offer(0, 1, 1);
+    assert!(
+        f.wait_used(0, 2),
+        "the waiting frame is delivered:\n{}",
+        d.log()
+    );
+    assert_eq!(f.used_entry(0, 0), (0, 20));
+    assert_eq!(f.used_entry(0, 1), (1, 52));
+    // The frontend stops its RX queue (GET_VRING_BASE: a paused VM) with a frame
+    // waiting: no work until it starts the queue again.
+    f.set_desc(0, 2, buf + 0x1000, 20, F_WRITE, 0);
+    f.offer(0, 2, 1);
+    send(&r, &[frame(VM_MAC, R_MAC, 41)]);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut p = 0u32.to_le_bytes().to_vec();
+    p.extend_from_slice(&0u32.to_le_bytes());
+    assert!(f.send(GET_VRING_BASE, &p, &[]));
+    std::thread::sleep(Duration::from_millis(300));
+    let c0 = cpu(&d);
+    std::thread::sleep(Duration::from_secs(1));
+    let ticks = cpu(&d) - c0;
+    assert!(
+        ticks < 30,
+        "valed used {ticks} ticks with the RX queue stopped"
+    );
+    bystanders(13);
+    assert!(d.alive(), "valed survived:\n{}", d.log());
 }
 
 const VM_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x77];

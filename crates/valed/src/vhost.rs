@@ -126,6 +126,10 @@ struct Outbox {
     spare: Vec<Vec<u8>>,
     /// Scratch for software segmentation.
     work: Vec<u8>,
+    /// The guest's RX avail index when a frame last found no room in its buffers: until
+    /// it moves, waiting frames are no work (a stopped or starving guest must not keep
+    /// the forwarding thread awake).
+    rx_seen: Option<u16>,
 }
 
 /// Most fragments of a packet handed over directly (netmap's `NETMAP_MAX_FRAGS`).
@@ -354,11 +358,18 @@ impl VhostIo {
 
     /// Before the forwarding thread sleeps: asks the guest to kick for new TX buffers
     /// (and for RX buffers, if frames wait for them); true if there is work already.
+    /// Queues the frontend stopped (a paused VM) are no work, nor are frames waiting for
+    /// RX buffers the guest has not added since they last found no room: either would
+    /// keep the thread awake for as long as the guest stays that way.
     pub fn arm(&self) -> bool {
         let mut g = lock(&self.guest);
         let mut work = false;
+        let live = |vq: &VringRwLock| {
+            let st = vq.get_ref();
+            st.get_queue().ready() && st.is_enabled()
+        };
         if let Some((vq, mem)) = g.queue(TX) {
-            if !g.tx_broken && vq.enable_notification().unwrap_or(false) {
+            if !g.tx_broken && live(&vq) && vq.enable_notification().unwrap_or(false) {
                 if avail_beyond_ring(&vq, &mem) {
                     g.tx_broken = true;
                     self.counters.read_errors.fetch_add(1, Ordering::Relaxed);
@@ -369,8 +380,23 @@ impl VhostIo {
         }
         if !g.out.pending.is_empty() {
             if let Some((vq, mem)) = g.queue(RX) {
-                if vq.enable_notification().unwrap_or(false) && !avail_beyond_ring(&vq, &mem) {
-                    work = true;
+                if live(&vq) {
+                    let mut st = vq.get_mut();
+                    let q = st.get_queue_mut();
+                    match q.avail_idx(&*mem, std::sync::atomic::Ordering::Acquire) {
+                        Err(_) => {}
+                        // Buffers added since the last try: deliver them first.
+                        Ok(now) if Some(now.0) != g.out.rx_seen => work = true,
+                        Ok(now) => {
+                            // A kick when the guest adds any buffer: with EVENT_IDX,
+                            // `avail_event` is written from `next_avail`, which would ask
+                            // for a kick only past the buffers it has already added.
+                            let next = q.next_avail();
+                            q.set_next_avail(now.0);
+                            work |= q.enable_notification(&*mem).unwrap_or(false);
+                            q.set_next_avail(next);
+                        }
+                    }
                 }
             }
         }
@@ -419,7 +445,13 @@ fn deliver(
             c.write_errors.fetch_add(1, Ordering::Relaxed);
             false
         }
-        Put::NoRoom => return None,
+        Put::NoRoom => {
+            out.rx_seen = q
+                .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+                .ok()
+                .map(|i| i.0);
+            return None;
+        }
     };
     if let Some(f) = out.pending.pop_front() {
         out.recycle(f);

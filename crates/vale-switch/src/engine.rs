@@ -970,10 +970,14 @@ fn deliver_direct(
     }
 }
 
+/// What `convert` wrote: frames, bytes, and segments that did not fit (why, how many).
+type Converted = (u64, u64, Option<(DropReason, u64)>);
+
 /// The slow path between ports whose virtio-net header lengths differ: gathers the
 /// packet, then resizes its header (both have one) or finishes its offloads in software
 /// (only the source has one: TCP segmentation, checksums) or prepends an empty header
-/// (only the destination has one). Returns the frames and bytes written.
+/// (only the destination has one). Returns the frames and bytes written, and the
+/// segments that did not fit (with why), when some did.
 #[allow(clippy::too_many_arguments)]
 #[inline(never)]
 fn convert(
@@ -987,7 +991,7 @@ fn convert(
     dbufs: Bufs<'_>,
     t: &mut u32,
     space: &mut u32,
-) -> Result<(u64, u64), DropReason> {
+) -> Result<Converted, DropReason> {
     let Conv { pkt, out, work } = conv;
     pkt.clear();
     for f in sc.frags_of(p) {
@@ -1005,22 +1009,26 @@ fn convert(
         vh.write(out, dst_hl);
         out.extend_from_slice(frame);
         put_bytes(out, dslots, dbufs, t, space)?;
-        return Ok((1, out.len() as u64));
+        return Ok((1, out.len() as u64, None));
     }
-    let (mut frames, mut nbytes, mut err) = (0u64, 0u64, None);
+    let (mut frames, mut nbytes, mut err, mut lost) = (0u64, 0u64, None, 0u64);
     offload::resolve(&vh, frame, work, |f| {
         match put_bytes(f, dslots, dbufs, t, space) {
             Ok(()) => {
                 frames += 1;
                 nbytes += f.len() as u64;
             }
-            Err(r) => err = Some(r),
+            Err(r) => {
+                err = Some(r);
+                lost += 1;
+            }
         }
     })
     .map_err(|_| DropReason::BadOffload)?;
     match err {
         Some(r) if frames == 0 => Err(r),
-        _ => Ok((frames, nbytes)),
+        Some(r) => Ok((frames, nbytes, Some((r, lost)))),
+        None => Ok((frames, nbytes, None)),
     }
 }
 
@@ -1113,9 +1121,14 @@ fn deliver(
             match convert(
                 sc, conv, p, src_hl, dst_hl, sbufs, dslots, dbufs, &mut t, &mut space,
             ) {
-                Ok((frames, nbytes)) => {
+                Ok((frames, nbytes, lost)) => {
                     delivered += frames;
                     bytes += nbytes;
+                    // Segments of one packet that did not all fit: the lost ones are
+                    // drops at this port (the copy itself was delivered).
+                    if let Some((r, k)) = lost {
+                        ds.drops[r as usize] += k;
+                    }
                 }
                 Err(r) => {
                     ds.drops[r as usize] += 1;

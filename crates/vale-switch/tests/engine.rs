@@ -553,6 +553,37 @@ fn virtio_net_headers_are_resized_stripped_or_finished_in_software() {
     );
 }
 
+/// A super-frame segmented for a port without a header, into a ring that holds only
+/// some of the segments: those that fit are delivered, the rest counted as `ring_full`
+/// drops at that port (they once vanished uncounted when at least one fit).
+#[test]
+fn segments_that_do_not_fit_are_counted() {
+    let (mut sw, ids, c) = bridge(2, 16);
+    sw.set_hdr_len(ids[0], 12).unwrap();
+    let (a, e) = (&c[0], &c[1]);
+    let gso = offload::VnetHdr {
+        flags: offload::F_NEEDS_CSUM,
+        gso_type: offload::GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+    };
+    // 12 segments each; e's RX ring holds 15 packets.
+    for _ in 0..2 {
+        let mut pkt = vnet(gso, 12);
+        pkt.extend_from_slice(&tcp4(MacAddr::BROADCAST, mac(1), 12 * 1448));
+        let frags = pkt.len().div_ceil(2048);
+        assert!(a.queue(&pkt, frags));
+        a.txsync();
+        drain(&mut sw, t(0));
+    }
+    let st = sw.port(ids[1]).unwrap().stats();
+    assert_eq!(st.rx_packets, 15);
+    assert_eq!(st.drop_count(DropReason::RingFull), 9, "{st:?}");
+    assert_eq!(e.recv_frames().len(), 15);
+}
+
 /// Keeps what the switch hands over for direct ports.
 struct Collect {
     got: Vec<(PortId, Vec<u8>)>,

@@ -691,6 +691,56 @@ fn qemu_stream_and_dgram_ports_survive_hostile_peers() {
     assert!(d.ports().contains(&"vale0:s".to_string()));
 }
 
+/// A QEMU stream port whose VM reads slowly: frames wait in valed (the socket is full)
+/// while the switch goes quiet; as soon as the VM reads, they follow without a pause.
+/// valed once waited for other traffic or its 1-second idle timer after each socket
+/// buffer's worth.
+#[test]
+fn a_stream_port_with_a_slow_reader_resumes_when_it_reads() {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let d = Daemon::start("qemu-slow", &[]);
+    let sock = d.dir.join("s.sock");
+    let o = d.ctl(&["qemu-stream", "vale0:s", "--listen", path_str(&sock)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut vm = UnixStream::connect(&sock).unwrap();
+    assert!(wait_for(2.0, || d.ports().contains(&"vale0:s".to_string())));
+    let x = d.open("vale0:x");
+    // 2000 frames of 1000 bytes (broadcasts: to the VM), far more than a socket holds.
+    let frames: Vec<Vec<u8>> = (0..2000u32)
+        .map(|i| {
+            let mut f = frame(BCAST, A, i);
+            f.resize(1000, 0);
+            f
+        })
+        .collect();
+    for chunk in frames.chunks(200) {
+        send(&x, chunk);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300)); // the switch is idle now
+    vm.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let (mut bytes, mut max_gap, mut last) = (0usize, Duration::ZERO, Instant::now());
+    let mut b = vec![0u8; 1 << 16];
+    while let Ok(n) = vm.read(&mut b) {
+        if n == 0 {
+            break;
+        }
+        max_gap = max_gap.max(last.elapsed());
+        last = Instant::now();
+        bytes += n;
+    }
+    eprintln!("largest pause while reading: {max_gap:?}");
+    let sent = d.host("s")["counters"]["to_host"].as_u64().unwrap();
+    assert!(sent > 1000, "valed framed {sent} frames for the VM");
+    assert_eq!(bytes as u64, sent * 1004, "every frame valed sent arrived");
+    assert!(
+        max_gap < Duration::from_millis(300),
+        "frames paused {max_gap:?} while the VM was reading"
+    );
+}
+
 #[test]
 fn pkt_gen_pins_itself_with_dash_a() {
     let d = Daemon::start("pin", &[]);

@@ -200,6 +200,10 @@ pub struct HostIo {
     closed: bool,
     /// The interface, for messages.
     name: String,
+    /// The device's data in the forwarding thread's epoll set, and whether it is
+    /// registered for writability too (a stream port with bytes the socket did not take).
+    ev_data: u64,
+    out_armed: bool,
     /// Scratch for one frame.
     buf: Vec<u8>,
     /// Attached interfaces: the packet socket's TPACKET_V2 receive ring, if it could be
@@ -225,14 +229,18 @@ impl HostIo {
             stream: stream.then(|| (Vec::new(), Vec::new())),
             closed: false,
             name: String::new(),
+            ev_data: 0,
+            out_armed: false,
             buf: vec![0u8; MAX_FRAME],
             ring: None,
         }
     }
 
-    /// Names the interface in messages.
-    pub fn named(mut self, name: &str) -> HostIo {
+    /// Names the interface in messages; `ev_data` is the device's data in the
+    /// forwarding thread's epoll set.
+    pub fn named(mut self, name: &str, ev_data: u64) -> HostIo {
         self.name = name.to_string();
+        self.ev_data = ev_data;
         self
     }
 
@@ -280,6 +288,7 @@ impl HostIo {
         self.dev = dev;
         self.stream = Some((Vec::new(), Vec::new()));
         self.closed = false;
+        self.out_armed = false;
     }
 
     /// Puts one frame into the TX ring (the caller checked there is room).
@@ -463,6 +472,21 @@ impl HostIo {
         }
         if sent > 0 {
             self.rx.rxsync();
+        }
+        // Bytes the socket did not take: wake when it drains (the switch may stay quiet
+        // until then), and stop asking once they are out.
+        let waiting = self.stream.as_ref().is_some_and(|s| !s.1.is_empty());
+        if waiting != self.out_armed && !self.closed {
+            use rustix::event::epoll;
+            let flags = if waiting {
+                epoll::EventFlags::IN | epoll::EventFlags::OUT
+            } else {
+                epoll::EventFlags::IN
+            };
+            let data = epoll::EventData::new_u64(self.ev_data);
+            if epoll::modify(epoll, &self.dev, data, flags).is_ok() {
+                self.out_armed = waiting;
+            }
         }
         sent
     }

@@ -806,7 +806,7 @@ impl Control {
                     kind == Kind::QemuStream,
                 )
                 .with_ring(ring)
-                .named(&ifname),
+                .named(&ifname, HOST | key_data(a.key)),
             );
             Ok(())
         })();

@@ -460,6 +460,12 @@ impl HostIo {
             // The next packet, framed, into the pending buffer.
             let mut frame = Vec::with_capacity(2048);
             ring_take(&self.rx, &mut frame);
+            sent += 1;
+            if frame.len() > MAX_FRAME {
+                // QEMU would drop the connection over it: counted, not sent.
+                self.counters.truncated.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             if let Some((_, w)) = &mut self.stream {
                 w.extend_from_slice(&(frame.len() as u32).to_be_bytes());
                 w.extend_from_slice(&frame);
@@ -468,7 +474,6 @@ impl HostIo {
             self.counters
                 .to_host_bytes
                 .fetch_add(frame.len() as u64, Ordering::Relaxed);
-            sent += 1;
         }
         if sent > 0 {
             self.rx.rxsync();
@@ -517,6 +522,7 @@ impl HostIo {
                 Ok(0) => break,
                 Ok(len) if len >= MAX_FRAME => {
                     c.truncated.fetch_add(1, Ordering::Relaxed);
+                    got += 1; // a flood of these must not hold the pass
                 }
                 Ok(len) => {
                     self.inject(0..len, false);
@@ -557,12 +563,15 @@ impl HostIo {
             let mut len = 0;
             let mut used = 0;
             let mut h = self.rx.head();
+            let mut whole = true;
             loop {
                 let s = v.read_slot(h);
                 let l = s.len as usize;
                 if len + l <= self.buf.len() {
                     v.bufs().read(s.buf_idx, &mut self.buf[len..len + l]);
                     len += l;
+                } else {
+                    whole = false;
                 }
                 used += 1;
                 h = vale_abi::ring::next(h, n);
@@ -571,6 +580,12 @@ impl HostIo {
                 }
             }
             self.rx.advance(used);
+            sent += 1;
+            if !whole {
+                // Larger than any frame the interface takes: counted, not cut short.
+                c.truncated.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let r = match &self.peer {
                 Some(a) => rustix::net::sendto(
                     &self.dev,
@@ -589,7 +604,6 @@ impl HostIo {
                     c.write_errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            sent += 1;
         }
         if sent > 0 {
             self.rx.rxsync();

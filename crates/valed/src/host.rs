@@ -334,7 +334,17 @@ impl HostIo {
                 break;
             }
             if queued {
-                match rustix::io::read(&self.dev, &mut self.buf) {
+                // A pending socket error (ENETDOWN) is returned by the first read, which
+                // clears it: read again, or the frame stays queued and every later one
+                // would be read in place of the next.
+                let r = match rustix::io::read(&self.dev, &mut self.buf) {
+                    Err(e) if e != rustix::io::Errno::AGAIN => {
+                        self.counters.read_errors.fetch_add(1, Ordering::Relaxed);
+                        rustix::io::read(&self.dev, &mut self.buf)
+                    }
+                    r => r,
+                };
+                match r {
                     Ok(len) if len > 0 && len < MAX_FRAME => self.inject(0..len, false),
                     Ok(_) | Err(_) => {
                         self.counters.truncated.fetch_add(1, Ordering::Relaxed);

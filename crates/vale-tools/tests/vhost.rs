@@ -232,18 +232,23 @@ mod hostile {
         }
 
         /// The whole handshake, both queues in place (no EVENT_IDX, no protocol features:
-        /// rings run as soon as they are kicked).
-        pub fn setup(&mut self) {
+        /// rings run as soon as they are kicked), VERSION_1 and `more` features accepted.
+        pub fn setup_with(&mut self, more: u64) {
             let f = self.get_features();
             assert!(f & 1 << 32 != 0, "VERSION_1 offered");
+            assert_eq!(f & more, more, "{more:#x} offered");
             assert!(self.send(SET_OWNER, &[], &[]));
-            assert!(self.send(SET_FEATURES, &(1u64 << 32).to_le_bytes(), &[]));
+            assert!(self.send(SET_FEATURES, &(1u64 << 32 | more).to_le_bytes(), &[]));
             assert!(self.mem_table(MEM, 0));
             for q in [0, 1] {
                 assert!(self.vring(q, VA + desc(q)));
             }
             self.kick(0);
             self.kick(1);
+        }
+
+        pub fn setup(&mut self) {
+            self.setup_with(0)
         }
 
         pub fn write(&self, gpa: u64, bytes: &[u8]) {
@@ -419,6 +424,23 @@ fn a_hostile_vhost_user_frontend_is_counted_and_never_crashes_valed() {
     let got = f.read(buf + 0x1000, 72);
     assert_eq!(&got[10..12], &1u16.to_le_bytes(), "num_buffers");
     assert_eq!(&got[12 + 14..12 + 18], &21u32.to_be_bytes());
+    // Without MRG_RXBUF a packet must fit one buffer (the guest reads no further): a
+    // buffer too small for it is returned empty and the packet counted, not split.
+    f.set_desc(0, 2, buf + 0x1000, 40, F_WRITE, 0);
+    f.offer(0, 2, 1);
+    f.set_desc(0, 3, buf + 0x2000, 2048, F_WRITE, 0);
+    f.offer(0, 3, 1);
+    send(&r, &[frame(VM_MAC, R_MAC, 22)]);
+    assert!(f.wait_used(0, 3), "the small buffer is returned");
+    assert_eq!(f.used_entry(0, 2), (2, 0));
+    assert!(wait_for(2.0, || host_counter(
+        &d,
+        "vale0:vm",
+        "write_errors"
+    ) == 2));
+    send(&r, &[frame(VM_MAC, R_MAC, 23)]);
+    assert!(f.wait_used(0, 4), "the next packet takes the next buffer");
+    assert_eq!(f.used_entry(0, 3), (3, 72));
 
     // An avail index far ahead of the ring: the queue stops, nothing else does.
     f.offer(1, 0, 1000);
@@ -475,10 +497,11 @@ fn a_hostile_vhost_user_frontend_is_counted_and_never_crashes_valed() {
     assert!(f.hung_up(5), "a ring outside guest memory is refused");
     bystanders(12);
 
-    // A well-behaved frontend after all that: traffic flows, and its memory cannot be
-    // shrunk from under valed (sealed when the table was accepted).
+    // A well-behaved frontend after all that (taking packets in several buffers,
+    // MRG_RXBUF): traffic flows, and its memory cannot be shrunk from under valed
+    // (sealed when the table was accepted).
     let mut f = Front::connect(&sock);
-    f.setup();
+    f.setup_with(1 << 15);
     f.write(buf, &pkt(30));
     f.set_desc(1, 0, buf, 72, 0, 0);
     f.offer(1, 0, 1);
@@ -492,7 +515,7 @@ fn a_hostile_vhost_user_frontend_is_counted_and_never_crashes_valed() {
         "guest memory is sealed against shrinking"
     );
     assert!(d.alive(), "valed survived:\n{}", d.log());
-    assert_eq!(host_counter(&d, "vale0:vm", "to_host"), 1);
+    assert_eq!(host_counter(&d, "vale0:vm", "to_host"), 2);
 
     // A guest that starves its RX queue (one buffer too small for any frame, never
     // refilled) while frames wait for it: they wait, and valed sleeps meanwhile (it

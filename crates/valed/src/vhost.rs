@@ -307,7 +307,13 @@ impl VhostIo {
                         rest[0] = first;
                         rest[1..parts.len()].copy_from_slice(&parts[1..]);
                         Some((
-                            put_parts(st.get_queue_mut(), &mem, &mut hb, &rest[..parts.len()]),
+                            put_parts(
+                                st.get_queue_mut(),
+                                &mem,
+                                &mut hb,
+                                &rest[..parts.len()],
+                                out.mergeable(),
+                            ),
                             len,
                         ))
                     });
@@ -433,8 +439,9 @@ fn deliver(
     mem: &GuestMemoryMmap,
     c: &Counters,
 ) -> Option<bool> {
+    let mergeable = out.mergeable();
     let frame = out.pending.front_mut()?;
-    let r = match put_frame(q, mem, frame) {
+    let r = match put_frame(q, mem, frame, mergeable) {
         Put::Done => {
             c.to_host.fetch_add(1, Ordering::Relaxed);
             c.to_host_bytes
@@ -497,6 +504,11 @@ impl Outbox {
         self.recycle(frame);
     }
 
+    /// Whether the guest takes a packet in several RX buffers (`MRG_RXBUF`).
+    fn mergeable(&self) -> bool {
+        self.acked & (1u64 << VIRTIO_NET_F_MRG_RXBUF) != 0
+    }
+
     /// Whether the guest accepted the offloads header `h` asks of it.
     fn guest_takes(&self, h: &VnetHdr) -> bool {
         let has = |bit: u32| self.acked & (1u64 << bit) != 0;
@@ -526,24 +538,35 @@ enum Put {
 
 /// Writes `frame` (12-byte header first; its `num_buffers` is filled in here) into as
 /// many guest RX buffers as it takes.
-fn put_frame(q: &mut virtio_queue::Queue, mem: &GuestMemoryMmap, frame: &mut [u8]) -> Put {
+fn put_frame(
+    q: &mut virtio_queue::Queue,
+    mem: &GuestMemoryMmap,
+    frame: &mut [u8],
+    mergeable: bool,
+) -> Put {
     let (h, rest) = frame.split_at(VNET_HDR);
     let mut hdr = [0u8; VNET_HDR];
     hdr.copy_from_slice(h);
-    put_parts(q, mem, &mut hdr, &[rest])
+    put_parts(q, mem, &mut hdr, &[rest], mergeable)
 }
 
 /// Writes a packet given as its 12-byte header (`num_buffers` is filled in here) and
-/// the parts that follow it into as many guest RX buffers as it takes.
+/// the parts that follow it into as many guest RX buffers as it takes, or into one
+/// buffer (chain) if the guest did not accept `MRG_RXBUF` (it reads no further).
 fn put_parts(
     q: &mut virtio_queue::Queue,
     mem: &GuestMemoryMmap,
     hdr: &mut [u8; VNET_HDR],
     parts: &[&[u8]],
+    mergeable: bool,
 ) -> Put {
     let len = VNET_HDR + parts.iter().map(|p| p.len()).sum::<usize>();
     // A frame that needs more buffers than this can never fit: dropped, not waited for.
-    let most = MAX_RX_BUFFERS.min(q.size() as usize);
+    let most = if mergeable {
+        MAX_RX_BUFFERS.min(q.size() as usize)
+    } else {
+        1
+    };
     let mut chains = Vec::new();
     let mut room = 0usize;
     let mut bad = false;

@@ -48,7 +48,9 @@ struct Conn {
 const LISTENER: u64 = u64::MAX;
 /// Slots of a host port's RX ring (bounded by `--max-slots`).
 const HOST_SLOTS: u32 = 4096;
-/// A host port's TX ring holds this many of the largest frames (`host_geometry`).
+/// A host port's TX ring has this many times the slots of the largest frame
+/// (`host_geometry`): 256 with 2112-byte buffers, room for seven such frames (one slot
+/// stays empty, netmap's rule).
 const HOST_TX_FRAMES: u32 = 8;
 
 /// Callback the binary gives to change log verbosity at run time.
@@ -858,7 +860,7 @@ impl Control {
     /// Host, QEMU and vhost-user ports: one ring each way. The RX ring is deep, since a
     /// 64 KiB super-frame takes 32 slots and the interface may not keep up with a
     /// burst. The TX ring is filled by the forwarding thread and emptied by the switch
-    /// in the same pass, so eight of the largest frames are enough, and its buffers stay
+    /// in the same pass, so room for seven of the largest frames is enough, and its buffers stay
     /// in the CPU's cache (TAP iperf3: forwarding thread 10 % less CPU per GB than with
     /// 4096 slots, docs/performance.md section 3). Ports whose rings cannot hold one
     /// largest frame are refused instead of stalling.

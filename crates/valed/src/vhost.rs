@@ -4,7 +4,7 @@
 //! the switch's forwarding thread serves the queues itself (`VhostIo`), like host ports:
 //! guest TX chains go into the port's TX ring (12-byte virtio-net header in front, the
 //! port's `hdr_len`) in the pass that forwards them, and packets for the guest go into
-//! its RX buffers (mergeable: a packet may take several) straight from the sender's
+//! its RX buffers (several per packet if the guest accepted MRG_RXBUF, else one) straight from the sender's
 //! buffers when the sender has the same header, or from the port's RX ring. Guest memory
 //! is only touched through vm-memory, which checks every descriptor against the memory
 //! table: a bad descriptor is a counted error on the port, never a crash.
@@ -440,6 +440,12 @@ fn deliver(
     c: &Counters,
 ) -> Option<bool> {
     let mergeable = out.mergeable();
+    // The guest's avail index before looking for room: buffers it adds meanwhile make
+    // the index differ from `rx_seen`, so they are tried before the thread sleeps.
+    let seen = q
+        .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+        .ok()
+        .map(|i| i.0);
     let frame = out.pending.front_mut()?;
     let r = match put_frame(q, mem, frame, mergeable) {
         Put::Done => {
@@ -453,10 +459,7 @@ fn deliver(
             false
         }
         Put::NoRoom => {
-            out.rx_seen = q
-                .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
-                .ok()
-                .map(|i| i.0);
+            out.rx_seen = seen;
             return None;
         }
     };

@@ -370,6 +370,9 @@ fn interfaces_that_go_down_or_away_leave_the_daemon_idle() {
         "said so: {}",
         d.log()
     );
+    assert_eq!(d.host(&tap)["gone"], true);
+    let list = stdout_of(&d.ctl(&["list"]));
+    assert!(list.contains("(interface gone)"), "{list}");
     // Traffic toward it is counted, not a problem; the port detaches and goes away.
     let _ = net.ping(&nv, "10.199.3.2", 1);
     ctl_ok(&d, &["-d", &format!("vale0:{tap}")]);

@@ -203,6 +203,9 @@ pub struct HostInfo {
     /// A QEMU stream port waiting for its VM to connect: the port it will be.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// The interface was deleted under the port: detach and remove it.
+    #[serde(default)]
+    pub gone: bool,
     pub counters: HostCounters,
 }
 

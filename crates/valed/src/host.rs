@@ -58,6 +58,8 @@ pub struct Counters {
     pub write_errors: AtomicU64,
     pub read_errors: AtomicU64,
     pub bad_offload: AtomicU64,
+    /// The interface was deleted under the port (a TAP's).
+    pub gone: std::sync::atomic::AtomicBool,
 }
 
 impl Counters {
@@ -273,6 +275,7 @@ impl HostIo {
             );
             self.counters.read_errors.fetch_add(1, Ordering::Relaxed);
         }
+        self.counters.gone.store(true, Ordering::Relaxed);
         self.closed = true;
         let _ = rustix::event::epoll::delete(epoll, &self.dev);
     }

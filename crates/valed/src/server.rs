@@ -1357,6 +1357,7 @@ impl Control {
                     .is_none()
                     .then(|| h.pending_port.clone())
                     .flatten(),
+                gone: h.counters.gone.load(std::sync::atomic::Ordering::Relaxed),
                 counters: h.counters.snapshot(),
             })
             .collect();

@@ -213,10 +213,12 @@ fn run(args: &Args) -> Result<(), String> {
                         "  {:<16} {} {:<16} from_host {} to_host {} truncated {} write_errors {} read_errors {} bad_offload {}",
                         h.name,
                         h.kind,
-                        h.attached.clone().unwrap_or_else(|| match &h.waiting {
-                            Some(p) => format!("{p} (waiting for QEMU)"),
-                            None => "(detached)".into(),
-                        }),
+                        match (&h.attached, &h.waiting, h.gone) {
+                            (Some(a), _, true) => format!("{a} (interface gone)"),
+                            (Some(a), _, false) => a.clone(),
+                            (None, Some(p), _) => format!("{p} (waiting for QEMU)"),
+                            (None, None, _) => "(detached)".into(),
+                        },
                         c.from_host,
                         c.to_host,
                         c.truncated,

@@ -74,6 +74,19 @@ impl Net {
         let _ = run(&["ip", "netns", "del", &n]);
         ok(&["ip", "netns", "add", &n]);
         ok(&["ip", "-n", &n, "link", "set", "lo", "up"]);
+        // No IPv6 on what is moved in: router solicitations and MLD reports, sent at
+        // random moments after a link comes up, would land in captures and counts.
+        for conf in ["all", "default"] {
+            ok(&[
+                "ip",
+                "netns",
+                "exec",
+                &n,
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{conf}.disable_ipv6=1"),
+            ]);
+        }
         self.namespaces.push(n.clone());
         n
     }

@@ -463,6 +463,19 @@ fn tcp4(dst: MacAddr, src: MacAddr, payload: usize) -> Vec<u8> {
     f
 }
 
+/// The header of a TCP/IPv4 super-frame built by `tcp4`: TSO at 1448 bytes, checksum
+/// left to finish.
+fn tso4() -> offload::VnetHdr {
+    offload::VnetHdr {
+        flags: offload::F_NEEDS_CSUM,
+        gso_type: offload::GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+    }
+}
+
 fn vnet(h: offload::VnetHdr, len: u16) -> Vec<u8> {
     let mut v = Vec::new();
     h.write(&mut v, len);
@@ -479,14 +492,7 @@ fn virtio_net_headers_are_resized_stripped_or_finished_in_software() {
     assert!(sw.set_hdr_len(ids[3], 11).is_err());
     let (a, b, d, e) = (&c[0], &c[1], &c[2], &c[3]);
     let big = tcp4(MacAddr::BROADCAST, mac(1), 4000);
-    let gso = offload::VnetHdr {
-        flags: offload::F_NEEDS_CSUM,
-        gso_type: offload::GSO_TCPV4,
-        hdr_len: 54,
-        gso_size: 1448,
-        csum_start: 34,
-        csum_offset: 16,
-    };
+    let gso = tso4();
     let mut pkt = vnet(gso, 12);
     pkt.extend_from_slice(&big);
     assert!(a.queue(&pkt, 3)); // 4066 bytes over three slots
@@ -561,14 +567,7 @@ fn segments_that_do_not_fit_are_counted() {
     let (mut sw, ids, c) = bridge(2, 16);
     sw.set_hdr_len(ids[0], 12).unwrap();
     let (a, e) = (&c[0], &c[1]);
-    let gso = offload::VnetHdr {
-        flags: offload::F_NEEDS_CSUM,
-        gso_type: offload::GSO_TCPV4,
-        hdr_len: 54,
-        gso_size: 1448,
-        csum_start: 34,
-        csum_offset: 16,
-    };
+    let gso = tso4();
     // 12 segments each; e's RX ring holds 15 packets.
     for _ in 0..2 {
         let mut pkt = vnet(gso, 12);

@@ -91,6 +91,14 @@ impl Net {
         n
     }
 
+    /// A veth pair in this namespace, `a` up (deleted on drop).
+    fn veth(&mut self, a: &str, b: &str) {
+        let _ = run(&["ip", "link", "del", a]);
+        ok(&["ip", "link", "add", a, "type", "veth", "peer", "name", b]);
+        self.links.push(a.to_string());
+        ok(&["ip", "link", "set", a, "up"]);
+    }
+
     /// Moves `ifname` into `ns`, gives it `addr` and brings it up.
     fn place(&self, ifname: &str, ns: &str, addr: &str) {
         ok(&["ip", "link", "set", ifname, "netns", ns]);
@@ -310,26 +318,6 @@ fn tap_ports_with_small_rings_keep_forwarding_under_tcp_load() {
     }
 }
 
-/// valed's CPU-seconds (user + system) so far.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / 100.0
-}
-
-/// valed's CPU-seconds over `secs` of idle time.
-fn idle_cpu(d: &Daemon, secs: f64) -> f64 {
-    let t0 = cpu_secs(d.pid());
-    std::thread::sleep(Duration::from_secs_f64(secs));
-    cpu_secs(d.pid()) - t0
-}
-
 /// Interfaces that go down, come back, or are deleted under a switch: a device in error
 /// stays readable for epoll until the error is handled, so once a deleted TAP kept the
 /// forwarding thread at 100 % of a CPU for good. Now: the daemon stays idle, the error
@@ -341,12 +329,7 @@ fn interfaces_that_go_down_or_away_leave_the_daemon_idle() {
     let mut net = Net::new("vg");
     let d = Daemon::start("host-gone", &[]);
     let (veth, peer, tap) = (net.name("x"), net.name("y"), net.name("t"));
-    let _ = run(&["ip", "link", "del", &veth]);
-    ok(&[
-        "ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer,
-    ]);
-    net.links.push(veth.clone());
-    ok(&["ip", "link", "set", &veth, "up"]);
+    net.veth(&veth, &peer);
     let (nv, nt) = (net.ns("V"), net.ns("T"));
     net.place(&peer, &nv, "10.199.3.1/24");
     ctl_ok(&d, &["-n", &tap]);
@@ -354,11 +337,11 @@ fn interfaces_that_go_down_or_away_leave_the_daemon_idle() {
     ctl_ok(&d, &["-a", &format!("vale0:{veth}")]);
     ctl_ok(&d, &["-a", &format!("vale0:{tap}")]);
     assert!(net.ping(&nv, "10.199.3.2", 2), "V pings T\n{}", d.log());
-    let base = idle_cpu(&d, 1.0);
+    let base = d.idle_cpu(1.0);
 
     // The attached interface goes down (its socket gets ENETDOWN), then up again.
     ok(&["ip", "link", "set", &veth, "down"]);
-    let down = idle_cpu(&d, 2.0);
+    let down = d.idle_cpu(2.0);
     assert!(
         down < 0.3,
         "valed used {down:.2} CPU-s in 2 s with {veth} down"
@@ -373,7 +356,7 @@ fn interfaces_that_go_down_or_away_leave_the_daemon_idle() {
 
     // The TAP's interface is deleted under the switch.
     ok(&["ip", "-n", &nt, "link", "del", &tap]);
-    let gone = idle_cpu(&d, 2.0);
+    let gone = d.idle_cpu(2.0);
     assert!(
         gone < 0.3,
         "valed used {gone:.2} CPU-s in 2 s after {tap} was deleted"
@@ -393,7 +376,7 @@ fn interfaces_that_go_down_or_away_leave_the_daemon_idle() {
 
     // The attached interface is deleted too.
     ok(&["ip", "link", "del", &veth]);
-    let del = idle_cpu(&d, 2.0);
+    let del = d.idle_cpu(2.0);
     assert!(
         del < 0.3,
         "valed used {del:.2} CPU-s in 2 s after {veth} was deleted"
@@ -412,12 +395,7 @@ fn a_veth_attached_by_name_reaches_a_tap_port() {
     let d = Daemon::start("host-veth", &[]);
     // A name with '-', as interfaces often have (`veth-a`, `br-lan`): attachable by name.
     let (veth, peer, tap) = (net.name("-x"), net.name("y"), net.name("t"));
-    let _ = run(&["ip", "link", "del", &veth]);
-    ok(&[
-        "ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer,
-    ]);
-    net.links.push(veth.clone());
-    ok(&["ip", "link", "set", &veth, "up"]);
+    net.veth(&veth, &peer);
     let (nd, ne) = (net.ns("D"), net.ns("E"));
     net.place(&peer, &nd, "10.199.1.1/24");
     ctl_ok(&d, &["-n", &tap]);

@@ -478,23 +478,8 @@ fn a_hostile_vhost_user_frontend_is_counted_and_never_crashes_valed() {
     std::thread::sleep(Duration::from_millis(200));
     bystanders(11);
     // ... and valed does not spin on it.
-    let cpu = |d: &Daemon| {
-        let st = std::fs::read_to_string(format!("/proc/{}/stat", d.pid())).unwrap();
-        let f: Vec<u64> = st
-            .rsplit(')')
-            .next()
-            .unwrap()
-            .split_whitespace()
-            .skip(11)
-            .take(2)
-            .map(|v| v.parse().unwrap())
-            .collect();
-        f[0] + f[1]
-    };
-    let c0 = cpu(&d);
-    std::thread::sleep(Duration::from_secs(1));
-    let ticks = cpu(&d) - c0;
-    assert!(ticks < 50, "valed used {ticks} ticks in the second after");
+    let cpu = d.idle_cpu(1.0);
+    assert!(cpu < 0.5, "valed used {cpu:.2} CPU-s in the second after");
     assert!(host_counter(&d, "vale0:vm", "read_errors") > bad.len() as u64);
     drop(f);
 
@@ -555,12 +540,10 @@ fn a_hostile_vhost_user_frontend_is_counted_and_never_crashes_valed() {
     f.offer(0, 0, 1);
     send(&r, &[frame(VM_MAC, R_MAC, 40)]);
     std::thread::sleep(Duration::from_millis(300));
-    let c0 = cpu(&d);
-    std::thread::sleep(Duration::from_secs(1));
-    let ticks = cpu(&d) - c0;
+    let cpu = d.idle_cpu(1.0);
     assert!(
-        ticks < 30,
-        "valed used {ticks} ticks while the guest starved RX"
+        cpu < 0.3,
+        "valed used {cpu:.2} CPU-s while the guest starved RX"
     );
     // The guest adds a buffer: the waiting frame goes out in both (num_buffers 2).
     f.set_desc(0, 1, buf + 0x2000, 2048, F_WRITE, 0);
@@ -581,12 +564,10 @@ fn a_hostile_vhost_user_frontend_is_counted_and_never_crashes_valed() {
     let base = f.stop(0);
     assert_eq!(base, 2, "the device stopped before the too-small buffer");
     std::thread::sleep(Duration::from_millis(300));
-    let c0 = cpu(&d);
-    std::thread::sleep(Duration::from_secs(1));
-    let ticks = cpu(&d) - c0;
+    let cpu = d.idle_cpu(1.0);
     assert!(
-        ticks < 30,
-        "valed used {ticks} ticks with the RX queue stopped"
+        cpu < 0.3,
+        "valed used {cpu:.2} CPU-s with the RX queue stopped"
     );
     // The VM resumes with a big buffer posted meanwhile and no kick: the waiting frame
     // goes out at once, not at valed's idle timer.

@@ -138,6 +138,26 @@ impl Daemon {
         self.child.try_wait().ok().flatten().is_none()
     }
 
+    /// valed's CPU-seconds (user + system) so far.
+    pub fn cpu_secs(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let f: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+        ticks / 100.0
+    }
+
+    /// valed's CPU-seconds over the next `secs` (a daemon left alone should use none).
+    pub fn idle_cpu(&self, secs: f64) -> f64 {
+        let t0 = self.cpu_secs();
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        self.cpu_secs() - t0
+    }
+
     pub fn fd_count(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .map(|d| d.count())

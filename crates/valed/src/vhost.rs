@@ -401,6 +401,12 @@ impl VhostIo {
                             q.set_next_avail(now.0);
                             work |= q.enable_notification(&*mem).unwrap_or(false);
                             q.set_next_avail(next);
+                            // One more try: buffers added while the last one looked are
+                            // behind `now` and would bring no kick.
+                            if !work && deliver(&mut g.out, q, &mem, &self.counters).is_some() {
+                                g.rx_dirty = true;
+                                work = true;
+                            }
                         }
                     }
                 }
@@ -440,12 +446,6 @@ fn deliver(
     c: &Counters,
 ) -> Option<bool> {
     let mergeable = out.mergeable();
-    // The guest's avail index before looking for room: buffers it adds meanwhile make
-    // the index differ from `rx_seen`, so they are tried before the thread sleeps.
-    let seen = q
-        .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
-        .ok()
-        .map(|i| i.0);
     let frame = out.pending.front_mut()?;
     let r = match put_frame(q, mem, frame, mergeable) {
         Put::Done => {
@@ -459,7 +459,11 @@ fn deliver(
             false
         }
         Put::NoRoom => {
-            out.rx_seen = seen;
+            // Buffers the guest added while this looked are tried once more by `arm`.
+            out.rx_seen = q
+                .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+                .ok()
+                .map(|i| i.0);
             return None;
         }
     };

@@ -445,6 +445,102 @@ fn a_veth_attached_by_name_reaches_a_tap_port() {
     assert!(net.ping(&nd, "10.199.1.2", 3), "attached again");
 }
 
+/// Whether `ifname` (in the root namespace) has an XDP program attached.
+fn has_xdp(ifname: &str) -> bool {
+    let o = run(&["ip", "link", "show", ifname]);
+    String::from_utf8_lossy(&o.stdout).contains("prog/xdp")
+}
+
+#[test]
+fn a_veth_attached_with_xdp_reaches_a_tap_port_and_is_given_back() {
+    need_host!();
+    let mut net = Net::new("vx");
+    let mut d = Daemon::start("host-xdp", &[]);
+    let (veth, peer, tap) = (net.name("x"), net.name("y"), net.name("t"));
+    net.veth(&veth, &peer);
+    let (nd, ne) = (net.ns("D"), net.ns("E"));
+    net.place(&peer, &nd, "10.199.3.1/24");
+    ctl_ok(&d, &["-n", &tap]);
+    net.place(&tap, &ne, "10.199.3.2/24");
+    // --xdp is for existing interfaces, not persistent ports.
+    let e = ctl_err(&d, &["-a", &format!("vale3:{tap}"), "--xdp"]);
+    assert!(e.contains("--xdp is for existing interfaces"), "{e}");
+    ctl_ok(&d, &["-a", &format!("vale3:{tap}")]);
+    let o = d.ctl(&["-a", &format!("vale3:{veth}"), "--xdp"]);
+    if !o.status.success() {
+        let e = String::from_utf8_lossy(&o.stderr).to_string();
+        // A kernel without BPF or AF_XDP (CONFIG_XDP_SOCKETS) cannot do this at all.
+        if e.contains("cannot create an XSKMAP") || e.contains("Address family not supported") {
+            eprintln!("SKIP: no AF_XDP here: {e}");
+            return;
+        }
+        panic!("-a --xdp: {e}\n{}", d.log());
+    }
+    assert!(has_xdp(&veth), "an XDP program on {veth} while attached");
+    // A veth is a software interface: vale-ctl says what that means for checksums.
+    let note = String::from_utf8_lossy(&o.stderr);
+    assert!(note.contains("software interface"), "{note}");
+    assert_eq!(d.host(&veth)["kind"], "nic-xdp");
+    assert!(
+        net.ping(&nd, "10.199.3.2", 3),
+        "veth side pings the TAP side through AF_XDP\n{}",
+        d.log()
+    );
+    assert!(net.ping(&ne, "10.199.3.1", 3), "and back");
+    let c = d.host(&veth)["counters"].clone();
+    assert!(
+        c["from_host"].as_u64().unwrap() >= 3 && c["to_host"].as_u64().unwrap() >= 3,
+        "{c}"
+    );
+    // TCP both ways. AF_XDP carries no offload metadata, so the veth's peer must
+    // compute its checksums itself (a NIC's received frames always have them); the
+    // switch cuts the TAP's super-frames into MTU-sized segments for the veth.
+    if run(&[
+        "ip", "netns", "exec", &nd, "ethtool", "-K", &peer, "tx", "off",
+    ])
+    .status
+    .success()
+    {
+        for (from, to, ip) in [(&ne, &nd, "10.199.3.1"), (&nd, &ne, "10.199.3.2")] {
+            if let Some(bytes) = iperf3(from, to, ip) {
+                assert!(
+                    bytes > 1_000_000,
+                    "iperf3 {from} -> {ip} moved {bytes} bytes"
+                );
+            }
+        }
+    } else {
+        eprintln!("SKIP (TCP part): no ethtool (apt-get install ethtool)");
+    }
+    // Idle again: the sockets do not keep the forwarding thread awake.
+    let cpu = d.idle_cpu(1.0);
+    assert!(cpu < 0.2, "valed used {cpu:.2} CPU-s in 1 s of idle");
+
+    // Detach: the program is gone and the interface works as before, e.g. through
+    // AF_PACKET.
+    ctl_ok(&d, &["-d", &format!("vale3:{veth}")]);
+    assert!(!has_xdp(&veth), "the XDP program is detached with the port");
+    assert!(!net.ping(&nd, "10.199.3.2", 2), "no path after detach");
+    ctl_ok(&d, &["-a", &format!("vale3:{veth}")]);
+    assert!(
+        net.ping(&nd, "10.199.3.2", 3),
+        "attached again through AF_PACKET"
+    );
+    ctl_ok(&d, &["-d", &format!("vale3:{veth}")]);
+
+    // A daemon killed outright gives the interface back too: the program was attached
+    // through a BPF link that closes with the process.
+    ctl_ok(&d, &["-a", &format!("vale3:{veth}"), "--xdp"]);
+    assert!(has_xdp(&veth));
+    let _ = d.child.kill();
+    let _ = d.child.wait();
+    assert!(!d.alive());
+    assert!(
+        wait_for(3.0, || !has_xdp(&veth)),
+        "the XDP program outlived valed"
+    );
+}
+
 #[test]
 fn host_port_commands_follow_netmaps_rules() {
     need_host!();

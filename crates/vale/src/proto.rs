@@ -99,8 +99,13 @@ pub enum Request {
     /// netmap's `vale-ctl -r NAME`: removes a persistent port that is not attached.
     HostRemove { name: String },
     /// netmap's `vale-ctl -a valeX:NAME`: attaches persistent port NAME, or the existing
-    /// interface NAME (through AF_PACKET), to switch valeX as port `valeX:NAME`.
-    Attach { port: String },
+    /// interface NAME (through AF_PACKET, or with `xdp` an XDP program and AF_XDP
+    /// sockets), to switch valeX as port `valeX:NAME`.
+    Attach {
+        port: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        xdp: bool,
+    },
     /// netmap's `vale-ctl -d valeX:NAME`: detaches it again; an interface is given back
     /// untouched, a persistent port stays for another attach.
     Detach { port: String },
@@ -229,6 +234,10 @@ pub struct HostCounters {
     /// not take them (malformed headers), dropped.
     #[serde(default)]
     pub bad_offload: u64,
+    /// Frames the kernel dropped on an AF_XDP port's rings (`-a --xdp`): received ones
+    /// with no room or larger than a 4 KiB frame, sent ones larger than the MTU.
+    #[serde(default)]
+    pub kernel_drops: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -34,6 +34,9 @@ pub enum Kind {
     QemuStream,
     /// A vhost-user socket (QEMU `-netdev vhost-user`, DPDK `net_virtio_user`).
     VhostUser,
+    /// An existing interface whose received frames an XDP program steers to AF_XDP
+    /// sockets while it is attached (`-a valeX:IF --xdp`).
+    Xdp,
 }
 
 impl Kind {
@@ -44,6 +47,7 @@ impl Kind {
             Kind::QemuDgram => "qemu-dgram",
             Kind::QemuStream => "qemu-stream",
             Kind::VhostUser => "vhost-user",
+            Kind::Xdp => "nic-xdp",
         }
     }
 }
@@ -58,6 +62,9 @@ pub struct Counters {
     pub write_errors: AtomicU64,
     pub read_errors: AtomicU64,
     pub bad_offload: AtomicU64,
+    /// Frames the kernel dropped on an AF_XDP port's rings: received ones with no room
+    /// or larger than a UMEM frame, sent ones larger than the MTU.
+    pub kernel_drops: AtomicU64,
     /// The interface was deleted under the port (a TAP's).
     pub gone: std::sync::atomic::AtomicBool,
 }
@@ -74,6 +81,7 @@ impl Counters {
             write_errors: g(&self.write_errors),
             read_errors: g(&self.read_errors),
             bad_offload: g(&self.bad_offload),
+            kernel_drops: g(&self.kernel_drops),
         }
     }
 }
@@ -211,6 +219,13 @@ pub struct HostIo {
     /// Attached interfaces: the packet socket's TPACKET_V2 receive ring, if it could be
     /// set up (plain reads otherwise).
     ring: Option<crate::sys::PacketRing>,
+    /// Attached with `--xdp`: the program and the AF_XDP sockets, one per receive
+    /// queue (dropping them gives the interface back).
+    xsk: Option<crate::xsk::Attached>,
+    /// Passes since the kernel's AF_XDP drop counters were last read, and whether the
+    /// last one received frames.
+    xsk_polls: u32,
+    xsk_active: bool,
 }
 
 impl HostIo {
@@ -235,6 +250,9 @@ impl HostIo {
             out_armed: false,
             buf: vec![0u8; MAX_FRAME],
             ring: None,
+            xsk: None,
+            xsk_polls: 0,
+            xsk_active: false,
         }
     }
 
@@ -284,6 +302,109 @@ impl HostIo {
     pub fn with_ring(mut self, ring: Option<crate::sys::PacketRing>) -> HostIo {
         self.ring = ring;
         self
+    }
+
+    /// Reads and writes an attached interface through AF_XDP sockets from now on.
+    pub fn with_xsk(mut self, x: crate::xsk::Attached) -> HostIo {
+        self.xsk = Some(x);
+        self
+    }
+
+    /// AF_XDP: frames from the sockets' receive rings into the TX ring, each as one
+    /// slot or a few (a UMEM frame holds at most `xsk::MAX_RX_FRAME` bytes).
+    fn pull_xsk(&mut self) -> usize {
+        let Some(x) = self.xsk.as_mut() else {
+            return 0;
+        };
+        let bs = self.tx.view().bufs().buf_size() as usize;
+        let room = crate::xsk::FRAME.div_ceil(bs) as u32;
+        let (tx, c) = (&self.tx, &self.counters);
+        let mut got = 0;
+        for s in x.socks.iter_mut() {
+            let (n, bad) = s.recv(BURST - got, |f| {
+                if tx.space() < room {
+                    return false;
+                }
+                ring_put(tx, f);
+                c.from_host.fetch_add(1, Ordering::Relaxed);
+                c.from_host_bytes
+                    .fetch_add(f.len() as u64, Ordering::Relaxed);
+                true
+            });
+            c.read_errors.fetch_add(bad, Ordering::Relaxed);
+            got += n;
+        }
+        // The kernel's drop counters, now and then and when traffic stops (a system
+        // call per socket).
+        self.xsk_polls = self.xsk_polls.wrapping_add(1);
+        let due = self.xsk_polls % 1024 == 0 || (got == 0 && self.xsk_active);
+        self.xsk_active = got > 0;
+        if due {
+            let lost: u64 = x.socks.iter().map(|s| s.statistics().lost()).sum();
+            c.kernel_drops.store(lost, Ordering::Relaxed);
+        }
+        if got > 0 {
+            self.tx.txsync();
+        }
+        got
+    }
+
+    /// AF_XDP: every packet the switch delivered (up to a burst) copied into a UMEM
+    /// frame of the first socket and sent; a packet that does not fit a frame is
+    /// `truncated`, one with no free frame (the interface is slower than the switch)
+    /// a `write_errors`.
+    fn push_xsk(&mut self) -> usize {
+        let Some(x) = self.xsk.as_mut() else {
+            return 0;
+        };
+        let Some(sock) = x.socks.first_mut() else {
+            return 0;
+        };
+        let c = &self.counters;
+        self.rx.rxsync();
+        let v = self.rx.view();
+        let n = self.rx.num_slots();
+        let mut sent = 0;
+        while sent < BURST && self.rx.space() > 0 {
+            // The packet's slots: how many, and its length.
+            let (mut len, mut used, mut h) = (0usize, 0u32, self.rx.head());
+            loop {
+                let s = v.read_slot(h);
+                len += s.len as usize;
+                used += 1;
+                h = vale_abi::ring::next(h, n);
+                if s.flags & NS_MOREFRAG == 0 || used >= self.rx.space() {
+                    break;
+                }
+            }
+            let head = self.rx.head();
+            let ok = len <= crate::xsk::FRAME
+                && sock.send(len, |dst| {
+                    let (mut at, mut h) = (0usize, head);
+                    for _ in 0..used {
+                        let s = v.read_slot(h);
+                        let l = s.len as usize;
+                        v.bufs().read(s.buf_idx, &mut dst[at..at + l]);
+                        at += l;
+                        h = vale_abi::ring::next(h, n);
+                    }
+                });
+            self.rx.advance(used);
+            sent += 1;
+            if ok {
+                c.to_host.fetch_add(1, Ordering::Relaxed);
+                c.to_host_bytes.fetch_add(len as u64, Ordering::Relaxed);
+            } else if len > crate::xsk::FRAME {
+                c.truncated.fetch_add(1, Ordering::Relaxed);
+            } else {
+                c.write_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        sock.flush();
+        if sent > 0 {
+            self.rx.rxsync();
+        }
+        sent
     }
 
     /// A stream port's VM connected again: a new connection, empty buffers.
@@ -525,6 +646,9 @@ impl HostIo {
         if self.closed {
             return 0;
         }
+        if self.xsk.is_some() {
+            return self.pull_xsk();
+        }
         let c = self.counters.clone();
         let mut got = 0;
         if self.ring.is_some() {
@@ -566,6 +690,9 @@ impl HostIo {
     pub fn push(&mut self, epoll: &OwnedFd) -> usize {
         if self.stream.is_some() {
             return self.push_stream(epoll);
+        }
+        if self.xsk.is_some() {
+            return self.push_xsk();
         }
         let c = &self.counters;
         self.rx.rxsync();

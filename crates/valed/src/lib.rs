@@ -8,7 +8,8 @@
 //! (TAP interfaces valed creates, existing interfaces attached through AF_PACKET) are
 //! driven by their switch's forwarding thread.
 
-// `unsafe` only in `sys` (TAP and AF_PACKET setup, which rustix does not wrap).
+// `unsafe` only in `sys` (TAP and AF_PACKET setup, which rustix does not wrap) and
+// `xsk` (AF_XDP rings and bpf(2)).
 #![deny(unsafe_code)]
 
 mod forward;
@@ -19,6 +20,8 @@ mod state;
 #[allow(unsafe_code)]
 mod sys;
 mod vhost;
+#[allow(unsafe_code)]
+mod xsk;
 
 pub use server::{SetVerbosity, StartError, run};
 pub use settings::{ConfigFile, Settings};

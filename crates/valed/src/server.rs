@@ -432,7 +432,7 @@ impl Control {
             }
             Request::HostCreate { name } => (self.host_create(&name), Vec::new()),
             Request::HostRemove { name } => (self.host_remove(&name), Vec::new()),
-            Request::Attach { port } => (self.attach(&port), Vec::new()),
+            Request::Attach { port, xdp } => (self.attach(&port, xdp), Vec::new()),
             Request::Detach { port } => (self.detach(&port), Vec::new()),
             Request::QemuDgram { port, socket, peer } => {
                 (self.qemu_dgram(&port, &socket, &peer), Vec::new())
@@ -681,8 +681,8 @@ impl Control {
         }
     }
 
-    /// `vale-ctl -a valeX:NAME`.
-    fn attach(&mut self, port: &str) -> Response {
+    /// `vale-ctl -a valeX:NAME [--xdp]`.
+    fn attach(&mut self, port: &str, xdp: bool) -> Response {
         let pn = match vale_switch::PortName::parse(port, self.settings.limits.max_name_len) {
             Ok(p) => p,
             Err(e) => return error(ErrorKind::BadName, e.to_string()),
@@ -697,7 +697,17 @@ impl Control {
             }
         }
         let kind = match self.hosts.get(&ifname) {
+            Some(h) if xdp => {
+                return error(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "--xdp is for existing interfaces; {ifname} is a {} port",
+                        h.kind.name()
+                    ),
+                );
+            }
             Some(h) => h.kind,
+            None if sys::if_index(&ifname).is_some() && xdp => Kind::Xdp,
             None if sys::if_index(&ifname).is_some() => Kind::Nic,
             None => {
                 return error(
@@ -719,7 +729,19 @@ impl Control {
             );
         }
         // The interface's descriptor, for the port's thread.
+        let mut xsk = None;
         let dev = match kind {
+            Kind::Xdp => match sys::if_index(&ifname) {
+                Some(i) => crate::xsk::attach(&ifname, i).and_then(|a| {
+                    let d = a.socks[0]
+                        .fd()
+                        .try_clone_to_owned()
+                        .map_err(|e| e.to_string());
+                    xsk = Some(a);
+                    d
+                }),
+                None => Err(format!("{ifname} went away")),
+            },
             Kind::Tap => self.hosts[&ifname]
                 .tap
                 .as_ref()
@@ -744,7 +766,7 @@ impl Control {
             Ok(d) => d,
             Err(e) => return error(ErrorKind::Internal, e),
         };
-        self.attach_dev(port, &ifname, kind, dev, None)
+        self.attach_dev(port, &ifname, kind, dev, None, xsk)
     }
 
     /// Attaches host port `ifname` of `kind`, reached through `dev`, as `port`.
@@ -755,6 +777,7 @@ impl Control {
         kind: Kind,
         dev: OwnedFd,
         peer: Option<SocketAddrUnix>,
+        mut xsk: Option<crate::xsk::Attached>,
     ) -> Response {
         let ifname = ifname.to_string();
         let a = match self.host_geometry().and_then(|g| self.acquire(port, g)) {
@@ -766,7 +789,7 @@ impl Control {
         let hdr = match kind {
             Kind::Tap => sys::TAP_VNET_HDR,
             Kind::Nic => sys::PACKET_VNET_HDR_LEN,
-            Kind::QemuDgram | Kind::QemuStream => 0,
+            Kind::QemuDgram | Kind::QemuStream | Kind::Xdp => 0,
             Kind::VhostUser => crate::vhost::VNET_HDR as u16,
         };
         let counters = self
@@ -787,6 +810,16 @@ impl Control {
                 epoll::EventFlags::IN,
             )
             .map_err(|e| format!("epoll_ctl: {e}"))?;
+            // AF_XDP: every queue's socket wakes the thread.
+            for s in xsk.iter().flat_map(|a| a.socks.iter().skip(1)) {
+                epoll::add(
+                    &shared.epoll,
+                    s.fd(),
+                    epoll::EventData::new_u64(HOST | key_data(a.key)),
+                    epoll::EventFlags::IN,
+                )
+                .map_err(|e| format!("epoll_ctl: {e}"))?;
+            }
             // Attached interfaces read through a TPACKET_V2 ring (2048-byte slots for
             // ordinary frames; super-frames come through the socket), or plainly if the
             // kernel refuses one.
@@ -797,19 +830,28 @@ impl Control {
                         .ok()
                 })
                 .flatten();
-            st.hosts.insert(
-                a.key,
-                HostIo::new(
-                    dev,
-                    tx,
-                    rx,
-                    counters.clone(),
-                    peer,
-                    kind == Kind::QemuStream,
-                )
-                .with_ring(ring)
-                .named(&ifname, HOST | key_data(a.key)),
-            );
+            let mut io = HostIo::new(
+                dev,
+                tx,
+                rx,
+                counters.clone(),
+                peer,
+                kind == Kind::QemuStream,
+            )
+            .with_ring(ring)
+            .named(&ifname, HOST | key_data(a.key));
+            if let Some(x) = xsk.take() {
+                let zc = x.socks.iter().all(|s| s.zerocopy);
+                tracing::info!(
+                    interface = %ifname,
+                    queues = x.socks.len(),
+                    hook = if x.native { "driver" } else { "generic" },
+                    copy = if zc { "zero-copy" } else { "copy" },
+                    "AF_XDP"
+                );
+                io = io.with_xsk(x);
+            }
+            st.hosts.insert(a.key, io);
             Ok(())
         })();
         match started {
@@ -939,7 +981,7 @@ impl Control {
                 vhost: None,
             },
         );
-        let r = self.attach_dev(port, &name, Kind::QemuDgram, dev, Some(peer_addr));
+        let r = self.attach_dev(port, &name, Kind::QemuDgram, dev, Some(peer_addr), None);
         if matches!(r, Response::Error { .. }) {
             if let Some(h) = self.hosts.remove(&name) {
                 if let Some(p) = h.socket {
@@ -1027,7 +1069,7 @@ impl Control {
                         vhost: None,
                     },
                 );
-                let r = self.attach_dev(port, &name, Kind::QemuStream, conn, None);
+                let r = self.attach_dev(port, &name, Kind::QemuStream, conn, None, None);
                 if matches!(r, Response::Error { .. }) {
                     self.hosts.remove(&name);
                 }
@@ -1192,7 +1234,7 @@ impl Control {
                 shared.wake_forwarder();
             }
             (None, Some(port)) => {
-                let r = self.attach_dev(&port, &name, Kind::QemuStream, conn, None);
+                let r = self.attach_dev(&port, &name, Kind::QemuStream, conn, None, None);
                 if let Response::Error { message, .. } = r {
                     tracing::warn!(port, "cannot attach the QEMU connection: {message}");
                 }
@@ -1357,7 +1399,9 @@ impl Control {
                     .is_none()
                     .then(|| h.pending_port.clone())
                     .flatten(),
-                gone: h.counters.gone.load(std::sync::atomic::Ordering::Relaxed),
+                // A TAP says so itself; an existing interface is looked up by name.
+                gone: h.counters.gone.load(std::sync::atomic::Ordering::Relaxed)
+                    || (matches!(h.kind, Kind::Nic | Kind::Xdp) && sys::if_index(n).is_none()),
                 counters: h.counters.snapshot(),
             })
             .collect();

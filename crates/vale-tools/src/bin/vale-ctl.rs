@@ -29,6 +29,11 @@ struct Args {
     /// Attach persistent port or existing interface IF to switch valeX as port valeX:IF
     #[arg(short = 'a', value_name = "valeX:IF")]
     attach: Option<String>,
+    /// With -a on an existing interface: steer its received frames to the switch with an
+    /// XDP program and AF_XDP sockets (zero-copy where the driver supports it) instead
+    /// of AF_PACKET; the host stack no longer sees them while it is attached
+    #[arg(long, requires = "attach")]
+    xdp: bool,
     /// Detach valeX:IF again (an interface is given back untouched)
     #[arg(short = 'd', value_name = "valeX:IF")]
     detach: Option<String>,
@@ -147,21 +152,37 @@ fn run(args: &Args) -> Result<(), String> {
             p.split(':').next().unwrap_or("vale0")
         ));
     }
-    type MakeRequest = fn(String) -> Request;
-    let host_ops: [(&Option<String>, MakeRequest); 4] = [
-        (&args.new_if, |name| Request::HostCreate { name }),
-        (&args.attach, |port| Request::Attach { port }),
-        (&args.detach, |port| Request::Detach { port }),
-        (&args.remove, |name| Request::HostRemove { name }),
+    let host_ops: [Option<Request>; 4] = [
+        args.new_if.clone().map(|name| Request::HostCreate { name }),
+        args.attach.clone().map(|port| Request::Attach {
+            port,
+            xdp: args.xdp,
+        }),
+        args.detach.clone().map(|port| Request::Detach { port }),
+        args.remove.clone().map(|name| Request::HostRemove { name }),
     ];
     let mut did = false;
-    for (v, make) in host_ops {
-        if let Some(v) = v {
-            let r = call(args, &make(v.clone()))?;
-            if args.json {
-                print_json(&r);
-            }
-            did = true;
+    for req in host_ops.into_iter().flatten() {
+        let r = call(args, &req)?;
+        if args.json {
+            print_json(&r);
+        }
+        did = true;
+    }
+    if let (Some(port), true) = (&args.attach, args.xdp) {
+        let ifname = port.split_once(':').map_or("", |p| p.1);
+        // A software interface (veth, ...) has no `device`: what local senders give it
+        // may leave checksums to offload, and AF_XDP carries no flag saying so.
+        if !ifname.is_empty()
+            && std::path::Path::new(&format!("/sys/class/net/{ifname}")).exists()
+            && !std::path::Path::new(&format!("/sys/class/net/{ifname}/device")).exists()
+        {
+            eprintln!(
+                "vale-ctl: note: {ifname} is a software interface: frames local senders pass it \
+                 with checksum offload (a veth peer's default) arrive through AF_XDP without \
+                 their checksums; turn it off on the sender (ethtool -K PEER tx off) or attach \
+                 without --xdp"
+            );
         }
     }
     if did {
@@ -210,7 +231,7 @@ fn run(args: &Args) -> Result<(), String> {
                 for h in hosts {
                     let c = &h.counters;
                     println!(
-                        "  {:<16} {} {:<16} from_host {} to_host {} truncated {} write_errors {} read_errors {} bad_offload {}",
+                        "  {:<16} {} {:<16} from_host {} to_host {} truncated {} write_errors {} read_errors {} bad_offload {}{}",
                         h.name,
                         h.kind,
                         match (&h.attached, &h.waiting, h.gone) {
@@ -224,7 +245,12 @@ fn run(args: &Args) -> Result<(), String> {
                         c.truncated,
                         c.write_errors,
                         c.read_errors,
-                        c.bad_offload
+                        c.bad_offload,
+                        if h.kind == "nic-xdp" {
+                            format!(" kernel_drops {}", c.kernel_drops)
+                        } else {
+                            String::new()
+                        }
                     );
                 }
             }

@@ -7,8 +7,9 @@ and the ratios the performance issue asks for.
     bench/run.py --smoke         # 1 run, 1-second windows: proves each row works (CI)
     bench/run.py --only ours,ceiling
     (rows: ours, memif, vhost (dpdk-testpmd virtio_user on a vhost-user port), bridge,
-    host (TAP ports and iperf3), ceiling, and vm (QEMU guests under TCG; not in the
-    default set: about a minute per run))
+    host (TAP ports and iperf3), ceiling, attach (a veth attached through AF_PACKET and
+    AF_XDP, 60-byte frames each way; not in the default set), and vm (QEMU guests under
+    TCG; not in the default set: about a minute per run))
 
 Rows that cannot run (no dpdk-testpmd, not root) print SKIP with the reason. Every
 process this script starts is stopped by PID; namespaces it creates are removed even on
@@ -493,6 +494,62 @@ def ours_tap(secs, count):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+ATTACH_NS = "vbnic"
+
+
+def ours_attach(secs, xdp, inbound):
+    """A veth whose peer sits in a namespace, attached to vale0 through AF_PACKET or
+    (xdp) AF_XDP. inbound: afpkt floods 60-byte frames from the namespace into the
+    switch (a pkt-gen port receives): the Mpps the sender gets out. Otherwise pkt-gen
+    sends 60-byte UDP frames through the switch to the namespace's address: the Mpps
+    its UDP socket receives."""
+    if os.geteuid() != 0:
+        return "SKIP: needs root for network namespaces"
+    if xdp and not shutil.which("ethtool"):
+        return "SKIP: ethtool not installed (apt-get install ethtool)"
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="vale-bench-")
+    try:
+        v = Valed(procs, tmp)
+        sh("ip", "netns", "del", ATTACH_NS, check=False)
+        sh("ip", "link", "del", "vbnicb", check=False)
+        sh("ip", "netns", "add", ATTACH_NS)
+        sh("ip", "link", "add", "vbnica", "type", "veth", "peer", "name", "vbnicb")
+        sh("ip", "link", "set", "vbnica", "netns", ATTACH_NS)
+        sh("ip", "-n", ATTACH_NS, "addr", "add", "10.9.0.2/24", "dev", "vbnica")
+        sh("ip", "-n", ATTACH_NS, "link", "set", "vbnica", "up")
+        sh("ip", "link", "set", "vbnicb", "up")
+        if xdp:
+            # AF_XDP carries no offload flags: the sender must finish its checksums.
+            sh("ip", "netns", "exec", ATTACH_NS, "ethtool", "-K", "vbnica", "tx", "off")
+        subprocess.run([os.path.join(BIN, "vale-ctl"), "-a", "vale0:vbnicb", *(["--xdp"] if xdp else [])],
+                       env=v.env, check=True, capture_output=True)
+        afpkt = os.path.join(BIN, "afpkt")
+        if inbound:
+            rx = v.pktgen(procs, "-i", "vale0:r", "-f", "rx", "--duration", str(int(secs) + 3))
+            time.sleep(1)
+            out = sh("ip", "netns", "exec", ATTACH_NS, afpkt, "tx", "vbnica", "ff:ff:ff:ff:ff:ff",
+                     "10.9.0.1", "10.9.0.2", "9", "60", str(secs)).stdout
+            m = re.search(r"tx: ([\d.]+) Mpps", out)
+        else:
+            mac = sh("ip", "netns", "exec", ATTACH_NS, "cat", "/sys/class/net/vbnica/address").stdout.strip()
+            rx = procs.start(["ip", "netns", "exec", ATTACH_NS, afpkt, "rx", "9", str(secs)])
+            time.sleep(0.5)
+            subprocess.run([os.path.join(BIN, "pkt-gen"), "-i", "vale0:g", "-f", "tx", "-D", mac, "-s", "10.9.0.1:9",
+                            "-d", "10.9.0.2:9", "-l", "60", "--duration", str(max(1, int(secs)))],
+                           env=v.env, capture_output=True, check=False)
+            out, _ = rx.communicate(timeout=secs + 40)
+            m = re.search(r"rx: ([\d.]+) Mpps", out)
+        return float(m.group(1)) if m else None
+    except subprocess.CalledProcessError as e:
+        return f"SKIP: {' '.join(e.cmd)} failed: {(e.stderr or '').strip()}"
+    finally:
+        procs.stop_all()
+        sh("ip", "netns", "del", ATTACH_NS, check=False)
+        sh("ip", "link", "del", "vbnicb", check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 # ---------------------------------------------------------------------------- VMs
 
 
@@ -730,6 +787,15 @@ def main():
                 add("ours: iperf3, forwarding thread CPU-seconds per GB", 60, r[0][2])
                 add("ours: ping RTT between TAP ports us (p50 | p99)", 60, r[1])
                 add("ours: ping RTT between TAP ports us (p50 | p99)", 1514, r[2])
+        if "attach" in only:
+            for xdp, how in ((False, "AF_PACKET"), (True, "AF_XDP")):
+                for inbound, label in ((True, f"ours: veth attached ({how}), into the switch, Mpps"),
+                                       (False, f"ours: veth attached ({how}), out to a UDP socket, Mpps")):
+                    r = ours_attach(a.secs, xdp, inbound)
+                    if isinstance(r, str):
+                        notes.append(f"{label}: {r}")
+                    else:
+                        add(label, 60, r)
         if "vm" in only:
             for how, label in (("vhost", "VMs (TCG): iperf3 over our vhost-user ports, Gbit/s"),
                                ("stream", "VMs (TCG): iperf3 over our -netdev stream ports, Gbit/s"),
@@ -799,6 +865,10 @@ def main():
     t = m("ours: ping RTT between TAP ports us (p50 | p99)", 60)
     if t and r_br:
         ratios.append(f"ping RTT p50, ours (TAP ports) / Linux bridge (veth): {t / r_br:.2f}x")
+    for d in ("into the switch", "out to a UDP socket"):
+        x, p = m(f"ours: veth attached (AF_XDP), {d}, Mpps", 60), m(f"ours: veth attached (AF_PACKET), {d}, Mpps", 60)
+        if x and p:
+            ratios.append(f"attached veth, {d}, AF_XDP / AF_PACKET (60 B): {x / p:.2f}x")
     for r in ratios:
         print(r)
     for n in notes:

@@ -222,10 +222,10 @@ pub struct HostIo {
     /// Attached with `--xdp`: the program and the AF_XDP sockets, one per receive
     /// queue (dropping them gives the interface back).
     xsk: Option<crate::xsk::Attached>,
-    /// Passes since the kernel's AF_XDP drop counters were last read, and whether the
-    /// last one received frames.
+    /// Passes over the AF_XDP sockets, and when the kernel's drop counters were last
+    /// read.
     xsk_polls: u32,
-    xsk_active: bool,
+    xsk_stats_at: std::time::Instant,
 }
 
 impl HostIo {
@@ -252,7 +252,7 @@ impl HostIo {
             ring: None,
             xsk: None,
             xsk_polls: 0,
-            xsk_active: false,
+            xsk_stats_at: std::time::Instant::now(),
         }
     }
 
@@ -311,7 +311,9 @@ impl HostIo {
     }
 
     /// AF_XDP: frames from the sockets' receive rings into the TX ring, each as one
-    /// slot or a few (a UMEM frame holds at most `xsk::MAX_RX_FRAME` bytes).
+    /// slot or a few (a received frame is at most a UMEM frame less the kernel's 256
+    /// bytes of headroom). The first socket served turns each pass, so a busy queue
+    /// cannot starve the others (a zero-copy NIC drops what waits, uncounted).
     fn pull_xsk(&mut self) -> usize {
         let Some(x) = self.xsk.as_mut() else {
             return 0;
@@ -320,7 +322,11 @@ impl HostIo {
         let room = crate::xsk::FRAME.div_ceil(bs) as u32;
         let (tx, c) = (&self.tx, &self.counters);
         let mut got = 0;
-        for s in x.socks.iter_mut() {
+        let nq = x.socks.len();
+        self.xsk_polls = self.xsk_polls.wrapping_add(1);
+        let first = self.xsk_polls as usize % nq.max(1);
+        for i in 0..nq {
+            let s = &mut x.socks[(first + i) % nq];
             let (n, bad) = s.recv(BURST - got, |f| {
                 if tx.space() < room {
                     return false;
@@ -334,12 +340,12 @@ impl HostIo {
             c.read_errors.fetch_add(bad, Ordering::Relaxed);
             got += n;
         }
-        // The kernel's drop counters, now and then and when traffic stops (a system
-        // call per socket).
-        self.xsk_polls = self.xsk_polls.wrapping_add(1);
-        let due = self.xsk_polls % 1024 == 0 || (got == 0 && self.xsk_active);
-        self.xsk_active = got > 0;
-        if due {
+        // The kernel's drop counters, about once a second (a system call per socket;
+        // the clock is read only on idle passes and every 1024th).
+        if (got == 0 || self.xsk_polls % 1024 == 0)
+            && self.xsk_stats_at.elapsed() >= std::time::Duration::from_secs(1)
+        {
+            self.xsk_stats_at = std::time::Instant::now();
             let lost: u64 = x.socks.iter().map(|s| s.statistics().lost()).sum();
             c.kernel_drops.store(lost, Ordering::Relaxed);
         }
@@ -401,6 +407,12 @@ impl HostIo {
             }
         }
         sock.flush();
+        if sock.tx_dropped > 0 {
+            // Counted as sent above; the interface dropped them.
+            let n = std::mem::take(&mut sock.tx_dropped);
+            c.to_host.fetch_sub(n, Ordering::Relaxed);
+            c.write_errors.fetch_add(n, Ordering::Relaxed);
+        }
         if sent > 0 {
             self.rx.rxsync();
         }

@@ -849,6 +849,14 @@ impl Control {
                     copy = if zc { "zero-copy" } else { "copy" },
                     "AF_XDP"
                 );
+                if !x.native {
+                    tracing::warn!(
+                        interface = %ifname,
+                        "no XDP in the driver: the kernel's generic hook runs after GRO, so \
+                         merged frames larger than 3.8 KB are dropped (kernel_drops); \
+                         `ethtool -K {ifname} gro off` avoids that"
+                    );
+                }
                 io = io.with_xsk(x);
             }
             st.hosts.insert(a.key, io);

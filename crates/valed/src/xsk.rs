@@ -4,9 +4,9 @@
 //! to our AF_XDP socket for `q` (an `XSKMAP`), and to the kernel's stack when there is
 //! none. The program is attached through a BPF link: closing the link's descriptor
 //! (detach, or valed exiting in any way) detaches it, so the interface is given back
-//! as it was. Each socket has its own UMEM (2048 frames of 4 KiB: half for the fill
-//! ring, half for sending); the kernel picks zero-copy where the driver supports it and
-//! copies otherwise.
+//! as it was. Each socket has its own UMEM of 4 KiB frames (`frames_for`: half for
+//! the fill ring, half for sending); the kernel picks zero-copy where the driver
+//! supports it and copies otherwise.
 //!
 //! Kernel ABI: linux/if_xdp.h, linux/bpf.h. The kernel owns the rings' other index and
 //! the frames it holds; everything read back from it (descriptor addresses and lengths)
@@ -14,7 +14,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering, fence};
 
 const AF_XDP: libc::c_int = 44;
 const SOL_XDP: libc::c_int = 283;
@@ -110,8 +110,8 @@ pub struct Statistics {
 impl Statistics {
     /// Frames the kernel dropped: received ones it had no room for or that were too
     /// large for a frame (`rx_dropped`, which also counts what
-    /// `rx_fill_ring_empty_descs` counts again), and ones we sent that it refused
-    /// (larger than the interface's MTU).
+    /// `rx_fill_ring_empty_descs` counts again), and descriptors we sent that it
+    /// refused as invalid.
     pub fn lost(&self) -> u64 {
         self.rx_dropped
             .saturating_add(self.rx_ring_full)
@@ -319,6 +319,9 @@ pub struct Xsk {
     /// Frames handed to the TX ring that the kernel has not taken yet.
     tx_queued: bool,
     pub zerocopy: bool,
+    /// Frames the kernel took but did not send (copy mode, `EBUSY` from `sendto`:
+    /// the interface dropped it); the caller counts and clears.
+    pub tx_dropped: u64,
 }
 
 // SAFETY: the raw pointers are into mappings this value owns; it moves between threads
@@ -393,6 +396,7 @@ impl Xsk {
             free: (frames / 2..frames).map(|f| (f * FRAME) as u64).collect(),
             tx_queued: false,
             zerocopy: false,
+            tx_dropped: 0,
         };
         // The first half of the frames waits in the fill ring for received frames.
         for f in 0..frames / 2 {
@@ -443,6 +447,15 @@ impl Xsk {
     /// ring. Returns the frames taken and how many were malformed (outside the UMEM).
     pub fn recv(&mut self, max: usize, mut f: impl FnMut(&[u8]) -> bool) -> (usize, u64) {
         let ready = self.rx.ready().min(max as u32);
+        if ready == 0 {
+            // A zero-copy driver that found the fill ring empty waits to be woken
+            // (copy mode never sets the flag); it may have set it after our last
+            // look, and no frame will arrive to make us look again.
+            if self.fill.need_wakeup() {
+                self.wake_rx();
+            }
+            return (0, 0);
+        }
         let (mut took, mut bad) = (0u32, 0u64);
         while took < ready {
             let (addr, len) = self.rx.read_desc(self.rx.ours);
@@ -471,6 +484,9 @@ impl Xsk {
         if took > 0 {
             self.rx.publish(false);
             self.fill.publish(true);
+            // The flag is read after the producer index is visible (the driver sets
+            // the flag, then looks at the index).
+            fence(Ordering::SeqCst);
             if self.fill.need_wakeup() {
                 self.wake_rx();
             }
@@ -511,7 +527,8 @@ impl Xsk {
     /// frame; false (nothing queued) when the frame is too large or no frame or TX
     /// entry is free. `flush` sends what was queued.
     pub fn send(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> bool {
-        if len > FRAME {
+        // (A zero-length descriptor is invalid: never completed, its frame would leak.)
+        if len == 0 || len > FRAME {
             return false;
         }
         if self.free.is_empty() || self.tx.room() == 0 {
@@ -532,17 +549,22 @@ impl Xsk {
         true
     }
 
-    /// Publishes queued frames and has the kernel send them (in copy mode `sendto`
-    /// sends a batch of up to 32 per call, so it is repeated while frames wait).
+    /// Publishes queued frames and has the kernel send them. A zero-copy driver is
+    /// kicked once (it sends from its own context); in copy mode each `sendto` sends
+    /// at most a batch (32) in the caller's context, so it is repeated while it makes
+    /// progress.
     pub fn flush(&mut self) {
         if !self.tx_queued {
             return;
         }
         self.tx.publish(true);
+        fence(Ordering::SeqCst);
+        let pending = |x: &Xsk| x.tx.ours != x.tx.cons().load(Ordering::Acquire);
         for _ in 0..64 {
             if !self.tx.need_wakeup() {
                 break;
             }
+            let before = self.tx.cons().load(Ordering::Acquire);
             // SAFETY: sendto(2) with no data: only kicks the socket's TX ring.
             let r = unsafe {
                 libc::sendto(
@@ -554,18 +576,21 @@ impl Xsk {
                     0,
                 )
             };
-            let pending = self.tx.ours != self.tx.cons().load(Ordering::Acquire);
-            if !pending {
+            let err = (r < 0).then(|| io::Error::last_os_error().raw_os_error());
+            if err == Some(Some(libc::EBUSY)) {
+                // Taken and completed, but the interface dropped it.
+                self.tx_dropped += 1;
+            }
+            let progressed = self.tx.cons().load(Ordering::Acquire) != before;
+            if self.zerocopy || !pending(self) || !progressed {
                 break;
             }
-            if r < 0 {
-                let e = io::Error::last_os_error().raw_os_error();
-                if e != Some(libc::EAGAIN) && e != Some(libc::EBUSY) && e != Some(libc::EINTR) {
-                    break; // the interface is down: frames wait for a later flush
-                }
+            match err {
+                None | Some(Some(libc::EAGAIN | libc::EBUSY | libc::EINTR)) => {}
+                _ => break, // down or gone: what waits goes with a later flush
             }
         }
-        self.tx_queued = self.tx.ours != self.tx.cons().load(Ordering::Acquire);
+        self.tx_queued = pending(self);
         self.reclaim();
     }
 
@@ -638,12 +663,19 @@ fn rx_queues(ifname: &str) -> u32 {
                 .count() as u32
         })
         .unwrap_or(1)
-        .clamp(1, MAX_QUEUES)
+        .max(1)
 }
 
 /// Steers `ifname`'s received frames to new AF_XDP sockets, one per receive queue.
 pub fn attach(ifname: &str, ifindex: u32) -> Result<Attached, String> {
     let queues = rx_queues(ifname);
+    if queues > MAX_QUEUES {
+        // Frames on the others would bypass the switch without a word.
+        return Err(format!(
+            "{ifname} has {queues} receive queues; --xdp serves at most {MAX_QUEUES} \
+             (fewer with `ethtool -L {ifname} combined {MAX_QUEUES}`), or attach without --xdp"
+        ));
+    }
     let mut attr = [0u8; 128];
     put32(&mut attr, 0, BPF_MAP_TYPE_XSKMAP);
     put32(&mut attr, 4, 4);
@@ -695,8 +727,10 @@ pub fn attach(ifname: &str, ifindex: u32) -> Result<Attached, String> {
         put32(&mut attr, 12, flags);
         link = bpf(BPF_LINK_CREATE, &mut attr);
         native = drv;
+        // A driver may refuse its own hook for its configuration (MTU, LRO: EINVAL,
+        // ERANGE, ...): the generic hook still works. Busy means another program.
         match &link {
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => continue,
+            Err(e) if !matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EEXIST)) => continue,
             _ => break,
         }
     }

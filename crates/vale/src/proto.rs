@@ -200,7 +200,8 @@ pub struct HostInfo {
     /// The interface name.
     pub name: String,
     /// `tap` (created by valed), `nic` (an existing interface, through AF_PACKET),
-    /// `qemu-stream` or `qemu-dgram` (a VM's `-netdev stream` / `dgram` socket).
+    /// `nic-xdp` (one through XDP and AF_XDP), `qemu-stream` or `qemu-dgram` (a VM's
+    /// `-netdev stream` / `dgram` socket), `vhost-user`.
     pub kind: String,
     /// The switch port it is attached as, `valeX:NAME`.
     #[serde(default)]

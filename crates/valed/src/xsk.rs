@@ -705,8 +705,13 @@ pub fn attach(ifname: &str, ifindex: u32) -> Result<Attached, String> {
     })?;
     let mut socks = Vec::new();
     for q in 0..queues {
-        let x = Xsk::new(ifindex, q, frames_for(queues))
-            .map_err(|e| format!("cannot bind an AF_XDP socket to {ifname} queue {q}: {e}"))?;
+        let x = Xsk::new(ifindex, q, frames_for(queues)).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                format!("{ifname} queue {q} already has an AF_XDP socket (another program's)")
+            } else {
+                format!("cannot bind an AF_XDP socket to {ifname} queue {q}: {e}")
+            }
+        })?;
         let (key, val) = (q, x.fd.as_raw_fd() as u32);
         let mut attr = [0u8; 128];
         put32(&mut attr, 0, map.as_raw_fd() as u32);

@@ -516,9 +516,29 @@ fn a_veth_attached_with_xdp_reaches_a_tap_port_and_is_given_back() {
     let cpu = d.idle_cpu(1.0);
     assert!(cpu < 0.2, "valed used {cpu:.2} CPU-s in 1 s of idle");
 
-    // Detach: the program is gone and the interface works as before, e.g. through
-    // AF_PACKET.
+    // Detach under a flood ping (bounded in count and time): the program is gone and
+    // the interface works as before, e.g. through AF_PACKET.
+    let mut flood = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &nd,
+            "ping",
+            "-f",
+            "-c",
+            "100000",
+            "-w",
+            "3",
+            "10.199.3.2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     ctl_ok(&d, &["-d", &format!("vale3:{veth}")]);
+    let _ = flood.wait();
+    assert!(d.alive(), "valed survives\n{}", d.log());
     assert!(!has_xdp(&veth), "the XDP program is detached with the port");
     assert!(!net.ping(&nd, "10.199.3.2", 2), "no path after detach");
     ctl_ok(&d, &["-a", &format!("vale3:{veth}")]);

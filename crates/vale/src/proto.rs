@@ -236,7 +236,7 @@ pub struct HostCounters {
     #[serde(default)]
     pub bad_offload: u64,
     /// Frames the kernel dropped on an AF_XDP port's rings (`-a --xdp`): received ones
-    /// with no room or larger than a 4 KiB frame, sent ones larger than the MTU.
+    /// with no room or larger than a 4 KiB frame, sent descriptors it refused.
     #[serde(default)]
     pub kernel_drops: u64,
 }

@@ -63,7 +63,7 @@ pub struct Counters {
     pub read_errors: AtomicU64,
     pub bad_offload: AtomicU64,
     /// Frames the kernel dropped on an AF_XDP port's rings: received ones with no room
-    /// or larger than a UMEM frame, sent ones larger than the MTU.
+    /// or larger than a UMEM frame, sent descriptors it refused as invalid.
     pub kernel_drops: AtomicU64,
     /// The interface was deleted under the port (a TAP's).
     pub gone: std::sync::atomic::AtomicBool,

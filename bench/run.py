@@ -7,9 +7,9 @@ and the ratios the performance issue asks for.
     bench/run.py --smoke         # 1 run, 1-second windows: proves each row works (CI)
     bench/run.py --only ours,ceiling
     (rows: ours, memif, vhost (dpdk-testpmd virtio_user on a vhost-user port), bridge,
-    host (TAP ports and iperf3), ceiling, attach (a veth attached through AF_PACKET and
-    AF_XDP, 60-byte frames each way; not in the default set), and vm (QEMU guests under
-    TCG; not in the default set: about a minute per run))
+    host (TAP ports and iperf3), attach (a veth attached through AF_PACKET and AF_XDP,
+    60-byte frames each way), ceiling, and vm (QEMU guests under TCG; not in the
+    default set: about a minute per run))
 
 Rows that cannot run (no dpdk-testpmd, not root) print SKIP with the reason. Every
 process this script starts is stopped by PID; namespaces it creates are removed even on
@@ -722,7 +722,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--secs", type=float, default=3.0)
     ap.add_argument("--smoke", action="store_true", help="1 run of 1 s per row; asserts no speed")
-    ap.add_argument("--only", default="ours,memif,vhost,bridge,host,ceiling")
+    ap.add_argument("--only", default="ours,memif,vhost,bridge,host,attach,ceiling")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--scaling", metavar="LIST", help="only the multi-thread scaling table, e.g. 1,2,4,8")
     ap.add_argument("--length", type=int, default=60, help="frame length for --scaling")

@@ -367,7 +367,19 @@ impl Xsk {
             flags: 0,
             tx_metadata_len: 0,
         };
-        setsockopt(&fd, XDP_UMEM_REG, &reg).map_err(fail)?;
+        setsockopt(&fd, XDP_UMEM_REG, &reg)
+            .map_err(|e| {
+                // The kernel pins the UMEM, within RLIMIT_MEMLOCK unless CAP_IPC_LOCK.
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "registering {} MiB of frames: {e} (locked memory: valed needs \
+                         CAP_IPC_LOCK or a larger RLIMIT_MEMLOCK)",
+                        len >> 20
+                    ),
+                )
+            })
+            .map_err(fail)?;
         for opt in [
             XDP_UMEM_FILL_RING,
             XDP_UMEM_COMPLETION_RING,

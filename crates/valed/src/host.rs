@@ -122,25 +122,45 @@ pub fn ring_put(ring: &AppRing, frame: &[u8]) {
     ring.advance(parts as u32);
 }
 
+/// The next packet of an RX ring, from `head`: the slots it takes and its length
+/// (a chain cut short by the ring's end is taken as it is).
+pub fn ring_peek(ring: &AppRing) -> (u32, usize) {
+    let v = ring.view();
+    let (n, space) = (ring.num_slots(), ring.space());
+    let (mut used, mut len, mut h) = (0u32, 0usize, ring.head());
+    loop {
+        let s = v.read_slot(h);
+        len += s.len as usize;
+        used += 1;
+        h = vale_abi::ring::next(h, n);
+        if s.flags & NS_MOREFRAG == 0 || used >= space {
+            return (used, len);
+        }
+    }
+}
+
+/// Copies the `used` slots from `head` (a packet `ring_peek` measured) into `dst`, which
+/// is as long as the packet.
+pub fn ring_copy(ring: &AppRing, used: u32, dst: &mut [u8]) {
+    let v = ring.view();
+    let n = ring.num_slots();
+    let (mut at, mut h) = (0usize, ring.head());
+    for _ in 0..used {
+        let s = v.read_slot(h);
+        let l = (s.len as usize).min(dst.len() - at);
+        v.bufs().read(s.buf_idx, &mut dst[at..at + l]);
+        at += l;
+        h = vale_abi::ring::next(h, n);
+    }
+}
+
 /// Takes the next packet of an RX ring (fragments joined) into `out`, and moves `head`
 /// past it.
 pub fn ring_take(ring: &AppRing, out: &mut Vec<u8>) {
+    let (used, len) = ring_peek(ring);
     out.clear();
-    let v = ring.view();
-    let n = ring.num_slots();
-    let mut h = ring.head();
-    let mut used = 0;
-    loop {
-        let s = v.read_slot(h);
-        let start = out.len();
-        out.resize(start + s.len as usize, 0);
-        v.bufs().read(s.buf_idx, &mut out[start..]);
-        used += 1;
-        h = vale_abi::ring::next(h, n);
-        if s.flags & NS_MOREFRAG == 0 || used >= ring.space() {
-            break;
-        }
-    }
+    out.resize(len, 0);
+    ring_copy(ring, used, out);
     ring.advance(used);
 }
 
@@ -368,33 +388,11 @@ impl HostIo {
         };
         let c = &self.counters;
         self.rx.rxsync();
-        let v = self.rx.view();
-        let n = self.rx.num_slots();
         let mut sent = 0;
         while sent < BURST && self.rx.space() > 0 {
-            // The packet's slots: how many, and its length.
-            let (mut len, mut used, mut h) = (0usize, 0u32, self.rx.head());
-            loop {
-                let s = v.read_slot(h);
-                len += s.len as usize;
-                used += 1;
-                h = vale_abi::ring::next(h, n);
-                if s.flags & NS_MOREFRAG == 0 || used >= self.rx.space() {
-                    break;
-                }
-            }
-            let head = self.rx.head();
-            let ok = len <= crate::xsk::FRAME
-                && sock.send(len, |dst| {
-                    let (mut at, mut h) = (0usize, head);
-                    for _ in 0..used {
-                        let s = v.read_slot(h);
-                        let l = s.len as usize;
-                        v.bufs().read(s.buf_idx, &mut dst[at..at + l]);
-                        at += l;
-                        h = vale_abi::ring::next(h, n);
-                    }
-                });
+            let (used, len) = ring_peek(&self.rx);
+            let rx = &self.rx;
+            let ok = len <= crate::xsk::FRAME && sock.send(len, |dst| ring_copy(rx, used, dst));
             self.rx.advance(used);
             sent += 1;
             if ok {
@@ -708,28 +706,12 @@ impl HostIo {
         }
         let c = &self.counters;
         self.rx.rxsync();
-        let v = self.rx.view();
-        let n = self.rx.num_slots();
         let mut sent = 0;
         while sent < BURST && self.rx.space() > 0 {
-            let mut len = 0;
-            let mut used = 0;
-            let mut h = self.rx.head();
-            let mut whole = true;
-            loop {
-                let s = v.read_slot(h);
-                let l = s.len as usize;
-                if len + l <= self.buf.len() {
-                    v.bufs().read(s.buf_idx, &mut self.buf[len..len + l]);
-                    len += l;
-                } else {
-                    whole = false;
-                }
-                used += 1;
-                h = vale_abi::ring::next(h, n);
-                if s.flags & NS_MOREFRAG == 0 || used >= self.rx.space() {
-                    break;
-                }
+            let (used, len) = ring_peek(&self.rx);
+            let whole = len <= self.buf.len();
+            if whole {
+                ring_copy(&self.rx, used, &mut self.buf[..len]);
             }
             self.rx.advance(used);
             sent += 1;

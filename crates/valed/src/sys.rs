@@ -268,11 +268,21 @@ pub fn packet_socket(ifindex: u32) -> io::Result<OwnedFd> {
 }
 
 fn setsockopt<T>(fd: &OwnedFd, opt: libc::c_int, v: &T) -> io::Result<()> {
+    setsockopt_at(fd, libc::SOL_PACKET, opt, v)
+}
+
+/// setsockopt(2) of a plain value at `level` (AF_PACKET here, AF_XDP in `xsk`).
+pub fn setsockopt_at<T>(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    v: &T,
+) -> io::Result<()> {
     // SAFETY: `v` points to a `T` of the size passed, alive for the call.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
-            libc::SOL_PACKET,
+            level,
             opt,
             (v as *const T).cast(),
             std::mem::size_of::<T>() as u32,

@@ -124,17 +124,7 @@ fn last_err() -> io::Error {
 }
 
 fn setsockopt<T>(fd: &OwnedFd, opt: libc::c_int, v: &T) -> io::Result<()> {
-    // SAFETY: `v` is a live value of the size passed.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            SOL_XDP,
-            opt,
-            v as *const T as *const libc::c_void,
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if r < 0 { Err(last_err()) } else { Ok(()) }
+    crate::sys::setsockopt_at(fd, SOL_XDP, opt, v)
 }
 
 fn getsockopt<T: Default>(fd: BorrowedFd<'_>, opt: libc::c_int) -> io::Result<T> {

@@ -86,22 +86,6 @@ impl Counters {
     }
 }
 
-/// One host port, as the control thread knows it.
-pub struct Host {
-    pub kind: Kind,
-    /// TAP: the device (the interface exists while valed holds it).
-    pub tap: Option<OwnedFd>,
-    /// Where it is attached: `(valeX:NAME, lane, key)`.
-    pub attached: Option<(String, usize, PortKey)>,
-    pub counters: Arc<Counters>,
-    /// A socket file valed created for it (removed with it).
-    pub socket: Option<std::path::PathBuf>,
-    /// A stream port waiting for its VM to connect: the switch port it will be.
-    pub pending_port: Option<String>,
-    /// A vhost-user port's serving thread.
-    pub vhost: Option<crate::vhost::Worker>,
-}
-
 /// Copies one frame into the next free slots of a TX ring (the caller checked there is
 /// room), several with `NS_MOREFRAG` if it is larger than a buffer, and moves `head`
 /// past them.

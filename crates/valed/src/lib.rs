@@ -2,26 +2,32 @@
 //! calls [`run`].
 //!
 //! One control thread serves the unix socket (requests in order, one connection per
-//! open port: the port lives while a connection holds it); one forwarding thread runs
-//! every switch's engine, busy-polling while traffic flows and sleeping in epoll on the
-//! ports' kick eventfds when idle (`--threads N`: each switch on one of N). Host ports
-//! (TAP interfaces valed creates, existing interfaces attached through AF_PACKET) are
-//! driven by their switch's forwarding thread.
+//! open port: the port lives while a connection holds it); one forwarding thread per
+//! lane runs its switches' engines, busy-polling while traffic flows and sleeping in
+//! epoll on the ports' kick eventfds when idle (`--threads N`: each switch on one of N).
+//! Host ports (TAP interfaces valed creates, existing interfaces attached through
+//! AF_PACKET or AF_XDP, QEMU sockets, vhost-user) are driven by their switch's
+//! forwarding thread.
+//!
+//! - `daemon`: start and shutdown; `control`: the control thread; `lane`: a forwarding
+//!   thread and what it owns; `error`: why requests are refused.
 
 // `unsafe` only in `sys` (TAP and AF_PACKET setup, which rustix does not wrap) and
 // `xsk` (AF_XDP rings and bpf(2)).
 #![deny(unsafe_code)]
 
-mod forward;
+mod control;
+mod daemon;
+mod error;
 mod host;
-mod server;
+mod lane;
 pub mod settings;
-mod state;
 #[allow(unsafe_code)]
 mod sys;
 mod vhost;
 #[allow(unsafe_code)]
 mod xsk;
 
-pub use server::{SetVerbosity, StartError, run};
+pub use daemon::{SetVerbosity, run};
+pub use error::StartError;
 pub use settings::{ConfigFile, Settings};

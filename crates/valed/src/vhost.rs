@@ -106,11 +106,11 @@ fn lock(g: &GuestRef) -> std::sync::MutexGuard<'_, Guest> {
 /// turned into wake-ups of the forwarding thread, which moves the packets (`VhostIo`).
 pub struct NetBackend {
     guest: GuestRef,
-    lane: Arc<crate::state::Shared>,
+    lane: Arc<crate::lane::Lane>,
 }
 
 impl NetBackend {
-    pub fn new(guest: GuestRef, lane: Arc<crate::state::Shared>) -> NetBackend {
+    pub fn new(guest: GuestRef, lane: Arc<crate::lane::Lane>) -> NetBackend {
         NetBackend { guest, lane }
     }
 }

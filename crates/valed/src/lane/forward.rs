@@ -2,7 +2,7 @@
 //! when idle (Snabb's breathe loop, netmap's need_kick): a busy switch runs on shared
 //! memory alone, an idle one costs nothing.
 
-use crate::state::Shared;
+use super::{Lane, Token};
 use rustix::event::Timespec;
 use rustix::event::epoll;
 use std::sync::Arc;
@@ -10,27 +10,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use vale_switch::Notify;
 
-/// Epoll data of the wake eventfd; kick fds carry `1 + switch << 16 | port`, host-port
-/// devices the same with `HOST` set.
-pub const WAKE: u64 = 0;
-pub const HOST: u64 = 1 << 63;
-
-pub fn key_data(k: vale_switch::PortKey) -> u64 {
-    1 + ((k.switch as u64) << 16 | k.port.0 as u64)
-}
-
-/// The port of an epoll key (`key_data`, without the `HOST` bit).
-fn port_key(d: u64) -> vale_switch::PortKey {
-    vale_switch::PortKey {
-        switch: ((d - 1) >> 16) as usize,
-        port: vale_switch::PortId(((d - 1) & 0xffff) as u16),
-    }
-}
-
-pub fn run(shared: Arc<Shared>, busy_poll: Duration) {
+pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
     let mut notes: Vec<Notify> = Vec::new();
-    let mut wake_fds: Vec<u64> = Vec::new();
-    let mut host_errors: Vec<u64> = Vec::new();
+    let mut kicked: Vec<vale_switch::PortKey> = Vec::new();
+    let mut faults: Vec<vale_switch::PortKey> = Vec::new();
     let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
     let mut idle_since: Option<Instant> = None;
     let mut empty_passes = 0u32;
@@ -39,8 +22,8 @@ pub fn run(shared: Arc<Shared>, busy_poll: Duration) {
             let mut st = shared.lock();
             let now = shared.now();
             let mut moved = 0;
-            wake_fds.clear();
-            host_errors.clear();
+            kicked.clear();
+            faults.clear();
             let st = &mut *st;
             // Host ports: what their interfaces have goes into their TX rings first,
             // so it crosses the switch in this pass.
@@ -123,29 +106,31 @@ pub fn run(shared: Arc<Shared>, busy_poll: Duration) {
             }
             let mut b = [0u8; 8];
             for ev in &events {
-                let d = ev.data.u64();
-                if d == WAKE {
-                    let _ = rustix::io::read(&shared.wake, &mut b);
-                } else if d & HOST != 0 {
-                    // A host port's interface has frames: the next pass reads them.
-                    // An error condition stays until handled (below).
-                    let flags = ev.flags;
-                    if flags.intersects(epoll::EventFlags::ERR | epoll::EventFlags::HUP) {
-                        host_errors.push(d & !HOST);
+                match Token::from_u64(ev.data.u64()) {
+                    Some(Token::Wake) => {
+                        let _ = rustix::io::read(&shared.wake, &mut b);
                     }
-                } else {
-                    wake_fds.push(d);
+                    // A driven port's interface has frames: the next pass reads them.
+                    // An error condition stays until handled (below).
+                    Some(Token::Driven(k)) => {
+                        let flags = ev.flags;
+                        if flags.intersects(epoll::EventFlags::ERR | epoll::EventFlags::HUP) {
+                            faults.push(k);
+                        }
+                    }
+                    Some(Token::Kick(k)) => kicked.push(k),
+                    None => {}
                 }
             }
         }
         let mut st = shared.lock();
-        for &d in &host_errors {
-            if let Some(h) = st.hosts.get_mut(&port_key(d)) {
+        for k in &faults {
+            if let Some(h) = st.hosts.get_mut(k) {
                 h.device_error(&shared.epoll);
             }
         }
-        for d in &wake_fds {
-            if let Some(f) = st.fds.get(&port_key(*d)) {
+        for k in &kicked {
+            if let Some(f) = st.fds.get(k) {
                 let mut b = [0u8; 8];
                 let _ = rustix::io::read(&f.kick, &mut b);
             }

@@ -1,4 +1,10 @@
-//! State shared by the control thread and the forwarding thread.
+//! A lane: one forwarding thread, the switches it owns, its epoll set and its lock,
+//! shared by the control thread (which adds and removes ports) and the forwarder.
+
+pub mod forward;
+mod token;
+
+pub use token::Token;
 
 use rustix::fd::OwnedFd;
 use std::collections::HashMap;
@@ -13,7 +19,9 @@ pub struct PortFds {
     pub notify: OwnedFd,
 }
 
-pub struct State {
+/// What the lane's lock guards: its switches, the eventfds of their ports, and the
+/// ports its forwarding thread drives itself.
+pub struct LaneState {
     pub registry: Registry,
     pub fds: HashMap<PortKey, PortFds>,
     /// Host ports of this lane's switches, driven by its forwarding thread.
@@ -23,10 +31,21 @@ pub struct State {
     pub vhosts: HashMap<PortKey, crate::vhost::VhostIo>,
 }
 
+impl LaneState {
+    pub fn new(registry: Registry) -> LaneState {
+        LaneState {
+            registry,
+            fds: HashMap::new(),
+            hosts: HashMap::new(),
+            vhosts: HashMap::new(),
+        }
+    }
+}
+
 /// Shared between threads. The forwarding thread takes the lock for one pass at a time;
 /// the control thread raises `ctl_waiting` so the forwarder steps aside promptly.
-pub struct Shared {
-    state: Mutex<State>,
+pub struct Lane {
+    state: Mutex<LaneState>,
     ctl_waiting: AtomicBool,
     pub stop: AtomicBool,
     /// The forwarder's epoll set: kick eventfds of all ports, and `wake`.
@@ -43,9 +62,9 @@ pub fn coarse_ns() -> u64 {
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
-impl Shared {
-    pub fn new(state: State, epoll: OwnedFd, wake: OwnedFd) -> Shared {
-        Shared {
+impl Lane {
+    pub fn new(state: LaneState, epoll: OwnedFd, wake: OwnedFd) -> Lane {
+        Lane {
             state: Mutex::new(state),
             ctl_waiting: AtomicBool::new(false),
             stop: AtomicBool::new(false),
@@ -56,7 +75,7 @@ impl Shared {
     }
 
     /// For the forwarding thread.
-    pub fn lock(&self) -> MutexGuard<'_, State> {
+    pub fn lock(&self) -> MutexGuard<'_, LaneState> {
         while self.ctl_waiting.load(Ordering::Acquire) {
             std::thread::yield_now();
         }
@@ -69,7 +88,7 @@ impl Shared {
         let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
         CtlGuard {
             g: Some(g),
-            shared: self,
+            lane: self,
         }
     }
 
@@ -84,19 +103,19 @@ impl Shared {
 }
 
 pub struct CtlGuard<'a> {
-    g: Option<MutexGuard<'a, State>>,
-    shared: &'a Shared,
+    g: Option<MutexGuard<'a, LaneState>>,
+    lane: &'a Lane,
 }
 
 impl std::ops::Deref for CtlGuard<'_> {
-    type Target = State;
-    fn deref(&self) -> &State {
+    type Target = LaneState;
+    fn deref(&self) -> &LaneState {
         self.g.as_ref().expect("guard present until drop")
     }
 }
 
 impl std::ops::DerefMut for CtlGuard<'_> {
-    fn deref_mut(&mut self) -> &mut State {
+    fn deref_mut(&mut self) -> &mut LaneState {
         self.g.as_mut().expect("guard present until drop")
     }
 }
@@ -104,6 +123,6 @@ impl std::ops::DerefMut for CtlGuard<'_> {
 impl Drop for CtlGuard<'_> {
     fn drop(&mut self) {
         self.g = None;
-        self.shared.ctl_waiting.store(false, Ordering::Release);
+        self.lane.ctl_waiting.store(false, Ordering::Release);
     }
 }

@@ -1,0 +1,172 @@
+//! Client connections: accepting them, reading one request at a time, replying (with
+//! descriptors), and releasing the port a connection held when it closes.
+
+use super::{Control, CtlToken};
+use crate::error::CtlError;
+use rustix::event::epoll;
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::net::SocketFlags;
+use std::collections::HashMap;
+use vale::proto::{Request, Response};
+use vale_switch::PortKey;
+
+/// A port a connection holds open: the lane it lives on, and its key there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub lane: usize,
+    pub key: PortKey,
+}
+
+pub struct Conn {
+    fd: OwnedFd,
+    /// The peer's user id (SO_PEERCRED), if the kernel told us.
+    pub uid: Option<u32>,
+    /// The port this connection holds open.
+    pub port: Option<Held>,
+}
+
+impl Conn {
+    /// Host ports reach the host's network (a TAP in any namespace, any interface in
+    /// promiscuous mode) and monitors see other clients' traffic: only root or the
+    /// daemon's own user may use them, whoever else the socket's mode lets in.
+    pub fn may_touch_host(&self) -> bool {
+        let me = rustix::process::geteuid().as_raw();
+        self.uid.is_some_and(|u| u == 0 || u == me)
+    }
+}
+
+/// Open connections by id.
+#[derive(Default)]
+pub struct Conns {
+    by_id: HashMap<u64, Conn>,
+    next_id: u64,
+}
+
+impl Conns {
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Conn> {
+        self.by_id.get(&id)
+    }
+
+    pub fn get_mut(&mut self, id: u64) -> Option<&mut Conn> {
+        self.by_id.get_mut(&id)
+    }
+}
+
+/// A reply: the response and the descriptors that go with it (an opened port's).
+pub struct Reply {
+    pub resp: Response,
+    pub fds: Vec<OwnedFd>,
+}
+
+impl From<Response> for Reply {
+    fn from(resp: Response) -> Reply {
+        Reply {
+            resp,
+            fds: Vec::new(),
+        }
+    }
+}
+
+impl Control {
+    pub(super) fn accept(&mut self, listener: &OwnedFd) {
+        loop {
+            match rustix::net::accept_with(listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
+                Ok(fd) => {
+                    self.conns.next_id += 1;
+                    let id = self.conns.next_id;
+                    if let Err(e) = epoll::add(
+                        &self.ep,
+                        &fd,
+                        epoll::EventData::new_u64(CtlToken::Conn(id).into_u64()),
+                        epoll::EventFlags::IN,
+                    ) {
+                        tracing::warn!(error = %e, "cannot watch a new connection");
+                        continue;
+                    }
+                    let uid = rustix::net::sockopt::socket_peercred(&fd)
+                        .ok()
+                        .map(|c| c.uid.as_raw());
+                    tracing::debug!(conn = id, ?uid, "client connected");
+                    self.conns.by_id.insert(
+                        id,
+                        Conn {
+                            fd,
+                            uid,
+                            port: None,
+                        },
+                    );
+                }
+                Err(rustix::io::Errno::AGAIN) => return,
+                Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) fn readable(&mut self, id: u64, buf: &mut [u8]) {
+        let Some(conn) = self.conns.get(id) else {
+            return;
+        };
+        let n = match vale::sock::recv(conn.fd.as_fd(), buf) {
+            Ok((0, _)) => return self.disconnect(id),
+            Ok((n, fds)) => {
+                drop(fds); // clients send no descriptors; close any they do send
+                n
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                tracing::debug!(conn = id, "receive failed: {e}");
+                return self.disconnect(id);
+            }
+        };
+        let reply = match serde_json::from_slice::<Request>(&buf[..n]) {
+            Ok(req) => self.handle(id, req),
+            Err(e) => Err(CtlError::Malformed {
+                len: n,
+                why: e.to_string(),
+            }),
+        };
+        let reply = reply.unwrap_or_else(|e| Reply::from(Response::from(e)));
+        self.reply(id, &reply);
+    }
+
+    fn reply(&mut self, id: u64, reply: &Reply) {
+        let Some(conn) = self.conns.get(id) else {
+            return;
+        };
+        let bytes = match serde_json::to_vec(&reply.resp) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a response");
+                return;
+            }
+        };
+        let borrowed: Vec<_> = reply.fds.iter().map(|f| f.as_fd()).collect();
+        if let Err(e) = vale::sock::send(conn.fd.as_fd(), &bytes, &borrowed) {
+            tracing::debug!(conn = id, "reply failed: {e}");
+            self.disconnect(id);
+        }
+    }
+
+    fn disconnect(&mut self, id: u64) {
+        let Some(conn) = self.conns.by_id.remove(&id) else {
+            return;
+        };
+        tracing::debug!(conn = id, "client disconnected");
+        if let Some(h) = conn.port {
+            self.ports.release(h);
+        }
+    }
+
+    /// Whether connection `id`'s peer may use host ports and monitors.
+    pub(super) fn may_touch_host(&self, id: u64) -> bool {
+        self.conns.get(id).is_some_and(Conn::may_touch_host)
+    }
+}

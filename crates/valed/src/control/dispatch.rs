@@ -1,0 +1,189 @@
+//! A request to its handler: one arm per request, one permission gate in front of
+//! everything that touches the host's network, and the open of a client's port.
+
+use super::Control;
+use super::conn::Reply;
+use super::query;
+use crate::error::CtlError;
+use vale::proto::{self, GeometryRequest, Request, Response};
+use vale_abi::PortGeometry;
+
+/// Requests that create or attach network interfaces (or sockets valed serves VMs on).
+fn touches_host(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::HostCreate { .. }
+            | Request::HostRemove { .. }
+            | Request::Attach { .. }
+            | Request::Detach { .. }
+            | Request::QemuDgram { .. }
+            | Request::QemuStream { .. }
+            | Request::VhostUser { .. }
+    )
+}
+
+fn done(message: String) -> Result<Reply, CtlError> {
+    Ok(Response::Done { message }.into())
+}
+
+impl Control {
+    pub(super) fn handle(&mut self, id: u64, req: Request) -> Result<Reply, CtlError> {
+        if touches_host(&req) && !self.may_touch_host(id) {
+            return Err(CtlError::Permission {
+                what: "host ports create and attach network interfaces".into(),
+                action: "do that",
+            });
+        }
+        match req {
+            Request::Open {
+                version,
+                name,
+                geometry,
+            } => self.open(id, version, &name, geometry),
+            Request::List => {
+                let switches = query::snapshot(&self.ports);
+                Ok(query::list(&switches, self.hosts.info()).into())
+            }
+            Request::Stats { port } => {
+                let switches = query::snapshot(&self.ports);
+                query::stats(&switches, port.as_deref()).map(Reply::from)
+            }
+            Request::Fdb { switch } => query::fdb(&self.ports, &switch).map(Reply::from),
+            Request::Set { key, value } => self.set(&key, &value).map(done)?,
+            Request::Settings => {
+                Ok(query::settings(&self.settings, self.ports.lanes().len()).into())
+            }
+            Request::HostCreate { name } => self.host_create(&name).map(done)?,
+            Request::HostRemove { name } => self.host_remove(&name).map(done)?,
+            Request::Attach { port, xdp } => self.attach(&port, xdp).map(done)?,
+            Request::Detach { port } => self.detach(&port).map(done)?,
+            Request::QemuDgram { port, socket, peer } => {
+                self.qemu_dgram(&port, &socket, &peer).map(done)?
+            }
+            Request::QemuStream {
+                port,
+                listen,
+                connect,
+            } => self.qemu_stream(&port, listen, connect).map(done)?,
+            Request::VhostUser {
+                port,
+                socket,
+                client,
+            } => self.vhost_user(&port, &socket, client).map(done)?,
+        }
+    }
+
+    fn open(
+        &mut self,
+        id: u64,
+        version: u32,
+        name: &str,
+        req: GeometryRequest,
+    ) -> Result<Reply, CtlError> {
+        if version != proto::VERSION {
+            return Err(CtlError::Version {
+                client: version,
+                daemon: proto::VERSION,
+            });
+        }
+        if self.conns.get(id).is_some_and(|c| c.port.is_some()) {
+            return Err(CtlError::AlreadyHolding);
+        }
+        if name.contains('/') && !self.may_touch_host(id) {
+            return Err(CtlError::Permission {
+                what: format!("{name}: monitors see other clients' traffic"),
+                action: "open them",
+            });
+        }
+        if let Some(h) = self.hosts.attached_as(name) {
+            return Err(CtlError::Busy(format!(
+                "{name} is host port {h}, served by valed itself; detach it first (vale-ctl -d {name})"
+            )));
+        }
+        let d = self.settings.limits.default_geometry;
+        let g = PortGeometry {
+            tx_rings: req.tx_rings.unwrap_or(d.tx_rings),
+            rx_rings: req.rx_rings.unwrap_or(d.rx_rings),
+            tx_slots: req.tx_slots.unwrap_or(d.tx_slots),
+            rx_slots: req.rx_slots.unwrap_or(d.rx_slots),
+            buf_size: d.buf_size,
+        };
+        let a = self.ports.acquire(name, g)?;
+        if let Some(c) = self.conns.get_mut(id) {
+            c.port = Some(a.held);
+        }
+        Ok(Reply {
+            resp: a.opened,
+            fds: vec![a.memfd, a.kick, a.notify],
+        })
+    }
+
+    /// `vale-ctl set KEY VALUE`.
+    fn set(&mut self, key: &str, value: &str) -> Result<String, CtlError> {
+        match key {
+            "bridge_batch" => {
+                let Ok(n) = value.parse::<usize>() else {
+                    return Err(CtlError::BadRequest(format!(
+                        "bridge_batch `{}` is not a number",
+                        value.escape_default()
+                    )));
+                };
+                let mut result = Ok(());
+                for l in self.ports.lanes() {
+                    result = result.and(l.lock_ctl().registry.set_batch(n));
+                }
+                result.map_err(|e| CtlError::BadRequest(e.to_string()))?;
+                self.settings.limits.batch = n;
+                tracing::info!("bridge_batch set to {n}");
+                Ok(format!("bridge_batch = {n}"))
+            }
+            "verbose" => match value.parse::<u8>() {
+                Ok(v) => {
+                    self.settings.verbose = v;
+                    (self.set_verbosity)(v);
+                    Ok(format!("verbose = {v}"))
+                }
+                Err(_) => Err(CtlError::BadRequest(format!(
+                    "verbose `{}` is not a number 0..=255",
+                    value.escape_default()
+                ))),
+            },
+            other => Err(CtlError::BadRequest(format!(
+                "unknown setting `{}`; settable at run time: bridge_batch, verbose",
+                other.escape_default()
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_request_that_reaches_the_host_is_gated() {
+        let gated = [
+            r#"{"op":"host_create","name":"vi0"}"#,
+            r#"{"op":"host_remove","name":"vi0"}"#,
+            r#"{"op":"attach","port":"vale0:eth0"}"#,
+            r#"{"op":"detach","port":"vale0:eth0"}"#,
+            r#"{"op":"qemu_dgram","port":"vale0:q","socket":"/a","peer":"/b"}"#,
+            r#"{"op":"qemu_stream","port":"vale0:q","listen":"/a"}"#,
+            r#"{"op":"vhost_user","port":"vale0:v","socket":"/a"}"#,
+        ];
+        for j in gated {
+            let r: Request = serde_json::from_str(j).unwrap();
+            assert!(touches_host(&r), "{j}");
+        }
+        for j in [
+            r#"{"op":"list"}"#,
+            r#"{"op":"stats"}"#,
+            r#"{"op":"fdb","switch":"vale0"}"#,
+            r#"{"op":"settings"}"#,
+            r#"{"op":"open","version":1,"name":"vale0:a"}"#,
+        ] {
+            let r: Request = serde_json::from_str(j).unwrap();
+            assert!(!touches_host(&r), "{j}");
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The control thread: one epoll loop over the listening socket, the client connections
+//! and the descriptors host ports ask it to watch, answering requests in order.
+//!
+//! - `conn`: connections, what their peers may do, replies;
+//! - `dispatch`: a request to its handler, through one permission gate;
+//! - `ports`: the port table across lanes (open, release, attach a driven port);
+//! - `hosts`: ports valed drives itself (TAP, interfaces, QEMU, vhost-user);
+//! - `query`: list, stats, fdb and settings, rendered from snapshots.
+
+mod conn;
+mod dispatch;
+mod hosts;
+mod ports;
+mod query;
+
+use crate::daemon::SetVerbosity;
+use crate::error::StartError;
+use crate::lane::Lane;
+use crate::settings::Settings;
+use conn::Conns;
+use hosts::HostPorts;
+use ports::PortTable;
+use rustix::event::{Timespec, epoll};
+use rustix::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use vale::proto;
+
+/// The epoll data of one descriptor in the control thread's set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CtlToken {
+    /// The control socket: a client is connecting.
+    Listener,
+    /// A client connection, by id.
+    Conn(u64),
+    /// A descriptor a host port asked the control thread to watch (a QEMU stream
+    /// port's listener), by the host port's id.
+    Host(u64),
+}
+
+const TAG_SHIFT: u32 = 62;
+
+impl CtlToken {
+    fn into_u64(self) -> u64 {
+        let id = |tag: u64, v: u64| tag << TAG_SHIFT | (v & ((1 << TAG_SHIFT) - 1));
+        match self {
+            CtlToken::Listener => 0,
+            CtlToken::Conn(c) => id(1, c),
+            CtlToken::Host(h) => id(2, h),
+        }
+    }
+
+    fn from_u64(d: u64) -> Option<CtlToken> {
+        let v = d & ((1 << TAG_SHIFT) - 1);
+        match d >> TAG_SHIFT {
+            0 if d == 0 => Some(CtlToken::Listener),
+            1 => Some(CtlToken::Conn(v)),
+            2 => Some(CtlToken::Host(v)),
+            _ => None,
+        }
+    }
+}
+
+/// Everything the control thread owns.
+pub struct Control {
+    ports: PortTable,
+    settings: Settings,
+    conns: Conns,
+    hosts: HostPorts,
+    set_verbosity: SetVerbosity,
+    /// The control thread's epoll set (connections, the listener, host ports' sockets).
+    ep: OwnedFd,
+}
+
+impl Control {
+    pub fn new(
+        lanes: Vec<Arc<Lane>>,
+        settings: Settings,
+        set_verbosity: SetVerbosity,
+    ) -> Result<Control, StartError> {
+        Ok(Control {
+            ports: PortTable::new(lanes, settings.limits),
+            settings,
+            conns: Conns::default(),
+            hosts: HostPorts::default(),
+            set_verbosity,
+            ep: epoll::create(epoll::CreateFlags::CLOEXEC)
+                .map_err(|e| StartError::Os("epoll_create", e.into()))?,
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Open client connections.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Serves requests until `stop` is set.
+    pub fn serve(&mut self, listener: &OwnedFd, stop: &AtomicBool) -> Result<(), StartError> {
+        epoll::add(
+            &self.ep,
+            listener,
+            epoll::EventData::new_u64(CtlToken::Listener.into_u64()),
+            epoll::EventFlags::IN,
+        )
+        .map_err(|e| StartError::Os("epoll_ctl", e.into()))?;
+        let mut events: Vec<epoll::Event> = Vec::with_capacity(64);
+        let mut buf = vec![0u8; proto::MAX_MSG];
+        let tick = Timespec {
+            tv_sec: 0,
+            tv_nsec: 100_000_000,
+        };
+        while !stop.load(Ordering::Relaxed) {
+            events.clear();
+            match epoll::wait(
+                &self.ep,
+                rustix::buffer::spare_capacity(&mut events),
+                Some(&tick),
+            ) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(StartError::Os("epoll_wait", e.into())),
+            }
+            for ev in events.clone() {
+                match CtlToken::from_u64(ev.data.u64()) {
+                    Some(CtlToken::Listener) => self.accept(listener),
+                    Some(CtlToken::Conn(id)) => self.readable(id, &mut buf),
+                    Some(CtlToken::Host(id)) => self.host_ready(id),
+                    None => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_tokens_round_trip_and_stay_apart() {
+        let all = [
+            CtlToken::Listener,
+            CtlToken::Conn(1),
+            CtlToken::Conn((1 << 62) - 1),
+            CtlToken::Host(0),
+            CtlToken::Host(77),
+        ];
+        for t in all {
+            assert_eq!(CtlToken::from_u64(t.into_u64()), Some(t), "{t:?}");
+        }
+        assert_eq!(CtlToken::from_u64(3 << 62), None);
+        assert_ne!(CtlToken::Conn(5).into_u64(), CtlToken::Host(5).into_u64());
+    }
+}

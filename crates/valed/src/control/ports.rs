@@ -1,0 +1,222 @@
+//! The port table across lanes: which lane owns a switch, opening (creating) a port with
+//! its eventfds, releasing it, and handing a port's rings to the forwarding thread for
+//! ports it drives itself.
+
+use super::conn::Held;
+use crate::error::CtlError;
+use crate::lane::{Lane, PortFds, Token};
+use rustix::event::{EventfdFlags, epoll};
+use rustix::fd::OwnedFd;
+use std::sync::Arc;
+use vale::proto::Response;
+use vale_abi::{AppRing, PortGeometry};
+use vale_switch::{Limits, PortKey, PortName, Registry, RegistryError};
+
+/// A port opened for a client (or a driven port): where it lives and what the client
+/// needs to use it.
+pub struct Acquired {
+    pub held: Held,
+    pub opened: Response,
+    pub memfd: OwnedFd,
+    pub kick: OwnedFd,
+    pub notify: OwnedFd,
+}
+
+/// The application side of a driven port's rings (TX ring 0, RX ring 0).
+pub struct PortRings {
+    pub tx: AppRing,
+    pub rx: AppRing,
+}
+
+pub struct PortTable {
+    lanes: Vec<Arc<Lane>>,
+    /// The limits ports are checked against (names, switches, geometry).
+    limits: Limits,
+}
+
+impl PortTable {
+    pub fn new(lanes: Vec<Arc<Lane>>, limits: Limits) -> PortTable {
+        PortTable { lanes, limits }
+    }
+
+    pub fn lanes(&self) -> &[Arc<Lane>] {
+        &self.lanes
+    }
+
+    pub fn lane(&self, i: usize) -> &Arc<Lane> {
+        &self.lanes[i]
+    }
+
+    /// Whether `name` is a port open on any lane.
+    pub fn exists(&self, name: &str) -> bool {
+        self.lanes
+            .iter()
+            .any(|l| l.lock_ctl().registry.find(name).is_some())
+    }
+
+    /// The lane that owns `name`'s switch, or the least loaded one for a new switch
+    /// (after checking the daemon-wide switch limit).
+    fn lane_for(&self, name: &str) -> Result<usize, CtlError> {
+        // A monitor (`vale0:a/t`) lives with the port it watches.
+        let base = name.split('/').next().unwrap_or(name);
+        let pn = PortName::parse(base, self.limits.max_name_len).map_err(RegistryError::from)?;
+        let mut total = 0;
+        let mut best = (usize::MAX, 0);
+        for (i, l) in self.lanes.iter().enumerate() {
+            let st = l.lock_ctl();
+            if st.registry.switch(pn.switch()).is_some() {
+                return Ok(i);
+            }
+            let n = st.registry.switches().count();
+            total += n;
+            if n < best.0 {
+                best = (n, i);
+            }
+        }
+        let limit = self.limits.max_switches;
+        if total >= limit {
+            return Err(RegistryError::TooManySwitches {
+                switch: pn.switch().to_string(),
+                limit,
+            }
+            .into());
+        }
+        Ok(best.1)
+    }
+
+    /// The display index of a switch: unique across lanes.
+    pub fn bridge_idx(&self, lane: usize, local: usize) -> usize {
+        local * self.lanes.len() + lane
+    }
+
+    /// Opens (creating if needed) port `name` and clones what a client needs.
+    pub fn acquire(&self, name: &str, g: PortGeometry) -> Result<Acquired, CtlError> {
+        let lane = self.lane_for(name)?;
+        let shared = self.lanes[lane].clone();
+        let mut st = shared.lock_ctl();
+        let key = match st.registry.open(name, Some(g)) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::info!("refused to open `{}`: {e}", name.escape_default());
+                return Err(e.into());
+            }
+        };
+        let new = st.registry.open_count(key) == 1;
+        if new {
+            match make_fds(&shared, key) {
+                Ok(f) => {
+                    st.fds.insert(key, f);
+                }
+                Err(e) => {
+                    let _ = st.registry.close(key);
+                    return Err(e);
+                }
+            }
+        }
+        let result = (|| {
+            let e = st.registry.entry_mut(key)?;
+            let port = e.switch.port(key.port)?;
+            let memfd = port.region().fd().try_clone_to_owned().ok()?;
+            let opened = Response::Opened {
+                switch: e.name.clone(),
+                port: port.name().to_string(),
+                index: key.port.0,
+                geometry: port.geometry().into(),
+            };
+            let f = st.fds.get(&key)?;
+            let kick = f.kick.try_clone().ok()?;
+            let notify = f.notify.try_clone().ok()?;
+            Some(Acquired {
+                held: Held { lane, key },
+                opened,
+                memfd,
+                kick,
+                notify,
+            })
+        })();
+        match result {
+            Some(a) => {
+                if new {
+                    tracing::info!(port = name, "port created");
+                }
+                drop(st);
+                shared.wake_forwarder();
+                Ok(a)
+            }
+            None => {
+                let _ = st.registry.close(key);
+                Err(CtlError::Internal(format!("cannot hand out port `{name}`")))
+            }
+        }
+    }
+
+    /// Drops one hold on a port; the port goes away with the last.
+    pub fn release(&self, h: Held) {
+        let shared = self.lanes[h.lane].clone();
+        let mut st = shared.lock_ctl();
+        let name = port_name(&st.registry, h.key);
+        match st.registry.close(h.key) {
+            Ok(true) => {
+                if let Some(f) = st.fds.remove(&h.key) {
+                    let _ = epoll::delete(&shared.epoll, &f.kick);
+                }
+                tracing::info!(port = %name, "port removed (last client gone)");
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!("closing {name}: {e}"),
+        }
+    }
+}
+
+/// A port whose client is the forwarding thread itself (host and vhost-user ports): its
+/// virtio-net header length, whether packets are handed to it directly, and the
+/// application side of its rings.
+pub fn drive_port(
+    st: &mut crate::lane::LaneState,
+    key: PortKey,
+    hdr: u16,
+    direct: bool,
+) -> Result<PortRings, CtlError> {
+    let vanished = || CtlError::Internal("port vanished".into());
+    let e = st.registry.entry_mut(key).ok_or_else(vanished)?;
+    let engine = |e: vale_switch::EngineError| CtlError::Internal(e.to_string());
+    e.switch.set_hdr_len(key.port, hdr).map_err(engine)?;
+    e.switch.set_direct(key.port, direct).map_err(engine)?;
+    let region = e.switch.port(key.port).ok_or_else(vanished)?.region();
+    match (
+        region.ring(vale_abi::Dir::Tx, 0),
+        region.ring(vale_abi::Dir::Rx, 0),
+    ) {
+        (Some(t), Some(r)) => Ok(PortRings {
+            tx: AppRing::new(t),
+            rx: AppRing::new(r),
+        }),
+        _ => Err(CtlError::Internal("port without rings".into())),
+    }
+}
+
+pub fn port_name(reg: &Registry, key: PortKey) -> String {
+    reg.switches_indexed()
+        .find(|(si, _)| *si == key.switch)
+        .and_then(|(_, e)| e.switch.port(key.port).map(|p| p.name().to_string()))
+        .unwrap_or_else(|| format!("{}:{}", key.switch, key.port))
+}
+
+fn make_fds(lane: &Lane, key: PortKey) -> Result<PortFds, CtlError> {
+    let ev = || {
+        rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+            .map_err(|e| CtlError::Internal(format!("eventfd failed: {e}")))
+    };
+    let f = PortFds {
+        kick: ev()?,
+        notify: ev()?,
+    };
+    epoll::add(
+        &lane.epoll,
+        &f.kick,
+        epoll::EventData::new_u64(Token::Kick(key).into_u64()),
+        epoll::EventFlags::IN,
+    )
+    .map_err(|e| CtlError::Internal(format!("epoll_ctl failed: {e}")))?;
+    Ok(f)
+}

@@ -1,0 +1,145 @@
+//! Starting and stopping the daemon: the control socket, one forwarding thread per lane,
+//! and the shutdown order (host ports first, then the lanes, then the clients).
+
+use crate::control::Control;
+use crate::error::StartError;
+use crate::lane::{Lane, LaneState, Token};
+use crate::settings::Settings;
+use rustix::event::{EventfdFlags, epoll};
+use rustix::fd::OwnedFd;
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use vale_switch::Registry;
+
+/// Callback the binary gives to change log verbosity at run time.
+pub type SetVerbosity = Box<dyn Fn(u8) + Send>;
+
+fn listen(path: &Path, mode: u32, group: Option<&str>) -> Result<OwnedFd, StartError> {
+    let sock_err = |what, e: std::io::Error| StartError::Socket {
+        what,
+        path: path.to_path_buf(),
+        source: e,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| sock_err("cannot create the directory of", e))?;
+    }
+    if path.exists() {
+        // A live daemon answers; a stale file from a crash does not.
+        if vale::sock::connect(path).is_ok() {
+            return Err(StartError::AlreadyRunning(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(|e| sock_err("cannot remove stale socket", e))?;
+    }
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )
+    .map_err(|e| StartError::Os("socket", e.into()))?;
+    let addr = SocketAddrUnix::new(path).map_err(|e| sock_err("bad socket path", e.into()))?;
+    rustix::net::bind(&fd, &addr).map_err(|e| sock_err("cannot bind", e.into()))?;
+    rustix::fs::chmod(path, rustix::fs::Mode::from_raw_mode(mode))
+        .map_err(|e| sock_err("cannot set the mode of", e.into()))?;
+    if let Some(g) = group {
+        let gid = crate::settings::group_id(g)
+            .map_err(|e| sock_err("bad group for", std::io::Error::other(e)))?;
+        rustix::fs::chown(path, None, Some(rustix::process::Gid::from_raw(gid)))
+            .map_err(|e| sock_err("cannot set the group of", e.into()))?;
+    }
+    rustix::net::listen(&fd, 128).map_err(|e| sock_err("cannot listen on", e.into()))?;
+    Ok(fd)
+}
+
+/// One lane: its epoll set with the wake eventfd in it, and an empty registry.
+fn new_lane(settings: &Settings) -> Result<Arc<Lane>, StartError> {
+    let fwd_epoll = epoll::create(epoll::CreateFlags::CLOEXEC)
+        .map_err(|e| StartError::Os("epoll_create", e.into()))?;
+    let wake = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+        .map_err(|e| StartError::Os("eventfd", e.into()))?;
+    epoll::add(
+        &fwd_epoll,
+        &wake,
+        epoll::EventData::new_u64(Token::Wake.into_u64()),
+        epoll::EventFlags::IN,
+    )
+    .map_err(|e| StartError::Os("epoll_ctl", e.into()))?;
+    let state = LaneState::new(Registry::new(settings.limits));
+    Ok(Arc::new(Lane::new(state, fwd_epoll, wake)))
+}
+
+/// Runs the daemon until `stop` is set (SIGINT/SIGTERM in the binary).
+pub fn run(
+    mut settings: Settings,
+    stop: Arc<AtomicBool>,
+    set_verbosity: SetVerbosity,
+) -> Result<(), StartError> {
+    settings.seed_fdb();
+    let listener = listen(
+        &settings.socket,
+        settings.socket_mode,
+        settings.socket_group.as_deref(),
+    )?;
+    let busy = Duration::from_micros(settings.busy_poll_us);
+    let mut lanes = Vec::new();
+    let mut threads = Vec::new();
+    for t in 0..settings.threads.max(1) {
+        let lane = new_lane(&settings)?;
+        let l2 = lane.clone();
+        let cpu = (!settings.cpus.is_empty()).then(|| settings.cpus[t % settings.cpus.len()]);
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("vale-fwd{t}"))
+                .spawn(move || {
+                    if let Some(c) = cpu {
+                        pin(t, c);
+                    }
+                    crate::lane::forward::run(l2, busy)
+                })
+                .map_err(|e| StartError::Os("spawn forwarding thread", e))?,
+        );
+        lanes.push(lane);
+    }
+    tracing::info!(socket = %settings.socket.display(), threads = lanes.len(), cpus = ?settings.cpus, "valed listening");
+    let mut ctl = Control::new(lanes.clone(), settings, set_verbosity)?;
+    let result = ctl.serve(&listener, &stop);
+    tracing::info!(
+        "shutting down: closing {} client connections",
+        ctl.connections()
+    );
+    // Host ports first: their threads stop, TAP interfaces disappear.
+    ctl.remove_all_hosts();
+    for l in &lanes {
+        l.stop.store(true, Ordering::Release);
+        l.wake_forwarder();
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    let socket = ctl.settings().socket.clone();
+    drop(ctl); // clients see the connection close
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_dir(private_dir(&socket));
+    result
+}
+
+/// Where valed keeps sockets only it uses (vhost-user relays' back ends).
+pub fn private_dir(control: &Path) -> PathBuf {
+    let mut d = control.as_os_str().to_owned();
+    d.push(".private");
+    PathBuf::from(d)
+}
+
+/// Pins the calling forwarding thread to one CPU (checked against the affinity mask at
+/// startup, so a failure here is unusual: it is logged, and the thread runs unpinned).
+fn pin(thread: usize, cpu: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    match rustix::thread::sched_setaffinity(None, &set) {
+        Ok(()) => tracing::debug!(thread, cpu, "forwarding thread pinned"),
+        Err(e) => tracing::warn!(thread, cpu, "cannot pin forwarding thread: {e}"),
+    }
+}

@@ -1,0 +1,214 @@
+//! AF_PACKET sockets on existing interfaces: the socket, its `PACKET_*` options and
+//! the TPACKET_V2 receive ring.
+
+use super::setsockopt_at;
+use rustix::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io;
+
+/// Bytes of virtio-net header on packet sockets (`struct virtio_net_hdr`).
+pub const PACKET_VNET_HDR_LEN: u16 = 10;
+const PACKET_VNET_HDR: libc::c_int = 15;
+
+/// An AF_PACKET socket bound to interface `ifindex`, receiving every frame that arrives
+/// on it (promiscuous, not the ones we send), non-blocking, with a 10-byte virtio-net
+/// header in front of each frame (`PACKET_VNET_HDR`).
+pub fn packet_socket(ifindex: u32) -> io::Result<OwnedFd> {
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket(2); the result is checked and owned at once.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            proto as libc::c_int,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
+    let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sa.sll_family = libc::AF_PACKET as u16;
+    sa.sll_protocol = proto;
+    sa.sll_ifindex = ifindex as i32;
+    // SAFETY: `sa` is a sockaddr_ll of the length passed.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mreq = libc::packet_mreq {
+        mr_ifindex: ifindex as i32,
+        mr_type: libc::PACKET_MR_PROMISC as u16,
+        mr_alen: 0,
+        mr_address: [0; 8],
+    };
+    setsockopt(&fd, libc::PACKET_ADD_MEMBERSHIP, &mreq)?;
+    // A 10-byte virtio-net header on every frame: GSO super-frames (veth, GRO) come with
+    // their segmentation request instead of as over-long frames, and go out the same way.
+    setsockopt(&fd, PACKET_VNET_HDR, &1i32)?;
+    setsockopt(&fd, libc::PACKET_IGNORE_OUTGOING, &1i32)?;
+    // Room for a burst of super-frames queued on the socket (those larger than a receive
+    // ring slot): 4 MiB, past rmem_max when valed may (root).
+    let size: libc::c_int = 4 << 20;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: `size` is a c_int of the size passed, alive for the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        if rc == 0 {
+            break;
+        }
+    }
+    Ok(fd)
+}
+
+fn setsockopt<T>(fd: &OwnedFd, opt: libc::c_int, v: &T) -> io::Result<()> {
+    setsockopt_at(fd, libc::SOL_PACKET, opt, v)
+}
+
+// PACKET_MMAP (TPACKET_V2), kernel ABI (linux/if_packet.h).
+const PACKET_RX_RING: libc::c_int = 5;
+const PACKET_COPY_THRESH: libc::c_int = 7;
+const PACKET_VERSION: libc::c_int = 10;
+const TPACKET_V2: libc::c_int = 1;
+const TP_STATUS_KERNEL: u32 = 0;
+const TP_STATUS_USER: u32 = 1;
+const TP_STATUS_COPY: u32 = 1 << 1;
+
+#[repr(C)]
+struct TpacketReq {
+    block_size: u32,
+    block_nr: u32,
+    frame_size: u32,
+    frame_nr: u32,
+}
+
+/// What the next frame of a [`PacketRing`] holds.
+pub enum RingFrame<'a> {
+    /// Nothing has arrived.
+    Empty,
+    /// A frame: its 10-byte virtio-net header, then the Ethernet frame.
+    Frame(&'a [u8]),
+    /// A frame too large for a ring slot (a GSO super-frame): the kernel queued it whole
+    /// on the socket instead; read it with `recv`.
+    Queued,
+    /// A frame the kernel could neither fit nor queue (the socket buffer was full).
+    Truncated,
+}
+
+/// A TPACKET_V2 receive ring on an AF_PACKET socket: frames arrive in shared memory
+/// with a per-frame status word, so a burst is read without a system call per frame
+/// (and, unlike TPACKET_V3's blocks, each frame is handed over at once: no retire
+/// timer). Frames larger than a slot (GSO super-frames) are queued whole on the socket
+/// (`PACKET_COPY_THRESH`) and flagged in the ring.
+pub struct PacketRing {
+    base: *mut u8,
+    len: usize,
+    frame_size: usize,
+    frame_nr: usize,
+    next: usize,
+}
+
+// SAFETY: the mapping belongs to this value alone (one forwarding thread uses it).
+unsafe impl Send for PacketRing {}
+
+impl PacketRing {
+    /// Sets up a ring of `frame_nr` slots of `frame_size` bytes (a multiple of 16 that
+    /// divides the page size) on packet socket `fd` (which already has
+    /// `PACKET_VNET_HDR`) and maps it.
+    pub fn new(fd: &OwnedFd, frame_size: usize, frame_nr: usize) -> io::Result<PacketRing> {
+        setsockopt(fd, PACKET_VERSION, &TPACKET_V2)?;
+        setsockopt(fd, PACKET_COPY_THRESH, &1i32)?;
+        let page = 4096usize;
+        let req = TpacketReq {
+            block_size: page as u32,
+            block_nr: (frame_nr * frame_size / page) as u32,
+            frame_size: frame_size as u32,
+            frame_nr: frame_nr as u32,
+        };
+        setsockopt(fd, PACKET_RX_RING, &req)?;
+        let len = frame_nr * frame_size;
+        // SAFETY: maps the ring the kernel just allocated for this socket; the result is
+        // checked, and unmapped in Drop.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(PacketRing {
+            base: base.cast(),
+            len,
+            frame_size,
+            frame_nr,
+            next: 0,
+        })
+    }
+
+    fn status(&self, i: usize) -> &std::sync::atomic::AtomicU32 {
+        // SAFETY: slot `i` < frame_nr starts inside the mapping, 16-byte aligned; its
+        // first word is the status the kernel and we hand the slot over with.
+        unsafe { &*(self.base.add(i * self.frame_size) as *const std::sync::atomic::AtomicU32) }
+    }
+
+    /// Looks at the next slot and hands what it holds to `f`; the slot goes back to the
+    /// kernel afterwards. Returns false if nothing had arrived.
+    pub fn take(&mut self, f: impl FnOnce(RingFrame<'_>)) -> bool {
+        use std::sync::atomic::Ordering;
+        let st = self.status(self.next).load(Ordering::Acquire);
+        if st & TP_STATUS_USER == 0 {
+            f(RingFrame::Empty);
+            return false;
+        }
+        // SAFETY: the slot is ours until its status goes back to KERNEL; tpacket2_hdr
+        // is tp_status, tp_len, tp_snaplen (u32), tp_mac (u16) ...
+        let slot = unsafe {
+            std::slice::from_raw_parts(self.base.add(self.next * self.frame_size), self.frame_size)
+        };
+        let u32_at =
+            |o: usize| u32::from_ne_bytes([slot[o], slot[o + 1], slot[o + 2], slot[o + 3]]);
+        let (len, snap) = (u32_at(4) as usize, u32_at(8) as usize);
+        let mac = u16::from_ne_bytes([slot[12], slot[13]]) as usize;
+        let hdr = PACKET_VNET_HDR_LEN as usize;
+        if st & TP_STATUS_COPY != 0 {
+            f(RingFrame::Queued);
+        } else if snap < len || mac < hdr || mac + snap > self.frame_size {
+            f(RingFrame::Truncated);
+        } else {
+            f(RingFrame::Frame(&slot[mac - hdr..mac + snap]));
+        }
+        self.status(self.next)
+            .store(TP_STATUS_KERNEL, Ordering::Release);
+        self.next = (self.next + 1) % self.frame_nr;
+        true
+    }
+}
+
+impl Drop for PacketRing {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`, which nothing uses any more.
+        unsafe {
+            libc::munmap(self.base.cast(), self.len);
+        }
+    }
+}

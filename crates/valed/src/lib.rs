@@ -8,8 +8,8 @@
 //! (TAP interfaces valed creates, existing interfaces attached through AF_PACKET) are
 //! driven by their switch's forwarding thread.
 
-// `unsafe` only in `sys` (TAP and AF_PACKET setup, which rustix does not wrap) and
-// `xsk` (AF_XDP rings and bpf(2)).
+// `unsafe` only in `sys`: the system calls rustix does not wrap, and the memory valed
+// shares with the kernel (AF_PACKET and AF_XDP rings, UMEM).
 #![deny(unsafe_code)]
 
 mod forward;
@@ -20,7 +20,6 @@ mod state;
 #[allow(unsafe_code)]
 mod sys;
 mod vhost;
-#[allow(unsafe_code)]
 mod xsk;
 
 pub use server::{SetVerbosity, StartError, run};

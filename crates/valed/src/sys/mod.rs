@@ -5,10 +5,12 @@
 use rustix::fd::{AsRawFd, OwnedFd};
 use std::io;
 
+pub mod bpf;
 mod iov;
 mod packet;
 mod tun;
 mod unix;
+pub mod xdp;
 
 pub use iov::{MAX_IOV, with_slices, write_frags};
 pub use packet::{PACKET_VNET_HDR_LEN, PacketRing, RingFrame, packet_socket};

@@ -2,7 +2,8 @@
 //! AF_PACKET socket to an interface. Each `unsafe` block passes plain-old-data structs
 //! that live across the call.
 
-use rustix::fd::{AsRawFd, OwnedFd};
+use rustix::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use rustix::mm::{MapFlags, ProtFlags};
 use std::io;
 
 pub mod bpf;
@@ -40,4 +41,91 @@ pub fn setsockopt_at<T>(
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A memory mapping valed made, unmapped when dropped: an AF_PACKET or AF_XDP ring
+/// shared with the kernel, or an AF_XDP UMEM.
+///
+/// It hands out raw pointers only, never `&`/`&mut` to its bytes: the kernel writes into
+/// these mappings whenever it holds a slot, so only the ring code that knows a region
+/// has been handed over may make a reference to it, and only while it holds the `Mmap`.
+pub struct Mmap {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: an `Mmap` is the ownership of an address range, not of data living in one
+// thread; it gives out only raw pointers, whose users carry their own obligations.
+unsafe impl Send for Mmap {}
+// SAFETY: as for `Send`: `&Mmap` offers nothing but the address and the length.
+unsafe impl Sync for Mmap {}
+
+impl Mmap {
+    /// `len` bytes of zeroed private memory, faulted in now if `populate`.
+    pub fn anonymous(len: usize, populate: bool) -> io::Result<Mmap> {
+        let flags = MapFlags::PRIVATE | populate_flag(populate);
+        // SAFETY: a new mapping at an address the kernel picks (no MAP_FIXED), so it
+        // overlaps nothing Rust knows of; this `Mmap` owns it until `drop`.
+        let ptr = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                flags,
+            )
+        }?;
+        Ok(Mmap {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// `len` bytes of what `fd` maps at `offset` (a ring the kernel allocated for a
+    /// socket), shared with the kernel, faulted in now if `populate`.
+    pub fn shared(fd: BorrowedFd<'_>, len: usize, offset: u64, populate: bool) -> io::Result<Mmap> {
+        let flags = MapFlags::SHARED | populate_flag(populate);
+        // SAFETY: as in `anonymous`: a new mapping at an address the kernel picks; the
+        // kernel refuses a `len` beyond what the socket has at `offset`.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                flags,
+                fd,
+                offset,
+            )
+        }?;
+        Ok(Mmap {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// The first byte of the mapping.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+}
+
+fn populate_flag(populate: bool) -> MapFlags {
+    if populate {
+        MapFlags::POPULATE
+    } else {
+        MapFlags::empty()
+    }
+}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping the constructor made, unmapped once; whatever
+        // pointed into it borrowed or owned this `Mmap`, so nothing uses it any more.
+        // An error (there is none for a valid mapping) leaves nothing to do.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.cast(), self.len) };
+    }
 }

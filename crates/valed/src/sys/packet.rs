@@ -1,8 +1,8 @@
 //! AF_PACKET sockets on existing interfaces: the socket, its `PACKET_*` options and
 //! the TPACKET_V2 receive ring.
 
-use super::setsockopt_at;
-use rustix::fd::{AsRawFd, FromRawFd, OwnedFd};
+use super::{Mmap, setsockopt_at};
+use rustix::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::io;
 
 /// Bytes of virtio-net header on packet sockets (`struct virtio_net_hdr`).
@@ -115,15 +115,11 @@ pub enum RingFrame<'a> {
 /// timer). Frames larger than a slot (GSO super-frames) are queued whole on the socket
 /// (`PACKET_COPY_THRESH`) and flagged in the ring.
 pub struct PacketRing {
-    base: *mut u8,
-    len: usize,
+    map: Mmap,
     frame_size: usize,
     frame_nr: usize,
     next: usize,
 }
-
-// SAFETY: the mapping belongs to this value alone (one forwarding thread uses it).
-unsafe impl Send for PacketRing {}
 
 impl PacketRing {
     /// Sets up a ring of `frame_nr` slots of `frame_size` bytes (a multiple of 16 that
@@ -140,25 +136,9 @@ impl PacketRing {
             frame_nr: frame_nr as u32,
         };
         setsockopt(fd, PACKET_RX_RING, &req)?;
-        let len = frame_nr * frame_size;
-        // SAFETY: maps the ring the kernel just allocated for this socket; the result is
-        // checked, and unmapped in Drop.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        let map = Mmap::shared(fd.as_fd(), frame_nr * frame_size, 0, false)?;
         Ok(PacketRing {
-            base: base.cast(),
-            len,
+            map,
             frame_size,
             frame_nr,
             next: 0,
@@ -168,7 +148,9 @@ impl PacketRing {
     fn status(&self, i: usize) -> &std::sync::atomic::AtomicU32 {
         // SAFETY: slot `i` < frame_nr starts inside the mapping, 16-byte aligned; its
         // first word is the status the kernel and we hand the slot over with.
-        unsafe { &*(self.base.add(i * self.frame_size) as *const std::sync::atomic::AtomicU32) }
+        unsafe {
+            &*(self.map.as_ptr().add(i * self.frame_size) as *const std::sync::atomic::AtomicU32)
+        }
     }
 
     /// Looks at the next slot and hands what it holds to `f`; the slot goes back to the
@@ -183,7 +165,10 @@ impl PacketRing {
         // SAFETY: the slot is ours until its status goes back to KERNEL; tpacket2_hdr
         // is tp_status, tp_len, tp_snaplen (u32), tp_mac (u16) ...
         let slot = unsafe {
-            std::slice::from_raw_parts(self.base.add(self.next * self.frame_size), self.frame_size)
+            std::slice::from_raw_parts(
+                self.map.as_ptr().add(self.next * self.frame_size),
+                self.frame_size,
+            )
         };
         let u32_at =
             |o: usize| u32::from_ne_bytes([slot[o], slot[o + 1], slot[o + 2], slot[o + 3]]);
@@ -201,14 +186,5 @@ impl PacketRing {
             .store(TP_STATUS_KERNEL, Ordering::Release);
         self.next = (self.next + 1) % self.frame_nr;
         true
-    }
-}
-
-impl Drop for PacketRing {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `new`, which nothing uses any more.
-        unsafe {
-            libc::munmap(self.base.cast(), self.len);
-        }
     }
 }

@@ -5,6 +5,7 @@
 //! holds; everything read back from it (descriptor addresses and lengths) is checked
 //! against the UMEM before use.
 
+use super::Mmap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering, fence};
@@ -22,10 +23,10 @@ const XDP_OPTIONS: libc::c_int = 8;
 const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
 const XDP_RING_NEED_WAKEUP: u32 = 1;
 const XDP_OPTIONS_ZEROCOPY: u32 = 1;
-const PGOFF_RX_RING: i64 = 0;
-const PGOFF_TX_RING: i64 = 0x8000_0000;
-const UMEM_PGOFF_FILL_RING: i64 = 0x1_0000_0000;
-const UMEM_PGOFF_COMPLETION_RING: i64 = 0x1_8000_0000;
+const PGOFF_RX_RING: u64 = 0;
+const PGOFF_TX_RING: u64 = 0x8000_0000;
+const UMEM_PGOFF_FILL_RING: u64 = 0x1_0000_0000;
+const UMEM_PGOFF_COMPLETION_RING: u64 = 0x1_8000_0000;
 
 /// UMEM frame size.
 pub const FRAME: usize = 4096;
@@ -115,14 +116,14 @@ fn getsockopt<T: Default>(fd: BorrowedFd<'_>, opt: libc::c_int) -> io::Result<T>
     if r < 0 { Err(last_err()) } else { Ok(v) }
 }
 
-/// One of a socket's four rings, mapped: `size` entries of `elem` bytes.
+/// One of a socket's four rings, mapped: `size` entries of `elem` bytes at `desc`,
+/// and the producer and consumer indices and the flags word at their offsets.
 struct Ring {
-    map: *mut libc::c_void,
-    map_len: usize,
-    producer: *const AtomicU32,
-    consumer: *const AtomicU32,
-    flags: *const AtomicU32,
-    desc: *mut u8,
+    map: Mmap,
+    producer: usize,
+    consumer: usize,
+    flags: usize,
+    desc: usize,
     size: u32,
     elem: usize,
     /// Our side's index (the producer for fill and TX, the consumer for RX and
@@ -136,31 +137,15 @@ impl Ring {
         off: &RingOffsets,
         size: u32,
         elem: usize,
-        pgoff: i64,
+        pgoff: u64,
     ) -> io::Result<Ring> {
-        let map_len = off.desc as usize + size as usize * elem;
-        // SAFETY: a fresh shared mapping of the socket's ring; checked below.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-                fd.as_raw_fd(),
-                pgoff,
-            )
-        };
-        if map == libc::MAP_FAILED {
-            return Err(last_err());
-        }
-        let at = |o: u64| (map as usize + o as usize) as *const AtomicU32;
+        let len = off.desc as usize + size as usize * elem;
         let mut r = Ring {
-            map,
-            map_len,
-            producer: at(off.producer),
-            consumer: at(off.consumer),
-            flags: at(off.flags),
-            desc: (map as usize + off.desc as usize) as *mut u8,
+            map: Mmap::shared(fd.as_fd(), len, pgoff, true)?,
+            producer: off.producer as usize,
+            consumer: off.consumer as usize,
+            flags: off.flags as usize,
+            desc: off.desc as usize,
             size,
             elem,
             ours: 0,
@@ -173,23 +158,27 @@ impl Ring {
         Ok(r)
     }
 
-    fn prod(&self) -> &AtomicU32 {
+    /// The index or flags word at offset `at`.
+    fn word(&self, at: usize) -> &AtomicU32 {
         // SAFETY: inside the mapping, 4-byte aligned (kernel offsets), alive with self.
-        unsafe { &*self.producer }
+        unsafe { &*self.map.as_ptr().add(at).cast::<AtomicU32>() }
+    }
+
+    fn prod(&self) -> &AtomicU32 {
+        self.word(self.producer)
     }
 
     fn cons(&self) -> &AtomicU32 {
-        // SAFETY: as `prod`.
-        unsafe { &*self.consumer }
+        self.word(self.consumer)
     }
 
     fn need_wakeup(&self) -> bool {
-        // SAFETY: as `prod`.
-        unsafe { &*self.flags }.load(Ordering::Relaxed) & XDP_RING_NEED_WAKEUP != 0
+        self.word(self.flags).load(Ordering::Relaxed) & XDP_RING_NEED_WAKEUP != 0
     }
 
     fn entry(&self, i: u32) -> *mut u8 {
-        (self.desc as usize + (i & (self.size - 1)) as usize * self.elem) as *mut u8
+        let at = self.desc + (i & (self.size - 1)) as usize * self.elem;
+        self.map.as_ptr().wrapping_add(at)
     }
 
     /// Consumer side: entries the kernel produced that we have not taken.
@@ -249,23 +238,6 @@ impl Ring {
     }
 }
 
-impl Drop for Ring {
-    fn drop(&mut self) {
-        // SAFETY: our mapping, unmapped once.
-        unsafe { libc::munmap(self.map, self.map_len) };
-    }
-}
-
-/// The frames a socket shares with the kernel: a mapping of `.1` bytes.
-struct Umem(*mut u8, usize);
-
-impl Drop for Umem {
-    fn drop(&mut self) {
-        // SAFETY: our mapping of `.1` bytes, unmapped once.
-        unsafe { libc::munmap(self.0 as *mut libc::c_void, self.1) };
-    }
-}
-
 /// One AF_XDP socket, bound to one receive queue of an interface.
 pub struct Xsk {
     // Rings before the socket and the UMEM: unmapped first.
@@ -275,7 +247,7 @@ pub struct Xsk {
     comp: Ring,
     fd: OwnedFd,
     /// Unmapped after the socket is closed (fields drop in order).
-    umem: Umem,
+    umem: Mmap,
     /// UMEM frames free for sending.
     free: Vec<u64>,
     /// Frames handed to the TX ring that the kernel has not taken yet.
@@ -285,10 +257,6 @@ pub struct Xsk {
     /// the interface dropped it); the caller counts and clears.
     pub tx_dropped: u64,
 }
-
-// SAFETY: the raw pointers are into mappings this value owns; it moves between threads
-// whole (the forwarding thread drives it alone).
-unsafe impl Send for Xsk {}
 
 impl Xsk {
     pub fn new(ifindex: u32, queue: u32, frames: usize) -> io::Result<Xsk> {
@@ -301,72 +269,46 @@ impl Xsk {
         // SAFETY: a descriptor we own from here on.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let len = frames * FRAME;
-        // SAFETY: a fresh private anonymous mapping.
-        let umem = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        if umem == libc::MAP_FAILED {
-            return Err(last_err());
-        }
-        let umem = umem as *mut u8;
-        let fail = |e: io::Error| {
-            // SAFETY: the mapping just made, not referenced elsewhere yet.
-            unsafe { libc::munmap(umem as *mut libc::c_void, len) };
-            e
-        };
+        let umem = Mmap::anonymous(len, true)?;
         let reg = UmemReg {
-            addr: umem as u64,
+            addr: umem.as_ptr() as u64,
             len: len as u64,
             chunk_size: FRAME as u32,
             headroom: 0,
             flags: 0,
             tx_metadata_len: 0,
         };
-        setsockopt(&fd, XDP_UMEM_REG, &reg)
-            .map_err(|e| {
-                // The kernel pins the UMEM, within RLIMIT_MEMLOCK unless CAP_IPC_LOCK.
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "registering {} MiB of frames: {e} (locked memory: valed needs \
+        setsockopt(&fd, XDP_UMEM_REG, &reg).map_err(|e| {
+            // The kernel pins the UMEM, within RLIMIT_MEMLOCK unless CAP_IPC_LOCK.
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "registering {} MiB of frames: {e} (locked memory: valed needs \
                          CAP_IPC_LOCK or a larger RLIMIT_MEMLOCK)",
-                        len >> 20
-                    ),
-                )
-            })
-            .map_err(fail)?;
+                    len >> 20
+                ),
+            )
+        })?;
         for opt in [
             XDP_UMEM_FILL_RING,
             XDP_UMEM_COMPLETION_RING,
             XDP_RX_RING,
             XDP_TX_RING,
         ] {
-            setsockopt(&fd, opt, &ring).map_err(fail)?;
+            setsockopt(&fd, opt, &ring)?;
         }
-        let off: MmapOffsets = getsockopt(fd.as_fd(), XDP_MMAP_OFFSETS).map_err(fail)?;
-        let map = || -> io::Result<(Ring, Ring, Ring, Ring)> {
-            Ok((
-                Ring::map(&fd, &off.rx, ring, 16, PGOFF_RX_RING)?,
-                Ring::map(&fd, &off.tx, ring, 16, PGOFF_TX_RING)?,
-                Ring::map(&fd, &off.fr, ring, 8, UMEM_PGOFF_FILL_RING)?,
-                Ring::map(&fd, &off.cr, ring, 8, UMEM_PGOFF_COMPLETION_RING)?,
-            ))
-        };
-        let (rx, tx, fill, comp) = map().map_err(fail)?;
+        let off: MmapOffsets = getsockopt(fd.as_fd(), XDP_MMAP_OFFSETS)?;
+        let rx = Ring::map(&fd, &off.rx, ring, 16, PGOFF_RX_RING)?;
+        let tx = Ring::map(&fd, &off.tx, ring, 16, PGOFF_TX_RING)?;
+        let fill = Ring::map(&fd, &off.fr, ring, 8, UMEM_PGOFF_FILL_RING)?;
+        let comp = Ring::map(&fd, &off.cr, ring, 8, UMEM_PGOFF_COMPLETION_RING)?;
         let mut x = Xsk {
             rx,
             tx,
             fill,
             comp,
             fd,
-            umem: Umem(umem, len),
+            umem,
             free: (frames / 2..frames).map(|f| (f * FRAME) as u64).collect(),
             tx_queued: false,
             zerocopy: false,
@@ -409,11 +351,13 @@ impl Xsk {
     /// inside the UMEM.
     fn frame(&self, addr: u64, len: u32) -> Option<&[u8]> {
         let end = addr.checked_add(len as u64)?;
-        if end > self.umem.1 as u64 {
+        if end > self.umem.len() as u64 {
             return None;
         }
         // SAFETY: inside the UMEM mapping, which lives as long as self.
-        Some(unsafe { std::slice::from_raw_parts(self.umem.0.add(addr as usize), len as usize) })
+        Some(unsafe {
+            std::slice::from_raw_parts(self.umem.as_ptr().add(addr as usize), len as usize)
+        })
     }
 
     /// Up to `max` received frames, each handed to `f` (which may decline by returning
@@ -488,7 +432,7 @@ impl Xsk {
         for _ in 0..n {
             let a = self.comp.read_u64(self.comp.ours) & !(FRAME as u64 - 1);
             self.comp.ours = self.comp.ours.wrapping_add(1);
-            if a < self.umem.1 as u64 && self.free.len() < self.umem.1 / FRAME {
+            if a < self.umem.len() as u64 && self.free.len() < self.umem.len() / FRAME {
                 self.free.push(a);
             }
         }
@@ -515,7 +459,8 @@ impl Xsk {
             return false;
         };
         // SAFETY: a free UMEM frame (not held by the kernel), FRAME bytes long.
-        let buf = unsafe { std::slice::from_raw_parts_mut(self.umem.0.add(addr as usize), len) };
+        let buf =
+            unsafe { std::slice::from_raw_parts_mut(self.umem.as_ptr().add(addr as usize), len) };
         fill(buf);
         self.tx.write_desc(self.tx.ours, addr, len as u32);
         self.tx.ours = self.tx.ours.wrapping_add(1);

@@ -1,7 +1,7 @@
 //! Unix sockets for the control socket and QEMU ports, and interface names and indices
 //! as the kernel sees them.
 
-use rustix::fd::OwnedFd;
+use rustix::fd::{BorrowedFd, OwnedFd};
 use std::io;
 
 /// A non-blocking unix socket of `kind` bound to `path`. A stale socket file there is
@@ -54,16 +54,26 @@ pub fn stream_connect(path: &str) -> io::Result<OwnedFd> {
 }
 
 /// Whether descriptor `fd` (owned by the caller, open for the call) becomes readable
-/// within `ms` milliseconds.
+/// within `ms` milliseconds (negative: no limit).
 pub fn readable_within(fd: std::os::fd::RawFd, ms: i32) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one pollfd, valid for the call; poll only reads `fd`'s state.
-    let n = unsafe { libc::poll(&mut p, 1, ms) };
-    n > 0 && p.revents & libc::POLLIN != 0
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let ts = (ms >= 0).then(|| Timespec {
+        tv_sec: (ms / 1000).into(),
+        tv_nsec: ((ms % 1000) * 1_000_000).into(),
+    });
+    if fd < 0 {
+        // poll(2) skips a negative descriptor: it just waits.
+        let _ = rustix::event::poll(&mut [], ts.as_ref());
+        return false;
+    }
+    // SAFETY: `fd` is not -1 (checked above), and the borrow ends with this call, for
+    // which the caller keeps `fd` open (this function's contract). Were it closed, poll
+    // would only report on whatever the number names now, or POLLNVAL: poll(2) reads a
+    // descriptor's readiness and touches no memory of ours.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let mut p = [PollFd::new(&fd, PollFlags::IN)];
+    matches!(rustix::event::poll(&mut p, ts.as_ref()), Ok(n) if n > 0)
+        && p[0].revents().contains(PollFlags::IN)
 }
 
 /// Interface names: what the kernel accepts (`dev_valid_name`), at most 15 bytes.
@@ -91,9 +101,16 @@ pub fn check_ifname(name: &str) -> Result<(), String> {
 
 /// The interface's index in the daemon's network namespace, if it exists.
 pub fn if_index(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: `c` is a NUL-terminated string that outlives the call.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    // SIOCGIFINDEX answers on any socket, for the namespace the socket was made in (the
+    // daemon's), as glibc's if_nametoindex does it.
+    let s = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::DGRAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .ok()?;
+    let i = rustix::net::netdevice::name_to_index(&s, name).ok()?;
     (i != 0).then_some(i)
 }
 
@@ -108,5 +125,26 @@ mod tests {
         for bad in ["", "0123456789abcdef", "a/b", "a:b", "a b", ".", ".."] {
             assert!(check_ifname(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn loopback_has_an_index_and_bad_names_have_none() {
+        // Every network namespace has `lo`, and it is made first.
+        assert_eq!(if_index("lo"), Some(1));
+        for bad in ["vale-no-such0", "0123456789abcdef", "a\0b", ""] {
+            assert_eq!(if_index(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn readable_within_sees_a_datagram_and_times_out_without_one() {
+        use std::os::fd::AsRawFd;
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        assert!(!readable_within(b.as_raw_fd(), 0));
+        a.send(b"x").unwrap();
+        assert!(readable_within(b.as_raw_fd(), 1000));
+        let t = std::time::Instant::now();
+        assert!(!readable_within(-1, 20));
+        assert!(t.elapsed() >= std::time::Duration::from_millis(20));
     }
 }

@@ -2,7 +2,7 @@
 //! the TPACKET_V2 receive ring.
 
 use super::{Mmap, setsockopt_at};
-use rustix::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use rustix::fd::{AsFd, AsRawFd, OwnedFd};
 use std::io;
 
 /// Bytes of virtio-net header on packet sockets (`struct virtio_net_hdr`).
@@ -13,25 +13,23 @@ const PACKET_VNET_HDR: libc::c_int = 15;
 /// on it (promiscuous, not the ones we send), non-blocking, with a 10-byte virtio-net
 /// header in front of each frame (`PACKET_VNET_HDR`).
 pub fn packet_socket(ifindex: u32) -> io::Result<OwnedFd> {
-    let proto = (libc::ETH_P_ALL as u16).to_be();
-    // SAFETY: plain socket(2); the result is checked and owned at once.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            proto as libc::c_int,
-        )
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, eth, sockopt};
+    let fd = rustix::net::socket_with(
+        AddressFamily::PACKET,
+        SocketType::RAW,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        Some(eth::ALL),
+    )?;
+    // rustix has no sockaddr_ll.
+    let sa = libc::sockaddr_ll {
+        sll_family: libc::AF_PACKET as u16,
+        sll_protocol: (libc::ETH_P_ALL as u16).to_be(),
+        sll_ifindex: ifindex as i32,
+        sll_hatype: 0,
+        sll_pkttype: 0,
+        sll_halen: 0,
+        sll_addr: [0; 8],
     };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: sockaddr_ll is plain old data; all-zero is valid.
-    let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sa.sll_family = libc::AF_PACKET as u16;
-    sa.sll_protocol = proto;
-    sa.sll_ifindex = ifindex as i32;
     // SAFETY: `sa` is a sockaddr_ll of the length passed.
     let rc = unsafe {
         libc::bind(
@@ -56,21 +54,9 @@ pub fn packet_socket(ifindex: u32) -> io::Result<OwnedFd> {
     setsockopt(&fd, libc::PACKET_IGNORE_OUTGOING, &1i32)?;
     // Room for a burst of super-frames queued on the socket (those larger than a receive
     // ring slot): 4 MiB, past rmem_max when valed may (root).
-    let size: libc::c_int = 4 << 20;
-    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: `size` is a c_int of the size passed, alive for the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as u32,
-            )
-        };
-        if rc == 0 {
-            break;
-        }
+    let size = 4 << 20;
+    if sockopt::set_socket_recv_buffer_size_force(&fd, size).is_err() {
+        let _ = sockopt::set_socket_recv_buffer_size(&fd, size);
     }
     Ok(fd)
 }

@@ -6,78 +6,27 @@
 //! against the UMEM before use.
 
 use super::Mmap;
+use rustix::io::Errno;
+use rustix::net::xdp::{
+    SocketAddrXdp, SocketAddrXdpFlags, XDP_PGOFF_RX_RING, XDP_PGOFF_TX_RING,
+    XDP_UMEM_PGOFF_COMPLETION_RING, XDP_UMEM_PGOFF_FILL_RING, XdpOptionsFlags, XdpRingFlags,
+    XdpRingOffset, XdpUmemReg, XdpUmemRegFlags,
+};
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType, sockopt};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering, fence};
-
-const AF_XDP: libc::c_int = 44;
-const SOL_XDP: libc::c_int = 283;
-const XDP_MMAP_OFFSETS: libc::c_int = 1;
-const XDP_RX_RING: libc::c_int = 2;
-const XDP_TX_RING: libc::c_int = 3;
-const XDP_UMEM_REG: libc::c_int = 4;
-const XDP_UMEM_FILL_RING: libc::c_int = 5;
-const XDP_UMEM_COMPLETION_RING: libc::c_int = 6;
-const XDP_STATISTICS: libc::c_int = 7;
-const XDP_OPTIONS: libc::c_int = 8;
-const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
-const XDP_RING_NEED_WAKEUP: u32 = 1;
-const XDP_OPTIONS_ZEROCOPY: u32 = 1;
-const PGOFF_RX_RING: u64 = 0;
-const PGOFF_TX_RING: u64 = 0x8000_0000;
-const UMEM_PGOFF_FILL_RING: u64 = 0x1_0000_0000;
-const UMEM_PGOFF_COMPLETION_RING: u64 = 0x1_8000_0000;
 
 /// UMEM frame size.
 pub const FRAME: usize = 4096;
 
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct RingOffsets {
-    producer: u64,
-    consumer: u64,
-    desc: u64,
-    flags: u64,
-}
-
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct MmapOffsets {
-    rx: RingOffsets,
-    tx: RingOffsets,
-    fr: RingOffsets,
-    cr: RingOffsets,
-}
-
-#[repr(C)]
-struct UmemReg {
-    addr: u64,
-    len: u64,
-    chunk_size: u32,
-    headroom: u32,
-    flags: u32,
-    tx_metadata_len: u32,
-}
-
-#[repr(C)]
-struct SockaddrXdp {
-    family: u16,
-    flags: u16,
-    ifindex: u32,
-    queue_id: u32,
-    shared_umem_fd: u32,
-}
-
-/// The kernel's drop counters for one socket (`struct xdp_statistics`).
-#[repr(C)]
+/// The kernel's drop counters for one socket that [`Statistics::lost`] adds up (of
+/// `struct xdp_statistics`; the last two are 0 before Linux 5.9).
 #[derive(Default, Clone, Copy, Debug)]
 pub struct Statistics {
     pub rx_dropped: u64,
-    pub rx_invalid_descs: u64,
     pub tx_invalid_descs: u64,
     pub rx_ring_full: u64,
-    pub rx_fill_ring_empty_descs: u64,
-    pub tx_ring_empty_descs: u64,
 }
 
 impl Statistics {
@@ -92,28 +41,24 @@ impl Statistics {
     }
 }
 
-fn last_err() -> io::Error {
-    io::Error::last_os_error()
-}
-
-fn setsockopt<T>(fd: &OwnedFd, opt: libc::c_int, v: &T) -> io::Result<()> {
-    crate::sys::setsockopt_at(fd, SOL_XDP, opt, v)
-}
-
-fn getsockopt<T: Default>(fd: BorrowedFd<'_>, opt: libc::c_int) -> io::Result<T> {
-    let mut v = T::default();
-    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
-    // SAFETY: `v` is writable for `len` bytes.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            SOL_XDP,
-            opt,
-            &mut v as *mut T as *mut libc::c_void,
-            &mut len,
-        )
+/// Registers `umem` as `fd`'s frames, in `FRAME`-sized chunks.
+///
+/// # Safety
+///
+/// `umem` must stay mapped until `fd` is closed, and be reached meanwhile only through
+/// raw pointers, except for frames the rings have handed over: the kernel pins its
+/// pages here and writes received frames into them whenever it holds them. (rustix's
+/// `set_xdp_umem_reg` is a safe function; this is where its precondition lives.)
+unsafe fn register_umem(fd: &OwnedFd, umem: &Mmap) -> io::Result<()> {
+    let reg = XdpUmemReg {
+        addr: umem.as_ptr() as u64,
+        len: umem.len() as u64,
+        chunk_size: FRAME as u32,
+        headroom: 0,
+        flags: XdpUmemRegFlags::empty(),
+        tx_metadata_len: 0,
     };
-    if r < 0 { Err(last_err()) } else { Ok(v) }
+    Ok(sockopt::set_xdp_umem_reg(fd, reg)?)
 }
 
 /// One of a socket's four rings, mapped: `size` entries of `elem` bytes at `desc`,
@@ -134,23 +79,25 @@ struct Ring {
 impl Ring {
     fn map(
         fd: &OwnedFd,
-        off: &RingOffsets,
+        off: &XdpRingOffset,
         size: u32,
         elem: usize,
         pgoff: u64,
     ) -> io::Result<Ring> {
+        // Before Linux 5.4 rings have no flags word (nor need_wakeup, which we bind with).
+        let flags = off.flags.ok_or(Errno::NOTSUP)?;
         let len = off.desc as usize + size as usize * elem;
         let mut r = Ring {
             map: Mmap::shared(fd.as_fd(), len, pgoff, true)?,
             producer: off.producer as usize,
             consumer: off.consumer as usize,
-            flags: off.flags as usize,
+            flags: flags as usize,
             desc: off.desc as usize,
             size,
             elem,
             ours: 0,
         };
-        r.ours = if pgoff == PGOFF_RX_RING || pgoff == UMEM_PGOFF_COMPLETION_RING {
+        r.ours = if pgoff == XDP_PGOFF_RX_RING || pgoff == XDP_UMEM_PGOFF_COMPLETION_RING {
             r.cons().load(Ordering::Relaxed)
         } else {
             r.prod().load(Ordering::Relaxed)
@@ -173,7 +120,8 @@ impl Ring {
     }
 
     fn need_wakeup(&self) -> bool {
-        self.word(self.flags).load(Ordering::Relaxed) & XDP_RING_NEED_WAKEUP != 0
+        XdpRingFlags::from_bits_retain(self.word(self.flags).load(Ordering::Relaxed))
+            .contains(XdpRingFlags::XDP_RING_NEED_WAKEUP)
     }
 
     fn entry(&self, i: u32) -> *mut u8 {
@@ -261,47 +209,38 @@ pub struct Xsk {
 impl Xsk {
     pub fn new(ifindex: u32, queue: u32, frames: usize) -> io::Result<Xsk> {
         let ring = (frames / 2) as u32;
-        // SAFETY: plain socket(2).
-        let raw = unsafe { libc::socket(AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            return Err(last_err());
-        }
-        // SAFETY: a descriptor we own from here on.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let len = frames * FRAME;
-        let umem = Mmap::anonymous(len, true)?;
-        let reg = UmemReg {
-            addr: umem.as_ptr() as u64,
-            len: len as u64,
-            chunk_size: FRAME as u32,
-            headroom: 0,
-            flags: 0,
-            tx_metadata_len: 0,
-        };
-        setsockopt(&fd, XDP_UMEM_REG, &reg).map_err(|e| {
+        // Mapped before the socket exists, so that it is unmapped after the socket is
+        // closed on every path (locals drop in reverse), as `register_umem` requires.
+        let umem = Mmap::anonymous(frames * FRAME, true)?;
+        let fd = rustix::net::socket_with(
+            AddressFamily::XDP,
+            SocketType::RAW,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
+        // SAFETY: `umem` outlives `fd` here (declared first) and in `Xsk` (fields drop
+        // in order, `umem` last); only `frame` and `send` reach into it, each at a frame
+        // the rings hand over.
+        unsafe { register_umem(&fd, &umem) }.map_err(|e| {
             // The kernel pins the UMEM, within RLIMIT_MEMLOCK unless CAP_IPC_LOCK.
             io::Error::new(
                 e.kind(),
                 format!(
                     "registering {} MiB of frames: {e} (locked memory: valed needs \
                          CAP_IPC_LOCK or a larger RLIMIT_MEMLOCK)",
-                    len >> 20
+                    umem.len() >> 20
                 ),
             )
         })?;
-        for opt in [
-            XDP_UMEM_FILL_RING,
-            XDP_UMEM_COMPLETION_RING,
-            XDP_RX_RING,
-            XDP_TX_RING,
-        ] {
-            setsockopt(&fd, opt, &ring)?;
-        }
-        let off: MmapOffsets = getsockopt(fd.as_fd(), XDP_MMAP_OFFSETS)?;
-        let rx = Ring::map(&fd, &off.rx, ring, 16, PGOFF_RX_RING)?;
-        let tx = Ring::map(&fd, &off.tx, ring, 16, PGOFF_TX_RING)?;
-        let fill = Ring::map(&fd, &off.fr, ring, 8, UMEM_PGOFF_FILL_RING)?;
-        let comp = Ring::map(&fd, &off.cr, ring, 8, UMEM_PGOFF_COMPLETION_RING)?;
+        sockopt::set_xdp_umem_fill_ring_size(&fd, ring)?;
+        sockopt::set_xdp_umem_completion_ring_size(&fd, ring)?;
+        sockopt::set_xdp_rx_ring_size(&fd, ring)?;
+        sockopt::set_xdp_tx_ring_size(&fd, ring)?;
+        let off = sockopt::xdp_mmap_offsets(&fd)?;
+        let rx = Ring::map(&fd, &off.rx, ring, 16, XDP_PGOFF_RX_RING)?;
+        let tx = Ring::map(&fd, &off.tx, ring, 16, XDP_PGOFF_TX_RING)?;
+        let fill = Ring::map(&fd, &off.fr, ring, 8, XDP_UMEM_PGOFF_FILL_RING)?;
+        let comp = Ring::map(&fd, &off.cr, ring, 8, XDP_UMEM_PGOFF_COMPLETION_RING)?;
         let mut x = Xsk {
             rx,
             tx,
@@ -320,26 +259,10 @@ impl Xsk {
             x.fill.ours = x.fill.ours.wrapping_add(1);
         }
         x.fill.publish(true);
-        let sa = SockaddrXdp {
-            family: AF_XDP as u16,
-            flags: XDP_USE_NEED_WAKEUP,
-            ifindex,
-            queue_id: queue,
-            shared_umem_fd: 0,
-        };
-        // SAFETY: a sockaddr_xdp of the size passed.
-        let r = unsafe {
-            libc::bind(
-                x.fd.as_raw_fd(),
-                &sa as *const SockaddrXdp as *const libc::sockaddr,
-                std::mem::size_of::<SockaddrXdp>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(last_err());
-        }
-        x.zerocopy = getsockopt::<u32>(x.fd.as_fd(), XDP_OPTIONS)
-            .is_ok_and(|o| o & XDP_OPTIONS_ZEROCOPY != 0);
+        let sa = SocketAddrXdp::new(SocketAddrXdpFlags::XDP_USE_NEED_WAKEUP, ifindex, queue);
+        rustix::net::bind(&x.fd, &sa)?;
+        x.zerocopy = sockopt::xdp_options(&x.fd)
+            .is_ok_and(|o| o.contains(XdpOptionsFlags::XDP_OPTIONS_ZEROCOPY));
         Ok(x)
     }
 
@@ -413,17 +336,8 @@ impl Xsk {
     }
 
     fn wake_rx(&self) {
-        // SAFETY: recvfrom(2) with no buffer: only wakes the driver.
-        unsafe {
-            libc::recvfrom(
-                self.fd.as_raw_fd(),
-                std::ptr::null_mut(),
-                0,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
-        };
+        // A read of nothing: it only wakes the driver.
+        let _ = rustix::net::recv(&self.fd, &mut [0u8; 0], RecvFlags::DONTWAIT);
     }
 
     /// Frames the kernel finished sending: their UMEM frames are free again.
@@ -484,19 +398,9 @@ impl Xsk {
                 break;
             }
             let before = self.tx.cons().load(Ordering::Acquire);
-            // SAFETY: sendto(2) with no data: only kicks the socket's TX ring.
-            let r = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    std::ptr::null(),
-                    0,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null(),
-                    0,
-                )
-            };
-            let err = (r < 0).then(|| io::Error::last_os_error().raw_os_error());
-            if err == Some(Some(libc::EBUSY)) {
+            // A send of nothing: it only kicks the socket's TX ring.
+            let err = rustix::net::send(&self.fd, &[], SendFlags::DONTWAIT).err();
+            if err == Some(Errno::BUSY) {
                 // Taken and completed, but the interface dropped it.
                 self.tx_dropped += 1;
             }
@@ -505,7 +409,7 @@ impl Xsk {
                 break;
             }
             match err {
-                None | Some(Some(libc::EAGAIN | libc::EBUSY | libc::EINTR)) => {}
+                None | Some(Errno::AGAIN | Errno::BUSY | Errno::INTR) => {}
                 _ => break, // down or gone: what waits goes with a later flush
             }
         }
@@ -514,6 +418,14 @@ impl Xsk {
     }
 
     pub fn statistics(&self) -> Statistics {
-        getsockopt(self.fd.as_fd(), XDP_STATISTICS).unwrap_or_default()
+        // Before Linux 5.9 (no `rx_ring_full`) rustix 1.1.6 fills `tx_invalid_descs`
+        // with `rx_dropped`: counting it would count those drops twice.
+        sockopt::xdp_statistics(&self.fd)
+            .map(|s| Statistics {
+                rx_dropped: s.rx_dropped,
+                tx_invalid_descs: s.rx_ring_full.map_or(0, |_| s.tx_invalid_descs),
+                rx_ring_full: s.rx_ring_full.unwrap_or(0),
+            })
+            .unwrap_or_default()
     }
 }

@@ -11,15 +11,11 @@
 //! Kernel ABI: linux/if_xdp.h, linux/bpf.h; the mechanism is in `sys::xdp` and
 //! `sys::bpf`.
 
-use crate::sys::bpf::{
-    BPF_LINK_CREATE, BPF_MAP_CREATE, BPF_MAP_TYPE_XSKMAP, BPF_MAP_UPDATE_ELEM, BPF_PROG_LOAD,
-    BPF_PROG_TYPE_XDP, BPF_XDP, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, bpf, bpf_raw, program,
-    put32, put64,
-};
+use crate::sys::bpf::{self, XdpHook, XskMap};
 pub use crate::sys::xdp::FRAME;
 use crate::sys::xdp::Xsk;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 /// UMEM frames per socket: half wait in the fill ring for received frames, half are
 /// for sending; each of the four rings has room for half. 16 MiB per socket for up to
@@ -36,7 +32,7 @@ pub struct Attached {
     pub socks: Vec<Xsk>,
     _link: OwnedFd,
     _prog: OwnedFd,
-    _map: OwnedFd,
+    _map: XskMap,
     /// The driver runs the program itself (not the kernel's generic hook).
     pub native: bool,
 }
@@ -63,33 +59,17 @@ pub fn attach(ifname: &str, ifindex: u32) -> Result<Attached, String> {
              (fewer with `ethtool -L {ifname} combined {MAX_QUEUES}`), or attach without --xdp"
         ));
     }
-    let mut attr = [0u8; 128];
-    put32(&mut attr, 0, BPF_MAP_TYPE_XSKMAP);
-    put32(&mut attr, 4, 4);
-    put32(&mut attr, 8, 4);
-    put32(&mut attr, 12, queues);
-    let map = bpf(BPF_MAP_CREATE, &mut attr)
+    let map = XskMap::create(queues)
         .map_err(|e| format!("cannot create an XSKMAP: {e} (needs CAP_BPF or root)"))?;
-    let code = program(map.as_raw_fd());
-    let license = b"Dual MIT/GPL\0";
     let mut log = vec![0u8; 4096];
-    let mut attr = [0u8; 128];
-    put32(&mut attr, 0, BPF_PROG_TYPE_XDP);
-    put32(&mut attr, 4, (code.len() / 8) as u32);
-    put64(&mut attr, 8, code.as_ptr() as u64);
-    put64(&mut attr, 16, license.as_ptr() as u64);
-    put32(&mut attr, 24, 1);
-    put32(&mut attr, 28, log.len() as u32);
-    put64(&mut attr, 32, log.as_mut_ptr() as u64);
-    attr[48..52].copy_from_slice(b"vale");
-    put32(&mut attr, 68, BPF_XDP);
-    let prog = bpf(BPF_PROG_LOAD, &mut attr).map_err(|e| {
-        let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-        format!(
-            "cannot load the XDP program: {e}: {}",
-            String::from_utf8_lossy(&log[..end]).trim()
-        )
-    })?;
+    let prog = bpf::prog_load_xdp(&map.redirect_program(), c"Dual MIT/GPL", "vale", &mut log)
+        .map_err(|e| {
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            format!(
+                "cannot load the XDP program: {e}: {}",
+                String::from_utf8_lossy(&log[..end]).trim()
+            )
+        })?;
     let mut socks = Vec::new();
     for q in 0..queues {
         let x = Xsk::new(ifindex, q, frames_for(queues)).map_err(|e| {
@@ -99,26 +79,16 @@ pub fn attach(ifname: &str, ifindex: u32) -> Result<Attached, String> {
                 format!("cannot bind an AF_XDP socket to {ifname} queue {q}: {e}")
             }
         })?;
-        let (key, val) = (q, x.fd().as_raw_fd() as u32);
-        let mut attr = [0u8; 128];
-        put32(&mut attr, 0, map.as_raw_fd() as u32);
-        put64(&mut attr, 8, &key as *const u32 as u64);
-        put64(&mut attr, 16, &val as *const u32 as u64);
-        bpf_raw(BPF_MAP_UPDATE_ELEM, &mut attr)
+        map.insert(q, x.fd())
             .map_err(|e| format!("cannot add the AF_XDP socket to the XSKMAP: {e}"))?;
         socks.push(x);
     }
     // The driver's own hook where it has one, the kernel's generic one otherwise.
     let mut link = Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
     let mut native = false;
-    for (flags, drv) in [(XDP_FLAGS_DRV_MODE, true), (XDP_FLAGS_SKB_MODE, false)] {
-        let mut attr = [0u8; 128];
-        put32(&mut attr, 0, prog.as_raw_fd() as u32);
-        put32(&mut attr, 4, ifindex);
-        put32(&mut attr, 8, BPF_XDP);
-        put32(&mut attr, 12, flags);
-        link = bpf(BPF_LINK_CREATE, &mut attr);
-        native = drv;
+    for hook in [XdpHook::Driver, XdpHook::Generic] {
+        link = bpf::link_create_xdp(prog.as_fd(), ifindex, hook);
+        native = hook == XdpHook::Driver;
         // A driver may refuse its own hook for its configuration (MTU, LRO: EINVAL,
         // ERANGE, ...): the generic hook still works. Busy means another program.
         match &link {

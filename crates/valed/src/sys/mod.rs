@@ -20,14 +20,23 @@ pub use unix::{
     check_ifname, dgram_bind, if_index, readable_within, stream_connect, stream_listen,
 };
 
-/// setsockopt(2) of a plain value at `level` (AF_PACKET here, AF_XDP in `xsk`).
-pub fn setsockopt_at<T>(
+/// setsockopt(2) of `v` as option `opt` at `level`, for the options rustix does not
+/// wrap (AF_PACKET's).
+///
+/// # Safety
+///
+/// Option `opt` must take its value by value, as a `T`: the kernel reads
+/// `size_of::<T>()` bytes at `v` and keeps nothing that points back into this process.
+/// An option whose value names memory the kernel then reads or writes (XDP_UMEM_REG's
+/// frames, for one) needs its own wrapper that says what that memory must do.
+pub unsafe fn setsockopt_at<T>(
     fd: &OwnedFd,
     level: libc::c_int,
     opt: libc::c_int,
     v: &T,
 ) -> io::Result<()> {
-    // SAFETY: `v` points to a `T` of the size passed, alive for the call.
+    // SAFETY: `v` is a live `T` of the size passed, read during the call only; the
+    // kernel follows nothing inside it (this function's contract).
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),

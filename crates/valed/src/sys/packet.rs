@@ -9,6 +9,21 @@ use std::io;
 pub const PACKET_VNET_HDR_LEN: u16 = 10;
 const PACKET_VNET_HDR: libc::c_int = 15;
 
+/// The `SOL_PACKET` options valed sets that take an `int`.
+#[repr(i32)]
+#[derive(Clone, Copy)]
+enum IntOption {
+    Version = PACKET_VERSION,
+    CopyThresh = PACKET_COPY_THRESH,
+    VnetHdr = PACKET_VNET_HDR,
+    IgnoreOutgoing = libc::PACKET_IGNORE_OUTGOING,
+}
+
+fn set_int(fd: &OwnedFd, opt: IntOption, v: libc::c_int) -> io::Result<()> {
+    // SAFETY: each `IntOption` takes an int by value; the kernel keeps nothing.
+    unsafe { setsockopt_at(fd, libc::SOL_PACKET, opt as libc::c_int, &v) }
+}
+
 /// An AF_PACKET socket bound to interface `ifindex`, receiving every frame that arrives
 /// on it (promiscuous, not the ones we send), non-blocking, with a 10-byte virtio-net
 /// header in front of each frame (`PACKET_VNET_HDR`).
@@ -30,7 +45,8 @@ pub fn packet_socket(ifindex: u32) -> io::Result<OwnedFd> {
         sll_halen: 0,
         sll_addr: [0; 8],
     };
-    // SAFETY: `sa` is a sockaddr_ll of the length passed.
+    // SAFETY: the kernel reads a `sockaddr_ll` of the length passed from `sa`, which
+    // lives across the call, and keeps nothing of it.
     let rc = unsafe {
         libc::bind(
             fd.as_raw_fd(),
@@ -47,11 +63,12 @@ pub fn packet_socket(ifindex: u32) -> io::Result<OwnedFd> {
         mr_alen: 0,
         mr_address: [0; 8],
     };
-    setsockopt(&fd, libc::PACKET_ADD_MEMBERSHIP, &mreq)?;
+    // SAFETY: PACKET_ADD_MEMBERSHIP takes a `packet_mreq` by value.
+    unsafe { setsockopt_at(&fd, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &mreq) }?;
     // A 10-byte virtio-net header on every frame: GSO super-frames (veth, GRO) come with
     // their segmentation request instead of as over-long frames, and go out the same way.
-    setsockopt(&fd, PACKET_VNET_HDR, &1i32)?;
-    setsockopt(&fd, libc::PACKET_IGNORE_OUTGOING, &1i32)?;
+    set_int(&fd, IntOption::VnetHdr, 1)?;
+    set_int(&fd, IntOption::IgnoreOutgoing, 1)?;
     // Room for a burst of super-frames queued on the socket (those larger than a receive
     // ring slot): 4 MiB, past rmem_max when valed may (root).
     let size = 4 << 20;
@@ -59,10 +76,6 @@ pub fn packet_socket(ifindex: u32) -> io::Result<OwnedFd> {
         let _ = sockopt::set_socket_recv_buffer_size(&fd, size);
     }
     Ok(fd)
-}
-
-fn setsockopt<T>(fd: &OwnedFd, opt: libc::c_int, v: &T) -> io::Result<()> {
-    setsockopt_at(fd, libc::SOL_PACKET, opt, v)
 }
 
 // PACKET_MMAP (TPACKET_V2), kernel ABI (linux/if_packet.h).
@@ -112,8 +125,8 @@ impl PacketRing {
     /// divides the page size) on packet socket `fd` (which already has
     /// `PACKET_VNET_HDR`) and maps it.
     pub fn new(fd: &OwnedFd, frame_size: usize, frame_nr: usize) -> io::Result<PacketRing> {
-        setsockopt(fd, PACKET_VERSION, &TPACKET_V2)?;
-        setsockopt(fd, PACKET_COPY_THRESH, &1i32)?;
+        set_int(fd, IntOption::Version, TPACKET_V2)?;
+        set_int(fd, IntOption::CopyThresh, 1)?;
         let page = 4096usize;
         let req = TpacketReq {
             block_size: page as u32,
@@ -121,7 +134,9 @@ impl PacketRing {
             frame_size: frame_size as u32,
             frame_nr: frame_nr as u32,
         };
-        setsockopt(fd, PACKET_RX_RING, &req)?;
+        // SAFETY: PACKET_RX_RING takes a `tpacket_req` by value; the ring it makes is
+        // the kernel's memory, reached only through the mapping below.
+        unsafe { setsockopt_at(fd, libc::SOL_PACKET, PACKET_RX_RING, &req) }?;
         let map = Mmap::shared(fd.as_fd(), frame_nr * frame_size, 0, false)?;
         Ok(PacketRing {
             map,

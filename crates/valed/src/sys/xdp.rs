@@ -14,6 +14,8 @@ use rustix::net::xdp::{
 };
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType, sockopt};
 use std::io;
+use std::marker::PhantomData;
+use std::mem::size_of;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering, fence};
 
@@ -61,53 +63,85 @@ unsafe fn register_umem(fd: &OwnedFd, umem: &Mmap) -> io::Result<()> {
     Ok(sockopt::set_xdp_umem_reg(fd, reg)?)
 }
 
-/// One of a socket's four rings, mapped: `size` entries of `elem` bytes at `desc`,
-/// and the producer and consumer indices and the flags word at their offsets.
-struct Ring {
+/// What a ring holds: UMEM addresses (fill and completion rings) or descriptors (RX
+/// and TX). Only plain integers, so whatever bytes the kernel leaves in an entry are a
+/// valid value; implemented for `u64` and `libc::xdp_desc` alone.
+trait Entry: Copy {}
+impl Entry for u64 {}
+impl Entry for libc::xdp_desc {}
+
+/// One of a socket's four rings, mapped: `size` entries of `T` at `desc`, and the
+/// producer and consumer indices and the flags word at their offsets.
+///
+/// Invariants (checked in `new`): `size` is a power of two, so `i & (size - 1)` is an
+/// entry; the entries and the three words lie inside `map`, the words 4-byte aligned.
+struct Ring<T: Entry> {
     map: Mmap,
     producer: usize,
     consumer: usize,
     flags: usize,
     desc: usize,
     size: u32,
-    elem: usize,
     /// Our side's index (the producer for fill and TX, the consumer for RX and
     /// completion), published with `publish`.
     ours: u32,
+    _entry: PhantomData<T>,
 }
 
-impl Ring {
-    fn map(
-        fd: &OwnedFd,
-        off: &XdpRingOffset,
-        size: u32,
-        elem: usize,
-        pgoff: u64,
-    ) -> io::Result<Ring> {
+impl<T: Entry> Ring<T> {
+    /// Maps `fd`'s ring at `pgoff` of `size` entries (the size its ring-size
+    /// setsockopt was given), laid out as the kernel's XDP_MMAP_OFFSETS say.
+    fn map(fd: &OwnedFd, off: &XdpRingOffset, size: u32, pgoff: u64) -> io::Result<Ring<T>> {
+        let len = (off.desc as usize)
+            .checked_add(size as usize * size_of::<T>())
+            .ok_or(Errno::INVAL)?;
+        let map = Mmap::shared(fd.as_fd(), len, pgoff, true)?;
+        let consumer = pgoff == XDP_PGOFF_RX_RING || pgoff == XDP_UMEM_PGOFF_COMPLETION_RING;
+        Ring::new(map, off, size, consumer)
+    }
+
+    /// A ring over `map` (our side the `consumer` or the producer), once the layout
+    /// the kernel gave is checked to fit it.
+    fn new(map: Mmap, off: &XdpRingOffset, size: u32, consumer: bool) -> io::Result<Ring<T>> {
+        // The kernel refuses any other size when the ring-size setsockopt succeeds; the
+        // masking in `entry` stays in bounds for no other.
+        if !size.is_power_of_two() {
+            return Err(Errno::INVAL.into());
+        }
         // Before Linux 5.4 rings have no flags word (nor need_wakeup, which we bind with).
         let flags = off.flags.ok_or(Errno::NOTSUP)?;
-        let len = off.desc as usize + size as usize * elem;
+        let fits = |at: u64, n: usize| {
+            (at as usize)
+                .checked_add(n)
+                .is_some_and(|end| end <= map.len())
+        };
+        let word = |at: u64| fits(at, 4) && at % 4 == 0;
+        let entries = size as usize * size_of::<T>();
+        if !(word(off.producer) && word(off.consumer) && word(flags) && fits(off.desc, entries)) {
+            return Err(Errno::INVAL.into());
+        }
         let mut r = Ring {
-            map: Mmap::shared(fd.as_fd(), len, pgoff, true)?,
+            map,
             producer: off.producer as usize,
             consumer: off.consumer as usize,
             flags: flags as usize,
             desc: off.desc as usize,
             size,
-            elem,
             ours: 0,
+            _entry: PhantomData,
         };
-        r.ours = if pgoff == XDP_PGOFF_RX_RING || pgoff == XDP_UMEM_PGOFF_COMPLETION_RING {
-            r.cons().load(Ordering::Relaxed)
-        } else {
-            r.prod().load(Ordering::Relaxed)
-        };
+        r.ours = if consumer { r.cons() } else { r.prod() }.load(Ordering::Relaxed);
         Ok(r)
     }
 
-    /// The index or flags word at offset `at`.
+    /// The index or flags word at offset `at` (one of the three checked in `new`).
     fn word(&self, at: usize) -> &AtomicU32 {
-        // SAFETY: inside the mapping, 4-byte aligned (kernel offsets), alive with self.
+        // SAFETY: `new` checked that `at..at + 4` lies inside the mapping and that `at`
+        // is 4-aligned (the mapping is page-aligned); the word lives as long as
+        // `self.map`, and both sides only ever access it atomically. That the word at
+        // `at` is the index the kernel uses is the kernel's XDP_MMAP_OFFSETS, trusted:
+        // were it wrong, only the ring protocol would break, and every address read
+        // back is still checked against the UMEM.
         unsafe { &*self.map.as_ptr().add(at).cast::<AtomicU32>() }
     }
 
@@ -124,9 +158,10 @@ impl Ring {
             .contains(XdpRingFlags::XDP_RING_NEED_WAKEUP)
     }
 
-    fn entry(&self, i: u32) -> *mut u8 {
-        let at = self.desc + (i & (self.size - 1)) as usize * self.elem;
-        self.map.as_ptr().wrapping_add(at)
+    /// Entry `i` (a free-running index) of the array.
+    fn entry(&self, i: u32) -> *mut T {
+        let at = self.desc + (i & (self.size - 1)) as usize * size_of::<T>();
+        self.map.as_ptr().wrapping_add(at).cast()
     }
 
     /// Consumer side: entries the kernel produced that we have not taken.
@@ -153,46 +188,33 @@ impl Ring {
         }
     }
 
-    fn read_u64(&self, i: u32) -> u64 {
-        // SAFETY: `entry` is inside the descriptor array; unaligned read is fine.
-        unsafe { std::ptr::read_unaligned(self.entry(i) as *const u64) }
+    /// Reads entry `i` (one the kernel produced: below the producer index `ready`
+    /// loaded with Acquire).
+    fn read(&self, i: u32) -> T {
+        // SAFETY: `i & (size - 1)` < size (a power of two, checked in `new`), so the
+        // entry lies inside `desc..desc + size * size_of::<T>()`, which `new` checked is
+        // inside the mapping. It is read by an unaligned raw copy, never through a
+        // reference, since the kernel writes neighbouring entries meanwhile; any bytes
+        // are a valid `T` (`Entry`).
+        unsafe { self.entry(i).read_unaligned() }
     }
 
-    fn write_u64(&self, i: u32, v: u64) {
-        // SAFETY: as `read_u64`.
-        unsafe { std::ptr::write_unaligned(self.entry(i) as *mut u64, v) }
-    }
-
-    /// An RX/TX descriptor: address, length.
-    fn read_desc(&self, i: u32) -> (u64, u32) {
-        let p = self.entry(i);
-        // SAFETY: 16-byte descriptors inside the array.
-        unsafe {
-            (
-                std::ptr::read_unaligned(p as *const u64),
-                std::ptr::read_unaligned(p.add(8) as *const u32),
-            )
-        }
-    }
-
-    fn write_desc(&self, i: u32, addr: u64, len: u32) {
-        let p = self.entry(i);
-        // SAFETY: as `read_desc`.
-        unsafe {
-            std::ptr::write_unaligned(p as *mut u64, addr);
-            std::ptr::write_unaligned(p.add(8) as *mut u32, len);
-            std::ptr::write_unaligned(p.add(12) as *mut u32, 0);
-        }
+    /// Writes entry `i` (one we may fill: `room` said so, or the ring protocol does).
+    fn write(&self, i: u32, v: T) {
+        // SAFETY: in bounds as in `read`; written by an unaligned raw copy, no
+        // reference made. The kernel reads it only once `publish` moves the producer
+        // index past it.
+        unsafe { self.entry(i).write_unaligned(v) }
     }
 }
 
 /// One AF_XDP socket, bound to one receive queue of an interface.
 pub struct Xsk {
     // Rings before the socket and the UMEM: unmapped first.
-    rx: Ring,
-    tx: Ring,
-    fill: Ring,
-    comp: Ring,
+    rx: Ring<libc::xdp_desc>,
+    tx: Ring<libc::xdp_desc>,
+    fill: Ring<u64>,
+    comp: Ring<u64>,
     fd: OwnedFd,
     /// Unmapped after the socket is closed (fields drop in order).
     umem: Mmap,
@@ -237,10 +259,10 @@ impl Xsk {
         sockopt::set_xdp_rx_ring_size(&fd, ring)?;
         sockopt::set_xdp_tx_ring_size(&fd, ring)?;
         let off = sockopt::xdp_mmap_offsets(&fd)?;
-        let rx = Ring::map(&fd, &off.rx, ring, 16, XDP_PGOFF_RX_RING)?;
-        let tx = Ring::map(&fd, &off.tx, ring, 16, XDP_PGOFF_TX_RING)?;
-        let fill = Ring::map(&fd, &off.fr, ring, 8, XDP_UMEM_PGOFF_FILL_RING)?;
-        let comp = Ring::map(&fd, &off.cr, ring, 8, XDP_UMEM_PGOFF_COMPLETION_RING)?;
+        let rx = Ring::map(&fd, &off.rx, ring, XDP_PGOFF_RX_RING)?;
+        let tx = Ring::map(&fd, &off.tx, ring, XDP_PGOFF_TX_RING)?;
+        let fill = Ring::map(&fd, &off.fr, ring, XDP_UMEM_PGOFF_FILL_RING)?;
+        let comp = Ring::map(&fd, &off.cr, ring, XDP_UMEM_PGOFF_COMPLETION_RING)?;
         let mut x = Xsk {
             rx,
             tx,
@@ -255,7 +277,7 @@ impl Xsk {
         };
         // The first half of the frames waits in the fill ring for received frames.
         for f in 0..frames / 2 {
-            x.fill.write_u64(x.fill.ours, (f * FRAME) as u64);
+            x.fill.write(x.fill.ours, (f * FRAME) as u64);
             x.fill.ours = x.fill.ours.wrapping_add(1);
         }
         x.fill.publish(true);
@@ -299,7 +321,7 @@ impl Xsk {
         }
         let (mut took, mut bad) = (0u32, 0u64);
         while took < ready {
-            let (addr, len) = self.rx.read_desc(self.rx.ours);
+            let libc::xdp_desc { addr, len, .. } = self.rx.read(self.rx.ours);
             let good = match self.frame(addr, len) {
                 Some(frame) => {
                     if !f(frame) {
@@ -316,8 +338,7 @@ impl Xsk {
             // Its frame back to the fill ring (there is room: the ring holds every
             // frame of the receive half); an address outside the UMEM is not ours.
             if good {
-                self.fill
-                    .write_u64(self.fill.ours, addr & !(FRAME as u64 - 1));
+                self.fill.write(self.fill.ours, addr & !(FRAME as u64 - 1));
                 self.fill.ours = self.fill.ours.wrapping_add(1);
             }
             took += 1;
@@ -344,7 +365,7 @@ impl Xsk {
     fn reclaim(&mut self) {
         let n = self.comp.ready();
         for _ in 0..n {
-            let a = self.comp.read_u64(self.comp.ours) & !(FRAME as u64 - 1);
+            let a = self.comp.read(self.comp.ours) & !(FRAME as u64 - 1);
             self.comp.ours = self.comp.ours.wrapping_add(1);
             if a < self.umem.len() as u64 && self.free.len() < self.umem.len() / FRAME {
                 self.free.push(a);
@@ -376,7 +397,12 @@ impl Xsk {
         let buf =
             unsafe { std::slice::from_raw_parts_mut(self.umem.as_ptr().add(addr as usize), len) };
         fill(buf);
-        self.tx.write_desc(self.tx.ours, addr, len as u32);
+        let desc = libc::xdp_desc {
+            addr,
+            len: len as u32,
+            options: 0,
+        };
+        self.tx.write(self.tx.ours, desc);
         self.tx.ours = self.tx.ours.wrapping_add(1);
         self.tx_queued = true;
         true
@@ -427,5 +453,125 @@ impl Xsk {
                 rx_ring_full: s.rx_ring_full.unwrap_or(0),
             })
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::offset_of;
+
+    const LAYOUT: XdpRingOffset = XdpRingOffset {
+        producer: 0,
+        consumer: 64,
+        desc: 256,
+        flags: Some(128),
+    };
+
+    fn ring<T: Entry>(off: &XdpRingOffset, size: u32, consumer: bool) -> io::Result<Ring<T>> {
+        Ring::new(Mmap::anonymous(4096, false)?, off, size, consumer)
+    }
+
+    // The numbers of linux/if_xdp.h.
+    #[test]
+    fn descriptors_match_linux_if_xdp_h() {
+        assert_eq!(size_of::<libc::xdp_desc>(), 16);
+        assert_eq!(offset_of!(libc::xdp_desc, addr), 0);
+        assert_eq!(offset_of!(libc::xdp_desc, len), 8);
+        assert_eq!(offset_of!(libc::xdp_desc, options), 12);
+    }
+
+    #[test]
+    fn a_layout_that_does_not_fit_the_mapping_is_refused() {
+        // (4096 - 256) / 8 = 480 addresses or 240 descriptors fit after `desc`.
+        assert!(ring::<u64>(&LAYOUT, 256, false).is_ok());
+        assert!(ring::<libc::xdp_desc>(&LAYOUT, 128, false).is_ok());
+        assert!(
+            ring::<u64>(&LAYOUT, 6, false).is_err(),
+            "not a power of two"
+        );
+        assert!(ring::<u64>(&LAYOUT, 0, false).is_err(), "empty");
+        assert!(
+            ring::<u64>(&LAYOUT, 512, false).is_err(),
+            "entries past the end"
+        );
+        assert!(
+            ring::<libc::xdp_desc>(&LAYOUT, 256, false).is_err(),
+            "entries past the end"
+        );
+        for bad in [
+            XdpRingOffset {
+                producer: 2,
+                ..LAYOUT
+            },
+            XdpRingOffset {
+                consumer: 4094,
+                ..LAYOUT
+            },
+            XdpRingOffset {
+                flags: Some(4096),
+                ..LAYOUT
+            },
+            XdpRingOffset {
+                flags: None,
+                ..LAYOUT
+            },
+            XdpRingOffset {
+                desc: u64::MAX - 8,
+                ..LAYOUT
+            },
+        ] {
+            assert!(ring::<u64>(&bad, 8, false).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_producer_fills_what_the_consumer_gave_back_and_wraps() {
+        let mut r = ring::<u64>(&LAYOUT, 4, false).unwrap();
+        // Start near the wrap of the free-running indices, as a long-lived ring is.
+        r.prod().store(u32::MAX - 1, Ordering::Relaxed);
+        r.cons().store(u32::MAX - 1, Ordering::Relaxed);
+        r.ours = u32::MAX - 1;
+        assert_eq!(r.room(), 4);
+        for v in 10..14 {
+            r.write(r.ours, v);
+            r.ours = r.ours.wrapping_add(1);
+        }
+        assert_eq!(r.room(), 0);
+        r.publish(true);
+        assert_eq!(r.prod().load(Ordering::Relaxed), 2);
+        // The entries went to slots (MAX - 1) & 3 = 2, 3, 0, 1.
+        assert_eq!(
+            [r.read(0), r.read(1), r.read(2), r.read(3)],
+            [12, 13, 10, 11]
+        );
+        // The kernel takes two.
+        r.cons().store(0, Ordering::Relaxed);
+        assert_eq!(r.room(), 2);
+    }
+
+    #[test]
+    fn a_consumer_sees_what_the_kernel_produced_at_most_a_ring() {
+        let mut r = ring::<libc::xdp_desc>(&LAYOUT, 8, true).unwrap();
+        assert_eq!(r.ready(), 0);
+        let d = libc::xdp_desc {
+            addr: 0x3000,
+            len: 60,
+            options: 0,
+        };
+        r.write(0, d);
+        r.prod().store(1, Ordering::Release);
+        assert_eq!(r.ready(), 1);
+        let got = r.read(r.ours);
+        assert_eq!((got.addr, got.len), (0x3000, 60));
+        r.ours += 1;
+        r.publish(false);
+        assert_eq!(r.cons().load(Ordering::Relaxed), 1);
+        // A producer index past a whole ring claims no more than a ring.
+        r.prod().store(100, Ordering::Release);
+        assert_eq!(r.ready(), 8);
+        assert!(!r.need_wakeup());
+        r.word(r.flags).store(1, Ordering::Relaxed);
+        assert!(r.need_wakeup());
     }
 }

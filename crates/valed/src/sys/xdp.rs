@@ -294,12 +294,19 @@ impl Xsk {
 
     /// The frame at `addr` (a UMEM offset from the kernel) of `len` bytes, if it lies
     /// inside the UMEM.
-    fn frame(&self, addr: u64, len: u32) -> Option<&[u8]> {
+    ///
+    /// # Safety
+    ///
+    /// The kernel must not write those bytes while the slice lives: they must be a frame
+    /// the RX ring handed over, not yet given back through the fill ring.
+    unsafe fn frame(&self, addr: u64, len: u32) -> Option<&[u8]> {
         let end = addr.checked_add(len as u64)?;
         if end > self.umem.len() as u64 {
             return None;
         }
-        // SAFETY: inside the UMEM mapping, which lives as long as self.
+        // SAFETY: `addr..end` lies inside the UMEM mapping (checked above), which lives
+        // as long as `self`; nobody writes it while the slice lives (the caller's
+        // promise), so a shared slice over it is sound.
         Some(unsafe {
             std::slice::from_raw_parts(self.umem.as_ptr().add(addr as usize), len as usize)
         })
@@ -322,7 +329,10 @@ impl Xsk {
         let (mut took, mut bad) = (0u32, 0u64);
         while took < ready {
             let libc::xdp_desc { addr, len, .. } = self.rx.read(self.rx.ours);
-            let good = match self.frame(addr, len) {
+            // SAFETY: the descriptor at `rx.ours` is one the kernel produced (`ready`), so
+            // its frame is ours, trusting the kernel's ring protocol, until it goes back
+            // to the fill ring below, after `f` returned and the slice is gone.
+            let good = match unsafe { self.frame(addr, len) } {
                 Some(frame) => {
                     if !f(frame) {
                         break;
@@ -393,7 +403,11 @@ impl Xsk {
         let Some(addr) = self.free.pop() else {
             return false;
         };
-        // SAFETY: a free UMEM frame (not held by the kernel), FRAME bytes long.
+        // SAFETY: `free` holds only FRAME-aligned offsets below the UMEM's length (`new`,
+        // and `reclaim`'s check), which is a multiple of FRAME, and `len` <= FRAME
+        // (checked above): the bytes lie inside the mapping. A free frame is in neither
+        // the fill nor the TX ring, so the kernel does not touch it until the descriptor
+        // written below is published, after `fill` returned and `buf` is gone.
         let buf =
             unsafe { std::slice::from_raw_parts_mut(self.umem.as_ptr().add(addr as usize), len) };
         fill(buf);

@@ -13,7 +13,7 @@
 
 use crate::sys::bpf::{self, XdpHook, XskMap};
 pub use crate::sys::xdp::FRAME;
-use crate::sys::xdp::Xsk;
+use crate::sys::xdp::{NewError, Xsk};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -49,6 +49,21 @@ fn rx_queues(ifname: &str) -> u32 {
         .max(1)
 }
 
+/// What the user is told when queue `q`'s socket (of `frames` frames) cannot be made.
+fn socket_error(ifname: &str, q: u32, frames: usize, e: NewError) -> String {
+    match e {
+        NewError::Umem(e) => format!(
+            "cannot bind an AF_XDP socket to {ifname} queue {q}: registering {} MiB of \
+             frames: {e} (locked memory: valed needs CAP_IPC_LOCK or a larger RLIMIT_MEMLOCK)",
+            (frames * FRAME) >> 20
+        ),
+        NewError::Other(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            format!("{ifname} queue {q} already has an AF_XDP socket (another program's)")
+        }
+        NewError::Other(e) => format!("cannot bind an AF_XDP socket to {ifname} queue {q}: {e}"),
+    }
+}
+
 /// Steers `ifname`'s received frames to new AF_XDP sockets, one per receive queue.
 pub fn attach(ifname: &str, ifindex: u32) -> Result<Attached, String> {
     let queues = rx_queues(ifname);
@@ -72,13 +87,8 @@ pub fn attach(ifname: &str, ifindex: u32) -> Result<Attached, String> {
         })?;
     let mut socks = Vec::new();
     for q in 0..queues {
-        let x = Xsk::new(ifindex, q, frames_for(queues)).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EBUSY) {
-                format!("{ifname} queue {q} already has an AF_XDP socket (another program's)")
-            } else {
-                format!("cannot bind an AF_XDP socket to {ifname} queue {q}: {e}")
-            }
-        })?;
+        let frames = frames_for(queues);
+        let x = Xsk::new(ifindex, q, frames).map_err(|e| socket_error(ifname, q, frames, e))?;
         map.insert(q, x.fd())
             .map_err(|e| format!("cannot add the AF_XDP socket to the XSKMAP: {e}"))?;
         socks.push(x);
@@ -109,4 +119,37 @@ pub fn attach(ifname: &str, ifindex: u32) -> Result<Attached, String> {
         _map: map,
         native,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_errors_name_the_queue_and_the_fix() {
+        let os = |n| io::Error::from_raw_os_error(n);
+        assert_eq!(
+            socket_error("eth0", 2, 4096, NewError::Umem(os(libc::ENOBUFS))),
+            "cannot bind an AF_XDP socket to eth0 queue 2: registering 16 MiB of frames: \
+             No buffer space available (os error 105) (locked memory: valed needs \
+             CAP_IPC_LOCK or a larger RLIMIT_MEMLOCK)"
+        );
+        // A UMEM error is about memory even when its errno is EBUSY.
+        assert!(socket_error("eth0", 0, 2048, NewError::Umem(os(libc::EBUSY))).contains("8 MiB"));
+        assert_eq!(
+            socket_error("eth0", 1, 4096, NewError::Other(os(libc::EBUSY))),
+            "eth0 queue 1 already has an AF_XDP socket (another program's)"
+        );
+        assert_eq!(
+            socket_error("eth0", 1, 4096, NewError::Other(os(libc::EINVAL))),
+            "cannot bind an AF_XDP socket to eth0 queue 1: Invalid argument (os error 22)"
+        );
+    }
+
+    #[test]
+    fn frames_for_many_queues_are_fewer() {
+        assert_eq!(frames_for(1) * FRAME, 16 << 20);
+        assert_eq!(frames_for(4), 4096);
+        assert_eq!(frames_for(5), 2048);
+    }
 }

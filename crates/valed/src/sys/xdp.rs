@@ -228,8 +228,32 @@ pub struct Xsk {
     pub tx_dropped: u64,
 }
 
+/// Why [`Xsk::new`] failed.
+#[derive(Debug)]
+pub enum NewError {
+    /// Registering the UMEM: the kernel pins it, within RLIMIT_MEMLOCK unless the
+    /// process has CAP_IPC_LOCK.
+    Umem(io::Error),
+    /// Any other step: the socket, its rings, binding it to the queue.
+    Other(io::Error),
+}
+
+impl From<io::Error> for NewError {
+    fn from(e: io::Error) -> NewError {
+        NewError::Other(e)
+    }
+}
+
+impl From<Errno> for NewError {
+    fn from(e: Errno) -> NewError {
+        NewError::Other(e.into())
+    }
+}
+
 impl Xsk {
-    pub fn new(ifindex: u32, queue: u32, frames: usize) -> io::Result<Xsk> {
+    /// A socket bound to queue `queue` of interface `ifindex`, with a UMEM of `frames`
+    /// frames (half in the fill ring, half for sending; four rings of `frames / 2`).
+    pub fn new(ifindex: u32, queue: u32, frames: usize) -> Result<Xsk, NewError> {
         let ring = (frames / 2) as u32;
         // Mapped before the socket exists, so that it is unmapped after the socket is
         // closed on every path (locals drop in reverse), as `register_umem` requires.
@@ -243,17 +267,7 @@ impl Xsk {
         // SAFETY: `umem` outlives `fd` here (declared first) and in `Xsk` (fields drop
         // in order, `umem` last); only `frame` and `send` reach into it, each at a frame
         // the rings hand over.
-        unsafe { register_umem(&fd, &umem) }.map_err(|e| {
-            // The kernel pins the UMEM, within RLIMIT_MEMLOCK unless CAP_IPC_LOCK.
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "registering {} MiB of frames: {e} (locked memory: valed needs \
-                         CAP_IPC_LOCK or a larger RLIMIT_MEMLOCK)",
-                    umem.len() >> 20
-                ),
-            )
-        })?;
+        unsafe { register_umem(&fd, &umem) }.map_err(NewError::Umem)?;
         sockopt::set_xdp_umem_fill_ring_size(&fd, ring)?;
         sockopt::set_xdp_umem_completion_ring_size(&fd, ring)?;
         sockopt::set_xdp_rx_ring_size(&fd, ring)?;

@@ -4,6 +4,12 @@
 use rustix::fd::{AsRawFd, BorrowedFd};
 use std::io;
 
+// Known debt: both functions are safe, yet dereference the pointer pairs they are
+// given, trusting the promise documented on `vale_switch::Egress`, a safe trait; and
+// `with_slices` makes `&[u8]` over buffers the sending client may rewrite. A
+// `vale_abi::Frag<'a>`, made only from a checked buffer index, is to replace the pairs
+// (design review 2.4) and make these sound by construction.
+
 /// Most fragments one packet may have (netmap's limit), and a header in front.
 pub const MAX_IOV: usize = 65;
 
@@ -13,8 +19,10 @@ pub fn write_frags(fd: BorrowedFd<'_>, frags: &[(*const u8, usize)]) -> io::Resu
     if frags.is_empty() || frags.len() > MAX_IOV {
         return Err(io::Error::other("packet with no or too many fragments"));
     }
-    // SAFETY: iovec is plain old data; all-zero is valid.
-    let mut iov: [libc::iovec; MAX_IOV] = unsafe { std::mem::zeroed() };
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_IOV];
     for (e, &(p, n)) in iov.iter_mut().zip(frags) {
         *e = libc::iovec {
             iov_base: p as *mut libc::c_void,

@@ -1,6 +1,18 @@
-//! The few system calls rustix does not wrap: creating a TAP device and binding an
-//! AF_PACKET socket to an interface. Each `unsafe` block passes plain-old-data structs
-//! that live across the call.
+//! All of valed's `unsafe`: the system calls rustix does not wrap, and the memory valed
+//! shares with the kernel. Here: `Mmap`, the one mapping type, and `setsockopt_at`.
+//!
+//! - `tun`: TAP devices (the TUN ioctls);
+//! - `packet`: AF_PACKET sockets (`sockaddr_ll`, `PACKET_*` options) and the
+//!   TPACKET_V2 receive ring;
+//! - `xdp`: AF_XDP sockets, their UMEM and rings;
+//! - `bpf`: bpf(2) commands and the XDP program;
+//! - `iov`: a packet's fragments to `writev` or to byte slices;
+//! - `unix`: unix sockets, and interface names and indices.
+//!
+//! rustix does the rest: the sockets themselves, AF_XDP's options and address, poll,
+//! mmap, the receive buffer, interface indices. Every `unsafe` block names the
+//! invariant it relies on and where that is established; a function whose caller must
+//! uphold something is an `unsafe fn` with a `# Safety` section.
 
 use rustix::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use rustix::mm::{MapFlags, ProtFlags};

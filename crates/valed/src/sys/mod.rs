@@ -150,3 +150,57 @@ impl Drop for Mmap {
         let _ = unsafe { rustix::mm::munmap(self.ptr.cast(), self.len) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `[start, start + len)` is exactly one line of /proc/self/maps.
+    fn mapped(start: usize, len: usize) -> bool {
+        let want = format!("{:x}-{:x} ", start, start + len);
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with(&want))
+    }
+
+    #[test]
+    fn an_anonymous_mapping_is_zeroed_writable_and_gone_when_dropped() {
+        // An odd size, so that no other test's mapping at the same address looks like it.
+        let len = 7 * 4096;
+        let m = Mmap::anonymous(len, true).unwrap();
+        assert_eq!(m.len(), len);
+        let start = m.as_ptr() as usize;
+        assert_eq!(start % 4096, 0);
+        assert!(mapped(start, len));
+        // SAFETY: both offsets are inside the `len` bytes just mapped, which nothing
+        // else knows of; raw reads and writes, no reference.
+        unsafe {
+            assert_eq!(m.as_ptr().add(len - 1).read(), 0);
+            m.as_ptr().add(len - 1).write(0xa5);
+            assert_eq!(m.as_ptr().add(len - 1).read(), 0xa5);
+        }
+        drop(m);
+        assert!(!mapped(start, len));
+    }
+
+    #[test]
+    fn a_shared_mapping_shows_what_is_written_through_the_descriptor() {
+        use rustix::fd::AsFd;
+        use rustix::fs::{MemfdFlags, ftruncate, memfd_create};
+        let fd = memfd_create("vale-mmap-test", MemfdFlags::CLOEXEC).unwrap();
+        ftruncate(&fd, 2 * 4096).unwrap();
+        let m = Mmap::shared(fd.as_fd(), 4096, 4096, false).unwrap();
+        rustix::io::pwrite(&fd, b"vale", 4096 + 10).unwrap();
+        let mut got = [0u8; 4];
+        // SAFETY: bytes 10..14 of the 4096 just mapped; only this test reaches the
+        // memfd, and its write is done.
+        unsafe { std::ptr::copy_nonoverlapping(m.as_ptr().add(10), got.as_mut_ptr(), 4) };
+        assert_eq!(&got, b"vale");
+    }
+
+    #[test]
+    fn a_mapping_the_kernel_refuses_is_an_error() {
+        assert!(Mmap::anonymous(0, false).is_err());
+    }
+}

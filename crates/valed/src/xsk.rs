@@ -1,4 +1,5 @@
-//! AF_XDP for attached interfaces (`vale-ctl -a valeX:IF --xdp`).
+//! AF_XDP for attached interfaces (`vale-ctl -a valeX:IF --xdp`): the policy, which
+//! queues get a socket and how many frames, and the attach sequence and its messages.
 //!
 //! A five-instruction XDP program hands every frame the interface receives on queue `q`
 //! to our AF_XDP socket for `q` (an `XSKMAP`), and to the kernel's stack when there is

@@ -1,5 +1,5 @@
 //! AF_XDP sockets: the socket, its UMEM and its four rings, and receiving and sending
-//! frames through them (which queues to serve, and the XDP program, are `xsk`'s).
+//! frames through them (which queues get one is `xsk`'s, the XDP program `bpf`'s).
 //!
 //! Kernel ABI: linux/if_xdp.h. The kernel owns the rings' other index and the frames it
 //! holds; everything read back from it (descriptor addresses and lengths) is checked

@@ -99,11 +99,18 @@ unsafe fn bpf<A>(cmd: libc::c_int, attr: &mut A) -> io::Result<libc::c_long> {
     }
 }
 
-/// The descriptor a successful `BPF_MAP_CREATE`, `BPF_PROG_LOAD` or `BPF_LINK_CREATE`
-/// returned.
-fn new_fd(r: libc::c_long) -> OwnedFd {
-    // SAFETY: those commands return a new descriptor, which nothing else owns.
-    unsafe { OwnedFd::from_raw_fd(r as libc::c_int) }
+/// [`bpf`] for a command that returns a new descriptor.
+///
+/// # Safety
+///
+/// As for [`bpf`], and `cmd` must be one that returns a new descriptor on success
+/// (`BPF_MAP_CREATE`, `BPF_PROG_LOAD`, `BPF_LINK_CREATE`).
+unsafe fn bpf_fd<A>(cmd: libc::c_int, attr: &mut A) -> io::Result<OwnedFd> {
+    // SAFETY: passed on from this function's contract.
+    let r = unsafe { bpf(cmd, attr) }?;
+    // SAFETY: `cmd` returned a new descriptor (this function's contract), which
+    // nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as libc::c_int) })
 }
 
 /// An `XSKMAP` from receive queue (`u32`) to AF_XDP socket (`u32` descriptor).
@@ -120,9 +127,8 @@ impl XskMap {
             map_flags: 0,
         };
         // SAFETY: `MapCreate` is BPF_MAP_CREATE's attribute struct; it holds no address.
-        unsafe { bpf(BPF_MAP_CREATE, &mut attr) }
-            .map(new_fd)
-            .map(XskMap)
+        // It returns the map's new descriptor.
+        unsafe { bpf_fd(BPF_MAP_CREATE, &mut attr) }.map(XskMap)
     }
 
     /// Steers queue `queue`'s frames to `sock`.
@@ -217,7 +223,8 @@ pub fn prog_load_xdp(
     // SAFETY: `ProgLoad` is BPF_PROG_LOAD's attribute struct. `insns` addresses
     // `insn_cnt` instructions and `license` a NUL-terminated string, both borrowed for
     // the call; `log_buf` addresses `log_size` bytes of `log`, borrowed mutably for it.
-    unsafe { bpf(BPF_PROG_LOAD, &mut attr) }.map(new_fd)
+    // It returns the program's new descriptor.
+    unsafe { bpf_fd(BPF_PROG_LOAD, &mut attr) }
 }
 
 /// Where an XDP program runs.
@@ -242,7 +249,8 @@ pub fn link_create_xdp(prog: BorrowedFd<'_>, ifindex: u32, hook: XdpHook) -> io:
         },
     };
     // SAFETY: `LinkCreate` is BPF_LINK_CREATE's attribute struct; it holds no address.
-    unsafe { bpf(BPF_LINK_CREATE, &mut attr) }.map(new_fd)
+    // It returns the link's new descriptor.
+    unsafe { bpf_fd(BPF_LINK_CREATE, &mut attr) }
 }
 
 #[cfg(test)]

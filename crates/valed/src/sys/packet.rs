@@ -171,16 +171,17 @@ impl PacketRing {
         })
     }
 
-    fn status(&self, i: usize) -> &AtomicU32 {
-        debug_assert!(i < self.frame_nr);
-        // SAFETY: slot `i` < frame_nr starts inside the mapping, 16-byte aligned (see
-        // `new`); its first word is the status the kernel and we hand the slot over with,
+    /// The status word of slot `next`.
+    fn status(&self) -> &AtomicU32 {
+        // SAFETY: `next` < frame_nr (it wraps modulo frame_nr; with no slots the
+        // mapping in `new` fails), so the slot starts inside the mapping, 16-byte
+        // aligned (see `new`); its first word is the status the kernel and we hand the slot over with,
         // only ever accessed atomically, and it lives as long as `self.map`.
         unsafe {
             &*self
                 .map
                 .as_ptr()
-                .add(i * self.frame_size + TP_STATUS)
+                .add(self.next * self.frame_size + TP_STATUS)
                 .cast::<AtomicU32>()
         }
     }
@@ -188,7 +189,7 @@ impl PacketRing {
     /// Looks at the next slot and hands what it holds to `f`; the slot goes back to the
     /// kernel afterwards. Returns false if nothing had arrived.
     pub fn take(&mut self, f: impl FnOnce(RingFrame<'_>)) -> bool {
-        let st = self.status(self.next).load(Ordering::Acquire);
+        let st = self.status().load(Ordering::Acquire);
         if st & libc::TP_STATUS_USER == 0 {
             f(RingFrame::Empty);
             return false;
@@ -212,7 +213,7 @@ impl PacketRing {
         } else {
             f(RingFrame::Frame(&slot[h.mac - hdr..h.mac + h.snaplen]));
         }
-        self.status(self.next)
+        self.status()
             .store(libc::TP_STATUS_KERNEL, Ordering::Release);
         self.next = (self.next + 1) % self.frame_nr;
         true

@@ -70,6 +70,14 @@ trait Entry: Copy {}
 impl Entry for u64 {}
 impl Entry for libc::xdp_desc {}
 
+/// The words of a ring besides its entries.
+#[derive(Clone, Copy)]
+enum Word {
+    Producer,
+    Consumer,
+    Flags,
+}
+
 /// One of a socket's four rings, mapped: `size` entries of `T` at `desc`, and the
 /// producer and consumer indices and the flags word at their offsets.
 ///
@@ -134,8 +142,13 @@ impl<T: Entry> Ring<T> {
         Ok(r)
     }
 
-    /// The index or flags word at offset `at` (one of the three checked in `new`).
-    fn word(&self, at: usize) -> &AtomicU32 {
+    /// One of the three words `new` checked.
+    fn word(&self, w: Word) -> &AtomicU32 {
+        let at = match w {
+            Word::Producer => self.producer,
+            Word::Consumer => self.consumer,
+            Word::Flags => self.flags,
+        };
         // SAFETY: `new` checked that `at..at + 4` lies inside the mapping and that `at`
         // is 4-aligned (the mapping is page-aligned); the word lives as long as
         // `self.map`, and both sides only ever access it atomically. That the word at
@@ -146,15 +159,15 @@ impl<T: Entry> Ring<T> {
     }
 
     fn prod(&self) -> &AtomicU32 {
-        self.word(self.producer)
+        self.word(Word::Producer)
     }
 
     fn cons(&self) -> &AtomicU32 {
-        self.word(self.consumer)
+        self.word(Word::Consumer)
     }
 
     fn need_wakeup(&self) -> bool {
-        XdpRingFlags::from_bits_retain(self.word(self.flags).load(Ordering::Relaxed))
+        XdpRingFlags::from_bits_retain(self.word(Word::Flags).load(Ordering::Relaxed))
             .contains(XdpRingFlags::XDP_RING_NEED_WAKEUP)
     }
 
@@ -599,7 +612,7 @@ mod tests {
         r.prod().store(100, Ordering::Release);
         assert_eq!(r.ready(), 8);
         assert!(!r.need_wakeup());
-        r.word(r.flags).store(1, Ordering::Relaxed);
+        r.word(Word::Flags).store(1, Ordering::Relaxed);
         assert!(r.need_wakeup());
     }
 }

@@ -12,8 +12,8 @@
 //! - `daemon`: start and shutdown; `control`: the control thread; `lane`: a forwarding
 //!   thread and what it owns; `error`: why requests are refused.
 
-// `unsafe` only in `sys` (TAP and AF_PACKET setup, which rustix does not wrap) and
-// `xsk` (AF_XDP rings and bpf(2)).
+// `unsafe` only in `sys`: the system calls rustix does not wrap, and the memory valed
+// shares with the kernel (AF_PACKET and AF_XDP rings, UMEM).
 #![deny(unsafe_code)]
 
 mod control;
@@ -25,7 +25,6 @@ pub mod settings;
 #[allow(unsafe_code)]
 mod sys;
 mod vhost;
-#[allow(unsafe_code)]
 mod xsk;
 
 pub use daemon::{SetVerbosity, run};

@@ -1,4 +1,5 @@
-//! AF_XDP for attached interfaces (`vale-ctl -a valeX:IF --xdp`).
+//! AF_XDP for attached interfaces (`vale-ctl -a valeX:IF --xdp`): the policy, which
+//! queues get a socket and how many frames, and the attach sequence and its messages.
 //!
 //! A five-instruction XDP program hands every frame the interface receives on queue `q`
 //! to our AF_XDP socket for `q` (an `XSKMAP`), and to the kernel's stack when there is
@@ -8,47 +9,15 @@
 //! the fill ring, half for sending); the kernel picks zero-copy where the driver
 //! supports it and copies otherwise.
 //!
-//! Kernel ABI: linux/if_xdp.h, linux/bpf.h. The kernel owns the rings' other index and
-//! the frames it holds; everything read back from it (descriptor addresses and lengths)
-//! is checked against the UMEM before use.
+//! Kernel ABI: linux/if_xdp.h, linux/bpf.h; the mechanism is in `sys::xdp` and
+//! `sys::bpf`.
 
+use crate::sys::bpf::{self, XdpHook, XskMap};
+pub use crate::sys::xdp::FRAME;
+use crate::sys::xdp::{NewError, Xsk};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, Ordering, fence};
+use std::os::fd::{AsFd, OwnedFd};
 
-const AF_XDP: libc::c_int = 44;
-const SOL_XDP: libc::c_int = 283;
-const XDP_MMAP_OFFSETS: libc::c_int = 1;
-const XDP_RX_RING: libc::c_int = 2;
-const XDP_TX_RING: libc::c_int = 3;
-const XDP_UMEM_REG: libc::c_int = 4;
-const XDP_UMEM_FILL_RING: libc::c_int = 5;
-const XDP_UMEM_COMPLETION_RING: libc::c_int = 6;
-const XDP_STATISTICS: libc::c_int = 7;
-const XDP_OPTIONS: libc::c_int = 8;
-const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
-const XDP_RING_NEED_WAKEUP: u32 = 1;
-const XDP_OPTIONS_ZEROCOPY: u32 = 1;
-const PGOFF_RX_RING: i64 = 0;
-const PGOFF_TX_RING: i64 = 0x8000_0000;
-const UMEM_PGOFF_FILL_RING: i64 = 0x1_0000_0000;
-const UMEM_PGOFF_COMPLETION_RING: i64 = 0x1_8000_0000;
-
-// bpf(2)
-const BPF_MAP_CREATE: libc::c_int = 0;
-const BPF_MAP_UPDATE_ELEM: libc::c_int = 2;
-const BPF_PROG_LOAD: libc::c_int = 5;
-const BPF_LINK_CREATE: libc::c_int = 28;
-const BPF_MAP_TYPE_XSKMAP: u32 = 17;
-const BPF_PROG_TYPE_XDP: u32 = 6;
-const BPF_XDP: u32 = 37;
-const BPF_FUNC_REDIRECT_MAP: i32 = 51;
-const XDP_PASS: i32 = 2;
-const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
-const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
-
-/// UMEM frame size.
-pub const FRAME: usize = 4096;
 /// UMEM frames per socket: half wait in the fill ring for received frames, half are
 /// for sending; each of the four rings has room for half. 16 MiB per socket for up to
 /// four receive queues, 8 MiB each beyond (a NIC with many queues).
@@ -58,602 +27,15 @@ fn frames_for(queues: u32) -> usize {
 /// Receive queues served at most (one socket each).
 const MAX_QUEUES: u32 = 64;
 
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct RingOffsets {
-    producer: u64,
-    consumer: u64,
-    desc: u64,
-    flags: u64,
-}
-
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct MmapOffsets {
-    rx: RingOffsets,
-    tx: RingOffsets,
-    fr: RingOffsets,
-    cr: RingOffsets,
-}
-
-#[repr(C)]
-struct UmemReg {
-    addr: u64,
-    len: u64,
-    chunk_size: u32,
-    headroom: u32,
-    flags: u32,
-    tx_metadata_len: u32,
-}
-
-#[repr(C)]
-struct SockaddrXdp {
-    family: u16,
-    flags: u16,
-    ifindex: u32,
-    queue_id: u32,
-    shared_umem_fd: u32,
-}
-
-/// The kernel's drop counters for one socket (`struct xdp_statistics`).
-#[repr(C)]
-#[derive(Default, Clone, Copy, Debug)]
-pub struct Statistics {
-    pub rx_dropped: u64,
-    pub rx_invalid_descs: u64,
-    pub tx_invalid_descs: u64,
-    pub rx_ring_full: u64,
-    pub rx_fill_ring_empty_descs: u64,
-    pub tx_ring_empty_descs: u64,
-}
-
-impl Statistics {
-    /// Frames the kernel dropped: received ones it had no room for or that were too
-    /// large for a frame (`rx_dropped`, which also counts what
-    /// `rx_fill_ring_empty_descs` counts again), and descriptors we sent that it
-    /// refused as invalid.
-    pub fn lost(&self) -> u64 {
-        self.rx_dropped
-            .saturating_add(self.rx_ring_full)
-            .saturating_add(self.tx_invalid_descs)
-    }
-}
-
-fn last_err() -> io::Error {
-    io::Error::last_os_error()
-}
-
-fn setsockopt<T>(fd: &OwnedFd, opt: libc::c_int, v: &T) -> io::Result<()> {
-    crate::sys::setsockopt_at(fd, SOL_XDP, opt, v)
-}
-
-fn getsockopt<T: Default>(fd: BorrowedFd<'_>, opt: libc::c_int) -> io::Result<T> {
-    let mut v = T::default();
-    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
-    // SAFETY: `v` is writable for `len` bytes.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            SOL_XDP,
-            opt,
-            &mut v as *mut T as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    if r < 0 { Err(last_err()) } else { Ok(v) }
-}
-
-/// One of a socket's four rings, mapped: `size` entries of `elem` bytes.
-struct Ring {
-    map: *mut libc::c_void,
-    map_len: usize,
-    producer: *const AtomicU32,
-    consumer: *const AtomicU32,
-    flags: *const AtomicU32,
-    desc: *mut u8,
-    size: u32,
-    elem: usize,
-    /// Our side's index (the producer for fill and TX, the consumer for RX and
-    /// completion), published with `publish`.
-    ours: u32,
-}
-
-impl Ring {
-    fn map(
-        fd: &OwnedFd,
-        off: &RingOffsets,
-        size: u32,
-        elem: usize,
-        pgoff: i64,
-    ) -> io::Result<Ring> {
-        let map_len = off.desc as usize + size as usize * elem;
-        // SAFETY: a fresh shared mapping of the socket's ring; checked below.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-                fd.as_raw_fd(),
-                pgoff,
-            )
-        };
-        if map == libc::MAP_FAILED {
-            return Err(last_err());
-        }
-        let at = |o: u64| (map as usize + o as usize) as *const AtomicU32;
-        let mut r = Ring {
-            map,
-            map_len,
-            producer: at(off.producer),
-            consumer: at(off.consumer),
-            flags: at(off.flags),
-            desc: (map as usize + off.desc as usize) as *mut u8,
-            size,
-            elem,
-            ours: 0,
-        };
-        r.ours = if pgoff == PGOFF_RX_RING || pgoff == UMEM_PGOFF_COMPLETION_RING {
-            r.cons().load(Ordering::Relaxed)
-        } else {
-            r.prod().load(Ordering::Relaxed)
-        };
-        Ok(r)
-    }
-
-    fn prod(&self) -> &AtomicU32 {
-        // SAFETY: inside the mapping, 4-byte aligned (kernel offsets), alive with self.
-        unsafe { &*self.producer }
-    }
-
-    fn cons(&self) -> &AtomicU32 {
-        // SAFETY: as `prod`.
-        unsafe { &*self.consumer }
-    }
-
-    fn need_wakeup(&self) -> bool {
-        // SAFETY: as `prod`.
-        unsafe { &*self.flags }.load(Ordering::Relaxed) & XDP_RING_NEED_WAKEUP != 0
-    }
-
-    fn entry(&self, i: u32) -> *mut u8 {
-        (self.desc as usize + (i & (self.size - 1)) as usize * self.elem) as *mut u8
-    }
-
-    /// Consumer side: entries the kernel produced that we have not taken.
-    fn ready(&self) -> u32 {
-        self.prod()
-            .load(Ordering::Acquire)
-            .wrapping_sub(self.ours)
-            .min(self.size)
-    }
-
-    /// Producer side: entries we may still fill.
-    fn room(&self) -> u32 {
-        self.size
-            .wrapping_sub(self.ours.wrapping_sub(self.cons().load(Ordering::Acquire)))
-            .min(self.size)
-    }
-
-    /// Consumer: gives `ours` back; producer: publishes up to `ours`.
-    fn publish(&self, producer: bool) {
-        if producer {
-            self.prod().store(self.ours, Ordering::Release);
-        } else {
-            self.cons().store(self.ours, Ordering::Release);
-        }
-    }
-
-    fn read_u64(&self, i: u32) -> u64 {
-        // SAFETY: `entry` is inside the descriptor array; unaligned read is fine.
-        unsafe { std::ptr::read_unaligned(self.entry(i) as *const u64) }
-    }
-
-    fn write_u64(&self, i: u32, v: u64) {
-        // SAFETY: as `read_u64`.
-        unsafe { std::ptr::write_unaligned(self.entry(i) as *mut u64, v) }
-    }
-
-    /// An RX/TX descriptor: address, length.
-    fn read_desc(&self, i: u32) -> (u64, u32) {
-        let p = self.entry(i);
-        // SAFETY: 16-byte descriptors inside the array.
-        unsafe {
-            (
-                std::ptr::read_unaligned(p as *const u64),
-                std::ptr::read_unaligned(p.add(8) as *const u32),
-            )
-        }
-    }
-
-    fn write_desc(&self, i: u32, addr: u64, len: u32) {
-        let p = self.entry(i);
-        // SAFETY: as `read_desc`.
-        unsafe {
-            std::ptr::write_unaligned(p as *mut u64, addr);
-            std::ptr::write_unaligned(p.add(8) as *mut u32, len);
-            std::ptr::write_unaligned(p.add(12) as *mut u32, 0);
-        }
-    }
-}
-
-impl Drop for Ring {
-    fn drop(&mut self) {
-        // SAFETY: our mapping, unmapped once.
-        unsafe { libc::munmap(self.map, self.map_len) };
-    }
-}
-
-/// The frames a socket shares with the kernel: a mapping of `.1` bytes.
-struct Umem(*mut u8, usize);
-
-impl Drop for Umem {
-    fn drop(&mut self) {
-        // SAFETY: our mapping of `.1` bytes, unmapped once.
-        unsafe { libc::munmap(self.0 as *mut libc::c_void, self.1) };
-    }
-}
-
-/// One AF_XDP socket, bound to one receive queue of an interface.
-pub struct Xsk {
-    // Rings before the socket and the UMEM: unmapped first.
-    rx: Ring,
-    tx: Ring,
-    fill: Ring,
-    comp: Ring,
-    fd: OwnedFd,
-    /// Unmapped after the socket is closed (fields drop in order).
-    umem: Umem,
-    /// UMEM frames free for sending.
-    free: Vec<u64>,
-    /// Frames handed to the TX ring that the kernel has not taken yet.
-    tx_queued: bool,
-    pub zerocopy: bool,
-    /// Frames the kernel took but did not send (copy mode, `EBUSY` from `sendto`:
-    /// the interface dropped it); the caller counts and clears.
-    pub tx_dropped: u64,
-}
-
-// SAFETY: the raw pointers are into mappings this value owns; it moves between threads
-// whole (the forwarding thread drives it alone).
-unsafe impl Send for Xsk {}
-
-impl Xsk {
-    fn new(ifindex: u32, queue: u32, frames: usize) -> io::Result<Xsk> {
-        let ring = (frames / 2) as u32;
-        // SAFETY: plain socket(2).
-        let raw = unsafe { libc::socket(AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            return Err(last_err());
-        }
-        // SAFETY: a descriptor we own from here on.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let len = frames * FRAME;
-        // SAFETY: a fresh private anonymous mapping.
-        let umem = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        if umem == libc::MAP_FAILED {
-            return Err(last_err());
-        }
-        let umem = umem as *mut u8;
-        let fail = |e: io::Error| {
-            // SAFETY: the mapping just made, not referenced elsewhere yet.
-            unsafe { libc::munmap(umem as *mut libc::c_void, len) };
-            e
-        };
-        let reg = UmemReg {
-            addr: umem as u64,
-            len: len as u64,
-            chunk_size: FRAME as u32,
-            headroom: 0,
-            flags: 0,
-            tx_metadata_len: 0,
-        };
-        setsockopt(&fd, XDP_UMEM_REG, &reg)
-            .map_err(|e| {
-                // The kernel pins the UMEM, within RLIMIT_MEMLOCK unless CAP_IPC_LOCK.
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "registering {} MiB of frames: {e} (locked memory: valed needs \
-                         CAP_IPC_LOCK or a larger RLIMIT_MEMLOCK)",
-                        len >> 20
-                    ),
-                )
-            })
-            .map_err(fail)?;
-        for opt in [
-            XDP_UMEM_FILL_RING,
-            XDP_UMEM_COMPLETION_RING,
-            XDP_RX_RING,
-            XDP_TX_RING,
-        ] {
-            setsockopt(&fd, opt, &ring).map_err(fail)?;
-        }
-        let off: MmapOffsets = getsockopt(fd.as_fd(), XDP_MMAP_OFFSETS).map_err(fail)?;
-        let map = || -> io::Result<(Ring, Ring, Ring, Ring)> {
-            Ok((
-                Ring::map(&fd, &off.rx, ring, 16, PGOFF_RX_RING)?,
-                Ring::map(&fd, &off.tx, ring, 16, PGOFF_TX_RING)?,
-                Ring::map(&fd, &off.fr, ring, 8, UMEM_PGOFF_FILL_RING)?,
-                Ring::map(&fd, &off.cr, ring, 8, UMEM_PGOFF_COMPLETION_RING)?,
-            ))
-        };
-        let (rx, tx, fill, comp) = map().map_err(fail)?;
-        let mut x = Xsk {
-            rx,
-            tx,
-            fill,
-            comp,
-            fd,
-            umem: Umem(umem, len),
-            free: (frames / 2..frames).map(|f| (f * FRAME) as u64).collect(),
-            tx_queued: false,
-            zerocopy: false,
-            tx_dropped: 0,
-        };
-        // The first half of the frames waits in the fill ring for received frames.
-        for f in 0..frames / 2 {
-            x.fill.write_u64(x.fill.ours, (f * FRAME) as u64);
-            x.fill.ours = x.fill.ours.wrapping_add(1);
-        }
-        x.fill.publish(true);
-        let sa = SockaddrXdp {
-            family: AF_XDP as u16,
-            flags: XDP_USE_NEED_WAKEUP,
-            ifindex,
-            queue_id: queue,
-            shared_umem_fd: 0,
-        };
-        // SAFETY: a sockaddr_xdp of the size passed.
-        let r = unsafe {
-            libc::bind(
-                x.fd.as_raw_fd(),
-                &sa as *const SockaddrXdp as *const libc::sockaddr,
-                std::mem::size_of::<SockaddrXdp>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(last_err());
-        }
-        x.zerocopy = getsockopt::<u32>(x.fd.as_fd(), XDP_OPTIONS)
-            .is_ok_and(|o| o & XDP_OPTIONS_ZEROCOPY != 0);
-        Ok(x)
-    }
-
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-
-    /// The frame at `addr` (a UMEM offset from the kernel) of `len` bytes, if it lies
-    /// inside the UMEM.
-    fn frame(&self, addr: u64, len: u32) -> Option<&[u8]> {
-        let end = addr.checked_add(len as u64)?;
-        if end > self.umem.1 as u64 {
-            return None;
-        }
-        // SAFETY: inside the UMEM mapping, which lives as long as self.
-        Some(unsafe { std::slice::from_raw_parts(self.umem.0.add(addr as usize), len as usize) })
-    }
-
-    /// Up to `max` received frames, each handed to `f` (which may decline by returning
-    /// false: the frame stays for the next call); their UMEM frames go back to the fill
-    /// ring. Returns the frames taken and how many were malformed (outside the UMEM).
-    pub fn recv(&mut self, max: usize, mut f: impl FnMut(&[u8]) -> bool) -> (usize, u64) {
-        let ready = self.rx.ready().min(max as u32);
-        if ready == 0 {
-            // A zero-copy driver that found the fill ring empty waits to be woken
-            // (copy mode never sets the flag); it may have set it after our last
-            // look, and no frame will arrive to make us look again.
-            if self.fill.need_wakeup() {
-                self.wake_rx();
-            }
-            return (0, 0);
-        }
-        let (mut took, mut bad) = (0u32, 0u64);
-        while took < ready {
-            let (addr, len) = self.rx.read_desc(self.rx.ours);
-            let good = match self.frame(addr, len) {
-                Some(frame) => {
-                    if !f(frame) {
-                        break;
-                    }
-                    true
-                }
-                None => {
-                    bad += 1;
-                    false
-                }
-            };
-            self.rx.ours = self.rx.ours.wrapping_add(1);
-            // Its frame back to the fill ring (there is room: the ring holds every
-            // frame of the receive half); an address outside the UMEM is not ours.
-            if good {
-                self.fill
-                    .write_u64(self.fill.ours, addr & !(FRAME as u64 - 1));
-                self.fill.ours = self.fill.ours.wrapping_add(1);
-            }
-            took += 1;
-        }
-        if took > 0 {
-            self.rx.publish(false);
-            self.fill.publish(true);
-            // The flag is read after the producer index is visible (the driver sets
-            // the flag, then looks at the index).
-            fence(Ordering::SeqCst);
-            if self.fill.need_wakeup() {
-                self.wake_rx();
-            }
-        }
-        (took as usize, bad)
-    }
-
-    fn wake_rx(&self) {
-        // SAFETY: recvfrom(2) with no buffer: only wakes the driver.
-        unsafe {
-            libc::recvfrom(
-                self.fd.as_raw_fd(),
-                std::ptr::null_mut(),
-                0,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
-        };
-    }
-
-    /// Frames the kernel finished sending: their UMEM frames are free again.
-    fn reclaim(&mut self) {
-        let n = self.comp.ready();
-        for _ in 0..n {
-            let a = self.comp.read_u64(self.comp.ours) & !(FRAME as u64 - 1);
-            self.comp.ours = self.comp.ours.wrapping_add(1);
-            if a < self.umem.1 as u64 && self.free.len() < self.umem.1 / FRAME {
-                self.free.push(a);
-            }
-        }
-        if n > 0 {
-            self.comp.publish(false);
-        }
-    }
-
-    /// Queues one frame of `len` bytes for sending, written by `fill` into its UMEM
-    /// frame; false (nothing queued) when the frame is too large or no frame or TX
-    /// entry is free. `flush` sends what was queued.
-    pub fn send(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> bool {
-        // (A zero-length descriptor is invalid: never completed, its frame would leak.)
-        if len == 0 || len > FRAME {
-            return false;
-        }
-        if self.free.is_empty() || self.tx.room() == 0 {
-            self.reclaim();
-        }
-        if self.tx.room() == 0 {
-            return false;
-        }
-        let Some(addr) = self.free.pop() else {
-            return false;
-        };
-        // SAFETY: a free UMEM frame (not held by the kernel), FRAME bytes long.
-        let buf = unsafe { std::slice::from_raw_parts_mut(self.umem.0.add(addr as usize), len) };
-        fill(buf);
-        self.tx.write_desc(self.tx.ours, addr, len as u32);
-        self.tx.ours = self.tx.ours.wrapping_add(1);
-        self.tx_queued = true;
-        true
-    }
-
-    /// Publishes queued frames and has the kernel send them. A zero-copy driver is
-    /// kicked once (it sends from its own context); in copy mode each `sendto` sends
-    /// at most a batch (32) in the caller's context, so it is repeated while it makes
-    /// progress.
-    pub fn flush(&mut self) {
-        if !self.tx_queued {
-            return;
-        }
-        self.tx.publish(true);
-        fence(Ordering::SeqCst);
-        let pending = |x: &Xsk| x.tx.ours != x.tx.cons().load(Ordering::Acquire);
-        for _ in 0..64 {
-            if !self.tx.need_wakeup() {
-                break;
-            }
-            let before = self.tx.cons().load(Ordering::Acquire);
-            // SAFETY: sendto(2) with no data: only kicks the socket's TX ring.
-            let r = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    std::ptr::null(),
-                    0,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null(),
-                    0,
-                )
-            };
-            let err = (r < 0).then(|| io::Error::last_os_error().raw_os_error());
-            if err == Some(Some(libc::EBUSY)) {
-                // Taken and completed, but the interface dropped it.
-                self.tx_dropped += 1;
-            }
-            let progressed = self.tx.cons().load(Ordering::Acquire) != before;
-            if self.zerocopy || !pending(self) || !progressed {
-                break;
-            }
-            match err {
-                None | Some(Some(libc::EAGAIN | libc::EBUSY | libc::EINTR)) => {}
-                _ => break, // down or gone: what waits goes with a later flush
-            }
-        }
-        self.tx_queued = pending(self);
-        self.reclaim();
-    }
-
-    pub fn statistics(&self) -> Statistics {
-        getsockopt(self.fd.as_fd(), XDP_STATISTICS).unwrap_or_default()
-    }
-}
-
 /// An XDP program steering an interface's frames to our sockets, attached through a
 /// BPF link (detached when this is dropped), and the sockets.
 pub struct Attached {
     pub socks: Vec<Xsk>,
     _link: OwnedFd,
     _prog: OwnedFd,
-    _map: OwnedFd,
+    _map: XskMap,
     /// The driver runs the program itself (not the kernel's generic hook).
     pub native: bool,
-}
-
-fn bpf_raw(cmd: libc::c_int, attr: &mut [u8]) -> io::Result<i64> {
-    // SAFETY: `attr` is a zeroed bpf_attr-sized buffer filled for `cmd`.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
-    if r < 0 { Err(last_err()) } else { Ok(r) }
-}
-
-/// bpf(2) commands that return a new descriptor.
-fn bpf(cmd: libc::c_int, attr: &mut [u8]) -> io::Result<OwnedFd> {
-    let r = bpf_raw(cmd, attr)?;
-    // SAFETY: bpf(2) returned a new descriptor, ours from here on.
-    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
-}
-
-fn put32(a: &mut [u8], at: usize, v: u32) {
-    a[at..at + 4].copy_from_slice(&v.to_ne_bytes());
-}
-
-fn put64(a: &mut [u8], at: usize, v: u64) {
-    a[at..at + 8].copy_from_slice(&v.to_ne_bytes());
-}
-
-/// One eBPF instruction: opcode, dst and src registers, offset, immediate.
-fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
-    let mut b = [0u8; 8];
-    b[0] = code;
-    b[1] = (dst & 0xf) | (src << 4);
-    b[2..4].copy_from_slice(&off.to_ne_bytes());
-    b[4..8].copy_from_slice(&imm.to_ne_bytes());
-    b
-}
-
-/// `return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);`
-fn program(map_fd: i32) -> Vec<u8> {
-    [
-        insn(0x61, 2, 1, 16, 0),       // r2 = *(u32 *)(r1 + 16): rx_queue_index
-        insn(0x18, 1, 1, 0, map_fd),   // r1 = the map (BPF_PSEUDO_MAP_FD) ...
-        insn(0, 0, 0, 0, 0),           // ... (second half of the 64-bit load)
-        insn(0xb7, 3, 0, 0, XDP_PASS), // r3 = XDP_PASS: no socket on the queue
-        insn(0x85, 0, 0, 0, BPF_FUNC_REDIRECT_MAP),
-        insn(0x95, 0, 0, 0, 0), // exit
-    ]
-    .concat()
 }
 
 /// The interface's receive queues, as sysfs lists them (at least 1).
@@ -668,6 +50,21 @@ fn rx_queues(ifname: &str) -> u32 {
         .max(1)
 }
 
+/// What the user is told when queue `q`'s socket (of `frames` frames) cannot be made.
+fn socket_error(ifname: &str, q: u32, frames: usize, e: NewError) -> String {
+    match e {
+        NewError::Umem(e) => format!(
+            "cannot bind an AF_XDP socket to {ifname} queue {q}: registering {} MiB of \
+             frames: {e} (locked memory: valed needs CAP_IPC_LOCK or a larger RLIMIT_MEMLOCK)",
+            (frames * FRAME) >> 20
+        ),
+        NewError::Other(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            format!("{ifname} queue {q} already has an AF_XDP socket (another program's)")
+        }
+        NewError::Other(e) => format!("cannot bind an AF_XDP socket to {ifname} queue {q}: {e}"),
+    }
+}
+
 /// Steers `ifname`'s received frames to new AF_XDP sockets, one per receive queue.
 pub fn attach(ifname: &str, ifindex: u32) -> Result<Attached, String> {
     let queues = rx_queues(ifname);
@@ -678,62 +75,31 @@ pub fn attach(ifname: &str, ifindex: u32) -> Result<Attached, String> {
              (fewer with `ethtool -L {ifname} combined {MAX_QUEUES}`), or attach without --xdp"
         ));
     }
-    let mut attr = [0u8; 128];
-    put32(&mut attr, 0, BPF_MAP_TYPE_XSKMAP);
-    put32(&mut attr, 4, 4);
-    put32(&mut attr, 8, 4);
-    put32(&mut attr, 12, queues);
-    let map = bpf(BPF_MAP_CREATE, &mut attr)
+    let map = XskMap::create(queues)
         .map_err(|e| format!("cannot create an XSKMAP: {e} (needs CAP_BPF or root)"))?;
-    let code = program(map.as_raw_fd());
-    let license = b"Dual MIT/GPL\0";
     let mut log = vec![0u8; 4096];
-    let mut attr = [0u8; 128];
-    put32(&mut attr, 0, BPF_PROG_TYPE_XDP);
-    put32(&mut attr, 4, (code.len() / 8) as u32);
-    put64(&mut attr, 8, code.as_ptr() as u64);
-    put64(&mut attr, 16, license.as_ptr() as u64);
-    put32(&mut attr, 24, 1);
-    put32(&mut attr, 28, log.len() as u32);
-    put64(&mut attr, 32, log.as_mut_ptr() as u64);
-    attr[48..52].copy_from_slice(b"vale");
-    put32(&mut attr, 68, BPF_XDP);
-    let prog = bpf(BPF_PROG_LOAD, &mut attr).map_err(|e| {
-        let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-        format!(
-            "cannot load the XDP program: {e}: {}",
-            String::from_utf8_lossy(&log[..end]).trim()
-        )
-    })?;
+    let prog = bpf::prog_load_xdp(&map.redirect_program(), c"Dual MIT/GPL", "vale", &mut log)
+        .map_err(|e| {
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            format!(
+                "cannot load the XDP program: {e}: {}",
+                String::from_utf8_lossy(&log[..end]).trim()
+            )
+        })?;
     let mut socks = Vec::new();
     for q in 0..queues {
-        let x = Xsk::new(ifindex, q, frames_for(queues)).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EBUSY) {
-                format!("{ifname} queue {q} already has an AF_XDP socket (another program's)")
-            } else {
-                format!("cannot bind an AF_XDP socket to {ifname} queue {q}: {e}")
-            }
-        })?;
-        let (key, val) = (q, x.fd.as_raw_fd() as u32);
-        let mut attr = [0u8; 128];
-        put32(&mut attr, 0, map.as_raw_fd() as u32);
-        put64(&mut attr, 8, &key as *const u32 as u64);
-        put64(&mut attr, 16, &val as *const u32 as u64);
-        bpf_raw(BPF_MAP_UPDATE_ELEM, &mut attr)
+        let frames = frames_for(queues);
+        let x = Xsk::new(ifindex, q, frames).map_err(|e| socket_error(ifname, q, frames, e))?;
+        map.insert(q, x.fd())
             .map_err(|e| format!("cannot add the AF_XDP socket to the XSKMAP: {e}"))?;
         socks.push(x);
     }
     // The driver's own hook where it has one, the kernel's generic one otherwise.
     let mut link = Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
     let mut native = false;
-    for (flags, drv) in [(XDP_FLAGS_DRV_MODE, true), (XDP_FLAGS_SKB_MODE, false)] {
-        let mut attr = [0u8; 128];
-        put32(&mut attr, 0, prog.as_raw_fd() as u32);
-        put32(&mut attr, 4, ifindex);
-        put32(&mut attr, 8, BPF_XDP);
-        put32(&mut attr, 12, flags);
-        link = bpf(BPF_LINK_CREATE, &mut attr);
-        native = drv;
+    for hook in [XdpHook::Driver, XdpHook::Generic] {
+        link = bpf::link_create_xdp(prog.as_fd(), ifindex, hook);
+        native = hook == XdpHook::Driver;
         // A driver may refuse its own hook for its configuration (MTU, LRO: EINVAL,
         // ERANGE, ...): the generic hook still works. Busy means another program.
         match &link {
@@ -754,4 +120,37 @@ pub fn attach(ifname: &str, ifindex: u32) -> Result<Attached, String> {
         _map: map,
         native,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_errors_name_the_queue_and_the_fix() {
+        let os = |n| io::Error::from_raw_os_error(n);
+        assert_eq!(
+            socket_error("eth0", 2, 4096, NewError::Umem(os(libc::ENOBUFS))),
+            "cannot bind an AF_XDP socket to eth0 queue 2: registering 16 MiB of frames: \
+             No buffer space available (os error 105) (locked memory: valed needs \
+             CAP_IPC_LOCK or a larger RLIMIT_MEMLOCK)"
+        );
+        // A UMEM error is about memory even when its errno is EBUSY.
+        assert!(socket_error("eth0", 0, 2048, NewError::Umem(os(libc::EBUSY))).contains("8 MiB"));
+        assert_eq!(
+            socket_error("eth0", 1, 4096, NewError::Other(os(libc::EBUSY))),
+            "eth0 queue 1 already has an AF_XDP socket (another program's)"
+        );
+        assert_eq!(
+            socket_error("eth0", 1, 4096, NewError::Other(os(libc::EINVAL))),
+            "cannot bind an AF_XDP socket to eth0 queue 1: Invalid argument (os error 22)"
+        );
+    }
+
+    #[test]
+    fn frames_for_many_queues_are_fewer() {
+        assert_eq!(frames_for(1) * FRAME, 16 << 20);
+        assert_eq!(frames_for(4), 4096);
+        assert_eq!(frames_for(5), 2048);
+    }
 }

@@ -1,0 +1,150 @@
+//! Unix sockets for the control socket and QEMU ports, and interface names and indices
+//! as the kernel sees them.
+
+use rustix::fd::{BorrowedFd, OwnedFd};
+use std::io;
+
+/// A non-blocking unix socket of `kind` bound to `path`. A stale socket file there is
+/// replaced; any other kind of file is an error (valed never deletes what it did not
+/// make).
+fn bound_unix(path: &str, kind: rustix::net::SocketType) -> io::Result<OwnedFd> {
+    let p = std::path::Path::new(path);
+    if let Ok(m) = std::fs::symlink_metadata(p) {
+        use std::os::unix::fs::FileTypeExt;
+        if !m.file_type().is_socket() {
+            return Err(io::Error::other(format!(
+                "{path} exists and is not a socket"
+            )));
+        }
+        std::fs::remove_file(p)?;
+    }
+    let fd = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        kind,
+        rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::bind(&fd, &rustix::net::SocketAddrUnix::new(p)?)?;
+    Ok(fd)
+}
+
+/// A unix datagram socket bound to `path` (see `bound_unix`).
+pub fn dgram_bind(path: &str) -> io::Result<OwnedFd> {
+    bound_unix(path, rustix::net::SocketType::DGRAM)
+}
+
+/// A unix stream socket listening at `path` (see `bound_unix`).
+pub fn stream_listen(path: &str) -> io::Result<OwnedFd> {
+    let fd = bound_unix(path, rustix::net::SocketType::STREAM)?;
+    rustix::net::listen(&fd, 4)?;
+    Ok(fd)
+}
+
+/// A unix stream socket connected to `path`, then made non-blocking.
+pub fn stream_connect(path: &str) -> io::Result<OwnedFd> {
+    let fd = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::connect(&fd, &rustix::net::SocketAddrUnix::new(path)?)?;
+    rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::NONBLOCK)?;
+    Ok(fd)
+}
+
+/// Whether descriptor `fd` (owned by the caller, open for the call) becomes readable
+/// within `ms` milliseconds (negative: no limit).
+pub fn readable_within(fd: std::os::fd::RawFd, ms: i32) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let ts = (ms >= 0).then(|| Timespec {
+        tv_sec: (ms / 1000).into(),
+        tv_nsec: ((ms % 1000) * 1_000_000).into(),
+    });
+    if fd < 0 {
+        // poll(2) skips a negative descriptor: it just waits.
+        let _ = rustix::event::poll(&mut [], ts.as_ref());
+        return false;
+    }
+    // SAFETY: `fd` is not -1 (checked above), and the borrow ends with this call, for
+    // which the caller keeps `fd` open (this function's contract). Were it closed, poll
+    // would only report on whatever the number names now, or POLLNVAL: poll(2) reads a
+    // descriptor's readiness and touches no memory of ours.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let mut p = [PollFd::new(&fd, PollFlags::IN)];
+    matches!(rustix::event::poll(&mut p, ts.as_ref()), Ok(n) if n > 0)
+        && p[0].revents().contains(PollFlags::IN)
+}
+
+/// Interface names: what the kernel accepts (`dev_valid_name`), at most 15 bytes.
+pub fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(format!(
+            "interface name `{}` must be 1 to {} characters",
+            name.escape_default(),
+            libc::IFNAMSIZ - 1
+        ));
+    }
+    if name == "."
+        || name == ".."
+        || name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b <= b' ' || b >= 0x7f)
+    {
+        return Err(format!(
+            "interface name `{}` may not be . or .. nor contain '/', ':', spaces or control characters",
+            name.escape_default()
+        ));
+    }
+    Ok(())
+}
+
+/// The interface's index in the daemon's network namespace, if it exists.
+pub fn if_index(name: &str) -> Option<u32> {
+    // SIOCGIFINDEX answers on any socket, for the namespace the socket was made in (the
+    // daemon's), as glibc's if_nametoindex does it.
+    let s = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::DGRAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .ok()?;
+    let i = rustix::net::netdevice::name_to_index(&s, name).ok()?;
+    (i != 0).then_some(i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_follow_the_kernel() {
+        assert!(check_ifname("vi0").is_ok());
+        assert!(check_ifname("a-b_c.d").is_ok());
+        for bad in ["", "0123456789abcdef", "a/b", "a:b", "a b", ".", ".."] {
+            assert!(check_ifname(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn loopback_has_an_index_and_bad_names_have_none() {
+        // Every network namespace has `lo`, and it is made first.
+        assert_eq!(if_index("lo"), Some(1));
+        for bad in ["vale-no-such0", "0123456789abcdef", "a\0b", ""] {
+            assert_eq!(if_index(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn readable_within_sees_a_datagram_and_times_out_without_one() {
+        use std::os::fd::AsRawFd;
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        assert!(!readable_within(b.as_raw_fd(), 0));
+        a.send(b"x").unwrap();
+        assert!(readable_within(b.as_raw_fd(), 1000));
+        let t = std::time::Instant::now();
+        assert!(!readable_within(-1, 20));
+        assert!(t.elapsed() >= std::time::Duration::from_millis(20));
+    }
+}

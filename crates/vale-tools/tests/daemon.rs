@@ -773,3 +773,56 @@ fn pkt_gen_pins_itself_with_dash_a() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("-a 100000"));
 }
+
+/// `qemu_dgram`, `qemu_stream` and `vhost_user` as older clients send them are the
+/// `create` request under other names: they make the same ports.
+#[test]
+fn old_forms_of_the_create_request_still_make_ports() {
+    let d = Daemon::start("oldforms", &[]);
+    let dir = d.socket.parent().unwrap().to_path_buf();
+    let conn = vale::sock::connect(&d.socket).unwrap();
+    let raw = |j: String| {
+        vale::sock::send(rustix::fd::AsFd::as_fd(&conn), j.as_bytes(), &[]).unwrap();
+        let mut buf = vec![0u8; 65536];
+        let (n, _) = vale::sock::recv(rustix::fd::AsFd::as_fd(&conn), &mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let vs = dir.join("old-vhost.sock");
+    let r = raw(format!(
+        r#"{{"op":"vhost_user","port":"vale0:ov","socket":"{}"}}"#,
+        vs.display()
+    ));
+    assert!(r.contains(r#""status":"done""#), "{r}");
+    let qs = dir.join("old-stream.sock");
+    let r = raw(format!(
+        r#"{{"op":"qemu_stream","port":"vale0:os","listen":"{}"}}"#,
+        qs.display()
+    ));
+    assert!(r.contains(r#""status":"done""#), "{r}");
+    let list = d.ctl_json(&["list"]);
+    let hosts = list["hosts"].as_array().unwrap();
+    assert!(
+        hosts
+            .iter()
+            .any(|h| h["kind"] == "vhost-user" && h["attached"] == "vale0:ov"),
+        "{list}"
+    );
+    assert!(
+        hosts
+            .iter()
+            .any(|h| h["kind"] == "qemu-stream" && h["waiting"] == "vale0:os"),
+        "{list}"
+    );
+    assert!(vs.exists() && qs.exists(), "valed's sockets are there");
+    // The same port again is refused whichever form asks.
+    let r = raw(format!(
+        r#"{{"op":"create","port":"vale0:ov","spec":{{"kind":"vhost-user","socket":"{}"}}}}"#,
+        dir.join("other.sock").display()
+    ));
+    assert!(r.contains("exists"), "{r}");
+    for p in ["vale0:ov", "vale0:os"] {
+        let o = d.ctl(&["-d", p]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert!(!vs.exists() && !qs.exists(), "removed with their ports");
+}

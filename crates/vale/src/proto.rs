@@ -70,6 +70,53 @@ impl From<Geometry> for vale_abi::PortGeometry {
     }
 }
 
+/// What kind of port valed drives for a `Create` request, and how to reach its peer.
+/// A new port kind is one more variant here (and one module in valed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum PortSpec {
+    /// A TAP interface valed creates, named after the port (netmap's persistent port).
+    Tap,
+    /// The existing interface the port is named after: through AF_PACKET, or with
+    /// `xdp` an XDP program and AF_XDP sockets.
+    Interface {
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        xdp: bool,
+    },
+    /// QEMU's `-netdev dgram` over unix sockets: valed binds `socket` (the VM's
+    /// `remote.path`) and sends to `peer` (the VM's `local.path`).
+    QemuDgram { socket: String, peer: String },
+    /// QEMU's `-netdev stream` over a unix socket: valed listens at `listen` (the VM
+    /// connects, `server=off`; it may reconnect) or connects to `connect` (the VM
+    /// listens, `server=on`).
+    QemuStream {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        listen: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        connect: Option<String>,
+    },
+    /// A vhost-user virtio-net device on `socket`: valed listens (QEMU `-netdev
+    /// vhost-user`, DPDK `net_virtio_user`) or, with `client`, connects to a frontend
+    /// listening there (QEMU `server=on`, OVS `dpdkvhostuserclient`).
+    VhostUser {
+        socket: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        client: bool,
+    },
+}
+
+impl PortSpec {
+    /// The socket file valed itself creates or binds for this port, if any (no two
+    /// ports may share one).
+    pub fn socket(&self) -> Option<&str> {
+        match self {
+            PortSpec::QemuDgram { socket, .. } | PortSpec::VhostUser { socket, .. } => Some(socket),
+            PortSpec::QemuStream { listen, .. } => listen.as_deref(),
+            PortSpec::Tap | PortSpec::Interface { .. } => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
@@ -109,6 +156,10 @@ pub enum Request {
     /// netmap's `vale-ctl -d valeX:NAME`: detaches it again; an interface is given back
     /// untouched, a persistent port stays for another attach.
     Detach { port: String },
+    /// A port `valeX:NAME` that valed drives itself, of the kind `spec` says. Removed
+    /// with `Detach`. (`QemuDgram`, `QemuStream` and `VhostUser` below are the same
+    /// request in the form older clients send.)
+    Create { port: String, spec: PortSpec },
     /// A port `valeX:NAME` for QEMU's `-netdev dgram` over unix sockets: valed binds
     /// `socket` (the VM's `remote.path`) and sends to `peer` (the VM's `local.path`).
     /// Removed with `Detach`.
@@ -316,5 +367,27 @@ mod tests {
         let list: Request = serde_json::from_str(r#"{"op":"list","extra":1}"#).unwrap();
         assert_eq!(list, Request::List);
         assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
+    }
+
+    #[test]
+    fn create_requests_carry_a_tagged_spec() {
+        let r = Request::Create {
+            port: "vale0:vm1".into(),
+            spec: PortSpec::VhostUser {
+                socket: "/run/vm1.sock".into(),
+                client: false,
+            },
+        };
+        let j = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            j,
+            r#"{"op":"create","port":"vale0:vm1","spec":{"kind":"vhost-user","socket":"/run/vm1.sock"}}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&j).unwrap(), r);
+        let s: PortSpec = serde_json::from_str(r#"{"kind":"qemu-stream","listen":"/a"}"#).unwrap();
+        assert_eq!(s.socket(), Some("/a"));
+        let s: PortSpec = serde_json::from_str(r#"{"kind":"interface","xdp":true}"#).unwrap();
+        assert_eq!(s, PortSpec::Interface { xdp: true });
+        assert!(serde_json::from_str::<PortSpec>(r#"{"kind":"memif"}"#).is_err());
     }
 }

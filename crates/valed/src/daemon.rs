@@ -1,21 +1,18 @@
 //! Starting and stopping the daemon: the control socket, one forwarding thread per lane,
 //! and the shutdown order (host ports first, then the lanes, then the clients).
 
-use crate::control::Control;
+use crate::control::{Control, SetVerbosity};
 use crate::error::StartError;
 use crate::lane::{Lane, LaneState, Token};
 use crate::settings::Settings;
 use rustix::event::{EventfdFlags, epoll};
 use rustix::fd::OwnedFd;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use vale_switch::Registry;
-
-/// Callback the binary gives to change log verbosity at run time.
-pub type SetVerbosity = Box<dyn Fn(u8) + Send>;
 
 fn listen(path: &Path, mode: u32, group: Option<&str>) -> Result<OwnedFd, StartError> {
     let sock_err = |what, e: std::io::Error| StartError::Socket {
@@ -122,15 +119,8 @@ pub fn run(
     let socket = ctl.settings().socket.clone();
     drop(ctl); // clients see the connection close
     let _ = std::fs::remove_file(&socket);
-    let _ = std::fs::remove_dir(private_dir(&socket));
+    let _ = std::fs::remove_dir(Settings::private_dir_of(&socket));
     result
-}
-
-/// Where valed keeps sockets only it uses (vhost-user relays' back ends).
-pub fn private_dir(control: &Path) -> PathBuf {
-    let mut d = control.as_os_str().to_owned();
-    d.push(".private");
-    PathBuf::from(d)
 }
 
 /// Pins the calling forwarding thread to one CPU (checked against the affinity mask at

@@ -19,14 +19,13 @@
 mod control;
 mod daemon;
 mod error;
-mod host;
 mod lane;
+mod port;
 pub mod settings;
 #[allow(unsafe_code)]
 mod sys;
-mod vhost;
-mod xsk;
 
-pub use daemon::{SetVerbosity, run};
+pub use control::SetVerbosity;
+pub use daemon::run;
 pub use error::StartError;
 pub use settings::{ConfigFile, Settings};

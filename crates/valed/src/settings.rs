@@ -192,6 +192,18 @@ impl Settings {
     }
 
     /// A random seed for the learning tables, so nobody can aim hash collisions.
+    /// Where valed keeps sockets only it uses (vhost-user relays' back ends): a
+    /// directory beside the control socket.
+    pub fn private_dir(&self) -> PathBuf {
+        Settings::private_dir_of(&self.socket)
+    }
+
+    pub fn private_dir_of(control: &Path) -> PathBuf {
+        let mut d = control.as_os_str().to_owned();
+        d.push(".private");
+        PathBuf::from(d)
+    }
+
     pub fn seed_fdb(&mut self) {
         let mut b = [0u8; 8];
         if rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()).is_ok() {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
-use vale::proto::{Request, Response};
+use vale::proto::{PortSpec, Request, Response};
 use vale_tools::capture;
 
 /// Control the userspace VALE switch. Without a command (or with -l), lists ports the
@@ -315,10 +315,12 @@ fn run(args: &Args) -> Result<(), String> {
         Cmd::QemuDgram { port, bind, peer } => {
             let r = call(
                 args,
-                &Request::QemuDgram {
+                &Request::Create {
                     port: port.clone(),
-                    socket: bind.clone(),
-                    peer: peer.clone(),
+                    spec: PortSpec::QemuDgram {
+                        socket: bind.clone(),
+                        peer: peer.clone(),
+                    },
                 },
             )?;
             if args.json {
@@ -332,10 +334,12 @@ fn run(args: &Args) -> Result<(), String> {
         } => {
             let r = call(
                 args,
-                &Request::QemuStream {
+                &Request::Create {
                     port: port.clone(),
-                    listen: listen.clone(),
-                    connect: connect.clone(),
+                    spec: PortSpec::QemuStream {
+                        listen: listen.clone(),
+                        connect: connect.clone(),
+                    },
                 },
             )?;
             if args.json {
@@ -345,10 +349,12 @@ fn run(args: &Args) -> Result<(), String> {
         Cmd::VhostUser { port, path, client } => {
             let r = call(
                 args,
-                &Request::VhostUser {
+                &Request::Create {
                     port: port.clone(),
-                    socket: path.clone(),
-                    client: *client,
+                    spec: PortSpec::VhostUser {
+                        socket: path.clone(),
+                        client: *client,
+                    },
                 },
             )?;
             if args.json {

@@ -5,7 +5,7 @@ use super::Control;
 use super::conn::Reply;
 use super::query;
 use crate::error::CtlError;
-use vale::proto::{self, GeometryRequest, Request, Response};
+use vale::proto::{self, GeometryRequest, PortSpec, Request, Response};
 use vale_abi::PortGeometry;
 
 /// Requests that create or attach network interfaces (or sockets valed serves VMs on).
@@ -16,6 +16,7 @@ fn touches_host(req: &Request) -> bool {
             | Request::HostRemove { .. }
             | Request::Attach { .. }
             | Request::Detach { .. }
+            | Request::Create { .. }
             | Request::QemuDgram { .. }
             | Request::QemuStream { .. }
             | Request::VhostUser { .. }
@@ -57,19 +58,25 @@ impl Control {
             Request::HostRemove { name } => self.host_remove(&name).map(done)?,
             Request::Attach { port, xdp } => self.attach(&port, xdp).map(done)?,
             Request::Detach { port } => self.detach(&port).map(done)?,
-            Request::QemuDgram { port, socket, peer } => {
-                self.qemu_dgram(&port, &socket, &peer).map(done)?
-            }
+            Request::Create { port, spec } => self.create(&port, &spec).map(done)?,
+            // The forms older clients send.
+            Request::QemuDgram { port, socket, peer } => self
+                .create(&port, &PortSpec::QemuDgram { socket, peer })
+                .map(done)?,
             Request::QemuStream {
                 port,
                 listen,
                 connect,
-            } => self.qemu_stream(&port, listen, connect).map(done)?,
+            } => self
+                .create(&port, &PortSpec::QemuStream { listen, connect })
+                .map(done)?,
             Request::VhostUser {
                 port,
                 socket,
                 client,
-            } => self.vhost_user(&port, &socket, client).map(done)?,
+            } => self
+                .create(&port, &PortSpec::VhostUser { socket, client })
+                .map(done)?,
         }
     }
 
@@ -170,6 +177,7 @@ mod tests {
             r#"{"op":"qemu_dgram","port":"vale0:q","socket":"/a","peer":"/b"}"#,
             r#"{"op":"qemu_stream","port":"vale0:q","listen":"/a"}"#,
             r#"{"op":"vhost_user","port":"vale0:v","socket":"/a"}"#,
+            r#"{"op":"create","port":"vale0:v","spec":{"kind":"tap"}}"#,
         ];
         for j in gated {
             let r: Request = serde_json::from_str(j).unwrap();

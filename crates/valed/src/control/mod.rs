@@ -13,7 +13,6 @@ mod hosts;
 mod ports;
 mod query;
 
-use crate::daemon::SetVerbosity;
 use crate::error::StartError;
 use crate::lane::Lane;
 use crate::settings::Settings;
@@ -25,6 +24,9 @@ use rustix::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use vale::proto;
+
+/// Callback the binary gives to change log verbosity at run time.
+pub type SetVerbosity = Box<dyn Fn(u8) + Send>;
 
 /// The epoll data of one descriptor in the control thread's set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

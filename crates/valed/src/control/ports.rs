@@ -9,7 +9,7 @@ use rustix::event::{EventfdFlags, epoll};
 use rustix::fd::OwnedFd;
 use std::sync::Arc;
 use vale::proto::Response;
-use vale_abi::{AppRing, PortGeometry};
+use vale_abi::PortGeometry;
 use vale_switch::{Limits, PortKey, PortName, Registry, RegistryError};
 
 /// A port opened for a client (or a driven port): where it lives and what the client
@@ -20,12 +20,6 @@ pub struct Acquired {
     pub memfd: OwnedFd,
     pub kick: OwnedFd,
     pub notify: OwnedFd,
-}
-
-/// The application side of a driven port's rings (TX ring 0, RX ring 0).
-pub struct PortRings {
-    pub tx: AppRing,
-    pub rx: AppRing,
 }
 
 pub struct PortTable {
@@ -165,33 +159,6 @@ impl PortTable {
             Ok(false) => {}
             Err(e) => tracing::error!("closing {name}: {e}"),
         }
-    }
-}
-
-/// A port whose client is the forwarding thread itself (host and vhost-user ports): its
-/// virtio-net header length, whether packets are handed to it directly, and the
-/// application side of its rings.
-pub fn drive_port(
-    st: &mut crate::lane::LaneState,
-    key: PortKey,
-    hdr: u16,
-    direct: bool,
-) -> Result<PortRings, CtlError> {
-    let vanished = || CtlError::Internal("port vanished".into());
-    let e = st.registry.entry_mut(key).ok_or_else(vanished)?;
-    let engine = |e: vale_switch::EngineError| CtlError::Internal(e.to_string());
-    e.switch.set_hdr_len(key.port, hdr).map_err(engine)?;
-    e.switch.set_direct(key.port, direct).map_err(engine)?;
-    let region = e.switch.port(key.port).ok_or_else(vanished)?.region();
-    match (
-        region.ring(vale_abi::Dir::Tx, 0),
-        region.ring(vale_abi::Dir::Rx, 0),
-    ) {
-        (Some(t), Some(r)) => Ok(PortRings {
-            tx: AppRing::new(t),
-            rx: AppRing::new(r),
-        }),
-        _ => Err(CtlError::Internal("port without rings".into())),
     }
 }
 

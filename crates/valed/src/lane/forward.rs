@@ -2,7 +2,7 @@
 //! when idle (Snabb's breathe loop, netmap's need_kick): a busy switch runs on shared
 //! memory alone, an idle one costs nothing.
 
-use super::{Lane, Token};
+use super::{DirectEgress, Lane, Token};
 use rustix::event::Timespec;
 use rustix::event::epoll;
 use std::sync::Arc;
@@ -25,19 +25,15 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
             kicked.clear();
             faults.clear();
             let st = &mut *st;
-            // Host ports: what their interfaces have goes into their TX rings first,
-            // so it crosses the switch in this pass.
-            for h in st.hosts.values_mut() {
-                moved += h.pull(&shared.epoll);
-            }
-            for v in st.vhosts.values_mut() {
-                moved += v.pull();
+            // Driven ports: what their peers have goes into their TX rings first, so it
+            // crosses the switch in this pass.
+            for p in st.driven.values_mut() {
+                moved += p.pull();
             }
             for (si, e) in st.registry.switches_indexed_mut() {
-                let mut egress = crate::host::HostEgress {
+                let mut egress = DirectEgress {
                     switch: si,
-                    hosts: &st.hosts,
-                    vhosts: &st.vhosts,
+                    driven: &mut st.driven,
                 };
                 moved += e.switch.forward_with(now, &mut notes, &mut egress);
                 for n in notes.drain(..) {
@@ -50,12 +46,9 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
                     }
                 }
             }
-            // ...and what the switch delivered to them goes out to their interfaces.
-            for h in st.hosts.values_mut() {
-                moved += h.push(&shared.epoll);
-            }
-            for v in st.vhosts.values_mut() {
-                moved += v.push();
+            // ...and what the switch delivered to them goes out to their peers.
+            for p in st.driven.values_mut() {
+                moved += p.push();
             }
             moved
         };
@@ -81,11 +74,11 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
         }
         // Idle: ask every client to kick, look once more, then sleep.
         let pending = {
-            let st = shared.lock();
+            let mut st = shared.lock();
             // (Every port armed: no short-circuit.)
             let mut pending = st.registry.switches().any(|e| e.switch.arm_kicks());
-            for v in st.vhosts.values() {
-                pending |= v.arm();
+            for p in st.driven.values_mut() {
+                pending |= p.arm();
             }
             pending
         };
@@ -97,7 +90,7 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
                 tv_nsec: 0,
             };
             match epoll::wait(
-                &shared.epoll,
+                &*shared.epoll,
                 rustix::buffer::spare_capacity(&mut events),
                 Some(&ts),
             ) {
@@ -108,7 +101,7 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
             for ev in &events {
                 match Token::from_u64(ev.data.u64()) {
                     Some(Token::Wake) => {
-                        let _ = rustix::io::read(&shared.wake, &mut b);
+                        let _ = rustix::io::read(&*shared.wake, &mut b);
                     }
                     // A driven port's interface has frames: the next pass reads them.
                     // An error condition stays until handled (below).
@@ -125,8 +118,8 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
         }
         let mut st = shared.lock();
         for k in &faults {
-            if let Some(h) = st.hosts.get_mut(k) {
-                h.device_error(&shared.epoll);
+            if let Some(p) = st.driven.get_mut(k) {
+                p.fault();
             }
         }
         for k in &kicked {
@@ -138,8 +131,8 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
         for e in st.registry.switches() {
             e.switch.disarm_kicks();
         }
-        for v in st.vhosts.values() {
-            v.disarm();
+        for p in st.driven.values_mut() {
+            p.disarm();
         }
         drop(st);
         idle_since = None;

@@ -1,15 +1,18 @@
 //! A lane: one forwarding thread, the switches it owns, its epoll set and its lock,
 //! shared by the control thread (which adds and removes ports) and the forwarder.
 
+mod egress;
 pub mod forward;
 mod token;
 
 pub use token::Token;
 
+use crate::port::{DrivenPort, Waker, Watcher};
+pub use egress::DirectEgress;
 use rustix::fd::OwnedFd;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use vale_switch::{PortKey, Registry, Timestamp};
 
 /// The eventfds of one port: `kick` (the client wakes the switch), `notify` (the switch
@@ -24,11 +27,9 @@ pub struct PortFds {
 pub struct LaneState {
     pub registry: Registry,
     pub fds: HashMap<PortKey, PortFds>,
-    /// Host ports of this lane's switches, driven by its forwarding thread.
-    pub hosts: HashMap<PortKey, crate::host::HostIo>,
-    /// vhost-user ports of this lane's switches, whose queues its forwarding thread
-    /// serves.
-    pub vhosts: HashMap<PortKey, crate::vhost::VhostIo>,
+    /// Ports of this lane's switches whose client is its forwarding thread (host ports,
+    /// VMs): their data-plane halves.
+    pub driven: HashMap<PortKey, Box<dyn DrivenPort>>,
 }
 
 impl LaneState {
@@ -36,8 +37,7 @@ impl LaneState {
         LaneState {
             registry,
             fds: HashMap::new(),
-            hosts: HashMap::new(),
-            vhosts: HashMap::new(),
+            driven: HashMap::new(),
         }
     }
 }
@@ -48,10 +48,11 @@ pub struct Lane {
     state: Mutex<LaneState>,
     ctl_waiting: AtomicBool,
     pub stop: AtomicBool,
-    /// The forwarder's epoll set: kick eventfds of all ports, and `wake`.
-    pub epoll: OwnedFd,
-    /// Written to wake the forwarder (new port, shutdown).
-    pub wake: OwnedFd,
+    /// The forwarder's epoll set: kick eventfds of all ports, driven ports' descriptors,
+    /// and `wake`.
+    pub epoll: Arc<OwnedFd>,
+    /// Written to wake the forwarder (new port, a VM's kick, shutdown).
+    pub wake: Arc<OwnedFd>,
     started: u64,
 }
 
@@ -68,8 +69,8 @@ impl Lane {
             state: Mutex::new(state),
             ctl_waiting: AtomicBool::new(false),
             stop: AtomicBool::new(false),
-            epoll,
-            wake,
+            epoll: Arc::new(epoll),
+            wake: Arc::new(wake),
             started: coarse_ns(),
         }
     }
@@ -98,7 +99,17 @@ impl Lane {
     }
 
     pub fn wake_forwarder(&self) {
-        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+        let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
+    }
+
+    /// A handle that wakes this lane from any thread.
+    pub fn waker(&self) -> Waker {
+        Waker(self.wake.clone())
+    }
+
+    /// Registers driven port `key`'s descriptors in this lane's epoll set.
+    pub fn watcher(&self, key: PortKey) -> Watcher {
+        Watcher::new(self.epoll.clone(), Token::Driven(key).into_u64())
     }
 }
 

@@ -13,27 +13,35 @@ use std::io;
 /// Most fragments one packet may have (netmap's limit), and a header in front.
 pub const MAX_IOV: usize = 65;
 
-/// Writes one packet, given as fragments in the switch's port buffers, to `fd` with
-/// one `writev`: the egress of direct (host) ports, no copy in valed.
-pub fn write_frags(fd: BorrowedFd<'_>, frags: &[(*const u8, usize)]) -> io::Result<usize> {
-    if frags.is_empty() || frags.len() > MAX_IOV {
+/// Writes one packet, `hdr` (a converted virtio-net header, or empty) then fragments in
+/// the switch's port buffers, to `fd` with one `writev`: the egress of direct (host)
+/// ports, no copy in valed.
+pub fn write_frags(
+    fd: BorrowedFd<'_>,
+    hdr: &[u8],
+    frags: &[(*const u8, usize)],
+) -> io::Result<usize> {
+    let extra = usize::from(!hdr.is_empty());
+    if frags.is_empty() || frags.len() + extra > MAX_IOV {
         return Err(io::Error::other("packet with no or too many fragments"));
     }
     let mut iov = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
     }; MAX_IOV];
-    for (e, &(p, n)) in iov.iter_mut().zip(frags) {
+    let hdr = (!hdr.is_empty()).then_some((hdr.as_ptr(), hdr.len()));
+    for (e, &(p, n)) in iov.iter_mut().zip(hdr.iter().chain(frags)) {
         *e = libc::iovec {
             iov_base: p as *mut libc::c_void,
             iov_len: n,
         };
     }
-    // SAFETY: the engine hands out (address, length) pairs that lie inside one buffer of
-    // a mapped port region each (`vale_switch::Egress`), readable during this call; the
-    // kernel only reads them. A client rewriting its buffer meanwhile changes only the
-    // bytes of its own packet.
-    let r = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), frags.len() as libc::c_int) };
+    let count = frags.len() + extra;
+    // SAFETY: `hdr` is a live slice; the engine hands out (address, length) pairs that
+    // lie inside one buffer of a mapped port region each (`vale_switch::Egress`),
+    // readable during this call; the kernel only reads them. A client rewriting its
+    // buffer meanwhile changes only the bytes of its own packet.
+    let r = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), count as libc::c_int) };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -25,7 +25,7 @@ mod tun;
 mod unix;
 pub mod xdp;
 
-pub use iov::{MAX_IOV, with_slices, write_frags};
+pub use iov::{with_slices, write_frags};
 pub use packet::{PACKET_VNET_HDR_LEN, PacketRing, RingFrame, packet_socket};
 pub use tun::{TAP_VNET_HDR, tap_create};
 pub use unix::{

@@ -1,0 +1,23 @@
+//! Direct delivery for one switch of a lane: packets for a driven port that takes them
+//! straight from the senders' buffers (TAP, AF_PACKET, vhost-user) go to its `send`.
+
+use crate::port::{Direct, DrivenPort};
+use std::collections::HashMap;
+use vale_switch::{PortId, PortKey};
+
+pub struct DirectEgress<'a> {
+    pub switch: usize,
+    pub driven: &'a mut HashMap<PortKey, Box<dyn DrivenPort>>,
+}
+
+impl vale_switch::Egress for DirectEgress<'_> {
+    fn send(&mut self, dst: PortId, hdr: &[u8], frags: &[(*const u8, usize)]) -> bool {
+        let key = PortKey {
+            switch: self.switch,
+            port: dst,
+        };
+        self.driven
+            .get_mut(&key)
+            .is_some_and(|p| p.send(&Direct { hdr, frags }))
+    }
+}

@@ -1,0 +1,89 @@
+//! The counters of a driven port (frames each way between its peer and its switch
+//! port, and what was lost there), as relaxed atomics `vale-ctl list` reads at any time.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// One driven port's counters. "from host" is peer -> switch, "to host" switch -> peer,
+/// whatever the peer is (an interface, a VM, a socket).
+#[derive(Default)]
+pub struct PortCounters {
+    pub from_host: AtomicU64,
+    pub from_host_bytes: AtomicU64,
+    pub to_host: AtomicU64,
+    pub to_host_bytes: AtomicU64,
+    pub truncated: AtomicU64,
+    pub write_errors: AtomicU64,
+    pub read_errors: AtomicU64,
+    pub bad_offload: AtomicU64,
+    /// Frames the kernel dropped on an AF_XDP port's rings: received ones with no room
+    /// or larger than a UMEM frame, sent descriptors it refused as invalid.
+    pub kernel_drops: AtomicU64,
+    /// The interface was deleted under the port (a TAP's).
+    pub gone: AtomicBool,
+}
+
+/// Adds to a counter only the forwarding thread writes: a plain load and store, not a
+/// locked read-modify-write.
+#[inline]
+pub fn bump(c: &AtomicU64, by: u64) {
+    c.store(
+        c.load(Ordering::Relaxed).wrapping_add(by),
+        Ordering::Relaxed,
+    );
+}
+
+impl PortCounters {
+    /// One frame of `bytes` from the peer into the switch.
+    #[inline]
+    pub fn count_in(&self, bytes: usize) {
+        bump(&self.from_host, 1);
+        bump(&self.from_host_bytes, bytes as u64);
+    }
+
+    /// One frame of `bytes` from the switch out to the peer.
+    #[inline]
+    pub fn count_out(&self, bytes: usize) {
+        bump(&self.to_host, 1);
+        bump(&self.to_host_bytes, bytes as u64);
+    }
+
+    /// Adds `n` to a loss counter. Losses are also counted from the vhost-user
+    /// protocol thread, so this is a real atomic add.
+    #[inline]
+    pub fn lost(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> vale::proto::HostCounters {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vale::proto::HostCounters {
+            from_host: g(&self.from_host),
+            from_host_bytes: g(&self.from_host_bytes),
+            to_host: g(&self.to_host),
+            to_host_bytes: g(&self.to_host_bytes),
+            truncated: g(&self.truncated),
+            write_errors: g(&self.write_errors),
+            read_errors: g(&self.read_errors),
+            bad_offload: g(&self.bad_offload),
+            kernel_drops: g(&self.kernel_drops),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_and_bytes_are_counted_each_way() {
+        let c = PortCounters::default();
+        c.count_in(60);
+        c.count_in(1514);
+        c.count_out(42);
+        PortCounters::lost(&c.write_errors, 3);
+        let s = c.snapshot();
+        assert_eq!((s.from_host, s.from_host_bytes), (2, 1574));
+        assert_eq!((s.to_host, s.to_host_bytes), (1, 42));
+        assert_eq!(s.write_errors, 3);
+    }
+}

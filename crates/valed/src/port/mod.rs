@@ -1,0 +1,299 @@
+//! Ports valed drives itself, behind two seams: [`DrivenPort`], the data plane its
+//! lane's forwarding thread calls each pass, and [`Backend`], the control plane the
+//! control thread owns. Each kind is one module; [`create`] is the one place that
+//! knows them all.
+
+mod afpacket;
+mod counters;
+mod fd_io;
+pub mod qemu_dgram;
+pub mod qemu_stream;
+pub mod rings;
+pub mod tap;
+pub mod vhost_user;
+mod xdp;
+
+pub use counters::PortCounters;
+pub use rings::PortRings;
+
+use crate::error::{CtlError, PortError};
+use rustix::event::epoll;
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use vale::proto::PortSpec;
+use vale_abi::PortGeometry;
+use vale_switch::Limits;
+
+/// Frames moved each way per driven port per pass (a VM's guest queues take more:
+/// `vhost_user`).
+pub const BURST: usize = 64;
+/// Largest frame a driven port reads or writes: a 64 KiB IP packet with its Ethernet
+/// and virtio-net headers.
+pub const MAX_FRAME: usize = 65536 + 256;
+
+/// A packet handed over straight from the sender's buffers (`Switch::set_direct`).
+pub struct Direct<'a> {
+    /// The destination's virtio-net header when it differs from the sender's, else
+    /// empty (the sender's header is then at the start of the first fragment).
+    pub hdr: &'a [u8],
+    /// The frame, in the sender's buffers for the duration of the call.
+    pub frags: &'a [RawFrag],
+}
+
+/// A fragment as the engine hands it over: an address and a length in the sender's
+/// buffers, readable for the duration of the call.
+pub type RawFrag = (*const u8, usize);
+
+/// The data-plane half of a port whose client is the forwarding thread itself. Every
+/// method runs on the lane's thread under its lock; none may block.
+pub trait DrivenPort: Send {
+    /// Peer -> the port's TX ring: at most a burst, then `txsync` if anything moved.
+    /// Returns the frames taken (the pass's "moved").
+    fn pull(&mut self) -> usize;
+    /// The port's RX ring -> peer: at most a burst, then `rxsync` if anything moved.
+    /// Returns the frames handed on.
+    fn push(&mut self) -> usize;
+    /// A direct delivery; false means dropped (the engine counts `tx_error`). Called
+    /// only for ports attached with `Attach { direct: true, .. }`.
+    fn send(&mut self, _pkt: &Direct<'_>) -> bool {
+        false
+    }
+    /// The lane is about to sleep: ask the peer to kick. Returns true if work is
+    /// already waiting (the lane then does not sleep).
+    fn arm(&mut self) -> bool {
+        false
+    }
+    /// The lane woke: polling again, no kicks wanted.
+    fn disarm(&mut self) {}
+    /// epoll reported ERR or HUP on one of this port's descriptors.
+    fn fault(&mut self) {}
+}
+
+/// How a port of some kind sits on its switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attach {
+    /// virtio-net header bytes on its frames: TAP 12, AF_PACKET 10, vhost-user 12,
+    /// else 0.
+    pub hdr_len: u16,
+    /// Deliveries go to [`DrivenPort::send`] from the senders' buffers.
+    pub direct: bool,
+}
+
+/// Registers a driven port's descriptors in its lane's epoll set under the port's
+/// token (readable: the forwarding thread wakes; ERR/HUP: [`DrivenPort::fault`]).
+pub struct Watcher {
+    epoll: Arc<OwnedFd>,
+    token: u64,
+}
+
+impl Watcher {
+    pub fn new(epoll: Arc<OwnedFd>, token: u64) -> Watcher {
+        Watcher { epoll, token }
+    }
+
+    pub fn add(&self, fd: impl AsFd) -> Result<(), PortError> {
+        epoll::add(
+            &*self.epoll,
+            fd,
+            epoll::EventData::new_u64(self.token),
+            epoll::EventFlags::IN,
+        )
+        .map_err(|e| PortError::io("epoll_ctl", e))
+    }
+
+    /// Also wake when `fd` becomes writable (`out`), or stop asking.
+    pub fn set_out(&self, fd: impl AsFd, out: bool) -> bool {
+        let flags = if out {
+            epoll::EventFlags::IN | epoll::EventFlags::OUT
+        } else {
+            epoll::EventFlags::IN
+        };
+        epoll::modify(
+            &*self.epoll,
+            fd,
+            epoll::EventData::new_u64(self.token),
+            flags,
+        )
+        .is_ok()
+    }
+
+    /// Takes `fd` out of the set. Closing a descriptor does this by itself only when no
+    /// other descriptor refers to the same file (a TAP's has a twin in its backend).
+    pub fn remove(&self, fd: impl AsFd) {
+        let _ = epoll::delete(&*self.epoll, fd);
+    }
+}
+
+/// Wakes a lane's forwarding thread from another thread (a VM's kick arrives in the
+/// vhost-user protocol thread).
+#[derive(Clone)]
+pub struct Waker(pub(crate) Arc<OwnedFd>);
+
+impl Waker {
+    pub fn wake(&self) {
+        let _ = rustix::io::write(&*self.0, &1u64.to_ne_bytes());
+    }
+}
+
+/// What [`Backend::start`] is given.
+pub struct Start<'a> {
+    /// The application side of the port's rings.
+    pub rings: PortRings,
+    /// The port's counters (`vale-ctl list` reads them).
+    pub counters: Arc<PortCounters>,
+    /// Where the port's descriptors go to wake its lane.
+    pub watcher: Watcher,
+    pub waker: Waker,
+    /// The host port's name, for messages.
+    pub name: &'a str,
+}
+
+/// What happens to a backend once its port left the switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterDetach {
+    /// It stays for another attach (a TAP valed created: `vale-ctl -n`).
+    Keep,
+    /// It is gone with the port.
+    Forget,
+}
+
+/// The control descriptor of a backend became readable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlEvent {
+    /// Nothing to do.
+    None,
+    /// A peer connected: attach the port if it is not, or start its driver again.
+    Connected,
+}
+
+/// What `vale-ctl list` says about a host port besides its counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Its interface is gone.
+    pub gone: bool,
+    /// It waits for a peer before it joins its switch.
+    pub waiting: bool,
+}
+
+/// The control-plane half of one port kind.
+pub trait Backend: Send {
+    /// The kind as `vale-ctl list` prints it: "tap", "nic", "nic-xdp", "qemu-dgram",
+    /// "qemu-stream", "vhost-user".
+    fn kind(&self) -> &'static str;
+    fn attach(&self) -> Attach;
+    /// Ring shape; every kind today takes [`host_geometry`].
+    fn geometry(&self, limits: &Limits) -> Result<PortGeometry, CtlError> {
+        host_geometry(limits)
+    }
+    /// Builds the data-plane half, without the lane's lock held (it may set up rings,
+    /// load programs, start threads).
+    fn start(&mut self, cx: Start<'_>) -> Result<Box<dyn DrivenPort>, PortError>;
+    /// The port left its switch: undo what `start` did outside the lane.
+    fn stop(&mut self) -> AfterDetach;
+    /// Removed for good: socket files valed created go.
+    fn remove(&mut self) {}
+    /// Whether `vale-ctl -r` may remove it (a persistent port: it outlives detaching).
+    fn persistent(&self) -> bool {
+        false
+    }
+    /// A socket file valed made for this port (no other port may use it).
+    fn socket(&self) -> Option<&Path> {
+        None
+    }
+    /// A descriptor the control thread watches for this port.
+    fn control_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+    /// That descriptor is readable.
+    fn control_ready(&mut self) -> ControlEvent {
+        ControlEvent::None
+    }
+    fn status(&self) -> Status {
+        Status::default()
+    }
+    /// Where its peer is, in a few words ("AF_PACKET on eth0", "vhost-user on PATH").
+    fn describe(&self) -> String;
+}
+
+/// A new backend of the kind `spec` names, for host port `name`. This is the only
+/// place that knows every kind.
+/// `private_dir` is where a backend may put sockets only valed uses.
+pub fn create(
+    name: &str,
+    spec: &PortSpec,
+    private_dir: &Path,
+) -> Result<Box<dyn Backend>, CtlError> {
+    Ok(match spec {
+        PortSpec::Tap => Box::new(tap::Tap::create(name)?),
+        PortSpec::Interface { xdp: false } => Box::new(afpacket::Nic::create(name)?),
+        PortSpec::Interface { xdp: true } => Box::new(xdp::Xdp::create(name)?),
+        PortSpec::QemuDgram { socket, peer } => {
+            Box::new(qemu_dgram::QemuDgram::create(socket, peer)?)
+        }
+        PortSpec::QemuStream { listen, connect } => Box::new(qemu_stream::QemuStream::create(
+            listen.as_deref(),
+            connect.as_deref(),
+        )?),
+        PortSpec::VhostUser { socket, client } => Box::new(vhost_user::VhostUser::create(
+            name,
+            socket,
+            *client,
+            private_dir,
+        )?),
+    })
+}
+
+/// Host, QEMU and vhost-user ports: one ring each way. The RX ring is deep, since a
+/// 64 KiB super-frame takes 32 slots and the interface may not keep up with a burst.
+/// The TX ring is filled by the forwarding thread and emptied by the switch in the same
+/// pass, so room for seven of the largest frames is enough, and its buffers stay in the
+/// CPU's cache (TAP iperf3: forwarding thread 10 % less CPU per GB than with 4096
+/// slots, docs/performance.md section 3). Ports whose rings cannot hold one largest
+/// frame are refused instead of stalling.
+pub fn host_geometry(l: &Limits) -> Result<PortGeometry, CtlError> {
+    /// Slots of the RX ring (bounded by `--max-slots`).
+    const RX_SLOTS: u32 = 4096;
+    /// The TX ring has this many times the slots of the largest frame: 256 with
+    /// 2112-byte buffers, room for seven such frames (one slot stays empty, netmap's
+    /// rule).
+    const TX_FRAMES: u32 = 8;
+    let g = l.default_geometry;
+    let frame = (MAX_FRAME as u32).div_ceil(g.buf_size);
+    if l.max_slots <= frame {
+        return Err(CtlError::Limit(format!(
+            "host ports need rings of more than {frame} slots ({}-byte buffers, frames up to {MAX_FRAME} bytes); max_slots is {}",
+            g.buf_size, l.max_slots
+        )));
+    }
+    Ok(PortGeometry {
+        tx_rings: 1,
+        rx_rings: 1,
+        tx_slots: (TX_FRAMES * frame).min(l.max_slots),
+        rx_slots: l.max_slots.min(RX_SLOTS).max(g.rx_slots),
+        ..g
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_rings_hold_seven_largest_frames_and_small_limits_are_refused() {
+        let mut l = Limits::default();
+        l.default_geometry.buf_size = 2112;
+        let g = host_geometry(&l).unwrap();
+        assert_eq!((g.tx_rings, g.rx_rings), (1, 1));
+        assert_eq!(g.tx_slots, 8 * 32);
+        assert_eq!(g.rx_slots, 4096);
+        (l.max_slots, l.default_geometry.rx_slots) = (512, 512);
+        let g = host_geometry(&l).unwrap();
+        assert_eq!((g.tx_slots, g.rx_slots), (256, 512));
+        l.max_slots = 32;
+        let e = host_geometry(&l).unwrap_err();
+        assert_eq!(e.kind(), vale::proto::ErrorKind::Limit);
+        assert!(e.to_string().contains("more than 32 slots"), "{e}");
+        assert!(e.to_string().contains("max_slots is 32"), "{e}");
+    }
+}

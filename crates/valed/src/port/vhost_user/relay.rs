@@ -1,0 +1,187 @@
+//! Between the frontend and the vhost crate: whole messages relayed, what QEMU 7.2 sends
+//! that the crate refuses held back, and the memory table checked before it is mapped.
+
+use crate::port::PortCounters;
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use vhost::vhost_user::VhostUserVirtioFeatures;
+
+/// vhost-user requests the relay looks at.
+const SET_FEATURES: u32 = 2;
+const SET_MEM_TABLE: u32 = 5;
+/// Memory slots (CONFIGURE_MEM_SLOTS, not offered): refused outright.
+const ADD_MEM_REG: u32 = 37;
+const REM_MEM_REG: u32 = 38;
+const SET_VRING_KICK: u32 = 12;
+const SET_VRING_ENABLE: u32 = 18;
+const FLAG_VERSION: u32 = 0x1;
+const FLAG_REPLY: u32 = 0x4;
+const FLAG_NEED_REPLY: u32 = 0x8;
+
+/// Reads one vhost-user message (12-byte header, then its payload) and the descriptors
+/// sent with it; `None` when the peer hung up.
+fn read_msg(s: &UnixStream) -> std::io::Result<Option<(Vec<u8>, Vec<rustix::fd::OwnedFd>)>> {
+    use rustix::fd::AsFd;
+    let mut hdr = [0u8; 12];
+    let (n, fds) = vale::sock::recv(s.as_fd(), &mut hdr)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let mut r = s;
+    if n < 12 {
+        r.read_exact(&mut hdr[n..])?;
+    }
+    let size = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]) as usize;
+    if size > 64 * 1024 {
+        return Err(std::io::Error::other("vhost-user message too large"));
+    }
+    let mut msg = hdr.to_vec();
+    msg.resize(12 + size, 0);
+    r.read_exact(&mut msg[12..])?;
+    Ok(Some((msg, fds)))
+}
+
+/// Checks a `SET_MEM_TABLE` before the crate maps it: every region must lie inside its
+/// file (the crate maps what it is told, and touching a mapping past the end of its file
+/// kills the process with SIGBUS), and a memfd that allows sealing (QEMU's
+/// memory-backend-memfd) is sealed against shrinking, so the frontend cannot cut guest
+/// memory from under the mapping later. Files that cannot be sealed (hugetlbfs, /dev/shm,
+/// memfds without MFD_ALLOW_SEALING) are accepted with a warning that valed trusts the
+/// frontend not to truncate them.
+fn check_mem_table(msg: &[u8], fds: &[rustix::fd::OwnedFd], port: &str) -> Result<(), String> {
+    let body = &msg[12..];
+    if body.len() < 8 {
+        return Err("short memory table".into());
+    }
+    let n = u32::from_le_bytes(body[0..4].try_into().unwrap_or([0; 4])) as usize;
+    if n == 0 || n > 8 || body.len() < 8 + 32 * n || fds.len() != n {
+        return Err(format!(
+            "memory table of {n} regions with {} descriptors",
+            fds.len()
+        ));
+    }
+    for (i, fd) in fds.iter().enumerate() {
+        let r = &body[8 + 32 * i..8 + 32 * (i + 1)];
+        let u = |o: usize| u64::from_le_bytes(r[o..o + 8].try_into().unwrap_or([0; 8]));
+        let (size, offset) = (u(8), u(24));
+        let st = rustix::fs::fstat(fd).map_err(|e| format!("region {i}: fstat: {e}"))?;
+        let end = offset
+            .checked_add(size)
+            .ok_or_else(|| format!("region {i}: offset + size overflows"))?;
+        if size == 0 || end > st.st_size as u64 {
+            return Err(format!(
+                "region {i}: bytes {offset}..{end} are not inside its file of {} bytes",
+                st.st_size
+            ));
+        }
+        use rustix::fs::SealFlags;
+        let sealed = match rustix::fs::fcntl_get_seals(fd) {
+            Ok(seals) if seals.contains(SealFlags::SHRINK) => true,
+            Ok(seals) if !seals.contains(SealFlags::SEAL) => {
+                rustix::fs::fcntl_add_seals(fd, SealFlags::SHRINK)
+                    .map_err(|e| format!("region {i}: cannot seal it against shrinking: {e}"))?;
+                true
+            }
+            _ => false,
+        };
+        if !sealed {
+            tracing::warn!(
+                port,
+                "vhost-user: guest memory region {i} cannot be sealed against shrinking \
+                 (not a memfd, or one created without MFD_ALLOW_SEALING): valed trusts \
+                 the frontend not to truncate it"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Relays one frontend connection to the vhost crate's handler, holding back what the
+/// crate would refuse from QEMU 7.2: a `SET_VRING_ENABLE` before `SET_FEATURES` (QEMU
+/// disables rings early; rings start disabled anyway, so it is acknowledged here and
+/// not passed on). Returns when either side hangs up.
+pub(super) fn relay(front: UnixStream, back: UnixStream, port: &str, counters: &PortCounters) {
+    use rustix::fd::AsFd;
+    let front_w = Arc::new(Mutex::new(front.try_clone().ok()));
+    let back_r = back.try_clone().ok();
+    let fw = front_w.clone();
+    // Crate -> frontend: whole messages, so our own replies never interleave.
+    let up = std::thread::spawn(move || {
+        let Some(back_r) = back_r else { return };
+        while let Ok(Some((msg, fds))) = read_msg(&back_r) {
+            let g = fw.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(f) = g.as_ref() else { break };
+            let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+            if vale::sock::send(f.as_fd(), &msg, &borrowed).is_err() {
+                break;
+            }
+        }
+        let _ = back_r.shutdown(std::net::Shutdown::Both);
+        // The crate hung up: so does the frontend's side (it may reconnect).
+        if let Some(f) = fw.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = f.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    let mut features_set = false;
+    let mut protocol_acked = false;
+    while let Ok(Some((msg, fds))) = read_msg(&front) {
+        let req = u32::from_le_bytes([msg[0], msg[1], msg[2], msg[3]]);
+        let flags = u32::from_le_bytes([msg[4], msg[5], msg[6], msg[7]]);
+        let refused = match req {
+            SET_MEM_TABLE => check_mem_table(&msg, &fds, port).err(),
+            ADD_MEM_REG | REM_MEM_REG => Some("memory slots were not offered".into()),
+            _ => None,
+        };
+        if let Some(why) = refused {
+            // The frontend sees the connection close; it may come back with a good one.
+            tracing::warn!(port, "vhost-user frontend refused: {why}");
+            counters.read_errors.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
+        if req == SET_FEATURES {
+            features_set = true;
+            if msg.len() >= 20 {
+                let f = u64::from_le_bytes(msg[12..20].try_into().unwrap_or([0; 8]));
+                protocol_acked = f & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
+            }
+        }
+        if req == SET_VRING_ENABLE && !features_set {
+            if flags & FLAG_NEED_REPLY != 0 {
+                let mut reply = Vec::with_capacity(20);
+                reply.extend_from_slice(&req.to_le_bytes());
+                reply.extend_from_slice(&(FLAG_VERSION | FLAG_REPLY).to_le_bytes());
+                reply.extend_from_slice(&8u32.to_le_bytes());
+                reply.extend_from_slice(&0u64.to_le_bytes());
+                let g = front_w.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(f) = g.as_ref() {
+                    let _ = vale::sock::send(f.as_fd(), &reply, &[]);
+                }
+            }
+            continue;
+        }
+        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        if vale::sock::send(back.as_fd(), &msg, &borrowed).is_err() {
+            break;
+        }
+        // QEMU 7.2 (one queue pair) never enables its rings once protocol features are
+        // negotiated, expecting them to run once kicked: enable each ring as its kick
+        // arrives (no reply asked, so none comes back).
+        if req == SET_VRING_KICK && protocol_acked && msg.len() >= 20 {
+            let index = msg[12] as u32;
+            let mut en = Vec::with_capacity(20);
+            en.extend_from_slice(&SET_VRING_ENABLE.to_le_bytes());
+            en.extend_from_slice(&FLAG_VERSION.to_le_bytes());
+            en.extend_from_slice(&8u32.to_le_bytes());
+            en.extend_from_slice(&index.to_le_bytes());
+            en.extend_from_slice(&1u32.to_le_bytes());
+            if vale::sock::send(back.as_fd(), &en, &[]).is_err() {
+                break;
+            }
+        }
+    }
+    let _ = back.shutdown(std::net::Shutdown::Both);
+    let _ = front.shutdown(std::net::Shutdown::Both);
+    let _ = up.join();
+}

@@ -43,7 +43,7 @@ fn listen(path: &Path, mode: u32, group: Option<&str>) -> Result<OwnedFd, StartE
         .map_err(|e| sock_err("cannot set the mode of", e.into()))?;
     if let Some(g) = group {
         let gid = crate::settings::group_id(g)
-            .map_err(|e| sock_err("bad group for", std::io::Error::other(e)))?;
+            .map_err(|e| sock_err("bad group for", std::io::Error::other(e.to_string())))?;
         rustix::fs::chown(path, None, Some(rustix::process::Gid::from_raw(gid)))
             .map_err(|e| sock_err("cannot set the group of", e.into()))?;
     }

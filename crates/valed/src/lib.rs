@@ -28,4 +28,4 @@ mod sys;
 pub use control::SetVerbosity;
 pub use daemon::run;
 pub use error::StartError;
-pub use settings::{ConfigFile, Settings};
+pub use settings::{ConfigFile, Settings, SettingsError};

@@ -11,6 +11,51 @@ use vale_switch::{FdbConfig, Limits};
 /// end to end at 60 bytes, no change at 1514 (docs/performance.md).
 pub const DEFAULT_BUF_SIZE: u32 = 2112;
 
+/// A setting that cannot be used, named with its value and what would be accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {}: {why}", path.display())]
+    Parse { path: PathBuf, why: String },
+    #[error("cpu list `{0}` is not like 2,3,8-11")]
+    Cpus(String),
+    #[error("socket mode `{0}` is not an octal mode like 0660")]
+    Mode(String),
+    #[error("socket group `{0}` is not a group name in /etc/group nor a number")]
+    Group(String),
+    #[error("{what} {value} is out of range; it must be between {min} and {max}")]
+    OutOfRange {
+        what: &'static str,
+        value: usize,
+        min: usize,
+        max: usize,
+    },
+    #[error("cannot read this process's CPU affinity: {0}")]
+    Affinity(#[source] std::io::Error),
+    #[error("cpu {0} is not available to valed (see `taskset -p $$` and nproc)")]
+    CpuUnavailable(usize),
+    #[error("max_switches and max_ports must be at least 1")]
+    NoSwitchesOrPorts,
+    #[error("default port: {0}")]
+    DefaultPort(#[source] vale_abi::Error),
+    #[error(
+        "the default port ({rings} rings, {slots} slots, {buf}-byte buffers) exceeds the limits ({max_rings} rings, {max_slots} slots, {max_buf} bytes)"
+    )]
+    DefaultOverLimit {
+        rings: u16,
+        slots: u32,
+        buf: u32,
+        max_rings: u16,
+        max_slots: u32,
+        max_buf: u32,
+    },
+}
+
 /// Everything `valed` can be told.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -79,14 +124,19 @@ pub struct ConfigFile {
 }
 
 impl ConfigFile {
-    pub fn load(path: &Path) -> Result<ConfigFile, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<ConfigFile, SettingsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| SettingsError::Parse {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        })
     }
 
     /// Applies the file's values over `s`.
-    pub fn apply(&self, s: &mut Settings) -> Result<(), String> {
+    pub fn apply(&self, s: &mut Settings) -> Result<(), SettingsError> {
         let l = &mut s.limits;
         macro_rules! set {
             ($($field:ident => $target:expr),* $(,)?) => {
@@ -120,8 +170,8 @@ impl ConfigFile {
 }
 
 /// Parses a CPU list such as `2,3,8-11` (the kernel's cpulist format).
-pub fn parse_cpus(list: &str) -> Result<Vec<usize>, String> {
-    let bad = || format!("cpu list `{list}` is not like 2,3,8-11");
+pub fn parse_cpus(list: &str) -> Result<Vec<usize>, SettingsError> {
+    let bad = || SettingsError::Cpus(list.to_string());
     let mut out = Vec::new();
     for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (a, b) = match part.split_once('-') {
@@ -141,57 +191,61 @@ pub fn parse_cpus(list: &str) -> Result<Vec<usize>, String> {
 }
 
 /// Parses an octal file mode such as `0660`.
-pub fn parse_mode(m: &str) -> Result<u32, String> {
+pub fn parse_mode(m: &str) -> Result<u32, SettingsError> {
     u32::from_str_radix(m.trim_start_matches("0o"), 8)
         .ok()
         .filter(|v| *v <= 0o777)
-        .ok_or_else(|| format!("socket mode `{m}` is not an octal mode like 0660"))
+        .ok_or_else(|| SettingsError::Mode(m.to_string()))
 }
 
 impl Settings {
     /// Checks values that would only fail later, with messages that name the setting.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SettingsError> {
         let l = &self.limits;
         if l.batch == 0 || l.batch > vale_switch::MAX_BATCH {
-            return Err(format!(
-                "bridge_batch {} is out of range; it must be between 1 and {}",
-                l.batch,
-                vale_switch::MAX_BATCH
-            ));
+            return Err(SettingsError::OutOfRange {
+                what: "bridge_batch",
+                value: l.batch,
+                min: 1,
+                max: vale_switch::MAX_BATCH,
+            });
         }
         if self.threads == 0 || self.threads > 256 {
-            return Err(format!(
-                "threads {} is out of range; it must be between 1 and 256",
-                self.threads
-            ));
+            return Err(SettingsError::OutOfRange {
+                what: "threads",
+                value: self.threads,
+                min: 1,
+                max: 256,
+            });
         }
         if let Some(g) = &self.socket_group {
             group_id(g)?;
         }
         if !self.cpus.is_empty() {
             let allowed = rustix::thread::sched_getaffinity(None)
-                .map_err(|e| format!("cannot read this process's CPU affinity: {e}"))?;
+                .map_err(|e| SettingsError::Affinity(e.into()))?;
             if let Some(c) = self.cpus.iter().find(|c| !allowed.is_set(**c)) {
-                return Err(format!(
-                    "cpu {c} is not available to valed (see `taskset -p $$` and nproc)"
-                ));
+                return Err(SettingsError::CpuUnavailable(*c));
             }
         }
         if l.max_switches == 0 || l.max_ports == 0 {
-            return Err("max_switches and max_ports must be at least 1".into());
+            return Err(SettingsError::NoSwitchesOrPorts);
         }
         let g = l.default_geometry;
-        g.validate().map_err(|e| format!("default port: {e}"))?;
+        g.validate().map_err(SettingsError::DefaultPort)?;
         if g.tx_rings > l.max_rings || g.tx_slots > l.max_slots || g.buf_size > l.max_buf_size {
-            return Err(format!(
-                "the default port ({} rings, {} slots, {}-byte buffers) exceeds the limits ({} rings, {} slots, {} bytes)",
-                g.tx_rings, g.tx_slots, g.buf_size, l.max_rings, l.max_slots, l.max_buf_size
-            ));
+            return Err(SettingsError::DefaultOverLimit {
+                rings: g.tx_rings,
+                slots: g.tx_slots,
+                buf: g.buf_size,
+                max_rings: l.max_rings,
+                max_slots: l.max_slots,
+                max_buf: l.max_buf_size,
+            });
         }
         Ok(())
     }
 
-    /// A random seed for the learning tables, so nobody can aim hash collisions.
     /// Where valed keeps sockets only it uses (vhost-user relays' back ends): a
     /// directory beside the control socket.
     pub fn private_dir(&self) -> PathBuf {
@@ -204,6 +258,7 @@ impl Settings {
         PathBuf::from(d)
     }
 
+    /// A random seed for the learning tables, so nobody can aim hash collisions.
     pub fn seed_fdb(&mut self) {
         let mut b = [0u8; 8];
         if rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()).is_ok() {
@@ -216,7 +271,7 @@ impl Settings {
 }
 
 /// A group name (from /etc/group) or number.
-pub fn group_id(g: &str) -> Result<u32, String> {
+pub fn group_id(g: &str) -> Result<u32, SettingsError> {
     if let Ok(n) = g.parse::<u32>() {
         return Ok(n);
     }
@@ -230,7 +285,7 @@ pub fn group_id(g: &str) -> Result<u32, String> {
             (name == g).then_some(gid)
         })
         .next()
-        .ok_or_else(|| format!("socket group `{g}` is not a group name in /etc/group nor a number"))
+        .ok_or_else(|| SettingsError::Group(g.to_string()))
 }
 
 #[cfg(test)]
@@ -253,6 +308,6 @@ mod tests {
             assert!(parse_cpus(bad).is_err(), "{bad}");
         }
         s.limits.batch = 0;
-        assert!(s.validate().unwrap_err().contains("bridge_batch"));
+        assert!(s.validate().unwrap_err().to_string().contains("bridge_batch"));
     }
 }

@@ -81,7 +81,7 @@ struct Args {
     cpus: Option<String>,
 }
 
-fn settings(a: &Args) -> Result<Settings, String> {
+fn settings(a: &Args) -> Result<Settings, valed::SettingsError> {
     let mut s = Settings::default();
     if let Some(path) = &a.config {
         ConfigFile::load(path)?.apply(&mut s)?;

@@ -19,7 +19,7 @@ pub struct Tap {
 
 impl Tap {
     pub fn create(name: &str) -> Result<Tap, CtlError> {
-        sys::check_ifname(name).map_err(CtlError::BadName)?;
+        sys::check_ifname(name).map_err(|e| CtlError::BadName(e.to_string()))?;
         if name.starts_with("vale") {
             return Err(CtlError::BadName(format!(
                 "{name}: a persistent port's name may not start with `vale` (that names a switch port)"

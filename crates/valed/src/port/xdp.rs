@@ -76,32 +76,37 @@ fn socket_error(ifname: &str, q: u32, frames: usize, e: NewError) -> String {
 }
 
 /// Steers `ifname`'s received frames to new AF_XDP sockets, one per receive queue.
-pub fn attach(ifname: &str, ifindex: u32) -> Result<Attached, String> {
+pub fn attach(ifname: &str, ifindex: u32) -> Result<Attached, PortError> {
+    let refused = PortError::Refused;
     let queues = rx_queues(ifname);
     if queues > MAX_QUEUES {
         // Frames on the others would bypass the switch without a word.
-        return Err(format!(
+        return Err(refused(format!(
             "{ifname} has {queues} receive queues; --xdp serves at most {MAX_QUEUES} \
              (fewer with `ethtool -L {ifname} combined {MAX_QUEUES}`), or attach without --xdp"
-        ));
+        )));
     }
-    let map = XskMap::create(queues)
-        .map_err(|e| format!("cannot create an XSKMAP: {e} (needs CAP_BPF or root)"))?;
+    let map = XskMap::create(queues).map_err(|e| {
+        refused(format!(
+            "cannot create an XSKMAP: {e} (needs CAP_BPF or root)"
+        ))
+    })?;
     let mut log = vec![0u8; 4096];
     let prog = bpf::prog_load_xdp(&map.redirect_program(), c"Dual MIT/GPL", "vale", &mut log)
         .map_err(|e| {
             let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-            format!(
+            refused(format!(
                 "cannot load the XDP program: {e}: {}",
                 String::from_utf8_lossy(&log[..end]).trim()
-            )
+            ))
         })?;
     let mut socks = Vec::new();
     for q in 0..queues {
         let frames = frames_for(queues);
-        let x = Xsk::new(ifindex, q, frames).map_err(|e| socket_error(ifname, q, frames, e))?;
+        let x = Xsk::new(ifindex, q, frames)
+            .map_err(|e| refused(socket_error(ifname, q, frames, e)))?;
         map.insert(q, x.fd())
-            .map_err(|e| format!("cannot add the AF_XDP socket to the XSKMAP: {e}"))?;
+            .map_err(|e| refused(format!("cannot add the AF_XDP socket to the XSKMAP: {e}")))?;
         socks.push(x);
     }
     // The driver's own hook where it has one, the kernel's generic one otherwise.
@@ -117,11 +122,13 @@ pub fn attach(ifname: &str, ifindex: u32) -> Result<Attached, String> {
             _ => break,
         }
     }
-    let link = link.map_err(|e| match e.raw_os_error() {
-        Some(libc::EBUSY) | Some(libc::EEXIST) => {
-            format!("{ifname} already has an XDP program (see `ip link show {ifname}`)")
-        }
-        _ => format!("cannot attach the XDP program to {ifname}: {e}"),
+    let link = link.map_err(|e| {
+        refused(match e.raw_os_error() {
+            Some(libc::EBUSY) | Some(libc::EEXIST) => {
+                format!("{ifname} already has an XDP program (see `ip link show {ifname}`)")
+            }
+            _ => format!("cannot attach the XDP program to {ifname}: {e}"),
+        })
     })?;
     Ok(Attached {
         socks,
@@ -162,7 +169,7 @@ impl Backend for Xdp {
     fn start(&mut self, cx: Start<'_>) -> Result<Box<dyn DrivenPort>, PortError> {
         let ifname = &self.ifname;
         let i = crate::sys::if_index(ifname).ok_or_else(|| PortError::Gone(ifname.clone()))?;
-        let x = attach(ifname, i).map_err(PortError::Refused)?;
+        let x = attach(ifname, i)?;
         // Every queue's socket wakes the thread.
         for s in &x.socks {
             cx.watcher.add(s.fd())?;

@@ -76,14 +76,25 @@ pub fn readable_within(fd: std::os::fd::RawFd, ms: i32) -> bool {
         && p[0].revents().contains(PollFlags::IN)
 }
 
+/// An interface name the kernel would refuse.
+#[derive(Debug, thiserror::Error)]
+pub enum IfnameError {
+    #[error("interface name `{}` must be 1 to {max} characters", name.escape_default())]
+    Length { name: String, max: usize },
+    #[error(
+        "interface name `{}` may not be . or .. nor contain '/', ':', spaces or control characters",
+        name.escape_default()
+    )]
+    Chars { name: String },
+}
+
 /// Interface names: what the kernel accepts (`dev_valid_name`), at most 15 bytes.
-pub fn check_ifname(name: &str) -> Result<(), String> {
+pub fn check_ifname(name: &str) -> Result<(), IfnameError> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-        return Err(format!(
-            "interface name `{}` must be 1 to {} characters",
-            name.escape_default(),
-            libc::IFNAMSIZ - 1
-        ));
+        return Err(IfnameError::Length {
+            name: name.to_string(),
+            max: libc::IFNAMSIZ - 1,
+        });
     }
     if name == "."
         || name == ".."
@@ -91,10 +102,9 @@ pub fn check_ifname(name: &str) -> Result<(), String> {
             .bytes()
             .any(|b| b == b'/' || b == b':' || b <= b' ' || b >= 0x7f)
     {
-        return Err(format!(
-            "interface name `{}` may not be . or .. nor contain '/', ':', spaces or control characters",
-            name.escape_default()
-        ));
+        return Err(IfnameError::Chars {
+            name: name.to_string(),
+        });
     }
     Ok(())
 }

@@ -43,6 +43,30 @@ fn read_msg(s: &UnixStream) -> std::io::Result<Option<(Vec<u8>, Vec<rustix::fd::
     Ok(Some((msg, fds)))
 }
 
+/// Why a frontend's memory messages were refused.
+#[derive(Debug, thiserror::Error)]
+enum MemTableError {
+    #[error("memory slots were not offered")]
+    Slots,
+    #[error("short memory table")]
+    Short,
+    #[error("memory table of {regions} regions with {fds} descriptors")]
+    Count { regions: usize, fds: usize },
+    #[error("region {0}: fstat: {1}")]
+    Fstat(usize, #[source] std::io::Error),
+    #[error("region {0}: offset + size overflows")]
+    Overflow(usize),
+    #[error("region {region}: bytes {offset}..{end} are not inside its file of {file} bytes")]
+    Outside {
+        region: usize,
+        offset: u64,
+        end: u64,
+        file: u64,
+    },
+    #[error("region {0}: cannot seal it against shrinking: {1}")]
+    Seal(usize, #[source] std::io::Error),
+}
+
 /// Checks a `SET_MEM_TABLE` before the crate maps it: every region must lie inside its
 /// file (the crate maps what it is told, and touching a mapping past the end of its file
 /// kills the process with SIGBUS), and a memfd that allows sealing (QEMU's
@@ -50,38 +74,42 @@ fn read_msg(s: &UnixStream) -> std::io::Result<Option<(Vec<u8>, Vec<rustix::fd::
 /// memory from under the mapping later. Files that cannot be sealed (hugetlbfs, /dev/shm,
 /// memfds without MFD_ALLOW_SEALING) are accepted with a warning that valed trusts the
 /// frontend not to truncate them.
-fn check_mem_table(msg: &[u8], fds: &[rustix::fd::OwnedFd], port: &str) -> Result<(), String> {
+fn check_mem_table(
+    msg: &[u8],
+    fds: &[rustix::fd::OwnedFd],
+    port: &str,
+) -> Result<(), MemTableError> {
     let body = &msg[12..];
     if body.len() < 8 {
-        return Err("short memory table".into());
+        return Err(MemTableError::Short);
     }
     let n = u32::from_le_bytes(body[0..4].try_into().unwrap_or([0; 4])) as usize;
     if n == 0 || n > 8 || body.len() < 8 + 32 * n || fds.len() != n {
-        return Err(format!(
-            "memory table of {n} regions with {} descriptors",
-            fds.len()
-        ));
+        return Err(MemTableError::Count {
+            regions: n,
+            fds: fds.len(),
+        });
     }
     for (i, fd) in fds.iter().enumerate() {
         let r = &body[8 + 32 * i..8 + 32 * (i + 1)];
         let u = |o: usize| u64::from_le_bytes(r[o..o + 8].try_into().unwrap_or([0; 8]));
         let (size, offset) = (u(8), u(24));
-        let st = rustix::fs::fstat(fd).map_err(|e| format!("region {i}: fstat: {e}"))?;
-        let end = offset
-            .checked_add(size)
-            .ok_or_else(|| format!("region {i}: offset + size overflows"))?;
+        let st = rustix::fs::fstat(fd).map_err(|e| MemTableError::Fstat(i, e.into()))?;
+        let end = offset.checked_add(size).ok_or(MemTableError::Overflow(i))?;
         if size == 0 || end > st.st_size as u64 {
-            return Err(format!(
-                "region {i}: bytes {offset}..{end} are not inside its file of {} bytes",
-                st.st_size
-            ));
+            return Err(MemTableError::Outside {
+                region: i,
+                offset,
+                end,
+                file: st.st_size as u64,
+            });
         }
         use rustix::fs::SealFlags;
         let sealed = match rustix::fs::fcntl_get_seals(fd) {
             Ok(seals) if seals.contains(SealFlags::SHRINK) => true,
             Ok(seals) if !seals.contains(SealFlags::SEAL) => {
                 rustix::fs::fcntl_add_seals(fd, SealFlags::SHRINK)
-                    .map_err(|e| format!("region {i}: cannot seal it against shrinking: {e}"))?;
+                    .map_err(|e| MemTableError::Seal(i, e.into()))?;
                 true
             }
             _ => false,
@@ -131,7 +159,7 @@ pub(super) fn relay(front: UnixStream, back: UnixStream, port: &str, counters: &
         let flags = u32::from_le_bytes([msg[4], msg[5], msg[6], msg[7]]);
         let refused = match req {
             SET_MEM_TABLE => check_mem_table(&msg, &fds, port).err(),
-            ADD_MEM_REG | REM_MEM_REG => Some("memory slots were not offered".into()),
+            ADD_MEM_REG | REM_MEM_REG => Some(MemTableError::Slots),
             _ => None,
         };
         if let Some(why) = refused {

@@ -53,24 +53,13 @@ pub fn stream_connect(path: &str) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Whether descriptor `fd` (owned by the caller, open for the call) becomes readable
-/// within `ms` milliseconds (negative: no limit).
-pub fn readable_within(fd: std::os::fd::RawFd, ms: i32) -> bool {
+/// Whether `fd` becomes readable within `ms` milliseconds (negative: no limit).
+pub fn readable_within(fd: BorrowedFd<'_>, ms: i32) -> bool {
     use rustix::event::{PollFd, PollFlags, Timespec};
     let ts = (ms >= 0).then(|| Timespec {
         tv_sec: (ms / 1000).into(),
         tv_nsec: ((ms % 1000) * 1_000_000).into(),
     });
-    if fd < 0 {
-        // poll(2) skips a negative descriptor: it just waits.
-        let _ = rustix::event::poll(&mut [], ts.as_ref());
-        return false;
-    }
-    // SAFETY: `fd` is not -1 (checked above), and the borrow ends with this call, for
-    // which the caller keeps `fd` open (this function's contract). Were it closed, poll
-    // would only report on whatever the number names now, or POLLNVAL: poll(2) reads a
-    // descriptor's readiness and touches no memory of ours.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     let mut p = [PollFd::new(&fd, PollFlags::IN)];
     matches!(rustix::event::poll(&mut p, ts.as_ref()), Ok(n) if n > 0)
         && p[0].revents().contains(PollFlags::IN)
@@ -148,13 +137,13 @@ mod tests {
 
     #[test]
     fn readable_within_sees_a_datagram_and_times_out_without_one() {
-        use std::os::fd::AsRawFd;
+        use std::os::fd::AsFd;
         let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
-        assert!(!readable_within(b.as_raw_fd(), 0));
-        a.send(b"x").unwrap();
-        assert!(readable_within(b.as_raw_fd(), 1000));
+        assert!(!readable_within(b.as_fd(), 0));
         let t = std::time::Instant::now();
-        assert!(!readable_within(-1, 20));
+        assert!(!readable_within(b.as_fd(), 20));
         assert!(t.elapsed() >= std::time::Duration::from_millis(20));
+        a.send(b"x").unwrap();
+        assert!(readable_within(b.as_fd(), 1000));
     }
 }

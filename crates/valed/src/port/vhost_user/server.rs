@@ -5,7 +5,7 @@
 use super::device::NetBackend;
 use super::lock;
 use crate::port::PortCounters;
-use rustix::fd::AsRawFd;
+use rustix::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,7 +63,7 @@ impl ProtocolServer {
                     let front = match &front_l {
                         // Wait for a frontend without blocking in accept, so stop works.
                         Some(l) => {
-                            if !crate::sys::readable_within(l.as_raw_fd(), 200) {
+                            if !crate::sys::readable_within(l.as_fd(), 200) {
                                 continue;
                             }
                             let Ok((front, _)) = l.accept() else {

@@ -6,11 +6,17 @@
 //!   process writes concurrently (atomics and raw copies only, never references).
 //! - [`sync`]: the app/switch sync protocol in the ring's `sem[128]` area.
 //! - [`ring`]: ring index arithmetic and the application side of txsync/rxsync.
+//!
+//! Only `mem` (the mapping) and `ring` (the views over it) may use `unsafe`; the lint
+//! below keeps it that way.
+#![deny(unsafe_code)]
 
 mod error;
 pub mod layout;
+#[allow(unsafe_code)]
 mod mem;
 pub mod region;
+#[allow(unsafe_code)]
 pub mod ring;
 pub mod sync;
 

@@ -164,14 +164,6 @@ impl<'a> Bufs<'a> {
         }
     }
 
-    /// The address of buffer `idx` (`buf_size` bytes), or `None` for an invalid index:
-    /// for I/O straight out of a buffer (writev). Dereferencing it is the caller's
-    /// `unsafe`, allowed only while the ring protocol gives it the buffer.
-    #[inline(always)]
-    pub fn as_ptr(&self, idx: u32) -> Option<*mut u8> {
-        self.ptr(idx)
-    }
-
     /// The `len` bytes at offset `off` of buffer `idx`, as a [`Frag`] (for I/O straight
     /// out of a buffer, such as `writev`), or `None` for an invalid index or a range
     /// that does not lie inside the buffer.
@@ -277,9 +269,9 @@ impl<'a> Bufs<'a> {
 /// A view of `len` bytes inside one buffer of a region: one fragment of a packet, in the
 /// spirit of vm-memory's `VolatileSlice`.
 ///
-/// Invariant, established by [`Bufs::frag`] (the only way to make one): `ptr..ptr+len`
-/// lies inside one buffer of a mapped pool, and the borrow `'a` of that pool keeps the
-/// mapping alive. The bytes belong to the buffer's client, which may rewrite them at any
+/// Invariant, established by [`Bufs::frag`] (the only way to make a non-empty one):
+/// `ptr..ptr+len` lies inside one buffer of a mapped pool, and the borrow `'a` of that
+/// pool keeps the mapping alive. The bytes belong to the buffer's client, which may rewrite them at any
 /// time (changing only its own packet), so they are never handed out as `&[u8]`: read
 /// them with [`Frag::copy_to`], or pass [`Frag::raw_parts`] to the kernel.
 #[derive(Clone, Copy)]
@@ -305,8 +297,9 @@ impl<'a> Frag<'a> {
     #[inline]
     pub fn copy_to(&self, out: &mut [u8]) -> usize {
         let n = self.len.min(out.len());
-        // SAFETY: `ptr..ptr+len` is readable for `'a` (the type's invariant) and n <= len;
-        // `out` is private memory (no `&mut` into a region exists), so they are disjoint.
+        // SAFETY: `ptr..ptr+len` is readable for `'a` (the type's invariant; the empty
+        // fragment copies 0 bytes from a non-null, aligned address) and n <= len; `out`
+        // is private memory (no `&mut` into a region exists), so they are disjoint.
         unsafe { core::ptr::copy_nonoverlapping(self.ptr, out.as_mut_ptr(), n) };
         n
     }
@@ -316,7 +309,8 @@ impl<'a> Frag<'a> {
     #[inline(always)]
     pub fn skip(self, n: usize) -> Option<Frag<'a>> {
         let len = self.len.checked_sub(n)?;
-        // SAFETY: n <= len, so the new start stays inside the same buffer.
+        // SAFETY: n <= len, so the new start stays inside the same buffer (for the empty
+        // fragment n is 0 and the pointer does not move).
         let ptr = unsafe { self.ptr.add(n) };
         Some(Frag {
             ptr,
@@ -334,6 +328,19 @@ impl<'a> Frag<'a> {
     #[inline(always)]
     pub fn raw_parts(&self) -> (*const u8, usize) {
         (self.ptr, self.len)
+    }
+}
+
+/// The empty fragment (a filler for arrays of fragments): it points at no buffer.
+impl Default for Frag<'_> {
+    #[inline(always)]
+    fn default() -> Self {
+        Frag {
+            // A zero-length range needs only a non-null, aligned address.
+            ptr: core::ptr::NonNull::<u8>::dangling().as_ptr(),
+            len: 0,
+            _pool: PhantomData,
+        }
     }
 }
 
@@ -680,6 +687,9 @@ mod tests {
         assert_eq!(g.raw_parts().0 as usize - f.raw_parts().0 as usize, 12);
         assert!(f.skip(100).unwrap().is_empty());
         assert!(f.skip(101).is_none(), "a prefix longer than the fragment");
+        let empty = super::Frag::default();
+        assert!(empty.is_empty() && empty.skip(0).is_some() && empty.skip(1).is_none());
+        assert_eq!(empty.copy_to(&mut [0u8; 4]), 0);
         let at = b.frag(5, 40, 10).unwrap();
         let mut mid = [0u8; 10];
         at.copy_to(&mut mid);

@@ -21,7 +21,7 @@ use crate::types::{PortId, Timestamp};
 use thiserror::Error;
 use vale_abi::layout::{MAX_FRAGS, NS_INDIRECT, NS_MOREFRAG, NS_RFRAGS_SHIFT};
 use vale_abi::ring::{dist, next};
-use vale_abi::{Bufs, Dir, PortGeometry, Region, RingView, Slots, copy_frame};
+use vale_abi::{Bufs, Dir, Frag, PortGeometry, Region, RingView, Slots, copy_frame};
 
 /// Largest batch accepted for `bridge_batch`.
 pub const MAX_BATCH: usize = 8192;
@@ -64,20 +64,20 @@ pub enum EngineError {
 /// copied into the port's RX ring, each packet is handed over as the sender's fragments,
 /// to be written out (valed writes them to the host port's interface with `writev`).
 pub trait Egress {
-    /// Sends one packet out of port `dst`: `hdr`, then the fragments `frags`, (address,
-    /// length) pairs in the sender's buffers, valid for reads during this call only.
-    /// `hdr` is empty when sender and destination carry the same virtio-net header
-    /// (it is then at the start of `frags`); otherwise it is the destination's header,
-    /// converted from the sender's, and `frags` start after the sender's header. Returns
-    /// false if the packet could not be sent (counted as `tx_error` on `dst`).
-    fn send(&mut self, dst: PortId, hdr: &[u8], frags: &[(*const u8, usize)]) -> bool;
+    /// Sends one packet out of port `dst`: `hdr`, then the fragments `frags`, views of
+    /// the sender's buffers that borrow them for this call only. `hdr` is empty when
+    /// sender and destination carry the same virtio-net header (it is then at the start
+    /// of `frags`); otherwise it is the destination's header, converted from the
+    /// sender's, and `frags` start after the sender's header. Returns false if the
+    /// packet could not be sent (counted as `tx_error` on `dst`).
+    fn send(&mut self, dst: PortId, hdr: &[u8], frags: &[Frag<'_>]) -> bool;
 }
 
 /// No direct ports: every destination gets copies in its RX ring.
 pub struct NoEgress;
 
 impl Egress for NoEgress {
-    fn send(&mut self, _dst: PortId, _hdr: &[u8], _frags: &[(*const u8, usize)]) -> bool {
+    fn send(&mut self, _dst: PortId, _hdr: &[u8], _frags: &[Frag<'_>]) -> bool {
         false
     }
 }
@@ -175,9 +175,9 @@ impl Port {
     }
 }
 
-/// A fragment after the first one of a multi-slot packet.
+/// A fragment after the first one of a multi-slot packet, as its slot named it.
 #[derive(Clone, Copy, Default)]
-struct Frag {
+struct SlotFrag {
     buf_idx: u32,
     len: u16,
 }
@@ -212,7 +212,7 @@ struct Scratch {
     pkts: Vec<Pkt>,
     infos: Vec<PacketInfo>,
     dests: Vec<Dest>,
-    frags: Vec<Frag>,
+    frags: Vec<SlotFrag>,
     queues: Vec<Queue>,
     flood: Queue,
     dsts: Vec<PortId>,
@@ -249,12 +249,12 @@ impl Scratch {
 
     /// The fragments of packet `p`, the inline first one included, in order.
     #[inline(always)]
-    fn frags_of<'a>(&'a self, p: &Pkt) -> impl Iterator<Item = Frag> + 'a {
+    fn frags_of<'a>(&'a self, p: &Pkt) -> impl Iterator<Item = SlotFrag> + 'a {
         let rest = self
             .frags
             .get(p.more as usize..p.more as usize + p.nfrags as usize - 1)
             .unwrap_or(&[]);
-        std::iter::once(Frag {
+        std::iter::once(SlotFrag {
             buf_idx: p.buf_idx,
             len: p.len,
         })
@@ -773,7 +773,7 @@ fn gather_chain(
     bufs: Bufs<'_>,
     j: &mut u32,
     pending: &mut u32,
-    frags: &mut Vec<Frag>,
+    frags: &mut Vec<SlotFrag>,
     mut len: u32,
     mut verdict: Option<DropReason>,
 ) -> (u32, u32, Option<DropReason>) {
@@ -795,7 +795,7 @@ fn gather_chain(
             } else if f.len as u32 > bufs.buf_size() {
                 Some(DropReason::BadLen)
             } else {
-                frags.push(Frag {
+                frags.push(SlotFrag {
                     buf_idx: f.buf_idx,
                     len: f.len,
                 });
@@ -916,7 +916,7 @@ fn deliver_direct(
     let (mut u, mut b) = (uq.head, flood.head);
     let dst_hl = dport.hdr_len;
     let ds = &mut dport.stats;
-    let mut frags: [(*const u8, usize); MAX_FRAGS] = [(core::ptr::null(), 0); MAX_FRAGS];
+    let mut frags = [Frag::default(); MAX_FRAGS];
     let mut hdr: [u8; 16];
     while let Some(pi) = sc.next_merged(&mut u, &mut b) {
         let p = &sc.pkts[pi as usize];
@@ -924,9 +924,10 @@ fn deliver_direct(
         let mut k = 0;
         let mut total = 0u64;
         for f in sc.frags_of(p) {
-            // Validated in pass 0; as_ptr checks the index again.
-            if let (Some(ptr), Some(slot)) = (sbufs.as_ptr(f.buf_idx), frags.get_mut(k)) {
-                *slot = (ptr as *const u8, f.len as usize);
+            // Validated in pass 0; `frag` checks the index and length again.
+            let view = sbufs.frag(f.buf_idx, 0, f.len as usize);
+            if let (Some(view), Some(slot)) = (view, frags.get_mut(k)) {
+                *slot = view;
                 k += 1;
                 total += f.len as u64;
             }
@@ -945,7 +946,7 @@ fn deliver_direct(
                     .next()
                     .and_then(|f| sbufs.header_at(f.buf_idx, 0))
                 {
-                    Some([a, b2]) if frags[0].1 >= sh => {
+                    Some([a, b2]) if frags[0].len() >= sh => {
                         hdr[..8].copy_from_slice(&a.to_le_bytes());
                         hdr[8..].copy_from_slice(&b2.to_le_bytes());
                         hdr[10..].fill(0);
@@ -956,7 +957,10 @@ fn deliver_direct(
             if dst_hl >= 12 {
                 hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
             }
-            frags[0] = (frags[0].0.wrapping_add(sh), frags[0].1 - sh.min(frags[0].1));
+            match frags[0].skip(sh) {
+                Some(f) => frags[0] = f,
+                None => ok = false,
+            }
             total = total - sh as u64 + dst_hl as u64;
             h = &hdr[..dst_hl as usize];
         }

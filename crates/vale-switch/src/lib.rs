@@ -30,3 +30,5 @@ pub use name::{NameError, PortName};
 pub use registry::{Limits, PortKey, Registry, RegistryError, SwitchEntry};
 pub use stats::{DropReason, PortStats};
 pub use types::{MacAddr, PortId, Timestamp};
+/// What [`Egress::send`] is handed: views of the sender's buffers.
+pub use vale_abi::Frag;

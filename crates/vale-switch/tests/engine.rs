@@ -590,12 +590,12 @@ struct Collect {
 }
 
 impl Egress for Collect {
-    fn send(&mut self, dst: PortId, hdr: &[u8], frags: &[(*const u8, usize)]) -> bool {
+    fn send(&mut self, dst: PortId, hdr: &[u8], frags: &[Frag<'_>]) -> bool {
         let mut f = hdr.to_vec();
-        for &(p, n) in frags {
-            // SAFETY: the engine guarantees each (address, length) lies inside one of
-            // the sender's buffers, readable for the duration of this call.
-            f.extend_from_slice(unsafe { std::slice::from_raw_parts(p, n) });
+        for p in frags {
+            let at = f.len();
+            f.resize(at + p.len(), 0);
+            p.copy_to(&mut f[at..]);
         }
         self.got.push((dst, f));
         self.accept

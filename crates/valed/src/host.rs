@@ -174,7 +174,7 @@ pub struct HostEgress<'a> {
 }
 
 impl vale_switch::Egress for HostEgress<'_> {
-    fn send(&mut self, dst: vale_switch::PortId, hdr: &[u8], frags: &[(*const u8, usize)]) -> bool {
+    fn send(&mut self, dst: vale_switch::PortId, hdr: &[u8], frags: &[vale_abi::Frag<'_>]) -> bool {
         let key = PortKey {
             switch: self.switch,
             port: dst,
@@ -183,20 +183,8 @@ impl vale_switch::Egress for HostEgress<'_> {
             return self.vhosts.get(&key).is_some_and(|v| v.send(hdr, frags));
         };
         // A converted header goes first, as one more fragment.
-        let mut all: [(*const u8, usize); crate::sys::MAX_IOV] =
-            [(std::ptr::null(), 0); crate::sys::MAX_IOV];
-        let frags = if hdr.is_empty() {
-            frags
-        } else {
-            if frags.len() + 1 > all.len() {
-                return false;
-            }
-            all[0] = (hdr.as_ptr(), hdr.len());
-            all[1..=frags.len()].copy_from_slice(frags);
-            &all[..=frags.len()]
-        };
         use rustix::fd::AsFd;
-        match crate::sys::write_frags(h.dev.as_fd(), frags) {
+        match crate::sys::write_frags(h.dev.as_fd(), hdr, frags) {
             Ok(n) => {
                 h.counters.to_host.fetch_add(1, Ordering::Relaxed);
                 h.counters

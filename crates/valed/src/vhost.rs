@@ -269,7 +269,7 @@ impl VhostIo {
 
     /// A packet handed over by the switch (the engine's direct delivery, same header
     /// length): into guest RX buffers now, or queued behind what already waits.
-    pub fn send(&self, hdr: &[u8], frags: &[(*const u8, usize)]) -> bool {
+    pub fn send(&self, hdr: &[u8], frags: &[vale_abi::Frag<'_>]) -> bool {
         if frags.len() > MAX_PARTS {
             return false; // never from the engine (MAX_FRAGS)
         }
@@ -295,11 +295,12 @@ impl VhostIo {
                         };
                         let sum = parts.iter().map(|p| p.len()).sum::<usize>();
                         let len = if hdr.is_empty() { sum } else { sum + VNET_HDR };
-                        if len < VNET_HDR + 14 || !out.guest_takes(&VnetHdr::parse(&h[..10])) {
-                            return None;
-                        }
+                        // Copied out once, then checked: the sender may rewrite `h`.
                         let mut hb = [0u8; VNET_HDR];
                         hb.copy_from_slice(h);
+                        if len < VNET_HDR + 14 || !out.guest_takes(&VnetHdr::parse(&hb[..10])) {
+                            return None;
+                        }
                         if out.acked & (1 << F_GUEST_CSUM) == 0 {
                             hb[0] &= !offload::F_DATA_VALID;
                         }
@@ -342,9 +343,11 @@ impl VhostIo {
         let mut f = g.out.spare.pop().unwrap_or_default();
         f.clear();
         f.extend_from_slice(hdr);
-        crate::sys::with_slices(frags, |parts| {
-            parts.iter().for_each(|p| f.extend_from_slice(p))
-        });
+        for p in frags {
+            let at = f.len();
+            f.resize(at + p.len(), 0);
+            p.copy_to(&mut f[at..]);
+        }
         g.out.stage(f, &self.counters);
         let Some((vq, mem)) = g.queue(RX) else {
             return true; // delivered when the guest sets its queues up (or dropped)

@@ -19,7 +19,7 @@ use crate::offload::{self, VnetHdr};
 use crate::stats::{DropReason, PortStats};
 use crate::types::{PortId, Timestamp};
 use thiserror::Error;
-use vale_abi::layout::{MAX_FRAGS, NS_INDIRECT, NS_MOREFRAG, NS_RFRAGS_SHIFT};
+use vale_abi::layout::{MAX_FRAGS, NS_INDIRECT, NS_MOREFRAG, NS_RFRAGS_SHIFT, NetmapSlot};
 use vale_abi::ring::{dist, next};
 use vale_abi::{Bufs, Dir, Frag, PortGeometry, Region, RingView, Slots, copy_frame};
 
@@ -104,12 +104,76 @@ struct TxKring {
     hwcur: u32,
 }
 
+impl TxKring {
+    /// Slots the client has published past `hwcur`, or `None` if it broke the ring
+    /// protocol: the ring is then reset to the switch's view (the caller counts it).
+    #[inline(always)]
+    fn published(&self) -> Option<u32> {
+        // Read once, validate against private state.
+        let n = self.view.num_slots();
+        let hwcur = self.hwcur;
+        let (head, cur) = self.view.csb().sw_read_acquire();
+        if head >= n || cur >= n || dist(hwcur, cur, n) < dist(hwcur, head, n) {
+            self.view.reinit(hwcur, prev(hwcur, n));
+            return None;
+        }
+        Some(dist(hwcur, head, n))
+    }
+
+    /// Gives the slots before `to` back to the client; true if it asked for a kick.
+    #[inline(always)]
+    fn release(&mut self, to: u32) -> bool {
+        self.hwcur = to;
+        let csb = self.view.csb();
+        csb.sw_publish_release(to, prev(to, self.view.num_slots()));
+        csb.sw_kick_needed()
+    }
+}
+
 struct RxKring {
     view: RingView,
     /// First slot the client has not yet released.
     hwcur: u32,
     /// Next slot the switch will write.
     hwtail: u32,
+}
+
+impl RxKring {
+    /// Takes back the slots the client released. It may only hand back what it was
+    /// given: if it claims more, the ring is reset and this returns false.
+    #[inline(always)]
+    fn refresh(&mut self) -> bool {
+        let n = self.view.num_slots();
+        let (head, _) = self.view.csb().sw_read_acquire();
+        if head >= n || dist(self.hwcur, head, n) > dist(self.hwcur, self.hwtail, n) {
+            self.view.reinit(self.hwcur, self.hwtail);
+            return false;
+        }
+        self.hwcur = head;
+        true
+    }
+
+    /// Free slots between `hwtail` and the client's `hwcur` (one stays empty).
+    #[inline(always)]
+    fn space(&self) -> u32 {
+        let n = self.view.num_slots();
+        n - 1 - dist(self.hwcur, self.hwtail, n)
+    }
+
+    /// Publishes the slots before `to` to the client; true if it asked for a kick.
+    #[inline(always)]
+    fn publish(&mut self, to: u32) -> bool {
+        self.hwtail = to;
+        let csb = self.view.csb();
+        csb.sw_publish_release(self.hwcur, to);
+        csb.sw_kick_needed()
+    }
+}
+
+/// The slot before `i` in a ring of `n`.
+#[inline(always)]
+fn prev(i: u32, n: u32) -> u32 {
+    if i == 0 { n - 1 } else { i - 1 }
 }
 
 /// A port attached to a switch: its region, the switch's private ring state, counters.
@@ -216,6 +280,40 @@ struct Scratch {
     queues: Vec<Queue>,
     flood: Queue,
     dsts: Vec<PortId>,
+    /// Pass 1's queue links while the TX monitors' copy threads the batch in order.
+    saved: Vec<u32>,
+}
+
+/// The TX ring a batch is read from, as pass 0 reads it: each slot once.
+struct Reader<'a> {
+    slots: Slots<'a>,
+    bufs: Bufs<'a>,
+    /// Next slot to read.
+    at: u32,
+    /// Slots published and not yet read.
+    pending: u32,
+}
+
+impl Reader<'_> {
+    #[inline(always)]
+    fn next(&mut self) -> Option<NetmapSlot> {
+        if self.pending == 0 {
+            return None;
+        }
+        let s = self.slots.read(self.at);
+        self.at = next(self.at, self.slots.len());
+        self.pending -= 1;
+        Some(s)
+    }
+}
+
+/// Who sends a batch, and how much of it one pass takes.
+struct Sender {
+    id: PortId,
+    ring: u16,
+    hdr_len: u16,
+    /// `bridge_batch`.
+    limit: usize,
 }
 
 impl Scratch {
@@ -228,6 +326,126 @@ impl Scratch {
             queues: vec![EMPTY_Q; ports],
             flood: EMPTY_Q,
             dsts: Vec::with_capacity(ports),
+            saved: Vec::new(),
+        }
+    }
+
+    /// Pass 0: reads up to `snd.limit` packets, each slot once, validates them and copies
+    /// their headers out. Invalid packets are counted in `st` and go no further. Returns
+    /// how many packets were kept.
+    #[inline(always)]
+    fn gather(&mut self, rd: &mut Reader<'_>, snd: &Sender, st: &mut PortStats) -> usize {
+        let buf_size = rd.bufs.buf_size();
+        let mut np = 0usize;
+        self.frags.clear();
+        while np < snd.limit {
+            let Some(s) = rd.next() else {
+                break;
+            };
+            // `header` validates the buffer index; INDIRECT is checked below.
+            let hdr = if snd.hdr_len == 0 {
+                rd.bufs.header(s.buf_idx)
+            } else {
+                rd.bufs.header_at(s.buf_idx, snd.hdr_len)
+            };
+            let mut verdict = if s.flags & NS_INDIRECT != 0 || hdr.is_none() {
+                Some(DropReason::BadBuf)
+            } else if s.len as u32 > buf_size {
+                Some(DropReason::BadLen)
+            } else if s.len < ETH_HLEN + snd.hdr_len {
+                Some(DropReason::Runt)
+            } else {
+                None
+            };
+            let mut nfrags = 1u32;
+            let mut len = s.len as u32;
+            let more = self.frags.len() as u32;
+            if s.flags & NS_MOREFRAG != 0 {
+                (nfrags, len, verdict) = gather_chain(rd, &mut self.frags, len, verdict);
+            }
+            let hdr = match (verdict, hdr) {
+                (None, Some(h)) => h,
+                (v, _) => {
+                    let r = v.unwrap_or(DropReason::BadBuf);
+                    st.drops[r as usize] += 1;
+                    self.frags.truncate(more as usize);
+                    continue;
+                }
+            };
+            self.infos[np] = PacketInfo::from_header(hdr, snd.id, snd.ring, len, s.flags);
+            self.pkts[np] = Pkt {
+                buf_idx: s.buf_idx,
+                len: s.len,
+                nfrags: nfrags as u16,
+                more,
+                next: NIL,
+            };
+            np += 1;
+        }
+        np
+    }
+
+    /// Pass 1, after the lookup filled `dests`: threads each packet onto its
+    /// destination's queue (or the flood queue). Packets with nowhere to go are counted
+    /// in `st`.
+    #[inline(always)]
+    fn route(&mut self, np: usize, src: PortId, ports: &PortTable, st: &mut PortStats) {
+        let others = ports.active.len().saturating_sub(1);
+        self.dsts.clear();
+        self.flood = EMPTY_Q;
+        for pi in 0..np {
+            let q = match self.dests[pi] {
+                // A port with a non-empty queue was checked when its queue started.
+                Dest::Port(q)
+                    if q != src
+                        && (self.queues.get(q.0 as usize).is_some_and(|x| x.head != NIL)
+                            || ports.is_attached(q)) =>
+                {
+                    Some(q)
+                }
+                Dest::Flood if others > 0 => None,
+                _ => {
+                    st.drops[DropReason::NoDest as usize] += 1;
+                    continue;
+                }
+            };
+            st.forwarded += 1;
+            st.tx_bytes += self.infos[pi].len as u64;
+            self.enqueue(q, pi as u32);
+        }
+        st.tx_packets = st.forwarded + st.sender_drops();
+    }
+
+    /// Empties the unicast queues pass 1 filled.
+    #[inline(always)]
+    fn clear_queues(&mut self) {
+        for d in &self.dsts {
+            self.queues[d.0 as usize] = EMPTY_Q;
+        }
+    }
+
+    /// Threads the batch's first `np` packets onto one queue in batch order (for the TX
+    /// monitors), saving pass 1's links for [`Self::unthread`].
+    fn thread_all(&mut self, np: usize) -> Queue {
+        self.saved.clear();
+        self.saved.extend(self.pkts[..np].iter().map(|p| p.next));
+        for i in 0..np {
+            self.pkts[i].next = if i + 1 < np { (i + 1) as u32 } else { NIL };
+        }
+        if np == 0 {
+            EMPTY_Q
+        } else {
+            Queue {
+                head: 0,
+                tail: (np - 1) as u32,
+            }
+        }
+    }
+
+    /// Restores the links [`Self::thread_all`] saved.
+    fn unthread(&mut self, np: usize) {
+        for (p, n) in self.pkts[..np].iter_mut().zip(&self.saved) {
+            p.next = *n;
         }
     }
 
@@ -291,12 +509,57 @@ struct Monitor {
     rx: bool,
 }
 
+impl Monitor {
+    /// Whether it copies what `port` sends (`Tx`) or is sent (`Rx`).
+    #[inline(always)]
+    fn watches(&self, port: PortId, dir: RingDir) -> bool {
+        self.target == Some(port)
+            && match dir {
+                RingDir::Tx => self.tx,
+                RingDir::Rx => self.rx,
+            }
+    }
+}
+
+/// The ports of a switch by index (monitors included), the forwarding ones in attach
+/// order, and the monitors.
+#[derive(Default)]
+struct PortTable {
+    slots: Vec<Option<Port>>,
+    active: Vec<PortId>,
+    /// Monitor ports (netmap's `/t`, `/r`): in `slots`, never in `active`.
+    monitors: Vec<Monitor>,
+}
+
+impl PortTable {
+    #[inline(always)]
+    fn get(&self, id: PortId) -> Option<&Port> {
+        self.slots.get(id.0 as usize)?.as_ref()
+    }
+
+    #[inline(always)]
+    fn get_mut(&mut self, id: PortId) -> Option<&mut Port> {
+        self.slots.get_mut(id.0 as usize)?.as_mut()
+    }
+
+    #[inline(always)]
+    fn is_attached(&self, id: PortId) -> bool {
+        self.slots.get(id.0 as usize).is_some_and(Option::is_some)
+    }
+
+    /// Puts a new port at the lowest free index.
+    fn insert(&mut self, port: Port, limit: u16) -> Result<PortId, EngineError> {
+        let Some(i) = self.slots.iter().position(Option::is_none) else {
+            return Err(EngineError::SwitchFull { limit });
+        };
+        self.slots[i] = Some(port);
+        Ok(PortId(i as u16))
+    }
+}
+
 /// One switch: its ports, its lookup and its scratch space.
 pub struct Switch<L: Lookup = Box<dyn Lookup>> {
-    ports: Vec<Option<Port>>,
-    active: Vec<PortId>,
-    /// Monitor ports (netmap's `/t`, `/r`): in `ports`, never in `active`.
-    monitors: Vec<Monitor>,
+    ports: PortTable,
     lookup: L,
     cfg: SwitchConfig,
     sc: Scratch,
@@ -320,9 +583,10 @@ impl<L: Lookup> Switch<L> {
         let n = cfg.max_ports as usize;
         let sc = Scratch::new(cfg.batch, n);
         Ok(Switch {
-            ports: (0..n).map(|_| None).collect(),
-            active: Vec::new(),
-            monitors: Vec::new(),
+            ports: PortTable {
+                slots: (0..n).map(|_| None).collect(),
+                ..PortTable::default()
+            },
             lookup,
             cfg,
             sc,
@@ -359,14 +623,10 @@ impl<L: Lookup> Switch<L> {
         name: impl Into<String>,
         region: Region,
     ) -> Result<PortId, EngineError> {
-        let Some(i) = self.ports.iter().position(Option::is_none) else {
-            return Err(EngineError::SwitchFull {
-                limit: self.cfg.max_ports,
-            });
-        };
-        let id = PortId(i as u16);
-        self.ports[i] = Some(Port::new(name.into(), region));
-        self.active.push(id);
+        let id = self
+            .ports
+            .insert(Port::new(name.into(), region), self.cfg.max_ports)?;
+        self.ports.active.push(id);
         Ok(id)
     }
 
@@ -381,17 +641,13 @@ impl<L: Lookup> Switch<L> {
         tx: bool,
         rx: bool,
     ) -> Result<PortId, EngineError> {
-        if !self.active.contains(&target) {
+        if !self.ports.active.contains(&target) {
             return Err(EngineError::NoTarget(target));
         }
-        let Some(i) = self.ports.iter().position(Option::is_none) else {
-            return Err(EngineError::SwitchFull {
-                limit: self.cfg.max_ports,
-            });
-        };
-        let id = PortId(i as u16);
-        self.ports[i] = Some(Port::new(name.into(), region));
-        self.monitors.push(Monitor {
+        let id = self
+            .ports
+            .insert(Port::new(name.into(), region), self.cfg.max_ports)?;
+        self.ports.monitors.push(Monitor {
             port: id,
             target: Some(target),
             tx,
@@ -407,40 +663,33 @@ impl<L: Lookup> Switch<L> {
         if !crate::offload::HDR_LENS.contains(&len) {
             return Err(EngineError::BadHdrLen(len));
         }
-        match self.ports.get_mut(id.0 as usize) {
-            Some(Some(p)) => {
-                p.hdr_len = len;
-                Ok(())
-            }
-            _ => Err(EngineError::NoTarget(id)),
-        }
+        let p = self.ports.get_mut(id).ok_or(EngineError::NoTarget(id))?;
+        p.hdr_len = len;
+        Ok(())
     }
 
     /// Makes port `id` direct: its packets are handed to the [`Egress`] given to
     /// [`Switch::forward_with`] straight from the senders' buffers, one copy fewer
     /// than through its RX ring (valed's host ports).
     pub fn set_direct(&mut self, id: PortId, direct: bool) -> Result<(), EngineError> {
-        match self.ports.get_mut(id.0 as usize) {
-            Some(Some(p)) => {
-                p.direct = direct;
-                Ok(())
-            }
-            _ => Err(EngineError::NoTarget(id)),
-        }
+        let p = self.ports.get_mut(id).ok_or(EngineError::NoTarget(id))?;
+        p.direct = direct;
+        Ok(())
     }
 
     /// Monitor ports: (monitor, target if still there).
     pub fn monitors(&self) -> impl Iterator<Item = (PortId, Option<PortId>)> + '_ {
-        self.monitors.iter().map(|m| (m.port, m.target))
+        self.ports.monitors.iter().map(|m| (m.port, m.target))
     }
 
     /// Detaches a port (or a monitor): the lookup forgets it, its monitors see nothing
     /// more, and its region is handed back.
     pub fn detach(&mut self, id: PortId) -> Option<Port> {
-        let port = self.ports.get_mut(id.0 as usize)?.take()?;
-        self.active.retain(|p| *p != id);
-        self.monitors.retain(|m| m.port != id);
-        for m in &mut self.monitors {
+        let t = &mut self.ports;
+        let port = t.slots.get_mut(id.0 as usize)?.take()?;
+        t.active.retain(|p| *p != id);
+        t.monitors.retain(|m| m.port != id);
+        for m in &mut t.monitors {
             if m.target == Some(id) {
                 m.target = None;
             }
@@ -450,11 +699,12 @@ impl<L: Lookup> Switch<L> {
     }
 
     pub fn port(&self, id: PortId) -> Option<&Port> {
-        self.ports.get(id.0 as usize)?.as_ref()
+        self.ports.get(id)
     }
 
     pub fn port_by_name(&self, name: &str) -> Option<PortId> {
-        self.active
+        self.ports
+            .active
             .iter()
             .copied()
             .find(|p| self.port(*p).is_some_and(|x| x.name == name))
@@ -462,17 +712,18 @@ impl<L: Lookup> Switch<L> {
 
     /// Attached ports in attach order.
     pub fn ports(&self) -> impl Iterator<Item = (PortId, &Port)> {
-        self.active
+        self.ports
+            .active
             .iter()
             .filter_map(|p| self.port(*p).map(|x| (*p, x)))
     }
 
     pub fn len(&self) -> usize {
-        self.active.len()
+        self.ports.active.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.active.is_empty()
+        self.ports.active.is_empty()
     }
 
     /// One forwarding pass: one batch from every TX ring of every port, starting from a
@@ -489,14 +740,14 @@ impl<L: Lookup> Switch<L> {
         egress: &mut dyn Egress,
     ) -> usize {
         self.lookup.maintain(now);
-        let n = self.active.len();
+        let n = self.ports.active.len();
         if n == 0 {
             return 0;
         }
         self.rr = (self.rr + 1) % n;
         let mut total = 0;
         for k in 0..n {
-            let id = self.active[(self.rr + k) % n];
+            let id = self.ports.active[(self.rr + k) % n];
             let rings = self.port(id).map_or(0, |p| p.tx.len());
             for r in 0..rings {
                 total += self.forward_ring_with(id, r as u16, now, notify, egress);
@@ -527,217 +778,101 @@ impl<L: Lookup> Switch<L> {
     ) -> usize {
         let Switch {
             ports,
-            active,
-            monitors,
             lookup,
             cfg,
             sc,
             conv,
             ..
         } = self;
-        let Some(Some(port)) = ports.get_mut(src.0 as usize) else {
+        let Some(port) = ports.get_mut(src) else {
             return 0;
         };
+        let hdr_len = port.hdr_len;
         let Some(kr) = port.tx.get_mut(ring as usize) else {
             return 0;
         };
-
-        // Where has the client got to? Read once, validate against private state.
-        let n = kr.view.num_slots();
-        let hwcur = kr.hwcur;
-        let prev = |i: u32| if i == 0 { n - 1 } else { i - 1 };
-        let (head, cur) = kr.view.csb().sw_read_acquire();
-        if head >= n || cur >= n || dist(hwcur, cur, n) < dist(hwcur, head, n) {
-            port.stats.ring_resets += 1;
-            kr.view.reinit(hwcur, prev(hwcur));
-            return 0;
-        }
-        let mut pending = dist(hwcur, head, n);
-        if pending == 0 {
-            return 0;
-        }
-        let src_hl = port.hdr_len;
-
-        // Pass 0: read every slot once, validate it, copy the header out. Invalid
-        // packets are counted here and go no further.
+        let pending = match kr.published() {
+            Some(0) => return 0,
+            Some(p) => p,
+            None => {
+                port.stats.ring_resets += 1;
+                return 0;
+            }
+        };
+        let (start, n) = (kr.hwcur, kr.view.num_slots());
         let pool = kr.view.bufs().clone();
         let bufs = pool.access();
-        let slots = kr.view.slots();
-        let buf_size = bufs.buf_size();
-        let mut st = PortStats::default();
-        let mut np = 0usize;
-        let mut j = hwcur;
-        let start = hwcur;
-        sc.frags.clear();
-        while pending > 0 && np < cfg.batch {
-            let s = slots.read(j);
-            j = next(j, n);
-            pending -= 1;
-            // `header` validates the buffer index; INDIRECT is checked below.
-            let hdr = if src_hl == 0 {
-                bufs.header(s.buf_idx)
-            } else {
-                bufs.header_at(s.buf_idx, src_hl)
-            };
-            let mut verdict = if s.flags & NS_INDIRECT != 0 || hdr.is_none() {
-                Some(DropReason::BadBuf)
-            } else if s.len as u32 > buf_size {
-                Some(DropReason::BadLen)
-            } else if s.len < ETH_HLEN + src_hl {
-                Some(DropReason::Runt)
-            } else {
-                None
-            };
-            let mut nfrags = 1u32;
-            let mut len = s.len as u32;
-            let more = sc.frags.len() as u32;
-            if s.flags & NS_MOREFRAG != 0 {
-                (nfrags, len, verdict) = gather_chain(
-                    slots,
-                    bufs,
-                    &mut j,
-                    &mut pending,
-                    &mut sc.frags,
-                    len,
-                    verdict,
-                );
-            }
-            let hdr = match (verdict, hdr) {
-                (None, Some(h)) => h,
-                (v, _) => {
-                    let r = v.unwrap_or(DropReason::BadBuf);
-                    st.drops[r as usize] += 1;
-                    sc.frags.truncate(more as usize);
-                    continue;
-                }
-            };
-            sc.infos[np] = PacketInfo::from_header(hdr, src, ring, len, s.flags);
-            sc.pkts[np] = Pkt {
-                buf_idx: s.buf_idx,
-                len: s.len,
-                nfrags: nfrags as u16,
-                more,
-                next: NIL,
-            };
-            np += 1;
-        }
-        let taken = dist(start, j, n) as u64;
-
-        // Pass 1: one lookup call for the batch, then thread each packet onto its
-        // destination's queue (or the flood queue).
-        lookup.lookup_batch(&sc.infos[..np], &mut sc.dests[..np], now);
-        let others = active.len().saturating_sub(1);
-        sc.dsts.clear();
-        sc.flood = EMPTY_Q;
-        for pi in 0..np {
-            let q = match sc.dests[pi] {
-                // A port with a non-empty queue was checked when its queue started.
-                Dest::Port(q)
-                    if q != src
-                        && (sc.queues.get(q.0 as usize).is_some_and(|x| x.head != NIL)
-                            || ports.get(q.0 as usize).is_some_and(Option::is_some)) =>
-                {
-                    Some(q)
-                }
-                Dest::Flood if others > 0 => None,
-                _ => {
-                    st.drops[DropReason::NoDest as usize] += 1;
-                    continue;
-                }
-            };
-            st.forwarded += 1;
-            st.tx_bytes += sc.infos[pi].len as u64;
-            sc.enqueue(q, pi as u32);
-        }
-        st.tx_packets = st.forwarded + st.sender_drops();
-
-        // TX monitors of the sender: a copy of every valid packet of the batch.
-        if !monitors.is_empty() {
-            for m in monitors.iter().filter(|m| m.tx && m.target == Some(src)) {
-                if let Some(Some(mport)) = ports.get_mut(m.port.0 as usize) {
-                    deliver_seq(sc, conv, src_hl, bufs, ring, np, m.port, mport, notify);
-                }
-            }
-        }
-
-        // Pass 2: per destination, its unicast queue merged with the flood queue.
-        let flood = sc.flood;
-        let n_uni = sc.dsts.len();
-        let n_targets = if flood.head == NIL {
-            n_uni
-        } else {
-            n_uni + active.len()
+        let mut rd = Reader {
+            slots: kr.view.slots(),
+            bufs,
+            at: start,
+            pending,
         };
-        for t in 0..n_targets {
-            let (dst, uq) = if t < n_uni {
-                let d = sc.dsts[t];
-                (d, sc.queues[d.0 as usize])
-            } else {
-                let a = active[t - n_uni];
-                if a == src || sc.queues[a.0 as usize].head != NIL {
-                    continue; // the sender, or already served with its unicast queue
-                }
-                (a, EMPTY_Q)
+        let snd = Sender {
+            id: src,
+            ring,
+            hdr_len,
+            limit: cfg.batch,
+        };
+        let mut st = PortStats::default();
+        let np = sc.gather(&mut rd, &snd, &mut st);
+        let end = rd.at;
+
+        // Pass 1: one lookup call for the batch, then the queues.
+        lookup.lookup_batch(&sc.infos[..np], &mut sc.dests[..np], now);
+        sc.route(np, src, ports, &mut st);
+
+        let mut out = Out {
+            conv,
+            egress,
+            notify,
+        };
+        // TX monitors of the sender: a copy of every valid packet of the batch.
+        if ports.monitors.iter().any(|m| m.watches(src, RingDir::Tx)) {
+            let all = sc.thread_all(np);
+            let b = Batch {
+                sc,
+                bufs,
+                src,
+                hdr_len,
+                ring,
+                flood: EMPTY_Q,
             };
-            let Some(Some(dport)) = ports.get_mut(dst.0 as usize) else {
-                continue;
+            let seen = Seen {
+                port: src,
+                dir: RingDir::Tx,
+                queue: all,
             };
-            deliver(
-                sc, conv, egress, src_hl, bufs, ring, uq, flood, dst, dport, &mut st, notify,
-            );
-            // RX monitors of the destination: the same packets, in the same order.
-            if !monitors.is_empty() {
-                for m in monitors.iter().filter(|m| m.rx && m.target == Some(dst)) {
-                    if let Some(Some(mport)) = ports.get_mut(m.port.0 as usize) {
-                        // Copies to a monitor are not the sender's copies.
-                        let mut ignore = PortStats::default();
-                        deliver(
-                            sc,
-                            conv,
-                            &mut NoEgress,
-                            src_hl,
-                            bufs,
-                            ring,
-                            uq,
-                            flood,
-                            m.port,
-                            mport,
-                            &mut ignore,
-                            notify,
-                        );
-                    }
-                }
-            }
+            copy_to_monitors(&b, ports, seen, &mut out);
+            sc.unthread(np);
         }
-        for d in &sc.dsts {
-            sc.queues[d.0 as usize] = EMPTY_Q;
-        }
+        let b = Batch {
+            sc,
+            bufs,
+            src,
+            hdr_len,
+            ring,
+            flood: sc.flood,
+        };
+        deliver_all(&b, ports, &mut out, &mut st);
+        sc.clear_queues();
 
         // The TX slots are free again: publish and maybe wake the sender.
-        if let Some(Some(port)) = ports.get_mut(src.0 as usize) {
-            let s = &mut port.stats;
-            s.tx_packets += st.tx_packets;
-            s.tx_bytes += st.tx_bytes;
-            s.forwarded += st.forwarded;
-            s.copies += st.copies;
-            s.copies_dropped += st.copies_dropped;
-            for (a, b) in s.drops.iter_mut().zip(st.drops) {
-                *a += b;
-            }
-            if let Some(kr) = port.tx.get_mut(ring as usize) {
-                kr.hwcur = j;
-                let csb = kr.view.csb();
-                csb.sw_publish_release(j, prev(j));
-                if csb.sw_kick_needed() {
-                    notify.push(Notify {
-                        port: src,
-                        dir: RingDir::Tx,
-                        ring,
-                    });
-                }
+        if let Some(port) = ports.get_mut(src) {
+            port.stats.add(&st);
+            if port
+                .tx
+                .get_mut(ring as usize)
+                .is_some_and(|kr| kr.release(end))
+            {
+                out.notify.push(Notify {
+                    port: src,
+                    dir: RingDir::Tx,
+                    ring,
+                });
             }
         }
-        taken as usize
+        dist(start, end, n) as usize
     }
 
     /// Before sleeping: asks every client to kick on new TX work. Returns true if work
@@ -769,30 +904,23 @@ impl<L: Lookup> Switch<L> {
 /// happens to it. Returns the fragment count, the total length and the verdict.
 #[inline(never)]
 fn gather_chain(
-    slots: Slots<'_>,
-    bufs: Bufs<'_>,
-    j: &mut u32,
-    pending: &mut u32,
+    rd: &mut Reader<'_>,
     frags: &mut Vec<SlotFrag>,
     mut len: u32,
     mut verdict: Option<DropReason>,
 ) -> (u32, u32, Option<DropReason>) {
-    let n = slots.len();
     let mut nfrags = 1u32;
     loop {
-        if *pending == 0 {
+        let Some(f) = rd.next() else {
             return (nfrags, len, Some(DropReason::BadFrag)); // unfinished at head
-        }
-        let f = slots.read(*j);
-        *j = next(*j, n);
-        *pending -= 1;
+        };
         nfrags += 1;
         if verdict.is_none() {
             verdict = if nfrags as usize > MAX_FRAGS {
                 Some(DropReason::BadFrag)
-            } else if f.flags & NS_INDIRECT != 0 || !bufs.is_valid(f.buf_idx) {
+            } else if f.flags & NS_INDIRECT != 0 || !rd.bufs.is_valid(f.buf_idx) {
                 Some(DropReason::BadBuf)
-            } else if f.len as u32 > bufs.buf_size() {
+            } else if f.len as u32 > rd.bufs.buf_size() {
                 Some(DropReason::BadLen)
             } else {
                 frags.push(SlotFrag {
@@ -809,35 +937,141 @@ fn gather_chain(
     }
 }
 
-/// Copies one packet into the destination slots starting at `t`; returns the slot after
-/// it, or why it could not be delivered.
+/// What pass 2 delivers from: the batch's packets (in the scratch), the sender's
+/// buffers, header length and ring, and the flood queue.
+struct Batch<'a> {
+    sc: &'a Scratch,
+    bufs: Bufs<'a>,
+    src: PortId,
+    hdr_len: u16,
+    /// The sender's TX ring; it picks the receiver's RX ring.
+    ring: u16,
+    flood: Queue,
+}
+
+/// One destination of pass 2: its id, its port and its unicast queue.
+struct Target<'a> {
+    id: PortId,
+    port: &'a mut Port,
+    uq: Queue,
+}
+
+/// Where pass 2's side effects go: the conversion work space, the egress of direct
+/// ports and the notifications.
+struct Out<'a> {
+    conv: &'a mut Conv,
+    egress: &'a mut dyn Egress,
+    notify: &'a mut Vec<Notify>,
+}
+
+/// The RX ring being filled: its slots and buffers, the next slot and the free slots.
+struct Fill<'a> {
+    slots: Slots<'a>,
+    bufs: Bufs<'a>,
+    at: u32,
+    space: u32,
+}
+
+/// What a monitor copies: the packets of `queue` (merged with the batch's flood queue)
+/// that `port` sends (`Tx`) or is sent (`Rx`).
+#[derive(Clone, Copy)]
+struct Seen {
+    port: PortId,
+    dir: RingDir,
+    queue: Queue,
+}
+
+/// Pass 2: per destination, its unicast queue merged with the flood queue, then the same
+/// packets, in the same order, to its RX monitors.
 #[inline(always)]
-fn copy_packet(
-    sc: &Scratch,
-    p: &Pkt,
-    sbufs: Bufs<'_>,
-    dslots: Slots<'_>,
-    dbufs: Bufs<'_>,
-    t: u32,
-) -> Result<u32, DropReason> {
+fn deliver_all(b: &Batch<'_>, ports: &mut PortTable, out: &mut Out<'_>, st: &mut PortStats) {
+    let n_uni = b.sc.dsts.len();
+    let n_targets = if b.flood.head == NIL {
+        n_uni
+    } else {
+        n_uni + ports.active.len()
+    };
+    for t in 0..n_targets {
+        let (id, uq) = if t < n_uni {
+            let d = b.sc.dsts[t];
+            (d, b.sc.queues[d.0 as usize])
+        } else {
+            let a = ports.active[t - n_uni];
+            if a == b.src || b.sc.queues[a.0 as usize].head != NIL {
+                continue; // the sender, or already served with its unicast queue
+            }
+            (a, EMPTY_Q)
+        };
+        let Some(port) = ports.get_mut(id) else {
+            continue;
+        };
+        deliver(b, Target { id, port, uq }, out, st);
+        if !ports.monitors.is_empty() {
+            let seen = Seen {
+                port: id,
+                dir: RingDir::Rx,
+                queue: uq,
+            };
+            copy_to_monitors(b, ports, seen, out);
+        }
+    }
+}
+
+/// Copies to every monitor that watches what `seen` describes. They never go to an
+/// egress and are not the sender's copies: only the monitor port counts them.
+#[inline(never)]
+fn copy_to_monitors(b: &Batch<'_>, ports: &mut PortTable, seen: Seen, out: &mut Out<'_>) {
+    let PortTable {
+        slots, monitors, ..
+    } = ports;
+    let mut out = Out {
+        conv: out.conv,
+        egress: &mut NoEgress,
+        notify: out.notify,
+    };
+    for m in monitors.iter().filter(|m| m.watches(seen.port, seen.dir)) {
+        if let Some(Some(port)) = slots.get_mut(m.port.0 as usize) {
+            let mut ignore = PortStats::default();
+            let t = Target {
+                id: m.port,
+                port,
+                uq: seen.queue,
+            };
+            deliver(b, t, &mut out, &mut ignore);
+        }
+    }
+}
+
+/// Copies packet `pi` into the destination slots at `fill.at`; returns its bytes, or
+/// why it could not be delivered.
+#[inline(always)]
+fn copy_packet(b: &Batch<'_>, pi: u32, fill: &mut Fill<'_>) -> Result<u64, DropReason> {
+    let p = &b.sc.pkts[pi as usize];
+    if p.nfrags as u32 > fill.space {
+        return Err(DropReason::RingFull);
+    }
+    let (dslots, dbufs) = (fill.slots, fill.bufs);
     let n = dslots.len();
     let cnt = p.nfrags << NS_RFRAGS_SHIFT;
     if p.nfrags == 1 {
         if p.len as u32 > dbufs.buf_size() {
             return Err(DropReason::Oversize);
         }
-        if !copy_frame(sbufs, p.buf_idx, dbufs, dslots.buf_idx(t), p.len as usize) {
+        let t = fill.at;
+        if !copy_frame(b.bufs, p.buf_idx, dbufs, dslots.buf_idx(t), p.len as usize) {
             return Err(DropReason::BadRxBuf);
         }
         dslots.write_len_flags(t, p.len, cnt);
-        return Ok(next(t, n));
+        fill.at = next(t, n);
+        fill.space -= 1;
+        return Ok(p.len as u64);
     }
-    let mut k = t;
-    for (x, f) in sc.frags_of(p).enumerate() {
+    let mut k = fill.at;
+    for (x, f) in b.sc.frags_of(p).enumerate() {
         if f.len as u32 > dbufs.buf_size() {
             return Err(DropReason::Oversize);
         }
-        if !copy_frame(sbufs, f.buf_idx, dbufs, dslots.buf_idx(k), f.len as usize) {
+        if !copy_frame(b.bufs, f.buf_idx, dbufs, dslots.buf_idx(k), f.len as usize) {
             return Err(DropReason::BadRxBuf);
         }
         let more = if x + 1 < p.nfrags as usize {
@@ -848,84 +1082,27 @@ fn copy_packet(
         dslots.write_len_flags(k, f.len, cnt | more);
         k = next(k, n);
     }
-    Ok(k)
-}
-
-/// A copy of the batch's first `np` valid packets, in order, to a monitor port.
-#[inline(never)]
-#[allow(clippy::too_many_arguments)]
-fn deliver_seq(
-    sc: &mut Scratch,
-    conv: &mut Conv,
-    src_hl: u16,
-    sbufs: Bufs<'_>,
-    src_ring: u16,
-    np: usize,
-    dst: PortId,
-    dport: &mut Port,
-    notify: &mut Vec<Notify>,
-) {
-    // Thread the batch onto one temporary queue: pass 1's links are restored after.
-    let saved: Vec<u32> = sc.pkts[..np].iter().map(|p| p.next).collect();
-    for i in 0..np {
-        sc.pkts[i].next = if i + 1 < np { (i + 1) as u32 } else { NIL };
-    }
-    let all = if np == 0 {
-        EMPTY_Q
-    } else {
-        Queue {
-            head: 0,
-            tail: (np - 1) as u32,
-        }
-    };
-    let mut ignore = PortStats::default();
-    deliver(
-        sc,
-        conv,
-        &mut NoEgress,
-        src_hl,
-        sbufs,
-        src_ring,
-        all,
-        EMPTY_Q,
-        dst,
-        dport,
-        &mut ignore,
-        notify,
-    );
-    for (p, n) in sc.pkts[..np].iter_mut().zip(saved) {
-        p.next = n;
-    }
+    fill.at = k;
+    fill.space -= p.nfrags as u32;
+    Ok(b.sc.infos[pi as usize].len as u64)
 }
 
 /// Pass 2 for a direct destination: each packet handed to the egress as the sender's
 /// fragments, in batch order.
-#[allow(clippy::too_many_arguments)]
 #[inline(never)]
-fn deliver_direct(
-    sc: &Scratch,
-    egress: &mut dyn Egress,
-    sbufs: Bufs<'_>,
-    src_hl: u16,
-    uq: Queue,
-    flood: Queue,
-    dst: PortId,
-    dport: &mut Port,
-    st: &mut PortStats,
-) {
-    let (mut u, mut b) = (uq.head, flood.head);
-    let dst_hl = dport.hdr_len;
-    let ds = &mut dport.stats;
+fn deliver_direct(b: &Batch<'_>, t: Target<'_>, egress: &mut dyn Egress, st: &mut PortStats) {
+    let (mut u, mut f) = (t.uq.head, b.flood.head);
+    let dst_hl = t.port.hdr_len;
+    let ds = &mut t.port.stats;
     let mut frags = [Frag::default(); MAX_FRAGS];
-    let mut hdr: [u8; 16];
-    while let Some(pi) = sc.next_merged(&mut u, &mut b) {
-        let p = &sc.pkts[pi as usize];
+    while let Some(pi) = b.sc.next_merged(&mut u, &mut f) {
+        let p = &b.sc.pkts[pi as usize];
         st.copies += 1;
         let mut k = 0;
         let mut total = 0u64;
-        for f in sc.frags_of(p) {
+        for f in b.sc.frags_of(p) {
             // Validated in pass 0; `frag` checks the index and length again.
-            let view = sbufs.frag(f.buf_idx, 0, f.len as usize);
+            let view = b.bufs.frag(f.buf_idx, 0, f.len as usize);
             if let (Some(view), Some(slot)) = (view, frags.get_mut(k)) {
                 *slot = view;
                 k += 1;
@@ -933,38 +1110,19 @@ fn deliver_direct(
             }
         }
         let mut ok = k == p.nfrags as usize;
-        let mut h: &[u8] = &[];
-        if ok && dst_hl != src_hl {
-            // The destination's header: the sender's first 10 bytes (or none: zeros),
-            // `num_buffers` 1 in a 12-byte one; the frame follows the sender's header,
-            // which lies in its first fragment (refused otherwise).
-            let sh = src_hl as usize;
-            hdr = [0u8; 16];
-            if sh > 0 {
-                match sc
-                    .frags_of(p)
-                    .next()
-                    .and_then(|f| sbufs.header_at(f.buf_idx, 0))
-                {
-                    Some([a, b2]) if frags[0].len() >= sh => {
-                        hdr[..8].copy_from_slice(&a.to_le_bytes());
-                        hdr[8..].copy_from_slice(&b2.to_le_bytes());
-                        hdr[10..].fill(0);
-                    }
-                    _ => ok = false,
+        let mut hdr = [0u8; 16];
+        let mut hl = 0;
+        if ok && dst_hl != b.hdr_len {
+            match direct_header(b, p, dst_hl, &mut frags[0]) {
+                Some(h) => {
+                    hdr = h;
+                    hl = dst_hl as usize;
+                    total = total - b.hdr_len as u64 + dst_hl as u64;
                 }
-            }
-            if dst_hl >= 12 {
-                hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
-            }
-            match frags[0].skip(sh) {
-                Some(f) => frags[0] = f,
                 None => ok = false,
             }
-            total = total - sh as u64 + dst_hl as u64;
-            h = &hdr[..dst_hl as usize];
         }
-        if ok && egress.send(dst, h, &frags[..k]) {
+        if ok && egress.send(t.id, &hdr[..hl], &frags[..k]) {
             ds.rx_packets += 1;
             ds.rx_bytes += total;
         } else {
@@ -972,6 +1130,30 @@ fn deliver_direct(
             st.copies_dropped += 1;
         }
     }
+}
+
+/// The destination's header for a packet handed over directly between ports whose
+/// header lengths differ: the sender's first 10 bytes (or zeros if it has none), with
+/// `num_buffers` 1 in a 12-byte one. The frame follows the sender's header, which must
+/// lie in the packet's `first` fragment (refused otherwise); `first` loses it.
+#[inline]
+fn direct_header(b: &Batch<'_>, p: &Pkt, dst_hl: u16, first: &mut Frag<'_>) -> Option<[u8; 16]> {
+    let sh = b.hdr_len as usize;
+    let mut hdr = [0u8; 16];
+    if sh > 0 {
+        let [w0, w1] = b
+            .bufs
+            .header_at(p.buf_idx, 0)
+            .filter(|_| first.len() >= sh)?;
+        hdr[..8].copy_from_slice(&w0.to_le_bytes());
+        hdr[8..].copy_from_slice(&w1.to_le_bytes());
+        hdr[10..].fill(0);
+    }
+    if dst_hl >= 12 {
+        hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
+    }
+    *first = first.skip(sh)?;
+    Some(hdr)
 }
 
 /// What `convert` wrote: frames, bytes, and segments that did not fit (why, how many).
@@ -982,50 +1164,42 @@ type Converted = (u64, u64, Option<(DropReason, u64)>);
 /// (only the source has one: TCP segmentation, checksums) or prepends an empty header
 /// (only the destination has one). Returns the frames and bytes written, and the
 /// segments that did not fit (with why), when some did.
-#[allow(clippy::too_many_arguments)]
 #[inline(never)]
 fn convert(
-    sc: &Scratch,
-    conv: &mut Conv,
+    b: &Batch<'_>,
     p: &Pkt,
-    src_hl: u16,
     dst_hl: u16,
-    sbufs: Bufs<'_>,
-    dslots: Slots<'_>,
-    dbufs: Bufs<'_>,
-    t: &mut u32,
-    space: &mut u32,
+    conv: &mut Conv,
+    fill: &mut Fill<'_>,
 ) -> Result<Converted, DropReason> {
     let Conv { pkt, out, work } = conv;
     pkt.clear();
-    for f in sc.frags_of(p) {
+    for f in b.sc.frags_of(p) {
         let start = pkt.len();
         pkt.resize(start + f.len as usize, 0);
-        if !sbufs.read(f.buf_idx, &mut pkt[start..]) {
+        if !b.bufs.read(f.buf_idx, &mut pkt[start..]) {
             return Err(DropReason::BadBuf);
         }
     }
-    let hl = (src_hl as usize).min(pkt.len());
+    let hl = (b.hdr_len as usize).min(pkt.len());
     let (h, frame) = pkt.split_at(hl);
     let vh = VnetHdr::parse(h);
     if dst_hl > 0 {
         out.clear();
         vh.write(out, dst_hl);
         out.extend_from_slice(frame);
-        put_bytes(out, dslots, dbufs, t, space)?;
+        put_bytes(out, fill)?;
         return Ok((1, out.len() as u64, None));
     }
     let (mut frames, mut nbytes, mut err, mut lost) = (0u64, 0u64, None, 0u64);
-    offload::resolve(&vh, frame, work, |f| {
-        match put_bytes(f, dslots, dbufs, t, space) {
-            Ok(()) => {
-                frames += 1;
-                nbytes += f.len() as u64;
-            }
-            Err(r) => {
-                err = Some(r);
-                lost += 1;
-            }
+    offload::resolve(&vh, frame, work, |f| match put_bytes(f, fill) {
+        Ok(()) => {
+            frames += 1;
+            nbytes += f.len() as u64;
+        }
+        Err(r) => {
+            err = Some(r);
+            lost += 1;
         }
     })
     .map_err(|_| DropReason::BadOffload)?;
@@ -1036,95 +1210,69 @@ fn convert(
     }
 }
 
-/// Writes one packet's bytes into the destination slots at `t` (several slots with
-/// `NS_MOREFRAG` if it is larger than a buffer), advancing `t` and `space`.
-fn put_bytes(
-    bytes: &[u8],
-    dslots: Slots<'_>,
-    dbufs: Bufs<'_>,
-    t: &mut u32,
-    space: &mut u32,
-) -> Result<(), DropReason> {
-    let bs = dbufs.buf_size() as usize;
+/// Writes one packet's bytes into the destination slots at `fill.at` (several slots with
+/// `NS_MOREFRAG` if it is larger than a buffer).
+fn put_bytes(bytes: &[u8], fill: &mut Fill<'_>) -> Result<(), DropReason> {
+    let bs = fill.bufs.buf_size() as usize;
     let nfr = bytes.len().div_ceil(bs).max(1);
     if nfr > MAX_FRAGS {
         return Err(DropReason::Oversize);
     }
-    if nfr as u32 > *space {
+    if nfr as u32 > fill.space {
         return Err(DropReason::RingFull);
     }
-    let n = dslots.len();
+    let n = fill.slots.len();
     let cnt = (nfr as u16) << NS_RFRAGS_SHIFT;
-    let mut k = *t;
+    let mut k = fill.at;
     for (x, chunk) in bytes.chunks(bs).enumerate() {
-        if !dbufs.write(dslots.buf_idx(k), chunk) {
+        if !fill.bufs.write(fill.slots.buf_idx(k), chunk) {
             return Err(DropReason::BadRxBuf);
         }
         let more = if x + 1 < nfr { NS_MOREFRAG } else { 0 };
-        dslots.write_len_flags(k, chunk.len() as u16, cnt | more);
+        fill.slots
+            .write_len_flags(k, chunk.len() as u16, cnt | more);
         k = next(k, n);
     }
-    *t = k;
-    *space -= nfr as u32;
+    fill.at = k;
+    fill.space -= nfr as u32;
     Ok(())
 }
 
-/// Pass 2 for one destination.
-#[allow(clippy::too_many_arguments)]
+/// Pass 2 for one destination: into its RX ring (or to the egress, if it is direct),
+/// the new tail published once.
 #[inline]
-fn deliver(
-    sc: &Scratch,
-    conv: &mut Conv,
-    egress: &mut dyn Egress,
-    src_hl: u16,
-    sbufs: Bufs<'_>,
-    src_ring: u16,
-    uq: Queue,
-    flood: Queue,
-    dst: PortId,
-    dport: &mut Port,
-    st: &mut PortStats,
-    notify: &mut Vec<Notify>,
-) {
-    let nrx = dport.rx.len();
+fn deliver(b: &Batch<'_>, t: Target<'_>, out: &mut Out<'_>, st: &mut PortStats) {
+    let nrx = t.port.rx.len();
     if nrx == 0 {
         return;
     }
-    let dst_hl = dport.hdr_len;
+    let dst_hl = t.port.hdr_len;
     // Direct ports take any sender: with the same header as it is, otherwise with the
     // header converted (they all carry one and accept offloads).
-    if dport.direct && (dst_hl == src_hl || dst_hl >= 10) {
-        deliver_direct(sc, egress, sbufs, src_hl, uq, flood, dst, dport, st);
+    if t.port.direct && (dst_hl == b.hdr_len || dst_hl >= 10) {
+        deliver_direct(b, t, out.egress, st);
         return;
     }
-    let rr = (src_ring as usize % nrx) as u16;
-    let rk = &mut dport.rx[rr as usize];
-    let ds = &mut dport.stats;
-    let n = rk.view.num_slots();
-
-    // What has the client released? It may only hand back what it was given.
-    let csb = rk.view.csb();
-    let (head, _) = csb.sw_read_acquire();
-    if head >= n || dist(rk.hwcur, head, n) > dist(rk.hwcur, rk.hwtail, n) {
+    let Target { id, port, uq } = t;
+    let rr = (b.ring as usize % nrx) as u16;
+    let rk = &mut port.rx[rr as usize];
+    let ds = &mut port.stats;
+    if !rk.refresh() {
         ds.ring_resets += 1;
-        rk.view.reinit(rk.hwcur, rk.hwtail);
-    } else {
-        rk.hwcur = head;
     }
-    let mut space = n - 1 - dist(rk.hwcur, rk.hwtail, n);
-    let dslots = rk.view.slots();
-    let dbufs = rk.view.bufs().access();
-    let mut t = rk.hwtail;
-    let (mut u, mut b) = (uq.head, flood.head);
+    let mut fill = Fill {
+        slots: rk.view.slots(),
+        bufs: rk.view.bufs().access(),
+        at: rk.hwtail,
+        space: rk.space(),
+    };
+    let (mut u, mut f) = (uq.head, b.flood.head);
     let (mut copies, mut dropped, mut delivered, mut bytes) = (0u64, 0u64, 0u64, 0u64);
     // The unicast and flood queues merged in batch order.
-    while let Some(pi) = sc.next_merged(&mut u, &mut b) {
-        let p = &sc.pkts[pi as usize];
+    while let Some(pi) = b.sc.next_merged(&mut u, &mut f) {
         copies += 1;
-        if dst_hl != src_hl {
-            match convert(
-                sc, conv, p, src_hl, dst_hl, sbufs, dslots, dbufs, &mut t, &mut space,
-            ) {
+        if dst_hl != b.hdr_len {
+            match convert(b, &b.sc.pkts[pi as usize], dst_hl, out.conv, &mut fill) {
                 Ok((frames, nbytes, lost)) => {
                     delivered += frames;
                     bytes += nbytes;
@@ -1141,21 +1289,10 @@ fn deliver(
             }
             continue;
         }
-        if p.nfrags as u32 > space {
-            ds.drops[DropReason::RingFull as usize] += 1;
-            dropped += 1;
-            continue;
-        }
-        match copy_packet(sc, p, sbufs, dslots, dbufs, t) {
-            Ok(k) => {
-                t = k;
-                space -= p.nfrags as u32;
+        match copy_packet(b, pi, &mut fill) {
+            Ok(n) => {
                 delivered += 1;
-                bytes += if p.nfrags == 1 {
-                    p.len as u64
-                } else {
-                    sc.infos[pi as usize].len as u64
-                };
+                bytes += n;
             }
             Err(r) => {
                 ds.drops[r as usize] += 1;
@@ -1165,14 +1302,13 @@ fn deliver(
     }
     st.copies += copies;
     st.copies_dropped += dropped;
-    if t != rk.hwtail {
-        rk.hwtail = t;
+    let end = fill.at;
+    if end != rk.hwtail {
         ds.rx_packets += delivered;
         ds.rx_bytes += bytes;
-        csb.sw_publish_release(rk.hwcur, t);
-        if csb.sw_kick_needed() {
-            notify.push(Notify {
-                port: dst,
+        if rk.publish(end) {
+            out.notify.push(Notify {
+                port: id,
                 dir: RingDir::Rx,
                 ring: rr,
             });

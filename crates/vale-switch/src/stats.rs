@@ -105,6 +105,21 @@ pub struct PortStats {
 }
 
 impl PortStats {
+    /// Adds the counts of `d` (one batch's) to these.
+    pub(crate) fn add(&mut self, d: &PortStats) {
+        self.tx_packets += d.tx_packets;
+        self.tx_bytes += d.tx_bytes;
+        self.rx_packets += d.rx_packets;
+        self.rx_bytes += d.rx_bytes;
+        self.forwarded += d.forwarded;
+        self.copies += d.copies;
+        self.copies_dropped += d.copies_dropped;
+        for (a, b) in self.drops.iter_mut().zip(d.drops) {
+            *a += b;
+        }
+        self.ring_resets += d.ring_resets;
+    }
+
     pub fn drop_count(&self, r: DropReason) -> u64 {
         self.drops[r as usize]
     }

@@ -1,6 +1,7 @@
 //! The forwarding engine: VALE's two-pass batch over port regions, sans IO.
 //!
-//! One call of [`Switch::forward_ring`] takes up to `batch` packets from one TX ring:
+//! One call of [`Forwarder::forward_ring`] takes up to `batch` packets from one TX ring of
+//! a [`Switch`]:
 //! - pass 0 reads each slot once into private scratch, validates it (buffer index, length,
 //!   fragment chain) and copies the header out (the hardware prefetchers follow the
 //!   ring's regular stride: software prefetch measured slower here);
@@ -317,16 +318,40 @@ struct Sender {
 }
 
 impl Scratch {
-    fn new(batch: usize, ports: usize) -> Scratch {
+    fn new() -> Scratch {
         Scratch {
-            pkts: vec![Pkt::default(); batch],
-            infos: vec![PacketInfo::default(); batch],
-            dests: vec![Dest::Drop; batch],
+            pkts: Vec::new(),
+            infos: Vec::new(),
+            dests: Vec::new(),
             frags: Vec::with_capacity(MAX_FRAGS * 4),
-            queues: vec![EMPTY_Q; ports],
+            queues: Vec::new(),
             flood: EMPTY_Q,
-            dsts: Vec::with_capacity(ports),
+            dsts: Vec::new(),
             saved: Vec::new(),
+        }
+    }
+
+    /// Makes room for a switch's batch and port count. It only ever grows: a forwarder
+    /// that has seen its switches allocates nothing more.
+    #[inline(always)]
+    fn fit(&mut self, batch: usize, ports: usize) {
+        if self.pkts.len() < batch || self.queues.len() < ports {
+            self.grow(batch, ports);
+        }
+    }
+
+    #[cold]
+    fn grow(&mut self, batch: usize, ports: usize) {
+        if self.pkts.len() < batch {
+            self.pkts.resize(batch, Pkt::default());
+            self.infos.resize(batch, PacketInfo::default());
+            self.dests.resize(batch, Dest::Drop);
+            self.saved.reserve(batch);
+        }
+        if self.queues.len() < ports {
+            // Every queue is empty between batches, so new ones are too.
+            self.queues.resize(ports, EMPTY_Q);
+            self.dsts.reserve(ports);
         }
     }
 
@@ -557,13 +582,13 @@ impl PortTable {
     }
 }
 
-/// One switch: its ports, its lookup and its scratch space.
+/// One switch: its ports and its lookup. The work space of forwarding is a
+/// [`Forwarder`]'s, one per forwarding thread.
 pub struct Switch<L: Lookup = Box<dyn Lookup>> {
     ports: PortTable,
     lookup: L,
     cfg: SwitchConfig,
-    sc: Scratch,
-    conv: Conv,
+    /// Port the next pass starts from (see [`Forwarder::forward`]).
     rr: usize,
 }
 
@@ -581,7 +606,6 @@ impl<L: Lookup> Switch<L> {
             return Err(EngineError::BadBatch(cfg.batch));
         }
         let n = cfg.max_ports as usize;
-        let sc = Scratch::new(cfg.batch, n);
         Ok(Switch {
             ports: PortTable {
                 slots: (0..n).map(|_| None).collect(),
@@ -589,8 +613,6 @@ impl<L: Lookup> Switch<L> {
             },
             lookup,
             cfg,
-            sc,
-            conv: Conv::default(),
             rr: 0,
         })
     }
@@ -605,7 +627,6 @@ impl<L: Lookup> Switch<L> {
             return Err(EngineError::BadBatch(batch));
         }
         self.cfg.batch = batch;
-        self.sc = Scratch::new(batch, self.cfg.max_ports as usize);
         Ok(())
     }
 
@@ -669,8 +690,8 @@ impl<L: Lookup> Switch<L> {
     }
 
     /// Makes port `id` direct: its packets are handed to the [`Egress`] given to
-    /// [`Switch::forward_with`] straight from the senders' buffers, one copy fewer
-    /// than through its RX ring (valed's host ports).
+    /// [`Forwarder::forward`] straight from the senders' buffers, one copy fewer than
+    /// through its RX ring (valed's host ports).
     pub fn set_direct(&mut self, id: PortId, direct: bool) -> Result<(), EngineError> {
         let p = self.ports.get_mut(id).ok_or(EngineError::NoTarget(id))?;
         p.direct = direct;
@@ -726,64 +747,98 @@ impl<L: Lookup> Switch<L> {
         self.ports.active.is_empty()
     }
 
-    /// One forwarding pass: one batch from every TX ring of every port, starting from a
-    /// rotating port so no port always goes first. Returns the packets consumed.
-    pub fn forward(&mut self, now: Timestamp, notify: &mut Vec<Notify>) -> usize {
-        self.forward_with(now, notify, &mut NoEgress)
+    /// Before sleeping: asks every client to kick on new TX work. Returns true if work
+    /// arrived meanwhile (then the caller should [`Self::disarm_kicks`] and go on).
+    pub fn arm_kicks(&self) -> bool {
+        let mut pending = false;
+        for (_, p) in self.ports() {
+            for kr in &p.tx {
+                let csb = kr.view.csb();
+                csb.sw_arm_kick();
+                let (head, _) = csb.sw_read_acquire();
+                pending |= head != kr.hwcur;
+            }
+        }
+        pending
     }
 
-    /// [`Switch::forward`] with an [`Egress`] for direct ports.
-    pub fn forward_with(
+    /// Busy again: clients need not kick.
+    pub fn disarm_kicks(&self) {
+        for (_, p) in self.ports() {
+            for kr in &p.tx {
+                kr.view.csb().sw_disarm_kick();
+            }
+        }
+    }
+}
+
+/// The work space of forwarding: one per forwarding thread, reused for every switch it
+/// forwards. It grows to the largest batch and port count it has seen and never
+/// shrinks, so in the steady state a pass allocates nothing.
+pub struct Forwarder {
+    sc: Scratch,
+    conv: Conv,
+}
+
+impl Default for Forwarder {
+    fn default() -> Self {
+        Forwarder::new()
+    }
+}
+
+impl Forwarder {
+    /// An empty forwarder: it takes its size from the first switch it forwards.
+    pub fn new() -> Forwarder {
+        Forwarder {
+            sc: Scratch::new(),
+            conv: Conv::default(),
+        }
+    }
+
+    /// One forwarding pass over `sw`: one batch from every TX ring of every port,
+    /// starting from a rotating port so no port always goes first. Packets for direct
+    /// ports go to `egress` ([`NoEgress`] if there are none). Returns the packets
+    /// consumed.
+    pub fn forward<L: Lookup>(
         &mut self,
+        sw: &mut Switch<L>,
         now: Timestamp,
         notify: &mut Vec<Notify>,
         egress: &mut dyn Egress,
     ) -> usize {
-        self.lookup.maintain(now);
-        let n = self.ports.active.len();
+        sw.lookup.maintain(now);
+        let n = sw.ports.active.len();
         if n == 0 {
             return 0;
         }
-        self.rr = (self.rr + 1) % n;
+        sw.rr = (sw.rr + 1) % n;
         let mut total = 0;
         for k in 0..n {
-            let id = self.ports.active[(self.rr + k) % n];
-            let rings = self.port(id).map_or(0, |p| p.tx.len());
+            let id = sw.ports.active[(sw.rr + k) % n];
+            let rings = sw.port(id).map_or(0, |p| p.tx.len());
             for r in 0..rings {
-                total += self.forward_ring_with(id, r as u16, now, notify, egress);
+                total += self.forward_ring(sw, id, r as u16, now, notify, egress);
             }
         }
         total
     }
 
-    /// Forwards one batch from TX ring `ring` of port `src`. Returns the packets consumed.
-    pub fn forward_ring(
+    /// Forwards one batch from TX ring `ring` of port `src` of `sw`. Returns the packets
+    /// consumed.
+    pub fn forward_ring<L: Lookup>(
         &mut self,
-        src: PortId,
-        ring: u16,
-        now: Timestamp,
-        notify: &mut Vec<Notify>,
-    ) -> usize {
-        self.forward_ring_with(src, ring, now, notify, &mut NoEgress)
-    }
-
-    /// [`Switch::forward_ring`] with an [`Egress`] for direct ports.
-    pub fn forward_ring_with(
-        &mut self,
+        sw: &mut Switch<L>,
         src: PortId,
         ring: u16,
         now: Timestamp,
         notify: &mut Vec<Notify>,
         egress: &mut dyn Egress,
     ) -> usize {
+        self.sc.fit(sw.cfg.batch, sw.ports.slots.len());
+        let Forwarder { sc, conv } = self;
         let Switch {
-            ports,
-            lookup,
-            cfg,
-            sc,
-            conv,
-            ..
-        } = self;
+            ports, lookup, cfg, ..
+        } = sw;
         let Some(port) = ports.get_mut(src) else {
             return 0;
         };
@@ -873,30 +928,6 @@ impl<L: Lookup> Switch<L> {
             }
         }
         dist(start, end, n) as usize
-    }
-
-    /// Before sleeping: asks every client to kick on new TX work. Returns true if work
-    /// arrived meanwhile (then the caller should [`Self::disarm_kicks`] and go on).
-    pub fn arm_kicks(&self) -> bool {
-        let mut pending = false;
-        for (_, p) in self.ports() {
-            for kr in &p.tx {
-                let csb = kr.view.csb();
-                csb.sw_arm_kick();
-                let (head, _) = csb.sw_read_acquire();
-                pending |= head != kr.hwcur;
-            }
-        }
-        pending
-    }
-
-    /// Busy again: clients need not kick.
-    pub fn disarm_kicks(&self) {
-        for (_, p) in self.ports() {
-            for kr in &p.tx {
-                kr.view.csb().sw_disarm_kick();
-            }
-        }
     }
 }
 
@@ -1313,5 +1344,32 @@ fn deliver(b: &Batch<'_>, t: Target<'_>, out: &mut Out<'_>, st: &mut PortStats) 
                 ring: rr,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_grows_to_the_largest_switch_and_never_shrinks() {
+        let mut sc = Scratch::new();
+        sc.fit(16, 3);
+        assert_eq!((sc.pkts.len(), sc.queues.len()), (16, 3));
+        sc.fit(1024, 254);
+        let p = sc.pkts.as_ptr();
+        sc.fit(16, 3);
+        sc.fit(1024, 254);
+        sc.fit(512, 300);
+        let lens = (
+            sc.pkts.len(),
+            sc.infos.len(),
+            sc.dests.len(),
+            sc.queues.len(),
+        );
+        assert_eq!(lens, (1024, 1024, 1024, 300));
+        assert_eq!(sc.pkts.as_ptr(), p, "the batch arrays were not reallocated");
+        assert!(sc.queues.iter().all(|q| q.head == NIL && q.tail == NIL));
+        assert!(sc.dsts.capacity() >= 300 && sc.saved.capacity() >= 1024);
     }
 }

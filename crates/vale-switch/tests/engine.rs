@@ -422,9 +422,72 @@ fn bridge_batch_limits_packets_per_pass() {
         .collect();
     c[0].send(&frames);
     let mut ev = Vec::new();
-    assert_eq!(sw.forward(t(1), &mut ev), 16);
+    let mut fw = Forwarder::new();
+    assert_eq!(fw.forward(&mut sw, t(1), &mut ev, &mut NoEgress), 16);
     drain(&mut sw, t(1));
     assert_eq!(c[1].recv_frames(), frames);
+}
+
+/// One forwarder serves switches of different sizes and batches in turn (valed forwards
+/// every switch of a lane with one), each switch getting its own batch size.
+#[test]
+fn one_forwarder_serves_switches_of_different_sizes_and_batches() {
+    let make = |ports: usize, cfg: SwitchConfig| {
+        let mut sw = Switch::new(LearningBridge::default(), cfg).unwrap();
+        let ids: Vec<PortId> = (0..ports)
+            .map(|i| {
+                let name = format!("vale{}:p{i}", cfg.max_ports);
+                let r = vale_abi::Region::create(&name, geom(256)).unwrap();
+                sw.attach(name, r).unwrap()
+            })
+            .collect();
+        let clients: Vec<Client> = ids.iter().map(|id| Client::attach(&sw, *id)).collect();
+        (sw, ids, clients)
+    };
+    let small_cfg = SwitchConfig {
+        max_ports: 3,
+        batch: 4,
+    };
+    let big_cfg = SwitchConfig {
+        max_ports: 40,
+        batch: 512,
+    };
+    let (mut small, _, sc) = make(3, small_cfg);
+    let (mut big, bids, bc) = make(40, big_cfg);
+    let frames = |n: u64| -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| frame(MacAddr::BROADCAST, mac(0), i, 60))
+            .collect()
+    };
+    sc[0].send(&frames(10));
+    bc[0].send(&frames(100));
+    // The last port of the big switch announces itself: unicast to it uses a queue
+    // index the small switch does not have.
+    bc[39].send(&[frame(MacAddr::BROADCAST, mac(39), 1000, 60)]);
+    let mut fw = Forwarder::new();
+    let mut ev = Vec::new();
+    assert_eq!(fw.forward(&mut small, t(1), &mut ev, &mut NoEgress), 4);
+    assert_eq!(fw.forward(&mut big, t(1), &mut ev, &mut NoEgress), 101);
+    assert_eq!(fw.forward(&mut small, t(1), &mut ev, &mut NoEgress), 4);
+    bc[0].send(&[frame(mac(39), mac(0), 2000, 60)]);
+    assert_eq!(fw.forward(&mut big, t(1), &mut ev, &mut NoEgress), 1);
+    assert_eq!(fw.forward(&mut small, t(1), &mut ev, &mut NoEgress), 2);
+    assert_eq!(fw.forward(&mut small, t(1), &mut ev, &mut NoEgress), 0);
+    for c in &sc[1..] {
+        assert_eq!(c.recv_frames(), frames(10));
+    }
+    for c in &bc[1..39] {
+        let got = c.recv_frames();
+        assert_eq!(got.len(), 101, "100 from p0 and p39's broadcast");
+        assert!(got.iter().all(|f| tag_of(f) != 2000), "unicast only to p39");
+    }
+    let last: Vec<u64> = bc[39].recv_frames().iter().map(|f| tag_of(f)).collect();
+    assert_eq!(last.len(), 101);
+    assert_eq!(last.last(), Some(&2000));
+    assert_eq!(big.lookup().fdb().get(mac(39)), Some(bids[39]));
+    for (_, p) in small.ports().chain(big.ports()) {
+        assert!(p.stats().is_conserved());
+    }
 }
 
 #[test]
@@ -622,7 +685,8 @@ fn direct_ports_get_packets_from_the_senders_buffers_not_their_ring() {
         got: Vec::new(),
         accept: true,
     };
-    sw.forward_with(t(0), &mut Vec::new(), &mut eg);
+    let mut fw = Forwarder::new();
+    fw.forward(&mut sw, t(0), &mut Vec::new(), &mut eg);
     let with_hdr = |f: &Vec<u8>| {
         let mut v = vec![0u8; 12];
         v[10] = 1;
@@ -654,7 +718,7 @@ fn direct_ports_get_packets_from_the_senders_buffers_not_their_ring() {
     pkt.extend_from_slice(&frames[0]);
     assert_eq!(c[0].send(&[pkt]), 1);
     eg.got.clear();
-    sw.forward_with(t(0), &mut Vec::new(), &mut eg);
+    fw.forward(&mut sw, t(0), &mut Vec::new(), &mut eg);
     let to2: Vec<_> = eg.got.iter().filter(|(p, _)| *p == ids[2]).collect();
     assert_eq!(to2.len(), 1);
     assert_eq!(
@@ -681,7 +745,7 @@ fn direct_ports_get_packets_from_the_senders_buffers_not_their_ring() {
         accept: false,
     };
     assert_eq!(c[0].send(&frames[..2]), 2);
-    sw.forward_with(t(0), &mut Vec::new(), &mut eg);
+    fw.forward(&mut sw, t(0), &mut Vec::new(), &mut eg);
     assert_eq!(eg.got.len(), 2);
     let st = sw.port(ids[1]).unwrap().stats();
     assert_eq!(st.drop_count(DropReason::TxError), 2);

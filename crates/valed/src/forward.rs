@@ -29,6 +29,7 @@ fn port_key(d: u64) -> vale_switch::PortKey {
 
 pub fn run(shared: Arc<Shared>, busy_poll: Duration) {
     let mut notes: Vec<Notify> = Vec::new();
+    let mut fw = vale_switch::Forwarder::new();
     let mut wake_fds: Vec<u64> = Vec::new();
     let mut host_errors: Vec<u64> = Vec::new();
     let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
@@ -56,7 +57,7 @@ pub fn run(shared: Arc<Shared>, busy_poll: Duration) {
                     hosts: &st.hosts,
                     vhosts: &st.vhosts,
                 };
-                moved += e.switch.forward_with(now, &mut notes, &mut egress);
+                moved += fw.forward(&mut e.switch, now, &mut notes, &mut egress);
                 for n in notes.drain(..) {
                     let key = vale_switch::PortKey {
                         switch: si,

@@ -106,6 +106,7 @@ pub struct PortStats {
 
 impl PortStats {
     /// Adds the counts of `d` (one batch's) to these.
+    #[inline]
     pub(crate) fn add(&mut self, d: &PortStats) {
         self.tx_packets += d.tx_packets;
         self.tx_bytes += d.tx_bytes;

@@ -93,6 +93,7 @@ impl Forwarder {
                 return 0;
             }
         };
+        // Pass 0: the slots, each read once.
         let (start, n) = (kr.hwcur, kr.view.num_slots());
         let pool = kr.view.bufs().clone();
         let bufs = pool.access();
@@ -140,6 +141,7 @@ impl Forwarder {
             copy_to_monitors(&b, ports, seen, &mut out);
             sc.unthread(np);
         }
+        // Pass 2: the copies.
         let b = Batch {
             sc,
             bufs,

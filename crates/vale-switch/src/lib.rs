@@ -13,7 +13,6 @@
 #![forbid(unsafe_code)]
 
 mod engine;
-pub mod fdb;
 pub mod lookup;
 pub mod name;
 pub mod offload;
@@ -25,8 +24,9 @@ pub use engine::{
     DEFAULT_BATCH, DEFAULT_MAX_PORTS, Egress, EngineError, Forwarder, MAX_BATCH, NoEgress, Notify,
     Port, RingDir, Switch, SwitchConfig,
 };
-pub use fdb::{Fdb, FdbConfig, FdbEntry, FdbStats, LearningBridge};
-pub use lookup::{Dest, Hub, Lookup, PacketInfo, StaticMap};
+pub use lookup::{
+    Dest, Fdb, FdbConfig, FdbEntry, FdbStats, Hub, LearningBridge, Lookup, PacketInfo, StaticMap,
+};
 pub use name::{NameError, PortName};
 pub use registry::{Limits, PortKey, Registry, RegistryError, SwitchEntry};
 pub use stats::{DropReason, PortStats};

@@ -6,8 +6,8 @@
 //! requests only count for the open that creates the port, as in netmap.
 
 use crate::engine::{EngineError, Switch, SwitchConfig};
-use crate::fdb::{FdbConfig, LearningBridge};
 use crate::lookup::Lookup;
+use crate::lookup::{FdbConfig, LearningBridge};
 use crate::name::{DEFAULT_MAX_NAME_LEN, NameError, PortName};
 use crate::types::PortId;
 use thiserror::Error;

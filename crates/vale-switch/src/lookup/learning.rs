@@ -7,7 +7,7 @@
 //! live one, entries age out, moves are detected and counted, detach flushes, and an empty
 //! entry never matches anything.
 
-use crate::lookup::{Dest, Lookup, PacketInfo};
+use super::{Dest, Lookup, PacketInfo};
 use crate::types::{MacAddr, PortId, Timestamp};
 
 const WAYS: usize = 8;

@@ -2,7 +2,14 @@
 //! it go? The engine calls it once per batch with every frame's header, so a boxed
 //! implementation costs one indirect call per batch, not per packet.
 
-use crate::fdb::{FdbEntry, FdbStats};
+mod hub;
+pub mod learning;
+mod static_map;
+
+pub use hub::Hub;
+pub use learning::{Fdb, FdbConfig, FdbEntry, FdbStats, LearningBridge};
+pub use static_map::StaticMap;
+
 use crate::types::{MacAddr, PortId, Timestamp};
 use vale_abi::layout::NS_NO_LEARN;
 
@@ -121,59 +128,6 @@ impl<T: Lookup + ?Sized> Lookup for Box<T> {
     }
     fn fdb_stats(&self) -> Option<FdbStats> {
         (**self).fdb_stats()
-    }
-}
-
-/// A hub: every frame floods. The simplest lookup, and the model the learning bridge is
-/// tested against.
-#[derive(Debug, Default, Clone)]
-pub struct Hub;
-
-impl Lookup for Hub {
-    fn lookup(&mut self, _pkt: &PacketInfo, _now: Timestamp) -> Dest {
-        Dest::Flood
-    }
-}
-
-/// A static port map (a patch panel): frames from port A go to port B, whatever their
-/// addresses; ports without an entry drop.
-#[derive(Debug, Default, Clone)]
-pub struct StaticMap {
-    map: Vec<Option<PortId>>,
-}
-
-impl StaticMap {
-    pub fn new() -> StaticMap {
-        StaticMap::default()
-    }
-
-    /// Sends everything that enters on `from` to `to`.
-    pub fn connect(&mut self, from: PortId, to: PortId) {
-        let i = from.0 as usize;
-        if self.map.len() <= i {
-            self.map.resize(i + 1, None);
-        }
-        self.map[i] = Some(to);
-    }
-}
-
-impl Lookup for StaticMap {
-    fn lookup(&mut self, pkt: &PacketInfo, _now: Timestamp) -> Dest {
-        match self.map.get(pkt.src_port.0 as usize) {
-            Some(Some(p)) => Dest::Port(*p),
-            _ => Dest::Drop,
-        }
-    }
-
-    fn port_detached(&mut self, port: PortId) {
-        for e in self.map.iter_mut() {
-            if *e == Some(port) {
-                *e = None;
-            }
-        }
-        if let Some(e) = self.map.get_mut(port.0 as usize) {
-            *e = None;
-        }
     }
 }
 

@@ -152,7 +152,12 @@ fn main() {
     );
     let sw = &reg.switch("vale0").expect("switch").switch;
     println!("\nvale0 forwarding table:");
-    for e in sw.lookup().fdb_dump(now()).unwrap_or_default() {
+    for e in sw
+        .lookup()
+        .table()
+        .map(|t| t.rows(now()))
+        .unwrap_or_default()
+    {
         println!(
             "  {}  port {} ({})  age {} s",
             e.mac,

@@ -25,7 +25,8 @@ pub use engine::{
     Port, RingDir, Switch, SwitchConfig,
 };
 pub use lookup::{
-    Dest, Fdb, FdbConfig, FdbEntry, FdbStats, Hub, LearningBridge, Lookup, PacketInfo, StaticMap,
+    AddressTable, Dest, Fdb, FdbConfig, FdbStats, Hub, LearningBridge, Lookup, PacketInfo,
+    StaticMap, TableRow,
 };
 pub use name::{NameError, PortName};
 pub use registry::{Limits, PortKey, Registry, RegistryError, SwitchEntry};

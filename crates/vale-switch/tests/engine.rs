@@ -615,7 +615,11 @@ fn virtio_net_headers_are_resized_stripped_or_finished_in_software() {
         1
     );
     // Learning used the frame behind the header.
-    let fdb = sw.lookup().fdb_dump(t(0)).unwrap_or_default();
+    let fdb = sw
+        .lookup()
+        .table()
+        .map(|tb| tb.rows(t(0)))
+        .unwrap_or_default();
     assert!(
         fdb.iter().any(|r| r.mac == mac(1) && r.port == ids[0]),
         "{fdb:?}"

@@ -1481,10 +1481,9 @@ impl Control {
                 ),
             );
         };
-        let entries = e
-            .switch
-            .lookup()
-            .fdb_dump(now)
+        let table = e.switch.lookup().table();
+        let entries = table
+            .map(|t| t.rows(now))
             .unwrap_or_default()
             .into_iter()
             .map(|r| FdbRow {
@@ -1497,21 +1496,12 @@ impl Control {
                 age_secs: r.age_secs,
             })
             .collect();
-        let counters = e
-            .switch
-            .lookup()
-            .fdb_stats()
-            .map(|s| {
-                BTreeMap::from([
-                    ("entries".to_string(), s.entries),
-                    ("learned".to_string(), s.learned),
-                    ("moves".to_string(), s.moves),
-                    ("refused".to_string(), s.refused),
-                    ("aged".to_string(), s.aged),
-                    ("flushed".to_string(), s.flushed),
-                ])
-            })
-            .unwrap_or_default();
+        let counters: BTreeMap<String, u64> = table
+            .map(|t| t.counters())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, v)| (name.to_string(), v))
+            .collect();
         Response::Fdb {
             switch: e.name.clone(),
             entries,

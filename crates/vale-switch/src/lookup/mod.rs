@@ -7,7 +7,7 @@ pub mod learning;
 mod static_map;
 
 pub use hub::Hub;
-pub use learning::{Fdb, FdbConfig, FdbEntry, FdbStats, LearningBridge};
+pub use learning::{Fdb, FdbConfig, FdbStats, LearningBridge};
 pub use static_map::StaticMap;
 
 use crate::types::{MacAddr, PortId, Timestamp};
@@ -99,15 +99,32 @@ pub trait Lookup: Send {
     /// Periodic housekeeping (aging); called at least once per forwarding pass.
     fn maintain(&mut self, _now: Timestamp) {}
 
-    /// The learned address table (for `vale-ctl fdb`); `None` if this lookup has none.
-    fn fdb_dump(&self, _now: Timestamp) -> Option<Vec<FdbEntry>> {
+    /// The address table this lookup learns, for `vale-ctl fdb`; `None` if it has none.
+    fn table(&self) -> Option<&dyn AddressTable> {
         None
     }
+}
 
-    /// Counters of the learned address table, if any.
-    fn fdb_stats(&self) -> Option<FdbStats> {
-        None
-    }
+/// One row of an address table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRow {
+    pub mac: MacAddr,
+    /// The 802.1Q VLAN the address lives in, for lookups that keep one table per VLAN;
+    /// `None` for one that ignores VLANs.
+    pub vlan: Option<u16>,
+    pub port: PortId,
+    /// Seconds since the address was last seen.
+    pub age_secs: u32,
+}
+
+/// What the control plane sees of a lookup's address table, whatever its layout: its
+/// rows and its counters by name.
+pub trait AddressTable {
+    /// Every row, sorted by port, then VLAN, then address.
+    fn rows(&self, now: Timestamp) -> Vec<TableRow>;
+
+    /// The table's counters (`entries`, `learned`, ...), each once, in a fixed order.
+    fn counters(&self) -> Vec<(&'static str, u64)>;
 }
 
 impl<T: Lookup + ?Sized> Lookup for Box<T> {
@@ -123,11 +140,8 @@ impl<T: Lookup + ?Sized> Lookup for Box<T> {
     fn maintain(&mut self, now: Timestamp) {
         (**self).maintain(now)
     }
-    fn fdb_dump(&self, now: Timestamp) -> Option<Vec<FdbEntry>> {
-        (**self).fdb_dump(now)
-    }
-    fn fdb_stats(&self) -> Option<FdbStats> {
-        (**self).fdb_stats()
+    fn table(&self) -> Option<&dyn AddressTable> {
+        (**self).table()
     }
 }
 
@@ -146,5 +160,12 @@ mod tests {
         assert_eq!(p.src, MacAddr::new([2, 0, 0, 0, 0, 0x0b]));
         assert_eq!(p.ethertype, 0x0806);
         assert_eq!((p.src_port, p.src_ring, p.len), (PortId(3), 1, 60));
+    }
+
+    #[test]
+    fn lookups_without_a_table_show_none() {
+        let boxed: Box<dyn Lookup> = Box::new(Hub);
+        assert!(Hub.table().is_none() && boxed.table().is_none());
+        assert!(StaticMap::new().table().is_none());
     }
 }

@@ -25,8 +25,8 @@ pub use engine::{
     Port, RingDir, Switch, SwitchConfig,
 };
 pub use lookup::{
-    AddressTable, Dest, Fdb, FdbConfig, FdbStats, Hub, LearningBridge, Lookup, PacketInfo,
-    StaticMap, TableRow,
+    AddressTable, Dest, Fdb, FdbConfig, FdbStats, Hub, LearningBridge, Lookup, LookupKind,
+    PacketInfo, StaticMap, TableRow,
 };
 pub use name::{NameError, PortName};
 pub use registry::{Limits, PortKey, Registry, RegistryError, SwitchEntry};

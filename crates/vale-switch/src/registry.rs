@@ -6,8 +6,7 @@
 //! requests only count for the open that creates the port, as in netmap.
 
 use crate::engine::{EngineError, Switch, SwitchConfig};
-use crate::lookup::Lookup;
-use crate::lookup::{FdbConfig, LearningBridge};
+use crate::lookup::{FdbConfig, Lookup, LookupKind};
 use crate::name::{DEFAULT_MAX_NAME_LEN, NameError, PortName};
 use crate::types::PortId;
 use thiserror::Error;
@@ -34,6 +33,9 @@ pub struct Limits {
     pub default_geometry: PortGeometry,
     /// Learning table of new switches.
     pub fdb: FdbConfig,
+    /// Lookup of new switches that were given none of their own (see
+    /// [`Registry::set_lookup`]).
+    pub lookup: LookupKind,
 }
 
 impl Default for Limits {
@@ -48,6 +50,7 @@ impl Default for Limits {
             batch: crate::DEFAULT_BATCH,
             default_geometry: PortGeometry::default(),
             fdb: FdbConfig::default(),
+            lookup: LookupKind::default(),
         }
     }
 }
@@ -99,9 +102,15 @@ pub struct SwitchEntry {
     pub name: String,
     pub switch: Switch<Box<dyn Lookup>>,
     refs: Vec<u32>,
+    lookup: LookupKind,
 }
 
 impl SwitchEntry {
+    /// The kind of lookup the switch was created with.
+    pub fn lookup_kind(&self) -> LookupKind {
+        self.lookup
+    }
+
     /// A port just attached: its first open.
     fn first_open(&mut self, port: PortId) {
         let i = port.0 as usize;
@@ -116,6 +125,8 @@ impl SwitchEntry {
 pub struct Registry {
     limits: Limits,
     switches: Vec<Option<SwitchEntry>>,
+    /// Lookups chosen per switch name, for when that switch is created.
+    lookups: Vec<(String, LookupKind)>,
 }
 
 impl Registry {
@@ -123,11 +134,30 @@ impl Registry {
         Registry {
             limits,
             switches: Vec::new(),
+            lookups: Vec::new(),
         }
     }
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Gives switch `switch` a lookup of `kind` whenever it is created from now on
+    /// (switches are created by the first open of one of their ports). A switch that
+    /// exists keeps the lookup, and the table, it has until its last port goes.
+    pub fn set_lookup(&mut self, switch: &str, kind: LookupKind) {
+        match self.lookups.iter_mut().find(|(n, _)| n == switch) {
+            Some(e) => e.1 = kind,
+            None => self.lookups.push((switch.to_string(), kind)),
+        }
+    }
+
+    /// The lookup switch `switch` gets when it is created.
+    pub fn lookup_for(&self, switch: &str) -> LookupKind {
+        self.lookups
+            .iter()
+            .find(|(n, _)| n == switch)
+            .map_or(self.limits.lookup, |e| e.1)
     }
 
     fn check_geometry(&self, port: &str, g: &PortGeometry) -> Result<(), RegistryError> {
@@ -318,7 +348,8 @@ impl Registry {
                 limit: self.limits.max_switches,
             });
         }
-        let lookup: Box<dyn Lookup> = Box::new(LearningBridge::new(self.limits.fdb));
+        let kind = self.lookup_for(name);
+        let lookup = kind.build(self.limits.fdb);
         let cfg = SwitchConfig {
             max_ports: self.limits.max_ports,
             batch: self.limits.batch,
@@ -331,6 +362,7 @@ impl Registry {
             name: name.to_string(),
             switch,
             refs: Vec::new(),
+            lookup: kind,
         };
         match self.switches.iter().position(Option::is_none) {
             Some(i) => {
@@ -552,5 +584,45 @@ mod tests {
             ..small()
         });
         assert!(r.open("vale0:abcdefghijklmnop", None).is_ok());
+    }
+
+    #[test]
+    fn lookup_is_chosen_per_switch() {
+        let mut r = Registry::new(small());
+        r.set_lookup("vale1", LookupKind::Hub);
+        let a = r.open("vale0:a", None).unwrap();
+        r.open("vale1:a", None).unwrap();
+        let learning = r.switch("vale0").unwrap();
+        assert_eq!(learning.lookup_kind(), LookupKind::Learning, "the default");
+        assert!(learning.switch.lookup().table().is_some());
+        let hub = r.switch("vale1").unwrap();
+        assert_eq!(hub.lookup_kind(), LookupKind::Hub);
+        assert!(hub.switch.lookup().table().is_none());
+        // A live switch keeps its lookup; the choice applies when it is next created.
+        r.set_lookup("vale0", LookupKind::Hub);
+        assert_eq!(
+            r.switch("vale0").unwrap().lookup_kind(),
+            LookupKind::Learning
+        );
+        r.close(a).unwrap();
+        r.open("vale0:a", None).unwrap();
+        assert_eq!(r.switch("vale0").unwrap().lookup_kind(), LookupKind::Hub);
+        // The default for every other switch is a setting too.
+        let mut r = Registry::new(Limits {
+            lookup: LookupKind::Hub,
+            ..small()
+        });
+        r.set_lookup("vale3", LookupKind::Learning);
+        r.open("vale2:a", None).unwrap();
+        r.open("vale3:a", None).unwrap();
+        assert_eq!(r.lookup_for("vale9"), LookupKind::Hub);
+        assert_eq!(r.switch("vale2").unwrap().lookup_kind(), LookupKind::Hub);
+        assert_eq!(
+            r.switch("vale3").unwrap().lookup_kind(),
+            LookupKind::Learning
+        );
+        assert_eq!("hub".parse::<LookupKind>(), Ok(LookupKind::Hub));
+        let e = "vlan".parse::<LookupKind>().unwrap_err();
+        assert!(e.contains("`vlan`") && e.contains("learning, hub"), "{e}");
     }
 }

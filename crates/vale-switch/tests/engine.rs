@@ -490,6 +490,37 @@ fn one_forwarder_serves_switches_of_different_sizes_and_batches() {
     }
 }
 
+/// Switches of one registry with different lookups behave as their lookups say: a
+/// learned unicast reaches only its port on a learning switch, every port on a hub.
+#[test]
+fn each_switch_forwards_with_the_lookup_chosen_for_it() {
+    let mut reg = Registry::new(Limits {
+        default_geometry: geom(64),
+        ..Limits::default()
+    });
+    reg.set_lookup("vale1", LookupKind::Hub);
+    let mut fw = Forwarder::new();
+    for (sw, flooded) in [("vale0", false), ("vale1", true)] {
+        let keys: Vec<PortKey> = ["a", "b", "c"]
+            .iter()
+            .map(|p| reg.open(&format!("{sw}:{p}"), None).unwrap())
+            .collect();
+        let e = reg.switch_mut(sw).unwrap();
+        let c: Vec<Client> = keys
+            .iter()
+            .map(|k| Client::attach(&e.switch, k.port))
+            .collect();
+        c[1].send(&[frame(MacAddr::BROADCAST, mac(1), 1, 60)]);
+        while fw.forward(&mut e.switch, t(1), &mut Vec::new(), &mut NoEgress) > 0 {}
+        c[0].recv();
+        c[2].recv();
+        c[0].send(&[frame(mac(1), mac(0), 2, 60)]);
+        while fw.forward(&mut e.switch, t(1), &mut Vec::new(), &mut NoEgress) > 0 {}
+        assert_eq!(c[1].recv_frames().len(), 1, "{sw}");
+        assert_eq!(c[2].recv_frames().len(), flooded as usize, "{sw}");
+    }
+}
+
 #[test]
 fn unicast_to_a_host_on_the_sending_port_is_dropped_not_reflected() {
     let (mut sw, _, c) = bridge(2, 64);

@@ -105,6 +105,60 @@ pub trait Lookup: Send {
     }
 }
 
+/// Which lookup a switch gets when it is created: a choice per switch
+/// (`Registry::set_lookup`), [`LookupKind::Learning`] unless told otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum LookupKind {
+    /// VALE's learning bridge: learn sources, forward known unicast, flood the rest.
+    #[default]
+    Learning,
+    /// A hub: every frame floods.
+    Hub,
+}
+
+impl LookupKind {
+    pub const ALL: [LookupKind; 2] = [LookupKind::Learning, LookupKind::Hub];
+
+    /// A new lookup of this kind; `fdb` sizes the table of those that learn.
+    pub fn build(self, fdb: FdbConfig) -> Box<dyn Lookup> {
+        match self {
+            LookupKind::Learning => Box::new(LearningBridge::new(fdb)),
+            LookupKind::Hub => Box::new(Hub),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LookupKind::Learning => "learning",
+            LookupKind::Hub => "hub",
+        }
+    }
+}
+
+impl std::fmt::Display for LookupKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for LookupKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<LookupKind, String> {
+        LookupKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = LookupKind::ALL.iter().map(|k| k.name()).collect();
+                format!(
+                    "lookup `{}` is not one of {}",
+                    s.escape_default(),
+                    names.join(", ")
+                )
+            })
+    }
+}
+
 /// One row of an address table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableRow {

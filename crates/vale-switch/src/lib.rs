@@ -29,7 +29,7 @@ pub use lookup::{
     PacketInfo, StaticMap, TableRow,
 };
 pub use name::{NameError, PortName};
-pub use registry::{Limits, PortKey, Registry, RegistryError, SwitchEntry};
+pub use registry::{Closed, Limits, PortKey, Registry, RegistryError, SwitchEntry};
 pub use stats::{DropReason, PortStats};
 pub use types::{MacAddr, PortId, Timestamp};
 /// What [`Egress::send`] is handed: views of the sender's buffers.

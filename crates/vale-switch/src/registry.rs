@@ -97,6 +97,16 @@ pub struct PortKey {
     pub port: PortId,
 }
 
+/// What closing one open of a port did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// Other opens hold the port: it stays.
+    StillOpen,
+    /// That was its last open: the port was detached (its addresses flushed), and its
+    /// switch removed if it was the last port.
+    PortRemoved,
+}
+
 /// A named switch and the open count of each of its ports.
 pub struct SwitchEntry {
     pub name: String,
@@ -377,8 +387,8 @@ impl Registry {
     }
 
     /// Closes one open of a port. The last close detaches it (its addresses are flushed)
-    /// and the last port's removal removes the switch. Returns true if the port went away.
-    pub fn close(&mut self, key: PortKey) -> Result<bool, RegistryError> {
+    /// and the last port's removal removes the switch.
+    pub fn close(&mut self, key: PortKey) -> Result<Closed, RegistryError> {
         let Some(Some(e)) = self.switches.get_mut(key.switch) else {
             return Err(RegistryError::NoSuchPort(format!("{key:?}")));
         };
@@ -390,14 +400,14 @@ impl Registry {
         };
         *r -= 1;
         if *r > 0 {
-            return Ok(false);
+            return Ok(Closed::StillOpen);
         }
         e.switch.detach(key.port);
         // A switch lives while it has ports or monitors (whose clients still hold keys).
         if e.switch.is_empty() && e.switch.monitors().next().is_none() {
             self.switches[key.switch] = None;
         }
-        Ok(true)
+        Ok(Closed::PortRemoved)
     }
 
     /// Finds an open port by full name.
@@ -492,10 +502,10 @@ mod tests {
         // A second open shares the port.
         assert_eq!(r.open("vale0:a", None).unwrap(), a);
         assert_eq!(r.open_count(a), 2);
-        assert!(!r.close(a).unwrap());
-        assert!(r.close(a).unwrap());
+        assert_eq!(r.close(a).unwrap(), Closed::StillOpen);
+        assert_eq!(r.close(a).unwrap(), Closed::PortRemoved);
         assert!(r.find("vale0:a").is_none());
-        assert!(r.close(b).unwrap());
+        assert_eq!(r.close(b).unwrap(), Closed::PortRemoved);
         assert!(
             r.switch("vale0").is_none(),
             "switch gone with its last port"

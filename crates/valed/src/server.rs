@@ -390,13 +390,13 @@ impl Control {
         let mut st = shared.lock_ctl();
         let name = port_name(&st.registry, key);
         match st.registry.close(key) {
-            Ok(true) => {
+            Ok(vale_switch::Closed::PortRemoved) => {
                 if let Some(f) = st.fds.remove(&key) {
                     let _ = epoll::delete(&shared.epoll, &f.kick);
                 }
                 tracing::info!(port = %name, "port removed (last client gone)");
             }
-            Ok(false) => {}
+            Ok(vale_switch::Closed::StillOpen) => {}
             Err(e) => tracing::error!("closing {name}: {e}"),
         }
     }

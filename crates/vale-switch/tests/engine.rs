@@ -789,3 +789,29 @@ fn direct_ports_get_packets_from_the_senders_buffers_not_their_ring() {
     assert!(sst.is_conserved());
     assert_eq!(sst.copies_dropped, 2);
 }
+
+/// A port's counters can be read through their handle, without the switch: what a
+/// control thread does while the forwarder keeps the switch.
+#[test]
+fn counters_handle_reads_without_the_switch() {
+    let (mut sw, ids, c) = bridge(2, 64);
+    let (tx, rx) = (
+        sw.port(ids[0]).unwrap().counters(),
+        sw.port(ids[1]).unwrap().counters(),
+    );
+    let frames: Vec<_> = (0..5)
+        .map(|i| frame(MacAddr::BROADCAST, mac(0), i, 60))
+        .collect();
+    c[0].send(&frames);
+    drain(&mut sw, t(1));
+    let (s, r) = (tx.snapshot(), rx.snapshot());
+    assert_eq!((s.tx_packets, s.forwarded, s.copies), (5, 5, 5));
+    assert_eq!((r.rx_packets, r.rx_bytes), (5, 300));
+    assert_eq!(
+        sw.port(ids[1]).unwrap().stats(),
+        r,
+        "stats() is the same snapshot"
+    );
+    drop(sw.detach(ids[1]));
+    assert_eq!(rx.snapshot().rx_packets, 5, "the handle outlives the port");
+}

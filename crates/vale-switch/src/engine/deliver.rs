@@ -217,7 +217,8 @@ pub(super) fn deliver(b: &Batch<'_>, t: Target<'_>, out: &mut Out<'_>, st: &mut 
     let Target { id, port, uq } = t;
     let rr = (b.ring as usize % nrx) as u16;
     let rk = &mut port.rx[rr as usize];
-    let ds = &mut port.stats;
+    // The receiver's counts, published once when its copies are done.
+    let mut ds = PortStats::default();
     if !rk.refresh() {
         ds.ring_resets += 1;
     }
@@ -275,4 +276,5 @@ pub(super) fn deliver(b: &Batch<'_>, t: Target<'_>, out: &mut Out<'_>, st: &mut 
             });
         }
     }
+    port.counters.add(&ds);
 }

@@ -42,7 +42,8 @@ pub(super) fn deliver_direct(
 ) {
     let (mut u, mut f) = (t.uq.head, b.flood.head);
     let dst_hl = t.port.hdr_len;
-    let ds = &mut t.port.stats;
+    // The receiver's counts, published once when its copies are done.
+    let mut ds = PortStats::default();
     let mut frags = [Frag::default(); MAX_FRAGS];
     while let Some(pi) = b.sc.next_merged(&mut u, &mut f) {
         let p = &b.sc.pkts[pi as usize];
@@ -79,6 +80,7 @@ pub(super) fn deliver_direct(
             st.copies_dropped += 1;
         }
     }
+    t.port.counters.add(&ds);
 }
 
 /// The destination's header for a packet handed over directly between ports whose

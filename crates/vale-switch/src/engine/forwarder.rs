@@ -89,7 +89,7 @@ impl Forwarder {
             Some(0) => return 0,
             Some(p) => p,
             None => {
-                port.stats.ring_resets += 1;
+                port.counters.count_ring_reset();
                 return 0;
             }
         };
@@ -155,7 +155,7 @@ impl Forwarder {
 
         // The TX slots are free again: publish and maybe wake the sender.
         if let Some(port) = ports.get_mut(src) {
-            port.stats.add(&st);
+            port.counters.add(&st);
             if port
                 .tx
                 .get_mut(ring as usize)

@@ -25,8 +25,9 @@ pub use direct::{Egress, NoEgress};
 pub use forwarder::Forwarder;
 
 use crate::lookup::Lookup;
-use crate::stats::PortStats;
+use crate::stats::{PortCounters, PortStats};
 use crate::types::PortId;
+use std::sync::Arc;
 use thiserror::Error;
 use vale_abi::ring::dist;
 use vale_abi::{Dir, PortGeometry, Region, RingView};
@@ -168,7 +169,8 @@ pub struct Port {
     region: Region,
     tx: Vec<TxKring>,
     rx: Vec<RxKring>,
-    stats: PortStats,
+    /// Written only by the forwarder, through `&mut Port`; read by anyone with a handle.
+    counters: Arc<PortCounters>,
     /// Bytes of virtio-net header in front of each packet (0, 10 or 12; netmap's
     /// `virt_hdr_len`).
     hdr_len: u16,
@@ -197,7 +199,7 @@ impl Port {
             region,
             tx,
             rx,
-            stats: PortStats::default(),
+            counters: Arc::default(),
             hdr_len: 0,
             direct: false,
         }
@@ -212,8 +214,14 @@ impl Port {
     pub fn geometry(&self) -> PortGeometry {
         self.region.geometry()
     }
-    pub fn stats(&self) -> &PortStats {
-        &self.stats
+    /// A snapshot of the port's counters.
+    pub fn stats(&self) -> PortStats {
+        self.counters.snapshot()
+    }
+    /// A handle on the port's counters, to read them later without the switch (and
+    /// without stopping its forwarder). It outlives the port, frozen at its last counts.
+    pub fn counters(&self) -> Arc<PortCounters> {
+        Arc::clone(&self.counters)
     }
     /// Bytes of virtio-net header in front of each packet.
     pub fn hdr_len(&self) -> u16 {

@@ -55,6 +55,7 @@ pub(super) struct Scratch {
 }
 
 /// The TX ring a batch is read from, as pass 0 reads it: each slot once.
+#[derive(Clone, Copy)]
 pub(super) struct Reader<'a> {
     pub(super) slots: Slots<'a>,
     pub(super) bufs: Bufs<'a>,
@@ -160,7 +161,11 @@ impl Scratch {
             let mut len = s.len as u32;
             let more = self.frags.len() as u32;
             if s.flags & NS_MOREFRAG != 0 {
-                (nfrags, len, verdict) = gather_chain(rd, &mut self.frags, len, verdict);
+                // On a copy: were `rd`'s address to escape into the chain's (cold)
+                // call, the loop would keep it in memory instead of in registers.
+                let mut chain = *rd;
+                (nfrags, len, verdict) = gather_chain(&mut chain, &mut self.frags, len, verdict);
+                *rd = chain;
             }
             let hdr = match (verdict, hdr) {
                 (None, Some(h)) => h,

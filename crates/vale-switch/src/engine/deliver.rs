@@ -39,6 +39,7 @@ pub(super) struct Out<'a> {
 }
 
 /// The RX ring being filled: its slots and buffers, the next slot and the free slots.
+#[derive(Clone, Copy)]
 pub(super) struct Fill<'a> {
     pub(super) slots: Slots<'a>,
     pub(super) bufs: Bufs<'a>,
@@ -234,7 +235,12 @@ pub(super) fn deliver(b: &Batch<'_>, t: Target<'_>, out: &mut Out<'_>, st: &mut 
     while let Some(pi) = b.sc.next_merged(&mut u, &mut f) {
         copies += 1;
         if dst_hl != b.hdr_len {
-            match convert(b, &b.sc.pkts[pi as usize], dst_hl, out.conv, &mut fill) {
+            // The slow path gets a copy: were `fill`'s address to escape into it, the
+            // fast path below would keep `fill` in memory instead of in registers.
+            let mut slow = fill;
+            let r = convert(b, &b.sc.pkts[pi as usize], dst_hl, out.conv, &mut slow);
+            fill = slow;
+            match r {
                 Ok((frames, nbytes, lost)) => {
                     delivered += frames;
                     bytes += nbytes;

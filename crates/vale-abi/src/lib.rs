@@ -3,17 +3,24 @@
 //! - [`layout`]: `netmap_if`, `netmap_ring`, `netmap_slot` with netmap.h's exact layout.
 //! - [`Region`]: a sealed memfd holding one port's `netmap_if`, rings and buffers.
 //! - [`RingView`], [`BufPool`]: bounds-checked access to rings and buffers that another
-//!   process writes concurrently (atomics and raw copies only, never references).
+//!   process writes concurrently (atomics and raw copies only, never references);
+//!   [`Frag`], one packet fragment inside a buffer.
 //! - [`sync`]: the app/switch sync protocol in the ring's `sem[128]` area.
 //! - [`ring`]: ring index arithmetic and the application side of txsync/rxsync.
+//!
+//! Only `mem` (the mapping) and `ring` (the views over it) may use `unsafe`; the lint
+//! below keeps it that way.
+#![deny(unsafe_code)]
 
 mod error;
 pub mod layout;
+#[allow(unsafe_code)]
 mod mem;
 pub mod region;
+#[allow(unsafe_code)]
 pub mod ring;
 pub mod sync;
 
 pub use error::{Error, Result};
 pub use region::{Dir, PortGeometry, Region, RegionLayout};
-pub use ring::{AppRing, BufPool, Bufs, RingView, Slots, copy_frame};
+pub use ring::{AppRing, BufPool, Bufs, Frag, RingView, Slots, copy_frame};

@@ -3,6 +3,37 @@
 //! A [`RingView`] knows its geometry from the switch's private layout, never from the
 //! ring header, so a client scribbling over `num_slots` or `buf_ofs` changes nothing for
 //! the switch. Every accessor is bounds-checked or clamps its index; none panics.
+//!
+//! # Memory another process writes
+//!
+//! A region is shared with its client, which may write any byte of it at any time. The
+//! rules, after rust-vmm's `vm-memory` (`volatile_memory.rs`):
+//!
+//! - **No `&` or `&mut` into the region** for plain data: a reference promises the
+//!   compiler that nobody else changes the bytes, which a client can break at will. The
+//!   views here hold raw pointers and hand out only copies ([`Slots::read`],
+//!   [`Bufs::header`], [`Bufs::read`], [`Frag::copy_to`]) and atomics (the sync words).
+//! - **Slots and sync words are read with volatile loads or atomics, once**, into locals
+//!   that the caller validates and then uses; nothing is read twice and trusted the
+//!   second time.
+//! - **Views are made only from checked positions**: a [`Bufs`] from a pool checked
+//!   against the mapping, a [`Frag`] only by [`Bufs::frag`] from a valid buffer index
+//!   with its offset and length inside the buffer, and each borrows what it points into,
+//!   so it cannot outlive the mapping. Unsafe code relies on these types, never on the
+//!   documentation of a safe trait or function that returns a pointer.
+//!
+//! **The one named exception: buffer bytes are copied with raw copies**
+//! (`copy_nonoverlapping`, `read_unaligned`), not volatile ones, as netmap's own
+//! `pkt_copy` does: a volatile copy would be a loop of single loads, several times the
+//! cost of a 60-byte frame's one cache line. Rust's memory model does not bless a plain
+//! copy that races another process's stores; we accept that deliberately, and bound what
+//! it can do: the copy goes into private memory (or another buffer), never through a
+//! reference the compiler reasons about, and
+//! 1. a torn or changing read of a buffer changes only the bytes of the packet that the
+//!    buffer's own client is sending, which that client could have written anyway;
+//! 2. nothing read from a buffer is validated and then read again: what the switch
+//!    decides on (the header it looks up, the virtio-net header it converts) is copied
+//!    out once and used from the copy.
 
 use crate::layout::*;
 use crate::mem::Mapping;
@@ -104,7 +135,7 @@ pub struct Bufs<'a> {
     _pool: PhantomData<&'a BufPool>,
 }
 
-impl Bufs<'_> {
+impl<'a> Bufs<'a> {
     #[inline(always)]
     pub fn nbufs(&self) -> u32 {
         self.nbufs
@@ -133,12 +164,24 @@ impl Bufs<'_> {
         }
     }
 
-    /// The address of buffer `idx` (`buf_size` bytes), or `None` for an invalid index:
-    /// for I/O straight out of a buffer (writev). Dereferencing it is the caller's
-    /// `unsafe`, allowed only while the ring protocol gives it the buffer.
+    /// The `len` bytes at offset `off` of buffer `idx`, as a [`Frag`] (for I/O straight
+    /// out of a buffer, such as `writev`), or `None` for an invalid index or a range
+    /// that does not lie inside the buffer.
     #[inline(always)]
-    pub fn as_ptr(&self, idx: u32) -> Option<*mut u8> {
-        self.ptr(idx)
+    pub fn frag(&self, idx: u32, off: usize, len: usize) -> Option<Frag<'a>> {
+        let end = off.checked_add(len)?;
+        if end > self.buf_size as usize {
+            return None;
+        }
+        let p = self.ptr(idx)?;
+        // SAFETY: `p` starts a buffer of `buf_size` bytes inside the pool and
+        // off + len <= buf_size (checked above), so the result stays in that buffer.
+        let ptr = unsafe { p.add(off) };
+        Some(Frag {
+            ptr,
+            len,
+            _pool: PhantomData,
+        })
     }
 
     /// 16 bytes at offset `off` of buffer `idx` as two little-endian words (a frame
@@ -220,6 +263,93 @@ impl Bufs<'_> {
             }
             _ => false,
         }
+    }
+}
+
+/// A view of `len` bytes inside one buffer of a region: one fragment of a packet, in the
+/// spirit of vm-memory's `VolatileSlice`.
+///
+/// Invariant, established by [`Bufs::frag`] (the only way to make a non-empty one):
+/// `ptr..ptr+len` lies inside one buffer of a mapped pool, and the borrow `'a` of that
+/// pool keeps the mapping alive. The bytes belong to the buffer's client, which may rewrite them at any
+/// time (changing only its own packet), so they are never handed out as `&[u8]`: read
+/// them with [`Frag::copy_to`], or pass [`Frag::raw_parts`] to the kernel.
+#[derive(Clone, Copy)]
+pub struct Frag<'a> {
+    ptr: *const u8,
+    len: usize,
+    _pool: PhantomData<&'a BufPool>,
+}
+
+impl<'a> Frag<'a> {
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies the start of the fragment into `out` (as much as fits); returns the bytes
+    /// copied. A raw copy: see the module doc's exception.
+    #[inline]
+    pub fn copy_to(&self, out: &mut [u8]) -> usize {
+        let n = self.len.min(out.len());
+        // SAFETY: `ptr..ptr+len` is readable for `'a` (the type's invariant; the empty
+        // fragment copies 0 bytes from a non-null, aligned address) and n <= len; `out`
+        // is private memory (no `&mut` into a region exists), so they are disjoint.
+        unsafe { core::ptr::copy_nonoverlapping(self.ptr, out.as_mut_ptr(), n) };
+        n
+    }
+
+    /// The fragment without its first `n` bytes (the sender's virtio-net header), or
+    /// `None` if it is shorter than `n`.
+    #[inline(always)]
+    pub fn skip(self, n: usize) -> Option<Frag<'a>> {
+        let len = self.len.checked_sub(n)?;
+        // SAFETY: n <= len, so the new start stays inside the same buffer (for the empty
+        // fragment n is 0 and the pointer does not move).
+        let ptr = unsafe { self.ptr.add(n) };
+        Some(Frag {
+            ptr,
+            len,
+            _pool: PhantomData,
+        })
+    }
+
+    /// The fragment as an address and a length, for an `iovec`.
+    ///
+    /// The pointer is valid for reads of `len` bytes for as long as `'a` lasts (the
+    /// type's invariant). The bytes may change under a concurrent writer, the client of
+    /// the buffer, which only changes that sender's own packet; so do not make a `&[u8]`
+    /// of them, hand them to something that copies them once (the kernel's `writev`).
+    #[inline(always)]
+    pub fn raw_parts(&self) -> (*const u8, usize) {
+        (self.ptr, self.len)
+    }
+}
+
+/// The empty fragment (a filler for arrays of fragments): it points at no buffer.
+impl Default for Frag<'_> {
+    #[inline(always)]
+    fn default() -> Self {
+        Frag {
+            // A zero-length range needs only a non-null, aligned address.
+            ptr: core::ptr::NonNull::<u8>::dangling().as_ptr(),
+            len: 0,
+            _pool: PhantomData,
+        }
+    }
+}
+
+impl core::fmt::Debug for Frag<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Frag")
+            .field("ptr", &self.ptr)
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -502,5 +632,67 @@ impl AppRing {
     /// `NIOCRXSYNC` for this ring.
     pub fn rxsync(&self) -> bool {
         self.sync()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{PortGeometry, Region};
+
+    fn pool() -> crate::BufPool {
+        let g = PortGeometry {
+            tx_slots: 64,
+            rx_slots: 64,
+            ..Default::default()
+        };
+        Region::create("vale0:frag", g).unwrap().bufs()
+    }
+
+    #[test]
+    fn frag_is_made_only_inside_a_valid_buffer() {
+        let pool = pool();
+        let b = pool.access();
+        let (last, size) = (b.nbufs() - 1, b.buf_size() as usize);
+        assert!(b.frag(0, 0, 1).is_none(), "buffer 0 is reserved");
+        assert!(b.frag(1, 0, 1).is_none(), "buffer 1 is reserved");
+        assert!(b.frag(b.nbufs(), 0, 1).is_none(), "past the pool");
+        assert!(b.frag(u32::MAX, 0, 1).is_none());
+        assert_eq!(b.frag(last, 0, size).map(|f| f.len()), Some(size));
+        assert_eq!(b.frag(2, size, 0).map(|f| f.is_empty()), Some(true));
+        assert!(b.frag(2, 0, size + 1).is_none(), "longer than a buffer");
+        assert!(b.frag(2, 1, size).is_none(), "runs into the next buffer");
+        assert!(b.frag(2, usize::MAX, 2).is_none(), "offset + len overflows");
+    }
+
+    #[test]
+    fn frag_copies_and_skips_a_prefix() {
+        let pool = pool();
+        let b = pool.access();
+        let data: Vec<u8> = (0..100u8).collect();
+        assert!(b.write(5, &data));
+        let f = b.frag(5, 0, 100).unwrap();
+        let mut out = [0xa5u8; 128];
+        assert_eq!(f.copy_to(&mut out), 100);
+        assert_eq!(&out[..100], &data[..]);
+        assert_eq!(out[100], 0xa5, "nothing past the fragment");
+        let mut short = [0u8; 10];
+        assert_eq!(f.copy_to(&mut short), 10, "as much as fits");
+        assert_eq!(short, data[..10]);
+
+        let g = f.skip(12).unwrap();
+        assert_eq!(g.len(), 88);
+        let mut rest = [0u8; 88];
+        assert_eq!(g.copy_to(&mut rest), 88);
+        assert_eq!(&rest[..], &data[12..]);
+        assert_eq!(g.raw_parts().0 as usize - f.raw_parts().0 as usize, 12);
+        assert!(f.skip(100).unwrap().is_empty());
+        assert!(f.skip(101).is_none(), "a prefix longer than the fragment");
+        let empty = super::Frag::default();
+        assert!(empty.is_empty() && empty.skip(0).is_some() && empty.skip(1).is_none());
+        assert_eq!(empty.copy_to(&mut [0u8; 4]), 0);
+        let at = b.frag(5, 40, 10).unwrap();
+        let mut mid = [0u8; 10];
+        at.copy_to(&mut mid);
+        assert_eq!(mid, data[40..50]);
     }
 }

@@ -4,12 +4,15 @@
 
 use vale_abi::layout::NetmapSlot;
 use vale_abi::{AppRing, Dir, PortGeometry, Region};
-use vale_switch::{LearningBridge, MacAddr, PortId, Switch, SwitchConfig, Timestamp};
+use vale_switch::{
+    Forwarder, LearningBridge, MacAddr, NoEgress, PortId, Switch, SwitchConfig, Timestamp,
+};
 
 pub const BURST: u32 = 512;
 
 pub struct Bench {
     pub sw: Switch<LearningBridge>,
+    pub fw: Forwarder,
     pub tx: Vec<(PortId, AppRing)>,
     pub rx: Vec<AppRing>,
 }
@@ -60,8 +63,21 @@ impl Bench {
         prefill(&r0, &hello);
         r0.advance(1);
         r0.txsync();
-        let mut b = Bench { sw, tx, rx };
-        b.sw.forward_ring(rx_ids[0], 0, Timestamp(1), &mut Vec::new());
+        let mut b = Bench {
+            sw,
+            fw: Forwarder::new(),
+            tx,
+            rx,
+        };
+        let (sw, fw) = (&mut b.sw, &mut b.fw);
+        fw.forward_ring(
+            sw,
+            rx_ids[0],
+            0,
+            Timestamp(1),
+            &mut Vec::new(),
+            &mut NoEgress,
+        );
         b.release();
         let dst = if broadcast {
             MacAddr::BROADCAST
@@ -78,7 +94,9 @@ impl Bench {
         let mut ev = Vec::new();
         let mut n = 0;
         for (id, _) in &self.tx {
-            n += self.sw.forward_ring(*id, 0, Timestamp(1), &mut ev);
+            n += self
+                .fw
+                .forward_ring(&mut self.sw, *id, 0, Timestamp(1), &mut ev, &mut NoEgress);
         }
         n
     }

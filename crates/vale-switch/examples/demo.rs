@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 use vale_abi::layout::NetmapSlot;
 use vale_abi::{AppRing, Dir, Region};
-use vale_switch::{DropReason, Limits, MacAddr, PortKey, Registry, Timestamp};
+use vale_switch::{DropReason, Forwarder, Limits, MacAddr, NoEgress, PortKey, Registry, Timestamp};
 
 fn frame(dst: MacAddr, src: MacAddr, len: usize) -> Vec<u8> {
     let mut f = vec![0u8; len];
@@ -118,10 +118,12 @@ fn main() {
     let t0 = Instant::now();
     let now = || Timestamp(t0.elapsed().as_nanos() as u64);
     let mut notify = Vec::new();
+    // One forwarder (the per-thread work space) serves every switch.
+    let mut fw = Forwarder::new();
     let mut forward = |reg: &mut Registry| {
         let mut n = 0;
         for e in reg.switches_mut() {
-            while let k @ 1.. = e.switch.forward(now(), &mut notify) {
+            while let k @ 1.. = fw.forward(&mut e.switch, now(), &mut notify, &mut NoEgress) {
                 n += k;
             }
         }
@@ -150,7 +152,12 @@ fn main() {
     );
     let sw = &reg.switch("vale0").expect("switch").switch;
     println!("\nvale0 forwarding table:");
-    for e in sw.lookup().fdb_dump(now()).unwrap_or_default() {
+    for e in sw
+        .lookup()
+        .table()
+        .map(|t| t.rows(now()))
+        .unwrap_or_default()
+    {
         println!(
             "  {}  port {} ({})  age {} s",
             e.mac,

@@ -1,7 +1,8 @@
 //! The sans-IO forwarding engine of the userspace VALE switch.
 //!
-//! - [`Switch`]: ports (each a [`vale_abi::Region`]), VALE's two-pass batch forwarding,
-//!   per-port counters with drops by reason.
+//! - [`Switch`]: ports (each a [`vale_abi::Region`]) and per-port counters with drops by
+//!   reason; a [`Forwarder`] (one per forwarding thread) runs VALE's two-pass batch
+//!   forwarding over it.
 //! - [`Lookup`]: the switching decision, pluggable; [`LearningBridge`] is the default,
 //!   [`Hub`] and [`StaticMap`] are the trivial ones.
 //! - [`Registry`]: switches by name, ports by `vale<sw>:<port>` name, and every limit as a
@@ -12,7 +13,6 @@
 #![forbid(unsafe_code)]
 
 mod engine;
-pub mod fdb;
 pub mod lookup;
 pub mod name;
 pub mod offload;
@@ -21,12 +21,16 @@ pub mod stats;
 mod types;
 
 pub use engine::{
-    DEFAULT_BATCH, DEFAULT_MAX_PORTS, Egress, EngineError, MAX_BATCH, NoEgress, Notify, Port,
-    RingDir, Switch, SwitchConfig,
+    DEFAULT_BATCH, DEFAULT_MAX_PORTS, Egress, EngineError, Forwarder, MAX_BATCH, NoEgress, Notify,
+    Port, RingDir, Switch, SwitchConfig,
 };
-pub use fdb::{Fdb, FdbConfig, FdbEntry, FdbStats, LearningBridge};
-pub use lookup::{Dest, Hub, Lookup, PacketInfo, StaticMap};
+pub use lookup::{
+    AddressTable, Dest, Fdb, FdbConfig, FdbStats, Hub, LearningBridge, Lookup, LookupKind,
+    PacketInfo, StaticMap, TableRow,
+};
 pub use name::{NameError, PortName};
-pub use registry::{Limits, PortKey, Registry, RegistryError, SwitchEntry};
-pub use stats::{DropReason, PortStats};
+pub use registry::{Closed, Limits, PortKey, Registry, RegistryError, SwitchEntry};
+pub use stats::{DropReason, PortCounters, PortStats};
 pub use types::{MacAddr, PortId, Timestamp};
+/// What [`Egress::send`] is handed: views of the sender's buffers.
+pub use vale_abi::Frag;

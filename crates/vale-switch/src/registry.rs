@@ -6,8 +6,7 @@
 //! requests only count for the open that creates the port, as in netmap.
 
 use crate::engine::{EngineError, Switch, SwitchConfig};
-use crate::fdb::{FdbConfig, LearningBridge};
-use crate::lookup::Lookup;
+use crate::lookup::{FdbConfig, Lookup, LookupKind};
 use crate::name::{DEFAULT_MAX_NAME_LEN, NameError, PortName};
 use crate::types::PortId;
 use thiserror::Error;
@@ -34,6 +33,9 @@ pub struct Limits {
     pub default_geometry: PortGeometry,
     /// Learning table of new switches.
     pub fdb: FdbConfig,
+    /// Lookup of new switches that were given none of their own (see
+    /// [`Registry::set_lookup`]).
+    pub lookup: LookupKind,
 }
 
 impl Default for Limits {
@@ -48,6 +50,7 @@ impl Default for Limits {
             batch: crate::DEFAULT_BATCH,
             default_geometry: PortGeometry::default(),
             fdb: FdbConfig::default(),
+            lookup: LookupKind::default(),
         }
     }
 }
@@ -94,14 +97,30 @@ pub struct PortKey {
     pub port: PortId,
 }
 
+/// What closing one open of a port did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// Other opens hold the port: it stays.
+    StillOpen,
+    /// That was its last open: the port was detached (its addresses flushed), and its
+    /// switch removed if it was the last port.
+    PortRemoved,
+}
+
 /// A named switch and the open count of each of its ports.
 pub struct SwitchEntry {
     pub name: String,
     pub switch: Switch<Box<dyn Lookup>>,
     refs: Vec<u32>,
+    lookup: LookupKind,
 }
 
 impl SwitchEntry {
+    /// The kind of lookup the switch was created with.
+    pub fn lookup_kind(&self) -> LookupKind {
+        self.lookup
+    }
+
     /// A port just attached: its first open.
     fn first_open(&mut self, port: PortId) {
         let i = port.0 as usize;
@@ -116,6 +135,8 @@ impl SwitchEntry {
 pub struct Registry {
     limits: Limits,
     switches: Vec<Option<SwitchEntry>>,
+    /// Lookups chosen per switch name, for when that switch is created.
+    lookups: Vec<(String, LookupKind)>,
 }
 
 impl Registry {
@@ -123,11 +144,30 @@ impl Registry {
         Registry {
             limits,
             switches: Vec::new(),
+            lookups: Vec::new(),
         }
     }
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Gives switch `switch` a lookup of `kind` whenever it is created from now on
+    /// (switches are created by the first open of one of their ports). A switch that
+    /// exists keeps the lookup, and the table, it has until its last port goes.
+    pub fn set_lookup(&mut self, switch: &str, kind: LookupKind) {
+        match self.lookups.iter_mut().find(|(n, _)| n == switch) {
+            Some(e) => e.1 = kind,
+            None => self.lookups.push((switch.to_string(), kind)),
+        }
+    }
+
+    /// The lookup switch `switch` gets when it is created.
+    pub fn lookup_for(&self, switch: &str) -> LookupKind {
+        self.lookups
+            .iter()
+            .find(|(n, _)| n == switch)
+            .map_or(self.limits.lookup, |e| e.1)
     }
 
     fn check_geometry(&self, port: &str, g: &PortGeometry) -> Result<(), RegistryError> {
@@ -318,7 +358,8 @@ impl Registry {
                 limit: self.limits.max_switches,
             });
         }
-        let lookup: Box<dyn Lookup> = Box::new(LearningBridge::new(self.limits.fdb));
+        let kind = self.lookup_for(name);
+        let lookup = kind.build(self.limits.fdb);
         let cfg = SwitchConfig {
             max_ports: self.limits.max_ports,
             batch: self.limits.batch,
@@ -331,6 +372,7 @@ impl Registry {
             name: name.to_string(),
             switch,
             refs: Vec::new(),
+            lookup: kind,
         };
         match self.switches.iter().position(Option::is_none) {
             Some(i) => {
@@ -345,8 +387,8 @@ impl Registry {
     }
 
     /// Closes one open of a port. The last close detaches it (its addresses are flushed)
-    /// and the last port's removal removes the switch. Returns true if the port went away.
-    pub fn close(&mut self, key: PortKey) -> Result<bool, RegistryError> {
+    /// and the last port's removal removes the switch.
+    pub fn close(&mut self, key: PortKey) -> Result<Closed, RegistryError> {
         let Some(Some(e)) = self.switches.get_mut(key.switch) else {
             return Err(RegistryError::NoSuchPort(format!("{key:?}")));
         };
@@ -358,14 +400,14 @@ impl Registry {
         };
         *r -= 1;
         if *r > 0 {
-            return Ok(false);
+            return Ok(Closed::StillOpen);
         }
         e.switch.detach(key.port);
         // A switch lives while it has ports or monitors (whose clients still hold keys).
         if e.switch.is_empty() && e.switch.monitors().next().is_none() {
             self.switches[key.switch] = None;
         }
-        Ok(true)
+        Ok(Closed::PortRemoved)
     }
 
     /// Finds an open port by full name.
@@ -460,10 +502,10 @@ mod tests {
         // A second open shares the port.
         assert_eq!(r.open("vale0:a", None).unwrap(), a);
         assert_eq!(r.open_count(a), 2);
-        assert!(!r.close(a).unwrap());
-        assert!(r.close(a).unwrap());
+        assert_eq!(r.close(a).unwrap(), Closed::StillOpen);
+        assert_eq!(r.close(a).unwrap(), Closed::PortRemoved);
         assert!(r.find("vale0:a").is_none());
-        assert!(r.close(b).unwrap());
+        assert_eq!(r.close(b).unwrap(), Closed::PortRemoved);
         assert!(
             r.switch("vale0").is_none(),
             "switch gone with its last port"
@@ -552,5 +594,45 @@ mod tests {
             ..small()
         });
         assert!(r.open("vale0:abcdefghijklmnop", None).is_ok());
+    }
+
+    #[test]
+    fn lookup_is_chosen_per_switch() {
+        let mut r = Registry::new(small());
+        r.set_lookup("vale1", LookupKind::Hub);
+        let a = r.open("vale0:a", None).unwrap();
+        r.open("vale1:a", None).unwrap();
+        let learning = r.switch("vale0").unwrap();
+        assert_eq!(learning.lookup_kind(), LookupKind::Learning, "the default");
+        assert!(learning.switch.lookup().table().is_some());
+        let hub = r.switch("vale1").unwrap();
+        assert_eq!(hub.lookup_kind(), LookupKind::Hub);
+        assert!(hub.switch.lookup().table().is_none());
+        // A live switch keeps its lookup; the choice applies when it is next created.
+        r.set_lookup("vale0", LookupKind::Hub);
+        assert_eq!(
+            r.switch("vale0").unwrap().lookup_kind(),
+            LookupKind::Learning
+        );
+        r.close(a).unwrap();
+        r.open("vale0:a", None).unwrap();
+        assert_eq!(r.switch("vale0").unwrap().lookup_kind(), LookupKind::Hub);
+        // The default for every other switch is a setting too.
+        let mut r = Registry::new(Limits {
+            lookup: LookupKind::Hub,
+            ..small()
+        });
+        r.set_lookup("vale3", LookupKind::Learning);
+        r.open("vale2:a", None).unwrap();
+        r.open("vale3:a", None).unwrap();
+        assert_eq!(r.lookup_for("vale9"), LookupKind::Hub);
+        assert_eq!(r.switch("vale2").unwrap().lookup_kind(), LookupKind::Hub);
+        assert_eq!(
+            r.switch("vale3").unwrap().lookup_kind(),
+            LookupKind::Learning
+        );
+        assert_eq!("hub".parse::<LookupKind>(), Ok(LookupKind::Hub));
+        let e = "vlan".parse::<LookupKind>().unwrap_err();
+        assert!(e.contains("`vlan`") && e.contains("learning, hub"), "{e}");
     }
 }

@@ -8,6 +8,12 @@
 //! `copies_dropped`):
 //!
 //! `copies = copies_delivered + copies_dropped`.
+//!
+//! A port's counters live in a [`PortCounters`] block of atomics that the forwarding
+//! thread publishes once per batch and anyone holding its `Arc` reads without stopping
+//! the forwarder (Snabb's shared-memory counters); [`PortStats`] is a snapshot of it.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Why a frame (or one destination copy of it) was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -131,5 +137,133 @@ impl PortStats {
     pub fn is_conserved(&self) -> bool {
         self.tx_packets == self.forwarded + self.sender_drops()
             && self.copies >= self.copies_dropped
+    }
+}
+
+/// The counters of one port, readable by any thread while the forwarder runs.
+///
+/// One writer: the engine adds to them only through `&mut Port`, that is from the one
+/// thread forwarding the port's switch, so an add is a relaxed load and store (what a
+/// plain add costs), not a read-modify-write. Each counter read is up to date as of some
+/// publication; a [`PortCounters::snapshot`] taken while a batch is being published may
+/// have some of that batch's counts and not others, so the conservation laws hold
+/// exactly only between batches (for instance under the lock that stops the forwarder).
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct PortCounters {
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    forwarded: AtomicU64,
+    copies: AtomicU64,
+    copies_dropped: AtomicU64,
+    drops: [AtomicU64; 10],
+    ring_resets: AtomicU64,
+}
+
+/// Adds `d` to a counter that only the calling thread writes (see [`PortCounters`]).
+#[inline(always)]
+fn bump(c: &AtomicU64, d: u64) {
+    if d != 0 {
+        c.store(c.load(Relaxed).wrapping_add(d), Relaxed);
+    }
+}
+
+impl PortCounters {
+    /// The counters now, as plain numbers.
+    pub fn snapshot(&self) -> PortStats {
+        PortStats {
+            tx_packets: self.tx_packets.load(Relaxed),
+            tx_bytes: self.tx_bytes.load(Relaxed),
+            rx_packets: self.rx_packets.load(Relaxed),
+            rx_bytes: self.rx_bytes.load(Relaxed),
+            forwarded: self.forwarded.load(Relaxed),
+            copies: self.copies.load(Relaxed),
+            copies_dropped: self.copies_dropped.load(Relaxed),
+            drops: std::array::from_fn(|i| self.drops[i].load(Relaxed)),
+            ring_resets: self.ring_resets.load(Relaxed),
+        }
+    }
+
+    /// Publishes one batch's counts. Only the port's single writer may call this: the
+    /// engine, through `&mut Port`.
+    #[inline]
+    pub(crate) fn add(&self, d: &PortStats) {
+        bump(&self.tx_packets, d.tx_packets);
+        bump(&self.tx_bytes, d.tx_bytes);
+        bump(&self.rx_packets, d.rx_packets);
+        bump(&self.rx_bytes, d.rx_bytes);
+        bump(&self.forwarded, d.forwarded);
+        bump(&self.copies, d.copies);
+        bump(&self.copies_dropped, d.copies_dropped);
+        for (c, v) in self.drops.iter().zip(d.drops) {
+            bump(c, v);
+        }
+        bump(&self.ring_resets, d.ring_resets);
+    }
+
+    /// One ring reset (the single writer only, as for [`Self::add`]).
+    pub(crate) fn count_ring_reset(&self) {
+        bump(&self.ring_resets, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn batch(k: u64) -> PortStats {
+        let mut d = PortStats {
+            tx_packets: 3 * k,
+            tx_bytes: 180 * k,
+            forwarded: 2 * k,
+            copies: 2 * k,
+            copies_dropped: k,
+            ..PortStats::default()
+        };
+        d.drops[DropReason::NoDest as usize] = k;
+        d
+    }
+
+    #[test]
+    fn counters_add_batches_and_snapshot_plain_values() {
+        let c = PortCounters::default();
+        assert_eq!(c.snapshot(), PortStats::default());
+        c.add(&batch(1));
+        c.add(&batch(2));
+        c.count_ring_reset();
+        let s = c.snapshot();
+        assert_eq!((s.tx_packets, s.tx_bytes, s.forwarded), (9, 540, 6));
+        assert_eq!((s.copies, s.copies_dropped, s.ring_resets), (6, 3, 1));
+        assert_eq!(s.drop_count(DropReason::NoDest), 3);
+        assert_eq!(s.drop_count(DropReason::RingFull), 0);
+        assert!(s.is_conserved());
+    }
+
+    #[test]
+    fn counters_are_read_while_their_writer_runs() {
+        let c = Arc::new(PortCounters::default());
+        let reader = {
+            let c = Arc::clone(&c);
+            std::thread::spawn(move || {
+                let mut last = 0;
+                for _ in 0..10_000 {
+                    let now = c.snapshot().tx_packets;
+                    assert!(now >= last, "a counter never goes back");
+                    last = now;
+                }
+            })
+        };
+        for _ in 0..100_000 {
+            c.add(&batch(1));
+        }
+        reader.join().unwrap();
+        assert_eq!(c.snapshot(), {
+            let mut want = batch(100_000);
+            want.tx_packets = 300_000;
+            want
+        });
     }
 }

@@ -422,9 +422,103 @@ fn bridge_batch_limits_packets_per_pass() {
         .collect();
     c[0].send(&frames);
     let mut ev = Vec::new();
-    assert_eq!(sw.forward(t(1), &mut ev), 16);
+    let mut fw = Forwarder::new();
+    assert_eq!(fw.forward(&mut sw, t(1), &mut ev, &mut NoEgress), 16);
     drain(&mut sw, t(1));
     assert_eq!(c[1].recv_frames(), frames);
+}
+
+/// One forwarder serves switches of different sizes and batches in turn (valed forwards
+/// every switch of a lane with one), each switch getting its own batch size.
+#[test]
+fn one_forwarder_serves_switches_of_different_sizes_and_batches() {
+    let make = |ports: usize, cfg: SwitchConfig| {
+        let mut sw = Switch::new(LearningBridge::default(), cfg).unwrap();
+        let ids: Vec<PortId> = (0..ports)
+            .map(|i| {
+                let name = format!("vale{}:p{i}", cfg.max_ports);
+                let r = vale_abi::Region::create(&name, geom(256)).unwrap();
+                sw.attach(name, r).unwrap()
+            })
+            .collect();
+        let clients: Vec<Client> = ids.iter().map(|id| Client::attach(&sw, *id)).collect();
+        (sw, ids, clients)
+    };
+    let small_cfg = SwitchConfig {
+        max_ports: 3,
+        batch: 4,
+    };
+    let big_cfg = SwitchConfig {
+        max_ports: 40,
+        batch: 512,
+    };
+    let (mut small, _, sc) = make(3, small_cfg);
+    let (mut big, bids, bc) = make(40, big_cfg);
+    let frames = |n: u64| -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| frame(MacAddr::BROADCAST, mac(0), i, 60))
+            .collect()
+    };
+    sc[0].send(&frames(10));
+    bc[0].send(&frames(100));
+    // The last port of the big switch announces itself: unicast to it uses a queue
+    // index the small switch does not have.
+    bc[39].send(&[frame(MacAddr::BROADCAST, mac(39), 1000, 60)]);
+    let mut fw = Forwarder::new();
+    let mut ev = Vec::new();
+    assert_eq!(fw.forward(&mut small, t(1), &mut ev, &mut NoEgress), 4);
+    assert_eq!(fw.forward(&mut big, t(1), &mut ev, &mut NoEgress), 101);
+    assert_eq!(fw.forward(&mut small, t(1), &mut ev, &mut NoEgress), 4);
+    bc[0].send(&[frame(mac(39), mac(0), 2000, 60)]);
+    assert_eq!(fw.forward(&mut big, t(1), &mut ev, &mut NoEgress), 1);
+    assert_eq!(fw.forward(&mut small, t(1), &mut ev, &mut NoEgress), 2);
+    assert_eq!(fw.forward(&mut small, t(1), &mut ev, &mut NoEgress), 0);
+    for c in &sc[1..] {
+        assert_eq!(c.recv_frames(), frames(10));
+    }
+    for c in &bc[1..39] {
+        let got = c.recv_frames();
+        assert_eq!(got.len(), 101, "100 from p0 and p39's broadcast");
+        assert!(got.iter().all(|f| tag_of(f) != 2000), "unicast only to p39");
+    }
+    let last: Vec<u64> = bc[39].recv_frames().iter().map(|f| tag_of(f)).collect();
+    assert_eq!(last.len(), 101);
+    assert_eq!(last.last(), Some(&2000));
+    assert_eq!(big.lookup().fdb().get(mac(39)), Some(bids[39]));
+    for (_, p) in small.ports().chain(big.ports()) {
+        assert!(p.stats().is_conserved());
+    }
+}
+
+/// Switches of one registry with different lookups behave as their lookups say: a
+/// learned unicast reaches only its port on a learning switch, every port on a hub.
+#[test]
+fn each_switch_forwards_with_the_lookup_chosen_for_it() {
+    let mut reg = Registry::new(Limits {
+        default_geometry: geom(64),
+        ..Limits::default()
+    });
+    reg.set_lookup("vale1", LookupKind::Hub);
+    let mut fw = Forwarder::new();
+    for (sw, flooded) in [("vale0", false), ("vale1", true)] {
+        let keys: Vec<PortKey> = ["a", "b", "c"]
+            .iter()
+            .map(|p| reg.open(&format!("{sw}:{p}"), None).unwrap())
+            .collect();
+        let e = reg.switch_mut(sw).unwrap();
+        let c: Vec<Client> = keys
+            .iter()
+            .map(|k| Client::attach(&e.switch, k.port))
+            .collect();
+        c[1].send(&[frame(MacAddr::BROADCAST, mac(1), 1, 60)]);
+        while fw.forward(&mut e.switch, t(1), &mut Vec::new(), &mut NoEgress) > 0 {}
+        c[0].recv();
+        c[2].recv();
+        c[0].send(&[frame(mac(1), mac(0), 2, 60)]);
+        while fw.forward(&mut e.switch, t(1), &mut Vec::new(), &mut NoEgress) > 0 {}
+        assert_eq!(c[1].recv_frames().len(), 1, "{sw}");
+        assert_eq!(c[2].recv_frames().len(), flooded as usize, "{sw}");
+    }
 }
 
 #[test]
@@ -552,7 +646,11 @@ fn virtio_net_headers_are_resized_stripped_or_finished_in_software() {
         1
     );
     // Learning used the frame behind the header.
-    let fdb = sw.lookup().fdb_dump(t(0)).unwrap_or_default();
+    let fdb = sw
+        .lookup()
+        .table()
+        .map(|tb| tb.rows(t(0)))
+        .unwrap_or_default();
     assert!(
         fdb.iter().any(|r| r.mac == mac(1) && r.port == ids[0]),
         "{fdb:?}"
@@ -590,12 +688,12 @@ struct Collect {
 }
 
 impl Egress for Collect {
-    fn send(&mut self, dst: PortId, hdr: &[u8], frags: &[(*const u8, usize)]) -> bool {
+    fn send(&mut self, dst: PortId, hdr: &[u8], frags: &[Frag<'_>]) -> bool {
         let mut f = hdr.to_vec();
-        for &(p, n) in frags {
-            // SAFETY: the engine guarantees each (address, length) lies inside one of
-            // the sender's buffers, readable for the duration of this call.
-            f.extend_from_slice(unsafe { std::slice::from_raw_parts(p, n) });
+        for p in frags {
+            let at = f.len();
+            f.resize(at + p.len(), 0);
+            p.copy_to(&mut f[at..]);
         }
         self.got.push((dst, f));
         self.accept
@@ -622,7 +720,8 @@ fn direct_ports_get_packets_from_the_senders_buffers_not_their_ring() {
         got: Vec::new(),
         accept: true,
     };
-    sw.forward_with(t(0), &mut Vec::new(), &mut eg);
+    let mut fw = Forwarder::new();
+    fw.forward(&mut sw, t(0), &mut Vec::new(), &mut eg);
     let with_hdr = |f: &Vec<u8>| {
         let mut v = vec![0u8; 12];
         v[10] = 1;
@@ -654,7 +753,7 @@ fn direct_ports_get_packets_from_the_senders_buffers_not_their_ring() {
     pkt.extend_from_slice(&frames[0]);
     assert_eq!(c[0].send(&[pkt]), 1);
     eg.got.clear();
-    sw.forward_with(t(0), &mut Vec::new(), &mut eg);
+    fw.forward(&mut sw, t(0), &mut Vec::new(), &mut eg);
     let to2: Vec<_> = eg.got.iter().filter(|(p, _)| *p == ids[2]).collect();
     assert_eq!(to2.len(), 1);
     assert_eq!(
@@ -681,7 +780,7 @@ fn direct_ports_get_packets_from_the_senders_buffers_not_their_ring() {
         accept: false,
     };
     assert_eq!(c[0].send(&frames[..2]), 2);
-    sw.forward_with(t(0), &mut Vec::new(), &mut eg);
+    fw.forward(&mut sw, t(0), &mut Vec::new(), &mut eg);
     assert_eq!(eg.got.len(), 2);
     let st = sw.port(ids[1]).unwrap().stats();
     assert_eq!(st.drop_count(DropReason::TxError), 2);
@@ -689,4 +788,30 @@ fn direct_ports_get_packets_from_the_senders_buffers_not_their_ring() {
     let sst = sw.port(ids[0]).unwrap().stats();
     assert!(sst.is_conserved());
     assert_eq!(sst.copies_dropped, 2);
+}
+
+/// A port's counters can be read through their handle, without the switch: what a
+/// control thread does while the forwarder keeps the switch.
+#[test]
+fn counters_handle_reads_without_the_switch() {
+    let (mut sw, ids, c) = bridge(2, 64);
+    let (tx, rx) = (
+        sw.port(ids[0]).unwrap().counters(),
+        sw.port(ids[1]).unwrap().counters(),
+    );
+    let frames: Vec<_> = (0..5)
+        .map(|i| frame(MacAddr::BROADCAST, mac(0), i, 60))
+        .collect();
+    c[0].send(&frames);
+    drain(&mut sw, t(1));
+    let (s, r) = (tx.snapshot(), rx.snapshot());
+    assert_eq!((s.tx_packets, s.forwarded, s.copies), (5, 5, 5));
+    assert_eq!((r.rx_packets, r.rx_bytes), (5, 300));
+    assert_eq!(
+        sw.port(ids[1]).unwrap().stats(),
+        r,
+        "stats() is the same snapshot"
+    );
+    drop(sw.detach(ids[1]));
+    assert_eq!(rx.snapshot().rx_packets, 5, "the handle outlives the port");
 }

@@ -308,6 +308,11 @@ mod tests {
             assert!(parse_cpus(bad).is_err(), "{bad}");
         }
         s.limits.batch = 0;
-        assert!(s.validate().unwrap_err().to_string().contains("bridge_batch"));
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("bridge_batch")
+        );
     }
 }

@@ -4,7 +4,7 @@
 
 use vale_abi::layout::{NS_MOREFRAG, NetmapSlot};
 use vale_abi::{AppRing, Dir, Region};
-use vale_switch::{Lookup, MacAddr, Notify, PortId, Switch, Timestamp};
+use vale_switch::{Forwarder, Lookup, MacAddr, NoEgress, Notify, PortId, Switch, Timestamp};
 
 pub struct Client {
     pub region: Region,
@@ -143,10 +143,12 @@ pub fn tag_of(f: &[u8]) -> u64 {
     u64::from_le_bytes(f[14..22].try_into().unwrap())
 }
 
-/// Runs the switch until it moves nothing.
+/// Runs the switch until it moves nothing (with a fresh forwarder: tests also show that
+/// a switch keeps no per-batch state of its own).
 pub fn drain<L: Lookup>(sw: &mut Switch<L>, now: Timestamp) -> Vec<Notify> {
     let mut ev = Vec::new();
-    while sw.forward(now, &mut ev) > 0 {}
+    let mut fw = Forwarder::new();
+    while fw.forward(sw, now, &mut ev, &mut NoEgress) > 0 {}
     ev
 }
 

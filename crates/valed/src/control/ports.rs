@@ -10,7 +10,7 @@ use rustix::fd::OwnedFd;
 use std::sync::Arc;
 use vale::proto::Response;
 use vale_abi::PortGeometry;
-use vale_switch::{Limits, PortKey, PortName, Registry, RegistryError};
+use vale_switch::{Closed, Limits, PortKey, PortName, Registry, RegistryError};
 
 /// A port opened for a client (or a driven port): where it lives and what the client
 /// needs to use it.
@@ -150,13 +150,13 @@ impl PortTable {
         let mut st = shared.lock_ctl();
         let name = port_name(&st.registry, h.key);
         match st.registry.close(h.key) {
-            Ok(true) => {
+            Ok(Closed::PortRemoved) => {
                 if let Some(f) = st.fds.remove(&h.key) {
                     let _ = epoll::delete(&shared.epoll, &f.kick);
                 }
                 tracing::info!(port = %name, "port removed (last client gone)");
             }
-            Ok(false) => {}
+            Ok(Closed::StillOpen) => {}
             Err(e) => tracing::error!("closing {name}: {e}"),
         }
     }

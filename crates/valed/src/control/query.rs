@@ -57,7 +57,7 @@ pub fn snapshot(ports: &PortTable) -> Vec<SwitchSnap> {
                             switch: si,
                             port: pid,
                         }),
-                        stats: p.stats().clone(),
+                        stats: p.stats(),
                     })
                     .collect(),
             });
@@ -148,10 +148,9 @@ pub fn fdb(ports: &PortTable, switch: &str) -> Result<Response, CtlError> {
     let st = lane.lock_ctl();
     let now = lane.now();
     let e = st.registry.switch(switch).ok_or_else(missing)?;
-    let entries = e
-        .switch
-        .lookup()
-        .fdb_dump(now)
+    let table = e.switch.lookup().table();
+    let entries = table
+        .map(|t| t.rows(now))
         .unwrap_or_default()
         .into_iter()
         .map(|r| FdbRow {
@@ -164,21 +163,12 @@ pub fn fdb(ports: &PortTable, switch: &str) -> Result<Response, CtlError> {
             age_secs: r.age_secs,
         })
         .collect();
-    let counters = e
-        .switch
-        .lookup()
-        .fdb_stats()
-        .map(|s| {
-            BTreeMap::from([
-                ("entries".to_string(), s.entries),
-                ("learned".to_string(), s.learned),
-                ("moves".to_string(), s.moves),
-                ("refused".to_string(), s.refused),
-                ("aged".to_string(), s.aged),
-                ("flushed".to_string(), s.flushed),
-            ])
-        })
-        .unwrap_or_default();
+    let counters: BTreeMap<String, u64> = table
+        .map(|t| t.counters())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, v)| (name.to_string(), v))
+        .collect();
     Ok(Response::Fdb {
         switch: e.name.clone(),
         entries,

@@ -11,7 +11,7 @@ pub struct DirectEgress<'a> {
 }
 
 impl vale_switch::Egress for DirectEgress<'_> {
-    fn send(&mut self, dst: PortId, hdr: &[u8], frags: &[(*const u8, usize)]) -> bool {
+    fn send(&mut self, dst: PortId, hdr: &[u8], frags: &[vale_abi::Frag<'_>]) -> bool {
         let key = PortKey {
             switch: self.switch,
             port: dst,

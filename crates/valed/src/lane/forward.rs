@@ -12,6 +12,7 @@ use vale_switch::Notify;
 
 pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
     let mut notes: Vec<Notify> = Vec::new();
+    let mut fw = vale_switch::Forwarder::new();
     let mut kicked: Vec<vale_switch::PortKey> = Vec::new();
     let mut faults: Vec<vale_switch::PortKey> = Vec::new();
     let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
@@ -35,7 +36,7 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
                     switch: si,
                     driven: &mut st.driven,
                 };
-                moved += e.switch.forward_with(now, &mut notes, &mut egress);
+                moved += fw.forward(&mut e.switch, now, &mut notes, &mut egress);
                 for n in notes.drain(..) {
                     let key = vale_switch::PortKey {
                         switch: si,

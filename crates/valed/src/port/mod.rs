@@ -38,12 +38,8 @@ pub struct Direct<'a> {
     /// empty (the sender's header is then at the start of the first fragment).
     pub hdr: &'a [u8],
     /// The frame, in the sender's buffers for the duration of the call.
-    pub frags: &'a [RawFrag],
+    pub frags: &'a [vale_abi::Frag<'a>],
 }
-
-/// A fragment as the engine hands it over: an address and a length in the sender's
-/// buffers, readable for the duration of the call.
-pub type RawFrag = (*const u8, usize);
 
 /// The data-plane half of a port whose client is the forwarding thread itself. Every
 /// method runs on the lane's thread under its lock; none may block.

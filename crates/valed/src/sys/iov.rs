@@ -3,45 +3,36 @@
 
 use rustix::fd::{AsRawFd, BorrowedFd};
 use std::io;
-
-// Known debt: both functions are safe, yet dereference the pointer pairs they are
-// given, trusting the promise documented on `vale_switch::Egress`, a safe trait; and
-// `with_slices` makes `&[u8]` over buffers the sending client may rewrite. A
-// `vale_abi::Frag<'a>`, made only from a checked buffer index, is to replace the pairs
-// (design review 2.4) and make these sound by construction.
+use vale_abi::Frag;
 
 /// Most fragments one packet may have (netmap's limit), and a header in front.
 pub const MAX_IOV: usize = 65;
 
-/// Writes one packet, `hdr` (a converted virtio-net header, or empty) then fragments in
-/// the switch's port buffers, to `fd` with one `writev`: the egress of direct (host)
-/// ports, no copy in valed.
-pub fn write_frags(
-    fd: BorrowedFd<'_>,
-    hdr: &[u8],
-    frags: &[(*const u8, usize)],
-) -> io::Result<usize> {
-    let extra = usize::from(!hdr.is_empty());
-    if frags.is_empty() || frags.len() + extra > MAX_IOV {
+/// Writes one packet, `hdr` (private bytes, may be empty) then fragments in the
+/// switch's port buffers, to `fd` with one `writev`: the egress of direct (host) ports,
+/// no copy in valed.
+pub fn write_frags(fd: BorrowedFd<'_>, hdr: &[u8], frags: &[Frag<'_>]) -> io::Result<usize> {
+    let parts = frags.len() + usize::from(!hdr.is_empty());
+    if parts == 0 || parts > MAX_IOV {
         return Err(io::Error::other("packet with no or too many fragments"));
     }
     let mut iov = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
     }; MAX_IOV];
-    let hdr = (!hdr.is_empty()).then_some((hdr.as_ptr(), hdr.len()));
-    for (e, &(p, n)) in iov.iter_mut().zip(hdr.iter().chain(frags)) {
+    let head = (!hdr.is_empty()).then_some((hdr.as_ptr(), hdr.len()));
+    let all = head.into_iter().chain(frags.iter().map(Frag::raw_parts));
+    for (e, (p, n)) in iov.iter_mut().zip(all) {
         *e = libc::iovec {
             iov_base: p as *mut libc::c_void,
             iov_len: n,
         };
     }
-    let count = frags.len() + extra;
-    // SAFETY: `hdr` is a live slice; the engine hands out (address, length) pairs that
-    // lie inside one buffer of a mapped port region each (`vale_switch::Egress`),
-    // readable during this call; the kernel only reads them. A client rewriting its
-    // buffer meanwhile changes only the bytes of its own packet.
-    let r = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), count as libc::c_int) };
+    // SAFETY: `hdr` is a live private slice; each `Frag` is valid for reads of its
+    // length while its borrow lasts, which covers this call (the invariant `Frag` owes
+    // to `vale_abi::Bufs::frag`). The kernel only reads the iovecs, and copies each byte
+    // once: a client rewriting its buffer meanwhile changes only its own packet.
+    let r = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), parts as libc::c_int) };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -49,16 +40,22 @@ pub fn write_frags(
 }
 
 /// Runs `f` on a packet given as fragments in a port's buffers, as byte slices (at most
-/// 64, the engine's limit; callers check): for direct destinations that copy them on
-/// (vhost-user guests).
-pub fn with_slices<R>(frags: &[(*const u8, usize)], f: impl FnOnce(&[&[u8]]) -> R) -> R {
+/// 64, the engine's limit; callers check): for the vhost-user copy into guest memory,
+/// whose writer (virtio-queue's `Writer`) takes `&[u8]`.
+///
+/// A named exception to vale-abi's rule "no `&[u8]` into memory another process writes"
+/// (`vale_abi::ring`'s module doc): the sending client may rewrite these bytes while
+/// `f` runs. Tearing is harmless here because `f` only copies the bytes into the guest's
+/// buffers once, and whatever it decides on (the virtio-net header) it copies out first
+/// and decides on the copy: a torn read changes only the sender's own packet.
+pub fn with_slices<R>(frags: &[Frag<'_>], f: impl FnOnce(&[&[u8]]) -> R) -> R {
     let mut s: [&[u8]; 64] = [&[]; 64];
     let n = frags.len().min(64);
-    for (d, &(p, len)) in s.iter_mut().zip(frags) {
-        // SAFETY: the engine hands out (address, length) pairs inside the sender's
-        // buffers of a mapped port region, readable during this call
-        // (`vale_switch::Egress`; the slices do not outlive `f`); a client rewriting
-        // them meanwhile changes only the bytes of its own packet.
+    for (d, frag) in s.iter_mut().zip(frags) {
+        let (p, len) = frag.raw_parts();
+        // SAFETY: `p` is valid for reads of `len` bytes while the fragment's borrow lasts
+        // (`Frag`'s invariant), and the slices do not outlive `f`, which runs within it.
+        // That the bytes may change underneath is the exception documented above.
         *d = unsafe { std::slice::from_raw_parts(p, len) };
     }
     f(&s[..n])

@@ -197,11 +197,12 @@ impl DrivenPort for VhostIo {
                         };
                         let sum = parts.iter().map(|p| p.len()).sum::<usize>();
                         let len = if hdr.is_empty() { sum } else { sum + VNET_HDR };
-                        if len < VNET_HDR + 14 || !out.guest_takes(&VnetHdr::parse(&h[..10])) {
-                            return None;
-                        }
+                        // Copied out once, then checked: the sender may rewrite `h`.
                         let mut hb = [0u8; VNET_HDR];
                         hb.copy_from_slice(h);
+                        if len < VNET_HDR + 14 || !out.guest_takes(&VnetHdr::parse(&hb[..10])) {
+                            return None;
+                        }
                         if out.acked & (1 << F_GUEST_CSUM) == 0 {
                             hb[0] &= !offload::F_DATA_VALID;
                         }
@@ -244,9 +245,11 @@ impl DrivenPort for VhostIo {
         let mut f = g.out.spare.pop().unwrap_or_default();
         f.clear();
         f.extend_from_slice(hdr);
-        crate::sys::with_slices(frags, |parts| {
-            parts.iter().for_each(|p| f.extend_from_slice(p))
-        });
+        for p in frags {
+            let at = f.len();
+            f.resize(at + p.len(), 0);
+            p.copy_to(&mut f[at..]);
+        }
         g.out.stage(f, &self.counters);
         let Some((vq, mem)) = g.queue(RX) else {
             return true; // delivered when the guest sets its queues up (or dropped)

@@ -7,7 +7,7 @@
 //! live one, entries age out, moves are detected and counted, detach flushes, and an empty
 //! entry never matches anything.
 
-use crate::lookup::{Dest, Lookup, PacketInfo};
+use super::{AddressTable, Dest, Lookup, PacketInfo, TableRow};
 use crate::types::{MacAddr, PortId, Timestamp};
 
 const WAYS: usize = 8;
@@ -46,14 +46,6 @@ pub struct FdbStats {
     pub refused: u64,
     pub aged: u64,
     pub flushed: u64,
-}
-
-/// One row of `vale-ctl fdb`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FdbEntry {
-    pub mac: MacAddr,
-    pub port: PortId,
-    pub age_secs: u32,
 }
 
 /// What learning did.
@@ -196,21 +188,40 @@ impl Fdb {
     }
 
     /// Every entry, sorted by port then address.
-    pub fn dump(&self, now: Timestamp) -> Vec<FdbEntry> {
+    pub fn dump(&self, now: Timestamp) -> Vec<TableRow> {
         let now_s = now.secs() as u32;
-        let mut v: Vec<FdbEntry> = self
+        let mut v: Vec<TableRow> = self
             .keys
             .iter()
             .zip(&self.seen)
             .filter(|(k, _)| **k != 0)
-            .map(|(k, s)| FdbEntry {
+            .map(|(k, s)| TableRow {
                 mac: MacAddr::from_u64(*k),
+                vlan: None,
                 port: PortId((k >> 48) as u16 - 1),
                 age_secs: now_s.wrapping_sub(*s),
             })
             .collect();
         v.sort_by_key(|e| (e.port, e.mac));
         v
+    }
+}
+
+impl AddressTable for Fdb {
+    fn rows(&self, now: Timestamp) -> Vec<TableRow> {
+        self.dump(now)
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = &self.stats;
+        vec![
+            ("entries", s.entries),
+            ("learned", s.learned),
+            ("moves", s.moves),
+            ("refused", s.refused),
+            ("aged", s.aged),
+            ("flushed", s.flushed),
+        ]
     }
 }
 
@@ -336,12 +347,8 @@ impl Lookup for LearningBridge {
         }
     }
 
-    fn fdb_dump(&self, now: Timestamp) -> Option<Vec<FdbEntry>> {
-        Some(self.fdb.dump(now))
-    }
-
-    fn fdb_stats(&self) -> Option<FdbStats> {
-        Some(self.fdb.stats().clone())
+    fn table(&self) -> Option<&dyn AddressTable> {
+        Some(&self.fdb)
     }
 
     fn maintain(&mut self, now: Timestamp) {
@@ -500,5 +507,51 @@ mod tests {
         assert!(f.dump(t).len() <= 64);
         assert_eq!(f.stats().entries as usize, f.dump(t).len());
         assert_eq!(f.stats().learned + f.stats().refused, 10_000);
+    }
+
+    #[test]
+    fn table_view_shows_rows_and_named_counters() {
+        let mut lb = LearningBridge::default();
+        lb.lookup(
+            &pkt(2, mac(5), MacAddr::BROADCAST),
+            Timestamp::from_secs(10),
+        );
+        lb.lookup(
+            &pkt(0, mac(9), MacAddr::BROADCAST),
+            Timestamp::from_secs(10),
+        );
+        lb.lookup(
+            &pkt(0, mac(3), MacAddr::BROADCAST),
+            Timestamp::from_secs(12),
+        );
+        lb.lookup(
+            &pkt(1, mac(3), MacAddr::BROADCAST),
+            Timestamp::from_secs(13),
+        );
+        let t = lb.table().expect("a learning bridge has a table");
+        let rows = t.rows(Timestamp::from_secs(15));
+        let seen: Vec<_> = rows.iter().map(|r| (r.port.0, r.mac, r.age_secs)).collect();
+        assert_eq!(
+            seen,
+            [(0, mac(9), 5), (1, mac(3), 2), (2, mac(5), 5)],
+            "sorted by port, then address; the moved address once, where it went"
+        );
+        assert!(rows.iter().all(|r| r.vlan.is_none()));
+        let c = t.counters();
+        let names: Vec<&str> = c.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            ["entries", "learned", "moves", "refused", "aged", "flushed"]
+        );
+        let s = lb.fdb().stats();
+        let want = [s.entries, s.learned, s.moves, s.refused, s.aged, s.flushed];
+        assert_eq!(c.iter().map(|(_, v)| *v).collect::<Vec<_>>(), want);
+        assert_eq!((s.entries, s.learned, s.moves), (3, 3, 1));
+        // Through the boxed seam the engine and the registry use.
+        let boxed: Box<dyn Lookup> = Box::new(lb.clone());
+        assert_eq!(
+            boxed.table().map(|t| t.rows(Timestamp::from_secs(15))),
+            Some(rows)
+        );
     }
 }

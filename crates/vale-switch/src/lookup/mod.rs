@@ -2,7 +2,14 @@
 //! it go? The engine calls it once per batch with every frame's header, so a boxed
 //! implementation costs one indirect call per batch, not per packet.
 
-use crate::fdb::{FdbEntry, FdbStats};
+mod hub;
+pub mod learning;
+mod static_map;
+
+pub use hub::Hub;
+pub use learning::{Fdb, FdbConfig, FdbStats, LearningBridge};
+pub use static_map::StaticMap;
+
 use crate::types::{MacAddr, PortId, Timestamp};
 use vale_abi::layout::NS_NO_LEARN;
 
@@ -92,15 +99,86 @@ pub trait Lookup: Send {
     /// Periodic housekeeping (aging); called at least once per forwarding pass.
     fn maintain(&mut self, _now: Timestamp) {}
 
-    /// The learned address table (for `vale-ctl fdb`); `None` if this lookup has none.
-    fn fdb_dump(&self, _now: Timestamp) -> Option<Vec<FdbEntry>> {
+    /// The address table this lookup learns, for `vale-ctl fdb`; `None` if it has none.
+    fn table(&self) -> Option<&dyn AddressTable> {
         None
+    }
+}
+
+/// Which lookup a switch gets when it is created: a choice per switch
+/// (`Registry::set_lookup`), [`LookupKind::Learning`] unless told otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum LookupKind {
+    /// VALE's learning bridge: learn sources, forward known unicast, flood the rest.
+    #[default]
+    Learning,
+    /// A hub: every frame floods.
+    Hub,
+}
+
+impl LookupKind {
+    pub const ALL: [LookupKind; 2] = [LookupKind::Learning, LookupKind::Hub];
+
+    /// A new lookup of this kind; `fdb` sizes the table of those that learn.
+    pub fn build(self, fdb: FdbConfig) -> Box<dyn Lookup> {
+        match self {
+            LookupKind::Learning => Box::new(LearningBridge::new(fdb)),
+            LookupKind::Hub => Box::new(Hub),
+        }
     }
 
-    /// Counters of the learned address table, if any.
-    fn fdb_stats(&self) -> Option<FdbStats> {
-        None
+    pub fn name(self) -> &'static str {
+        match self {
+            LookupKind::Learning => "learning",
+            LookupKind::Hub => "hub",
+        }
     }
+}
+
+impl std::fmt::Display for LookupKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for LookupKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<LookupKind, String> {
+        LookupKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = LookupKind::ALL.iter().map(|k| k.name()).collect();
+                format!(
+                    "lookup `{}` is not one of {}",
+                    s.escape_default(),
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+/// One row of an address table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRow {
+    pub mac: MacAddr,
+    /// The 802.1Q VLAN the address lives in, for lookups that keep one table per VLAN;
+    /// `None` for one that ignores VLANs.
+    pub vlan: Option<u16>,
+    pub port: PortId,
+    /// Seconds since the address was last seen.
+    pub age_secs: u32,
+}
+
+/// What the control plane sees of a lookup's address table, whatever its layout: its
+/// rows and its counters by name.
+pub trait AddressTable {
+    /// Every row, sorted by port, then VLAN, then address.
+    fn rows(&self, now: Timestamp) -> Vec<TableRow>;
+
+    /// The table's counters (`entries`, `learned`, ...), each once, in a fixed order.
+    fn counters(&self) -> Vec<(&'static str, u64)>;
 }
 
 impl<T: Lookup + ?Sized> Lookup for Box<T> {
@@ -116,64 +194,8 @@ impl<T: Lookup + ?Sized> Lookup for Box<T> {
     fn maintain(&mut self, now: Timestamp) {
         (**self).maintain(now)
     }
-    fn fdb_dump(&self, now: Timestamp) -> Option<Vec<FdbEntry>> {
-        (**self).fdb_dump(now)
-    }
-    fn fdb_stats(&self) -> Option<FdbStats> {
-        (**self).fdb_stats()
-    }
-}
-
-/// A hub: every frame floods. The simplest lookup, and the model the learning bridge is
-/// tested against.
-#[derive(Debug, Default, Clone)]
-pub struct Hub;
-
-impl Lookup for Hub {
-    fn lookup(&mut self, _pkt: &PacketInfo, _now: Timestamp) -> Dest {
-        Dest::Flood
-    }
-}
-
-/// A static port map (a patch panel): frames from port A go to port B, whatever their
-/// addresses; ports without an entry drop.
-#[derive(Debug, Default, Clone)]
-pub struct StaticMap {
-    map: Vec<Option<PortId>>,
-}
-
-impl StaticMap {
-    pub fn new() -> StaticMap {
-        StaticMap::default()
-    }
-
-    /// Sends everything that enters on `from` to `to`.
-    pub fn connect(&mut self, from: PortId, to: PortId) {
-        let i = from.0 as usize;
-        if self.map.len() <= i {
-            self.map.resize(i + 1, None);
-        }
-        self.map[i] = Some(to);
-    }
-}
-
-impl Lookup for StaticMap {
-    fn lookup(&mut self, pkt: &PacketInfo, _now: Timestamp) -> Dest {
-        match self.map.get(pkt.src_port.0 as usize) {
-            Some(Some(p)) => Dest::Port(*p),
-            _ => Dest::Drop,
-        }
-    }
-
-    fn port_detached(&mut self, port: PortId) {
-        for e in self.map.iter_mut() {
-            if *e == Some(port) {
-                *e = None;
-            }
-        }
-        if let Some(e) = self.map.get_mut(port.0 as usize) {
-            *e = None;
-        }
+    fn table(&self) -> Option<&dyn AddressTable> {
+        (**self).table()
     }
 }
 
@@ -192,5 +214,12 @@ mod tests {
         assert_eq!(p.src, MacAddr::new([2, 0, 0, 0, 0, 0x0b]));
         assert_eq!(p.ethertype, 0x0806);
         assert_eq!((p.src_port, p.src_ring, p.len), (PortId(3), 1, 60));
+    }
+
+    #[test]
+    fn lookups_without_a_table_show_none() {
+        let boxed: Box<dyn Lookup> = Box::new(Hub);
+        assert!(Hub.table().is_none() && boxed.table().is_none());
+        assert!(StaticMap::new().table().is_none());
     }
 }

@@ -1,0 +1,366 @@
+//! Passes 0 and 1 of a batch: read, validate and gather the TX slots once, then thread
+//! each packet onto its destination's queue; and the scratch space they work in.
+
+use super::{ETH_HLEN, NIL, PortTable};
+use crate::lookup::{Dest, PacketInfo};
+use crate::stats::{DropReason, PortStats};
+use crate::types::PortId;
+use vale_abi::layout::{MAX_FRAGS, NS_INDIRECT, NS_MOREFRAG, NetmapSlot};
+use vale_abi::ring::next;
+use vale_abi::{Bufs, Slots};
+
+/// A fragment after the first one of a multi-slot packet, as its slot named it.
+#[derive(Clone, Copy, Default)]
+pub(super) struct SlotFrag {
+    pub(super) buf_idx: u32,
+    pub(super) len: u16,
+}
+
+/// A valid packet of the batch (invalid ones are counted and never stored). The first
+/// fragment is kept inline: most packets have only one.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Pkt {
+    pub(super) buf_idx: u32,
+    pub(super) len: u16,
+    /// Fragments in all, 1..=64.
+    pub(super) nfrags: u16,
+    /// Index in `Scratch::frags` of the second fragment, if any.
+    pub(super) more: u32,
+    /// Next packet on the same destination queue.
+    pub(super) next: u32,
+}
+
+#[derive(Clone, Copy)]
+pub(super) struct Queue {
+    pub(super) head: u32,
+    pub(super) tail: u32,
+}
+
+pub(super) const EMPTY_Q: Queue = Queue {
+    head: NIL,
+    tail: NIL,
+};
+
+/// Per-batch work space, allocated once. `pkts`, `infos` and `dests` are parallel.
+pub(super) struct Scratch {
+    pub(super) pkts: Vec<Pkt>,
+    pub(super) infos: Vec<PacketInfo>,
+    pub(super) dests: Vec<Dest>,
+    pub(super) frags: Vec<SlotFrag>,
+    pub(super) queues: Vec<Queue>,
+    pub(super) flood: Queue,
+    pub(super) dsts: Vec<PortId>,
+    /// Pass 1's queue links while the TX monitors' copy threads the batch in order.
+    pub(super) saved: Vec<u32>,
+}
+
+/// The TX ring a batch is read from, as pass 0 reads it: each slot once.
+#[derive(Clone, Copy)]
+pub(super) struct Reader<'a> {
+    pub(super) slots: Slots<'a>,
+    pub(super) bufs: Bufs<'a>,
+    /// Next slot to read.
+    pub(super) at: u32,
+    /// Slots published and not yet read.
+    pub(super) pending: u32,
+}
+
+impl Reader<'_> {
+    #[inline(always)]
+    pub(super) fn next(&mut self) -> Option<NetmapSlot> {
+        if self.pending == 0 {
+            return None;
+        }
+        let s = self.slots.read(self.at);
+        self.at = next(self.at, self.slots.len());
+        self.pending -= 1;
+        Some(s)
+    }
+}
+
+/// Who sends a batch, and how much of it one pass takes.
+pub(super) struct Sender {
+    pub(super) id: PortId,
+    pub(super) ring: u16,
+    pub(super) hdr_len: u16,
+    /// `bridge_batch`.
+    pub(super) limit: usize,
+}
+
+impl Scratch {
+    pub(super) fn new() -> Scratch {
+        Scratch {
+            pkts: Vec::new(),
+            infos: Vec::new(),
+            dests: Vec::new(),
+            frags: Vec::with_capacity(MAX_FRAGS * 4),
+            queues: Vec::new(),
+            flood: EMPTY_Q,
+            dsts: Vec::new(),
+            saved: Vec::new(),
+        }
+    }
+
+    /// Makes room for a switch's batch and port count. It only ever grows: a forwarder
+    /// that has seen its switches allocates nothing more.
+    #[inline(always)]
+    pub(super) fn fit(&mut self, batch: usize, ports: usize) {
+        if self.pkts.len() < batch || self.queues.len() < ports {
+            self.grow(batch, ports);
+        }
+    }
+
+    #[cold]
+    pub(super) fn grow(&mut self, batch: usize, ports: usize) {
+        if self.pkts.len() < batch {
+            self.pkts.resize(batch, Pkt::default());
+            self.infos.resize(batch, PacketInfo::default());
+            self.dests.resize(batch, Dest::Drop);
+            self.saved.reserve(batch);
+        }
+        if self.queues.len() < ports {
+            // Every queue is empty between batches, so new ones are too.
+            self.queues.resize(ports, EMPTY_Q);
+            self.dsts.reserve(ports);
+        }
+    }
+
+    /// Pass 0: reads up to `snd.limit` packets, each slot once, validates them and copies
+    /// their headers out. Invalid packets are counted in `st` and go no further. Returns
+    /// how many packets were kept.
+    #[inline(always)]
+    pub(super) fn gather(
+        &mut self,
+        rd: &mut Reader<'_>,
+        snd: &Sender,
+        st: &mut PortStats,
+    ) -> usize {
+        let buf_size = rd.bufs.buf_size();
+        let mut np = 0usize;
+        self.frags.clear();
+        while np < snd.limit {
+            let Some(s) = rd.next() else {
+                break;
+            };
+            // `header` validates the buffer index; INDIRECT is checked below.
+            let hdr = if snd.hdr_len == 0 {
+                rd.bufs.header(s.buf_idx)
+            } else {
+                rd.bufs.header_at(s.buf_idx, snd.hdr_len)
+            };
+            let mut verdict = if s.flags & NS_INDIRECT != 0 || hdr.is_none() {
+                Some(DropReason::BadBuf)
+            } else if s.len as u32 > buf_size {
+                Some(DropReason::BadLen)
+            } else if s.len < ETH_HLEN + snd.hdr_len {
+                Some(DropReason::Runt)
+            } else {
+                None
+            };
+            let mut nfrags = 1u32;
+            let mut len = s.len as u32;
+            let more = self.frags.len() as u32;
+            if s.flags & NS_MOREFRAG != 0 {
+                // On a copy: were `rd`'s address to escape into the chain's (cold)
+                // call, the loop would keep it in memory instead of in registers.
+                let mut chain = *rd;
+                (nfrags, len, verdict) = gather_chain(&mut chain, &mut self.frags, len, verdict);
+                *rd = chain;
+            }
+            let hdr = match (verdict, hdr) {
+                (None, Some(h)) => h,
+                (v, _) => {
+                    let r = v.unwrap_or(DropReason::BadBuf);
+                    st.drops[r as usize] += 1;
+                    self.frags.truncate(more as usize);
+                    continue;
+                }
+            };
+            self.infos[np] = PacketInfo::from_header(hdr, snd.id, snd.ring, len, s.flags);
+            self.pkts[np] = Pkt {
+                buf_idx: s.buf_idx,
+                len: s.len,
+                nfrags: nfrags as u16,
+                more,
+                next: NIL,
+            };
+            np += 1;
+        }
+        np
+    }
+
+    /// Pass 1, after the lookup filled `dests`: threads each packet onto its
+    /// destination's queue (or the flood queue). Packets with nowhere to go are counted
+    /// in `st`.
+    #[inline(always)]
+    pub(super) fn route(&mut self, np: usize, src: PortId, ports: &PortTable, st: &mut PortStats) {
+        let others = ports.active.len().saturating_sub(1);
+        self.dsts.clear();
+        self.flood = EMPTY_Q;
+        for pi in 0..np {
+            let q = match self.dests[pi] {
+                // A port with a non-empty queue was checked when its queue started.
+                Dest::Port(q)
+                    if q != src
+                        && (self.queues.get(q.0 as usize).is_some_and(|x| x.head != NIL)
+                            || ports.is_attached(q)) =>
+                {
+                    Some(q)
+                }
+                Dest::Flood if others > 0 => None,
+                _ => {
+                    st.drops[DropReason::NoDest as usize] += 1;
+                    continue;
+                }
+            };
+            st.forwarded += 1;
+            st.tx_bytes += self.infos[pi].len as u64;
+            self.enqueue(q, pi as u32);
+        }
+        st.tx_packets = st.forwarded + st.sender_drops();
+    }
+
+    /// Empties the unicast queues pass 1 filled.
+    #[inline(always)]
+    pub(super) fn clear_queues(&mut self) {
+        for d in &self.dsts {
+            self.queues[d.0 as usize] = EMPTY_Q;
+        }
+    }
+
+    /// Threads the batch's first `np` packets onto one queue in batch order (for the TX
+    /// monitors), saving pass 1's links for [`Self::unthread`].
+    pub(super) fn thread_all(&mut self, np: usize) -> Queue {
+        self.saved.clear();
+        self.saved.extend(self.pkts[..np].iter().map(|p| p.next));
+        for i in 0..np {
+            self.pkts[i].next = if i + 1 < np { (i + 1) as u32 } else { NIL };
+        }
+        if np == 0 {
+            EMPTY_Q
+        } else {
+            Queue {
+                head: 0,
+                tail: (np - 1) as u32,
+            }
+        }
+    }
+
+    /// Restores the links [`Self::thread_all`] saved.
+    pub(super) fn unthread(&mut self, np: usize) {
+        for (p, n) in self.pkts[..np].iter_mut().zip(&self.saved) {
+            p.next = *n;
+        }
+    }
+
+    /// The next packet of a destination's unicast queue (`u`) merged with the flood
+    /// queue (`b`) in batch order, advancing whichever it came from.
+    #[inline(always)]
+    pub(super) fn next_merged(&self, u: &mut u32, b: &mut u32) -> Option<u32> {
+        let q = if *u < *b {
+            u
+        } else if *b != NIL {
+            b
+        } else {
+            return None;
+        };
+        let x = *q;
+        *q = self.pkts[x as usize].next;
+        Some(x)
+    }
+
+    /// The fragments of packet `p`, the inline first one included, in order.
+    #[inline(always)]
+    pub(super) fn frags_of<'a>(&'a self, p: &Pkt) -> impl Iterator<Item = SlotFrag> + 'a {
+        let rest = self
+            .frags
+            .get(p.more as usize..p.more as usize + p.nfrags as usize - 1)
+            .unwrap_or(&[]);
+        std::iter::once(SlotFrag {
+            buf_idx: p.buf_idx,
+            len: p.len,
+        })
+        .chain(rest.iter().copied())
+    }
+
+    #[inline(always)]
+    pub(super) fn enqueue(&mut self, q: Option<PortId>, pi: u32) {
+        let queue = match q {
+            Some(p) => &mut self.queues[p.0 as usize],
+            None => &mut self.flood,
+        };
+        if queue.head == NIL {
+            queue.head = pi;
+            if let Some(p) = q {
+                self.dsts.push(p);
+            }
+        } else {
+            self.pkts[queue.tail as usize].next = pi;
+        }
+        queue.tail = pi;
+    }
+}
+
+/// The rest of an `NS_MOREFRAG` chain after its first slot: taken whole, whatever
+/// happens to it. Returns the fragment count, the total length and the verdict.
+#[inline(never)]
+pub(super) fn gather_chain(
+    rd: &mut Reader<'_>,
+    frags: &mut Vec<SlotFrag>,
+    mut len: u32,
+    mut verdict: Option<DropReason>,
+) -> (u32, u32, Option<DropReason>) {
+    let mut nfrags = 1u32;
+    loop {
+        let Some(f) = rd.next() else {
+            return (nfrags, len, Some(DropReason::BadFrag)); // unfinished at head
+        };
+        nfrags += 1;
+        if verdict.is_none() {
+            verdict = if nfrags as usize > MAX_FRAGS {
+                Some(DropReason::BadFrag)
+            } else if f.flags & NS_INDIRECT != 0 || !rd.bufs.is_valid(f.buf_idx) {
+                Some(DropReason::BadBuf)
+            } else if f.len as u32 > rd.bufs.buf_size() {
+                Some(DropReason::BadLen)
+            } else {
+                frags.push(SlotFrag {
+                    buf_idx: f.buf_idx,
+                    len: f.len,
+                });
+                len += f.len as u32;
+                None
+            };
+        }
+        if f.flags & NS_MOREFRAG == 0 {
+            return (nfrags, len, verdict);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_grows_to_the_largest_switch_and_never_shrinks() {
+        let mut sc = Scratch::new();
+        sc.fit(16, 3);
+        assert_eq!((sc.pkts.len(), sc.queues.len()), (16, 3));
+        sc.fit(1024, 254);
+        let p = sc.pkts.as_ptr();
+        sc.fit(16, 3);
+        sc.fit(1024, 254);
+        sc.fit(512, 300);
+        let lens = (
+            sc.pkts.len(),
+            sc.infos.len(),
+            sc.dests.len(),
+            sc.queues.len(),
+        );
+        assert_eq!(lens, (1024, 1024, 1024, 300));
+        assert_eq!(sc.pkts.as_ptr(), p, "the batch arrays were not reallocated");
+        assert!(sc.queues.iter().all(|q| q.head == NIL && q.tail == NIL));
+        assert!(sc.dsts.capacity() >= 300 && sc.saved.capacity() >= 1024);
+    }
+}

@@ -1,0 +1,286 @@
+//! Pass 2: per destination, copy the batch's packets into its RX ring and publish the
+//! new tail once; copies to monitors; the structs that describe a batch and a target.
+
+use super::batch::{EMPTY_Q, Queue, Scratch};
+use super::convert::{Conv, convert};
+use super::direct::{Egress, NoEgress, deliver_direct};
+use super::{NIL, Notify, Port, PortTable, RingDir};
+use crate::stats::{DropReason, PortStats};
+use crate::types::PortId;
+use vale_abi::layout::{MAX_FRAGS, NS_MOREFRAG, NS_RFRAGS_SHIFT};
+use vale_abi::ring::next;
+use vale_abi::{Bufs, Slots, copy_frame};
+
+/// What pass 2 delivers from: the batch's packets (in the scratch), the sender's
+/// buffers, header length and ring, and the flood queue.
+pub(super) struct Batch<'a> {
+    pub(super) sc: &'a Scratch,
+    pub(super) bufs: Bufs<'a>,
+    pub(super) src: PortId,
+    pub(super) hdr_len: u16,
+    /// The sender's TX ring; it picks the receiver's RX ring.
+    pub(super) ring: u16,
+    pub(super) flood: Queue,
+}
+
+/// One destination of pass 2: its id, its port and its unicast queue.
+pub(super) struct Target<'a> {
+    pub(super) id: PortId,
+    pub(super) port: &'a mut Port,
+    pub(super) uq: Queue,
+}
+
+/// Where pass 2's side effects go: the conversion work space, the egress of direct
+/// ports and the notifications.
+pub(super) struct Out<'a> {
+    pub(super) conv: &'a mut Conv,
+    pub(super) egress: &'a mut dyn Egress,
+    pub(super) notify: &'a mut Vec<Notify>,
+}
+
+/// The RX ring being filled: its slots and buffers, the next slot and the free slots.
+#[derive(Clone, Copy)]
+pub(super) struct Fill<'a> {
+    pub(super) slots: Slots<'a>,
+    pub(super) bufs: Bufs<'a>,
+    pub(super) at: u32,
+    pub(super) space: u32,
+}
+
+/// What a monitor copies: the packets of `queue` (merged with the batch's flood queue)
+/// that `port` sends (`Tx`) or is sent (`Rx`).
+#[derive(Clone, Copy)]
+pub(super) struct Seen {
+    pub(super) port: PortId,
+    pub(super) dir: RingDir,
+    pub(super) queue: Queue,
+}
+
+/// Pass 2: per destination, its unicast queue merged with the flood queue, then the same
+/// packets, in the same order, to its RX monitors.
+#[inline(always)]
+pub(super) fn deliver_all(
+    b: &Batch<'_>,
+    ports: &mut PortTable,
+    out: &mut Out<'_>,
+    st: &mut PortStats,
+) {
+    let n_uni = b.sc.dsts.len();
+    let n_targets = if b.flood.head == NIL {
+        n_uni
+    } else {
+        n_uni + ports.active.len()
+    };
+    for t in 0..n_targets {
+        let (id, uq) = if t < n_uni {
+            let d = b.sc.dsts[t];
+            (d, b.sc.queues[d.0 as usize])
+        } else {
+            let a = ports.active[t - n_uni];
+            if a == b.src || b.sc.queues[a.0 as usize].head != NIL {
+                continue; // the sender, or already served with its unicast queue
+            }
+            (a, EMPTY_Q)
+        };
+        let Some(port) = ports.get_mut(id) else {
+            continue;
+        };
+        deliver(b, Target { id, port, uq }, out, st);
+        if !ports.monitors.is_empty() {
+            let seen = Seen {
+                port: id,
+                dir: RingDir::Rx,
+                queue: uq,
+            };
+            copy_to_monitors(b, ports, seen, out);
+        }
+    }
+}
+
+/// Copies to every monitor that watches what `seen` describes. They never go to an
+/// egress and are not the sender's copies: only the monitor port counts them.
+#[inline(never)]
+pub(super) fn copy_to_monitors(
+    b: &Batch<'_>,
+    ports: &mut PortTable,
+    seen: Seen,
+    out: &mut Out<'_>,
+) {
+    let PortTable {
+        slots, monitors, ..
+    } = ports;
+    let mut out = Out {
+        conv: out.conv,
+        egress: &mut NoEgress,
+        notify: out.notify,
+    };
+    for m in monitors.iter().filter(|m| m.watches(seen.port, seen.dir)) {
+        if let Some(Some(port)) = slots.get_mut(m.port.0 as usize) {
+            let mut ignore = PortStats::default();
+            let t = Target {
+                id: m.port,
+                port,
+                uq: seen.queue,
+            };
+            deliver(b, t, &mut out, &mut ignore);
+        }
+    }
+}
+
+/// Copies packet `pi` into the destination slots at `fill.at`; returns its bytes, or
+/// why it could not be delivered.
+#[inline(always)]
+pub(super) fn copy_packet(b: &Batch<'_>, pi: u32, fill: &mut Fill<'_>) -> Result<u64, DropReason> {
+    let p = &b.sc.pkts[pi as usize];
+    if p.nfrags as u32 > fill.space {
+        return Err(DropReason::RingFull);
+    }
+    let (dslots, dbufs) = (fill.slots, fill.bufs);
+    let n = dslots.len();
+    let cnt = p.nfrags << NS_RFRAGS_SHIFT;
+    if p.nfrags == 1 {
+        if p.len as u32 > dbufs.buf_size() {
+            return Err(DropReason::Oversize);
+        }
+        let t = fill.at;
+        if !copy_frame(b.bufs, p.buf_idx, dbufs, dslots.buf_idx(t), p.len as usize) {
+            return Err(DropReason::BadRxBuf);
+        }
+        dslots.write_len_flags(t, p.len, cnt);
+        fill.at = next(t, n);
+        fill.space -= 1;
+        return Ok(p.len as u64);
+    }
+    let mut k = fill.at;
+    for (x, f) in b.sc.frags_of(p).enumerate() {
+        if f.len as u32 > dbufs.buf_size() {
+            return Err(DropReason::Oversize);
+        }
+        if !copy_frame(b.bufs, f.buf_idx, dbufs, dslots.buf_idx(k), f.len as usize) {
+            return Err(DropReason::BadRxBuf);
+        }
+        let more = if x + 1 < p.nfrags as usize {
+            NS_MOREFRAG
+        } else {
+            0
+        };
+        dslots.write_len_flags(k, f.len, cnt | more);
+        k = next(k, n);
+    }
+    fill.at = k;
+    fill.space -= p.nfrags as u32;
+    Ok(b.sc.infos[pi as usize].len as u64)
+}
+
+/// Writes one packet's bytes into the destination slots at `fill.at` (several slots with
+/// `NS_MOREFRAG` if it is larger than a buffer).
+pub(super) fn put_bytes(bytes: &[u8], fill: &mut Fill<'_>) -> Result<(), DropReason> {
+    let bs = fill.bufs.buf_size() as usize;
+    let nfr = bytes.len().div_ceil(bs).max(1);
+    if nfr > MAX_FRAGS {
+        return Err(DropReason::Oversize);
+    }
+    if nfr as u32 > fill.space {
+        return Err(DropReason::RingFull);
+    }
+    let n = fill.slots.len();
+    let cnt = (nfr as u16) << NS_RFRAGS_SHIFT;
+    let mut k = fill.at;
+    for (x, chunk) in bytes.chunks(bs).enumerate() {
+        if !fill.bufs.write(fill.slots.buf_idx(k), chunk) {
+            return Err(DropReason::BadRxBuf);
+        }
+        let more = if x + 1 < nfr { NS_MOREFRAG } else { 0 };
+        fill.slots
+            .write_len_flags(k, chunk.len() as u16, cnt | more);
+        k = next(k, n);
+    }
+    fill.at = k;
+    fill.space -= nfr as u32;
+    Ok(())
+}
+
+/// Pass 2 for one destination: into its RX ring (or to the egress, if it is direct),
+/// the new tail published once.
+#[inline]
+pub(super) fn deliver(b: &Batch<'_>, t: Target<'_>, out: &mut Out<'_>, st: &mut PortStats) {
+    let nrx = t.port.rx.len();
+    if nrx == 0 {
+        return;
+    }
+    let dst_hl = t.port.hdr_len;
+    // Direct ports take any sender: with the same header as it is, otherwise with the
+    // header converted (they all carry one and accept offloads).
+    if t.port.direct && (dst_hl == b.hdr_len || dst_hl >= 10) {
+        deliver_direct(b, t, out.egress, st);
+        return;
+    }
+    let Target { id, port, uq } = t;
+    let rr = (b.ring as usize % nrx) as u16;
+    let rk = &mut port.rx[rr as usize];
+    // The receiver's counts, published once when its copies are done.
+    let mut ds = PortStats::default();
+    if !rk.refresh() {
+        ds.ring_resets += 1;
+    }
+    let mut fill = Fill {
+        slots: rk.view.slots(),
+        bufs: rk.view.bufs().access(),
+        at: rk.hwtail,
+        space: rk.space(),
+    };
+    let (mut u, mut f) = (uq.head, b.flood.head);
+    let (mut copies, mut dropped, mut delivered, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    // The unicast and flood queues merged in batch order.
+    while let Some(pi) = b.sc.next_merged(&mut u, &mut f) {
+        copies += 1;
+        if dst_hl != b.hdr_len {
+            // The slow path gets a copy: were `fill`'s address to escape into it, the
+            // fast path below would keep `fill` in memory instead of in registers.
+            let mut slow = fill;
+            let r = convert(b, &b.sc.pkts[pi as usize], dst_hl, out.conv, &mut slow);
+            fill = slow;
+            match r {
+                Ok((frames, nbytes, lost)) => {
+                    delivered += frames;
+                    bytes += nbytes;
+                    // Segments of one packet that did not all fit: the lost ones are
+                    // drops at this port (the copy itself was delivered).
+                    if let Some((r, k)) = lost {
+                        ds.drops[r as usize] += k;
+                    }
+                }
+                Err(r) => {
+                    ds.drops[r as usize] += 1;
+                    dropped += 1;
+                }
+            }
+            continue;
+        }
+        match copy_packet(b, pi, &mut fill) {
+            Ok(n) => {
+                delivered += 1;
+                bytes += n;
+            }
+            Err(r) => {
+                ds.drops[r as usize] += 1;
+                dropped += 1;
+            }
+        }
+    }
+    st.copies += copies;
+    st.copies_dropped += dropped;
+    let end = fill.at;
+    if end != rk.hwtail {
+        ds.rx_packets += delivered;
+        ds.rx_bytes += bytes;
+        if rk.publish(end) {
+            out.notify.push(Notify {
+                port: id,
+                dir: RingDir::Rx,
+                ring: rr,
+            });
+        }
+    }
+    port.counters.add(&ds);
+}

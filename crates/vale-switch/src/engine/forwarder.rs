@@ -1,0 +1,173 @@
+//! The per-thread forwarder: the batch work space, and the loop that runs passes 0-2
+//! over one TX ring of a switch, or over every ring of it.
+
+use super::batch::{EMPTY_Q, Reader, Scratch, Sender};
+use super::convert::Conv;
+use super::deliver::{Batch, Out, Seen, copy_to_monitors, deliver_all};
+use super::direct::Egress;
+use super::{Notify, RingDir, Switch};
+use crate::lookup::Lookup;
+use crate::stats::PortStats;
+use crate::types::{PortId, Timestamp};
+use vale_abi::ring::dist;
+
+/// The work space of forwarding: one per forwarding thread, reused for every switch it
+/// forwards. It grows to the largest batch and port count it has seen and never
+/// shrinks, so in the steady state a pass allocates nothing.
+pub struct Forwarder {
+    sc: Scratch,
+    conv: Conv,
+}
+
+impl Default for Forwarder {
+    fn default() -> Self {
+        Forwarder::new()
+    }
+}
+
+impl Forwarder {
+    /// An empty forwarder: it takes its size from the first switch it forwards.
+    pub fn new() -> Forwarder {
+        Forwarder {
+            sc: Scratch::new(),
+            conv: Conv::default(),
+        }
+    }
+
+    /// One forwarding pass over `sw`: one batch from every TX ring of every port,
+    /// starting from a rotating port so no port always goes first. Packets for direct
+    /// ports go to `egress` ([`NoEgress`](super::NoEgress) if there are none). Returns the packets
+    /// consumed.
+    pub fn forward<L: Lookup>(
+        &mut self,
+        sw: &mut Switch<L>,
+        now: Timestamp,
+        notify: &mut Vec<Notify>,
+        egress: &mut dyn Egress,
+    ) -> usize {
+        sw.lookup.maintain(now);
+        let n = sw.ports.active.len();
+        if n == 0 {
+            return 0;
+        }
+        sw.rr = (sw.rr + 1) % n;
+        let mut total = 0;
+        for k in 0..n {
+            let id = sw.ports.active[(sw.rr + k) % n];
+            let rings = sw.port(id).map_or(0, |p| p.tx.len());
+            for r in 0..rings {
+                total += self.forward_ring(sw, id, r as u16, now, notify, egress);
+            }
+        }
+        total
+    }
+
+    /// Forwards one batch from TX ring `ring` of port `src` of `sw`. Returns the packets
+    /// consumed.
+    pub fn forward_ring<L: Lookup>(
+        &mut self,
+        sw: &mut Switch<L>,
+        src: PortId,
+        ring: u16,
+        now: Timestamp,
+        notify: &mut Vec<Notify>,
+        egress: &mut dyn Egress,
+    ) -> usize {
+        self.sc.fit(sw.cfg.batch, sw.ports.slots.len());
+        let Forwarder { sc, conv } = self;
+        let Switch {
+            ports, lookup, cfg, ..
+        } = sw;
+        let Some(port) = ports.get_mut(src) else {
+            return 0;
+        };
+        let hdr_len = port.hdr_len;
+        let Some(kr) = port.tx.get_mut(ring as usize) else {
+            return 0;
+        };
+        let pending = match kr.published() {
+            Some(0) => return 0,
+            Some(p) => p,
+            None => {
+                port.counters.count_ring_reset();
+                return 0;
+            }
+        };
+        // Pass 0: the slots, each read once.
+        let (start, n) = (kr.hwcur, kr.view.num_slots());
+        let pool = kr.view.bufs().clone();
+        let bufs = pool.access();
+        let mut rd = Reader {
+            slots: kr.view.slots(),
+            bufs,
+            at: start,
+            pending,
+        };
+        let snd = Sender {
+            id: src,
+            ring,
+            hdr_len,
+            limit: cfg.batch,
+        };
+        let mut st = PortStats::default();
+        let np = sc.gather(&mut rd, &snd, &mut st);
+        let end = rd.at;
+
+        // Pass 1: one lookup call for the batch, then the queues.
+        lookup.lookup_batch(&sc.infos[..np], &mut sc.dests[..np], now);
+        sc.route(np, src, ports, &mut st);
+
+        let mut out = Out {
+            conv,
+            egress,
+            notify,
+        };
+        // TX monitors of the sender: a copy of every valid packet of the batch.
+        if ports.monitors.iter().any(|m| m.watches(src, RingDir::Tx)) {
+            let all = sc.thread_all(np);
+            let b = Batch {
+                sc,
+                bufs,
+                src,
+                hdr_len,
+                ring,
+                flood: EMPTY_Q,
+            };
+            let seen = Seen {
+                port: src,
+                dir: RingDir::Tx,
+                queue: all,
+            };
+            copy_to_monitors(&b, ports, seen, &mut out);
+            sc.unthread(np);
+        }
+        // Pass 2: the copies.
+        let b = Batch {
+            sc,
+            bufs,
+            src,
+            hdr_len,
+            ring,
+            flood: sc.flood,
+        };
+        deliver_all(&b, ports, &mut out, &mut st);
+        sc.clear_queues();
+
+        // The TX slots are free again: publish and maybe wake the sender.
+        if let Some(port) = ports.get_mut(src) {
+            port.counters.add(&st);
+            if port
+                .tx
+                .get_mut(ring as usize)
+                .is_some_and(|kr| kr.release(end))
+            {
+                out.notify.push(Notify {
+                    port: src,
+                    dir: RingDir::Tx,
+                    ring,
+                });
+            }
+        }
+        dist(start, end, n) as usize
+    }
+}

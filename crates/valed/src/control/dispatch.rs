@@ -42,11 +42,11 @@ impl Control {
                 geometry,
             } => self.open(id, version, &name, geometry),
             Request::List => {
-                let switches = query::snapshot(&self.ports);
+                let switches = query::snapshot(&self.ports, self.settings.limits.batch);
                 Ok(query::list(&switches, self.hosts.info()).into())
             }
             Request::Stats { port } => {
-                let switches = query::snapshot(&self.ports);
+                let switches = query::snapshot(&self.ports, self.settings.limits.batch);
                 query::stats(&switches, port.as_deref()).map(Reply::from)
             }
             Request::Fdb { switch } => query::fdb(&self.ports, &switch).map(Reply::from),

@@ -1,12 +1,13 @@
 //! The port table across lanes: which lane owns a switch, opening (creating) a port with
-//! its eventfds, releasing it, and handing a port's rings to the forwarding thread for
-//! ports it drives itself.
+//! its eventfds, releasing it, and the board of open ports whose counters queries read
+//! without taking any lane's lock.
 
 use super::conn::Held;
 use crate::error::CtlError;
 use crate::lane::{Lane, PortFds, Token};
 use rustix::event::{EventfdFlags, epoll};
 use rustix::fd::OwnedFd;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use vale::proto::Response;
 use vale_abi::PortGeometry;
@@ -22,15 +23,47 @@ pub struct Acquired {
     pub notify: OwnedFd,
 }
 
+/// One open port as the control thread knows it: enough for `list` and `stats`, and
+/// its counters, which the forwarding thread publishes once per batch (Snabb's
+/// shared-memory counters), so reading them never stops the forwarder.
+pub struct BoardEntry {
+    pub switch: String,
+    pub name: String,
+    pub geometry: vale::proto::Geometry,
+    /// Holds on it (client connections, driven ports).
+    pub clients: u32,
+    pub counters: Arc<vale_switch::PortCounters>,
+}
+
 pub struct PortTable {
     lanes: Vec<Arc<Lane>>,
     /// The limits ports are checked against (names, switches, geometry).
     limits: Limits,
+    /// Every open port, by lane and key (so in switch, then port index, order).
+    board: BTreeMap<(usize, usize, u16), BoardEntry>,
 }
 
 impl PortTable {
     pub fn new(lanes: Vec<Arc<Lane>>, limits: Limits) -> PortTable {
-        PortTable { lanes, limits }
+        PortTable {
+            lanes,
+            limits,
+            board: BTreeMap::new(),
+        }
+    }
+
+    /// Open ports: (lane, key) and what the board knows of each.
+    pub fn board(&self) -> impl Iterator<Item = (usize, PortKey, &BoardEntry)> {
+        self.board.iter().map(|(&(lane, switch, port), e)| {
+            (
+                lane,
+                PortKey {
+                    switch,
+                    port: vale_switch::PortId(port),
+                },
+                e,
+            )
+        })
     }
 
     pub fn lanes(&self) -> &[Arc<Lane>] {
@@ -43,9 +76,7 @@ impl PortTable {
 
     /// Whether `name` is a port open on any lane.
     pub fn exists(&self, name: &str) -> bool {
-        self.lanes
-            .iter()
-            .any(|l| l.lock_ctl().registry.find(name).is_some())
+        self.board.values().any(|e| e.name == name)
     }
 
     /// The lane that owns `name`'s switch, or the least loaded one for a new switch
@@ -84,7 +115,7 @@ impl PortTable {
     }
 
     /// Opens (creating if needed) port `name` and clones what a client needs.
-    pub fn acquire(&self, name: &str, g: PortGeometry) -> Result<Acquired, CtlError> {
+    pub fn acquire(&mut self, name: &str, g: PortGeometry) -> Result<Acquired, CtlError> {
         let lane = self.lane_for(name)?;
         let shared = self.lanes[lane].clone();
         let mut st = shared.lock_ctl();
@@ -108,7 +139,11 @@ impl PortTable {
             }
         }
         let result = (|| {
-            let e = st.registry.entry_mut(key)?;
+            let e = st
+                .registry
+                .switches_indexed()
+                .find(|(i, _)| *i == key.switch)?
+                .1;
             let port = e.switch.port(key.port)?;
             let memfd = port.region().fd().try_clone_to_owned().ok()?;
             let opened = Response::Opened {
@@ -117,22 +152,36 @@ impl PortTable {
                 index: key.port.0,
                 geometry: port.geometry().into(),
             };
+            let entry = BoardEntry {
+                switch: e.name.clone(),
+                name: port.name().to_string(),
+                geometry: port.geometry().into(),
+                clients: 0,
+                counters: port.counters(),
+            };
             let f = st.fds.get(&key)?;
             let kick = f.kick.try_clone().ok()?;
             let notify = f.notify.try_clone().ok()?;
-            Some(Acquired {
-                held: Held { lane, key },
-                opened,
-                memfd,
-                kick,
-                notify,
-            })
+            Some((
+                entry,
+                Acquired {
+                    held: Held { lane, key },
+                    opened,
+                    memfd,
+                    kick,
+                    notify,
+                },
+            ))
         })();
         match result {
-            Some(a) => {
+            Some((entry, a)) => {
                 if new {
                     tracing::info!(port = name, "port created");
                 }
+                self.board
+                    .entry((lane, key.switch, key.port.0))
+                    .or_insert(entry)
+                    .clients += 1;
                 drop(st);
                 shared.wake_forwarder();
                 Ok(a)
@@ -145,12 +194,17 @@ impl PortTable {
     }
 
     /// Drops one hold on a port; the port goes away with the last.
-    pub fn release(&self, h: Held) {
+    pub fn release(&mut self, h: Held) {
         let shared = self.lanes[h.lane].clone();
         let mut st = shared.lock_ctl();
         let name = port_name(&st.registry, h.key);
+        let slot = (h.lane, h.key.switch, h.key.port.0);
+        if let Some(e) = self.board.get_mut(&slot) {
+            e.clients = e.clients.saturating_sub(1);
+        }
         match st.registry.close(h.key) {
             Ok(Closed::PortRemoved) => {
+                self.board.remove(&slot);
                 if let Some(f) = st.fds.remove(&h.key) {
                     let _ = epoll::delete(&shared.epoll, &f.kick);
                 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use vale::proto::{
     self, FdbRow, Geometry, HostInfo, PortStats as StatsRow, PortSummary, Response, SwitchInfo,
 };
-use vale_switch::{DropReason, PortKey, PortStats};
+use vale_switch::{DropReason, PortStats};
 
 /// One port of a switch as a query sees it.
 #[derive(Debug, Clone)]
@@ -31,37 +31,32 @@ pub struct SwitchSnap {
     pub ports: Vec<PortSnap>,
 }
 
-/// Every switch of every lane, sorted by display index.
-pub fn snapshot(ports: &PortTable) -> Vec<SwitchSnap> {
-    let mut out = Vec::new();
-    for (lane, l) in ports.lanes().iter().enumerate() {
-        let st = l.lock_ctl();
-        for (si, e) in st.registry.switches_indexed() {
-            let monitors = e
-                .switch
-                .monitors()
-                .filter_map(|(m, _)| e.switch.port(m).map(|p| (m, p)));
-            out.push(SwitchSnap {
-                name: e.name.clone(),
-                index: ports.bridge_idx(lane, si),
-                batch: e.switch.config().batch,
-                ports: e
-                    .switch
-                    .ports()
-                    .chain(monitors)
-                    .map(|(pid, p)| PortSnap {
-                        name: p.name().to_string(),
-                        index: pid.0,
-                        geometry: p.geometry().into(),
-                        clients: st.registry.open_count(PortKey {
-                            switch: si,
-                            port: pid,
-                        }),
-                        stats: p.stats(),
-                    })
-                    .collect(),
-            });
+/// Every switch of every lane, sorted by display index, from the port table's board:
+/// no lane's lock is taken, the forwarders go on.
+pub fn snapshot(ports: &PortTable, batch: usize) -> Vec<SwitchSnap> {
+    let mut out: Vec<SwitchSnap> = Vec::new();
+    for (lane, key, e) in ports.board() {
+        let index = ports.bridge_idx(lane, key.switch);
+        let port = PortSnap {
+            name: e.name.clone(),
+            index: key.port.0,
+            geometry: e.geometry,
+            clients: e.clients,
+            stats: e.counters.snapshot(),
+        };
+        match out.iter_mut().find(|s| s.index == index) {
+            Some(s) => s.ports.push(port),
+            None => out.push(SwitchSnap {
+                name: e.switch.clone(),
+                index,
+                batch,
+                ports: vec![port],
+            }),
         }
+    }
+    for s in &mut out {
+        // Ports by index, monitors (`vale0:a/t`) after them.
+        s.ports.sort_by_key(|p| (p.name.contains('/'), p.index));
     }
     out.sort_by_key(|s| s.index);
     out
@@ -287,6 +282,50 @@ mod tests {
         assert_eq!(switches[1].bridge_batch, 64);
         assert_eq!(switches[0].ports[1].name, "vale0:b");
         assert_eq!(switches[0].ports[1].clients, 1);
+    }
+
+    /// The board is what `list` and `stats` read: a lane whose forwarder holds its lock
+    /// for as long as it likes does not hold them up, and the counters are live.
+    #[test]
+    fn stats_are_read_while_the_forwarder_holds_its_lock() {
+        use crate::lane::{Lane, LaneState};
+        use rustix::event::{EventfdFlags, epoll};
+        use std::sync::Arc;
+        let limits = vale_switch::Limits::default();
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+        let wake = rustix::event::eventfd(0, EventfdFlags::CLOEXEC).unwrap();
+        let lane = Arc::new(Lane::new(
+            LaneState::new(vale_switch::Registry::new(limits)),
+            ep,
+            wake,
+        ));
+        let mut table = PortTable::new(vec![lane.clone()], limits);
+        let g = vale_abi::PortGeometry {
+            tx_slots: 64,
+            rx_slots: 64,
+            ..Default::default()
+        };
+        let _a = table.acquire("vale0:a", g).unwrap();
+        let _b = table.acquire("vale0:b", g).unwrap();
+        let held = lane.lock();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let snap = snapshot(&table, 1024);
+                tx.send(stats(&snap, None).map(|r| match r {
+                    Response::Stats { ports } => ports.len(),
+                    _ => 0,
+                }))
+                .unwrap();
+            });
+            let got = rx.recv_timeout(std::time::Duration::from_secs(5));
+            drop(held);
+            assert_eq!(
+                got.expect("stats answered while the lock was held")
+                    .unwrap(),
+                2
+            );
+        });
     }
 
     #[test]

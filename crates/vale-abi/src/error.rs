@@ -1,3 +1,5 @@
+//! vale-abi's errors: what can go wrong creating, sizing or mapping a port region.
+
 /// Errors from creating or mapping port memory.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -18,6 +18,7 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
     let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
     let mut idle_since: Option<Instant> = None;
     let mut empty_passes = 0u32;
+    let mut wait_errors = 0u32;
     while !shared.stop.load(Ordering::Acquire) {
         let moved = {
             let mut st = shared.lock();
@@ -95,8 +96,16 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
                 rustix::buffer::spare_capacity(&mut events),
                 Some(&ts),
             ) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => tracing::error!("epoll_wait failed: {e}"),
+                Ok(_) | Err(rustix::io::Errno::INTR) => wait_errors = 0,
+                Err(e) => {
+                    // Logged once per run of failures (and every 1000th), and paced: a
+                    // call that keeps failing must neither flood the log nor spin.
+                    if wait_errors % 1000 == 0 {
+                        tracing::error!(error = %e, failures = wait_errors + 1, "epoll_wait failed");
+                    }
+                    wait_errors = wait_errors.wrapping_add(1);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
             }
             let mut b = [0u8; 8];
             for ev in &events {

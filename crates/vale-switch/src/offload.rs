@@ -1,79 +1,25 @@
-//! The virtio-net header that ports with offloads carry in front of each frame (netmap's
+//! What the switch does when a packet goes from a port with a virtio-net header (netmap's
 //! `virt_hdr_len`: TAP devices with `IFF_VNET_HDR`, packet sockets with
-//! `PACKET_VNET_HDR`, later vhost-user), and what the switch does when a packet goes
-//! from a port with a header to one without: it finishes the offloads in software, as
-//! VALE's `bdg_mismatch_datapath` does: TCP segmentation (`gso_type` TCPv4/TCPv6) into
-//! `gso_size` segments with their own IP and TCP headers and checksums, and checksum
-//! completion (`NEEDS_CSUM`).
+//! `PACKET_VNET_HDR`, later vhost-user) to one without: it finishes the offloads in
+//! software, as VALE's `bdg_mismatch_datapath` does: TCP segmentation (`gso_type`
+//! TCPv4/TCPv6) into `gso_size` segments with their own IP and TCP headers and
+//! checksums, and checksum completion (`NEEDS_CSUM`).
 //!
-//! Layout (virtio 1.0 `struct virtio_net_hdr`, little-endian): flags u8, gso_type u8,
-//! hdr_len u16, gso_size u16, csum_start u16, csum_offset u16, then num_buffers u16 in the
-//! 12-byte variant.
+//! The header itself and the packet formats live in `vale-wire`; the names below are
+//! re-exported so that `offload::VnetHdr`, `offload::checksum` and the flag constants
+//! stay where the engine and valed look for them.
 
 use thiserror::Error;
+use vale_wire::tcp::flags;
+use vale_wire::{EtherType, IpProtocol, checksum, ethernet, ipv4, ipv6, tcp, udp, vlan};
 
-/// Header lengths a port may carry (netmap accepts the same three).
-pub const HDR_LENS: [u16; 3] = [0, 10, 12];
+pub use vale_wire::checksum::of as checksum;
+pub use vale_wire::virtio_net::{
+    F_DATA_VALID, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP, HDR_LENS, VnetHdr,
+};
 
-pub const F_NEEDS_CSUM: u8 = 1;
-pub const F_DATA_VALID: u8 = 2;
-pub const GSO_NONE: u8 = 0;
-pub const GSO_TCPV4: u8 = 1;
-pub const GSO_UDP: u8 = 3;
-pub const GSO_TCPV6: u8 = 4;
-pub const GSO_ECN: u8 = 0x80;
 /// Most segments one packet may be cut into.
 pub const MAX_SEGMENTS: usize = 256;
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct VnetHdr {
-    pub flags: u8,
-    pub gso_type: u8,
-    pub hdr_len: u16,
-    pub gso_size: u16,
-    pub csum_start: u16,
-    pub csum_offset: u16,
-}
-
-impl VnetHdr {
-    /// Reads the first 10 bytes (shorter input reads as no offload).
-    pub fn parse(b: &[u8]) -> VnetHdr {
-        if b.len() < 10 {
-            return VnetHdr::default();
-        }
-        let u = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
-        VnetHdr {
-            flags: b[0],
-            gso_type: b[1],
-            hdr_len: u(2),
-            gso_size: u(4),
-            csum_start: u(6),
-            csum_offset: u(8),
-        }
-    }
-
-    /// Writes a header of `len` bytes (10 or 12; `num_buffers` = 1 in the 12-byte one).
-    pub fn write(&self, out: &mut Vec<u8>, len: u16) {
-        out.push(self.flags);
-        out.push(self.gso_type);
-        for v in [
-            self.hdr_len,
-            self.gso_size,
-            self.csum_start,
-            self.csum_offset,
-        ] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        if len >= 12 {
-            out.extend_from_slice(&1u16.to_le_bytes());
-        }
-        out.resize(out.len() + (len as usize).saturating_sub(12), 0);
-    }
-
-    pub fn is_plain(&self) -> bool {
-        self.gso_type == GSO_NONE && self.flags & F_NEEDS_CSUM == 0
-    }
-}
 
 /// Why a packet's offloads could not be finished (the packet is dropped and counted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -86,30 +32,6 @@ pub enum OffloadError {
     Malformed,
 }
 
-/// Ones' complement sum of `b` (big-endian 16-bit words) added to `sum`.
-fn csum_add(mut sum: u32, b: &[u8]) -> u32 {
-    let mut chunks = b.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u16::from_be_bytes([c[0], c[1]]) as u32;
-    }
-    if let [x] = chunks.remainder() {
-        sum += (*x as u32) << 8;
-    }
-    sum
-}
-
-fn csum_fold(mut sum: u32) -> u16 {
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// The Internet checksum of `b`.
-pub fn checksum(b: &[u8]) -> u16 {
-    csum_fold(csum_add(0, b))
-}
-
 /// `NEEDS_CSUM`: the field at `csum_start + csum_offset` holds the pseudo-header sum;
 /// sum from `csum_start` to the end and store the folded complement.
 pub fn complete_csum(frame: &mut [u8], start: usize, offset: usize) -> Result<(), OffloadError> {
@@ -117,9 +39,9 @@ pub fn complete_csum(frame: &mut [u8], start: usize, offset: usize) -> Result<()
     if start >= frame.len() || at + 2 > frame.len() {
         return Err(OffloadError::BadCsum);
     }
-    let mut c = csum_fold(csum_add(0, &frame[start..]));
-    if c == 0 && offset == 6 {
-        c = 0xffff; // UDP (its checksum sits at offset 6): a computed zero is sent as all ones
+    let mut c = checksum::fold(checksum::sum(0, &frame[start..]));
+    if c == 0 && offset == udp::field::CHECKSUM.start {
+        c = 0xffff; // UDP: a computed zero is sent as all ones (zero means "none")
     }
     frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
     Ok(())
@@ -133,53 +55,39 @@ struct Layers {
     v6: bool,
 }
 
+/// The layers of a TCP frame, one 802.1Q/ad tag allowed. The checked views make sure
+/// every header, options included, lies inside the frame, so `resolve` may index them.
 fn tcp_layers(f: &[u8]) -> Result<Layers, OffloadError> {
-    let m = OffloadError::Malformed;
-    let mut l3 = 14;
-    let mut et = u16::from_be_bytes([*f.get(12).ok_or(m)?, *f.get(13).ok_or(m)?]);
-    if et == 0x8100 || et == 0x88a8 {
-        et = u16::from_be_bytes([*f.get(16).ok_or(m)?, *f.get(17).ok_or(m)?]);
-        l3 = 18;
+    let m = |_| OffloadError::Malformed;
+    let eth = ethernet::Frame::new_checked(f).map_err(m)?;
+    let (mut l3, mut et) = (ethernet::HEADER_LEN, eth.ethertype());
+    if et.is_vlan() {
+        et = vlan::Tag::new_checked(eth.payload())
+            .map_err(m)?
+            .ethertype();
+        l3 += vlan::HEADER_LEN;
     }
     let (l4, proto, v6) = match et {
-        0x0800 => {
-            let ihl = (*f.get(l3).ok_or(m)? & 0x0f) as usize * 4;
-            if ihl < 20 {
-                return Err(m);
-            }
-            (l3 + ihl, *f.get(l3 + 9).ok_or(m)?, false)
+        EtherType::IPV4 => {
+            let ip = ipv4::Packet::new_checked(&f[l3..]).map_err(m)?;
+            (l3 + ip.header_len(), ip.protocol(), false)
         }
-        0x86dd => (l3 + 40, *f.get(l3 + 6).ok_or(m)?, true),
-        _ => return Err(m),
+        EtherType::IPV6 => {
+            let ip = ipv6::Packet::new_checked(&f[l3..]).map_err(m)?;
+            (l3 + ipv6::HEADER_LEN, ip.next_header(), true)
+        }
+        _ => return Err(OffloadError::Malformed),
     };
-    if proto != 6 {
-        return Err(m);
+    if proto != IpProtocol::TCP {
+        return Err(OffloadError::Malformed);
     }
-    let doff = (*f.get(l4 + 12).ok_or(m)? >> 4) as usize * 4;
-    if doff < 20 || l4 + doff > f.len() {
-        return Err(m);
-    }
+    let seg = tcp::Packet::new_checked(&f[l4..]).map_err(m)?;
     Ok(Layers {
         l3,
         l4,
-        payload: l4 + doff,
+        payload: l4 + seg.header_len(),
         v6,
     })
-}
-
-/// TCP/UDP checksum of a segment (`f`'s L4 part) with its pseudo-header.
-fn l4_csum(f: &[u8], ly: &Layers, proto: u8) -> u16 {
-    let l4len = f.len() - ly.l4;
-    let mut sum = 0u32;
-    if ly.v6 {
-        sum = csum_add(sum, &f[ly.l3 + 8..ly.l3 + 40]);
-    } else {
-        sum = csum_add(sum, &f[ly.l3 + 12..ly.l3 + 20]);
-    }
-    sum += proto as u32;
-    sum += l4len as u32 & 0xffff;
-    sum += (l4len as u32) >> 16;
-    csum_fold(csum_add(sum, &f[ly.l4..]))
 }
 
 /// Turns a frame that came with header `h` into plain frames (no header) and hands each
@@ -213,14 +121,9 @@ pub fn resolve(
     }
     let data = &frame[ly.payload..];
     let hdrs = &frame[..ly.payload];
-    let seq0 = u32::from_be_bytes([
-        frame[ly.l4 + 4],
-        frame[ly.l4 + 5],
-        frame[ly.l4 + 6],
-        frame[ly.l4 + 7],
-    ]);
-    let id0 = u16::from_be_bytes([frame[ly.l3 + 4], frame[ly.l3 + 5]]);
-    let flags0 = frame[ly.l4 + 13];
+    let seg0 = tcp::Packet::new_unchecked(&frame[ly.l4..]);
+    let (seq0, flags0) = (seg0.seq_number(), seg0.flags());
+    let id0 = ipv4::Packet::new_unchecked(&frame[ly.l3..]).ident();
     // One segment (a frame within the MSS) goes through the same path: its lengths and
     // checksums are made right.
     let n = data.len().div_ceil(mss).max(1);
@@ -229,39 +132,37 @@ pub fn resolve(
         // sender making the switch work for nothing.
         return Err(OffloadError::Malformed);
     }
-    let chunks: Box<dyn Iterator<Item = &[u8]>> = if data.is_empty() {
-        Box::new(std::iter::once(data))
-    } else {
-        Box::new(data.chunks(mss))
-    };
-    for (i, chunk) in chunks.enumerate() {
+    for i in 0..n {
+        let chunk = &data[(i * mss).min(data.len())..((i + 1) * mss).min(data.len())];
         work.clear();
         work.extend_from_slice(hdrs);
         work.extend_from_slice(chunk);
-        let l3len = work.len() - ly.l3;
-        if ly.v6 {
-            work[ly.l3 + 4..ly.l3 + 6].copy_from_slice(&((l3len - 40) as u16).to_be_bytes());
+        let (net, seg) = work.split_at_mut(ly.l4);
+        let (net, seg_len) = (&mut net[ly.l3..], seg.len());
+        let l3len = net.len() + seg_len;
+        let pseudo = if ly.v6 {
+            let mut ip = ipv6::Packet::new_unchecked(net);
+            ip.set_payload_len((l3len - ipv6::HEADER_LEN) as u16);
+            ip.pseudo_sum(seg_len as u32)
         } else {
-            work[ly.l3 + 2..ly.l3 + 4].copy_from_slice(&(l3len as u16).to_be_bytes());
-            work[ly.l3 + 4..ly.l3 + 6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
-            work[ly.l3 + 10..ly.l3 + 12].copy_from_slice(&[0, 0]);
-            let c = checksum(&work[ly.l3..ly.l4]);
-            work[ly.l3 + 10..ly.l3 + 12].copy_from_slice(&c.to_be_bytes());
-        }
-        let seq = seq0.wrapping_add((i * mss) as u32);
-        work[ly.l4 + 4..ly.l4 + 8].copy_from_slice(&seq.to_be_bytes());
+            let mut ip = ipv4::Packet::new_unchecked(net);
+            ip.set_total_len(l3len as u16);
+            ip.set_ident(id0.wrapping_add(i as u16));
+            ip.fill_checksum();
+            ip.pseudo_sum(seg_len as u32)
+        };
+        let mut seg = tcp::Packet::new_unchecked(seg);
+        seg.set_seq_number(seq0.wrapping_add((i * mss) as u32));
         // FIN and PSH only on the last segment, CWR only on the first.
         let mut fl = flags0;
         if i + 1 < n {
-            fl &= !0x09;
+            fl &= !(flags::FIN | flags::PSH);
         }
         if i > 0 {
-            fl &= !0x80;
+            fl &= !flags::CWR;
         }
-        work[ly.l4 + 13] = fl;
-        work[ly.l4 + 16..ly.l4 + 18].copy_from_slice(&[0, 0]);
-        let c = l4_csum(work, &ly, 6);
-        work[ly.l4 + 16..ly.l4 + 18].copy_from_slice(&c.to_be_bytes());
+        seg.set_flags(fl);
+        seg.fill_checksum(pseudo);
         emit(work);
     }
     Ok(())
@@ -294,14 +195,25 @@ mod tests {
         let c = checksum(&f[14..34]);
         f[24..26].copy_from_slice(&c.to_be_bytes());
         let ly = tcp_layers(&f).unwrap();
-        let c = l4_csum(&f, &ly, 6);
+        let c = l4_csum(&f, &ly);
         f[t + 16..t + 18].copy_from_slice(&c.to_be_bytes());
         f
     }
 
+    /// The TCP checksum over a segment and its pseudo-header: 0 when valid.
+    fn l4_csum(f: &[u8], ly: &Layers) -> u16 {
+        let len = (f.len() - ly.l4) as u32;
+        let pseudo = if ly.v6 {
+            ipv6::Packet::new_unchecked(&f[ly.l3..]).pseudo_sum(len)
+        } else {
+            ipv4::Packet::new_unchecked(&f[ly.l3..]).pseudo_sum(len)
+        };
+        checksum::fold(checksum::sum(pseudo, &f[ly.l4..]))
+    }
+
     fn valid(f: &[u8]) -> bool {
         let ly = tcp_layers(f).unwrap();
-        checksum(&f[ly.l3..ly.l4]) == 0 && l4_csum(f, &ly, 6) == 0
+        checksum(&f[ly.l3..ly.l4]) == 0 && l4_csum(f, &ly) == 0
     }
 
     #[test]
@@ -354,10 +266,8 @@ mod tests {
         let mut f = tcp4(100, 0x10);
         let ly = tcp_layers(&f).unwrap();
         // What a sender with checksum offload hands over: the pseudo-header sum only.
-        let mut pseudo = 0u32;
-        pseudo = csum_add(pseudo, &f[26..34]);
-        pseudo += 6 + (f.len() - ly.l4) as u32;
-        let seed = !csum_fold(pseudo);
+        let pseudo = checksum::sum(0, &f[26..34]) + 6 + (f.len() - ly.l4) as u32;
+        let seed = !checksum::fold(pseudo);
         f[50..52].copy_from_slice(&seed.to_be_bytes());
         let h = VnetHdr {
             flags: F_NEEDS_CSUM,

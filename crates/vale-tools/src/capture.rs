@@ -6,6 +6,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use vale_wire::{EtherType, IpProtocol, ethernet, ipv4};
 
 /// pcap's classic file format (microsecond timestamps), link type Ethernet.
 pub struct PcapWriter<W: Write> {
@@ -115,29 +116,26 @@ pub fn describe(when: SystemTime, f: &[u8]) -> String {
         secs % 60,
         us
     );
-    if f.len() < 14 {
+    let Ok(eth) = ethernet::Frame::new_checked(f) else {
         return format!("{ts} runt, length {}", f.len());
-    }
-    let et = u16::from_be_bytes([f[12], f[13]]);
-    let what = match et {
-        0x0800 if f.len() >= 34 => {
-            let ip = |o: usize| format!("{}.{}.{}.{}", f[o], f[o + 1], f[o + 2], f[o + 3]);
-            let proto = match f[23] {
-                1 => "ICMP".to_string(),
-                6 => "TCP".to_string(),
-                17 => "UDP".to_string(),
-                p => format!("proto {p}"),
+    };
+    let what = match eth.ethertype() {
+        EtherType::IPV4 if f.len() >= ethernet::HEADER_LEN + ipv4::HEADER_LEN => {
+            let ip = ipv4::Packet::new_unchecked(eth.payload());
+            let proto = match ip.protocol() {
+                p @ (IpProtocol::ICMP | IpProtocol::TCP | IpProtocol::UDP) => p.to_string(),
+                IpProtocol(p) => format!("proto {p}"),
             };
-            format!("IPv4 {} > {}: {proto}", ip(26), ip(30))
+            format!("IPv4 {} > {}: {proto}", ip.src_addr(), ip.dst_addr())
         }
-        0x0806 => "ARP".to_string(),
-        0x86dd => "IPv6".to_string(),
-        e => format!("ethertype 0x{e:04x}"),
+        EtherType::ARP => "ARP".to_string(),
+        EtherType::IPV6 => "IPv6".to_string(),
+        EtherType(e) => format!("ethertype 0x{e:04x}"),
     };
     format!(
         "{ts} {} > {}, {what}, length {}",
-        mac(&f[6..12]),
-        mac(&f[0..6]),
+        mac(&eth.src_addr()),
+        mac(&eth.dst_addr()),
         f.len()
     )
 }
@@ -253,5 +251,24 @@ mod tests {
         f[13] = 0x06;
         assert!(describe(UNIX_EPOCH, &f).contains("ARP, length 42"));
         assert!(describe(UNIX_EPOCH, &f[..10]).contains("runt"));
+
+        let mut ip = vec![0u8; 42];
+        ip[..6].copy_from_slice(&[0xff; 6]);
+        ip[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        ip[12] = 0x08;
+        ip[23] = 17;
+        ip[26..30].copy_from_slice(&[10, 0, 0, 1]);
+        ip[30..34].copy_from_slice(&[10, 0, 0, 2]);
+        let when = UNIX_EPOCH + Duration::from_micros(3_723_000_005);
+        assert_eq!(
+            describe(when, &ip),
+            "01:02:03.000005 02:00:00:00:00:01 > ff:ff:ff:ff:ff:ff, \
+             IPv4 10.0.0.1 > 10.0.0.2: UDP, length 42"
+        );
+        ip[23] = 58;
+        assert!(describe(when, &ip).contains("IPv4 10.0.0.1 > 10.0.0.2: proto 58,"));
+        assert!(describe(when, &ip[..33]).contains(", ethertype 0x0800, length 33"));
+        ip[12..14].copy_from_slice(&[0x81, 0x00]);
+        assert!(describe(when, &ip).contains(", ethertype 0x8100, length 42"));
     }
 }

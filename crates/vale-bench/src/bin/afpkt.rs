@@ -6,8 +6,12 @@
 //!
 //! Both print one line with the packet rate.
 
-use std::net::UdpSocket;
+use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
+use vale_wire::{EtherType, IpProtocol, ethernet, ipv4, udp};
+
+/// Where the UDP header starts: after Ethernet and an IPv4 header without options.
+const UDP_AT: usize = ethernet::HEADER_LEN + ipv4::HEADER_LEN;
 
 fn mac(s: &str) -> [u8; 6] {
     let mut m = [0u8; 6];
@@ -17,15 +21,35 @@ fn mac(s: &str) -> [u8; 6] {
     m
 }
 
-fn csum(d: &[u8]) -> u16 {
-    let mut s: u32 = d
-        .chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
-        .sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
+/// The frame `tx` sends: IPv4/UDP from port 9999, `len` bytes (at least 42), payload
+/// and UDP checksum left zero.
+fn frame(
+    dst: [u8; 6],
+    src: [u8; 6],
+    sip: Ipv4Addr,
+    dip: Ipv4Addr,
+    port: u16,
+    len: usize,
+) -> Vec<u8> {
+    let mut f = vec![0u8; len.max(UDP_AT + udp::HEADER_LEN)];
+    let mut eth = ethernet::Frame::new_unchecked(&mut f[..]);
+    eth.set_dst_addr(dst);
+    eth.set_src_addr(src);
+    eth.set_ethertype(EtherType::IPV4);
+    let ip_len = eth.payload().len() as u16;
+    let mut ip = ipv4::Packet::new_unchecked(eth.payload_mut());
+    ip.set_version_and_header_len(ipv4::HEADER_LEN);
+    ip.set_total_len(ip_len);
+    ip.set_ttl(64);
+    ip.set_protocol(IpProtocol::UDP);
+    ip.set_src_addr(sip);
+    ip.set_dst_addr(dip);
+    ip.fill_checksum();
+    let mut u = udp::Packet::new_unchecked(ip.payload_mut());
+    u.set_src_port(9999);
+    u.set_dst_port(port);
+    u.set_len(ip_len - ipv4::HEADER_LEN as u16);
+    f
 }
 
 fn if_mac(ifname: &str) -> [u8; 6] {
@@ -39,24 +63,9 @@ fn tx(args: &[String]) {
     let port: u16 = args[4].parse().expect("port");
     let len: usize = args[5].parse().expect("len");
     let secs: f64 = args[6].parse().expect("secs");
-    let sip: std::net::Ipv4Addr = src_ip.parse().expect("src ip");
-    let dip: std::net::Ipv4Addr = dst_ip.parse().expect("dst ip");
-    let mut f = vec![0u8; len.max(42)];
-    f[..6].copy_from_slice(&dst);
-    f[6..12].copy_from_slice(&if_mac(ifname));
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    let ip_len = (f.len() - 14) as u16;
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
-    f[22] = 64;
-    f[23] = 17;
-    f[26..30].copy_from_slice(&sip.octets());
-    f[30..34].copy_from_slice(&dip.octets());
-    let c = csum(&f[14..34]);
-    f[24..26].copy_from_slice(&c.to_be_bytes());
-    f[34..36].copy_from_slice(&9999u16.to_be_bytes());
-    f[36..38].copy_from_slice(&port.to_be_bytes());
-    f[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    let sip: Ipv4Addr = src_ip.parse().expect("src ip");
+    let dip: Ipv4Addr = dst_ip.parse().expect("dst ip");
+    let mut f = frame(dst, if_mac(ifname), sip, dip, port, len);
     let ifindex = {
         let c = std::ffi::CString::new(ifname.as_str()).expect("ifname");
         // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
@@ -176,6 +185,70 @@ fn main() {
                 "usage: afpkt tx IFNAME DST_MAC SRC_IP DST_IP PORT LEN SECS | afpkt rx PORT SECS"
             );
             std::process::exit(2);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The frame as `tx` built it before vale-wire, offsets and checksum by hand.
+    fn by_hand(
+        dst: [u8; 6],
+        src: [u8; 6],
+        sip: Ipv4Addr,
+        dip: Ipv4Addr,
+        port: u16,
+        len: usize,
+    ) -> Vec<u8> {
+        fn csum(d: &[u8]) -> u16 {
+            let mut s: u32 = d
+                .chunks(2)
+                .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+                .sum();
+            while s > 0xffff {
+                s = (s & 0xffff) + (s >> 16);
+            }
+            !(s as u16)
+        }
+        let mut f = vec![0u8; len.max(42)];
+        f[..6].copy_from_slice(&dst);
+        f[6..12].copy_from_slice(&src);
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        let ip_len = (f.len() - 14) as u16;
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+        f[22] = 64;
+        f[23] = 17;
+        f[26..30].copy_from_slice(&sip.octets());
+        f[30..34].copy_from_slice(&dip.octets());
+        let c = csum(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        f[34..36].copy_from_slice(&9999u16.to_be_bytes());
+        f[36..38].copy_from_slice(&port.to_be_bytes());
+        f[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn frames_are_the_same_bytes_as_before_vale_wire() {
+        let (dst, src) = ([0x52, 0x54, 0, 0x12, 0x34, 0x56], [2, 0, 0, 0, 0, 0xfe]);
+        for (sip, dip, port) in [
+            (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), 5001),
+            (
+                Ipv4Addr::new(192, 168, 255, 254),
+                Ipv4Addr::BROADCAST,
+                65535,
+            ),
+        ] {
+            for len in (0..=80).chain([1514, 9000, 65535]) {
+                assert_eq!(
+                    frame(dst, src, sip, dip, port, len),
+                    by_hand(dst, src, sip, dip, port, len),
+                    "{len}-byte frame"
+                );
+            }
         }
     }
 }

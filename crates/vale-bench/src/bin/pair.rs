@@ -13,16 +13,17 @@
 use std::time::{Duration, Instant};
 use vale::Port;
 use vale_abi::layout::NetmapSlot;
+use vale_wire::{EtherType, ethernet};
 
 const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 0x0a];
 const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 0x0b];
 
 fn frame(dst: [u8; 6], src: [u8; 6], len: usize) -> Vec<u8> {
-    let mut f = vec![0u8; len];
-    f[..6].copy_from_slice(&dst);
-    f[6..12].copy_from_slice(&src);
-    f[12..14].copy_from_slice(&0x88b5u16.to_be_bytes()); // local experimental ethertype
-    f
+    let mut f = ethernet::Frame::new_unchecked(vec![0u8; len]);
+    f.set_dst_addr(dst);
+    f.set_src_addr(src);
+    f.set_ethertype(EtherType::EXPERIMENTAL);
+    f.into_inner()
 }
 
 fn main() {

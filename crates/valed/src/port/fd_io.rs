@@ -151,3 +151,102 @@ pub fn read_fault(dev: &OwnedFd, c: &PortCounters, name: &str) -> Fault {
         Err(_) => Fault::Gone,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vale_abi::{AppRing, Dir, PortGeometry, Region};
+
+    /// A region's TX and RX ring 0, with the RX ring's first `k` slots made readable as
+    /// the switch would (the test plays the switch).
+    fn rings() -> (Region, PortRings) {
+        let g = PortGeometry {
+            tx_slots: 64,
+            rx_slots: 64,
+            ..Default::default()
+        };
+        let r = Region::create("fd-io-test", g).unwrap();
+        let tx = AppRing::new(r.ring(Dir::Tx, 0).unwrap());
+        let rx = AppRing::new(r.ring(Dir::Rx, 0).unwrap());
+        (r, PortRings { tx, rx })
+    }
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        use rustix::net::{AddressFamily, SocketFlags, SocketType};
+        rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::DGRAM,
+            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn frames_read_from_a_descriptor_land_in_the_tx_ring_whole_and_counted() {
+        let (_r, rings) = rings();
+        let (ours, peer) = pair();
+        let big: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        for f in [&[0xa5u8; 60][..], &big[..]] {
+            rustix::io::write(&peer, f).unwrap();
+        }
+        let c = PortCounters::default();
+        let mut buf = vec![0u8; MAX_FRAME];
+        let (got, end) = read_frames(&ours, &rings, &c, &mut buf);
+        assert_eq!((got, end), (2, ReadEnd::Done));
+        let s = c.snapshot();
+        assert_eq!((s.from_host, s.from_host_bytes), (2, 5060));
+        // One slot for the small frame, three (NS_MOREFRAG) for the large one.
+        assert_eq!(rings.tx.head(), 4);
+        // Nothing more to read: done, nothing counted.
+        assert_eq!(read_frames(&ours, &rings, &c, &mut buf).0, 0);
+    }
+
+    #[test]
+    fn packets_in_the_rx_ring_go_out_whole_and_the_slots_come_back() {
+        let (_r, rings) = rings();
+        let (ours, peer) = pair();
+        // Play the switch: two packets in the RX ring, one of them in two slots.
+        let v = rings.rx.view();
+        let bs = v.bufs().buf_size() as usize;
+        let frame: Vec<u8> = (0..bs + 100).map(|i| (i * 3) as u8).collect();
+        let s0 = v.read_slot(0);
+        v.bufs().write(s0.buf_idx, &frame[..bs]);
+        v.write_len_flags(0, bs as u16, vale_abi::layout::NS_MOREFRAG);
+        let s1 = v.read_slot(1);
+        v.bufs().write(s1.buf_idx, &frame[bs..]);
+        v.write_len_flags(1, 100, 0);
+        let s2 = v.read_slot(2);
+        v.bufs().write(s2.buf_idx, &[7u8; 60]);
+        v.write_len_flags(2, 60, 0);
+        v.csb().sw_publish_release(0, 3);
+        let c = PortCounters::default();
+        let mut buf = vec![0u8; MAX_FRAME];
+        assert_eq!(write_frames(&ours, &rings, &c, &mut buf, None), 2);
+        let mut got = vec![0u8; 8192];
+        let n = rustix::io::read(&peer, &mut got).unwrap();
+        assert_eq!(&got[..n], &frame[..]);
+        let n = rustix::io::read(&peer, &mut got).unwrap();
+        assert_eq!(&got[..n], &[7u8; 60]);
+        assert_eq!(c.snapshot().to_host, 2);
+        assert_eq!(rings.rx.head(), 3, "the slots are given back");
+    }
+
+    #[test]
+    fn a_socket_without_an_error_says_so_and_a_fd_that_is_not_a_socket_is_gone() {
+        let c = PortCounters::default();
+        let (ours, peer) = pair();
+        assert_eq!(read_fault(&ours, &c, "t"), Fault::None);
+        drop(peer);
+        // A datagram socket whose peer went reports no error; a descriptor that is not a
+        // socket (a TAP's) cannot say, which means its interface is gone.
+        let f = rustix::fs::open(
+            "/dev/null",
+            rustix::fs::OFlags::RDONLY,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        assert_eq!(read_fault(&f, &c, "t"), Fault::Gone);
+        assert_eq!(c.snapshot().read_errors, 0);
+    }
+}

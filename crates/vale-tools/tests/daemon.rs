@@ -826,3 +826,66 @@ fn old_forms_of_the_create_request_still_make_ports() {
     }
     assert!(!vs.exists() && !qs.exists(), "removed with their ports");
 }
+
+/// Two clients of one port each get their own notify eventfd: one draining its wake-ups
+/// cannot take one meant for the other. With one eventfd shared by the port's clients,
+/// the second client's wake-up here was gone (it then slept until its poll timed out).
+#[test]
+fn each_client_of_a_port_has_its_own_wake_up() {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let d = Daemon::start("notify", &[]);
+    let (x, y) = (d.open("vale0:n"), d.open("vale0:n"));
+    let c = d.open("vale0:c");
+    // Y is about to sleep for received frames: it asked for a kick and looked (nothing).
+    y.rx_rings()[0].view().csb().app_arm_kick();
+    send(&c, &[frame(BCAST, C, 1)]);
+    let readable = |p: &vale::Port| {
+        let fd = p.notify_fd();
+        let mut f = [PollFd::new(&fd, PollFlags::IN)];
+        let now = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        poll(&mut f, Some(&now)).unwrap() == 1
+    };
+    assert!(wait_for(5.0, || readable(&y)), "the switch woke Y");
+    // X wakes for its own reasons and drains its eventfd, as Port::poll does.
+    let mut b = [0u8; 8];
+    let _ = rustix::io::read(x.notify_fd(), &mut b);
+    assert!(readable(&y), "X's drain took Y's wake-up");
+    drop((x, y, c));
+}
+
+/// A client that injects, publishes its TX ring once without a kick (the switch is
+/// asleep and would not look) and exits still gets every frame delivered: the port's
+/// last close forwards what its TX rings hold, as netmap forwards inside the sync.
+#[test]
+fn what_a_client_leaves_in_its_tx_ring_is_delivered_when_it_leaves() {
+    let d = Daemon::start("leftover", &[]);
+    let rx = d.open("vale0:r");
+    let tx = d.open("vale0:t");
+    // Let the forwarding thread go to sleep (busy-poll 200 us, then epoll).
+    std::thread::sleep(Duration::from_millis(100));
+    let n = 300u32;
+    for i in 0..n {
+        assert!(tx.inject(&frame(BCAST, A, i)));
+    }
+    // Head published, no kick sent: only the close can make the switch look.
+    let _ = tx.tx_rings()[0].sync();
+    drop(tx);
+    // The receiver does nothing until the port is gone (its own syncs would kick).
+    assert!(wait_for(5.0, || !d
+        .ports()
+        .contains(&"vale0:t".to_string())));
+    let got = drain(&rx, 3.0);
+    assert_eq!(
+        got.len(),
+        n as usize,
+        "every frame left in the ring arrives"
+    );
+    let tags: Vec<u32> = got
+        .iter()
+        .map(|f| u32::from_be_bytes([f[14], f[15], f[16], f[17]]))
+        .collect();
+    assert_eq!(tags, (0..n).collect::<Vec<_>>(), "in order");
+}

@@ -15,6 +15,8 @@ use vale_switch::PortKey;
 pub struct Held {
     pub lane: usize,
     pub key: PortKey,
+    /// This hold's id among the port's holds (its notify eventfd).
+    pub hold: u64,
 }
 
 pub struct Conn {

@@ -4,7 +4,7 @@
 
 use super::conn::Held;
 use crate::error::CtlError;
-use crate::lane::{Lane, PortFds, Token};
+use crate::lane::{Lane, LaneState, PortFds, Token};
 use rustix::event::{EventfdFlags, epoll};
 use rustix::fd::OwnedFd;
 use std::collections::BTreeMap;
@@ -41,6 +41,10 @@ pub struct PortTable {
     limits: Limits,
     /// Every open port, by lane and key (so in switch, then port index, order).
     board: BTreeMap<(usize, usize, u16), BoardEntry>,
+    /// Ids of holds (each has its own notify eventfd).
+    next_hold: u64,
+    /// For what a port's last client left in its TX rings (see `release`).
+    fw: vale_switch::Forwarder,
 }
 
 impl PortTable {
@@ -49,6 +53,8 @@ impl PortTable {
             lanes,
             limits,
             board: BTreeMap::new(),
+            next_hold: 0,
+            fw: vale_switch::Forwarder::new(),
         }
     }
 
@@ -138,6 +144,16 @@ impl PortTable {
                 }
             }
         }
+        // This hold's own notify eventfd (the lane keeps one, the client gets a twin).
+        let notify = match eventfd() {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = st.registry.close(key);
+                return Err(e);
+            }
+        };
+        self.next_hold += 1;
+        let hold = self.next_hold;
         let result = (|| {
             let e = st
                 .registry
@@ -161,20 +177,23 @@ impl PortTable {
             };
             let f = st.fds.get(&key)?;
             let kick = f.kick.try_clone().ok()?;
-            let notify = f.notify.try_clone().ok()?;
+            let theirs = notify.try_clone().ok()?;
             Some((
                 entry,
                 Acquired {
-                    held: Held { lane, key },
+                    held: Held { lane, key, hold },
                     opened,
                     memfd,
                     kick,
-                    notify,
+                    notify: theirs,
                 },
             ))
         })();
         match result {
             Some((entry, a)) => {
+                if let Some(f) = st.fds.get_mut(&key) {
+                    f.notify.push((hold, notify));
+                }
                 if new {
                     tracing::info!(port = name, "port created");
                 }
@@ -193,11 +212,20 @@ impl PortTable {
         }
     }
 
-    /// Drops one hold on a port; the port goes away with the last.
+    /// Drops one hold on a port; the port goes away with the last. What its last client
+    /// left in its TX rings is forwarded first: netmap forwards inside the sender's
+    /// sync, so a program that injects, syncs once and exits expects its packets to
+    /// arrive, while here the forwarding thread may not have run since.
     pub fn release(&mut self, h: Held) {
         let shared = self.lanes[h.lane].clone();
         let mut st = shared.lock_ctl();
         let name = port_name(&st.registry, h.key);
+        if let Some(f) = st.fds.get_mut(&h.key) {
+            f.notify.retain(|(id, _)| *id != h.hold);
+        }
+        if st.registry.open_count(h.key) == 1 {
+            drain(&mut self.fw, &mut st, &shared, h.key);
+        }
         let slot = (h.lane, h.key.switch, h.key.port.0);
         if let Some(e) = self.board.get_mut(&slot) {
             e.clients = e.clients.saturating_sub(1);
@@ -223,14 +251,46 @@ pub fn port_name(reg: &Registry, key: PortKey) -> String {
         .unwrap_or_else(|| format!("{}:{}", key.switch, key.port))
 }
 
-fn make_fds(lane: &Lane, key: PortKey) -> Result<PortFds, CtlError> {
-    let ev = || {
-        rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-            .map_err(|e| CtlError::Internal(format!("eventfd failed: {e}")))
+/// Forwards what port `key`'s TX rings still hold (its last client is leaving), a batch
+/// at a time until they are empty; a monitor's TX rings are never read.
+fn drain(fw: &mut vale_switch::Forwarder, st: &mut LaneState, lane: &Lane, key: PortKey) {
+    let now = lane.now();
+    let st = &mut *st;
+    let Some(e) = st.registry.entry_mut(key) else {
+        return;
     };
+    if e.switch.monitors().any(|(m, _)| m == key.port) {
+        return;
+    }
+    let Some(g) = e.switch.port(key.port).map(|p| p.geometry()) else {
+        return;
+    };
+    let mut notes = Vec::new();
+    let mut egress = crate::lane::DirectEgress {
+        switch: key.switch,
+        driven: &mut st.driven,
+    };
+    for r in 0..g.tx_rings {
+        // Each batch takes at least one slot, so this ends within a ring's worth.
+        for _ in 0..g.tx_slots {
+            let n = fw.forward_ring(&mut e.switch, key.port, r, now, &mut notes, &mut egress);
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    crate::lane::notify(&st.fds, key.switch, &notes);
+}
+
+fn eventfd() -> Result<OwnedFd, CtlError> {
+    rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+        .map_err(|e| CtlError::Internal(format!("eventfd failed: {e}")))
+}
+
+fn make_fds(lane: &Lane, key: PortKey) -> Result<PortFds, CtlError> {
     let f = PortFds {
-        kick: ev()?,
-        notify: ev()?,
+        kick: eventfd()?,
+        notify: Vec::new(),
     };
     epoll::add(
         &lane.epoll,

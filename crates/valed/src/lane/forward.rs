@@ -38,14 +38,9 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
                     driven: &mut st.driven,
                 };
                 moved += fw.forward(&mut e.switch, now, &mut notes, &mut egress);
-                for n in notes.drain(..) {
-                    let key = vale_switch::PortKey {
-                        switch: si,
-                        port: n.port,
-                    };
-                    if let Some(f) = st.fds.get(&key) {
-                        let _ = rustix::io::write(&f.notify, &1u64.to_ne_bytes());
-                    }
+                if !notes.is_empty() {
+                    super::notify(&st.fds, si, &notes);
+                    notes.clear();
                 }
             }
             // ...and what the switch delivered to them goes out to their peers.

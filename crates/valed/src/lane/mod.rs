@@ -15,11 +15,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use vale_switch::{PortKey, Registry, Timestamp};
 
-/// The eventfds of one port: `kick` (the client wakes the switch), `notify` (the switch
-/// wakes the client).
+/// The eventfds of one port: `kick` (any client wakes the switch), and one `notify`
+/// per hold on the port (the switch wakes its clients). A notify eventfd each: with one
+/// shared, a client draining it would take a wake-up meant for another client that was
+/// about to sleep on it.
 pub struct PortFds {
     pub kick: OwnedFd,
-    pub notify: OwnedFd,
+    /// (hold id, eventfd) of every hold on the port.
+    pub notify: Vec<(u64, OwnedFd)>,
+}
+
+impl PortFds {
+    /// Wakes every client of the port.
+    pub fn notify_all(&self) {
+        for (_, f) in &self.notify {
+            let _ = rustix::io::write(f, &1u64.to_ne_bytes());
+        }
+    }
 }
 
 /// What the lane's lock guards: its switches, the eventfds of their ports, and the
@@ -30,6 +42,19 @@ pub struct LaneState {
     /// Ports of this lane's switches whose client is its forwarding thread (host ports,
     /// VMs): their data-plane halves.
     pub driven: HashMap<PortKey, Box<dyn DrivenPort>>,
+}
+
+/// Wakes the clients the engine asked to wake (`Notify`s of switch `si`).
+pub fn notify(fds: &HashMap<PortKey, PortFds>, si: usize, notes: &[vale_switch::Notify]) {
+    for n in notes {
+        let key = PortKey {
+            switch: si,
+            port: n.port,
+        };
+        if let Some(f) = fds.get(&key) {
+            f.notify_all();
+        }
+    }
 }
 
 impl LaneState {

@@ -1,0 +1,477 @@
+//! One open of `/dev/netmap`, as the library keeps it: the connection to valed, and once
+//! registered the port's region, the rings this descriptor bound, its own `netmap_if`,
+//! and netmap's sync rules (prologue checks, tail restored, RX timestamps). No `unsafe`:
+//! the entry points in `ffi` turn pointers into these types and back.
+
+use crate::abi::*;
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::io::Errno;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use vale::proto::{self, ErrorKind, GeometryRequest, Request, Response};
+use vale_abi::ring::dist;
+use vale_abi::{AppRing, Dir, PortGeometry, Region};
+
+/// What a REGISTER asks for, from either API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisterReq {
+    pub name: String,
+    pub mode: u32,
+    pub ringid: u16,
+    pub flags: u64,
+    pub geometry: GeometryRequest,
+}
+
+/// What a REGISTER answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegisterReply {
+    pub memsize: u64,
+    pub geometry: PortGeometry,
+    pub mem_id: u16,
+}
+
+/// A netmap error: the errno the ioctl fails with.
+pub type NmResult<T> = Result<T, Errno>;
+
+/// The errno netmap programs expect for what valed said.
+pub fn errno_of(kind: ErrorKind) -> Errno {
+    match kind {
+        ErrorKind::NotFound => Errno::NXIO,
+        ErrorKind::Exists => Errno::EXIST,
+        ErrorKind::Busy => Errno::BUSY,
+        ErrorKind::Permission => Errno::PERM,
+        ErrorKind::Limit => Errno::NOMEM,
+        ErrorKind::BadName | ErrorKind::BadRequest => Errno::INVAL,
+        ErrorKind::Version | ErrorKind::Internal => Errno::IO,
+    }
+}
+
+/// One ring this descriptor bound, and what the "kernel" last told the application
+/// about it (netmap's `rhead`/`rtail`), against which its head and cur are checked.
+struct Bound {
+    app: AppRing,
+    /// Offset of the ring header in the region (for `ts`).
+    at: usize,
+    seen: Mutex<Seen>,
+}
+
+#[derive(Clone, Copy)]
+struct Seen {
+    head: u32,
+    tail: u32,
+}
+
+/// A registered descriptor.
+pub struct Port {
+    pub name: String,
+    pub region: Region,
+    /// This descriptor's own `netmap_if` (the start of its mapping), in a memfd.
+    pub prefix: OwnedFd,
+    pub prefix_len: usize,
+    pub memsize: usize,
+    pub mem_id: u16,
+    tx: Vec<Bound>,
+    rx: Vec<Bound>,
+    kick: OwnedFd,
+    pub notify: OwnedFd,
+    /// Poll does no implicit txsync (`NR_NO_TX_POLL`).
+    pub no_tx_poll: bool,
+}
+
+/// One open of `/dev/netmap`.
+pub struct Device {
+    /// A twin of the descriptor the application holds: the connection to valed, which
+    /// holds the port for as long as any twin is open.
+    pub conn: OwnedFd,
+    port: OnceLock<Port>,
+    registering: Mutex<()>,
+}
+
+/// Mem ids: unique per mapping handed out (libnetmap shares a mapping between
+/// descriptors with the same id), never 0 (any) or 1 (netmap's global allocator).
+fn next_mem_id() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(2);
+    loop {
+        let id = (NEXT.fetch_add(1, Ordering::Relaxed) % 0x1_0000) as u16;
+        if id >= 2 {
+            return id;
+        }
+    }
+}
+
+fn page_up(n: usize) -> usize {
+    n.div_ceil(4096) * 4096
+}
+
+/// The rings a mode binds in a direction of `n` rings (netmap's `interp_ringid`).
+fn bound_rings(mode: u32, ringid: u16, n: u16) -> Vec<u16> {
+    match mode {
+        NR_REG_ONE_NIC => vec![if ringid < n { ringid } else { 0 }],
+        _ => (0..n).collect(),
+    }
+}
+
+impl Device {
+    pub fn new(conn: OwnedFd) -> Device {
+        Device {
+            conn,
+            port: OnceLock::new(),
+            registering: Mutex::new(()),
+        }
+    }
+
+    pub fn port(&self) -> Option<&Port> {
+        self.port.get()
+    }
+
+    /// One request to valed on this descriptor's connection.
+    pub fn call(&self, req: &Request) -> NmResult<(Response, Vec<OwnedFd>)> {
+        vale::sock::call(&self.conn, req).map_err(|_| Errno::IO)
+    }
+
+    /// REGISTER: opens the port through valed and binds the rings the mode asks for.
+    pub fn register(&self, req: &RegisterReq) -> NmResult<RegisterReply> {
+        let _one = self.registering.lock().unwrap_or_else(|p| p.into_inner());
+        if self.port.get().is_some() {
+            return Err(Errno::BUSY);
+        }
+        if !req.name.starts_with("vale") {
+            // No NIC rings: attach the interface to a switch with `vale-ctl -a`.
+            return Err(Errno::NXIO);
+        }
+        if req.name.contains(['{', '}']) {
+            return Err(Errno::OPNOTSUPP); // netmap pipes
+        }
+        match req.mode {
+            NR_REG_ALL_NIC | NR_REG_ONE_NIC | NR_REG_NULL => {}
+            // VALE ports have no host rings.
+            _ => return Err(Errno::INVAL),
+        }
+        let mon = match (
+            req.flags & (NR_MONITOR_TX | NR_ZCOPY_MON) != 0,
+            req.flags & (NR_MONITOR_RX | NR_ZCOPY_MON) != 0,
+        ) {
+            (true, true) => "/rt",
+            (true, false) => "/t",
+            (false, true) => "/r",
+            (false, false) => "",
+        };
+        let (resp, fds) = self.call(&Request::Open {
+            version: proto::VERSION,
+            name: format!("{}{mon}", req.name),
+            geometry: req.geometry,
+        })?;
+        let g: PortGeometry = match resp {
+            Response::Opened { geometry, .. } => geometry.into(),
+            Response::Error { kind, .. } => return Err(errno_of(kind)),
+            _ => return Err(Errno::IO),
+        };
+        let [memfd, kick, notify]: [OwnedFd; proto::OPEN_FDS] =
+            fds.try_into().map_err(|_| Errno::IO)?;
+        let region = Region::from_fd(memfd, g).map_err(|_| Errno::IO)?;
+        if req.mode == NR_REG_ONE_NIC && req.ringid >= g.tx_rings && req.ringid >= g.rx_rings {
+            return Err(Errno::INVAL);
+        }
+        let want = |n: u16, off: u64| {
+            if req.flags & off != 0 {
+                Vec::new()
+            } else {
+                bound_rings(req.mode, req.ringid, n)
+            }
+        };
+        let tx_ids = want(g.tx_rings, NR_RX_RINGS_ONLY);
+        let rx_ids = want(g.rx_rings, NR_TX_RINGS_ONLY);
+        let prefix_len = page_up(netmap_if_bytes(g.tx_rings, g.rx_rings));
+        let prefix = self.make_if(&region, prefix_len, &tx_ids, &rx_ids)?;
+        let bind = |dir: Dir, ids: &[u16]| -> Vec<Bound> {
+            ids.iter()
+                .filter_map(|&i| {
+                    let view = region.ring(dir, i)?;
+                    let at = region.layout().ring_offset(dir, i)?;
+                    let app = AppRing::new(view);
+                    let seen = Seen {
+                        head: app.head(),
+                        tail: app.tail(),
+                    };
+                    Some(Bound {
+                        app,
+                        at,
+                        seen: Mutex::new(seen),
+                    })
+                })
+                .collect()
+        };
+        let (tx, rx) = (bind(Dir::Tx, &tx_ids), bind(Dir::Rx, &rx_ids));
+        let memsize = prefix_len + region.size();
+        let port = Port {
+            name: req.name.clone(),
+            memsize,
+            mem_id: next_mem_id(),
+            prefix,
+            prefix_len,
+            tx,
+            rx,
+            kick,
+            notify,
+            no_tx_poll: req.flags & NR_NO_TX_POLL != 0,
+            region,
+        };
+        let reply = RegisterReply {
+            memsize: memsize as u64,
+            geometry: g,
+            mem_id: port.mem_id,
+        };
+        let _ = self.port.set(port);
+        Ok(reply)
+    }
+
+    /// This descriptor's `netmap_if`, in a memfd that becomes the start of its mapping:
+    /// the region's own header, with `ring_ofs[]` pointing (from offset 0 of the
+    /// mapping) at the rings it bound and 0 for the others.
+    fn make_if(&self, region: &Region, len: usize, tx: &[u16], rx: &[u16]) -> NmResult<OwnedFd> {
+        let g = region.geometry();
+        let mut nifp = vec![0u8; netmap_if_bytes(g.tx_rings, g.rx_rings)];
+        let head = vale_abi::layout::NETMAP_IF_SIZE;
+        if !region.read_raw(0, &mut nifp[..head]) {
+            return Err(Errno::IO);
+        }
+        nifp[32..36].copy_from_slice(&0u32.to_ne_bytes()); // ni_bufs_head: none
+        let mut k = 0;
+        let mut put = |v: i64| {
+            nifp[head + 8 * k..head + 8 * (k + 1)].copy_from_slice(&v.to_ne_bytes());
+            k += 1;
+        };
+        for (dir, n, ids) in [(Dir::Tx, g.tx_rings, tx), (Dir::Rx, g.rx_rings, rx)] {
+            for i in 0..n {
+                let at = region.layout().ring_offset(dir, i).unwrap_or(0);
+                put(if ids.contains(&i) {
+                    (len + at) as i64
+                } else {
+                    0
+                });
+            }
+            put(0); // the host ring placeholder
+        }
+        let fd = rustix::fs::memfd_create(c"vale-netmap-if", rustix::fs::MemfdFlags::CLOEXEC)
+            .map_err(|_| Errno::NOMEM)?;
+        rustix::fs::ftruncate(&fd, len as u64).map_err(|_| Errno::NOMEM)?;
+        let mut off = 0;
+        while off < nifp.len() {
+            off += rustix::io::pwrite(&fd, &nifp[off..], off as u64).map_err(|_| Errno::IO)?;
+        }
+        Ok(fd)
+    }
+
+    fn registered(&self) -> NmResult<&Port> {
+        self.port.get().ok_or(Errno::NXIO)
+    }
+
+    /// NIOCTXSYNC / NIOCRXSYNC. Returns false if a ring's head or cur was nonsense (the
+    /// ring was then reinitialised, as netmap does).
+    pub fn sync(&self, dir: Dir) -> NmResult<bool> {
+        let p = self.registered()?;
+        Ok(p.sync(dir))
+    }
+}
+
+impl Port {
+    fn rings(&self, dir: Dir) -> &[Bound] {
+        match dir {
+            Dir::Tx => &self.tx,
+            Dir::Rx => &self.rx,
+        }
+    }
+
+    pub fn geometry(&self) -> PortGeometry {
+        self.region.geometry()
+    }
+
+    /// Syncs every bound ring of `dir`: netmap's prologue (head within what was handed
+    /// out, cur within head..tail, else the ring is reinitialised), then the exchange
+    /// with the switch through shared memory (which also restores a `tail` the
+    /// application overwrote), a kick only if the switch sleeps, and on RX the
+    /// timestamp. Returns false if a ring had to be reinitialised.
+    pub fn sync(&self, dir: Dir) -> bool {
+        let mut ok = true;
+        let mut kick = false;
+        for r in self.rings(dir) {
+            let mut seen = r.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let n = r.app.num_slots();
+            let (head, cur) = (r.app.head(), r.app.cur());
+            let fine = head < n
+                && cur < n
+                && dist(seen.head, head, n) <= dist(seen.head, seen.tail, n)
+                && dist(head, cur, n) <= dist(head, seen.tail, n);
+            if !fine {
+                let v = r.app.view();
+                v.set_head(seen.head);
+                v.set_cur(seen.head);
+                v.set_tail(seen.tail);
+                ok = false;
+                continue;
+            }
+            kick |= r.app.sync();
+            *seen = Seen {
+                head,
+                tail: r.app.tail(),
+            };
+            if dir == Dir::Rx {
+                self.stamp(r.at);
+            }
+        }
+        if kick {
+            let _ = rustix::io::write(&self.kick, &1u64.to_ne_bytes());
+        }
+        ok
+    }
+
+    /// `ring->ts`: the time of this rxsync (netmap stamps every rxsync by default).
+    fn stamp(&self, ring_at: usize) {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
+        let mut ts = [0u8; 16];
+        ts[..8].copy_from_slice(&t.tv_sec.to_ne_bytes());
+        ts[8..].copy_from_slice(&(t.tv_nsec / 1000).to_ne_bytes());
+        self.region.write_raw(ring_at + TS_OFFSET, &ts);
+    }
+
+    /// Whether a bound ring of `dir` has `cur != tail` (poll's readiness rule).
+    pub fn ready(&self, dir: Dir) -> bool {
+        self.rings(dir).iter().any(|r| r.app.cur() != r.app.tail())
+    }
+
+    /// Asks the switch to kick when the rings of `dir` move (before sleeping), or
+    /// stops asking.
+    pub fn arm(&self, dir: Dir, on: bool) {
+        for r in self.rings(dir) {
+            if on {
+                r.app.view().csb().app_arm_kick();
+            } else {
+                r.app.view().csb().app_disarm_kick();
+            }
+        }
+    }
+
+    pub fn bound(&self, dir: Dir) -> usize {
+        self.rings(dir).len()
+    }
+
+    pub fn notify_fd(&self) -> rustix::fd::BorrowedFd<'_> {
+        self.notify.as_fd()
+    }
+}
+
+/// Offset of `ts` in a ring header.
+const TS_OFFSET: usize = core::mem::offset_of!(vale_abi::layout::NetmapRing, ts);
+
+/// Turns a legacy `struct nmreq` (NIOCREGIF) into a REGISTER, as netmap's legacy path
+/// does: mode from the low bits of `nr_flags` (DEFAULT reads the old ringid bits),
+/// NO_TX_POLL from the ringid, host rings none.
+pub fn from_legacy(r: &Nmreq) -> NmResult<RegisterReq> {
+    if r.nr_version < NETMAP_LEGACY_MIN_API {
+        return Err(Errno::INVAL);
+    }
+    let name = name_of(&r.nr_name).ok_or(Errno::INVAL)?.to_string();
+    let mut mode = r.nr_flags & NR_REG_MASK;
+    let ring = r.nr_ringid & NETMAP_RING_MASK;
+    if mode == NR_REG_DEFAULT {
+        mode = if r.nr_ringid & NETMAP_SW_RING != 0 {
+            NR_REG_SW
+        } else if r.nr_ringid & NETMAP_HW_RING != 0 {
+            NR_REG_ONE_NIC
+        } else {
+            NR_REG_ALL_NIC
+        };
+    }
+    if mode == NR_REG_PIPE_MASTER || mode == NR_REG_PIPE_SLAVE {
+        return Err(Errno::OPNOTSUPP);
+    }
+    let mut flags = (r.nr_flags & !NR_REG_MASK) as u64;
+    if r.nr_ringid & NETMAP_NO_TX_POLL != 0 {
+        flags |= NR_NO_TX_POLL;
+    }
+    let some = |v: u32| (v != 0).then_some(v);
+    let some16 = |v: u16| (v != 0).then_some(v);
+    Ok(RegisterReq {
+        name,
+        mode,
+        ringid: ring,
+        flags,
+        geometry: GeometryRequest {
+            tx_rings: some16(r.nr_tx_rings),
+            rx_rings: some16(r.nr_rx_rings),
+            tx_slots: some(r.nr_tx_slots),
+            rx_slots: some(r.nr_rx_slots),
+        },
+    })
+}
+
+/// A REGISTER body turned into our request.
+pub fn from_register(name: &str, b: &NmreqRegister) -> RegisterReq {
+    let some = |v: u32| (v != 0).then_some(v);
+    let some16 = |v: u16| (v != 0).then_some(v);
+    RegisterReq {
+        name: name.to_string(),
+        mode: b.nr_mode,
+        ringid: b.nr_ringid & NETMAP_RING_MASK,
+        flags: b.nr_flags,
+        geometry: GeometryRequest {
+            tx_rings: some16(b.nr_tx_rings),
+            rx_rings: some16(b.nr_rx_rings),
+            tx_slots: some(b.nr_tx_slots),
+            rx_slots: some(b.nr_rx_slots),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_nic_binds_its_ring_or_ring_zero_where_there_are_fewer() {
+        assert_eq!(bound_rings(NR_REG_ALL_NIC, 0, 3), vec![0, 1, 2]);
+        assert_eq!(bound_rings(NR_REG_ONE_NIC, 1, 3), vec![1]);
+        assert_eq!(bound_rings(NR_REG_ONE_NIC, 2, 1), vec![0]);
+        assert_eq!(bound_rings(NR_REG_NULL, 0, 2), vec![0, 1]);
+    }
+
+    #[test]
+    fn legacy_requests_read_as_netmap_reads_them() {
+        let mut r = Nmreq {
+            nr_version: 14,
+            nr_flags: 0,
+            nr_ringid: NETMAP_HW_RING | 3 | NETMAP_NO_TX_POLL,
+            ..Default::default()
+        };
+        put_name(&mut r.nr_name, "vale0:a");
+        let q = from_legacy(&r).unwrap();
+        assert_eq!((q.mode, q.ringid), (NR_REG_ONE_NIC, 3));
+        assert!(q.flags & NR_NO_TX_POLL != 0);
+        assert_eq!(q.name, "vale0:a");
+        r.nr_ringid = NETMAP_SW_RING;
+        assert_eq!(from_legacy(&r).unwrap().mode, NR_REG_SW);
+        r.nr_ringid = 0;
+        r.nr_flags = NR_REG_ALL_NIC | NR_TX_RINGS_ONLY as u32;
+        let q = from_legacy(&r).unwrap();
+        assert_eq!(q.mode, NR_REG_ALL_NIC);
+        assert_eq!(q.flags, NR_TX_RINGS_ONLY);
+        r.nr_flags = NR_REG_PIPE_MASTER;
+        assert_eq!(from_legacy(&r), Err(Errno::OPNOTSUPP));
+        r.nr_version = 13;
+        assert_eq!(from_legacy(&r), Err(Errno::INVAL));
+    }
+
+    #[test]
+    fn mem_ids_are_never_zero_or_one() {
+        for _ in 0..70_000 {
+            assert!(next_mem_id() >= 2);
+        }
+    }
+
+    #[test]
+    fn valeds_errors_become_netmaps_errnos() {
+        assert_eq!(errno_of(ErrorKind::NotFound), Errno::NXIO);
+        assert_eq!(errno_of(ErrorKind::Busy), Errno::BUSY);
+        assert_eq!(errno_of(ErrorKind::BadName), Errno::INVAL);
+    }
+}

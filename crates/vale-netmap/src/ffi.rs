@@ -1,0 +1,1092 @@
+//! The C entry points: libc's `open`, `ioctl`, `mmap`, `close`, `dup`, `fcntl`, `poll`
+//! and `select` families, taken over for `/dev/netmap` and its descriptors only; every
+//! other path and descriptor goes to the next definition (libc) at the cost of one
+//! atomic load while no netmap descriptor is open.
+//!
+//! The variadic ones (`open`, `openat`, `ioctl`, `fcntl`) are defined with their one
+//! optional argument as a fixed one: on x86-64 and aarch64 Linux an integer or pointer
+//! variadic argument travels in the same register as a fixed one, so the callee reads
+//! what the caller passed (umockdev's preload does the same).
+
+use crate::abi::*;
+use crate::dev::{Device, NmResult, errno_of, from_legacy, from_register};
+use crate::pollemu::{self, Sleeper};
+use libc::{c_char, c_int, c_uint, c_ulong, c_void, nfds_t, off_t, pollfd, size_t};
+use rustix::fd::AsFd;
+use rustix::io::Errno;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, RwLock};
+use std::time::Duration;
+use vale::proto::{Request, Response};
+use vale_abi::Dir;
+
+// ---- the next definitions (libc's) ------------------------------------------------
+
+macro_rules! next {
+    ($name:ident: fn($($a:ty),*) -> $r:ty) => {
+        pub fn $name() -> Option<unsafe extern "C" fn($($a),*) -> $r> {
+            static P: OnceLock<usize> = OnceLock::new();
+            let p = *P.get_or_init(|| {
+                let sym = concat!(stringify!($name), "\0");
+                // SAFETY: `sym` is a NUL-terminated symbol name; RTLD_NEXT asks for the
+                // definition after this library's in the lookup order (libc's).
+                unsafe { libc::dlsym(libc::RTLD_NEXT, sym.as_ptr().cast()) as usize }
+            });
+            // SAFETY: a non-null result of dlsym for this symbol is libc's function of
+            // exactly this C signature (declared as glibc declares it).
+            (p != 0).then(|| unsafe {
+                std::mem::transmute::<usize, unsafe extern "C" fn($($a),*) -> $r>(p)
+            })
+        }
+    };
+}
+
+/// libc's definitions, looked up once each.
+mod real {
+    use libc::{c_char, c_int, c_uint, c_ulong, c_void, nfds_t, off_t, pollfd, size_t};
+    use std::sync::OnceLock;
+
+    next!(open: fn(*const c_char, c_int, c_uint) -> c_int);
+    next!(open64: fn(*const c_char, c_int, c_uint) -> c_int);
+    next!(openat: fn(c_int, *const c_char, c_int, c_uint) -> c_int);
+    next!(openat64: fn(c_int, *const c_char, c_int, c_uint) -> c_int);
+    next!(__open_2: fn(*const c_char, c_int) -> c_int);
+    next!(__open64_2: fn(*const c_char, c_int) -> c_int);
+    next!(__openat_2: fn(c_int, *const c_char, c_int) -> c_int);
+    next!(__openat64_2: fn(c_int, *const c_char, c_int) -> c_int);
+    next!(ioctl: fn(c_int, c_ulong, *mut c_void) -> c_int);
+    next!(mmap: fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void);
+    next!(mmap64: fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void);
+    next!(close: fn(c_int) -> c_int);
+    next!(dup: fn(c_int) -> c_int);
+    next!(dup2: fn(c_int, c_int) -> c_int);
+    next!(dup3: fn(c_int, c_int, c_int) -> c_int);
+    next!(fcntl: fn(c_int, c_int, c_ulong) -> c_int);
+    next!(fcntl64: fn(c_int, c_int, c_ulong) -> c_int);
+    next!(poll: fn(*mut pollfd, nfds_t, c_int) -> c_int);
+    next!(ppoll: fn(*mut pollfd, nfds_t, *const libc::timespec, *const libc::sigset_t) -> c_int);
+    next!(select: fn(c_int, *mut libc::fd_set, *mut libc::fd_set, *mut libc::fd_set, *mut libc::timeval) -> c_int);
+    next!(pselect: fn(c_int, *mut libc::fd_set, *mut libc::fd_set, *mut libc::fd_set, *const libc::timespec, *const libc::sigset_t) -> c_int);
+}
+
+fn set_errno(e: Errno) {
+    // SAFETY: __errno_location returns the calling thread's errno, valid for its life.
+    unsafe { *libc::__errno_location() = e.raw_os_error() };
+}
+
+fn fail<T>(e: Errno, v: T) -> T {
+    set_errno(e);
+    v
+}
+
+/// Runs `f`, turning a panic into `on_panic` with errno EIO: no unwinding into C.
+fn guard<T>(on_panic: T, f: impl FnOnce() -> T) -> T {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| fail(Errno::IO, on_panic))
+}
+
+// ---- which descriptors are ours ----------------------------------------------------
+
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+static TABLE: LazyLock<RwLock<HashMap<c_int, Arc<Device>>>> =
+    LazyLock::new(|| RwLock::new(HashMap::new()));
+
+/// The device behind `fd`, if it is a netmap descriptor (one atomic load otherwise).
+fn lookup(fd: c_int) -> Option<Arc<Device>> {
+    if OPEN.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    TABLE
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&fd)
+        .cloned()
+}
+
+fn insert(fd: c_int, d: Arc<Device>) {
+    let mut t = TABLE.write().unwrap_or_else(|p| p.into_inner());
+    if t.insert(fd, d).is_none() {
+        OPEN.fetch_add(1, Ordering::Release);
+    }
+}
+
+fn forget(fd: c_int) -> Option<Arc<Device>> {
+    if OPEN.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    let mut t = TABLE.write().unwrap_or_else(|p| p.into_inner());
+    let d = t.remove(&fd);
+    if d.is_some() {
+        OPEN.fetch_sub(1, Ordering::Release);
+    }
+    d
+}
+
+// ---- open ---------------------------------------------------------------------------
+
+const DEVICE: &[u8] = b"/dev/netmap";
+
+/// Whether `path` names the netmap device.
+fn is_device(path: *const c_char) -> bool {
+    if path.is_null() {
+        return false;
+    }
+    // SAFETY: open's contract: `path` is a NUL-terminated string.
+    let p = unsafe { std::ffi::CStr::from_ptr(path) };
+    p.to_bytes() == DEVICE
+}
+
+/// Says once on stderr why /dev/netmap cannot be opened (when the first open fails, or
+/// whenever VALE_DEBUG is set).
+fn say_not_running(e: &vale::Error) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if std::env::var_os("VALE_DEBUG").is_some() || !SAID.swap(true, Ordering::Relaxed) {
+        eprintln!("vale-netmap: /dev/netmap is valed: {e}");
+    }
+}
+
+/// `open("/dev/netmap")`: a connection to valed stands for the device. Without valed,
+/// ENOENT, as without netmap's module.
+fn open_device() -> c_int {
+    let path = vale::default_socket_path();
+    let conn = match vale::sock::connect(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            say_not_running(&e);
+            return fail(Errno::NOENT, -1);
+        }
+    };
+    // The application's descriptor is not close-on-exec (netmap's is not); our twin is,
+    // and sits high so it does not surprise programs that count descriptors.
+    let Ok(twin) = rustix::io::fcntl_dupfd_cloexec(&conn, 512) else {
+        return fail(Errno::MFILE, -1);
+    };
+    let _ = rustix::io::fcntl_setfd(&conn, rustix::io::FdFlags::empty());
+    let fd = rustix::fd::IntoRawFd::into_raw_fd(conn);
+    insert(fd, Arc::new(Device::new(twin)));
+    fd
+}
+
+/// # Safety
+/// As open(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn open(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
+    guard(-1, || {
+        if is_device(path) {
+            return open_device();
+        }
+        // SAFETY: the caller's arguments, passed on unchanged.
+        real::open().map_or_else(
+            || fail(Errno::NOSYS, -1),
+            |f| unsafe { f(path, flags, mode) },
+        )
+    })
+}
+
+/// # Safety
+/// As open(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn open64(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
+    guard(-1, || {
+        if is_device(path) {
+            return open_device();
+        }
+        // SAFETY: the caller's arguments, passed on unchanged.
+        real::open64().map_or_else(
+            || fail(Errno::NOSYS, -1),
+            |f| unsafe { f(path, flags, mode) },
+        )
+    })
+}
+
+/// # Safety
+/// As openat(2). Only an absolute `/dev/netmap` is the device (every known program
+/// passes that).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn openat(
+    dir: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mode: c_uint,
+) -> c_int {
+    guard(-1, || {
+        if is_device(path) {
+            return open_device();
+        }
+        // SAFETY: the caller's arguments, passed on unchanged.
+        real::openat().map_or_else(
+            || fail(Errno::NOSYS, -1),
+            |f| unsafe { f(dir, path, flags, mode) },
+        )
+    })
+}
+
+/// # Safety
+/// As openat(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn openat64(
+    dir: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mode: c_uint,
+) -> c_int {
+    guard(-1, || {
+        if is_device(path) {
+            return open_device();
+        }
+        // SAFETY: the caller's arguments, passed on unchanged.
+        real::openat64().map_or_else(
+            || fail(Errno::NOSYS, -1),
+            |f| unsafe { f(dir, path, flags, mode) },
+        )
+    })
+}
+
+/// # Safety
+/// As glibc's `__open_2` (open with _FORTIFY_SOURCE).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __open_2(path: *const c_char, flags: c_int) -> c_int {
+    guard(-1, || {
+        if is_device(path) {
+            return open_device();
+        }
+        // SAFETY: the caller's arguments, passed on unchanged.
+        real::__open_2().map_or_else(|| fail(Errno::NOSYS, -1), |f| unsafe { f(path, flags) })
+    })
+}
+
+/// # Safety
+/// As glibc's `__open64_2`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __open64_2(path: *const c_char, flags: c_int) -> c_int {
+    guard(-1, || {
+        if is_device(path) {
+            return open_device();
+        }
+        // SAFETY: the caller's arguments, passed on unchanged.
+        real::__open64_2().map_or_else(|| fail(Errno::NOSYS, -1), |f| unsafe { f(path, flags) })
+    })
+}
+
+/// # Safety
+/// As glibc's `__openat_2`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __openat_2(dir: c_int, path: *const c_char, flags: c_int) -> c_int {
+    guard(-1, || {
+        if is_device(path) {
+            return open_device();
+        }
+        // SAFETY: the caller's arguments, passed on unchanged.
+        real::__openat_2().map_or_else(
+            || fail(Errno::NOSYS, -1),
+            |f| unsafe { f(dir, path, flags) },
+        )
+    })
+}
+
+/// # Safety
+/// As glibc's `__openat64_2`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __openat64_2(dir: c_int, path: *const c_char, flags: c_int) -> c_int {
+    guard(-1, || {
+        if is_device(path) {
+            return open_device();
+        }
+        // SAFETY: the caller's arguments, passed on unchanged.
+        real::__openat64_2().map_or_else(
+            || fail(Errno::NOSYS, -1),
+            |f| unsafe { f(dir, path, flags) },
+        )
+    })
+}
+
+// ---- ioctl --------------------------------------------------------------------------
+
+/// Reads a `T` the application passed by pointer.
+///
+/// # Safety
+/// `p` points to a readable `T` (the ioctl's contract; the kernel would answer EFAULT,
+/// here a bad pointer faults in the application that passed it).
+unsafe fn read_in<T: Copy>(p: u64) -> NmResult<T> {
+    if p == 0 {
+        return Err(Errno::INVAL);
+    }
+    // SAFETY: the caller's contract; unaligned, as C code may pack it anywhere.
+    Ok(unsafe { std::ptr::read_unaligned(p as *const T) })
+}
+
+/// Writes a `T` back through the application's pointer.
+///
+/// # Safety
+/// As [`read_in`], writable.
+unsafe fn write_out<T: Copy>(p: u64, v: &T) {
+    // SAFETY: the caller's contract.
+    unsafe { std::ptr::write_unaligned(p as *mut T, *v) }
+}
+
+/// NIOCCTRL's options: each is answered EOPNOTSUPP (its status written back, as the
+/// kernel does after a failure); a request that carries any fails with EOPNOTSUPP.
+///
+/// # Safety
+/// `first` is 0 or the application's pointer to its first option.
+unsafe fn refuse_options(first: u64) -> NmResult<()> {
+    let mut at = first;
+    let mut n = 0;
+    while at != 0 {
+        n += 1;
+        if n > 64 {
+            return Err(Errno::INVAL); // a loop, not a list
+        }
+        // SAFETY: an option header the application linked in (the caller's contract).
+        let mut o: NmreqOption = unsafe { read_in(at)? };
+        if o.nro_reqtype == 0 {
+            return Err(Errno::INVAL);
+        }
+        o.nro_status = Errno::OPNOTSUPP.raw_os_error() as u32;
+        // SAFETY: as above, writable.
+        unsafe { write_out(at, &o) };
+        at = o.nro_next;
+    }
+    if n > 0 { Err(Errno::OPNOTSUPP) } else { Ok(()) }
+}
+
+fn done(r: NmResult<()>) -> c_int {
+    match r {
+        Ok(()) => 0,
+        Err(e) => fail(e, -1),
+    }
+}
+
+/// valed's answer to a request that only says done or why not.
+fn call_done(dev: &Device, req: &Request) -> NmResult<()> {
+    match dev.call(req)?.0 {
+        Response::Done { .. } => Ok(()),
+        Response::Error { kind, .. } => Err(errno_of(kind)),
+        _ => Err(Errno::IO),
+    }
+}
+
+/// A port's place and shape in valed's listing: (switch index, port index, geometry).
+fn find_port(dev: &Device, name: &str) -> NmResult<(usize, u16, vale::proto::Geometry)> {
+    match dev.call(&Request::List)?.0 {
+        Response::List { switches, .. } => switches
+            .iter()
+            .flat_map(|s| s.ports.iter().map(move |p| (s.index, p)))
+            .find(|(_, p)| p.name == name)
+            .map(|(b, p)| (b, p.index, p.geometry))
+            .ok_or(Errno::NXIO),
+        Response::Error { kind, .. } => Err(errno_of(kind)),
+        _ => Err(Errno::IO),
+    }
+}
+
+fn memsize_of(g: vale::proto::Geometry) -> u64 {
+    let g: vale_abi::PortGeometry = g.into();
+    let region = vale_abi::RegionLayout::new(g).map_or(0, |l| l.size);
+    (region + netmap_if_bytes(g.tx_rings, g.rx_rings).div_ceil(4096) * 4096) as u64
+}
+
+/// NIOCCTRL.
+///
+/// # Safety
+/// `arg` points to the application's `struct nmreq_header` and what it links to.
+unsafe fn nioctrl(dev: &Device, arg: *mut c_void) -> NmResult<()> {
+    let hp = arg as u64;
+    // SAFETY: the caller's contract.
+    let mut h: NmreqHeader = unsafe { read_in(hp)? };
+    if !(NETMAP_MIN_API..=NETMAP_MAX_API).contains(&h.nr_version) || h.nr_reserved != 0 {
+        return Err(Errno::INVAL);
+    }
+    // SAFETY: the options the application linked from its header.
+    unsafe { refuse_options(h.nr_options)? };
+    let name = name_of(&h.nr_name).ok_or(Errno::INVAL)?.to_string();
+    let body = h.nr_body;
+    let r = match h.nr_reqtype {
+        REQ_REGISTER => {
+            // SAFETY: a REGISTER's body is a `struct nmreq_register`.
+            let mut b: NmreqRegister = unsafe { read_in(body)? };
+            let reply = dev.register(&from_register(&name, &b))?;
+            let g = reply.geometry;
+            b.nr_offset = 0;
+            b.nr_memsize = reply.memsize;
+            b.nr_tx_slots = g.tx_slots;
+            b.nr_rx_slots = g.rx_slots;
+            b.nr_tx_rings = g.tx_rings;
+            b.nr_rx_rings = g.rx_rings;
+            b.nr_host_tx_rings = 0;
+            b.nr_host_rx_rings = 0;
+            b.nr_mem_id = reply.mem_id;
+            b.nr_extra_bufs = 0;
+            // SAFETY: as read above.
+            unsafe { write_out(body, &b) };
+            Ok(())
+        }
+        REQ_PORT_HDR_GET => {
+            // VALE client ports carry no virtio-net header.
+            let b = NmreqPortHdr::default();
+            // SAFETY: the body is a `struct nmreq_port_hdr`.
+            unsafe { write_out(body, &b) };
+            Ok(())
+        }
+        REQ_PORT_HDR_SET => {
+            // SAFETY: the body is a `struct nmreq_port_hdr`.
+            let b: NmreqPortHdr = unsafe { read_in(body)? };
+            if b.nr_hdr_len == 0 {
+                Ok(())
+            } else {
+                Err(Errno::INVAL)
+            }
+        }
+        REQ_PORT_INFO_GET => {
+            let (g, memsize, mem_id) = match dev.port() {
+                Some(p) if name.is_empty() || name == p.name => {
+                    (p.geometry().into(), p.memsize as u64, p.mem_id)
+                }
+                _ => {
+                    let (_, _, g) = find_port(dev, &name)?;
+                    (g, memsize_of(g), 0)
+                }
+            };
+            let g: vale::proto::Geometry = g;
+            let b = NmreqPortInfoGet {
+                nr_memsize: memsize,
+                nr_tx_slots: g.tx_slots,
+                nr_rx_slots: g.rx_slots,
+                nr_tx_rings: g.tx_rings,
+                nr_rx_rings: g.rx_rings,
+                nr_mem_id: mem_id,
+                ..Default::default()
+            };
+            // SAFETY: the body is a `struct nmreq_port_info_get`.
+            unsafe { write_out(body, &b) };
+            Ok(())
+        }
+        REQ_POOLS_INFO_GET => {
+            let p = dev.port().ok_or(Errno::INVAL)?;
+            let l = p.region.layout();
+            let g = l.geometry;
+            let ring0 = l.ring_offset(Dir::Tx, 0).unwrap_or(0);
+            let b = NmreqPoolsInfo {
+                nr_memsize: p.memsize as u64,
+                nr_mem_id: p.mem_id,
+                nr_if_pool_offset: 0,
+                nr_if_pool_objtotal: 1,
+                nr_if_pool_objsize: p.prefix_len as u32,
+                nr_ring_pool_offset: (p.prefix_len + ring0) as u64,
+                nr_ring_pool_objtotal: (g.tx_rings + g.rx_rings) as u32,
+                nr_ring_pool_objsize: vale_abi::region::ring_bytes(g.tx_slots.max(g.rx_slots))
+                    as u32,
+                nr_buf_pool_offset: (p.prefix_len + l.buf_offset) as u64,
+                nr_buf_pool_objtotal: l.nbufs,
+                nr_buf_pool_objsize: g.buf_size,
+                ..Default::default()
+            };
+            // SAFETY: the body is a `struct nmreq_pools_info`.
+            unsafe { write_out(body, &b) };
+            Ok(())
+        }
+        REQ_VALE_LIST => {
+            // SAFETY: the body is a `struct nmreq_vale_list`.
+            let mut b: NmreqValeList = unsafe { read_in(body)? };
+            let r = vale_list(dev, &name, &mut b, &mut h.nr_name);
+            if r.is_ok() {
+                // SAFETY: as read above.
+                unsafe { write_out(body, &b) };
+            }
+            r
+        }
+        REQ_VALE_NEWIF => call_done(dev, &Request::HostCreate { name }),
+        REQ_VALE_DELIF => call_done(dev, &Request::HostRemove { name }),
+        REQ_VALE_ATTACH => call_done(
+            dev,
+            &Request::Attach {
+                port: name,
+                xdp: false,
+            },
+        ),
+        REQ_VALE_DETACH => call_done(dev, &Request::Detach { port: name }),
+        REQ_VALE_POLLING_ENABLE
+        | REQ_VALE_POLLING_DISABLE
+        | REQ_SYNC_KLOOP_START
+        | REQ_SYNC_KLOOP_STOP
+        | REQ_CSB_ENABLE => Err(Errno::OPNOTSUPP),
+        _ => Err(Errno::INVAL),
+    };
+    // The header goes back whatever happened (a LIST fills in the name).
+    // SAFETY: the caller's contract.
+    unsafe { write_out(hp, &h) };
+    r
+}
+
+/// VALE_LIST: a named port's place, or with an empty name the next port at or after
+/// (bridge, port), its name written into the header; ENOENT past the last.
+fn vale_list(dev: &Device, name: &str, b: &mut NmreqValeList, out: &mut [u8; 64]) -> NmResult<()> {
+    if !name.is_empty() {
+        let (bi, pi, _) = find_port(dev, name)?;
+        b.nr_bridge_idx = bi as u16;
+        b.nr_port_idx = pi as u32;
+        return Ok(());
+    }
+    let Response::List { switches, .. } = dev.call(&Request::List)?.0 else {
+        return Err(Errno::IO);
+    };
+    let at = (b.nr_bridge_idx as usize, b.nr_port_idx);
+    let next = switches
+        .iter()
+        .flat_map(|s| {
+            s.ports
+                .iter()
+                .map(move |p| ((s.index, p.index as u32), &p.name))
+        })
+        .filter(|(k, _)| *k >= at)
+        .min_by_key(|(k, _)| *k);
+    let ((bi, pi), n) = next.ok_or(Errno::NOENT)?;
+    b.nr_bridge_idx = bi as u16;
+    b.nr_port_idx = pi;
+    if !put_name(out, n) {
+        return Err(Errno::NAMETOOLONG);
+    }
+    Ok(())
+}
+
+/// The legacy NIOCREGIF (register; the old bridge commands are not offered) and
+/// NIOCGINFO.
+///
+/// # Safety
+/// `arg` points to the application's `struct nmreq`.
+unsafe fn legacy(dev: &Device, cmd: u32, arg: *mut c_void) -> NmResult<()> {
+    let p = arg as u64;
+    // SAFETY: the caller's contract.
+    let mut r: Nmreq = unsafe { read_in(p)? };
+    if r.nr_version < NETMAP_LEGACY_MIN_API {
+        return Err(Errno::INVAL);
+    }
+    let (g, memsize, mem_id) = if cmd == NIOCREGIF {
+        if r.nr_cmd != 0 {
+            return Err(Errno::OPNOTSUPP);
+        }
+        let reply = dev.register(&from_legacy(&r)?)?;
+        (reply.geometry.into(), reply.memsize, reply.mem_id)
+    } else {
+        let name = name_of(&r.nr_name).ok_or(Errno::INVAL)?.to_string();
+        match dev.port() {
+            Some(p) if name.is_empty() || name == p.name => {
+                (p.geometry().into(), p.memsize as u64, p.mem_id)
+            }
+            _ => {
+                let (_, _, g) = find_port(dev, &name)?;
+                (g, memsize_of(g), 0)
+            }
+        }
+    };
+    let g: vale::proto::Geometry = g;
+    r.nr_offset = 0;
+    r.nr_memsize = u32::try_from(memsize).map_err(|_| Errno::NOMEM)?;
+    r.nr_tx_slots = g.tx_slots;
+    r.nr_rx_slots = g.rx_slots;
+    r.nr_tx_rings = g.tx_rings;
+    r.nr_rx_rings = g.rx_rings;
+    r.nr_arg2 = mem_id;
+    r.nr_arg3 = 0;
+    // SAFETY: as read above.
+    unsafe { write_out(p, &r) };
+    Ok(())
+}
+
+/// # Safety
+/// As ioctl(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> c_int {
+    guard(-1, || {
+        let Some(dev) = lookup(fd) else {
+            // SAFETY: the caller's arguments, passed on unchanged.
+            return real::ioctl().map_or_else(
+                || fail(Errno::NOSYS, -1),
+                |f| unsafe { f(fd, request, arg) },
+            );
+        };
+        // The kernel compares 32 bits: a request kept in an int arrives sign-extended.
+        match request as u32 {
+            NIOCTXSYNC => done(dev.sync(Dir::Tx).map(|_| ())),
+            NIOCRXSYNC => done(dev.sync(Dir::Rx).map(|_| ())),
+            // SAFETY: NIOCCTRL's argument is a `struct nmreq_header`.
+            NIOCCTRL => done(unsafe { nioctrl(&dev, arg) }),
+            // SAFETY: the legacy requests' argument is a `struct nmreq`.
+            c @ (NIOCREGIF | NIOCGINFO) => done(unsafe { legacy(&dev, c, arg) }),
+            _ => fail(Errno::OPNOTSUPP, -1),
+        }
+    })
+}
+
+// ---- mmap, close, dup ---------------------------------------------------------------
+
+/// The mapping of a registered descriptor: its own `netmap_if` first, then the port's
+/// region (rings and buffers, valed's shared memory, no copy), in one range the
+/// application unmaps with one munmap.
+fn map_device(dev: &Device, len: size_t, prot: c_int, off: off_t) -> *mut c_void {
+    use rustix::mm::{MapFlags, ProtFlags};
+    let Some(p) = dev.port() else {
+        return fail(Errno::INVAL, libc::MAP_FAILED);
+    };
+    if off != 0 || len > p.memsize {
+        return fail(Errno::INVAL, libc::MAP_FAILED);
+    }
+    let prot = ProtFlags::from_bits_truncate(prot as u32);
+    // SAFETY: a fresh anonymous reservation, nothing of ours or the application's is
+    // at the address the kernel picks.
+    let base = match unsafe {
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            p.memsize,
+            ProtFlags::empty(),
+            MapFlags::PRIVATE | MapFlags::NORESERVE,
+        )
+    } {
+        Ok(b) => b,
+        Err(e) => return fail(e, libc::MAP_FAILED),
+    };
+    let pieces = [
+        (0usize, p.prefix_len, p.prefix.as_fd()),
+        (p.prefix_len, p.region.size(), p.region.fd()),
+    ];
+    for (at, n, fd) in pieces {
+        // SAFETY: `base + at .. + n` lies inside the reservation just made, which only
+        // this call knows of; MAP_FIXED replaces that part of it and nothing else.
+        let r = unsafe {
+            rustix::mm::mmap(
+                base.cast::<u8>().add(at).cast(),
+                n,
+                prot,
+                MapFlags::SHARED | MapFlags::FIXED,
+                fd,
+                0,
+            )
+        };
+        if let Err(e) = r {
+            // SAFETY: the reservation made above, not handed out yet.
+            let _ = unsafe { rustix::mm::munmap(base, p.memsize) };
+            return fail(e, libc::MAP_FAILED);
+        }
+    }
+    base
+}
+
+/// # Safety
+/// As mmap(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmap(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
+    guard(libc::MAP_FAILED, || match lookup(fd) {
+        Some(d) => map_device(&d, len, prot, off),
+        // SAFETY: the caller's arguments, passed on unchanged.
+        None => real::mmap().map_or_else(
+            || fail(Errno::NOSYS, libc::MAP_FAILED),
+            |f| unsafe { f(addr, len, prot, flags, fd, off) },
+        ),
+    })
+}
+
+/// # Safety
+/// As mmap(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmap64(
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
+    guard(libc::MAP_FAILED, || match lookup(fd) {
+        Some(d) => map_device(&d, len, prot, off),
+        // SAFETY: the caller's arguments, passed on unchanged.
+        None => real::mmap64().map_or_else(
+            || fail(Errno::NOSYS, libc::MAP_FAILED),
+            |f| unsafe { f(addr, len, prot, flags, fd, off) },
+        ),
+    })
+}
+
+/// # Safety
+/// As close(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    guard(-1, || {
+        // The device lives while any duplicate of the descriptor does (an Arc each).
+        drop(forget(fd));
+        // SAFETY: the caller's argument, passed on unchanged.
+        real::close().map_or_else(|| fail(Errno::NOSYS, -1), |f| unsafe { f(fd) })
+    })
+}
+
+/// A duplicate of a netmap descriptor is the same device.
+fn dup_done(old: c_int, new: c_int) -> c_int {
+    if new >= 0 {
+        if let Some(d) = lookup(old) {
+            insert(new, d);
+        }
+    }
+    new
+}
+
+/// # Safety
+/// As dup(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    guard(-1, || {
+        // SAFETY: the caller's argument, passed on unchanged.
+        let new = real::dup().map_or_else(|| fail(Errno::NOSYS, -1), |f| unsafe { f(fd) });
+        dup_done(fd, new)
+    })
+}
+
+/// # Safety
+/// As dup2(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    guard(-1, || {
+        if old != new {
+            drop(forget(new)); // dup2 closes `new` first
+        }
+        // SAFETY: the caller's arguments, passed on unchanged.
+        let r = real::dup2().map_or_else(|| fail(Errno::NOSYS, -1), |f| unsafe { f(old, new) });
+        dup_done(old, r)
+    })
+}
+
+/// # Safety
+/// As dup3(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    guard(-1, || {
+        if old != new {
+            drop(forget(new));
+        }
+        // SAFETY: the caller's arguments, passed on unchanged.
+        let r =
+            real::dup3().map_or_else(|| fail(Errno::NOSYS, -1), |f| unsafe { f(old, new, flags) });
+        dup_done(old, r)
+    })
+}
+
+/// # Safety
+/// As fcntl(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    guard(-1, || {
+        // SAFETY: the caller's arguments, passed on unchanged.
+        let r =
+            real::fcntl().map_or_else(|| fail(Errno::NOSYS, -1), |f| unsafe { f(fd, cmd, arg) });
+        if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
+            dup_done(fd, r)
+        } else {
+            r
+        }
+    })
+}
+
+/// # Safety
+/// As fcntl(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    guard(-1, || {
+        // SAFETY: the caller's arguments, passed on unchanged.
+        let r =
+            real::fcntl64().map_or_else(|| fail(Errno::NOSYS, -1), |f| unsafe { f(fd, cmd, arg) });
+        if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
+            dup_done(fd, r)
+        } else {
+            r
+        }
+    })
+}
+
+// ---- poll and select ----------------------------------------------------------------
+
+/// The real poll, sleeping with the caller's signal mask when it gave one (ppoll).
+struct Real {
+    sigmask: *const libc::sigset_t,
+}
+
+impl Sleeper for Real {
+    fn poll(&mut self, fds: &mut [pollfd], timeout: Option<Duration>) -> i32 {
+        let ts = timeout.map(|t| libc::timespec {
+            tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: t.subsec_nanos() as libc::c_long,
+        });
+        let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const _);
+        // SAFETY: `fds` is a live array of its length; `tsp` is null or a live timespec;
+        // the signal mask is the caller's (or null).
+        real::ppoll().map_or_else(
+            || fail(Errno::NOSYS, -1),
+            |f| unsafe { f(fds.as_mut_ptr(), fds.len() as nfds_t, tsp, self.sigmask) },
+        )
+    }
+}
+
+/// Whether any descriptor of the array is ours, and which.
+fn devices_of(fds: &[pollfd]) -> Option<Vec<Option<Arc<Device>>>> {
+    if OPEN.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    let devs: Vec<_> = fds.iter().map(|f| lookup(f.fd)).collect();
+    devs.iter().any(Option::is_some).then_some(devs)
+}
+
+fn timeout_ms(ms: c_int) -> Option<Duration> {
+    (ms >= 0).then(|| Duration::from_millis(ms as u64))
+}
+
+/// # Safety
+/// As poll(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int {
+    guard(-1, || {
+        let arr = if fds.is_null() || nfds == 0 {
+            &mut [][..]
+        } else {
+            // SAFETY: poll's contract: `fds` points to `nfds` pollfds.
+            unsafe { std::slice::from_raw_parts_mut(fds, nfds as usize) }
+        };
+        match devices_of(arr) {
+            Some(devs) => pollemu::poll(
+                arr,
+                &devs,
+                timeout_ms(timeout),
+                &mut Real {
+                    sigmask: std::ptr::null(),
+                },
+            ),
+            None => {
+                // SAFETY: the caller's arguments, passed on unchanged.
+                real::poll().map_or_else(
+                    || fail(Errno::NOSYS, -1),
+                    |f| unsafe { f(fds, nfds, timeout) },
+                )
+            }
+        }
+    })
+}
+
+/// # Safety
+/// As glibc's `__poll_chk` (poll with _FORTIFY_SOURCE).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __poll_chk(
+    fds: *mut pollfd,
+    nfds: nfds_t,
+    timeout: c_int,
+    _len: size_t,
+) -> c_int {
+    // SAFETY: as poll.
+    unsafe { poll(fds, nfds, timeout) }
+}
+
+/// # Safety
+/// As ppoll(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ppoll(
+    fds: *mut pollfd,
+    nfds: nfds_t,
+    tmo: *const libc::timespec,
+    sigmask: *const libc::sigset_t,
+) -> c_int {
+    guard(-1, || {
+        let arr = if fds.is_null() || nfds == 0 {
+            &mut [][..]
+        } else {
+            // SAFETY: ppoll's contract: `fds` points to `nfds` pollfds.
+            unsafe { std::slice::from_raw_parts_mut(fds, nfds as usize) }
+        };
+        match devices_of(arr) {
+            Some(devs) => {
+                let timeout = (!tmo.is_null()).then(|| {
+                    // SAFETY: a non-null timeout points to a timespec (ppoll's contract).
+                    let t = unsafe { *tmo };
+                    Duration::new(
+                        t.tv_sec.max(0) as u64,
+                        t.tv_nsec.clamp(0, 999_999_999) as u32,
+                    )
+                });
+                pollemu::poll(arr, &devs, timeout, &mut Real { sigmask })
+            }
+            // SAFETY: the caller's arguments, passed on unchanged.
+            None => real::ppoll().map_or_else(
+                || fail(Errno::NOSYS, -1),
+                |f| unsafe { f(fds, nfds, tmo, sigmask) },
+            ),
+        }
+    })
+}
+
+/// # Safety
+/// As glibc's `__ppoll_chk`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __ppoll_chk(
+    fds: *mut pollfd,
+    nfds: nfds_t,
+    tmo: *const libc::timespec,
+    sigmask: *const libc::sigset_t,
+    _len: size_t,
+) -> c_int {
+    // SAFETY: as ppoll.
+    unsafe { ppoll(fds, nfds, tmo, sigmask) }
+}
+
+/// select over sets some of whose descriptors are ours: done as a poll over the
+/// descriptors in the sets, the sets rewritten from the result.
+///
+/// # Safety
+/// The sets are null or point to `fd_set`s; `nfds` is at most FD_SETSIZE.
+unsafe fn select_emu(
+    nfds: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    timeout: Option<Duration>,
+    sigmask: *const libc::sigset_t,
+) -> Option<c_int> {
+    if OPEN.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    let n = nfds.clamp(0, libc::FD_SETSIZE as c_int);
+    // SAFETY: the sets are null or live fd_sets (the caller's contract).
+    let isset = |s: *mut libc::fd_set, fd: c_int| !s.is_null() && unsafe { libc::FD_ISSET(fd, s) };
+    let mut fds = Vec::new();
+    for fd in 0..n {
+        let mut ev = 0;
+        if isset(r, fd) {
+            ev |= POLLIN_;
+        }
+        if isset(w, fd) {
+            ev |= POLLOUT_;
+        }
+        if isset(e, fd) {
+            ev |= libc::POLLPRI;
+        }
+        if ev != 0 {
+            fds.push(pollfd {
+                fd,
+                events: ev,
+                revents: 0,
+            });
+        }
+    }
+    let devs = devices_of(&fds)?;
+    let rc = pollemu::poll(&mut fds, &devs, timeout, &mut Real { sigmask });
+    if rc < 0 {
+        return Some(rc);
+    }
+    for s in [r, w, e] {
+        if !s.is_null() {
+            // SAFETY: a live fd_set.
+            unsafe { libc::FD_ZERO(s) };
+        }
+    }
+    let mut count = 0;
+    for f in &fds {
+        let mark = |s: *mut libc::fd_set, on: bool| {
+            if on && !s.is_null() {
+                // SAFETY: a live fd_set, fd < FD_SETSIZE.
+                unsafe { libc::FD_SET(f.fd, s) };
+                1
+            } else {
+                0
+            }
+        };
+        let bad = f.revents & (libc::POLLERR | libc::POLLHUP) != 0;
+        count += mark(
+            r,
+            f.events & POLLIN_ != 0 && (f.revents & POLLIN_ != 0 || bad),
+        );
+        count += mark(
+            w,
+            f.events & POLLOUT_ != 0 && (f.revents & POLLOUT_ != 0 || bad),
+        );
+        count += mark(
+            e,
+            f.events & libc::POLLPRI != 0 && f.revents & libc::POLLPRI != 0,
+        );
+    }
+    Some(count)
+}
+
+const POLLIN_: i16 = libc::POLLIN;
+const POLLOUT_: i16 = libc::POLLOUT;
+
+/// # Safety
+/// As select(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn select(
+    nfds: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    tv: *mut libc::timeval,
+) -> c_int {
+    guard(-1, || {
+        let timeout = (!tv.is_null()).then(|| {
+            // SAFETY: a non-null timeval (select's contract).
+            let t = unsafe { *tv };
+            Duration::new(
+                t.tv_sec.max(0) as u64,
+                (t.tv_usec.clamp(0, 999_999) * 1000) as u32,
+            )
+        });
+        // SAFETY: the caller's sets.
+        if let Some(rc) = unsafe { select_emu(nfds, r, w, e, timeout, std::ptr::null()) } {
+            if !tv.is_null() {
+                // Linux writes back the time left; a poll-based select reports none.
+                // SAFETY: as read above.
+                unsafe {
+                    (*tv).tv_sec = 0;
+                    (*tv).tv_usec = 0;
+                }
+            }
+            return rc;
+        }
+        // SAFETY: the caller's arguments, passed on unchanged.
+        real::select().map_or_else(
+            || fail(Errno::NOSYS, -1),
+            |f| unsafe { f(nfds, r, w, e, tv) },
+        )
+    })
+}
+
+/// # Safety
+/// As pselect(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pselect(
+    nfds: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    ts: *const libc::timespec,
+    sigmask: *const libc::sigset_t,
+) -> c_int {
+    guard(-1, || {
+        let timeout = (!ts.is_null()).then(|| {
+            // SAFETY: a non-null timespec (pselect's contract).
+            let t = unsafe { *ts };
+            Duration::new(
+                t.tv_sec.max(0) as u64,
+                t.tv_nsec.clamp(0, 999_999_999) as u32,
+            )
+        });
+        // SAFETY: the caller's sets.
+        if let Some(rc) = unsafe { select_emu(nfds, r, w, e, timeout, sigmask) } {
+            return rc;
+        }
+        // SAFETY: the caller's arguments, passed on unchanged.
+        real::pselect().map_or_else(
+            || fail(Errno::NOSYS, -1),
+            |f| unsafe { f(nfds, r, w, e, ts, sigmask) },
+        )
+    })
+}

@@ -166,11 +166,17 @@ impl Device {
             Response::Error { kind, .. } => return Err(errno_of(kind)),
             _ => return Err(Errno::IO),
         };
+        // From here on a failure lets go of the port again, so that the descriptor may
+        // register once more (as netmap's does after a failed REGISTER).
+        let undo = |e: Errno| {
+            let _ = self.call(&Request::Close);
+            e
+        };
         let [memfd, kick, notify]: [OwnedFd; proto::OPEN_FDS] =
-            fds.try_into().map_err(|_| Errno::IO)?;
-        let region = Region::from_fd(memfd, g).map_err(|_| Errno::IO)?;
+            fds.try_into().map_err(|_| undo(Errno::IO))?;
+        let region = Region::from_fd(memfd, g).map_err(|_| undo(Errno::IO))?;
         if req.mode == NR_REG_ONE_NIC && req.ringid >= g.tx_rings && req.ringid >= g.rx_rings {
-            return Err(Errno::INVAL);
+            return Err(undo(Errno::INVAL));
         }
         let want = |n: u16, off: u64| {
             if req.flags & off != 0 {
@@ -182,7 +188,9 @@ impl Device {
         let tx_ids = want(g.tx_rings, NR_RX_RINGS_ONLY);
         let rx_ids = want(g.rx_rings, NR_TX_RINGS_ONLY);
         let prefix_len = page_up(netmap_if_bytes(g.tx_rings, g.rx_rings));
-        let prefix = self.make_if(&region, prefix_len, &tx_ids, &rx_ids)?;
+        let prefix = self
+            .make_if(&region, prefix_len, &tx_ids, &rx_ids)
+            .map_err(undo)?;
         let bind = |dir: Dir, ids: &[u16]| -> Vec<Bound> {
             ids.iter()
                 .filter_map(|&i| {

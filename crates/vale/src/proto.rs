@@ -127,6 +127,9 @@ pub enum Request {
         #[serde(default)]
         geometry: GeometryRequest,
     },
+    /// Lets go of the port this connection holds, as closing the connection would (the
+    /// connection may then open another).
+    Close,
     /// Switches and their ports.
     List,
     /// Counters of one port, or of all.

@@ -41,6 +41,16 @@ impl Control {
                 name,
                 geometry,
             } => self.open(id, version, &name, geometry),
+            Request::Close => {
+                let held = self.conns.get_mut(id).and_then(|c| c.port.take());
+                match held {
+                    Some(h) => {
+                        self.ports.release(h);
+                        done("closed".into())
+                    }
+                    None => Err(CtlError::BadRequest("this connection holds no port".into())),
+                }
+            }
             Request::List => {
                 let switches = query::snapshot(&self.ports, self.settings.limits.batch);
                 Ok(query::list(&switches, self.hosts.info()).into())

@@ -1,0 +1,333 @@
+//! Netmap programs in C, built against our headers and run under libvale_netmap.so
+//! (LD_PRELOAD) against a real valed: the NIOCCTRL and legacy paths, per-descriptor
+//! `netmap_if`, poll, errors, and traffic to and from our own Rust clients.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The preload library cargo built for these tests (a dev-dependency).
+fn shim() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    [deps, deps.parent().unwrap()]
+        .iter()
+        .map(|d| d.join("libvale_netmap.so"))
+        .find(|p| p.exists())
+        .expect("libvale_netmap.so next to the test binary (cargo builds it as a dev-dependency)")
+}
+
+fn netmap_crate() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../vale-netmap")
+}
+
+/// Compiles `tests/c/NAME.c` of vale-netmap once, with our headers only and warnings as
+/// errors. None (with SKIP printed) where there is no C compiler.
+fn program(name: &str) -> Option<PathBuf> {
+    static BUILT: OnceLock<std::sync::Mutex<Vec<(String, PathBuf)>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let mut b = built.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, p)) = b.iter().find(|(n, _)| n == name) {
+        return Some(p.clone());
+    }
+    if Command::new("cc").arg("--version").output().is_err() {
+        println!("SKIP: no C compiler (cc) to build the netmap test programs");
+        return None;
+    }
+    let src = netmap_crate().join(format!("tests/c/{name}.c"));
+    let dir = std::env::temp_dir().join(format!("vale-nm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(name);
+    let o = Command::new("cc")
+        .args(["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-I"])
+        .arg(netmap_crate().join("include"))
+        .arg(&src)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "cc {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    b.push((name.to_string(), out.clone()));
+    Some(out)
+}
+
+/// A command for a C program under the shim, talking to `d`.
+fn under_shim(d: &Daemon, prog: &Path) -> Command {
+    let mut c = d.cmd(prog.to_str().unwrap());
+    c.env("LD_PRELOAD", shim());
+    c
+}
+
+fn run_ok(d: &Daemon, prog: &Path, args: &[&str]) -> String {
+    let o = under_shim(d, prog).args(args).output().unwrap();
+    let out = stdout_of(&o);
+    assert!(
+        o.status.success(),
+        "{} {args:?} failed ({:?}):\n{out}\n{}\nvaled: {}",
+        prog.display(),
+        o.status,
+        String::from_utf8_lossy(&o.stderr),
+        d.log()
+    );
+    out
+}
+
+/// Reads the child's stdout up to a line starting with `prefix`; returns the lines read.
+fn read_until(r: &mut impl BufRead, prefix: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    loop {
+        let mut l = String::new();
+        if r.read_line(&mut l).unwrap() == 0 {
+            panic!("no `{prefix}` line; got {lines:?}");
+        }
+        let done = l.starts_with(prefix);
+        lines.push(l.trim_end().to_string());
+        if done {
+            return lines;
+        }
+    }
+}
+
+fn spawn(d: &Daemon, prog: &Path, args: &[&str]) -> Child {
+    under_shim(d, prog)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Sequence numbers of frames from nmtest/nmlegacy (bytes 14..18, native order).
+fn seqs(frames: &[Vec<u8>]) -> Vec<u32> {
+    frames
+        .iter()
+        .map(|f| u32::from_ne_bytes(f[14..18].try_into().unwrap()))
+        .collect()
+}
+
+#[test]
+fn every_error_path_answers_with_netmaps_errno() {
+    let Some(nmtest) = program("nmtest") else {
+        return;
+    };
+    let d = Daemon::start("nm-errors", &[]);
+    let out = run_ok(&d, &nmtest, &["errors", "vale0:e"]);
+    assert!(!out.contains("FAIL"), "{out}");
+    // Every check in the program's source ran and said ok.
+    let src = std::fs::read_to_string(netmap_crate().join("tests/c/nmtest.c")).unwrap();
+    let body = &src
+        [src.find("static int cmd_errors").unwrap()..src.find("static int bound_only").unwrap()];
+    let checks = body.matches("check(").count();
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("ok ")).count(),
+        checks,
+        "{out}"
+    );
+    assert!(out.contains("failures 0"), "{out}");
+}
+
+#[test]
+fn without_valed_the_device_is_missing_as_without_the_module() {
+    let Some(nmtest) = program("nmtest") else {
+        return;
+    };
+    let o = Command::new(&nmtest)
+        .args(["tx", "vale0:a", "1", "ioctl"])
+        .env("LD_PRELOAD", shim())
+        .env("VALE_SOCKET", "/nonexistent/valed.sock")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("No such file or directory"), "{err}");
+    let said: Vec<_> = err
+        .lines()
+        .filter(|l| l.starts_with("vale-netmap:"))
+        .collect();
+    assert_eq!(said.len(), 1, "one line says to start valed: {err}");
+    assert!(said[0].contains("valed"), "{err}");
+}
+
+#[test]
+fn each_descriptor_sees_only_the_rings_it_bound() {
+    let Some(nmtest) = program("nmtest") else {
+        return;
+    };
+    let d = Daemon::start("nm-rings", &[]);
+    let peer = d.open("vale1:peer");
+    let mut c = spawn(&d, &nmtest, &["rings", "vale1:r"]);
+    let mut out = BufReader::new(c.stdout.take().unwrap());
+    let lines = read_until(&mut out, "failures ");
+    assert_eq!(lines.last().unwrap(), "failures 0", "{lines:#?}");
+    // Both rings' frames crossed the switch.
+    let got = drain(&peer, 2.0);
+    let mut s = seqs(&got);
+    s.sort();
+    assert_eq!(
+        s,
+        vec![1000, 1001],
+        "one frame from ring 0, one from ring 1"
+    );
+    // valed sees the C program's port, with the geometry it asked for.
+    let v = d.ctl_json(&["list"]);
+    let port = v["switches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["ports"].as_array().unwrap().iter())
+        .find(|p| p["name"] == "vale1:r")
+        .cloned()
+        .unwrap_or_else(|| panic!("vale1:r not listed: {v}"));
+    assert_eq!(port["geometry"]["tx_rings"], 2, "{port}");
+    assert_eq!(port["geometry"]["rx_rings"], 2, "{port}");
+    drop(c.stdin.take());
+    assert!(c.wait().unwrap().success());
+    assert!(
+        wait_for(5.0, || !d.ports().contains(&"vale1:r".to_string())),
+        "the port goes when the program's descriptors close"
+    );
+}
+
+#[test]
+fn what_a_program_syncs_right_before_it_exits_is_delivered() {
+    let Some(nmtest) = program("nmtest") else {
+        return;
+    };
+    let d = Daemon::start("nm-exit", &[]);
+    let rx = d.open("vale2:rx");
+    // 1000 frames, one NIOCTXSYNC, _exit without close: all of them arrive.
+    let out = run_ok(&d, &nmtest, &["tx", "vale2:tx", "1000", "exit"]);
+    assert!(out.contains("sent 1000"), "{out}");
+    let got = drain(&rx, 3.0);
+    assert_eq!(seqs(&got), (0..1000).collect::<Vec<u32>>());
+}
+
+#[test]
+fn c_programs_and_rust_programs_exchange_frames_both_ways() {
+    let (Some(nmtest), Some(legacy)) = (program("nmtest"), program("nmlegacy")) else {
+        return;
+    };
+    let d = Daemon::start("nm-cross", &[]);
+    // NIOCCTRL sender, synced by ioctl, to our pkt-gen -f rx.
+    let rx = d
+        .cmd(PKT_GEN)
+        .args([
+            "-i",
+            "vale3:rust",
+            "-f",
+            "rx",
+            "-n",
+            "900",
+            "--duration",
+            "20",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(10.0, || d.ports().contains(&"vale3:rust".into())));
+    run_ok(&d, &nmtest, &["tx", "vale3:c", "900", "ioctl"]);
+    let o = rx.wait_with_output().unwrap();
+    assert!(
+        stdout_of(&o).contains("Received 900 packets"),
+        "{}",
+        stdout_of(&o)
+    );
+
+    // Our pkt-gen -f tx to the C receiver (NIOCCTRL, poll), and to the legacy one.
+    for (prog, args) in [
+        (&nmtest, vec!["rx", "vale4:c", "800", "3000"]),
+        (&legacy, vec!["rx", "vale4:c", "800", "3000"]),
+    ] {
+        let mut c = spawn(&d, prog, &args);
+        let mut out = BufReader::new(c.stdout.take().unwrap());
+        read_until(&mut out, if prog == &nmtest { "ready" } else { "opened" });
+        let tx = d
+            .cmd(PKT_GEN)
+            .args(["-i", "vale4:rust", "-f", "tx", "-n", "800"])
+            .output()
+            .unwrap();
+        assert!(tx.status.success());
+        let lines = read_until(&mut out, "received ");
+        assert!(c.wait().unwrap().success(), "{lines:?}");
+        assert!(
+            lines.last().unwrap().starts_with("received 800 bad_seq 0"),
+            "{lines:?}"
+        );
+    }
+
+    // Legacy C sender (nm_inject) to a Rust port: every frame, in order, 60 bytes.
+    let port = d.open("vale5:rust");
+    run_ok(&d, &legacy, &["tx", "vale5:c", "700"]);
+    let got = drain(&port, 3.0);
+    assert!(got.iter().all(|f| f.len() == 60));
+    assert_eq!(seqs(&got), (0..700).collect::<Vec<u32>>());
+}
+
+#[test]
+fn legacy_receiver_gets_timestamps_and_every_frame_from_a_legacy_sender() {
+    let Some(legacy) = program("nmlegacy") else {
+        return;
+    };
+    let d = Daemon::start("nm-legacy", &[]);
+    let mut c = spawn(&d, &legacy, &["rx", "vale0:b", "1000", "3000"]);
+    let mut out = BufReader::new(c.stdout.take().unwrap());
+    read_until(&mut out, "opened vale0:b");
+    run_ok(&d, &legacy, &["tx", "vale0:a", "1000"]);
+    let lines = read_until(&mut out, "received ");
+    assert!(c.wait().unwrap().success(), "{lines:?}");
+    assert_eq!(lines.last().unwrap(), "received 1000 bad_seq 0 ts 1000");
+}
+
+#[test]
+fn two_descriptors_of_one_port_and_a_pipe_in_one_poll() {
+    let Some(nmtest) = program("nmtest") else {
+        return;
+    };
+    let d = Daemon::start("nm-poll2", &[]);
+    let tx = d.open("vale6:tx");
+    let mut c = spawn(&d, &nmtest, &["poll2", "vale6:p"]);
+    let mut out = BufReader::new(c.stdout.take().unwrap());
+    let before = read_until(&mut out, "waiting");
+    assert!(!before.iter().any(|l| l.starts_with("FAIL")), "{before:#?}");
+    std::thread::sleep(Duration::from_millis(100));
+    send(&tx, &[frame([0xff; 6], [2, 0, 0, 0, 0, 9], 1)]);
+    let after = read_until(&mut out, "failures ");
+    assert!(c.wait().unwrap().success(), "{before:#?} {after:#?}");
+    assert_eq!(after.last().unwrap(), "failures 0", "{after:#?}");
+}
+
+#[test]
+fn poll_txsyncs_implicitly_unless_no_tx_poll() {
+    let Some(nmtest) = program("nmtest") else {
+        return;
+    };
+    let d = Daemon::start("nm-txpoll", &[]);
+    let rx = d.open("vale7:rx");
+    // Implicit txsync: poll(events = 0) after filling the ring sends.
+    run_ok(&d, &nmtest, &["tx", "vale7:a", "500", "pollsync"]);
+    assert_eq!(seqs(&drain(&rx, 3.0)), (0..500).collect::<Vec<u32>>());
+    // NO_TX_POLL: a poll for input leaves the TX ring alone; one for output sends.
+    let mut c = spawn(&d, &nmtest, &["notxpoll", "vale7:b", "300"]);
+    let mut out = BufReader::new(c.stdout.take().unwrap());
+    read_until(&mut out, "polled without txsync");
+    assert!(
+        drain(&rx, 0.5).is_empty(),
+        "NO_TX_POLL: poll(POLLIN) sent nothing"
+    );
+    let mut stdin = c.stdin.take().unwrap();
+    stdin.write_all(b"g").unwrap();
+    read_until(&mut out, "polled for output");
+    assert_eq!(seqs(&drain(&rx, 3.0)), (0..300).collect::<Vec<u32>>());
+    drop(stdin);
+    assert!(c.wait().unwrap().success());
+}

@@ -319,18 +319,18 @@ nm_parse(const char *ifname, struct nm_desc *d, char *err)
 
 		name = ifname;
 		if (colon == NULL) {
-			snprintf(why, sizeof(why), "missing ':' in vale name");
+			snprintf(why, sizeof(why), "no ':' after the switch name (valeX:port)");
 			goto fail;
 		}
 		if (!nm_vale_is_ident_(ifname + strlen(NM_BDG_NAME), colon)) {
-			snprintf(why, sizeof(why), "invalid bridge name");
+			snprintf(why, sizeof(why), "switch name: letters, digits and '_' only");
 			goto fail;
 		}
 		p = colon + 1;
 		while (*p && !strchr("-*^{}/@", *p))
 			p++;
 		if (!nm_vale_is_ident_(colon + 1, p)) {
-			snprintf(why, sizeof(why), "invalid bridge port name");
+			snprintf(why, sizeof(why), "port name: letters, digits and '_' only");
 			goto fail;
 		}
 	} else if (strncmp(ifname, "netmap:", 7) == 0) {
@@ -339,13 +339,14 @@ nm_parse(const char *ifname, struct nm_desc *d, char *err)
 		while (*p && !strchr("-*^{}/@", *p))
 			p++;
 	} else {
-		snprintf(why, sizeof(why), "not a netmap: or vale name");
+		snprintf(why, sizeof(why), "neither a netmap: nor a vale name");
 		goto fail;
 	}
 
 	namelen = (size_t)(p - name);
 	if (namelen >= sizeof(d->req.nr_name)) {
-		snprintf(why, sizeof(why), "name too long");
+		snprintf(why, sizeof(why), "name is %u characters; the limit is %u",
+		    (unsigned)namelen, (unsigned)sizeof(d->req.nr_name) - 1);
 		goto fail;
 	}
 
@@ -365,13 +366,13 @@ nm_parse(const char *ifname, struct nm_desc *d, char *err)
 			long n;
 
 			if (*p == '\0') {
-				snprintf(why, sizeof(why), "unexpected end of port name");
+				snprintf(why, sizeof(why), "no number after '%c'", sel);
 				goto fail;
 			}
 			n = strtol(p, &end, 10);
 			if (n < 0 || n >= NETMAP_RING_MASK) {
-				snprintf(why, sizeof(why), "'%ld' out of range [0, %d)", n,
-				    NETMAP_RING_MASK);
+				snprintf(why, sizeof(why), "ring %ld: the range is 0 to %d", n,
+				    NETMAP_RING_MASK - 1);
 				goto fail;
 			}
 			ringid = (uint32_t)n;
@@ -384,7 +385,7 @@ nm_parse(const char *ifname, struct nm_desc *d, char *err)
 		if (*p == '/') {
 			p++;
 			if (*p == '\0') {
-				snprintf(why, sizeof(why), "unexpected end of port name");
+				snprintf(why, sizeof(why), "no flags after '/'");
 				goto fail;
 			}
 			for (; *p && *p != '@'; p++) {
@@ -396,7 +397,8 @@ nm_parse(const char *ifname, struct nm_desc *d, char *err)
 				case 'R': flags |= NR_RX_RINGS_ONLY; break;
 				case 'T': flags |= NR_TX_RINGS_ONLY; break;
 				default:
-					snprintf(why, sizeof(why), "unrecognized flag: '%c'", *p);
+					snprintf(why, sizeof(why), "flag '%c': the flags are x z t r R T",
+					    *p);
 					goto fail;
 				}
 			}
@@ -406,26 +408,27 @@ nm_parse(const char *ifname, struct nm_desc *d, char *err)
 
 			p++;
 			if (memid != 0) {
-				snprintf(why, sizeof(why), "double setting of memid");
-				goto fail;
-			}
-			if (*p == '\0') {
-				snprintf(why, sizeof(why), "unexpected end of port name");
+				snprintf(why, sizeof(why), "memory id given twice");
 				goto fail;
 			}
 			n = strtol(p, &end, 10);
+			if (end == p) {
+				snprintf(why, sizeof(why), "no memory id after '@'");
+				goto fail;
+			}
 			if (n <= 0 || n > 0xffff) {
-				snprintf(why, sizeof(why), "invalid memid %ld, must be >0", n);
+				snprintf(why, sizeof(why), "memory id %ld: the range is 1 to 65535", n);
 				goto fail;
 			}
 			memid = (unsigned long)n;
 			p = end;
 			if (*p && *p != '/' && *p != '@') {
-				snprintf(why, sizeof(why), "unexpected character: '%c'", *p);
+				snprintf(why, sizeof(why), "'%c' after the memory id", *p);
 				goto fail;
 			}
 		} else {
-			snprintf(why, sizeof(why), "unexpected character: '%c'", *p);
+			snprintf(why, sizeof(why), "'%c' where '/' flags or '@' memory id may come",
+			    *p);
 			goto fail;
 		}
 	}

@@ -8,8 +8,9 @@ and the ratios the performance issue asks for.
     bench/run.py --only ours,ceiling
     (rows: ours, memif, vhost (dpdk-testpmd virtio_user on a vhost-user port), bridge,
     host (TAP ports and iperf3), attach (a veth attached through AF_PACKET and AF_XDP,
-    60-byte frames each way), ceiling, and vm (QEMU guests under TCG; not in the
-    default set: about a minute per run))
+    60-byte frames each way), ceiling, vm (QEMU guests under TCG; not in the
+    default set: about a minute per run) and shim (netmap's own pkt-gen under
+    libvale_netmap.so against ours; not in the default set: needs --netmap-pktgen))
 
 Rows that cannot run (no dpdk-testpmd, not root) print SKIP with the reason. Every
 process this script starts is stopped by PID; namespaces it creates are removed even on
@@ -124,16 +125,24 @@ class Valed:
         raise RuntimeError(f"ports {names} did not appear")
 
 
-def ours_rate(secs, senders, receivers, length, broadcast):
+def ours_rate(secs, senders, receivers, length, broadcast, tool=None):
     """Delivered Mpps (from the daemon's counters over a window while traffic flows) and
-    the forwarding thread's packets per CPU-second."""
+    the forwarding thread's packets per CPU-second. `tool`: None for our pkt-gen, or
+    (path, env) for another pkt-gen (netmap's, under the LD_PRELOAD library) doing the
+    same work; it runs until stopped."""
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="vale-bench-")
     try:
         v = Valed(procs, tmp)
+
+        def gen(*args, duration):
+            if tool is None:
+                return v.pktgen(procs, *args, "--duration", str(duration))
+            return procs.start([tool[0], *args], env=dict(v.env, **tool[1]), stdout=subprocess.DEVNULL)
+
         rx_names = [f"vale0:r{i}" for i in range(receivers)]
         for n in rx_names:
-            v.pktgen(procs, "-i", n, "-f", "rx", "--duration", str(int(secs) + 6))
+            gen("-i", n, "-f", "rx", duration=int(secs) + 6)
         v.wait_ports(rx_names)
         dst = []
         if not broadcast:
@@ -143,7 +152,7 @@ def ours_rate(secs, senders, receivers, length, broadcast):
             dst = ["-D", MAC_B]
         tx_names = [f"vale0:s{i}" for i in range(senders)]
         for n in tx_names:
-            v.pktgen(procs, "-i", n, "-f", "tx", "-l", str(length), "--duration", str(int(secs) + 3), *dst)
+            gen("-i", n, "-f", "tx", "-l", str(length), *dst, duration=int(secs) + 3)
         v.wait_ports(tx_names)
         time.sleep(0.5)
         s0, c0, t0 = v.stats(), v.fwd_cpu(), time.time()
@@ -682,6 +691,24 @@ def ours_rows(a, add, notes):
             add(label, 1514, r[1])
 
 
+def shim_rows(a, add, notes):
+    """netmap's own pkt-gen (built by hand from netmap's sources, --netmap-pktgen) under
+    libvale_netmap.so against ours doing the same work, alternating in one run: tx -> rx
+    on one switch, 3 processes unpinned, delivered Mpps from valed's counters."""
+    if not a.netmap_pktgen:
+        notes.append("netmap pkt-gen under the shim: SKIP: give --netmap-pktgen PATH (netmap's apps/pkt-gen, built outside the repository)")
+        return
+    shim = os.path.join(BIN, "libvale_netmap.so")
+    tools = [("poll", a.netmap_pktgen)]
+    if a.netmap_pktgen_busy:
+        tools.append(("busy-wait", a.netmap_pktgen_busy))
+    for length in (60, 1514):
+        add("shim: our pkt-gen tx -> rx (baseline), Mpps", length, ours_rate(a.secs, 1, 1, length, False)[0])
+        for how, path in tools:
+            r = ours_rate(a.secs, 1, 1, length, False, tool=(path, {"LD_PRELOAD": shim}))[0]
+            add(f"shim: netmap's pkt-gen ({how}) under LD_PRELOAD, Mpps", length, r)
+
+
 def scaling(a):
     """--scaling 1,2,4,8: disjoint switch/client pairs over N forwarding threads."""
     counts = [int(x) for x in a.scaling.split(",")]
@@ -726,6 +753,8 @@ def main():
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--scaling", metavar="LIST", help="only the multi-thread scaling table, e.g. 1,2,4,8")
     ap.add_argument("--length", type=int, default=60, help="frame length for --scaling")
+    ap.add_argument("--netmap-pktgen", metavar="PATH", help="netmap's pkt-gen binary for the `shim` row")
+    ap.add_argument("--netmap-pktgen-busy", metavar="PATH", help="the same built with -DBUSYWAIT (syncs by ioctl, no poll)")
     ap.add_argument("--valed-args", default="", help="extra flags for every valed started, e.g. '--buf-size 2112'")
     a = ap.parse_args()
     VALED_ARGS.extend(a.valed_args.split())
@@ -733,7 +762,8 @@ def main():
         a.runs, a.secs = 1, 1.0
     only = set(a.only.split(","))
     if not a.no_build:
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "vale-tools", "-p", "vale-bench"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "vale-tools", "-p", "vale-bench", "-p", "vale-netmap"],
+                       cwd=ROOT, check=True)
     if a.scaling:
         return scaling(a)
     rows = {}  # name -> {size: [values]}
@@ -815,6 +845,8 @@ def main():
                         notes.append(f"{label} {length} B: {r}")
                     else:
                         add(label, length, r)
+        if "shim" in only:
+            shim_rows(a, add, notes)
         if "ceiling" in only:
             for length in (60, 1514):
                 add("copy ceiling (SPSC, 1 copy), Mpps", length, ceiling(a.secs, length))
@@ -839,6 +871,11 @@ def main():
         g = o
         if g:
             ratios.append(f"ours unicast {key} B: {g * key * 8 / 1000:.1f} Gbit/s")
+        base = m("shim: our pkt-gen tx -> rx (baseline), Mpps", key)
+        for how in ("poll", "busy-wait"):
+            x = m(f"shim: netmap's pkt-gen ({how}) under LD_PRELOAD, Mpps", key)
+            if base and x:
+                ratios.append(f"netmap's pkt-gen ({how}) under the shim / our pkt-gen, {key} B: {x / base:.2f}x")
     for bl, ul, what in (("ours: broadcast 1->4, pinned, delivered Mpps", "ours: unicast 1->1, pinned, delivered Mpps",
                           "pinned"),
                          ("ours: broadcast 1->4, 5 processes unpinned, Mpps", "ours: unicast, 3 processes unpinned, Mpps",

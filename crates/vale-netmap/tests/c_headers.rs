@@ -9,11 +9,7 @@ use std::mem::{align_of, offset_of, size_of};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-// The request structs and constants, read from the crate's own source so this test
-// needs nothing of the library beyond them.
-#[allow(dead_code)]
-#[path = "../src/abi.rs"]
-mod abi;
+use vale_netmap::abi;
 
 use vale_abi::layout;
 

@@ -128,21 +128,22 @@ class Valed:
 def ours_rate(secs, senders, receivers, length, broadcast, tool=None):
     """Delivered Mpps (from the daemon's counters over a window while traffic flows) and
     the forwarding thread's packets per CPU-second. `tool`: None for our pkt-gen, or
-    (path, env) for another pkt-gen (netmap's, under the LD_PRELOAD library) doing the
-    same work; it runs until stopped."""
+    {"rx": (path, env), "tx": (path, env)} for another pkt-gen (netmap's, under the
+    LD_PRELOAD library) doing the same work; it runs until stopped."""
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="vale-bench-")
     try:
         v = Valed(procs, tmp)
 
-        def gen(*args, duration):
-            if tool is None:
+        def gen(*args, duration, t=None):
+            if t is None:
                 return v.pktgen(procs, *args, "--duration", str(duration))
-            return procs.start([tool[0], *args], env=dict(v.env, **tool[1]), stdout=subprocess.DEVNULL)
+            return procs.start([t[0], *args], env=dict(v.env, **t[1]), stdout=subprocess.DEVNULL)
 
+        rx_tool, tx_tool = (tool or {}).get("rx"), (tool or {}).get("tx")
         rx_names = [f"vale0:r{i}" for i in range(receivers)]
         for n in rx_names:
-            gen("-i", n, "-f", "rx", duration=int(secs) + 6)
+            gen("-i", n, "-f", "rx", duration=int(secs) + 6, t=rx_tool)
         v.wait_ports(rx_names)
         dst = []
         if not broadcast:
@@ -152,7 +153,7 @@ def ours_rate(secs, senders, receivers, length, broadcast, tool=None):
             dst = ["-D", MAC_B]
         tx_names = [f"vale0:s{i}" for i in range(senders)]
         for n in tx_names:
-            gen("-i", n, "-f", "tx", "-l", str(length), *dst, duration=int(secs) + 3)
+            gen("-i", n, "-f", "tx", "-l", str(length), *dst, duration=int(secs) + 3, t=tx_tool)
         v.wait_ports(tx_names)
         time.sleep(0.5)
         s0, c0, t0 = v.stats(), v.fwd_cpu(), time.time()
@@ -698,14 +699,16 @@ def shim_rows(a, add, notes):
     if not a.netmap_pktgen:
         notes.append("netmap pkt-gen under the shim: SKIP: give --netmap-pktgen PATH (netmap's apps/pkt-gen, built outside the repository)")
         return
-    shim = os.path.join(BIN, "libvale_netmap.so")
-    tools = [("poll", a.netmap_pktgen)]
+    env = {"LD_PRELOAD": os.path.join(BIN, "libvale_netmap.so")}
+    poll = (a.netmap_pktgen, env)
+    tools = [("poll", {"rx": poll, "tx": poll})]
     if a.netmap_pktgen_busy:
-        tools.append(("busy-wait", a.netmap_pktgen_busy))
+        # A busy-waiting receiver too would leave the forwarding thread no CPU on two.
+        tools.append(("busy-wait sender", {"rx": poll, "tx": (a.netmap_pktgen_busy, env)}))
     for length in (60, 1514):
         add("shim: our pkt-gen tx -> rx (baseline), Mpps", length, ours_rate(a.secs, 1, 1, length, False)[0])
-        for how, path in tools:
-            r = ours_rate(a.secs, 1, 1, length, False, tool=(path, {"LD_PRELOAD": shim}))[0]
+        for how, tool in tools:
+            r = ours_rate(a.secs, 1, 1, length, False, tool=tool)[0]
             add(f"shim: netmap's pkt-gen ({how}) under LD_PRELOAD, Mpps", length, r)
 
 
@@ -872,7 +875,7 @@ def main():
         if g:
             ratios.append(f"ours unicast {key} B: {g * key * 8 / 1000:.1f} Gbit/s")
         base = m("shim: our pkt-gen tx -> rx (baseline), Mpps", key)
-        for how in ("poll", "busy-wait"):
+        for how in ("poll", "busy-wait sender"):
             x = m(f"shim: netmap's pkt-gen ({how}) under LD_PRELOAD, Mpps", key)
             if base and x:
                 ratios.append(f"netmap's pkt-gen ({how}) under the shim / our pkt-gen, {key} B: {x / base:.2f}x")

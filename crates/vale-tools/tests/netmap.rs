@@ -29,10 +29,15 @@ fn netmap_crate() -> PathBuf {
 /// Compiles `tests/c/NAME.c` of vale-netmap once, with our headers only and warnings as
 /// errors. None (with SKIP printed) where there is no C compiler.
 fn program(name: &str) -> Option<PathBuf> {
+    build(name, name, &[])
+}
+
+/// Like [`program`], as `out`, with extra arguments for cc (after the source).
+fn build(name: &str, out_name: &str, extra: &[&str]) -> Option<PathBuf> {
     static BUILT: OnceLock<std::sync::Mutex<Vec<(String, PathBuf)>>> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
     let mut b = built.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, p)) = b.iter().find(|(n, _)| n == name) {
+    if let Some((_, p)) = b.iter().find(|(n, _)| n == out_name) {
         return Some(p.clone());
     }
     if Command::new("cc").arg("--version").output().is_err() {
@@ -42,11 +47,12 @@ fn program(name: &str) -> Option<PathBuf> {
     let src = netmap_crate().join(format!("tests/c/{name}.c"));
     let dir = std::env::temp_dir().join(format!("vale-nm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join(name);
+    let out = dir.join(out_name);
     let o = Command::new("cc")
         .args(["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-I"])
         .arg(netmap_crate().join("include"))
         .arg(&src)
+        .args(extra)
         .arg("-o")
         .arg(&out)
         .output()
@@ -57,7 +63,7 @@ fn program(name: &str) -> Option<PathBuf> {
         src.display(),
         String::from_utf8_lossy(&o.stderr)
     );
-    b.push((name.to_string(), out.clone()));
+    b.push((out_name.to_string(), out.clone()));
     Some(out)
 }
 
@@ -330,4 +336,36 @@ fn poll_txsyncs_implicitly_unless_no_tx_poll() {
     assert_eq!(seqs(&drain(&rx, 3.0)), (0..300).collect::<Vec<u32>>());
     drop(stdin);
     assert!(c.wait().unwrap().success());
+}
+
+#[test]
+fn a_program_linked_with_the_library_needs_no_preload() {
+    let lib = shim();
+    let dir = lib.parent().unwrap().to_str().unwrap().to_string();
+    // What `pkg-config --libs vale-netmap` says, with the build directory as libdir.
+    let flags = [
+        format!("-L{dir}"),
+        "-Wl,--push-state,--no-as-needed".into(),
+        "-lvale_netmap".into(),
+        "-Wl,--pop-state".into(),
+        format!("-Wl,-rpath,{dir}"),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let Some(linked) = build("nmlegacy", "nmlegacy-linked", &flags) else {
+        return;
+    };
+    let d = Daemon::start("nm-linked", &[]);
+    let port = d.open("vale0:rust");
+    let o = d
+        .cmd(linked.to_str().unwrap())
+        .args(["tx", "vale0:c", "600"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        stdout_of(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(seqs(&drain(&port, 3.0)), (0..600).collect::<Vec<u32>>());
 }

@@ -5,8 +5,18 @@
 //! code never makes a reference to a live instance in shared memory (a peer may write it
 //! at any time); it uses [`core::mem::offset_of!`] on these types to find fields and reads
 //! them with atomics or volatile loads.
+//!
+//! Beyond netmap's structures, each ring has a [`SyncBlock`]: the words the application
+//! and the switch exchange positions through (netmap's CSB). They live in a sync area of
+//! the region after the rings (see [`crate::RegionLayout::sync_block_offset`]), never in
+//! the ring header: `sem[128]` belongs to the application, and netmap programs use it.
 
 use core::mem::{offset_of, size_of};
+
+/// Version of the region layout: what lives where beyond netmap's own structures.
+/// 1: sync words in `netmap_ring.sem[]`. 2: sync words in a per-ring [`SyncBlock`] after
+/// the rings, `sem[]` left to the application. Both sides of a port must agree.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// `NS_BUF_CHANGED`: the slot's `buf_idx` was changed by the user.
 pub const NS_BUF_CHANGED: u16 = 0x0001;
@@ -67,7 +77,8 @@ pub struct NetmapRing {
     pub ts: Timeval,
     pub offset_mask: u64,
     pub buf_align: u64,
-    /// Opaque in netmap; here the two sync cache lines ([`CsbAtok`] then [`CsbKtoa`]).
+    /// The application's (netmap: "opaque room for a mutex or similar object"); the
+    /// switch neither reads nor writes it.
     pub sem: Sem,
 }
 
@@ -92,7 +103,8 @@ pub struct NetmapIf {
     // ssize_t ring_ofs[] follows at offset 56.
 }
 
-/// `struct nm_csb_atok`: the application-to-switch cache line, at `sem[0..64]`.
+/// `struct nm_csb_atok`: the application-to-switch cache line, the first half of a
+/// [`SyncBlock`].
 #[repr(C, align(64))]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CsbAtok {
@@ -103,7 +115,8 @@ pub struct CsbAtok {
     pub pad: [u32; 12],
 }
 
-/// `struct nm_csb_ktoa`: the switch-to-application cache line, at `sem[64..128]`.
+/// `struct nm_csb_ktoa`: the switch-to-application cache line, the second half of a
+/// [`SyncBlock`].
 #[repr(C, align(64))]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CsbKtoa {
@@ -112,6 +125,19 @@ pub struct CsbKtoa {
     pub kern_need_kick: u32,
     pub pad: [u32; 13],
 }
+
+/// One ring's sync words (128 bytes): [`CsbAtok`], written by the application, then
+/// [`CsbKtoa`], written by the switch, each on its own cache line so neither side's
+/// stores invalidate the line the other writes.
+#[repr(C, align(128))]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SyncBlock {
+    pub atok: CsbAtok,
+    pub ktoa: CsbKtoa,
+}
+
+/// Size of one ring's [`SyncBlock`].
+pub const SYNC_BLOCK_SIZE: usize = size_of::<SyncBlock>();
 
 /// Size of `struct netmap_if` before `ring_ofs[]`.
 pub const NETMAP_IF_SIZE: usize = size_of::<NetmapIf>();
@@ -127,14 +153,21 @@ pub mod off {
     pub const RING_HEAD: usize = offset_of!(NetmapRing, head);
     pub const RING_CUR: usize = offset_of!(NetmapRing, cur);
     pub const RING_TAIL: usize = offset_of!(NetmapRing, tail);
+    /// The application's scratch area (the switch never touches it).
     pub const RING_SEM: usize = offset_of!(NetmapRing, sem);
-    pub const ATOK_HEAD: usize = RING_SEM + offset_of!(CsbAtok, head);
-    pub const ATOK_CUR: usize = RING_SEM + offset_of!(CsbAtok, cur);
-    pub const ATOK_NEED_KICK: usize = RING_SEM + offset_of!(CsbAtok, appl_need_kick);
-    pub const KTOA_HWCUR: usize = RING_SEM + size_of::<CsbAtok>() + offset_of!(CsbKtoa, hwcur);
-    pub const KTOA_HWTAIL: usize = RING_SEM + size_of::<CsbAtok>() + offset_of!(CsbKtoa, hwtail);
-    pub const KTOA_NEED_KICK: usize =
-        RING_SEM + size_of::<CsbAtok>() + offset_of!(CsbKtoa, kern_need_kick);
+}
+
+/// Byte offsets of the sync words within a ring's [`SyncBlock`].
+pub mod sync_off {
+    use super::*;
+    pub const ATOK: usize = offset_of!(SyncBlock, atok);
+    pub const KTOA: usize = offset_of!(SyncBlock, ktoa);
+    pub const ATOK_HEAD: usize = ATOK + offset_of!(CsbAtok, head);
+    pub const ATOK_CUR: usize = ATOK + offset_of!(CsbAtok, cur);
+    pub const ATOK_NEED_KICK: usize = ATOK + offset_of!(CsbAtok, appl_need_kick);
+    pub const KTOA_HWCUR: usize = KTOA + offset_of!(CsbKtoa, hwcur);
+    pub const KTOA_HWTAIL: usize = KTOA + offset_of!(CsbKtoa, hwtail);
+    pub const KTOA_NEED_KICK: usize = KTOA + offset_of!(CsbKtoa, kern_need_kick);
 }
 
 #[cfg(test)]
@@ -190,16 +223,37 @@ mod tests {
     }
 
     #[test]
-    fn csb_lives_in_sem_as_two_cache_lines() {
+    fn sync_block_is_two_cache_lines_atok_then_ktoa() {
         assert_eq!(size_of::<CsbAtok>(), 64);
         assert_eq!(size_of::<CsbKtoa>(), 64);
-        assert_eq!(off::ATOK_HEAD, 128);
-        assert_eq!(off::ATOK_CUR, 132);
-        assert_eq!(off::ATOK_NEED_KICK, 136);
-        assert_eq!(off::KTOA_HWCUR, 192);
-        assert_eq!(off::KTOA_HWTAIL, 196);
-        assert_eq!(off::KTOA_NEED_KICK, 200);
-        const { assert!(off::KTOA_NEED_KICK + 4 <= NETMAP_RING_SIZE) };
+        assert_eq!(SYNC_BLOCK_SIZE, 128);
+        assert_eq!(core::mem::align_of::<SyncBlock>(), 128);
+        assert_eq!(sync_off::ATOK, 0);
+        assert_eq!(sync_off::KTOA, 64);
+        assert_eq!(sync_off::ATOK_HEAD, 0);
+        assert_eq!(sync_off::ATOK_CUR, 4);
+        assert_eq!(sync_off::ATOK_NEED_KICK, 8);
+        assert_eq!(offset_of!(CsbAtok, sync_flags), 12);
+        assert_eq!(sync_off::KTOA_HWCUR, 64);
+        assert_eq!(sync_off::KTOA_HWTAIL, 68);
+        assert_eq!(sync_off::KTOA_NEED_KICK, 72);
+        // Each side writes only its own line.
+        for w in [
+            sync_off::ATOK_HEAD,
+            sync_off::ATOK_CUR,
+            sync_off::ATOK_NEED_KICK,
+        ] {
+            assert_eq!(w / 64, 0);
+        }
+        for w in [
+            sync_off::KTOA_HWCUR,
+            sync_off::KTOA_HWTAIL,
+            sync_off::KTOA_NEED_KICK,
+        ] {
+            assert_eq!(w / 64, 1);
+        }
+        const { assert!(sync_off::KTOA_NEED_KICK + 4 <= SYNC_BLOCK_SIZE) };
+        assert_eq!(LAYOUT_VERSION, 2);
     }
 
     #[test]

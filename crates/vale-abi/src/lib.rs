@@ -5,7 +5,8 @@
 //! - [`RingView`], [`BufPool`]: bounds-checked access to rings and buffers that another
 //!   process writes concurrently (atomics and raw copies only, never references);
 //!   [`Frag`], one packet fragment inside a buffer.
-//! - [`sync`]: the app/switch sync protocol in the ring's `sem[128]` area.
+//! - [`sync`]: the app/switch sync protocol, over each ring's [`layout::SyncBlock`] in the
+//!   region's sync area (`sem[128]` is left to the application).
 //! - [`ring`]: ring index arithmetic and the application side of txsync/rxsync.
 //!
 //! Only `mem` (the mapping) and `ring` (the views over it) may use `unsafe`; the lint

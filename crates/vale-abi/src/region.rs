@@ -6,8 +6,13 @@
 //! ```text
 //!   0            netmap_if (56 bytes) + ring_ofs[(tx+1) + (rx+1)] (8 bytes each)
 //!   128-aligned  tx rings 0..tx, then rx rings 0..rx: 256-byte header + 16*slots each
+//!   128-aligned  sync area: a 128-byte SyncBlock per ring, tx 0..tx then rx 0..rx
 //!   page-aligned buffers 0..nbufs of buf_size bytes (0 and 1 reserved)
 //! ```
+//! The sync area is ours, not netmap's: a netmap program finds everything it knows
+//! through `netmap_if` and never looks there, and the switch never looks at `sem[]`
+//! ([`crate::layout::LAYOUT_VERSION`] 2). With netmap's default geometry it fits in the
+//! padding before the page-aligned buffers, so the region is no larger than before.
 //! `ring_ofs[]` keeps netmap's placeholder for the host ring of each direction (offset 0,
 //! "not bound"), so `NETMAP_RXRING(nifp, i)` indexes `ring_ofs[i + tx + 1]` as it does for
 //! a netmap VALE port. Every slot starts out owning its own buffer, so
@@ -32,6 +37,9 @@ pub const BUF_ALIGN: u32 = 64;
 pub const ABI_MAX_BUF_SIZE: u32 = 65536 - BUF_ALIGN;
 const PAGE: usize = 4096;
 const RING_ALIGN: usize = 128;
+/// Sync blocks are 128-aligned: two whole cache lines, and the adjacent-line prefetcher's
+/// pair, so no block shares a line with a ring or another block.
+const SYNC_ALIGN: usize = 128;
 
 /// The shape of a port: ring counts, ring sizes and buffer size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +101,9 @@ pub struct RegionLayout {
     pub geometry: PortGeometry,
     /// Byte offset of each ring: tx rings first, then rx rings.
     pub ring_offsets: Vec<usize>,
+    /// Byte offset of the sync area: one [`SyncBlock`] per ring, in the order of
+    /// `ring_offsets`, right after the last ring.
+    pub sync_offset: usize,
     /// Byte offset of buffer 0.
     pub buf_offset: usize,
     /// Number of buffers including the two reserved ones.
@@ -128,6 +139,8 @@ impl RegionLayout {
             ring_offsets.push(off);
             off += ring_bytes(g.rx_slots);
         }
+        let sync_offset = align_up(off, SYNC_ALIGN);
+        off = sync_offset + SYNC_BLOCK_SIZE * ring_offsets.len();
         let buf_offset = align_up(off, PAGE);
         let nbufs = RESERVED_BUFS as u64
             + g.tx_rings as u64 * g.tx_slots as u64
@@ -138,20 +151,33 @@ impl RegionLayout {
         Ok(RegionLayout {
             geometry,
             ring_offsets,
+            sync_offset,
             buf_offset,
             nbufs,
             size,
         })
     }
 
-    /// Offset of TX ring `i` or RX ring `i`.
-    pub fn ring_offset(&self, dir: Dir, i: u16) -> Option<usize> {
+    /// Index of TX ring `i` or RX ring `i` in `ring_offsets` (and in the sync area).
+    fn ring_index(&self, dir: Dir, i: u16) -> Option<usize> {
         let g = &self.geometry;
         match dir {
-            Dir::Tx if i < g.tx_rings => Some(self.ring_offsets[i as usize]),
-            Dir::Rx if i < g.rx_rings => Some(self.ring_offsets[(g.tx_rings + i) as usize]),
+            Dir::Tx if i < g.tx_rings => Some(i as usize),
+            Dir::Rx if i < g.rx_rings => Some(g.tx_rings as usize + i as usize),
             _ => None,
         }
+    }
+
+    /// Offset of TX ring `i` or RX ring `i`.
+    pub fn ring_offset(&self, dir: Dir, i: u16) -> Option<usize> {
+        self.ring_index(dir, i).map(|k| self.ring_offsets[k])
+    }
+
+    /// Offset of the [`SyncBlock`] of TX ring `i` or RX ring `i` (add
+    /// [`sync_off`]`::*` for a word in it).
+    pub fn sync_block_offset(&self, dir: Dir, i: u16) -> Option<usize> {
+        self.ring_index(dir, i)
+            .map(|k| self.sync_offset + k * SYNC_BLOCK_SIZE)
     }
 
     /// First buffer index owned by a ring's slot 0 at creation.
@@ -271,7 +297,8 @@ impl Region {
                 // head = cur = 0; tail = slots-1 (TX: all free) or 0 (RX: empty).
                 let tail = if dir == Dir::Tx { slots - 1 } else { 0 };
                 self.map.write_u32(r + off::RING_TAIL, tail);
-                self.map.write_u32(r + off::KTOA_HWTAIL, tail);
+                let sb = self.layout.sync_block_offset(dir, i).unwrap_or(0);
+                self.map.write_u32(sb + sync_off::KTOA_HWTAIL, tail);
                 let first = self.layout.first_buf(dir, i);
                 for s in 0..slots {
                     let so = r + NETMAP_RING_SIZE + s as usize * NETMAP_SLOT_SIZE;
@@ -311,11 +338,18 @@ impl Region {
     /// A view of TX ring `i` or RX ring `i`.
     pub fn ring(&self, dir: Dir, i: u16) -> Option<RingView> {
         let off = self.layout.ring_offset(dir, i)?;
+        let sync = self.layout.sync_block_offset(dir, i)?;
         let slots = match dir {
             Dir::Tx => self.layout.geometry.tx_slots,
             Dir::Rx => self.layout.geometry.rx_slots,
         };
-        Some(RingView::new(self.map.clone(), off, slots, self.bufs()))
+        Some(RingView::new(
+            self.map.clone(),
+            off,
+            sync,
+            slots,
+            self.bufs(),
+        ))
     }
 
     /// Reads raw bytes of the region (tests, inspection).
@@ -371,6 +405,11 @@ mod tests {
         assert_eq!(l.nbufs, 2 + 1024 + 1024);
         // if (56 + 4*8 = 88 -> 128) + 2 rings of 16640 -> page aligned buffers.
         assert_eq!(l.ring_offsets, vec![128, 128 + 16640]);
+        // The two sync blocks right after the rings, inside the padding to the buffers.
+        assert_eq!(l.sync_offset, 128 + 2 * 16640);
+        assert_eq!(l.sync_block_offset(Dir::Tx, 0), Some(33408));
+        assert_eq!(l.sync_block_offset(Dir::Rx, 0), Some(33408 + 128));
+        assert_eq!(l.sync_block_offset(Dir::Rx, 1), None);
         assert_eq!(l.buf_offset, 36864);
         assert_eq!(l.size, 36864 + 2050 * 2048);
         assert!(
@@ -442,6 +481,105 @@ mod tests {
             }
         }
         assert_eq!(seen.len() as u32, r.layout().nbufs - 2);
+    }
+
+    #[test]
+    fn sync_blocks_lie_between_the_rings_and_the_buffers() {
+        let geometries = [
+            PortGeometry::default(),
+            PortGeometry {
+                tx_rings: 3,
+                rx_rings: 2,
+                tx_slots: 100,
+                rx_slots: 64,
+                buf_size: 2048,
+            },
+            // Many small rings: the sync area (73 blocks) pushes the buffers a page on.
+            PortGeometry {
+                tx_rings: 40,
+                rx_rings: 33,
+                tx_slots: 2,
+                rx_slots: 3,
+                buf_size: 64,
+            },
+        ];
+        for g in geometries {
+            let l = RegionLayout::new(g).unwrap();
+            let mut spans = Vec::new(); // (start, end, what)
+            let rings = [
+                (Dir::Tx, g.tx_rings, g.tx_slots),
+                (Dir::Rx, g.rx_rings, g.rx_slots),
+            ];
+            for (dir, n, slots) in rings {
+                for i in 0..n {
+                    let r = l.ring_offset(dir, i).unwrap();
+                    spans.push((r, r + NETMAP_RING_SIZE + NETMAP_SLOT_SIZE * slots as usize));
+                    let s = l.sync_block_offset(dir, i).unwrap();
+                    assert_eq!(s % 128, 0, "{g:?}: sync block {dir:?} {i} is 128-aligned");
+                    assert!(s > r, "{g:?}: sync blocks come after the rings");
+                    spans.push((s, s + SYNC_BLOCK_SIZE));
+                }
+                assert_eq!(l.sync_block_offset(dir, n), None);
+            }
+            let bufs = (
+                l.buf_offset,
+                l.buf_offset + l.nbufs as usize * g.buf_size as usize,
+            );
+            spans.push(bufs);
+            spans.push((0, NETMAP_IF_SIZE + 8 * (l.ring_offsets.len() + 2)));
+            spans.sort();
+            for w in spans.windows(2) {
+                assert!(w[0].1 <= w[1].0, "{g:?}: {:?} overlaps {:?}", w[0], w[1]);
+            }
+            let last_block = l.sync_offset + SYNC_BLOCK_SIZE * l.ring_offsets.len();
+            assert!(last_block <= l.buf_offset, "{g:?}");
+            assert!(bufs.1 <= l.size, "{g:?}: the region holds the buffers");
+            assert_eq!(l.size % 4096, 0);
+            // A region of this layout really has them (the memfd is l.size bytes).
+            let r = Region::create("vale0:sync", g).unwrap();
+            assert_eq!(r.size(), l.size);
+            assert!(r.ring(Dir::Rx, g.rx_rings - 1).is_some());
+        }
+    }
+
+    #[test]
+    fn sync_words_are_in_the_sync_block_and_sem_is_left_alone() {
+        let g = PortGeometry {
+            tx_rings: 2,
+            rx_rings: 2,
+            tx_slots: 64,
+            rx_slots: 32,
+            buf_size: 2048,
+        };
+        let r = Region::create("vale0:sem", g).unwrap();
+        let c = CView(&r);
+        for (dir, n, tail) in [(Dir::Tx, 2, 63), (Dir::Rx, 2, 0)] {
+            for i in 0..n {
+                let ro = r.layout().ring_offset(dir, i).unwrap();
+                let so = r.layout().sync_block_offset(dir, i).unwrap();
+                let mut sem = [0xa5u8; 128];
+                assert!(r.read_raw(ro + off::RING_SEM, &mut sem));
+                assert_eq!(sem, [0u8; 128], "the switch writes nothing into sem[]");
+                assert_eq!(c.u32_at(so + sync_off::KTOA_HWTAIL), tail);
+                // The words RingView's Csb uses are exactly these bytes.
+                let v = r.ring(dir, i).unwrap();
+                v.csb().app_publish_release(7, 9);
+                v.csb().sw_publish_release(3, 5);
+                assert_eq!(c.u32_at(so + sync_off::ATOK_HEAD), 7);
+                assert_eq!(c.u32_at(so + sync_off::ATOK_CUR), 9);
+                assert_eq!(c.u32_at(so + sync_off::KTOA_HWCUR), 3);
+                assert_eq!(c.u32_at(so + sync_off::KTOA_HWTAIL), 5);
+                v.csb().app_arm_kick();
+                v.csb().sw_arm_kick();
+                assert_eq!(c.u32_at(so + sync_off::ATOK_NEED_KICK), 1);
+                assert_eq!(c.u32_at(so + sync_off::KTOA_NEED_KICK), 1);
+                // And sem[] is still the application's: garbage there changes none of them.
+                assert!(r.write_raw(ro + off::RING_SEM, &[0xffu8; 128]));
+                assert_eq!(v.csb().sw_read_acquire(), (7, 9));
+                assert_eq!(v.csb().app_read_acquire(), (3, 5));
+                assert!(v.csb().sw_kick_needed() && v.csb().app_kick_needed());
+            }
+        }
     }
 
     #[test]

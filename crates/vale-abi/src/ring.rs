@@ -396,6 +396,8 @@ pub fn copy_frame(src: Bufs<'_>, sidx: u32, dst: Bufs<'_>, didx: u32, len: usize
 pub struct RingView {
     _map: Arc<Mapping>,
     hdr: *mut u8,
+    /// The ring's [`SyncBlock`], in the region's sync area (not in the header).
+    sync: *mut u8,
     slots: *mut NetmapSlot,
     num_slots: u32,
     bufs: BufPool,
@@ -407,17 +409,31 @@ unsafe impl Send for RingView {}
 unsafe impl Sync for RingView {}
 
 impl RingView {
-    pub(crate) fn new(map: Arc<Mapping>, offset: usize, num_slots: u32, bufs: BufPool) -> Self {
+    pub(crate) fn new(
+        map: Arc<Mapping>,
+        offset: usize,
+        sync_offset: usize,
+        num_slots: u32,
+        bufs: BufPool,
+    ) -> Self {
         let bytes = NETMAP_RING_SIZE + num_slots as usize * NETMAP_SLOT_SIZE;
         let hdr = map
             .ptr(offset, bytes)
             .expect("layout bug: ring outside the region");
         debug_assert!(map.len() >= offset + bytes);
+        assert!(
+            sync_offset % 4 == 0,
+            "layout bug: sync block not word-aligned"
+        );
+        let sync = map
+            .ptr(sync_offset, SYNC_BLOCK_SIZE)
+            .expect("layout bug: sync block outside the region");
         // SAFETY: the ring's slots follow its 256-byte header, inside the checked range.
         let slots = unsafe { hdr.add(NETMAP_RING_SIZE) }.cast::<NetmapSlot>();
         RingView {
             _map: map,
             hdr,
+            sync,
             slots,
             num_slots,
             bufs,
@@ -444,6 +460,7 @@ impl RingView {
         }
     }
 
+    /// A word of the ring header (`off::RING_*`).
     #[inline(always)]
     fn word(&self, offset: usize) -> &AtomicU32 {
         // SAFETY: offsets are constants below NETMAP_RING_SIZE and 4-aligned; the header
@@ -451,16 +468,25 @@ impl RingView {
         unsafe { AtomicU32::from_ptr(self.hdr.add(offset).cast::<u32>()) }
     }
 
-    /// The ring's sync words.
+    /// A word of the ring's sync block (`sync_off::*`).
+    #[inline(always)]
+    fn sync_word(&self, offset: usize) -> &AtomicU32 {
+        // SAFETY: offsets are constants below SYNC_BLOCK_SIZE and 4-aligned; the block is
+        // inside the mapping and 4-aligned (both checked in `new`), and the mapping
+        // outlives `&self`.
+        unsafe { AtomicU32::from_ptr(self.sync.add(offset).cast::<u32>()) }
+    }
+
+    /// The ring's sync words, in its [`SyncBlock`].
     #[inline(always)]
     pub fn csb(&self) -> Csb<'_, AtomicU32> {
         Csb {
-            head: self.word(off::ATOK_HEAD),
-            cur: self.word(off::ATOK_CUR),
-            appl_need_kick: self.word(off::ATOK_NEED_KICK),
-            hwcur: self.word(off::KTOA_HWCUR),
-            hwtail: self.word(off::KTOA_HWTAIL),
-            kern_need_kick: self.word(off::KTOA_NEED_KICK),
+            head: self.sync_word(sync_off::ATOK_HEAD),
+            cur: self.sync_word(sync_off::ATOK_CUR),
+            appl_need_kick: self.sync_word(sync_off::ATOK_NEED_KICK),
+            hwcur: self.sync_word(sync_off::KTOA_HWCUR),
+            hwtail: self.sync_word(sync_off::KTOA_HWTAIL),
+            kern_need_kick: self.sync_word(sync_off::KTOA_NEED_KICK),
         }
     }
 

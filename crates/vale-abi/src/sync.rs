@@ -1,9 +1,10 @@
 //! The application/switch sync protocol (netmap's CSB idea), generic over the atomic word
 //! so that loom can model-check exactly this code.
 //!
-//! Each ring carries two cache lines in its `sem[128]` area: `atok` (written by the
-//! application: `head`, `cur`, `appl_need_kick`) and `ktoa` (written by the switch:
-//! `hwcur`, `hwtail`, `kern_need_kick`). Publication order:
+//! Each ring has two cache lines in its [`crate::layout::SyncBlock`], in the region's sync
+//! area after the rings (not in `netmap_ring.sem[]`, which is the application's): `atok`
+//! (written by the application: `head`, `cur`, `appl_need_kick`) and `ktoa` (written by
+//! the switch: `hwcur`, `hwtail`, `kern_need_kick`). Publication order:
 //! - the application writes its slots and buffers, stores `cur`, then stores `head` with
 //!   `Release`; the switch loads `head` with `Acquire`, then `cur`;
 //! - the switch writes slots and buffers, stores `hwcur`, then `hwtail` with `Release`; the

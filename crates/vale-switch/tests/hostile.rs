@@ -7,7 +7,7 @@
 mod common;
 use common::*;
 use proptest::prelude::*;
-use vale_abi::layout::{NETMAP_RING_SIZE, NETMAP_SLOT_SIZE, off};
+use vale_abi::layout::{NETMAP_RING_SIZE, NETMAP_SLOT_SIZE, off, sync_off};
 use vale_abi::{Dir, PortGeometry};
 use vale_switch::*;
 
@@ -44,16 +44,18 @@ fn poke() -> impl Strategy<Value = Poke> {
     ]
 }
 
-const WORDS: [usize; 9] = [
-    off::RING_HEAD,
-    off::RING_CUR,
-    off::RING_TAIL,
-    off::ATOK_HEAD,
-    off::ATOK_CUR,
-    off::ATOK_NEED_KICK,
-    off::KTOA_HWCUR,
-    off::KTOA_HWTAIL,
-    off::KTOA_NEED_KICK,
+/// The words a client could aim at: (in the sync block rather than the ring header?,
+/// offset).
+const WORDS: [(bool, usize); 9] = [
+    (false, off::RING_HEAD),
+    (false, off::RING_CUR),
+    (false, off::RING_TAIL),
+    (true, sync_off::ATOK_HEAD),
+    (true, sync_off::ATOK_CUR),
+    (true, sync_off::ATOK_NEED_KICK),
+    (true, sync_off::KTOA_HWCUR),
+    (true, sync_off::KTOA_HWTAIL),
+    (true, sync_off::KTOA_NEED_KICK),
 ];
 
 proptest! {
@@ -79,6 +81,8 @@ proptest! {
         let (mut got_ab, mut got_ba) = (Vec::new(), Vec::new());
         let evil_tx = ce.region.layout().ring_offset(Dir::Tx, 0).unwrap();
         let evil_rx = ce.region.layout().ring_offset(Dir::Rx, 0).unwrap();
+        let evil_tx_sync = ce.region.layout().sync_block_offset(Dir::Tx, 0).unwrap();
+        let evil_rx_sync = ce.region.layout().sync_block_offset(Dir::Rx, 0).unwrap();
         let mut tag = 0u64;
         for (k, pokes) in steps.iter().enumerate() {
             for p in pokes {
@@ -89,8 +93,14 @@ proptest! {
                         ce.region.write_raw(o, &bytes[..n]);
                     }
                     Poke::Word(tx, w, v) => {
-                        let base = if *tx { evil_tx } else { evil_rx };
-                        ce.region.write_raw(base + WORDS[*w], &v.to_ne_bytes());
+                        let (in_sync, o) = WORDS[*w];
+                        let base = match (*tx, in_sync) {
+                            (true, false) => evil_tx,
+                            (false, false) => evil_rx,
+                            (true, true) => evil_tx_sync,
+                            (false, true) => evil_rx_sync,
+                        };
+                        ce.region.write_raw(base + o, &v.to_ne_bytes());
                     }
                     Poke::Slot(s, bi, len, flags) => {
                         let so = evil_tx + NETMAP_RING_SIZE + *s as usize * NETMAP_SLOT_SIZE;

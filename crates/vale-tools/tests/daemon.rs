@@ -243,6 +243,44 @@ fn bad_names_and_limits_get_clear_errors() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("limit is 15"));
 }
 
+/// Protocol 2 opened regions with the sync words out of `sem[]`: a protocol-1 client
+/// (which would look for them in `sem[]`) is refused before it gets a region, and the
+/// `Opened` a current client gets names the layout.
+#[test]
+fn an_old_client_is_refused_and_opened_names_the_layout() {
+    let d = Daemon::start("layoutver", &[]);
+    let conn = vale::sock::connect(&d.socket).unwrap();
+    let open = |version| vale::proto::Request::Open {
+        version,
+        name: "vale0:x".into(),
+        geometry: Default::default(),
+    };
+    let (r, fds) = vale::sock::call(&conn, &open(1)).unwrap();
+    match r {
+        vale::proto::Response::Error {
+            kind: vale::proto::ErrorKind::Version,
+            message,
+        } => assert!(
+            message.contains("protocol 1") && message.contains("speaks 2"),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(fds.is_empty(), "no region for a client of another layout");
+    let (r, fds) = vale::sock::call(&conn, &open(vale::proto::VERSION)).unwrap();
+    assert!(
+        matches!(
+            r,
+            vale::proto::Response::Opened {
+                layout_version: vale_abi::layout::LAYOUT_VERSION,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    assert_eq!(fds.len(), vale::proto::OPEN_FDS);
+}
+
 #[test]
 fn garbage_and_half_handshakes_leave_the_daemon_serving() {
     let mut d = Daemon::start("garbage", &[]);

@@ -48,6 +48,12 @@ pub enum Error {
     Io(&'static str, #[source] std::io::Error),
     #[error("cannot map the port's memory: {0}")]
     Region(#[source] vale_abi::Error),
+    #[error(
+        "valed lays out port memory in version {daemon}, this library in version {library} \
+         (version 2 moved the sync words out of netmap_ring.sem[]); use a valed and a \
+         library from the same release"
+    )]
+    LayoutVersion { daemon: u32, library: u32 },
 }
 
 impl Error {

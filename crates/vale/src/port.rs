@@ -172,11 +172,20 @@ impl Port {
         };
         let (resp, fds) = sock::call(&conn, &req)?;
         let (switch, port, index, geometry) = match resp {
+            Response::Opened { layout_version, .. }
+                if layout_version != vale_abi::layout::LAYOUT_VERSION =>
+            {
+                return Err(Error::LayoutVersion {
+                    daemon: layout_version,
+                    library: vale_abi::layout::LAYOUT_VERSION,
+                });
+            }
             Response::Opened {
                 switch,
                 port,
                 index,
                 geometry,
+                ..
             } => (switch, port, index, geometry),
             Response::Error { kind, message } => return Err(Error::Daemon { kind, message }),
             other => return Err(Error::Protocol(format!("unexpected answer {other:?}"))),
@@ -449,5 +458,112 @@ impl Port {
     /// The control connection, for callers that poll it themselves.
     pub fn connection(&self) -> rustix::fd::BorrowedFd<'_> {
         self.conn.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::event::{EventfdFlags, eventfd};
+    use rustix::fd::AsFd;
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    use vale_abi::layout::LAYOUT_VERSION;
+
+    /// A one-shot daemon on a fresh socket: answers the first `Open` with `Opened`
+    /// naming `layout_version`, and the fds a real valed sends.
+    fn fake_valed(
+        tag: &str,
+        layout_version: u32,
+    ) -> (std::path::PathBuf, std::thread::JoinHandle<()>) {
+        let path = std::env::temp_dir().join(format!("vale-{}-{tag}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let l = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        rustix::net::bind(&l, &SocketAddrUnix::new(&path).unwrap()).unwrap();
+        rustix::net::listen(&l, 1).unwrap();
+        let h = std::thread::spawn(move || {
+            let c = rustix::net::accept(&l).unwrap();
+            let mut buf = vec![0u8; proto::MAX_MSG];
+            let (n, _) = sock::recv(c.as_fd(), &mut buf).unwrap();
+            let req: Request = serde_json::from_slice(&buf[..n]).unwrap();
+            assert!(matches!(
+                req,
+                Request::Open {
+                    version: proto::VERSION,
+                    ..
+                }
+            ));
+            let g = PortGeometry::default();
+            let region = Region::create("vale0:a", g).unwrap();
+            let kick = eventfd(0, EventfdFlags::CLOEXEC).unwrap();
+            let notify = eventfd(0, EventfdFlags::CLOEXEC).unwrap();
+            let resp = Response::Opened {
+                switch: "vale0".into(),
+                port: "vale0:a".into(),
+                index: 0,
+                geometry: g.into(),
+                layout_version,
+            };
+            let bytes = serde_json::to_vec(&resp).unwrap();
+            sock::send(
+                c.as_fd(),
+                &bytes,
+                &[region.fd(), kick.as_fd(), notify.as_fd()],
+            )
+            .unwrap();
+            // Hold the connection until the client is done with it.
+            let _ = sock::recv(c.as_fd(), &mut buf);
+        });
+        (path, h)
+    }
+
+    fn open_at(path: &std::path::Path) -> Result<Port, Error> {
+        let opts = OpenOptions {
+            socket: Some(path.to_path_buf()),
+            ..Default::default()
+        };
+        Port::open_with("vale0:a", &opts)
+    }
+
+    #[test]
+    fn a_region_in_another_layout_is_refused_with_a_clear_error() {
+        let (path, h) = fake_valed("layout1", 1);
+        let Err(e) = open_at(&path) else {
+            panic!("a region of layout 1 was accepted");
+        };
+        assert!(
+            matches!(
+                e,
+                Error::LayoutVersion {
+                    daemon: 1,
+                    library: LAYOUT_VERSION
+                }
+            ),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("version 1") && msg.contains("version 2"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("sem[]") && msg.contains("same release"),
+            "{msg}"
+        );
+        h.join().unwrap();
+        let _ = std::fs::remove_file(&path);
+
+        // The same answer in this library's layout opens the port.
+        let (path, h) = fake_valed("layout2", LAYOUT_VERSION);
+        let p = open_at(&path).expect("layout 2 accepted");
+        assert_eq!(p.name(), "vale0:a");
+        drop(p);
+        h.join().unwrap();
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -8,8 +8,9 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Protocol version spoken by this library.
-pub const VERSION: u32 = 1;
+/// Protocol version spoken by this library. 2: port regions in layout 2 (sync words out
+/// of `sem[]`, see [`vale_abi::layout::LAYOUT_VERSION`]) and `Opened` says so.
+pub const VERSION: u32 = 2;
 /// Largest message either side sends or accepts.
 pub const MAX_MSG: usize = 256 * 1024;
 /// File descriptors that come with `Opened`: the region memfd, the kick eventfd
@@ -320,6 +321,10 @@ pub enum Response {
         port: String,
         index: u16,
         geometry: Geometry,
+        /// The region's layout ([`vale_abi::layout::LAYOUT_VERSION`] of the daemon); a
+        /// daemon from before the field mapped layout 1.
+        #[serde(default = "layout_v1")]
+        layout_version: u32,
     },
     List {
         switches: Vec<SwitchInfo>,
@@ -347,6 +352,10 @@ pub enum Response {
     },
 }
 
+fn layout_v1() -> u32 {
+    1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,12 +373,33 @@ mod tests {
         let j = serde_json::to_string(&r).unwrap();
         assert_eq!(
             j,
-            r#"{"op":"open","version":1,"name":"vale0:a","geometry":{"tx_slots":512}}"#
+            r#"{"op":"open","version":2,"name":"vale0:a","geometry":{"tx_slots":512}}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&j).unwrap(), r);
         let list: Request = serde_json::from_str(r#"{"op":"list","extra":1}"#).unwrap();
         assert_eq!(list, Request::List);
         assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
+    }
+
+    #[test]
+    fn opened_names_the_region_layout() {
+        let r = Response::Opened {
+            switch: "vale0".into(),
+            port: "vale0:a".into(),
+            index: 0,
+            geometry: vale_abi::PortGeometry::default().into(),
+            layout_version: vale_abi::layout::LAYOUT_VERSION,
+        };
+        let j = serde_json::to_string(&r).unwrap();
+        assert!(j.ends_with(r#","layout_version":2}"#), "{j}");
+        assert_eq!(serde_json::from_str::<Response>(&j).unwrap(), r);
+        // An answer without the field comes from a daemon that kept the sync words in sem[].
+        let old = r#"{"status":"opened","switch":"vale0","port":"vale0:a","index":0,
+            "geometry":{"tx_rings":1,"rx_rings":1,"tx_slots":1024,"rx_slots":1024,"buf_size":2048}}"#;
+        match serde_json::from_str::<Response>(old).unwrap() {
+            Response::Opened { layout_version, .. } => assert_eq!(layout_version, 1),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

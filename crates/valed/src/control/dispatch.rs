@@ -198,7 +198,7 @@ mod tests {
             r#"{"op":"stats"}"#,
             r#"{"op":"fdb","switch":"vale0"}"#,
             r#"{"op":"settings"}"#,
-            r#"{"op":"open","version":1,"name":"vale0:a"}"#,
+            r#"{"op":"open","version":2,"name":"vale0:a"}"#,
         ] {
             let r: Request = serde_json::from_str(j).unwrap();
             assert!(!touches_host(&r), "{j}");

@@ -167,6 +167,7 @@ impl PortTable {
                 port: port.name().to_string(),
                 index: key.port.0,
                 geometry: port.geometry().into(),
+                layout_version: vale_abi::layout::LAYOUT_VERSION,
             };
             let entry = BoardEntry {
                 switch: e.name.clone(),

@@ -162,6 +162,17 @@ impl Device {
             geometry: req.geometry,
         })?;
         let g: PortGeometry = match resp {
+            Response::Opened { layout_version, .. }
+                if layout_version != vale_abi::layout::LAYOUT_VERSION =>
+            {
+                // Rings we would misread: say so once, fail as a broken device would.
+                eprintln!(
+                    "vale-netmap: valed maps layout {layout_version}, this library layout {}; use matching builds",
+                    vale_abi::layout::LAYOUT_VERSION
+                );
+                let _ = self.call(&Request::Close);
+                return Err(Errno::IO);
+            }
             Response::Opened { geometry, .. } => geometry.into(),
             Response::Error { kind, .. } => return Err(errno_of(kind)),
             _ => return Err(Errno::IO),

@@ -369,3 +369,32 @@ fn a_program_linked_with_the_library_needs_no_preload() {
     );
     assert_eq!(seqs(&drain(&port, 3.0)), (0..600).collect::<Vec<u32>>());
 }
+
+#[test]
+fn a_program_writing_over_sem_loses_nothing() {
+    let Some(nmtest) = program("nmtest") else {
+        return;
+    };
+    // netmap leaves `ring->sem[]` to the application (lb keeps state there); this
+    // receiver overwrites it on every ring before each poll while frames flow.
+    let d = Daemon::start("nm-sem", &[]);
+    let tx = d.open("vale0:tx");
+    let mut c = spawn(&d, &nmtest, &["scribble", "vale0:c", "3000", "3000"]);
+    let mut out = BufReader::new(c.stdout.take().unwrap());
+    read_until(&mut out, "ready");
+    for burst in 0..6u32 {
+        let frames: Vec<Vec<u8>> = (0..500u32)
+            .map(|i| {
+                let mut f = frame([0xff; 6], [2, 0, 0, 0, 0, 7], 0);
+                f[12..14].copy_from_slice(&[0x88, 0xb5]);
+                f[14..18].copy_from_slice(&(burst * 500 + i).to_ne_bytes());
+                f
+            })
+            .collect();
+        send(&tx, &frames);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let lines = read_until(&mut out, "received ");
+    assert!(c.wait().unwrap().success(), "{lines:?}\n{}", d.log());
+    assert_eq!(lines.last().unwrap(), "received 3000 bad_seq 0");
+}

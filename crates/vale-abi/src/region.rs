@@ -41,7 +41,8 @@ const RING_ALIGN: usize = 128;
 /// pair, so no block shares a line with a ring or another block.
 const SYNC_ALIGN: usize = 128;
 
-/// The shape of a port: ring counts, ring sizes and buffer size.
+/// The shape of a port: ring counts, ring sizes, buffer size, and the spare buffers
+/// reserved beside the rings' own (netmap's extra buffers, `nr_extra_bufs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortGeometry {
     pub tx_rings: u16,
@@ -49,6 +50,9 @@ pub struct PortGeometry {
     pub tx_slots: u32,
     pub rx_slots: u32,
     pub buf_size: u32,
+    /// Buffers after the rings' own, owned by no slot at creation: handed to the
+    /// clients that ask for extra buffers (see [`RegionLayout::extra_bufs`]).
+    pub extra_bufs: u32,
 }
 
 impl Default for PortGeometry {
@@ -60,6 +64,7 @@ impl Default for PortGeometry {
             tx_slots: 1024,
             rx_slots: 1024,
             buf_size: 2048,
+            extra_bufs: 0,
         }
     }
 }
@@ -144,7 +149,8 @@ impl RegionLayout {
         let buf_offset = align_up(off, PAGE);
         let nbufs = RESERVED_BUFS as u64
             + g.tx_rings as u64 * g.tx_slots as u64
-            + g.rx_rings as u64 * g.rx_slots as u64;
+            + g.rx_rings as u64 * g.rx_slots as u64
+            + g.extra_bufs as u64;
         let nbufs = u32::try_from(nbufs)
             .map_err(|_| Error::Geometry(format!("{nbufs} buffers do not fit a u32 index")))?;
         let size = align_up(buf_offset + nbufs as usize * g.buf_size as usize, PAGE);
@@ -178,6 +184,12 @@ impl RegionLayout {
     pub fn sync_block_offset(&self, dir: Dir, i: u16) -> Option<usize> {
         self.ring_index(dir, i)
             .map(|k| self.sync_offset + k * SYNC_BLOCK_SIZE)
+    }
+
+    /// The spare buffers: indices `first..first + count`, after every ring's own.
+    pub fn extra_bufs(&self) -> (u32, u32) {
+        let e = self.geometry.extra_bufs;
+        (self.nbufs - e, e)
     }
 
     /// First buffer index owned by a ring's slot 0 at creation.
@@ -426,6 +438,7 @@ mod tests {
             tx_slots: 100, // not a power of two, as netmap allows
             rx_slots: 64,
             buf_size: 2048,
+            extra_bufs: 0,
         };
         let r = Region::create("vale0:macro", g).unwrap();
         let c = CView(&r);
@@ -493,6 +506,7 @@ mod tests {
                 tx_slots: 100,
                 rx_slots: 64,
                 buf_size: 2048,
+                extra_bufs: 0,
             },
             // Many small rings: the sync area (73 blocks) pushes the buffers a page on.
             PortGeometry {
@@ -501,6 +515,7 @@ mod tests {
                 tx_slots: 2,
                 rx_slots: 3,
                 buf_size: 64,
+                extra_bufs: 0,
             },
         ];
         for g in geometries {
@@ -550,6 +565,7 @@ mod tests {
             tx_slots: 64,
             rx_slots: 32,
             buf_size: 2048,
+            extra_bufs: 0,
         };
         let r = Region::create("vale0:sem", g).unwrap();
         let c = CView(&r);

@@ -28,6 +28,8 @@ pub struct RegisterReply {
     pub memsize: u64,
     pub geometry: PortGeometry,
     pub mem_id: u16,
+    /// Extra buffers obtained (`nr_extra_bufs` out), listed from `ni_bufs_head`.
+    pub extra_bufs: u32,
 }
 
 /// A netmap error: the errno the ioctl fails with.
@@ -160,7 +162,9 @@ impl Device {
             version: proto::VERSION,
             name: format!("{}{mon}", req.name),
             geometry: req.geometry,
+            exclusive: req.flags & NR_EXCLUSIVE != 0,
         })?;
+        let granted: (u32, u32);
         let g: PortGeometry = match resp {
             Response::Opened { layout_version, .. }
                 if layout_version != vale_abi::layout::LAYOUT_VERSION =>
@@ -173,7 +177,12 @@ impl Device {
                 let _ = self.call(&Request::Close);
                 return Err(Errno::IO);
             }
-            Response::Opened { geometry, .. } => geometry.into(),
+            Response::Opened {
+                geometry, extra, ..
+            } => {
+                granted = extra.map_or((0, 0), |[f, n]| (f, n));
+                geometry.into()
+            }
             Response::Error { kind, .. } => return Err(errno_of(kind)),
             _ => return Err(Errno::IO),
         };
@@ -199,8 +208,11 @@ impl Device {
         let tx_ids = want(g.tx_rings, NR_RX_RINGS_ONLY);
         let rx_ids = want(g.rx_rings, NR_TX_RINGS_ONLY);
         let prefix_len = page_up(netmap_if_bytes(g.tx_rings, g.rx_rings));
+        if !link_extra_bufs(&region, granted) {
+            return Err(undo(Errno::IO));
+        }
         let prefix = self
-            .make_if(&region, prefix_len, &tx_ids, &rx_ids)
+            .make_if(&region, prefix_len, &tx_ids, &rx_ids, granted)
             .map_err(undo)?;
         let bind = |dir: Dir, ids: &[u16]| -> Vec<Bound> {
             ids.iter()
@@ -239,6 +251,7 @@ impl Device {
             memsize: memsize as u64,
             geometry: g,
             mem_id: port.mem_id,
+            extra_bufs: granted.1,
         };
         let _ = self.port.set(port);
         Ok(reply)
@@ -247,14 +260,23 @@ impl Device {
     /// This descriptor's `netmap_if`, in a memfd that becomes the start of its mapping:
     /// the region's own header, with `ring_ofs[]` pointing (from offset 0 of the
     /// mapping) at the rings it bound and 0 for the others.
-    fn make_if(&self, region: &Region, len: usize, tx: &[u16], rx: &[u16]) -> NmResult<OwnedFd> {
+    fn make_if(
+        &self,
+        region: &Region,
+        len: usize,
+        tx: &[u16],
+        rx: &[u16],
+        extra: (u32, u32),
+    ) -> NmResult<OwnedFd> {
         let g = region.geometry();
         let mut nifp = vec![0u8; netmap_if_bytes(g.tx_rings, g.rx_rings)];
         let head = vale_abi::layout::NETMAP_IF_SIZE;
         if !region.read_raw(0, &mut nifp[..head]) {
             return Err(Errno::IO);
         }
-        nifp[32..36].copy_from_slice(&0u32.to_ne_bytes()); // ni_bufs_head: none
+        // ni_bufs_head: this descriptor's extra buffers, or none.
+        let head_idx = if extra.1 > 0 { extra.0 } else { 0 };
+        nifp[NI_BUFS_HEAD..NI_BUFS_HEAD + 4].copy_from_slice(&head_idx.to_ne_bytes());
         let mut k = 0;
         let mut put = |v: i64| {
             nifp[head + 8 * k..head + 8 * (k + 1)].copy_from_slice(&v.to_ne_bytes());
@@ -379,6 +401,29 @@ impl Port {
     }
 }
 
+/// Offset of `ni_bufs_head` in a `netmap_if`.
+const NI_BUFS_HEAD: usize = core::mem::offset_of!(vale_abi::layout::NetmapIf, ni_bufs_head);
+
+/// Links extra buffers `first..first + count` into netmap's free list: each buffer's
+/// first word is the next one's index, 0 ends the list.
+fn link_extra_bufs(region: &Region, (first, count): (u32, u32)) -> bool {
+    let l = region.layout();
+    let (pool_first, pool_count) = l.extra_bufs();
+    if count == 0 {
+        return true;
+    }
+    // valed's answer is checked like any shared input: inside the region's reserve.
+    if first < pool_first || first as u64 + count as u64 > pool_first as u64 + pool_count as u64 {
+        return false;
+    }
+    let size = l.geometry.buf_size as usize;
+    (0..count).all(|k| {
+        let idx = first + k;
+        let next = if k + 1 < count { idx + 1 } else { 0 };
+        region.write_raw(l.buf_offset + idx as usize * size, &next.to_ne_bytes())
+    })
+}
+
 /// Offset of `ts` in a ring header.
 const TS_OFFSET: usize = core::mem::offset_of!(vale_abi::layout::NetmapRing, ts);
 
@@ -420,6 +465,7 @@ pub fn from_legacy(r: &Nmreq) -> NmResult<RegisterReq> {
             rx_rings: some16(r.nr_rx_rings),
             tx_slots: some(r.nr_tx_slots),
             rx_slots: some(r.nr_rx_slots),
+            extra_bufs: some(r.nr_arg3),
         },
     })
 }
@@ -438,6 +484,7 @@ pub fn from_register(name: &str, b: &NmreqRegister) -> RegisterReq {
             rx_rings: some16(b.nr_rx_rings),
             tx_slots: some(b.nr_tx_slots),
             rx_slots: some(b.nr_rx_slots),
+            extra_bufs: some(b.nr_extra_bufs),
         },
     }
 }

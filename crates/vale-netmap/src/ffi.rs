@@ -417,7 +417,7 @@ unsafe fn nioctrl(dev: &Device, arg: *mut c_void) -> NmResult<()> {
             b.nr_host_tx_rings = 0;
             b.nr_host_rx_rings = 0;
             b.nr_mem_id = reply.mem_id;
-            b.nr_extra_bufs = 0;
+            b.nr_extra_bufs = reply.extra_bufs;
             // SAFETY: as read above.
             unsafe { write_out(body, &b) };
             Ok(())
@@ -562,11 +562,13 @@ unsafe fn legacy(dev: &Device, cmd: u32, arg: *mut c_void) -> NmResult<()> {
     if r.nr_version < NETMAP_LEGACY_MIN_API {
         return Err(Errno::INVAL);
     }
+    let mut extra = 0;
     let (g, memsize, mem_id) = if cmd == NIOCREGIF {
         if r.nr_cmd != 0 {
             return Err(Errno::OPNOTSUPP);
         }
         let reply = dev.register(&from_legacy(&r)?)?;
+        extra = reply.extra_bufs;
         (reply.geometry.into(), reply.memsize, reply.mem_id)
     } else {
         let name = name_of(&r.nr_name).ok_or(Errno::INVAL)?.to_string();
@@ -588,7 +590,7 @@ unsafe fn legacy(dev: &Device, cmd: u32, arg: *mut c_void) -> NmResult<()> {
     r.nr_tx_rings = g.tx_rings;
     r.nr_rx_rings = g.rx_rings;
     r.nr_arg2 = mem_id;
-    r.nr_arg3 = 0;
+    r.nr_arg3 = extra;
     // SAFETY: as read above.
     unsafe { write_out(p, &r) };
     Ok(())

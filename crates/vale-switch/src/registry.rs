@@ -27,6 +27,9 @@ pub struct Limits {
     pub max_buf_size: u32,
     /// Characters in a port name (15, netmap's 16-byte name with its NUL).
     pub max_name_len: usize,
+    /// Spare buffers a port may reserve for its clients (netmap's extra buffers,
+    /// `nr_extra_bufs`, asked by the open that creates the port; more is clamped).
+    pub max_extra_bufs: u32,
     /// Default `bridge_batch` for new switches (1024).
     pub batch: usize,
     /// Geometry of ports whose opener asks for nothing in particular.
@@ -47,6 +50,7 @@ impl Default for Limits {
             max_slots: 4096,
             max_buf_size: vale_abi::region::ABI_MAX_BUF_SIZE,
             max_name_len: DEFAULT_MAX_NAME_LEN,
+            max_extra_bufs: 4096,
             batch: crate::DEFAULT_BATCH,
             default_geometry: PortGeometry::default(),
             fdb: FdbConfig::default(),
@@ -172,7 +176,7 @@ impl Registry {
 
     fn check_geometry(&self, port: &str, g: &PortGeometry) -> Result<(), RegistryError> {
         let l = &self.limits;
-        let checks: [(&'static str, u64, u64, &'static str); 5] = [
+        let checks: [(&'static str, u64, u64, &'static str); 6] = [
             (
                 "tx_rings",
                 g.tx_rings as u64,
@@ -202,6 +206,12 @@ impl Registry {
                 g.buf_size as u64,
                 l.max_buf_size as u64,
                 "max-buf-size",
+            ),
+            (
+                "extra_bufs",
+                g.extra_bufs as u64,
+                l.max_extra_bufs as u64,
+                "max-extra-bufs",
             ),
         ];
         for (what, value, limit, flag) in checks {

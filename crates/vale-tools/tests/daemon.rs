@@ -254,6 +254,7 @@ fn an_old_client_is_refused_and_opened_names_the_layout() {
         version,
         name: "vale0:x".into(),
         geometry: Default::default(),
+        exclusive: false,
     };
     let (r, fds) = vale::sock::call(&conn, &open(1)).unwrap();
     match r {
@@ -300,6 +301,7 @@ fn garbage_and_half_handshakes_leave_the_daemon_serving() {
             version: 99,
             name: "vale0:x".into(),
             geometry: Default::default(),
+            exclusive: false,
         },
     )
     .unwrap();
@@ -321,6 +323,7 @@ fn garbage_and_half_handshakes_leave_the_daemon_serving() {
             version: vale::proto::VERSION,
             name: "vale0:h".into(),
             geometry: Default::default(),
+            exclusive: false,
         })
         .unwrap();
         vale::sock::send(rustix::fd::AsFd::as_fd(&c), &req, &[]).unwrap();

@@ -398,3 +398,26 @@ fn a_program_writing_over_sem_loses_nothing() {
     assert!(c.wait().unwrap().success(), "{lines:?}\n{}", d.log());
     assert_eq!(lines.last().unwrap(), "received 3000 bad_seq 0");
 }
+
+#[test]
+fn extra_buffers_are_reserved_listed_used_and_given_back() {
+    let Some(nmtest) = program("nmtest") else {
+        return;
+    };
+    let d = Daemon::start("nm-extra", &[]);
+    let peer = d.open("vale0:peer");
+    let out = run_ok(&d, &nmtest, &["extra", "vale0:x"]);
+    assert!(!out.contains("FAIL") && out.contains("failures 0"), "{out}");
+    // The frame sent from an extra buffer crossed the switch.
+    assert_eq!(seqs(&drain(&peer, 2.0)), vec![4242], "{out}");
+}
+
+#[test]
+fn an_exclusive_register_keeps_other_descriptors_out() {
+    let Some(nmtest) = program("nmtest") else {
+        return;
+    };
+    let d = Daemon::start("nm-excl", &[]);
+    let out = run_ok(&d, &nmtest, &["exclusive", "vale0:x"]);
+    assert!(!out.contains("FAIL") && out.contains("failures 0"), "{out}");
+}

@@ -169,6 +169,7 @@ impl Port {
             version: proto::VERSION,
             name: base.to_string(),
             geometry,
+            exclusive: false,
         };
         let (resp, fds) = sock::call(&conn, &req)?;
         let (switch, port, index, geometry) = match resp {
@@ -508,6 +509,7 @@ mod tests {
                 index: 0,
                 geometry: g.into(),
                 layout_version,
+                extra: None,
             };
             let bytes = serde_json::to_vec(&resp).unwrap();
             sock::send(

@@ -29,6 +29,10 @@ pub struct GeometryRequest {
     pub tx_slots: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rx_slots: Option<u32>,
+    /// Spare buffers: reserved when this open creates the port (netmap's
+    /// `nr_extra_bufs`), and asked for by this open from the port's reserve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_bufs: Option<u32>,
 }
 
 impl GeometryRequest {
@@ -45,6 +49,13 @@ pub struct Geometry {
     pub tx_slots: u32,
     pub rx_slots: u32,
     pub buf_size: u32,
+    /// Spare buffers after the rings' own (netmap's extra buffers); absent means none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub extra_bufs: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl From<vale_abi::PortGeometry> for Geometry {
@@ -55,6 +66,7 @@ impl From<vale_abi::PortGeometry> for Geometry {
             tx_slots: g.tx_slots,
             rx_slots: g.rx_slots,
             buf_size: g.buf_size,
+            extra_bufs: g.extra_bufs,
         }
     }
 }
@@ -67,6 +79,7 @@ impl From<Geometry> for vale_abi::PortGeometry {
             tx_slots: g.tx_slots,
             rx_slots: g.rx_slots,
             buf_size: g.buf_size,
+            extra_bufs: g.extra_bufs,
         }
     }
 }
@@ -127,6 +140,10 @@ pub enum Request {
         name: String,
         #[serde(default)]
         geometry: GeometryRequest,
+        /// No other client may hold the port while this one does, and this open fails
+        /// if one does (netmap's `NR_EXCLUSIVE`, here for the whole port).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        exclusive: bool,
     },
     /// Lets go of the port this connection holds, as closing the connection would (the
     /// connection may then open another).
@@ -325,6 +342,10 @@ pub enum Response {
         /// daemon from before the field mapped layout 1.
         #[serde(default = "layout_v1")]
         layout_version: u32,
+        /// Spare buffers handed to this open, `[first index, count]`: its to use until it
+        /// lets go of the port (then they go back to the port's reserve).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        extra: Option<[u32; 2]>,
     },
     List {
         switches: Vec<SwitchInfo>,
@@ -369,6 +390,7 @@ mod tests {
                 tx_slots: Some(512),
                 ..Default::default()
             },
+            exclusive: false,
         };
         let j = serde_json::to_string(&r).unwrap();
         assert_eq!(
@@ -389,6 +411,7 @@ mod tests {
             index: 0,
             geometry: vale_abi::PortGeometry::default().into(),
             layout_version: vale_abi::layout::LAYOUT_VERSION,
+            extra: None,
         };
         let j = serde_json::to_string(&r).unwrap();
         assert!(j.ends_with(r#","layout_version":2}"#), "{j}");

@@ -109,6 +109,7 @@ pub struct ConfigFile {
     pub max_rings: Option<u16>,
     pub max_slots: Option<u32>,
     pub max_buf_size: Option<u32>,
+    pub max_extra_bufs: Option<u32>,
     pub max_name_len: Option<usize>,
     pub bridge_batch: Option<usize>,
     pub rings: Option<u16>,
@@ -145,6 +146,7 @@ impl ConfigFile {
         }
         set!(socket => s.socket, max_switches => l.max_switches, max_ports => l.max_ports,
              max_rings => l.max_rings, max_slots => l.max_slots, max_buf_size => l.max_buf_size,
+             max_extra_bufs => l.max_extra_bufs,
              max_name_len => l.max_name_len, bridge_batch => l.batch,
              slots => l.default_geometry.tx_slots, buf_size => l.default_geometry.buf_size,
              fdb_size => l.fdb.capacity, fdb_max_age => l.fdb.max_age_secs,

@@ -16,6 +16,8 @@
  *   nmtest notxpoll NAME COUNT    frames left in the TX ring stay there with NO_TX_POLL
  *   nmtest scribble NAME COUNT MS  receives like rx while writing garbage over sem[]
  *       of every ring it holds
+ *   nmtest extra NAME       extra buffers: the list, its reserve, sending from one
+ *   nmtest exclusive NAME   NR_EXCLUSIVE against other descriptors
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -45,6 +47,8 @@ struct port {
 static int failures;
 /* Rings each way a REGISTER asks for (0: the daemon's default), as `@conf:rings=N` does. */
 static uint16_t want_rings;
+/* Extra buffers a REGISTER asks for (nr_extra_bufs). */
+static uint32_t want_extra;
 
 static void check(int ok, const char *what)
 {
@@ -75,6 +79,7 @@ static int reg_port(struct port *p, const char *name, uint32_t mode, uint16_t ri
 	p->reg.nr_ringid = ring;
 	p->reg.nr_flags = flags;
 	p->reg.nr_tx_rings = p->reg.nr_rx_rings = want_rings;
+	p->reg.nr_extra_bufs = want_extra;
 	hdr_init(&h, NETMAP_REQ_REGISTER, name, &p->reg);
 	if (ioctl(p->fd, NIOCCTRL, &h) < 0)
 		return errno;
@@ -516,6 +521,87 @@ static int cmd_notxpoll(const char *name, uint32_t count)
 	return 0;
 }
 
+/* Walks a descriptor's extra-buffer list; returns its length, or -1 if it is broken
+ * (an index outside the pool, or a loop). */
+static int list_len(struct port *p, uint32_t nbufs)
+{
+	struct netmap_ring *r = NETMAP_TXRING(p->nifp, 0);
+	int n = 0;
+	for (uint32_t i = p->nifp->ni_bufs_head; i != 0; i = *(uint32_t *)NETMAP_BUF(r, i)) {
+		if (i < 2 || i >= nbufs || n > (int)nbufs)
+			return -1;
+		n++;
+	}
+	return n;
+}
+
+static uint32_t pool_bufs(struct port *p, const char *name)
+{
+	struct nmreq_header h;
+	struct nmreq_pools_info pools;
+	memset(&pools, 0, sizeof(pools));
+	hdr_init(&h, NETMAP_REQ_POOLS_INFO_GET, name, &pools);
+	if (ioctl(p->fd, NIOCCTRL, &h) < 0)
+		return 0;
+	return pools.nr_buf_pool_objtotal;
+}
+
+static int cmd_extra(const char *name)
+{
+	struct port a, b, c, d;
+	want_extra = 64;
+	open_or_die(&a, name, NR_REG_ALL_NIC, 0, 0);
+	uint32_t nbufs = pool_bufs(&a, name);
+	check(a.reg.nr_extra_bufs == 64, "the creating open gets the 64 extra buffers it asked for");
+	check(list_len(&a, nbufs) == 64, "ni_bufs_head lists 64 buffers inside the pool");
+	want_extra = 100;
+	open_or_die(&b, name, NR_REG_ALL_NIC, 0, 0);
+	check(b.reg.nr_extra_bufs == 0 && b.nifp->ni_bufs_head == 0,
+	      "a later open gets what is left of the reserve: none");
+	/* Send from an extra buffer: swap it into a TX slot (NS_BUF_CHANGED). */
+	struct netmap_ring *r = NETMAP_TXRING(a.nifp, 0);
+	struct netmap_slot *s = &r->slot[r->head];
+	uint32_t mine = a.nifp->ni_bufs_head;
+	a.nifp->ni_bufs_head = *(uint32_t *)NETMAP_BUF(r, mine);
+	*(uint32_t *)NETMAP_BUF(r, s->buf_idx) = a.nifp->ni_bufs_head;
+	a.nifp->ni_bufs_head = s->buf_idx; /* the slot's old buffer joins the list */
+	s->buf_idx = mine;
+	put_frame(r, s, 4242);
+	s->flags = NS_BUF_CHANGED;
+	r->head = r->cur = nm_ring_next(r, r->head);
+	check(ioctl(a.fd, NIOCTXSYNC, NULL) == 0, "TXSYNC of a frame in an extra buffer");
+	check(list_len(&a, nbufs) == 64, "the list still holds 64 after the swap");
+	close_port(&a);
+	want_extra = 10;
+	open_or_die(&c, name, NR_REG_ALL_NIC, 0, 0);
+	check(c.reg.nr_extra_bufs == 10 && list_len(&c, nbufs) == 10,
+	      "closing gives them back: the next open gets 10");
+	want_extra = 0;
+	open_or_die(&d, name, NR_REG_ALL_NIC, 0, 0);
+	check(d.reg.nr_extra_bufs == 0 && d.nifp->ni_bufs_head == 0, "asking for none gets none");
+	close_port(&b);
+	close_port(&c);
+	close_port(&d);
+	printf("failures %d\n", failures);
+	return failures;
+}
+
+static int cmd_exclusive(const char *name)
+{
+	struct port x, y, z;
+	check(reg_port(&x, name, NR_REG_ALL_NIC, 0, NR_EXCLUSIVE) == 0, "an exclusive REGISTER");
+	check(reg_port(&y, name, NR_REG_ALL_NIC, 0, 0) == EBUSY, "another descriptor: EBUSY");
+	close(y.fd);
+	close_port(&x);
+	check(reg_port(&y, name, NR_REG_ALL_NIC, 0, 0) == 0, "after close it opens");
+	check(reg_port(&z, name, NR_REG_ALL_NIC, 0, NR_EXCLUSIVE) == EBUSY,
+	      "exclusive while another holds it: EBUSY");
+	close(z.fd);
+	close_port(&y);
+	printf("failures %d\n", failures);
+	return failures;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -535,6 +621,10 @@ int main(int argc, char **argv)
 		return cmd_rings(argv[2]);
 	if (strcmp(argv[1], "poll2") == 0)
 		return cmd_poll2(argv[2]);
+	if (strcmp(argv[1], "extra") == 0)
+		return cmd_extra(argv[2]);
+	if (strcmp(argv[1], "exclusive") == 0)
+		return cmd_exclusive(argv[2]);
 	if (strcmp(argv[1], "notxpoll") == 0 && argc >= 4)
 		return cmd_notxpoll(argv[2], (uint32_t)atoi(argv[3]));
 	fprintf(stderr, "nmtest: bad arguments\n");

@@ -44,6 +44,9 @@ struct Args {
     /// Largest buffer size [default: 65472]
     #[arg(long)]
     max_buf_size: Option<u32>,
+    /// Spare buffers a port may reserve for its clients (netmap's extra buffers, asked by the open that creates it; more is clamped) [default: 4096]
+    #[arg(long)]
+    max_extra_bufs: Option<u32>,
     /// Longest port name [default: 15]
     #[arg(long)]
     max_name_len: Option<usize>,
@@ -94,6 +97,7 @@ fn settings(a: &Args) -> Result<Settings, valed::SettingsError> {
         max_rings: a.max_rings,
         max_slots: a.max_slots,
         max_buf_size: a.max_buf_size,
+        max_extra_bufs: a.max_extra_bufs,
         max_name_len: a.max_name_len,
         bridge_batch: a.bridge_batch,
         rings: a.rings,

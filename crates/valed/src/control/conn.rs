@@ -17,6 +17,11 @@ pub struct Held {
     pub key: PortKey,
     /// This hold's id among the port's holds (its notify eventfd).
     pub hold: u64,
+    /// Spare buffers it was given, `(first, count)`: back to the port's reserve when it
+    /// lets go.
+    pub extra: Option<(u32, u32)>,
+    /// Whether it holds the port exclusively.
+    pub exclusive: bool,
 }
 
 pub struct Conn {

@@ -3,6 +3,7 @@
 
 use super::Control;
 use super::conn::Reply;
+use super::ports::Wants;
 use super::query;
 use crate::error::CtlError;
 use vale::proto::{self, GeometryRequest, PortSpec, Request, Response};
@@ -40,7 +41,8 @@ impl Control {
                 version,
                 name,
                 geometry,
-            } => self.open(id, version, &name, geometry),
+                exclusive,
+            } => self.open(id, version, &name, geometry, exclusive),
             Request::Close => {
                 let held = self.conns.get_mut(id).and_then(|c| c.port.take());
                 match held {
@@ -96,6 +98,7 @@ impl Control {
         version: u32,
         name: &str,
         req: GeometryRequest,
+        exclusive: bool,
     ) -> Result<Reply, CtlError> {
         if version != proto::VERSION {
             return Err(CtlError::Version {
@@ -124,8 +127,17 @@ impl Control {
             tx_slots: req.tx_slots.unwrap_or(d.tx_slots),
             rx_slots: req.rx_slots.unwrap_or(d.rx_slots),
             buf_size: d.buf_size,
+            // netmap gives fewer than asked when the pool cannot hold them.
+            extra_bufs: req
+                .extra_bufs
+                .unwrap_or(0)
+                .min(self.settings.limits.max_extra_bufs),
         };
-        let a = self.ports.acquire(name, g)?;
+        let wants = Wants {
+            extra_bufs: req.extra_bufs.unwrap_or(0),
+            exclusive,
+        };
+        let a = self.ports.acquire_with(name, g, wants)?;
         if let Some(c) = self.conns.get_mut(id) {
             c.port = Some(a.held);
         }

@@ -23,6 +23,15 @@ pub struct Acquired {
     pub notify: OwnedFd,
 }
 
+/// What an open asks for beyond the port itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wants {
+    /// Spare buffers from the port's reserve (netmap's `nr_extra_bufs`; fewer may come).
+    pub extra_bufs: u32,
+    /// No other hold at the same time (netmap's `NR_EXCLUSIVE`, for the whole port).
+    pub exclusive: bool,
+}
+
 /// One open port as the control thread knows it: enough for `list` and `stats`, and
 /// its counters, which the forwarding thread publishes once per batch (Snabb's
 /// shared-memory counters), so reading them never stops the forwarder.
@@ -33,6 +42,35 @@ pub struct BoardEntry {
     /// Holds on it (client connections, driven ports).
     pub clients: u32,
     pub counters: Arc<vale_switch::PortCounters>,
+    /// Spare buffers not handed out, as `(first, count)` ranges.
+    pub spare: Vec<(u32, u32)>,
+    /// A hold has the port exclusively.
+    pub exclusive: bool,
+}
+
+impl BoardEntry {
+    /// Up to `n` spare buffers, contiguous, from the first range that has any.
+    fn take_spare(&mut self, n: u32) -> Option<(u32, u32)> {
+        let r = self.spare.iter_mut().find(|r| r.1 > 0)?;
+        let got = (r.0, n.min(r.1));
+        *r = (r.0 + got.1, r.1 - got.1);
+        self.spare.retain(|r| r.1 > 0);
+        (got.1 > 0).then_some(got)
+    }
+
+    /// Gives spare buffers back, merging neighbouring ranges.
+    fn give_back(&mut self, r: (u32, u32)) {
+        self.spare.push(r);
+        self.spare.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(self.spare.len());
+        for &(first, n) in &self.spare {
+            match merged.last_mut() {
+                Some(last) if last.0 + last.1 == first => last.1 += n,
+                _ => merged.push((first, n)),
+            }
+        }
+        self.spare = merged;
+    }
 }
 
 pub struct PortTable {
@@ -122,6 +160,16 @@ impl PortTable {
 
     /// Opens (creating if needed) port `name` and clones what a client needs.
     pub fn acquire(&mut self, name: &str, g: PortGeometry) -> Result<Acquired, CtlError> {
+        self.acquire_with(name, g, Wants::default())
+    }
+
+    /// [`acquire`](Self::acquire), with spare buffers or exclusivity asked for.
+    pub fn acquire_with(
+        &mut self,
+        name: &str,
+        g: PortGeometry,
+        wants: Wants,
+    ) -> Result<Acquired, CtlError> {
         let lane = self.lane_for(name)?;
         let shared = self.lanes[lane].clone();
         let mut st = shared.lock_ctl();
@@ -168,13 +216,21 @@ impl PortTable {
                 index: key.port.0,
                 geometry: port.geometry().into(),
                 layout_version: vale_abi::layout::LAYOUT_VERSION,
+                extra: None,
             };
+            let (first, count) = port.region().layout().extra_bufs();
             let entry = BoardEntry {
                 switch: e.name.clone(),
                 name: port.name().to_string(),
                 geometry: port.geometry().into(),
                 clients: 0,
                 counters: port.counters(),
+                spare: if count > 0 {
+                    vec![(first, count)]
+                } else {
+                    Vec::new()
+                },
+                exclusive: false,
             };
             let f = st.fds.get(&key)?;
             let kick = f.kick.try_clone().ok()?;
@@ -182,7 +238,13 @@ impl PortTable {
             Some((
                 entry,
                 Acquired {
-                    held: Held { lane, key, hold },
+                    held: Held {
+                        lane,
+                        key,
+                        hold,
+                        extra: None,
+                        exclusive: wants.exclusive,
+                    },
                     opened,
                     memfd,
                     kick,
@@ -191,17 +253,34 @@ impl PortTable {
             ))
         })();
         match result {
-            Some((entry, a)) => {
+            Some((entry, mut a)) => {
+                let slot = (lane, key.switch, key.port.0);
+                let b = self.board.entry(slot).or_insert(entry);
+                if b.exclusive || (wants.exclusive && b.clients > 0) {
+                    let _ = st.registry.close(key);
+                    return Err(CtlError::Busy(format!(
+                        "{name} is held {}",
+                        if b.exclusive {
+                            "exclusively by another client"
+                        } else {
+                            "by other clients; it cannot be held exclusively"
+                        }
+                    )));
+                }
+                b.exclusive = wants.exclusive;
+                if wants.extra_bufs > 0 {
+                    a.held.extra = b.take_spare(wants.extra_bufs);
+                    if let Response::Opened { extra, .. } = &mut a.opened {
+                        *extra = a.held.extra.map(|(f, n)| [f, n]);
+                    }
+                }
+                b.clients += 1;
                 if let Some(f) = st.fds.get_mut(&key) {
                     f.notify.push((hold, notify));
                 }
                 if new {
                     tracing::info!(port = name, "port created");
                 }
-                self.board
-                    .entry((lane, key.switch, key.port.0))
-                    .or_insert(entry)
-                    .clients += 1;
                 drop(st);
                 shared.wake_forwarder();
                 Ok(a)
@@ -230,6 +309,12 @@ impl PortTable {
         let slot = (h.lane, h.key.switch, h.key.port.0);
         if let Some(e) = self.board.get_mut(&slot) {
             e.clients = e.clients.saturating_sub(1);
+            if h.exclusive {
+                e.exclusive = false;
+            }
+            if let Some(r) = h.extra {
+                e.give_back(r);
+            }
         }
         match st.registry.close(h.key) {
             Ok(Closed::PortRemoved) => {

@@ -183,6 +183,7 @@ pub fn settings(s: &Settings, threads: usize) -> Response {
         ("max_rings".to_string(), l.max_rings.to_string()),
         ("max_slots".to_string(), l.max_slots.to_string()),
         ("max_buf_size".to_string(), l.max_buf_size.to_string()),
+        ("max_extra_bufs".to_string(), l.max_extra_bufs.to_string()),
         ("max_name_len".to_string(), l.max_name_len.to_string()),
         ("bridge_batch".to_string(), l.batch.to_string()),
         ("rings".to_string(), g.tx_rings.to_string()),
@@ -216,6 +217,7 @@ mod tests {
             tx_slots: 1024,
             rx_slots: 1024,
             buf_size: 2112,
+            extra_bufs: 0,
         };
         let port = |name: &str, index, tx| {
             let mut stats = PortStats {
@@ -337,6 +339,7 @@ mod tests {
         assert_eq!(m["socket_mode"], "0660");
         assert_eq!(m["buf_size"], "2112");
         assert_eq!(m["cpus"], "");
-        assert_eq!(m.len(), 18);
+        assert_eq!(m["max_extra_bufs"], "4096");
+        assert_eq!(m.len(), 19);
     }
 }

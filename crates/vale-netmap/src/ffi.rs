@@ -15,7 +15,7 @@ use libc::{c_char, c_int, c_uint, c_ulong, c_void, nfds_t, off_t, pollfd, size_t
 use rustix::fd::AsFd;
 use rustix::io::Errno;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 use vale::proto::{Request, Response};
@@ -92,9 +92,34 @@ static OPEN: AtomicUsize = AtomicUsize::new(0);
 static TABLE: LazyLock<RwLock<HashMap<c_int, Arc<Device>>>> =
     LazyLock::new(|| RwLock::new(HashMap::new()));
 
-/// The device behind `fd`, if it is a netmap descriptor (one atomic load otherwise).
+/// Descriptors below this have a bit saying whether they may be ours, so that calls on
+/// every other descriptor cost a load or two, never the table's lock.
+const MARKED: usize = 4096;
+static MARK: [AtomicU64; MARKED / 64] = [const { AtomicU64::new(0) }; MARKED / 64];
+
+/// Whether `fd` may be a netmap descriptor (false for certain otherwise).
+fn maybe_ours(fd: c_int) -> bool {
+    if OPEN.load(Ordering::Acquire) == 0 || fd < 0 {
+        return false;
+    }
+    let i = fd as usize;
+    i >= MARKED || MARK[i / 64].load(Ordering::Acquire) & (1 << (i % 64)) != 0
+}
+
+fn mark(fd: c_int, on: bool) {
+    let i = fd as usize;
+    if fd >= 0 && i < MARKED {
+        if on {
+            MARK[i / 64].fetch_or(1 << (i % 64), Ordering::Release);
+        } else {
+            MARK[i / 64].fetch_and(!(1 << (i % 64)), Ordering::Release);
+        }
+    }
+}
+
+/// The device behind `fd`, if it is a netmap descriptor.
 fn lookup(fd: c_int) -> Option<Arc<Device>> {
-    if OPEN.load(Ordering::Acquire) == 0 {
+    if !maybe_ours(fd) {
         return None;
     }
     TABLE
@@ -106,18 +131,20 @@ fn lookup(fd: c_int) -> Option<Arc<Device>> {
 
 fn insert(fd: c_int, d: Arc<Device>) {
     let mut t = TABLE.write().unwrap_or_else(|p| p.into_inner());
+    mark(fd, true);
     if t.insert(fd, d).is_none() {
         OPEN.fetch_add(1, Ordering::Release);
     }
 }
 
 fn forget(fd: c_int) -> Option<Arc<Device>> {
-    if OPEN.load(Ordering::Acquire) == 0 {
+    if !maybe_ours(fd) {
         return None;
     }
     let mut t = TABLE.write().unwrap_or_else(|p| p.into_inner());
     let d = t.remove(&fd);
     if d.is_some() {
+        mark(fd, false);
         OPEN.fetch_sub(1, Ordering::Release);
     }
     d
@@ -835,8 +862,8 @@ impl Sleeper for Real {
 
 /// Whether any descriptor of the array is ours, and which.
 fn devices_of(fds: &[pollfd]) -> Option<Vec<Option<Arc<Device>>>> {
-    if OPEN.load(Ordering::Acquire) == 0 {
-        return None;
+    if !fds.iter().any(|f| maybe_ours(f.fd)) {
+        return None; // no allocation, no lock: an ordinary poll
     }
     let devs: Vec<_> = fds.iter().map(|f| lookup(f.fd)).collect();
     devs.iter().any(Option::is_some).then_some(devs)

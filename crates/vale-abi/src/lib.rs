@@ -23,5 +23,5 @@ pub mod ring;
 pub mod sync;
 
 pub use error::{Error, Result};
-pub use region::{Dir, PortGeometry, Region, RegionLayout};
+pub use region::{Dir, PipeEnd, PortGeometry, Region, RegionLayout};
 pub use ring::{AppRing, BufPool, Bufs, Frag, RingView, Slots, copy_frame};

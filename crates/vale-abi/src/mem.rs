@@ -78,6 +78,24 @@ impl Mapping {
         Ok(Mapping { base, len })
     }
 
+    /// Faults `offset..offset + len` in now (rounded out to pages), so the data path
+    /// does not.
+    pub(crate) fn populate(&self, offset: usize, len: usize) {
+        let start = offset / 4096 * 4096;
+        let end = (offset + len).div_ceil(4096) * 4096;
+        if len == 0 || end > self.len {
+            return;
+        }
+        // SAFETY: a range inside this mapping; populating writes no data.
+        let _ = unsafe {
+            rustix::mm::madvise(
+                self.base.as_ptr().add(start).cast(),
+                end - start,
+                rustix::mm::Advice::LinuxPopulateWrite,
+            )
+        };
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.len
     }

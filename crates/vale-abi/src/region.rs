@@ -53,6 +53,28 @@ pub struct PortGeometry {
     /// Buffers after the rings' own, owned by no slot at creation: handed to the
     /// clients that ask for extra buffers (see [`RegionLayout::extra_bufs`]).
     pub extra_bufs: u32,
+    /// netmap pipes (`valeX:p{N` / `valeX:p}N`) the region has room for: each a master
+    /// and a slave endpoint of one TX and one RX ring, in this port's memory so that
+    /// buffers move between the port's rings and the pipe's by index.
+    pub pipes: u16,
+}
+
+/// One endpoint of a netmap pipe: its number and side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PipeEnd {
+    pub pipe: u16,
+    /// The `}N` side (the `{N` side is the master).
+    pub slave: bool,
+}
+
+impl PipeEnd {
+    /// The other end of the same pipe.
+    pub fn peer(self) -> PipeEnd {
+        PipeEnd {
+            slave: !self.slave,
+            ..self
+        }
+    }
 }
 
 impl Default for PortGeometry {
@@ -65,6 +87,7 @@ impl Default for PortGeometry {
             rx_slots: 1024,
             buf_size: 2048,
             extra_bufs: 0,
+            pipes: 0,
         }
     }
 }
@@ -104,7 +127,8 @@ impl PortGeometry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegionLayout {
     pub geometry: PortGeometry,
-    /// Byte offset of each ring: tx rings first, then rx rings.
+    /// Byte offset of each ring: tx rings first, then rx rings, then for each pipe its
+    /// master's TX and RX ring and its slave's TX and RX ring.
     pub ring_offsets: Vec<usize>,
     /// Byte offset of the sync area: one [`SyncBlock`] per ring, in the order of
     /// `ring_offsets`, right after the last ring.
@@ -144,12 +168,19 @@ impl RegionLayout {
             ring_offsets.push(off);
             off += ring_bytes(g.rx_slots);
         }
+        for _ in 0..2 * g.pipes as usize {
+            ring_offsets.push(off);
+            off += ring_bytes(g.tx_slots);
+            ring_offsets.push(off);
+            off += ring_bytes(g.rx_slots);
+        }
         let sync_offset = align_up(off, SYNC_ALIGN);
         off = sync_offset + SYNC_BLOCK_SIZE * ring_offsets.len();
         let buf_offset = align_up(off, PAGE);
         let nbufs = RESERVED_BUFS as u64
             + g.tx_rings as u64 * g.tx_slots as u64
             + g.rx_rings as u64 * g.rx_slots as u64
+            + 2 * g.pipes as u64 * (g.tx_slots as u64 + g.rx_slots as u64)
             + g.extra_bufs as u64;
         let nbufs = u32::try_from(nbufs)
             .map_err(|_| Error::Geometry(format!("{nbufs} buffers do not fit a u32 index")))?;
@@ -192,6 +223,60 @@ impl RegionLayout {
         (self.nbufs - e, e)
     }
 
+    /// Index in `ring_offsets` (and the sync area) of a pipe endpoint's ring.
+    fn pipe_ring_index(&self, end: PipeEnd, dir: Dir) -> Option<usize> {
+        let g = &self.geometry;
+        if end.pipe >= g.pipes {
+            return None;
+        }
+        let base = g.tx_rings as usize + g.rx_rings as usize;
+        let k = 4 * end.pipe as usize + 2 * end.slave as usize + (dir == Dir::Rx) as usize;
+        Some(base + k)
+    }
+
+    /// Offset of a pipe endpoint's TX or RX ring.
+    pub fn pipe_ring_offset(&self, end: PipeEnd, dir: Dir) -> Option<usize> {
+        self.pipe_ring_index(end, dir).map(|k| self.ring_offsets[k])
+    }
+
+    /// Offset of the [`SyncBlock`] of a pipe endpoint's ring.
+    pub fn pipe_sync_block_offset(&self, end: PipeEnd, dir: Dir) -> Option<usize> {
+        self.pipe_ring_index(end, dir)
+            .map(|k| self.sync_offset + k * SYNC_BLOCK_SIZE)
+    }
+
+    /// Slots of a ring of direction `dir` (pipe rings have the port's).
+    fn slots(&self, dir: Dir) -> u32 {
+        match dir {
+            Dir::Tx => self.geometry.tx_slots,
+            Dir::Rx => self.geometry.rx_slots,
+        }
+    }
+
+    /// First buffer index owned by slot 0 of ring `k` of `ring_offsets` at creation.
+    fn first_buf_k(&self, k: usize) -> u32 {
+        let g = &self.geometry;
+        let (t, r) = (g.tx_rings as usize, g.rx_rings as usize);
+        let (ts, rs) = (g.tx_slots as usize, g.rx_slots as usize);
+        let before = if k < t {
+            k * ts
+        } else if k < t + r {
+            t * ts + (k - t) * rs
+        } else {
+            let p = k - t - r; // pipe rings alternate TX, RX
+            t * ts + r * rs + p.div_ceil(2) * ts + (p / 2) * rs
+        };
+        RESERVED_BUFS + before as u32
+    }
+
+    /// The buffers of the pipe rings, `(first, count)`: left out of the creator's
+    /// pre-faulting, so a port pays for its pipes' memory only once they carry traffic.
+    pub fn pipe_bufs(&self) -> (u32, u32) {
+        let g = &self.geometry;
+        let first = self.first_buf_k(g.tx_rings as usize + g.rx_rings as usize);
+        (first, 2 * g.pipes as u32 * (g.tx_slots + g.rx_slots))
+    }
+
     /// First buffer index owned by a ring's slot 0 at creation.
     fn first_buf(&self, dir: Dir, i: u16) -> u32 {
         let g = &self.geometry;
@@ -232,7 +317,13 @@ impl Region {
     pub fn create(name: &str, geometry: PortGeometry) -> Result<Region> {
         let layout = RegionLayout::new(geometry)?;
         let fd = crate::mem::sealed_memfd(name, layout.size)?;
-        let map = Mapping::new(fd.as_fd(), layout.size, true)?;
+        let map = Mapping::new(fd.as_fd(), layout.size, false)?;
+        // Fault everything in now (not on the data path), except the pipes' buffers.
+        let (pf, pn) = layout.pipe_bufs();
+        let bs = geometry.buf_size as usize;
+        let hole = (layout.buf_offset + pf as usize * bs, pn as usize * bs);
+        map.populate(0, hole.0);
+        map.populate(hole.0 + hole.1, layout.size - (hole.0 + hole.1));
         let region = Region {
             map: Arc::new(map),
             fd,
@@ -318,6 +409,32 @@ impl Region {
                 }
             }
         }
+        // Pipe rings: the same, each ring id 0 of its endpoint.
+        let port_rings = g.tx_rings as usize + g.rx_rings as usize;
+        for k in port_rings..self.layout.ring_offsets.len() {
+            let dir = if (k - port_rings) % 2 == 0 {
+                Dir::Tx
+            } else {
+                Dir::Rx
+            };
+            let slots = self.layout.slots(dir);
+            let r = self.layout.ring_offsets[k];
+            let buf_ofs = self.layout.buf_offset as i64 - r as i64;
+            self.map.write_bytes(r, &buf_ofs.to_ne_bytes());
+            self.map.write_u32(r + 8, slots);
+            self.map.write_u32(r + 12, g.buf_size);
+            let dirword = if dir == Dir::Tx { NR_TX } else { NR_RX };
+            self.map.write_u32(r + 16, (dirword as u32) << 16);
+            let tail = if dir == Dir::Tx { slots - 1 } else { 0 };
+            self.map.write_u32(r + off::RING_TAIL, tail);
+            let sb = self.layout.sync_offset + k * SYNC_BLOCK_SIZE;
+            self.map.write_u32(sb + sync_off::KTOA_HWTAIL, tail);
+            let first = self.layout.first_buf_k(k);
+            for s in 0..slots {
+                let so = r + NETMAP_RING_SIZE + s as usize * NETMAP_SLOT_SIZE;
+                self.map.write_u32(so, first + s);
+            }
+        }
     }
 
     pub fn layout(&self) -> &RegionLayout {
@@ -364,6 +481,19 @@ impl Region {
         ))
     }
 
+    /// A view of a pipe endpoint's TX or RX ring.
+    pub fn pipe_ring(&self, end: PipeEnd, dir: Dir) -> Option<RingView> {
+        let off = self.layout.pipe_ring_offset(end, dir)?;
+        let sync = self.layout.pipe_sync_block_offset(end, dir)?;
+        Some(RingView::new(
+            self.map.clone(),
+            off,
+            sync,
+            self.layout.slots(dir),
+            self.bufs(),
+        ))
+    }
+
     /// Reads raw bytes of the region (tests, inspection).
     pub fn read_raw(&self, offset: usize, out: &mut [u8]) -> bool {
         self.map.read_bytes(offset, out)
@@ -379,6 +509,88 @@ impl Region {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pipe_rings_and_their_buffers_have_places_of_their_own() {
+        let g = PortGeometry {
+            tx_rings: 2,
+            rx_rings: 1,
+            tx_slots: 64,
+            rx_slots: 32,
+            extra_bufs: 10,
+            pipes: 3,
+            ..Default::default()
+        };
+        let r = Region::create("vale0:p", g).unwrap();
+        let l = r.layout();
+        assert_eq!(l.ring_offsets.len(), 3 + 3 * 4);
+        // Every buffer index appears in exactly one slot or the extra reserve.
+        let mut seen = vec![0u8; l.nbufs as usize];
+        let mut mark = |v: &RingView| {
+            for s in 0..v.num_slots() {
+                seen[v.read_slot(s).buf_idx as usize] += 1;
+            }
+        };
+        for i in 0..2 {
+            mark(&r.ring(Dir::Tx, i).unwrap());
+        }
+        mark(&r.ring(Dir::Rx, 0).unwrap());
+        for pipe in 0..3 {
+            for slave in [false, true] {
+                let end = PipeEnd { pipe, slave };
+                let tx = r.pipe_ring(end, Dir::Tx).unwrap();
+                let rx = r.pipe_ring(end, Dir::Rx).unwrap();
+                assert_eq!((tx.num_slots(), rx.num_slots()), (64, 32));
+                assert_eq!((tx.tail(), rx.tail()), (63, 0), "TX all free, RX empty");
+                mark(&tx);
+                mark(&rx);
+            }
+        }
+        assert!(
+            r.pipe_ring(
+                PipeEnd {
+                    pipe: 3,
+                    slave: false
+                },
+                Dir::Tx
+            )
+            .is_none()
+        );
+        let (ef, en) = l.extra_bufs();
+        for i in ef..ef + en {
+            seen[i as usize] += 1;
+        }
+        assert_eq!(&seen[..2], &[0, 0], "buffers 0 and 1 are reserved");
+        assert!(seen[2..].iter().all(|&n| n == 1), "{seen:?}");
+        // Rings and sync blocks do not overlap, and all lie before the buffers.
+        let mut spans: Vec<(usize, usize)> = l
+            .ring_offsets
+            .iter()
+            .enumerate()
+            .map(|(k, &o)| {
+                let slots = if k < 2 {
+                    64
+                } else if k < 3 {
+                    32
+                } else if (k - 3) % 2 == 0 {
+                    64
+                } else {
+                    32
+                };
+                (o, o + ring_bytes(slots))
+            })
+            .collect();
+        spans.push((
+            l.sync_offset,
+            l.sync_offset + SYNC_BLOCK_SIZE * l.ring_offsets.len(),
+        ));
+        spans.sort();
+        assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0), "{spans:?}");
+        assert!(spans.last().unwrap().1 <= l.buf_offset);
+        let (pf, pn) = l.pipe_bufs();
+        assert_eq!(pn, 2 * 3 * (64 + 32));
+        assert_eq!(pf, 2 + 2 * 64 + 32);
+    }
 
     /// What a C client computes with netmap_user.h, from the raw bytes alone.
     struct CView<'a>(&'a Region);
@@ -439,6 +651,7 @@ mod tests {
             rx_slots: 64,
             buf_size: 2048,
             extra_bufs: 0,
+            pipes: 0,
         };
         let r = Region::create("vale0:macro", g).unwrap();
         let c = CView(&r);
@@ -507,6 +720,7 @@ mod tests {
                 rx_slots: 64,
                 buf_size: 2048,
                 extra_bufs: 0,
+                pipes: 0,
             },
             // Many small rings: the sync area (73 blocks) pushes the buffers a page on.
             PortGeometry {
@@ -516,6 +730,7 @@ mod tests {
                 rx_slots: 3,
                 buf_size: 64,
                 extra_bufs: 0,
+                pipes: 0,
             },
         ];
         for g in geometries {
@@ -566,6 +781,7 @@ mod tests {
             rx_slots: 32,
             buf_size: 2048,
             extra_bufs: 0,
+            pipes: 0,
         };
         let r = Region::create("vale0:sem", g).unwrap();
         let c = CView(&r);

@@ -9,8 +9,9 @@ use rustix::io::Errno;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use vale::proto::{self, ErrorKind, GeometryRequest, Request, Response};
+use vale_abi::layout::{NS_BUF_CHANGED, NS_MOREFRAG, NetmapSlot};
 use vale_abi::ring::dist;
-use vale_abi::{AppRing, Dir, PortGeometry, Region};
+use vale_abi::{AppRing, Dir, PipeEnd, PortGeometry, Region, RingView};
 
 /// What a REGISTER asks for, from either API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +79,120 @@ pub struct Port {
     pub notify: OwnedFd,
     /// Poll does no implicit txsync (`NR_NO_TX_POLL`).
     pub no_tx_poll: bool,
+    /// For a pipe endpoint that sends: the move of its frames to the peer.
+    pipe: Option<PipeKernel>,
+}
+
+/// The sending half of a netmap pipe, run in the sender's txsync as netmap runs it in
+/// the kernel: slots of this endpoint's TX ring trade buffers with free slots of the
+/// peer's RX ring (zero copy), then both rings' positions are published. The peer is
+/// another client: its head is read once and checked, a buffer index it left that is
+/// not in the pool is never handed to this side.
+struct PipeKernel {
+    tx: RingView,
+    peer_rx: RingView,
+    bufs: vale_abi::BufPool,
+    /// (tx hwcur, peer rx hwtail): the kernel's positions, kept here, not trusted from
+    /// shared memory after the start.
+    at: Mutex<(u32, u32)>,
+}
+
+impl PipeKernel {
+    fn new(tx: RingView, peer_rx: RingView, bufs: vale_abi::BufPool) -> PipeKernel {
+        let (nt, nr) = (tx.num_slots(), peer_rx.num_slots());
+        let hwcur = tx.csb().app_read_acquire().0 % nt;
+        let hwtail = peer_rx.csb().app_read_acquire().1 % nr;
+        PipeKernel {
+            tx,
+            peer_rx,
+            bufs,
+            at: Mutex::new((hwcur, hwtail)),
+        }
+    }
+
+    /// Moves what the sender published; returns whether to wake the peer.
+    fn forward(&self) -> bool {
+        let mut at = self.at.lock().unwrap_or_else(|p| p.into_inner());
+        let mut wake = false;
+        // Twice at most: if the peer was full, the kick is armed and its head read once
+        // more, so slots it freed in between are not left waiting for a wake-up.
+        for _ in 0..2 {
+            let (moved, full) = self.forward_once(&mut at);
+            wake |= moved;
+            if !full {
+                break;
+            }
+        }
+        wake
+    }
+
+    /// One pass; returns (whether to wake the peer, whether it was full).
+    fn forward_once(&self, at: &mut (u32, u32)) -> (bool, bool) {
+        let (nt, nr) = (self.tx.num_slots(), self.peer_rx.num_slots());
+        let (t_head, _) = self.tx.csb().sw_read_acquire();
+        let (r_head, _) = self.peer_rx.csb().sw_read_acquire();
+        if t_head >= nt {
+            return (false, false); // the prologue reinitialised this ring
+        }
+        let (mut hwcur, mut hwtail) = *at;
+        let pending = dist(hwcur, t_head, nt);
+        // The peer may fill up to the slot before its head (a full ring keeps one).
+        let room = if r_head < nr {
+            dist(hwtail, (r_head + nr - 1) % nr, nr)
+        } else {
+            0
+        };
+        let k = pending.min(room);
+        for _ in 0..k {
+            let ts = self.tx.read_slot(hwcur);
+            let rs = self.peer_rx.read_slot(hwtail);
+            let flags = NS_BUF_CHANGED | (ts.flags & NS_MOREFRAG);
+            if self.bufs.is_valid(rs.buf_idx) && self.bufs.is_valid(ts.buf_idx) {
+                self.peer_rx.write_slot(
+                    hwtail,
+                    NetmapSlot {
+                        buf_idx: ts.buf_idx,
+                        len: ts.len,
+                        flags,
+                        ptr: 0,
+                    },
+                );
+                self.tx.write_slot(
+                    hwcur,
+                    NetmapSlot {
+                        buf_idx: rs.buf_idx,
+                        len: ts.len,
+                        flags: NS_BUF_CHANGED,
+                        ptr: 0,
+                    },
+                );
+            } else {
+                // Either side left a buffer that is not one: the frame is dropped, each
+                // side keeps its own buffer, the receiver sees an empty slot.
+                self.peer_rx
+                    .write_len_flags(hwtail, 0, ts.flags & NS_MOREFRAG);
+            }
+            hwcur = (hwcur + 1) % nt;
+            hwtail = (hwtail + 1) % nr;
+        }
+        *at = (hwcur, hwtail);
+        let rx = self.peer_rx.csb();
+        rx.sw_publish_release(r_head.min(nr - 1), hwtail);
+        self.tx
+            .csb()
+            .sw_publish_release(hwcur, (hwcur + nt - 1) % nt);
+        let full = k < pending;
+        if full {
+            // The peer is full: ask it to wake this side when it frees slots.
+            rx.sw_arm_kick();
+        } else {
+            rx.sw_disarm_kick();
+        }
+        (
+            k > 0 && rx.sw_kick_needed(),
+            full && rx.sw_read_acquire().0 != r_head,
+        )
+    }
 }
 
 /// One open of `/dev/netmap`.
@@ -141,9 +256,6 @@ impl Device {
             // No NIC rings: attach the interface to a switch with `vale-ctl -a`.
             return Err(Errno::NXIO);
         }
-        if req.name.contains(['{', '}']) {
-            return Err(Errno::OPNOTSUPP); // netmap pipes
-        }
         match req.mode {
             NR_REG_ALL_NIC | NR_REG_ONE_NIC | NR_REG_NULL => {}
             // VALE ports have no host rings.
@@ -165,6 +277,7 @@ impl Device {
             exclusive: req.flags & NR_EXCLUSIVE != 0,
         })?;
         let granted: (u32, u32);
+        let pipe_end: Option<PipeEnd>;
         let g: PortGeometry = match resp {
             Response::Opened { layout_version, .. }
                 if layout_version != vale_abi::layout::LAYOUT_VERSION =>
@@ -178,9 +291,16 @@ impl Device {
                 return Err(Errno::IO);
             }
             Response::Opened {
-                geometry, extra, ..
+                geometry,
+                extra,
+                pipe,
+                ..
             } => {
                 granted = extra.map_or((0, 0), |[f, n]| (f, n));
+                pipe_end = pipe.map(|p| PipeEnd {
+                    pipe: p.index,
+                    slave: p.slave,
+                });
                 geometry.into()
             }
             Response::Error { kind, .. } => return Err(errno_of(kind)),
@@ -195,30 +315,52 @@ impl Device {
         let [memfd, kick, notify]: [OwnedFd; proto::OPEN_FDS] =
             fds.try_into().map_err(|_| undo(Errno::IO))?;
         let region = Region::from_fd(memfd, g).map_err(|_| undo(Errno::IO))?;
-        if req.mode == NR_REG_ONE_NIC && req.ringid >= g.tx_rings && req.ringid >= g.rx_rings {
+        // The rings this descriptor sees, as the entries of its netmap_if: per direction
+        // one entry per ring, Some(ring offset in the region) if it is bound. A pipe
+        // endpoint is one ring each way, its own rings in the port's region.
+        let (nt, nr) = match pipe_end {
+            Some(_) => (1, 1),
+            None => (g.tx_rings, g.rx_rings),
+        };
+        if req.mode == NR_REG_ONE_NIC && req.ringid >= nt && req.ringid >= nr {
             return Err(undo(Errno::INVAL));
         }
-        let want = |n: u16, off: u64| {
-            if req.flags & off != 0 {
+        let entries = |dir: Dir, n: u16, off: u64| -> Vec<Option<usize>> {
+            let ids = if req.flags & off != 0 {
                 Vec::new()
             } else {
                 bound_rings(req.mode, req.ringid, n)
-            }
+            };
+            let l = region.layout();
+            (0..n)
+                .map(|i| {
+                    ids.contains(&i)
+                        .then(|| match pipe_end {
+                            Some(end) => l.pipe_ring_offset(end, dir),
+                            None => l.ring_offset(dir, i),
+                        })
+                        .flatten()
+                })
+                .collect()
         };
-        let tx_ids = want(g.tx_rings, NR_RX_RINGS_ONLY);
-        let rx_ids = want(g.rx_rings, NR_TX_RINGS_ONLY);
-        let prefix_len = page_up(netmap_if_bytes(g.tx_rings, g.rx_rings));
+        let tx_at = entries(Dir::Tx, nt, NR_RX_RINGS_ONLY);
+        let rx_at = entries(Dir::Rx, nr, NR_TX_RINGS_ONLY);
+        let prefix_len = page_up(netmap_if_bytes(nt, nr));
         if !link_extra_bufs(&region, granted) {
             return Err(undo(Errno::IO));
         }
+        let ni_name = format!("{}{mon}", req.name);
         let prefix = self
-            .make_if(&region, prefix_len, &tx_ids, &rx_ids, granted)
+            .make_if(&region, prefix_len, &tx_at, &rx_at, granted, &ni_name)
             .map_err(undo)?;
-        let bind = |dir: Dir, ids: &[u16]| -> Vec<Bound> {
-            ids.iter()
-                .filter_map(|&i| {
-                    let view = region.ring(dir, i)?;
-                    let at = region.layout().ring_offset(dir, i)?;
+        let bind = |dir: Dir, at: &[Option<usize>]| -> Vec<Bound> {
+            (0..at.len() as u16)
+                .filter(|&i| at[i as usize].is_some())
+                .filter_map(|i| {
+                    let view = match pipe_end {
+                        Some(end) => region.pipe_ring(end, dir)?,
+                        None => region.ring(dir, i)?,
+                    };
                     let app = AppRing::new(view);
                     let seen = Seen {
                         head: app.head(),
@@ -226,13 +368,29 @@ impl Device {
                     };
                     Some(Bound {
                         app,
-                        at,
+                        at: at[i as usize]?,
                         seen: Mutex::new(seen),
                     })
                 })
                 .collect()
         };
-        let (tx, rx) = (bind(Dir::Tx, &tx_ids), bind(Dir::Rx, &rx_ids));
+        let (tx, rx) = (bind(Dir::Tx, &tx_at), bind(Dir::Rx, &rx_at));
+        // A pipe's sender moves its frames into the peer's RX ring itself (netmap does
+        // it in the sender's txsync), so a pipe endpoint is also the "kernel" of the
+        // peer's RX ring.
+        let pipe = match pipe_end {
+            Some(end) if !tx.is_empty() => {
+                let peer_rx = region
+                    .pipe_ring(end.peer(), Dir::Rx)
+                    .ok_or_else(|| undo(Errno::IO))?;
+                Some(PipeKernel::new(
+                    tx[0].app.view().clone(),
+                    peer_rx,
+                    region.bufs(),
+                ))
+            }
+            _ => None,
+        };
         let memsize = prefix_len + region.size();
         let port = Port {
             name: req.name.clone(),
@@ -245,6 +403,7 @@ impl Device {
             kick,
             notify,
             no_tx_poll: req.flags & NR_NO_TX_POLL != 0,
+            pipe,
             region,
         };
         let reply = RegisterReply {
@@ -264,16 +423,22 @@ impl Device {
         &self,
         region: &Region,
         len: usize,
-        tx: &[u16],
-        rx: &[u16],
+        tx: &[Option<usize>],
+        rx: &[Option<usize>],
         extra: (u32, u32),
+        name: &str,
     ) -> NmResult<OwnedFd> {
-        let g = region.geometry();
-        let mut nifp = vec![0u8; netmap_if_bytes(g.tx_rings, g.rx_rings)];
+        let mut nifp = vec![0u8; netmap_if_bytes(tx.len() as u16, rx.len() as u16)];
         let head = vale_abi::layout::NETMAP_IF_SIZE;
         if !region.read_raw(0, &mut nifp[..head]) {
             return Err(Errno::IO);
         }
+        // ni_name: what this descriptor opened (a pipe's own name, not its port's).
+        let mut ni_name = [0u8; 16];
+        put_name(&mut ni_name, name);
+        nifp[..16].copy_from_slice(&ni_name);
+        nifp[NI_TX_RINGS..NI_TX_RINGS + 4].copy_from_slice(&(tx.len() as u32).to_ne_bytes());
+        nifp[NI_RX_RINGS..NI_RX_RINGS + 4].copy_from_slice(&(rx.len() as u32).to_ne_bytes());
         // ni_bufs_head: this descriptor's extra buffers, or none.
         let head_idx = if extra.1 > 0 { extra.0 } else { 0 };
         nifp[NI_BUFS_HEAD..NI_BUFS_HEAD + 4].copy_from_slice(&head_idx.to_ne_bytes());
@@ -282,14 +447,9 @@ impl Device {
             nifp[head + 8 * k..head + 8 * (k + 1)].copy_from_slice(&v.to_ne_bytes());
             k += 1;
         };
-        for (dir, n, ids) in [(Dir::Tx, g.tx_rings, tx), (Dir::Rx, g.rx_rings, rx)] {
-            for i in 0..n {
-                let at = region.layout().ring_offset(dir, i).unwrap_or(0);
-                put(if ids.contains(&i) {
-                    (len + at) as i64
-                } else {
-                    0
-                });
+        for ring_at in [tx, rx] {
+            for at in ring_at {
+                put(at.map_or(0, |at| (len + at) as i64));
             }
             put(0); // the host ring placeholder
         }
@@ -352,6 +512,12 @@ impl Port {
                 continue;
             }
             kick |= r.app.sync();
+            if dir == Dir::Tx {
+                if let Some(p) = &self.pipe {
+                    kick |= p.forward();
+                    r.app.sync(); // the tail the move freed
+                }
+            }
             *seen = Seen {
                 head,
                 tail: r.app.tail(),
@@ -401,6 +567,10 @@ impl Port {
     }
 }
 
+/// Offsets of `ni_tx_rings` and `ni_rx_rings` in a `netmap_if`.
+const NI_TX_RINGS: usize = core::mem::offset_of!(vale_abi::layout::NetmapIf, ni_tx_rings);
+const NI_RX_RINGS: usize = core::mem::offset_of!(vale_abi::layout::NetmapIf, ni_rx_rings);
+
 /// Offset of `ni_bufs_head` in a `netmap_if`.
 const NI_BUFS_HEAD: usize = core::mem::offset_of!(vale_abi::layout::NetmapIf, ni_bufs_head);
 
@@ -446,9 +616,16 @@ pub fn from_legacy(r: &Nmreq) -> NmResult<RegisterReq> {
             NR_REG_ALL_NIC
         };
     }
-    if mode == NR_REG_PIPE_MASTER || mode == NR_REG_PIPE_SLAVE {
-        return Err(Errno::OPNOTSUPP);
-    }
+    // The legacy API names a pipe by mode and id; valed by name (`{N`, `}N`).
+    let name = match mode {
+        NR_REG_PIPE_MASTER | NR_REG_PIPE_SLAVE => {
+            let side = if mode == NR_REG_PIPE_MASTER { '{' } else { '}' };
+            mode = NR_REG_ALL_NIC;
+            format!("{name}{side}{ring}")
+        }
+        _ => name,
+    };
+    let ring = if name.contains(['{', '}']) { 0 } else { ring };
     let mut flags = (r.nr_flags & !NR_REG_MASK) as u64;
     if r.nr_ringid & NETMAP_NO_TX_POLL != 0 {
         flags |= NR_NO_TX_POLL;
@@ -522,7 +699,14 @@ mod tests {
         assert_eq!(q.mode, NR_REG_ALL_NIC);
         assert_eq!(q.flags, NR_TX_RINGS_ONLY);
         r.nr_flags = NR_REG_PIPE_MASTER;
-        assert_eq!(from_legacy(&r), Err(Errno::OPNOTSUPP));
+        r.nr_ringid = 3;
+        let q = from_legacy(&r).unwrap();
+        assert_eq!(
+            (q.name.as_str(), q.mode, q.ringid),
+            ("vale0:a{3", NR_REG_ALL_NIC, 0)
+        );
+        r.nr_flags = NR_REG_PIPE_SLAVE;
+        assert_eq!(from_legacy(&r).unwrap().name, "vale0:a}3");
         r.nr_version = 13;
         assert_eq!(from_legacy(&r), Err(Errno::INVAL));
     }

@@ -348,6 +348,7 @@ fn multi_ring_ports_map_source_ring_to_destination_ring() {
         rx_slots: 64,
         buf_size: 2048,
         extra_bufs: 0,
+        pipes: 0,
     };
     let a = sw
         .attach("vale0:a", vale_abi::Region::create("vale0:a", g4).unwrap())

@@ -421,3 +421,36 @@ fn an_exclusive_register_keeps_other_descriptors_out() {
     let out = run_ok(&d, &nmtest, &["exclusive", "vale0:x"]);
     assert!(!out.contains("FAIL") && out.contains("failures 0"), "{out}");
 }
+
+#[test]
+fn a_pipe_carries_frames_between_its_ends_by_buffer_swap() {
+    let Some(nmtest) = program("nmtest") else {
+        return;
+    };
+    let d = Daemon::start("nm-pipe", &[]);
+    let out = run_ok(&d, &nmtest, &["pipe", "vale0:p"]);
+    assert!(!out.contains("FAIL") && out.contains("failures 0"), "{out}");
+    // The pipe lives in its port's memory: the port exists while the pipe does.
+    assert!(wait_for(5.0, || !d
+        .ports()
+        .contains(&"vale0:p".to_string())));
+}
+
+#[test]
+fn two_processes_on_a_pipe_wake_each_other() {
+    let Some(nmtest) = program("nmtest") else {
+        return;
+    };
+    let d = Daemon::start("nm-pipe2", &[]);
+    // 200000 frames through a 1024-slot pipe: the sender waits in poll for the
+    // receiver to free slots and the receiver for frames, many times over; pipes hold
+    // the sender back instead of dropping, so every frame arrives.
+    let mut rx = spawn(&d, &nmtest, &["rx", "vale0:q}0", "200000", "5000"]);
+    let mut out = BufReader::new(rx.stdout.take().unwrap());
+    read_until(&mut out, "ready");
+    let sent = run_ok(&d, &nmtest, &["tx", "vale0:q{0", "200000"]);
+    assert!(sent.contains("sent 200000"), "{sent}");
+    let lines = read_until(&mut out, "received ");
+    assert!(rx.wait().unwrap().success(), "{lines:?}");
+    assert_eq!(lines.last().unwrap(), "received 200000 bad_seq 0");
+}

@@ -510,6 +510,7 @@ mod tests {
                 geometry: g.into(),
                 layout_version,
                 extra: None,
+                pipe: None,
             };
             let bytes = serde_json::to_vec(&resp).unwrap();
             sock::send(

@@ -52,10 +52,27 @@ pub struct Geometry {
     /// Spare buffers after the rings' own (netmap's extra buffers); absent means none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub extra_bufs: u32,
+    /// netmap pipes the port's region has room for; absent means none.
+    #[serde(default, skip_serializing_if = "is_zero16")]
+    pub pipes: u16,
 }
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+fn is_zero16(n: &u16) -> bool {
+    *n == 0
+}
+
+/// The pipe endpoint an `Open` of `valeX:p{N` or `valeX:p}N` got: its place in the
+/// port's region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipeInfo {
+    /// Which of the region's pipes (`vale_abi::PipeEnd::pipe`).
+    pub index: u16,
+    /// The `}` side.
+    pub slave: bool,
 }
 
 impl From<vale_abi::PortGeometry> for Geometry {
@@ -67,6 +84,7 @@ impl From<vale_abi::PortGeometry> for Geometry {
             rx_slots: g.rx_slots,
             buf_size: g.buf_size,
             extra_bufs: g.extra_bufs,
+            pipes: g.pipes,
         }
     }
 }
@@ -80,6 +98,7 @@ impl From<Geometry> for vale_abi::PortGeometry {
             rx_slots: g.rx_slots,
             buf_size: g.buf_size,
             extra_bufs: g.extra_bufs,
+            pipes: g.pipes,
         }
     }
 }
@@ -346,6 +365,11 @@ pub enum Response {
         /// lets go of the port (then they go back to the port's reserve).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         extra: Option<[u32; 2]>,
+        /// For a pipe endpoint (`valeX:p{N`, `}N`): which rings of the port's region are
+        /// its; the region is the port's, the fds are the pipe's wake-ups (the second
+        /// wakes the other end, the third is this end's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pipe: Option<PipeInfo>,
     },
     List {
         switches: Vec<SwitchInfo>,
@@ -412,6 +436,7 @@ mod tests {
             geometry: vale_abi::PortGeometry::default().into(),
             layout_version: vale_abi::layout::LAYOUT_VERSION,
             extra: None,
+            pipe: None,
         };
         let j = serde_json::to_string(&r).unwrap();
         assert!(j.ends_with(r#","layout_version":2}"#), "{j}");

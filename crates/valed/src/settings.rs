@@ -10,6 +10,11 @@ use vale_switch::{FdbConfig, Limits};
 /// (the ones the switch touches) over all cache sets instead of 1/32 of them: +4-6 %
 /// end to end at 60 bytes, no change at 1514 (docs/performance.md).
 pub const DEFAULT_BUF_SIZE: u32 = 2112;
+/// netmap pipes each new port has room for (netmap's VALE ports: 2). Their buffers are
+/// faulted in only when used.
+pub const DEFAULT_PIPES: u16 = 2;
+/// Most pipes a port may have room for.
+pub const MAX_PIPES: u16 = 64;
 
 /// A setting that cannot be used, named with its value and what would be accepted.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +90,7 @@ impl Default for Settings {
             limits: Limits {
                 default_geometry: vale_abi::PortGeometry {
                     buf_size: DEFAULT_BUF_SIZE,
+                    pipes: DEFAULT_PIPES,
                     ..Limits::default().default_geometry
                 },
                 ..Limits::default()
@@ -110,6 +116,7 @@ pub struct ConfigFile {
     pub max_slots: Option<u32>,
     pub max_buf_size: Option<u32>,
     pub max_extra_bufs: Option<u32>,
+    pub pipes: Option<u16>,
     pub max_name_len: Option<usize>,
     pub bridge_batch: Option<usize>,
     pub rings: Option<u16>,
@@ -156,6 +163,17 @@ impl ConfigFile {
         }
         if let Some(v) = self.slots {
             l.default_geometry.rx_slots = v;
+        }
+        if let Some(p) = self.pipes {
+            if p > MAX_PIPES {
+                return Err(SettingsError::OutOfRange {
+                    what: "pipes",
+                    value: p as usize,
+                    min: 0,
+                    max: MAX_PIPES as usize,
+                });
+            }
+            l.default_geometry.pipes = p;
         }
         if let Some(r) = self.rings {
             l.default_geometry.tx_rings = r;

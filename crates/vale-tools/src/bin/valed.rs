@@ -47,6 +47,9 @@ struct Args {
     /// Spare buffers a port may reserve for its clients (netmap's extra buffers, asked by the open that creates it; more is clamped) [default: 4096]
     #[arg(long)]
     max_extra_bufs: Option<u32>,
+    /// netmap pipes (valeX:p{N and valeX:p}N) each new port has room for, 0..=64; their memory is faulted in only when used [default: 2]
+    #[arg(long)]
+    pipes: Option<u16>,
     /// Longest port name [default: 15]
     #[arg(long)]
     max_name_len: Option<usize>,
@@ -98,6 +101,7 @@ fn settings(a: &Args) -> Result<Settings, valed::SettingsError> {
         max_slots: a.max_slots,
         max_buf_size: a.max_buf_size,
         max_extra_bufs: a.max_extra_bufs,
+        pipes: a.pipes,
         max_name_len: a.max_name_len,
         bridge_batch: a.bridge_batch,
         rings: a.rings,

@@ -22,6 +22,8 @@ pub struct Held {
     pub extra: Option<(u32, u32)>,
     /// Whether it holds the port exclusively.
     pub exclusive: bool,
+    /// The netmap pipe endpoint it is, if it is one.
+    pub pipe: Option<vale_abi::PipeEnd>,
 }
 
 pub struct Conn {

@@ -24,6 +24,25 @@ fn touches_host(req: &Request) -> bool {
     )
 }
 
+/// `valeX:p{ID` / `valeX:p}ID` as (`valeX:p`, `ID`, slave); `None` for other names.
+/// The id is an identifier, as in netmap (`[A-Za-z0-9_]`, at least one).
+fn split_pipe(name: &str) -> Result<Option<(&str, &str, bool)>, CtlError> {
+    let Some(at) = name.find(['{', '}']) else {
+        return Ok(None);
+    };
+    let (parent, id) = (&name[..at], &name[at + 1..]);
+    let ok = !id.is_empty()
+        && id.len() <= 15
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !ok || parent.contains('/') {
+        return Err(CtlError::BadRequest(format!(
+            "`{}`: a netmap pipe is PORT{{ID or PORT}}ID, ID of letters, digits and _",
+            name.escape_default()
+        )));
+    }
+    Ok(Some((parent, id, name.as_bytes()[at] == b'}')))
+}
+
 fn done(message: String) -> Result<Reply, CtlError> {
     Ok(Response::Done { message }.into())
 }
@@ -115,6 +134,12 @@ impl Control {
                 action: "open them",
             });
         }
+        // A netmap pipe endpoint: `valeX:p{ID` (master) or `valeX:p}ID` (slave) lives in
+        // port valeX:p's memory; the port is opened (created) for it.
+        let (name, pipe) = match split_pipe(name)? {
+            Some((parent, id, slave)) => (parent, Some((id.to_string(), slave))),
+            None => (name, None),
+        };
         if let Some(h) = self.hosts.attached_as(name) {
             return Err(CtlError::Busy(format!(
                 "{name} is host port {h}, served by valed itself; detach it first (vale-ctl -d {name})"
@@ -132,10 +157,12 @@ impl Control {
                 .extra_bufs
                 .unwrap_or(0)
                 .min(self.settings.limits.max_extra_bufs),
+            pipes: d.pipes,
         };
         let wants = Wants {
             extra_bufs: req.extra_bufs.unwrap_or(0),
             exclusive,
+            pipe,
         };
         let a = self.ports.acquire_with(name, g, wants)?;
         if let Some(c) = self.conns.get_mut(id) {

@@ -24,12 +24,22 @@ pub struct Acquired {
 }
 
 /// What an open asks for beyond the port itself.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Wants {
     /// Spare buffers from the port's reserve (netmap's `nr_extra_bufs`; fewer may come).
     pub extra_bufs: u32,
     /// No other hold at the same time (netmap's `NR_EXCLUSIVE`, for the whole port).
     pub exclusive: bool,
+    /// A netmap pipe endpoint of the port: its id and whether it is the slave (`}`).
+    pub pipe: Option<(String, bool)>,
+}
+
+/// A netmap pipe of a port: the region's pipe rings it uses, who holds each end, and
+/// each end's wake-up eventfd (an end sleeps on its own and writes its peer's).
+pub struct Pipe {
+    pub index: u16,
+    pub holds: [Option<u64>; 2],
+    pub notify: [OwnedFd; 2],
 }
 
 /// One open port as the control thread knows it: enough for `list` and `stats`, and
@@ -46,6 +56,10 @@ pub struct BoardEntry {
     pub spare: Vec<(u32, u32)>,
     /// A hold has the port exclusively.
     pub exclusive: bool,
+    /// Its netmap pipes in use, by id.
+    pub pipes: std::collections::HashMap<String, Pipe>,
+    /// Pipes its region has room for.
+    pub pipe_room: u16,
 }
 
 impl BoardEntry {
@@ -217,6 +231,7 @@ impl PortTable {
                 geometry: port.geometry().into(),
                 layout_version: vale_abi::layout::LAYOUT_VERSION,
                 extra: None,
+                pipe: None,
             };
             let (first, count) = port.region().layout().extra_bufs();
             let entry = BoardEntry {
@@ -231,6 +246,8 @@ impl PortTable {
                     Vec::new()
                 },
                 exclusive: false,
+                pipes: Default::default(),
+                pipe_room: port.geometry().pipes,
             };
             let f = st.fds.get(&key)?;
             let kick = f.kick.try_clone().ok()?;
@@ -244,6 +261,7 @@ impl PortTable {
                         hold,
                         extra: None,
                         exclusive: wants.exclusive,
+                        pipe: None,
                     },
                     opened,
                     memfd,
@@ -266,6 +284,32 @@ impl PortTable {
                             "by other clients; it cannot be held exclusively"
                         }
                     )));
+                }
+                if let Some((id, slave)) = &wants.pipe {
+                    match take_pipe_end(b, id, *slave, hold) {
+                        Ok((end, peer_notify, own_notify)) => {
+                            a.held.pipe = Some(end);
+                            a.kick = peer_notify;
+                            a.notify = own_notify;
+                            if let Response::Opened { pipe, .. } = &mut a.opened {
+                                *pipe = Some(vale::proto::PipeInfo {
+                                    index: end.pipe,
+                                    slave: end.slave,
+                                });
+                            }
+                        }
+                        Err(e) => {
+                            if b.clients == 0 {
+                                self.board.remove(&slot);
+                            }
+                            if let Ok(Closed::PortRemoved) = st.registry.close(key) {
+                                if let Some(f) = st.fds.remove(&key) {
+                                    let _ = epoll::delete(&shared.epoll, &f.kick);
+                                }
+                            }
+                            return Err(e);
+                        }
+                    }
                 }
                 b.exclusive = wants.exclusive;
                 if wants.extra_bufs > 0 {
@@ -315,6 +359,15 @@ impl PortTable {
             if let Some(r) = h.extra {
                 e.give_back(r);
             }
+            if let Some(end) = h.pipe {
+                let side = end.slave as usize;
+                e.pipes.retain(|_, p| {
+                    if p.index == end.pipe && p.holds[side] == Some(h.hold) {
+                        p.holds[side] = None;
+                    }
+                    p.holds.iter().any(Option::is_some)
+                });
+            }
         }
         match st.registry.close(h.key) {
             Ok(Closed::PortRemoved) => {
@@ -328,6 +381,56 @@ impl PortTable {
             Err(e) => tracing::error!("closing {name}: {e}"),
         }
     }
+}
+
+/// Takes end `slave` of pipe `id` of a port for `hold`: the pipe's place (the lowest
+/// free one for a new pipe) and clones of the peer's and its own wake-up eventfds.
+fn take_pipe_end(
+    b: &mut BoardEntry,
+    id: &str,
+    slave: bool,
+    hold: u64,
+) -> Result<(vale_abi::PipeEnd, OwnedFd, OwnedFd), CtlError> {
+    let name = format!("{}{}{id}", b.name, if slave { '}' } else { '{' });
+    if !b.pipes.contains_key(id) {
+        let index = (0..b.pipe_room)
+            .find(|i| b.pipes.values().all(|p| p.index != *i))
+            .ok_or_else(|| {
+                CtlError::Limit(format!(
+                    "{name}: port {} has room for {} pipes, all in use (valed --pipes N for more)",
+                    b.name, b.pipe_room
+                ))
+            })?;
+        let notify = [eventfd()?, eventfd()?];
+        b.pipes.insert(
+            id.to_string(),
+            Pipe {
+                index,
+                holds: [None, None],
+                notify,
+            },
+        );
+    }
+    let p = b.pipes.get_mut(id).expect("inserted above");
+    let side = slave as usize;
+    if p.holds[side].is_some() {
+        return Err(CtlError::Busy(format!("{name} is already open")));
+    }
+    let clone = |fd: &OwnedFd| {
+        fd.try_clone()
+            .map_err(|e| CtlError::Internal(format!("{name}: {e}")))
+    };
+    let peer = clone(&p.notify[1 - side])?;
+    let own = clone(&p.notify[side])?;
+    p.holds[side] = Some(hold);
+    Ok((
+        vale_abi::PipeEnd {
+            pipe: p.index,
+            slave,
+        },
+        peer,
+        own,
+    ))
 }
 
 pub fn port_name(reg: &Registry, key: PortKey) -> String {

@@ -184,6 +184,7 @@ pub fn settings(s: &Settings, threads: usize) -> Response {
         ("max_slots".to_string(), l.max_slots.to_string()),
         ("max_buf_size".to_string(), l.max_buf_size.to_string()),
         ("max_extra_bufs".to_string(), l.max_extra_bufs.to_string()),
+        ("pipes".to_string(), l.default_geometry.pipes.to_string()),
         ("max_name_len".to_string(), l.max_name_len.to_string()),
         ("bridge_batch".to_string(), l.batch.to_string()),
         ("rings".to_string(), g.tx_rings.to_string()),
@@ -218,6 +219,7 @@ mod tests {
             rx_slots: 1024,
             buf_size: 2112,
             extra_bufs: 0,
+            pipes: 0,
         };
         let port = |name: &str, index, tx| {
             let mut stats = PortStats {
@@ -340,6 +342,7 @@ mod tests {
         assert_eq!(m["buf_size"], "2112");
         assert_eq!(m["cpus"], "");
         assert_eq!(m["max_extra_bufs"], "4096");
-        assert_eq!(m.len(), 19);
+        assert_eq!(m["pipes"], "2");
+        assert_eq!(m.len(), 20);
     }
 }

@@ -21,6 +21,8 @@ pub struct RegisterReq {
     pub ringid: u16,
     pub flags: u64,
     pub geometry: GeometryRequest,
+    /// The mapping the program wants this descriptor in (`nr_mem_id`, 0: any).
+    pub mem_id: u16,
 }
 
 /// What a REGISTER answers.
@@ -31,6 +33,82 @@ pub struct RegisterReply {
     pub mem_id: u16,
     /// Extra buffers obtained (`nr_extra_bufs` out), listed from `ni_bufs_head`.
     pub extra_bufs: u32,
+    /// Where this descriptor's `netmap_if` is in the mapping (`nr_offset`).
+    pub offset: u64,
+}
+
+/// The start of a mapping: the `netmap_if`s of the descriptors that share it (each in
+/// its own slot), in a memfd, before the port's region. Descriptors share one when the
+/// program asks for an existing mapping's `nr_mem_id` and it maps the same region (as
+/// netmap's pipes and `@N` do); otherwise each has its own, with its own mem id.
+pub struct Prefix {
+    pub fd: OwnedFd,
+    /// Bytes of the prefix (the region starts here in the mapping).
+    pub len: usize,
+    slot: usize,
+    used: Mutex<Vec<bool>>,
+    pub mem_id: u16,
+    /// The region's file (device, inode): sharing is only for the same memory.
+    region: (u64, u64),
+}
+
+/// `netmap_if`s a mapping has room for: the first descriptor's and this many more.
+const SHARERS: usize = 8;
+
+/// Live prefixes, for REGISTERs that ask for an existing mapping.
+static PREFIXES: Mutex<Vec<std::sync::Weak<Prefix>>> = Mutex::new(Vec::new());
+
+fn file_id(fd: rustix::fd::BorrowedFd<'_>) -> (u64, u64) {
+    rustix::fs::fstat(fd).map_or((0, 0), |s| (s.st_dev, s.st_ino))
+}
+
+impl Prefix {
+    /// A new mapping start for a region, slots of `slot` bytes.
+    fn new(region: &Region, slot: usize) -> NmResult<std::sync::Arc<Prefix>> {
+        let len = slot * (1 + SHARERS);
+        let fd = rustix::fs::memfd_create(c"vale-netmap-if", rustix::fs::MemfdFlags::CLOEXEC)
+            .map_err(|_| Errno::NOMEM)?;
+        rustix::fs::ftruncate(&fd, len as u64).map_err(|_| Errno::NOMEM)?;
+        let p = std::sync::Arc::new(Prefix {
+            fd,
+            len,
+            slot,
+            used: Mutex::new(vec![false; 1 + SHARERS]),
+            mem_id: next_mem_id(),
+            region: file_id(region.fd()),
+        });
+        let mut all = PREFIXES.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        all.push(std::sync::Arc::downgrade(&p));
+        Ok(p)
+    }
+
+    /// The live mapping with `mem_id`, if it maps `region`.
+    fn find(mem_id: u16, region: &Region) -> Option<std::sync::Arc<Prefix>> {
+        let id = file_id(region.fd());
+        let all = PREFIXES.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .find(|p| p.mem_id == mem_id && p.region == id)
+    }
+
+    /// A free slot's byte offset, taken.
+    fn take(&self, bytes: usize) -> Option<usize> {
+        if bytes > self.slot {
+            return None;
+        }
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        let i = used.iter().position(|u| !u)?;
+        used[i] = true;
+        Some(i * self.slot)
+    }
+
+    fn give_back(&self, off: usize) {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(u) = used.get_mut(off / self.slot) {
+            *u = false;
+        }
+    }
 }
 
 /// A netmap error: the errno the ioctl fails with.
@@ -68,9 +146,9 @@ struct Seen {
 pub struct Port {
     pub name: String,
     pub region: Region,
-    /// This descriptor's own `netmap_if` (the start of its mapping), in a memfd.
-    pub prefix: OwnedFd,
-    pub prefix_len: usize,
+    /// The start of its mapping, with this descriptor's `netmap_if` at `nifp_off`.
+    pub prefix: std::sync::Arc<Prefix>,
+    pub nifp_off: usize,
     pub memsize: usize,
     pub mem_id: u16,
     tx: Vec<Bound>,
@@ -345,14 +423,30 @@ impl Device {
         };
         let tx_at = entries(Dir::Tx, nt, NR_RX_RINGS_ONLY);
         let rx_at = entries(Dir::Rx, nr, NR_TX_RINGS_ONLY);
-        let prefix_len = page_up(netmap_if_bytes(nt, nr));
         if !link_extra_bufs(&region, granted) {
             return Err(undo(Errno::IO));
         }
+        // The mapping: the one the program named, if it maps this region and has room,
+        // else a new one (room for this port's netmap_if, or a pipe's, in every slot).
+        let bytes = netmap_if_bytes(nt, nr);
+        let shared = (req.mem_id != 0)
+            .then(|| Prefix::find(req.mem_id, &region))
+            .flatten()
+            .and_then(|p| p.take(bytes).map(|off| (p, off)));
+        let (prefix, nifp_off) = match shared {
+            Some(s) => s,
+            None => {
+                let slot = page_up(netmap_if_bytes(g.tx_rings, g.rx_rings).max(bytes));
+                let p = Prefix::new(&region, slot).map_err(undo)?;
+                let off = p.take(bytes).ok_or_else(|| undo(Errno::NOMEM))?;
+                (p, off)
+            }
+        };
         let ni_name = format!("{}{mon}", req.name);
-        let prefix = self
-            .make_if(&region, prefix_len, &tx_at, &rx_at, granted, &ni_name)
-            .map_err(undo)?;
+        if let Err(e) = self.make_if(&region, &prefix, nifp_off, &tx_at, &rx_at, granted, &ni_name) {
+            prefix.give_back(nifp_off);
+            return Err(undo(e));
+        }
         let bind = |dir: Dir, at: &[Option<usize>]| -> Vec<Bound> {
             (0..at.len() as u16)
                 .filter(|&i| at[i as usize].is_some())
@@ -391,13 +485,13 @@ impl Device {
             }
             _ => None,
         };
-        let memsize = prefix_len + region.size();
+        let memsize = prefix.len + region.size();
         let port = Port {
             name: req.name.clone(),
             memsize,
-            mem_id: next_mem_id(),
+            mem_id: prefix.mem_id,
             prefix,
-            prefix_len,
+            nifp_off,
             tx,
             rx,
             kick,
@@ -411,6 +505,7 @@ impl Device {
             geometry: g,
             mem_id: port.mem_id,
             extra_bufs: granted.1,
+            offset: port.nifp_off as u64,
         };
         let _ = self.port.set(port);
         Ok(reply)
@@ -419,15 +514,17 @@ impl Device {
     /// This descriptor's `netmap_if`, in a memfd that becomes the start of its mapping:
     /// the region's own header, with `ring_ofs[]` pointing (from offset 0 of the
     /// mapping) at the rings it bound and 0 for the others.
+    #[allow(clippy::too_many_arguments)]
     fn make_if(
         &self,
         region: &Region,
-        len: usize,
+        prefix: &Prefix,
+        nifp_off: usize,
         tx: &[Option<usize>],
         rx: &[Option<usize>],
         extra: (u32, u32),
         name: &str,
-    ) -> NmResult<OwnedFd> {
+    ) -> NmResult<()> {
         let mut nifp = vec![0u8; netmap_if_bytes(tx.len() as u16, rx.len() as u16)];
         let head = vale_abi::layout::NETMAP_IF_SIZE;
         if !region.read_raw(0, &mut nifp[..head]) {
@@ -449,18 +546,17 @@ impl Device {
         };
         for ring_at in [tx, rx] {
             for at in ring_at {
-                put(at.map_or(0, |at| (len + at) as i64));
+                // Relative to this netmap_if; the region starts after the prefix.
+                put(at.map_or(0, |at| (prefix.len + at) as i64 - nifp_off as i64));
             }
             put(0); // the host ring placeholder
         }
-        let fd = rustix::fs::memfd_create(c"vale-netmap-if", rustix::fs::MemfdFlags::CLOEXEC)
-            .map_err(|_| Errno::NOMEM)?;
-        rustix::fs::ftruncate(&fd, len as u64).map_err(|_| Errno::NOMEM)?;
         let mut off = 0;
         while off < nifp.len() {
-            off += rustix::io::pwrite(&fd, &nifp[off..], off as u64).map_err(|_| Errno::IO)?;
+            let at = (nifp_off + off) as u64;
+            off += rustix::io::pwrite(&prefix.fd, &nifp[off..], at).map_err(|_| Errno::IO)?;
         }
-        Ok(fd)
+        Ok(())
     }
 
     fn registered(&self) -> NmResult<&Port> {
@@ -472,6 +568,12 @@ impl Device {
     pub fn sync(&self, dir: Dir) -> NmResult<bool> {
         let p = self.registered()?;
         Ok(p.sync(dir))
+    }
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        self.prefix.give_back(self.nifp_off);
     }
 }
 
@@ -644,6 +746,7 @@ pub fn from_legacy(r: &Nmreq) -> NmResult<RegisterReq> {
             rx_slots: some(r.nr_rx_slots),
             extra_bufs: some(r.nr_arg3),
         },
+        mem_id: r.nr_arg2,
     })
 }
 
@@ -663,6 +766,7 @@ pub fn from_register(name: &str, b: &NmreqRegister) -> RegisterReq {
             rx_slots: some(b.nr_rx_slots),
             extra_bufs: some(b.nr_extra_bufs),
         },
+        mem_id: b.nr_mem_id,
     }
 }
 

@@ -435,7 +435,7 @@ unsafe fn nioctrl(dev: &Device, arg: *mut c_void) -> NmResult<()> {
             let mut b: NmreqRegister = unsafe { read_in(body)? };
             let reply = dev.register(&from_register(&name, &b))?;
             let g = reply.geometry;
-            b.nr_offset = 0;
+            b.nr_offset = reply.offset;
             b.nr_memsize = reply.memsize;
             b.nr_tx_slots = g.tx_slots;
             b.nr_rx_slots = g.rx_slots;
@@ -499,12 +499,12 @@ unsafe fn nioctrl(dev: &Device, arg: *mut c_void) -> NmResult<()> {
                 nr_mem_id: p.mem_id,
                 nr_if_pool_offset: 0,
                 nr_if_pool_objtotal: 1,
-                nr_if_pool_objsize: p.prefix_len as u32,
-                nr_ring_pool_offset: (p.prefix_len + ring0) as u64,
+                nr_if_pool_objsize: p.prefix.len as u32,
+                nr_ring_pool_offset: (p.prefix.len + ring0) as u64,
                 nr_ring_pool_objtotal: (g.tx_rings + g.rx_rings) as u32,
                 nr_ring_pool_objsize: vale_abi::region::ring_bytes(g.tx_slots.max(g.rx_slots))
                     as u32,
-                nr_buf_pool_offset: (p.prefix_len + l.buf_offset) as u64,
+                nr_buf_pool_offset: (p.prefix.len + l.buf_offset) as u64,
                 nr_buf_pool_objtotal: l.nbufs,
                 nr_buf_pool_objsize: g.buf_size,
                 ..Default::default()
@@ -589,13 +589,14 @@ unsafe fn legacy(dev: &Device, cmd: u32, arg: *mut c_void) -> NmResult<()> {
     if r.nr_version < NETMAP_LEGACY_MIN_API {
         return Err(Errno::INVAL);
     }
-    let mut extra = 0;
+    let (mut extra, mut offset) = (0, 0);
     let (g, memsize, mem_id) = if cmd == NIOCREGIF {
         if r.nr_cmd != 0 {
             return Err(Errno::OPNOTSUPP);
         }
         let reply = dev.register(&from_legacy(&r)?)?;
         extra = reply.extra_bufs;
+        offset = reply.offset as u32;
         (reply.geometry.into(), reply.memsize, reply.mem_id)
     } else {
         let name = name_of(&r.nr_name).ok_or(Errno::INVAL)?.to_string();
@@ -610,7 +611,7 @@ unsafe fn legacy(dev: &Device, cmd: u32, arg: *mut c_void) -> NmResult<()> {
         }
     };
     let g: vale::proto::Geometry = g;
-    r.nr_offset = 0;
+    r.nr_offset = offset;
     r.nr_memsize = u32::try_from(memsize).map_err(|_| Errno::NOMEM)?;
     r.nr_tx_slots = g.tx_slots;
     r.nr_rx_slots = g.rx_slots;
@@ -676,8 +677,8 @@ fn map_device(dev: &Device, len: size_t, prot: c_int, off: off_t) -> *mut c_void
         Err(e) => return fail(e, libc::MAP_FAILED),
     };
     let pieces = [
-        (0usize, p.prefix_len, p.prefix.as_fd()),
-        (p.prefix_len, p.region.size(), p.region.fd()),
+        (0usize, p.prefix.len, p.prefix.fd.as_fd()),
+        (p.prefix.len, p.region.size(), p.region.fd()),
     ];
     for (at, n, fd) in pieces {
         // SAFETY: `base + at .. + n` lies inside the reservation just made, which only

@@ -454,3 +454,13 @@ fn two_processes_on_a_pipe_wake_each_other() {
     assert!(rx.wait().unwrap().success(), "{lines:?}");
     assert_eq!(lines.last().unwrap(), "received 200000 bad_seq 0");
 }
+
+#[test]
+fn descriptors_asking_for_a_mapping_share_it_pipes_included() {
+    let Some(nmtest) = program("nmtest") else {
+        return;
+    };
+    let d = Daemon::start("nm-share", &[]);
+    let out = run_ok(&d, &nmtest, &["share", "vale0:s"]);
+    assert!(!out.contains("FAIL") && out.contains("failures 0"), "{out}");
+}

@@ -18,6 +18,8 @@
  *       of every ring it holds
  *   nmtest extra NAME       extra buffers: the list, its reserve, sending from one
  *   nmtest exclusive NAME   NR_EXCLUSIVE against other descriptors
+ *   nmtest share PORT       descriptors asking for an existing mapping's nr_mem_id (as
+ *       libnetmap's `@N`, lb's pipes and pkt-gen's threads do) share it
  *   nmtest pipe PORT        both ends of pipe PORT{7 / PORT}7 in one process: frames
  *       both ways in order, by buffer swap (zero copy), a full peer holding the sender
  */
@@ -192,10 +194,27 @@ static int cmd_tx(int argc, char **argv)
 			}
 		}
 	}
+	if (at_exit) {
+		printf("sent %u\n", sent);
+		fflush(stdout);
+		_exit(0); /* no munmap, no close: the process just ends */
+	}
+	/* As pkt-gen does: wait until the rings are drained (a pipe's peer may be full;
+	 * what is still in a TX ring when the descriptor closes is lost, as in netmap). */
+	double until = now_ms() + 5000;
+	for (int busy = 1; busy && now_ms() < until;) {
+		busy = 0;
+		for (int i = 0; i < p.reg.nr_tx_rings; i++) {
+			struct netmap_ring *r = NETMAP_TXRING(p.nifp, i);
+			if ((char *)r != (char *)p.nifp && nm_tx_pending(r))
+				busy = 1;
+		}
+		struct pollfd pf = {.fd = p.fd, .events = POLLOUT};
+		if (busy)
+			poll(&pf, 1, 100);
+	}
 	printf("sent %u\n", sent);
 	fflush(stdout);
-	if (at_exit)
-		_exit(0); /* no munmap, no close: the process just ends */
 	close_port(&p);
 	return 0;
 }
@@ -604,6 +623,76 @@ static int cmd_exclusive(const char *name)
 	return failures;
 }
 
+/* REGISTER asking for mapping `mem_id`, without mmap: the program uses the mapping it
+ * has (libnetmap's mmap cache). */
+static int reg_in(struct port *p, const char *name, uint32_t mode, uint16_t ring, uint16_t mem_id)
+{
+	struct nmreq_header h;
+	memset(p, 0, sizeof(*p));
+	p->fd = open("/dev/netmap", O_RDWR);
+	p->reg.nr_mode = mode;
+	p->reg.nr_ringid = ring;
+	p->reg.nr_mem_id = mem_id;
+	p->reg.nr_tx_rings = p->reg.nr_rx_rings = want_rings;
+	hdr_init(&h, NETMAP_REQ_REGISTER, name, &p->reg);
+	return ioctl(p->fd, NIOCCTRL, &h) < 0 ? errno : 0;
+}
+
+static int cmd_share(const char *port)
+{
+	struct port a, b, pm, ps, other;
+	char mname[64], sname[64];
+	want_rings = 2;
+	open_or_die(&a, port, NR_REG_ONE_NIC, 0, 0);
+	check(reg_in(&b, port, NR_REG_ONE_NIC, 1, a.reg.nr_mem_id) == 0, "a second descriptor asks for the first's mapping");
+	check(b.reg.nr_mem_id == a.reg.nr_mem_id && b.reg.nr_offset != a.reg.nr_offset &&
+		  b.reg.nr_memsize == a.reg.nr_memsize,
+	      "it gets the same mem_id and size, its own netmap_if");
+	struct netmap_if *bif = NETMAP_IF(a.mem, b.reg.nr_offset);
+	check(bif->ring_ofs[0] == 0 && bif->ring_ofs[1] != 0, "its netmap_if, in the first's mapping, lists only ring 1");
+	check(NETMAP_TXRING(bif, 1)->num_slots == NETMAP_TXRING(a.nifp, 0)->num_slots,
+	      "ring 1 is reachable through the shared mapping");
+	/* A pipe of the port in the port's mapping, as lb opens it: zero copy possible. */
+	snprintf(mname, sizeof(mname), "%s{0", port);
+	snprintf(sname, sizeof(sname), "%s}0", port);
+	want_rings = 0;
+	check(reg_in(&pm, mname, NR_REG_ALL_NIC, 0, a.reg.nr_mem_id) == 0 &&
+		  pm.reg.nr_mem_id == a.reg.nr_mem_id,
+	      "a pipe of the port shares the port's mapping");
+	open_or_die(&ps, sname, NR_REG_ALL_NIC, 0, 0);
+	struct netmap_if *pif = NETMAP_IF(a.mem, pm.reg.nr_offset);
+	check(strcmp(pif->ni_name, mname) == 0, "the pipe's netmap_if is in it");
+	/* Move a buffer of the port's RX ring into the pipe (lb's swap) and send it. */
+	struct netmap_ring *prx = NETMAP_RXRING(a.nifp, 0), *ptx = NETMAP_TXRING(pif, 0);
+	struct netmap_slot *from = &prx->slot[0], *to = &ptx->slot[ptx->head];
+	uint32_t idx = from->buf_idx;
+	from->buf_idx = to->buf_idx;
+	from->flags = NS_BUF_CHANGED;
+	to->buf_idx = idx;
+	put_frame(ptx, to, 31337);
+	to->flags = NS_BUF_CHANGED;
+	ptx->head = ptx->cur = nm_ring_next(ptx, ptx->head);
+	ioctl(pm.fd, NIOCTXSYNC, NULL);
+	ioctl(ps.fd, NIOCRXSYNC, NULL);
+	struct netmap_ring *srx = NETMAP_RXRING(ps.nifp, 0);
+	uint32_t seq = 0, got_idx = 0;
+	if (!nm_ring_empty(srx)) {
+		got_idx = srx->slot[srx->cur].buf_idx;
+		memcpy(&seq, NETMAP_BUF(srx, got_idx) + 14, 4);
+	}
+	check(seq == 31337 && got_idx == idx, "a port buffer crosses the pipe by index");
+	check(reg_in(&other, "vale9:elsewhere", NR_REG_ALL_NIC, 0, a.reg.nr_mem_id) == 0 &&
+		  other.reg.nr_mem_id != a.reg.nr_mem_id,
+	      "another port's memory is never shared: a mapping of its own");
+	close(other.fd);
+	close(pm.fd);
+	close_port(&ps);
+	close(b.fd);
+	close_port(&a);
+	printf("failures %d\n", failures);
+	return failures;
+}
+
 static int cmd_pipe(const char *port)
 {
 	struct port m, s;
@@ -694,6 +783,8 @@ int main(int argc, char **argv)
 		return cmd_poll2(argv[2]);
 	if (strcmp(argv[1], "extra") == 0)
 		return cmd_extra(argv[2]);
+	if (strcmp(argv[1], "share") == 0)
+		return cmd_share(argv[2]);
 	if (strcmp(argv[1], "pipe") == 0)
 		return cmd_pipe(argv[2]);
 	if (strcmp(argv[1], "exclusive") == 0)

@@ -260,7 +260,7 @@ impl PortTable {
                         key,
                         hold,
                         extra: None,
-                        exclusive: wants.exclusive,
+                        exclusive: wants.exclusive && wants.pipe.is_none(),
                         pipe: None,
                     },
                     opened,
@@ -274,7 +274,10 @@ impl PortTable {
             Some((entry, mut a)) => {
                 let slot = (lane, key.switch, key.port.0);
                 let b = self.board.entry(slot).or_insert(entry);
-                if b.exclusive || (wants.exclusive && b.clients > 0) {
+                // A pipe end's rings are its own (and one holder each already): the
+                // port's exclusivity is about the port's rings.
+                let port_rings = wants.pipe.is_none();
+                if port_rings && (b.exclusive || (wants.exclusive && b.clients > 0)) {
                     let _ = st.registry.close(key);
                     return Err(CtlError::Busy(format!(
                         "{name} is held {}",
@@ -311,7 +314,9 @@ impl PortTable {
                         }
                     }
                 }
-                b.exclusive = wants.exclusive;
+                if port_rings {
+                    b.exclusive = wants.exclusive;
+                }
                 if wants.extra_bufs > 0 {
                     a.held.extra = b.take_spare(wants.extra_bufs);
                     if let Response::Opened { extra, .. } = &mut a.opened {

@@ -443,7 +443,9 @@ impl Device {
             }
         };
         let ni_name = format!("{}{mon}", req.name);
-        if let Err(e) = self.make_if(&region, &prefix, nifp_off, &tx_at, &rx_at, granted, &ni_name) {
+        if let Err(e) = self.make_if(
+            &region, &prefix, nifp_off, &tx_at, &rx_at, granted, &ni_name,
+        ) {
             prefix.give_back(nifp_off);
             return Err(undo(e));
         }

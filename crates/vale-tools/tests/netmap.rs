@@ -464,3 +464,35 @@ fn descriptors_asking_for_a_mapping_share_it_pipes_included() {
     let out = run_ok(&d, &nmtest, &["share", "vale0:s"]);
     assert!(!out.contains("FAIL") && out.contains("failures 0"), "{out}");
 }
+
+#[test]
+fn monitor_flags_watch_what_a_port_sends_and_receives() {
+    let Some(nmtest) = program("nmtest") else {
+        return;
+    };
+    let d = Daemon::start("nm-mon", &[]);
+    let m = d.open("vale0:m");
+    let other = d.open("vale0:o");
+    let ours = |base: u32, n: u32| -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| {
+                let mut f = frame([0xff; 6], [2, 0, 0, 0, 0, 5], 0);
+                f[14..18].copy_from_slice(&(base + i).to_ne_bytes());
+                f
+            })
+            .collect()
+    };
+    // NR_MONITOR_TX on vale0:m (valed's vale0:m/t) sees what m sends, NR_MONITOR_RX
+    // (vale0:m/r) what m receives.
+    for (flag, from) in [("montx", &m), ("monrx", &other)] {
+        let mut c = spawn(&d, &nmtest, &["rx", "vale0:m", "200", "3000", flag]);
+        let mut out = BufReader::new(c.stdout.take().unwrap());
+        read_until(&mut out, "ready");
+        send(from, &ours(0, 200));
+        let lines = read_until(&mut out, "received ");
+        assert!(c.wait().unwrap().success(), "{flag}: {lines:?}");
+        assert_eq!(lines.last().unwrap(), "received 200 bad_seq 0", "{flag}");
+        drain(&m, 0.2);
+        drain(&other, 0.2);
+    }
+}

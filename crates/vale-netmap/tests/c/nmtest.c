@@ -6,7 +6,7 @@
  *       NIOCTXSYNC (ioctl), by poll(events = 0) (pollsync), or (exit) by one last
  *       NIOCTXSYNC right before the process ends without closing anything: netmap
  *       forwards inside that sync, so every frame must still arrive.
- *   nmtest rx NAME COUNT MS [one=N] [rxonly]
+ *   nmtest rx NAME COUNT MS [one=N] [rxonly] [montx|monrx]
  *       receives until COUNT frames arrived or MS ms passed without one; checks that
  *       the sequence numbers of frames of ours (type 0x88b5) increase; prints
  *       "received N bad_seq B".
@@ -120,6 +120,10 @@ static void opts(int argc, char **argv, int from, uint32_t *mode, uint16_t *ring
 			*flags |= NR_TX_RINGS_ONLY;
 		} else if (strcmp(argv[i], "rxonly") == 0) {
 			*flags |= NR_RX_RINGS_ONLY;
+		} else if (strcmp(argv[i], "montx") == 0) {
+			*flags |= NR_MONITOR_TX;
+		} else if (strcmp(argv[i], "monrx") == 0) {
+			*flags |= NR_MONITOR_RX;
 		}
 	}
 }

@@ -55,6 +55,12 @@ pub struct Prefix {
 /// `netmap_if`s a mapping has room for: the first descriptor's and this many more.
 const SHARERS: usize = 8;
 
+/// Bytes before the region in a new mapping of a port of `tx` and `rx` rings (what
+/// REGISTER's `nr_memsize` adds to the region).
+pub fn prefix_len(tx: u16, rx: u16) -> usize {
+    page_up(netmap_if_bytes(tx, rx).max(netmap_if_bytes(1, 1))) * (1 + SHARERS)
+}
+
 /// Live prefixes, for REGISTERs that ask for an existing mapping.
 static PREFIXES: Mutex<Vec<std::sync::Weak<Prefix>>> = Mutex::new(Vec::new());
 
@@ -436,7 +442,7 @@ impl Device {
         let (prefix, nifp_off) = match shared {
             Some(s) => s,
             None => {
-                let slot = page_up(netmap_if_bytes(g.tx_rings, g.rx_rings).max(bytes));
+                let slot = prefix_len(g.tx_rings, g.rx_rings) / (1 + SHARERS);
                 let p = Prefix::new(&region, slot).map_err(undo)?;
                 let off = p.take(bytes).ok_or_else(|| undo(Errno::NOMEM))?;
                 (p, off)

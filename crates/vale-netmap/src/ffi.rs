@@ -411,7 +411,7 @@ fn find_port(dev: &Device, name: &str) -> NmResult<(usize, u16, vale::proto::Geo
 fn memsize_of(g: vale::proto::Geometry) -> u64 {
     let g: vale_abi::PortGeometry = g.into();
     let region = vale_abi::RegionLayout::new(g).map_or(0, |l| l.size);
-    (region + netmap_if_bytes(g.tx_rings, g.rx_rings).div_ceil(4096) * 4096) as u64
+    (region + crate::dev::prefix_len(g.tx_rings, g.rx_rings)) as u64
 }
 
 /// NIOCCTRL.
@@ -602,6 +602,7 @@ unsafe fn legacy(dev: &Device, cmd: u32, arg: *mut c_void) -> NmResult<()> {
         let name = name_of(&r.nr_name).ok_or(Errno::INVAL)?.to_string();
         match dev.port() {
             Some(p) if name.is_empty() || name == p.name => {
+                offset = p.nifp_off as u32;
                 (p.geometry().into(), p.memsize as u64, p.mem_id)
             }
             _ => {

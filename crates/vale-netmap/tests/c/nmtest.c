@@ -371,6 +371,13 @@ static int cmd_errors(const char *name)
 	check(ioctl(p.fd, NIOCCTRL, &h) == 0 && pi.nr_memsize == p.reg.nr_memsize &&
 		  pi.nr_tx_rings == p.reg.nr_tx_rings && pi.nr_rx_slots == p.reg.nr_rx_slots,
 	      "PORT_INFO_GET agrees with REGISTER");
+	int other = open("/dev/netmap", O_RDWR);
+	memset(&pi, 0, sizeof(pi));
+	hdr_init(&h, NETMAP_REQ_PORT_INFO_GET, name, &pi);
+	check(ioctl(other, NIOCCTRL, &h) == 0 && pi.nr_memsize == p.reg.nr_memsize &&
+		  pi.nr_tx_slots == p.reg.nr_tx_slots,
+	      "PORT_INFO_GET from another descriptor: the memsize a REGISTER gets");
+	close(other);
 	struct nmreq_pools_info pools;
 	memset(&pools, 0, sizeof(pools));
 	hdr_init(&h, NETMAP_REQ_POOLS_INFO_GET, name, &pools);

@@ -15,7 +15,7 @@ fn skip_reason() -> Option<String> {
     if !std::path::Path::new("/dev/net/tun").exists() {
         return Some("no /dev/net/tun".into());
     }
-    if Command::new("ip").arg("-V").output().is_err() {
+    if !have("ip", "iproute2", "host ports") {
         return Some("no `ip` command (apt-get install iproute2)".into());
     }
     None
@@ -24,7 +24,7 @@ fn skip_reason() -> Option<String> {
 macro_rules! need_host {
     () => {
         if let Some(r) = skip_reason() {
-            eprintln!("SKIP: {r}");
+            skip(&r);
             return;
         }
     };
@@ -167,8 +167,7 @@ fn ctl_err(d: &Daemon, args: &[&str]) -> String {
 /// One 2-second iperf3 TCP stream from `client_ns` to `server_ip` in `server_ns`: the
 /// bytes received, or `None` (SKIP printed) without iperf3.
 fn iperf3(client_ns: &str, server_ns: &str, server_ip: &str) -> Option<u64> {
-    if Command::new("iperf3").arg("-v").output().is_err() {
-        eprintln!("SKIP (iperf3 part): iperf3 not installed (apt-get install iperf3)");
+    if !have("iperf3", "iperf3", "the iperf3 part") {
         return None;
     }
     let mut srv = Command::new("ip")
@@ -471,7 +470,7 @@ fn a_veth_attached_with_xdp_reaches_a_tap_port_and_is_given_back() {
         let e = String::from_utf8_lossy(&o.stderr).to_string();
         // A kernel without BPF or AF_XDP (CONFIG_XDP_SOCKETS) cannot do this at all.
         if e.contains("cannot create an XSKMAP") || e.contains("Address family not supported") {
-            eprintln!("SKIP: no AF_XDP here: {e}");
+            skip(&format!("no AF_XDP here: {e}"));
             return;
         }
         panic!("-a --xdp: {e}\n{}", d.log());
@@ -495,12 +494,12 @@ fn a_veth_attached_with_xdp_reaches_a_tap_port_and_is_given_back() {
     // TCP both ways. AF_XDP carries no offload metadata, so the veth's peer must
     // compute its checksums itself (a NIC's received frames always have them); the
     // switch cuts the TAP's super-frames into MTU-sized segments for the veth.
-    if run(&[
-        "ip", "netns", "exec", &nd, "ethtool", "-K", &peer, "tx", "off",
-    ])
-    .status
-    .success()
-    {
+    if have("ethtool", "ethtool", "the AF_XDP TCP part") {
+        let off = run(&[
+            "ip", "netns", "exec", &nd, "ethtool", "-K", &peer, "tx", "off",
+        ]);
+        assert!(off.status.success(), "ethtool -K {peer} tx off failed");
+
         for (from, to, ip) in [(&ne, &nd, "10.199.3.1"), (&nd, &ne, "10.199.3.2")] {
             if let Some(bytes) = iperf3(from, to, ip) {
                 assert!(
@@ -509,8 +508,6 @@ fn a_veth_attached_with_xdp_reaches_a_tap_port_and_is_given_back() {
                 );
             }
         }
-    } else {
-        eprintln!("SKIP (TCP part): no ethtool (apt-get install ethtool)");
     }
     // Idle again: the sockets do not keep the forwarding thread awake.
     let cpu = d.idle_cpu(1.0);
@@ -567,7 +564,7 @@ fn host_port_commands_follow_netmaps_rules() {
     let net = Net::new("ve");
     let d = Daemon::start("host-err", &["--socket-mode", "0666"]);
     // Anyone the socket lets in may open ports, but not create or attach interfaces.
-    if Command::new("setpriv").arg("--version").output().is_ok() {
+    if have("setpriv", "util-linux", "the permission part") {
         let o = d
             .cmd("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", VALE_CTL])
@@ -581,8 +578,6 @@ fn host_port_commands_follow_netmaps_rules() {
             String::from_utf8_lossy(&o.stderr)
         );
         assert!(!if_exists(&net.name("q")));
-    } else {
-        eprintln!("SKIP (permission part): no setpriv");
     }
     let t = net.name("p");
     ctl_ok(&d, &["-n", &t]);
@@ -670,8 +665,7 @@ fn detach_and_remove_while_traffic_flows() {
 #[test]
 fn capture_of_a_host_port_reads_back_in_tcpdump() {
     need_host!();
-    if Command::new("tcpdump").arg("--version").output().is_err() {
-        eprintln!("SKIP: tcpdump not installed (apt-get install tcpdump)");
+    if !have("tcpdump", "tcpdump", "capture read back by tcpdump") {
         return;
     }
     let mut net = Net::new("vc");
@@ -717,7 +711,7 @@ fn capture_of_a_host_port_reads_back_in_tcpdump() {
         "{text}"
     );
     assert_eq!(text.lines().count(), 4, "{text}");
-    if Command::new("tshark").arg("-v").output().is_ok() {
+    if have("tshark", "tshark", "the tshark part") {
         let ts = run(&["tshark", "-n", "-r", &file_s]);
         let t = String::from_utf8_lossy(&ts.stdout);
         assert_eq!(
@@ -725,8 +719,6 @@ fn capture_of_a_host_port_reads_back_in_tcpdump() {
             4,
             "tshark -r:\n{t}"
         );
-    } else {
-        eprintln!("SKIP (tshark part): tshark not installed");
     }
 
     // Live into tcpdump through a pipe.

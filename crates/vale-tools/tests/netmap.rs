@@ -40,8 +40,7 @@ fn build(name: &str, out_name: &str, extra: &[&str]) -> Option<PathBuf> {
     if let Some((_, p)) = b.iter().find(|(n, _)| n == out_name) {
         return Some(p.clone());
     }
-    if Command::new("cc").arg("--version").output().is_err() {
-        println!("SKIP: no C compiler (cc) to build the netmap test programs");
+    if !have("cc", "gcc", "the netmap programs in C") {
         return None;
     }
     let src = netmap_crate().join(format!("tests/c/{name}.c"));

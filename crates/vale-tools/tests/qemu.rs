@@ -20,11 +20,7 @@ fn skip_reason() -> Option<String> {
         ("iperf3", "iperf3"),
         ("cpio", "cpio"),
     ] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {cmd}")])
-            .output()
-            .map_or(true, |o| !o.status.success())
-        {
+        if !have(cmd, pkg, "QEMU guests") {
             return Some(format!("{cmd} not installed (apt-get install {pkg})"));
         }
     }
@@ -216,13 +212,13 @@ fn vm_net_args(netdev: &str, mac: u8) -> Vec<String> {
 /// The guest, or `None` after printing why the test is skipped.
 fn ready() -> Option<PathBuf> {
     if let Some(r) = skip_reason() {
-        eprintln!("SKIP: {r}");
+        skip(&r);
         return None;
     }
     match guest() {
         Ok(c) => Some(c),
         Err(r) => {
-            eprintln!("SKIP: {r}");
+            skip(&r);
             None
         }
     }

@@ -11,11 +11,7 @@ fn skip_reason() -> Option<String> {
     if !rustix::process::geteuid().is_root() {
         return Some("needs root for dpdk-testpmd".into());
     }
-    if Command::new("sh")
-        .args(["-c", "command -v dpdk-testpmd"])
-        .output()
-        .map_or(true, |o| !o.status.success())
-    {
+    if !have("dpdk-testpmd", "dpdk-dev", "vhost-user against testpmd") {
         return Some("dpdk-testpmd not installed (apt-get install dpdk-dev)".into());
     }
     None
@@ -55,7 +51,7 @@ fn stat(out: &str, key: &str) -> u64 {
 #[test]
 fn testpmd_virtio_user_exchanges_traffic_through_a_vhost_user_port() {
     if let Some(r) = skip_reason() {
-        eprintln!("SKIP: {r}");
+        skip(&r);
         return;
     }
     let d = Daemon::start("vhost", &[]);

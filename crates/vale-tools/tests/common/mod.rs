@@ -250,3 +250,39 @@ pub fn stdout_of(o: &Output) -> String {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// A check that cannot run on this machine: says why on stderr and counts it in the file
+/// `$VALE_SKIP_LOG` (scripts/test prints the count and the reasons in its closing line;
+/// cargo hides a passing test's output).
+pub fn skip(reason: &str) {
+    eprintln!("SKIP: {reason}");
+    if let Some(path) = std::env::var_os("VALE_SKIP_LOG") {
+        use std::io::Write;
+        let name = std::thread::current().name().unwrap_or("?").to_string();
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{name}: {reason}");
+        }
+    }
+}
+
+/// Whether program `cmd` (Debian package `pkg`) is installed. If not, the check that
+/// needs it is skipped (see [`skip`]), except under `VALE_TEST_STRICT=1`, which `.ci/run`
+/// sets after installing every such package: there a missing one fails the test.
+pub fn have(cmd: &str, pkg: &str, what: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        let reason = format!("{what}: `{cmd}` not installed (apt-get install {pkg})");
+        if std::env::var("VALE_TEST_STRICT").is_ok_and(|v| v == "1") {
+            panic!("{reason}; .ci/run installs it, so its absence is a failure here");
+        }
+        skip(&reason);
+    }
+    found
+}

@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
@@ -926,4 +926,151 @@ fn what_a_client_leaves_in_its_tx_ring_is_delivered_when_it_leaves() {
         .map(|f| u32::from_be_bytes([f[14], f[15], f[16], f[17]]))
         .collect();
     assert_eq!(tags, (0..n).collect::<Vec<_>>(), "in order");
+}
+
+#[test]
+fn clients_over_the_limit_are_turned_away_with_a_reason() {
+    let mut d = Daemon::start("maxclients", &["--max-clients", "3"]);
+    // Start's own probe connection must be gone first (it may still count).
+    assert!(wait_for(5.0, || d.ctl(&["list"]).status.success()));
+    std::thread::sleep(Duration::from_millis(100));
+    // Three clients, each served (so each is counted).
+    let held: Vec<_> = (0..3)
+        .map(|i| {
+            let c = vale::sock::connect(&d.socket).unwrap();
+            let (r, _) = vale::sock::call(&c, &vale::proto::Request::Settings).unwrap();
+            assert!(
+                matches!(r, vale::proto::Response::Settings { .. }),
+                "client {i}: {r:?}"
+            );
+            c
+        })
+        .collect();
+    let o = d.ctl(&["list"]);
+    assert!(!o.status.success(), "a fourth client is refused");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--max-clients 3"),
+        "the reason names the limit: {err}"
+    );
+    assert!(d.alive());
+    drop(held);
+    assert!(
+        wait_for(5.0, || d.ctl(&["list"]).status.success()),
+        "with the others gone, clients are served again"
+    );
+}
+
+#[test]
+fn running_out_of_descriptors_turns_clients_away_without_spinning() {
+    if !have("prlimit", "util-linux", "the descriptor-limit test") {
+        return;
+    }
+    // valed with 64 descriptors at most (it raises its soft limit to the hard one).
+    let dir = std::env::temp_dir().join(format!("vale-test-{}-emfile", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("valed.sock");
+    let log = std::fs::File::create(dir.join("valed.log")).unwrap();
+    let mut child = Command::new("prlimit")
+        .args(["--nofile=64:64", VALED, "--socket"])
+        .arg(&socket)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    assert!(wait_for(10.0, || vale::sock::connect(&socket).is_ok()));
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        match vale::sock::connect(&socket) {
+            Ok(c) => held.push(c),
+            Err(_) => break,
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let f: Vec<String> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+    };
+    let c0 = cpu(child.id());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu(child.id()) - c0;
+    assert!(
+        used < 0.2,
+        "valed used {used} CPU-seconds in one second with {} clients waiting",
+        held.len()
+    );
+    let text = std::fs::read_to_string(dir.join("valed.log")).unwrap_or_default();
+    assert!(text.contains("out of file descriptors"), "{text}");
+    let warned = text.matches("out of file descriptors").count();
+    assert!(
+        warned <= 3,
+        "the warning is rate-limited, said {warned} times"
+    );
+    drop(held);
+    let ctl_ok = || {
+        Command::new(VALE_CTL)
+            .env("VALE_SOCKET", &socket)
+            .arg("list")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    assert!(
+        wait_for(5.0, ctl_ok),
+        "served again once descriptors are free"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "valed is still up");
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn one_uid_cannot_take_every_connection() {
+    if !rustix::process::geteuid().is_root() {
+        skip("the per-uid limit test needs root (to act as another uid)");
+        return;
+    }
+    if !have("setpriv", "util-linux", "the per-uid limit test") {
+        return;
+    }
+    let d = Daemon::start(
+        "peruid",
+        &["--max-clients-per-uid", "2", "--socket-mode", "0666"],
+    );
+    let _ = std::fs::set_permissions(&d.dir, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+    let as_nobody = |port: &str| {
+        let mut c = d.cmd("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", PKT_GEN])
+            .args(["-i", port, "-f", "rx", "--duration", "4"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    };
+    // Two receivers as uid 65534 hold a connection each; a third is refused.
+    let mut a = as_nobody("vale0:a").spawn().unwrap();
+    let mut b = as_nobody("vale0:b").spawn().unwrap();
+    assert!(
+        wait_for(5.0, || {
+            let p = d.ports();
+            p.contains(&"vale0:a".into()) && p.contains(&"vale0:b".into())
+        }),
+        "two clients of uid 65534 are served"
+    );
+    let third = as_nobody("vale0:c").output().unwrap();
+    let err = String::from_utf8_lossy(&third.stderr);
+    assert!(!third.status.success(), "a third is refused");
+    assert!(err.contains("--max-clients-per-uid 2"), "saying why: {err}");
+    // Root is not held to it.
+    assert!(d.ctl(&["list"]).status.success());
+    let _ = Command::new("kill")
+        .args([a.id().to_string(), b.id().to_string()])
+        .status();
+    let _ = (a.wait(), b.wait());
 }

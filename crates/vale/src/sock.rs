@@ -95,8 +95,19 @@ pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<(usize, Vec<O
 /// One request, one response.
 pub fn call(fd: &impl AsFd, req: &Request) -> Result<(Response, Vec<OwnedFd>), Error> {
     let bytes = serde_json::to_vec(req).map_err(|e| Error::Protocol(e.to_string()))?;
-    send(fd.as_fd(), &bytes, &[]).map_err(|e| Error::Io("send to valed", e))?;
     let mut buf = vec![0u8; MAX_MSG];
+    if let Err(e) = send(fd.as_fd(), &bytes, &[]) {
+        // valed may have turned this connection away (too many clients) with a reason
+        // waiting in the socket: that is the answer. (Only once it hung up: then the
+        // read cannot block.)
+        let hung_up = e.raw_os_error() == Some(rustix::io::Errno::PIPE.raw_os_error());
+        if let Some(Ok((n, _))) = hung_up.then(|| recv(fd.as_fd(), &mut buf)) {
+            if let Ok(resp @ Response::Error { .. }) = serde_json::from_slice(&buf[..n]) {
+                return Ok((resp, Vec::new()));
+            }
+        }
+        return Err(Error::Io("send to valed", e));
+    }
     let (n, fds) = recv(fd.as_fd(), &mut buf).map_err(|e| Error::Io("receive from valed", e))?;
     if n == 0 {
         return Err(Error::Disconnected);

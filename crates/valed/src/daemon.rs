@@ -69,12 +69,29 @@ fn new_lane(settings: &Settings) -> Result<Arc<Lane>, StartError> {
 }
 
 /// Runs the daemon until `stop` is set (SIGINT/SIGTERM in the binary).
+/// Raises the soft limit on open descriptors to the hard one: each client costs a few
+/// (its socket, a port's eventfds), and Linux's default soft limit of 1024 is below what
+/// `--max-clients` allows.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        let was = l.current;
+        l.current = l.maximum;
+        match setrlimit(Resource::Nofile, l) {
+            Ok(()) => tracing::debug!(from = ?was, to = ?l.current, "raised RLIMIT_NOFILE"),
+            Err(e) => tracing::debug!("cannot raise RLIMIT_NOFILE: {e}"),
+        }
+    }
+}
+
 pub fn run(
     mut settings: Settings,
     stop: Arc<AtomicBool>,
     set_verbosity: SetVerbosity,
 ) -> Result<(), StartError> {
     settings.seed_fdb();
+    raise_fd_limit();
     let listener = listen(
         &settings.socket,
         settings.socket_mode,

@@ -10,6 +10,11 @@ use vale_switch::{FdbConfig, Limits};
 /// (the ones the switch touches) over all cache sets instead of 1/32 of them: +4-6 %
 /// end to end at 60 bytes, no change at 1514 (docs/performance.md).
 pub const DEFAULT_BUF_SIZE: u32 = 2112;
+/// Client connections at once (each costs a few descriptors: its socket, and for a port
+/// its eventfds).
+pub const DEFAULT_MAX_CLIENTS: usize = 1024;
+/// Client connections at once from one uid other than root and valed's own.
+pub const DEFAULT_MAX_CLIENTS_PER_UID: usize = 256;
 /// netmap pipes each new port has room for (netmap's VALE ports: 2). Their buffers are
 /// faulted in only when used.
 pub const DEFAULT_PIPES: u16 = 2;
@@ -80,6 +85,10 @@ pub struct Settings {
     /// CPUs for the forwarding threads: thread `t` is pinned to `cpus[t % len]`; empty =
     /// not pinned.
     pub cpus: Vec<usize>,
+    /// Client connections at once, in all and from one uid (root and valed's own user
+    /// count against the total only).
+    pub max_clients: usize,
+    pub max_clients_per_uid: usize,
 }
 
 impl Default for Settings {
@@ -100,6 +109,8 @@ impl Default for Settings {
             threads: 1,
             socket_group: None,
             cpus: Vec::new(),
+            max_clients: DEFAULT_MAX_CLIENTS,
+            max_clients_per_uid: DEFAULT_MAX_CLIENTS_PER_UID,
         }
     }
 }
@@ -117,6 +128,8 @@ pub struct ConfigFile {
     pub max_buf_size: Option<u32>,
     pub max_extra_bufs: Option<u32>,
     pub pipes: Option<u16>,
+    pub max_clients: Option<usize>,
+    pub max_clients_per_uid: Option<usize>,
     pub max_name_len: Option<usize>,
     pub bridge_batch: Option<usize>,
     pub rings: Option<u16>,
@@ -157,7 +170,8 @@ impl ConfigFile {
              max_name_len => l.max_name_len, bridge_batch => l.batch,
              slots => l.default_geometry.tx_slots, buf_size => l.default_geometry.buf_size,
              fdb_size => l.fdb.capacity, fdb_max_age => l.fdb.max_age_secs,
-             verbose => s.verbose, busy_poll_us => s.busy_poll_us, threads => s.threads);
+             verbose => s.verbose, busy_poll_us => s.busy_poll_us, threads => s.threads,
+             max_clients => s.max_clients, max_clients_per_uid => s.max_clients_per_uid);
         if let Some(g) = &self.socket_group {
             s.socket_group = Some(g.clone());
         }

@@ -50,6 +50,12 @@ struct Args {
     /// netmap pipes (valeX:p{N and valeX:p}N) each new port has room for, 0..=64; their memory is faulted in only when used [default: 2]
     #[arg(long)]
     pipes: Option<u16>,
+    /// Client connections at once; more are refused with a message saying so [default: 1024]
+    #[arg(long)]
+    max_clients: Option<usize>,
+    /// Client connections at once from one uid (root and valed's own user count against --max-clients only) [default: 256]
+    #[arg(long)]
+    max_clients_per_uid: Option<usize>,
     /// Longest port name [default: 15]
     #[arg(long)]
     max_name_len: Option<usize>,
@@ -102,6 +108,8 @@ fn settings(a: &Args) -> Result<Settings, valed::SettingsError> {
         max_buf_size: a.max_buf_size,
         max_extra_bufs: a.max_extra_bufs,
         pipes: a.pipes,
+        max_clients: a.max_clients,
+        max_clients_per_uid: a.max_clients_per_uid,
         max_name_len: a.max_name_len,
         bridge_batch: a.bridge_batch,
         rings: a.rings,

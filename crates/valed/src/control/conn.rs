@@ -85,6 +85,13 @@ impl Control {
         loop {
             match rustix::net::accept_with(listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
                 Ok(fd) => {
+                    let uid = rustix::net::sockopt::socket_peercred(&fd)
+                        .ok()
+                        .map(|c| c.uid.as_raw());
+                    if let Some(why) = self.over_client_limit(uid) {
+                        turn_away(&fd, &why);
+                        continue;
+                    }
                     self.conns.next_id += 1;
                     let id = self.conns.next_id;
                     if let Err(e) = epoll::add(
@@ -96,9 +103,6 @@ impl Control {
                         tracing::warn!(error = %e, "cannot watch a new connection");
                         continue;
                     }
-                    let uid = rustix::net::sockopt::socket_peercred(&fd)
-                        .ok()
-                        .map(|c| c.uid.as_raw());
                     tracing::debug!(conn = id, ?uid, "client connected");
                     self.conns.by_id.insert(
                         id,
@@ -111,12 +115,67 @@ impl Control {
                 }
                 Err(rustix::io::Errno::AGAIN) => return,
                 Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => continue,
+                Err(e @ (rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)) => {
+                    // Out of descriptors: free the reserve, take the connection and turn
+                    // it away with a reason, take the reserve back. The listener is then
+                    // no longer readable for it, so this thread does not spin.
+                    let now = std::time::Instant::now();
+                    if self
+                        .emfile_logged
+                        .is_none_or(|t| now.duration_since(t).as_secs() >= 1)
+                    {
+                        self.emfile_logged = Some(now);
+                        tracing::warn!(
+                            error = %e,
+                            clients = self.conns.len(),
+                            "out of file descriptors: turning clients away (raise the limit, or --max-clients)"
+                        );
+                    }
+                    drop(self.spare.take());
+                    let took = rustix::net::accept_with(listener, SocketFlags::CLOEXEC);
+                    if let Ok(fd) = &took {
+                        turn_away(fd, "valed is out of file descriptors");
+                    }
+                    let turned_away = took.is_ok();
+                    drop(took);
+                    self.spare = super::spare_fd();
+                    // Linux reports EMFILE before it looks for a pending connection: if
+                    // there was none, stop here (the listener is not readable).
+                    if !turned_away || self.spare.is_none() {
+                        return;
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     return;
                 }
             }
         }
+    }
+
+    /// Why a new connection from `uid` is refused, if it is.
+    fn over_client_limit(&self, uid: Option<u32>) -> Option<String> {
+        let (total, per_uid) = (self.settings.max_clients, self.settings.max_clients_per_uid);
+        if self.conns.len() >= total {
+            return Some(format!(
+                "valed has {} clients, its limit (--max-clients {total})",
+                self.conns.len()
+            ));
+        }
+        let me = rustix::process::geteuid().as_raw();
+        let uid = uid?;
+        if uid == 0 || uid == me {
+            return None;
+        }
+        let mine = self
+            .conns
+            .by_id
+            .values()
+            .filter(|c| c.uid == Some(uid))
+            .count();
+        (mine >= per_uid).then(|| {
+            format!("uid {uid} has {mine} connections to valed, its limit (--max-clients-per-uid {per_uid})")
+        })
     }
 
     pub(super) fn readable(&mut self, id: u64, buf: &mut [u8]) {
@@ -177,5 +236,27 @@ impl Control {
     /// Whether connection `id`'s peer may use host ports and monitors.
     pub(super) fn may_touch_host(&self, id: u64) -> bool {
         self.conns.get(id).is_some_and(Conn::may_touch_host)
+    }
+}
+
+/// Tells a connection it is refused (the error is what its first request reads back)
+/// and drops it.
+fn turn_away(fd: &OwnedFd, why: &str) {
+    tracing::debug!("refused a connection: {why}");
+    let resp = Response::Error {
+        kind: vale::proto::ErrorKind::Limit,
+        message: why.to_string(),
+    };
+    if let Ok(bytes) = serde_json::to_vec(&resp) {
+        let _ = vale::sock::send(fd.as_fd(), &bytes, &[]);
+    }
+    // A request already sent is read and dropped: closing with it unread would reset
+    // the connection and lose the reason before the client reads it.
+    let mut buf = [0u8; 512];
+    for _ in 0..16 {
+        match rustix::net::recv(fd, &mut buf, rustix::net::RecvFlags::DONTWAIT) {
+            Ok((n, _)) if n > 0 => continue,
+            _ => break,
+        }
     }
 }

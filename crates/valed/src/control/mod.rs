@@ -72,6 +72,12 @@ pub struct Control {
     set_verbosity: SetVerbosity,
     /// The control thread's epoll set (connections, the listener, host ports' sockets).
     ep: OwnedFd,
+    /// A descriptor kept in reserve: when the process runs out, it is closed so that a
+    /// pending connection can be accepted and turned away, instead of the listener
+    /// staying readable and the control thread spinning on EMFILE.
+    spare: Option<OwnedFd>,
+    /// When running out of descriptors was last logged (at most once a second).
+    emfile_logged: Option<std::time::Instant>,
 }
 
 impl Control {
@@ -88,6 +94,8 @@ impl Control {
             set_verbosity,
             ep: epoll::create(epoll::CreateFlags::CLOEXEC)
                 .map_err(|e| StartError::Os("epoll_create", e.into()))?,
+            spare: spare_fd(),
+            emfile_logged: None,
         })
     }
 
@@ -136,6 +144,16 @@ impl Control {
         }
         Ok(())
     }
+}
+
+/// A descriptor to hold in reserve (see `Control::spare`).
+fn spare_fd() -> Option<OwnedFd> {
+    rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()
 }
 
 #[cfg(test)]

@@ -185,6 +185,11 @@ pub fn settings(s: &Settings, threads: usize) -> Response {
         ("max_buf_size".to_string(), l.max_buf_size.to_string()),
         ("max_extra_bufs".to_string(), l.max_extra_bufs.to_string()),
         ("pipes".to_string(), l.default_geometry.pipes.to_string()),
+        ("max_clients".to_string(), s.max_clients.to_string()),
+        (
+            "max_clients_per_uid".to_string(),
+            s.max_clients_per_uid.to_string(),
+        ),
         ("max_name_len".to_string(), l.max_name_len.to_string()),
         ("bridge_batch".to_string(), l.batch.to_string()),
         ("rings".to_string(), g.tx_rings.to_string()),
@@ -343,6 +348,7 @@ mod tests {
         assert_eq!(m["cpus"], "");
         assert_eq!(m["max_extra_bufs"], "4096");
         assert_eq!(m["pipes"], "2");
-        assert_eq!(m.len(), 20);
+        assert_eq!(m["max_clients"], "1024");
+        assert_eq!(m.len(), 22);
     }
 }

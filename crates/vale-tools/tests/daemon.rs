@@ -1074,3 +1074,38 @@ fn one_uid_cannot_take_every_connection() {
         .status();
     let _ = (a.wait(), b.wait());
 }
+
+#[test]
+fn frames_for_a_stream_port_whose_vm_hung_up_are_counted() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let d = Daemon::start("qemu-gone", &[]);
+    let tx = d.open("vale0:tx");
+    let sock = d.dir.join("s.sock");
+    let o = d.ctl(&["qemu-stream", "vale0:s", "--listen", path_str(&sock)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A VM connects, gets a frame, and hangs up.
+    let mut vm = UnixStream::connect(&sock).unwrap();
+    let f = frame(BCAST, A, 1);
+    let mut msg = (f.len() as u32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&f);
+    vm.write_all(&msg).unwrap(); // valed learns it is connected
+    std::thread::sleep(Duration::from_millis(200));
+    send(&tx, &[frame(BCAST, B, 2)]);
+    vm.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut len = [0u8; 4];
+    vm.read_exact(&mut len).unwrap();
+    drop(vm);
+    // valed sees the hang-up when it next polls the socket.
+    std::thread::sleep(Duration::from_millis(300));
+    // Frames the switch sends it now have nowhere to go: every one is counted.
+    let frames: Vec<_> = (0..50).map(|i| frame(BCAST, B, 100 + i)).collect();
+    send(&tx, &frames);
+    assert!(
+        wait_for(3.0, || d.host("s")["counters"]["no_peer"] == 50),
+        "{}",
+        d.host("s")
+    );
+    let stats = d.ctl(&["stats", "vale0:s"]);
+    assert!(stats.status.success());
+}

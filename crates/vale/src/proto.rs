@@ -330,6 +330,10 @@ pub struct HostCounters {
     /// with no room or larger than a 4 KiB frame, sent descriptors it refused.
     #[serde(default)]
     pub kernel_drops: u64,
+    /// Frames sent to the port while its peer was gone (a QEMU stream port whose VM hung
+    /// up), dropped.
+    #[serde(default)]
+    pub no_peer: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

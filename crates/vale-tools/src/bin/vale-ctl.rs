@@ -248,6 +248,8 @@ fn run(args: &Args) -> Result<(), String> {
                         c.bad_offload,
                         if h.kind == "nic-xdp" {
                             format!(" kernel_drops {}", c.kernel_drops)
+                        } else if c.no_peer > 0 {
+                            format!(" no_peer {}", c.no_peer)
                         } else {
                             String::new()
                         }

@@ -18,6 +18,9 @@ pub struct PortCounters {
     /// Frames the kernel dropped on an AF_XDP port's rings: received ones with no room
     /// or larger than a UMEM frame, sent descriptors it refused as invalid.
     pub kernel_drops: AtomicU64,
+    /// Frames the switch sent while no peer was there to take them (a QEMU stream port
+    /// whose VM hung up and has not come back), dropped.
+    pub no_peer: AtomicU64,
     /// The interface was deleted under the port (a TAP's).
     pub gone: AtomicBool,
 }
@@ -66,6 +69,7 @@ impl PortCounters {
             read_errors: g(&self.read_errors),
             bad_offload: g(&self.bad_offload),
             kernel_drops: g(&self.kernel_drops),
+            no_peer: g(&self.no_peer),
         }
     }
 }

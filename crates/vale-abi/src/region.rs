@@ -277,12 +277,19 @@ impl RegionLayout {
         (first, 2 * g.pipes as u32 * (g.tx_slots + g.rx_slots))
     }
 
-    /// First buffer index owned by a ring's slot 0 at creation.
-    fn first_buf(&self, dir: Dir, i: u16) -> u32 {
+    /// Ring `k` of `ring_offsets`: its direction and its id in the ring header (a pipe
+    /// end's rings are ring 0 of that end).
+    fn ring_kind(&self, k: usize) -> (Dir, u16) {
         let g = &self.geometry;
-        match dir {
-            Dir::Tx => RESERVED_BUFS + i as u32 * g.tx_slots,
-            Dir::Rx => RESERVED_BUFS + g.tx_rings as u32 * g.tx_slots + i as u32 * g.rx_slots,
+        let (t, r) = (g.tx_rings as usize, g.rx_rings as usize);
+        if k < t {
+            (Dir::Tx, k as u16)
+        } else if k < t + r {
+            (Dir::Rx, (k - t) as u16)
+        } else if (k - t - r) % 2 == 0 {
+            (Dir::Tx, 0)
+        } else {
+            (Dir::Rx, 0)
         }
     }
 }
@@ -384,47 +391,19 @@ impl Region {
             self.map
                 .write_bytes(off::IF_RING_OFS + 8 * k, &v.to_ne_bytes());
         }
-        for (dir, count, slots) in [
-            (Dir::Tx, g.tx_rings, g.tx_slots),
-            (Dir::Rx, g.rx_rings, g.rx_slots),
-        ] {
-            for i in 0..count {
-                let r = self.layout.ring_offset(dir, i).unwrap_or(0);
-                let buf_ofs = self.layout.buf_offset as i64 - r as i64;
-                self.map.write_bytes(r, &buf_ofs.to_ne_bytes());
-                self.map.write_u32(r + 8, slots);
-                self.map.write_u32(r + 12, g.buf_size);
-                let dirword = if dir == Dir::Tx { NR_TX } else { NR_RX };
-                self.map
-                    .write_u32(r + 16, i as u32 | (dirword as u32) << 16);
-                // head = cur = 0; tail = slots-1 (TX: all free) or 0 (RX: empty).
-                let tail = if dir == Dir::Tx { slots - 1 } else { 0 };
-                self.map.write_u32(r + off::RING_TAIL, tail);
-                let sb = self.layout.sync_block_offset(dir, i).unwrap_or(0);
-                self.map.write_u32(sb + sync_off::KTOA_HWTAIL, tail);
-                let first = self.layout.first_buf(dir, i);
-                for s in 0..slots {
-                    let so = r + NETMAP_RING_SIZE + s as usize * NETMAP_SLOT_SIZE;
-                    self.map.write_u32(so, first + s);
-                }
-            }
-        }
-        // Pipe rings: the same, each ring id 0 of its endpoint.
-        let port_rings = g.tx_rings as usize + g.rx_rings as usize;
-        for k in port_rings..self.layout.ring_offsets.len() {
-            let dir = if (k - port_rings) % 2 == 0 {
-                Dir::Tx
-            } else {
-                Dir::Rx
-            };
+        // Every ring, the port's and its pipes': header, positions, and each slot owning
+        // its own buffer.
+        for (k, &r) in self.layout.ring_offsets.iter().enumerate() {
+            let (dir, id) = self.layout.ring_kind(k);
             let slots = self.layout.slots(dir);
-            let r = self.layout.ring_offsets[k];
             let buf_ofs = self.layout.buf_offset as i64 - r as i64;
             self.map.write_bytes(r, &buf_ofs.to_ne_bytes());
             self.map.write_u32(r + 8, slots);
             self.map.write_u32(r + 12, g.buf_size);
             let dirword = if dir == Dir::Tx { NR_TX } else { NR_RX };
-            self.map.write_u32(r + 16, (dirword as u32) << 16);
+            self.map
+                .write_u32(r + 16, id as u32 | (dirword as u32) << 16);
+            // head = cur = 0; tail = slots-1 (TX: all free) or 0 (RX: empty).
             let tail = if dir == Dir::Tx { slots - 1 } else { 0 };
             self.map.write_u32(r + off::RING_TAIL, tail);
             let sb = self.layout.sync_offset + k * SYNC_BLOCK_SIZE;

@@ -195,137 +195,36 @@ fn open_device() -> c_int {
     fd
 }
 
-/// # Safety
-/// As open(2).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn open(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
-    guard(-1, || {
-        if is_device(path) {
-            return open_device();
+/// The open family: the path `/dev/netmap` is the device, every other goes to libc's
+/// function of the same name with the arguments unchanged.
+macro_rules! interpose_open {
+    ($($name:ident($($arg:ident: $ty:ty),*) path = $path:ident;)*) => {$(
+        /// # Safety
+        /// As libc's function of this name. Only an absolute `/dev/netmap` is the device
+        /// (every known program passes that).
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
+            guard(-1, || {
+                if is_device($path) {
+                    return open_device();
+                }
+                // SAFETY: the caller's arguments, passed on unchanged.
+                real::$name().map_or_else(|| fail(Errno::NOSYS, -1), |f| unsafe { f($($arg),*) })
+            })
         }
-        // SAFETY: the caller's arguments, passed on unchanged.
-        real::open().map_or_else(
-            || fail(Errno::NOSYS, -1),
-            |f| unsafe { f(path, flags, mode) },
-        )
-    })
+    )*};
 }
 
-/// # Safety
-/// As open(2).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn open64(path: *const c_char, flags: c_int, mode: c_uint) -> c_int {
-    guard(-1, || {
-        if is_device(path) {
-            return open_device();
-        }
-        // SAFETY: the caller's arguments, passed on unchanged.
-        real::open64().map_or_else(
-            || fail(Errno::NOSYS, -1),
-            |f| unsafe { f(path, flags, mode) },
-        )
-    })
-}
-
-/// # Safety
-/// As openat(2). Only an absolute `/dev/netmap` is the device (every known program
-/// passes that).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn openat(
-    dir: c_int,
-    path: *const c_char,
-    flags: c_int,
-    mode: c_uint,
-) -> c_int {
-    guard(-1, || {
-        if is_device(path) {
-            return open_device();
-        }
-        // SAFETY: the caller's arguments, passed on unchanged.
-        real::openat().map_or_else(
-            || fail(Errno::NOSYS, -1),
-            |f| unsafe { f(dir, path, flags, mode) },
-        )
-    })
-}
-
-/// # Safety
-/// As openat(2).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn openat64(
-    dir: c_int,
-    path: *const c_char,
-    flags: c_int,
-    mode: c_uint,
-) -> c_int {
-    guard(-1, || {
-        if is_device(path) {
-            return open_device();
-        }
-        // SAFETY: the caller's arguments, passed on unchanged.
-        real::openat64().map_or_else(
-            || fail(Errno::NOSYS, -1),
-            |f| unsafe { f(dir, path, flags, mode) },
-        )
-    })
-}
-
-/// # Safety
-/// As glibc's `__open_2` (open with _FORTIFY_SOURCE).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn __open_2(path: *const c_char, flags: c_int) -> c_int {
-    guard(-1, || {
-        if is_device(path) {
-            return open_device();
-        }
-        // SAFETY: the caller's arguments, passed on unchanged.
-        real::__open_2().map_or_else(|| fail(Errno::NOSYS, -1), |f| unsafe { f(path, flags) })
-    })
-}
-
-/// # Safety
-/// As glibc's `__open64_2`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn __open64_2(path: *const c_char, flags: c_int) -> c_int {
-    guard(-1, || {
-        if is_device(path) {
-            return open_device();
-        }
-        // SAFETY: the caller's arguments, passed on unchanged.
-        real::__open64_2().map_or_else(|| fail(Errno::NOSYS, -1), |f| unsafe { f(path, flags) })
-    })
-}
-
-/// # Safety
-/// As glibc's `__openat_2`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn __openat_2(dir: c_int, path: *const c_char, flags: c_int) -> c_int {
-    guard(-1, || {
-        if is_device(path) {
-            return open_device();
-        }
-        // SAFETY: the caller's arguments, passed on unchanged.
-        real::__openat_2().map_or_else(
-            || fail(Errno::NOSYS, -1),
-            |f| unsafe { f(dir, path, flags) },
-        )
-    })
-}
-
-/// # Safety
-/// As glibc's `__openat64_2`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn __openat64_2(dir: c_int, path: *const c_char, flags: c_int) -> c_int {
-    guard(-1, || {
-        if is_device(path) {
-            return open_device();
-        }
-        // SAFETY: the caller's arguments, passed on unchanged.
-        real::__openat64_2().map_or_else(
-            || fail(Errno::NOSYS, -1),
-            |f| unsafe { f(dir, path, flags) },
-        )
-    })
+interpose_open! {
+    open(path: *const c_char, flags: c_int, mode: c_uint) path = path;
+    open64(path: *const c_char, flags: c_int, mode: c_uint) path = path;
+    openat(dir: c_int, path: *const c_char, flags: c_int, mode: c_uint) path = path;
+    openat64(dir: c_int, path: *const c_char, flags: c_int, mode: c_uint) path = path;
+    // glibc's fortified (_FORTIFY_SOURCE) entry points.
+    __open_2(path: *const c_char, flags: c_int) path = path;
+    __open64_2(path: *const c_char, flags: c_int) path = path;
+    __openat_2(dir: c_int, path: *const c_char, flags: c_int) path = path;
+    __openat64_2(dir: c_int, path: *const c_char, flags: c_int) path = path;
 }
 
 // ---- ioctl --------------------------------------------------------------------------

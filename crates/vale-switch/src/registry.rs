@@ -174,7 +174,9 @@ impl Registry {
             .map_or(self.limits.lookup, |e| e.1)
     }
 
-    fn check_geometry(&self, port: &str, g: &PortGeometry) -> Result<(), RegistryError> {
+    /// Whether geometry `g` is within the limits for port `port` (the error names the
+    /// setting that allows more).
+    pub fn check_geometry(&self, port: &str, g: &PortGeometry) -> Result<(), RegistryError> {
         let l = &self.limits;
         let checks: [(&'static str, u64, u64, &'static str); 6] = [
             (
@@ -244,8 +246,27 @@ impl Registry {
         name: &str,
         geometry: Option<PortGeometry>,
     ) -> Result<PortKey, RegistryError> {
+        self.open_with(name, geometry, None)
+    }
+
+    /// Whether opening `name` would create a port (and so a region): a monitor always
+    /// does, an existing port does not.
+    pub fn would_create(&self, name: &str) -> bool {
+        name.contains('/') || self.find(name).is_none()
+    }
+
+    /// [`open`](Self::open), with the region for a new port made beforehand (by
+    /// [`Region::create`] with the same geometry), so that the caller need not hold a
+    /// lock the forwarder waits on while the kernel faults its memory in. Without one,
+    /// or for a port that exists, it behaves as `open`.
+    pub fn open_with(
+        &mut self,
+        name: &str,
+        geometry: Option<PortGeometry>,
+        region: Option<Region>,
+    ) -> Result<PortKey, RegistryError> {
         if let Some((target, flags)) = name.split_once('/') {
-            return self.open_monitor(name, target, flags, geometry);
+            return self.open_monitor(name, target, flags, geometry, region);
         }
         let pn = PortName::parse(name, self.limits.max_name_len)?;
         if let Some(si) = self.find_switch(pn.switch()) {
@@ -268,7 +289,7 @@ impl Registry {
         let created = self.switches[si]
             .as_ref()
             .is_some_and(|e| e.switch.is_empty());
-        let result = self.add_port(si, &pn, g);
+        let result = self.add_port(si, &pn, g, region);
         if result.is_err() && created {
             self.switches[si] = None; // do not leave an empty switch behind
         }
@@ -283,6 +304,7 @@ impl Registry {
         target: &str,
         flags: &str,
         geometry: Option<PortGeometry>,
+        region: Option<Region>,
     ) -> Result<PortKey, RegistryError> {
         let bad = || RegistryError::BadMonitor {
             name: name.chars().flat_map(char::escape_default).collect(),
@@ -309,10 +331,13 @@ impl Registry {
                 },
             });
         }
-        let region = Region::create(name, g).map_err(|source| RegistryError::Region {
-            port: name.to_string(),
-            source,
-        })?;
+        let region = match region.filter(|r| r.geometry() == g) {
+            Some(r) => r,
+            None => Region::create(name, g).map_err(|source| RegistryError::Region {
+                port: name.to_string(),
+                source,
+            })?,
+        };
         let port = entry
             .switch
             .attach_monitor(name, region, key.port, tx, rx)
@@ -332,6 +357,7 @@ impl Registry {
         si: usize,
         pn: &PortName,
         g: PortGeometry,
+        region: Option<Region>,
     ) -> Result<PortKey, RegistryError> {
         let entry = self.switches[si]
             .as_mut()
@@ -344,10 +370,13 @@ impl Registry {
                 },
             });
         }
-        let region = Region::create(pn.as_str(), g).map_err(|source| RegistryError::Region {
-            port: pn.to_string(),
-            source,
-        })?;
+        let region = match region.filter(|r| r.geometry() == g) {
+            Some(r) => r,
+            None => Region::create(pn.as_str(), g).map_err(|source| RegistryError::Region {
+                port: pn.to_string(),
+                source,
+            })?,
+        };
         let port =
             entry
                 .switch

@@ -1109,3 +1109,186 @@ fn frames_for_a_stream_port_whose_vm_hung_up_are_counted() {
     let stats = d.ctl(&["stats", "vale0:s"]);
     assert!(stats.status.success());
 }
+
+/// A command as uid `uid` (its own gid; `groups` supplementary) through setpriv.
+fn as_uid(d: &Daemon, uid: u32, groups: &[u32], bin: &str) -> Command {
+    let mut c = d.cmd("setpriv");
+    c.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"));
+    if groups.is_empty() {
+        c.arg("--clear-groups");
+    } else {
+        let g: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        c.arg(format!("--groups={}", g.join(",")));
+    }
+    c.arg(bin);
+    c
+}
+
+fn stderr_of(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn a_port_belongs_to_the_uid_that_created_it() {
+    if !rustix::process::geteuid().is_root() {
+        skip("the ownership test needs root (to act as other uids)");
+        return;
+    }
+    if !have("setpriv", "util-linux", "the ownership test") {
+        return;
+    }
+    let d = Daemon::start(
+        "owner",
+        &[
+            "--socket-mode",
+            "0666",
+            "--share",
+            "vale1",
+            "--share",
+            "vale2:4242",
+        ],
+    );
+    let _ = std::fs::set_permissions(&d.dir, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+    let tx = |uid: u32, groups: &[u32], port: &str| {
+        as_uid(&d, uid, groups, PKT_GEN)
+            .args(["-i", port, "-f", "tx", "-n", "10", "-l", "60"])
+            .output()
+            .unwrap()
+    };
+    // Root's port: another uid may neither send from it nor read its traffic.
+    let root_port = d.open("vale0:r");
+    let o = tx(65534, &[], "vale0:r");
+    assert!(!o.status.success(), "uid 65534 opened root's port");
+    assert!(
+        stderr_of(&o).contains("vale0:r belongs to uid 0")
+            && stderr_of(&o).contains("--share vale0"),
+        "saying why: {}",
+        stderr_of(&o)
+    );
+    // A port uid 65534 creates is its own: it receives what root sends on the switch,
+    // root may open it, and a third uid may not.
+    let rx = as_uid(&d, 65534, &[], PKT_GEN)
+        .args(["-i", "vale0:n", "-f", "rx", "-n", "100", "--duration", "10"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(5.0, || d.ports().contains(&"vale0:n".into())));
+    let frames: Vec<_> = (0..100).map(|i| frame(BCAST, A, i)).collect();
+    send(&root_port, &frames);
+    let out = rx.wait_with_output().unwrap();
+    assert!(
+        stdout_of(&out).contains("Received 100 packets"),
+        "the owner's receiver works: {}",
+        stdout_of(&out)
+    );
+    let mut hold = as_uid(&d, 65534, &[], PKT_GEN)
+        .args(["-i", "vale0:n", "-f", "rx", "--duration", "10"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(5.0, || d.ports().contains(&"vale0:n".into())));
+    let o = tx(65533, &[], "vale0:n");
+    assert!(!o.status.success(), "uid 65533 opened uid 65534's port");
+    assert!(
+        stderr_of(&o).contains("vale0:n belongs to uid 65534"),
+        "{}",
+        stderr_of(&o)
+    );
+    // Its owner may open it again (a sender beside its receiver), and so may root.
+    let o = tx(65534, &[], "vale0:n");
+    assert!(o.status.success(), "the owner: {}", stderr_of(&o));
+    drop(d.open("vale0:n"));
+    let _ = Command::new("kill").arg(hold.id().to_string()).status();
+    let _ = hold.wait();
+    // A shared switch: anyone the socket lets in opens anyone's port.
+    let _shared = d.open("vale1:r");
+    let o = tx(65534, &[], "vale1:r");
+    assert!(o.status.success(), "vale1 is shared: {}", stderr_of(&o));
+    // Shared with a group: its members only.
+    let _grouped = d.open("vale2:r");
+    let o = tx(65534, &[], "vale2:r");
+    assert!(!o.status.success(), "uid 65534 is not in group 4242");
+    assert!(
+        stderr_of(&o).contains("belongs to uid 0"),
+        "{}",
+        stderr_of(&o)
+    );
+    let o = tx(65534, &[4242], "vale2:r");
+    assert!(o.status.success(), "a member of 4242: {}", stderr_of(&o));
+    // Run-time settings apply to everyone: root's to change.
+    let o = as_uid(&d, 65534, &[], VALE_CTL)
+        .args(["set", "bridge_batch", "1"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr_of(&o).contains("only root or valed's own user may change them"),
+        "{}",
+        stderr_of(&o)
+    );
+    let batch = || stdout_of(&d.ctl(&["settings"]));
+    assert!(batch().contains("bridge_batch = 1024"), "{}", batch());
+    assert!(d.ctl(&["set", "bridge_batch", "512"]).status.success());
+    assert!(batch().contains("bridge_batch = 512"), "{}", batch());
+    drop(root_port);
+}
+
+#[test]
+fn a_waiting_qemu_port_cannot_be_taken_by_a_client() {
+    let d = Daemon::start("reserved", &[]);
+    let sock = d.dir.join("q.sock");
+    let o = d.ctl(&["qemu-stream", "vale0:q", "--listen", path_str(&sock)]);
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    let Err(err) = vale::Port::open_with(
+        "vale0:q",
+        &vale::OpenOptions {
+            socket: Some(d.socket.clone()),
+            ..Default::default()
+        },
+    ) else {
+        panic!("a client opened a port reserved for a VM");
+    };
+    assert!(
+        err.to_string().contains("reserved for host port q"),
+        "{err}"
+    );
+    // The VM still gets it: it connects and its frame reaches the switch.
+    let rx = d.open("vale0:rx");
+    let mut vm = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let f = frame(BCAST, A, 7);
+    let mut msg = (f.len() as u32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&f);
+    std::io::Write::write_all(&mut vm, &msg).unwrap();
+    let got = drain(&rx, 2.0);
+    assert_eq!(got, vec![f]);
+    assert!(d.host("q")["attached"] == "vale0:q", "{}", d.host("q"));
+}
+
+#[test]
+fn a_connection_that_says_nothing_is_closed_after_the_handshake_timeout() {
+    use std::io::Read;
+    let d = Daemon::start("silent", &["--handshake-timeout-s", "1"]);
+    let fd = vale::sock::connect(&d.socket).unwrap();
+    rustix::net::sockopt::set_socket_timeout(
+        &fd,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(Duration::from_secs(5)),
+    )
+    .unwrap();
+    let mut f = std::fs::File::from(fd);
+    // A client that has spoken is not closed for being idle afterwards.
+    let talker = d.open("vale0:a");
+    let t0 = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = f.read(&mut buf).unwrap_or(0);
+    let took = t0.elapsed().as_secs_f64();
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.contains("--handshake-timeout-s"), "told why: {msg}");
+    assert!((0.5..4.0).contains(&took), "closed after {took:.1} s");
+    assert_eq!(f.read(&mut buf).unwrap_or(0), 0, "and closed");
+    std::thread::sleep(Duration::from_millis(2500));
+    send(&talker, &[frame(BCAST, A, 1)]);
+    assert!(d.ports().contains(&"vale0:a".into()));
+    assert!(wait_for(2.0, || d.counter("vale0:a", "tx_packets") == 1));
+}

@@ -37,6 +37,15 @@ pub enum CtlError {
     /// Only root or valed's own user may do `what`.
     #[error("{what}: only root or valed's own user may {action}")]
     Permission { what: String, action: &'static str },
+    /// Port `port` was created by another uid, and its switch is not shared with this one.
+    #[error(
+        "{port} belongs to uid {owner}: only its owner, root or valed's own user may open it, unless its switch is shared (valed --share {switch}[:GROUP])"
+    )]
+    NotOwner {
+        port: String,
+        owner: u32,
+        switch: String,
+    },
     /// A request or argument that cannot be carried out as given.
     #[error("{0}")]
     BadRequest(String),
@@ -81,7 +90,7 @@ impl CtlError {
                 ErrorKind::BadRequest
             }
             CtlError::Version { .. } => ErrorKind::Version,
-            CtlError::Permission { .. } => ErrorKind::Permission,
+            CtlError::Permission { .. } | CtlError::NotOwner { .. } => ErrorKind::Permission,
             CtlError::BadName(_) => ErrorKind::BadName,
             CtlError::Exists(_) => ErrorKind::Exists,
             CtlError::Busy(_) => ErrorKind::Busy,

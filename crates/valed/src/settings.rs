@@ -15,6 +15,10 @@ pub const DEFAULT_BUF_SIZE: u32 = 2112;
 pub const DEFAULT_MAX_CLIENTS: usize = 1024;
 /// Client connections at once from one uid other than root and valed's own.
 pub const DEFAULT_MAX_CLIENTS_PER_UID: usize = 256;
+/// Ports at once created by one uid other than root and valed's own.
+pub const DEFAULT_MAX_PORTS_PER_UID: usize = 64;
+/// Seconds a new connection may stay silent before its first request.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_S: u64 = 30;
 /// netmap pipes each new port has room for (netmap's VALE ports: 2). Their buffers are
 /// faulted in only when used.
 pub const DEFAULT_PIPES: u16 = 2;
@@ -49,6 +53,8 @@ pub enum SettingsError {
     Affinity(#[source] std::io::Error),
     #[error("cpu {0} is not available to valed (see `taskset -p $$` and nproc)")]
     CpuUnavailable(usize),
+    #[error("shared switch `{0}` is not SWITCH or SWITCH:GROUP (e.g. vale0 or vale0:netdev)")]
+    Share(String),
     #[error("max_switches and max_ports must be at least 1")]
     NoSwitchesOrPorts,
     #[error("default port: {0}")]
@@ -89,6 +95,72 @@ pub struct Settings {
     /// count against the total only).
     pub max_clients: usize,
     pub max_clients_per_uid: usize,
+    /// Ports created at once by one uid (root and valed's own user: no limit).
+    pub max_ports_per_uid: usize,
+    /// Memory of all ports' regions together, in MiB (what a port costs is its region,
+    /// faulted in when it is created).
+    pub max_port_memory_mib: u64,
+    /// The same for the ports one uid created (root and valed's own user count against
+    /// the total only); `None`: a quarter of the total.
+    pub max_port_memory_per_uid_mib: Option<u64>,
+    /// Switches whose ports any client (or any member of a group) may open, whoever
+    /// created them; elsewhere a port belongs to the uid that created it.
+    pub shared: Vec<SharedSwitch>,
+    /// Seconds a connection may stay silent after connecting (0: for ever).
+    pub handshake_timeout_s: u64,
+}
+
+/// A switch declared shared: `vale0` (every client) or `vale0:netdev` (a group's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedSwitch {
+    pub switch: String,
+    /// The group whose members may open each other's ports, by number.
+    pub group: Option<u32>,
+    /// As it was given (for `vale-ctl settings`).
+    pub spec: String,
+}
+
+impl SharedSwitch {
+    pub fn parse(spec: &str) -> Result<SharedSwitch, SettingsError> {
+        let bad = || SettingsError::Share(spec.to_string());
+        let (switch, group) = match spec.split_once(':') {
+            Some((s, g)) => (s, Some(g)),
+            None => (spec, None),
+        };
+        let ok = switch.starts_with("vale")
+            && switch.len() > 4
+            && switch
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !ok || group.is_some_and(str::is_empty) {
+            return Err(bad());
+        }
+        Ok(SharedSwitch {
+            switch: switch.to_string(),
+            group: group.map(group_id).transpose()?,
+            spec: spec.to_string(),
+        })
+    }
+}
+
+impl Settings {
+    /// The per-uid port memory limit, in MiB.
+    pub fn port_memory_per_uid_mib(&self) -> u64 {
+        self.max_port_memory_per_uid_mib
+            .unwrap_or(self.max_port_memory_mib / 4)
+    }
+}
+
+/// Half of the machine's memory, in MiB (the default limit on port memory), or 8 GiB if
+/// /proc/meminfo cannot say.
+fn half_of_memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let l = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+            l.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(8192, |kib| kib / 1024 / 2)
 }
 
 impl Default for Settings {
@@ -111,6 +183,11 @@ impl Default for Settings {
             cpus: Vec::new(),
             max_clients: DEFAULT_MAX_CLIENTS,
             max_clients_per_uid: DEFAULT_MAX_CLIENTS_PER_UID,
+            max_ports_per_uid: DEFAULT_MAX_PORTS_PER_UID,
+            max_port_memory_mib: half_of_memory_mib(),
+            max_port_memory_per_uid_mib: None,
+            shared: Vec::new(),
+            handshake_timeout_s: DEFAULT_HANDSHAKE_TIMEOUT_S,
         }
     }
 }
@@ -130,6 +207,11 @@ pub struct ConfigFile {
     pub pipes: Option<u16>,
     pub max_clients: Option<usize>,
     pub max_clients_per_uid: Option<usize>,
+    pub max_ports_per_uid: Option<usize>,
+    pub max_port_memory_mib: Option<u64>,
+    pub max_port_memory_per_uid_mib: Option<u64>,
+    pub share: Option<Vec<String>>,
+    pub handshake_timeout_s: Option<u64>,
     pub max_name_len: Option<usize>,
     pub bridge_batch: Option<usize>,
     pub rings: Option<u16>,
@@ -171,7 +253,19 @@ impl ConfigFile {
              slots => l.default_geometry.tx_slots, buf_size => l.default_geometry.buf_size,
              fdb_size => l.fdb.capacity, fdb_max_age => l.fdb.max_age_secs,
              verbose => s.verbose, busy_poll_us => s.busy_poll_us, threads => s.threads,
-             max_clients => s.max_clients, max_clients_per_uid => s.max_clients_per_uid);
+             max_clients => s.max_clients, max_clients_per_uid => s.max_clients_per_uid,
+             max_ports_per_uid => s.max_ports_per_uid,
+             max_port_memory_mib => s.max_port_memory_mib,
+             handshake_timeout_s => s.handshake_timeout_s);
+        if let Some(m) = self.max_port_memory_per_uid_mib {
+            s.max_port_memory_per_uid_mib = Some(m);
+        }
+        if let Some(list) = &self.share {
+            s.shared = list
+                .iter()
+                .map(|x| SharedSwitch::parse(x))
+                .collect::<Result<_, _>>()?;
+        }
         if let Some(g) = &self.socket_group {
             s.socket_group = Some(g.clone());
         }

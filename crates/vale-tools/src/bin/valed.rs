@@ -56,6 +56,21 @@ struct Args {
     /// Client connections at once from one uid (root and valed's own user count against --max-clients only) [default: 256]
     #[arg(long)]
     max_clients_per_uid: Option<usize>,
+    /// Ports at once created by one uid (root and valed's own user: no limit) [default: 64]
+    #[arg(long)]
+    max_ports_per_uid: Option<usize>,
+    /// Memory of all ports together, MiB (a port costs its region, rings and buffers) [default: half the machine's memory]
+    #[arg(long, value_name = "MIB")]
+    max_port_memory_mib: Option<u64>,
+    /// Memory of the ports one uid created, MiB (root and valed's own user count against the total only) [default: a quarter of --max-port-memory-mib]
+    #[arg(long, value_name = "MIB")]
+    max_port_memory_per_uid_mib: Option<u64>,
+    /// A switch whose ports any client may open, or with :GROUP any member of GROUP, whoever created them (elsewhere a port is its creator's, root's and valed's); repeat for more
+    #[arg(long, value_name = "SWITCH[:GROUP]")]
+    share: Vec<String>,
+    /// Seconds a connection may stay silent after connecting before valed closes it, 0 = no limit [default: 30]
+    #[arg(long, value_name = "SECS")]
+    handshake_timeout_s: Option<u64>,
     /// Longest port name [default: 15]
     #[arg(long)]
     max_name_len: Option<usize>,
@@ -110,6 +125,11 @@ fn settings(a: &Args) -> Result<Settings, valed::SettingsError> {
         pipes: a.pipes,
         max_clients: a.max_clients,
         max_clients_per_uid: a.max_clients_per_uid,
+        max_ports_per_uid: a.max_ports_per_uid,
+        max_port_memory_mib: a.max_port_memory_mib,
+        max_port_memory_per_uid_mib: a.max_port_memory_per_uid_mib,
+        share: (!a.share.is_empty()).then(|| a.share.clone()),
+        handshake_timeout_s: a.handshake_timeout_s,
         max_name_len: a.max_name_len,
         bridge_batch: a.bridge_batch,
         rings: a.rings,

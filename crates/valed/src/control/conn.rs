@@ -30,8 +30,14 @@ pub struct Conn {
     fd: OwnedFd,
     /// The peer's user id (SO_PEERCRED), if the kernel told us.
     pub uid: Option<u32>,
+    /// The peer's groups, primary and supplementary, when a shared switch names a group
+    /// (read once, when it connects).
+    pub gids: Vec<u32>,
     /// The port this connection holds open.
     pub port: Option<Held>,
+    /// When it connected, until its first request (then `None`): a connection that
+    /// stays silent is closed after the handshake timeout.
+    pub silent_since: Option<std::time::Instant>,
 }
 
 impl Conn {
@@ -85,9 +91,8 @@ impl Control {
         loop {
             match rustix::net::accept_with(listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
                 Ok(fd) => {
-                    let uid = rustix::net::sockopt::socket_peercred(&fd)
-                        .ok()
-                        .map(|c| c.uid.as_raw());
+                    let cred = rustix::net::sockopt::socket_peercred(&fd).ok();
+                    let uid = cred.as_ref().map(|c| c.uid.as_raw());
                     if let Some(why) = self.over_client_limit(uid) {
                         turn_away(&fd, &why);
                         continue;
@@ -104,12 +109,20 @@ impl Control {
                         continue;
                     }
                     tracing::debug!(conn = id, ?uid, "client connected");
+                    let gids = match &cred {
+                        Some(c) if self.settings.shared.iter().any(|s| s.group.is_some()) => {
+                            groups_of(c.pid.as_raw_nonzero().get(), c.gid.as_raw())
+                        }
+                        _ => Vec::new(),
+                    };
                     self.conns.by_id.insert(
                         id,
                         Conn {
                             fd,
                             uid,
+                            gids,
                             port: None,
+                            silent_since: Some(std::time::Instant::now()),
                         },
                     );
                 }
@@ -179,9 +192,10 @@ impl Control {
     }
 
     pub(super) fn readable(&mut self, id: u64, buf: &mut [u8]) {
-        let Some(conn) = self.conns.get(id) else {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
+        conn.silent_since = None;
         let n = match vale::sock::recv(conn.fd.as_fd(), buf) {
             Ok((0, _)) => return self.disconnect(id),
             Ok((n, fds)) => {
@@ -223,6 +237,33 @@ impl Control {
         }
     }
 
+    /// Closes connections that said nothing within the handshake timeout of connecting
+    /// (each takes a place under the client limits), telling them why.
+    pub(super) fn close_silent(&mut self) {
+        let t = self.settings.handshake_timeout_s;
+        if t == 0 {
+            return;
+        }
+        let limit = std::time::Duration::from_secs(t);
+        let silent: Vec<u64> = self
+            .conns
+            .by_id
+            .iter()
+            .filter(|(_, c)| c.silent_since.is_some_and(|s| s.elapsed() >= limit))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in silent {
+            if let Some(c) = self.conns.by_id.get(&id) {
+                tracing::debug!(conn = id, uid = ?c.uid, "closing a connection silent for {t} s");
+                turn_away(
+                    &c.fd,
+                    &format!("no request within {t} s of connecting (valed --handshake-timeout-s)"),
+                );
+            }
+            self.disconnect(id);
+        }
+    }
+
     fn disconnect(&mut self, id: u64) {
         let Some(conn) = self.conns.by_id.remove(&id) else {
             return;
@@ -237,6 +278,21 @@ impl Control {
     pub(super) fn may_touch_host(&self, id: u64) -> bool {
         self.conns.get(id).is_some_and(Conn::may_touch_host)
     }
+}
+
+/// A process's groups: `gid` and the supplementary ones its /proc status lists.
+fn groups_of(pid: i32, gid: u32) -> Vec<u32> {
+    let mut out = vec![gid];
+    if let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        if let Some(l) = st.lines().find(|l| l.starts_with("Groups:")) {
+            out.extend(
+                l[7..]
+                    .split_whitespace()
+                    .filter_map(|g| g.parse::<u32>().ok()),
+            );
+        }
+    }
+    out
 }
 
 /// Tells a connection it is refused (the error is what its first request reads back)

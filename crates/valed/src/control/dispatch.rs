@@ -3,7 +3,7 @@
 
 use super::Control;
 use super::conn::Reply;
-use super::ports::Wants;
+use super::ports::{Wants, Who};
 use super::query;
 use crate::error::CtlError;
 use vale::proto::{self, GeometryRequest, PortSpec, Request, Response};
@@ -53,6 +53,12 @@ impl Control {
             return Err(CtlError::Permission {
                 what: "host ports create and attach network interfaces".into(),
                 action: "do that",
+            });
+        }
+        if matches!(req, Request::Set { .. }) && !self.may_touch_host(id) {
+            return Err(CtlError::Permission {
+                what: "run-time settings apply to every switch and client".into(),
+                action: "change them",
             });
         }
         match req {
@@ -140,10 +146,37 @@ impl Control {
             Some((parent, id, slave)) => (parent, Some((id.to_string(), slave))),
             None => (name, None),
         };
-        if let Some(h) = self.hosts.attached_as(name) {
-            return Err(CtlError::Busy(format!(
-                "{name} is host port {h}, served by valed itself; detach it first (vale-ctl -d {name})"
-            )));
+        match self.hosts.claims(name) {
+            Some((h, false)) => {
+                return Err(CtlError::Busy(format!(
+                    "{name} is host port {h}, served by valed itself; detach it first (vale-ctl -d {name})"
+                )));
+            }
+            Some((h, true)) => {
+                return Err(CtlError::Busy(format!(
+                    "{name} is reserved for host port {h}, which waits for its peer; remove it first (vale-ctl -d {name})"
+                )));
+            }
+            None => {}
+        }
+        let who = self.who(id);
+        if !who.privileged {
+            if let Some(owner) = self.ports.owner(name).filter(|o| *o != who.uid) {
+                if !self.shared_with(id, name) {
+                    let switch = name.split(':').next().unwrap_or(name).to_string();
+                    tracing::info!(
+                        port = name,
+                        owner,
+                        uid = who.uid,
+                        "refused to open another uid's port"
+                    );
+                    return Err(CtlError::NotOwner {
+                        port: name.to_string(),
+                        owner,
+                        switch,
+                    });
+                }
+            }
         }
         let d = self.settings.limits.default_geometry;
         let g = PortGeometry {
@@ -164,7 +197,7 @@ impl Control {
             exclusive,
             pipe,
         };
-        let a = self.ports.acquire_with(name, g, wants)?;
+        let a = self.ports.acquire_with(name, g, wants, who)?;
         if let Some(c) = self.conns.get_mut(id) {
             c.port = Some(a.held);
         }
@@ -172,6 +205,27 @@ impl Control {
             resp: a.opened,
             fds: vec![a.memfd, a.kick, a.notify],
         })
+    }
+
+    /// Who connection `id`'s peer is, for ownership and quotas.
+    fn who(&self, id: u64) -> Who {
+        let c = self.conns.get(id);
+        Who {
+            uid: c.and_then(|c| c.uid).unwrap_or(u32::MAX),
+            privileged: self.may_touch_host(id),
+        }
+    }
+
+    /// Whether port `name`'s switch is shared with connection `id`'s peer (declared
+    /// with `--share SWITCH`, or `--share SWITCH:GROUP` and the peer is in the group).
+    fn shared_with(&self, id: u64, name: &str) -> bool {
+        let switch = name.split(':').next().unwrap_or(name);
+        let gids = self.conns.get(id).map_or(&[][..], |c| &c.gids[..]);
+        self.settings
+            .shared
+            .iter()
+            .filter(|s| s.switch == switch)
+            .any(|s| s.group.is_none_or(|g| gids.contains(&g)))
     }
 
     /// `vale-ctl set KEY VALUE`.

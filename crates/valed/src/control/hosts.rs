@@ -48,6 +48,19 @@ impl HostPorts {
             .map(|(n, _)| n.as_str())
     }
 
+    /// The host port that holds switch port `name`, or has it reserved while it waits
+    /// for its peer (a QEMU or vhost-user port whose VM has not connected yet); with
+    /// whether it waits.
+    pub fn claims(&self, name: &str) -> Option<(&str, bool)> {
+        if let Some(h) = self.attached_as(name) {
+            return Some((h, false));
+        }
+        self.by_name
+            .iter()
+            .find(|(_, h)| h.attached.is_none() && h.port.as_deref() == Some(name))
+            .map(|(n, _)| (n.as_str(), true))
+    }
+
     /// What `vale-ctl list` shows of each host port.
     pub fn info(&self) -> Vec<HostInfo> {
         self.by_name

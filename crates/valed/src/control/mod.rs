@@ -87,7 +87,7 @@ impl Control {
         set_verbosity: SetVerbosity,
     ) -> Result<Control, StartError> {
         Ok(Control {
-            ports: PortTable::new(lanes, settings.limits),
+            ports: PortTable::new(lanes, settings.limits, ports::Quota::of(&settings)),
             settings,
             conns: Conns::default(),
             hosts: HostPorts::default(),
@@ -119,6 +119,7 @@ impl Control {
         .map_err(|e| StartError::Os("epoll_ctl", e.into()))?;
         let mut events: Vec<epoll::Event> = Vec::with_capacity(64);
         let mut buf = vec![0u8; proto::MAX_MSG];
+        let mut last_sweep = std::time::Instant::now();
         let tick = Timespec {
             tv_sec: 0,
             tv_nsec: 100_000_000,
@@ -140,6 +141,10 @@ impl Control {
                     Some(CtlToken::Host(id)) => self.host_ready(id),
                     None => {}
                 }
+            }
+            if last_sweep.elapsed().as_secs() >= 1 {
+                last_sweep = std::time::Instant::now();
+                self.close_silent();
             }
         }
         Ok(())

@@ -34,6 +34,42 @@ pub struct Wants {
     pub pipe: Option<(String, bool)>,
 }
 
+/// Who opens a port: the uid it will belong to if the open creates it, and whether the
+/// per-uid limits bind it (not for root, valed's own user, or valed's driven ports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Who {
+    pub uid: u32,
+    pub privileged: bool,
+}
+
+impl Who {
+    /// valed itself (the ports it drives).
+    pub fn daemon() -> Who {
+        Who {
+            uid: rustix::process::geteuid().as_raw(),
+            privileged: true,
+        }
+    }
+}
+
+/// What new ports may add up to (valed's settings).
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    pub ports_per_uid: usize,
+    pub memory: u64,
+    pub memory_per_uid: u64,
+}
+
+impl Quota {
+    pub fn of(s: &crate::Settings) -> Quota {
+        Quota {
+            ports_per_uid: s.max_ports_per_uid,
+            memory: s.max_port_memory_mib << 20,
+            memory_per_uid: s.port_memory_per_uid_mib() << 20,
+        }
+    }
+}
+
 /// A netmap pipe of a port: the region's pipe rings it uses, who holds each end, and
 /// each end's wake-up eventfd (an end sleeps on its own and writes its peer's).
 pub struct Pipe {
@@ -60,6 +96,12 @@ pub struct BoardEntry {
     pub pipes: std::collections::HashMap<String, Pipe>,
     /// Pipes its region has room for.
     pub pipe_room: u16,
+    /// The uid that created it (valed's own for the ports it drives).
+    pub owner: u32,
+    /// Whether the per-uid limits count it (its creator was not privileged).
+    pub counted: bool,
+    /// Its region's size.
+    pub bytes: u64,
 }
 
 impl BoardEntry {
@@ -91,6 +133,8 @@ pub struct PortTable {
     lanes: Vec<Arc<Lane>>,
     /// The limits ports are checked against (names, switches, geometry).
     limits: Limits,
+    /// What ports may add up to, in all and per uid.
+    quota: Quota,
     /// Every open port, by lane and key (so in switch, then port index, order).
     board: BTreeMap<(usize, usize, u16), BoardEntry>,
     /// Ids of holds (each has its own notify eventfd).
@@ -100,10 +144,11 @@ pub struct PortTable {
 }
 
 impl PortTable {
-    pub fn new(lanes: Vec<Arc<Lane>>, limits: Limits) -> PortTable {
+    pub fn new(lanes: Vec<Arc<Lane>>, limits: Limits, quota: Quota) -> PortTable {
         PortTable {
             lanes,
             limits,
+            quota,
             board: BTreeMap::new(),
             next_hold: 0,
             fw: vale_switch::Forwarder::new(),
@@ -135,6 +180,84 @@ impl PortTable {
     /// Whether `name` is a port open on any lane.
     pub fn exists(&self, name: &str) -> bool {
         self.board.values().any(|e| e.name == name)
+    }
+
+    /// The uid that created open port `name`.
+    pub fn owner(&self, name: &str) -> Option<u32> {
+        self.board
+            .values()
+            .find(|e| e.name == name)
+            .map(|e| e.owner)
+    }
+
+    /// Refuses a new port of `bytes` for `who` that would go over the port limits.
+    fn check_quota(&self, name: &str, who: Who, bytes: u64) -> Result<(), CtlError> {
+        let q = self.quota;
+        let mib = |b: u64| b.div_ceil(1 << 20);
+        let used: u64 = self.board.values().map(|e| e.bytes).sum();
+        if used + bytes > q.memory {
+            return Err(CtlError::Limit(format!(
+                "{name}: its {} MiB would take valed's ports to {} MiB, over its limit (--max-port-memory-mib {})",
+                mib(bytes),
+                mib(used + bytes),
+                q.memory >> 20
+            )));
+        }
+        if who.privileged {
+            return Ok(());
+        }
+        let (n, mine) = self
+            .board
+            .values()
+            .filter(|e| e.counted && e.owner == who.uid)
+            .fold((0, 0), |(n, b), e| (n + 1, b + e.bytes));
+        if n >= q.ports_per_uid {
+            return Err(CtlError::Limit(format!(
+                "{name}: uid {} has {n} ports, its limit (--max-ports-per-uid {})",
+                who.uid, q.ports_per_uid
+            )));
+        }
+        if mine + bytes > q.memory_per_uid {
+            return Err(CtlError::Limit(format!(
+                "{name}: its {} MiB would take uid {}'s ports to {} MiB, over its limit (--max-port-memory-per-uid-mib {})",
+                mib(bytes),
+                who.uid,
+                mib(mine + bytes),
+                q.memory_per_uid >> 20
+            )));
+        }
+        Ok(())
+    }
+
+    /// The region for `name` if opening it creates a port, made (and faulted in) here,
+    /// where no lane's lock is held, after the geometry and the quotas are checked.
+    fn region_for(
+        &self,
+        lane: &Lane,
+        name: &str,
+        g: PortGeometry,
+        who: Who,
+    ) -> Result<Option<vale_abi::Region>, CtlError> {
+        {
+            let st = lane.lock_ctl();
+            let creates = match name.split_once('/') {
+                // A monitor of a port that is not there fails in the registry.
+                Some((target, _)) => st.registry.find(target).is_some(),
+                None => st.registry.find(name).is_none(),
+            };
+            if !creates {
+                return Ok(None);
+            }
+            st.registry.check_geometry(name, &g)?;
+        }
+        let region_err = |source| RegistryError::Region {
+            port: name.to_string(),
+            source,
+        };
+        let bytes = vale_abi::RegionLayout::new(g).map_err(region_err)?.size as u64;
+        self.check_quota(name, who, bytes)?;
+        let region = vale_abi::Region::create(name, g).map_err(region_err)?;
+        Ok(Some(region))
     }
 
     /// The lane that owns `name`'s switch, or the least loaded one for a new switch
@@ -174,7 +297,7 @@ impl PortTable {
 
     /// Opens (creating if needed) port `name` and clones what a client needs.
     pub fn acquire(&mut self, name: &str, g: PortGeometry) -> Result<Acquired, CtlError> {
-        self.acquire_with(name, g, Wants::default())
+        self.acquire_with(name, g, Wants::default(), Who::daemon())
     }
 
     /// [`acquire`](Self::acquire), with spare buffers or exclusivity asked for.
@@ -183,11 +306,13 @@ impl PortTable {
         name: &str,
         g: PortGeometry,
         wants: Wants,
+        who: Who,
     ) -> Result<Acquired, CtlError> {
         let lane = self.lane_for(name)?;
         let shared = self.lanes[lane].clone();
+        let region = self.region_for(&shared, name, g, who)?;
         let mut st = shared.lock_ctl();
-        let key = match st.registry.open(name, Some(g)) {
+        let key = match st.registry.open_with(name, Some(g), region) {
             Ok(k) => k,
             Err(e) => {
                 tracing::info!("refused to open `{}`: {e}", name.escape_default());
@@ -248,6 +373,9 @@ impl PortTable {
                 exclusive: false,
                 pipes: Default::default(),
                 pipe_room: port.geometry().pipes,
+                owner: who.uid,
+                counted: !who.privileged,
+                bytes: port.region().size() as u64,
             };
             let f = st.fds.get(&key)?;
             let kick = f.kick.try_clone().ok()?;
@@ -494,4 +622,96 @@ fn make_fds(lane: &Lane, key: PortKey) -> Result<PortFds, CtlError> {
     )
     .map_err(|e| CtlError::Internal(format!("epoll_ctl failed: {e}")))?;
     Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lane::LaneState;
+
+    fn table(quota: Quota) -> PortTable {
+        let limits = Limits::default();
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+        let wake = eventfd().unwrap();
+        let lane = Arc::new(Lane::new(LaneState::new(Registry::new(limits)), ep, wake));
+        PortTable::new(vec![lane], limits, quota)
+    }
+
+    const SMALL: PortGeometry = PortGeometry {
+        tx_rings: 1,
+        rx_rings: 1,
+        tx_slots: 64,
+        rx_slots: 64,
+        buf_size: 2048,
+        extra_bufs: 0,
+        pipes: 0,
+    };
+
+    fn user(uid: u32) -> Who {
+        Who {
+            uid,
+            privileged: false,
+        }
+    }
+
+    fn open(t: &mut PortTable, name: &str, who: Who) -> Result<Held, String> {
+        t.acquire_with(name, SMALL, Wants::default(), who)
+            .map(|a| a.held)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn ports_per_uid_are_counted_by_creator_and_given_back() {
+        let mut t = table(Quota {
+            ports_per_uid: 2,
+            memory: 1 << 40,
+            memory_per_uid: 1 << 40,
+        });
+        let a = open(&mut t, "vale0:a", user(1000)).unwrap();
+        open(&mut t, "vale0:b", user(1000)).unwrap();
+        let err = open(&mut t, "vale0:c", user(1000)).unwrap_err();
+        assert!(err.contains("uid 1000 has 2 ports"), "{err}");
+        assert!(err.contains("--max-ports-per-uid 2"), "{err}");
+        // Opening an existing port creates nothing; other uids and valed are not held
+        // to uid 1000's count.
+        open(&mut t, "vale0:a", user(1000)).unwrap();
+        open(&mut t, "vale0:c", user(1001)).unwrap();
+        open(&mut t, "vale0:d", Who::daemon()).unwrap();
+        assert_eq!(t.owner("vale0:a"), Some(1000));
+        assert_eq!(t.owner("vale0:c"), Some(1001));
+        // A port gone (both holds of vale0:a) is one fewer.
+        t.release(a);
+        assert!(open(&mut t, "vale0:e", user(1000)).is_err());
+        let again = t.board().find(|(_, _, e)| e.name == "vale0:a").unwrap().1;
+        let held = Held {
+            lane: 0,
+            key: again,
+            hold: 0,
+            extra: None,
+            exclusive: false,
+            pipe: None,
+        };
+        t.release(held);
+        open(&mut t, "vale0:e", user(1000)).unwrap();
+    }
+
+    #[test]
+    fn port_memory_is_limited_in_all_and_per_uid() {
+        let one = vale_abi::RegionLayout::new(SMALL).unwrap().size as u64;
+        let mut t = table(Quota {
+            ports_per_uid: 100,
+            memory: 3 * one,
+            memory_per_uid: 2 * one,
+        });
+        open(&mut t, "vale0:a", user(1000)).unwrap();
+        open(&mut t, "vale0:b", user(1000)).unwrap();
+        let err = open(&mut t, "vale0:c", user(1000)).unwrap_err();
+        assert!(err.contains("uid 1000's ports"), "{err}");
+        assert!(err.contains("--max-port-memory-per-uid-mib"), "{err}");
+        open(&mut t, "vale0:c", user(1001)).unwrap();
+        // The total binds everyone, valed's own ports too.
+        let err = open(&mut t, "vale0:d", Who::daemon()).unwrap_err();
+        assert!(err.contains("--max-port-memory-mib"), "{err}");
+        assert!(!t.exists("vale0:d"));
+    }
 }

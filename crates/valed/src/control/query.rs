@@ -190,6 +190,30 @@ pub fn settings(s: &Settings, threads: usize) -> Response {
             "max_clients_per_uid".to_string(),
             s.max_clients_per_uid.to_string(),
         ),
+        (
+            "max_ports_per_uid".to_string(),
+            s.max_ports_per_uid.to_string(),
+        ),
+        (
+            "max_port_memory_mib".to_string(),
+            s.max_port_memory_mib.to_string(),
+        ),
+        (
+            "max_port_memory_per_uid_mib".to_string(),
+            s.port_memory_per_uid_mib().to_string(),
+        ),
+        (
+            "share".to_string(),
+            s.shared
+                .iter()
+                .map(|x| x.spec.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        (
+            "handshake_timeout_s".to_string(),
+            s.handshake_timeout_s.to_string(),
+        ),
         ("max_name_len".to_string(), l.max_name_len.to_string()),
         ("bridge_batch".to_string(), l.batch.to_string()),
         ("rings".to_string(), g.tx_rings.to_string()),
@@ -308,7 +332,8 @@ mod tests {
             ep,
             wake,
         ));
-        let mut table = PortTable::new(vec![lane.clone()], limits);
+        let quota = super::super::ports::Quota::of(&Settings::default());
+        let mut table = PortTable::new(vec![lane.clone()], limits, quota);
         let g = vale_abi::PortGeometry {
             tx_slots: 64,
             rx_slots: 64,
@@ -349,6 +374,8 @@ mod tests {
         assert_eq!(m["max_extra_bufs"], "4096");
         assert_eq!(m["pipes"], "2");
         assert_eq!(m["max_clients"], "1024");
-        assert_eq!(m.len(), 22);
+        assert_eq!(m["max_ports_per_uid"], "64");
+        assert_eq!(m["share"], "");
+        assert_eq!(m.len(), 27);
     }
 }

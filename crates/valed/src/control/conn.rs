@@ -7,7 +7,7 @@ use rustix::event::epoll;
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::net::SocketFlags;
 use std::collections::HashMap;
-use vale::proto::{Request, Response};
+use vale::proto::{self, Request, Response};
 use vale_switch::PortKey;
 
 /// A port a connection holds open: the lane it lives on, and its key there.
@@ -32,6 +32,11 @@ pub struct Conn {
     pub uid: Option<u32>,
     /// The port this connection holds open.
     pub port: Option<Held>,
+    /// Largest message its socket sends (a message must fit in the send buffer whole).
+    pub max_msg: usize,
+    /// Bytes of a page of a paged reply: half the send buffer at most, so that a page
+    /// still unread leaves room for the next.
+    pub page_bytes: usize,
 }
 
 impl Conn {
@@ -104,12 +109,19 @@ impl Control {
                         continue;
                     }
                     tracing::debug!(conn = id, ?uid, "client connected");
+                    // Linux refuses (EMSGSIZE) a unix datagram longer than the send
+                    // buffer less 32 bytes.
+                    let sndbuf = rustix::net::sockopt::socket_send_buffer_size(&fd)
+                        .unwrap_or(proto::PAGE_BYTES * 2);
+                    let max_msg = sndbuf.saturating_sub(64).min(proto::MAX_MSG);
                     self.conns.by_id.insert(
                         id,
                         Conn {
                             fd,
                             uid,
                             port: None,
+                            max_msg,
+                            page_bytes: (sndbuf / 2).min(proto::PAGE_BYTES),
                         },
                     );
                 }

@@ -1247,6 +1247,78 @@ fn list_and_stats_name_every_port_of_a_full_switch() {
     assert!(d.alive());
 }
 
+/// A client that sends requests and reads no reply: valed keeps the one reply its socket
+/// has no room for, reads no more of its requests meanwhile, and serves everyone else;
+/// when the client reads, every reply comes, in order. (valed used to hang up on it.)
+#[test]
+fn a_client_that_does_not_read_waits_alone_for_its_replies() {
+    use vale::proto::{Request, Response};
+    const PORTS: usize = 200;
+    let mut d = Daemon::start("noread", &["--pipes", "0"]);
+    let _held: Vec<vale::Port> = (0..PORTS)
+        .map(|i| d.open(&format!("vale0:p{i}@conf:slots=8")))
+        .collect();
+    let conn = vale::sock::connect(&d.socket).unwrap();
+    let fd = rustix::fd::AsFd::as_fd(&conn);
+    rustix::net::sockopt::set_socket_timeout(
+        fd,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(Duration::from_secs(10)),
+    )
+    .unwrap();
+    // Each reply is ~30 KB: the socket holds a few, the rest wait.
+    let list = Request::List { page: None }.paged(None).unwrap();
+    let req = serde_json::to_vec(&list).unwrap();
+    let mut sent = 0;
+    while sent < 64 {
+        match rustix::net::send(fd, &req, rustix::net::SendFlags::DONTWAIT) {
+            Ok(_) => sent += 1,
+            Err(rustix::io::Errno::AGAIN) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        wait_for(5.0, || d.log().contains("client is not reading")),
+        "the socket filled: {}",
+        d.log()
+    );
+    let t = Instant::now();
+    let o = d.ctl(&["--json", "stats"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(t.elapsed() < Duration::from_secs(5), "others are served");
+    let mut buf = vec![0u8; vale::proto::MAX_MSG];
+    for i in 0..sent {
+        let (n, _) = vale::sock::recv(fd, &mut buf).unwrap_or_else(|e| panic!("reply {i}: {e}"));
+        assert!(n > 0, "valed hung up after {i} of {sent} replies");
+        match serde_json::from_slice(&buf[..n]).unwrap() {
+            Response::List {
+                switches,
+                next: None,
+                ..
+            } => assert_eq!(switches[0].ports.len(), PORTS, "reply {i}"),
+            other => panic!("reply {i}: {other:?}"),
+        }
+    }
+    let (r, _) = vale::sock::call(&conn, &Request::Settings).unwrap();
+    assert!(matches!(r, Response::Settings { .. }), "{r:?}");
+    let one = vale::sock::call(&conn, &Request::List { page: None })
+        .unwrap()
+        .0;
+    assert!(matches!(one, Response::List { .. }));
+    // A protocol-2 request (no pages) whose reply fits in one message gets it whole.
+    vale::sock::send(fd, br#"{"op":"list"}"#, &[]).unwrap();
+    let (n, _) = vale::sock::recv(fd, &mut buf).unwrap();
+    match serde_json::from_slice(&buf[..n]).unwrap() {
+        Response::List {
+            switches,
+            next: None,
+            ..
+        } => assert_eq!(switches[0].ports.len(), PORTS, "whole, in one message"),
+        other => panic!("{other:?}"),
+    }
+    assert!(d.alive());
+}
+
 /// A learning table filled to its capacity (8192 entries by default: new sources until
 /// every bucket is full, the rest refused) is dumped whole by `vale-ctl fdb`, text and
 /// --json. (One message held ~2800 rows.)

@@ -295,7 +295,7 @@ fn call_done(dev: &Device, req: &Request) -> NmResult<()> {
 
 /// A port's place and shape in valed's listing: (switch index, port index, geometry).
 fn find_port(dev: &Device, name: &str) -> NmResult<(usize, u16, vale::proto::Geometry)> {
-    match dev.call(&Request::List)?.0 {
+    match dev.call(&Request::List { page: None })?.0 {
         Response::List { switches, .. } => switches
             .iter()
             .flat_map(|s| s.ports.iter().map(move |p| (s.index, p)))
@@ -454,7 +454,7 @@ fn vale_list(dev: &Device, name: &str, b: &mut NmreqValeList, out: &mut [u8; 64]
         b.nr_port_idx = pi as u32;
         return Ok(());
     }
-    let Response::List { switches, .. } = dev.call(&Request::List)?.0 else {
+    let Response::List { switches, .. } = dev.call(&Request::List { page: None })?.0 else {
         return Err(Errno::IO);
     };
     let at = (b.nr_bridge_idx as usize, b.nr_port_idx);

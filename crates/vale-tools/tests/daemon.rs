@@ -262,7 +262,7 @@ fn an_old_client_is_refused_and_opened_names_the_layout() {
             kind: vale::proto::ErrorKind::Version,
             message,
         } => assert!(
-            message.contains("protocol 1") && message.contains("speaks 2"),
+            message.contains("protocol 1") && message.contains("speaks 3"),
             "{message}"
         ),
         other => panic!("{other:?}"),
@@ -1108,6 +1108,311 @@ fn frames_for_a_stream_port_whose_vm_hung_up_are_counted() {
     );
     let stats = d.ctl(&["stats", "vale0:s"]);
     assert!(stats.status.success());
+}
+
+/// Raises this process's descriptor limit to its hard limit; false (with a SKIP) if that
+/// is still under `need`.
+fn enough_descriptors(need: u64, what: &str) -> bool {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut l = getrlimit(Resource::Nofile);
+    l.current = l.maximum;
+    let _ = setrlimit(Resource::Nofile, l);
+    let have = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    if have < need {
+        skip(&format!(
+            "{what}: needs {need} descriptors, the hard limit is {have} (ulimit -Hn)"
+        ));
+        return false;
+    }
+    true
+}
+
+/// A switch as large as valed's limits allow by default in all (netmap's 8 switches of 254
+/// ports, here on one switch with --max-ports 2032): `list`, `stats` and netmap's listing,
+/// text and --json, name every port. (In one message, `list` stopped at ~1600 ports and
+/// `stats` at ~500, and vale-ctl got EMSGSIZE.)
+#[test]
+fn list_and_stats_name_every_port_of_a_full_switch() {
+    const PORTS: usize = 2032;
+    if !enough_descriptors(PORTS as u64 * 4 + 256, "a switch of 2032 ports") {
+        return;
+    }
+    let mut d = Daemon::start(
+        "fullswitch",
+        &[
+            "--max-ports",
+            "2032",
+            "--max-clients",
+            "4096",
+            "--pipes",
+            "0",
+        ],
+    );
+    // Eight slots a ring: a port's region is a few pages.
+    let names: Vec<String> = (0..PORTS).map(|i| format!("vale0:p{i}")).collect();
+    let _held: Vec<vale::Port> = names
+        .iter()
+        .map(|n| d.open(&format!("{n}@conf:slots=8")))
+        .collect();
+    let over = vale::Port::open_with(
+        "vale0:one_more@conf:slots=8",
+        &vale::OpenOptions {
+            socket: Some(d.socket.clone()),
+            ..Default::default()
+        },
+    )
+    .map(|_| ())
+    .unwrap_err()
+    .to_string();
+    assert!(over.contains("2032 ports"), "the switch is full: {over}");
+
+    let list = d.ctl_json(&["list"]);
+    let switches = list["switches"].as_array().unwrap();
+    assert_eq!(switches.len(), 1, "one switch, reassembled from pages");
+    let ports = switches[0]["ports"].as_array().unwrap();
+    let listed: Vec<&str> = ports.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(listed, names, "every port once, in port order");
+    assert!(
+        ports
+            .iter()
+            .all(|p| p["clients"] == 1 && p["geometry"]["tx_slots"] == 8)
+    );
+    assert!(list.get("next").is_none(), "no paging left in the output");
+
+    let text = stdout_of(&d.ctl(&["list"]));
+    assert!(
+        text.contains("(bridge_idx 0, bridge_batch 1024, 2032 ports)"),
+        "{text:.300}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.contains(" port_idx ")).count(),
+        PORTS
+    );
+    let netmap = stdout_of(&d.ctl(&[]));
+    assert_eq!(
+        netmap.lines().count(),
+        PORTS,
+        "netmap's listing, a line a port"
+    );
+    assert!(netmap.ends_with("vale0:p2031 bridge_idx 0 port_idx 2031\n"));
+
+    let stats = d.ctl_json(&["stats"]);
+    let rows = stats["ports"].as_array().unwrap();
+    let counted: Vec<&str> = rows.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(counted, names, "every port's counters once");
+    assert!(
+        rows.iter()
+            .all(|p| p["counters"]["drops"]["ring_full"] == 0)
+    );
+    let text = d.ctl(&["stats"]);
+    assert!(
+        text.status.success(),
+        "{}",
+        String::from_utf8_lossy(&text.stderr)
+    );
+    let text = stdout_of(&text);
+    assert_eq!(
+        text.lines().filter(|l| l.contains("(port_idx ")).count(),
+        PORTS
+    );
+    let one = d.ctl_json(&["stats", "vale0:p2031"]);
+    assert_eq!(one["ports"].as_array().unwrap().len(), 1);
+
+    // A client of protocol 2 asks without pages: a reply that does not fit in one
+    // message is refused, saying why; one asking for a page of another version is told
+    // both versions.
+    let conn = vale::sock::connect(&d.socket).unwrap();
+    let mut buf = vec![0u8; vale::proto::MAX_MSG];
+    let mut ask = |req: &str| {
+        vale::sock::send(rustix::fd::AsFd::as_fd(&conn), req.as_bytes(), &[]).unwrap();
+        let (n, _) = vale::sock::recv(rustix::fd::AsFd::as_fd(&conn), &mut buf).unwrap();
+        match serde_json::from_slice(&buf[..n]).unwrap() {
+            vale::proto::Response::Error {
+                kind: vale::proto::ErrorKind::Version,
+                message,
+            } => message,
+            other => panic!("{req}: {other:?}"),
+        }
+    };
+    for (req, what) in [(r#"{"op":"list"}"#, "list"), (r#"{"op":"stats"}"#, "stats")] {
+        let e = ask(req);
+        assert!(
+            e.starts_with(&format!("the {what} does not fit in one message"))
+                && e.contains("(control protocol 2) cannot read it in pages"),
+            "{e}"
+        );
+    }
+    let e = ask(r#"{"op":"list","page":{"version":2}}"#);
+    assert!(e.contains("protocol 2, valed speaks 3"), "{e}");
+    assert!(d.alive());
+}
+
+/// A client that sends requests and reads no reply: valed keeps the one reply its socket
+/// has no room for, reads no more of its requests meanwhile, and serves everyone else;
+/// when the client reads, every reply comes, in order. (valed used to hang up on it.)
+#[test]
+fn a_client_that_does_not_read_waits_alone_for_its_replies() {
+    use vale::proto::{Request, Response};
+    const PORTS: usize = 200;
+    let mut d = Daemon::start("noread", &["--pipes", "0"]);
+    let _held: Vec<vale::Port> = (0..PORTS)
+        .map(|i| d.open(&format!("vale0:p{i}@conf:slots=8")))
+        .collect();
+    let conn = vale::sock::connect(&d.socket).unwrap();
+    let fd = rustix::fd::AsFd::as_fd(&conn);
+    rustix::net::sockopt::set_socket_timeout(
+        fd,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(Duration::from_secs(10)),
+    )
+    .unwrap();
+    // Each reply is ~30 KB: the socket holds a few, the rest wait.
+    let list = Request::List { page: None }.paged(None).unwrap();
+    let req = serde_json::to_vec(&list).unwrap();
+    let mut sent = 0;
+    while sent < 64 {
+        match rustix::net::send(fd, &req, rustix::net::SendFlags::DONTWAIT) {
+            Ok(_) => sent += 1,
+            Err(rustix::io::Errno::AGAIN) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        wait_for(5.0, || d.log().contains("client is not reading")),
+        "the socket filled: {}",
+        d.log()
+    );
+    let t = Instant::now();
+    let o = d.ctl(&["--json", "stats"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(t.elapsed() < Duration::from_secs(5), "others are served");
+    let mut buf = vec![0u8; vale::proto::MAX_MSG];
+    for i in 0..sent {
+        let (n, _) = vale::sock::recv(fd, &mut buf).unwrap_or_else(|e| panic!("reply {i}: {e}"));
+        assert!(n > 0, "valed hung up after {i} of {sent} replies");
+        match serde_json::from_slice(&buf[..n]).unwrap() {
+            Response::List {
+                switches,
+                next: None,
+                ..
+            } => assert_eq!(switches[0].ports.len(), PORTS, "reply {i}"),
+            other => panic!("reply {i}: {other:?}"),
+        }
+    }
+    let (r, _) = vale::sock::call(&conn, &Request::Settings).unwrap();
+    assert!(matches!(r, Response::Settings { .. }), "{r:?}");
+    let one = vale::sock::call(&conn, &Request::List { page: None })
+        .unwrap()
+        .0;
+    assert!(matches!(one, Response::List { .. }));
+    // A protocol-2 request (no pages) whose reply fits in one message gets it whole.
+    vale::sock::send(fd, br#"{"op":"list"}"#, &[]).unwrap();
+    let (n, _) = vale::sock::recv(fd, &mut buf).unwrap();
+    match serde_json::from_slice(&buf[..n]).unwrap() {
+        Response::List {
+            switches,
+            next: None,
+            ..
+        } => assert_eq!(switches[0].ports.len(), PORTS, "whole, in one message"),
+        other => panic!("{other:?}"),
+    }
+    assert!(d.alive());
+}
+
+/// A learning table filled to its capacity (8192 entries by default: new sources until
+/// every bucket is full, the rest refused) is dumped whole by `vale-ctl fdb`, text and
+/// --json. (One message held ~2800 rows.)
+#[test]
+fn fdb_lists_every_address_of_a_full_table() {
+    const CAPACITY: usize = 8192;
+    const CHUNK: u32 = CAPACITY as u32;
+    let d = Daemon::start("fullfdb", &[]);
+    let (a, _b) = (d.open("vale0:a"), d.open("vale0:b@conf:slots=64"));
+    let mac = |i: u32| {
+        [
+            2,
+            0,
+            (i >> 24) as u8,
+            (i >> 16) as u8,
+            (i >> 8) as u8,
+            i as u8,
+        ]
+    };
+    // (entries, sources looked at)
+    let counters = |v: &serde_json::Value| {
+        let c = &v["counters"];
+        (
+            c["entries"].as_u64().unwrap(),
+            c["learned"].as_u64().unwrap() + c["refused"].as_u64().unwrap(),
+        )
+    };
+    // The buckets are seeded at random: four times the capacity fills nearly all, a
+    // few more sources the last few slots.
+    let mut sent = 0;
+    while sent < 64 * CHUNK {
+        let frames: Vec<_> = (sent..sent + CHUNK)
+            .map(|i| frame(BCAST, mac(i), i))
+            .collect();
+        for f in frames.chunks(512) {
+            send(&a, f);
+        }
+        sent += CHUNK;
+        let mut now = (0, 0);
+        assert!(
+            wait_for(20.0, || {
+                now = counters(&d.ctl_json(&["fdb", "vale0"]));
+                now.1 == sent as u64
+            }),
+            "every source was looked at: {now:?} of {sent}"
+        );
+        if now.0 == CAPACITY as u64 {
+            break;
+        }
+    }
+    let fdb = d.ctl_json(&["fdb", "vale0"]);
+    assert_eq!(counters(&fdb).0, CAPACITY as u64, "every bucket full");
+    let rows = fdb["entries"].as_array().unwrap();
+    assert_eq!(rows.len(), CAPACITY, "every entry, reassembled from pages");
+    let sent: std::collections::HashSet<String> = (0..sent)
+        .map(|i| mac(i).map(|b| format!("{b:02x}")).join(":"))
+        .collect();
+    let macs: std::collections::HashSet<&str> =
+        rows.iter().map(|r| r["mac"].as_str().unwrap()).collect();
+    assert_eq!(macs.len(), CAPACITY, "each address once");
+    assert!(
+        macs.iter().all(|m| sent.contains(*m)),
+        "only addresses sent"
+    );
+    assert!(rows.iter().all(|r| r["port"] == "vale0:a"));
+    // Each page is one message within the page size.
+    let conn = vale::sock::connect(&d.socket).unwrap();
+    let first = br#"{"op":"fdb","switch":"vale0","page":{"version":3}}"#;
+    vale::sock::send(rustix::fd::AsFd::as_fd(&conn), first, &[]).unwrap();
+    let mut buf = vec![0u8; vale::proto::MAX_MSG];
+    let (n, _) = vale::sock::recv(rustix::fd::AsFd::as_fd(&conn), &mut buf).unwrap();
+    assert!(n <= vale::proto::PAGE_BYTES, "{n}");
+    let page: serde_json::Value = serde_json::from_slice(&buf[..n]).unwrap();
+    let rows_in_page = page["entries"].as_array().unwrap().len();
+    assert!(
+        rows_in_page > 100 && rows_in_page < CAPACITY,
+        "{rows_in_page}"
+    );
+    assert!(page["next"].is_string(), "more follow");
+    let text = d.ctl(&["fdb", "vale0"]);
+    assert!(
+        text.status.success(),
+        "{}",
+        String::from_utf8_lossy(&text.stderr)
+    );
+    let text = stdout_of(&text);
+    assert!(
+        text.starts_with("vale0: 8192 learned addresses\n"),
+        "{text:.200}"
+    );
+    assert_eq!(
+        text.lines().filter(|l| l.contains(" vale0:a ")).count(),
+        CAPACITY
+    );
 }
 
 /// A command as uid `uid` (its own gid; `groups` supplementary) through setpriv.

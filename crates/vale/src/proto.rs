@@ -2,17 +2,29 @@
 //!
 //! One JSON message per `SOCK_SEQPACKET` datagram, so message boundaries come from the
 //! socket; file descriptors travel with `SCM_RIGHTS`. Every request names the protocol
-//! version it speaks (`Open`) or is answered in the current one; unknown fields are
-//! ignored, unknown requests answered with `Error { kind: BadRequest }`.
+//! version it speaks (`Open`, and the [`Page`] of `list`, `stats` and `fdb`) or is
+//! answered in the current one; unknown fields are ignored, unknown requests answered
+//! with `Error { kind: BadRequest }`.
+//!
+//! Replies that grow with the configuration (`list`, `stats`, `fdb`) come in pages, each
+//! one message of at most [`PAGE_BYTES`]: a request asks for the first page, or for the
+//! one after the cursor the previous page ended with (`next`); the last page has no
+//! `next`. valed keeps nothing between pages (the cursor is a place in the listing's
+//! order, so a port or address present throughout is listed exactly once), and
+//! [`crate::sock::call`] asks for every page and hands back the whole reply.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Protocol version spoken by this library. 2: port regions in layout 2 (sync words out
-/// of `sem[]`, see [`vale_abi::layout::LAYOUT_VERSION`]) and `Opened` says so.
-pub const VERSION: u32 = 2;
+/// of `sem[]`, see [`vale_abi::layout::LAYOUT_VERSION`]) and `Opened` says so. 3: replies
+/// to `list`, `stats` and `fdb` come in pages ([`Page`]).
+pub const VERSION: u32 = 3;
 /// Largest message either side sends or accepts.
 pub const MAX_MSG: usize = 256 * 1024;
+/// Most bytes of one page of a paged reply (valed sends less where the connection's
+/// send buffer is smaller: a message must fit in it whole).
+pub const PAGE_BYTES: usize = 64 * 1024;
 /// File descriptors that come with `Opened`: the region memfd, the kick eventfd
 /// (client -> switch) and the notify eventfd (switch -> client).
 pub const OPEN_FDS: usize = 3;
@@ -150,6 +162,18 @@ impl PortSpec {
     }
 }
 
+/// Which page of a paged reply a request asks for: the first, or the one after `after`
+/// (the `next` of the page before). A request without one (protocol 2) is answered in one
+/// message, or refused with `Error { kind: Version }` when the reply does not fit in one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    /// The protocol version the client speaks ([`VERSION`]).
+    pub version: u32,
+    /// Where the previous page ended; opaque to clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
@@ -167,15 +191,24 @@ pub enum Request {
     /// Lets go of the port this connection holds, as closing the connection would (the
     /// connection may then open another).
     Close,
-    /// Switches and their ports.
-    List,
-    /// Counters of one port, or of all.
+    /// Switches and their ports, then host ports (paged).
+    List {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        page: Option<Page>,
+    },
+    /// Counters of one port, or of all (paged).
     Stats {
         #[serde(default)]
         port: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        page: Option<Page>,
     },
-    /// A switch's learned addresses.
-    Fdb { switch: String },
+    /// A switch's learned addresses (paged).
+    Fdb {
+        switch: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        page: Option<Page>,
+    },
     /// Change a run-time setting (`bridge_batch`, `verbose`).
     Set { key: String, value: String },
     /// The daemon's settings.
@@ -375,19 +408,29 @@ pub enum Response {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pipe: Option<PipeInfo>,
     },
+    /// A page of the listing: ports by switch, then host ports. A switch whose ports
+    /// do not fit in one page is in several, each with some of its ports.
     List {
         switches: Vec<SwitchInfo>,
         /// Host ports, attached or not.
         #[serde(default)]
         hosts: Vec<HostInfo>,
+        /// More follow: ask for the page after this.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
     },
     Stats {
         ports: Vec<PortStats>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
     },
     Fdb {
         switch: String,
         entries: Vec<FdbRow>,
+        /// The table's counters when this page was read.
         counters: BTreeMap<String, u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
     },
     Settings {
         settings: BTreeMap<String, String>,
@@ -403,6 +446,121 @@ pub enum Response {
 
 fn layout_v1() -> u32 {
     1
+}
+
+impl Request {
+    /// This request for the page after `after` (`None`: the first), if its reply comes
+    /// in pages.
+    pub fn paged(&self, after: Option<String>) -> Option<Request> {
+        let page = Some(Page {
+            version: VERSION,
+            after,
+        });
+        match self {
+            Request::List { .. } => Some(Request::List { page }),
+            Request::Stats { port, .. } => Some(Request::Stats {
+                port: port.clone(),
+                page,
+            }),
+            Request::Fdb { switch, .. } => Some(Request::Fdb {
+                switch: switch.clone(),
+                page,
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl Response {
+    /// Where the next page starts, if this is a page and more follow.
+    pub fn next_page(&self) -> Option<&str> {
+        match self {
+            Response::List { next, .. }
+            | Response::Stats { next, .. }
+            | Response::Fdb { next, .. } => next.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Appends the page that follows this reply (its rows, and its `next`): a switch
+    /// split between the two pages becomes one again. A page of another kind is an error.
+    pub fn append(&mut self, page: Response) -> Result<(), String> {
+        match (self, page) {
+            (
+                Response::List {
+                    switches,
+                    hosts,
+                    next,
+                },
+                Response::List {
+                    switches: more,
+                    hosts: more_hosts,
+                    next: then,
+                },
+            ) => {
+                let mut more = more.into_iter();
+                if let Some(first) = more.next() {
+                    match switches.last_mut() {
+                        Some(s) if s.index == first.index && s.name == first.name => {
+                            s.ports.extend(first.ports)
+                        }
+                        _ => switches.push(first),
+                    }
+                }
+                switches.extend(more);
+                hosts.extend(more_hosts);
+                *next = then;
+            }
+            (
+                Response::Stats { ports, next },
+                Response::Stats {
+                    ports: more,
+                    next: then,
+                },
+            ) => {
+                ports.extend(more);
+                *next = then;
+            }
+            (
+                Response::Fdb {
+                    switch,
+                    entries,
+                    counters,
+                    next,
+                },
+                Response::Fdb {
+                    switch: other,
+                    entries: more,
+                    counters: now,
+                    next: then,
+                },
+            ) if *switch == other => {
+                entries.extend(more);
+                *counters = now;
+                *next = then;
+            }
+            (whole, page) => {
+                return Err(format!(
+                    "a `{}` page does not continue a `{}` reply",
+                    page.kind_name(),
+                    whole.kind_name()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn kind_name(&self) -> &'static str {
+        match self {
+            Response::Opened { .. } => "opened",
+            Response::List { .. } => "list",
+            Response::Stats { .. } => "stats",
+            Response::Fdb { .. } => "fdb",
+            Response::Settings { .. } => "settings",
+            Response::Done { .. } => "done",
+            Response::Error { .. } => "error",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -423,11 +581,11 @@ mod tests {
         let j = serde_json::to_string(&r).unwrap();
         assert_eq!(
             j,
-            r#"{"op":"open","version":2,"name":"vale0:a","geometry":{"tx_slots":512}}"#
+            r#"{"op":"open","version":3,"name":"vale0:a","geometry":{"tx_slots":512}}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&j).unwrap(), r);
         let list: Request = serde_json::from_str(r#"{"op":"list","extra":1}"#).unwrap();
-        assert_eq!(list, Request::List);
+        assert_eq!(list, Request::List { page: None });
         assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
     }
 
@@ -474,5 +632,141 @@ mod tests {
         let s: PortSpec = serde_json::from_str(r#"{"kind":"interface","xdp":true}"#).unwrap();
         assert_eq!(s, PortSpec::Interface { xdp: true });
         assert!(serde_json::from_str::<PortSpec>(r#"{"kind":"memif"}"#).is_err());
+    }
+
+    #[test]
+    fn paged_requests_name_the_version_and_where_to_go_on() {
+        let stats = Request::Stats {
+            port: None,
+            page: None,
+        };
+        let first = stats.paged(None).unwrap();
+        assert_eq!(
+            serde_json::to_string(&first).unwrap(),
+            r#"{"op":"stats","port":null,"page":{"version":3}}"#
+        );
+        let fdb = Request::Fdb {
+            switch: "vale0".into(),
+            page: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&fdb.paged(Some("f.1.-.2".into())).unwrap()).unwrap(),
+            r#"{"op":"fdb","switch":"vale0","page":{"version":3,"after":"f.1.-.2"}}"#
+        );
+        // What a protocol-2 client sends: no page.
+        let old: Request = serde_json::from_str(r#"{"op":"fdb","switch":"vale0"}"#).unwrap();
+        assert_eq!(old, fdb);
+        assert_eq!(
+            Request::Settings.paged(None),
+            None,
+            "settings is one message"
+        );
+        assert_eq!(Request::Close.paged(None), None);
+    }
+
+    fn port(name: &str, index: u16) -> PortSummary {
+        PortSummary {
+            name: name.into(),
+            index,
+            geometry: vale_abi::PortGeometry::default().into(),
+            clients: 1,
+        }
+    }
+
+    fn switch(name: &str, index: usize, ports: Vec<PortSummary>) -> SwitchInfo {
+        SwitchInfo {
+            name: name.into(),
+            index,
+            bridge_batch: 1024,
+            ports,
+        }
+    }
+
+    #[test]
+    fn pages_of_a_list_make_one_list_again() {
+        let whole = Response::List {
+            switches: vec![
+                switch("vale0", 0, vec![port("vale0:a", 0), port("vale0:b", 1)]),
+                switch("vale1", 1, vec![port("vale1:a", 0)]),
+            ],
+            hosts: Vec::new(),
+            next: None,
+        };
+        // vale0 split between the first two pages, vale1 in the second.
+        let mut got = Response::List {
+            switches: vec![switch("vale0", 0, vec![port("vale0:a", 0)])],
+            hosts: Vec::new(),
+            next: Some("p.0.0.0".into()),
+        };
+        assert_eq!(got.next_page(), Some("p.0.0.0"));
+        got.append(Response::List {
+            switches: vec![
+                switch("vale0", 0, vec![port("vale0:b", 1)]),
+                switch("vale1", 1, vec![port("vale1:a", 0)]),
+            ],
+            hosts: Vec::new(),
+            next: None,
+        })
+        .unwrap();
+        assert_eq!(got, whole);
+        assert_eq!(got.next_page(), None);
+        // The whole reply reads as before paging: no `next`.
+        let j = serde_json::to_string(&got).unwrap();
+        assert!(!j.contains("next"), "{j}");
+        // A switch of the same name but another index (gone and made again) stays apart.
+        got.append(Response::List {
+            switches: vec![switch("vale1", 3, vec![port("vale1:a", 0)])],
+            hosts: Vec::new(),
+            next: None,
+        })
+        .unwrap();
+        let Response::List { switches, .. } = &got else {
+            panic!()
+        };
+        assert_eq!(switches.len(), 3);
+    }
+
+    #[test]
+    fn pages_of_stats_and_fdb_append_and_others_do_not() {
+        let row = |mac: &str| FdbRow {
+            mac: mac.into(),
+            port: "vale0:a".into(),
+            index: 0,
+            age_secs: 1,
+        };
+        let fdb = |entries, learned, next: Option<&str>| Response::Fdb {
+            switch: "vale0".into(),
+            entries,
+            counters: BTreeMap::from([("learned".to_string(), learned)]),
+            next: next.map(String::from),
+        };
+        let mut got = fdb(vec![row("02:00:00:00:00:01")], 1, Some("x"));
+        got.append(fdb(vec![row("02:00:00:00:00:02")], 2, None))
+            .unwrap();
+        assert_eq!(
+            got,
+            fdb(
+                vec![row("02:00:00:00:00:01"), row("02:00:00:00:00:02")],
+                2,
+                None
+            ),
+            "rows in order, the latest counters"
+        );
+        let other_switch = Response::Fdb {
+            switch: "vale1".into(),
+            entries: Vec::new(),
+            counters: BTreeMap::new(),
+            next: None,
+        };
+        assert_eq!(
+            got.append(other_switch).unwrap_err(),
+            "a `fdb` page does not continue a `fdb` reply"
+        );
+        let mut stats = Response::Stats {
+            ports: Vec::new(),
+            next: Some("p.0.0.1".into()),
+        };
+        let e = stats.append(got).unwrap_err();
+        assert_eq!(e, "a `fdb` page does not continue a `stats` reply");
     }
 }

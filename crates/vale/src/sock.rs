@@ -92,27 +92,150 @@ pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<(usize, Vec<O
     Ok((msg.bytes, fds))
 }
 
-/// One request, one response.
+/// One request, one response; a reply that comes in pages (`list`, `stats`, `fdb`) is
+/// asked for page by page and handed back whole, as one response (see
+/// [`crate::proto::Page`]).
 pub fn call(fd: &impl AsFd, req: &Request) -> Result<(Response, Vec<OwnedFd>), Error> {
-    let bytes = serde_json::to_vec(req).map_err(|e| Error::Protocol(e.to_string()))?;
     let mut buf = vec![0u8; MAX_MSG];
-    if let Err(e) = send(fd.as_fd(), &bytes, &[]) {
+    let Some(first) = req.paged(None) else {
+        return call_one(fd.as_fd(), req, &mut buf);
+    };
+    let (mut whole, _) = call_one(fd.as_fd(), &first, &mut buf)?;
+    while let Some(after) = whole.next_page().map(str::to_owned) {
+        let Some(next) = req.paged(Some(after.clone())) else {
+            break;
+        };
+        let (page, _) = call_one(fd.as_fd(), &next, &mut buf)?;
+        if let Response::Error { .. } = page {
+            return Ok((page, Vec::new()));
+        }
+        if page.next_page() == Some(after.as_str()) {
+            return Err(Error::Protocol(format!(
+                "valed sent the page after `{after}` again"
+            )));
+        }
+        whole.append(page).map_err(Error::Protocol)?;
+    }
+    Ok((whole, Vec::new()))
+}
+
+/// One message out, one back.
+fn call_one(
+    fd: BorrowedFd<'_>,
+    req: &Request,
+    buf: &mut [u8],
+) -> Result<(Response, Vec<OwnedFd>), Error> {
+    let bytes = serde_json::to_vec(req).map_err(|e| Error::Protocol(e.to_string()))?;
+    if let Err(e) = send(fd, &bytes, &[]) {
         // valed may have turned this connection away (too many clients) with a reason
         // waiting in the socket: that is the answer. (Only once it hung up: then the
         // read cannot block.)
         let hung_up = e.raw_os_error() == Some(rustix::io::Errno::PIPE.raw_os_error());
-        if let Some(Ok((n, _))) = hung_up.then(|| recv(fd.as_fd(), &mut buf)) {
+        if let Some(Ok((n, _))) = hung_up.then(|| recv(fd, buf)) {
             if let Ok(resp @ Response::Error { .. }) = serde_json::from_slice(&buf[..n]) {
                 return Ok((resp, Vec::new()));
             }
         }
         return Err(Error::Io("send to valed", e));
     }
-    let (n, fds) = recv(fd.as_fd(), &mut buf).map_err(|e| Error::Io("receive from valed", e))?;
+    let (n, fds) = recv(fd, buf).map_err(|e| Error::Io("receive from valed", e))?;
     if n == 0 {
         return Err(Error::Disconnected);
     }
     let resp: Response =
         serde_json::from_slice(&buf[..n]).map_err(|e| Error::Protocol(e.to_string()))?;
     Ok((resp, fds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{PortStats, Request, Response};
+
+    fn row(name: &str) -> PortStats {
+        PortStats {
+            name: name.into(),
+            switch: "vale0".into(),
+            index: 0,
+            counters: Default::default(),
+        }
+    }
+
+    /// A daemon on the other end of a socket pair that answers `pages` in turn, and
+    /// what it was asked.
+    fn serve(pages: Vec<Response>) -> (OwnedFd, std::thread::JoinHandle<Vec<Request>>) {
+        let (a, b) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let t = std::thread::spawn(move || {
+            let mut asked = Vec::new();
+            let mut buf = vec![0u8; MAX_MSG];
+            for p in pages {
+                let (n, _) = recv(b.as_fd(), &mut buf).unwrap();
+                asked.push(serde_json::from_slice(&buf[..n]).unwrap());
+                send(b.as_fd(), &serde_json::to_vec(&p).unwrap(), &[]).unwrap();
+            }
+            asked
+        });
+        (a, t)
+    }
+
+    #[test]
+    fn call_asks_for_every_page_and_returns_the_whole_reply() {
+        let page = |names: &[&str], next: Option<&str>| Response::Stats {
+            ports: names.iter().map(|n| row(n)).collect(),
+            next: next.map(String::from),
+        };
+        let (conn, server) = serve(vec![
+            page(&["vale0:a", "vale0:b"], Some("c1")),
+            page(&["vale0:c"], Some("c2")),
+            page(&["vale0:d"], None),
+        ]);
+        let req = Request::Stats {
+            port: None,
+            page: None,
+        };
+        let (r, fds) = call(&conn, &req).unwrap();
+        assert!(fds.is_empty());
+        assert_eq!(r, page(&["vale0:a", "vale0:b", "vale0:c", "vale0:d"], None));
+        let afters: Vec<_> = server
+            .join()
+            .unwrap()
+            .into_iter()
+            .map(|r| match r {
+                Request::Stats { page: Some(p), .. } => {
+                    assert_eq!(p.version, crate::proto::VERSION);
+                    p.after
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(afters, [None, Some("c1".into()), Some("c2".into())]);
+    }
+
+    #[test]
+    fn an_error_or_a_repeated_page_ends_the_call() {
+        let more = Response::Stats {
+            ports: vec![row("vale0:a")],
+            next: Some("c1".into()),
+        };
+        let gone = Response::Error {
+            kind: crate::proto::ErrorKind::Version,
+            message: "no".into(),
+        };
+        let (conn, _server) = serve(vec![more.clone(), gone.clone()]);
+        let req = Request::Stats {
+            port: None,
+            page: None,
+        };
+        let (r, _) = call(&conn, &req).unwrap();
+        assert_eq!(r, gone, "an error on a later page is the answer");
+        let (conn, _server) = serve(vec![more.clone(), more]);
+        let e = call(&conn, &req).unwrap_err().to_string();
+        assert!(e.contains("page after `c1` again"), "{e}");
+    }
 }

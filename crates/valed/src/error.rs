@@ -32,6 +32,12 @@ pub enum CtlError {
     Malformed { len: usize, why: String },
     #[error("client speaks protocol {client}, valed speaks {daemon}; use matching versions")]
     Version { client: u32, daemon: u32 },
+    /// A reply too large for one message, to a client that cannot ask for pages.
+    #[error(
+        "the {what} does not fit in one message and this client (control protocol 2) cannot \
+         read it in pages; use a vale-ctl and client library of protocol {daemon}"
+    )]
+    Unpaged { what: &'static str, daemon: u32 },
     #[error("this connection already holds a port; open another connection")]
     AlreadyHolding,
     /// Only root or valed's own user may do `what`.
@@ -89,7 +95,7 @@ impl CtlError {
             CtlError::Malformed { .. } | CtlError::AlreadyHolding | CtlError::BadRequest(_) => {
                 ErrorKind::BadRequest
             }
-            CtlError::Version { .. } => ErrorKind::Version,
+            CtlError::Version { .. } | CtlError::Unpaged { .. } => ErrorKind::Version,
             CtlError::Permission { .. } | CtlError::NotOwner { .. } => ErrorKind::Permission,
             CtlError::BadName(_) => ErrorKind::BadName,
             CtlError::Exists(_) => ErrorKind::Exists,
@@ -188,6 +194,15 @@ mod tests {
                 },
                 ErrorKind::Version,
                 "client speaks protocol 9, valed speaks 1; use matching versions",
+            ),
+            (
+                CtlError::Unpaged {
+                    what: "list",
+                    daemon: 3,
+                },
+                ErrorKind::Version,
+                "the list does not fit in one message and this client (control protocol 2) \
+                 cannot read it in pages; use a vale-ctl and client library of protocol 3",
             ),
             (
                 CtlError::Permission {

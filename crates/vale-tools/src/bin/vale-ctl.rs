@@ -195,10 +195,13 @@ fn run(args: &Args) -> Result<(), String> {
     };
     match cmd {
         Cmd::List => {
-            let r = call(args, &Request::List)?;
+            let r = call(args, &Request::List { page: None })?;
             if args.json {
                 print_json(&r);
-            } else if let Response::List { switches, hosts } = r {
+            } else if let Response::List {
+                switches, hosts, ..
+            } = r
+            {
                 if switches.is_empty() {
                     println!("no switches (a switch appears when a client opens vale<sw>:<port>)");
                 }
@@ -258,10 +261,16 @@ fn run(args: &Args) -> Result<(), String> {
             }
         }
         Cmd::Stats { port } => {
-            let r = call(args, &Request::Stats { port: port.clone() })?;
+            let r = call(
+                args,
+                &Request::Stats {
+                    port: port.clone(),
+                    page: None,
+                },
+            )?;
             if args.json {
                 print_json(&r);
-            } else if let Response::Stats { ports } = r {
+            } else if let Response::Stats { ports, .. } = r {
                 for p in ports {
                     let c = &p.counters;
                     println!("{} (port_idx {})", p.name, p.index);
@@ -284,6 +293,7 @@ fn run(args: &Args) -> Result<(), String> {
                 args,
                 &Request::Fdb {
                     switch: switch.clone(),
+                    page: None,
                 },
             )?;
             if args.json {
@@ -292,6 +302,7 @@ fn run(args: &Args) -> Result<(), String> {
                 switch,
                 entries,
                 counters,
+                ..
             } = r
             {
                 println!("{switch}: {} learned addresses", entries.len());
@@ -389,9 +400,10 @@ fn run(args: &Args) -> Result<(), String> {
                 args,
                 &Request::Stats {
                     port: Some(s.monitor.name().to_string()),
+                    page: None,
                 },
             ) {
-                Ok(Response::Stats { ports }) => ports
+                Ok(Response::Stats { ports, .. }) => ports
                     .iter()
                     .find(|p| p.index == s.monitor.index())
                     .and_then(|p| p.counters.drops.get("ring_full").copied()),
@@ -419,7 +431,7 @@ fn run(args: &Args) -> Result<(), String> {
 
 /// netmap's vale-ctl with no arguments: `vale0:a bridge_idx 0 port_idx 0`, a line a port.
 fn list_netmap(args: &Args) -> Result<(), String> {
-    let r = call(args, &Request::List)?;
+    let r = call(args, &Request::List { page: None })?;
     if args.json {
         print_json(&r);
     } else if let Response::List { switches, .. } = r {
@@ -434,7 +446,7 @@ fn list_netmap(args: &Args) -> Result<(), String> {
 
 /// netmap's `vale-ctl -l vale0:a`.
 fn list_one(args: &Args, name: &str) -> Result<(), String> {
-    let Response::List { switches, .. } = call(args, &Request::List)? else {
+    let Response::List { switches, .. } = call(args, &Request::List { page: None })? else {
         return Err("unexpected answer from valed".into());
     };
     for s in &switches {

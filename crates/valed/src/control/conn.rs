@@ -1,5 +1,11 @@
 //! Client connections: accepting them, reading one request at a time, replying (with
 //! descriptors), and releasing the port a connection held when it closes.
+//!
+//! Sockets are non-blocking, so no client holds up the control thread. A reply is one
+//! `SOCK_SEQPACKET` message, sent whole or not at all (no partial sends); one the
+//! socket has no room for yet waits in its connection, which then reads no further
+//! request until the reply is out (the socket says when it is writable). So a client
+//! that does not read costs one reply's memory, never more, and only it waits.
 
 use super::{Control, CtlToken};
 use crate::error::CtlError;
@@ -7,7 +13,7 @@ use rustix::event::epoll;
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::net::SocketFlags;
 use std::collections::HashMap;
-use vale::proto::{Request, Response};
+use vale::proto::{self, Request, Response};
 use vale_switch::PortKey;
 
 /// A port a connection holds open: the lane it lives on, and its key there.
@@ -38,6 +44,23 @@ pub struct Conn {
     /// When it connected, until its first request (then `None`): a connection that
     /// stays silent is closed after the handshake timeout.
     pub silent_since: Option<std::time::Instant>,
+    /// Largest message its socket sends (a message must fit in the send buffer whole).
+    pub max_msg: usize,
+    /// Bytes of a page of a paged reply: half the send buffer at most, so that a page
+    /// still unread leaves room for the next.
+    pub page_bytes: usize,
+    /// The reply waiting for room in the socket.
+    pending: Option<Outgoing>,
+}
+
+/// Replies longer than this that the socket refuses as too large are answered with an
+/// error saying so (itself shorter).
+const TOO_LARGE_LEN: usize = 512;
+
+/// A reply encoded, with its descriptors.
+struct Outgoing {
+    bytes: Vec<u8>,
+    fds: Vec<OwnedFd>,
 }
 
 impl Conn {
@@ -115,6 +138,11 @@ impl Control {
                         }
                         _ => Vec::new(),
                     };
+                    // Linux refuses (EMSGSIZE) a unix datagram longer than the send
+                    // buffer less 32 bytes.
+                    let sndbuf = rustix::net::sockopt::socket_send_buffer_size(&fd)
+                        .unwrap_or(proto::PAGE_BYTES * 2);
+                    let max_msg = sndbuf.saturating_sub(64).min(proto::MAX_MSG);
                     self.conns.by_id.insert(
                         id,
                         Conn {
@@ -123,6 +151,9 @@ impl Control {
                             gids,
                             port: None,
                             silent_since: Some(std::time::Instant::now()),
+                            max_msg,
+                            page_bytes: (sndbuf / 2).min(proto::PAGE_BYTES),
+                            pending: None,
                         },
                     );
                 }
@@ -191,7 +222,15 @@ impl Control {
         })
     }
 
-    pub(super) fn readable(&mut self, id: u64, buf: &mut [u8]) {
+    /// Connection `id` is readable (a request) or, while a reply waits, writable.
+    pub(super) fn ready(&mut self, id: u64, buf: &mut [u8]) {
+        match self.conns.get_mut(id).and_then(|c| c.pending.take()) {
+            Some(out) => self.send(id, out, true),
+            None => self.readable(id, buf),
+        }
+    }
+
+    fn readable(&mut self, id: u64, buf: &mut [u8]) {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
@@ -216,24 +255,64 @@ impl Control {
             }),
         };
         let reply = reply.unwrap_or_else(|e| Reply::from(Response::from(e)));
-        self.reply(id, &reply);
+        match serde_json::to_vec(&reply.resp) {
+            Ok(bytes) => self.send(
+                id,
+                Outgoing {
+                    bytes,
+                    fds: reply.fds,
+                },
+                false,
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot encode a response"),
+        }
     }
 
-    fn reply(&mut self, id: u64, reply: &Reply) {
-        let Some(conn) = self.conns.get(id) else {
+    /// Sends `out`, or keeps it until the socket has room, reading nothing more from the
+    /// connection meanwhile. `parked`: it was kept before (the connection waits for
+    /// room, not for requests).
+    fn send(&mut self, id: u64, out: Outgoing, parked: bool) {
+        let Some(conn) = self.conns.by_id.get_mut(&id) else {
             return;
         };
-        let bytes = match serde_json::to_vec(&reply.resp) {
-            Ok(b) => b,
+        let borrowed: Vec<_> = out.fds.iter().map(|f| f.as_fd()).collect();
+        let sent = vale::sock::send(conn.fd.as_fd(), &out.bytes, &borrowed);
+        drop(borrowed);
+        let watch = match sent {
+            Ok(()) => parked.then_some(epoll::EventFlags::IN),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                conn.pending = Some(out);
+                if !parked {
+                    tracing::debug!(conn = id, "client is not reading: its reply waits");
+                }
+                (!parked).then_some(epoll::EventFlags::OUT)
+            }
+            Err(e)
+                if e.raw_os_error() == Some(rustix::io::Errno::MSGSIZE.raw_os_error())
+                    && out.bytes.len() > TOO_LARGE_LEN =>
+            {
+                let (len, max) = (out.bytes.len(), conn.max_msg);
+                let resp = Response::from(CtlError::Internal(format!(
+                    "the reply is {len} bytes, more than this connection's socket sends in \
+                     one message ({max})"
+                )));
+                if let Ok(bytes) = serde_json::to_vec(&resp) {
+                    let fds = Vec::new();
+                    return self.send(id, Outgoing { bytes, fds }, parked);
+                }
+                return self.disconnect(id);
+            }
             Err(e) => {
-                tracing::error!(error = %e, "cannot encode a response");
-                return;
+                tracing::debug!(conn = id, "reply failed: {e}");
+                return self.disconnect(id);
             }
         };
-        let borrowed: Vec<_> = reply.fds.iter().map(|f| f.as_fd()).collect();
-        if let Err(e) = vale::sock::send(conn.fd.as_fd(), &bytes, &borrowed) {
-            tracing::debug!(conn = id, "reply failed: {e}");
-            self.disconnect(id);
+        if let Some(flags) = watch {
+            let data = epoll::EventData::new_u64(CtlToken::Conn(id).into_u64());
+            if let Err(e) = epoll::modify(&self.ep, &conn.fd, data, flags) {
+                tracing::warn!(conn = id, error = %e, "cannot watch a connection");
+                self.disconnect(id);
+            }
         }
     }
 

@@ -78,15 +78,32 @@ impl Control {
                     None => Err(CtlError::BadRequest("this connection holds no port".into())),
                 }
             }
-            Request::List => {
-                let switches = query::snapshot(&self.ports, self.settings.limits.batch);
-                Ok(query::list(&switches, self.hosts.info()).into())
+            Request::List { page } => {
+                let ask = self.page_ask(id, page)?;
+                let (after, ports_done) = ask.port_after("list")?;
+                let ports = query::ports_after(&self.ports, after)
+                    .take(if ports_done { 0 } else { usize::MAX })
+                    .map(query::snap);
+                let hosts = self.hosts.info_after(ask.host_after());
+                let batch = self.settings.limits.batch;
+                let r = query::list_page(ports, hosts, batch, ask.budget);
+                ask.answer("list", r).map(Reply::from)
             }
-            Request::Stats { port } => {
-                let switches = query::snapshot(&self.ports, self.settings.limits.batch);
-                query::stats(&switches, port.as_deref()).map(Reply::from)
+            Request::Stats { port, page } => {
+                let ask = self.page_ask(id, page)?;
+                let (after, _) = ask.port_after("stats")?;
+                let ports = query::ports_after(&self.ports, after)
+                    .filter(|(_, e)| port.as_deref().is_none_or(|n| n == e.name))
+                    .map(query::snap);
+                let first = ask.after.is_none();
+                let r = query::stats_page(ports, port.as_deref(), first, ask.budget)?;
+                ask.answer("stats", r).map(Reply::from)
             }
-            Request::Fdb { switch } => query::fdb(&self.ports, &switch).map(Reply::from),
+            Request::Fdb { switch, page } => {
+                let ask = self.page_ask(id, page)?;
+                let r = query::fdb_page(&self.ports, &switch, ask.fdb_after()?, ask.budget)?;
+                ask.answer("fdb", r).map(Reply::from)
+            }
             Request::Set { key, value } => self.set(&key, &value).map(done)?,
             Request::Settings => {
                 Ok(query::settings(&self.settings, self.ports.lanes().len()).into())
@@ -115,6 +132,17 @@ impl Control {
                 .create(&port, &PortSpec::VhostUser { socket, client })
                 .map(done)?,
         }
+    }
+
+    /// A paged request's page, sized for connection `id`'s socket.
+    fn page_ask(&self, id: u64, page: Option<proto::Page>) -> Result<query::PageAsk, CtlError> {
+        let (page_bytes, max_msg) = self
+            .conns
+            .get(id)
+            .map_or((proto::PAGE_BYTES, proto::PAGE_BYTES), |c| {
+                (c.page_bytes, c.max_msg)
+            });
+        query::PageAsk::new(page, page_bytes, max_msg)
     }
 
     fn open(
@@ -291,7 +319,7 @@ mod tests {
             r#"{"op":"stats"}"#,
             r#"{"op":"fdb","switch":"vale0"}"#,
             r#"{"op":"settings"}"#,
-            r#"{"op":"open","version":2,"name":"vale0:a"}"#,
+            r#"{"op":"open","version":3,"name":"vale0:a"}"#,
         ] {
             let r: Request = serde_json::from_str(j).unwrap();
             assert!(!touches_host(&r), "{j}");

@@ -61,24 +61,24 @@ impl HostPorts {
             .map(|(n, _)| (n.as_str(), true))
     }
 
-    /// What `vale-ctl list` shows of each host port.
-    pub fn info(&self) -> Vec<HostInfo> {
-        self.by_name
-            .iter()
-            .map(|(n, h)| {
-                let status = h.backend.status();
-                HostInfo {
-                    name: n.clone(),
-                    kind: h.backend.kind().to_string(),
-                    attached: h.attached.as_ref().map(|a| a.port.clone()),
-                    waiting: (h.attached.is_none() && status.waiting)
-                        .then(|| h.port.clone())
-                        .flatten(),
-                    gone: status.gone || h.counters.gone.load(std::sync::atomic::Ordering::Relaxed),
-                    counters: h.counters.snapshot(),
-                }
-            })
-            .collect()
+    /// What `vale-ctl list` shows of each host port after `after`, by name; each is read
+    /// (its counters) only when the iterator reaches it.
+    pub fn info_after<'a>(&'a self, after: Option<&str>) -> impl Iterator<Item = HostInfo> + 'a {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_string()));
+        self.by_name.range((from, Bound::Unbounded)).map(|(n, h)| {
+            let status = h.backend.status();
+            HostInfo {
+                name: n.clone(),
+                kind: h.backend.kind().to_string(),
+                attached: h.attached.as_ref().map(|a| a.port.clone()),
+                waiting: (h.attached.is_none() && status.waiting)
+                    .then(|| h.port.clone())
+                    .flatten(),
+                gone: status.gone || h.counters.gone.load(std::sync::atomic::Ordering::Relaxed),
+                counters: h.counters.snapshot(),
+            }
+        })
     }
 }
 

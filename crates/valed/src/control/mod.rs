@@ -137,7 +137,7 @@ impl Control {
             for ev in events.clone() {
                 match CtlToken::from_u64(ev.data.u64()) {
                     Some(CtlToken::Listener) => self.accept(listener),
-                    Some(CtlToken::Conn(id)) => self.readable(id, &mut buf),
+                    Some(CtlToken::Conn(id)) => self.ready(id, &mut buf),
                     Some(CtlToken::Host(id)) => self.host_ready(id),
                     None => {}
                 }

@@ -55,16 +55,23 @@ struct Layers {
     v6: bool,
 }
 
-/// The layers of a TCP frame, one 802.1Q/ad tag allowed. The checked views make sure
-/// every header, options included, lies inside the frame, so `resolve` may index them.
+/// Most tags in front of the IP header of a frame to segment: QinQ's S-tag and C-tag
+/// (a QinQ super-frame from an attached interface has both: valed puts back the outer
+/// tag the kernel takes out).
+const MAX_TAGS: usize = 2;
+
+/// The layers of a TCP frame, up to [`MAX_TAGS`] 802.1Q/ad tags allowed. The checked
+/// views make sure every header, options included, lies inside the frame, so `resolve`
+/// may index them.
 fn tcp_layers(f: &[u8]) -> Result<Layers, OffloadError> {
     let m = |_| OffloadError::Malformed;
     let eth = ethernet::Frame::new_checked(f).map_err(m)?;
     let (mut l3, mut et) = (ethernet::HEADER_LEN, eth.ethertype());
-    if et.is_vlan() {
-        et = vlan::Tag::new_checked(eth.payload())
-            .map_err(m)?
-            .ethertype();
+    for _ in 0..MAX_TAGS {
+        if !et.is_vlan() {
+            break;
+        }
+        et = vlan::Tag::new_checked(&f[l3..]).map_err(m)?.ethertype();
         l3 += vlan::HEADER_LEN;
     }
     let (l4, proto, v6) = match et {
@@ -259,6 +266,48 @@ mod tests {
             data.extend_from_slice(&s[54..]);
         }
         assert_eq!(data, big[54..].to_vec(), "payload preserved in order");
+    }
+
+    /// `f` with `tags` (TPID, TCI; outermost first) after its addresses.
+    fn tagged(f: &[u8], tags: &[(u16, u16)]) -> Vec<u8> {
+        let mut t = f[..12].to_vec();
+        for (tpid, tci) in tags {
+            t.extend_from_slice(&tpid.to_be_bytes());
+            t.extend_from_slice(&tci.to_be_bytes());
+        }
+        t.extend_from_slice(&f[12..]);
+        t
+    }
+
+    #[test]
+    fn tso_keeps_one_or_two_tags_on_every_segment_and_refuses_three() {
+        let plain = tcp4(3000, 0x18);
+        let h = VnetHdr {
+            gso_type: GSO_TCPV4,
+            gso_size: 1448,
+            ..Default::default()
+        };
+        let c_tag = (0x8100, 0x600a);
+        let s_tag = (0x88a8, 100);
+        for tags in [&[c_tag][..], &[s_tag, c_tag]] {
+            let big = tagged(&plain, tags);
+            let hl = 12 + 4 * tags.len();
+            let mut segs = Vec::new();
+            resolve(&h, &big, &mut Vec::new(), |s| segs.push(s.to_vec())).unwrap();
+            assert_eq!(segs.len(), 3, "{} tags", tags.len());
+            let mut data = Vec::new();
+            for s in &segs {
+                assert_eq!(s[..hl], big[..hl], "addresses and tags");
+                assert!(valid(s));
+                data.extend_from_slice(&s[hl + 42..]);
+            }
+            assert_eq!(data, plain[54..]);
+        }
+        let three = tagged(&plain, &[s_tag, s_tag, c_tag]);
+        assert_eq!(
+            resolve(&h, &three, &mut Vec::new(), |_| {}),
+            Err(OffloadError::Malformed)
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! A real valed per test, on its own socket, stopped (and checked) at the end.
 #![allow(dead_code)]
 
+pub mod wire;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

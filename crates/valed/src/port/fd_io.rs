@@ -27,9 +27,10 @@ pub fn fresh_tx(rings: &PortRings) -> u32 {
     need
 }
 
-/// Descriptor -> TX ring: up to a burst of frames (one per read, the way TAP devices,
-/// packet and datagram sockets deliver them), each copied into as many slots as it
-/// needs, then published. Returns the frames read and how the loop ended.
+/// Descriptor -> TX ring: up to a burst of frames (one per read, the way TAP devices
+/// and datagram sockets deliver them), each copied into as many slots as it needs,
+/// then published. Returns the frames read and how the loop ended. (An attached
+/// interface's packet socket has its own reader, which puts back the VLAN tag.)
 pub fn read_frames(
     dev: &OwnedFd,
     rings: &PortRings,

@@ -2,7 +2,8 @@
 //! shares with the kernel. Here: `Mmap`, the one mapping type, and `setsockopt_at`.
 //!
 //! - `tun`: TAP devices (the TUN ioctls);
-//! - `packet`: AF_PACKET sockets (`sockaddr_ll`, `PACKET_*` options) and the
+//! - `packet`: AF_PACKET sockets (`sockaddr_ll`, `PACKET_*` options), `recvmsg` with
+//!   `PACKET_AUXDATA` (the VLAN tag the kernel took out of a frame) and the
 //!   TPACKET_V2 receive ring;
 //! - `xdp`: AF_XDP sockets, their UMEM and rings;
 //! - `bpf`: bpf(2) commands and the XDP program;
@@ -26,7 +27,7 @@ mod unix;
 pub mod xdp;
 
 pub use iov::{with_slices, write_frags};
-pub use packet::{PACKET_VNET_HDR_LEN, PacketRing, RingFrame, packet_socket};
+pub use packet::{PACKET_VNET_HDR_LEN, PacketRing, RingFrame, packet_socket, recv_frame};
 pub use tun::{TAP_VNET_HDR, tap_create};
 pub use unix::{
     check_ifname, dgram_bind, if_index, readable_within, stream_connect, stream_listen,

@@ -1597,3 +1597,117 @@ fn a_connection_that_says_nothing_is_closed_after_the_handshake_timeout() {
     assert!(d.ports().contains(&"vale0:a".into()));
     assert!(wait_for(2.0, || d.counter("vale0:a", "tx_packets") == 1));
 }
+
+/// A uid other than root's and valed's own has a share of the ports and of their memory,
+/// and may not watch other clients' traffic; root is held to the total only.
+#[test]
+fn a_uid_is_held_to_its_share_of_ports_and_memory_and_may_not_watch_others() {
+    if !rustix::process::geteuid().is_root() {
+        skip("the quota test needs root (to act as another uid)");
+        return;
+    }
+    if !have("setpriv", "util-linux", "the quota test") {
+        return;
+    }
+    let open_as = |d: &Daemon, uid: u32, port: &str| {
+        as_uid(d, uid, &[], PKT_GEN)
+            .args(["-i", port, "-f", "tx", "-n", "1", "-l", "60"])
+            .output()
+            .unwrap()
+    };
+    let hold_as = |d: &Daemon, uid: u32, port: &str| {
+        let c = as_uid(d, uid, &[], PKT_GEN)
+            .args(["-i", port, "-f", "rx", "--duration", "20"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let p = port.to_string();
+        assert!(wait_for(5.0, || d.ports().contains(&p)), "{port} opened");
+        c
+    };
+    let open_mode = |d: &Daemon| {
+        let _ =
+            std::fs::set_permissions(&d.dir, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+    };
+
+    // Ports per uid: two held, the third refused naming the limit; root is not counted.
+    let d = Daemon::start(
+        "quota",
+        &["--socket-mode", "0666", "--max-ports-per-uid", "2"],
+    );
+    open_mode(&d);
+    let mut held = vec![hold_as(&d, 65534, "vale0:a"), hold_as(&d, 65534, "vale0:b")];
+    let o = open_as(&d, 65534, "vale0:c");
+    assert!(!o.status.success(), "a third port for uid 65534");
+    assert!(
+        stderr_of(&o).contains("uid 65534 has 2 ports, its limit (--max-ports-per-uid 2)"),
+        "{}",
+        stderr_of(&o)
+    );
+    assert!(!d.ports().contains(&"vale0:c".into()));
+    let o = open_as(&d, 0, "vale0:c");
+    assert!(o.status.success(), "root: {}", stderr_of(&o));
+    // Its own ports it may still open again, and a closed one gives its place back.
+    let o = open_as(&d, 65534, "vale0:a");
+    assert!(o.status.success(), "its own port: {}", stderr_of(&o));
+    let mut first = held.remove(0);
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(wait_for(5.0, || !d.ports().contains(&"vale0:a".into())));
+    let o = open_as(&d, 65534, "vale0:c2");
+    assert!(o.status.success(), "a freed place: {}", stderr_of(&o));
+    // Monitors and captures are root's: they see other clients' traffic.
+    let o = open_as(&d, 65534, "vale0:b/rt");
+    assert!(!o.status.success(), "uid 65534 monitored a port");
+    assert!(
+        stderr_of(&o).contains("monitors see other clients' traffic"),
+        "{}",
+        stderr_of(&o)
+    );
+    let o = as_uid(&d, 65534, &[], "timeout")
+        .args(["5", VALE_CTL, "capture", "vale0:b", "-c", "1"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "uid 65534 captured a port");
+    assert!(
+        stderr_of(&o).contains("only root or valed's own user"),
+        "{}",
+        stderr_of(&o)
+    );
+    for mut c in held {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    // Memory per uid: a port bigger than the uid's share is refused, root's is not.
+    let d = Daemon::start(
+        "quota-mem",
+        &[
+            "--socket-mode",
+            "0666",
+            "--max-port-memory-per-uid-mib",
+            "1",
+        ],
+    );
+    open_mode(&d);
+    let o = open_as(&d, 65534, "vale0:big");
+    assert!(!o.status.success(), "uid 65534 went over its memory");
+    assert!(
+        stderr_of(&o).contains("over its limit (--max-port-memory-per-uid-mib 1)"),
+        "{}",
+        stderr_of(&o)
+    );
+    let o = open_as(&d, 0, "vale0:big");
+    assert!(o.status.success(), "root: {}", stderr_of(&o));
+
+    // Memory in all: root too.
+    let d = Daemon::start("quota-all", &["--max-port-memory-mib", "1"]);
+    let o = open_as(&d, 0, "vale0:big");
+    assert!(!o.status.success(), "root went over the total");
+    assert!(
+        stderr_of(&o).contains("over its limit (--max-port-memory-mib 1)"),
+        "{}",
+        stderr_of(&o)
+    );
+    assert!(d.ports().is_empty(), "{:?}", d.ports());
+}

@@ -5,3 +5,4 @@
 #![cfg_attr(not(test), allow(dead_code))]
 
 pub mod handshake;
+pub mod ring;

@@ -240,6 +240,9 @@ impl<F> Handshake<F> {
                 r.log2_size, self.offer.max_log2
             ));
         }
+        if r.offset % 4 != 0 {
+            return refuse(format!("ring offset {} is not 4-byte aligned", r.offset));
+        }
         let end = u64::from(r.offset) + self.layout.ring_bytes(r.log2_size);
         if end > region.size {
             return refuse(format!(
@@ -466,7 +469,7 @@ mod tests {
             h
         };
         let k = || Known::Unknown;
-        let cases: [(Msg, Option<u32>, &str); 9] = [
+        let cases: [(Msg, Option<u32>, &str); 10] = [
             (region(1, 100), None, "Missing region fd"),
             (
                 region(2, 100),
@@ -487,9 +490,14 @@ mod tests {
             ),
             (ring(true, 0, 0, 0, 13), Some(2), "ring of 2^13 slots"),
             (
-                ring(true, 0, 0, 16_513, 10),
+                ring(true, 0, 0, 16_516, 10),
                 Some(2),
-                "ring at 16513..33025 outside region 0",
+                "ring at 16516..33028 outside region 0",
+            ),
+            (
+                ring(true, 0, 0, 2, 4),
+                Some(2),
+                "ring offset 2 is not 4-byte aligned",
             ),
             (
                 Msg::Connect {

@@ -186,9 +186,10 @@ impl C2s {
         self.ring.ahead(regions, self.next, "C2S head")
     }
 
-    /// Up to `max` frames, each copied into `frame` (cleared first) and handed to
-    /// `take`, which returns false to stop before the next. Frames with a bad descriptor
-    /// or too long a chain are skipped and counted. The buffers go back to the client
+    /// Up to `max` frames, each copied into `frame` (cleared first) and offered to
+    /// `take`, which returns false when it has no room for it: the frame then stays in
+    /// the ring for the next call, and this one ends. Frames with a bad descriptor or too
+    /// long a chain are skipped and counted. The buffers taken go back to the client
     /// (`tail` moves) at the end.
     pub fn recv(
         &mut self,
@@ -240,15 +241,12 @@ impl C2s {
                     break;
                 }
             }
-            self.next = self.next.wrapping_add(used);
-            left -= used;
-            if bad {
-                continue;
-            }
-            n += 1;
-            if !take(frame) {
+            if !bad && !take(frame) {
                 break;
             }
+            self.next = self.next.wrapping_add(used);
+            left -= used;
+            n += usize::from(!bad);
         }
         self.ring.set_tail(regions, self.next)?;
         Ok(n)
@@ -548,6 +546,14 @@ mod tests {
         assert_eq!(recv_all(&mut c2s, &c, &mut r), vec![small, big]);
         assert_eq!(r, Refused::default());
         assert_eq!(c.c2s_tail(), 5, "buffers returned");
+        // A frame the taker has no room for stays for the next call.
+        c.send(&[7u8; 60]);
+        let mut scratch = Vec::new();
+        let n = c2s
+            .recv(&c.mem, 64, 65_536, &mut scratch, &mut r, |_| false)
+            .unwrap();
+        assert_eq!((n, c.c2s_tail()), (0, 5));
+        assert_eq!(recv_all(&mut c2s, &c, &mut r), vec![vec![7u8; 60]]);
         // Around the ring's end, many times.
         for i in 0..100u32 {
             let f = vec![i as u8; 60 + (i as usize * 37) % 600];

@@ -578,6 +578,7 @@ mod tests {
             attached: None,
             waiting: None,
             gone: false,
+            about: String::new(),
             counters: Default::default(),
         }
     }

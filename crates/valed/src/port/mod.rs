@@ -176,7 +176,7 @@ pub struct Status {
 /// The control-plane half of one port kind.
 pub trait Backend: Send {
     /// The kind as `vale-ctl list` prints it: "tap", "nic", "nic-xdp", "qemu-dgram",
-    /// "qemu-stream", "vhost-user".
+    /// "qemu-stream", "vhost-user", "memif".
     fn kind(&self) -> &'static str;
     fn attach(&self) -> Attach;
     /// Ring shape; every kind today takes [`host_geometry`].
@@ -194,9 +194,14 @@ pub trait Backend: Send {
     fn persistent(&self) -> bool {
         false
     }
-    /// A socket file valed made for this port (no other port may use it).
+    /// A socket file valed made for this port (no other port may use it, unless both
+    /// [`share`](Backend::shares_socket) it).
     fn socket(&self) -> Option<&Path> {
         None
+    }
+    /// Ports of this kind may serve on one socket together (memif: one id each).
+    fn shares_socket(&self) -> bool {
+        false
     }
     /// A descriptor the control thread watches for this port.
     fn control_fd(&self) -> Option<BorrowedFd<'_>> {
@@ -237,6 +242,18 @@ pub fn create(
             socket,
             *client,
             private_dir,
+        )?),
+        PortSpec::Memif {
+            socket,
+            abstract_name,
+            id,
+            secret,
+        } => Box::new(memif::Memif::create(
+            name,
+            socket,
+            *abstract_name,
+            *id,
+            secret.as_deref().unwrap_or(""),
         )?),
     })
 }

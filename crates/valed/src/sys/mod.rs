@@ -23,8 +23,6 @@ use std::io;
 pub mod bpf;
 mod iov;
 mod packet;
-// Mapped by the memif backend, which is being written (port/memif).
-#[cfg_attr(not(test), allow(dead_code))]
 pub mod peer;
 mod tun;
 mod unix;

@@ -121,10 +121,17 @@ impl Helper {
             }
             None => d.cmd(me.to_str().unwrap()),
         };
-        c.args([name, "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
-            .env("HOSTILE_CHILD", name)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
+        c.args([
+            name,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("HOSTILE_CHILD", name)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
         for (k, v) in env {
             c.env(k, v);
         }
@@ -178,7 +185,12 @@ fn wait_for_release() {
 
 /// Runs `bin args` as uid/gid 65534 through setpriv.
 fn as_nobody() -> [&'static str; 4] {
-    ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ]
 }
 
 /// Whether the checks that act as another uid can run here (root and setpriv).

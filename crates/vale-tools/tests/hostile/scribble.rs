@@ -71,7 +71,8 @@ fn scribble_rings(rng: &mut Rng, region: &Region) {
         (Dir::Rx, g.rx_rings, g.rx_slots),
     ] {
         for r in 0..rings {
-            let (Some(ring), Some(sync)) = (layout.ring_offset(dir, r), layout.sync_block_offset(dir, r))
+            let (Some(ring), Some(sync)) =
+                (layout.ring_offset(dir, r), layout.sync_block_offset(dir, r))
             else {
                 continue;
             };
@@ -140,10 +141,7 @@ fn child_scribbler() {
         // The library's syncs publish the scribbled head/cur and kick when asked.
         let _ = port.txsync();
         let _ = port.rxsync();
-        let _ = port.poll(
-            vale::Interest { rx: true, tx: true },
-            Some(Duration::ZERO),
-        );
+        let _ = port.poll(vale::Interest { rx: true, tx: true }, Some(Duration::ZERO));
         passes += 1;
     }
     println!("HOSTILE passes {passes}");
@@ -224,13 +222,25 @@ fn a_client_scribbling_over_its_region_hurts_only_itself() {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         (tx, rx.join().unwrap())
     });
-    assert!(tx.status.success(), "tx: {}", String::from_utf8_lossy(&tx.stderr));
+    assert!(
+        tx.status.success(),
+        "tx: {}",
+        String::from_utf8_lossy(&tx.stderr)
+    );
     let passes = scribbler.report();
     let sent = sent_of(&stdout_of(&tx));
-    assert!(d.alive(), "valed survived the scribbler ({seed}): {}", d.log());
+    assert!(
+        d.alive(),
+        "valed survived the scribbler ({seed}): {}",
+        d.log()
+    );
     let s = d.ctl_json(&["stats", "vale0:s"]);
     let c = &s["ports"][0]["counters"];
-    let n = |k: &str| c[k].as_u64().or_else(|| c["drops"][k].as_u64()).unwrap_or(0);
+    let n = |k: &str| {
+        c[k].as_u64()
+            .or_else(|| c["drops"][k].as_u64())
+            .unwrap_or(0)
+    };
     let said = [
         "bad_buf",
         "bad_len",
@@ -262,7 +272,10 @@ fn a_client_scribbling_over_its_region_hurts_only_itself() {
         after,
     );
     assert_eq!(sent, SENT, "the bystander sender sent everything");
-    assert_eq!(ours, sent, "the bystander receiver got every frame of the sender");
+    assert_eq!(
+        ours, sent,
+        "the bystander receiver got every frame of the sender"
+    );
     for k in ["bad_buf", "bad_len", "bad_frag", "bad_rx_buf"] {
         assert!(n(k) > 0, "the scribbler's {k} drops are counted: {c}");
     }

@@ -7,6 +7,10 @@ use vale_abi::{Dir, Region};
 
 const A: [u8; 6] = [2, 0, 0, 0, 0x5c, 0xa];
 const B: [u8; 6] = [2, 0, 0, 0, 0x5c, 0xb];
+/// The source of b's frames to the scribbler. Not B: the scribbler's TX slots may name
+/// the buffers its RX ring received them in and send them again, and the learning bridge
+/// would then rightly move B to the scribbler's port (a client may claim any address).
+const B2: [u8; 6] = [2, 0, 0, 0, 0x5c, 0xb2];
 const BCAST: [u8; 6] = [0xff; 6];
 const SCRIBBLE_SECS: f64 = 3.0;
 /// The bystanders' pace: well within what a debug-build receiver follows on a busy
@@ -159,7 +163,7 @@ fn receive(b: &vale::Port, stop: &std::sync::atomic::AtomicBool) -> (u64, u64) {
     loop {
         if !stop.load(std::sync::atomic::Ordering::Relaxed)
             && flooded.elapsed() > Duration::from_millis(5)
-            && b.inject(&frame(BCAST, B, 1))
+            && b.inject(&frame(BCAST, B2, 1))
         {
             b.txsync().unwrap();
             flooded = std::time::Instant::now();
@@ -260,11 +264,14 @@ fn a_client_scribbling_over_its_region_hurts_only_itself() {
     );
     let after = settled(&d);
     let b_ring_full = d.counter("vale0:b", "ring_full");
+    let fdb = d.ctl_json(&["fdb", "vale0"]);
+    let moves = fdb["counters"]["moves"].as_u64().unwrap_or(0);
     figure(
         "scribbler",
         &format!(
             "{passes} scribbles of every field ({seed}); scribbler counters: {said}, \
-             forwarded {}; b also got {foreign} frames its garbage made valid",
+             forwarded {}; b also got {foreign} frames its garbage made valid; \
+             fdb moves {moves}",
             n("forwarded")
         ),
         &format!("bystander sent {sent}, received {ours}, b ring_full {b_ring_full}"),

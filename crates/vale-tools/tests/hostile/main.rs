@@ -19,7 +19,7 @@ mod scribble;
 
 use common::*;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout, Stdio};
 use std::time::Duration;
 
 /// The scenarios measure CPU, descriptors and loss: one at a time on a 2-core machine.
@@ -82,7 +82,7 @@ impl Rng {
         self.0
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -91,12 +91,12 @@ impl Rng {
 
     /// A number below `n` (`n` > 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u64() % n
     }
 
     pub fn fill(&mut self, buf: &mut [u8]) {
         for c in buf.chunks_mut(8) {
-            let v = self.next().to_ne_bytes();
+            let v = self.next_u64().to_ne_bytes();
             c.copy_from_slice(&v[..c.len()]);
         }
     }
@@ -205,18 +205,6 @@ fn can_be_nobody(what: &str) -> bool {
     have("setpriv", "util-linux", what)
 }
 
-/// Waits for a command's child to exit, killing it after `secs`.
-fn wait_or_kill(c: &mut Child, secs: f64) {
-    if !wait_for(secs, || c.try_wait().ok().flatten().is_some()) {
-        let _ = c.kill();
-    }
-    let _ = c.wait();
-}
-
 fn ctl_ok(d: &Daemon) -> bool {
     d.ctl(&["list"]).status.success()
-}
-
-fn command_of(bin: &str) -> Command {
-    Command::new(bin)
 }

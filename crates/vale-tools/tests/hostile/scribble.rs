@@ -22,7 +22,7 @@ const SENT: u64 = 20_000;
 /// deeper paths see plausible input), often just past it, sometimes anything at all.
 fn plausible(rng: &mut Rng, n: u32) -> u32 {
     match rng.below(8) {
-        0 | 1 => rng.next() as u32,
+        0 | 1 => rng.next_u64() as u32,
         2 => n.wrapping_add(rng.below(4) as u32),
         _ => rng.below(n.max(1) as u64) as u32,
     }
@@ -45,12 +45,12 @@ fn scribble_slots(rng: &mut Rng, region: &Region, slots_at: usize, nslots: u32) 
         };
         for k in 0..chain.min(nslots - i) {
             let last = k + 1 == chain;
-            let mut flags = rng.next() as u16;
+            let mut flags = rng.next_u64() as u16;
             if rng.below(2) == 0 {
                 flags = if last { 0 } else { NS_MOREFRAG };
             }
             let len = if rng.below(4) == 0 {
-                rng.next() as u16
+                rng.next_u64() as u16
             } else {
                 plausible(rng, bsz + 1) as u16
             };
@@ -58,7 +58,7 @@ fn scribble_slots(rng: &mut Rng, region: &Region, slots_at: usize, nslots: u32) 
             slot[..4].copy_from_slice(&plausible(rng, nbufs).to_ne_bytes());
             slot[4..6].copy_from_slice(&len.to_ne_bytes());
             slot[6..8].copy_from_slice(&flags.to_ne_bytes());
-            slot[8..].copy_from_slice(&rng.next().to_ne_bytes()); // ptr
+            slot[8..].copy_from_slice(&rng.next_u64().to_ne_bytes()); // ptr
             region.write_raw(slots_at + (i + k) as usize * NETMAP_SLOT_SIZE, &slot);
         }
         i += chain;
@@ -98,7 +98,7 @@ fn scribble_rings(rng: &mut Rng, region: &Region) {
                 put_u32(region, sync + f, plausible(rng, nslots));
             }
             for f in [sync_off::ATOK_NEED_KICK, sync_off::KTOA_NEED_KICK] {
-                put_u32(region, sync + f, rng.next() as u32);
+                put_u32(region, sync + f, rng.next_u64() as u32);
             }
         }
     }

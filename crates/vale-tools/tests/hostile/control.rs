@@ -14,18 +14,18 @@ const B: [u8; 6] = [2, 0, 0, 0, 0xc7, 0xb];
 const SHORT_REPLY: usize = 1024;
 
 /// Sends `bytes` (with `fds`) as one message and reads the reply, if one comes within
-/// a second. `None`: valed closed the connection (or said nothing).
+/// five seconds (a loaded machine). `None`: valed closed the connection (or said nothing).
 fn exchange(conn: &OwnedFd, bytes: &[u8], fds: &[rustix::fd::BorrowedFd<'_>]) -> Option<Vec<u8>> {
     send_with_fds(conn, bytes, fds).expect("send to valed");
     let mut p = [rustix::event::PollFd::new(
         conn,
         rustix::event::PollFlags::IN,
     )];
-    let one_s = rustix::event::Timespec {
-        tv_sec: 1,
+    let wait = rustix::event::Timespec {
+        tv_sec: 5,
         tv_nsec: 0,
     };
-    if rustix::event::poll(&mut p, Some(&one_s)).unwrap_or(0) == 0 {
+    if rustix::event::poll(&mut p, Some(&wait)).unwrap_or(0) == 0 {
         return None;
     }
     let mut buf = vec![0u8; MAX_MSG];

@@ -28,7 +28,7 @@ pub use lookup::{
     AddressTable, Dest, Fdb, FdbConfig, FdbStats, Hub, LearningBridge, Lookup, LookupKind,
     PacketInfo, StaticMap, TableRow,
 };
-pub use name::{NameError, PortName};
+pub use name::{NameError, PortName, quote_input};
 pub use registry::{Closed, Limits, PortKey, Registry, RegistryError, SwitchEntry};
 pub use stats::{DropReason, PortCounters, PortStats};
 pub use types::{MacAddr, PortId, Timestamp};

@@ -64,7 +64,7 @@ impl Cursor {
         let bad = || {
             CtlError::BadRequest(format!(
                 "page cursor `{}` is not one valed gave",
-                s.escape_default()
+                vale_switch::quote_input(s)
             ))
         };
         if let Some(name) = s.strip_prefix("h.") {
@@ -151,7 +151,7 @@ impl PageAsk {
         let c = self.after.as_ref().map(Cursor::encode).unwrap_or_default();
         CtlError::BadRequest(format!(
             "page cursor `{}` is not one of a `{what}` reply",
-            c.escape_default()
+            vale_switch::quote_input(&c)
         ))
     }
 
@@ -388,7 +388,7 @@ pub fn stats_page(
     match port {
         Some(n) if first && rows.is_empty() => Err(CtlError::NotFound(format!(
             "no port `{}` is open (see `vale-ctl list`)",
-            n.escape_default()
+            vale_switch::quote_input(n)
         ))),
         _ => Ok(Response::Stats {
             ports: rows,
@@ -408,7 +408,7 @@ pub fn fdb_page(
     let missing = || {
         CtlError::NotFound(format!(
             "no switch `{}` exists (see `vale-ctl list`)",
-            switch.escape_default()
+            vale_switch::quote_input(switch)
         ))
     };
     let lane = ports

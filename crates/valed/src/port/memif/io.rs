@@ -23,6 +23,8 @@ pub struct MemifIo {
     /// The slot generation `conn` belongs to.
     seen: u64,
     conn: Option<Conn>,
+    /// Passes spent reading what a client that went had published (bounded).
+    closing: u32,
     frame: Vec<u8>,
 }
 
@@ -35,16 +37,38 @@ impl MemifIo {
             watcher,
             seen: 0,
             conn: None,
+            closing: 0,
             frame: Vec::with_capacity(MAX_FRAME),
         }
     }
 
-    /// Picks up a new connection, or lets go of one whose client went.
+    /// Whether the connection held is the slot's current one (its client is there).
+    fn current(&self) -> bool {
+        self.conn.is_some() && self.slot.generation() == self.seen
+    }
+
+    /// Picks up a new connection, or lets go of one whose client went: once the frames
+    /// it published before going are read (its memory stays mapped until then), or
+    /// after a bounded number of passes.
     fn refresh(&mut self) {
+        /// Passes a closing connection is read for: room for a full ring of the largest
+        /// size (16384 slots) at a burst per pass, and some.
+        const CLOSING_PASSES: u32 = 16384 / BURST as u32 + 64;
         let g = self.slot.generation();
         if g == self.seen {
             return;
         }
+        if let Some(c) = &self.conn {
+            let left = c
+                .c2s
+                .iter()
+                .any(|r| r.pending(&c.regions).is_ok_and(|n| n > 0));
+            if left && self.closing < CLOSING_PASSES {
+                self.closing += 1;
+                return;
+            }
+        }
+        self.closing = 0;
         self.seen = g;
         self.drop_conn();
         if let Some(c) = self.slot.take(g) {
@@ -149,7 +173,7 @@ impl DrivenPort for MemifIo {
 
     fn push(&mut self) -> usize {
         self.refresh();
-        if self.conn.is_none() {
+        if !self.current() {
             self.drain_rx();
             return 0;
         }

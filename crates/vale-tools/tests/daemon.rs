@@ -1623,3 +1623,41 @@ fn a_connection_that_says_nothing_is_closed_after_the_handshake_timeout() {
     assert!(d.ports().contains(&"vale0:a".into()));
     assert!(wait_for(2.0, || d.counter("vale0:a", "tx_packets") == 1));
 }
+
+/// `--socket-group` and `--socket-mode` decide who may connect: checked as a real
+/// second uid (root passes any permission, so a root client would prove nothing), both
+/// the refusal and the access the group gives.
+#[test]
+fn the_socket_group_decides_who_may_connect() {
+    if !rustix::process::geteuid().is_root() {
+        skip("the socket-group test needs root (to act as another uid)");
+        return;
+    }
+    if !have("setpriv", "util-linux", "the socket-group test") {
+        return;
+    }
+    let d = Daemon::start(
+        "sockgroup",
+        &["--socket-group", "4243", "--socket-mode", "0660"],
+    );
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(&d.socket).unwrap();
+    assert_eq!((meta.gid(), meta.permissions().mode() & 0o777), (4243, 0o660));
+    let outsider = as_uid(&d, 65534, &[], VALE_CTL).arg("list").output().unwrap();
+    assert!(!outsider.status.success(), "uid 65534 outside the group got in");
+    assert!(
+        stderr_of(&outsider).contains("ermission denied"),
+        "{}",
+        stderr_of(&outsider)
+    );
+    let member = as_uid(&d, 65534, &[4243], VALE_CTL).arg("list").output().unwrap();
+    assert!(member.status.success(), "{}", stderr_of(&member));
+    // A member opens a port and sends through it, as any client would.
+    let rx = d.open("vale0:b");
+    let tx = as_uid(&d, 65534, &[4243], PKT_GEN)
+        .args(["-i", "vale0:a", "-f", "tx", "-n", "10", "-l", "60"])
+        .output()
+        .unwrap();
+    assert!(tx.status.success(), "{}", stderr_of(&tx));
+    assert_eq!(drain(&rx, 2.0).len(), 10);
+}

@@ -61,8 +61,9 @@ pub enum DropReason {
     /// for offloads the switch could not finish for this port (malformed headers, an
     /// unsupported segmentation type, checksum offsets outside the frame).
     BadOffload = 8,
-    /// Counted on the destination: a direct port's interface refused the frame (host
-    /// ports; see `Switch::set_direct`).
+    /// Counted on the destination: a direct port did not take the frame (its
+    /// [`Egress`](crate::Egress) refused it; see `Switch::set_direct`). A frame it takes
+    /// and then cannot write is the port's own loss (valed's host `write_errors`).
     TxError = 9,
 }
 

@@ -14,6 +14,7 @@ pub mod vhost_user;
 mod xdp;
 
 pub use counters::PortCounters;
+pub use xdp::probe as probe_af_xdp;
 pub use rings::PortRings;
 
 use crate::error::{CtlError, PortError};

@@ -1134,6 +1134,10 @@ fn frames_for_a_stream_port_whose_vm_hung_up_are_counted() {
     );
     let stats = d.ctl(&["stats", "vale0:s"]);
     assert!(stats.status.success());
+    // Sent: the VM's frame (to tx) and tx's 51 (to the VM); received: tx's and the one
+    // the VM read; the other 50 are no_peer.
+    let at_tx = drain(&tx, 1.0).len() as u64;
+    assert_conserved(1 + 51, at_tx + 1, &d.assert_laws());
 }
 
 /// Raises this process's descriptor limit to its hard limit; false (with a SKIP) if that

@@ -111,6 +111,16 @@ impl Vm {
                 ),
             ),
         };
+        if let Net::Tap(t) = net {
+            // Persistent, so that its counters outlive the guest (QEMU deletes a tap it
+            // created when it exits); deleted on drop.
+            let _ = Command::new("ip").args(["link", "del", t]).output();
+            let made = Command::new("ip")
+                .args(["tuntap", "add", "dev", t, "mode", "tap"])
+                .status()
+                .unwrap();
+            assert!(made.success(), "ip tuntap add {t}");
+        }
         let log = dir.join(format!("{name}.log"));
         let child = Command::new("qemu-system-x86_64")
             .args(["-accel", "tcg", "-m", "256", "-smp", "1", "-M", "pc"])
@@ -153,6 +163,13 @@ impl Vm {
                 .is_ok_and(|o| o.status.success())),
             "QEMU did not create {tap}"
         );
+        // The host's own stack stays silent on it (no IPv6 router solicitations): the
+        // tap's kernel counters then count only the guest's frames and valed's.
+        let quiet = Command::new("sysctl")
+            .args(["-qw", &format!("net.ipv6.conf.{tap}.disable_ipv6=1")])
+            .status()
+            .unwrap();
+        assert!(quiet.success());
         let ok = Command::new("ip")
             .args(["link", "set", tap, "up"])
             .status()
@@ -186,6 +203,28 @@ impl Drop for Vm {
             let _ = Command::new("ip").args(["link", "del", t]).output();
         }
     }
+}
+
+/// The kernel's own counts of a VM's tap: (frames from the guest, frames to the guest
+/// including those the kernel dropped because QEMU did not read them).
+fn tap_counts(tap: &str) -> (u64, u64) {
+    let o = Command::new("ip")
+        .args(["-j", "-s", "link", "show", tap])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    let s = &v[0]["stats64"];
+    let n = |d: &str, k: &str| s[d][k].as_u64().unwrap_or_else(|| panic!("{tap}: {v}"));
+    (n("rx", "packets"), n("tx", "packets") + n("tx", "dropped"))
+}
+
+/// Guests' frames into valed (sent) and valed's to them (received) over `taps`, since
+/// the counts `base` were read.
+fn guest_totals(taps: &[&str], base: &[(u64, u64)]) -> (u64, u64) {
+    taps.iter().zip(base).fold((0, 0), |(s, r), (t, (s0, r0))| {
+        let (s1, r1) = tap_counts(t);
+        (s + s1 - s0, r + r1 - r0)
+    })
 }
 
 /// QEMU arguments for the VM's NIC. vhost-user needs the guest's memory in a shared
@@ -265,6 +304,9 @@ fn qemu_guests_on_one_switch_talk_and_another_switch_is_apart() {
         let o = d.ctl(&["-a", &format!("{sw}:{t}")]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
+    // The guests' frames are counted by their taps from here, as by valed.
+    let taps = [&*ta, &*tb, &*tc];
+    let base: Vec<_> = taps.iter().map(|t| tap_counts(t)).collect();
     let log_b = b.wait(90);
     let log_c = c.wait(60);
     assert!(
@@ -281,6 +323,8 @@ fn qemu_guests_on_one_switch_talk_and_another_switch_is_apart() {
     for mac in ["52:54:00:12:34:01", "52:54:00:12:34:02"] {
         assert!(fdb.contains(mac), "{mac} learned on vale1: {fdb}");
     }
+    // Two ports on vale1 (one copy each), C alone on vale2 (its floods: no_dest).
+    d.assert_conserved_with(|| guest_totals(&taps, &base));
     // A guest going away: detach, and the switch goes on.
     for (sw, t) in [("vale1", &ta), ("vale1", &tb), ("vale2", &tc)] {
         let o = d.ctl(&["-d", &format!("{sw}:{t}")]);

@@ -789,6 +789,9 @@ fn capture_of_a_host_port_reads_back_in_tcpdump() {
         text.contains("ICMP echo request") && text.contains("ICMP echo reply"),
         "{text}"
     );
+    // The captures took copies, never frames: the kernels' own counts still balance.
+    let ifs = [(&*na, &*ta), (&*nb, &*tb)];
+    d.assert_conserved_with(|| net.totals(&ifs));
 }
 
 /// Sends frames out of an interface, read from stdin one a line: `r HEX` a frame, `v

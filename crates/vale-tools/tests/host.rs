@@ -553,6 +553,10 @@ fn a_veth_attached_with_xdp_reaches_a_tap_port_and_is_given_back() {
     // Idle again: the sockets do not keep the forwarding thread awake.
     let cpu = d.idle_cpu(1.0);
     assert!(cpu < 0.2, "valed used {cpu:.2} CPU-s in 1 s of idle");
+    // The veth's peer and the TAP by their kernels' counts (the TAP's super-frames cut
+    // into segments for the veth): sent + segments added = received + drops.
+    let ifs = [(&*nd, &*peer), (&*ne, &*tap)];
+    d.assert_conserved_with(|| net.totals(&ifs));
 
     // Detach under a flood ping (bounded in count and time): the program is gone and
     // the interface works as before, e.g. through AF_PACKET.

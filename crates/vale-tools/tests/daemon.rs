@@ -131,7 +131,9 @@ fn two_switches_are_isolated() {
     // The isolated side works among itself at the same time.
     send(
         &b1,
-        &(0..30).map(|i| frame(BCAST, B, 500 + i)).collect::<Vec<_>>(),
+        &(0..30)
+            .map(|i| frame(BCAST, B, 500 + i))
+            .collect::<Vec<_>>(),
     );
     assert_eq!(drain(&b0, 2.0).len(), 50);
     let on_vale1 = drain(&a1, 2.0);
@@ -658,7 +660,11 @@ fn a_capture_that_falls_behind_drops_its_copies_not_the_switchs_frames() {
     // Sent: 1 announcement, 3000 frames to b and as many copies to the monitor; the
     // monitor's reader finally reads what its ring kept.
     let read_late = drain(&mon, 1.0).len() as u64;
-    assert_conserved(1 + 3000 + 3000, announced + 3000 + read_late, &d.assert_laws());
+    assert_conserved(
+        1 + 3000 + 3000,
+        announced + 3000 + read_late,
+        &d.assert_laws(),
+    );
     let o = d.ctl(&["stats", "vale0:b/x"]);
     assert_eq!(o.status.code(), Some(1));
     let bad = vale::Port::open_with(
@@ -1646,15 +1652,27 @@ fn the_socket_group_decides_who_may_connect() {
     );
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let meta = std::fs::metadata(&d.socket).unwrap();
-    assert_eq!((meta.gid(), meta.permissions().mode() & 0o777), (4243, 0o660));
-    let outsider = as_uid(&d, 65534, &[], VALE_CTL).arg("list").output().unwrap();
-    assert!(!outsider.status.success(), "uid 65534 outside the group got in");
+    assert_eq!(
+        (meta.gid(), meta.permissions().mode() & 0o777),
+        (4243, 0o660)
+    );
+    let outsider = as_uid(&d, 65534, &[], VALE_CTL)
+        .arg("list")
+        .output()
+        .unwrap();
+    assert!(
+        !outsider.status.success(),
+        "uid 65534 outside the group got in"
+    );
     assert!(
         stderr_of(&outsider).contains("ermission denied"),
         "{}",
         stderr_of(&outsider)
     );
-    let member = as_uid(&d, 65534, &[4243], VALE_CTL).arg("list").output().unwrap();
+    let member = as_uid(&d, 65534, &[4243], VALE_CTL)
+        .arg("list")
+        .output()
+        .unwrap();
     assert!(member.status.success(), "{}", stderr_of(&member));
     // A member opens a port and sends through it, as any client would.
     let rx = d.open("vale0:b");

@@ -324,7 +324,13 @@ fn num(c: &serde_json::Value, key: &str) -> u64 {
 }
 
 /// The drop reasons counted on the destination (`DropReason::on_sender` false).
-const RECEIVER_DROPS: [&str; 5] = ["ring_full", "oversize", "bad_rx_buf", "bad_offload", "tx_error"];
+const RECEIVER_DROPS: [&str; 5] = [
+    "ring_full",
+    "oversize",
+    "bad_rx_buf",
+    "bad_offload",
+    "tx_error",
+];
 /// The drop reasons counted on the sender.
 const SENDER_DROPS: [&str; 5] = ["runt", "bad_buf", "bad_len", "bad_frag", "no_dest"];
 /// A host port's losses of frames between its peer and its switch port (`read_errors`
@@ -362,7 +368,8 @@ impl Stats {
 
     /// The frames segmentation added: each segmented copy became `rx_segments` frames.
     pub fn segments_added(&self) -> u64 {
-        self.sum("rx_segments").saturating_sub(self.sum("rx_segmented"))
+        self.sum("rx_segments")
+            .saturating_sub(self.sum("rx_segmented"))
     }
 
     /// The first conservation law the counters break (see `vale_switch::stats`): each
@@ -375,7 +382,9 @@ impl Stats {
             let n = |k: &str| num(c, k);
             let sdrops: u64 = SENDER_DROPS.iter().map(|k| n(k)).sum();
             if n("tx_packets") != n("forwarded") + sdrops {
-                return Some(format!("{name}: tx_packets != forwarded + sender drops: {c}"));
+                return Some(format!(
+                    "{name}: tx_packets != forwarded + sender drops: {c}"
+                ));
             }
             let rdrops: u64 = RECEIVER_DROPS.iter().map(|k| n(k)).sum();
             let handed = n("rx_copies") + n("mon_copies") + n("rx_segments");
@@ -385,7 +394,9 @@ impl Stats {
                      != rx_packets + receiver drops: {c}"
                 ));
             }
-            let sw = switches.entry(name.split(':').next().unwrap_or("")).or_default();
+            let sw = switches
+                .entry(name.split(':').next().unwrap_or(""))
+                .or_default();
             sw.0 += n("copies");
             sw.1 += n("rx_copies");
         }
@@ -411,7 +422,13 @@ impl Stats {
             }
             // What the switch delivered to the port went out, or was lost and counted
             // there, or still waits (in its RX ring, or a guest's queue).
-            let out = ["to_host", "truncated", "write_errors", "no_peer", "bad_offload"];
+            let out = [
+                "to_host",
+                "truncated",
+                "write_errors",
+                "no_peer",
+                "bad_offload",
+            ];
             let out: u64 = out.iter().map(|k| num(c, k)).sum();
             if out > num(pc, "rx_packets") {
                 return Some(format!(

@@ -14,8 +14,8 @@ pub mod vhost_user;
 mod xdp;
 
 pub use counters::PortCounters;
-pub use xdp::probe as probe_af_xdp;
 pub use rings::PortRings;
+pub use xdp::probe as probe_af_xdp;
 
 use crate::error::{CtlError, PortError};
 use rustix::event::epoll;

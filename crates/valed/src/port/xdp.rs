@@ -336,8 +336,13 @@ pub fn probe() -> Result<(), String> {
     .map_err(|e| format!("no AF_XDP socket: {e} (a kernel without CONFIG_XDP_SOCKETS)"))?;
     let map = XskMap::create(1).map_err(|e| format!("no XSKMAP: {e} (needs CAP_BPF)"))?;
     let mut log = vec![0u8; 4096];
-    bpf::prog_load_xdp(&map.redirect_program(), c"Dual MIT/GPL", "vale_probe", &mut log)
-        .map_err(|e| format!("no XDP program: {e}"))?;
+    bpf::prog_load_xdp(
+        &map.redirect_program(),
+        c"Dual MIT/GPL",
+        "vale_probe",
+        &mut log,
+    )
+    .map_err(|e| format!("no XDP program: {e}"))?;
     Ok(())
 }
 

@@ -30,7 +30,7 @@ pub use lookup::{
 };
 pub use name::{NameError, PortName, quote_input};
 pub use registry::{Closed, Limits, PortKey, Registry, RegistryError, SwitchEntry};
-pub use stats::{DropReason, PortCounters, PortStats};
+pub use stats::{DropReason, PortCounters, PortStats, broken_switch_law};
 pub use types::{MacAddr, PortId, Timestamp};
 /// What [`Egress::send`] is handed: views of the sender's buffers.
 pub use vale_abi::Frag;

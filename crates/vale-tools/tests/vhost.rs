@@ -48,6 +48,16 @@ fn stat(out: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The last figure after `key` in testpmd's output (its closing statistics).
+fn stat_last(out: &str, key: &str) -> u64 {
+    out.rsplit(key)
+        .next()
+        .filter(|_| out.contains(key))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in testpmd's output:\n{out}"))
+}
+
 #[test]
 fn testpmd_virtio_user_exchanges_traffic_through_a_vhost_user_port() {
     if let Some(r) = skip_reason() {
@@ -77,7 +87,13 @@ fn testpmd_virtio_user_exchanges_traffic_through_a_vhost_user_port() {
         from_vm,
         "every packet from the frontend accounted for"
     );
-    drop(rx);
+    // testpmd's own count of what it sent = what the receiver reads + the daemon's drops.
+    let pmd_sent = stat_last(&out, "TX-packets:");
+    // Guest TX waits for the switch rather than dropping (README): the port took every
+    // frame testpmd counts as sent.
+    assert_eq!(pmd_sent, from_vm, "testpmd sent {pmd_sent}, the port took {from_vm}");
+    let mut read = drain(&rx, 1.0).len() as u64;
+    assert_conserved(pmd_sent, read, &d.assert_laws());
 
     // Switch -> guest, with the frontend connecting again (a restarted VM).
     let tx = d.open("vale0:tx");
@@ -90,6 +106,11 @@ fn testpmd_virtio_user_exchanges_traffic_through_a_vhost_user_port() {
     });
     let to_vm = d.counter("vale0:vm", "rx_packets");
     let rx_pkts = stat(&out, "RX-packets:");
+    // Each of the 3000 frames flooded to the guest and to vale0:rx: testpmd's count and
+    // the client's (the rest counted by the daemon), over both runs.
+    read += drain(&rx, 1.0).len() as u64;
+    let received = read + stat_last(&out, "RX-packets:");
+    d.assert_conserved_with(|| (pmd_sent + 2 * 3000, received));
     assert!(to_vm >= 2900, "the switch delivered {to_vm} of 3000\n{out}");
     assert!(
         rx_pkts >= 2900,

@@ -335,6 +335,18 @@ pub struct Counters {
     pub forwarded: u64,
     pub copies: u64,
     pub copies_dropped: u64,
+    /// Copies of other ports' frames handed to this port, segmented ones, the segments
+    /// they became, and copies handed to it as a monitor (the laws in
+    /// `vale_switch::stats`: `rx_copies + mon_copies - rx_segmented + rx_segments =
+    /// rx_packets + receiver drops`; over a switch, copies = rx_copies).
+    #[serde(default)]
+    pub rx_copies: u64,
+    #[serde(default)]
+    pub rx_segmented: u64,
+    #[serde(default)]
+    pub rx_segments: u64,
+    #[serde(default)]
+    pub mon_copies: u64,
     pub ring_resets: u64,
     /// Drops by reason (`ring_full`, `runt`, `bad_buf`, `bad_len`, `bad_frag`,
     /// `no_dest`, `oversize`, `bad_rx_buf`, `bad_offload`, `tx_error`).

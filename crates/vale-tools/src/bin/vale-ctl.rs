@@ -314,6 +314,10 @@ fn run(args: &Args) -> Result<(), String> {
                         "  rx_packets {} rx_bytes {} ring_resets {}",
                         c.rx_packets, c.rx_bytes, c.ring_resets
                     );
+                    println!(
+                        "  rx_copies {} rx_segmented {} rx_segments {} mon_copies {}",
+                        c.rx_copies, c.rx_segmented, c.rx_segments, c.mon_copies
+                    );
                     let drops: Vec<String> =
                         c.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
                     println!("  drops: {}", drops.join(", "));

@@ -287,6 +287,10 @@ pub fn counters(s: &PortStats) -> proto::Counters {
         forwarded: s.forwarded,
         copies: s.copies,
         copies_dropped: s.copies_dropped,
+        rx_copies: s.rx_copies,
+        rx_segmented: s.rx_segmented,
+        rx_segments: s.rx_segments,
+        mon_copies: s.mon_copies,
         ring_resets: s.ring_resets,
         drops: DropReason::ALL
             .iter()

@@ -16,6 +16,7 @@ mod xdp;
 
 pub use counters::PortCounters;
 pub use rings::PortRings;
+pub use xdp::probe as probe_af_xdp;
 
 use crate::error::{CtlError, PortError};
 use rustix::event::epoll;

@@ -91,7 +91,10 @@ fn testpmd_virtio_user_exchanges_traffic_through_a_vhost_user_port() {
     let pmd_sent = stat_last(&out, "TX-packets:");
     // Guest TX waits for the switch rather than dropping (README): the port took every
     // frame testpmd counts as sent.
-    assert_eq!(pmd_sent, from_vm, "testpmd sent {pmd_sent}, the port took {from_vm}");
+    assert_eq!(
+        pmd_sent, from_vm,
+        "testpmd sent {pmd_sent}, the port took {from_vm}"
+    );
     let mut read = drain(&rx, 1.0).len() as u64;
     assert_conserved(pmd_sent, read, &d.assert_laws());
 

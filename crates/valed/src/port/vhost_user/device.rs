@@ -65,8 +65,7 @@ impl VhostUserBackendMut for NetBackend {
     }
     fn set_event_idx(&mut self, _enabled: bool) {}
     fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> std::io::Result<()> {
-        lock(&self.guest).mem = Some(mem);
-        Ok(())
+        lock(&self.guest).set_memory(mem)
     }
     fn exit_event(&self, _thread: usize) -> Option<(EventConsumer, EventNotifier)> {
         new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()

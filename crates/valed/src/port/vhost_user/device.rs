@@ -82,7 +82,10 @@ impl VhostUserBackendMut for NetBackend {
         tracing::debug!(device_event, "vhost-user kick");
         {
             let mut g = lock(&self.guest);
-            if g.vrings.is_none() {
+            // Only with memory mapped for them: a kick the last frontend's worker
+            // thread handles after that frontend was forgotten (or cut off) must not
+            // leave its dead queues for the next one.
+            if g.vrings.is_none() && g.mem.is_some() {
                 g.vrings = Some(vrings.to_vec());
             }
             if device_event == TX {

@@ -229,6 +229,8 @@ fn guest_totals(taps: &[&str], base: &[(u64, u64)]) -> (u64, u64) {
 
 /// QEMU arguments for the VM's NIC. vhost-user needs the guest's memory in a shared
 /// memfd, and `vectors=0` (QEMU 7.2 under TCG crashes with MSI-X on vhost-user).
+/// memory-backend-memfd seals it against shrinking itself (`seal=on`, its default), so
+/// valed takes it without `--vhost-trust-unsealed`.
 fn vm_net_args(netdev: &str, mac: u8) -> Vec<String> {
     let dev = format!("virtio-net-pci,netdev=n0,mac=52:54:00:12:34:{mac:02x}");
     match netdev.strip_prefix("vhost-user:") {

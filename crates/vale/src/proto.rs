@@ -417,6 +417,10 @@ pub struct HostCounters {
     /// memif: clients that went away after connecting.
     #[serde(default)]
     pub peer_disconnects: u64,
+    /// Times a vhost-user frontend truncated its guest memory under valed (caught, and
+    /// the frontend cut off).
+    #[serde(default)]
+    pub memory_faults: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

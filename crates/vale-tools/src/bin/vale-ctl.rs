@@ -285,6 +285,8 @@ fn run(args: &Args) -> Result<(), String> {
                             )
                         } else if c.no_peer > 0 {
                             format!(" no_peer {}", c.no_peer)
+                        } else if c.memory_faults > 0 {
+                            format!(" memory_faults {}", c.memory_faults)
                         } else {
                             String::new()
                         }

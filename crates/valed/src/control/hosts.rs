@@ -269,8 +269,7 @@ impl Control {
         if let Some(path) = spec.socket() {
             self.check_socket_path(path, matches!(spec, PortSpec::Memif { .. }))?;
         }
-        let private = self.settings.private_dir();
-        let backend = port::create(&name, spec, &private)?;
+        let backend = port::create(&name, spec, &self.settings)?;
         let waits = backend.status().waiting;
         let about = backend.describe();
         self.insert(&name, backend, Some(port.to_string()))?;
@@ -313,8 +312,7 @@ impl Control {
                 "{name} already exists (see `ip link` and `vale-ctl list`)"
             )));
         }
-        let private = self.settings.private_dir();
-        let backend = port::create(name, &PortSpec::Tap, &private)?;
+        let backend = port::create(name, &PortSpec::Tap, &self.settings)?;
         self.insert(name, backend, None)?;
         Ok(format!("created {name}"))
     }
@@ -372,8 +370,7 @@ impl Control {
         }
         let new = !self.hosts.by_name.contains_key(&ifname);
         if new {
-            let private = self.settings.private_dir();
-            let backend = port::create(&ifname, &PortSpec::Interface { xdp }, &private)?;
+            let backend = port::create(&ifname, &PortSpec::Interface { xdp }, &self.settings)?;
             self.insert(&ifname, backend, None)?;
         }
         if let Err(e) = self.attach_driven(&ifname, port) {

@@ -28,6 +28,9 @@ pub struct PortCounters {
     pub chain_too_long: AtomicU64,
     /// memif: clients that went away after connecting.
     pub peer_disconnects: AtomicU64,
+    /// vhost-user: times the frontend truncated guest memory under valed (a SIGBUS
+    /// caught, `sys::sigbus`); each time it is cut off.
+    pub memory_faults: AtomicU64,
     /// The interface was deleted under the port (a TAP's).
     pub gone: AtomicBool,
 }
@@ -80,6 +83,7 @@ impl PortCounters {
             bad_desc: g(&self.bad_desc),
             chain_too_long: g(&self.chain_too_long),
             peer_disconnects: g(&self.peer_disconnects),
+            memory_faults: g(&self.memory_faults),
         }
     }
 }

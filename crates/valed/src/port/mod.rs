@@ -221,12 +221,13 @@ pub trait Backend: Send {
 
 /// A new backend of the kind `spec` names, for host port `name`. This is the only
 /// place that knows every kind.
-/// `private_dir` is where a backend may put sockets only valed uses.
+/// A backend may put sockets only valed uses in `settings.private_dir()`.
 pub fn create(
     name: &str,
     spec: &PortSpec,
-    private_dir: &Path,
+    settings: &crate::Settings,
 ) -> Result<Box<dyn Backend>, CtlError> {
+    let private_dir = &settings.private_dir();
     Ok(match spec {
         PortSpec::Tap => Box::new(tap::Tap::create(name)?),
         PortSpec::Interface { xdp: false } => Box::new(afpacket::Nic::create(name)?),
@@ -243,6 +244,7 @@ pub fn create(
             socket,
             *client,
             private_dir,
+            settings.vhost_trust_unsealed,
         )?),
         PortSpec::Memif {
             socket,

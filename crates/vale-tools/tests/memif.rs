@@ -41,6 +41,21 @@ fn testpmd(
     secs: u32,
     extra: &[&str],
 ) -> Child {
+    testpmd_eal(d, tag, sock, iface, fwd, secs, &[], extra)
+}
+
+/// [`testpmd`] with more EAL flags (`eal`).
+#[allow(clippy::too_many_arguments)]
+fn testpmd_eal(
+    d: &Daemon,
+    tag: &str,
+    sock: &str,
+    iface: &str,
+    fwd: &str,
+    secs: u32,
+    eal: &[&str],
+    extra: &[&str],
+) -> Child {
     let out = std::fs::File::create(d.dir.join(format!("testpmd-{tag}.log"))).unwrap();
     let mut c = Command::new("timeout");
     c.args([
@@ -59,6 +74,7 @@ fn testpmd(
         "--file-prefix",
         &format!("vm{}{tag}", std::process::id()),
     ])
+    .args(eal)
     .arg(format!(
         "--vdev=net_memif0,role=client,{iface},socket={sock},socket-abstract=no"
     ))
@@ -741,3 +757,137 @@ fn a_hostile_memif_client_is_refused_or_disconnected_and_nobody_else_notices() {
 }
 
 const BCAST: [u8; 6] = [0xff; 6];
+
+/// With `--memif-trust-unsealed` a client's unsealable memory is taken; when the client
+/// truncates it under traffic, valed survives (no SIGBUS reaches it), counts the fault,
+/// disconnects the client, and the bystanders lose nothing.
+#[test]
+fn a_trusted_client_that_truncates_its_memory_is_cut_off_and_counted() {
+    let mut d = Daemon::start("memif-trunc", &["--memif-trust-unsealed"]);
+    let sock = d.dir.join("memif.sock");
+    let sock = path_str(&sock);
+    memif_port(&d, "vale0:m", sock, 0, &[]);
+    let a = d.open("vale0:a");
+    let b = d.open("vale0:b");
+    send(&b, &[frame(BCAST, [2, 0, 0, 0, 0, 0xb], 0)]);
+    drain(&a, 0.5);
+    let mut h = Hostile::connect(sock);
+    h.mem = memfd(false);
+    let mem = h.mem.try_clone().unwrap();
+    assert!(
+        matches!(h.setup(0, &mem), Some(Msg::Connected { .. })),
+        "trusted: taken"
+    );
+    assert!(
+        d.log().contains("accepted (memif_trust_unsealed)"),
+        "and said so"
+    );
+    h.send_frame(&frame([2, 0, 0, 0, 0, 0xb], [2, 0, 0, 0, 0, 0xe], 1));
+    assert_eq!(drain(&b, 2.0).len(), 1, "it works before");
+    // Gone under valed: the file cut to nothing, then a descriptor (and the head)
+    // written again, which brings back its first page only; the buffer it names lies
+    // past the new end.
+    rustix::fs::ftruncate(&h.mem, 0).unwrap();
+    h.lie(Desc {
+        region: 0,
+        length: 60,
+        offset: buf(true, 40) as u32,
+        ..Desc::default()
+    });
+    let why = h.disconnected();
+    assert!(why.contains("truncated"), "{why}");
+    assert!(host_counter(&d, "m", "memory_faults") > 0);
+    assert!(d.alive(), "no SIGBUS took valed down");
+    bystanders_exchange(&d, &a, &b, 1000);
+    // The port serves the next client.
+    let mut h = Hostile::connect(sock);
+    let mem = h.mem.try_clone().unwrap();
+    assert!(matches!(h.setup(0, &mem), Some(Msg::Connected { .. })));
+    h.send_frame(&frame([2, 0, 0, 0, 0, 0xb], [2, 0, 0, 0, 0, 0xe], 3));
+    assert_eq!(drain(&b, 2.0).len(), 1);
+}
+
+/// A zero-copy testpmd client (`zero-copy=yes`: its buffers are all of its memory, a
+/// memfd it cannot seal) is refused by default and says why; with
+/// `--memif-trust-unsealed` it sends and receives through the switch, its descriptors
+/// pointing into its second region.
+#[test]
+fn a_zero_copy_testpmd_client_is_refused_unless_trusted_and_then_works_both_ways() {
+    if testpmd_missing() {
+        return;
+    }
+    let _turn = turn();
+    const ZC: &str = "id=0,zero-copy=yes";
+    let d = Daemon::start("memif-zc-refused", &[]);
+    let sock = d.dir.join("memif.sock");
+    let sock = path_str(&sock);
+    memif_port(&d, "vale0:m", sock, 0, &[]);
+    let tp = testpmd_eal(
+        &d,
+        "zc0",
+        sock,
+        ZC,
+        "txonly",
+        4,
+        &["--single-file-segments"],
+        &["--txpkts=64"],
+    );
+    let out = finished(&d, "zc0", tp);
+    assert!(
+        d.log().contains("cannot be sealed against shrinking"),
+        "refused: {}\n{out}",
+        d.log()
+    );
+    assert_eq!(host_counter(&d, "m", "from_host"), 0);
+    drop(d);
+
+    let d = Daemon::start("memif-zc", &["--memif-trust-unsealed"]);
+    let sock = d.dir.join("memif.sock");
+    let sock = path_str(&sock);
+    memif_port(&d, "vale0:m", sock, 0, &[]);
+    let rx = pkt_gen(&d, &["-i", "vale0:r", "-f", "rx", "--duration", "12", "-W"]);
+    assert!(wait_for(5.0, || d.ports().contains(&"vale0:r".into())));
+    let _hold = d.open("vale0:r");
+    let tp = testpmd_eal(
+        &d,
+        "zctx",
+        sock,
+        ZC,
+        "txonly",
+        5,
+        &["--single-file-segments"],
+        &["--txpkts=64"],
+    );
+    let out = finished(&d, "zctx", tp);
+    let sent = sent_by(&out);
+    let r = rx.wait_with_output().unwrap();
+    let received = pkt_gen_count(&r, "Received");
+    assert!(sent > 10_000, "zero-copy testpmd sent {sent}\n{out}");
+    assert_eq!(received + d.counter("vale0:r", "ring_full"), sent);
+    assert!(wait_for(5.0, || !connected(&d, "m")));
+    let tp = testpmd_eal(
+        &d,
+        "zcrx",
+        sock,
+        ZC,
+        "rxonly",
+        8,
+        &["--single-file-segments"],
+        &[],
+    );
+    assert!(wait_for(15.0, || connected(&d, "m")), "{}", d.log());
+    let _hold_t = d.open("vale0:t");
+    let t = pkt_gen(
+        &d,
+        &["-i", "vale0:t", "-f", "tx", "-n", "20000", "-R", "20000"],
+    )
+    .wait_with_output()
+    .unwrap();
+    assert_eq!(pkt_gen_count(&t, "Sent"), 20_000);
+    let out = finished(&d, "zcrx", tp);
+    let got = received_by(&out);
+    assert_eq!(got, host_counter(&d, "m", "to_host"), "{out}");
+    assert!(got > 10_000, "{got}");
+    assert_eq!(host_counter(&d, "m", "memory_faults"), 0);
+    d.assert_laws();
+}

@@ -74,6 +74,9 @@ struct Args {
     /// Accept vhost-user guest memory that cannot be sealed against shrinking (DPDK --no-huge or hugepages, QEMU memory-backend-file): the frontend is trusted not to truncate it (a truncation is survived, the port cut off) [default: refused]
     #[arg(long)]
     vhost_trust_unsealed: bool,
+    /// Accept memif regions that cannot be sealed against shrinking (DPDK zero-copy=yes clients): the client is trusted not to truncate them (a truncation is survived, the client disconnected) [default: refused]
+    #[arg(long)]
+    memif_trust_unsealed: bool,
     /// Longest port name [default: 15]
     #[arg(long)]
     max_name_len: Option<usize>,
@@ -134,6 +137,7 @@ fn settings(a: &Args) -> Result<Settings, valed::SettingsError> {
         share: (!a.share.is_empty()).then(|| a.share.clone()),
         handshake_timeout_s: a.handshake_timeout_s,
         vhost_trust_unsealed: a.vhost_trust_unsealed.then_some(true),
+        memif_trust_unsealed: a.memif_trust_unsealed.then_some(true),
         max_name_len: a.max_name_len,
         bridge_batch: a.bridge_batch,
         rings: a.rings,

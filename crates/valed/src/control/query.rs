@@ -516,6 +516,10 @@ pub fn settings(s: &Settings, threads: usize) -> Response {
             "vhost_trust_unsealed".to_string(),
             s.vhost_trust_unsealed.to_string(),
         ),
+        (
+            "memif_trust_unsealed".to_string(),
+            s.memif_trust_unsealed.to_string(),
+        ),
         ("max_name_len".to_string(), l.max_name_len.to_string()),
         ("bridge_batch".to_string(), l.batch.to_string()),
         ("rings".to_string(), g.tx_rings.to_string()),
@@ -863,6 +867,6 @@ mod tests {
         assert_eq!(m["max_ports_per_uid"], "64");
         assert_eq!(m["share"], "");
         assert_eq!(m["vhost_trust_unsealed"], "false");
-        assert_eq!(m.len(), 28);
+        assert_eq!(m.len(), 29);
     }
 }

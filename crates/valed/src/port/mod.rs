@@ -257,6 +257,7 @@ pub fn create(
             *abstract_name,
             *id,
             secret.as_deref().unwrap_or(""),
+            settings.memif_trust_unsealed,
         )?),
     })
 }

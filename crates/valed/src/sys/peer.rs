@@ -30,6 +30,12 @@ impl PeerMem {
         self.map.len()
     }
 
+    /// Where the mapping is (address, length), to watch it for a truncation
+    /// (`sys::sigbus`).
+    pub fn range(&self) -> (usize, usize) {
+        (self.map.as_ptr() as usize, self.map.len())
+    }
+
     /// Whether `[off, off + n)` lies inside the region.
     fn fits(&self, off: usize, n: usize) -> bool {
         off.checked_add(n).is_some_and(|end| end <= self.map.len())

@@ -7,7 +7,9 @@
 //! nobody can make it shorter than it was when valed looked, so no access within the
 //! checked size can fault. A region that cannot be sealed (a zero-copy client's memory:
 //! DPDK's `nohuge` memfd carries `F_SEAL_SEAL` and nothing else, l2-peers.md §1.5) is
-//! refused, with the reason sent to the client.
+//! refused, with the reason sent to the client, unless `memif_trust_unsealed` says to
+//! take it: its mapping is then watched (`sys::sigbus`), so a truncation becomes zero
+//! pages and a counted fault instead of a SIGBUS that takes valed down.
 
 use super::handshake::Setup;
 use super::ring::{C2s, Placement, S2c};
@@ -18,6 +20,9 @@ use vale_wire::memif::RingLayout;
 
 /// The client's regions, mapped, and its rings.
 pub struct Conn {
+    /// The unsealed regions' mappings under watch; dropped before they are unmapped
+    /// (fields drop in order).
+    pub watched: Option<crate::sys::sigbus::Watched>,
     pub regions: Vec<PeerMem>,
     pub c2s: Vec<C2s>,
     pub s2c: Vec<S2c>,
@@ -31,29 +36,42 @@ pub struct Conn {
     pub s2c_slots: u32,
 }
 
-/// Seals `fd` against shrinking if it is not yet, then returns its size.
-fn seal_then_size(fd: &OwnedFd, index: usize) -> Result<u64, String> {
-    let seals = rustix::fs::fcntl_get_seals(fd).map_err(|e| {
-        format!("region {index} is not a sealable memfd ({e}): valed maps only memory the client cannot shrink")
-    })?;
-    if !seals.contains(SealFlags::SHRINK) {
-        rustix::fs::fcntl_add_seals(fd, SealFlags::SHRINK).map_err(|e| {
+/// Seals `fd` against shrinking if it is not yet, then returns its size and whether it
+/// is sealed. Memory that cannot be sealed is an error unless `trust`.
+fn seal_then_size(fd: &OwnedFd, index: usize, trust: bool) -> Result<(u64, bool), String> {
+    let sealed = match rustix::fs::fcntl_get_seals(fd) {
+        Ok(seals) if seals.contains(SealFlags::SHRINK) => Ok(()),
+        Ok(seals) => rustix::fs::fcntl_add_seals(fd, SealFlags::SHRINK).map_err(|e| {
             format!(
-                "region {index} cannot be sealed against shrinking ({e}{}): valed maps only memory the client cannot shrink; use copy mode (zero-copy=no)",
-                if seals.contains(SealFlags::SEAL) { ", F_SEAL_SEAL is set" } else { "" }
+                "region {index} cannot be sealed against shrinking ({e}{})",
+                if seals.contains(SealFlags::SEAL) {
+                    ", F_SEAL_SEAL is set"
+                } else {
+                    ""
+                }
             )
-        })?;
+        }),
+        Err(e) => Err(format!("region {index} is not a sealable memfd ({e})")),
+    };
+    if let Err(why) = &sealed {
+        if !trust {
+            return Err(format!(
+                "{why}: valed maps only memory the client cannot shrink; use copy mode (zero-copy=no), or start valed with --memif-trust-unsealed"
+            ));
+        }
     }
     let st = rustix::fs::fstat(fd).map_err(|e| format!("region {index}: fstat: {e}"))?;
-    Ok(st.st_size.max(0) as u64)
+    Ok((st.st_size.max(0) as u64, sealed.is_ok()))
 }
 
 impl Conn {
-    /// Maps what the handshake accepted. The error is the reason sent in DISCONNECT.
-    pub fn map(setup: Setup<OwnedFd>) -> Result<Conn, String> {
+    /// Maps what the handshake accepted; regions that cannot be sealed only if `trust`
+    /// (then watched). The error is the reason sent in DISCONNECT.
+    pub fn map(setup: Setup<OwnedFd>, trust: bool) -> Result<Conn, String> {
         let mut regions = Vec::with_capacity(setup.regions.len());
+        let mut unsealed = Vec::new();
         for (i, r) in setup.regions.into_iter().enumerate() {
-            let have = seal_then_size(&r.fd, i)?;
+            let (have, sealed) = seal_then_size(&r.fd, i, trust)?;
             if have < r.size {
                 return Err(format!(
                     "region {i} is {have} bytes, not the {} ADD_REGION said",
@@ -62,6 +80,13 @@ impl Conn {
             }
             let m = PeerMem::map(r.fd.as_fd(), r.size)
                 .map_err(|e| format!("region {i}: mmap of {} bytes: {e}", r.size))?;
+            if !sealed {
+                tracing::warn!(
+                    "memif region {i} ({} bytes) cannot be sealed; accepted (memif_trust_unsealed): a truncation disconnects the client",
+                    r.size
+                );
+                unsealed.push(m.range());
+            }
             // The mapping outlives the descriptor.
             regions.push(m);
         }
@@ -96,7 +121,16 @@ impl Conn {
             s2c.push(ring);
             s2c_kick.push(r.eventfd);
         }
+        let watched = if unsealed.is_empty() {
+            None
+        } else {
+            Some(
+                crate::sys::sigbus::Watched::new(unsealed)
+                    .map_err(|e| format!("cannot watch unsealed memory: {e}"))?,
+            )
+        };
         Ok(Conn {
+            watched,
             regions,
             c2s,
             s2c,
@@ -154,7 +188,7 @@ mod tests {
     fn a_sealable_region_is_sealed_before_its_size_is_trusted() {
         let fd = memfd(1 << 16, MemfdFlags::ALLOW_SEALING);
         let keep = fd.try_clone().unwrap();
-        let c = Conn::map(setup(fd, 1 << 16)).unwrap();
+        let c = Conn::map(setup(fd, 1 << 16), false).unwrap();
         assert_eq!((c.c2s.len(), c.s2c.len(), c.c2s_slots), (1, 1, 16));
         assert!(
             rustix::fs::ftruncate(&keep, 100).is_err(),
@@ -168,21 +202,36 @@ mod tests {
 
     #[test]
     fn regions_that_cannot_be_sealed_or_are_short_are_refused() {
-        let e = Conn::map(setup(memfd(1 << 16, MemfdFlags::empty()), 1 << 16))
+        let e = Conn::map(setup(memfd(1 << 16, MemfdFlags::empty()), 1 << 16), false)
             .err()
             .unwrap();
         assert!(e.contains("cannot be sealed against shrinking"), "{e}");
         let fd = memfd(1 << 16, MemfdFlags::ALLOW_SEALING);
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SEAL).unwrap();
-        let e = Conn::map(setup(fd, 1 << 16)).err().unwrap();
+        let e = Conn::map(setup(fd, 1 << 16), false).err().unwrap();
         assert!(e.contains("F_SEAL_SEAL is set"), "{e}");
-        let e = Conn::map(setup(memfd(8192, MemfdFlags::ALLOW_SEALING), 1 << 16))
-            .err()
-            .unwrap();
+        let e = Conn::map(
+            setup(memfd(8192, MemfdFlags::ALLOW_SEALING), 1 << 16),
+            false,
+        )
+        .err()
+        .unwrap();
         assert!(e.contains("region 0 is 8192 bytes, not the 65536"), "{e}");
         let f = std::fs::File::open("/dev/null").unwrap();
-        let e = Conn::map(setup(f.into(), 4096)).err().unwrap();
+        let e = Conn::map(setup(f.into(), 4096), false).err().unwrap();
         assert!(e.contains("not a sealable memfd"), "{e}");
+    }
+
+    #[test]
+    fn unsealable_memory_is_taken_only_when_trusted_and_then_watched() {
+        let c = Conn::map(setup(memfd(1 << 16, MemfdFlags::empty()), 1 << 16), true).unwrap();
+        assert!(c.watched.is_some(), "its mapping is under watch");
+        let c = Conn::map(
+            setup(memfd(1 << 16, MemfdFlags::ALLOW_SEALING), 1 << 16),
+            true,
+        )
+        .unwrap();
+        assert!(c.watched.is_none(), "sealed memory needs no watch");
     }
 
     #[test]
@@ -190,7 +239,7 @@ mod tests {
         let fd = memfd(1 << 16, MemfdFlags::ALLOW_SEALING);
         let m = PeerMem::map(fd.as_fd(), 1 << 16).unwrap();
         assert!(m.write(4096, &[0u8; 4]));
-        let e = Conn::map(setup(fd, 1 << 16)).err().unwrap();
+        let e = Conn::map(setup(fd, 1 << 16), false).err().unwrap();
         assert!(e.starts_with("S2C ring 0: wrong cookie"), "{e}");
     }
 }

@@ -25,6 +25,8 @@ pub struct MemifIo {
     conn: Option<Conn>,
     /// Passes spent reading what a client that went had published (bounded).
     closing: u32,
+    /// `sys::sigbus::caught()` when last looked at.
+    caught_seen: u64,
     frame: Vec<u8>,
 }
 
@@ -38,6 +40,7 @@ impl MemifIo {
             seen: 0,
             conn: None,
             closing: 0,
+            caught_seen: crate::sys::sigbus::caught(),
             frame: Vec::with_capacity(MAX_FRAME),
         }
     }
@@ -92,6 +95,29 @@ impl MemifIo {
         PortCounters::lost(&self.counters.read_errors, 1);
         self.drop_conn();
         self.slot.broken(e.to_string());
+    }
+
+    /// After the client's memory was touched: if a truncation was caught anywhere since
+    /// the last look (one atomic load when none was) and it was in this client's
+    /// memory, the fault is counted and the client cut off. Its mapping is zero pages
+    /// from then on, so nothing read from it afterwards can fault again.
+    fn after_peer_memory(&mut self) {
+        let now = crate::sys::sigbus::caught();
+        if now == self.caught_seen {
+            return;
+        }
+        self.caught_seen = now;
+        let faults = self
+            .conn
+            .as_ref()
+            .and_then(|c| c.watched.as_ref())
+            .map_or(0, |w| w.faults());
+        if faults > 0 {
+            PortCounters::lost(&self.counters.memory_faults, faults);
+            self.drop_conn();
+            self.slot
+                .broken("the client's memory was truncated under valed".into());
+        }
     }
 
     fn count(&self, r: Refused) {
@@ -168,6 +194,7 @@ impl DrivenPort for MemifIo {
         if let Some(e) = broke {
             self.broken(e);
         }
+        self.after_peer_memory();
         moved
     }
 
@@ -225,6 +252,7 @@ impl DrivenPort for MemifIo {
         if let Some(e) = broke {
             self.broken(e);
         }
+        self.after_peer_memory();
         sent
     }
 
@@ -237,10 +265,12 @@ impl DrivenPort for MemifIo {
         let mut waiting = false;
         for ring in &c.c2s {
             if ring.mask_interrupts(&c.regions, false).is_err() {
-                return true;
+                waiting = true;
+                break;
             }
             waiting |= ring.pending(&c.regions).map_or(true, |n| n > 0);
         }
+        self.after_peer_memory();
         waiting
     }
 
@@ -255,5 +285,6 @@ impl DrivenPort for MemifIo {
                 let _ = rustix::io::read(fd, &mut b);
             }
         }
+        self.after_peer_memory();
     }
 }

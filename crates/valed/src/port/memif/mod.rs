@@ -11,7 +11,9 @@
 //! Copy mode: frames are copied between the client's buffers and the switch's. The
 //! client's regions must be sealed against shrinking (copy-mode DPDK clients seal
 //! theirs; valed seals what it can), so no access can fault; a zero-copy client's
-//! memory cannot be sealed and is refused with a reason the client logs.
+//! memory cannot be sealed and is refused with a reason the client logs, unless
+//! `--memif-trust-unsealed`: then its mappings are watched, and a truncation is counted
+//! (`memory_faults`) and disconnects the client instead of killing valed.
 
 mod conn;
 pub mod handshake;
@@ -31,6 +33,7 @@ pub struct Memif {
     key: SocketKey,
     id: u32,
     secret: String,
+    trust_unsealed: bool,
     slot: Option<Arc<Slot>>,
     registration: Option<Registration>,
 }
@@ -44,6 +47,7 @@ impl Memif {
         abstract_name: bool,
         id: u32,
         secret: &str,
+        trust_unsealed: bool,
     ) -> Result<Memif, CtlError> {
         if socket.is_empty() || socket.len() > 107 {
             return Err(CtlError::BadRequest(format!(
@@ -65,6 +69,7 @@ impl Memif {
             },
             id,
             secret: secret.to_string(),
+            trust_unsealed,
             slot: None,
             registration: None,
         })
@@ -84,7 +89,13 @@ impl Backend for Memif {
     }
 
     fn start(&mut self, cx: Start<'_>) -> Result<Box<dyn DrivenPort>, PortError> {
-        let slot = Slot::new(cx.name, &self.secret, cx.counters.clone(), cx.waker);
+        let slot = Slot::new(
+            cx.name,
+            &self.secret,
+            self.trust_unsealed,
+            cx.counters.clone(),
+            cx.waker,
+        );
         let reg = server::register(&self.key, self.id, slot.clone()).map_err(PortError::Refused)?;
         self.registration = Some(reg);
         self.slot = Some(slot.clone());

@@ -76,6 +76,8 @@ struct SlotInner {
 pub struct Slot {
     pub port: String,
     secret: FixedStr<SECRET_LEN>,
+    /// Map regions that cannot be sealed (`memif_trust_unsealed`).
+    trust_unsealed: bool,
     pub counters: Arc<PortCounters>,
     waker: Waker,
     /// Moves on each time a client connects or goes.
@@ -86,10 +88,17 @@ pub struct Slot {
 }
 
 impl Slot {
-    pub fn new(port: &str, secret: &str, counters: Arc<PortCounters>, waker: Waker) -> Arc<Slot> {
+    pub fn new(
+        port: &str,
+        secret: &str,
+        trust_unsealed: bool,
+        counters: Arc<PortCounters>,
+        waker: Waker,
+    ) -> Arc<Slot> {
         Arc::new(Slot {
             port: port.to_string(),
             secret: FixedStr::new(secret.as_bytes()),
+            trust_unsealed,
             counters,
             waker,
             generation: AtomicU64::new(0),
@@ -480,7 +489,7 @@ fn client_ready(server: &Server, c: Option<&mut Client>) -> Option<End> {
                 };
                 let (id, app, if_name) = (setup.id, setup.peer.clone(), setup.if_name.clone());
                 let (nc, ns) = (setup.c2s.len(), setup.s2c.len());
-                let conn = match Conn::map(setup) {
+                let conn = match Conn::map(setup, slot.trust_unsealed) {
                     Ok(conn) => conn,
                     Err(why) => return Some(End::Tell(why)),
                 };

@@ -323,6 +323,64 @@ def memif_once(secs, length):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def memif_switch(secs, length, into_switch):
+    """A testpmd memif client on a memif port of ours: txonly into the switch to a pkt-gen
+    receiver (its port's counter over a window), or pkt-gen into the switch to testpmd
+    rxonly (its Rx-pps). Returns (Mpps, Mpps per forwarding-thread CPU-second)."""
+    tp = shutil.which("dpdk-testpmd")
+    if not tp:
+        return "SKIP: dpdk-testpmd not installed (apt-get install dpdk-dev)"
+    if os.geteuid() != 0:
+        return "SKIP: needs root for dpdk-testpmd"
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="vale-mi-")
+    try:
+        v = Valed(procs, tmp)
+        sock = os.path.join(tmp, "memif.sock")
+        subprocess.run([os.path.join(BIN, "vale-ctl"), "memif", "vale0:m", "--path", sock],
+                       env=v.env, check=True, capture_output=True)
+        mode = "txonly" if into_switch else "rxonly"
+        t = procs.start([tp, "-l", "0,1", "--main-lcore", "0", "--no-huge", "-m", "512", "--no-pci",
+                         "--log-level=lib.eal:notice", "--file-prefix", "vbmi",
+                         f"--vdev=net_memif0,role=client,socket={sock},socket-abstract=no", "--", "-i",
+                         f"--forward-mode={mode}", f"--txpkts={length}", "--total-num-mbufs=16384",
+                         "--nb-cores=1"], stdin=subprocess.PIPE)
+        time.sleep(3.0)
+        t.stdin.write("start\n")
+        t.stdin.flush()
+        if into_switch:
+            v.pktgen(procs, "-i", "vale0:r", "-f", "rx", "--duration", str(int(secs) + 4))
+        else:
+            v.pktgen(procs, "-i", "vale0:t", "-f", "tx", "-l", str(length), "--duration", str(int(secs) + 4))
+        time.sleep(1.5)
+        s0, c0, t0 = v.stats(), v.fwd_cpu(), time.time()
+        for _ in range(max(1, int(secs)) + 1):
+            time.sleep(1.0)
+            t.stdin.write("show port stats all\n")
+            t.stdin.flush()
+        s1, c1, t1 = v.stats(), v.fwd_cpu(), time.time()
+        t.stdin.write("stop\nquit\n")
+        t.stdin.flush()
+        out, _ = t.communicate(timeout=20)
+        cpu = max(c1 - c0, 1e-9)
+        if into_switch:
+            got = s1.get("vale0:r", {}).get("rx_packets", 0) - s0.get("vale0:r", {}).get("rx_packets", 0)
+            if got <= 0:
+                return "FAILED: nothing arrived from testpmd"
+            return got / (t1 - t0) / 1e6, got / cpu / 1e6
+        samples = [int(x) for x in re.findall(r"Rx-pps:\s+(\d+)", out)][1:]
+        samples = [x for x in samples if x > 0]
+        if not samples:
+            return "FAILED: testpmd reported no Rx-pps (memif did not connect)"
+        sent = s1.get("vale0:m", {}).get("rx_packets", 0) - s0.get("vale0:m", {}).get("rx_packets", 0)
+        return statistics.median(samples) / 1e6, sent / cpu / 1e6
+    except (OSError, subprocess.SubprocessError, RuntimeError) as e:
+        return f"FAILED: {e}"
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def virtio_user(secs, length, to_vm):
     """pkt-gen <-> valed <-> dpdk-testpmd net_virtio_user on a vhost-user port: Mpps
     into testpmd (rxonly, its Rx-pps) or out of it (txonly, the receiving port's counter
@@ -794,6 +852,15 @@ def main():
                     notes.append(f"memif {length} B: {r}")
                 else:
                     add("DPDK memif pair (testpmd, 64/1500 B), Mpps", key, r)
+            for into, label in ((True, "memif: testpmd -> ours -> pkt-gen"),
+                                (False, "memif: pkt-gen -> ours -> testpmd")):
+                for length, key in ((64, 60), (1500, 1514)):
+                    r = memif_switch(a.secs, length, into)
+                    if isinstance(r, str):
+                        notes.append(f"{label} {length} B: {r}")
+                    else:
+                        add(f"{label}, Mpps", key, r[0])
+                        add(f"{label}, Mpps per fwd CPU-s", key, r[1])
         if "bridge" in only:
             if os.geteuid() != 0:
                 notes.append("Linux bridge: SKIP: needs root for network namespaces")

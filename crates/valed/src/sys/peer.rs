@@ -98,6 +98,25 @@ impl PeerMem {
         true
     }
 
+    /// Appends the `n` bytes at `off` to `out`. False (and `out` untouched) when the
+    /// range is outside the region. (What [`PeerMem::read`] does, without zeroing the
+    /// room first.)
+    pub fn append(&self, off: usize, n: usize, out: &mut Vec<u8>) -> bool {
+        if !self.fits(off, n) {
+            return false;
+        }
+        out.reserve(n);
+        let at = out.len();
+        // SAFETY: the source range is inside the mapping (checked); `reserve` made room
+        // for `n` more bytes after `at`, which the copy fills entirely before `set_len`
+        // counts them; the regions cannot overlap (as in `read`).
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.map.as_ptr().add(off), out.as_mut_ptr().add(at), n);
+            out.set_len(at + n);
+        }
+        true
+    }
+
     /// Copies `src` to `off`. False (and nothing written) when the range is outside the
     /// region.
     pub fn write(&self, off: usize, src: &[u8]) -> bool {
@@ -144,6 +163,11 @@ mod tests {
         assert!(twin.read(4000, &mut b));
         assert_eq!(b, [7u8; 96]);
         assert!(!m.read(usize::MAX - 4, &mut b), "no overflow");
+        let mut v = vec![1u8, 2];
+        assert!(m.append(4000, 3, &mut v));
+        assert_eq!(v, [1, 2, 7, 7, 7]);
+        assert!(!m.append(4095, 2, &mut v));
+        assert_eq!(v.len(), 5, "untouched on refusal");
         assert_eq!(b, [7u8; 96], "untouched on refusal");
         assert_eq!(m.load_u32(4092), Some(0x0707_0707));
         assert!(PeerMem::map(fd.as_fd(), 0).is_err());

@@ -211,13 +211,11 @@ impl C2s {
                 used += 1;
                 match span(regions, &d) {
                     Some((r, range)) if !bad => {
-                        let at = frame.len();
-                        if at + range.len() > max_frame {
+                        if frame.len() + range.len() > max_frame {
                             bad = true;
                             refused.chain_too_long += 1;
                         } else {
-                            frame.resize(at + range.len(), 0);
-                            regions[r].read(range.start, &mut frame[at..]);
+                            regions[r].append(range.start, range.len(), frame);
                         }
                     }
                     Some(_) => {}
@@ -269,6 +267,10 @@ pub struct S2c {
     ring: Ring,
     /// The next posted buffer valed fills; `tail` is set here by [`S2c::publish`].
     next: u16,
+    /// Buffers known to be posted from `next` on (the client may have posted more).
+    posted: u16,
+    /// The descriptors of the frame being sent.
+    descs: Vec<Desc>,
 }
 
 impl S2c {
@@ -276,12 +278,15 @@ impl S2c {
         S2c {
             ring: Ring { at, layout },
             next: 0,
+            posted: 0,
+            descs: Vec::with_capacity(MAX_CHAIN),
         }
     }
 
     /// Zeroes the ring's indices, at connect.
     pub fn connect(&mut self, regions: &[PeerMem]) -> Result<(), Broken> {
         self.next = 0;
+        self.posted = 0;
         self.ring.reset(regions)
     }
 
@@ -300,36 +305,46 @@ impl S2c {
         regions: &[PeerMem],
         frame: &[u8],
     ) -> Result<Result<(), Unsent>, Broken> {
-        let posted = self.ring.ahead(regions, self.next, "S2C head")?;
         // Measure first: the frame goes whole or not at all.
         let (mut room, mut used) = (0usize, 0u16);
-        let mut descs = [Desc::default(); MAX_CHAIN];
+        self.descs.clear();
         while room < frame.len().max(1) {
-            if used >= posted {
-                return Ok(Err(Unsent::Full));
+            if used >= self.posted {
+                // What the client posted since valed last looked (its head is read only
+                // when the buffers known to be posted run out: it is a cache line the
+                // client writes).
+                self.posted = self.ring.ahead(regions, self.next, "S2C head")?;
+                if used >= self.posted {
+                    return Ok(Err(Unsent::Full));
+                }
             }
             if usize::from(used) >= MAX_CHAIN {
                 return Ok(Err(Unsent::TooLong));
             }
             let d = self.ring.desc(regions, self.next.wrapping_add(used))?;
             if span(regions, &d).is_none() {
-                // Unusable: handed back empty so the ring does not stall on it.
-                let empty = Desc {
-                    length: 0,
-                    flags: 0,
-                    ..d
-                };
-                self.ring
-                    .set_desc(regions, self.next.wrapping_add(used), &empty)?;
+                // Unusable: it and those measured before it go back empty, so the ring
+                // does not stall on it.
+                for k in 0..=used {
+                    let slot = self.next.wrapping_add(k);
+                    let old = self.ring.desc(regions, slot)?;
+                    let empty = Desc {
+                        length: 0,
+                        flags: 0,
+                        ..old
+                    };
+                    self.ring.set_desc(regions, slot, &empty)?;
+                }
                 self.next = self.next.wrapping_add(used + 1);
+                self.posted -= used + 1;
                 return Ok(Err(Unsent::BadDesc));
             }
-            descs[usize::from(used)] = d;
+            self.descs.push(d);
             room += d.length as usize;
             used += 1;
         }
         let mut at = 0;
-        for (i, d) in descs[..usize::from(used)].iter().enumerate() {
+        for (i, d) in self.descs.iter().enumerate() {
             let n = (d.length as usize).min(frame.len() - at);
             let (r, range) = span(regions, d).expect("checked above");
             regions[r].write(range.start, &frame[at..at + n]);
@@ -344,6 +359,7 @@ impl S2c {
                 .set_desc(regions, self.next.wrapping_add(i as u16), &out)?;
         }
         self.next = self.next.wrapping_add(used);
+        self.posted -= used;
         Ok(Ok(()))
     }
 
@@ -683,6 +699,23 @@ mod tests {
         assert_eq!(s2c.send(&c.mem, &[6u8; 60]), Ok(Ok(())));
         s2c.publish(&c.mem).unwrap();
         assert_eq!(c.received(slot), vec![vec![], vec![6u8; 60]]);
+        // A bad buffer in the middle of a chain: the frame is not sent, and the buffers
+        // measured for it go back empty too (none is published holding stale bytes).
+        c.refill(2);
+        let slot = c.s2c_head.wrapping_sub(1);
+        c.put_desc(
+            s2c_at(),
+            slot,
+            Desc {
+                length: BUF as u32,
+                offset: u32::MAX - 5,
+                ..Desc::default()
+            },
+        );
+        let from = c.s2c_head.wrapping_sub(2);
+        assert_eq!(s2c.send(&c.mem, &[7u8; 300]), Ok(Err(Unsent::BadDesc)));
+        s2c.publish(&c.mem).unwrap();
+        assert_eq!(c.received(from), vec![Vec::<u8>::new(), Vec::new()]);
         // A head a ring and more ahead breaks it.
         assert!(c.me.store_u16(
             s2c_at().offset + RingLayout::HEAD,

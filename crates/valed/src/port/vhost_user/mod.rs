@@ -13,9 +13,9 @@
 //! touched through vm-memory, which checks every descriptor against the memory table: a
 //! bad descriptor is a counted error on the port, never a crash.
 
-mod datapath;
+pub(crate) mod datapath;
 mod device;
-mod relay;
+pub(crate) mod relay;
 mod server;
 
 use super::{AfterDetach, Attach, Backend, DrivenPort, PortCounters, Start};

@@ -22,7 +22,9 @@ const FLAG_NEED_REPLY: u32 = 0x8;
 
 /// Reads one vhost-user message (12-byte header, then its payload) and the descriptors
 /// sent with it; `None` when the peer hung up.
-fn read_msg(s: &UnixStream) -> std::io::Result<Option<(Vec<u8>, Vec<rustix::fd::OwnedFd>)>> {
+pub(crate) fn read_msg(
+    s: &UnixStream,
+) -> std::io::Result<Option<(Vec<u8>, Vec<rustix::fd::OwnedFd>)>> {
     use rustix::fd::AsFd;
     let mut hdr = [0u8; 12];
     let (n, fds) = vale::sock::recv(s.as_fd(), &mut hdr)?;
@@ -45,7 +47,7 @@ fn read_msg(s: &UnixStream) -> std::io::Result<Option<(Vec<u8>, Vec<rustix::fd::
 
 /// Why a frontend's memory messages were refused.
 #[derive(Debug, thiserror::Error)]
-enum MemTableError {
+pub(crate) enum MemTableError {
     #[error("memory slots were not offered")]
     Slots,
     #[error("short memory table")]
@@ -126,10 +128,82 @@ fn check_mem_table(
     Ok(())
 }
 
-/// Relays one frontend connection to the vhost crate's handler, holding back what the
-/// crate would refuse from QEMU 7.2: a `SET_VRING_ENABLE` before `SET_FEATURES` (QEMU
-/// disables rings early; rings start disabled anyway, so it is acknowledged here and
-/// not passed on). Returns when either side hangs up.
+/// What the relay does with one message from the frontend.
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    /// Close the connection: the message would have the crate map memory it must not.
+    Refuse(MemTableError),
+    /// Held back and acknowledged here: the reply to send the frontend, if it asked.
+    Answer(Option<Vec<u8>>),
+    /// Passed on to the crate, followed by a message of our own if any.
+    Pass { then: Option<Vec<u8>> },
+}
+
+/// What the relay has learnt of one frontend connection.
+#[derive(Debug, Default)]
+pub(crate) struct Frontend {
+    features_set: bool,
+    protocol_acked: bool,
+}
+
+/// A message header and `u64` body (a reply, or a request with one value).
+fn message(req: u32, flags: u32, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(12 + body.len());
+    m.extend_from_slice(&req.to_le_bytes());
+    m.extend_from_slice(&flags.to_le_bytes());
+    m.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+impl Frontend {
+    /// Decides about one whole message (`msg`: the 12-byte header and its payload, as
+    /// [`read_msg`] returns it) and the descriptors that came with it. The crate would
+    /// refuse from QEMU 7.2 a `SET_VRING_ENABLE` before `SET_FEATURES` (QEMU disables
+    /// rings early; rings start disabled anyway): it is acknowledged here and not passed
+    /// on. QEMU 7.2 (one queue pair) never enables its rings once protocol features are
+    /// negotiated, expecting them to run once kicked: each ring is enabled as its kick
+    /// arrives (no reply asked, so none comes back).
+    pub(crate) fn inspect(
+        &mut self,
+        msg: &[u8],
+        fds: &[rustix::fd::OwnedFd],
+        port: &str,
+    ) -> Verdict {
+        let word = |o: usize| u32::from_le_bytes([msg[o], msg[o + 1], msg[o + 2], msg[o + 3]]);
+        let (req, flags) = (word(0), word(4));
+        let refused = match req {
+            SET_MEM_TABLE => check_mem_table(msg, fds, port).err(),
+            ADD_MEM_REG | REM_MEM_REG => Some(MemTableError::Slots),
+            _ => None,
+        };
+        if let Some(why) = refused {
+            return Verdict::Refuse(why);
+        }
+        if req == SET_FEATURES {
+            self.features_set = true;
+            if msg.len() >= 20 {
+                let f = u64::from_le_bytes(msg[12..20].try_into().unwrap_or([0; 8]));
+                self.protocol_acked = f & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
+            }
+        }
+        if req == SET_VRING_ENABLE && !self.features_set {
+            let reply = (flags & FLAG_NEED_REPLY != 0)
+                .then(|| message(req, FLAG_VERSION | FLAG_REPLY, &0u64.to_le_bytes()));
+            return Verdict::Answer(reply);
+        }
+        let then = (req == SET_VRING_KICK && self.protocol_acked && msg.len() >= 20).then(|| {
+            let mut body = [0u8; 8];
+            body[..4].copy_from_slice(&u32::from(msg[12]).to_le_bytes());
+            body[4..].copy_from_slice(&1u32.to_le_bytes());
+            message(SET_VRING_ENABLE, FLAG_VERSION, &body)
+        });
+        Verdict::Pass { then }
+    }
+}
+
+/// Relays one frontend connection to the vhost crate's handler, each message as
+/// [`Frontend::inspect`] decides. Returns when either side hangs up.
 pub(super) fn relay(front: UnixStream, back: UnixStream, port: &str, counters: &PortCounters) {
     use rustix::fd::AsFd;
     let front_w = Arc::new(Mutex::new(front.try_clone().ok()));
@@ -152,60 +226,31 @@ pub(super) fn relay(front: UnixStream, back: UnixStream, port: &str, counters: &
             let _ = f.shutdown(std::net::Shutdown::Both);
         }
     });
-    let mut features_set = false;
-    let mut protocol_acked = false;
+    let mut state = Frontend::default();
     while let Ok(Some((msg, fds))) = read_msg(&front) {
-        let req = u32::from_le_bytes([msg[0], msg[1], msg[2], msg[3]]);
-        let flags = u32::from_le_bytes([msg[4], msg[5], msg[6], msg[7]]);
-        let refused = match req {
-            SET_MEM_TABLE => check_mem_table(&msg, &fds, port).err(),
-            ADD_MEM_REG | REM_MEM_REG => Some(MemTableError::Slots),
-            _ => None,
-        };
-        if let Some(why) = refused {
-            // The frontend sees the connection close; it may come back with a good one.
-            tracing::warn!(port, "vhost-user frontend refused: {why}");
-            counters.read_errors.fetch_add(1, Ordering::Relaxed);
-            break;
-        }
-        if req == SET_FEATURES {
-            features_set = true;
-            if msg.len() >= 20 {
-                let f = u64::from_le_bytes(msg[12..20].try_into().unwrap_or([0; 8]));
-                protocol_acked = f & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
+        match state.inspect(&msg, &fds, port) {
+            Verdict::Refuse(why) => {
+                // The frontend sees the connection close; it may come back with a good one.
+                tracing::warn!(port, "vhost-user frontend refused: {why}");
+                counters.read_errors.fetch_add(1, Ordering::Relaxed);
+                break;
             }
-        }
-        if req == SET_VRING_ENABLE && !features_set {
-            if flags & FLAG_NEED_REPLY != 0 {
-                let mut reply = Vec::with_capacity(20);
-                reply.extend_from_slice(&req.to_le_bytes());
-                reply.extend_from_slice(&(FLAG_VERSION | FLAG_REPLY).to_le_bytes());
-                reply.extend_from_slice(&8u32.to_le_bytes());
-                reply.extend_from_slice(&0u64.to_le_bytes());
+            Verdict::Answer(reply) => {
                 let g = front_w.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(f) = g.as_ref() {
+                if let (Some(f), Some(reply)) = (g.as_ref(), reply) {
                     let _ = vale::sock::send(f.as_fd(), &reply, &[]);
                 }
             }
-            continue;
-        }
-        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-        if vale::sock::send(back.as_fd(), &msg, &borrowed).is_err() {
-            break;
-        }
-        // QEMU 7.2 (one queue pair) never enables its rings once protocol features are
-        // negotiated, expecting them to run once kicked: enable each ring as its kick
-        // arrives (no reply asked, so none comes back).
-        if req == SET_VRING_KICK && protocol_acked && msg.len() >= 20 {
-            let index = msg[12] as u32;
-            let mut en = Vec::with_capacity(20);
-            en.extend_from_slice(&SET_VRING_ENABLE.to_le_bytes());
-            en.extend_from_slice(&FLAG_VERSION.to_le_bytes());
-            en.extend_from_slice(&8u32.to_le_bytes());
-            en.extend_from_slice(&index.to_le_bytes());
-            en.extend_from_slice(&1u32.to_le_bytes());
-            if vale::sock::send(back.as_fd(), &en, &[]).is_err() {
-                break;
+            Verdict::Pass { then } => {
+                let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+                if vale::sock::send(back.as_fd(), &msg, &borrowed).is_err() {
+                    break;
+                }
+                if let Some(m) = then {
+                    if vale::sock::send(back.as_fd(), &m, &[]).is_err() {
+                        break;
+                    }
+                }
             }
         }
     }

@@ -258,3 +258,82 @@ pub(super) fn relay(front: UnixStream, back: UnixStream, port: &str, counters: &
     let _ = front.shutdown(std::net::Shutdown::Both);
     let _ = up.join();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(r: u32, flags: u32, body: &[u8]) -> Vec<u8> {
+        message(r, flags, body)
+    }
+
+    #[test]
+    fn qemu_72s_early_ring_enable_is_answered_here_and_kicks_enable_rings() {
+        let mut f = Frontend::default();
+        let enable = req(SET_VRING_ENABLE, FLAG_VERSION | FLAG_NEED_REPLY, &[0; 8]);
+        match f.inspect(&enable, &[], "t") {
+            Verdict::Answer(Some(r)) => {
+                assert_eq!(r, req(SET_VRING_ENABLE, FLAG_VERSION | FLAG_REPLY, &[0; 8]))
+            }
+            v => panic!("an enable before SET_FEATURES is answered here, got {v:?}"),
+        }
+        let features = VhostUserVirtioFeatures::PROTOCOL_FEATURES
+            .bits()
+            .to_le_bytes();
+        assert!(matches!(
+            f.inspect(&req(SET_FEATURES, FLAG_VERSION, &features), &[], "t"),
+            Verdict::Pass { then: None }
+        ));
+        // After the features, an enable goes to the crate; a kick brings its own enable.
+        assert!(matches!(
+            f.inspect(&enable, &[], "t"),
+            Verdict::Pass { then: None }
+        ));
+        let Verdict::Pass { then: Some(m) } = f.inspect(
+            &req(SET_VRING_KICK, FLAG_VERSION, &[1, 0, 0, 0, 0, 0, 0, 0]),
+            &[],
+            "t",
+        ) else {
+            panic!("a kick after protocol features enables its ring");
+        };
+        assert_eq!(
+            m,
+            req(SET_VRING_ENABLE, FLAG_VERSION, &[1, 0, 0, 0, 1, 0, 0, 0])
+        );
+    }
+
+    #[test]
+    fn memory_tables_outside_their_files_and_memory_slots_are_refused() {
+        use rustix::fs::MemfdFlags;
+        let fd = rustix::fs::memfd_create("t", MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::fs::ftruncate(&fd, 4096).unwrap();
+        let table = |size: u64, offset: u64| {
+            let mut b = Vec::new();
+            b.extend_from_slice(&1u32.to_le_bytes());
+            b.extend_from_slice(&0u32.to_le_bytes());
+            for v in [0u64, size, 0, offset] {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+            req(SET_MEM_TABLE, FLAG_VERSION, &b)
+        };
+        let mut f = Frontend::default();
+        let fds = [fd];
+        assert!(matches!(
+            f.inspect(&table(4096, 1), &fds, "t"),
+            Verdict::Refuse(MemTableError::Outside { .. })
+        ));
+        assert!(matches!(
+            f.inspect(&table(4096, 0), &fds, "t"),
+            Verdict::Pass { then: None }
+        ));
+        let seals = rustix::fs::fcntl_get_seals(&fds[0]).unwrap();
+        assert!(
+            seals.contains(rustix::fs::SealFlags::SHRINK),
+            "sealed once passed"
+        );
+        assert!(matches!(
+            f.inspect(&req(ADD_MEM_REG, FLAG_VERSION, &[0; 40]), &[], "t"),
+            Verdict::Refuse(MemTableError::Slots)
+        ));
+    }
+}

@@ -6,7 +6,9 @@
 //!
 //! Checked: no panic; the honest pair's unicast frames all arrive, intact and in order
 //! (unless the hostile port took over the receiver's address, as a learning bridge allows);
-//! every port's counters are conserved, and (without conversion or monitors) every copy
+//! every packet taken from the hostile ring (counted from the ring) and from the honest
+//! sender is forwarded or counted as dropped; every port's counters are conserved, and
+//! (without conversion or monitors) every copy
 //! is either delivered or counted as dropped at its destination.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
@@ -137,6 +139,48 @@ fn drain<L: Lookup>(sw: &mut Switch<L>, now: u64) {
     }
 }
 
+/// The packets the switch takes from the hostile port's TX ring, counted from the ring
+/// itself rather than from the engine's counters: before each drain the switch's
+/// published `hwcur` is overwritten with a mark; after it, the slots between the last
+/// `hwcur` and the new one are what the switch read (it never writes TX slots, and
+/// nothing else runs meanwhile), one packet per slot that ends a chain and one for a
+/// chain left unfinished at the head.
+struct TakenCount {
+    sync: usize,
+    hwcur: u32,
+    packets: u64,
+}
+
+impl TakenCount {
+    const MARK: u32 = u32::MAX;
+
+    fn before(&self, c: &Client) {
+        c.region
+            .write_raw(self.sync + sync_off::KTOA_HWCUR, &Self::MARK.to_ne_bytes());
+    }
+
+    fn after(&mut self, c: &Client) {
+        let mut w = [0u8; 4];
+        assert!(c.region.read_raw(self.sync + sync_off::KTOA_HWCUR, &mut w));
+        let new = u32::from_ne_bytes(w);
+        if new == Self::MARK {
+            return; // nothing released
+        }
+        let v = c.tx.view();
+        let n = v.num_slots();
+        assert!(new < n, "switch published hwcur {new} of {n}");
+        let mut i = self.hwcur;
+        let mut open = false;
+        while i != new {
+            open = v.read_slot(i).flags & NS_MOREFRAG != 0;
+            self.packets += u64::from(!open);
+            i = (i + 1) % n;
+        }
+        self.packets += u64::from(open);
+        self.hwcur = new;
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut b = Bytes(data);
     let setup = b.u8();
@@ -185,6 +229,16 @@ fuzz_target!(|data: &[u8]| {
         l.sync_block_offset(Dir::Tx, 0).unwrap(),
         l.sync_block_offset(Dir::Rx, 0).unwrap(),
     );
+    let mut taken = TakenCount {
+        sync: etx_sync,
+        hwcur: 0,
+        packets: 0,
+    };
+    let run = |sw: &mut Switch<LearningBridge>, taken: &mut TakenCount| {
+        taken.before(&ce);
+        drain(sw, 0);
+        taken.after(&ce);
+    };
     let (mut sent, mut got) = (Vec::new(), Vec::new());
     let mut step = 0u64;
     while !b.0.is_empty() && step < 256 {
@@ -235,14 +289,28 @@ fuzz_target!(|data: &[u8]| {
                 if ca.send(&f) {
                     sent.push(f);
                 }
-                drain(&mut sw, 0);
+                run(&mut sw, &mut taken);
                 got.extend(cb.recv().into_iter().filter(|f| f[6..12] == ma.octets()));
                 ca.recv();
             }
         }
     }
-    drain(&mut sw, 0);
+    run(&mut sw, &mut taken);
     got.extend(cb.recv().into_iter().filter(|f| f[6..12] == ma.octets()));
+    // Every packet taken from a ring is forwarded or counted as dropped: the hostile
+    // port's (counted from its ring) and the honest sender's (counted as it sent them).
+    let es = sw.port(e).expect("attached").stats();
+    assert_eq!(
+        es.forwarded + es.sender_drops(),
+        taken.packets,
+        "hostile port: {es:?}"
+    );
+    let as_ = sw.port(a).expect("attached").stats();
+    assert_eq!(
+        as_.forwarded + as_.sender_drops(),
+        1 + sent.len() as u64,
+        "{as_:?}"
+    );
     // The hostile client may forge frames with the honest sender's address (extra frames
     // at b), or claim b's address (then the bridge rightly sends a's frames to it): only
     // while b still owns its address, and its ring never overflowed (segments of a

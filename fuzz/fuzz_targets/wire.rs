@@ -109,11 +109,12 @@ fn walk_frame(f: &[u8], depth: u32) {
                 u.checksum(),
             );
             let _ = u.verify_checksum(pseudo);
-            if depth == 0 && u.dst_port() == 4789 {
-                if let Ok(v) = vxlan::Packet::new_checked(u.payload()) {
-                    let _ = v.check();
-                    walk_frame(v.payload(), depth + 1);
-                }
+            if depth == 0
+                && u.dst_port() == 4789
+                && let Ok(v) = vxlan::Packet::new_checked(u.payload())
+            {
+                let _ = v.check();
+                walk_frame(v.payload(), depth + 1);
             }
         }
         _ => {}

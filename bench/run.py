@@ -12,7 +12,10 @@ and the ratios the performance issue asks for.
     default set: about a minute per run) and shim (netmap's own pkt-gen under
     libvale_netmap.so against ours; not in the default set: needs --netmap-pktgen))
 
-Rows that cannot run (no dpdk-testpmd, not root) print SKIP with the reason. Every
+Rows that cannot run (no dpdk-testpmd, not root) print SKIP with the reason; a row whose
+peer is there but fails, or that measures 0, prints FAILED and the script exits 1, and
+under VALE_TEST_STRICT=1 (.ci/run, which installs every peer) a SKIP fails too unless
+the machine is too small for the row (bench/test_run.py tests these rules). Every
 process this script starts is stopped by PID; namespaces it creates are removed even on
 failure. Standard library only.
 """
@@ -255,7 +258,7 @@ def ours_rtt_pinned(count, mode):
                              preexec_fn=lambda: os.sched_setaffinity(0, {ping_cpu}),
                              env=v.env, capture_output=True, text=True, timeout=120).stdout
         m = re.search(r"p50 (\d+) p90 \d+ p99 (\d+)", out)
-        return (int(m.group(1)) / 1000, int(m.group(2)) / 1000) if m else "SKIP: no RTT line from pkt-gen"
+        return (int(m.group(1)) / 1000, int(m.group(2)) / 1000) if m else "FAILED: no RTT line from pkt-gen"
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -311,10 +314,10 @@ def memif_once(secs, length):
         samples = [int(x) for x in re.findall(r"Rx-pps:\s+(\d+)", out)][1:]
         samples = [s for s in samples if s > 0]
         if not samples:
-            return "SKIP: testpmd reported no Rx-pps (memif did not connect)"
+            return "FAILED: testpmd reported no Rx-pps (memif did not connect)"
         return statistics.median(samples) / 1e6
     except (OSError, subprocess.SubprocessError) as e:
-        return f"SKIP: testpmd failed: {e}"
+        return f"FAILED: testpmd: {e}"
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -363,14 +366,14 @@ def virtio_user(secs, length, to_vm):
             samples = [int(x) for x in re.findall(r"Rx-pps:\s+(\d+)", out)][1:]
             samples = [x for x in samples if x > 0]
             if not samples:
-                return "SKIP: testpmd reported no Rx-pps"
+                return "FAILED: testpmd reported no Rx-pps"
             return statistics.median(samples) / 1e6
         got = s1.get("vale0:b", {}).get("rx_packets", 0) - s0.get("vale0:b", {}).get("rx_packets", 0)
         if got <= 0:
-            return "SKIP: nothing arrived from testpmd"
+            return "FAILED: nothing arrived from testpmd"
         return got / (t1 - t0) / 1e6
     except (OSError, subprocess.SubprocessError, RuntimeError) as e:
-        return f"SKIP: {e}"
+        return f"FAILED: {e}"
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -496,7 +499,7 @@ def ours_tap(secs, count):
         p50, p99 = ping_rtt("vbtap_a", "198.19.0.2", count)
         return iperf3("vbtap_a", "vbtap_b", "198.19.0.2", secs, v), p50, p99
     except subprocess.CalledProcessError as e:
-        return f"SKIP: {' '.join(e.cmd)} failed: {(e.stderr or '').strip()}"
+        return f"FAILED: {' '.join(e.cmd)}: {(e.stderr or '').strip()}"
     finally:
         procs.stop_all()
         for ns in TAP_NS:
@@ -552,7 +555,7 @@ def ours_attach(secs, xdp, inbound):
             m = re.search(r"rx: ([\d.]+) Mpps", out)
         return float(m.group(1)) if m else None
     except subprocess.CalledProcessError as e:
-        return f"SKIP: {' '.join(e.cmd)} failed: {(e.stderr or '').strip()}"
+        return f"FAILED: {' '.join(e.cmd)}: {(e.stderr or '').strip()}"
     finally:
         procs.stop_all()
         sh("ip", "netns", "del", ATTACH_NS, check=False)
@@ -577,7 +580,7 @@ def vm_pair(secs, how):
     cache = os.path.join(ROOT, "target", "guest")
     r = subprocess.run([os.path.join(ROOT, "scripts", "build-guest"), cache], capture_output=True, text=True)
     if r.returncode != 0:
-        return f"SKIP: scripts/build-guest failed: {r.stderr.strip()}"
+        return f"FAILED: scripts/build-guest: {r.stderr.strip()}"
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="vale-vm-")
     taps = ["vbvma", "vbvmb"]
@@ -631,15 +634,15 @@ def vm_pair(secs, how):
         try:
             client.wait(timeout=secs + 60)
         except subprocess.TimeoutExpired:
-            return "SKIP: the client VM did not finish"
+            return "FAILED: the client VM did not finish"
         with open(log_path, errors="replace") as f:
             out = f.read()
         m = re.search(r"([\d.]+) ([MG])bits/sec\s+receiver", out)
         if not m:
-            return "SKIP: no iperf3 result from the guest"
+            return "FAILED: no iperf3 result from the guest"
         return float(m.group(1)) / (1000 if m.group(2) == "M" else 1)
     except subprocess.CalledProcessError as e:
-        return f"SKIP: {' '.join(e.cmd)} failed: {(e.stderr or '').strip()}"
+        return f"FAILED: {' '.join(e.cmd)}: {(e.stderr or '').strip()}"
     finally:
         procs.stop_all()
         for t in taps:
@@ -807,7 +810,7 @@ def main():
                         add("Linux bridge: iperf3 TCP over veth, Gbit/s", 60, gbps)
                         add("Linux bridge: iperf3, machine CPU-seconds per GB", 60, cpu)
                 except subprocess.CalledProcessError as e:
-                    notes.append(f"Linux bridge: SKIP: {' '.join(e.cmd)} failed: {e.stderr.strip()}")
+                    notes.append(f"Linux bridge: FAILED: {' '.join(e.cmd)}: {e.stderr.strip()}")
                 finally:
                     bridge_down()
         if "host" in only:
@@ -913,21 +916,31 @@ def main():
         print(r)
     for n in notes:
         print(n)
+    code, verdict_lines = verdict(rows, notes + [f"{f}: FAILED" for f in failed],
+                                  os.environ.get("VALE_TEST_STRICT") == "1")
+    for line in verdict_lines:
+        print(line)
+    return code
+
+
+def verdict(rows, notes, strict):
+    """The exit code and what to say about it, from the rows' figures ({name: {size:
+    [values]}}) and the notes (one per row that gave no figure: SKIP or FAILED). A row
+    fails if it FAILED, gave no figure or only 0 (a rate of 0 means it did not work,
+    whatever it printed); under `strict` a SKIP fails too, unless the machine itself is
+    too small for the row (`needs N CPUs`)."""
+    lines = []
     missing = [n for n, by in rows.items() if not any(isinstance(v, (int, float)) for vs in by.values() for v in vs)]
-    # A rate of 0 means the row did not work, whatever it printed.
     zero = [f"{n} ({k} B)" for n, by in rows.items() for k, vs in by.items()
             if vs and all(isinstance(v, (int, float)) and v == 0 for v in vs)]
-    # Under VALE_TEST_STRICT=1 (.ci/run, which installs every peer) a skipped row fails,
-    # unless the machine itself is too small for it.
-    strict = os.environ.get("VALE_TEST_STRICT") == "1"
-    skipped = [n for n in notes if "SKIP" in n and not re.search(r"needs \d+ CPUs", n)]
+    failed = [n for n in notes if "FAILED" in n]
+    skipped = [n for n in notes if "SKIP" in n and "FAILED" not in n and not re.search(r"needs \d+ CPUs", n)]
     if strict and skipped:
-        print(f"skipped although every peer is installed: {skipped}")
+        lines.append(f"skipped although every peer is installed: {skipped}")
     if missing or failed or zero or (strict and skipped):
-        print(f"rows without a figure: {missing}; rows at 0: {zero}; failed: {failed}")
-        return 1
-    return 0
-
+        lines.append(f"FAILED: rows without a figure: {missing}; rows at 0: {zero}; failed: {failed}")
+        return 1, lines
+    return 0, lines
 
 if __name__ == "__main__":
     sys.exit(main())

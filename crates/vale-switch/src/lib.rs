@@ -28,9 +28,9 @@ pub use lookup::{
     AddressTable, Dest, Fdb, FdbConfig, FdbStats, Hub, LearningBridge, Lookup, LookupKind,
     PacketInfo, StaticMap, TableRow,
 };
-pub use name::{NameError, PortName};
+pub use name::{NameError, PortName, quote_input};
 pub use registry::{Closed, Limits, PortKey, Registry, RegistryError, SwitchEntry};
-pub use stats::{DropReason, PortCounters, PortStats};
+pub use stats::{DropReason, PortCounters, PortStats, broken_switch_law};
 pub use types::{MacAddr, PortId, Timestamp};
 /// What [`Egress::send`] is handed: views of the sender's buffers.
 pub use vale_abi::Frag;

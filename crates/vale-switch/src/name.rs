@@ -49,6 +49,24 @@ pub enum NameError {
     },
 }
 
+/// How much of a user's input an error message quotes.
+pub const QUOTE_CHARS: usize = 64;
+
+/// `input` as an error message quotes it: escaped (no control characters reach a
+/// terminal or a log) and, past [`QUOTE_CHARS`] characters, cut short with `...`, so an
+/// error about a huge input is not itself huge (its reply must fit one message).
+pub fn quote_input(input: &str) -> String {
+    let mut q: String = input
+        .chars()
+        .take(QUOTE_CHARS)
+        .flat_map(char::escape_default)
+        .collect();
+    if input.chars().nth(QUOTE_CHARS).is_some() {
+        q.push_str("...");
+    }
+    q
+}
+
 /// A validated `vale<sw>:<port>` name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PortName {
@@ -63,11 +81,7 @@ fn ident_char(c: char) -> bool {
 impl PortName {
     /// Parses `name` with a length limit of `max_len` characters.
     pub fn parse(name: &str, max_len: usize) -> Result<PortName, NameError> {
-        let quoted = || {
-            name.chars()
-                .flat_map(char::escape_default)
-                .collect::<String>()
-        };
+        let quoted = || quote_input(name);
         if name.is_empty() {
             return Err(NameError::Empty);
         }
@@ -142,6 +156,17 @@ impl std::fmt::Display for PortName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_name_is_quoted_short() {
+        let name = format!("vale0:{}", "x".repeat(100_000));
+        let e = PortName::parse(&name, 15).unwrap_err().to_string();
+        assert!(e.contains("100006 characters; the limit is 15"), "{e}");
+        assert!(e.contains(&format!("`vale0:{}...`", "x".repeat(58))), "{e}");
+        assert!(e.len() < 200, "{} bytes", e.len());
+        assert_eq!(quote_input("vale0:\n"), "vale0:\\n");
+        assert_eq!(quote_input(&"y".repeat(64)), "y".repeat(64), "64 fit whole");
+    }
 
     fn parse(s: &str) -> Result<PortName, NameError> {
         PortName::parse(s, DEFAULT_MAX_NAME_LEN)

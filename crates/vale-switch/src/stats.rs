@@ -1,13 +1,32 @@
-//! Per-port counters. Every frame a port's client sends is accounted for:
+//! Per-port counters, and the laws that tie them together. Each counter is counted
+//! where its event happens, independently of the others, so a law can fail: a frame
+//! the engine loses without counting it breaks one of them.
+//!
+//! A port as a **sender** (`tx_packets` is counted when the engine reads a frame from
+//! the port's TX ring, before it decides anything about it):
 //!
 //! `tx_packets = forwarded + runt + bad_buf + bad_len + bad_frag + no_dest`
 //!
-//! and every destination copy of a forwarded frame is either delivered (counted in the
-//! destination's `rx_packets`) or dropped (counted in the destination's `ring_full` /
-//! `oversize` / `bad_rx_buf` / `bad_offload` / `tx_error` and in the sender's
-//! `copies_dropped`):
+//! Each forwarded frame makes `copies` (counted when it is routed: 1 per unicast, one
+//! per other port for a flood), and each copy is handed to its destination, which
+//! counts it in `rx_copies`. Copies to monitor ports are not the sender's: a monitor
+//! counts what it is handed in `mon_copies`. A copy the destination must segment in
+//! software (a TSO super-frame from a port with a virtio-net header to one without)
+//! becomes `k` frames: the destination counts the copy in `rx_segmented` and its
+//! segments in `rx_segments`. A port as a **receiver** then delivers or drops (by a
+//! receiver reason) every frame it was handed:
 //!
-//! `copies = copies_delivered + copies_dropped`.
+//! `rx_copies + mon_copies - rx_segmented + rx_segments =
+//!     rx_packets + ring_full + oversize + bad_rx_buf + bad_offload + tx_error`
+//!
+//! and over a **switch** (between batches), every copy a sender made reached a
+//! destination's count, so all frames are delivered or counted:
+//!
+//! `sum(copies) = sum(rx_copies)`, `sum(copies_dropped) <= sum(receiver drops)`
+//!
+//! (`copies_dropped` counts the copies of which nothing was delivered; a segmented
+//! copy that lost only some of its segments is not one of them). [`PortStats::broken_law`]
+//! checks the per-port laws, `Switch::broken_law` all three.
 //!
 //! A port's counters live in a [`PortCounters`] block of atomics that the forwarding
 //! thread publishes once per batch and anyone holding its `Arc` reads without stopping
@@ -42,8 +61,9 @@ pub enum DropReason {
     /// for offloads the switch could not finish for this port (malformed headers, an
     /// unsupported segmentation type, checksum offsets outside the frame).
     BadOffload = 8,
-    /// Counted on the destination: a direct port's interface refused the frame (host
-    /// ports; see `Switch::set_direct`).
+    /// Counted on the destination: a direct port did not take the frame (its
+    /// [`Egress`](crate::Egress) refused it; see `Switch::set_direct`). A frame it takes
+    /// and then cannot write is the port's own loss (valed's host `write_errors`).
     TxError = 9,
 }
 
@@ -93,6 +113,7 @@ impl DropReason {
 /// netmap: tx = frames the client sent into the switch, rx = frames delivered to it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PortStats {
+    /// Frames read from this port's TX rings (each frame once, whatever became of it).
     pub tx_packets: u64,
     /// Bytes of the frames in `forwarded`.
     pub tx_bytes: u64,
@@ -102,8 +123,16 @@ pub struct PortStats {
     pub forwarded: u64,
     /// Destination copies of this port's forwarded frames (1 per unicast, N per flood).
     pub copies: u64,
-    /// Of `copies`, those a destination dropped.
+    /// Of `copies`, those of which the destination delivered nothing.
     pub copies_dropped: u64,
+    /// Copies of other ports' frames handed to this port as a destination.
+    pub rx_copies: u64,
+    /// Of `rx_copies`, those segmented in software (TSO) for this port.
+    pub rx_segmented: u64,
+    /// Segments the `rx_segmented` copies became (each then delivered or dropped).
+    pub rx_segments: u64,
+    /// Copies handed to this port as a monitor (netmap's `/t`, `/r`).
+    pub mon_copies: u64,
     /// Drops by [`DropReason`], indexed by `reason as usize`.
     pub drops: [u64; 10],
     /// Times a ring of this port was reset because the client broke the ring protocol.
@@ -133,11 +162,107 @@ impl PortStats {
             .sum()
     }
 
-    /// The sender-side conservation law holds.
-    pub fn is_conserved(&self) -> bool {
-        self.tx_packets == self.forwarded + self.sender_drops()
-            && self.copies >= self.copies_dropped
+    /// Frames this port was handed to deliver: copies (its own and as a monitor), with
+    /// each segmented copy counted as its segments.
+    pub fn rx_frames(&self) -> u64 {
+        (self.rx_copies + self.mon_copies + self.rx_segments).wrapping_sub(self.rx_segmented)
     }
+
+    /// The first of this port's laws (see the module doc) that its counters break, as
+    /// a sentence with the figures; `None` if they all hold.
+    pub fn broken_law(&self) -> Option<String> {
+        let drops = self.sender_drops();
+        if self.tx_packets != self.forwarded + drops {
+            return Some(format!(
+                "tx_packets {} != forwarded {} + sender drops {drops}",
+                self.tx_packets, self.forwarded
+            ));
+        }
+        if self.copies < self.copies_dropped || self.rx_segments < self.rx_segmented {
+            return Some(format!(
+                "copies {} < copies_dropped {}, or rx_segments {} < rx_segmented {}",
+                self.copies, self.copies_dropped, self.rx_segments, self.rx_segmented
+            ));
+        }
+        let drops = self.receiver_drops();
+        if self.rx_frames() != self.rx_packets + drops {
+            return Some(format!(
+                "rx_copies {} + mon_copies {} - rx_segmented {} + rx_segments {} != \
+                 rx_packets {} + receiver drops {drops}",
+                self.rx_copies,
+                self.mon_copies,
+                self.rx_segmented,
+                self.rx_segments,
+                self.rx_packets
+            ));
+        }
+        None
+    }
+
+    /// Adds another port's counts to these (a sum of ports keeps their laws).
+    pub fn absorb(&mut self, o: &PortStats) {
+        let PortStats {
+            tx_packets,
+            tx_bytes,
+            rx_packets,
+            rx_bytes,
+            forwarded,
+            copies,
+            copies_dropped,
+            rx_copies,
+            rx_segmented,
+            rx_segments,
+            mon_copies,
+            drops,
+            ring_resets,
+        } = o;
+        self.tx_packets += tx_packets;
+        self.tx_bytes += tx_bytes;
+        self.rx_packets += rx_packets;
+        self.rx_bytes += rx_bytes;
+        self.forwarded += forwarded;
+        self.copies += copies;
+        self.copies_dropped += copies_dropped;
+        self.rx_copies += rx_copies;
+        self.rx_segmented += rx_segmented;
+        self.rx_segments += rx_segments;
+        self.mon_copies += mon_copies;
+        for (a, b) in self.drops.iter_mut().zip(drops) {
+            *a += b;
+        }
+        self.ring_resets += ring_resets;
+    }
+
+    /// Both of the port's laws hold (see [`Self::broken_law`]).
+    pub fn is_conserved(&self) -> bool {
+        self.broken_law().is_none()
+    }
+}
+
+/// The first law that ports' counters break, each port's own laws first, then the
+/// switch's: every copy a sender counted reached a destination's count.
+pub fn broken_switch_law<'a>(ports: impl Iterator<Item = (&'a str, PortStats)>) -> Option<String> {
+    let (mut copies, mut rx_copies, mut dropped, mut rx_drops) = (0u64, 0u64, 0u64, 0u64);
+    for (name, s) in ports {
+        if let Some(law) = s.broken_law() {
+            return Some(format!("port {name}: {law}"));
+        }
+        copies += s.copies;
+        rx_copies += s.rx_copies;
+        dropped += s.copies_dropped;
+        rx_drops += s.receiver_drops();
+    }
+    if copies != rx_copies {
+        return Some(format!(
+            "the senders made {copies} copies, the destinations were handed {rx_copies}"
+        ));
+    }
+    if dropped > rx_drops {
+        return Some(format!(
+            "the senders count {dropped} copies dropped, the destinations only {rx_drops} drops"
+        ));
+    }
+    None
 }
 
 /// The counters of one port, readable by any thread while the forwarder runs.
@@ -158,6 +283,10 @@ pub struct PortCounters {
     forwarded: AtomicU64,
     copies: AtomicU64,
     copies_dropped: AtomicU64,
+    rx_copies: AtomicU64,
+    rx_segmented: AtomicU64,
+    rx_segments: AtomicU64,
+    mon_copies: AtomicU64,
     drops: [AtomicU64; 10],
     ring_resets: AtomicU64,
 }
@@ -181,6 +310,10 @@ impl PortCounters {
             forwarded: self.forwarded.load(Relaxed),
             copies: self.copies.load(Relaxed),
             copies_dropped: self.copies_dropped.load(Relaxed),
+            rx_copies: self.rx_copies.load(Relaxed),
+            rx_segmented: self.rx_segmented.load(Relaxed),
+            rx_segments: self.rx_segments.load(Relaxed),
+            mon_copies: self.mon_copies.load(Relaxed),
             drops: std::array::from_fn(|i| self.drops[i].load(Relaxed)),
             ring_resets: self.ring_resets.load(Relaxed),
         }
@@ -197,6 +330,10 @@ impl PortCounters {
         bump(&self.forwarded, d.forwarded);
         bump(&self.copies, d.copies);
         bump(&self.copies_dropped, d.copies_dropped);
+        bump(&self.rx_copies, d.rx_copies);
+        bump(&self.rx_segmented, d.rx_segmented);
+        bump(&self.rx_segments, d.rx_segments);
+        bump(&self.mon_copies, d.mon_copies);
         for (c, v) in self.drops.iter().zip(d.drops) {
             bump(c, v);
         }
@@ -240,6 +377,43 @@ mod tests {
         assert_eq!(s.drop_count(DropReason::NoDest), 3);
         assert_eq!(s.drop_count(DropReason::RingFull), 0);
         assert!(s.is_conserved());
+    }
+
+    #[test]
+    fn each_law_names_what_breaks_it() {
+        let ok = batch(1);
+        assert_eq!(ok.broken_law(), None);
+        let mut s = ok.clone();
+        s.tx_packets += 1; // a frame read and then lost
+        assert!(
+            s.broken_law()
+                .unwrap()
+                .starts_with("tx_packets 4 != forwarded 2")
+        );
+        let mut s = ok.clone();
+        s.rx_copies = 3; // handed 3, delivered 2, dropped 0
+        s.rx_packets = 2;
+        assert!(s.broken_law().unwrap().contains("rx_copies 3"));
+        s.drops[DropReason::RingFull as usize] = 1;
+        assert_eq!(s.broken_law(), None);
+        s.rx_segmented = 1; // one of them became 4 segments, all delivered
+        s.rx_segments = 4;
+        assert!(s.broken_law().is_some());
+        s.rx_packets += 3;
+        assert_eq!(s.broken_law(), None);
+        // Over a switch: ok's 2 copies went nowhere.
+        let law = broken_switch_law([("a", ok.clone())].into_iter()).unwrap();
+        assert!(
+            law.contains("2 copies") && law.contains("handed 0"),
+            "{law}"
+        );
+        let mut dst = PortStats {
+            rx_copies: 2,
+            rx_packets: 1,
+            ..PortStats::default()
+        };
+        dst.drops[DropReason::RingFull as usize] = 1;
+        assert_eq!(broken_switch_law([("a", ok), ("b", dst)].into_iter()), None);
     }
 
     #[test]

@@ -680,6 +680,9 @@ fn segments_that_do_not_fit_are_counted() {
     let st = sw.port(ids[1]).unwrap().stats();
     assert_eq!(st.rx_packets, 15);
     assert_eq!(st.drop_count(DropReason::RingFull), 9, "{st:?}");
+    // Two copies, 24 segments: 15 delivered + 9 dropped (the receiver's law).
+    assert_eq!((st.rx_copies, st.rx_segmented, st.rx_segments), (2, 2, 24));
+    assert_eq!(sw.port(ids[0]).unwrap().stats().copies_dropped, 0);
     assert_eq!(e.recv_frames().len(), 15);
 }
 
@@ -724,6 +727,7 @@ fn direct_ports_get_packets_from_the_senders_buffers_not_their_ring() {
     };
     let mut fw = Forwarder::new();
     fw.forward(&mut sw, t(0), &mut Vec::new(), &mut eg);
+    assert_laws(&sw);
     let with_hdr = |f: &Vec<u8>| {
         let mut v = vec![0u8; 12];
         v[10] = 1;
@@ -756,6 +760,7 @@ fn direct_ports_get_packets_from_the_senders_buffers_not_their_ring() {
     assert_eq!(c[0].send(&[pkt]), 1);
     eg.got.clear();
     fw.forward(&mut sw, t(0), &mut Vec::new(), &mut eg);
+    assert_laws(&sw);
     let to2: Vec<_> = eg.got.iter().filter(|(p, _)| *p == ids[2]).collect();
     assert_eq!(to2.len(), 1);
     assert_eq!(
@@ -783,6 +788,7 @@ fn direct_ports_get_packets_from_the_senders_buffers_not_their_ring() {
     };
     assert_eq!(c[0].send(&frames[..2]), 2);
     fw.forward(&mut sw, t(0), &mut Vec::new(), &mut eg);
+    assert_laws(&sw);
     assert_eq!(eg.got.len(), 2);
     let st = sw.port(ids[1]).unwrap().stats();
     assert_eq!(st.drop_count(DropReason::TxError), 2);
@@ -816,4 +822,45 @@ fn counters_handle_reads_without_the_switch() {
     );
     drop(sw.detach(ids[1]));
     assert_eq!(rx.snapshot().rx_packets, 5, "the handle outlives the port");
+}
+
+/// The laws with everything that once broke `copies = delivered + copies_dropped`: a
+/// super-frame segmented for its destination and for a monitor of it (`/r`), whose ring
+/// takes only some of the segments, and a TX monitor (`/t`) of the sender.
+#[test]
+fn segments_and_monitor_copies_balance_the_laws() {
+    let (mut sw, ids, c) = bridge(3, 64);
+    sw.set_hdr_len(ids[0], 12).unwrap();
+    let mon = |sw: &mut Switch<LearningBridge>, name: &str, tx, rx, slots| {
+        let r = vale_abi::Region::create(name, geom(slots)).unwrap();
+        sw.attach_monitor(name, r, ids[1], tx, rx).unwrap()
+    };
+    let mr = mon(&mut sw, "vale0:p1/r", false, true, 16);
+    let mt = mon(&mut sw, "vale0:p1/t", true, false, 64);
+    let (mrc, mtc) = (Client::attach(&sw, mr), Client::attach(&sw, mt));
+    // p0 -> broadcast (to p1 and p2), 12 segments each; p1 -> p0 one small frame.
+    let mut pkt = vnet(tso4(), 12);
+    pkt.extend_from_slice(&tcp4(MacAddr::BROADCAST, mac(0), 12 * 1448));
+    for _ in 0..2 {
+        assert!(c[0].queue(&pkt, pkt.len().div_ceil(2048)));
+        c[0].txsync();
+        drain(&mut sw, t(0));
+    }
+    c[1].send(&[frame(mac(0), mac(1), 7, 60)]);
+    drain(&mut sw, t(0));
+    let st = |id| sw.port(id).unwrap().stats();
+    let (s0, s1, sr, stx) = (st(ids[0]), st(ids[1]), st(mr), st(mt));
+    assert_eq!((s0.tx_packets, s0.copies, s0.copies_dropped), (2, 4, 0));
+    assert_eq!((s1.rx_copies, s1.rx_segmented, s1.rx_segments), (2, 2, 24));
+    assert_eq!(s1.rx_packets, 24);
+    // The /r monitor: the same 24 segments into a ring of 15.
+    assert_eq!((sr.mon_copies, sr.rx_segmented, sr.rx_segments), (2, 2, 24));
+    assert_eq!(
+        (sr.rx_packets, sr.drop_count(DropReason::RingFull)),
+        (15, 9)
+    );
+    assert_eq!((stx.mon_copies, stx.rx_packets), (1, 1));
+    assert_eq!(mrc.recv_frames().len(), 15);
+    assert_eq!(mtc.recv_frames().len(), 1);
+    assert_eq!(c[2].recv_frames().len(), 24);
 }

@@ -28,9 +28,10 @@ static TRAFFIC: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn sender_receiver(n: u64, extra_tx: &[&str]) -> (u64, u64, u64) {
     let _one_at_a_time = TRAFFIC.lock().unwrap_or_else(|p| p.into_inner());
     let d = Daemon::start(&format!("pair{}", extra_tx.len()), &[]);
-    // Hold b open so its counters outlive the receiver process. 4096 slots: 20 ms of
-    // slack at the paced rate if the receiver is descheduled on a busy machine.
+    // Hold a and b open so their counters outlive the pkt-gen processes. 4096 slots: 20
+    // ms of slack at the paced rate if the receiver is descheduled on a busy machine.
     let _holder = d.open("vale0:b@conf:slots=4096");
+    let _sender = d.open("vale0:a");
     let rx = d
         .cmd(PKT_GEN)
         .args(["-i", "vale0:b", "-f", "rx", "-W", "--duration", "120"])
@@ -61,8 +62,11 @@ fn sender_receiver(n: u64, extra_tx: &[&str]) -> (u64, u64, u64) {
         String::from_utf8_lossy(&rx.stderr)
     );
     let got = received(&stdout_of(&rx));
-    let delivered = d.counter("vale0:b", "rx_packets");
-    let dropped = d.counter("vale0:b", "ring_full");
+    // pkt-gen's own counts against the daemon's: Sent = Received + drops.
+    let st = d.assert_laws();
+    assert_conserved(n, got, &st);
+    let delivered = st.get("vale0:b", "rx_packets");
+    let dropped = st.get("vale0:b", "ring_full");
     (got, delivered, dropped)
 }
 
@@ -99,6 +103,8 @@ fn learning_through_the_daemon() {
     send(&a, &unicast);
     assert_eq!(drain(&c, 2.0), unicast, "learned unicast reaches its port");
     assert!(drain(&b, 0.3).is_empty(), "b must not see unicast to c");
+    // Sent: 1 flood (2 copies) + 100 unicast; received: 2 + 100.
+    assert_conserved(2 + 100, 102, &d.assert_laws());
     let fdb = d.ctl_json(&["fdb", "vale0"]);
     let rows = fdb["entries"].as_array().unwrap();
     let has = |mac: &str, port: &str| rows.iter().any(|r| r["mac"] == mac && r["port"] == port);
@@ -116,16 +122,28 @@ fn learning_through_the_daemon() {
 #[test]
 fn two_switches_are_isolated() {
     let d = Daemon::start("iso", &[]);
-    let (a0, b0, a1) = (d.open("vale0:a"), d.open("vale0:b"), d.open("vale1:a"));
+    let (a0, b0) = (d.open("vale0:a"), d.open("vale0:b"));
+    let (a1, b1) = (d.open("vale1:a"), d.open("vale1:b"));
     send(
         &a0,
         &(0..50).map(|i| frame(BCAST, A, i)).collect::<Vec<_>>(),
     );
+    // The isolated side works among itself at the same time.
+    send(
+        &b1,
+        &(0..30)
+            .map(|i| frame(BCAST, B, 500 + i))
+            .collect::<Vec<_>>(),
+    );
     assert_eq!(drain(&b0, 2.0).len(), 50);
+    let on_vale1 = drain(&a1, 2.0);
+    assert_eq!(on_vale1.len(), 30, "vale1's own traffic reaches its ports");
     assert!(
-        drain(&a1, 0.5).is_empty(),
+        on_vale1.iter().all(|f| f[6..12] == B),
         "vale1 must not see vale0's traffic"
     );
+    assert!(drain(&b1, 0.3).is_empty() && drain(&a0, 0.3).is_empty());
+    assert_conserved(80, 80, &d.assert_laws());
     let list = stdout_of(&d.ctl(&[]));
     assert!(
         list.contains("vale0:a bridge_idx") && list.contains("vale1:a bridge_idx"),
@@ -483,6 +501,7 @@ fn several_forwarding_threads_each_own_switches() {
             "no traffic crosses switches"
         );
     }
+    assert_conserved(900, 900, &d.assert_laws());
     let list = d.ctl_json(&["list"]);
     let mut idx: Vec<u64> = list["switches"]
         .as_array()
@@ -540,8 +559,7 @@ fn capture_writes_pcap_of_what_a_port_sends_and_receives() {
     let c = d.open("vale0:c");
     // b announces itself, so a's frames to b are unicast and c sees none of them.
     send(&b, &[frame(BCAST, B, 0)]);
-    drain(&a, 0.3);
-    drain(&c, 0.3);
+    let announced = drain(&a, 0.3).len() + drain(&c, 0.3).len();
     let file = d.dir.join("b.pcap");
     let cap = d
         .cmd(VALE_CTL)
@@ -572,11 +590,17 @@ fn capture_writes_pcap_of_what_a_port_sends_and_receives() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(pcap_records(&std::fs::read(&file).unwrap()), frames);
-    assert_eq!(drain(&b, 1.0), frames, "b itself still gets every frame");
+    let captured = pcap_records(&std::fs::read(&file).unwrap());
+    assert_eq!(captured, frames);
+    let at_b = drain(&b, 1.0);
+    assert_eq!(at_b, frames, "b itself still gets every frame");
     assert!(drain(&c, 0.2).is_empty());
     // The monitor went away with its reader.
     assert!(wait_for(2.0, || !d.ports().iter().any(|p| p.contains('/'))));
+    // Sent: the announcement's 2 copies, 5 unicast frames and their 5 monitor copies;
+    // received by a and c, b, and in the capture file (which reported 0 dropped).
+    let received = announced + at_b.len() + captured.len();
+    assert_conserved(2 + 5 + 5, received as u64, &d.assert_laws());
 
     // tx side of a, as text lines on stdout.
     let cap = d
@@ -610,9 +634,9 @@ fn a_capture_that_falls_behind_drops_its_copies_not_the_switchs_frames() {
     let a = d.open("vale0:a");
     let b = d.open("vale0:b");
     // A monitor nobody reads (its ring fills up), opened through the library.
-    let _mon = d.open("vale0:b/r");
+    let mon = d.open("vale0:b/r");
     send(&b, &[frame(BCAST, B, 0)]);
-    drain(&a, 0.3);
+    let announced = drain(&a, 0.3).len() as u64;
     let frames: Vec<_> = (1..=3000).map(|i| frame(B, A, i)).collect();
     let mut got = Vec::new();
     for chunk in frames.chunks(500) {
@@ -633,6 +657,14 @@ fn a_capture_that_falls_behind_drops_its_copies_not_the_switchs_frames() {
         "{c}"
     );
     assert_eq!(d.counter("vale0:b", "ring_full"), 0);
+    // Sent: 1 announcement, 3000 frames to b and as many copies to the monitor; the
+    // monitor's reader finally reads what its ring kept.
+    let read_late = drain(&mon, 1.0).len() as u64;
+    assert_conserved(
+        1 + 3000 + 3000,
+        announced + 3000 + read_late,
+        &d.assert_laws(),
+    );
     let o = d.ctl(&["stats", "vale0:b/x"]);
     assert_eq!(o.status.code(), Some(1));
     let bad = vale::Port::open_with(
@@ -1108,6 +1140,10 @@ fn frames_for_a_stream_port_whose_vm_hung_up_are_counted() {
     );
     let stats = d.ctl(&["stats", "vale0:s"]);
     assert!(stats.status.success());
+    // Sent: the VM's frame (to tx) and tx's 51 (to the VM); received: tx's and the one
+    // the VM read; the other 50 are no_peer.
+    let at_tx = drain(&tx, 1.0).len() as u64;
+    assert_conserved(1 + 51, at_tx + 1, &d.assert_laws());
 }
 
 /// Raises this process's descriptor limit to its hard limit; false (with a SKIP) if that
@@ -1596,4 +1632,168 @@ fn a_connection_that_says_nothing_is_closed_after_the_handshake_timeout() {
     send(&talker, &[frame(BCAST, A, 1)]);
     assert!(d.ports().contains(&"vale0:a".into()));
     assert!(wait_for(2.0, || d.counter("vale0:a", "tx_packets") == 1));
+}
+
+/// A uid other than root's and valed's own has a share of the ports and of their memory,
+/// and may not watch other clients' traffic; root is held to the total only.
+#[test]
+fn a_uid_is_held_to_its_share_of_ports_and_memory_and_may_not_watch_others() {
+    if !rustix::process::geteuid().is_root() {
+        skip("the quota test needs root (to act as another uid)");
+        return;
+    }
+    if !have("setpriv", "util-linux", "the quota test") {
+        return;
+    }
+    let open_as = |d: &Daemon, uid: u32, port: &str| {
+        as_uid(d, uid, &[], PKT_GEN)
+            .args(["-i", port, "-f", "tx", "-n", "1", "-l", "60"])
+            .output()
+            .unwrap()
+    };
+    let hold_as = |d: &Daemon, uid: u32, port: &str| {
+        let c = as_uid(d, uid, &[], PKT_GEN)
+            .args(["-i", port, "-f", "rx", "--duration", "20"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let p = port.to_string();
+        assert!(wait_for(5.0, || d.ports().contains(&p)), "{port} opened");
+        c
+    };
+    let open_mode = |d: &Daemon| {
+        let _ =
+            std::fs::set_permissions(&d.dir, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+    };
+
+    // Ports per uid: two held, the third refused naming the limit; root is not counted.
+    let d = Daemon::start(
+        "quota",
+        &["--socket-mode", "0666", "--max-ports-per-uid", "2"],
+    );
+    open_mode(&d);
+    let mut held = vec![hold_as(&d, 65534, "vale0:a"), hold_as(&d, 65534, "vale0:b")];
+    let o = open_as(&d, 65534, "vale0:c");
+    assert!(!o.status.success(), "a third port for uid 65534");
+    assert!(
+        stderr_of(&o).contains("uid 65534 has 2 ports, its limit (--max-ports-per-uid 2)"),
+        "{}",
+        stderr_of(&o)
+    );
+    assert!(!d.ports().contains(&"vale0:c".into()));
+    let o = open_as(&d, 0, "vale0:c");
+    assert!(o.status.success(), "root: {}", stderr_of(&o));
+    // Its own ports it may still open again, and a closed one gives its place back.
+    let o = open_as(&d, 65534, "vale0:a");
+    assert!(o.status.success(), "its own port: {}", stderr_of(&o));
+    let mut first = held.remove(0);
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(wait_for(5.0, || !d.ports().contains(&"vale0:a".into())));
+    let o = open_as(&d, 65534, "vale0:c2");
+    assert!(o.status.success(), "a freed place: {}", stderr_of(&o));
+    // Monitors and captures are root's: they see other clients' traffic.
+    let o = open_as(&d, 65534, "vale0:b/rt");
+    assert!(!o.status.success(), "uid 65534 monitored a port");
+    assert!(
+        stderr_of(&o).contains("monitors see other clients' traffic"),
+        "{}",
+        stderr_of(&o)
+    );
+    let o = as_uid(&d, 65534, &[], "timeout")
+        .args(["5", VALE_CTL, "capture", "vale0:b", "-c", "1"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "uid 65534 captured a port");
+    assert!(
+        stderr_of(&o).contains("only root or valed's own user"),
+        "{}",
+        stderr_of(&o)
+    );
+    for mut c in held {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    // Memory per uid: a port bigger than the uid's share is refused, root's is not.
+    let d = Daemon::start(
+        "quota-mem",
+        &[
+            "--socket-mode",
+            "0666",
+            "--max-port-memory-per-uid-mib",
+            "1",
+        ],
+    );
+    open_mode(&d);
+    let o = open_as(&d, 65534, "vale0:big");
+    assert!(!o.status.success(), "uid 65534 went over its memory");
+    assert!(
+        stderr_of(&o).contains("over its limit (--max-port-memory-per-uid-mib 1)"),
+        "{}",
+        stderr_of(&o)
+    );
+    let o = open_as(&d, 0, "vale0:big");
+    assert!(o.status.success(), "root: {}", stderr_of(&o));
+
+    // Memory in all: root too.
+    let d = Daemon::start("quota-all", &["--max-port-memory-mib", "1"]);
+    let o = open_as(&d, 0, "vale0:big");
+    assert!(!o.status.success(), "root went over the total");
+    assert!(
+        stderr_of(&o).contains("over its limit (--max-port-memory-mib 1)"),
+        "{}",
+        stderr_of(&o)
+    );
+    assert!(d.ports().is_empty(), "{:?}", d.ports());
+}
+
+/// `--socket-group` and `--socket-mode` decide who may connect: checked as a real
+/// second uid (root passes any permission, so a root client would prove nothing), both
+/// the refusal and the access the group gives.
+#[test]
+fn the_socket_group_decides_who_may_connect() {
+    if !rustix::process::geteuid().is_root() {
+        skip("the socket-group test needs root (to act as another uid)");
+        return;
+    }
+    if !have("setpriv", "util-linux", "the socket-group test") {
+        return;
+    }
+    let d = Daemon::start(
+        "sockgroup",
+        &["--socket-group", "4243", "--socket-mode", "0660"],
+    );
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(&d.socket).unwrap();
+    assert_eq!(
+        (meta.gid(), meta.permissions().mode() & 0o777),
+        (4243, 0o660)
+    );
+    let outsider = as_uid(&d, 65534, &[], VALE_CTL)
+        .arg("list")
+        .output()
+        .unwrap();
+    assert!(
+        !outsider.status.success(),
+        "uid 65534 outside the group got in"
+    );
+    assert!(
+        stderr_of(&outsider).contains("ermission denied"),
+        "{}",
+        stderr_of(&outsider)
+    );
+    let member = as_uid(&d, 65534, &[4243], VALE_CTL)
+        .arg("list")
+        .output()
+        .unwrap();
+    assert!(member.status.success(), "{}", stderr_of(&member));
+    // A member opens a port and sends through it, as any client would.
+    let rx = d.open("vale0:b");
+    let tx = as_uid(&d, 65534, &[4243], PKT_GEN)
+        .args(["-i", "vale0:a", "-f", "tx", "-n", "10", "-l", "60"])
+        .output()
+        .unwrap();
+    assert!(tx.status.success(), "{}", stderr_of(&tx));
+    assert_eq!(drain(&rx, 2.0).len(), 10);
 }

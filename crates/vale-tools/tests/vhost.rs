@@ -48,13 +48,26 @@ fn stat(out: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The last figure after `key` in testpmd's output (its closing statistics).
+fn stat_last(out: &str, key: &str) -> u64 {
+    out.rsplit(key)
+        .next()
+        .filter(|_| out.contains(key))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in testpmd's output:\n{out}"))
+}
+
 #[test]
 fn testpmd_virtio_user_exchanges_traffic_through_a_vhost_user_port() {
     if let Some(r) = skip_reason() {
         skip(&r);
         return;
     }
-    let d = Daemon::start("vhost", &[]);
+    // testpmd --no-huge backs its memory with memfd_create("nohuge", 0): no
+    // MFD_ALLOW_SEALING, so valed cannot seal it and refuses it unless trusted (DPDK's
+    // hugepage files and MFD_HUGETLB memfds cannot be sealed either).
+    let d = Daemon::start("vhost", &["--vhost-trust-unsealed"]);
     let sock = d.dir.join("vm.sock").to_str().unwrap().to_string();
     let o = d.ctl(&["vhost-user", "vale0:vm", "--path", &sock]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -77,7 +90,16 @@ fn testpmd_virtio_user_exchanges_traffic_through_a_vhost_user_port() {
         from_vm,
         "every packet from the frontend accounted for"
     );
-    drop(rx);
+    // testpmd's own count of what it sent = what the receiver reads + the daemon's drops.
+    let pmd_sent = stat_last(&out, "TX-packets:");
+    // Guest TX waits for the switch rather than dropping (README): the port took every
+    // frame testpmd counts as sent.
+    assert_eq!(
+        pmd_sent, from_vm,
+        "testpmd sent {pmd_sent}, the port took {from_vm}"
+    );
+    let mut read = drain(&rx, 1.0).len() as u64;
+    assert_conserved(pmd_sent, read, &d.assert_laws());
 
     // Switch -> guest, with the frontend connecting again (a restarted VM).
     let tx = d.open("vale0:tx");
@@ -90,6 +112,11 @@ fn testpmd_virtio_user_exchanges_traffic_through_a_vhost_user_port() {
     });
     let to_vm = d.counter("vale0:vm", "rx_packets");
     let rx_pkts = stat(&out, "RX-packets:");
+    // Each of the 3000 frames flooded to the guest and to vale0:rx: testpmd's count and
+    // the client's (the rest counted by the daemon), over both runs.
+    read += drain(&rx, 1.0).len() as u64;
+    let received = read + stat_last(&out, "RX-packets:");
+    d.assert_conserved_with(|| (pmd_sent + 2 * 3000, received));
     assert!(to_vm >= 2900, "the switch delivered {to_vm} of 3000\n{out}");
     assert!(
         rx_pkts >= 2900,
@@ -152,14 +179,18 @@ mod hostile {
     }
 
     impl Front {
+        /// A frontend whose guest memory valed can seal (QEMU's memory-backend-memfd).
         pub fn connect(path: &str) -> Front {
+            Front::connect_with(path, rustix::fs::MemfdFlags::ALLOW_SEALING)
+        }
+
+        /// A frontend with guest memory made with `flags`: without ALLOW_SEALING, memory
+        /// valed cannot seal (DPDK's `--no-huge` memfd).
+        pub fn connect_with(path: &str, flags: rustix::fs::MemfdFlags) -> Front {
             let s = UnixStream::connect(path).expect("connect to the vhost-user socket");
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mem = rustix::fs::memfd_create(
-                "guest",
-                rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
-            )
-            .unwrap();
+            let mem =
+                rustix::fs::memfd_create("guest", rustix::fs::MemfdFlags::CLOEXEC | flags).unwrap();
             rustix::fs::ftruncate(&mem, MEM).unwrap();
             let ev = || rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
             Front {
@@ -172,9 +203,19 @@ mod hostile {
         }
 
         pub fn send(&self, req: u32, payload: &[u8], fds: &[rustix::fd::BorrowedFd<'_>]) -> bool {
+            self.send_flags(req, 1, payload, fds)
+        }
+
+        pub fn send_flags(
+            &self,
+            req: u32,
+            flags: u32,
+            payload: &[u8],
+            fds: &[rustix::fd::BorrowedFd<'_>],
+        ) -> bool {
             let mut m = Vec::new();
             m.extend_from_slice(&req.to_le_bytes());
-            m.extend_from_slice(&1u32.to_le_bytes());
+            m.extend_from_slice(&flags.to_le_bytes());
             m.extend_from_slice(&(payload.len() as u32).to_le_bytes());
             m.extend_from_slice(payload);
             vale::sock::send(self.s.as_fd(), &m, fds).is_ok()
@@ -196,6 +237,25 @@ mod hostile {
                 p.extend_from_slice(&v.to_le_bytes());
             }
             self.send(SET_MEM_TABLE, &p, &[self.mem.as_fd()])
+        }
+
+        /// The whole memory table asking for a reply (NEED_REPLY): its value (0 done,
+        /// else failed), or `None` if valed hung up without one.
+        pub fn mem_table_replied(&mut self) -> Option<u64> {
+            let mut p = Vec::new();
+            p.extend_from_slice(&1u32.to_le_bytes());
+            p.extend_from_slice(&0u32.to_le_bytes());
+            for v in [0, MEM, VA, 0] {
+                p.extend_from_slice(&v.to_le_bytes());
+            }
+            assert!(self.send_flags(SET_MEM_TABLE, 1 | 8, &p, &[self.mem.as_fd()]));
+            let mut r = [0u8; 20];
+            self.s.read_exact(&mut r).ok()?;
+            assert_eq!(
+                u32::from_le_bytes(r[0..4].try_into().unwrap()),
+                SET_MEM_TABLE
+            );
+            Some(u64::from_le_bytes(r[12..20].try_into().unwrap()))
         }
 
         fn state(&self, req: u32, q: u32, num: u32) -> bool {
@@ -589,3 +649,249 @@ const VM_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x77];
 const R_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0e];
 const X_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x31];
 const Y_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x32];
+
+/// Bystanders on the switch: `x` sends rounds of 16 frames to `y` and `y` counts what it
+/// receives (`received`, as it goes), until `phase` is 1 (at most 2000 rounds); then
+/// they report (sent, received) by their own counts and keep their ports open until
+/// `phase` is 2, for the daemon's counters to be read.
+fn bystander_traffic(
+    socket: std::path::PathBuf,
+    phase: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> std::sync::mpsc::Receiver<(u64, u64)> {
+    use std::sync::atomic::Ordering;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let open = |name: &str| {
+            vale::Port::open_with(
+                name,
+                &vale::OpenOptions {
+                    socket: Some(socket.clone()),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        let (x, y) = (open("vale0:x"), open("vale0:y"));
+        // The switch learns both first: their frames are unicast, never flooded.
+        send(&y, &[frame(X_MAC, Y_MAC, 0)]);
+        send(&x, &[frame(Y_MAC, X_MAC, 0)]);
+        drain(&x, 0.3);
+        drain(&y, 0.3);
+        let (mut sent, mut got) = (0u64, 0u64);
+        for round in 0..2000u32 {
+            if phase.load(Ordering::Acquire) >= 1 {
+                break;
+            }
+            let frames: Vec<_> = (0..16)
+                .map(|k| frame(Y_MAC, X_MAC, round * 16 + k))
+                .collect();
+            send(&x, &frames);
+            sent += 16;
+            let want = got + 16;
+            let t = std::time::Instant::now();
+            while got < want && t.elapsed() < Duration::from_secs(2) {
+                if y.poll(vale::Interest::RX, Some(Duration::from_millis(50)))
+                    .unwrap()
+                {
+                    y.dispatch(0, |_| got += 1);
+                    y.rxsync().unwrap();
+                }
+            }
+            received.store(got, Ordering::Release);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = tx.send((sent, got));
+        let t = std::time::Instant::now();
+        while phase.load(Ordering::Acquire) < 2 && t.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    rx
+}
+
+#[test]
+fn guest_memory_that_cannot_be_sealed_is_refused_with_a_clear_error() {
+    use hostile::*;
+    let mut d = Daemon::start("vhost-unsealed", &[]);
+    let sock = d.dir.join("vm.sock").to_str().unwrap().to_string();
+    let o = d.ctl(&["vhost-user", "vale0:vm", "--path", &sock]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = d.open("vale0:r");
+
+    // DPDK's kind of memory: a memfd made without MFD_ALLOW_SEALING.
+    let mut f = Front::connect_with(&sock, rustix::fs::MemfdFlags::empty());
+    f.get_features();
+    f.send(SET_OWNER, &[], &[]);
+    f.send(SET_FEATURES, &(1u64 << 32).to_le_bytes(), &[]);
+    let reply = f.mem_table_replied();
+    assert!(
+        matches!(reply, Some(v) if v != 0),
+        "a failure reply ({reply:?}):\n{}",
+        d.log()
+    );
+    assert!(f.hung_up(5), "then the frontend is cut off");
+    assert!(
+        wait_for(2.0, || d
+            .log()
+            .contains("cannot be sealed against shrinking")),
+        "valed says why:\n{}",
+        d.log()
+    );
+    assert!(d.log().contains("--vhost-trust-unsealed"), "and what to do");
+    assert_eq!(host_counter(&d, "vale0:vm", "read_errors"), 1);
+    // valed sealed nothing it did not map: the frontend's file is as it was.
+    assert!(rustix::fs::ftruncate(&f.mem, 4096).is_ok());
+
+    // valed is up, and the port serves the next, sealable, frontend.
+    let mut f = Front::connect(&sock);
+    f.setup();
+    let mut p = vec![0u8; 12];
+    p.extend_from_slice(&frame([0xff; 6], VM_MAC, 5));
+    f.write(0x10000, &p);
+    f.set_desc(1, 0, 0x10000, 72, 0, 0);
+    f.offer(1, 0, 1);
+    assert!(f.wait_used(1, 1), "served:\n{}", d.log());
+    assert!(
+        drain(&r, 2.0)
+            .iter()
+            .any(|g| g.len() == 60 && g[14..18] == 5u32.to_be_bytes()),
+        "its frame crossed"
+    );
+    assert!(d.alive(), "valed survived:\n{}", d.log());
+}
+
+#[test]
+fn sealable_guest_memory_cannot_be_shrunk_once_valed_took_it() {
+    use hostile::*;
+    use rustix::fs::SealFlags;
+    let mut d = Daemon::start("vhost-sealed", &[]);
+    let sock = d.dir.join("vm.sock").to_str().unwrap().to_string();
+    let o = d.ctl(&["vhost-user", "vale0:vm", "--path", &sock]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut f = Front::connect(&sock);
+    assert_eq!(
+        rustix::fs::fcntl_get_seals(&f.mem).unwrap(),
+        SealFlags::empty(),
+        "the frontend's memfd starts unsealed"
+    );
+    f.setup();
+    // The crate has mapped it once the rings are in place (GET_VRING_BASE answers).
+    let base = f.stop(0);
+    assert_eq!(base, 0);
+    assert!(
+        rustix::fs::fcntl_get_seals(&f.mem)
+            .unwrap()
+            .contains(SealFlags::SHRINK),
+        "valed sealed it against shrinking"
+    );
+    assert_eq!(
+        rustix::fs::ftruncate(&f.mem, 4096),
+        Err(rustix::io::Errno::PERM),
+        "the frontend can no longer truncate it"
+    );
+    // Growing is harmless, and still allowed.
+    assert!(rustix::fs::ftruncate(&f.mem, 2 * MEM).is_ok());
+    assert_eq!(host_counter(&d, "vale0:vm", "memory_faults"), 0);
+    assert!(d.alive(), "valed survived:\n{}", d.log());
+}
+
+#[test]
+fn a_trusted_frontend_that_truncates_its_memory_under_traffic_is_cut_off_and_counted() {
+    use hostile::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+    let mut d = Daemon::start("vhost-truncate", &["--vhost-trust-unsealed"]);
+    let settings = d.ctl_json(&["settings"]);
+    assert_eq!(
+        settings["settings"]["vhost_trust_unsealed"], "true",
+        "{settings}"
+    );
+    let r = d.open("vale0:r");
+    let sock = d.dir.join("vm.sock").to_str().unwrap().to_string();
+    let o = d.ctl(&["vhost-user", "vale0:vm", "--path", &sock]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // r's address is learned before the bystanders open their ports: the VM's frames
+    // to it are unicast, nothing floods to the bystanders.
+    send(&r, &[frame([0xff; 6], R_MAC, 0)]);
+    std::thread::sleep(Duration::from_millis(100));
+    let (phase, received) = (Arc::new(AtomicU8::new(0)), Arc::new(AtomicU64::new(0)));
+    let by = bystander_traffic(d.socket.clone(), phase.clone(), received.clone());
+    assert!(
+        wait_for(5.0, || received.load(Ordering::Acquire) > 0),
+        "bystanders forward"
+    );
+
+    // Memory valed cannot seal, accepted (trusted), traffic both ways.
+    let mut f = Front::connect_with(&sock, rustix::fs::MemfdFlags::empty());
+    f.setup();
+    assert!(
+        wait_for(2.0, || d.log().contains("accepted (vhost_trust_unsealed)")),
+        "{}",
+        d.log()
+    );
+    let buf = 0x10000u64;
+    for n in 0..50u16 {
+        let mut p = vec![0u8; 12];
+        p.extend_from_slice(&frame(R_MAC, VM_MAC, n as u32));
+        f.write(buf, &p);
+        f.set_desc(1, n % QSIZE, buf, 72, 0, 0);
+        f.offer(1, n % QSIZE, 1);
+        assert!(f.wait_used(1, n + 1), "frame {n} taken:\n{}", d.log());
+    }
+    assert!(wait_for(2.0, || host_counter(&d, "vale0:vm", "to_host")
+        == 0
+        && host_counter(&d, "vale0:vm", "from_host") == 50));
+    let from_vm = drain(&r, 1.0).iter().filter(|g| g[6..12] == VM_MAC).count();
+    assert_eq!(from_vm, 50, "the VM's frames crossed");
+    // RX buffers posted, then the frontend cuts its memory to nothing and kicks: valed
+    // next touches its rings past the file's end.
+    for i in 0..4u16 {
+        f.set_desc(0, i, buf + 0x1000 * (1 + i as u64), 2048, F_WRITE, 0);
+        f.post(0, i, 1);
+    }
+    let t = std::time::Instant::now();
+    rustix::fs::ftruncate(&f.mem, 0).unwrap();
+    f.kick(0);
+    f.kick(1);
+    send(&r, &[frame(VM_MAC, R_MAC, 1), frame(VM_MAC, R_MAC, 2)]);
+    assert!(
+        wait_for(5.0, || host_counter(&d, "vale0:vm", "memory_faults") > 0),
+        "the truncation is caught and counted:\n{}",
+        d.log()
+    );
+    let caught = t.elapsed();
+    assert!(f.hung_up(5), "the frontend is cut off:\n{}", d.log());
+    let cut = t.elapsed();
+    assert!(d.alive(), "no SIGBUS reached valed:\n{}", d.log());
+    assert!(d.log().contains("truncated guest memory"), "{}", d.log());
+
+    // The bystanders forwarded throughout, every frame by their own counts and the
+    // daemon's (their learning frame included).
+    let during = received.load(Ordering::Acquire);
+    assert!(
+        wait_for(2.0, || received.load(Ordering::Acquire) > during + 64),
+        "bystanders keep forwarding after the fault"
+    );
+    phase.store(1, Ordering::Release);
+    let (sent, got) = by.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(got, sent, "every bystander frame arrived");
+    assert_eq!(d.counter("vale0:x", "tx_packets"), sent + 1);
+    assert_eq!(d.counter("vale0:y", "rx_packets"), sent + 1);
+    phase.store(2, Ordering::Release);
+    eprintln!(
+        "truncation: counted within {caught:?}, frontend cut off within {cut:?}; \
+         bystanders {sent} sent, {got} received"
+    );
+
+    // valed lives on: the port serves a frontend with good memory.
+    let mut f = Front::connect(&sock);
+    f.setup();
+    let mut p = vec![0u8; 12];
+    p.extend_from_slice(&frame([0xff; 6], VM_MAC, 99));
+    f.write(buf, &p);
+    f.set_desc(1, 0, buf, 72, 0, 0);
+    f.offer(1, 0, 1);
+    assert!(f.wait_used(1, 1), "the port serves again:\n{}", d.log());
+    assert!(d.alive(), "valed survived:\n{}", d.log());
+}

@@ -20,6 +20,7 @@ pub mod ethernet;
 pub mod ip;
 pub mod ipv4;
 pub mod ipv6;
+pub mod memif;
 pub mod tcp;
 pub mod udp;
 pub mod virtio_net;

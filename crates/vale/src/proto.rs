@@ -148,6 +148,23 @@ pub enum PortSpec {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         client: bool,
     },
+    /// A memif interface (DPDK's `net_memif`, VPP's memif) served on `socket`, a file or
+    /// with `abstract_name` a name in the abstract namespace: valed is the server, and
+    /// the client that names interface `id` (and gives `secret`, if one is set) is this
+    /// port. Several memif ports may share a socket, each with its own id.
+    Memif {
+        socket: String,
+        #[serde(
+            default,
+            rename = "abstract",
+            skip_serializing_if = "std::ops::Not::not"
+        )]
+        abstract_name: bool,
+        #[serde(default)]
+        id: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret: Option<String>,
+    },
 }
 
 impl PortSpec {
@@ -157,6 +174,12 @@ impl PortSpec {
         match self {
             PortSpec::QemuDgram { socket, .. } | PortSpec::VhostUser { socket, .. } => Some(socket),
             PortSpec::QemuStream { listen, .. } => listen.as_deref(),
+            PortSpec::Memif {
+                socket,
+                abstract_name: false,
+                ..
+            } => Some(socket),
+            PortSpec::Memif { .. } => None,
             PortSpec::Tap | PortSpec::Interface { .. } => None,
         }
     }
@@ -312,6 +335,18 @@ pub struct Counters {
     pub forwarded: u64,
     pub copies: u64,
     pub copies_dropped: u64,
+    /// Copies of other ports' frames handed to this port, segmented ones, the segments
+    /// they became, and copies handed to it as a monitor (the laws in
+    /// `vale_switch::stats`: `rx_copies + mon_copies - rx_segmented + rx_segments =
+    /// rx_packets + receiver drops`; over a switch, copies = rx_copies).
+    #[serde(default)]
+    pub rx_copies: u64,
+    #[serde(default)]
+    pub rx_segmented: u64,
+    #[serde(default)]
+    pub rx_segments: u64,
+    #[serde(default)]
+    pub mon_copies: u64,
     pub ring_resets: u64,
     /// Drops by reason (`ring_full`, `runt`, `bad_buf`, `bad_len`, `bad_frag`,
     /// `no_dest`, `oversize`, `bad_rx_buf`, `bad_offload`, `tx_error`).
@@ -336,6 +371,10 @@ pub struct HostInfo {
     /// The interface was deleted under the port: detach and remove it.
     #[serde(default)]
     pub gone: bool,
+    /// Where its peer is and how it is, in a few words ("memif id 7 on PATH: connected
+    /// to DPDK 22.11.11 (net_memif0), C2S 1x1024, S2C 1x1024").
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub about: String,
     pub counters: HostCounters,
 }
 
@@ -367,6 +406,21 @@ pub struct HostCounters {
     /// up), dropped.
     #[serde(default)]
     pub no_peer: u64,
+    /// memif: descriptors naming bytes outside the client's memory; the frame (or the
+    /// posted buffer) was skipped.
+    #[serde(default)]
+    pub bad_desc: u64,
+    /// memif: frames whose chain of descriptors was longer than the largest frame,
+    /// dropped.
+    #[serde(default)]
+    pub chain_too_long: u64,
+    /// memif: clients that went away after connecting.
+    #[serde(default)]
+    pub peer_disconnects: u64,
+    /// Times a vhost-user frontend truncated its guest memory under valed (caught, and
+    /// the frontend cut off).
+    #[serde(default)]
+    pub memory_faults: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -632,6 +686,20 @@ mod tests {
         let s: PortSpec = serde_json::from_str(r#"{"kind":"interface","xdp":true}"#).unwrap();
         assert_eq!(s, PortSpec::Interface { xdp: true });
         assert!(serde_json::from_str::<PortSpec>(r#"{"kind":"memif"}"#).is_err());
+        let s: PortSpec =
+            serde_json::from_str(r#"{"kind":"memif","socket":"/run/m.sock","abstract":true}"#)
+                .unwrap();
+        assert_eq!(
+            s,
+            PortSpec::Memif {
+                socket: "/run/m.sock".into(),
+                abstract_name: true,
+                id: 0,
+                secret: None
+            }
+        );
+        assert_eq!(s.socket(), None, "an abstract name is no file");
+        assert!(serde_json::from_str::<PortSpec>(r#"{"kind":"bogus"}"#).is_err());
     }
 
     #[test]

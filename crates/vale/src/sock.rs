@@ -69,8 +69,27 @@ pub fn send(fd: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> std::io
     Ok(())
 }
 
+/// Why [`recv`] failed when the message was longer than its buffer (see [`is_too_long`]).
+#[derive(Debug)]
+struct TooLong;
+
+impl std::fmt::Display for TooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("message too long")
+    }
+}
+
+impl std::error::Error for TooLong {}
+
+/// Whether `e` is [`recv`]'s error for a message longer than its buffer (the rest of the
+/// message is gone; the connection itself is fine and may be answered).
+pub fn is_too_long(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<TooLong>())
+}
+
 /// Receives one message into `buf`; returns its length (0 = peer closed) and any
-/// descriptors that came with it. A message longer than `buf` is an error.
+/// descriptors that came with it. A message longer than `buf` is an error
+/// ([`is_too_long`]), its descriptors closed.
 pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<(usize, Vec<OwnedFd>)> {
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
@@ -87,7 +106,10 @@ pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> std::io::Result<(usize, Vec<O
         }
     }
     if msg.flags.contains(rustix::net::ReturnFlags::TRUNC) {
-        return Err(std::io::Error::other("message too long"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            TooLong,
+        ));
     }
     Ok((msg.bytes, fds))
 }

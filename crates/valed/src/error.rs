@@ -30,6 +30,9 @@ pub enum CtlError {
     Registry(#[from] RegistryError),
     #[error("malformed request ({len} bytes): {why}")]
     Malformed { len: usize, why: String },
+    /// A request longer than valed reads in one message (the rest of it is lost).
+    #[error("request too long: more than {max} bytes, the most valed reads in one message")]
+    TooLong { max: usize },
     #[error("client speaks protocol {client}, valed speaks {daemon}; use matching versions")]
     Version { client: u32, daemon: u32 },
     /// A reply too large for one message, to a client that cannot ask for pages.
@@ -92,9 +95,10 @@ impl CtlError {
                 }
                 RegistryError::Region { .. } => ErrorKind::Internal,
             },
-            CtlError::Malformed { .. } | CtlError::AlreadyHolding | CtlError::BadRequest(_) => {
-                ErrorKind::BadRequest
-            }
+            CtlError::Malformed { .. }
+            | CtlError::TooLong { .. }
+            | CtlError::AlreadyHolding
+            | CtlError::BadRequest(_) => ErrorKind::BadRequest,
             CtlError::Version { .. } | CtlError::Unpaged { .. } => ErrorKind::Version,
             CtlError::Permission { .. } | CtlError::NotOwner { .. } => ErrorKind::Permission,
             CtlError::BadName(_) => ErrorKind::BadName,
@@ -203,6 +207,11 @@ mod tests {
                 ErrorKind::Version,
                 "the list does not fit in one message and this client (control protocol 2) \
                  cannot read it in pages; use a vale-ctl and client library of protocol 3",
+            ),
+            (
+                CtlError::TooLong { max: 262144 },
+                ErrorKind::BadRequest,
+                "request too long: more than 262144 bytes",
             ),
             (
                 CtlError::Permission {

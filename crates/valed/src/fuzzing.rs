@@ -142,7 +142,8 @@ fn mem_file(kind: u8) -> Option<OwnedFd> {
 /// vhost-user messages from a frontend, as the relay reads and judges them: the fuzz
 /// bytes are the stream (12-byte headers with their sizes, payloads), read back with
 /// `read_msg`; the first byte says how many guest memory files (0..=8) come with each
-/// message, the next eight what they are. A message is refused, answered or passed on;
+/// message and (its top bit) whether unsealable memory is trusted, the next eight what
+/// the files are. A message is refused, answered or passed on;
 /// a passed `SET_MEM_TABLE` names only memory inside its files, now sealed against
 /// shrinking where they can be.
 pub fn vhost_messages(data: &[u8]) {
@@ -161,7 +162,7 @@ pub fn vhost_messages(data: &[u8]) {
     }
     drop(w);
     let nfds = (ctl[0] % 9) as usize;
-    let mut state = Frontend::default();
+    let mut state = Frontend::new(ctl[0] & 0x80 != 0);
     for _ in 0..64 {
         let Ok(Some((msg, _))) = read_msg(&r) else {
             break;
@@ -169,7 +170,10 @@ pub fn vhost_messages(data: &[u8]) {
         assert!(msg.len() >= 12 && msg.len() <= 12 + 64 * 1024);
         let fds: Vec<OwnedFd> = ctl[1..=nfds].iter().filter_map(|k| mem_file(*k)).collect();
         match state.inspect(&msg, &fds, "fuzz") {
-            Verdict::Refuse(_) => break,
+            Verdict::Refuse { reply, .. } => {
+                assert!(reply.is_none_or(|m| m.len() == 20));
+                break;
+            }
             Verdict::Answer(reply) => {
                 if let Some(m) = reply {
                     assert_eq!(m.len(), 20);

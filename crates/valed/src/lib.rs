@@ -31,4 +31,5 @@ mod sys;
 pub use control::SetVerbosity;
 pub use daemon::run;
 pub use error::StartError;
+pub use port::probe_af_xdp;
 pub use settings::{ConfigFile, Settings, SettingsError};

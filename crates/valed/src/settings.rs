@@ -108,6 +108,16 @@ pub struct Settings {
     pub shared: Vec<SharedSwitch>,
     /// Seconds a connection may stay silent after connecting (0: for ever).
     pub handshake_timeout_s: u64,
+    /// Accept vhost-user guest memory that cannot be sealed against shrinking (DPDK's
+    /// `--no-huge` memfds, hugetlbfs files, `memory-backend-file`): the frontend is
+    /// trusted not to truncate it. Off, such a memory table is refused; on, a truncation
+    /// is still survived (the port is cut off and counts `memory_faults`).
+    pub vhost_trust_unsealed: bool,
+    /// Accept memif regions that cannot be sealed against shrinking (a zero-copy DPDK
+    /// client's memory, `zero-copy=yes`): the client is trusted not to truncate them.
+    /// Off, such a client is refused; on, a truncation is still survived (the client is
+    /// disconnected and `memory_faults` counted).
+    pub memif_trust_unsealed: bool,
 }
 
 /// A switch declared shared: `vale0` (every client) or `vale0:netdev` (a group's).
@@ -188,6 +198,8 @@ impl Default for Settings {
             max_port_memory_per_uid_mib: None,
             shared: Vec::new(),
             handshake_timeout_s: DEFAULT_HANDSHAKE_TIMEOUT_S,
+            vhost_trust_unsealed: false,
+            memif_trust_unsealed: false,
         }
     }
 }
@@ -212,6 +224,8 @@ pub struct ConfigFile {
     pub max_port_memory_per_uid_mib: Option<u64>,
     pub share: Option<Vec<String>>,
     pub handshake_timeout_s: Option<u64>,
+    pub vhost_trust_unsealed: Option<bool>,
+    pub memif_trust_unsealed: Option<bool>,
     pub max_name_len: Option<usize>,
     pub bridge_batch: Option<usize>,
     pub rings: Option<u16>,
@@ -256,7 +270,9 @@ impl ConfigFile {
              max_clients => s.max_clients, max_clients_per_uid => s.max_clients_per_uid,
              max_ports_per_uid => s.max_ports_per_uid,
              max_port_memory_mib => s.max_port_memory_mib,
-             handshake_timeout_s => s.handshake_timeout_s);
+             handshake_timeout_s => s.handshake_timeout_s,
+             vhost_trust_unsealed => s.vhost_trust_unsealed,
+             memif_trust_unsealed => s.memif_trust_unsealed);
         if let Some(m) = self.max_port_memory_per_uid_mib {
             s.max_port_memory_per_uid_mib = Some(m);
         }
@@ -429,6 +445,17 @@ mod tests {
         assert_eq!(s.limits.max_switches, 64);
         assert_eq!(s.limits.default_geometry.rx_slots, 2048);
         assert_eq!(s.socket_mode, 0o600);
+        assert!(
+            !s.vhost_trust_unsealed,
+            "unsealable guest memory refused by default"
+        );
+        let f: ConfigFile = toml::from_str("vhost_trust_unsealed = true").unwrap();
+        f.apply(&mut s).unwrap();
+        assert!(s.vhost_trust_unsealed);
+        assert!(!s.memif_trust_unsealed, "each kind trusted on its own");
+        let f: ConfigFile = toml::from_str("memif_trust_unsealed = true").unwrap();
+        f.apply(&mut s).unwrap();
+        assert!(s.memif_trust_unsealed);
         assert!(toml::from_str::<ConfigFile>("max_switchez = 1").is_err());
         assert!(parse_mode("999").is_err());
         assert_eq!(parse_cpus("1,3-5").unwrap(), vec![1, 3, 4, 5]);

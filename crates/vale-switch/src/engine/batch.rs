@@ -142,6 +142,8 @@ impl Scratch {
             let Some(s) = rd.next() else {
                 break;
             };
+            // Counted here, before any verdict, so that the sender's law can fail.
+            st.tx_packets += 1;
             // `header` validates the buffer index; INDIRECT is checked below.
             let hdr = if snd.hdr_len == 0 {
                 rd.bufs.header(s.buf_idx)
@@ -191,10 +193,11 @@ impl Scratch {
 
     /// Pass 1, after the lookup filled `dests`: threads each packet onto its
     /// destination's queue (or the flood queue). Packets with nowhere to go are counted
-    /// in `st`.
+    /// in `st`, and so are the copies the others make (pass 2 counts them again, on the
+    /// destinations, for the switch's law).
     #[inline(always)]
     pub(super) fn route(&mut self, np: usize, src: PortId, ports: &PortTable, st: &mut PortStats) {
-        let others = ports.active.len().saturating_sub(1);
+        let others = ports.active.len() - usize::from(ports.active.contains(&src));
         self.dsts.clear();
         self.flood = EMPTY_Q;
         for pi in 0..np {
@@ -214,10 +217,10 @@ impl Scratch {
                 }
             };
             st.forwarded += 1;
+            st.copies += if q.is_some() { 1 } else { others as u64 };
             st.tx_bytes += self.infos[pi].len as u64;
             self.enqueue(q, pi as u32);
         }
-        st.tx_packets = st.forwarded + st.sender_drops();
     }
 
     /// Empties the unicast queues pass 1 filled.

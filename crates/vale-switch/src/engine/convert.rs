@@ -14,14 +14,21 @@ pub(super) struct Conv {
     pub(super) work: Vec<u8>,
 }
 
-/// What `convert` wrote: frames, bytes, and segments that did not fit (why, how many).
-pub(super) type Converted = (u64, u64, Option<(DropReason, u64)>);
+/// What `convert` wrote for one copy.
+pub(super) struct Converted {
+    /// Frames written (segments, if it was segmented).
+    pub(super) frames: u64,
+    pub(super) bytes: u64,
+    /// Segments that did not fit, and why (the last reason).
+    pub(super) lost: u64,
+    pub(super) lost_why: Option<DropReason>,
+}
 
 /// The slow path between ports whose virtio-net header lengths differ: gathers the
 /// packet, then resizes its header (both have one) or finishes its offloads in software
 /// (only the source has one: TCP segmentation, checksums) or prepends an empty header
-/// (only the destination has one). Returns the frames and bytes written, and the
-/// segments that did not fit (with why), when some did.
+/// (only the destination has one). Returns the frames and bytes written and the
+/// segments that did not fit, or why the copy was refused before any frame was made.
 #[inline(never)]
 pub(super) fn convert(
     b: &Batch<'_>,
@@ -36,7 +43,9 @@ pub(super) fn convert(
         let start = pkt.len();
         pkt.resize(start + f.len as usize, 0);
         if !b.bufs.read(f.buf_idx, &mut pkt[start..]) {
-            return Err(DropReason::BadBuf);
+            // Checked in pass 0, so unreachable; a receiver's reason all the same (the
+            // sender's law has counted the frame as forwarded already).
+            return Err(DropReason::BadOffload);
         }
     }
     let hl = (b.hdr_len as usize).min(pkt.len());
@@ -47,23 +56,29 @@ pub(super) fn convert(
         vh.write(out, dst_hl);
         out.extend_from_slice(frame);
         put_bytes(out, fill)?;
-        return Ok((1, out.len() as u64, None));
+        return Ok(Converted {
+            frames: 1,
+            bytes: out.len() as u64,
+            lost: 0,
+            lost_why: None,
+        });
     }
-    let (mut frames, mut nbytes, mut err, mut lost) = (0u64, 0u64, None, 0u64);
+    let mut c = Converted {
+        frames: 0,
+        bytes: 0,
+        lost: 0,
+        lost_why: None,
+    };
     offload::resolve(&vh, frame, work, |f| match put_bytes(f, fill) {
         Ok(()) => {
-            frames += 1;
-            nbytes += f.len() as u64;
+            c.frames += 1;
+            c.bytes += f.len() as u64;
         }
         Err(r) => {
-            err = Some(r);
-            lost += 1;
+            c.lost_why = Some(r);
+            c.lost += 1;
         }
     })
     .map_err(|_| DropReason::BadOffload)?;
-    match err {
-        Some(r) if frames == 0 => Err(r),
-        Some(r) => Ok((frames, nbytes, Some((r, lost)))),
-        None => Ok((frames, nbytes, None)),
-    }
+    Ok(c)
 }

@@ -28,6 +28,8 @@ pub(super) struct Target<'a> {
     pub(super) id: PortId,
     pub(super) port: &'a mut Port,
     pub(super) uq: Queue,
+    /// The copies are a monitor's (counted in `mon_copies`, not `rx_copies`).
+    pub(super) monitor: bool,
 }
 
 /// Where pass 2's side effects go: the conversion work space, the egress of direct
@@ -85,7 +87,13 @@ pub(super) fn deliver_all(
         let Some(port) = ports.get_mut(id) else {
             continue;
         };
-        deliver(b, Target { id, port, uq }, out, st);
+        let t = Target {
+            id,
+            port,
+            uq,
+            monitor: false,
+        };
+        deliver(b, t, out, st);
         if !ports.monitors.is_empty() {
             let seen = Seen {
                 port: id,
@@ -121,6 +129,7 @@ pub(super) fn copy_to_monitors(
                 id: m.port,
                 port,
                 uq: seen.queue,
+                monitor: true,
             };
             deliver(b, t, &mut out, &mut ignore);
         }
@@ -206,6 +215,8 @@ pub(super) fn put_bytes(bytes: &[u8], fill: &mut Fill<'_>) -> Result<(), DropRea
 pub(super) fn deliver(b: &Batch<'_>, t: Target<'_>, out: &mut Out<'_>, st: &mut PortStats) {
     let nrx = t.port.rx.len();
     if nrx == 0 {
+        // Unreachable (a geometry has at least one RX ring), but never uncounted.
+        lose_all(b, t, DropReason::RingFull, st);
         return;
     }
     let dst_hl = t.port.hdr_len;
@@ -215,7 +226,12 @@ pub(super) fn deliver(b: &Batch<'_>, t: Target<'_>, out: &mut Out<'_>, st: &mut 
         deliver_direct(b, t, out.egress, st);
         return;
     }
-    let Target { id, port, uq } = t;
+    let Target {
+        id,
+        port,
+        uq,
+        monitor,
+    } = t;
     let rr = (b.ring as usize % nrx) as u16;
     let rk = &mut port.rx[rr as usize];
     // The receiver's counts, published once when its copies are done.
@@ -241,13 +257,20 @@ pub(super) fn deliver(b: &Batch<'_>, t: Target<'_>, out: &mut Out<'_>, st: &mut 
             let r = convert(b, &b.sc.pkts[pi as usize], dst_hl, out.conv, &mut slow);
             fill = slow;
             match r {
-                Ok((frames, nbytes, lost)) => {
-                    delivered += frames;
-                    bytes += nbytes;
-                    // Segments of one packet that did not all fit: the lost ones are
-                    // drops at this port (the copy itself was delivered).
-                    if let Some((r, k)) = lost {
-                        ds.drops[r as usize] += k;
+                Ok(c) => {
+                    delivered += c.frames;
+                    bytes += c.bytes;
+                    // Segments that did not fit are drops at this port; the copy itself
+                    // is dropped only if none of them did.
+                    if let Some(r) = c.lost_why {
+                        ds.drops[r as usize] += c.lost;
+                    }
+                    if c.frames + c.lost > 1 {
+                        ds.rx_segmented += 1;
+                        ds.rx_segments += c.frames + c.lost;
+                    }
+                    if c.frames == 0 {
+                        dropped += 1;
                     }
                 }
                 Err(r) => {
@@ -268,7 +291,11 @@ pub(super) fn deliver(b: &Batch<'_>, t: Target<'_>, out: &mut Out<'_>, st: &mut 
             }
         }
     }
-    st.copies += copies;
+    if monitor {
+        ds.mon_copies += copies;
+    } else {
+        ds.rx_copies += copies;
+    }
     st.copies_dropped += dropped;
     let end = fill.at;
     if end != rk.hwtail {
@@ -283,4 +310,21 @@ pub(super) fn deliver(b: &Batch<'_>, t: Target<'_>, out: &mut Out<'_>, st: &mut 
         }
     }
     port.counters.add(&ds);
+}
+
+/// Counts every copy of `t`'s queues (merged with the flood queue) as dropped for `why`.
+#[cold]
+fn lose_all(b: &Batch<'_>, t: Target<'_>, why: DropReason, st: &mut PortStats) {
+    let (mut u, mut f) = (t.uq.head, b.flood.head);
+    let mut ds = PortStats::default();
+    while b.sc.next_merged(&mut u, &mut f).is_some() {
+        if t.monitor {
+            ds.mon_copies += 1;
+        } else {
+            ds.rx_copies += 1;
+            st.copies_dropped += 1;
+        }
+        ds.drops[why as usize] += 1;
+    }
+    t.port.counters.add(&ds);
 }

@@ -47,7 +47,11 @@ pub(super) fn deliver_direct(
     let mut frags = [Frag::default(); MAX_FRAGS];
     while let Some(pi) = b.sc.next_merged(&mut u, &mut f) {
         let p = &b.sc.pkts[pi as usize];
-        st.copies += 1;
+        if t.monitor {
+            ds.mon_copies += 1;
+        } else {
+            ds.rx_copies += 1;
+        }
         let mut k = 0;
         let mut total = 0u64;
         for f in b.sc.frags_of(p) {
@@ -77,7 +81,9 @@ pub(super) fn deliver_direct(
             ds.rx_bytes += total;
         } else {
             ds.drops[DropReason::TxError as usize] += 1;
-            st.copies_dropped += 1;
+            if !t.monitor {
+                st.copies_dropped += 1;
+            }
         }
     }
     t.port.counters.add(&ds);

@@ -144,12 +144,22 @@ pub fn tag_of(f: &[u8]) -> u64 {
 }
 
 /// Runs the switch until it moves nothing (with a fresh forwarder: tests also show that
-/// a switch keeps no per-batch state of its own).
+/// a switch keeps no per-batch state of its own), then checks that every frame sent is
+/// delivered or counted (the switch's conservation laws).
 pub fn drain<L: Lookup>(sw: &mut Switch<L>, now: Timestamp) -> Vec<Notify> {
     let mut ev = Vec::new();
     let mut fw = Forwarder::new();
     while fw.forward(sw, now, &mut ev, &mut NoEgress) > 0 {}
+    assert_laws(sw);
     ev
+}
+
+/// Fails with the figures if the switch's counters break a conservation law.
+#[track_caller]
+pub fn assert_laws<L: Lookup>(sw: &Switch<L>) {
+    if let Some(law) = sw.broken_law() {
+        panic!("conservation law broken: {law}");
+    }
 }
 
 pub fn t(s: u64) -> Timestamp {

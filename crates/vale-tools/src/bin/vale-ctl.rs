@@ -103,6 +103,29 @@ enum Cmd {
         #[arg(long)]
         client: bool,
     },
+    /// A port for a DPDK or VPP application over memif, valed the server: the client
+    /// that connects to --socket naming interface --id is this port (DPDK
+    /// `--vdev=net_memif0,role=client,id=N,socket=PATH,socket-abstract=no`). Several
+    /// memif ports may share a socket, each with its own id. Copy mode; a client whose
+    /// memory cannot be sealed against shrinking (DPDK zero-copy=yes) is refused.
+    /// `-d PORT` removes it.
+    Memif {
+        /// The switch port, e.g. vale0:m
+        port: String,
+        /// The memif socket valed listens on
+        #[arg(long = "path", value_name = "PATH")]
+        path: String,
+        /// The interface id the client names
+        #[arg(long, default_value_t = 0)]
+        id: u32,
+        /// A secret the client must give (at most 24 bytes)
+        #[arg(long)]
+        secret: Option<String>,
+        /// Listen on PATH in the abstract namespace (DPDK's socket-abstract=yes, its
+        /// default) instead of as a file
+        #[arg(long = "abstract")]
+        abstract_name: bool,
+    },
     /// Watch a port (netmap's monitor ports PORT/t, /r): pcap for tcpdump, or a line
     /// per frame. A slow reader never slows the switch: the monitor drops and counts.
     Capture {
@@ -251,8 +274,19 @@ fn run(args: &Args) -> Result<(), String> {
                         c.bad_offload,
                         if h.kind == "nic-xdp" {
                             format!(" kernel_drops {}", c.kernel_drops)
+                        } else if h.kind == "memif" {
+                            format!(
+                                " no_peer {} bad_desc {} chain_too_long {} peer_disconnects {}\n    {}",
+                                c.no_peer,
+                                c.bad_desc,
+                                c.chain_too_long,
+                                c.peer_disconnects,
+                                h.about
+                            )
                         } else if c.no_peer > 0 {
                             format!(" no_peer {}", c.no_peer)
+                        } else if c.memory_faults > 0 {
+                            format!(" memory_faults {}", c.memory_faults)
                         } else {
                             String::new()
                         }
@@ -281,6 +315,10 @@ fn run(args: &Args) -> Result<(), String> {
                     println!(
                         "  rx_packets {} rx_bytes {} ring_resets {}",
                         c.rx_packets, c.rx_bytes, c.ring_resets
+                    );
+                    println!(
+                        "  rx_copies {} rx_segmented {} rx_segments {} mon_copies {}",
+                        c.rx_copies, c.rx_segmented, c.rx_segments, c.mon_copies
                     );
                     let drops: Vec<String> =
                         c.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
@@ -367,6 +405,29 @@ fn run(args: &Args) -> Result<(), String> {
                     spec: PortSpec::VhostUser {
                         socket: path.clone(),
                         client: *client,
+                    },
+                },
+            )?;
+            if args.json {
+                print_json(&r);
+            }
+        }
+        Cmd::Memif {
+            port,
+            path,
+            id,
+            secret,
+            abstract_name,
+        } => {
+            let r = call(
+                args,
+                &Request::Create {
+                    port: port.clone(),
+                    spec: PortSpec::Memif {
+                        socket: path.clone(),
+                        abstract_name: *abstract_name,
+                        id: *id,
+                        secret: secret.clone(),
                     },
                 },
             )?;

@@ -71,6 +71,12 @@ struct Args {
     /// Seconds a connection may stay silent after connecting before valed closes it, 0 = no limit [default: 30]
     #[arg(long, value_name = "SECS")]
     handshake_timeout_s: Option<u64>,
+    /// Accept vhost-user guest memory that cannot be sealed against shrinking (DPDK --no-huge or hugepages, QEMU memory-backend-file): the frontend is trusted not to truncate it (a truncation is survived, the port cut off) [default: refused]
+    #[arg(long)]
+    vhost_trust_unsealed: bool,
+    /// Accept memif regions that cannot be sealed against shrinking (DPDK zero-copy=yes clients): the client is trusted not to truncate them (a truncation is survived, the client disconnected) [default: refused]
+    #[arg(long)]
+    memif_trust_unsealed: bool,
     /// Longest port name [default: 15]
     #[arg(long)]
     max_name_len: Option<usize>,
@@ -130,6 +136,8 @@ fn settings(a: &Args) -> Result<Settings, valed::SettingsError> {
         max_port_memory_per_uid_mib: a.max_port_memory_per_uid_mib,
         share: (!a.share.is_empty()).then(|| a.share.clone()),
         handshake_timeout_s: a.handshake_timeout_s,
+        vhost_trust_unsealed: a.vhost_trust_unsealed.then_some(true),
+        memif_trust_unsealed: a.memif_trust_unsealed.then_some(true),
         max_name_len: a.max_name_len,
         bridge_batch: a.bridge_batch,
         rings: a.rings,

@@ -271,6 +271,22 @@ pub fn skip(reason: &str) {
     }
 }
 
+/// Whether `VALE_TEST_STRICT=1` (.ci/run, after installing every peer): there a peer
+/// that is missing or does not work fails the test instead of skipping it.
+pub fn strict() -> bool {
+    std::env::var("VALE_TEST_STRICT").is_ok_and(|v| v == "1")
+}
+
+/// A peer that is installed but failed to get ready (a QEMU guest that did not build):
+/// skipped here (see [`skip`]), a failure under `VALE_TEST_STRICT=1`, where nothing
+/// excuses it.
+pub fn peer_broken(reason: &str) {
+    if strict() {
+        panic!("{reason}; under VALE_TEST_STRICT=1 a peer that does not work is a failure");
+    }
+    skip(reason);
+}
+
 /// Whether program `cmd` (Debian package `pkg`) is installed. If not, the check that
 /// needs it is skipped (see [`skip`]), except under `VALE_TEST_STRICT=1`, which `.ci/run`
 /// sets after installing every such package: there a missing one fails the test.
@@ -281,10 +297,223 @@ pub fn have(cmd: &str, pkg: &str, what: &str) -> bool {
         .is_ok_and(|o| o.status.success());
     if !found {
         let reason = format!("{what}: `{cmd}` not installed (apt-get install {pkg})");
-        if std::env::var("VALE_TEST_STRICT").is_ok_and(|v| v == "1") {
+        if strict() {
             panic!("{reason}; .ci/run installs it, so its absence is a failure here");
         }
         skip(&reason);
     }
     found
+}
+
+/// Every port's counters and every host port's, read at one moment (`vale-ctl --json
+/// stats` and `list`): what the daemon says about the frames it was given.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    /// (port name, its `counters`), monitors included.
+    pub ports: Vec<(String, serde_json::Value)>,
+    /// `vale-ctl list`'s `hosts`.
+    pub hosts: Vec<serde_json::Value>,
+}
+
+/// A counter of a `counters` object, top level or by drop reason (0 if absent).
+fn num(c: &serde_json::Value, key: &str) -> u64 {
+    c[key]
+        .as_u64()
+        .or_else(|| c["drops"][key].as_u64())
+        .unwrap_or(0)
+}
+
+/// The drop reasons counted on the destination (`DropReason::on_sender` false).
+const RECEIVER_DROPS: [&str; 5] = [
+    "ring_full",
+    "oversize",
+    "bad_rx_buf",
+    "bad_offload",
+    "tx_error",
+];
+/// The drop reasons counted on the sender.
+const SENDER_DROPS: [&str; 5] = ["runt", "bad_buf", "bad_len", "bad_frag", "no_dest"];
+/// A host port's losses of frames between its peer and its switch port (`read_errors`
+/// is not one: it counts failed reads, such as a peer hanging up, not frames).
+const HOST_DROPS: [&str; 4] = ["truncated", "write_errors", "kernel_drops", "no_peer"];
+
+impl Stats {
+    /// One port's `counters` (panics with the list if there is none).
+    pub fn port(&self, name: &str) -> &serde_json::Value {
+        self.ports
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c)
+            .unwrap_or_else(|| panic!("no port {name} in {:?}", self.ports))
+    }
+
+    /// One counter of one port.
+    pub fn get(&self, port: &str, key: &str) -> u64 {
+        num(self.port(port), key)
+    }
+
+    /// A counter summed over every port (and host port, for host counters).
+    pub fn sum(&self, key: &str) -> u64 {
+        let ports: u64 = self.ports.iter().map(|(_, c)| num(c, key)).sum();
+        let hosts: u64 = self.hosts.iter().map(|h| num(&h["counters"], key)).sum();
+        ports + hosts
+    }
+
+    /// Every frame or copy the daemon dropped, by any reason, anywhere.
+    pub fn drops(&self) -> u64 {
+        let on = |keys: &[&str]| keys.iter().map(|k| self.sum(k)).sum::<u64>();
+        // bad_offload is both a port's drop reason and a host counter: `sum` adds both.
+        on(&RECEIVER_DROPS) + on(&SENDER_DROPS) + on(&HOST_DROPS)
+    }
+
+    /// The frames segmentation added: each segmented copy became `rx_segments` frames.
+    pub fn segments_added(&self) -> u64 {
+        self.sum("rx_segments")
+            .saturating_sub(self.sum("rx_segmented"))
+    }
+
+    /// The first conservation law the counters break (see `vale_switch::stats`): each
+    /// port's as a sender and as a receiver, then each switch's (every copy a sender
+    /// made was handed to a destination), then each host port's (every frame read from
+    /// its peer was sent into its switch port).
+    pub fn broken_law(&self) -> Option<String> {
+        let mut switches: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+        for (name, c) in &self.ports {
+            let n = |k: &str| num(c, k);
+            let sdrops: u64 = SENDER_DROPS.iter().map(|k| n(k)).sum();
+            if n("tx_packets") != n("forwarded") + sdrops {
+                return Some(format!(
+                    "{name}: tx_packets != forwarded + sender drops: {c}"
+                ));
+            }
+            let rdrops: u64 = RECEIVER_DROPS.iter().map(|k| n(k)).sum();
+            let handed = n("rx_copies") + n("mon_copies") + n("rx_segments");
+            if handed != n("rx_packets") + rdrops + n("rx_segmented") {
+                return Some(format!(
+                    "{name}: rx_copies + mon_copies - rx_segmented + rx_segments \
+                     != rx_packets + receiver drops: {c}"
+                ));
+            }
+            let sw = switches
+                .entry(name.split(':').next().unwrap_or(""))
+                .or_default();
+            sw.0 += n("copies");
+            sw.1 += n("rx_copies");
+        }
+        for (sw, (copies, rx_copies)) in switches {
+            if copies != rx_copies {
+                return Some(format!(
+                    "switch {sw}: its ports made {copies} copies and were handed {rx_copies}"
+                ));
+            }
+        }
+        for h in &self.hosts {
+            let (Some(port), c) = (h["attached"].as_str(), &h["counters"]) else {
+                continue;
+            };
+            let Some((_, pc)) = self.ports.iter().find(|(n, _)| n == port) else {
+                continue;
+            };
+            if num(c, "from_host") != num(pc, "tx_packets") {
+                return Some(format!(
+                    "host port {}: from_host != tx_packets of {port}: {c} / {pc}",
+                    h["name"]
+                ));
+            }
+            // What the switch delivered to the port went out, or was lost and counted
+            // there, or still waits (in its RX ring, or a guest's queue).
+            let out = [
+                "to_host",
+                "truncated",
+                "write_errors",
+                "no_peer",
+                "bad_offload",
+            ];
+            let out: u64 = out.iter().map(|k| num(c, k)).sum();
+            if out > num(pc, "rx_packets") {
+                return Some(format!(
+                    "host port {}: more frames out or lost ({out}) than {port} was \
+                     delivered: {c} / {pc}",
+                    h["name"]
+                ));
+            }
+        }
+        None
+    }
+}
+
+impl Daemon {
+    /// Every port's and host port's counters now.
+    pub fn stats(&self) -> Stats {
+        let v = self.ctl_json(&["stats"]);
+        let ports = v["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| Some((p["name"].as_str()?.to_string(), p["counters"].clone())))
+            .collect();
+        Stats {
+            ports,
+            hosts: self.hosts(),
+        }
+    }
+
+    /// Checks the conservation laws over every port of the daemon (its ports must all
+    /// still exist: hold a sender's port open if the sender exits) and returns the
+    /// counters it checked. The counters are read while the forwarders run: it waits up
+    /// to a second for a batch in flight to be published.
+    #[track_caller]
+    pub fn assert_laws(&self) -> Stats {
+        let mut st = self.stats();
+        let t = Instant::now();
+        while let Some(law) = st.broken_law() {
+            if t.elapsed() > Duration::from_secs(1) {
+                panic!("conservation law broken: {law}\nvaled log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            st = self.stats();
+        }
+        st
+    }
+}
+
+/// The law that tests across processes: the frames the senders' own counts say they
+/// sent, times the copies each makes (`sent`, monitors' copies included), plus those
+/// segmentation added, equal the frames the receivers' own counts say they got
+/// (`received`: pkt-gen's `Received`, frames in a capture file, a kernel interface's
+/// counter) plus every drop the daemon counted.
+#[track_caller]
+pub fn assert_conserved(sent: u64, received: u64, st: &Stats) {
+    let (added, drops) = (st.segments_added(), st.drops());
+    assert_eq!(
+        sent + added,
+        received + drops,
+        "sent {sent} + segments added {added} != received {received} + daemon drops {drops}: {st:?}"
+    );
+}
+
+impl Daemon {
+    /// [`assert_conserved`] where the peers' own counts move on their own (kernel
+    /// interface counters, a guest's): `counts` reads (sent, received) now; the daemon's
+    /// laws and the balance must hold at one reading within 3 seconds.
+    #[track_caller]
+    pub fn assert_conserved_with(&self, mut counts: impl FnMut() -> (u64, u64)) -> Stats {
+        let t = Instant::now();
+        loop {
+            let (sent, received) = counts();
+            let st = self.stats();
+            let law = st.broken_law();
+            let balanced = sent + st.segments_added() == received + st.drops();
+            if law.is_none() && balanced {
+                return st;
+            }
+            if t.elapsed() > Duration::from_secs(3) {
+                if let Some(law) = law {
+                    panic!("conservation law broken: {law}");
+                }
+                assert_conserved(sent, received, &st);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }

@@ -242,17 +242,20 @@ impl Control {
                 n
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            // The kernel dropped the rest of it; the connection is fine: say why.
+            Err(e) if vale::sock::is_too_long(&e) => usize::MAX,
             Err(e) => {
                 tracing::debug!(conn = id, "receive failed: {e}");
                 return self.disconnect(id);
             }
         };
-        let reply = match serde_json::from_slice::<Request>(&buf[..n]) {
-            Ok(req) => self.handle(id, req),
-            Err(e) => Err(CtlError::Malformed {
+        let reply = match buf.get(..n).map(serde_json::from_slice::<Request>) {
+            Some(Ok(req)) => self.handle(id, req),
+            Some(Err(e)) => Err(CtlError::Malformed {
                 len: n,
                 why: e.to_string(),
             }),
+            None => Err(CtlError::TooLong { max: buf.len() }),
         };
         let reply = reply.unwrap_or_else(|e| Reply::from(Response::from(e)));
         match serde_json::to_vec(&reply.resp) {

@@ -37,7 +37,7 @@ pub(crate) fn split_pipe(name: &str) -> Result<Option<(&str, &str, bool)>, CtlEr
     if !ok || parent.contains('/') {
         return Err(CtlError::BadRequest(format!(
             "`{}`: a netmap pipe is PORT{{ID or PORT}}ID, ID of letters, digits and _",
-            name.escape_default()
+            vale_switch::quote_input(name)
         )));
     }
     Ok(Some((parent, id, name.as_bytes()[at] == b'}')))
@@ -263,7 +263,7 @@ impl Control {
                 let Ok(n) = value.parse::<usize>() else {
                     return Err(CtlError::BadRequest(format!(
                         "bridge_batch `{}` is not a number",
-                        value.escape_default()
+                        vale_switch::quote_input(value)
                     )));
                 };
                 let mut result = Ok(());
@@ -283,12 +283,12 @@ impl Control {
                 }
                 Err(_) => Err(CtlError::BadRequest(format!(
                     "verbose `{}` is not a number 0..=255",
-                    value.escape_default()
+                    vale_switch::quote_input(value)
                 ))),
             },
             other => Err(CtlError::BadRequest(format!(
                 "unknown setting `{}`; settable at run time: bridge_batch, verbose",
-                other.escape_default()
+                vale_switch::quote_input(other)
             ))),
         }
     }

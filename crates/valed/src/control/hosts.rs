@@ -76,6 +76,7 @@ impl HostPorts {
                     .then(|| h.port.clone())
                     .flatten(),
                 gone: status.gone || h.counters.gone.load(std::sync::atomic::Ordering::Relaxed),
+                about: h.backend.describe(),
                 counters: h.counters.snapshot(),
             }
         })
@@ -266,10 +267,9 @@ impl Control {
             return Err(CtlError::Exists(format!("{port} exists already")));
         }
         if let Some(path) = spec.socket() {
-            self.check_socket_path(path)?;
+            self.check_socket_path(path, matches!(spec, PortSpec::Memif { .. }))?;
         }
-        let private = self.settings.private_dir();
-        let backend = port::create(&name, spec, &private)?;
+        let backend = port::create(&name, spec, &self.settings)?;
         let waits = backend.status().waiting;
         let about = backend.describe();
         self.insert(&name, backend, Some(port.to_string()))?;
@@ -283,19 +283,20 @@ impl Control {
         Ok(format!("attached {name} as {port} ({about})"))
     }
 
-    /// A socket path valed may create (and replace, if a stale socket is there).
-    fn check_socket_path(&self, path: &str) -> Result<(), CtlError> {
+    /// A socket path valed may create (and replace, if a stale socket is there);
+    /// `shared`: the new port may serve on it beside others that share theirs (memif).
+    fn check_socket_path(&self, path: &str, shared: bool) -> Result<(), CtlError> {
         let p = Path::new(path);
         if p.as_os_str().is_empty() || p == self.settings.socket {
             return Err(CtlError::BadRequest(format!(
-                "`{path}` cannot be a QEMU port's socket"
+                "`{path}` cannot be a port's socket"
             )));
         }
         if self
             .hosts
             .by_name
             .values()
-            .any(|h| h.backend.socket() == Some(p))
+            .any(|h| h.backend.socket() == Some(p) && !(shared && h.backend.shares_socket()))
         {
             return Err(CtlError::Exists(format!(
                 "{path} is already the socket of another port"
@@ -311,8 +312,7 @@ impl Control {
                 "{name} already exists (see `ip link` and `vale-ctl list`)"
             )));
         }
-        let private = self.settings.private_dir();
-        let backend = port::create(name, &PortSpec::Tap, &private)?;
+        let backend = port::create(name, &PortSpec::Tap, &self.settings)?;
         self.insert(name, backend, None)?;
         Ok(format!("created {name}"))
     }
@@ -370,8 +370,7 @@ impl Control {
         }
         let new = !self.hosts.by_name.contains_key(&ifname);
         if new {
-            let private = self.settings.private_dir();
-            let backend = port::create(&ifname, &PortSpec::Interface { xdp }, &private)?;
+            let backend = port::create(&ifname, &PortSpec::Interface { xdp }, &self.settings)?;
             self.insert(&ifname, backend, None)?;
         }
         if let Err(e) = self.attach_driven(&ifname, port) {

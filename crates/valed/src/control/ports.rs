@@ -315,7 +315,7 @@ impl PortTable {
         let key = match st.registry.open_with(name, Some(g), region) {
             Ok(k) => k,
             Err(e) => {
-                tracing::info!("refused to open `{}`: {e}", name.escape_default());
+                tracing::info!("refused to open `{}`: {e}", vale_switch::quote_input(name));
                 return Err(e.into());
             }
         };

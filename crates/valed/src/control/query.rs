@@ -64,7 +64,7 @@ impl Cursor {
         let bad = || {
             CtlError::BadRequest(format!(
                 "page cursor `{}` is not one valed gave",
-                s.escape_default()
+                vale_switch::quote_input(s)
             ))
         };
         if let Some(name) = s.strip_prefix("h.") {
@@ -151,7 +151,7 @@ impl PageAsk {
         let c = self.after.as_ref().map(Cursor::encode).unwrap_or_default();
         CtlError::BadRequest(format!(
             "page cursor `{}` is not one of a `{what}` reply",
-            c.escape_default()
+            vale_switch::quote_input(&c)
         ))
     }
 
@@ -287,6 +287,10 @@ pub fn counters(s: &PortStats) -> proto::Counters {
         forwarded: s.forwarded,
         copies: s.copies,
         copies_dropped: s.copies_dropped,
+        rx_copies: s.rx_copies,
+        rx_segmented: s.rx_segmented,
+        rx_segments: s.rx_segments,
+        mon_copies: s.mon_copies,
         ring_resets: s.ring_resets,
         drops: DropReason::ALL
             .iter()
@@ -388,7 +392,7 @@ pub fn stats_page(
     match port {
         Some(n) if first && rows.is_empty() => Err(CtlError::NotFound(format!(
             "no port `{}` is open (see `vale-ctl list`)",
-            n.escape_default()
+            vale_switch::quote_input(n)
         ))),
         _ => Ok(Response::Stats {
             ports: rows,
@@ -408,7 +412,7 @@ pub fn fdb_page(
     let missing = || {
         CtlError::NotFound(format!(
             "no switch `{}` exists (see `vale-ctl list`)",
-            switch.escape_default()
+            vale_switch::quote_input(switch)
         ))
     };
     let lane = ports
@@ -508,6 +512,14 @@ pub fn settings(s: &Settings, threads: usize) -> Response {
             "handshake_timeout_s".to_string(),
             s.handshake_timeout_s.to_string(),
         ),
+        (
+            "vhost_trust_unsealed".to_string(),
+            s.vhost_trust_unsealed.to_string(),
+        ),
+        (
+            "memif_trust_unsealed".to_string(),
+            s.memif_trust_unsealed.to_string(),
+        ),
         ("max_name_len".to_string(), l.max_name_len.to_string()),
         ("bridge_batch".to_string(), l.batch.to_string()),
         ("rings".to_string(), g.tx_rings.to_string()),
@@ -578,6 +590,7 @@ mod tests {
             attached: None,
             waiting: None,
             gone: false,
+            about: String::new(),
             counters: Default::default(),
         }
     }
@@ -853,6 +866,7 @@ mod tests {
         assert_eq!(m["max_clients"], "1024");
         assert_eq!(m["max_ports_per_uid"], "64");
         assert_eq!(m["share"], "");
-        assert_eq!(m.len(), 27);
+        assert_eq!(m["vhost_trust_unsealed"], "false");
+        assert_eq!(m.len(), 29);
     }
 }

@@ -21,6 +21,16 @@ pub struct PortCounters {
     /// Frames the switch sent while no peer was there to take them (a QEMU stream port
     /// whose VM hung up and has not come back), dropped.
     pub no_peer: AtomicU64,
+    /// memif: descriptors naming bytes outside the client's regions (the frame or the
+    /// buffer skipped).
+    pub bad_desc: AtomicU64,
+    /// memif: frames whose descriptor chain was longer than any frame, dropped.
+    pub chain_too_long: AtomicU64,
+    /// memif: clients that went away after connecting.
+    pub peer_disconnects: AtomicU64,
+    /// vhost-user: times the frontend truncated guest memory under valed (a SIGBUS
+    /// caught, `sys::sigbus`); each time it is cut off.
+    pub memory_faults: AtomicU64,
     /// The interface was deleted under the port (a TAP's).
     pub gone: AtomicBool,
 }
@@ -70,6 +80,10 @@ impl PortCounters {
             bad_offload: g(&self.bad_offload),
             kernel_drops: g(&self.kernel_drops),
             no_peer: g(&self.no_peer),
+            bad_desc: g(&self.bad_desc),
+            chain_too_long: g(&self.chain_too_long),
+            peer_disconnects: g(&self.peer_disconnects),
+            memory_faults: g(&self.memory_faults),
         }
     }
 }

@@ -113,18 +113,15 @@ pub fn write_frames(
 }
 
 /// A direct delivery: the packet written to `dev` with one `writev` straight from the
-/// sender's buffers (a converted header first, as one more fragment).
+/// sender's buffers (a converted header first, as one more fragment). Always taken:
+/// a write the interface refuses is this port's loss, counted once, as `write_errors`
+/// (once it was also the switch's `tx_error`, so one lost frame counted twice).
 pub fn write_direct(dev: &OwnedFd, c: &PortCounters, pkt: &Direct<'_>) -> bool {
     match crate::sys::write_frags(dev.as_fd(), pkt.hdr, pkt.frags) {
-        Ok(n) => {
-            c.count_out(n);
-            true
-        }
-        Err(_) => {
-            PortCounters::lost(&c.write_errors, 1);
-            false
-        }
+        Ok(n) => c.count_out(n),
+        Err(_) => PortCounters::lost(&c.write_errors, 1),
     }
+    true
 }
 
 /// What an error condition on a port's socket was.

@@ -6,6 +6,7 @@
 mod afpacket;
 mod counters;
 mod fd_io;
+mod memif;
 pub mod qemu_dgram;
 pub mod qemu_stream;
 pub mod rings;
@@ -15,6 +16,7 @@ mod xdp;
 
 pub use counters::PortCounters;
 pub use rings::PortRings;
+pub use xdp::probe as probe_af_xdp;
 
 use crate::error::{CtlError, PortError};
 use rustix::event::epoll;
@@ -175,7 +177,7 @@ pub struct Status {
 /// The control-plane half of one port kind.
 pub trait Backend: Send {
     /// The kind as `vale-ctl list` prints it: "tap", "nic", "nic-xdp", "qemu-dgram",
-    /// "qemu-stream", "vhost-user".
+    /// "qemu-stream", "vhost-user", "memif".
     fn kind(&self) -> &'static str;
     fn attach(&self) -> Attach;
     /// Ring shape; every kind today takes [`host_geometry`].
@@ -193,9 +195,14 @@ pub trait Backend: Send {
     fn persistent(&self) -> bool {
         false
     }
-    /// A socket file valed made for this port (no other port may use it).
+    /// A socket file valed made for this port (no other port may use it, unless both
+    /// [`share`](Backend::shares_socket) it).
     fn socket(&self) -> Option<&Path> {
         None
+    }
+    /// Ports of this kind may serve on one socket together (memif: one id each).
+    fn shares_socket(&self) -> bool {
+        false
     }
     /// A descriptor the control thread watches for this port.
     fn control_fd(&self) -> Option<BorrowedFd<'_>> {
@@ -214,12 +221,13 @@ pub trait Backend: Send {
 
 /// A new backend of the kind `spec` names, for host port `name`. This is the only
 /// place that knows every kind.
-/// `private_dir` is where a backend may put sockets only valed uses.
+/// A backend may put sockets only valed uses in `settings.private_dir()`.
 pub fn create(
     name: &str,
     spec: &PortSpec,
-    private_dir: &Path,
+    settings: &crate::Settings,
 ) -> Result<Box<dyn Backend>, CtlError> {
+    let private_dir = &settings.private_dir();
     Ok(match spec {
         PortSpec::Tap => Box::new(tap::Tap::create(name)?),
         PortSpec::Interface { xdp: false } => Box::new(afpacket::Nic::create(name)?),
@@ -236,6 +244,20 @@ pub fn create(
             socket,
             *client,
             private_dir,
+            settings.vhost_trust_unsealed,
+        )?),
+        PortSpec::Memif {
+            socket,
+            abstract_name,
+            id,
+            secret,
+        } => Box::new(memif::Memif::create(
+            name,
+            socket,
+            *abstract_name,
+            *id,
+            secret.as_deref().unwrap_or(""),
+            settings.memif_trust_unsealed,
         )?),
     })
 }

@@ -323,6 +323,29 @@ impl DrivenPort for XdpIo {
     }
 }
 
+/// Whether this kernel and this process can do what `-a IF --xdp` needs: an AF_XDP
+/// socket, an XSKMAP and an XDP program loaded (attached nowhere). Tests ask this
+/// instead of guessing from an error message; `Err` says which part is missing.
+pub fn probe() -> Result<(), String> {
+    rustix::net::socket_with(
+        rustix::net::AddressFamily::XDP,
+        rustix::net::SocketType::RAW,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| format!("no AF_XDP socket: {e} (a kernel without CONFIG_XDP_SOCKETS)"))?;
+    let map = XskMap::create(1).map_err(|e| format!("no XSKMAP: {e} (needs CAP_BPF)"))?;
+    let mut log = vec![0u8; 4096];
+    bpf::prog_load_xdp(
+        &map.redirect_program(),
+        c"Dual MIT/GPL",
+        "vale_probe",
+        &mut log,
+    )
+    .map_err(|e| format!("no XDP program: {e}"))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

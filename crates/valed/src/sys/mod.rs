@@ -8,7 +8,9 @@
 //! - `xdp`: AF_XDP sockets, their UMEM and rings;
 //! - `bpf`: bpf(2) commands and the XDP program;
 //! - `iov`: a packet's fragments to `writev` or to byte slices;
-//! - `unix`: unix sockets, and interface names and indices.
+//! - `unix`: unix sockets, and interface names and indices;
+//! - `peer`: memory another process shares and may write at any time (memif regions);
+//! - `sigbus`: vhost-user guest memory a frontend may truncate, its SIGBUS caught.
 //!
 //! rustix does the rest: the sockets themselves, AF_XDP's options and address, poll,
 //! mmap, the receive buffer, interface indices. Every `unsafe` block names the
@@ -22,6 +24,8 @@ use std::io;
 pub mod bpf;
 mod iov;
 mod packet;
+pub mod peer;
+pub mod sigbus;
 mod tun;
 mod unix;
 pub mod xdp;

@@ -46,6 +46,8 @@ pub struct VhostIo {
     rx: AppRing,
     counters: Arc<PortCounters>,
     buf: Vec<u8>,
+    /// `sys::sigbus::caught()` when last looked at.
+    caught_seen: u64,
 }
 
 impl VhostIo {
@@ -56,14 +58,17 @@ impl VhostIo {
             rx: rings.rx,
             counters,
             buf: Vec::with_capacity(MAX_FRAME + VNET_HDR),
+            caught_seen: crate::sys::sigbus::caught(),
         }
     }
 }
 
-impl DrivenPort for VhostIo {
+/// What the forwarding thread does with the guest's queues; `DrivenPort` wraps each in
+/// the check for a truncation of guest memory.
+impl VhostIo {
     /// Guest TX queue -> the port's TX ring, as much as the ring takes (the guest's
     /// buffers wait otherwise: backpressure, not drops). Returns the frames moved.
-    fn pull(&mut self) -> usize {
+    fn pull_tx(&mut self) -> usize {
         let mut g = lock(&self.guest);
         if g.tx_broken {
             return 0;
@@ -121,7 +126,7 @@ impl DrivenPort for VhostIo {
     /// What the switch left in the port's RX ring (packets converted for the guest's
     /// header) and what waits for guest buffers -> guest RX buffers; signals the guest
     /// once for everything added this pass. Returns the frames delivered.
-    fn push(&mut self) -> usize {
+    fn push_rx(&mut self) -> usize {
         let mut g = lock(&self.guest);
         let g = &mut *g;
         let Some((vq, mem)) = g.queue(RX) else {
@@ -163,7 +168,7 @@ impl DrivenPort for VhostIo {
 
     /// A packet handed over by the switch (the engine's direct delivery, same header
     /// length): into guest RX buffers now, or queued behind what already waits.
-    fn send(&mut self, pkt: &Direct<'_>) -> bool {
+    fn send_direct(&mut self, pkt: &Direct<'_>) -> bool {
         let (hdr, frags) = (pkt.hdr, pkt.frags);
         if frags.len() > MAX_PARTS {
             return false; // never from the engine (MAX_FRAGS)
@@ -265,7 +270,7 @@ impl DrivenPort for VhostIo {
     /// Queues the frontend stopped (a paused VM) are no work, nor are frames waiting for
     /// RX buffers the guest has not added since they last found no room: either would
     /// keep the thread awake for as long as the guest stays that way.
-    fn arm(&mut self) -> bool {
+    fn arm_queues(&mut self) -> bool {
         let mut g = lock(&self.guest);
         let mut work = false;
         let live = |vq: &VringRwLock| {
@@ -314,7 +319,7 @@ impl DrivenPort for VhostIo {
     }
 
     /// After the forwarding thread woke: polling again, no kicks wanted.
-    fn disarm(&mut self) {
+    fn disarm_queues(&mut self) {
         let g = lock(&self.guest);
         if let Some(vr) = &g.vrings {
             for vq in vr {
@@ -352,6 +357,50 @@ pub(crate) fn read_chain(
         Chain::Frame
     } else {
         Chain::Bad
+    }
+}
+
+impl DrivenPort for VhostIo {
+    fn pull(&mut self) -> usize {
+        let n = self.pull_tx();
+        self.after_guest_memory();
+        n
+    }
+
+    fn push(&mut self) -> usize {
+        let n = self.push_rx();
+        self.after_guest_memory();
+        n
+    }
+
+    fn send(&mut self, pkt: &Direct<'_>) -> bool {
+        let ok = self.send_direct(pkt);
+        self.after_guest_memory();
+        ok
+    }
+
+    fn arm(&mut self) -> bool {
+        let work = self.arm_queues();
+        self.after_guest_memory();
+        work
+    }
+
+    fn disarm(&mut self) {
+        self.disarm_queues();
+        self.after_guest_memory();
+    }
+}
+
+impl VhostIo {
+    /// After guest memory was touched: if a truncation was caught anywhere since the
+    /// last look (one atomic load when none was), whether it was this guest's, which is
+    /// then counted and cut off.
+    fn after_guest_memory(&mut self) {
+        let now = crate::sys::sigbus::caught();
+        if now != self.caught_seen {
+            self.caught_seen = now;
+            lock(&self.guest).check_faults(&self.counters);
+        }
     }
 }
 

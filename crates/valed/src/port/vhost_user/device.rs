@@ -65,8 +65,7 @@ impl VhostUserBackendMut for NetBackend {
     }
     fn set_event_idx(&mut self, _enabled: bool) {}
     fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> std::io::Result<()> {
-        lock(&self.guest).mem = Some(mem);
-        Ok(())
+        lock(&self.guest).set_memory(mem)
     }
     fn exit_event(&self, _thread: usize) -> Option<(EventConsumer, EventNotifier)> {
         new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
@@ -83,7 +82,10 @@ impl VhostUserBackendMut for NetBackend {
         tracing::debug!(device_event, "vhost-user kick");
         {
             let mut g = lock(&self.guest);
-            if g.vrings.is_none() {
+            // Only with memory mapped for them: a kick the last frontend's worker
+            // thread handles after that frontend was forgotten (or cut off) must not
+            // leave its dead queues for the next one.
+            if g.vrings.is_none() && g.mem.is_some() {
                 g.vrings = Some(vrings.to_vec());
             }
             if device_event == TX {

@@ -11,7 +11,10 @@
 //! packet if the guest accepted MRG_RXBUF, else one) straight from the sender's buffers
 //! when the sender has the same header, or from the port's RX ring. Guest memory is only
 //! touched through vm-memory, which checks every descriptor against the memory table: a
-//! bad descriptor is a counted error on the port, never a crash.
+//! bad descriptor is a counted error on the port, never a crash. The memory itself is
+//! sealed against shrinking before it is measured and mapped (`relay`), and watched for
+//! truncation all the same (`sys::sigbus`): a frontend that cuts it from under valed is
+//! counted (`memory_faults`) and disconnected, and valed lives on.
 
 pub(crate) mod datapath;
 mod device;
@@ -63,6 +66,11 @@ pub struct Guest {
     /// The guest's TX avail index ran beyond its ring: counted once, queue ignored
     /// until the frontend sets it up again.
     tx_broken: bool,
+    /// The guest memory's ranges, watched for truncation, and the faults already counted.
+    watched: Option<crate::sys::sigbus::Watched>,
+    faults_seen: u64,
+    /// The frontend's connection, shut down when it truncates its memory.
+    front: Option<std::os::unix::net::UnixStream>,
 }
 
 impl Guest {
@@ -78,10 +86,55 @@ impl Guest {
         Some((vq, self.mem.as_ref()?.memory()))
     }
 
+    /// The memory the crate mapped for the frontend, its ranges watched for truncation
+    /// before anyone may touch them (the old memory's unwatched first).
+    fn set_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> std::io::Result<()> {
+        use vm_memory::GuestMemoryBackend;
+        let ranges: Vec<_> = mem
+            .memory()
+            .iter()
+            .map(|r| (r.as_ptr() as usize, r.size()))
+            .collect();
+        self.mem = None;
+        self.watched = None;
+        self.watched = Some(crate::sys::sigbus::Watched::new(ranges)?);
+        self.faults_seen = 0;
+        self.mem = Some(mem);
+        Ok(())
+    }
+
+    /// After guest memory was touched: if the frontend truncated it meanwhile (a SIGBUS
+    /// caught, the range now zeros), counts it, stops serving the queues and cuts the
+    /// frontend off (the protocol thread then forgets it). True if so.
+    fn check_faults(&mut self, counters: &PortCounters) -> bool {
+        let Some(n) = self.watched.as_ref().map(|w| w.faults()) else {
+            return false;
+        };
+        if n == self.faults_seen {
+            return false;
+        }
+        counters
+            .memory_faults
+            .fetch_add(n - self.faults_seen, Ordering::Relaxed);
+        self.faults_seen = n;
+        tracing::warn!(
+            "vhost-user: the frontend truncated guest memory under valed ({n} regions \
+             lost): disconnected"
+        );
+        self.vrings = None;
+        self.mem = None;
+        if let Some(f) = &self.front {
+            let _ = f.shutdown(std::net::Shutdown::Both);
+        }
+        true
+    }
+
     /// The frontend went away: nothing of it may be touched any more.
     pub fn forget(&mut self, counters: &PortCounters) {
         self.vrings = None;
         self.mem = None;
+        self.watched = None;
+        self.front = None;
         self.rx_dirty = false;
         self.tx_broken = false;
         let n = self.out.pending.len() as u64;
@@ -106,18 +159,22 @@ pub struct VhostUser {
     /// Where the vhost crate listens behind the relay: a directory only valed enters.
     private: PathBuf,
     server: Option<ProtocolServer>,
+    /// Accept guest memory that cannot be sealed (`vhost_trust_unsealed`).
+    trust_unsealed: bool,
 }
 
 impl VhostUser {
     /// valed listens at `socket` (QEMU `-chardev socket,path=PATH` without `server=on`,
     /// DPDK `net_virtio_user0,path=PATH`) or, with `client`, connects to a frontend
     /// listening there (QEMU `server=on`, OVS `dpdkvhostuserclient`); a frontend that goes
-    /// away may come back. `private_dir` is where the crate's own socket goes.
+    /// away may come back. `private_dir` is where the crate's own socket goes; with
+    /// `trust_unsealed`, guest memory that cannot be sealed is accepted.
     pub fn create(
         name: &str,
         socket: &str,
         client: bool,
         private_dir: &Path,
+        trust_unsealed: bool,
     ) -> Result<VhostUser, CtlError> {
         if client {
             // Say now if nobody listens there; later losses are retried quietly.
@@ -134,6 +191,7 @@ impl VhostUser {
             client,
             private: private_socket(private_dir, name)?,
             server: None,
+            trust_unsealed,
         })
     }
 }
@@ -185,6 +243,7 @@ impl Backend for VhostUser {
             self.name.clone(),
             &socket,
             self.client,
+            self.trust_unsealed,
             self.private.clone(),
             NetBackend::new(guest.clone(), cx.waker),
             cx.counters.clone(),

@@ -67,20 +67,58 @@ pub(crate) enum MemTableError {
     },
     #[error("region {0}: cannot seal it against shrinking: {1}")]
     Seal(usize, #[source] std::io::Error),
+    #[error(
+        "region {region}: guest memory that cannot be sealed against shrinking ({why}): \
+         the frontend could truncate it under valed. Give the frontend sealable memory \
+         (QEMU: -object memory-backend-memfd, sealed by default), or start valed with \
+         --vhost-trust-unsealed (vhost_trust_unsealed = true) if it is trusted"
+    )]
+    Unsealed { region: usize, why: &'static str },
 }
 
-/// Checks a `SET_MEM_TABLE` before the crate maps it: every region must lie inside its
-/// file (the crate maps what it is told, and touching a mapping past the end of its file
-/// kills the process with SIGBUS), and a memfd that allows sealing (QEMU's
-/// memory-backend-memfd) is sealed against shrinking, so the frontend cannot cut guest
-/// memory from under the mapping later. Files that cannot be sealed (hugetlbfs, /dev/shm,
-/// memfds without MFD_ALLOW_SEALING) are accepted with a warning that valed trusts the
-/// frontend not to truncate them.
+/// Whether a region's file now holds its size (sealed against shrinking).
+#[derive(Debug, PartialEq, Eq)]
+enum Sealing {
+    Sealed,
+    /// It cannot be sealed, and why.
+    Unsealable(&'static str),
+}
+
+/// Seals `fd` against shrinking (F_SEAL_SHRINK) unless it is already: from then on its
+/// size can only grow, so what `fstat` says next stays true for the mapping's life.
+fn seal_shrink(fd: rustix::fd::BorrowedFd<'_>) -> std::io::Result<Sealing> {
+    use rustix::fs::SealFlags;
+    match rustix::fs::fcntl_get_seals(fd) {
+        Ok(seals) if seals.contains(SealFlags::SHRINK) => Ok(Sealing::Sealed),
+        Ok(seals) if seals.contains(SealFlags::SEAL) => Ok(Sealing::Unsealable(
+            "a memfd without MFD_ALLOW_SEALING, a /dev/shm or hugetlbfs file, or one \
+             sealed without F_SEAL_SHRINK",
+        )),
+        Ok(_) => {
+            rustix::fs::fcntl_add_seals(fd, SealFlags::SHRINK)?;
+            Ok(Sealing::Sealed)
+        }
+        Err(rustix::io::Errno::INVAL) => {
+            Ok(Sealing::Unsealable("not a memfd nor a shared-memory file"))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Checks a `SET_MEM_TABLE` before the crate maps it. Each region's file is sealed
+/// against shrinking first, and only then measured: every region must lie inside its
+/// file (the crate maps what it is told, and touching a mapping past the end of its
+/// file raises SIGBUS), and measuring before sealing would let the frontend shrink the
+/// file in between. A file that cannot be sealed (DPDK's memfds, hugetlbfs and /dev/shm
+/// files) is refused unless `trust_unsealed`; then it is accepted with a warning, and a
+/// truncation later is caught (`sys::sigbus`), cutting the frontend off.
 fn check_mem_table(
     msg: &[u8],
     fds: &[rustix::fd::OwnedFd],
     port: &str,
+    trust_unsealed: bool,
 ) -> Result<(), MemTableError> {
+    use rustix::fd::AsFd;
     let body = &msg[12..];
     if body.len() < 8 {
         return Err(MemTableError::Short);
@@ -96,6 +134,17 @@ fn check_mem_table(
         let r = &body[8 + 32 * i..8 + 32 * (i + 1)];
         let u = |o: usize| u64::from_le_bytes(r[o..o + 8].try_into().unwrap_or([0; 8]));
         let (size, offset) = (u(8), u(24));
+        match seal_shrink(fd.as_fd()).map_err(|e| MemTableError::Seal(i, e))? {
+            Sealing::Sealed => {}
+            Sealing::Unsealable(why) if !trust_unsealed => {
+                return Err(MemTableError::Unsealed { region: i, why });
+            }
+            Sealing::Unsealable(why) => tracing::warn!(
+                port,
+                "vhost-user: guest memory region {i} cannot be sealed against shrinking \
+                 ({why}); accepted (vhost_trust_unsealed): a truncation cuts the frontend off"
+            ),
+        }
         let st = rustix::fs::fstat(fd).map_err(|e| MemTableError::Fstat(i, e.into()))?;
         let end = offset.checked_add(size).ok_or(MemTableError::Overflow(i))?;
         if size == 0 || end > st.st_size as u64 {
@@ -106,24 +155,6 @@ fn check_mem_table(
                 file: st.st_size as u64,
             });
         }
-        use rustix::fs::SealFlags;
-        let sealed = match rustix::fs::fcntl_get_seals(fd) {
-            Ok(seals) if seals.contains(SealFlags::SHRINK) => true,
-            Ok(seals) if !seals.contains(SealFlags::SEAL) => {
-                rustix::fs::fcntl_add_seals(fd, SealFlags::SHRINK)
-                    .map_err(|e| MemTableError::Seal(i, e.into()))?;
-                true
-            }
-            _ => false,
-        };
-        if !sealed {
-            tracing::warn!(
-                port,
-                "vhost-user: guest memory region {i} cannot be sealed against shrinking \
-                 (not a memfd, or one created without MFD_ALLOW_SEALING): valed trusts \
-                 the frontend not to truncate it"
-            );
-        }
     }
     Ok(())
 }
@@ -132,21 +163,27 @@ fn check_mem_table(
 #[derive(Debug)]
 pub(crate) enum Verdict {
     /// Close the connection: the message would have the crate map memory it must not.
-    Refuse(MemTableError),
+    /// The failure reply to send first, if the frontend asked for one.
+    Refuse {
+        why: MemTableError,
+        reply: Option<Vec<u8>>,
+    },
     /// Held back and acknowledged here: the reply to send the frontend, if it asked.
     Answer(Option<Vec<u8>>),
     /// Passed on to the crate, followed by a message of our own if any.
     Pass { then: Option<Vec<u8>> },
 }
 
-/// What the relay has learnt of one frontend connection.
+/// What the relay knows of one frontend connection.
 #[derive(Debug, Default)]
 pub(crate) struct Frontend {
+    /// Guest memory that cannot be sealed is accepted (`--vhost-trust-unsealed`).
+    trust_unsealed: bool,
     features_set: bool,
     protocol_acked: bool,
 }
 
-/// A message header and `u64` body (a reply, or a request with one value).
+/// A message of a header and `body`.
 fn message(req: u32, flags: u32, body: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(12 + body.len());
     m.extend_from_slice(&req.to_le_bytes());
@@ -156,7 +193,20 @@ fn message(req: u32, flags: u32, body: &[u8]) -> Vec<u8> {
     m
 }
 
+/// A reply to `req` carrying `value` (0: done, else failed), if `flags` asked for one.
+fn reply_to(req: u32, flags: u32, value: u64) -> Option<Vec<u8>> {
+    (flags & FLAG_NEED_REPLY != 0)
+        .then(|| message(req, FLAG_VERSION | FLAG_REPLY, &value.to_le_bytes()))
+}
+
 impl Frontend {
+    pub(crate) fn new(trust_unsealed: bool) -> Frontend {
+        Frontend {
+            trust_unsealed,
+            ..Frontend::default()
+        }
+    }
+
     /// Decides about one whole message (`msg`: the 12-byte header and its payload, as
     /// [`read_msg`] returns it) and the descriptors that came with it. The crate would
     /// refuse from QEMU 7.2 a `SET_VRING_ENABLE` before `SET_FEATURES` (QEMU disables
@@ -173,12 +223,13 @@ impl Frontend {
         let word = |o: usize| u32::from_le_bytes([msg[o], msg[o + 1], msg[o + 2], msg[o + 3]]);
         let (req, flags) = (word(0), word(4));
         let refused = match req {
-            SET_MEM_TABLE => check_mem_table(msg, fds, port).err(),
+            SET_MEM_TABLE => check_mem_table(msg, fds, port, self.trust_unsealed).err(),
             ADD_MEM_REG | REM_MEM_REG => Some(MemTableError::Slots),
             _ => None,
         };
         if let Some(why) = refused {
-            return Verdict::Refuse(why);
+            let reply = reply_to(req, flags, 1);
+            return Verdict::Refuse { why, reply };
         }
         if req == SET_FEATURES {
             self.features_set = true;
@@ -188,9 +239,7 @@ impl Frontend {
             }
         }
         if req == SET_VRING_ENABLE && !self.features_set {
-            let reply = (flags & FLAG_NEED_REPLY != 0)
-                .then(|| message(req, FLAG_VERSION | FLAG_REPLY, &0u64.to_le_bytes()));
-            return Verdict::Answer(reply);
+            return Verdict::Answer(reply_to(req, flags, 0));
         }
         let then = (req == SET_VRING_KICK && self.protocol_acked && msg.len() >= 20).then(|| {
             let mut body = [0u8; 8];
@@ -202,9 +251,24 @@ impl Frontend {
     }
 }
 
+/// Sends `m` to the frontend, if it is still there.
+fn to_front(front: &Mutex<Option<UnixStream>>, m: &[u8]) {
+    use rustix::fd::AsFd;
+    let g = front.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(f) = g.as_ref() {
+        let _ = vale::sock::send(f.as_fd(), m, &[]);
+    }
+}
+
 /// Relays one frontend connection to the vhost crate's handler, each message as
 /// [`Frontend::inspect`] decides. Returns when either side hangs up.
-pub(super) fn relay(front: UnixStream, back: UnixStream, port: &str, counters: &PortCounters) {
+pub(super) fn relay(
+    front: UnixStream,
+    back: UnixStream,
+    port: &str,
+    counters: &PortCounters,
+    trust_unsealed: bool,
+) {
     use rustix::fd::AsFd;
     let front_w = Arc::new(Mutex::new(front.try_clone().ok()));
     let back_r = back.try_clone().ok();
@@ -226,19 +290,22 @@ pub(super) fn relay(front: UnixStream, back: UnixStream, port: &str, counters: &
             let _ = f.shutdown(std::net::Shutdown::Both);
         }
     });
-    let mut state = Frontend::default();
+    let mut state = Frontend::new(trust_unsealed);
     while let Ok(Some((msg, fds))) = read_msg(&front) {
         match state.inspect(&msg, &fds, port) {
-            Verdict::Refuse(why) => {
-                // The frontend sees the connection close; it may come back with a good one.
+            Verdict::Refuse { why, reply } => {
+                // The frontend gets a failure reply if it asked for one, then sees the
+                // connection close; it may come back with a good one.
                 tracing::warn!(port, "vhost-user frontend refused: {why}");
+                if let Some(r) = reply {
+                    to_front(&front_w, &r);
+                }
                 counters.read_errors.fetch_add(1, Ordering::Relaxed);
                 break;
             }
             Verdict::Answer(reply) => {
-                let g = front_w.lock().unwrap_or_else(|p| p.into_inner());
-                if let (Some(f), Some(reply)) = (g.as_ref(), reply) {
-                    let _ = vale::sock::send(f.as_fd(), &reply, &[]);
+                if let Some(r) = reply {
+                    to_front(&front_w, &r);
                 }
             }
             Verdict::Pass { then } => {
@@ -261,6 +328,82 @@ pub(super) fn relay(front: UnixStream, back: UnixStream, port: &str, counters: &
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use rustix::fd::OwnedFd;
+    use rustix::fs::MemfdFlags;
+
+    const MIB: u64 = 1 << 20;
+
+    /// A SET_MEM_TABLE of one region: `size` bytes at `offset` of its file.
+    fn table(size: u64, offset: u64) -> Vec<u8> {
+        let mut m = SET_MEM_TABLE.to_le_bytes().to_vec();
+        m.extend_from_slice(&FLAG_VERSION.to_le_bytes());
+        m.extend_from_slice(&40u32.to_le_bytes());
+        m.extend_from_slice(&1u32.to_le_bytes());
+        m.extend_from_slice(&0u32.to_le_bytes());
+        for v in [0, size, 0x7000_0000_0000, offset] {
+            m.extend_from_slice(&v.to_le_bytes());
+        }
+        m
+    }
+
+    fn memfd(flags: MemfdFlags) -> OwnedFd {
+        let fd = rustix::fs::memfd_create("relay-test", MemfdFlags::CLOEXEC | flags).unwrap();
+        rustix::fs::ftruncate(&fd, MIB).unwrap();
+        fd
+    }
+
+    fn shrinkable(fd: &OwnedFd) -> bool {
+        rustix::fs::ftruncate(fd, 4096).is_ok()
+    }
+
+    #[test]
+    fn a_sealable_memfd_is_sealed_against_shrinking_and_accepted() {
+        let fds = [memfd(MemfdFlags::ALLOW_SEALING)];
+        check_mem_table(&table(MIB, 0), &fds, "t", false).unwrap();
+        assert!(!shrinkable(&fds[0]));
+    }
+
+    /// Sealed before it is measured: a table refused for its size still leaves the
+    /// file sealed (were it measured first, the frontend could shrink it in between).
+    #[test]
+    fn the_file_is_sealed_before_its_size_is_checked() {
+        let fds = [memfd(MemfdFlags::ALLOW_SEALING)];
+        let e = check_mem_table(&table(16 * MIB, 0), &fds, "t", false).unwrap_err();
+        assert!(matches!(e, MemTableError::Outside { .. }), "{e}");
+        assert!(!shrinkable(&fds[0]), "sealed although refused");
+    }
+
+    #[test]
+    fn unsealable_memory_is_refused_unless_trusted() {
+        // A memfd without MFD_ALLOW_SEALING (DPDK --no-huge), and one sealed against
+        // further seals without F_SEAL_SHRINK.
+        let closed = memfd(MemfdFlags::ALLOW_SEALING);
+        rustix::fs::fcntl_add_seals(&closed, rustix::fs::SealFlags::SEAL).unwrap();
+        for fd in [memfd(MemfdFlags::empty()), closed] {
+            let fds = [fd];
+            let e = check_mem_table(&table(MIB, 0), &fds, "t", false).unwrap_err();
+            assert!(matches!(e, MemTableError::Unsealed { .. }), "{e}");
+            assert!(e.to_string().contains("--vhost-trust-unsealed"), "{e}");
+            check_mem_table(&table(MIB, 0), &fds, "t", true).unwrap();
+            // Trusted or not, its size is still checked.
+            assert!(check_mem_table(&table(2 * MIB, 0), &fds, "t", true).is_err());
+        }
+    }
+
+    #[test]
+    fn memory_sealed_already_by_its_owner_is_accepted() {
+        // QEMU's memory-backend-memfd: GROW, SHRINK and SEAL set by QEMU itself.
+        use rustix::fs::SealFlags;
+        let fd = memfd(MemfdFlags::ALLOW_SEALING);
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL)
+            .unwrap();
+        check_mem_table(&table(MIB, 0), &[fd], "t", false).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod inspect_tests {
     use super::*;
 
     fn req(r: u32, flags: u32, body: &[u8]) -> Vec<u8> {
@@ -320,7 +463,10 @@ mod tests {
         let fds = [fd];
         assert!(matches!(
             f.inspect(&table(4096, 1), &fds, "t"),
-            Verdict::Refuse(MemTableError::Outside { .. })
+            Verdict::Refuse {
+                why: MemTableError::Outside { .. },
+                ..
+            }
         ));
         assert!(matches!(
             f.inspect(&table(4096, 0), &fds, "t"),
@@ -333,7 +479,10 @@ mod tests {
         );
         assert!(matches!(
             f.inspect(&req(ADD_MEM_REG, FLAG_VERSION, &[0; 40]), &[], "t"),
-            Verdict::Refuse(MemTableError::Slots)
+            Verdict::Refuse {
+                why: MemTableError::Slots,
+                ..
+            }
         ));
     }
 }

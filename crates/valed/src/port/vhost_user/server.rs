@@ -31,10 +31,12 @@ impl ProtocolServer {
     /// frontend listening there (`client` true: QEMU's `server=on`, OVS's
     /// `dpdkvhostuserclient`), and again after it goes away. `private` is a socket path in
     /// a directory only valed can enter, where the vhost crate listens behind the relay.
+    /// With `trust_unsealed`, guest memory that cannot be sealed is accepted.
     pub fn start(
         name: String,
         path: &str,
         client: bool,
+        trust_unsealed: bool,
         private: PathBuf,
         backend: NetBackend,
         counters: Arc<PortCounters>,
@@ -93,6 +95,8 @@ impl ProtocolServer {
                         },
                     };
                     *front2.lock().unwrap_or_else(|p| p.into_inner()) = front.try_clone().ok();
+                    // The forwarding thread cuts it off if it truncates its memory.
+                    lock(&guest).front = front.try_clone().ok();
                     // Queue our end of the private socket, so the crate's accept is quick.
                     let back = match UnixStream::connect(&private) {
                         Ok(b) => b,
@@ -117,7 +121,9 @@ impl ProtocolServer {
                     tracing::info!(port = %name, "vhost-user frontend connected");
                     *shutdown2.lock().unwrap_or_else(|p| p.into_inner()) = d.shutdown_handle();
                     let (n2, c2) = (name.clone(), counters.clone());
-                    let relay = std::thread::spawn(move || super::relay::relay(front, back, &n2, &c2));
+                    let relay = std::thread::spawn(move || {
+                        super::relay::relay(front, back, &n2, &c2, trust_unsealed)
+                    });
                     let r = d.wait();
                     let _ = relay.join();
                     // Its queues and memory are gone with it.

@@ -1,0 +1,893 @@
+//! memif ports against real memif peers: DPDK's `net_memif` in `dpdk-testpmd` (package
+//! dpdk-dev) as the client, and a hostile client of our own that speaks the protocol
+//! (vale_wire::memif) and lies in every way it can. Needs root for testpmd; prints SKIP
+//! otherwise (a failure under VALE_TEST_STRICT=1).
+
+mod common;
+use common::*;
+use rustix::fd::{AsFd, OwnedFd};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use vale_wire::memif::{
+    AddRegion, AddRing, COOKIE, DESC_FLAG_NEXT, DESC_LEN, Desc, FixedStr, Init, MSG_LEN, Msg,
+    RING_FLAG_C2S, RingLayout, VERSION,
+};
+
+/// testpmd's forwarding core spins: on a small machine, instances of it in parallel
+/// tests would starve each other and valed, so these tests take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn testpmd_missing() -> bool {
+    if !rustix::process::geteuid().is_root() {
+        skip("memif against testpmd needs root");
+        return true;
+    }
+    !have("dpdk-testpmd", "dpdk-dev", "memif against testpmd")
+}
+
+/// A testpmd memif client on `sock` (`iface`: the vdev's `id=N` and any other memif
+/// options) forwarding in `fwd` mode for `secs` seconds (then SIGINT: it prints its
+/// statistics and leaves).
+fn testpmd(
+    d: &Daemon,
+    tag: &str,
+    sock: &str,
+    iface: &str,
+    fwd: &str,
+    secs: u32,
+    extra: &[&str],
+) -> Child {
+    testpmd_eal(d, tag, sock, iface, fwd, secs, &[], extra)
+}
+
+/// [`testpmd`] with more EAL flags (`eal`).
+#[allow(clippy::too_many_arguments)]
+fn testpmd_eal(
+    d: &Daemon,
+    tag: &str,
+    sock: &str,
+    iface: &str,
+    fwd: &str,
+    secs: u32,
+    eal: &[&str],
+    extra: &[&str],
+) -> Child {
+    let out = std::fs::File::create(d.dir.join(format!("testpmd-{tag}.log"))).unwrap();
+    let mut c = Command::new("timeout");
+    c.args([
+        "-s",
+        "INT",
+        &secs.to_string(),
+        "dpdk-testpmd",
+        "-l",
+        "0,1",
+        "--no-huge",
+        "-m",
+        "512",
+    ])
+    .args([
+        "--no-pci",
+        "--file-prefix",
+        &format!("vm{}{tag}", std::process::id()),
+    ])
+    .args(eal)
+    .arg(format!(
+        "--vdev=net_memif0,role=client,{iface},socket={sock},socket-abstract=no"
+    ))
+    .args(["--", &format!("--forward-mode={fwd}"), "--nb-cores=1"])
+    .args(["--total-num-mbufs=16384", "--stats-period", "1"])
+    .args(extra)
+    .stdin(Stdio::null())
+    .stdout(out.try_clone().unwrap())
+    .stderr(out);
+    c.spawn().expect("spawn testpmd")
+}
+
+/// testpmd's output once it left.
+fn finished(d: &Daemon, tag: &str, mut c: Child) -> String {
+    let _ = c.wait();
+    std::fs::read_to_string(d.dir.join(format!("testpmd-{tag}.log"))).unwrap_or_default()
+}
+
+/// testpmd's port statistics as last printed (`--stats-period`): the figure after
+/// `key` on the last line that has `marker` ("RX-packets:" with "RX-missed:", what its
+/// memif driver took from the ring, "TX-packets:" with "TX-errors:", what it put in).
+fn port_stat(out: &str, key: &str, marker: &str) -> u64 {
+    out.lines()
+        .rev()
+        .find(|l| l.contains(key) && l.contains(marker))
+        .and_then(|l| l.split(key).nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in testpmd's output:\n{out}"))
+}
+
+/// What testpmd sent: its forward statistics' total (the frames its memif driver put
+/// in the ring since forwarding started, which is when a txonly client starts sending).
+fn sent_by(out: &str) -> u64 {
+    out.rsplit("TX-packets:")
+        .next()
+        .filter(|_| out.contains("Accumulated forward statistics"))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no forward statistics in testpmd's output:\n{out}"))
+}
+
+/// What testpmd's memif driver took from the ring: its port statistics as last printed
+/// (the forward statistics leave out what testpmd flushed when forwarding started).
+/// The tests leave it a few idle seconds so the last print is final.
+fn received_by(out: &str) -> u64 {
+    port_stat(out, "RX-packets:", "RX-missed:")
+}
+
+fn host_counter(d: &Daemon, name: &str, key: &str) -> u64 {
+    d.host(name)["counters"][key].as_u64().unwrap_or(0)
+}
+
+fn connected(d: &Daemon, name: &str) -> bool {
+    d.host(name)["about"]
+        .as_str()
+        .is_some_and(|a| a.contains("connected to"))
+}
+
+fn memif_port(d: &Daemon, port: &str, sock: &str, id: u32, extra: &[&str]) {
+    let mut a = vec!["memif", port, "--path", sock, "--id"];
+    let id = id.to_string();
+    a.push(&id);
+    a.extend_from_slice(extra);
+    let o = d.ctl(&a);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn pkt_gen(d: &Daemon, args: &[&str]) -> Child {
+    d.cmd(PKT_GEN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// pkt-gen's "Sent N" or "Received N" figure.
+fn pkt_gen_count(out: &std::process::Output, word: &str) -> u64 {
+    let s = stdout_of(out);
+    s.split(word)
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no `{word}` in pkt-gen's output: {s}"))
+}
+
+/// testpmd sends 64-byte frames on memif (copy mode) into the switch; pkt-gen receives
+/// them on another port. Every frame testpmd counts as sent is received or counted by
+/// the switch; then testpmd leaves and the port says so.
+#[test]
+fn testpmd_sends_into_the_switch_and_every_frame_is_received_or_counted() {
+    if testpmd_missing() {
+        return;
+    }
+    let _turn = turn();
+    let d = Daemon::start("memif-tx", &[]);
+    let sock = d.dir.join("memif.sock");
+    let sock = path_str(&sock);
+    memif_port(&d, "vale0:m", sock, 7, &[]);
+    assert!(
+        d.host("m")["about"]
+            .as_str()
+            .unwrap()
+            .contains("waiting for a client")
+    );
+    let rx = pkt_gen(&d, &["-i", "vale0:r", "-f", "rx", "--duration", "14", "-W"]);
+    assert!(wait_for(5.0, || d.ports().contains(&"vale0:r".into())));
+    // Keeps the port (and its counters) after pkt-gen leaves; it reads nothing.
+    let _hold = d.open("vale0:r");
+    let tp = testpmd(&d, "tx", sock, "id=7", "txonly", 5, &["--txpkts=64"]);
+    assert!(
+        wait_for(15.0, || connected(&d, "m")),
+        "testpmd connected: {}",
+        d.log()
+    );
+    let about = d.host("m")["about"].as_str().unwrap().to_string();
+    assert!(
+        about.contains("DPDK") && about.contains("C2S 1x1024"),
+        "{about}"
+    );
+    let out = finished(&d, "tx", tp);
+    let sent = sent_by(&out);
+    assert!(sent > 10_000, "testpmd sent {sent}\n{out}");
+    assert!(wait_for(5.0, || host_counter(&d, "m", "peer_disconnects") == 1));
+    let r = rx.wait_with_output().unwrap();
+    let received = pkt_gen_count(&r, "Received");
+    let full = d.counter("vale0:r", "ring_full");
+    assert_eq!(
+        d.counter("vale0:m", "tx_packets"),
+        sent,
+        "the switch took all of it"
+    );
+    assert_eq!(host_counter(&d, "m", "from_host"), sent);
+    assert_eq!(
+        received + full,
+        sent,
+        "received {received} + ring_full {full}"
+    );
+    for k in ["bad_desc", "chain_too_long", "read_errors"] {
+        assert_eq!(host_counter(&d, "m", k), 0, "{k}");
+    }
+    d.assert_laws();
+    assert!(d.host("m")["about"].as_str().unwrap().contains("waiting"));
+}
+
+/// pkt-gen sends into the switch; testpmd receives on memif (rxonly) what valed put in
+/// the buffers it posted: as many as valed counts, and all pkt-gen sent but what the
+/// switch counted.
+#[test]
+fn frames_from_the_switch_reach_testpmd_in_the_buffers_it_posted() {
+    if testpmd_missing() {
+        return;
+    }
+    let _turn = turn();
+    let d = Daemon::start("memif-rx", &[]);
+    let sock = d.dir.join("memif.sock");
+    let sock = path_str(&sock);
+    memif_port(&d, "vale0:m", sock, 0, &[]);
+    let tp = testpmd(&d, "rx", sock, "id=0", "rxonly", 8, &[]);
+    assert!(
+        wait_for(15.0, || connected(&d, "m")),
+        "testpmd connected: {}",
+        d.log()
+    );
+    // Keeps the sender's port (and its counters, for the laws) after pkt-gen leaves.
+    let _hold_t = d.open("vale0:t");
+    let tx = pkt_gen(
+        &d,
+        &["-i", "vale0:t", "-f", "tx", "-n", "50000", "-R", "50000"],
+    );
+    let t = tx.wait_with_output().unwrap();
+    let sent = pkt_gen_count(&t, "Sent");
+    assert_eq!(sent, 50_000);
+    let out = finished(&d, "rx", tp);
+    let got = received_by(&out);
+    let to_client = host_counter(&d, "m", "to_host");
+    let lost = d.counter("vale0:m", "ring_full") + host_counter(&d, "m", "no_peer");
+    assert_eq!(got, to_client, "testpmd read all valed gave it\n{out}");
+    assert_eq!(
+        to_client + lost,
+        sent,
+        "to testpmd {to_client} + counted {lost}"
+    );
+    assert!(
+        got > 25_000,
+        "most of it arrived at a rate it follows: {got}"
+    );
+    d.assert_laws();
+}
+
+/// 9000-byte frames both ways: testpmd's chains (NEXT) of 2048-byte memif buffers become
+/// netmap slot chains, and the other way round.
+#[test]
+fn jumbo_frames_cross_a_memif_port_both_ways_in_chains() {
+    if testpmd_missing() {
+        return;
+    }
+    let _turn = turn();
+    let d = Daemon::start("memif-jumbo", &[]);
+    let sock = d.dir.join("memif.sock");
+    let sock = path_str(&sock);
+    memif_port(&d, "vale0:m", sock, 0, &[]);
+    // testpmd -> switch.
+    let rx = pkt_gen(&d, &["-i", "vale0:r", "-f", "rx", "--duration", "12", "-W"]);
+    assert!(wait_for(5.0, || d.ports().contains(&"vale0:r".into())));
+    let _hold = d.open("vale0:r");
+    // In buffers of 10 KiB, one per frame: DPDK 22.11's memif transmit overruns its ring
+    // by a descriptor when a chained frame needs one more than is free (it then
+    // publishes a head thousands of slots ahead, which valed refuses: the runaway-head
+    // check of the hostile test). valed's own chain reading is tested by that test.
+    let tp = testpmd(
+        &d,
+        "jtx",
+        sock,
+        "id=0,bsize=10240",
+        "txonly",
+        4,
+        &["--mbuf-size=9400", "--txpkts=9000"],
+    );
+    let out = finished(&d, "jtx", tp);
+    let sent = sent_by(&out);
+    let r = rx.wait_with_output().unwrap();
+    let received = pkt_gen_count(&r, "Received");
+    let bytes = d.counter("vale0:r", "rx_bytes");
+    assert!(received > 100, "{received}\n{out}");
+    assert_eq!(bytes, received * 9000, "whole 9000-byte frames");
+    assert_eq!(received + d.counter("vale0:r", "ring_full"), sent);
+    // Switch -> testpmd, after it reconnects (a second client on the same port).
+    assert!(wait_for(5.0, || !connected(&d, "m")));
+    let tp = testpmd(&d, "jrx", sock, "id=0", "rxonly", 7, &[]);
+    assert!(
+        wait_for(15.0, || connected(&d, "m")),
+        "reconnected: {}",
+        d.log()
+    );
+    // Keeps the sender's port (and its counters, for the laws) after pkt-gen leaves.
+    let _hold_t = d.open("vale0:t");
+    let t = pkt_gen(
+        &d,
+        &[
+            "-i", "vale0:t", "-f", "tx", "-l", "9000", "-F", "5", "-n", "2000", "-R", "2000",
+        ],
+    )
+    .wait_with_output()
+    .unwrap();
+    assert_eq!(
+        pkt_gen_count(&t, "Sent"),
+        2000,
+        "{}",
+        String::from_utf8_lossy(&t.stderr)
+    );
+    let out = finished(&d, "jrx", tp);
+    let got = received_by(&out);
+    assert_eq!(got, host_counter(&d, "m", "to_host"), "{out}");
+    assert_eq!(host_counter(&d, "m", "to_host_bytes"), got * 9000);
+    assert!(got > 1000, "{got}");
+    assert_eq!(host_counter(&d, "m", "peer_disconnects"), 2);
+    d.assert_laws();
+}
+
+/// Two testpmd instances on two memif ports that share one socket (ids 1 and 2): one
+/// sends, the other receives, through the switch.
+#[test]
+fn two_testpmd_clients_on_one_socket_talk_through_the_switch() {
+    if testpmd_missing() {
+        return;
+    }
+    let _turn = turn();
+    let d = Daemon::start("memif-pair", &[]);
+    let sock = d.dir.join("memif.sock");
+    let sock = path_str(&sock);
+    memif_port(&d, "vale0:a", sock, 1, &[]);
+    memif_port(&d, "vale0:b", sock, 2, &[]);
+    let o = d.ctl(&["memif", "vale0:c", "--path", sock, "--id", "2"]);
+    assert!(!o.status.success(), "id 2 is taken");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("already port b"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let b = testpmd(&d, "b", sock, "id=2", "rxonly", 11, &[]);
+    assert!(wait_for(15.0, || connected(&d, "b")), "{}", d.log());
+    let a = testpmd(&d, "a", sock, "id=1", "txonly", 4, &["--txpkts=64"]);
+    let out_a = finished(&d, "a", a);
+    let out_b = finished(&d, "b", b);
+    let sent = sent_by(&out_a);
+    let got = received_by(&out_b);
+    assert!(sent > 10_000 && got > 1000, "sent {sent}, received {got}");
+    let lost = d.counter("vale0:b", "ring_full") + host_counter(&d, "b", "no_peer");
+    assert_eq!(d.counter("vale0:a", "tx_packets"), sent);
+    assert_eq!(got, host_counter(&d, "b", "to_host"));
+    assert_eq!(got + lost, sent, "received {got} + counted {lost}\n{out_b}");
+    d.assert_laws();
+}
+
+// ---- A hostile memif client of our own ----
+
+const LOG2: u8 = 6;
+const SLOTS: usize = 1 << LOG2;
+const BUF: usize = 2048;
+const L: RingLayout = RingLayout::X86;
+
+fn ring_bytes() -> usize {
+    L.ring_bytes(LOG2) as usize
+}
+
+/// Offsets in the client's one region: the C2S ring, the S2C ring, their buffers.
+fn c2s() -> usize {
+    0
+}
+fn s2c() -> usize {
+    ring_bytes()
+}
+fn buf(c2s: bool, j: usize) -> usize {
+    2 * ring_bytes() + if c2s { 0 } else { SLOTS * BUF } + j % SLOTS * BUF
+}
+fn region_len() -> usize {
+    2 * ring_bytes() + 2 * SLOTS * BUF
+}
+
+struct Hostile {
+    sock: OwnedFd,
+    mem: OwnedFd,
+    head: u16,
+}
+
+fn memfd(sealing: bool) -> OwnedFd {
+    let mut f = rustix::fs::MemfdFlags::CLOEXEC;
+    if sealing {
+        f |= rustix::fs::MemfdFlags::ALLOW_SEALING;
+    }
+    let fd = rustix::fs::memfd_create("hostile-memif", f).unwrap();
+    rustix::fs::ftruncate(&fd, region_len() as u64).unwrap();
+    for r in [c2s(), s2c()] {
+        rustix::io::pwrite(&fd, &COOKIE.to_le_bytes(), r as u64).unwrap();
+    }
+    fd
+}
+
+fn eventfd() -> OwnedFd {
+    rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap()
+}
+
+impl Hostile {
+    fn connect(path: &str) -> Hostile {
+        let sock = rustix::net::socket(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            None,
+        )
+        .unwrap();
+        rustix::net::connect(&sock, &rustix::net::SocketAddrUnix::new(path).unwrap()).unwrap();
+        rustix::net::sockopt::set_socket_timeout(
+            &sock,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(Duration::from_secs(5)),
+        )
+        .unwrap();
+        let h = Hostile {
+            sock,
+            mem: memfd(true),
+            head: 0,
+        };
+        assert!(matches!(h.recv(), Some(Msg::Hello(_))), "HELLO first");
+        h
+    }
+
+    fn raw(&self, bytes: &[u8], fd: Option<&OwnedFd>) {
+        let fds: Vec<_> = fd.iter().map(|f| f.as_fd()).collect();
+        vale::sock::send(self.sock.as_fd(), bytes, &fds).unwrap();
+    }
+
+    fn send(&self, m: &Msg, fd: Option<&OwnedFd>) {
+        self.raw(&m.encode(), fd);
+    }
+
+    /// The next message, or `None` when valed closed the connection.
+    fn recv(&self) -> Option<Msg> {
+        let mut b = [0u8; 2 * MSG_LEN];
+        let (n, _) = vale::sock::recv(self.sock.as_fd(), &mut b).ok()?;
+        (n > 0).then(|| Msg::decode(&b[..n]).expect("valed sends memif messages"))
+    }
+
+    /// DISCONNECT's reason (and the connection closed after it).
+    fn disconnected(&self) -> String {
+        match self.recv() {
+            Some(Msg::Disconnect { reason, .. }) => {
+                assert!(self.recv().is_none(), "closed after DISCONNECT");
+                reason.to_string_lossy()
+            }
+            other => panic!("expected DISCONNECT, got {other:?}"),
+        }
+    }
+
+    fn init(&self, id: u32, secret: &str) {
+        self.send(
+            &Msg::Init(Init {
+                version: VERSION,
+                id,
+                mode: 0,
+                secret: FixedStr::new(secret.as_bytes()),
+                name: FixedStr::new(b"hostile"),
+            }),
+            None,
+        );
+    }
+
+    fn acked(&self) {
+        assert_eq!(self.recv(), Some(Msg::Ack));
+    }
+
+    /// INIT, the region (`mem`), a ring each way, CONNECT: connected.
+    fn setup(&self, id: u32, mem: &OwnedFd) -> Option<Msg> {
+        self.init(id, "");
+        self.acked();
+        self.send(
+            &Msg::AddRegion(AddRegion {
+                index: 0,
+                size: region_len() as u64,
+            }),
+            Some(mem),
+        );
+        self.acked();
+        for (flags, offset) in [(RING_FLAG_C2S, c2s()), (0, s2c())] {
+            self.send(
+                &Msg::AddRing(AddRing {
+                    flags,
+                    index: 0,
+                    region: 0,
+                    offset: offset as u32,
+                    log2_size: LOG2,
+                    private_hdr_size: 0,
+                }),
+                Some(&eventfd()),
+            );
+            self.acked();
+        }
+        self.send(
+            &Msg::Connect {
+                if_name: FixedStr::new(b"evil0"),
+            },
+            None,
+        );
+        self.recv()
+    }
+
+    fn put_desc(&self, ring: usize, slot: u16, d: Desc) {
+        let off = ring + L.descriptors() + usize::from(slot) % SLOTS * DESC_LEN;
+        rustix::io::pwrite(&self.mem, &d.encode(), off as u64).unwrap();
+    }
+
+    fn publish(&self, head: u16) {
+        rustix::io::pwrite(
+            &self.mem,
+            &head.to_le_bytes(),
+            (c2s() + RingLayout::HEAD) as u64,
+        )
+        .unwrap();
+    }
+
+    /// One frame on C2S, in one buffer or a chain, as the client writes it.
+    fn send_frame(&mut self, frame: &[u8]) {
+        let parts: Vec<&[u8]> = frame.chunks(BUF).collect();
+        for (i, p) in parts.iter().enumerate() {
+            let off = buf(true, usize::from(self.head));
+            rustix::io::pwrite(&self.mem, p, off as u64).unwrap();
+            let flags = if i + 1 < parts.len() {
+                DESC_FLAG_NEXT
+            } else {
+                0
+            };
+            self.put_desc(
+                c2s(),
+                self.head,
+                Desc {
+                    flags,
+                    region: 0,
+                    length: p.len() as u32,
+                    offset: off as u32,
+                    metadata: 0,
+                },
+            );
+            self.head = self.head.wrapping_add(1);
+        }
+        self.publish(self.head);
+    }
+
+    fn lie(&mut self, d: Desc) {
+        self.put_desc(c2s(), self.head, d);
+        self.head = self.head.wrapping_add(1);
+        self.publish(self.head);
+    }
+
+    fn c2s_tail(&self) -> u16 {
+        let mut b = [0u8; 2];
+        rustix::io::pread(&self.mem, &mut b, (c2s() + L.tail()) as u64).unwrap();
+        u16::from_le_bytes(b)
+    }
+}
+
+/// A bystander pair on the same switch, checked to lose nothing at the end.
+fn bystanders_exchange(d: &Daemon, a: &vale::Port, b: &vale::Port, n: u32) {
+    let frames: Vec<_> = (0..n)
+        .map(|i| frame([2, 0, 0, 0, 0, 0xb], [2, 0, 0, 0, 0, 0xa], i))
+        .collect();
+    send(a, &frames);
+    let got = drain(b, 3.0);
+    assert_eq!(
+        got.len(),
+        n as usize,
+        "the bystanders lost nothing: {}",
+        d.log()
+    );
+}
+
+#[test]
+fn a_hostile_memif_client_is_refused_or_disconnected_and_nobody_else_notices() {
+    let mut d = Daemon::start("memif-hostile", &[]);
+    let sock = d.dir.join("memif.sock");
+    let sock = path_str(&sock);
+    memif_port(&d, "vale0:m", sock, 0, &[]);
+    memif_port(&d, "vale0:s", sock, 5, &["--secret", "sesame"]);
+    let a = d.open("vale0:a");
+    let b = d.open("vale0:b");
+    // b learns where it is; a's frames to it are unicast from then on.
+    send(&b, &[frame(BCAST, [2, 0, 0, 0, 0, 0xb], 0)]);
+    drain(&a, 0.5);
+
+    // Messages that are not memif's.
+    let h = Hostile::connect(sock);
+    h.raw(&[1u8; 64], None);
+    let why = h.disconnected();
+    assert!(why.contains("128 bytes"), "{why}");
+    let h = Hostile::connect(sock);
+    let mut junk = [0u8; MSG_LEN];
+    junk[0] = 0x77;
+    h.raw(&junk, None);
+    assert!(h.disconnected().contains("message type"));
+    // Handshakes that must fail, each with the reason a peer prints.
+    let h = Hostile::connect(sock);
+    h.init(9, "");
+    assert_eq!(h.disconnected(), "ID not found");
+    let h = Hostile::connect(sock);
+    h.init(5, "");
+    assert_eq!(h.disconnected(), "Secret required");
+    let h = Hostile::connect(sock);
+    h.init(5, "open");
+    assert_eq!(h.disconnected(), "Incorrect secret");
+    let h = Hostile::connect(sock);
+    h.send(&Msg::Ack, None);
+    assert!(h.disconnected().starts_with("Unexpected message"));
+    let h = Hostile::connect(sock);
+    h.init(0, "");
+    h.acked();
+    h.send(
+        &Msg::AddRegion(AddRegion {
+            index: 0,
+            size: 4096,
+        }),
+        None,
+    );
+    assert_eq!(h.disconnected(), "Missing region fd");
+    // Memory it could shrink under valed is refused.
+    let h = Hostile::connect(sock);
+    let why = match h.setup(0, &memfd(false)) {
+        Some(Msg::Disconnect { reason, .. }) => reason.to_string_lossy(),
+        other => panic!("{other:?}"),
+    };
+    assert!(why.contains("cannot be sealed against shrinking"), "{why}");
+    // A region smaller than it says.
+    let h = Hostile::connect(sock);
+    let short = memfd(true);
+    rustix::fs::ftruncate(&short, 4096).unwrap();
+    let why = match h.setup(0, &short) {
+        Some(Msg::Disconnect { reason, .. }) => reason.to_string_lossy(),
+        other => panic!("{other:?}"),
+    };
+    assert!(why.contains("region 0 is 4096 bytes"), "{why}");
+    bystanders_exchange(&d, &a, &b, 1000);
+
+    // Connected for real, then lying in the ring.
+    let mut h = Hostile::connect(sock);
+    let mem = h.mem.try_clone().unwrap();
+    assert!(matches!(h.setup(0, &mem), Some(Msg::Connected { .. })));
+    assert!(wait_for(3.0, || connected(&d, "m")));
+    // A second client for the same id is turned away.
+    let h2 = Hostile::connect(sock);
+    h2.init(0, "");
+    assert_eq!(h2.disconnected(), "Already connected");
+    // Sealed: it can no longer shrink what valed mapped.
+    assert!(
+        rustix::fs::ftruncate(&h.mem, 4096).is_err(),
+        "valed sealed the region"
+    );
+    h.send_frame(&frame([2, 0, 0, 0, 0, 0xb], [2, 0, 0, 0, 0, 0xe], 1));
+    h.lie(Desc {
+        region: 0,
+        length: 100,
+        offset: u32::MAX - 50,
+        ..Desc::default()
+    });
+    h.lie(Desc {
+        region: 9,
+        length: 60,
+        offset: 0,
+        ..Desc::default()
+    });
+    // A chain of 41 descriptors of 2 KiB: longer than any frame may be (64 KiB).
+    for i in 0..41 {
+        let d = Desc {
+            flags: if i < 40 { DESC_FLAG_NEXT } else { 0 },
+            region: 0,
+            length: BUF as u32,
+            offset: buf(true, 0) as u32,
+            metadata: 0,
+        };
+        h.put_desc(c2s(), h.head, d);
+        h.head = h.head.wrapping_add(1);
+    }
+    h.publish(h.head);
+    h.send_frame(&frame([2, 0, 0, 0, 0, 0xb], [2, 0, 0, 0, 0, 0xe], 2));
+    // A 5000-byte frame in a chain of three 2 KiB buffers arrives whole.
+    let mut jumbo = frame([2, 0, 0, 0, 0, 0xb], [2, 0, 0, 0, 0, 0xe], 3);
+    jumbo.resize(5000, 0x5a);
+    h.send_frame(&jumbo);
+    assert!(
+        wait_for(3.0, || h.c2s_tail() == h.head),
+        "valed gave every buffer back"
+    );
+    let good = drain(&b, 1.0);
+    assert_eq!(good.len(), 3, "the three honest frames arrived");
+    assert_eq!(good[2], jumbo, "the chained one whole");
+    assert_eq!(host_counter(&d, "m", "bad_desc"), 2);
+    assert_eq!(host_counter(&d, "m", "chain_too_long"), 1);
+    assert_eq!(host_counter(&d, "m", "from_host"), 3);
+    // It never posts S2C buffers: frames for it wait in its RX ring, then are counted
+    // as ring_full.
+    let seen = || d.counter("vale0:m", "rx_packets") + d.counter("vale0:m", "ring_full");
+    let before = seen();
+    let flood: Vec<_> = (0..5000)
+        .map(|i| frame(BCAST, [2, 0, 0, 0, 0, 0xa], i))
+        .collect();
+    send(&a, &flood);
+    drain(&b, 1.0);
+    assert!(wait_for(3.0, || d.counter("vale0:m", "ring_full") > 0));
+    assert_eq!(
+        seen() - before,
+        5000,
+        "every frame for it waits in its ring or is counted"
+    );
+    assert_eq!(
+        host_counter(&d, "m", "to_host"),
+        0,
+        "nothing went where it posted nothing"
+    );
+    // A head far beyond its ring: valed stops using it and says why.
+    h.publish(h.head.wrapping_add(1000));
+    let why = h.disconnected();
+    assert!(why.contains("slots ahead"), "{why}");
+    assert!(wait_for(3.0, || host_counter(&d, "m", "peer_disconnects") == 1));
+    bystanders_exchange(&d, &a, &b, 1000);
+    assert!(d.alive(), "valed is up");
+    // And the port serves an honest client again.
+    let mut h = Hostile::connect(sock);
+    let mem = h.mem.try_clone().unwrap();
+    assert!(matches!(h.setup(0, &mem), Some(Msg::Connected { .. })));
+    h.send_frame(&frame([2, 0, 0, 0, 0, 0xb], [2, 0, 0, 0, 0, 0xe], 3));
+    assert_eq!(drain(&b, 2.0).len(), 1);
+    drop(h);
+    assert!(wait_for(3.0, || host_counter(&d, "m", "peer_disconnects") == 2));
+    // Removing the port takes the socket away with its last id.
+    assert!(d.ctl(&["-d", "vale0:m"]).status.success());
+    assert!(
+        std::path::Path::new(sock).exists(),
+        "vale0:s still serves it"
+    );
+    assert!(d.ctl(&["-d", "vale0:s"]).status.success());
+    assert!(wait_for(2.0, || !std::path::Path::new(sock).exists()));
+}
+
+const BCAST: [u8; 6] = [0xff; 6];
+
+/// With `--memif-trust-unsealed` a client's unsealable memory is taken; when the client
+/// truncates it under traffic, valed survives (no SIGBUS reaches it), counts the fault,
+/// disconnects the client, and the bystanders lose nothing.
+#[test]
+fn a_trusted_client_that_truncates_its_memory_is_cut_off_and_counted() {
+    let mut d = Daemon::start("memif-trunc", &["--memif-trust-unsealed"]);
+    let sock = d.dir.join("memif.sock");
+    let sock = path_str(&sock);
+    memif_port(&d, "vale0:m", sock, 0, &[]);
+    let a = d.open("vale0:a");
+    let b = d.open("vale0:b");
+    send(&b, &[frame(BCAST, [2, 0, 0, 0, 0, 0xb], 0)]);
+    drain(&a, 0.5);
+    let mut h = Hostile::connect(sock);
+    h.mem = memfd(false);
+    let mem = h.mem.try_clone().unwrap();
+    assert!(
+        matches!(h.setup(0, &mem), Some(Msg::Connected { .. })),
+        "trusted: taken"
+    );
+    assert!(
+        d.log().contains("accepted (memif_trust_unsealed)"),
+        "and said so"
+    );
+    h.send_frame(&frame([2, 0, 0, 0, 0, 0xb], [2, 0, 0, 0, 0, 0xe], 1));
+    assert_eq!(drain(&b, 2.0).len(), 1, "it works before");
+    // Gone under valed: the file cut to nothing, then a descriptor (and the head)
+    // written again, which brings back its first page only; the buffer it names lies
+    // past the new end.
+    rustix::fs::ftruncate(&h.mem, 0).unwrap();
+    h.lie(Desc {
+        region: 0,
+        length: 60,
+        offset: buf(true, 40) as u32,
+        ..Desc::default()
+    });
+    let why = h.disconnected();
+    assert!(why.contains("truncated"), "{why}");
+    assert!(host_counter(&d, "m", "memory_faults") > 0);
+    assert!(d.alive(), "no SIGBUS took valed down");
+    bystanders_exchange(&d, &a, &b, 1000);
+    // The port serves the next client.
+    let mut h = Hostile::connect(sock);
+    let mem = h.mem.try_clone().unwrap();
+    assert!(matches!(h.setup(0, &mem), Some(Msg::Connected { .. })));
+    h.send_frame(&frame([2, 0, 0, 0, 0, 0xb], [2, 0, 0, 0, 0, 0xe], 3));
+    assert_eq!(drain(&b, 2.0).len(), 1);
+}
+
+/// A zero-copy testpmd client (`zero-copy=yes`: its buffers are all of its memory, a
+/// memfd it cannot seal) is refused by default and says why; with
+/// `--memif-trust-unsealed` it sends and receives through the switch, its descriptors
+/// pointing into its second region.
+#[test]
+fn a_zero_copy_testpmd_client_is_refused_unless_trusted_and_then_works_both_ways() {
+    if testpmd_missing() {
+        return;
+    }
+    let _turn = turn();
+    const ZC: &str = "id=0,zero-copy=yes";
+    let d = Daemon::start("memif-zc-refused", &[]);
+    let sock = d.dir.join("memif.sock");
+    let sock = path_str(&sock);
+    memif_port(&d, "vale0:m", sock, 0, &[]);
+    let tp = testpmd_eal(
+        &d,
+        "zc0",
+        sock,
+        ZC,
+        "txonly",
+        4,
+        &["--single-file-segments"],
+        &["--txpkts=64"],
+    );
+    let out = finished(&d, "zc0", tp);
+    assert!(
+        d.log().contains("cannot be sealed against shrinking"),
+        "refused: {}\n{out}",
+        d.log()
+    );
+    assert_eq!(host_counter(&d, "m", "from_host"), 0);
+    drop(d);
+
+    let d = Daemon::start("memif-zc", &["--memif-trust-unsealed"]);
+    let sock = d.dir.join("memif.sock");
+    let sock = path_str(&sock);
+    memif_port(&d, "vale0:m", sock, 0, &[]);
+    let rx = pkt_gen(&d, &["-i", "vale0:r", "-f", "rx", "--duration", "12", "-W"]);
+    assert!(wait_for(5.0, || d.ports().contains(&"vale0:r".into())));
+    let _hold = d.open("vale0:r");
+    let tp = testpmd_eal(
+        &d,
+        "zctx",
+        sock,
+        ZC,
+        "txonly",
+        5,
+        &["--single-file-segments"],
+        &["--txpkts=64"],
+    );
+    let out = finished(&d, "zctx", tp);
+    let sent = sent_by(&out);
+    let r = rx.wait_with_output().unwrap();
+    let received = pkt_gen_count(&r, "Received");
+    assert!(sent > 10_000, "zero-copy testpmd sent {sent}\n{out}");
+    assert_eq!(received + d.counter("vale0:r", "ring_full"), sent);
+    assert!(wait_for(5.0, || !connected(&d, "m")));
+    let tp = testpmd_eal(
+        &d,
+        "zcrx",
+        sock,
+        ZC,
+        "rxonly",
+        8,
+        &["--single-file-segments"],
+        &[],
+    );
+    assert!(wait_for(15.0, || connected(&d, "m")), "{}", d.log());
+    let _hold_t = d.open("vale0:t");
+    let t = pkt_gen(
+        &d,
+        &["-i", "vale0:t", "-f", "tx", "-n", "20000", "-R", "20000"],
+    )
+    .wait_with_output()
+    .unwrap();
+    assert_eq!(pkt_gen_count(&t, "Sent"), 20_000);
+    let out = finished(&d, "zcrx", tp);
+    let got = received_by(&out);
+    assert_eq!(got, host_counter(&d, "m", "to_host"), "{out}");
+    assert!(got > 10_000, "{got}");
+    assert_eq!(host_counter(&d, "m", "memory_faults"), 0);
+    d.assert_laws();
+}

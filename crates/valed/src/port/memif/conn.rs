@@ -1,0 +1,245 @@
+//! A connected memif client's memory, mapped once its handshake is done: each region
+//! sealed against shrinking first (or found sealed), then its size checked against the
+//! file, then mapped; each ring checked (memif's cookie) and its indices zeroed, as the
+//! server does before it sends CONNECTED.
+//!
+//! Sealing first is what makes the check hold: once `F_SEAL_SHRINK` is on the file,
+//! nobody can make it shorter than it was when valed looked, so no access within the
+//! checked size can fault. A region that cannot be sealed (a zero-copy client's memory:
+//! DPDK's `nohuge` memfd carries `F_SEAL_SEAL` and nothing else, l2-peers.md §1.5) is
+//! refused, with the reason sent to the client, unless `memif_trust_unsealed` says to
+//! take it: its mapping is then watched (`sys::sigbus`), so a truncation becomes zero
+//! pages and a counted fault instead of a SIGBUS that takes valed down.
+
+use super::handshake::Setup;
+use super::ring::{C2s, Placement, S2c};
+use crate::sys::peer::PeerMem;
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::fs::SealFlags;
+use vale_wire::memif::RingLayout;
+
+/// The client's regions, mapped, and its rings.
+pub struct Conn {
+    /// The unsealed regions' mappings under watch; dropped before they are unmapped
+    /// (fields drop in order).
+    pub watched: Option<crate::sys::sigbus::Watched>,
+    pub regions: Vec<PeerMem>,
+    pub c2s: Vec<C2s>,
+    pub s2c: Vec<S2c>,
+    /// The eventfds the client passed with its rings: it writes a C2S one when it
+    /// published frames (unless valed masked it); valed writes an S2C one after
+    /// publishing (unless the client masked it).
+    pub c2s_kick: Vec<OwnedFd>,
+    pub s2c_kick: Vec<OwnedFd>,
+    /// Slots of each ring, for `vale-ctl list`.
+    pub c2s_slots: u32,
+    pub s2c_slots: u32,
+}
+
+/// Seals `fd` against shrinking if it is not yet, then returns its size and whether it
+/// is sealed. Memory that cannot be sealed is an error unless `trust`.
+fn seal_then_size(fd: &OwnedFd, index: usize, trust: bool) -> Result<(u64, bool), String> {
+    let sealed = match rustix::fs::fcntl_get_seals(fd) {
+        Ok(seals) if seals.contains(SealFlags::SHRINK) => Ok(()),
+        Ok(seals) => rustix::fs::fcntl_add_seals(fd, SealFlags::SHRINK).map_err(|e| {
+            format!(
+                "region {index} cannot be sealed against shrinking ({e}{})",
+                if seals.contains(SealFlags::SEAL) {
+                    ", F_SEAL_SEAL is set"
+                } else {
+                    ""
+                }
+            )
+        }),
+        Err(e) => Err(format!("region {index} is not a sealable memfd ({e})")),
+    };
+    if let Err(why) = &sealed {
+        if !trust {
+            return Err(format!(
+                "{why}: valed maps only memory the client cannot shrink; use copy mode (zero-copy=no), or start valed with --memif-trust-unsealed"
+            ));
+        }
+    }
+    let st = rustix::fs::fstat(fd).map_err(|e| format!("region {index}: fstat: {e}"))?;
+    Ok((st.st_size.max(0) as u64, sealed.is_ok()))
+}
+
+impl Conn {
+    /// Maps what the handshake accepted; regions that cannot be sealed only if `trust`
+    /// (then watched). The error is the reason sent in DISCONNECT.
+    pub fn map(setup: Setup<OwnedFd>, trust: bool) -> Result<Conn, String> {
+        let mut regions = Vec::with_capacity(setup.regions.len());
+        let mut unsealed = Vec::new();
+        for (i, r) in setup.regions.into_iter().enumerate() {
+            let (have, sealed) = seal_then_size(&r.fd, i, trust)?;
+            if have < r.size {
+                return Err(format!(
+                    "region {i} is {have} bytes, not the {} ADD_REGION said",
+                    r.size
+                ));
+            }
+            let m = PeerMem::map(r.fd.as_fd(), r.size)
+                .map_err(|e| format!("region {i}: mmap of {} bytes: {e}", r.size))?;
+            if !sealed {
+                tracing::warn!(
+                    "memif region {i} ({} bytes) cannot be sealed; accepted (memif_trust_unsealed): a truncation disconnects the client",
+                    r.size
+                );
+                unsealed.push(m.range());
+            }
+            // The mapping outlives the descriptor.
+            regions.push(m);
+        }
+        let at = |region: u16, offset: u32, log2_size: u8| Placement {
+            region: usize::from(region),
+            offset: offset as usize,
+            log2_size,
+        };
+        let layout = RingLayout::X86;
+        let mut c2s = Vec::new();
+        let mut c2s_kick = Vec::new();
+        let c2s_slots = 1u32 << setup.c2s[0].log2_size;
+        let s2c_slots = 1u32 << setup.s2c[0].log2_size;
+        // The client's eventfds are read and written from the forwarding thread, which
+        // must never block on them (DPDK makes them non-blocking too).
+        for r in setup.c2s.iter().chain(&setup.s2c) {
+            let _ = rustix::fs::fcntl_setfl(&r.eventfd, rustix::fs::OFlags::NONBLOCK);
+        }
+        for (i, r) in setup.c2s.into_iter().enumerate() {
+            let mut ring = C2s::new(at(r.region, r.offset, r.log2_size), layout);
+            ring.connect(&regions)
+                .map_err(|e| format!("C2S ring {i}: {e}"))?;
+            c2s.push(ring);
+            c2s_kick.push(r.eventfd);
+        }
+        let mut s2c = Vec::new();
+        let mut s2c_kick = Vec::new();
+        for (i, r) in setup.s2c.into_iter().enumerate() {
+            let mut ring = S2c::new(at(r.region, r.offset, r.log2_size), layout);
+            ring.connect(&regions)
+                .map_err(|e| format!("S2C ring {i}: {e}"))?;
+            s2c.push(ring);
+            s2c_kick.push(r.eventfd);
+        }
+        let watched = if unsealed.is_empty() {
+            None
+        } else {
+            Some(
+                crate::sys::sigbus::Watched::new(unsealed)
+                    .map_err(|e| format!("cannot watch unsealed memory: {e}"))?,
+            )
+        };
+        Ok(Conn {
+            watched,
+            regions,
+            c2s,
+            s2c,
+            c2s_kick,
+            s2c_kick,
+            c2s_slots,
+            s2c_slots,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::handshake::{Region, Ring};
+    use super::*;
+    use rustix::fs::MemfdFlags;
+    use vale_wire::memif::COOKIE;
+
+    fn memfd(len: u64, flags: MemfdFlags) -> OwnedFd {
+        let fd = rustix::fs::memfd_create("conn-test", MemfdFlags::CLOEXEC | flags).unwrap();
+        rustix::fs::ftruncate(&fd, len).unwrap();
+        let m = PeerMem::map(fd.as_fd(), len).unwrap();
+        for off in [0, 4096] {
+            assert!(m.write(off, &COOKIE.to_le_bytes()));
+        }
+        fd
+    }
+
+    fn eventfd() -> OwnedFd {
+        rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap()
+    }
+
+    fn setup(fd: OwnedFd, size: u64) -> Setup<OwnedFd> {
+        Setup {
+            id: 0,
+            peer: "test".into(),
+            if_name: "t0".into(),
+            regions: vec![Region { fd, size }],
+            c2s: vec![Ring {
+                region: 0,
+                offset: 0,
+                log2_size: 4,
+                eventfd: eventfd(),
+            }],
+            s2c: vec![Ring {
+                region: 0,
+                offset: 4096,
+                log2_size: 4,
+                eventfd: eventfd(),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_sealable_region_is_sealed_before_its_size_is_trusted() {
+        let fd = memfd(1 << 16, MemfdFlags::ALLOW_SEALING);
+        let keep = fd.try_clone().unwrap();
+        let c = Conn::map(setup(fd, 1 << 16), false).unwrap();
+        assert_eq!((c.c2s.len(), c.s2c.len(), c.c2s_slots), (1, 1, 16));
+        assert!(
+            rustix::fs::ftruncate(&keep, 100).is_err(),
+            "the client can no longer shrink it"
+        );
+        assert!(
+            rustix::fs::ftruncate(&keep, 1 << 17).is_ok(),
+            "growing is harmless"
+        );
+    }
+
+    #[test]
+    fn regions_that_cannot_be_sealed_or_are_short_are_refused() {
+        let e = Conn::map(setup(memfd(1 << 16, MemfdFlags::empty()), 1 << 16), false)
+            .err()
+            .unwrap();
+        assert!(e.contains("cannot be sealed against shrinking"), "{e}");
+        let fd = memfd(1 << 16, MemfdFlags::ALLOW_SEALING);
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SEAL).unwrap();
+        let e = Conn::map(setup(fd, 1 << 16), false).err().unwrap();
+        assert!(e.contains("F_SEAL_SEAL is set"), "{e}");
+        let e = Conn::map(
+            setup(memfd(8192, MemfdFlags::ALLOW_SEALING), 1 << 16),
+            false,
+        )
+        .err()
+        .unwrap();
+        assert!(e.contains("region 0 is 8192 bytes, not the 65536"), "{e}");
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let e = Conn::map(setup(f.into(), 4096), false).err().unwrap();
+        assert!(e.contains("not a sealable memfd"), "{e}");
+    }
+
+    #[test]
+    fn unsealable_memory_is_taken_only_when_trusted_and_then_watched() {
+        let c = Conn::map(setup(memfd(1 << 16, MemfdFlags::empty()), 1 << 16), true).unwrap();
+        assert!(c.watched.is_some(), "its mapping is under watch");
+        let c = Conn::map(
+            setup(memfd(1 << 16, MemfdFlags::ALLOW_SEALING), 1 << 16),
+            true,
+        )
+        .unwrap();
+        assert!(c.watched.is_none(), "sealed memory needs no watch");
+    }
+
+    #[test]
+    fn a_ring_without_the_cookie_is_refused() {
+        let fd = memfd(1 << 16, MemfdFlags::ALLOW_SEALING);
+        let m = PeerMem::map(fd.as_fd(), 1 << 16).unwrap();
+        assert!(m.write(4096, &[0u8; 4]));
+        let e = Conn::map(setup(fd, 1 << 16), false).err().unwrap();
+        assert!(e.starts_with("S2C ring 0: wrong cookie"), "{e}");
+    }
+}

@@ -1,0 +1,134 @@
+//! memif ports (`vale-ctl memif`): a switch port served to DPDK and VPP applications over
+//! memif, their shared-memory interface (protocol 2.0), with valed as the server.
+//!
+//! - `handshake`: the server's side of the control protocol, without I/O;
+//! - `server`: one thread per socket (several ids, each its own port, may share one):
+//!   accepts clients, runs their handshakes, maps what they offer (`conn`) and hands the
+//!   connection to the port;
+//! - `ring`: the client's rings, read and written without trusting them;
+//! - `io`: the port's data plane, run by its switch's forwarding thread.
+//!
+//! Copy mode: frames are copied between the client's buffers and the switch's. The
+//! client's regions must be sealed against shrinking (copy-mode DPDK clients seal
+//! theirs; valed seals what it can), so no access can fault; a zero-copy client's
+//! memory cannot be sealed and is refused with a reason the client logs, unless
+//! `--memif-trust-unsealed`: then its mappings are watched, and a truncation is counted
+//! (`memory_faults`) and disconnects the client instead of killing valed.
+
+mod conn;
+pub mod handshake;
+mod io;
+pub mod ring;
+mod server;
+
+use super::{AfterDetach, Attach, Backend, DrivenPort, Start, Status};
+use crate::error::{CtlError, PortError};
+use server::{Registration, Slot, SocketKey};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The control side of a memif port.
+pub struct Memif {
+    name: String,
+    key: SocketKey,
+    id: u32,
+    secret: String,
+    trust_unsealed: bool,
+    slot: Option<Arc<Slot>>,
+    registration: Option<Registration>,
+}
+
+impl Memif {
+    /// A memif port serving interface `id` on `socket` (a file, or with `abstract_name`
+    /// a name in the abstract namespace), to clients that give `secret` (empty: none).
+    pub fn create(
+        name: &str,
+        socket: &str,
+        abstract_name: bool,
+        id: u32,
+        secret: &str,
+        trust_unsealed: bool,
+    ) -> Result<Memif, CtlError> {
+        if socket.is_empty() || socket.len() > 107 {
+            return Err(CtlError::BadRequest(format!(
+                "memif socket `{}` must be 1 to 107 bytes",
+                socket.escape_default()
+            )));
+        }
+        if secret.len() > vale_wire::memif::SECRET_LEN || secret.contains('\0') {
+            return Err(CtlError::BadRequest(format!(
+                "a memif secret is at most {} bytes, without NUL",
+                vale_wire::memif::SECRET_LEN
+            )));
+        }
+        Ok(Memif {
+            name: name.to_string(),
+            key: SocketKey {
+                path: socket.to_string(),
+                abstract_name,
+            },
+            id,
+            secret: secret.to_string(),
+            trust_unsealed,
+            slot: None,
+            registration: None,
+        })
+    }
+}
+
+impl Backend for Memif {
+    fn kind(&self) -> &'static str {
+        "memif"
+    }
+
+    fn attach(&self) -> Attach {
+        Attach {
+            hdr_len: 0,
+            direct: false,
+        }
+    }
+
+    fn start(&mut self, cx: Start<'_>) -> Result<Box<dyn DrivenPort>, PortError> {
+        let slot = Slot::new(
+            cx.name,
+            &self.secret,
+            self.trust_unsealed,
+            cx.counters.clone(),
+            cx.waker,
+        );
+        let reg = server::register(&self.key, self.id, slot.clone()).map_err(PortError::Refused)?;
+        self.registration = Some(reg);
+        self.slot = Some(slot.clone());
+        tracing::info!(port = %self.name, socket = %self.key, id = self.id, "memif port ready");
+        Ok(Box::new(io::MemifIo::new(slot, cx.rings, cx.watcher)))
+    }
+
+    fn stop(&mut self) -> AfterDetach {
+        self.registration = None;
+        self.slot = None;
+        AfterDetach::Forget
+    }
+
+    fn socket(&self) -> Option<&Path> {
+        (!self.key.abstract_name).then(|| Path::new(&self.key.path))
+    }
+
+    fn shares_socket(&self) -> bool {
+        true
+    }
+
+    fn status(&self) -> Status {
+        Status::default()
+    }
+
+    fn describe(&self) -> String {
+        let at = format!("memif id {} on {}", self.id, self.key);
+        match self.slot.as_ref().and_then(|s| s.peer()) {
+            Some(p) => format!(
+                "{at}: connected to {} ({}), C2S {}x{}, S2C {}x{}",
+                p.app, p.if_name, p.c2s.0, p.c2s.1, p.s2c.0, p.s2c.1
+            ),
+            None => format!("{at}: waiting for a client"),
+        }
+    }
+}

@@ -336,30 +336,7 @@ impl Device {
         if self.port.get().is_some() {
             return Err(Errno::BUSY);
         }
-        if !req.name.starts_with("vale") {
-            // No NIC rings: attach the interface to a switch with `vale-ctl -a`.
-            return Err(Errno::NXIO);
-        }
-        match req.mode {
-            NR_REG_ALL_NIC | NR_REG_ONE_NIC | NR_REG_NULL => {}
-            // VALE ports have no host rings.
-            _ => return Err(Errno::INVAL),
-        }
-        let mon = match (
-            req.flags & (NR_MONITOR_TX | NR_ZCOPY_MON) != 0,
-            req.flags & (NR_MONITOR_RX | NR_ZCOPY_MON) != 0,
-        ) {
-            (true, true) => "/rt",
-            (true, false) => "/t",
-            (false, true) => "/r",
-            (false, false) => "",
-        };
-        let (resp, fds) = self.call(&Request::Open {
-            version: proto::VERSION,
-            name: format!("{}{mon}", req.name),
-            geometry: req.geometry,
-            exclusive: req.flags & NR_EXCLUSIVE != 0,
-        })?;
+        let (resp, fds) = self.call(&open_request(req)?)?;
         let granted: (u32, u32);
         let pipe_end: Option<PipeEnd>;
         let g: PortGeometry = match resp {
@@ -448,7 +425,7 @@ impl Device {
                 (p, off)
             }
         };
-        let ni_name = format!("{}{mon}", req.name);
+        let ni_name = format!("{}{}", req.name, monitor_suffix(req.flags));
         if let Err(e) = self.make_if(
             &region, &prefix, nifp_off, &tx_at, &rx_at, granted, &ni_name,
         ) {
@@ -759,6 +736,37 @@ pub fn from_legacy(r: &Nmreq) -> NmResult<RegisterReq> {
 }
 
 /// A REGISTER body turned into our request.
+/// valed's name suffix for the monitor a REGISTER's flags ask for (`/t`, `/r`, `/rt`).
+fn monitor_suffix(flags: u64) -> &'static str {
+    match (
+        flags & (NR_MONITOR_TX | NR_ZCOPY_MON) != 0,
+        flags & (NR_MONITOR_RX | NR_ZCOPY_MON) != 0,
+    ) {
+        (true, true) => "/rt",
+        (true, false) => "/t",
+        (false, true) => "/r",
+        (false, false) => "",
+    }
+}
+
+/// The request to valed that a REGISTER makes: VALE ports only (no NIC rings: attach
+/// the interface to a switch with `vale-ctl -a`), no host rings, monitors by suffix.
+pub fn open_request(req: &RegisterReq) -> NmResult<Request> {
+    if !req.name.starts_with("vale") {
+        return Err(Errno::NXIO);
+    }
+    match req.mode {
+        NR_REG_ALL_NIC | NR_REG_ONE_NIC | NR_REG_NULL => {}
+        _ => return Err(Errno::INVAL),
+    }
+    Ok(Request::Open {
+        version: proto::VERSION,
+        name: format!("{}{}", req.name, monitor_suffix(req.flags)),
+        geometry: req.geometry,
+        exclusive: req.flags & NR_EXCLUSIVE != 0,
+    })
+}
+
 pub fn from_register(name: &str, b: &NmreqRegister) -> RegisterReq {
     let some = |v: u32| (v != 0).then_some(v);
     let some16 = |v: u16| (v != 0).then_some(v);

@@ -1020,3 +1020,63 @@ pub unsafe extern "C" fn pselect(
         )
     })
 }
+
+// ---- fuzzing ------------------------------------------------------------------------
+
+/// The netmap request structs from raw bytes, as an application's pointers deliver them
+/// to `ioctl`: what `nioctrl` and `legacy` read before they ask valed anything (the
+/// header's checks, the option list, the name, a REGISTER's body and the request it
+/// becomes). The option list is laid out from the bytes with real pointers between its
+/// entries (loops included), so `refuse_options` walks it as it walks an application's.
+/// Returns the requests to valed that the REGISTERs (new and legacy) would make.
+pub fn fuzz_requests(data: &[u8]) -> Vec<Request> {
+    let hdr_len = size_of::<NmreqHeader>();
+    let reg_len = size_of::<NmreqRegister>();
+    let opt_len = size_of::<NmreqOption>();
+    let mut out = Vec::new();
+    if data.len() < hdr_len + reg_len {
+        return out;
+    }
+    let (h, rest) = data.split_at(hdr_len);
+    let (body, opts) = rest.split_at(reg_len);
+    // SAFETY: a header's worth of bytes; any bit pattern is a valid header.
+    let mut h: NmreqHeader = unsafe { std::ptr::read_unaligned(h.as_ptr().cast()) };
+    // SAFETY: as above, a REGISTER body's worth.
+    let b: NmreqRegister = unsafe { std::ptr::read_unaligned(body.as_ptr().cast()) };
+    // SAFETY: as above, a legacy request's worth (it is shorter than header + body).
+    let legacy_req: Nmreq = unsafe { std::ptr::read_unaligned(data.as_ptr().cast()) };
+    let mut list: Vec<NmreqOption> = opts
+        .chunks_exact(opt_len)
+        .take(80)
+        // SAFETY: an option's worth of bytes; any bit pattern is a valid option.
+        .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast()) })
+        .collect();
+    let at = |list: &[NmreqOption], v: u64| -> u64 {
+        if v == 0 || list.is_empty() {
+            0
+        } else {
+            std::ptr::from_ref(&list[v as usize % list.len()]) as u64
+        }
+    };
+    for i in 0..list.len() {
+        list[i].nro_next = at(&list, list[i].nro_next);
+    }
+    h.nr_options = at(&list, h.nr_options);
+    let version_ok =
+        (NETMAP_MIN_API..=NETMAP_MAX_API).contains(&h.nr_version) && h.nr_reserved == 0;
+    // SAFETY: 0 or a pointer into `list`, whose entries link only to its own entries.
+    let opts_ok = unsafe { refuse_options(h.nr_options) };
+    if !list.is_empty() && h.nr_options != 0 {
+        assert!(opts_ok.is_err(), "options are refused, never ignored");
+        assert!(list.iter().any(|o| o.nro_status != 0 || o.nro_reqtype == 0));
+    }
+    if version_ok && opts_ok.is_ok() && h.nr_reqtype == REQ_REGISTER {
+        if let Some(name) = name_of(&h.nr_name) {
+            out.extend(crate::dev::open_request(&from_register(name, &b)));
+        }
+    }
+    if let Ok(r) = from_legacy(&legacy_req) {
+        out.extend(crate::dev::open_request(&r));
+    }
+    out
+}

@@ -14,3 +14,9 @@ pub mod pollemu;
 
 #[allow(unsafe_code)]
 mod ffi;
+
+/// Entry points for the fuzz targets in `fuzz/` (not an API).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::ffi::fuzz_requests;
+}

@@ -19,6 +19,9 @@
 mod control;
 mod daemon;
 mod error;
+/// Entry points for the fuzz targets in `fuzz/` (not an API).
+#[doc(hidden)]
+pub mod fuzzing;
 mod lane;
 mod port;
 pub mod settings;

@@ -26,7 +26,7 @@ fn touches_host(req: &Request) -> bool {
 
 /// `valeX:p{ID` / `valeX:p}ID` as (`valeX:p`, `ID`, slave); `None` for other names.
 /// The id is an identifier, as in netmap (`[A-Za-z0-9_]`, at least one).
-fn split_pipe(name: &str) -> Result<Option<(&str, &str, bool)>, CtlError> {
+pub(crate) fn split_pipe(name: &str) -> Result<Option<(&str, &str, bool)>, CtlError> {
     let Some(at) = name.find(['{', '}']) else {
         return Ok(None);
     };

@@ -8,7 +8,7 @@
 //! - `query`: list, stats, fdb and settings, rendered from snapshots.
 
 mod conn;
-mod dispatch;
+pub(crate) mod dispatch;
 mod hosts;
 mod ports;
 mod query;

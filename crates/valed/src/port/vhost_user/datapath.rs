@@ -93,27 +93,20 @@ impl VhostIo {
                         break;
                     }
                 }
-                let Some(chain) = st.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
+                let Some(chain) = st.get_queue_mut().pop_descriptor_chain(&*mem) else {
                     break;
                 };
                 let head = chain.head_index();
-                self.buf.clear();
-                // The chain's length first: a guest may describe gigabytes.
-                let (ok, big) = match chain.clone().reader(&*mem) {
-                    Ok(r) if r.available_bytes() > MAX_FRAME + VNET_HDR => (true, true),
-                    Ok(mut r) => (r.read_to_end(&mut self.buf).is_ok(), false),
-                    Err(_) => (false, false),
+                match read_chain(chain, &mem, &mut self.buf) {
+                    Chain::TooBig => c.truncated.fetch_add(1, Ordering::Relaxed),
+                    Chain::Bad => c.read_errors.fetch_add(1, Ordering::Relaxed),
+                    Chain::Frame => {
+                        ring_put(&self.tx, &self.buf);
+                        c.from_host_bytes
+                            .fetch_add((self.buf.len() - VNET_HDR) as u64, Ordering::Relaxed);
+                        c.from_host.fetch_add(1, Ordering::Relaxed)
+                    }
                 };
-                if big {
-                    c.truncated.fetch_add(1, Ordering::Relaxed);
-                } else if !ok || self.buf.len() < VNET_HDR + 14 {
-                    c.read_errors.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    ring_put(&self.tx, &self.buf);
-                    c.from_host.fetch_add(1, Ordering::Relaxed);
-                    c.from_host_bytes
-                        .fetch_add((self.buf.len() - VNET_HDR) as u64, Ordering::Relaxed);
-                }
                 let _ = st.add_used(head, 0);
                 moved += 1;
             }
@@ -336,6 +329,37 @@ impl VhostIo {
     }
 }
 
+/// What a guest TX chain held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chain {
+    /// A frame (12-byte header first) now in the buffer.
+    Frame,
+    /// More than the largest frame: dropped unread.
+    TooBig,
+    /// Not readable guest memory, or shorter than a header and an Ethernet header.
+    Bad,
+}
+
+/// Reads a guest TX chain into `buf` (cleared first), its length checked before a byte
+/// is copied: a guest may describe gigabytes.
+pub(crate) fn read_chain(
+    chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+    mem: &GuestMemoryMmap,
+    buf: &mut Vec<u8>,
+) -> Chain {
+    buf.clear();
+    let mut r = match chain.reader(mem) {
+        Ok(r) if r.available_bytes() > MAX_FRAME + VNET_HDR => return Chain::TooBig,
+        Ok(r) => r,
+        Err(_) => return Chain::Bad,
+    };
+    if r.read_to_end(buf).is_ok() && buf.len() >= VNET_HDR + 14 {
+        Chain::Frame
+    } else {
+        Chain::Bad
+    }
+}
+
 impl DrivenPort for VhostIo {
     fn pull(&mut self) -> usize {
         let n = self.pull_tx();
@@ -383,8 +407,11 @@ impl VhostIo {
 /// Whether the guest's avail index is further ahead than its ring holds (a broken or
 /// hostile driver): then "more to do" can never be done.
 fn avail_beyond_ring(vq: &VringRwLock, mem: &GuestMemoryMmap) -> bool {
-    let st = vq.get_ref();
-    let q = st.get_queue();
+    avail_beyond(vq.get_ref().get_queue(), mem)
+}
+
+/// [`avail_beyond_ring`] of a queue.
+pub(crate) fn avail_beyond(q: &virtio_queue::Queue, mem: &GuestMemoryMmap) -> bool {
     match q.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
         Ok(i) => (i - std::num::Wrapping(q.next_avail())).0 > q.size(),
         Err(_) => true,
@@ -489,7 +516,8 @@ impl Outbox {
 }
 
 /// What became of a frame offered to the guest's RX queue.
-enum Put {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Put {
     Done,
     /// Not enough guest buffers now; nothing was taken.
     NoRoom,
@@ -499,7 +527,7 @@ enum Put {
 
 /// Writes `frame` (12-byte header first; its `num_buffers` is filled in here) into as
 /// many guest RX buffers as it takes.
-fn put_frame(
+pub(crate) fn put_frame(
     q: &mut virtio_queue::Queue,
     mem: &GuestMemoryMmap,
     frame: &mut [u8],

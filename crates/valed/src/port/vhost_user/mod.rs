@@ -16,9 +16,9 @@
 //! truncation all the same (`sys::sigbus`): a frontend that cuts it from under valed is
 //! counted (`memory_faults`) and disconnected, and valed lives on.
 
-mod datapath;
+pub(crate) mod datapath;
 mod device;
-mod relay;
+pub(crate) mod relay;
 mod server;
 
 use super::{AfterDetach, Attach, Backend, DrivenPort, PortCounters, Start};

@@ -22,7 +22,9 @@ const FLAG_NEED_REPLY: u32 = 0x8;
 
 /// Reads one vhost-user message (12-byte header, then its payload) and the descriptors
 /// sent with it; `None` when the peer hung up.
-fn read_msg(s: &UnixStream) -> std::io::Result<Option<(Vec<u8>, Vec<rustix::fd::OwnedFd>)>> {
+pub(crate) fn read_msg(
+    s: &UnixStream,
+) -> std::io::Result<Option<(Vec<u8>, Vec<rustix::fd::OwnedFd>)>> {
     use rustix::fd::AsFd;
     let mut hdr = [0u8; 12];
     let (n, fds) = vale::sock::recv(s.as_fd(), &mut hdr)?;
@@ -45,7 +47,7 @@ fn read_msg(s: &UnixStream) -> std::io::Result<Option<(Vec<u8>, Vec<rustix::fd::
 
 /// Why a frontend's memory messages were refused.
 #[derive(Debug, thiserror::Error)]
-enum MemTableError {
+pub(crate) enum MemTableError {
     #[error("memory slots were not offered")]
     Slots,
     #[error("short memory table")]
@@ -157,24 +159,109 @@ fn check_mem_table(
     Ok(())
 }
 
-/// Sends the frontend a reply to `req` carrying `value` (0: done, else failed).
-fn reply(front: &Mutex<Option<UnixStream>>, req: u32, value: u64) {
-    use rustix::fd::AsFd;
-    let mut m = Vec::with_capacity(20);
+/// What the relay does with one message from the frontend.
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    /// Close the connection: the message would have the crate map memory it must not.
+    /// The failure reply to send first, if the frontend asked for one.
+    Refuse {
+        why: MemTableError,
+        reply: Option<Vec<u8>>,
+    },
+    /// Held back and acknowledged here: the reply to send the frontend, if it asked.
+    Answer(Option<Vec<u8>>),
+    /// Passed on to the crate, followed by a message of our own if any.
+    Pass { then: Option<Vec<u8>> },
+}
+
+/// What the relay knows of one frontend connection.
+#[derive(Debug, Default)]
+pub(crate) struct Frontend {
+    /// Guest memory that cannot be sealed is accepted (`--vhost-trust-unsealed`).
+    trust_unsealed: bool,
+    features_set: bool,
+    protocol_acked: bool,
+}
+
+/// A message of a header and `body`.
+fn message(req: u32, flags: u32, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(12 + body.len());
     m.extend_from_slice(&req.to_le_bytes());
-    m.extend_from_slice(&(FLAG_VERSION | FLAG_REPLY).to_le_bytes());
-    m.extend_from_slice(&8u32.to_le_bytes());
-    m.extend_from_slice(&value.to_le_bytes());
-    let g = front.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(f) = g.as_ref() {
-        let _ = vale::sock::send(f.as_fd(), &m, &[]);
+    m.extend_from_slice(&flags.to_le_bytes());
+    m.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// A reply to `req` carrying `value` (0: done, else failed), if `flags` asked for one.
+fn reply_to(req: u32, flags: u32, value: u64) -> Option<Vec<u8>> {
+    (flags & FLAG_NEED_REPLY != 0)
+        .then(|| message(req, FLAG_VERSION | FLAG_REPLY, &value.to_le_bytes()))
+}
+
+impl Frontend {
+    pub(crate) fn new(trust_unsealed: bool) -> Frontend {
+        Frontend {
+            trust_unsealed,
+            ..Frontend::default()
+        }
+    }
+
+    /// Decides about one whole message (`msg`: the 12-byte header and its payload, as
+    /// [`read_msg`] returns it) and the descriptors that came with it. The crate would
+    /// refuse from QEMU 7.2 a `SET_VRING_ENABLE` before `SET_FEATURES` (QEMU disables
+    /// rings early; rings start disabled anyway): it is acknowledged here and not passed
+    /// on. QEMU 7.2 (one queue pair) never enables its rings once protocol features are
+    /// negotiated, expecting them to run once kicked: each ring is enabled as its kick
+    /// arrives (no reply asked, so none comes back).
+    pub(crate) fn inspect(
+        &mut self,
+        msg: &[u8],
+        fds: &[rustix::fd::OwnedFd],
+        port: &str,
+    ) -> Verdict {
+        let word = |o: usize| u32::from_le_bytes([msg[o], msg[o + 1], msg[o + 2], msg[o + 3]]);
+        let (req, flags) = (word(0), word(4));
+        let refused = match req {
+            SET_MEM_TABLE => check_mem_table(msg, fds, port, self.trust_unsealed).err(),
+            ADD_MEM_REG | REM_MEM_REG => Some(MemTableError::Slots),
+            _ => None,
+        };
+        if let Some(why) = refused {
+            let reply = reply_to(req, flags, 1);
+            return Verdict::Refuse { why, reply };
+        }
+        if req == SET_FEATURES {
+            self.features_set = true;
+            if msg.len() >= 20 {
+                let f = u64::from_le_bytes(msg[12..20].try_into().unwrap_or([0; 8]));
+                self.protocol_acked = f & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
+            }
+        }
+        if req == SET_VRING_ENABLE && !self.features_set {
+            return Verdict::Answer(reply_to(req, flags, 0));
+        }
+        let then = (req == SET_VRING_KICK && self.protocol_acked && msg.len() >= 20).then(|| {
+            let mut body = [0u8; 8];
+            body[..4].copy_from_slice(&u32::from(msg[12]).to_le_bytes());
+            body[4..].copy_from_slice(&1u32.to_le_bytes());
+            message(SET_VRING_ENABLE, FLAG_VERSION, &body)
+        });
+        Verdict::Pass { then }
     }
 }
 
-/// Relays one frontend connection to the vhost crate's handler, holding back what the
-/// crate would refuse from QEMU 7.2: a `SET_VRING_ENABLE` before `SET_FEATURES` (QEMU
-/// disables rings early; rings start disabled anyway, so it is acknowledged here and
-/// not passed on). Returns when either side hangs up.
+/// Sends `m` to the frontend, if it is still there.
+fn to_front(front: &Mutex<Option<UnixStream>>, m: &[u8]) {
+    use rustix::fd::AsFd;
+    let g = front.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(f) = g.as_ref() {
+        let _ = vale::sock::send(f.as_fd(), m, &[]);
+    }
+}
+
+/// Relays one frontend connection to the vhost crate's handler, each message as
+/// [`Frontend::inspect`] decides. Returns when either side hangs up.
 pub(super) fn relay(
     front: UnixStream,
     back: UnixStream,
@@ -203,56 +290,34 @@ pub(super) fn relay(
             let _ = f.shutdown(std::net::Shutdown::Both);
         }
     });
-    let mut features_set = false;
-    let mut protocol_acked = false;
+    let mut state = Frontend::new(trust_unsealed);
     while let Ok(Some((msg, fds))) = read_msg(&front) {
-        let req = u32::from_le_bytes([msg[0], msg[1], msg[2], msg[3]]);
-        let flags = u32::from_le_bytes([msg[4], msg[5], msg[6], msg[7]]);
-        let refused = match req {
-            SET_MEM_TABLE => check_mem_table(&msg, &fds, port, trust_unsealed).err(),
-            ADD_MEM_REG | REM_MEM_REG => Some(MemTableError::Slots),
-            _ => None,
-        };
-        if let Some(why) = refused {
-            // The frontend gets a failure reply if it asked for one, then sees the
-            // connection close; it may come back with a good one.
-            tracing::warn!(port, "vhost-user frontend refused: {why}");
-            if flags & FLAG_NEED_REPLY != 0 {
-                reply(&front_w, req, 1);
-            }
-            counters.read_errors.fetch_add(1, Ordering::Relaxed);
-            break;
-        }
-        if req == SET_FEATURES {
-            features_set = true;
-            if msg.len() >= 20 {
-                let f = u64::from_le_bytes(msg[12..20].try_into().unwrap_or([0; 8]));
-                protocol_acked = f & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0;
-            }
-        }
-        if req == SET_VRING_ENABLE && !features_set {
-            if flags & FLAG_NEED_REPLY != 0 {
-                reply(&front_w, req, 0);
-            }
-            continue;
-        }
-        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-        if vale::sock::send(back.as_fd(), &msg, &borrowed).is_err() {
-            break;
-        }
-        // QEMU 7.2 (one queue pair) never enables its rings once protocol features are
-        // negotiated, expecting them to run once kicked: enable each ring as its kick
-        // arrives (no reply asked, so none comes back).
-        if req == SET_VRING_KICK && protocol_acked && msg.len() >= 20 {
-            let index = msg[12] as u32;
-            let mut en = Vec::with_capacity(20);
-            en.extend_from_slice(&SET_VRING_ENABLE.to_le_bytes());
-            en.extend_from_slice(&FLAG_VERSION.to_le_bytes());
-            en.extend_from_slice(&8u32.to_le_bytes());
-            en.extend_from_slice(&index.to_le_bytes());
-            en.extend_from_slice(&1u32.to_le_bytes());
-            if vale::sock::send(back.as_fd(), &en, &[]).is_err() {
+        match state.inspect(&msg, &fds, port) {
+            Verdict::Refuse { why, reply } => {
+                // The frontend gets a failure reply if it asked for one, then sees the
+                // connection close; it may come back with a good one.
+                tracing::warn!(port, "vhost-user frontend refused: {why}");
+                if let Some(r) = reply {
+                    to_front(&front_w, &r);
+                }
+                counters.read_errors.fetch_add(1, Ordering::Relaxed);
                 break;
+            }
+            Verdict::Answer(reply) => {
+                if let Some(r) = reply {
+                    to_front(&front_w, &r);
+                }
+            }
+            Verdict::Pass { then } => {
+                let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+                if vale::sock::send(back.as_fd(), &msg, &borrowed).is_err() {
+                    break;
+                }
+                if let Some(m) = then {
+                    if vale::sock::send(back.as_fd(), &m, &[]).is_err() {
+                        break;
+                    }
+                }
             }
         }
     }
@@ -334,5 +399,90 @@ mod tests {
         rustix::fs::fcntl_add_seals(&fd, SealFlags::GROW | SealFlags::SHRINK | SealFlags::SEAL)
             .unwrap();
         check_mem_table(&table(MIB, 0), &[fd], "t", false).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod inspect_tests {
+    use super::*;
+
+    fn req(r: u32, flags: u32, body: &[u8]) -> Vec<u8> {
+        message(r, flags, body)
+    }
+
+    #[test]
+    fn qemu_72s_early_ring_enable_is_answered_here_and_kicks_enable_rings() {
+        let mut f = Frontend::default();
+        let enable = req(SET_VRING_ENABLE, FLAG_VERSION | FLAG_NEED_REPLY, &[0; 8]);
+        match f.inspect(&enable, &[], "t") {
+            Verdict::Answer(Some(r)) => {
+                assert_eq!(r, req(SET_VRING_ENABLE, FLAG_VERSION | FLAG_REPLY, &[0; 8]))
+            }
+            v => panic!("an enable before SET_FEATURES is answered here, got {v:?}"),
+        }
+        let features = VhostUserVirtioFeatures::PROTOCOL_FEATURES
+            .bits()
+            .to_le_bytes();
+        assert!(matches!(
+            f.inspect(&req(SET_FEATURES, FLAG_VERSION, &features), &[], "t"),
+            Verdict::Pass { then: None }
+        ));
+        // After the features, an enable goes to the crate; a kick brings its own enable.
+        assert!(matches!(
+            f.inspect(&enable, &[], "t"),
+            Verdict::Pass { then: None }
+        ));
+        let Verdict::Pass { then: Some(m) } = f.inspect(
+            &req(SET_VRING_KICK, FLAG_VERSION, &[1, 0, 0, 0, 0, 0, 0, 0]),
+            &[],
+            "t",
+        ) else {
+            panic!("a kick after protocol features enables its ring");
+        };
+        assert_eq!(
+            m,
+            req(SET_VRING_ENABLE, FLAG_VERSION, &[1, 0, 0, 0, 1, 0, 0, 0])
+        );
+    }
+
+    #[test]
+    fn memory_tables_outside_their_files_and_memory_slots_are_refused() {
+        use rustix::fs::MemfdFlags;
+        let fd = rustix::fs::memfd_create("t", MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::fs::ftruncate(&fd, 4096).unwrap();
+        let table = |size: u64, offset: u64| {
+            let mut b = Vec::new();
+            b.extend_from_slice(&1u32.to_le_bytes());
+            b.extend_from_slice(&0u32.to_le_bytes());
+            for v in [0u64, size, 0, offset] {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+            req(SET_MEM_TABLE, FLAG_VERSION, &b)
+        };
+        let mut f = Frontend::default();
+        let fds = [fd];
+        assert!(matches!(
+            f.inspect(&table(4096, 1), &fds, "t"),
+            Verdict::Refuse {
+                why: MemTableError::Outside { .. },
+                ..
+            }
+        ));
+        assert!(matches!(
+            f.inspect(&table(4096, 0), &fds, "t"),
+            Verdict::Pass { then: None }
+        ));
+        let seals = rustix::fs::fcntl_get_seals(&fds[0]).unwrap();
+        assert!(
+            seals.contains(rustix::fs::SealFlags::SHRINK),
+            "sealed once passed"
+        );
+        assert!(matches!(
+            f.inspect(&req(ADD_MEM_REG, FLAG_VERSION, &[0; 40]), &[], "t"),
+            Verdict::Refuse {
+                why: MemTableError::Slots,
+                ..
+            }
+        ));
     }
 }

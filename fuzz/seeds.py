@@ -138,3 +138,24 @@ put("netmap_ioctl", "register-monitor", hdr(15, 1, 0) + reg(4, 0x100 | 0x200))
 put("netmap_ioctl", "options", hdr(14, 1, 1) + reg(1, 0) + opt(2, 1) + opt(0, 2))
 legacy = b"vale0:b".ljust(16, b"\0") + struct.pack("<IIIIIHHHHHHII", 14, 0, 0, 512, 512, 1, 1, 0, 0, 0, 0, 0, 1)
 put("netmap_ioctl", "legacy", legacy.ljust(144, b"\0"))
+
+# memif: first byte 0 = handshake (steps of a control byte and a 128-byte message),
+# 1 = rings (8 config bytes, then the region's bytes).
+def mmsg(kind, body=b""):
+    return (struct.pack("<H", kind) + body).ljust(128, b"\0")
+init = mmsg(3, struct.pack("<HIB", 0x0200, 7, 0) + b"\0" * 24 + b"DPDK 22.11.11".ljust(32, b"\0"))
+region = mmsg(4, struct.pack("<HQ", 0, 4227328))
+ring = lambda flags, off: mmsg(5, struct.pack("<HHHIBH", flags, 0, 0, off, 10, 0))
+connect = mmsg(6, b"net_memif0".ljust(32, b"\0"))
+steps = [(4, init), (1, region), (1, ring(1, 0)), (1, ring(0, 16512)), (0, connect)]
+put("memif", "dpdk-handshake", b"\0" + b"".join(bytes([c]) + m for c, m in steps))
+put("memif", "secret", b"\0" + bytes([6]) + init)
+def mdesc(flags, length, off):
+    return struct.pack("<HHIII", flags, 0, length, off, 0)
+# log2 4 rings at 0 and 1024; C2S descriptors of 60 and a chain, S2C buffers posted.
+body = bytearray(8192)
+for j in range(4):
+    body[128 + 16 * j:144 + 16 * j] = mdesc(1 if j == 1 else 0, 60 if j != 1 else 2048, 4096 + 64 * j)
+for j in range(16):
+    body[1024 + 128 + 16 * j:1024 + 144 + 16 * j] = mdesc(0, 2048, 8192 + 2048 * (j % 8))
+put("memif", "rings", b"\x01" + struct.pack("<BHHHB", 4, 0, 1024, 3, 16) + bytes(body))

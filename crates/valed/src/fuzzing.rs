@@ -202,3 +202,132 @@ fn mem_table_fits(msg: &[u8], fds: &[OwnedFd]) {
         );
     }
 }
+
+/// memif's control messages and the server's handshake: `data` is a run of 129-byte
+/// steps, each a byte saying whether a descriptor came with the message and what the
+/// server knows of the id it names, then the 128-byte message. Every message decodes
+/// to what it encodes to; whatever the handshake accepts at CONNECT is a setup whose
+/// rings lie inside their regions.
+pub fn memif_handshake(data: &[u8]) {
+    use crate::port::memif::handshake::{Handshake, Known, Offer, Step};
+    use vale_wire::memif::{FixedStr, MSG_LEN, Msg, RingLayout};
+    const OFFER: Offer = Offer {
+        regions: 4,
+        rings: 2,
+        max_log2: 12,
+    };
+    let mut hs: Handshake<u32> = Handshake::new(OFFER);
+    for (n, step) in data.chunks(MSG_LEN + 1).enumerate() {
+        let (ctl, bytes) = step.split_first().unwrap_or((&0, &[]));
+        let Ok(m) = Msg::decode(bytes) else {
+            assert!(
+                bytes.len() != MSG_LEN
+                    || !(1..=8).contains(&u16::from_le_bytes([bytes[0], bytes[1]]))
+            );
+            return;
+        };
+        assert_eq!(Msg::decode(&m.encode()).as_ref(), Ok(&m), "round trip");
+        let fd = (ctl & 1 != 0).then_some(n as u32);
+        let known = |_| match ctl >> 1 & 3 {
+            0 => Known::Unknown,
+            1 => Known::Busy,
+            2 => Known::Free {
+                secret: FixedStr::new(b""),
+            },
+            _ => Known::Free {
+                secret: FixedStr::new(b"sesame"),
+            },
+        };
+        match hs.on_message(m, fd, known) {
+            Ok(Step::Reply(_)) => {}
+            Ok(Step::Connected(_, s)) => {
+                assert!(!s.c2s.is_empty() && !s.s2c.is_empty());
+                assert!(s.regions.len() <= usize::from(OFFER.regions));
+                assert!(s.c2s.len() <= usize::from(OFFER.rings));
+                assert!(s.s2c.len() <= usize::from(OFFER.rings));
+                for r in s.c2s.iter().chain(&s.s2c) {
+                    let region = &s.regions[usize::from(r.region)];
+                    let end = u64::from(r.offset) + RingLayout::X86.ring_bytes(r.log2_size);
+                    assert!(end <= region.size && r.offset % 4 == 0);
+                    assert!(r.log2_size <= OFFER.max_log2);
+                }
+                return;
+            }
+            Ok(Step::PeerDisconnected(_)) | Err(_) => return,
+        }
+    }
+}
+
+/// memif rings in a client region whose every byte the fuzzer wrote: valed reads a C2S
+/// ring and fills an S2C ring there as the client keeps moving the heads. Frames read
+/// are never longer than the largest frame, and nothing read or written panics or
+/// leaves the region.
+pub fn memif_rings(data: &[u8]) {
+    use crate::port::memif::ring::{C2s, Placement, Refused, S2c};
+    use crate::sys::peer::PeerMem;
+    use rustix::fd::AsFd;
+    use vale_wire::memif::{COOKIE, RingLayout};
+    const LEN: usize = 1 << 16;
+    const MAX_FRAME: usize = 9216;
+    if data.len() < 8 {
+        return;
+    }
+    let (cfg, body) = data.split_at(8);
+    let log2 = cfg[0] % 8;
+    let layout = RingLayout::X86;
+    let c2s_at = usize::from(u16::from_le_bytes([cfg[1], cfg[2]])) & !3;
+    let s2c_at = usize::from(u16::from_le_bytes([cfg[3], cfg[4]])) & !3;
+    let Ok(fd) = rustix::fs::memfd_create("fuzz-memif", rustix::fs::MemfdFlags::CLOEXEC) else {
+        return;
+    };
+    if rustix::fs::ftruncate(&fd, LEN as u64).is_err() {
+        return;
+    }
+    let Ok(client) = PeerMem::map(fd.as_fd(), LEN as u64) else {
+        return;
+    };
+    let Ok(mem) = PeerMem::map(fd.as_fd(), LEN as u64) else {
+        return;
+    };
+    let regions = [mem];
+    // The region as the fuzzer wrote it, with the cookies where the rings are.
+    client.write(0, &body[..body.len().min(LEN)]);
+    client.write(c2s_at, &COOKIE.to_le_bytes());
+    client.write(s2c_at, &COOKIE.to_le_bytes());
+    let at = |offset| Placement {
+        region: 0,
+        offset,
+        log2_size: log2,
+    };
+    let mut c2s = C2s::new(at(c2s_at), layout);
+    let mut s2c = S2c::new(at(s2c_at), layout);
+    if c2s.connect(&regions).is_err() || s2c.connect(&regions).is_err() {
+        return;
+    }
+    let mut refused = Refused::default();
+    let mut frame = Vec::new();
+    // The client's moves: new heads for both rings, from the config bytes.
+    for round in 0..3u16 {
+        let h = u16::from_le_bytes([cfg[5], cfg[6]]).wrapping_mul(round + 1);
+        client.store_u16(c2s_at + RingLayout::HEAD, h);
+        client.store_u16(s2c_at + RingLayout::HEAD, h ^ u16::from(cfg[7]));
+        let mut got = 0usize;
+        let r = c2s.recv(&regions, 64, MAX_FRAME, &mut frame, &mut refused, |f| {
+            assert!(f.len() <= MAX_FRAME);
+            got += 1;
+            got % 7 != 0
+        });
+        if r.is_err() {
+            return;
+        }
+        for len in [60usize, 1514, 9000, 0] {
+            match s2c.send(&regions, &body[..len.min(body.len())]) {
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+        if s2c.publish(&regions).is_err() {
+            return;
+        }
+    }
+}

@@ -6,7 +6,7 @@
 mod afpacket;
 mod counters;
 mod fd_io;
-mod memif;
+pub mod memif;
 pub mod qemu_dgram;
 pub mod qemu_stream;
 pub mod rings;

@@ -87,6 +87,33 @@ fn testpmd_eal(
     c.spawn().expect("spawn testpmd")
 }
 
+/// Asks testpmd (through `timeout`, which passes the signal on) to stop: it prints its
+/// statistics and leaves.
+fn stop(c: &Child) {
+    let _ = Command::new("kill")
+        .args(["-INT", &c.id().to_string()])
+        .status();
+}
+
+/// Lets a sending testpmd run `secs` seconds from when it connected to memif port `name`
+/// (its start-up takes seconds, more on a loaded machine), then stops it.
+fn send_for(d: &Daemon, name: &str, c: &Child, secs: u64) {
+    assert!(
+        wait_for(30.0, || connected(d, name)),
+        "testpmd connected to {name}: {}",
+        d.log()
+    );
+    std::thread::sleep(Duration::from_secs(secs));
+    stop(c);
+}
+
+/// After the last frame for a receiving testpmd: long enough for it to read them and
+/// print its port statistics once more (`--stats-period 1`), then it is stopped.
+fn drain_then_stop(c: &Child) {
+    std::thread::sleep(Duration::from_millis(2500));
+    stop(c);
+}
+
 /// testpmd's output once it left.
 fn finished(d: &Daemon, tag: &str, mut c: Child) -> String {
     let _ = c.wait();
@@ -181,11 +208,11 @@ fn testpmd_sends_into_the_switch_and_every_frame_is_received_or_counted() {
             .unwrap()
             .contains("waiting for a client")
     );
-    let rx = pkt_gen(&d, &["-i", "vale0:r", "-f", "rx", "--duration", "14", "-W"]);
+    let rx = pkt_gen(&d, &["-i", "vale0:r", "-f", "rx", "--duration", "60", "-W"]);
     assert!(wait_for(5.0, || d.ports().contains(&"vale0:r".into())));
     // Keeps the port (and its counters) after pkt-gen leaves; it reads nothing.
     let _hold = d.open("vale0:r");
-    let tp = testpmd(&d, "tx", sock, "id=7", "txonly", 5, &["--txpkts=64"]);
+    let tp = testpmd(&d, "tx", sock, "id=7", "txonly", 60, &["--txpkts=64"]);
     assert!(
         wait_for(15.0, || connected(&d, "m")),
         "testpmd connected: {}",
@@ -196,6 +223,8 @@ fn testpmd_sends_into_the_switch_and_every_frame_is_received_or_counted() {
         about.contains("DPDK") && about.contains("C2S 1x1024"),
         "{about}"
     );
+    std::thread::sleep(Duration::from_secs(3));
+    stop(&tp);
     let out = finished(&d, "tx", tp);
     let sent = sent_by(&out);
     assert!(sent > 10_000, "testpmd sent {sent}\n{out}");
@@ -234,7 +263,7 @@ fn frames_from_the_switch_reach_testpmd_in_the_buffers_it_posted() {
     let sock = d.dir.join("memif.sock");
     let sock = path_str(&sock);
     memif_port(&d, "vale0:m", sock, 0, &[]);
-    let tp = testpmd(&d, "rx", sock, "id=0", "rxonly", 8, &[]);
+    let tp = testpmd(&d, "rx", sock, "id=0", "rxonly", 60, &[]);
     assert!(
         wait_for(15.0, || connected(&d, "m")),
         "testpmd connected: {}",
@@ -249,6 +278,7 @@ fn frames_from_the_switch_reach_testpmd_in_the_buffers_it_posted() {
     let t = tx.wait_with_output().unwrap();
     let sent = pkt_gen_count(&t, "Sent");
     assert_eq!(sent, 50_000);
+    drain_then_stop(&tp);
     let out = finished(&d, "rx", tp);
     let got = received_by(&out);
     let to_client = host_counter(&d, "m", "to_host");
@@ -279,7 +309,7 @@ fn jumbo_frames_cross_a_memif_port_both_ways_in_chains() {
     let sock = path_str(&sock);
     memif_port(&d, "vale0:m", sock, 0, &[]);
     // testpmd -> switch.
-    let rx = pkt_gen(&d, &["-i", "vale0:r", "-f", "rx", "--duration", "12", "-W"]);
+    let rx = pkt_gen(&d, &["-i", "vale0:r", "-f", "rx", "--duration", "60", "-W"]);
     assert!(wait_for(5.0, || d.ports().contains(&"vale0:r".into())));
     let _hold = d.open("vale0:r");
     // In buffers of 10 KiB, one per frame: DPDK 22.11's memif transmit overruns its ring
@@ -292,9 +322,10 @@ fn jumbo_frames_cross_a_memif_port_both_ways_in_chains() {
         sock,
         "id=0,bsize=10240",
         "txonly",
-        4,
+        60,
         &["--mbuf-size=9400", "--txpkts=9000"],
     );
+    send_for(&d, "m", &tp, 3);
     let out = finished(&d, "jtx", tp);
     let sent = sent_by(&out);
     let r = rx.wait_with_output().unwrap();
@@ -305,7 +336,7 @@ fn jumbo_frames_cross_a_memif_port_both_ways_in_chains() {
     assert_eq!(received + d.counter("vale0:r", "ring_full"), sent);
     // Switch -> testpmd, after it reconnects (a second client on the same port).
     assert!(wait_for(5.0, || !connected(&d, "m")));
-    let tp = testpmd(&d, "jrx", sock, "id=0", "rxonly", 7, &[]);
+    let tp = testpmd(&d, "jrx", sock, "id=0", "rxonly", 60, &[]);
     assert!(
         wait_for(15.0, || connected(&d, "m")),
         "reconnected: {}",
@@ -327,6 +358,7 @@ fn jumbo_frames_cross_a_memif_port_both_ways_in_chains() {
         "{}",
         String::from_utf8_lossy(&t.stderr)
     );
+    drain_then_stop(&tp);
     let out = finished(&d, "jrx", tp);
     let got = received_by(&out);
     assert_eq!(got, host_counter(&d, "m", "to_host"), "{out}");
@@ -356,10 +388,12 @@ fn two_testpmd_clients_on_one_socket_talk_through_the_switch() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let b = testpmd(&d, "b", sock, "id=2", "rxonly", 11, &[]);
+    let b = testpmd(&d, "b", sock, "id=2", "rxonly", 60, &[]);
     assert!(wait_for(15.0, || connected(&d, "b")), "{}", d.log());
-    let a = testpmd(&d, "a", sock, "id=1", "txonly", 4, &["--txpkts=64"]);
+    let a = testpmd(&d, "a", sock, "id=1", "txonly", 60, &["--txpkts=64"]);
+    send_for(&d, "a", &a, 3);
     let out_a = finished(&d, "a", a);
+    drain_then_stop(&b);
     let out_b = finished(&d, "b", b);
     let sent = sent_by(&out_a);
     let got = received_by(&out_b);
@@ -828,7 +862,7 @@ fn a_zero_copy_testpmd_client_is_refused_unless_trusted_and_then_works_both_ways
         sock,
         ZC,
         "txonly",
-        4,
+        8,
         &["--single-file-segments"],
         &["--txpkts=64"],
     );
@@ -845,7 +879,7 @@ fn a_zero_copy_testpmd_client_is_refused_unless_trusted_and_then_works_both_ways
     let sock = d.dir.join("memif.sock");
     let sock = path_str(&sock);
     memif_port(&d, "vale0:m", sock, 0, &[]);
-    let rx = pkt_gen(&d, &["-i", "vale0:r", "-f", "rx", "--duration", "12", "-W"]);
+    let rx = pkt_gen(&d, &["-i", "vale0:r", "-f", "rx", "--duration", "60", "-W"]);
     assert!(wait_for(5.0, || d.ports().contains(&"vale0:r".into())));
     let _hold = d.open("vale0:r");
     let tp = testpmd_eal(
@@ -854,10 +888,11 @@ fn a_zero_copy_testpmd_client_is_refused_unless_trusted_and_then_works_both_ways
         sock,
         ZC,
         "txonly",
-        5,
+        60,
         &["--single-file-segments"],
         &["--txpkts=64"],
     );
+    send_for(&d, "m", &tp, 3);
     let out = finished(&d, "zctx", tp);
     let sent = sent_by(&out);
     let r = rx.wait_with_output().unwrap();
@@ -871,7 +906,7 @@ fn a_zero_copy_testpmd_client_is_refused_unless_trusted_and_then_works_both_ways
         sock,
         ZC,
         "rxonly",
-        8,
+        60,
         &["--single-file-segments"],
         &[],
     );
@@ -884,6 +919,7 @@ fn a_zero_copy_testpmd_client_is_refused_unless_trusted_and_then_works_both_ways
     .wait_with_output()
     .unwrap();
     assert_eq!(pkt_gen_count(&t, "Sent"), 20_000);
+    drain_then_stop(&tp);
     let out = finished(&d, "zcrx", tp);
     let got = received_by(&out);
     assert_eq!(got, host_counter(&d, "m", "to_host"), "{out}");

@@ -454,7 +454,7 @@ fn qemu_netdev_stream_ports_and_a_vm_that_comes_back() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("already the socket"));
     let own = d.socket.to_str().unwrap().to_string();
     let o = d.ctl(&["qemu-stream", "vale1:sd", "--listen", &own]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be a QEMU port"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be a port's socket"));
     assert!(d.socket.exists(), "valed's own socket untouched");
     let mut a = Vm::start(
         &dir,

@@ -7,6 +7,15 @@ use common::*;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// testpmd's forwarding core spins: beside the other tests of this binary (each with a
+/// valed and a frontend of its own) on a small machine it starved valed's forwarding
+/// thread now and then, so these tests take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn skip_reason() -> Option<String> {
     if !rustix::process::geteuid().is_root() {
         return Some("needs root for dpdk-testpmd".into());
@@ -18,13 +27,26 @@ fn skip_reason() -> Option<String> {
 }
 
 /// Runs testpmd on `sock` in `mode` (txonly / rxonly) for `secs` seconds while `during`
-/// runs; returns its output.
-fn testpmd(sock: &str, mode: &str, secs: u64, during: impl FnOnce()) -> String {
+/// runs; returns its output. The window starts once valed has seen the frontend connect
+/// (its `nth` connection, from valed's log), not after a fixed time: testpmd's start-up
+/// (a GiB of memory set up) takes seconds, more on a loaded machine, and a fixed wait
+/// once let `start` and `stop` reach it back to back.
+fn testpmd(
+    d: &Daemon,
+    nth: usize,
+    sock: &str,
+    mode: &str,
+    secs: u64,
+    during: impl FnOnce(),
+) -> String {
+    let log = d.dir.join("valed.log");
+    let log = log.to_str().unwrap();
     let script = format!(
-        "sleep 3; echo 'set fwd {mode}'; echo start; sleep {secs}; echo 'show port stats all'; echo stop; sleep 1; echo quit"
+        "until [ $(grep -c 'vhost-user frontend connected' {log}) -ge {nth} ]; do sleep 0.2; done; \
+         sleep 1; echo 'set fwd {mode}'; echo start; sleep {secs}; echo 'show port stats all'; echo stop; sleep 1; echo quit"
     );
     let cmd = format!(
-        "({script}) | timeout 60 dpdk-testpmd -l 0-1 --no-pci --no-huge -m 1024 --file-prefix=vt{} \
+        "({script}) | timeout 90 dpdk-testpmd -l 0-1 --no-pci --no-huge -m 1024 --file-prefix=vt{} \
          --vdev=net_virtio_user0,path={sock},queues=1 -- -i --nb-cores=1 --total-num-mbufs=4096",
         std::process::id()
     );
@@ -34,7 +56,9 @@ fn testpmd(sock: &str, mode: &str, secs: u64, during: impl FnOnce()) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(4));
+    let connected = || d.log().matches("vhost-user frontend connected").count() >= nth;
+    assert!(wait_for(60.0, connected), "testpmd connected: {}", d.log());
+    std::thread::sleep(Duration::from_secs(2));
     during();
     let o = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
@@ -60,6 +84,7 @@ fn stat_last(out: &str, key: &str) -> u64 {
 
 #[test]
 fn testpmd_virtio_user_exchanges_traffic_through_a_vhost_user_port() {
+    let _turn = turn();
     if let Some(r) = skip_reason() {
         skip(&r);
         return;
@@ -74,7 +99,7 @@ fn testpmd_virtio_user_exchanges_traffic_through_a_vhost_user_port() {
     let rx = d.open("vale0:rx");
 
     // Guest -> switch: testpmd transmits (txonly), a client port receives.
-    let out = testpmd(&sock, "txonly", 2, || {});
+    let out = testpmd(&d, 1, &sock, "txonly", 3, || {});
     let got = d.counter("vale0:rx", "rx_packets");
     let full = d.counter("vale0:rx", "ring_full");
     let from_vm = d.counter("vale0:vm", "tx_packets");
@@ -104,7 +129,7 @@ fn testpmd_virtio_user_exchanges_traffic_through_a_vhost_user_port() {
     // Switch -> guest, with the frontend connecting again (a restarted VM).
     let tx = d.open("vale0:tx");
     let frames: Vec<_> = (0..3000u32).map(|i| frame([0xff; 6], A_MAC, i)).collect();
-    let out = testpmd(&sock, "rxonly", 3, || {
+    let out = testpmd(&d, 2, &sock, "rxonly", 3, || {
         for chunk in frames.chunks(100) {
             send(&tx, chunk);
             std::thread::sleep(Duration::from_millis(5));
@@ -421,6 +446,7 @@ fn host_counter(d: &Daemon, port: &str, key: &str) -> u64 {
 
 #[test]
 fn a_hostile_vhost_user_frontend_is_counted_and_never_crashes_valed() {
+    let _turn = turn();
     use hostile::*;
     let mut d = Daemon::start("vhost-hostile", &[]);
     let r = d.open("vale0:r");
@@ -712,6 +738,7 @@ fn bystander_traffic(
 
 #[test]
 fn guest_memory_that_cannot_be_sealed_is_refused_with_a_clear_error() {
+    let _turn = turn();
     use hostile::*;
     let mut d = Daemon::start("vhost-unsealed", &[]);
     let sock = d.dir.join("vm.sock").to_str().unwrap().to_string();
@@ -763,6 +790,7 @@ fn guest_memory_that_cannot_be_sealed_is_refused_with_a_clear_error() {
 
 #[test]
 fn sealable_guest_memory_cannot_be_shrunk_once_valed_took_it() {
+    let _turn = turn();
     use hostile::*;
     use rustix::fs::SealFlags;
     let mut d = Daemon::start("vhost-sealed", &[]);
@@ -798,6 +826,7 @@ fn sealable_guest_memory_cannot_be_shrunk_once_valed_took_it() {
 
 #[test]
 fn a_trusted_frontend_that_truncates_its_memory_under_traffic_is_cut_off_and_counted() {
+    let _turn = turn();
     use hostile::*;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};

@@ -323,8 +323,9 @@ def memif_once(secs, length):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def memif_switch(secs, length, into_switch):
-    """A testpmd memif client on a memif port of ours: txonly into the switch to a pkt-gen
+def testpmd_on_ours(secs, length, into_switch, kind):
+    """dpdk-testpmd on a port of ours, `kind` "memif" (a memif client on a memif port) or
+    "vhost" (net_virtio_user on a vhost-user port): txonly into the switch to a pkt-gen
     receiver (its port's counter over a window), or pkt-gen into the switch to testpmd
     rxonly (its Rx-pps). Returns (Mpps, Mpps per forwarding-thread CPU-second)."""
     tp = shutil.which("dpdk-testpmd")
@@ -333,16 +334,24 @@ def memif_switch(secs, length, into_switch):
     if os.geteuid() != 0:
         return "SKIP: needs root for dpdk-testpmd"
     procs = Procs()
-    tmp = tempfile.mkdtemp(prefix="vale-mi-")
+    tmp = tempfile.mkdtemp(prefix=f"vale-{kind}-")
     try:
-        v = Valed(procs, tmp)
-        sock = os.path.join(tmp, "memif.sock")
-        subprocess.run([os.path.join(BIN, "vale-ctl"), "memif", "vale0:m", "--path", sock],
-                       env=v.env, check=True, capture_output=True)
+        sock = os.path.join(tmp, f"{kind}.sock")
+        if kind == "memif":
+            v = Valed(procs, tmp)
+            create = ["memif", "vale0:m", "--path", sock]
+            vdev = f"--vdev=net_memif0,role=client,socket={sock},socket-abstract=no"
+        else:
+            # testpmd --no-huge backs its memory with a memfd it made without sealing:
+            # valed takes it only when told to trust the frontend.
+            v = Valed(procs, tmp, extra=["--vhost-trust-unsealed"])
+            create = ["vhost-user", "vale0:m", "--path", sock]
+            vdev = f"--vdev=net_virtio_user0,path={sock},queues=1"
+        subprocess.run([os.path.join(BIN, "vale-ctl"), *create], env=v.env, check=True,
+                       capture_output=True)
         mode = "txonly" if into_switch else "rxonly"
         t = procs.start([tp, "-l", "0,1", "--main-lcore", "0", "--no-huge", "-m", "512", "--no-pci",
-                         "--log-level=lib.eal:notice", "--file-prefix", "vbmi",
-                         f"--vdev=net_memif0,role=client,socket={sock},socket-abstract=no", "--", "-i",
+                         "--log-level=lib.eal:notice", "--file-prefix", f"vb{kind}", vdev, "--", "-i",
                          f"--forward-mode={mode}", f"--txpkts={length}", "--total-num-mbufs=16384",
                          "--nb-cores=1"], stdin=subprocess.PIPE)
         time.sleep(3.0)
@@ -363,75 +372,17 @@ def memif_switch(secs, length, into_switch):
         t.stdin.flush()
         out, _ = t.communicate(timeout=20)
         cpu = max(c1 - c0, 1e-9)
+        moved = lambda port, key: s1.get(port, {}).get(key, 0) - s0.get(port, {}).get(key, 0)
         if into_switch:
-            got = s1.get("vale0:r", {}).get("rx_packets", 0) - s0.get("vale0:r", {}).get("rx_packets", 0)
+            got = moved("vale0:r", "rx_packets")
             if got <= 0:
                 return "FAILED: nothing arrived from testpmd"
             return got / (t1 - t0) / 1e6, got / cpu / 1e6
         samples = [int(x) for x in re.findall(r"Rx-pps:\s+(\d+)", out)][1:]
         samples = [x for x in samples if x > 0]
         if not samples:
-            return "FAILED: testpmd reported no Rx-pps (memif did not connect)"
-        sent = s1.get("vale0:m", {}).get("rx_packets", 0) - s0.get("vale0:m", {}).get("rx_packets", 0)
-        return statistics.median(samples) / 1e6, sent / cpu / 1e6
-    except (OSError, subprocess.SubprocessError, RuntimeError) as e:
-        return f"FAILED: {e}"
-    finally:
-        procs.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def virtio_user(secs, length, to_vm):
-    """pkt-gen <-> valed <-> dpdk-testpmd net_virtio_user on a vhost-user port: Mpps
-    into testpmd (rxonly, its Rx-pps) or out of it (txonly, the receiving port's counter
-    over a window). No VM: the vhost-user path and the switch alone."""
-    tp = shutil.which("dpdk-testpmd")
-    if not tp:
-        return "SKIP: dpdk-testpmd not installed (apt-get install dpdk-dev)"
-    if os.geteuid() != 0:
-        return "SKIP: needs root for dpdk-testpmd"
-    procs = Procs()
-    tmp = tempfile.mkdtemp(prefix="vale-vu-")
-    try:
-        # testpmd --no-huge backs its memory with a memfd it made without sealing: valed
-        # takes it only when told to trust the frontend.
-        v = Valed(procs, tmp, extra=["--vhost-trust-unsealed"])
-        sock = os.path.join(tmp, "vm.sock")
-        subprocess.run([os.path.join(BIN, "vale-ctl"), "vhost-user", "vale0:vm", "--path", sock],
-                       env=v.env, check=True, capture_output=True)
-        mode = "rxonly" if to_vm else "txonly"
-        t = procs.start([tp, "-l", "0,1", "--main-lcore", "0", "--no-huge", "-m", "512", "--no-pci",
-                         "--log-level=lib.eal:notice", "--file-prefix", "vbvu",
-                         f"--vdev=net_virtio_user0,path={sock},queues=1", "--", "-i",
-                         f"--forward-mode={mode}", f"--txpkts={length}", "--total-num-mbufs=16384",
-                         "--nb-cores=1"], stdin=subprocess.PIPE)
-        time.sleep(3.0)
-        t.stdin.write("start\n")
-        t.stdin.flush()
-        if to_vm:
-            v.pktgen(procs, "-i", "vale0:a", "-f", "tx", "-l", str(length), "--duration", str(int(secs) + 4))
-        else:
-            v.pktgen(procs, "-i", "vale0:b", "-f", "rx", "--duration", str(int(secs) + 4))
-        time.sleep(1.5)
-        s0, t0 = v.stats(), time.time()
-        for _ in range(max(1, int(secs)) + 1):
-            time.sleep(1.0)
-            t.stdin.write("show port stats all\n")
-            t.stdin.flush()
-        s1, t1 = v.stats(), time.time()
-        t.stdin.write("stop\nquit\n")
-        t.stdin.flush()
-        out, _ = t.communicate(timeout=20)
-        if to_vm:
-            samples = [int(x) for x in re.findall(r"Rx-pps:\s+(\d+)", out)][1:]
-            samples = [x for x in samples if x > 0]
-            if not samples:
-                return "FAILED: testpmd reported no Rx-pps"
-            return statistics.median(samples) / 1e6
-        got = s1.get("vale0:b", {}).get("rx_packets", 0) - s0.get("vale0:b", {}).get("rx_packets", 0)
-        if got <= 0:
-            return "FAILED: nothing arrived from testpmd"
-        return got / (t1 - t0) / 1e6
+            return f"FAILED: testpmd reported no Rx-pps ({kind} did not connect)"
+        return statistics.median(samples) / 1e6, moved("vale0:m", "rx_packets") / cpu / 1e6
     except (OSError, subprocess.SubprocessError, RuntimeError) as e:
         return f"FAILED: {e}"
     finally:
@@ -857,7 +808,7 @@ def main():
             for into, label in ((True, "memif: testpmd -> ours -> pkt-gen"),
                                 (False, "memif: pkt-gen -> ours -> testpmd")):
                 for length, key in ((64, 60), (1500, 1514)):
-                    r = memif_switch(a.secs, length, into)
+                    r = testpmd_on_ours(a.secs, length, into, "memif")
                     if isinstance(r, str):
                         notes.append(f"{label} {length} B: {r}")
                     else:
@@ -915,11 +866,11 @@ def main():
             for to_vm, label in ((True, "vhost-user: pkt-gen -> ours -> testpmd virtio_user, Mpps"),
                                  (False, "vhost-user: testpmd virtio_user -> ours -> pkt-gen, Mpps")):
                 for length in (60, 1514):
-                    r = virtio_user(a.secs, length, to_vm)
+                    r = testpmd_on_ours(a.secs, length, not to_vm, "vhost")
                     if isinstance(r, str):
                         notes.append(f"{label} {length} B: {r}")
                     else:
-                        add(label, length, r)
+                        add(label, length, r[0])
         if "shim" in only:
             shim_rows(a, add, notes)
         if "ceiling" in only:

@@ -170,6 +170,21 @@ fn memif_port(d: &Daemon, port: &str, sock: &str, id: u32, extra: &[&str]) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// A valed (with `flags`) and its memif socket's path, in the daemon's directory.
+fn memif_daemon(tag: &str, flags: &[&str]) -> (Daemon, String) {
+    let d = Daemon::start(tag, flags);
+    let sock = path_str(&d.dir.join("memif.sock")).to_string();
+    (d, sock)
+}
+
+/// `pkt-gen -f rx` on vale0:r, and a client holding the port open so its counters
+/// outlast pkt-gen (the holder reads nothing).
+fn receiver(d: &Daemon) -> (Child, vale::Port) {
+    let rx = pkt_gen(d, &["-i", "vale0:r", "-f", "rx", "--duration", "60", "-W"]);
+    assert!(wait_for(5.0, || d.ports().contains(&"vale0:r".into())));
+    (rx, d.open("vale0:r"))
+}
+
 fn pkt_gen(d: &Daemon, args: &[&str]) -> Child {
     d.cmd(PKT_GEN)
         .args(args)
@@ -198,9 +213,8 @@ fn testpmd_sends_into_the_switch_and_every_frame_is_received_or_counted() {
         return;
     }
     let _turn = turn();
-    let d = Daemon::start("memif-tx", &[]);
-    let sock = d.dir.join("memif.sock");
-    let sock = path_str(&sock);
+    let (d, sock) = memif_daemon("memif-tx", &[]);
+    let sock = sock.as_str();
     memif_port(&d, "vale0:m", sock, 7, &[]);
     assert!(
         d.host("m")["about"]
@@ -208,10 +222,7 @@ fn testpmd_sends_into_the_switch_and_every_frame_is_received_or_counted() {
             .unwrap()
             .contains("waiting for a client")
     );
-    let rx = pkt_gen(&d, &["-i", "vale0:r", "-f", "rx", "--duration", "60", "-W"]);
-    assert!(wait_for(5.0, || d.ports().contains(&"vale0:r".into())));
-    // Keeps the port (and its counters) after pkt-gen leaves; it reads nothing.
-    let _hold = d.open("vale0:r");
+    let (rx, _hold) = receiver(&d);
     let tp = testpmd(&d, "tx", sock, "id=7", "txonly", 60, &["--txpkts=64"]);
     assert!(
         wait_for(15.0, || connected(&d, "m")),
@@ -259,9 +270,8 @@ fn frames_from_the_switch_reach_testpmd_in_the_buffers_it_posted() {
         return;
     }
     let _turn = turn();
-    let d = Daemon::start("memif-rx", &[]);
-    let sock = d.dir.join("memif.sock");
-    let sock = path_str(&sock);
+    let (d, sock) = memif_daemon("memif-rx", &[]);
+    let sock = sock.as_str();
     memif_port(&d, "vale0:m", sock, 0, &[]);
     let tp = testpmd(&d, "rx", sock, "id=0", "rxonly", 60, &[]);
     assert!(
@@ -304,14 +314,11 @@ fn jumbo_frames_cross_a_memif_port_both_ways_in_chains() {
         return;
     }
     let _turn = turn();
-    let d = Daemon::start("memif-jumbo", &[]);
-    let sock = d.dir.join("memif.sock");
-    let sock = path_str(&sock);
+    let (d, sock) = memif_daemon("memif-jumbo", &[]);
+    let sock = sock.as_str();
     memif_port(&d, "vale0:m", sock, 0, &[]);
     // testpmd -> switch.
-    let rx = pkt_gen(&d, &["-i", "vale0:r", "-f", "rx", "--duration", "60", "-W"]);
-    assert!(wait_for(5.0, || d.ports().contains(&"vale0:r".into())));
-    let _hold = d.open("vale0:r");
+    let (rx, _hold) = receiver(&d);
     // In buffers of 10 KiB, one per frame: DPDK 22.11's memif transmit overruns its ring
     // by a descriptor when a chained frame needs one more than is free (it then
     // publishes a head thousands of slots ahead, which valed refuses: the runaway-head
@@ -376,9 +383,8 @@ fn two_testpmd_clients_on_one_socket_talk_through_the_switch() {
         return;
     }
     let _turn = turn();
-    let d = Daemon::start("memif-pair", &[]);
-    let sock = d.dir.join("memif.sock");
-    let sock = path_str(&sock);
+    let (d, sock) = memif_daemon("memif-pair", &[]);
+    let sock = sock.as_str();
     memif_port(&d, "vale0:a", sock, 1, &[]);
     memif_port(&d, "vale0:b", sock, 2, &[]);
     let o = d.ctl(&["memif", "vale0:c", "--path", sock, "--id", "2"]);
@@ -627,9 +633,8 @@ fn bystanders_exchange(d: &Daemon, a: &vale::Port, b: &vale::Port, n: u32) {
 
 #[test]
 fn a_hostile_memif_client_is_refused_or_disconnected_and_nobody_else_notices() {
-    let mut d = Daemon::start("memif-hostile", &[]);
-    let sock = d.dir.join("memif.sock");
-    let sock = path_str(&sock);
+    let (mut d, sock) = memif_daemon("memif-hostile", &[]);
+    let sock = sock.as_str();
     memif_port(&d, "vale0:m", sock, 0, &[]);
     memif_port(&d, "vale0:s", sock, 5, &["--secret", "sesame"]);
     let a = d.open("vale0:a");
@@ -797,9 +802,8 @@ const BCAST: [u8; 6] = [0xff; 6];
 /// disconnects the client, and the bystanders lose nothing.
 #[test]
 fn a_trusted_client_that_truncates_its_memory_is_cut_off_and_counted() {
-    let mut d = Daemon::start("memif-trunc", &["--memif-trust-unsealed"]);
-    let sock = d.dir.join("memif.sock");
-    let sock = path_str(&sock);
+    let (mut d, sock) = memif_daemon("memif-trunc", &["--memif-trust-unsealed"]);
+    let sock = sock.as_str();
     memif_port(&d, "vale0:m", sock, 0, &[]);
     let a = d.open("vale0:a");
     let b = d.open("vale0:b");
@@ -852,9 +856,8 @@ fn a_zero_copy_testpmd_client_is_refused_unless_trusted_and_then_works_both_ways
     }
     let _turn = turn();
     const ZC: &str = "id=0,zero-copy=yes";
-    let d = Daemon::start("memif-zc-refused", &[]);
-    let sock = d.dir.join("memif.sock");
-    let sock = path_str(&sock);
+    let (d, sock) = memif_daemon("memif-zc-refused", &[]);
+    let sock = sock.as_str();
     memif_port(&d, "vale0:m", sock, 0, &[]);
     let tp = testpmd_eal(
         &d,
@@ -875,13 +878,10 @@ fn a_zero_copy_testpmd_client_is_refused_unless_trusted_and_then_works_both_ways
     assert_eq!(host_counter(&d, "m", "from_host"), 0);
     drop(d);
 
-    let d = Daemon::start("memif-zc", &["--memif-trust-unsealed"]);
-    let sock = d.dir.join("memif.sock");
-    let sock = path_str(&sock);
+    let (d, sock) = memif_daemon("memif-zc", &["--memif-trust-unsealed"]);
+    let sock = sock.as_str();
     memif_port(&d, "vale0:m", sock, 0, &[]);
-    let rx = pkt_gen(&d, &["-i", "vale0:r", "-f", "rx", "--duration", "60", "-W"]);
-    assert!(wait_for(5.0, || d.ports().contains(&"vale0:r".into())));
-    let _hold = d.open("vale0:r");
+    let (rx, _hold) = receiver(&d);
     let tp = testpmd_eal(
         &d,
         "zctx",

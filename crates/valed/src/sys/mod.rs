@@ -34,7 +34,8 @@ pub use iov::{with_slices, write_frags};
 pub use packet::{PACKET_VNET_HDR_LEN, PacketRing, RingFrame, packet_socket, recv_frame};
 pub use tun::{TAP_VNET_HDR, tap_create};
 pub use unix::{
-    check_ifname, dgram_bind, if_index, readable_within, stream_connect, stream_listen,
+    check_ifname, dgram_bind, if_index, readable_within, seqpacket_listen, stream_connect,
+    stream_listen,
 };
 
 /// setsockopt(2) of `v` as option `opt` at `level`, for the options rustix does not

@@ -40,6 +40,27 @@ pub fn stream_listen(path: &str) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// A unix seqpacket socket listening at `path` (see `bound_unix`), or with
+/// `abstract_name` at that name in the abstract namespace (bound with its exact length,
+/// as DPDK does).
+pub fn seqpacket_listen(path: &str, abstract_name: bool) -> io::Result<OwnedFd> {
+    let fd = if abstract_name {
+        let fd = rustix::net::socket_with(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )?;
+        let addr = rustix::net::SocketAddrUnix::new_abstract_name(path.as_bytes())?;
+        rustix::net::bind(&fd, &addr)?;
+        fd
+    } else {
+        bound_unix(path, rustix::net::SocketType::SEQPACKET)?
+    };
+    rustix::net::listen(&fd, 16)?;
+    Ok(fd)
+}
+
 /// A unix stream socket connected to `path`, then made non-blocking.
 pub fn stream_connect(path: &str) -> io::Result<OwnedFd> {
     let fd = rustix::net::socket_with(

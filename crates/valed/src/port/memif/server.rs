@@ -14,7 +14,7 @@ use super::handshake::{Handshake, Known, Offer, Refusal, Step};
 use crate::port::{PortCounters, Waker};
 use rustix::event::epoll;
 use rustix::fd::{AsFd, OwnedFd};
-use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use rustix::net::SocketFlags;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -262,37 +262,9 @@ impl Drop for Registration {
     }
 }
 
-/// A listening SOCK_SEQPACKET socket at `key`: a stale socket file is replaced, any
-/// other file is an error.
-fn listen(key: &SocketKey) -> Result<OwnedFd, String> {
-    let fd = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
-        None,
-    )
-    .map_err(|e| format!("socket: {e}"))?;
-    let addr = if key.abstract_name {
-        SocketAddrUnix::new_abstract_name(key.path.as_bytes())
-    } else {
-        let p = std::path::Path::new(&key.path);
-        if let Ok(m) = std::fs::symlink_metadata(p) {
-            use std::os::unix::fs::FileTypeExt;
-            if !m.file_type().is_socket() {
-                return Err(format!("{} exists and is not a socket", key.path));
-            }
-            std::fs::remove_file(p).map_err(|e| format!("{}: {e}", key.path))?;
-        }
-        SocketAddrUnix::new(p)
-    }
-    .map_err(|e| format!("{key}: {e}"))?;
-    rustix::net::bind(&fd, &addr).map_err(|e| format!("cannot bind {key}: {e}"))?;
-    rustix::net::listen(&fd, 16).map_err(|e| format!("listen on {key}: {e}"))?;
-    Ok(fd)
-}
-
 fn start(key: &SocketKey) -> Result<Arc<Server>, String> {
-    let listener = listen(key)?;
+    let listener = crate::sys::seqpacket_listen(&key.path, key.abstract_name)
+        .map_err(|e| format!("cannot listen on {key}: {e}"))?;
     let wake = rustix::event::eventfd(
         0,
         rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,

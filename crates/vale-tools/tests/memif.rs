@@ -843,6 +843,13 @@ fn a_trusted_client_that_truncates_its_memory_is_cut_off_and_counted() {
     assert!(matches!(h.setup(0, &mem), Some(Msg::Connected { .. })));
     h.send_frame(&frame([2, 0, 0, 0, 0, 0xb], [2, 0, 0, 0, 0, 0xe], 3));
     assert_eq!(drain(&b, 2.0).len(), 1);
+    // Connected and idle: the forwarding thread sleeps (the client's eventfd asked for).
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu = d.idle_cpu(2.0);
+    assert!(
+        cpu < 0.2,
+        "an idle memif port costs no CPU: {cpu:.2} CPU-s in 2 s"
+    );
 }
 
 /// A zero-copy testpmd client (`zero-copy=yes`: its buffers are all of its memory, a

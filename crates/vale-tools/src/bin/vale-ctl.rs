@@ -104,15 +104,17 @@ enum Cmd {
         client: bool,
     },
     /// A port for a DPDK or VPP application over memif, valed the server: the client
-    /// that connects to --socket naming interface --id is this port (DPDK
+    /// that connects to --path naming interface --id is this port (DPDK
     /// `--vdev=net_memif0,role=client,id=N,socket=PATH,socket-abstract=no`). Several
     /// memif ports may share a socket, each with its own id. Copy mode; a client whose
     /// memory cannot be sealed against shrinking (DPDK zero-copy=yes) is refused.
-    /// `-d PORT` removes it.
+    /// With --client, valed connects to a memif server on --path instead (VPP, DPDK
+    /// role=server), and again whenever it comes back. `-d PORT` removes it.
     Memif {
         /// The switch port, e.g. vale0:m
         port: String,
-        /// The memif socket valed listens on
+        /// The memif socket: valed listens on it, or with --client connects to it
+        /// (`--socket` is vale-ctl's own: the control socket)
         #[arg(long = "path", value_name = "PATH")]
         path: String,
         /// The interface id the client names
@@ -125,6 +127,9 @@ enum Cmd {
         /// default) instead of as a file
         #[arg(long = "abstract")]
         abstract_name: bool,
+        /// Connect to a memif server listening on PATH instead of serving there
+        #[arg(long)]
+        client: bool,
     },
     /// Watch a port (netmap's monitor ports PORT/t, /r): pcap for tcpdump, or a line
     /// per frame. A slow reader never slows the switch: the monitor drops and counts.
@@ -418,6 +423,7 @@ fn run(args: &Args) -> Result<(), String> {
             id,
             secret,
             abstract_name,
+            client,
         } => {
             let r = call(
                 args,
@@ -428,6 +434,7 @@ fn run(args: &Args) -> Result<(), String> {
                         abstract_name: *abstract_name,
                         id: *id,
                         secret: secret.clone(),
+                        client: *client,
                     },
                 },
             )?;

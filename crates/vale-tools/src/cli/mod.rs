@@ -13,10 +13,18 @@ use std::path::{Path, PathBuf};
 /// control tool are for administrators (8), pkt-gen for anyone (1).
 pub fn programs() -> Vec<(clap::Command, &'static str)> {
     vec![
-        (valed::Args::command(), "8"),
+        (valed_command(), "8"),
         (vale_ctl::command(), "8"),
-        (crate::pktgen::Options::command(), "1"),
+        (pkt_gen_command(), "1"),
     ]
+}
+
+pub fn valed_command() -> clap::Command {
+    valed::Args::command()
+}
+
+pub fn pkt_gen_command() -> clap::Command {
+    crate::pktgen::Options::command()
 }
 
 /// Writes a page for each binary and one for each (visible) subcommand, named

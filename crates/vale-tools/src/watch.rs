@@ -182,7 +182,7 @@ pub struct Options {
 pub fn interval(secs: f64) -> Result<Duration, String> {
     if !(MIN_SECS..=MAX_SECS).contains(&secs) {
         return Err(format!(
-            "--watch {secs}: the interval must be between {MIN_SECS} and {MAX_SECS} seconds"
+            "the interval must be between {MIN_SECS} and {MAX_SECS} seconds, not {secs}"
         ));
     }
     Ok(Duration::from_secs_f64(secs))

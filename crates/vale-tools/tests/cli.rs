@@ -394,10 +394,17 @@ fn stats_watch_shows_the_rates_of_busy_ports_and_zero_for_an_idle_one() {
         assert_eq!(out.matches("\x1b[H\x1b[2J").count(), 2, "{out:?}");
     }
 
-    // Bad input: a clear error, no daemon needed to say so.
+    // Bad input: a usage error that says what is wrong.
     let o = d.ctl(&["stats", "--watch", "0"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("between 0.1 and 3600 seconds"));
+    let o = d.ctl(&["stats", "--watch", "vale0:ping"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("vale-ctl stats vale0:ping --watch"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let o = d.ctl(&["stats", "--count", "2"]);
     assert_eq!(o.status.code(), Some(2), "--count needs --watch");
 }

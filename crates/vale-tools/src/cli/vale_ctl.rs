@@ -81,7 +81,13 @@ pub enum Cmd {
         /// Only this port, e.g. vale0:a
         port: Option<String>,
         /// Show rates, refreshed every SECS seconds
-        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
+        #[arg(
+            long,
+            value_name = "SECS",
+            num_args = 0..=1,
+            default_missing_value = "1",
+            value_parser = watch_secs
+        )]
         watch: Option<f64>,
         /// With --watch: stop after N refreshes [default: until Ctrl-C]
         #[arg(long, value_name = "N", requires = "watch")]
@@ -254,6 +260,18 @@ pub enum Generate {
         /// Directory to write them to (created if missing)
         dir: PathBuf,
     },
+}
+
+/// `--watch SECS`: a number of seconds within the limits, and a hint for the likely
+/// mistake of naming the port after `--watch`.
+fn watch_secs(s: &str) -> Result<f64, String> {
+    let secs: f64 = s.parse().map_err(|_| {
+        format!(
+            "`{s}` is not a number of seconds (to watch one port, name it before --watch: \
+             vale-ctl stats {s} --watch)"
+        )
+    })?;
+    crate::watch::interval(secs).map(|_| secs)
 }
 
 /// vale-ctl's command, with `-h`/`--help` on every subcommand (the top level's `-h` is

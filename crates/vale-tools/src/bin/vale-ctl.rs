@@ -309,6 +309,7 @@ fn run(args: &Args) -> Result<(), String> {
             id,
             secret,
             abstract_name,
+            client,
         } => {
             let r = call(
                 args,
@@ -319,6 +320,7 @@ fn run(args: &Args) -> Result<(), String> {
                         abstract_name: *abstract_name,
                         id: *id,
                         secret: secret.clone(),
+                        client: *client,
                     },
                 },
             )?;

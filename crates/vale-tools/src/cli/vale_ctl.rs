@@ -175,20 +175,24 @@ pub enum Cmd {
         #[arg(long)]
         client: bool,
     },
-    /// A port for a DPDK or VPP application over memif, valed the server
+    /// A port for a DPDK or VPP application over memif, valed the server or the client
     ///
     /// The client that connects to --path naming interface --id is this port (DPDK
     /// `--vdev=net_memif0,role=client,id=N,socket=PATH,socket-abstract=no`). Several
     /// memif ports may share a socket, each with its own id. Copy mode; a client whose
     /// memory cannot be sealed against shrinking (DPDK zero-copy=yes) is refused unless
-    /// valed runs with --memif-trust-unsealed. `vale-ctl -d PORT` removes it.
+    /// valed runs with --memif-trust-unsealed. With --client, valed connects to a memif
+    /// server on --path instead (VPP, DPDK role=server), and again whenever it comes
+    /// back. `vale-ctl -d PORT` removes it.
     #[command(after_help = "Examples:\n  \
         vale-ctl memif vale0:m --path /run/vale/memif.sock --id 7\n  \
-        dpdk-testpmd --vdev=net_memif0,role=client,id=7,socket=/run/vale/memif.sock,socket-abstract=no ...")]
+        dpdk-testpmd --vdev=net_memif0,role=client,id=7,socket=/run/vale/memif.sock,socket-abstract=no ...\n  \
+        vale-ctl memif vale0:v --path /run/vpp/memif.sock --client   # VPP or testpmd role=server")]
     Memif {
         /// The switch port, e.g. vale0:m
         port: String,
-        /// The memif socket valed listens on
+        /// The memif socket: valed listens on it, or with --client connects to it
+        /// (`--socket` is vale-ctl's own: the control socket)
         #[arg(long = "path", value_name = "PATH")]
         path: String,
         /// The interface id the client names
@@ -201,6 +205,9 @@ pub enum Cmd {
         /// default) instead of as a file
         #[arg(long = "abstract")]
         abstract_name: bool,
+        /// Connect to a memif server listening on PATH instead of serving there
+        #[arg(long)]
+        client: bool,
     },
     /// Watch a port (netmap's monitor ports PORT/t, /r): pcap for tcpdump, or a line per frame
     ///

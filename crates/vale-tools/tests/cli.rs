@@ -131,14 +131,20 @@ fn temp(tag: &str) -> std::path::PathBuf {
     d
 }
 
-/// The pages `generate man` should write: each program, and each vale-ctl subcommand.
+/// The pages `generate man` should write: each program, and each vale-ctl subcommand
+/// (and theirs: `vale-ctl-config-check`).
 fn expected_pages() -> Vec<(String, clap::Command)> {
+    fn add(prefix: &str, cmd: &clap::Command, section: &str, v: &mut Vec<(String, clap::Command)>) {
+        for sc in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let name = format!("{prefix}-{}", sc.get_name());
+            add(&name, sc, section, v);
+            v.push((format!("{name}.{section}"), sc.clone()));
+        }
+    }
     let mut v = Vec::new();
     for (cmd, section) in vale_tools::cli::programs() {
         let name = cmd.get_name().to_string();
-        for sc in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-            v.push((format!("{name}-{}.{section}", sc.get_name()), sc.clone()));
-        }
+        add(&name, &cmd, section, &mut v);
         v.push((format!("{name}.{section}"), cmd));
     }
     v
@@ -322,6 +328,10 @@ fn stats_watch_shows_the_rates_of_busy_ports_and_zero_for_an_idle_one() {
         .spawn()
         .unwrap();
     let _ping = Guard(ping);
+    // (`counter` insists the port exists: wait for pkt-gen to open it first.)
+    assert!(wait_for(5.0, || d
+        .ports()
+        .contains(&"vale0:ping".to_string())));
     assert!(wait_for(10.0, || d.counter("vale0:ping", "rx_packets") > 10));
     let idle_before = d.counter("vale0:idle", "rx_packets");
 

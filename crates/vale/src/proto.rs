@@ -239,6 +239,10 @@ pub enum Request {
     },
     /// Change a run-time setting (`bridge_batch`, `verbose`).
     Set { key: String, value: String },
+    /// Read the config file again and apply its `[[port]]` declarations (as SIGHUP).
+    Reload,
+    /// The running state as a config file (`Done { message }` holds it).
+    ConfigDump,
     /// The daemon's settings.
     Settings,
     /// netmap's `vale-ctl -n NAME`: a persistent port, here a TAP interface NAME that

@@ -32,4 +32,4 @@ pub use control::SetVerbosity;
 pub use daemon::run;
 pub use error::StartError;
 pub use port::probe_af_xdp;
-pub use settings::{ConfigFile, Settings, SettingsError};
+pub use settings::{ConfigFile, Declared, Settings, SettingsError};

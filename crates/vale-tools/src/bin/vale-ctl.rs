@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use vale::proto::{PortSpec, Request, Response};
-use vale_tools::cli::vale_ctl::{Args, Cmd, Generate, Invocation};
+use vale_tools::cli::vale_ctl::{Args, Cmd, ConfigCmd, Generate, Invocation};
 use vale_tools::{capture, cli, watch};
 
 fn call(args: &Args, req: &Request) -> Result<Response, String> {
@@ -368,6 +368,39 @@ fn run(args: &Args) -> Result<(), String> {
                 s.captured,
                 dropped.map_or("?".to_string(), |d| d.to_string())
             );
+        }
+        Cmd::Reload => {
+            let r = call(args, &Request::Reload)?;
+            if args.json {
+                print_json(&r);
+            } else if let Response::Done { message } = r {
+                println!("{message}");
+            }
+        }
+        Cmd::Config {
+            what: ConfigCmd::Check { file },
+        } => {
+            let f = valed::ConfigFile::load(file).map_err(|e| e.to_string())?;
+            let mut s = valed::Settings::default();
+            f.apply(&mut s)
+                .and_then(|()| s.validate())
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            println!(
+                "{}: ok ({} declared port{})",
+                file.display(),
+                f.ports.len(),
+                if f.ports.len() == 1 { "" } else { "s" }
+            );
+        }
+        Cmd::Config {
+            what: ConfigCmd::Dump,
+        } => {
+            let r = call(args, &Request::ConfigDump)?;
+            if args.json {
+                print_json(&r);
+            } else if let Response::Done { message } = r {
+                print!("{message}");
+            }
         }
         Cmd::Settings => {
             let r = call(args, &Request::Settings)?;

@@ -42,10 +42,15 @@ fn main() {
             std::process::exit(1);
         }
     }
+    let reload = Arc::new(AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone()) {
+        eprintln!("valed: cannot handle SIGHUP: {e}");
+        std::process::exit(1);
+    }
     let set_verbosity: valed::SetVerbosity = Box::new(move |v| {
         let _ = handle.modify(|f| *f = level(v));
     });
-    if let Err(e) = valed::run(s, stop, set_verbosity) {
+    if let Err(e) = valed::run(s, stop, reload, set_verbosity) {
         eprintln!("valed: {e}");
         std::process::exit(1);
     }

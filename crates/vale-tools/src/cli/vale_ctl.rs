@@ -56,6 +56,24 @@ pub struct Args {
     pub cmd: Option<Cmd>,
 }
 
+/// `vale-ctl config ...`.
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Check FILE as valed would read it (settings and [[port]] declarations), with
+    /// errors that name the line; valed need not run
+    #[command(after_help = "Examples:\n  vale-ctl config check /etc/vale/valed.toml")]
+    Check {
+        /// The TOML file
+        file: PathBuf,
+    },
+    /// Print the running state (settings and every host port) as a config file that
+    /// recreates it
+    #[command(
+        after_help = "Examples:\n  vale-ctl config dump > valed.toml && valed --config valed.toml"
+    )]
+    Dump,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Switches, their ports, ring configuration and clients
@@ -118,6 +136,24 @@ pub enum Cmd {
     /// Every limit and default valed runs with, one `key = value` a line.
     #[command(after_help = "Examples:\n  vale-ctl settings\n  vale-ctl --json settings")]
     Settings,
+    /// Read valed's config file again and apply its [[port]] declarations (as SIGHUP)
+    ///
+    /// Ports the file no longer declares, or declares differently, are removed; new ones
+    /// are created; the others are not touched. Nothing changes if the file has an
+    /// error. Other settings take effect when valed starts again.
+    #[command(after_help = "Examples:\n  \
+        vale-ctl reload\n  \
+        vale-ctl config check /etc/vale/valed.toml && vale-ctl reload\n  \
+        systemctl reload valed       # the same, by SIGHUP")]
+    Reload,
+    /// Check a config file, or print the running state as one
+    #[command(after_help = "Examples:\n  \
+        vale-ctl config check /etc/vale/valed.toml\n  \
+        vale-ctl config dump > /etc/vale/valed.toml")]
+    Config {
+        #[command(subcommand)]
+        what: ConfigCmd,
+    },
     /// A port for a QEMU VM's `-netdev dgram` (unix datagram sockets)
     ///
     /// valed binds --bind (the VM's remote.path) and sends to --peer (the VM's

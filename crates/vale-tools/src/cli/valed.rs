@@ -123,7 +123,10 @@ pub struct Args {
 pub fn settings(a: &Args) -> Result<Settings, valed::SettingsError> {
     let mut s = Settings::default();
     if let Some(path) = &a.config {
-        ConfigFile::load(path)?.apply(&mut s)?;
+        let file = ConfigFile::load(path)?;
+        file.apply(&mut s)?;
+        s.ports = file.ports;
+        s.config = Some(path.clone());
     }
     let flags = ConfigFile {
         socket: a.socket.clone(),
@@ -156,6 +159,7 @@ pub fn settings(a: &Args) -> Result<Settings, valed::SettingsError> {
         threads: a.threads,
         socket_group: a.socket_group.clone(),
         cpus: a.cpus.clone(),
+        ..Default::default()
     };
     flags.apply(&mut s)?;
     if a.quiet {

@@ -78,6 +78,8 @@ pub struct Control {
     spare: Option<OwnedFd>,
     /// When running out of descriptors was last logged (at most once a second).
     emfile_logged: Option<std::time::Instant>,
+    /// Ports the config file declared and valed created: switch port -> spec.
+    declared: std::collections::BTreeMap<String, proto::PortSpec>,
 }
 
 impl Control {
@@ -96,7 +98,56 @@ impl Control {
                 .map_err(|e| StartError::Os("epoll_create", e.into()))?,
             spare: spare_fd(),
             emfile_logged: None,
+            declared: Default::default(),
         })
+    }
+
+    /// Creates the ports the settings' config file declares (at start).
+    pub fn create_declared(&mut self) {
+        let want = self.settings.ports.clone();
+        if want.is_empty() {
+            return;
+        }
+        for line in self.apply_declared(&want) {
+            tracing::info!("config: {line}");
+        }
+    }
+
+    /// Reads the config file again and applies its `[[port]]` declarations (SIGHUP,
+    /// `vale-ctl reload`). Other settings take effect at the next start, except those
+    /// `vale-ctl set` changes at run time. Nothing changes if the file has an error.
+    pub fn reload(&mut self) -> Result<String, crate::error::CtlError> {
+        let Some(path) = self.settings.config.clone() else {
+            return Err(crate::error::CtlError::BadRequest(
+                "valed was started without --config: there is no file to reload".into(),
+            ));
+        };
+        let file = crate::settings::ConfigFile::load(&path)
+            .map_err(|e| crate::error::CtlError::BadRequest(e.to_string()))?;
+        let mut check = self.settings.clone();
+        file.apply(&mut check)
+            .and_then(|()| check.validate())
+            .map_err(|e| crate::error::CtlError::BadRequest(e.to_string()))?;
+        let lines = self.apply_declared(&file.ports);
+        self.settings.ports = file.ports;
+        for l in &lines {
+            tracing::info!("config reload: {l}");
+        }
+        Ok(format!(
+            "reloaded {}:\n  {}\n(settings other than [[port]] take effect when valed starts again; `vale-ctl set` changes bridge_batch and verbose now)",
+            path.display(),
+            lines.join("\n  ")
+        ))
+    }
+
+    /// `vale-ctl config dump`: the running state as a config file that recreates it.
+    pub fn dump(&self) -> String {
+        let proto::Response::Settings { settings } =
+            query::settings(&self.settings, self.ports.lanes().len())
+        else {
+            return String::new();
+        };
+        crate::settings::dump(&settings, &self.host_specs())
     }
 
     pub fn settings(&self) -> &Settings {
@@ -109,7 +160,12 @@ impl Control {
     }
 
     /// Serves requests until `stop` is set.
-    pub fn serve(&mut self, listener: &OwnedFd, stop: &AtomicBool) -> Result<(), StartError> {
+    pub fn serve(
+        &mut self,
+        listener: &OwnedFd,
+        stop: &AtomicBool,
+        reload: &AtomicBool,
+    ) -> Result<(), StartError> {
         epoll::add(
             &self.ep,
             listener,
@@ -140,6 +196,12 @@ impl Control {
                     Some(CtlToken::Conn(id)) => self.ready(id, &mut buf),
                     Some(CtlToken::Host(id)) => self.host_ready(id),
                     None => {}
+                }
+            }
+            if reload.swap(false, Ordering::AcqRel) {
+                match self.reload() {
+                    Ok(m) => tracing::info!("SIGHUP: {m}"),
+                    Err(e) => tracing::error!("SIGHUP: config not reloaded: {e}"),
                 }
             }
             if last_sweep.elapsed().as_secs() >= 1 {

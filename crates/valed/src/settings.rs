@@ -151,6 +151,16 @@ fn port_keys(kind: &str) -> Option<&'static [&'static str]> {
         "qemu-stream" => &["listen", "connect"],
         "vhost-user" => &["socket", "client"],
         "memif" => &["socket", "abstract", "id", "secret", "client"],
+        "vxlan" => &[
+            "vni",
+            "local",
+            "port",
+            "remote",
+            "group",
+            "dev",
+            "learning",
+            "src_ports",
+        ],
         _ => return None,
     })
 }
@@ -187,13 +197,13 @@ fn declared(
         Some(toml::Value::String(k)) => k.clone(),
         _ => {
             return Err(bad(format!(
-                "{name} has no kind (tap, interface, qemu-dgram, qemu-stream, vhost-user or memif)"
+                "{name} has no kind (tap, interface, qemu-dgram, qemu-stream, vhost-user, memif or vxlan)"
             )));
         }
     };
     let Some(keys) = port_keys(&kind) else {
         return Err(bad(format!(
-            "{name}: kind `{}` is not tap, interface, qemu-dgram, qemu-stream, vhost-user or memif",
+            "{name}: kind `{}` is not tap, interface, qemu-dgram, qemu-stream, vhost-user, memif or vxlan",
             kind.escape_default()
         )));
     };
@@ -490,6 +500,11 @@ pub fn dump(
                 serde_json::Value::String(s) => toml_str(&s),
                 serde_json::Value::Bool(b) => b.to_string(),
                 serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Array(a) => {
+                    let items: Vec<String> =
+                        a.iter().filter_map(|x| x.as_str()).map(toml_str).collect();
+                    format!("[{}]", items.join(", "))
+                }
                 _ => continue,
             };
             out.push_str(&format!("{k} = {v}\n"));
@@ -659,5 +674,47 @@ mod tests {
                 .to_string()
                 .contains("bridge_batch")
         );
+    }
+
+    #[test]
+    fn a_vxlan_port_is_declared_checked_and_dumped_back_alike() {
+        let dir = std::env::temp_dir().join(format!("vale-settings-vx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.toml");
+        let text = "[[port]]\nname = \"vale0:up\"\nkind = \"vxlan\"\nvni = 42\nlocal = \"198.18.0.1\"\nremote = [\"198.18.0.2\", \"198.18.0.3\"]\nlearning = false\n";
+        std::fs::write(&path, text).unwrap();
+        let f = ConfigFile::load(&path).unwrap();
+        let spec = f.ports[0].spec.clone();
+        assert_eq!(
+            spec,
+            vale::proto::PortSpec::Vxlan {
+                vni: 42,
+                local: "198.18.0.1".into(),
+                port: 4789,
+                remote: vec!["198.18.0.2".into(), "198.18.0.3".into()],
+                group: None,
+                dev: None,
+                learning: false,
+                src_ports: None,
+            }
+        );
+        let out = dump(
+            &Default::default(),
+            &(vec![("vale0:up".into(), spec.clone())], vec![]),
+        );
+        assert!(
+            out.contains("remote = [\"198.18.0.2\", \"198.18.0.3\"]"),
+            "{out}"
+        );
+        std::fs::write(&path, &out).unwrap();
+        assert_eq!(
+            ConfigFile::load(&path).unwrap().ports[0].spec,
+            spec,
+            "{out}"
+        );
+        std::fs::write(&path, format!("{text}ttl = 3\n")).unwrap();
+        let e = ConfigFile::load(&path).unwrap_err().to_string();
+        assert!(e.contains("`ttl` is not a key of a vxlan port"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -31,6 +31,17 @@ pub struct PortCounters {
     /// vhost-user: times the frontend truncated guest memory under valed (a SIGBUS
     /// caught, `sys::sigbus`); each time it is cut off.
     pub memory_faults: AtomicU64,
+    /// VXLAN: received datagrams dropped, by reason (`vale::proto::HostCounters`).
+    pub vxlan_too_short: AtomicU64,
+    pub vxlan_no_i_flag: AtomicU64,
+    pub vxlan_reserved: AtomicU64,
+    pub vxlan_foreign_vni: AtomicU64,
+    /// VXLAN: frames whose datagram the underlay refused as larger than its MTU.
+    pub too_big: AtomicU64,
+    /// VXLAN: copies of a replicated frame one remote did not get.
+    pub replica_drops: AtomicU64,
+    /// VXLAN: datagrams sent.
+    pub vxlan_datagrams: AtomicU64,
     /// The interface was deleted under the port (a TAP's).
     pub gone: AtomicBool,
 }
@@ -84,6 +95,13 @@ impl PortCounters {
             chain_too_long: g(&self.chain_too_long),
             peer_disconnects: g(&self.peer_disconnects),
             memory_faults: g(&self.memory_faults),
+            vxlan_too_short: g(&self.vxlan_too_short),
+            vxlan_no_i_flag: g(&self.vxlan_no_i_flag),
+            vxlan_reserved: g(&self.vxlan_reserved),
+            vxlan_foreign_vni: g(&self.vxlan_foreign_vni),
+            too_big: g(&self.too_big),
+            replica_drops: g(&self.replica_drops),
+            vxlan_datagrams: g(&self.vxlan_datagrams),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! - `iov`: a packet's fragments to `writev` or to byte slices;
 //! - `unix`: unix sockets, and interface names and indices;
 //! - `peer`: memory another process shares and may write at any time (memif regions);
+//! - `udp`: `recvmmsg`/`sendmmsg` batches of UDP datagrams (VXLAN uplinks);
 //! - `sigbus`: vhost-user guest memory a frontend may truncate, its SIGBUS caught.
 //!
 //! rustix does the rest: the sockets themselves, AF_XDP's options and address, poll,
@@ -27,6 +28,7 @@ mod packet;
 pub mod peer;
 pub mod sigbus;
 mod tun;
+pub mod udp;
 mod unix;
 pub mod xdp;
 

@@ -26,10 +26,23 @@ fn temp_dir(tag: &str) -> PathBuf {
 
 impl Daemon {
     pub fn start(tag: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_cmd(tag, extra, Command::new(VALED))
+    }
+
+    /// A valed inside network namespace `ns` (`ip netns exec`, which execs valed: the
+    /// child's PID is valed's), its control socket a file as usual. Its TAP ports and
+    /// sockets are made in `ns`.
+    pub fn start_in(ns: &str, tag: &str, extra: &[&str]) -> Daemon {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, VALED]);
+        Daemon::start_cmd(tag, extra, c)
+    }
+
+    fn start_cmd(tag: &str, extra: &[&str], mut cmd: Command) -> Daemon {
         let dir = temp_dir(tag);
         let socket = dir.join("valed.sock");
         let log = std::fs::File::create(dir.join("valed.log")).unwrap();
-        let child = Command::new(VALED)
+        let child = cmd
             .arg("--socket")
             .arg(&socket)
             .arg("-v")

@@ -347,8 +347,19 @@ const RECEIVER_DROPS: [&str; 5] = [
 /// The drop reasons counted on the sender.
 const SENDER_DROPS: [&str; 5] = ["runt", "bad_buf", "bad_len", "bad_frag", "no_dest"];
 /// A host port's losses of frames between its peer and its switch port (`read_errors`
-/// is not one: it counts failed reads, such as a peer hanging up, not frames).
-const HOST_DROPS: [&str; 4] = ["truncated", "write_errors", "kernel_drops", "no_peer"];
+/// is not one: it counts failed reads, such as a peer hanging up, not frames; nor is a
+/// VXLAN port's `replica_drops`, copies of a frame that did leave).
+const HOST_DROPS: [&str; 9] = [
+    "truncated",
+    "write_errors",
+    "kernel_drops",
+    "no_peer",
+    "too_big",
+    "vxlan_too_short",
+    "vxlan_no_i_flag",
+    "vxlan_reserved",
+    "vxlan_foreign_vni",
+];
 
 impl Stats {
     /// One port's `counters` (panics with the list if there is none).
@@ -441,6 +452,7 @@ impl Stats {
                 "write_errors",
                 "no_peer",
                 "bad_offload",
+                "too_big",
             ];
             let out: u64 = out.iter().map(|k| num(c, k)).sum();
             if out > num(pc, "rx_packets") {

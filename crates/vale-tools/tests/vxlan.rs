@@ -235,6 +235,11 @@ fn tap_host(d: &Daemon, dns: &str, tap: &str, host: &str, addr: &str, mtu: u32) 
 /// One iperf3 TCP stream of 2 s from `client` to `server_ip` in `server`: the bytes
 /// received (`None`, SKIP printed, without iperf3).
 fn iperf3(client: &str, server: &str, server_ip: &str) -> Option<u64> {
+    iperf3_with(client, server, server_ip, &[])
+}
+
+/// [`iperf3`] with more client flags (`-P 4`).
+fn iperf3_with(client: &str, server: &str, server_ip: &str, extra: &[&str]) -> Option<u64> {
     if !have("iperf3", "iperf3", "the iperf3 part") {
         return None;
     }
@@ -251,9 +256,11 @@ fn iperf3(client: &str, server: &str, server_ip: &str) -> Option<u64> {
     });
     assert!(up, "iperf3 server did not listen");
     // Bounded: an uplink that stops carrying must fail the test, not hang it.
-    let o = run(&[
+    let mut a = vec![
         "timeout", "30", "ip", "netns", "exec", client, "iperf3", "-c", server_ip, "-t", "2", "-J",
-    ]);
+    ];
+    a.extend_from_slice(extra);
+    let o = run(&a);
     let _ = srv.kill();
     let _ = srv.wait();
     assert!(
@@ -634,8 +641,59 @@ fn two_valeds_joined_only_by_vxlan_form_one_segment() {
     assert!(a1.contains(&format!("{m2} via 198.18.0.2")), "{a1}");
     assert!(a2.contains(&format!("{m1} via 198.18.0.1")), "{a2}");
     assert!(a1.contains("source ports 40000-40003"), "{a1}");
-    if let Some(b) = iperf3(&h1, &h2, "198.19.0.2") {
+    // What reaches the wire, seen by tcpdump on the receiving VTEP's underlay.
+    let dump = have("tcpdump", "tcpdump", "the wire check").then(|| {
+        let file = d2.dir.join("underlay.pcap");
+        let mut c = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &v2,
+                "tcpdump",
+                "-i",
+                &net.name("u2"),
+                "-Q",
+                "in",
+            ])
+            .args(["-nn", "-U", "-s", "128", "-c", "100000", "-w"])
+            .arg(&file)
+            .arg("udp dst port 4789")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump");
+        let mut err = std::io::BufReader::new(c.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("listening on") {
+            line.clear();
+            let n = std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+            assert!(n > 0, "tcpdump exited before listening");
+        }
+        (c, err, file)
+    });
+    // Four TCP flows, one UDP source port each by their hash.
+    if let Some(b) = iperf3_with(&h1, &h2, "198.19.0.2", &["-P", "4"]) {
         assert!(b > 1_000_000, "iperf3 valed to valed: {b} bytes");
+    }
+    if let Some((mut c, _err, file)) = dump {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let _ = Command::new("kill").arg(c.id().to_string()).status();
+        let _ = c.wait();
+        let frames = wire::pcap_frames(&std::fs::read(&file).unwrap());
+        assert!(frames.len() > 100, "{} datagrams captured", frames.len());
+        let mut ports = std::collections::BTreeSet::new();
+        for f in &frames {
+            assert_eq!(f[12..14], [0x08, 0x00], "IPv4 underlay");
+            assert_eq!(f[20] & 0x40, 0x40, "DF set");
+            assert_eq!(f[23], 17, "UDP");
+            ports.insert(u16::from_be_bytes([f[34], f[35]]));
+            assert_eq!(f[36..38], 4789u16.to_be_bytes());
+            assert_eq!(f[42..50], [0x08, 0, 0, 0, 0, 0, 7, 0], "RFC 7348's header");
+        }
+        assert!(
+            ports.iter().all(|p| (40000..=40003).contains(p)) && ports.len() >= 2,
+            "source ports from the range, flows spread: {ports:?}"
+        );
     }
     // TSO super-frames from the TAP were cut to the overlay MTU before they left.
     assert!(

@@ -804,3 +804,192 @@ fn head_end_replication_floods_to_every_remote_and_unicast_reaches_only_its_host
     );
     d.assert_laws();
 }
+
+/// A private Open vSwitch instance (its database, its ovs-vswitchd in a namespace, the
+/// userspace datapath), as in l2-peers.md §2.5; its daemons stopped by PID on drop.
+struct Ovs {
+    dir: std::path::PathBuf,
+    pids: Vec<String>,
+}
+
+impl Ovs {
+    fn env(&self, c: &mut Command) {
+        for k in ["OVS_RUNDIR", "OVS_LOGDIR", "OVS_DBDIR", "OVS_SYSCONFDIR"] {
+            c.env(k, &self.dir);
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let mut c = Command::new(args[0]);
+        c.args(&args[1..]);
+        self.env(&mut c);
+        let o = c.output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert!(
+            o.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn vsctl(&self, args: &[&str]) -> String {
+        let db = format!("--db=unix:{}/db.sock", self.dir.display());
+        let mut a = vec!["ovs-vsctl", db.as_str(), "--timeout=10"];
+        a.extend_from_slice(args);
+        self.run(&a)
+    }
+
+    /// ovsdb-server, then ovs-vswitchd inside `ns`.
+    fn start(dir: std::path::PathBuf, ns: &str) -> Ovs {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut o = Ovs {
+            dir,
+            pids: Vec::new(),
+        };
+        let d = o.dir.display().to_string();
+        o.run(&[
+            "ovsdb-tool",
+            "create",
+            &format!("{d}/conf.db"),
+            "/usr/share/openvswitch/vswitch.ovsschema",
+        ]);
+        o.run(&[
+            "ovsdb-server",
+            &format!("{d}/conf.db"),
+            &format!("--remote=punix:{d}/db.sock"),
+            &format!("--pidfile={d}/ovsdb-server.pid"),
+            &format!("--unixctl={d}/ovsdb-server.ctl"),
+            &format!("--log-file={d}/ovsdb-server.log"),
+            "--detach",
+        ]);
+        o.pids
+            .push(std::fs::read_to_string(format!("{d}/ovsdb-server.pid")).unwrap());
+        o.vsctl(&["--no-wait", "init"]);
+        o.run(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "ovs-vswitchd",
+            &format!("unix:{d}/db.sock"),
+            &format!("--pidfile={d}/ovs-vswitchd.pid"),
+            &format!("--unixctl={d}/ovs-vswitchd.ctl"),
+            &format!("--log-file={d}/ovs-vswitchd.log"),
+            "--detach",
+        ]);
+        o.pids
+            .push(std::fs::read_to_string(format!("{d}/ovs-vswitchd.pid")).unwrap());
+        o
+    }
+}
+
+impl Drop for Ovs {
+    fn drop(&mut self) {
+        for p in self.pids.iter().rev() {
+            let _ = Command::new("kill").arg(p.trim()).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn open_vswitch_userspace_is_a_peer_both_ways() {
+    need_net!();
+    if !have(
+        "ovs-vswitchd",
+        "openvswitch-switch",
+        "the Open vSwitch peer",
+    ) {
+        return;
+    }
+    let mut net = Net::new("o");
+    let (v, o, h) = (net.ns("v", false), net.ns("o", false), net.ns("h", false));
+    let (vu, ou) = (net.name("u"), net.name("o"));
+    net.wire((&v, &vu, "198.18.0.1/24"), (&o, &ou, ""));
+    // OVS reads the underlay through AF_PACKET and drops datagrams whose outer UDP
+    // checksum the veth left unfinished (`datapath_drop_tunnel_pop_error`): OVS's own
+    // documented workaround, on the sending side's veth.
+    ok(&["ip", "netns", "exec", &v, "ethtool", "-K", &vu, "tx", "off"]);
+    let ovs = Ovs::start(
+        std::env::temp_dir().join(format!("vale-test-ovs-{}", std::process::id())),
+        &o,
+    );
+    // The userspace datapath routes and ARPs itself: the endpoint address sits on the
+    // bridge that holds the underlay port.
+    ovs.vsctl(&[
+        "add-br",
+        "br-phy",
+        "--",
+        "set",
+        "bridge",
+        "br-phy",
+        "datapath_type=netdev",
+        "--",
+        "add-port",
+        "br-phy",
+        &ou,
+    ]);
+    addr_add(&o, "br-phy", "198.18.0.4/24");
+    ok(&["ip", "-n", &o, "link", "set", "br-phy", "up"]);
+    ovs.vsctl(&[
+        "add-br",
+        "br-int",
+        "--",
+        "set",
+        "bridge",
+        "br-int",
+        "datapath_type=netdev",
+        "--",
+        "add-port",
+        "br-int",
+        "vx3",
+        "--",
+        "set",
+        "interface",
+        "vx3",
+        "type=vxlan",
+        "options:remote_ip=198.18.0.1",
+        "options:key=42",
+    ]);
+    addr_add(&o, "br-int", "198.19.0.4/24");
+    ok(&["ip", "-n", &o, "link", "set", "br-int", "mtu", "1450", "up"]);
+    let d = Daemon::start_in(&v, "vxo-v", &[]);
+    let tap = net.name("t");
+    tap_host(&d, &v, &tap, &h, "198.19.0.1/24", 1450);
+    ctl_ok(
+        &d,
+        &[
+            "vxlan",
+            "vale0:up",
+            "--vni",
+            "42",
+            "--local",
+            "198.18.0.1",
+            "--remote",
+            "198.18.0.4",
+        ],
+    );
+    // OVS's first ping may wait for its own ARP of the underlay.
+    assert!(
+        ping(&h, "198.19.0.4", 5),
+        "to OVS:\n{}\n{}",
+        d.log(),
+        std::fs::read_to_string(ovs.dir.join("ovs-vswitchd.log")).unwrap_or_default()
+    );
+    let about = uplink(&d)["about"].as_str().unwrap_or_default().to_string();
+    assert!(
+        about.contains(&format!("{} via 198.18.0.4", mac(&o, "br-int"))),
+        "{about}"
+    );
+    if let Some(b) = iperf3(&h, &o, "198.19.0.4") {
+        assert!(b > 1_000_000, "iperf3 to OVS: {b} bytes");
+    }
+    if let Some(b) = iperf3(&o, &h, "198.19.0.1") {
+        assert!(b > 1_000_000, "iperf3 from OVS: {b} bytes");
+    }
+    d.assert_laws();
+    drop(d);
+    drop(ovs);
+}

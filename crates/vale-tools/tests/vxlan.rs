@@ -993,3 +993,121 @@ fn open_vswitch_userspace_is_a_peer_both_ways() {
     drop(d);
     drop(ovs);
 }
+
+#[track_caller]
+fn ctl_err(d: &Daemon, args: &[&str]) -> String {
+    let o = d.ctl(args);
+    assert_eq!(o.status.code(), Some(1), "vale-ctl {args:?} should fail");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn vxlan_ports_are_declared_refused_with_reasons_removed_and_made_again() {
+    need_net!();
+    let mut net = Net::new("e");
+    let (v, k) = (net.ns("v", false), net.ns("k", false));
+    net.wire(
+        (&v, &net.name("u"), "198.18.0.1/24"),
+        (&k, &net.name("k"), "198.18.0.2/24"),
+    );
+    // Declared in the config file: made at start, dumped back as it was written.
+    let dir = std::env::temp_dir().join(format!("vale-test-vxe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("valed.toml");
+    std::fs::write(
+        &file,
+        "[[port]]\nname = \"vale0:up\"\nkind = \"vxlan\"\nvni = 42\nlocal = \"198.18.0.1\"\nremote = [\"198.18.0.2\", \"198.18.0.3\"]\n",
+    )
+    .unwrap();
+    let d = Daemon::start_in(&v, "vxe-v", &["--config", path_str(&file)]);
+    assert!(
+        wait_for(3.0, || d.hosts().iter().any(|h| h["kind"] == "vxlan")),
+        "{}",
+        d.log()
+    );
+    let about = uplink(&d)["about"].as_str().unwrap_or_default().to_string();
+    assert!(about.contains("remotes 198.18.0.2 198.18.0.3"), "{about}");
+    let dump = ctl_ok(&d, &["config", "dump"]);
+    assert!(
+        dump.contains("kind = \"vxlan\"")
+            && dump.contains("remote = [\"198.18.0.2\", \"198.18.0.3\"]")
+            && dump.contains("vni = 42"),
+        "{dump}"
+    );
+    // Refused, each with its reason: the UDP port taken, and bad values.
+    let e = ctl_err(
+        &d,
+        &[
+            "vxlan",
+            "vale1:up2",
+            "--vni",
+            "43",
+            "--local",
+            "198.18.0.1",
+            "--remote",
+            "198.18.0.2",
+        ],
+    );
+    assert!(e.contains("cannot bind UDP 198.18.0.1 port 4789"), "{e}");
+    let e = ctl_err(
+        &d,
+        &[
+            "vxlan",
+            "vale1:up2",
+            "--vni",
+            "16777216",
+            "--local",
+            "198.18.0.1",
+            "--remote",
+            "198.18.0.2",
+        ],
+    );
+    assert!(e.contains("does not fit in 24 bits"), "{e}");
+    let e = ctl_err(
+        &d,
+        &["vxlan", "vale1:up2", "--vni", "1", "--local", "198.18.0.1"],
+    );
+    assert!(e.contains("needs --remote IP"), "{e}");
+    let e = ctl_err(
+        &d,
+        &[
+            "vxlan",
+            "vale1:up2",
+            "--vni",
+            "1",
+            "--local",
+            "198.18.0.9",
+            "--remote",
+            "198.18.0.2",
+        ],
+    );
+    assert!(e.contains("must be an address of this host"), "{e}");
+    // Removed: the port and its socket go, and the same port can be made again.
+    ctl_ok(&d, &["-d", "vale0:up"]);
+    assert!(!d.ports().contains(&"vale0:up".to_string()));
+    assert!(d.hosts().iter().all(|h| h["kind"] != "vxlan"));
+    ctl_ok(
+        &d,
+        &[
+            "vxlan",
+            "vale1:up2",
+            "--vni",
+            "43",
+            "--local",
+            "198.18.0.1",
+            "--remote",
+            "198.18.0.2",
+            "--no-learning",
+        ],
+    );
+    let h = d.host("vale1:up2");
+    assert!(
+        h["about"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no learning"),
+        "{h}"
+    );
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}

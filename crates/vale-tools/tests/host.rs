@@ -1136,3 +1136,85 @@ fn vlan_tags_cross_an_af_packet_attach_both_ways_on_ring_and_socket_paths() {
         assert_eq!(c[key], 0, "{i}: {c}");
     }
 }
+
+/// Stops (`STOP`) or resumes (`CONT`) process `pid`, and for a stop waits until it is
+/// stopped (state `T`).
+fn signal_process(pid: u32, sig: &str) {
+    ok(&["kill", &format!("-{sig}"), &pid.to_string()]);
+    if sig == "STOP" {
+        let stopped = wait_for(5.0, || {
+            let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        });
+        assert!(stopped, "process {pid} did not stop");
+    }
+}
+
+/// Frames the kernel drops at an AF_PACKET port's socket because its receive ring is
+/// full (here: valed's forwarding thread does not run, valed being stopped with
+/// SIGSTOP, while a namespace sends more frames than the ring's 1024 slots) are counted
+/// as the host port's `kernel_drops`: exactly what the sender's kernel sent less what
+/// valed read, and with them every frame is delivered or counted.
+#[test]
+fn frames_the_kernel_drops_at_an_af_packet_ring_are_counted() {
+    need_host!();
+    if !have("python3", "python3", "raw frames into a veth") {
+        return;
+    }
+    let mut net = Net::new("va");
+    let d = Daemon::start("host-kdrops", &[]);
+    let (x, y) = (net.name("kx"), net.name("ky"));
+    net.veth(&x, &y);
+    let ns = net.ns("K");
+    ok(&["ip", "link", "set", &y, "netns", &ns]);
+    ok(&["ip", "-n", &ns, "link", "set", &y, "up"]);
+    ctl_ok(&d, &["-a", &format!("vale0:{x}")]);
+    // Room for every frame valed can read (the ring's 1024) in the receiver's ring.
+    let r = vale::Port::open_with(
+        "vale0:r",
+        &vale::OpenOptions {
+            socket: Some(d.socket.clone()),
+            geometry: vale::proto::GeometryRequest {
+                rx_slots: Some(2048),
+                ..Default::default()
+            },
+        },
+    )
+    .unwrap();
+    const SRC: [u8; 6] = [2, 0, 0, 0, 0x0a, 0x0d];
+    const N: u32 = 1500;
+    let frames: Vec<_> = (0..N).map(|i| (false, frame([0xff; 6], SRC, i))).collect();
+    let (_, sent0) = net.counts(&ns, &y);
+    signal_process(d.pid(), "STOP");
+    send_frames(&ns, &y, &frames);
+    signal_process(d.pid(), "CONT");
+    let got = recv_from(&r, SRC, N as usize, 3.0);
+    let (_, sent1) = net.counts(&ns, &y);
+    let sent = sent1 - sent0;
+    assert!(sent >= u64::from(N), "{y} sent {sent} frames of {N}");
+    // The count is read before the forwarding thread sleeps: wait for it.
+    let from_host = |d: &Daemon| d.host(&x)["counters"]["from_host"].as_u64().unwrap();
+    let drops = |d: &Daemon| d.host(&x)["counters"]["kernel_drops"].as_u64().unwrap();
+    wait_for(3.0, || drops(&d) + from_host(&d) == sent);
+    let (kernel_drops, read) = (drops(&d), from_host(&d));
+    eprintln!("sent {sent}, valed read {read}, kernel_drops {kernel_drops}");
+    assert!(
+        read < sent,
+        "the ring should have overflowed: valed read {read} of {sent}"
+    );
+    assert_eq!(
+        kernel_drops,
+        sent - read,
+        "kernel_drops = what {y} sent less what valed read: {}",
+        d.host(&x)
+    );
+    assert_eq!(got.len() as u64, read, "every frame valed read reached r");
+    let st = d.assert_laws();
+    assert_conserved(sent, got.len() as u64, &st);
+    let list = stdout_of(&d.ctl(&["list"]));
+    assert!(
+        list.contains(&format!("kernel_drops {kernel_drops}")),
+        "vale-ctl list shows it: {list}"
+    );
+}

@@ -66,9 +66,9 @@ struct Vm {
     log: PathBuf,
     tap: Option<String>,
     /// The guest's second serial port (a unix socket QEMU listens on): a line written
-    /// there ends a `t_hold=1` guest's wait.
+    /// there ends a `t_go=1` or `t_hold=1` guest's wait.
     ctl: PathBuf,
-    released: Option<std::os::unix::net::UnixStream>,
+    ctl_conn: Option<std::os::unix::net::UnixStream>,
 }
 
 /// A guest's own counts of its interface (`/sys/class/net/eth0/statistics`), from the
@@ -272,7 +272,11 @@ impl Vm {
             .arg("-initrd")
             .arg(cache.join("initramfs.gz"))
             .arg("-append")
-            .arg(format!("console=ttyS0 quiet panic=-1 {cmdline}"))
+            // no_timer_check: on a busy host, the kernel's check of the emulated
+            // IO-APIC timer can fail under TCG and panic the boot.
+            .arg(format!(
+                "console=ttyS0 quiet panic=-1 no_timer_check {cmdline}"
+            ))
             .args(vm_net_args(&netdev, mac))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -284,7 +288,7 @@ impl Vm {
                 log,
                 tap: None,
                 ctl,
-                released: None,
+                ctl_conn: None,
             };
         };
         let vm = Vm {
@@ -292,7 +296,7 @@ impl Vm {
             log,
             tap: Some(tap.to_string()),
             ctl,
-            released: None,
+            ctl_conn: None,
         };
         assert!(
             wait_for(10.0, || Command::new("ip")
@@ -320,20 +324,39 @@ impl Vm {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Ends a `t_hold=1` guest's wait, once it says it waits (`T_HOLD`): the others'
-    /// traffic is over.
-    fn release(&mut self) {
-        use std::io::Write;
+    /// Waits until the guest says `marker` (up to 2 minutes: TCG guests boot slowly on
+    /// a busy machine).
+    fn wait_says(&self, marker: &str) {
         assert!(
-            wait_for(120.0, || self.log().contains("T_HOLD")),
-            "the guest does not hold:\n{}",
+            wait_for(120.0, || self.log().contains(marker)),
+            "the guest never said {marker}:\n{}",
             self.log()
         );
-        let mut s = std::os::unix::net::UnixStream::connect(&self.ctl)
-            .unwrap_or_else(|e| panic!("{}: {e}", self.ctl.display()));
+    }
+
+    /// Ends the guest's wait once it says it waits (`marker`), with a line on its
+    /// second serial port.
+    fn tell(&mut self, marker: &str) {
+        use std::io::Write;
+        self.wait_says(marker);
+        let ctl = &self.ctl;
+        // One connection for the guest's life: QEMU takes one client at a time, and
+        // reads what it holds when the UART has room.
+        let s = self.ctl_conn.get_or_insert_with(|| {
+            std::os::unix::net::UnixStream::connect(ctl)
+                .unwrap_or_else(|e| panic!("{}: {e}", ctl.display()))
+        });
         s.write_all(b"go\n").unwrap();
-        // Held open until the guest is gone: QEMU reads it when the UART has room.
-        self.released = Some(s);
+    }
+
+    /// Starts a `t_go=1` guest's role: its peers are up.
+    fn go(&mut self) {
+        self.tell("T_READY");
+    }
+
+    /// Ends a `t_hold=1` guest's wait: the others' traffic is over.
+    fn release(&mut self) {
+        self.tell("T_HOLD");
     }
 
     /// Waits for the guest to power off and returns its own counts (`T_COUNTS`).
@@ -551,7 +574,7 @@ fn qemu_netdev_dgram_ports_and_a_tap_guest_share_a_switch() {
         &cache,
         Net::Dgram(&qc, &vc),
         3,
-        "t_ip=10.56.0.3/24 t_role=ping t_peer=10.56.0.2 t_wait=4 t_count=2 t_neigh=3",
+        "t_ip=10.56.0.3/24 t_role=ping t_peer=10.56.0.2 t_count=2 t_neigh=3 t_go=1",
     );
     // A is on a tap with offloads: its TCP leaves as 64 KiB super-frames, which the
     // switch must cut to MSS-sized frames for B's plain datagram port.
@@ -560,13 +583,19 @@ fn qemu_netdev_dgram_ports_and_a_tap_guest_share_a_switch() {
         &cache,
         Net::Tap(&ta),
         1,
-        "t_ip=10.56.0.1/24 t_role=pingclient t_peer=10.56.0.2 t_wait=4 t_count=3 t_neigh=3",
+        "t_ip=10.56.0.1/24 t_role=pingclient t_peer=10.56.0.2 t_count=3 t_neigh=3 t_go=1",
     );
     let port_a = format!("vale1:{ta}");
     let o = d.ctl(&["-a", &port_a]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // (A is still booting: it has sent nothing yet.)
     let base_a = port_view(&d, &port_a, Some(&ta));
+    // Traffic once every guest is up.
+    for vm in [&a, &b, &c] {
+        vm.wait_says("T_UP");
+    }
+    a.go();
+    c.go();
     let log_a = a.wait(90);
     let log_c = c.wait(60);
     assert!(
@@ -666,8 +695,10 @@ fn qemu_netdev_stream_ports_and_a_vm_that_comes_back() {
         &cache,
         Net::Stream(&sb),
         2,
-        "t_ip=10.57.0.2/24 t_role=pingclient t_peer=10.57.0.1 t_wait=3 t_count=3 t_neigh=4",
+        "t_ip=10.57.0.2/24 t_role=pingclient t_peer=10.57.0.1 t_count=3 t_neigh=4 t_go=1",
     );
+    a.wait_says("T_UP");
+    b.go();
     let log_b = b.wait(90);
     assert!(
         log_b.contains("T_PING_OK"),
@@ -791,7 +822,7 @@ fn qemu_guests_over_vhost_user() {
         &cache,
         Net::VhostUserServer(&vb),
         2,
-        "t_ip=10.59.0.2/24 t_role=pingclient t_peer=10.59.0.1 t_wait=4 t_count=3 t_neigh=5",
+        "t_ip=10.59.0.2/24 t_role=pingclient t_peer=10.59.0.1 t_count=3 t_neigh=5 t_go=1",
     );
     assert!(
         wait_for(10.0, || std::path::Path::new(&vb).exists()),
@@ -808,6 +839,8 @@ fn qemu_guests_over_vhost_user() {
         3,
         "t_ip=10.59.0.3/24 t_role=ping t_peer=10.59.0.1 t_wait=4 t_count=2 t_neigh=5",
     );
+    a.wait_says("T_UP");
+    b.go();
     let log_b = b.wait(90);
     let log_c = c.wait(60);
     assert!(

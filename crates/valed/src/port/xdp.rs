@@ -230,6 +230,16 @@ struct XdpIo {
     stats_at: Instant,
 }
 
+impl XdpIo {
+    /// `kernel_drops` from the sockets' counts (`XDP_STATISTICS`: totals since each
+    /// socket was made).
+    fn read_drops(&mut self) {
+        self.stats_at = Instant::now();
+        let lost: u64 = self.x.socks.iter().map(|s| s.statistics().lost()).sum();
+        self.counters.kernel_drops.store(lost, Ordering::Relaxed);
+    }
+}
+
 impl DrivenPort for XdpIo {
     /// Frames from the sockets' receive rings into the TX ring, each as one slot or a
     /// few (a received frame is at most a UMEM frame less the kernel's 256 bytes of
@@ -257,12 +267,11 @@ impl DrivenPort for XdpIo {
             got += n;
         }
         // The kernel's drop counters, about once a second (a system call per socket;
-        // the clock is read only on idle passes and every 1024th).
+        // the clock is read only on idle passes and every 1024th), and before the
+        // thread sleeps (`arm`).
         if (got == 0 || self.polls % 1024 == 0) && self.stats_at.elapsed() >= Duration::from_secs(1)
         {
-            self.stats_at = Instant::now();
-            let lost: u64 = self.x.socks.iter().map(|s| s.statistics().lost()).sum();
-            c.kernel_drops.store(lost, Ordering::Relaxed);
+            self.read_drops();
         }
         if got > 0 {
             self.rings.tx.txsync();
@@ -305,6 +314,13 @@ impl DrivenPort for XdpIo {
             rx.rxsync();
         }
         sent
+    }
+
+    /// The thread is going to sleep: the kernel's drop counts first, so an idle port's
+    /// `kernel_drops` is up to date.
+    fn arm(&mut self) -> bool {
+        self.read_drops();
+        false
     }
 
     /// A socket in error (the interface went down or away): its pending error read,

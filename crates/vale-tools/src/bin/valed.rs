@@ -112,6 +112,10 @@ struct Args {
     /// around if shorter than --threads) [default: not pinned]
     #[arg(long, value_name = "LIST")]
     cpus: Option<String>,
+    /// Serve Prometheus metrics (GET /metrics) on IP:PORT (e.g. 127.0.0.1:9417) or on a
+    /// unix socket path [default: off]
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 fn settings(a: &Args) -> Result<Settings, valed::SettingsError> {
@@ -150,6 +154,7 @@ fn settings(a: &Args) -> Result<Settings, valed::SettingsError> {
         threads: a.threads,
         socket_group: a.socket_group.clone(),
         cpus: a.cpus.clone(),
+        metrics: a.metrics.clone(),
     };
     flags.apply(&mut s)?;
     if a.quiet {

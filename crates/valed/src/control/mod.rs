@@ -78,6 +78,9 @@ pub struct Control {
     spare: Option<OwnedFd>,
     /// When running out of descriptors was last logged (at most once a second).
     emfile_logged: Option<std::time::Instant>,
+    /// What the metrics server reads (with `--metrics`), and a digest of the ports it
+    /// was last given, so that it is republished only when they change.
+    metrics: Option<(Arc<crate::metrics::Board>, u64)>,
 }
 
 impl Control {
@@ -96,7 +99,65 @@ impl Control {
                 .map_err(|e| StartError::Os("epoll_create", e.into()))?,
             spare: spare_fd(),
             emfile_logged: None,
+            metrics: None,
         })
+    }
+
+    /// Keeps `board` told which ports exist (see `metrics`).
+    pub fn share_metrics(&mut self, board: Arc<crate::metrics::Board>) {
+        self.metrics = Some((board, 0));
+        self.publish_metrics();
+    }
+
+    /// Republishes the ports to the metrics board if they changed since the last time:
+    /// a walk over the port table and the host ports, hashing what a scrape shows.
+    fn publish_metrics(&mut self) {
+        use std::hash::{Hash, Hasher};
+        let Some((board, last)) = &self.metrics else {
+            return;
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for (lane, key, e) in self.ports.board() {
+            (lane, key.switch, key.port.0, Arc::as_ptr(&e.counters)).hash(&mut h);
+        }
+        for (name, kind, attached, counters) in self.hosts.metrics_rows() {
+            (name, kind, attached, Arc::as_ptr(counters)).hash(&mut h);
+        }
+        let digest = h.finish() | 1;
+        if digest == *last {
+            return;
+        }
+        let board = board.clone();
+        let kinds: std::collections::HashMap<&str, &str> = self
+            .hosts
+            .metrics_rows()
+            .filter_map(|(_, kind, attached, _)| Some((attached?, kind)))
+            .collect();
+        let ports = self
+            .ports
+            .board()
+            .map(|(_, _, e)| crate::metrics::PortRow {
+                switch: e.switch.clone(),
+                port: e.name.clone(),
+                kind: match kinds.get(e.name.as_str()) {
+                    Some(k) => k.to_string(),
+                    None if e.name.contains('/') => "monitor".into(),
+                    None => "client".into(),
+                },
+                counters: e.counters.clone(),
+            })
+            .collect();
+        let hosts = self
+            .hosts
+            .metrics_rows()
+            .map(|(name, kind, _, counters)| crate::metrics::HostRow {
+                name: name.to_string(),
+                kind: kind.to_string(),
+                counters: counters.clone(),
+            })
+            .collect();
+        board.publish(crate::metrics::Snapshot { ports, hosts });
+        self.metrics = Some((board, digest));
     }
 
     pub fn settings(&self) -> &Settings {
@@ -142,6 +203,7 @@ impl Control {
                     None => {}
                 }
             }
+            self.publish_metrics();
             if last_sweep.elapsed().as_secs() >= 1 {
                 last_sweep = std::time::Instant::now();
                 self.close_silent();

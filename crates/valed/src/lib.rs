@@ -24,6 +24,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod lane;
+pub mod log;
 mod metrics;
 mod notify;
 mod port;

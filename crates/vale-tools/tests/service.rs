@@ -354,17 +354,32 @@ fn metrics_on_a_unix_socket_and_an_address_in_use() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A valed this test started, killed if the test ends before it stops.
+struct Valed(std::process::Child);
+
+impl Drop for Valed {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// valed started as systemd would (NOTIFY_SOCKET set), with `args`.
-fn notified(dir: &std::path::Path, notify: &str, args: &[&str]) -> std::process::Child {
+fn notified(dir: &std::path::Path, notify: &str, args: &[&str]) -> Valed {
     let log = std::fs::File::create(dir.join("valed.log")).unwrap();
-    Command::new(VALED)
-        .arg("--socket")
-        .arg(dir.join("valed.sock"))
-        .args(args)
-        .env("NOTIFY_SOCKET", notify)
-        .stderr(log)
-        .spawn()
-        .unwrap()
+    Valed(
+        Command::new(VALED)
+            .arg("--socket")
+            .arg(dir.join("valed.sock"))
+            .args(args)
+            .env("NOTIFY_SOCKET", notify)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
 }
 
 #[test]
@@ -406,11 +421,11 @@ fn ready_comes_once_the_control_socket_accepts_and_stopping_on_sigterm() {
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args(["-TERM", &child.0.id().to_string()])
             .status();
         let n = rx.recv(&mut b).expect("STOPPING=1 after SIGTERM");
         assert_eq!(&b[..n], b"STOPPING=1");
-        let st = child.wait().unwrap();
+        let st = child.0.wait().unwrap();
         assert!(st.success(), "{st:?}");
         let _ = std::fs::remove_file(&path);
     }
@@ -419,9 +434,9 @@ fn ready_comes_once_the_control_socket_accepts_and_stopping_on_sigterm() {
     let mut child = notified(&dir, path_str(&dir.join("nobody.sock")), &[]);
     assert!(wait_for(10.0, || vale::sock::connect(&socket).is_ok()));
     let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status();
-    assert!(child.wait().unwrap().success());
+    assert!(child.0.wait().unwrap().success());
     let log = std::fs::read_to_string(dir.join("valed.log")).unwrap();
     assert!(log.contains("cannot tell the service manager"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);

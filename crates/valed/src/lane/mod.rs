@@ -296,3 +296,70 @@ impl Drop for CtlGuard<'_> {
         self.lane.ctl_waiting.store(false, Ordering::Release);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_seconds_leave_out_sleeps_and_never_go_back() {
+        let s = Arc::new(LaneStats::new());
+        s.sleep_begins();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let asleep = s.busy_secs();
+        s.sleep_ends();
+        assert!(asleep < 0.1, "a sleep is not busy time: {asleep}");
+        assert_eq!(s.wakeups.load(Ordering::Relaxed), 1);
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_millis(100) {
+            std::hint::spin_loop();
+        }
+        assert!(s.busy_secs() >= asleep + 0.09, "awake time counts");
+        // A reader racing a forwarder that sleeps and wakes as fast as it can.
+        let w = s.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let writer = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                w.sleep_begins();
+                w.sleep_ends();
+            }
+        });
+        let mut last = 0.0;
+        for _ in 0..200_000 {
+            let now = s.busy_secs();
+            assert!(now >= last, "busy seconds went back: {last} -> {now}");
+            last = now;
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn tables_are_published_for_readers_without_the_lane_lock() {
+        let limits = vale_switch::Limits::default();
+        let mut reg = Registry::new(limits);
+        let g = vale_abi::PortGeometry {
+            tx_slots: 64,
+            rx_slots: 64,
+            ..Default::default()
+        };
+        let region = vale_abi::Region::create("vale0:a", g).unwrap();
+        reg.open_with("vale0:a", Some(g), Some(region)).unwrap();
+        let s = LaneStats::new();
+        s.publish_tables(&reg);
+        let t = s.tables.lock().unwrap().clone();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].switch, "vale0");
+        assert!(
+            t[0].counters
+                .iter()
+                .any(|(n, v)| *n == "entries" && *v == 0)
+        );
+        // A reader holding the copy: the forwarder skips a publication, never waits.
+        let held = s.tables.lock().unwrap();
+        s.publish_tables(&Registry::new(limits));
+        drop(held);
+        assert_eq!(s.tables.lock().unwrap().len(), 1, "skipped, not blocked");
+    }
+}

@@ -397,6 +397,34 @@ mod tests {
         );
     }
 
+    /// The forwarder holds its lane's lock for as long as it likes: a scrape is answered
+    /// anyway, with the lane's thread counters.
+    #[test]
+    fn a_scrape_is_answered_while_the_forwarder_holds_its_lock() {
+        use crate::lane::{Lane, LaneState};
+        use rustix::event::{EventfdFlags, epoll};
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+        let wake = rustix::event::eventfd(0, EventfdFlags::CLOEXEC).unwrap();
+        let limits = vale_switch::Limits::default();
+        let lane = Arc::new(Lane::new(
+            LaneState::new(vale_switch::Registry::new(limits)),
+            ep,
+            wake,
+        ));
+        let board = Arc::new(Board::new(vec![lane.stats.clone()]));
+        let held = lane.lock();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let b = board.clone();
+        std::thread::spawn(move || tx.send(b.render()).unwrap());
+        let text = rx.recv_timeout(std::time::Duration::from_secs(5));
+        drop(held);
+        let text = text.expect("a scrape while the lane's lock is held");
+        assert!(
+            text.contains("vale_thread_passes_total{thread=\"0\"} 0"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn every_drop_reason_is_a_sample_of_one_family() {
         let c = Arc::new(PortCounters::default());

@@ -502,3 +502,71 @@ fn logs_are_plain_lines_when_stderr_is_not_a_terminal() {
         );
     }
 }
+
+/// Every metric the Grafana dashboard in docs/ queries is one a scrape has (with a host
+/// port where root can make one, so that the host families are there too).
+#[test]
+fn the_dashboard_queries_only_metrics_valed_serves() {
+    if !have("curl", "curl", "metrics scrape") {
+        return;
+    }
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/grafana-valed.json");
+    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap())
+        .expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            exprs.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    for v in dash["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = v["definition"].as_str() {
+            exprs.push(q.to_string());
+        }
+    }
+    let mut names: Vec<String> = Vec::new();
+    for e in &exprs {
+        let mut rest = e.as_str();
+        while let Some(i) = rest.find("vale_") {
+            let n: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[i + n.len()..];
+            names.push(n);
+        }
+    }
+    assert!(names.len() >= 10, "{names:?}");
+    let (d, addr) = with_metrics("vb-mdash");
+    let _a = d.open("vale0:a");
+    let root = rustix::process::geteuid().as_raw() == 0;
+    if root {
+        assert!(d.ctl(&["-n", "vbg0"]).status.success());
+    }
+    let wanted: Vec<String> = names
+        .into_iter()
+        .filter(|n| root || !n.starts_with("vale_host_port_"))
+        .collect();
+    let missing = |text: &str| -> Vec<String> {
+        wanted
+            .iter()
+            .filter(|n| !text.contains(&format!("# TYPE {n} ")))
+            .cloned()
+            .collect()
+    };
+    // The learning tables' families come with the forwarder's first publication after
+    // the switch appears (when it next goes idle).
+    let mut text = scrape(&addr);
+    wait_for(3.0, || {
+        text = scrape(&addr);
+        missing(&text).is_empty()
+    });
+    if root {
+        let _ = d.ctl(&["-r", "vbg0"]);
+    }
+    let gone = missing(&text);
+    assert!(
+        gone.is_empty(),
+        "the dashboard asks for {gone:?}, which valed does not serve:\n{text}"
+    );
+}

@@ -570,3 +570,194 @@ fn the_dashboard_queries_only_metrics_valed_serves() {
         "the dashboard asks for {gone:?}, which valed does not serve:\n{text}"
     );
 }
+
+/// The value of `Key=` in the unit file.
+fn unit_key(unit: &str, key: &str) -> String {
+    unit.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in contrib/valed.service"))
+        .to_string()
+}
+
+/// A network namespace and a valed of one test, gone on drop.
+struct CapsRun {
+    ns: String,
+    valed: Option<Valed>,
+}
+
+impl Drop for CapsRun {
+    fn drop(&mut self) {
+        self.valed = None;
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// valed as uid/gid 65534 in namespace `ns` with only `caps` (setpriv's `,+net_admin,...`
+/// form), as the unit runs it, and RLIMIT_MEMLOCK set to `memlock` bytes if given.
+fn valed_with(ns: &str, dir: &std::path::Path, caps: &str, memlock: Option<u64>) -> Valed {
+    let socket = dir.join("valed.sock");
+    let _ = std::fs::remove_file(&socket);
+    let log = std::fs::File::create(dir.join("valed.log")).unwrap();
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]);
+    if let Some(m) = memlock {
+        c.arg("prlimit").arg(format!("--memlock={m}:{m}")).arg("--");
+    }
+    let (inh, amb, bnd) = (
+        format!("--inh-caps=-all{caps}"),
+        format!("--ambient-caps=-all{caps}"),
+        format!("--bounding-set=-all{caps}"),
+    );
+    c.args([
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ])
+    .args([&inh, &amb, &bnd])
+    .arg(VALED)
+    .arg("--socket")
+    .arg(&socket)
+    .stdout(Stdio::null())
+    .stderr(log);
+    let v = Valed(c.spawn().unwrap());
+    assert!(
+        wait_for(10.0, || vale::sock::connect(&socket).is_ok()),
+        "valed with {caps} did not start: {}",
+        std::fs::read_to_string(dir.join("valed.log")).unwrap_or_default()
+    );
+    v
+}
+
+/// `vale-ctl ARGS` against the valed in `dir`: (success, stderr).
+fn ctl_in(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let o = Command::new(VALE_CTL)
+        .args(args)
+        .env("VALE_SOCKET", dir.join("valed.sock"))
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_units_capabilities_are_what_host_ports_need_and_each_is_needed() {
+    if rustix::process::geteuid().as_raw() != 0 {
+        skip("capability check: needs root (setpriv, network namespaces)");
+        return;
+    }
+    if !have("setpriv", "util-linux", "capability check")
+        || !have("prlimit", "util-linux", "capability check")
+        || !have("ip", "iproute2", "capability check")
+    {
+        return;
+    }
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../contrib/valed.service"
+    ))
+    .unwrap();
+    let caps: Vec<String> = unit_key(&unit, "AmbientCapabilities")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        unit_key(&unit, "CapabilityBoundingSet"),
+        caps.join(" "),
+        "the bounding set is the ambient set"
+    );
+    let setpriv = |without: Option<&str>| -> String {
+        caps.iter()
+            .filter(|c| Some(c.as_str()) != without)
+            .map(|c| format!(",+{}", c.trim_start_matches("CAP_").to_lowercase()))
+            .collect()
+    };
+    let tag = std::process::id() % 10000;
+    let mut run = CapsRun {
+        ns: format!("vbcaps{tag}"),
+        valed: None,
+    };
+    let (tap, va, vb) = (
+        format!("vbk{tag}t"),
+        format!("vbk{tag}a"),
+        format!("vbk{tag}b"),
+    );
+    let ip = |args: &[&str]| {
+        let o = Command::new("ip").args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let _ = Command::new("ip").args(["netns", "del", &run.ns]).status();
+    ip(&["netns", "add", &run.ns]);
+    ip(&[
+        "-n", &run.ns, "link", "add", &va, "type", "veth", "peer", "name", &vb,
+    ]);
+    ip(&["-n", &run.ns, "link", "set", &va, "up"]);
+    ip(&["-n", &run.ns, "link", "set", &vb, "up"]);
+    let dir = std::env::temp_dir().join(format!("vb-caps-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // valed's uid must be able to make its socket there.
+    rustix::fs::chmod(&dir, rustix::fs::Mode::from_raw_mode(0o777)).unwrap();
+    let xdp = match valed::probe_af_xdp() {
+        Ok(()) => true,
+        Err(e) => {
+            skip(&format!("capability check of --xdp: no AF_XDP here: {e}"));
+            false
+        }
+    };
+    let tap_on = format!("vale0:{tap}");
+    let packet_on = format!("vale1:{va}");
+    let xdp_on = format!("vale2:{vb}");
+    // Everything host ports do, with exactly the unit's capabilities.
+    run.valed = Some(valed_with(&run.ns, &dir, &setpriv(None), None));
+    let status = std::fs::read_to_string(format!(
+        "/proc/{}/status",
+        run.valed.as_ref().unwrap().0.id()
+    ))
+    .unwrap();
+    assert!(status.contains("Uid:\t65534"), "{status}");
+    for (what, args) in [
+        ("a TAP", vec!["-n", tap.as_str()]),
+        ("attaching the TAP", vec!["-a", &tap_on]),
+        ("an AF_PACKET attach", vec!["-a", &packet_on]),
+    ]
+    .into_iter()
+    .chain(xdp.then(|| ("an AF_XDP attach", vec!["-a", xdp_on.as_str(), "--xdp"])))
+    {
+        let (ok, err) = ctl_in(&dir, &args);
+        assert!(ok, "{what} with the unit's capabilities {caps:?}: {err}");
+    }
+    // Without each of them, what needs it fails, and the message names what is missing.
+    let needs = |cap: &str| -> Option<(Vec<&str>, &str)> {
+        match cap {
+            "CAP_NET_ADMIN" => Some((vec!["-n", tap.as_str()], "CAP_NET_ADMIN")),
+            "CAP_NET_RAW" => Some((vec!["-a", packet_on.as_str()], "CAP_NET_RAW")),
+            "CAP_BPF" => Some((vec!["-a", xdp_on.as_str(), "--xdp"], "CAP_BPF")),
+            "CAP_IPC_LOCK" => Some((vec!["-a", xdp_on.as_str(), "--xdp"], "CAP_IPC_LOCK")),
+            _ => None,
+        }
+    };
+    for cap in &caps {
+        let Some((args, named)) = needs(cap) else {
+            panic!("{cap} is in the unit, but no check here shows what needs it");
+        };
+        if args.contains(&"--xdp") && !xdp {
+            continue;
+        }
+        // The default 8 MiB of locked memory, less than one AF_XDP socket's frames.
+        let memlock = (cap == "CAP_IPC_LOCK").then_some(8 << 20);
+        run.valed = None;
+        run.valed = Some(valed_with(&run.ns, &dir, &setpriv(Some(cap)), memlock));
+        let (ok, err) = ctl_in(&dir, &args);
+        assert!(!ok, "{args:?} worked without {cap}: is it needed?");
+        assert!(err.contains(named), "without {cap}: {err}");
+    }
+    drop(run);
+    let _ = std::fs::remove_dir_all(&dir);
+}

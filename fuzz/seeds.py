@@ -159,3 +159,8 @@ for j in range(4):
 for j in range(16):
     body[1024 + 128 + 16 * j:1024 + 144 + 16 * j] = mdesc(0, 2048, 8192 + 2048 * (j % 8))
 put("memif", "rings", b"\x01" + struct.pack("<BHHHB", 4, 0, 1024, 3, 16) + bytes(body))
+# 2 = valed's own region as a client (a geometry byte, then rounds of a server write:
+# offset u16, length u8, the bytes, and an op byte): log2 4 of 256-byte buffers; the
+# server moves the S2C tail by 2 (rings of 16 at 0 and 384) and writes a length of 60.
+put("memif", "own", b"\x02" + bytes([0x81]) + struct.pack("<HB", 384 + 128 + 4, 4) + struct.pack("<I", 60) + b"\x00"
+    + struct.pack("<HB", 384 + 64, 2) + struct.pack("<H", 2) + b"\x01")

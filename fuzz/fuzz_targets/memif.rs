@@ -1,7 +1,8 @@
 //! memif (DPDK's and VPP's shared-memory interface): the control messages and valed's
-//! server handshake, then its C2S and S2C rings in a region the fuzzer wrote (see
-//! `valed::fuzzing::memif_handshake` and `memif_rings` for what each checks). The first
-//! byte picks which.
+//! server handshake, its C2S and S2C rings in a region the fuzzer wrote, and valed's own
+//! region as a client under a server that scribbles on it (see
+//! `valed::fuzzing::memif_handshake`, `memif_rings` and `memif_own` for what each
+//! checks). The first byte picks which.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -9,9 +10,9 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else {
         return;
     };
-    if which & 1 == 0 {
-        valed::fuzzing::memif_handshake(rest);
-    } else {
-        valed::fuzzing::memif_rings(rest);
+    match which % 3 {
+        0 => valed::fuzzing::memif_handshake(rest),
+        1 => valed::fuzzing::memif_rings(rest),
+        _ => valed::fuzzing::memif_own(rest),
     }
 });

@@ -30,7 +30,7 @@ fn testpmd_missing() -> bool {
 }
 
 /// A testpmd memif client on `sock` (`iface`: the vdev's `id=N` and any other memif
-/// options) forwarding in `fwd` mode for `secs` seconds (then SIGINT: it prints its
+/// options; `role=server` makes it the server) forwarding in `fwd` mode for `secs` seconds (then SIGINT: it prints its
 /// statistics and leaves).
 fn testpmd(
     d: &Daemon,
@@ -76,7 +76,12 @@ fn testpmd_eal(
     ])
     .args(eal)
     .arg(format!(
-        "--vdev=net_memif0,role=client,{iface},socket={sock},socket-abstract=no"
+        "--vdev=net_memif0,{}{iface},socket={sock},socket-abstract=no",
+        if iface.contains("role=") {
+            ""
+        } else {
+            "role=client,"
+        }
     ))
     .args(["--", &format!("--forward-mode={fwd}"), "--nb-cores=1"])
     .args(["--total-num-mbufs=16384", "--stats-period", "1"])
@@ -408,6 +413,147 @@ fn two_testpmd_clients_on_one_socket_talk_through_the_switch() {
     assert_eq!(d.counter("vale0:a", "tx_packets"), sent);
     assert_eq!(got, host_counter(&d, "b", "to_host"));
     assert_eq!(got + lost, sent, "received {got} + counted {lost}\n{out_b}");
+    d.assert_laws();
+}
+
+/// pkt-gen pings through the switch and a testpmd memif client forwarding in `io` mode
+/// (every frame back as it came): each ping's reply comes back, none lost.
+#[test]
+fn pings_make_a_round_trip_through_testpmd_forwarding_on_memif() {
+    if testpmd_missing() {
+        return;
+    }
+    let _turn = turn();
+    let (d, sock) = memif_daemon("memif-io", &[]);
+    memif_port(&d, "vale0:m", &sock, 0, &[]);
+    let tp = testpmd(&d, "io", &sock, "id=0", "io", 90, &[]);
+    assert!(wait_for(30.0, || connected(&d, "m")), "{}", d.log());
+    forwarding(&d, "io");
+    let (lost, replies) = ping_through(&d, 200);
+    stop(&tp);
+    let out = finished(&d, "io", tp);
+    assert_eq!((replies, lost), (200, 0), "{out}");
+    d.assert_laws();
+}
+
+/// Waits until testpmd `tag` forwards (it empties its queues when forwarding starts,
+/// after its port connected, so a frame sent before then is gone unseen).
+fn forwarding(d: &Daemon, tag: &str) {
+    let log = d.dir.join(format!("testpmd-{tag}.log"));
+    assert!(
+        wait_for(30.0, || std::fs::read_to_string(&log)
+            .is_ok_and(|s| s.contains("forwards packets on"))),
+        "testpmd {tag} forwarding"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+}
+
+/// `pkt-gen -f ping -n N` on vale0:t: (lost, replies).
+fn ping_through(d: &Daemon, n: u32) -> (u64, u64) {
+    let n = n.to_string();
+    let o = pkt_gen(d, &["-i", "vale0:t", "-f", "ping", "-n", &n, "-l", "64"])
+        .wait_with_output()
+        .unwrap();
+    let s = stdout_of(&o);
+    let replies = s
+        .split("RTT over ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no RTT summary from pkt-gen: {s}{}",
+                String::from_utf8_lossy(&o.stderr)
+            )
+        });
+    (pkt_gen_count(&o, "lost"), replies)
+}
+
+/// valed as the client of a testpmd memif server (`vale-ctl memif --client`): it keeps
+/// dialing until the server is there, its frames reach testpmd in the buffers valed
+/// posted, and when testpmd restarts valed connects again and traffic resumes (here
+/// both ways: pings through testpmd forwarding in `io` mode).
+#[test]
+fn valed_as_a_memif_client_dials_a_testpmd_server_and_again_after_it_restarts() {
+    if testpmd_missing() {
+        return;
+    }
+    let _turn = turn();
+    let (d, sock) = memif_daemon("memif-client", &[]);
+    memif_port(&d, "vale0:m", &sock, 3, &["--client"]);
+    let about = || {
+        d.host("m")["about"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        wait_for(5.0, || about().contains("connecting (cannot connect")),
+        "{}",
+        about()
+    );
+    assert!(
+        !std::path::Path::new(&sock).exists(),
+        "a client creates no socket"
+    );
+    // The server comes up after valed started dialing.
+    let srv = testpmd(&d, "s1", &sock, "role=server,id=3", "rxonly", 90, &[]);
+    assert!(
+        wait_for(30.0, || connected(&d, "m")),
+        "{}\n{}",
+        about(),
+        d.log()
+    );
+    assert!(
+        about().contains("memif client") && about().contains("C2S 1x1024"),
+        "{}",
+        about()
+    );
+    let _hold_t = d.open("vale0:t");
+    let t = pkt_gen(
+        &d,
+        &["-i", "vale0:t", "-f", "tx", "-n", "30000", "-R", "30000"],
+    )
+    .wait_with_output()
+    .unwrap();
+    assert_eq!(pkt_gen_count(&t, "Sent"), 30_000);
+    drain_then_stop(&srv);
+    let out = finished(&d, "s1", srv);
+    let got = received_by(&out);
+    let to_server = host_counter(&d, "m", "to_host");
+    let lost = d.counter("vale0:m", "ring_full") + host_counter(&d, "m", "no_peer");
+    assert_eq!(
+        got, to_server,
+        "testpmd read all valed gave it
+{out}"
+    );
+    assert_eq!(to_server + lost, 30_000);
+    assert!(got > 15_000, "{got}");
+    assert!(
+        wait_for(10.0, || !connected(&d, "m")
+            && host_counter(&d, "m", "peer_disconnects") == 1),
+        "valed saw the server go: {}",
+        about()
+    );
+    // testpmd again, forwarding what it gets back: valed dials it within a second or
+    // two, and pings make the round trip.
+    let _ = std::fs::remove_file(&sock);
+    let srv = testpmd(&d, "s2", &sock, "role=server,id=3", "io", 90, &[]);
+    assert!(
+        wait_for(30.0, || connected(&d, "m")),
+        "{}\n{}",
+        about(),
+        d.log()
+    );
+    forwarding(&d, "s2");
+    let (lost, replies) = ping_through(&d, 100);
+    stop(&srv);
+    let out = finished(&d, "s2", srv);
+    assert_eq!((replies, lost), (100, 0), "{out}");
+    assert!(wait_for(10.0, || host_counter(&d, "m", "peer_disconnects") == 2));
+    for k in ["bad_desc", "chain_too_long", "read_errors"] {
+        assert_eq!(host_counter(&d, "m", k), 0, "{k}");
+    }
     d.assert_laws();
 }
 
@@ -932,5 +1078,205 @@ fn a_zero_copy_testpmd_client_is_refused_unless_trusted_and_then_works_both_ways
     assert_eq!(got, host_counter(&d, "m", "to_host"), "{out}");
     assert!(got > 10_000, "{got}");
     assert_eq!(host_counter(&d, "m", "memory_faults"), 0);
+    d.assert_laws();
+}
+
+// ---- A hostile memif server of our own, for valed as the client ----
+
+/// One connection valed made to the test's server socket.
+struct Dialed(OwnedFd);
+
+impl Dialed {
+    /// The next connection valed makes to `listener` (it dials again every second).
+    fn accept(listener: &OwnedFd) -> Dialed {
+        let mut p = [rustix::event::PollFd::new(
+            listener,
+            rustix::event::PollFlags::IN,
+        )];
+        let ten = rustix::event::Timespec {
+            tv_sec: 10,
+            tv_nsec: 0,
+        };
+        assert_eq!(
+            rustix::event::poll(&mut p, Some(&ten)).unwrap(),
+            1,
+            "valed dialed"
+        );
+        let fd = rustix::net::accept(listener).unwrap();
+        rustix::net::sockopt::set_socket_timeout(
+            &fd,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(Duration::from_secs(10)),
+        )
+        .unwrap();
+        Dialed(fd)
+    }
+
+    fn send(&self, m: &Msg) {
+        vale::sock::send(self.0.as_fd(), &m.encode(), &[]).unwrap();
+    }
+
+    /// The next message and the descriptor that came with it; `None` once valed closed.
+    fn recv(&self) -> Option<(Msg, Option<OwnedFd>)> {
+        let mut b = [0u8; 2 * MSG_LEN];
+        let (n, mut fds) = vale::sock::recv(self.0.as_fd(), &mut b).ok()?;
+        (n > 0).then(|| (Msg::decode(&b[..n]).expect("memif"), fds.pop()))
+    }
+
+    fn hello(&self, version: u16) {
+        self.send(&Msg::Hello(vale_wire::memif::Hello {
+            name: FixedStr::new(b"hostile server"),
+            min_version: version,
+            max_version: version,
+            max_region: 0,
+            max_c2s_ring: 0,
+            max_s2c_ring: 0,
+            max_log2_ring_size: 10,
+        }));
+    }
+
+    fn disconnected(&self) -> String {
+        match self.recv() {
+            Some((Msg::Disconnect { reason, .. }, _)) => reason.to_string_lossy(),
+            other => panic!("expected DISCONNECT, got {other:?}"),
+        }
+    }
+}
+
+/// valed as a client trusts its server no more than a client: a server of the wrong
+/// version is told why and dialed again; one that gets valed's region cannot shrink it;
+/// one that moves a ring index past what valed posted is disconnected with the reason
+/// and counted; and valed dials again and connects, while another port's traffic goes
+/// on untouched.
+#[test]
+fn a_hostile_memif_server_is_judged_and_valed_dials_again() {
+    let d = Daemon::start("memif-hsrv", &[]);
+    let sock = path_str(&d.dir.join("hostile-server.sock")).to_string();
+    let listener = rustix::net::socket(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        None,
+    )
+    .unwrap();
+    rustix::net::bind(
+        &listener,
+        &rustix::net::SocketAddrUnix::new(sock.as_str()).unwrap(),
+    )
+    .unwrap();
+    rustix::net::listen(&listener, 4).unwrap();
+    memif_port(&d, "vale0:m", &sock, 5, &["--client"]);
+    let about = || {
+        d.host("m")["about"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    // Bystanders: two ports exchanging frames the whole time.
+    let a = d.open("vale0:a");
+    let b = d.open("vale0:b");
+    let frame = {
+        let mut f = vec![0u8; 60];
+        f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 0xb]);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xa]);
+        f
+    };
+    let bystand = |n: usize| {
+        let mut got = 0;
+        for _ in 0..n {
+            assert!(a.inject(&frame));
+            a.txsync().unwrap();
+            let until = std::time::Instant::now() + Duration::from_secs(2);
+            while got == 0 && std::time::Instant::now() < until {
+                b.rxsync().unwrap();
+                b.dispatch(0, |_| got += 1);
+            }
+            assert_eq!(got, 1, "the bystander's frame arrived");
+            got = 0;
+        }
+    };
+
+    // 1. The wrong version.
+    let c = Dialed::accept(&listener);
+    c.hello(0x0100);
+    let why = c.disconnected();
+    assert!(why.contains("speaks memif 1.0"), "{why}");
+    assert!(
+        wait_for(5.0, || about().contains("speaks memif 1.0")),
+        "{}",
+        about()
+    );
+    bystand(10);
+
+    // 2. A server that takes valed's region and lies about the S2C ring.
+    let c = Dialed::accept(&listener);
+    c.hello(VERSION);
+    let Some((Msg::Init(init), None)) = c.recv() else {
+        panic!("INIT first")
+    };
+    assert_eq!((init.id, init.name.as_bytes()), (5, &b"valed"[..]));
+    c.send(&Msg::Ack);
+    let Some((Msg::AddRegion(r), Some(region))) = c.recv() else {
+        panic!("ADD_REGION with its memfd")
+    };
+    c.send(&Msg::Ack);
+    let seals = rustix::fs::fcntl_get_seals(&region).unwrap();
+    assert!(
+        seals.contains(rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::SEAL),
+        "{seals:?}"
+    );
+    assert!(
+        rustix::fs::ftruncate(&region, 4096).is_err(),
+        "the server cannot shrink valed's memory"
+    );
+    let mut rings = Vec::new();
+    for _ in 0..2 {
+        let Some((Msg::AddRing(ring), Some(_kick))) = c.recv() else {
+            panic!("ADD_RING with its eventfd")
+        };
+        c.send(&Msg::Ack);
+        rings.push(ring);
+    }
+    assert!(rings[0].is_c2s() && !rings[1].is_c2s());
+    assert!(matches!(c.recv(), Some((Msg::Connect { .. }, None))));
+    c.send(&Msg::Connected {
+        if_name: FixedStr::new(b"hostile0"),
+    });
+    assert!(
+        wait_for(5.0, || about().contains("connected to hostile server")),
+        "{}",
+        about()
+    );
+    assert!(r.size > 4096);
+    let s2c_tail = u64::from(rings[1].offset) + L.tail() as u64;
+    // valed posted its 1024 buffers: a tail 2000 past them is impossible. (Written
+    // through the file: the same pages valed has mapped.)
+    rustix::io::pwrite(&region, &2000u16.to_le_bytes(), s2c_tail).unwrap();
+    let why = c.disconnected();
+    assert!(why.contains("S2C tail"), "{why}");
+    assert!(wait_for(5.0, || host_counter(&d, "m", "read_errors") == 1));
+    bystand(10);
+
+    // 3. valed dials again and is taken as it should be.
+    let c = Dialed::accept(&listener);
+    c.hello(VERSION);
+    for _ in 0..4 {
+        assert!(c.recv().is_some());
+        c.send(&Msg::Ack);
+    }
+    assert!(matches!(c.recv(), Some((Msg::Connect { .. }, None))));
+    c.send(&Msg::Connected {
+        if_name: FixedStr::new(b"hostile0"),
+    });
+    assert!(wait_for(5.0, || connected(&d, "m")), "{}", about());
+    // Connected and idle: the forwarding thread sleeps (valed asked for the S2C
+    // eventfd instead of polling).
+    let cpu = d.idle_cpu(2.0);
+    assert!(
+        cpu < 0.2,
+        "an idle memif client port costs no CPU: {cpu:.2} CPU-s in 2 s"
+    );
+    drop(c);
+    assert!(wait_for(5.0, || !connected(&d, "m")), "{}", about());
+    bystand(10);
     d.assert_laws();
 }

@@ -138,7 +138,9 @@ impl Vm {
             .arg("-initrd")
             .arg(cache.join("initramfs.gz"))
             .arg("-append")
-            .arg(format!("console=ttyS0 quiet panic=-1 {cmdline}"))
+            .arg(format!(
+                "console=ttyS0 quiet panic=-1 no_timer_check {cmdline}"
+            ))
             .args(vm_net_args(&netdev, mac))
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -151,7 +151,9 @@ pub enum PortSpec {
     /// A memif interface (DPDK's `net_memif`, VPP's memif) served on `socket`, a file or
     /// with `abstract_name` a name in the abstract namespace: valed is the server, and
     /// the client that names interface `id` (and gives `secret`, if one is set) is this
-    /// port. Several memif ports may share a socket, each with its own id.
+    /// port. Several memif ports may share a socket, each with its own id. With
+    /// `client`, valed connects to a memif server there instead, as interface `id`
+    /// (giving `secret`), and again whenever the server comes back.
     Memif {
         socket: String,
         #[serde(
@@ -164,6 +166,8 @@ pub enum PortSpec {
         id: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         secret: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        client: bool,
     },
 }
 
@@ -177,6 +181,7 @@ impl PortSpec {
             PortSpec::Memif {
                 socket,
                 abstract_name: false,
+                client: false,
                 ..
             } => Some(socket),
             PortSpec::Memif { .. } => None,
@@ -234,6 +239,10 @@ pub enum Request {
     },
     /// Change a run-time setting (`bridge_batch`, `verbose`).
     Set { key: String, value: String },
+    /// Read the config file again and apply its `[[port]]` declarations (as SIGHUP).
+    Reload,
+    /// The running state as a config file (`Done { message }` holds it).
+    ConfigDump,
     /// The daemon's settings.
     Settings,
     /// netmap's `vale-ctl -n NAME`: a persistent port, here a TAP interface NAME that
@@ -695,10 +704,15 @@ mod tests {
                 socket: "/run/m.sock".into(),
                 abstract_name: true,
                 id: 0,
-                secret: None
+                secret: None,
+                client: false,
             }
         );
         assert_eq!(s.socket(), None, "an abstract name is no file");
+        let s: PortSpec =
+            serde_json::from_str(r#"{"kind":"memif","socket":"/run/vpp.sock","client":true}"#)
+                .unwrap();
+        assert_eq!(s.socket(), None, "a server's socket is not valed's");
         assert!(serde_json::from_str::<PortSpec>(r#"{"kind":"bogus"}"#).is_err());
     }
 

@@ -68,7 +68,8 @@ fn new_lane(settings: &Settings) -> Result<Arc<Lane>, StartError> {
     Ok(Arc::new(Lane::new(state, fwd_epoll, wake)))
 }
 
-/// Runs the daemon until `stop` is set (SIGINT/SIGTERM in the binary).
+/// Runs the daemon until `stop` is set (SIGINT/SIGTERM in the binary); when `reload` is
+/// set (SIGHUP), the config file is read again and its port declarations applied.
 /// Raises the soft limit on open descriptors to the hard one: each client costs a few
 /// (its socket, a port's eventfds), and Linux's default soft limit of 1024 is below what
 /// `--max-clients` allows.
@@ -88,6 +89,7 @@ fn raise_fd_limit() {
 pub fn run(
     mut settings: Settings,
     stop: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
     set_verbosity: SetVerbosity,
 ) -> Result<(), StartError> {
     settings.seed_fdb();
@@ -126,6 +128,7 @@ pub fn run(
     }
     tracing::info!(socket = %settings.socket.display(), threads = lanes.len(), cpus = ?settings.cpus, "valed listening");
     let mut ctl = Control::new(lanes.clone(), settings, set_verbosity)?;
+    ctl.create_declared();
     let metrics = match metrics_listener {
         Some(l) => {
             let board = Arc::new(crate::metrics::Board::new(
@@ -146,7 +149,7 @@ pub fn run(
         "READY=1\nSTATUS=listening on {}",
         ctl.settings().socket.display()
     ));
-    let result = ctl.serve(&listener, &stop);
+    let result = ctl.serve(&listener, &stop, &reload);
     crate::notify::notify("STOPPING=1");
     drop(metrics);
     tracing::info!(

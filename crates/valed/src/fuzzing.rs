@@ -331,3 +331,58 @@ pub fn memif_rings(data: &[u8]) {
         }
     }
 }
+
+/// valed's own region as a memif client, with a server that writes whatever the fuzzer
+/// says over any of it (indices, flags, descriptors, buffers) between valed's reads and
+/// writes: valed reads no frame longer than the largest, never sees more pending than
+/// the ring holds, and nothing it does panics or leaves the region.
+pub fn memif_own(data: &[u8]) {
+    use crate::port::memif::own::{Geometry, Own};
+    use crate::port::memif::ring::Refused;
+    use crate::sys::peer::PeerMem;
+    use rustix::fd::AsFd;
+    const MAX_FRAME: usize = 9216;
+    let Some((&cfg, mut rest)) = data.split_first() else {
+        return;
+    };
+    let geo = Geometry {
+        log2: 1 + cfg % 6,
+        bsize: 64 << (cfg >> 6),
+    };
+    let Ok((mut own, offered)) = Own::create(geo) else {
+        return;
+    };
+    let len = geo.region_len() as u64;
+    let Ok(server) = PeerMem::map(offered.region.as_fd(), len) else {
+        return;
+    };
+    if own.start().is_err() {
+        return;
+    }
+    let mut frame = Vec::new();
+    let mut refused = Refused::default();
+    // Each round: a write by the server (offset u16, length u8, bytes), then valed's
+    // moves.
+    while rest.len() >= 3 {
+        let off = usize::from(u16::from_le_bytes([rest[0], rest[1]])) % geo.region_len();
+        let n = usize::from(rest[2]).min(rest.len() - 3);
+        server.write(off, &rest[3..3 + n]);
+        let op = rest.get(3 + n).copied().unwrap_or(0);
+        rest = &rest[(3 + n + 1).min(rest.len())..];
+        match own.pending() {
+            Ok(p) => assert!(p <= geo.slots()),
+            Err(_) => return,
+        }
+        let r = own.recv(64, MAX_FRAME, &mut frame, &mut refused, |f| {
+            assert!(f.len() <= MAX_FRAME);
+            op & 1 == 0
+        });
+        if r.is_err() {
+            return;
+        }
+        let f = vec![op; usize::from(op) * 37 % 9001];
+        if own.send(&f).is_err() || own.publish().is_err() {
+            return;
+        }
+    }
+}

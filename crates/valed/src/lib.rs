@@ -36,4 +36,4 @@ pub use control::SetVerbosity;
 pub use daemon::run;
 pub use error::StartError;
 pub use port::probe_af_xdp;
-pub use settings::{ConfigFile, MetricsAddr, Settings, SettingsError};
+pub use settings::{ConfigFile, Declared, MetricsAddr, Settings, SettingsError};

@@ -36,6 +36,12 @@ pub enum SettingsError {
     },
     #[error("config file {}: {why}", path.display())]
     Parse { path: PathBuf, why: String },
+    #[error("config file {}, line {line}: [[port]] {why}", path.display())]
+    Port {
+        path: PathBuf,
+        line: usize,
+        why: String,
+    },
     #[error("cpu list `{0}` is not like 2,3,8-11")]
     Cpus(String),
     #[error("socket mode `{0}` is not an octal mode like 0660")]
@@ -124,6 +130,11 @@ pub struct Settings {
     pub memif_trust_unsealed: bool,
     /// Where `GET /metrics` is served (Prometheus text format); `None`: nowhere.
     pub metrics: Option<MetricsAddr>,
+    /// Ports the config file declares: created at start, kept in step with the file on
+    /// reload (SIGHUP, `vale-ctl reload`).
+    pub ports: Vec<Declared>,
+    /// The config file, read again on reload.
+    pub config: Option<PathBuf>,
 }
 
 /// Where valed serves its metrics: a TCP address or a unix socket path.
@@ -152,6 +163,95 @@ impl std::fmt::Display for MetricsAddr {
             MetricsAddr::Unix(p) => write!(f, "{}", p.display()),
         }
     }
+}
+
+/// A port the config file declares (`[[port]]`): the switch port and how to make it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declared {
+    /// `valeX:NAME`.
+    pub port: String,
+    pub spec: vale::proto::PortSpec,
+    /// Where it is in the file, for messages.
+    pub line: usize,
+}
+
+/// The keys a `[[port]]` of each kind may have besides `name` and `kind` (the fields of
+/// [`vale::proto::PortSpec`], which is what the entry becomes).
+fn port_keys(kind: &str) -> Option<&'static [&'static str]> {
+    Some(match kind {
+        "tap" => &[],
+        "interface" => &["xdp"],
+        "qemu-dgram" => &["socket", "peer"],
+        "qemu-stream" => &["listen", "connect"],
+        "vhost-user" => &["socket", "client"],
+        "memif" => &["socket", "abstract", "id", "secret", "client"],
+        _ => return None,
+    })
+}
+
+/// One `[[port]]` table as the file has it, with where it starts.
+fn declared(
+    table: &toml::Spanned<toml::Table>,
+    text: &str,
+    path: &Path,
+    max_name_len: usize,
+) -> Result<Declared, SettingsError> {
+    let line = 1 + text[..table.span().start.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count();
+    let bad = |why: String| SettingsError::Port {
+        path: path.to_path_buf(),
+        line,
+        why,
+    };
+    let t = table.get_ref();
+    let name = match t.get("name") {
+        Some(toml::Value::String(n)) => n.clone(),
+        Some(_) => return Err(bad("name must be a string like \"vale0:tap0\"".into())),
+        None => {
+            return Err(bad(
+                "has no name (the switch port, e.g. name = \"vale0:tap0\")".into(),
+            ));
+        }
+    };
+    vale_switch::PortName::parse(&name, max_name_len)
+        .map_err(|e| bad(format!("name `{}`: {e}", name.escape_default())))?;
+    let kind = match t.get("kind") {
+        Some(toml::Value::String(k)) => k.clone(),
+        _ => {
+            return Err(bad(format!(
+                "{name} has no kind (tap, interface, qemu-dgram, qemu-stream, vhost-user or memif)"
+            )));
+        }
+    };
+    let Some(keys) = port_keys(&kind) else {
+        return Err(bad(format!(
+            "{name}: kind `{}` is not tap, interface, qemu-dgram, qemu-stream, vhost-user or memif",
+            kind.escape_default()
+        )));
+    };
+    if let Some(k) = t
+        .keys()
+        .find(|k| !["name", "kind"].contains(&k.as_str()) && !keys.contains(&k.as_str()))
+    {
+        return Err(bad(format!(
+            "{name}: `{}` is not a key of a {kind} port (it takes: name, kind{}{})",
+            k.escape_default(),
+            if keys.is_empty() { "" } else { ", " },
+            keys.join(", ")
+        )));
+    }
+    let mut rest = t.clone();
+    rest.remove("name");
+    let spec: vale::proto::PortSpec = toml::Value::Table(rest)
+        .try_into()
+        .map_err(|e: toml::de::Error| bad(format!("{name}: {}", e.message())))?;
+    Ok(Declared {
+        port: name,
+        spec,
+        line,
+    })
 }
 
 /// A switch declared shared: `vale0` (every client) or `vale0:netdev` (a group's).
@@ -235,6 +335,8 @@ impl Default for Settings {
             vhost_trust_unsealed: false,
             memif_trust_unsealed: false,
             metrics: None,
+            ports: Vec::new(),
+            config: None,
         }
     }
 }
@@ -274,18 +376,40 @@ pub struct ConfigFile {
     pub socket_group: Option<String>,
     pub cpus: Option<String>,
     pub metrics: Option<String>,
+    /// `[[port]]` tables as written; [`ConfigFile::load`] turns them into `ports`.
+    #[serde(default, rename = "port")]
+    pub port_tables: Vec<toml::Spanned<toml::Table>>,
+    #[serde(skip)]
+    pub ports: Vec<Declared>,
 }
 
 impl ConfigFile {
+    /// The file at `path`, parsed, its `[[port]]` entries checked (names, kinds, keys,
+    /// no port declared twice); errors name the line.
     pub fn load(path: &Path) -> Result<ConfigFile, SettingsError> {
         let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| SettingsError::Parse {
+        let mut f: ConfigFile = toml::from_str(&text).map_err(|e| SettingsError::Parse {
             path: path.to_path_buf(),
             why: e.to_string(),
-        })
+        })?;
+        let max_name_len = f
+            .max_name_len
+            .unwrap_or(Settings::default().limits.max_name_len);
+        for t in std::mem::take(&mut f.port_tables) {
+            let d = declared(&t, &text, path, max_name_len)?;
+            if let Some(first) = f.ports.iter().find(|p| p.port == d.port) {
+                return Err(SettingsError::Port {
+                    path: path.to_path_buf(),
+                    line: d.line,
+                    why: format!("{} is declared already, on line {}", d.port, first.line),
+                });
+            }
+            f.ports.push(d);
+        }
+        Ok(f)
     }
 
     /// Applies the file's values over `s`.
@@ -350,6 +474,73 @@ impl ConfigFile {
         }
         Ok(())
     }
+}
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The running state as a config file that recreates it (`vale-ctl config dump`): the
+/// settings (`vale-ctl settings`' map), then a `[[port]]` per host port; persistent
+/// ports attached nowhere (`loose`), which a file cannot declare, as comments.
+pub fn dump(
+    settings: &std::collections::BTreeMap<String, String>,
+    (ports, loose): &(Vec<(String, vale::proto::PortSpec)>, Vec<String>),
+) -> String {
+    let mut out = String::from(
+        "# valed's running state (vale-ctl config dump): start valed with --config FILE to\n# recreate it.\n",
+    );
+    for (k, v) in settings {
+        let line = match k.as_str() {
+            "share" if v.is_empty() => continue,
+            "cpus" if v.is_empty() => continue,
+            "metrics" if v.is_empty() => continue,
+            "share" => format!(
+                "[{}]",
+                v.split(',').map(toml_str).collect::<Vec<_>>().join(", ")
+            ),
+            "socket" | "socket_mode" | "cpus" | "socket_group" => toml_str(v),
+            _ if v == "true" || v == "false" || v.parse::<u64>().is_ok() => v.clone(),
+            _ => toml_str(v),
+        };
+        out.push_str(&format!("{k} = {line}\n"));
+    }
+    for (port, spec) in ports {
+        out.push_str(&format!("\n[[port]]\nname = {}\n", toml_str(port)));
+        let serde_json::Value::Object(m) = serde_json::to_value(spec).unwrap_or_default() else {
+            continue;
+        };
+        // `kind` first, as people write it.
+        let mut fields: Vec<_> = m.into_iter().collect();
+        fields.sort_by_key(|(k, _)| k != "kind");
+        for (k, v) in fields {
+            let v = match v {
+                serde_json::Value::String(s) => toml_str(&s),
+                serde_json::Value::Bool(b) => b.to_string(),
+                serde_json::Value::Number(n) => n.to_string(),
+                _ => continue,
+            };
+            out.push_str(&format!("{k} = {v}\n"));
+        }
+    }
+    for name in loose {
+        out.push_str(&format!(
+            "\n# persistent port {name} is attached nowhere: a file cannot declare it (vale-ctl -n {name})\n"
+        ));
+    }
+    out
 }
 
 /// Parses a CPU list such as `2,3,8-11` (the kernel's cpulist format).

@@ -1,150 +1,12 @@
 //! vale-ctl: look at and configure the switches of a running valed.
 
-use clap::{Parser, Subcommand};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use vale::proto::{PortSpec, Request, Response};
-use vale_tools::capture;
-
-/// Control the userspace VALE switch. Without a command (or with -l), lists ports the
-/// way netmap's vale-ctl does.
-#[derive(Parser, Debug)]
-#[command(name = "vale-ctl", version, disable_help_flag = true)]
-struct Args {
-    /// valed's socket [default: as valed; VALE_SOCKET overrides]
-    #[arg(long, global = true)]
-    socket: Option<PathBuf>,
-    /// Machine-readable output (read commands)
-    #[arg(long, global = true)]
-    json: bool,
-    /// netmap's -l: list all ports, or print the indices of one
-    #[arg(short = 'l', value_name = "PORT", num_args = 0..=1, default_missing_value = "")]
-    list_port: Option<String>,
-    /// Create a persistent port: a TAP interface IF that the OS sees (netmap's -n)
-    #[arg(short = 'n', value_name = "IF")]
-    new_if: Option<String>,
-    /// Attach persistent port or existing interface IF to switch valeX as port valeX:IF
-    #[arg(short = 'a', value_name = "valeX:IF")]
-    attach: Option<String>,
-    /// With -a on an existing interface: steer its received frames to the switch with an
-    /// XDP program and AF_XDP sockets (zero-copy where the driver supports it) instead
-    /// of AF_PACKET; the host stack no longer sees them while it is attached
-    #[arg(long, requires = "attach")]
-    xdp: bool,
-    /// Detach valeX:IF again (an interface is given back untouched)
-    #[arg(short = 'd', value_name = "valeX:IF")]
-    detach: Option<String>,
-    /// Remove persistent port IF (it must be detached)
-    #[arg(short = 'r', value_name = "IF")]
-    remove: Option<String>,
-    /// netmap's -h (attach an interface and its host stack): see the message
-    #[arg(short = 'h', value_name = "valeX:IF")]
-    host_stack: Option<String>,
-    /// Print help
-    #[arg(long = "help", action = clap::ArgAction::Help)]
-    help: Option<bool>,
-    #[command(subcommand)]
-    cmd: Option<Cmd>,
-}
-
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Switches, their ports, ring configuration and clients
-    List,
-    /// Counters of one port or all, with drops by reason
-    Stats { port: Option<String> },
-    /// A switch's learned MAC addresses
-    Fdb { switch: String },
-    /// Change a run-time setting: bridge_batch N | verbose N
-    Set { key: String, value: String },
-    /// The daemon's settings
-    Settings,
-    /// A port for a QEMU VM's `-netdev dgram` (unix sockets): valed binds --bind (the
-    /// VM's remote.path) and sends to --peer (the VM's local.path). `-d PORT` removes it
-    QemuDgram {
-        /// The switch port, e.g. vale1:vm1
-        port: String,
-        /// Socket valed binds
-        #[arg(long, value_name = "PATH")]
-        bind: String,
-        /// The VM's socket
-        #[arg(long, value_name = "PATH")]
-        peer: String,
-    },
-    /// A port for a QEMU VM's `-netdev stream` (unix socket): valed listens at --listen
-    /// (the VM connects with server=off, and may reconnect) or connects to --connect
-    /// (the VM listens, server=on). `-d PORT` removes it
-    QemuStream {
-        /// The switch port, e.g. vale1:vm1
-        port: String,
-        /// Socket valed listens on
-        #[arg(long, value_name = "PATH", conflicts_with = "connect")]
-        listen: Option<String>,
-        /// Socket of a VM listening (server=on)
-        #[arg(long, value_name = "PATH")]
-        connect: Option<String>,
-    },
-    /// A port served as a vhost-user virtio-net device: valed listens on --path (QEMU
-    /// `-chardev socket,path=PATH -netdev vhost-user`, DPDK `net_virtio_user0,path=PATH`)
-    /// and serves whoever connects, again after it goes away; with --client valed
-    /// connects to a frontend listening there (QEMU `server=on`, OVS
-    /// `dpdkvhostuserclient`) and reconnects when it comes back. `-d PORT` removes it.
-    /// (The vhost-user socket is --path: --socket names valed's control socket.)
-    VhostUser {
-        /// The switch port, e.g. vale1:vm1
-        port: String,
-        /// The vhost-user socket
-        #[arg(long, value_name = "PATH")]
-        path: String,
-        /// Connect to a frontend listening on --path instead of listening there
-        #[arg(long)]
-        client: bool,
-    },
-    /// A port for a DPDK or VPP application over memif, valed the server: the client
-    /// that connects to --socket naming interface --id is this port (DPDK
-    /// `--vdev=net_memif0,role=client,id=N,socket=PATH,socket-abstract=no`). Several
-    /// memif ports may share a socket, each with its own id. Copy mode; a client whose
-    /// memory cannot be sealed against shrinking (DPDK zero-copy=yes) is refused.
-    /// `-d PORT` removes it.
-    Memif {
-        /// The switch port, e.g. vale0:m
-        port: String,
-        /// The memif socket valed listens on
-        #[arg(long = "path", value_name = "PATH")]
-        path: String,
-        /// The interface id the client names
-        #[arg(long, default_value_t = 0)]
-        id: u32,
-        /// A secret the client must give (at most 24 bytes)
-        #[arg(long)]
-        secret: Option<String>,
-        /// Listen on PATH in the abstract namespace (DPDK's socket-abstract=yes, its
-        /// default) instead of as a file
-        #[arg(long = "abstract")]
-        abstract_name: bool,
-    },
-    /// Watch a port (netmap's monitor ports PORT/t, /r): pcap for tcpdump, or a line
-    /// per frame. A slow reader never slows the switch: the monitor drops and counts.
-    Capture {
-        /// The port to watch, e.g. vale0:a
-        port: String,
-        /// What to see: rx (what the port receives), tx (what it sends), or both
-        #[arg(long, default_value = "both")]
-        dir: String,
-        /// Write pcap to FILE, or to stdout with `-` (`... -w - | tcpdump -nr -`)
-        #[arg(short = 'w', value_name = "FILE")]
-        file: Option<String>,
-        /// Stop after COUNT frames
-        #[arg(short = 'c', value_name = "COUNT", default_value_t = 0)]
-        count: u64,
-        /// Stop after SECS seconds
-        #[arg(long, value_name = "SECS")]
-        duration: Option<f64>,
-    },
-}
+use vale_tools::cli::vale_ctl::{Args, Cmd, ConfigCmd, Generate, Invocation};
+use vale_tools::{capture, cli, watch};
 
 fn call(args: &Args, req: &Request) -> Result<Response, String> {
     let path = args
@@ -294,7 +156,36 @@ fn run(args: &Args) -> Result<(), String> {
                 }
             }
         }
-        Cmd::Stats { port } => {
+        Cmd::Stats {
+            port,
+            watch: Some(secs),
+            count,
+        } => {
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone())
+                    .map_err(|e| format!("signal handler: {e}"))?;
+            }
+            let stdout = std::io::stdout();
+            let o = watch::Options {
+                secs: *secs,
+                count: *count,
+                json: args.json,
+                redraw: !args.json && std::io::IsTerminal::is_terminal(&stdout),
+            };
+            let fetch = || match call(
+                args,
+                &Request::Stats {
+                    port: port.clone(),
+                    page: None,
+                },
+            )? {
+                Response::Stats { ports, .. } => Ok(ports),
+                _ => Err("unexpected answer from valed".to_string()),
+            };
+            watch::run(&o, fetch, &stop, &mut stdout.lock())?;
+        }
+        Cmd::Stats { port, .. } => {
             let r = call(
                 args,
                 &Request::Stats {
@@ -418,6 +309,7 @@ fn run(args: &Args) -> Result<(), String> {
             id,
             secret,
             abstract_name,
+            client,
         } => {
             let r = call(
                 args,
@@ -428,6 +320,7 @@ fn run(args: &Args) -> Result<(), String> {
                         abstract_name: *abstract_name,
                         id: *id,
                         secret: secret.clone(),
+                        client: *client,
                     },
                 },
             )?;
@@ -475,6 +368,39 @@ fn run(args: &Args) -> Result<(), String> {
                 s.captured,
                 dropped.map_or("?".to_string(), |d| d.to_string())
             );
+        }
+        Cmd::Reload => {
+            let r = call(args, &Request::Reload)?;
+            if args.json {
+                print_json(&r);
+            } else if let Response::Done { message } = r {
+                println!("{message}");
+            }
+        }
+        Cmd::Config {
+            what: ConfigCmd::Check { file },
+        } => {
+            let f = valed::ConfigFile::load(file).map_err(|e| e.to_string())?;
+            let mut s = valed::Settings::default();
+            f.apply(&mut s)
+                .and_then(|()| s.validate())
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            println!(
+                "{}: ok ({} declared port{})",
+                file.display(),
+                f.ports.len(),
+                if f.ports.len() == 1 { "" } else { "s" }
+            );
+        }
+        Cmd::Config {
+            what: ConfigCmd::Dump,
+        } => {
+            let r = call(args, &Request::ConfigDump)?;
+            if args.json {
+                print_json(&r);
+            } else if let Response::Done { message } = r {
+                print!("{message}");
+            }
         }
         Cmd::Settings => {
             let r = call(args, &Request::Settings)?;
@@ -525,9 +451,25 @@ fn list_one(args: &Args, name: &str) -> Result<(), String> {
     ))
 }
 
+/// `vale-ctl generate man DIR` / `generate completions SHELL DIR`: prints the paths.
+fn generate(what: &Generate) -> Result<(), String> {
+    let written = match what {
+        Generate::Man { dir } => cli::write_man_pages(dir),
+        Generate::Completions { shell, dir } => cli::write_completions(*shell, dir),
+    }
+    .map_err(|e| format!("generate: {e}"))?;
+    for p in written {
+        println!("{}", p.display());
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(&args) {
+    let done = match cli::vale_ctl::parse() {
+        Invocation::Ctl(args) => run(&args),
+        Invocation::Generate(what) => generate(&what),
+    };
+    match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vale-ctl: {e}");

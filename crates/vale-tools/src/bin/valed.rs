@@ -1,170 +1,11 @@
 //! valed: the userspace VALE switch daemon. See `valed --help`.
 
 use clap::Parser;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::prelude::*;
-use valed::{ConfigFile, Settings};
-
-/// The userspace VALE switch: switches and ports appear when clients open
-/// `vale<switch>:<port>` names, and each switch is a learning bridge.
-#[derive(Parser, Debug)]
-#[command(name = "valed", version)]
-struct Args {
-    /// Unix socket to listen on [default: /run/vale/valed.sock as root, else
-    /// $XDG_RUNTIME_DIR/vale/valed.sock; VALE_SOCKET overrides]
-    #[arg(long)]
-    socket: Option<PathBuf>,
-    /// Mode of the socket file, octal (who may connect)
-    #[arg(long, value_name = "MODE")]
-    socket_mode: Option<String>,
-    /// TOML file with any of these settings (flags win), e.g. `max_switches = 64`
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// More log output (-v debug, -vv trace); change at run time with `vale-ctl set verbose N`
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
-    /// Log only warnings and errors
-    #[arg(short, long)]
-    quiet: bool,
-    /// Switches at once [default: 8]
-    #[arg(long)]
-    max_switches: Option<usize>,
-    /// Ports per switch [default: 254]
-    #[arg(long)]
-    max_ports: Option<u16>,
-    /// Rings per direction a port may ask for [default: 16]
-    #[arg(long)]
-    max_rings: Option<u16>,
-    /// Slots per ring a port may ask for [default: 4096]
-    #[arg(long)]
-    max_slots: Option<u32>,
-    /// Largest buffer size [default: 65472]
-    #[arg(long)]
-    max_buf_size: Option<u32>,
-    /// Spare buffers a port may reserve for its clients (netmap's extra buffers, asked by the open that creates it; more is clamped) [default: 4096]
-    #[arg(long)]
-    max_extra_bufs: Option<u32>,
-    /// netmap pipes (valeX:p{N and valeX:p}N) each new port has room for, 0..=64; their memory is faulted in only when used [default: 2]
-    #[arg(long)]
-    pipes: Option<u16>,
-    /// Client connections at once; more are refused with a message saying so [default: 1024]
-    #[arg(long)]
-    max_clients: Option<usize>,
-    /// Client connections at once from one uid (root and valed's own user count against --max-clients only) [default: 256]
-    #[arg(long)]
-    max_clients_per_uid: Option<usize>,
-    /// Ports at once created by one uid (root and valed's own user: no limit) [default: 64]
-    #[arg(long)]
-    max_ports_per_uid: Option<usize>,
-    /// Memory of all ports together, MiB (a port costs its region, rings and buffers) [default: half the machine's memory]
-    #[arg(long, value_name = "MIB")]
-    max_port_memory_mib: Option<u64>,
-    /// Memory of the ports one uid created, MiB (root and valed's own user count against the total only) [default: a quarter of --max-port-memory-mib]
-    #[arg(long, value_name = "MIB")]
-    max_port_memory_per_uid_mib: Option<u64>,
-    /// A switch whose ports any client may open, or with :GROUP any member of GROUP, whoever created them (elsewhere a port is its creator's, root's and valed's); repeat for more
-    #[arg(long, value_name = "SWITCH[:GROUP]")]
-    share: Vec<String>,
-    /// Seconds a connection may stay silent after connecting before valed closes it, 0 = no limit [default: 30]
-    #[arg(long, value_name = "SECS")]
-    handshake_timeout_s: Option<u64>,
-    /// Accept vhost-user guest memory that cannot be sealed against shrinking (DPDK --no-huge or hugepages, QEMU memory-backend-file): the frontend is trusted not to truncate it (a truncation is survived, the port cut off) [default: refused]
-    #[arg(long)]
-    vhost_trust_unsealed: bool,
-    /// Accept memif regions that cannot be sealed against shrinking (DPDK zero-copy=yes clients): the client is trusted not to truncate them (a truncation is survived, the client disconnected) [default: refused]
-    #[arg(long)]
-    memif_trust_unsealed: bool,
-    /// Longest port name [default: 15]
-    #[arg(long)]
-    max_name_len: Option<usize>,
-    /// Packets per forwarding pass (netmap's bridge_batch), 1..=8192 [default: 1024]
-    #[arg(long)]
-    bridge_batch: Option<usize>,
-    /// Rings per direction of ports that ask for nothing else [default: 1]
-    #[arg(long)]
-    rings: Option<u16>,
-    /// Slots per ring of ports that ask for nothing else [default: 1024]
-    #[arg(long)]
-    slots: Option<u32>,
-    /// Buffer size of new ports, a multiple of 64 (larger for jumbo frames; netmap's is 2048) [default: 2112]
-    #[arg(long)]
-    buf_size: Option<u32>,
-    /// Entries of each switch's learning table [default: 8192]
-    #[arg(long)]
-    fdb_size: Option<usize>,
-    /// Seconds before an unused learned address is forgotten, 0 = never [default: 300]
-    #[arg(long)]
-    fdb_max_age: Option<u32>,
-    /// Microseconds the forwarding thread keeps polling after the last packet [default: 200]
-    #[arg(long)]
-    busy_poll_us: Option<u64>,
-    /// Forwarding threads; each switch is forwarded by one of them (new switches go to
-    /// the least loaded) [default: 1]
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Group owning the socket file, name or number [default: the daemon's group]
-    #[arg(long, value_name = "GROUP")]
-    socket_group: Option<String>,
-    /// Pin forwarding thread t to the t-th CPU of this list, e.g. 2,3 or 4-7 (wraps
-    /// around if shorter than --threads) [default: not pinned]
-    #[arg(long, value_name = "LIST")]
-    cpus: Option<String>,
-    /// Serve Prometheus metrics (GET /metrics) on IP:PORT (e.g. 127.0.0.1:9417) or on a
-    /// unix socket path [default: off]
-    #[arg(long, value_name = "ADDR")]
-    metrics: Option<String>,
-}
-
-fn settings(a: &Args) -> Result<Settings, valed::SettingsError> {
-    let mut s = Settings::default();
-    if let Some(path) = &a.config {
-        ConfigFile::load(path)?.apply(&mut s)?;
-    }
-    let flags = ConfigFile {
-        socket: a.socket.clone(),
-        socket_mode: a.socket_mode.clone(),
-        max_switches: a.max_switches,
-        max_ports: a.max_ports,
-        max_rings: a.max_rings,
-        max_slots: a.max_slots,
-        max_buf_size: a.max_buf_size,
-        max_extra_bufs: a.max_extra_bufs,
-        pipes: a.pipes,
-        max_clients: a.max_clients,
-        max_clients_per_uid: a.max_clients_per_uid,
-        max_ports_per_uid: a.max_ports_per_uid,
-        max_port_memory_mib: a.max_port_memory_mib,
-        max_port_memory_per_uid_mib: a.max_port_memory_per_uid_mib,
-        share: (!a.share.is_empty()).then(|| a.share.clone()),
-        handshake_timeout_s: a.handshake_timeout_s,
-        vhost_trust_unsealed: a.vhost_trust_unsealed.then_some(true),
-        memif_trust_unsealed: a.memif_trust_unsealed.then_some(true),
-        max_name_len: a.max_name_len,
-        bridge_batch: a.bridge_batch,
-        rings: a.rings,
-        slots: a.slots,
-        buf_size: a.buf_size,
-        fdb_size: a.fdb_size,
-        fdb_max_age: a.fdb_max_age,
-        verbose: None,
-        busy_poll_us: a.busy_poll_us,
-        threads: a.threads,
-        socket_group: a.socket_group.clone(),
-        cpus: a.cpus.clone(),
-        metrics: a.metrics.clone(),
-    };
-    flags.apply(&mut s)?;
-    if a.quiet {
-        s.verbose = 0;
-    } else if a.verbose > 0 {
-        s.verbose = 1 + a.verbose;
-    }
-    s.validate()?;
-    Ok(s)
-}
+use vale_tools::cli::valed::{Args, settings};
 
 fn level(v: u8) -> LevelFilter {
     match v {
@@ -205,10 +46,15 @@ fn main() {
             std::process::exit(1);
         }
     }
+    let reload = Arc::new(AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone()) {
+        eprintln!("valed: cannot handle SIGHUP: {e}");
+        std::process::exit(1);
+    }
     let set_verbosity: valed::SetVerbosity = Box::new(move |v| {
         let _ = handle.modify(|f| *f = level(v));
     });
-    if let Err(e) = valed::run(s, stop, set_verbosity) {
+    if let Err(e) = valed::run(s, stop, reload, set_verbosity) {
         eprintln!("valed: {e}");
         std::process::exit(1);
     }

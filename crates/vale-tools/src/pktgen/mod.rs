@@ -19,7 +19,12 @@ use vale_abi::layout::{NS_MOREFRAG, NetmapSlot};
 #[command(
     name = "pkt-gen",
     version,
-    about = "netmap's pkt-gen for the userspace VALE switch"
+    about = "netmap's pkt-gen for the userspace VALE switch",
+    after_help = "Examples:\n  \
+        pkt-gen -i vale0:b -f rx &          # a receiver on port b of switch vale0...\n  \
+        pkt-gen -i vale0:a -f tx -l 1514    # ...and a sender on port a\n  \
+        pkt-gen -i vale0:a -f tx -n 1000000 -R 100000 -D 02:00:00:00:00:01\n  \
+        pkt-gen -i vale0:pong -f pong & pkt-gen -i vale0:ping -f ping -n 1000"
 )]
 pub struct Options {
     /// Port to use, e.g. vale0:a (netmap's `@conf:rings=N,slots=N` accepted)

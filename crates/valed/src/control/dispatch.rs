@@ -21,6 +21,7 @@ fn touches_host(req: &Request) -> bool {
             | Request::QemuDgram { .. }
             | Request::QemuStream { .. }
             | Request::VhostUser { .. }
+            | Request::Reload
     )
 }
 
@@ -53,6 +54,12 @@ impl Control {
             return Err(CtlError::Permission {
                 what: "host ports create and attach network interfaces".into(),
                 action: "do that",
+            });
+        }
+        if matches!(req, Request::ConfigDump) && !self.may_touch_host(id) {
+            return Err(CtlError::Permission {
+                what: "the running configuration holds every port's sockets and secrets".into(),
+                action: "read it",
             });
         }
         if matches!(req, Request::Set { .. }) && !self.may_touch_host(id) {
@@ -105,6 +112,8 @@ impl Control {
                 ask.answer("fdb", r).map(Reply::from)
             }
             Request::Set { key, value } => self.set(&key, &value).map(done)?,
+            Request::Reload => self.reload().map(done)?,
+            Request::ConfigDump => done(self.dump()),
             Request::Settings => {
                 Ok(query::settings(&self.settings, self.ports.lanes().len()).into())
             }

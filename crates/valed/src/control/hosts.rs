@@ -22,6 +22,8 @@ pub struct HostPort {
     attached: Option<Attachment>,
     /// Its id among the control thread's tokens (for its control descriptor).
     id: u64,
+    /// What made it (`vale-ctl config dump` writes it back).
+    spec: PortSpec,
 }
 
 /// Where a host port is attached.
@@ -148,6 +150,7 @@ impl Control {
         name: &str,
         backend: Box<dyn Backend>,
         port: Option<String>,
+        spec: &PortSpec,
     ) -> Result<(), CtlError> {
         self.hosts.next_id += 1;
         let id = self.hosts.next_id;
@@ -169,6 +172,7 @@ impl Control {
                 port,
                 attached: None,
                 id,
+                spec: spec.clone(),
             },
         );
         Ok(())
@@ -287,7 +291,7 @@ impl Control {
         let backend = port::create(&name, spec, &self.settings)?;
         let waits = backend.status().waiting;
         let about = backend.describe();
-        self.insert(&name, backend, Some(port.to_string()))?;
+        self.insert(&name, backend, Some(port.to_string()), spec)?;
         if waits {
             return Ok(format!("{port}: waiting ({about})"));
         }
@@ -328,7 +332,7 @@ impl Control {
             )));
         }
         let backend = port::create(name, &PortSpec::Tap, &self.settings)?;
-        self.insert(name, backend, None)?;
+        self.insert(name, backend, None, &PortSpec::Tap)?;
         Ok(format!("created {name}"))
     }
 
@@ -385,8 +389,9 @@ impl Control {
         }
         let new = !self.hosts.by_name.contains_key(&ifname);
         if new {
-            let backend = port::create(&ifname, &PortSpec::Interface { xdp }, &self.settings)?;
-            self.insert(&ifname, backend, None)?;
+            let spec = PortSpec::Interface { xdp };
+            let backend = port::create(&ifname, &spec, &self.settings)?;
+            self.insert(&ifname, backend, None, &spec)?;
         }
         if let Err(e) = self.attach_driven(&ifname, port) {
             if new {
@@ -417,6 +422,89 @@ impl Control {
         };
         self.detach_host(&name);
         Ok(format!("detached {name} from {port}"))
+    }
+
+    /// Every host port as a config file would declare it: (switch port, spec), and the
+    /// persistent ports that are attached nowhere (a file cannot declare those).
+    pub(super) fn host_specs(&self) -> (Vec<(String, PortSpec)>, Vec<String>) {
+        let mut declared = Vec::new();
+        let mut loose = Vec::new();
+        for (name, h) in &self.hosts.by_name {
+            match h.attached.as_ref().map(|a| &a.port).or(h.port.as_ref()) {
+                Some(p) => {
+                    // A persistent TAP attached by `-a` is the file's `tap` port.
+                    declared.push((p.clone(), h.spec.clone()));
+                }
+                None => loose.push(name.clone()),
+            }
+        }
+        declared.sort_by(|a, b| a.0.cmp(&b.0));
+        (declared, loose)
+    }
+
+    /// Brings the declared ports in step with `want` (at start, and on reload): ports
+    /// the file no longer declares, or declares differently, are removed; new ones are
+    /// created; the others are not touched. Returns what was done, a line each.
+    pub(super) fn apply_declared(&mut self, want: &[crate::settings::Declared]) -> Vec<String> {
+        let mut done = Vec::new();
+        let gone: Vec<(String, PortSpec)> = self
+            .declared
+            .iter()
+            .filter(|(p, spec)| !want.iter().any(|d| &d.port == *p && &d.spec == *spec))
+            .map(|(p, s)| (p.clone(), s.clone()))
+            .collect();
+        for (p, spec) in gone {
+            self.declared.remove(&p);
+            match self.remove_declared(&p, &spec) {
+                Ok(()) => done.push(format!("removed {p}")),
+                Err(e) => done.push(format!("could not remove {p}: {e}")),
+            }
+        }
+        let mut kept = 0;
+        for d in want {
+            if self.declared.get(&d.port) == Some(&d.spec) {
+                if self.hosts.claims(&d.port).is_some() {
+                    kept += 1;
+                    continue;
+                }
+                // Removed by hand since (`vale-ctl -d`): the file says it should be.
+                self.declared.remove(&d.port);
+            }
+            match self.create(&d.port, &d.spec) {
+                Ok(_) => {
+                    self.declared.insert(d.port.clone(), d.spec.clone());
+                    done.push(format!("created {} (line {})", d.port, d.line));
+                }
+                Err(e) => {
+                    tracing::error!(port = %d.port, line = d.line, "declared port not created: {e}");
+                    done.push(format!(
+                        "could not create {} (line {}): {e}",
+                        d.port, d.line
+                    ));
+                }
+            }
+        }
+        done.push(format!("{kept} declared port(s) unchanged"));
+        done
+    }
+
+    /// A declared port goes: detached (or no longer waited for), and a TAP it made is
+    /// removed with it.
+    fn remove_declared(&mut self, port: &str, spec: &PortSpec) -> Result<(), CtlError> {
+        let name = self.port_part(port)?;
+        let attached = self.hosts.attached_as(port).is_some()
+            || self
+                .hosts
+                .by_name
+                .get(&name)
+                .is_some_and(|h| h.port.as_deref() == Some(port));
+        if attached {
+            self.detach(port)?;
+        }
+        if *spec == PortSpec::Tap && self.hosts.by_name.contains_key(&name) {
+            self.forget(&name);
+        }
+        Ok(())
     }
 
     /// A descriptor watched for host port `id` is readable: a peer connected. The port

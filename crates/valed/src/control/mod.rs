@@ -5,11 +5,13 @@
 //! - `dispatch`: a request to its handler, through one permission gate;
 //! - `ports`: the port table across lanes (open, release, attach a driven port);
 //! - `hosts`: ports valed drives itself (TAP, interfaces, QEMU, vhost-user);
-//! - `query`: list, stats, fdb and settings, rendered from snapshots.
+//! - `query`: list, stats, fdb and settings, rendered from snapshots;
+//! - `metrics`: the snapshot of ports the metrics server reads.
 
 mod conn;
 pub(crate) mod dispatch;
 mod hosts;
+mod metrics;
 mod ports;
 mod query;
 
@@ -78,6 +80,8 @@ pub struct Control {
     spare: Option<OwnedFd>,
     /// When running out of descriptors was last logged (at most once a second).
     emfile_logged: Option<std::time::Instant>,
+    /// Ports the config file declared and valed created: switch port -> spec.
+    declared: std::collections::BTreeMap<String, proto::PortSpec>,
     /// What the metrics server reads (with `--metrics`), and a digest of the ports it
     /// was last given, so that it is republished only when they change.
     metrics: Option<(Arc<crate::metrics::Board>, u64)>,
@@ -99,65 +103,57 @@ impl Control {
                 .map_err(|e| StartError::Os("epoll_create", e.into()))?,
             spare: spare_fd(),
             emfile_logged: None,
+            declared: Default::default(),
             metrics: None,
         })
     }
 
-    /// Keeps `board` told which ports exist (see `metrics`).
-    pub fn share_metrics(&mut self, board: Arc<crate::metrics::Board>) {
-        self.metrics = Some((board, 0));
-        self.publish_metrics();
+    /// Creates the ports the settings' config file declares (at start).
+    pub fn create_declared(&mut self) {
+        let want = self.settings.ports.clone();
+        if want.is_empty() {
+            return;
+        }
+        for line in self.apply_declared(&want) {
+            tracing::info!("config: {line}");
+        }
     }
 
-    /// Republishes the ports to the metrics board if they changed since the last time:
-    /// a walk over the port table and the host ports, hashing what a scrape shows.
-    fn publish_metrics(&mut self) {
-        use std::hash::{Hash, Hasher};
-        let Some((board, last)) = &self.metrics else {
-            return;
+    /// Reads the config file again and applies its `[[port]]` declarations (SIGHUP,
+    /// `vale-ctl reload`). Other settings take effect at the next start, except those
+    /// `vale-ctl set` changes at run time. Nothing changes if the file has an error.
+    pub fn reload(&mut self) -> Result<String, crate::error::CtlError> {
+        let Some(path) = self.settings.config.clone() else {
+            return Err(crate::error::CtlError::BadRequest(
+                "valed was started without --config: there is no file to reload".into(),
+            ));
         };
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        for (lane, key, e) in self.ports.board() {
-            (lane, key.switch, key.port.0, Arc::as_ptr(&e.counters)).hash(&mut h);
+        let file = crate::settings::ConfigFile::load(&path)
+            .map_err(|e| crate::error::CtlError::BadRequest(e.to_string()))?;
+        let mut check = self.settings.clone();
+        file.apply(&mut check)
+            .and_then(|()| check.validate())
+            .map_err(|e| crate::error::CtlError::BadRequest(e.to_string()))?;
+        let lines = self.apply_declared(&file.ports);
+        self.settings.ports = file.ports;
+        for l in &lines {
+            tracing::info!("config reload: {l}");
         }
-        for (name, kind, attached, counters) in self.hosts.metrics_rows() {
-            (name, kind, attached, Arc::as_ptr(counters)).hash(&mut h);
-        }
-        let digest = h.finish() | 1;
-        if digest == *last {
-            return;
-        }
-        let board = board.clone();
-        let kinds: std::collections::HashMap<&str, &str> = self
-            .hosts
-            .metrics_rows()
-            .filter_map(|(_, kind, attached, _)| Some((attached?, kind)))
-            .collect();
-        let ports = self
-            .ports
-            .board()
-            .map(|(_, _, e)| crate::metrics::PortRow {
-                switch: e.switch.clone(),
-                port: e.name.clone(),
-                kind: match kinds.get(e.name.as_str()) {
-                    Some(k) => k.to_string(),
-                    None if e.name.contains('/') => "monitor".into(),
-                    None => "client".into(),
-                },
-                counters: e.counters.clone(),
-            })
-            .collect();
-        let hosts = self
-            .hosts
-            .metrics_rows()
-            .map(|(name, kind, _, counters)| crate::metrics::HostRow {
-                name: name.to_string(),
-                kind: kind.to_string(),
-                counters: counters.clone(),
-            })
-            .collect();
-        board.publish(crate::metrics::Snapshot { ports, hosts });
-        self.metrics = Some((board, digest));
+        Ok(format!(
+            "reloaded {}:\n  {}\n(settings other than [[port]] take effect when valed starts again; `vale-ctl set` changes bridge_batch and verbose now)",
+            path.display(),
+            lines.join("\n  ")
+        ))
+    }
+
+    /// `vale-ctl config dump`: the running state as a config file that recreates it.
+    pub fn dump(&self) -> String {
+        let proto::Response::Settings { settings } =
+            query::settings(&self.settings, self.ports.lanes().len())
+        else {
+            return String::new();
+        };
+        crate::settings::dump(&settings, &self.host_specs())
     }
 
     pub fn settings(&self) -> &Settings {
@@ -170,7 +166,12 @@ impl Control {
     }
 
     /// Serves requests until `stop` is set.
-    pub fn serve(&mut self, listener: &OwnedFd, stop: &AtomicBool) -> Result<(), StartError> {
+    pub fn serve(
+        &mut self,
+        listener: &OwnedFd,
+        stop: &AtomicBool,
+        reload: &AtomicBool,
+    ) -> Result<(), StartError> {
         epoll::add(
             &self.ep,
             listener,
@@ -204,6 +205,12 @@ impl Control {
                 }
             }
             self.publish_metrics();
+            if reload.swap(false, Ordering::AcqRel) {
+                match self.reload() {
+                    Ok(m) => tracing::info!("SIGHUP: {m}"),
+                    Err(e) => tracing::error!("SIGHUP: config not reloaded: {e}"),
+                }
+            }
             if last_sweep.elapsed().as_secs() >= 1 {
                 last_sweep = std::time::Instant::now();
                 self.close_silent();

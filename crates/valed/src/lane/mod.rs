@@ -106,6 +106,8 @@ pub struct LaneStats {
     asleep_ns: AtomicU64,
     /// When the sleep going on now began (ns since `started`, plus 1), 0 when awake.
     asleep_since: AtomicU64,
+    /// The most busy time a reader was shown, in ns.
+    busy_shown: AtomicU64,
     started: std::time::Instant,
     /// The switches' table counters, published every [`TABLES_EVERY_NS`] while the
     /// forwarder is busy, and each time it goes idle. The forwarder only ever `try_lock`s it: a reader holding it
@@ -124,6 +126,7 @@ impl LaneStats {
             seq: AtomicU64::new(0),
             asleep_ns: AtomicU64::new(0),
             asleep_since: AtomicU64::new(0),
+            busy_shown: AtomicU64::new(0),
             started: std::time::Instant::now(),
             tables: Mutex::new(Vec::new()),
         }
@@ -133,25 +136,26 @@ impl LaneStats {
         self.started.elapsed().as_nanos() as u64
     }
 
-    /// The forwarder's writes of the sleep fields, inside the seqlock.
-    fn write_sleep(&self, f: impl FnOnce(&AtomicU64, &AtomicU64)) {
+    /// The forwarder's writes of the sleep fields, inside the seqlock, given the time
+    /// read inside it too: read before, a reader between that read and the write could
+    /// count the time since as awake, and a later reader as asleep (busy time going back).
+    fn write_sleep(&self, f: impl FnOnce(u64, &AtomicU64, &AtomicU64)) {
         let s = self.seq.load(Ordering::Relaxed);
         self.seq.store(s + 1, Ordering::Relaxed);
         std::sync::atomic::fence(Ordering::Release);
-        f(&self.asleep_ns, &self.asleep_since);
+        let now = self.elapsed_ns() + 1;
+        f(now, &self.asleep_ns, &self.asleep_since);
         self.seq.store(s + 2, Ordering::Release);
     }
 
     /// The forwarder: it is about to sleep in epoll.
     pub fn sleep_begins(&self) {
-        let now = self.elapsed_ns() + 1;
-        self.write_sleep(|_, since| since.store(now, Ordering::Relaxed));
+        self.write_sleep(|now, _, since| since.store(now, Ordering::Relaxed));
     }
 
     /// The forwarder: it woke up.
     pub fn sleep_ends(&self) {
-        let now = self.elapsed_ns() + 1;
-        self.write_sleep(|asleep, since| {
+        self.write_sleep(|now, asleep, since| {
             let began = since.load(Ordering::Relaxed);
             if began != 0 {
                 let total = asleep.load(Ordering::Relaxed) + now.saturating_sub(began);
@@ -164,19 +168,31 @@ impl LaneStats {
     }
 
     /// Seconds the forwarder was awake (polling or forwarding, not asleep in epoll)
-    /// since it started: what its CPU time would be if nothing preempted it.
+    /// since it started: what its CPU time would be if nothing preempted it. Never less
+    /// than what an earlier call returned (a counter does not go back).
     pub fn busy_secs(&self) -> f64 {
-        // The forwarder holds the seqlock for a few instructions twice per sleep: a
-        // reader that keeps finding it held yields, and gives up on the sleep in
-        // progress only after many tries.
-        for _ in 0..10_000 {
+        let ns = self.busy_ns();
+        let shown = self.busy_shown.fetch_max(ns, Ordering::AcqRel).max(ns);
+        shown as f64 / 1e9
+    }
+
+    fn busy_ns(&self) -> u64 {
+        // The forwarder holds the seqlock for a few instructions twice per sleep; one
+        // preempted inside it holds readers up until it runs again: they yield, then
+        // sleep, and after about a second leave the sleep in progress out (the value
+        // can then be high, never lower than one shown before: `busy_shown`).
+        for i in 0..2000u32 {
             let s1 = self.seq.load(Ordering::Acquire);
             let asleep = self.asleep_ns.load(Ordering::Relaxed);
             let since = self.asleep_since.load(Ordering::Relaxed);
             let now = self.elapsed_ns() + 1;
             std::sync::atomic::fence(Ordering::Acquire);
             if s1 % 2 == 1 || self.seq.load(Ordering::Relaxed) != s1 {
-                std::thread::yield_now();
+                if i < 1000 {
+                    std::thread::yield_now();
+                } else {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
                 continue;
             }
             let current = if since != 0 {
@@ -184,10 +200,10 @@ impl LaneStats {
             } else {
                 0
             };
-            return (now - 1).saturating_sub(asleep + current) as f64 / 1e9;
+            return (now - 1).saturating_sub(asleep + current);
         }
         let asleep = self.asleep_ns.load(Ordering::Acquire);
-        self.elapsed_ns().saturating_sub(asleep) as f64 / 1e9
+        self.elapsed_ns().saturating_sub(asleep)
     }
 
     /// Publishes the switches' table counters if no reader holds them now.

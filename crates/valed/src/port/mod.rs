@@ -251,12 +251,14 @@ pub fn create(
             abstract_name,
             id,
             secret,
+            client,
         } => Box::new(memif::Memif::create(
             name,
             socket,
             *abstract_name,
             *id,
             secret.as_deref().unwrap_or(""),
+            *client,
             settings.memif_trust_unsealed,
         )?),
     })

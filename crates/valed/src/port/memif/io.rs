@@ -1,37 +1,159 @@
-//! A memif port's data plane, run by its switch's forwarding thread: C2S frames into the
-//! port's TX ring, the port's RX ring into the client's S2C buffers. With no client
+//! A memif port's data plane, run by its switch's forwarding thread, the same for both
+//! roles: frames the peer sent (C2S when valed serves, S2C when it is the client) into
+//! the port's TX ring, the port's RX ring into the peer's buffers. With no peer
 //! connected, frames for the port are dropped and counted (`no_peer`).
 //!
-//! Interrupts follow memif's rules: while the forwarding thread polls, every C2S ring
-//! has MASK_INT set, so a busy client writes no eventfd; before the thread sleeps it
-//! clears the flag and looks at the rings once more (a frame published in between is
-//! seen either by that look or by the client's kick). After filling S2C buffers valed
-//! writes the ring's eventfd unless the client masked it (it polls).
+//! Interrupts follow memif's rules: while the forwarding thread polls, every ring valed
+//! receives from has MASK_INT set, so a busy peer writes no eventfd; before the thread
+//! sleeps it clears the flag and looks at the rings once more (a frame published in
+//! between is seen either by that look or by the peer's kick). After filling the peer's
+//! buffers valed writes the ring's eventfd unless the peer masked it (it polls).
 
 use super::conn::Conn;
-use super::ring::{Broken, Refused, Unsent};
+use super::own::Own;
+use super::ring::{Broken, Chain, Refused, Src, Unsent};
 use super::server::Slot;
 use crate::port::rings::{ring_peek, ring_put, room};
 use crate::port::{BURST, DrivenPort, MAX_FRAME, PortCounters, PortRings, Watcher};
+use rustix::fd::OwnedFd;
 use std::sync::Arc;
 
-pub struct MemifIo {
-    slot: Arc<Slot>,
+/// One connection's rings as the data plane uses them, whichever side owns the memory.
+pub trait Link: Send + 'static {
+    /// The eventfds the peer writes when it published frames (valed watches them).
+    fn kicks(&self) -> &[OwnedFd];
+    /// Up to `max` frames the peer published, each offered to `take` where it lies
+    /// (which returns false when it has no room: the frame stays for the next call).
+    fn recv(
+        &mut self,
+        max: usize,
+        refused: &mut Refused,
+        take: &mut dyn FnMut(&Chain<'_>) -> bool,
+    ) -> Result<usize, Broken>;
+    /// Whether frames wait to be read.
+    fn pending(&self) -> Result<bool, Broken>;
+    /// Copies `frame` into the peer's next free buffers.
+    fn send(&mut self, frame: Src<'_>) -> Result<Result<(), Unsent>, Broken>;
+    /// Hands what [`Link::send`] wrote to the peer, kicking it unless it polls.
+    fn publish(&mut self) -> Result<(), Broken>;
+    /// Sets (valed polls) or clears (valed wants a kick) MASK_INT on the rings valed
+    /// receives from.
+    fn mask(&self, on: bool) -> Result<(), Broken>;
+    /// Truncations caught in the peer's memory (only memory valed does not own).
+    fn faults(&self) -> u64 {
+        0
+    }
+}
+
+impl Link for Conn {
+    fn kicks(&self) -> &[OwnedFd] {
+        &self.c2s_kick
+    }
+
+    fn recv(
+        &mut self,
+        max: usize,
+        refused: &mut Refused,
+        take: &mut dyn FnMut(&Chain<'_>) -> bool,
+    ) -> Result<usize, Broken> {
+        let mut moved = 0;
+        for ring in &mut self.c2s {
+            moved +=
+                ring.recv_chains(&self.regions, max - moved, MAX_FRAME, refused, &mut *take)?;
+            if moved >= max {
+                break;
+            }
+        }
+        Ok(moved)
+    }
+
+    fn pending(&self) -> Result<bool, Broken> {
+        for ring in &self.c2s {
+            if ring.pending(&self.regions)? > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn send(&mut self, frame: Src<'_>) -> Result<Result<(), Unsent>, Broken> {
+        match self.s2c.first_mut() {
+            Some(ring) => ring.send_src(&self.regions, frame),
+            None => Ok(Err(Unsent::Full)),
+        }
+    }
+
+    fn publish(&mut self) -> Result<(), Broken> {
+        let Some(ring) = self.s2c.first() else {
+            return Ok(());
+        };
+        ring.publish(&self.regions)?;
+        if !ring.masked(&self.regions) {
+            let _ = rustix::io::write(&self.s2c_kick[0], &1u64.to_ne_bytes());
+        }
+        Ok(())
+    }
+
+    fn mask(&self, on: bool) -> Result<(), Broken> {
+        for ring in &self.c2s {
+            ring.mask_interrupts(&self.regions, on)?;
+        }
+        Ok(())
+    }
+
+    fn faults(&self) -> u64 {
+        self.watched.as_ref().map_or(0, |w| w.faults())
+    }
+}
+
+impl Link for Own {
+    fn kicks(&self) -> &[OwnedFd] {
+        std::slice::from_ref(&self.s2c_kick)
+    }
+
+    fn recv(
+        &mut self,
+        max: usize,
+        refused: &mut Refused,
+        take: &mut dyn FnMut(&Chain<'_>) -> bool,
+    ) -> Result<usize, Broken> {
+        self.recv_chains(max, MAX_FRAME, refused, take)
+    }
+
+    fn pending(&self) -> Result<bool, Broken> {
+        Ok(Own::pending(self)? > 0)
+    }
+
+    fn send(&mut self, frame: Src<'_>) -> Result<Result<(), Unsent>, Broken> {
+        self.send_src(frame)
+    }
+
+    fn publish(&mut self) -> Result<(), Broken> {
+        Own::publish(self).map(|_| ())
+    }
+
+    fn mask(&self, on: bool) -> Result<(), Broken> {
+        self.mask_interrupts(on)
+    }
+}
+
+pub struct MemifIo<L: Link> {
+    slot: Arc<Slot<L>>,
     rings: PortRings,
     counters: Arc<PortCounters>,
     watcher: Watcher,
     /// The slot generation `conn` belongs to.
     seen: u64,
-    conn: Option<Conn>,
-    /// Passes spent reading what a client that went had published (bounded).
+    conn: Option<L>,
+    /// Passes spent reading what a peer that went had published (bounded).
     closing: u32,
     /// `sys::sigbus::caught()` when last looked at.
     caught_seen: u64,
     frame: Vec<u8>,
 }
 
-impl MemifIo {
-    pub fn new(slot: Arc<Slot>, rings: PortRings, watcher: Watcher) -> MemifIo {
+impl<L: Link> MemifIo<L> {
+    pub fn new(slot: Arc<Slot<L>>, rings: PortRings, watcher: Watcher) -> MemifIo<L> {
         MemifIo {
             counters: slot.counters.clone(),
             slot,
@@ -45,12 +167,12 @@ impl MemifIo {
         }
     }
 
-    /// Whether the connection held is the slot's current one (its client is there).
+    /// Whether the connection held is the slot's current one (its peer is there).
     fn current(&self) -> bool {
         self.conn.is_some() && self.slot.generation() == self.seen
     }
 
-    /// Picks up a new connection, or lets go of one whose client went: once the frames
+    /// Picks up a new connection, or lets go of one whose peer went: once the frames
     /// it published before going are read (its memory stays mapped until then), or
     /// after a bounded number of passes.
     fn refresh(&mut self) {
@@ -62,11 +184,7 @@ impl MemifIo {
             return;
         }
         if let Some(c) = &self.conn {
-            let left = c
-                .c2s
-                .iter()
-                .any(|r| r.pending(&c.regions).is_ok_and(|n| n > 0));
-            if left && self.closing < CLOSING_PASSES {
+            if c.pending().unwrap_or(false) && self.closing < CLOSING_PASSES {
                 self.closing += 1;
                 return;
             }
@@ -75,7 +193,7 @@ impl MemifIo {
         self.seen = g;
         self.drop_conn();
         if let Some(c) = self.slot.take(g) {
-            for fd in &c.c2s_kick {
+            for fd in c.kicks() {
                 let _ = self.watcher.add(fd);
             }
             self.conn = Some(c);
@@ -84,34 +202,30 @@ impl MemifIo {
 
     fn drop_conn(&mut self) {
         if let Some(c) = self.conn.take() {
-            for fd in &c.c2s_kick {
+            for fd in c.kicks() {
                 self.watcher.remove(fd);
             }
         }
     }
 
-    /// The rings cannot be used: the client is disconnected with the reason.
+    /// The rings cannot be used: the peer is disconnected with the reason.
     fn broken(&mut self, e: Broken) {
         PortCounters::lost(&self.counters.read_errors, 1);
         self.drop_conn();
         self.slot.broken(e.to_string());
     }
 
-    /// After the client's memory was touched: if a truncation was caught anywhere since
-    /// the last look (one atomic load when none was) and it was in this client's
-    /// memory, the fault is counted and the client cut off. Its mapping is zero pages
-    /// from then on, so nothing read from it afterwards can fault again.
+    /// After the peer's memory was touched: if a truncation was caught anywhere since
+    /// the last look (one atomic load when none was) and it was in this peer's memory,
+    /// the fault is counted and the peer cut off. Its mapping is zero pages from then
+    /// on, so nothing read from it afterwards can fault again.
     fn after_peer_memory(&mut self) {
         let now = crate::sys::sigbus::caught();
         if now == self.caught_seen {
             return;
         }
         self.caught_seen = now;
-        let faults = self
-            .conn
-            .as_ref()
-            .and_then(|c| c.watched.as_ref())
-            .map_or(0, |w| w.faults());
+        let faults = self.conn.as_ref().map_or(0, |c| c.faults());
         if faults > 0 {
             PortCounters::lost(&self.counters.memory_faults, faults);
             self.drop_conn();
@@ -146,7 +260,24 @@ impl MemifIo {
     }
 }
 
-impl DrivenPort for MemifIo {
+/// Puts frame `f` into the port's TX ring (which has room for it): a frame of one piece
+/// that fits a slot is copied straight from the peer's memory, others through `scratch`.
+fn put_chain(tx: &vale_abi::AppRing, f: &Chain<'_>, scratch: &mut Vec<u8>) {
+    let v = tx.view();
+    if let Some((mem, start)) = f.single() {
+        let h = tx.head();
+        let s = v.read_slot(h);
+        if mem.copy_to_buf(start, f.len(), v.bufs().access(), s.buf_idx) {
+            v.write_len_flags(h, f.len() as u16, 0);
+            tx.advance(1);
+            return;
+        }
+    }
+    f.gather(scratch);
+    ring_put(tx, scratch);
+}
+
+impl<L: Link> DrivenPort for MemifIo<L> {
     fn pull(&mut self) -> usize {
         self.refresh();
         let Some(c) = &mut self.conn else {
@@ -157,41 +288,22 @@ impl DrivenPort for MemifIo {
             tx.txsync();
         }
         let counters = &self.counters;
+        let frame = &mut self.frame;
         let mut refused = Refused::default();
-        let mut moved = 0;
-        let mut broke = None;
-        for ring in &mut c.c2s {
-            let r = ring.recv(
-                &c.regions,
-                BURST - moved,
-                MAX_FRAME,
-                &mut self.frame,
-                &mut refused,
-                |f| {
-                    if tx.space() < room(tx, f.len()).max(1) {
-                        return false;
-                    }
-                    ring_put(tx, f);
-                    counters.count_in(f.len());
-                    true
-                },
-            );
-            match r {
-                Ok(n) => moved += n,
-                Err(e) => {
-                    broke = Some(e);
-                    break;
-                }
+        let r = c.recv(BURST, &mut refused, &mut |f| {
+            if tx.space() < room(tx, f.len()).max(1) {
+                return false;
             }
-            if moved >= BURST {
-                break;
-            }
-        }
+            put_chain(tx, f, frame);
+            counters.count_in(f.len());
+            true
+        });
+        let moved = *r.as_ref().unwrap_or(&0);
         if moved > 0 {
             tx.txsync();
         }
         self.count(refused);
-        if let Some(e) = broke {
+        if let Err(e) = r {
             self.broken(e);
         }
         self.after_peer_memory();
@@ -209,23 +321,35 @@ impl DrivenPort for MemifIo {
         let Some(c) = &mut self.conn else {
             return 0;
         };
-        let Some(ring) = c.s2c.first_mut() else {
-            return 0;
-        };
         let mut sent = 0;
         let mut broke = None;
         while sent < BURST && rx.space() > 0 {
             let (used, len) = ring_peek(rx);
-            self.frame.clear();
-            self.frame.resize(len, 0);
-            crate::port::rings::ring_copy(rx, used, &mut self.frame);
-            match ring.send(&c.regions, &self.frame) {
+            let v = rx.view();
+            let one = (used == 1)
+                .then(|| {
+                    v.bufs()
+                        .access()
+                        .frag(v.read_slot(rx.head()).buf_idx, 0, len)
+                })
+                .flatten();
+            let src = match one {
+                // A frame in one slot is copied straight from it.
+                Some(f) => Src::Frag(f),
+                None => {
+                    self.frame.clear();
+                    self.frame.resize(len, 0);
+                    crate::port::rings::ring_copy(rx, used, &mut self.frame);
+                    Src::Bytes(&self.frame)
+                }
+            };
+            match c.send(src) {
                 Ok(Ok(())) => {
                     self.counters.count_out(len);
                     sent += 1;
                 }
-                // The client has not posted buffers: the packet waits in the RX ring
-                // (whose own overflow the switch counts as ring_full).
+                // The peer has no buffer free: the packet waits in the RX ring (whose
+                // own overflow the switch counts as ring_full).
                 Ok(Err(Unsent::Full)) => break,
                 Ok(Err(Unsent::BadDesc)) => {
                     PortCounters::lost(&self.counters.bad_desc, 1);
@@ -242,10 +366,8 @@ impl DrivenPort for MemifIo {
             rx.advance(used);
         }
         if sent > 0 {
-            if let Err(e) = ring.publish(&c.regions) {
+            if let Err(e) = c.publish() {
                 broke = Some(e);
-            } else if !ring.masked(&c.regions) {
-                let _ = rustix::io::write(&c.s2c_kick[0], &1u64.to_ne_bytes());
             }
         }
         rx.rxsync();
@@ -256,32 +378,24 @@ impl DrivenPort for MemifIo {
         sent
     }
 
-    /// Asks the client to kick (clears MASK_INT on its C2S rings), then looks again.
+    /// Asks the peer to kick (clears MASK_INT on the rings valed receives from), then
+    /// looks again.
     fn arm(&mut self) -> bool {
         self.refresh();
         let Some(c) = &self.conn else {
             return false;
         };
-        let mut waiting = false;
-        for ring in &c.c2s {
-            if ring.mask_interrupts(&c.regions, false).is_err() {
-                waiting = true;
-                break;
-            }
-            waiting |= ring.pending(&c.regions).map_or(true, |n| n > 0);
-        }
+        let waiting = c.mask(false).is_err() || c.pending().unwrap_or(true);
         self.after_peer_memory();
         waiting
     }
 
     fn disarm(&mut self) {
         if let Some(c) = &self.conn {
-            for ring in &c.c2s {
-                let _ = ring.mask_interrupts(&c.regions, true);
-            }
+            let _ = c.mask(true);
             // The kicks that woke the thread.
             let mut b = [0u8; 8];
-            for fd in &c.c2s_kick {
+            for fd in c.kicks() {
                 let _ = rustix::io::read(fd, &mut b);
             }
         }

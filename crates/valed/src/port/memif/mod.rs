@@ -1,12 +1,16 @@
 //! memif ports (`vale-ctl memif`): a switch port served to DPDK and VPP applications over
-//! memif, their shared-memory interface (protocol 2.0), with valed as the server.
+//! memif, their shared-memory interface (protocol 2.0), with valed as the server, or
+//! (`--client`) as a client of a memif server such as VPP's.
 //!
 //! - `handshake`: the server's side of the control protocol, without I/O;
+//! - `client`: the client's side: one thread per port dials the server, hands it valed's
+//!   own region (`own`), and dials again when the server comes back;
 //! - `server`: one thread per socket (several ids, each its own port, may share one):
 //!   accepts clients, runs their handshakes, maps what they offer (`conn`) and hands the
 //!   connection to the port;
 //! - `ring`: the client's rings, read and written without trusting them;
-//! - `io`: the port's data plane, run by its switch's forwarding thread.
+//! - `io`: the port's data plane, run by its switch's forwarding thread, the same for
+//!   both roles.
 //!
 //! Copy mode: frames are copied between the client's buffers and the switch's. The
 //! client's regions must be sealed against shrinking (copy-mode DPDK clients seal
@@ -15,15 +19,17 @@
 //! `--memif-trust-unsealed`: then its mappings are watched, and a truncation is counted
 //! (`memory_faults`) and disconnects the client instead of killing valed.
 
+mod client;
 mod conn;
 pub mod handshake;
 mod io;
+pub mod own;
 pub mod ring;
 mod server;
 
 use super::{AfterDetach, Attach, Backend, DrivenPort, Start, Status};
 use crate::error::{CtlError, PortError};
-use server::{Registration, Slot, SocketKey};
+use server::{PeerInfo, Registration, Slot, SocketKey};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -34,19 +40,29 @@ pub struct Memif {
     id: u32,
     secret: String,
     trust_unsealed: bool,
-    slot: Option<Arc<Slot>>,
-    registration: Option<Registration>,
+    /// valed dials the server at `key` instead of serving there.
+    client: bool,
+    role: Option<Role>,
+}
+
+/// A started port: registered on its socket's server thread, or dialing. (Dropping
+/// the registration or the dialer disconnects the peer.)
+enum Role {
+    Server(Arc<Slot>, #[allow(dead_code)] Registration),
+    Client(Arc<Slot<own::Own>>, #[allow(dead_code)] client::Dialer),
 }
 
 impl Memif {
     /// A memif port serving interface `id` on `socket` (a file, or with `abstract_name`
-    /// a name in the abstract namespace), to clients that give `secret` (empty: none).
+    /// a name in the abstract namespace), to clients that give `secret` (empty: none);
+    /// with `client`, connecting to a server there as interface `id`, giving `secret`.
     pub fn create(
         name: &str,
         socket: &str,
         abstract_name: bool,
         id: u32,
         secret: &str,
+        client: bool,
         trust_unsealed: bool,
     ) -> Result<Memif, CtlError> {
         if socket.is_empty() || socket.len() > 107 {
@@ -70,8 +86,8 @@ impl Memif {
             id,
             secret: secret.to_string(),
             trust_unsealed,
-            slot: None,
-            registration: None,
+            client,
+            role: None,
         })
     }
 }
@@ -89,6 +105,14 @@ impl Backend for Memif {
     }
 
     fn start(&mut self, cx: Start<'_>) -> Result<Box<dyn DrivenPort>, PortError> {
+        if self.client {
+            let slot = Slot::new(cx.name, &self.secret, false, cx.counters.clone(), cx.waker);
+            let dialer = client::start(self.key.clone(), self.id, slot.clone())
+                .map_err(PortError::Refused)?;
+            self.role = Some(Role::Client(slot.clone(), dialer));
+            tracing::info!(port = %self.name, socket = %self.key, id = self.id, "memif client port ready");
+            return Ok(Box::new(io::MemifIo::new(slot, cx.rings, cx.watcher)));
+        }
         let slot = Slot::new(
             cx.name,
             &self.secret,
@@ -97,24 +121,22 @@ impl Backend for Memif {
             cx.waker,
         );
         let reg = server::register(&self.key, self.id, slot.clone()).map_err(PortError::Refused)?;
-        self.registration = Some(reg);
-        self.slot = Some(slot.clone());
+        self.role = Some(Role::Server(slot.clone(), reg));
         tracing::info!(port = %self.name, socket = %self.key, id = self.id, "memif port ready");
         Ok(Box::new(io::MemifIo::new(slot, cx.rings, cx.watcher)))
     }
 
     fn stop(&mut self) -> AfterDetach {
-        self.registration = None;
-        self.slot = None;
+        self.role = None;
         AfterDetach::Forget
     }
 
     fn socket(&self) -> Option<&Path> {
-        (!self.key.abstract_name).then(|| Path::new(&self.key.path))
+        (!self.key.abstract_name && !self.client).then(|| Path::new(&self.key.path))
     }
 
     fn shares_socket(&self) -> bool {
-        true
+        !self.client
     }
 
     fn status(&self) -> Status {
@@ -122,13 +144,32 @@ impl Backend for Memif {
     }
 
     fn describe(&self) -> String {
-        let at = format!("memif id {} on {}", self.id, self.key);
-        match self.slot.as_ref().and_then(|s| s.peer()) {
-            Some(p) => format!(
-                "{at}: connected to {} ({}), C2S {}x{}, S2C {}x{}",
+        fn connected(p: &PeerInfo) -> String {
+            format!(
+                "connected to {} ({}), C2S {}x{}, S2C {}x{}",
                 p.app, p.if_name, p.c2s.0, p.c2s.1, p.s2c.0, p.s2c.1
-            ),
-            None => format!("{at}: waiting for a client"),
+            )
+        }
+        match &self.role {
+            Some(Role::Client(slot, _)) => {
+                let at = format!("memif client, id {} of {}", self.id, self.key);
+                match (slot.peer(), slot.note()) {
+                    (Some(p), _) => format!("{at}: {}", connected(&p)),
+                    (None, Some(why)) => format!("{at}: connecting ({why})"),
+                    (None, None) => format!("{at}: connecting"),
+                }
+            }
+            role => {
+                let at = format!("memif id {} on {}", self.id, self.key);
+                let peer = match role {
+                    Some(Role::Server(slot, _)) => slot.peer(),
+                    _ => None,
+                };
+                match peer {
+                    Some(p) => format!("{at}: {}", connected(&p)),
+                    None => format!("{at}: waiting for a client"),
+                }
+            }
         }
     }
 }

@@ -60,20 +60,34 @@ pub struct PeerInfo {
     pub s2c: (usize, u32),
 }
 
-#[derive(Default)]
-struct SlotInner {
+struct SlotInner<C> {
     /// A client has claimed the id (its INIT was accepted) and not gone yet.
     busy: bool,
     /// A connection mapped and waiting for the forwarding thread, with its generation.
-    offer: Option<(u64, Conn)>,
+    offer: Option<(u64, C)>,
     peer: Option<PeerInfo>,
     /// The forwarding thread found the connection's rings broken: why.
     broken: Option<String>,
+    /// Why a client port is not connected (its last attempt), for `vale-ctl list`.
+    note: Option<String>,
 }
 
-/// One memif port's meeting point: the socket thread puts connections in, the port's
+impl<C> Default for SlotInner<C> {
+    fn default() -> Self {
+        SlotInner {
+            busy: false,
+            offer: None,
+            peer: None,
+            broken: None,
+            note: None,
+        }
+    }
+}
+
+/// One memif port's meeting point: the socket thread (valed the server) or the dialing
+/// thread (valed the client, `C` = [`super::own::Own`]) puts connections in, the port's
 /// forwarding thread takes them out, the control thread reads who is connected.
-pub struct Slot {
+pub struct Slot<C = Conn> {
     pub port: String,
     secret: FixedStr<SECRET_LEN>,
     /// Map regions that cannot be sealed (`memif_trust_unsealed`).
@@ -82,19 +96,19 @@ pub struct Slot {
     waker: Waker,
     /// Moves on each time a client connects or goes.
     generation: AtomicU64,
-    inner: Mutex<SlotInner>,
-    /// Wakes the socket thread (set when the slot is registered).
+    inner: Mutex<SlotInner<C>>,
+    /// Wakes the socket (or dialing) thread (set when the slot is registered).
     server_wake: Mutex<Option<Arc<OwnedFd>>>,
 }
 
-impl Slot {
+impl<C> Slot<C> {
     pub fn new(
         port: &str,
         secret: &str,
         trust_unsealed: bool,
         counters: Arc<PortCounters>,
         waker: Waker,
-    ) -> Arc<Slot> {
+    ) -> Arc<Slot<C>> {
         Arc::new(Slot {
             port: port.to_string(),
             secret: FixedStr::new(secret.as_bytes()),
@@ -114,12 +128,21 @@ impl Slot {
 
     /// The connection of generation `generation`, if it is still the current one and
     /// nobody took it yet.
-    pub fn take(&self, generation: u64) -> Option<Conn> {
+    pub fn take(&self, generation: u64) -> Option<C> {
         let mut g = lock(&self.inner);
         match g.offer.take() {
             Some((at, c)) if at == generation => Some(c),
             _ => None,
         }
+    }
+
+    /// Why the port is not connected, if known.
+    pub fn note(&self) -> Option<String> {
+        lock(&self.inner).note.clone()
+    }
+
+    pub(super) fn set_note(&self, note: Option<String>) {
+        lock(&self.inner).note = note;
     }
 
     pub fn peer(&self) -> Option<PeerInfo> {
@@ -133,6 +156,16 @@ impl Slot {
         if let Some(w) = lock(&self.server_wake).as_ref() {
             let _ = rustix::io::write(&**w, &1u64.to_ne_bytes());
         }
+    }
+
+    /// The eventfd that wakes the thread that serves or dials for this slot.
+    pub(super) fn set_wake(&self, wake: Arc<OwnedFd>) {
+        *lock(&self.server_wake) = Some(wake);
+    }
+
+    /// The secret a client must give (server) or gives (client).
+    pub(super) fn secret(&self) -> &FixedStr<SECRET_LEN> {
+        &self.secret
     }
 
     fn known(&self) -> Known {
@@ -150,7 +183,7 @@ impl Slot {
     }
 
     /// A client connected with `conn`: the forwarding thread takes it at its next pass.
-    fn connect(&self, conn: Conn, peer: PeerInfo) -> u64 {
+    pub(super) fn connect(&self, conn: C, peer: PeerInfo) -> u64 {
         let mut g = lock(&self.inner);
         let generation = self.generation.load(Ordering::Relaxed) + 1;
         g.offer = Some((generation, conn));
@@ -163,7 +196,7 @@ impl Slot {
     }
 
     /// The client that claimed the id is gone.
-    fn release(&self, was_connected: bool) {
+    pub(super) fn release(&self, was_connected: bool) {
         let mut g = lock(&self.inner);
         g.busy = false;
         g.offer = None;
@@ -177,7 +210,7 @@ impl Slot {
         self.waker.wake();
     }
 
-    fn take_broken(&self) -> Option<String> {
+    pub(super) fn take_broken(&self) -> Option<String> {
         lock(&self.inner).broken.take()
     }
 }
@@ -231,7 +264,7 @@ pub fn register(key: &SocketKey, id: u32, slot: Arc<Slot>) -> Result<Registratio
             other.port
         ));
     }
-    *lock(&slot.server_wake) = Some(server.wake.clone());
+    slot.set_wake(server.wake.clone());
     ports.insert(id, slot);
     drop(ports);
     Ok(Registration { server, id })

@@ -1,0 +1,317 @@
+//! Declared configuration: `[[port]]` entries in valed's TOML file that valed creates at
+//! start, a reload (SIGHUP or `vale-ctl reload`) that applies only the difference,
+//! `vale-ctl config check` with errors that name the line, and `vale-ctl config dump`
+//! that recreates the running state. TAP ports need root (SKIP otherwise).
+
+mod common;
+use common::*;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A directory for a test's config file and sockets (the daemon's own directory is
+/// made afresh when it starts).
+fn cfg_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vale-cfg-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+fn ifindex(name: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+fn inode(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0)
+}
+
+/// The switch ports of the host ports, sorted.
+fn hosts(d: &Daemon) -> Vec<String> {
+    let mut v: Vec<String> = d.ctl_json(&["list"])["hosts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|h| {
+                    h["attached"]
+                        .as_str()
+                        .or(h["waiting"].as_str())
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn ctl_ok(d: &Daemon, args: &[&str]) -> String {
+    let o = d.ctl(args);
+    assert!(
+        o.status.success(),
+        "vale-ctl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A file declaring a TAP port and a vhost-user port on vale0 and a memif port on
+/// vale1: valed creates all three at start; a reload after the file dropped the TAP
+/// and added another removes the one and creates the other, leaving the vhost-user
+/// and memif ports untouched (same socket files); a reload of a broken file changes
+/// nothing and says which line is wrong; SIGHUP does what `vale-ctl reload` does.
+#[test]
+fn declared_ports_are_created_at_start_and_a_reload_applies_only_the_difference() {
+    if !rustix::process::geteuid().is_root() {
+        skip("declared TAP ports need root");
+        return;
+    }
+    let dir = cfg_dir("reload");
+    let file = dir.join("valed.toml");
+    let vm = dir.join("vm.sock");
+    let memif = dir.join("memif.sock");
+    let entries = |tap: &str| {
+        format!(
+            "bridge_batch = 256\n\n\
+             [[port]]\nname = \"vale0:{tap}\"\nkind = \"tap\"\n\n\
+             [[port]]\nname = \"vale0:vm\"\nkind = \"vhost-user\"\nsocket = \"{}\"\n\n\
+             [[port]]\nname = \"vale1:m\"\nkind = \"memif\"\nsocket = \"{}\"\nid = 4\nsecret = \"abc\"\n",
+            vm.display(),
+            memif.display()
+        )
+    };
+    write(&file, &entries("vcfg0"));
+    let d = Daemon::start("cfg-reload", &["--config", path_str(&file)]);
+    let mut want = vec!["vale0:vcfg0", "vale0:vm", "vale1:m"];
+    assert_eq!(hosts(&d), want, "{}", d.log());
+    let tap0 = ifindex("vcfg0").expect("valed made the TAP interface");
+    let (vm_ino, memif_ino) = (inode(&vm), inode(&memif));
+    assert!(vm_ino != 0 && memif_ino != 0, "both sockets are there");
+    assert!(
+        d.log().contains("config: created vale0:vm (line 7)"),
+        "{}",
+        d.log()
+    );
+
+    // The TAP port changes name: one removed, one created, the rest untouched.
+    write(&file, &entries("vcfg1"));
+    let out = ctl_ok(&d, &["reload"]);
+    assert!(out.contains("removed vale0:vcfg0"), "{out}");
+    assert!(out.contains("created vale0:vcfg1 (line 3)"), "{out}");
+    assert!(out.contains("2 declared port(s) unchanged"), "{out}");
+    want[0] = "vale0:vcfg1";
+    assert_eq!(hosts(&d), want);
+    assert_eq!(
+        ifindex("vcfg0"),
+        None,
+        "the TAP valed made for it went with it"
+    );
+    assert!(ifindex("vcfg1").is_some_and(|i| i != tap0));
+    assert_eq!(
+        (inode(&vm), inode(&memif)),
+        (vm_ino, memif_ino),
+        "unchanged ports keep their sockets"
+    );
+
+    // A declared port removed by hand comes back at the next reload.
+    ctl_ok(&d, &["-d", "vale1:m"]);
+    assert!(!hosts(&d).contains(&"vale1:m".to_string()));
+    let out = ctl_ok(&d, &["reload"]);
+    assert!(out.contains("created vale1:m"), "{out}");
+    assert_eq!(hosts(&d), want);
+
+    // A broken file: refused with its line, nothing changed.
+    write(
+        &file,
+        &(entries("vcfg1") + "\n[[port]]\nname = \"vale0:x\"\nkind = \"tap\"\nsocket = \"/x\"\n"),
+    );
+    let o = d.ctl(&["reload"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("line 19") && err.contains("`socket` is not a key of a tap port"),
+        "{err}"
+    );
+    assert_eq!(hosts(&d), want);
+
+    // SIGHUP: the memif port's secret changes (so it is made again) and the vhost-user
+    // port is dropped.
+    write(
+        &file,
+        &format!(
+            "[[port]]\nname = \"vale0:vcfg1\"\nkind = \"tap\"\n\n\
+             [[port]]\nname = \"vale1:m\"\nkind = \"memif\"\nsocket = \"{}\"\nid = 4\nsecret = \"xyz\"\n",
+            memif.display()
+        ),
+    );
+    let tap1 = ifindex("vcfg1");
+    let pid = d.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        wait_for(5.0, || hosts(&d) == ["vale0:vcfg1", "vale1:m"]),
+        "{:?}\n{}",
+        hosts(&d),
+        d.log()
+    );
+    assert!(wait_for(2.0, || !vm.exists()), "the vhost-user socket went");
+    assert_eq!(ifindex("vcfg1"), tap1, "the TAP port was not touched");
+    assert!(d.log().contains("SIGHUP: reloaded"), "{}", d.log());
+    drop(d);
+    assert_eq!(ifindex("vcfg1"), None, "valed's TAP goes when valed does");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `vale-ctl config dump` writes a file that `config check` accepts and that brings a
+/// new valed up in the same state (its own dump is the same text); ports made at run
+/// time by vale-ctl are in it as well as declared ones.
+#[test]
+fn config_dump_recreates_the_running_state() {
+    let dir = cfg_dir("dump");
+    let a = Daemon::start("cfg-dump", &["--bridge-batch", "128", "--max-ports", "64"]);
+    let vm = dir.join("vm.sock");
+    ctl_ok(&a, &["vhost-user", "vale0:vm", "--path", path_str(&vm)]);
+    let m = dir.join("m.sock");
+    ctl_ok(
+        &a,
+        &[
+            "memif",
+            "vale2:m",
+            "--path",
+            path_str(&m),
+            "--id",
+            "9",
+            "--secret",
+            "q\"uote",
+        ],
+    );
+    let dgram = (dir.join("d.sock"), dir.join("d-peer.sock"));
+    ctl_ok(
+        &a,
+        &[
+            "qemu-dgram",
+            "vale1:d",
+            "--bind",
+            path_str(&dgram.0),
+            "--peer",
+            path_str(&dgram.1),
+        ],
+    );
+    let dump = ctl_ok(&a, &["config", "dump"]);
+    assert!(
+        dump.contains("bridge_batch = 128\n") && dump.contains("max_ports = 64\n"),
+        "{dump}"
+    );
+    assert_eq!(dump.matches("[[port]]").count(), 3, "{dump}");
+    let file = dir.join("dump.toml");
+    write(&file, &dump);
+    let check = ctl_ok(&a, &["config", "check", path_str(&file)]);
+    assert!(check.contains("ok (3 declared ports)"), "{check}");
+    let before = hosts(&a);
+    drop(a);
+    // The dump names the first daemon's socket; the new one is told its own, which is
+    // the only line that differs.
+    let b = Daemon::start("cfg-dump2", &["--config", path_str(&file)]);
+    assert_eq!(hosts(&b), before, "{}", b.log());
+    let again = ctl_ok(&b, &["config", "dump"]);
+    let no_socket = |s: &str| {
+        s.lines()
+            .filter(|l| !l.starts_with("socket = "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(no_socket(&again), no_socket(&dump));
+    std::thread::sleep(Duration::from_millis(100));
+    b.assert_laws();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `vale-ctl config check` judges a file as valed would, naming the line of each
+/// mistake, without a running valed.
+#[test]
+fn config_check_names_the_line_of_each_mistake() {
+    let dir = cfg_dir("check");
+    let file = dir.join("bad.toml");
+    let check = |text: &str| {
+        write(&file, text);
+        let o = std::process::Command::new(VALE_CTL)
+            .args([
+                "--socket",
+                "/nonexistent",
+                "config",
+                "check",
+                path_str(&file),
+            ])
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    let port = |body: &str| format!("threads = 1\n\n[[port]]\n{body}\n");
+    let cases = [
+        (
+            port("name = \"vale0:a\"\nkind = \"tap\"\nxdp = true"),
+            "line 3",
+            "`xdp` is not a key of a tap port",
+        ),
+        (
+            port("name = \"vale0:a\"\nkind = \"bridge\""),
+            "line 3",
+            "kind `bridge` is not tap",
+        ),
+        (port("kind = \"tap\""), "line 3", "has no name"),
+        (
+            port("name = \"eth0\"\nkind = \"tap\""),
+            "line 3",
+            "name `eth0`",
+        ),
+        (port("name = \"vale0:a\""), "line 3", "vale0:a has no kind"),
+        (
+            port("name = \"vale0:a\"\nkind = \"vhost-user\""),
+            "line 3",
+            "missing field `socket`",
+        ),
+        (
+            port("name = \"vale0:a\"\nkind = \"tap\"")
+                + "\n[[port]]\nname = \"vale0:a\"\nkind = \"tap\"\n",
+            "line 7",
+            "vale0:a is declared already, on line 3",
+        ),
+        (
+            "thread = 2\n".to_string(),
+            "line 1",
+            "unknown field `thread`",
+        ),
+        (
+            "bridge_batch = 0\n".to_string(),
+            "",
+            "bridge_batch 0 is out of range",
+        ),
+    ];
+    for (text, line, why) in &cases {
+        let (ok, out) = check(text);
+        assert!(!ok, "accepted:\n{text}");
+        assert!(
+            out.contains(line) && out.contains(why),
+            "{why} at {line}?\n{out}\n---\n{text}"
+        );
+    }
+    let (ok, out) = check(&port(
+        "name = \"vale0:m\"\nkind = \"memif\"\nsocket = \"/run/m.sock\"\nid = 2\nclient = true",
+    ));
+    assert!(ok && out.contains("ok (1 declared port)"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

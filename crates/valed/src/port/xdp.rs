@@ -71,6 +71,11 @@ fn socket_error(ifname: &str, q: u32, frames: usize, e: NewError) -> String {
         NewError::Other(e) if e.raw_os_error() == Some(libc::EBUSY) => {
             format!("{ifname} queue {q} already has an AF_XDP socket (another program's)")
         }
+        NewError::Other(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            format!(
+                "cannot open an AF_XDP socket on {ifname} queue {q}: {e} (valed needs CAP_NET_RAW)"
+            )
+        }
         NewError::Other(e) => format!("cannot bind an AF_XDP socket to {ifname} queue {q}: {e}"),
     }
 }
@@ -88,7 +93,7 @@ pub fn attach(ifname: &str, ifindex: u32) -> Result<Attached, PortError> {
     }
     let map = XskMap::create(queues).map_err(|e| {
         refused(format!(
-            "cannot create an XSKMAP: {e} (needs CAP_BPF or root)"
+            "cannot create an XSKMAP: {e} (valed needs CAP_BPF and CAP_NET_ADMIN, or root)"
         ))
     })?;
     let mut log = vec![0u8; 4096];
@@ -380,6 +385,10 @@ mod tests {
         assert_eq!(
             socket_error("eth0", 1, 4096, NewError::Other(os(libc::EBUSY))),
             "eth0 queue 1 already has an AF_XDP socket (another program's)"
+        );
+        assert!(
+            socket_error("eth0", 1, 4096, NewError::Other(os(libc::EPERM)))
+                .ends_with("(valed needs CAP_NET_RAW)")
         );
         assert_eq!(
             socket_error("eth0", 1, 4096, NewError::Other(os(libc::EINVAL))),

@@ -439,8 +439,10 @@ pub struct HostCounters {
     /// not take them (malformed headers), dropped.
     #[serde(default)]
     pub bad_offload: u64,
-    /// Frames the kernel dropped on an AF_XDP port's rings (`-a --xdp`): received ones
-    /// with no room or larger than a 4 KiB frame, sent descriptors it refused.
+    /// Frames the kernel dropped on an attached interface's socket: on an AF_XDP port's
+    /// rings (`-a --xdp`) received ones with no room or larger than a 4 KiB frame, sent
+    /// descriptors it refused; on an AF_PACKET port's (`-a`) received ones with its
+    /// receive ring or socket buffer full (`PACKET_STATISTICS`).
     #[serde(default)]
     pub kernel_drops: u64,
     /// Frames sent to the port while its peer was gone (a QEMU stream port whose VM hung

@@ -61,6 +61,10 @@ pub enum SettingsError {
     CpuUnavailable(usize),
     #[error("shared switch `{0}` is not SWITCH or SWITCH:GROUP (e.g. vale0 or vale0:netdev)")]
     Share(String),
+    #[error(
+        "metrics address `{0}` is neither IP:PORT (127.0.0.1:9417, [::1]:9417) nor a unix socket path (one with a `/`)"
+    )]
+    Metrics(String),
     #[error("max_switches and max_ports must be at least 1")]
     NoSwitchesOrPorts,
     #[error("default port: {0}")]
@@ -124,11 +128,41 @@ pub struct Settings {
     /// Off, such a client is refused; on, a truncation is still survived (the client is
     /// disconnected and `memory_faults` counted).
     pub memif_trust_unsealed: bool,
+    /// Where `GET /metrics` is served (Prometheus text format); `None`: nowhere.
+    pub metrics: Option<MetricsAddr>,
     /// Ports the config file declares: created at start, kept in step with the file on
     /// reload (SIGHUP, `vale-ctl reload`).
     pub ports: Vec<Declared>,
     /// The config file, read again on reload.
     pub config: Option<PathBuf>,
+}
+
+/// Where valed serves its metrics: a TCP address or a unix socket path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsAddr {
+    Tcp(std::net::SocketAddr),
+    Unix(PathBuf),
+}
+
+impl MetricsAddr {
+    /// `IP:PORT`, or a path (anything with a `/`: `./metrics.sock`, `/run/vale/metrics.sock`).
+    pub fn parse(s: &str) -> Result<MetricsAddr, SettingsError> {
+        if s.contains('/') {
+            return Ok(MetricsAddr::Unix(PathBuf::from(s)));
+        }
+        s.parse()
+            .map(MetricsAddr::Tcp)
+            .map_err(|_| SettingsError::Metrics(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for MetricsAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MetricsAddr::Tcp(a) => write!(f, "{a}"),
+            MetricsAddr::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
 }
 
 /// A port the config file declares (`[[port]]`): the switch port and how to make it.
@@ -310,6 +344,7 @@ impl Default for Settings {
             handshake_timeout_s: DEFAULT_HANDSHAKE_TIMEOUT_S,
             vhost_trust_unsealed: false,
             memif_trust_unsealed: false,
+            metrics: None,
             ports: Vec::new(),
             config: None,
         }
@@ -350,6 +385,7 @@ pub struct ConfigFile {
     pub threads: Option<usize>,
     pub socket_group: Option<String>,
     pub cpus: Option<String>,
+    pub metrics: Option<String>,
     /// `[[port]]` tables as written; [`ConfigFile::load`] turns them into `ports`.
     #[serde(default, rename = "port")]
     pub port_tables: Vec<toml::Spanned<toml::Table>>,
@@ -443,6 +479,9 @@ impl ConfigFile {
         if let Some(m) = &self.socket_mode {
             s.socket_mode = parse_mode(m)?;
         }
+        if let Some(m) = &self.metrics {
+            s.metrics = Some(MetricsAddr::parse(m)?);
+        }
         Ok(())
     }
 }
@@ -477,6 +516,7 @@ pub fn dump(
         let line = match k.as_str() {
             "share" if v.is_empty() => continue,
             "cpus" if v.is_empty() => continue,
+            "metrics" if v.is_empty() => continue,
             "share" => format!(
                 "[{}]",
                 v.split(',').map(toml_str).collect::<Vec<_>>().join(", ")
@@ -662,6 +702,23 @@ mod tests {
         f.apply(&mut s).unwrap();
         assert!(s.memif_trust_unsealed);
         assert!(toml::from_str::<ConfigFile>("max_switchez = 1").is_err());
+        assert_eq!(s.metrics, None, "no metrics unless asked");
+        let f: ConfigFile = toml::from_str("metrics = \"127.0.0.1:9417\"").unwrap();
+        f.apply(&mut s).unwrap();
+        assert_eq!(
+            s.metrics,
+            Some(MetricsAddr::Tcp(([127, 0, 0, 1], 9417).into()))
+        );
+        let f: ConfigFile = toml::from_str("metrics = \"/run/vale/metrics.sock\"").unwrap();
+        f.apply(&mut s).unwrap();
+        assert_eq!(
+            s.metrics.as_ref().unwrap().to_string(),
+            "/run/vale/metrics.sock"
+        );
+        for bad in ["9417", "localhost:9417", "127.0.0.1", ""] {
+            let e = MetricsAddr::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("IP:PORT"), "{bad}: {e}");
+        }
         assert!(parse_mode("999").is_err());
         assert_eq!(parse_cpus("1,3-5").unwrap(), vec![1, 3, 4, 5]);
         for bad in ["", "a", "3-1", "1,,x", "99999"] {

@@ -134,7 +134,7 @@ fn run(args: &Args) -> Result<(), String> {
                         c.write_errors,
                         c.read_errors,
                         c.bad_offload,
-                        if h.kind == "nic-xdp" {
+                        if h.kind == "nic-xdp" || h.kind == "nic" {
                             format!(" kernel_drops {}", c.kernel_drops)
                         } else if h.kind == "vxlan" {
                             format!(

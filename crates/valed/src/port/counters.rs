@@ -15,8 +15,9 @@ pub struct PortCounters {
     pub write_errors: AtomicU64,
     pub read_errors: AtomicU64,
     pub bad_offload: AtomicU64,
-    /// Frames the kernel dropped on an AF_XDP port's rings: received ones with no room
-    /// or larger than a UMEM frame, sent descriptors it refused as invalid.
+    /// Frames the kernel dropped on an AF_XDP port's rings (received ones with no room
+    /// or larger than a UMEM frame, sent descriptors it refused as invalid), or on an
+    /// AF_PACKET port's socket (received ones with its ring or buffer full).
     pub kernel_drops: AtomicU64,
     /// Frames the switch sent while no peer was there to take them (a QEMU stream port
     /// whose VM hung up and has not come back), dropped.

@@ -506,7 +506,8 @@ fn malformed_headers_are_dropped_by_reason_and_a_garbage_flood_stalls_nothing() 
         (&v, &net.name("u"), "198.18.0.1/24"),
         (&s, &net.name("s"), "198.18.0.2/24"),
     );
-    let d = Daemon::start_in(&v, "vxb-v", &[]);
+    let metrics = std::env::temp_dir().join(format!("vale-test-vxb-{}.sock", std::process::id()));
+    let d = Daemon::start_in(&v, "vxb-v", &["--metrics", path_str(&metrics)]);
     let tap = net.name("t");
     tap_host(&d, &v, &tap, &h, "198.19.0.1/24", 1450);
     ctl_ok(
@@ -561,6 +562,27 @@ fn malformed_headers_are_dropped_by_reason_and_a_garbage_flood_stalls_nothing() 
         text.contains("dropped: too_short 1 no_i_flag 1 reserved 3 foreign_vni 1"),
         "{text}"
     );
+    // And in the metrics, by reason.
+    if have("curl", "curl", "the metrics part") {
+        let o = run(&[
+            "curl",
+            "-sS",
+            "--unix-socket",
+            path_str(&metrics),
+            "http://valed/metrics",
+        ]);
+        let body = String::from_utf8_lossy(&o.stdout);
+        for (e, n) in [
+            ("vxlan_reserved", 3),
+            ("vxlan_no_i_flag", 1),
+            ("vxlan_foreign_vni", 1),
+        ] {
+            let line = format!(
+                "vale_host_port_errors_total{{host=\"up\",kind=\"vxlan\",error=\"{e}\"}} {n}"
+            );
+            assert!(body.contains(&line), "{line} in:\n{body}");
+        }
+    }
 
     // 100000 random datagrams: counted, the switch unharmed, a valid frame still passes.
     send_py(&s, "198.18.0.1", &[], 100_000);
@@ -586,6 +608,8 @@ fn malformed_headers_are_dropped_by_reason_and_a_garbage_flood_stalls_nothing() 
     eprintln!("after the flood: {c}");
     assert!(dropped > 6, "garbage counted: {c}");
     d.assert_laws();
+    drop(d);
+    let _ = std::fs::remove_file(&metrics);
 }
 
 #[test]

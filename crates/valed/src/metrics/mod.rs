@@ -292,7 +292,7 @@ fn render_hosts(t: &mut Text, hosts: &[HostRow]) {
             t.sample(&labels(h), get(s));
         }
     }
-    let errors: [(&str, Get); 9] = [
+    let errors: [(&str, Get); 15] = [
         ("truncated", |c| c.truncated),
         ("write_errors", |c| c.write_errors),
         ("read_errors", |c| c.read_errors),
@@ -302,6 +302,12 @@ fn render_hosts(t: &mut Text, hosts: &[HostRow]) {
         ("bad_desc", |c| c.bad_desc),
         ("chain_too_long", |c| c.chain_too_long),
         ("memory_faults", |c| c.memory_faults),
+        ("too_big", |c| c.too_big),
+        ("replica_drops", |c| c.replica_drops),
+        ("vxlan_too_short", |c| c.vxlan_too_short),
+        ("vxlan_no_i_flag", |c| c.vxlan_no_i_flag),
+        ("vxlan_reserved", |c| c.vxlan_reserved),
+        ("vxlan_foreign_vni", |c| c.vxlan_foreign_vni),
     ];
     t.family(
         "vale_host_port_errors_total",

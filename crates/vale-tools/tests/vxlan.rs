@@ -562,6 +562,20 @@ fn malformed_headers_are_dropped_by_reason_and_a_garbage_flood_stalls_nothing() 
         text.contains("dropped: too_short 1 no_i_flag 1 reserved 3 foreign_vni 1"),
         "{text}"
     );
+    // The one valid frame's source was learned behind its sender, and its age goes on
+    // while nothing arrives.
+    let about = || uplink(&d)["about"].as_str().unwrap_or_default().to_string();
+    assert!(
+        about().contains("02:00:00:00:00:09 via 198.18.0.2 (0 s)"),
+        "{}",
+        about()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert!(
+        about().contains("02:00:00:00:00:09 via 198.18.0.2 (2 s)"),
+        "{}",
+        about()
+    );
     // And in the metrics, by reason.
     if have("curl", "curl", "the metrics part") {
         let o = run(&[

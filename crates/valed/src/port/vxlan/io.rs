@@ -62,6 +62,8 @@ pub struct VxlanIo {
     shown: Arc<Mutex<Shown>>,
     t0: Instant,
     published: u64,
+    /// The table learned or moved an address since it was last published.
+    changed: bool,
     closed: bool,
 }
 
@@ -93,6 +95,7 @@ impl VxlanIo {
             shown,
             t0: Instant::now(),
             published: u64::MAX,
+            changed: false,
             closed: false,
         }
     }
@@ -104,12 +107,14 @@ impl VxlanIo {
     /// The learned table for `vale-ctl list`, once a second at most (never waiting for
     /// the control thread).
     fn publish(&mut self, now: u64) {
-        if now == self.published {
+        if now == self.published && !self.changed {
             return;
         }
         if let Ok(mut s) = self.shown.try_lock() {
             s.vteps = self.vteps.rows(now);
+            s.at = Some((self.t0, now));
             self.published = now;
+            self.changed = false;
         }
     }
 
@@ -239,7 +244,7 @@ impl DrivenPort for VxlanIo {
             {
                 let mut src = [0u8; 6];
                 src.copy_from_slice(&inner[6..12]);
-                self.vteps.learn(src, from, now);
+                self.changed |= self.vteps.learn(src, from, now);
             }
             ring_put(&rings.tx, inner);
             c.count_in(inner.len());

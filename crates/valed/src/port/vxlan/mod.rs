@@ -312,10 +312,31 @@ fn open(c: &Conf) -> Result<Sockets, CtlError> {
     Ok(Sockets { rx, tx })
 }
 
-/// What the data plane shows the control thread, about once a second.
+/// What the data plane shows the control thread: the learned table when it changes,
+/// and at most once a second besides, with when (the port's clock and its reading).
 #[derive(Default)]
 pub struct Shown {
     pub vteps: Vec<vtep::Row>,
+    pub at: Option<(std::time::Instant, u64)>,
+}
+
+impl Shown {
+    /// The rows as they are now: ages moved on since they were published, the expired
+    /// left out (an idle port publishes nothing).
+    fn now(&self) -> Vec<vtep::Row> {
+        let Some((t0, at)) = self.at else {
+            return Vec::new();
+        };
+        let later = t0.elapsed().as_secs().saturating_sub(at);
+        self.vteps
+            .iter()
+            .map(|r| vtep::Row {
+                age_secs: r.age_secs + later,
+                ..r.clone()
+            })
+            .filter(|r| r.age_secs <= VTEP_MAX_AGE)
+            .collect()
+    }
 }
 
 /// The control side of a VXLAN port.
@@ -413,11 +434,7 @@ impl Backend for Vxlan {
             None => s += &format!(", {DEFAULT_SOURCE_PORTS} source ports"),
         }
         if c.learning {
-            let shown = self
-                .shown
-                .lock()
-                .map(|g| g.vteps.clone())
-                .unwrap_or_default();
+            let shown = self.shown.lock().map(|g| g.now()).unwrap_or_default();
             s += &format!("; {} VTEPs learned", shown.len());
             for (i, r) in shown.iter().enumerate() {
                 if i == SHOWN_VTEPS {

@@ -127,28 +127,31 @@ impl Vteps {
     }
 
     /// `mac` was the source of a frame from `vtep` at `now`. Group and broadcast
-    /// addresses are never sources of a real frame and are not learned.
-    pub fn learn(&mut self, mac: [u8; 6], vtep: IpAddr, now: u64) {
+    /// addresses are never sources of a real frame and are not learned. Returns whether
+    /// the table now says something new (an address learned, or moved to another VTEP).
+    pub fn learn(&mut self, mac: [u8; 6], vtep: IpAddr, now: u64) -> bool {
         if mac[0] & 1 != 0 || mac == [0; 6] {
-            return;
+            return false;
         }
         if let Some(e) = self.map.get_mut(&mac) {
+            let moved = e.vtep != vtep || now.saturating_sub(e.seen) > self.max_age;
             *e = Entry { vtep, seen: now };
-            return;
+            return moved;
         }
         if self.map.len() >= self.capacity {
             if self.swept == now {
-                return;
+                return false;
             }
             self.swept = now;
             let max_age = self.max_age;
             self.map
                 .retain(|_, e| now.saturating_sub(e.seen) <= max_age);
             if self.map.len() >= self.capacity {
-                return;
+                return false;
             }
         }
         self.map.insert(mac, Entry { vtep, seen: now });
+        true
     }
 
     /// The VTEP behind unicast `mac`, if it was seen within `max_age` of `now`.
@@ -256,19 +259,20 @@ mod tests {
         let ip = |x: u8| IpAddr::from([198, 18, 0, x]);
         let m = |x: u8| [0x02, 0, 0, 0, 0, x];
         let mut t = Vteps::new(2, 300);
-        t.learn(m(1), ip(2), 10);
+        assert!(t.learn(m(1), ip(2), 10), "new");
         assert_eq!(t.lookup(&m(1), 10), Some(ip(2)));
-        t.learn(m(1), ip(3), 20);
+        assert!(!t.learn(m(1), ip(2), 11), "seen again: nothing new");
+        assert!(t.learn(m(1), ip(3), 20), "moved");
         assert_eq!(t.lookup(&m(1), 20), Some(ip(3)), "moved");
         assert_eq!(t.lookup(&m(1), 320), Some(ip(3)));
         assert_eq!(t.lookup(&m(1), 321), None, "aged out");
-        t.learn([0xff; 6], ip(2), 20);
-        t.learn([0x01, 0, 0x5e, 0, 0, 1], ip(2), 20);
+        assert!(!t.learn([0xff; 6], ip(2), 20));
+        assert!(!t.learn([0x01, 0, 0x5e, 0, 0, 1], ip(2), 20));
         assert_eq!(t.rows(20).len(), 1, "group addresses are not sources");
         t.learn(m(2), ip(2), 20);
-        t.learn(m(3), ip(2), 21);
+        assert!(!t.learn(m(3), ip(2), 21));
         assert_eq!(t.lookup(&m(3), 21), None, "full, and nothing expired");
-        t.learn(m(3), ip(2), 400);
+        assert!(t.learn(m(3), ip(2), 400));
         assert_eq!(t.lookup(&m(3), 400), Some(ip(2)), "the expired were swept");
         assert_eq!(
             t.rows(400),

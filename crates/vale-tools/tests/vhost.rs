@@ -198,10 +198,20 @@ fn testpmd_virtio_user_exchanges_traffic_through_a_vhost_user_port() {
     // Switch -> guest, with the frontend connecting again (a restarted VM).
     let tx = d.open("vale0:tx");
     let frames: Vec<_> = (0..3000u32).map(|i| frame([0xff; 6], A_MAC, i)).collect();
+    let to_host = || d.host("vale0:vm")["counters"]["to_host"].as_u64().unwrap();
     let out = testpmd(&d, 2, &sock, "rxonly", 3, || {
-        for chunk in frames.chunks(100) {
+        // Paced by the guest, not by the clock: each 100 once it has taken all but a
+        // ring (256) of those before. testpmd's poller, starved for 150 ms on a loaded
+        // machine, once let most of a burst meet an empty ring and a full outbox (drops
+        // counted, as they should be, but not what this checks).
+        // (20 s in all: a guest that stops taking them is the checks' to report.)
+        let base = to_host();
+        let t = std::time::Instant::now();
+        for (i, chunk) in frames.chunks(100).enumerate() {
+            let before = (i * 100) as u64;
+            let left = 20.0 - t.elapsed().as_secs_f64();
+            wait_for(left.max(0.0), || to_host() - base + 256 >= before);
             send(&tx, chunk);
-            std::thread::sleep(Duration::from_millis(5));
         }
     });
     let to_vm = d.counter("vale0:vm", "rx_packets");

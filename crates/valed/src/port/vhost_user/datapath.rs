@@ -238,8 +238,15 @@ impl VhostIo {
                 }
             }
         }
+        // A full outbox first goes into buffers the guest added since it filled: the
+        // switch hands a whole batch over before `push_rx` looks again, and without
+        // this a batch arriving just after the guest refilled was dropped while its
+        // buffers stood empty (seen: 256 buffers free as frames were dropped).
         if g.out.pending.len() >= MAX_PENDING {
-            return false;
+            flush(g, &self.counters);
+            if g.out.pending.len() >= MAX_PENDING {
+                return false;
+            }
         }
         let mut f = g.out.spare.pop().unwrap_or_default();
         f.clear();
@@ -250,19 +257,7 @@ impl VhostIo {
             p.copy_to(&mut f[at..]);
         }
         g.out.stage(f, &self.counters);
-        let Some((vq, mem)) = g.queue(RX) else {
-            return true; // delivered when the guest sets its queues up (or dropped)
-        };
-        let mut st = vq.get_mut();
-        if !st.get_queue().ready() || !st.is_enabled() {
-            return true;
-        }
-        while !g.out.pending.is_empty() {
-            match deliver(&mut g.out, st.get_queue_mut(), &mem, &self.counters) {
-                Some(_) => g.rx_dirty = true,
-                None => break,
-            }
-        }
+        flush(g, &self.counters);
         true
     }
 
@@ -416,6 +411,24 @@ pub(crate) fn avail_beyond(q: &virtio_queue::Queue, mem: &GuestMemoryMmap) -> bo
     match q.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
         Ok(i) => (i - std::num::Wrapping(q.next_avail())).0 > q.size(),
         Err(_) => true,
+    }
+}
+
+/// What waits in the outbox -> guest RX buffers, as many as there are (none while
+/// the guest has not set its RX queue up, or has stopped it).
+fn flush(g: &mut Guest, c: &PortCounters) {
+    let Some((vq, mem)) = g.queue(RX) else {
+        return;
+    };
+    let mut st = vq.get_mut();
+    if !st.get_queue().ready() || !st.is_enabled() {
+        return;
+    }
+    while !g.out.pending.is_empty() {
+        match deliver(&mut g.out, st.get_queue_mut(), &mem, c) {
+            Some(_) => g.rx_dirty = true,
+            None => break,
+        }
     }
 }
 

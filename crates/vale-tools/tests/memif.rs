@@ -183,11 +183,20 @@ fn memif_daemon(tag: &str, flags: &[&str]) -> (Daemon, String) {
 }
 
 /// `pkt-gen -f rx` on vale0:r, and a client holding the port open so its counters
-/// outlast pkt-gen (the holder reads nothing).
+/// outlast pkt-gen (the holder reads nothing while pkt-gen runs).
 fn receiver(d: &Daemon) -> (Child, vale::Port) {
     let rx = pkt_gen(d, &["-i", "vale0:r", "-f", "rx", "--duration", "60", "-W"]);
     assert!(wait_for(5.0, || d.ports().contains(&"vale0:r".into())));
     (rx, d.open("vale0:r"))
+}
+
+/// What the receiver read: pkt-gen's own count, once it left (after a second without
+/// frames, `-W`), plus what it left in the port's ring, read by the holder. (On a busy
+/// machine the sender can pause for a second, pkt-gen then leaves early, and up to a
+/// ring of frames waits there unread.)
+fn received(rx: Child, hold: &vale::Port) -> u64 {
+    let r = rx.wait_with_output().unwrap();
+    pkt_gen_count(&r, "Received") + drain(hold, 1.0).len() as u64
 }
 
 fn pkt_gen(d: &Daemon, args: &[&str]) -> Child {
@@ -227,7 +236,7 @@ fn testpmd_sends_into_the_switch_and_every_frame_is_received_or_counted() {
             .unwrap()
             .contains("waiting for a client")
     );
-    let (rx, _hold) = receiver(&d);
+    let (rx, hold) = receiver(&d);
     let tp = testpmd(&d, "tx", sock, "id=7", "txonly", 60, &["--txpkts=64"]);
     assert!(
         wait_for(15.0, || connected(&d, "m")),
@@ -245,8 +254,7 @@ fn testpmd_sends_into_the_switch_and_every_frame_is_received_or_counted() {
     let sent = sent_by(&out);
     assert!(sent > 10_000, "testpmd sent {sent}\n{out}");
     assert!(wait_for(5.0, || host_counter(&d, "m", "peer_disconnects") == 1));
-    let r = rx.wait_with_output().unwrap();
-    let received = pkt_gen_count(&r, "Received");
+    let received = received(rx, &hold);
     let full = d.counter("vale0:r", "ring_full");
     assert_eq!(
         d.counter("vale0:m", "tx_packets"),
@@ -323,7 +331,7 @@ fn jumbo_frames_cross_a_memif_port_both_ways_in_chains() {
     let sock = sock.as_str();
     memif_port(&d, "vale0:m", sock, 0, &[]);
     // testpmd -> switch.
-    let (rx, _hold) = receiver(&d);
+    let (rx, hold) = receiver(&d);
     // In buffers of 10 KiB, one per frame: DPDK 22.11's memif transmit overruns its ring
     // by a descriptor when a chained frame needs one more than is free (it then
     // publishes a head thousands of slots ahead, which valed refuses: the runaway-head
@@ -340,8 +348,7 @@ fn jumbo_frames_cross_a_memif_port_both_ways_in_chains() {
     send_for(&d, "m", &tp, 3);
     let out = finished(&d, "jtx", tp);
     let sent = sent_by(&out);
-    let r = rx.wait_with_output().unwrap();
-    let received = pkt_gen_count(&r, "Received");
+    let received = received(rx, &hold);
     let bytes = d.counter("vale0:r", "rx_bytes");
     assert!(received > 100, "{received}\n{out}");
     assert_eq!(bytes, received * 9000, "whole 9000-byte frames");
@@ -1034,7 +1041,7 @@ fn a_zero_copy_testpmd_client_is_refused_unless_trusted_and_then_works_both_ways
     let (d, sock) = memif_daemon("memif-zc", &["--memif-trust-unsealed"]);
     let sock = sock.as_str();
     memif_port(&d, "vale0:m", sock, 0, &[]);
-    let (rx, _hold) = receiver(&d);
+    let (rx, hold) = receiver(&d);
     let tp = testpmd_eal(
         &d,
         "zctx",
@@ -1048,8 +1055,7 @@ fn a_zero_copy_testpmd_client_is_refused_unless_trusted_and_then_works_both_ways
     send_for(&d, "m", &tp, 3);
     let out = finished(&d, "zctx", tp);
     let sent = sent_by(&out);
-    let r = rx.wait_with_output().unwrap();
-    let received = pkt_gen_count(&r, "Received");
+    let received = received(rx, &hold);
     assert!(sent > 10_000, "zero-copy testpmd sent {sent}\n{out}");
     assert_eq!(received + d.counter("vale0:r", "ring_full"), sent);
     assert!(wait_for(5.0, || !connected(&d, "m")));

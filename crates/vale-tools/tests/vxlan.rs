@@ -35,8 +35,15 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// Why these tests cannot run here, if they cannot.
+/// Why these tests cannot run here, if they cannot: probed once per test binary (the
+/// tests run in parallel, and each probing with the same namespace name made the others'
+/// `ip netns add` fail with "File exists", read as "no vxlan").
 fn skip_reason() -> Option<String> {
+    static ONCE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ONCE.get_or_init(probe).clone()
+}
+
+fn probe() -> Option<String> {
     if !rustix::process::geteuid().is_root() {
         return Some("needs root for network namespaces, veths and TAP devices".into());
     }

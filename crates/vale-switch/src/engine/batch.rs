@@ -5,6 +5,7 @@ use super::{ETH_HLEN, NIL, PortTable};
 use crate::lookup::{Dest, PacketInfo};
 use crate::stats::{DropReason, PortStats};
 use crate::types::PortId;
+use crate::vlan::{Members, PortVlan};
 use vale_abi::layout::{MAX_FRAGS, NS_INDIRECT, NS_MOREFRAG, NetmapSlot};
 use vale_abi::ring::next;
 use vale_abi::{Bufs, Slots};
@@ -218,6 +219,83 @@ impl Scratch {
             };
             st.forwarded += 1;
             st.copies += if q.is_some() { 1 } else { others as u64 };
+            st.tx_bytes += self.infos[pi].len as u64;
+            self.enqueue(q, pi as u32);
+        }
+    }
+
+    /// Between passes 0 and 1 with VLAN filtering on: each packet's VLAN from the
+    /// sender's mode; the packets it does not admit are counted and taken out of the
+    /// batch (the lookup never sees them). Returns the packets kept.
+    #[inline(never)]
+    pub(super) fn classify(
+        &mut self,
+        np: usize,
+        mode: &PortVlan,
+        hdr_len: u16,
+        st: &mut PortStats,
+    ) -> usize {
+        let mut w = 0;
+        for i in 0..np {
+            let mut info = self.infos[i];
+            let len = info.len.saturating_sub(hdr_len as u32);
+            match mode.ingress(info.ethertype, info.tci, len) {
+                Ok((vid, how)) => {
+                    info.vid = vid;
+                    info.vlan_in = how;
+                    self.infos[w] = info;
+                    self.pkts[w] = self.pkts[i];
+                    w += 1;
+                }
+                Err(r) => st.drops[r as usize] += 1,
+            }
+        }
+        w
+    }
+
+    /// Pass 1 with VLAN filtering on: as [`Self::route`], but a unicast goes only to a
+    /// member of the frame's VLAN and a flood makes one copy per other member.
+    #[inline(never)]
+    pub(super) fn route_vlan(
+        &mut self,
+        np: usize,
+        src: PortId,
+        ports: &PortTable,
+        members: &Members,
+        st: &mut PortStats,
+    ) {
+        // The sender is a member of every VLAN it admits.
+        let me = u16::from(ports.active.contains(&src));
+        self.dsts.clear();
+        self.flood = EMPTY_Q;
+        for pi in 0..np {
+            let vid = self.infos[pi].vid;
+            let (q, copies) = match self.dests[pi] {
+                Dest::Port(q) if q != src => match ports.get(q) {
+                    Some(p) if p.vlan.member(vid) => (Some(q), 1),
+                    Some(_) => {
+                        st.drops[DropReason::VlanNotMember as usize] += 1;
+                        continue;
+                    }
+                    None => {
+                        st.drops[DropReason::NoDest as usize] += 1;
+                        continue;
+                    }
+                },
+                Dest::Flood => match members.of(vid).saturating_sub(me) {
+                    0 => {
+                        st.drops[DropReason::VlanNotMember as usize] += 1;
+                        continue;
+                    }
+                    n => (None, n as u64),
+                },
+                _ => {
+                    st.drops[DropReason::NoDest as usize] += 1;
+                    continue;
+                }
+            };
+            st.forwarded += 1;
+            st.copies += copies;
             st.tx_bytes += self.infos[pi].len as u64;
             self.enqueue(q, pi as u32);
         }

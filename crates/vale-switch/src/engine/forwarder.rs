@@ -76,8 +76,13 @@ impl Forwarder {
         self.sc.fit(sw.cfg.batch, sw.ports.slots.len());
         let Forwarder { sc, conv } = self;
         let Switch {
-            ports, lookup, cfg, ..
+            ports,
+            lookup,
+            cfg,
+            vlan,
+            ..
         } = sw;
+        let vlan = vlan.as_ref();
         let Some(port) = ports.get_mut(src) else {
             return 0;
         };
@@ -110,12 +115,20 @@ impl Forwarder {
             limit: cfg.batch,
         };
         let mut st = PortStats::default();
-        let np = sc.gather(&mut rd, &snd, &mut st);
+        let mut np = sc.gather(&mut rd, &snd, &mut st);
         let end = rd.at;
+        if vlan.is_some() {
+            if let Some(p) = ports.get(src) {
+                np = sc.classify(np, &p.vlan, hdr_len, &mut st);
+            }
+        }
 
         // Pass 1: one lookup call for the batch, then the queues.
         lookup.lookup_batch(&sc.infos[..np], &mut sc.dests[..np], now);
-        sc.route(np, src, ports, &mut st);
+        match vlan {
+            None => sc.route(np, src, ports, &mut st),
+            Some(m) => sc.route_vlan(np, src, ports, m, &mut st),
+        }
 
         let mut out = Out {
             conv,
@@ -132,6 +145,7 @@ impl Forwarder {
                 hdr_len,
                 ring,
                 flood: EMPTY_Q,
+                vlan: false,
             };
             let seen = Seen {
                 port: src,
@@ -149,6 +163,7 @@ impl Forwarder {
             hdr_len,
             ring,
             flood: sc.flood,
+            vlan: vlan.is_some(),
         };
         deliver_all(&b, ports, &mut out, &mut st);
         sc.clear_queues();

@@ -274,6 +274,34 @@ fn a_vlan_with_no_other_member_is_a_counted_drop() {
 }
 
 #[test]
+fn a_lookup_that_sends_across_vlans_is_refused_and_counted() {
+    // A patch panel knows no VLANs: the engine still keeps p0's VLAN 10 off p1 (20).
+    let mut sw = Switch::new(StaticMap::new(), SwitchConfig::default()).unwrap();
+    sw.set_vlan_filtering(true);
+    let mut ids = Vec::new();
+    for (i, m) in ["access 10", "access 20", "access 10"].iter().enumerate() {
+        let name = format!("vale0:s{i}");
+        let r = Region::create(&name, PortGeometry::default()).unwrap();
+        ids.push(sw.attach(name, r).unwrap());
+        sw.set_port_vlan(ids[i], m.parse().unwrap()).unwrap();
+    }
+    sw.lookup_mut().connect(ids[0], ids[1]);
+    sw.lookup_mut().connect(ids[1], ids[0]);
+    sw.lookup_mut().connect(ids[2], ids[0]);
+    let c: Vec<Client> = ids.iter().map(|id| Client::attach(&sw, *id)).collect();
+    c[0].send(&[bc(&[], 70)]);
+    c[1].send(&[bc(&[], 71)]);
+    c[2].send(&[bc(&[], 72)]);
+    drain(&mut sw, t(1));
+    assert!(c[1].recv_frames().is_empty());
+    assert_eq!(c[0].recv_frames().len(), 1, "from p2, a member of VLAN 10");
+    let st = |i: usize| sw.port(ids[i]).unwrap().stats();
+    assert_eq!(st(0).drop_count(DropReason::VlanNotMember), 1);
+    assert_eq!(st(1).drop_count(DropReason::VlanNotMember), 1);
+    assert_eq!(st(2).drop_count(DropReason::VlanNotMember), 0);
+}
+
+#[test]
 fn filtering_off_carries_tags_untouched_and_ignores_modes() {
     let mut n = Net::new(&OVS);
     n.sw.set_vlan_filtering(false);

@@ -1277,7 +1277,7 @@ fn vlan_aware_switch_between_af_packet_and_af_xdp_veths() {
         unreachable!()
     };
     wait_for(5.0, || {
-        cap_p.from(X).len() >= 5 && cap_x.from(P).len() >= 5 && cap_q.from(X).len() >= 1
+        cap_p.from(X).len() >= 5 && cap_x.from(P).len() >= 5 && !cap_q.from(X).is_empty()
     });
     std::thread::sleep(Duration::from_millis(300)); // anything that should not come
 
@@ -1305,7 +1305,7 @@ fn vlan_aware_switch_between_af_packet_and_af_xdp_veths() {
     }
     // What each trunk delivers, to the other trunk and to the access and tunnel ports.
     let t = t_in(P);
-    let trunk_out = vec![
+    let trunk_out = [
         t[0].clone(),
         t[1].clone(),
         t[2].clone(),

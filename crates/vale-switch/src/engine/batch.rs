@@ -5,7 +5,7 @@ use super::{ETH_HLEN, NIL, PortTable};
 use crate::lookup::{Dest, PacketInfo};
 use crate::stats::{DropReason, PortStats};
 use crate::types::PortId;
-use crate::vlan::{Members, PortVlan};
+use crate::vlan::{Members, PortVlan, VlanIn};
 use vale_abi::layout::{MAX_FRAGS, NS_INDIRECT, NS_MOREFRAG, NetmapSlot};
 use vale_abi::ring::next;
 use vale_abi::{Bufs, Slots};
@@ -236,15 +236,28 @@ impl Scratch {
         st: &mut PortStats,
     ) -> usize {
         let mut w = 0;
+        // A batch usually repeats one header shape: classify it once.
+        let mut last: Option<((u16, u16, bool), Result<(u16, VlanIn), DropReason>)> = None;
         for i in 0..np {
-            let mut info = self.infos[i];
+            let info = &self.infos[i];
             let len = info.len.saturating_sub(hdr_len as u32);
-            match mode.ingress(info.ethertype, info.tci, len) {
+            let key = (info.ethertype, info.tci, len < 18);
+            let verdict = match last {
+                Some((k, v)) if k == key => v,
+                _ => {
+                    let v = mode.ingress(info.ethertype, info.tci, len);
+                    last = Some((key, v));
+                    v
+                }
+            };
+            match verdict {
                 Ok((vid, how)) => {
-                    info.vid = vid;
-                    info.vlan_in = how;
-                    self.infos[w] = info;
-                    self.pkts[w] = self.pkts[i];
+                    if w != i {
+                        self.infos[w] = self.infos[i];
+                        self.pkts[w] = self.pkts[i];
+                    }
+                    self.infos[w].vid = vid;
+                    self.infos[w].vlan_in = how;
                     w += 1;
                 }
                 Err(r) => st.drops[r as usize] += 1,
@@ -268,11 +281,17 @@ impl Scratch {
         let me = u16::from(ports.active.contains(&src));
         self.dsts.clear();
         self.flood = EMPTY_Q;
+        // The last unicast destination found a member, and of which VLAN.
+        let mut member: Option<(PortId, u16)> = None;
         for pi in 0..np {
             let vid = self.infos[pi].vid;
             let (q, copies) = match self.dests[pi] {
+                Dest::Port(q) if member == Some((q, vid)) => (Some(q), 1),
                 Dest::Port(q) if q != src => match ports.get(q) {
-                    Some(p) if p.vlan.member(vid) => (Some(q), 1),
+                    Some(p) if p.vlan.member(vid) => {
+                        member = Some((q, vid));
+                        (Some(q), 1)
+                    }
                     Some(_) => {
                         st.drops[DropReason::VlanNotMember as usize] += 1;
                         continue;

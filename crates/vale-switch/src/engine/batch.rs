@@ -10,6 +10,11 @@ use vale_abi::layout::{MAX_FRAGS, NS_INDIRECT, NS_MOREFRAG, NetmapSlot};
 use vale_abi::ring::next;
 use vale_abi::{Bufs, Slots};
 
+/// What classification looks at: EtherType, TCI, and whether a tag would not fit.
+type HeaderShape = (u16, u16, bool);
+/// A frame's VLAN and how it came in, or why its port does not admit it.
+type Verdict = Result<(u16, VlanIn), DropReason>;
+
 /// A fragment after the first one of a multi-slot packet, as its slot named it.
 #[derive(Clone, Copy, Default)]
 pub(super) struct SlotFrag {
@@ -237,7 +242,7 @@ impl Scratch {
     ) -> usize {
         let mut w = 0;
         // A batch usually repeats one header shape: classify it once.
-        let mut last: Option<((u16, u16, bool), Result<(u16, VlanIn), DropReason>)> = None;
+        let mut last: Option<(HeaderShape, Verdict)> = None;
         for i in 0..np {
             let info = &self.infos[i];
             let len = info.len.saturating_sub(hdr_len as u32);

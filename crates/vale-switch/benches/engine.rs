@@ -39,7 +39,8 @@ fn engine(c: &mut Criterion) {
     // frames go through unchanged), and access to a trunk (every copy gets a tag).
     let access = ("access 10", "access 10");
     let push = ("trunk 10 native 10 tagged", "access 10");
-    let vlan_cases: [(&str, usize, usize, usize, bool, u64, (&str, &str)); 5] = [
+    type Case<'a> = (&'a str, usize, usize, usize, bool, u64, (&'a str, &'a str));
+    let vlan_cases: [Case; 5] = [
         ("vlan_unicast_1to1", 1, 1, 60, false, 1, access),
         ("vlan_unicast_1to1", 1, 1, 1514, false, 1, access),
         ("vlan_broadcast_1to4", 1, 4, 60, true, 4, access),

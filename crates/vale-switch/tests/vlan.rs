@@ -487,3 +487,76 @@ proptest! {
         assert_laws(&n.sw);
     }
 }
+
+/// A TCP/IPv4 super-frame (4000 bytes of payload, TSO at 1448) as `engine.rs` builds it.
+fn tcp4(src: MacAddr) -> Vec<u8> {
+    let payload = 4000;
+    let mut f = vec![0u8; 54 + payload];
+    f[..6].copy_from_slice(&MacAddr::BROADCAST.octets());
+    f[6..12].copy_from_slice(&src.octets());
+    f[12] = 0x08;
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&((40 + payload) as u16).to_be_bytes());
+    f[22] = 64;
+    f[23] = 6;
+    f[26..30].copy_from_slice(&[10, 0, 0, 1]);
+    f[30..34].copy_from_slice(&[10, 0, 0, 2]);
+    f[46] = 5 << 4;
+    f[47] = 0x18;
+    for (i, b) in f[54..].iter_mut().enumerate() {
+        *b = (i * 7) as u8;
+    }
+    f
+}
+
+#[test]
+fn offload_offsets_move_with_the_tag_and_segments_are_tagged() {
+    use vale_switch::offload::{F_NEEDS_CSUM, GSO_TCPV4, VnetHdr, checksum};
+    // p0 access 10 with a 12-byte header (a TAP); p1 a trunk with a 10-byte header (a
+    // ring), p2 a trunk without one (segmented in software), p3 a direct trunk with a
+    // 10-byte header (an AF_PACKET interface).
+    let mut n = Net::new(&["access 10", "trunk 10", "trunk 10", "trunk 10"]);
+    n.sw.set_hdr_len(n.ids[0], 12).unwrap();
+    n.sw.set_hdr_len(n.ids[1], 10).unwrap();
+    n.sw.set_hdr_len(n.ids[3], 10).unwrap();
+    n.sw.set_direct(n.ids[3], true).unwrap();
+    let h = VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+    };
+    let big = tcp4(mac(0x0a05));
+    let mut pkt = Vec::new();
+    h.write(&mut pkt, 12);
+    pkt.extend_from_slice(&big);
+    assert!(n.c[0].queue(&pkt, 3));
+    n.c[0].txsync();
+    let mut eg = Collect(Vec::new());
+    Forwarder::new().forward(&mut n.sw, t(1), &mut Vec::new(), &mut eg);
+    assert_laws(&n.sw);
+    // The header's offsets count the tag.
+    let moved = VnetHdr {
+        hdr_len: 58,
+        csum_start: 38,
+        ..h
+    };
+    let tagged = retag(&big, 0, &[(Q, 10)]);
+    let mut want = Vec::new();
+    moved.write(&mut want, 10);
+    want.extend_from_slice(&tagged);
+    assert_eq!(n.c[1].recv_frames(), vec![want.clone()]);
+    assert_eq!(eg.0, vec![(n.ids[3], want)]);
+    // Segmented, then tagged: each segment's headers right after the tag.
+    let segs = n.c[2].recv_frames();
+    assert_eq!(segs.len(), 3);
+    let mut data = Vec::new();
+    for s in &segs {
+        assert_eq!(tags_of(s), vec![(Q, 10)]);
+        assert_eq!(checksum(&s[18..38]), 0, "IPv4 header checksum");
+        data.extend_from_slice(&s[58..]);
+    }
+    assert_eq!(data, big[54..].to_vec());
+}

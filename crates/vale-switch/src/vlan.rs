@@ -179,6 +179,7 @@ impl Default for PortVlan {
 
 /// What the frame looked like as it came in, as far as egress tagging cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
 pub enum VlanIn {
     /// No tag (or filtering off).
     #[default]

@@ -560,3 +560,50 @@ fn offload_offsets_move_with_the_tag_and_segments_are_tagged() {
     }
     assert_eq!(data, big[54..].to_vec());
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// Mixed batches (frames of several VLANs and tag shapes from one port, forwarded
+    /// together) against the semantics as pure functions: each port gets exactly the
+    /// frames `PortVlan::egress` admits, in order, changed as `vlan::apply` says.
+    #[test]
+    fn mixed_batches_match_the_model(
+        modes in prop::collection::vec(0usize..MODES.len(), 2..6),
+        rounds in prop::collection::vec((0usize..6, prop::collection::vec(0usize..TAGS.len(), 1..12)), 1..6),
+    ) {
+        let ms: Vec<&str> = modes.iter().map(|m| MODES[*m]).collect();
+        let pv: Vec<PortVlan> = ms.iter().map(|m| m.parse().unwrap()).collect();
+        let mut n = Net::new(&ms);
+        let mut id = 0u64;
+        for (from, tags) in &rounds {
+            let from = from % ms.len();
+            let frames: Vec<Vec<u8>> = tags
+                .iter()
+                .map(|t| {
+                    id += 1;
+                    bc(TAGS[*t], id)
+                })
+                .collect();
+            let mut want = vec![Vec::new(); ms.len()];
+            for f in &frames {
+                let et = u16::from_be_bytes([f[12], f[13]]);
+                let tci = u16::from_be_bytes([f[14], f[15]]);
+                let Ok((vid, how)) = pv[from].ingress(et, tci, f.len() as u32) else {
+                    continue;
+                };
+                for (p, w) in want.iter_mut().enumerate() {
+                    if let (true, Some(e)) = (p != from, pv[p].egress(vid, how, tci)) {
+                        let mut out = Vec::new();
+                        vale_switch::vlan::apply(e, f, &mut out);
+                        w.push(out);
+                    }
+                }
+            }
+            prop_assert_eq!(n.c[from].send(&frames), frames.len());
+            drain(&mut n.sw, t(1));
+            for (p, w) in want.iter().enumerate() {
+                prop_assert_eq!(&n.c[p].recv_frames(), w, "port {} ({})", p, ms[p]);
+            }
+        }
+    }
+}

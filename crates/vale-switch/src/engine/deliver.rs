@@ -44,8 +44,9 @@ impl Batch<'_> {
         match mode {
             None => Some(Edit::Keep),
             Some(m) => {
-                let i = &self.sc.infos[pi as usize];
-                m.egress(i.vid, i.vlan_in, i.tci)
+                let vid = self.sc.infos[pi as usize].vid;
+                let (how, tci) = self.sc.vtags[pi as usize];
+                m.egress(vid, how, tci)
             }
         }
     }
@@ -282,7 +283,36 @@ pub(super) fn deliver(b: &Batch<'_>, t: Target<'_>, out: &mut Out<'_>, st: &mut 
         deliver_direct(b, t, out.egress, out.conv, st);
         return;
     }
-    let watched = match (&t.tagging, b.vlan) {
+    // Without VLAN filtering the loop is the one it always was. With it, a batch of
+    // one VLAN and tag shape (the usual case) gets one answer for the whole target:
+    // nothing (not a member: no copies at all), the plain loop, or one edit for all.
+    if !b.vlan {
+        return deliver_ring::<false>(b, t, None, out, st);
+    }
+    match (b.sc.shape, t.mode(b)) {
+        (Some((vid, how, tci)), Some(m)) => match m.egress(vid, how, tci) {
+            None => {}
+            Some(Edit::Keep) => deliver_ring::<false>(b, t, None, out, st),
+            Some(e) => deliver_ring::<true>(b, t, Some(e), out, st),
+        },
+        _ => deliver_ring::<true>(b, t, None, out, st),
+    }
+}
+
+/// [`deliver`] into the port's RX ring. Without `VLAN` every copy is kept as it is;
+/// with it, every copy gets `fixed` if given, else its own edit (or none, for a port
+/// not in its VLAN).
+#[inline(always)]
+fn deliver_ring<const VLAN: bool>(
+    b: &Batch<'_>,
+    t: Target<'_>,
+    fixed: Option<Edit>,
+    out: &mut Out<'_>,
+    st: &mut PortStats,
+) {
+    let nrx = t.port.rx.len();
+    let dst_hl = t.port.hdr_len;
+    let watched = match (&t.tagging, VLAN && fixed.is_none()) {
         (Tagging::Of(m), true) => Some(Arc::clone(m)),
         _ => None,
     };
@@ -296,7 +326,7 @@ pub(super) fn deliver(b: &Batch<'_>, t: Target<'_>, out: &mut Out<'_>, st: &mut 
     let Port {
         rx, counters, vlan, ..
     } = port;
-    let mode = match (&watched, b.vlan) {
+    let mode = match (&watched, VLAN && fixed.is_none()) {
         (_, false) => None,
         (Some(m), true) => Some(&**m),
         (None, true) => Some(&**vlan),
@@ -319,8 +349,13 @@ pub(super) fn deliver(b: &Batch<'_>, t: Target<'_>, out: &mut Out<'_>, st: &mut 
     // The unicast and flood queues merged in batch order.
     while let Some(pi) = b.sc.next_merged(&mut u, &mut f) {
         // Not a member of the packet's VLAN: a flood that was never this port's copy.
-        let Some(edit) = b.edit(pi, mode) else {
-            continue;
+        let edit = match (VLAN, fixed) {
+            (false, _) => Edit::Keep,
+            (true, Some(e)) => e,
+            (true, None) => match b.edit(pi, mode) {
+                Some(e) => e,
+                None => continue,
+            },
         };
         copies += 1;
         if dst_hl != b.hdr_len || edit != Edit::Keep {

@@ -87,14 +87,20 @@ impl Forwarder {
             return 0;
         };
         let hdr_len = port.hdr_len;
-        let Some(kr) = port.tx.get_mut(ring as usize) else {
+        let super::Port {
+            tx,
+            counters,
+            vlan: mode,
+            ..
+        } = port;
+        let Some(kr) = tx.get_mut(ring as usize) else {
             return 0;
         };
         let pending = match kr.published() {
             Some(0) => return 0,
             Some(p) => p,
             None => {
-                port.counters.count_ring_reset();
+                counters.count_ring_reset();
                 return 0;
             }
         };
@@ -113,15 +119,15 @@ impl Forwarder {
             ring,
             hdr_len,
             limit: cfg.batch,
+            vlan: vlan.map(|_| &**mode),
         };
         let mut st = PortStats::default();
-        let mut np = sc.gather(&mut rd, &snd, &mut st);
+        let np = if snd.vlan.is_some() {
+            sc.gather::<true>(&mut rd, &snd, &mut st)
+        } else {
+            sc.gather::<false>(&mut rd, &snd, &mut st)
+        };
         let end = rd.at;
-        if vlan.is_some() {
-            if let Some(p) = ports.get(src) {
-                np = sc.classify(np, &p.vlan, hdr_len, &mut st);
-            }
-        }
 
         // Pass 1: one lookup call for the batch, then the queues.
         lookup.lookup_batch(&sc.infos[..np], &mut sc.dests[..np], now);

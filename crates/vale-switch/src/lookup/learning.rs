@@ -121,10 +121,18 @@ impl Fdb {
     /// The port that owns `mac` in VLAN `vid`, if learned.
     #[inline(always)]
     pub fn get_in(&self, mac: MacAddr, vid: u16) -> Option<PortId> {
+        self.find::<true>(mac, vid)
+    }
+
+    /// `get_in`; without `VLAN` (a table that learns only in VLAN 0) the entries' VIDs
+    /// are not looked at.
+    #[inline(always)]
+    fn find<const VLAN: bool>(&self, mac: MacAddr, vid: u16) -> Option<PortId> {
+        let vid = if VLAN { vid } else { 0 };
         let b = self.bucket(mac, vid);
         let m = mac.to_u64();
         for (&k, &v) in self.keys[b..b + WAYS].iter().zip(&self.vids[b..b + WAYS]) {
-            if k & MAC_MASK == m && k >> 48 != 0 && v == vid {
+            if k & MAC_MASK == m && k >> 48 != 0 && (!VLAN || v == vid) {
                 return Some(PortId((k >> 48) as u16 - 1));
             }
         }
@@ -264,6 +272,8 @@ pub struct LearningBridge {
     /// entry's age gets refreshed, and cleared on any move so a move back is learned).
     last: Vec<(u64, u64)>,
     next_age: u64,
+    /// The switch filters VLANs: frames carry their VLAN in `PacketInfo::vid`.
+    vlans: bool,
 }
 
 const NO_MAC: u64 = u64::MAX;
@@ -274,6 +284,7 @@ impl LearningBridge {
             fdb: Fdb::new(cfg),
             last: Vec::new(),
             next_age: 0,
+            vlans: false,
         }
     }
 
@@ -282,13 +293,44 @@ impl LearningBridge {
     }
 
     #[inline(always)]
-    fn destination(&self, dst: MacAddr, vid: u16) -> Dest {
+    fn destination<const VLAN: bool>(&self, dst: MacAddr, vid: u16) -> Dest {
         if dst.is_multicast() {
             return Dest::Flood;
         }
-        match self.fdb.get_in(dst, vid) {
+        match self.fdb.find::<VLAN>(dst, vid) {
             Some(p) => Dest::Port(p),
             None => Dest::Flood,
+        }
+    }
+
+    /// `lookup_batch`'s loop; without `VLAN` every frame is in VLAN 0.
+    #[inline(always)]
+    fn batch<const VLAN: bool>(&mut self, pkts: &[PacketInfo], out: &mut [Dest], now: Timestamp) {
+        let mut cache: Option<(MacAddr, u16, Dest)> = None;
+        // A batch comes from one ring: usually one source address throughout.
+        let mut learned: Option<(MacAddr, PortId, u16, u16)> = None;
+        for (p, o) in pkts.iter().zip(out.iter_mut()) {
+            let vid = if VLAN { p.vid } else { 0 };
+            let key = (
+                p.src,
+                p.src_port,
+                p.slot_flags & vale_abi::layout::NS_NO_LEARN,
+                vid,
+            );
+            if learned != Some(key) {
+                learned = Some(key);
+                if self.learn(p, now) {
+                    cache = None;
+                }
+            }
+            *o = match cache {
+                Some((m, v, d)) if m == p.dst && v == vid => d,
+                _ => {
+                    let d = self.destination::<VLAN>(p.dst, vid);
+                    cache = Some((p.dst, vid, d));
+                    d
+                }
+            };
         }
     }
 
@@ -341,40 +383,21 @@ impl Lookup for LearningBridge {
     #[inline]
     fn lookup(&mut self, pkt: &PacketInfo, now: Timestamp) -> Dest {
         self.learn(pkt, now);
-        self.destination(pkt.dst, pkt.vid)
+        self.destination::<true>(pkt.dst, pkt.vid)
     }
 
     /// Like `lookup` per packet, with a one-entry destination cache for the batch
     /// (bursts mostly go to one host), dropped whenever learning changes the table.
     fn lookup_batch(&mut self, pkts: &[PacketInfo], out: &mut [Dest], now: Timestamp) {
-        let mut cache: Option<(MacAddr, u16, Dest)> = None;
-        // A batch comes from one ring: usually one source address throughout.
-        let mut learned: Option<(MacAddr, PortId, u16, u16)> = None;
-        for (p, o) in pkts.iter().zip(out.iter_mut()) {
-            let key = (
-                p.src,
-                p.src_port,
-                p.slot_flags & vale_abi::layout::NS_NO_LEARN,
-                p.vid,
-            );
-            if learned != Some(key) {
-                learned = Some(key);
-                if self.learn(p, now) {
-                    cache = None;
-                }
-            }
-            *o = match cache {
-                Some((m, v, d)) if m == p.dst && v == p.vid => d,
-                _ => {
-                    let d = self.destination(p.dst, p.vid);
-                    cache = Some((p.dst, p.vid, d));
-                    d
-                }
-            };
+        if self.vlans {
+            self.batch::<true>(pkts, out, now);
+        } else {
+            self.batch::<false>(pkts, out, now);
         }
     }
 
     fn vlan_filtering(&mut self, on: bool) {
+        self.vlans = on;
         self.fdb.show_vlans(on);
     }
 

@@ -11,7 +11,6 @@ pub use learning::{Fdb, FdbConfig, FdbStats, LearningBridge};
 pub use static_map::StaticMap;
 
 use crate::types::{MacAddr, PortId, Timestamp};
-use crate::vlan::VlanIn;
 use vale_abi::layout::NS_NO_LEARN;
 
 /// Where a frame goes.
@@ -37,13 +36,9 @@ pub struct PacketInfo {
     pub len: u32,
     /// Slot flags of the first fragment (`NS_NO_LEARN`, ...).
     pub slot_flags: u16,
-    /// Bytes 14..16: the outer tag's TCI when `ethertype` is a TPID (0x8100, 0x88a8).
-    pub tci: u16,
     /// The frame's VLAN on a switch with `vlan_filtering` on (see [`crate::vlan`]),
     /// else 0. Learning tables key their entries by (address, `vid`).
     pub vid: u16,
-    /// How the frame came in, for the egress tagging (`vlan_filtering` on).
-    pub vlan_in: VlanIn,
 }
 
 impl PacketInfo {
@@ -52,8 +47,7 @@ impl PacketInfo {
         self.slot_flags & NS_NO_LEARN != 0
     }
 
-    /// Parses the first 16 bytes of a frame (addresses, EtherType, and the TCI if it is
-    /// tagged), given as two little-endian words (bytes
+    /// Parses the first 14 bytes of a frame, given as two little-endian words (bytes
     /// 0..8 and 8..16).
     #[inline(always)]
     pub fn from_header(
@@ -72,9 +66,7 @@ impl PacketInfo {
             ethertype: u16::from_be((w1 >> 32) as u16),
             len,
             slot_flags: flags,
-            tci: u16::from_be((w1 >> 48) as u16),
             vid: 0,
-            vlan_in: VlanIn::Untagged,
         }
     }
 
@@ -231,7 +223,7 @@ mod tests {
         f[12..14].copy_from_slice(&[0x08, 0x06]);
         f[14..16].copy_from_slice(&[0xe0, 0x0a]);
         let p = PacketInfo::from_bytes(&f, PortId(3), 1, 60, 0);
-        assert_eq!((p.tci, p.vid), (0xe00a, 0));
+        assert_eq!(p.vid, 0);
         assert_eq!(p.dst, MacAddr::BROADCAST);
         assert_eq!(p.src, MacAddr::new([2, 0, 0, 0, 0, 0x0b]));
         assert_eq!(p.ethertype, 0x0806);

@@ -1363,3 +1363,276 @@ fn vlan_aware_switch_between_af_packet_and_af_xdp_veths() {
     assert_eq!(vlans_of("02:00:00:00:0a:04"), [100], "{fdb}");
     d.assert_laws();
 }
+
+/// A private Open vSwitch (ovsdb-server, and ovs-vswitchd in namespace `ns`, userspace
+/// datapath) whose files live in `dir`; both daemons stopped by PID when dropped.
+struct Ovs {
+    dir: std::path::PathBuf,
+}
+
+impl Ovs {
+    fn start(dir: std::path::PathBuf, ns: &str) -> Result<Ovs, String> {
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let ovs = Ovs { dir };
+        let d = path_str(&ovs.dir).to_string();
+        let db = format!("{d}/conf.db");
+        let step = |args: &[&str]| -> Result<(), String> {
+            let o = ovs
+                .cmd(args)
+                .output()
+                .map_err(|e| format!("{args:?}: {e}"))?;
+            if o.status.success() {
+                Ok(())
+            } else {
+                Err(format!("{args:?}: {}", String::from_utf8_lossy(&o.stderr)))
+            }
+        };
+        step(&[
+            "ovsdb-tool",
+            "create",
+            &db,
+            "/usr/share/openvswitch/vswitch.ovsschema",
+        ])?;
+        step(&[
+            "ovsdb-server",
+            &db,
+            &format!("--remote=punix:{d}/db.sock"),
+            &format!("--pidfile={d}/ovsdb-server.pid"),
+            &format!("--unixctl={d}/ovsdb-server.ctl"),
+            &format!("--log-file={d}/ovsdb-server.log"),
+            "--detach",
+        ])?;
+        ovs.vsctl(&["--no-wait", "init"])?;
+        step(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "ovs-vswitchd",
+            &format!("unix:{d}/db.sock"),
+            &format!("--pidfile={d}/ovs-vswitchd.pid"),
+            &format!("--unixctl={d}/ovs-vswitchd.ctl"),
+            &format!("--log-file={d}/ovs-vswitchd.log"),
+            "--detach",
+        ])?;
+        Ok(ovs)
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(args[0]);
+        c.args(&args[1..]);
+        for k in ["OVS_RUNDIR", "OVS_LOGDIR", "OVS_DBDIR", "OVS_SYSCONFDIR"] {
+            c.env(k, &self.dir);
+        }
+        c
+    }
+
+    fn vsctl(&self, args: &[&str]) -> Result<String, String> {
+        let db = format!("--db=unix:{}/db.sock", path_str(&self.dir));
+        let mut a = vec!["ovs-vsctl", "--timeout=10", &db];
+        a.extend_from_slice(args);
+        let o = self.cmd(&a).output().map_err(|e| e.to_string())?;
+        if o.status.success() {
+            Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+        } else {
+            Err(format!("{args:?}: {}", String::from_utf8_lossy(&o.stderr)))
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("ovs-vswitchd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Ovs {
+    fn drop(&mut self) {
+        for p in ["ovs-vswitchd.pid", "ovsdb-server.pid"] {
+            if let Ok(pid) = std::fs::read_to_string(self.dir.join(p)) {
+                let _ = Command::new("kill").arg(pid.trim()).status();
+            }
+        }
+    }
+}
+
+/// Open vSwitch's userspace datapath as the reference peer: two switches with the same
+/// VLAN configuration, ours and OVS's (`tag=`, `trunks=`, `vlan_mode=native-untagged`,
+/// `dot1q-tunnel` with `vlan-limit=2`), each between its own veths in namespaces; the
+/// same hand-built frames go into both, and what every port's peer reads back (tcpdump)
+/// must be the same bytes from both.
+#[test]
+fn vlan_aware_switch_agrees_with_open_vswitch() {
+    need_host!();
+    if !have("tcpdump", "tcpdump", "VLAN frames read back by tcpdump")
+        || !have("python3", "python3", "raw tagged frames")
+        || !have(
+            "ovs-vswitchd",
+            "openvswitch-switch",
+            "OVS as the VLAN reference",
+        )
+        || !have(
+            "ovsdb-tool",
+            "openvswitch-switch",
+            "OVS as the VLAN reference",
+        )
+    {
+        return;
+    }
+    use wire::{eth, pattern};
+    let mut net = Net::new("ve");
+    let d = Daemon::start("host-vlan-ovs", &[]);
+    // (role, our mode as vale-ctl flags, OVS's port columns)
+    let roles: [(&str, &[&str], &[&str]); 5] = [
+        ("a", &["--access", "10"], &["tag=10"]),
+        ("c", &["--access", "20"], &["tag=20"]),
+        ("d", &["--access", "30"], &["tag=30"]),
+        (
+            "q",
+            &["--tunnel", "100"],
+            &["vlan_mode=dot1q-tunnel", "tag=100"],
+        ),
+        (
+            "p",
+            &["--trunk", "10,20,100", "--native", "30"],
+            &["vlan_mode=native-untagged", "tag=30", "trunks=10,20,100"],
+        ),
+    ];
+    let o_ns = net.ns("O");
+    let ovs = match Ovs::start(d.dir.join("ovs"), &o_ns) {
+        Ok(o) => o,
+        Err(e) => {
+            peer_broken(&format!("Open vSwitch did not start: {e}"));
+            return;
+        }
+    };
+    let vs = |args: &[&str]| {
+        ovs.vsctl(args)
+            .unwrap_or_else(|e| panic!("ovs-vsctl: {e}\n{}", ovs.log()))
+    };
+    vs(&[
+        "add-br",
+        "brv",
+        "--",
+        "set",
+        "bridge",
+        "brv",
+        "datapath_type=netdev",
+    ]);
+    vs(&["set", "Open_vSwitch", ".", "other_config:vlan-limit=2"]);
+    ctl_ok(&d, &["vlan", "vale0", "--filtering", "on"]);
+    // Per role: (our peer, its namespace), (OVS's peer, its namespace).
+    let mut peers = Vec::new();
+    for (r, ours, theirs) in roles {
+        let mut pair = Vec::new();
+        for side in ["v", "o"] {
+            let (x, y) = (
+                net.name(&format!("x{r}{side}")),
+                net.name(&format!("y{r}{side}")),
+            );
+            net.veth(&x, &y);
+            let ns = net.ns(&format!("{}{side}", r.to_uppercase()));
+            ok(&["ip", "link", "set", &y, "netns", &ns]);
+            ok(&["ip", "-n", &ns, "link", "set", &y, "up"]);
+            if side == "v" {
+                let port = format!("vale0:{x}");
+                let mut args = vec!["vlan", &port];
+                args.extend_from_slice(ours);
+                ctl_ok(&d, &args);
+                ctl_ok(&d, &["-a", &port]);
+            } else {
+                ok(&["ip", "link", "set", &x, "netns", &o_ns]);
+                ok(&["ip", "-n", &o_ns, "link", "set", &x, "up"]);
+                let mut args = vec!["add-port", "brv", &x, "--", "set", "port", &x];
+                args.extend_from_slice(theirs);
+                vs(&args);
+            }
+            pair.push((y, ns));
+        }
+        peers.push(pair);
+    }
+    // OVS has opened its ports once each has an OpenFlow port number.
+    for (r, _, _) in roles {
+        let x = net.name(&format!("x{r}o"));
+        let up = wait_for(10.0, || {
+            ovs.vsctl(&["get", "Interface", &x, "ofport"])
+                .is_ok_and(|n| n.parse::<i64>().is_ok_and(|n| n > 0))
+        });
+        assert!(up, "OVS did not open {x}:\n{}", ovs.log());
+    }
+    let caps: Vec<[Tcpdump; 2]> = peers
+        .iter()
+        .map(|pair: &Vec<(String, String)>| {
+            [0, 1].map(|k| {
+                let (y, ns) = &pair[k];
+                Tcpdump::start(ns, y, d.dir.join(format!("{y}.pcap")))
+            })
+        })
+        .collect();
+
+    const BC: [u8; 6] = [0xff; 6];
+    const A: [u8; 6] = [2, 0, 0, 0, 0x0a, 1];
+    const Q: [u8; 6] = [2, 0, 0, 0, 0x0a, 4];
+    const P: [u8; 6] = [2, 0, 0, 0, 0x0a, 2];
+    let frame = |src, tags: &[(u16, u16)], seed| {
+        let mut f = eth(BC, src, tags, 0x88b5);
+        f.extend(pattern(seed, 64 - f.len()));
+        (false, f)
+    };
+    // The same frames into both switches: from the access port of VLAN 10, the tunnel
+    // port, and the trunk, through every row of OVS's table.
+    let sends: [(usize, [u8; 6], Vec<(bool, Vec<u8>)>); 3] = [
+        (
+            0,
+            A,
+            vec![
+                frame(A, &[], 1),
+                frame(A, &[(0x8100, 0xa000)], 2),
+                frame(A, &[(0x8100, 10)], 3),
+            ],
+        ),
+        (
+            3,
+            Q,
+            vec![frame(Q, &[(0x8100, 0x2007)], 4), frame(Q, &[], 5)],
+        ),
+        (
+            4,
+            P,
+            vec![
+                frame(P, &[(0x8100, 0x4014)], 10),
+                frame(P, &[(0x8100, 10)], 11),
+                frame(P, &[], 12),
+                frame(P, &[(0x8100, 0x6000)], 13),
+                frame(P, &[(0x8100, 40)], 14),
+                frame(P, &[(0x88a8, 100), (0x8100, 10)], 15),
+            ],
+        ),
+    ];
+    for (role, _, fs) in &sends {
+        for (y, ns) in &peers[*role] {
+            send_frames(ns, y, fs);
+        }
+    }
+    // OVS's copies take a moment longer (its first packet of a flow is an upcall).
+    let expect_p = |cap: &Tcpdump| cap.from(A).len() + cap.from(Q).len();
+    wait_for(5.0, || caps[4].iter().all(|c| expect_p(c) >= 4));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut seen = 0;
+    for (i, (r, _, _)) in roles.iter().enumerate() {
+        for src in [A, Q, P] {
+            let [ours, theirs] = &caps[i];
+            let (got, want) = (ours.from(src), theirs.from(src));
+            seen += want.len();
+            assert!(
+                got == want,
+                "port {r}, frames from {src:x?}: ours against OVS's: {}",
+                mismatch(&got, &want)
+            );
+        }
+    }
+    assert!(
+        seen >= 8,
+        "OVS delivered only {seen} frames:\n{}",
+        ovs.log()
+    );
+    d.assert_laws();
+}

@@ -1579,10 +1579,9 @@ fn vlan_aware_switch_agrees_with_open_vswitch() {
     };
     // The same frames into both switches: from the access port of VLAN 10, the tunnel
     // port, and the trunk, through every row of OVS's table.
-    let sends: [(usize, [u8; 6], Vec<(bool, Vec<u8>)>); 3] = [
+    let sends: [(usize, Vec<(bool, Vec<u8>)>); 3] = [
         (
             0,
-            A,
             vec![
                 frame(A, &[], 1),
                 frame(A, &[(0x8100, 0xa000)], 2),
@@ -1607,7 +1606,7 @@ fn vlan_aware_switch_agrees_with_open_vswitch() {
             ],
         ),
     ];
-    for (role, _, fs) in &sends {
+    for (role, fs) in &sends {
         for (y, ns) in &peers[*role] {
             send_frames(ns, y, fs);
         }

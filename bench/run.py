@@ -627,7 +627,7 @@ def vm_pair(secs, how):
                                      "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
                                      "-serial", f"file:{log_path}", "-kernel", os.path.join(cache, "vmlinuz"),
                                      "-initrd", os.path.join(cache, "initramfs.gz"), "-append",
-                                     f"console=ttyS0 quiet panic=-1 t_ip=10.58.0.{i + 1}/24 {role}",
+                                     f"console=ttyS0 quiet panic=-1 no_timer_check t_ip=10.58.0.{i + 1}/24 {role}",
                                      *extra, "-netdev", netdev, "-device", dev],
                                     stdout=subprocess.DEVNULL), log_path))
             if how in ("tap", "bridge"):

@@ -51,7 +51,8 @@ class Verdict(unittest.TestCase):
 
     def test_no_row_reports_a_peers_failure_as_a_skip(self):
         # The source itself: a SKIP is only for what is missing or not allowed here.
-        src = open(run.__file__).read()
+        with open(run.__file__) as f:
+            src = f.read()
         for line in src.splitlines():
             if "SKIP:" in line and ("failed" in line or "{e}" in line):
                 self.fail(f"a failure reported as SKIP: {line.strip()}")

@@ -128,6 +128,13 @@ put("wire", "tcp6", tcp6[:200])
 put("wire", "qinq", qinq[:200])
 put("wire", "vxlan", vxlan)
 
+# VXLAN uplink: datagrams, each after a length byte: a valid one (VNI 42, an ARP
+# broadcast), one without the I flag, one for VNI 43, a short one.
+vx = lambda flags, vni, frame: struct.pack("!B3xI", flags, vni << 8) + frame
+arp = eth(0x0806, bytes(28), dst=b"\xff" * 6)
+dgrams = [vx(0x08, 42, arp), vx(0x00, 42, arp), vx(0x08, 43, arp), vx(0x08, 42, b"\x02" * 6)]
+put("vxlan", "datagrams", b"".join(bytes([len(d)]) + d for d in dgrams))
+
 # netmap: nmreq_header (88 bytes), nmreq_register (56), then options (24 each).
 name = b"vale0:a".ljust(64, b"\0")
 hdr = lambda version, reqtype, opts: struct.pack("<HHI", version, reqtype, 0) + name + struct.pack("<QQ", opts, 1)

@@ -164,6 +164,15 @@ impl<'a> Bufs<'a> {
         }
     }
 
+    /// Where buffer `idx` starts, if it is valid and holds `len` bytes: the destination
+    /// of a copy from memory that cannot be borrowed as a slice (a peer's shared memory,
+    /// which valed copies from with raw copies only). Writing through it is the caller's
+    /// `unsafe`, within `len` bytes.
+    #[inline(always)]
+    pub fn dst(&self, idx: u32, len: usize) -> Option<*mut u8> {
+        self.ptr(idx).filter(|_| len <= self.buf_size as usize)
+    }
+
     /// The `len` bytes at offset `off` of buffer `idx`, as a [`Frag`] (for I/O straight
     /// out of a buffer, such as `writev`), or `None` for an invalid index or a range
     /// that does not lie inside the buffer.

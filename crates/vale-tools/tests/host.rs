@@ -1640,3 +1640,115 @@ fn vlan_aware_switch_agrees_with_open_vswitch() {
     );
     d.assert_laws();
 }
+
+/// Stops (`STOP`) or resumes (`CONT`) process `pid`, and for a stop waits until it is
+/// stopped (state `T`).
+fn signal_process(pid: u32, sig: &str) {
+    ok(&["kill", &format!("-{sig}"), &pid.to_string()]);
+    if sig == "STOP" {
+        let stopped = wait_for(5.0, || {
+            let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        });
+        assert!(stopped, "process {pid} did not stop");
+    }
+}
+
+/// Frames the kernel drops at an AF_PACKET port's socket because its receive ring is
+/// full (here: valed's forwarding thread does not run, valed being stopped with
+/// SIGSTOP, while a namespace sends more frames than the ring's 1024 slots) are counted
+/// as the host port's `kernel_drops`: exactly what the sender's kernel sent less what
+/// valed read, and with them every frame is delivered or counted.
+#[test]
+fn frames_the_kernel_drops_at_an_af_packet_ring_are_counted() {
+    need_host!();
+    kernel_drops_are_counted(false, 1500);
+}
+
+/// The same through AF_XDP (`-a --xdp`): 2048 UMEM frames wait in the fill ring of the
+/// veth's one queue, so 3000 frames overflow it (`XDP_STATISTICS`).
+#[test]
+fn frames_the_kernel_drops_at_an_af_xdp_socket_are_counted() {
+    need_host!();
+    if let Err(e) = valed::probe_af_xdp() {
+        skip(&format!("no AF_XDP here: {e}"));
+        return;
+    }
+    kernel_drops_are_counted(true, 3000);
+}
+
+/// `n` frames sent into a veth attached through AF_PACKET (or AF_XDP) while valed is
+/// stopped: `kernel_drops` = what was sent less what valed then read, exactly.
+fn kernel_drops_are_counted(xdp: bool, n: u32) {
+    if !have("python3", "python3", "raw frames into a veth") {
+        return;
+    }
+    let mut net = Net::new(if xdp { "vaX" } else { "va" });
+    let d = Daemon::start(
+        if xdp {
+            "host-kdrops-xdp"
+        } else {
+            "host-kdrops"
+        },
+        &[],
+    );
+    let (x, y) = (net.name("kx"), net.name("ky"));
+    net.veth(&x, &y);
+    let ns = net.ns("K");
+    ok(&["ip", "link", "set", &y, "netns", &ns]);
+    ok(&["ip", "-n", &ns, "link", "set", &y, "up"]);
+    let port = format!("vale0:{x}");
+    if xdp {
+        ctl_ok(&d, &["-a", &port, "--xdp"]);
+    } else {
+        ctl_ok(&d, &["-a", &port]);
+    }
+    // Room for every frame valed can read (AF_PACKET: 1024, AF_XDP: 2048) in the
+    // receiver's ring.
+    let r = vale::Port::open_with(
+        "vale0:r",
+        &vale::OpenOptions {
+            socket: Some(d.socket.clone()),
+            geometry: vale::proto::GeometryRequest {
+                rx_slots: Some(4096),
+                ..Default::default()
+            },
+        },
+    )
+    .unwrap();
+    const SRC: [u8; 6] = [2, 0, 0, 0, 0x0a, 0x0d];
+    let frames: Vec<_> = (0..n).map(|i| (false, frame([0xff; 6], SRC, i))).collect();
+    let (_, sent0) = net.counts(&ns, &y);
+    signal_process(d.pid(), "STOP");
+    send_frames(&ns, &y, &frames);
+    signal_process(d.pid(), "CONT");
+    let got = recv_from(&r, SRC, n as usize, 3.0);
+    let (_, sent1) = net.counts(&ns, &y);
+    let sent = sent1 - sent0;
+    assert!(sent >= u64::from(n), "{y} sent {sent} frames of {n}");
+    // The count is read before the forwarding thread sleeps: wait for it.
+    let from_host = |d: &Daemon| d.host(&x)["counters"]["from_host"].as_u64().unwrap();
+    let drops = |d: &Daemon| d.host(&x)["counters"]["kernel_drops"].as_u64().unwrap();
+    wait_for(3.0, || drops(&d) + from_host(&d) == sent);
+    let (kernel_drops, read) = (drops(&d), from_host(&d));
+    eprintln!("sent {sent}, valed read {read}, kernel_drops {kernel_drops}");
+    assert!(
+        read < sent,
+        "the ring should have overflowed: valed read {read} of {sent}"
+    );
+    assert_eq!(
+        kernel_drops,
+        sent - read,
+        "kernel_drops = what {y} sent less what valed read: {}",
+        d.host(&x)
+    );
+    assert_eq!(got.len() as u64, read, "every frame valed read reached r");
+    let st = d.assert_laws();
+    assert_conserved(sent, got.len() as u64, &st);
+    let list = stdout_of(&d.ctl(&["list"]));
+    assert!(
+        list.contains(&format!("kernel_drops {kernel_drops}")),
+        "vale-ctl list shows it: {list}"
+    );
+}

@@ -3,6 +3,11 @@
 //! host's existing interface joins a switch. The guest is built from Debian packages by
 //! `scripts/build-guest`. Needs root, /dev/net/tun, qemu-system-x86_64, busybox and
 //! iperf3 (for the guest image), and apt package lists; prints SKIP otherwise.
+//!
+//! Each guest prints its own interface counters when its traffic is over (`T_COUNTS`);
+//! the tests hold them against what valed counted at the guest's port, and against
+//! every drop the daemon counted. The guests send nothing of their own (no IPv6,
+//! static ARP entries: `t_neigh`), so the counts can be exact.
 
 mod common;
 use common::*;
@@ -60,6 +65,131 @@ struct Vm {
     child: Child,
     log: PathBuf,
     tap: Option<String>,
+    /// The guest's second serial port (a unix socket QEMU listens on): a line written
+    /// there ends a `t_go=1` or `t_hold=1` guest's wait.
+    ctl: PathBuf,
+    ctl_conn: Option<std::os::unix::net::UnixStream>,
+}
+
+/// A guest's own counts of its interface (`/sys/class/net/eth0/statistics`), from the
+/// `T_COUNTS` line it prints once they have stopped moving. virtio-net counts in
+/// `rx_packets` every frame it takes off its receive queue, those it then drops
+/// itself (`rx_dropped`, `rx_length_errors`: a frame whose buffers are not all there)
+/// included; `tx_packets` counts each frame the device has taken (a TSO super-frame
+/// once, as valed does).
+#[derive(Debug, Clone, Default)]
+struct GuestCounts {
+    rx_packets: u64,
+    tx_packets: u64,
+    /// The whole line, for messages.
+    line: String,
+}
+
+impl GuestCounts {
+    fn parse(log: &str) -> Option<GuestCounts> {
+        let line = log.lines().rev().find(|l| l.contains("T_COUNTS"))?;
+        let mut g = GuestCounts {
+            line: line.trim().to_string(),
+            ..Default::default()
+        };
+        let mut seen = 0;
+        for w in line.split_whitespace() {
+            let Some((k, v)) = w.split_once('=') else {
+                continue;
+            };
+            let v: u64 = v.parse().ok()?;
+            match k {
+                "rx_packets" => g.rx_packets = v,
+                "tx_packets" => g.tx_packets = v,
+                _ => continue,
+            }
+            seen += 1;
+        }
+        (seen == 2).then_some(g)
+    }
+}
+
+/// What valed (and, for a tap, the host's kernel) counted at a guest's port.
+#[derive(Debug, Clone, Copy, Default)]
+struct PortView {
+    /// Frames read from the guest's side (`from_host`), and those the kernel dropped
+    /// before valed could read them (`kernel_drops`: a tap attached through AF_PACKET).
+    took: u64,
+    /// Frames valed handed to the guest's side (`to_host`).
+    handed: u64,
+    /// Of those, the ones a tap's kernel then dropped (QEMU not reading: the tap's
+    /// `tx_dropped`); 0 for the other kinds, where QEMU or the guest's ring pushes back
+    /// and valed counts what it cannot hand over.
+    lost: u64,
+}
+
+/// [`PortView`] of the host port attached (or waiting) as `port`, `tap` its interface.
+fn port_view(d: &Daemon, port: &str, tap: Option<&str>) -> PortView {
+    let hosts = d.hosts();
+    let h = hosts
+        .iter()
+        .find(|h| h["attached"] == port || h["waiting"] == port)
+        .unwrap_or_else(|| panic!("no host port at {port}: {hosts:?}"));
+    let c = &h["counters"];
+    let n = |k: &str| c[k].as_u64().unwrap_or_else(|| panic!("no {k} in {c}"));
+    PortView {
+        took: n("from_host") + n("kernel_drops"),
+        handed: n("to_host"),
+        lost: tap.map_or(0, |t| tap_counts(t).2),
+    }
+}
+
+/// A guest's own counts against its port's since `before` (read before the guest sent
+/// anything): every frame the guest says it sent, valed took from its port; every
+/// frame valed handed to the port the guest says it received (its drops among them,
+/// see [`GuestCounts`]), or (a tap) the host's kernel dropped on the way. Exact: the
+/// guest sends nothing of its own, printed its counts once they stood still, and has
+/// powered off. Valed's side is read again for up to 3 s, for a frame it was still
+/// reading when the guest went.
+#[track_caller]
+fn assert_guest_counts(
+    d: &Daemon,
+    who: &str,
+    g: &GuestCounts,
+    port: &str,
+    tap: Option<&str>,
+    before: PortView,
+) {
+    let t = Instant::now();
+    loop {
+        let now = port_view(d, port, tap);
+        let (took, handed, lost) = (
+            now.took - before.took,
+            now.handed - before.handed,
+            now.lost - before.lost,
+        );
+        let ok = g.tx_packets == took && g.rx_packets + lost == handed;
+        if ok {
+            eprintln!(
+                "{who} at {port}: sent {took}, received {handed}: {}",
+                g.line
+            );
+            return;
+        }
+        if t.elapsed() > Duration::from_secs(3) {
+            eprintln!("{who} at {port}: {:?}", d.hosts());
+            assert_eq!(
+                g.tx_packets,
+                took,
+                "{who}: frames it says it sent != frames valed took from {port}: {g:?}, \
+                 {before:?} -> {now:?}\nvaled:\n{}",
+                d.log()
+            );
+            assert_eq!(
+                g.rx_packets + lost,
+                handed,
+                "{who}: frames it received (+ the tap's drops {lost}) != frames valed \
+                 handed to {port}: {g:?}, {before:?} -> {now:?}\nvaled:\n{}",
+                d.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// How a VM's NIC reaches the host.
@@ -122,6 +252,8 @@ impl Vm {
             assert!(made.success(), "ip tuntap add {t}");
         }
         let log = dir.join(format!("{name}.log"));
+        let ctl = dir.join(format!("{name}.ctl"));
+        let _ = std::fs::remove_file(&ctl);
         let child = Command::new("qemu-system-x86_64")
             .args(["-accel", "tcg", "-m", "256", "-smp", "1", "-M", "pc"])
             .args([
@@ -133,12 +265,18 @@ impl Vm {
             ])
             .arg("-serial")
             .arg(format!("file:{}", log.display()))
+            .arg("-serial")
+            .arg(format!("unix:{},server=on,wait=off", ctl.display()))
             .arg("-kernel")
             .arg(cache.join("vmlinuz"))
             .arg("-initrd")
             .arg(cache.join("initramfs.gz"))
             .arg("-append")
-            .arg(format!("console=ttyS0 quiet panic=-1 {cmdline}"))
+            // no_timer_check: on a busy host, the kernel's check of the emulated
+            // IO-APIC timer can fail under TCG and panic the boot.
+            .arg(format!(
+                "console=ttyS0 quiet panic=-1 no_timer_check {cmdline}"
+            ))
             .args(vm_net_args(&netdev, mac))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -149,12 +287,16 @@ impl Vm {
                 child,
                 log,
                 tap: None,
+                ctl,
+                ctl_conn: None,
             };
         };
         let vm = Vm {
             child,
             log,
             tap: Some(tap.to_string()),
+            ctl,
+            ctl_conn: None,
         };
         assert!(
             wait_for(10.0, || Command::new("ip")
@@ -182,6 +324,47 @@ impl Vm {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the guest says `marker` (up to 2 minutes: TCG guests boot slowly on
+    /// a busy machine).
+    fn wait_says(&self, marker: &str) {
+        assert!(
+            wait_for(120.0, || self.log().contains(marker)),
+            "the guest never said {marker}:\n{}",
+            self.log()
+        );
+    }
+
+    /// Ends the guest's wait once it says it waits (`marker`), with a line on its
+    /// second serial port.
+    fn tell(&mut self, marker: &str) {
+        use std::io::Write;
+        self.wait_says(marker);
+        let ctl = &self.ctl;
+        // One connection for the guest's life: QEMU takes one client at a time, and
+        // reads what it holds when the UART has room.
+        let s = self.ctl_conn.get_or_insert_with(|| {
+            std::os::unix::net::UnixStream::connect(ctl)
+                .unwrap_or_else(|e| panic!("{}: {e}", ctl.display()))
+        });
+        s.write_all(b"go\n").unwrap();
+    }
+
+    /// Starts a `t_go=1` guest's role: its peers are up.
+    fn go(&mut self) {
+        self.tell("T_READY");
+    }
+
+    /// Ends a `t_hold=1` guest's wait: the others' traffic is over.
+    fn release(&mut self) {
+        self.tell("T_HOLD");
+    }
+
+    /// Waits for the guest to power off and returns its own counts (`T_COUNTS`).
+    fn counts(&mut self, secs: u64) -> GuestCounts {
+        let log = self.wait(secs);
+        GuestCounts::parse(&log).unwrap_or_else(|| panic!("no T_COUNTS from the guest:\n{log}"))
+    }
+
     /// Waits for the guest to power off (its role done).
     fn wait(&mut self, secs: u64) -> String {
         let t = Instant::now();
@@ -206,8 +389,8 @@ impl Drop for Vm {
 }
 
 /// The kernel's own counts of a VM's tap: (frames from the guest, frames to the guest
-/// including those the kernel dropped because QEMU did not read them).
-fn tap_counts(tap: &str) -> (u64, u64) {
+/// including those the kernel dropped because QEMU did not read them, those dropped).
+fn tap_counts(tap: &str) -> (u64, u64, u64) {
     let o = Command::new("ip")
         .args(["-j", "-s", "link", "show", tap])
         .output()
@@ -215,14 +398,15 @@ fn tap_counts(tap: &str) -> (u64, u64) {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
     let s = &v[0]["stats64"];
     let n = |d: &str, k: &str| s[d][k].as_u64().unwrap_or_else(|| panic!("{tap}: {v}"));
-    (n("rx", "packets"), n("tx", "packets") + n("tx", "dropped"))
+    let dropped = n("tx", "dropped");
+    (n("rx", "packets"), n("tx", "packets") + dropped, dropped)
 }
 
 /// Guests' frames into valed (sent) and valed's to them (received) over `taps`, since
 /// the counts `base` were read.
 fn guest_totals(taps: &[&str], base: &[(u64, u64)]) -> (u64, u64) {
     taps.iter().zip(base).fold((0, 0), |(s, r), (t, (s0, r0))| {
-        let (s1, r1) = tap_counts(t);
+        let (s1, r1, _) = tap_counts(t);
         (s + s1 - s0, r + r1 - r0)
     })
 }
@@ -310,7 +494,13 @@ fn qemu_guests_on_one_switch_talk_and_another_switch_is_apart() {
     }
     // The guests' frames are counted by their taps from here, as by valed.
     let taps = [&*ta, &*tb, &*tc];
-    let base: Vec<_> = taps.iter().map(|t| tap_counts(t)).collect();
+    let base: Vec<_> = taps
+        .iter()
+        .map(|t| {
+            let (s, r, _) = tap_counts(t);
+            (s, r)
+        })
+        .collect();
     let log_b = b.wait(90);
     let log_c = c.wait(60);
     assert!(
@@ -367,19 +557,24 @@ fn qemu_netdev_dgram_ports_and_a_tap_guest_share_a_switch() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     let (qb, vb, qc, vc) = (p("qb.sock"), p("vb.sock"), p("qc.sock"), p("vc.sock"));
+    let (base_b, base_c) = (
+        port_view(&d, "vale1:db", None),
+        port_view(&d, "vale2:dc", None),
+    );
+    // B serves until told that A is done (t_hold), then reports its counts.
     let mut b = Vm::start(
         &dir,
         &cache,
         Net::Dgram(&qb, &vb),
         2,
-        "t_ip=10.56.0.2/24 t_role=server",
+        "t_ip=10.56.0.2/24 t_role=server t_neigh=3 t_hold=1",
     );
     let mut c = Vm::start(
         &dir,
         &cache,
         Net::Dgram(&qc, &vc),
         3,
-        "t_ip=10.56.0.3/24 t_role=ping t_peer=10.56.0.2 t_wait=4 t_count=2",
+        "t_ip=10.56.0.3/24 t_role=ping t_peer=10.56.0.2 t_count=2 t_neigh=3 t_go=1",
     );
     // A is on a tap with offloads: its TCP leaves as 64 KiB super-frames, which the
     // switch must cut to MSS-sized frames for B's plain datagram port.
@@ -388,10 +583,19 @@ fn qemu_netdev_dgram_ports_and_a_tap_guest_share_a_switch() {
         &cache,
         Net::Tap(&ta),
         1,
-        "t_ip=10.56.0.1/24 t_role=pingclient t_peer=10.56.0.2 t_wait=4 t_count=3",
+        "t_ip=10.56.0.1/24 t_role=pingclient t_peer=10.56.0.2 t_count=3 t_neigh=3 t_go=1",
     );
-    let o = d.ctl(&["-a", &format!("vale1:{ta}")]);
+    let port_a = format!("vale1:{ta}");
+    let o = d.ctl(&["-a", &port_a]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // (A is still booting: it has sent nothing yet.)
+    let base_a = port_view(&d, &port_a, Some(&ta));
+    // Traffic once every guest is up.
+    for vm in [&a, &b, &c] {
+        vm.wait_says("T_UP");
+    }
+    a.go();
+    c.go();
     let log_a = a.wait(90);
     let log_c = c.wait(60);
     assert!(
@@ -415,10 +619,28 @@ fn qemu_netdev_dgram_ports_and_a_tap_guest_share_a_switch() {
             .iter()
             .any(|h| h["kind"] == "qemu-dgram" && h["attached"] == "vale1:db")
     );
-    // A's TSO super-frames were cut in software for B's plain datagram port: the
-    // daemon's laws hold with the segments counted.
+    // Each guest's own counts against its port's.
+    b.release();
+    let (ga, gb, gc) = (
+        GuestCounts::parse(&log_a).expect("A's counts"),
+        b.counts(60),
+        GuestCounts::parse(&log_c).expect("C's counts"),
+    );
+    assert_guest_counts(&d, "A", &ga, &port_a, Some(&ta), base_a);
+    assert_guest_counts(&d, "B", &gb, "vale1:db", None, base_b);
+    assert_guest_counts(&d, "C", &gc, "vale2:dc", None, base_c);
+    // And all together: what the guests sent (each frame one copy: vale1 has two
+    // ports, vale2 one), plus the segments A's TSO super-frames were cut into for B's
+    // plain datagram port, = what they received (and the tap's kernel dropped on the
+    // way to A) + every drop the daemon counted (C's frames, with nobody else on vale2:
+    // `no_dest`).
     let st = d.assert_laws();
     assert!(st.get("vale1:db", "rx_segmented") > 0, "{st:?}");
+    let lost_at_tap = port_view(&d, &port_a, Some(&ta)).lost - base_a.lost;
+    let sent = ga.tx_packets + gb.tx_packets + gc.tx_packets;
+    let got = ga.rx_packets + gb.rx_packets + gc.rx_packets;
+    assert_conserved(sent, got + lost_at_tap, &st);
+    assert!(gc.tx_packets > 0 && st.get("vale2:dc", "no_dest") == gc.tx_packets);
     // Removing a QEMU port removes its socket too.
     let o = d.ctl(&["-d", "vale1:db"]);
     assert!(o.status.success());
@@ -456,20 +678,27 @@ fn qemu_netdev_stream_ports_and_a_vm_that_comes_back() {
     let o = d.ctl(&["qemu-stream", "vale1:sd", "--listen", &own]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be a port's socket"));
     assert!(d.socket.exists(), "valed's own socket untouched");
+    let (base_a, base_b) = (
+        port_view(&d, "vale1:sa", None),
+        port_view(&d, "vale1:sb", None),
+    );
+    // A serves every other VM of the test, until told they are done (t_hold).
     let mut a = Vm::start(
         &dir,
         &cache,
         Net::Stream(&sa),
         1,
-        "t_ip=10.57.0.1/24 t_role=server",
+        "t_ip=10.57.0.1/24 t_role=server t_neigh=4 t_hold=1",
     );
     let mut b = Vm::start(
         &dir,
         &cache,
         Net::Stream(&sb),
         2,
-        "t_ip=10.57.0.2/24 t_role=pingclient t_peer=10.57.0.1 t_wait=3 t_count=3",
+        "t_ip=10.57.0.2/24 t_role=pingclient t_peer=10.57.0.1 t_count=3 t_neigh=4 t_go=1",
     );
+    a.wait_says("T_UP");
+    b.go();
     let log_b = b.wait(90);
     assert!(
         log_b.contains("T_PING_OK"),
@@ -479,14 +708,17 @@ fn qemu_netdev_stream_ports_and_a_vm_that_comes_back() {
     );
     assert!(log_b.contains("T_IPERF_OK"), "B's iperf3 to A:\n{log_b}");
     assert!(d.ports().contains(&"vale1:sb".to_string()));
+    let gb = GuestCounts::parse(&log_b).expect("B's counts");
+    assert_guest_counts(&d, "B", &gb, "vale1:sb", None, base_b);
     // B is gone: its port stays and waits; a new B connects to the same port.
     drop(b);
+    let base_b2 = port_view(&d, "vale1:sb", None);
     let mut b2 = Vm::start(
         &dir,
         &cache,
         Net::Stream(&sb),
         3,
-        "t_ip=10.57.0.3/24 t_role=ping t_peer=10.57.0.1 t_wait=2 t_count=2",
+        "t_ip=10.57.0.3/24 t_role=ping t_peer=10.57.0.1 t_wait=2 t_count=2 t_neigh=4",
     );
     // C listens (server=on) and valed connects to it (--connect).
     let qc = dir.join("qc.sock").to_str().unwrap().to_string();
@@ -495,11 +727,13 @@ fn qemu_netdev_stream_ports_and_a_vm_that_comes_back() {
         &cache,
         Net::StreamServer(&qc),
         4,
-        "t_ip=10.57.0.4/24 t_role=ping t_peer=10.57.0.1 t_wait=3 t_count=2",
+        "t_ip=10.57.0.4/24 t_role=ping t_peer=10.57.0.1 t_wait=3 t_count=2 t_neigh=4",
     );
     assert!(wait_for(10.0, || std::path::Path::new(&qc).exists()));
     let o = d.ctl(&["qemu-stream", "vale1:sc", "--connect", &qc]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // (C is still booting: it has sent nothing yet.)
+    let base_c = port_view(&d, "vale1:sc", None);
     let log = b2.wait(60);
     assert!(
         log.contains("T_PING_OK"),
@@ -513,8 +747,25 @@ fn qemu_netdev_stream_ports_and_a_vm_that_comes_back() {
     );
     let o = d.ctl(&["qemu-stream", "vale1:sx", "--connect", "/nonexistent.sock"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot connect"));
-    // Through VMs coming and going, every frame the ports took is delivered or counted.
-    d.assert_laws();
+    // Each guest's own counts against its port's, B2's since B left; A's once the
+    // others are done.
+    let gb2 = GuestCounts::parse(&log).expect("B2's counts");
+    assert_guest_counts(&d, "B2", &gb2, "vale1:sb", None, base_b2);
+    let gc = GuestCounts::parse(&log_c).expect("C's counts");
+    assert_guest_counts(&d, "C", &gc, "vale1:sc", None, base_c);
+    a.release();
+    let ga = a.counts(60);
+    assert_guest_counts(&d, "A", &ga, "vale1:sa", None, base_a);
+    // Through VMs coming and going, every frame the ports took is delivered or counted;
+    // and all together, what the guests sent = what they received + the daemon's drops.
+    // Each frame makes one copy: the guests speak only to A or answer, so every frame
+    // goes to a learned address, or (B's first, before A has said anything) is flooded
+    // while vale1 has only A's port and B's.
+    let st = d.assert_laws();
+    let guests = [&ga, &gb, &gb2, &gc];
+    let sent = guests.iter().map(|g| g.tx_packets).sum();
+    let got = guests.iter().map(|g| g.rx_packets).sum();
+    assert_conserved(sent, got, &st);
     let o = d.ctl(&["-d", "vale1:sb"]);
     assert!(o.status.success());
     assert!(!std::path::Path::new(&sb).exists(), "its socket is removed");
@@ -554,19 +805,24 @@ fn qemu_guests_over_vhost_user() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    let (base_a, base_c) = (
+        port_view(&d, "vale1:va", None),
+        port_view(&d, "vale2:vc", None),
+    );
+    // A serves every other VM of the test, until told they are done (t_hold).
     let mut a = Vm::start(
         &dir,
         &cache,
         Net::VhostUser(&va),
         1,
-        "t_ip=10.59.0.1/24 t_role=server",
+        "t_ip=10.59.0.1/24 t_role=server t_neigh=5 t_hold=1",
     );
     let mut b = Vm::start(
         &dir,
         &cache,
         Net::VhostUserServer(&vb),
         2,
-        "t_ip=10.59.0.2/24 t_role=pingclient t_peer=10.59.0.1 t_wait=4 t_count=3",
+        "t_ip=10.59.0.2/24 t_role=pingclient t_peer=10.59.0.1 t_count=3 t_neigh=5 t_go=1",
     );
     assert!(
         wait_for(10.0, || std::path::Path::new(&vb).exists()),
@@ -574,13 +830,17 @@ fn qemu_guests_over_vhost_user() {
     );
     let o = d.ctl(&["vhost-user", "vale1:vb", "--path", &vb, "--client"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // (B is still booting: it has sent nothing yet.)
+    let base_b = port_view(&d, "vale1:vb", None);
     let mut c = Vm::start(
         &dir,
         &cache,
         Net::VhostUser(&vc),
         3,
-        "t_ip=10.59.0.3/24 t_role=ping t_peer=10.59.0.1 t_wait=4 t_count=2",
+        "t_ip=10.59.0.3/24 t_role=ping t_peer=10.59.0.1 t_wait=4 t_count=2 t_neigh=5",
     );
+    a.wait_says("T_UP");
+    b.go();
     let log_b = b.wait(90);
     let log_c = c.wait(60);
     assert!(
@@ -595,6 +855,13 @@ fn qemu_guests_over_vhost_user() {
         log_c.contains("T_PING_FAIL"),
         "C on vale2 must not reach A:\n{log_c}"
     );
+    // B's and C's own counts against their ports' (C alone on vale2: its frames are
+    // the switch's `no_dest`, and nothing comes back).
+    let g = GuestCounts::parse(&log_b).expect("B's counts");
+    assert_guest_counts(&d, "B", &g, "vale1:vb", None, base_b);
+    let g = GuestCounts::parse(&log_c).expect("C's counts");
+    assert_guest_counts(&d, "C", &g, "vale2:vc", None, base_c);
+    assert!(g.tx_packets > 0 && d.counter("vale2:vc", "no_dest") == g.tx_packets);
     // TCP crossed as super-frames: the guests negotiated TSO and the virtio-net header
     // went through the switch (segmented frames would average under 1514 bytes).
     let st = d.ctl_json(&["stats", "vale1:vb"]);
@@ -618,7 +885,8 @@ fn qemu_guests_over_vhost_user() {
         &cache,
         Net::VhostUserServer(&vb),
         4,
-        "t_ip=10.59.0.4/24 t_role=pingclient t_peer=10.59.0.1 t_wait=3 t_count=2 t_time=30",
+        "t_ip=10.59.0.4/24 t_role=pingclient t_peer=10.59.0.1 t_wait=3 t_count=2 t_time=30 \
+         t_neigh=5",
     );
     let mid = wait_for(60.0, || {
         let l = b2.log();
@@ -634,12 +902,14 @@ fn qemu_guests_over_vhost_user() {
     drop(b2);
     // The laws hold exactly once traffic stops (host and port counters are two reads).
     d.assert_laws();
+    // (B2, killed, reports no counts; B3's are held against the port's since then.)
+    let base_b3 = port_view(&d, "vale1:vb", None);
     let mut b3 = Vm::start(
         &dir,
         &cache,
         Net::VhostUserServer(&vb),
         5,
-        "t_ip=10.59.0.5/24 t_role=ping t_peer=10.59.0.1 t_wait=3 t_count=2",
+        "t_ip=10.59.0.5/24 t_role=ping t_peer=10.59.0.1 t_wait=3 t_count=2 t_neigh=5",
     );
     let log = b3.wait(60);
     assert!(
@@ -651,5 +921,11 @@ fn qemu_guests_over_vhost_user() {
         d.counter("vale1:vb", "tx_packets") > sent,
         "B3's frames cross"
     );
-    drop(a.wait(0));
+    let g = GuestCounts::parse(&log).expect("B3's counts");
+    assert_guest_counts(&d, "B3", &g, "vale1:vb", None, base_b3);
+    // A's, once the others are done: its frames to and from B2 too (what valed could
+    // not hand to B2 once it was killed is valed's to count, not A's).
+    a.release();
+    let g = a.counts(60);
+    assert_guest_counts(&d, "A", &g, "vale1:va", None, base_a);
 }

@@ -26,11 +26,15 @@ fn skip_reason() -> Option<String> {
     None
 }
 
-/// Runs testpmd on `sock` in `mode` (txonly / rxonly) for `secs` seconds while `during`
-/// runs; returns its output. The window starts once valed has seen the frontend connect
-/// (its `nth` connection, from valed's log), not after a fixed time: testpmd's start-up
-/// (a GiB of memory set up) takes seconds, more on a loaded machine, and a fixed wait
-/// once let `start` and `stop` reach it back to back.
+/// Runs testpmd on `sock` in `mode` (txonly / rxonly), forwarding for `secs` seconds
+/// while `during` runs; returns its output. The commands are typed at its prompt one
+/// at a time, each once testpmd has finished the last (its next `testpmd> `), so the
+/// window starts when forwarding does. Its start-up (a GiB of memory set up) takes
+/// one to over ten seconds on a loaded machine, and it connects to valed early in it:
+/// commands timed from valed's log of the connection (as they once were) all waited in
+/// the pipe when it got that slow, and `start`, `show port stats` and `stop` ran back
+/// to back, forwarding for milliseconds (a "port took 256 packets" failure that looked
+/// like a stalled queue, and frames sent to the guest before it forwarded).
 fn testpmd(
     d: &Daemon,
     nth: usize,
@@ -39,29 +43,94 @@ fn testpmd(
     secs: u64,
     during: impl FnOnce(),
 ) -> String {
-    let log = d.dir.join("valed.log");
-    let log = log.to_str().unwrap();
-    let script = format!(
-        "until [ $(grep -c 'vhost-user frontend connected' {log}) -ge {nth} ]; do sleep 0.2; done; \
-         sleep 1; echo 'set fwd {mode}'; echo start; sleep {secs}; echo 'show port stats all'; echo stop; sleep 1; echo quit"
-    );
-    let cmd = format!(
-        "({script}) | timeout 90 dpdk-testpmd -l 0-1 --no-pci --no-huge -m 1024 --file-prefix=vt{} \
-         --vdev=net_virtio_user0,path={sock},queues=1 -- -i --nb-cores=1 --total-num-mbufs=4096",
-        std::process::id()
-    );
-    let child = Command::new("sh")
-        .args(["-c", &cmd])
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    // Line-buffered, so what a command prints is there when its prompt comes back.
+    let mut child = Command::new("timeout")
+        .args([
+            "90",
+            "stdbuf",
+            "-oL",
+            "dpdk-testpmd",
+            "-l",
+            "0-1",
+            "--no-pci",
+            "--no-huge",
+            "-m",
+            "1024",
+        ])
+        .arg(format!("--file-prefix=vt{}", std::process::id()))
+        .arg(format!("--vdev=net_virtio_user0,path={sock},queues=1"))
+        .args(["--", "-i", "--nb-cores=1", "--total-num-mbufs=4096"])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let connected = || d.log().matches("vhost-user frontend connected").count() >= nth;
-    assert!(wait_for(60.0, connected), "testpmd connected: {}", d.log());
-    std::thread::sleep(Duration::from_secs(2));
+    // Counting prompts says how many commands it has finished.
+    let seen = Arc::new(Mutex::new(String::new()));
+    let reader = |mut r: Box<dyn Read + Send>, seen: Arc<Mutex<String>>| {
+        std::thread::spawn(move || {
+            let mut b = [0u8; 4096];
+            while let Ok(n @ 1..) = r.read(&mut b) {
+                seen.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&b[..n]));
+            }
+        })
+    };
+    let out_t = reader(Box::new(child.stdout.take().unwrap()), seen.clone());
+    let err = Arc::new(Mutex::new(String::new()));
+    let err_t = reader(Box::new(child.stderr.take().unwrap()), err.clone());
+    let mut stdin = child.stdin.take().unwrap();
+    let pid = child.id();
+    let prompts = || seen.lock().unwrap().matches("testpmd> ").count();
+    // Types `line` (none: the start-up) and waits for the prompt that says it is done.
+    let mut finished = 0;
+    let mut run = |line: Option<&str>| {
+        if let Some(l) = line {
+            writeln!(stdin, "{l}").unwrap();
+        }
+        finished += 1;
+        let done = wait_for(60.0, || prompts() >= finished);
+        if !done {
+            // Not left running for `timeout` to end (it passes the signal on).
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        assert!(
+            done,
+            "testpmd did not finish `{}`:\n{}{}\n{}",
+            line.unwrap_or("its start-up"),
+            seen.lock().unwrap(),
+            err.lock().unwrap(),
+            d.log()
+        );
+    };
+    run(None);
+    run(Some(&format!("set fwd {mode}")));
+    run(Some("start"));
+    let connected = d.log().matches("vhost-user frontend connected").count() >= nth;
+    assert!(connected, "testpmd connected {nth} times: {}", d.log());
     during();
-    let o = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+    std::thread::sleep(Duration::from_secs(secs));
+    run(Some("show port stats all"));
+    run(Some("stop"));
+    if mode == "txonly" {
+        // Frames it counted as sent may still wait in its TX ring, and once it quits
+        // (its rings disabled) they never leave: it quits once the port has taken
+        // them all (or after 10 s, for the caller's checks to tell).
+        let sent = stat_last(&seen.lock().unwrap(), "TX-packets:");
+        wait_for(10.0, || d.counter("vale0:vm", "tx_packets") >= sent);
+    }
+    // It prints its totals and leaves (`timeout` ends it if it hangs).
+    writeln!(stdin, "quit").unwrap();
+    drop(stdin);
+    let _ = child.wait();
+    let _ = out_t.join();
+    let _ = err_t.join();
+    format!("{}{}", seen.lock().unwrap(), err.lock().unwrap())
 }
 
 fn stat(out: &str, key: &str) -> u64 {
@@ -129,10 +198,20 @@ fn testpmd_virtio_user_exchanges_traffic_through_a_vhost_user_port() {
     // Switch -> guest, with the frontend connecting again (a restarted VM).
     let tx = d.open("vale0:tx");
     let frames: Vec<_> = (0..3000u32).map(|i| frame([0xff; 6], A_MAC, i)).collect();
+    let to_host = || d.host("vale0:vm")["counters"]["to_host"].as_u64().unwrap();
     let out = testpmd(&d, 2, &sock, "rxonly", 3, || {
-        for chunk in frames.chunks(100) {
+        // Paced by the guest, not by the clock: each 100 once it has taken all but a
+        // ring (256) of those before. testpmd's poller, starved for 150 ms on a loaded
+        // machine, once let most of a burst meet an empty ring and a full outbox (drops
+        // counted, as they should be, but not what this checks).
+        // (20 s in all: a guest that stops taking them is the checks' to report.)
+        let base = to_host();
+        let t = std::time::Instant::now();
+        for (i, chunk) in frames.chunks(100).enumerate() {
+            let before = (i * 100) as u64;
+            let left = 20.0 - t.elapsed().as_secs_f64();
+            wait_for(left.max(0.0), || to_host() - base + 256 >= before);
             send(&tx, chunk);
-            std::thread::sleep(Duration::from_millis(5));
         }
     });
     let to_vm = d.counter("vale0:vm", "rx_packets");

@@ -169,6 +169,38 @@ pub enum PortSpec {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         client: bool,
     },
+    /// A VXLAN uplink (RFC 7348): the switch's frames for VNI `vni`, carried in UDP
+    /// datagrams between `local` (this host's underlay address) and `remote` VTEPs
+    /// (head-end replication of broadcast, multicast and unknown unicast), or multicast
+    /// `group` joined on interface `dev`. With `learning` (the default) the VTEP behind
+    /// each inner source address is learned from the outer source address and unicast to
+    /// it goes there alone. `src_ports` (`LO-HI`) bounds the flow-hashed UDP source
+    /// ports; without it the kernel picks them from its ephemeral range.
+    Vxlan {
+        vni: u32,
+        local: String,
+        #[serde(default = "vxlan_port")]
+        port: u16,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        remote: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dev: Option<String>,
+        #[serde(default = "yes")]
+        learning: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        src_ports: Option<String>,
+    },
+}
+
+/// The IANA port for VXLAN.
+fn vxlan_port() -> u16 {
+    4789
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl PortSpec {
@@ -185,7 +217,7 @@ impl PortSpec {
                 ..
             } => Some(socket),
             PortSpec::Memif { .. } => None,
-            PortSpec::Tap | PortSpec::Interface { .. } => None,
+            PortSpec::Tap | PortSpec::Interface { .. } | PortSpec::Vxlan { .. } => None,
         }
     }
 }
@@ -422,8 +454,10 @@ pub struct HostCounters {
     /// not take them (malformed headers), dropped.
     #[serde(default)]
     pub bad_offload: u64,
-    /// Frames the kernel dropped on an AF_XDP port's rings (`-a --xdp`): received ones
-    /// with no room or larger than a 4 KiB frame, sent descriptors it refused.
+    /// Frames the kernel dropped on an attached interface's socket: on an AF_XDP port's
+    /// rings (`-a --xdp`) received ones with no room or larger than a 4 KiB frame, sent
+    /// descriptors it refused; on an AF_PACKET port's (`-a`) received ones with its
+    /// receive ring or socket buffer full (`PACKET_STATISTICS`).
     #[serde(default)]
     pub kernel_drops: u64,
     /// Frames sent to the port while its peer was gone (a QEMU stream port whose VM hung
@@ -445,6 +479,29 @@ pub struct HostCounters {
     /// the frontend cut off).
     #[serde(default)]
     pub memory_faults: u64,
+    /// VXLAN: datagrams too short for the VXLAN and Ethernet headers, dropped.
+    #[serde(default)]
+    pub vxlan_too_short: u64,
+    /// VXLAN: datagrams without the I flag (the VNI is not valid), dropped.
+    #[serde(default)]
+    pub vxlan_no_i_flag: u64,
+    /// VXLAN: datagrams with reserved flag or header bits set, dropped (as Linux does).
+    #[serde(default)]
+    pub vxlan_reserved: u64,
+    /// VXLAN: datagrams for another VNI, dropped.
+    #[serde(default)]
+    pub vxlan_foreign_vni: u64,
+    /// VXLAN: frames whose datagram exceeds the underlay's MTU (`EMSGSIZE`: the uplink
+    /// never fragments), dropped.
+    #[serde(default)]
+    pub too_big: u64,
+    /// VXLAN: copies of a replicated frame that could not be sent to one of the remotes
+    /// while others took it (the frame itself counts as sent).
+    #[serde(default)]
+    pub replica_drops: u64,
+    /// VXLAN: datagrams sent (a replicated frame is one per remote).
+    #[serde(default)]
+    pub vxlan_datagrams: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -752,6 +809,29 @@ mod tests {
                 .unwrap();
         assert_eq!(s.socket(), None, "a server's socket is not valed's");
         assert!(serde_json::from_str::<PortSpec>(r#"{"kind":"bogus"}"#).is_err());
+        let s: PortSpec = serde_json::from_str(
+            r#"{"kind":"vxlan","vni":42,"local":"198.18.0.1","remote":["198.18.0.2"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            PortSpec::Vxlan {
+                vni: 42,
+                local: "198.18.0.1".into(),
+                port: 4789,
+                remote: vec!["198.18.0.2".into()],
+                group: None,
+                dev: None,
+                learning: true,
+                src_ports: None,
+            },
+            "the IANA port and learning by default"
+        );
+        assert_eq!(s.socket(), None);
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"kind":"vxlan","vni":42,"local":"198.18.0.1","port":4789,"remote":["198.18.0.2"],"learning":true}"#
+        );
     }
 
     #[test]

@@ -94,6 +94,13 @@ pub fn run(
 ) -> Result<(), StartError> {
     settings.seed_fdb();
     raise_fd_limit();
+    let metrics_listener = settings
+        .metrics
+        .as_ref()
+        .map(|a| {
+            crate::metrics::http::bind(a, settings.socket_mode, settings.socket_group.as_deref())
+        })
+        .transpose()?;
     let listener = listen(
         &settings.socket,
         settings.socket_mode,
@@ -122,7 +129,29 @@ pub fn run(
     tracing::info!(socket = %settings.socket.display(), threads = lanes.len(), cpus = ?settings.cpus, "valed listening");
     let mut ctl = Control::new(lanes.clone(), settings, set_verbosity)?;
     ctl.create_declared();
+    let metrics = match metrics_listener {
+        Some(l) => {
+            let board = Arc::new(crate::metrics::Board::new(
+                lanes.iter().map(|l| l.stats.clone()).collect(),
+            ));
+            ctl.share_metrics(board.clone());
+            let server = crate::metrics::http::serve(l, board)?;
+            if let Some(a) = &ctl.settings().metrics {
+                tracing::info!(metrics = %a, "serving GET /metrics");
+            }
+            Some(server)
+        }
+        None => None,
+    };
+    // The control socket has listened since `listen`: a client that connects now is
+    // queued and served as soon as the loop below starts.
+    crate::notify::notify(&format!(
+        "READY=1\nSTATUS=listening on {}",
+        ctl.settings().socket.display()
+    ));
     let result = ctl.serve(&listener, &stop, &reload);
+    crate::notify::notify("STOPPING=1");
+    drop(metrics);
     tracing::info!(
         "shutting down: closing {} client connections",
         ctl.connections()

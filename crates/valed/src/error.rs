@@ -19,6 +19,12 @@ pub enum StartError {
     },
     #[error("{0} failed: {1}")]
     Os(&'static str, #[source] std::io::Error),
+    #[error("cannot serve metrics on {addr}: {source} (see valed --metrics)")]
+    Metrics {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why a control request was refused. The message is what the client prints: it names

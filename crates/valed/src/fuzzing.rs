@@ -386,3 +386,35 @@ pub fn memif_own(data: &[u8]) {
         }
     }
 }
+
+/// VXLAN datagrams as the network sends them to an uplink (each a length byte, then
+/// that many bytes): decapsulated for VNI 42, their sources learned into a small VTEP
+/// table (so that it fills and sweeps), their flows hashed, their destinations looked
+/// up. Whatever arrives, the decoder reads only inside the datagram, a frame it accepts
+/// has its Ethernet header, and the table never outgrows its bound.
+pub fn vxlan_datagrams(data: &[u8]) {
+    use crate::port::vxlan::vtep::{Vteps, decap, flow_hash};
+    const CAPACITY: usize = 8;
+    let mut t = Vteps::new(CAPACITY, 3);
+    let mut rest = data;
+    let mut now = 0u64;
+    while let Some((&n, tail)) = rest.split_first() {
+        let n = usize::from(n).min(tail.len());
+        let (d, next) = tail.split_at(n);
+        rest = next;
+        now += u64::from(n as u8 & 3);
+        let _ = flow_hash(d);
+        let Ok(inner) = decap(d, 42) else {
+            continue;
+        };
+        assert!(inner.len() >= 14 && inner.len() + 8 == d.len());
+        let (mut dst, mut src) = ([0u8; 6], [0u8; 6]);
+        dst.copy_from_slice(&inner[..6]);
+        src.copy_from_slice(&inner[6..12]);
+        let vtep = std::net::IpAddr::from([198, 18, 0, inner[12]]);
+        t.learn(src, vtep, now);
+        let _ = t.lookup(&dst, now);
+        let _ = flow_hash(inner);
+        assert!(t.rows(now).len() <= CAPACITY);
+    }
+}

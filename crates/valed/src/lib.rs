@@ -10,7 +10,8 @@
 //! forwarding thread.
 //!
 //! - `daemon`: start and shutdown; `control`: the control thread; `lane`: a forwarding
-//!   thread and what it owns; `error`: why requests are refused.
+//!   thread and what it owns; `error`: why requests are refused; `metrics`: the
+//!   Prometheus endpoint (`--metrics`); `notify`: systemd's readiness protocol.
 
 // `unsafe` only in `sys`: the system calls rustix does not wrap, and the memory valed
 // shares with the kernel (AF_PACKET and AF_XDP rings, UMEM).
@@ -23,6 +24,9 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod lane;
+pub mod log;
+mod metrics;
+mod notify;
 mod port;
 pub mod settings;
 #[allow(unsafe_code)]
@@ -32,4 +36,4 @@ pub use control::SetVerbosity;
 pub use daemon::run;
 pub use error::StartError;
 pub use port::probe_af_xdp;
-pub use settings::{ConfigFile, Declared, Settings, SettingsError};
+pub use settings::{ConfigFile, Declared, MetricsAddr, Settings, SettingsError};

@@ -67,6 +67,10 @@ pub enum SettingsError {
     CpuUnavailable(usize),
     #[error("shared switch `{0}` is not SWITCH or SWITCH:GROUP (e.g. vale0 or vale0:netdev)")]
     Share(String),
+    #[error(
+        "metrics address `{0}` is neither IP:PORT (127.0.0.1:9417, [::1]:9417) nor a unix socket path (one with a `/`)"
+    )]
+    Metrics(String),
     #[error("max_switches and max_ports must be at least 1")]
     NoSwitchesOrPorts,
     #[error("default port: {0}")]
@@ -130,6 +134,8 @@ pub struct Settings {
     /// Off, such a client is refused; on, a truncation is still survived (the client is
     /// disconnected and `memory_faults` counted).
     pub memif_trust_unsealed: bool,
+    /// Where `GET /metrics` is served (Prometheus text format); `None`: nowhere.
+    pub metrics: Option<MetricsAddr>,
     /// Ports the config file declares: created at start, kept in step with the file on
     /// reload (SIGHUP, `vale-ctl reload`).
     pub ports: Vec<Declared>,
@@ -138,6 +144,34 @@ pub struct Settings {
     pub vlans: Vec<DeclaredVlan>,
     /// The config file, read again on reload.
     pub config: Option<PathBuf>,
+}
+
+/// Where valed serves its metrics: a TCP address or a unix socket path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsAddr {
+    Tcp(std::net::SocketAddr),
+    Unix(PathBuf),
+}
+
+impl MetricsAddr {
+    /// `IP:PORT`, or a path (anything with a `/`: `./metrics.sock`, `/run/vale/metrics.sock`).
+    pub fn parse(s: &str) -> Result<MetricsAddr, SettingsError> {
+        if s.contains('/') {
+            return Ok(MetricsAddr::Unix(PathBuf::from(s)));
+        }
+        s.parse()
+            .map(MetricsAddr::Tcp)
+            .map_err(|_| SettingsError::Metrics(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for MetricsAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MetricsAddr::Tcp(a) => write!(f, "{a}"),
+            MetricsAddr::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
 }
 
 /// A port the config file declares (`[[port]]`): the switch port and how to make it.
@@ -257,6 +291,16 @@ fn port_keys(kind: &str) -> Option<&'static [&'static str]> {
         "qemu-stream" => &["listen", "connect"],
         "vhost-user" => &["socket", "client"],
         "memif" => &["socket", "abstract", "id", "secret", "client"],
+        "vxlan" => &[
+            "vni",
+            "local",
+            "port",
+            "remote",
+            "group",
+            "dev",
+            "learning",
+            "src_ports",
+        ],
         _ => return None,
     })
 }
@@ -293,13 +337,13 @@ fn declared(
         Some(toml::Value::String(k)) => k.clone(),
         _ => {
             return Err(bad(format!(
-                "{name} has no kind (tap, interface, qemu-dgram, qemu-stream, vhost-user or memif)"
+                "{name} has no kind (tap, interface, qemu-dgram, qemu-stream, vhost-user, memif or vxlan)"
             )));
         }
     };
     let Some(keys) = port_keys(&kind) else {
         return Err(bad(format!(
-            "{name}: kind `{}` is not tap, interface, qemu-dgram, qemu-stream, vhost-user or memif",
+            "{name}: kind `{}` is not tap, interface, qemu-dgram, qemu-stream, vhost-user, memif or vxlan",
             kind.escape_default()
         )));
     };
@@ -406,6 +450,7 @@ impl Default for Settings {
             handshake_timeout_s: DEFAULT_HANDSHAKE_TIMEOUT_S,
             vhost_trust_unsealed: false,
             memif_trust_unsealed: false,
+            metrics: None,
             ports: Vec::new(),
             vlans: Vec::new(),
             config: None,
@@ -447,6 +492,7 @@ pub struct ConfigFile {
     pub threads: Option<usize>,
     pub socket_group: Option<String>,
     pub cpus: Option<String>,
+    pub metrics: Option<String>,
     /// `[[port]]` tables as written; [`ConfigFile::load`] turns them into `ports`.
     #[serde(default, rename = "port")]
     pub port_tables: Vec<toml::Spanned<toml::Table>>,
@@ -556,6 +602,9 @@ impl ConfigFile {
         if let Some(m) = &self.socket_mode {
             s.socket_mode = parse_mode(m)?;
         }
+        if let Some(m) = &self.metrics {
+            s.metrics = Some(MetricsAddr::parse(m)?);
+        }
         Ok(())
     }
 }
@@ -591,6 +640,7 @@ pub fn dump(
         let line = match k.as_str() {
             "share" if v.is_empty() => continue,
             "cpus" if v.is_empty() => continue,
+            "metrics" if v.is_empty() => continue,
             "share" => format!(
                 "[{}]",
                 v.split(',').map(toml_str).collect::<Vec<_>>().join(", ")
@@ -614,6 +664,11 @@ pub fn dump(
                 serde_json::Value::String(s) => toml_str(&s),
                 serde_json::Value::Bool(b) => b.to_string(),
                 serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Array(a) => {
+                    let items: Vec<String> =
+                        a.iter().filter_map(|x| x.as_str()).map(toml_str).collect();
+                    format!("[{}]", items.join(", "))
+                }
                 _ => continue,
             };
             out.push_str(&format!("{k} = {v}\n"));
@@ -786,6 +841,23 @@ mod tests {
         f.apply(&mut s).unwrap();
         assert!(s.memif_trust_unsealed);
         assert!(toml::from_str::<ConfigFile>("max_switchez = 1").is_err());
+        assert_eq!(s.metrics, None, "no metrics unless asked");
+        let f: ConfigFile = toml::from_str("metrics = \"127.0.0.1:9417\"").unwrap();
+        f.apply(&mut s).unwrap();
+        assert_eq!(
+            s.metrics,
+            Some(MetricsAddr::Tcp(([127, 0, 0, 1], 9417).into()))
+        );
+        let f: ConfigFile = toml::from_str("metrics = \"/run/vale/metrics.sock\"").unwrap();
+        f.apply(&mut s).unwrap();
+        assert_eq!(
+            s.metrics.as_ref().unwrap().to_string(),
+            "/run/vale/metrics.sock"
+        );
+        for bad in ["9417", "localhost:9417", "127.0.0.1", ""] {
+            let e = MetricsAddr::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("IP:PORT"), "{bad}: {e}");
+        }
         assert!(parse_mode("999").is_err());
         assert_eq!(parse_cpus("1,3-5").unwrap(), vec![1, 3, 4, 5]);
         for bad in ["", "a", "3-1", "1,,x", "99999"] {
@@ -798,5 +870,48 @@ mod tests {
                 .to_string()
                 .contains("bridge_batch")
         );
+    }
+
+    #[test]
+    fn a_vxlan_port_is_declared_checked_and_dumped_back_alike() {
+        let dir = std::env::temp_dir().join(format!("vale-settings-vx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.toml");
+        let text = "[[port]]\nname = \"vale0:up\"\nkind = \"vxlan\"\nvni = 42\nlocal = \"198.18.0.1\"\nremote = [\"198.18.0.2\", \"198.18.0.3\"]\nlearning = false\n";
+        std::fs::write(&path, text).unwrap();
+        let f = ConfigFile::load(&path).unwrap();
+        let spec = f.ports[0].spec.clone();
+        assert_eq!(
+            spec,
+            vale::proto::PortSpec::Vxlan {
+                vni: 42,
+                local: "198.18.0.1".into(),
+                port: 4789,
+                remote: vec!["198.18.0.2".into(), "198.18.0.3".into()],
+                group: None,
+                dev: None,
+                learning: false,
+                src_ports: None,
+            }
+        );
+        let out = dump(
+            &Default::default(),
+            &(vec![("vale0:up".into(), spec.clone())], vec![]),
+            &Default::default(),
+        );
+        assert!(
+            out.contains("remote = [\"198.18.0.2\", \"198.18.0.3\"]"),
+            "{out}"
+        );
+        std::fs::write(&path, &out).unwrap();
+        assert_eq!(
+            ConfigFile::load(&path).unwrap().ports[0].spec,
+            spec,
+            "{out}"
+        );
+        std::fs::write(&path, format!("{text}ttl = 3\n")).unwrap();
+        let e = ConfigFile::load(&path).unwrap_err().to_string();
+        assert!(e.contains("`ttl` is not a key of a vxlan port"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

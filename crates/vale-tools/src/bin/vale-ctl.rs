@@ -134,8 +134,20 @@ fn run(args: &Args) -> Result<(), String> {
                         c.write_errors,
                         c.read_errors,
                         c.bad_offload,
-                        if h.kind == "nic-xdp" {
+                        if h.kind == "nic-xdp" || h.kind == "nic" {
                             format!(" kernel_drops {}", c.kernel_drops)
+                        } else if h.kind == "vxlan" {
+                            format!(
+                                " too_big {} replica_drops {} datagrams {}\n    dropped: too_short {} no_i_flag {} reserved {} foreign_vni {}\n    {}",
+                                c.too_big,
+                                c.replica_drops,
+                                c.vxlan_datagrams,
+                                c.vxlan_too_short,
+                                c.vxlan_no_i_flag,
+                                c.vxlan_reserved,
+                                c.vxlan_foreign_vni,
+                                h.about
+                            )
                         } else if h.kind == "memif" {
                             format!(
                                 " no_peer {} bad_desc {} chain_too_long {} peer_disconnects {}\n    {}",
@@ -392,6 +404,39 @@ fn run(args: &Args) -> Result<(), String> {
             )?;
             if args.json {
                 print_json(&r);
+            }
+        }
+        Cmd::Vxlan {
+            port,
+            vni,
+            local,
+            udp_port,
+            remote,
+            group,
+            dev,
+            no_learning,
+            src_ports,
+        } => {
+            let r = call(
+                args,
+                &Request::Create {
+                    port: port.clone(),
+                    spec: PortSpec::Vxlan {
+                        vni: *vni,
+                        local: local.clone(),
+                        port: *udp_port,
+                        remote: remote.clone(),
+                        group: group.clone(),
+                        dev: dev.clone(),
+                        learning: !*no_learning,
+                        src_ports: src_ports.clone(),
+                    },
+                },
+            )?;
+            if args.json {
+                print_json(&r);
+            } else if let Response::Done { message } = r {
+                println!("{message}");
             }
         }
         Cmd::Capture {

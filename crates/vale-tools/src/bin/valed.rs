@@ -26,15 +26,19 @@ fn main() {
         }
     };
     let (filter, handle) = tracing_subscriber::reload::Layer::new(level(s.verbose));
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_target(false),
-        )
-        .init();
+    // Colours only on a terminal; one line per event; under journald (which stamps each
+    // line) no timestamps of our own.
+    let journal = valed::log::stderr_is_journal();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(|| valed::log::OneLine(std::io::stderr()))
+        .with_ansi(!journal && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    let logs = tracing_subscriber::registry().with(filter);
+    if journal {
+        logs.with(fmt.without_time()).init();
+    } else {
+        logs.with(fmt).init();
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {

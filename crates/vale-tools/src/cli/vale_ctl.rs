@@ -289,6 +289,49 @@ pub enum Cmd {
         #[arg(long)]
         client: bool,
     },
+    /// A VXLAN uplink (RFC 7348): the switch's frames for one VNI to other hosts' VTEPs
+    ///
+    /// One switch port per VNI, interoperable with Linux's `vxlan` devices and Open
+    /// vSwitch. Broadcast, multicast and unknown unicast go to every --remote (head-end
+    /// replication) and to --group, if given; with learning (the default) the VTEP behind
+    /// each inner MAC is learned from the outer source address, aged after 300 s, and
+    /// shown by `vale-ctl list`. Datagrams leave with DF set: give the hosts behind the
+    /// switch an MTU of the underlay's minus 50 (70 over IPv6; `vale-ctl list` states
+    /// it); larger frames are counted as too_big. `vale-ctl -d PORT` removes it.
+    #[command(after_help = "Examples:\n  \
+        vale-ctl vxlan vale0:up --vni 42 --local 198.18.0.1 --remote 198.18.0.2 --remote 198.18.0.3\n  \
+        ip link add vx0 type vxlan id 42 dstport 4789 local 198.18.0.2 remote 198.18.0.1   # the peer\n  \
+        vale-ctl vxlan vale0:mc --vni 44 --local 198.18.0.1 --group 239.1.1.1 --dev eth0\n  \
+        vale-ctl -d vale0:up")]
+    Vxlan {
+        /// The switch port, e.g. vale0:up
+        port: String,
+        /// The VXLAN network identifier (24 bits)
+        #[arg(long)]
+        vni: u32,
+        /// This host's underlay address (IPv4 or IPv6), where remotes send
+        #[arg(long, value_name = "IP")]
+        local: String,
+        /// The UDP port, ours and the remotes'
+        #[arg(long = "port", value_name = "PORT", default_value_t = 4789)]
+        udp_port: u16,
+        /// A remote VTEP; repeat (or list several) for head-end replication
+        #[arg(long, value_name = "IP", num_args = 1..)]
+        remote: Vec<String>,
+        /// A multicast group for broadcast and unknown unicast
+        #[arg(long, value_name = "MCAST")]
+        group: Option<String>,
+        /// The interface the group is joined on
+        #[arg(long, value_name = "IF", requires = "group")]
+        dev: Option<String>,
+        /// Do not learn VTEPs: every frame goes to every remote and the group
+        #[arg(long)]
+        no_learning: bool,
+        /// UDP source ports to pick from by flow hash, LO-HI (at most 64) [default: 8
+        /// ports from the kernel's ephemeral range]
+        #[arg(long, value_name = "LO-HI")]
+        src_ports: Option<String>,
+    },
     /// Watch a port (netmap's monitor ports PORT/t, /r): pcap for tcpdump, or a line per frame
     ///
     /// A slow reader never slows the switch: the monitor drops and counts, and the

@@ -14,6 +14,7 @@ use valed::{ConfigFile, Settings};
         valed                                   # /run/vale/valed.sock as root\n  \
         valed -v --max-switches 64 --slots 2048\n  \
         valed --config /etc/vale/valed.toml --threads 2 --cpus 2,3\n  \
+        valed --metrics 127.0.0.1:9417          # then: curl 127.0.0.1:9417/metrics\n  \
         pkt-gen -i vale0:b -f rx & pkt-gen -i vale0:a -f tx   # then clients open ports by name"
 )]
 pub struct Args {
@@ -116,6 +117,10 @@ pub struct Args {
     /// around if shorter than --threads) [default: not pinned]
     #[arg(long, value_name = "LIST")]
     pub cpus: Option<String>,
+    /// Serve Prometheus metrics (GET /metrics) on IP:PORT (e.g. 127.0.0.1:9417) or on a
+    /// unix socket path [default: off]
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 /// The settings these flags ask for: the `--config` file's, then the flags over them,
@@ -160,6 +165,7 @@ pub fn settings(a: &Args) -> Result<Settings, valed::SettingsError> {
         threads: a.threads,
         socket_group: a.socket_group.clone(),
         cpus: a.cpus.clone(),
+        metrics: a.metrics.clone(),
         ..Default::default()
     };
     flags.apply(&mut s)?;

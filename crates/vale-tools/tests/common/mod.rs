@@ -26,10 +26,23 @@ fn temp_dir(tag: &str) -> PathBuf {
 
 impl Daemon {
     pub fn start(tag: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_cmd(tag, extra, Command::new(VALED))
+    }
+
+    /// A valed inside network namespace `ns` (`ip netns exec`, which execs valed: the
+    /// child's PID is valed's), its control socket a file as usual. Its TAP ports and
+    /// sockets are made in `ns`.
+    pub fn start_in(ns: &str, tag: &str, extra: &[&str]) -> Daemon {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, VALED]);
+        Daemon::start_cmd(tag, extra, c)
+    }
+
+    fn start_cmd(tag: &str, extra: &[&str], mut cmd: Command) -> Daemon {
         let dir = temp_dir(tag);
         let socket = dir.join("valed.sock");
         let log = std::fs::File::create(dir.join("valed.log")).unwrap();
-        let child = Command::new(VALED)
+        let child = cmd
             .arg("--socket")
             .arg(&socket)
             .arg("-v")
@@ -342,8 +355,19 @@ const SENDER_DROPS: [&str; 7] = [
     "vlan_not_member",
 ];
 /// A host port's losses of frames between its peer and its switch port (`read_errors`
-/// is not one: it counts failed reads, such as a peer hanging up, not frames).
-const HOST_DROPS: [&str; 4] = ["truncated", "write_errors", "kernel_drops", "no_peer"];
+/// is not one: it counts failed reads, such as a peer hanging up, not frames; nor is a
+/// VXLAN port's `replica_drops`, copies of a frame that did leave).
+const HOST_DROPS: [&str; 9] = [
+    "truncated",
+    "write_errors",
+    "kernel_drops",
+    "no_peer",
+    "too_big",
+    "vxlan_too_short",
+    "vxlan_no_i_flag",
+    "vxlan_reserved",
+    "vxlan_foreign_vni",
+];
 
 impl Stats {
     /// One port's `counters` (panics with the list if there is none).
@@ -448,6 +472,7 @@ impl Stats {
                 "write_errors",
                 "no_peer",
                 "bad_offload",
+                "too_big",
             ];
             let out: u64 = out.iter().map(|k| num(c, k)).sum();
             if out > num(pc, "rx_packets") {

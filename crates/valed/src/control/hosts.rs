@@ -63,6 +63,21 @@ impl HostPorts {
             .map(|(n, _)| (n.as_str(), true))
     }
 
+    /// Each host port's name, kind, the switch port it is attached as, and counters
+    /// (for the metrics board).
+    pub fn metrics_rows(
+        &self,
+    ) -> impl Iterator<Item = (&str, &'static str, Option<&str>, &Arc<PortCounters>)> {
+        self.by_name.iter().map(|(n, h)| {
+            (
+                n.as_str(),
+                h.backend.kind(),
+                h.attached.as_ref().map(|a| a.port.as_str()),
+                &h.counters,
+            )
+        })
+    }
+
     /// What `vale-ctl list` shows of each host port after `after`, by name; each is read
     /// (its counters) only when the iterator reaches it.
     pub fn info_after<'a>(&'a self, after: Option<&str>) -> impl Iterator<Item = HostInfo> + 'a {

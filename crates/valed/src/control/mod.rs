@@ -6,11 +6,13 @@
 //! - `ports`: the port table across lanes (open, release, attach a driven port);
 //! - `hosts`: ports valed drives itself (TAP, interfaces, QEMU, vhost-user);
 //! - `query`: list, stats, fdb and settings, rendered from snapshots;
-//! - `vlan`: VLAN settings of switches and ports (`vale-ctl vlan`, `[[vlan]]`).
+//! - `vlan`: VLAN settings of switches and ports (`vale-ctl vlan`, `[[vlan]]`);
+//! - `metrics`: the snapshot of ports the metrics server reads.
 
 mod conn;
 pub(crate) mod dispatch;
 mod hosts;
+mod metrics;
 mod ports;
 mod query;
 mod vlan;
@@ -82,6 +84,9 @@ pub struct Control {
     emfile_logged: Option<std::time::Instant>,
     /// Ports the config file declared and valed created: switch port -> spec.
     declared: std::collections::BTreeMap<String, proto::PortSpec>,
+    /// What the metrics server reads (with `--metrics`), and a digest of the ports it
+    /// was last given, so that it is republished only when they change.
+    metrics: Option<(Arc<crate::metrics::Board>, u64)>,
 }
 
 impl Control {
@@ -101,6 +106,7 @@ impl Control {
             spare: spare_fd(),
             emfile_logged: None,
             declared: Default::default(),
+            metrics: None,
         })
     }
 
@@ -206,6 +212,7 @@ impl Control {
                     None => {}
                 }
             }
+            self.publish_metrics();
             if reload.swap(false, Ordering::AcqRel) {
                 match self.reload() {
                     Ok(m) => tracing::info!("SIGHUP: {m}"),

@@ -539,6 +539,13 @@ pub fn settings(s: &Settings, threads: usize) -> Response {
                 .collect::<Vec<_>>()
                 .join(","),
         ),
+        (
+            "metrics".to_string(),
+            s.metrics
+                .as_ref()
+                .map(|m| m.to_string())
+                .unwrap_or_default(),
+        ),
     ]);
     Response::Settings { settings }
 }
@@ -868,6 +875,7 @@ mod tests {
         assert_eq!(m["max_ports_per_uid"], "64");
         assert_eq!(m["share"], "");
         assert_eq!(m["vhost_trust_unsealed"], "false");
-        assert_eq!(m.len(), 29);
+        assert_eq!(m["metrics"], "");
+        assert_eq!(m.len(), 30);
     }
 }

@@ -2,7 +2,7 @@
 //! when idle (Snabb's breathe loop, netmap's need_kick): a busy switch runs on shared
 //! memory alone, an idle one costs nothing.
 
-use super::{DirectEgress, Lane, Token};
+use super::{DirectEgress, Lane, TABLES_EVERY_NS, Token};
 use rustix::event::Timespec;
 use rustix::event::epoll;
 use std::sync::Arc;
@@ -19,6 +19,7 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
     let mut idle_since: Option<Instant> = None;
     let mut empty_passes = 0u32;
     let mut wait_errors = 0u32;
+    let mut tables_published: Option<u64> = None;
     while !shared.stop.load(Ordering::Acquire) {
         let moved = {
             let mut st = shared.lock();
@@ -47,9 +48,15 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
             for p in st.driven.values_mut() {
                 moved += p.push();
             }
+            if tables_published.is_none_or(|t| now.0.wrapping_sub(t) >= TABLES_EVERY_NS) {
+                shared.stats.publish_tables(&st.registry);
+                tables_published = Some(now.0);
+            }
             moved
         };
         if moved > 0 {
+            let passes = &shared.stats.passes;
+            passes.store(passes.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
             idle_since = None;
             empty_passes = 0;
             continue;
@@ -74,6 +81,10 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
             let mut st = shared.lock();
             // (Every port armed: no short-circuit.)
             let mut pending = st.registry.switches().any(|e| e.switch.arm_kicks());
+            // Going idle: what the tables counted since the last publication shows now,
+            // not at the next wake-up.
+            shared.stats.publish_tables(&st.registry);
+            tables_published = Some(shared.now().0);
             for p in st.driven.values_mut() {
                 pending |= p.arm();
             }
@@ -86,11 +97,14 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
                 tv_sec: 1,
                 tv_nsec: 0,
             };
-            match epoll::wait(
+            shared.stats.sleep_begins();
+            let woke = epoll::wait(
                 &*shared.epoll,
                 rustix::buffer::spare_capacity(&mut events),
                 Some(&ts),
-            ) {
+            );
+            shared.stats.sleep_ends();
+            match woke {
                 Ok(_) | Err(rustix::io::Errno::INTR) => wait_errors = 0,
                 Err(e) => {
                     // Logged once per run of failures (and every 1000th), and paced: a

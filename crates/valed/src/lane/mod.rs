@@ -11,7 +11,7 @@ use crate::port::{DrivenPort, Waker, Watcher};
 pub use egress::DirectEgress;
 use rustix::fd::OwnedFd;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use vale_switch::{PortKey, Registry, Timestamp};
 
@@ -79,6 +79,155 @@ pub struct Lane {
     /// Written to wake the forwarder (new port, a VM's kick, shutdown).
     pub wake: Arc<OwnedFd>,
     started: u64,
+    /// What the forwarder publishes for metrics, read without the lock.
+    pub stats: Arc<LaneStats>,
+}
+
+/// One switch's address-table counters as its forwarder last published them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSnap {
+    pub switch: String,
+    /// The lookup's counters by name (`entries`, `learned`, ...); empty for a lookup
+    /// without a table.
+    pub counters: Vec<(&'static str, u64)>,
+}
+
+/// A forwarding thread's own counters, and its switches' table counters, for readers
+/// that must not take the lane's lock (the metrics server). One writer, the forwarder.
+#[derive(Debug)]
+pub struct LaneStats {
+    /// Passes that moved at least one frame (relaxed load and store: one writer).
+    pub passes: AtomicU64,
+    /// Times the forwarder slept in epoll and woke up.
+    pub wakeups: AtomicU64,
+    /// A seqlock over the two sleep fields: odd while the forwarder changes them.
+    seq: AtomicU64,
+    /// Nanoseconds spent asleep in epoll, over the sleeps that ended.
+    asleep_ns: AtomicU64,
+    /// When the sleep going on now began (ns since `started`, plus 1), 0 when awake.
+    asleep_since: AtomicU64,
+    /// The most busy time a reader was shown, in ns.
+    busy_shown: AtomicU64,
+    started: std::time::Instant,
+    /// The switches' table counters, published every [`TABLES_EVERY_NS`] while the
+    /// forwarder is busy, and each time it goes idle. The forwarder only ever `try_lock`s it: a reader holding it
+    /// costs the forwarder one publication, never a wait.
+    pub tables: Mutex<Vec<TableSnap>>,
+}
+
+/// How often a busy forwarder publishes its switches' table counters.
+pub const TABLES_EVERY_NS: u64 = 100_000_000;
+
+impl LaneStats {
+    fn new() -> LaneStats {
+        LaneStats {
+            passes: AtomicU64::new(0),
+            wakeups: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+            asleep_ns: AtomicU64::new(0),
+            asleep_since: AtomicU64::new(0),
+            busy_shown: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+            tables: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn elapsed_ns(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
+    /// The forwarder's writes of the sleep fields, inside the seqlock, given the time
+    /// read inside it too: read before, a reader between that read and the write could
+    /// count the time since as awake, and a later reader as asleep (busy time going back).
+    fn write_sleep(&self, f: impl FnOnce(u64, &AtomicU64, &AtomicU64)) {
+        let s = self.seq.load(Ordering::Relaxed);
+        self.seq.store(s + 1, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+        let now = self.elapsed_ns() + 1;
+        f(now, &self.asleep_ns, &self.asleep_since);
+        self.seq.store(s + 2, Ordering::Release);
+    }
+
+    /// The forwarder: it is about to sleep in epoll.
+    pub fn sleep_begins(&self) {
+        self.write_sleep(|now, _, since| since.store(now, Ordering::Relaxed));
+    }
+
+    /// The forwarder: it woke up.
+    pub fn sleep_ends(&self) {
+        self.write_sleep(|now, asleep, since| {
+            let began = since.load(Ordering::Relaxed);
+            if began != 0 {
+                let total = asleep.load(Ordering::Relaxed) + now.saturating_sub(began);
+                asleep.store(total, Ordering::Relaxed);
+            }
+            since.store(0, Ordering::Relaxed);
+        });
+        self.wakeups
+            .store(self.wakeups.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// Seconds the forwarder was awake (polling or forwarding, not asleep in epoll)
+    /// since it started: what its CPU time would be if nothing preempted it. Never less
+    /// than what an earlier call returned (a counter does not go back).
+    pub fn busy_secs(&self) -> f64 {
+        let ns = self.busy_ns();
+        let shown = self.busy_shown.fetch_max(ns, Ordering::AcqRel).max(ns);
+        shown as f64 / 1e9
+    }
+
+    fn busy_ns(&self) -> u64 {
+        // The forwarder holds the seqlock for a few instructions twice per sleep; one
+        // preempted inside it holds readers up until it runs again: they yield, then
+        // sleep, and after about a second leave the sleep in progress out (the value
+        // can then be high, never lower than one shown before: `busy_shown`).
+        for i in 0..2000u32 {
+            let s1 = self.seq.load(Ordering::Acquire);
+            let asleep = self.asleep_ns.load(Ordering::Relaxed);
+            let since = self.asleep_since.load(Ordering::Relaxed);
+            let now = self.elapsed_ns() + 1;
+            std::sync::atomic::fence(Ordering::Acquire);
+            if s1 % 2 == 1 || self.seq.load(Ordering::Relaxed) != s1 {
+                if i < 1000 {
+                    std::thread::yield_now();
+                } else {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                continue;
+            }
+            let current = if since != 0 {
+                now.saturating_sub(since)
+            } else {
+                0
+            };
+            return (now - 1).saturating_sub(asleep + current);
+        }
+        let asleep = self.asleep_ns.load(Ordering::Acquire);
+        self.elapsed_ns().saturating_sub(asleep)
+    }
+
+    /// Publishes the switches' table counters if no reader holds them now.
+    pub fn publish_tables(&self, registry: &Registry) {
+        let mut t = match self.tables.try_lock() {
+            Ok(t) => t,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        {
+            t.clear();
+            t.extend(registry.switches().map(|e| {
+                TableSnap {
+                    switch: e.name.clone(),
+                    counters: e
+                        .switch
+                        .lookup()
+                        .table()
+                        .map(|t| t.counters())
+                        .unwrap_or_default(),
+                }
+            }));
+        }
+    }
 }
 
 /// CLOCK_MONOTONIC_COARSE in nanoseconds: a plain memory read in the vDSO (no TSC read),
@@ -97,6 +246,7 @@ impl Lane {
             epoll: Arc::new(epoll),
             wake: Arc::new(wake),
             started: coarse_ns(),
+            stats: Arc::new(LaneStats::new()),
         }
     }
 
@@ -160,5 +310,72 @@ impl Drop for CtlGuard<'_> {
     fn drop(&mut self) {
         self.g = None;
         self.lane.ctl_waiting.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_seconds_leave_out_sleeps_and_never_go_back() {
+        let s = Arc::new(LaneStats::new());
+        s.sleep_begins();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let asleep = s.busy_secs();
+        s.sleep_ends();
+        assert!(asleep < 0.1, "a sleep is not busy time: {asleep}");
+        assert_eq!(s.wakeups.load(Ordering::Relaxed), 1);
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_millis(100) {
+            std::hint::spin_loop();
+        }
+        assert!(s.busy_secs() >= asleep + 0.09, "awake time counts");
+        // A reader racing a forwarder that sleeps and wakes as fast as it can.
+        let w = s.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let writer = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                w.sleep_begins();
+                w.sleep_ends();
+            }
+        });
+        let mut last = 0.0;
+        for _ in 0..200_000 {
+            let now = s.busy_secs();
+            assert!(now >= last, "busy seconds went back: {last} -> {now}");
+            last = now;
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn tables_are_published_for_readers_without_the_lane_lock() {
+        let limits = vale_switch::Limits::default();
+        let mut reg = Registry::new(limits);
+        let g = vale_abi::PortGeometry {
+            tx_slots: 64,
+            rx_slots: 64,
+            ..Default::default()
+        };
+        let region = vale_abi::Region::create("vale0:a", g).unwrap();
+        reg.open_with("vale0:a", Some(g), Some(region)).unwrap();
+        let s = LaneStats::new();
+        s.publish_tables(&reg);
+        let t = s.tables.lock().unwrap().clone();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].switch, "vale0");
+        assert!(
+            t[0].counters
+                .iter()
+                .any(|(n, v)| *n == "entries" && *v == 0)
+        );
+        // A reader holding the copy: the forwarder skips a publication, never waits.
+        let held = s.tables.lock().unwrap();
+        s.publish_tables(&Registry::new(limits));
+        drop(held);
+        assert_eq!(s.tables.lock().unwrap().len(), 1, "skipped, not blocked");
     }
 }

@@ -6,6 +6,11 @@
 //! is put back here, so that tagged frames cross the switch as they were on the wire
 //! (a QinQ frame would otherwise lose its S-tag). Frames sent keep their tags in the
 //! data, which the kernel sends as it is.
+//!
+//! Frames the kernel drops because the ring (or, without one, the socket buffer) is
+//! full are counted as `kernel_drops`, read from the socket (`PACKET_STATISTICS`, one
+//! system call) when a slot says there were some, before the forwarding thread
+//! sleeps, about once a second while it is busy, and at detach.
 
 use super::fd_io::{self, Fault};
 use super::rings::ring_put;
@@ -18,6 +23,7 @@ use crate::sys::{self, PacketRing, RingFrame};
 use rustix::fd::OwnedFd;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use vale_wire::vlan::{Outer, TAG_LEN};
 use vale_wire::{ethernet, virtio_net};
 
@@ -69,6 +75,8 @@ impl Backend for Nic {
             name: ifname.clone(),
             closed: false,
             buf: vec![0u8; TAG_LEN + MAX_FRAME],
+            passes: 0,
+            drops_at: Instant::now(),
         }))
     }
 
@@ -103,6 +111,9 @@ struct PacketIo {
     /// [`TAG_LEN`] bytes of room for the tag, then up to [`MAX_FRAME`] bytes (which
     /// the tag must then still fit).
     buf: Vec<u8>,
+    /// Passes over the socket, and when the kernel's drop count was last read.
+    passes: u32,
+    drops_at: Instant,
 }
 
 /// Puts the outer VLAN tag `tag` that the kernel took out of a received frame back
@@ -133,6 +144,15 @@ fn restore_tag(buf: &mut [u8], len: usize, tag: Option<Outer>) -> Range<usize> {
 }
 
 impl PacketIo {
+    /// Adds the frames the kernel dropped on the socket since the last read (the read
+    /// resets its count) to `kernel_drops`.
+    fn read_drops(&mut self) {
+        self.drops_at = Instant::now();
+        if let Ok(n) = sys::packet_drops(&self.dev) {
+            PortCounters::lost(&self.counters.kernel_drops, u64::from(n));
+        }
+    }
+
     /// Frames straight from the receive ring's shared memory (no system call per
     /// frame); super-frames the kernel queued on the socket instead are read with
     /// `recvmsg`.
@@ -231,10 +251,21 @@ impl DrivenPort for PacketIo {
         if self.closed {
             return 0;
         }
-        if self.ring.is_some() {
-            return self.pull_ring(need);
+        let got = if self.ring.is_some() {
+            self.pull_ring(need)
+        } else {
+            self.pull_socket(need)
+        };
+        // The kernel's drop count: at once when a slot says it dropped some, else
+        // about once a second while busy (the clock read every 1024th pass; `arm`
+        // reads it before the thread sleeps).
+        self.passes = self.passes.wrapping_add(1);
+        let losing = self.ring.as_mut().is_some_and(|r| r.losing());
+        if losing || (self.passes % 1024 == 0 && self.drops_at.elapsed() >= Duration::from_secs(1))
+        {
+            self.read_drops();
         }
-        self.pull_socket(need)
+        got
     }
 
     fn push(&mut self) -> usize {
@@ -246,11 +277,27 @@ impl DrivenPort for PacketIo {
         fd_io::write_direct(&self.dev, &self.counters, pkt)
     }
 
+    /// The thread is going to sleep: what the kernel dropped is counted first, so an
+    /// idle port's `kernel_drops` is up to date.
+    fn arm(&mut self) -> bool {
+        if !self.closed {
+            self.read_drops();
+        }
+        false
+    }
+
     fn fault(&mut self) {
         if !self.closed && fd_io::read_fault(&self.dev, &self.counters, &self.name) == Fault::Gone {
             self.closed = true;
             self.watcher.remove(&self.dev);
         }
+    }
+}
+
+impl Drop for PacketIo {
+    /// Detached: the last drops the kernel counted.
+    fn drop(&mut self) {
+        self.read_drops();
     }
 }
 

@@ -15,8 +15,9 @@ pub struct PortCounters {
     pub write_errors: AtomicU64,
     pub read_errors: AtomicU64,
     pub bad_offload: AtomicU64,
-    /// Frames the kernel dropped on an AF_XDP port's rings: received ones with no room
-    /// or larger than a UMEM frame, sent descriptors it refused as invalid.
+    /// Frames the kernel dropped on an AF_XDP port's rings (received ones with no room
+    /// or larger than a UMEM frame, sent descriptors it refused as invalid), or on an
+    /// AF_PACKET port's socket (received ones with its ring or buffer full).
     pub kernel_drops: AtomicU64,
     /// Frames the switch sent while no peer was there to take them (a QEMU stream port
     /// whose VM hung up and has not come back), dropped.
@@ -31,6 +32,17 @@ pub struct PortCounters {
     /// vhost-user: times the frontend truncated guest memory under valed (a SIGBUS
     /// caught, `sys::sigbus`); each time it is cut off.
     pub memory_faults: AtomicU64,
+    /// VXLAN: received datagrams dropped, by reason (`vale::proto::HostCounters`).
+    pub vxlan_too_short: AtomicU64,
+    pub vxlan_no_i_flag: AtomicU64,
+    pub vxlan_reserved: AtomicU64,
+    pub vxlan_foreign_vni: AtomicU64,
+    /// VXLAN: frames whose datagram the underlay refused as larger than its MTU.
+    pub too_big: AtomicU64,
+    /// VXLAN: copies of a replicated frame one remote did not get.
+    pub replica_drops: AtomicU64,
+    /// VXLAN: datagrams sent.
+    pub vxlan_datagrams: AtomicU64,
     /// The interface was deleted under the port (a TAP's).
     pub gone: AtomicBool,
 }
@@ -84,6 +96,13 @@ impl PortCounters {
             chain_too_long: g(&self.chain_too_long),
             peer_disconnects: g(&self.peer_disconnects),
             memory_faults: g(&self.memory_faults),
+            vxlan_too_short: g(&self.vxlan_too_short),
+            vxlan_no_i_flag: g(&self.vxlan_no_i_flag),
+            vxlan_reserved: g(&self.vxlan_reserved),
+            vxlan_foreign_vni: g(&self.vxlan_foreign_vni),
+            too_big: g(&self.too_big),
+            replica_drops: g(&self.replica_drops),
+            vxlan_datagrams: g(&self.vxlan_datagrams),
         }
     }
 }

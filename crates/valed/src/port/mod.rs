@@ -4,14 +4,15 @@
 //! knows them all.
 
 mod afpacket;
-mod counters;
-mod fd_io;
+pub mod counters;
+pub mod fd_io;
 pub mod memif;
 pub mod qemu_dgram;
 pub mod qemu_stream;
 pub mod rings;
 pub mod tap;
 pub mod vhost_user;
+pub mod vxlan;
 mod xdp;
 
 pub use counters::PortCounters;
@@ -177,7 +178,7 @@ pub struct Status {
 /// The control-plane half of one port kind.
 pub trait Backend: Send {
     /// The kind as `vale-ctl list` prints it: "tap", "nic", "nic-xdp", "qemu-dgram",
-    /// "qemu-stream", "vhost-user", "memif".
+    /// "qemu-stream", "vhost-user", "memif", "vxlan".
     fn kind(&self) -> &'static str;
     fn attach(&self) -> Attach;
     /// Ring shape; every kind today takes [`host_geometry`].
@@ -261,6 +262,25 @@ pub fn create(
             *client,
             settings.memif_trust_unsealed,
         )?),
+        PortSpec::Vxlan {
+            vni,
+            local,
+            port,
+            remote,
+            group,
+            dev,
+            learning,
+            src_ports,
+        } => Box::new(vxlan::Vxlan::create(vxlan::Conf::parse(
+            *vni,
+            local,
+            *port,
+            remote,
+            group.as_deref(),
+            dev.as_deref(),
+            *learning,
+            src_ports.as_deref(),
+        )?)?),
     })
 }
 

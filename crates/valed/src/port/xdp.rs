@@ -71,6 +71,11 @@ fn socket_error(ifname: &str, q: u32, frames: usize, e: NewError) -> String {
         NewError::Other(e) if e.raw_os_error() == Some(libc::EBUSY) => {
             format!("{ifname} queue {q} already has an AF_XDP socket (another program's)")
         }
+        NewError::Other(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            format!(
+                "cannot open an AF_XDP socket on {ifname} queue {q}: {e} (valed needs CAP_NET_RAW)"
+            )
+        }
         NewError::Other(e) => format!("cannot bind an AF_XDP socket to {ifname} queue {q}: {e}"),
     }
 }
@@ -88,7 +93,7 @@ pub fn attach(ifname: &str, ifindex: u32) -> Result<Attached, PortError> {
     }
     let map = XskMap::create(queues).map_err(|e| {
         refused(format!(
-            "cannot create an XSKMAP: {e} (needs CAP_BPF or root)"
+            "cannot create an XSKMAP: {e} (valed needs CAP_BPF and CAP_NET_ADMIN, or root)"
         ))
     })?;
     let mut log = vec![0u8; 4096];
@@ -230,6 +235,16 @@ struct XdpIo {
     stats_at: Instant,
 }
 
+impl XdpIo {
+    /// `kernel_drops` from the sockets' counts (`XDP_STATISTICS`: totals since each
+    /// socket was made).
+    fn read_drops(&mut self) {
+        self.stats_at = Instant::now();
+        let lost: u64 = self.x.socks.iter().map(|s| s.statistics().lost()).sum();
+        self.counters.kernel_drops.store(lost, Ordering::Relaxed);
+    }
+}
+
 impl DrivenPort for XdpIo {
     /// Frames from the sockets' receive rings into the TX ring, each as one slot or a
     /// few (a received frame is at most a UMEM frame less the kernel's 256 bytes of
@@ -257,12 +272,11 @@ impl DrivenPort for XdpIo {
             got += n;
         }
         // The kernel's drop counters, about once a second (a system call per socket;
-        // the clock is read only on idle passes and every 1024th).
+        // the clock is read only on idle passes and every 1024th), and before the
+        // thread sleeps (`arm`).
         if (got == 0 || self.polls % 1024 == 0) && self.stats_at.elapsed() >= Duration::from_secs(1)
         {
-            self.stats_at = Instant::now();
-            let lost: u64 = self.x.socks.iter().map(|s| s.statistics().lost()).sum();
-            c.kernel_drops.store(lost, Ordering::Relaxed);
+            self.read_drops();
         }
         if got > 0 {
             self.rings.tx.txsync();
@@ -305,6 +319,13 @@ impl DrivenPort for XdpIo {
             rx.rxsync();
         }
         sent
+    }
+
+    /// The thread is going to sleep: the kernel's drop counts first, so an idle port's
+    /// `kernel_drops` is up to date.
+    fn arm(&mut self) -> bool {
+        self.read_drops();
+        false
     }
 
     /// A socket in error (the interface went down or away): its pending error read,
@@ -364,6 +385,10 @@ mod tests {
         assert_eq!(
             socket_error("eth0", 1, 4096, NewError::Other(os(libc::EBUSY))),
             "eth0 queue 1 already has an AF_XDP socket (another program's)"
+        );
+        assert!(
+            socket_error("eth0", 1, 4096, NewError::Other(os(libc::EPERM)))
+                .ends_with("(valed needs CAP_NET_RAW)")
         );
         assert_eq!(
             socket_error("eth0", 1, 4096, NewError::Other(os(libc::EINVAL))),

@@ -3,13 +3,14 @@
 //!
 //! - `tun`: TAP devices (the TUN ioctls);
 //! - `packet`: AF_PACKET sockets (`sockaddr_ll`, `PACKET_*` options), `recvmsg` with
-//!   `PACKET_AUXDATA` (the VLAN tag the kernel took out of a frame) and the
-//!   TPACKET_V2 receive ring;
+//!   `PACKET_AUXDATA` (the VLAN tag the kernel took out of a frame), the
+//!   TPACKET_V2 receive ring and the socket's drop count (`PACKET_STATISTICS`);
 //! - `xdp`: AF_XDP sockets, their UMEM and rings;
 //! - `bpf`: bpf(2) commands and the XDP program;
 //! - `iov`: a packet's fragments to `writev` or to byte slices;
 //! - `unix`: unix sockets, and interface names and indices;
 //! - `peer`: memory another process shares and may write at any time (memif regions);
+//! - `udp`: `recvmmsg`/`sendmmsg` batches of UDP datagrams (VXLAN uplinks);
 //! - `sigbus`: vhost-user guest memory a frontend may truncate, its SIGBUS caught.
 //!
 //! rustix does the rest: the sockets themselves, AF_XDP's options and address, poll,
@@ -27,11 +28,14 @@ mod packet;
 pub mod peer;
 pub mod sigbus;
 mod tun;
+pub mod udp;
 mod unix;
 pub mod xdp;
 
 pub use iov::{with_slices, write_frags};
-pub use packet::{PACKET_VNET_HDR_LEN, PacketRing, RingFrame, packet_socket, recv_frame};
+pub use packet::{
+    PACKET_VNET_HDR_LEN, PacketRing, RingFrame, packet_drops, packet_socket, recv_frame,
+};
 pub use tun::{TAP_VNET_HDR, tap_create};
 pub use unix::{
     check_ifname, dgram_bind, if_index, readable_within, seqpacket_listen, stream_connect,

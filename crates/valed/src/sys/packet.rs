@@ -172,6 +172,9 @@ pub struct PacketRing {
     frame_size: usize,
     frame_nr: usize,
     next: usize,
+    /// A slot taken since [`PacketRing::losing`] was last asked said the kernel had
+    /// dropped frames (`TP_STATUS_LOSING`) that [`packet_drops`] has not read yet.
+    losing: bool,
 }
 
 impl PacketRing {
@@ -205,6 +208,7 @@ impl PacketRing {
             frame_size,
             frame_nr,
             next: 0,
+            losing: false,
         })
     }
 
@@ -243,6 +247,7 @@ impl PacketRing {
         };
         let h = SlotHeader::read(slot);
         let hdr = PACKET_VNET_HDR_LEN as usize;
+        self.losing |= st & libc::TP_STATUS_LOSING != 0;
         if st & libc::TP_STATUS_COPY != 0 {
             f(RingFrame::Queued);
         } else if h.snaplen < h.len || h.mac < hdr || h.mac + h.snaplen > self.frame_size {
@@ -258,6 +263,40 @@ impl PacketRing {
         self.next = (self.next + 1) % self.frame_nr;
         true
     }
+
+    /// Whether a slot taken since the last call said the kernel had dropped frames on
+    /// the socket that [`packet_drops`] has not read yet (the kernel flags every frame
+    /// it hands over while its drop count is not zero).
+    pub fn losing(&mut self) -> bool {
+        std::mem::take(&mut self.losing)
+    }
+}
+
+/// Frames the kernel dropped on packet socket `fd` since the last call, because its
+/// receive ring or its socket buffer was full (`PACKET_STATISTICS`' `tp_drops`, which
+/// the kernel resets on each read).
+pub fn packet_drops(fd: &OwnedFd) -> io::Result<u32> {
+    let mut st = libc::tpacket_stats {
+        tp_packets: 0,
+        tp_drops: 0,
+    };
+    let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes (it cuts its copy to the length
+    // given; for a TPACKET_V2 socket it has exactly a `tpacket_stats`) at `st`, which
+    // lives across the call, sets `len`, and keeps neither pointer.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&mut st as *mut libc::tpacket_stats).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.tp_drops)
 }
 
 /// What [`recv_frame`] read.
@@ -387,6 +426,9 @@ mod tests {
         assert_eq!(IntOption::VnetHdr as i32, 15);
         assert_eq!(IntOption::IgnoreOutgoing as i32, 23);
         assert_eq!(libc::PACKET_RX_RING, 5);
+        assert_eq!((libc::PACKET_STATISTICS, libc::TP_STATUS_LOSING), (6, 4));
+        assert_eq!(size_of::<libc::tpacket_stats>(), 8);
+        assert_eq!(offset_of!(libc::tpacket_stats, tp_drops), 4);
     }
 
     #[test]

@@ -117,6 +117,43 @@ impl PeerMem {
         true
     }
 
+    /// Copies the `n` bytes at `off` into the start of buffer `idx` of `bufs` (a port's
+    /// own buffer), with no copy in between. False (and nothing copied) when the range is
+    /// outside the region, or the buffer index or length is invalid.
+    pub fn copy_to_buf(&self, off: usize, n: usize, bufs: vale_abi::Bufs<'_>, idx: u32) -> bool {
+        let Some(dst) = bufs.dst(idx, n) else {
+            return false;
+        };
+        if !self.fits(off, n) {
+            return false;
+        }
+        // SAFETY: the source range is inside the mapping (checked); `dst` holds `n` bytes
+        // of a buffer of valed's own region, which `bufs` borrows (alive), and which is
+        // not this mapping. As in `read`, the peer may change the source meanwhile.
+        unsafe { std::ptr::copy_nonoverlapping(self.map.as_ptr().add(off), dst, n) };
+        true
+    }
+
+    /// Copies bytes `at..at + n` of `frag` (a fragment of a port's buffer) to `off`. False
+    /// (and nothing written) when either range is outside its memory.
+    pub fn copy_from_frag(
+        &self,
+        off: usize,
+        frag: &vale_abi::Frag<'_>,
+        at: usize,
+        n: usize,
+    ) -> bool {
+        if at.checked_add(n).is_none_or(|end| end > frag.len()) || !self.fits(off, n) {
+            return false;
+        }
+        let (p, _) = frag.raw_parts();
+        // SAFETY: `p..p + len` is readable while the fragment's pool is borrowed (Frag's
+        // invariant) and `at + n <= len`; the destination is inside the mapping (checked),
+        // which is not the port's region.
+        unsafe { std::ptr::copy_nonoverlapping(p.add(at), self.map.as_ptr().add(off), n) };
+        true
+    }
+
     /// Copies `src` to `off`. False (and nothing written) when the range is outside the
     /// region.
     pub fn write(&self, off: usize, src: &[u8]) -> bool {

@@ -11,7 +11,7 @@
 
 use super::conn::Conn;
 use super::own::Own;
-use super::ring::{Broken, Refused, Unsent};
+use super::ring::{Broken, Chain, Refused, Src, Unsent};
 use super::server::Slot;
 use crate::port::rings::{ring_peek, ring_put, room};
 use crate::port::{BURST, DrivenPort, MAX_FRAME, PortCounters, PortRings, Watcher};
@@ -22,19 +22,18 @@ use std::sync::Arc;
 pub trait Link: Send + 'static {
     /// The eventfds the peer writes when it published frames (valed watches them).
     fn kicks(&self) -> &[OwnedFd];
-    /// Up to `max` frames the peer published, each offered to `take` (which returns
-    /// false when it has no room: the frame stays for the next call).
+    /// Up to `max` frames the peer published, each offered to `take` where it lies
+    /// (which returns false when it has no room: the frame stays for the next call).
     fn recv(
         &mut self,
         max: usize,
-        frame: &mut Vec<u8>,
         refused: &mut Refused,
-        take: &mut dyn FnMut(&[u8]) -> bool,
+        take: &mut dyn FnMut(&Chain<'_>) -> bool,
     ) -> Result<usize, Broken>;
     /// Whether frames wait to be read.
     fn pending(&self) -> Result<bool, Broken>;
     /// Copies `frame` into the peer's next free buffers.
-    fn send(&mut self, frame: &[u8]) -> Result<Result<(), Unsent>, Broken>;
+    fn send(&mut self, frame: Src<'_>) -> Result<Result<(), Unsent>, Broken>;
     /// Hands what [`Link::send`] wrote to the peer, kicking it unless it polls.
     fn publish(&mut self) -> Result<(), Broken>;
     /// Sets (valed polls) or clears (valed wants a kick) MASK_INT on the rings valed
@@ -54,20 +53,13 @@ impl Link for Conn {
     fn recv(
         &mut self,
         max: usize,
-        frame: &mut Vec<u8>,
         refused: &mut Refused,
-        take: &mut dyn FnMut(&[u8]) -> bool,
+        take: &mut dyn FnMut(&Chain<'_>) -> bool,
     ) -> Result<usize, Broken> {
         let mut moved = 0;
         for ring in &mut self.c2s {
-            moved += ring.recv(
-                &self.regions,
-                max - moved,
-                MAX_FRAME,
-                frame,
-                refused,
-                &mut *take,
-            )?;
+            moved +=
+                ring.recv_chains(&self.regions, max - moved, MAX_FRAME, refused, &mut *take)?;
             if moved >= max {
                 break;
             }
@@ -84,9 +76,9 @@ impl Link for Conn {
         Ok(false)
     }
 
-    fn send(&mut self, frame: &[u8]) -> Result<Result<(), Unsent>, Broken> {
+    fn send(&mut self, frame: Src<'_>) -> Result<Result<(), Unsent>, Broken> {
         match self.s2c.first_mut() {
-            Some(ring) => ring.send(&self.regions, frame),
+            Some(ring) => ring.send_src(&self.regions, frame),
             None => Ok(Err(Unsent::Full)),
         }
     }
@@ -122,19 +114,18 @@ impl Link for Own {
     fn recv(
         &mut self,
         max: usize,
-        frame: &mut Vec<u8>,
         refused: &mut Refused,
-        take: &mut dyn FnMut(&[u8]) -> bool,
+        take: &mut dyn FnMut(&Chain<'_>) -> bool,
     ) -> Result<usize, Broken> {
-        Own::recv(self, max, MAX_FRAME, frame, refused, take)
+        self.recv_chains(max, MAX_FRAME, refused, take)
     }
 
     fn pending(&self) -> Result<bool, Broken> {
         Ok(Own::pending(self)? > 0)
     }
 
-    fn send(&mut self, frame: &[u8]) -> Result<Result<(), Unsent>, Broken> {
-        Own::send(self, frame)
+    fn send(&mut self, frame: Src<'_>) -> Result<Result<(), Unsent>, Broken> {
+        self.send_src(frame)
     }
 
     fn publish(&mut self) -> Result<(), Broken> {
@@ -269,6 +260,23 @@ impl<L: Link> MemifIo<L> {
     }
 }
 
+/// Puts frame `f` into the port's TX ring (which has room for it): a frame of one piece
+/// that fits a slot is copied straight from the peer's memory, others through `scratch`.
+fn put_chain(tx: &vale_abi::AppRing, f: &Chain<'_>, scratch: &mut Vec<u8>) {
+    let v = tx.view();
+    if let Some((mem, start)) = f.single() {
+        let h = tx.head();
+        let s = v.read_slot(h);
+        if mem.copy_to_buf(start, f.len(), v.bufs().access(), s.buf_idx) {
+            v.write_len_flags(h, f.len() as u16, 0);
+            tx.advance(1);
+            return;
+        }
+    }
+    f.gather(scratch);
+    ring_put(tx, scratch);
+}
+
 impl<L: Link> DrivenPort for MemifIo<L> {
     fn pull(&mut self) -> usize {
         self.refresh();
@@ -280,12 +288,13 @@ impl<L: Link> DrivenPort for MemifIo<L> {
             tx.txsync();
         }
         let counters = &self.counters;
+        let frame = &mut self.frame;
         let mut refused = Refused::default();
-        let r = c.recv(BURST, &mut self.frame, &mut refused, &mut |f| {
+        let r = c.recv(BURST, &mut refused, &mut |f| {
             if tx.space() < room(tx, f.len()).max(1) {
                 return false;
             }
-            ring_put(tx, f);
+            put_chain(tx, f, frame);
             counters.count_in(f.len());
             true
         });
@@ -316,10 +325,25 @@ impl<L: Link> DrivenPort for MemifIo<L> {
         let mut broke = None;
         while sent < BURST && rx.space() > 0 {
             let (used, len) = ring_peek(rx);
-            self.frame.clear();
-            self.frame.resize(len, 0);
-            crate::port::rings::ring_copy(rx, used, &mut self.frame);
-            match c.send(&self.frame) {
+            let v = rx.view();
+            let one = (used == 1)
+                .then(|| {
+                    v.bufs()
+                        .access()
+                        .frag(v.read_slot(rx.head()).buf_idx, 0, len)
+                })
+                .flatten();
+            let src = match one {
+                // A frame in one slot is copied straight from it.
+                Some(f) => Src::Frag(f),
+                None => {
+                    self.frame.clear();
+                    self.frame.resize(len, 0);
+                    crate::port::rings::ring_copy(rx, used, &mut self.frame);
+                    Src::Bytes(&self.frame)
+                }
+            };
+            match c.send(src) {
                 Ok(Ok(())) => {
                     self.counters.count_out(len);
                     sent += 1;

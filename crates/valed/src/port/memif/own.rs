@@ -13,7 +13,7 @@
 //! The region is a memfd sealed against shrinking and growing before the server sees
 //! it, so no access faults whatever the server does with the descriptor.
 
-use super::ring::{Broken, MAX_CHAIN, Refused, Unsent};
+use super::ring::{Broken, Chain, MAX_CHAIN, Refused, Src, Unsent};
 use crate::sys::peer::PeerMem;
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{MemfdFlags, SealFlags};
@@ -156,6 +156,8 @@ pub struct Own {
     /// ring); the server writes the S2C one.
     pub c2s_kick: OwnedFd,
     pub s2c_kick: OwnedFd,
+    /// The pieces of the frame being read.
+    segs: Vec<(usize, usize, usize)>,
 }
 
 /// What the handshake sends with ADD_REGION and ADD_RING: the region's memfd and each
@@ -196,6 +198,7 @@ impl Own {
             rx_head: 0,
             c2s_kick: eventfd()?,
             s2c_kick: eventfd()?,
+            segs: Vec::with_capacity(MAX_CHAIN),
         };
         for r in [&own.c2s, &own.s2c] {
             let ok = own
@@ -255,11 +258,27 @@ impl Own {
         refused: &mut Refused,
         mut take: impl FnMut(&[u8]) -> bool,
     ) -> Result<usize, Broken> {
+        self.recv_chains(max, max_frame, refused, |c| {
+            c.gather(frame);
+            take(frame)
+        })
+    }
+
+    /// [`Own::recv`] without the copy: each frame offered as a [`Chain`] of its pieces
+    /// in valed's buffers.
+    pub fn recv_chains(
+        &mut self,
+        max: usize,
+        max_frame: usize,
+        refused: &mut Refused,
+        mut take: impl FnMut(&Chain<'_>) -> bool,
+    ) -> Result<usize, Broken> {
         let mut left = self.pending()?;
         let start = self.rx_next;
         let mut n = 0;
         while left > 0 && n < max {
-            frame.clear();
+            self.segs.clear();
+            let mut total = 0usize;
             let mut bad = false;
             let mut used = 0u16;
             loop {
@@ -272,12 +291,13 @@ impl Own {
                     }
                     bad = true;
                 } else if !bad {
-                    if frame.len() + len as usize > max_frame {
+                    if total + len as usize > max_frame {
                         bad = true;
                         refused.chain_too_long += 1;
                     } else {
-                        self.mem
-                            .append(self.geo.buffer(false, slot), len as usize, frame);
+                        total += len as usize;
+                        self.segs
+                            .push((0, self.geo.buffer(false, slot), len as usize));
                     }
                 }
                 if !more {
@@ -291,7 +311,13 @@ impl Own {
                     break;
                 }
             }
-            if !bad && !take(frame) {
+            if !bad
+                && !take(&Chain::new(
+                    std::slice::from_ref(&self.mem),
+                    &self.segs,
+                    total,
+                ))
+            {
                 break;
             }
             self.rx_next = self.rx_next.wrapping_add(used);
@@ -317,6 +343,11 @@ impl Own {
     /// Copies `frame` into the next free C2S buffers (chained when it needs several);
     /// published by [`Own::publish`].
     pub fn send(&mut self, frame: &[u8]) -> Result<Result<(), Unsent>, Broken> {
+        self.send_src(Src::Bytes(frame))
+    }
+
+    /// [`Own::send`] from any [`Src`].
+    pub fn send_src(&mut self, frame: Src<'_>) -> Result<Result<(), Unsent>, Broken> {
         let bsize = self.geo.bsize as usize;
         let need = frame.len().max(1).div_ceil(bsize);
         if need > MAX_CHAIN {
@@ -332,19 +363,15 @@ impl Own {
                 return Ok(Err(Unsent::Full));
             }
         }
-        for (i, chunk) in frame.chunks(bsize).enumerate() {
+        // (An empty frame still takes a slot, of length 0.)
+        for i in 0..usize::from(need) {
             let slot = self.tx_head.wrapping_add(i as u16);
-            let ok = self.mem.write(self.geo.buffer(true, slot), chunk);
+            let at = i * bsize;
+            let n = bsize.min(frame.len() - at);
+            let ok = frame.copy_to(at, n, &self.mem, self.geo.buffer(true, slot));
             debug_assert!(ok, "valed's own buffer lies in its region");
-            self.c2s.put(
-                &self.mem,
-                slot,
-                chunk.len() as u32,
-                i + 1 < usize::from(need),
-            )?;
-        }
-        if frame.is_empty() {
-            self.c2s.put(&self.mem, self.tx_head, 0, false)?;
+            self.c2s
+                .put(&self.mem, slot, n as u32, i + 1 < usize::from(need))?;
         }
         self.tx_head = self.tx_head.wrapping_add(need);
         Ok(Ok(()))

@@ -154,11 +154,74 @@ fn span(regions: &[PeerMem], d: &Desc) -> Option<(usize, std::ops::Range<usize>)
     Some((r, d.bytes_in(m.len() as u64)?))
 }
 
+/// One received frame where the peer put it: its pieces, each checked to lie inside its
+/// region, not yet copied. The data plane copies a frame of one piece straight into a
+/// slot, and gathers others ([`Chain::gather`]).
+pub struct Chain<'a> {
+    regions: &'a [PeerMem],
+    /// (region, start, length) of each piece.
+    segs: &'a [(usize, usize, usize)],
+    len: usize,
+}
+
+impl<'a> Chain<'a> {
+    pub fn new(regions: &'a [PeerMem], segs: &'a [(usize, usize, usize)], len: usize) -> Self {
+        Chain { regions, segs, len }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The frame's bytes in `out` (cleared first).
+    pub fn gather(&self, out: &mut Vec<u8>) {
+        out.clear();
+        for &(r, start, n) in self.segs {
+            self.regions[r].append(start, n, out);
+        }
+    }
+
+    /// A frame of one piece: its memory and where it starts (it is [`Chain::len`] long).
+    pub fn single(&self) -> Option<(&'a PeerMem, usize)> {
+        match self.segs {
+            [(r, start, _)] => Some((&self.regions[*r], *start)),
+            _ => None,
+        }
+    }
+}
+
+/// A frame to send: valed's own bytes, or a fragment of a port's buffer copied straight
+/// from there.
+#[derive(Clone, Copy)]
+pub enum Src<'a> {
+    Bytes(&'a [u8]),
+    Frag(vale_abi::Frag<'a>),
+}
+
+impl Src<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Src::Bytes(b) => b.len(),
+            Src::Frag(f) => f.len(),
+        }
+    }
+
+    /// Copies bytes `at..at + n` of the frame to `off` in `mem`.
+    pub fn copy_to(&self, at: usize, n: usize, mem: &PeerMem, off: usize) -> bool {
+        match self {
+            Src::Bytes(b) => b.get(at..at + n).is_some_and(|b| mem.write(off, b)),
+            Src::Frag(f) => mem.copy_from_frag(off, f, at, n),
+        }
+    }
+}
+
 /// A C2S ring: frames from the client.
 pub struct C2s {
     ring: Ring,
     /// The next descriptor valed reads; `tail` is moved here after each pass.
     next: u16,
+    /// The pieces of the frame being read.
+    segs: Vec<(usize, usize, usize)>,
 }
 
 impl C2s {
@@ -166,6 +229,7 @@ impl C2s {
         C2s {
             ring: Ring { at, layout },
             next: 0,
+            segs: Vec::with_capacity(MAX_CHAIN),
         }
     }
 
@@ -200,10 +264,27 @@ impl C2s {
         refused: &mut Refused,
         mut take: impl FnMut(&[u8]) -> bool,
     ) -> Result<usize, Broken> {
+        self.recv_chains(regions, max, max_frame, refused, |c| {
+            c.gather(frame);
+            take(frame)
+        })
+    }
+
+    /// [`C2s::recv`] without the copy: each frame is offered as a [`Chain`] of checked
+    /// pieces in the client's memory.
+    pub fn recv_chains(
+        &mut self,
+        regions: &[PeerMem],
+        max: usize,
+        max_frame: usize,
+        refused: &mut Refused,
+        mut take: impl FnMut(&Chain<'_>) -> bool,
+    ) -> Result<usize, Broken> {
         let mut left = self.pending(regions)?;
         let mut n = 0;
         while left > 0 && n < max {
-            frame.clear();
+            self.segs.clear();
+            let mut len = 0usize;
             let mut bad = false;
             let mut used = 0u16;
             loop {
@@ -211,11 +292,12 @@ impl C2s {
                 used += 1;
                 match span(regions, &d) {
                     Some((r, range)) if !bad => {
-                        if frame.len() + range.len() > max_frame {
+                        if len + range.len() > max_frame {
                             bad = true;
                             refused.chain_too_long += 1;
                         } else {
-                            regions[r].append(range.start, range.len(), frame);
+                            len += range.len();
+                            self.segs.push((r, range.start, range.len()));
                         }
                     }
                     Some(_) => {}
@@ -239,7 +321,7 @@ impl C2s {
                     break;
                 }
             }
-            if !bad && !take(frame) {
+            if !bad && !take(&Chain::new(regions, &self.segs, len)) {
                 break;
             }
             self.next = self.next.wrapping_add(used);
@@ -305,6 +387,15 @@ impl S2c {
         regions: &[PeerMem],
         frame: &[u8],
     ) -> Result<Result<(), Unsent>, Broken> {
+        self.send_src(regions, Src::Bytes(frame))
+    }
+
+    /// [`S2c::send`] from any [`Src`].
+    pub fn send_src(
+        &mut self,
+        regions: &[PeerMem],
+        frame: Src<'_>,
+    ) -> Result<Result<(), Unsent>, Broken> {
         // Measure first: the frame goes whole or not at all.
         let (mut room, mut used) = (0usize, 0u16);
         self.descs.clear();
@@ -347,7 +438,7 @@ impl S2c {
         for (i, d) in self.descs.iter().enumerate() {
             let n = (d.length as usize).min(frame.len() - at);
             let (r, range) = span(regions, d).expect("checked above");
-            regions[r].write(range.start, &frame[at..at + n]);
+            frame.copy_to(at, n, &regions[r], range.start);
             at += n;
             let last = i + 1 == usize::from(used);
             let out = Desc {

@@ -159,7 +159,8 @@ impl VhostIo {
         }
         if sent > 0 || g.rx_dirty {
             g.rx_dirty = false;
-            if vq.needs_notification().unwrap_or(true) {
+            let want = rx_wants_signal(vq.get_ref().get_queue(), &mem, &mut g.rx_since);
+            if want {
                 let _ = vq.signal_used_queue();
             }
         }
@@ -237,8 +238,15 @@ impl VhostIo {
                 }
             }
         }
+        // A full outbox first goes into buffers the guest added since it filled: the
+        // switch hands a whole batch over before `push_rx` looks again, and without
+        // this a batch arriving just after the guest refilled was dropped while its
+        // buffers stood empty (seen: 256 buffers free as frames were dropped).
         if g.out.pending.len() >= MAX_PENDING {
-            return false;
+            flush(g, &self.counters);
+            if g.out.pending.len() >= MAX_PENDING {
+                return false;
+            }
         }
         let mut f = g.out.spare.pop().unwrap_or_default();
         f.clear();
@@ -249,19 +257,7 @@ impl VhostIo {
             p.copy_to(&mut f[at..]);
         }
         g.out.stage(f, &self.counters);
-        let Some((vq, mem)) = g.queue(RX) else {
-            return true; // delivered when the guest sets its queues up (or dropped)
-        };
-        let mut st = vq.get_mut();
-        if !st.get_queue().ready() || !st.is_enabled() {
-            return true;
-        }
-        while !g.out.pending.is_empty() {
-            match deliver(&mut g.out, st.get_queue_mut(), &mem, &self.counters) {
-                Some(_) => g.rx_dirty = true,
-                None => break,
-            }
-        }
+        flush(g, &self.counters);
         true
     }
 
@@ -415,6 +411,24 @@ pub(crate) fn avail_beyond(q: &virtio_queue::Queue, mem: &GuestMemoryMmap) -> bo
     match q.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
         Ok(i) => (i - std::num::Wrapping(q.next_avail())).0 > q.size(),
         Err(_) => true,
+    }
+}
+
+/// What waits in the outbox -> guest RX buffers, as many as there are (none while
+/// the guest has not set its RX queue up, or has stopped it).
+fn flush(g: &mut Guest, c: &PortCounters) {
+    let Some((vq, mem)) = g.queue(RX) else {
+        return;
+    };
+    let mut st = vq.get_mut();
+    if !st.get_queue().ready() || !st.is_enabled() {
+        return;
+    }
+    while !g.out.pending.is_empty() {
+        match deliver(&mut g.out, st.get_queue_mut(), &mem, c) {
+            Some(_) => g.rx_dirty = true,
+            None => break,
+        }
     }
 }
 
@@ -590,13 +604,15 @@ fn put_parts(
         }
         return Put::NoRoom;
     }
-    hdr[10..12].copy_from_slice(&(chains.len() as u16).to_le_bytes());
+    let n = chains.len();
+    hdr[10..12].copy_from_slice(&(n as u16).to_le_bytes());
     let mut src = std::iter::once(&hdr[..])
         .chain(parts.iter().copied())
         .filter(|p| !p.is_empty());
     let mut cur: &[u8] = src.next().unwrap_or(&[]);
     let mut left = len;
-    for (head, mut w) in chains {
+    let mut used = [(0u16, 0u32); MAX_RX_BUFFERS];
+    for (i, (head, mut w)) in chains.into_iter().enumerate() {
         let mut n = w.available_bytes().min(left);
         let wrote = n;
         let mut ok = true;
@@ -613,9 +629,69 @@ fn put_parts(
             n -= k;
         }
         left -= wrote;
-        let _ = q.add_used(mem, head, if ok { wrote as u32 } else { 0 });
+        used[i] = (head, if ok { wrote as u32 } else { 0 });
     }
+    add_used_at_once(q, mem, &used[..n]);
     Put::Done
+}
+
+/// Gives the guest `used` (head, bytes written) in its used ring as one publication:
+/// every element written, then the index stored once (Release). A frame in several
+/// buffers must appear whole: a guest that sees its first buffer, whose header says
+/// how many there are, before the others drops it ("rx error: N buffers out of M
+/// missing", Linux's `rx_length_errors`) and takes the rest for frames of their own.
+/// `Queue::add_used` stores the index after each element, so it is not used here.
+fn add_used_at_once(q: &mut virtio_queue::Queue, mem: &GuestMemoryMmap, used: &[(u16, u32)]) {
+    use vm_memory::{Bytes, GuestAddress};
+    let (size, ring) = (q.size(), GuestAddress(q.used_ring()));
+    let mut next = std::num::Wrapping(q.next_used());
+    for &(head, len) in used {
+        // The used ring: flags and index (2 bytes each), then `size` elements of a
+        // little-endian 32-bit id (the chain's head) and length.
+        let at = GuestAddress(ring.0 + 4 + 8 * u64::from(next.0 % size.max(1)));
+        let mut elem = [0u8; 8];
+        elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+        elem[4..].copy_from_slice(&len.to_le_bytes());
+        if head >= size || mem.write_slice(&elem, at).is_err() {
+            break;
+        }
+        next += 1;
+    }
+    q.set_next_used(next.0);
+    let _ = mem.store(next.0.to_le(), GuestAddress(ring.0 + 2), Ordering::Release);
+}
+
+/// Whether the guest asked to hear of the RX buffers used since `*since` (the queue's
+/// `next_used` at the last decision, which becomes the current one): without
+/// EVENT_IDX always; with it when the `used_event` the guest wrote lies among the
+/// entries added since (Linux's `vring_need_event`). `Queue::needs_notification`
+/// counts only the entries `add_used` added, and [`add_used_at_once`] does not use
+/// it. Not knowing (a first decision, more entries than the ring holds since, the ring
+/// outside guest memory) is a signal: one too many costs the guest an interrupt, one
+/// too few could leave it waiting for ever.
+fn rx_wants_signal(
+    q: &virtio_queue::Queue,
+    mem: &GuestMemoryMmap,
+    since: &mut Option<u16>,
+) -> bool {
+    use std::num::Wrapping;
+    use vm_memory::{Bytes, GuestAddress};
+    let now = Wrapping(q.next_used());
+    let Some(old) = since.replace(now.0).map(Wrapping) else {
+        return true;
+    };
+    if !q.event_idx_enabled() || (now - old).0 > q.size() {
+        return true;
+    }
+    // The elements and the index are stored before `used_event` is read (a guest that
+    // moves it meanwhile then sees the new index).
+    std::sync::atomic::fence(Ordering::SeqCst);
+    // `used_event` follows the avail ring's flags, index and `size` 2-byte entries.
+    let at = GuestAddress(q.avail_ring() + 4 + 2 * u64::from(q.size()));
+    match mem.load::<u16>(at, Ordering::Relaxed) {
+        Ok(ev) => now - Wrapping(u16::from_le(ev)) - Wrapping(1) < now - old,
+        Err(_) => true,
+    }
 }
 
 #[cfg(test)]
@@ -712,5 +788,84 @@ mod tests {
         assert!(o.pending.is_empty());
         assert_eq!(c.bad_offload.load(Ordering::Relaxed), 1);
         assert_eq!(c.truncated.load(Ordering::Relaxed), 1);
+    }
+
+    /// Guest memory with an RX queue of 8 entries: descriptor table at 0, avail ring at
+    /// 0x100, used ring at 0x200, buffers from 0x1000; `bufs` writable buffers of
+    /// `len` bytes each made available.
+    fn rx_queue(bufs: u16, len: u32) -> (virtio_queue::Queue, GuestMemoryMmap) {
+        use vm_memory::{Bytes, GuestAddress};
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mut q = virtio_queue::Queue::new(8).unwrap();
+        q.set_size(8);
+        q.set_desc_table_address(Some(0), Some(0));
+        q.set_avail_ring_address(Some(0x100), Some(0));
+        q.set_used_ring_address(Some(0x200), Some(0));
+        q.set_ready(true);
+        for i in 0..bufs {
+            let d = u64::from(i) * 16;
+            let addr = 0x1000 + u64::from(i) * 0x800;
+            mem.write_obj(addr.to_le(), GuestAddress(d)).unwrap();
+            mem.write_obj(len.to_le(), GuestAddress(d + 8)).unwrap();
+            mem.write_obj(2u16.to_le(), GuestAddress(d + 12)).unwrap(); // WRITE
+            mem.write_obj(i.to_le(), GuestAddress(0x104 + 2 * u64::from(i)))
+                .unwrap();
+        }
+        mem.write_obj(bufs.to_le(), GuestAddress(0x102)).unwrap();
+        (q, mem)
+    }
+
+    #[test]
+    fn a_frame_in_several_buffers_is_used_whole_with_its_buffer_count() {
+        use vm_memory::{Bytes, GuestAddress};
+        let (mut q, mem) = rx_queue(4, 64);
+        let mut f = vec![0xa5u8; VNET_HDR + 150];
+        assert_eq!(put_frame(&mut q, &mem, &mut f, true), Put::Done);
+        // 162 bytes in 64-byte buffers: three, all in the used ring behind one index.
+        let used_idx: u16 = mem.read_obj(GuestAddress(0x202)).unwrap();
+        assert_eq!(u16::from_le(used_idx), 3);
+        assert_eq!(q.next_used(), 3);
+        let mut elems = Vec::new();
+        for i in 0..3u64 {
+            let id: u32 = mem.read_obj(GuestAddress(0x204 + 8 * i)).unwrap();
+            let len: u32 = mem.read_obj(GuestAddress(0x208 + 8 * i)).unwrap();
+            elems.push((u32::from_le(id), u32::from_le(len)));
+        }
+        assert_eq!(elems, [(0, 64), (1, 64), (2, 34)]);
+        // The first buffer's header says how many there are.
+        let num: u16 = mem.read_obj(GuestAddress(0x1000 + 10)).unwrap();
+        assert_eq!(u16::from_le(num), 3);
+    }
+
+    #[test]
+    fn the_guest_is_signalled_when_its_used_event_was_passed() {
+        use vm_memory::{Bytes, GuestAddress};
+        let (mut q, mem) = rx_queue(4, 64);
+        q.set_event_idx(true);
+        // `used_event` after the avail ring's 8 entries.
+        let used_event = |v: u16| mem.write_obj(v.to_le(), GuestAddress(0x104 + 16)).unwrap();
+        let mut since = None;
+        assert!(
+            rx_wants_signal(&q, &mem, &mut since),
+            "a first decision signals"
+        );
+        assert_eq!(since, Some(0));
+        used_event(1);
+        add_used_at_once(&mut q, &mem, &[(0, 60)]);
+        assert!(
+            !rx_wants_signal(&q, &mem, &mut since),
+            "asked after entry 1 only"
+        );
+        add_used_at_once(&mut q, &mem, &[(1, 60), (2, 60)]);
+        assert!(rx_wants_signal(&q, &mem, &mut since), "entry 1 was used");
+        assert!(
+            !rx_wants_signal(&q, &mem, &mut since),
+            "nothing added since"
+        );
+        q.set_event_idx(false);
+        assert!(
+            rx_wants_signal(&q, &mem, &mut since),
+            "without EVENT_IDX: always"
+        );
     }
 }

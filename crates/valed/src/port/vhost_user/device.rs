@@ -87,6 +87,7 @@ impl VhostUserBackendMut for NetBackend {
             // leave its dead queues for the next one.
             if g.vrings.is_none() && g.mem.is_some() {
                 g.vrings = Some(vrings.to_vec());
+                g.rx_since = None;
             }
             if device_event == TX {
                 g.tx_broken = false;

@@ -63,6 +63,10 @@ pub struct Guest {
     out: Outbox,
     /// Used RX entries added since the guest was last signalled.
     rx_dirty: bool,
+    /// The RX queue's `next_used` when valed last decided whether to signal the guest
+    /// (`None`: not since its queues were set up), for EVENT_IDX's rule; see
+    /// `datapath::rx_wants_signal`.
+    rx_since: Option<u16>,
     /// The guest's TX avail index ran beyond its ring: counted once, queue ignored
     /// until the frontend sets it up again.
     tx_broken: bool,
@@ -136,6 +140,7 @@ impl Guest {
         self.watched = None;
         self.front = None;
         self.rx_dirty = false;
+        self.rx_since = None;
         self.tx_broken = false;
         let n = self.out.pending.len() as u64;
         counters.write_errors.fetch_add(n, Ordering::Relaxed);

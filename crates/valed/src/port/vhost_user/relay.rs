@@ -45,6 +45,48 @@ pub(crate) fn read_msg(
     Ok(Some((msg, fds)))
 }
 
+/// One frontend message in a line, for the debug log: its request, the queue it is
+/// about and what it sets (a vhost-user session is a dozen of these, then only traffic).
+fn summary(msg: &[u8], fds: usize) -> String {
+    let word = |o: usize| {
+        msg.get(o..o + 4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let quad = |o: usize| u64::from(word(o)) | u64::from(word(o + 4)) << 32;
+    let req = word(0);
+    let what = match req {
+        1 => "GET_FEATURES".to_string(),
+        SET_FEATURES => format!("SET_FEATURES {:#x}", quad(12)),
+        3 => "SET_OWNER".to_string(),
+        4 => "RESET_OWNER".to_string(),
+        SET_MEM_TABLE => format!("SET_MEM_TABLE regions {}", word(12)),
+        8 => format!("SET_VRING_NUM q{} num {}", word(12), word(16)),
+        9 => format!(
+            "SET_VRING_ADDR q{} desc {:#x} used {:#x} avail {:#x}",
+            word(12),
+            quad(20),
+            quad(28),
+            quad(36)
+        ),
+        10 => format!("SET_VRING_BASE q{} base {}", word(12), word(16)),
+        11 => format!("GET_VRING_BASE q{}", word(12)),
+        SET_VRING_KICK | 13 | 14 => format!(
+            "SET_VRING_{} q{}{}",
+            ["KICK", "CALL", "ERR"][(req - SET_VRING_KICK) as usize],
+            word(12) & 0xff,
+            if word(12) & 0x100 != 0 { " nofd" } else { "" }
+        ),
+        15 => "GET_PROTOCOL_FEATURES".to_string(),
+        16 => format!("SET_PROTOCOL_FEATURES {:#x}", quad(12)),
+        17 => "GET_QUEUE_NUM".to_string(),
+        SET_VRING_ENABLE => format!("SET_VRING_ENABLE q{} {}", word(12), word(16)),
+        39 => format!("SET_STATUS {:#x}", word(12)),
+        40 => "GET_STATUS".to_string(),
+        r => format!("request {r}"),
+    };
+    format!("{what} (flags {:#x}, {fds} fds)", word(4))
+}
+
 /// Why a frontend's memory messages were refused.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum MemTableError {
@@ -292,6 +334,7 @@ pub(super) fn relay(
     });
     let mut state = Frontend::new(trust_unsealed);
     while let Ok(Some((msg, fds))) = read_msg(&front) {
+        tracing::debug!(port, "vhost-user frontend: {}", summary(&msg, fds.len()));
         match state.inspect(&msg, &fds, port) {
             Verdict::Refuse { why, reply } => {
                 // The frontend gets a failure reply if it asked for one, then sees the

@@ -1,0 +1,1151 @@
+//! VXLAN uplinks (`vale-ctl vxlan`) against real peers: the Linux kernel's `vxlan`
+//! devices and a second valed, each VTEP in its own network namespace joined by veths
+//! (the underlay), with hosts (namespaces holding a TAP port of valed's switch, or a
+//! kernel vxlan device) pinging, ARPing and running iperf3 across. valed runs inside its
+//! namespace (`ip netns exec`), so its VXLAN socket is bound there. Needs root,
+//! /dev/net/tun, `ip` and the kernel's vxlan; prints SKIP otherwise. Every namespace
+//! made here is removed, also on failure (the veths go with them).
+//!
+//! One trap of veths, handled here as OVS users must (reference l2-peers.md §2.5): a
+//! kernel vxlan device leaves the *inner* TCP checksum to the lower device's offload,
+//! and a veth never computes it, so a userspace VTEP reading the datagram from a UDP
+//! socket gets frames whose TCP checksums are unfinished. `ethtool -K <veth> tx off` on
+//! the kernel peer's side makes the kernel finish them (a real NIC does it anyway).
+
+mod common;
+use common::*;
+use std::process::{Command, Output, Stdio};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+#[track_caller]
+fn ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Why these tests cannot run here, if they cannot.
+fn skip_reason() -> Option<String> {
+    if !rustix::process::geteuid().is_root() {
+        return Some("needs root for network namespaces, veths and TAP devices".into());
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        return Some("no /dev/net/tun".into());
+    }
+    if !have("ip", "iproute2", "VXLAN uplinks") || !have("ethtool", "ethtool", "VXLAN uplinks") {
+        return Some("no `ip` or `ethtool`".into());
+    }
+    let ns = format!("vxprobe{}", std::process::id());
+    let _ = run(&["ip", "netns", "add", &ns]);
+    let o = run(&[
+        "ip", "-n", &ns, "link", "add", "vxp", "type", "vxlan", "id", "1", "dstport", "4789",
+    ]);
+    let _ = run(&["ip", "netns", "del", &ns]);
+    if !o.status.success() {
+        return Some(format!(
+            "the kernel has no vxlan devices: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
+    }
+    None
+}
+
+macro_rules! need_net {
+    () => {
+        if let Some(r) = skip_reason() {
+            skip(&r);
+            return;
+        }
+    };
+}
+
+/// The namespaces of one test, deleted on drop (their veths, TAPs and vxlan devices
+/// with them).
+struct Net {
+    tag: String,
+    namespaces: Vec<String>,
+}
+
+impl Net {
+    fn new(test: &str) -> Net {
+        // Interface names have 15 characters at most: "vx" + test + 4 digits + a suffix.
+        Net {
+            tag: format!("vx{test}{}", std::process::id() % 10000),
+            namespaces: Vec::new(),
+        }
+    }
+
+    fn name(&self, what: &str) -> String {
+        format!("{}{what}", self.tag)
+    }
+
+    /// A namespace, loopback up; IPv6 off unless `v6` (router solicitations and MLD
+    /// reports at random moments would land in the counts).
+    fn ns(&mut self, what: &str, v6: bool) -> String {
+        let n = self.name(what);
+        let _ = run(&["ip", "netns", "del", &n]);
+        ok(&["ip", "netns", "add", &n]);
+        self.namespaces.push(n.clone());
+        ok(&["ip", "-n", &n, "link", "set", "lo", "up"]);
+        let off = if v6 { "0" } else { "1" };
+        for conf in ["all", "default"] {
+            ok(&[
+                "ip",
+                "netns",
+                "exec",
+                &n,
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{conf}.disable_ipv6={off}"),
+            ]);
+        }
+        n
+    }
+
+    /// A veth from `a` in namespace `na` to `b` in `nb`, both up with their addresses.
+    fn wire(&self, (na, a, aa): (&str, &str, &str), (nb, b, ba): (&str, &str, &str)) {
+        ok(&[
+            "ip", "link", "add", a, "netns", na, "type", "veth", "peer", "name", b, "netns", nb,
+        ]);
+        for (ns, i, addr) in [(na, a, aa), (nb, b, ba)] {
+            if !addr.is_empty() {
+                addr_add(ns, i, addr);
+            }
+            ok(&["ip", "-n", ns, "link", "set", i, "up"]);
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for n in &self.namespaces {
+            let _ = run(&["ip", "netns", "del", n]);
+        }
+    }
+}
+
+fn addr_add(ns: &str, ifname: &str, addr: &str) {
+    if addr.contains(':') {
+        ok(&["ip", "-n", ns, "addr", "add", addr, "dev", ifname, "nodad"]);
+    } else {
+        ok(&["ip", "-n", ns, "addr", "add", addr, "dev", ifname]);
+    }
+}
+
+/// The kernel's own (received, sent) packet counts of `ifname` in `ns`.
+fn counts(ns: &str, ifname: &str) -> (u64, u64) {
+    let o = run(&["ip", "-n", ns, "-j", "-s", "link", "show", ifname]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("ip -j -s link show {ifname}: {e}"));
+    let s = &v[0]["stats64"];
+    let n = |d: &str| s[d]["packets"].as_u64().unwrap_or_else(|| panic!("{v}"));
+    (n("rx"), n("tx"))
+}
+
+fn mac(ns: &str, ifname: &str) -> String {
+    let s = ok(&["ip", "-n", ns, "-o", "link", "show", ifname]);
+    s.split("link/ether ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no MAC for {ifname} in {s}"))
+        .to_string()
+}
+
+fn ping(ns: &str, dst: &str, count: u32) -> bool {
+    run(&[
+        "timeout",
+        "20",
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "ping",
+        "-c",
+        &count.to_string(),
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        dst,
+    ])
+    .status
+    .success()
+}
+
+#[track_caller]
+fn ctl_ok(d: &Daemon, args: &[&str]) -> String {
+    let o = d.ctl(args);
+    assert!(
+        o.status.success(),
+        "vale-ctl {args:?}: {}\nvaled log:\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        d.log()
+    );
+    stdout_of(&o)
+}
+
+/// A kernel vxlan device `name` in `ns` with `args` after `id VNI dstport 4789`, the
+/// lower veth's checksum offload off (module doc), and the overlay address `addr`.
+fn kernel_vtep(ns: &str, lower: &str, name: &str, vni: u32, args: &[&str], addr: &str) {
+    let vni = vni.to_string();
+    let mut a = vec![
+        "ip", "-n", ns, "link", "add", name, "type", "vxlan", "id", &vni, "dstport", "4789",
+    ];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["dev", lower]);
+    ok(&a);
+    ok(&[
+        "ip", "netns", "exec", ns, "ethtool", "-K", lower, "tx", "off",
+    ]);
+    addr_add(ns, name, addr);
+    ok(&["ip", "-n", ns, "link", "set", name, "up"]);
+}
+
+/// A TAP port of `d`'s switch vale0 (made in valed's namespace `dns`), moved into `host`
+/// with `addr` and the overlay MTU.
+fn tap_host(d: &Daemon, dns: &str, tap: &str, host: &str, addr: &str, mtu: u32) {
+    ctl_ok(d, &["-n", tap]);
+    ctl_ok(d, &["-a", &format!("vale0:{tap}")]);
+    ok(&["ip", "-n", dns, "link", "set", tap, "netns", host]);
+    addr_add(host, tap, addr);
+    ok(&[
+        "ip",
+        "-n",
+        host,
+        "link",
+        "set",
+        tap,
+        "mtu",
+        &mtu.to_string(),
+        "up",
+    ]);
+}
+
+/// One iperf3 TCP stream of 2 s from `client` to `server_ip` in `server`: the bytes
+/// received (`None`, SKIP printed, without iperf3).
+fn iperf3(client: &str, server: &str, server_ip: &str) -> Option<u64> {
+    iperf3_with(client, server, server_ip, &[])
+}
+
+/// [`iperf3`] with more client flags (`-P 4`).
+fn iperf3_with(client: &str, server: &str, server_ip: &str, extra: &[&str]) -> Option<u64> {
+    if !have("iperf3", "iperf3", "the iperf3 part") {
+        return None;
+    }
+    let mut srv = Command::new("ip")
+        .args([
+            "netns", "exec", server, "iperf3", "-s", "-1", "-B", server_ip,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = wait_for(5.0, || {
+        ok(&["ip", "netns", "exec", server, "ss", "-ltn"]).contains(":5201")
+    });
+    assert!(up, "iperf3 server did not listen");
+    // Bounded: an uplink that stops carrying must fail the test, not hang it.
+    let mut a = vec![
+        "timeout", "30", "ip", "netns", "exec", client, "iperf3", "-c", server_ip, "-t", "2", "-J",
+    ];
+    a.extend_from_slice(extra);
+    let o = run(&a);
+    let _ = srv.kill();
+    let _ = srv.wait();
+    assert!(
+        o.status.success(),
+        "iperf3 {client} -> {server_ip}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("iperf3 -J");
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0);
+    eprintln!("iperf3 {client} -> {server_ip}: {:.2} Gbit/s", bps / 1e9);
+    v["end"]["sum_received"]["bytes"].as_u64()
+}
+
+/// The VXLAN host port's entry of `vale-ctl list`.
+fn uplink(d: &Daemon) -> serde_json::Value {
+    d.host("vale0:up")
+}
+
+fn hc(d: &Daemon, key: &str) -> u64 {
+    uplink(d)["counters"][key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {key} in {}", uplink(d)))
+}
+
+/// valed in namespace V with vale0:up, a kernel vxlan in K, a host H behind valed's
+/// switch (a TAP), underlay V <-> K over one veth; IPv6 underlay with `v6`, multicast
+/// `group` mode with `group`.
+struct KernelPeer {
+    // Declared first, dropped first: valed stops before its namespace goes.
+    d: Daemon,
+    k: String,
+    h: String,
+    tap: String,
+    _net: Net,
+}
+
+fn kernel_peer(test: &str, v6: bool, group: bool) -> KernelPeer {
+    let mut net = Net::new(test);
+    let (v, k, h) = (net.ns("v", v6), net.ns("k", v6), net.ns("h", false));
+    let (vu, ku, tap) = (net.name("u"), net.name("k"), net.name("t"));
+    let (vip, kip, plen) = if v6 {
+        ("fd00:18::1", "fd00:18::2", "/64")
+    } else {
+        ("198.18.0.1", "198.18.0.2", "/24")
+    };
+    net.wire(
+        (&v, &vu, &format!("{vip}{plen}")),
+        (&k, &ku, &format!("{kip}{plen}")),
+    );
+    let mcast = if v6 { "ff05::101" } else { "239.1.1.1" };
+    let kargs: Vec<&str> = if group {
+        vec!["group", mcast, "ttl", "1"]
+    } else {
+        vec!["local", kip, "remote", vip]
+    };
+    kernel_vtep(&k, &ku, "vx0", 42, &kargs, "198.19.0.2/24");
+    let d = Daemon::start_in(&v, &format!("{test}-v"), &[]);
+    let overlay = if v6 { 1430 } else { 1450 };
+    tap_host(&d, &v, &tap, &h, "198.19.0.1/24", overlay);
+    let mut a = vec!["vxlan", "vale0:up", "--vni", "42", "--local", vip];
+    if group {
+        a.extend_from_slice(&["--group", mcast, "--dev", &vu]);
+    } else {
+        a.extend_from_slice(&["--remote", kip]);
+    }
+    ctl_ok(&d, &a);
+    KernelPeer {
+        d,
+        k,
+        h,
+        tap,
+        _net: net,
+    }
+}
+
+#[test]
+fn a_kernel_vxlan_peer_pings_arps_and_carries_iperf3_both_ways_counted_exactly() {
+    need_net!();
+    let p = kernel_peer("a", false, false);
+    let d = &p.d;
+    assert!(ping(&p.h, "198.19.0.2", 3), "ping across:\n{}", d.log());
+    // ARP both ways: the kernel's neighbour resolved our host, our host the kernel's
+    // device, and each VTEP learned the other's MAC behind the other's address.
+    let hmac = mac(&p.h, &p.tap);
+    let kmac = mac(&p.k, "vx0");
+    let neigh = ok(&["ip", "-n", &p.k, "neigh", "show", "198.19.0.1"]);
+    assert!(neigh.contains(&hmac), "{neigh} lacks {hmac}");
+    let fdb = ok(&["bridge", "-n", &p.k, "fdb", "show", "dev", "vx0"]);
+    assert!(
+        fdb.contains(&format!("{hmac} dst 198.18.0.1")),
+        "the kernel learned our host behind us: {fdb}"
+    );
+    let about = uplink(d)["about"].as_str().unwrap_or_default().to_string();
+    assert!(
+        about.contains(&format!("{kmac} via 198.18.0.2")),
+        "we learned the kernel's MAC: {about}"
+    );
+    assert!(
+        about.contains("overlay MTU 1450 (underlay 1500 - 50)"),
+        "{about}"
+    );
+    let text = ctl_ok(d, &["list"]);
+    assert!(
+        text.contains("vxlan vale0:up") && text.contains("1 VTEPs learned"),
+        "{text}"
+    );
+
+    // The kernel counts a TSO super-frame as one packet before it cuts it: with
+    // segmentation done before vx0, its counts are frames on the wire, as ours.
+    ok(&[
+        "ip", "netns", "exec", &p.k, "ethtool", "-K", "vx0", "tso", "off", "gso", "off",
+    ]);
+    if let Some(b) = iperf3(&p.h, &p.k, "198.19.0.2") {
+        assert!(b > 1_000_000, "iperf3 to the kernel: {b} bytes");
+    }
+    if let Some(b) = iperf3(&p.k, &p.h, "198.19.0.1") {
+        assert!(b > 1_000_000, "iperf3 from the kernel: {b} bytes");
+    }
+    // Every datagram the kernel's vx0 sent was one frame into the switch, and every
+    // frame we sent one datagram it received (one remote: no replication), once the
+    // last in flight have landed.
+    let balanced = wait_for(3.0, || {
+        let (krx, ktx) = counts(&p.k, "vx0");
+        ktx == hc(d, "from_host") && krx == hc(d, "vxlan_datagrams")
+    });
+    let (krx, ktx) = counts(&p.k, "vx0");
+    assert!(
+        balanced,
+        "kernel vx0 sent {ktx} / received {krx}; our uplink: {}",
+        uplink(d)["counters"]
+    );
+    assert_eq!(hc(d, "vxlan_datagrams"), hc(d, "to_host"));
+    d.assert_laws();
+
+    // Frames larger than the overlay MTU are counted, never fragmented nor cut.
+    ok(&["ip", "-n", &p.h, "link", "set", &p.tap, "mtu", "1500"]);
+    let (krx0, _) = counts(&p.k, "vx0");
+    let _ = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &p.h,
+        "ping",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        "-M",
+        "do",
+        "-s",
+        "1472",
+        "198.19.0.2",
+    ]);
+    assert!(wait_for(2.0, || hc(d, "too_big") == 2), "{}", uplink(d));
+    assert_eq!(
+        counts(&p.k, "vx0").0,
+        krx0,
+        "nothing of them reached the kernel"
+    );
+}
+
+#[test]
+fn an_ipv6_underlay_and_a_multicast_group_reach_the_kernel_too() {
+    need_net!();
+    {
+        let p = kernel_peer("6", true, false);
+        assert!(ping(&p.h, "198.19.0.2", 3), "over IPv6:\n{}", p.d.log());
+        let about = uplink(&p.d)["about"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(about.contains("on [fd00:18::1]:4789"), "{about}");
+        assert!(
+            about.contains("overlay MTU 1430 (underlay 1500 - 70)"),
+            "{about}"
+        );
+        assert!(about.contains("via fd00:18::2"), "{about}");
+    }
+    let p = kernel_peer("m", false, true);
+    assert!(ping(&p.h, "198.19.0.2", 3), "group mode:\n{}", p.d.log());
+    let about = uplink(&p.d)["about"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(about.contains("group 239.1.1.1 on"), "{about}");
+    // Once learned, unicast goes to the VTEP itself, as the kernel's did.
+    assert!(about.contains("via 198.18.0.2"), "{about}");
+    let fdb = ok(&["bridge", "-n", &p.k, "fdb", "show", "dev", "vx0"]);
+    assert!(
+        fdb.contains("dst 198.18.0.1"),
+        "the kernel learned us: {fdb}"
+    );
+}
+
+/// Sends datagrams built in Python from namespace `ns` to `to`:4789, one per line of
+/// `cases` (hex), then `flood` random ones.
+const SEND_PY: &str = r#"
+import os, socket, sys
+to = sys.argv[1]; flood = int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for line in sys.stdin:
+    s.sendto(bytes.fromhex(line.strip()), (to, 4789))
+for i in range(flood):
+    try:
+        s.sendto(os.urandom(8 + i % 100), (to, 4789))
+    except BlockingIOError:
+        pass
+"#;
+
+fn send_py(ns: &str, to: &str, cases: &[Vec<u8>], flood: usize) {
+    use std::io::Write;
+    let mut c = Command::new("ip")
+        .args([
+            "netns", "exec", ns, "timeout", "30", "python3", "-c", SEND_PY, to,
+        ])
+        .arg(flood.to_string())
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = String::new();
+    for f in cases {
+        input += &f.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        input += "\n";
+    }
+    c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    assert!(c.wait().unwrap().success());
+}
+
+#[test]
+fn malformed_headers_are_dropped_by_reason_and_a_garbage_flood_stalls_nothing() {
+    need_net!();
+    if !have("python3", "python3", "the malformed-header sender") {
+        return;
+    }
+    let mut net = Net::new("b");
+    let (v, s, h) = (net.ns("v", false), net.ns("s", false), net.ns("h", false));
+    net.wire(
+        (&v, &net.name("u"), "198.18.0.1/24"),
+        (&s, &net.name("s"), "198.18.0.2/24"),
+    );
+    let metrics = std::env::temp_dir().join(format!("vale-test-vxb-{}.sock", std::process::id()));
+    let d = Daemon::start_in(&v, "vxb-v", &["--metrics", path_str(&metrics)]);
+    let tap = net.name("t");
+    tap_host(&d, &v, &tap, &h, "198.19.0.1/24", 1450);
+    ctl_ok(
+        &d,
+        &[
+            "vxlan",
+            "vale0:up",
+            "--vni",
+            "42",
+            "--local",
+            "198.18.0.1",
+            "--remote",
+            "198.18.0.2",
+        ],
+    );
+    // A broadcast frame of EtherType 0x88b5 behind each header.
+    let frame: Vec<u8> = [
+        &[0xff; 6][..],
+        &[2, 0, 0, 0, 0, 9],
+        &[0x88, 0xb5],
+        &[0u8; 46],
+    ]
+    .concat();
+    let with = |h: [u8; 8]| [&h[..], &frame].concat();
+    let cases = vec![
+        with([0x08, 0, 0, 0, 0, 0, 42, 0]),           // valid
+        with([0x00, 0, 0, 0, 0, 0, 42, 0]),           // I flag clear
+        with([0x0c, 0, 0, 0, 0, 0, 42, 0]),           // a reserved flag bit
+        with([0x88, 0, 0, 0, 0, 0, 42, 0]),           // another
+        with([0x08, 0, 0, 0, 0, 0, 42, 0x01]),        // the last reserved byte
+        with([0x08, 0, 0, 0, 0, 0x04, 0x13, 0]),      // VNI 1043
+        vec![0x08, 0, 0, 0, 0, 0, 42, 0, 0xff, 0xff], // too short for a frame
+    ];
+    send_py(&s, "198.18.0.1", &cases, 0);
+    let want = [
+        ("from_host", 1),
+        ("vxlan_no_i_flag", 1),
+        ("vxlan_reserved", 3),
+        ("vxlan_foreign_vni", 1),
+        ("vxlan_too_short", 1),
+    ];
+    let got = || want.iter().all(|&(k, n)| hc(&d, k) == n);
+    assert!(wait_for(3.0, got), "{}", uplink(&d)["counters"]);
+    // The one valid frame reached the host (the TAP's receive count).
+    assert!(
+        wait_for(2.0, || counts(&h, &tap).0 == 1),
+        "{:?}",
+        counts(&h, &tap)
+    );
+    let text = ctl_ok(&d, &["list"]);
+    assert!(
+        text.contains("dropped: too_short 1 no_i_flag 1 reserved 3 foreign_vni 1"),
+        "{text}"
+    );
+    // The one valid frame's source was learned behind its sender, and its age goes on
+    // while nothing arrives.
+    let about = || uplink(&d)["about"].as_str().unwrap_or_default().to_string();
+    assert!(
+        about().contains("02:00:00:00:00:09 via 198.18.0.2 (0 s)"),
+        "{}",
+        about()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert!(
+        about().contains("02:00:00:00:00:09 via 198.18.0.2 (2 s)"),
+        "{}",
+        about()
+    );
+    // And in the metrics, by reason.
+    if have("curl", "curl", "the metrics part") {
+        let o = run(&[
+            "curl",
+            "-sS",
+            "--unix-socket",
+            path_str(&metrics),
+            "http://valed/metrics",
+        ]);
+        let body = String::from_utf8_lossy(&o.stdout);
+        for (e, n) in [
+            ("vxlan_reserved", 3),
+            ("vxlan_no_i_flag", 1),
+            ("vxlan_foreign_vni", 1),
+        ] {
+            let line = format!(
+                "vale_host_port_errors_total{{host=\"up\",kind=\"vxlan\",error=\"{e}\"}} {n}"
+            );
+            assert!(body.contains(&line), "{line} in:\n{body}");
+        }
+    }
+
+    // 100000 random datagrams: counted, the switch unharmed, a valid frame still passes.
+    send_py(&s, "198.18.0.1", &[], 100_000);
+    let valid = vec![cases[0].clone()];
+    send_py(&s, "198.18.0.1", &valid, 0);
+    assert!(
+        wait_for(10.0, || hc(&d, "from_host") >= 2),
+        "{}",
+        uplink(&d)["counters"]
+    );
+    let mut d = d;
+    assert!(d.alive(), "valed survived:\n{}", d.log());
+    let c = &uplink(&d)["counters"];
+    let dropped: u64 = [
+        "vxlan_no_i_flag",
+        "vxlan_reserved",
+        "vxlan_foreign_vni",
+        "vxlan_too_short",
+    ]
+    .iter()
+    .map(|k| c[k].as_u64().unwrap_or(0))
+    .sum();
+    eprintln!("after the flood: {c}");
+    assert!(dropped > 6, "garbage counted: {c}");
+    d.assert_laws();
+    drop(d);
+    let _ = std::fs::remove_file(&metrics);
+}
+
+#[test]
+fn two_valeds_joined_only_by_vxlan_form_one_segment() {
+    need_net!();
+    let mut net = Net::new("c");
+    let (v1, v2) = (net.ns("v1", false), net.ns("v2", false));
+    let (h1, h2) = (net.ns("h1", false), net.ns("h2", false));
+    net.wire(
+        (&v1, &net.name("u1"), "198.18.0.1/24"),
+        (&v2, &net.name("u2"), "198.18.0.2/24"),
+    );
+    let d1 = Daemon::start_in(&v1, "vxc-1", &[]);
+    let d2 = Daemon::start_in(&v2, "vxc-2", &[]);
+    let (t1, t2) = (net.name("t1"), net.name("t2"));
+    tap_host(&d1, &v1, &t1, &h1, "198.19.0.1/24", 1450);
+    tap_host(&d2, &v2, &t2, &h2, "198.19.0.2/24", 1450);
+    for (d, l, r) in [
+        (&d1, "198.18.0.1", "198.18.0.2"),
+        (&d2, "198.18.0.2", "198.18.0.1"),
+    ] {
+        ctl_ok(
+            d,
+            &[
+                "vxlan",
+                "vale0:up",
+                "--vni",
+                "7",
+                "--local",
+                l,
+                "--remote",
+                r,
+                "--src-ports",
+                "40000-40003",
+            ],
+        );
+    }
+    assert!(
+        ping(&h1, "198.19.0.2", 3),
+        "valed to valed:\n{}\n{}",
+        d1.log(),
+        d2.log()
+    );
+    let (m1, m2) = (mac(&h1, &t1), mac(&h2, &t2));
+    let a1 = uplink(&d1)["about"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let a2 = uplink(&d2)["about"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(a1.contains(&format!("{m2} via 198.18.0.2")), "{a1}");
+    assert!(a2.contains(&format!("{m1} via 198.18.0.1")), "{a2}");
+    assert!(a1.contains("source ports 40000-40003"), "{a1}");
+    // What reaches the wire, seen by tcpdump on the receiving VTEP's underlay.
+    let dump = have("tcpdump", "tcpdump", "the wire check").then(|| {
+        let file = d2.dir.join("underlay.pcap");
+        let mut c = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &v2,
+                "tcpdump",
+                "-i",
+                &net.name("u2"),
+                "-Q",
+                "in",
+            ])
+            .args(["-nn", "-U", "-s", "128", "-c", "100000", "-w"])
+            .arg(&file)
+            .arg("udp dst port 4789")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump");
+        let mut err = std::io::BufReader::new(c.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("listening on") {
+            line.clear();
+            let n = std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+            assert!(n > 0, "tcpdump exited before listening");
+        }
+        (c, err, file)
+    });
+    // Four TCP flows, one UDP source port each by their hash.
+    if let Some(b) = iperf3_with(&h1, &h2, "198.19.0.2", &["-P", "4"]) {
+        assert!(b > 1_000_000, "iperf3 valed to valed: {b} bytes");
+    }
+    if let Some((mut c, _err, file)) = dump {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let _ = Command::new("kill").arg(c.id().to_string()).status();
+        let _ = c.wait();
+        let frames = wire::pcap_frames(&std::fs::read(&file).unwrap());
+        assert!(frames.len() > 100, "{} datagrams captured", frames.len());
+        let mut ports = std::collections::BTreeSet::new();
+        for f in &frames {
+            assert_eq!(f[12..14], [0x08, 0x00], "IPv4 underlay");
+            assert_eq!(f[20] & 0x40, 0x40, "DF set");
+            assert_eq!(f[23], 17, "UDP");
+            ports.insert(u16::from_be_bytes([f[34], f[35]]));
+            assert_eq!(f[36..38], 4789u16.to_be_bytes());
+            assert_eq!(f[42..50], [0x08, 0, 0, 0, 0, 0, 7, 0], "RFC 7348's header");
+        }
+        assert!(
+            ports.iter().all(|p| (40000..=40003).contains(p)) && ports.len() >= 2,
+            "source ports from the range, flows spread: {ports:?}"
+        );
+    }
+    // TSO super-frames from the TAP were cut to the overlay MTU before they left.
+    assert!(
+        d1.stats().sum("rx_segmented") > 0,
+        "segmented on the way in"
+    );
+    assert_eq!(hc(&d1, "too_big"), 0);
+    assert!(
+        wait_for(3.0, || hc(&d2, "from_host") == hc(&d1, "vxlan_datagrams")),
+        "what one sent the other got: {} / {}",
+        uplink(&d1)["counters"],
+        uplink(&d2)["counters"]
+    );
+    d1.assert_laws();
+    d2.assert_laws();
+}
+
+#[test]
+fn head_end_replication_floods_to_every_remote_and_unicast_reaches_only_its_host() {
+    need_net!();
+    let mut net = Net::new("d");
+    let (u, v) = (net.ns("u", false), net.ns("v", false));
+    let (b, c, h) = (net.ns("b", false), net.ns("c", false), net.ns("h", false));
+    // The underlay: a bridge in U with one veth to each of the three VTEPs.
+    ok(&["ip", "-n", &u, "link", "add", "br0", "type", "bridge"]);
+    ok(&["ip", "-n", &u, "link", "set", "br0", "up"]);
+    let vteps = [(&v, "1"), (&b, "2"), (&c, "3")];
+    for (ns, x) in vteps {
+        let (ul, nl) = (net.name(&format!("p{x}")), net.name(&format!("l{x}")));
+        net.wire((&u, &ul, ""), (ns, &nl, &format!("198.18.0.{x}/24")));
+        ok(&["ip", "-n", &u, "link", "set", &ul, "master", "br0"]);
+    }
+    // Kernel VTEPs as in l2-peers.md §2.2: learning, an all-zeros entry per peer.
+    for (ns, x, others) in [(&b, "2", ["1", "3"]), (&c, "3", ["1", "2"])] {
+        let local = format!("198.18.0.{x}");
+        kernel_vtep(
+            ns,
+            &net.name(&format!("l{x}")),
+            "vx0",
+            43,
+            &["local", &local],
+            &format!("198.19.0.{x}/24"),
+        );
+        for o in others {
+            ok(&[
+                "bridge",
+                "-n",
+                ns,
+                "fdb",
+                "append",
+                "00:00:00:00:00:00",
+                "dev",
+                "vx0",
+                "dst",
+                &format!("198.18.0.{o}"),
+            ]);
+        }
+    }
+    let d = Daemon::start_in(&v, "vxd-v", &[]);
+    let tap = net.name("t");
+    tap_host(&d, &v, &tap, &h, "198.19.0.1/24", 1450);
+    ctl_ok(
+        &d,
+        &[
+            "vxlan",
+            "vale0:up",
+            "--vni",
+            "43",
+            "--local",
+            "198.18.0.1",
+            "--remote",
+            "198.18.0.2",
+            "--remote",
+            "198.18.0.3",
+        ],
+    );
+    let hmac = mac(&h, &tap);
+    let (b0, c0) = (counts(&b, "vx0").0, counts(&c, "vx0").0);
+    // The first ping's ARP request is a broadcast: both remotes get it.
+    assert!(ping(&h, "198.19.0.2", 1), "{}", d.log());
+    assert!(counts(&c, "vx0").0 > c0, "the broadcast reached C");
+    assert!(counts(&b, "vx0").0 > b0, "and B");
+    for ns in [&b, &c] {
+        let fdb = ok(&["bridge", "-n", ns, "fdb", "show", "dev", "vx0"]);
+        assert!(
+            fdb.contains(&format!("{hmac} dst 198.18.0.1")),
+            "{ns}: {fdb}"
+        );
+    }
+    assert!(hc(&d, "vxlan_datagrams") > hc(&d, "to_host"), "replicated");
+    // Learned: unicast to B's host goes to B alone.
+    let about = uplink(&d)["about"].as_str().unwrap_or_default().to_string();
+    assert!(
+        about.contains(&format!("{} via 198.18.0.2", mac(&b, "vx0"))),
+        "{about}"
+    );
+    let (b1, c1) = (counts(&b, "vx0").0, counts(&c, "vx0").0);
+    assert!(ping(&h, "198.19.0.2", 10), "{}", d.log());
+    let (b2, c2) = (counts(&b, "vx0").0, counts(&c, "vx0").0);
+    assert!(b2 >= b1 + 10, "B got the pings: {b1} -> {b2}");
+    assert_eq!(c2, c1, "C got none of them");
+    // And C's host is reached through C alone.
+    assert!(ping(&h, "198.19.0.3", 3), "{}", d.log());
+    let b3 = counts(&b, "vx0").0;
+    assert!(
+        b3 <= b2 + 1,
+        "B got only the ARP broadcast of C's: {b2} -> {b3}"
+    );
+    d.assert_laws();
+}
+
+/// A private Open vSwitch instance (its database, its ovs-vswitchd in a namespace, the
+/// userspace datapath), as in l2-peers.md §2.5; its daemons stopped by PID on drop.
+struct Ovs {
+    dir: std::path::PathBuf,
+    pids: Vec<String>,
+}
+
+impl Ovs {
+    fn env(&self, c: &mut Command) {
+        for k in ["OVS_RUNDIR", "OVS_LOGDIR", "OVS_DBDIR", "OVS_SYSCONFDIR"] {
+            c.env(k, &self.dir);
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let mut c = Command::new(args[0]);
+        c.args(&args[1..]);
+        self.env(&mut c);
+        let o = c.output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert!(
+            o.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn vsctl(&self, args: &[&str]) -> String {
+        let db = format!("--db=unix:{}/db.sock", self.dir.display());
+        let mut a = vec!["ovs-vsctl", db.as_str(), "--timeout=10"];
+        a.extend_from_slice(args);
+        self.run(&a)
+    }
+
+    /// ovsdb-server, then ovs-vswitchd inside `ns`.
+    fn start(dir: std::path::PathBuf, ns: &str) -> Ovs {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut o = Ovs {
+            dir,
+            pids: Vec::new(),
+        };
+        let d = o.dir.display().to_string();
+        o.run(&[
+            "ovsdb-tool",
+            "create",
+            &format!("{d}/conf.db"),
+            "/usr/share/openvswitch/vswitch.ovsschema",
+        ]);
+        o.run(&[
+            "ovsdb-server",
+            &format!("{d}/conf.db"),
+            &format!("--remote=punix:{d}/db.sock"),
+            &format!("--pidfile={d}/ovsdb-server.pid"),
+            &format!("--unixctl={d}/ovsdb-server.ctl"),
+            &format!("--log-file={d}/ovsdb-server.log"),
+            "--detach",
+        ]);
+        o.pids
+            .push(std::fs::read_to_string(format!("{d}/ovsdb-server.pid")).unwrap());
+        o.vsctl(&["--no-wait", "init"]);
+        o.run(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "ovs-vswitchd",
+            &format!("unix:{d}/db.sock"),
+            &format!("--pidfile={d}/ovs-vswitchd.pid"),
+            &format!("--unixctl={d}/ovs-vswitchd.ctl"),
+            &format!("--log-file={d}/ovs-vswitchd.log"),
+            "--detach",
+        ]);
+        o.pids
+            .push(std::fs::read_to_string(format!("{d}/ovs-vswitchd.pid")).unwrap());
+        o
+    }
+}
+
+impl Drop for Ovs {
+    fn drop(&mut self) {
+        for p in self.pids.iter().rev() {
+            let _ = Command::new("kill").arg(p.trim()).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn open_vswitch_userspace_is_a_peer_both_ways() {
+    need_net!();
+    if !have(
+        "ovs-vswitchd",
+        "openvswitch-switch",
+        "the Open vSwitch peer",
+    ) {
+        return;
+    }
+    let mut net = Net::new("o");
+    let (v, o, h) = (net.ns("v", false), net.ns("o", false), net.ns("h", false));
+    let (vu, ou) = (net.name("u"), net.name("o"));
+    net.wire((&v, &vu, "198.18.0.1/24"), (&o, &ou, ""));
+    // OVS reads the underlay through AF_PACKET and drops datagrams whose outer UDP
+    // checksum the veth left unfinished (`datapath_drop_tunnel_pop_error`): OVS's own
+    // documented workaround, on the sending side's veth.
+    ok(&["ip", "netns", "exec", &v, "ethtool", "-K", &vu, "tx", "off"]);
+    let ovs = Ovs::start(
+        std::env::temp_dir().join(format!("vale-test-ovs-{}", std::process::id())),
+        &o,
+    );
+    // The userspace datapath routes and ARPs itself: the endpoint address sits on the
+    // bridge that holds the underlay port.
+    ovs.vsctl(&[
+        "add-br",
+        "br-phy",
+        "--",
+        "set",
+        "bridge",
+        "br-phy",
+        "datapath_type=netdev",
+        "--",
+        "add-port",
+        "br-phy",
+        &ou,
+    ]);
+    addr_add(&o, "br-phy", "198.18.0.4/24");
+    ok(&["ip", "-n", &o, "link", "set", "br-phy", "up"]);
+    ovs.vsctl(&[
+        "add-br",
+        "br-int",
+        "--",
+        "set",
+        "bridge",
+        "br-int",
+        "datapath_type=netdev",
+        "--",
+        "add-port",
+        "br-int",
+        "vx3",
+        "--",
+        "set",
+        "interface",
+        "vx3",
+        "type=vxlan",
+        "options:remote_ip=198.18.0.1",
+        "options:key=42",
+    ]);
+    addr_add(&o, "br-int", "198.19.0.4/24");
+    ok(&["ip", "-n", &o, "link", "set", "br-int", "mtu", "1450", "up"]);
+    let d = Daemon::start_in(&v, "vxo-v", &[]);
+    let tap = net.name("t");
+    tap_host(&d, &v, &tap, &h, "198.19.0.1/24", 1450);
+    ctl_ok(
+        &d,
+        &[
+            "vxlan",
+            "vale0:up",
+            "--vni",
+            "42",
+            "--local",
+            "198.18.0.1",
+            "--remote",
+            "198.18.0.4",
+        ],
+    );
+    // OVS's first ping may wait for its own ARP of the underlay.
+    assert!(
+        ping(&h, "198.19.0.4", 5),
+        "to OVS:\n{}\n{}",
+        d.log(),
+        std::fs::read_to_string(ovs.dir.join("ovs-vswitchd.log")).unwrap_or_default()
+    );
+    let about = uplink(&d)["about"].as_str().unwrap_or_default().to_string();
+    assert!(
+        about.contains(&format!("{} via 198.18.0.4", mac(&o, "br-int"))),
+        "{about}"
+    );
+    if let Some(b) = iperf3(&h, &o, "198.19.0.4") {
+        assert!(b > 1_000_000, "iperf3 to OVS: {b} bytes");
+    }
+    if let Some(b) = iperf3(&o, &h, "198.19.0.1") {
+        assert!(b > 1_000_000, "iperf3 from OVS: {b} bytes");
+    }
+    d.assert_laws();
+    drop(d);
+    drop(ovs);
+}
+
+#[track_caller]
+fn ctl_err(d: &Daemon, args: &[&str]) -> String {
+    let o = d.ctl(args);
+    assert_eq!(o.status.code(), Some(1), "vale-ctl {args:?} should fail");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn vxlan_ports_are_declared_refused_with_reasons_removed_and_made_again() {
+    need_net!();
+    let mut net = Net::new("e");
+    let (v, k) = (net.ns("v", false), net.ns("k", false));
+    net.wire(
+        (&v, &net.name("u"), "198.18.0.1/24"),
+        (&k, &net.name("k"), "198.18.0.2/24"),
+    );
+    // Declared in the config file: made at start, dumped back as it was written.
+    let dir = std::env::temp_dir().join(format!("vale-test-vxe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("valed.toml");
+    std::fs::write(
+        &file,
+        "[[port]]\nname = \"vale0:up\"\nkind = \"vxlan\"\nvni = 42\nlocal = \"198.18.0.1\"\nremote = [\"198.18.0.2\", \"198.18.0.3\"]\n",
+    )
+    .unwrap();
+    let d = Daemon::start_in(&v, "vxe-v", &["--config", path_str(&file)]);
+    assert!(
+        wait_for(3.0, || d.hosts().iter().any(|h| h["kind"] == "vxlan")),
+        "{}",
+        d.log()
+    );
+    let about = uplink(&d)["about"].as_str().unwrap_or_default().to_string();
+    assert!(about.contains("remotes 198.18.0.2 198.18.0.3"), "{about}");
+    let dump = ctl_ok(&d, &["config", "dump"]);
+    assert!(
+        dump.contains("kind = \"vxlan\"")
+            && dump.contains("remote = [\"198.18.0.2\", \"198.18.0.3\"]")
+            && dump.contains("vni = 42"),
+        "{dump}"
+    );
+    // Refused, each with its reason: the UDP port taken, and bad values.
+    let e = ctl_err(
+        &d,
+        &[
+            "vxlan",
+            "vale1:up2",
+            "--vni",
+            "43",
+            "--local",
+            "198.18.0.1",
+            "--remote",
+            "198.18.0.2",
+        ],
+    );
+    assert!(e.contains("cannot bind UDP 198.18.0.1 port 4789"), "{e}");
+    let e = ctl_err(
+        &d,
+        &[
+            "vxlan",
+            "vale1:up2",
+            "--vni",
+            "16777216",
+            "--local",
+            "198.18.0.1",
+            "--remote",
+            "198.18.0.2",
+        ],
+    );
+    assert!(e.contains("does not fit in 24 bits"), "{e}");
+    let e = ctl_err(
+        &d,
+        &["vxlan", "vale1:up2", "--vni", "1", "--local", "198.18.0.1"],
+    );
+    assert!(e.contains("needs --remote IP"), "{e}");
+    let e = ctl_err(
+        &d,
+        &[
+            "vxlan",
+            "vale1:up2",
+            "--vni",
+            "1",
+            "--local",
+            "198.18.0.9",
+            "--remote",
+            "198.18.0.2",
+        ],
+    );
+    assert!(e.contains("must be an address of this host"), "{e}");
+    // Removed: the port and its socket go, and the same port can be made again.
+    ctl_ok(&d, &["-d", "vale0:up"]);
+    assert!(!d.ports().contains(&"vale0:up".to_string()));
+    assert!(d.hosts().iter().all(|h| h["kind"] != "vxlan"));
+    ctl_ok(
+        &d,
+        &[
+            "vxlan",
+            "vale1:up2",
+            "--vni",
+            "43",
+            "--local",
+            "198.18.0.1",
+            "--remote",
+            "198.18.0.2",
+            "--no-learning",
+        ],
+    );
+    let h = d.host("vale1:up2");
+    assert!(
+        h["about"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no learning"),
+        "{h}"
+    );
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,66 @@
+//! systemd's readiness protocol (`sd_notify(3)`), by hand: one datagram of
+//! `KEY=VALUE` lines to the unix socket named by `$NOTIFY_SOCKET` (an abstract name
+//! when it starts with `@`). Without the variable (not started by systemd with
+//! `Type=notify`) it does nothing.
+
+use std::os::unix::net::UnixDatagram;
+
+/// Sends `state` (e.g. `READY=1`) to the service manager, if there is one. A failure is
+/// logged, not fatal: the daemon works the same, only systemd is not told.
+pub fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    if let Err(e) = send(&path, state) {
+        tracing::warn!(
+            "cannot tell the service manager {state:?} through NOTIFY_SOCKET={}: {e}",
+            path.to_string_lossy()
+        );
+    }
+}
+
+fn send(path: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let sock = UnixDatagram::unbound()?;
+    let bytes = path.as_bytes();
+    let sent = match bytes.strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(state.as_bytes(), &addr)?
+        }
+        None => sock.send_to(state.as_bytes(), path)?,
+    };
+    if sent != state.len() {
+        return Err(std::io::Error::other("short datagram"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_datagram_to_a_path_or_an_abstract_name() {
+        let dir = std::env::temp_dir().join(format!("vb-notify-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&path);
+        let rx = UnixDatagram::bind(&path).unwrap();
+        send(path.as_os_str(), "READY=1\nSTATUS=up").unwrap();
+        let mut b = [0u8; 64];
+        let n = rx.recv(&mut b).unwrap();
+        assert_eq!(&b[..n], b"READY=1\nSTATUS=up");
+        let _ = std::fs::remove_dir_all(&dir);
+
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("vb-notify-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let rx = UnixDatagram::bind_addr(&addr).unwrap();
+        send(std::ffi::OsStr::new(&format!("@{name}")), "STOPPING=1").unwrap();
+        let n = rx.recv(&mut b).unwrap();
+        assert_eq!(&b[..n], b"STOPPING=1");
+        assert!(send(std::ffi::OsStr::new("/nonexistent/vb.sock"), "READY=1").is_err());
+    }
+}

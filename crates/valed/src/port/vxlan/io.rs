@@ -1,0 +1,351 @@
+//! The data plane of a VXLAN port: datagrams in batches (`recvmmsg`) into the switch
+//! port's TX ring, frames from its RX ring out in batches (`sendmmsg`), each to the
+//! VTEP learned for its destination or to every remote and the group.
+
+use super::vtep::{self, Reject, Vteps};
+use super::{Conf, DATAGRAM_CAP, Shown, VTEP_CAPACITY, VTEP_MAX_AGE, dest};
+use crate::port::counters::bump;
+use crate::port::rings::{ring_copy, ring_peek, ring_put, room};
+use crate::port::{DrivenPort, PortCounters, PortRings, Start, Watcher};
+use crate::sys::udp::{MAX_BATCH, Outgoing, RecvBatch, SockAddr, send_batch};
+use rustix::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use vale_wire::vxlan::HEADER_LEN;
+
+/// Largest inner frame sent.
+const FRAME_CAP: usize = DATAGRAM_CAP - HEADER_LEN;
+
+/// One datagram queued by `push`: frame `frame` of the batch to `to`, from source-port
+/// socket `sock`.
+#[derive(Clone, Copy)]
+struct Msg {
+    sock: u16,
+    frame: u16,
+    to: SockAddr,
+}
+
+/// A placeholder destination for unused batch entries.
+static NOWHERE: SockAddr = SockAddr::V4(libc::sockaddr_in {
+    sin_family: 0,
+    sin_port: 0,
+    sin_addr: libc::in_addr { s_addr: 0 },
+    sin_zero: [0; 8],
+});
+
+/// What became of one frame's copies.
+#[derive(Clone, Copy, Default)]
+struct Fate {
+    len: u32,
+    ok: u16,
+    failed: u16,
+    too_big: bool,
+}
+
+pub struct VxlanIo {
+    conf: Arc<Conf>,
+    rx_sock: OwnedFd,
+    tx_socks: Vec<OwnedFd>,
+    /// Where broadcast, multicast and unknown unicast go: every remote, and the group.
+    floods: Vec<SockAddr>,
+    rings: PortRings,
+    counters: Arc<PortCounters>,
+    watcher: Watcher,
+    name: String,
+    hdr: [u8; HEADER_LEN],
+    recv: RecvBatch,
+    /// The frames of one `push`, `FRAME_CAP` bytes each.
+    frames: Vec<u8>,
+    fates: Vec<Fate>,
+    msgs: Vec<Msg>,
+    vteps: Vteps,
+    shown: Arc<Mutex<Shown>>,
+    t0: Instant,
+    published: u64,
+    /// The table learned or moved an address since it was last published.
+    changed: bool,
+    closed: bool,
+}
+
+impl VxlanIo {
+    pub(super) fn new(
+        conf: Arc<Conf>,
+        rx_sock: OwnedFd,
+        tx_socks: Vec<OwnedFd>,
+        cx: Start<'_>,
+        shown: Arc<Mutex<Shown>>,
+    ) -> VxlanIo {
+        let mut floods: Vec<SockAddr> = conf.remotes.iter().map(|&r| dest(r, conf.port)).collect();
+        floods.extend(conf.group.map(|g| dest(g, conf.port)));
+        VxlanIo {
+            hdr: vtep::header(conf.vni),
+            conf,
+            rx_sock,
+            tx_socks,
+            floods,
+            rings: cx.rings,
+            counters: cx.counters,
+            watcher: cx.watcher,
+            name: cx.name.to_string(),
+            recv: RecvBatch::new(DATAGRAM_CAP),
+            frames: vec![0u8; FRAME_CAP * MAX_BATCH],
+            fates: vec![Fate::default(); MAX_BATCH],
+            msgs: Vec::with_capacity(MAX_BATCH),
+            vteps: Vteps::new(VTEP_CAPACITY, VTEP_MAX_AGE),
+            shown,
+            t0: Instant::now(),
+            published: u64::MAX,
+            changed: false,
+            closed: false,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.t0.elapsed().as_secs()
+    }
+
+    /// The learned table for `vale-ctl list`, once a second at most (never waiting for
+    /// the control thread).
+    fn publish(&mut self, now: u64) {
+        if now == self.published && !self.changed {
+            return;
+        }
+        if let Ok(mut s) = self.shown.try_lock() {
+            s.vteps = self.vteps.rows(now);
+            s.at = Some((self.t0, now));
+            self.published = now;
+            self.changed = false;
+        }
+    }
+
+    /// Sends the queued datagrams, grouped by socket, and records each copy's fate.
+    /// Every step sends at least one datagram or counts one as refused, so it ends.
+    fn flush(&mut self) {
+        // By socket, in queue order within each (one flow keeps its order).
+        let mut order: [(u16, u16); MAX_BATCH] = [(0, 0); MAX_BATCH];
+        let n = self.msgs.len();
+        for (i, m) in self.msgs.iter().enumerate() {
+            order[i] = (m.sock, i as u16);
+        }
+        order[..n].sort_unstable();
+        let mut i = 0;
+        while i < n {
+            let sock = order[i].0;
+            let mut j = i;
+            while j < n && order[j].0 == sock {
+                j += 1;
+            }
+            let mut out = [Outgoing {
+                to: &NOWHERE,
+                hdr: &[],
+                body: &[],
+            }; MAX_BATCH];
+            let mut k = 0;
+            for &(_, mi) in &order[i..j] {
+                let m = &self.msgs[mi as usize];
+                let f = m.frame as usize;
+                let len = self.fates[f].len as usize;
+                out[k] = Outgoing {
+                    to: &m.to,
+                    hdr: &self.hdr,
+                    body: &self.frames[f * FRAME_CAP..f * FRAME_CAP + len],
+                };
+                k += 1;
+            }
+            let fd = self.tx_socks[usize::from(sock)].as_fd();
+            let mut at = 0;
+            let mut results: [Option<bool>; MAX_BATCH] = [None; MAX_BATCH];
+            let mut big = [false; MAX_BATCH];
+            while at < k {
+                match send_batch(fd, &out[at..k]) {
+                    Ok(0) => {
+                        results[at] = Some(false);
+                        at += 1;
+                    }
+                    Ok(sent) => {
+                        for r in &mut results[at..at + sent] {
+                            *r = Some(true);
+                        }
+                        at += sent;
+                    }
+                    Err(e) => {
+                        results[at] = Some(false);
+                        big[at] = e.raw_os_error() == Some(libc::EMSGSIZE);
+                        at += 1;
+                    }
+                }
+            }
+            for (x, &(_, mi)) in order[i..j].iter().enumerate() {
+                let f = &mut self.fates[usize::from(self.msgs[mi as usize].frame)];
+                if results[x] == Some(true) {
+                    f.ok += 1;
+                } else {
+                    f.failed += 1;
+                    f.too_big |= big[x];
+                }
+            }
+            i = j;
+        }
+        self.msgs.clear();
+    }
+
+    fn close(&mut self) {
+        self.closed = true;
+        self.watcher.remove(&self.rx_sock);
+    }
+}
+
+impl DrivenPort for VxlanIo {
+    fn pull(&mut self) -> usize {
+        let rings = &self.rings;
+        let need = room(&rings.tx, DATAGRAM_CAP);
+        if rings.tx.space() < need {
+            rings.tx.txsync();
+        }
+        let fit = (rings.tx.space() / need.max(1)) as usize;
+        if self.closed || fit == 0 {
+            return 0;
+        }
+        let got = match self.recv.recv(self.rx_sock.as_fd(), fit.min(MAX_BATCH)) {
+            Ok(n) => n,
+            Err(_) => {
+                PortCounters::lost(&self.counters.read_errors, 1);
+                return 0;
+            }
+        };
+        if got == 0 {
+            return 0;
+        }
+        let now = self.now();
+        let c = &*self.counters;
+        let mut put = 0;
+        for i in 0..got {
+            let d = self.recv.datagram(i);
+            if d.truncated {
+                PortCounters::lost(&c.truncated, 1);
+                continue;
+            }
+            let inner = match vtep::decap(d.bytes, self.conf.vni) {
+                Ok(f) => f,
+                Err(r) => {
+                    let which = match r {
+                        Reject::TooShort => &c.vxlan_too_short,
+                        Reject::NoIFlag => &c.vxlan_no_i_flag,
+                        Reject::Reserved => &c.vxlan_reserved,
+                        Reject::ForeignVni => &c.vxlan_foreign_vni,
+                    };
+                    bump(which, 1);
+                    continue;
+                }
+            };
+            if self.conf.learning
+                && let Some(from) = d.from
+                && from != self.conf.local
+            {
+                let mut src = [0u8; 6];
+                src.copy_from_slice(&inner[6..12]);
+                self.changed |= self.vteps.learn(src, from, now);
+            }
+            ring_put(&rings.tx, inner);
+            c.count_in(inner.len());
+            put += 1;
+        }
+        if put > 0 {
+            rings.tx.txsync();
+        }
+        if self.conf.learning {
+            self.publish(now);
+        }
+        // Garbage counts as work too: a flood of it is read a batch per pass, no more.
+        got
+    }
+
+    fn push(&mut self) -> usize {
+        self.rings.rx.rxsync();
+        let now = self.now();
+        let mut taken = 0;
+        while taken < MAX_BATCH && self.rings.rx.space() > 0 {
+            let (used, len) = ring_peek(&self.rings.rx);
+            if len > FRAME_CAP {
+                self.rings.rx.advance(used);
+                PortCounters::lost(&self.counters.truncated, 1);
+                continue;
+            }
+            let f = taken;
+            let buf = &mut self.frames[f * FRAME_CAP..f * FRAME_CAP + len];
+            ring_copy(&self.rings.rx, used, buf);
+            self.rings.rx.advance(used);
+            taken += 1;
+            self.fates[f] = Fate {
+                len: len as u32,
+                ..Fate::default()
+            };
+            if len < 14 {
+                // The switch never delivers runts; counted all the same.
+                self.fates[f].failed = 1;
+                continue;
+            }
+            let sock = (vtep::flow_hash(buf) % self.tx_socks.len() as u32) as u16;
+            let mut dst = [0u8; 6];
+            dst.copy_from_slice(&buf[..6]);
+            let known = if self.conf.learning && dst[0] & 1 == 0 {
+                self.vteps.lookup(&dst, now)
+            } else {
+                None
+            };
+            let copies = if known.is_some() {
+                1
+            } else {
+                self.floods.len()
+            };
+            for d in 0..copies {
+                let to = match known {
+                    Some(ip) => dest(ip, self.conf.port),
+                    None => self.floods[d],
+                };
+                if self.msgs.len() == MAX_BATCH {
+                    // A frame's copies may span two sends; its buffer stays until both.
+                    self.flush();
+                }
+                self.msgs.push(Msg {
+                    sock,
+                    frame: f as u16,
+                    to,
+                });
+            }
+        }
+        if !self.msgs.is_empty() {
+            self.flush();
+        }
+        let c = &*self.counters;
+        for fate in &self.fates[..taken] {
+            if fate.ok > 0 {
+                c.count_out(fate.len as usize);
+                bump(&c.vxlan_datagrams, u64::from(fate.ok));
+                if fate.failed > 0 {
+                    PortCounters::lost(&c.replica_drops, u64::from(fate.failed));
+                }
+            } else if fate.too_big {
+                PortCounters::lost(&c.too_big, 1);
+            } else if fate.failed > 0 {
+                PortCounters::lost(&c.write_errors, 1);
+            } else {
+                // Nowhere to send it (cannot happen: a port has remotes or a group).
+                PortCounters::lost(&c.no_peer, 1);
+            }
+        }
+        if taken > 0 {
+            self.rings.rx.rxsync();
+        }
+        taken
+    }
+
+    fn fault(&mut self) {
+        if !self.closed
+            && crate::port::fd_io::read_fault(&self.rx_sock, &self.counters, &self.name)
+                == crate::port::fd_io::Fault::Gone
+        {
+            self.close();
+        }
+    }
+}

@@ -2,7 +2,8 @@
 //! whose client writes fuzz bytes anywhere in its own region (ring head/cur/tail, sync
 //! words, slots: buffer indices, lengths, flags, fragment chains; buffers), between
 //! forwarding passes. Optionally the hostile port carries a virtio-net header (the
-//! engine converts and segments) and a monitor watches an honest port.
+//! engine converts and segments), a monitor watches an honest port, and the switch
+//! filters VLANs (the hostile port in any mode, its frames tagged as it likes).
 //!
 //! Checked: no panic; the honest pair's unicast frames all arrive, intact and in order
 //! (unless the hostile port took over the receiver's address, as a learning bridge allows);
@@ -203,6 +204,20 @@ fuzz_target!(|data: &[u8]| {
     };
     let a = attach(&mut sw, "vale0:a", honest);
     let pb = attach(&mut sw, "vale0:b", honest);
+    // VLAN filtering: the pair on access ports of VLAN 10, the hostile port in a mode
+    // of the input's choosing (its frames tagged as it likes).
+    let vlan = setup & 0x8 != 0;
+    let modes = ["access 10", "access 20", "trunk all", "trunk 10 native 10", "tunnel 10"];
+    let evil_mode: PortVlan = modes[(setup >> 4) as usize % modes.len()]
+        .parse()
+        .expect("a mode");
+    if vlan {
+        sw.set_vlan_filtering(true);
+        for p in [a, pb] {
+            sw.set_port_vlan(p, PortVlan::Access(10)).expect("attached");
+        }
+    }
+    let pair_vid = if vlan { 10 } else { 0 };
     let (ca, cb) = (Client::attach(&sw, a), Client::attach(&sw, pb));
     let (ma, mb) = (mac(0xa), mac(0xb));
     // The pair learn each other first: from here on their traffic is unicast, which the
@@ -213,6 +228,9 @@ fuzz_target!(|data: &[u8]| {
     let e = attach(&mut sw, "vale0:evil", evil_g);
     let hdr = [0u16, 10, 12][(setup % 3) as usize];
     sw.set_hdr_len(e, hdr).expect("valid length");
+    if vlan {
+        sw.set_port_vlan(e, evil_mode).expect("attached");
+    }
     let monitor = setup & 0x4 != 0;
     if monitor {
         let r = Region::create("vale0:mon", honest).expect("memfd");
@@ -316,7 +334,7 @@ fuzz_target!(|data: &[u8]| {
     // while b still owns its address, and its ring never overflowed (segments of a
     // hostile super-frame may fill it), must every one of a's frames arrive, in order.
     let b_dropped = sw.port(pb).expect("attached").stats().receiver_drops();
-    if sw.lookup().fdb().get(mb) == Some(pb) && b_dropped == 0 {
+    if sw.lookup().fdb().get_in(mb, pair_vid) == Some(pb) && b_dropped == 0 {
         let mut it = got.iter();
         for (i, f) in sent.iter().enumerate() {
             assert!(

@@ -278,9 +278,9 @@ impl<'a> Bufs<'a> {
 /// A view of `len` bytes inside one buffer of a region: one fragment of a packet, in the
 /// spirit of vm-memory's `VolatileSlice`.
 ///
-/// Invariant, established by [`Bufs::frag`] (the only way to make a non-empty one):
-/// `ptr..ptr+len` lies inside one buffer of a mapped pool, and the borrow `'a` of that
-/// pool keeps the mapping alive. The bytes belong to the buffer's client, which may rewrite them at any
+/// Invariant, established by [`Bufs::frag`] (or by [`Frag::private`], for memory the
+/// caller owns): `ptr..ptr+len` lies inside one buffer of a mapped pool, and the borrow
+/// `'a` of that pool keeps the mapping alive (or inside a private slice borrowed for `'a`). The bytes belong to the buffer's client, which may rewrite them at any
 /// time (changing only its own packet), so they are never handed out as `&[u8]`: read
 /// them with [`Frag::copy_to`], or pass [`Frag::raw_parts`] to the kernel.
 #[derive(Clone, Copy)]
@@ -291,6 +291,17 @@ pub struct Frag<'a> {
 }
 
 impl<'a> Frag<'a> {
+    /// A fragment over private memory: a frame the switch built itself (a VLAN tag put
+    /// in or taken out), handed on as a client's buffer would be.
+    #[inline(always)]
+    pub fn private(bytes: &'a [u8]) -> Frag<'a> {
+        Frag {
+            ptr: bytes.as_ptr(),
+            len: bytes.len(),
+            _pool: PhantomData,
+        }
+    }
+
     #[inline(always)]
     pub fn len(&self) -> usize {
         self.len

@@ -35,6 +35,31 @@ fn engine(c: &mut Criterion) {
             "{name}: nothing dropped at the sender"
         );
     }
+    // VLAN filtering on against off, in the same run: access ports of one VLAN (the
+    // frames go through unchanged), and access to a trunk (every copy gets a tag).
+    let access = ("access 10", "access 10");
+    let push = ("trunk 10 native 10 tagged", "access 10");
+    type Case<'a> = (&'a str, usize, usize, usize, bool, u64, (&'a str, &'a str));
+    let vlan_cases: [Case; 5] = [
+        ("vlan_unicast_1to1", 1, 1, 60, false, 1, access),
+        ("vlan_unicast_1to1", 1, 1, 1514, false, 1, access),
+        ("vlan_broadcast_1to4", 1, 4, 60, true, 4, access),
+        ("vlan_fanin_4to1", 4, 1, 60, false, 1, access),
+        ("vlan_push_1to1", 1, 1, 60, false, 1, push),
+    ];
+    for (name, s, r, len, bcast, copies, modes) in vlan_cases {
+        let mut b = Bench::vlan(s, r, len, bcast, modes);
+        g.throughput(Throughput::Elements(
+            (BURST / s as u32) as u64 * s as u64 * copies,
+        ));
+        g.bench_with_input(BenchmarkId::new(name, len), &len, |bench, _| {
+            bench.iter(|| black_box(b.iteration()))
+        });
+        let st = b.sw.port(b.tx[0].0).unwrap().stats();
+        assert_eq!(st.copies_dropped, 0, "{name}: the receivers kept up");
+        assert_eq!(st.forwarded, st.tx_packets, "{name}: nothing dropped");
+        assert_eq!(st.copies, st.forwarded * copies, "{name}: every copy made");
+    }
     g.finish();
 }
 

@@ -5,7 +5,7 @@
 use vale_abi::layout::NetmapSlot;
 use vale_abi::{AppRing, Dir, PortGeometry, Region};
 use vale_switch::{
-    Forwarder, LearningBridge, MacAddr, NoEgress, PortId, Switch, SwitchConfig, Timestamp,
+    Forwarder, LearningBridge, MacAddr, NoEgress, PortId, PortVlan, Switch, SwitchConfig, Timestamp,
 };
 
 pub const BURST: u32 = 512;
@@ -43,7 +43,39 @@ impl Bench {
         broadcast: bool,
         g: PortGeometry,
     ) -> Bench {
+        Bench::build(senders, receivers, len, broadcast, g, None)
+    }
+
+    /// The same on a switch with VLAN filtering on: receivers in VLAN mode `rx`, senders
+    /// in `tx` (untagged frames; a mode that tags them makes every copy an edit).
+    pub fn vlan(
+        senders: usize,
+        receivers: usize,
+        len: usize,
+        broadcast: bool,
+        (rx, tx): (&str, &str),
+    ) -> Bench {
+        let modes = Some((rx.parse().unwrap(), tx.parse().unwrap()));
+        Bench::build(
+            senders,
+            receivers,
+            len,
+            broadcast,
+            PortGeometry::default(),
+            modes,
+        )
+    }
+
+    fn build(
+        senders: usize,
+        receivers: usize,
+        len: usize,
+        broadcast: bool,
+        g: PortGeometry,
+        vlan: Option<(PortVlan, PortVlan)>,
+    ) -> Bench {
         let mut sw = Switch::new(LearningBridge::default(), SwitchConfig::default()).unwrap();
+        sw.set_vlan_filtering(vlan.is_some());
         let mut open = |name: String| {
             let r = Region::create(&name, g).unwrap();
             sw.attach(name, r).unwrap()
@@ -52,6 +84,14 @@ impl Bench {
             .map(|i| open(format!("vale0:r{i}")))
             .collect();
         let tx_ids: Vec<PortId> = (0..senders).map(|i| open(format!("vale0:t{i}"))).collect();
+        if let Some((rx, tx)) = &vlan {
+            for id in &rx_ids {
+                sw.set_port_vlan(*id, rx.clone()).unwrap();
+            }
+            for id in &tx_ids {
+                sw.set_port_vlan(*id, tx.clone()).unwrap();
+            }
+        }
         let ring =
             |id: PortId, d: Dir| AppRing::new(sw.port(id).unwrap().region().ring(d, 0).unwrap());
         let rx: Vec<AppRing> = rx_ids.iter().map(|id| ring(*id, Dir::Rx)).collect();

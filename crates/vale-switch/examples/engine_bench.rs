@@ -3,7 +3,11 @@
 //! - `engine_bench [RUNS]` (default 7): each case RUNS times, prints the median, min and
 //!   max of delivered Mpps and Gbit/s (frame bytes x 8, no preamble or CRC).
 //! - `engine_bench profile CASE LEN ITERS`: one case for `valgrind --tool=callgrind`
-//!   (CASE: unicast | broadcast | fanin; ITERS bursts of 512 packets).
+//!   (CASE: unicast | broadcast | fanin | vlan-unicast | vlan-broadcast | vlan-fanin |
+//!   vlan-push; ITERS bursts of 512 packets).
+//!
+//! The `vlan-` cases run on a switch with VLAN filtering on, every port an access port
+//! of VLAN 10 (`vlan-push`: the receiver a trunk that tags every copy).
 //!
 //! `BUF_SIZE=2112` tries a buffer stride that is not a power of two. Pin it
 //! (`taskset -c 1`) on a noisy machine.
@@ -13,11 +17,16 @@ use std::time::Instant;
 #[path = "../benches/harness.rs"]
 mod harness;
 
-const CASES: [(&str, usize); 4] = [
+const CASES: [(&str, usize); 9] = [
     ("unicast", 60),
+    ("vlan-unicast", 60),
     ("unicast", 1514),
+    ("vlan-unicast", 1514),
     ("broadcast", 60),
+    ("vlan-broadcast", 60),
     ("fanin", 60),
+    ("vlan-fanin", 60),
+    ("vlan-push", 60),
 ];
 
 fn bench(case: &str, len: usize) -> harness::Bench {
@@ -28,7 +37,14 @@ fn bench(case: &str, len: usize) -> harness::Bench {
             .unwrap_or(2048),
         ..Default::default()
     };
+    let access = ("access 10", "access 10");
     match case {
+        "vlan-unicast" => harness::Bench::vlan(1, 1, len, false, access),
+        "vlan-broadcast" => harness::Bench::vlan(1, 4, len, true, access),
+        "vlan-fanin" => harness::Bench::vlan(4, 1, len, false, access),
+        "vlan-push" => {
+            harness::Bench::vlan(1, 1, len, false, ("trunk 10 native 10 tagged", "access 10"))
+        }
         "broadcast" => harness::Bench::with_geometry(1, 4, len, true, g),
         "fanin" => harness::Bench::with_geometry(4, 1, len, false, g),
         _ => harness::Bench::with_geometry(1, 1, len, false, g),
@@ -41,7 +57,7 @@ fn measure(case: &str, len: usize, iters: usize) -> f64 {
     for _ in 0..iters / 10 {
         b.iteration();
     }
-    let copies = if case == "broadcast" { 4 } else { 1 };
+    let copies = if case.ends_with("broadcast") { 4 } else { 1 };
     let t = Instant::now();
     let mut n = 0;
     for _ in 0..iters {
@@ -74,7 +90,11 @@ fn main() {
         let name = match case {
             "unicast" => "unicast 1->1",
             "broadcast" => "broadcast 1->4",
-            _ => "fan-in 4->1",
+            "fanin" => "fan-in 4->1",
+            "vlan-unicast" => "vlan unicast",
+            "vlan-broadcast" => "vlan broadcast",
+            "vlan-fanin" => "vlan fan-in",
+            _ => "vlan push tag",
         };
         println!(
             "{name:<18} {len:>5} {med:>7.1} Mpps {:>5.1} Mpps {:>5.1} Mpps {:>9.1}",

@@ -19,6 +19,7 @@ pub mod offload;
 pub mod registry;
 pub mod stats;
 mod types;
+pub mod vlan;
 
 pub use engine::{
     DEFAULT_BATCH, DEFAULT_MAX_PORTS, Egress, EngineError, Forwarder, MAX_BATCH, NoEgress, Notify,
@@ -29,8 +30,9 @@ pub use lookup::{
     PacketInfo, StaticMap, TableRow,
 };
 pub use name::{NameError, PortName, quote_input};
-pub use registry::{Closed, Limits, PortKey, Registry, RegistryError, SwitchEntry};
+pub use registry::{Closed, Limits, PortKey, Registry, RegistryError, SwitchEntry, SwitchVlan};
 pub use stats::{DropReason, PortCounters, PortStats, broken_switch_law};
 pub use types::{MacAddr, PortId, Timestamp};
 /// What [`Egress::send`] is handed: views of the sender's buffers.
 pub use vale_abi::Frag;
+pub use vlan::{PortVlan, VidSet};

@@ -9,6 +9,8 @@ use crate::engine::{EngineError, Switch, SwitchConfig};
 use crate::lookup::{FdbConfig, Lookup, LookupKind};
 use crate::name::{DEFAULT_MAX_NAME_LEN, NameError, PortName};
 use crate::types::PortId;
+use crate::vlan::PortVlan;
+use std::collections::BTreeMap;
 use thiserror::Error;
 use vale_abi::{PortGeometry, Region};
 
@@ -135,12 +137,23 @@ impl SwitchEntry {
     }
 }
 
+/// The VLAN settings of one switch (by name, so they outlive its ports): whether it
+/// filters, and the modes of its ports by full name (`valeX:Y`); a port not named has
+/// the default mode, a trunk of every VLAN.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SwitchVlan {
+    pub filtering: bool,
+    pub ports: BTreeMap<String, PortVlan>,
+}
+
 /// All switches.
 pub struct Registry {
     limits: Limits,
     switches: Vec<Option<SwitchEntry>>,
     /// Lookups chosen per switch name, for when that switch is created.
     lookups: Vec<(String, LookupKind)>,
+    /// VLAN settings per switch name, applied when the switch and its ports are created.
+    vlans: BTreeMap<String, SwitchVlan>,
 }
 
 impl Registry {
@@ -149,7 +162,61 @@ impl Registry {
             limits,
             switches: Vec::new(),
             lookups: Vec::new(),
+            vlans: BTreeMap::new(),
         }
+    }
+
+    /// Turns VLAN filtering of switch `switch` on or off, now if it exists and whenever
+    /// it is created. The switch's learned addresses are flushed.
+    pub fn set_vlan_filtering(&mut self, switch: &str, on: bool) {
+        let e = self.vlans.entry(switch.to_string()).or_default();
+        e.filtering = on;
+        if e == &SwitchVlan::default() {
+            self.vlans.remove(switch);
+        }
+        if let Some(sw) = self.switch_mut(switch) {
+            sw.switch.set_vlan_filtering(on);
+        }
+    }
+
+    /// Gives port `port` (`valeX:Y`) VLAN mode `mode` (`None`: the default, a trunk of
+    /// every VLAN), now if it is open and whenever it is created. Its learned
+    /// addresses are flushed.
+    pub fn set_port_vlan(
+        &mut self,
+        port: &str,
+        mode: Option<PortVlan>,
+    ) -> Result<(), RegistryError> {
+        let pn = PortName::parse(port, self.limits.max_name_len)?;
+        let e = self.vlans.entry(pn.switch().to_string()).or_default();
+        match &mode {
+            Some(m) => e.ports.insert(pn.to_string(), m.clone()),
+            None => e.ports.remove(pn.as_str()),
+        };
+        if e == &SwitchVlan::default() {
+            self.vlans.remove(pn.switch());
+        }
+        if let Some(key) = self.find(pn.as_str()) {
+            if let Some(sw) = self.entry_mut(key) {
+                sw.switch
+                    .set_port_vlan(key.port, mode.unwrap_or_default())
+                    .map_err(|source| RegistryError::Engine {
+                        port: pn.to_string(),
+                        source,
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The VLAN settings of switch `switch` (the defaults if it has none).
+    pub fn vlan_of(&self, switch: &str) -> SwitchVlan {
+        self.vlans.get(switch).cloned().unwrap_or_default()
+    }
+
+    /// Every switch's VLAN settings that differ from the defaults, by switch name.
+    pub fn vlans(&self) -> &BTreeMap<String, SwitchVlan> {
+        &self.vlans
     }
 
     pub fn limits(&self) -> &Limits {
@@ -386,6 +453,14 @@ impl Registry {
                     source,
                 })?;
         entry.first_open(port);
+        let mode = self
+            .vlans
+            .get(pn.switch())
+            .and_then(|v| v.ports.get(pn.as_str()));
+        if let Some(m) = mode {
+            // A port that was just attached exists.
+            let _ = entry.switch.set_port_vlan(port, m.clone());
+        }
         Ok(PortKey { switch: si, port })
     }
 
@@ -403,10 +478,13 @@ impl Registry {
             max_ports: self.limits.max_ports,
             batch: self.limits.batch,
         };
-        let switch = Switch::new(lookup, cfg).map_err(|source| RegistryError::Engine {
+        let mut switch = Switch::new(lookup, cfg).map_err(|source| RegistryError::Engine {
             port: name.to_string(),
             source,
         })?;
+        if self.vlans.get(name).is_some_and(|v| v.filtering) {
+            switch.set_vlan_filtering(true);
+        }
         let entry = SwitchEntry {
             name: name.to_string(),
             switch,
@@ -519,6 +597,43 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vlan_settings_outlive_ports_and_switches() {
+        let mut r = Registry::new(Limits::default());
+        r.set_vlan_filtering("vale3", true);
+        r.set_port_vlan("vale3:a", Some(PortVlan::Access(10)))
+            .unwrap();
+        let k = r.open("vale3:a", None).unwrap();
+        let b = r.open("vale3:b", None).unwrap();
+        let sw = &r.switch("vale3").unwrap().switch;
+        assert!(sw.vlan_filtering());
+        assert_eq!(sw.port(k.port).unwrap().vlan(), &PortVlan::Access(10));
+        assert_eq!(sw.port(b.port).unwrap().vlan(), &PortVlan::default());
+        // Changed while open: applied at once.
+        r.set_port_vlan("vale3:b", Some(PortVlan::Tunnel(7)))
+            .unwrap();
+        let sw = &r.switch("vale3").unwrap().switch;
+        assert_eq!(sw.port(b.port).unwrap().vlan(), &PortVlan::Tunnel(7));
+        // The switch goes and comes back with its settings.
+        r.close(k).unwrap();
+        r.close(b).unwrap();
+        assert!(r.switch("vale3").is_none());
+        let k = r.open("vale3:a", None).unwrap();
+        let sw = &r.switch("vale3").unwrap().switch;
+        assert!(sw.vlan_filtering());
+        assert_eq!(sw.port(k.port).unwrap().vlan(), &PortVlan::Access(10));
+        // Back to the defaults: nothing left to remember.
+        r.set_port_vlan("vale3:a", None).unwrap();
+        r.set_port_vlan("vale3:b", None).unwrap();
+        r.set_vlan_filtering("vale3", false);
+        assert!(r.vlans().is_empty());
+        assert!(!r.switch("vale3").unwrap().switch.vlan_filtering());
+        assert!(
+            r.set_port_vlan("vale3:b/t", None).is_err(),
+            "not a port name"
+        );
+    }
 
     fn small() -> Limits {
         Limits {

@@ -5,7 +5,8 @@
 //! A port as a **sender** (`tx_packets` is counted when the engine reads a frame from
 //! the port's TX ring, before it decides anything about it):
 //!
-//! `tx_packets = forwarded + runt + bad_buf + bad_len + bad_frag + no_dest`
+//! `tx_packets = forwarded + runt + bad_buf + bad_len + bad_frag + no_dest
+//!     + vlan_ingress_filter + vlan_not_member`
 //!
 //! Each forwarded frame makes `copies` (counted when it is routed: 1 per unicast, one
 //! per other port for a flood), and each copy is handed to its destination, which
@@ -65,10 +66,19 @@ pub enum DropReason {
     /// [`Egress`](crate::Egress) refused it; see `Switch::set_direct`). A frame it takes
     /// and then cannot write is the port's own loss (valed's host `write_errors`).
     TxError = 9,
+    /// Counted on the sender (a switch with `vlan_filtering` on): its port does not
+    /// admit the frame: a tag on an access port, a VID outside a trunk's set, an
+    /// untagged frame on a trunk without a native VLAN.
+    VlanIngressFilter = 10,
+    /// Counted on the sender (`vlan_filtering` on): the frame's destination is not a
+    /// member of its VLAN, or no other port is (a flood with nowhere to go).
+    VlanNotMember = 11,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    /// How many reasons there are (the length of [`PortStats::drops`]).
+    pub const COUNT: usize = 12;
+    pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::RingFull,
         DropReason::Runt,
         DropReason::BadBuf,
@@ -79,6 +89,8 @@ impl DropReason {
         DropReason::BadRxBuf,
         DropReason::BadOffload,
         DropReason::TxError,
+        DropReason::VlanIngressFilter,
+        DropReason::VlanNotMember,
     ];
 
     pub fn name(self) -> &'static str {
@@ -93,6 +105,8 @@ impl DropReason {
             DropReason::BadRxBuf => "bad_rx_buf",
             DropReason::BadOffload => "bad_offload",
             DropReason::TxError => "tx_error",
+            DropReason::VlanIngressFilter => "vlan_ingress_filter",
+            DropReason::VlanNotMember => "vlan_not_member",
         }
     }
 
@@ -134,7 +148,7 @@ pub struct PortStats {
     /// Copies handed to this port as a monitor (netmap's `/t`, `/r`).
     pub mon_copies: u64,
     /// Drops by [`DropReason`], indexed by `reason as usize`.
-    pub drops: [u64; 10],
+    pub drops: [u64; DropReason::COUNT],
     /// Times a ring of this port was reset because the client broke the ring protocol.
     pub ring_resets: u64,
 }
@@ -287,7 +301,7 @@ pub struct PortCounters {
     rx_segmented: AtomicU64,
     rx_segments: AtomicU64,
     mon_copies: AtomicU64,
-    drops: [AtomicU64; 10],
+    drops: [AtomicU64; DropReason::COUNT],
     ring_resets: AtomicU64,
 }
 

@@ -1568,6 +1568,26 @@ fn a_port_belongs_to_the_uid_that_created_it() {
         "{}",
         stderr_of(&o)
     );
+    // So do VLAN settings (what each port may reach); showing them is anyone's.
+    let o = as_uid(&d, 65534, &[], VALE_CTL)
+        .args(["vlan", "vale0", "--filtering", "on"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr_of(&o).contains("VLAN settings decide what every port of a switch may reach: only root or valed's own user may change them"),
+        "{}",
+        stderr_of(&o)
+    );
+    let o = as_uid(&d, 65534, &[], VALE_CTL)
+        .args(["vlan", "vale0"])
+        .output()
+        .unwrap();
+    assert!(
+        stdout_of(&o).contains("vale0: vlan_filtering off"),
+        "{}",
+        stderr_of(&o)
+    );
     let batch = || stdout_of(&d.ctl(&["settings"]));
     assert!(batch().contains("bridge_batch = 1024"), "{}", batch());
     assert!(d.ctl(&["set", "bridge_batch", "512"]).status.success());

@@ -1137,6 +1137,510 @@ fn vlan_tags_cross_an_af_packet_attach_both_ways_on_ring_and_socket_paths() {
     }
 }
 
+/// A VLAN-aware switch between veths in namespaces, the frames built by hand (this
+/// kernel has no 802.1Q devices) and read back with tcpdump on the far side: an access
+/// port (VLAN 10), an access port of VLAN 20, an 802.1ad tunnel port (S-VLAN 100), and
+/// two trunks of 10, 20 and 100 with native VLAN 30, one attached through AF_PACKET
+/// (whose outer tag the kernel hands over beside the frame; valed puts it back) and one
+/// through AF_XDP (tags in the frame). Every row of OVS's table that applies is checked
+/// byte for byte, and the two trunks agree: what each delivers, and what each is sent.
+#[test]
+fn vlan_aware_switch_between_af_packet_and_af_xdp_veths() {
+    need_host!();
+    if !have("tcpdump", "tcpdump", "VLAN frames read back by tcpdump")
+        || !have("python3", "python3", "raw tagged frames")
+    {
+        return;
+    }
+    use wire::{eth, pattern};
+    let mut net = Net::new("ve");
+    let d = Daemon::start("host-vlan-aware", &[]);
+    let xdp = match valed::probe_af_xdp() {
+        Ok(()) => true,
+        Err(e) => {
+            skip(&format!(
+                "no AF_XDP here ({e}): the second trunk is attached through AF_PACKET too"
+            ));
+            false
+        }
+    };
+    // (veth end valed attaches, its peer, namespace, mode)
+    let ports = [("a", "access 10"), ("c", "access 20"), ("q", "tunnel 100")];
+    let trunk = "trunk 10,20,100 native 30";
+    // Set by name before anything is attached: the ports get their modes when they come.
+    ctl_ok(&d, &["vlan", "vale0", "--filtering", "on"]);
+    let mut ends = Vec::new();
+    for (w, mode) in ports.iter().chain(&[("p", trunk), ("x", trunk)]) {
+        let (x, y) = (net.name(&format!("x{w}")), net.name(&format!("y{w}")));
+        net.veth(&x, &y);
+        let ns = net.ns(&w.to_uppercase());
+        ok(&["ip", "link", "set", &y, "netns", &ns]);
+        ok(&["ip", "-n", &ns, "link", "set", &y, "up"]);
+        let port = format!("vale0:{x}");
+        let words: Vec<&str> = mode.split_whitespace().collect();
+        let mut args = vec!["vlan", &port];
+        let vids;
+        match words.as_slice() {
+            ["access", v] => args.extend(["--access", v]),
+            ["tunnel", v] => args.extend(["--tunnel", v]),
+            ["trunk", v, "native", n] => {
+                vids = v.to_string();
+                args.extend(["--trunk", &vids, "--native", n]);
+            }
+            _ => unreachable!(),
+        }
+        ctl_ok(&d, &args);
+        ends.push((x, y, ns));
+    }
+    for (i, (x, _, _)) in ends.iter().enumerate() {
+        let port = format!("vale0:{x}");
+        if i == 4 && xdp {
+            ctl_ok(&d, &["-a", &port, "--xdp"]);
+            assert_eq!(d.host(x)["kind"], "nic-xdp");
+        } else {
+            ctl_ok(&d, &["-a", &port]);
+        }
+    }
+    let show = ctl_ok(&d, &["vlan", "vale0"]);
+    assert!(
+        show.contains(&format!("vale0:{}  ", ends[4].0)) && show.contains(trunk),
+        "{show}"
+    );
+    let caps: Vec<Tcpdump> = ends
+        .iter()
+        .map(|(_, y, ns)| Tcpdump::start(ns, y, d.dir.join(format!("{y}.pcap"))))
+        .collect();
+    let [
+        (_, ya, na),
+        (_, _, _),
+        (_, yq, nq),
+        (_, yp, np),
+        (_, yx, nx),
+    ] = &ends[..]
+    else {
+        unreachable!()
+    };
+    const BC: [u8; 6] = [0xff; 6];
+    const A: [u8; 6] = [2, 0, 0, 0, 0x0a, 1];
+    const P: [u8; 6] = [2, 0, 0, 0, 0x0a, 2];
+    const X: [u8; 6] = [2, 0, 0, 0, 0x0a, 3];
+    const Q: [u8; 6] = [2, 0, 0, 0, 0x0a, 4];
+    let frame = |src, tags: &[(u16, u16)], seed| {
+        let mut f = eth(BC, src, tags, 0x88b5);
+        f.extend(pattern(seed, 64 - f.len()));
+        f
+    };
+    // The frame with its outer `old` tags replaced by `tags`.
+    let retag = |f: &[u8], old: usize, tags: &[(u16, u16)]| {
+        let mut v = eth(BC, f[6..12].try_into().unwrap(), tags, 0)[..12 + 4 * tags.len()].to_vec();
+        v.extend_from_slice(&f[12 + 4 * old..]);
+        v
+    };
+    let with_src = |f: &[u8], src: [u8; 6]| {
+        let mut v = f.to_vec();
+        v[6..12].copy_from_slice(&src);
+        v
+    };
+
+    // 1. Into access 10: untagged leaves both trunks tagged 10; a priority tag (PCP 5)
+    // leaves them tagged 10 with its priority; a tag on an access port is dropped.
+    let a1 = frame(A, &[], 1);
+    let a2 = frame(A, &[(0x8100, 0xa000)], 2);
+    let a3 = frame(A, &[(0x8100, 10)], 3);
+    send_frames(
+        na,
+        ya,
+        &[(false, a1.clone()), (false, a2.clone()), (false, a3)],
+    );
+    // 2. Into the tunnel port: a C-tagged frame and an untagged one get an S-tag.
+    let q1 = frame(Q, &[(0x8100, 0x2007)], 4);
+    let q2 = frame(Q, &[], 5);
+    send_frames(nq, yq, &[(false, q1.clone()), (false, q2.clone())]);
+    // 3. Into each trunk, the same frames (but for the source address): VID 20, VID 10,
+    // untagged (native 30), priority-tagged (native 30), VID 40 (not trunked: dropped),
+    // QinQ S-VID 100 / C-VID 10 (the tunnel port's S-VLAN).
+    let t_in = |src| {
+        vec![
+            frame(src, &[(0x8100, 0x4014)], 10),
+            frame(src, &[(0x8100, 10)], 11),
+            frame(src, &[], 12),
+            frame(src, &[(0x8100, 0x6000)], 13),
+            frame(src, &[(0x8100, 40)], 14),
+            frame(src, &[(0x88a8, 100), (0x8100, 10)], 15),
+        ]
+    };
+    for (src, ns, y) in [(P, np, yp), (X, nx, yx)] {
+        let fs: Vec<(bool, Vec<u8>)> = t_in(src).into_iter().map(|f| (false, f)).collect();
+        send_frames(ns, y, &fs);
+    }
+    let [cap_a, cap_c, cap_q, cap_p, cap_x] = &caps[..] else {
+        unreachable!()
+    };
+    wait_for(5.0, || {
+        cap_p.from(X).len() >= 5 && cap_x.from(P).len() >= 5 && !cap_q.from(X).is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(300)); // anything that should not come
+
+    // Out of the trunks, from access 10 and the tunnel port: the same on both.
+    let from_a = vec![
+        retag(&a1, 0, &[(0x8100, 10)]),
+        retag(&a2, 1, &[(0x8100, 0xa00a)]),
+    ];
+    let from_q = vec![
+        retag(&q1, 0, &[(0x88a8, 100)]),
+        retag(&q2, 0, &[(0x88a8, 100)]),
+    ];
+    for (cap, y) in [(cap_p, yp), (cap_x, yx)] {
+        let (ga, gq) = (cap.from(A), cap.from(Q));
+        assert!(
+            ga == from_a,
+            "{y}, from access 10: {}",
+            mismatch(&ga, &from_a)
+        );
+        assert!(
+            gq == from_q,
+            "{y}, from the tunnel: {}",
+            mismatch(&gq, &from_q)
+        );
+    }
+    // What each trunk delivers, to the other trunk and to the access and tunnel ports.
+    let t = t_in(P);
+    let trunk_out = [
+        t[0].clone(),
+        t[1].clone(),
+        t[2].clone(),
+        retag(&t[3], 1, &[]),
+        t[5].clone(),
+    ];
+    let want = [
+        (cap_a, vec![retag(&t[1], 1, &[])]), // VID 10, untagged
+        (cap_c, vec![retag(&t[0], 1, &[])]), // VID 20, untagged
+        (cap_q, vec![retag(&t[5], 1, &[])]), // S-tag popped, the C-tag kept
+    ];
+    for (from, to, cap_to, y_to) in [(P, X, cap_x, yx), (X, P, cap_p, yp)] {
+        let got = cap_to.from(from);
+        let w: Vec<Vec<u8>> = trunk_out.iter().map(|f| with_src(f, from)).collect();
+        assert!(
+            got == w,
+            "{y_to}, from the other trunk: {}",
+            mismatch(&got, &w)
+        );
+        for (cap, w) in &want {
+            let got = cap.from(from);
+            let w: Vec<Vec<u8>> = w.iter().map(|f| with_src(f, from)).collect();
+            assert!(
+                got == w,
+                "from trunk {from:x?} ({to:x?} agrees): {}",
+                mismatch(&got, &w)
+            );
+        }
+    }
+    // Nothing crossed into another VLAN: VLAN 20's port saw nothing of A's or Q's.
+    assert!(cap_c.from(A).is_empty() && cap_c.from(Q).is_empty());
+    assert!(cap_a.from(Q).is_empty() && cap_q.from(A).is_empty());
+
+    // The drops, by reason, on the ports that sent them.
+    let drops = |x: &str| d.counter(&format!("vale0:{x}"), "vlan_ingress_filter");
+    assert_eq!(drops(&ends[0].0), 1, "the tagged frame on access 10");
+    assert_eq!(drops(&ends[3].0), 1, "VID 40 on the AF_PACKET trunk");
+    assert_eq!(drops(&ends[4].0), 1, "VID 40 on the AF_XDP trunk");
+    // Learned per VLAN: A in 10, each trunk's source in 20, 10, 30 and 100.
+    let fdb = d.ctl_json(&["fdb", "vale0"]);
+    let vlans_of = |mac: &str| -> Vec<u64> {
+        let mut v: Vec<u64> = fdb["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["mac"] == mac)
+            .filter_map(|r| r["vlan"].as_u64())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(vlans_of("02:00:00:00:0a:01"), [10], "{fdb}");
+    assert_eq!(vlans_of("02:00:00:00:0a:02"), [10, 20, 30, 100], "{fdb}");
+    assert_eq!(vlans_of("02:00:00:00:0a:03"), [10, 20, 30, 100], "{fdb}");
+    assert_eq!(vlans_of("02:00:00:00:0a:04"), [100], "{fdb}");
+    d.assert_laws();
+}
+
+/// A private Open vSwitch (ovsdb-server, and ovs-vswitchd in namespace `ns`, userspace
+/// datapath) whose files live in `dir`; both daemons stopped by PID when dropped.
+struct Ovs {
+    dir: std::path::PathBuf,
+}
+
+impl Ovs {
+    fn start(dir: std::path::PathBuf, ns: &str) -> Result<Ovs, String> {
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let ovs = Ovs { dir };
+        let d = path_str(&ovs.dir).to_string();
+        let db = format!("{d}/conf.db");
+        let step = |args: &[&str]| -> Result<(), String> {
+            let o = ovs
+                .cmd(args)
+                .output()
+                .map_err(|e| format!("{args:?}: {e}"))?;
+            if o.status.success() {
+                Ok(())
+            } else {
+                Err(format!("{args:?}: {}", String::from_utf8_lossy(&o.stderr)))
+            }
+        };
+        step(&[
+            "ovsdb-tool",
+            "create",
+            &db,
+            "/usr/share/openvswitch/vswitch.ovsschema",
+        ])?;
+        step(&[
+            "ovsdb-server",
+            &db,
+            &format!("--remote=punix:{d}/db.sock"),
+            &format!("--pidfile={d}/ovsdb-server.pid"),
+            &format!("--unixctl={d}/ovsdb-server.ctl"),
+            &format!("--log-file={d}/ovsdb-server.log"),
+            "--detach",
+        ])?;
+        ovs.vsctl(&["--no-wait", "init"])?;
+        step(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "ovs-vswitchd",
+            &format!("unix:{d}/db.sock"),
+            &format!("--pidfile={d}/ovs-vswitchd.pid"),
+            &format!("--unixctl={d}/ovs-vswitchd.ctl"),
+            &format!("--log-file={d}/ovs-vswitchd.log"),
+            "--detach",
+        ])?;
+        Ok(ovs)
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(args[0]);
+        c.args(&args[1..]);
+        for k in ["OVS_RUNDIR", "OVS_LOGDIR", "OVS_DBDIR", "OVS_SYSCONFDIR"] {
+            c.env(k, &self.dir);
+        }
+        c
+    }
+
+    fn vsctl(&self, args: &[&str]) -> Result<String, String> {
+        let db = format!("--db=unix:{}/db.sock", path_str(&self.dir));
+        let mut a = vec!["ovs-vsctl", "--timeout=10", &db];
+        a.extend_from_slice(args);
+        let o = self.cmd(&a).output().map_err(|e| e.to_string())?;
+        if o.status.success() {
+            Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+        } else {
+            Err(format!("{args:?}: {}", String::from_utf8_lossy(&o.stderr)))
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("ovs-vswitchd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Ovs {
+    fn drop(&mut self) {
+        for p in ["ovs-vswitchd.pid", "ovsdb-server.pid"] {
+            if let Ok(pid) = std::fs::read_to_string(self.dir.join(p)) {
+                let _ = Command::new("kill").arg(pid.trim()).status();
+            }
+        }
+    }
+}
+
+/// Open vSwitch's userspace datapath as the reference peer: two switches with the same
+/// VLAN configuration, ours and OVS's (`tag=`, `trunks=`, `vlan_mode=native-untagged`,
+/// `dot1q-tunnel` with `vlan-limit=2`), each between its own veths in namespaces; the
+/// same hand-built frames go into both, and what every port's peer reads back (tcpdump)
+/// must be the same bytes from both.
+#[test]
+fn vlan_aware_switch_agrees_with_open_vswitch() {
+    need_host!();
+    if !have("tcpdump", "tcpdump", "VLAN frames read back by tcpdump")
+        || !have("python3", "python3", "raw tagged frames")
+        || !have(
+            "ovs-vswitchd",
+            "openvswitch-switch",
+            "OVS as the VLAN reference",
+        )
+        || !have(
+            "ovsdb-tool",
+            "openvswitch-switch",
+            "OVS as the VLAN reference",
+        )
+    {
+        return;
+    }
+    use wire::{eth, pattern};
+    let mut net = Net::new("ve");
+    let d = Daemon::start("host-vlan-ovs", &[]);
+    // (role, our mode as vale-ctl flags, OVS's port columns)
+    let roles: [(&str, &[&str], &[&str]); 5] = [
+        ("a", &["--access", "10"], &["tag=10"]),
+        ("c", &["--access", "20"], &["tag=20"]),
+        ("d", &["--access", "30"], &["tag=30"]),
+        (
+            "q",
+            &["--tunnel", "100"],
+            &["vlan_mode=dot1q-tunnel", "tag=100"],
+        ),
+        (
+            "p",
+            &["--trunk", "10,20,100", "--native", "30"],
+            &["vlan_mode=native-untagged", "tag=30", "trunks=10,20,100"],
+        ),
+    ];
+    let o_ns = net.ns("O");
+    let ovs = match Ovs::start(d.dir.join("ovs"), &o_ns) {
+        Ok(o) => o,
+        Err(e) => {
+            peer_broken(&format!("Open vSwitch did not start: {e}"));
+            return;
+        }
+    };
+    let vs = |args: &[&str]| {
+        ovs.vsctl(args)
+            .unwrap_or_else(|e| panic!("ovs-vsctl: {e}\n{}", ovs.log()))
+    };
+    vs(&[
+        "add-br",
+        "brv",
+        "--",
+        "set",
+        "bridge",
+        "brv",
+        "datapath_type=netdev",
+    ]);
+    vs(&["set", "Open_vSwitch", ".", "other_config:vlan-limit=2"]);
+    ctl_ok(&d, &["vlan", "vale0", "--filtering", "on"]);
+    // Per role: (our peer, its namespace), (OVS's peer, its namespace).
+    let mut peers = Vec::new();
+    for (r, ours, theirs) in roles {
+        let mut pair = Vec::new();
+        for side in ["v", "o"] {
+            let (x, y) = (
+                net.name(&format!("x{r}{side}")),
+                net.name(&format!("y{r}{side}")),
+            );
+            net.veth(&x, &y);
+            let ns = net.ns(&format!("{}{side}", r.to_uppercase()));
+            ok(&["ip", "link", "set", &y, "netns", &ns]);
+            ok(&["ip", "-n", &ns, "link", "set", &y, "up"]);
+            if side == "v" {
+                let port = format!("vale0:{x}");
+                let mut args = vec!["vlan", &port];
+                args.extend_from_slice(ours);
+                ctl_ok(&d, &args);
+                ctl_ok(&d, &["-a", &port]);
+            } else {
+                ok(&["ip", "link", "set", &x, "netns", &o_ns]);
+                ok(&["ip", "-n", &o_ns, "link", "set", &x, "up"]);
+                let mut args = vec!["add-port", "brv", &x, "--", "set", "port", &x];
+                args.extend_from_slice(theirs);
+                vs(&args);
+            }
+            pair.push((y, ns));
+        }
+        peers.push(pair);
+    }
+    // OVS has opened its ports once each has an OpenFlow port number.
+    for (r, _, _) in roles {
+        let x = net.name(&format!("x{r}o"));
+        let up = wait_for(10.0, || {
+            ovs.vsctl(&["get", "Interface", &x, "ofport"])
+                .is_ok_and(|n| n.parse::<i64>().is_ok_and(|n| n > 0))
+        });
+        assert!(up, "OVS did not open {x}:\n{}", ovs.log());
+    }
+    let caps: Vec<[Tcpdump; 2]> = peers
+        .iter()
+        .map(|pair: &Vec<(String, String)>| {
+            [0, 1].map(|k| {
+                let (y, ns) = &pair[k];
+                Tcpdump::start(ns, y, d.dir.join(format!("{y}.pcap")))
+            })
+        })
+        .collect();
+
+    const BC: [u8; 6] = [0xff; 6];
+    const A: [u8; 6] = [2, 0, 0, 0, 0x0a, 1];
+    const Q: [u8; 6] = [2, 0, 0, 0, 0x0a, 4];
+    const P: [u8; 6] = [2, 0, 0, 0, 0x0a, 2];
+    let frame = |src, tags: &[(u16, u16)], seed| {
+        let mut f = eth(BC, src, tags, 0x88b5);
+        f.extend(pattern(seed, 64 - f.len()));
+        (false, f)
+    };
+    // The same frames into both switches: from the access port of VLAN 10, the tunnel
+    // port, and the trunk, through every row of OVS's table.
+    // (the role that sends, its frames as `send_frames` takes them)
+    type Sends = Vec<(bool, Vec<u8>)>;
+    let sends: [(usize, Sends); 3] = [
+        (
+            0,
+            vec![
+                frame(A, &[], 1),
+                frame(A, &[(0x8100, 0xa000)], 2),
+                frame(A, &[(0x8100, 10)], 3),
+            ],
+        ),
+        (3, vec![frame(Q, &[(0x8100, 0x2007)], 4), frame(Q, &[], 5)]),
+        (
+            4,
+            vec![
+                frame(P, &[(0x8100, 0x4014)], 10),
+                frame(P, &[(0x8100, 10)], 11),
+                frame(P, &[], 12),
+                frame(P, &[(0x8100, 0x6000)], 13),
+                frame(P, &[(0x8100, 40)], 14),
+                frame(P, &[(0x88a8, 100), (0x8100, 10)], 15),
+            ],
+        ),
+    ];
+    for (role, fs) in &sends {
+        for (y, ns) in &peers[*role] {
+            send_frames(ns, y, fs);
+        }
+    }
+    // OVS's copies take longer (the first packet of a flow is an upcall to
+    // ovs-vswitchd's handler threads), and longer still on a busy machine: wait until it
+    // has delivered as many as ours everywhere, then a little more for any extra.
+    let count = |cap: &Tcpdump| [A, Q, P].iter().map(|s| cap.from(*s).len()).sum::<usize>();
+    wait_for(15.0, || {
+        caps.iter()
+            .all(|[ours, theirs]| count(ours) > 0 || count(theirs) > 0)
+            && caps
+                .iter()
+                .all(|[ours, theirs]| count(theirs) >= count(ours))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let mut seen = 0;
+    for (i, (r, _, _)) in roles.iter().enumerate() {
+        for src in [A, Q, P] {
+            let [ours, theirs] = &caps[i];
+            let (got, want) = (ours.from(src), theirs.from(src));
+            seen += want.len();
+            assert!(
+                got == want,
+                "port {r}, frames from {src:x?}: ours against OVS's: {}",
+                mismatch(&got, &want)
+            );
+        }
+    }
+    assert!(
+        seen >= 8,
+        "OVS delivered only {seen} frames:\n{}",
+        ovs.log()
+    );
+    d.assert_laws();
+}
+
 /// Stops (`STOP`) or resumes (`CONT`) process `pid`, and for a stop waits until it is
 /// stopped (state `T`).
 fn signal_process(pid: u32, sig: &str) {

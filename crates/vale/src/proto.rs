@@ -271,6 +271,20 @@ pub enum Request {
     },
     /// Change a run-time setting (`bridge_batch`, `verbose`).
     Set { key: String, value: String },
+    /// A switch's VLAN settings: whether it filters, and its ports' modes
+    /// (`vale-ctl vlan valeX`).
+    Vlan { switch: String },
+    /// Changes VLAN settings (as privileged as `Set`): with `filtering`, whether switch
+    /// `target` filters VLANs; with `mode`, the VLAN mode of port `target` (`access 10`,
+    /// `trunk 10,20 native 30 tagged`, `tunnel 100`, or `none` for the default, a trunk
+    /// of every VLAN). Kept by name: a switch or port created later gets them.
+    VlanSet {
+        target: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        filtering: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<String>,
+    },
     /// Read the config file again and apply its `[[port]]` declarations (as SIGHUP).
     Reload,
     /// The running state as a config file (`Done { message }` holds it).
@@ -390,7 +404,8 @@ pub struct Counters {
     pub mon_copies: u64,
     pub ring_resets: u64,
     /// Drops by reason (`ring_full`, `runt`, `bad_buf`, `bad_len`, `bad_frag`,
-    /// `no_dest`, `oversize`, `bad_rx_buf`, `bad_offload`, `tx_error`).
+    /// `no_dest`, `oversize`, `bad_rx_buf`, `bad_offload`, `tx_error`,
+    /// `vlan_ingress_filter`, `vlan_not_member`).
     pub drops: BTreeMap<String, u64>,
 }
 
@@ -500,6 +515,9 @@ pub struct PortStats {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FdbRow {
     pub mac: String,
+    /// The address's VLAN, on a switch that filters VLANs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
     pub port: String,
     pub index: u16,
     pub age_secs: u32,
@@ -554,6 +572,14 @@ pub enum Response {
     },
     Settings {
         settings: BTreeMap<String, String>,
+    },
+    /// A switch's VLAN settings (the answer to `Vlan`).
+    Vlan {
+        switch: String,
+        filtering: bool,
+        /// VLAN mode by port name: every port set by name (open or not) and every open
+        /// port (`trunk all`, the default, for those never set).
+        ports: BTreeMap<String, String>,
     },
     Done {
         message: String,
@@ -677,6 +703,7 @@ impl Response {
             Response::Stats { .. } => "stats",
             Response::Fdb { .. } => "fdb",
             Response::Settings { .. } => "settings",
+            Response::Vlan { .. } => "vlan",
             Response::Done { .. } => "done",
             Response::Error { .. } => "error",
         }
@@ -707,6 +734,17 @@ mod tests {
         let list: Request = serde_json::from_str(r#"{"op":"list","extra":1}"#).unwrap();
         assert_eq!(list, Request::List { page: None });
         assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
+        let v = Request::VlanSet {
+            target: "vale0:a".into(),
+            filtering: None,
+            mode: Some("access 10".into()),
+        };
+        let j = serde_json::to_string(&v).unwrap();
+        assert_eq!(
+            j,
+            r#"{"op":"vlan_set","target":"vale0:a","mode":"access 10"}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&j).unwrap(), v);
     }
 
     #[test]
@@ -892,6 +930,7 @@ mod tests {
     fn pages_of_stats_and_fdb_append_and_others_do_not() {
         let row = |mac: &str| FdbRow {
             mac: mac.into(),
+            vlan: None,
             port: "vale0:a".into(),
             index: 0,
             age_secs: 1,

@@ -42,6 +42,12 @@ pub enum SettingsError {
         line: usize,
         why: String,
     },
+    #[error("config file {}, line {line}: [[vlan]] {why}", path.display())]
+    Vlan {
+        path: PathBuf,
+        line: usize,
+        why: String,
+    },
     #[error("cpu list `{0}` is not like 2,3,8-11")]
     Cpus(String),
     #[error("socket mode `{0}` is not an octal mode like 0660")]
@@ -133,6 +139,9 @@ pub struct Settings {
     /// Ports the config file declares: created at start, kept in step with the file on
     /// reload (SIGHUP, `vale-ctl reload`).
     pub ports: Vec<Declared>,
+    /// VLAN settings the config file declares (`[[vlan]]`), applied at start and on
+    /// reload.
+    pub vlans: Vec<DeclaredVlan>,
     /// The config file, read again on reload.
     pub config: Option<PathBuf>,
 }
@@ -173,6 +182,103 @@ pub struct Declared {
     pub spec: vale::proto::PortSpec,
     /// Where it is in the file, for messages.
     pub line: usize,
+}
+
+/// A switch's VLAN settings as the config file declares them (`[[vlan]]`):
+///
+/// ```toml
+/// [[vlan]]
+/// switch = "vale0"
+/// filtering = true
+/// ports = { "vale0:a" = "access 10", "vale0:b" = "trunk 10,20 native 30 tagged" }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclaredVlan {
+    pub switch: String,
+    pub filtering: bool,
+    /// Port modes by full port name.
+    pub ports: Vec<(String, vale_switch::PortVlan)>,
+    pub line: usize,
+}
+
+fn line_of(table: &toml::Spanned<toml::Table>, text: &str) -> usize {
+    1 + text[..table.span().start.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+}
+
+/// One `[[vlan]]` table as the file has it.
+fn declared_vlan(
+    table: &toml::Spanned<toml::Table>,
+    text: &str,
+    path: &Path,
+    max_name_len: usize,
+) -> Result<DeclaredVlan, SettingsError> {
+    let line = line_of(table, text);
+    let bad = |why: String| SettingsError::Vlan {
+        path: path.to_path_buf(),
+        line,
+        why,
+    };
+    let t = table.get_ref();
+    if let Some(k) = t
+        .keys()
+        .find(|k| !["switch", "filtering", "ports"].contains(&k.as_str()))
+    {
+        return Err(bad(format!(
+            "`{}` is not a key of a [[vlan]] table (it takes: switch, filtering, ports)",
+            k.escape_default()
+        )));
+    }
+    let switch = match t.get("switch") {
+        Some(toml::Value::String(n)) if !n.contains(':') => n.clone(),
+        _ => return Err(bad("needs switch = \"valeX\" (a switch name)".into())),
+    };
+    vale_switch::PortName::parse(&format!("{switch}:x"), usize::MAX)
+        .map_err(|e| bad(format!("switch `{}`: {e}", switch.escape_default())))?;
+    let filtering = match t.get("filtering") {
+        None => false,
+        Some(toml::Value::Boolean(b)) => *b,
+        Some(_) => return Err(bad(format!("{switch}: filtering must be true or false"))),
+    };
+    let mut ports = Vec::new();
+    match t.get("ports") {
+        None => {}
+        Some(toml::Value::Table(m)) => {
+            for (name, mode) in m {
+                let full = if name.contains(':') {
+                    name.clone()
+                } else {
+                    format!("{switch}:{name}")
+                };
+                let pn = vale_switch::PortName::parse(&full, max_name_len)
+                    .map_err(|e| bad(format!("port `{}`: {e}", full.escape_default())))?;
+                if pn.switch() != switch {
+                    return Err(bad(format!("port {full} is not on switch {switch}")));
+                }
+                let toml::Value::String(mode) = mode else {
+                    return Err(bad(format!(
+                        "{full}: the mode is a string like \"access 10\""
+                    )));
+                };
+                let m: vale_switch::PortVlan =
+                    mode.parse().map_err(|e| bad(format!("{full}: {e}")))?;
+                ports.push((full, m));
+            }
+        }
+        Some(_) => {
+            return Err(bad(format!(
+                "{switch}: ports is a table of port = \"mode\", like {{ \"{switch}:a\" = \"access 10\" }}"
+            )));
+        }
+    }
+    Ok(DeclaredVlan {
+        switch,
+        filtering,
+        ports,
+        line,
+    })
 }
 
 /// The keys a `[[port]]` of each kind may have besides `name` and `kind` (the fields of
@@ -346,6 +452,7 @@ impl Default for Settings {
             memif_trust_unsealed: false,
             metrics: None,
             ports: Vec::new(),
+            vlans: Vec::new(),
             config: None,
         }
     }
@@ -391,6 +498,11 @@ pub struct ConfigFile {
     pub port_tables: Vec<toml::Spanned<toml::Table>>,
     #[serde(skip)]
     pub ports: Vec<Declared>,
+    /// `[[vlan]]` tables as written; [`ConfigFile::load`] turns them into `vlans`.
+    #[serde(default, rename = "vlan")]
+    pub vlan_tables: Vec<toml::Spanned<toml::Table>>,
+    #[serde(skip)]
+    pub vlans: Vec<DeclaredVlan>,
 }
 
 impl ConfigFile {
@@ -418,6 +530,17 @@ impl ConfigFile {
                 });
             }
             f.ports.push(d);
+        }
+        for t in std::mem::take(&mut f.vlan_tables) {
+            let d = declared_vlan(&t, &text, path, max_name_len)?;
+            if let Some(first) = f.vlans.iter().find(|v| v.switch == d.switch) {
+                return Err(SettingsError::Vlan {
+                    path: path.to_path_buf(),
+                    line: d.line,
+                    why: format!("{} is declared already, on line {}", d.switch, first.line),
+                });
+            }
+            f.vlans.push(d);
         }
         Ok(f)
     }
@@ -508,6 +631,7 @@ fn toml_str(s: &str) -> String {
 pub fn dump(
     settings: &std::collections::BTreeMap<String, String>,
     (ports, loose): &(Vec<(String, vale::proto::PortSpec)>, Vec<String>),
+    vlans: &std::collections::BTreeMap<String, vale_switch::SwitchVlan>,
 ) -> String {
     let mut out = String::from(
         "# valed's running state (vale-ctl config dump): start valed with --config FILE to\n# recreate it.\n",
@@ -548,6 +672,21 @@ pub fn dump(
                 _ => continue,
             };
             out.push_str(&format!("{k} = {v}\n"));
+        }
+    }
+    for (switch, v) in vlans {
+        out.push_str(&format!(
+            "\n[[vlan]]\nswitch = {}\nfiltering = {}\n",
+            toml_str(switch),
+            v.filtering
+        ));
+        if !v.ports.is_empty() {
+            let modes: Vec<String> = v
+                .ports
+                .iter()
+                .map(|(p, m)| format!("{} = {}", toml_str(p), toml_str(&m.to_string())))
+                .collect();
+            out.push_str(&format!("ports = {{ {} }}\n", modes.join(", ")));
         }
     }
     for name in loose {
@@ -758,6 +897,7 @@ mod tests {
         let out = dump(
             &Default::default(),
             &(vec![("vale0:up".into(), spec.clone())], vec![]),
+            &Default::default(),
         );
         assert!(
             out.contains("remote = [\"198.18.0.2\", \"198.18.0.3\"]"),

@@ -5,9 +5,13 @@ use super::{ETH_HLEN, NIL, PortTable};
 use crate::lookup::{Dest, PacketInfo};
 use crate::stats::{DropReason, PortStats};
 use crate::types::PortId;
+use crate::vlan::{Members, PortVlan, VlanIn};
 use vale_abi::layout::{MAX_FRAGS, NS_INDIRECT, NS_MOREFRAG, NetmapSlot};
 use vale_abi::ring::next;
 use vale_abi::{Bufs, Slots};
+
+/// A frame's VLAN and how it came in, or why its port does not admit it.
+type Verdict = Result<(u16, VlanIn), DropReason>;
 
 /// A fragment after the first one of a multi-slot packet, as its slot named it.
 #[derive(Clone, Copy, Default)]
@@ -41,10 +45,17 @@ pub(super) const EMPTY_Q: Queue = Queue {
     tail: NIL,
 };
 
-/// Per-batch work space, allocated once. `pkts`, `infos` and `dests` are parallel.
+/// Per-batch work space, allocated once. `pkts`, `infos`, `vtags` and `dests` are
+/// parallel.
 pub(super) struct Scratch {
     pub(super) pkts: Vec<Pkt>,
     pub(super) infos: Vec<PacketInfo>,
+    /// With VLAN filtering: how each packet came in and its outer TCI, for the egress
+    /// tagging (written only then).
+    pub(super) vtags: Vec<(VlanIn, u16)>,
+    /// With VLAN filtering: the (VID, how, TCI) every packet of the batch shares, if
+    /// they all do.
+    pub(super) shape: Option<(u16, VlanIn, u16)>,
     pub(super) dests: Vec<Dest>,
     pub(super) frags: Vec<SlotFrag>,
     pub(super) queues: Vec<Queue>,
@@ -79,12 +90,14 @@ impl Reader<'_> {
 }
 
 /// Who sends a batch, and how much of it one pass takes.
-pub(super) struct Sender {
+pub(super) struct Sender<'a> {
     pub(super) id: PortId,
     pub(super) ring: u16,
     pub(super) hdr_len: u16,
     /// `bridge_batch`.
     pub(super) limit: usize,
+    /// Its VLAN mode, if the switch filters VLANs.
+    pub(super) vlan: Option<&'a PortVlan>,
 }
 
 impl Scratch {
@@ -92,6 +105,8 @@ impl Scratch {
         Scratch {
             pkts: Vec::new(),
             infos: Vec::new(),
+            vtags: Vec::new(),
+            shape: None,
             dests: Vec::new(),
             frags: Vec::with_capacity(MAX_FRAGS * 4),
             queues: Vec::new(),
@@ -115,6 +130,7 @@ impl Scratch {
         if self.pkts.len() < batch {
             self.pkts.resize(batch, Pkt::default());
             self.infos.resize(batch, PacketInfo::default());
+            self.vtags.resize(batch, (VlanIn::Untagged, 0));
             self.dests.resize(batch, Dest::Drop);
             self.saved.reserve(batch);
         }
@@ -126,17 +142,24 @@ impl Scratch {
     }
 
     /// Pass 0: reads up to `snd.limit` packets, each slot once, validates them and copies
-    /// their headers out. Invalid packets are counted in `st` and go no further. Returns
+    /// their headers out (with VLAN filtering, each one's VLAN from the sender's mode).
+    /// Invalid packets, and those the sender's VLAN mode does not admit, are counted in
+    /// `st` and go no further. Returns
     /// how many packets were kept.
     #[inline(always)]
-    pub(super) fn gather(
+    pub(super) fn gather<const VLAN: bool>(
         &mut self,
         rd: &mut Reader<'_>,
-        snd: &Sender,
+        snd: &Sender<'_>,
         st: &mut PortStats,
     ) -> usize {
         let buf_size = rd.bufs.buf_size();
         let mut np = 0usize;
+        // VLAN filtering: the last header shape (EtherType, TCI, too short for a tag:
+        // packed, u64::MAX for none) and its verdict; the batch's first (VID, how, TCI)
+        // packed, and whether every packet shares it.
+        let mut last: (u64, Verdict) = (u64::MAX, Err(DropReason::NoDest));
+        let (mut first, mut shape, mut uniform) = (u64::MAX, None, true);
         self.frags.clear();
         while np < snd.limit {
             let Some(s) = rd.next() else {
@@ -178,7 +201,37 @@ impl Scratch {
                     continue;
                 }
             };
-            self.infos[np] = PacketInfo::from_header(hdr, snd.id, snd.ring, len, s.flags);
+            let mut info = PacketInfo::from_header(hdr, snd.id, snd.ring, len, s.flags);
+            if let (true, Some(mode)) = (VLAN, snd.vlan) {
+                // The frame's VLAN from its port's mode (the TCI is bytes 14..16 of the
+                // header already loaded); what the port does not admit is dropped here,
+                // before the lookup can learn from it. A batch mostly repeats one
+                // header shape: its verdict is kept.
+                let tci = u16::from_be((hdr[1] >> 48) as u16);
+                let flen = len.saturating_sub(snd.hdr_len as u32);
+                let hs =
+                    u64::from(info.ethertype) | u64::from(tci) << 16 | u64::from(flen < 18) << 32;
+                if last.0 != hs {
+                    last = (hs, mode.ingress(info.ethertype, tci, flen));
+                }
+                match last.1 {
+                    Ok((vid, how)) => {
+                        info.vid = vid;
+                        self.vtags[np] = (how, tci);
+                        let me = u64::from(vid) | (how as u64) << 16 | u64::from(tci) << 24;
+                        if first == u64::MAX {
+                            (first, shape) = (me, Some((vid, how, tci)));
+                        }
+                        uniform &= me == first;
+                    }
+                    Err(r) => {
+                        st.drops[r as usize] += 1;
+                        self.frags.truncate(more as usize);
+                        continue;
+                    }
+                }
+            }
+            self.infos[np] = info;
             self.pkts[np] = Pkt {
                 buf_idx: s.buf_idx,
                 len: s.len,
@@ -187,6 +240,9 @@ impl Scratch {
                 next: NIL,
             };
             np += 1;
+        }
+        if VLAN {
+            self.shape = shape.filter(|_| uniform);
         }
         np
     }
@@ -221,6 +277,69 @@ impl Scratch {
             st.tx_bytes += self.infos[pi].len as u64;
             self.enqueue(q, pi as u32);
         }
+    }
+
+    /// Pass 1 with VLAN filtering on: as [`Self::route`], but a unicast goes only to a
+    /// member of the frame's VLAN and a flood makes one copy per other member.
+    #[inline(never)]
+    pub(super) fn route_vlan(
+        &mut self,
+        np: usize,
+        src: PortId,
+        ports: &PortTable,
+        members: &Members,
+        st: &mut PortStats,
+    ) {
+        // The sender is a member of every VLAN it admits.
+        let me = u16::from(ports.active.contains(&src));
+        self.dsts.clear();
+        self.flood = EMPTY_Q;
+        // The last unicast destination found a member, and of which VLAN.
+        let mut member: Option<(PortId, u16)> = None;
+        // Counted in locals, added once (`st` is behind a pointer here).
+        let (mut forwarded, mut copies, mut bytes) = (0u64, 0u64, 0u64);
+        let (mut not_member, mut no_dest) = (0u64, 0u64);
+        for pi in 0..np.min(self.infos.len()).min(self.dests.len()) {
+            let info = &self.infos[pi];
+            let (vid, len) = (info.vid, info.len);
+            let (q, n) = match self.dests[pi] {
+                Dest::Port(q) if member == Some((q, vid)) => (Some(q), 1),
+                Dest::Port(q) if q != src => match ports.get(q) {
+                    Some(p) if p.vlan.member(vid) => {
+                        member = Some((q, vid));
+                        (Some(q), 1)
+                    }
+                    Some(_) => {
+                        not_member += 1;
+                        continue;
+                    }
+                    None => {
+                        no_dest += 1;
+                        continue;
+                    }
+                },
+                Dest::Flood => match members.of(vid).saturating_sub(me) {
+                    0 => {
+                        not_member += 1;
+                        continue;
+                    }
+                    n => (None, n as u64),
+                },
+                _ => {
+                    no_dest += 1;
+                    continue;
+                }
+            };
+            forwarded += 1;
+            copies += n;
+            bytes += len as u64;
+            self.enqueue(q, pi as u32);
+        }
+        st.forwarded += forwarded;
+        st.copies += copies;
+        st.tx_bytes += bytes;
+        st.drops[DropReason::VlanNotMember as usize] += not_member;
+        st.drops[DropReason::NoDest as usize] += no_dest;
     }
 
     /// Empties the unicast queues pass 1 filled.

@@ -7,6 +7,8 @@ use super::direct::{Egress, NoEgress, deliver_direct};
 use super::{NIL, Notify, Port, PortTable, RingDir};
 use crate::stats::{DropReason, PortStats};
 use crate::types::PortId;
+use crate::vlan::{Edit, PortVlan};
+use std::sync::Arc;
 use vale_abi::layout::{MAX_FRAGS, NS_MOREFRAG, NS_RFRAGS_SHIFT};
 use vale_abi::ring::next;
 use vale_abi::{Bufs, Slots, copy_frame};
@@ -21,6 +23,33 @@ pub(super) struct Batch<'a> {
     /// The sender's TX ring; it picks the receiver's RX ring.
     pub(super) ring: u16,
     pub(super) flood: Queue,
+    /// The switch filters VLANs: copies go only to members of their VLAN, tagged as
+    /// each destination's mode wants (not for the sender's TX monitors).
+    pub(super) vlan: bool,
+}
+
+/// Whose VLAN mode decides what a target gets (when the batch filters VLANs).
+pub(super) enum Tagging {
+    /// The target port's own.
+    Own,
+    /// The port a monitor watches.
+    Of(Arc<PortVlan>),
+}
+
+impl Batch<'_> {
+    /// How packet `pi` must change for a port of VLAN mode `mode` (`None`: the batch
+    /// does not filter VLANs); `None` if the port is not a member of its VLAN.
+    #[inline(always)]
+    pub(super) fn edit(&self, pi: u32, mode: Option<&PortVlan>) -> Option<Edit> {
+        match mode {
+            None => Some(Edit::Keep),
+            Some(m) => {
+                let vid = self.sc.infos[pi as usize].vid;
+                let (how, tci) = self.sc.vtags[pi as usize];
+                m.egress(vid, how, tci)
+            }
+        }
+    }
 }
 
 /// One destination of pass 2: its id, its port and its unicast queue.
@@ -30,6 +59,19 @@ pub(super) struct Target<'a> {
     pub(super) uq: Queue,
     /// The copies are a monitor's (counted in `mon_copies`, not `rx_copies`).
     pub(super) monitor: bool,
+    pub(super) tagging: Tagging,
+}
+
+impl Target<'_> {
+    /// The VLAN mode that filters and tags this target's copies, if the batch filters.
+    #[inline(always)]
+    pub(super) fn mode(&self, b: &Batch<'_>) -> Option<&PortVlan> {
+        match (&self.tagging, b.vlan) {
+            (_, false) => None,
+            (Tagging::Own, true) => Some(&self.port.vlan),
+            (Tagging::Of(m), true) => Some(m),
+        }
+    }
 }
 
 /// Where pass 2's side effects go: the conversion work space, the egress of direct
@@ -92,6 +134,7 @@ pub(super) fn deliver_all(
             port,
             uq,
             monitor: false,
+            tagging: Tagging::Own,
         };
         deliver(b, t, out, st);
         if !ports.monitors.is_empty() {
@@ -117,6 +160,11 @@ pub(super) fn copy_to_monitors(
     let PortTable {
         slots, monitors, ..
     } = ports;
+    // An RX monitor sees what its port gets, as its port gets it.
+    let watched = match (b.vlan, slots.get(seen.port.0 as usize)) {
+        (true, Some(Some(p))) => Some(Arc::clone(&p.vlan)),
+        _ => None,
+    };
     let mut out = Out {
         conv: out.conv,
         egress: &mut NoEgress,
@@ -130,6 +178,15 @@ pub(super) fn copy_to_monitors(
                 port,
                 uq: seen.queue,
                 monitor: true,
+                tagging: match &watched {
+                    Some(w) => Tagging::Of(Arc::clone(w)),
+                    None => Tagging::Own,
+                },
+            };
+            // A monitor of a port that filters nothing sees nothing filtered.
+            let b = &Batch {
+                vlan: watched.is_some(),
+                ..*b
             };
             deliver(b, t, &mut out, &mut ignore);
         }
@@ -223,17 +280,59 @@ pub(super) fn deliver(b: &Batch<'_>, t: Target<'_>, out: &mut Out<'_>, st: &mut 
     // Direct ports take any sender: with the same header as it is, otherwise with the
     // header converted (they all carry one and accept offloads).
     if t.port.direct && (dst_hl == b.hdr_len || dst_hl >= 10) {
-        deliver_direct(b, t, out.egress, st);
+        deliver_direct(b, t, out.egress, out.conv, st);
         return;
     }
+    // Without VLAN filtering the loop is the one it always was. With it, a batch of
+    // one VLAN and tag shape (the usual case) gets one answer for the whole target:
+    // nothing (not a member: no copies at all), the plain loop, or one edit for all.
+    if !b.vlan {
+        return deliver_ring::<false>(b, t, None, out, st);
+    }
+    match (b.sc.shape, t.mode(b)) {
+        (Some((vid, how, tci)), Some(m)) => match m.egress(vid, how, tci) {
+            None => {}
+            Some(Edit::Keep) => deliver_ring::<false>(b, t, None, out, st),
+            Some(e) => deliver_ring::<true>(b, t, Some(e), out, st),
+        },
+        _ => deliver_ring::<true>(b, t, None, out, st),
+    }
+}
+
+/// [`deliver`] into the port's RX ring. Without `VLAN` every copy is kept as it is;
+/// with it, every copy gets `fixed` if given, else its own edit (or none, for a port
+/// not in its VLAN).
+#[inline(always)]
+fn deliver_ring<const VLAN: bool>(
+    b: &Batch<'_>,
+    t: Target<'_>,
+    fixed: Option<Edit>,
+    out: &mut Out<'_>,
+    st: &mut PortStats,
+) {
+    let nrx = t.port.rx.len();
+    let dst_hl = t.port.hdr_len;
+    let watched = match (&t.tagging, VLAN && fixed.is_none()) {
+        (Tagging::Of(m), true) => Some(Arc::clone(m)),
+        _ => None,
+    };
     let Target {
         id,
         port,
         uq,
         monitor,
+        tagging: _,
     } = t;
+    let Port {
+        rx, counters, vlan, ..
+    } = port;
+    let mode = match (&watched, VLAN && fixed.is_none()) {
+        (_, false) => None,
+        (Some(m), true) => Some(&**m),
+        (None, true) => Some(&**vlan),
+    };
     let rr = (b.ring as usize % nrx) as u16;
-    let rk = &mut port.rx[rr as usize];
+    let rk = &mut rx[rr as usize];
     // The receiver's counts, published once when its copies are done.
     let mut ds = PortStats::default();
     if !rk.refresh() {
@@ -249,12 +348,22 @@ pub(super) fn deliver(b: &Batch<'_>, t: Target<'_>, out: &mut Out<'_>, st: &mut 
     let (mut copies, mut dropped, mut delivered, mut bytes) = (0u64, 0u64, 0u64, 0u64);
     // The unicast and flood queues merged in batch order.
     while let Some(pi) = b.sc.next_merged(&mut u, &mut f) {
+        // Not a member of the packet's VLAN: a flood that was never this port's copy.
+        let edit = match (VLAN, fixed) {
+            (false, _) => Edit::Keep,
+            (true, Some(e)) => e,
+            (true, None) => match b.edit(pi, mode) {
+                Some(e) => e,
+                None => continue,
+            },
+        };
         copies += 1;
-        if dst_hl != b.hdr_len {
+        if dst_hl != b.hdr_len || edit != Edit::Keep {
             // The slow path gets a copy: were `fill`'s address to escape into it, the
             // fast path below would keep `fill` in memory instead of in registers.
             let mut slow = fill;
-            let r = convert(b, &b.sc.pkts[pi as usize], dst_hl, out.conv, &mut slow);
+            let p = &b.sc.pkts[pi as usize];
+            let r = convert(b, p, dst_hl, edit, out.conv, &mut slow);
             fill = slow;
             match r {
                 Ok(c) => {
@@ -309,7 +418,7 @@ pub(super) fn deliver(b: &Batch<'_>, t: Target<'_>, out: &mut Out<'_>, st: &mut 
             });
         }
     }
-    port.counters.add(&ds);
+    counters.add(&ds);
 }
 
 /// Counts every copy of `t`'s queues (merged with the flood queue) as dropped for `why`.
@@ -317,7 +426,11 @@ pub(super) fn deliver(b: &Batch<'_>, t: Target<'_>, out: &mut Out<'_>, st: &mut 
 fn lose_all(b: &Batch<'_>, t: Target<'_>, why: DropReason, st: &mut PortStats) {
     let (mut u, mut f) = (t.uq.head, b.flood.head);
     let mut ds = PortStats::default();
-    while b.sc.next_merged(&mut u, &mut f).is_some() {
+    let mode = t.mode(b);
+    while let Some(pi) = b.sc.next_merged(&mut u, &mut f) {
+        if b.edit(pi, mode).is_none() {
+            continue;
+        }
         if t.monitor {
             ds.mon_copies += 1;
         } else {

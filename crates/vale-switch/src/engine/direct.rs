@@ -2,9 +2,12 @@
 //! being copied into the port's RX ring (valed's host and vhost-user ports).
 
 use super::batch::Pkt;
+use super::convert::{Conv, shift_offsets};
 use super::deliver::{Batch, Target};
+use crate::offload::VnetHdr;
 use crate::stats::{DropReason, PortStats};
 use crate::types::PortId;
+use crate::vlan::{self, Edit};
 use vale_abi::Frag;
 use vale_abi::layout::MAX_FRAGS;
 
@@ -38,19 +41,41 @@ pub(super) fn deliver_direct(
     b: &Batch<'_>,
     t: Target<'_>,
     egress: &mut dyn Egress,
+    conv: &mut Conv,
     st: &mut PortStats,
 ) {
     let (mut u, mut f) = (t.uq.head, b.flood.head);
     let dst_hl = t.port.hdr_len;
+    let mode = t.mode(b);
     // The receiver's counts, published once when its copies are done.
     let mut ds = PortStats::default();
     let mut frags = [Frag::default(); MAX_FRAGS];
     while let Some(pi) = b.sc.next_merged(&mut u, &mut f) {
+        // Not a member of the packet's VLAN: a flood that was never this port's copy.
+        let Some(edit) = b.edit(pi, mode) else {
+            continue;
+        };
         let p = &b.sc.pkts[pi as usize];
         if t.monitor {
             ds.mon_copies += 1;
         } else {
             ds.rx_copies += 1;
+        }
+        if edit != Edit::Keep {
+            let sent = send_edited(b, p, t.id, dst_hl, edit, egress, conv);
+            match sent {
+                Some(n) => {
+                    ds.rx_packets += 1;
+                    ds.rx_bytes += n;
+                }
+                None => {
+                    ds.drops[DropReason::TxError as usize] += 1;
+                    if !t.monitor {
+                        st.copies_dropped += 1;
+                    }
+                }
+            }
+            continue;
         }
         let mut k = 0;
         let mut total = 0u64;
@@ -87,6 +112,54 @@ pub(super) fn deliver_direct(
         }
     }
     t.port.counters.add(&ds);
+}
+
+/// A direct delivery whose VLAN tag changes: the packet gathered, its tag changed (and
+/// its header's offsets with it), handed on from private memory. Returns the bytes
+/// sent, or `None` if the egress refused it.
+#[cold]
+fn send_edited(
+    b: &Batch<'_>,
+    p: &Pkt,
+    dst: crate::types::PortId,
+    dst_hl: u16,
+    edit: Edit,
+    egress: &mut dyn Egress,
+    conv: &mut Conv,
+) -> Option<u64> {
+    let Conv { pkt, out, tag, .. } = conv;
+    pkt.clear();
+    for f in b.sc.frags_of(p) {
+        let start = pkt.len();
+        pkt.resize(start + f.len as usize, 0);
+        if !b.bufs.read(f.buf_idx, &mut pkt[start..]) {
+            return None;
+        }
+    }
+    let sh = b.hdr_len as usize;
+    let (h, frame) = pkt.split_at_checked(sh)?;
+    let mut vh = VnetHdr::parse(h);
+    shift_offsets(&mut vh, vlan::delta(edit));
+    tag.clear();
+    let mut hdr = [0u8; 16];
+    let hl = if dst_hl as usize == sh {
+        if sh > 0 {
+            vh.write(tag, dst_hl);
+        }
+        0
+    } else {
+        out.clear();
+        vh.write(out, dst_hl);
+        let n = out.len().min(16);
+        hdr[..n].copy_from_slice(&out[..n]);
+        n
+    };
+    vlan::apply(edit, frame, out);
+    tag.extend_from_slice(out);
+    let frags = [Frag::private(tag)];
+    egress
+        .send(dst, &hdr[..hl], &frags)
+        .then_some((hl + tag.len()) as u64)
 }
 
 /// The destination's header for a packet handed over directly between ports whose

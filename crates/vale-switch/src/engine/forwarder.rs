@@ -76,20 +76,31 @@ impl Forwarder {
         self.sc.fit(sw.cfg.batch, sw.ports.slots.len());
         let Forwarder { sc, conv } = self;
         let Switch {
-            ports, lookup, cfg, ..
+            ports,
+            lookup,
+            cfg,
+            vlan,
+            ..
         } = sw;
+        let vlan = vlan.as_ref();
         let Some(port) = ports.get_mut(src) else {
             return 0;
         };
         let hdr_len = port.hdr_len;
-        let Some(kr) = port.tx.get_mut(ring as usize) else {
+        let super::Port {
+            tx,
+            counters,
+            vlan: mode,
+            ..
+        } = port;
+        let Some(kr) = tx.get_mut(ring as usize) else {
             return 0;
         };
         let pending = match kr.published() {
             Some(0) => return 0,
             Some(p) => p,
             None => {
-                port.counters.count_ring_reset();
+                counters.count_ring_reset();
                 return 0;
             }
         };
@@ -108,14 +119,22 @@ impl Forwarder {
             ring,
             hdr_len,
             limit: cfg.batch,
+            vlan: vlan.map(|_| &**mode),
         };
         let mut st = PortStats::default();
-        let np = sc.gather(&mut rd, &snd, &mut st);
+        let np = if snd.vlan.is_some() {
+            sc.gather::<true>(&mut rd, &snd, &mut st)
+        } else {
+            sc.gather::<false>(&mut rd, &snd, &mut st)
+        };
         let end = rd.at;
 
         // Pass 1: one lookup call for the batch, then the queues.
         lookup.lookup_batch(&sc.infos[..np], &mut sc.dests[..np], now);
-        sc.route(np, src, ports, &mut st);
+        match vlan {
+            None => sc.route(np, src, ports, &mut st),
+            Some(m) => sc.route_vlan(np, src, ports, m, &mut st),
+        }
 
         let mut out = Out {
             conv,
@@ -132,6 +151,7 @@ impl Forwarder {
                 hdr_len,
                 ring,
                 flood: EMPTY_Q,
+                vlan: false,
             };
             let seen = Seen {
                 port: src,
@@ -149,6 +169,7 @@ impl Forwarder {
             hdr_len,
             ring,
             flood: sc.flood,
+            vlan: vlan.is_some(),
         };
         deliver_all(&b, ports, &mut out, &mut st);
         sc.clear_queues();

@@ -27,6 +27,7 @@ pub use forwarder::Forwarder;
 use crate::lookup::Lookup;
 use crate::stats::{PortCounters, PortStats, broken_switch_law};
 use crate::types::PortId;
+use crate::vlan::{Members, PortVlan};
 use std::sync::Arc;
 use thiserror::Error;
 use vale_abi::ring::dist;
@@ -177,6 +178,9 @@ pub struct Port {
     /// Packets for this port go to the [`Egress`] instead of its RX ring (when the
     /// sender's header length matches; otherwise they are converted into the ring).
     direct: bool,
+    /// Its VLAN mode, used while the switch filters VLANs (an `Arc`, so that a monitor
+    /// of the port can hold it while the port is borrowed).
+    vlan: Arc<PortVlan>,
 }
 
 impl Port {
@@ -202,6 +206,7 @@ impl Port {
             counters: Arc::default(),
             hdr_len: 0,
             direct: false,
+            vlan: Arc::default(),
         }
     }
 
@@ -226,6 +231,10 @@ impl Port {
     /// Bytes of virtio-net header in front of each packet.
     pub fn hdr_len(&self) -> u16 {
         self.hdr_len
+    }
+    /// Its VLAN mode (used while the switch filters VLANs).
+    pub fn vlan(&self) -> &PortVlan {
+        &self.vlan
     }
     /// Gives the region back (on detach).
     pub fn into_region(self) -> Region {
@@ -304,6 +313,8 @@ pub struct Switch<L: Lookup = Box<dyn Lookup>> {
     /// The counts of the ports that were detached, summed: the switch's law still
     /// balances the copies they made or were handed.
     departed: PortStats,
+    /// VLAN filtering on: the member count of each VLAN (see [`crate::vlan`]).
+    vlan: Option<Members>,
 }
 
 impl<L: Lookup> Switch<L> {
@@ -321,6 +332,7 @@ impl<L: Lookup> Switch<L> {
             cfg,
             rr: 0,
             departed: PortStats::default(),
+            vlan: None,
         })
     }
 
@@ -355,7 +367,46 @@ impl<L: Lookup> Switch<L> {
             .ports
             .insert(Port::new(name.into(), region), self.cfg.max_ports)?;
         self.ports.active.push(id);
+        self.recount_vlans();
         Ok(id)
+    }
+
+    /// Turns VLAN filtering on or off (see [`crate::vlan`]). Either way the lookup
+    /// forgets what it learned: its table's keys change meaning.
+    pub fn set_vlan_filtering(&mut self, on: bool) {
+        if on == self.vlan.is_some() {
+            return;
+        }
+        self.vlan = on.then(|| Members::new(std::iter::empty()));
+        for p in self.ports.active.clone() {
+            self.lookup.port_detached(p);
+        }
+        self.lookup.vlan_filtering(on);
+        self.recount_vlans();
+    }
+
+    pub fn vlan_filtering(&self) -> bool {
+        self.vlan.is_some()
+    }
+
+    /// Sets port `id`'s VLAN mode; the addresses learned behind it are forgotten.
+    pub fn set_port_vlan(&mut self, id: PortId, mode: PortVlan) -> Result<(), EngineError> {
+        let p = self.ports.get_mut(id).ok_or(EngineError::NoTarget(id))?;
+        if *p.vlan != mode {
+            p.vlan = Arc::new(mode);
+            self.lookup.port_detached(id);
+            self.recount_vlans();
+        }
+        Ok(())
+    }
+
+    /// The member counts follow the forwarding ports and their modes.
+    fn recount_vlans(&mut self) {
+        if self.vlan.is_some() {
+            let t = &self.ports;
+            let modes = t.active.iter().filter_map(|p| t.get(*p)).map(|p| &*p.vlan);
+            self.vlan = Some(Members::new(modes));
+        }
     }
 
     /// Attaches a monitor of port `target`: a port whose RX ring gets a copy of what
@@ -424,6 +475,7 @@ impl<L: Lookup> Switch<L> {
         }
         self.lookup.port_detached(id);
         self.departed.absorb(&port.stats());
+        self.recount_vlans();
         Some(port)
     }
 

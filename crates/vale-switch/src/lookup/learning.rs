@@ -57,16 +57,21 @@ pub enum Learned {
     Refused,
 }
 
-/// The forwarding database. Entry encoding: `mac | (port + 1) << 48`, 0 = empty, so no
-/// address, not even 00:00:00:00:00:00, can match an empty entry.
+/// The forwarding database, keyed by (address, VLAN). Entry encoding: `mac | (port + 1)
+/// << 48`, 0 = empty, so no address, not even 00:00:00:00:00:00, can match an empty
+/// entry; the entry's VID is in `vids` (0 on a switch without VLAN filtering), looked
+/// at only when the address matches.
 #[derive(Debug, Clone)]
 pub struct Fdb {
     keys: Vec<u64>,
+    vids: Vec<u16>,
     seen: Vec<u32>,
     bucket_mask: usize,
     seed: u64,
     max_age_secs: u32,
     stats: FdbStats,
+    /// Rows are shown with their VLAN (the switch filters VLANs).
+    vlans: bool,
 }
 
 impl Fdb {
@@ -74,11 +79,13 @@ impl Fdb {
         let cap = cfg.capacity.max(WAYS).next_power_of_two();
         Fdb {
             keys: vec![0; cap],
+            vids: vec![0; cap],
             seen: vec![0; cap],
             bucket_mask: cap / WAYS - 1,
             seed: cfg.seed,
             max_age_secs: cfg.max_age_secs,
             stats: FdbStats::default(),
+            vlans: false,
         }
     }
 
@@ -90,32 +97,56 @@ impl Fdb {
         &self.stats
     }
 
+    /// Whether [`AddressTable::rows`] shows each row's VLAN.
+    pub fn show_vlans(&mut self, on: bool) {
+        self.vlans = on;
+    }
+
     #[inline(always)]
-    fn bucket(&self, mac: MacAddr) -> usize {
+    fn bucket(&self, mac: MacAddr, vid: u16) -> usize {
         // murmur3's 64-bit finaliser: every input bit reaches the bucket bits.
-        let mut h = mac.to_u64() ^ self.seed;
+        let mut h = (mac.to_u64() | (vid as u64) << 48) ^ self.seed;
         h ^= h >> 33;
         h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
         h ^= h >> 33;
         (h as usize & self.bucket_mask) * WAYS
     }
 
-    /// The port that owns `mac`, if learned.
+    /// The port that owns `mac` in VLAN 0 (a switch without VLAN filtering), if learned.
     #[inline(always)]
     pub fn get(&self, mac: MacAddr) -> Option<PortId> {
-        let b = self.bucket(mac);
+        self.get_in(mac, 0)
+    }
+
+    /// The port that owns `mac` in VLAN `vid`, if learned.
+    #[inline(always)]
+    pub fn get_in(&self, mac: MacAddr, vid: u16) -> Option<PortId> {
+        self.find::<true>(mac, vid)
+    }
+
+    /// `get_in`; without `VLAN` (a table that learns only in VLAN 0) the entries' VIDs
+    /// are not looked at.
+    #[inline(always)]
+    fn find<const VLAN: bool>(&self, mac: MacAddr, vid: u16) -> Option<PortId> {
+        let vid = if VLAN { vid } else { 0 };
+        let b = self.bucket(mac, vid);
         let m = mac.to_u64();
-        for &k in &self.keys[b..b + WAYS] {
-            if k & MAC_MASK == m && k >> 48 != 0 {
+        for (&k, &v) in self.keys[b..b + WAYS].iter().zip(&self.vids[b..b + WAYS]) {
+            if k & MAC_MASK == m && k >> 48 != 0 && (!VLAN || v == vid) {
                 return Some(PortId((k >> 48) as u16 - 1));
             }
         }
         None
     }
 
-    /// Learns that `mac` lives behind `port`.
+    /// Learns that `mac` lives behind `port` (in VLAN 0).
     pub fn learn(&mut self, mac: MacAddr, port: PortId, now: Timestamp) -> Learned {
-        let b = self.bucket(mac);
+        self.learn_in(mac, 0, port, now)
+    }
+
+    /// Learns that `mac` of VLAN `vid` lives behind `port`.
+    pub fn learn_in(&mut self, mac: MacAddr, vid: u16, port: PortId, now: Timestamp) -> Learned {
+        let b = self.bucket(mac, vid);
         let m = mac.to_u64();
         let key = m | (port.0 as u64 + 1) << 48;
         let now_s = now.secs() as u32;
@@ -126,7 +157,7 @@ impl Fdb {
                 free.get_or_insert(i);
                 continue;
             }
-            if k & MAC_MASK == m {
+            if k & MAC_MASK == m && self.vids[i] == vid {
                 self.seen[i] = now_s;
                 if k == key {
                     return Learned::Refreshed;
@@ -147,6 +178,7 @@ impl Fdb {
         match free {
             Some(i) => {
                 self.keys[i] = key;
+                self.vids[i] = vid;
                 self.seen[i] = now_s;
                 self.stats.learned += 1;
                 self.stats.entries += 1;
@@ -187,29 +219,36 @@ impl Fdb {
         }
     }
 
-    /// Every entry, sorted by port then address.
+    /// Every entry, sorted by port, then VLAN, then address. `vlan` is `None` in a
+    /// table that never learned outside VLAN 0 (a switch without VLAN filtering).
     pub fn dump(&self, now: Timestamp) -> Vec<TableRow> {
+        self.dump_vlans(now, false)
+    }
+
+    /// [`Self::dump`], with every row's VLAN shown if `vlans` is set.
+    pub fn dump_vlans(&self, now: Timestamp, vlans: bool) -> Vec<TableRow> {
         let now_s = now.secs() as u32;
         let mut v: Vec<TableRow> = self
             .keys
             .iter()
             .zip(&self.seen)
-            .filter(|(k, _)| **k != 0)
-            .map(|(k, s)| TableRow {
+            .zip(&self.vids)
+            .filter(|((k, _), _)| **k != 0)
+            .map(|((k, s), vid)| TableRow {
                 mac: MacAddr::from_u64(*k),
-                vlan: None,
+                vlan: vlans.then_some(*vid),
                 port: PortId((k >> 48) as u16 - 1),
                 age_secs: now_s.wrapping_sub(*s),
             })
             .collect();
-        v.sort_by_key(|e| (e.port, e.mac));
+        v.sort_by_key(|e| (e.port, e.vlan, e.mac));
         v
     }
 }
 
 impl AddressTable for Fdb {
     fn rows(&self, now: Timestamp) -> Vec<TableRow> {
-        self.dump(now)
+        self.dump_vlans(now, self.vlans)
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
@@ -233,6 +272,8 @@ pub struct LearningBridge {
     /// entry's age gets refreshed, and cleared on any move so a move back is learned).
     last: Vec<(u64, u64)>,
     next_age: u64,
+    /// The switch filters VLANs: frames carry their VLAN in `PacketInfo::vid`.
+    vlans: bool,
 }
 
 const NO_MAC: u64 = u64::MAX;
@@ -243,6 +284,7 @@ impl LearningBridge {
             fdb: Fdb::new(cfg),
             last: Vec::new(),
             next_age: 0,
+            vlans: false,
         }
     }
 
@@ -251,13 +293,44 @@ impl LearningBridge {
     }
 
     #[inline(always)]
-    fn destination(&self, dst: MacAddr) -> Dest {
+    fn destination<const VLAN: bool>(&self, dst: MacAddr, vid: u16) -> Dest {
         if dst.is_multicast() {
             return Dest::Flood;
         }
-        match self.fdb.get(dst) {
+        match self.fdb.find::<VLAN>(dst, vid) {
             Some(p) => Dest::Port(p),
             None => Dest::Flood,
+        }
+    }
+
+    /// `lookup_batch`'s loop; without `VLAN` every frame is in VLAN 0.
+    #[inline(always)]
+    fn batch<const VLAN: bool>(&mut self, pkts: &[PacketInfo], out: &mut [Dest], now: Timestamp) {
+        let mut cache: Option<(MacAddr, u16, Dest)> = None;
+        // A batch comes from one ring: usually one source address throughout.
+        let mut learned: Option<(MacAddr, PortId, u16, u16)> = None;
+        for (p, o) in pkts.iter().zip(out.iter_mut()) {
+            let vid = if VLAN { p.vid } else { 0 };
+            let key = (
+                p.src,
+                p.src_port,
+                p.slot_flags & vale_abi::layout::NS_NO_LEARN,
+                vid,
+            );
+            if learned != Some(key) {
+                learned = Some(key);
+                if self.learn(p, now) {
+                    cache = None;
+                }
+            }
+            *o = match cache {
+                Some((m, v, d)) if m == p.dst && v == vid => d,
+                _ => {
+                    let d = self.destination::<VLAN>(p.dst, vid);
+                    cache = Some((p.dst, vid, d));
+                    d
+                }
+            };
         }
     }
 
@@ -271,15 +344,17 @@ impl LearningBridge {
         if p >= self.last.len() {
             self.last.resize(p + 1, (NO_MAC, 0));
         }
+        // The last source, with its VLAN (a VID never sets the top bits NO_MAC has).
+        let key = pkt.src.to_u64() | (pkt.vid as u64) << 48;
         let (mac, when) = self.last[p];
-        if mac == pkt.src.to_u64() && now.0.wrapping_sub(when) < REFRESH_NS {
+        if mac == key && now.0.wrapping_sub(when) < REFRESH_NS {
             return false;
         }
-        match self.fdb.learn(pkt.src, pkt.src_port, now) {
+        match self.fdb.learn_in(pkt.src, pkt.vid, pkt.src_port, now) {
             Learned::Moved { .. } => {
                 // Other ports may have this address cached as "already learned".
                 self.last.iter_mut().for_each(|e| *e = (NO_MAC, 0));
-                self.last[p] = (pkt.src.to_u64(), now.0);
+                self.last[p] = (key, now.0);
                 true
             }
             Learned::Refused => {
@@ -287,11 +362,11 @@ impl LearningBridge {
                 false
             }
             Learned::New => {
-                self.last[p] = (pkt.src.to_u64(), now.0);
+                self.last[p] = (key, now.0);
                 true
             }
             Learned::Refreshed => {
-                self.last[p] = (pkt.src.to_u64(), now.0);
+                self.last[p] = (key, now.0);
                 false
             }
         }
@@ -308,36 +383,22 @@ impl Lookup for LearningBridge {
     #[inline]
     fn lookup(&mut self, pkt: &PacketInfo, now: Timestamp) -> Dest {
         self.learn(pkt, now);
-        self.destination(pkt.dst)
+        self.destination::<true>(pkt.dst, pkt.vid)
     }
 
     /// Like `lookup` per packet, with a one-entry destination cache for the batch
     /// (bursts mostly go to one host), dropped whenever learning changes the table.
     fn lookup_batch(&mut self, pkts: &[PacketInfo], out: &mut [Dest], now: Timestamp) {
-        let mut cache: Option<(MacAddr, Dest)> = None;
-        // A batch comes from one ring: usually one source address throughout.
-        let mut learned: Option<(MacAddr, PortId, u16)> = None;
-        for (p, o) in pkts.iter().zip(out.iter_mut()) {
-            let key = (
-                p.src,
-                p.src_port,
-                p.slot_flags & vale_abi::layout::NS_NO_LEARN,
-            );
-            if learned != Some(key) {
-                learned = Some(key);
-                if self.learn(p, now) {
-                    cache = None;
-                }
-            }
-            *o = match cache {
-                Some((m, d)) if m == p.dst => d,
-                _ => {
-                    let d = self.destination(p.dst);
-                    cache = Some((p.dst, d));
-                    d
-                }
-            };
+        if self.vlans {
+            self.batch::<true>(pkts, out, now);
+        } else {
+            self.batch::<false>(pkts, out, now);
         }
+    }
+
+    fn vlan_filtering(&mut self, on: bool) {
+        self.vlans = on;
+        self.fdb.show_vlans(on);
     }
 
     fn port_detached(&mut self, port: PortId) {
@@ -378,6 +439,7 @@ mod tests {
             ethertype: 0x0800,
             len: 60,
             slot_flags: 0,
+            ..PacketInfo::default()
         }
     }
 

@@ -36,6 +36,9 @@ pub struct PacketInfo {
     pub len: u32,
     /// Slot flags of the first fragment (`NS_NO_LEARN`, ...).
     pub slot_flags: u16,
+    /// The frame's VLAN on a switch with `vlan_filtering` on (see [`crate::vlan`]),
+    /// else 0. Learning tables key their entries by (address, `vid`).
+    pub vid: u16,
 }
 
 impl PacketInfo {
@@ -63,6 +66,7 @@ impl PacketInfo {
             ethertype: u16::from_be((w1 >> 32) as u16),
             len,
             slot_flags: flags,
+            vid: 0,
         }
     }
 
@@ -93,8 +97,13 @@ pub trait Lookup: Send {
         }
     }
 
-    /// A port left the switch: forget everything about it.
+    /// A port left the switch: forget everything about it. (Also called when a port's
+    /// VLAN mode changes, and for every port when the switch's VLAN filtering does.)
     fn port_detached(&mut self, _port: PortId) {}
+
+    /// The switch turned VLAN filtering on or off: [`PacketInfo::vid`] now names the
+    /// frames' VLANs (or is always 0).
+    fn vlan_filtering(&mut self, _on: bool) {}
 
     /// Periodic housekeeping (aging); called at least once per forwarding pass.
     fn maintain(&mut self, _now: Timestamp) {}
@@ -191,6 +200,9 @@ impl<T: Lookup + ?Sized> Lookup for Box<T> {
     fn port_detached(&mut self, port: PortId) {
         (**self).port_detached(port)
     }
+    fn vlan_filtering(&mut self, on: bool) {
+        (**self).vlan_filtering(on)
+    }
     fn maintain(&mut self, now: Timestamp) {
         (**self).maintain(now)
     }
@@ -209,7 +221,9 @@ mod tests {
         f[..6].copy_from_slice(&[0xff; 6]);
         f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0x0b]);
         f[12..14].copy_from_slice(&[0x08, 0x06]);
+        f[14..16].copy_from_slice(&[0xe0, 0x0a]);
         let p = PacketInfo::from_bytes(&f, PortId(3), 1, 60, 0);
+        assert_eq!(p.vid, 0);
         assert_eq!(p.dst, MacAddr::BROADCAST);
         assert_eq!(p.src, MacAddr::new([2, 0, 0, 0, 0, 0x0b]));
         assert_eq!(p.ethertype, 0x0806);

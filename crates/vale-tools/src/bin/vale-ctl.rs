@@ -247,12 +247,78 @@ fn run(args: &Args) -> Result<(), String> {
             } = r
             {
                 println!("{switch}: {} learned addresses", entries.len());
-                println!("  {:<18} {:<16} {:>8}", "mac", "port", "age (s)");
-                for e in entries {
-                    println!("  {:<18} {:<16} {:>8}", e.mac, e.port, e.age_secs);
+                if entries.iter().any(|e| e.vlan.is_some()) {
+                    println!(
+                        "  {:<18} {:>4} {:<16} {:>8}",
+                        "mac", "vlan", "port", "age (s)"
+                    );
+                    for e in entries {
+                        let v = e.vlan.unwrap_or(0);
+                        println!("  {:<18} {v:>4} {:<16} {:>8}", e.mac, e.port, e.age_secs);
+                    }
+                } else {
+                    println!("  {:<18} {:<16} {:>8}", "mac", "port", "age (s)");
+                    for e in entries {
+                        println!("  {:<18} {:<16} {:>8}", e.mac, e.port, e.age_secs);
+                    }
                 }
                 let c: Vec<String> = counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
                 println!("  {}", c.join(", "));
+            }
+        }
+        Cmd::Vlan {
+            target,
+            filtering,
+            access,
+            trunk,
+            native,
+            native_tagged,
+            tunnel,
+            none,
+        } => {
+            let mode = match (access, trunk, tunnel, none) {
+                (Some(v), ..) => Some(format!("access {v}")),
+                (_, Some(vids), ..) => Some(match native {
+                    None => format!("trunk {vids}"),
+                    Some(n) if *native_tagged => format!("trunk {vids} native {n} tagged"),
+                    Some(n) => format!("trunk {vids} native {n}"),
+                }),
+                (_, _, Some(s), _) => Some(format!("tunnel {s}")),
+                (.., true) => Some("none".to_string()),
+                _ => None,
+            };
+            let r = if filtering.is_none() && mode.is_none() {
+                call(
+                    args,
+                    &Request::Vlan {
+                        switch: target.clone(),
+                    },
+                )?
+            } else {
+                call(
+                    args,
+                    &Request::VlanSet {
+                        target: target.clone(),
+                        filtering: *filtering,
+                        mode,
+                    },
+                )?
+            };
+            if args.json {
+                print_json(&r);
+            } else if let Response::Vlan {
+                switch,
+                filtering,
+                ports,
+            } = r
+            {
+                let on = if filtering { "on" } else { "off" };
+                println!("{switch}: vlan_filtering {on}");
+                for (p, m) in ports {
+                    println!("  {p:<16} {m}");
+                }
+            } else if let Response::Done { message } = r {
+                println!("{message}");
             }
         }
         Cmd::Set { key, value } => {
@@ -430,11 +496,16 @@ fn run(args: &Args) -> Result<(), String> {
             f.apply(&mut s)
                 .and_then(|()| s.validate())
                 .map_err(|e| format!("{}: {e}", file.display()))?;
+            let vlans = match f.vlans.len() {
+                0 => String::new(),
+                1 => ", 1 [[vlan]] switch".to_string(),
+                n => format!(", {n} [[vlan]] switches"),
+            };
             println!(
-                "{}: ok ({} declared port{})",
+                "{}: ok ({} declared port{}{vlans})",
                 file.display(),
                 f.ports.len(),
-                if f.ports.len() == 1 { "" } else { "s" }
+                if f.ports.len() == 1 { "" } else { "s" },
             );
         }
         Cmd::Config {

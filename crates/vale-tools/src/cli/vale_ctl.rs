@@ -120,6 +120,50 @@ pub enum Cmd {
         /// The switch, e.g. vale0
         switch: String,
     },
+    /// A switch's VLAN settings: show them, or change them (root or valed's user)
+    ///
+    /// With a switch (vale0) and no flag: whether it filters VLANs and every port's
+    /// mode. --filtering on makes it VLAN-aware (802.1Q, with Open vSwitch's semantics):
+    /// learning per (MAC, VLAN), floods kept inside their VLAN, tags pushed and popped
+    /// per port. With a port (vale0:a), sets its mode: --access VID (untagged; tagged
+    /// frames dropped), --trunk [VIDS] (tagged; all VLANs without a list; --native VID
+    /// for untagged frames, --native-tagged to send that VLAN tagged too), --tunnel
+    /// S-VID (802.1ad customer port: frames, tagged or not, carried in S-VLAN S-VID with
+    /// a 0x88a8 tag on trunks), --none (the default: a trunk of every VLAN). Settings
+    /// are kept by name: a port opened later gets its mode. With filtering off, tags are
+    /// carried untouched.
+    #[command(after_help = "Examples:\n  \
+        vale-ctl vlan vale0 --filtering on\n  \
+        vale-ctl vlan vale0:a --access 10\n  \
+        vale-ctl vlan vale0:up --trunk 10,20 --native 1 --native-tagged\n  \
+        vale-ctl vlan vale0:cust --tunnel 100\n  \
+        vale-ctl vlan vale0:a --none\n  \
+        vale-ctl vlan vale0                # filtering, and each port's mode")]
+    Vlan {
+        /// A switch (vale0), or a port (vale0:a) to set the mode of
+        target: String,
+        /// Switch: filter VLANs (on) or carry tags untouched (off)
+        #[arg(long, value_name = "on|off", value_parser = on_off, group = "change")]
+        filtering: Option<bool>,
+        /// Port: access port of VLAN VID (1..=4094)
+        #[arg(long, value_name = "VID", group = "change")]
+        access: Option<u16>,
+        /// Port: trunk of VIDS (e.g. 10,20,30-39; every VLAN if none are given)
+        #[arg(long, value_name = "VIDS", num_args = 0..=1, default_missing_value = "all", group = "change")]
+        trunk: Option<String>,
+        /// With --trunk: untagged frames belong to VLAN VID (and leave untagged)
+        #[arg(long, value_name = "VID", requires = "trunk")]
+        native: Option<u16>,
+        /// With --native: frames of the native VLAN leave tagged
+        #[arg(long, requires = "native")]
+        native_tagged: bool,
+        /// Port: 802.1ad tunnel (customer) port of S-VLAN S-VID
+        #[arg(long, value_name = "S-VID", group = "change")]
+        tunnel: Option<u16>,
+        /// Port: back to the default mode (a trunk of every VLAN)
+        #[arg(long, group = "change")]
+        none: bool,
+    },
     /// Change a run-time setting: bridge_batch N | verbose N
     ///
     /// bridge_batch: packets per forwarding pass, 1..=8192 (valed --bridge-batch).
@@ -346,6 +390,15 @@ pub enum Generate {
         /// Directory to write them to (created if missing)
         dir: PathBuf,
     },
+}
+
+/// `on` or `off` (also true/false, 1/0).
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("`{s}` is not on or off")),
+    }
 }
 
 /// `--watch SECS`: a number of seconds within the limits, and a hint for the likely

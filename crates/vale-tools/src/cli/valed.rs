@@ -131,6 +131,7 @@ pub fn settings(a: &Args) -> Result<Settings, valed::SettingsError> {
         let file = ConfigFile::load(path)?;
         file.apply(&mut s)?;
         s.ports = file.ports;
+        s.vlans = file.vlans;
         s.config = Some(path.clone());
     }
     let flags = ConfigFile {

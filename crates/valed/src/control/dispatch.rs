@@ -62,6 +62,12 @@ impl Control {
                 action: "read it",
             });
         }
+        if matches!(req, Request::VlanSet { .. }) && !self.may_touch_host(id) {
+            return Err(CtlError::Permission {
+                what: "VLAN settings decide what every port of a switch may reach".into(),
+                action: "change them",
+            });
+        }
         if matches!(req, Request::Set { .. }) && !self.may_touch_host(id) {
             return Err(CtlError::Permission {
                 what: "run-time settings apply to every switch and client".into(),
@@ -112,6 +118,14 @@ impl Control {
                 ask.answer("fdb", r).map(Reply::from)
             }
             Request::Set { key, value } => self.set(&key, &value).map(done)?,
+            Request::Vlan { switch } => Ok(self.vlan_show(&switch)?.into()),
+            Request::VlanSet {
+                target,
+                filtering,
+                mode,
+            } => self
+                .vlan_set(&target, filtering, mode.as_deref())
+                .map(done)?,
             Request::Reload => self.reload().map(done)?,
             Request::ConfigDump => done(self.dump()),
             Request::Settings => {

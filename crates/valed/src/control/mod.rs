@@ -6,6 +6,7 @@
 //! - `ports`: the port table across lanes (open, release, attach a driven port);
 //! - `hosts`: ports valed drives itself (TAP, interfaces, QEMU, vhost-user);
 //! - `query`: list, stats, fdb and settings, rendered from snapshots;
+//! - `vlan`: VLAN settings of switches and ports (`vale-ctl vlan`, `[[vlan]]`);
 //! - `metrics`: the snapshot of ports the metrics server reads.
 
 mod conn;
@@ -14,6 +15,7 @@ mod hosts;
 mod metrics;
 mod ports;
 mod query;
+mod vlan;
 
 use crate::error::StartError;
 use crate::lane::Lane;
@@ -110,6 +112,10 @@ impl Control {
 
     /// Creates the ports the settings' config file declares (at start).
     pub fn create_declared(&mut self) {
+        let vlans = self.settings.vlans.clone();
+        for line in self.apply_vlans(&vlans) {
+            tracing::info!("config: {line}");
+        }
         let want = self.settings.ports.clone();
         if want.is_empty() {
             return;
@@ -134,13 +140,15 @@ impl Control {
         file.apply(&mut check)
             .and_then(|()| check.validate())
             .map_err(|e| crate::error::CtlError::BadRequest(e.to_string()))?;
-        let lines = self.apply_declared(&file.ports);
+        let mut lines = self.apply_vlans(&file.vlans);
+        lines.extend(self.apply_declared(&file.ports));
         self.settings.ports = file.ports;
+        self.settings.vlans = file.vlans;
         for l in &lines {
             tracing::info!("config reload: {l}");
         }
         Ok(format!(
-            "reloaded {}:\n  {}\n(settings other than [[port]] take effect when valed starts again; `vale-ctl set` changes bridge_batch and verbose now)",
+            "reloaded {}:\n  {}\n(settings other than [[port]] and [[vlan]] take effect when valed starts again; `vale-ctl set` changes bridge_batch and verbose now)",
             path.display(),
             lines.join("\n  ")
         ))
@@ -153,7 +161,7 @@ impl Control {
         else {
             return String::new();
         };
-        crate::settings::dump(&settings, &self.host_specs())
+        crate::settings::dump(&settings, &self.host_specs(), &self.vlan_settings())
     }
 
     pub fn settings(&self) -> &Settings {

@@ -440,6 +440,7 @@ pub fn fdb_page(
         .collect();
     let row = |r: &vale_switch::TableRow| FdbRow {
         mac: r.mac.to_string(),
+        vlan: r.vlan,
         port: e
             .switch
             .port(r.port)

@@ -1156,3 +1156,47 @@ fn vxlan_ports_are_declared_refused_with_reasons_removed_and_made_again() {
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A VXLAN uplink carries one VLAN of a VLAN-aware switch (the VNI <-> VID map): the
+/// uplink is an access port of that VLAN, so VLAN 10's frames leave untagged in VNI 42
+/// and what arrives in VNI 42 joins VLAN 10. With the uplink moved to VLAN 20, the host
+/// in VLAN 10 no longer reaches the kernel's side, and the switch says why.
+#[test]
+fn a_vxlan_uplink_carries_one_vlan_of_a_vlan_aware_switch() {
+    need_net!();
+    let p = kernel_peer("m", false, false);
+    let d = &p.d;
+    let host = format!("vale0:{}", p.tap);
+    ctl_ok(d, &["vlan", "vale0", "--filtering", "on"]);
+    ctl_ok(d, &["vlan", &host, "--access", "10"]);
+    ctl_ok(d, &["vlan", "vale0:up", "--access", "10"]);
+    // The kernel's vx0 is no VLAN device: it answers only untagged frames, so the ping
+    // also shows the tag was taken off into VNI 42 and none put on the way back.
+    assert!(
+        ping(&p.h, "198.19.0.2", 3),
+        "VLAN 10 over VNI 42:\n{}",
+        d.log()
+    );
+    let fdb = ctl_ok(d, &["fdb", "vale0"]);
+    assert!(
+        fdb.lines()
+            .any(|l| l.contains(&mac(&p.k, "vx0")) && l.contains("10")),
+        "the kernel's MAC learned in VLAN 10: {fdb}"
+    );
+    // The uplink now carries VLAN 20: VLAN 10's host is cut off from VNI 42.
+    ctl_ok(d, &["vlan", "vale0:up", "--access", "20"]);
+    let before = d.counter(&host, "vlan_not_member") + d.counter(&host, "no_dest");
+    assert!(
+        !ping(&p.h, "198.19.0.2", 2),
+        "VLAN 10 must not reach VNI 42 now"
+    );
+    let after = d.counter(&host, "vlan_not_member") + d.counter(&host, "no_dest");
+    assert!(
+        after > before,
+        "the switch counted the frames it kept in VLAN 10"
+    );
+    // And back: traffic resumes.
+    ctl_ok(d, &["vlan", "vale0:up", "--access", "10"]);
+    assert!(ping(&p.h, "198.19.0.2", 3), "{}", d.log());
+    d.assert_laws();
+}

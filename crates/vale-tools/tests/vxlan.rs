@@ -1200,3 +1200,98 @@ fn a_vxlan_uplink_carries_one_vlan_of_a_vlan_aware_switch() {
     assert!(ping(&p.h, "198.19.0.2", 3), "{}", d.log());
     d.assert_laws();
 }
+
+/// Several VNIs on one UDP socket, each carrying one VLAN (`--map VNI:VID`): on a
+/// VLAN-aware switch the uplink is a trunk of VLANs 10 (native, in `--vni` 42) and 20
+/// (in VNI 43); two kernel vxlan devices, VNIs 42 and 43 on the kernel's one socket, each
+/// reach only the host of their VLAN.
+#[test]
+fn one_uplink_carries_several_vnis_each_mapped_to_a_vlan() {
+    need_net!();
+    let mut p = kernel_peer("n", false, false);
+    let (v, ku) = (p._net.name("v"), p._net.name("k"));
+    let h2 = p._net.ns("h2", false);
+    let tap2 = p._net.name("s");
+    let d = &p.d;
+    kernel_vtep(
+        &p.k,
+        &ku,
+        "vx1",
+        43,
+        &["local", "198.18.0.2", "remote", "198.18.0.1"],
+        "198.20.0.2/24",
+    );
+    ctl_ok(d, &["-d", "vale0:up"]);
+    let o = d.ctl(&[
+        "vxlan",
+        "vale0:up",
+        "--vni",
+        "42",
+        "--local",
+        "198.18.0.1",
+        "--remote",
+        "198.18.0.2",
+        "--map",
+        "42:20",
+    ]);
+    assert!(!o.status.success(), "--vni itself cannot be mapped");
+    ctl_ok(
+        d,
+        &[
+            "vxlan",
+            "vale0:up",
+            "--vni",
+            "42",
+            "--local",
+            "198.18.0.1",
+            "--remote",
+            "198.18.0.2",
+            "--map",
+            "43:20",
+        ],
+    );
+    assert!(
+        uplink(d)["about"]
+            .as_str()
+            .is_some_and(|a| a.contains("VNI 43 = VLAN 20")),
+        "{}",
+        uplink(d)
+    );
+    tap_host(d, &v, &tap2, &h2, "198.20.0.1/24", 1450);
+    ctl_ok(d, &["vlan", "vale0", "--filtering", "on"]);
+    ctl_ok(d, &["vlan", &format!("vale0:{}", p.tap), "--access", "10"]);
+    ctl_ok(d, &["vlan", &format!("vale0:{tap2}"), "--access", "20"]);
+    ctl_ok(
+        d,
+        &["vlan", "vale0:up", "--trunk", "10,20", "--native", "10"],
+    );
+    let (rx0, _) = counts(&p.k, "vx0");
+    let (rx1, _) = counts(&p.k, "vx1");
+    // VLAN 20's host reaches VNI 43's device; nothing of it reaches VNI 42's.
+    assert!(
+        ping(&h2, "198.20.0.2", 3),
+        "VLAN 20 over VNI 43:\n{}",
+        d.log()
+    );
+    assert_eq!(counts(&p.k, "vx0").0, rx0, "VNI 42 saw none of VLAN 20");
+    let (rx1b, _) = counts(&p.k, "vx1");
+    assert!(rx1b >= rx1 + 3, "VNI 43 got the pings");
+    // And VLAN 10's (the native, untagged in VNI 42) reaches VNI 42's only.
+    assert!(
+        ping(&p.h, "198.19.0.2", 3),
+        "VLAN 10 over VNI 42:\n{}",
+        d.log()
+    );
+    assert_eq!(counts(&p.k, "vx1").0, rx1b, "VNI 43 saw none of VLAN 10");
+    let fdb = ctl_ok(d, &["fdb", "vale0"]);
+    for (dev, vid) in [("vx0", "10"), ("vx1", "20")] {
+        let m = mac(&p.k, dev);
+        assert!(
+            fdb.lines()
+                .any(|l| l.contains(&m) && l.split_whitespace().any(|w| w == vid)),
+            "{dev}'s MAC learned in VLAN {vid}: {fdb}"
+        );
+    }
+    assert_eq!(hc(d, "vxlan_foreign_vni"), 0);
+    d.assert_laws();
+}

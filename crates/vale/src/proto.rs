@@ -191,6 +191,11 @@ pub enum PortSpec {
         learning: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         src_ports: Option<String>,
+        /// More VNIs on the same socket, each carrying one VLAN: `VNI:VID` entries. A
+        /// frame of VLAN VID leaves untagged in VNI, and what arrives in VNI enters
+        /// tagged VID; `vni` carries the untagged frames.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        map: Vec<String>,
     },
 }
 
@@ -824,6 +829,7 @@ mod tests {
                 dev: None,
                 learning: true,
                 src_ports: None,
+                map: vec![],
             },
             "the IANA port and learning by default"
         );

@@ -300,6 +300,7 @@ fn port_keys(kind: &str) -> Option<&'static [&'static str]> {
             "dev",
             "learning",
             "src_ports",
+            "map",
         ],
         _ => return None,
     })
@@ -892,6 +893,7 @@ mod tests {
                 dev: None,
                 learning: false,
                 src_ports: None,
+                map: vec![],
             }
         );
         let out = dump(

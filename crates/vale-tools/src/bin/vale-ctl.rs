@@ -416,6 +416,7 @@ fn run(args: &Args) -> Result<(), String> {
             dev,
             no_learning,
             src_ports,
+            map,
         } => {
             let r = call(
                 args,
@@ -430,6 +431,7 @@ fn run(args: &Args) -> Result<(), String> {
                         dev: dev.clone(),
                         learning: !*no_learning,
                         src_ports: src_ports.clone(),
+                        map: map.clone(),
                     },
                 },
             )?;

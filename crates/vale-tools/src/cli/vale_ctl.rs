@@ -302,6 +302,7 @@ pub enum Cmd {
         vale-ctl vxlan vale0:up --vni 42 --local 198.18.0.1 --remote 198.18.0.2 --remote 198.18.0.3\n  \
         ip link add vx0 type vxlan id 42 dstport 4789 local 198.18.0.2 remote 198.18.0.1   # the peer\n  \
         vale-ctl vxlan vale0:mc --vni 44 --local 198.18.0.1 --group 239.1.1.1 --dev eth0\n  \
+        vale-ctl vxlan vale0:up --vni 42 --local 198.18.0.1 --remote 198.18.0.2 --map 43:20 44:30   # VLANs 20, 30 in VNIs 43, 44\n  \
         vale-ctl -d vale0:up")]
     Vxlan {
         /// The switch port, e.g. vale0:up
@@ -331,6 +332,11 @@ pub enum Cmd {
         /// ports from the kernel's ephemeral range]
         #[arg(long, value_name = "LO-HI")]
         src_ports: Option<String>,
+        /// Another VNI on the same UDP socket, carrying one VLAN: frames of VLAN VID leave
+        /// untagged in VNI, what arrives in VNI enters tagged VID (--vni carries the
+        /// untagged frames); repeat for more
+        #[arg(long, value_name = "VNI:VID", num_args = 1..)]
+        map: Vec<String>,
     },
     /// Watch a port (netmap's monitor ports PORT/t, /r): pcap for tcpdump, or a line per frame
     ///

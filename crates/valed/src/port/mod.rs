@@ -271,16 +271,20 @@ pub fn create(
             dev,
             learning,
             src_ports,
-        } => Box::new(vxlan::Vxlan::create(vxlan::Conf::parse(
-            *vni,
-            local,
-            *port,
-            remote,
-            group.as_deref(),
-            dev.as_deref(),
-            *learning,
-            src_ports.as_deref(),
-        )?)?),
+            map,
+        } => Box::new(vxlan::Vxlan::create(
+            vxlan::Conf::parse(
+                *vni,
+                local,
+                *port,
+                remote,
+                group.as_deref(),
+                dev.as_deref(),
+                *learning,
+                src_ports.as_deref(),
+            )?
+            .with_map(map)?,
+        )?),
     })
 }
 

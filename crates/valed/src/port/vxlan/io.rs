@@ -40,6 +40,9 @@ struct Fate {
     ok: u16,
     failed: u16,
     too_big: bool,
+    /// Which of the port's VNIs it goes in: 0 the port's own, `1 + i` the `i`th of the
+    /// map.
+    net: u16,
 }
 
 pub struct VxlanIo {
@@ -52,13 +55,17 @@ pub struct VxlanIo {
     counters: Arc<PortCounters>,
     watcher: Watcher,
     name: String,
-    hdr: [u8; HEADER_LEN],
+    /// The VXLAN header of each of the port's VNIs (as [`Fate::net`]).
+    hdrs: Vec<[u8; HEADER_LEN]>,
+    /// A received frame with the tag of its VLAN put in.
+    tagged: Vec<u8>,
     recv: RecvBatch,
     /// The frames of one `push`, `FRAME_CAP` bytes each.
     frames: Vec<u8>,
     fates: Vec<Fate>,
     msgs: Vec<Msg>,
-    vteps: Vteps,
+    /// The VTEPs learned in each VNI (as [`Fate::net`]).
+    vteps: Vec<Vteps>,
     shown: Arc<Mutex<Shown>>,
     t0: Instant,
     published: u64,
@@ -78,7 +85,14 @@ impl VxlanIo {
         let mut floods: Vec<SockAddr> = conf.remotes.iter().map(|&r| dest(r, conf.port)).collect();
         floods.extend(conf.group.map(|g| dest(g, conf.port)));
         VxlanIo {
-            hdr: vtep::header(conf.vni),
+            hdrs: std::iter::once(conf.vni)
+                .chain(conf.map.iter().map(|m| m.0))
+                .map(vtep::header)
+                .collect(),
+            tagged: Vec::with_capacity(FRAME_CAP + 4),
+            vteps: (0..=conf.map.len())
+                .map(|_| Vteps::new(VTEP_CAPACITY, VTEP_MAX_AGE))
+                .collect(),
             conf,
             rx_sock,
             tx_socks,
@@ -91,7 +105,6 @@ impl VxlanIo {
             frames: vec![0u8; FRAME_CAP * MAX_BATCH],
             fates: vec![Fate::default(); MAX_BATCH],
             msgs: Vec::with_capacity(MAX_BATCH),
-            vteps: Vteps::new(VTEP_CAPACITY, VTEP_MAX_AGE),
             shown,
             t0: Instant::now(),
             published: u64::MAX,
@@ -111,7 +124,7 @@ impl VxlanIo {
             return;
         }
         if let Ok(mut s) = self.shown.try_lock() {
-            s.vteps = self.vteps.rows(now);
+            s.vteps = self.vteps.iter().flat_map(|t| t.rows(now)).collect();
             s.at = Some((self.t0, now));
             self.published = now;
             self.changed = false;
@@ -147,7 +160,7 @@ impl VxlanIo {
                 let len = self.fates[f].len as usize;
                 out[k] = Outgoing {
                     to: &m.to,
-                    hdr: &self.hdr,
+                    hdr: &self.hdrs[usize::from(self.fates[f].net)],
                     body: &self.frames[f * FRAME_CAP..f * FRAME_CAP + len],
                 };
                 k += 1;
@@ -225,7 +238,16 @@ impl DrivenPort for VxlanIo {
                 PortCounters::lost(&c.truncated, 1);
                 continue;
             }
-            let inner = match vtep::decap(d.bytes, self.conf.vni) {
+            let decap = vtep::decap_any(d.bytes).and_then(|(vni, f)| {
+                if vni == self.conf.vni {
+                    return Ok((0, f));
+                }
+                match self.conf.map.iter().position(|m| m.0 == vni) {
+                    Some(i) => Ok((i + 1, f)),
+                    None => Err(Reject::ForeignVni),
+                }
+            });
+            let (net, inner) = match decap {
                 Ok(f) => f,
                 Err(r) => {
                     let which = match r {
@@ -244,8 +266,20 @@ impl DrivenPort for VxlanIo {
             {
                 let mut src = [0u8; 6];
                 src.copy_from_slice(&inner[6..12]);
-                self.changed |= self.vteps.learn(src, from, now);
+                self.changed |= self.vteps[net].learn(src, from, now);
             }
+            let inner = if net == 0 {
+                inner
+            } else {
+                // A mapped VNI's frame enters the switch tagged with its VLAN.
+                let vid = self.conf.map[net - 1].1;
+                self.tagged.clear();
+                self.tagged.extend_from_slice(&inner[..12]);
+                self.tagged
+                    .extend_from_slice(&[0x81, 0x00, (vid >> 8) as u8, vid as u8]);
+                self.tagged.extend_from_slice(&inner[12..]);
+                &self.tagged
+            };
             ring_put(&rings.tx, inner);
             c.count_in(inner.len());
             put += 1;
@@ -276,8 +310,21 @@ impl DrivenPort for VxlanIo {
             ring_copy(&self.rings.rx, used, buf);
             self.rings.rx.advance(used);
             taken += 1;
+            // A frame of a mapped VLAN leaves untagged in that VLAN's VNI.
+            let mut net = 0u16;
+            let mut len = len;
+            if len >= 18 && buf[12..14] == [0x81, 0x00] {
+                let vid = u16::from_be_bytes([buf[14], buf[15]]) & 0x0fff;
+                if let Some(i) = self.conf.map.iter().position(|m| m.1 == vid) {
+                    buf.copy_within(16..len, 12);
+                    len -= 4;
+                    net = i as u16 + 1;
+                }
+            }
+            let buf = &self.frames[f * FRAME_CAP..f * FRAME_CAP + len];
             self.fates[f] = Fate {
                 len: len as u32,
+                net,
                 ..Fate::default()
             };
             if len < 14 {
@@ -289,7 +336,7 @@ impl DrivenPort for VxlanIo {
             let mut dst = [0u8; 6];
             dst.copy_from_slice(&buf[..6]);
             let known = if self.conf.learning && dst[0] & 1 == 0 {
-                self.vteps.lookup(&dst, now)
+                self.vteps[usize::from(net)].lookup(&dst, now)
             } else {
                 None
             };

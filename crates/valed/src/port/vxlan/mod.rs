@@ -48,6 +48,8 @@ pub struct Conf {
     pub learning: bool,
     /// An inclusive range, or the kernel's choice.
     pub src_ports: Option<(u16, u16)>,
+    /// More VNIs on the socket, each with the VLAN it carries.
+    pub map: Vec<(u32, u16)>,
 }
 
 fn bad(msg: String) -> CtlError {
@@ -171,7 +173,35 @@ impl Conf {
             dev,
             learning,
             src_ports,
+            map: Vec::new(),
         })
+    }
+
+    /// The `VNI:VID` entries of `--map`: each VNI (not --vni) and each VLAN (1-4094)
+    /// once.
+    pub fn with_map(mut self, map: &[String]) -> Result<Conf, CtlError> {
+        for m in map {
+            let e = m
+                .split_once(':')
+                .and_then(|(a, b)| {
+                    Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u16>().ok()?))
+                })
+                .filter(|&(vni, vid)| vni <= vale_wire::vxlan::MAX_VNI && (1..=4094).contains(&vid))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "--map `{}` is not VNI:VID (a 24-bit VNI and a VLAN 1-4094, e.g. 43:20)",
+                        m.escape_default()
+                    ))
+                })?;
+            if e.0 == self.vni || self.map.iter().any(|x| x.0 == e.0) {
+                return Err(bad(format!("--map {m}: VNI {} is mapped already", e.0)));
+            }
+            if self.map.iter().any(|x| x.1 == e.1) {
+                return Err(bad(format!("--map {m}: VLAN {} is mapped already", e.1)));
+            }
+            self.map.push(e);
+        }
+        Ok(self)
     }
 
     fn family(&self) -> AddressFamily {
@@ -404,6 +434,9 @@ impl Backend for Vxlan {
     fn describe(&self) -> String {
         let c = &self.conf;
         let mut s = format!("VNI {} on {}", c.vni, SocketAddr::new(c.local, c.port));
+        for (vni, vid) in &c.map {
+            s += &format!(", VNI {vni} = VLAN {vid}");
+        }
         if !c.remotes.is_empty() {
             let r: Vec<String> = c.remotes.iter().map(IpAddr::to_string).collect();
             s += &format!(", remotes {} (head-end replication)", r.join(" "));

@@ -23,6 +23,14 @@ pub enum Reject {
 /// The inner Ethernet frame of a VXLAN datagram (the UDP payload) for `vni`, or why
 /// there is none. Reads only inside `datagram`, whatever it holds.
 pub fn decap(datagram: &[u8], vni: u32) -> Result<&[u8], Reject> {
+    match decap_any(datagram)? {
+        (v, f) if v == vni => Ok(f),
+        _ => Err(Reject::ForeignVni),
+    }
+}
+
+/// The VNI and inner frame of a VXLAN datagram, whatever its VNI, or why there is none.
+pub fn decap_any(datagram: &[u8]) -> Result<(u32, &[u8]), Reject> {
     if datagram.len() < vxlan::HEADER_LEN + ethernet::HEADER_LEN {
         return Err(Reject::TooShort);
     }
@@ -33,10 +41,7 @@ pub fn decap(datagram: &[u8], vni: u32) -> Result<&[u8], Reject> {
     if p.check().is_err() {
         return Err(Reject::Reserved);
     }
-    if p.vni() != vni {
-        return Err(Reject::ForeignVni);
-    }
-    Ok(&datagram[vxlan::HEADER_LEN..])
+    Ok((p.vni(), &datagram[vxlan::HEADER_LEN..]))
 }
 
 /// The VXLAN header this port puts in front of every frame: RFC 7348's exactly, the I

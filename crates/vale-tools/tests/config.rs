@@ -51,16 +51,6 @@ fn hosts(d: &Daemon) -> Vec<String> {
     v
 }
 
-fn ctl_ok(d: &Daemon, args: &[&str]) -> String {
-    let o = d.ctl(args);
-    assert!(
-        o.status.success(),
-        "vale-ctl {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 /// A file declaring a TAP port and a vhost-user port on vale0 and a memif port on
 /// vale1: valed creates all three at start; a reload after the file dropped the TAP
 /// and added another removes the one and creates the other, leaving the vhost-user

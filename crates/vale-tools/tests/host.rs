@@ -170,17 +170,6 @@ impl Drop for Net {
     }
 }
 
-fn ctl_ok(d: &Daemon, args: &[&str]) -> String {
-    let o = d.ctl(args);
-    assert!(
-        o.status.success(),
-        "vale-ctl {args:?}: {}\nvaled log:\n{}",
-        String::from_utf8_lossy(&o.stderr),
-        d.log()
-    );
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-
 fn ctl_err(d: &Daemon, args: &[&str]) -> String {
     let o = d.ctl(args);
     assert_eq!(o.status.code(), Some(1), "vale-ctl {args:?} should fail");

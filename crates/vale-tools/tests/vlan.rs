@@ -8,17 +8,6 @@ mod common;
 use common::*;
 use std::path::PathBuf;
 
-fn ctl_ok(d: &Daemon, args: &[&str]) -> String {
-    let o = d.ctl(args);
-    assert!(
-        o.status.success(),
-        "vale-ctl {args:?}: {}\nvaled log:\n{}",
-        String::from_utf8_lossy(&o.stderr),
-        d.log()
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 fn ctl_err(d: &Daemon, args: &[&str]) -> String {
     let o = d.ctl(args);
     assert!(!o.status.success(), "vale-ctl {args:?} should fail");

@@ -190,18 +190,6 @@ fn ping(ns: &str, dst: &str, count: u32) -> bool {
     .success()
 }
 
-#[track_caller]
-fn ctl_ok(d: &Daemon, args: &[&str]) -> String {
-    let o = d.ctl(args);
-    assert!(
-        o.status.success(),
-        "vale-ctl {args:?}: {}\nvaled log:\n{}",
-        String::from_utf8_lossy(&o.stderr),
-        d.log()
-    );
-    stdout_of(&o)
-}
-
 /// A kernel vxlan device `name` in `ns` with `args` after `id VNI dstport 4789`, the
 /// lower veth's checksum offload off (module doc), and the overlay address `addr`.
 fn kernel_vtep(ns: &str, lower: &str, name: &str, vni: u32, args: &[&str], addr: &str) {

@@ -562,3 +562,17 @@ impl Daemon {
         }
     }
 }
+
+/// `vale-ctl ARGS` against `d`, which must succeed: its standard output (else the test
+/// fails with vale-ctl's error and valed's log).
+#[track_caller]
+pub fn ctl_ok(d: &Daemon, args: &[&str]) -> String {
+    let o = d.ctl(args);
+    assert!(
+        o.status.success(),
+        "vale-ctl {args:?}: {}\nvaled log:\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        d.log()
+    );
+    stdout_of(&o)
+}

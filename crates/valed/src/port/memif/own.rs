@@ -13,7 +13,7 @@
 //! The region is a memfd sealed against shrinking and growing before the server sees
 //! it, so no access faults whatever the server does with the descriptor.
 
-use super::ring::{Broken, Chain, MAX_CHAIN, Refused, Src, Unsent};
+use super::ring::{Broken, Chain, MAX_CHAIN, Refused, Src, Unsent, walk_chain};
 use crate::sys::peer::PeerMem;
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{MemfdFlags, SealFlags};
@@ -277,40 +277,14 @@ impl Own {
         let start = self.rx_next;
         let mut n = 0;
         while left > 0 && n < max {
-            self.segs.clear();
-            let mut total = 0usize;
-            let mut bad = false;
-            let mut used = 0u16;
-            loop {
-                let slot = self.rx_next.wrapping_add(used);
-                let (len, more) = self.s2c.said(&self.mem, slot)?;
-                used += 1;
-                if len > self.geo.bsize {
-                    if !bad {
-                        refused.bad_desc += 1;
-                    }
-                    bad = true;
-                } else if !bad {
-                    if total + len as usize > max_frame {
-                        bad = true;
-                        refused.chain_too_long += 1;
-                    } else {
-                        total += len as usize;
-                        self.segs
-                            .push((0, self.geo.buffer(false, slot), len as usize));
-                    }
-                }
-                if !more {
-                    break;
-                }
-                if used >= left || usize::from(used) >= MAX_CHAIN {
-                    if !bad {
-                        refused.chain_too_long += 1;
-                    }
-                    bad = true;
-                    break;
-                }
-            }
+            let (s2c, mem, geo, next) = (&self.s2c, &self.mem, self.geo, self.rx_next);
+            let (used, total, bad) = walk_chain(left, max_frame, &mut self.segs, refused, |k| {
+                let slot = next.wrapping_add(k);
+                let (len, more) = s2c.said(mem, slot)?;
+                // Where the bytes are is valed's own map; only the length is the server's.
+                let piece = (len <= geo.bsize).then(|| (0, geo.buffer(false, slot), len as usize));
+                Ok((piece, more))
+            })?;
             if !bad
                 && !take(&Chain::new(
                     std::slice::from_ref(&self.mem),

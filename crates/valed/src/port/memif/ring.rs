@@ -215,6 +215,56 @@ impl Src<'_> {
     }
 }
 
+/// One frame's chain of descriptors, from the first of `left` published ones: each
+/// descriptor's piece (`Some((region, start, len))`, or `None` when it names bytes
+/// outside valed's reach) and whether the chain goes on, from `piece(k)` for the `k`th.
+/// The pieces go in `segs`; what is refused is counted in `refused`. Returns the
+/// descriptors it takes, the frame's length, and whether it is refused (`bad`): a bad
+/// descriptor, more than `max_frame` bytes, or a chain past `left` or [`MAX_CHAIN`].
+pub(super) fn walk_chain(
+    left: u16,
+    max_frame: usize,
+    segs: &mut Vec<(usize, usize, usize)>,
+    refused: &mut Refused,
+    mut piece: impl FnMut(u16) -> Result<(Option<(usize, usize, usize)>, bool), Broken>,
+) -> Result<(u16, usize, bool), Broken> {
+    segs.clear();
+    let (mut used, mut len, mut bad) = (0u16, 0usize, false);
+    loop {
+        let (p, more) = piece(used)?;
+        used += 1;
+        match p {
+            Some(seg) if !bad => {
+                if len + seg.2 > max_frame {
+                    bad = true;
+                    refused.chain_too_long += 1;
+                } else {
+                    len += seg.2;
+                    segs.push(seg);
+                }
+            }
+            Some(_) => {}
+            None => {
+                if !bad {
+                    refused.bad_desc += 1;
+                }
+                bad = true;
+            }
+        }
+        if !more {
+            return Ok((used, len, bad));
+        }
+        if used >= left || usize::from(used) >= MAX_CHAIN {
+            // A chain that runs past what the peer published, or longer than any frame:
+            // what it published so far is given back, unread.
+            if !bad {
+                refused.chain_too_long += 1;
+            }
+            return Ok((used, len, true));
+        }
+    }
+}
+
 /// A C2S ring: frames from the client.
 pub struct C2s {
     ring: Ring,
@@ -283,44 +333,12 @@ impl C2s {
         let mut left = self.pending(regions)?;
         let mut n = 0;
         while left > 0 && n < max {
-            self.segs.clear();
-            let mut len = 0usize;
-            let mut bad = false;
-            let mut used = 0u16;
-            loop {
-                let d = self.ring.desc(regions, self.next.wrapping_add(used))?;
-                used += 1;
-                match span(regions, &d) {
-                    Some((r, range)) if !bad => {
-                        if len + range.len() > max_frame {
-                            bad = true;
-                            refused.chain_too_long += 1;
-                        } else {
-                            len += range.len();
-                            self.segs.push((r, range.start, range.len()));
-                        }
-                    }
-                    Some(_) => {}
-                    None => {
-                        if !bad {
-                            refused.bad_desc += 1;
-                        }
-                        bad = true;
-                    }
-                }
-                if !d.has_next() {
-                    break;
-                }
-                if used >= left || usize::from(used) >= MAX_CHAIN {
-                    // A chain that runs past what the client published, or longer than
-                    // any frame: what it published so far is given back, unread.
-                    if !bad {
-                        refused.chain_too_long += 1;
-                    }
-                    bad = true;
-                    break;
-                }
-            }
+            let (ring, next) = (&self.ring, self.next);
+            let (used, len, bad) = walk_chain(left, max_frame, &mut self.segs, refused, |k| {
+                let d = ring.desc(regions, next.wrapping_add(k))?;
+                let piece = span(regions, &d).map(|(r, range)| (r, range.start, range.len()));
+                Ok((piece, d.has_next()))
+            })?;
             if !bad && !take(&Chain::new(regions, &self.segs, len)) {
                 break;
             }

@@ -210,8 +210,13 @@ fn kernel_vtep(ns: &str, lower: &str, name: &str, vni: u32, args: &[&str], addr:
 /// A TAP port of `d`'s switch vale0 (made in valed's namespace `dns`), moved into `host`
 /// with `addr` and the overlay MTU.
 fn tap_host(d: &Daemon, dns: &str, tap: &str, host: &str, addr: &str, mtu: u32) {
+    tap_host_on(d, "vale0", dns, tap, host, addr, mtu)
+}
+
+/// [`tap_host`] on switch `sw`.
+fn tap_host_on(d: &Daemon, sw: &str, dns: &str, tap: &str, host: &str, addr: &str, mtu: u32) {
     ctl_ok(d, &["-n", tap]);
-    ctl_ok(d, &["-a", &format!("vale0:{tap}")]);
+    ctl_ok(d, &["-a", &format!("{sw}:{tap}")]);
     ok(&["ip", "-n", dns, "link", "set", tap, "netns", host]);
     addr_add(host, tap, addr);
     ok(&[
@@ -420,6 +425,265 @@ fn a_kernel_vxlan_peer_pings_arps_and_carries_iperf3_both_ways_counted_exactly()
         krx0,
         "nothing of them reached the kernel"
     );
+}
+
+/// The `vale-ctl fdb` row of `mac` on `d`'s vale0 (JSON), if it has one.
+fn fdb_row(d: &Daemon, mac: &str) -> Option<serde_json::Value> {
+    d.ctl_json(&["fdb", "vale0"])["entries"]
+        .as_array()?
+        .iter()
+        .find(|e| e["mac"] == mac)
+        .cloned()
+}
+
+/// `vale-ctl fdb` names the remote VTEP behind each address learned on the uplink (the
+/// kernel vx0's MAC behind its underlay address), and the new one when the MAC moves to
+/// another VTEP (a second kernel namespace, on another underlay subnet, with the same
+/// MAC and overlay address).
+#[test]
+fn the_fdb_shows_the_vtep_each_address_was_learned_from_and_follows_a_move() {
+    need_net!();
+    let mut p = kernel_peer("f", false, false);
+    let v = p._net.name("v");
+    let k2 = p._net.ns("k2", false);
+    let (vu2, ku2) = (p._net.name("w"), p._net.name("j"));
+    p._net
+        .wire((&v, &vu2, "198.18.1.1/24"), (&k2, &ku2, "198.18.1.2/24"));
+    ok(&[
+        "ip",
+        "-n",
+        &k2,
+        "route",
+        "add",
+        "198.18.0.0/24",
+        "via",
+        "198.18.1.1",
+    ]);
+    let d = &p.d;
+    assert!(ping(&p.h, "198.19.0.2", 2), "ping across:\n{}", d.log());
+    let kmac = mac(&p.k, "vx0");
+    let hmac = mac(&p.h, &p.tap);
+    let row = fdb_row(d, &kmac).unwrap_or_else(|| panic!("{kmac} not learned"));
+    assert_eq!(row["port"], "vale0:up", "{row}");
+    assert_eq!(row["vtep"], "198.18.0.2", "{row}");
+    assert!(row.get("vni").is_none(), "one VNI: none shown: {row}");
+    let host = fdb_row(d, &hmac).unwrap_or_else(|| panic!("{hmac} not learned"));
+    assert!(host.get("vtep").is_none(), "a TAP port has no VTEP: {host}");
+    let text = ctl_ok(d, &["fdb", "vale0"]);
+    assert!(
+        text.lines().next().is_some()
+            && text.lines().nth(1).is_some_and(|l| l.contains("vtep"))
+            && text
+                .lines()
+                .any(|l| l.contains(&kmac) && l.contains("vale0:up") && l.contains("198.18.0.2")),
+        "{text}"
+    );
+
+    // The MAC moves: K's device goes, K2's comes with the same MAC and address, and
+    // speaks first (its ARP floods to us: learned behind 198.18.1.2).
+    ok(&["ip", "-n", &p.k, "link", "del", "vx0"]);
+    let vni = "42".to_string();
+    ok(&[
+        "ip",
+        "-n",
+        &k2,
+        "link",
+        "add",
+        "vx0",
+        "address",
+        &kmac,
+        "type",
+        "vxlan",
+        "id",
+        &vni,
+        "dstport",
+        "4789",
+        "local",
+        "198.18.1.2",
+        "remote",
+        "198.18.0.1",
+        "dev",
+        &ku2,
+    ]);
+    ok(&[
+        "ip", "netns", "exec", &k2, "ethtool", "-K", &ku2, "tx", "off",
+    ]);
+    addr_add(&k2, "vx0", "198.19.0.2/24");
+    ok(&["ip", "-n", &k2, "link", "set", "vx0", "up"]);
+    assert!(
+        ping(&k2, "198.19.0.1", 2),
+        "from the moved MAC: {}\n{}\n{}",
+        uplink(d),
+        ctl_ok(d, &["fdb", "vale0"]),
+        ok(&["ip", "-n", &k2, "-s", "link", "show", "vx0"])
+    );
+    let moved = wait_for(3.0, || {
+        fdb_row(d, &kmac).is_some_and(|r| r["vtep"] == "198.18.1.2")
+    });
+    assert!(moved, "{:?}", fdb_row(d, &kmac));
+    assert!(
+        ping(&p.h, "198.19.0.2", 2),
+        "to the moved MAC:\n{}",
+        d.log()
+    );
+    d.assert_laws();
+}
+
+/// The `[[port]]` entries of two uplinks on UDP 198.18.0.1:4789, VNI 42 on vale0 and
+/// VNI 43 on vale1 (learning on VNI 43's as `learning43` says).
+fn two_uplinks_toml(learning43: bool) -> String {
+    format!(
+        "[[port]]\nname = \"vale0:v42\"\nkind = \"vxlan\"\nvni = 42\nlocal = \"198.18.0.1\"\nremote = [\"198.18.0.2\"]\n\n\
+         [[port]]\nname = \"vale1:v43\"\nkind = \"vxlan\"\nvni = 43\nlocal = \"198.18.0.1\"\nremote = [\"198.18.0.2\"]\nlearning = {learning43}\n"
+    )
+}
+
+/// Counter `key` of the host port attached as `port`.
+fn host_counter(d: &Daemon, port: &str, key: &str) -> u64 {
+    d.host(port)["counters"][key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {key} in {}", d.host(port)))
+}
+
+/// The UDP sockets bound to port 4789 in `ns`.
+fn vxlan_sockets(ns: &str) -> usize {
+    ok(&[
+        "ip", "netns", "exec", ns, "ss", "-Hunl", "sport", "=", ":4789",
+    ])
+    .lines()
+    .count()
+}
+
+/// One uplink per VNI, all on one local address and port (declared in the config
+/// file, each on its own switch and forwarding thread): valed opens one socket for both
+/// and hands each datagram to the uplink of its VNI. Against a kernel with a vxlan
+/// device per VNI, each reaches only its own switch, counted exactly; a reload that
+/// changes one leaves the other alone; with one removed the other still forwards and
+/// the removed one's VNI is counted foreign; the socket goes with the last.
+#[test]
+fn uplinks_of_several_vnis_share_one_udp_socket() {
+    need_net!();
+    let mut net = Net::new("s");
+    let (v, k) = (net.ns("v", false), net.ns("k", false));
+    let (h, h2) = (net.ns("h", false), net.ns("h2", false));
+    let (ku, tap, tap2) = (net.name("k"), net.name("t"), net.name("r"));
+    net.wire(
+        (&v, &net.name("u"), "198.18.0.1/24"),
+        (&k, &ku, "198.18.0.2/24"),
+    );
+    let kargs = ["local", "198.18.0.2", "remote", "198.18.0.1"];
+    kernel_vtep(&k, &ku, "vx0", 42, &kargs, "198.19.0.2/24");
+    kernel_vtep(&k, &ku, "vx1", 43, &kargs, "198.20.0.2/24");
+    let dir = std::env::temp_dir().join(format!("vale-test-vxs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("valed.toml");
+    std::fs::write(&file, two_uplinks_toml(true)).unwrap();
+    let d = Daemon::start_in(
+        &v,
+        "vxs-v",
+        &["--config", path_str(&file), "--threads", "2"],
+    );
+    assert!(
+        wait_for(3.0, || d
+            .hosts()
+            .iter()
+            .filter(|h| h["kind"] == "vxlan")
+            .count()
+            == 2),
+        "{}",
+        d.log()
+    );
+    tap_host_on(&d, "vale0", &v, &tap, &h, "198.19.0.1/24", 1450);
+    tap_host_on(&d, "vale1", &v, &tap2, &h2, "198.20.0.1/24", 1450);
+    assert_eq!(vxlan_sockets(&v), 1, "one socket for both uplinks");
+    let about = d.host("vale0:v42")["about"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        about.contains("its socket shared with 1 more uplinks"),
+        "{about}"
+    );
+
+    let exact = |what: &str| {
+        // Every datagram of each kernel device was one frame into its own uplink's
+        // switch (none into the other's), and every datagram an uplink sent reached
+        // the device of its VNI.
+        let balanced = wait_for(3.0, || {
+            [("vx0", "vale0:v42"), ("vx1", "vale1:v43")]
+                .iter()
+                .all(|(dev, up)| {
+                    let (krx, ktx) = counts(&k, dev);
+                    let c = &d.host(up)["counters"];
+                    c["from_host"] == ktx && c["vxlan_datagrams"] == krx
+                })
+        });
+        assert!(
+            balanced,
+            "{what}: vx0 {:?} vx1 {:?}; v42 {}; v43 {}",
+            counts(&k, "vx0"),
+            counts(&k, "vx1"),
+            d.host("vale0:v42")["counters"],
+            d.host("vale1:v43")["counters"]
+        );
+    };
+    assert!(ping(&h, "198.19.0.2", 3), "VNI 42:\n{}", d.log());
+    assert!(ping(&h2, "198.20.0.2", 3), "VNI 43:\n{}", d.log());
+    assert!(
+        ping(&k, "198.20.0.1", 3),
+        "VNI 43 from the kernel:\n{}",
+        d.log()
+    );
+    exact("both");
+    for up in ["vale0:v42", "vale1:v43"] {
+        for c in ["vxlan_foreign_vni", "vxlan_queue_full"] {
+            assert_eq!(host_counter(&d, up, c), 0, "{up} {c}");
+        }
+    }
+    assert!(host_counter(&d, "vale0:v42", "from_host") >= 4);
+    assert!(host_counter(&d, "vale1:v43", "from_host") >= 7);
+
+    // A reload that changes VNI 43's entry makes it again; VNI 42's is not touched.
+    std::fs::write(&file, two_uplinks_toml(false)).unwrap();
+    let r = ctl_ok(&d, &["reload"]);
+    assert!(
+        r.contains("created vale1:v43") && !r.contains("vale0:v42"),
+        "{r}"
+    );
+    assert!(
+        d.host("vale1:v43")["about"]
+            .as_str()
+            .is_some_and(|a| a.contains("no learning")),
+        "{}",
+        d.host("vale1:v43")
+    );
+    assert!(
+        ping(&h2, "198.20.0.2", 3),
+        "VNI 43 after the reload:\n{}",
+        d.log()
+    );
+    assert!(
+        ping(&h, "198.19.0.2", 2),
+        "VNI 42 after the reload:\n{}",
+        d.log()
+    );
+    assert_eq!(vxlan_sockets(&v), 1);
+
+    // VNI 42's uplink goes: VNI 43's still forwards, and what the kernel sends in VNI
+    // 42 now is foreign to the socket (counted on its remaining uplink).
+    ctl_ok(&d, &["-d", "vale0:v42"]);
+    assert!(ping(&h2, "198.20.0.2", 3), "VNI 43 alone:\n{}", d.log());
+    assert!(!ping(&k, "198.19.0.1", 2), "VNI 42 has no uplink now");
+    assert!(host_counter(&d, "vale1:v43", "vxlan_foreign_vni") > 0);
+    assert_eq!(vxlan_sockets(&v), 1);
+    ctl_ok(&d, &["-d", "vale1:v43"]);
+    assert!(
+        wait_for(2.0, || vxlan_sockets(&v) == 0),
+        "the socket closes with its last uplink"
+    );
+    d.assert_laws();
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -1068,7 +1332,25 @@ fn vxlan_ports_are_declared_refused_with_reasons_removed_and_made_again() {
             && dump.contains("vni = 42"),
         "{dump}"
     );
-    // Refused, each with its reason: the UDP port taken, and bad values.
+    // Refused, each with its reason: a VNI of the socket taken, the port bound in a
+    // way this uplink cannot share, a port a kernel vxlan device holds, and bad values.
+    let e = ctl_err(
+        &d,
+        &[
+            "vxlan",
+            "vale1:up2",
+            "--vni",
+            "42",
+            "--local",
+            "198.18.0.1",
+            "--remote",
+            "198.18.0.2",
+        ],
+    );
+    assert!(
+        e.contains("VNI 42 on UDP 198.18.0.1:4789 is VXLAN port `up`'s already"),
+        "{e}"
+    );
     let e = ctl_err(
         &d,
         &[
@@ -1078,11 +1360,51 @@ fn vxlan_ports_are_declared_refused_with_reasons_removed_and_made_again() {
             "43",
             "--local",
             "198.18.0.1",
+            "--group",
+            "239.1.1.1",
+            "--dev",
+            &net.name("u"),
+        ],
+    );
+    assert!(
+        e.contains("cannot bind UDP 0.0.0.0:4789: VXLAN port `up` has UDP 198.18.0.1:4789"),
+        "{e}"
+    );
+    ok(&[
+        "ip",
+        "-n",
+        &v,
+        "link",
+        "add",
+        "vxk",
+        "type",
+        "vxlan",
+        "id",
+        "7",
+        "dstport",
+        "4790",
+        "local",
+        "198.18.0.1",
+        "remote",
+        "198.18.0.2",
+    ]);
+    ok(&["ip", "-n", &v, "link", "set", "vxk", "up"]);
+    let e = ctl_err(
+        &d,
+        &[
+            "vxlan",
+            "vale1:up2",
+            "--vni",
+            "43",
+            "--local",
+            "198.18.0.1",
+            "--port",
+            "4790",
             "--remote",
             "198.18.0.2",
         ],
     );
-    assert!(e.contains("cannot bind UDP 198.18.0.1 port 4789"), "{e}");
+    assert!(e.contains("cannot bind UDP 198.18.0.1 port 4790"), "{e}");
     let e = ctl_err(
         &d,
         &[
@@ -1279,6 +1601,16 @@ fn one_uplink_carries_several_vnis_each_mapped_to_a_vlan() {
             fdb.lines()
                 .any(|l| l.contains(&m) && l.split_whitespace().any(|w| w == vid)),
             "{dev}'s MAC learned in VLAN {vid}: {fdb}"
+        );
+    }
+    // Each address names its VTEP and, the uplink carrying two, its VNI.
+    for (dev, vni) in [("vx0", 42), ("vx1", 43)] {
+        let m = mac(&p.k, dev);
+        let r = fdb_row(d, &m).unwrap_or_else(|| panic!("{m} not learned"));
+        assert_eq!(
+            (&r["vtep"], &r["vni"]),
+            (&"198.18.0.2".into(), &vni.into()),
+            "{r}"
         );
     }
     assert_eq!(hc(d, "vxlan_foreign_vni"), 0);

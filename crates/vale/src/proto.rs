@@ -493,9 +493,14 @@ pub struct HostCounters {
     /// VXLAN: datagrams with reserved flag or header bits set, dropped (as Linux does).
     #[serde(default)]
     pub vxlan_reserved: u64,
-    /// VXLAN: datagrams for another VNI, dropped.
+    /// VXLAN: datagrams for a VNI no uplink on the UDP socket takes, dropped (counted on
+    /// the socket's oldest uplink).
     #[serde(default)]
     pub vxlan_foreign_vni: u64,
+    /// VXLAN: datagrams of this uplink's VNI that another uplink on its UDP socket read
+    /// while this one's inbox was full (it fell behind), dropped.
+    #[serde(default)]
+    pub vxlan_queue_full: u64,
     /// VXLAN: frames whose datagram exceeds the underlay's MTU (`EMSGSIZE`: the uplink
     /// never fragments), dropped.
     #[serde(default)]
@@ -526,6 +531,13 @@ pub struct FdbRow {
     pub port: String,
     pub index: u16,
     pub age_secs: u32,
+    /// For an address learned on a VXLAN uplink: the remote VTEP (outer source IP) it
+    /// was learned from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep: Option<String>,
+    /// And the VNI, when the uplink carries several (`--map`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -940,6 +952,8 @@ mod tests {
             port: "vale0:a".into(),
             index: 0,
             age_secs: 1,
+            vtep: None,
+            vni: None,
         };
         let fdb = |entries, learned, next: Option<&str>| Response::Fdb {
             switch: "vale0".into(),

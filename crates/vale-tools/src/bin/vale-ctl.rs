@@ -138,7 +138,7 @@ fn run(args: &Args) -> Result<(), String> {
                             format!(" kernel_drops {}", c.kernel_drops)
                         } else if h.kind == "vxlan" {
                             format!(
-                                " too_big {} replica_drops {} datagrams {}\n    dropped: too_short {} no_i_flag {} reserved {} foreign_vni {}\n    {}",
+                                " too_big {} replica_drops {} datagrams {}\n    dropped: too_short {} no_i_flag {} reserved {} foreign_vni {} queue_full {}\n    {}",
                                 c.too_big,
                                 c.replica_drops,
                                 c.vxlan_datagrams,
@@ -146,6 +146,7 @@ fn run(args: &Args) -> Result<(), String> {
                                 c.vxlan_no_i_flag,
                                 c.vxlan_reserved,
                                 c.vxlan_foreign_vni,
+                                c.vxlan_queue_full,
                                 h.about
                             )
                         } else if h.kind == "memif" {
@@ -247,20 +248,36 @@ fn run(args: &Args) -> Result<(), String> {
             } = r
             {
                 println!("{switch}: {} learned addresses", entries.len());
-                if entries.iter().any(|e| e.vlan.is_some()) {
-                    println!(
-                        "  {:<18} {:>4} {:<16} {:>8}",
-                        "mac", "vlan", "port", "age (s)"
-                    );
-                    for e in entries {
-                        let v = e.vlan.unwrap_or(0);
-                        println!("  {:<18} {v:>4} {:<16} {:>8}", e.mac, e.port, e.age_secs);
+                // The VLAN column on a VLAN-aware switch, the VTEP one (and the VNI)
+                // when an address was learned on a VXLAN uplink.
+                let vlans = entries.iter().any(|e| e.vlan.is_some());
+                let vteps = entries.iter().any(|e| e.vtep.is_some());
+                let vnis = entries.iter().any(|e| e.vni.is_some());
+                let mut head = format!("  {:<18}", "mac");
+                if vlans {
+                    head += &format!(" {:>4}", "vlan");
+                }
+                head += &format!(" {:<16} {:>8}", "port", "age (s)");
+                if vteps {
+                    head += &format!("  {:<15}", "vtep");
+                }
+                if vnis {
+                    head += &format!(" {:>8}", "vni");
+                }
+                println!("{}", head.trim_end());
+                for e in entries {
+                    let mut l = format!("  {:<18}", e.mac);
+                    if vlans {
+                        l += &format!(" {:>4}", e.vlan.unwrap_or(0));
                     }
-                } else {
-                    println!("  {:<18} {:<16} {:>8}", "mac", "port", "age (s)");
-                    for e in entries {
-                        println!("  {:<18} {:<16} {:>8}", e.mac, e.port, e.age_secs);
+                    l += &format!(" {:<16} {:>8}", e.port, e.age_secs);
+                    if vteps {
+                        l += &format!("  {:<15}", e.vtep.as_deref().unwrap_or("-"));
                     }
+                    if vnis {
+                        l += &format!(" {:>8}", e.vni.map_or("-".into(), |v| v.to_string()));
+                    }
+                    println!("{}", l.trim_end());
                 }
                 let c: Vec<String> = counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
                 println!("  {}", c.join(", "));

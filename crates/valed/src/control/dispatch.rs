@@ -114,7 +114,14 @@ impl Control {
             }
             Request::Fdb { switch, page } => {
                 let ask = self.page_ask(id, page)?;
-                let r = query::fdb_page(&self.ports, &switch, ask.fdb_after()?, ask.budget)?;
+                let hosts = &self.hosts;
+                let r = query::fdb_page(
+                    &self.ports,
+                    &switch,
+                    ask.fdb_after()?,
+                    ask.budget,
+                    |port, mac, vlan| hosts.peer_of(port, mac, vlan),
+                )?;
                 ask.answer("fdb", r).map(Reply::from)
             }
             Request::Set { key, value } => self.set(&key, &value).map(done)?,

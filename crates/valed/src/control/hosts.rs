@@ -63,6 +63,16 @@ impl HostPorts {
             .map(|(n, _)| (n.as_str(), true))
     }
 
+    /// Where address `mac` (in `vlan`), learned on switch port `port`, lives beyond it,
+    /// if `port` is a host port that knows ([`Backend::peer_of`]).
+    pub fn peer_of(&self, port: &str, mac: [u8; 6], vlan: Option<u16>) -> Option<port::Peer> {
+        let h = self
+            .by_name
+            .values()
+            .find(|h| h.attached.as_ref().is_some_and(|a| a.port == port))?;
+        h.backend.peer_of(mac, vlan)
+    }
+
     /// Each host port's name, kind, the switch port it is attached as, and counters
     /// (for the metrics board).
     pub fn metrics_rows(

@@ -402,12 +402,15 @@ pub fn stats_page(
 }
 
 /// A page of `vale-ctl fdb SWITCH`: the switch's learned addresses after `after` that fit
-/// in `budget` bytes, and the table's counters.
+/// in `budget` bytes, and the table's counters. `peer` says where an address learned
+/// on a port (by name) lives beyond it (a VXLAN uplink's remote VTEP), joined here so
+/// the data plane keeps one table per port and no more.
 pub fn fdb_page(
     ports: &PortTable,
     switch: &str,
     after: Option<FdbPlace>,
     budget: usize,
+    peer: impl Fn(&str, [u8; 6], Option<u16>) -> Option<crate::port::Peer>,
 ) -> Result<Response, CtlError> {
     let missing = || {
         CtlError::NotFound(format!(
@@ -438,15 +441,21 @@ pub fn fdb_page(
         .into_iter()
         .map(|(name, v)| (name.to_string(), v))
         .collect();
-    let row = |r: &vale_switch::TableRow| FdbRow {
-        mac: r.mac.to_string(),
-        vlan: r.vlan,
-        port: e
+    let row = |r: &vale_switch::TableRow| {
+        let port = e
             .switch
             .port(r.port)
-            .map_or_else(|| "?".into(), |p| p.name().to_string()),
-        index: r.port.0,
-        age_secs: r.age_secs,
+            .map_or_else(|| "?".into(), |p| p.name().to_string());
+        let beyond = peer(&port, r.mac.octets(), r.vlan);
+        FdbRow {
+            mac: r.mac.to_string(),
+            vlan: r.vlan,
+            port,
+            index: r.port.0,
+            age_secs: r.age_secs,
+            vtep: beyond.map(|b| b.vtep.to_string()),
+            vni: beyond.and_then(|b| b.vni),
+        }
     };
     let mut page = Response::Fdb {
         switch: e.name.clone(),

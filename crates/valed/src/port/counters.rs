@@ -37,6 +37,9 @@ pub struct PortCounters {
     pub vxlan_no_i_flag: AtomicU64,
     pub vxlan_reserved: AtomicU64,
     pub vxlan_foreign_vni: AtomicU64,
+    /// VXLAN: datagrams another uplink of the socket read for this one while its
+    /// inbox was full.
+    pub vxlan_queue_full: AtomicU64,
     /// VXLAN: frames whose datagram the underlay refused as larger than its MTU.
     pub too_big: AtomicU64,
     /// VXLAN: copies of a replicated frame one remote did not get.
@@ -100,6 +103,7 @@ impl PortCounters {
             vxlan_no_i_flag: g(&self.vxlan_no_i_flag),
             vxlan_reserved: g(&self.vxlan_reserved),
             vxlan_foreign_vni: g(&self.vxlan_foreign_vni),
+            vxlan_queue_full: g(&self.vxlan_queue_full),
             too_big: g(&self.too_big),
             replica_drops: g(&self.replica_drops),
             vxlan_datagrams: g(&self.vxlan_datagrams),

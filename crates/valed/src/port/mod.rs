@@ -218,6 +218,20 @@ pub trait Backend: Send {
     }
     /// Where its peer is, in a few words ("AF_PACKET on eth0", "vhost-user on PATH").
     fn describe(&self) -> String;
+    /// Where the switch's address `mac` (in `vlan`), learned on this port, lives beyond
+    /// it, if the port knows (a VXLAN uplink: the remote VTEP). For `vale-ctl fdb`.
+    fn peer_of(&self, _mac: [u8; 6], _vlan: Option<u16>) -> Option<Peer> {
+        None
+    }
+}
+
+/// A learned address's place beyond its port ([`Backend::peer_of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// The remote VTEP (the outer source address) it was learned from.
+    pub vtep: std::net::IpAddr,
+    /// The VNI, when the uplink carries several.
+    pub vni: Option<u32>,
 }
 
 /// A new backend of the kind `spec` names, for host port `name`. This is the only
@@ -273,6 +287,7 @@ pub fn create(
             src_ports,
             map,
         } => Box::new(vxlan::Vxlan::create(
+            name,
             vxlan::Conf::parse(
                 *vni,
                 local,

@@ -2,6 +2,7 @@
 //! port's TX ring, frames from its RX ring out in batches (`sendmmsg`), each to the
 //! VTEP learned for its destination or to every remote and the group.
 
+use super::shared::{Inbox, RxSocket};
 use super::vtep::{self, Reject, Vteps};
 use super::{Conf, DATAGRAM_CAP, Shown, VTEP_CAPACITY, VTEP_MAX_AGE, dest};
 use crate::port::counters::bump;
@@ -9,6 +10,8 @@ use crate::port::rings::{ring_copy, ring_peek, ring_put, room};
 use crate::port::{DrivenPort, PortCounters, PortRings, Start, Watcher};
 use crate::sys::udp::{MAX_BATCH, Outgoing, RecvBatch, SockAddr, send_batch};
 use rustix::fd::{AsFd, OwnedFd};
+use std::net::IpAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use vale_wire::vxlan::HEADER_LEN;
@@ -47,7 +50,12 @@ struct Fate {
 
 pub struct VxlanIo {
     conf: Arc<Conf>,
+    /// The receiving socket, maybe shared with other uplinks; `rx_sock` is this port's
+    /// own descriptor of it (in its lane's epoll set), `inbox` where other uplinks'
+    /// threads put the datagrams they read for this one.
+    rx: Arc<RxSocket>,
     rx_sock: OwnedFd,
+    inbox: Arc<Inbox>,
     tx_socks: Vec<OwnedFd>,
     /// Where broadcast, multicast and unknown unicast go: every remote, and the group.
     floods: Vec<SockAddr>,
@@ -57,27 +65,95 @@ pub struct VxlanIo {
     name: String,
     /// The VXLAN header of each of the port's VNIs (as [`Fate::net`]).
     hdrs: Vec<[u8; HEADER_LEN]>,
-    /// A received frame with the tag of its VLAN put in.
-    tagged: Vec<u8>,
+    ing: Ingress,
     recv: RecvBatch,
     /// The frames of one `push`, `FRAME_CAP` bytes each.
     frames: Vec<u8>,
     fates: Vec<Fate>,
     msgs: Vec<Msg>,
-    /// The VTEPs learned in each VNI (as [`Fate::net`]).
-    vteps: Vec<Vteps>,
     shown: Arc<Mutex<Shown>>,
     t0: Instant,
     published: u64,
+    closed: bool,
+}
+
+/// What receiving changes: the learned VTEPs, and a buffer.
+struct Ingress {
+    /// The VTEPs learned in each VNI (as [`Fate::net`]).
+    vteps: Vec<Vteps>,
+    /// A received frame with the tag of its VLAN put in.
+    tagged: Vec<u8>,
     /// The table learned or moved an address since it was last published.
     changed: bool,
-    closed: bool,
+}
+
+/// What became of one received datagram.
+enum Got {
+    /// Its frame is in the switch port's TX ring.
+    Put,
+    /// Malformed (the counter to count it as) or of a VNI of no
+    /// mapping here (`vni`): the socket's business.
+    Other(Option<u32>, fn(&PortCounters) -> &AtomicU64),
+}
+
+impl Ingress {
+    /// Datagram `d` from `from`: its frame into `rings`' TX ring (tagged with its VLAN
+    /// if it came in a mapped VNI), its source learned behind `from`.
+    fn deliver(
+        &mut self,
+        conf: &Conf,
+        rings: &PortRings,
+        c: &PortCounters,
+        now: u64,
+        d: &[u8],
+        from: Option<IpAddr>,
+    ) -> Got {
+        let (net, inner) = match vtep::decap_any(d) {
+            Ok((vni, f)) if vni == conf.vni => (0, f),
+            Ok((vni, f)) => match conf.map.iter().position(|m| m.0 == vni) {
+                Some(i) => (i + 1, f),
+                None => return Got::Other(Some(vni), |c| &c.vxlan_foreign_vni),
+            },
+            Err(r) => {
+                let which: fn(&PortCounters) -> &AtomicU64 = match r {
+                    Reject::TooShort => |c| &c.vxlan_too_short,
+                    Reject::NoIFlag => |c| &c.vxlan_no_i_flag,
+                    Reject::Reserved => |c| &c.vxlan_reserved,
+                    Reject::ForeignVni => |c| &c.vxlan_foreign_vni,
+                };
+                return Got::Other(None, which);
+            }
+        };
+        if conf.learning
+            && let Some(from) = from
+            && from != conf.local
+        {
+            let mut src = [0u8; 6];
+            src.copy_from_slice(&inner[6..12]);
+            self.changed |= self.vteps[net].learn(src, from, now);
+        }
+        let inner = if net == 0 {
+            inner
+        } else {
+            // A mapped VNI's frame enters the switch tagged with its VLAN.
+            let vid = conf.map[net - 1].1;
+            self.tagged.clear();
+            self.tagged.extend_from_slice(&inner[..12]);
+            self.tagged
+                .extend_from_slice(&[0x81, 0x00, (vid >> 8) as u8, vid as u8]);
+            self.tagged.extend_from_slice(&inner[12..]);
+            &self.tagged
+        };
+        ring_put(&rings.tx, inner);
+        c.count_in(inner.len());
+        Got::Put
+    }
 }
 
 impl VxlanIo {
     pub(super) fn new(
         conf: Arc<Conf>,
-        rx_sock: OwnedFd,
+        (rx, rx_sock, inbox): (Arc<RxSocket>, OwnedFd, Arc<Inbox>),
         tx_socks: Vec<OwnedFd>,
         cx: Start<'_>,
         shown: Arc<Mutex<Shown>>,
@@ -89,12 +165,17 @@ impl VxlanIo {
                 .chain(conf.map.iter().map(|m| m.0))
                 .map(vtep::header)
                 .collect(),
-            tagged: Vec::with_capacity(FRAME_CAP + 4),
-            vteps: (0..=conf.map.len())
-                .map(|_| Vteps::new(VTEP_CAPACITY, VTEP_MAX_AGE))
-                .collect(),
+            ing: Ingress {
+                tagged: Vec::with_capacity(FRAME_CAP + 4),
+                vteps: (0..=conf.map.len())
+                    .map(|_| Vteps::new(VTEP_CAPACITY, VTEP_MAX_AGE))
+                    .collect(),
+                changed: false,
+            },
             conf,
+            rx,
             rx_sock,
+            inbox,
             tx_socks,
             floods,
             rings: cx.rings,
@@ -108,7 +189,6 @@ impl VxlanIo {
             shown,
             t0: Instant::now(),
             published: u64::MAX,
-            changed: false,
             closed: false,
         }
     }
@@ -120,14 +200,14 @@ impl VxlanIo {
     /// The learned table for `vale-ctl list`, once a second at most (never waiting for
     /// the control thread).
     fn publish(&mut self, now: u64) {
-        if now == self.published && !self.changed {
+        if now == self.published && !self.ing.changed {
             return;
         }
         if let Ok(mut s) = self.shown.try_lock() {
-            s.vteps = self.vteps.iter().flat_map(|t| t.rows(now)).collect();
+            s.vteps = self.ing.vteps.iter().map(|t| t.rows(now)).collect();
             s.at = Some((self.t0, now));
             self.published = now;
-            self.changed = false;
+            self.ing.changed = false;
         }
     }
 
@@ -219,70 +299,43 @@ impl DrivenPort for VxlanIo {
         if self.closed || fit == 0 {
             return 0;
         }
-        let got = match self.recv.recv(self.rx_sock.as_fd(), fit.min(MAX_BATCH)) {
-            Ok(n) => n,
-            Err(_) => {
-                PortCounters::lost(&self.counters.read_errors, 1);
-                return 0;
-            }
-        };
-        if got == 0 {
-            return 0;
-        }
         let now = self.now();
         let c = &*self.counters;
         let mut put = 0;
+        // First what other uplinks' threads read for this one.
+        let mut queued = 0;
+        if !self.inbox.is_empty() {
+            let (ing, conf) = (&mut self.ing, &*self.conf);
+            queued = self.inbox.take(fit.min(MAX_BATCH), |from, d| {
+                match ing.deliver(conf, rings, c, now, d, from) {
+                    Got::Put => put += 1,
+                    // The maps changed meanwhile.
+                    Got::Other(_, why) => PortCounters::lost(why(c), 1),
+                }
+            });
+        }
+        let fit = fit - queued;
+        let got = if fit == 0 {
+            0
+        } else {
+            match self.recv.recv(self.rx_sock.as_fd(), fit.min(MAX_BATCH)) {
+                Ok(n) => n,
+                Err(_) => {
+                    PortCounters::lost(&self.counters.read_errors, 1);
+                    0
+                }
+            }
+        };
         for i in 0..got {
             let d = self.recv.datagram(i);
             if d.truncated {
                 PortCounters::lost(&c.truncated, 1);
                 continue;
             }
-            let decap = vtep::decap_any(d.bytes).and_then(|(vni, f)| {
-                if vni == self.conf.vni {
-                    return Ok((0, f));
-                }
-                match self.conf.map.iter().position(|m| m.0 == vni) {
-                    Some(i) => Ok((i + 1, f)),
-                    None => Err(Reject::ForeignVni),
-                }
-            });
-            let (net, inner) = match decap {
-                Ok(f) => f,
-                Err(r) => {
-                    let which = match r {
-                        Reject::TooShort => &c.vxlan_too_short,
-                        Reject::NoIFlag => &c.vxlan_no_i_flag,
-                        Reject::Reserved => &c.vxlan_reserved,
-                        Reject::ForeignVni => &c.vxlan_foreign_vni,
-                    };
-                    bump(which, 1);
-                    continue;
-                }
-            };
-            if self.conf.learning
-                && let Some(from) = d.from
-                && from != self.conf.local
-            {
-                let mut src = [0u8; 6];
-                src.copy_from_slice(&inner[6..12]);
-                self.changed |= self.vteps[net].learn(src, from, now);
+            match self.ing.deliver(&self.conf, rings, c, now, d.bytes, d.from) {
+                Got::Put => put += 1,
+                Got::Other(vni, why) => self.rx.other(vni, d.from, d.bytes, c, why),
             }
-            let inner = if net == 0 {
-                inner
-            } else {
-                // A mapped VNI's frame enters the switch tagged with its VLAN.
-                let vid = self.conf.map[net - 1].1;
-                self.tagged.clear();
-                self.tagged.extend_from_slice(&inner[..12]);
-                self.tagged
-                    .extend_from_slice(&[0x81, 0x00, (vid >> 8) as u8, vid as u8]);
-                self.tagged.extend_from_slice(&inner[12..]);
-                &self.tagged
-            };
-            ring_put(&rings.tx, inner);
-            c.count_in(inner.len());
-            put += 1;
         }
         if put > 0 {
             rings.tx.txsync();
@@ -291,7 +344,7 @@ impl DrivenPort for VxlanIo {
             self.publish(now);
         }
         // Garbage counts as work too: a flood of it is read a batch per pass, no more.
-        got
+        got + queued
     }
 
     fn push(&mut self) -> usize {
@@ -336,7 +389,7 @@ impl DrivenPort for VxlanIo {
             let mut dst = [0u8; 6];
             dst.copy_from_slice(&buf[..6]);
             let known = if self.conf.learning && dst[0] & 1 == 0 {
-                self.vteps[usize::from(net)].lookup(&dst, now)
+                self.ing.vteps[usize::from(net)].lookup(&dst, now)
             } else {
                 None
             };
@@ -387,12 +440,26 @@ impl DrivenPort for VxlanIo {
         taken
     }
 
+    fn arm(&mut self) -> bool {
+        !self.inbox.is_empty()
+    }
+
     fn fault(&mut self) {
         if !self.closed
             && crate::port::fd_io::read_fault(&self.rx_sock, &self.counters, &self.name)
                 == crate::port::fd_io::Fault::Gone
         {
             self.close();
+        }
+    }
+}
+
+impl Drop for VxlanIo {
+    /// Its descriptor leaves the lane's epoll set first: the socket stays open for the
+    /// other uplinks on it, and epoll forgets a descriptor only with its file.
+    fn drop(&mut self) {
+        if !self.closed {
+            self.watcher.remove(&self.rx_sock);
         }
     }
 }

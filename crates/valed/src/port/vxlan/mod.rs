@@ -11,6 +11,7 @@
 //! underlay is counted (`too_big`), never fragmented or cut.
 
 mod io;
+mod shared;
 pub mod vtep;
 
 use super::{AfterDetach, Attach, Backend, DrivenPort, Start};
@@ -256,52 +257,11 @@ fn unspecified(v4: bool) -> IpAddr {
     }
 }
 
-/// The sockets of one port: where datagrams arrive, and one per source port.
-struct Sockets {
-    rx: OwnedFd,
-    tx: Vec<OwnedFd>,
-}
-
-/// Opens and binds the port's sockets: errors (the port is taken, the address is not
-/// this host's) reach `vale-ctl` when the port is made.
-fn open(c: &Conf) -> Result<Sockets, CtlError> {
+/// Opens and binds the port's sending sockets, one per source port: errors (a source
+/// port taken, the address is not this host's) reach `vale-ctl` when the port is made.
+fn open_tx(c: &Conf) -> Result<Vec<OwnedFd>, CtlError> {
     let io = |what: &str, e: std::io::Error| CtlError::Internal(format!("VXLAN {what}: {e}"));
     let v4 = c.local.is_ipv4();
-    let rx = udp_socket(c.family()).map_err(|e| io("socket", e))?;
-    if !v4 {
-        sockopt::set_ipv6_v6only(&rx, true).map_err(|e| io("IPV6_V6ONLY", e.into()))?;
-    }
-    // A group's datagrams are addressed to the group, not to `local`: bind the port on
-    // every address then.
-    let bind_ip = if c.group.is_some() {
-        unspecified(v4)
-    } else {
-        c.local
-    };
-    rustix::net::bind(&rx, &SocketAddr::new(bind_ip, c.port)).map_err(|e| {
-        let why = match e {
-            rustix::io::Errno::ADDRINUSE => {
-                " (another VTEP, a kernel vxlan device with this dstport in this network namespace, or another port uses it)"
-            }
-            rustix::io::Errno::ADDRNOTAVAIL => " (--local must be an address of this host)",
-            _ => "",
-        };
-        CtlError::Busy(format!("cannot bind UDP {bind_ip} port {}: {e}{why}", c.port))
-    })?;
-    // Bursts from several remotes at once: room for a few thousand datagrams.
-    let _ = sockopt::set_socket_recv_buffer_size_force(&rx, 4 << 20)
-        .or_else(|_| sockopt::set_socket_recv_buffer_size(&rx, 4 << 20));
-    if let Some(g) = c.group {
-        let ifindex = c.dev.as_ref().map_or(0, |d| d.1);
-        let r = match (g, c.local) {
-            (IpAddr::V4(g), IpAddr::V4(l)) => {
-                sockopt::set_ip_add_membership_with_ifindex(&rx, &g, &l, ifindex)
-            }
-            (IpAddr::V6(g), _) => sockopt::set_ipv6_add_membership(&rx, &g, ifindex),
-            _ => Ok(()),
-        };
-        r.map_err(|e| io(&format!("joining group {g}"), e.into()))?;
-    }
     let ports: Vec<u16> = match c.src_ports {
         Some((lo, hi)) => (lo..=hi).collect(),
         None => vec![0; DEFAULT_SOURCE_PORTS],
@@ -313,7 +273,10 @@ fn open(c: &Conf) -> Result<Sockets, CtlError> {
             sockopt::set_ipv6_v6only(&s, true).map_err(|e| io("IPV6_V6ONLY", e.into()))?;
         }
         rustix::net::bind(&s, &SocketAddr::new(c.local, p)).map_err(|e| {
-            CtlError::Busy(format!("cannot bind UDP source port {} {p}: {e}", c.local))
+            CtlError::Busy(format!(
+                "cannot bind UDP source port {} {p}: {e} (uplinks on one address need --src-ports ranges apart)",
+                c.local
+            ))
         })?;
         // DF set: a datagram too large for the path fails with EMSGSIZE (counted as
         // `too_big`) instead of leaving in fragments; RFC 7348 §4.3 forbids those.
@@ -339,27 +302,34 @@ fn open(c: &Conf) -> Result<Sockets, CtlError> {
         }
         tx.push(s);
     }
-    Ok(Sockets { rx, tx })
+    Ok(tx)
 }
 
-/// What the data plane shows the control thread: the learned table when it changes,
-/// and at most once a second besides, with when (the port's clock and its reading).
+/// What the data plane shows the control thread: the learned table of each of the
+/// port's VNIs (as `io::Fate::net`, rows by address) when it changes, and at most once
+/// a second besides, with when (the port's clock and its reading).
 #[derive(Default)]
 pub struct Shown {
-    pub vteps: Vec<vtep::Row>,
+    pub vteps: Vec<Vec<vtep::Row>>,
     pub at: Option<(std::time::Instant, u64)>,
 }
 
 impl Shown {
+    /// Seconds since the rows were published.
+    fn later(&self) -> Option<u64> {
+        let (t0, at) = self.at?;
+        Some(t0.elapsed().as_secs().saturating_sub(at))
+    }
+
     /// The rows as they are now: ages moved on since they were published, the expired
     /// left out (an idle port publishes nothing).
     fn now(&self) -> Vec<vtep::Row> {
-        let Some((t0, at)) = self.at else {
+        let Some(later) = self.later() else {
             return Vec::new();
         };
-        let later = t0.elapsed().as_secs().saturating_sub(at);
         self.vteps
             .iter()
+            .flatten()
             .map(|r| vtep::Row {
                 age_secs: r.age_secs + later,
                 ..r.clone()
@@ -367,21 +337,35 @@ impl Shown {
             .filter(|r| r.age_secs <= VTEP_MAX_AGE)
             .collect()
     }
+
+    /// The VTEP `mac` was learned behind in VNI number `net`, if it is still live.
+    fn find(&self, net: usize, mac: &[u8; 6]) -> Option<IpAddr> {
+        let later = self.later()?;
+        let rows = self.vteps.get(net)?;
+        let r = &rows[rows.binary_search_by_key(mac, |r| r.mac).ok()?];
+        (r.age_secs + later <= VTEP_MAX_AGE).then_some(r.vtep)
+    }
 }
 
 /// The control side of a VXLAN port.
 pub struct Vxlan {
     conf: Arc<Conf>,
-    socks: Option<Sockets>,
+    /// Its place on the receiving socket it may share with other uplinks.
+    rx: shared::Membership,
+    tx: Option<Vec<OwnedFd>>,
     shown: Arc<Mutex<Shown>>,
 }
 
 impl Vxlan {
-    pub fn create(conf: Conf) -> Result<Vxlan, CtlError> {
-        let socks = open(&conf)?;
+    /// Host port `name`'s uplink: its place on the receiving socket of its address and
+    /// port (shared with the uplinks there), and its sending sockets.
+    pub fn create(name: &str, conf: Conf) -> Result<Vxlan, CtlError> {
+        let rx = shared::join(name, &conf)?;
+        let tx = open_tx(&conf)?;
         Ok(Vxlan {
             conf: Arc::new(conf),
-            socks: Some(socks),
+            rx,
+            tx: Some(tx),
             shown: Default::default(),
         })
     }
@@ -413,27 +397,59 @@ impl Backend for Vxlan {
     }
 
     fn start(&mut self, cx: Start<'_>) -> Result<Box<dyn DrivenPort>, PortError> {
-        let s = self
-            .socks
+        let tx = self
+            .tx
             .take()
             .ok_or_else(|| PortError::Refused("the VXLAN sockets are in use".into()))?;
-        cx.watcher.add(&s.rx)?;
+        // A descriptor of its own for the shared socket: each uplink's lane watches it
+        // under the uplink's token (epoll keys on the descriptor).
+        let rx = rustix::io::fcntl_dupfd_cloexec(&self.rx.sock.fd, 0)
+            .map_err(|e| PortError::io("dup", e))?;
+        cx.watcher.add(&rx)?;
+        let inbox = Arc::new(shared::Inbox::new(cx.waker.clone(), cx.counters.clone()));
+        self.rx.set_inbox(inbox.clone());
         Ok(Box::new(io::VxlanIo::new(
             self.conf.clone(),
-            s.rx,
-            s.tx,
+            (self.rx.sock.clone(), rx, inbox),
+            tx,
             cx,
             self.shown.clone(),
         )))
     }
 
     fn stop(&mut self) -> AfterDetach {
+        self.rx.clear_inbox();
         AfterDetach::Forget
+    }
+
+    /// The VTEP an address of the switch's table was learned behind: looked up in the
+    /// VNI its VLAN maps to (without VLANs, in each VNI in turn), by the control thread
+    /// in what the data plane last published.
+    fn peer_of(&self, mac: [u8; 6], vlan: Option<u16>) -> Option<super::Peer> {
+        let c = &self.conf;
+        let mapped = vlan.and_then(|v| c.map.iter().position(|m| m.1 == v));
+        let nets: Vec<usize> = match (vlan, mapped) {
+            (_, Some(i)) => vec![i + 1],
+            (Some(_), None) => vec![0],
+            (None, None) => (0..=c.map.len()).collect(),
+        };
+        let shown = self.shown.lock().ok()?;
+        nets.into_iter().find_map(|net| {
+            let vtep = shown.find(net, &mac)?;
+            Some(super::Peer {
+                vtep,
+                vni: (!c.map.is_empty()).then(|| if net == 0 { c.vni } else { c.map[net - 1].0 }),
+            })
+        })
     }
 
     fn describe(&self) -> String {
         let c = &self.conf;
         let mut s = format!("VNI {} on {}", c.vni, SocketAddr::new(c.local, c.port));
+        let others = self.rx.sock.members().saturating_sub(1);
+        if others > 0 {
+            s += &format!(" (its socket shared with {others} more uplinks)");
+        }
         for (vni, vid) in &c.map {
             s += &format!(", VNI {vni} = VLAN {vid}");
         }

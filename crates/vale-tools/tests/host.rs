@@ -1741,3 +1741,150 @@ fn kernel_drops_are_counted(xdp: bool, n: u32) {
         "vale-ctl list shows it: {list}"
     );
 }
+
+/// MTU headroom for pushed tags: full-size frames (1514 bytes, what a 1500-MTU host
+/// sends) from an access port and from a tunnel port, and a C-tagged full-size one
+/// (1518) from the tunnel port, leave trunk ports 4 bytes longer (8 for the one tagged
+/// twice). Each egress, checked against tcpdump on the peers (MTU 1500) and valed's
+/// counters: a TAP takes them all whole; an AF_XDP veth those up to MTU + 18 whole,
+/// whatever the tag, the longer counted `too_big`; an AF_PACKET veth the 802.1Q-tagged
+/// one whole, while the kernel refuses (`EMSGSIZE`) the 802.1ad ones beyond MTU + 14,
+/// counted `too_big`. Nothing is cut short.
+#[test]
+fn full_size_frames_that_get_a_tag_leave_trunks_whole_or_are_counted_too_big() {
+    need_host!();
+    if !have("tcpdump", "tcpdump", "tagged frames read back by tcpdump")
+        || !have("python3", "python3", "raw frames")
+    {
+        return;
+    }
+    use wire::{eth, pattern};
+    let mut net = Net::new("vxm");
+    let d = Daemon::start("host-vlan-mtu", &[]);
+    let xdp = match valed::probe_af_xdp() {
+        Ok(()) => true,
+        Err(e) => {
+            skip(&format!(
+                "no AF_XDP here ({e}): the AF_XDP trunk is left out"
+            ));
+            false
+        }
+    };
+    ctl_ok(&d, &["vlan", "vale0", "--filtering", "on"]);
+    // (port, peer, namespace) of: access 10, tunnel 100, then the trunks: AF_PACKET,
+    // TAP, AF_XDP.
+    let mut ends = Vec::new();
+    for w in ["a", "q", "p", "t", "x"] {
+        if w == "x" && !xdp {
+            continue;
+        }
+        let ns = net.ns(&w.to_uppercase());
+        let (x, y) = if w == "t" {
+            let t = net.name("tt");
+            ctl_ok(&d, &["-n", &t]);
+            (t.clone(), t)
+        } else {
+            let (x, y) = (net.name(&format!("x{w}")), net.name(&format!("y{w}")));
+            net.veth(&x, &y);
+            (x, y)
+        };
+        ok(&["ip", "link", "set", &y, "netns", &ns]);
+        ok(&["ip", "-n", &ns, "link", "set", &y, "up"]);
+        let port = format!("vale0:{x}");
+        let mode: &[&str] = match w {
+            "a" => &["--access", "10"],
+            "q" => &["--tunnel", "100"],
+            _ => &["--trunk", "10,100"],
+        };
+        let mut args = vec!["vlan", port.as_str()];
+        args.extend_from_slice(mode);
+        ctl_ok(&d, &args);
+        if w == "x" {
+            ctl_ok(&d, &["-a", &port, "--xdp"]);
+        } else {
+            ctl_ok(&d, &["-a", &port]);
+        }
+        ends.push((x, y, ns));
+    }
+    let caps: Vec<Tcpdump> = ends[2..]
+        .iter()
+        .map(|(_, y, ns)| Tcpdump::start(ns, y, d.dir.join(format!("{y}.pcap"))))
+        .collect();
+    const BC: [u8; 6] = [0xff; 6];
+    const A: [u8; 6] = [2, 0, 0, 0, 0x0b, 1];
+    const Q: [u8; 6] = [2, 0, 0, 0, 0x0b, 2];
+    const Q2: [u8; 6] = [2, 0, 0, 0, 0x0b, 3];
+    let full = |src, tags: &[(u16, u16)], seed| {
+        let mut f = eth(BC, src, tags, 0x88b5);
+        f.extend(pattern(seed, 1514 + 4 * tags.len() - f.len()));
+        f
+    };
+    let push = |f: &[u8], tpid: u16, vid: u16| {
+        let mut v = f[..12].to_vec();
+        v.extend_from_slice(&tpid.to_be_bytes());
+        v.extend_from_slice(&vid.to_be_bytes());
+        v.extend_from_slice(&f[12..]);
+        v
+    };
+    let (a1, q1, q2) = (
+        full(A, &[], 1),
+        full(Q, &[], 2),
+        full(Q2, &[(0x8100, 7)], 3),
+    );
+    let (a1t, q1t, q2t) = (
+        push(&a1, 0x8100, 10),
+        push(&q1, 0x88a8, 100),
+        push(&q2, 0x88a8, 100),
+    );
+    assert_eq!((a1t.len(), q1t.len(), q2t.len()), (1518, 1518, 1522));
+    send_frames(&ends[0].2, &ends[0].1, &[(false, a1)]);
+    send_frames(&ends[1].2, &ends[1].1, &[(false, q1), (false, q2)]);
+    // (frames from A, Q and Q2 that arrive whole; `too_big`) of each trunk.
+    type Want = (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>, u64);
+    let wants: Vec<Want> = [
+        (vec![a1t.clone()], vec![], vec![], 2),
+        (vec![a1t.clone()], vec![q1t.clone()], vec![q2t], 0),
+        (vec![a1t], vec![q1t], vec![], 1),
+    ]
+    .into_iter()
+    .take(caps.len())
+    .collect();
+    let done = wait_for(5.0, || {
+        caps.iter().zip(&wants).all(|(c, w)| {
+            c.from(A).len() == w.0.len()
+                && c.from(Q).len() == w.1.len()
+                && c.from(Q2).len() == w.2.len()
+        })
+    });
+    std::thread::sleep(Duration::from_millis(300)); // anything that should not come
+    for ((cap, w), (x, y, _)) in caps.iter().zip(&wants).zip(&ends[2..]) {
+        let h = d.host(x);
+        for (src, want) in [(A, &w.0), (Q, &w.1), (Q2, &w.2)] {
+            let got = cap.from(src);
+            assert!(
+                got == *want,
+                "{y} ({}), from {src:x?} ({done}): {}",
+                h["kind"],
+                mismatch(&got, want)
+            );
+        }
+        let c = &h["counters"];
+        assert_eq!(
+            (
+                c["too_big"].as_u64(),
+                c["write_errors"].as_u64(),
+                c["truncated"].as_u64()
+            ),
+            (Some(w.3), Some(0), Some(0)),
+            "{y} ({}): {c}",
+            h["kind"]
+        );
+    }
+    let list = ctl_ok(&d, &["list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.contains(&ends[2].0) && l.contains("kernel_drops 0 too_big 2")),
+        "vale-ctl list names the reason: {list}"
+    );
+    d.assert_laws();
+}

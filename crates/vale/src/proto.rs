@@ -501,8 +501,10 @@ pub struct HostCounters {
     /// while this one's inbox was full (it fell behind), dropped.
     #[serde(default)]
     pub vxlan_queue_full: u64,
-    /// VXLAN: frames whose datagram exceeds the underlay's MTU (`EMSGSIZE`: the uplink
-    /// never fragments), dropped.
+    /// Frames too long for the peer, dropped: on a VXLAN uplink, a datagram over the
+    /// underlay's MTU (`EMSGSIZE`: the uplink never fragments); on an attached
+    /// interface, a frame over its MTU + 14 (+ 4 for one pushed VLAN tag: see the README's
+    /// VLAN section), refused by the kernel (AF_PACKET) or by valed (AF_XDP).
     #[serde(default)]
     pub too_big: u64,
     /// VXLAN: copies of a replicated frame that could not be sent to one of the remotes

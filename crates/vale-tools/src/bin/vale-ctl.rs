@@ -135,7 +135,7 @@ fn run(args: &Args) -> Result<(), String> {
                         c.read_errors,
                         c.bad_offload,
                         if h.kind == "nic-xdp" || h.kind == "nic" {
-                            format!(" kernel_drops {}", c.kernel_drops)
+                            format!(" kernel_drops {} too_big {}", c.kernel_drops, c.too_big)
                         } else if h.kind == "vxlan" {
                             format!(
                                 " too_big {} replica_drops {} datagrams {}\n    dropped: too_short {} no_i_flag {} reserved {} foreign_vni {} queue_full {}\n    {}",
@@ -162,6 +162,8 @@ fn run(args: &Args) -> Result<(), String> {
                             format!(" no_peer {}", c.no_peer)
                         } else if c.memory_faults > 0 {
                             format!(" memory_faults {}", c.memory_faults)
+                        } else if c.too_big > 0 {
+                            format!(" too_big {}", c.too_big)
                         } else {
                             String::new()
                         }

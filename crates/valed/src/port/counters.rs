@@ -40,7 +40,9 @@ pub struct PortCounters {
     /// VXLAN: datagrams another uplink of the socket read for this one while its
     /// inbox was full.
     pub vxlan_queue_full: AtomicU64,
-    /// VXLAN: frames whose datagram the underlay refused as larger than its MTU.
+    /// Frames longer than the peer takes: a VXLAN datagram the underlay refused as
+    /// larger than its MTU, a frame an interface refused (`EMSGSIZE`) or one longer
+    /// than an AF_XDP port's interface MTU allows.
     pub too_big: AtomicU64,
     /// VXLAN: copies of a replicated frame one remote did not get.
     pub replica_drops: AtomicU64,

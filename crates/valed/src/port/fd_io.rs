@@ -103,7 +103,7 @@ pub fn write_frames(
         };
         match r {
             Ok(_) => c.count_out(len),
-            Err(_) => PortCounters::lost(&c.write_errors, 1),
+            Err(e) => PortCounters::lost(refused(c, Some(e)), 1),
         }
     }
     if sent > 0 {
@@ -119,9 +119,21 @@ pub fn write_frames(
 pub fn write_direct(dev: &OwnedFd, c: &PortCounters, pkt: &Direct<'_>) -> bool {
     match crate::sys::write_frags(dev.as_fd(), pkt.hdr, pkt.frags) {
         Ok(n) => c.count_out(n),
-        Err(_) => PortCounters::lost(&c.write_errors, 1),
+        Err(e) => PortCounters::lost(refused(c, rustix::io::Errno::from_io_error(&e)), 1),
     }
     true
+}
+
+/// The counter of a frame the interface refused with `e`: `too_big` for one longer than
+/// its MTU allows (`EMSGSIZE`: an AF_PACKET socket takes MTU + 14 bytes, and 4 more for
+/// an 802.1Q-tagged frame, so a full-size frame a trunk port tagged 802.1ad, or tagged
+/// twice, is refused), else `write_errors`.
+fn refused(c: &PortCounters, e: Option<rustix::io::Errno>) -> &std::sync::atomic::AtomicU64 {
+    if e == Some(rustix::io::Errno::MSGSIZE) {
+        &c.too_big
+    } else {
+        &c.write_errors
+    }
 }
 
 /// What an error condition on a port's socket was.

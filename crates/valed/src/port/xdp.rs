@@ -200,6 +200,7 @@ impl Backend for Xdp {
             rings: cx.rings,
             counters: cx.counters,
             watcher: cx.watcher,
+            max_len: max_len(ifname).unwrap_or(usize::MAX),
             name: ifname.clone(),
             polls: 0,
             stats_at: Instant::now(),
@@ -233,6 +234,22 @@ struct XdpIo {
     /// Passes over the sockets, and when the kernel's drop counters were last read.
     polls: u32,
     stats_at: Instant,
+    /// The longest frame the interface sends ([`max_len`]), read again with the drop
+    /// counters.
+    max_len: usize,
+}
+
+/// The longest frame `ifname` takes: its MTU, the Ethernet header and one VLAN tag's
+/// headroom, as the kernel allows a frame it forwards (`is_skb_forwardable`; a veth
+/// drops longer ones, counted only in its own `tx_dropped`) and an AF_PACKET socket an
+/// 802.1Q-tagged one.
+fn max_len(ifname: &str) -> Option<usize> {
+    let mtu: usize = std::fs::read_to_string(format!("/sys/class/net/{ifname}/mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(mtu + 14 + 4)
 }
 
 impl XdpIo {
@@ -240,6 +257,9 @@ impl XdpIo {
     /// socket was made).
     fn read_drops(&mut self) {
         self.stats_at = Instant::now();
+        if let Some(m) = max_len(&self.name) {
+            self.max_len = m;
+        }
         let lost: u64 = self.x.socks.iter().map(|s| s.statistics().lost()).sum();
         self.counters.kernel_drops.store(lost, Ordering::Relaxed);
     }
@@ -286,8 +306,9 @@ impl DrivenPort for XdpIo {
 
     /// Every packet the switch delivered (up to a burst) copied into a UMEM frame of
     /// the first socket and sent; a packet that does not fit a frame is `truncated`,
-    /// one with no free frame (the interface is slower than the switch) a
-    /// `write_errors`.
+    /// one longer than the interface's MTU allows ([`max_len`]: a full-size frame that
+    /// a trunk port tagged fits, one tagged twice does not) `too_big`, one with no
+    /// free frame (the interface is slower than the switch) a `write_errors`.
     fn push(&mut self) -> usize {
         let Some(sock) = self.x.socks.first_mut() else {
             return 0;
@@ -297,13 +318,16 @@ impl DrivenPort for XdpIo {
         let mut sent = 0;
         while sent < BURST && rx.space() > 0 {
             let (used, len) = ring_peek(rx);
-            let ok = len <= FRAME && sock.send(len, |dst| ring_copy(rx, used, dst));
+            let fits = len <= FRAME && len <= self.max_len;
+            let ok = fits && sock.send(len, |dst| ring_copy(rx, used, dst));
             rx.advance(used);
             sent += 1;
             if ok {
                 c.count_out(len);
             } else if len > FRAME {
                 PortCounters::lost(&c.truncated, 1);
+            } else if len > self.max_len {
+                PortCounters::lost(&c.too_big, 1);
             } else {
                 PortCounters::lost(&c.write_errors, 1);
             }

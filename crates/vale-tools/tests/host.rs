@@ -4,6 +4,7 @@
 //! otherwise. Every namespace and interface made here is removed, also on failure.
 
 mod common;
+use common::peers::{Ovs, iperf3};
 use common::*;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -174,42 +175,6 @@ fn ctl_err(d: &Daemon, args: &[&str]) -> String {
     let o = d.ctl(args);
     assert_eq!(o.status.code(), Some(1), "vale-ctl {args:?} should fail");
     String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-/// One 2-second iperf3 TCP stream from `client_ns` to `server_ip` in `server_ns`: the
-/// bytes received, or `None` (SKIP printed) without iperf3.
-fn iperf3(client_ns: &str, server_ns: &str, server_ip: &str) -> Option<u64> {
-    if !have("iperf3", "iperf3", "the iperf3 part") {
-        return None;
-    }
-    let mut srv = Command::new("ip")
-        .args([
-            "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", server_ip,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    // Bounded: a switch that stops forwarding must fail the test, not hang it.
-    let o = run(&[
-        "timeout", "30", "ip", "netns", "exec", client_ns, "iperf3", "-c", server_ip, "-t", "2",
-        "-J",
-    ]);
-    let _ = srv.kill();
-    let _ = srv.wait();
-    assert!(
-        o.status.success(),
-        "iperf3: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("iperf3 -J");
-    let bps = v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or(0.0);
-    eprintln!("iperf3 {client_ns} -> {server_ip}: {:.2} Gbit/s", bps / 1e9);
-    v["end"]["sum_received"]["bytes"].as_u64()
 }
 
 fn if_exists(name: &str) -> bool {
@@ -1355,94 +1320,6 @@ fn vlan_aware_switch_between_af_packet_and_af_xdp_veths() {
 
 /// A private Open vSwitch (ovsdb-server, and ovs-vswitchd in namespace `ns`, userspace
 /// datapath) whose files live in `dir`; both daemons stopped by PID when dropped.
-struct Ovs {
-    dir: std::path::PathBuf,
-}
-
-impl Ovs {
-    fn start(dir: std::path::PathBuf, ns: &str) -> Result<Ovs, String> {
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let ovs = Ovs { dir };
-        let d = path_str(&ovs.dir).to_string();
-        let db = format!("{d}/conf.db");
-        let step = |args: &[&str]| -> Result<(), String> {
-            let o = ovs
-                .cmd(args)
-                .output()
-                .map_err(|e| format!("{args:?}: {e}"))?;
-            if o.status.success() {
-                Ok(())
-            } else {
-                Err(format!("{args:?}: {}", String::from_utf8_lossy(&o.stderr)))
-            }
-        };
-        step(&[
-            "ovsdb-tool",
-            "create",
-            &db,
-            "/usr/share/openvswitch/vswitch.ovsschema",
-        ])?;
-        step(&[
-            "ovsdb-server",
-            &db,
-            &format!("--remote=punix:{d}/db.sock"),
-            &format!("--pidfile={d}/ovsdb-server.pid"),
-            &format!("--unixctl={d}/ovsdb-server.ctl"),
-            &format!("--log-file={d}/ovsdb-server.log"),
-            "--detach",
-        ])?;
-        ovs.vsctl(&["--no-wait", "init"])?;
-        step(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "ovs-vswitchd",
-            &format!("unix:{d}/db.sock"),
-            &format!("--pidfile={d}/ovs-vswitchd.pid"),
-            &format!("--unixctl={d}/ovs-vswitchd.ctl"),
-            &format!("--log-file={d}/ovs-vswitchd.log"),
-            "--detach",
-        ])?;
-        Ok(ovs)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(args[0]);
-        c.args(&args[1..]);
-        for k in ["OVS_RUNDIR", "OVS_LOGDIR", "OVS_DBDIR", "OVS_SYSCONFDIR"] {
-            c.env(k, &self.dir);
-        }
-        c
-    }
-
-    fn vsctl(&self, args: &[&str]) -> Result<String, String> {
-        let db = format!("--db=unix:{}/db.sock", path_str(&self.dir));
-        let mut a = vec!["ovs-vsctl", "--timeout=10", &db];
-        a.extend_from_slice(args);
-        let o = self.cmd(&a).output().map_err(|e| e.to_string())?;
-        if o.status.success() {
-            Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
-        } else {
-            Err(format!("{args:?}: {}", String::from_utf8_lossy(&o.stderr)))
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("ovs-vswitchd.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Ovs {
-    fn drop(&mut self) {
-        for p in ["ovs-vswitchd.pid", "ovsdb-server.pid"] {
-            if let Ok(pid) = std::fs::read_to_string(self.dir.join(p)) {
-                let _ = Command::new("kill").arg(pid.trim()).status();
-            }
-        }
-    }
-}
-
 /// Open vSwitch's userspace datapath as the reference peer: two switches with the same
 /// VLAN configuration, ours and OVS's (`tag=`, `trunks=`, `vlan_mode=native-untagged`,
 /// `dot1q-tunnel` with `vlan-limit=2`), each between its own veths in namespaces; the
@@ -1486,17 +1363,10 @@ fn vlan_aware_switch_agrees_with_open_vswitch() {
         ),
     ];
     let o_ns = net.ns("O");
-    let ovs = match Ovs::start(d.dir.join("ovs"), &o_ns) {
-        Ok(o) => o,
-        Err(e) => {
-            peer_broken(&format!("Open vSwitch did not start: {e}"));
-            return;
-        }
+    let Some(ovs) = Ovs::started(d.dir.join("ovs"), &o_ns) else {
+        return;
     };
-    let vs = |args: &[&str]| {
-        ovs.vsctl(args)
-            .unwrap_or_else(|e| panic!("ovs-vsctl: {e}\n{}", ovs.log()))
-    };
+    let vs = |args: &[&str]| ovs.vs(args);
     vs(&[
         "add-br",
         "brv",

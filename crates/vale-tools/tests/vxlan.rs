@@ -13,6 +13,7 @@
 //! the kernel peer's side makes the kernel finish them (a real NIC does it anyway).
 
 mod common;
+use common::peers::{Ovs, iperf3, iperf3_with};
 use common::*;
 use std::process::{Command, Output, Stdio};
 
@@ -230,51 +231,6 @@ fn tap_host_on(d: &Daemon, sw: &str, dns: &str, tap: &str, host: &str, addr: &st
         &mtu.to_string(),
         "up",
     ]);
-}
-
-/// One iperf3 TCP stream of 2 s from `client` to `server_ip` in `server`: the bytes
-/// received (`None`, SKIP printed, without iperf3).
-fn iperf3(client: &str, server: &str, server_ip: &str) -> Option<u64> {
-    iperf3_with(client, server, server_ip, &[])
-}
-
-/// [`iperf3`] with more client flags (`-P 8`).
-fn iperf3_with(client: &str, server: &str, server_ip: &str, extra: &[&str]) -> Option<u64> {
-    if !have("iperf3", "iperf3", "the iperf3 part") {
-        return None;
-    }
-    let mut srv = Command::new("ip")
-        .args([
-            "netns", "exec", server, "iperf3", "-s", "-1", "-B", server_ip,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let up = wait_for(5.0, || {
-        ok(&["ip", "netns", "exec", server, "ss", "-ltn"]).contains(":5201")
-    });
-    assert!(up, "iperf3 server did not listen");
-    // Bounded: an uplink that stops carrying must fail the test, not hang it.
-    let mut a = vec![
-        "timeout", "30", "ip", "netns", "exec", client, "iperf3", "-c", server_ip, "-t", "2", "-J",
-    ];
-    a.extend_from_slice(extra);
-    let o = run(&a);
-    let _ = srv.kill();
-    let _ = srv.wait();
-    assert!(
-        o.status.success(),
-        "iperf3 {client} -> {server_ip}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("iperf3 -J");
-    let bps = v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or(0.0);
-    eprintln!("iperf3 {client} -> {server_ip}: {:.2} Gbit/s", bps / 1e9);
-    v["end"]["sum_received"]["bytes"].as_u64()
 }
 
 /// The VXLAN host port's entry of `vale-ctl list`.
@@ -1105,93 +1061,6 @@ fn head_end_replication_floods_to_every_remote_and_unicast_reaches_only_its_host
 
 /// A private Open vSwitch instance (its database, its ovs-vswitchd in a namespace, the
 /// userspace datapath), as in l2-peers.md §2.5; its daemons stopped by PID on drop.
-struct Ovs {
-    dir: std::path::PathBuf,
-    pids: Vec<String>,
-}
-
-impl Ovs {
-    fn env(&self, c: &mut Command) {
-        for k in ["OVS_RUNDIR", "OVS_LOGDIR", "OVS_DBDIR", "OVS_SYSCONFDIR"] {
-            c.env(k, &self.dir);
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let mut c = Command::new(args[0]);
-        c.args(&args[1..]);
-        self.env(&mut c);
-        let o = c.output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-        assert!(
-            o.status.success(),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    fn vsctl(&self, args: &[&str]) -> String {
-        let db = format!("--db=unix:{}/db.sock", self.dir.display());
-        let mut a = vec!["ovs-vsctl", db.as_str(), "--timeout=10"];
-        a.extend_from_slice(args);
-        self.run(&a)
-    }
-
-    /// ovsdb-server, then ovs-vswitchd inside `ns`.
-    fn start(dir: std::path::PathBuf, ns: &str) -> Ovs {
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut o = Ovs {
-            dir,
-            pids: Vec::new(),
-        };
-        let d = o.dir.display().to_string();
-        o.run(&[
-            "ovsdb-tool",
-            "create",
-            &format!("{d}/conf.db"),
-            "/usr/share/openvswitch/vswitch.ovsschema",
-        ]);
-        o.run(&[
-            "ovsdb-server",
-            &format!("{d}/conf.db"),
-            &format!("--remote=punix:{d}/db.sock"),
-            &format!("--pidfile={d}/ovsdb-server.pid"),
-            &format!("--unixctl={d}/ovsdb-server.ctl"),
-            &format!("--log-file={d}/ovsdb-server.log"),
-            "--detach",
-        ]);
-        o.pids
-            .push(std::fs::read_to_string(format!("{d}/ovsdb-server.pid")).unwrap());
-        o.vsctl(&["--no-wait", "init"]);
-        o.run(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "ovs-vswitchd",
-            &format!("unix:{d}/db.sock"),
-            &format!("--pidfile={d}/ovs-vswitchd.pid"),
-            &format!("--unixctl={d}/ovs-vswitchd.ctl"),
-            &format!("--log-file={d}/ovs-vswitchd.log"),
-            "--detach",
-        ]);
-        o.pids
-            .push(std::fs::read_to_string(format!("{d}/ovs-vswitchd.pid")).unwrap());
-        o
-    }
-}
-
-impl Drop for Ovs {
-    fn drop(&mut self) {
-        for p in self.pids.iter().rev() {
-            let _ = Command::new("kill").arg(p.trim()).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn open_vswitch_userspace_is_a_peer_both_ways() {
     need_net!();
@@ -1210,13 +1079,14 @@ fn open_vswitch_userspace_is_a_peer_both_ways() {
     // checksum the veth left unfinished (`datapath_drop_tunnel_pop_error`): OVS's own
     // documented workaround, on the sending side's veth.
     ok(&["ip", "netns", "exec", &v, "ethtool", "-K", &vu, "tx", "off"]);
-    let ovs = Ovs::start(
-        std::env::temp_dir().join(format!("vale-test-ovs-{}", std::process::id())),
-        &o,
-    );
+    let dir = std::env::temp_dir().join(format!("vale-test-ovs-{}", std::process::id()));
+    let Some(ovs) = Ovs::started(dir, &o) else {
+        return;
+    };
+    let vs = |args: &[&str]| ovs.vs(args);
     // The userspace datapath routes and ARPs itself: the endpoint address sits on the
     // bridge that holds the underlay port.
-    ovs.vsctl(&[
+    vs(&[
         "add-br",
         "br-phy",
         "--",
@@ -1231,7 +1101,7 @@ fn open_vswitch_userspace_is_a_peer_both_ways() {
     ]);
     addr_add(&o, "br-phy", "198.18.0.4/24");
     ok(&["ip", "-n", &o, "link", "set", "br-phy", "up"]);
-    ovs.vsctl(&[
+    vs(&[
         "add-br",
         "br-int",
         "--",
@@ -1274,7 +1144,7 @@ fn open_vswitch_userspace_is_a_peer_both_ways() {
         ping(&h, "198.19.0.4", 5),
         "to OVS:\n{}\n{}",
         d.log(),
-        std::fs::read_to_string(ovs.dir.join("ovs-vswitchd.log")).unwrap_or_default()
+        ovs.log()
     );
     let about = uplink(&d)["about"].as_str().unwrap_or_default().to_string();
     assert!(

@@ -1,6 +1,7 @@
 //! A real valed per test, on its own socket, stopped (and checked) at the end.
 #![allow(dead_code)]
 
+pub mod peers;
 pub mod wire;
 
 use std::path::{Path, PathBuf};

@@ -352,3 +352,91 @@ fn leave_group(s: &RxSocket, key: Group) {
         _ => Ok(()),
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An uplink's conf on 127.0.0.1:`port` (nothing is sent: only bound).
+    fn conf(vni: u32, port: u16, map: &[&str]) -> Conf {
+        let map: Vec<String> = map.iter().map(|s| s.to_string()).collect();
+        Conf::parse(
+            vni,
+            "127.0.0.1",
+            port,
+            &["127.0.0.2".into()],
+            None,
+            None,
+            true,
+            None,
+        )
+        .and_then(|c| c.with_map(&map))
+        .unwrap()
+    }
+
+    /// A UDP port of 127.0.0.1 that was free a moment ago.
+    fn free_port() -> u16 {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    }
+
+    fn waker() -> Waker {
+        let fd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+        Waker(Arc::new(fd))
+    }
+
+    #[test]
+    fn uplinks_share_a_socket_by_vni_and_it_closes_with_the_last() {
+        let port = free_port();
+        let a = join("a", &conf(42, port, &[])).unwrap();
+        let b = join("b", &conf(43, port, &["44:20"])).unwrap();
+        assert!(Arc::ptr_eq(&a.sock, &b.sock), "one socket for both");
+        assert_eq!(a.sock.members(), 2);
+        let e = join("c", &conf(44, port, &[])).err().unwrap().to_string();
+        assert!(
+            e.contains("VNI 44 on UDP 127.0.0.1:") && e.contains("VXLAN port `b`'s already"),
+            "{e}"
+        );
+        // Datagrams of b's VNIs go to b's inbox once it runs; nobody's are counted on
+        // the oldest running uplink.
+        let (ca, cb) = (
+            Arc::new(PortCounters::default()),
+            Arc::new(PortCounters::default()),
+        );
+        let own = PortCounters::default();
+        let foreign: fn(&PortCounters) -> &AtomicU64 = |c| &c.vxlan_foreign_vni;
+        b.sock.other(Some(43), None, b"x", &own, foreign);
+        assert_eq!(
+            own.vxlan_foreign_vni.load(Ordering::Relaxed),
+            1,
+            "b does not run yet"
+        );
+        a.set_inbox(Arc::new(Inbox::new(waker(), ca.clone())));
+        let ib = Arc::new(Inbox::new(waker(), cb.clone()));
+        b.set_inbox(ib.clone());
+        let from = Some(IpAddr::from([127, 0, 0, 2]));
+        b.sock.other(Some(44), from, b"dgram", &own, foreign);
+        b.sock.other(Some(45), None, b"x", &own, foreign);
+        b.sock.other(None, None, b"x", &own, |c| &c.vxlan_too_short);
+        assert_eq!(ca.vxlan_foreign_vni.load(Ordering::Relaxed), 1);
+        assert_eq!(ca.vxlan_too_short.load(Ordering::Relaxed), 1);
+        let mut got = Vec::new();
+        assert_eq!(ib.take(8, |f, d| got.push((f, d.to_vec()))), 1);
+        assert_eq!(got, vec![(from, b"dgram".to_vec())]);
+        assert!(ib.is_empty());
+        // A full inbox counts what it cannot hold.
+        for _ in 0..INBOX_CAP + 3 {
+            b.sock.other(Some(43), None, b"x", &own, foreign);
+        }
+        assert_eq!(cb.vxlan_queue_full.load(Ordering::Relaxed), 3);
+        assert_eq!(ib.take(usize::MAX, |_, _| ()), INBOX_CAP);
+        // a leaves: b keeps the socket; b leaves: the port is free again.
+        let sock = Arc::downgrade(&a.sock);
+        drop(a);
+        assert_eq!(b.sock.members(), 1);
+        drop(b);
+        assert!(sock.upgrade().is_none(), "closed with the last uplink");
+        let again = join("a", &conf(42, port, &[])).unwrap();
+        assert_eq!(again.sock.members(), 1);
+    }
+}

@@ -306,6 +306,51 @@ fn port_keys(kind: &str) -> Option<&'static [&'static str]> {
     })
 }
 
+/// The UDP socket a VXLAN entry receives on (its address, `*` with a group, and port)
+/// and the VNIs it takes there (`vni`, then `map`'s).
+fn vxlan_socket(spec: &vale::proto::PortSpec) -> Option<(String, u16, Vec<u32>)> {
+    let vale::proto::PortSpec::Vxlan {
+        vni,
+        local,
+        port,
+        group,
+        map,
+        ..
+    } = spec
+    else {
+        return None;
+    };
+    let at = match group {
+        Some(_) => "*".to_string(),
+        None => local
+            .parse::<std::net::IpAddr>()
+            .map_or_else(|_| local.clone(), |a| a.to_string()),
+    };
+    let vnis = std::iter::once(*vni)
+        .chain(
+            map.iter()
+                .filter_map(|m| m.split_once(':')?.0.trim().parse().ok()),
+        )
+        .collect();
+    Some((at, *port, vnis))
+}
+
+/// Why VXLAN entry `d` cannot be made next to the entries before it: one of its VNIs
+/// is another's on the same UDP socket (valed would refuse the second at start).
+fn vni_taken(before: &[Declared], d: &Declared) -> Option<String> {
+    let (at, port, vnis) = vxlan_socket(&d.spec)?;
+    before.iter().find_map(|p| {
+        let (at2, port2, vnis2) = vxlan_socket(&p.spec)?;
+        let v = vnis.iter().find(|v| vnis2.contains(v))?;
+        (at == at2 && port == port2).then(|| {
+            format!(
+                "{}: VNI {v} on UDP port {port} of {at} is {}'s already, on line {}: each VNI of a socket goes to one uplink",
+                d.port, p.port, p.line
+            )
+        })
+    })
+}
+
 /// One `[[port]]` table as the file has it, with where it starts.
 fn declared(
     table: &toml::Spanned<toml::Table>,
@@ -528,6 +573,13 @@ impl ConfigFile {
                     path: path.to_path_buf(),
                     line: d.line,
                     why: format!("{} is declared already, on line {}", d.port, first.line),
+                });
+            }
+            if let Some(why) = vni_taken(&f.ports, &d) {
+                return Err(SettingsError::Port {
+                    path: path.to_path_buf(),
+                    line: d.line,
+                    why,
                 });
             }
             f.ports.push(d);
@@ -914,6 +966,28 @@ mod tests {
         std::fs::write(&path, format!("{text}ttl = 3\n")).unwrap();
         let e = ConfigFile::load(&path).unwrap_err().to_string();
         assert!(e.contains("`ttl` is not a key of a vxlan port"), "{e}");
+        // Uplinks on one socket: each VNI once; another address or port is another
+        // socket.
+        let up = |name: &str, vni: u32, extra: &str| {
+            format!(
+                "[[port]]\nname = \"{name}\"\nkind = \"vxlan\"\nvni = {vni}\nlocal = \"198.18.0.1\"\nremote = [\"198.18.0.2\"]\n{extra}\n"
+            )
+        };
+        let two = |b: String| {
+            std::fs::write(
+                &path,
+                format!("{}{b}", up("vale0:v42", 42, "map = [\"44:20\"]")),
+            )
+            .unwrap();
+            ConfigFile::load(&path).map(|f| f.ports.len())
+        };
+        assert_eq!(two(up("vale1:v43", 43, "")).unwrap(), 2);
+        assert_eq!(two(up("vale1:v43", 42, "port = 4790")).unwrap(), 2);
+        let e = two(up("vale1:v43", 44, "")).unwrap_err().to_string();
+        assert!(
+            e.contains("line 8: [[port]] vale1:v43: VNI 44 on UDP port 4789 of 198.18.0.1 is vale0:v42's already, on line 1"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

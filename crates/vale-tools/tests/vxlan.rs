@@ -1379,6 +1379,40 @@ fn a_vxlan_uplink_carries_one_vlan_of_a_vlan_aware_switch() {
     // And back: traffic resumes.
     ctl_ok(d, &["vlan", "vale0:up", "--access", "10"]);
     assert!(ping(&p.h, "198.19.0.2", 3), "{}", d.log());
+    // The overlay MTU holds the frame as it leaves: a full-size frame of the overlay
+    // (1464 bytes) fits untagged, but as a trunk the uplink pushes a tag and the
+    // datagram is 4 bytes over the underlay's MTU: counted `too_big`, never cut.
+    let full = |n: u32| {
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &p.h,
+            "ping",
+            "-c",
+            &n.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-M",
+            "do",
+            "-s",
+            "1422",
+            "198.19.0.2",
+        ])
+        .status
+        .success()
+    };
+    let big0 = hc(d, "too_big");
+    assert!(full(2), "1464 bytes untagged fit the overlay MTU");
+    ctl_ok(d, &["vlan", "vale0:up", "--trunk", "10"]);
+    assert!(!full(2), "tagged, they do not");
+    assert!(
+        wait_for(2.0, || hc(d, "too_big") == big0 + 2),
+        "{}",
+        uplink(d)
+    );
     d.assert_laws();
 }
 

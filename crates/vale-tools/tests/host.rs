@@ -4,7 +4,7 @@
 //! otherwise. Every namespace and interface made here is removed, also on failure.
 
 mod common;
-use common::peers::{Ovs, iperf3};
+use common::peers::{Ovs, iperf3, link_counts, link_mac};
 use common::*;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -111,31 +111,11 @@ impl Net {
         ok(&["ip", "-n", ns, "link", "set", ifname, "up"]);
     }
 
-    fn mac(&self, ns: &str, ifname: &str) -> String {
-        let o = run(&["ip", "-n", ns, "-o", "link", "show", ifname]);
-        let s = String::from_utf8_lossy(&o.stdout).to_string();
-        s.split("link/ether ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no MAC for {ifname} in {s}"))
-            .to_string()
-    }
-
-    /// The kernel's own (received, sent) frame counts of `ifname` in `ns`.
-    fn counts(&self, ns: &str, ifname: &str) -> (u64, u64) {
-        let o = run(&["ip", "-n", ns, "-j", "-s", "link", "show", ifname]);
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout)
-            .unwrap_or_else(|e| panic!("ip -j -s link show {ifname}: {e}"));
-        let s = &v[0]["stats64"];
-        let n = |d: &str| s[d]["packets"].as_u64().unwrap_or_else(|| panic!("{v}"));
-        (n("rx"), n("tx"))
-    }
-
     /// (sent, received) by the kernel over `ifs` (namespace, interface): the frames they
     /// handed to valed and those valed wrote to them.
     fn totals(&self, ifs: &[(&str, &str)]) -> (u64, u64) {
         ifs.iter().fold((0, 0), |(s, r), (ns, i)| {
-            let (rx, tx) = self.counts(ns, i);
+            let (rx, tx) = link_counts(ns, i);
             (s + tx, r + rx)
         })
     }
@@ -211,7 +191,7 @@ fn tap_ports_in_namespaces_talk_through_the_switch_and_nobody_else() {
     assert!(net.ping(&nb, "10.199.0.1", 3), "B pings A");
     let fdb = ctl_ok(&d, &["fdb", "vale0"]);
     for (ns, t) in [(&na, &ta), (&nb, &tb)] {
-        let mac = net.mac(ns, t);
+        let mac = link_mac(ns, t);
         assert!(
             fdb.contains(&mac) && fdb.contains(&format!("vale0:{t}")),
             "{mac} of {t} learned on vale0:{t}: {fdb}"
@@ -1578,12 +1558,12 @@ fn kernel_drops_are_counted(xdp: bool, n: u32) {
     .unwrap();
     const SRC: [u8; 6] = [2, 0, 0, 0, 0x0a, 0x0d];
     let frames: Vec<_> = (0..n).map(|i| (false, frame([0xff; 6], SRC, i))).collect();
-    let (_, sent0) = net.counts(&ns, &y);
+    let (_, sent0) = link_counts(&ns, &y);
     signal_process(d.pid(), "STOP");
     send_frames(&ns, &y, &frames);
     signal_process(d.pid(), "CONT");
     let got = recv_from(&r, SRC, n as usize, 3.0);
-    let (_, sent1) = net.counts(&ns, &y);
+    let (_, sent1) = link_counts(&ns, &y);
     let sent = sent1 - sent0;
     assert!(sent >= u64::from(n), "{y} sent {sent} frames of {n}");
     // The count is read before the forwarding thread sleeps: wait for it.

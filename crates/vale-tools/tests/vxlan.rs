@@ -13,7 +13,7 @@
 //! the kernel peer's side makes the kernel finish them (a real NIC does it anyway).
 
 mod common;
-use common::peers::{Ovs, iperf3, iperf3_with};
+use common::peers::{Ovs, iperf3, iperf3_with, link_counts as counts, link_mac as mac};
 use common::*;
 use std::process::{Command, Output, Stdio};
 
@@ -149,25 +149,6 @@ fn addr_add(ns: &str, ifname: &str, addr: &str) {
     } else {
         ok(&["ip", "-n", ns, "addr", "add", addr, "dev", ifname]);
     }
-}
-
-/// The kernel's own (received, sent) packet counts of `ifname` in `ns`.
-fn counts(ns: &str, ifname: &str) -> (u64, u64) {
-    let o = run(&["ip", "-n", ns, "-j", "-s", "link", "show", ifname]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("ip -j -s link show {ifname}: {e}"));
-    let s = &v[0]["stats64"];
-    let n = |d: &str| s[d]["packets"].as_u64().unwrap_or_else(|| panic!("{v}"));
-    (n("rx"), n("tx"))
-}
-
-fn mac(ns: &str, ifname: &str) -> String {
-    let s = ok(&["ip", "-n", ns, "-o", "link", "show", ifname]);
-    s.split("link/ether ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no MAC for {ifname} in {s}"))
-        .to_string()
 }
 
 fn ping(ns: &str, dst: &str, count: u32) -> bool {

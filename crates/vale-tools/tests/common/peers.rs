@@ -1,9 +1,37 @@
-//! Real peers the host and VXLAN tests share: iperf3 between namespaces, and a private
-//! Open vSwitch (its own database, sockets and logs in a folder of the test's).
+//! Real peers the host and VXLAN tests share: the kernel's view of an interface in a
+//! namespace, iperf3 between namespaces, and a private Open vSwitch (its own database,
+//! sockets and logs in a folder of the test's).
 
 use super::{have, path_str, peer_broken, wait_for};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+
+/// The kernel's own (received, sent) packet counts of `ifname` in namespace `ns`.
+pub fn link_counts(ns: &str, ifname: &str) -> (u64, u64) {
+    let o = Command::new("ip")
+        .args(["-n", ns, "-j", "-s", "link", "show", ifname])
+        .output()
+        .expect("ip");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("ip -j -s link show {ifname} in {ns}: {e}"));
+    let s = &v[0]["stats64"];
+    let n = |d: &str| s[d]["packets"].as_u64().unwrap_or_else(|| panic!("{v}"));
+    (n("rx"), n("tx"))
+}
+
+/// The MAC address of `ifname` in namespace `ns`.
+pub fn link_mac(ns: &str, ifname: &str) -> String {
+    let o = Command::new("ip")
+        .args(["-n", ns, "-o", "link", "show", ifname])
+        .output()
+        .expect("ip");
+    let s = String::from_utf8_lossy(&o.stdout);
+    s.split("link/ether ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no MAC for {ifname} in {ns}: {s}"))
+        .to_string()
+}
 
 /// One iperf3 TCP stream of 2 s from namespace `client` to `server_ip` in namespace
 /// `server`: the bytes received (`None`, SKIP printed, without iperf3).

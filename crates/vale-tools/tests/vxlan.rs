@@ -1185,42 +1185,6 @@ fn vxlan_ports_are_declared_refused_with_reasons_removed_and_made_again() {
     );
     // Refused, each with its reason: a VNI of the socket taken, the port bound in a
     // way this uplink cannot share, a port a kernel vxlan device holds, and bad values.
-    let e = ctl_err(
-        &d,
-        &[
-            "vxlan",
-            "vale1:up2",
-            "--vni",
-            "42",
-            "--local",
-            "198.18.0.1",
-            "--remote",
-            "198.18.0.2",
-        ],
-    );
-    assert!(
-        e.contains("VNI 42 on UDP 198.18.0.1:4789 is VXLAN port `up`'s already"),
-        "{e}"
-    );
-    let e = ctl_err(
-        &d,
-        &[
-            "vxlan",
-            "vale1:up2",
-            "--vni",
-            "43",
-            "--local",
-            "198.18.0.1",
-            "--group",
-            "239.1.1.1",
-            "--dev",
-            &net.name("u"),
-        ],
-    );
-    assert!(
-        e.contains("cannot bind UDP 0.0.0.0:4789: VXLAN port `up` has UDP 198.18.0.1:4789"),
-        "{e}"
-    );
     ok(&[
         "ip",
         "-n",
@@ -1240,55 +1204,42 @@ fn vxlan_ports_are_declared_refused_with_reasons_removed_and_made_again() {
         "198.18.0.2",
     ]);
     ok(&["ip", "-n", &v, "link", "set", "vxk", "up"]);
-    let e = ctl_err(
-        &d,
-        &[
-            "vxlan",
-            "vale1:up2",
-            "--vni",
+    let u = net.name("u");
+    let remote = ["--remote", "198.18.0.2"];
+    let cases: [(&str, &str, &[&str], &str); 6] = [
+        (
+            "42",
+            "198.18.0.1",
+            &remote,
+            "VNI 42 on UDP 198.18.0.1:4789 is VXLAN port `up`'s already",
+        ),
+        (
             "43",
-            "--local",
             "198.18.0.1",
-            "--port",
-            "4790",
-            "--remote",
-            "198.18.0.2",
-        ],
-    );
-    assert!(e.contains("cannot bind UDP 198.18.0.1 port 4790"), "{e}");
-    let e = ctl_err(
-        &d,
-        &[
-            "vxlan",
-            "vale1:up2",
-            "--vni",
-            "16777216",
-            "--local",
+            &["--group", "239.1.1.1", "--dev", &u],
+            "cannot bind UDP 0.0.0.0:4789: VXLAN port `up` has UDP 198.18.0.1:4789",
+        ),
+        (
+            "43",
             "198.18.0.1",
-            "--remote",
-            "198.18.0.2",
-        ],
-    );
-    assert!(e.contains("does not fit in 24 bits"), "{e}");
-    let e = ctl_err(
-        &d,
-        &["vxlan", "vale1:up2", "--vni", "1", "--local", "198.18.0.1"],
-    );
-    assert!(e.contains("needs --remote IP"), "{e}");
-    let e = ctl_err(
-        &d,
-        &[
-            "vxlan",
-            "vale1:up2",
-            "--vni",
+            &["--port", "4790", "--remote", "198.18.0.2"],
+            "cannot bind UDP 198.18.0.1 port 4790",
+        ),
+        ("16777216", "198.18.0.1", &remote, "does not fit in 24 bits"),
+        ("1", "198.18.0.1", &[], "needs --remote IP"),
+        (
             "1",
-            "--local",
             "198.18.0.9",
-            "--remote",
-            "198.18.0.2",
-        ],
-    );
-    assert!(e.contains("must be an address of this host"), "{e}");
+            &remote,
+            "must be an address of this host",
+        ),
+    ];
+    for (vni, local, rest, says) in cases {
+        let mut a = vec!["vxlan", "vale1:up2", "--vni", vni, "--local", local];
+        a.extend_from_slice(rest);
+        let e = ctl_err(&d, &a);
+        assert!(e.contains(says), "vale-ctl {a:?}: {e}");
+    }
     // Removed: the port and its socket go, and the same port can be made again.
     ctl_ok(&d, &["-d", "vale0:up"]);
     assert!(!d.ports().contains(&"vale0:up".to_string()));

@@ -172,6 +172,33 @@ fn ping(ns: &str, dst: &str, count: u32) -> bool {
     .success()
 }
 
+/// `count` pings of `size` bytes from `ns` to `dst` with DF set (`-M do`): whether
+/// they were answered.
+fn ping_df(ns: &str, dst: &str, count: u32, size: u32) -> bool {
+    run(&[
+        "timeout",
+        "20",
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "ping",
+        "-c",
+        &count.to_string(),
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        "-M",
+        "do",
+        "-s",
+        &size.to_string(),
+        dst,
+    ])
+    .status
+    .success()
+}
+
 /// A kernel vxlan device `name` in `ns` with `args` after `id VNI dstport 4789`, the
 /// lower veth's checksum offload off (module doc), and the overlay address `addr`.
 fn kernel_vtep(ns: &str, lower: &str, name: &str, vni: u32, args: &[&str], addr: &str) {
@@ -338,24 +365,7 @@ fn a_kernel_vxlan_peer_pings_arps_and_carries_iperf3_both_ways_counted_exactly()
     // Frames larger than the overlay MTU are counted, never fragmented nor cut.
     ok(&["ip", "-n", &p.h, "link", "set", &p.tap, "mtu", "1500"]);
     let (krx0, _) = counts(&p.k, "vx0");
-    let _ = run(&[
-        "ip",
-        "netns",
-        "exec",
-        &p.h,
-        "ping",
-        "-c",
-        "2",
-        "-i",
-        "0.2",
-        "-W",
-        "1",
-        "-M",
-        "do",
-        "-s",
-        "1472",
-        "198.19.0.2",
-    ]);
+    let _ = ping_df(&p.h, "198.19.0.2", 2, 1472);
     assert!(wait_for(2.0, || hc(d, "too_big") == 2), "{}", uplink(d));
     assert_eq!(
         counts(&p.k, "vx0").0,
@@ -1314,32 +1324,13 @@ fn a_vxlan_uplink_carries_one_vlan_of_a_vlan_aware_switch() {
     // The overlay MTU holds the frame as it leaves: a full-size frame of the overlay
     // (1464 bytes) fits untagged, but as a trunk the uplink pushes a tag and the
     // datagram is 4 bytes over the underlay's MTU: counted `too_big`, never cut.
-    let full = |n: u32| {
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &p.h,
-            "ping",
-            "-c",
-            &n.to_string(),
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            "-M",
-            "do",
-            "-s",
-            "1422",
-            "198.19.0.2",
-        ])
-        .status
-        .success()
-    };
     let big0 = hc(d, "too_big");
-    assert!(full(2), "1464 bytes untagged fit the overlay MTU");
+    assert!(
+        ping_df(&p.h, "198.19.0.2", 2, 1422),
+        "1464 bytes untagged fit the overlay MTU"
+    );
     ctl_ok(d, &["vlan", "vale0:up", "--trunk", "10"]);
-    assert!(!full(2), "tagged, they do not");
+    assert!(!ping_df(&p.h, "198.19.0.2", 2, 1422), "tagged, they do not");
     assert!(
         wait_for(2.0, || hc(d, "too_big") == big0 + 2),
         "{}",

@@ -4,7 +4,7 @@
 //! otherwise. Every namespace and interface made here is removed, also on failure.
 
 mod common;
-use common::peers::{Ovs, iperf3, link_counts, link_mac};
+use common::peers::{Ovs, iperf3, link_counts, link_mac, ping_in};
 use common::*;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -121,22 +121,7 @@ impl Net {
     }
 
     fn ping(&self, ns: &str, dst: &str, count: u32) -> bool {
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "ping",
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            dst,
-        ])
-        .status
-        .success()
+        ping_in(ns, dst, count, &["-W", "1"])
     }
 }
 

@@ -13,7 +13,7 @@
 //! the kernel peer's side makes the kernel finish them (a real NIC does it anyway).
 
 mod common;
-use common::peers::{Ovs, iperf3, iperf3_with, link_counts as counts, link_mac as mac};
+use common::peers::{Ovs, iperf3, iperf3_with, link_counts as counts, link_mac as mac, ping_in};
 use common::*;
 use std::process::{Command, Output, Stdio};
 
@@ -152,51 +152,18 @@ fn addr_add(ns: &str, ifname: &str, addr: &str) {
 }
 
 fn ping(ns: &str, dst: &str, count: u32) -> bool {
-    run(&[
-        "timeout",
-        "20",
-        "ip",
-        "netns",
-        "exec",
-        ns,
-        "ping",
-        "-c",
-        &count.to_string(),
-        "-i",
-        "0.2",
-        "-W",
-        "2",
-        dst,
-    ])
-    .status
-    .success()
+    ping_in(ns, dst, count, &["-W", "2"])
 }
 
 /// `count` pings of `size` bytes from `ns` to `dst` with DF set (`-M do`): whether
 /// they were answered.
 fn ping_df(ns: &str, dst: &str, count: u32, size: u32) -> bool {
-    run(&[
-        "timeout",
-        "20",
-        "ip",
-        "netns",
-        "exec",
+    ping_in(
         ns,
-        "ping",
-        "-c",
-        &count.to_string(),
-        "-i",
-        "0.2",
-        "-W",
-        "1",
-        "-M",
-        "do",
-        "-s",
-        &size.to_string(),
         dst,
-    ])
-    .status
-    .success()
+        count,
+        &["-W", "1", "-M", "do", "-s", &size.to_string()],
+    )
 }
 
 /// A kernel vxlan device `name` in `ns` with `args` after `id VNI dstport 4789`, the

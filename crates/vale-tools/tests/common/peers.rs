@@ -33,6 +33,23 @@ pub fn link_mac(ns: &str, ifname: &str) -> String {
         .to_string()
 }
 
+/// `count` pings 0.2 s apart from namespace `ns` to `dst`, with `extra` flags (`-W 1`,
+/// `-M do -s 1472`), bounded at 20 s: whether they were answered.
+pub fn ping_in(ns: &str, dst: &str, count: u32, extra: &[&str]) -> bool {
+    let count = count.to_string();
+    let mut a = vec![
+        "20", "ip", "netns", "exec", ns, "ping", "-c", &count, "-i", "0.2",
+    ];
+    a.extend_from_slice(extra);
+    a.push(dst);
+    Command::new("timeout")
+        .args(&a)
+        .output()
+        .expect("timeout ip netns exec ping")
+        .status
+        .success()
+}
+
 /// One iperf3 TCP stream of 2 s from namespace `client` to `server_ip` in namespace
 /// `server`: the bytes received (`None`, SKIP printed, without iperf3).
 pub fn iperf3(client: &str, server: &str, server_ip: &str) -> Option<u64> {

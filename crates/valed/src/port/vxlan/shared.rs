@@ -17,7 +17,7 @@ use rustix::fd::OwnedFd;
 use rustix::net::sockopt;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 /// Datagrams one uplink's inbox holds for it (a burst of a few receive batches).
@@ -54,6 +54,8 @@ struct Member {
 /// Datagrams read by another uplink's thread for this one, with their senders.
 pub struct Inbox {
     queue: Mutex<Queue>,
+    /// How many are queued, read without the lock on every pass of the owner.
+    len: AtomicUsize,
     waker: Waker,
     pub counters: Arc<PortCounters>,
 }
@@ -69,6 +71,7 @@ impl Inbox {
     pub fn new(waker: Waker, counters: Arc<PortCounters>) -> Inbox {
         Inbox {
             queue: Mutex::default(),
+            len: AtomicUsize::new(0),
             waker,
             counters,
         }
@@ -88,12 +91,13 @@ impl Inbox {
         b.clear();
         b.extend_from_slice(datagram);
         q.items.push_back((from, b));
+        self.len.store(q.items.len(), Ordering::Release);
         drop(q);
         self.waker.wake();
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.lock().map_or(true, |q| q.items.is_empty())
+        self.len.load(Ordering::Acquire) == 0
     }
 
     /// Hands up to `max` queued datagrams to `f`, oldest first; returns how many.
@@ -110,6 +114,7 @@ impl Inbox {
             q.spare.push(b);
             n += 1;
         }
+        self.len.store(q.items.len(), Ordering::Release);
         n
     }
 }

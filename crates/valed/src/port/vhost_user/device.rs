@@ -88,6 +88,7 @@ impl VhostUserBackendMut for NetBackend {
             if g.vrings.is_none() && g.mem.is_some() {
                 g.vrings = Some(vrings.to_vec());
                 g.rx_since = None;
+                g.tx_since = None;
             }
             if device_event == TX {
                 g.tx_broken = false;

@@ -35,7 +35,7 @@ pub(super) struct Outbox {
     /// The guest's RX avail index when a frame last found no room in its buffers: until
     /// it moves, waiting frames are no work (a stopped or starving guest must not keep
     /// the forwarding thread awake).
-    rx_seen: Option<u16>,
+    pub(super) rx_seen: Option<u16>,
 }
 
 /// The RX walker's scratch: the spans of one frame's buffers and, per chain, its head
@@ -166,6 +166,7 @@ fn with_rx<R>(g: &mut Guest, f: impl FnOnce(&mut Rx<'_>, &mut Outbox) -> R) -> O
     }
     let q = st.get_queue_mut();
     let split = Split::of(m, q)?;
+    g.rx_split = Some(split);
     let mut rx = Rx {
         m,
         split,
@@ -542,6 +543,14 @@ pub(crate) fn avail_beyond(q: &virtio_queue::Queue, mem: &GuestMemoryMmap) -> bo
 /// What waits in the outbox -> guest RX buffers, as many as there are (none while
 /// the guest has not set its RX queue up, or has stopped it).
 fn flush(g: &mut Guest, c: &PortCounters) {
+    // No buffers added since the first frame last found no room: it would find none
+    // again. Looked at without the queue's lock (the ring where it last was), as this
+    // runs for every frame handed over while the outbox is full.
+    if let (Some(s), Some(m), Some(seen)) = (&g.rx_split, &g.map, g.out.rx_seen) {
+        if g.out.pending.is_empty() || s.avail_idx_acquire(m) == Some(seen) {
+            return;
+        }
+    }
     let any = with_rx(g, |rx, out| {
         let mut any = false;
         while !out.pending.is_empty() {
@@ -981,5 +990,148 @@ mod tests {
         d(0, 0x1000, 20, 0, 0);
         assert_eq!(pull_chain(&m, &split, 0, &mut segs, &tx), Chain::Bad);
         assert_eq!(tx.head(), 2);
+    }
+
+    /// Guest memory for [`walker_cost`]: a queue of 256 at 0 (avail 0x1000, used
+    /// 0x2000), its descriptor `i` a buffer of 2048 bytes at 0x10000 + 2048 i with
+    /// `len` bytes and `flags`, every avail entry `i` naming descriptor `i`.
+    fn bench_queue(len: u32, flags: u16) -> (virtio_queue::Queue, GuestMemoryMmap) {
+        use vm_memory::{Bytes, GuestAddress};
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut q = virtio_queue::Queue::new(256).unwrap();
+        q.set_size(256);
+        q.set_desc_table_address(Some(0), Some(0));
+        q.set_avail_ring_address(Some(0x1000), Some(0));
+        q.set_used_ring_address(Some(0x2000), Some(0));
+        q.set_ready(true);
+        for i in 0..256u64 {
+            mem.write_obj((0x10000 + 2048 * i).to_le(), GuestAddress(16 * i))
+                .unwrap();
+            mem.write_obj(len.to_le(), GuestAddress(16 * i + 8))
+                .unwrap();
+            mem.write_obj(flags.to_le(), GuestAddress(16 * i + 12))
+                .unwrap();
+            mem.write_obj((i as u16).to_le(), GuestAddress(0x1004 + 2 * i))
+                .unwrap();
+        }
+        (q, mem)
+    }
+
+    /// The guest offers its 256 buffers once more.
+    fn bench_refill(mem: &GuestMemoryMmap, round: u16) {
+        use vm_memory::{Bytes, GuestAddress};
+        mem.write_obj(round.wrapping_mul(256).to_le(), GuestAddress(0x1002))
+            .unwrap();
+    }
+
+    /// What the walker costs per frame, guest RX (a frame into a buffer) and TX (a
+    /// chain into the port's TX ring), beside the same work through virtio-queue's
+    /// per-access `Queue` API and vm-memory (the path before `split`: a chain popped,
+    /// its reader or writer, one used-index store per frame). One thread, no peers:
+    /// the per-frame CPU cost of the queue work alone, not of a whole path.
+    /// `cargo test --release -p valed --lib -- --ignored --nocapture walker_cost`
+    #[test]
+    #[ignore]
+    fn walker_cost() {
+        use std::io::{Read, Write};
+        use std::time::Instant;
+        use vale_abi::{Dir, PortGeometry, Region};
+        const ROUNDS: u16 = 4000;
+        let per = |t: Instant| t.elapsed().as_nanos() as f64 / (f64::from(ROUNDS) * 256.0);
+        for len in [60usize, 1514] {
+            let mut frame = vec![0x5au8; VNET_HDR + len];
+            // RX, the walker.
+            let (mut q, mem) = bench_queue(2048, 2);
+            let m = GuestMap::new(std::sync::Arc::new(mem.clone()));
+            let split = Split::of(&m, &q).unwrap();
+            let mut sc = Scratch::default();
+            let t = Instant::now();
+            for r in 1..=ROUNDS {
+                bench_refill(&mem, r);
+                let mut rx = Rx {
+                    m: &m,
+                    split,
+                    q: &mut q,
+                    sc: &mut sc,
+                };
+                for _ in 0..256 {
+                    assert_eq!(rx.put_frame(&mut frame, true), Put::Done);
+                }
+                split.publish_used_release(&m, rx.q.next_used());
+            }
+            let rx_new = per(t);
+            // RX, virtio-queue.
+            let (mut q, mem) = bench_queue(2048, 2);
+            let t = Instant::now();
+            for r in 1..=ROUNDS {
+                bench_refill(&mem, r);
+                for _ in 0..256 {
+                    let c = q.pop_descriptor_chain(&mem).unwrap();
+                    let head = c.head_index();
+                    let mut w = c.writer(&mem).unwrap();
+                    w.write_all(&frame).unwrap();
+                    q.add_used(&mem, head, frame.len() as u32).unwrap();
+                }
+            }
+            let rx_old = per(t);
+            // TX, the walker, into a port ring rewound every round.
+            let g = PortGeometry {
+                tx_slots: 1024,
+                rx_slots: 64,
+                buf_size: 2048,
+                ..Default::default()
+            };
+            let region = Region::create("vh-walker-cost", g).unwrap();
+            let tx = AppRing::new(region.ring(Dir::Tx, 0).unwrap());
+            let rewind = |tx: &AppRing| {
+                let v = tx.view();
+                v.set_head(0);
+                v.set_cur(0);
+                v.set_tail(1023);
+            };
+            let (mut q, mem) = bench_queue((VNET_HDR + len) as u32, 0);
+            let m = GuestMap::new(std::sync::Arc::new(mem.clone()));
+            let split = Split::of(&m, &q).unwrap();
+            let mut segs = Vec::new();
+            let t = Instant::now();
+            for r in 1..=ROUNDS {
+                bench_refill(&mem, r);
+                rewind(&tx);
+                let (mut next, mut used) = (Wrapping(q.next_avail()), Wrapping(q.next_used()));
+                let avail = split.avail_idx_acquire(&m).unwrap();
+                while next.0 != avail {
+                    let head = split.avail_head(&m, next.0).unwrap();
+                    next += 1;
+                    let c = pull_chain(&m, &split, head, &mut segs, &tx);
+                    assert_eq!(c, Chain::Frame(VNET_HDR + len));
+                    split.set_used(&m, used.0, head, 0);
+                    used += 1;
+                }
+                q.set_next_avail(next.0);
+                q.set_next_used(used.0);
+                split.publish_used_release(&m, used.0);
+            }
+            let tx_new = per(t);
+            // TX, virtio-queue: read into a buffer, then into the ring.
+            let (mut q, mem) = bench_queue((VNET_HDR + len) as u32, 0);
+            let mut buf = Vec::with_capacity(MAX_FRAME + VNET_HDR);
+            let t = Instant::now();
+            for r in 1..=ROUNDS {
+                bench_refill(&mem, r);
+                rewind(&tx);
+                while let Some(c) = q.pop_descriptor_chain(&mem) {
+                    let head = c.head_index();
+                    buf.clear();
+                    c.reader(&mem).unwrap().read_to_end(&mut buf).unwrap();
+                    crate::port::rings::ring_put(&tx, &buf);
+                    q.add_used(&mem, head, 0).unwrap();
+                }
+            }
+            let tx_old = per(t);
+            println!(
+                "walker_cost {len} B: RX {rx_new:.1} ns/frame (virtio-queue {rx_old:.1}), \
+                 TX {tx_new:.1} ns/frame (virtio-queue {tx_old:.1})"
+            );
+        }
     }
 }

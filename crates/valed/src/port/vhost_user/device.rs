@@ -89,6 +89,8 @@ impl VhostUserBackendMut for NetBackend {
                 g.vrings = Some(vrings.to_vec());
                 g.rx_since = None;
                 g.tx_since = None;
+                g.rx_split = None;
+                g.out.rx_seen = None;
             }
             if device_event == TX {
                 g.tx_broken = false;

@@ -63,6 +63,8 @@ pub struct Guest {
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
     /// The same memory as the forwarding thread walks it: its regions translated once.
     map: Option<crate::sys::guest::GuestMap>,
+    /// Where the RX queue's rings were last found in guest memory.
+    rx_split: Option<split::Split>,
     /// Scratch for the RX walker (the spans and chains of one frame's buffers).
     scratch: datapath::Scratch,
     /// Frames on their way to the guest, and the features it acknowledged.
@@ -148,6 +150,8 @@ impl Guest {
         self.rx_dirty = false;
         self.rx_since = None;
         self.tx_since = None;
+        self.rx_split = None;
+        self.out.rx_seen = None;
         self.tx_broken = false;
         let n = self.out.pending.len() as u64;
         counters.write_errors.fetch_add(n, Ordering::Relaxed);

@@ -147,6 +147,15 @@ fn put_spans(ring: &AppRing, m: &GuestMap, spans: &[Span], total: usize) {
     ring.advance(parts as u32);
 }
 
+/// What one TX burst moved and refused, for the port's counters.
+#[derive(Default)]
+struct TxCounts {
+    frames: u64,
+    bytes: u64,
+    too_big: u64,
+    bad: u64,
+}
+
 /// The RX queue as the walker fills it: where it is, its cursors, scratch.
 pub(crate) struct Rx<'a> {
     pub(crate) m: &'a GuestMap,
@@ -226,6 +235,8 @@ impl VhostIo {
         let mut moved = 0;
         let mut broken = false;
         let mut signal = false;
+        // Counted once per burst (four atomic adds per frame were a tenth of the pull).
+        let mut n = TxCounts::default();
         {
             let mut st = vq.get_mut();
             if !st.get_queue().ready() || !st.is_enabled() {
@@ -251,14 +262,13 @@ impl VhostIo {
                         next += 1;
                         moved += 1;
                         match pull_chain(m, &split, head, &mut self.segs, &self.tx) {
-                            Chain::TooBig => c.truncated.fetch_add(1, Ordering::Relaxed),
-                            Chain::Bad => c.read_errors.fetch_add(1, Ordering::Relaxed),
-                            Chain::Frame(n) => {
-                                c.from_host_bytes
-                                    .fetch_add((n - VNET_HDR) as u64, Ordering::Relaxed);
-                                c.from_host.fetch_add(1, Ordering::Relaxed)
+                            Chain::TooBig => n.too_big += 1,
+                            Chain::Bad => n.bad += 1,
+                            Chain::Frame(len) => {
+                                n.frames += 1;
+                                n.bytes += (len - VNET_HDR) as u64;
                             }
-                        };
+                        }
                         // A head outside the table names no chain to give back.
                         if head < split.size() {
                             split.set_used(m, used.0, head, 0);
@@ -288,7 +298,17 @@ impl VhostIo {
         }
         if broken {
             g.tx_broken = true;
-            c.read_errors.fetch_add(1, Ordering::Relaxed);
+            n.bad += 1;
+        }
+        for (counter, v) in [
+            (&c.from_host, n.frames),
+            (&c.from_host_bytes, n.bytes),
+            (&c.truncated, n.too_big),
+            (&c.read_errors, n.bad),
+        ] {
+            if v > 0 {
+                counter.fetch_add(v, Ordering::Relaxed);
+            }
         }
         moved
     }

@@ -187,7 +187,7 @@ fn with_rx<R>(g: &mut Guest, f: impl FnOnce(&mut Rx<'_>, &mut Outbox) -> R) -> O
 
 /// Stores the RX queue's used index (one store for every entry written since the last)
 /// and signals the guest if it asked to hear of them.
-fn publish_rx(g: &mut Guest) {
+pub(super) fn publish_rx(g: &mut Guest) {
     let (Some(vq), Some(m)) = (
         g.vrings.as_ref().and_then(|v| v.get(RX as usize)),
         g.map.as_ref(),

@@ -491,6 +491,23 @@ mod hostile {
             ok
         }
 
+        /// Whether valed signalled queue `q` (its call eventfd) since the last look,
+        /// waiting up to `ms` for it; the signal is consumed.
+        pub fn called(&self, q: u16, ms: u64) -> bool {
+            use rustix::event::{PollFd, PollFlags, Timespec, poll};
+            let fd = &self._calls[q as usize];
+            let t = Timespec {
+                tv_sec: (ms / 1000) as i64,
+                tv_nsec: (ms % 1000 * 1_000_000) as i64,
+            };
+            let mut f = [PollFd::new(fd, PollFlags::IN)];
+            if poll(&mut f, Some(&t)).unwrap_or(0) != 1 {
+                return false;
+            }
+            let mut b = [0u8; 8];
+            rustix::io::read(fd, &mut b).is_ok()
+        }
+
         pub fn used_idx(&self, q: u16) -> u16 {
             u16::from_le_bytes(self.read(used(q) + 2, 2).try_into().unwrap())
         }
@@ -828,6 +845,54 @@ fn bystander_traffic(
         }
     });
     rx
+}
+
+/// A polling driver (VRING_AVAIL_F_NO_INTERRUPT in its avail ring, as DPDK's sets) is not
+/// signalled for the buffers valed uses; one that clears the flag is, once per burst.
+#[test]
+fn a_driver_that_polls_is_not_interrupted_and_one_that_waits_is() {
+    let _turn = turn();
+    use hostile::*;
+    let d = Daemon::start("vhost-noint", &[]);
+    let r = d.open("vale0:r");
+    let sock = d.dir.join("vm.sock").to_str().unwrap().to_string();
+    let o = d.ctl(&["vhost-user", "vale0:vm", "--path", &sock]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut f = Front::connect(&sock);
+    f.setup();
+    let mut p = vec![0u8; 12];
+    p.extend_from_slice(&frame([0xff; 6], VM_MAC, 1));
+    f.write(0x10000, &p);
+    // Polling on both queues: TX chains used, an RX buffer filled, no signal.
+    for q in [0, 1] {
+        f.write(avail(q), &1u16.to_le_bytes());
+    }
+    while f.called(0, 0) || f.called(1, 0) {} // what setup's kicks may have brought
+    f.set_desc(1, 0, 0x10000, 72, 0, 0);
+    f.offer(1, 0, 1);
+    assert!(f.wait_used(1, 1), "the TX chain is used:\n{}", d.log());
+    f.set_desc(0, 0, 0x20000, 2048, F_WRITE, 0);
+    f.offer(0, 0, 1);
+    send(&r, &[frame(VM_MAC, R_MAC, 2)]);
+    assert!(f.wait_used(0, 1), "the RX buffer is filled:\n{}", d.log());
+    assert!(
+        !f.called(1, 200),
+        "a polling driver's TX queue is not signalled"
+    );
+    assert!(!f.called(0, 0), "nor its RX queue");
+    // Waiting for interrupts: each queue signalled for what it used.
+    for q in [0, 1] {
+        f.write(avail(q), &0u16.to_le_bytes());
+    }
+    f.offer(1, 0, 1);
+    assert!(f.wait_used(1, 2));
+    assert!(f.called(1, 2000), "TX used, TX signalled");
+    f.offer(0, 0, 1);
+    send(&r, &[frame(VM_MAC, R_MAC, 3)]);
+    assert!(f.wait_used(0, 2));
+    assert!(f.called(0, 2000), "RX used, RX signalled");
+    assert_eq!(host_counter(&d, "vale0:vm", "to_host"), 2);
+    assert_eq!(host_counter(&d, "vale0:vm", "from_host"), 2);
 }
 
 /// A frontend that replaces its memory table while frames are on their way (two regions

@@ -202,10 +202,8 @@ pub(super) fn publish_rx(g: &mut Guest) {
         };
         let now = q.next_used();
         split.publish_used_release(m, now);
-        match g.rx_since.replace(now) {
-            None => true,
-            Some(old) => old != now && split.wants_signal(m, old, now),
-        }
+        let old = g.rx_since.replace(now);
+        split.wants_signal(m, old, now)
     };
     if want {
         let _ = vq.signal_used_queue();
@@ -279,10 +277,8 @@ impl VhostIo {
                         q.set_next_avail(next.0);
                         q.set_next_used(used.0);
                         split.publish_used_release(m, used.0);
-                        signal = match g.tx_since.replace(used.0) {
-                            None => true,
-                            Some(old) => old != used.0 && split.wants_signal(m, old, used.0),
-                        };
+                        let old = g.tx_since.replace(used.0);
+                        signal = split.wants_signal(m, old, used.0);
                     }
                 }
                 // The ring outside guest memory, or the avail index further ahead than

@@ -108,13 +108,16 @@ impl Split {
     }
 
     /// Whether the guest asked to hear of the entries used from `old` to `now` (the
-    /// used index at the last decision and now, both published): with EVENT_IDX when
+    /// used index at the last decision, if there was one since the queue was set up,
+    /// and now, both published): none if nothing was used since; with EVENT_IDX when
     /// its `used_event` lies among them (Linux's `vring_need_event`), without it unless
-    /// it set VRING_AVAIL_F_NO_INTERRUPT. Not knowing (more entries than the ring
-    /// holds, a read that fails) is a signal: one too many costs the guest an
-    /// interrupt, one too few could leave it waiting for ever.
-    pub(crate) fn wants_signal(&self, m: &GuestMap, old: u16, now: u16) -> bool {
-        let (old, now) = (Wrapping(old), Wrapping(now));
+    /// it set VRING_AVAIL_F_NO_INTERRUPT. Not knowing (a first decision with EVENT_IDX,
+    /// more entries than the ring holds, a read that fails) is a signal: one too many
+    /// costs the guest an interrupt, one too few could leave it waiting for ever.
+    pub(crate) fn wants_signal(&self, m: &GuestMap, old: Option<u16>, now: u16) -> bool {
+        if old == Some(now) {
+            return false;
+        }
         // The used index was stored before the guest's wish is read (a guest that
         // changes it meanwhile then sees the new index).
         std::sync::atomic::fence(Ordering::SeqCst);
@@ -123,6 +126,10 @@ impl Split {
                 .load_u16(self.avail, 0, Ordering::Relaxed)
                 .is_none_or(|f| f & AVAIL_F_NO_INTERRUPT == 0);
         }
+        let Some(old) = old else {
+            return true;
+        };
+        let (old, now) = (Wrapping(old), Wrapping(now));
         if (now - old).0 > self.size {
             return true;
         }
@@ -346,9 +353,11 @@ mod tests {
         };
         assert_eq!((e(1), e(2)), ((3, 60), (4, 61)));
         // Without EVENT_IDX: VRING_AVAIL_F_NO_INTERRUPT decides.
-        assert!(s.wants_signal(&m, 9, 11));
+        assert!(s.wants_signal(&m, Some(9), 11));
+        assert!(!s.wants_signal(&m, Some(11), 11), "nothing used since");
         mem.write_obj(1u16.to_le(), GuestAddress(0x100)).unwrap();
-        assert!(!s.wants_signal(&m, 9, 11), "the guest polls");
+        assert!(!s.wants_signal(&m, Some(9), 11), "the guest polls");
+        assert!(!s.wants_signal(&m, None, 11), "from the first decision on");
         // With it: `used_event` (after the avail ring's 8 entries) decides.
         let s = Split {
             event_idx: true,
@@ -356,10 +365,13 @@ mod tests {
         };
         mem.write_obj(12u16.to_le(), GuestAddress(0x104 + 16))
             .unwrap();
-        assert!(!s.wants_signal(&m, 9, 11), "asked after entry 12 only");
-        assert!(s.wants_signal(&m, 11, 13), "entry 12 was used");
         assert!(
-            s.wants_signal(&m, 0, 100),
+            !s.wants_signal(&m, Some(9), 11),
+            "asked after entry 12 only"
+        );
+        assert!(s.wants_signal(&m, Some(11), 13), "entry 12 was used");
+        assert!(
+            s.wants_signal(&m, Some(0), 100),
             "more than a ring since: signalled"
         );
     }

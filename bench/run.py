@@ -871,6 +871,7 @@ def main():
                         notes.append(f"{label} {length} B: {r}")
                     else:
                         add(label, length, r[0])
+                        add(f"{label[:-6]}, Mpps per fwd CPU-s", length, r[1])
         if "shim" in only:
             shim_rows(a, add, notes)
         if "ceiling" in only:

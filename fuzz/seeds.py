@@ -101,6 +101,12 @@ put("vhost_chain", "chained-mergeable", bytes([4, 1, 200, 20]) + memory(
     [desc(0x1000, 512, W | N, 1), desc(0x2000, 1024, W, 0), desc(0x3000, 2048, W, 0)], [0, 2]))
 put("vhost_chain", "loop", bytes([2, 0, 1, 1]) + memory(
     [desc(0x600, 64, N, 1), desc(0x640, 64, N, 0)], [0], [desc(0x8000, 64, W, 0)], [0]))
+# Guest memory is two regions split at 0x8000: a TX frame and an RX buffer across it,
+# then an indirect descriptor (not offered: refused).
+put("vhost_chain", "across-regions", bytes([4, 1, 8, 2]) + memory(
+    [desc(0x7ff0, 100, 0, 0)], [0], [desc(0x7f00, 4096, W, 0)], [0]))
+put("vhost_chain", "indirect", bytes([4, 0, 8, 2]) + memory(
+    [desc(0x600, 32, 4, 0)], [0], [desc(0x1000, 2048, W | 4, 0)], [0]))
 
 # vhost-user messages: fd count and kinds (0x80 sealable, low bits pages), then the stream.
 def msg(req, body, flags=1):

@@ -343,6 +343,21 @@ mod hostile {
             self.send(SET_MEM_TABLE, &p, &[self.mem.as_fd()])
         }
 
+        /// The memory table as two regions of the memfd, split at guest address
+        /// `at` (guest address = file offset in both, as before): the same bytes,
+        /// mapped anew by valed, with the regions' border at `at`.
+        pub fn mem_table_split(&self, at: u64) -> bool {
+            let mut p = Vec::new();
+            p.extend_from_slice(&2u32.to_le_bytes());
+            p.extend_from_slice(&0u32.to_le_bytes());
+            for (gpa, size) in [(0, at), (at, MEM - at)] {
+                for v in [gpa, size, VA + gpa, gpa] {
+                    p.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            self.send(SET_MEM_TABLE, &p, &[self.mem.as_fd(), self.mem.as_fd()])
+        }
+
         /// The whole memory table asking for a reply (NEED_REPLY): its value (0 done,
         /// else failed), or `None` if valed hung up without one.
         pub fn mem_table_replied(&mut self) -> Option<u64> {
@@ -474,6 +489,23 @@ mod hostile {
                 &[self.kicks[q as usize].as_fd()],
             );
             ok
+        }
+
+        /// Whether valed signalled queue `q` (its call eventfd) since the last look,
+        /// waiting up to `ms` for it; the signal is consumed.
+        pub fn called(&self, q: u16, ms: u64) -> bool {
+            use rustix::event::{PollFd, PollFlags, Timespec, poll};
+            let fd = &self._calls[q as usize];
+            let t = Timespec {
+                tv_sec: (ms / 1000) as i64,
+                tv_nsec: (ms % 1000 * 1_000_000) as i64,
+            };
+            let mut f = [PollFd::new(fd, PollFlags::IN)];
+            if poll(&mut f, Some(&t)).unwrap_or(0) != 1 {
+                return false;
+            }
+            let mut b = [0u8; 8];
+            rustix::io::read(fd, &mut b).is_ok()
         }
 
         pub fn used_idx(&self, q: u16) -> u16 {
@@ -813,6 +845,127 @@ fn bystander_traffic(
         }
     });
     rx
+}
+
+/// A polling driver (VRING_AVAIL_F_NO_INTERRUPT in its avail ring, as DPDK's sets) is not
+/// signalled for the buffers valed uses; one that clears the flag is, once per burst.
+#[test]
+fn a_driver_that_polls_is_not_interrupted_and_one_that_waits_is() {
+    let _turn = turn();
+    use hostile::*;
+    let d = Daemon::start("vhost-noint", &[]);
+    let r = d.open("vale0:r");
+    let sock = d.dir.join("vm.sock").to_str().unwrap().to_string();
+    let o = d.ctl(&["vhost-user", "vale0:vm", "--path", &sock]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut f = Front::connect(&sock);
+    f.setup();
+    let mut p = vec![0u8; 12];
+    p.extend_from_slice(&frame([0xff; 6], VM_MAC, 1));
+    f.write(0x10000, &p);
+    // Polling on both queues: TX chains used, an RX buffer filled, no signal.
+    for q in [0, 1] {
+        f.write(avail(q), &1u16.to_le_bytes());
+    }
+    while f.called(0, 0) || f.called(1, 0) {} // what setup's kicks may have brought
+    f.set_desc(1, 0, 0x10000, 72, 0, 0);
+    f.offer(1, 0, 1);
+    assert!(f.wait_used(1, 1), "the TX chain is used:\n{}", d.log());
+    f.set_desc(0, 0, 0x20000, 2048, F_WRITE, 0);
+    f.offer(0, 0, 1);
+    send(&r, &[frame(VM_MAC, R_MAC, 2)]);
+    assert!(f.wait_used(0, 1), "the RX buffer is filled:\n{}", d.log());
+    assert!(
+        !f.called(1, 200),
+        "a polling driver's TX queue is not signalled"
+    );
+    assert!(!f.called(0, 0), "nor its RX queue");
+    // Waiting for interrupts: each queue signalled for what it used.
+    for q in [0, 1] {
+        f.write(avail(q), &0u16.to_le_bytes());
+    }
+    f.offer(1, 0, 1);
+    assert!(f.wait_used(1, 2));
+    assert!(f.called(1, 2000), "TX used, TX signalled");
+    f.offer(0, 0, 1);
+    send(&r, &[frame(VM_MAC, R_MAC, 3)]);
+    assert!(f.wait_used(0, 2));
+    assert!(f.called(0, 2000), "RX used, RX signalled");
+    assert_eq!(host_counter(&d, "vale0:vm", "to_host"), 2);
+    assert_eq!(host_counter(&d, "vale0:vm", "from_host"), 2);
+}
+
+/// A frontend that replaces its memory table while frames are on their way (two regions
+/// of the same bytes now, as a VM that hot-plugs memory): valed follows the new table,
+/// and a TX frame and an RX buffer that span the two regions' border go through whole.
+#[test]
+fn a_frontend_that_moves_its_memory_table_under_traffic_is_followed_across_regions() {
+    let _turn = turn();
+    use hostile::*;
+    let mut d = Daemon::start("vhost-memmove", &[]);
+    let r = d.open("vale0:r");
+    let sock = d.dir.join("vm.sock").to_str().unwrap().to_string();
+    let o = d.ctl(&["vhost-user", "vale0:vm", "--path", &sock]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut f = Front::connect(&sock);
+    f.setup();
+    let pkt = |tag: u32| {
+        let mut p = vec![0u8; 12];
+        p.extend_from_slice(&frame([0xff; 6], VM_MAC, tag));
+        p
+    };
+    // The frames r received, each matched whole against the frame of its tag.
+    let tags = |r: &vale::Port| -> Vec<u32> {
+        drain(r, 1.0)
+            .iter()
+            .filter(|g| g.len() >= 18)
+            .map(|g| {
+                let tag = u32::from_be_bytes(g[14..18].try_into().unwrap());
+                assert_eq!(g, &frame([0xff; 6], VM_MAC, tag), "frame {tag} whole");
+                tag
+            })
+            .collect()
+    };
+    let border = MEM / 2;
+    // Frame 1 offered, then the table replaced before valed may have read it, then
+    // frame 2 across the new border.
+    f.write(0x10000, &pkt(1));
+    f.set_desc(1, 0, 0x10000, 72, 0, 0);
+    f.offer(1, 0, 1);
+    assert!(f.mem_table_split(border));
+    f.write(border - 30, &pkt(2));
+    f.set_desc(1, 1, border - 30, 72, 0, 0);
+    f.offer(1, 1, 1);
+    assert!(f.wait_used(1, 2), "both TX chains used:\n{}", d.log());
+    let mut got = tags(&r);
+    got.sort();
+    assert_eq!(got, [1, 2], "both frames crossed whole");
+    // A chain of two descriptors, the second across the border, on the same table.
+    f.write(border - 100, &pkt(3)[..12]);
+    f.write(border - 10, &pkt(3)[12..]);
+    f.set_desc(1, 2, border - 100, 12, F_NEXT, 3);
+    f.set_desc(1, 3, border - 10, 60, 0, 0);
+    f.offer(1, 2, 1);
+    assert!(f.wait_used(1, 3));
+    assert_eq!(tags(&r), [3]);
+    // An RX buffer across the border gets the frame r sends to the VM.
+    f.set_desc(0, 0, border - 20, 2048, F_WRITE, 0);
+    f.offer(0, 0, 1);
+    send(&r, &[frame(VM_MAC, R_MAC, 9)]);
+    assert!(f.wait_used(0, 1), "the RX buffer is filled:\n{}", d.log());
+    assert_eq!(f.used_entry(0, 0), (0, 72));
+    let b = f.read(border - 20, 72);
+    assert_eq!(&b[10..12], &1u16.to_le_bytes(), "num_buffers");
+    assert_eq!(
+        &b[12..],
+        &frame(VM_MAC, R_MAC, 9)[..],
+        "the frame whole, across the border"
+    );
+    for key in ["read_errors", "write_errors", "truncated"] {
+        assert_eq!(host_counter(&d, "vale0:vm", key), 0, "{key}");
+    }
+    assert_eq!(host_counter(&d, "vale0:vm", "to_host"), 1);
+    assert!(d.alive(), "valed survived:\n{}", d.log());
 }
 
 #[test]

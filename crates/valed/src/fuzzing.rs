@@ -4,8 +4,10 @@
 
 use crate::control::dispatch::split_pipe;
 use crate::port::vhost_user::VNET_HDR;
-use crate::port::vhost_user::datapath::{Chain, Put, avail_beyond, put_frame, read_chain};
+use crate::port::vhost_user::datapath::{Chain, Put, Rx, Scratch, avail_beyond, pull_chain};
 use crate::port::vhost_user::relay::{Frontend, Verdict, read_msg};
+use crate::port::vhost_user::split::Split;
+use crate::sys::guest::GuestMap;
 use rustix::fd::OwnedFd;
 use vale::proto::Request;
 use vale_switch::PortName;
@@ -69,52 +71,87 @@ fn queue(size: u16, base: u64) -> Option<Queue> {
     Some(q)
 }
 
-/// vhost-user descriptor chains as the forwarding thread walks them: the guest's TX
-/// queue read chain by chain (`read_chain`, as `VhostIo::pull`), the RX queue filled with
-/// frames (`put_frame`, as `deliver`), over guest memory whose every byte the fuzzer
-/// wrote: descriptor addresses, lengths, flags, `next` links (loops), ring indices.
+/// vhost-user descriptor chains as the forwarding thread walks them (`split`): the
+/// guest's TX queue read chain by chain into a port's TX ring (`pull_chain`, as
+/// `VhostIo::pull`), the RX queue filled with frames (`Rx::put_frame`, as `deliver`),
+/// over guest memory in two adjacent regions whose every byte the fuzzer wrote:
+/// descriptor addresses, lengths, flags, `next` links (loops), ring indices.
 pub fn vhost_chains(data: &[u8]) {
+    use std::num::Wrapping;
     if data.len() < CONTROL {
         return;
     }
     let (ctl, bytes) = data.split_at(CONTROL);
     let size = 1u16 << (ctl[0] % 5);
     let mergeable = ctl[1] & 1 != 0;
-    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), GUEST_MEM)]) else {
+    let half = (GUEST_MEM / 2) as u64;
+    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[
+        (GuestAddress(0), GUEST_MEM / 2),
+        (GuestAddress(half), GUEST_MEM / 2),
+    ]) else {
         return;
     };
     let n = bytes.len().min(GUEST_MEM);
     mem.write_slice(&bytes[..n], GuestAddress(0))
         .expect("inside guest memory");
-    let (Some(mut tx), Some(mut rx)) = (queue(size, TX_RING), queue(size, RX_RING)) else {
+    let (Some(tx), Some(mut rx)) = (queue(size, TX_RING), queue(size, RX_RING)) else {
         return;
     };
-    let mut buf = Vec::new();
-    let mut moved = 0;
-    while moved < 256 {
-        let Some(chain) = tx.pop_descriptor_chain(&mem) else {
-            break;
-        };
-        let head = chain.head_index();
-        if read_chain(chain, &mem, &mut buf) == Chain::Frame {
-            assert!((VNET_HDR + 14..=65535 + 14 + VNET_HDR).contains(&buf.len()));
+    let m = GuestMap::new(std::sync::Arc::new(mem.clone()));
+    let (Some(ts), Some(rs)) = (Split::of(&m, &tx), Split::of(&m, &rx)) else {
+        panic!("the rings lie inside guest memory");
+    };
+    let g = vale_abi::PortGeometry {
+        tx_slots: 256,
+        rx_slots: 256,
+        buf_size: 2048,
+        ..Default::default()
+    };
+    let Ok(region) = vale_abi::Region::create("vale-fuzz-vhost", g) else {
+        return;
+    };
+    let Some(r) = region.ring(vale_abi::Dir::Tx, 0) else {
+        return;
+    };
+    let ring = vale_abi::AppRing::new(r);
+    let mut segs = Vec::new();
+    let avail = ts.avail_idx_acquire(&m).expect("inside the ring");
+    let mut next = Wrapping(tx.next_avail());
+    // Room for the largest frame (33 slots of 2048 bytes) before each chain.
+    while next.0 != avail && (Wrapping(avail) - next).0 <= size && ring.space() >= 40 {
+        let head = ts.avail_head(&m, next.0).expect("inside the ring");
+        next += 1;
+        let before = ring.head();
+        match pull_chain(&m, &ts, head, &mut segs, &ring) {
+            Chain::Frame(n) => {
+                assert!((VNET_HDR + 14..=65535 + 14 + VNET_HDR).contains(&n));
+                assert_eq!(segs.iter().map(|s| s.len()).sum::<usize>(), n);
+                let slots = ring.head().wrapping_sub(before) % ring.num_slots();
+                assert_eq!(slots as usize, n.div_ceil(2048), "{n} bytes");
+            }
+            Chain::TooBig | Chain::Bad => assert_eq!(ring.head(), before, "nothing put"),
         }
-        let _ = tx.add_used(&mem, head, 0);
-        moved += 1;
     }
-    if moved == 0 {
-        let _ = avail_beyond(&tx, &mem);
-    }
+    let _ = avail_beyond(&tx, &mem);
     // Frames of the sizes the control bytes ask, until the guest has no room.
+    let mut sc = Scratch::default();
+    let mut rxq = Rx {
+        m: &m,
+        split: rs,
+        q: &mut rx,
+        sc: &mut sc,
+    };
     for len in [ctl[2] as usize * 8, ctl[3] as usize * 64, 1514] {
         let mut f = vec![0x5a; VNET_HDR + len];
-        let before = rx.next_used();
-        let r = put_frame(&mut rx, &mem, &mut f, mergeable);
-        let used = rx.next_used().wrapping_sub(before);
+        let (before, taken) = (rxq.q.next_used(), rxq.q.next_avail());
+        let r = rxq.put_frame(&mut f, mergeable);
+        let used = rxq.q.next_used().wrapping_sub(before);
+        let popped = rxq.q.next_avail().wrapping_sub(taken);
+        assert!(used <= popped, "{used} used of {popped} taken");
         match r {
             Put::Done => assert!(used >= 1 && (mergeable || used == 1), "{used} used"),
             Put::NoRoom => {
-                assert_eq!(used, 0, "no room: nothing taken");
+                assert_eq!((used, popped), (0, 0), "no room: nothing taken");
                 break;
             }
             Put::Bad => {}

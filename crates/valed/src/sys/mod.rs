@@ -11,7 +11,9 @@
 //! - `unix`: unix sockets, and interface names and indices;
 //! - `peer`: memory another process shares and may write at any time (memif regions);
 //! - `udp`: `recvmmsg`/`sendmmsg` batches of UDP datagrams (VXLAN uplinks);
-//! - `sigbus`: vhost-user guest memory a frontend may truncate, its SIGBUS caught.
+//! - `sigbus`: vhost-user guest memory a frontend may truncate, its SIGBUS caught;
+//! - `guest`: vhost-user guest memory, its regions translated once, touched by
+//!   bounds-checked atomics and copies.
 //!
 //! rustix does the rest: the sockets themselves, AF_XDP's options and address, poll,
 //! mmap, the receive buffer, interface indices. Every `unsafe` block names the
@@ -23,6 +25,7 @@ use rustix::mm::{MapFlags, ProtFlags};
 use std::io;
 
 pub mod bpf;
+pub mod guest;
 mod iov;
 mod packet;
 pub mod peer;

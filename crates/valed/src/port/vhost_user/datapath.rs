@@ -1,18 +1,25 @@
 //! The forwarding thread's side of a vhost-user port: guest TX chains into the port's
-//! TX ring, the port's RX ring and direct deliveries into guest RX buffers.
+//! TX ring, the port's RX ring and direct deliveries into guest RX buffers, over the
+//! split-ring walker (`split`): guest bytes are copied straight between guest buffers
+//! and the port's ring buffers (or the sender's), the used index is stored once per
+//! burst (TX) or per forwarding pass (RX), and the guest is signalled only when it asked
+//! (EVENT_IDX's `used_event`, or VRING_AVAIL_F_NO_INTERRUPT without it).
 
+use super::split::{SpanWriter, Split, Walk};
 use super::*;
-use crate::port::rings::{PortRings, ring_put, ring_take};
+use crate::port::rings::{PortRings, ring_take};
 use crate::port::{Direct, DrivenPort, PortCounters};
+use crate::sys::guest::{GuestMap, Span};
 use std::collections::VecDeque;
-use std::io::{Read, Write};
+use std::num::Wrapping;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use vale_abi::AppRing;
+use vale_abi::layout::NS_MOREFRAG;
 use vale_switch::offload::{self, VnetHdr};
 use vhost_user_backend::VringT;
 use virtio_bindings::bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::QueueT;
 
 /// Frames for the guest's RX queue that did not fit yet, and what it accepts.
 #[derive(Default)]
@@ -28,7 +35,15 @@ pub(super) struct Outbox {
     /// The guest's RX avail index when a frame last found no room in its buffers: until
     /// it moves, waiting frames are no work (a stopped or starving guest must not keep
     /// the forwarding thread awake).
-    rx_seen: Option<u16>,
+    pub(super) rx_seen: Option<u16>,
+}
+
+/// The RX walker's scratch: the spans of one frame's buffers and, per chain, its head
+/// and its bytes.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    spans: Vec<Span>,
+    chains: Vec<(u16, usize)>,
 }
 
 /// Most fragments of a packet handed over directly (netmap's `NETMAP_MAX_FRAGS`).
@@ -45,7 +60,8 @@ pub struct VhostIo {
     tx: AppRing,
     rx: AppRing,
     counters: Arc<PortCounters>,
-    buf: Vec<u8>,
+    /// The spans of the guest TX chain being read.
+    segs: Vec<Span>,
     /// `sys::sigbus::caught()` when last looked at.
     caught_seen: u64,
 }
@@ -57,9 +73,140 @@ impl VhostIo {
             tx: rings.tx,
             rx: rings.rx,
             counters,
-            buf: Vec::with_capacity(MAX_FRAME + VNET_HDR),
+            segs: Vec::new(),
             caught_seen: crate::sys::sigbus::caught(),
         }
+    }
+}
+
+/// What one guest TX chain was, read by [`pull_chain`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chain {
+    /// A frame (12-byte header first) of this many bytes, now in the port's TX ring.
+    Frame(usize),
+    /// More than the largest frame: dropped unread.
+    TooBig,
+    /// Not readable guest memory, or shorter than a header and an Ethernet header.
+    Bad,
+}
+
+/// Reads the guest TX chain at `head` into the next slots of `ring` (the caller checked
+/// there is room for the largest frame), its memory and length checked before a byte
+/// is copied: a guest may describe gigabytes. `segs` is scratch.
+pub(crate) fn pull_chain(
+    m: &GuestMap,
+    split: &Split,
+    head: u16,
+    segs: &mut Vec<Span>,
+    ring: &AppRing,
+) -> Chain {
+    segs.clear();
+    match split.walk(m, head, false, MAX_FRAME + VNET_HDR, segs) {
+        Walk::Ok(n) if n >= VNET_HDR + 14 => {
+            put_spans(ring, m, segs, n);
+            Chain::Frame(n)
+        }
+        Walk::TooBig => Chain::TooBig,
+        Walk::Ok(_) | Walk::Bad => Chain::Bad,
+    }
+}
+
+/// Copies `total` bytes of guest memory (`spans`, in order) into the next free slots of
+/// a TX ring, several with `NS_MOREFRAG` if they are more than a buffer, and moves
+/// `head` past them: guest buffers to port buffers, no copy in between.
+fn put_spans(ring: &AppRing, m: &GuestMap, spans: &[Span], total: usize) {
+    let v = ring.view();
+    let bufs = v.bufs().access();
+    let bs = bufs.buf_size() as usize;
+    let n = ring.num_slots();
+    let parts = total.div_ceil(bs).max(1);
+    let (mut i, mut at) = (0usize, 0usize);
+    let mut h = ring.head();
+    for x in 0..parts {
+        let chunk = bs.min(total - x * bs);
+        let s = v.read_slot(h);
+        let mut filled = 0;
+        while filled < chunk {
+            let Some(&sp) = spans.get(i) else {
+                break;
+            };
+            let k = (sp.len() - at).min(chunk - filled);
+            if k == 0 {
+                i += 1;
+                at = 0;
+                continue;
+            }
+            m.copy_to_buf(sp, at, k, bufs, s.buf_idx, filled);
+            at += k;
+            filled += k;
+        }
+        let flags = if x + 1 < parts { NS_MOREFRAG } else { 0 };
+        v.write_len_flags(h, chunk as u16, flags);
+        h = vale_abi::ring::next(h, n);
+    }
+    ring.advance(parts as u32);
+}
+
+/// What one TX burst moved and refused, for the port's counters.
+#[derive(Default)]
+struct TxCounts {
+    frames: u64,
+    bytes: u64,
+    too_big: u64,
+    bad: u64,
+}
+
+/// The RX queue as the walker fills it: where it is, its cursors, scratch.
+pub(crate) struct Rx<'a> {
+    pub(crate) m: &'a GuestMap,
+    pub(crate) split: Split,
+    pub(crate) q: &'a mut virtio_queue::Queue,
+    pub(crate) sc: &'a mut Scratch,
+}
+
+/// Runs `f` on the guest's RX queue, if the frontend set it up and started it and it
+/// lies in guest memory.
+fn with_rx<R>(g: &mut Guest, f: impl FnOnce(&mut Rx<'_>, &mut Outbox) -> R) -> Option<R> {
+    let vq = g.vrings.as_ref()?.get(RX as usize)?;
+    let m = g.map.as_ref()?;
+    let mut st = vq.get_mut();
+    if !st.get_queue().ready() || !st.is_enabled() {
+        return None;
+    }
+    let q = st.get_queue_mut();
+    let split = Split::of(m, q)?;
+    g.rx_split = Some(split);
+    let mut rx = Rx {
+        m,
+        split,
+        q,
+        sc: &mut g.scratch,
+    };
+    Some(f(&mut rx, &mut g.out))
+}
+
+/// Stores the RX queue's used index (one store for every entry written since the last)
+/// and signals the guest if it asked to hear of them.
+pub(super) fn publish_rx(g: &mut Guest) {
+    let (Some(vq), Some(m)) = (
+        g.vrings.as_ref().and_then(|v| v.get(RX as usize)),
+        g.map.as_ref(),
+    ) else {
+        return;
+    };
+    let want = {
+        let st = vq.get_ref();
+        let q = st.get_queue();
+        let Some(split) = Split::of(m, q) else {
+            return;
+        };
+        let now = q.next_used();
+        split.publish_used_release(m, now);
+        let old = g.rx_since.replace(now);
+        split.wants_signal(m, old, now)
+    };
+    if want {
+        let _ = vq.signal_used_queue();
     }
 }
 
@@ -67,102 +214,136 @@ impl VhostIo {
 /// the check for a truncation of guest memory.
 impl VhostIo {
     /// Guest TX queue -> the port's TX ring, as much as the ring takes (the guest's
-    /// buffers wait otherwise: backpressure, not drops). Returns the frames moved.
+    /// buffers wait otherwise: backpressure, not drops), every chain's used entry
+    /// written and the used index stored once. Returns the frames moved.
     fn pull_tx(&mut self) -> usize {
-        let mut g = lock(&self.guest);
+        let mut guard = lock(&self.guest);
+        let g = &mut *guard;
         if g.tx_broken {
             return 0;
         }
-        let Some((vq, mem)) = g.queue(TX) else {
+        let (Some(vq), Some(m)) = (
+            g.vrings.as_ref().and_then(|v| v.get(TX as usize)),
+            g.map.as_ref(),
+        ) else {
             return 0;
         };
-        let vq = &vq;
-        let room =
-            (MAX_FRAME + VNET_HDR).div_ceil(self.tx.view().bufs().buf_size() as usize) as u32;
-        let c = &self.counters;
+        let room = crate::port::rings::room(&self.tx, MAX_FRAME + VNET_HDR);
+        let c = &*self.counters;
         let mut moved = 0;
+        let mut broken = false;
+        let mut signal = false;
+        // Counted once per burst (four atomic adds per frame were a tenth of the pull).
+        let mut n = TxCounts::default();
         {
             let mut st = vq.get_mut();
             if !st.get_queue().ready() || !st.is_enabled() {
                 return 0;
             }
-            while moved < BURST {
-                if self.tx.space() < room {
-                    self.tx.txsync();
-                    if self.tx.space() < room {
-                        break;
+            let q = st.get_queue_mut();
+            let split = Split::of(m, q);
+            let avail = split.as_ref().and_then(|s| s.avail_idx_acquire(m));
+            let (mut next, mut used) = (Wrapping(q.next_avail()), Wrapping(q.next_used()));
+            match (split, avail) {
+                (Some(split), Some(avail)) if (Wrapping(avail) - next).0 <= split.size() => {
+                    while moved < BURST && next.0 != avail {
+                        if self.tx.space() < room {
+                            self.tx.txsync();
+                            if self.tx.space() < room {
+                                break;
+                            }
+                        }
+                        let Some(head) = split.avail_head(m, next.0) else {
+                            broken = true;
+                            break;
+                        };
+                        next += 1;
+                        moved += 1;
+                        match pull_chain(m, &split, head, &mut self.segs, &self.tx) {
+                            Chain::TooBig => n.too_big += 1,
+                            Chain::Bad => n.bad += 1,
+                            Chain::Frame(len) => {
+                                n.frames += 1;
+                                n.bytes += (len - VNET_HDR) as u64;
+                            }
+                        }
+                        // A head outside the table names no chain to give back.
+                        if head < split.size() {
+                            split.set_used(m, used.0, head, 0);
+                            used += 1;
+                        }
+                    }
+                    if moved > 0 {
+                        q.set_next_avail(next.0);
+                        q.set_next_used(used.0);
+                        split.publish_used_release(m, used.0);
+                        let old = g.tx_since.replace(used.0);
+                        signal = split.wants_signal(m, old, used.0);
                     }
                 }
-                let Some(chain) = st.get_queue_mut().pop_descriptor_chain(&*mem) else {
-                    break;
-                };
-                let head = chain.head_index();
-                match read_chain(chain, &mem, &mut self.buf) {
-                    Chain::TooBig => c.truncated.fetch_add(1, Ordering::Relaxed),
-                    Chain::Bad => c.read_errors.fetch_add(1, Ordering::Relaxed),
-                    Chain::Frame => {
-                        ring_put(&self.tx, &self.buf);
-                        c.from_host_bytes
-                            .fetch_add((self.buf.len() - VNET_HDR) as u64, Ordering::Relaxed);
-                        c.from_host.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-                let _ = st.add_used(head, 0);
-                moved += 1;
+                // The ring outside guest memory, or the avail index further ahead than
+                // the ring holds (a broken or hostile driver): never to be done.
+                _ => broken = true,
             }
         }
         if moved > 0 {
             self.tx.txsync();
-            if vq.needs_notification().unwrap_or(true) {
+            if signal {
                 let _ = vq.signal_used_queue();
             }
-        } else if avail_beyond_ring(vq, &mem) {
+        }
+        if broken {
             g.tx_broken = true;
-            c.read_errors.fetch_add(1, Ordering::Relaxed);
+            n.bad += 1;
+        }
+        for (counter, v) in [
+            (&c.from_host, n.frames),
+            (&c.from_host_bytes, n.bytes),
+            (&c.truncated, n.too_big),
+            (&c.read_errors, n.bad),
+        ] {
+            if v > 0 {
+                counter.fetch_add(v, Ordering::Relaxed);
+            }
         }
         moved
     }
 
     /// What the switch left in the port's RX ring (packets converted for the guest's
-    /// header) and what waits for guest buffers -> guest RX buffers; signals the guest
-    /// once for everything added this pass. Returns the frames delivered.
+    /// header) and what waits for guest buffers -> guest RX buffers; then the used index
+    /// published once for everything added this pass (direct deliveries included) and
+    /// the guest signalled if it asked. Returns the frames delivered.
     fn push_rx(&mut self) -> usize {
-        let mut g = lock(&self.guest);
-        let g = &mut *g;
-        let Some((vq, mem)) = g.queue(RX) else {
-            return 0;
-        };
-        let mut sent = 0;
-        {
-            let mut st = vq.get_mut();
-            if !st.get_queue().ready() || !st.is_enabled() {
-                return 0;
-            }
-            self.rx.rxsync();
+        let mut guard = lock(&self.guest);
+        let g = &mut *guard;
+        let (ring, counters) = (&self.rx, &*self.counters);
+        let (sent, touched) = with_rx(g, |rx, out| {
+            let (mut sent, mut touched) = (0, false);
+            ring.rxsync();
             loop {
-                if g.out.pending.is_empty() {
-                    if sent >= BURST || self.rx.space() == 0 {
+                if out.pending.is_empty() {
+                    if sent >= BURST || ring.space() == 0 {
                         break;
                     }
-                    let mut f = g.out.spare.pop().unwrap_or_default();
-                    ring_take(&self.rx, &mut f);
-                    g.out.stage(f, &self.counters);
+                    let mut f = out.spare.pop().unwrap_or_default();
+                    ring_take(ring, &mut f);
+                    out.stage(f, counters);
                     continue;
                 }
-                match deliver(&mut g.out, st.get_queue_mut(), &mem, &self.counters) {
+                match deliver(out, rx, counters) {
                     Some(true) => sent += 1,
                     Some(false) => {}
                     None => break, // no guest buffers: the rest waits
                 }
+                touched = true;
             }
-            self.rx.rxsync();
-        }
-        if sent > 0 || g.rx_dirty {
+            ring.rxsync();
+            (sent, touched)
+        })
+        .unwrap_or((0, false));
+        if touched || g.rx_dirty {
             g.rx_dirty = false;
-            let want = rx_wants_signal(vq.get_ref().get_queue(), &mem, &mut g.rx_since);
-            if want {
-                let _ = vq.signal_used_queue();
-            }
+            publish_rx(g);
         }
         sent
     }
@@ -179,63 +360,50 @@ impl VhostIo {
         // Straight from the sender's buffers into guest buffers when nothing waits and
         // the guest takes the packet as it is (its offloads accepted).
         if g.out.pending.is_empty() {
-            if let Some((vq, mem)) = g.queue(RX) {
-                let mut st = vq.get_mut();
-                if st.get_queue().ready() && st.is_enabled() {
-                    let out = &g.out;
-                    let r = crate::sys::with_slices(frags, |parts| {
-                        // The header: converted by the switch, or the sender's own at
-                        // the start of the first fragment.
-                        let first = parts.first().copied().unwrap_or(&[]);
-                        let (h, first) = if hdr.len() == VNET_HDR {
-                            (hdr, first)
-                        } else if first.len() >= VNET_HDR {
-                            first.split_at(VNET_HDR)
-                        } else {
-                            return None;
-                        };
-                        let sum = parts.iter().map(|p| p.len()).sum::<usize>();
-                        let len = if hdr.is_empty() { sum } else { sum + VNET_HDR };
-                        // Copied out once, then checked: the sender may rewrite `h`.
-                        let mut hb = [0u8; VNET_HDR];
-                        hb.copy_from_slice(h);
-                        if len < VNET_HDR + 14 || !out.guest_takes(&VnetHdr::parse(&hb[..10])) {
-                            return None;
-                        }
-                        if out.acked & (1 << F_GUEST_CSUM) == 0 {
-                            hb[0] &= !offload::F_DATA_VALID;
-                        }
-                        let mut rest: [&[u8]; MAX_PARTS] = [&[]; MAX_PARTS];
-                        rest[0] = first;
-                        rest[1..parts.len()].copy_from_slice(&parts[1..]);
-                        Some((
-                            put_parts(
-                                st.get_queue_mut(),
-                                &mem,
-                                &mut hb,
-                                &rest[..parts.len()],
-                                out.mergeable(),
-                            ),
-                            len,
-                        ))
-                    });
-                    match r {
-                        Some((Put::Done, len)) => {
-                            g.rx_dirty = true;
-                            self.counters.to_host.fetch_add(1, Ordering::Relaxed);
-                            self.counters
-                                .to_host_bytes
-                                .fetch_add((len - VNET_HDR) as u64, Ordering::Relaxed);
-                            return true;
-                        }
-                        Some((Put::Bad, _)) => {
-                            g.rx_dirty = true;
-                            self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-                            return true;
-                        }
-                        Some((Put::NoRoom, _)) | None => {} // staged below
+            let r = with_rx(g, |rx, out| {
+                crate::sys::with_slices(frags, |parts| {
+                    // The header: converted by the switch, or the sender's own at the
+                    // start of the first fragment.
+                    let first = parts.first().copied().unwrap_or(&[]);
+                    let (h, first) = if hdr.len() == VNET_HDR {
+                        (hdr, first)
+                    } else if first.len() >= VNET_HDR {
+                        first.split_at(VNET_HDR)
+                    } else {
+                        return None;
+                    };
+                    let sum = parts.iter().map(|p| p.len()).sum::<usize>();
+                    let len = if hdr.is_empty() { sum } else { sum + VNET_HDR };
+                    // Copied out once, then checked: the sender may rewrite `h`.
+                    let mut hb = [0u8; VNET_HDR];
+                    hb.copy_from_slice(h);
+                    if len < VNET_HDR + 14 || !out.guest_takes(&VnetHdr::parse(&hb[..10])) {
+                        return None;
                     }
+                    if out.acked & (1 << F_GUEST_CSUM) == 0 {
+                        hb[0] &= !offload::F_DATA_VALID;
+                    }
+                    let mut rest: [&[u8]; MAX_PARTS] = [&[]; MAX_PARTS];
+                    rest[0] = first;
+                    rest[1..parts.len()].copy_from_slice(&parts[1..]);
+                    Some((rx.put(&mut hb, &rest[..parts.len()], out.mergeable()), len))
+                })
+            });
+            match r.flatten() {
+                Some((Put::Done, len)) => {
+                    g.rx_dirty = true;
+                    self.counters.to_host.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .to_host_bytes
+                        .fetch_add((len - VNET_HDR) as u64, Ordering::Relaxed);
+                    return true;
                 }
+                Some((Put::Bad, _)) => {
+                    g.rx_dirty = true;
+                    self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                Some((Put::NoRoom, _)) | None => {} // staged below
             }
         }
         // A full outbox first goes into buffers the guest added since it filled: the
@@ -283,6 +451,7 @@ impl VhostIo {
                 }
             }
         }
+        let mut retry = false;
         if !g.out.pending.is_empty() {
             if let Some((vq, mem)) = g.queue(RX) {
                 if live(&vq) {
@@ -300,15 +469,19 @@ impl VhostIo {
                             q.set_next_avail(now.0);
                             work |= q.enable_notification(&*mem).unwrap_or(false);
                             q.set_next_avail(next);
-                            // One more try: buffers added while the last one looked are
-                            // behind `now` and would bring no kick.
-                            if !work && deliver(&mut g.out, q, &mem, &self.counters).is_some() {
-                                g.rx_dirty = true;
-                                work = true;
-                            }
+                            retry = !work;
                         }
                     }
                 }
+            }
+        }
+        // One more try: buffers added while the last one looked are behind `now` and
+        // would bring no kick.
+        if retry {
+            let c = &*self.counters;
+            if with_rx(&mut g, |rx, out| deliver(out, rx, c).is_some()) == Some(true) {
+                g.rx_dirty = true;
+                work = true;
             }
         }
         work
@@ -322,37 +495,6 @@ impl VhostIo {
                 let _ = vq.disable_notification();
             }
         }
-    }
-}
-
-/// What a guest TX chain held.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Chain {
-    /// A frame (12-byte header first) now in the buffer.
-    Frame,
-    /// More than the largest frame: dropped unread.
-    TooBig,
-    /// Not readable guest memory, or shorter than a header and an Ethernet header.
-    Bad,
-}
-
-/// Reads a guest TX chain into `buf` (cleared first), its length checked before a byte
-/// is copied: a guest may describe gigabytes.
-pub(crate) fn read_chain(
-    chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
-    mem: &GuestMemoryMmap,
-    buf: &mut Vec<u8>,
-) -> Chain {
-    buf.clear();
-    let mut r = match chain.reader(mem) {
-        Ok(r) if r.available_bytes() > MAX_FRAME + VNET_HDR => return Chain::TooBig,
-        Ok(r) => r,
-        Err(_) => return Chain::Bad,
-    };
-    if r.read_to_end(buf).is_ok() && buf.len() >= VNET_HDR + 14 {
-        Chain::Frame
-    } else {
-        Chain::Bad
     }
 }
 
@@ -417,32 +559,35 @@ pub(crate) fn avail_beyond(q: &virtio_queue::Queue, mem: &GuestMemoryMmap) -> bo
 /// What waits in the outbox -> guest RX buffers, as many as there are (none while
 /// the guest has not set its RX queue up, or has stopped it).
 fn flush(g: &mut Guest, c: &PortCounters) {
-    let Some((vq, mem)) = g.queue(RX) else {
-        return;
-    };
-    let mut st = vq.get_mut();
-    if !st.get_queue().ready() || !st.is_enabled() {
-        return;
-    }
-    while !g.out.pending.is_empty() {
-        match deliver(&mut g.out, st.get_queue_mut(), &mem, c) {
-            Some(_) => g.rx_dirty = true,
-            None => break,
+    // No buffers added since the first frame last found no room: it would find none
+    // again. Looked at without the queue's lock (the ring where it last was), as this
+    // runs for every frame handed over while the outbox is full.
+    if let (Some(s), Some(m), Some(seen)) = (&g.rx_split, &g.map, g.out.rx_seen) {
+        if g.out.pending.is_empty() || s.avail_idx_acquire(m) == Some(seen) {
+            return;
         }
+    }
+    let any = with_rx(g, |rx, out| {
+        let mut any = false;
+        while !out.pending.is_empty() {
+            match deliver(out, rx, c) {
+                Some(_) => any = true,
+                None => break,
+            }
+        }
+        any
+    });
+    if any == Some(true) {
+        g.rx_dirty = true;
     }
 }
 
 /// Offers the first pending frame to the guest: `Some(true)` delivered, `Some(false)`
 /// dropped (counted), `None` no room (it stays first in line).
-fn deliver(
-    out: &mut Outbox,
-    q: &mut virtio_queue::Queue,
-    mem: &GuestMemoryMmap,
-    c: &PortCounters,
-) -> Option<bool> {
+fn deliver(out: &mut Outbox, rx: &mut Rx<'_>, c: &PortCounters) -> Option<bool> {
     let mergeable = out.mergeable();
     let frame = out.pending.front_mut()?;
-    let r = match put_frame(q, mem, frame, mergeable) {
+    let r = match rx.put_frame(frame, mergeable) {
         Put::Done => {
             c.to_host.fetch_add(1, Ordering::Relaxed);
             c.to_host_bytes
@@ -455,10 +600,7 @@ fn deliver(
         }
         Put::NoRoom => {
             // Buffers the guest added while this looked are tried once more by `arm`.
-            out.rx_seen = q
-                .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
-                .ok()
-                .map(|i| i.0);
+            out.rx_seen = rx.split.avail_idx_acquire(rx.m);
             return None;
         }
     };
@@ -539,158 +681,99 @@ pub(crate) enum Put {
     Bad,
 }
 
-/// Writes `frame` (12-byte header first; its `num_buffers` is filled in here) into as
-/// many guest RX buffers as it takes.
-pub(crate) fn put_frame(
-    q: &mut virtio_queue::Queue,
-    mem: &GuestMemoryMmap,
-    frame: &mut [u8],
-    mergeable: bool,
-) -> Put {
-    let (h, rest) = frame.split_at(VNET_HDR);
-    let mut hdr = [0u8; VNET_HDR];
-    hdr.copy_from_slice(h);
-    put_parts(q, mem, &mut hdr, &[rest], mergeable)
-}
+impl Rx<'_> {
+    /// Writes `frame` (12-byte header first; its `num_buffers` is filled in here) into
+    /// as many guest RX buffers as it takes.
+    pub(crate) fn put_frame(&mut self, frame: &mut [u8], mergeable: bool) -> Put {
+        let (h, rest) = frame.split_at(VNET_HDR);
+        let mut hdr = [0u8; VNET_HDR];
+        hdr.copy_from_slice(h);
+        self.put(&mut hdr, &[rest], mergeable)
+    }
 
-/// Writes a packet given as its 12-byte header (`num_buffers` is filled in here) and
-/// the parts that follow it into as many guest RX buffers as it takes, or into one
-/// buffer (chain) if the guest did not accept `MRG_RXBUF` (it reads no further).
-fn put_parts(
-    q: &mut virtio_queue::Queue,
-    mem: &GuestMemoryMmap,
-    hdr: &mut [u8; VNET_HDR],
-    parts: &[&[u8]],
-    mergeable: bool,
-) -> Put {
-    let len = VNET_HDR + parts.iter().map(|p| p.len()).sum::<usize>();
-    // A frame that needs more buffers than this can never fit: dropped, not waited for.
-    let most = if mergeable {
-        MAX_RX_BUFFERS.min(q.size() as usize)
-    } else {
-        1
-    };
-    let mut chains = Vec::new();
-    let mut room = 0usize;
-    let mut bad = false;
-    while room < len && chains.len() < most {
-        let Some(c) = q.pop_descriptor_chain(mem) else {
-            break;
+    /// Writes a packet given as its 12-byte header (`num_buffers` is filled in here)
+    /// and the parts that follow it into as many guest RX buffers as it takes, or into
+    /// one buffer (chain) if the guest did not accept `MRG_RXBUF` (it reads no
+    /// further). The used entries are written, each chain's after its bytes, and the
+    /// queue's `next_used` moved past them, but the used index is not stored: the
+    /// caller publishes once for all the frames of a pass ([`publish_rx`]), and a frame
+    /// in several buffers is thus always seen whole (a guest that sees its first
+    /// buffer, whose header says how many there are, before the others drops it: "rx
+    /// error: N buffers out of M missing").
+    pub(crate) fn put(
+        &mut self,
+        hdr: &mut [u8; VNET_HDR],
+        parts: &[&[u8]],
+        mergeable: bool,
+    ) -> Put {
+        let (m, split) = (self.m, self.split);
+        let len = VNET_HDR + parts.iter().map(|p| p.len()).sum::<usize>();
+        // A frame that needs more buffers than this can never fit: dropped, not waited for.
+        let most = if mergeable {
+            MAX_RX_BUFFERS.min(usize::from(split.size()))
+        } else {
+            1
         };
-        let head = c.head_index();
-        match c.writer(mem) {
-            Ok(w) if w.available_bytes() > 0 => {
-                room += w.available_bytes();
-                chains.push((head, w));
-            }
-            _ => {
-                // Not writable guest memory: returned unused, the frame dropped.
-                let _ = q.add_used(mem, head, 0);
-                bad = true;
+        let sc = &mut *self.sc;
+        sc.spans.clear();
+        sc.chains.clear();
+        let mut next = Wrapping(self.q.next_avail());
+        let Some(avail) = split.avail_idx_acquire(m) else {
+            return Put::NoRoom;
+        };
+        let mut room = 0usize;
+        let mut bad = false;
+        while room < len && sc.chains.len() < most && next.0 != avail {
+            let Some(head) = split.avail_head(m, next.0) else {
                 break;
-            }
-        }
-    }
-    if bad || room < len {
-        if bad || chains.len() >= most {
-            for (head, _) in chains {
-                let _ = q.add_used(mem, head, 0);
-            }
-            return Put::Bad;
-        }
-        // Put them back for the next try.
-        for _ in 0..chains.len() {
-            q.go_to_previous_position();
-        }
-        return Put::NoRoom;
-    }
-    let n = chains.len();
-    hdr[10..12].copy_from_slice(&(n as u16).to_le_bytes());
-    let mut src = std::iter::once(&hdr[..])
-        .chain(parts.iter().copied())
-        .filter(|p| !p.is_empty());
-    let mut cur: &[u8] = src.next().unwrap_or(&[]);
-    let mut left = len;
-    let mut used = [(0u16, 0u32); MAX_RX_BUFFERS];
-    for (i, (head, mut w)) in chains.into_iter().enumerate() {
-        let mut n = w.available_bytes().min(left);
-        let wrote = n;
-        let mut ok = true;
-        while n > 0 {
-            if cur.is_empty() {
-                cur = src.next().unwrap_or(&[]);
-                if cur.is_empty() {
+            };
+            next += 1;
+            let start = sc.spans.len();
+            match split.walk(m, head, true, usize::MAX, &mut sc.spans) {
+                Walk::Ok(n) if n > 0 => {
+                    room += n;
+                    sc.chains.push((head, n));
+                }
+                _ => {
+                    // Not writable guest memory: returned unused, the frame dropped.
+                    sc.spans.truncate(start);
+                    sc.chains.push((head, 0));
+                    bad = true;
                     break;
                 }
             }
-            let k = cur.len().min(n);
-            ok &= w.write_all(&cur[..k]).is_ok();
-            cur = &cur[k..];
-            n -= k;
         }
-        left -= wrote;
-        used[i] = (head, if ok { wrote as u32 } else { 0 });
-    }
-    add_used_at_once(q, mem, &used[..n]);
-    Put::Done
-}
-
-/// Gives the guest `used` (head, bytes written) in its used ring as one publication:
-/// every element written, then the index stored once (Release). A frame in several
-/// buffers must appear whole: a guest that sees its first buffer, whose header says
-/// how many there are, before the others drops it ("rx error: N buffers out of M
-/// missing", Linux's `rx_length_errors`) and takes the rest for frames of their own.
-/// `Queue::add_used` stores the index after each element, so it is not used here.
-fn add_used_at_once(q: &mut virtio_queue::Queue, mem: &GuestMemoryMmap, used: &[(u16, u32)]) {
-    use vm_memory::{Bytes, GuestAddress};
-    let (size, ring) = (q.size(), GuestAddress(q.used_ring()));
-    let mut next = std::num::Wrapping(q.next_used());
-    for &(head, len) in used {
-        // The used ring: flags and index (2 bytes each), then `size` elements of a
-        // little-endian 32-bit id (the chain's head) and length.
-        let at = GuestAddress(ring.0 + 4 + 8 * u64::from(next.0 % size.max(1)));
-        let mut elem = [0u8; 8];
-        elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
-        elem[4..].copy_from_slice(&len.to_le_bytes());
-        if head >= size || mem.write_slice(&elem, at).is_err() {
-            break;
+        let mut used = Wrapping(self.q.next_used());
+        if bad || room < len {
+            if !bad && sc.chains.len() < most {
+                return Put::NoRoom; // nothing taken: `next_avail` stays
+            }
+            for &(head, _) in &sc.chains {
+                if head < split.size() {
+                    split.set_used(m, used.0, head, 0);
+                    used += 1;
+                }
+            }
+            self.q.set_next_avail(next.0);
+            self.q.set_next_used(used.0);
+            return Put::Bad;
         }
-        next += 1;
-    }
-    q.set_next_used(next.0);
-    let _ = mem.store(next.0.to_le(), GuestAddress(ring.0 + 2), Ordering::Release);
-}
-
-/// Whether the guest asked to hear of the RX buffers used since `*since` (the queue's
-/// `next_used` at the last decision, which becomes the current one): without
-/// EVENT_IDX always; with it when the `used_event` the guest wrote lies among the
-/// entries added since (Linux's `vring_need_event`). `Queue::needs_notification`
-/// counts only the entries `add_used` added, and [`add_used_at_once`] does not use
-/// it. Not knowing (a first decision, more entries than the ring holds since, the ring
-/// outside guest memory) is a signal: one too many costs the guest an interrupt, one
-/// too few could leave it waiting for ever.
-fn rx_wants_signal(
-    q: &virtio_queue::Queue,
-    mem: &GuestMemoryMmap,
-    since: &mut Option<u16>,
-) -> bool {
-    use std::num::Wrapping;
-    use vm_memory::{Bytes, GuestAddress};
-    let now = Wrapping(q.next_used());
-    let Some(old) = since.replace(now.0).map(Wrapping) else {
-        return true;
-    };
-    if !q.event_idx_enabled() || (now - old).0 > q.size() {
-        return true;
-    }
-    // The elements and the index are stored before `used_event` is read (a guest that
-    // moves it meanwhile then sees the new index).
-    std::sync::atomic::fence(Ordering::SeqCst);
-    // `used_event` follows the avail ring's flags, index and `size` 2-byte entries.
-    let at = GuestAddress(q.avail_ring() + 4 + 2 * u64::from(q.size()));
-    match mem.load::<u16>(at, Ordering::Relaxed) {
-        Ok(ev) => now - Wrapping(u16::from_le(ev)) - Wrapping(1) < now - old,
-        Err(_) => true,
+        hdr[10..12].copy_from_slice(&(sc.chains.len() as u16).to_le_bytes());
+        let mut w = SpanWriter::new(m, &sc.spans);
+        w.put(&hdr[..]);
+        for p in parts {
+            w.put(p);
+        }
+        let mut left = len;
+        for &(head, n) in &sc.chains {
+            let wrote = n.min(left);
+            left -= wrote;
+            split.set_used(m, used.0, head, if w.ok { wrote as u32 } else { 0 });
+            used += 1;
+        }
+        self.q.set_next_avail(next.0);
+        self.q.set_next_used(used.0);
+        Put::Done
     }
 }
 
@@ -819,12 +902,25 @@ mod tests {
     fn a_frame_in_several_buffers_is_used_whole_with_its_buffer_count() {
         use vm_memory::{Bytes, GuestAddress};
         let (mut q, mem) = rx_queue(4, 64);
+        let m = GuestMap::new(std::sync::Arc::new(mem.clone()));
+        let split = Split::of(&m, &q).unwrap();
+        let mut sc = Scratch::default();
+        let mut rx = Rx {
+            m: &m,
+            split,
+            q: &mut q,
+            sc: &mut sc,
+        };
         let mut f = vec![0xa5u8; VNET_HDR + 150];
-        assert_eq!(put_frame(&mut q, &mem, &mut f, true), Put::Done);
-        // 162 bytes in 64-byte buffers: three, all in the used ring behind one index.
-        let used_idx: u16 = mem.read_obj(GuestAddress(0x202)).unwrap();
-        assert_eq!(u16::from_le(used_idx), 3);
-        assert_eq!(q.next_used(), 3);
+        assert_eq!(rx.put_frame(&mut f, true), Put::Done);
+        // 162 bytes in 64-byte buffers: three, all in the used ring behind one index,
+        // stored when the pass publishes.
+        let used_idx = || u16::from_le(mem.read_obj(GuestAddress(0x202)).unwrap());
+        assert_eq!(used_idx(), 0, "not published by the put");
+        assert_eq!(rx.q.next_used(), 3);
+        assert_eq!(rx.q.next_avail(), 3);
+        assert!(split.publish_used_release(&m, 3));
+        assert_eq!(used_idx(), 3);
         let mut elems = Vec::new();
         for i in 0..3u64 {
             let id: u32 = mem.read_obj(GuestAddress(0x204 + 8 * i)).unwrap();
@@ -832,40 +928,226 @@ mod tests {
             elems.push((u32::from_le(id), u32::from_le(len)));
         }
         assert_eq!(elems, [(0, 64), (1, 64), (2, 34)]);
-        // The first buffer's header says how many there are.
+        // The first buffer's header says how many there are, and the bytes follow.
         let num: u16 = mem.read_obj(GuestAddress(0x1000 + 10)).unwrap();
         assert_eq!(u16::from_le(num), 3);
+        let mut b = [0u8; 64];
+        mem.read_slice(&mut b, GuestAddress(0x1800)).unwrap();
+        assert_eq!(b, [0xa5; 64], "the second buffer");
+        // Too big for the one buffer left: no room, nothing taken; without MRG_RXBUF a
+        // frame bigger than one buffer is dropped, its buffer returned empty.
+        let mut big = vec![0u8; VNET_HDR + 200];
+        assert_eq!(rx.put_frame(&mut big, true), Put::NoRoom);
+        assert_eq!((rx.q.next_avail(), rx.q.next_used()), (3, 3));
+        assert_eq!(rx.put_frame(&mut big, false), Put::Bad);
+        assert_eq!((rx.q.next_avail(), rx.q.next_used()), (4, 4));
+        let len: u32 = mem.read_obj(GuestAddress(0x208 + 8 * 3)).unwrap();
+        assert_eq!(len, 0);
     }
 
+    /// A guest TX chain whose buffer spans two regions of guest memory arrives whole in
+    /// the port's TX ring, in two slots when it is more than one buffer.
     #[test]
-    fn the_guest_is_signalled_when_its_used_event_was_passed() {
+    fn a_tx_chain_across_two_regions_lands_whole_in_the_port_ring() {
+        use vale_abi::{Dir, PortGeometry, Region};
         use vm_memory::{Bytes, GuestAddress};
-        let (mut q, mem) = rx_queue(4, 64);
-        q.set_event_idx(true);
-        // `used_event` after the avail ring's 8 entries.
-        let used_event = |v: u16| mem.write_obj(v.to_le(), GuestAddress(0x104 + 16)).unwrap();
-        let mut since = None;
-        assert!(
-            rx_wants_signal(&q, &mem, &mut since),
-            "a first decision signals"
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0x10000),
+            (GuestAddress(0x10000), 0x10000),
+        ])
+        .unwrap();
+        let mut q = virtio_queue::Queue::new(8).unwrap();
+        q.set_size(8);
+        q.set_desc_table_address(Some(0), Some(0));
+        q.set_avail_ring_address(Some(0x100), Some(0));
+        q.set_used_ring_address(Some(0x200), Some(0));
+        let frame: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+        mem.write_slice(&frame, GuestAddress(0x10000 - 1000))
+            .unwrap();
+        let d = |i: u64, addr: u64, len: u32, flags: u16, next: u16| {
+            mem.write_obj(addr.to_le(), GuestAddress(16 * i)).unwrap();
+            mem.write_obj(len.to_le(), GuestAddress(16 * i + 8))
+                .unwrap();
+            mem.write_obj(flags.to_le(), GuestAddress(16 * i + 12))
+                .unwrap();
+            mem.write_obj(next.to_le(), GuestAddress(16 * i + 14))
+                .unwrap();
+        };
+        d(0, 0x10000 - 1000, 12, 1, 1);
+        d(1, 0x10000 - 988, 2988, 0, 0);
+        let m = GuestMap::new(std::sync::Arc::new(mem.clone()));
+        let split = Split::of(&m, &q).unwrap();
+        let g = PortGeometry {
+            tx_slots: 64,
+            rx_slots: 64,
+            buf_size: 2048,
+            ..Default::default()
+        };
+        let r = Region::create("vh-split-test", g).unwrap();
+        let tx = AppRing::new(r.ring(Dir::Tx, 0).unwrap());
+        let mut segs = Vec::new();
+        assert_eq!(
+            pull_chain(&m, &split, 0, &mut segs, &tx),
+            Chain::Frame(3000)
         );
-        assert_eq!(since, Some(0));
-        used_event(1);
-        add_used_at_once(&mut q, &mem, &[(0, 60)]);
-        assert!(
-            !rx_wants_signal(&q, &mem, &mut since),
-            "asked after entry 1 only"
+        assert_eq!(segs.len(), 3, "the second descriptor in two spans");
+        assert_eq!(tx.head(), 2, "two slots");
+        let v = tx.view();
+        let (s0, s1) = (v.read_slot(0), v.read_slot(1));
+        assert_eq!(
+            (s0.len, s0.flags, s1.len, s1.flags),
+            (2048, NS_MOREFRAG, 952, 0)
         );
-        add_used_at_once(&mut q, &mem, &[(1, 60), (2, 60)]);
-        assert!(rx_wants_signal(&q, &mem, &mut since), "entry 1 was used");
-        assert!(
-            !rx_wants_signal(&q, &mem, &mut since),
-            "nothing added since"
-        );
-        q.set_event_idx(false);
-        assert!(
-            rx_wants_signal(&q, &mem, &mut since),
-            "without EVENT_IDX: always"
-        );
+        let mut got = vec![0u8; 3000];
+        v.bufs().read(s0.buf_idx, &mut got[..2048]);
+        v.bufs().read(s1.buf_idx, &mut got[2048..]);
+        assert_eq!(got, frame);
+        // Too short for a header and an Ethernet header: bad, nothing put.
+        d(0, 0x1000, 20, 0, 0);
+        assert_eq!(pull_chain(&m, &split, 0, &mut segs, &tx), Chain::Bad);
+        assert_eq!(tx.head(), 2);
+    }
+
+    /// Guest memory for [`walker_cost`]: a queue of 256 at 0 (avail 0x1000, used
+    /// 0x2000), its descriptor `i` a buffer of 2048 bytes at 0x10000 + 2048 i with
+    /// `len` bytes and `flags`, every avail entry `i` naming descriptor `i`.
+    fn bench_queue(len: u32, flags: u16) -> (virtio_queue::Queue, GuestMemoryMmap) {
+        use vm_memory::{Bytes, GuestAddress};
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut q = virtio_queue::Queue::new(256).unwrap();
+        q.set_size(256);
+        q.set_desc_table_address(Some(0), Some(0));
+        q.set_avail_ring_address(Some(0x1000), Some(0));
+        q.set_used_ring_address(Some(0x2000), Some(0));
+        q.set_ready(true);
+        for i in 0..256u64 {
+            mem.write_obj((0x10000 + 2048 * i).to_le(), GuestAddress(16 * i))
+                .unwrap();
+            mem.write_obj(len.to_le(), GuestAddress(16 * i + 8))
+                .unwrap();
+            mem.write_obj(flags.to_le(), GuestAddress(16 * i + 12))
+                .unwrap();
+            mem.write_obj((i as u16).to_le(), GuestAddress(0x1004 + 2 * i))
+                .unwrap();
+        }
+        (q, mem)
+    }
+
+    /// The guest offers its 256 buffers once more.
+    fn bench_refill(mem: &GuestMemoryMmap, round: u16) {
+        use vm_memory::{Bytes, GuestAddress};
+        mem.write_obj(round.wrapping_mul(256).to_le(), GuestAddress(0x1002))
+            .unwrap();
+    }
+
+    /// What the walker costs per frame, guest RX (a frame into a buffer) and TX (a
+    /// chain into the port's TX ring), beside the same work through virtio-queue's
+    /// per-access `Queue` API and vm-memory (the path before `split`: a chain popped,
+    /// its reader or writer, one used-index store per frame). One thread, no peers:
+    /// the per-frame CPU cost of the queue work alone, not of a whole path.
+    /// `cargo test --release -p valed --lib -- --ignored --nocapture walker_cost`
+    #[test]
+    #[ignore]
+    fn walker_cost() {
+        use std::io::{Read, Write};
+        use std::time::Instant;
+        use vale_abi::{Dir, PortGeometry, Region};
+        const ROUNDS: u16 = 4000;
+        let per = |t: Instant| t.elapsed().as_nanos() as f64 / (f64::from(ROUNDS) * 256.0);
+        for len in [60usize, 1514] {
+            let mut frame = vec![0x5au8; VNET_HDR + len];
+            // RX, the walker.
+            let (mut q, mem) = bench_queue(2048, 2);
+            let m = GuestMap::new(std::sync::Arc::new(mem.clone()));
+            let split = Split::of(&m, &q).unwrap();
+            let mut sc = Scratch::default();
+            let t = Instant::now();
+            for r in 1..=ROUNDS {
+                bench_refill(&mem, r);
+                let mut rx = Rx {
+                    m: &m,
+                    split,
+                    q: &mut q,
+                    sc: &mut sc,
+                };
+                for _ in 0..256 {
+                    assert_eq!(rx.put_frame(&mut frame, true), Put::Done);
+                }
+                split.publish_used_release(&m, rx.q.next_used());
+            }
+            let rx_new = per(t);
+            // RX, virtio-queue.
+            let (mut q, mem) = bench_queue(2048, 2);
+            let t = Instant::now();
+            for r in 1..=ROUNDS {
+                bench_refill(&mem, r);
+                for _ in 0..256 {
+                    let c = q.pop_descriptor_chain(&mem).unwrap();
+                    let head = c.head_index();
+                    let mut w = c.writer(&mem).unwrap();
+                    w.write_all(&frame).unwrap();
+                    q.add_used(&mem, head, frame.len() as u32).unwrap();
+                }
+            }
+            let rx_old = per(t);
+            // TX, the walker, into a port ring rewound every round.
+            let g = PortGeometry {
+                tx_slots: 1024,
+                rx_slots: 64,
+                buf_size: 2048,
+                ..Default::default()
+            };
+            let region = Region::create("vh-walker-cost", g).unwrap();
+            let tx = AppRing::new(region.ring(Dir::Tx, 0).unwrap());
+            let rewind = |tx: &AppRing| {
+                let v = tx.view();
+                v.set_head(0);
+                v.set_cur(0);
+                v.set_tail(1023);
+            };
+            let (mut q, mem) = bench_queue((VNET_HDR + len) as u32, 0);
+            let m = GuestMap::new(std::sync::Arc::new(mem.clone()));
+            let split = Split::of(&m, &q).unwrap();
+            let mut segs = Vec::new();
+            let t = Instant::now();
+            for r in 1..=ROUNDS {
+                bench_refill(&mem, r);
+                rewind(&tx);
+                let (mut next, mut used) = (Wrapping(q.next_avail()), Wrapping(q.next_used()));
+                let avail = split.avail_idx_acquire(&m).unwrap();
+                while next.0 != avail {
+                    let head = split.avail_head(&m, next.0).unwrap();
+                    next += 1;
+                    let c = pull_chain(&m, &split, head, &mut segs, &tx);
+                    assert_eq!(c, Chain::Frame(VNET_HDR + len));
+                    split.set_used(&m, used.0, head, 0);
+                    used += 1;
+                }
+                q.set_next_avail(next.0);
+                q.set_next_used(used.0);
+                split.publish_used_release(&m, used.0);
+            }
+            let tx_new = per(t);
+            // TX, virtio-queue: read into a buffer, then into the ring.
+            let (mut q, mem) = bench_queue((VNET_HDR + len) as u32, 0);
+            let mut buf = Vec::with_capacity(MAX_FRAME + VNET_HDR);
+            let t = Instant::now();
+            for r in 1..=ROUNDS {
+                bench_refill(&mem, r);
+                rewind(&tx);
+                while let Some(c) = q.pop_descriptor_chain(&mem) {
+                    let head = c.head_index();
+                    buf.clear();
+                    c.reader(&mem).unwrap().read_to_end(&mut buf).unwrap();
+                    crate::port::rings::ring_put(&tx, &buf);
+                    q.add_used(&mem, head, 0).unwrap();
+                }
+            }
+            let tx_old = per(t);
+            println!(
+                "walker_cost {len} B: RX {rx_new:.1} ns/frame (virtio-queue {rx_old:.1}), \
+                 TX {tx_new:.1} ns/frame (virtio-queue {tx_old:.1})"
+            );
+        }
     }
 }

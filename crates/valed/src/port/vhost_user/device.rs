@@ -67,6 +67,18 @@ impl VhostUserBackendMut for NetBackend {
     fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> std::io::Result<()> {
         lock(&self.guest).set_memory(mem)
     }
+    /// `GET_VRING_BASE`: the frontend stops a queue and reads where the device is in
+    /// it. RX entries written this pass but not yet published (`push` publishes once
+    /// per pass) are published now, under the guest's lock (so not in the middle of a
+    /// pass): the frontend then reads a used index that counts every buffer taken.
+    fn stop_vring(&mut self, queue_index: u32) -> std::io::Result<()> {
+        let mut g = lock(&self.guest);
+        if queue_index == u32::from(RX) && g.rx_dirty {
+            g.rx_dirty = false;
+            datapath::publish_rx(&mut g);
+        }
+        Ok(())
+    }
     fn exit_event(&self, _thread: usize) -> Option<(EventConsumer, EventNotifier)> {
         new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
     }
@@ -88,6 +100,9 @@ impl VhostUserBackendMut for NetBackend {
             if g.vrings.is_none() && g.mem.is_some() {
                 g.vrings = Some(vrings.to_vec());
                 g.rx_since = None;
+                g.tx_since = None;
+                g.rx_split = None;
+                g.out.rx_seen = None;
             }
             if device_event == TX {
                 g.tx_broken = false;

@@ -9,8 +9,9 @@
 //! port's TX ring (12-byte virtio-net header in front, the port's `hdr_len`) in the pass
 //! that forwards them, and packets for the guest go into its RX buffers (several per
 //! packet if the guest accepted MRG_RXBUF, else one) straight from the sender's buffers
-//! when the sender has the same header, or from the port's RX ring. Guest memory is only
-//! touched through vm-memory, which checks every descriptor against the memory table: a
+//! when the sender has the same header, or from the port's RX ring. The queues are
+//! walked by valed's own split-ring code (`split`) over the guest's regions translated
+//! once per memory table (`sys::guest`), which checks every descriptor against them: a
 //! bad descriptor is a counted error on the port, never a crash. The memory itself is
 //! sealed against shrinking before it is measured and mapped (`relay`), and watched for
 //! truncation all the same (`sys::sigbus`): a frontend that cuts it from under valed is
@@ -20,6 +21,7 @@ pub(crate) mod datapath;
 mod device;
 pub(crate) mod relay;
 mod server;
+pub(crate) mod split;
 
 use super::{AfterDetach, Attach, Backend, DrivenPort, PortCounters, Start};
 use crate::error::{CtlError, PortError};
@@ -59,14 +61,21 @@ pub struct Guest {
     /// The RX and TX queues, once the frontend has set them up (cleared when it goes).
     vrings: Option<Vec<VringRwLock>>,
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
+    /// The same memory as the forwarding thread walks it: its regions translated once.
+    map: Option<crate::sys::guest::GuestMap>,
+    /// Where the RX queue's rings were last found in guest memory.
+    rx_split: Option<split::Split>,
+    /// Scratch for the RX walker (the spans and chains of one frame's buffers).
+    scratch: datapath::Scratch,
     /// Frames on their way to the guest, and the features it acknowledged.
     out: Outbox,
-    /// Used RX entries added since the guest was last signalled.
+    /// Used RX entries written since the used index was last published (and the guest
+    /// maybe signalled): published once per pass, in `push`.
     rx_dirty: bool,
-    /// The RX queue's `next_used` when valed last decided whether to signal the guest
-    /// (`None`: not since its queues were set up), for EVENT_IDX's rule; see
-    /// `datapath::rx_wants_signal`.
+    /// The RX and TX queues' used index when valed last decided whether to signal the
+    /// guest (`None`: not since its queues were set up); see `Split::wants_signal`.
     rx_since: Option<u16>,
+    tx_since: Option<u16>,
     /// The guest's TX avail index ran beyond its ring: counted once, queue ignored
     /// until the frontend sets it up again.
     tx_broken: bool,
@@ -93,16 +102,13 @@ impl Guest {
     /// The memory the crate mapped for the frontend, its ranges watched for truncation
     /// before anyone may touch them (the old memory's unwatched first).
     fn set_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> std::io::Result<()> {
-        use vm_memory::GuestMemoryBackend;
-        let ranges: Vec<_> = mem
-            .memory()
-            .iter()
-            .map(|r| (r.as_ptr() as usize, r.size()))
-            .collect();
+        let map = crate::sys::guest::GuestMap::new(mem.memory().into_inner());
         self.mem = None;
+        self.map = None;
         self.watched = None;
-        self.watched = Some(crate::sys::sigbus::Watched::new(ranges)?);
+        self.watched = Some(crate::sys::sigbus::Watched::new(map.ranges())?);
         self.faults_seen = 0;
+        self.map = Some(map);
         self.mem = Some(mem);
         Ok(())
     }
@@ -127,6 +133,7 @@ impl Guest {
         );
         self.vrings = None;
         self.mem = None;
+        self.map = None;
         if let Some(f) = &self.front {
             let _ = f.shutdown(std::net::Shutdown::Both);
         }
@@ -137,10 +144,14 @@ impl Guest {
     pub fn forget(&mut self, counters: &PortCounters) {
         self.vrings = None;
         self.mem = None;
+        self.map = None;
         self.watched = None;
         self.front = None;
         self.rx_dirty = false;
         self.rx_since = None;
+        self.tx_since = None;
+        self.rx_split = None;
+        self.out.rx_seen = None;
         self.tx_broken = false;
         let n = self.out.pending.len() as u64;
         counters.write_errors.fetch_add(n, Ordering::Relaxed);

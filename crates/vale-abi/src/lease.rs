@@ -467,9 +467,9 @@ mod tests {
         let mut total_moved = 0u64;
         loop {
             let tail = c.hwtail.load(Acquire);
-            let moved = dist(prev_tail, tail, N);
-            assert!(moved <= N - 1, "tail went back: {prev_tail} -> {tail}");
-            total_moved += u64::from(moved);
+            // A tail that went back would hand out slots read (and zeroed) already:
+            // the assertion below catches it.
+            total_moved += u64::from(dist(prev_tail, tail, N));
             prev_tail = tail;
             while at != tail {
                 let m = c.slots[at as usize].swap(0, Relaxed);

@@ -64,7 +64,12 @@ fn new_lane(settings: &Settings) -> Result<Arc<Lane>, StartError> {
         epoll::EventFlags::IN,
     )
     .map_err(|e| StartError::Os("epoll_ctl", e.into()))?;
-    let state = LaneState::new(Registry::new(settings.limits));
+    let mut registry = Registry::new(settings.limits);
+    for (sw, n) in &settings.switch_threads {
+        // In range: the settings checked it.
+        let _ = registry.set_threads(sw, *n);
+    }
+    let state = LaneState::new(registry);
     Ok(Arc::new(Lane::new(state, fwd_epoll, wake)))
 }
 
@@ -126,6 +131,33 @@ pub fn run(
         );
         lanes.push(lane);
     }
+    // Helpers for switches of several threads: each lane gets enough for the largest.
+    let helpers = settings
+        .switch_threads
+        .iter()
+        .map(|(_, n)| *n)
+        .max()
+        .unwrap_or(1)
+        - 1;
+    let nlanes = lanes.len();
+    for (l, lane) in lanes.iter().enumerate() {
+        for h in 1..=usize::from(helpers) {
+            let l2 = lane.clone();
+            let t = nlanes + l * usize::from(helpers) + h - 1;
+            let cpu = (!settings.cpus.is_empty()).then(|| settings.cpus[t % settings.cpus.len()]);
+            let th = std::thread::Builder::new()
+                .name(format!("vale-fwd{l}.{h}"))
+                .spawn(move || {
+                    if let Some(c) = cpu {
+                        pin(t, c);
+                    }
+                    crate::lane::forward::run_helper(l2, h, busy)
+                })
+                .map_err(|e| StartError::Os("spawn forwarding helper", e))?;
+            lane.add_helper(th.thread().clone());
+            threads.push(th);
+        }
+    }
     tracing::info!(socket = %settings.socket.display(), threads = lanes.len(), cpus = ?settings.cpus, "valed listening");
     let mut ctl = Control::new(lanes.clone(), settings, set_verbosity)?;
     ctl.create_declared();
@@ -161,6 +193,7 @@ pub fn run(
     for l in &lanes {
         l.stop.store(true, Ordering::Release);
         l.wake_forwarder();
+        l.wake_all_helpers();
     }
     for t in threads {
         let _ = t.join();

@@ -423,7 +423,8 @@ pub fn fdb_page(
     let st = lane.lock_ctl();
     let now = lane.now();
     let e = st.registry.switch(switch).ok_or_else(missing)?;
-    let table = e.switch.lookup().table();
+    let lookup = e.switch.lookup();
+    let table = lookup.table();
     let place = |r: &vale_switch::TableRow| FdbPlace {
         port: r.port,
         vlan: r.vlan,

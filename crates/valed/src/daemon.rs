@@ -139,24 +139,9 @@ pub fn run(
         .max()
         .unwrap_or(1)
         - 1;
-    let nlanes = lanes.len();
     for (l, lane) in lanes.iter().enumerate() {
-        for h in 1..=usize::from(helpers) {
-            let l2 = lane.clone();
-            let t = nlanes + l * usize::from(helpers) + h - 1;
-            let cpu = (!settings.cpus.is_empty()).then(|| settings.cpus[t % settings.cpus.len()]);
-            let th = std::thread::Builder::new()
-                .name(format!("vale-fwd{l}.{h}"))
-                .spawn(move || {
-                    if let Some(c) = cpu {
-                        pin(t, c);
-                    }
-                    crate::lane::forward::run_helper(l2, h, busy)
-                })
-                .map_err(|e| StartError::Os("spawn forwarding helper", e))?;
-            lane.add_helper(th.thread().clone());
-            threads.push(th);
-        }
+        lane.ensure_helpers(usize::from(helpers), l, lanes.len(), &settings.cpus, busy)
+            .map_err(|e| StartError::Os("spawn forwarding helper", e))?;
     }
     tracing::info!(socket = %settings.socket.display(), threads = lanes.len(), cpus = ?settings.cpus, "valed listening");
     let mut ctl = Control::new(lanes.clone(), settings, set_verbosity)?;
@@ -193,7 +178,9 @@ pub fn run(
     for l in &lanes {
         l.stop.store(true, Ordering::Release);
         l.wake_forwarder();
-        l.wake_all_helpers();
+    }
+    for l in &lanes {
+        l.join_helpers();
     }
     for t in threads {
         let _ = t.join();
@@ -207,7 +194,7 @@ pub fn run(
 
 /// Pins the calling forwarding thread to one CPU (checked against the affinity mask at
 /// startup, so a failure here is unusual: it is logged, and the thread runs unpinned).
-fn pin(thread: usize, cpu: usize) {
+pub(crate) fn pin(thread: usize, cpu: usize) {
     let mut set = rustix::thread::CpuSet::new();
     set.set(cpu);
     match rustix::thread::sched_setaffinity(None, &set) {

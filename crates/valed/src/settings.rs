@@ -656,10 +656,10 @@ pub fn dump(
     );
     for (k, v) in settings {
         let line = match k.as_str() {
-            "share" if v.is_empty() => continue,
+            "share" | "switch_threads" if v.is_empty() => continue,
             "cpus" if v.is_empty() => continue,
             "metrics" if v.is_empty() => continue,
-            "share" => format!(
+            "share" | "switch_threads" => format!(
                 "[{}]",
                 v.split(',').map(toml_str).collect::<Vec<_>>().join(", ")
             ),

@@ -533,6 +533,14 @@ pub fn settings(s: &Settings, threads: usize) -> Response {
         ("busy_poll_us".to_string(), s.busy_poll_us.to_string()),
         ("threads".to_string(), threads.to_string()),
         (
+            "switch_threads".to_string(),
+            s.switch_threads
+                .iter()
+                .map(|(sw, n)| format!("{sw}={n}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        (
             "cpus".to_string(),
             s.cpus
                 .iter()
@@ -877,6 +885,7 @@ mod tests {
         assert_eq!(m["share"], "");
         assert_eq!(m["vhost_trust_unsealed"], "false");
         assert_eq!(m["metrics"], "");
-        assert_eq!(m.len(), 30);
+        assert_eq!(m["switch_threads"], "");
+        assert_eq!(m.len(), 31);
     }
 }

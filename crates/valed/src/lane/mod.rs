@@ -78,8 +78,9 @@ impl LaneState {
 /// write-locks it, and raises `ctl_waiting` so that the forwarders step aside promptly.
 pub struct Lane {
     state: RwLock<LaneState>,
-    /// The helpers' threads, to unpark; and how many of them are parked.
-    helpers: Mutex<Vec<std::thread::Thread>>,
+    /// The helpers' threads (helper `h` is the `h`-th), to unpark and to join; and how
+    /// many of them are parked.
+    helpers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     parked: std::sync::atomic::AtomicUsize,
     ctl_waiting: AtomicBool,
     pub stop: AtomicBool,
@@ -270,12 +271,46 @@ impl Lane {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A helper thread of this lane: it is unparked by [`Self::wake_helpers`].
-    pub fn add_helper(&self, t: std::thread::Thread) {
-        self.helpers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(t);
+    /// Starts helpers until this lane (number `index` of `lanes`) has `want` of them,
+    /// for switches of up to `want + 1` threads. Helper `h` is pinned to
+    /// `cpus[(h * lanes + index) % len]` (after the lanes' own threads), if `cpus` is
+    /// not empty.
+    pub fn ensure_helpers(
+        self: &Arc<Self>,
+        want: usize,
+        index: usize,
+        lanes: usize,
+        cpus: &[usize],
+        busy: std::time::Duration,
+    ) -> std::io::Result<()> {
+        let mut hs = self.helpers.lock().unwrap_or_else(|p| p.into_inner());
+        while hs.len() < want {
+            let h = hs.len() + 1;
+            let t = h * lanes + index;
+            let cpu = (!cpus.is_empty()).then(|| cpus[t % cpus.len()]);
+            let lane = self.clone();
+            let th = std::thread::Builder::new()
+                .name(format!("vale-fwd{index}.{h}"))
+                .spawn(move || {
+                    if let Some(c) = cpu {
+                        crate::daemon::pin(t, c);
+                    }
+                    forward::run_helper(lane, h, busy)
+                })?;
+            hs.push(th);
+        }
+        Ok(())
+    }
+
+    /// After `stop`: wakes the helpers and waits for them to end.
+    pub fn join_helpers(&self) {
+        let hs = std::mem::take(&mut *self.helpers.lock().unwrap_or_else(|p| p.into_inner()));
+        for h in &hs {
+            h.thread().unpark();
+        }
+        for h in hs {
+            let _ = h.join();
+        }
     }
 
     /// A helper, idle: parks until woken (or 100 ms, so a lost wake-up costs little).
@@ -290,25 +325,11 @@ impl Lane {
         if self.parked.load(Ordering::Relaxed) == 0 {
             return;
         }
-        for t in self
-            .helpers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            t.unpark();
-        }
-    }
-
-    /// Stops the helpers' sleep (at shutdown).
-    pub fn wake_all_helpers(&self) {
-        for t in self
-            .helpers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            t.unpark();
+        // Never blocks the lane's thread: a control thread starting helpers holds this.
+        if let Ok(hs) = self.helpers.try_lock() {
+            for h in hs.iter() {
+                h.thread().unpark();
+            }
         }
     }
 

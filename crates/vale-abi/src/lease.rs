@@ -180,18 +180,22 @@ impl<W: LeaseWord> LeaseRing<W> {
         W::lock(&self.lock)
     }
 
-    /// Reserves up to `want` free slots. `head` is the client's `head` as just read
-    /// (unvalidated): the slots before it that were published are free again; a `head`
-    /// outside `hwcur..=hwtail` resets the client's ring instead (`Leased::reset`).
+    /// Reserves up to `want` free slots. `head` reads the client's `head` (an
+    /// `Acquire` load, unvalidated), under the lock: the slots before it that were
+    /// published are free again; a `head` outside `hwcur..=hwtail` resets the client's
+    /// ring instead (`Leased::reset`). Read before the lock, a thread's `head` could be
+    /// older than the one another thread has just taken back, and look like a client
+    /// handing back slots it was never given.
     #[inline]
     pub fn lease<'a, P: Publish + ?Sized>(
         &'a self,
         want: u32,
-        head: u32,
+        head: impl FnOnce() -> u32,
         out: &'a P,
     ) -> Leased<'a, W, P> {
         let n = self.n;
         let _g = self.locked();
+        let head = head();
         let hwcur = self.hwcur.load(Relaxed);
         let hwtail = self.hwtail.load(Relaxed);
         let reset = head >= n || dist(hwcur, head, n) > dist(hwcur, hwtail, n);
@@ -365,13 +369,13 @@ mod tests {
     fn out_of_order_completion_publishes_in_reservation_order() {
         let c = Client::new(8);
         let r = LeaseRing::<AtomicU32>::new(8);
-        let a = r.lease(3, 0, &c).lease.unwrap();
-        let mut b = r.lease(3, 0, &c).lease.unwrap();
+        let a = r.lease(3, || 0, &c).lease.unwrap();
+        let mut b = r.lease(3, || 0, &c).lease.unwrap();
         assert_eq!((a.start(), a.len(), b.start(), b.len()), (0, 3, 3, 3));
         // One slot stays empty: 7 usable, 6 leased.
-        let d = r.lease(5, 0, &c).lease.unwrap();
+        let d = r.lease(5, || 0, &c).lease.unwrap();
         assert_eq!((d.start(), d.len()), (6, 1));
-        assert!(r.lease(1, 0, &c).lease.is_none(), "ring full");
+        assert!(r.lease(1, || 0, &c).lease.is_none(), "ring full");
         b.set_filled(3);
         assert!(!b.complete(), "b waits for a");
         assert_eq!(c.hwtail.load(Acquire), 0);
@@ -382,7 +386,7 @@ mod tests {
         drop(d); // dropped with nothing written: the newest lease gives its slot back
         assert_eq!(r.hwtail(), 6);
         // The client releases 4 slots: they are free again.
-        let e = r.lease(10, 4, &c).lease.unwrap();
+        let e = r.lease(10, || 4, &c).lease.unwrap();
         assert_eq!((e.start(), e.len()), (6, 5));
     }
 
@@ -390,8 +394,8 @@ mod tests {
     fn a_short_lease_gives_back_or_pads() {
         let c = Client::new(16);
         let r = LeaseRing::<AtomicU32>::new(16);
-        let mut a = r.lease(4, 0, &c).lease.unwrap();
-        let mut b = r.lease(4, 0, &c).lease.unwrap();
+        let mut a = r.lease(4, || 0, &c).lease.unwrap();
+        let mut b = r.lease(4, || 0, &c).lease.unwrap();
         // b is the newest: its unused slots go back.
         b.set_filled(1);
         assert!(!b.complete());
@@ -401,7 +405,7 @@ mod tests {
         assert_eq!(c.hwtail.load(Acquire), 5);
         assert_eq!(c.slots[2].load(Relaxed), PAD);
         assert_eq!(c.slots[3].load(Relaxed), PAD);
-        let n = r.lease(1, 0, &c).lease.unwrap();
+        let n = r.lease(1, || 0, &c).lease.unwrap();
         assert_eq!(n.start(), 5, "b's three unused slots were given back");
     }
 
@@ -409,14 +413,14 @@ mod tests {
     fn a_head_out_of_range_resets_the_client() {
         let c = Client::new(8);
         let r = LeaseRing::<AtomicU32>::new(8);
-        let mut a = r.lease(2, 0, &c).lease.unwrap();
+        let mut a = r.lease(2, || 0, &c).lease.unwrap();
         a.set_filled(2);
         assert!(a.complete());
-        let l = r.lease(1, 5, &c);
+        let l = r.lease(1, || 5, &c);
         assert!(l.reset, "head 5 was never published");
         assert_eq!(c.resets.load(Relaxed), 1);
         assert_eq!(l.lease.unwrap().start(), 2);
-        assert!(r.lease(1, 9, &c).reset, "head beyond the ring");
+        assert!(r.lease(1, || 9, &c).reset, "head beyond the ring");
     }
 
     /// Real threads: four writers leasing random sizes, a client reading and releasing.
@@ -441,7 +445,7 @@ mod tests {
                         rng ^= rng >> 7;
                         rng ^= rng << 17;
                         let want = (rng % 7 + 1) as u32;
-                        let Some(mut l) = r.lease(want, head.load(Acquire), &*c).lease else {
+                        let Some(mut l) = r.lease(want, || head.load(Acquire), &*c).lease else {
                             std::thread::yield_now();
                             continue;
                         };
@@ -499,5 +503,10 @@ mod tests {
             "the writers finished before the deadline"
         );
         assert!(total_moved >= written);
+        assert_eq!(
+            c.resets.load(Relaxed),
+            0,
+            "an honest client's ring was reset"
+        );
     }
 }

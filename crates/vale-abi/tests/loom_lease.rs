@@ -17,6 +17,8 @@ const PAD: u32 = u32::MAX;
 /// The client's side of an RX ring: the published tail and the slots (0: never written).
 struct Client {
     hwtail: AtomicU32,
+    /// The client's `head`: slots before it are handed back.
+    head: AtomicU32,
     slots: Vec<UnsafeCell<u32>>,
 }
 
@@ -33,8 +35,8 @@ impl Publish for Client {
             self.slots[i].with_mut(|p| unsafe { *p = PAD });
         }
     }
-    fn reset(&self, _hwcur: u32, _hwtail: u32) {
-        panic!("the client never moves head here");
+    fn reset(&self, hwcur: u32, hwtail: u32) {
+        panic!("an honest client's ring was reset (hwcur {hwcur}, hwtail {hwtail})");
     }
 }
 
@@ -48,6 +50,7 @@ fn shared() -> Arc<Shared> {
         ring: LeaseRing::new(N),
         client: Client {
             hwtail: AtomicU32::new(0),
+            head: AtomicU32::new(0),
             slots: (0..N).map(|_| UnsafeCell::new(0)).collect(),
         },
     })
@@ -56,7 +59,11 @@ fn shared() -> Arc<Shared> {
 /// One writer: lease `want` slots, write its marker into the first `fill`, complete
 /// (or drop, if `by_drop`). Returns the slots it wrote.
 fn writer(s: &Shared, marker: u32, want: u32, fill: u32, by_drop: bool) -> u32 {
-    let Some(mut l) = s.ring.lease(want, 0, &s.client).lease else {
+    let Some(mut l) = s
+        .ring
+        .lease(want, || s.client.head.load(Acquire), &s.client)
+        .lease
+    else {
         return 0;
     };
     let fill = fill.min(l.len());
@@ -155,5 +162,30 @@ fn an_empty_lease_is_given_back() {
         // empty lease was not the newest when it completed.
         let tail = s.client.hwtail.load(Relaxed);
         assert!(tail == 2 || tail == 5, "tail {tail}");
+    });
+}
+
+/// The client hands back what it read while two writers lease: each writer's view of
+/// `head` is taken under the lock, so neither mistakes an older `head` for a client
+/// handing back slots it was never given (which would reset the ring).
+#[test]
+fn a_client_releasing_slots_is_never_reset() {
+    loom::model(|| {
+        let s = shared();
+        // Two slots published and read before the writers start.
+        let first = s.ring.lease(2, || 0, &s.client).lease.unwrap();
+        for i in 0..2 {
+            s.client.slots[i].with_mut(|p| unsafe { *p = 9 });
+        }
+        let mut first = first;
+        first.set_filled(2);
+        assert!(first.complete());
+        let (s2, s3) = (s.clone(), s.clone());
+        let t2 = thread::spawn(move || writer(&s2, 2, 1, 1, false));
+        let t3 = thread::spawn(move || writer(&s3, 3, 1, 1, false));
+        s.client.head.store(1, Release);
+        s.client.head.store(2, Release);
+        let w = t2.join().unwrap() + t3.join().unwrap();
+        assert_eq!(s.client.hwtail.load(Relaxed), 2 + w);
     });
 }

@@ -165,8 +165,8 @@ impl RxKring {
     /// (a client handing back more than it was given has its ring reset: `reset`).
     #[inline(always)]
     fn lease(&self, want: u32) -> Leased<'_, AtomicU32, RingView> {
-        let (head, _) = self.view.csb().sw_read_acquire();
-        self.lease.lease(want, head, &self.view)
+        self.lease
+            .lease(want, || self.view.csb().sw_read_acquire().0, &self.view)
     }
 }
 

@@ -32,27 +32,36 @@ fn switch(threads: u16) -> (Switch<LearningBridge>, Vec<Client>) {
 }
 
 /// Runs `workers` forwarding threads over `sw` while `clients` runs here, then checks
-/// the laws.
+/// the laws and that every worker forwarded some of the frames.
 fn with_workers<L: Lookup>(sw: &Switch<L>, workers: usize, clients: impl FnOnce()) {
     let stop = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        for w in 0..workers {
-            let stop = &stop;
-            s.spawn(move || {
-                let mut fw = Forwarder::new();
-                let mut notes = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    if fw.forward_worker(sw, w, t(1), &mut notes, &mut NoEgress) == 0 {
-                        std::thread::yield_now();
+    let moved: Vec<usize> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..workers)
+            .map(|w| {
+                let stop = &stop;
+                s.spawn(move || {
+                    let (mut fw, mut notes, mut moved) = (Forwarder::new(), Vec::new(), 0);
+                    while !stop.load(Ordering::Relaxed) {
+                        let n = fw.forward_worker(sw, w, t(1), &mut notes, &mut NoEgress);
+                        if n == 0 {
+                            std::thread::yield_now();
+                        }
+                        moved += n;
+                        notes.clear();
                     }
-                    notes.clear();
-                }
-            });
-        }
+                    moved
+                })
+            })
+            .collect();
         clients();
         stop.store(true, Ordering::Relaxed);
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert_laws(sw);
+    assert!(
+        moved.iter().all(|m| *m > 0),
+        "frames each worker forwarded: {moved:?}"
+    );
 }
 
 /// Sends `PER_SENDER` frames from each of `senders` (tagged `sender << 32 | seq`) to

@@ -887,6 +887,15 @@ mod tests {
             s.metrics.as_ref().unwrap().to_string(),
             "/run/vale/metrics.sock"
         );
+        let f: ConfigFile = toml::from_str("switch_threads = [\"vale0=4\", \"vale1=2\"]").unwrap();
+        f.apply(&mut s).unwrap();
+        assert_eq!(
+            s.switch_threads,
+            vec![("vale0".to_string(), 4), ("vale1".to_string(), 2)]
+        );
+        let f: ConfigFile = toml::from_str("switch_threads = [\"vale0=0\"]").unwrap();
+        let e = f.apply(&mut s).unwrap_err().to_string();
+        assert!(e.contains("N from 1 to 256"), "{e}");
         for bad in ["9417", "localhost:9417", "127.0.0.1", ""] {
             let e = MetricsAddr::parse(bad).unwrap_err().to_string();
             assert!(e.contains("IP:PORT"), "{bad}: {e}");

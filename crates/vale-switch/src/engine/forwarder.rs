@@ -64,8 +64,11 @@ impl Forwarder {
         notify: &mut Vec<Notify>,
         egress: &mut dyn Egress,
     ) -> usize {
-        if worker == 0 {
-            sw.lookup().maintain(now);
+        if worker == 0 && sw.lookup().wants_maintenance(now) {
+            sw.lookup
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .maintain(now);
         }
         let n = sw.ports.active.len();
         if n == 0 {
@@ -171,10 +174,19 @@ impl Forwarder {
         let end = rd.at;
 
         // Pass 1: one lookup call for the batch, then the queues.
-        lookup
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .lookup_batch(&sc.infos[..np], &mut sc.dests[..np], now);
+        // Several threads: the lookup under the shared lock, unless it learns.
+        let (infos, dests) = (&sc.infos[..np], &mut sc.dests[..np]);
+        let decided = shared
+            && lookup
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .lookup_batch_shared(infos, dests, now);
+        if !decided {
+            lookup
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .lookup_batch(infos, dests, now);
+        }
         match vlan {
             None => sc.route(np, src, ports, &mut st),
             Some(m) => sc.route_vlan(np, src, ports, m, &mut st),

@@ -30,7 +30,7 @@ use crate::types::PortId;
 use crate::vlan::{Members, PortVlan};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use thiserror::Error;
 use vale_abi::lease::{LeaseRing, Leased};
 use vale_abi::ring::dist;
@@ -321,8 +321,9 @@ impl PortTable {
 /// [`Forwarder`]'s, one per forwarding thread.
 pub struct Switch<L: Lookup = Box<dyn Lookup>> {
     ports: PortTable,
-    /// Locked once per batch, for the whole batch's lookup (and learning).
-    lookup: Mutex<L>,
+    /// Read-locked once per batch for the whole batch's lookup, write-locked when it
+    /// learns (see [`Lookup::lookup_batch_shared`]).
+    lookup: RwLock<L>,
     cfg: SwitchConfig,
     /// Port the next pass starts from (see [`Forwarder::forward`]).
     rr: AtomicUsize,
@@ -346,7 +347,7 @@ impl<L: Lookup> Switch<L> {
                 slots: (0..n).map(|_| None).collect(),
                 ..PortTable::default()
             },
-            lookup: Mutex::new(lookup),
+            lookup: RwLock::new(lookup),
             cfg,
             rr: AtomicUsize::new(0),
             threads: 1,
@@ -368,9 +369,9 @@ impl<L: Lookup> Switch<L> {
         Ok(())
     }
 
-    /// The lookup, locked (the forwarders lock it once per batch).
-    pub fn lookup(&self) -> MutexGuard<'_, L> {
-        self.lookup.lock().unwrap_or_else(|p| p.into_inner())
+    /// The lookup, read-locked (the forwarders lock it once per batch).
+    pub fn lookup(&self) -> RwLockReadGuard<'_, L> {
+        self.lookup.read().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn lookup_mut(&mut self) -> &mut L {

@@ -174,18 +174,13 @@ impl Forwarder {
         let end = rd.at;
 
         // Pass 1: one lookup call for the batch, then the queues.
-        // Several threads: the lookup under the shared lock, unless it learns.
-        let (infos, dests) = (&sc.infos[..np], &mut sc.dests[..np]);
-        let decided = shared
-            && lookup
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .lookup_batch_shared(infos, dests, now);
-        if !decided {
+        if shared {
+            lookup_shared(lookup, &sc.infos[..np], &mut sc.dests[..np], now);
+        } else {
             lookup
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
-                .lookup_batch(infos, dests, now);
+                .lookup_batch(&sc.infos[..np], &mut sc.dests[..np], now);
         }
         match vlan {
             None => sc.route(np, src, ports, &mut st),
@@ -243,5 +238,26 @@ impl Forwarder {
             }
         }
         dist(start, end, n) as usize
+    }
+}
+
+/// A switch of several threads: the lookup under the shared lock, unless the batch
+/// learns (then under the exclusive one).
+#[inline(never)]
+fn lookup_shared<L: Lookup>(
+    lookup: &std::sync::RwLock<L>,
+    infos: &[crate::lookup::PacketInfo],
+    dests: &mut [crate::lookup::Dest],
+    now: Timestamp,
+) {
+    let decided = lookup
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .lookup_batch_shared(infos, dests, now);
+    if !decided {
+        lookup
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .lookup_batch(infos, dests, now);
     }
 }

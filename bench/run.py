@@ -235,6 +235,42 @@ def ours_pinned(secs, length, threads=1, receivers=1):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def ours_one_switch(secs, length, threads, pairs=8):
+    """One switch (vale0) with `pairs` `pair` clients (a0->b0 .. a7->b7, unicast), forwarded
+    by `threads` threads at once (valed --switch-threads vale0=N: the lane's thread and
+    N-1 helpers). With enough CPUs, each forwarding thread gets its own and the clients
+    share the rest; otherwise nothing is pinned (the figures then say only that the
+    harness works). Returns (aggregate delivered Mpps, packets per forwarding
+    CPU-second in Mpps, "pinned" or "unpinned")."""
+    cpus = cpu_order()
+    pinned = len(cpus) >= threads + 1
+    extra = [] if threads == 1 else ["--switch-threads", f"vale0={threads}"]
+    if pinned:
+        extra += ["--cpus", ",".join(map(str, cpus[:threads]))]
+        cli_cpus = cpus[threads:]
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="vale-bench-")
+    try:
+        v = Valed(procs, tmp, extra)
+        names = []
+        for k in range(pairs):
+            procs.start([os.path.join(BIN, "pair"), "vale0", str(length), str(secs + 3), "1", str(k)],
+                        cpu=cli_cpus[k % len(cli_cpus)] if pinned else None, env=v.env,
+                        stdout=subprocess.DEVNULL)
+            names += [f"vale0:a{k}", f"vale0:b{k}"]
+        v.wait_ports(names)
+        time.sleep(1.0)
+        s0, c0, t0 = v.stats(), v.fwd_cpu(), time.time()
+        time.sleep(secs)
+        s1, c1, t1 = v.stats(), v.fwd_cpu(), time.time()
+        rx = sum(s1[n]["rx_packets"] - s0[n]["rx_packets"] for n in names if ":b" in n)
+        cpu = c1 - c0
+        return rx / (t1 - t0) / 1e6, (rx / cpu / 1e6) if cpu > 0 else None, "pinned" if pinned else "unpinned"
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def ours_rtt_pinned(count, mode):
     """ping/pong RTT with pinned processes. mode "colocated" (2 CPUs): the forwarding
     thread and a sleeping pong share one core, so its wake-up is a same-CPU one (~4 us on
@@ -727,16 +763,22 @@ def shim_rows(a, add, notes):
 
 
 def scaling(a):
-    """--scaling 1,2,4,8: disjoint switch/client pairs over N forwarding threads."""
+    """--scaling 1,2,4,8: disjoint switch/client pairs over N forwarding threads; with
+    --one-switch, one switch of 8 port pairs forwarded by N threads at once."""
     counts = [int(x) for x in a.scaling.split(",")]
     res = {n: [] for n in counts}
     for run in range(a.runs):
         log(f"scaling run {run + 1}/{a.runs}")
         for n in counts:
-            r = ours_pinned(a.secs, a.length, n)
+            r = ours_one_switch(a.secs, a.length, n) if a.one_switch else ours_pinned(a.secs, a.length, n)
             res[n].append(r)
             log(f"  threads {n}: {r}")
-    print(f"\nscaling, {a.length}-byte frames, CPUs in use order {cpu_order()}")
+    what = "one switch, 8 port pairs" if a.one_switch else "one switch per thread"
+    print(f"\nscaling ({what}), {a.length}-byte frames, CPUs in use order {cpu_order()}")
+    if a.one_switch:
+        how = sorted({r[2] for rs in res.values() for r in rs if not isinstance(r, str)})
+        print(f"(forwarding threads {' / '.join(how)}; unpinned on a machine with fewer CPUs than threads + 1:"
+              " then the figures test the harness, not the scaling)")
     print(f"{'threads':>8} {'aggregate Mpps':>28} {'per thread':>10} {'vs linear':>10} {'fwd Mpps/CPU-s':>16}")
     base = None
     for n in counts:
@@ -770,6 +812,8 @@ def main():
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--scaling", metavar="LIST", help="only the multi-thread scaling table, e.g. 1,2,4,8")
     ap.add_argument("--length", type=int, default=60, help="frame length for --scaling")
+    ap.add_argument("--one-switch", action="store_true",
+                    help="with --scaling: one switch of 8 port pairs on N threads (--switch-threads)")
     ap.add_argument("--netmap-pktgen", metavar="PATH", help="netmap's pkt-gen binary for the `shim` row")
     ap.add_argument("--netmap-pktgen-busy", metavar="PATH", help="the same built with -DBUSYWAIT (syncs by ioctl, no poll)")
     ap.add_argument("--valed-args", default="", help="extra flags for every valed started, e.g. '--buf-size 2112'")

@@ -3,7 +3,8 @@
 //! words, slots: buffer indices, lengths, flags, fragment chains; buffers), between
 //! forwarding passes. Optionally the hostile port carries a virtio-net header (the
 //! engine converts and segments), a monitor watches an honest port, and the switch
-//! filters VLANs (the hostile port in any mode, its frames tagged as it likes).
+//! filters VLANs (the hostile port in any mode, its frames tagged as it likes), and the
+//! switch may be one of several threads (its RX rings then filled by exact leases).
 //!
 //! Checked: no panic; the honest pair's unicast frames all arrive, intact and in order
 //! (unless the hostile port took over the receiver's address, as a learning bridge allows);
@@ -186,7 +187,11 @@ fuzz_target!(|data: &[u8]| {
     let mut b = Bytes(data);
     let setup = b.u8();
     let mut sw = Switch::new(LearningBridge::default(), SwitchConfig::default()).unwrap();
-    let _ = sw.set_batch(1 + (b.u8() as usize % 64));
+    // The batch byte's top bit: a switch of two threads (this one thread forwarding as
+    // worker 0): exact leases, claimed TX rings.
+    let batch = b.u8();
+    let _ = sw.set_batch(1 + (batch as usize % 64));
+    let _ = sw.set_threads(1 + u16::from(batch >> 7));
     let honest = PortGeometry {
         tx_slots: 64,
         rx_slots: 64,

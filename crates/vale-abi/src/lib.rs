@@ -7,6 +7,8 @@
 //!   [`Frag`], one packet fragment inside a buffer.
 //! - [`sync`]: the app/switch sync protocol, over each ring's [`layout::SyncBlock`] in the
 //!   region's sync area (`sem[128]` is left to the application).
+//! - [`lease`]: VALE's lease, so that several forwarding threads fill one RX ring and
+//!   the client sees the slots in reservation order.
 //! - [`ring`]: ring index arithmetic and the application side of txsync/rxsync.
 //!
 //! Only `mem` (the mapping) and `ring` (the views over it) may use `unsafe`; the lint
@@ -15,6 +17,7 @@
 
 mod error;
 pub mod layout;
+pub mod lease;
 #[allow(unsafe_code)]
 mod mem;
 pub mod region;

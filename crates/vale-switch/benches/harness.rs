@@ -136,7 +136,7 @@ impl Bench {
         for (id, _) in &self.tx {
             n += self
                 .fw
-                .forward_ring(&mut self.sw, *id, 0, Timestamp(1), &mut ev, &mut NoEgress);
+                .forward_ring(&self.sw, *id, 0, Timestamp(1), &mut ev, &mut NoEgress);
         }
         n
     }

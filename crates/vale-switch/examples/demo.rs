@@ -123,7 +123,7 @@ fn main() {
     let mut forward = |reg: &mut Registry| {
         let mut n = 0;
         for e in reg.switches_mut() {
-            while let k @ 1.. = fw.forward(&mut e.switch, now(), &mut notify, &mut NoEgress) {
+            while let k @ 1.. = fw.forward(&e.switch, now(), &mut notify, &mut NoEgress) {
                 n += k;
             }
         }

@@ -22,8 +22,8 @@ mod types;
 pub mod vlan;
 
 pub use engine::{
-    DEFAULT_BATCH, DEFAULT_MAX_PORTS, Egress, EngineError, Forwarder, MAX_BATCH, NoEgress, Notify,
-    Port, RingDir, Switch, SwitchConfig,
+    DEFAULT_BATCH, DEFAULT_MAX_PORTS, Egress, EngineError, Forwarder, MAX_BATCH, MAX_THREADS,
+    NoEgress, Notify, Port, RingDir, Switch, SwitchConfig,
 };
 pub use lookup::{
     AddressTable, Dest, Fdb, FdbConfig, FdbStats, Hub, LearningBridge, Lookup, LookupKind,

@@ -154,6 +154,8 @@ pub struct Registry {
     lookups: Vec<(String, LookupKind)>,
     /// VLAN settings per switch name, applied when the switch and its ports are created.
     vlans: BTreeMap<String, SwitchVlan>,
+    /// Forwarding threads per switch name (1 if not named), applied when it is created.
+    threads: BTreeMap<String, u16>,
 }
 
 impl Registry {
@@ -163,7 +165,26 @@ impl Registry {
             switches: Vec::new(),
             lookups: Vec::new(),
             vlans: BTreeMap::new(),
+            threads: BTreeMap::new(),
         }
+    }
+
+    /// Has switch `switch` forwarded by `threads` threads at once (1..=256), now if it
+    /// exists and whenever it is created.
+    pub fn set_threads(&mut self, switch: &str, threads: u16) -> Result<(), EngineError> {
+        if threads == 0 || threads > crate::engine::MAX_THREADS {
+            return Err(EngineError::BadThreads(threads));
+        }
+        self.threads.insert(switch.to_string(), threads);
+        if let Some(e) = self.switch_mut(switch) {
+            e.switch.set_threads(threads)?;
+        }
+        Ok(())
+    }
+
+    /// The forwarding threads switch `switch` has, or gets when it is created.
+    pub fn threads_for(&self, switch: &str) -> u16 {
+        self.threads.get(switch).copied().unwrap_or(1)
     }
 
     /// Turns VLAN filtering of switch `switch` on or off, now if it exists and whenever
@@ -485,6 +506,8 @@ impl Registry {
         if self.vlans.get(name).is_some_and(|v| v.filtering) {
             switch.set_vlan_filtering(true);
         }
+        // In range: `set_threads` checked it.
+        let _ = switch.set_threads(self.threads_for(name));
         let entry = SwitchEntry {
             name: name.to_string(),
             switch,

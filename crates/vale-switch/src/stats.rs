@@ -281,10 +281,10 @@ pub fn broken_switch_law<'a>(ports: impl Iterator<Item = (&'a str, PortStats)>) 
 
 /// The counters of one port, readable by any thread while the forwarder runs.
 ///
-/// One writer: the engine adds to them only through `&mut Port`, that is from the one
-/// thread forwarding the port's switch, so an add is a relaxed load and store (what a
-/// plain add costs), not a read-modify-write. Each counter read is up to date as of some
-/// publication; a [`PortCounters::snapshot`] taken while a batch is being published may
+/// Several writers: on a switch forwarded by several threads, any of them may add to a
+/// port's counters, so an add is a relaxed read-modify-write (once per counter that
+/// changed, per destination and batch: a few per thousand frames). Each counter read
+/// is up to date as of some publication; a [`PortCounters::snapshot`] taken while a batch is being published may
 /// have some of that batch's counts and not others, so the conservation laws hold
 /// exactly only between batches (for instance under the lock that stops the forwarder).
 #[derive(Debug, Default)]
@@ -305,11 +305,11 @@ pub struct PortCounters {
     ring_resets: AtomicU64,
 }
 
-/// Adds `d` to a counter that only the calling thread writes (see [`PortCounters`]).
+/// Adds `d` to a counter (see [`PortCounters`]).
 #[inline(always)]
 fn bump(c: &AtomicU64, d: u64) {
     if d != 0 {
-        c.store(c.load(Relaxed).wrapping_add(d), Relaxed);
+        c.fetch_add(d, Relaxed);
     }
 }
 
@@ -333,8 +333,7 @@ impl PortCounters {
         }
     }
 
-    /// Publishes one batch's counts. Only the port's single writer may call this: the
-    /// engine, through `&mut Port`.
+    /// Publishes one batch's counts (the engine: whichever thread forwarded the batch).
     #[inline]
     pub(crate) fn add(&self, d: &PortStats) {
         bump(&self.tx_packets, d.tx_packets);
@@ -354,7 +353,7 @@ impl PortCounters {
         bump(&self.ring_resets, d.ring_resets);
     }
 
-    /// One ring reset (the single writer only, as for [`Self::add`]).
+    /// One ring reset (as [`Self::add`]).
     pub(crate) fn count_ring_reset(&self) {
         bump(&self.ring_resets, 1);
     }

@@ -425,7 +425,7 @@ fn bridge_batch_limits_packets_per_pass() {
     c[0].send(&frames);
     let mut ev = Vec::new();
     let mut fw = Forwarder::new();
-    assert_eq!(fw.forward(&mut sw, t(1), &mut ev, &mut NoEgress), 16);
+    assert_eq!(fw.forward(&sw, t(1), &mut ev, &mut NoEgress), 16);
     drain(&mut sw, t(1));
     assert_eq!(c[1].recv_frames(), frames);
 }
@@ -454,8 +454,8 @@ fn one_forwarder_serves_switches_of_different_sizes_and_batches() {
         max_ports: 40,
         batch: 512,
     };
-    let (mut small, _, sc) = make(3, small_cfg);
-    let (mut big, bids, bc) = make(40, big_cfg);
+    let (small, _, sc) = make(3, small_cfg);
+    let (big, bids, bc) = make(40, big_cfg);
     let frames = |n: u64| -> Vec<Vec<u8>> {
         (0..n)
             .map(|i| frame(MacAddr::BROADCAST, mac(0), i, 60))
@@ -468,13 +468,13 @@ fn one_forwarder_serves_switches_of_different_sizes_and_batches() {
     bc[39].send(&[frame(MacAddr::BROADCAST, mac(39), 1000, 60)]);
     let mut fw = Forwarder::new();
     let mut ev = Vec::new();
-    assert_eq!(fw.forward(&mut small, t(1), &mut ev, &mut NoEgress), 4);
-    assert_eq!(fw.forward(&mut big, t(1), &mut ev, &mut NoEgress), 101);
-    assert_eq!(fw.forward(&mut small, t(1), &mut ev, &mut NoEgress), 4);
+    assert_eq!(fw.forward(&small, t(1), &mut ev, &mut NoEgress), 4);
+    assert_eq!(fw.forward(&big, t(1), &mut ev, &mut NoEgress), 101);
+    assert_eq!(fw.forward(&small, t(1), &mut ev, &mut NoEgress), 4);
     bc[0].send(&[frame(mac(39), mac(0), 2000, 60)]);
-    assert_eq!(fw.forward(&mut big, t(1), &mut ev, &mut NoEgress), 1);
-    assert_eq!(fw.forward(&mut small, t(1), &mut ev, &mut NoEgress), 2);
-    assert_eq!(fw.forward(&mut small, t(1), &mut ev, &mut NoEgress), 0);
+    assert_eq!(fw.forward(&big, t(1), &mut ev, &mut NoEgress), 1);
+    assert_eq!(fw.forward(&small, t(1), &mut ev, &mut NoEgress), 2);
+    assert_eq!(fw.forward(&small, t(1), &mut ev, &mut NoEgress), 0);
     for c in &sc[1..] {
         assert_eq!(c.recv_frames(), frames(10));
     }
@@ -513,11 +513,11 @@ fn each_switch_forwards_with_the_lookup_chosen_for_it() {
             .map(|k| Client::attach(&e.switch, k.port))
             .collect();
         c[1].send(&[frame(MacAddr::BROADCAST, mac(1), 1, 60)]);
-        while fw.forward(&mut e.switch, t(1), &mut Vec::new(), &mut NoEgress) > 0 {}
+        while fw.forward(&e.switch, t(1), &mut Vec::new(), &mut NoEgress) > 0 {}
         c[0].recv();
         c[2].recv();
         c[0].send(&[frame(mac(1), mac(0), 2, 60)]);
-        while fw.forward(&mut e.switch, t(1), &mut Vec::new(), &mut NoEgress) > 0 {}
+        while fw.forward(&e.switch, t(1), &mut Vec::new(), &mut NoEgress) > 0 {}
         assert_eq!(c[1].recv_frames().len(), 1, "{sw}");
         assert_eq!(c[2].recv_frames().len(), flooded as usize, "{sw}");
     }
@@ -726,7 +726,7 @@ fn direct_ports_get_packets_from_the_senders_buffers_not_their_ring() {
         accept: true,
     };
     let mut fw = Forwarder::new();
-    fw.forward(&mut sw, t(0), &mut Vec::new(), &mut eg);
+    fw.forward(&sw, t(0), &mut Vec::new(), &mut eg);
     assert_laws(&sw);
     let with_hdr = |f: &Vec<u8>| {
         let mut v = vec![0u8; 12];
@@ -759,7 +759,7 @@ fn direct_ports_get_packets_from_the_senders_buffers_not_their_ring() {
     pkt.extend_from_slice(&frames[0]);
     assert_eq!(c[0].send(&[pkt]), 1);
     eg.got.clear();
-    fw.forward(&mut sw, t(0), &mut Vec::new(), &mut eg);
+    fw.forward(&sw, t(0), &mut Vec::new(), &mut eg);
     assert_laws(&sw);
     let to2: Vec<_> = eg.got.iter().filter(|(p, _)| *p == ids[2]).collect();
     assert_eq!(to2.len(), 1);
@@ -787,7 +787,7 @@ fn direct_ports_get_packets_from_the_senders_buffers_not_their_ring() {
         accept: false,
     };
     assert_eq!(c[0].send(&frames[..2]), 2);
-    fw.forward(&mut sw, t(0), &mut Vec::new(), &mut eg);
+    fw.forward(&sw, t(0), &mut Vec::new(), &mut eg);
     assert_laws(&sw);
     assert_eq!(eg.got.len(), 2);
     let st = sw.port(ids[1]).unwrap().stats();

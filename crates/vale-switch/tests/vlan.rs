@@ -228,10 +228,13 @@ fn learning_is_per_vlan_and_floods_stay_inside_theirs() {
     // The same address in VLAN 10 (behind p0) and VLAN 20 (behind p1).
     n.send(0, tagged(MacAddr::BROADCAST, h, &[], 20));
     n.send(1, tagged(MacAddr::BROADCAST, h, &[], 21));
-    let fdb = n.sw.lookup().fdb();
-    assert_eq!(fdb.get_in(h, 10), Some(n.ids[0]));
-    assert_eq!(fdb.get_in(h, 20), Some(n.ids[1]));
-    assert_eq!(fdb.get(h), None, "nothing in VLAN 0");
+    {
+        let lookup = n.sw.lookup();
+        let fdb = lookup.fdb();
+        assert_eq!(fdb.get_in(h, 10), Some(n.ids[0]));
+        assert_eq!(fdb.get_in(h, 20), Some(n.ids[1]));
+        assert_eq!(fdb.get(h), None, "nothing in VLAN 0");
+    }
     // Unicast to h from the trunk reaches the owner in each VLAN, no one else.
     let got = n.send(2, tagged(h, mac(0x0a03), &[(Q, 20)], 22));
     assert_eq!(got[1].len(), 1);
@@ -364,7 +367,7 @@ fn direct_ports_and_virtio_headers_get_the_same_tagging() {
     let f = bc(&[(Q, 0x4000)], 50);
     n.c[0].send(std::slice::from_ref(&f));
     let mut eg = Collect(Vec::new());
-    Forwarder::new().forward(&mut n.sw, t(1), &mut Vec::new(), &mut eg);
+    Forwarder::new().forward(&n.sw, t(1), &mut Vec::new(), &mut eg);
     assert_laws(&n.sw);
     let mut hdr12 = vec![0u8; 12];
     hdr12[10] = 1;
@@ -535,7 +538,7 @@ fn offload_offsets_move_with_the_tag_and_segments_are_tagged() {
     assert!(n.c[0].queue(&pkt, 3));
     n.c[0].txsync();
     let mut eg = Collect(Vec::new());
-    Forwarder::new().forward(&mut n.sw, t(1), &mut Vec::new(), &mut eg);
+    Forwarder::new().forward(&n.sw, t(1), &mut Vec::new(), &mut eg);
     assert_laws(&n.sw);
     // The header's offsets count the tag.
     let moved = VnetHdr {

@@ -64,7 +64,12 @@ fn new_lane(settings: &Settings) -> Result<Arc<Lane>, StartError> {
         epoll::EventFlags::IN,
     )
     .map_err(|e| StartError::Os("epoll_ctl", e.into()))?;
-    let state = LaneState::new(Registry::new(settings.limits));
+    let mut registry = Registry::new(settings.limits);
+    for (sw, n) in &settings.switch_threads {
+        // In range: the settings checked it.
+        let _ = registry.set_threads(sw, *n);
+    }
+    let state = LaneState::new(registry);
     Ok(Arc::new(Lane::new(state, fwd_epoll, wake)))
 }
 
@@ -126,6 +131,18 @@ pub fn run(
         );
         lanes.push(lane);
     }
+    // Helpers for switches of several threads: each lane gets enough for the largest.
+    let helpers = settings
+        .switch_threads
+        .iter()
+        .map(|(_, n)| *n)
+        .max()
+        .unwrap_or(1)
+        - 1;
+    for (l, lane) in lanes.iter().enumerate() {
+        lane.ensure_helpers(usize::from(helpers), l, lanes.len(), &settings.cpus, busy)
+            .map_err(|e| StartError::Os("spawn forwarding helper", e))?;
+    }
     tracing::info!(socket = %settings.socket.display(), threads = lanes.len(), cpus = ?settings.cpus, "valed listening");
     let mut ctl = Control::new(lanes.clone(), settings, set_verbosity)?;
     ctl.create_declared();
@@ -162,6 +179,9 @@ pub fn run(
         l.stop.store(true, Ordering::Release);
         l.wake_forwarder();
     }
+    for l in &lanes {
+        l.join_helpers();
+    }
     for t in threads {
         let _ = t.join();
     }
@@ -174,7 +194,7 @@ pub fn run(
 
 /// Pins the calling forwarding thread to one CPU (checked against the affinity mask at
 /// startup, so a failure here is unusual: it is logged, and the thread runs unpinned).
-fn pin(thread: usize, cpu: usize) {
+pub(crate) fn pin(thread: usize, cpu: usize) {
     let mut set = rustix::thread::CpuSet::new();
     set.set(cpu);
     match rustix::thread::sched_setaffinity(None, &set) {

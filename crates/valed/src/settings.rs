@@ -71,6 +71,10 @@ pub enum SettingsError {
         "metrics address `{0}` is neither IP:PORT (127.0.0.1:9417, [::1]:9417) nor a unix socket path (one with a `/`)"
     )]
     Metrics(String),
+    #[error(
+        "switch threads `{0}` is not SWITCH=N with a switch name (vale0) and N from 1 to 256 (e.g. vale0=2)"
+    )]
+    SwitchThreads(String),
     #[error("max_switches and max_ports must be at least 1")]
     NoSwitchesOrPorts,
     #[error("default port: {0}")]
@@ -100,8 +104,12 @@ pub struct Settings {
     /// How long the forwarding thread keeps polling after the last packet before it
     /// sleeps in epoll, in microseconds.
     pub busy_poll_us: u64,
-    /// Forwarding threads; each switch is forwarded by one of them.
+    /// Forwarding threads (lanes); each switch is forwarded by one of them, unless it is
+    /// named in `switch_threads`.
     pub threads: usize,
+    /// Switches forwarded by several threads at once: (switch, threads). Each lane gets
+    /// as many helper threads as the largest of these needs (they sleep while idle).
+    pub switch_threads: Vec<(String, u16)>,
     /// Group that owns the socket file (name or number); `None` = the daemon's group.
     pub socket_group: Option<String>,
     /// CPUs for the forwarding threads: thread `t` is pinned to `cpus[t % len]`; empty =
@@ -485,6 +493,7 @@ impl Default for Settings {
             verbose: 1,
             busy_poll_us: 200,
             threads: 1,
+            switch_threads: Vec::new(),
             socket_group: None,
             cpus: Vec::new(),
             max_clients: DEFAULT_MAX_CLIENTS,
@@ -536,6 +545,8 @@ pub struct ConfigFile {
     pub verbose: Option<u8>,
     pub busy_poll_us: Option<u64>,
     pub threads: Option<usize>,
+    /// `["vale0=2"]`: see [`Settings::switch_threads`].
+    pub switch_threads: Option<Vec<String>>,
     pub socket_group: Option<String>,
     pub cpus: Option<String>,
     pub metrics: Option<String>,
@@ -652,6 +663,12 @@ impl ConfigFile {
         if let Some(c) = &self.cpus {
             s.cpus = parse_cpus(c)?;
         }
+        if let Some(list) = &self.switch_threads {
+            s.switch_threads = list
+                .iter()
+                .map(|x| parse_switch_threads(x))
+                .collect::<Result<_, _>>()?;
+        }
         if let Some(m) = &self.socket_mode {
             s.socket_mode = parse_mode(m)?;
         }
@@ -691,10 +708,10 @@ pub fn dump(
     );
     for (k, v) in settings {
         let line = match k.as_str() {
-            "share" if v.is_empty() => continue,
+            "share" | "switch_threads" if v.is_empty() => continue,
             "cpus" if v.is_empty() => continue,
             "metrics" if v.is_empty() => continue,
-            "share" => format!(
+            "share" | "switch_threads" => format!(
                 "[{}]",
                 v.split(',').map(toml_str).collect::<Vec<_>>().join(", ")
             ),
@@ -751,6 +768,21 @@ pub fn dump(
 }
 
 /// Parses a CPU list such as `2,3,8-11` (the kernel's cpulist format).
+/// `vale0=2`: switch `vale0` forwarded by 2 threads at once (1 to 256).
+pub fn parse_switch_threads(x: &str) -> Result<(String, u16), SettingsError> {
+    let bad = || SettingsError::SwitchThreads(x.to_string());
+    let (sw, n) = x.split_once('=').ok_or_else(bad)?;
+    let n: u16 = n.trim().parse().map_err(|_| bad())?;
+    let sw = sw.trim();
+    let ok_name = sw.starts_with("vale")
+        && sw.len() <= 15
+        && sw.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !ok_name || n == 0 || n > vale_switch::MAX_THREADS {
+        return Err(bad());
+    }
+    Ok((sw.to_string(), n))
+}
+
 pub fn parse_cpus(list: &str) -> Result<Vec<usize>, SettingsError> {
     let bad = || SettingsError::Cpus(list.to_string());
     let mut out = Vec::new();
@@ -907,12 +939,35 @@ mod tests {
             s.metrics.as_ref().unwrap().to_string(),
             "/run/vale/metrics.sock"
         );
+        let f: ConfigFile = toml::from_str("switch_threads = [\"vale0=4\", \"vale1=2\"]").unwrap();
+        f.apply(&mut s).unwrap();
+        assert_eq!(
+            s.switch_threads,
+            vec![("vale0".to_string(), 4), ("vale1".to_string(), 2)]
+        );
+        let f: ConfigFile = toml::from_str("switch_threads = [\"vale0=0\"]").unwrap();
+        let e = f.apply(&mut s).unwrap_err().to_string();
+        assert!(e.contains("N from 1 to 256"), "{e}");
         for bad in ["9417", "localhost:9417", "127.0.0.1", ""] {
             let e = MetricsAddr::parse(bad).unwrap_err().to_string();
             assert!(e.contains("IP:PORT"), "{bad}: {e}");
         }
         assert!(parse_mode("999").is_err());
         assert_eq!(parse_cpus("1,3-5").unwrap(), vec![1, 3, 4, 5]);
+        assert_eq!(
+            parse_switch_threads("vale0=4").unwrap(),
+            ("vale0".to_string(), 4)
+        );
+        for bad in [
+            "vale0",
+            "vale0=0",
+            "vale0=257",
+            "x=2",
+            "vale-0=2",
+            "vale0=two",
+        ] {
+            assert!(parse_switch_threads(bad).is_err(), "{bad}");
+        }
         for bad in ["", "a", "3-1", "1,,x", "99999"] {
             assert!(parse_cpus(bad).is_err(), "{bad}");
         }

@@ -1,7 +1,8 @@
 //! One client process holding both ends of a flow through valed:
-//! `pair SWITCH LEN SECS [RECEIVERS]` opens `SWITCH:a` (sender) and `SWITCH:b`
+//! `pair SWITCH LEN SECS [RECEIVERS [TAG]]` opens `SWITCH:a` (sender) and `SWITCH:b`
 //! (receiver; with RECEIVERS = N > 1, `SWITCH:b0` .. `SWITCH:b{N-1}` and the sender
-//! broadcasts), has the receivers announce their addresses (so `a`'s unicast to `b` is
+//! broadcasts; with TAG, a number up to 255, `SWITCH:aTAG` and `SWITCH:bTAG`, with
+//! their own addresses, so that several pairs share one switch), has the receivers announce their addresses (so `a`'s unicast to `b` is
 //! learned), then for SECS fills `a`'s TX ring and drains every RX ring in one busy loop
 //! that never sleeps. With valed's forwarding thread pinned to one core and this
 //! process to another, the forwarding thread has a core to itself: its packets per
@@ -28,11 +29,17 @@ fn frame(dst: [u8; 6], src: [u8; 6], len: usize) -> Vec<u8> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 4 && args.len() != 5 {
-        eprintln!("usage: pair SWITCH LEN SECS [RECEIVERS]");
+    if !(4..=6).contains(&args.len()) {
+        eprintln!("usage: pair SWITCH LEN SECS [RECEIVERS [TAG]]");
         std::process::exit(2);
     }
     let nrx: usize = args.get(4).map_or(1, |v| v.parse().expect("RECEIVERS"));
+    let tag: Option<u8> = args.get(5).map(|v| v.parse().expect("TAG (0 to 255)"));
+    let (mut mac_a, mut mac_b) = (MAC_A, MAC_B);
+    if let Some(t) = tag {
+        (mac_a[3], mac_b[3]) = (t, t);
+    }
+    let suffix = tag.map_or(String::new(), |t| t.to_string());
     let (sw, len, secs): (&str, usize, f64) = (
         &args[1],
         args[2].parse().expect("LEN"),
@@ -44,15 +51,15 @@ fn main() {
             std::process::exit(1)
         })
     };
-    let a = open("a");
+    let a = open(&format!("a{suffix}"));
     let rxs: Vec<Port> = if nrx == 1 {
-        vec![open("b")]
+        vec![open(&format!("b{suffix}"))]
     } else {
         (0..nrx).map(|i| open(&format!("b{i}"))).collect()
     };
     // The receivers speak first so that a's unicast to b is learned.
     for (i, b) in rxs.iter().enumerate() {
-        let mut src = MAC_B;
+        let mut src = mac_b;
         src[4] = i as u8;
         assert!(b.inject(&frame([0xff; 6], src, 60)));
         b.txsync().expect("txsync");
@@ -67,7 +74,7 @@ fn main() {
     }
 
     // Prefill every TX buffer once, as pkt-gen does.
-    let f = frame(if nrx == 1 { MAC_B } else { [0xff; 6] }, MAC_A, len);
+    let f = frame(if nrx == 1 { mac_b } else { [0xff; 6] }, mac_a, len);
     let tx = &a.tx_rings()[0];
     let v = tx.view();
     let n = tx.num_slots();

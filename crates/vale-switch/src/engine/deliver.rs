@@ -55,7 +55,7 @@ impl Batch<'_> {
 /// One destination of pass 2: its id, its port and its unicast queue.
 pub(super) struct Target<'a> {
     pub(super) id: PortId,
-    pub(super) port: &'a mut Port,
+    pub(super) port: &'a Port,
     pub(super) uq: Queue,
     /// The copies are a monitor's (counted in `mon_copies`, not `rx_copies`).
     pub(super) monitor: bool,
@@ -80,6 +80,9 @@ pub(super) struct Out<'a> {
     pub(super) conv: &'a mut Conv,
     pub(super) egress: &'a mut dyn Egress,
     pub(super) notify: &'a mut Vec<Notify>,
+    /// Several threads forward the switch: each RX ring takes exactly the slots it
+    /// needs from its lease, and direct ports are filled through their RX rings.
+    pub(super) shared: bool,
 }
 
 /// The RX ring being filled: its slots and buffers, the next slot and the free slots.
@@ -103,12 +106,7 @@ pub(super) struct Seen {
 /// Pass 2: per destination, its unicast queue merged with the flood queue, then the same
 /// packets, in the same order, to its RX monitors.
 #[inline(always)]
-pub(super) fn deliver_all(
-    b: &Batch<'_>,
-    ports: &mut PortTable,
-    out: &mut Out<'_>,
-    st: &mut PortStats,
-) {
+pub(super) fn deliver_all(b: &Batch<'_>, ports: &PortTable, out: &mut Out<'_>, st: &mut PortStats) {
     let n_uni = b.sc.dsts.len();
     let n_targets = if b.flood.head == NIL {
         n_uni
@@ -126,7 +124,7 @@ pub(super) fn deliver_all(
             }
             (a, EMPTY_Q)
         };
-        let Some(port) = ports.get_mut(id) else {
+        let Some(port) = ports.get(id) else {
             continue;
         };
         let t = Target {
@@ -151,12 +149,7 @@ pub(super) fn deliver_all(
 /// Copies to every monitor that watches what `seen` describes. They never go to an
 /// egress and are not the sender's copies: only the monitor port counts them.
 #[inline(never)]
-pub(super) fn copy_to_monitors(
-    b: &Batch<'_>,
-    ports: &mut PortTable,
-    seen: Seen,
-    out: &mut Out<'_>,
-) {
+pub(super) fn copy_to_monitors(b: &Batch<'_>, ports: &PortTable, seen: Seen, out: &mut Out<'_>) {
     let PortTable {
         slots, monitors, ..
     } = ports;
@@ -169,9 +162,10 @@ pub(super) fn copy_to_monitors(
         conv: out.conv,
         egress: &mut NoEgress,
         notify: out.notify,
+        shared: out.shared,
     };
     for m in monitors.iter().filter(|m| m.watches(seen.port, seen.dir)) {
-        if let Some(Some(port)) = slots.get_mut(m.port.0 as usize) {
+        if let Some(Some(port)) = slots.get(m.port.0 as usize) {
             let mut ignore = PortStats::default();
             let t = Target {
                 id: m.port,
@@ -279,7 +273,7 @@ pub(super) fn deliver(b: &Batch<'_>, t: Target<'_>, out: &mut Out<'_>, st: &mut 
     let dst_hl = t.port.hdr_len;
     // Direct ports take any sender: with the same header as it is, otherwise with the
     // header converted (they all carry one and accept offloads).
-    if t.port.direct && (dst_hl == b.hdr_len || dst_hl >= 10) {
+    if t.port.direct && !out.shared && (dst_hl == b.hdr_len || dst_hl >= 10) {
         deliver_direct(b, t, out.egress, out.conv, st);
         return;
     }
@@ -332,17 +326,28 @@ fn deliver_ring<const VLAN: bool>(
         (None, true) => Some(&**vlan),
     };
     let rr = (b.ring as usize % nrx) as u16;
-    let rk = &mut rx[rr as usize];
+    let rk = &rx[rr as usize];
     // The receiver's counts, published once when its copies are done.
     let mut ds = PortStats::default();
-    if !rk.refresh() {
+    // Alone, the whole free space (the unused part goes back: the lease is always the
+    // newest); shared, exactly what the copies take, so that other threads' leases
+    // follow without a gap.
+    let want = if out.shared {
+        slots_needed::<VLAN>(b, uq, fixed, mode)
+    } else {
+        u32::MAX
+    };
+    let leased = rk.lease(want);
+    if leased.reset {
         ds.ring_resets += 1;
     }
+    let mut lease = leased.lease;
+    let (start, space) = lease.as_ref().map_or((0, 0), |l| (l.start(), l.len()));
     let mut fill = Fill {
         slots: rk.view.slots(),
         bufs: rk.view.bufs().access(),
-        at: rk.hwtail,
-        space: rk.space(),
+        at: start,
+        space,
     };
     let (mut u, mut f) = (uq.head, b.flood.head);
     let (mut copies, mut dropped, mut delivered, mut bytes) = (0u64, 0u64, 0u64, 0u64);
@@ -406,11 +411,14 @@ fn deliver_ring<const VLAN: bool>(
         ds.rx_copies += copies;
     }
     st.copies_dropped += dropped;
-    let end = fill.at;
-    if end != rk.hwtail {
-        ds.rx_packets += delivered;
-        ds.rx_bytes += bytes;
-        if rk.publish(end) {
+    if let Some(mut l) = lease.take() {
+        let used = l.len() - fill.space;
+        l.set_filled(used);
+        if used > 0 {
+            ds.rx_packets += delivered;
+            ds.rx_bytes += bytes;
+        }
+        if l.complete() && rk.view.csb().sw_kick_needed() {
             out.notify.push(Notify {
                 port: id,
                 dir: RingDir::Rx,
@@ -419,6 +427,28 @@ fn deliver_ring<const VLAN: bool>(
         }
     }
     counters.add(&ds);
+}
+
+/// The RX slots the copies of `uq` (merged with the flood queue) take, for a switch of
+/// several threads: each packet's fragments, none for a port outside its VLAN. A copy
+/// that is converted (headers, tags) is counted as its fragments: if it takes more, the
+/// rest is dropped as `ring_full`; if fewer, the lease pads what it leaves unused.
+#[inline(never)]
+fn slots_needed<const VLAN: bool>(
+    b: &Batch<'_>,
+    uq: Queue,
+    fixed: Option<Edit>,
+    mode: Option<&PortVlan>,
+) -> u32 {
+    let (mut u, mut f) = (uq.head, b.flood.head);
+    let mut want = 0u32;
+    while let Some(pi) = b.sc.next_merged(&mut u, &mut f) {
+        if VLAN && fixed.is_none() && b.edit(pi, mode).is_none() {
+            continue;
+        }
+        want = want.saturating_add(u32::from(b.sc.pkts[pi as usize].nfrags));
+    }
+    want
 }
 
 /// Counts every copy of `t`'s queues (merged with the flood queue) as dropped for `why`.

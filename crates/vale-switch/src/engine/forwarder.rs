@@ -5,10 +5,11 @@ use super::batch::{EMPTY_Q, Reader, Scratch, Sender};
 use super::convert::Conv;
 use super::deliver::{Batch, Out, Seen, copy_to_monitors, deliver_all};
 use super::direct::Egress;
-use super::{Notify, RingDir, Switch};
+use super::{Claim, Notify, RingDir, Switch};
 use crate::lookup::Lookup;
 use crate::stats::PortStats;
 use crate::types::{PortId, Timestamp};
+use std::sync::atomic::Ordering::Relaxed;
 use vale_abi::ring::dist;
 
 /// The work space of forwarding: one per forwarding thread, reused for every switch it
@@ -37,23 +38,53 @@ impl Forwarder {
     /// One forwarding pass over `sw`: one batch from every TX ring of every port,
     /// starting from a rotating port so no port always goes first. Packets for direct
     /// ports go to `egress` ([`NoEgress`](super::NoEgress) if there are none). Returns the packets
-    /// consumed.
+    /// consumed. On a switch of several threads this is [`Self::forward_worker`] as
+    /// worker 0.
     pub fn forward<L: Lookup>(
         &mut self,
-        sw: &mut Switch<L>,
+        sw: &Switch<L>,
         now: Timestamp,
         notify: &mut Vec<Notify>,
         egress: &mut dyn Egress,
     ) -> usize {
-        sw.lookup.maintain(now);
+        self.forward_worker(sw, 0, now, notify, egress)
+    }
+
+    /// One pass of forwarding thread `worker` (0-based) of those forwarding `sw` at
+    /// once ([`Switch::set_threads`]). Each TX ring is read by one thread at a time: the
+    /// first to claim it in its pass; the workers start their passes at different ports
+    /// so that they seldom meet. Worker 0 also runs the lookup's maintenance. Every
+    /// RX ring is filled through its lease, so frames from several workers land in
+    /// reservation order. Returns the packets consumed.
+    pub fn forward_worker<L: Lookup>(
+        &mut self,
+        sw: &Switch<L>,
+        worker: usize,
+        now: Timestamp,
+        notify: &mut Vec<Notify>,
+        egress: &mut dyn Egress,
+    ) -> usize {
+        if worker == 0 && sw.lookup().wants_maintenance(now) {
+            sw.lookup
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .maintain(now);
+        }
         let n = sw.ports.active.len();
         if n == 0 {
             return 0;
         }
-        sw.rr = (sw.rr + 1) % n;
+        let threads = usize::from(sw.threads.max(1));
+        let rr = if worker == 0 {
+            let r = (sw.rr.load(Relaxed) + 1) % n;
+            sw.rr.store(r, Relaxed);
+            r
+        } else {
+            (sw.rr.load(Relaxed) + worker * n / threads) % n
+        };
         let mut total = 0;
         for k in 0..n {
-            let id = sw.ports.active[(sw.rr + k) % n];
+            let id = sw.ports.active[(rr + k) % n];
             let rings = sw.port(id).map_or(0, |p| p.tx.len());
             for r in 0..rings {
                 total += self.forward_ring(sw, id, r as u16, now, notify, egress);
@@ -62,11 +93,11 @@ impl Forwarder {
         total
     }
 
-    /// Forwards one batch from TX ring `ring` of port `src` of `sw`. Returns the packets
-    /// consumed.
+    /// Forwards one batch from TX ring `ring` of port `src` of `sw` (unless another of
+    /// the switch's threads is reading it now). Returns the packets consumed.
     pub fn forward_ring<L: Lookup>(
         &mut self,
-        sw: &mut Switch<L>,
+        sw: &Switch<L>,
         src: PortId,
         ring: u16,
         now: Timestamp,
@@ -83,7 +114,8 @@ impl Forwarder {
             ..
         } = sw;
         let vlan = vlan.as_ref();
-        let Some(port) = ports.get_mut(src) else {
+        let shared = sw.threads > 1;
+        let Some(port) = ports.get(src) else {
             return 0;
         };
         let hdr_len = port.hdr_len;
@@ -93,8 +125,20 @@ impl Forwarder {
             vlan: mode,
             ..
         } = port;
-        let Some(kr) = tx.get_mut(ring as usize) else {
+        let Some(kr) = tx.get(ring as usize) else {
             return 0;
+        };
+        // Several threads: the ring is this one's for the batch, or it is left alone.
+        let _claim = if shared {
+            if !kr.has_news() {
+                return 0;
+            }
+            match Claim::take(&kr.busy) {
+                Some(c) => Some(c),
+                None => return 0,
+            }
+        } else {
+            None
         };
         let pending = match kr.published() {
             Some(0) => return 0,
@@ -105,7 +149,7 @@ impl Forwarder {
             }
         };
         // Pass 0: the slots, each read once.
-        let (start, n) = (kr.hwcur, kr.view.num_slots());
+        let (start, n) = (kr.hwcur.load(Relaxed), kr.view.num_slots());
         let pool = kr.view.bufs().clone();
         let bufs = pool.access();
         let mut rd = Reader {
@@ -130,7 +174,14 @@ impl Forwarder {
         let end = rd.at;
 
         // Pass 1: one lookup call for the batch, then the queues.
-        lookup.lookup_batch(&sc.infos[..np], &mut sc.dests[..np], now);
+        if shared {
+            lookup_shared(lookup, &sc.infos[..np], &mut sc.dests[..np], now);
+        } else {
+            lookup
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .lookup_batch(&sc.infos[..np], &mut sc.dests[..np], now);
+        }
         match vlan {
             None => sc.route(np, src, ports, &mut st),
             Some(m) => sc.route_vlan(np, src, ports, m, &mut st),
@@ -140,6 +191,7 @@ impl Forwarder {
             conv,
             egress,
             notify,
+            shared,
         };
         // TX monitors of the sender: a copy of every valid packet of the batch.
         if ports.monitors.iter().any(|m| m.watches(src, RingDir::Tx)) {
@@ -175,13 +227,9 @@ impl Forwarder {
         sc.clear_queues();
 
         // The TX slots are free again: publish and maybe wake the sender.
-        if let Some(port) = ports.get_mut(src) {
+        if let Some(port) = ports.get(src) {
             port.counters.add(&st);
-            if port
-                .tx
-                .get_mut(ring as usize)
-                .is_some_and(|kr| kr.release(end))
-            {
+            if port.tx.get(ring as usize).is_some_and(|kr| kr.release(end)) {
                 out.notify.push(Notify {
                     port: src,
                     dir: RingDir::Tx,
@@ -190,5 +238,26 @@ impl Forwarder {
             }
         }
         dist(start, end, n) as usize
+    }
+}
+
+/// A switch of several threads: the lookup under the shared lock, unless the batch
+/// learns (then under the exclusive one).
+#[inline(never)]
+fn lookup_shared<L: Lookup>(
+    lookup: &std::sync::RwLock<L>,
+    infos: &[crate::lookup::PacketInfo],
+    dests: &mut [crate::lookup::Dest],
+    now: Timestamp,
+) {
+    let decided = lookup
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .lookup_batch_shared(infos, dests, now);
+    if !decided {
+        lookup
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .lookup_batch(infos, dests, now);
     }
 }

@@ -28,8 +28,11 @@ use crate::lookup::Lookup;
 use crate::stats::{PortCounters, PortStats, broken_switch_law};
 use crate::types::PortId;
 use crate::vlan::{Members, PortVlan};
-use std::sync::Arc;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use thiserror::Error;
+use vale_abi::lease::{LeaseRing, Leased};
 use vale_abi::ring::dist;
 use vale_abi::{Dir, PortGeometry, Region, RingView};
 
@@ -37,6 +40,8 @@ use vale_abi::{Dir, PortGeometry, Region, RingView};
 pub const MAX_BATCH: usize = 8192;
 /// netmap's default `bridge_batch`.
 pub const DEFAULT_BATCH: usize = 1024;
+/// Most forwarding threads one switch may have.
+pub const MAX_THREADS: u16 = 256;
 /// netmap's port index space per switch.
 pub const DEFAULT_MAX_PORTS: u16 = 254;
 const ETH_HLEN: u16 = 14;
@@ -66,6 +71,8 @@ pub enum EngineError {
     BadBatch(usize),
     #[error("no port {0}")]
     NoTarget(PortId),
+    #[error("{0} forwarding threads for one switch: it must be between 1 and {MAX_THREADS}")]
+    BadThreads(u16),
     #[error("virtio-net header length {0} is not 0, 10 or 12")]
     BadHdrLen(u16),
 }
@@ -88,8 +95,12 @@ pub enum RingDir {
 
 struct TxKring {
     view: RingView,
-    /// Next slot the switch will read; the client owns everything else.
-    hwcur: u32,
+    /// Next slot the switch will read; the client owns everything else. Written only by
+    /// the thread forwarding the ring (see `busy`).
+    hwcur: AtomicU32,
+    /// On a switch forwarded by several threads: a thread is reading the ring. The
+    /// first to claim it in a pass forwards it, the others pass it by.
+    busy: AtomicBool,
 }
 
 impl TxKring {
@@ -99,7 +110,7 @@ impl TxKring {
     fn published(&self) -> Option<u32> {
         // Read once, validate against private state.
         let n = self.view.num_slots();
-        let hwcur = self.hwcur;
+        let hwcur = self.hwcur.load(Relaxed);
         let (head, cur) = self.view.csb().sw_read_acquire();
         if head >= n || cur >= n || dist(hwcur, cur, n) < dist(hwcur, head, n) {
             self.view.reinit(hwcur, prev(hwcur, n));
@@ -108,53 +119,54 @@ impl TxKring {
         Some(dist(hwcur, head, n))
     }
 
+    /// Whether the client has published anything (one load, nothing validated).
+    #[inline(always)]
+    fn has_news(&self) -> bool {
+        self.view.csb().head.load(Relaxed) != self.hwcur.load(Relaxed)
+    }
+
     /// Gives the slots before `to` back to the client; true if it asked for a kick.
     #[inline(always)]
-    fn release(&mut self, to: u32) -> bool {
-        self.hwcur = to;
+    fn release(&self, to: u32) -> bool {
+        self.hwcur.store(to, Relaxed);
         let csb = self.view.csb();
         csb.sw_publish_release(to, prev(to, self.view.num_slots()));
         csb.sw_kick_needed()
     }
 }
 
+/// Claims a TX ring for one pass of one thread; released on drop.
+struct Claim<'a>(&'a AtomicBool);
+
+impl<'a> Claim<'a> {
+    #[inline(always)]
+    fn take(flag: &'a AtomicBool) -> Option<Claim<'a>> {
+        // Not `then_some`: a Claim built and dropped would release the holder's claim.
+        (!flag.swap(true, Acquire)).then(|| Claim(flag))
+    }
+}
+
+impl Drop for Claim<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        self.0.store(false, Release);
+    }
+}
+
+/// An RX ring: the switch's side of it is the lease state ([`vale_abi::lease`]), so
+/// that every thread forwarding the switch can fill it.
 struct RxKring {
     view: RingView,
-    /// First slot the client has not yet released.
-    hwcur: u32,
-    /// Next slot the switch will write.
-    hwtail: u32,
+    lease: LeaseRing<AtomicU32>,
 }
 
 impl RxKring {
-    /// Takes back the slots the client released. It may only hand back what it was
-    /// given: if it claims more, the ring is reset and this returns false.
+    /// Reserves up to `want` free slots, first taking back those the client released
+    /// (a client handing back more than it was given has its ring reset: `reset`).
     #[inline(always)]
-    fn refresh(&mut self) -> bool {
-        let n = self.view.num_slots();
-        let (head, _) = self.view.csb().sw_read_acquire();
-        if head >= n || dist(self.hwcur, head, n) > dist(self.hwcur, self.hwtail, n) {
-            self.view.reinit(self.hwcur, self.hwtail);
-            return false;
-        }
-        self.hwcur = head;
-        true
-    }
-
-    /// Free slots between `hwtail` and the client's `hwcur` (one stays empty).
-    #[inline(always)]
-    fn space(&self) -> u32 {
-        let n = self.view.num_slots();
-        n - 1 - dist(self.hwcur, self.hwtail, n)
-    }
-
-    /// Publishes the slots before `to` to the client; true if it asked for a kick.
-    #[inline(always)]
-    fn publish(&mut self, to: u32) -> bool {
-        self.hwtail = to;
-        let csb = self.view.csb();
-        csb.sw_publish_release(self.hwcur, to);
-        csb.sw_kick_needed()
+    fn lease(&self, want: u32) -> Leased<'_, AtomicU32, RingView> {
+        self.lease
+            .lease(want, || self.view.csb().sw_read_acquire().0, &self.view)
     }
 }
 
@@ -188,14 +200,17 @@ impl Port {
         let g = region.geometry();
         let tx = (0..g.tx_rings)
             .filter_map(|i| region.ring(Dir::Tx, i))
-            .map(|view| TxKring { view, hwcur: 0 })
+            .map(|view| TxKring {
+                view,
+                hwcur: AtomicU32::new(0),
+                busy: AtomicBool::new(false),
+            })
             .collect();
         let rx = (0..g.rx_rings)
             .filter_map(|i| region.ring(Dir::Rx, i))
             .map(|view| RxKring {
+                lease: LeaseRing::new(view.num_slots()),
                 view,
-                hwcur: 0,
-                hwtail: 0,
             })
             .collect();
         Port {
@@ -306,10 +321,14 @@ impl PortTable {
 /// [`Forwarder`]'s, one per forwarding thread.
 pub struct Switch<L: Lookup = Box<dyn Lookup>> {
     ports: PortTable,
-    lookup: L,
+    /// Read-locked once per batch for the whole batch's lookup, write-locked when it
+    /// learns (see [`Lookup::lookup_batch_shared`]).
+    lookup: RwLock<L>,
     cfg: SwitchConfig,
     /// Port the next pass starts from (see [`Forwarder::forward`]).
-    rr: usize,
+    rr: AtomicUsize,
+    /// Forwarding threads that forward this switch at once (see [`Self::set_threads`]).
+    threads: u16,
     /// The counts of the ports that were detached, summed: the switch's law still
     /// balances the copies they made or were handed.
     departed: PortStats,
@@ -328,9 +347,10 @@ impl<L: Lookup> Switch<L> {
                 slots: (0..n).map(|_| None).collect(),
                 ..PortTable::default()
             },
-            lookup,
+            lookup: RwLock::new(lookup),
             cfg,
-            rr: 0,
+            rr: AtomicUsize::new(0),
+            threads: 1,
             departed: PortStats::default(),
             vlan: None,
         })
@@ -349,12 +369,28 @@ impl<L: Lookup> Switch<L> {
         Ok(())
     }
 
-    pub fn lookup(&self) -> &L {
-        &self.lookup
+    /// The lookup, read-locked (the forwarders lock it once per batch).
+    pub fn lookup(&self) -> RwLockReadGuard<'_, L> {
+        self.lookup.read().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn lookup_mut(&mut self) -> &mut L {
-        &mut self.lookup
+        self.lookup.get_mut().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many forwarding threads forward this switch at once (1..=256; 1 by
+    /// default). With more than one, each TX ring is read by one thread at a time and
+    /// the RX rings are filled through leases (see [`Forwarder::forward_worker`]).
+    pub fn set_threads(&mut self, threads: u16) -> Result<(), EngineError> {
+        if threads == 0 || threads > MAX_THREADS {
+            return Err(EngineError::BadThreads(threads));
+        }
+        self.threads = threads;
+        Ok(())
+    }
+
+    pub fn threads(&self) -> u16 {
+        self.threads
     }
 
     /// Attaches a port at the lowest free index.
@@ -379,9 +415,9 @@ impl<L: Lookup> Switch<L> {
         }
         self.vlan = on.then(|| Members::new(std::iter::empty()));
         for p in self.ports.active.clone() {
-            self.lookup.port_detached(p);
+            self.lookup_mut().port_detached(p);
         }
-        self.lookup.vlan_filtering(on);
+        self.lookup_mut().vlan_filtering(on);
         self.recount_vlans();
     }
 
@@ -394,7 +430,7 @@ impl<L: Lookup> Switch<L> {
         let p = self.ports.get_mut(id).ok_or(EngineError::NoTarget(id))?;
         if *p.vlan != mode {
             p.vlan = Arc::new(mode);
-            self.lookup.port_detached(id);
+            self.lookup_mut().port_detached(id);
             self.recount_vlans();
         }
         Ok(())
@@ -473,7 +509,7 @@ impl<L: Lookup> Switch<L> {
                 m.target = None;
             }
         }
-        self.lookup.port_detached(id);
+        self.lookup_mut().port_detached(id);
         self.departed.absorb(&port.stats());
         self.recount_vlans();
         Some(port)
@@ -530,7 +566,7 @@ impl<L: Lookup> Switch<L> {
                 let csb = kr.view.csb();
                 csb.sw_arm_kick();
                 let (head, _) = csb.sw_read_acquire();
-                pending |= head != kr.hwcur;
+                pending |= head != kr.hwcur.load(Relaxed);
             }
         }
         pending

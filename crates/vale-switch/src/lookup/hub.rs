@@ -13,4 +13,11 @@ impl Lookup for Hub {
     fn lookup(&mut self, _pkt: &PacketInfo, _now: Timestamp) -> Dest {
         Dest::Flood
     }
+    fn lookup_batch_shared(&self, _pkts: &[PacketInfo], out: &mut [Dest], _now: Timestamp) -> bool {
+        out.fill(Dest::Flood);
+        true
+    }
+    fn wants_maintenance(&self, _now: Timestamp) -> bool {
+        false
+    }
 }

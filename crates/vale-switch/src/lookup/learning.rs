@@ -334,6 +334,56 @@ impl LearningBridge {
         }
     }
 
+    /// `batch` without learning, for a batch whose sources are all learned and fresh;
+    /// false (and `out` unfinished) as soon as one would be learned or refreshed.
+    #[inline(always)]
+    fn batch_shared<const VLAN: bool>(
+        &self,
+        pkts: &[PacketInfo],
+        out: &mut [Dest],
+        now: Timestamp,
+    ) -> bool {
+        let mut cache: Option<(MacAddr, u16, Dest)> = None;
+        let mut checked: Option<(MacAddr, PortId, u16, u16)> = None;
+        for (p, o) in pkts.iter().zip(out.iter_mut()) {
+            let vid = if VLAN { p.vid } else { 0 };
+            let key = (
+                p.src,
+                p.src_port,
+                p.slot_flags & vale_abi::layout::NS_NO_LEARN,
+                vid,
+            );
+            if checked != Some(key) {
+                checked = Some(key);
+                if self.would_learn(p, now) {
+                    return false;
+                }
+            }
+            *o = match cache {
+                Some((m, v, d)) if m == p.dst && v == vid => d,
+                _ => {
+                    let d = self.destination::<VLAN>(p.dst, vid);
+                    cache = Some((p.dst, vid, d));
+                    d
+                }
+            };
+        }
+        true
+    }
+
+    /// Whether [`Self::learn`] would do anything but return at once for `pkt`.
+    #[inline(always)]
+    fn would_learn(&self, pkt: &PacketInfo, now: Timestamp) -> bool {
+        if pkt.src.is_multicast() || pkt.no_learn() {
+            return false;
+        }
+        let key = pkt.src.to_u64() | (pkt.vid as u64) << 48;
+        match self.last.get(pkt.src_port.0 as usize) {
+            Some(&(mac, when)) => mac != key || now.0.wrapping_sub(when) >= REFRESH_NS,
+            None => true,
+        }
+    }
+
     /// Learns the source of `pkt`; returns true if the table changed.
     #[inline(always)]
     fn learn(&mut self, pkt: &PacketInfo, now: Timestamp) -> bool {
@@ -394,6 +444,18 @@ impl Lookup for LearningBridge {
         } else {
             self.batch::<false>(pkts, out, now);
         }
+    }
+
+    fn lookup_batch_shared(&self, pkts: &[PacketInfo], out: &mut [Dest], now: Timestamp) -> bool {
+        if self.vlans {
+            self.batch_shared::<true>(pkts, out, now)
+        } else {
+            self.batch_shared::<false>(pkts, out, now)
+        }
+    }
+
+    fn wants_maintenance(&self, now: Timestamp) -> bool {
+        now.0 >= self.next_age
     }
 
     fn vlan_filtering(&mut self, on: bool) {
@@ -615,5 +677,40 @@ mod tests {
             boxed.table().map(|t| t.rows(Timestamp::from_secs(15))),
             Some(rows)
         );
+    }
+
+    /// The shared-lock lookup of a switch of several threads: it decides a batch only
+    /// when nothing is to be learned or refreshed, and then as `lookup_batch` does.
+    #[test]
+    fn shared_lookup_decides_only_learned_batches_and_agrees() {
+        let mut lb = LearningBridge::default();
+        let t = Timestamp::from_secs(10);
+        let batch = [
+            pkt(0, mac(1), mac(2)),
+            pkt(0, mac(1), mac(2)),
+            pkt(0, mac(1), MacAddr::BROADCAST),
+        ];
+        let mut out = [Dest::Drop; 3];
+        assert!(!lb.lookup_batch_shared(&batch, &mut out, t), "mac 1 is new");
+        lb.lookup_batch(&batch, &mut out, t);
+        lb.lookup(&pkt(1, mac(2), mac(1)), t);
+        let (mut want, mut got) = ([Dest::Drop; 3], [Dest::Drop; 3]);
+        assert!(
+            lb.lookup_batch_shared(&batch, &mut got, t),
+            "all learned, fresh"
+        );
+        lb.clone().lookup_batch(&batch, &mut want, t);
+        assert_eq!(got, want);
+        assert_eq!(
+            got,
+            [Dest::Port(PortId(1)), Dest::Port(PortId(1)), Dest::Flood]
+        );
+        // A move (mac 1 now on port 2) is learning again.
+        let moved = [pkt(2, mac(1), mac(2))];
+        assert!(!lb.lookup_batch_shared(&moved, &mut got[..1], t));
+        // So is a source grown old enough to be refreshed.
+        let later = Timestamp(t.0 + REFRESH_NS);
+        assert!(!lb.lookup_batch_shared(&batch, &mut got, later));
+        assert!(!lb.wants_maintenance(Timestamp(0)) || lb.wants_maintenance(later));
     }
 }

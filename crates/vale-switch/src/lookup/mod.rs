@@ -86,7 +86,7 @@ impl PacketInfo {
 
 /// A switching decision function. Implementations keep their own state (tables, rules)
 /// and get the time from the caller.
-pub trait Lookup: Send {
+pub trait Lookup: Send + Sync {
     /// Decides one frame.
     fn lookup(&mut self, pkt: &PacketInfo, now: Timestamp) -> Dest;
 
@@ -95,6 +95,25 @@ pub trait Lookup: Send {
         for (p, o) in pkts.iter().zip(out.iter_mut()) {
             *o = self.lookup(p, now);
         }
+    }
+
+    /// Decides a batch without changing anything, if it can: `false` means deciding it
+    /// would change the lookup's state (learning), and [`Self::lookup_batch`] must. The
+    /// threads of a switch forwarded by several run this under a shared lock, and take
+    /// the exclusive one only when it says `false` (default: always).
+    fn lookup_batch_shared(
+        &self,
+        _pkts: &[PacketInfo],
+        _out: &mut [Dest],
+        _now: Timestamp,
+    ) -> bool {
+        false
+    }
+
+    /// Whether [`Self::maintain`] has work to do at `now` (asked under the shared lock
+    /// before the exclusive one is taken; default: always).
+    fn wants_maintenance(&self, _now: Timestamp) -> bool {
+        true
     }
 
     /// A port left the switch: forget everything about it. (Also called when a port's
@@ -196,6 +215,12 @@ impl<T: Lookup + ?Sized> Lookup for Box<T> {
     }
     fn lookup_batch(&mut self, pkts: &[PacketInfo], out: &mut [Dest], now: Timestamp) {
         (**self).lookup_batch(pkts, out, now)
+    }
+    fn lookup_batch_shared(&self, pkts: &[PacketInfo], out: &mut [Dest], now: Timestamp) -> bool {
+        (**self).lookup_batch_shared(pkts, out, now)
+    }
+    fn wants_maintenance(&self, now: Timestamp) -> bool {
+        (**self).wants_maintenance(now)
     }
     fn port_detached(&mut self, port: PortId) {
         (**self).port_detached(port)

@@ -164,13 +164,17 @@ pub enum Cmd {
         #[arg(long, group = "change")]
         none: bool,
     },
-    /// Change a run-time setting: bridge_batch N | verbose N
+    /// Change a run-time setting: bridge_batch N | switch_threads SWITCH=N | verbose N
     ///
     /// bridge_batch: packets per forwarding pass, 1..=8192 (valed --bridge-batch).
+    /// switch_threads: switch SWITCH forwarded by N threads at once, 1..=256 (valed
+    /// --switch-threads).
     /// verbose: valed's log level, 0 (warnings) to 3 (trace).
-    #[command(after_help = "Examples:\n  vale-ctl set bridge_batch 64\n  vale-ctl set verbose 2")]
+    #[command(
+        after_help = "Examples:\n  vale-ctl set bridge_batch 64\n  vale-ctl set switch_threads vale0=4\n  vale-ctl set verbose 2"
+    )]
     Set {
-        /// bridge_batch or verbose
+        /// bridge_batch, switch_threads or verbose
         key: String,
         /// The new value
         value: String,

@@ -110,6 +110,10 @@ pub struct Args {
     /// the least loaded) [default: 1]
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Forward switch SWITCH with N threads at once, e.g. vale0=4 (repeatable): its
+    /// lane's thread and N-1 helpers, which sleep while idle [default: 1 per switch]
+    #[arg(long, value_name = "SWITCH=N")]
+    pub switch_threads: Vec<String>,
     /// Group owning the socket file, name or number [default: the daemon's group]
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
@@ -163,6 +167,7 @@ pub fn settings(a: &Args) -> Result<Settings, valed::SettingsError> {
         verbose: None,
         busy_poll_us: a.busy_poll_us,
         threads: a.threads,
+        switch_threads: (!a.switch_threads.is_empty()).then(|| a.switch_threads.clone()),
         socket_group: a.socket_group.clone(),
         cpus: a.cpus.clone(),
         metrics: a.metrics.clone(),

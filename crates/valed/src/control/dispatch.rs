@@ -316,8 +316,30 @@ impl Control {
                     vale_switch::quote_input(value)
                 ))),
             },
+            "switch_threads" => {
+                let (sw, n) = crate::settings::parse_switch_threads(value)
+                    .map_err(|e| CtlError::BadRequest(e.to_string()))?;
+                let lanes = self.ports.lanes().len();
+                let busy = std::time::Duration::from_micros(self.settings.busy_poll_us);
+                for (i, l) in self.ports.lanes().iter().enumerate() {
+                    l.ensure_helpers(usize::from(n) - 1, i, lanes, &self.settings.cpus, busy)
+                        .map_err(|e| {
+                            CtlError::Internal(format!("cannot start a forwarding helper: {e}"))
+                        })?;
+                }
+                let mut result = Ok(());
+                for l in self.ports.lanes() {
+                    result = result.and(l.lock_ctl().registry.set_threads(&sw, n));
+                }
+                result.map_err(|e| CtlError::BadRequest(e.to_string()))?;
+                let list = &mut self.settings.switch_threads;
+                list.retain(|(s, _)| *s != sw);
+                list.push((sw.clone(), n));
+                tracing::info!(switch = %sw, threads = n, "switch threads set");
+                Ok(format!("switch_threads {sw} = {n}"))
+            }
             other => Err(CtlError::BadRequest(format!(
-                "unknown setting `{}`; settable at run time: bridge_batch, verbose",
+                "unknown setting `{}`; settable at run time: bridge_batch, switch_threads, verbose",
                 vale_switch::quote_input(other)
             ))),
         }

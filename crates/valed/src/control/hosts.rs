@@ -259,7 +259,7 @@ impl Control {
                 .switch
                 .set_direct(key.port, at.direct)
                 .map_err(|e| CtlError::Internal(e.to_string()))?;
-            st.driven.insert(key, driven)
+            st.driven_mut().insert(key, driven)
         };
         drop(old); // a replaced connection closes outside the lock
         lane.wake_forwarder();
@@ -277,7 +277,7 @@ impl Control {
             return;
         };
         let lane = self.ports.lane(a.held.lane).clone();
-        let driven = lane.lock_ctl().driven.remove(&a.held.key);
+        let driven = lane.lock_ctl().driven_mut().remove(&a.held.key);
         drop(driven);
         let after = h.backend.stop();
         self.ports.release(a.held);

@@ -590,12 +590,12 @@ fn drain(fw: &mut vale_switch::Forwarder, st: &mut LaneState, lane: &Lane, key: 
     let mut notes = Vec::new();
     let mut egress = crate::lane::DirectEgress {
         switch: key.switch,
-        driven: &mut st.driven,
+        driven: st.driven.get_mut().unwrap_or_else(|p| p.into_inner()),
     };
     for r in 0..g.tx_rings {
         // Each batch takes at least one slot, so this ends within a ring's worth.
         for _ in 0..g.tx_slots {
-            let n = fw.forward_ring(&mut e.switch, key.port, r, now, &mut notes, &mut egress);
+            let n = fw.forward_ring(&e.switch, key.port, r, now, &mut notes, &mut egress);
             if n == 0 {
                 break;
             }

@@ -426,7 +426,8 @@ pub fn fdb_page(
     let st = lane.lock_ctl();
     let now = lane.now();
     let e = st.registry.switch(switch).ok_or_else(missing)?;
-    let table = e.switch.lookup().table();
+    let lookup = e.switch.lookup();
+    let table = lookup.table();
     let place = |r: &vale_switch::TableRow| FdbPlace {
         port: r.port,
         vlan: r.vlan,
@@ -540,6 +541,14 @@ pub fn settings(s: &Settings, threads: usize) -> Response {
         ("verbose".to_string(), s.verbose.to_string()),
         ("busy_poll_us".to_string(), s.busy_poll_us.to_string()),
         ("threads".to_string(), threads.to_string()),
+        (
+            "switch_threads".to_string(),
+            s.switch_threads
+                .iter()
+                .map(|(sw, n)| format!("{sw}={n}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
         (
             "cpus".to_string(),
             s.cpus
@@ -885,6 +894,7 @@ mod tests {
         assert_eq!(m["share"], "");
         assert_eq!(m["vhost_trust_unsealed"], "false");
         assert_eq!(m["metrics"], "");
-        assert_eq!(m.len(), 30);
+        assert_eq!(m["switch_threads"], "");
+        assert_eq!(m.len(), 31);
     }
 }

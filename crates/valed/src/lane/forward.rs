@@ -22,31 +22,40 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
     let mut tables_published: Option<u64> = None;
     while !shared.stop.load(Ordering::Acquire) {
         let moved = {
-            let mut st = shared.lock();
+            let st = shared.lock();
+            let mut driven = st.driven.lock().unwrap_or_else(|p| p.into_inner());
             let now = shared.now();
             let mut moved = 0;
+            let mut shared_moved = 0;
             kicked.clear();
             faults.clear();
-            let st = &mut *st;
             // Driven ports: what their peers have goes into their TX rings first, so it
             // crosses the switch in this pass.
-            for p in st.driven.values_mut() {
+            for p in driven.values_mut() {
                 moved += p.pull();
             }
-            for (si, e) in st.registry.switches_indexed_mut() {
+            for (si, e) in st.registry.switches_indexed() {
                 let mut egress = DirectEgress {
                     switch: si,
-                    driven: &mut st.driven,
+                    driven: &mut driven,
                 };
-                moved += fw.forward(&mut e.switch, now, &mut notes, &mut egress);
+                let m = fw.forward(&e.switch, now, &mut notes, &mut egress);
+                if e.switch.threads() > 1 {
+                    shared_moved += m;
+                }
+                moved += m;
                 if !notes.is_empty() {
                     super::notify(&st.fds, si, &notes);
                     notes.clear();
                 }
             }
             // ...and what the switch delivered to them goes out to their peers.
-            for p in st.driven.values_mut() {
+            for p in driven.values_mut() {
                 moved += p.push();
+            }
+            // Switches of several threads have work: wake their helpers.
+            if shared_moved > 0 {
+                shared.wake_helpers();
             }
             if tables_published.is_none_or(|t| now.0.wrapping_sub(t) >= TABLES_EVERY_NS) {
                 shared.stats.publish_tables(&st.registry);
@@ -78,14 +87,15 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
         }
         // Idle: ask every client to kick, look once more, then sleep.
         let pending = {
-            let mut st = shared.lock();
+            let st = shared.lock();
+            let mut driven = st.driven.lock().unwrap_or_else(|p| p.into_inner());
             // (Every port armed: no short-circuit.)
             let mut pending = st.registry.switches().any(|e| e.switch.arm_kicks());
             // Going idle: what the tables counted since the last publication shows now,
             // not at the next wake-up.
             shared.stats.publish_tables(&st.registry);
             tables_published = Some(shared.now().0);
-            for p in st.driven.values_mut() {
+            for p in driven.values_mut() {
                 pending |= p.arm();
             }
             pending
@@ -135,9 +145,10 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
                 }
             }
         }
-        let mut st = shared.lock();
+        let st = shared.lock();
+        let mut driven = st.driven.lock().unwrap_or_else(|p| p.into_inner());
         for k in &faults {
-            if let Some(p) = st.driven.get_mut(k) {
+            if let Some(p) = driven.get_mut(k) {
                 p.fault();
             }
         }
@@ -150,12 +161,68 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
         for e in st.registry.switches() {
             e.switch.disarm_kicks();
         }
-        for p in st.driven.values_mut() {
+        for p in driven.values_mut() {
             p.disarm();
         }
+        drop(driven);
         drop(st);
         idle_since = None;
         empty_passes = 0;
     }
     tracing::debug!("forwarding thread stops");
+}
+
+/// A helper of the lane's forwarding thread: worker `worker` (1-based) of every switch
+/// of the lane with more than `worker` threads ([`vale_switch::Switch::set_threads`]).
+/// It busy-polls those switches like the lane's own thread, with no driven ports (their
+/// frames go through the RX rings), and when idle for `busy_poll` it parks until the
+/// lane's thread sees work on such a switch again (or 100 ms pass).
+pub fn run_helper(shared: Arc<Lane>, worker: usize, busy_poll: Duration) {
+    let mut notes: Vec<Notify> = Vec::new();
+    let mut fw = vale_switch::Forwarder::new();
+    let mut idle_since: Option<Instant> = None;
+    let mut empty_passes = 0u32;
+    while !shared.stop.load(Ordering::Acquire) {
+        let moved = {
+            let st = shared.lock();
+            let now = shared.now();
+            let mut moved = 0;
+            for (si, e) in st.registry.switches_indexed() {
+                if usize::from(e.switch.threads()) <= worker {
+                    continue;
+                }
+                moved += fw.forward_worker(
+                    &e.switch,
+                    worker,
+                    now,
+                    &mut notes,
+                    &mut vale_switch::NoEgress,
+                );
+                if !notes.is_empty() {
+                    super::notify(&st.fds, si, &notes);
+                    notes.clear();
+                }
+            }
+            moved
+        };
+        if moved > 0 {
+            idle_since = None;
+            empty_passes = 0;
+            continue;
+        }
+        empty_passes = empty_passes.wrapping_add(1);
+        if empty_passes % 64 != 0 {
+            std::hint::spin_loop();
+            continue;
+        }
+        std::thread::yield_now();
+        let since = *idle_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < busy_poll {
+            continue;
+        }
+        shared.helper_parks();
+        idle_since = None;
+        empty_passes = 0;
+    }
+    tracing::debug!(worker, "forwarding helper stops");
 }

@@ -12,7 +12,7 @@ pub use egress::DirectEgress;
 use rustix::fd::OwnedFd;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use vale_switch::{PortKey, Registry, Timestamp};
 
 /// The eventfds of one port: `kick` (any client wakes the switch), and one `notify`
@@ -40,8 +40,9 @@ pub struct LaneState {
     pub registry: Registry,
     pub fds: HashMap<PortKey, PortFds>,
     /// Ports of this lane's switches whose client is its forwarding thread (host ports,
-    /// VMs): their data-plane halves.
-    pub driven: HashMap<PortKey, Box<dyn DrivenPort>>,
+    /// VMs): their data-plane halves. Only the lane's own thread (and the control
+    /// thread) touch them, under this lock; its helpers never do.
+    pub driven: Mutex<HashMap<PortKey, Box<dyn DrivenPort>>>,
 }
 
 /// Wakes the clients the engine asked to wake (`Notify`s of switch `si`).
@@ -62,15 +63,25 @@ impl LaneState {
         LaneState {
             registry,
             fds: HashMap::new(),
-            driven: HashMap::new(),
+            driven: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The driven ports, for the control thread (which holds the lane exclusively).
+    pub fn driven_mut(&mut self) -> &mut HashMap<PortKey, Box<dyn DrivenPort>> {
+        self.driven.get_mut().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// Shared between threads. The forwarding thread takes the lock for one pass at a time;
-/// the control thread raises `ctl_waiting` so the forwarder steps aside promptly.
+/// Shared between threads. The forwarding thread and its helpers (for switches of
+/// several threads) read-lock the state for one pass at a time; the control thread
+/// write-locks it, and raises `ctl_waiting` so that the forwarders step aside promptly.
 pub struct Lane {
-    state: Mutex<LaneState>,
+    state: RwLock<LaneState>,
+    /// The helpers' threads (helper `h` is the `h`-th), to unpark and to join; and how
+    /// many of them are parked.
+    helpers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    parked: std::sync::atomic::AtomicUsize,
     ctl_waiting: AtomicBool,
     pub stop: AtomicBool,
     /// The forwarder's epoll set: kick eventfds of all ports, driven ports' descriptors,
@@ -240,7 +251,9 @@ pub fn coarse_ns() -> u64 {
 impl Lane {
     pub fn new(state: LaneState, epoll: OwnedFd, wake: OwnedFd) -> Lane {
         Lane {
-            state: Mutex::new(state),
+            state: RwLock::new(state),
+            helpers: Mutex::new(Vec::new()),
+            parked: std::sync::atomic::AtomicUsize::new(0),
             ctl_waiting: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             epoll: Arc::new(epoll),
@@ -250,18 +263,80 @@ impl Lane {
         }
     }
 
-    /// For the forwarding thread.
-    pub fn lock(&self) -> MutexGuard<'_, LaneState> {
+    /// For the forwarding thread and its helpers.
+    pub fn lock(&self) -> RwLockReadGuard<'_, LaneState> {
         while self.ctl_waiting.load(Ordering::Acquire) {
             std::thread::yield_now();
         }
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts helpers until this lane (number `index` of `lanes`) has `want` of them,
+    /// for switches of up to `want + 1` threads. Helper `h` is pinned to
+    /// `cpus[(h * lanes + index) % len]` (after the lanes' own threads), if `cpus` is
+    /// not empty.
+    pub fn ensure_helpers(
+        self: &Arc<Self>,
+        want: usize,
+        index: usize,
+        lanes: usize,
+        cpus: &[usize],
+        busy: std::time::Duration,
+    ) -> std::io::Result<()> {
+        let mut hs = self.helpers.lock().unwrap_or_else(|p| p.into_inner());
+        while hs.len() < want {
+            let h = hs.len() + 1;
+            let t = h * lanes + index;
+            let cpu = (!cpus.is_empty()).then(|| cpus[t % cpus.len()]);
+            let lane = self.clone();
+            let th = std::thread::Builder::new()
+                .name(format!("vale-fwd{index}.{h}"))
+                .spawn(move || {
+                    if let Some(c) = cpu {
+                        crate::daemon::pin(t, c);
+                    }
+                    forward::run_helper(lane, h, busy)
+                })?;
+            hs.push(th);
+        }
+        Ok(())
+    }
+
+    /// After `stop`: wakes the helpers and waits for them to end.
+    pub fn join_helpers(&self) {
+        let hs = std::mem::take(&mut *self.helpers.lock().unwrap_or_else(|p| p.into_inner()));
+        for h in &hs {
+            h.thread().unpark();
+        }
+        for h in hs {
+            let _ = h.join();
+        }
+    }
+
+    /// A helper, idle: parks until woken (or 100 ms, so a lost wake-up costs little).
+    pub fn helper_parks(&self) {
+        self.parked.fetch_add(1, Ordering::SeqCst);
+        std::thread::park_timeout(std::time::Duration::from_millis(100));
+        self.parked.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The lane's thread saw work on a switch of several threads: wake parked helpers.
+    pub fn wake_helpers(&self) {
+        if self.parked.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        // Never blocks the lane's thread: a control thread starting helpers holds this.
+        if let Ok(hs) = self.helpers.try_lock() {
+            for h in hs.iter() {
+                h.thread().unpark();
+            }
+        }
     }
 
     /// For the control thread: get the lock ahead of the forwarder.
     pub fn lock_ctl(&self) -> CtlGuard<'_> {
         self.ctl_waiting.store(true, Ordering::Release);
-        let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let g = self.state.write().unwrap_or_else(|p| p.into_inner());
         CtlGuard {
             g: Some(g),
             lane: self,
@@ -289,7 +364,7 @@ impl Lane {
 }
 
 pub struct CtlGuard<'a> {
-    g: Option<MutexGuard<'a, LaneState>>,
+    g: Option<RwLockWriteGuard<'a, LaneState>>,
     lane: &'a Lane,
 }
 

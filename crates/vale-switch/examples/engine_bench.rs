@@ -4,10 +4,11 @@
 //!   max of delivered Mpps and Gbit/s (frame bytes x 8, no preamble or CRC).
 //! - `engine_bench profile CASE LEN ITERS`: one case for `valgrind --tool=callgrind`
 //!   (CASE: unicast | broadcast | fanin | vlan-unicast | vlan-broadcast | vlan-fanin |
-//!   vlan-push; ITERS bursts of 512 packets).
+//!   vlan-push | vlan-pop; ITERS bursts of 512 packets).
 //!
 //! The `vlan-` cases run on a switch with VLAN filtering on, every port an access port
-//! of VLAN 10 (`vlan-push`: the receiver a trunk that tags every copy).
+//! of VLAN 10 (`vlan-push`: the receiver a trunk that tags every copy; `vlan-pop`: the
+//! sender a trunk of VLAN 10 sending tagged frames, each copy's tag taken out).
 //!
 //! `BUF_SIZE=2112` tries a buffer stride that is not a power of two. Pin it
 //! (`taskset -c 1`) on a noisy machine.
@@ -17,7 +18,7 @@ use std::time::Instant;
 #[path = "../benches/harness.rs"]
 mod harness;
 
-const CASES: [(&str, usize); 9] = [
+const CASES: [(&str, usize); 12] = [
     ("unicast", 60),
     ("vlan-unicast", 60),
     ("unicast", 1514),
@@ -27,6 +28,9 @@ const CASES: [(&str, usize); 9] = [
     ("fanin", 60),
     ("vlan-fanin", 60),
     ("vlan-push", 60),
+    ("vlan-pop", 64),
+    ("vlan-push", 1514),
+    ("vlan-pop", 1518),
 ];
 
 fn bench(case: &str, len: usize) -> harness::Bench {
@@ -42,6 +46,7 @@ fn bench(case: &str, len: usize) -> harness::Bench {
         "vlan-unicast" => harness::Bench::vlan(1, 1, len, false, access),
         "vlan-broadcast" => harness::Bench::vlan(1, 4, len, true, access),
         "vlan-fanin" => harness::Bench::vlan(4, 1, len, false, access),
+        "vlan-pop" => harness::Bench::vlan_pop(len),
         "vlan-push" => {
             harness::Bench::vlan(1, 1, len, false, ("trunk 10 native 10 tagged", "access 10"))
         }
@@ -94,6 +99,7 @@ fn main() {
             "vlan-unicast" => "vlan unicast",
             "vlan-broadcast" => "vlan broadcast",
             "vlan-fanin" => "vlan fan-in",
+            "vlan-pop" => "vlan pop tag",
             _ => "vlan push tag",
         };
         println!(

@@ -51,7 +51,7 @@ pub(super) struct Scratch {
     pub(super) pkts: Vec<Pkt>,
     pub(super) infos: Vec<PacketInfo>,
     /// With VLAN filtering: how each packet came in and its outer TCI, for the egress
-    /// tagging (written only then).
+    /// tagging (written only then, and only for a batch without one `shape`).
     pub(super) vtags: Vec<(VlanIn, u16)>,
     /// With VLAN filtering: the (VID, how, TCI) every packet of the batch shares, if
     /// they all do.
@@ -156,8 +156,8 @@ impl Scratch {
         let buf_size = rd.bufs.buf_size();
         let mut np = 0usize;
         // VLAN filtering: the last header shape (EtherType, TCI, too short for a tag:
-        // packed, u64::MAX for none) and its verdict; the batch's first (VID, how, TCI)
-        // packed, and whether every packet shares it.
+        // packed, u64::MAX for none) and its verdict; the batch's first admitted shape,
+        // its (VID, how, TCI), and whether every admitted packet shares it.
         let mut last: (u64, Verdict) = (u64::MAX, Err(DropReason::NoDest));
         let (mut first, mut shape, mut uniform) = (u64::MAX, None, true);
         self.frags.clear();
@@ -217,12 +217,20 @@ impl Scratch {
                 match last.1 {
                     Ok((vid, how)) => {
                         info.vid = vid;
-                        self.vtags[np] = (how, tci);
-                        let me = u64::from(vid) | (how as u64) << 16 | u64::from(tci) << 24;
+                        // One header shape, one (VID, how, TCI): while the batch has
+                        // one, `shape` says it for all and `vtags` is not written; the
+                        // first packet of another shape fills in those before it.
                         if first == u64::MAX {
-                            (first, shape) = (me, Some((vid, how, tci)));
+                            (first, shape) = (hs, Some((vid, how, tci)));
+                        } else if uniform && hs != first {
+                            uniform = false;
+                            if let Some((_, h0, t0)) = shape {
+                                self.vtags[..np].fill((h0, t0));
+                            }
                         }
-                        uniform &= me == first;
+                        if !uniform {
+                            self.vtags[np] = (how, tci);
+                        }
                     }
                     Err(r) => {
                         st.drops[r as usize] += 1;
@@ -251,22 +259,52 @@ impl Scratch {
     /// destination's queue (or the flood queue). Packets with nowhere to go are counted
     /// in `st`, and so are the copies the others make (pass 2 counts them again, on the
     /// destinations, for the switch's law).
+    ///
+    /// With `vlan`, every packet of the batch is in the one VLAN given (the batch has
+    /// one `shape`): a unicast goes only to a member, checked once per destination as
+    /// its queue starts, and a flood makes one copy per other member.
     #[inline(always)]
-    pub(super) fn route(&mut self, np: usize, src: PortId, ports: &PortTable, st: &mut PortStats) {
-        let others = ports.active.len() - usize::from(ports.active.contains(&src));
+    pub(super) fn route<const VLAN: bool>(
+        &mut self,
+        np: usize,
+        src: PortId,
+        ports: &PortTable,
+        vlan: Option<(&Members, u16)>,
+        st: &mut PortStats,
+    ) {
+        let me = usize::from(ports.active.contains(&src));
+        let (others, vid) = match (VLAN, vlan) {
+            // The sender is a member of every VLAN it admits.
+            (true, Some((m, vid))) => ((m.of(vid) as usize).saturating_sub(me), vid),
+            _ => (ports.active.len() - me, 0),
+        };
         self.dsts.clear();
         self.flood = EMPTY_Q;
         for pi in 0..np {
             let q = match self.dests[pi] {
                 // A port with a non-empty queue was checked when its queue started.
                 Dest::Port(q)
-                    if q != src
-                        && (self.queues.get(q.0 as usize).is_some_and(|x| x.head != NIL)
-                            || ports.is_attached(q)) =>
+                    if q != src && self.queues.get(q.0 as usize).is_some_and(|x| x.head != NIL) =>
                 {
                     Some(q)
                 }
+                Dest::Port(q) if q != src && !VLAN && ports.is_attached(q) => Some(q),
+                Dest::Port(q) if q != src && VLAN => match ports.get(q) {
+                    Some(p) if p.vlan.member(vid) => Some(q),
+                    Some(_) => {
+                        st.drops[DropReason::VlanNotMember as usize] += 1;
+                        continue;
+                    }
+                    None => {
+                        st.drops[DropReason::NoDest as usize] += 1;
+                        continue;
+                    }
+                },
                 Dest::Flood if others > 0 => None,
+                Dest::Flood if VLAN => {
+                    st.drops[DropReason::VlanNotMember as usize] += 1;
+                    continue;
+                }
                 _ => {
                     st.drops[DropReason::NoDest as usize] += 1;
                     continue;
@@ -279,8 +317,9 @@ impl Scratch {
         }
     }
 
-    /// Pass 1 with VLAN filtering on: as [`Self::route`], but a unicast goes only to a
-    /// member of the frame's VLAN and a flood makes one copy per other member.
+    /// Pass 1 with VLAN filtering on, for a batch of several VLANs or tag shapes: as
+    /// [`Self::route`], but a unicast goes only to a member of the frame's VLAN and a
+    /// flood makes one copy per other member of it.
     #[inline(never)]
     pub(super) fn route_vlan(
         &mut self,

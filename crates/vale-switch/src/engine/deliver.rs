@@ -45,11 +45,14 @@ impl Batch<'_> {
     pub(super) fn edit(&self, pi: u32, mode: Option<&PortVlan>) -> Option<Edit> {
         match mode {
             None => Some(Edit::Keep),
-            Some(m) => {
-                let vid = self.sc.infos[pi as usize].vid;
-                let (how, tci) = self.sc.vtags[pi as usize];
-                m.egress(vid, how, tci)
-            }
+            Some(m) => match self.sc.shape {
+                Some((vid, how, tci)) => m.egress(vid, how, tci),
+                None => {
+                    let vid = self.sc.infos[pi as usize].vid;
+                    let (how, tci) = self.sc.vtags[pi as usize];
+                    m.egress(vid, how, tci)
+                }
+            },
         }
     }
 }

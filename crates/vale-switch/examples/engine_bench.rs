@@ -10,6 +10,10 @@
 //! of VLAN 10 (`vlan-push`: the receiver a trunk that tags every copy; `vlan-pop`: the
 //! sender a trunk of VLAN 10 sending tagged frames, each copy's tag taken out).
 //!
+//! - `engine_bench pair RUNS CASE LEN CASE LEN ...`: the first case against each of the
+//!   others, measured in turn (A B C A B C ...), and each one's ratio to the first in
+//!   the same turn: on a shared machine the ratio of neighbours is what holds still.
+//!
 //! `BUF_SIZE=2112` tries a buffer stride that is not a power of two. Pin it
 //! (`taskset -c 1`) on a noisy machine.
 
@@ -82,6 +86,9 @@ fn main() {
         println!("{case} len {len}: {n} packets taken from TX rings");
         return;
     }
+    if args.get(1).map(String::as_str) == Some("pair") {
+        return pair(&args[2..]);
+    }
     let runs: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(7);
     println!(
         "{:<18} {:>5} {:>10} {:>10} {:>10} {:>12}",
@@ -107,6 +114,54 @@ fn main() {
             v[0],
             v[v.len() - 1],
             med * 1e6 * len as f64 * 8.0 / 1e9
+        );
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `pair RUNS CASE LEN CASE LEN ...`: turns of every case, each case's Mpps and its
+/// ratio to the first case's in the same turn; medians and ranges over the turns.
+fn pair(args: &[String]) {
+    let runs: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(7);
+    let cases: Vec<(String, usize)> = args[1..]
+        .chunks(2)
+        .filter_map(|c| Some((c.first()?.clone(), c.get(1)?.parse().ok()?)))
+        .collect();
+    if cases.len() < 2 {
+        eprintln!("usage: engine_bench pair RUNS CASE LEN CASE LEN [CASE LEN ...]");
+        return;
+    }
+    let mut mpps = vec![Vec::new(); cases.len()];
+    let mut ratios = vec![Vec::new(); cases.len()];
+    for _ in 0..runs {
+        let turn: Vec<f64> = cases
+            .iter()
+            .map(|(c, len)| {
+                let iters = if *len > 1000 { 20_000 } else { 50_000 };
+                measure(c, *len, iters) / 1e6
+            })
+            .collect();
+        for (i, m) in turn.iter().enumerate() {
+            mpps[i].push(*m);
+            ratios[i].push(m / turn[0]);
+        }
+    }
+    println!(
+        "{:<16} {:>5} {:>10} {:>17} {:>8} {:>13}",
+        "case", "len", "Mpps med", "[min-max]", "ratio", "[min-max]"
+    );
+    for (i, (c, len)) in cases.iter().enumerate() {
+        let (m, r) = (median(&mut mpps[i]), median(&mut ratios[i]));
+        println!(
+            "{c:<16} {len:>5} {m:>10.1} [{:>6.1}-{:>6.1}] {r:>8.2} [{:.2}-{:.2}]",
+            mpps[i][0],
+            mpps[i][runs - 1],
+            ratios[i][0],
+            ratios[i][runs - 1]
         );
     }
 }

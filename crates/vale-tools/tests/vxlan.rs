@@ -373,6 +373,9 @@ fn a_kernel_vxlan_peer_pings_arps_and_carries_iperf3_both_ways_counted_exactly()
     ]);
     if let Some(b) = iperf3(&p.h, &p.k, "198.19.0.2") {
         assert!(b > 1_000_000, "iperf3 to the kernel: {b} bytes");
+        // The TAP's super-frames, cut by the switch, left in trains (UDP GSO); the
+        // kernel's vxlan counts each of their datagrams (checked below).
+        assert!(hc(d, "gso_sends") > 0, "{}", uplink(d)["counters"]);
     }
     if let Some(b) = iperf3(&p.k, &p.h, "198.19.0.1") {
         assert!(b > 1_000_000, "iperf3 from the kernel: {b} bytes");
@@ -470,11 +473,27 @@ for i in range(flood):
         pass
 "#;
 
+/// Sends the datagrams on stdin (hex, one a line) from namespace `ns` to `to`:4789 as
+/// one train (`UDP_SEGMENT` with the first one's size; all as long but the last): the
+/// kernel cuts it into them, or hands it whole to a receiver with `UDP_GRO`.
+const SEND_TRAIN_PY: &str = r#"
+import socket, sys
+to = sys.argv[1]
+ds = [bytes.fromhex(l.strip()) for l in sys.stdin if l.strip()]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_UDP, 103, len(ds[0]))  # UDP_SEGMENT
+s.sendto(b"".join(ds), (to, 4789))
+"#;
+
 fn send_py(ns: &str, to: &str, cases: &[Vec<u8>], flood: usize) {
+    send_script(ns, SEND_PY, to, cases, flood)
+}
+
+fn send_script(ns: &str, script: &str, to: &str, cases: &[Vec<u8>], flood: usize) {
     use std::io::Write;
     let mut c = Command::new("ip")
         .args([
-            "netns", "exec", ns, "timeout", "30", "python3", "-c", SEND_PY, to,
+            "netns", "exec", ns, "timeout", "30", "python3", "-c", script, to,
         ])
         .arg(flood.to_string())
         .stdin(Stdio::piped())
@@ -593,12 +612,21 @@ fn malformed_headers_are_dropped_by_reason_and_a_garbage_flood_stalls_nothing() 
         }
     }
 
+    // The same datagrams as one train (the too-short one last): each counted by its
+    // own reason again, whether the kernel cut the train or we split a coalesced read.
+    let reads = hc(&d, "gro_reads");
+    send_script(&s, SEND_TRAIN_PY, "198.18.0.1", &cases, 0);
+    let twice = || want.iter().all(|&(k, n)| hc(&d, k) == 2 * n);
+    assert!(wait_for(3.0, twice), "{}", uplink(&d)["counters"]);
+    assert_eq!(hc(&d, "gro_reads"), reads + 1, "one coalesced read");
+    assert!(wait_for(2.0, || counts(&h, &tap).0 == 2));
+
     // 100000 random datagrams: counted, the switch unharmed, a valid frame still passes.
     send_py(&s, "198.18.0.1", &[], 100_000);
     let valid = vec![cases[0].clone()];
     send_py(&s, "198.18.0.1", &valid, 0);
     assert!(
-        wait_for(10.0, || hc(&d, "from_host") >= 2),
+        wait_for(10.0, || hc(&d, "from_host") >= 3),
         "{}",
         uplink(&d)["counters"]
     );
@@ -735,6 +763,10 @@ fn two_valeds_joined_only_by_vxlan_form_one_segment() {
         "segmented on the way in"
     );
     assert_eq!(hc(&d1, "too_big"), 0);
+    // A super-frame's segments left in trains (UDP GSO), and came in as trains the
+    // kernel kept whole across the veth (UDP GRO), split here into their datagrams.
+    assert!(hc(&d1, "gso_sends") > 0, "{}", uplink(&d1)["counters"]);
+    assert!(hc(&d2, "gro_reads") > 0, "{}", uplink(&d2)["counters"]);
     assert!(
         wait_for(3.0, || hc(&d2, "from_host") == hc(&d1, "vxlan_datagrams")),
         "what one sent the other got: {} / {}",

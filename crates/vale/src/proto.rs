@@ -507,6 +507,15 @@ pub struct HostCounters {
     /// VXLAN: datagrams sent (a replicated frame is one per remote).
     #[serde(default)]
     pub vxlan_datagrams: u64,
+    /// VXLAN: sends of a train of datagrams that the kernel segments (UDP GSO: a TSO
+    /// super-frame's segments to one VTEP in one send); their datagrams are in
+    /// `vxlan_datagrams` too.
+    #[serde(default)]
+    pub gso_sends: u64,
+    /// VXLAN: reads that returned a train of datagrams the kernel coalesced (UDP GRO),
+    /// each split and taken as its datagrams.
+    #[serde(default)]
+    pub gro_reads: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

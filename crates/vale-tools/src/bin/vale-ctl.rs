@@ -138,10 +138,12 @@ fn run(args: &Args) -> Result<(), String> {
                             format!(" kernel_drops {}", c.kernel_drops)
                         } else if h.kind == "vxlan" {
                             format!(
-                                " too_big {} replica_drops {} datagrams {}\n    dropped: too_short {} no_i_flag {} reserved {} foreign_vni {}\n    {}",
+                                " too_big {} replica_drops {} datagrams {} gso_sends {} gro_reads {}\n    dropped: too_short {} no_i_flag {} reserved {} foreign_vni {}\n    {}",
                                 c.too_big,
                                 c.replica_drops,
                                 c.vxlan_datagrams,
+                                c.gso_sends,
+                                c.gro_reads,
                                 c.vxlan_too_short,
                                 c.vxlan_no_i_flag,
                                 c.vxlan_reserved,

@@ -7,7 +7,10 @@ use super::{Conf, DATAGRAM_CAP, Shown, VTEP_CAPACITY, VTEP_MAX_AGE, dest};
 use crate::port::counters::bump;
 use crate::port::rings::{ring_copy, ring_peek, ring_put, room};
 use crate::port::{DrivenPort, PortCounters, PortRings, Start, Watcher};
-use crate::sys::udp::{MAX_BATCH, Outgoing, RecvBatch, SockAddr, send_batch};
+use crate::sys::udp::{
+    MAX_BATCH, MAX_SEGMENTS, MAX_TRAIN, Outgoing, RecvBatch, SockAddr, gso_supported, send_batch,
+    send_runs,
+};
 use rustix::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -67,6 +70,8 @@ pub struct VxlanIo {
     /// The VTEPs learned in each VNI (as [`Fate::net`]).
     vteps: Vec<Vteps>,
     shown: Arc<Mutex<Shown>>,
+    /// Send a flow's equal datagrams as one train (UDP GSO), while the kernel takes it.
+    gso: bool,
     t0: Instant,
     published: u64,
     /// The table learned or moved an address since it was last published.
@@ -83,6 +88,11 @@ impl VxlanIo {
         shown: Arc<Mutex<Shown>>,
     ) -> VxlanIo {
         let mut floods: Vec<SockAddr> = conf.remotes.iter().map(|&r| dest(r, conf.port)).collect();
+        let mut recv = RecvBatch::new(DATAGRAM_CAP);
+        // Trains on both sides where the kernel offers them; plain datagrams else.
+        let gro = recv.enable_gro(rx_sock.as_fd());
+        let gso = tx_socks.first().is_some_and(|s| gso_supported(s.as_fd()));
+        tracing::debug!(port = cx.name, gso, gro, "VXLAN offloads");
         floods.extend(conf.group.map(|g| dest(g, conf.port)));
         VxlanIo {
             hdrs: std::iter::once(conf.vni)
@@ -101,7 +111,8 @@ impl VxlanIo {
             counters: cx.counters,
             watcher: cx.watcher,
             name: cx.name.to_string(),
-            recv: RecvBatch::new(DATAGRAM_CAP),
+            recv,
+            gso,
             frames: vec![0u8; FRAME_CAP * MAX_BATCH],
             fates: vec![Fate::default(); MAX_BATCH],
             msgs: Vec::with_capacity(MAX_BATCH),
@@ -166,25 +177,56 @@ impl VxlanIo {
                 k += 1;
             }
             let fd = self.tx_socks[usize::from(sock)].as_fd();
-            let mut at = 0;
             let mut results: [Option<bool>; MAX_BATCH] = [None; MAX_BATCH];
             let mut big = [false; MAX_BATCH];
-            while at < k {
-                match send_batch(fd, &out[at..k]) {
-                    Ok(0) => {
-                        results[at] = Some(false);
-                        at += 1;
-                    }
-                    Ok(sent) => {
-                        for r in &mut results[at..at + sent] {
-                            *r = Some(true);
+            let runs = if self.gso {
+                trains(&out[..k])
+            } else {
+                Runs::singles(k)
+            };
+            let (mut r, mut at) = (0, 0);
+            while r < runs.n {
+                match send_runs(fd, &out[at..k], &runs.len[r..runs.n]) {
+                    Ok(sent) if sent > 0 => {
+                        for &len in &runs.len[r..r + sent] {
+                            let len = usize::from(len);
+                            results[at..at + len].fill(Some(true));
+                            if len > 1 {
+                                bump(&self.counters.gso_sends, 1);
+                            }
+                            at += len;
                         }
-                        at += sent;
+                        r += sent;
                     }
-                    Err(e) => {
-                        results[at] = Some(false);
-                        big[at] = e.raw_os_error() == Some(libc::EMSGSIZE);
-                        at += 1;
+                    res => {
+                        let len = usize::from(runs.len[r]);
+                        if len > 1 {
+                            // A train refused: its datagrams one by one, each with its
+                            // own fate (EMSGSIZE is `too_big` per frame, as without
+                            // GSO). A kernel or route that cannot segment is not asked
+                            // again.
+                            if let Err(e) = &res
+                                && matches!(
+                                    e.raw_os_error(),
+                                    Some(libc::EIO | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+                                )
+                            {
+                                self.gso = false;
+                                tracing::info!(port = %self.name, "UDP GSO refused ({e}): datagrams go one by one");
+                            }
+                            send_singles(
+                                fd,
+                                &out[at..at + len],
+                                &mut results[at..],
+                                &mut big[at..],
+                            );
+                        } else {
+                            results[at] = Some(false);
+                            big[at] =
+                                matches!(&res, Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE));
+                        }
+                        at += len;
+                        r += 1;
                     }
                 }
             }
@@ -208,6 +250,83 @@ impl VxlanIo {
     }
 }
 
+/// How a socket's queued datagrams go out: `len[..n]` consecutive datagrams per
+/// `sendmmsg` entry (1: plain, more: a train the kernel segments).
+struct Runs {
+    len: [u8; MAX_BATCH],
+    n: usize,
+}
+
+impl Runs {
+    fn singles(k: usize) -> Runs {
+        Runs {
+            len: [1; MAX_BATCH],
+            n: k.min(MAX_BATCH),
+        }
+    }
+}
+
+/// Groups `out` into trains for UDP GSO: consecutive datagrams to one address with one
+/// VXLAN header, all as long as the first but the last (a TSO super-frame's segments
+/// are), within the kernel's limits.
+fn trains(out: &[Outgoing<'_>]) -> Runs {
+    let mut r = Runs {
+        len: [0; MAX_BATCH],
+        n: 0,
+    };
+    let mut i = 0;
+    while i < out.len() {
+        let first = &out[i];
+        let seg = first.hdr.len() + first.body.len();
+        let (mut j, mut total) = (i + 1, seg);
+        while j < out.len() && j - i < MAX_SEGMENTS {
+            let m = &out[j];
+            let len = m.hdr.len() + m.body.len();
+            if len > seg || total + len > MAX_TRAIN || !m.to.same(first.to) || m.hdr != first.hdr {
+                break;
+            }
+            total += len;
+            j += 1;
+            if len < seg {
+                break; // a shorter one ends the train
+            }
+        }
+        r.len[r.n] = (j - i) as u8;
+        r.n += 1;
+        i = j;
+    }
+    r
+}
+
+/// Sends `out` a datagram per entry, writing each one's fate into `results` (and
+/// whether the underlay refused it as too large into `big`). Every step sends at least
+/// one or counts one as refused, so it ends.
+fn send_singles(
+    fd: rustix::fd::BorrowedFd<'_>,
+    out: &[Outgoing<'_>],
+    results: &mut [Option<bool>],
+    big: &mut [bool],
+) {
+    let mut at = 0;
+    while at < out.len() {
+        match send_batch(fd, &out[at..]) {
+            Ok(0) => {
+                results[at] = Some(false);
+                at += 1;
+            }
+            Ok(sent) => {
+                results[at..at + sent].fill(Some(true));
+                at += sent;
+            }
+            Err(e) => {
+                results[at] = Some(false);
+                big[at] = e.raw_os_error() == Some(libc::EMSGSIZE);
+                at += 1;
+            }
+        }
+    }
+}
+
 impl DrivenPort for VxlanIo {
     fn pull(&mut self) -> usize {
         let rings = &self.rings;
@@ -219,21 +338,27 @@ impl DrivenPort for VxlanIo {
         if self.closed || fit == 0 {
             return 0;
         }
-        let got = match self.recv.recv(self.rx_sock.as_fd(), fit.min(MAX_BATCH)) {
-            Ok(n) => n,
-            Err(_) => {
-                PortCounters::lost(&self.counters.read_errors, 1);
-                return 0;
+        // What the last read left (a train split into more datagrams than fitted)
+        // goes first; a new read only once it is all taken.
+        if self.recv.pending() == 0 {
+            let trains = self.recv.trains;
+            match self.recv.recv(self.rx_sock.as_fd(), fit.min(MAX_BATCH)) {
+                Ok(0) => return 0,
+                Ok(_) => bump(&self.counters.gro_reads, self.recv.trains - trains),
+                Err(_) => {
+                    PortCounters::lost(&self.counters.read_errors, 1);
+                    return 0;
+                }
             }
-        };
-        if got == 0 {
-            return 0;
         }
         let now = self.now();
         let c = &*self.counters;
-        let mut put = 0;
-        for i in 0..got {
-            let d = self.recv.datagram(i);
+        let (mut put, mut got) = (0, 0);
+        while got < fit {
+            let Some(d) = self.recv.next() else {
+                break;
+            };
+            got += 1;
             if d.truncated {
                 PortCounters::lost(&c.truncated, 1);
                 continue;
@@ -385,6 +510,11 @@ impl DrivenPort for VxlanIo {
             self.rings.rx.rxsync();
         }
         taken
+    }
+
+    /// Datagrams of a train not yet taken (the TX ring was full) are work waiting.
+    fn arm(&mut self) -> bool {
+        self.recv.pending() > 0
     }
 
     fn fault(&mut self) {

@@ -300,6 +300,7 @@ fn port_keys(kind: &str) -> Option<&'static [&'static str]> {
             "dev",
             "learning",
             "src_ports",
+            "offloads",
             "map",
         ],
         _ => return None,
@@ -893,6 +894,7 @@ mod tests {
                 dev: None,
                 learning: false,
                 src_ports: None,
+                offloads: true,
                 map: vec![],
             }
         );

@@ -418,6 +418,7 @@ fn run(args: &Args) -> Result<(), String> {
             dev,
             no_learning,
             src_ports,
+            no_offloads,
             map,
         } => {
             let r = call(
@@ -433,6 +434,7 @@ fn run(args: &Args) -> Result<(), String> {
                         dev: dev.clone(),
                         learning: !*no_learning,
                         src_ports: src_ports.clone(),
+                        offloads: !*no_offloads,
                         map: map.clone(),
                     },
                 },

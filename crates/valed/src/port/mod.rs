@@ -271,6 +271,7 @@ pub fn create(
             dev,
             learning,
             src_ports,
+            offloads,
             map,
         } => Box::new(vxlan::Vxlan::create(
             vxlan::Conf::parse(
@@ -283,7 +284,8 @@ pub fn create(
                 *learning,
                 src_ports.as_deref(),
             )?
-            .with_map(map)?,
+            .with_map(map)?
+            .with_offloads(*offloads),
         )?),
     })
 }

@@ -90,9 +90,11 @@ impl VxlanIo {
         let mut floods: Vec<SockAddr> = conf.remotes.iter().map(|&r| dest(r, conf.port)).collect();
         let mut recv = RecvBatch::new(DATAGRAM_CAP);
         // Trains on both sides where the kernel offers them; plain datagrams else.
-        let gro = recv.enable_gro(rx_sock.as_fd());
-        let gso = tx_socks.first().is_some_and(|s| gso_supported(s.as_fd()));
-        tracing::debug!(port = cx.name, gso, gro, "VXLAN offloads");
+        let gro = conf.offloads && recv.enable_gro(rx_sock.as_fd());
+        let gso = conf.offloads && tx_socks.first().is_some_and(|s| gso_supported(s.as_fd()));
+        if let Ok(mut s) = shown.lock() {
+            s.offloads = Some((gso, gro));
+        }
         floods.extend(conf.group.map(|g| dest(g, conf.port)));
         VxlanIo {
             hdrs: std::iter::once(conf.vni)
@@ -212,6 +214,9 @@ impl VxlanIo {
                                 )
                             {
                                 self.gso = false;
+                                if let Ok(mut s) = self.shown.try_lock() {
+                                    s.offloads = s.offloads.map(|(_, gro)| (false, gro));
+                                }
                                 tracing::info!(port = %self.name, "UDP GSO refused ({e}): datagrams go one by one");
                             }
                             send_singles(

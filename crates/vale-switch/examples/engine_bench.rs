@@ -13,11 +13,13 @@
 //! - `engine_bench pair RUNS CASE LEN CASE LEN ...`: the first case against each of the
 //!   others, measured in turn (A B C A B C ...), and each one's ratio to the first in
 //!   the same turn: on a shared machine the ratio of neighbours is what holds still.
+//!   Rates per second of the thread's own CPU time (`/proc/thread-self/schedstat`),
+//!   which other processes' time does not inflate, besides wall-clock Mpps.
 //!
 //! `BUF_SIZE=2112` tries a buffer stride that is not a power of two. Pin it
 //! (`taskset -c 1`) on a noisy machine.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[path = "../benches/harness.rs"]
 mod harness;
@@ -62,17 +64,38 @@ fn bench(case: &str, len: usize) -> harness::Bench {
 
 /// Delivered packets per second over `iters` bursts, after a warm-up.
 fn measure(case: &str, len: usize, iters: usize) -> f64 {
+    measure_both(case, len, iters).0
+}
+
+/// This thread's time on a CPU so far (`/proc/thread-self/schedstat`), if the kernel
+/// says: unlike the wall clock, it does not count the time other processes ran.
+fn cpu_time() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    Some(Duration::from_nanos(
+        s.split_whitespace().next()?.parse().ok()?,
+    ))
+}
+
+/// [`measure`], and the same per second of this thread's CPU time (the wall clock's
+/// figure where the kernel does not say).
+fn measure_both(case: &str, len: usize, iters: usize) -> (f64, f64) {
     let mut b = bench(case, len);
     for _ in 0..iters / 10 {
         b.iteration();
     }
     let copies = if case.ends_with("broadcast") { 4 } else { 1 };
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu_time());
     let mut n = 0;
     for _ in 0..iters {
         n += b.iteration();
     }
-    (n * copies) as f64 / t.elapsed().as_secs_f64()
+    let wall = t.elapsed();
+    let cpu = match (c, cpu_time()) {
+        (Some(a), Some(b)) if b > a => b - a,
+        _ => wall,
+    };
+    let n = (n * copies) as f64;
+    (n / wall.as_secs_f64(), n / cpu.as_secs_f64())
 }
 
 fn main() {
@@ -137,27 +160,34 @@ fn pair(args: &[String]) {
     }
     let mut mpps = vec![Vec::new(); cases.len()];
     let mut ratios = vec![Vec::new(); cases.len()];
+    let mut wall = vec![Vec::new(); cases.len()];
     for _ in 0..runs {
-        let turn: Vec<f64> = cases
+        let turn: Vec<(f64, f64)> = cases
             .iter()
             .map(|(c, len)| {
                 let iters = if *len > 1000 { 20_000 } else { 50_000 };
-                measure(c, *len, iters) / 1e6
+                let (w, cpu) = measure_both(c, *len, iters);
+                (w / 1e6, cpu / 1e6)
             })
             .collect();
-        for (i, m) in turn.iter().enumerate() {
-            mpps[i].push(*m);
-            ratios[i].push(m / turn[0]);
+        for (i, (w, cpu)) in turn.iter().enumerate() {
+            mpps[i].push(*cpu);
+            wall[i].push(*w);
+            ratios[i].push(cpu / turn[0].1);
         }
     }
     println!(
-        "{:<16} {:>5} {:>10} {:>17} {:>8} {:>13}",
-        "case", "len", "Mpps med", "[min-max]", "ratio", "[min-max]"
+        "{:<16} {:>5} {:>11} {:>17} {:>6} {:>11} {:>10}",
+        "case", "len", "Mpps/CPU-s", "[min-max]", "ratio", "[min-max]", "wall Mpps"
     );
     for (i, (c, len)) in cases.iter().enumerate() {
-        let (m, r) = (median(&mut mpps[i]), median(&mut ratios[i]));
+        let (m, r, w) = (
+            median(&mut mpps[i]),
+            median(&mut ratios[i]),
+            median(&mut wall[i]),
+        );
         println!(
-            "{c:<16} {len:>5} {m:>10.1} [{:>6.1}-{:>6.1}] {r:>8.2} [{:.2}-{:.2}]",
+            "{c:<16} {len:>5} {m:>11.1} [{:>6.1}-{:>6.1}] {r:>6.2} [{:.2}-{:.2}] {w:>10.1}",
             mpps[i][0],
             mpps[i][runs - 1],
             ratios[i][0],

@@ -13,6 +13,18 @@ use vale_abi::{Bufs, Slots};
 /// A frame's VLAN and how it came in, or why its port does not admit it.
 type Verdict = Result<(u16, VlanIn), DropReason>;
 
+/// No header shape (they are 33 bits).
+const NO_SHAPE: u64 = u64::MAX;
+
+/// Pass 0's VLAN state beyond the fast path: the last header shape classified and its
+/// verdict, the batch's first admitted shape with its (VID, how, TCI), and whether
+/// every admitted packet had it.
+struct VlanGather {
+    last: (u64, Verdict),
+    first: Option<(u64, (u16, VlanIn, u16))>,
+    uniform: bool,
+}
+
 /// A fragment after the first one of a multi-slot packet, as its slot named it.
 #[derive(Clone, Copy, Default)]
 pub(super) struct SlotFrag {
@@ -158,8 +170,14 @@ impl Scratch {
         // VLAN filtering: the last header shape (EtherType, TCI, too short for a tag:
         // packed, u64::MAX for none) and its verdict; the batch's first admitted shape,
         // its (VID, how, TCI), and whether every admitted packet shares it.
-        let mut last: (u64, Verdict) = (u64::MAX, Err(DropReason::NoDest));
-        let (mut first, mut shape, mut uniform) = (u64::MAX, None, true);
+        let mut vs = VlanGather {
+            last: (u64::MAX, Err(DropReason::NoDest)),
+            first: None,
+            uniform: true,
+        };
+        // The shape every packet so far had, and its VLAN (`NO_SHAPE`: none yet, or
+        // the batch is mixed).
+        let mut fast: (u64, u16) = (NO_SHAPE, 0);
         self.frags.clear();
         while np < snd.limit {
             let Some(s) = rd.next() else {
@@ -207,35 +225,23 @@ impl Scratch {
                 // header already loaded); what the port does not admit is dropped here,
                 // before the lookup can learn from it. A batch mostly repeats one
                 // header shape: its verdict is kept.
-                let tci = u16::from_be((hdr[1] >> 48) as u16);
+                // The header shape: bytes 12..16 as loaded (EtherType and TCI), and
+                // whether the frame is too short for a tag. The batch's one shape
+                // costs a compare; anything else is `classify`'s.
                 let flen = len.saturating_sub(snd.hdr_len as u32);
-                let hs =
-                    u64::from(info.ethertype) | u64::from(tci) << 16 | u64::from(flen < 18) << 32;
-                if last.0 != hs {
-                    last = (hs, mode.ingress(info.ethertype, tci, flen));
-                }
-                match last.1 {
-                    Ok((vid, how)) => {
-                        info.vid = vid;
-                        // One header shape, one (VID, how, TCI): while the batch has
-                        // one, `shape` says it for all and `vtags` is not written; the
-                        // first packet of another shape fills in those before it.
-                        if first == u64::MAX {
-                            (first, shape) = (hs, Some((vid, how, tci)));
-                        } else if uniform && hs != first {
-                            uniform = false;
-                            if let Some((_, h0, t0)) = shape {
-                                self.vtags[..np].fill((h0, t0));
-                            }
+                let hs = (hdr[1] >> 32) | u64::from(flen < 18) << 32;
+                if hs == fast.0 {
+                    info.vid = fast.1;
+                } else {
+                    match self.classify(&mut vs, mode, hs, flen, np, st) {
+                        Some((vid, f)) => {
+                            info.vid = vid;
+                            fast = f;
                         }
-                        if !uniform {
-                            self.vtags[np] = (how, tci);
+                        None => {
+                            self.frags.truncate(more as usize);
+                            continue;
                         }
-                    }
-                    Err(r) => {
-                        st.drops[r as usize] += 1;
-                        self.frags.truncate(more as usize);
-                        continue;
                     }
                 }
             }
@@ -250,9 +256,52 @@ impl Scratch {
             np += 1;
         }
         if VLAN {
-            self.shape = shape.filter(|_| uniform);
+            self.shape = vs.first.map(|f| f.1).filter(|_| vs.uniform);
         }
         np
+    }
+
+    /// A packet of another header shape than the batch's so far (see `gather`): its
+    /// verdict (the last one kept), counted if it is a drop (`None`). Returns its VLAN
+    /// and the shape the next packets may take the fast way: its own, if it is the
+    /// batch's first; none once the batch is mixed, after `vtags` got the (how, TCI)
+    /// of every packet so far.
+    #[cold]
+    #[inline(never)]
+    fn classify(
+        &mut self,
+        vs: &mut VlanGather,
+        mode: &PortVlan,
+        hs: u64,
+        flen: u32,
+        np: usize,
+        st: &mut PortStats,
+    ) -> Option<(u16, (u64, u16))> {
+        let ethertype = u16::from_be(hs as u16);
+        let tci = u16::from_be((hs >> 16) as u16);
+        if vs.last.0 != hs {
+            vs.last = (hs, mode.ingress(ethertype, tci, flen));
+        }
+        let (vid, how) = match vs.last.1 {
+            Ok(v) => v,
+            Err(r) => {
+                st.drops[r as usize] += 1;
+                return None;
+            }
+        };
+        match vs.first {
+            None => {
+                vs.first = Some((hs, (vid, how, tci)));
+                return Some((vid, (hs, vid)));
+            }
+            Some((_, (_, h0, t0))) if vs.uniform => {
+                vs.uniform = false;
+                self.vtags[..np].fill((h0, t0));
+            }
+            Some(_) => {}
+        }
+        self.vtags[np] = (how, tci);
+        Some((vid, (NO_SHAPE, 0)))
     }
 
     /// Pass 1, after the lookup filled `dests`: threads each packet onto its

@@ -531,3 +531,56 @@ impl DrivenPort for VxlanIo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+    fn to(last: u8) -> SockAddr {
+        SockAddr::new(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(198, 18, 0, last)),
+            4789,
+        ))
+    }
+
+    fn runs(out: &[Outgoing<'_>]) -> Vec<u8> {
+        let r = trains(out);
+        r.len[..r.n].to_vec()
+    }
+
+    #[test]
+    fn trains_are_equal_datagrams_to_one_vtep_with_one_header() {
+        let (a, b) = (to(2), to(3));
+        let (h1, h2) = ([1u8; 8], [2u8; 8]);
+        let big = vec![0u8; 1400];
+        let short = vec![0u8; 600];
+        let m = |to, hdr, body| Outgoing { to, hdr, body };
+        // Three of one size and a shorter one: one train; the next starts over.
+        let mut out = vec![m(&a, &h1[..], &big[..]); 3];
+        out.push(m(&a, &h1, &short));
+        out.push(m(&a, &h1, &big));
+        assert_eq!(runs(&out), [4, 1]);
+        // Another VTEP, another VNI's header, a longer datagram: each ends a train.
+        let out = [
+            m(&a, &h1, &big),
+            m(&a, &h1, &big),
+            m(&b, &h1, &big),
+            m(&b, &h2, &big),
+            m(&b, &h2, &short),
+            m(&b, &h2, &big),
+        ];
+        assert_eq!(runs(&out), [2, 1, 2, 1]);
+        // At most MAX_SEGMENTS datagrams, and MAX_TRAIN bytes.
+        let small = vec![0u8; 52];
+        let out = vec![m(&a, &h1[..], &small[..]); MAX_BATCH];
+        assert_eq!(runs(&out), [64]);
+        let per = MAX_TRAIN / (8 + 1400);
+        let out = vec![m(&a, &h1[..], &big[..]); MAX_BATCH];
+        let r = runs(&out);
+        assert_eq!(r[0] as usize, per, "{r:?}");
+        assert_eq!(r.iter().map(|&x| x as usize).sum::<usize>(), MAX_BATCH);
+        assert!(r.iter().all(|&x| x as usize * 1408 <= MAX_TRAIN));
+        assert_eq!(runs(&[]), [] as [u8; 0]);
+    }
+}

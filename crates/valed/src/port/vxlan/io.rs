@@ -572,7 +572,7 @@ mod tests {
         ];
         assert_eq!(runs(&out), [2, 1, 2, 1]);
         // At most MAX_SEGMENTS datagrams, and MAX_TRAIN bytes.
-        let small = vec![0u8; 52];
+        let small = [0u8; 52];
         let out = vec![m(&a, &h1[..], &small[..]); MAX_BATCH];
         assert_eq!(runs(&out), [64]);
         let per = MAX_TRAIN / (8 + 1400);

@@ -390,6 +390,8 @@ pub fn send_runs(fd: BorrowedFd<'_>, msgs: &[Outgoing<'_>], runs: &[u8]) -> io::
             },
         ];
     }
+    // One pointer for every entry's iovecs, made once the array is filled.
+    let iov_base = iov.as_mut_ptr();
     let (mut at, mut entries) = (0usize, 0usize);
     for &k in runs {
         let k = usize::from(k);
@@ -401,8 +403,11 @@ pub fn send_runs(fd: BorrowedFd<'_>, msgs: &[Outgoing<'_>], runs: &[u8]) -> io::
         let h = &mut hdrs[entries].msg_hdr;
         h.msg_name = name as *mut libc::c_void;
         h.msg_namelen = len;
-        // The run's iovecs are consecutive: two per message.
-        h.msg_iov = iov[at].as_mut_ptr();
+        // The run's iovecs are consecutive: two per message, taken from the whole array
+        // (the kernel reads 2k of them).
+        // SAFETY: at < n <= MAX_BATCH: the offset stays inside `iov`, whose 2 * MAX_BATCH
+        // iovecs are contiguous, and at + k <= n keeps the 2k read inside it too.
+        h.msg_iov = unsafe { iov_base.add(at) }.cast::<libc::iovec>();
         h.msg_iovlen = 2 * k;
         if k > 1 {
             let seg = (first.hdr.len() + first.body.len()) as u16;

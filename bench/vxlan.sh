@@ -10,6 +10,9 @@
 #   udp60 kernel->kernel / ours->kernel: iperf3 -u -l 18 -b 0 (60-byte frames), the
 #                        receiving kernel vx0's rx packets/s
 #   pkt-gen60 ours->ours pkt-gen -l 60 into valed 1, frames out of valed 2's uplink per s
+# Every "ours" row twice per run: with UDP GSO/GRO (the default, "gso") and with the
+# uplinks made again with --no-offloads ("plain"), in turns, so that both see the same
+# machine.
 # Everything runs in namespaces vxp* made here and deleted on exit.
 set -uo pipefail
 RUNS=${1:-3}
@@ -61,6 +64,18 @@ sleep 1
 C1="$B/vale-ctl --socket $D/v1.sock"; C2="$B/vale-ctl --socket $D/v2.sock"
 $C1 -n vxpt0 && $C1 -a vale0:vxpt0 && ip -n vxpV link set vxpt0 netns vxpH
 ip -n vxpH addr add 198.19.8.1/24 dev vxpt0; ip -n vxpH link set vxpt0 mtu 1450 up
+# Every uplink of ours made again, with offloads ($1 = gso) or without (plain).
+uplinks() {
+    local o=""; [ "$1" = plain ] && o=--no-offloads
+    q $C1 -d vale0:up; q $C1 -d vale1:up7; q $C2 -d vale1:up7
+    q $C1 -d vale2:up9; q $C2 -d vale2:up9
+    q $C1 vxlan vale0:up --vni 42 --local 198.18.8.1 --remote 198.18.8.2 $o
+    q $C1 vxlan vale1:up7 --vni 7 --local 198.18.7.1 --remote 198.18.7.2 $o
+    q $C2 vxlan vale1:up7 --vni 7 --local 198.18.7.2 --remote 198.18.7.1 $o
+    q $C1 vxlan vale2:up9 --vni 9 --local 198.18.7.1 --port 4790 --remote 198.18.7.2 $o
+    q $C2 vxlan vale2:up9 --vni 9 --local 198.18.7.2 --port 4790 --remote 198.18.7.1 $o
+    sleep 0.3
+}
 q $C1 vxlan vale0:up --vni 42 --local 198.18.8.1 --remote 198.18.8.2
 $C1 -n vxpt1 && $C1 -a vale1:vxpt1 && ip -n vxpV link set vxpt1 netns vxpH
 ip -n vxpH addr add 198.19.7.1/24 dev vxpt1; ip -n vxpH link set vxpt1 mtu 1450 up
@@ -106,11 +121,19 @@ sleep 0.5
 
 for r in $(seq "$RUNS"); do
     echo "tcp kernel->kernel run $r: $(tcp vxpA vxpB 198.19.9.2) Gbit/s"
-    echo "tcp ours->kernel run $r: $(tcp vxpH vxpK 198.19.8.2) Gbit/s"
-    echo "tcp kernel->ours run $r: $(tcp vxpK vxpH 198.19.8.1) Gbit/s"
-    echo "tcp ours->ours run $r: $(tcp vxpH vxpH2 198.19.7.2) Gbit/s"
     echo "udp60 kernel->kernel run $r: $(udp60 vxpA vxpB 198.19.9.2 vx0) Mpps"
-    echo "udp60 ours->kernel run $r: $(udp60 vxpH vxpK 198.19.8.2 vx0) Mpps"
-    echo "pkt-gen60 ours->ours run $r: $(pktgen60) Mpps"
+    for m in gso plain; do
+        uplinks $m
+        echo "tcp ours->kernel $m run $r: $(tcp vxpH vxpK 198.19.8.2) Gbit/s"
+        echo "tcp kernel->ours $m run $r: $(tcp vxpK vxpH 198.19.8.1) Gbit/s"
+        echo "tcp ours->ours $m run $r: $(tcp vxpH vxpH2 198.19.7.2) Gbit/s"
+        echo "udp60 ours->kernel $m run $r: $(udp60 vxpH vxpK 198.19.8.2 vx0) Mpps"
+        echo "pkt-gen60 ours->ours $m run $r: $(pktgen60) Mpps"
+    done
+    # The counters of the last mode's rows (plain: gso_sends and gro_reads stay 0).
+    [ "$r" = "$RUNS" ] || continue
+    uplinks gso
+    echo "# ours->ours gso once more, for the counters: $(tcp vxpH vxpH2 198.19.7.2) Gbit/s"
+    $C1 list | grep -A3 "vxlan vale1:up7"
+    $C2 list | grep -A3 "vxlan vale1:up7"
 done
-$C1 list | grep -A2 "vxlan vale0:up"

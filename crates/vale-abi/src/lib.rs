@@ -27,4 +27,6 @@ pub mod sync;
 
 pub use error::{Error, Result};
 pub use region::{Dir, PipeEnd, PortGeometry, Region, RegionLayout};
-pub use ring::{AppRing, BufPool, Bufs, Frag, RingView, Slots, copy_frame};
+pub use ring::{
+    AppRing, BufPool, Bufs, Frag, RingView, Slots, copy_frame, copy_frame_pop, copy_frame_push,
+};

@@ -60,6 +60,15 @@ fn engine(c: &mut Criterion) {
         assert_eq!(st.forwarded, st.tx_packets, "{name}: nothing dropped");
         assert_eq!(st.copies, st.forwarded * copies, "{name}: every copy made");
     }
+    // A trunk to an access port: every copy has its tag taken out.
+    let mut b = Bench::vlan_pop(64);
+    g.throughput(Throughput::Elements(BURST as u64));
+    g.bench_with_input(BenchmarkId::new("vlan_pop_1to1", 64), &64, |bench, _| {
+        bench.iter(|| black_box(b.iteration()))
+    });
+    let st = b.sw.port(b.tx[0].0).unwrap().stats();
+    assert_eq!(st.copies_dropped, 0, "vlan_pop: the receivers kept up");
+    assert_eq!(st.forwarded, st.tx_packets, "vlan_pop: nothing dropped");
     g.finish();
 }
 

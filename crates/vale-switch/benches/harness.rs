@@ -29,6 +29,13 @@ fn frame(dst: MacAddr, src: MacAddr, len: usize) -> Vec<u8> {
     f
 }
 
+/// `frame` with an 802.1Q tag of VID `vid`, `len` bytes in all.
+fn tagged_frame(dst: MacAddr, src: MacAddr, len: usize, vid: u16) -> Vec<u8> {
+    let mut f = frame(dst, src, len);
+    f[12..18].copy_from_slice(&[0x81, 0x00, (vid >> 8) as u8, vid as u8, 0x08, 0x00]);
+    f
+}
+
 impl Bench {
     /// `senders` ports send `len`-byte frames to `dst` (None: to the first receiver's
     /// address, learned beforehand); `receivers` ports drain.
@@ -43,7 +50,7 @@ impl Bench {
         broadcast: bool,
         g: PortGeometry,
     ) -> Bench {
-        Bench::build(senders, receivers, len, broadcast, g, None)
+        Bench::build(senders, receivers, len, broadcast, g, None, None)
     }
 
     /// The same on a switch with VLAN filtering on: receivers in VLAN mode `rx`, senders
@@ -63,7 +70,15 @@ impl Bench {
             broadcast,
             PortGeometry::default(),
             modes,
+            None,
         )
+    }
+
+    /// One sender on a trunk of VLAN 10 sends frames tagged 10 to one receiver, an
+    /// access port of VLAN 10: every copy has its tag popped.
+    pub fn vlan_pop(len: usize) -> Bench {
+        let modes = Some(("access 10".parse().unwrap(), "trunk 10".parse().unwrap()));
+        Bench::build(1, 1, len, false, PortGeometry::default(), modes, Some(10))
     }
 
     fn build(
@@ -73,6 +88,7 @@ impl Bench {
         broadcast: bool,
         g: PortGeometry,
         vlan: Option<(PortVlan, PortVlan)>,
+        tag: Option<u16>,
     ) -> Bench {
         let mut sw = Switch::new(LearningBridge::default(), SwitchConfig::default()).unwrap();
         sw.set_vlan_filtering(vlan.is_some());
@@ -125,7 +141,11 @@ impl Bench {
             mac(200)
         };
         for (k, (_, r)) in b.tx.iter().enumerate() {
-            prefill(r, &frame(dst, mac(k as u8 + 1), len));
+            let f = match tag {
+                Some(vid) => tagged_frame(dst, mac(k as u8 + 1), len, vid),
+                None => frame(dst, mac(k as u8 + 1), len),
+            };
+            prefill(r, &f);
         }
         b
     }

@@ -4,20 +4,27 @@
 //!   max of delivered Mpps and Gbit/s (frame bytes x 8, no preamble or CRC).
 //! - `engine_bench profile CASE LEN ITERS`: one case for `valgrind --tool=callgrind`
 //!   (CASE: unicast | broadcast | fanin | vlan-unicast | vlan-broadcast | vlan-fanin |
-//!   vlan-push; ITERS bursts of 512 packets).
+//!   vlan-push | vlan-pop; ITERS bursts of 512 packets).
 //!
 //! The `vlan-` cases run on a switch with VLAN filtering on, every port an access port
-//! of VLAN 10 (`vlan-push`: the receiver a trunk that tags every copy).
+//! of VLAN 10 (`vlan-push`: the receiver a trunk that tags every copy; `vlan-pop`: the
+//! sender a trunk of VLAN 10 sending tagged frames, each copy's tag taken out).
+//!
+//! - `engine_bench pair RUNS CASE LEN CASE LEN ...`: the first case against each of the
+//!   others, measured in turn (A B C A B C ...), and each one's ratio to the first in
+//!   the same turn: on a shared machine the ratio of neighbours is what holds still.
+//!   Rates per second of the thread's own CPU time (`/proc/thread-self/schedstat`),
+//!   which other processes' time does not inflate, besides wall-clock Mpps.
 //!
 //! `BUF_SIZE=2112` tries a buffer stride that is not a power of two. Pin it
 //! (`taskset -c 1`) on a noisy machine.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[path = "../benches/harness.rs"]
 mod harness;
 
-const CASES: [(&str, usize); 9] = [
+const CASES: [(&str, usize); 12] = [
     ("unicast", 60),
     ("vlan-unicast", 60),
     ("unicast", 1514),
@@ -27,6 +34,9 @@ const CASES: [(&str, usize); 9] = [
     ("fanin", 60),
     ("vlan-fanin", 60),
     ("vlan-push", 60),
+    ("vlan-pop", 64),
+    ("vlan-push", 1514),
+    ("vlan-pop", 1518),
 ];
 
 fn bench(case: &str, len: usize) -> harness::Bench {
@@ -42,6 +52,7 @@ fn bench(case: &str, len: usize) -> harness::Bench {
         "vlan-unicast" => harness::Bench::vlan(1, 1, len, false, access),
         "vlan-broadcast" => harness::Bench::vlan(1, 4, len, true, access),
         "vlan-fanin" => harness::Bench::vlan(4, 1, len, false, access),
+        "vlan-pop" => harness::Bench::vlan_pop(len),
         "vlan-push" => {
             harness::Bench::vlan(1, 1, len, false, ("trunk 10 native 10 tagged", "access 10"))
         }
@@ -53,17 +64,38 @@ fn bench(case: &str, len: usize) -> harness::Bench {
 
 /// Delivered packets per second over `iters` bursts, after a warm-up.
 fn measure(case: &str, len: usize, iters: usize) -> f64 {
+    measure_both(case, len, iters).0
+}
+
+/// This thread's time on a CPU so far (`/proc/thread-self/schedstat`), if the kernel
+/// says: unlike the wall clock, it does not count the time other processes ran.
+fn cpu_time() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    Some(Duration::from_nanos(
+        s.split_whitespace().next()?.parse().ok()?,
+    ))
+}
+
+/// [`measure`], and the same per second of this thread's CPU time (the wall clock's
+/// figure where the kernel does not say).
+fn measure_both(case: &str, len: usize, iters: usize) -> (f64, f64) {
     let mut b = bench(case, len);
     for _ in 0..iters / 10 {
         b.iteration();
     }
     let copies = if case.ends_with("broadcast") { 4 } else { 1 };
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu_time());
     let mut n = 0;
     for _ in 0..iters {
         n += b.iteration();
     }
-    (n * copies) as f64 / t.elapsed().as_secs_f64()
+    let wall = t.elapsed();
+    let cpu = match (c, cpu_time()) {
+        (Some(a), Some(b)) if b > a => b - a,
+        _ => wall,
+    };
+    let n = (n * copies) as f64;
+    (n / wall.as_secs_f64(), n / cpu.as_secs_f64())
 }
 
 fn main() {
@@ -76,6 +108,9 @@ fn main() {
         let n: usize = (0..iters).map(|_| b.iteration()).sum();
         println!("{case} len {len}: {n} packets taken from TX rings");
         return;
+    }
+    if args.get(1).map(String::as_str) == Some("pair") {
+        return pair(&args[2..]);
     }
     let runs: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(7);
     println!(
@@ -94,6 +129,7 @@ fn main() {
             "vlan-unicast" => "vlan unicast",
             "vlan-broadcast" => "vlan broadcast",
             "vlan-fanin" => "vlan fan-in",
+            "vlan-pop" => "vlan pop tag",
             _ => "vlan push tag",
         };
         println!(
@@ -101,6 +137,61 @@ fn main() {
             v[0],
             v[v.len() - 1],
             med * 1e6 * len as f64 * 8.0 / 1e9
+        );
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `pair RUNS CASE LEN CASE LEN ...`: turns of every case, each case's Mpps and its
+/// ratio to the first case's in the same turn; medians and ranges over the turns.
+fn pair(args: &[String]) {
+    let runs: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(7);
+    let cases: Vec<(String, usize)> = args[1..]
+        .chunks(2)
+        .filter_map(|c| Some((c.first()?.clone(), c.get(1)?.parse().ok()?)))
+        .collect();
+    if cases.len() < 2 {
+        eprintln!("usage: engine_bench pair RUNS CASE LEN CASE LEN [CASE LEN ...]");
+        return;
+    }
+    let mut mpps = vec![Vec::new(); cases.len()];
+    let mut ratios = vec![Vec::new(); cases.len()];
+    let mut wall = vec![Vec::new(); cases.len()];
+    for _ in 0..runs {
+        let turn: Vec<(f64, f64)> = cases
+            .iter()
+            .map(|(c, len)| {
+                let iters = if *len > 1000 { 20_000 } else { 50_000 };
+                let (w, cpu) = measure_both(c, *len, iters);
+                (w / 1e6, cpu / 1e6)
+            })
+            .collect();
+        for (i, (w, cpu)) in turn.iter().enumerate() {
+            mpps[i].push(*cpu);
+            wall[i].push(*w);
+            ratios[i].push(cpu / turn[0].1);
+        }
+    }
+    println!(
+        "{:<16} {:>5} {:>11} {:>17} {:>6} {:>11} {:>10}",
+        "case", "len", "Mpps/CPU-s", "[min-max]", "ratio", "[min-max]", "wall Mpps"
+    );
+    for (i, (c, len)) in cases.iter().enumerate() {
+        let (m, r, w) = (
+            median(&mut mpps[i]),
+            median(&mut ratios[i]),
+            median(&mut wall[i]),
+        );
+        println!(
+            "{c:<16} {len:>5} {m:>11.1} [{:>6.1}-{:>6.1}] {r:>6.2} [{:.2}-{:.2}] {w:>10.1}",
+            mpps[i][0],
+            mpps[i][runs - 1],
+            ratios[i][0],
+            ratios[i][runs - 1]
         );
     }
 }

@@ -442,6 +442,91 @@ const TAGS: [&[(u16, u16)]; 7] = [
     &[(AD, 20)],
 ];
 
+/// Ports of one header length: the tag is written while copying, and the header's
+/// offsets still move with it, both ways.
+#[test]
+fn same_header_length_edits_move_the_offsets() {
+    use vale_switch::offload::{F_NEEDS_CSUM, VnetHdr};
+    let mut n = Net::new(&["access 10", "trunk 10"]);
+    n.sw.set_hdr_len(n.ids[0], 10).unwrap();
+    n.sw.set_hdr_len(n.ids[1], 10).unwrap();
+    let h = VnetHdr {
+        flags: F_NEEDS_CSUM,
+        hdr_len: 54,
+        csum_start: 34,
+        csum_offset: 16,
+        ..VnetHdr::default()
+    };
+    let with = |h: VnetHdr, f: &[u8]| {
+        let mut v = Vec::new();
+        h.write(&mut v, 10);
+        v.extend_from_slice(f);
+        v
+    };
+    let plain = tcp4(mac(0x0a05))[..200].to_vec();
+    let tagged = retag(&plain, 0, &[(Q, 10)]);
+    let moved = VnetHdr {
+        hdr_len: 58,
+        csum_start: 38,
+        ..h
+    };
+    let got = n.send(0, with(h, &plain));
+    assert_eq!(got[1], vec![with(moved, &tagged)], "pushed, offsets +4");
+    let got = n.send(1, with(moved, &tagged));
+    assert_eq!(got[0], vec![with(h, &plain)], "popped, offsets -4");
+    // No offload asked: the header is copied as it is.
+    let zero = VnetHdr::default();
+    let got = n.send(0, with(zero, &plain));
+    assert_eq!(got[1], vec![with(zero, &tagged)]);
+    assert_laws(&n.sw);
+}
+
+/// At the buffer's size limit a pushed tag takes a second slot; frames of several slots
+/// are edited too; every byte is where it should be.
+#[test]
+fn edits_at_the_buffer_limit_and_across_slots() {
+    let mut n = Net::new(&["access 10", "trunk 10"]);
+    let bs = PortGeometry::default().buf_size as usize;
+    let sized = |len: usize, tags: &[(u16, u16)]| {
+        let mut f = tagged(mac(0x0b02), mac(0x0a01), tags, 0);
+        f.resize(len, 0);
+        for (i, b) in f[12 + 4 * tags.len() + 2..].iter_mut().enumerate() {
+            *b = (i * 13 + 5) as u8;
+        }
+        f
+    };
+    for len in [60, 61, 63, 64, 65, 1514, bs - 4, bs - 3, bs] {
+        // Untagged from the access port: `len + 4` bytes on the trunk, in one slot while
+        // they fit one buffer.
+        let f = sized(len, &[]);
+        let got = n.c[0].send(std::slice::from_ref(&f));
+        assert_eq!(got, 1);
+        drain(&mut n.sw, t(1));
+        let r = n.c[1].recv();
+        assert_eq!(r.len(), 1, "len {len}");
+        assert_eq!(r[0].0, retag(&f, 0, &[(Q, 10)]), "len {len}");
+        assert_eq!(r[0].1.len(), if len + 4 > bs { 2 } else { 1 }, "len {len}");
+        // Tagged from the trunk: popped on the access port, one slot.
+        let f = sized(len, &[(Q, 0x200a)]);
+        let got = n.send(1, f.clone());
+        assert_eq!(got[0], vec![retag(&f, 1, &[])], "len {len}");
+    }
+    // Two- and three-slot frames, each way.
+    for (len, frags) in [(3000, 2), (bs * 2 + 100, 3)] {
+        let f = sized(len, &[]);
+        assert!(n.c[0].queue(&f, frags));
+        n.c[0].txsync();
+        drain(&mut n.sw, t(1));
+        assert_eq!(n.c[1].recv_frames(), vec![retag(&f, 0, &[(Q, 10)])]);
+        let f = sized(len, &[(Q, 10)]);
+        assert!(n.c[1].queue(&f, frags));
+        n.c[1].txsync();
+        drain(&mut n.sw, t(1));
+        assert_eq!(n.c[0].recv_frames(), vec![retag(&f, 1, &[])]);
+    }
+    assert_laws(&n.sw);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     /// Random modes and frames: every frame comes out only at members of the VLAN it

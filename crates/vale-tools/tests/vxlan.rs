@@ -309,6 +309,9 @@ fn a_kernel_vxlan_peer_pings_arps_and_carries_iperf3_both_ways_counted_exactly()
     ]);
     if let Some(b) = iperf3(&p.h, &p.k, "198.19.0.2") {
         assert!(b > 1_000_000, "iperf3 to the kernel: {b} bytes");
+        // The TAP's super-frames, cut by the switch, left in trains (UDP GSO); the
+        // kernel's vxlan counts each of their datagrams (checked below).
+        assert!(hc(d, "gso_sends") > 0, "{}", uplink(d)["counters"]);
     }
     if let Some(b) = iperf3(&p.k, &p.h, "198.19.0.1") {
         assert!(b > 1_000_000, "iperf3 from the kernel: {b} bytes");
@@ -648,11 +651,27 @@ for i in range(flood):
         pass
 "#;
 
+/// Sends the datagrams on stdin (hex, one a line) from namespace `ns` to `to`:4789 as
+/// one train (`UDP_SEGMENT` with the first one's size; all as long but the last): the
+/// kernel cuts it into them, or hands it whole to a receiver with `UDP_GRO`.
+const SEND_TRAIN_PY: &str = r#"
+import socket, sys
+to = sys.argv[1]
+ds = [bytes.fromhex(l.strip()) for l in sys.stdin if l.strip()]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_UDP, 103, len(ds[0]))  # UDP_SEGMENT
+s.sendto(b"".join(ds), (to, 4789))
+"#;
+
 fn send_py(ns: &str, to: &str, cases: &[Vec<u8>], flood: usize) {
+    send_script(ns, SEND_PY, to, cases, flood)
+}
+
+fn send_script(ns: &str, script: &str, to: &str, cases: &[Vec<u8>], flood: usize) {
     use std::io::Write;
     let mut c = Command::new("ip")
         .args([
-            "netns", "exec", ns, "timeout", "30", "python3", "-c", SEND_PY, to,
+            "netns", "exec", ns, "timeout", "30", "python3", "-c", script, to,
         ])
         .arg(flood.to_string())
         .stdin(Stdio::piped())
@@ -771,12 +790,21 @@ fn malformed_headers_are_dropped_by_reason_and_a_garbage_flood_stalls_nothing() 
         }
     }
 
+    // The same datagrams as one train (the too-short one last): each counted by its
+    // own reason again, whether the kernel cut the train or we split a coalesced read.
+    let reads = hc(&d, "gro_reads");
+    send_script(&s, SEND_TRAIN_PY, "198.18.0.1", &cases, 0);
+    let twice = || want.iter().all(|&(k, n)| hc(&d, k) == 2 * n);
+    assert!(wait_for(3.0, twice), "{}", uplink(&d)["counters"]);
+    assert_eq!(hc(&d, "gro_reads"), reads + 1, "one coalesced read");
+    assert!(wait_for(2.0, || counts(&h, &tap).0 == 2));
+
     // 100000 random datagrams: counted, the switch unharmed, a valid frame still passes.
     send_py(&s, "198.18.0.1", &[], 100_000);
     let valid = vec![cases[0].clone()];
     send_py(&s, "198.18.0.1", &valid, 0);
     assert!(
-        wait_for(10.0, || hc(&d, "from_host") >= 2),
+        wait_for(10.0, || hc(&d, "from_host") >= 3),
         "{}",
         uplink(&d)["counters"]
     );
@@ -913,6 +941,10 @@ fn two_valeds_joined_only_by_vxlan_form_one_segment() {
         "segmented on the way in"
     );
     assert_eq!(hc(&d1, "too_big"), 0);
+    // A super-frame's segments left in trains (UDP GSO), and came in as trains the
+    // kernel kept whole across the veth (UDP GRO), split here into their datagrams.
+    assert!(hc(&d1, "gso_sends") > 0, "{}", uplink(&d1)["counters"]);
+    assert!(hc(&d2, "gro_reads") > 0, "{}", uplink(&d2)["counters"]);
     assert!(
         wait_for(3.0, || hc(&d2, "from_host") == hc(&d1, "vxlan_datagrams")),
         "what one sent the other got: {} / {}",
@@ -1153,6 +1185,19 @@ fn vxlan_ports_are_declared_refused_with_reasons_removed_and_made_again() {
     );
     let about = uplink(&d)["about"].as_str().unwrap_or_default().to_string();
     assert!(about.contains("remotes 198.18.0.2 198.18.0.3"), "{about}");
+    // A kernel from 5.0 on offers both (UDP_SEGMENT 4.18, UDP_GRO 5.0): the port uses
+    // them.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let major: u32 = release
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    if major >= 5 {
+        assert!(about.contains("UDP GSO and GRO"), "{about}");
+    } else {
+        eprintln!("SKIP: the offloads check needs Linux 5.0 (this is {release})");
+    }
     let dump = ctl_ok(&d, &["config", "dump"]);
     assert!(
         dump.contains("kind = \"vxlan\"")
@@ -1233,14 +1278,13 @@ fn vxlan_ports_are_declared_refused_with_reasons_removed_and_made_again() {
             "--remote",
             "198.18.0.2",
             "--no-learning",
+            "--no-offloads",
         ],
     );
     let h = d.host("vale1:up2");
+    let about = h["about"].as_str().unwrap_or_default();
     assert!(
-        h["about"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("no learning"),
+        about.contains("no learning") && about.contains("offloads off"),
         "{h}"
     );
     drop(d);

@@ -191,6 +191,10 @@ pub enum PortSpec {
         learning: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         src_ports: Option<String>,
+        /// UDP GSO on transmit and GRO on receive, where the kernel offers them (the
+        /// default); off, every datagram is its own send and read.
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        offloads: bool,
         /// More VNIs on the same socket, each carrying one VLAN: `VNI:VID` entries. A
         /// frame of VLAN VID leaves untagged in VNI, and what arrives in VNI enters
         /// tagged VID; `vni` carries the untagged frames.
@@ -202,6 +206,10 @@ pub enum PortSpec {
 /// The IANA port for VXLAN.
 fn vxlan_port() -> u16 {
     4789
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 fn yes() -> bool {
@@ -514,6 +522,15 @@ pub struct HostCounters {
     /// VXLAN: datagrams sent (a replicated frame is one per remote).
     #[serde(default)]
     pub vxlan_datagrams: u64,
+    /// VXLAN: sends of a train of datagrams that the kernel segments (UDP GSO: a TSO
+    /// super-frame's segments to one VTEP in one send); their datagrams are in
+    /// `vxlan_datagrams` too.
+    #[serde(default)]
+    pub gso_sends: u64,
+    /// VXLAN: reads that returned a train of datagrams the kernel coalesced (UDP GRO),
+    /// each split and taken as its datagrams.
+    #[serde(default)]
+    pub gro_reads: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -843,9 +860,10 @@ mod tests {
                 dev: None,
                 learning: true,
                 src_ports: None,
+                offloads: true,
                 map: vec![],
             },
-            "the IANA port and learning by default"
+            "the IANA port, learning and offloads by default"
         );
         assert_eq!(s.socket(), None);
         assert_eq!(

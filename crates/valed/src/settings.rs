@@ -308,6 +308,7 @@ fn port_keys(kind: &str) -> Option<&'static [&'static str]> {
             "dev",
             "learning",
             "src_ports",
+            "offloads",
             "map",
         ],
         _ => return None,
@@ -1000,6 +1001,7 @@ mod tests {
                 dev: None,
                 learning: false,
                 src_ports: None,
+                offloads: true,
                 map: vec![],
             }
         );

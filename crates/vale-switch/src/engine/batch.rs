@@ -13,6 +13,18 @@ use vale_abi::{Bufs, Slots};
 /// A frame's VLAN and how it came in, or why its port does not admit it.
 type Verdict = Result<(u16, VlanIn), DropReason>;
 
+/// No header shape (they are 33 bits).
+const NO_SHAPE: u64 = u64::MAX;
+
+/// Pass 0's VLAN state beyond the fast path: the last header shape classified and its
+/// verdict, the batch's first admitted shape with its (VID, how, TCI), and whether
+/// every admitted packet had it.
+struct VlanGather {
+    last: (u64, Verdict),
+    first: Option<(u64, (u16, VlanIn, u16))>,
+    uniform: bool,
+}
+
 /// A fragment after the first one of a multi-slot packet, as its slot named it.
 #[derive(Clone, Copy, Default)]
 pub(super) struct SlotFrag {
@@ -51,7 +63,7 @@ pub(super) struct Scratch {
     pub(super) pkts: Vec<Pkt>,
     pub(super) infos: Vec<PacketInfo>,
     /// With VLAN filtering: how each packet came in and its outer TCI, for the egress
-    /// tagging (written only then).
+    /// tagging (written only then, and only for a batch without one `shape`).
     pub(super) vtags: Vec<(VlanIn, u16)>,
     /// With VLAN filtering: the (VID, how, TCI) every packet of the batch shares, if
     /// they all do.
@@ -156,10 +168,16 @@ impl Scratch {
         let buf_size = rd.bufs.buf_size();
         let mut np = 0usize;
         // VLAN filtering: the last header shape (EtherType, TCI, too short for a tag:
-        // packed, u64::MAX for none) and its verdict; the batch's first (VID, how, TCI)
-        // packed, and whether every packet shares it.
-        let mut last: (u64, Verdict) = (u64::MAX, Err(DropReason::NoDest));
-        let (mut first, mut shape, mut uniform) = (u64::MAX, None, true);
+        // packed, u64::MAX for none) and its verdict; the batch's first admitted shape,
+        // its (VID, how, TCI), and whether every admitted packet shares it.
+        let mut vs = VlanGather {
+            last: (u64::MAX, Err(DropReason::NoDest)),
+            first: None,
+            uniform: true,
+        };
+        // The shape every packet so far had, and its VLAN (`NO_SHAPE`: none yet, or
+        // the batch is mixed).
+        let mut fast: (u64, u16) = (NO_SHAPE, 0);
         self.frags.clear();
         while np < snd.limit {
             let Some(s) = rd.next() else {
@@ -207,27 +225,23 @@ impl Scratch {
                 // header already loaded); what the port does not admit is dropped here,
                 // before the lookup can learn from it. A batch mostly repeats one
                 // header shape: its verdict is kept.
-                let tci = u16::from_be((hdr[1] >> 48) as u16);
+                // The header shape: bytes 12..16 as loaded (EtherType and TCI), and
+                // whether the frame is too short for a tag. The batch's one shape
+                // costs a compare; anything else is `classify`'s.
                 let flen = len.saturating_sub(snd.hdr_len as u32);
-                let hs =
-                    u64::from(info.ethertype) | u64::from(tci) << 16 | u64::from(flen < 18) << 32;
-                if last.0 != hs {
-                    last = (hs, mode.ingress(info.ethertype, tci, flen));
-                }
-                match last.1 {
-                    Ok((vid, how)) => {
-                        info.vid = vid;
-                        self.vtags[np] = (how, tci);
-                        let me = u64::from(vid) | (how as u64) << 16 | u64::from(tci) << 24;
-                        if first == u64::MAX {
-                            (first, shape) = (me, Some((vid, how, tci)));
+                let hs = (hdr[1] >> 32) | u64::from(flen < 18) << 32;
+                if hs == fast.0 {
+                    info.vid = fast.1;
+                } else {
+                    match self.classify(&mut vs, mode, hs, flen, np, st) {
+                        Some((vid, f)) => {
+                            info.vid = vid;
+                            fast = f;
                         }
-                        uniform &= me == first;
-                    }
-                    Err(r) => {
-                        st.drops[r as usize] += 1;
-                        self.frags.truncate(more as usize);
-                        continue;
+                        None => {
+                            self.frags.truncate(more as usize);
+                            continue;
+                        }
                     }
                 }
             }
@@ -242,31 +256,104 @@ impl Scratch {
             np += 1;
         }
         if VLAN {
-            self.shape = shape.filter(|_| uniform);
+            self.shape = vs.first.map(|f| f.1).filter(|_| vs.uniform);
         }
         np
+    }
+
+    /// A packet of another header shape than the batch's so far (see `gather`): its
+    /// verdict (the last one kept), counted if it is a drop (`None`). Returns its VLAN
+    /// and the shape the next packets may take the fast way: its own, if it is the
+    /// batch's first; none once the batch is mixed, after `vtags` got the (how, TCI)
+    /// of every packet so far.
+    #[cold]
+    #[inline(never)]
+    fn classify(
+        &mut self,
+        vs: &mut VlanGather,
+        mode: &PortVlan,
+        hs: u64,
+        flen: u32,
+        np: usize,
+        st: &mut PortStats,
+    ) -> Option<(u16, (u64, u16))> {
+        let ethertype = u16::from_be(hs as u16);
+        let tci = u16::from_be((hs >> 16) as u16);
+        if vs.last.0 != hs {
+            vs.last = (hs, mode.ingress(ethertype, tci, flen));
+        }
+        let (vid, how) = match vs.last.1 {
+            Ok(v) => v,
+            Err(r) => {
+                st.drops[r as usize] += 1;
+                return None;
+            }
+        };
+        match vs.first {
+            None => {
+                vs.first = Some((hs, (vid, how, tci)));
+                return Some((vid, (hs, vid)));
+            }
+            Some((_, (_, h0, t0))) if vs.uniform => {
+                vs.uniform = false;
+                self.vtags[..np].fill((h0, t0));
+            }
+            Some(_) => {}
+        }
+        self.vtags[np] = (how, tci);
+        Some((vid, (NO_SHAPE, 0)))
     }
 
     /// Pass 1, after the lookup filled `dests`: threads each packet onto its
     /// destination's queue (or the flood queue). Packets with nowhere to go are counted
     /// in `st`, and so are the copies the others make (pass 2 counts them again, on the
     /// destinations, for the switch's law).
+    ///
+    /// With `vlan`, every packet of the batch is in the one VLAN given (the batch has
+    /// one `shape`): a unicast goes only to a member, checked once per destination as
+    /// its queue starts, and a flood makes one copy per other member.
     #[inline(always)]
-    pub(super) fn route(&mut self, np: usize, src: PortId, ports: &PortTable, st: &mut PortStats) {
-        let others = ports.active.len() - usize::from(ports.active.contains(&src));
+    pub(super) fn route<const VLAN: bool>(
+        &mut self,
+        np: usize,
+        src: PortId,
+        ports: &PortTable,
+        vlan: Option<(&Members, u16)>,
+        st: &mut PortStats,
+    ) {
+        let me = usize::from(ports.active.contains(&src));
+        let (others, vid) = match (VLAN, vlan) {
+            // The sender is a member of every VLAN it admits.
+            (true, Some((m, vid))) => ((m.of(vid) as usize).saturating_sub(me), vid),
+            _ => (ports.active.len() - me, 0),
+        };
         self.dsts.clear();
         self.flood = EMPTY_Q;
         for pi in 0..np {
             let q = match self.dests[pi] {
                 // A port with a non-empty queue was checked when its queue started.
                 Dest::Port(q)
-                    if q != src
-                        && (self.queues.get(q.0 as usize).is_some_and(|x| x.head != NIL)
-                            || ports.is_attached(q)) =>
+                    if q != src && self.queues.get(q.0 as usize).is_some_and(|x| x.head != NIL) =>
                 {
                     Some(q)
                 }
+                Dest::Port(q) if q != src && !VLAN && ports.is_attached(q) => Some(q),
+                Dest::Port(q) if q != src && VLAN => match ports.get(q) {
+                    Some(p) if p.vlan.member(vid) => Some(q),
+                    Some(_) => {
+                        st.drops[DropReason::VlanNotMember as usize] += 1;
+                        continue;
+                    }
+                    None => {
+                        st.drops[DropReason::NoDest as usize] += 1;
+                        continue;
+                    }
+                },
                 Dest::Flood if others > 0 => None,
+                Dest::Flood if VLAN => {
+                    st.drops[DropReason::VlanNotMember as usize] += 1;
+                    continue;
+                }
                 _ => {
                     st.drops[DropReason::NoDest as usize] += 1;
                     continue;
@@ -279,8 +366,9 @@ impl Scratch {
         }
     }
 
-    /// Pass 1 with VLAN filtering on: as [`Self::route`], but a unicast goes only to a
-    /// member of the frame's VLAN and a flood makes one copy per other member.
+    /// Pass 1 with VLAN filtering on, for a batch of several VLANs or tag shapes: as
+    /// [`Self::route`], but a unicast goes only to a member of the frame's VLAN and a
+    /// flood makes one copy per other member of it.
     #[inline(never)]
     pub(super) fn route_vlan(
         &mut self,

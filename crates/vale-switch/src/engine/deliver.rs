@@ -2,16 +2,18 @@
 //! new tail once; copies to monitors; the structs that describe a batch and a target.
 
 use super::batch::{EMPTY_Q, Queue, Scratch};
-use super::convert::{Conv, convert};
+use super::convert::{Conv, convert, shift_offsets};
 use super::direct::{Egress, NoEgress, deliver_direct};
 use super::{NIL, Notify, Port, PortTable, RingDir};
+use crate::offload::VnetHdr;
 use crate::stats::{DropReason, PortStats};
 use crate::types::PortId;
-use crate::vlan::{Edit, PortVlan};
+use crate::vlan::{self, Edit, PortVlan};
 use std::sync::Arc;
 use vale_abi::layout::{MAX_FRAGS, NS_MOREFRAG, NS_RFRAGS_SHIFT};
 use vale_abi::ring::next;
-use vale_abi::{Bufs, Slots, copy_frame};
+use vale_abi::{Bufs, Slots, copy_frame, copy_frame_pop, copy_frame_push};
+use vale_wire::virtio_net::field;
 
 /// What pass 2 delivers from: the batch's packets (in the scratch), the sender's
 /// buffers, header length and ring, and the flood queue.
@@ -43,11 +45,14 @@ impl Batch<'_> {
     pub(super) fn edit(&self, pi: u32, mode: Option<&PortVlan>) -> Option<Edit> {
         match mode {
             None => Some(Edit::Keep),
-            Some(m) => {
-                let vid = self.sc.infos[pi as usize].vid;
-                let (how, tci) = self.sc.vtags[pi as usize];
-                m.egress(vid, how, tci)
-            }
+            Some(m) => match self.sc.shape {
+                Some((vid, how, tci)) => m.egress(vid, how, tci),
+                None => {
+                    let vid = self.sc.infos[pi as usize].vid;
+                    let (how, tci) = self.sc.vtags[pi as usize];
+                    m.egress(vid, how, tci)
+                }
+            },
         }
     }
 }
@@ -232,6 +237,87 @@ pub(super) fn copy_packet(b: &Batch<'_>, pi: u32, fill: &mut Fill<'_>) -> Result
     Ok(b.sc.infos[pi as usize].len as u64)
 }
 
+/// Copies packet `pi` into the slot at `fill.at` changed by `edit` (not `Keep`), the
+/// sender's and the receiver's header lengths being the same: the tag is written while
+/// copying (`copy_frame_push`, `copy_frame_pop`, or the copy and two bytes). Returns its
+/// bytes or why it was not delivered, or `None` for a copy the slow path must make: a
+/// frame of several slots, one whose new length does not fit one buffer, one too short
+/// for its edit, or a buffer the copy refused (the slow path finds out which).
+#[inline(always)]
+pub(super) fn retag_packet(
+    b: &Batch<'_>,
+    pi: u32,
+    edit: Edit,
+    fill: &mut Fill<'_>,
+) -> Option<Result<u64, DropReason>> {
+    let p = &b.sc.pkts[pi as usize];
+    if p.nfrags != 1 {
+        return None;
+    }
+    if fill.space == 0 {
+        return Some(Err(DropReason::RingFull));
+    }
+    let hl = b.hdr_len as usize;
+    // Where the tag goes or is: after the MAC addresses.
+    let at = hl + 12;
+    let (len, t) = (p.len as usize, fill.at);
+    let didx = fill.slots.buf_idx(t);
+    let (sb, db) = (b.bufs, fill.bufs);
+    let new_len = match edit {
+        Edit::Push { tpid, tci } => {
+            let [a, c] = tpid.to_be_bytes();
+            let [d, e] = tci.to_be_bytes();
+            if !copy_frame_push(sb, p.buf_idx, db, didx, len, at, [a, c, d, e]) {
+                return None;
+            }
+            len + 4
+        }
+        Edit::Pop => {
+            if !copy_frame_pop(sb, p.buf_idx, db, didx, len, at) {
+                return None;
+            }
+            len - 4
+        }
+        Edit::SetVid(tci) => {
+            if len < at + 4
+                || len > db.buf_size() as usize
+                || !copy_frame(sb, p.buf_idx, db, didx, len)
+                || !db.write_at(didx, at + 2, &tci.to_be_bytes())
+            {
+                return None;
+            }
+            len
+        }
+        Edit::Keep => return None,
+    };
+    if hl > 0 {
+        shift_header(db, didx, hl, vlan::delta(edit));
+    }
+    fill.slots
+        .write_len_flags(t, new_len as u16, 1 << NS_RFRAGS_SHIFT);
+    fill.at = next(t, fill.slots.len());
+    fill.space -= 1;
+    Some(Ok(new_len as u64))
+}
+
+/// Moves the frame offsets of the virtio-net header at the start of buffer `idx` (just
+/// copied) by `by` bytes, for a tag put in or taken out behind it (as the slow path's
+/// `shift_offsets`).
+#[inline(never)]
+fn shift_header(bufs: Bufs<'_>, idx: u32, hl: usize, by: i32) {
+    let mut h = [0u8; 10];
+    if by == 0 || hl < h.len() || !bufs.read(idx, &mut h) {
+        return;
+    }
+    let mut vh = VnetHdr::parse(&h);
+    let was = vh;
+    shift_offsets(&mut vh, by);
+    if vh != was {
+        bufs.write_at(idx, field::HDR_LEN.start, &vh.hdr_len.to_le_bytes());
+        bufs.write_at(idx, field::CSUM_START.start, &vh.csum_start.to_le_bytes());
+    }
+}
+
 /// Writes one packet's bytes into the destination slots at `fill.at` (several slots with
 /// `NS_MOREFRAG` if it is larger than a buffer).
 pub(super) fn put_bytes(bytes: &[u8], fill: &mut Fill<'_>) -> Result<(), DropReason> {
@@ -363,6 +449,23 @@ fn deliver_ring<const VLAN: bool>(
             },
         };
         copies += 1;
+        // A tag put in, taken out or given its VID, between ports of one header length,
+        // is written while copying (one slot's frames; the rest go the slow way).
+        if VLAN && edit != Edit::Keep && dst_hl == b.hdr_len {
+            match retag_packet(b, pi, edit, &mut fill) {
+                Some(Ok(n)) => {
+                    delivered += 1;
+                    bytes += n;
+                    continue;
+                }
+                Some(Err(r)) => {
+                    ds.drops[r as usize] += 1;
+                    dropped += 1;
+                    continue;
+                }
+                None => {}
+            }
+        }
         if dst_hl != b.hdr_len || edit != Edit::Keep {
             // The slow path gets a copy: were `fill`'s address to escape into it, the
             // fast path below would keep `fill` in memory instead of in registers.

@@ -182,9 +182,11 @@ impl Forwarder {
                 .unwrap_or_else(|p| p.into_inner())
                 .lookup_batch(&sc.infos[..np], &mut sc.dests[..np], now);
         }
-        match vlan {
-            None => sc.route(np, src, ports, &mut st),
-            Some(m) => sc.route_vlan(np, src, ports, m, &mut st),
+        match (vlan, sc.shape) {
+            (None, _) => sc.route::<false>(np, src, ports, None, &mut st),
+            // One VLAN for the whole batch (the usual case): checks per destination.
+            (Some(m), Some((vid, ..))) => sc.route::<true>(np, src, ports, Some((m, vid)), &mut st),
+            (Some(m), None) => sc.route_vlan(np, src, ports, m, &mut st),
         }
 
         let mut out = Out {

@@ -306,16 +306,17 @@ impl LearningBridge {
     /// `lookup_batch`'s loop; without `VLAN` every frame is in VLAN 0.
     #[inline(always)]
     fn batch<const VLAN: bool>(&mut self, pkts: &[PacketInfo], out: &mut [Dest], now: Timestamp) {
-        let mut cache: Option<(MacAddr, u16, Dest)> = None;
+        // Addresses are 48 bits: each key packs its VLAN above them, so that filtering
+        // VLANs compares one word per key, as not filtering does.
+        let mut cache: Option<(u64, Dest)> = None;
         // A batch comes from one ring: usually one source address throughout.
-        let mut learned: Option<(MacAddr, PortId, u16, u16)> = None;
+        let mut learned: Option<(u64, PortId, u16)> = None;
         for (p, o) in pkts.iter().zip(out.iter_mut()) {
-            let vid = if VLAN { p.vid } else { 0 };
+            let vid = if VLAN { u64::from(p.vid) << 48 } else { 0 };
             let key = (
-                p.src,
+                p.src.to_u64() | vid,
                 p.src_port,
                 p.slot_flags & vale_abi::layout::NS_NO_LEARN,
-                vid,
             );
             if learned != Some(key) {
                 learned = Some(key);
@@ -323,11 +324,12 @@ impl LearningBridge {
                     cache = None;
                 }
             }
+            let dk = p.dst.to_u64() | vid;
             *o = match cache {
-                Some((m, v, d)) if m == p.dst && v == vid => d,
+                Some((k, d)) if k == dk => d,
                 _ => {
-                    let d = self.destination::<VLAN>(p.dst, vid);
-                    cache = Some((p.dst, vid, d));
+                    let d = self.destination::<VLAN>(p.dst, p.vid);
+                    cache = Some((dk, d));
                     d
                 }
             };

@@ -138,10 +138,12 @@ fn run(args: &Args) -> Result<(), String> {
                             format!(" kernel_drops {} too_big {}", c.kernel_drops, c.too_big)
                         } else if h.kind == "vxlan" {
                             format!(
-                                " too_big {} replica_drops {} datagrams {}\n    dropped: too_short {} no_i_flag {} reserved {} foreign_vni {} queue_full {}\n    {}",
+                                " too_big {} replica_drops {} datagrams {} gso_sends {} gro_reads {}\n    dropped: too_short {} no_i_flag {} reserved {} foreign_vni {} queue_full {}\n    {}",
                                 c.too_big,
                                 c.replica_drops,
                                 c.vxlan_datagrams,
+                                c.gso_sends,
+                                c.gro_reads,
                                 c.vxlan_too_short,
                                 c.vxlan_no_i_flag,
                                 c.vxlan_reserved,
@@ -435,6 +437,7 @@ fn run(args: &Args) -> Result<(), String> {
             dev,
             no_learning,
             src_ports,
+            no_offloads,
             map,
         } => {
             let r = call(
@@ -450,6 +453,7 @@ fn run(args: &Args) -> Result<(), String> {
                         dev: dev.clone(),
                         learning: !*no_learning,
                         src_ports: src_ports.clone(),
+                        offloads: !*no_offloads,
                         map: map.clone(),
                     },
                 },

@@ -336,6 +336,10 @@ pub enum Cmd {
         /// ports from the kernel's ephemeral range]
         #[arg(long, value_name = "LO-HI")]
         src_ports: Option<String>,
+        /// No UDP GSO on transmit or GRO on receive: every datagram its own send and
+        /// read (by default a flow's segments go as one train where the kernel offers it)
+        #[arg(long)]
+        no_offloads: bool,
         /// Another VNI on the same UDP socket, carrying one VLAN: frames of VLAN VID leave
         /// untagged in VNI, what arrives in VNI enters tagged VID (--vni carries the
         /// untagged frames); repeat for more

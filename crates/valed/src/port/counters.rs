@@ -48,6 +48,10 @@ pub struct PortCounters {
     pub replica_drops: AtomicU64,
     /// VXLAN: datagrams sent.
     pub vxlan_datagrams: AtomicU64,
+    /// VXLAN: trains of datagrams sent with one UDP GSO send, and coalesced reads
+    /// (UDP GRO) received.
+    pub gso_sends: AtomicU64,
+    pub gro_reads: AtomicU64,
     /// The interface was deleted under the port (a TAP's).
     pub gone: AtomicBool,
 }
@@ -109,6 +113,8 @@ impl PortCounters {
             too_big: g(&self.too_big),
             replica_drops: g(&self.replica_drops),
             vxlan_datagrams: g(&self.vxlan_datagrams),
+            gso_sends: g(&self.gso_sends),
+            gro_reads: g(&self.gro_reads),
         }
     }
 }

@@ -285,6 +285,7 @@ pub fn create(
             dev,
             learning,
             src_ports,
+            offloads,
             map,
         } => Box::new(vxlan::Vxlan::create(
             name,
@@ -298,7 +299,8 @@ pub fn create(
                 *learning,
                 src_ports.as_deref(),
             )?
-            .with_map(map)?,
+            .with_map(map)?
+            .with_offloads(*offloads),
         )?),
     })
 }

@@ -8,7 +8,10 @@ use super::{Conf, DATAGRAM_CAP, Shown, VTEP_CAPACITY, VTEP_MAX_AGE, dest};
 use crate::port::counters::bump;
 use crate::port::rings::{ring_copy, ring_peek, ring_put, room};
 use crate::port::{DrivenPort, PortCounters, PortRings, Start, Watcher};
-use crate::sys::udp::{MAX_BATCH, Outgoing, RecvBatch, SockAddr, send_batch};
+use crate::sys::udp::{
+    MAX_BATCH, MAX_SEGMENTS, MAX_TRAIN, Outgoing, RecvBatch, SockAddr, gso_supported, send_batch,
+    send_runs,
+};
 use rustix::fd::{AsFd, OwnedFd};
 use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
@@ -72,6 +75,8 @@ pub struct VxlanIo {
     fates: Vec<Fate>,
     msgs: Vec<Msg>,
     shown: Arc<Mutex<Shown>>,
+    /// Send a flow's equal datagrams as one train (UDP GSO), while the kernel takes it.
+    gso: bool,
     t0: Instant,
     published: u64,
     closed: bool,
@@ -159,6 +164,22 @@ impl VxlanIo {
         shown: Arc<Mutex<Shown>>,
     ) -> VxlanIo {
         let mut floods: Vec<SockAddr> = conf.remotes.iter().map(|&r| dest(r, conf.port)).collect();
+        let mut recv = RecvBatch::new(DATAGRAM_CAP);
+        // Trains on both sides where the kernel offers them; plain datagrams else. On
+        // a shared socket the first uplink's choice holds for all (`RxSocket::gro`).
+        let fd = rx_sock.as_fd();
+        let mut chose = false;
+        let gro = *rx.gro.get_or_init(|| {
+            chose = true;
+            conf.offloads && recv.enable_gro(fd)
+        });
+        if gro && !chose {
+            recv.enable_gro(fd);
+        }
+        let gso = conf.offloads && tx_socks.first().is_some_and(|s| gso_supported(s.as_fd()));
+        if let Ok(mut s) = shown.lock() {
+            s.offloads = Some((gso, gro));
+        }
         floods.extend(conf.group.map(|g| dest(g, conf.port)));
         VxlanIo {
             hdrs: std::iter::once(conf.vni)
@@ -182,7 +203,8 @@ impl VxlanIo {
             counters: cx.counters,
             watcher: cx.watcher,
             name: cx.name.to_string(),
-            recv: RecvBatch::new(DATAGRAM_CAP),
+            recv,
+            gso,
             frames: vec![0u8; FRAME_CAP * MAX_BATCH],
             fates: vec![Fate::default(); MAX_BATCH],
             msgs: Vec::with_capacity(MAX_BATCH),
@@ -246,25 +268,59 @@ impl VxlanIo {
                 k += 1;
             }
             let fd = self.tx_socks[usize::from(sock)].as_fd();
-            let mut at = 0;
             let mut results: [Option<bool>; MAX_BATCH] = [None; MAX_BATCH];
             let mut big = [false; MAX_BATCH];
-            while at < k {
-                match send_batch(fd, &out[at..k]) {
-                    Ok(0) => {
-                        results[at] = Some(false);
-                        at += 1;
-                    }
-                    Ok(sent) => {
-                        for r in &mut results[at..at + sent] {
-                            *r = Some(true);
+            let runs = if self.gso {
+                trains(&out[..k])
+            } else {
+                Runs::singles(k)
+            };
+            let (mut r, mut at) = (0, 0);
+            while r < runs.n {
+                match send_runs(fd, &out[at..k], &runs.len[r..runs.n]) {
+                    Ok(sent) if sent > 0 => {
+                        for &len in &runs.len[r..r + sent] {
+                            let len = usize::from(len);
+                            results[at..at + len].fill(Some(true));
+                            if len > 1 {
+                                bump(&self.counters.gso_sends, 1);
+                            }
+                            at += len;
                         }
-                        at += sent;
+                        r += sent;
                     }
-                    Err(e) => {
-                        results[at] = Some(false);
-                        big[at] = e.raw_os_error() == Some(libc::EMSGSIZE);
-                        at += 1;
+                    res => {
+                        let len = usize::from(runs.len[r]);
+                        if len > 1 {
+                            // A train refused: its datagrams one by one, each with its
+                            // own fate (EMSGSIZE is `too_big` per frame, as without
+                            // GSO). A kernel or route that cannot segment is not asked
+                            // again.
+                            if let Err(e) = &res
+                                && matches!(
+                                    e.raw_os_error(),
+                                    Some(libc::EIO | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+                                )
+                            {
+                                self.gso = false;
+                                if let Ok(mut s) = self.shown.try_lock() {
+                                    s.offloads = s.offloads.map(|(_, gro)| (false, gro));
+                                }
+                                tracing::info!(port = %self.name, "UDP GSO refused ({e}): datagrams go one by one");
+                            }
+                            send_singles(
+                                fd,
+                                &out[at..at + len],
+                                &mut results[at..],
+                                &mut big[at..],
+                            );
+                        } else {
+                            results[at] = Some(false);
+                            big[at] =
+                                matches!(&res, Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE));
+                        }
+                        at += len;
+                        r += 1;
                     }
                 }
             }
@@ -285,6 +341,83 @@ impl VxlanIo {
     fn close(&mut self) {
         self.closed = true;
         self.watcher.remove(&self.rx_sock);
+    }
+}
+
+/// How a socket's queued datagrams go out: `len[..n]` consecutive datagrams per
+/// `sendmmsg` entry (1: plain, more: a train the kernel segments).
+struct Runs {
+    len: [u8; MAX_BATCH],
+    n: usize,
+}
+
+impl Runs {
+    fn singles(k: usize) -> Runs {
+        Runs {
+            len: [1; MAX_BATCH],
+            n: k.min(MAX_BATCH),
+        }
+    }
+}
+
+/// Groups `out` into trains for UDP GSO: consecutive datagrams to one address with one
+/// VXLAN header, all as long as the first but the last (a TSO super-frame's segments
+/// are), within the kernel's limits.
+fn trains(out: &[Outgoing<'_>]) -> Runs {
+    let mut r = Runs {
+        len: [0; MAX_BATCH],
+        n: 0,
+    };
+    let mut i = 0;
+    while i < out.len() {
+        let first = &out[i];
+        let seg = first.hdr.len() + first.body.len();
+        let (mut j, mut total) = (i + 1, seg);
+        while j < out.len() && j - i < MAX_SEGMENTS {
+            let m = &out[j];
+            let len = m.hdr.len() + m.body.len();
+            if len > seg || total + len > MAX_TRAIN || !m.to.same(first.to) || m.hdr != first.hdr {
+                break;
+            }
+            total += len;
+            j += 1;
+            if len < seg {
+                break; // a shorter one ends the train
+            }
+        }
+        r.len[r.n] = (j - i) as u8;
+        r.n += 1;
+        i = j;
+    }
+    r
+}
+
+/// Sends `out` a datagram per entry, writing each one's fate into `results` (and
+/// whether the underlay refused it as too large into `big`). Every step sends at least
+/// one or counts one as refused, so it ends.
+fn send_singles(
+    fd: rustix::fd::BorrowedFd<'_>,
+    out: &[Outgoing<'_>],
+    results: &mut [Option<bool>],
+    big: &mut [bool],
+) {
+    let mut at = 0;
+    while at < out.len() {
+        match send_batch(fd, &out[at..]) {
+            Ok(0) => {
+                results[at] = Some(false);
+                at += 1;
+            }
+            Ok(sent) => {
+                results[at..at + sent].fill(Some(true));
+                at += sent;
+            }
+            Err(e) => {
+                results[at] = Some(false);
+                big[at] = e.raw_os_error() == Some(libc::EMSGSIZE);
+                at += 1;
+            }
+        }
     }
 }
 
@@ -315,19 +448,21 @@ impl DrivenPort for VxlanIo {
             });
         }
         let fit = fit - queued;
-        let got = if fit == 0 {
-            0
-        } else {
+        // What the last read left (a train split into more datagrams than fitted)
+        // goes first; a new read only once it is all taken.
+        if fit > 0 && self.recv.pending() == 0 {
+            let trains = self.recv.trains;
             match self.recv.recv(self.rx_sock.as_fd(), fit.min(MAX_BATCH)) {
-                Ok(n) => n,
-                Err(_) => {
-                    PortCounters::lost(&self.counters.read_errors, 1);
-                    0
-                }
+                Ok(_) => bump(&c.gro_reads, self.recv.trains - trains),
+                Err(_) => PortCounters::lost(&c.read_errors, 1),
             }
-        };
-        for i in 0..got {
-            let d = self.recv.datagram(i);
+        }
+        let mut got = 0;
+        while got < fit {
+            let Some(d) = self.recv.next() else {
+                break;
+            };
+            got += 1;
             if d.truncated {
                 PortCounters::lost(&c.truncated, 1);
                 continue;
@@ -440,8 +575,10 @@ impl DrivenPort for VxlanIo {
         taken
     }
 
+    /// Datagrams queued by other uplinks' threads, or of a train not yet taken (the TX
+    /// ring was full), are work waiting.
     fn arm(&mut self) -> bool {
-        !self.inbox.is_empty()
+        !self.inbox.is_empty() || self.recv.pending() > 0
     }
 
     fn fault(&mut self) {
@@ -461,5 +598,58 @@ impl Drop for VxlanIo {
         if !self.closed {
             self.watcher.remove(&self.rx_sock);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+    fn to(last: u8) -> SockAddr {
+        SockAddr::new(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(198, 18, 0, last)),
+            4789,
+        ))
+    }
+
+    fn runs(out: &[Outgoing<'_>]) -> Vec<u8> {
+        let r = trains(out);
+        r.len[..r.n].to_vec()
+    }
+
+    #[test]
+    fn trains_are_equal_datagrams_to_one_vtep_with_one_header() {
+        let (a, b) = (to(2), to(3));
+        let (h1, h2) = ([1u8; 8], [2u8; 8]);
+        let big = vec![0u8; 1400];
+        let short = vec![0u8; 600];
+        let m = |to, hdr, body| Outgoing { to, hdr, body };
+        // Three of one size and a shorter one: one train; the next starts over.
+        let mut out = vec![m(&a, &h1[..], &big[..]); 3];
+        out.push(m(&a, &h1, &short));
+        out.push(m(&a, &h1, &big));
+        assert_eq!(runs(&out), [4, 1]);
+        // Another VTEP, another VNI's header, a longer datagram: each ends a train.
+        let out = [
+            m(&a, &h1, &big),
+            m(&a, &h1, &big),
+            m(&b, &h1, &big),
+            m(&b, &h2, &big),
+            m(&b, &h2, &short),
+            m(&b, &h2, &big),
+        ];
+        assert_eq!(runs(&out), [2, 1, 2, 1]);
+        // At most MAX_SEGMENTS datagrams, and MAX_TRAIN bytes.
+        let small = [0u8; 52];
+        let out = vec![m(&a, &h1[..], &small[..]); MAX_BATCH];
+        assert_eq!(runs(&out), [64]);
+        let per = MAX_TRAIN / (8 + 1400);
+        let out = vec![m(&a, &h1[..], &big[..]); MAX_BATCH];
+        let r = runs(&out);
+        assert_eq!(r[0] as usize, per, "{r:?}");
+        assert_eq!(r.iter().map(|&x| x as usize).sum::<usize>(), MAX_BATCH);
+        assert!(r.iter().all(|&x| x as usize * 1408 <= MAX_TRAIN));
+        assert_eq!(runs(&[]), [] as [u8; 0]);
     }
 }

@@ -51,6 +51,8 @@ pub struct Conf {
     pub src_ports: Option<(u16, u16)>,
     /// More VNIs on the socket, each with the VLAN it carries.
     pub map: Vec<(u32, u16)>,
+    /// UDP GSO and GRO where the kernel offers them.
+    pub offloads: bool,
 }
 
 fn bad(msg: String) -> CtlError {
@@ -175,6 +177,7 @@ impl Conf {
             learning,
             src_ports,
             map: Vec::new(),
+            offloads: true,
         })
     }
 
@@ -203,6 +206,12 @@ impl Conf {
             self.map.push(e);
         }
         Ok(self)
+    }
+
+    /// With `false`, no UDP GSO or GRO: a datagram per send and per read.
+    pub fn with_offloads(mut self, on: bool) -> Conf {
+        self.offloads = on;
+        self
     }
 
     fn family(&self) -> AddressFamily {
@@ -312,6 +321,8 @@ fn open_tx(c: &Conf) -> Result<Vec<OwnedFd>, CtlError> {
 pub struct Shown {
     pub vteps: Vec<Vec<vtep::Row>>,
     pub at: Option<(std::time::Instant, u64)>,
+    /// Whether the data plane sends with UDP GSO and receives with GRO, once started.
+    pub offloads: Option<(bool, bool)>,
 }
 
 impl Shown {
@@ -482,6 +493,15 @@ impl Backend for Vxlan {
             Some((lo, hi)) => s += &format!(", source ports {lo}-{hi}"),
             None => s += &format!(", {DEFAULT_SOURCE_PORTS} source ports"),
         }
+        let offloads = self.shown.lock().ok().and_then(|g| g.offloads);
+        s += match (c.offloads, offloads) {
+            (false, _) => ", offloads off",
+            (true, None) => "",
+            (true, Some((true, true))) => ", UDP GSO and GRO",
+            (true, Some((true, false))) => ", UDP GSO (no GRO)",
+            (true, Some((false, true))) => ", UDP GRO (no GSO)",
+            (true, Some((false, false))) => ", no UDP GSO or GRO from the kernel",
+        };
         if c.learning {
             let shown = self.shown.lock().map(|g| g.now()).unwrap_or_default();
             s += &format!("; {} VTEPs learned", shown.len());

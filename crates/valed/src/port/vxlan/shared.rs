@@ -39,6 +39,11 @@ pub struct RxSocket {
     /// The multicast groups joined on it (group, local address, ifindex) with how many
     /// uplinks use each.
     groups: Mutex<Vec<(Group, usize)>>,
+    /// Whether reads on it come as coalesced trains (`UDP_GRO`): a socket's choice,
+    /// made by the first uplink that reads it (its `offloads`), which every other
+    /// uplink on it follows, since one reading trains it did not ask for would see them
+    /// as truncated datagrams.
+    pub gro: std::sync::OnceLock<bool>,
 }
 
 struct Member {
@@ -259,6 +264,7 @@ pub fn join(name: &str, c: &Conf) -> Result<Membership, CtlError> {
                 fd: open_rx(bound)?,
                 members: RwLock::new(Vec::new()),
                 groups: Mutex::new(Vec::new()),
+                gro: std::sync::OnceLock::new(),
             });
             all.push(Arc::downgrade(&s));
             s

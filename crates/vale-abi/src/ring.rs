@@ -378,7 +378,8 @@ impl core::fmt::Debug for Frag<'_> {
 ///
 /// Short frames are copied in whole 64-byte lines, rounding `len` up as netmap's
 /// `pkt_copy` does: buffer sizes are multiples of 64, so the rounded copy stays inside
-/// both buffers, and a 60-byte frame costs one cache line.
+/// both buffers, and a 60-byte frame costs one cache line. The moves are the widest the
+/// CPU has ([`crate::copy_kind`]).
 #[inline(always)]
 pub fn copy_frame(src: Bufs<'_>, sidx: u32, dst: Bufs<'_>, didx: u32, len: usize) -> bool {
     let (Some(s), Some(d)) = (src.ptr(sidx), dst.ptr(didx)) else {
@@ -390,24 +391,11 @@ pub fn copy_frame(src: Bufs<'_>, sidx: u32, dst: Bufs<'_>, didx: u32, len: usize
     if s == d {
         return true; // the same buffer: nothing to move
     }
-    if len <= 256 {
-        // Whole lines, as explicit loads and stores: a variable-length copy here would
-        // become a call to memcpy, which costs more than the frame itself.
-        let mut o = 0;
-        while o < len {
-            // SAFETY: o + 64 <= round_up(len, 64) <= both buffer sizes (multiples of 64
-            // that are >= len); two buffers are either the same (excluded above) or
-            // disjoint, even across regions (each is its own mapping).
-            unsafe {
-                let line = core::ptr::read_unaligned(s.add(o).cast::<[u8; 64]>());
-                core::ptr::write_unaligned(d.add(o).cast::<[u8; 64]>(), line);
-            }
-            o += 64;
-        }
-    } else {
-        // SAFETY: len <= both buffer sizes; distinct buffers never overlap.
-        unsafe { core::ptr::copy_nonoverlapping(s, d, len) };
-    }
+    // SAFETY: both pointers start valid buffers (checked above) of sizes that are
+    // multiples of 64 (`BUF_ALIGN`, checked in `PortGeometry::validate`) and >= len, so
+    // len rounded up to 64 fits both; two buffers are either the same (excluded above)
+    // or disjoint, even across regions (each is its own mapping); the kind is the CPU's.
+    unsafe { crate::copy::copy_with(crate::copy::copy_kind(), s, d, len) };
     true
 }
 

@@ -1,7 +1,8 @@
 //! The engine alone, over memfd regions in one process, with fixed amounts of work.
 //!
-//! - `engine_bench [RUNS]` (default 7): each case RUNS times, prints the median, min and
-//!   max of delivered Mpps and Gbit/s (frame bytes x 8, no preamble or CRC).
+//! - `engine_bench [RUNS] [CASE:LEN,...]` (default 7 runs, every case): each case RUNS
+//!   times, prints the median, min and max of delivered Mpps and Gbit/s (frame bytes x
+//!   8, no preamble or CRC), and the frame copy in use (`VALE_COPY` picks another).
 //! - `engine_bench profile CASE LEN ITERS`: one case for `valgrind --tool=callgrind`
 //!   (CASE: unicast | broadcast | fanin | vlan-unicast | vlan-broadcast | vlan-fanin |
 //!   vlan-push; ITERS bursts of 512 packets).
@@ -78,11 +79,25 @@ fn main() {
         return;
     }
     let runs: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(7);
+    let only: Option<Vec<(String, usize)>> = args.get(2).map(|l| {
+        l.split(',')
+            .filter_map(|c| {
+                let (case, len) = c.split_once(':')?;
+                Some((case.to_string(), len.parse().ok()?))
+            })
+            .collect()
+    });
+    println!("frame copy: {}", vale_abi::copy_kind().name());
     println!(
         "{:<18} {:>5} {:>10} {:>10} {:>10} {:>12}",
         "case", "len", "median", "min", "max", "Gbit/s (med)"
     );
     for (case, len) in CASES {
+        if let Some(o) = &only
+            && !o.iter().any(|(c, l)| c == case && *l == len)
+        {
+            continue;
+        }
         let iters = if len > 1000 { 20_000 } else { 50_000 };
         let mut v: Vec<f64> = (0..runs).map(|_| measure(case, len, iters) / 1e6).collect();
         v.sort_by(f64::total_cmp);

@@ -5,25 +5,25 @@
 //! static; every copy then costs one relaxed load and a predictable branch. Other
 //! architectures, and x86-64 CPUs without AVX2, keep the portable copy.
 //!
-//! `VALE_COPY=base|avx2|avx512` in the environment picks a narrower copy than the best
-//! one (to compare them, or to rule the vector copies out); a wider one than the CPU has
-//! is never chosen.
+//! `VALE_COPY=base` in the environment keeps the portable copy (to compare them, or to
+//! rule the vector copy out); AVX2 is never chosen on a CPU without it. AVX-512 (one
+//! 64-byte move per line) measured no better than AVX2 in the engine benchmark
+//! (docs/performance.md), so it is not used.
 //!
 //! Every copy here moves whole 64-byte lines for frames of up to 256 bytes (netmap's
 //! `pkt_copy` rounding), so the caller guarantees that `len` rounded up to 64 fits both
-//! buffers; buffer sizes are multiples of 64 ([`crate::region::BUF_ALIGN`]).
+//! buffers; buffer sizes are multiples of 64 ([`crate::region::BUF_ALIGN`]). Longer
+//! frames go to the C library's `memcpy`, which glibc already dispatches at run time.
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
-/// Which copy [`crate::copy_frame`] uses.
+/// Which short-frame copy [`crate::copy_frame`] uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CopyKind {
-    /// Portable: 16-byte moves for short frames, the C library's `memcpy` for long ones.
+    /// Portable: 16-byte (SSE2) moves.
     Base,
     /// 32-byte AVX2 moves.
     Avx2,
-    /// 64-byte AVX-512 moves.
-    Avx512,
 }
 
 impl CopyKind {
@@ -31,14 +31,13 @@ impl CopyKind {
         match self {
             CopyKind::Base => "base",
             CopyKind::Avx2 => "avx2",
-            CopyKind::Avx512 => "avx512",
         }
     }
 
     /// The kinds this CPU can run, narrowest first (for tests and benchmarks).
     pub fn available() -> Vec<CopyKind> {
         let best = detect();
-        [CopyKind::Base, CopyKind::Avx2, CopyKind::Avx512]
+        [CopyKind::Base, CopyKind::Avx2]
             .into_iter()
             .filter(|k| *k <= best)
             .collect()
@@ -54,7 +53,6 @@ pub fn copy_kind() -> CopyKind {
     match KIND.load(Ordering::Relaxed) {
         1 => CopyKind::Base,
         2 => CopyKind::Avx2,
-        3 => CopyKind::Avx512,
         _ => choose(),
     }
 }
@@ -65,8 +63,7 @@ fn choose() -> CopyKind {
     let best = detect();
     let asked = match std::env::var("VALE_COPY").as_deref() {
         Ok("base") => CopyKind::Base,
-        Ok("avx2") => CopyKind::Avx2,
-        _ => CopyKind::Avx512,
+        _ => CopyKind::Avx2,
     };
     let k = asked.min(best);
     // Racing first users store the same value.
@@ -77,9 +74,6 @@ fn choose() -> CopyKind {
 fn detect() -> CopyKind {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return CopyKind::Avx512;
-        }
         if std::arch::is_x86_feature_detected!("avx2") {
             return CopyKind::Avx2;
         }
@@ -88,7 +82,8 @@ fn detect() -> CopyKind {
 }
 
 /// Copies `len` bytes from `s` to `d` with the copy `kind`; frames of up to 256 bytes
-/// (and, for the vector kinds, all frames) are copied in whole 64-byte lines.
+/// are copied in whole 64-byte lines, longer ones by the C library's `memcpy` (glibc
+/// picks its own vector width at run time, and measured faster than line loops here).
 ///
 /// # Safety
 ///
@@ -96,37 +91,38 @@ fn detect() -> CopyKind {
 /// two ranges do not overlap, and `kind` is one the CPU runs ([`CopyKind::available`]).
 #[inline(always)]
 pub(crate) unsafe fn copy_with(kind: CopyKind, s: *const u8, d: *mut u8, len: usize) {
+    if len > 256 {
+        // SAFETY: len bytes are inside both ranges, which do not overlap.
+        unsafe { core::ptr::copy_nonoverlapping(s, d, len) };
+        return;
+    }
     match kind {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the caller's contract; the kind says the CPU has AVX-512F.
-        CopyKind::Avx512 => unsafe { x86::lines_avx512(s, d, len) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the caller's contract; the kind says the CPU has AVX2.
-        CopyKind::Avx2 => unsafe { x86::lines_avx2(s, d, len) },
-        // SAFETY: the caller's contract.
-        _ => unsafe { base(s, d, len) },
+        // SAFETY: the caller's contract, len <= 256; the kind says the CPU has AVX2.
+        CopyKind::Avx2 => unsafe { x86::short_avx2(s, d, len) },
+        // SAFETY: the caller's contract, len <= 256.
+        _ => unsafe { short_base(s, d, len) },
     }
 }
 
-/// The portable copy (today's, before the vector kinds).
+/// The portable short copy (the only one before the vector kinds): whole lines, as
+/// explicit loads and stores, since a variable-length copy here would become a call to
+/// memcpy, which costs more than the frame itself.
+///
+/// # Safety
+///
+/// As [`copy_with`], and `len <= 256`.
 #[inline(always)]
-unsafe fn base(s: *const u8, d: *mut u8, len: usize) {
-    if len <= 256 {
-        // Whole lines, as explicit loads and stores: a variable-length copy here would
-        // become a call to memcpy, which costs more than the frame itself.
-        let mut o = 0;
-        while o < len {
-            // SAFETY: o + 64 <= len rounded up to 64, inside both ranges (the caller's
-            // contract), which do not overlap.
-            unsafe {
-                let line = core::ptr::read_unaligned(s.add(o).cast::<[u8; 64]>());
-                core::ptr::write_unaligned(d.add(o).cast::<[u8; 64]>(), line);
-            }
-            o += 64;
+unsafe fn short_base(s: *const u8, d: *mut u8, len: usize) {
+    let mut o = 0;
+    while o < len {
+        // SAFETY: o + 64 <= len rounded up to 64, inside both ranges (the caller's
+        // contract), which do not overlap.
+        unsafe {
+            let line = core::ptr::read_unaligned(s.add(o).cast::<[u8; 64]>());
+            core::ptr::write_unaligned(d.add(o).cast::<[u8; 64]>(), line);
         }
-    } else {
-        // SAFETY: len bytes are inside both ranges, which do not overlap.
-        unsafe { core::ptr::copy_nonoverlapping(s, d, len) };
+        o += 64;
     }
 }
 
@@ -134,45 +130,41 @@ unsafe fn base(s: *const u8, d: *mut u8, len: usize) {
 mod x86 {
     use core::arch::x86_64::*;
 
-    /// `len.div_ceil(64)` lines, 64-byte moves.
+    /// Lines 0..=3 of a frame of `len <= 256` bytes, each two 32-byte moves, without a
+    /// loop (a 60-byte frame is two loads, two stores and one compare).
     ///
     /// # Safety
     ///
-    /// As [`super::copy_with`]; the CPU has AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn lines_avx512(s: *const u8, d: *mut u8, len: usize) {
-        let n = len.div_ceil(64);
-        let mut i = 0;
-        while i < n {
-            // SAFETY: line i < n lies inside both ranges (the caller's contract);
-            // unaligned loads and stores need no alignment.
-            unsafe {
-                let v = _mm512_loadu_si512(s.add(i * 64).cast());
-                _mm512_storeu_si512(d.add(i * 64).cast(), v);
-            }
-            i += 1;
-        }
-    }
-
-    /// `len.div_ceil(64)` lines, two 32-byte moves each.
-    ///
-    /// # Safety
-    ///
-    /// As [`super::copy_with`]; the CPU has AVX2.
+    /// As [`super::copy_with`], `len <= 256`; the CPU has AVX2.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn lines_avx2(s: *const u8, d: *mut u8, len: usize) {
-        let n = len.div_ceil(64);
-        let mut i = 0;
-        while i < n {
-            // SAFETY: line i < n lies inside both ranges (the caller's contract);
-            // unaligned loads and stores need no alignment.
+    pub(super) unsafe fn short_avx2(s: *const u8, d: *mut u8, len: usize) {
+        #[target_feature(enable = "avx2")]
+        unsafe fn line(s: *const u8, d: *mut u8, i: usize) {
+            // SAFETY: line i is copied only if len > 64 * i, so it lies inside len
+            // rounded up to 64, inside both ranges (the caller's contract).
             unsafe {
                 let a = _mm256_loadu_si256(s.add(i * 64).cast());
                 let b = _mm256_loadu_si256(s.add(i * 64 + 32).cast());
                 _mm256_storeu_si256(d.add(i * 64).cast(), a);
                 _mm256_storeu_si256(d.add(i * 64 + 32).cast(), b);
             }
-            i += 1;
+        }
+        if len == 0 {
+            return;
+        }
+        // SAFETY: line i only for len > 64 * i (see `line`).
+        unsafe { line(s, d, 0) };
+        if len > 64 {
+            // SAFETY: as above.
+            unsafe { line(s, d, 1) };
+            if len > 128 {
+                // SAFETY: as above.
+                unsafe { line(s, d, 2) };
+                if len > 192 {
+                    // SAFETY: as above.
+                    unsafe { line(s, d, 3) };
+                }
+            }
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! - `engine_bench [RUNS] [CASE:LEN,...]` (default 7 runs, every case): each case RUNS
 //!   times, prints the median, min and max of delivered Mpps and Gbit/s (frame bytes x
-//!   8, no preamble or CRC), and the frame copy in use (`VALE_COPY` picks another).
+//!   8, no preamble or CRC), and per second of the thread's CPU time (steadier on a shared
+//!   machine); first the frame copy in use (`VALE_COPY=base` for the portable one).
 //! - `engine_bench profile CASE LEN ITERS`: one case for `valgrind --tool=callgrind`
 //!   (CASE: unicast | broadcast | fanin | vlan-unicast | vlan-broadcast | vlan-fanin |
 //!   vlan-push; ITERS bursts of 512 packets).
@@ -52,19 +53,30 @@ fn bench(case: &str, len: usize) -> harness::Bench {
     }
 }
 
-/// Delivered packets per second over `iters` bursts, after a warm-up.
-fn measure(case: &str, len: usize, iters: usize) -> f64 {
+fn thread_cpu() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+}
+
+/// Delivered packets per second over `iters` bursts, after a warm-up: per second of
+/// wall time, and per second of this thread's CPU time (which other processes on a
+/// shared machine do not dilute).
+fn measure(case: &str, len: usize, iters: usize) -> (f64, f64) {
     let mut b = bench(case, len);
     for _ in 0..iters / 10 {
         b.iteration();
     }
     let copies = if case.ends_with("broadcast") { 4 } else { 1 };
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), thread_cpu());
     let mut n = 0;
     for _ in 0..iters {
         n += b.iteration();
     }
-    (n * copies) as f64 / t.elapsed().as_secs_f64()
+    let delivered = (n * copies) as f64;
+    (
+        delivered / t.elapsed().as_secs_f64(),
+        delivered / (thread_cpu() - c),
+    )
 }
 
 fn main() {
@@ -89,7 +101,7 @@ fn main() {
     });
     println!("frame copy: {}", vale_abi::copy_kind().name());
     println!(
-        "{:<18} {:>5} {:>10} {:>10} {:>10} {:>12}",
+        "{:<18} {:>5} {:>10} {:>10} {:>10} {:>12}   per CPU-second: median [min-max]",
         "case", "len", "median", "min", "max", "Gbit/s (med)"
     );
     for (case, len) in CASES {
@@ -99,8 +111,14 @@ fn main() {
             continue;
         }
         let iters = if len > 1000 { 20_000 } else { 50_000 };
-        let mut v: Vec<f64> = (0..runs).map(|_| measure(case, len, iters) / 1e6).collect();
+        let (mut v, mut cpu): (Vec<f64>, Vec<f64>) = (0..runs)
+            .map(|_| {
+                let (w, c) = measure(case, len, iters);
+                (w / 1e6, c / 1e6)
+            })
+            .unzip();
         v.sort_by(f64::total_cmp);
+        cpu.sort_by(f64::total_cmp);
         let med = v[v.len() / 2];
         let name = match case {
             "unicast" => "unicast 1->1",
@@ -112,10 +130,13 @@ fn main() {
             _ => "vlan push tag",
         };
         println!(
-            "{name:<18} {len:>5} {med:>7.1} Mpps {:>5.1} Mpps {:>5.1} Mpps {:>9.1}",
+            "{name:<18} {len:>5} {med:>7.1} Mpps {:>5.1} Mpps {:>5.1} Mpps {:>9.1}   cpu {:.1} [{:.1}-{:.1}]",
             v[0],
             v[v.len() - 1],
-            med * 1e6 * len as f64 * 8.0 / 1e9
+            med * 1e6 * len as f64 * 8.0 / 1e9,
+            cpu[cpu.len() / 2],
+            cpu[0],
+            cpu[cpu.len() - 1],
         );
     }
 }

@@ -438,6 +438,67 @@ fn no_daemon_means_a_clear_error() {
     assert_eq!(o.status.code(), Some(2), "usage errors exit 2");
 }
 
+/// The CPUs in the affinity list of each forwarding thread of `pid` (`Cpus_allowed_list`).
+fn fwd_cpus(pid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("vale-fwd") {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap();
+            let l = status.lines().find(|l| l.starts_with("Cpus_allowed_list:"));
+            out.push(l.unwrap().split_whitespace().nth(1).unwrap().to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn the_forwarding_thread_is_pinned_by_default_when_cpus_are_spare() {
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if ncpu < 2 {
+        return skip("one CPU: valed leaves its forwarding thread unpinned");
+    }
+    let last = {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        let l = s
+            .lines()
+            .find(|l| l.starts_with("Cpus_allowed_list:"))
+            .unwrap();
+        let list = l.split_whitespace().nth(1).unwrap().to_string();
+        let last = list.rsplit([',', '-']).next().unwrap().to_string();
+        last
+    };
+    let d = Daemon::start("autopin", &["--cpus", "auto"]);
+    assert_eq!(fwd_cpus(d.pid()), vec![last.clone()], "auto: the last CPU");
+    let settings = stdout_of(&d.ctl(&["settings"]));
+    assert!(
+        settings.lines().any(|l| l == format!("cpus = {last}")),
+        "{settings}"
+    );
+    drop(d);
+    // As many threads as CPUs: nothing to spare, nothing pinned.
+    let all = format!("{}", ncpu);
+    let d = Daemon::start("autopin-all", &["--cpus", "auto", "--threads", &all]);
+    let got = fwd_cpus(d.pid());
+    assert_eq!(got.len(), ncpu);
+    assert!(
+        got.iter().all(|c| c.contains('-') || c.contains(',')),
+        "{got:?}"
+    );
+    drop(d);
+    let d = Daemon::start("nopin", &[]);
+    let got = fwd_cpus(d.pid());
+    assert!(
+        got[0].contains('-') || got[0].contains(','),
+        "--no-pin: {got:?}"
+    );
+    let settings = stdout_of(&d.ctl(&["settings"]));
+    assert!(settings.lines().any(|l| l == "cpus = none"), "{settings}");
+}
+
 #[test]
 fn several_forwarding_threads_each_own_switches() {
     let d = Daemon::start(

@@ -107,6 +107,13 @@ pub fn run(
         settings.socket_group.as_deref(),
     )?;
     let busy = Duration::from_micros(settings.busy_poll_us);
+    if settings.cpus.is_empty() && settings.auto_pin {
+        let allowed = crate::settings::allowed_cpus();
+        if let Some(c) = crate::settings::auto_cpus(settings.threads.max(1), &allowed) {
+            tracing::info!(cpus = ?c, allowed = allowed.len(), "pinning forwarding threads (--no-pin to leave them to the scheduler)");
+            settings.cpus = c;
+        }
+    }
     let mut lanes = Vec::new();
     let mut threads = Vec::new();
     for t in 0..settings.threads.max(1) {

@@ -9,14 +9,10 @@
 //!   region's sync area (`sem[128]` is left to the application).
 //! - [`ring`]: ring index arithmetic and the application side of txsync/rxsync.
 //!
-//! - [`copy_kind`]: the frame copy's vector width, chosen once at run time.
-//!
-//! Only `mem` (the mapping), `ring` (the views over it) and `copy` (the frame copy's
-//! vector moves) may use `unsafe`; the lint below keeps it that way.
+//! Only `mem` (the mapping) and `ring` (the views over it) may use `unsafe`; the lint
+//! below keeps it that way.
 #![deny(unsafe_code)]
 
-#[allow(unsafe_code)]
-mod copy;
 mod error;
 pub mod layout;
 #[allow(unsafe_code)]
@@ -26,7 +22,6 @@ pub mod region;
 pub mod ring;
 pub mod sync;
 
-pub use copy::{CopyKind, copy_kind};
 pub use error::{Error, Result};
 pub use region::{Dir, PipeEnd, PortGeometry, Region, RegionLayout};
 pub use ring::{AppRing, BufPool, Bufs, Frag, RingView, Slots, copy_frame};

@@ -378,8 +378,7 @@ impl core::fmt::Debug for Frag<'_> {
 ///
 /// Short frames are copied in whole 64-byte lines, rounding `len` up as netmap's
 /// `pkt_copy` does: buffer sizes are multiples of 64, so the rounded copy stays inside
-/// both buffers, and a 60-byte frame costs one cache line. The moves are the widest the
-/// CPU has ([`crate::copy_kind`]).
+/// both buffers, and a 60-byte frame costs one cache line.
 #[inline(always)]
 pub fn copy_frame(src: Bufs<'_>, sidx: u32, dst: Bufs<'_>, didx: u32, len: usize) -> bool {
     let (Some(s), Some(d)) = (src.ptr(sidx), dst.ptr(didx)) else {
@@ -391,11 +390,24 @@ pub fn copy_frame(src: Bufs<'_>, sidx: u32, dst: Bufs<'_>, didx: u32, len: usize
     if s == d {
         return true; // the same buffer: nothing to move
     }
-    // SAFETY: both pointers start valid buffers (checked above) of sizes that are
-    // multiples of 64 (`BUF_ALIGN`, checked in `PortGeometry::validate`) and >= len, so
-    // len rounded up to 64 fits both; two buffers are either the same (excluded above)
-    // or disjoint, even across regions (each is its own mapping); the kind is the CPU's.
-    unsafe { crate::copy::copy_with(crate::copy::copy_kind(), s, d, len) };
+    if len <= 256 {
+        // Whole lines, as explicit loads and stores: a variable-length copy here would
+        // become a call to memcpy, which costs more than the frame itself.
+        let mut o = 0;
+        while o < len {
+            // SAFETY: o + 64 <= round_up(len, 64) <= both buffer sizes (multiples of 64
+            // that are >= len); two buffers are either the same (excluded above) or
+            // disjoint, even across regions (each is its own mapping).
+            unsafe {
+                let line = core::ptr::read_unaligned(s.add(o).cast::<[u8; 64]>());
+                core::ptr::write_unaligned(d.add(o).cast::<[u8; 64]>(), line);
+            }
+            o += 64;
+        }
+    } else {
+        // SAFETY: len <= both buffer sizes; distinct buffers never overlap.
+        unsafe { core::ptr::copy_nonoverlapping(s, d, len) };
+    }
     true
 }
 
@@ -728,5 +740,45 @@ mod tests {
         let mut mid = [0u8; 10];
         at.copy_to(&mut mid);
         assert_eq!(mid, data[40..50]);
+    }
+
+    #[test]
+    fn copy_frame_matches_a_byte_copy_at_every_edge_length() {
+        let (sp, dp) = (pool(), pool());
+        let (src, dst) = (sp.access(), dp.access());
+        let size = src.buf_size() as usize;
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
+        assert!(src.write(2, &data));
+        let mut lens: Vec<usize> = (0..=130).collect();
+        lens.extend([191, 192, 193, 255, 256, 257, 1514, size - 1, size]);
+        for len in lens {
+            assert!(dst.write(3, &vec![0xa5; size]));
+            assert!(super::copy_frame(src, 2, dst, 3, len), "len {len}");
+            let mut out = vec![0u8; size];
+            assert!(dst.read(3, &mut out));
+            assert_eq!(&out[..len], &data[..len], "len {len}");
+            // Short frames are copied in whole lines; nothing past the last one.
+            let end = if len <= 256 {
+                len.div_ceil(64) * 64
+            } else {
+                len
+            };
+            assert!(
+                out[end..].iter().all(|&b| b == 0xa5),
+                "len {len}: past the copy"
+            );
+        }
+        assert!(
+            !super::copy_frame(src, 2, dst, 3, size + 1),
+            "longer than a buffer"
+        );
+        assert!(
+            !super::copy_frame(src, 1, dst, 3, 60),
+            "reserved source buffer"
+        );
+        assert!(
+            !super::copy_frame(src, 2, dst, dst.nbufs(), 60),
+            "destination past the pool"
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! - `engine_bench [RUNS] [CASE:LEN,...]` (default 7 runs, every case): each case RUNS
 //!   times, prints the median, min and max of delivered Mpps and Gbit/s (frame bytes x
 //!   8, no preamble or CRC), and per second of the thread's CPU time (steadier on a shared
-//!   machine); first the frame copy in use (`VALE_COPY=base` for the portable one).
+//!   machine, where other processes take the CPU from it).
 //! - `engine_bench profile CASE LEN ITERS`: one case for `valgrind --tool=callgrind`
 //!   (CASE: unicast | broadcast | fanin | vlan-unicast | vlan-broadcast | vlan-fanin |
 //!   vlan-push; ITERS bursts of 512 packets).
@@ -99,7 +99,6 @@ fn main() {
             })
             .collect()
     });
-    println!("frame copy: {}", vale_abi::copy_kind().name());
     println!(
         "{:<18} {:>5} {:>10} {:>10} {:>10} {:>12}   per CPU-second: median [min-max]",
         "case", "len", "median", "min", "max", "Gbit/s (med)"

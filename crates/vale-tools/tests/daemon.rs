@@ -468,8 +468,7 @@ fn the_forwarding_thread_is_pinned_by_default_when_cpus_are_spare() {
             .find(|l| l.starts_with("Cpus_allowed_list:"))
             .unwrap();
         let list = l.split_whitespace().nth(1).unwrap().to_string();
-        let last = list.rsplit([',', '-']).next().unwrap().to_string();
-        last
+        list.rsplit([',', '-']).next().unwrap().to_string()
     };
     let d = Daemon::start("autopin", &["--cpus", "auto"]);
     assert_eq!(fwd_cpus(d.pid()), vec![last.clone()], "auto: the last CPU");

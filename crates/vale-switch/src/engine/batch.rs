@@ -63,11 +63,6 @@ pub(super) struct Scratch {
     pub(super) dsts: Vec<PortId>,
     /// Pass 1's queue links while the TX monitors' copy threads the batch in order.
     pub(super) saved: Vec<u32>,
-    /// The flood queue as one array, if all its packets are single buffers (else
-    /// empty): every destination of a broadcast walks it (see [`Self::collect_flood`]).
-    pub(super) flood_plain: Vec<SlotFrag>,
-    /// The longest frame in `flood_plain`.
-    pub(super) flood_max_len: u16,
 }
 
 /// The TX ring a batch is read from, as pass 0 reads it: each slot once.
@@ -118,8 +113,6 @@ impl Scratch {
             flood: EMPTY_Q,
             dsts: Vec::new(),
             saved: Vec::new(),
-            flood_plain: Vec::new(),
-            flood_max_len: 0,
         }
     }
 
@@ -140,7 +133,6 @@ impl Scratch {
             self.vtags.resize(batch, (VlanIn::Untagged, 0));
             self.dests.resize(batch, Dest::Drop);
             self.saved.reserve(batch);
-            self.flood_plain.reserve(batch);
         }
         if self.queues.len() < ports {
             // Every queue is empty between batches, so new ones are too.
@@ -348,32 +340,6 @@ impl Scratch {
         st.tx_bytes += bytes;
         st.drops[DropReason::VlanNotMember as usize] += not_member;
         st.drops[DropReason::NoDest as usize] += no_dest;
-    }
-
-    /// Lays the flood queue out as one array of single-buffer frames, read by every
-    /// destination of the flood ([`super::deliver`]'s plain flood loop) instead of each
-    /// walking the queue's links; left empty if a packet of it has several fragments.
-    #[inline(always)]
-    pub(super) fn collect_flood(&mut self) {
-        self.flood_plain.clear();
-        let mut max = 0;
-        let mut x = self.flood.head;
-        while x != NIL {
-            let Some(p) = self.pkts.get(x as usize) else {
-                break;
-            };
-            if p.nfrags != 1 {
-                self.flood_plain.clear();
-                return;
-            }
-            self.flood_plain.push(SlotFrag {
-                buf_idx: p.buf_idx,
-                len: p.len,
-            });
-            max = max.max(p.len);
-            x = p.next;
-        }
-        self.flood_max_len = max;
     }
 
     /// Empties the unicast queues pass 1 filled.

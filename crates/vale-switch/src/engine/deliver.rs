@@ -346,18 +346,6 @@ fn deliver_ring<const VLAN: bool>(
     };
     let (mut u, mut f) = (uq.head, b.flood.head);
     let (mut copies, mut dropped, mut delivered, mut bytes) = (0u64, 0u64, 0u64, 0u64);
-    // Only the flood, kept as it is, and it fits: the broadcast loop (leaves `f` at NIL).
-    if !VLAN
-        && u == NIL
-        && f != NIL
-        && dst_hl == b.hdr_len
-        && !b.sc.flood_plain.is_empty()
-        && b.sc.flood_max_len as u32 <= fill.bufs.buf_size()
-    {
-        f = NIL;
-        copies = b.sc.flood_plain.len() as u64;
-        (delivered, bytes, dropped) = deliver_flood_plain(b, &mut fill, &mut ds);
-    }
     // The unicast and flood queues merged in batch order.
     while let Some(pi) = b.sc.next_merged(&mut u, &mut f) {
         // Not a member of the packet's VLAN: a flood that was never this port's copy.
@@ -431,44 +419,6 @@ fn deliver_ring<const VLAN: bool>(
         }
     }
     counters.add(&ds);
-}
-
-/// The copies of a flood to a destination that gets nothing else, when every frame of it
-/// is one buffer that fits the destination's: one loop over [`Scratch::flood_plain`]
-/// (no queue links, no per-frame fragment or size checks), with the general loop's
-/// outcome frame for frame. Returns (delivered, bytes, dropped); the drops are counted
-/// in `ds`.
-///
-/// [`Scratch::flood_plain`]: super::batch::Scratch::flood_plain
-#[inline(always)]
-fn deliver_flood_plain(b: &Batch<'_>, fill: &mut Fill<'_>, ds: &mut PortStats) -> (u64, u64, u64) {
-    let list = &b.sc.flood_plain;
-    let take = list.len().min(fill.space as usize);
-    let (dslots, dbufs) = (fill.slots, fill.bufs);
-    let n = dslots.len();
-    let cnt = 1u16 << NS_RFRAGS_SHIFT;
-    let (mut at, mut bytes, mut done) = (fill.at, 0u64, take);
-    for (i, f) in list[..take].iter().enumerate() {
-        if !copy_frame(b.bufs, f.buf_idx, dbufs, dslots.buf_idx(at), f.len as usize) {
-            done = i;
-            break;
-        }
-        dslots.write_len_flags(at, f.len, cnt);
-        bytes += f.len as u64;
-        at = next(at, n);
-    }
-    fill.at = at;
-    fill.space -= done as u32;
-    // As in the general loop: a bad slot stops every later copy at that slot (the slot
-    // is not consumed); otherwise what did not fit is lost to a full ring.
-    let lost = (list.len() - done) as u64;
-    let why = if done < take {
-        DropReason::BadRxBuf
-    } else {
-        DropReason::RingFull
-    };
-    ds.drops[why as usize] += lost;
-    (done as u64, bytes, lost)
 }
 
 /// Counts every copy of `t`'s queues (merged with the flood queue) as dropped for `why`.

@@ -162,7 +162,6 @@ impl Forwarder {
             sc.unthread(np);
         }
         // Pass 2: the copies.
-        sc.collect_flood();
         let b = Batch {
             sc,
             bufs,

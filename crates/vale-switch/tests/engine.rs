@@ -112,9 +112,9 @@ fn unicast_and_flood_to_one_port_keep_batch_order() {
 
 #[test]
 fn a_flood_fills_each_receiver_as_far_as_it_can() {
-    // The broadcast loop (a flood of single-buffer frames, nothing else for the port)
-    // must count what the general loop counts: p1 takes all, p2 has room for 23, and
-    // p3 has a bad buffer index in the 6th slot it would fill.
+    // Every copy of a flood is delivered or counted by reason: p1 takes all, p2 has
+    // room for 23 (the rest ring_full), and p3 has a bad buffer index in the 6th slot
+    // it would fill (that slot is not consumed, so every later copy is bad_rx_buf).
     let (mut sw, ids, c) = bridge(4, 64);
     let first: Vec<_> = (0..40u64)
         .map(|i| frame(MacAddr::BROADCAST, mac(0), i, 60))

@@ -74,7 +74,7 @@ impl PinWhenBusy {
             one.set(self.cpu);
             one
         } else {
-            self.allowed.clone()
+            self.allowed
         };
         match rustix::thread::sched_setaffinity(None, &set) {
             Ok(()) => self.pinned = pin,

@@ -105,11 +105,12 @@ pub struct Settings {
     /// Group that owns the socket file (name or number); `None` = the daemon's group.
     pub socket_group: Option<String>,
     /// CPUs for the forwarding threads: thread `t` is pinned to `cpus[t % len]`; empty =
-    /// not pinned (or pinned at startup by `auto_pin`, which then fills this in).
+    /// not pinned (or `auto_pin`'s choice, filled in at startup).
     pub cpus: Vec<usize>,
     /// With `cpus` empty: pin each forwarding thread to a CPU of its own, the last ones
-    /// this process may use, when it may use more CPUs than there are threads (so its
-    /// clients keep at least one); `cpus = "none"` (`--no-pin`) turns it off.
+    /// this process may use, while it forwards a steady stream, when it may use more
+    /// CPUs than there are threads (so its clients keep at least one); `cpus = "none"`
+    /// (`--no-pin`) turns it off. See `lane::forward::PinWhenBusy`.
     pub auto_pin: bool,
     /// Client connections at once, in all and from one uid (root and valed's own user
     /// count against the total only).

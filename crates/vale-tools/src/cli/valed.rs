@@ -115,8 +115,8 @@ pub struct Args {
     pub socket_group: Option<String>,
     /// Pin forwarding thread t to the t-th CPU of this list, e.g. 2,3 or 4-7 (wraps
     /// around if shorter than --threads); `none`: not pinned; `auto`: each thread on
-    /// one of the last CPUs valed may use, if it may use more CPUs than --threads
-    /// [default: auto]
+    /// one of the last CPUs valed may use while it forwards a steady stream (>= 1
+    /// Mpps), if it may use more CPUs than --threads [default: auto]
     #[arg(long, value_name = "LIST")]
     pub cpus: Option<String>,
     /// Leave the forwarding threads to the scheduler: `--cpus none` (an explicit

@@ -979,4 +979,44 @@ mod tests {
         assert!(!super::copy_frame_push(b, 5, b, 6, 60, 61, tag));
         assert!(!super::copy_frame_pop(b, 5, b, 6, 60, usize::MAX - 2));
     }
+
+    #[test]
+    fn copy_frame_matches_a_byte_copy_at_every_edge_length() {
+        let (sp, dp) = (pool(), pool());
+        let (src, dst) = (sp.access(), dp.access());
+        let size = src.buf_size() as usize;
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
+        assert!(src.write(2, &data));
+        let mut lens: Vec<usize> = (0..=130).collect();
+        lens.extend([191, 192, 193, 255, 256, 257, 1514, size - 1, size]);
+        for len in lens {
+            assert!(dst.write(3, &vec![0xa5; size]));
+            assert!(super::copy_frame(src, 2, dst, 3, len), "len {len}");
+            let mut out = vec![0u8; size];
+            assert!(dst.read(3, &mut out));
+            assert_eq!(&out[..len], &data[..len], "len {len}");
+            // Short frames are copied in whole lines; nothing past the last one.
+            let end = if len <= 256 {
+                len.div_ceil(64) * 64
+            } else {
+                len
+            };
+            assert!(
+                out[end..].iter().all(|&b| b == 0xa5),
+                "len {len}: past the copy"
+            );
+        }
+        assert!(
+            !super::copy_frame(src, 2, dst, 3, size + 1),
+            "longer than a buffer"
+        );
+        assert!(
+            !super::copy_frame(src, 1, dst, 3, 60),
+            "reserved source buffer"
+        );
+        assert!(
+            !super::copy_frame(src, 2, dst, dst.nbufs(), 60),
+            "destination past the pool"
+        );
+    }
 }

@@ -1,7 +1,9 @@
 //! The engine alone, over memfd regions in one process, with fixed amounts of work.
 //!
-//! - `engine_bench [RUNS]` (default 7): each case RUNS times, prints the median, min and
-//!   max of delivered Mpps and Gbit/s (frame bytes x 8, no preamble or CRC).
+//! - `engine_bench [RUNS] [CASE:LEN,...]` (default 7 runs, every case): each case RUNS
+//!   times, prints the median, min and max of delivered Mpps and Gbit/s (frame bytes x
+//!   8, no preamble or CRC), and per second of the thread's CPU time (steadier on a shared
+//!   machine, where other processes take the CPU from it).
 //! - `engine_bench profile CASE LEN ITERS`: one case for `valgrind --tool=callgrind`
 //!   (CASE: unicast | broadcast | fanin | vlan-unicast | vlan-broadcast | vlan-fanin |
 //!   vlan-push | vlan-pop; ITERS bursts of 512 packets).
@@ -62,11 +64,6 @@ fn bench(case: &str, len: usize) -> harness::Bench {
     }
 }
 
-/// Delivered packets per second over `iters` bursts, after a warm-up.
-fn measure(case: &str, len: usize, iters: usize) -> f64 {
-    measure_both(case, len, iters).0
-}
-
 /// This thread's time on a CPU so far (`/proc/thread-self/schedstat`), if the kernel
 /// says: unlike the wall clock, it does not count the time other processes ran.
 fn cpu_time() -> Option<Duration> {
@@ -76,8 +73,9 @@ fn cpu_time() -> Option<Duration> {
     ))
 }
 
-/// [`measure`], and the same per second of this thread's CPU time (the wall clock's
-/// figure where the kernel does not say).
+/// Delivered packets per second over `iters` bursts, after a warm-up, and the same per
+/// second of this thread's CPU time (the wall clock's figure where the kernel does not
+/// say).
 fn measure_both(case: &str, len: usize, iters: usize) -> (f64, f64) {
     let mut b = bench(case, len);
     for _ in 0..iters / 10 {
@@ -113,14 +111,33 @@ fn main() {
         return pair(&args[2..]);
     }
     let runs: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(7);
+    let only: Option<Vec<(String, usize)>> = args.get(2).map(|l| {
+        l.split(',')
+            .filter_map(|c| {
+                let (case, len) = c.split_once(':')?;
+                Some((case.to_string(), len.parse().ok()?))
+            })
+            .collect()
+    });
     println!(
-        "{:<18} {:>5} {:>10} {:>10} {:>10} {:>12}",
+        "{:<18} {:>5} {:>10} {:>10} {:>10} {:>12}   per CPU-second: median [min-max]",
         "case", "len", "median", "min", "max", "Gbit/s (med)"
     );
     for (case, len) in CASES {
+        if let Some(o) = &only
+            && !o.iter().any(|(c, l)| c == case && *l == len)
+        {
+            continue;
+        }
         let iters = if len > 1000 { 20_000 } else { 50_000 };
-        let mut v: Vec<f64> = (0..runs).map(|_| measure(case, len, iters) / 1e6).collect();
+        let (mut v, mut cpu): (Vec<f64>, Vec<f64>) = (0..runs)
+            .map(|_| {
+                let (w, c) = measure_both(case, len, iters);
+                (w / 1e6, c / 1e6)
+            })
+            .unzip();
         v.sort_by(f64::total_cmp);
+        cpu.sort_by(f64::total_cmp);
         let med = v[v.len() / 2];
         let name = match case {
             "unicast" => "unicast 1->1",
@@ -133,10 +150,13 @@ fn main() {
             _ => "vlan push tag",
         };
         println!(
-            "{name:<18} {len:>5} {med:>7.1} Mpps {:>5.1} Mpps {:>5.1} Mpps {:>9.1}",
+            "{name:<18} {len:>5} {med:>7.1} Mpps {:>5.1} Mpps {:>5.1} Mpps {:>9.1}   cpu {:.1} [{:.1}-{:.1}]",
             v[0],
             v[v.len() - 1],
-            med * 1e6 * len as f64 * 8.0 / 1e9
+            med * 1e6 * len as f64 * 8.0 / 1e9,
+            cpu[cpu.len() / 2],
+            cpu[0],
+            cpu[cpu.len() - 1],
         );
     }
 }

@@ -111,6 +111,45 @@ fn unicast_and_flood_to_one_port_keep_batch_order() {
 }
 
 #[test]
+fn a_flood_fills_each_receiver_as_far_as_it_can() {
+    // Every copy of a flood is delivered or counted by reason: p1 takes all, p2 has
+    // room for 23 (the rest ring_full), and p3 has a bad buffer index in the 6th slot
+    // it would fill (that slot is not consumed, so every later copy is bad_rx_buf).
+    let (mut sw, ids, c) = bridge(4, 64);
+    let first: Vec<_> = (0..40u64)
+        .map(|i| frame(MacAddr::BROADCAST, mac(0), i, 60))
+        .collect();
+    assert_eq!(c[0].send(&first), 40);
+    drain(&mut sw, t(1));
+    assert_eq!(c[1].recv_frames().len(), 40);
+    assert_eq!(c[3].recv_frames().len(), 40);
+    let v = c[3].rx[0].view();
+    let mut s = v.read_slot(45);
+    s.buf_idx = 0; // reserved: never a client's
+    v.write_slot(45, s);
+    let next: Vec<_> = (100..140u64)
+        .map(|i| frame(MacAddr::BROADCAST, mac(0), i, 60 + (i as usize % 70)))
+        .collect();
+    assert_eq!(c[0].send(&next), 40);
+    drain(&mut sw, t(2));
+    assert_eq!(c[1].recv_frames(), next, "p1: all of them, intact");
+    let p2: Vec<_> = c[2].recv_frames();
+    assert_eq!(p2.len(), 63);
+    assert_eq!(&p2[40..], &next[..23], "p2: as many as fitted, in order");
+    assert_eq!(c[3].recv_frames(), &next[..5], "p3: up to the bad slot");
+    let st = |i: usize| sw.port(ids[i]).unwrap().stats();
+    assert_eq!(st(1).rx_packets, 80);
+    assert_eq!(st(1).receiver_drops(), 0);
+    assert_eq!(st(2).rx_packets, 63);
+    assert_eq!(st(2).drop_count(DropReason::RingFull), 17);
+    assert_eq!(st(3).rx_packets, 45);
+    assert_eq!(st(3).drop_count(DropReason::BadRxBuf), 35);
+    assert_eq!(st(3).drop_count(DropReason::RingFull), 0);
+    assert_eq!(st(0).copies_dropped, 17 + 35);
+    assert_laws(&sw);
+}
+
+#[test]
 fn fragments_are_delivered_whole_with_netmaps_count() {
     let (mut sw, _, c) = bridge(2, 256);
     let big = frame(MacAddr::BROADCAST, mac(0), 7, 5000);

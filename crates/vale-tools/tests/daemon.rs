@@ -438,6 +438,86 @@ fn no_daemon_means_a_clear_error() {
     assert_eq!(o.status.code(), Some(2), "usage errors exit 2");
 }
 
+/// The CPUs in the affinity list of each forwarding thread of `pid` (`Cpus_allowed_list`).
+fn fwd_cpus(pid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("vale-fwd") {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap();
+            let l = status.lines().find(|l| l.starts_with("Cpus_allowed_list:"));
+            out.push(l.unwrap().split_whitespace().nth(1).unwrap().to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn the_forwarding_thread_is_pinned_while_busy_by_default() {
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if ncpu < 2 {
+        return skip("one CPU: valed leaves its forwarding thread unpinned");
+    }
+    let last = {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        let l = s
+            .lines()
+            .find(|l| l.starts_with("Cpus_allowed_list:"))
+            .unwrap();
+        let list = l.split_whitespace().nth(1).unwrap().to_string();
+        list.rsplit([',', '-']).next().unwrap().to_string()
+    };
+    let unpinned = |c: &Vec<String>| c.iter().all(|c| c.contains('-') || c.contains(','));
+    let d = Daemon::start("autopin", &["--cpus", "auto"]);
+    let settings = stdout_of(&d.ctl(&["settings"]));
+    assert!(
+        settings.lines().any(|l| l == format!("cpus = {last}")),
+        "{settings}"
+    );
+    assert!(unpinned(&fwd_cpus(d.pid())), "idle: not pinned");
+    // A steady stream (pkt-gen's full rate, well over 1 Mpps even in a debug build of
+    // valed here) moves it to the last CPU; when the stream stops it goes back.
+    let mut rx = d.cmd(PKT_GEN);
+    let mut rx = rx
+        .args(["-i", "vale0:r", "-f", "rx", "--duration", "9"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(5.0, || d.ports().iter().any(|p| p == "vale0:r")));
+    let mut tx = d.cmd(PKT_GEN);
+    let mut tx = tx
+        .args(["-i", "vale0:s", "-f", "tx", "--duration", "5"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pinned = wait_for(3.0, || fwd_cpus(d.pid()) == vec![last.clone()]);
+    let fwd = d.counter("vale0:s", "forwarded");
+    let _ = tx.wait();
+    let back = wait_for(4.0, || unpinned(&fwd_cpus(d.pid())));
+    let _ = rx.kill();
+    let _ = rx.wait();
+    assert!(
+        pinned,
+        "busy: pinned to CPU {last} ({fwd} frames forwarded)"
+    );
+    assert!(back, "the stream stopped: unpinned again");
+    drop(d);
+    // As many threads as CPUs: nothing to spare, nothing pinned, nothing shown.
+    let all = format!("{ncpu}");
+    let d = Daemon::start("autopin-all", &["--cpus", "auto", "--threads", &all]);
+    let got = fwd_cpus(d.pid());
+    assert_eq!(got.len(), ncpu);
+    assert!(unpinned(&got), "{got:?}");
+    drop(d);
+    let d = Daemon::start("nopin", &[]);
+    assert!(unpinned(&fwd_cpus(d.pid())), "--no-pin");
+    let settings = stdout_of(&d.ctl(&["settings"]));
+    assert!(settings.lines().any(|l| l == "cpus = none"), "{settings}");
+}
+
 #[test]
 fn several_forwarding_threads_each_own_switches() {
     let d = Daemon::start(

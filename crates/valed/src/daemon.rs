@@ -112,6 +112,17 @@ pub fn run(
         settings.socket_group.as_deref(),
     )?;
     let busy = Duration::from_micros(settings.busy_poll_us);
+    // `--cpus auto`: the CPUs chosen are the threads' while they are busy (shown by
+    // `vale-ctl settings`); an explicit list pins them for good.
+    let mut auto = false;
+    if settings.cpus.is_empty() && settings.auto_pin {
+        let allowed = crate::settings::allowed_cpus();
+        if let Some(c) = crate::settings::auto_cpus(settings.threads.max(1), &allowed) {
+            tracing::info!(cpus = ?c, allowed = allowed.len(), "forwarding threads pinned while busy (--no-pin to leave them to the scheduler)");
+            settings.cpus = c;
+            auto = true;
+        }
+    }
     let mut lanes = Vec::new();
     let mut threads = Vec::new();
     for t in 0..settings.threads.max(1) {
@@ -122,10 +133,15 @@ pub fn run(
             std::thread::Builder::new()
                 .name(format!("vale-fwd{t}"))
                 .spawn(move || {
-                    if let Some(c) = cpu {
-                        pin(t, c);
+                    let mut when_busy = None;
+                    match cpu {
+                        Some(c) if auto => {
+                            when_busy = crate::lane::forward::PinWhenBusy::new(c);
+                        }
+                        Some(c) => pin(t, c),
+                        None => {}
                     }
-                    crate::lane::forward::run(l2, busy)
+                    crate::lane::forward::run(l2, busy, when_busy)
                 })
                 .map_err(|e| StartError::Os("spawn forwarding thread", e))?,
         );

@@ -113,8 +113,13 @@ pub struct Settings {
     /// Group that owns the socket file (name or number); `None` = the daemon's group.
     pub socket_group: Option<String>,
     /// CPUs for the forwarding threads: thread `t` is pinned to `cpus[t % len]`; empty =
-    /// not pinned.
+    /// not pinned (or `auto_pin`'s choice, filled in at startup).
     pub cpus: Vec<usize>,
+    /// With `cpus` empty: pin each forwarding thread to a CPU of its own, the last ones
+    /// this process may use, while it forwards a steady stream, when it may use more
+    /// CPUs than there are threads (so its clients keep at least one); `cpus = "none"`
+    /// (`--no-pin`) turns it off. See `lane::forward::PinWhenBusy`.
+    pub auto_pin: bool,
     /// Client connections at once, in all and from one uid (root and valed's own user
     /// count against the total only).
     pub max_clients: usize,
@@ -497,6 +502,7 @@ impl Default for Settings {
             switch_threads: Vec::new(),
             socket_group: None,
             cpus: Vec::new(),
+            auto_pin: true,
             max_clients: DEFAULT_MAX_CLIENTS,
             max_clients_per_uid: DEFAULT_MAX_CLIENTS_PER_UID,
             max_ports_per_uid: DEFAULT_MAX_PORTS_PER_UID,
@@ -662,7 +668,11 @@ impl ConfigFile {
             l.default_geometry.rx_rings = r;
         }
         if let Some(c) = &self.cpus {
-            s.cpus = parse_cpus(c)?;
+            (s.cpus, s.auto_pin) = match c.trim() {
+                "auto" => (Vec::new(), true),
+                "none" => (Vec::new(), false),
+                list => (parse_cpus(list)?, false),
+            };
         }
         if let Some(list) = &self.switch_threads {
             s.switch_threads = list
@@ -768,7 +778,24 @@ pub fn dump(
     out
 }
 
-/// Parses a CPU list such as `2,3,8-11` (the kernel's cpulist format).
+/// The CPUs `auto_pin` gives `threads` forwarding threads, out of the CPUs this process
+/// may use (`allowed`, ascending): the last `threads` of them, if that leaves at least
+/// one for the clients; `None` (not pinned) otherwise. The last ones, because CPU 0
+/// usually takes more of the machine's interrupts and housekeeping.
+pub fn auto_cpus(threads: usize, allowed: &[usize]) -> Option<Vec<usize>> {
+    (threads > 0 && allowed.len() > threads).then(|| allowed[allowed.len() - threads..].to_vec())
+}
+
+/// The CPUs this process may run on, ascending (empty if the kernel will not say).
+pub fn allowed_cpus() -> Vec<usize> {
+    match rustix::thread::sched_getaffinity(None) {
+        Ok(set) => (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|c| set.is_set(*c))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// `vale0=2`: switch `vale0` forwarded by 2 threads at once (1 to 256).
 pub fn parse_switch_threads(x: &str) -> Result<(String, u16), SettingsError> {
     let bad = || SettingsError::SwitchThreads(x.to_string());
@@ -784,6 +811,7 @@ pub fn parse_switch_threads(x: &str) -> Result<(String, u16), SettingsError> {
     Ok((sw.to_string(), n))
 }
 
+/// Parses a CPU list such as `2,3,8-11` (the kernel's cpulist format).
 pub fn parse_cpus(list: &str) -> Result<Vec<usize>, SettingsError> {
     let bad = || SettingsError::Cpus(list.to_string());
     let mut out = Vec::new();
@@ -969,6 +997,12 @@ mod tests {
         ] {
             assert!(parse_switch_threads(bad).is_err(), "{bad}");
         }
+        // auto pinning: the last CPUs, and only with one left over for the clients.
+        assert_eq!(auto_cpus(1, &[0, 1]), Some(vec![1]));
+        assert_eq!(auto_cpus(2, &[0, 2, 5, 7]), Some(vec![5, 7]));
+        assert_eq!(auto_cpus(1, &[3]), None, "1 CPU: nothing to spare");
+        assert_eq!(auto_cpus(2, &[0, 1]), None, "as many threads as CPUs");
+        assert_eq!(auto_cpus(1, &[]), None);
         for bad in ["", "a", "3-1", "1,,x", "99999"] {
             assert!(parse_cpus(bad).is_err(), "{bad}");
         }

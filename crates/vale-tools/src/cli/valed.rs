@@ -118,9 +118,15 @@ pub struct Args {
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
     /// Pin forwarding thread t to the t-th CPU of this list, e.g. 2,3 or 4-7 (wraps
-    /// around if shorter than --threads) [default: not pinned]
+    /// around if shorter than --threads); `none`: not pinned; `auto`: each thread on
+    /// one of the last CPUs valed may use while it forwards a steady stream (>= 1
+    /// Mpps), if it may use more CPUs than --threads [default: auto]
     #[arg(long, value_name = "LIST")]
     pub cpus: Option<String>,
+    /// Leave the forwarding threads to the scheduler: `--cpus none` (an explicit
+    /// `--cpus` list wins)
+    #[arg(long)]
+    pub no_pin: bool,
     /// Serve Prometheus metrics (GET /metrics) on IP:PORT (e.g. 127.0.0.1:9417) or on a
     /// unix socket path [default: off]
     #[arg(long, value_name = "ADDR")]
@@ -169,7 +175,10 @@ pub fn settings(a: &Args) -> Result<Settings, valed::SettingsError> {
         threads: a.threads,
         switch_threads: (!a.switch_threads.is_empty()).then(|| a.switch_threads.clone()),
         socket_group: a.socket_group.clone(),
-        cpus: a.cpus.clone(),
+        cpus: a
+            .cpus
+            .clone()
+            .or_else(|| a.no_pin.then(|| "none".to_string())),
         metrics: a.metrics.clone(),
         ..Default::default()
     };

@@ -47,6 +47,9 @@ impl Daemon {
             .arg("--socket")
             .arg(&socket)
             .arg("-v")
+            // Tests run side by side: pinned by default, every daemon's forwarding
+            // thread would share the last CPU. A test of pinning passes `--cpus`.
+            .arg("--no-pin")
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)

@@ -551,11 +551,15 @@ pub fn settings(s: &Settings, threads: usize) -> Response {
         ),
         (
             "cpus".to_string(),
-            s.cpus
-                .iter()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
+            if s.cpus.is_empty() && !s.auto_pin {
+                "none".to_string()
+            } else {
+                s.cpus
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
         ),
         (
             "metrics".to_string(),

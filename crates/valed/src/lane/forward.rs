@@ -10,7 +10,80 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use vale_switch::Notify;
 
-pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
+/// `valed --cpus auto`: the thread moves to its own CPU only while it forwards a steady
+/// stream (at least [`BUSY_PPS`] over a window of [`BUSY_WINDOW`]), and back to every CPU
+/// it may use when the rate has stayed under half that for [`UNPIN_AFTER`]. Pinned, the scheduler moves busy
+/// clients off its CPU; unpinned, a wake-up can land on the CPU of whoever woke it (on a
+/// VM a wake-up across CPUs costs several times one on the same CPU), so sleeping
+/// ping/pong clients keep their latency.
+pub struct PinWhenBusy {
+    cpu: usize,
+    allowed: rustix::thread::CpuSet,
+    pinned: bool,
+    /// Since when the rate has been under half of `BUSY_PPS`, while pinned.
+    low_since: Option<Instant>,
+}
+
+const BUSY_PPS: u64 = 1_000_000;
+const BUSY_WINDOW: Duration = Duration::from_millis(2);
+const UNPIN_AFTER: Duration = Duration::from_millis(200);
+
+impl PinWhenBusy {
+    /// For the calling thread (its affinity now is what it returns to).
+    pub fn new(cpu: usize) -> Option<PinWhenBusy> {
+        let allowed = rustix::thread::sched_getaffinity(None).ok()?;
+        Some(PinWhenBusy {
+            cpu,
+            allowed,
+            pinned: false,
+            low_since: None,
+        })
+    }
+
+    /// `pkts` more packets forwarded; decides at the end of each window.
+    #[inline]
+    fn account(&mut self, pkts: u64, window: &mut (Option<Instant>, u64)) {
+        window.1 += pkts;
+        let t0 = *window.0.get_or_insert_with(Instant::now);
+        let el = t0.elapsed();
+        if el < BUSY_WINDOW {
+            return;
+        }
+        let rate = window.1 as f64 / el.as_secs_f64();
+        let now = t0 + el;
+        if rate >= BUSY_PPS as f64 / 2.0 {
+            self.low_since = None;
+            if !self.pinned && rate >= BUSY_PPS as f64 {
+                self.set(true);
+            }
+        } else if self.pinned {
+            // Unpinned only after a while under half the rate: a stream with pauses
+            // (a sender descheduled for milliseconds) must not move the thread to and fro.
+            let since = *self.low_since.get_or_insert(t0);
+            if now.duration_since(since) >= UNPIN_AFTER {
+                self.set(false);
+                self.low_since = None;
+            }
+        }
+        *window = (None, 0);
+    }
+
+    fn set(&mut self, pin: bool) {
+        let set = if pin {
+            let mut one = rustix::thread::CpuSet::new();
+            one.set(self.cpu);
+            one
+        } else {
+            self.allowed
+        };
+        match rustix::thread::sched_setaffinity(None, &set) {
+            Ok(()) => self.pinned = pin,
+            Err(e) => tracing::debug!(cpu = self.cpu, pin, "cannot change affinity: {e}"),
+        }
+    }
+}
+
+pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhenBusy>) {
     let mut notes: Vec<Notify> = Vec::new();
     let mut fw = vale_switch::Forwarder::new();
     let mut kicked: Vec<vale_switch::PortKey> = Vec::new();
@@ -20,6 +93,10 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
     let mut empty_passes = 0u32;
     let mut wait_errors = 0u32;
     let mut tables_published: Option<u64> = None;
+    // For `when_busy`: the current window (its start, its packets) and the packets not
+    // yet counted in it (the clock is read every 8 busy passes, and before sleeping).
+    let mut window = (None::<Instant>, 0u64);
+    let (mut window_pkts, mut busy_passes) = (0u64, 0u32);
     while !shared.stop.load(Ordering::Acquire) {
         let moved = {
             let st = shared.lock();
@@ -68,6 +145,13 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
             passes.store(passes.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
             idle_since = None;
             empty_passes = 0;
+            if let Some(p) = when_busy.as_mut() {
+                window_pkts += moved as u64;
+                busy_passes = busy_passes.wrapping_add(1);
+                if busy_passes % 8 == 0 {
+                    p.account(std::mem::take(&mut window_pkts), &mut window);
+                }
+            }
             continue;
         }
         // Read the clock only every 64 empty passes: a pass over idle rings costs tens of
@@ -101,6 +185,9 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
             pending
         };
         if !pending {
+            if let Some(p) = when_busy.as_mut() {
+                p.account(std::mem::take(&mut window_pkts), &mut window);
+            }
             events.clear();
             // Wake at least once a second so aging runs on an idle switch.
             let ts = Timespec {

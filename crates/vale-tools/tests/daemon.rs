@@ -477,6 +477,7 @@ fn the_forwarding_thread_is_pinned_while_busy_by_default() {
         settings.lines().any(|l| l == format!("cpus = {last}")),
         "{settings}"
     );
+    assert!(wait_for(5.0, || fwd_cpus(d.pid()).len() == 1));
     assert!(unpinned(&fwd_cpus(d.pid())), "idle: not pinned");
     // A steady stream (pkt-gen's full rate, well over 1 Mpps even in a debug build of
     // valed here) moves it to the last CPU; when the stream stops it goes back.
@@ -508,11 +509,13 @@ fn the_forwarding_thread_is_pinned_while_busy_by_default() {
     // As many threads as CPUs: nothing to spare, nothing pinned, nothing shown.
     let all = format!("{ncpu}");
     let d = Daemon::start("autopin-all", &["--cpus", "auto", "--threads", &all]);
+    // valed listens before its forwarding threads have named themselves.
+    assert!(wait_for(5.0, || fwd_cpus(d.pid()).len() == ncpu));
     let got = fwd_cpus(d.pid());
-    assert_eq!(got.len(), ncpu);
     assert!(unpinned(&got), "{got:?}");
     drop(d);
     let d = Daemon::start("nopin", &[]);
+    assert!(wait_for(5.0, || fwd_cpus(d.pid()).len() == 1));
     assert!(unpinned(&fwd_cpus(d.pid())), "--no-pin");
     let settings = stdout_of(&d.ctl(&["settings"]));
     assert!(settings.lines().any(|l| l == "cpus = none"), "{settings}");
@@ -540,7 +543,9 @@ fn several_forwarding_threads_each_own_switches() {
             && settings.contains("cpus = 0"),
         "{settings}"
     );
-    // Both forwarding threads are pinned to CPU 0 (the list wraps around).
+    // Both forwarding threads are pinned to CPU 0 (the list wraps around), once they
+    // have named themselves (valed listens before that).
+    assert!(wait_for(5.0, || fwd_cpus(d.pid()).len() == 2));
     let tasks = format!("/proc/{}/task", d.pid());
     let mut pinned = 0;
     for t in std::fs::read_dir(&tasks).unwrap().flatten() {

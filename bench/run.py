@@ -662,6 +662,77 @@ def vm_pair(secs, how):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# ---------------------------------------------------------------------------- paced
+
+
+PACED_RATES = (250_000, 500_000, 1_000_000)
+PACED = {}  # rate -> [(sent, received, ring_full)], one per run
+
+
+def paced_once(secs, rate):
+    """`pkt-gen -f tx -R rate` to a `pkt-gen -f rx` that sleeps in poll(), three
+    processes unpinned (valed's defaults): what was sent (the sender's summary), what the
+    receiver read (its summary) and what the switch dropped as ring_full. A receiver that
+    can follow the rate should get every frame."""
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="vale-bench-")
+    try:
+        v = Valed(procs, tmp)
+        n = int(rate * secs)
+        rx = procs.start([os.path.join(BIN, "pkt-gen"), "-i", "vale0:r", "-f", "rx", "-W",
+                          "--duration", str(int(secs) + 8)], env=v.env)
+        v.wait_ports(["vale0:r"])
+        subprocess.run([os.path.join(BIN, "pkt-gen"), "-i", "vale0:r", "-f", "tx", "-n", "1", "-S", MAC_B],
+                       env=v.env, stdout=subprocess.DEVNULL, check=True)
+        time.sleep(0.3)
+        tx = subprocess.run([os.path.join(BIN, "pkt-gen"), "-i", "vale0:s", "-f", "tx", "-R", str(rate),
+                             "-n", str(n), "-D", MAC_B], env=v.env, capture_output=True, text=True,
+                            timeout=secs * 4 + 20).stdout
+        # The port's counters go when its last client leaves: read them while the
+        # receiver waits out its idle second (-W).
+        time.sleep(0.3)
+        st = v.stats()
+        out, _ = rx.communicate(timeout=secs + 15)
+        sent = re.search(r"Sent (\d+) packets", tx)
+        got = re.search(r"Received (\d+) packets", out)
+        if not sent or not got:
+            return f"FAILED: no summary from pkt-gen (tx: {tx[-200:]!r}, rx: {out[-200:]!r})"
+        ring_full = sum(c["drops"]["ring_full"] for c in st.values())
+        return int(sent.group(1)), int(got.group(1)), ring_full
+    except (OSError, subprocess.SubprocessError, RuntimeError, KeyError) as e:
+        return f"FAILED: {e}"
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def paced_rows(a, add, notes):
+    """One run of the `paced` row at each rate; the figures go to PACED (printed by
+    paced_table) and the received Mpps to the main table."""
+    for rate in PACED_RATES:
+        r = paced_once(a.secs, rate)
+        if isinstance(r, str):
+            notes.append(f"paced {rate} pps: {r}")
+            continue
+        PACED.setdefault(rate, []).append(r)
+        log(f"  paced {rate} pps: sent {r[0]} received {r[1]} ring_full {r[2]}")
+
+
+def paced_table():
+    """Lines for the `paced` row: per rate, each run's sent / received / ring_full and
+    loss %, and the median loss."""
+    if not PACED:
+        return []
+    lines = ["paced: pkt-gen -f tx -R RATE -> pkt-gen -f rx (sleeps in poll), unpinned, 60 B",
+             f"{'rate pps':>10} {'sent':>10} {'received':>10} {'ring_full':>10} {'loss %':>8}   per run"]
+    for rate, runs in PACED.items():
+        loss = [100.0 * (s - g) / s if s else 100.0 for s, g, _ in runs]
+        per = "; ".join(f"{s}/{g}/{f} ({x:.3f} %)" for (s, g, f), x in zip(runs, loss))
+        s, g, f = (statistics.median(col) for col in zip(*runs))
+        lines.append(f"{rate:>10} {s:>10.0f} {g:>10.0f} {f:>10.0f} {statistics.median(loss):>8.3f}   {per}")
+    return lines
+
+
 # ---------------------------------------------------------------------------- ceiling
 
 
@@ -873,6 +944,8 @@ def main():
                         add(label, length, r[0])
         if "shim" in only:
             shim_rows(a, add, notes)
+        if "paced" in only:
+            paced_rows(a, add, notes)
         if "ceiling" in only:
             for length in (60, 1514):
                 add("copy ceiling (SPSC, 1 copy), Mpps", length, ceiling(a.secs, length))
@@ -934,6 +1007,8 @@ def main():
             ratios.append(f"attached veth, {d}, AF_XDP / AF_PACKET (60 B): {x / p:.2f}x")
     for r in ratios:
         print(r)
+    for line in paced_table():
+        print(line)
     for n in notes:
         print(n)
     code, verdict_lines = verdict(rows, notes + [f"{f}: FAILED" for f in failed],

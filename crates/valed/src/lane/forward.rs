@@ -20,6 +20,7 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
     let mut empty_passes = 0u32;
     let mut wait_errors = 0u32;
     let mut tables_published: Option<u64> = None;
+    let mut spin = super::spin::Spin::new(busy_poll);
     while !shared.stop.load(Ordering::Acquire) {
         let moved = {
             let mut st = shared.lock();
@@ -72,7 +73,7 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
         // the scheduler next preempts this busy thread.
         std::thread::yield_now();
         let since = *idle_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < busy_poll {
+        if since.elapsed() < spin.budget() {
             std::hint::spin_loop();
             continue;
         }
@@ -154,6 +155,9 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration) {
             p.disarm();
         }
         drop(st);
+        if !pending {
+            spin.slept(since.elapsed());
+        }
         idle_since = None;
         empty_passes = 0;
     }

@@ -685,11 +685,13 @@ def paced_once(secs, rate):
         subprocess.run([os.path.join(BIN, "pkt-gen"), "-i", "vale0:r", "-f", "tx", "-n", "1", "-S", MAC_B],
                        env=v.env, stdout=subprocess.DEVNULL, check=True)
         time.sleep(0.3)
+        c0, t0 = v.fwd_cpu(), time.time()
         tx = subprocess.run([os.path.join(BIN, "pkt-gen"), "-i", "vale0:s", "-f", "tx", "-R", str(rate),
                              "-n", str(n), "-D", MAC_B], env=v.env, capture_output=True, text=True,
                             timeout=secs * 4 + 20).stdout
         # The port's counters go when its last client leaves: read them while the
         # receiver waits out its idle second (-W).
+        fwd = (v.fwd_cpu() - c0) / (time.time() - t0)
         time.sleep(0.3)
         st = v.stats()
         out, _ = rx.communicate(timeout=secs + 15)
@@ -698,7 +700,7 @@ def paced_once(secs, rate):
         if not sent or not got:
             return f"FAILED: no summary from pkt-gen (tx: {tx[-200:]!r}, rx: {out[-200:]!r})"
         ring_full = sum(c["drops"]["ring_full"] for c in st.values())
-        return int(sent.group(1)), int(got.group(1)), ring_full
+        return int(sent.group(1)), int(got.group(1)), ring_full, fwd
     except (OSError, subprocess.SubprocessError, RuntimeError, KeyError) as e:
         return f"FAILED: {e}"
     finally:
@@ -715,21 +717,23 @@ def paced_rows(a, add, notes):
             notes.append(f"paced {rate} pps: {r}")
             continue
         PACED.setdefault(rate, []).append(r)
-        log(f"  paced {rate} pps: sent {r[0]} received {r[1]} ring_full {r[2]}")
+        log(f"  paced {rate} pps: sent {r[0]} received {r[1]} ring_full {r[2]} fwd CPU {100 * r[3]:.0f}%")
 
 
 def paced_table():
-    """Lines for the `paced` row: per rate, each run's sent / received / ring_full and
-    loss %, and the median loss."""
+    """Lines for the `paced` row: per rate, the medians of sent / received / ring_full,
+    loss % and the forwarding thread's CPU share, then each run's figures."""
     if not PACED:
         return []
     lines = ["paced: pkt-gen -f tx -R RATE -> pkt-gen -f rx (sleeps in poll), unpinned, 60 B",
-             f"{'rate pps':>10} {'sent':>10} {'received':>10} {'ring_full':>10} {'loss %':>8}   per run"]
+             f"{'rate pps':>10} {'sent':>10} {'received':>10} {'ring_full':>10} {'loss %':>8} {'fwd CPU':>8}"
+             "   per run: sent/received/ring_full (loss %)"]
     for rate, runs in PACED.items():
-        loss = [100.0 * (s - g) / s if s else 100.0 for s, g, _ in runs]
-        per = "; ".join(f"{s}/{g}/{f} ({x:.3f} %)" for (s, g, f), x in zip(runs, loss))
-        s, g, f = (statistics.median(col) for col in zip(*runs))
-        lines.append(f"{rate:>10} {s:>10.0f} {g:>10.0f} {f:>10.0f} {statistics.median(loss):>8.3f}   {per}")
+        loss = [100.0 * (s - g) / s if s else 100.0 for s, g, _, _ in runs]
+        per = "; ".join(f"{s}/{g}/{f} ({x:.3f} %)" for (s, g, f, _), x in zip(runs, loss))
+        s, g, f, c = (statistics.median(col) for col in zip(*runs))
+        lines.append(f"{rate:>10} {s:>10.0f} {g:>10.0f} {f:>10.0f} {statistics.median(loss):>8.3f} "
+                     f"{100 * c:>7.0f}%   {per}")
     return lines
 
 

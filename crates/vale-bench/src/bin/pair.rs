@@ -8,7 +8,14 @@
 //! CPU-second are the switch's per-core figure without the scheduler in the way (on a
 //! 2-vCPU machine, three busy processes would share two cores).
 //!
-//! Prints `sent N received M secs S`.
+//! With `--touch` both ends do the work DPDK's testpmd does in its txonly/rxonly pair:
+//! the sender writes each frame's 42-byte header (Ethernet, IPv4, UDP, with the next
+//! source port) into its buffer before publishing it, as txonly writes every mbuf's
+//! headers; the receiver reads every byte of every frame (copies it out and sums it),
+//! as a memif receiver copies each frame out of the shared ring. Without it neither
+//! end touches a frame: the switch's cost alone.
+//!
+//! Prints `sent N received M secs S` (and `sum X` with `--touch`).
 
 use std::time::{Duration, Instant};
 use vale::Port;
@@ -26,10 +33,16 @@ fn frame(dst: [u8; 6], src: [u8; 6], len: usize) -> Vec<u8> {
     f.into_inner()
 }
 
+fn b_bufsize(rxs: &[Port]) -> usize {
+    rxs.first().map_or(2048, |p| p.geometry().buf_size as usize)
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    let touch = args.iter().any(|a| a == "--touch");
+    args.retain(|a| a != "--touch");
     if args.len() != 4 && args.len() != 5 {
-        eprintln!("usage: pair SWITCH LEN SECS [RECEIVERS]");
+        eprintln!("usage: pair SWITCH LEN SECS [RECEIVERS] [--touch]");
         std::process::exit(2);
     }
     let nrx: usize = args.get(4).map_or(1, |v| v.parse().expect("RECEIVERS"));
@@ -84,6 +97,14 @@ fn main() {
             },
         );
     }
+    // --touch: the first 42 bytes of every frame are written again before it is sent,
+    // bytes 34..36 (a UDP header's source port) counting up; and each received frame is
+    // read into `scratch`.
+    let hlen = len.min(42);
+    let mut hdr = f[..hlen].to_vec();
+    let mut sport = 0u16;
+    let mut scratch = vec![0u8; b_bufsize(&rxs)];
+    let mut sum = 0u64;
     let (mut sent, mut received) = (0u64, 0u64);
     let t0 = Instant::now();
     let end = Duration::from_secs_f64(secs);
@@ -91,6 +112,17 @@ fn main() {
     loop {
         let k = tx.space();
         if k > 0 {
+            if touch {
+                let mut h = tx.head();
+                for _ in 0..k {
+                    if hlen == 42 {
+                        hdr[34..36].copy_from_slice(&sport.to_be_bytes());
+                    }
+                    sport = sport.wrapping_add(1);
+                    v.bufs().write(v.read_slot(h).buf_idx, &hdr);
+                    h = vale_abi::ring::next(h, n);
+                }
+            }
             tx.advance(k);
             sent += k as u64;
         }
@@ -100,6 +132,22 @@ fn main() {
             let rx = &b.rx_rings()[0];
             let r = rx.space();
             if r > 0 {
+                if touch {
+                    let rv = rx.view();
+                    let mut h = rx.head();
+                    for _ in 0..r {
+                        let s = rv.read_slot(h);
+                        let l = (s.len as usize).min(scratch.len());
+                        if rv.bufs().read(s.buf_idx, &mut scratch[..l]) {
+                            sum = scratch[..l].chunks(8).fold(sum, |acc, c| {
+                                let mut w = [0u8; 8];
+                                w[..c.len()].copy_from_slice(c);
+                                acc.wrapping_add(u64::from_le_bytes(w))
+                            });
+                        }
+                        h = vale_abi::ring::next(h, rx.num_slots());
+                    }
+                }
                 rx.advance(r);
                 received += r as u64;
             }
@@ -111,4 +159,7 @@ fn main() {
     }
     let secs = t0.elapsed().as_secs_f64();
     println!("sent {sent} received {received} secs {secs:.3}");
+    if touch {
+        println!("sum {sum:#x}");
+    }
 }

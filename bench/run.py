@@ -8,7 +8,8 @@ and the ratios the performance issue asks for.
     bench/run.py --only ours,ceiling
     (rows: ours, memif, vhost (dpdk-testpmd virtio_user on a vhost-user port), bridge,
     host (TAP ports and iperf3), attach (a veth attached through AF_PACKET and AF_XDP,
-    60-byte frames each way), ceiling, vm (QEMU guests under TCG; not in the
+    60-byte frames each way), ceiling, paced (pkt-gen -R to a sleeping receiver: loss
+    at 250k/500k/1M pps), vm (QEMU guests under TCG; not in the
     default set: about a minute per run) and shim (netmap's own pkt-gen under
     libvale_netmap.so against ours; not in the default set: needs --netmap-pktgen))
 
@@ -36,6 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("VALE_BENCH_BIN", os.path.join(ROOT, "target", "release"))
 MAC_B = "02:00:00:00:00:0b"
 VALED_ARGS = []  # --valed-args
+ROWS = {}  # name -> {size: [values]}, filled by main
 
 
 def log(*a):
@@ -202,10 +204,11 @@ def cpu_order():
     return first + rest
 
 
-def ours_pinned(secs, length, threads=1, receivers=1):
+def ours_pinned(secs, length, threads=1, receivers=1, client_args=()):
     """`threads` forwarding threads, each pinned to its own CPU and owning one switch
     (vale0, vale1, ...), each switch with one `pair` client (sender and receiver in one
-    busy process) pinned to another CPU. Returns (aggregate delivered Mpps, packets per
+    busy process) pinned to another CPU (`client_args`: ("--touch",) for a client that
+    writes each header and reads each frame). Returns (aggregate delivered Mpps, packets per
     forwarding CPU-second in Mpps) or a SKIP string."""
     cpus = cpu_order()
     if len(cpus) < 2 * threads:
@@ -218,7 +221,8 @@ def ours_pinned(secs, length, threads=1, receivers=1):
         names = []
         for t in range(threads):
             # One at a time: a new switch goes to the least loaded thread.
-            procs.start([os.path.join(BIN, "pair"), f"vale{t}", str(length), str(secs + 3), str(receivers)],
+            procs.start([os.path.join(BIN, "pair"), f"vale{t}", str(length), str(secs + 3), str(receivers),
+                         *client_args],
                         cpu=cli_cpus[t], env=v.env, stdout=subprocess.DEVNULL)
             names += [f"vale{t}:a"] + ([f"vale{t}:b"] if receivers == 1 else
                                        [f"vale{t}:b{i}" for i in range(receivers)])
@@ -267,23 +271,25 @@ def ours_rtt_pinned(count, mode):
 # ---------------------------------------------------------------------------- DPDK memif
 
 
-def memif(secs, length):
+def memif(secs, length, huge=None):
     """The memif pair, tried twice: the client occasionally fails to connect."""
-    r = memif_once(secs, length)
+    r = memif_once(secs, length, huge)
     if isinstance(r, str) and "did not connect" in r:
         log(f"memif {length} B: {r}; trying once more")
-        r = memif_once(secs, length)
+        r = memif_once(secs, length, huge)
     return r
 
 
-def memif_once(secs, length):
-    """dpdk-testpmd txonly (client) -> memif -> dpdk-testpmd rxonly (server)."""
+def memif_once(secs, length, huge=None):
+    """dpdk-testpmd txonly (client) -> memif -> dpdk-testpmd rxonly (server); `huge`: a
+    hugetlbfs mount (from Hugepages) to back their memory, else --no-huge."""
     tp = shutil.which("dpdk-testpmd")
     if not tp:
         return "SKIP: dpdk-testpmd not installed (apt-get install dpdk-dev)"
     tmp = tempfile.mkdtemp(prefix="vale-memif-")
     sock = os.path.join(tmp, "memif.sock")
-    eal = ["--no-huge", "-m", "512", "--no-pci", "--log-level=lib.eal:notice"]
+    mem = ["--huge-dir", huge, "-m", "512"] if huge else ["--no-huge", "-m", "512"]
+    eal = [*mem, "--no-pci", "--log-level=lib.eal:notice"]
     tparams = ["--total-num-mbufs=16384", "--nb-cores=1", "--rxq=1", "--txq=1"]
     procs = Procs()
     try:
@@ -321,6 +327,124 @@ def memif_once(secs, length):
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class Hugepages:
+    """2 MiB huge pages for the memif pair, reserved and mounted here (root only) and put
+    back as they were on exit: `dir` is the hugetlbfs mount, or None with `why`."""
+
+    SYS = "/sys/kernel/mm/hugepages/hugepages-2048kB"
+    PAGES = 600  # two testpmds of -m 512 (256 pages each), and some slack
+
+    def __init__(self):
+        self.dir, self.why, self.orig = None, None, None
+        if os.geteuid() != 0:
+            self.why = "not root (hugepages are reserved through /sys and mounted)"
+        elif not os.path.isdir(self.SYS):
+            self.why = f"the kernel offers no 2 MiB huge pages ({self.SYS} is missing)"
+        if self.why:
+            return
+        try:
+            self.orig = self._read("nr_hugepages")
+            free = self._read("free_hugepages")
+            if free < self.PAGES:
+                self._write(self.orig + self.PAGES - free)
+            free = self._read("free_hugepages")
+            if free < self.PAGES:
+                self.why = f"asked for {self.PAGES} free 2 MiB pages, the kernel gave {free} (memory too fragmented?)"
+                self.close()
+                return
+            d = tempfile.mkdtemp(prefix="vbhuge-")
+            r = sh("mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "vbhuge", d, check=False)
+            if r.returncode != 0:
+                os.rmdir(d)
+                self.why = f"mount -t hugetlbfs failed: {r.stderr.strip()}"
+                self.close()
+                return
+            self.dir = d
+        except OSError as e:
+            self.why = f"cannot reserve huge pages: {e}"
+            self.close()
+
+    def _read(self, name):
+        with open(os.path.join(self.SYS, name)) as f:
+            return int(f.read())
+
+    def _write(self, n):
+        with open(os.path.join(self.SYS, "nr_hugepages"), "w") as f:
+            f.write(str(n))
+
+    def close(self):
+        if self.dir:
+            sh("umount", self.dir, check=False)
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+        if self.orig is not None:
+            try:
+                self._write(self.orig)
+            except OSError as e:
+                log(f"hugepages: could not set nr_hugepages back to {self.orig}: {e}")
+            self.orig = None
+
+
+MEMIF = "DPDK memif pair (testpmd, 64/1500 B), Mpps"
+
+
+def memif_rows(a, add, notes, reps):
+    """`reps` runs of the memif pair at each size, on huge pages when the machine gives
+    them (said in a note either way). Each run's figure goes to the row; memif_ratios
+    splits them into the pair's two regimes."""
+    hp = Hugepages()
+    try:
+        how = f"hugepages (2 MiB, hugetlbfs at {hp.dir})" if hp.dir else f"--no-huge: {hp.why}"
+        if not any(n.startswith("memif pair memory:") for n in notes):
+            notes.append(f"memif pair memory: {how}")
+        for _ in range(reps):
+            for length, key in ((64, 60), (1500, 1514)):
+                r = memif(a.secs, length, hp.dir)
+                if isinstance(r, str):
+                    notes.append(f"memif {length} B: {r}")
+                else:
+                    log(f"  memif pair {length} B: {r:.2f} Mpps")
+                    add(MEMIF, key, r)
+    finally:
+        hp.close()
+
+
+def regimes(xs):
+    """The memif pair is bimodal on a small machine (where the scheduler puts its two
+    pollers: ~5 against ~25+ Mpps): split the runs at the widest ratio between
+    neighbours when it exceeds 1.8x. Returns (slow, fast) lists, or (xs, []) for one
+    regime."""
+    xs = sorted(x for x in xs if isinstance(x, (int, float)) and x > 0)
+    if len(xs) < 2:
+        return xs, []
+    i = max(range(len(xs) - 1), key=lambda k: xs[k + 1] / xs[k])
+    if xs[i + 1] / xs[i] < 1.8:
+        return xs, []
+    return xs[:i + 1], xs[i + 1:]
+
+
+def memif_ratios(m, key):
+    """The memif lines of the verdict at one size: every run's figure, the median of
+    each regime, and ours (the touching client, like for like; the zero-work `pair`
+    beside it) over the median and over each regime's median."""
+    runs = ROWS.get(MEMIF, {}).get(key, [])
+    if not runs:
+        return []
+    slow, fast = regimes(runs)
+    out = [f"memif pair {key} B, every run: {', '.join(f'{x:.2f}' for x in runs)}"]
+    groups = [("all runs", runs)]
+    if fast:
+        out.append(f"memif pair {key} B, two regimes: slow {statistics.median(slow):.2f} Mpps ({len(slow)} runs), "
+                   f"fast {statistics.median(fast):.2f} Mpps ({len(fast)} runs)")
+        groups += [("slow regime", slow), ("fast regime", fast)]
+    for label, row in (("touching client", TOUCH), ("zero-work pair", "ours: unicast 1->1, pinned, delivered Mpps")):
+        o = m(row, key)
+        if o:
+            out.append(f"ours ({label}) / DPDK memif, {key} B: " +
+                       ", ".join(f"{o / statistics.median(g):.2f}x ({n})" for n, g in groups))
+    return out
 
 
 def testpmd_on_ours(secs, length, into_switch, kind):
@@ -740,13 +864,41 @@ def paced_table():
 # ---------------------------------------------------------------------------- ceiling
 
 
+CEILING = "copy ceiling (copy_frame only, pinned as ours), Mpps"
+
+
 def ceiling(secs, length):
-    out = sh(os.path.join(BIN, "copy-ceiling"), str(length), str(secs)).stdout
+    """copy-ceiling with our best path's setup: the copy on the CPU valed's forwarding
+    thread gets in ours_pinned, the reader on the `pair` client's, buffers of valed's
+    size (2112 B unless --valed-args says --buf-size)."""
+    cpus = cpu_order()
+    buf = "2112"
+    if "--buf-size" in VALED_ARGS[:-1]:
+        buf = VALED_ARGS[VALED_ARGS.index("--buf-size") + 1]
+    copy_cpu, read_cpu = cpus[0], cpus[1 % len(cpus)]
+    out = sh(os.path.join(BIN, "copy-ceiling"), str(length), str(secs), "256", buf, str(copy_cpu),
+             str(read_cpu)).stdout
     m = re.search(r": ([\d.]+) Mpps", out)
     return float(m.group(1)) if m else None
 
 
 # ---------------------------------------------------------------------------- main
+
+
+TOUCH = "ours: pinned, client touches frames (as testpmd), Mpps"
+
+
+def touch_rows(a, add, notes):
+    """Ours measured as the memif pair is: the same pinned setup as the `pair` row, but
+    the client does testpmd's work (`pair --touch`): the sender writes each frame's
+    42-byte header before publishing it (txonly), the receiver reads every byte of every
+    frame (as a memif receiver copies it out of the ring). The ratio to memif uses it."""
+    for length in (60, 1514):
+        r = ours_pinned(a.secs, length, client_args=("--touch",))
+        if isinstance(r, str):
+            notes.append(f"ours pinned, touching client, {length} B: {r}")
+        else:
+            add(TOUCH, length, r[0])
 
 
 def ours_rows(a, add, notes):
@@ -757,6 +909,7 @@ def ours_rows(a, add, notes):
         else:
             add("ours: unicast 1->1, pinned, delivered Mpps", length, r[0])
             add("ours: pinned fwd thread, Mpps per CPU-second", length, r[1])
+    touch_rows(a, add, notes)
     r = ours_pinned(a.secs, 60, receivers=4)
     if isinstance(r, str):
         notes.append(f"ours pinned broadcast: {r}")
@@ -828,6 +981,14 @@ def scaling(a):
     return 0
 
 
+def loadavg(when):
+    """The machine's load at `when`: the figures of a shared machine mean little without
+    it (other work competes with the pinned pollers)."""
+    with open("/proc/loadavg") as f:
+        one, five, fifteen = f.read().split()[:3]
+    return f"loadavg at {when}: {one} {five} {fifteen} (1/5/15 min; {os.cpu_count()} CPUs)"
+
+
 def fmt(xs, unit=""):
     xs = [x for x in xs if isinstance(x, (int, float))]
     if not xs:
@@ -839,9 +1000,11 @@ def fmt(xs, unit=""):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--memif-runs", type=int, default=5,
+                    help="runs of the DPDK memif pair in all (at least; spread over --runs)")
     ap.add_argument("--secs", type=float, default=3.0)
     ap.add_argument("--smoke", action="store_true", help="1 run of 1 s per row; asserts no speed")
-    ap.add_argument("--only", default="ours,memif,vhost,bridge,host,attach,ceiling")
+    ap.add_argument("--only", default="ours,memif,vhost,bridge,host,attach,ceiling,paced")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--scaling", metavar="LIST", help="only the multi-thread scaling table, e.g. 1,2,4,8")
     ap.add_argument("--length", type=int, default=60, help="frame length for --scaling")
@@ -851,14 +1014,14 @@ def main():
     a = ap.parse_args()
     VALED_ARGS.extend(a.valed_args.split())
     if a.smoke:
-        a.runs, a.secs = 1, 1.0
+        a.runs, a.secs, a.memif_runs = 1, 1.0, 1
     only = set(a.only.split(","))
     if not a.no_build:
         subprocess.run(["cargo", "build", "--release", "-q", "-p", "vale-tools", "-p", "vale-bench", "-p", "vale-netmap"],
                        cwd=ROOT, check=True)
     if a.scaling:
         return scaling(a)
-    rows = {}  # name -> {size: [values]}
+    rows = ROWS  # name -> {size: [values]}
     notes = []
     failed = []
 
@@ -867,6 +1030,7 @@ def main():
 
     for run in range(a.runs):
         log(f"run {run + 1}/{a.runs}")
+        print(loadavg(f"start of run {run + 1}/{a.runs}"), flush=True)
         if "ours" in only:
             try:
                 ours_rows(a, add, notes)
@@ -874,12 +1038,8 @@ def main():
                 notes.append(f"ours: FAILED: {e}")
                 failed.append("ours")
         if "memif" in only:
-            for length, key in ((64, 60), (1500, 1514)):
-                r = memif(a.secs, length)
-                if isinstance(r, str):
-                    notes.append(f"memif {length} B: {r}")
-                else:
-                    add("DPDK memif pair (testpmd, 64/1500 B), Mpps", key, r)
+            # At least --memif-runs runs of the pair in all, spread over the runs.
+            memif_rows(a, add, notes, -(-a.memif_runs // a.runs))
             for into, label in ((True, "memif: testpmd -> ours -> pkt-gen"),
                                 (False, "memif: pkt-gen -> ours -> testpmd")):
                 for length, key in ((64, 60), (1500, 1514)):
@@ -952,7 +1112,8 @@ def main():
             paced_rows(a, add, notes)
         if "ceiling" in only:
             for length in (60, 1514):
-                add("copy ceiling (SPSC, 1 copy), Mpps", length, ceiling(a.secs, length))
+                add(CEILING, length, ceiling(a.secs, length))
+        print(loadavg(f"end of run {run + 1}/{a.runs}"), flush=True)
 
     print(f"\n{'row':<56} {'60 B':>26} {'1514 B':>26}")
     for name, by in rows.items():
@@ -965,12 +1126,15 @@ def main():
     ratios = []
     for key in (60, 1514):
         o = m("ours: unicast 1->1, pinned, delivered Mpps", key)
-        for label, other in (("DPDK memif", "DPDK memif pair (testpmd, 64/1500 B), Mpps"),
-                             ("copy ceiling", "copy ceiling (SPSC, 1 copy), Mpps"),
+        for label, other in (("copy ceiling", CEILING),
                              ("Linux bridge", "Linux bridge (AF_PACKET -> UDP), Mpps")):
             x = m(other, key)
             if o and x:
                 ratios.append(f"ours / {label}, {key} B: {o / x:.2f}x")
+        x = m(CEILING, key)
+        if o and x and o > x:
+            ratios.append(f"WARNING: ours ({o:.2f}) above the copy ceiling ({x:.2f}) at {key} B: the ceiling is wrong")
+        ratios += memif_ratios(m, key)
         g = o
         if g:
             ratios.append(f"ours unicast {key} B: {g * key * 8 / 1000:.1f} Gbit/s")
@@ -986,7 +1150,7 @@ def main():
         b, u = m(bl, 60), m(ul, 60)
         if b and u:
             ratios.append(f"broadcast 1->4 / unicast 1->1, {what} (60 B): {b / u:.2f}x")
-    c = m("copy ceiling (SPSC, 1 copy), Mpps", 60)
+    c = m(CEILING, 60)
     b = m("ours: broadcast 1->4, pinned, delivered Mpps", 60)
     if b and c:
         ratios.append(f"broadcast 1->4 pinned, delivered copies / copy ceiling (60 B): {b / c:.2f}x")

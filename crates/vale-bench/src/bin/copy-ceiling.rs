@@ -56,7 +56,10 @@ fn main() {
         let ring = src.ring(Dir::Tx, 0).expect("ring");
         let (bufs, slots) = (ring.bufs().access(), ring.slots());
         for i in 0..N as u32 {
-            assert!(bufs.write(slots.buf_idx(i), &frame), "frame too long for the buffers");
+            assert!(
+                bufs.write(slots.buf_idx(i), &frame),
+                "frame too long for the buffers"
+            );
         }
     }
     let head = Arc::new(Padded(AtomicU64::new(0)));
@@ -119,7 +122,9 @@ fn main() {
     stop.store(true, Ordering::Relaxed);
     let bad = copier.join().unwrap_or(u64::MAX);
     if bad != 0 {
-        eprintln!("copy-ceiling: {bad} copies refused (length {len} over {buf_size}-byte buffers?)");
+        eprintln!(
+            "copy-ceiling: {bad} copies refused (length {len} over {buf_size}-byte buffers?)"
+        );
         std::process::exit(1);
     }
     println!(

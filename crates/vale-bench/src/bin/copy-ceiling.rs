@@ -8,7 +8,10 @@
 //! anything the switch does on top of this costs time, so ours at or above this figure
 //! means the ceiling is wrong.
 //!
-//! `copy-ceiling LEN SECS [BATCH [BUF_SIZE [COPY_CPU READ_CPU]]]` prints
+//! With `--touch` the reader also reads every byte of every frame (as `pair --touch`'s
+//! receiver does): the ceiling of the like-for-like row.
+//!
+//! `copy-ceiling LEN SECS [BATCH [BUF_SIZE [COPY_CPU READ_CPU]]] [--touch]` prints
 //! `copy-ceiling len=.. : X Mpps Y Gbit/s`.
 
 use std::sync::Arc;
@@ -33,7 +36,9 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, default: T) -> T {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    let touch = args.iter().any(|a| a == "--touch");
+    args.retain(|a| a != "--touch");
     let len: usize = arg(&args, 1, 60);
     let secs: f64 = arg(&args, 2, 2.0);
     let batch: u64 = arg(&args, 3, 256u64).clamp(1, N);
@@ -102,12 +107,27 @@ fn main() {
         })
     };
     pin(read_cpu);
+    let rr = dst.ring(Dir::Rx, 0).expect("ring");
+    let rb = rr.bufs().access();
+    let ridx: Vec<u32> = (0..N as u32).map(|i| rr.slots().buf_idx(i)).collect();
+    let mut scratch = vec![0u8; len];
+    let mut sum = 0u64;
     let (mut t, mut h_cache, mut spins) = (0u64, 0u64, 0u64);
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
     loop {
         h_cache = h_cache.max(head.0.load(Ordering::Acquire));
         if t < h_cache {
+            if touch {
+                for k in t..h_cache {
+                    rb.read(ridx[(k & (N - 1)) as usize], &mut scratch);
+                    sum = scratch.chunks(8).fold(sum, |acc, c| {
+                        let mut w = [0u8; 8];
+                        w[..c.len()].copy_from_slice(c);
+                        acc.wrapping_add(u64::from_le_bytes(w))
+                    });
+                }
+            }
             t = h_cache;
             tail.0.store(t, Ordering::Release);
         } else {
@@ -128,7 +148,8 @@ fn main() {
         std::process::exit(1);
     }
     println!(
-        "copy-ceiling len={len} batch={batch} buf_size={buf_size} cpus={copy_cpu},{read_cpu}: {:.2} Mpps {:.2} Gbit/s over {el:.2}s",
+        "copy-ceiling len={len} batch={batch} buf_size={buf_size} cpus={copy_cpu},{read_cpu}{}: {:.2} Mpps {:.2} Gbit/s over {el:.2}s (sum {sum:#x})",
+        if touch { " touch" } else { "" },
         t as f64 / el / 1e6,
         t as f64 * len as f64 * 8.0 / el / 1e9,
     );

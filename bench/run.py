@@ -221,7 +221,7 @@ def ours_pinned(secs, length, threads=1, receivers=1, client_args=()):
         names = []
         for t in range(threads):
             # One at a time: a new switch goes to the least loaded thread.
-            procs.start([os.path.join(BIN, "pair"), f"vale{t}", str(length), str(secs + 3), str(receivers),
+            procs.start([os.path.join(BIN, "pair"), f"vale{t}", str(length), str(secs + 8), str(receivers),
                          *client_args],
                         cpu=cli_cpus[t], env=v.env, stdout=subprocess.DEVNULL)
             names += [f"vale{t}:a"] + ([f"vale{t}:b"] if receivers == 1 else
@@ -795,36 +795,52 @@ PACED = {}  # rate -> [(sent, received, ring_full)], one per run
 
 def paced_once(secs, rate):
     """`pkt-gen -f tx -R rate` to a `pkt-gen -f rx` that sleeps in poll(), three
-    processes unpinned (valed's defaults): what was sent (the sender's summary), what the
-    receiver read (its summary) and what the switch dropped as ring_full. A receiver that
+    processes unpinned (valed's defaults). Returns (sent: the sender's summary, received:
+    the receiver's summary, ring_full: the switch's count, forwarding thread's CPU share,
+    other drops: every other drop the switch counted), or a FAILED string when the
+    frames do not add up (sent = delivered + ring_full + other drops). A receiver that
     can follow the rate should get every frame."""
     procs = Procs()
     tmp = tempfile.mkdtemp(prefix="vale-bench-")
     try:
         v = Valed(procs, tmp)
         n = int(rate * secs)
-        rx = procs.start([os.path.join(BIN, "pkt-gen"), "-i", "vale0:r", "-f", "rx", "-W",
-                          "--duration", str(int(secs) + 8)], env=v.env)
+        # No -W: on a loaded machine a sender can stall for a second, and the receiver
+        # must not leave before the sender is done. It is stopped below.
+        rx = procs.start([os.path.join(BIN, "pkt-gen"), "-i", "vale0:r", "-f", "rx",
+                          "--duration", str(int(secs) * 10 + 60)], env=v.env)
         v.wait_ports(["vale0:r"])
         subprocess.run([os.path.join(BIN, "pkt-gen"), "-i", "vale0:r", "-f", "tx", "-n", "1", "-S", MAC_B],
                        env=v.env, stdout=subprocess.DEVNULL, check=True)
         time.sleep(0.3)
-        c0, t0 = v.fwd_cpu(), time.time()
+        st0, c0, t0 = v.stats(), v.fwd_cpu(), time.time()
         tx = subprocess.run([os.path.join(BIN, "pkt-gen"), "-i", "vale0:s", "-f", "tx", "-R", str(rate),
                              "-n", str(n), "-D", MAC_B], env=v.env, capture_output=True, text=True,
-                            timeout=secs * 4 + 20).stdout
-        # The port's counters go when its last client leaves: read them while the
-        # receiver waits out its idle second (-W).
+                            timeout=secs * 10 + 30).stdout
         fwd = (v.fwd_cpu() - c0) / (time.time() - t0)
-        time.sleep(0.3)
+        # The ports' counters go when their last client leaves: read them while the
+        # receiver is still there, once it has had time to drain its ring.
+        time.sleep(1.0)
         st = v.stats()
-        out, _ = rx.communicate(timeout=secs + 15)
+        rx.send_signal(signal.SIGTERM)
+        out, _ = rx.communicate(timeout=20)
         sent = re.search(r"Sent (\d+) packets", tx)
         got = re.search(r"Received (\d+) packets", out)
         if not sent or not got:
             return f"FAILED: no summary from pkt-gen (tx: {tx[-200:]!r}, rx: {out[-200:]!r})"
-        ring_full = sum(c["drops"]["ring_full"] for c in st.values())
-        return int(sent.group(1)), int(got.group(1)), ring_full, fwd
+        sent, got = int(sent.group(1)), int(got.group(1))
+        # Counted from just before the sender started (the receiver's announcement is not
+        # part of it).
+        before = lambda port, f: f(st0[port]) if port in st0 else 0  # noqa: E731
+        ring_full = sum(c["drops"]["ring_full"] - before(p, lambda c0: c0["drops"]["ring_full"])
+                        for p, c in st.items())
+        other = sum(sum(c["drops"].values()) - before(p, lambda c0: sum(c0["drops"].values()))
+                    for p, c in st.items()) - ring_full
+        delivered = st["vale0:r"]["rx_packets"] - st0["vale0:r"]["rx_packets"]
+        if delivered + ring_full + other != sent or got > delivered:
+            return (f"FAILED: frames do not add up: sent {sent}, delivered {delivered}, ring_full {ring_full}, "
+                    f"other drops {other}, received {got}")
+        return sent, got, ring_full, fwd, other
     except (OSError, subprocess.SubprocessError, RuntimeError, KeyError) as e:
         return f"FAILED: {e}"
     finally:
@@ -853,9 +869,9 @@ def paced_table():
              f"{'rate pps':>10} {'sent':>10} {'received':>10} {'ring_full':>10} {'loss %':>8} {'fwd CPU':>8}"
              "   per run: sent/received/ring_full (loss %)"]
     for rate, runs in PACED.items():
-        loss = [100.0 * (s - g) / s if s else 100.0 for s, g, _, _ in runs]
-        per = "; ".join(f"{s}/{g}/{f} ({x:.3f} %)" for (s, g, f, _), x in zip(runs, loss))
-        s, g, f, c = (statistics.median(col) for col in zip(*runs))
+        loss = [100.0 * (s - g) / s if s else 100.0 for s, g, *_ in runs]
+        per = "; ".join(f"{s}/{g}/{f} ({x:.3f} %)" for (s, g, f, *_), x in zip(runs, loss))
+        s, g, f, c, _ = (statistics.median(col) for col in zip(*runs))
         lines.append(f"{rate:>10} {s:>10.0f} {g:>10.0f} {f:>10.0f} {statistics.median(loss):>8.3f} "
                      f"{100 * c:>7.0f}%   {per}")
     return lines

@@ -882,6 +882,11 @@ def paced_table():
 
 CEILING = "copy ceiling (copy_frame only, pinned as ours), Mpps"
 CEILING_TOUCH = "copy ceiling, reader reads every frame, Mpps"
+# The copier's copies per CPU-second of its own: against the forwarding thread's packets
+# per CPU-second, a comparison that holds on a shared machine too.
+CEILING_CPU = {CEILING: "copy ceiling: copier Mpps per CPU-second",
+               CEILING_TOUCH: "copy ceiling, reader reads: copier Mpps/CPU-s"}
+TOUCH_CPU = "ours: touching client, fwd Mpps per CPU-second"
 
 
 def ceiling(secs, length, touch=False):
@@ -895,8 +900,8 @@ def ceiling(secs, length, touch=False):
     copy_cpu, read_cpu = cpus[0], cpus[1 % len(cpus)]
     out = sh(os.path.join(BIN, "copy-ceiling"), str(length), str(secs), "256", buf, str(copy_cpu),
              str(read_cpu), *(["--touch"] if touch else [])).stdout
-    m = re.search(r": ([\d.]+) Mpps", out)
-    return float(m.group(1)) if m else None
+    m = re.search(r": ([\d.]+) Mpps .*copier ([\d.]+) Mpps per CPU-second", out)
+    return (float(m.group(1)), float(m.group(2))) if m else (None, None)
 
 
 # ---------------------------------------------------------------------------- main
@@ -916,6 +921,7 @@ def touch_rows(a, add, notes):
             notes.append(f"ours pinned, touching client, {length} B: {r}")
         else:
             add(TOUCH, length, r[0])
+            add(TOUCH_CPU, length, r[1])
 
 
 def ours_rows(a, add, notes):
@@ -1129,8 +1135,10 @@ def main():
             paced_rows(a, add, notes)
         if "ceiling" in only:
             for length in (60, 1514):
-                add(CEILING, length, ceiling(a.secs, length))
-                add(CEILING_TOUCH, length, ceiling(a.secs, length, touch=True))
+                for row, touch in ((CEILING, False), (CEILING_TOUCH, True)):
+                    mpps, per_cpu = ceiling(a.secs, length, touch)
+                    add(row, length, mpps)
+                    add(CEILING_CPU[row], length, per_cpu)
         print(loadavg(f"end of run {run + 1}/{a.runs}"), flush=True)
 
     print(f"\n{'row':<56} {'60 B':>26} {'1514 B':>26}")
@@ -1151,7 +1159,13 @@ def main():
         for who, row, what, ceil in (("ours (zero-work pair)", "ours: unicast 1->1, pinned, delivered Mpps",
                                       "copy ceiling", CEILING),
                                      ("ours (touching client)", TOUCH, "copy ceiling, reader reads frames",
-                                      CEILING_TOUCH)):
+                                      CEILING_TOUCH),
+                                     ("ours (zero-work pair), fwd per CPU-second",
+                                      "ours: pinned fwd thread, Mpps per CPU-second",
+                                      "copy ceiling's copier per CPU-second", CEILING_CPU[CEILING]),
+                                     ("ours (touching client), fwd per CPU-second", TOUCH_CPU,
+                                      "copy ceiling's copier per CPU-second, reader reads frames",
+                                      CEILING_CPU[CEILING_TOUCH])):
             o, x = m(row, key), m(ceil, key)
             if o and x:
                 ratios.append(f"{who} / {what}, {key} B: {o / x:.2f}x")

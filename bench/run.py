@@ -881,15 +881,13 @@ def paced_table():
 
 
 CEILING = "copy ceiling (copy_frame only, pinned as ours), Mpps"
-CEILING_TOUCH = "copy ceiling, reader reads every frame, Mpps"
 # The copier's copies per CPU-second of its own: against the forwarding thread's packets
 # per CPU-second, a comparison that holds on a shared machine too.
-CEILING_CPU = {CEILING: "copy ceiling: copier Mpps per CPU-second",
-               CEILING_TOUCH: "copy ceiling, reader reads: copier Mpps/CPU-s"}
+CEILING_CPU = "copy ceiling: copier Mpps per CPU-second"
 TOUCH_CPU = "ours: touching client, fwd Mpps per CPU-second"
 
 
-def ceiling(secs, length, touch=False):
+def ceiling(secs, length):
     """copy-ceiling with our best path's setup: the copy on the CPU valed's forwarding
     thread gets in ours_pinned, the reader on the `pair` client's, buffers of valed's
     size (2112 B unless --valed-args says --buf-size)."""
@@ -899,7 +897,7 @@ def ceiling(secs, length, touch=False):
         buf = VALED_ARGS[VALED_ARGS.index("--buf-size") + 1]
     copy_cpu, read_cpu = cpus[0], cpus[1 % len(cpus)]
     out = sh(os.path.join(BIN, "copy-ceiling"), str(length), str(secs), "256", buf, str(copy_cpu),
-             str(read_cpu), *(["--touch"] if touch else [])).stdout
+             str(read_cpu)).stdout
     m = re.search(r": ([\d.]+) Mpps .*copier ([\d.]+) Mpps per CPU-second", out)
     return (float(m.group(1)), float(m.group(2))) if m else (None, None)
 
@@ -1135,10 +1133,9 @@ def main():
             paced_rows(a, add, notes)
         if "ceiling" in only:
             for length in (60, 1514):
-                for row, touch in ((CEILING, False), (CEILING_TOUCH, True)):
-                    mpps, per_cpu = ceiling(a.secs, length, touch)
-                    add(row, length, mpps)
-                    add(CEILING_CPU[row], length, per_cpu)
+                mpps, per_cpu = ceiling(a.secs, length)
+                add(CEILING, length, mpps)
+                add(CEILING_CPU, length, per_cpu)
         print(loadavg(f"end of run {run + 1}/{a.runs}"), flush=True)
 
     print(f"\n{'row':<56} {'60 B':>26} {'1514 B':>26}")
@@ -1156,16 +1153,12 @@ def main():
             x = m(other, key)
             if o and x:
                 ratios.append(f"ours / {label}, {key} B: {o / x:.2f}x")
+        # The ceiling bounds the zero-work row (its reader, like `pair`, reads no frame).
         for who, row, what, ceil in (("ours (zero-work pair)", "ours: unicast 1->1, pinned, delivered Mpps",
                                       "copy ceiling", CEILING),
-                                     ("ours (touching client)", TOUCH, "copy ceiling, reader reads frames",
-                                      CEILING_TOUCH),
                                      ("ours (zero-work pair), fwd per CPU-second",
                                       "ours: pinned fwd thread, Mpps per CPU-second",
-                                      "copy ceiling's copier per CPU-second", CEILING_CPU[CEILING]),
-                                     ("ours (touching client), fwd per CPU-second", TOUCH_CPU,
-                                      "copy ceiling's copier per CPU-second, reader reads frames",
-                                      CEILING_CPU[CEILING_TOUCH])):
+                                      "copy ceiling's copier per CPU-second", CEILING_CPU)):
             o, x = m(row, key), m(ceil, key)
             if o and x:
                 ratios.append(f"{who} / {what}, {key} B: {o / x:.2f}x")

@@ -8,11 +8,7 @@
 //! anything the switch does on top of this costs time, so ours at or above this figure
 //! means the ceiling is wrong.
 //!
-//! With `--touch` the second thread also does `pair --touch`'s work: it reads every
-//! byte of every frame it gets and writes the 42-byte header of the sender's buffer
-//! again before that buffer is copied from next: the ceiling of the like-for-like row.
-//!
-//! `copy-ceiling LEN SECS [BATCH [BUF_SIZE [COPY_CPU READ_CPU]]] [--touch]` prints
+//! `copy-ceiling LEN SECS [BATCH [BUF_SIZE [COPY_CPU READ_CPU]]]` prints
 //! `copy-ceiling len=.. : X Mpps Y Gbit/s ...; copier Z Mpps per CPU-second`.
 
 use std::sync::Arc;
@@ -47,9 +43,7 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, default: T) -> T {
 }
 
 fn main() {
-    let mut args: Vec<String> = std::env::args().collect();
-    let touch = args.iter().any(|a| a == "--touch");
-    args.retain(|a| a != "--touch");
+    let args: Vec<String> = std::env::args().collect();
     let len: usize = arg(&args, 1, 60);
     let secs: f64 = arg(&args, 2, 2.0);
     let batch: u64 = arg(&args, 3, 256u64).clamp(1, N);
@@ -127,42 +121,12 @@ fn main() {
         })
     };
     pin(read_cpu);
-    let rr = dst.ring(Dir::Rx, 0).expect("ring");
-    let rb = rr.bufs().access();
-    // Frame k's buffer, as the copier chose it.
-    let ridx: Vec<u32> = (0..N as u32)
-        .map(|i| rr.slots().buf_idx((i + DST_SHIFT) % N as u32))
-        .collect();
-    let sr = src.ring(Dir::Tx, 0).expect("ring");
-    let sb = sr.bufs().access();
-    let sidx: Vec<u32> = (0..N as u32).map(|i| sr.slots().buf_idx(i)).collect();
-    let mut hdr = frame[..len.min(42)].to_vec();
-    let mut sport = 0u16;
-    let mut scratch = vec![0u8; len];
-    let mut sum = 0u64;
     let (mut t, mut h_cache, mut spins) = (0u64, 0u64, 0u64);
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
     loop {
         h_cache = h_cache.max(head.0.load(Ordering::Acquire));
         if t < h_cache {
-            if touch {
-                for k in t..h_cache {
-                    let s = (k & (N - 1)) as usize;
-                    rb.read(ridx[s], &mut scratch);
-                    sum = scratch.chunks(8).fold(sum, |acc, c| {
-                        let mut w = [0u8; 8];
-                        w[..c.len()].copy_from_slice(c);
-                        acc.wrapping_add(u64::from_le_bytes(w))
-                    });
-                    // The copier takes this sender's buffer again only a ring later.
-                    if hdr.len() == 42 {
-                        hdr[34..36].copy_from_slice(&sport.to_be_bytes());
-                        sport = sport.wrapping_add(1);
-                    }
-                    sb.write(sidx[s], &hdr);
-                }
-            }
             t = h_cache;
             tail.0.store(t, Ordering::Release);
         } else {
@@ -183,8 +147,7 @@ fn main() {
         std::process::exit(1);
     }
     println!(
-        "copy-ceiling len={len} batch={batch} buf_size={buf_size} cpus={copy_cpu},{read_cpu}{}: {:.2} Mpps {:.2} Gbit/s over {el:.2}s; copier {:.2} Mpps per CPU-second (sum {sum:#x})",
-        if touch { " touch" } else { "" },
+        "copy-ceiling len={len} batch={batch} buf_size={buf_size} cpus={copy_cpu},{read_cpu}: {:.2} Mpps {:.2} Gbit/s over {el:.2}s; copier {:.2} Mpps per CPU-second",
         t as f64 / el / 1e6,
         t as f64 * len as f64 * 8.0 / el / 1e9,
         copied as f64 / cpu.max(1e-9) / 1e6,

@@ -1159,11 +1159,11 @@ def main():
                                      ("ours (zero-work pair), fwd per CPU-second",
                                       "ours: pinned fwd thread, Mpps per CPU-second",
                                       "copy ceiling's copier per CPU-second", CEILING_CPU)):
-            o, x = m(row, key), m(ceil, key)
-            if o and x:
-                ratios.append(f"{who} / {what}, {key} B: {o / x:.2f}x")
-                if o > x:
-                    ratios.append(f"WARNING: {who} ({o:.2f}) above the {what} ({x:.2f}) at {key} B: "
+            ours, ceil_x = m(row, key), m(ceil, key)
+            if ours and ceil_x:
+                ratios.append(f"{who} / {what}, {key} B: {ours / ceil_x:.2f}x")
+                if ours > ceil_x:
+                    ratios.append(f"WARNING: {who} ({ours:.2f}) above the {what} ({ceil_x:.2f}) at {key} B: "
                                   "the ceiling is wrong")
         ratios += memif_ratios(m, key)
         g = o

@@ -22,6 +22,7 @@ failure. Standard library only.
 """
 
 import argparse
+import atexit
 import json
 import os
 import re
@@ -271,6 +272,26 @@ def ours_rtt_pinned(count, mode):
 # ---------------------------------------------------------------------------- DPDK memif
 
 
+def dpdk_prefix(name):
+    """A testpmd --file-prefix of this harness process alone: two harnesses (or tests)
+    on one machine with the same prefix make the second testpmd exit at once (its EAL
+    cannot take the first one's lock), seen as a broken pipe or a pair that never
+    connects. Its runtime directory goes when this process ends (atexit)."""
+    prefix = f"{name}{os.getpid()}"
+    if prefix not in _PREFIXES:
+        _PREFIXES.append(prefix)
+    return prefix
+
+
+_PREFIXES = []
+
+
+@atexit.register
+def _remove_dpdk_runtime_dirs():
+    for p in _PREFIXES:
+        shutil.rmtree(os.path.join("/var/run/dpdk", p), ignore_errors=True)
+
+
 def memif(secs, length, huge=None):
     """The memif pair, tried twice: the client occasionally fails to connect."""
     r = memif_once(secs, length, huge)
@@ -293,11 +314,11 @@ def memif_once(secs, length, huge=None):
     tparams = ["--total-num-mbufs=16384", "--nb-cores=1", "--rxq=1", "--txq=1"]
     procs = Procs()
     try:
-        srv = procs.start([tp, "-l", "0,1", "--main-lcore", "1", *eal, "--file-prefix", "vbsrv",
+        srv = procs.start([tp, "-l", "0,1", "--main-lcore", "1", *eal, "--file-prefix", dpdk_prefix("vbsrv"),
                            f"--vdev=net_memif0,role=server,socket={sock}", "--", "-i",
                            "--forward-mode=rxonly", *tparams], stdin=subprocess.PIPE)
         time.sleep(1.0)
-        cli = procs.start([tp, "-l", "0,1", "--main-lcore", "0", *eal, "--file-prefix", "vbcli",
+        cli = procs.start([tp, "-l", "0,1", "--main-lcore", "0", *eal, "--file-prefix", dpdk_prefix("vbcli"),
                            f"--vdev=net_memif0,role=client,socket={sock}", "--", "-i",
                            "--forward-mode=txonly", f"--txpkts={length}", *tparams], stdin=subprocess.PIPE)
         time.sleep(3.0)
@@ -482,7 +503,7 @@ def testpmd_on_ours(secs, length, into_switch, kind):
                        capture_output=True)
         mode = "txonly" if into_switch else "rxonly"
         t = procs.start([tp, "-l", "0,1", "--main-lcore", "0", "--no-huge", "-m", "512", "--no-pci",
-                         "--log-level=lib.eal:notice", "--file-prefix", f"vb{kind}", vdev, "--", "-i",
+                         "--log-level=lib.eal:notice", "--file-prefix", dpdk_prefix(f"vb{kind}"), vdev, "--", "-i",
                          f"--forward-mode={mode}", f"--txpkts={length}", "--total-num-mbufs=16384",
                          "--nb-cores=1"], stdin=subprocess.PIPE)
         time.sleep(3.0)

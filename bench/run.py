@@ -8,7 +8,8 @@ and the ratios the performance issue asks for.
     bench/run.py --only ours,ceiling
     (rows: ours, memif, vhost (dpdk-testpmd virtio_user on a vhost-user port), bridge,
     host (TAP ports and iperf3), attach (a veth attached through AF_PACKET and AF_XDP,
-    60-byte frames each way), ceiling, vm (QEMU guests under TCG; not in the
+    60-byte frames each way), ceiling, paced (pkt-gen -R to a sleeping receiver: loss
+    at 250k/500k/1M pps), vm (QEMU guests under TCG; not in the
     default set: about a minute per run) and shim (netmap's own pkt-gen under
     libvale_netmap.so against ours; not in the default set: needs --netmap-pktgen))
 
@@ -21,6 +22,7 @@ failure. Standard library only.
 """
 
 import argparse
+import atexit
 import json
 import os
 import re
@@ -36,6 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("VALE_BENCH_BIN", os.path.join(ROOT, "target", "release"))
 MAC_B = "02:00:00:00:00:0b"
 VALED_ARGS = []  # --valed-args
+ROWS = {}  # name -> {size: [values]}, filled by main
 
 
 def log(*a):
@@ -202,10 +205,11 @@ def cpu_order():
     return first + rest
 
 
-def ours_pinned(secs, length, threads=1, receivers=1):
+def ours_pinned(secs, length, threads=1, receivers=1, client_args=()):
     """`threads` forwarding threads, each pinned to its own CPU and owning one switch
     (vale0, vale1, ...), each switch with one `pair` client (sender and receiver in one
-    busy process) pinned to another CPU. Returns (aggregate delivered Mpps, packets per
+    busy process) pinned to another CPU (`client_args`: ("--touch",) for a client that
+    writes each header and reads each frame). Returns (aggregate delivered Mpps, packets per
     forwarding CPU-second in Mpps) or a SKIP string."""
     cpus = cpu_order()
     if len(cpus) < 2 * threads:
@@ -218,7 +222,8 @@ def ours_pinned(secs, length, threads=1, receivers=1):
         names = []
         for t in range(threads):
             # One at a time: a new switch goes to the least loaded thread.
-            procs.start([os.path.join(BIN, "pair"), f"vale{t}", str(length), str(secs + 3), str(receivers)],
+            procs.start([os.path.join(BIN, "pair"), f"vale{t}", str(length), str(secs + 8), str(receivers),
+                         *client_args],
                         cpu=cli_cpus[t], env=v.env, stdout=subprocess.DEVNULL)
             names += [f"vale{t}:a"] + ([f"vale{t}:b"] if receivers == 1 else
                                        [f"vale{t}:b{i}" for i in range(receivers)])
@@ -303,31 +308,53 @@ def ours_rtt_pinned(count, mode):
 # ---------------------------------------------------------------------------- DPDK memif
 
 
-def memif(secs, length):
+def dpdk_prefix(name):
+    """A testpmd --file-prefix of this harness process alone: two harnesses (or tests)
+    on one machine with the same prefix make the second testpmd exit at once (its EAL
+    cannot take the first one's lock), seen as a broken pipe or a pair that never
+    connects. Its runtime directory goes when this process ends (atexit)."""
+    prefix = f"{name}{os.getpid()}"
+    if prefix not in _PREFIXES:
+        _PREFIXES.append(prefix)
+    return prefix
+
+
+_PREFIXES = []
+
+
+@atexit.register
+def _remove_dpdk_runtime_dirs():
+    for p in _PREFIXES:
+        shutil.rmtree(os.path.join("/var/run/dpdk", p), ignore_errors=True)
+
+
+def memif(secs, length, huge=None):
     """The memif pair, tried twice: the client occasionally fails to connect."""
-    r = memif_once(secs, length)
+    r = memif_once(secs, length, huge)
     if isinstance(r, str) and "did not connect" in r:
         log(f"memif {length} B: {r}; trying once more")
-        r = memif_once(secs, length)
+        r = memif_once(secs, length, huge)
     return r
 
 
-def memif_once(secs, length):
-    """dpdk-testpmd txonly (client) -> memif -> dpdk-testpmd rxonly (server)."""
+def memif_once(secs, length, huge=None):
+    """dpdk-testpmd txonly (client) -> memif -> dpdk-testpmd rxonly (server); `huge`: a
+    hugetlbfs mount (from Hugepages) to back their memory, else --no-huge."""
     tp = shutil.which("dpdk-testpmd")
     if not tp:
         return "SKIP: dpdk-testpmd not installed (apt-get install dpdk-dev)"
     tmp = tempfile.mkdtemp(prefix="vale-memif-")
     sock = os.path.join(tmp, "memif.sock")
-    eal = ["--no-huge", "-m", "512", "--no-pci", "--log-level=lib.eal:notice"]
+    mem = ["--huge-dir", huge, "-m", "512"] if huge else ["--no-huge", "-m", "512"]
+    eal = [*mem, "--no-pci", "--log-level=lib.eal:notice"]
     tparams = ["--total-num-mbufs=16384", "--nb-cores=1", "--rxq=1", "--txq=1"]
     procs = Procs()
     try:
-        srv = procs.start([tp, "-l", "0,1", "--main-lcore", "1", *eal, "--file-prefix", "vbsrv",
+        srv = procs.start([tp, "-l", "0,1", "--main-lcore", "1", *eal, "--file-prefix", dpdk_prefix("vbsrv"),
                            f"--vdev=net_memif0,role=server,socket={sock}", "--", "-i",
                            "--forward-mode=rxonly", *tparams], stdin=subprocess.PIPE)
         time.sleep(1.0)
-        cli = procs.start([tp, "-l", "0,1", "--main-lcore", "0", *eal, "--file-prefix", "vbcli",
+        cli = procs.start([tp, "-l", "0,1", "--main-lcore", "0", *eal, "--file-prefix", dpdk_prefix("vbcli"),
                            f"--vdev=net_memif0,role=client,socket={sock}", "--", "-i",
                            "--forward-mode=txonly", f"--txpkts={length}", *tparams], stdin=subprocess.PIPE)
         time.sleep(3.0)
@@ -359,6 +386,131 @@ def memif_once(secs, length):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+class Hugepages:
+    """2 MiB huge pages for the memif pair, reserved and mounted here (root only) and put
+    back as they were on exit: `dir` is the hugetlbfs mount, or None with `why`."""
+
+    SYS = "/sys/kernel/mm/hugepages/hugepages-2048kB"
+    PAGES = 600  # two testpmds of -m 512 (256 pages each), and some slack
+
+    def __init__(self):
+        self.dir, self.why, self.orig = None, None, None
+        if os.geteuid() != 0:
+            self.why = "not root (hugepages are reserved through /sys and mounted)"
+        elif not os.path.isdir(self.SYS):
+            self.why = f"the kernel offers no 2 MiB huge pages ({self.SYS} is missing)"
+        if self.why:
+            return
+        try:
+            self.orig = self._read("nr_hugepages")
+            free = self._read("free_hugepages")
+            if free < self.PAGES:
+                self._write(self.orig + self.PAGES - free)
+            free = self._read("free_hugepages")
+            if free < self.PAGES:
+                self.why = f"asked for {self.PAGES} free 2 MiB pages, the kernel gave {free} (memory too fragmented?)"
+                self.close()
+                return
+            d = tempfile.mkdtemp(prefix="vbhuge-")
+            r = sh("mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "vbhuge", d, check=False)
+            if r.returncode != 0:
+                os.rmdir(d)
+                self.why = f"mount -t hugetlbfs failed: {r.stderr.strip()}"
+                self.close()
+                return
+            self.dir = d
+        except OSError as e:
+            self.why = f"cannot reserve huge pages: {e}"
+            self.close()
+
+    def _read(self, name):
+        with open(os.path.join(self.SYS, name)) as f:
+            return int(f.read())
+
+    def _write(self, n):
+        with open(os.path.join(self.SYS, "nr_hugepages"), "w") as f:
+            f.write(str(n))
+
+    def close(self):
+        if self.dir:
+            sh("umount", self.dir, check=False)
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+        if self.orig is not None:
+            try:
+                self._write(self.orig)
+            except OSError as e:
+                log(f"hugepages: could not set nr_hugepages back to {self.orig}: {e}")
+            self.orig = None
+
+
+MEMIF = "DPDK memif pair (testpmd, 64/1500 B), Mpps"
+
+
+def memif_rows(a, add, notes, reps):
+    """`reps` runs of the memif pair at each size, on huge pages when the machine gives
+    them (said in a note either way). Each run's figure goes to the row; memif_ratios
+    splits them into the pair's two regimes."""
+    hp = Hugepages()
+    try:
+        how = f"hugepages (2 MiB, hugetlbfs at {hp.dir})" if hp.dir else f"--no-huge: {hp.why}"
+        if not any(n.startswith("memif pair memory:") for n in notes):
+            notes.append(f"memif pair memory: {how}")
+        for _ in range(reps):
+            for length, key in ((64, 60), (1500, 1514)):
+                r = memif(a.secs, length, hp.dir)
+                if isinstance(r, str) and hp.dir:
+                    # A machine may let root mount huge pages that testpmd then cannot use
+                    # (a container's hugetlb limit): fall back rather than fail the row.
+                    note = f"memif {length} B on huge pages: {r.replace('FAILED', 'failed')}; ran with --no-huge"
+                    if note not in notes:
+                        notes.append(note)
+                    r = memif(a.secs, length, None)
+                if isinstance(r, str):
+                    notes.append(f"memif {length} B: {r}")
+                else:
+                    log(f"  memif pair {length} B: {r:.2f} Mpps")
+                    add(MEMIF, key, r)
+    finally:
+        hp.close()
+
+
+def regimes(xs):
+    """The memif pair is bimodal on a small machine (where the scheduler puts its two
+    pollers: ~5 against ~25+ Mpps): split the runs at the widest ratio between
+    neighbours when it exceeds 1.8x. Returns (slow, fast) lists, or (xs, []) for one
+    regime."""
+    xs = sorted(x for x in xs if isinstance(x, (int, float)) and x > 0)
+    if len(xs) < 2:
+        return xs, []
+    i = max(range(len(xs) - 1), key=lambda k: xs[k + 1] / xs[k])
+    if xs[i + 1] / xs[i] < 1.8:
+        return xs, []
+    return xs[:i + 1], xs[i + 1:]
+
+
+def memif_ratios(m, key):
+    """The memif lines of the verdict at one size: every run's figure, the median of
+    each regime, and ours (the touching client, like for like; the zero-work `pair`
+    beside it) over the median and over each regime's median."""
+    runs = ROWS.get(MEMIF, {}).get(key, [])
+    if not runs:
+        return []
+    slow, fast = regimes(runs)
+    out = [f"memif pair {key} B, every run: {', '.join(f'{x:.2f}' for x in runs)}"]
+    groups = [("all runs", runs)]
+    if fast:
+        out.append(f"memif pair {key} B, two regimes: slow {statistics.median(slow):.2f} Mpps ({len(slow)} runs), "
+                   f"fast {statistics.median(fast):.2f} Mpps ({len(fast)} runs)")
+        groups += [("slow regime", slow), ("fast regime", fast)]
+    for label, row in (("touching client", TOUCH), ("zero-work pair", "ours: unicast 1->1, pinned, delivered Mpps")):
+        o = m(row, key)
+        if o:
+            out.append(f"ours ({label}) / DPDK memif, {key} B: " +
+                       ", ".join(f"{o / statistics.median(g):.2f}x ({n})" for n, g in groups))
+    return out
+
+
 def testpmd_on_ours(secs, length, into_switch, kind):
     """dpdk-testpmd on a port of ours, `kind` "memif" (a memif client on a memif port) or
     "vhost" (net_virtio_user on a vhost-user port): txonly into the switch to a pkt-gen
@@ -387,7 +539,7 @@ def testpmd_on_ours(secs, length, into_switch, kind):
                        capture_output=True)
         mode = "txonly" if into_switch else "rxonly"
         t = procs.start([tp, "-l", "0,1", "--main-lcore", "0", "--no-huge", "-m", "512", "--no-pci",
-                         "--log-level=lib.eal:notice", "--file-prefix", f"vb{kind}", vdev, "--", "-i",
+                         "--log-level=lib.eal:notice", "--file-prefix", dpdk_prefix(f"vb{kind}"), vdev, "--", "-i",
                          f"--forward-mode={mode}", f"--txpkts={length}", "--total-num-mbufs=16384",
                          "--nb-cores=1"], stdin=subprocess.PIPE)
         time.sleep(3.0)
@@ -698,16 +850,140 @@ def vm_pair(secs, how):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# ---------------------------------------------------------------------------- paced
+
+
+PACED_RATES = (250_000, 500_000, 1_000_000)
+PACED = {}  # rate -> [(sent, received, ring_full)], one per run
+
+
+def paced_once(secs, rate):
+    """`pkt-gen -f tx -R rate` to a `pkt-gen -f rx` that sleeps in poll(), three
+    processes unpinned (valed's defaults). Returns (sent: the sender's summary, received:
+    the receiver's summary, ring_full: the switch's count, forwarding thread's CPU share,
+    other drops: every other drop the switch counted), or a FAILED string when the
+    frames do not add up (sent = delivered + ring_full + other drops). A receiver that
+    can follow the rate should get every frame."""
+    procs = Procs()
+    tmp = tempfile.mkdtemp(prefix="vale-bench-")
+    try:
+        v = Valed(procs, tmp)
+        n = int(rate * secs)
+        # No -W: on a loaded machine a sender can stall for a second, and the receiver
+        # must not leave before the sender is done. It is stopped below.
+        rx = procs.start([os.path.join(BIN, "pkt-gen"), "-i", "vale0:r", "-f", "rx",
+                          "--duration", str(int(secs) * 10 + 60)], env=v.env)
+        v.wait_ports(["vale0:r"])
+        subprocess.run([os.path.join(BIN, "pkt-gen"), "-i", "vale0:r", "-f", "tx", "-n", "1", "-S", MAC_B],
+                       env=v.env, stdout=subprocess.DEVNULL, check=True)
+        time.sleep(0.3)
+        st0, c0, t0 = v.stats(), v.fwd_cpu(), time.time()
+        tx = subprocess.run([os.path.join(BIN, "pkt-gen"), "-i", "vale0:s", "-f", "tx", "-R", str(rate),
+                             "-n", str(n), "-D", MAC_B], env=v.env, capture_output=True, text=True,
+                            timeout=secs * 10 + 30).stdout
+        fwd = (v.fwd_cpu() - c0) / (time.time() - t0)
+        # The ports' counters go when their last client leaves: read them while the
+        # receiver is still there, once it has had time to drain its ring.
+        time.sleep(1.0)
+        st = v.stats()
+        rx.send_signal(signal.SIGTERM)
+        out, _ = rx.communicate(timeout=20)
+        sent = re.search(r"Sent (\d+) packets", tx)
+        got = re.search(r"Received (\d+) packets", out)
+        if not sent or not got:
+            return f"FAILED: no summary from pkt-gen (tx: {tx[-200:]!r}, rx: {out[-200:]!r})"
+        sent, got = int(sent.group(1)), int(got.group(1))
+        # Counted from just before the sender started (the receiver's announcement is not
+        # part of it).
+        before = lambda port, f: f(st0[port]) if port in st0 else 0  # noqa: E731
+        ring_full = sum(c["drops"]["ring_full"] - before(p, lambda c0: c0["drops"]["ring_full"])
+                        for p, c in st.items())
+        other = sum(sum(c["drops"].values()) - before(p, lambda c0: sum(c0["drops"].values()))
+                    for p, c in st.items()) - ring_full
+        delivered = st["vale0:r"]["rx_packets"] - st0["vale0:r"]["rx_packets"]
+        if delivered + ring_full + other != sent or got > delivered:
+            return (f"FAILED: frames do not add up: sent {sent}, delivered {delivered}, ring_full {ring_full}, "
+                    f"other drops {other}, received {got}")
+        return sent, got, ring_full, fwd, other
+    except (OSError, subprocess.SubprocessError, RuntimeError, KeyError) as e:
+        return f"FAILED: {e}"
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def paced_rows(a, add, notes):
+    """One run of the `paced` row at each rate; the figures go to PACED (printed by
+    paced_table) and the received Mpps to the main table."""
+    for rate in PACED_RATES:
+        r = paced_once(a.secs, rate)
+        if isinstance(r, str):
+            notes.append(f"paced {rate} pps: {r}")
+            continue
+        PACED.setdefault(rate, []).append(r)
+        log(f"  paced {rate} pps: sent {r[0]} received {r[1]} ring_full {r[2]} fwd CPU {100 * r[3]:.0f}%")
+
+
+def paced_table():
+    """Lines for the `paced` row: per rate, the medians of sent / received / ring_full,
+    loss % and the forwarding thread's CPU share, then each run's figures."""
+    if not PACED:
+        return []
+    lines = ["paced: pkt-gen -f tx -R RATE -> pkt-gen -f rx (sleeps in poll), unpinned, 60 B",
+             f"{'rate pps':>10} {'sent':>10} {'received':>10} {'ring_full':>10} {'loss %':>8} {'fwd CPU':>8}"
+             "   per run: sent/received/ring_full (loss %)"]
+    for rate, runs in PACED.items():
+        loss = [100.0 * (s - g) / s if s else 100.0 for s, g, *_ in runs]
+        per = "; ".join(f"{s}/{g}/{f} ({x:.3f} %)" for (s, g, f, *_), x in zip(runs, loss))
+        s, g, f, c, _ = (statistics.median(col) for col in zip(*runs))
+        lines.append(f"{rate:>10} {s:>10.0f} {g:>10.0f} {f:>10.0f} {statistics.median(loss):>8.3f} "
+                     f"{100 * c:>7.0f}%   {per}")
+    return lines
+
+
 # ---------------------------------------------------------------------------- ceiling
 
 
+CEILING = "copy ceiling (copy_frame only, pinned as ours), Mpps"
+# The copier's copies per CPU-second of its own: against the forwarding thread's packets
+# per CPU-second, a comparison that holds on a shared machine too.
+CEILING_CPU = "copy ceiling: copier Mpps per CPU-second"
+TOUCH_CPU = "ours: touching client, fwd Mpps per CPU-second"
+
+
 def ceiling(secs, length):
-    out = sh(os.path.join(BIN, "copy-ceiling"), str(length), str(secs)).stdout
-    m = re.search(r": ([\d.]+) Mpps", out)
-    return float(m.group(1)) if m else None
+    """copy-ceiling with our best path's setup: the copy on the CPU valed's forwarding
+    thread gets in ours_pinned, the reader on the `pair` client's, buffers of valed's
+    size (2112 B unless --valed-args says --buf-size)."""
+    cpus = cpu_order()
+    buf = "2112"
+    if "--buf-size" in VALED_ARGS[:-1]:
+        buf = VALED_ARGS[VALED_ARGS.index("--buf-size") + 1]
+    copy_cpu, read_cpu = cpus[0], cpus[1 % len(cpus)]
+    out = sh(os.path.join(BIN, "copy-ceiling"), str(length), str(secs), "256", buf, str(copy_cpu),
+             str(read_cpu)).stdout
+    m = re.search(r": ([\d.]+) Mpps .*copier ([\d.]+) Mpps per CPU-second", out)
+    return (float(m.group(1)), float(m.group(2))) if m else (None, None)
 
 
 # ---------------------------------------------------------------------------- main
+
+
+TOUCH = "ours: pinned, client touches frames (as testpmd), Mpps"
+
+
+def touch_rows(a, add, notes):
+    """Ours measured as the memif pair is: the same pinned setup as the `pair` row, but
+    the client does testpmd's work (`pair --touch`): the sender writes each frame's
+    42-byte header before publishing it (txonly), the receiver reads every byte of every
+    frame (as a memif receiver copies it out of the ring). The ratio to memif uses it."""
+    for length in (60, 1514):
+        r = ours_pinned(a.secs, length, client_args=("--touch",))
+        if isinstance(r, str):
+            notes.append(f"ours pinned, touching client, {length} B: {r}")
+        else:
+            add(TOUCH, length, r[0])
+            add(TOUCH_CPU, length, r[1])
 
 
 def ours_rows(a, add, notes):
@@ -718,6 +994,7 @@ def ours_rows(a, add, notes):
         else:
             add("ours: unicast 1->1, pinned, delivered Mpps", length, r[0])
             add("ours: pinned fwd thread, Mpps per CPU-second", length, r[1])
+    touch_rows(a, add, notes)
     r = ours_pinned(a.secs, 60, receivers=4)
     if isinstance(r, str):
         notes.append(f"ours pinned broadcast: {r}")
@@ -795,6 +1072,14 @@ def scaling(a):
     return 0
 
 
+def loadavg(when):
+    """The machine's load at `when`: the figures of a shared machine mean little without
+    it (other work competes with the pinned pollers)."""
+    with open("/proc/loadavg") as f:
+        one, five, fifteen = f.read().split()[:3]
+    return f"loadavg at {when}: {one} {five} {fifteen} (1/5/15 min; {os.cpu_count()} CPUs)"
+
+
 def fmt(xs, unit=""):
     xs = [x for x in xs if isinstance(x, (int, float))]
     if not xs:
@@ -806,9 +1091,11 @@ def fmt(xs, unit=""):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--memif-runs", type=int, default=5,
+                    help="runs of the DPDK memif pair in all (at least; spread over --runs)")
     ap.add_argument("--secs", type=float, default=3.0)
     ap.add_argument("--smoke", action="store_true", help="1 run of 1 s per row; asserts no speed")
-    ap.add_argument("--only", default="ours,memif,vhost,bridge,host,attach,ceiling")
+    ap.add_argument("--only", default="ours,memif,vhost,bridge,host,attach,ceiling,paced")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--scaling", metavar="LIST", help="only the multi-thread scaling table, e.g. 1,2,4,8")
     ap.add_argument("--length", type=int, default=60, help="frame length for --scaling")
@@ -820,14 +1107,14 @@ def main():
     a = ap.parse_args()
     VALED_ARGS.extend(a.valed_args.split())
     if a.smoke:
-        a.runs, a.secs = 1, 1.0
+        a.runs, a.secs, a.memif_runs = 1, 1.0, 1
     only = set(a.only.split(","))
     if not a.no_build:
         subprocess.run(["cargo", "build", "--release", "-q", "-p", "vale-tools", "-p", "vale-bench", "-p", "vale-netmap"],
                        cwd=ROOT, check=True)
     if a.scaling:
         return scaling(a)
-    rows = {}  # name -> {size: [values]}
+    rows = ROWS  # name -> {size: [values]}
     notes = []
     failed = []
 
@@ -836,6 +1123,7 @@ def main():
 
     for run in range(a.runs):
         log(f"run {run + 1}/{a.runs}")
+        print(loadavg(f"start of run {run + 1}/{a.runs}"), flush=True)
         if "ours" in only:
             try:
                 ours_rows(a, add, notes)
@@ -843,12 +1131,8 @@ def main():
                 notes.append(f"ours: FAILED: {e}")
                 failed.append("ours")
         if "memif" in only:
-            for length, key in ((64, 60), (1500, 1514)):
-                r = memif(a.secs, length)
-                if isinstance(r, str):
-                    notes.append(f"memif {length} B: {r}")
-                else:
-                    add("DPDK memif pair (testpmd, 64/1500 B), Mpps", key, r)
+            # At least --memif-runs runs of the pair in all, spread over the runs.
+            memif_rows(a, add, notes, -(-a.memif_runs // a.runs))
             for into, label in ((True, "memif: testpmd -> ours -> pkt-gen"),
                                 (False, "memif: pkt-gen -> ours -> testpmd")):
                 for length, key in ((64, 60), (1500, 1514)):
@@ -918,9 +1202,14 @@ def main():
                         add(f"{label[:-6]}, Mpps per fwd CPU-s", length, r[1])
         if "shim" in only:
             shim_rows(a, add, notes)
+        if "paced" in only:
+            paced_rows(a, add, notes)
         if "ceiling" in only:
             for length in (60, 1514):
-                add("copy ceiling (SPSC, 1 copy), Mpps", length, ceiling(a.secs, length))
+                mpps, per_cpu = ceiling(a.secs, length)
+                add(CEILING, length, mpps)
+                add(CEILING_CPU, length, per_cpu)
+        print(loadavg(f"end of run {run + 1}/{a.runs}"), flush=True)
 
     print(f"\n{'row':<56} {'60 B':>26} {'1514 B':>26}")
     for name, by in rows.items():
@@ -933,12 +1222,23 @@ def main():
     ratios = []
     for key in (60, 1514):
         o = m("ours: unicast 1->1, pinned, delivered Mpps", key)
-        for label, other in (("DPDK memif", "DPDK memif pair (testpmd, 64/1500 B), Mpps"),
-                             ("copy ceiling", "copy ceiling (SPSC, 1 copy), Mpps"),
-                             ("Linux bridge", "Linux bridge (AF_PACKET -> UDP), Mpps")):
+        for label, other in (("Linux bridge", "Linux bridge (AF_PACKET -> UDP), Mpps"),):
             x = m(other, key)
             if o and x:
                 ratios.append(f"ours / {label}, {key} B: {o / x:.2f}x")
+        # The ceiling bounds the zero-work row (its reader, like `pair`, reads no frame).
+        for who, row, what, ceil in (("ours (zero-work pair)", "ours: unicast 1->1, pinned, delivered Mpps",
+                                      "copy ceiling", CEILING),
+                                     ("ours (zero-work pair), fwd per CPU-second",
+                                      "ours: pinned fwd thread, Mpps per CPU-second",
+                                      "copy ceiling's copier per CPU-second", CEILING_CPU)):
+            ours, ceil_x = m(row, key), m(ceil, key)
+            if ours and ceil_x:
+                ratios.append(f"{who} / {what}, {key} B: {ours / ceil_x:.2f}x")
+                if ours > ceil_x:
+                    ratios.append(f"WARNING: {who} ({ours:.2f}) above the {what} ({ceil_x:.2f}) at {key} B: "
+                                  "the ceiling is wrong")
+        ratios += memif_ratios(m, key)
         g = o
         if g:
             ratios.append(f"ours unicast {key} B: {g * key * 8 / 1000:.1f} Gbit/s")
@@ -954,7 +1254,7 @@ def main():
         b, u = m(bl, 60), m(ul, 60)
         if b and u:
             ratios.append(f"broadcast 1->4 / unicast 1->1, {what} (60 B): {b / u:.2f}x")
-    c = m("copy ceiling (SPSC, 1 copy), Mpps", 60)
+    c = m(CEILING, 60)
     b = m("ours: broadcast 1->4, pinned, delivered Mpps", 60)
     if b and c:
         ratios.append(f"broadcast 1->4 pinned, delivered copies / copy ceiling (60 B): {b / c:.2f}x")
@@ -979,6 +1279,8 @@ def main():
             ratios.append(f"attached veth, {d}, AF_XDP / AF_PACKET (60 B): {x / p:.2f}x")
     for r in ratios:
         print(r)
+    for line in paced_table():
+        print(line)
     for n in notes:
         print(n)
     code, verdict_lines = verdict(rows, notes + [f"{f}: FAILED" for f in failed],

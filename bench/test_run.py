@@ -58,5 +58,27 @@ class Verdict(unittest.TestCase):
                 self.fail(f"a failure reported as SKIP: {line.strip()}")
 
 
+class Regimes(unittest.TestCase):
+    def test_a_bimodal_pair_splits_at_the_widest_gap(self):
+        slow, fast = run.regimes([5.1, 25.3, 5.7, 27.0, 26.1])
+        self.assertEqual((slow, fast), ([5.1, 5.7], [25.3, 26.1, 27.0]))
+
+    def test_one_regime_stays_whole(self):
+        self.assertEqual(run.regimes([20.0, 25.0, 22.0]), ([20.0, 22.0, 25.0], []))
+        self.assertEqual(run.regimes([7.0]), ([7.0], []))
+
+    def test_the_ratio_lines_name_each_regime(self):
+        run.ROWS.clear()
+        run.ROWS[run.MEMIF] = {60: [5.0, 25.0, 30.0]}
+        run.ROWS[run.TOUCH] = {60: [50.0]}
+        m = lambda name, key: run.med(run.ROWS.get(name, {}).get(key, []))  # noqa: E731
+        lines = run.memif_ratios(m, 60)
+        run.ROWS.clear()
+        self.assertIn("memif pair 60 B, every run: 5.00, 25.00, 30.00", lines)
+        self.assertTrue(any("slow 5.00 Mpps (1 runs), fast 27.50 Mpps (2 runs)" in x for x in lines), lines)
+        self.assertTrue(any(x.startswith("ours (touching client) / DPDK memif, 60 B: 2.00x (all runs), "
+                                         "10.00x (slow regime), 1.82x (fast regime)") for x in lines), lines)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -93,6 +93,102 @@ fn a_rate_the_receiver_follows_loses_nothing() {
 }
 
 #[test]
+fn z_rewrites_every_frames_header_and_access_reads_every_byte() {
+    let d = Daemon::start("touch", &[]);
+    let b = d.open("vale0:b@conf:slots=4096");
+    // 3000 frames: more than a ring (1024), so slots are reused and each use rewritten.
+    let tx = d
+        .cmd(PKT_GEN)
+        .args([
+            "-i",
+            "vale0:a",
+            "-f",
+            "tx",
+            "-z",
+            "-n",
+            "3000",
+            "-s",
+            "10.0.0.1:1000",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        tx.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tx.stderr)
+    );
+    let got = drain(&b, 2.0);
+    assert_eq!(got.len(), 3000);
+    let port = |f: &Vec<u8>| u16::from_be_bytes([f[34], f[35]]);
+    let wrong = (0..got.len()).find(|&i| port(&got[i]) != 1000 + i as u16);
+    assert!(
+        wrong.is_none(),
+        "each frame carries the next source port: frame {wrong:?} has {:?}",
+        wrong.map(|i| port(&got[i]))
+    );
+    assert!(
+        got.iter().all(|f| f[36..] == got[0][36..]),
+        "only the port changes"
+    );
+
+    // --access: the receiver's sum is over every byte of every frame it read.
+    let rx = d
+        .cmd(PKT_GEN)
+        .args([
+            "-i",
+            "vale0:c",
+            "-f",
+            "rx",
+            "--access",
+            "-n",
+            "50",
+            "--duration",
+            "20",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let a = d.open("vale0:a");
+    let t = Instant::now();
+    while !d.ctl_json(&["stats"])["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "vale0:c")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "pkt-gen rx did not open vale0:c"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let frames: Vec<Vec<u8>> = (0..50u32)
+        .map(|i| {
+            let mut f = frame(BCAST, A, i);
+            f.resize(60 + i as usize * 17, 0);
+            f[59..]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(k, x)| *x = k as u8 ^ i as u8);
+            f
+        })
+        .collect();
+    send(&a, &frames);
+    let out = stdout_of(&rx.wait_with_output().unwrap());
+    let want = frames.iter().fold(0u64, |acc, f| {
+        f.chunks(8).fold(acc, |acc, c| {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            acc.wrapping_add(u64::from_le_bytes(w))
+        })
+    });
+    assert!(
+        out.contains(&format!("Sum of the bytes read: {want:#018x}")),
+        "want {want:#018x}:\n{out}"
+    );
+}
+
+#[test]
 fn learning_through_the_daemon() {
     let d = Daemon::start("learn", &[]);
     let (a, b, c) = (d.open("vale0:a"), d.open("vale0:b"), d.open("vale0:c"));

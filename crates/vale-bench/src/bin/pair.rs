@@ -9,7 +9,14 @@
 //! CPU-second are the switch's per-core figure without the scheduler in the way (on a
 //! 2-vCPU machine, three busy processes would share two cores).
 //!
-//! Prints `sent N received M secs S`.
+//! With `--touch` both ends do the work DPDK's testpmd does in its txonly/rxonly pair:
+//! the sender writes each frame's 42-byte header (Ethernet, IPv4, UDP, with the next
+//! source port) into its buffer before publishing it, as txonly writes every mbuf's
+//! headers; the receiver reads every byte of every frame (copies it out and sums it),
+//! as a memif receiver copies each frame out of the shared ring. Without it neither
+//! end touches a frame: the switch's cost alone.
+//!
+//! Prints `sent N received M secs S` (and `sum X` with `--touch`).
 
 use std::time::{Duration, Instant};
 use vale::Port;
@@ -27,10 +34,32 @@ fn frame(dst: [u8; 6], src: [u8; 6], len: usize) -> Vec<u8> {
     f.into_inner()
 }
 
+/// `acc` plus the bytes as little-endian 64-bit words (the last one zero-padded): a sum
+/// over every byte, in a loop the compiler vectorises (the read is the work measured, not
+/// the arithmetic).
+fn sum_words(acc: u64, bytes: &[u8]) -> u64 {
+    let words = bytes.chunks_exact(8);
+    let rest = words.remainder();
+    let mut last = [0u8; 8];
+    last[..rest.len()].copy_from_slice(rest);
+    words
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .fold(
+            acc.wrapping_add(u64::from_le_bytes(last)),
+            u64::wrapping_add,
+        )
+}
+
+fn b_bufsize(rxs: &[Port]) -> usize {
+    rxs.first().map_or(2048, |p| p.geometry().buf_size as usize)
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    let touch = args.iter().any(|a| a == "--touch");
+    args.retain(|a| a != "--touch");
     if !(4..=6).contains(&args.len()) {
-        eprintln!("usage: pair SWITCH LEN SECS [RECEIVERS [TAG]]");
+        eprintln!("usage: pair SWITCH LEN SECS [RECEIVERS [TAG]] [--touch]");
         std::process::exit(2);
     }
     let nrx: usize = args.get(4).map_or(1, |v| v.parse().expect("RECEIVERS"));
@@ -91,6 +120,14 @@ fn main() {
             },
         );
     }
+    // --touch: the first 42 bytes of every frame are written again before it is sent,
+    // bytes 34..36 (a UDP header's source port) counting up; and each received frame is
+    // read into `scratch`.
+    let hlen = len.min(42);
+    let mut hdr = f[..hlen].to_vec();
+    let mut sport = 0u16;
+    let mut scratch = vec![0u8; b_bufsize(&rxs)];
+    let mut sum = 0u64;
     let (mut sent, mut received) = (0u64, 0u64);
     let t0 = Instant::now();
     let end = Duration::from_secs_f64(secs);
@@ -98,6 +135,17 @@ fn main() {
     loop {
         let k = tx.space();
         if k > 0 {
+            if touch {
+                let mut h = tx.head();
+                for _ in 0..k {
+                    if hlen == 42 {
+                        hdr[34..36].copy_from_slice(&sport.to_be_bytes());
+                    }
+                    sport = sport.wrapping_add(1);
+                    v.bufs().write(v.read_slot(h).buf_idx, &hdr);
+                    h = vale_abi::ring::next(h, n);
+                }
+            }
             tx.advance(k);
             sent += k as u64;
         }
@@ -107,6 +155,18 @@ fn main() {
             let rx = &b.rx_rings()[0];
             let r = rx.space();
             if r > 0 {
+                if touch {
+                    let rv = rx.view();
+                    let mut h = rx.head();
+                    for _ in 0..r {
+                        let s = rv.read_slot(h);
+                        let l = (s.len as usize).min(scratch.len());
+                        if rv.bufs().read(s.buf_idx, &mut scratch[..l]) {
+                            sum = sum_words(sum, &scratch[..l]);
+                        }
+                        h = vale_abi::ring::next(h, rx.num_slots());
+                    }
+                }
                 rx.advance(r);
                 received += r as u64;
             }
@@ -118,4 +178,7 @@ fn main() {
     }
     let secs = t0.elapsed().as_secs_f64();
     println!("sent {sent} received {received} secs {secs:.3}");
+    if touch {
+        println!("sum {sum:#x}");
+    }
 }

@@ -103,7 +103,8 @@ pub struct Args {
     /// Seconds before an unused learned address is forgotten, 0 = never [default: 300]
     #[arg(long)]
     pub fdb_max_age: Option<u32>,
-    /// Microseconds the forwarding thread keeps polling after the last packet [default: 200]
+    /// Most microseconds the forwarding thread keeps polling after the last packet (it
+    /// polls less while packets come further apart than this) [default: 200]
     #[arg(long)]
     pub busy_poll_us: Option<u64>,
     /// Forwarding threads; each switch is forwarded by one of them (new switches go to

@@ -39,6 +39,17 @@ pub fn parse_ip_port(s: &str, default_port: u16) -> Result<([u8; 4], u16), Strin
     Ok((a.octets(), port))
 }
 
+/// Ethernet, IPv4 and UDP headers: what `-z` rewrites in every frame.
+pub const HEADER_LEN: usize = UDP_AT + udp::HEADER_LEN;
+
+/// Sets the UDP source port of a frame built by [`build`] (no-op for a frame too short
+/// to be UDP). The UDP checksum is 0 ("none"), so nothing else changes.
+pub fn set_src_port(f: &mut [u8], port: u16) {
+    if f.len() >= HEADER_LEN && f[12..14] == [0x08, 0x00] {
+        f[UDP_AT..UDP_AT + 2].copy_from_slice(&port.to_be_bytes());
+    }
+}
+
 /// Where pkt-gen's sequence number and timestamp go (netmap: payload offset 42 and 46).
 pub const SEQ_OFF: usize = 42;
 pub const TS_OFF: usize = 46;
@@ -132,6 +143,25 @@ mod tests {
             parse_ip_port("10.0.0.2:99", 1).unwrap(),
             ([10, 0, 0, 2], 99)
         );
+    }
+
+    #[test]
+    fn set_src_port_changes_only_the_port() {
+        let a = Addrs {
+            dst_mac: [0xff; 6],
+            src_mac: [2, 0, 0, 0, 0, 1],
+            src: ([10, 0, 0, 1], 1234),
+            dst: ([10, 1, 0, 1], 4321),
+        };
+        let f = build(&a, 60);
+        let mut g = f.clone();
+        set_src_port(&mut g, 0xbeef);
+        assert_eq!(&g[34..36], &[0xbe, 0xef]);
+        assert_eq!((&g[..34], &g[36..]), (&f[..34], &f[36..]));
+        let mut short = build(&a, 20);
+        let before = short.clone();
+        set_src_port(&mut short, 1);
+        assert_eq!(short, before, "a frame too short for UDP stays as it is");
     }
 
     /// `build` and `swap_addrs` as they were before vale-wire, offsets and checksum by

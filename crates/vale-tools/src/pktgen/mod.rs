@@ -6,6 +6,7 @@
 //! not frame building; it prints netmap's report line every `-T` ms and a summary.
 
 pub mod frame;
+mod pace;
 
 use clap::Parser;
 use frame::{Addrs, SEQ_OFF, TS_OFF};
@@ -42,7 +43,8 @@ pub struct Options {
     /// Burst: packets per sync
     #[arg(short = 'b', default_value_t = 512)]
     pub burst: u32,
-    /// Rate limit in packets per second (0 = none)
+    /// Rate limit in packets per second (0 = none): batches of rate/4000 frames (at
+    /// least 1, at most -b) at absolute deadlines, sleeping in between
     #[arg(short = 'R', default_value_t = 0)]
     pub rate: u64,
     /// Destination MAC [default: ff:ff:ff:ff:ff:ff, i.e. flood]
@@ -79,6 +81,15 @@ pub struct Options {
     /// the core; give each process its own core with taskset)
     #[arg(long)]
     pub busy: bool,
+    /// tx: rewrite each frame's header as it goes out, with the next UDP source port
+    /// (netmap's -z varies the source address and port at random; this counts the port
+    /// up, so the frame needs no new checksum), as DPDK's txonly writes every header
+    #[arg(short = 'z')]
+    pub vary_src: bool,
+    /// rx: read every byte of every frame received (and sum them), as a receiver that
+    /// looks at its packets does; without it rx reads only the slots
+    #[arg(long)]
+    pub access: bool,
     /// valed's socket [default: as valed; VALE_SOCKET overrides]
     #[arg(long)]
     pub socket: Option<std::path::PathBuf>,
@@ -319,33 +330,30 @@ fn tx(ctx: &Ctx, seq: bool) -> Result<(), String> {
     }
     let mut rep = Report::new(Duration::from_millis(o.report_ms));
     let (mut sent, mut events, mut seqno) = (0u64, 0u64, 0u32);
-    let mut next_send = 0f64;
+    let mut pacer = (o.rate > 0).then(|| pace::Pacer::new(o.rate, o.burst as u64, pace::now_ns()));
+    // netmap's line: the batch per wake and the time between wakes.
+    let (n, every) = pacer.as_ref().map_or((o.burst as u64, 0.0), |p| {
+        (p.batch(), p.batch() as f64 / o.rate as f64)
+    });
+    println!("Sending {n} packets every  {every:.9} s");
     let mut buf = f.clone();
+    // -z: the header that is rewritten into every frame, and its next source port.
+    let mut hdr = f[..f.len().min(frame::HEADER_LEN)].to_vec();
+    let mut sport = a.src.1;
     while !ctx.done() && (o.count == 0 || sent < o.count) {
         let mut want = o.burst as u64;
         if o.count > 0 {
             want = want.min(o.count - sent);
         }
-        if o.rate > 0 {
-            // netmap's pacing: small bursts (rate/1000, at least 1) on a virtual clock
-            // that forgets debt, so a sender that was descheduled does not catch up in
-            // one long burst a receiver could not follow.
-            let step = (o.rate / 1000).max(1);
-            let now = rep.start.elapsed().as_secs_f64();
-            if now - next_send > 0.002 {
-                next_send = now;
-            }
-            if now < next_send {
-                std::hint::spin_loop();
-                if next_send - now > 0.0002 {
-                    std::thread::sleep(Duration::from_micros(100));
-                }
-                ctx.port.txsync().map_err(|e| e.to_string())?;
+        if let Some(p) = pacer.as_mut() {
+            let now = pace::now_ns();
+            let allowed = p.allowance(now);
+            if allowed == 0 {
+                pace::sleep_until(p.due());
                 rep.tick(sent, sent * o.len as u64, events);
                 continue;
             }
-            want = want.min(step);
-            next_send += want as f64 / o.rate as f64;
+            want = want.min(allowed);
         }
         let mut progressed = false;
         for r in ctx.port.tx_rings() {
@@ -354,6 +362,16 @@ fn tx(ctx: &Ctx, seq: bool) -> Result<(), String> {
             let pkts = (space / frags).min(want as u32);
             if pkts == 0 {
                 continue;
+            }
+            if simple && o.vary_src {
+                let v = r.view();
+                let mut h = r.head();
+                for _ in 0..pkts {
+                    frame::set_src_port(&mut hdr, sport);
+                    sport = sport.wrapping_add(1);
+                    v.bufs().write(v.read_slot(h).buf_idx, &hdr);
+                    h = vale_abi::ring::next(h, r.num_slots());
+                }
             }
             if !simple {
                 let mut h = r.head();
@@ -370,6 +388,9 @@ fn tx(ctx: &Ctx, seq: bool) -> Result<(), String> {
             }
             r.advance(pkts * frags);
             sent += pkts as u64;
+            if let Some(p) = pacer.as_mut() {
+                p.sent(pkts as u64);
+            }
             want -= pkts as u64;
             events += 1;
             progressed = true;
@@ -415,6 +436,9 @@ fn rx(ctx: &Ctx, seq: bool) -> Result<(), String> {
     let (mut gaps, mut printed) = (0u64, 0u32);
     let mut hdr = [0u8; SEQ_OFF + 4];
     let mut in_packet = false;
+    // --access: each frame is copied out of its buffer and summed.
+    let mut frame_buf = vec![0u8; ctx.port.geometry().buf_size as usize];
+    let mut sum = 0u64;
     while !ctx.done() && (o.count == 0 || pkts < o.count) {
         let ready = ctx
             .port
@@ -431,6 +455,12 @@ fn rx(ctx: &Ctx, seq: bool) -> Result<(), String> {
                 for _ in 0..space {
                     let s = v.read_slot(h);
                     bytes += s.len as u64;
+                    if o.access {
+                        let n = (s.len as usize).min(frame_buf.len());
+                        if v.bufs().read(s.buf_idx, &mut frame_buf[..n]) {
+                            sum = sum_words(sum, &frame_buf[..n]);
+                        }
+                    }
                     if seq
                         && !in_packet
                         && v.bufs()
@@ -471,10 +501,29 @@ fn rx(ctx: &Ctx, seq: bool) -> Result<(), String> {
         rep.tick(pkts, bytes, events);
     }
     rep.summary("Received", pkts, bytes, events);
+    if o.access {
+        println!("Sum of the bytes read: {sum:#018x}");
+    }
     if seq {
         println!("Sequence gaps: {gaps}");
     }
     Ok(())
+}
+
+/// `acc` plus the bytes as little-endian 64-bit words (the last one zero-padded): a sum
+/// over every byte, in a loop the compiler vectorises (the read is the work measured, not
+/// the arithmetic).
+fn sum_words(acc: u64, bytes: &[u8]) -> u64 {
+    let words = bytes.chunks_exact(8);
+    let rest = words.remainder();
+    let mut last = [0u8; 8];
+    last[..rest.len()].copy_from_slice(rest);
+    words
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .fold(
+            acc.wrapping_add(u64::from_le_bytes(last)),
+            u64::wrapping_add,
+        )
 }
 
 fn mac_str(m: &[u8; 6]) -> String {

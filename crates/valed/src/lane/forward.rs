@@ -97,6 +97,7 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
     // yet counted in it (the clock is read every 8 busy passes, and before sleeping).
     let mut window = (None::<Instant>, 0u64);
     let (mut window_pkts, mut busy_passes) = (0u64, 0u32);
+    let mut spin = super::spin::Spin::new(busy_poll);
     while !shared.stop.load(Ordering::Acquire) {
         let moved = {
             let st = shared.lock();
@@ -165,7 +166,7 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
         // the scheduler next preempts this busy thread.
         std::thread::yield_now();
         let since = *idle_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < busy_poll {
+        if since.elapsed() < spin.budget() {
             std::hint::spin_loop();
             continue;
         }
@@ -253,6 +254,9 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
         }
         drop(driven);
         drop(st);
+        if !pending {
+            spin.slept(since.elapsed());
+        }
         idle_since = None;
         empty_passes = 0;
     }

@@ -3,6 +3,7 @@
 
 mod egress;
 pub mod forward;
+mod spin;
 mod token;
 
 pub use token::Token;

@@ -1069,11 +1069,26 @@ fn a_zero_copy_testpmd_client_is_refused_unless_trusted_and_then_works_both_ways
         "the port took all of it"
     );
     // Every frame testpmd sent was delivered, or dropped and counted by reason. Besides
-    // ring_full, on a loaded machine a few hundred were once dropped for another
-    // reason (the port took them all, exactly): a zero-copy client that quits with
-    // frames in its ring frees their buffers as it goes, so what valed reads there
-    // last may no longer be a frame. Which reason it was is not yet established.
-    assert_conserved(sent, received, &d.assert_laws());
+    // ring_full on vale0:r, a loaded machine sometimes shows `no_dest` on vale0:m: 1024
+    // frames (one whole ring of testpmd's, its default size) in 1 of 8 runs with two CPU
+    // hogs, none in the other 7 nor in 3 runs without them (docs/reliability.md). These
+    // are the frames valed reads in the passes after testpmd quit: a zero-copy client
+    // frees the buffers its ring still names as it goes, so what valed reads there is no
+    // longer what it sent. `no_dest` is the switch refusing a frame whose destination
+    // is its own sending port (or a drop verdict): what a buffer of zeros gives, since
+    // the first such frame teaches the switch that 00:00:00:00:00:00 is on vale0:m and
+    // the rest are addressed there. The drops by reason are printed on every run.
+    let st = d.assert_laws();
+    for (name, c) in &st.ports {
+        let nonzero: Vec<_> = c["drops"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| v.as_u64() != Some(0))
+            .collect();
+        eprintln!("zero-copy client, frames into the switch: {name} drops {nonzero:?}");
+    }
+    assert_conserved(sent, received, &st);
     assert!(wait_for(5.0, || !connected(&d, "m")));
     let tp = testpmd_eal(
         &d,

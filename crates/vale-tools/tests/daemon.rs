@@ -552,7 +552,7 @@ fn fwd_cpus(pid: u32) -> Vec<String> {
 }
 
 #[test]
-fn the_forwarding_thread_is_pinned_while_busy_by_default() {
+fn cpus_auto_pins_the_forwarding_thread_while_busy() {
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
     if ncpu < 2 {
         return skip("one CPU: valed leaves its forwarding thread unpinned");

@@ -121,11 +121,11 @@ pub struct Args {
     /// Pin forwarding thread t to the t-th CPU of this list, e.g. 2,3 or 4-7 (wraps
     /// around if shorter than --threads); `none`: not pinned; `auto`: each thread on
     /// one of the last CPUs valed may use while it forwards a steady stream (>= 1
-    /// Mpps), if it may use more CPUs than --threads [default: auto]
+    /// Mpps), if it may use more CPUs than --threads [default: none]
     #[arg(long, value_name = "LIST")]
     pub cpus: Option<String>,
-    /// Leave the forwarding threads to the scheduler: `--cpus none` (an explicit
-    /// `--cpus` list wins)
+    /// Leave the forwarding threads to the scheduler: `--cpus none`, the default (an
+    /// explicit `--cpus` list or `auto` wins)
     #[arg(long)]
     pub no_pin: bool,
     /// Serve Prometheus metrics (GET /metrics) on IP:PORT (e.g. 127.0.0.1:9417) or on a

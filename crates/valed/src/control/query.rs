@@ -890,7 +890,7 @@ mod tests {
         assert_eq!(m["threads"], "3");
         assert_eq!(m["socket_mode"], "0660");
         assert_eq!(m["buf_size"], "2112");
-        assert_eq!(m["cpus"], "");
+        assert_eq!(m["cpus"], "none", "not pinned unless told");
         assert_eq!(m["max_extra_bufs"], "4096");
         assert_eq!(m["pipes"], "2");
         assert_eq!(m["max_clients"], "1024");

@@ -47,8 +47,9 @@ impl Daemon {
             .arg("--socket")
             .arg(&socket)
             .arg("-v")
-            // Tests run side by side: pinned by default, every daemon's forwarding
-            // thread would share the last CPU. A test of pinning passes `--cpus`.
+            // Tests run side by side: pinned (`--cpus auto`), every daemon's forwarding
+            // thread would share the last CPU; `--no-pin` keeps them apart should the
+            // default change. A test of pinning passes `--cpus`.
             .arg("--no-pin")
             .args(extra)
             .stdout(Stdio::null())

@@ -35,12 +35,16 @@ fn switch(threads: u16) -> (Switch<LearningBridge>, Vec<Client>) {
 /// the laws and that every worker forwarded some of the frames.
 fn with_workers<L: Lookup>(sw: &Switch<L>, workers: usize, clients: impl FnOnce()) {
     let stop = AtomicBool::new(false);
+    // The traffic starts once every worker runs: on a loaded 2-vCPU machine a thread
+    // spawned last may otherwise first run after the clients are done.
+    let running = std::sync::Barrier::new(workers + 1);
     let moved: Vec<usize> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..workers)
             .map(|w| {
-                let stop = &stop;
+                let (stop, running) = (&stop, &running);
                 s.spawn(move || {
                     let (mut fw, mut notes, mut moved) = (Forwarder::new(), Vec::new(), 0);
+                    running.wait();
                     while !stop.load(Ordering::Relaxed) {
                         let n = fw.forward_worker(sw, w, t(1), &mut notes, &mut NoEgress);
                         if n == 0 {
@@ -53,6 +57,7 @@ fn with_workers<L: Lookup>(sw: &Switch<L>, workers: usize, clients: impl FnOnce(
                 })
             })
             .collect();
+        running.wait();
         clients();
         stop.store(true, Ordering::Relaxed);
         hs.into_iter().map(|h| h.join().unwrap()).collect()

@@ -406,24 +406,35 @@ pub fn copy_frame(src: Bufs<'_>, sidx: u32, dst: Bufs<'_>, didx: u32, len: usize
         return true; // the same buffer: nothing to move
     }
     if len <= 256 {
-        // Whole lines, as explicit loads and stores: a variable-length copy here would
-        // become a call to memcpy, which costs more than the frame itself.
-        let mut o = 0;
-        while o < len {
-            // SAFETY: o + 64 <= round_up(len, 64) <= both buffer sizes (multiples of 64
-            // that are >= len); two buffers are either the same (excluded above) or
-            // disjoint, even across regions (each is its own mapping).
-            unsafe {
-                let line = core::ptr::read_unaligned(s.add(o).cast::<[u8; 64]>());
-                core::ptr::write_unaligned(d.add(o).cast::<[u8; 64]>(), line);
-            }
-            o += 64;
-        }
+        // SAFETY: round_up(len, 64) <= both buffer sizes (multiples of 64 that are
+        // >= len); two buffers are either the same (excluded above) or disjoint, even
+        // across regions (each is its own mapping).
+        unsafe { copy_whole_lines(s, d, len) };
     } else {
         // SAFETY: len <= both buffer sizes; distinct buffers never overlap.
         unsafe { core::ptr::copy_nonoverlapping(s, d, len) };
     }
     true
+}
+
+/// Copies `len` bytes as whole 64-byte lines (rounded up), as explicit loads and stores:
+/// for a short frame a variable-length copy would become a call to memcpy, which costs
+/// more than the frame itself.
+///
+/// # Safety
+/// `round_up(len, 64)` bytes from `s` and from `d` lie inside two distinct buffers.
+#[inline(always)]
+unsafe fn copy_whole_lines(s: *const u8, d: *mut u8, len: usize) {
+    let mut o = 0;
+    while o < len {
+        // SAFETY: o + 64 <= round_up(len, 64), inside both buffers (the caller's
+        // promise); the buffers are distinct, so the line does not overlap.
+        unsafe {
+            let line = core::ptr::read_unaligned(s.add(o).cast::<[u8; 64]>());
+            core::ptr::write_unaligned(d.add(o).cast::<[u8; 64]>(), line);
+        }
+        o += 64;
+    }
 }
 
 /// Copies `len` bytes from `s` to `d` as `copy_frame` does, in whole 64-byte lines for
@@ -436,17 +447,9 @@ pub fn copy_frame(src: Bufs<'_>, sidx: u32, dst: Bufs<'_>, didx: u32, len: usize
 #[inline(always)]
 unsafe fn copy_lines(s: *const u8, d: *mut u8, len: usize, s_room: usize, d_room: usize) {
     if len <= 256 && s_room >= 256 && d_room >= 256 {
-        let mut o = 0;
-        while o < len {
-            // SAFETY: o + 64 <= round_up(len, 64) <= 256 <= both rooms (the caller's
-            // promise and the check above); the buffers are distinct, so the line does
-            // not overlap.
-            unsafe {
-                let line = core::ptr::read_unaligned(s.add(o).cast::<[u8; 64]>());
-                core::ptr::write_unaligned(d.add(o).cast::<[u8; 64]>(), line);
-            }
-            o += 64;
-        }
+        // SAFETY: round_up(len, 64) <= 256 <= both rooms (the check above), which lie
+        // inside two distinct buffers (the caller's promise).
+        unsafe { copy_whole_lines(s, d, len) };
     } else {
         // SAFETY: len <= both rooms; distinct buffers never overlap.
         unsafe { core::ptr::copy_nonoverlapping(s, d, len) };

@@ -353,7 +353,21 @@ def memif_once(secs, length, huge=None):
         srv = procs.start([tp, "-l", "0,1", "--main-lcore", "1", *eal, "--file-prefix", dpdk_prefix("vbsrv"),
                            f"--vdev=net_memif0,role=server,socket={sock}", "--", "-i",
                            "--forward-mode=rxonly", *tparams], stdin=subprocess.PIPE)
-        time.sleep(1.0)
+        # The client gives up if the server's socket is not there yet; a server on huge
+        # pages can take more than a second to map its memory, so wait for the socket.
+        # (testpmd's memif socket is abstract by default: look for it in /proc/net/unix.)
+        def listening():
+            try:
+                with open("/proc/net/unix") as f:
+                    return any(line.rstrip().endswith(sock) for line in f)
+            except OSError:
+                return os.path.exists(sock)
+        deadline = time.monotonic() + 20.0
+        while not listening() and time.monotonic() < deadline and srv.poll() is None:
+            time.sleep(0.05)
+        if not listening():
+            return "FAILED: testpmd server made no memif socket in 20 s (did not connect)"
+        time.sleep(0.2)
         cli = procs.start([tp, "-l", "0,1", "--main-lcore", "0", *eal, "--file-prefix", dpdk_prefix("vbcli"),
                            f"--vdev=net_memif0,role=client,socket={sock}", "--", "-i",
                            "--forward-mode=txonly", f"--txpkts={length}", *tparams], stdin=subprocess.PIPE)

@@ -34,22 +34,6 @@ fn frame(dst: [u8; 6], src: [u8; 6], len: usize) -> Vec<u8> {
     f.into_inner()
 }
 
-/// `acc` plus the bytes as little-endian 64-bit words (the last one zero-padded): a sum
-/// over every byte, in a loop the compiler vectorises (the read is the work measured, not
-/// the arithmetic).
-fn sum_words(acc: u64, bytes: &[u8]) -> u64 {
-    let words = bytes.chunks_exact(8);
-    let rest = words.remainder();
-    let mut last = [0u8; 8];
-    last[..rest.len()].copy_from_slice(rest);
-    words
-        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-        .fold(
-            acc.wrapping_add(u64::from_le_bytes(last)),
-            u64::wrapping_add,
-        )
-}
-
 fn b_bufsize(rxs: &[Port]) -> usize {
     rxs.first().map_or(2048, |p| p.geometry().buf_size as usize)
 }
@@ -162,7 +146,7 @@ fn main() {
                         let s = rv.read_slot(h);
                         let l = (s.len as usize).min(scratch.len());
                         if rv.bufs().read(s.buf_idx, &mut scratch[..l]) {
-                            sum = sum_words(sum, &scratch[..l]);
+                            sum = vale_wire::checksum::word_sum(sum, &scratch[..l]);
                         }
                         h = vale_abi::ring::next(h, rx.num_slots());
                     }

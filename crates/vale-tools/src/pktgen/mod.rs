@@ -458,7 +458,7 @@ fn rx(ctx: &Ctx, seq: bool) -> Result<(), String> {
                     if o.access {
                         let n = (s.len as usize).min(frame_buf.len());
                         if v.bufs().read(s.buf_idx, &mut frame_buf[..n]) {
-                            sum = sum_words(sum, &frame_buf[..n]);
+                            sum = vale_wire::checksum::word_sum(sum, &frame_buf[..n]);
                         }
                     }
                     if seq
@@ -508,22 +508,6 @@ fn rx(ctx: &Ctx, seq: bool) -> Result<(), String> {
         println!("Sequence gaps: {gaps}");
     }
     Ok(())
-}
-
-/// `acc` plus the bytes as little-endian 64-bit words (the last one zero-padded): a sum
-/// over every byte, in a loop the compiler vectorises (the read is the work measured, not
-/// the arithmetic).
-fn sum_words(acc: u64, bytes: &[u8]) -> u64 {
-    let words = bytes.chunks_exact(8);
-    let rest = words.remainder();
-    let mut last = [0u8; 8];
-    last[..rest.len()].copy_from_slice(rest);
-    words
-        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-        .fold(
-            acc.wrapping_add(u64::from_le_bytes(last)),
-            u64::wrapping_add,
-        )
 }
 
 fn mac_str(m: &[u8; 6]) -> String {

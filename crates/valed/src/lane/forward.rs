@@ -89,8 +89,7 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
     let mut kicked: Vec<vale_switch::PortKey> = Vec::new();
     let mut faults: Vec<vale_switch::PortKey> = Vec::new();
     let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
-    let mut idle_since: Option<Instant> = None;
-    let mut empty_passes = 0u32;
+    let mut idle = super::spin::Idle::default();
     let mut wait_errors = 0u32;
     let mut tables_published: Option<u64> = None;
     // For `when_busy`: the current window (its start, its packets) and the packets not
@@ -144,8 +143,7 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
         if moved > 0 {
             let passes = &shared.stats.passes;
             passes.store(passes.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-            idle_since = None;
-            empty_passes = 0;
+            idle.reset();
             if let Some(p) = when_busy.as_mut() {
                 window_pkts += moved as u64;
                 busy_passes = busy_passes.wrapping_add(1);
@@ -155,21 +153,9 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
             }
             continue;
         }
-        // Read the clock only every 64 empty passes: a pass over idle rings costs tens of
-        // nanoseconds, a precise clock read about as much.
-        empty_passes = empty_passes.wrapping_add(1);
-        if empty_passes % 64 != 0 {
-            std::hint::spin_loop();
+        let Some(since) = idle.empty_pass(spin.budget()) else {
             continue;
-        }
-        // A client woken on this CPU (by a notify just sent) runs now rather than when
-        // the scheduler next preempts this busy thread.
-        std::thread::yield_now();
-        let since = *idle_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < spin.budget() {
-            std::hint::spin_loop();
-            continue;
-        }
+        };
         // Idle: ask every client to kick, look once more, then sleep.
         let pending = {
             let st = shared.lock();
@@ -257,8 +243,7 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
         if !pending {
             spin.slept(since.elapsed());
         }
-        idle_since = None;
-        empty_passes = 0;
+        idle.reset();
     }
     tracing::debug!("forwarding thread stops");
 }
@@ -271,8 +256,7 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
 pub fn run_helper(shared: Arc<Lane>, worker: usize, busy_poll: Duration) {
     let mut notes: Vec<Notify> = Vec::new();
     let mut fw = vale_switch::Forwarder::new();
-    let mut idle_since: Option<Instant> = None;
-    let mut empty_passes = 0u32;
+    let mut idle = super::spin::Idle::default();
     while !shared.stop.load(Ordering::Acquire) {
         let moved = {
             let st = shared.lock();
@@ -297,23 +281,14 @@ pub fn run_helper(shared: Arc<Lane>, worker: usize, busy_poll: Duration) {
             moved
         };
         if moved > 0 {
-            idle_since = None;
-            empty_passes = 0;
+            idle.reset();
             continue;
         }
-        empty_passes = empty_passes.wrapping_add(1);
-        if empty_passes % 64 != 0 {
-            std::hint::spin_loop();
-            continue;
-        }
-        std::thread::yield_now();
-        let since = *idle_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < busy_poll {
+        if idle.empty_pass(busy_poll).is_none() {
             continue;
         }
         shared.helper_parks();
-        idle_since = None;
-        empty_passes = 0;
+        idle.reset();
     }
     tracing::debug!(worker, "forwarding helper stops");
 }

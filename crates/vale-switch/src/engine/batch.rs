@@ -5,25 +5,13 @@ use super::{ETH_HLEN, NIL, PortTable};
 use crate::lookup::{Dest, PacketInfo};
 use crate::stats::{DropReason, PortStats};
 use crate::types::PortId;
-use crate::vlan::{Members, PortVlan, VlanIn};
+use crate::vlan::{Members, PortVlan, TPID_8021AD, TPID_8021Q, VlanIn};
 use vale_abi::layout::{MAX_FRAGS, NS_INDIRECT, NS_MOREFRAG, NetmapSlot};
 use vale_abi::ring::next;
 use vale_abi::{Bufs, Slots};
 
 /// A frame's VLAN and how it came in, or why its port does not admit it.
 type Verdict = Result<(u16, VlanIn), DropReason>;
-
-/// No header shape (they are 33 bits).
-const NO_SHAPE: u64 = u64::MAX;
-
-/// Pass 0's VLAN state beyond the fast path: the last header shape classified and its
-/// verdict, the batch's first admitted shape with its (VID, how, TCI), and whether
-/// every admitted packet had it.
-struct VlanGather {
-    last: (u64, Verdict),
-    first: Option<(u64, (u16, VlanIn, u16))>,
-    uniform: bool,
-}
 
 /// A fragment after the first one of a multi-slot packet, as its slot named it.
 #[derive(Clone, Copy, Default)]
@@ -69,6 +57,9 @@ pub(super) struct Scratch {
     /// they all do.
     pub(super) shape: Option<(u16, VlanIn, u16)>,
     pub(super) dests: Vec<Dest>,
+    /// With VLAN filtering: each packet's bytes 12..16 as loaded (EtherType and TCI),
+    /// which pass 0 classifies after its loop.
+    pub(super) raw: Vec<u32>,
     pub(super) frags: Vec<SlotFrag>,
     pub(super) queues: Vec<Queue>,
     pub(super) flood: Queue,
@@ -120,6 +111,7 @@ impl Scratch {
             vtags: Vec::new(),
             shape: None,
             dests: Vec::new(),
+            raw: Vec::new(),
             frags: Vec::with_capacity(MAX_FRAGS * 4),
             queues: Vec::new(),
             flood: EMPTY_Q,
@@ -144,6 +136,7 @@ impl Scratch {
             self.infos.resize(batch, PacketInfo::default());
             self.vtags.resize(batch, (VlanIn::Untagged, 0));
             self.dests.resize(batch, Dest::Drop);
+            self.raw.resize(batch, 0);
             self.saved.reserve(batch);
         }
         if self.queues.len() < ports {
@@ -156,8 +149,7 @@ impl Scratch {
     /// Pass 0: reads up to `snd.limit` packets, each slot once, validates them and copies
     /// their headers out (with VLAN filtering, each one's VLAN from the sender's mode).
     /// Invalid packets, and those the sender's VLAN mode does not admit, are counted in
-    /// `st` and go no further. Returns
-    /// how many packets were kept.
+    /// `st` and go no further. Returns how many packets were kept.
     #[inline(always)]
     pub(super) fn gather<const VLAN: bool>(
         &mut self,
@@ -167,19 +159,20 @@ impl Scratch {
     ) -> usize {
         let buf_size = rd.bufs.buf_size();
         let mut np = 0usize;
-        // VLAN filtering: the last header shape (EtherType, TCI, too short for a tag:
-        // packed, u64::MAX for none) and its verdict; the batch's first admitted shape,
-        // its (VID, how, TCI), and whether every admitted packet shares it.
-        let mut vs = VlanGather {
-            last: (u64::MAX, Err(DropReason::NoDest)),
-            first: None,
-            uniform: true,
-        };
-        // The shape every packet so far had, and its VLAN (`NO_SHAPE`: none yet, or
-        // the batch is mixed).
-        let mut fast: (u64, u16) = (NO_SHAPE, 0);
-        self.frags.clear();
-        while np < snd.limit {
+        // The arrays as slices of the batch's size (`fit` made them at least that):
+        // their bounds are then values the loop keeps, not fields it reloads after
+        // every store, and the stores below need no checks.
+        let Scratch {
+            pkts,
+            infos,
+            raw,
+            frags,
+            ..
+        } = self;
+        let limit = snd.limit.min(pkts.len()).min(infos.len()).min(raw.len());
+        let (pkts, infos, raw) = (&mut pkts[..limit], &mut infos[..limit], &mut raw[..limit]);
+        frags.clear();
+        while np < limit {
             let Some(s) = rd.next() else {
                 break;
             };
@@ -202,12 +195,12 @@ impl Scratch {
             };
             let mut nfrags = 1u32;
             let mut len = s.len as u32;
-            let more = self.frags.len() as u32;
+            let more = frags.len() as u32;
             if s.flags & NS_MOREFRAG != 0 {
                 // On a copy: were `rd`'s address to escape into the chain's (cold)
                 // call, the loop would keep it in memory instead of in registers.
                 let mut chain = *rd;
-                (nfrags, len, verdict) = gather_chain(&mut chain, &mut self.frags, len, verdict);
+                (nfrags, len, verdict) = gather_chain(&mut chain, frags, len, verdict);
                 *rd = chain;
             }
             let hdr = match (verdict, hdr) {
@@ -215,38 +208,17 @@ impl Scratch {
                 (v, _) => {
                     let r = v.unwrap_or(DropReason::BadBuf);
                     st.drops[r as usize] += 1;
-                    self.frags.truncate(more as usize);
+                    frags.truncate(more as usize);
                     continue;
                 }
             };
-            let mut info = PacketInfo::from_header(hdr, snd.id, snd.ring, len, s.flags);
-            if let (true, Some(mode)) = (VLAN, snd.vlan) {
-                // The frame's VLAN from its port's mode (the TCI is bytes 14..16 of the
-                // header already loaded); what the port does not admit is dropped here,
-                // before the lookup can learn from it. A batch mostly repeats one
-                // header shape: its verdict is kept.
-                // The header shape: bytes 12..16 as loaded (EtherType and TCI), and
-                // whether the frame is too short for a tag. The batch's one shape
-                // costs a compare; anything else is `classify`'s.
-                let flen = len.saturating_sub(snd.hdr_len as u32);
-                let hs = (hdr[1] >> 32) | u64::from(flen < 18) << 32;
-                if hs == fast.0 {
-                    info.vid = fast.1;
-                } else {
-                    match self.classify(&mut vs, mode, hs, flen, np, st) {
-                        Some((vid, f)) => {
-                            info.vid = vid;
-                            fast = f;
-                        }
-                        None => {
-                            self.frags.truncate(more as usize);
-                            continue;
-                        }
-                    }
-                }
+            if VLAN {
+                // Bytes 12..16 of the header already loaded: EtherType and TCI, which
+                // the sender's mode classifies once the loop is done (see `classify`).
+                raw[np] = (hdr[1] >> 32) as u32;
             }
-            self.infos[np] = info;
-            self.pkts[np] = Pkt {
+            infos[np] = PacketInfo::from_header(hdr, snd.id, snd.ring, len, s.flags);
+            pkts[np] = Pkt {
                 buf_idx: s.buf_idx,
                 len: s.len,
                 nfrags: nfrags as u16,
@@ -255,53 +227,108 @@ impl Scratch {
             };
             np += 1;
         }
-        if VLAN {
-            self.shape = vs.first.map(|f| f.1).filter(|_| vs.uniform);
+        match (VLAN, snd.vlan) {
+            (true, Some(mode)) if np > 0 => self.classify(np, mode, snd.hdr_len, st),
+            _ => {
+                self.shape = None;
+                np
+            }
         }
-        np
     }
 
-    /// A packet of another header shape than the batch's so far (see `gather`): its
-    /// verdict (the last one kept), counted if it is a drop (`None`). Returns its VLAN
-    /// and the shape the next packets may take the fast way: its own, if it is the
-    /// batch's first; none once the batch is mixed, after `vtags` got the (how, TCI)
-    /// of every packet so far.
+    /// The end of pass 0 with VLAN filtering: each packet's VLAN from the sender's
+    /// mode, with the packets that mode does not admit counted in `st` and taken out
+    /// of the batch (before the lookup can learn from them). A batch mostly repeats one
+    /// header shape (EtherType and TCI, and long enough for a tag if it has one): then
+    /// one verdict decides it and `shape` says so; otherwise each packet is classified
+    /// (the last verdict kept) and `vtags` gets how each came in. Returns how many
+    /// packets are left.
+    #[inline(always)]
+    fn classify(&mut self, np: usize, mode: &PortVlan, hdr_len: u16, st: &mut PortStats) -> usize {
+        let raw = &self.raw[..np];
+        let r0 = raw[0];
+        // An OR of differences: no early exit, so that it vectorises.
+        let same = raw.iter().fold(0, |acc, &r| acc | (r ^ r0)) == 0;
+        let ethertype = u16::from_be(r0 as u16);
+        let tci = u16::from_be((r0 >> 16) as u16);
+        let short = |i: &PacketInfo| i.len < 18 + u32::from(hdr_len);
+        // Only a tag needs room for itself: the lengths matter for a tagged shape.
+        let tagged = ethertype == TPID_8021Q || ethertype == TPID_8021AD;
+        if same && !(tagged && self.infos[..np].iter().any(short)) {
+            return match mode.ingress(ethertype, tci, 18) {
+                Ok((vid, how)) => {
+                    self.shape = Some((vid, how, tci));
+                    self.infos[..np].iter_mut().for_each(|i| i.vid = vid);
+                    np
+                }
+                Err(r) => {
+                    st.drops[r as usize] += np as u64;
+                    self.shape = None;
+                    0
+                }
+            };
+        }
+        self.classify_mixed(np, mode, hdr_len, st)
+    }
+
+    /// [`Self::classify`] for a batch of several header shapes: each packet on its
+    /// own, the last verdict kept; the admitted ones are moved down over the dropped.
     #[cold]
     #[inline(never)]
-    fn classify(
+    fn classify_mixed(
         &mut self,
-        vs: &mut VlanGather,
-        mode: &PortVlan,
-        hs: u64,
-        flen: u32,
         np: usize,
+        mode: &PortVlan,
+        hdr_len: u16,
         st: &mut PortStats,
-    ) -> Option<(u16, (u64, u16))> {
-        let ethertype = u16::from_be(hs as u16);
-        let tci = u16::from_be((hs >> 16) as u16);
-        if vs.last.0 != hs {
-            vs.last = (hs, mode.ingress(ethertype, tci, flen));
+    ) -> usize {
+        let mut last: Option<((u32, bool), Verdict)> = None;
+        // The first admitted packet's (VID, how, TCI), and whether all others match it.
+        let mut first: Option<(u16, VlanIn, u16)> = None;
+        let mut uniform = true;
+        let mut kept = 0usize;
+        for i in 0..np {
+            let r = self.raw[i];
+            let flen = self.infos[i].len.saturating_sub(u32::from(hdr_len));
+            let key = (r, flen < 18);
+            let verdict = match last {
+                Some((k, v)) if k == key => v,
+                _ => {
+                    let ethertype = u16::from_be(r as u16);
+                    let tci = u16::from_be((r >> 16) as u16);
+                    let v = mode.ingress(ethertype, tci, flen);
+                    last = Some((key, v));
+                    v
+                }
+            };
+            let (vid, how) = match verdict {
+                Ok(v) => v,
+                Err(reason) => {
+                    st.drops[reason as usize] += 1;
+                    continue;
+                }
+            };
+            // The TCI matters only for a tag (bytes 14..16 of an untagged frame are
+            // its payload's).
+            let tci = match how {
+                VlanIn::Priority | VlanIn::Tagged => u16::from_be((r >> 16) as u16),
+                VlanIn::Untagged | VlanIn::Tunnel => 0,
+            };
+            match first {
+                None => first = Some((vid, how, tci)),
+                Some(f) if f != (vid, how, tci) => uniform = false,
+                Some(_) => {}
+            }
+            self.vtags[kept] = (how, tci);
+            self.infos[kept] = PacketInfo {
+                vid,
+                ..self.infos[i]
+            };
+            self.pkts[kept] = self.pkts[i];
+            kept += 1;
         }
-        let (vid, how) = match vs.last.1 {
-            Ok(v) => v,
-            Err(r) => {
-                st.drops[r as usize] += 1;
-                return None;
-            }
-        };
-        match vs.first {
-            None => {
-                vs.first = Some((hs, (vid, how, tci)));
-                return Some((vid, (hs, vid)));
-            }
-            Some((_, (_, h0, t0))) if vs.uniform => {
-                vs.uniform = false;
-                self.vtags[..np].fill((h0, t0));
-            }
-            Some(_) => {}
-        }
-        self.vtags[np] = (how, tci);
-        Some((vid, (NO_SHAPE, 0)))
+        self.shape = first.filter(|_| uniform);
+        kept
     }
 
     /// Pass 1, after the lookup filled `dests`: threads each packet onto its

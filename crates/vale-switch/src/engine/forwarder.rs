@@ -177,10 +177,14 @@ impl Forwarder {
         if shared {
             lookup_shared(lookup, &sc.infos[..np], &mut sc.dests[..np], now);
         } else {
-            lookup
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .lookup_batch(&sc.infos[..np], &mut sc.dests[..np], now);
+            let mut l = lookup.write().unwrap_or_else(|p| p.into_inner());
+            match (vlan, sc.shape) {
+                // One VLAN for the whole batch: the lookup may take it once.
+                (Some(_), Some((vid, ..))) => {
+                    l.lookup_batch_in(&sc.infos[..np], &mut sc.dests[..np], now, vid)
+                }
+                _ => l.lookup_batch(&sc.infos[..np], &mut sc.dests[..np], now),
+            }
         }
         match (vlan, sc.shape) {
             (None, _) => sc.route::<false>(np, src, ports, None, &mut st),

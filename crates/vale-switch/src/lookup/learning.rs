@@ -303,16 +303,27 @@ impl LearningBridge {
         }
     }
 
-    /// `lookup_batch`'s loop; without `VLAN` every frame is in VLAN 0.
+    /// `lookup_batch`'s loop; without `VLAN` every frame is in VLAN 0, and with `ONE`
+    /// every frame is in VLAN `one` (its `vid` is not read).
     #[inline(always)]
-    fn batch<const VLAN: bool>(&mut self, pkts: &[PacketInfo], out: &mut [Dest], now: Timestamp) {
+    fn batch<const VLAN: bool, const ONE: bool>(
+        &mut self,
+        pkts: &[PacketInfo],
+        out: &mut [Dest],
+        now: Timestamp,
+        one: u16,
+    ) {
         // Addresses are 48 bits: each key packs its VLAN above them, so that filtering
         // VLANs compares one word per key, as not filtering does.
         let mut cache: Option<(u64, Dest)> = None;
         // A batch comes from one ring: usually one source address throughout.
         let mut learned: Option<(u64, PortId, u16)> = None;
         for (p, o) in pkts.iter().zip(out.iter_mut()) {
-            let vid = if VLAN { u64::from(p.vid) << 48 } else { 0 };
+            let vid = match (VLAN, ONE) {
+                (false, _) => 0,
+                (true, true) => u64::from(one) << 48,
+                (true, false) => u64::from(p.vid) << 48,
+            };
             let key = (
                 p.src.to_u64() | vid,
                 p.src_port,
@@ -328,7 +339,7 @@ impl LearningBridge {
             *o = match cache {
                 Some((k, d)) if k == dk => d,
                 _ => {
-                    let d = self.destination::<VLAN>(p.dst, p.vid);
+                    let d = self.destination::<VLAN>(p.dst, (vid >> 48) as u16);
                     cache = Some((dk, d));
                     d
                 }
@@ -442,9 +453,17 @@ impl Lookup for LearningBridge {
     /// (bursts mostly go to one host), dropped whenever learning changes the table.
     fn lookup_batch(&mut self, pkts: &[PacketInfo], out: &mut [Dest], now: Timestamp) {
         if self.vlans {
-            self.batch::<true>(pkts, out, now);
+            self.batch::<true, false>(pkts, out, now, 0);
         } else {
-            self.batch::<false>(pkts, out, now);
+            self.batch::<false, false>(pkts, out, now, 0);
+        }
+    }
+
+    fn lookup_batch_in(&mut self, pkts: &[PacketInfo], out: &mut [Dest], now: Timestamp, vid: u16) {
+        if self.vlans {
+            self.batch::<true, true>(pkts, out, now, vid);
+        } else {
+            self.batch::<false, false>(pkts, out, now, 0);
         }
     }
 
@@ -514,6 +533,43 @@ mod tests {
         let mut lb = LearningBridge::default();
         let t = Timestamp::from_secs(1);
         assert_eq!(lb.lookup(&pkt(1, mac(1), MacAddr::ZERO), t), Dest::Flood);
+    }
+
+    #[test]
+    fn a_batch_of_one_vlan_is_decided_as_each_frame_would_be() {
+        // The same two hosts in VLANs 10 and 20, behind different ports: a batch of
+        // VLAN 10 decided with its VLAN given once (`lookup_batch_in`) must learn and
+        // forward exactly as the per-frame VLANs do, and never across VLANs.
+        let t = Timestamp::from_secs(5);
+        let in_vlan = |port: u16, src: u64, dst: u64, vid: u16| PacketInfo {
+            vid,
+            ..pkt(port, mac(src), mac(dst))
+        };
+        let mut once = LearningBridge::default();
+        let mut each = LearningBridge::default();
+        for lb in [&mut once, &mut each] {
+            lb.vlan_filtering(true);
+            // VLAN 20: host 2 behind port 3.
+            lb.lookup(&in_vlan(3, 2, 1, 20), t);
+        }
+        let batch = [
+            in_vlan(0, 1, 2, 10), // host 2 unknown in VLAN 10: flood
+            in_vlan(1, 2, 1, 10), // host 1 learned behind port 0 in VLAN 10
+            in_vlan(0, 1, 2, 10), // host 2 now behind port 1 in VLAN 10
+        ];
+        let (mut a, mut b) = ([Dest::Drop; 3], [Dest::Drop; 3]);
+        once.lookup_batch_in(&batch, &mut a, t, 10);
+        each.lookup_batch(&batch, &mut b, t);
+        let want = [Dest::Flood, Dest::Port(PortId(0)), Dest::Port(PortId(1))];
+        assert_eq!((a, b), (want, want));
+        for lb in [&mut once, &mut each] {
+            // Learned in VLAN 10 (frames of it find them there), and VLAN 20 still
+            // finds host 2 behind port 3, and host 1 nowhere.
+            assert_eq!(lb.lookup(&in_vlan(5, 9, 1, 10), t), Dest::Port(PortId(0)));
+            assert_eq!(lb.lookup(&in_vlan(5, 9, 2, 10), t), Dest::Port(PortId(1)));
+            assert_eq!(lb.lookup(&in_vlan(5, 9, 2, 20), t), Dest::Port(PortId(3)));
+            assert_eq!(lb.lookup(&in_vlan(5, 9, 1, 20), t), Dest::Flood);
+        }
     }
 
     #[test]

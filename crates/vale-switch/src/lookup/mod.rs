@@ -97,6 +97,14 @@ pub trait Lookup: Send + Sync {
         }
     }
 
+    /// Decides a batch whose frames are all in VLAN `vid` (each one's
+    /// [`PacketInfo::vid`] says so too): a lookup may take the VLAN once for the batch
+    /// (default: [`Self::lookup_batch`]).
+    fn lookup_batch_in(&mut self, pkts: &[PacketInfo], out: &mut [Dest], now: Timestamp, vid: u16) {
+        let _ = vid;
+        self.lookup_batch(pkts, out, now);
+    }
+
     /// Decides a batch without changing anything, if it can: `false` means deciding it
     /// would change the lookup's state (learning), and [`Self::lookup_batch`] must. The
     /// threads of a switch forwarded by several run this under a shared lock, and take
@@ -215,6 +223,9 @@ impl<T: Lookup + ?Sized> Lookup for Box<T> {
     }
     fn lookup_batch(&mut self, pkts: &[PacketInfo], out: &mut [Dest], now: Timestamp) {
         (**self).lookup_batch(pkts, out, now)
+    }
+    fn lookup_batch_in(&mut self, pkts: &[PacketInfo], out: &mut [Dest], now: Timestamp, vid: u16) {
+        (**self).lookup_batch_in(pkts, out, now, vid)
     }
     fn lookup_batch_shared(&self, pkts: &[PacketInfo], out: &mut [Dest], now: Timestamp) -> bool {
         (**self).lookup_batch_shared(pkts, out, now)

@@ -367,23 +367,38 @@ pub(super) fn deliver(b: &Batch<'_>, t: Target<'_>, out: &mut Out<'_>, st: &mut 
     // one VLAN and tag shape (the usual case) gets one answer for the whole target:
     // nothing (not a member: no copies at all), the plain loop, or one edit for all.
     if !b.vlan {
-        return deliver_ring::<false>(b, t, None, out, st);
+        return deliver_ring::<false, ANY>(b, t, None, out, st);
     }
     match (b.sc.shape, t.mode(b)) {
         (Some((vid, how, tci)), Some(m)) => match m.egress(vid, how, tci) {
             None => {}
-            Some(Edit::Keep) => deliver_ring::<false>(b, t, None, out, st),
-            Some(e) => deliver_ring::<true>(b, t, Some(e), out, st),
+            Some(Edit::Keep) => deliver_ring::<false, ANY>(b, t, None, out, st),
+            // One edit for every copy, between ports of one header length: a loop of
+            // its own, where the edit is not looked at per copy.
+            Some(e @ Edit::Push { .. }) if t.port.hdr_len == b.hdr_len => {
+                deliver_ring::<true, PUSH>(b, t, Some(e), out, st)
+            }
+            Some(Edit::Pop) if t.port.hdr_len == b.hdr_len => {
+                deliver_ring::<true, POP>(b, t, Some(Edit::Pop), out, st)
+            }
+            Some(e) => deliver_ring::<true, ANY>(b, t, Some(e), out, st),
         },
-        _ => deliver_ring::<true>(b, t, None, out, st),
+        _ => deliver_ring::<true, ANY>(b, t, None, out, st),
     }
 }
 
+/// `deliver_ring`'s edit kinds: any (looked at per copy), or every copy a push or a pop
+/// between ports of one header length.
+const ANY: u8 = 0;
+const PUSH: u8 = 1;
+const POP: u8 = 2;
+
 /// [`deliver`] into the port's RX ring. Without `VLAN` every copy is kept as it is;
 /// with it, every copy gets `fixed` if given, else its own edit (or none, for a port
-/// not in its VLAN).
+/// not in its VLAN). With `KIND` `PUSH` or `POP`, `fixed` is that edit and the
+/// receiver's header is the sender's.
 #[inline(always)]
-fn deliver_ring<const VLAN: bool>(
+fn deliver_ring<const VLAN: bool, const KIND: u8>(
     b: &Batch<'_>,
     t: Target<'_>,
     fixed: Option<Edit>,
@@ -437,13 +452,23 @@ fn deliver_ring<const VLAN: bool>(
     };
     let (mut u, mut f) = (uq.head, b.flood.head);
     let (mut copies, mut dropped, mut delivered, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    // The tag a `PUSH` loop puts in, taken out of `fixed` once.
+    let push = match fixed {
+        Some(Edit::Push { tpid, tci }) => (tpid, tci),
+        _ => (0, 0),
+    };
     // The unicast and flood queues merged in batch order.
     while let Some(pi) = b.sc.next_merged(&mut u, &mut f) {
         // Not a member of the packet's VLAN: a flood that was never this port's copy.
-        let edit = match (VLAN, fixed) {
-            (false, _) => Edit::Keep,
-            (true, Some(e)) => e,
-            (true, None) => match b.edit(pi, mode) {
+        let edit = match (VLAN, KIND, fixed) {
+            (false, ..) => Edit::Keep,
+            (true, PUSH, _) => Edit::Push {
+                tpid: push.0,
+                tci: push.1,
+            },
+            (true, POP, _) => Edit::Pop,
+            (true, _, Some(e)) => e,
+            (true, _, None) => match b.edit(pi, mode) {
                 Some(e) => e,
                 None => continue,
             },
@@ -451,7 +476,7 @@ fn deliver_ring<const VLAN: bool>(
         copies += 1;
         // A tag put in, taken out or given its VID, between ports of one header length,
         // is written while copying (one slot's frames; the rest go the slow way).
-        if VLAN && edit != Edit::Keep && dst_hl == b.hdr_len {
+        if VLAN && edit != Edit::Keep && (KIND != ANY || dst_hl == b.hdr_len) {
             match retag_packet(b, pi, edit, &mut fill) {
                 Some(Ok(n)) => {
                     delivered += 1;

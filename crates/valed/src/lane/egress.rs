@@ -1,13 +1,13 @@
 //! Direct delivery for one switch of a lane: packets for a driven port that takes them
 //! straight from the senders' buffers (TAP, AF_PACKET, vhost-user) go to its `send`.
 
+use super::PortMap;
 use crate::port::{Direct, DrivenPort};
-use std::collections::HashMap;
 use vale_switch::{PortId, PortKey};
 
 pub struct DirectEgress<'a> {
     pub switch: usize,
-    pub driven: &'a mut HashMap<PortKey, Box<dyn DrivenPort>>,
+    pub driven: &'a mut PortMap<Box<dyn DrivenPort>>,
 }
 
 impl vale_switch::Egress for DirectEgress<'_> {

@@ -12,9 +12,42 @@ use crate::port::{DrivenPort, Waker, Watcher};
 pub use egress::DirectEgress;
 use rustix::fd::OwnedFd;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use vale_switch::{PortKey, Registry, Timestamp};
+
+/// A map keyed by (switch, port), as the lane keeps its ports' eventfds and driven
+/// halves: the forwarding thread looks a driven port up for every frame it hands over
+/// directly, so the key (two small integers of valed's own, never a peer's) is hashed
+/// by a multiply instead of SipHash.
+pub type PortMap<V> = HashMap<PortKey, V, BuildHasherDefault<KeyHasher>>;
+
+/// [`PortMap`]'s hasher: each integer written is mixed in by one multiply (by an odd
+/// constant, so distinct ports of a switch never share the low bits a table indexes
+/// by; the high bits, which hashbrown compares, take in every bit written).
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(29) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// The eventfds of one port: `kick` (any client wakes the switch), and one `notify`
 /// per hold on the port (the switch wakes its clients). A notify eventfd each: with one
@@ -39,15 +72,15 @@ impl PortFds {
 /// ports its forwarding thread drives itself.
 pub struct LaneState {
     pub registry: Registry,
-    pub fds: HashMap<PortKey, PortFds>,
+    pub fds: PortMap<PortFds>,
     /// Ports of this lane's switches whose client is its forwarding thread (host ports,
     /// VMs): their data-plane halves. Only the lane's own thread (and the control
     /// thread) touch them, under this lock; its helpers never do.
-    pub driven: Mutex<HashMap<PortKey, Box<dyn DrivenPort>>>,
+    pub driven: Mutex<PortMap<Box<dyn DrivenPort>>>,
 }
 
 /// Wakes the clients the engine asked to wake (`Notify`s of switch `si`).
-pub fn notify(fds: &HashMap<PortKey, PortFds>, si: usize, notes: &[vale_switch::Notify]) {
+pub fn notify(fds: &PortMap<PortFds>, si: usize, notes: &[vale_switch::Notify]) {
     for n in notes {
         let key = PortKey {
             switch: si,
@@ -63,13 +96,13 @@ impl LaneState {
     pub fn new(registry: Registry) -> LaneState {
         LaneState {
             registry,
-            fds: HashMap::new(),
-            driven: Mutex::new(HashMap::new()),
+            fds: PortMap::default(),
+            driven: Mutex::new(PortMap::default()),
         }
     }
 
     /// The driven ports, for the control thread (which holds the lane exclusively).
-    pub fn driven_mut(&mut self) -> &mut HashMap<PortKey, Box<dyn DrivenPort>> {
+    pub fn driven_mut(&mut self) -> &mut PortMap<Box<dyn DrivenPort>> {
         self.driven.get_mut().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -453,5 +486,41 @@ mod tests {
         s.publish_tables(&Registry::new(limits));
         drop(held);
         assert_eq!(s.tables.lock().unwrap().len(), 1, "skipped, not blocked");
+    }
+
+    #[test]
+    fn port_keys_of_a_switch_fill_a_table_without_collisions() {
+        use std::hash::BuildHasher;
+        let b = BuildHasherDefault::<KeyHasher>::default();
+        for switch in [0usize, 1, 7, 4095] {
+            // The low 8 bits (a 256-bucket table's index) differ for ports 0..256.
+            let mut low: Vec<u64> = (0..256u16)
+                .map(|p| {
+                    b.hash_one(PortKey {
+                        switch,
+                        port: vale_switch::PortId(p),
+                    }) & 0xff
+                })
+                .collect();
+            low.sort_unstable();
+            low.dedup();
+            assert_eq!(low.len(), 256, "switch {switch}");
+        }
+        let mut m: PortMap<u32> = PortMap::default();
+        for s in 0..4 {
+            for p in 0..300u16 {
+                let key = PortKey {
+                    switch: s,
+                    port: vale_switch::PortId(p),
+                };
+                m.insert(key, (s as u32) << 16 | u32::from(p));
+            }
+        }
+        assert_eq!(m.len(), 1200);
+        let k = PortKey {
+            switch: 3,
+            port: vale_switch::PortId(299),
+        };
+        assert_eq!(m.get(&k), Some(&(3 << 16 | 299)));
     }
 }

@@ -37,6 +37,10 @@ pub const MAX_FRAME: usize = 65536 + 256;
 
 /// A packet handed over straight from the sender's buffers (`Switch::set_direct`).
 pub struct Direct<'a> {
+    /// The destination's RX ring the engine chose (the sender's TX ring modulo the
+    /// destination's RX rings): a vhost-user port of several queue pairs delivers into
+    /// that pair's RX queue; ports of one ring ignore it.
+    pub ring: u16,
     /// The destination's virtio-net header when it differs from the sender's, else
     /// empty (the sender's header is then at the start of the first fragment).
     pub hdr: &'a [u8],

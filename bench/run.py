@@ -550,7 +550,8 @@ def testpmd_on_ours(secs, length, into_switch, kind, queues=1):
             # testpmd --no-huge backs its memory with a memfd it made without sealing:
             # valed takes it only when told to trust the frontend.
             v = Valed(procs, tmp, extra=["--vhost-trust-unsealed"])
-            create = ["vhost-user", "vale0:m", "--path", sock, "--queues", str(queues)]
+            # (One pair without the flag: what a daemon before --queues takes too.)
+            create = ["vhost-user", "vale0:m", "--path", sock] + (["--queues", str(queues)] if queues > 1 else [])
             vdev = f"--vdev=net_virtio_user0,path={sock},queues={queues}"
         subprocess.run([os.path.join(BIN, "vale-ctl"), *create], env=v.env, check=True,
                        capture_output=True)

@@ -566,10 +566,13 @@ impl VhostIo {
     }
 
     /// After the forwarding thread woke: polling again, no kicks wanted.
+    /// Only queues the frontend set up: one it never did (a pair it does not use) has
+    /// its rings at guest address 0, where the crate would write the used ring's flags
+    /// (without EVENT_IDX), into guest memory the queue does not own.
     fn disarm_queues(&mut self) {
         let g = lock(&self.guest);
         if let Some(vr) = &g.vrings {
-            for vq in vr {
+            for vq in vr.iter().filter(|vq| vq.get_ref().get_queue().ready()) {
                 let _ = vq.disable_notification();
             }
         }

@@ -85,7 +85,7 @@ pub struct Guest {
 
 /// One queue pair's state, as the forwarding thread keeps it between passes.
 #[derive(Default)]
-pub(crate) struct Pair {
+struct Pair {
     /// Where its RX queue's rings were last found in guest memory.
     rx_split: Option<split::Split>,
     /// Frames on their way to its RX queue, and the features the guest acknowledged.

@@ -1263,6 +1263,51 @@ fn a_driver_that_polls_is_not_interrupted_and_one_that_waits_is() {
     assert_eq!(host_counter(&d, "vale0:vm", "from_host"), 2);
 }
 
+/// A frontend that sets up one of a port's two pairs: valed writes nothing where the
+/// other pair's queues lie before they are set up (guest address 0, here the first
+/// pair's descriptor table), however often its forwarding thread sleeps and wakes
+/// (waking, it turns the guest's notifications off: the used ring's flags, without
+/// EVENT_IDX, at an unset queue's address 0).
+#[test]
+fn queues_a_frontend_never_set_up_are_not_written() {
+    let _turn = turn();
+    use hostile::*;
+    let d = Daemon::start("vhost-unset", &[]);
+    let r = d.open("vale0:r");
+    let sock = d.dir.join("vm.sock").to_str().unwrap().to_string();
+    ctl_ok(
+        &d,
+        &["vhost-user", "vale0:vm", "--path", &sock, "--queues", "2"],
+    );
+    let mut f = Front::connect(&sock);
+    f.setup();
+    assert_eq!(desc(0), 0, "queue 0's descriptor table at guest address 0");
+    f.set_desc(0, 0, 0x20000, 2048, F_WRITE, 0);
+    let before = f.read(0, 16);
+    let mut p = vec![0u8; 12];
+    p.extend_from_slice(&frame([0xff; 6], VM_MAC, 1));
+    f.write(0x10000, &p);
+    // Each TX chain a kick that wakes a sleeping forwarding thread.
+    for i in 0..5u16 {
+        std::thread::sleep(Duration::from_millis(100));
+        f.set_desc(1, i, 0x10000, 72, 0, 0);
+        f.offer(1, i, 1);
+        assert!(f.wait_used(1, i + 1), "TX chain {i} used:\n{}", d.log());
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        f.read(0, 16),
+        before,
+        "queue 0's descriptor 0 as the guest wrote it"
+    );
+    // And it still takes the frame it describes, at the address it says.
+    f.offer(0, 0, 1);
+    send(&r, &[frame(VM_MAC, R_MAC, 2)]);
+    assert!(f.wait_used(0, 1), "the RX buffer is filled:\n{}", d.log());
+    assert_eq!(f.read(0x20000 + 12, 60), frame(VM_MAC, R_MAC, 2));
+    assert_eq!(host_counter(&d, "vale0:vm", "from_host"), 5);
+}
+
 /// A frontend that replaces its memory table while frames are on their way (two regions
 /// of the same bytes now, as a VM that hot-plugs memory): valed follows the new table,
 /// and a TX frame and an RX buffer that span the two regions' border go through whole.

@@ -525,11 +525,14 @@ def memif_ratios(m, key):
     return out
 
 
-def testpmd_on_ours(secs, length, into_switch, kind):
+def testpmd_on_ours(secs, length, into_switch, kind, queues=1):
     """dpdk-testpmd on a port of ours, `kind` "memif" (a memif client on a memif port) or
     "vhost" (net_virtio_user on a vhost-user port): txonly into the switch to a pkt-gen
     receiver (its port's counter over a window), or pkt-gen into the switch to testpmd
-    rxonly (its Rx-pps). Returns (Mpps, Mpps per forwarding-thread CPU-second)."""
+    rxonly (its Rx-pps). With `queues` > 1 (vhost only) the port offers that many queue
+    pairs, testpmd runs them all (`queues=N`, `--txq=N --rxq=N`, still one forwarding
+    core) and pkt-gen's port has as many rings (it fills ring 0 first, as netmap's
+    does). Returns (Mpps, Mpps per forwarding-thread CPU-second)."""
     tp = shutil.which("dpdk-testpmd")
     if not tp:
         return "SKIP: dpdk-testpmd not installed (apt-get install dpdk-dev)"
@@ -547,22 +550,25 @@ def testpmd_on_ours(secs, length, into_switch, kind):
             # testpmd --no-huge backs its memory with a memfd it made without sealing:
             # valed takes it only when told to trust the frontend.
             v = Valed(procs, tmp, extra=["--vhost-trust-unsealed"])
-            create = ["vhost-user", "vale0:m", "--path", sock]
-            vdev = f"--vdev=net_virtio_user0,path={sock},queues=1"
+            # (One pair without the flag: what a daemon before --queues takes too.)
+            create = ["vhost-user", "vale0:m", "--path", sock] + (["--queues", str(queues)] if queues > 1 else [])
+            vdev = f"--vdev=net_virtio_user0,path={sock},queues={queues}"
         subprocess.run([os.path.join(BIN, "vale-ctl"), *create], env=v.env, check=True,
                        capture_output=True)
         mode = "txonly" if into_switch else "rxonly"
         t = procs.start([tp, "-l", "0,1", "--main-lcore", "0", "--no-huge", "-m", "512", "--no-pci",
                          "--log-level=lib.eal:notice", "--file-prefix", dpdk_prefix(f"vb{kind}"), vdev, "--", "-i",
                          f"--forward-mode={mode}", f"--txpkts={length}", "--total-num-mbufs=16384",
-                         "--nb-cores=1"], stdin=subprocess.PIPE)
+                         "--nb-cores=1", f"--txq={queues}", f"--rxq={queues}"], stdin=subprocess.PIPE)
         time.sleep(3.0)
         t.stdin.write("start\n")
         t.stdin.flush()
+        conf = f"@conf:rings={queues}" if queues > 1 else ""
         if into_switch:
-            v.pktgen(procs, "-i", "vale0:r", "-f", "rx", "--duration", str(int(secs) + 4))
+            v.pktgen(procs, "-i", f"vale0:r{conf}", "-f", "rx", "--duration", str(int(secs) + 4))
         else:
-            v.pktgen(procs, "-i", "vale0:t", "-f", "tx", "-l", str(length), "--duration", str(int(secs) + 4))
+            v.pktgen(procs, "-i", f"vale0:t{conf}", "-f", "tx", "-l", str(length), "--duration",
+                     str(int(secs) + 4))
         time.sleep(1.5)
         s0, c0, t0 = v.stats(), v.fwd_cpu(), time.time()
         for _ in range(max(1, int(secs)) + 1):
@@ -1117,6 +1123,9 @@ def main():
                     help="with --scaling: one switch of 8 port pairs on N threads (--switch-threads)")
     ap.add_argument("--netmap-pktgen", metavar="PATH", help="netmap's pkt-gen binary for the `shim` row")
     ap.add_argument("--netmap-pktgen-busy", metavar="PATH", help="the same built with -DBUSYWAIT (syncs by ioctl, no poll)")
+    ap.add_argument("--vhost-queues", default="1", metavar="LIST",
+                    help="queue pairs of the vhost rows' port and testpmd, e.g. 1,2 (each a row set, "
+                         "alternating within a run)")
     ap.add_argument("--valed-args", default="", help="extra flags for every valed started, e.g. '--buf-size 2112'")
     a = ap.parse_args()
     VALED_ARGS.extend(a.valed_args.split())
@@ -1205,15 +1214,18 @@ def main():
                 else:
                     add(label, 60, r)
         if "vhost" in only:
-            for to_vm, label in ((True, "vhost-user: pkt-gen -> ours -> testpmd virtio_user, Mpps"),
-                                 (False, "vhost-user: testpmd virtio_user -> ours -> pkt-gen, Mpps")):
+            for to_vm, what in ((True, "pkt-gen -> ours -> testpmd virtio_user"),
+                                (False, "testpmd virtio_user -> ours -> pkt-gen")):
                 for length in (60, 1514):
-                    r = testpmd_on_ours(a.secs, length, not to_vm, "vhost")
-                    if isinstance(r, str):
-                        notes.append(f"{label} {length} B: {r}")
-                    else:
-                        add(label, length, r[0])
-                        add(f"{label[:-6]}, Mpps per fwd CPU-s", length, r[1])
+                    for q in [int(x) for x in a.vhost_queues.split(",")]:
+                        pairs = "" if q == 1 else f" ({q} queue pairs)"
+                        label = f"vhost-user{pairs}: {what}, Mpps"
+                        r = testpmd_on_ours(a.secs, length, not to_vm, "vhost", q)
+                        if isinstance(r, str):
+                            notes.append(f"{label} {length} B: {r}")
+                        else:
+                            add(label, length, r[0])
+                            add(f"{label[:-6]}, Mpps per fwd CPU-s", length, r[1])
         if "shim" in only:
             shim_rows(a, add, notes)
         if "paced" in only:

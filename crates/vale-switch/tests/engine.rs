@@ -725,14 +725,25 @@ fn segments_that_do_not_fit_are_counted() {
     assert_eq!(e.recv_frames().len(), 15);
 }
 
-/// Keeps what the switch hands over for direct ports.
+/// Keeps what the switch hands over for direct ports (and the RX ring it named).
 struct Collect {
     got: Vec<(PortId, Vec<u8>)>,
+    rings: Vec<(PortId, u16)>,
     accept: bool,
 }
 
+impl Collect {
+    fn new(accept: bool) -> Collect {
+        Collect {
+            got: Vec::new(),
+            rings: Vec::new(),
+            accept,
+        }
+    }
+}
+
 impl Egress for Collect {
-    fn send(&mut self, dst: PortId, hdr: &[u8], frags: &[Frag<'_>]) -> bool {
+    fn send(&mut self, dst: PortId, ring: u16, hdr: &[u8], frags: &[Frag<'_>]) -> bool {
         let mut f = hdr.to_vec();
         for p in frags {
             let at = f.len();
@@ -740,8 +751,54 @@ impl Egress for Collect {
             p.copy_to(&mut f[at..]);
         }
         self.got.push((dst, f));
+        self.rings.push((dst, ring));
         self.accept
     }
+}
+
+/// A direct port of several RX rings (a vhost-user port of several queue pairs) is
+/// told the ring a copy would have gone to: the sender's TX ring modulo its RX rings,
+/// as `multi_ring_ports_map_source_ring_to_destination_ring` has it for ring ports.
+#[test]
+fn direct_ports_are_told_the_rx_ring_of_each_packet() {
+    let mut sw = Switch::new(LearningBridge::default(), SwitchConfig::default()).unwrap();
+    let rings = |n: u16| PortGeometry {
+        tx_rings: n,
+        rx_rings: n,
+        ..geom(64)
+    };
+    let mut attach = |name: &str, g| {
+        sw.attach(name, vale_abi::Region::create(name, g).unwrap())
+            .unwrap()
+    };
+    let (a, two, one) = (
+        attach("vale0:a", rings(4)),
+        attach("vale0:b", rings(2)),
+        attach("vale0:c", rings(1)),
+    );
+    sw.set_direct(two, true).unwrap();
+    sw.set_direct(one, true).unwrap();
+    let ca = Client::attach(&sw, a);
+    for r in 0..4 {
+        assert!(ca.queue_on(r, &frame(MacAddr::BROADCAST, mac(0), r as u64, 60), 1));
+    }
+    ca.txsync();
+    let mut eg = Collect::new(true);
+    Forwarder::new().forward(&sw, t(1), &mut Vec::new(), &mut eg);
+    assert_laws(&sw);
+    let of = |p: PortId| -> Vec<u16> {
+        eg.rings
+            .iter()
+            .filter(|(d, _)| *d == p)
+            .map(|(_, r)| *r)
+            .collect()
+    };
+    assert_eq!(
+        of(two),
+        [0, 1, 0, 1],
+        "TX rings 0-3 onto RX rings 0, 1, 0, 1"
+    );
+    assert_eq!(of(one), [0, 0, 0, 0]);
 }
 
 #[test]
@@ -760,10 +817,7 @@ fn direct_ports_get_packets_from_the_senders_buffers_not_their_ring() {
     big.truncate(5000);
     assert!(c[0].queue(&big, 3));
     c[0].txsync();
-    let mut eg = Collect {
-        got: Vec::new(),
-        accept: true,
-    };
+    let mut eg = Collect::new(true);
     let mut fw = Forwarder::new();
     fw.forward(&sw, t(0), &mut Vec::new(), &mut eg);
     assert_laws(&sw);
@@ -821,10 +875,7 @@ fn direct_ports_get_packets_from_the_senders_buffers_not_their_ring() {
     sw.set_hdr_len(ids[0], 0).unwrap();
     sw.set_direct(ids[2], false).unwrap();
     // A refused send is a counted drop.
-    eg = Collect {
-        got: Vec::new(),
-        accept: false,
-    };
+    eg = Collect::new(false);
     assert_eq!(c[0].send(&frames[..2]), 2);
     fw.forward(&sw, t(0), &mut Vec::new(), &mut eg);
     assert_laws(&sw);

@@ -343,7 +343,7 @@ fn ports_never_configured_are_trunks_of_everything() {
 struct Collect(Vec<(PortId, Vec<u8>)>);
 
 impl Egress for Collect {
-    fn send(&mut self, dst: PortId, hdr: &[u8], frags: &[Frag<'_>]) -> bool {
+    fn send(&mut self, dst: PortId, _ring: u16, hdr: &[u8], frags: &[Frag<'_>]) -> bool {
         let mut f = hdr.to_vec();
         for p in frags {
             let at = f.len();

@@ -43,6 +43,21 @@ fn testpmd(
     secs: u64,
     during: impl FnOnce(),
 ) -> String {
+    testpmd_queues(d, nth, sock, mode, secs, 1, during)
+}
+
+/// [`testpmd`] with `queues` queue pairs (`queues=N`, `--txq=N --rxq=N`), each served
+/// by its one forwarding core; its per-queue counts (`show port xstats 0`, after
+/// `stop`) are in the output as `tx_q0_good_packets: N` and so on.
+fn testpmd_queues(
+    d: &Daemon,
+    nth: usize,
+    sock: &str,
+    mode: &str,
+    secs: u64,
+    queues: u16,
+    during: impl FnOnce(),
+) -> String {
     use std::io::{Read, Write};
     use std::sync::{Arc, Mutex};
     // Line-buffered, so what a command prints is there when its prompt comes back.
@@ -60,8 +75,12 @@ fn testpmd(
             "1024",
         ])
         .arg(format!("--file-prefix=vt{}", std::process::id()))
-        .arg(format!("--vdev=net_virtio_user0,path={sock},queues=1"))
+        .arg(format!(
+            "--vdev=net_virtio_user0,path={sock},queues={queues}"
+        ))
         .args(["--", "-i", "--nb-cores=1", "--total-num-mbufs=4096"])
+        .arg(format!("--txq={queues}"))
+        .arg(format!("--rxq={queues}"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -117,6 +136,7 @@ fn testpmd(
     std::thread::sleep(Duration::from_secs(secs));
     run(Some("show port stats all"));
     run(Some("stop"));
+    run(Some("show port xstats 0"));
     if mode == "txonly" {
         // Frames it counted as sent may still wait in its TX ring, and once it quits
         // (its rings disabled) they never leave: it quits once the port has taken
@@ -235,6 +255,354 @@ fn testpmd_virtio_user_exchanges_traffic_through_a_vhost_user_port() {
 }
 
 const A_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+
+/// Puts `frames` on TX ring `ring` of `p`, waiting for room: the switch delivers what
+/// TX ring `i` carries into RX ring `i` modulo the receiver's rings, and into a
+/// vhost-user port's queue pair of that number.
+fn send_on(p: &vale::Port, ring: usize, frames: &[Vec<u8>]) {
+    let r = &p.tx_rings()[ring];
+    for f in frames {
+        while r.space() == 0 {
+            p.txsync().unwrap();
+            if r.space() == 0 {
+                p.poll(vale::Interest::TX, Some(Duration::from_millis(100)))
+                    .unwrap();
+            }
+        }
+        let v = r.view();
+        let h = r.head();
+        v.bufs().write(v.read_slot(h).buf_idx, f);
+        v.write_len_flags(h, f.len() as u16, 0);
+        r.advance(1);
+    }
+    p.txsync().unwrap();
+}
+
+/// Sends `frames` from `p` to the guest on port vale0:vm, frame `i` on TX ring
+/// `i % rings`, paced by the guest as the first test's are: each 100 once it has taken
+/// all but a ring (256) of those before (20 s in all).
+fn send_paced(d: &Daemon, p: &vale::Port, rings: usize, frames: &[Vec<u8>]) {
+    let to_host = || d.host("vale0:vm")["counters"]["to_host"].as_u64().unwrap();
+    let base = to_host();
+    let t = std::time::Instant::now();
+    for (i, chunk) in frames.chunks(100).enumerate() {
+        let before = (i * 100) as u64;
+        let left = 20.0 - t.elapsed().as_secs_f64();
+        wait_for(left.max(0.0), || to_host() - base + 256 >= before);
+        for r in 0..rings {
+            let mine: Vec<_> = chunk.iter().skip(r).step_by(rings).cloned().collect();
+            send_on(p, r, &mine);
+        }
+    }
+}
+
+/// A client on `port` (opened with `rings` rings each way, before it returns) that
+/// counts what arrives on each RX ring until stopped, in a thread of its own.
+struct RingCounter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<u64>>>,
+}
+
+impl RingCounter {
+    fn start(d: &Daemon, port: &str, rings: usize) -> RingCounter {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (st, socket) = (stop.clone(), d.socket.clone());
+        let name = format!("{port}@conf:rings={rings}");
+        let (opened, ready) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let opts = vale::OpenOptions {
+                socket: Some(socket),
+                ..Default::default()
+            };
+            let p = vale::Port::open_with(&name, &opts).unwrap();
+            let _ = opened.send(());
+            let mut counts = vec![0u64; p.rx_rings().len()];
+            loop {
+                let last = st.load(Ordering::Acquire);
+                p.rxsync().unwrap();
+                for (c, r) in counts.iter_mut().zip(p.rx_rings()) {
+                    let n = r.space();
+                    *c += u64::from(n);
+                    r.advance(n);
+                }
+                p.rxsync().unwrap();
+                if last {
+                    return counts;
+                }
+                let _ = p.poll(vale::Interest::RX, Some(Duration::from_millis(20)));
+            }
+        });
+        ready.recv_timeout(Duration::from_secs(10)).unwrap();
+        RingCounter {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops it: the frames it read from each RX ring.
+    fn finish(mut self) -> Vec<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for RingCounter {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// A process of ours, ended (SIGKILL) if a test fails before it leaves.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// pkt-gen -f rx on `port` (`@conf:` suffix allowed), once its port is there.
+fn pkt_gen_rx(d: &Daemon, port: &str) -> Proc {
+    let p = Proc(
+        d.cmd(PKT_GEN)
+            .args(["-i", port, "-f", "rx", "--duration", "120"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let name = port.split('@').next().unwrap().to_string();
+    assert!(
+        wait_for(10.0, || d.ports().contains(&name)),
+        "pkt-gen opened no {name}"
+    );
+    p
+}
+
+/// Ends pkt-gen with SIGINT (as a user does); what it says it received.
+fn pkt_gen_received(mut p: Proc) -> u64 {
+    use std::io::Read;
+    let pid = rustix::process::Pid::from_raw(p.0.id() as i32).unwrap();
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+    let _ = p.0.wait();
+    let mut out = String::new();
+    p.0.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    stat_last(&out, "Received ")
+}
+
+/// What the switch did with what testpmd sent into the port: once everything has
+/// reached receiver `rx` (its `rx_packets` and `ring_full` add up to `sent`), both.
+fn settled(d: &Daemon, rx: &str, sent: u64) -> (u64, u64) {
+    let now = || (d.counter(rx, "rx_packets"), d.counter(rx, "ring_full"));
+    wait_for(10.0, || {
+        let (got, full) = now();
+        got + full >= sent
+    });
+    now()
+}
+
+/// `--queues 2` and testpmd `queues=2`: its two TX queues (txonly) come out of the
+/// port's TX rings 0 and 1 onto a two-ring client's RX rings 0 and 1, and onto pkt-gen's
+/// receiver, every frame accounted for; frames from a client's TX ring 0 and 1 (and a
+/// pkt-gen sender's ring 0) arrive on testpmd's RX queues 0 and 1 (rxonly), exactly.
+#[test]
+fn two_queue_pairs_carry_testpmds_traffic_on_both_queues_each_way() {
+    let _turn = turn();
+    if let Some(r) = skip_reason() {
+        skip(&r);
+        return;
+    }
+    let d = Daemon::start("vhostmq", &["--vhost-trust-unsealed"]);
+    let sock = d.dir.join("vm.sock").to_str().unwrap().to_string();
+    ctl_ok(
+        &d,
+        &["vhost-user", "vale0:vm", "--path", &sock, "--queues", "2"],
+    );
+    let list = d.ctl_json(&["list"]);
+    let g = &list["switches"][0]["ports"][0]["geometry"];
+    assert_eq!(
+        (g["tx_rings"].as_u64(), g["rx_rings"].as_u64()),
+        (Some(2), Some(2)),
+        "a TX and an RX ring per pair: {list}"
+    );
+    let about = |d: &Daemon| d.host("vale0:vm")["about"].as_str().unwrap().to_string();
+    assert!(
+        about(&d).ends_with("2 queue pairs (0 running)"),
+        "{}",
+        about(&d)
+    );
+
+    // Guest -> switch.
+    let rings = RingCounter::start(&d, "vale0:rc", 2);
+    let pg = pkt_gen_rx(&d, "vale0:rx@conf:rings=2");
+    let mut running = String::new();
+    let out = testpmd_queues(&d, 1, &sock, "txonly", 3, 2, || running = about(&d));
+    assert!(running.ends_with("2 queue pairs (2 running)"), "{running}");
+    let pmd_sent = stat_last(&out, "TX-packets:");
+    let q = [
+        stat_last(&out, "tx_q0_good_packets:"),
+        stat_last(&out, "tx_q1_good_packets:"),
+    ];
+    assert!(
+        q[0] > 1000 && q[1] > 1000,
+        "both TX queues carried traffic: {q:?}\n{out}"
+    );
+    assert_eq!(q[0] + q[1], pmd_sent, "{out}");
+    assert_eq!(
+        d.counter("vale0:vm", "tx_packets"),
+        pmd_sent,
+        "the port took every frame testpmd counted as sent\n{out}"
+    );
+    let (pg_got, pg_full) = settled(&d, "vale0:rx", pmd_sent);
+    assert_eq!(
+        pg_got + pg_full,
+        pmd_sent,
+        "pkt-gen's port: delivered + dropped"
+    );
+    let (rc_got, rc_full) = settled(&d, "vale0:rc", pmd_sent);
+    assert_eq!(rc_got + rc_full, pmd_sent, "the counting client's port");
+    // (While the receivers' ports, and their counts, are there.)
+    d.assert_laws();
+    // What is in pkt-gen's rings is read before it is told to stop.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        pkt_gen_received(pg),
+        pg_got,
+        "pkt-gen read all it was given"
+    );
+    let per_ring = rings.finish();
+    assert_eq!(per_ring.iter().sum::<u64>(), rc_got);
+    // Queue i's frames on RX ring i: exactly, unless some met a full ring (counted).
+    for r in 0..2 {
+        assert!(
+            per_ring[r] <= q[r] && per_ring[r] + rc_full >= q[r],
+            "RX ring {r}: {} of queue {r}'s {} ({rc_full} dropped in all)",
+            per_ring[r],
+            q[r]
+        );
+    }
+    println!("txonly: queues {q:?}, client rings {per_ring:?}, drops {rc_full} / {pg_full}");
+
+    // Switch -> guest: a client's TX ring 1 onto RX queue 1, ring 0 and pkt-gen's one
+    // ring onto queue 0.
+    let tx = d.open("vale0:tx@conf:rings=2");
+    let frames: Vec<_> = (0..2000u32).map(|i| frame([0xff; 6], A_MAC, i)).collect();
+    let out = testpmd_queues(&d, 2, &sock, "rxonly", 3, 2, || {
+        send_paced(&d, &tx, 2, &frames);
+        let o = d
+            .cmd(PKT_GEN)
+            .args(["-i", "vale0:pg", "-f", "tx", "-n", "1000", "-R", "2000"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    });
+    let q = [
+        stat_last(&out, "rx_q0_good_packets:"),
+        stat_last(&out, "rx_q1_good_packets:"),
+    ];
+    let vm = d.stats();
+    let lost = vm.port("vale0:vm");
+    assert_eq!(
+        (q[0], q[1], stat_last(&out, "RX-packets:")),
+        (1000 + 1000, 1000, 3000),
+        "testpmd's RX queues 0 and 1, and in all\nvale0:vm {lost}\n{out}"
+    );
+    // Exactly what the switch delivered. (No law over the whole switch now: the first
+    // half's receivers left with their counts.)
+    assert_eq!(vm.get("vale0:vm", "rx_packets"), 3000);
+    ctl_ok(&d, &["-d", "vale0:vm"]);
+    assert!(!std::path::Path::new(&sock).exists());
+}
+
+/// testpmd `queues=1` on a `--queues 2` port: it runs pair 0 alone, and what the switch
+/// has for pair 1 (a client's TX ring 1) goes to its one RX queue; its TX queue's
+/// frames all arrive.
+#[test]
+fn a_frontend_running_one_of_two_queue_pairs_gets_everything_on_it() {
+    let _turn = turn();
+    if let Some(r) = skip_reason() {
+        skip(&r);
+        return;
+    }
+    let d = Daemon::start("vhostmq1", &["--vhost-trust-unsealed"]);
+    let sock = d.dir.join("vm.sock").to_str().unwrap().to_string();
+    ctl_ok(
+        &d,
+        &["vhost-user", "vale0:vm", "--path", &sock, "--queues", "2"],
+    );
+    let about = |d: &Daemon| d.host("vale0:vm")["about"].as_str().unwrap().to_string();
+
+    let pg = pkt_gen_rx(&d, "vale0:rx");
+    let mut running = String::new();
+    let out = testpmd_queues(&d, 1, &sock, "txonly", 3, 1, || running = about(&d));
+    assert!(running.ends_with("2 queue pairs (1 running)"), "{running}");
+    let pmd_sent = stat_last(&out, "TX-packets:");
+    assert!(pmd_sent > 1000, "{out}");
+    assert_eq!(d.counter("vale0:vm", "tx_packets"), pmd_sent, "{out}");
+    let (got, full) = settled(&d, "vale0:rx", pmd_sent);
+    assert_eq!(got + full, pmd_sent);
+    d.assert_laws();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(pkt_gen_received(pg), got);
+
+    let tx = d.open("vale0:tx@conf:rings=2");
+    let frames: Vec<_> = (0..2000u32).map(|i| frame([0xff; 6], A_MAC, i)).collect();
+    let out = testpmd_queues(&d, 2, &sock, "rxonly", 3, 1, || {
+        send_paced(&d, &tx, 2, &frames)
+    });
+    let vm = d.stats();
+    assert_eq!(
+        (
+            stat_last(&out, "rx_q0_good_packets:"),
+            stat_last(&out, "RX-packets:")
+        ),
+        (2000, 2000),
+        "both rings' frames on its one queue\nvale0:vm {}\n{out}",
+        vm.port("vale0:vm")
+    );
+    assert_eq!(vm.get("vale0:vm", "rx_packets"), 2000);
+}
+
+/// `--queues` outside 1 to 16 is refused with the range, and makes nothing; 16 makes
+/// a port of 16 rings each way (no frontend needed).
+#[test]
+fn queue_counts_outside_the_limit_are_refused_and_sixteen_is_served() {
+    let d = Daemon::start("vhostq", &[]);
+    let sock = d.dir.join("q.sock").to_str().unwrap().to_string();
+    for bad in ["0", "17"] {
+        let o = d.ctl(&["vhost-user", "vale0:q", "--path", &sock, "--queues", bad]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "--queues {bad} accepted");
+        assert!(
+            err.contains(&format!("--queues {bad}")) && err.contains("1 to 16 queue pairs"),
+            "{err}"
+        );
+    }
+    assert!(d.hosts().is_empty() && d.ports().is_empty());
+    assert!(!std::path::Path::new(&sock).exists());
+    let o = d.ctl(&["vhost-user", "vale0:q", "--path", &sock, "--queues", "-1"]);
+    assert!(
+        !o.status.success(),
+        "a negative count is not a number of pairs"
+    );
+    ctl_ok(
+        &d,
+        &["vhost-user", "vale0:q", "--path", &sock, "--queues", "16"],
+    );
+    let list = d.ctl_json(&["list"]);
+    let g = &list["switches"][0]["ports"][0]["geometry"];
+    assert_eq!(
+        (g["tx_rings"].as_u64(), g["rx_rings"].as_u64()),
+        (Some(16), Some(16))
+    );
+    let text = stdout_of(&d.ctl(&["list"]));
+    assert!(text.contains("16 queue pairs (0 running)"), "{text}");
+    ctl_ok(&d, &["-d", "vale0:q"]);
+}
 
 /// A hostile vhost-user frontend written here: speaks the protocol by hand over the
 /// socket, with guest memory in a memfd it writes with pwrite, and puts bad descriptors,
@@ -893,6 +1261,51 @@ fn a_driver_that_polls_is_not_interrupted_and_one_that_waits_is() {
     assert!(f.called(0, 2000), "RX used, RX signalled");
     assert_eq!(host_counter(&d, "vale0:vm", "to_host"), 2);
     assert_eq!(host_counter(&d, "vale0:vm", "from_host"), 2);
+}
+
+/// A frontend that sets up one of a port's two pairs: valed writes nothing where the
+/// other pair's queues lie before they are set up (guest address 0, here the first
+/// pair's descriptor table), however often its forwarding thread sleeps and wakes
+/// (waking, it turns the guest's notifications off: the used ring's flags, without
+/// EVENT_IDX, at an unset queue's address 0).
+#[test]
+fn queues_a_frontend_never_set_up_are_not_written() {
+    let _turn = turn();
+    use hostile::*;
+    let d = Daemon::start("vhost-unset", &[]);
+    let r = d.open("vale0:r");
+    let sock = d.dir.join("vm.sock").to_str().unwrap().to_string();
+    ctl_ok(
+        &d,
+        &["vhost-user", "vale0:vm", "--path", &sock, "--queues", "2"],
+    );
+    let mut f = Front::connect(&sock);
+    f.setup();
+    assert_eq!(desc(0), 0, "queue 0's descriptor table at guest address 0");
+    f.set_desc(0, 0, 0x20000, 2048, F_WRITE, 0);
+    let before = f.read(0, 16);
+    let mut p = vec![0u8; 12];
+    p.extend_from_slice(&frame([0xff; 6], VM_MAC, 1));
+    f.write(0x10000, &p);
+    // Each TX chain a kick that wakes a sleeping forwarding thread.
+    for i in 0..5u16 {
+        std::thread::sleep(Duration::from_millis(100));
+        f.set_desc(1, i, 0x10000, 72, 0, 0);
+        f.offer(1, i, 1);
+        assert!(f.wait_used(1, i + 1), "TX chain {i} used:\n{}", d.log());
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        f.read(0, 16),
+        before,
+        "queue 0's descriptor 0 as the guest wrote it"
+    );
+    // And it still takes the frame it describes, at the address it says.
+    f.offer(0, 0, 1);
+    send(&r, &[frame(VM_MAC, R_MAC, 2)]);
+    assert!(f.wait_used(0, 1), "the RX buffer is filled:\n{}", d.log());
+    assert_eq!(f.read(0x20000 + 12, 60), frame(VM_MAC, R_MAC, 2));
+    assert_eq!(host_counter(&d, "vale0:vm", "from_host"), 5);
 }
 
 /// A frontend that replaces its memory table while frames are on their way (two regions

@@ -142,11 +142,15 @@ pub enum PortSpec {
     },
     /// A vhost-user virtio-net device on `socket`: valed listens (QEMU `-netdev
     /// vhost-user`, DPDK `net_virtio_user`) or, with `client`, connects to a frontend
-    /// listening there (QEMU `server=on`, OVS `dpdkvhostuserclient`).
+    /// listening there (QEMU `server=on`, OVS `dpdkvhostuserclient`). The device
+    /// offers `queues` queue pairs (1 to 16; 1 when absent), each the switch port's TX
+    /// and RX ring of the same number.
     VhostUser {
         socket: String,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         client: bool,
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        queues: u16,
     },
     /// A memif interface (DPDK's `net_memif`, VPP's memif) served on `socket`, a file or
     /// with `abstract_name` a name in the abstract namespace: valed is the server, and
@@ -210,6 +214,14 @@ fn vxlan_port() -> u16 {
 
 fn is_true(b: &bool) -> bool {
     *b
+}
+
+fn one() -> u16 {
+    1
+}
+
+fn is_one(n: &u16) -> bool {
+    *n == 1
 }
 
 fn yes() -> bool {
@@ -813,6 +825,7 @@ mod tests {
             spec: PortSpec::VhostUser {
                 socket: "/run/vm1.sock".into(),
                 client: false,
+                queues: 1,
             },
         };
         let j = serde_json::to_string(&r).unwrap();
@@ -821,6 +834,16 @@ mod tests {
             r#"{"op":"create","port":"vale0:vm1","spec":{"kind":"vhost-user","socket":"/run/vm1.sock"}}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&j).unwrap(), r);
+        // Several queue pairs travel as `queues`; one, the default, as nothing (what
+        // older daemons and files say).
+        let mq = PortSpec::VhostUser {
+            socket: "/s".into(),
+            client: false,
+            queues: 4,
+        };
+        let j = serde_json::to_string(&mq).unwrap();
+        assert_eq!(j, r#"{"kind":"vhost-user","socket":"/s","queues":4}"#);
+        assert_eq!(serde_json::from_str::<PortSpec>(&j).unwrap(), mq);
         let s: PortSpec = serde_json::from_str(r#"{"kind":"qemu-stream","listen":"/a"}"#).unwrap();
         assert_eq!(s.socket(), Some("/a"));
         let s: PortSpec = serde_json::from_str(r#"{"kind":"interface","xdp":true}"#).unwrap();

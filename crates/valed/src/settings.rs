@@ -304,7 +304,7 @@ fn port_keys(kind: &str) -> Option<&'static [&'static str]> {
         "interface" => &["xdp"],
         "qemu-dgram" => &["socket", "peer"],
         "qemu-stream" => &["listen", "connect"],
-        "vhost-user" => &["socket", "client"],
+        "vhost-user" => &["socket", "client", "queues"],
         "memif" => &["socket", "abstract", "id", "secret", "client"],
         "vxlan" => &[
             "vni",
@@ -1015,6 +1015,45 @@ mod tests {
                 .to_string()
                 .contains("bridge_batch")
         );
+    }
+
+    #[test]
+    fn a_vhost_user_port_of_several_queue_pairs_is_declared_and_dumped_back() {
+        let dir = std::env::temp_dir().join(format!("vale-settings-mq-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.toml");
+        let text = "[[port]]\nname = \"vale0:vm\"\nkind = \"vhost-user\"\nsocket = \"/run/vm.sock\"\nqueues = 4\n";
+        std::fs::write(&path, text).unwrap();
+        let spec = ConfigFile::load(&path).unwrap().ports[0].spec.clone();
+        let want = |queues| vale::proto::PortSpec::VhostUser {
+            socket: "/run/vm.sock".into(),
+            client: false,
+            queues,
+        };
+        assert_eq!(spec, want(4));
+        let out = dump(
+            &Default::default(),
+            &(vec![("vale0:vm".into(), spec.clone())], vec![]),
+            &Default::default(),
+        );
+        assert!(out.contains("queues = 4"), "{out}");
+        std::fs::write(&path, &out).unwrap();
+        assert_eq!(ConfigFile::load(&path).unwrap().ports[0].spec, spec);
+        // Without the key: one pair, and a dump says nothing of it.
+        std::fs::write(&path, text.replace("queues = 4\n", "")).unwrap();
+        let spec = ConfigFile::load(&path).unwrap().ports[0].spec.clone();
+        assert_eq!(spec, want(1));
+        let out = dump(
+            &Default::default(),
+            &(vec![("vale0:vm".into(), spec)], vec![]),
+            &Default::default(),
+        );
+        assert!(!out.contains("queues"), "{out}");
+        // Not a number of pairs at all: refused with the line.
+        std::fs::write(&path, text.replace("queues = 4", "queues = -1")).unwrap();
+        let e = ConfigFile::load(&path).unwrap_err().to_string();
+        assert!(e.contains("vale0:vm"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

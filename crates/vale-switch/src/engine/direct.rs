@@ -16,20 +16,22 @@ use vale_abi::layout::MAX_FRAGS;
 /// port's RX ring, each packet is handed over as the sender's fragments, to be written
 /// out (valed writes them to the host port's interface with `writev`).
 pub trait Egress {
-    /// Sends one packet out of port `dst`: `hdr`, then the fragments `frags`, views of
+    /// Sends one packet out of port `dst`, as if into its RX ring `ring` (the ring a
+    /// copy would have gone to: the sender's TX ring modulo `dst`'s RX rings): `hdr`,
+    /// then the fragments `frags`, views of
     /// the sender's buffers that borrow them for this call only. `hdr` is empty when
     /// sender and destination carry the same virtio-net header (it is then at the start
     /// of `frags`); otherwise it is the destination's header, converted from the
     /// sender's, and `frags` start after the sender's header. Returns false if the
     /// packet could not be sent (counted as `tx_error` on `dst`).
-    fn send(&mut self, dst: PortId, hdr: &[u8], frags: &[Frag<'_>]) -> bool;
+    fn send(&mut self, dst: PortId, ring: u16, hdr: &[u8], frags: &[Frag<'_>]) -> bool;
 }
 
 /// No direct ports: every destination gets copies in its RX ring.
 pub struct NoEgress;
 
 impl Egress for NoEgress {
-    fn send(&mut self, _dst: PortId, _hdr: &[u8], _frags: &[Frag<'_>]) -> bool {
+    fn send(&mut self, _dst: PortId, _ring: u16, _hdr: &[u8], _frags: &[Frag<'_>]) -> bool {
         false
     }
 }
@@ -46,6 +48,8 @@ pub(super) fn deliver_direct(
 ) {
     let (mut u, mut f) = (t.uq.head, b.flood.head);
     let dst_hl = t.port.hdr_len;
+    // The RX ring a copy would take (`deliver_ring`'s choice).
+    let ring = (b.ring as usize % t.port.rx.len().max(1)) as u16;
     let mode = t.mode(b);
     // The receiver's counts, published once when its copies are done.
     let mut ds = PortStats::default();
@@ -62,7 +66,7 @@ pub(super) fn deliver_direct(
             ds.rx_copies += 1;
         }
         if edit != Edit::Keep {
-            let sent = send_edited(b, p, t.id, dst_hl, edit, egress, conv);
+            let sent = send_edited(b, p, (t.id, ring), dst_hl, edit, egress, conv);
             match sent {
                 Some(n) => {
                     ds.rx_packets += 1;
@@ -101,7 +105,7 @@ pub(super) fn deliver_direct(
                 None => ok = false,
             }
         }
-        if ok && egress.send(t.id, &hdr[..hl], &frags[..k]) {
+        if ok && egress.send(t.id, ring, &hdr[..hl], &frags[..k]) {
             ds.rx_packets += 1;
             ds.rx_bytes += total;
         } else {
@@ -121,7 +125,7 @@ pub(super) fn deliver_direct(
 fn send_edited(
     b: &Batch<'_>,
     p: &Pkt,
-    dst: crate::types::PortId,
+    (dst, ring): (crate::types::PortId, u16),
     dst_hl: u16,
     edit: Edit,
     egress: &mut dyn Egress,
@@ -158,7 +162,7 @@ fn send_edited(
     tag.extend_from_slice(out);
     let frags = [Frag::private(tag)];
     egress
-        .send(dst, &hdr[..hl], &frags)
+        .send(dst, ring, &hdr[..hl], &frags)
         .then_some((hl + tag.len()) as u64)
 }
 

@@ -160,6 +160,9 @@ fn run(args: &Args) -> Result<(), String> {
                                 c.peer_disconnects,
                                 h.about
                             )
+                        } else if h.kind == "vhost-user" {
+                            // Where, and the queue pairs offered and running.
+                            format!(" memory_faults {}\n    {}", c.memory_faults, h.about)
                         } else if c.no_peer > 0 {
                             format!(" no_peer {}", c.no_peer)
                         } else if c.memory_faults > 0 {
@@ -387,7 +390,12 @@ fn run(args: &Args) -> Result<(), String> {
                 print_json(&r);
             }
         }
-        Cmd::VhostUser { port, path, client } => {
+        Cmd::VhostUser {
+            port,
+            path,
+            client,
+            queues,
+        } => {
             let r = call(
                 args,
                 &Request::Create {
@@ -395,6 +403,7 @@ fn run(args: &Args) -> Result<(), String> {
                     spec: PortSpec::VhostUser {
                         socket: path.clone(),
                         client: *client,
+                        queues: *queues,
                     },
                 },
             )?;

@@ -244,9 +244,12 @@ pub enum Cmd {
     /// goes away; with --client valed connects to a frontend listening there (QEMU
     /// `server=on`, OVS `dpdkvhostuserclient`) and reconnects when it comes back.
     /// `vale-ctl -d PORT` removes it. (The vhost-user socket is --path: --socket names
-    /// valed's control socket.)
+    /// valed's control socket.) With --queues N the device offers N queue pairs (QEMU
+    /// `-netdev vhost-user,queues=N`, DPDK `queues=N`): pair i is the switch port's TX
+    /// and RX ring i; pairs the frontend does not run are left alone.
     #[command(after_help = "Examples:\n  \
         vale-ctl vhost-user vale1:vm1 --path /run/vale/vm1.sock\n  \
+        vale-ctl vhost-user vale1:vm2 --path /run/vale/vm2.sock --queues 4\n  \
         vale-ctl vhost-user vale2:c --path /run/vale/c.sock --client\n  \
         vale-ctl -d vale1:vm1")]
     VhostUser {
@@ -258,6 +261,9 @@ pub enum Cmd {
         /// Connect to a frontend listening on --path instead of listening there
         #[arg(long)]
         client: bool,
+        /// Queue pairs the device offers, 1 to 16 (each a TX and an RX ring of the port)
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        queues: u16,
     },
     /// A port for a DPDK or VPP application over memif, valed the server or the client
     ///

@@ -159,7 +159,14 @@ impl Control {
                 socket,
                 client,
             } => self
-                .create(&port, &PortSpec::VhostUser { socket, client })
+                .create(
+                    &port,
+                    &PortSpec::VhostUser {
+                        socket,
+                        client,
+                        queues: 1,
+                    },
+                )
                 .map(done)?,
         }
     }

@@ -111,29 +111,36 @@ impl HostPorts {
 }
 
 /// What the lane must know before a driven port's half runs: its header length (set
-/// first, so packets delivered into its RX ring meanwhile have the right header), and
-/// the application side of its rings.
+/// first, so packets delivered into its RX rings meanwhile have the right header), and
+/// the application side of its rings, a TX and an RX ring per pair (one pair for every
+/// kind but a vhost-user port of several queue pairs).
 fn prepare(
     st: &mut crate::lane::LaneState,
     key: PortKey,
     hdr_len: u16,
-) -> Result<port::PortRings, CtlError> {
+) -> Result<Vec<port::PortRings>, CtlError> {
     let vanished = || CtlError::Internal("port vanished".into());
     let e = st.registry.entry_mut(key).ok_or_else(vanished)?;
     e.switch
         .set_hdr_len(key.port, hdr_len)
         .map_err(|e| CtlError::Internal(e.to_string()))?;
     let region = e.switch.port(key.port).ok_or_else(vanished)?.region();
-    match (
-        region.ring(vale_abi::Dir::Tx, 0),
-        region.ring(vale_abi::Dir::Rx, 0),
-    ) {
-        (Some(t), Some(r)) => Ok(port::PortRings {
-            tx: vale_abi::AppRing::new(t),
-            rx: vale_abi::AppRing::new(r),
-        }),
-        _ => Err(CtlError::Internal("port without rings".into())),
-    }
+    let g = region.geometry();
+    let pairs = g.tx_rings.min(g.rx_rings).max(1);
+    (0..pairs)
+        .map(|i| {
+            match (
+                region.ring(vale_abi::Dir::Tx, i),
+                region.ring(vale_abi::Dir::Rx, i),
+            ) {
+                (Some(t), Some(r)) => Ok(port::PortRings {
+                    tx: vale_abi::AppRing::new(t),
+                    rx: vale_abi::AppRing::new(r),
+                }),
+                _ => Err(CtlError::Internal("port without rings".into())),
+            }
+        })
+        .collect()
 }
 
 impl Control {
@@ -238,14 +245,18 @@ impl Control {
     fn start_driven(&mut self, name: &str, held: Held, at: Attach) -> Result<(), CtlError> {
         let lane = self.ports.lane(held.lane).clone();
         let key = held.key;
-        let rings = prepare(&mut lane.lock_ctl(), key, at.hdr_len)?;
+        let mut rings = prepare(&mut lane.lock_ctl(), key, at.hdr_len)?.into_iter();
+        let first = rings
+            .next()
+            .ok_or_else(|| CtlError::Internal("port without rings".into()))?;
         let h = self
             .hosts
             .by_name
             .get_mut(name)
             .ok_or_else(|| CtlError::Internal(format!("host port {name} vanished")))?;
         let driven = h.backend.start(Start {
-            rings,
+            rings: first,
+            more_rings: rings.collect(),
             counters: h.counters.clone(),
             watcher: lane.watcher(key),
             waker: lane.waker(),

@@ -11,13 +11,13 @@ pub struct DirectEgress<'a> {
 }
 
 impl vale_switch::Egress for DirectEgress<'_> {
-    fn send(&mut self, dst: PortId, hdr: &[u8], frags: &[vale_abi::Frag<'_>]) -> bool {
+    fn send(&mut self, dst: PortId, ring: u16, hdr: &[u8], frags: &[vale_abi::Frag<'_>]) -> bool {
         let key = PortKey {
             switch: self.switch,
             port: dst,
         };
         self.driven
             .get_mut(&key)
-            .is_some_and(|p| p.send(&Direct { hdr, frags }))
+            .is_some_and(|p| p.send(&Direct { ring, hdr, frags }))
     }
 }

@@ -37,6 +37,10 @@ pub const MAX_FRAME: usize = 65536 + 256;
 
 /// A packet handed over straight from the sender's buffers (`Switch::set_direct`).
 pub struct Direct<'a> {
+    /// The destination's RX ring the engine chose (the sender's TX ring modulo the
+    /// destination's RX rings): a vhost-user port of several queue pairs delivers into
+    /// that pair's RX queue; ports of one ring ignore it.
+    pub ring: u16,
     /// The destination's virtio-net header when it differs from the sender's, else
     /// empty (the sender's header is then at the start of the first fragment).
     pub hdr: &'a [u8],
@@ -137,8 +141,11 @@ impl Waker {
 
 /// What [`Backend::start`] is given.
 pub struct Start<'a> {
-    /// The application side of the port's rings.
+    /// The application side of the port's rings (TX ring 0, RX ring 0).
     pub rings: PortRings,
+    /// Its further ring pairs (TX ring `i`, RX ring `i` from 1), for a geometry of
+    /// several (a vhost-user port's queue pairs); empty for every other kind.
+    pub more_rings: Vec<PortRings>,
     /// The port's counters (`vale-ctl list` reads them).
     pub counters: Arc<PortCounters>,
     /// Where the port's descriptors go to wake its lane.
@@ -181,7 +188,8 @@ pub trait Backend: Send {
     /// "qemu-stream", "vhost-user", "memif", "vxlan".
     fn kind(&self) -> &'static str;
     fn attach(&self) -> Attach;
-    /// Ring shape; every kind today takes [`host_geometry`].
+    /// Ring shape: [`host_geometry`], with one ring each way per queue pair for a
+    /// vhost-user port.
     fn geometry(&self, limits: &Limits) -> Result<PortGeometry, CtlError> {
         host_geometry(limits)
     }
@@ -254,10 +262,15 @@ pub fn create(
             listen.as_deref(),
             connect.as_deref(),
         )?),
-        PortSpec::VhostUser { socket, client } => Box::new(vhost_user::VhostUser::create(
+        PortSpec::VhostUser {
+            socket,
+            client,
+            queues,
+        } => Box::new(vhost_user::VhostUser::create(
             name,
             socket,
             *client,
+            *queues,
             private_dir,
             settings.vhost_trust_unsealed,
         )?),

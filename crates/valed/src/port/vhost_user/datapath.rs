@@ -53,12 +53,13 @@ const MAX_PARTS: usize = 64;
 const MAX_PENDING: usize = 512;
 
 /// A vhost-user port as its forwarding thread drives it: guest TX chains into the
-/// port's TX ring, the port's RX ring (and packets handed over directly) into guest RX
+/// port's TX rings, the port's RX rings (and packets handed over directly) into guest RX
 /// buffers, all in the forwarding pass: no thread hand-off between guest and switch.
+/// Queue pair `i` is the port's TX ring `i` and RX ring `i`.
 pub struct VhostIo {
     guest: GuestRef,
-    tx: AppRing,
-    rx: AppRing,
+    tx: Vec<AppRing>,
+    rx: Vec<AppRing>,
     counters: Arc<PortCounters>,
     /// The spans of the guest TX chain being read.
     segs: Vec<Span>,
@@ -67,11 +68,13 @@ pub struct VhostIo {
 }
 
 impl VhostIo {
-    pub fn new(guest: GuestRef, rings: PortRings, counters: Arc<PortCounters>) -> VhostIo {
+    /// Served over `rings`, one ring pair per queue pair of `guest`.
+    pub fn new(guest: GuestRef, rings: Vec<PortRings>, counters: Arc<PortCounters>) -> VhostIo {
+        let (tx, rx) = rings.into_iter().map(|r| (r.tx, r.rx)).unzip();
         VhostIo {
             guest,
-            tx: rings.tx,
-            rx: rings.rx,
+            tx,
+            rx,
             counters,
             segs: Vec::new(),
             caught_seen: crate::sys::sigbus::caught(),
@@ -164,33 +167,41 @@ pub(crate) struct Rx<'a> {
     pub(crate) sc: &'a mut Scratch,
 }
 
-/// Runs `f` on the guest's RX queue, if the frontend set it up and started it and it
-/// lies in guest memory.
-fn with_rx<R>(g: &mut Guest, f: impl FnOnce(&mut Rx<'_>, &mut Outbox) -> R) -> Option<R> {
-    let vq = g.vrings.as_ref()?.get(RX as usize)?;
+/// Whether the frontend runs queue `vq` (set up and enabled).
+pub(super) fn live(vq: &VringRwLock) -> bool {
+    let st = vq.get_ref();
+    st.get_queue().ready() && st.is_enabled()
+}
+
+/// Runs `f` on the RX queue of pair `p`, if the frontend set it up and started it and
+/// it lies in guest memory.
+fn with_rx<R>(g: &mut Guest, p: usize, f: impl FnOnce(&mut Rx<'_>, &mut Outbox) -> R) -> Option<R> {
+    let vq = g.vrings.as_ref()?.get(rx_queue(p))?;
     let m = g.map.as_ref()?;
+    let pair = g.pairs.get_mut(p)?;
     let mut st = vq.get_mut();
     if !st.get_queue().ready() || !st.is_enabled() {
         return None;
     }
     let q = st.get_queue_mut();
     let split = Split::of(m, q)?;
-    g.rx_split = Some(split);
+    pair.rx_split = Some(split);
     let mut rx = Rx {
         m,
         split,
         q,
         sc: &mut g.scratch,
     };
-    Some(f(&mut rx, &mut g.out))
+    Some(f(&mut rx, &mut pair.out))
 }
 
-/// Stores the RX queue's used index (one store for every entry written since the last)
-/// and signals the guest if it asked to hear of them.
-pub(super) fn publish_rx(g: &mut Guest) {
-    let (Some(vq), Some(m)) = (
-        g.vrings.as_ref().and_then(|v| v.get(RX as usize)),
+/// Stores the used index of pair `p`'s RX queue (one store for every entry written
+/// since the last) and signals the guest if it asked to hear of them.
+pub(super) fn publish_rx(g: &mut Guest, p: usize) {
+    let (Some(vq), Some(m), Some(pair)) = (
+        g.vrings.as_ref().and_then(|v| v.get(rx_queue(p))),
         g.map.as_ref(),
+        g.pairs.get_mut(p),
     ) else {
         return;
     };
@@ -202,7 +213,7 @@ pub(super) fn publish_rx(g: &mut Guest) {
         };
         let now = q.next_used();
         split.publish_used_release(m, now);
-        let old = g.rx_since.replace(now);
+        let old = pair.rx_since.replace(now);
         split.wants_signal(m, old, now)
     };
     if want {
@@ -210,92 +221,139 @@ pub(super) fn publish_rx(g: &mut Guest) {
     }
 }
 
+/// Pair `p`'s TX queue -> `ring`, at most a burst ([`VhostIo::pull_tx`]); what moved
+/// and what was refused added to `n`. Returns the chains taken.
+fn pull_queue(
+    g: &mut Guest,
+    p: usize,
+    ring: &AppRing,
+    segs: &mut Vec<Span>,
+    n: &mut TxCounts,
+) -> usize {
+    let Guest {
+        vrings, map, pairs, ..
+    } = g;
+    let (Some(pair), Some(vq), Some(m)) = (
+        pairs.get_mut(p),
+        vrings.as_ref().and_then(|v| v.get(tx_queue(p))),
+        map.as_ref(),
+    ) else {
+        return 0;
+    };
+    if pair.tx_broken {
+        return 0;
+    }
+    let room = crate::port::rings::room(ring, MAX_FRAME + VNET_HDR);
+    let mut moved = 0;
+    let mut broken = false;
+    let mut signal = false;
+    {
+        let mut st = vq.get_mut();
+        if !st.get_queue().ready() || !st.is_enabled() {
+            return 0;
+        }
+        let q = st.get_queue_mut();
+        let split = Split::of(m, q);
+        let avail = split.as_ref().and_then(|s| s.avail_idx_acquire(m));
+        let (mut next, mut used) = (Wrapping(q.next_avail()), Wrapping(q.next_used()));
+        match (split, avail) {
+            (Some(split), Some(avail)) if (Wrapping(avail) - next).0 <= split.size() => {
+                while moved < BURST && next.0 != avail {
+                    if ring.space() < room {
+                        ring.txsync();
+                        if ring.space() < room {
+                            break;
+                        }
+                    }
+                    let Some(head) = split.avail_head(m, next.0) else {
+                        broken = true;
+                        break;
+                    };
+                    next += 1;
+                    moved += 1;
+                    match pull_chain(m, &split, head, segs, ring) {
+                        Chain::TooBig => n.too_big += 1,
+                        Chain::Bad => n.bad += 1,
+                        Chain::Frame(len) => {
+                            n.frames += 1;
+                            n.bytes += (len - VNET_HDR) as u64;
+                        }
+                    }
+                    // A head outside the table names no chain to give back.
+                    if head < split.size() {
+                        split.set_used(m, used.0, head, 0);
+                        used += 1;
+                    }
+                }
+                if moved > 0 {
+                    q.set_next_avail(next.0);
+                    q.set_next_used(used.0);
+                    split.publish_used_release(m, used.0);
+                    let old = pair.tx_since.replace(used.0);
+                    signal = split.wants_signal(m, old, used.0);
+                }
+            }
+            // The ring outside guest memory, or the avail index further ahead than the
+            // ring holds (a broken or hostile driver): never to be done.
+            _ => broken = true,
+        }
+    }
+    if moved > 0 {
+        ring.txsync();
+        if signal {
+            let _ = vq.signal_used_queue();
+        }
+    }
+    if broken {
+        pair.tx_broken = true;
+        n.bad += 1;
+    }
+    moved
+}
+
+/// Where each of the port's RX rings goes ([`Guest::route`]): ring `i` to pair `i`
+/// while the frontend runs its RX queue, else to the `i`-th (modulo) of those it runs.
+/// A frontend that runs none gets nothing (the rings wait, as with one pair).
+pub(super) fn reroute(g: &mut Guest) {
+    let Some(vr) = &g.vrings else {
+        return;
+    };
+    let n = g.pairs.len();
+    let mut running = [0u16; MAX_QUEUE_PAIRS as usize];
+    let mut k = 0;
+    for p in 0..n.min(running.len()) {
+        if vr.get(rx_queue(p)).is_some_and(live) {
+            running[k] = p as u16;
+            k += 1;
+        }
+    }
+    for (i, r) in g.route.iter_mut().enumerate() {
+        let own = k == 0 || running[..k].contains(&(i as u16));
+        *r = if own { i as u16 } else { running[i % k] };
+    }
+}
+
 /// What the forwarding thread does with the guest's queues; `DrivenPort` wraps each in
 /// the check for a truncation of guest memory.
 impl VhostIo {
-    /// Guest TX queue -> the port's TX ring, as much as the ring takes (the guest's
-    /// buffers wait otherwise: backpressure, not drops), every chain's used entry
-    /// written and the used index stored once. Returns the frames moved.
+    /// Guest TX queues -> the port's TX rings (pair `i`'s into ring `i`), as much as
+    /// each ring takes (the guest's buffers wait otherwise: backpressure, not drops),
+    /// every chain's used entry written and each queue's used index stored once. With
+    /// several pairs, where each RX ring's packets go is looked at first (once a pass).
+    /// Returns the frames moved.
     fn pull_tx(&mut self) -> usize {
         let mut guard = lock(&self.guest);
         let g = &mut *guard;
-        if g.tx_broken {
-            return 0;
+        if g.pairs.len() > 1 {
+            reroute(g);
         }
-        let (Some(vq), Some(m)) = (
-            g.vrings.as_ref().and_then(|v| v.get(TX as usize)),
-            g.map.as_ref(),
-        ) else {
-            return 0;
-        };
-        let room = crate::port::rings::room(&self.tx, MAX_FRAME + VNET_HDR);
-        let c = &*self.counters;
-        let mut moved = 0;
-        let mut broken = false;
-        let mut signal = false;
-        // Counted once per burst (four atomic adds per frame were a tenth of the pull).
+        // Counted once per pass (four atomic adds per frame were a tenth of the pull).
         let mut n = TxCounts::default();
-        {
-            let mut st = vq.get_mut();
-            if !st.get_queue().ready() || !st.is_enabled() {
-                return 0;
-            }
-            let q = st.get_queue_mut();
-            let split = Split::of(m, q);
-            let avail = split.as_ref().and_then(|s| s.avail_idx_acquire(m));
-            let (mut next, mut used) = (Wrapping(q.next_avail()), Wrapping(q.next_used()));
-            match (split, avail) {
-                (Some(split), Some(avail)) if (Wrapping(avail) - next).0 <= split.size() => {
-                    while moved < BURST && next.0 != avail {
-                        if self.tx.space() < room {
-                            self.tx.txsync();
-                            if self.tx.space() < room {
-                                break;
-                            }
-                        }
-                        let Some(head) = split.avail_head(m, next.0) else {
-                            broken = true;
-                            break;
-                        };
-                        next += 1;
-                        moved += 1;
-                        match pull_chain(m, &split, head, &mut self.segs, &self.tx) {
-                            Chain::TooBig => n.too_big += 1,
-                            Chain::Bad => n.bad += 1,
-                            Chain::Frame(len) => {
-                                n.frames += 1;
-                                n.bytes += (len - VNET_HDR) as u64;
-                            }
-                        }
-                        // A head outside the table names no chain to give back.
-                        if head < split.size() {
-                            split.set_used(m, used.0, head, 0);
-                            used += 1;
-                        }
-                    }
-                    if moved > 0 {
-                        q.set_next_avail(next.0);
-                        q.set_next_used(used.0);
-                        split.publish_used_release(m, used.0);
-                        let old = g.tx_since.replace(used.0);
-                        signal = split.wants_signal(m, old, used.0);
-                    }
-                }
-                // The ring outside guest memory, or the avail index further ahead than
-                // the ring holds (a broken or hostile driver): never to be done.
-                _ => broken = true,
-            }
+        let mut moved = 0;
+        for (p, ring) in self.tx.iter().enumerate() {
+            moved += pull_queue(g, p, ring, &mut self.segs, &mut n);
         }
-        if moved > 0 {
-            self.tx.txsync();
-            if signal {
-                let _ = vq.signal_used_queue();
-            }
-        }
-        if broken {
-            g.tx_broken = true;
-            n.bad += 1;
-        }
+        let c = &*self.counters;
         for (counter, v) in [
             (&c.from_host, n.frames),
             (&c.from_host_bytes, n.bytes),
@@ -309,41 +367,51 @@ impl VhostIo {
         moved
     }
 
-    /// What the switch left in the port's RX ring (packets converted for the guest's
-    /// header) and what waits for guest buffers -> guest RX buffers; then the used index
-    /// published once for everything added this pass (direct deliveries included) and
-    /// the guest signalled if it asked. Returns the frames delivered.
+    /// What the switch left in the port's RX rings (packets converted for the guest's
+    /// header) and what waits for guest buffers -> guest RX buffers, ring `i` into the
+    /// RX queue of pair `route[i]`; then each queue's used index published once for
+    /// everything added this pass (direct deliveries included) and the guest signalled
+    /// if it asked. Returns the frames delivered.
     fn push_rx(&mut self) -> usize {
         let mut guard = lock(&self.guest);
         let g = &mut *guard;
-        let (ring, counters) = (&self.rx, &*self.counters);
-        let (sent, touched) = with_rx(g, |rx, out| {
-            let (mut sent, mut touched) = (0, false);
-            ring.rxsync();
-            loop {
-                if out.pending.is_empty() {
-                    if sent >= BURST || ring.space() == 0 {
-                        break;
+        let counters = &*self.counters;
+        let mut sent = 0;
+        for (i, ring) in self.rx.iter().enumerate() {
+            let p = usize::from(g.route.get(i).copied().unwrap_or(0));
+            let touched = with_rx(g, p, |rx, out| {
+                let (mut sent_here, mut touched) = (0, false);
+                ring.rxsync();
+                loop {
+                    if out.pending.is_empty() {
+                        if sent_here >= BURST || ring.space() == 0 {
+                            break;
+                        }
+                        let mut f = out.spare.pop().unwrap_or_default();
+                        ring_take(ring, &mut f);
+                        out.stage(f, counters);
+                        continue;
                     }
-                    let mut f = out.spare.pop().unwrap_or_default();
-                    ring_take(ring, &mut f);
-                    out.stage(f, counters);
-                    continue;
+                    match deliver(out, rx, counters) {
+                        Some(true) => sent_here += 1,
+                        Some(false) => {}
+                        None => break, // no guest buffers: the rest waits
+                    }
+                    touched = true;
                 }
-                match deliver(out, rx, counters) {
-                    Some(true) => sent += 1,
-                    Some(false) => {}
-                    None => break, // no guest buffers: the rest waits
-                }
-                touched = true;
+                ring.rxsync();
+                sent += sent_here;
+                touched
+            });
+            if touched == Some(true) {
+                g.pairs[p].rx_dirty = true;
             }
-            ring.rxsync();
-            (sent, touched)
-        })
-        .unwrap_or((0, false));
-        if touched || g.rx_dirty {
-            g.rx_dirty = false;
-            publish_rx(g);
+        }
+        for p in 0..g.pairs.len() {
+            if g.pairs[p].rx_dirty {
+                g.pairs[p].rx_dirty = false;
+                publish_rx(g, p);
+            }
         }
         sent
     }
@@ -357,10 +425,15 @@ impl VhostIo {
         }
         let mut g = lock(&self.guest);
         let g = &mut *g;
+        // The RX queue the engine's choice of RX ring goes to.
+        let p = usize::from(g.route.get(usize::from(pkt.ring)).copied().unwrap_or(0));
+        if p >= g.pairs.len() {
+            return false;
+        }
         // Straight from the sender's buffers into guest buffers when nothing waits and
         // the guest takes the packet as it is (its offloads accepted).
-        if g.out.pending.is_empty() {
-            let r = with_rx(g, |rx, out| {
+        if g.pairs[p].out.pending.is_empty() {
+            let r = with_rx(g, p, |rx, out| {
                 crate::sys::with_slices(frags, |parts| {
                     // The header: converted by the switch, or the sender's own at the
                     // start of the first fragment.
@@ -391,7 +464,7 @@ impl VhostIo {
             });
             match r.flatten() {
                 Some((Put::Done, len)) => {
-                    g.rx_dirty = true;
+                    g.pairs[p].rx_dirty = true;
                     self.counters.to_host.fetch_add(1, Ordering::Relaxed);
                     self.counters
                         .to_host_bytes
@@ -399,7 +472,7 @@ impl VhostIo {
                     return true;
                 }
                 Some((Put::Bad, _)) => {
-                    g.rx_dirty = true;
+                    g.pairs[p].rx_dirty = true;
                     self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
                     return true;
                 }
@@ -410,22 +483,22 @@ impl VhostIo {
         // switch hands a whole batch over before `push_rx` looks again, and without
         // this a batch arriving just after the guest refilled was dropped while its
         // buffers stood empty (seen: 256 buffers free as frames were dropped).
-        if g.out.pending.len() >= MAX_PENDING {
-            flush(g, &self.counters);
-            if g.out.pending.len() >= MAX_PENDING {
+        if g.pairs[p].out.pending.len() >= MAX_PENDING {
+            flush(g, p, &self.counters);
+            if g.pairs[p].out.pending.len() >= MAX_PENDING {
                 return false;
             }
         }
-        let mut f = g.out.spare.pop().unwrap_or_default();
+        let mut f = g.pairs[p].out.spare.pop().unwrap_or_default();
         f.clear();
         f.extend_from_slice(hdr);
-        for p in frags {
+        for fr in frags {
             let at = f.len();
-            f.resize(at + p.len(), 0);
-            p.copy_to(&mut f[at..]);
+            f.resize(at + fr.len(), 0);
+            fr.copy_to(&mut f[at..]);
         }
-        g.out.stage(f, &self.counters);
-        flush(g, &self.counters);
+        g.pairs[p].out.stage(f, &self.counters);
+        flush(g, p, &self.counters);
         true
     }
 
@@ -437,14 +510,19 @@ impl VhostIo {
     fn arm_queues(&mut self) -> bool {
         let mut g = lock(&self.guest);
         let mut work = false;
-        let live = |vq: &VringRwLock| {
-            let st = vq.get_ref();
-            st.get_queue().ready() && st.is_enabled()
-        };
-        if let Some((vq, mem)) = g.queue(TX) {
-            if !g.tx_broken && live(&vq) && vq.enable_notification().unwrap_or(false) {
+        for p in 0..g.pairs.len() {
+            work |= self.arm_pair(&mut g, p);
+        }
+        work
+    }
+
+    /// [`Self::arm_queues`] for pair `p`.
+    fn arm_pair(&self, g: &mut Guest, p: usize) -> bool {
+        let mut work = false;
+        if let Some((vq, mem)) = g.queue(tx_queue(p)) {
+            if !g.pairs[p].tx_broken && live(&vq) && vq.enable_notification().unwrap_or(false) {
                 if avail_beyond_ring(&vq, &mem) {
-                    g.tx_broken = true;
+                    g.pairs[p].tx_broken = true;
                     self.counters.read_errors.fetch_add(1, Ordering::Relaxed);
                 } else {
                     work = true;
@@ -452,15 +530,15 @@ impl VhostIo {
             }
         }
         let mut retry = false;
-        if !g.out.pending.is_empty() {
-            if let Some((vq, mem)) = g.queue(RX) {
+        if !g.pairs[p].out.pending.is_empty() {
+            if let Some((vq, mem)) = g.queue(rx_queue(p)) {
                 if live(&vq) {
                     let mut st = vq.get_mut();
                     let q = st.get_queue_mut();
                     match q.avail_idx(&*mem, std::sync::atomic::Ordering::Acquire) {
                         Err(_) => {}
                         // Buffers added since the last try: deliver them first.
-                        Ok(now) if Some(now.0) != g.out.rx_seen => work = true,
+                        Ok(now) if Some(now.0) != g.pairs[p].out.rx_seen => work = true,
                         Ok(now) => {
                             // A kick when the guest adds any buffer: with EVENT_IDX,
                             // `avail_event` is written from `next_avail`, which would ask
@@ -479,8 +557,8 @@ impl VhostIo {
         // would bring no kick.
         if retry {
             let c = &*self.counters;
-            if with_rx(&mut g, |rx, out| deliver(out, rx, c).is_some()) == Some(true) {
-                g.rx_dirty = true;
+            if with_rx(g, p, |rx, out| deliver(out, rx, c).is_some()) == Some(true) {
+                g.pairs[p].rx_dirty = true;
                 work = true;
             }
         }
@@ -488,10 +566,13 @@ impl VhostIo {
     }
 
     /// After the forwarding thread woke: polling again, no kicks wanted.
+    /// Only queues the frontend set up: one it never did (a pair it does not use) has
+    /// its rings at guest address 0, where the crate would write the used ring's flags
+    /// (without EVENT_IDX), into guest memory the queue does not own.
     fn disarm_queues(&mut self) {
         let g = lock(&self.guest);
         if let Some(vr) = &g.vrings {
-            for vq in vr {
+            for vq in vr.iter().filter(|vq| vq.get_ref().get_queue().ready()) {
                 let _ = vq.disable_notification();
             }
         }
@@ -556,18 +637,21 @@ pub(crate) fn avail_beyond(q: &virtio_queue::Queue, mem: &GuestMemoryMmap) -> bo
     }
 }
 
-/// What waits in the outbox -> guest RX buffers, as many as there are (none while
-/// the guest has not set its RX queue up, or has stopped it).
-fn flush(g: &mut Guest, c: &PortCounters) {
+/// What waits in pair `p`'s outbox -> its guest RX buffers, as many as there are
+/// (none while the guest has not set that RX queue up, or has stopped it).
+fn flush(g: &mut Guest, p: usize, c: &PortCounters) {
+    let Some(pair) = g.pairs.get(p) else {
+        return;
+    };
     // No buffers added since the first frame last found no room: it would find none
     // again. Looked at without the queue's lock (the ring where it last was), as this
     // runs for every frame handed over while the outbox is full.
-    if let (Some(s), Some(m), Some(seen)) = (&g.rx_split, &g.map, g.out.rx_seen) {
-        if g.out.pending.is_empty() || s.avail_idx_acquire(m) == Some(seen) {
+    if let (Some(s), Some(m), Some(seen)) = (&pair.rx_split, &g.map, pair.out.rx_seen) {
+        if pair.out.pending.is_empty() || s.avail_idx_acquire(m) == Some(seen) {
             return;
         }
     }
-    let any = with_rx(g, |rx, out| {
+    let any = with_rx(g, p, |rx, out| {
         let mut any = false;
         while !out.pending.is_empty() {
             match deliver(out, rx, c) {
@@ -578,7 +662,7 @@ fn flush(g: &mut Guest, c: &PortCounters) {
         any
     });
     if any == Some(true) {
-        g.rx_dirty = true;
+        g.pairs[p].rx_dirty = true;
     }
 }
 

@@ -19,11 +19,13 @@ use vmm_sys_util::event::{
 pub struct NetBackend {
     pub(super) guest: GuestRef,
     lane: Waker,
+    /// The queue pairs offered (`--queues`).
+    pairs: u16,
 }
 
 impl NetBackend {
-    pub fn new(guest: GuestRef, lane: Waker) -> NetBackend {
-        NetBackend { guest, lane }
+    pub fn new(guest: GuestRef, lane: Waker, pairs: u16) -> NetBackend {
+        NetBackend { guest, lane, pairs }
     }
 }
 
@@ -31,8 +33,10 @@ impl VhostUserBackendMut for NetBackend {
     type Bitmap = ();
     type Vring = VringRwLock;
 
+    /// An RX and a TX queue per pair: what the crate answers `GET_QUEUE_NUM` with
+    /// (in pairs) and the queues it lets the frontend set up.
     fn num_queues(&self) -> usize {
-        2
+        2 * usize::from(self.pairs)
     }
     fn max_queue_size(&self) -> usize {
         1024
@@ -56,9 +60,15 @@ impl VhostUserBackendMut for NetBackend {
             | 1 << F_HOST_TSO4
             | 1 << F_HOST_TSO6
             | 1 << F_HOST_ECN
+            // Several queue pairs: QEMU passes MQ to the guest only if the device has
+            // it (DPDK's virtio_user runs its pairs regardless). One pair offers what
+            // it always did.
+            | u64::from(self.pairs > 1) << F_MQ
     }
     fn acked_features(&mut self, features: u64) {
-        lock(&self.guest).out.acked = features;
+        for p in &mut lock(&self.guest).pairs {
+            p.out.acked = features;
+        }
     }
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
@@ -73,9 +83,10 @@ impl VhostUserBackendMut for NetBackend {
     /// pass): the frontend then reads a used index that counts every buffer taken.
     fn stop_vring(&mut self, queue_index: u32) -> std::io::Result<()> {
         let mut g = lock(&self.guest);
-        if queue_index == u32::from(RX) && g.rx_dirty {
-            g.rx_dirty = false;
-            datapath::publish_rx(&mut g);
+        let q = queue_index as usize;
+        if q % 2 == 0 && g.pairs.get(q / 2).is_some_and(|p| p.rx_dirty) {
+            g.pairs[q / 2].rx_dirty = false;
+            datapath::publish_rx(&mut g, q / 2);
         }
         Ok(())
     }
@@ -99,13 +110,16 @@ impl VhostUserBackendMut for NetBackend {
             // leave its dead queues for the next one.
             if g.vrings.is_none() && g.mem.is_some() {
                 g.vrings = Some(vrings.to_vec());
-                g.rx_since = None;
-                g.tx_since = None;
-                g.rx_split = None;
-                g.out.rx_seen = None;
+                for p in &mut g.pairs {
+                    p.set_up();
+                }
             }
-            if device_event == TX {
-                g.tx_broken = false;
+            // A TX queue kicked: its pair's TX queue is looked at again.
+            let q = usize::from(device_event);
+            if q % 2 == 1 {
+                if let Some(p) = g.pairs.get_mut(q / 2) {
+                    p.tx_broken = false;
+                }
             }
         }
         self.lane.wake();

@@ -36,8 +36,6 @@ use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
 /// virtio-net header with `num_buffers` (VERSION_1 / MRG_RXBUF).
 pub const VNET_HDR: usize = 12;
-const RX: u16 = 0;
-const TX: u16 = 1;
 /// Packets delivered to the guest per event before the next look at the port's ring.
 const BURST: usize = 256;
 /// The largest frame a guest may send (a 64 KiB TSO frame), header not counted.
@@ -53,21 +51,44 @@ const F_GUEST_ECN: u32 = 9;
 const F_HOST_TSO4: u32 = 11;
 const F_HOST_TSO6: u32 = 12;
 const F_HOST_ECN: u32 = 13;
+const F_MQ: u32 = 22;
+
+/// Most queue pairs a port offers (`vale-ctl vhost-user --queues`): a switch port's
+/// rings are bounded by `max_rings` (16 by default) anyway, and each pair takes a deep RX
+/// ring of the port's memory.
+pub const MAX_QUEUE_PAIRS: u16 = 16;
 
 /// What the vhost crate's thread learns about the frontend, for the forwarding thread
 /// that moves the packets: the queues, the guest's memory and what it accepted.
-#[derive(Default)]
 pub struct Guest {
-    /// The RX and TX queues, once the frontend has set them up (cleared when it goes).
+    /// The queues (RX, TX of pair 0, then of pair 1, ...), once the frontend has set
+    /// them up (cleared when it goes).
     vrings: Option<Vec<VringRwLock>>,
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
     /// The same memory as the forwarding thread walks it: its regions translated once.
     map: Option<crate::sys::guest::GuestMap>,
-    /// Where the RX queue's rings were last found in guest memory.
-    rx_split: Option<split::Split>,
     /// Scratch for the RX walker (the spans and chains of one frame's buffers).
     scratch: datapath::Scratch,
-    /// Frames on their way to the guest, and the features it acknowledged.
+    /// Each queue pair's state: pair `i` is queues `2i` (RX) and `2i + 1` (TX), and the
+    /// port's TX ring `i` and RX ring `i`.
+    pairs: Vec<Pair>,
+    /// For each of the port's RX rings, the pair whose RX queue takes what it holds:
+    /// its own while the frontend runs it, else one that it runs (a frontend may use
+    /// fewer pairs than offered). Updated once per pass, with several pairs only.
+    route: Vec<u16>,
+    /// The guest memory's ranges, watched for truncation, and the faults already counted.
+    watched: Option<crate::sys::sigbus::Watched>,
+    faults_seen: u64,
+    /// The frontend's connection, shut down when it truncates its memory.
+    front: Option<std::os::unix::net::UnixStream>,
+}
+
+/// One queue pair's state, as the forwarding thread keeps it between passes.
+#[derive(Default)]
+struct Pair {
+    /// Where its RX queue's rings were last found in guest memory.
+    rx_split: Option<split::Split>,
+    /// Frames on their way to its RX queue, and the features the guest acknowledged.
     out: Outbox,
     /// Used RX entries written since the used index was last published (and the guest
     /// maybe signalled): published once per pass, in `push`.
@@ -79,23 +100,52 @@ pub struct Guest {
     /// The guest's TX avail index ran beyond its ring: counted once, queue ignored
     /// until the frontend sets it up again.
     tx_broken: bool,
-    /// The guest memory's ranges, watched for truncation, and the faults already counted.
-    watched: Option<crate::sys::sigbus::Watched>,
-    faults_seen: u64,
-    /// The frontend's connection, shut down when it truncates its memory.
-    front: Option<std::os::unix::net::UnixStream>,
+}
+
+impl Pair {
+    /// The frontend set its queues up (again): nothing known of where they were.
+    fn set_up(&mut self) {
+        self.rx_since = None;
+        self.tx_since = None;
+        self.rx_split = None;
+        self.out.rx_seen = None;
+    }
+}
+
+/// The RX queue of pair `p`, and its TX queue.
+fn rx_queue(p: usize) -> usize {
+    2 * p
+}
+fn tx_queue(p: usize) -> usize {
+    2 * p + 1
 }
 
 impl Guest {
+    /// A guest of `pairs` queue pairs (1 to [`MAX_QUEUE_PAIRS`]), none set up yet.
+    pub fn new(pairs: u16) -> Guest {
+        let n = usize::from(pairs.clamp(1, MAX_QUEUE_PAIRS));
+        Guest {
+            vrings: None,
+            mem: None,
+            map: None,
+            scratch: Default::default(),
+            pairs: (0..n).map(|_| Pair::default()).collect(),
+            route: (0..n as u16).collect(),
+            watched: None,
+            faults_seen: 0,
+            front: None,
+        }
+    }
+
     /// Queue `q` and the guest's memory, if the frontend has set them up.
     fn queue(
         &self,
-        q: u16,
+        q: usize,
     ) -> Option<(
         VringRwLock,
         vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap>,
     )> {
-        let vq = self.vrings.as_ref()?.get(q as usize)?.clone();
+        let vq = self.vrings.as_ref()?.get(q)?.clone();
         Some((vq, self.mem.as_ref()?.memory()))
     }
 
@@ -147,17 +197,30 @@ impl Guest {
         self.map = None;
         self.watched = None;
         self.front = None;
-        self.rx_dirty = false;
-        self.rx_since = None;
-        self.tx_since = None;
-        self.rx_split = None;
-        self.out.rx_seen = None;
-        self.tx_broken = false;
-        let n = self.out.pending.len() as u64;
-        counters.write_errors.fetch_add(n, Ordering::Relaxed);
-        while let Some(f) = self.out.pending.pop_front() {
-            self.out.recycle(f);
+        for p in &mut self.pairs {
+            p.set_up();
+            p.rx_dirty = false;
+            p.tx_broken = false;
+            let n = p.out.pending.len() as u64;
+            counters.write_errors.fetch_add(n, Ordering::Relaxed);
+            while let Some(f) = p.out.pending.pop_front() {
+                p.out.recycle(f);
+            }
         }
+    }
+
+    /// How many queue pairs the frontend runs (either queue ready and enabled).
+    fn pairs_running(&self) -> usize {
+        let Some(vr) = &self.vrings else {
+            return 0;
+        };
+        (0..self.pairs.len())
+            .filter(|&p| {
+                [rx_queue(p), tx_queue(p)]
+                    .iter()
+                    .any(|&q| vr.get(q).is_some_and(datapath::live))
+            })
+            .count()
     }
 }
 
@@ -177,6 +240,10 @@ pub struct VhostUser {
     server: Option<ProtocolServer>,
     /// Accept guest memory that cannot be sealed (`vhost_trust_unsealed`).
     trust_unsealed: bool,
+    /// Queue pairs offered: the switch port has as many rings each way.
+    queues: u16,
+    /// What the forwarding thread serves, once started (for `describe`).
+    guest: Option<GuestRef>,
 }
 
 impl VhostUser {
@@ -184,14 +251,22 @@ impl VhostUser {
     /// DPDK `net_virtio_user0,path=PATH`) or, with `client`, connects to a frontend
     /// listening there (QEMU `server=on`, OVS `dpdkvhostuserclient`); a frontend that goes
     /// away may come back. `private_dir` is where the crate's own socket goes; with
-    /// `trust_unsealed`, guest memory that cannot be sealed is accepted.
+    /// `trust_unsealed`, guest memory that cannot be sealed is accepted. The device
+    /// offers `queues` queue pairs (1 to [`MAX_QUEUE_PAIRS`]).
     pub fn create(
         name: &str,
         socket: &str,
         client: bool,
+        queues: u16,
         private_dir: &Path,
         trust_unsealed: bool,
     ) -> Result<VhostUser, CtlError> {
+        if !(1..=MAX_QUEUE_PAIRS).contains(&queues) {
+            return Err(CtlError::BadRequest(format!(
+                "--queues {queues}: a vhost-user port offers 1 to {MAX_QUEUE_PAIRS} queue \
+                 pairs (one per frontend queue pair it may use, e.g. DPDK's queues=N)"
+            )));
+        }
         if client {
             // Say now if nobody listens there; later losses are retried quietly.
             std::os::unix::net::UnixStream::connect(socket).map_err(|source| {
@@ -208,6 +283,8 @@ impl VhostUser {
             private: private_socket(private_dir, name)?,
             server: None,
             trust_unsealed,
+            queues,
+            guest: None,
         })
     }
 }
@@ -252,8 +329,27 @@ impl Backend for VhostUser {
         }
     }
 
+    /// One ring each way per queue pair (the host ports' shape otherwise).
+    fn geometry(&self, limits: &vale_switch::Limits) -> Result<vale_abi::PortGeometry, CtlError> {
+        let g = super::host_geometry(limits)?;
+        Ok(vale_abi::PortGeometry {
+            tx_rings: self.queues,
+            rx_rings: self.queues,
+            ..g
+        })
+    }
+
     fn start(&mut self, cx: Start<'_>) -> Result<Box<dyn DrivenPort>, PortError> {
-        let guest: GuestRef = Default::default();
+        let guest: GuestRef = Arc::new(Mutex::new(Guest::new(self.queues)));
+        let mut rings = vec![cx.rings];
+        rings.extend(cx.more_rings);
+        if rings.len() != usize::from(self.queues) {
+            return Err(PortError::Refused(format!(
+                "{} ring pairs for {} queue pairs",
+                rings.len(),
+                self.queues
+            )));
+        }
         let socket = self.socket.display().to_string();
         let server = ProtocolServer::start(
             self.name.clone(),
@@ -261,19 +357,21 @@ impl Backend for VhostUser {
             self.client,
             self.trust_unsealed,
             self.private.clone(),
-            NetBackend::new(guest.clone(), cx.waker),
+            NetBackend::new(guest.clone(), cx.waker, self.queues),
             cx.counters.clone(),
         )
         .map_err(|e| PortError::Refused(format!("cannot serve vhost-user at {socket}: {e}")))?;
         self.server = Some(server);
-        tracing::info!(port = %self.name, socket, client = self.client, "vhost-user port ready");
-        Ok(Box::new(VhostIo::new(guest, cx.rings, cx.counters)))
+        self.guest = Some(guest.clone());
+        tracing::info!(port = %self.name, socket, client = self.client, queues = self.queues, "vhost-user port ready");
+        Ok(Box::new(VhostIo::new(guest, rings, cx.counters)))
     }
 
     fn stop(&mut self) -> AfterDetach {
         if let Some(mut s) = self.server.take() {
             s.stop();
         }
+        self.guest = None;
         AfterDetach::Forget
     }
 
@@ -289,11 +387,105 @@ impl Backend for VhostUser {
         (!self.client).then_some(self.socket.as_path())
     }
 
+    /// Where, and with several queue pairs how many the frontend runs ("vhost-user on
+    /// PATH, 4 queue pairs (2 running)").
     fn describe(&self) -> String {
-        if self.client {
+        let at = if self.client {
             format!("vhost-user, connecting to {}", self.socket.display())
         } else {
             format!("vhost-user on {}", self.socket.display())
+        };
+        if self.queues == 1 {
+            return format!("{at}, 1 queue pair");
         }
+        let running = self.guest.as_ref().map_or(0, |g| lock(g).pairs_running());
+        format!("{at}, {} queue pairs ({running} running)", self.queues)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vhost_user_backend::VringT;
+
+    fn dir(tag: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("vale-vhost-{tag}-{}", std::process::id()))
+    }
+
+    #[test]
+    fn queue_pairs_outside_one_to_sixteen_are_refused_with_the_range() {
+        let d = dir("q");
+        for bad in [0, MAX_QUEUE_PAIRS + 1, u16::MAX] {
+            let Err(e) = VhostUser::create("vm", "/nonexistent/vm.sock", false, bad, &d, false)
+            else {
+                panic!("--queues {bad} accepted");
+            };
+            assert_eq!(e.kind(), vale::proto::ErrorKind::BadRequest);
+            let m = e.to_string();
+            assert!(m.contains(&format!("--queues {bad}")), "{m}");
+            assert!(m.contains("1 to 16 queue pairs"), "{m}");
+        }
+        let mut l = vale_switch::Limits::default();
+        l.default_geometry.buf_size = 2112;
+        let host = super::super::host_geometry(&l).unwrap();
+        for ok in [1, 4, MAX_QUEUE_PAIRS] {
+            let v = VhostUser::create("vm", "/nonexistent/vm.sock", false, ok, &d, false).unwrap();
+            let g = v.geometry(&l).unwrap();
+            assert_eq!(
+                (g.tx_rings, g.rx_rings),
+                (ok, ok),
+                "a ring each way per pair"
+            );
+            assert_eq!(
+                (g.tx_slots, g.rx_slots, g.buf_size),
+                (host.tx_slots, host.rx_slots, host.buf_size)
+            );
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Guest `pairs` pairs whose RX queues in `running` are set up and enabled.
+    fn guest_running(pairs: u16, running: &[usize]) -> Guest {
+        let mut g = Guest::new(pairs);
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let vrings: Vec<VringRwLock> = (0..2 * usize::from(pairs))
+            .map(|_| VringRwLock::new(mem.clone(), 256).unwrap())
+            .collect();
+        for &p in running {
+            vrings[rx_queue(p)].set_queue_ready(true);
+            vrings[rx_queue(p)].set_enabled(true);
+        }
+        g.vrings = Some(vrings);
+        g
+    }
+
+    #[test]
+    fn rx_rings_of_pairs_the_frontend_does_not_run_go_to_pairs_it_runs() {
+        let route = |pairs, running: &[usize]| {
+            let mut g = guest_running(pairs, running);
+            datapath::reroute(&mut g);
+            g.route
+        };
+        assert_eq!(
+            route(4, &[0, 1, 2, 3]),
+            [0, 1, 2, 3],
+            "each ring its own pair"
+        );
+        assert_eq!(
+            route(4, &[0, 1]),
+            [0, 1, 0, 1],
+            "DPDK queues=2 on a 4-pair port"
+        );
+        assert_eq!(route(2, &[0]), [0, 0], "queues=1 on a 2-pair port");
+        assert_eq!(route(4, &[0, 2]), [0, 2, 2, 2]);
+        assert_eq!(route(3, &[]), [0, 1, 2], "none running: the rings wait");
+        // Set up but disabled (SET_VRING_ENABLE 0) is not running.
+        let mut g = guest_running(2, &[0, 1]);
+        if let Some(v) = &g.vrings {
+            v[rx_queue(1)].set_enabled(false);
+        }
+        datapath::reroute(&mut g);
+        assert_eq!(g.route, [0, 0]);
+        assert_eq!(g.pairs_running(), 1);
     }
 }

@@ -325,6 +325,78 @@ fn frames_from_the_switch_reach_testpmd_in_the_buffers_it_posted() {
     d.assert_laws();
 }
 
+/// The PID of `timeout`'s child (testpmd itself).
+fn child_of(c: &Child) -> u32 {
+    let p = format!("/proc/{0}/task/{0}/children", c.id());
+    let kids = std::fs::read_to_string(&p).unwrap_or_default();
+    kids.split_whitespace()
+        .next()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or_else(|| panic!("no child of timeout {} in {p}", c.id()))
+}
+
+/// A memif receiver never tells its sender it made room: frames that found testpmd's
+/// ring full (testpmd stopped by SIGSTOP while pkt-gen sends) wait in the port's RX
+/// ring, and once testpmd runs again they reach it within milliseconds, not at the
+/// lane's 1-second timeout a ring's worth at a time (as they did: seen as a loaded
+/// testpmd reading the end of a burst at 1023 frames a second).
+#[test]
+fn frames_waiting_for_a_stopped_testpmd_reach_it_soon_after_it_runs_again() {
+    if testpmd_missing() {
+        return;
+    }
+    let _turn = turn();
+    let (d, sock) = memif_daemon("memif-stall", &[]);
+    let sock = sock.as_str();
+    memif_port(&d, "vale0:m", sock, 0, &[]);
+    let tp = testpmd(&d, "stall", sock, "id=0", "rxonly", 60, &[]);
+    assert!(wait_for(30.0, || connected(&d, "m")), "{}", d.log());
+    forwarding(&d, "stall");
+    let pid = child_of(&tp).to_string();
+    let state = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            .map(String::from)
+    };
+    let signal = |sig: &str| {
+        let ok = Command::new("kill").args([sig, &pid]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill {sig} {pid}");
+    };
+    let stopped = || state().as_deref() == Some("T");
+    let _hold_t = d.open("vale0:t");
+    signal("-STOP");
+    assert!(wait_for(2.0, stopped), "testpmd stopped: {:?}", state());
+    let t = pkt_gen(
+        &d,
+        &["-i", "vale0:t", "-f", "tx", "-n", "30000", "-R", "30000"],
+    )
+    .wait_with_output();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(stopped(), "testpmd still stopped: {:?}", state());
+    signal("-CONT");
+    assert_eq!(pkt_gen_count(&t.unwrap(), "Sent"), 30_000);
+    // No look at the daemon meanwhile: a control request wakes its lane too.
+    // No look at the daemon meanwhile (a control request wakes its lane too): at the
+    // lane's 1-second timeout a ring's worth at a time, the 4095 frames the port's RX
+    // ring held would take four seconds.
+    std::thread::sleep(Duration::from_secs(2));
+    let to_client = host_counter(&d, "m", "to_host");
+    let delivered = d.counter("vale0:m", "rx_packets");
+    let full = d.counter("vale0:m", "ring_full");
+    assert!(full > 0, "testpmd's ring filled while it was stopped");
+    assert_eq!(
+        to_client, delivered,
+        "what the switch put in the port's ring went on to testpmd ({full} counted ring_full)"
+    );
+    drain_then_stop(&tp);
+    let out = finished(&d, "stall", tp);
+    assert_eq!(received_by(&out), to_client, "{out}");
+    assert_eq!(to_client + full, 30_000);
+    d.assert_laws();
+}
+
 /// 9000-byte frames both ways: testpmd's chains (NEXT) of 2048-byte memif buffers become
 /// netmap slot chains, and the other way round.
 #[test]

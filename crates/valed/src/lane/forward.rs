@@ -156,7 +156,9 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
         let Some(since) = idle.empty_pass(spin.budget()) else {
             continue;
         };
-        // Idle: ask every client to kick, look once more, then sleep.
+        // Idle: ask every client to kick, look once more, then sleep (at least once a
+        // second, so aging runs on an idle switch, or sooner if a port asks).
+        let mut wake = Duration::from_secs(1);
         let pending = {
             let st = shared.lock();
             let mut driven = st.driven.lock().unwrap_or_else(|p| p.into_inner());
@@ -168,6 +170,9 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
             tables_published = Some(shared.now().0);
             for p in driven.values_mut() {
                 pending |= p.arm();
+                if let Some(d) = p.wake_within() {
+                    wake = wake.min(d);
+                }
             }
             pending
         };
@@ -176,10 +181,9 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
                 p.account(std::mem::take(&mut window_pkts), &mut window);
             }
             events.clear();
-            // Wake at least once a second so aging runs on an idle switch.
             let ts = Timespec {
-                tv_sec: 1,
-                tv_nsec: 0,
+                tv_sec: wake.as_secs() as i64,
+                tv_nsec: i64::from(wake.subsec_nanos()),
             };
             shared.stats.sleep_begins();
             let woke = epoll::wait(

@@ -67,6 +67,13 @@ pub trait DrivenPort: Send {
     fn arm(&mut self) -> bool {
         false
     }
+    /// After [`DrivenPort::arm`] found nothing waiting: the longest the lane may sleep
+    /// (`None`: until a kick, or the lane's own timeout). For a port whose peer makes
+    /// room without saying so (a memif receiver never kicks its sender), while frames
+    /// wait for that room.
+    fn wake_within(&mut self) -> Option<std::time::Duration> {
+        None
+    }
     /// The lane woke: polling again, no kicks wanted.
     fn disarm(&mut self) {}
     /// epoll reported ERR or HUP on one of this port's descriptors.

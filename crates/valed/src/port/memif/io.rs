@@ -8,6 +8,23 @@
 //! sleeps it clears the flag and looks at the rings once more (a frame published in
 //! between is seen either by that look or by the peer's kick). After filling the peer's
 //! buffers valed writes the ring's eventfd unless the peer masked it (it polls).
+//!
+//! Both are a store followed by a load of another word (flag then index, index then
+//! flag), which x86 itself reorders (a store waits in the store buffer while a later
+//! load reads memory): without a full fence between them each side can read the other's
+//! old word, the sender skips its kick and the receiver sleeps on a frame, until the
+//! lane's 1-second timeout. valed puts a `SeqCst` fence in both places. A peer may not:
+//! DPDK's `eth_memif_tx` stores the index and reads the flag with none (22.11 and
+//! later), so its load can see MASK_INT still set while its index is not yet visible to
+//! valed's look. Its store becomes visible once its store buffer drains (well under a
+//! microsecond), so before sleeping valed looks again for [`RECHECK`].
+//!
+//! The other way round there is no kick at all: a memif receiver never tells its
+//! sender it made room. Frames that found the peer's ring full wait in the port's RX
+//! ring; while they do, the lane sleeps at most [`STALLED_FIRST`], then twice as long
+//! each time the peer still made no room (up to [`STALLED_MAX`]), instead of its 1-second
+//! timeout (seen: a testpmd server descheduled under load filled its ring, and the rest
+//! of a burst reached it a ring's worth per second).
 
 use super::conn::Conn;
 use super::own::Own;
@@ -17,6 +34,18 @@ use crate::port::rings::{ring_peek, ring_put, room};
 use crate::port::{BURST, DrivenPort, MAX_FRAME, PortCounters, PortRings, Watcher};
 use rustix::fd::OwnedFd;
 use std::sync::Arc;
+use std::sync::atomic::{Ordering, fence};
+use std::time::{Duration, Instant};
+
+/// How long valed keeps looking at the rings after clearing MASK_INT before it lets the
+/// lane sleep: longer than a peer's store of its index can stay invisible after that
+/// peer read the flag without a fence (see the module's comment).
+pub const RECHECK: Duration = Duration::from_micros(5);
+/// The longest first sleep while frames wait for room in the peer's ring (epoll's
+/// granularity).
+pub const STALLED_FIRST: Duration = Duration::from_millis(1);
+/// The longest sleep while a peer keeps its ring full (it may never empty it).
+pub const STALLED_MAX: Duration = Duration::from_millis(128);
 
 /// One connection's rings as the data plane uses them, whichever side owns the memory.
 pub trait Link: Send + 'static {
@@ -88,6 +117,8 @@ impl Link for Conn {
             return Ok(());
         };
         ring.publish(&self.regions)?;
+        // The tail before the flag is read (a store then a load: see the module).
+        fence(Ordering::SeqCst);
         if !ring.masked(&self.regions) {
             let _ = rustix::io::write(&self.s2c_kick[0], &1u64.to_ne_bytes());
         }
@@ -150,6 +181,9 @@ pub struct MemifIo<L: Link> {
     /// `sys::sigbus::caught()` when last looked at.
     caught_seen: u64,
     frame: Vec<u8>,
+    /// Frames wait in the RX ring for room the peer has not made: the longest the lane
+    /// may sleep now.
+    stalled: Option<Duration>,
 }
 
 impl<L: Link> MemifIo<L> {
@@ -164,6 +198,7 @@ impl<L: Link> MemifIo<L> {
             closing: 0,
             caught_seen: crate::sys::sigbus::caught(),
             frame: Vec::with_capacity(MAX_FRAME),
+            stalled: None,
         }
     }
 
@@ -313,6 +348,7 @@ impl<L: Link> DrivenPort for MemifIo<L> {
     fn push(&mut self) -> usize {
         self.refresh();
         if !self.current() {
+            self.stalled = None;
             self.drain_rx();
             return 0;
         }
@@ -323,6 +359,7 @@ impl<L: Link> DrivenPort for MemifIo<L> {
         };
         let mut sent = 0;
         let mut broke = None;
+        let mut full = false;
         while sent < BURST && rx.space() > 0 {
             let (used, len) = ring_peek(rx);
             let v = rx.view();
@@ -350,7 +387,10 @@ impl<L: Link> DrivenPort for MemifIo<L> {
                 }
                 // The peer has no buffer free: the packet waits in the RX ring (whose
                 // own overflow the switch counts as ring_full).
-                Ok(Err(Unsent::Full)) => break,
+                Ok(Err(Unsent::Full)) => {
+                    full = true;
+                    break;
+                }
                 Ok(Err(Unsent::BadDesc)) => {
                     PortCounters::lost(&self.counters.bad_desc, 1);
                     continue;
@@ -371,7 +411,13 @@ impl<L: Link> DrivenPort for MemifIo<L> {
             }
         }
         rx.rxsync();
+        if !full {
+            self.stalled = None;
+        } else if sent > 0 || self.stalled.is_none() {
+            self.stalled = Some(STALLED_FIRST);
+        }
         if let Some(e) = broke {
+            self.stalled = None;
             self.broken(e);
         }
         self.after_peer_memory();
@@ -379,15 +425,34 @@ impl<L: Link> DrivenPort for MemifIo<L> {
     }
 
     /// Asks the peer to kick (clears MASK_INT on the rings valed receives from), then
-    /// looks again.
+    /// looks again, for [`RECHECK`].
     fn arm(&mut self) -> bool {
         self.refresh();
         let Some(c) = &self.conn else {
             return false;
         };
-        let waiting = c.mask(false).is_err() || c.pending().unwrap_or(true);
+        let waiting = c.mask(false).is_err() || {
+            // The cleared flag is visible before the indices are read.
+            fence(Ordering::SeqCst);
+            let t0 = Instant::now();
+            loop {
+                match c.pending() {
+                    Ok(false) if t0.elapsed() < RECHECK => std::hint::spin_loop(),
+                    Ok(false) => break false,
+                    _ => break true,
+                }
+            }
+        };
         self.after_peer_memory();
         waiting
+    }
+
+    /// While frames wait for the peer to make room: the next sleep's limit, each one
+    /// twice the last that found none.
+    fn wake_within(&mut self) -> Option<Duration> {
+        let d = self.stalled?;
+        self.stalled = Some((d * 2).min(STALLED_MAX));
+        Some(d)
     }
 
     fn disarm(&mut self) {

@@ -355,6 +355,10 @@ impl Own {
     /// kicks it unless it polls. Returns whether it was kicked.
     pub fn publish(&self) -> Result<bool, Broken> {
         self.c2s.store(&self.mem, RingLayout::HEAD, self.tx_head)?;
+        // The head is visible before the flag is read: a server that clears MASK_INT
+        // and then looks at the head (a store then a load, as valed's own `arm` does)
+        // sees the head or gets the kick.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         if self.c2s.masked(&self.mem) {
             return Ok(false);
         }

@@ -526,6 +526,16 @@ def memif_ratios(m, key):
 
 
 def testpmd_on_ours(secs, length, into_switch, kind, queues=1):
+    """`testpmd_on_ours_once`, tried twice when testpmd shows no traffic (seen on a
+    loaded machine, as with the memif pair; a slow start-up is the suspect)."""
+    r = testpmd_on_ours_once(secs, length, into_switch, kind, queues)
+    if isinstance(r, str) and "did not connect" in r:
+        log(f"{kind} {length} B: {r}; trying once more")
+        r = testpmd_on_ours_once(secs, length, into_switch, kind, queues)
+    return r
+
+
+def testpmd_on_ours_once(secs, length, into_switch, kind, queues=1):
     """dpdk-testpmd on a port of ours, `kind` "memif" (a memif client on a memif port) or
     "vhost" (net_virtio_user on a vhost-user port): txonly into the switch to a pkt-gen
     receiver (its port's counter over a window), or pkt-gen into the switch to testpmd

@@ -405,6 +405,17 @@ fn settled(d: &Daemon, rx: &str, sent: u64) -> (u64, u64) {
     now()
 }
 
+/// A daemon with `vale0:vm`, a vhost-user port of two queue pairs, and its socket.
+fn two_pair_port(name: &str) -> (Daemon, String) {
+    let d = Daemon::start(name, &["--vhost-trust-unsealed"]);
+    let sock = d.dir.join("vm.sock").to_str().unwrap().to_string();
+    ctl_ok(
+        &d,
+        &["vhost-user", "vale0:vm", "--path", &sock, "--queues", "2"],
+    );
+    (d, sock)
+}
+
 /// `--queues 2` and testpmd `queues=2`: its two TX queues (txonly) come out of the
 /// port's TX rings 0 and 1 onto a two-ring client's RX rings 0 and 1, and onto pkt-gen's
 /// receiver, every frame accounted for; frames from a client's TX ring 0 and 1 (and a
@@ -416,12 +427,7 @@ fn two_queue_pairs_carry_testpmds_traffic_on_both_queues_each_way() {
         skip(&r);
         return;
     }
-    let d = Daemon::start("vhostmq", &["--vhost-trust-unsealed"]);
-    let sock = d.dir.join("vm.sock").to_str().unwrap().to_string();
-    ctl_ok(
-        &d,
-        &["vhost-user", "vale0:vm", "--path", &sock, "--queues", "2"],
-    );
+    let (d, sock) = two_pair_port("vhostmq");
     let list = d.ctl_json(&["list"]);
     let g = &list["switches"][0]["ports"][0]["geometry"];
     assert_eq!(
@@ -528,12 +534,7 @@ fn a_frontend_running_one_of_two_queue_pairs_gets_everything_on_it() {
         skip(&r);
         return;
     }
-    let d = Daemon::start("vhostmq1", &["--vhost-trust-unsealed"]);
-    let sock = d.dir.join("vm.sock").to_str().unwrap().to_string();
-    ctl_ok(
-        &d,
-        &["vhost-user", "vale0:vm", "--path", &sock, "--queues", "2"],
-    );
+    let (d, sock) = two_pair_port("vhostmq1");
     let about = |d: &Daemon| d.host("vale0:vm")["about"].as_str().unwrap().to_string();
 
     let pg = pkt_gen_rx(&d, "vale0:rx");

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use rustix::fd::{AsFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vale_wire::memif::{
     AddRegion, AddRing, COOKIE, DESC_FLAG_NEXT, DESC_LEN, Desc, FixedStr, Init, MSG_LEN, Msg,
     RING_FLAG_C2S, RingLayout, VERSION,
@@ -112,10 +112,24 @@ fn send_for(d: &Daemon, name: &str, c: &Child, secs: u64) {
     stop(c);
 }
 
-/// After the last frame for a receiving testpmd: long enough for it to read them and
-/// print its port statistics once more (`--stats-period 1`), then it is stopped.
-fn drain_then_stop(c: &Child) {
-    std::thread::sleep(Duration::from_millis(2500));
+/// Stops testpmd (receiving on host port `port`, logging as `tag`) once the port
+/// statistics it prints every second (`--stats-period 1`) say that it read every frame
+/// valed put in its ring, twice in a row (30 s at most: a loaded machine can keep it
+/// from printing, or from reading, for seconds). The caller's assertions say what was
+/// missing if it never did.
+fn stop_once_read(d: &Daemon, tag: &str, port: &str, c: &Child) {
+    let log = d.dir.join(format!("testpmd-{tag}.log"));
+    let read_all = || {
+        let out = std::fs::read_to_string(&log).unwrap_or_default();
+        let want = host_counter(d, port, "to_host");
+        want > 0 && port_stat_opt(&out, "RX-packets:", "RX-missed:") == Some(want)
+    };
+    let t0 = Instant::now();
+    let mut streak = 0;
+    while streak < 2 && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(1100));
+        streak = if read_all() { streak + 1 } else { 0 };
+    }
     stop(c);
 }
 
@@ -129,13 +143,18 @@ fn finished(d: &Daemon, tag: &str, mut c: Child) -> String {
 /// `key` on the last line that has `marker` ("RX-packets:" with "RX-missed:", what its
 /// memif driver took from the ring, "TX-packets:" with "TX-errors:", what it put in).
 fn port_stat(out: &str, key: &str, marker: &str) -> u64 {
+    port_stat_opt(out, key, marker)
+        .unwrap_or_else(|| panic!("no {key} in testpmd's output:\n{out}"))
+}
+
+/// [`port_stat`], `None` where testpmd printed none yet.
+fn port_stat_opt(out: &str, key: &str, marker: &str) -> Option<u64> {
     out.lines()
         .rev()
         .find(|l| l.contains(key) && l.contains(marker))
         .and_then(|l| l.split(key).nth(1))
         .and_then(|r| r.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in testpmd's output:\n{out}"))
 }
 
 /// What testpmd sent: its forward statistics' total (the frames its memif driver put
@@ -307,7 +326,7 @@ fn frames_from_the_switch_reach_testpmd_in_the_buffers_it_posted() {
     let t = tx.wait_with_output().unwrap();
     let sent = pkt_gen_count(&t, "Sent");
     assert_eq!(sent, 50_000);
-    drain_then_stop(&tp);
+    stop_once_read(&d, "rx", "m", &tp);
     let out = finished(&d, "rx", tp);
     let got = received_by(&out);
     let to_client = host_counter(&d, "m", "to_host");
@@ -390,7 +409,7 @@ fn frames_waiting_for_a_stopped_testpmd_reach_it_soon_after_it_runs_again() {
         to_client, delivered,
         "what the switch put in the port's ring went on to testpmd ({full} counted ring_full)"
     );
-    drain_then_stop(&tp);
+    stop_once_read(&d, "stall", "m", &tp);
     let out = finished(&d, "stall", tp);
     assert_eq!(received_by(&out), to_client, "{out}");
     assert_eq!(to_client + full, 30_000);
@@ -455,7 +474,7 @@ fn jumbo_frames_cross_a_memif_port_both_ways_in_chains() {
         "{}",
         String::from_utf8_lossy(&t.stderr)
     );
-    drain_then_stop(&tp);
+    stop_once_read(&d, "jrx", "m", &tp);
     let out = finished(&d, "jrx", tp);
     let got = received_by(&out);
     assert_eq!(got, host_counter(&d, "m", "to_host"), "{out}");
@@ -489,7 +508,7 @@ fn two_testpmd_clients_on_one_socket_talk_through_the_switch() {
     let a = testpmd(&d, "a", sock, "id=1", "txonly", 60, &["--txpkts=64"]);
     send_for(&d, "a", &a, 3);
     let out_a = finished(&d, "a", a);
-    drain_then_stop(&b);
+    stop_once_read(&d, "b", "b", &b);
     let out_b = finished(&d, "b", b);
     let sent = sent_by(&out_a);
     let got = received_by(&out_b);
@@ -602,7 +621,7 @@ fn valed_as_a_memif_client_dials_a_testpmd_server_and_again_after_it_restarts() 
     .wait_with_output()
     .unwrap();
     assert_eq!(pkt_gen_count(&t, "Sent"), 30_000);
-    drain_then_stop(&srv);
+    stop_once_read(&d, "s1", "m", &srv);
     let out = finished(&d, "s1", srv);
     let got = received_by(&out);
     let to_server = host_counter(&d, "m", "to_host");
@@ -1181,7 +1200,7 @@ fn a_zero_copy_testpmd_client_is_refused_unless_trusted_and_then_works_both_ways
     .wait_with_output()
     .unwrap();
     assert_eq!(pkt_gen_count(&t, "Sent"), 20_000);
-    drain_then_stop(&tp);
+    stop_once_read(&d, "zcrx", "m", &tp);
     let out = finished(&d, "zcrx", tp);
     let got = received_by(&out);
     assert_eq!(got, host_counter(&d, "m", "to_host"), "{out}");

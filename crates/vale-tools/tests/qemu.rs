@@ -206,6 +206,9 @@ enum Net<'a> {
     VhostUser(&'a str),
     /// `-netdev vhost-user` with QEMU listening (`server=on`) for valed to connect.
     VhostUserServer(&'a str),
+    /// `-netdev vhost-user` on valed's socket with this many queue pairs
+    /// (`queues=N`, the device `mq=on`).
+    VhostUserMq(&'a str, u16),
 }
 
 impl Vm {
@@ -233,6 +236,10 @@ impl Vm {
             Net::VhostUserServer(path) => (
                 format!("vhost{mac}"),
                 format!("vhost-user:{path},server=on"),
+            ),
+            Net::VhostUserMq(path, n) => (
+                format!("vhost{mac}"),
+                format!("vhost-user:{path};queues={n}"),
             ),
             Net::Dgram(local, remote) => (
                 format!("dgram{mac}"),
@@ -415,21 +422,32 @@ fn guest_totals(taps: &[&str], base: &[(u64, u64)]) -> (u64, u64) {
 /// memfd, and `vectors=0` (QEMU 7.2 under TCG crashes with MSI-X on vhost-user).
 /// memory-backend-memfd seals it against shrinking itself (`seal=on`, its default), so
 /// valed takes it without `--vhost-trust-unsealed`.
+/// A vhost-user netdev may end in `;queues=N` (several queue pairs, the device `mq=on`).
 fn vm_net_args(netdev: &str, mac: u8) -> Vec<String> {
     let dev = format!("virtio-net-pci,netdev=n0,mac=52:54:00:12:34:{mac:02x}");
     match netdev.strip_prefix("vhost-user:") {
-        Some(path) => vec![
-            "-object".into(),
-            "memory-backend-memfd,id=mem,size=256M,share=on".into(),
-            "-numa".into(),
-            "node,memdev=mem".into(),
-            "-chardev".into(),
-            format!("socket,id=c0,path={path}"),
-            "-netdev".into(),
-            "vhost-user,id=n0,chardev=c0".into(),
-            "-device".into(),
-            format!("{dev},vectors=0"),
-        ],
+        Some(rest) => {
+            let (path, queues) = match rest.split_once(";queues=") {
+                Some((path, n)) => (path, Some(n)),
+                None => (rest, None),
+            };
+            let (netdev, mq) = match queues {
+                Some(n) => (format!("vhost-user,id=n0,chardev=c0,queues={n}"), ",mq=on"),
+                None => ("vhost-user,id=n0,chardev=c0".to_string(), ""),
+            };
+            vec![
+                "-object".into(),
+                "memory-backend-memfd,id=mem,size=256M,share=on".into(),
+                "-numa".into(),
+                "node,memdev=mem".into(),
+                "-chardev".into(),
+                format!("socket,id=c0,path={path}"),
+                "-netdev".into(),
+                netdev,
+                "-device".into(),
+                format!("{dev}{mq},vectors=0"),
+            ]
+        }
         None => vec!["-netdev".into(), netdev.into(), "-device".into(), dev],
     }
 }
@@ -928,4 +946,67 @@ fn qemu_guests_over_vhost_user() {
     a.release();
     let g = a.counts(60);
     assert_guest_counts(&d, "A", &g, "vale1:va", None, base_a);
+}
+
+/// Guests on vhost-user ports of two queue pairs (`--queues 2`; QEMU `queues=2`, the
+/// device `mq=on`): QEMU sets up every pair, and a guest of one vCPU runs one of them,
+/// so what the switch has for the other goes to the pair it runs. They ping each other
+/// and run iperf3, every frame accounted for.
+#[test]
+fn qemu_guests_on_vhost_user_ports_of_two_queue_pairs() {
+    let Some(cache) = ready() else {
+        return;
+    };
+    let d = Daemon::start("qemu-vhostmq", &[]);
+    let dir = d.dir.clone();
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let (va, vb) = (p("va.sock"), p("vb.sock"));
+    for (port, path) in [("vale1:va", &va), ("vale1:vb", &vb)] {
+        let o = d.ctl(&["vhost-user", port, "--path", path, "--queues", "2"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let (base_a, base_b) = (
+        port_view(&d, "vale1:va", None),
+        port_view(&d, "vale1:vb", None),
+    );
+    let mut a = Vm::start(
+        &dir,
+        &cache,
+        Net::VhostUserMq(&va, 2),
+        1,
+        "t_ip=10.61.0.1/24 t_role=server t_neigh=5 t_hold=1",
+    );
+    let mut b = Vm::start(
+        &dir,
+        &cache,
+        Net::VhostUserMq(&vb, 2),
+        2,
+        "t_ip=10.61.0.2/24 t_role=pingclient t_peer=10.61.0.1 t_count=3 t_neigh=5 t_go=1",
+    );
+    a.wait_says("T_UP");
+    let about = d.host("vale1:va")["about"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    eprintln!("A's port with its guest up: {about}");
+    // Linux's virtio-net runs as many pairs as the guest has CPUs: one.
+    assert!(
+        about.ends_with("2 queue pairs (1 running)"),
+        "A's port with its guest up: {about}"
+    );
+    b.go();
+    let log_b = b.wait(90);
+    assert!(
+        log_b.contains("T_PING_OK") && log_b.contains("T_IPERF_OK"),
+        "B pings A and runs iperf3 over two-pair ports:\n{log_b}\nA:\n{}\n{}\n{}",
+        a.log(),
+        stdout_of(&d.ctl(&["list"])),
+        d.log()
+    );
+    let g = GuestCounts::parse(&log_b).expect("B's counts");
+    assert_guest_counts(&d, "B", &g, "vale1:vb", None, base_b);
+    a.release();
+    let g = a.counts(60);
+    assert_guest_counts(&d, "A", &g, "vale1:va", None, base_a);
+    d.assert_laws();
 }

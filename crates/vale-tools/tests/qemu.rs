@@ -219,6 +219,18 @@ impl Vm {
         mac: u8,
         cmdline: &str,
     ) -> Vm {
+        Vm::start_smp(dir, cache, net, mac, cmdline, 1)
+    }
+
+    /// [`Vm::start`] with `cpus` guest CPUs.
+    fn start_smp(
+        dir: &std::path::Path,
+        cache: &std::path::Path,
+        net: Net<'_>,
+        mac: u8,
+        cmdline: &str,
+        cpus: u8,
+    ) -> Vm {
         let (name, netdev) = match net {
             Net::Tap(t) => (
                 t.to_string(),
@@ -262,7 +274,9 @@ impl Vm {
         let ctl = dir.join(format!("{name}.ctl"));
         let _ = std::fs::remove_file(&ctl);
         let child = Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-m", "256", "-smp", "1", "-M", "pc"])
+            .args(["-accel", "tcg", "-m", "256", "-M", "pc"])
+            .arg("-smp")
+            .arg(cpus.to_string())
             .args([
                 "-nodefaults",
                 "-no-user-config",
@@ -949,9 +963,9 @@ fn qemu_guests_over_vhost_user() {
 }
 
 /// Guests on vhost-user ports of two queue pairs (`--queues 2`; QEMU `queues=2`, the
-/// device `mq=on`): QEMU sets up every pair, and a guest of one vCPU runs one of them,
-/// so what the switch has for the other goes to the pair it runs. They ping each other
-/// and run iperf3, every frame accounted for.
+/// device `mq=on`): QEMU sets up every pair and the guest runs one per CPU: A (one CPU)
+/// one, so what the switch has for the other goes to the pair it runs; B (two CPUs)
+/// both. They ping each other and run iperf3, every frame accounted for.
 #[test]
 fn qemu_guests_on_vhost_user_ports_of_two_queue_pairs() {
     let Some(cache) = ready() else {
@@ -976,12 +990,13 @@ fn qemu_guests_on_vhost_user_ports_of_two_queue_pairs() {
         1,
         "t_ip=10.61.0.1/24 t_role=server t_neigh=5 t_hold=1",
     );
-    let mut b = Vm::start(
+    let mut b = Vm::start_smp(
         &dir,
         &cache,
         Net::VhostUserMq(&vb, 2),
         2,
         "t_ip=10.61.0.2/24 t_role=pingclient t_peer=10.61.0.1 t_count=3 t_neigh=5 t_go=1",
+        2,
     );
     a.wait_says("T_UP");
     let about = d.host("vale1:va")["about"]
@@ -989,10 +1004,20 @@ fn qemu_guests_on_vhost_user_ports_of_two_queue_pairs() {
         .unwrap_or("")
         .to_string();
     eprintln!("A's port with its guest up: {about}");
-    // Linux's virtio-net runs as many pairs as the guest has CPUs: one.
+    // Linux's virtio-net runs as many pairs as the guest has CPUs: A one, B two.
     assert!(
         about.ends_with("2 queue pairs (1 running)"),
         "A's port with its guest up: {about}"
+    );
+    b.wait_says("T_UP");
+    let about_b = d.host("vale1:vb")["about"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    eprintln!("B's port with its guest up: {about_b}");
+    assert!(
+        about_b.ends_with("2 queue pairs (2 running)"),
+        "B's port with its guest up: {about_b}"
     );
     b.go();
     let log_b = b.wait(90);

@@ -136,6 +136,8 @@ fn stop_once_read(d: &Daemon, tag: &str, port: &str, c: &Child) {
 /// testpmd's output once it left.
 fn finished(d: &Daemon, tag: &str, mut c: Child) -> String {
     let _ = c.wait();
+    // Its EAL runtime directory (`--file-prefix`), which testpmd leaves behind.
+    let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/vm{}{tag}", std::process::id()));
     std::fs::read_to_string(d.dir.join(format!("testpmd-{tag}.log"))).unwrap_or_default()
 }
 

@@ -148,6 +148,8 @@ fn testpmd_queues(
     writeln!(stdin, "quit").unwrap();
     drop(stdin);
     let _ = child.wait();
+    // Its EAL runtime directory (`--file-prefix`), which testpmd leaves behind.
+    let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/vt{}", std::process::id()));
     let _ = out_t.join();
     let _ = err_t.join();
     format!("{}{}", seen.lock().unwrap(), err.lock().unwrap())

@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use vale_abi::PortGeometry;
 use vale_switch::*;
@@ -32,20 +32,32 @@ fn switch(threads: u16) -> (Switch<LearningBridge>, Vec<Client>) {
 }
 
 /// Runs `workers` forwarding threads over `sw` while `clients` runs here, then checks
-/// the laws and that every worker forwarded some of the frames.
-fn with_workers<L: Lookup>(sw: &Switch<L>, workers: usize, clients: impl FnOnce()) {
+/// the laws and that every worker forwarded some of the frames. `clients` gets a
+/// function to call with how far its traffic is (frames sent by its slowest sender):
+/// in the first part only worker 0 forwards, in the next only worker 1, and so on, and
+/// in the last part all of them at once. So every worker takes part whatever the
+/// scheduler does (on a loaded 2-vCPU machine one may otherwise not run at all while
+/// the traffic lasts), and the last part runs them side by side.
+fn with_workers<L: Lookup>(sw: &Switch<L>, workers: usize, clients: impl FnOnce(&dyn Fn(u64))) {
     let stop = AtomicBool::new(false);
-    // The traffic starts once every worker runs: on a loaded 2-vCPU machine a thread
-    // spawned last may otherwise first run after the clients are done.
-    let running = std::sync::Barrier::new(workers + 1);
+    // Which worker may forward: one of them, or all (`workers`).
+    let turn = AtomicUsize::new(0);
+    let progress = |sent: u64| {
+        let part = (sent * (workers as u64 + 1) / PER_SENDER) as usize;
+        turn.store(part.min(workers), Ordering::Relaxed);
+    };
     let moved: Vec<usize> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..workers)
             .map(|w| {
-                let (stop, running) = (&stop, &running);
+                let (stop, turn) = (&stop, &turn);
                 s.spawn(move || {
                     let (mut fw, mut notes, mut moved) = (Forwarder::new(), Vec::new(), 0);
-                    running.wait();
                     while !stop.load(Ordering::Relaxed) {
+                        let whose = turn.load(Ordering::Relaxed);
+                        if whose != w && whose != workers {
+                            std::thread::yield_now();
+                            continue;
+                        }
                         let n = fw.forward_worker(sw, w, t(1), &mut notes, &mut NoEgress);
                         if n == 0 {
                             std::thread::yield_now();
@@ -57,8 +69,7 @@ fn with_workers<L: Lookup>(sw: &Switch<L>, workers: usize, clients: impl FnOnce(
                 })
             })
             .collect();
-        running.wait();
-        clients();
+        clients(&progress);
         stop.store(true, Ordering::Relaxed);
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -71,12 +82,19 @@ fn with_workers<L: Lookup>(sw: &Switch<L>, workers: usize, clients: impl FnOnce(
 
 /// Sends `PER_SENDER` frames from each of `senders` (tagged `sender << 32 | seq`) to
 /// `dst(sender)`, reading every port as it goes; returns what each port received.
-fn traffic(c: &[Client], senders: &[usize], dst: impl Fn(usize) -> MacAddr) -> Vec<Vec<u64>> {
+/// `progress` hears how many frames the slowest sender has sent.
+fn traffic(
+    c: &[Client],
+    senders: &[usize],
+    dst: impl Fn(usize) -> MacAddr,
+    progress: &dyn Fn(u64),
+) -> Vec<Vec<u64>> {
     let mut next = vec![0u64; c.len()];
     let mut got = vec![Vec::new(); c.len()];
     let deadline = Instant::now() + Duration::from_secs(60);
     while senders.iter().any(|s| next[*s] < PER_SENDER) {
         assert!(Instant::now() < deadline, "traffic did not finish");
+        progress(senders.iter().map(|s| next[*s]).min().unwrap_or(0));
         for &s in senders {
             let n = (PER_SENDER - next[s]).min(64);
             let frames: Vec<_> = (next[s]..next[s] + n)
@@ -88,7 +106,8 @@ fn traffic(c: &[Client], senders: &[usize], dst: impl Fn(usize) -> MacAddr) -> V
             got[p].extend(cl.recv_frames().iter().map(|f| tag_of(f)));
         }
     }
-    // The last frames: until nothing more arrives for a while.
+    // The last frames (all workers at it): until nothing more arrives for a while.
+    progress(PER_SENDER);
     let mut quiet = Instant::now();
     while quiet.elapsed() < Duration::from_millis(300) {
         for (p, cl) in c.iter().enumerate() {
@@ -136,8 +155,8 @@ fn two_threads_four_pairs_unicast_in_order_and_counted() {
         .collect();
     let senders: Vec<usize> = (0..PAIRS).map(|i| 2 * i).collect();
     let mut got = Vec::new();
-    with_workers(&sw, 2, || {
-        got = traffic(&c, &senders, |s| mac(100 + (s / 2) as u16));
+    with_workers(&sw, 2, |progress| {
+        got = traffic(&c, &senders, |s| mac(100 + (s / 2) as u16), progress);
     });
     for i in 0..PAIRS {
         let (a, b) = (2 * i, 2 * i + 1);
@@ -161,8 +180,8 @@ fn two_threads_broadcast_in_order_and_counted() {
     let (sw, c) = switch(2);
     let senders = [0usize, 3];
     let mut got = Vec::new();
-    with_workers(&sw, 2, || {
-        got = traffic(&c, &senders, |_| MacAddr::BROADCAST);
+    with_workers(&sw, 2, |progress| {
+        got = traffic(&c, &senders, |_| MacAddr::BROADCAST, progress);
     });
     for (p, g) in got.iter().enumerate() {
         let n = in_order(g, p);

@@ -407,6 +407,11 @@ fn settled(d: &Daemon, rx: &str, sent: u64) -> (u64, u64) {
     now()
 }
 
+/// What `vale-ctl list` says of `vale0:vm` ("vhost-user on PATH, 2 queue pairs (1 running)").
+fn about(d: &Daemon) -> String {
+    d.host("vale0:vm")["about"].as_str().unwrap().to_string()
+}
+
 /// A daemon with `vale0:vm`, a vhost-user port of two queue pairs, and its socket.
 fn two_pair_port(name: &str) -> (Daemon, String) {
     let d = Daemon::start(name, &["--vhost-trust-unsealed"]);
@@ -437,7 +442,6 @@ fn two_queue_pairs_carry_testpmds_traffic_on_both_queues_each_way() {
         (Some(2), Some(2)),
         "a TX and an RX ring per pair: {list}"
     );
-    let about = |d: &Daemon| d.host("vale0:vm")["about"].as_str().unwrap().to_string();
     assert!(
         about(&d).ends_with("2 queue pairs (0 running)"),
         "{}",
@@ -537,7 +541,6 @@ fn a_frontend_running_one_of_two_queue_pairs_gets_everything_on_it() {
         return;
     }
     let (d, sock) = two_pair_port("vhostmq1");
-    let about = |d: &Daemon| d.host("vale0:vm")["about"].as_str().unwrap().to_string();
 
     let pg = pkt_gen_rx(&d, "vale0:rx");
     let mut running = String::new();

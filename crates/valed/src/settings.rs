@@ -1017,41 +1017,50 @@ mod tests {
         );
     }
 
+    /// Writes `text` to `path` and loads it as a config file.
+    fn load_text(path: &Path, text: &str) -> Result<ConfigFile, SettingsError> {
+        std::fs::write(path, text).unwrap();
+        ConfigFile::load(path)
+    }
+
+    /// What `dump` writes for one port and nothing else.
+    fn dump_port(name: &str, spec: &vale::proto::PortSpec) -> String {
+        dump(
+            &Default::default(),
+            &(vec![(name.into(), spec.clone())], vec![]),
+            &Default::default(),
+        )
+    }
+
     #[test]
     fn a_vhost_user_port_of_several_queue_pairs_is_declared_and_dumped_back() {
         let dir = std::env::temp_dir().join(format!("vale-settings-mq-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("a.toml");
         let text = "[[port]]\nname = \"vale0:vm\"\nkind = \"vhost-user\"\nsocket = \"/run/vm.sock\"\nqueues = 4\n";
-        std::fs::write(&path, text).unwrap();
-        let spec = ConfigFile::load(&path).unwrap().ports[0].spec.clone();
+        let spec = load_text(&path, text).unwrap().ports[0].spec.clone();
         let want = |queues| vale::proto::PortSpec::VhostUser {
             socket: "/run/vm.sock".into(),
             client: false,
             queues,
         };
         assert_eq!(spec, want(4));
-        let out = dump(
-            &Default::default(),
-            &(vec![("vale0:vm".into(), spec.clone())], vec![]),
-            &Default::default(),
-        );
+        let out = dump_port("vale0:vm", &spec);
         assert!(out.contains("queues = 4"), "{out}");
-        std::fs::write(&path, &out).unwrap();
-        assert_eq!(ConfigFile::load(&path).unwrap().ports[0].spec, spec);
+        assert_eq!(load_text(&path, &out).unwrap().ports[0].spec, spec);
         // Without the key: one pair, and a dump says nothing of it.
-        std::fs::write(&path, text.replace("queues = 4\n", "")).unwrap();
-        let spec = ConfigFile::load(&path).unwrap().ports[0].spec.clone();
+        let spec = load_text(&path, &text.replace("queues = 4\n", ""))
+            .unwrap()
+            .ports[0]
+            .spec
+            .clone();
         assert_eq!(spec, want(1));
-        let out = dump(
-            &Default::default(),
-            &(vec![("vale0:vm".into(), spec)], vec![]),
-            &Default::default(),
-        );
+        let out = dump_port("vale0:vm", &spec);
         assert!(!out.contains("queues"), "{out}");
         // Not a number of pairs at all: refused with the line.
-        std::fs::write(&path, text.replace("queues = 4", "queues = -1")).unwrap();
-        let e = ConfigFile::load(&path).unwrap_err().to_string();
+        let e = load_text(&path, &text.replace("queues = 4", "queues = -1"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("vale0:vm"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -1062,9 +1071,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("a.toml");
         let text = "[[port]]\nname = \"vale0:up\"\nkind = \"vxlan\"\nvni = 42\nlocal = \"198.18.0.1\"\nremote = [\"198.18.0.2\", \"198.18.0.3\"]\nlearning = false\n";
-        std::fs::write(&path, text).unwrap();
-        let f = ConfigFile::load(&path).unwrap();
-        let spec = f.ports[0].spec.clone();
+        let spec = load_text(&path, text).unwrap().ports[0].spec.clone();
         assert_eq!(
             spec,
             vale::proto::PortSpec::Vxlan {
@@ -1080,23 +1087,15 @@ mod tests {
                 map: vec![],
             }
         );
-        let out = dump(
-            &Default::default(),
-            &(vec![("vale0:up".into(), spec.clone())], vec![]),
-            &Default::default(),
-        );
+        let out = dump_port("vale0:up", &spec);
         assert!(
             out.contains("remote = [\"198.18.0.2\", \"198.18.0.3\"]"),
             "{out}"
         );
-        std::fs::write(&path, &out).unwrap();
-        assert_eq!(
-            ConfigFile::load(&path).unwrap().ports[0].spec,
-            spec,
-            "{out}"
-        );
-        std::fs::write(&path, format!("{text}ttl = 3\n")).unwrap();
-        let e = ConfigFile::load(&path).unwrap_err().to_string();
+        assert_eq!(load_text(&path, &out).unwrap().ports[0].spec, spec, "{out}");
+        let e = load_text(&path, &format!("{text}ttl = 3\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`ttl` is not a key of a vxlan port"), "{e}");
         // Uplinks on one socket: each VNI once; another address or port is another
         // socket.

@@ -78,6 +78,38 @@ pub trait DrivenPort: Send {
     fn disarm(&mut self) {}
     /// epoll reported ERR or HUP on one of this port's descriptors.
     fn fault(&mut self) {}
+    /// The port's queue pairs, for a port of several that the threads of a switch of
+    /// several threads serve in parallel ([`Pairs`]); `None` (every port of one pair):
+    /// the lane's thread serves the whole port through the methods above. Asked once,
+    /// when the port starts.
+    fn pairs(&self) -> Option<Arc<dyn Pairs>> {
+        None
+    }
+}
+
+/// The queue pairs of a driven port of several (a vhost-user port's, a multiqueue
+/// TAP's): pair `i` is the peer's queue pair `i`, the port's TX ring `i` and RX ring
+/// `i`. On a switch of several threads, pair `i` is served by worker `i % threads`
+/// (the lane's thread is worker 0, and also serves the pairs of a helper that is
+/// parked), as OVS-DPDK gives each receive queue one PMD thread: each pair behind its
+/// own lock, so threads serving different pairs never wait for each other. On a
+/// switch of one thread the lane's thread serves the whole port through
+/// [`DrivenPort`] and these are not called. None may block beyond a pair's lock, held
+/// by another thread only for one burst.
+pub trait Pairs: Send + Sync {
+    /// How many pairs.
+    fn count(&self) -> usize;
+    /// Before a pass serves pair `i`'s TX ring and RX ring: [`DrivenPort::pull`] for
+    /// that pair only (the peer's queue `i` -> TX ring `i`).
+    fn pull(&self, i: usize) -> usize;
+    /// After the pass: RX ring `i` -> the peer ([`DrivenPort::push`] for that ring;
+    /// what it holds may go to another of the peer's queues if the peer does not run
+    /// queue `i`).
+    fn push(&self, i: usize) -> usize;
+    /// The thread serving pair `i` is about to sleep ([`DrivenPort::arm`]).
+    fn arm(&self, i: usize) -> bool;
+    /// It woke ([`DrivenPort::disarm`]).
+    fn disarm(&self, i: usize);
 }
 
 /// How a port of some kind sits on its switch.

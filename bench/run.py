@@ -540,9 +540,10 @@ def testpmd_on_ours_once(secs, length, into_switch, kind, queues=1):
     "vhost" (net_virtio_user on a vhost-user port): txonly into the switch to a pkt-gen
     receiver (its port's counter over a window), or pkt-gen into the switch to testpmd
     rxonly (its Rx-pps). With `queues` > 1 (vhost only) the port offers that many queue
-    pairs, testpmd runs them all (`queues=N`, `--txq=N --rxq=N`, still one forwarding
-    core) and pkt-gen's port has as many rings (it fills ring 0 first, as netmap's
-    does). Returns (Mpps, Mpps per forwarding-thread CPU-second)."""
+    pairs, testpmd runs them all (`queues=N`, `--txq=N --rxq=N`, a forwarding core per
+    pair as far as the machine has CPUs besides the main lcore: one on 2 vCPUs) and
+    pkt-gen's port has as many rings (it fills ring 0 first, as netmap's does, so only
+    the txonly direction spreads over the pairs). Returns (Mpps, Mpps per forwarding-thread CPU-second)."""
     tp = shutil.which("dpdk-testpmd")
     if not tp:
         return "SKIP: dpdk-testpmd not installed (apt-get install dpdk-dev)"
@@ -566,10 +567,14 @@ def testpmd_on_ours_once(secs, length, into_switch, kind, queues=1):
         subprocess.run([os.path.join(BIN, "vale-ctl"), *create], env=v.env, check=True,
                        capture_output=True)
         mode = "txonly" if into_switch else "rxonly"
-        t = procs.start([tp, "-l", "0,1", "--main-lcore", "0", "--no-huge", "-m", "512", "--no-pci",
+        # A forwarding core per queue pair where the machine has them (besides the main
+        # lcore), so that on a big machine the pairs, each on its own switch thread with
+        # `--valed-args "--switch-threads vale0=N"`, can scale; one on 2 vCPUs.
+        cores = max(1, min(queues, (os.cpu_count() or 2) - 1))
+        t = procs.start([tp, "-l", f"0-{cores}", "--main-lcore", "0", "--no-huge", "-m", "512", "--no-pci",
                          "--log-level=lib.eal:notice", "--file-prefix", dpdk_prefix(f"vb{kind}"), vdev, "--", "-i",
                          f"--forward-mode={mode}", f"--txpkts={length}", "--total-num-mbufs=16384",
-                         "--nb-cores=1", f"--txq={queues}", f"--rxq={queues}"], stdin=subprocess.PIPE)
+                         f"--nb-cores={cores}", f"--txq={queues}", f"--rxq={queues}"], stdin=subprocess.PIPE)
         time.sleep(3.0)
         t.stdin.write("start\n")
         t.stdin.flush()

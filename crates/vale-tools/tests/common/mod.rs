@@ -18,8 +18,13 @@ pub struct Daemon {
     pub socket: PathBuf,
 }
 
+/// The directory of the daemon started as `tag` (made, emptied, when it starts).
+pub fn dir_of(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("vale-test-{}-{tag}", std::process::id()))
+}
+
 fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vale-test-{}-{tag}", std::process::id()));
+    let d = dir_of(tag);
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -36,6 +41,15 @@ impl Daemon {
     pub fn start_in(ns: &str, tag: &str, extra: &[&str]) -> Daemon {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", ns, VALED]);
+        Daemon::start_cmd(tag, extra, c)
+    }
+
+    /// A valed run by `wrapper` (a program and its arguments, then valed's path and
+    /// flags), e.g. under valgrind; the child's PID is valed's where the wrapper execs
+    /// or, as valgrind does, runs it in its own process.
+    pub fn start_under(wrapper: &[&str], tag: &str, extra: &[&str]) -> Daemon {
+        let mut c = Command::new(wrapper[0]);
+        c.args(&wrapper[1..]).arg(VALED);
         Daemon::start_cmd(tag, extra, c)
     }
 

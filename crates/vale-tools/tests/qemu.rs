@@ -968,10 +968,22 @@ fn qemu_guests_over_vhost_user() {
 /// both. They ping each other and run iperf3, every frame accounted for.
 #[test]
 fn qemu_guests_on_vhost_user_ports_of_two_queue_pairs() {
+    guests_on_two_pair_ports("qemu-vhostmq", &[]);
+}
+
+/// The same on a switch of two threads (`--switch-threads vale1=2`): each port's pair 0
+/// is the lane's thread's and pair 1 its helper's (the lane's while the helper is
+/// parked), and A's unrun pair 1 ring, the helper's, goes into pair 0's queue.
+#[test]
+fn qemu_guests_on_two_pair_ports_of_a_switch_of_two_threads() {
+    guests_on_two_pair_ports("qemu-vhostmq2t", &["--switch-threads", "vale1=2"]);
+}
+
+fn guests_on_two_pair_ports(name: &str, args: &[&str]) {
     let Some(cache) = ready() else {
         return;
     };
-    let d = Daemon::start("qemu-vhostmq", &[]);
+    let d = Daemon::start(name, args);
     let dir = d.dir.clone();
     let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
     let (va, vb) = (p("va.sock"), p("vb.sock"));

@@ -407,9 +407,28 @@ fn settled(d: &Daemon, rx: &str, sent: u64) -> (u64, u64) {
     now()
 }
 
-/// What `vale-ctl list` says of `vale0:vm` ("vhost-user on PATH, 2 queue pairs (1 running)").
+/// What `vale-ctl list` says of `vale0:vm` ("vhost-user on PATH, 2 queue pairs (1
+/// running; from_host/to_host per pair: p0 5/7, p1 0/0)").
 fn about(d: &Daemon) -> String {
     d.host("vale0:vm")["about"].as_str().unwrap().to_string()
+}
+
+/// The per-pair (from_host, to_host) frames of [`about`]'s line.
+fn pair_counts(about: &str) -> Vec<(u64, u64)> {
+    let per = about
+        .split("per pair: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no per-pair counts in {about:?}"));
+    per.trim_end_matches(')')
+        .split(", ")
+        .enumerate()
+        .map(|(i, x)| {
+            let (name, n) = x.split_once(' ').unwrap();
+            assert_eq!(name, format!("p{i}"), "{about}");
+            let (a, b) = n.split_once('/').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect()
 }
 
 /// A daemon (`args` added) with `vale0:vm`, a vhost-user port of two queue pairs, and
@@ -459,7 +478,7 @@ fn two_pairs_each_way(name: &str, args: &[&str]) {
         "a TX and an RX ring per pair: {list}"
     );
     assert!(
-        about(&d).ends_with("2 queue pairs (0 running)"),
+        about(&d).contains("2 queue pairs (0 running; "),
         "{}",
         about(&d)
     );
@@ -469,7 +488,7 @@ fn two_pairs_each_way(name: &str, args: &[&str]) {
     let pg = pkt_gen_rx(&d, "vale0:rx@conf:rings=2");
     let mut running = String::new();
     let out = testpmd_queues(&d, 1, &sock, "txonly", 3, 2, || running = about(&d));
-    assert!(running.ends_with("2 queue pairs (2 running)"), "{running}");
+    assert!(running.contains("2 queue pairs (2 running; "), "{running}");
     let pmd_sent = stat_last(&out, "TX-packets:");
     let q = [
         stat_last(&out, "tx_q0_good_packets:"),
@@ -480,6 +499,14 @@ fn two_pairs_each_way(name: &str, args: &[&str]) {
         "both TX queues carried traffic: {q:?}\n{out}"
     );
     assert_eq!(q[0] + q[1], pmd_sent, "{out}");
+    // Each pair's frames from the guest, as `vale-ctl list` shows them: its queue's.
+    assert_eq!(
+        pair_counts(&about(&d)),
+        [(q[0], 0), (q[1], 0)],
+        "{}",
+        about(&d)
+    );
+    let txq = q;
     assert_eq!(
         d.counter("vale0:vm", "tx_packets"),
         pmd_sent,
@@ -542,6 +569,11 @@ fn two_pairs_each_way(name: &str, args: &[&str]) {
     // Exactly what the switch delivered. (No law over the whole switch now: the first
     // half's receivers left with their counts.)
     assert_eq!(vm.get("vale0:vm", "rx_packets"), 3000);
+    assert_eq!(
+        pair_counts(&about(&d)),
+        [(txq[0], 2000), (txq[1], 1000)],
+        "frames to the guest per pair"
+    );
     ctl_ok(&d, &["-d", "vale0:vm"]);
     assert!(!std::path::Path::new(&sock).exists());
 }
@@ -572,7 +604,7 @@ fn one_of_two_pairs(name: &str, args: &[&str]) {
     let pg = pkt_gen_rx(&d, "vale0:rx");
     let mut running = String::new();
     let out = testpmd_queues(&d, 1, &sock, "txonly", 3, 1, || running = about(&d));
-    assert!(running.ends_with("2 queue pairs (1 running)"), "{running}");
+    assert!(running.contains("2 queue pairs (1 running; "), "{running}");
     let pmd_sent = stat_last(&out, "TX-packets:");
     assert!(pmd_sent > 1000, "{out}");
     assert_eq!(d.counter("vale0:vm", "tx_packets"), pmd_sent, "{out}");
@@ -598,6 +630,8 @@ fn one_of_two_pairs(name: &str, args: &[&str]) {
         vm.port("vale0:vm")
     );
     assert_eq!(vm.get("vale0:vm", "rx_packets"), 2000);
+    // All of it from pair 0, and into it: pair 1 never ran.
+    assert_eq!(pair_counts(&about(&d)), [(pmd_sent, 2000), (0, 0)]);
 }
 
 /// `--queues` outside 1 to 16 is refused with the range, and makes nothing; 16 makes
@@ -633,7 +667,7 @@ fn queue_counts_outside_the_limit_are_refused_and_sixteen_is_served() {
         (Some(16), Some(16))
     );
     let text = stdout_of(&d.ctl(&["list"]));
-    assert!(text.contains("16 queue pairs (0 running)"), "{text}");
+    assert!(text.contains("16 queue pairs (0 running; "), "{text}");
     ctl_ok(&d, &["-d", "vale0:q"]);
 }
 

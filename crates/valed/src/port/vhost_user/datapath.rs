@@ -37,6 +37,8 @@ pub(super) struct Outbox {
     /// it moves, waiting frames are no work (a stopped or starving guest must not keep
     /// the forwarding thread awake).
     pub(super) rx_seen: Option<u16>,
+    /// Frames delivered into the guest's buffers of this pair, for `vale-ctl list`.
+    pub(super) delivered: u64,
 }
 
 /// The RX walker's scratch: the spans of one frame's buffers and, per chain, its head
@@ -300,6 +302,7 @@ fn pull_queue(
                         Chain::Bad => n.bad += 1,
                         Chain::Frame(len) => {
                             n.frames += 1;
+                            pair.taken += 1;
                             n.bytes += (len - VNET_HDR) as u64;
                         }
                     }
@@ -549,6 +552,7 @@ impl Queues {
             match r.flatten() {
                 Some((Put::Done, len)) => {
                     pr.rx_dirty = true;
+                    pr.out.delivered += 1;
                     self.counters.to_host.fetch_add(1, Ordering::Relaxed);
                     self.counters
                         .to_host_bytes
@@ -790,6 +794,7 @@ fn deliver(out: &mut Outbox, rx: &mut Rx<'_>, c: &PortCounters) -> Option<bool> 
     let frame = out.pending.front_mut()?;
     let r = match rx.put_frame(frame, mergeable) {
         Put::Done => {
+            out.delivered += 1;
             c.to_host.fetch_add(1, Ordering::Relaxed);
             c.to_host_bytes
                 .fetch_add((frame.len() - VNET_HDR) as u64, Ordering::Relaxed);

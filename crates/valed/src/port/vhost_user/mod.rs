@@ -106,6 +106,8 @@ struct Pair {
     tx_broken: bool,
     /// Scratch for the RX walker (the spans and chains of one frame's buffers).
     scratch: datapath::Scratch,
+    /// Frames taken from its TX queue, for `vale-ctl list` (delivered ones: `out`).
+    taken: u64,
 }
 
 impl Pair {
@@ -213,6 +215,13 @@ impl Guest {
                 p.out.recycle(f);
             }
         }
+    }
+
+    /// Each pair's frames from the guest and to it, as `vale-ctl list` shows them.
+    fn pair_counts(&self) -> Vec<(u64, u64)> {
+        (0..self.pairs.len())
+            .filter_map(|p| pair(self, p).map(|p| (p.taken, p.out.delivered)))
+            .collect()
     }
 
     /// How many queue pairs the frontend runs (either queue ready and enabled).
@@ -416,8 +425,22 @@ impl Backend for VhostUser {
         if self.queues == 1 {
             return format!("{at}, 1 queue pair");
         }
-        let running = self.guest.as_ref().map_or(0, |g| read(g).pairs_running());
-        format!("{at}, {} queue pairs ({running} running)", self.queues)
+        let Some(g) = self.guest.as_ref() else {
+            return format!("{at}, {} queue pairs (0 running)", self.queues);
+        };
+        let g = read(g);
+        let per: Vec<String> = g
+            .pair_counts()
+            .iter()
+            .enumerate()
+            .map(|(i, (from, to))| format!("p{i} {from}/{to}"))
+            .collect();
+        format!(
+            "{at}, {} queue pairs ({} running; from_host/to_host per pair: {})",
+            self.queues,
+            g.pairs_running(),
+            per.join(", ")
+        )
     }
 }
 

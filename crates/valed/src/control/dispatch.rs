@@ -337,6 +337,10 @@ impl Control {
                 let mut result = Ok(());
                 for l in self.ports.lanes() {
                     result = result.and(l.lock_ctl().registry.set_threads(&sw, n));
+                    // Queue pairs may have moved to another thread, which must look at
+                    // them (and arm them before it sleeps): each looks again now.
+                    l.wake_forwarder();
+                    l.wake_helpers();
                 }
                 result.map_err(|e| CtlError::BadRequest(e.to_string()))?;
                 let list = &mut self.settings.switch_threads;

@@ -174,6 +174,7 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
         // Idle: ask every client to kick, look once more, then sleep (at least once a
         // second, so aging runs on an idle switch, or sooner if a port asks).
         let mut wake = Duration::from_secs(1);
+        shared.lane_sleeps(true);
         let pending = {
             let st = shared.lock();
             let mut driven = st.driven.lock().unwrap_or_else(|p| p.into_inner());
@@ -196,6 +197,25 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
                     wake = wake.min(d);
                 }
             }
+            // What a helper forwarded into driven ports' RX rings before it saw this
+            // thread going to sleep goes out now (after that, it wakes this thread).
+            for (k, p) in driven.iter_mut() {
+                match st.shared_pairs(*k) {
+                    Some((pairs, t)) => {
+                        for i in (0..pairs.count()).filter(|&i| shared.serves(0, i, t)) {
+                            pending |= pairs.push(i) > 0;
+                        }
+                    }
+                    None if st
+                        .registry
+                        .entry(*k)
+                        .is_some_and(|e| e.switch.threads() > 1) =>
+                    {
+                        pending |= p.push() > 0;
+                    }
+                    None => {}
+                }
+            }
             pending
         };
         if !pending {
@@ -214,6 +234,7 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
                 Some(&ts),
             );
             shared.stats.sleep_ends();
+            shared.lane_sleeps(false);
             match woke {
                 Ok(_) | Err(rustix::io::Errno::INTR) => wait_errors = 0,
                 Err(e) => {
@@ -276,6 +297,7 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
         if !pending {
             spin.slept(since.elapsed());
         }
+        shared.lane_sleeps(false);
         idle.reset();
     }
     tracing::debug!("forwarding thread stops");
@@ -320,6 +342,7 @@ pub fn run_helper(shared: Arc<Lane>, worker: usize, busy_poll: Duration) {
             moved
         };
         if moved > 0 {
+            shared.after_helper_pass();
             idle.reset();
             continue;
         }
@@ -446,6 +469,19 @@ mod tests {
         }
     }
 
+    /// A driven port served whole (a TAP, say): counts the lane's looks at its RX ring.
+    struct Whole(Arc<AtomicU64>);
+
+    impl DrivenPort for Whole {
+        fn pull(&mut self) -> usize {
+            0
+        }
+        fn push(&mut self) -> usize {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            0
+        }
+    }
+
     fn wait(what: &str, mut f: impl FnMut() -> bool) {
         let t = Instant::now();
         while !f() {
@@ -454,11 +490,12 @@ mod tests {
         }
     }
 
-    /// On a switch of two threads, pair 0 is the lane's thread's and pair 1 its
-    /// helper's; while the helper is parked, the lane's thread serves pair 1 (and wakes
-    /// the helper), so a kick never waits for the helper's timeout.
-    #[test]
-    fn each_pair_is_served_by_its_own_thread_and_a_parked_helpers_by_the_lane() {
+    /// A lane of one switch of two threads with a port of two pairs (`work`) and, with
+    /// `whole`, a port served whole; its thread and one helper running.
+    fn lane_with(
+        work: &Arc<Work>,
+        whole: Option<Arc<AtomicU64>>,
+    ) -> (Arc<Lane>, std::thread::JoinHandle<()>) {
         let mut reg = Registry::new(vale_switch::Limits::default());
         reg.set_threads("vale0", 2).unwrap();
         let g = vale_abi::PortGeometry {
@@ -466,11 +503,16 @@ mod tests {
             rx_slots: 64,
             ..Default::default()
         };
-        let region = vale_abi::Region::create("vale0:a", g).unwrap();
-        let key = reg.open_with("vale0:a", Some(g), Some(region)).unwrap();
+        let mut open = |name: &str| {
+            let region = vale_abi::Region::create(name, g).unwrap();
+            reg.open_with(name, Some(g), Some(region)).unwrap()
+        };
+        let (a, b) = (open("vale0:a"), open("vale0:b"));
         let mut st = LaneState::new(reg);
-        let work = Arc::new(Work::default());
-        st.set_driven(key, Some(Box::new(Port(work.clone()))));
+        st.set_driven(a, Some(Box::new(Port(work.clone()))));
+        if let Some(w) = whole {
+            st.set_driven(b, Some(Box::new(Whole(w))));
+        }
         let ep = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
         let wake =
             rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).unwrap();
@@ -489,6 +531,51 @@ mod tests {
             .spawn(move || super::run(l, busy, None))
             .unwrap();
         lane.ensure_helpers(1, 0, 1, &[], busy).unwrap();
+        (lane, main)
+    }
+
+    fn stop(lane: Arc<Lane>, main: std::thread::JoinHandle<()>) {
+        lane.stop.store(true, Ordering::Release);
+        lane.wake_forwarder();
+        lane.join_helpers();
+        main.join().unwrap();
+    }
+
+    /// What a busy helper forwards into a ring only the lane's thread drains (a port
+    /// served whole) is not left there while that thread sleeps: each pass of the
+    /// helper that moved frames wakes it. (Asleep until its 1 s timeout, it would look
+    /// once or twice in the 300 ms below.)
+    #[test]
+    fn a_helpers_frames_for_the_lanes_rings_wake_the_lanes_thread() {
+        let work = Arc::new(Work::default());
+        let looks = Arc::new(AtomicU64::new(0));
+        let (lane, main) = lane_with(&work, Some(looks.clone()));
+        // Work for pair 1 only, until the helper (not the lane's thread) serves it.
+        work.left[1].store(u64::MAX / 2, Ordering::SeqCst);
+        lane.wake_forwarder();
+        wait("the helper serves pair 1", || !lane.serves(0, 1, 2));
+        // The lane's thread has nothing of its own: it goes to sleep meanwhile.
+        std::thread::sleep(Duration::from_millis(50));
+        let before = looks.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(300));
+        let seen = looks.load(Ordering::SeqCst) - before;
+        let still_helper = !lane.serves(0, 1, 2);
+        work.left[1].store(0, Ordering::SeqCst);
+        stop(lane, main);
+        assert!(still_helper, "the helper kept pair 1");
+        assert!(
+            seen >= 10,
+            "the lane's thread looked at the port {seen} times in 300 ms"
+        );
+    }
+
+    /// On a switch of two threads, pair 0 is the lane's thread's and pair 1 its
+    /// helper's; while the helper is parked, the lane's thread serves pair 1 (and wakes
+    /// the helper), so a kick never waits for the helper's timeout.
+    #[test]
+    fn each_pair_is_served_by_its_own_thread_and_a_parked_helpers_by_the_lane() {
+        let work = Arc::new(Work::default());
+        let (lane, main) = lane_with(&work, None);
 
         // Both threads running: each takes its own pair.
         for n in &work.left {
@@ -524,10 +611,6 @@ mod tests {
             lane_took > 0,
             "the lane's thread served a parked helper's pair"
         );
-
-        lane.stop.store(true, Ordering::Release);
-        lane.wake_forwarder();
-        lane.join_helpers();
-        main.join().unwrap();
+        stop(lane, main);
     }
 }

@@ -157,6 +157,8 @@ pub struct Lane {
     /// is parked, when the lane's thread serves the queue pairs that are `h`'s.
     parked_by: Box<[AtomicBool]>,
     ctl_waiting: AtomicBool,
+    /// The lane's thread is going to sleep or asleep in epoll ([`Lane::lane_sleeps`]).
+    lane_asleep: AtomicBool,
     pub stop: AtomicBool,
     /// The forwarder's epoll set: kick eventfds of all ports, driven ports' descriptors,
     /// and `wake`.
@@ -332,6 +334,7 @@ impl Lane {
                 .map(|_| AtomicBool::new(true))
                 .collect(),
             ctl_waiting: AtomicBool::new(false),
+            lane_asleep: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             epoll: Arc::new(epoll),
             wake: Arc::new(wake),
@@ -408,6 +411,28 @@ impl Lane {
                     .parked_by
                     .get(home)
                     .is_none_or(|p| p.load(Ordering::SeqCst)))
+    }
+
+    /// The lane's thread is about to sleep (`true`; it then pushes its driven ports
+    /// once more before it sleeps) or woke. A helper forwards into RX rings that only
+    /// the lane's thread drains (driven ports served whole, pairs that are the lane's):
+    /// after a pass that moved frames it wakes a lane's thread that sleeps
+    /// ([`Lane::after_helper_pass`]). Both sides are SeqCst: either the helper sees the
+    /// flag, or the lane's last push sees the helper's frames.
+    pub fn lane_sleeps(&self, asleep: bool) {
+        self.lane_asleep.store(asleep, Ordering::SeqCst);
+        // (The ring loads that follow must not pass the store.)
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    /// A helper's pass moved frames: wakes the lane's thread if it sleeps.
+    pub fn after_helper_pass(&self) {
+        // (The ring stores before must not pass the load.)
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.lane_asleep.load(Ordering::SeqCst) {
+            self.lane_asleep.store(false, Ordering::SeqCst);
+            self.wake_forwarder();
+        }
     }
 
     /// Helper `worker` stops (`true`: its pairs are the lane's thread's until it

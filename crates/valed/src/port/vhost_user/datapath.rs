@@ -39,6 +39,9 @@ pub(super) struct Outbox {
     pub(super) rx_seen: Option<u16>,
     /// Frames delivered into the guest's buffers of this pair, for `vale-ctl list`.
     pub(super) delivered: u64,
+    /// Frames and bytes delivered that the port's counters do not have yet: added once
+    /// per burst ([`Outbox::settle`]), not per frame, as the port's threads share them.
+    owed: (u64, u64),
 }
 
 /// The RX walker's scratch: the spans of one frame's buffers and, per chain, its head
@@ -54,6 +57,8 @@ const MAX_PARTS: usize = 64;
 /// Most frames waiting for guest RX buffers; beyond, the switch's packets for the guest
 /// are dropped (`tx_error` on the port), as a NIC with a full ring would.
 const MAX_PENDING: usize = 512;
+/// How often the routes of RX rings are looked at when the pairs are served one by one.
+const ROUTES_EVERY_NS: u64 = 1_000_000;
 
 /// A vhost-user port as its forwarding threads drive it: guest TX chains into the
 /// port's TX rings, the port's RX rings (and packets handed over directly) into guest RX
@@ -73,6 +78,10 @@ pub struct Queues {
     counters: Arc<PortCounters>,
     /// `sys::sigbus::caught()` when last looked at.
     caught_seen: AtomicU64,
+    /// When pair 0's thread last looked at the routes (`lane::coarse_ns`), serving the
+    /// pairs one by one: every pass would read-lock every RX queue, and wait for the
+    /// threads writing into them.
+    routed_at: AtomicU64,
 }
 
 /// The application side of one pair's rings (locked before the pair's [`Pair`]).
@@ -102,6 +111,7 @@ impl VhostIo {
                 io,
                 counters,
                 caught_seen: AtomicU64::new(crate::sys::sigbus::caught()),
+                routed_at: AtomicU64::new(0),
             }),
         }
     }
@@ -419,11 +429,16 @@ impl Queues {
         moved
     }
 
-    /// Pair `i`'s TX queue only; pair 0's thread also looks at the routes, once a pass.
+    /// Pair `i`'s TX queue only; pair 0's thread also looks at the routes, at most
+    /// once a millisecond.
     fn pull_one(&self, i: usize) -> usize {
         let g = read(&self.guest);
         if i == 0 && g.pairs.len() > 1 {
-            reroute(&g);
+            let now = crate::lane::coarse_ns();
+            if now.wrapping_sub(self.routed_at.load(Ordering::Relaxed)) >= ROUTES_EVERY_NS {
+                self.routed_at.store(now, Ordering::Relaxed);
+                reroute(&g);
+            }
         }
         let mut n = TxCounts::default();
         let moved = self.pull_pair(&g, i, &mut n);
@@ -463,6 +478,7 @@ impl Queues {
                 }
                 touched = true;
             }
+            out.settle(counters);
             ring.rxsync();
             touched
         });
@@ -638,7 +654,12 @@ impl Queues {
         // would bring no kick.
         if retry {
             let c = &*self.counters;
-            if with_rx(g, &mut pr, p, |rx, out| deliver(out, rx, c).is_some()) == Some(true) {
+            let r = with_rx(g, &mut pr, p, |rx, out| {
+                let r = deliver(out, rx, c).is_some();
+                out.settle(c);
+                r
+            });
+            if r == Some(true) {
                 pr.rx_dirty = true;
                 work = true;
             }
@@ -780,6 +801,7 @@ fn flush(g: &Guest, pair: &mut Pair, p: usize, c: &PortCounters) {
                 None => break,
             }
         }
+        out.settle(c);
         any
     });
     if any == Some(true) {
@@ -795,9 +817,8 @@ fn deliver(out: &mut Outbox, rx: &mut Rx<'_>, c: &PortCounters) -> Option<bool> 
     let r = match rx.put_frame(frame, mergeable) {
         Put::Done => {
             out.delivered += 1;
-            c.to_host.fetch_add(1, Ordering::Relaxed);
-            c.to_host_bytes
-                .fetch_add((frame.len() - VNET_HDR) as u64, Ordering::Relaxed);
+            out.owed.0 += 1;
+            out.owed.1 += (frame.len() - VNET_HDR) as u64;
             true
         }
         Put::Bad => {
@@ -817,6 +838,15 @@ fn deliver(out: &mut Outbox, rx: &mut Rx<'_>, c: &PortCounters) -> Option<bool> 
 }
 
 impl Outbox {
+    /// What [`deliver`] delivered, to the port's counters.
+    fn settle(&mut self, c: &PortCounters) {
+        let (n, b) = std::mem::take(&mut self.owed);
+        if n > 0 {
+            c.to_host.fetch_add(n, Ordering::Relaxed);
+            c.to_host_bytes.fetch_add(b, Ordering::Relaxed);
+        }
+    }
+
     pub(super) fn recycle(&mut self, f: Vec<u8>) {
         if self.spare.len() < 64 {
             self.spare.push(f);

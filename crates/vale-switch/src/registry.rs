@@ -567,6 +567,11 @@ impl Registry {
         self.switches[i].as_mut()
     }
 
+    /// The switch of port `key`.
+    pub fn entry(&self, key: PortKey) -> Option<&SwitchEntry> {
+        self.switches.get(key.switch)?.as_ref()
+    }
+
     pub fn entry_mut(&mut self, key: PortKey) -> Option<&mut SwitchEntry> {
         self.switches.get_mut(key.switch)?.as_mut()
     }

@@ -412,9 +412,12 @@ fn about(d: &Daemon) -> String {
     d.host("vale0:vm")["about"].as_str().unwrap().to_string()
 }
 
-/// A daemon with `vale0:vm`, a vhost-user port of two queue pairs, and its socket.
-fn two_pair_port(name: &str) -> (Daemon, String) {
-    let d = Daemon::start(name, &["--vhost-trust-unsealed"]);
+/// A daemon (`args` added) with `vale0:vm`, a vhost-user port of two queue pairs, and
+/// its socket.
+fn two_pair_port(name: &str, args: &[&str]) -> (Daemon, String) {
+    let mut all = vec!["--vhost-trust-unsealed"];
+    all.extend_from_slice(args);
+    let d = Daemon::start(name, &all);
     let sock = d.dir.join("vm.sock").to_str().unwrap().to_string();
     ctl_ok(
         &d,
@@ -429,12 +432,25 @@ fn two_pair_port(name: &str) -> (Daemon, String) {
 /// pkt-gen sender's ring 0) arrive on testpmd's RX queues 0 and 1 (rxonly), exactly.
 #[test]
 fn two_queue_pairs_carry_testpmds_traffic_on_both_queues_each_way() {
+    two_pairs_each_way("vhostmq", &[]);
+}
+
+/// The same on a switch of two threads (`--switch-threads vale0=2`), where pair 0 is
+/// served by the lane's thread and pair 1 by its helper (or by the lane's thread while
+/// the helper is parked), each behind its own lock: every frame accounted for, each
+/// queue's on its own ring.
+#[test]
+fn two_queue_pairs_on_a_switch_of_two_threads_carry_traffic_both_ways() {
+    two_pairs_each_way("vhostmq2t", &["--switch-threads", "vale0=2"]);
+}
+
+fn two_pairs_each_way(name: &str, args: &[&str]) {
     let _turn = turn();
     if let Some(r) = skip_reason() {
         skip(&r);
         return;
     }
-    let (d, sock) = two_pair_port("vhostmq");
+    let (d, sock) = two_pair_port(name, args);
     let list = d.ctl_json(&["list"]);
     let g = &list["switches"][0]["ports"][0]["geometry"];
     assert_eq!(
@@ -535,12 +551,23 @@ fn two_queue_pairs_carry_testpmds_traffic_on_both_queues_each_way() {
 /// frames all arrive.
 #[test]
 fn a_frontend_running_one_of_two_queue_pairs_gets_everything_on_it() {
+    one_of_two_pairs("vhostmq1", &[]);
+}
+
+/// The same on a switch of two threads: RX ring 1 is the helper's, and what it holds
+/// goes into pair 0's RX queue, the lane's thread's.
+#[test]
+fn one_of_two_queue_pairs_on_a_switch_of_two_threads_gets_everything_on_it() {
+    one_of_two_pairs("vhostmq12t", &["--switch-threads", "vale0=2"]);
+}
+
+fn one_of_two_pairs(name: &str, args: &[&str]) {
     let _turn = turn();
     if let Some(r) = skip_reason() {
         skip(&r);
         return;
     }
-    let (d, sock) = two_pair_port("vhostmq1");
+    let (d, sock) = two_pair_port(name, args);
 
     let pg = pkt_gen_rx(&d, "vale0:rx");
     let mut running = String::new();

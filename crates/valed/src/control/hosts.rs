@@ -270,7 +270,7 @@ impl Control {
                 .switch
                 .set_direct(key.port, at.direct)
                 .map_err(|e| CtlError::Internal(e.to_string()))?;
-            st.driven_mut().insert(key, driven)
+            st.set_driven(key, Some(driven))
         };
         drop(old); // a replaced connection closes outside the lock
         lane.wake_forwarder();
@@ -288,7 +288,7 @@ impl Control {
             return;
         };
         let lane = self.ports.lane(a.held.lane).clone();
-        let driven = lane.lock_ctl().driven_mut().remove(&a.held.key);
+        let driven = lane.lock_ctl().set_driven(a.held.key, None);
         drop(driven);
         let after = h.backend.stop();
         self.ports.release(a.held);

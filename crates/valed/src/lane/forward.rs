@@ -107,9 +107,17 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
             kicked.clear();
             faults.clear();
             // Driven ports: what their peers have goes into their TX rings first, so it
-            // crosses the switch in this pass.
-            for p in driven.values_mut() {
-                moved += p.pull();
+            // crosses the switch in this pass (on a switch of several threads, only the
+            // queue pairs this thread serves).
+            for (k, p) in driven.iter_mut() {
+                match st.shared_pairs(*k) {
+                    Some((pairs, t)) => {
+                        for i in (0..pairs.count()).filter(|&i| shared.serves(0, i, t)) {
+                            moved += pairs.pull(i);
+                        }
+                    }
+                    None => moved += p.pull(),
+                }
             }
             for (si, e) in st.registry.switches_indexed() {
                 let mut egress = DirectEgress {
@@ -127,8 +135,15 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
                 }
             }
             // ...and what the switch delivered to them goes out to their peers.
-            for p in driven.values_mut() {
-                moved += p.push();
+            for (k, p) in driven.iter_mut() {
+                match st.shared_pairs(*k) {
+                    Some((pairs, t)) => {
+                        for i in (0..pairs.count()).filter(|&i| shared.serves(0, i, t)) {
+                            moved += pairs.push(i);
+                        }
+                    }
+                    None => moved += p.push(),
+                }
             }
             // Switches of several threads have work: wake their helpers.
             if shared_moved > 0 {
@@ -168,8 +183,15 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
             // not at the next wake-up.
             shared.stats.publish_tables(&st.registry);
             tables_published = Some(shared.now().0);
-            for p in driven.values_mut() {
-                pending |= p.arm();
+            for (k, p) in driven.iter_mut() {
+                match st.shared_pairs(*k) {
+                    Some((pairs, t)) => {
+                        for i in (0..pairs.count()).filter(|&i| shared.serves(0, i, t)) {
+                            pending |= pairs.arm(i);
+                        }
+                    }
+                    None => pending |= p.arm(),
+                }
                 if let Some(d) = p.wake_within() {
                     wake = wake.min(d);
                 }
@@ -239,8 +261,15 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
         for e in st.registry.switches() {
             e.switch.disarm_kicks();
         }
-        for p in driven.values_mut() {
-            p.disarm();
+        for (k, p) in driven.iter_mut() {
+            match st.shared_pairs(*k) {
+                Some((pairs, t)) => {
+                    for i in (0..pairs.count()).filter(|&i| shared.serves(0, i, t)) {
+                        pairs.disarm(i);
+                    }
+                }
+                None => p.disarm(),
+            }
         }
         drop(driven);
         drop(st);
@@ -254,22 +283,27 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
 
 /// A helper of the lane's forwarding thread: worker `worker` (1-based) of every switch
 /// of the lane with more than `worker` threads ([`vale_switch::Switch::set_threads`]).
-/// It busy-polls those switches like the lane's own thread, with no driven ports (their
-/// frames go through the RX rings), and when idle for `busy_poll` it parks until the
-/// lane's thread sees work on such a switch again (or 100 ms pass).
+/// It busy-polls those switches like the lane's own thread, with the queue pairs of
+/// their driven ports that are its own ([`Lane::serves`]; other driven ports' frames
+/// go through their RX rings), and when idle for `busy_poll` it arms its pairs and
+/// parks until the lane's thread sees work on such a switch again (or 100 ms pass);
+/// while it is parked, the lane's thread serves its pairs.
 pub fn run_helper(shared: Arc<Lane>, worker: usize, busy_poll: Duration) {
     let mut notes: Vec<Notify> = Vec::new();
     let mut fw = vale_switch::Forwarder::new();
     let mut idle = super::spin::Idle::default();
+    shared.set_parked(worker, false);
     while !shared.stop.load(Ordering::Acquire) {
         let moved = {
             let st = shared.lock();
             let now = shared.now();
             let mut moved = 0;
             for (si, e) in st.registry.switches_indexed() {
-                if usize::from(e.switch.threads()) <= worker {
+                let t = usize::from(e.switch.threads());
+                if t <= worker {
                     continue;
                 }
+                moved += own_pairs(&st, si, worker, t, |p, i| p.pull(i));
                 moved += fw.forward_worker(
                     &e.switch,
                     worker,
@@ -281,6 +315,7 @@ pub fn run_helper(shared: Arc<Lane>, worker: usize, busy_poll: Duration) {
                     super::notify(&st.fds, si, &notes);
                     notes.clear();
                 }
+                moved += own_pairs(&st, si, worker, t, |p, i| p.push(i));
             }
             moved
         };
@@ -291,8 +326,208 @@ pub fn run_helper(shared: Arc<Lane>, worker: usize, busy_poll: Duration) {
         if idle.empty_pass(busy_poll).is_none() {
             continue;
         }
-        shared.helper_parks();
+        // Parked, its pairs are the lane's thread's: first marked so (the lane's thread
+        // serves them from its next pass), then armed (a kick wakes the lane's thread,
+        // which serves them and wakes this one): no frame waits for the timeout.
+        shared.set_parked(worker, true);
+        let pending = each_own_pair(&shared, worker, |p, i| usize::from(p.arm(i))) > 0;
+        if !pending {
+            shared.helper_parks();
+        }
+        shared.set_parked(worker, false);
+        each_own_pair(&shared, worker, |p, i| {
+            p.disarm(i);
+            0
+        });
         idle.reset();
     }
+    shared.set_parked(worker, true);
     tracing::debug!(worker, "forwarding helper stops");
+}
+
+/// `f` on each queue pair of switch `si` (of `threads`) that is worker `worker`'s own;
+/// the sum of what it returns.
+fn own_pairs(
+    st: &super::LaneState,
+    si: usize,
+    worker: usize,
+    threads: usize,
+    mut f: impl FnMut(&dyn crate::port::Pairs, usize) -> usize,
+) -> usize {
+    let mut n = 0;
+    for (k, p) in &st.pairs {
+        if k.switch == si {
+            for i in (worker..p.count()).step_by(threads) {
+                n += f(&**p, i);
+            }
+        }
+    }
+    n
+}
+
+/// [`own_pairs`] over every switch of the lane that `worker` serves.
+fn each_own_pair(
+    shared: &Lane,
+    worker: usize,
+    mut f: impl FnMut(&dyn crate::port::Pairs, usize) -> usize,
+) -> usize {
+    let st = shared.lock();
+    let mut n = 0;
+    for (si, e) in st.registry.switches_indexed() {
+        let t = usize::from(e.switch.threads());
+        if t > worker {
+            n += own_pairs(&st, si, worker, t, &mut f);
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Lane, LaneState};
+    use crate::port::{DrivenPort, Pairs};
+    use rustix::event::{EventfdFlags, epoll};
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    use vale_switch::Registry;
+
+    /// Queue pairs whose peer has `left[i]` frames for pair `i`, one per pull, and who
+    /// took each (pair, thread name): the lane's scheduling alone, no peer involved.
+    #[derive(Default)]
+    struct Work {
+        left: [AtomicU64; 2],
+        by: Mutex<HashMap<(usize, String), u64>>,
+    }
+
+    impl Work {
+        fn taken(&self, pair: usize, thread: &str) -> u64 {
+            let by = self.by.lock().unwrap();
+            by.get(&(pair, thread.to_string())).copied().unwrap_or(0)
+        }
+    }
+
+    impl Pairs for Work {
+        fn count(&self) -> usize {
+            2
+        }
+        fn pull(&self, i: usize) -> usize {
+            let took = self.left[i]
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if took {
+                let name = std::thread::current().name().unwrap_or("").to_string();
+                *self.by.lock().unwrap().entry((i, name)).or_default() += 1;
+            }
+            usize::from(took)
+        }
+        fn push(&self, _: usize) -> usize {
+            0
+        }
+        fn arm(&self, i: usize) -> bool {
+            self.left[i].load(Ordering::SeqCst) > 0
+        }
+        fn disarm(&self, _: usize) {}
+    }
+
+    /// The port as the lane holds it: on a switch of two threads only its pairs are used.
+    struct Port(Arc<Work>);
+
+    impl DrivenPort for Port {
+        fn pull(&mut self) -> usize {
+            panic!("a port of several pairs on a switch of several threads is served by pair")
+        }
+        fn push(&mut self) -> usize {
+            panic!("a port of several pairs on a switch of several threads is served by pair")
+        }
+        fn pairs(&self) -> Option<Arc<dyn Pairs>> {
+            Some(self.0.clone())
+        }
+    }
+
+    fn wait(what: &str, mut f: impl FnMut() -> bool) {
+        let t = Instant::now();
+        while !f() {
+            assert!(t.elapsed() < Duration::from_secs(20), "{what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// On a switch of two threads, pair 0 is the lane's thread's and pair 1 its
+    /// helper's; while the helper is parked, the lane's thread serves pair 1 (and wakes
+    /// the helper), so a kick never waits for the helper's timeout.
+    #[test]
+    fn each_pair_is_served_by_its_own_thread_and_a_parked_helpers_by_the_lane() {
+        let mut reg = Registry::new(vale_switch::Limits::default());
+        reg.set_threads("vale0", 2).unwrap();
+        let g = vale_abi::PortGeometry {
+            tx_slots: 64,
+            rx_slots: 64,
+            ..Default::default()
+        };
+        let region = vale_abi::Region::create("vale0:a", g).unwrap();
+        let key = reg.open_with("vale0:a", Some(g), Some(region)).unwrap();
+        let mut st = LaneState::new(reg);
+        let work = Arc::new(Work::default());
+        st.set_driven(key, Some(Box::new(Port(work.clone()))));
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+        let wake =
+            rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).unwrap();
+        epoll::add(
+            &ep,
+            &wake,
+            epoll::EventData::new_u64(super::Token::Wake.into_u64()),
+            epoll::EventFlags::IN,
+        )
+        .unwrap();
+        let lane = Arc::new(Lane::new(st, ep, wake));
+        let busy = Duration::from_micros(200);
+        let l = lane.clone();
+        let main = std::thread::Builder::new()
+            .name("vale-fwd0".into())
+            .spawn(move || super::run(l, busy, None))
+            .unwrap();
+        lane.ensure_helpers(1, 0, 1, &[], busy).unwrap();
+
+        // Both threads running: each takes its own pair.
+        for n in &work.left {
+            n.store(2_000_000, Ordering::SeqCst);
+        }
+        lane.wake_forwarder();
+        wait("the pairs' frames taken", || {
+            work.left.iter().all(|n| n.load(Ordering::SeqCst) == 0)
+        });
+        assert_eq!(work.taken(0, "vale-fwd0"), 2_000_000, "pair 0: the lane's");
+        assert_eq!(work.taken(0, "vale-fwd0.1"), 0, "never the helper's");
+        let helper = work.taken(1, "vale-fwd0.1");
+        assert!(helper > 0, "the helper served pair 1");
+        assert_eq!(helper + work.taken(1, "vale-fwd0"), 2_000_000);
+
+        // The helper parked (so marked): a kick for pair 1 is served by the lane's
+        // thread at once. (Retried if the helper's timeout woke it just then.)
+        let mut lane_took = 0;
+        for _ in 0..3 {
+            wait("the helper parks", || lane.serves(0, 1, 2));
+            let before = work.taken(1, "vale-fwd0");
+            work.left[1].store(1000, Ordering::SeqCst);
+            lane.wake_forwarder();
+            wait("pair 1's frames taken", || {
+                work.left[1].load(Ordering::SeqCst) == 0
+            });
+            lane_took = work.taken(1, "vale-fwd0") - before;
+            if lane_took > 0 {
+                break;
+            }
+        }
+        assert!(
+            lane_took > 0,
+            "the lane's thread served a parked helper's pair"
+        );
+
+        lane.stop.store(true, Ordering::Release);
+        lane.wake_forwarder();
+        lane.join_helpers();
+        main.join().unwrap();
+    }
 }

@@ -8,7 +8,7 @@ mod token;
 
 pub use token::Token;
 
-use crate::port::{DrivenPort, Waker, Watcher};
+use crate::port::{DrivenPort, Pairs, Waker, Watcher};
 pub use egress::DirectEgress;
 use rustix::fd::OwnedFd;
 use std::collections::HashMap;
@@ -77,6 +77,10 @@ pub struct LaneState {
     /// VMs): their data-plane halves. Only the lane's own thread (and the control
     /// thread) touch them, under this lock; its helpers never do.
     pub driven: Mutex<PortMap<Box<dyn DrivenPort>>>,
+    /// The queue pairs of driven ports of several ([`DrivenPort::pairs`]): on a switch
+    /// of several threads, pair `i` is served by worker `i % threads`
+    /// ([`Lane::serves`]), the lane's thread and its helpers alike.
+    pub pairs: PortMap<Arc<dyn Pairs>>,
 }
 
 /// Wakes the clients the engine asked to wake (`Notify`s of switch `si`).
@@ -98,6 +102,39 @@ impl LaneState {
             registry,
             fds: PortMap::default(),
             driven: Mutex::new(PortMap::default()),
+            pairs: PortMap::default(),
+        }
+    }
+
+    /// Driven port `key`'s pairs and its switch's threads, if it is a port of several
+    /// pairs on a switch of several threads (whose pairs are served one by one).
+    pub fn shared_pairs(&self, key: PortKey) -> Option<(&Arc<dyn Pairs>, usize)> {
+        if self.pairs.is_empty() {
+            return None;
+        }
+        let pairs = self.pairs.get(&key)?;
+        let t = usize::from(self.registry.entry(key)?.switch.threads());
+        (t > 1).then_some((pairs, t))
+    }
+
+    /// A driven port started (its pairs kept if it offers them) or left.
+    pub fn set_driven(
+        &mut self,
+        key: PortKey,
+        port: Option<Box<dyn DrivenPort>>,
+    ) -> Option<Box<dyn DrivenPort>> {
+        match port {
+            Some(p) => {
+                match p.pairs() {
+                    Some(pairs) => self.pairs.insert(key, pairs),
+                    None => self.pairs.remove(&key),
+                };
+                self.driven_mut().insert(key, p)
+            }
+            None => {
+                self.pairs.remove(&key);
+                self.driven_mut().remove(&key)
+            }
         }
     }
 
@@ -116,6 +153,9 @@ pub struct Lane {
     /// many of them are parked.
     helpers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     parked: std::sync::atomic::AtomicUsize,
+    /// Per worker (1-based; helpers not started count as parked): whether helper `h`
+    /// is parked, when the lane's thread serves the queue pairs that are `h`'s.
+    parked_by: Box<[AtomicBool]>,
     ctl_waiting: AtomicBool,
     pub stop: AtomicBool,
     /// The forwarder's epoll set: kick eventfds of all ports, driven ports' descriptors,
@@ -288,6 +328,9 @@ impl Lane {
             state: RwLock::new(state),
             helpers: Mutex::new(Vec::new()),
             parked: std::sync::atomic::AtomicUsize::new(0),
+            parked_by: (0..=usize::from(vale_switch::MAX_THREADS))
+                .map(|_| AtomicBool::new(true))
+                .collect(),
             ctl_waiting: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             epoll: Arc::new(epoll),
@@ -352,6 +395,27 @@ impl Lane {
         self.parked.fetch_add(1, Ordering::SeqCst);
         std::thread::park_timeout(std::time::Duration::from_millis(100));
         self.parked.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Whether the calling worker (0: the lane's thread) serves queue pair `i` of a port
+    /// on a switch of `threads`: its own (`i % threads`), and the lane's thread also
+    /// those of a helper that is parked.
+    pub fn serves(&self, worker: usize, i: usize, threads: usize) -> bool {
+        let home = i % threads;
+        home == worker
+            || (worker == 0
+                && self
+                    .parked_by
+                    .get(home)
+                    .is_none_or(|p| p.load(Ordering::SeqCst)))
+    }
+
+    /// Helper `worker` stops (`true`: its pairs are the lane's thread's until it
+    /// serves them again) or starts serving its pairs.
+    pub fn set_parked(&self, worker: usize, parked: bool) {
+        if let Some(p) = self.parked_by.get(worker) {
+            p.store(parked, Ordering::SeqCst);
+        }
     }
 
     /// The lane's thread saw work on a switch of several threads: wake parked helpers.

@@ -8,12 +8,13 @@
 use super::split::{SpanWriter, Split, Walk};
 use super::*;
 use crate::port::rings::{PortRings, ring_take};
-use crate::port::{Direct, DrivenPort, PortCounters};
+use crate::port::{Direct, DrivenPort, Pairs, PortCounters};
 use crate::sys::guest::{GuestMap, Span};
 use std::collections::VecDeque;
 use std::num::Wrapping;
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 use vale_abi::AppRing;
 use vale_abi::layout::NS_MOREFRAG;
 use vale_switch::offload::{self, VnetHdr};
@@ -52,32 +53,54 @@ const MAX_PARTS: usize = 64;
 /// are dropped (`tx_error` on the port), as a NIC with a full ring would.
 const MAX_PENDING: usize = 512;
 
-/// A vhost-user port as its forwarding thread drives it: guest TX chains into the
+/// A vhost-user port as its forwarding threads drive it: guest TX chains into the
 /// port's TX rings, the port's RX rings (and packets handed over directly) into guest RX
 /// buffers, all in the forwarding pass: no thread hand-off between guest and switch.
-/// Queue pair `i` is the port's TX ring `i` and RX ring `i`.
+/// Queue pair `i` is the port's TX ring `i` and RX ring `i`. On a switch of one thread
+/// its lane's thread serves the whole port ([`DrivenPort`]); on a switch of several, a
+/// port of several pairs has each served by its own thread ([`Pairs`]).
 pub struct VhostIo {
+    q: Arc<Queues>,
+}
+
+/// The port's queue pairs as the threads that serve them share them.
+pub struct Queues {
     guest: GuestRef,
-    tx: Vec<AppRing>,
-    rx: Vec<AppRing>,
+    /// The port's rings of each pair, and the pair's TX scratch.
+    io: Vec<Mutex<RingIo>>,
     counters: Arc<PortCounters>,
+    /// `sys::sigbus::caught()` when last looked at.
+    caught_seen: AtomicU64,
+}
+
+/// The application side of one pair's rings (locked before the pair's [`Pair`]).
+struct RingIo {
+    tx: AppRing,
+    rx: AppRing,
     /// The spans of the guest TX chain being read.
     segs: Vec<Span>,
-    /// `sys::sigbus::caught()` when last looked at.
-    caught_seen: u64,
 }
 
 impl VhostIo {
     /// Served over `rings`, one ring pair per queue pair of `guest`.
     pub fn new(guest: GuestRef, rings: Vec<PortRings>, counters: Arc<PortCounters>) -> VhostIo {
-        let (tx, rx) = rings.into_iter().map(|r| (r.tx, r.rx)).unzip();
+        let io = rings
+            .into_iter()
+            .map(|r| {
+                Mutex::new(RingIo {
+                    tx: r.tx,
+                    rx: r.rx,
+                    segs: Vec::new(),
+                })
+            })
+            .collect();
         VhostIo {
-            guest,
-            tx,
-            rx,
-            counters,
-            segs: Vec::new(),
-            caught_seen: crate::sys::sigbus::caught(),
+            q: Arc::new(Queues {
+                guest,
+                io,
+                counters,
+                caught_seen: AtomicU64::new(crate::sys::sigbus::caught()),
+            }),
         }
     }
 }
@@ -173,12 +196,16 @@ pub(super) fn live(vq: &VringRwLock) -> bool {
     st.get_queue().ready() && st.is_enabled()
 }
 
-/// Runs `f` on the RX queue of pair `p`, if the frontend set it up and started it and
-/// it lies in guest memory.
-fn with_rx<R>(g: &mut Guest, p: usize, f: impl FnOnce(&mut Rx<'_>, &mut Outbox) -> R) -> Option<R> {
+/// Runs `f` on the RX queue of pair `p` (whose state is `pair`), if the frontend set it
+/// up and started it and it lies in guest memory.
+fn with_rx<R>(
+    g: &Guest,
+    pair: &mut Pair,
+    p: usize,
+    f: impl FnOnce(&mut Rx<'_>, &mut Outbox) -> R,
+) -> Option<R> {
     let vq = g.vrings.as_ref()?.get(rx_queue(p))?;
     let m = g.map.as_ref()?;
-    let pair = g.pairs.get_mut(p)?;
     let mut st = vq.get_mut();
     if !st.get_queue().ready() || !st.is_enabled() {
         return None;
@@ -186,22 +213,22 @@ fn with_rx<R>(g: &mut Guest, p: usize, f: impl FnOnce(&mut Rx<'_>, &mut Outbox) 
     let q = st.get_queue_mut();
     let split = Split::of(m, q)?;
     pair.rx_split = Some(split);
+    let Pair { out, scratch, .. } = pair;
     let mut rx = Rx {
         m,
         split,
         q,
-        sc: &mut g.scratch,
+        sc: scratch,
     };
-    Some(f(&mut rx, &mut pair.out))
+    Some(f(&mut rx, out))
 }
 
 /// Stores the used index of pair `p`'s RX queue (one store for every entry written
 /// since the last) and signals the guest if it asked to hear of them.
-pub(super) fn publish_rx(g: &mut Guest, p: usize) {
-    let (Some(vq), Some(m), Some(pair)) = (
+pub(super) fn publish_rx(g: &Guest, pair: &mut Pair, p: usize) {
+    let (Some(vq), Some(m)) = (
         g.vrings.as_ref().and_then(|v| v.get(rx_queue(p))),
         g.map.as_ref(),
-        g.pairs.get_mut(p),
     ) else {
         return;
     };
@@ -221,22 +248,19 @@ pub(super) fn publish_rx(g: &mut Guest, p: usize) {
     }
 }
 
-/// Pair `p`'s TX queue -> `ring`, at most a burst ([`VhostIo::pull_tx`]); what moved
+/// Pair `p`'s TX queue -> `ring`, at most a burst ([`Queues::pull_pair`]); what moved
 /// and what was refused added to `n`. Returns the chains taken.
 fn pull_queue(
-    g: &mut Guest,
+    g: &Guest,
+    pair: &mut Pair,
     p: usize,
     ring: &AppRing,
     segs: &mut Vec<Span>,
     n: &mut TxCounts,
 ) -> usize {
-    let Guest {
-        vrings, map, pairs, ..
-    } = g;
-    let (Some(pair), Some(vq), Some(m)) = (
-        pairs.get_mut(p),
-        vrings.as_ref().and_then(|v| v.get(tx_queue(p))),
-        map.as_ref(),
+    let (Some(vq), Some(m)) = (
+        g.vrings.as_ref().and_then(|v| v.get(tx_queue(p))),
+        g.map.as_ref(),
     ) else {
         return 0;
     };
@@ -314,7 +338,7 @@ fn pull_queue(
 /// Where each of the port's RX rings goes ([`Guest::route`]): ring `i` to pair `i`
 /// while the frontend runs its RX queue, else to the `i`-th (modulo) of those it runs.
 /// A frontend that runs none gets nothing (the rings wait, as with one pair).
-pub(super) fn reroute(g: &mut Guest) {
+pub(super) fn reroute(g: &Guest) {
     let Some(vr) = &g.vrings else {
         return;
     };
@@ -327,32 +351,42 @@ pub(super) fn reroute(g: &mut Guest) {
             k += 1;
         }
     }
-    for (i, r) in g.route.iter_mut().enumerate() {
+    for (i, r) in g.route.iter().enumerate() {
         let own = k == 0 || running[..k].contains(&(i as u16));
-        *r = if own { i as u16 } else { running[i % k] };
+        r.store(
+            if own { i as u16 } else { running[i % k] },
+            Ordering::Relaxed,
+        );
     }
 }
 
-/// What the forwarding thread does with the guest's queues; `DrivenPort` wraps each in
-/// the check for a truncation of guest memory.
-impl VhostIo {
-    /// Guest TX queues -> the port's TX rings (pair `i`'s into ring `i`), as much as
-    /// each ring takes (the guest's buffers wait otherwise: backpressure, not drops),
-    /// every chain's used entry written and each queue's used index stored once. With
-    /// several pairs, where each RX ring's packets go is looked at first (once a pass).
-    /// Returns the frames moved.
-    fn pull_tx(&mut self) -> usize {
-        let mut guard = lock(&self.guest);
-        let g = &mut *guard;
-        if g.pairs.len() > 1 {
-            reroute(g);
-        }
-        // Counted once per pass (four atomic adds per frame were a tenth of the pull).
-        let mut n = TxCounts::default();
-        let mut moved = 0;
-        for (p, ring) in self.tx.iter().enumerate() {
-            moved += pull_queue(g, p, ring, &mut self.segs, &mut n);
-        }
+/// The pair RX ring `i`'s packets go to.
+fn route(g: &Guest, i: usize) -> usize {
+    usize::from(g.route.get(i).map_or(0, |r| r.load(Ordering::Relaxed)))
+}
+
+/// What the forwarding threads do with the guest's queues; `DrivenPort` and `Pairs`
+/// wrap each in the check for a truncation of guest memory. Locks: the guest (read),
+/// then a pair's rings, then a pair's state, each for one burst.
+impl Queues {
+    fn io(&self, i: usize) -> Option<MutexGuard<'_, RingIo>> {
+        Some(self.io.get(i)?.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Pair `p`'s guest TX queue -> the port's TX ring `p`, as much as the ring takes
+    /// (the guest's buffers wait otherwise: backpressure, not drops), every chain's used
+    /// entry written and the queue's used index stored once.
+    fn pull_pair(&self, g: &Guest, p: usize, n: &mut TxCounts) -> usize {
+        let (Some(mut io), Some(mut pr)) = (self.io(p), pair(g, p)) else {
+            return 0;
+        };
+        let RingIo { tx, segs, .. } = &mut *io;
+        pull_queue(g, &mut pr, p, tx, segs, n)
+    }
+
+    /// What one pull moved and refused, to the port's counters (once per pull: four
+    /// atomic adds per frame were a tenth of it).
+    fn count_tx(&self, n: &TxCounts) {
         let c = &*self.counters;
         for (counter, v) in [
             (&c.from_host, n.frames),
@@ -364,76 +398,126 @@ impl VhostIo {
                 counter.fetch_add(v, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Every pair's TX queue (the whole port, one thread). With several pairs, where
+    /// each RX ring's packets go is looked at first (once a pass). Returns the frames
+    /// moved.
+    fn pull_all(&self) -> usize {
+        let g = read(&self.guest);
+        if g.pairs.len() > 1 {
+            reroute(&g);
+        }
+        let mut n = TxCounts::default();
+        let moved = (0..self.io.len())
+            .map(|p| self.pull_pair(&g, p, &mut n))
+            .sum();
+        self.count_tx(&n);
         moved
     }
 
-    /// What the switch left in the port's RX rings (packets converted for the guest's
-    /// header) and what waits for guest buffers -> guest RX buffers, ring `i` into the
-    /// RX queue of pair `route[i]`; then each queue's used index published once for
-    /// everything added this pass (direct deliveries included) and the guest signalled
-    /// if it asked. Returns the frames delivered.
-    fn push_rx(&mut self) -> usize {
-        let mut guard = lock(&self.guest);
-        let g = &mut *guard;
+    /// Pair `i`'s TX queue only; pair 0's thread also looks at the routes, once a pass.
+    fn pull_one(&self, i: usize) -> usize {
+        let g = read(&self.guest);
+        if i == 0 && g.pairs.len() > 1 {
+            reroute(&g);
+        }
+        let mut n = TxCounts::default();
+        let moved = self.pull_pair(&g, i, &mut n);
+        self.count_tx(&n);
+        moved
+    }
+
+    /// What the switch left in RX ring `i` (packets converted for the guest's header)
+    /// and what waits for guest buffers -> guest RX buffers of pair `route[i]`, whose
+    /// used index is then to be published (`rx_dirty`). Returns the frames delivered and
+    /// that pair.
+    fn push_ring(&self, g: &Guest, i: usize) -> (usize, usize) {
+        let p = route(g, i);
+        let (Some(io), Some(mut pr)) = (self.io(i), pair(g, p)) else {
+            return (0, p);
+        };
+        let ring = &io.rx;
         let counters = &*self.counters;
         let mut sent = 0;
-        for (i, ring) in self.rx.iter().enumerate() {
-            let p = usize::from(g.route.get(i).copied().unwrap_or(0));
-            let touched = with_rx(g, p, |rx, out| {
-                let (mut sent_here, mut touched) = (0, false);
-                ring.rxsync();
-                loop {
-                    if out.pending.is_empty() {
-                        if sent_here >= BURST || ring.space() == 0 {
-                            break;
-                        }
-                        let mut f = out.spare.pop().unwrap_or_default();
-                        ring_take(ring, &mut f);
-                        out.stage(f, counters);
-                        continue;
+        let touched = with_rx(g, &mut pr, p, |rx, out| {
+            let mut touched = false;
+            ring.rxsync();
+            loop {
+                if out.pending.is_empty() {
+                    if sent >= BURST || ring.space() == 0 {
+                        break;
                     }
-                    match deliver(out, rx, counters) {
-                        Some(true) => sent_here += 1,
-                        Some(false) => {}
-                        None => break, // no guest buffers: the rest waits
-                    }
-                    touched = true;
+                    let mut f = out.spare.pop().unwrap_or_default();
+                    ring_take(ring, &mut f);
+                    out.stage(f, counters);
+                    continue;
                 }
-                ring.rxsync();
-                sent += sent_here;
-                touched
-            });
-            if touched == Some(true) {
-                g.pairs[p].rx_dirty = true;
+                match deliver(out, rx, counters) {
+                    Some(true) => sent += 1,
+                    Some(false) => {}
+                    None => break, // no guest buffers: the rest waits
+                }
+                touched = true;
+            }
+            ring.rxsync();
+            touched
+        });
+        if touched == Some(true) {
+            pr.rx_dirty = true;
+        }
+        (sent, p)
+    }
+
+    /// Pair `p`'s RX used index published if anything was written since the last time
+    /// (direct deliveries included), the guest signalled if it asked.
+    fn publish_pair(&self, g: &Guest, p: usize) {
+        if let Some(mut pr) = pair(g, p) {
+            if pr.rx_dirty {
+                pr.rx_dirty = false;
+                publish_rx(g, &mut pr, p);
             }
         }
+    }
+
+    /// Every RX ring (the whole port, one thread), then each queue's used index
+    /// published once for everything added this pass. Returns the frames delivered.
+    fn push_all(&self) -> usize {
+        let g = read(&self.guest);
+        let sent = (0..self.io.len()).map(|i| self.push_ring(&g, i).0).sum();
         for p in 0..g.pairs.len() {
-            if g.pairs[p].rx_dirty {
-                g.pairs[p].rx_dirty = false;
-                publish_rx(g, p);
-            }
+            self.publish_pair(&g, p);
         }
         sent
     }
 
+    /// RX ring `i` only, and the used index of the pair it went to.
+    fn push_one(&self, i: usize) -> usize {
+        let g = read(&self.guest);
+        let (sent, p) = self.push_ring(&g, i);
+        self.publish_pair(&g, p);
+        sent
+    }
+
     /// A packet handed over by the switch (the engine's direct delivery, same header
-    /// length): into guest RX buffers now, or queued behind what already waits.
-    fn send_direct(&mut self, pkt: &Direct<'_>) -> bool {
+    /// length; a switch of one thread only): into guest RX buffers now, or queued
+    /// behind what already waits.
+    fn send_direct(&self, pkt: &Direct<'_>) -> bool {
         let (hdr, frags) = (pkt.hdr, pkt.frags);
         if frags.len() > MAX_PARTS {
             return false; // never from the engine (MAX_FRAGS)
         }
-        let mut g = lock(&self.guest);
-        let g = &mut *g;
+        let g = read(&self.guest);
         // The RX queue the engine's choice of RX ring goes to.
-        let p = usize::from(g.route.get(usize::from(pkt.ring)).copied().unwrap_or(0));
-        if p >= g.pairs.len() {
+        let p = route(&g, usize::from(pkt.ring));
+        let Some(mut pr) = pair(&g, p) else {
             return false;
-        }
+        };
+        let pr = &mut *pr;
         // Straight from the sender's buffers into guest buffers when nothing waits and
         // the guest takes the packet as it is (its offloads accepted).
-        if g.pairs[p].out.pending.is_empty() {
-            let r = with_rx(g, p, |rx, out| {
+        if pr.out.pending.is_empty() {
+            let r = with_rx(&g, pr, p, |rx, out| {
                 crate::sys::with_slices(frags, |parts| {
                     // The header: converted by the switch, or the sender's own at the
                     // start of the first fragment.
@@ -464,7 +548,7 @@ impl VhostIo {
             });
             match r.flatten() {
                 Some((Put::Done, len)) => {
-                    g.pairs[p].rx_dirty = true;
+                    pr.rx_dirty = true;
                     self.counters.to_host.fetch_add(1, Ordering::Relaxed);
                     self.counters
                         .to_host_bytes
@@ -472,7 +556,7 @@ impl VhostIo {
                     return true;
                 }
                 Some((Put::Bad, _)) => {
-                    g.pairs[p].rx_dirty = true;
+                    pr.rx_dirty = true;
                     self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
                     return true;
                 }
@@ -480,16 +564,16 @@ impl VhostIo {
             }
         }
         // A full outbox first goes into buffers the guest added since it filled: the
-        // switch hands a whole batch over before `push_rx` looks again, and without
-        // this a batch arriving just after the guest refilled was dropped while its
-        // buffers stood empty (seen: 256 buffers free as frames were dropped).
-        if g.pairs[p].out.pending.len() >= MAX_PENDING {
-            flush(g, p, &self.counters);
-            if g.pairs[p].out.pending.len() >= MAX_PENDING {
+        // switch hands a whole batch over before `push` looks again, and without this a
+        // batch arriving just after the guest refilled was dropped while its buffers
+        // stood empty (seen: 256 buffers free as frames were dropped).
+        if pr.out.pending.len() >= MAX_PENDING {
+            flush(&g, pr, p, &self.counters);
+            if pr.out.pending.len() >= MAX_PENDING {
                 return false;
             }
         }
-        let mut f = g.pairs[p].out.spare.pop().unwrap_or_default();
+        let mut f = pr.out.spare.pop().unwrap_or_default();
         f.clear();
         f.extend_from_slice(hdr);
         for fr in frags {
@@ -497,32 +581,25 @@ impl VhostIo {
             f.resize(at + fr.len(), 0);
             fr.copy_to(&mut f[at..]);
         }
-        g.pairs[p].out.stage(f, &self.counters);
-        flush(g, p, &self.counters);
+        pr.out.stage(f, &self.counters);
+        flush(&g, pr, p, &self.counters);
         true
     }
 
-    /// Before the forwarding thread sleeps: asks the guest to kick for new TX buffers
-    /// (and for RX buffers, if frames wait for them); true if there is work already.
-    /// Queues the frontend stopped (a paused VM) are no work, nor are frames waiting for
-    /// RX buffers the guest has not added since they last found no room: either would
-    /// keep the thread awake for as long as the guest stays that way.
-    fn arm_queues(&mut self) -> bool {
-        let mut g = lock(&self.guest);
-        let mut work = false;
-        for p in 0..g.pairs.len() {
-            work |= self.arm_pair(&mut g, p);
-        }
-        work
-    }
-
-    /// [`Self::arm_queues`] for pair `p`.
-    fn arm_pair(&self, g: &mut Guest, p: usize) -> bool {
+    /// Before the thread serving pair `p` sleeps: asks the guest to kick for new TX
+    /// buffers (and for RX buffers, if frames wait for them); true if there is work
+    /// already. Queues the frontend stopped (a paused VM) are no work, nor are frames
+    /// waiting for RX buffers the guest has not added since they last found no room:
+    /// either would keep the thread awake for as long as the guest stays that way.
+    fn arm_pair(&self, g: &Guest, p: usize) -> bool {
+        let Some(mut pr) = pair(g, p) else {
+            return false;
+        };
         let mut work = false;
         if let Some((vq, mem)) = g.queue(tx_queue(p)) {
-            if !g.pairs[p].tx_broken && live(&vq) && vq.enable_notification().unwrap_or(false) {
+            if !pr.tx_broken && live(&vq) && vq.enable_notification().unwrap_or(false) {
                 if avail_beyond_ring(&vq, &mem) {
-                    g.pairs[p].tx_broken = true;
+                    pr.tx_broken = true;
                     self.counters.read_errors.fetch_add(1, Ordering::Relaxed);
                 } else {
                     work = true;
@@ -530,7 +607,7 @@ impl VhostIo {
             }
         }
         let mut retry = false;
-        if !g.pairs[p].out.pending.is_empty() {
+        if !pr.out.pending.is_empty() {
             if let Some((vq, mem)) = g.queue(rx_queue(p)) {
                 if live(&vq) {
                     let mut st = vq.get_mut();
@@ -538,7 +615,7 @@ impl VhostIo {
                     match q.avail_idx(&*mem, std::sync::atomic::Ordering::Acquire) {
                         Err(_) => {}
                         // Buffers added since the last try: deliver them first.
-                        Ok(now) if Some(now.0) != g.pairs[p].out.rx_seen => work = true,
+                        Ok(now) if Some(now.0) != pr.out.rx_seen => work = true,
                         Ok(now) => {
                             // A kick when the guest adds any buffer: with EVENT_IDX,
                             // `avail_event` is written from `next_avail`, which would ask
@@ -557,69 +634,112 @@ impl VhostIo {
         // would bring no kick.
         if retry {
             let c = &*self.counters;
-            if with_rx(g, p, |rx, out| deliver(out, rx, c).is_some()) == Some(true) {
-                g.pairs[p].rx_dirty = true;
+            if with_rx(g, &mut pr, p, |rx, out| deliver(out, rx, c).is_some()) == Some(true) {
+                pr.rx_dirty = true;
                 work = true;
             }
         }
         work
     }
 
-    /// After the forwarding thread woke: polling again, no kicks wanted.
-    /// Only queues the frontend set up: one it never did (a pair it does not use) has
-    /// its rings at guest address 0, where the crate would write the used ring's flags
+    /// After the thread serving pair `p` woke: polling again, no kicks wanted. Only
+    /// queues the frontend set up: one it never did (a pair it does not use) has its
+    /// rings at guest address 0, where the crate would write the used ring's flags
     /// (without EVENT_IDX), into guest memory the queue does not own.
-    fn disarm_queues(&mut self) {
-        let g = lock(&self.guest);
+    fn disarm_pair(&self, g: &Guest, p: usize) {
         if let Some(vr) = &g.vrings {
-            for vq in vr.iter().filter(|vq| vq.get_ref().get_queue().ready()) {
-                let _ = vq.disable_notification();
+            for q in [rx_queue(p), tx_queue(p)] {
+                if let Some(vq) = vr.get(q).filter(|vq| vq.get_ref().get_queue().ready()) {
+                    let _ = vq.disable_notification();
+                }
             }
+        }
+    }
+
+    /// After guest memory was touched (and the guest's lock let go): if a truncation
+    /// was caught anywhere since the last look (one atomic load when none was), whether
+    /// it was this guest's, which is then counted and cut off.
+    fn after_guest_memory(&self) {
+        let now = crate::sys::sigbus::caught();
+        if self.caught_seen.load(Ordering::Relaxed) != now
+            && self.caught_seen.swap(now, Ordering::Relaxed) != now
+        {
+            write(&self.guest).check_faults(&self.counters);
         }
     }
 }
 
 impl DrivenPort for VhostIo {
     fn pull(&mut self) -> usize {
-        let n = self.pull_tx();
-        self.after_guest_memory();
+        let n = self.q.pull_all();
+        self.q.after_guest_memory();
         n
     }
 
     fn push(&mut self) -> usize {
-        let n = self.push_rx();
-        self.after_guest_memory();
+        let n = self.q.push_all();
+        self.q.after_guest_memory();
         n
     }
 
     fn send(&mut self, pkt: &Direct<'_>) -> bool {
-        let ok = self.send_direct(pkt);
-        self.after_guest_memory();
+        let ok = self.q.send_direct(pkt);
+        self.q.after_guest_memory();
         ok
     }
 
     fn arm(&mut self) -> bool {
-        let work = self.arm_queues();
-        self.after_guest_memory();
+        let work = {
+            let g = read(&self.q.guest);
+            // (Every pair armed: no short-circuit.)
+            (0..g.pairs.len()).fold(false, |w, p| self.q.arm_pair(&g, p) | w)
+        };
+        self.q.after_guest_memory();
         work
     }
 
     fn disarm(&mut self) {
-        self.disarm_queues();
-        self.after_guest_memory();
+        {
+            let g = read(&self.q.guest);
+            for p in 0..g.pairs.len() {
+                self.q.disarm_pair(&g, p);
+            }
+        }
+        self.q.after_guest_memory();
+    }
+
+    /// A port of several queue pairs offers them to the threads of its switch.
+    fn pairs(&self) -> Option<Arc<dyn Pairs>> {
+        (self.q.io.len() > 1).then(|| self.q.clone() as Arc<dyn Pairs>)
     }
 }
 
-impl VhostIo {
-    /// After guest memory was touched: if a truncation was caught anywhere since the
-    /// last look (one atomic load when none was), whether it was this guest's, which is
-    /// then counted and cut off.
-    fn after_guest_memory(&mut self) {
-        let now = crate::sys::sigbus::caught();
-        if now != self.caught_seen {
-            self.caught_seen = now;
-            lock(&self.guest).check_faults(&self.counters);
-        }
+impl Pairs for Queues {
+    fn count(&self) -> usize {
+        self.io.len()
+    }
+
+    fn pull(&self, i: usize) -> usize {
+        let n = self.pull_one(i);
+        self.after_guest_memory();
+        n
+    }
+
+    fn push(&self, i: usize) -> usize {
+        let n = self.push_one(i);
+        self.after_guest_memory();
+        n
+    }
+
+    fn arm(&self, i: usize) -> bool {
+        let work = self.arm_pair(&read(&self.guest), i);
+        self.after_guest_memory();
+        work
+    }
+
+    fn disarm(&self, i: usize) {
+        self.disarm_pair(&read(&self.guest), i);
+        self.after_guest_memory();
     }
 }
 
@@ -639,10 +759,7 @@ pub(crate) fn avail_beyond(q: &virtio_queue::Queue, mem: &GuestMemoryMmap) -> bo
 
 /// What waits in pair `p`'s outbox -> its guest RX buffers, as many as there are
 /// (none while the guest has not set that RX queue up, or has stopped it).
-fn flush(g: &mut Guest, p: usize, c: &PortCounters) {
-    let Some(pair) = g.pairs.get(p) else {
-        return;
-    };
+fn flush(g: &Guest, pair: &mut Pair, p: usize, c: &PortCounters) {
     // No buffers added since the first frame last found no room: it would find none
     // again. Looked at without the queue's lock (the ring where it last was), as this
     // runs for every frame handed over while the outbox is full.
@@ -651,7 +768,7 @@ fn flush(g: &mut Guest, p: usize, c: &PortCounters) {
             return;
         }
     }
-    let any = with_rx(g, p, |rx, out| {
+    let any = with_rx(g, pair, p, |rx, out| {
         let mut any = false;
         while !out.pending.is_empty() {
             match deliver(out, rx, c) {
@@ -662,7 +779,7 @@ fn flush(g: &mut Guest, p: usize, c: &PortCounters) {
         any
     });
     if any == Some(true) {
-        g.pairs[p].rx_dirty = true;
+        pair.rx_dirty = true;
     }
 }
 

@@ -66,8 +66,9 @@ impl VhostUserBackendMut for NetBackend {
             | u64::from(self.pairs > 1) << F_MQ
     }
     fn acked_features(&mut self, features: u64) {
-        for p in &mut lock(&self.guest).pairs {
-            p.out.acked = features;
+        let mut g = write(&self.guest);
+        for p in &mut g.pairs {
+            p.get_mut().unwrap_or_else(|e| e.into_inner()).out.acked = features;
         }
     }
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -75,18 +76,22 @@ impl VhostUserBackendMut for NetBackend {
     }
     fn set_event_idx(&mut self, _enabled: bool) {}
     fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> std::io::Result<()> {
-        lock(&self.guest).set_memory(mem)
+        write(&self.guest).set_memory(mem)
     }
     /// `GET_VRING_BASE`: the frontend stops a queue and reads where the device is in
     /// it. RX entries written this pass but not yet published (`push` publishes once
     /// per pass) are published now, under the guest's lock (so not in the middle of a
     /// pass): the frontend then reads a used index that counts every buffer taken.
     fn stop_vring(&mut self, queue_index: u32) -> std::io::Result<()> {
-        let mut g = lock(&self.guest);
+        let g = read(&self.guest);
         let q = queue_index as usize;
-        if q % 2 == 0 && g.pairs.get(q / 2).is_some_and(|p| p.rx_dirty) {
-            g.pairs[q / 2].rx_dirty = false;
-            datapath::publish_rx(&mut g, q / 2);
+        if q % 2 == 0 {
+            if let Some(mut p) = pair(&g, q / 2) {
+                if p.rx_dirty {
+                    p.rx_dirty = false;
+                    datapath::publish_rx(&g, &mut p, q / 2);
+                }
+            }
         }
         Ok(())
     }
@@ -104,20 +109,24 @@ impl VhostUserBackendMut for NetBackend {
         // from now on; wake it in case it sleeps.
         tracing::debug!(device_event, "vhost-user kick");
         {
-            let mut g = lock(&self.guest);
             // Only with memory mapped for them: a kick the last frontend's worker
             // thread handles after that frontend was forgotten (or cut off) must not
-            // leave its dead queues for the next one.
-            if g.vrings.is_none() && g.mem.is_some() {
-                g.vrings = Some(vrings.to_vec());
-                for p in &mut g.pairs {
-                    p.set_up();
+            // leave its dead queues for the next one. (Looked at under the read lock
+            // first: every kick comes here, and a writer waits for every pass.)
+            let set_up = |g: &Guest| g.vrings.is_none() && g.mem.is_some();
+            if set_up(&read(&self.guest)) {
+                let mut g = write(&self.guest);
+                if set_up(&g) {
+                    g.vrings = Some(vrings.to_vec());
+                    for p in &mut g.pairs {
+                        p.get_mut().unwrap_or_else(|e| e.into_inner()).set_up();
+                    }
                 }
             }
             // A TX queue kicked: its pair's TX queue is looked at again.
             let q = usize::from(device_event);
             if q % 2 == 1 {
-                if let Some(p) = g.pairs.get_mut(q / 2) {
+                if let Some(mut p) = pair(&read(&self.guest), q / 2) {
                     p.tx_broken = false;
                 }
             }

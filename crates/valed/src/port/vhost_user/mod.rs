@@ -29,8 +29,9 @@ use datapath::{Outbox, VhostIo};
 use device::NetBackend;
 use server::ProtocolServer;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU16;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use vhost_user_backend::VringRwLock;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
@@ -58,8 +59,12 @@ const F_MQ: u32 = 22;
 /// ring of the port's memory.
 pub const MAX_QUEUE_PAIRS: u16 = 16;
 
-/// What the vhost crate's thread learns about the frontend, for the forwarding thread
-/// that moves the packets: the queues, the guest's memory and what it accepted.
+/// What the vhost crate's thread learns about the frontend, for the forwarding threads
+/// that move the packets: the queues, the guest's memory and what it accepted. Behind a
+/// read-write lock ([`GuestRef`]): the data path reads it (one pass at a time, each
+/// queue pair behind its own lock, so threads serving different pairs never wait for
+/// each other), the protocol thread changes it (memory tables, queues set up, the
+/// frontend gone).
 pub struct Guest {
     /// The queues (RX, TX of pair 0, then of pair 1, ...), once the frontend has set
     /// them up (cleared when it goes).
@@ -67,15 +72,14 @@ pub struct Guest {
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
     /// The same memory as the forwarding thread walks it: its regions translated once.
     map: Option<crate::sys::guest::GuestMap>,
-    /// Scratch for the RX walker (the spans and chains of one frame's buffers).
-    scratch: datapath::Scratch,
     /// Each queue pair's state: pair `i` is queues `2i` (RX) and `2i + 1` (TX), and the
     /// port's TX ring `i` and RX ring `i`.
-    pairs: Vec<Pair>,
+    pairs: Vec<Mutex<Pair>>,
     /// For each of the port's RX rings, the pair whose RX queue takes what it holds:
     /// its own while the frontend runs it, else one that it runs (a frontend may use
-    /// fewer pairs than offered). Updated once per pass, with several pairs only.
-    route: Vec<u16>,
+    /// fewer pairs than offered). Updated once per pass (by pair 0's thread), with
+    /// several pairs only; read by every pair's.
+    route: Vec<AtomicU16>,
     /// The guest memory's ranges, watched for truncation, and the faults already counted.
     watched: Option<crate::sys::sigbus::Watched>,
     faults_seen: u64,
@@ -100,6 +104,8 @@ struct Pair {
     /// The guest's TX avail index ran beyond its ring: counted once, queue ignored
     /// until the frontend sets it up again.
     tx_broken: bool,
+    /// Scratch for the RX walker (the spans and chains of one frame's buffers).
+    scratch: datapath::Scratch,
 }
 
 impl Pair {
@@ -128,9 +134,8 @@ impl Guest {
             vrings: None,
             mem: None,
             map: None,
-            scratch: Default::default(),
-            pairs: (0..n).map(|_| Pair::default()).collect(),
-            route: (0..n as u16).collect(),
+            pairs: (0..n).map(|_| Mutex::new(Pair::default())).collect(),
+            route: (0..n as u16).map(AtomicU16::new).collect(),
             watched: None,
             faults_seen: 0,
             front: None,
@@ -198,6 +203,7 @@ impl Guest {
         self.watched = None;
         self.front = None;
         for p in &mut self.pairs {
+            let p = p.get_mut().unwrap_or_else(|e| e.into_inner());
             p.set_up();
             p.rx_dirty = false;
             p.tx_broken = false;
@@ -224,10 +230,22 @@ impl Guest {
     }
 }
 
-pub type GuestRef = Arc<Mutex<Guest>>;
+pub type GuestRef = Arc<RwLock<Guest>>;
 
-fn lock(g: &GuestRef) -> std::sync::MutexGuard<'_, Guest> {
-    g.lock().unwrap_or_else(|p| p.into_inner())
+/// The guest for the data path (never taken twice by one thread: a writer waiting
+/// would deadlock it).
+fn read(g: &GuestRef) -> RwLockReadGuard<'_, Guest> {
+    g.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The guest for the protocol thread's changes.
+fn write(g: &GuestRef) -> RwLockWriteGuard<'_, Guest> {
+    g.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Queue pair `p`'s state.
+fn pair(g: &Guest, p: usize) -> Option<MutexGuard<'_, Pair>> {
+    Some(g.pairs.get(p)?.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// The control side: the socket, the protocol thread once started.
@@ -340,7 +358,7 @@ impl Backend for VhostUser {
     }
 
     fn start(&mut self, cx: Start<'_>) -> Result<Box<dyn DrivenPort>, PortError> {
-        let guest: GuestRef = Arc::new(Mutex::new(Guest::new(self.queues)));
+        let guest: GuestRef = Arc::new(RwLock::new(Guest::new(self.queues)));
         let mut rings = vec![cx.rings];
         rings.extend(cx.more_rings);
         if rings.len() != usize::from(self.queues) {
@@ -398,7 +416,7 @@ impl Backend for VhostUser {
         if self.queues == 1 {
             return format!("{at}, 1 queue pair");
         }
-        let running = self.guest.as_ref().map_or(0, |g| lock(g).pairs_running());
+        let running = self.guest.as_ref().map_or(0, |g| read(g).pairs_running());
         format!("{at}, {} queue pairs ({running} running)", self.queues)
     }
 }
@@ -462,9 +480,12 @@ mod tests {
     #[test]
     fn rx_rings_of_pairs_the_frontend_does_not_run_go_to_pairs_it_runs() {
         let route = |pairs, running: &[usize]| {
-            let mut g = guest_running(pairs, running);
-            datapath::reroute(&mut g);
+            let g = guest_running(pairs, running);
+            datapath::reroute(&g);
             g.route
+                .iter()
+                .map(|r| r.load(Ordering::Relaxed))
+                .collect::<Vec<_>>()
         };
         assert_eq!(
             route(4, &[0, 1, 2, 3]),
@@ -480,12 +501,13 @@ mod tests {
         assert_eq!(route(4, &[0, 2]), [0, 2, 2, 2]);
         assert_eq!(route(3, &[]), [0, 1, 2], "none running: the rings wait");
         // Set up but disabled (SET_VRING_ENABLE 0) is not running.
-        let mut g = guest_running(2, &[0, 1]);
+        let g = guest_running(2, &[0, 1]);
         if let Some(v) = &g.vrings {
             v[rx_queue(1)].set_enabled(false);
         }
-        datapath::reroute(&mut g);
-        assert_eq!(g.route, [0, 0]);
+        datapath::reroute(&g);
+        let route: Vec<u16> = g.route.iter().map(|r| r.load(Ordering::Relaxed)).collect();
+        assert_eq!(route, [0, 0]);
         assert_eq!(g.pairs_running(), 1);
     }
 }

@@ -3,7 +3,7 @@
 //! next, until stopped.
 
 use super::device::NetBackend;
-use super::lock;
+use super::write;
 use crate::port::PortCounters;
 use rustix::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -96,7 +96,7 @@ impl ProtocolServer {
                     };
                     *front2.lock().unwrap_or_else(|p| p.into_inner()) = front.try_clone().ok();
                     // The forwarding thread cuts it off if it truncates its memory.
-                    lock(&guest).front = front.try_clone().ok();
+                    write(&guest).front = front.try_clone().ok();
                     // Queue our end of the private socket, so the crate's accept is quick.
                     let back = match UnixStream::connect(&private) {
                         Ok(b) => b,
@@ -127,7 +127,7 @@ impl ProtocolServer {
                     let r = d.wait();
                     let _ = relay.join();
                     // Its queues and memory are gone with it.
-                    lock(&guest).forget(&counters);
+                    write(&guest).forget(&counters);
                     *shutdown2.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     tracing::info!(port = %name, "vhost-user frontend gone: {:?}", r.err());
                 }

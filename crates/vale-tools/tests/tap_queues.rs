@@ -104,6 +104,24 @@ fn per_queue(about: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// CPU ticks (user + system) of valed's thread named `name`, if it has one.
+fn thread_ticks(pid: u32, name: &str) -> Option<u64> {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+        // Fields after the `(comm)`: utime is field 14, stime 15.
+        let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        return Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?);
+    }
+    None
+}
+
 /// How many queues carried at least 1 % of the frames the kernel sent (a queue that
 /// took only a flow's first frames, before the kernel's flow table moved it to the
 /// queue its replies came in on, or a few pings, does not count).
@@ -184,6 +202,12 @@ fn two_multiqueue_taps(tag: &str, extra: &[&str], qa: u16, qb: u16) {
         if spread || rounds == 3 {
             break;
         }
+    }
+    if extra.contains(&"--switch-threads") {
+        // The switch's second thread, which serves queue 1 of each port while it runs,
+        // ran.
+        let ticks = thread_ticks(d.pid(), "vale-fwd0.1");
+        assert!(ticks.is_some_and(|t| t > 0), "helper ticks {ticks:?}");
     }
     // Every frame the two kernels handed to valed reached the other or is counted.
     let ifs = [(&*na, &*ta), (&*nb, &*tb)];

@@ -422,7 +422,7 @@ unsafe fn nioctrl(dev: &Device, arg: *mut c_void) -> NmResult<()> {
             }
             r
         }
-        REQ_VALE_NEWIF => call_done(dev, &Request::HostCreate { name }),
+        REQ_VALE_NEWIF => call_done(dev, &Request::HostCreate { name, queues: 1 }),
         REQ_VALE_DELIF => call_done(dev, &Request::HostRemove { name }),
         REQ_VALE_ATTACH => call_done(
             dev,

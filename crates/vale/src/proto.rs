@@ -120,8 +120,13 @@ impl From<Geometry> for vale_abi::PortGeometry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum PortSpec {
-    /// A TAP interface valed creates, named after the port (netmap's persistent port).
-    Tap,
+    /// A TAP interface valed creates, named after the port (netmap's persistent port),
+    /// with `queues` queues (1 to 16; 1 when absent): more than one makes it an
+    /// `IFF_MULTI_QUEUE` device, queue `i` the switch port's TX and RX ring `i`.
+    Tap {
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        queues: u16,
+    },
     /// The existing interface the port is named after: through AF_PACKET, or with
     /// `xdp` an XDP program and AF_XDP sockets.
     Interface {
@@ -242,7 +247,7 @@ impl PortSpec {
                 ..
             } => Some(socket),
             PortSpec::Memif { .. } => None,
-            PortSpec::Tap | PortSpec::Interface { .. } | PortSpec::Vxlan { .. } => None,
+            PortSpec::Tap { .. } | PortSpec::Interface { .. } | PortSpec::Vxlan { .. } => None,
         }
     }
 }
@@ -317,8 +322,13 @@ pub enum Request {
     /// The daemon's settings.
     Settings,
     /// netmap's `vale-ctl -n NAME`: a persistent port, here a TAP interface NAME that
-    /// valed creates and keeps until `HostRemove` (or until it exits).
-    HostCreate { name: String },
+    /// valed creates and keeps until `HostRemove` (or until it exits), with `queues`
+    /// queues (1 to 16; 1, when absent, is netmap's one-queue TAP).
+    HostCreate {
+        name: String,
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        queues: u16,
+    },
     /// netmap's `vale-ctl -r NAME`: removes a persistent port that is not attached.
     HostRemove { name: String },
     /// netmap's `vale-ctl -a valeX:NAME`: attaches persistent port NAME, or the existing
@@ -816,6 +826,35 @@ mod tests {
             Response::Opened { layout_version, .. } => assert_eq!(layout_version, 1),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_tap_of_one_queue_travels_as_before_and_more_queues_as_queues() {
+        // One queue: what older clients, daemons and files say.
+        let one = PortSpec::Tap { queues: 1 };
+        assert_eq!(serde_json::to_string(&one).unwrap(), r#"{"kind":"tap"}"#);
+        assert_eq!(
+            serde_json::from_str::<PortSpec>(r#"{"kind":"tap"}"#).unwrap(),
+            one
+        );
+        let mq = PortSpec::Tap { queues: 4 };
+        let j = serde_json::to_string(&mq).unwrap();
+        assert_eq!(j, r#"{"kind":"tap","queues":4}"#);
+        assert_eq!(serde_json::from_str::<PortSpec>(&j).unwrap(), mq);
+        let r = Request::HostCreate {
+            name: "vi0".into(),
+            queues: 1,
+        };
+        let j = serde_json::to_string(&r).unwrap();
+        assert_eq!(j, r#"{"op":"host_create","name":"vi0"}"#);
+        assert_eq!(serde_json::from_str::<Request>(&j).unwrap(), r);
+        let r = Request::HostCreate {
+            name: "vi0".into(),
+            queues: 2,
+        };
+        let j = serde_json::to_string(&r).unwrap();
+        assert_eq!(j, r#"{"op":"host_create","name":"vi0","queues":2}"#);
+        assert_eq!(serde_json::from_str::<Request>(&j).unwrap(), r);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 pub fn request_names(req: &Request) {
     let names: Vec<&str> = match req {
         Request::Open { name, .. }
-        | Request::HostCreate { name }
+        | Request::HostCreate { name, .. }
         | Request::HostRemove { name } => {
             vec![name]
         }

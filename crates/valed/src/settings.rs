@@ -300,7 +300,7 @@ fn declared_vlan(
 /// [`vale::proto::PortSpec`], which is what the entry becomes).
 fn port_keys(kind: &str) -> Option<&'static [&'static str]> {
     Some(match kind {
-        "tap" => &[],
+        "tap" => &["queues"],
         "interface" => &["xdp"],
         "qemu-dgram" => &["socket", "peer"],
         "qemu-stream" => &["listen", "connect"],
@@ -1030,6 +1030,32 @@ mod tests {
             &(vec![(name.into(), spec.clone())], vec![]),
             &Default::default(),
         )
+    }
+
+    #[test]
+    fn a_multiqueue_tap_is_declared_and_dumped_back() {
+        let dir = std::env::temp_dir().join(format!("vale-settings-tapq-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.toml");
+        let text = "[[port]]\nname = \"vale0:vi0\"\nkind = \"tap\"\nqueues = 2\n";
+        let spec = load_text(&path, text).unwrap().ports[0].spec.clone();
+        assert_eq!(spec, vale::proto::PortSpec::Tap { queues: 2 });
+        let out = dump_port("vale0:vi0", &spec);
+        assert!(out.contains("queues = 2"), "{out}");
+        assert_eq!(load_text(&path, &out).unwrap().ports[0].spec, spec);
+        // One queue, as before: no key, and a dump says nothing of it.
+        let one = load_text(&path, &text.replace("queues = 2\n", ""))
+            .unwrap()
+            .ports[0]
+            .spec
+            .clone();
+        assert_eq!(one, vale::proto::PortSpec::Tap { queues: 1 });
+        assert!(!dump_port("vale0:vi0", &one).contains("queues"));
+        let e = load_text(&path, &text.replace("queues = 2", "queues = \"two\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vale0:vi0"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

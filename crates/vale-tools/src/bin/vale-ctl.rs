@@ -38,7 +38,10 @@ fn run(args: &Args) -> Result<(), String> {
         ));
     }
     let host_ops: [Option<Request>; 4] = [
-        args.new_if.clone().map(|name| Request::HostCreate { name }),
+        args.new_if.clone().map(|name| Request::HostCreate {
+            name,
+            queues: args.queues.unwrap_or(1),
+        }),
         args.attach.clone().map(|port| Request::Attach {
             port,
             xdp: args.xdp,
@@ -163,6 +166,14 @@ fn run(args: &Args) -> Result<(), String> {
                         } else if h.kind == "vhost-user" {
                             // Where, and the queue pairs offered and running.
                             format!(" memory_faults {}\n    {}", c.memory_faults, h.about)
+                        } else if h.kind == "tap" && h.about != "TAP interface" {
+                            // A multiqueue TAP: its queues and each one's frames.
+                            let big = if c.too_big > 0 {
+                                format!(" too_big {}", c.too_big)
+                            } else {
+                                String::new()
+                            };
+                            format!("{big}\n    {}", h.about)
                         } else if c.no_peer > 0 {
                             format!(" no_peer {}", c.no_peer)
                         } else if c.memory_faults > 0 {

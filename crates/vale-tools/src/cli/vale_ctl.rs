@@ -15,6 +15,7 @@ use std::path::PathBuf;
     after_help = "Examples:\n  \
         vale-ctl                        # netmap's listing: vale0:a bridge_idx 0 port_idx 0\n  \
         vale-ctl -n vi0 && vale-ctl -a vale0:vi0   # a TAP interface on switch vale0\n  \
+        vale-ctl -n vi1 --queues 4      # a multiqueue TAP: 4 queues, 4 rings each way\n  \
         vale-ctl stats --watch 1        # per-port rates every second\n  \
         vale-ctl help vhost-user        # or: vale-ctl vhost-user --help\n\n\
         -h is netmap's host-stack flag here (see its message); help is --help, or -h after a command."
@@ -32,6 +33,11 @@ pub struct Args {
     /// Create a persistent port: a TAP interface IF that the OS sees (netmap's -n)
     #[arg(short = 'n', value_name = "IF")]
     pub new_if: Option<String>,
+    /// With -n: a multiqueue TAP of N queues, 1 to 16 (IFF_MULTI_QUEUE): the kernel
+    /// spreads flows over them, queue i is the switch port's TX and RX ring i, and the
+    /// threads of a switch of several (valed --switch-threads) serve them in parallel
+    #[arg(long, value_name = "N", requires = "new_if")]
+    pub queues: Option<u16>,
     /// Attach persistent port or existing interface IF to switch valeX as port valeX:IF
     #[arg(short = 'a', value_name = "valeX:IF")]
     pub attach: Option<String>,

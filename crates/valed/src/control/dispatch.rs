@@ -138,7 +138,7 @@ impl Control {
             Request::Settings => {
                 Ok(query::settings(&self.settings, self.ports.lanes().len()).into())
             }
-            Request::HostCreate { name } => self.host_create(&name).map(done)?,
+            Request::HostCreate { name, queues } => self.host_create(&name, queues).map(done)?,
             Request::HostRemove { name } => self.host_remove(&name).map(done)?,
             Request::Attach { port, xdp } => self.attach(&port, xdp).map(done)?,
             Request::Detach { port } => self.detach(&port).map(done)?,

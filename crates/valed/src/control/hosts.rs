@@ -345,15 +345,16 @@ impl Control {
         Ok(())
     }
 
-    /// `vale-ctl -n NAME`: a persistent port.
-    pub(super) fn host_create(&mut self, name: &str) -> Result<String, CtlError> {
+    /// `vale-ctl -n NAME [--queues N]`: a persistent port.
+    pub(super) fn host_create(&mut self, name: &str, queues: u16) -> Result<String, CtlError> {
         if self.hosts.by_name.contains_key(name) {
             return Err(CtlError::Exists(format!(
                 "{name} already exists (see `ip link` and `vale-ctl list`)"
             )));
         }
-        let backend = port::create(name, &PortSpec::Tap, &self.settings)?;
-        self.insert(name, backend, None, &PortSpec::Tap)?;
+        let spec = PortSpec::Tap { queues };
+        let backend = port::create(name, &spec, &self.settings)?;
+        self.insert(name, backend, None, &spec)?;
         Ok(format!("created {name}"))
     }
 
@@ -522,7 +523,7 @@ impl Control {
         if attached {
             self.detach(port)?;
         }
-        if *spec == PortSpec::Tap && self.hosts.by_name.contains_key(&name) {
+        if matches!(spec, PortSpec::Tap { .. }) && self.hosts.by_name.contains_key(&name) {
             self.forget(&name);
         }
         Ok(())

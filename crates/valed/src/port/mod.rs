@@ -291,7 +291,7 @@ pub fn create(
 ) -> Result<Box<dyn Backend>, CtlError> {
     let private_dir = &settings.private_dir();
     Ok(match spec {
-        PortSpec::Tap => Box::new(tap::Tap::create(name)?),
+        PortSpec::Tap { queues } => Box::new(tap::Tap::create(name, *queues)?),
         PortSpec::Interface { xdp: false } => Box::new(afpacket::Nic::create(name)?),
         PortSpec::Interface { xdp: true } => Box::new(xdp::Xdp::create(name)?),
         PortSpec::QemuDgram { socket, peer } => {

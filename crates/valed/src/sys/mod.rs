@@ -39,7 +39,7 @@ pub use iov::{with_slices, write_frags};
 pub use packet::{
     PACKET_VNET_HDR_LEN, PacketRing, RingFrame, packet_drops, packet_socket, recv_frame,
 };
-pub use tun::{TAP_VNET_HDR, tap_create};
+pub use tun::{MAX_TAP_QUEUES, TAP_VNET_HDR, tap_create};
 pub use unix::{
     check_ifname, dgram_bind, if_index, readable_within, seqpacket_listen, stream_connect,
     stream_listen,

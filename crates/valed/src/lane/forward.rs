@@ -3,12 +3,13 @@
 //! memory alone, an idle one costs nothing.
 
 use super::{DirectEgress, Lane, TABLES_EVERY_NS, Token};
+use crate::port::{DrivenPort, Pairs};
 use rustix::event::Timespec;
 use rustix::event::epoll;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use vale_switch::Notify;
+use vale_switch::{Notify, PortKey};
 
 /// `valed --cpus auto`: the thread moves to its own CPU only while it forwards a steady
 /// stream (at least [`BUSY_PPS`] over a window of [`BUSY_WINDOW`]), and back to every CPU
@@ -109,16 +110,7 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
             // Driven ports: what their peers have goes into their TX rings first, so it
             // crosses the switch in this pass (on a switch of several threads, only the
             // queue pairs this thread serves).
-            for (k, p) in driven.iter_mut() {
-                match st.shared_pairs(*k) {
-                    Some((pairs, t)) => {
-                        for i in (0..pairs.count()).filter(|&i| shared.serves(0, i, t)) {
-                            moved += pairs.pull(i);
-                        }
-                    }
-                    None => moved += p.pull(),
-                }
-            }
+            moved += each_driven(&shared, &st, &mut driven, |q, i| q.pull(i), |_, p| p.pull());
             for (si, e) in st.registry.switches_indexed() {
                 let mut egress = DirectEgress {
                     switch: si,
@@ -135,16 +127,7 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
                 }
             }
             // ...and what the switch delivered to them goes out to their peers.
-            for (k, p) in driven.iter_mut() {
-                match st.shared_pairs(*k) {
-                    Some((pairs, t)) => {
-                        for i in (0..pairs.count()).filter(|&i| shared.serves(0, i, t)) {
-                            moved += pairs.push(i);
-                        }
-                    }
-                    None => moved += p.push(),
-                }
-            }
+            moved += each_driven(&shared, &st, &mut driven, |q, i| q.push(i), |_, p| p.push());
             // Switches of several threads have work: wake their helpers.
             if shared_moved > 0 {
                 shared.wake_helpers();
@@ -184,39 +167,30 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
             // not at the next wake-up.
             shared.stats.publish_tables(&st.registry);
             tables_published = Some(shared.now().0);
-            for (k, p) in driven.iter_mut() {
-                match st.shared_pairs(*k) {
-                    Some((pairs, t)) => {
-                        for i in (0..pairs.count()).filter(|&i| shared.serves(0, i, t)) {
-                            pending |= pairs.arm(i);
-                        }
-                    }
-                    None => pending |= p.arm(),
-                }
+            let armed = each_driven(
+                &shared,
+                &st,
+                &mut driven,
+                |q, i| usize::from(q.arm(i)),
+                |_, p| usize::from(p.arm()),
+            );
+            pending |= armed > 0;
+            for p in driven.values_mut() {
                 if let Some(d) = p.wake_within() {
                     wake = wake.min(d);
                 }
             }
             // What a helper forwarded into driven ports' RX rings before it saw this
             // thread going to sleep goes out now (after that, it wakes this thread).
-            for (k, p) in driven.iter_mut() {
-                match st.shared_pairs(*k) {
-                    Some((pairs, t)) => {
-                        for i in (0..pairs.count()).filter(|&i| shared.serves(0, i, t)) {
-                            pending |= pairs.push(i) > 0;
-                        }
-                    }
-                    None if st
-                        .registry
-                        .entry(*k)
-                        .is_some_and(|e| e.switch.threads() > 1) =>
-                    {
-                        pending |= p.push() > 0;
-                    }
-                    None => {}
-                }
-            }
-            pending
+            let several = |k: PortKey| st.registry.entry(k).is_some_and(|e| e.switch.threads() > 1);
+            let late = each_driven(
+                &shared,
+                &st,
+                &mut driven,
+                |q, i| q.push(i),
+                |k, p| if several(k) { p.push() } else { 0 },
+            );
+            pending || late > 0
         };
         if !pending {
             if let Some(p) = when_busy.as_mut() {
@@ -282,16 +256,14 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
         for e in st.registry.switches() {
             e.switch.disarm_kicks();
         }
-        for (k, p) in driven.iter_mut() {
-            match st.shared_pairs(*k) {
-                Some((pairs, t)) => {
-                    for i in (0..pairs.count()).filter(|&i| shared.serves(0, i, t)) {
-                        pairs.disarm(i);
-                    }
-                }
-                None => p.disarm(),
-            }
-        }
+        let disarm = |q: &dyn Pairs, i| {
+            q.disarm(i);
+            0
+        };
+        each_driven(&shared, &st, &mut driven, disarm, |_, p| {
+            p.disarm();
+            0
+        });
         drop(driven);
         drop(st);
         if !pending {
@@ -301,6 +273,31 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
         idle.reset();
     }
     tracing::debug!("forwarding thread stops");
+}
+
+/// Over the lane's driven ports, for its own thread (worker 0): `pair` on each queue
+/// pair it serves of a port of several on a switch of several threads
+/// ([`Lane::serves`]), `whole` on every other port; the sum of what they return (each
+/// one called: no short-circuit).
+fn each_driven(
+    shared: &Lane,
+    st: &super::LaneState,
+    driven: &mut super::PortMap<Box<dyn DrivenPort>>,
+    mut pair: impl FnMut(&dyn Pairs, usize) -> usize,
+    mut whole: impl FnMut(PortKey, &mut Box<dyn DrivenPort>) -> usize,
+) -> usize {
+    let mut n = 0;
+    for (k, p) in driven.iter_mut() {
+        match st.shared_pairs(*k) {
+            Some((pairs, t)) => {
+                for i in (0..pairs.count()).filter(|&i| shared.serves(0, i, t)) {
+                    n += pair(&**pairs, i);
+                }
+            }
+            None => n += whole(*k, p),
+        }
+    }
+    n
 }
 
 /// A helper of the lane's forwarding thread: worker `worker` (1-based) of every switch
@@ -375,7 +372,7 @@ fn own_pairs(
     si: usize,
     worker: usize,
     threads: usize,
-    mut f: impl FnMut(&dyn crate::port::Pairs, usize) -> usize,
+    mut f: impl FnMut(&dyn Pairs, usize) -> usize,
 ) -> usize {
     let mut n = 0;
     for (k, p) in &st.pairs {
@@ -392,7 +389,7 @@ fn own_pairs(
 fn each_own_pair(
     shared: &Lane,
     worker: usize,
-    mut f: impl FnMut(&dyn crate::port::Pairs, usize) -> usize,
+    mut f: impl FnMut(&dyn Pairs, usize) -> usize,
 ) -> usize {
     let st = shared.lock();
     let mut n = 0;

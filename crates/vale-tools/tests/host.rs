@@ -4,9 +4,9 @@
 //! otherwise. Every namespace and interface made here is removed, also on failure.
 
 mod common;
-use common::peers::{Ovs, iperf3, link_counts, link_mac, ping_in};
+use common::peers::{Ovs, iperf3, link_counts, link_mac, ok, ping_in, run};
 use common::*;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn skip_reason() -> Option<String> {
@@ -29,23 +29,6 @@ macro_rules! need_host {
             return;
         }
     };
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn ok(args: &[&str]) {
-    let o = run(args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 /// Namespaces and root-namespace interfaces of one test, deleted on drop.

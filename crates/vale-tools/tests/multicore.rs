@@ -28,25 +28,6 @@ fn count(out: &str, what: &str) -> u64 {
         .unwrap_or_else(|| panic!("no `{what}` summary in pkt-gen output:\n{out}"))
 }
 
-/// CPU ticks (user + system) of valed's thread named `name`, if it has one.
-fn thread_ticks(pid: u32, name: &str) -> Option<u64> {
-    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .ok()?
-        .flatten()
-    {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if comm.trim() != name {
-            continue;
-        }
-        let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
-        // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
-        let rest = stat.rsplit_once(')')?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        return Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?);
-    }
-    None
-}
-
 fn rx(d: &Daemon, port: &str) -> Child {
     d.cmd(PKT_GEN)
         .args(["-i", port, "-f", "rx", "-W", "--duration", "120"])

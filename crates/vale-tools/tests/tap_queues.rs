@@ -5,9 +5,8 @@
 //! here is removed, also on failure.
 
 mod common;
-use common::peers::{iperf3_with, link_counts, ping_in};
+use common::peers::{iperf3_with, link_counts, ok, ping_in, run};
 use common::*;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 fn skip_reason() -> Option<String> {
@@ -30,25 +29,6 @@ macro_rules! need_host {
             return;
         }
     };
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-#[track_caller]
-fn ok(args: &[&str]) -> String {
-    let o = run(args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// The namespaces of one test, deleted on drop (the TAPs in them go with valed).
@@ -102,24 +82,6 @@ fn per_queue(about: &str) -> Vec<(u64, u64)> {
             (f.parse().unwrap(), t.parse().unwrap())
         })
         .collect()
-}
-
-/// CPU ticks (user + system) of valed's thread named `name`, if it has one.
-fn thread_ticks(pid: u32, name: &str) -> Option<u64> {
-    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .ok()?
-        .flatten()
-    {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if comm.trim() != name {
-            continue;
-        }
-        let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
-        // Fields after the `(comm)`: utime is field 14, stime 15.
-        let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        return Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?);
-    }
-    None
 }
 
 /// How many queues carried at least 1 % of the frames the kernel sent (a queue that

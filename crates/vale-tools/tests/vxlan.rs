@@ -13,28 +13,11 @@
 //! the kernel peer's side makes the kernel finish them (a real NIC does it anyway).
 
 mod common;
-use common::peers::{Ovs, iperf3, iperf3_with, link_counts as counts, link_mac as mac, ping_in};
+use common::peers::{
+    Ovs, iperf3, iperf3_with, link_counts as counts, link_mac as mac, ok, ping_in, run,
+};
 use common::*;
-use std::process::{Command, Output, Stdio};
-
-fn run(args: &[&str]) -> Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-#[track_caller]
-fn ok(args: &[&str]) -> String {
-    let o = run(args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use std::process::{Command, Stdio};
 
 /// Why these tests cannot run here, if they cannot: probed once per test binary (the
 /// tests run in parallel, and each probing with the same namespace name made the others'

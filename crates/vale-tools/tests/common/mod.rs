@@ -230,6 +230,24 @@ impl Drop for Daemon {
 }
 
 /// Waits for `cond` up to `secs`.
+/// CPU ticks (user + system) of valed's thread named `name`, if it has one.
+pub fn thread_ticks(pid: u32, name: &str) -> Option<u64> {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+        // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
+        let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        return Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?);
+    }
+    None
+}
+
 pub fn wait_for(secs: f64, mut cond: impl FnMut() -> bool) -> bool {
     let t = Instant::now();
     while t.elapsed().as_secs_f64() < secs {

@@ -4,7 +4,28 @@
 
 use super::{have, path_str, peer_broken, wait_for};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
+
+/// Runs a command (`args[0]` with the rest), for its output whatever its status.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+/// Runs a command that must succeed (`ip`, `sysctl`...); its standard output.
+#[track_caller]
+pub fn ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
 
 /// The kernel's own (received, sent) packet counts of `ifname` in namespace `ns`.
 pub fn link_counts(ns: &str, ifname: &str) -> (u64, u64) {

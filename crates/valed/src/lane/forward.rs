@@ -126,7 +126,13 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
                     notes.clear();
                 }
             }
-            // ...and what the switch delivered to them goes out to their peers.
+            // ...and what the switch delivered to them goes out to their peers. Which
+            // pairs are this thread's is read after the frames it delivered are stored
+            // (a helper about to park stores its flag, then pushes once more: either it
+            // sees those frames or this thread sees it parked).
+            if !st.pairs.is_empty() {
+                std::sync::atomic::fence(Ordering::SeqCst);
+            }
             moved += each_driven(&shared, &st, &mut driven, |q, i| q.push(i), |_, p| p.push());
             // Switches of several threads have work: wake their helpers.
             if shared_moved > 0 {
@@ -347,10 +353,15 @@ pub fn run_helper(shared: Arc<Lane>, worker: usize, busy_poll: Duration) {
             continue;
         }
         // Parked, its pairs are the lane's thread's: first marked so (the lane's thread
-        // serves them from its next pass), then armed (a kick wakes the lane's thread,
-        // which serves them and wakes this one): no frame waits for the timeout.
+        // serves them from its next pass), then pushed once more (frames another thread
+        // delivered to their RX rings after this one's last push and before it saw the
+        // mark: the lane's thread reads the mark only after storing them), then armed
+        // (a kick wakes the lane's thread, which serves them and wakes this one): no
+        // frame waits for the timeout.
         shared.set_parked(worker, true);
-        let pending = each_own_pair(&shared, worker, |p, i| usize::from(p.arm(i))) > 0;
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let late = each_own_pair(&shared, worker, |p, i| p.push(i));
+        let pending = late > 0 || each_own_pair(&shared, worker, |p, i| usize::from(p.arm(i))) > 0;
         if !pending {
             shared.helper_parks();
         }
@@ -452,7 +463,7 @@ mod tests {
     }
 
     /// The port as the lane holds it: on a switch of two threads only its pairs are used.
-    struct Port(Arc<Work>);
+    struct Port(Arc<dyn Pairs>);
 
     impl DrivenPort for Port {
         fn pull(&mut self) -> usize {
@@ -479,6 +490,8 @@ mod tests {
         }
     }
 
+    const BUSY: Duration = Duration::from_micros(200);
+
     fn wait(what: &str, mut f: impl FnMut() -> bool) {
         let t = Instant::now();
         while !f() {
@@ -488,10 +501,12 @@ mod tests {
     }
 
     /// A lane of one switch of two threads with a port of two pairs (`work`) and, with
-    /// `whole`, a port served whole; its thread and one helper running.
+    /// `whole`, a port served whole; its thread and one helper running, the helper
+    /// polling for `helper_busy` before it parks.
     fn lane_with(
-        work: &Arc<Work>,
+        work: Arc<dyn Pairs>,
         whole: Option<Arc<AtomicU64>>,
+        helper_busy: Duration,
     ) -> (Arc<Lane>, std::thread::JoinHandle<()>) {
         let mut reg = Registry::new(vale_switch::Limits::default());
         reg.set_threads("vale0", 2).unwrap();
@@ -506,7 +521,7 @@ mod tests {
         };
         let (a, b) = (open("vale0:a"), open("vale0:b"));
         let mut st = LaneState::new(reg);
-        st.set_driven(a, Some(Box::new(Port(work.clone()))));
+        st.set_driven(a, Some(Box::new(Port(work))));
         if let Some(w) = whole {
             st.set_driven(b, Some(Box::new(Whole(w))));
         }
@@ -527,7 +542,7 @@ mod tests {
             .name("vale-fwd0".into())
             .spawn(move || super::run(l, busy, None))
             .unwrap();
-        lane.ensure_helpers(1, 0, 1, &[], busy).unwrap();
+        lane.ensure_helpers(1, 0, 1, &[], helper_busy).unwrap();
         (lane, main)
     }
 
@@ -546,7 +561,7 @@ mod tests {
     fn a_helpers_frames_for_the_lanes_rings_wake_the_lanes_thread() {
         let work = Arc::new(Work::default());
         let looks = Arc::new(AtomicU64::new(0));
-        let (lane, main) = lane_with(&work, Some(looks.clone()));
+        let (lane, main) = lane_with(work.clone(), Some(looks.clone()), BUSY);
         // Work for pair 1 only, until the helper (not the lane's thread) serves it.
         work.left[1].store(u64::MAX / 2, Ordering::SeqCst);
         lane.wake_forwarder();
@@ -572,7 +587,7 @@ mod tests {
     #[test]
     fn each_pair_is_served_by_its_own_thread_and_a_parked_helpers_by_the_lane() {
         let work = Arc::new(Work::default());
-        let (lane, main) = lane_with(&work, None);
+        let (lane, main) = lane_with(work.clone(), None, BUSY);
 
         // Both threads running: each takes its own pair.
         for n in &work.left {
@@ -609,5 +624,66 @@ mod tests {
             "the lane's thread served a parked helper's pair"
         );
         stop(lane, main);
+    }
+
+    /// Pair 1's RX ring, filled by another thread just after the helper's last push
+    /// before it parks (the lane's thread forwarding into it, say): `push(1)` finds
+    /// the frame and says when. The helper polls for no time at all, so its 64th empty
+    /// pass in a row is its last before parking (`spin::Idle`); the frame lands just
+    /// after that pass's look.
+    #[derive(Default)]
+    struct LateFrame {
+        waiting: Mutex<Option<Instant>>,
+        looks: AtomicU64,
+        waited: Mutex<Vec<Duration>>,
+    }
+
+    impl Pairs for LateFrame {
+        fn count(&self) -> usize {
+            2
+        }
+        fn pull(&self, _: usize) -> usize {
+            0
+        }
+        fn push(&self, i: usize) -> usize {
+            if i != 1 {
+                return 0;
+            }
+            let mut w = self.waiting.lock().unwrap();
+            if let Some(t) = w.take() {
+                self.waited.lock().unwrap().push(t.elapsed());
+                self.looks.store(0, Ordering::SeqCst); // a pass that moved: idle anew
+                return 1;
+            }
+            let helper = std::thread::current().name() == Some("vale-fwd0.1");
+            if helper && self.looks.fetch_add(1, Ordering::SeqCst) + 1 == 64 {
+                *w = Some(Instant::now());
+            }
+            0
+        }
+        fn arm(&self, _: usize) -> bool {
+            false // as a TAP queue's: its RX ring is not looked at
+        }
+        fn disarm(&self, _: usize) {
+            self.looks.store(0, Ordering::SeqCst); // after a park: idle anew
+        }
+    }
+
+    /// A frame delivered to a helper's pair just before the helper parks goes out at
+    /// once, not after the helper's 100 ms park (nor the lane's thread's 1 s sleep):
+    /// the helper pushes its pairs once more after marking itself parked.
+    #[test]
+    fn a_frame_for_a_helpers_pair_just_before_it_parks_is_not_left_waiting() {
+        let late = Arc::new(LateFrame::default());
+        let (lane, main) = lane_with(late.clone(), None, Duration::ZERO);
+        wait("five late frames pushed", || {
+            late.waited.lock().unwrap().len() >= 5
+        });
+        stop(lane, main);
+        let waited = late.waited.lock().unwrap().clone();
+        assert!(
+            waited.iter().all(|w| *w < Duration::from_millis(50)),
+            "frames waited {waited:?}"
+        );
     }
 }

@@ -3,8 +3,9 @@
 # switch threads 1 vs 2, and the Linux bridge between two veth pairs, interleaved, REPS
 # rounds of SECS seconds each. Prints one line per run: config, Gbit/s, and its sum.
 # Usage (root, release build): bench/tap_queues.sh [REPS] [SECS]
+# CONFIGS="1:1 2:2 4:4" (queues:threads, default "1:1 2:1 1:2 2:2") picks ours' rows.
 set -u
-REPS=${1:-3}; SECS=${2:-3}
+REPS=${1:-3}; SECS=${2:-3}; CONFIGS=${CONFIGS:-1:1 2:1 1:2 2:2}
 BIN=${BIN:-$(dirname "$0")/../target/release}
 T=$(mktemp -d); S=$T/valed.sock
 VP=
@@ -60,5 +61,6 @@ bridge() {
 echo "# $(date -u +%FT%TZ) $(uname -r) $(nproc) CPUs; iperf3 -P 4 -t $SECS, $REPS rounds"
 for r in $(seq "$REPS"); do
   echo "# round $r"
-  bridge; ours 1 1; ours 2 1; ours 1 2; ours 2 2
+  bridge
+  for c in $CONFIGS; do ours "${c%%:*}" "${c##*:}"; done
 done

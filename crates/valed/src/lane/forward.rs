@@ -105,6 +105,7 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
             let now = shared.now();
             let mut moved = 0;
             let mut shared_moved = 0;
+            let mut several = false;
             kicked.clear();
             faults.clear();
             // Driven ports: what their peers have goes into their TX rings first, so it
@@ -119,6 +120,7 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
                 let m = fw.forward(&e.switch, now, &mut notes, &mut egress);
                 if e.switch.threads() > 1 {
                     shared_moved += m;
+                    several = true;
                 }
                 moved += m;
                 if !notes.is_empty() {
@@ -130,7 +132,7 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
             // pairs are this thread's is read after the frames it delivered are stored
             // (a helper about to park stores its flag, then pushes once more: either it
             // sees those frames or this thread sees it parked).
-            if !st.pairs.is_empty() {
+            if several && !st.pairs.is_empty() {
                 std::sync::atomic::fence(Ordering::SeqCst);
             }
             moved += each_driven(&shared, &st, &mut driven, |q, i| q.push(i), |_, p| p.push());
@@ -360,8 +362,7 @@ pub fn run_helper(shared: Arc<Lane>, worker: usize, busy_poll: Duration) {
         // frame waits for the timeout.
         shared.set_parked(worker, true);
         std::sync::atomic::fence(Ordering::SeqCst);
-        let late = each_own_pair(&shared, worker, |p, i| p.push(i));
-        let pending = late > 0 || each_own_pair(&shared, worker, |p, i| usize::from(p.arm(i))) > 0;
+        let pending = each_own_pair(&shared, worker, |p, i| p.push(i) + usize::from(p.arm(i))) > 0;
         if !pending {
             shared.helper_parks();
         }

@@ -57,7 +57,7 @@ pub trait Link: Send + 'static {
         &mut self,
         max: usize,
         refused: &mut Refused,
-        take: &mut dyn FnMut(&Chain<'_>) -> bool,
+        take: impl FnMut(&Chain<'_>) -> bool,
     ) -> Result<usize, Broken>;
     /// Whether frames wait to be read.
     fn pending(&self) -> Result<bool, Broken>;
@@ -83,12 +83,11 @@ impl Link for Conn {
         &mut self,
         max: usize,
         refused: &mut Refused,
-        take: &mut dyn FnMut(&Chain<'_>) -> bool,
+        mut take: impl FnMut(&Chain<'_>) -> bool,
     ) -> Result<usize, Broken> {
         let mut moved = 0;
         for ring in &mut self.c2s {
-            moved +=
-                ring.recv_chains(&self.regions, max - moved, MAX_FRAME, refused, &mut *take)?;
+            moved += ring.recv_chains(&self.regions, max - moved, MAX_FRAME, refused, &mut take)?;
             if moved >= max {
                 break;
             }
@@ -146,7 +145,7 @@ impl Link for Own {
         &mut self,
         max: usize,
         refused: &mut Refused,
-        take: &mut dyn FnMut(&Chain<'_>) -> bool,
+        take: impl FnMut(&Chain<'_>) -> bool,
     ) -> Result<usize, Broken> {
         self.recv_chains(max, MAX_FRAME, refused, take)
     }
@@ -295,6 +294,36 @@ impl<L: Link> MemifIo<L> {
     }
 }
 
+/// The slots and length of the packet at `head` of an RX ring with `space` slots ready
+/// ([`ring_peek`] from a position of the caller's).
+#[inline]
+fn peek_at(v: &vale_abi::RingView, head: u32, space: u32) -> (u32, usize) {
+    let n = v.num_slots();
+    let (mut used, mut len, mut h) = (0u32, 0usize, head);
+    loop {
+        let s = v.read_slot(h);
+        len += s.len as usize;
+        used += 1;
+        h = vale_abi::ring::next(h, n);
+        if s.flags & vale_abi::layout::NS_MOREFRAG == 0 || used >= space {
+            return (used, len);
+        }
+    }
+}
+
+/// Copies the `used` slots from `head` (a packet [`peek_at`] measured) into `dst`.
+fn copy_at(v: &vale_abi::RingView, head: u32, used: u32, dst: &mut [u8]) {
+    let n = v.num_slots();
+    let (mut at, mut h) = (0usize, head);
+    for _ in 0..used {
+        let s = v.read_slot(h);
+        let l = (s.len as usize).min(dst.len() - at);
+        v.bufs().read(s.buf_idx, &mut dst[at..at + l]);
+        at += l;
+        h = vale_abi::ring::next(h, n);
+    }
+}
+
 /// Puts frame `f` into the port's TX ring (which has room for it): a frame of one piece
 /// that fits a slot is copied straight from the peer's memory, others through `scratch`.
 fn put_chain(tx: &vale_abi::AppRing, f: &Chain<'_>, scratch: &mut Vec<u8>) {
@@ -312,6 +341,98 @@ fn put_chain(tx: &vale_abi::AppRing, f: &Chain<'_>, scratch: &mut Vec<u8>) {
     ring_put(tx, scratch);
 }
 
+/// One pass's frames into the port's TX ring, in a batch: the ring's space, `head` and
+/// buffer size are read once, a frame of one piece that fits a slot goes straight from
+/// the peer's memory into the next slot, and `head` (with the port's counters) is
+/// written once at the end ([`TxBatch::finish`]) instead of once a frame. Other frames
+/// go through [`put_chain`], after the slots written so far are handed over.
+struct TxBatch<'a> {
+    tx: &'a vale_abi::AppRing,
+    bufs: vale_abi::Bufs<'a>,
+    buf_size: usize,
+    num_slots: u32,
+    /// The next slot to fill, and the free slots from it.
+    head: u32,
+    space: u32,
+    /// Slots filled since `head` was last written to the ring.
+    filled: u32,
+    frames: u64,
+    bytes: u64,
+}
+
+impl<'a> TxBatch<'a> {
+    fn new(tx: &'a vale_abi::AppRing) -> TxBatch<'a> {
+        let bufs = tx.view().bufs().access();
+        TxBatch {
+            tx,
+            bufs,
+            buf_size: bufs.buf_size() as usize,
+            num_slots: tx.num_slots(),
+            head: tx.head(),
+            space: tx.space(),
+            filled: 0,
+            frames: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Takes `f`, or returns false (nothing taken) when the ring has no room for it.
+    #[inline(always)]
+    fn put(&mut self, f: &Chain<'_>, scratch: &mut Vec<u8>) -> bool {
+        let len = f.len();
+        if len <= self.buf_size {
+            if self.space == 0 {
+                return false;
+            }
+            if let Some((mem, start)) = f.single() {
+                let v = self.tx.view();
+                let s = v.read_slot(self.head);
+                if mem.copy_to_buf(start, len, self.bufs, s.buf_idx) {
+                    v.write_len_flags(self.head, len as u16, 0);
+                    self.head = vale_abi::ring::next(self.head, self.num_slots);
+                    self.space -= 1;
+                    self.filled += 1;
+                    self.count(len);
+                    return true;
+                }
+            }
+        }
+        if self.space < room(self.tx, len).max(1) {
+            return false;
+        }
+        self.hand_over();
+        put_chain(self.tx, f, scratch);
+        self.head = self.tx.head();
+        self.space = self.tx.space();
+        self.count(len);
+        true
+    }
+
+    #[inline]
+    fn count(&mut self, len: usize) {
+        self.frames += 1;
+        self.bytes += len as u64;
+    }
+
+    /// Writes `head` (and `cur`) past the slots filled so far.
+    fn hand_over(&mut self) {
+        if self.filled > 0 {
+            self.tx.advance(self.filled);
+            self.filled = 0;
+        }
+    }
+
+    /// Hands the batch to the ring and counts it; returns the frames taken.
+    fn finish(mut self, counters: &PortCounters) -> u64 {
+        self.hand_over();
+        if self.frames > 0 {
+            crate::port::counters::bump(&counters.from_host, self.frames);
+            crate::port::counters::bump(&counters.from_host_bytes, self.bytes);
+        }
+        self.frames
+    }
+}
+
 impl<L: Link> DrivenPort for MemifIo<L> {
     fn pull(&mut self) -> usize {
         self.refresh();
@@ -322,17 +443,11 @@ impl<L: Link> DrivenPort for MemifIo<L> {
         if tx.space() < room(tx, MAX_FRAME) {
             tx.txsync();
         }
-        let counters = &self.counters;
         let frame = &mut self.frame;
         let mut refused = Refused::default();
-        let r = c.recv(BURST, &mut refused, &mut |f| {
-            if tx.space() < room(tx, f.len()).max(1) {
-                return false;
-            }
-            put_chain(tx, f, frame);
-            counters.count_in(f.len());
-            true
-        });
+        let mut batch = TxBatch::new(tx);
+        let r = c.recv(BURST, &mut refused, |f| batch.put(f, frame));
+        batch.finish(&self.counters);
         let moved = *r.as_ref().unwrap_or(&0);
         if moved > 0 {
             tx.txsync();
@@ -360,15 +475,15 @@ impl<L: Link> DrivenPort for MemifIo<L> {
         let mut sent = 0;
         let mut broke = None;
         let mut full = false;
-        while sent < BURST && rx.space() > 0 {
-            let (used, len) = ring_peek(rx);
-            let v = rx.view();
+        // The ring's positions are read once and `head` written once, after the loop.
+        let v = rx.view();
+        let num_slots = rx.num_slots();
+        let (mut head, mut space) = (rx.head(), rx.space());
+        let (mut taken, mut bytes) = (0u32, 0u64);
+        while sent < BURST && space > 0 {
+            let (used, len) = peek_at(v, head, space);
             let one = (used == 1)
-                .then(|| {
-                    v.bufs()
-                        .access()
-                        .frag(v.read_slot(rx.head()).buf_idx, 0, len)
-                })
+                .then(|| v.bufs().access().frag(v.read_slot(head).buf_idx, 0, len))
                 .flatten();
             let src = match one {
                 // A frame in one slot is copied straight from it.
@@ -376,13 +491,13 @@ impl<L: Link> DrivenPort for MemifIo<L> {
                 None => {
                     self.frame.clear();
                     self.frame.resize(len, 0);
-                    crate::port::rings::ring_copy(rx, used, &mut self.frame);
+                    copy_at(v, head, used, &mut self.frame);
                     Src::Bytes(&self.frame)
                 }
             };
             match c.send(src) {
                 Ok(Ok(())) => {
-                    self.counters.count_out(len);
+                    bytes += len as u64;
                     sent += 1;
                 }
                 // The peer has no buffer free: the packet waits in the RX ring (whose
@@ -403,7 +518,16 @@ impl<L: Link> DrivenPort for MemifIo<L> {
                     break;
                 }
             }
-            rx.advance(used);
+            head = vale_abi::ring::add(head, used, num_slots);
+            space -= used;
+            taken += used;
+        }
+        if taken > 0 {
+            rx.advance(taken);
+        }
+        if sent > 0 {
+            crate::port::counters::bump(&self.counters.to_host, sent as u64);
+            crate::port::counters::bump(&self.counters.to_host_bytes, bytes);
         }
         if sent > 0 {
             if let Err(e) = c.publish() {

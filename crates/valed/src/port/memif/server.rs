@@ -127,13 +127,14 @@ impl<C> Slot<C> {
     }
 
     /// The connection of generation `generation`, if it is still the current one and
-    /// nobody took it yet.
+    /// nobody took it yet. A newer one is left for the next look (the caller read the
+    /// generation before a client connected again), not dropped.
     pub fn take(&self, generation: u64) -> Option<C> {
         let mut g = lock(&self.inner);
-        match g.offer.take() {
-            Some((at, c)) if at == generation => Some(c),
-            _ => None,
+        if !matches!(g.offer, Some((at, _)) if at == generation) {
+            return None;
         }
+        g.offer.take().map(|(_, c)| c)
     }
 
     /// Why the port is not connected, if known.
@@ -558,5 +559,41 @@ fn close(ep: &OwnedFd, c: Client, end: End) {
     let _ = epoll::delete(ep, &c.fd);
     if let Some((slot, _)) = &c.claimed {
         slot.release(c.connected);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot() -> Arc<Slot<u32>> {
+        let fd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+        let waker = crate::port::Waker(Arc::new(fd));
+        Slot::new("vale0:m", "", false, Arc::default(), waker)
+    }
+
+    fn peer() -> PeerInfo {
+        PeerInfo {
+            app: "test".into(),
+            if_name: "m".into(),
+            c2s: (1, 1024),
+            s2c: (1, 1024),
+        }
+    }
+
+    #[test]
+    fn a_client_that_connects_again_between_a_look_and_a_take_is_not_lost() {
+        let s = slot();
+        assert_eq!(s.connect(1, peer()), 1);
+        assert_eq!(s.take(s.generation()), Some(1));
+        // The client goes; the forwarding thread reads the new generation ...
+        s.release(true);
+        let seen = s.generation();
+        // ... and before it takes, the client is back.
+        let now = s.connect(2, peer());
+        assert_ne!(now, seen);
+        assert_eq!(s.take(seen), None, "not the generation looked at");
+        assert_eq!(s.take(s.generation()), Some(2), "still there for the next look");
+        assert_eq!(s.take(s.generation()), None, "taken once");
     }
 }

@@ -1150,6 +1150,171 @@ fn a_hostile_memif_client_is_refused_or_disconnected_and_nobody_else_notices() {
 
 const BCAST: [u8; 6] = [0xff; 6];
 
+/// A client that posts only bad S2C buffers, each again as soon as valed gives it back
+/// empty, while frames wait for it: valed skips and counts every one, sends it nothing,
+/// and goes on serving the other ports. (valed also bounds the bad buffers it skips to
+/// a burst a pass: before, it retried the waiting frame for as long as the client kept
+/// posting. That bound is not what this test sees: here valed catches up with the
+/// client and leaves the loop anyway, millions of times in a second.)
+#[test]
+fn a_client_posting_only_bad_buffers_does_not_hold_the_forwarding_thread() {
+    let (mut d, sock) = memif_daemon("memif-badposts", &[]);
+    let sock = sock.as_str();
+    memif_port(&d, "vale0:m", sock, 0, &[]);
+    let a = d.open("vale0:a");
+    let b = d.open("vale0:b");
+    send(&b, &[frame(BCAST, [2, 0, 0, 0, 0, 0xb], 0)]);
+    drain(&a, 0.5);
+    let mut h = Hostile::connect(sock);
+    let mem = h.mem.try_clone().unwrap();
+    assert!(matches!(h.setup(0, &mem), Some(Msg::Connected { .. })));
+    // The switch learns where the client is; frames for it then wait in its ring.
+    h.send_frame(&frame([2, 0, 0, 0, 0, 0xb], [2, 0, 0, 0, 0, 0xe], 1));
+    assert_eq!(drain(&b, 2.0).len(), 1);
+    let waiting: Vec<_> = (0..100)
+        .map(|i| frame([2, 0, 0, 0, 0, 0xe], [2, 0, 0, 0, 0, 0xa], i))
+        .collect();
+    send(&a, &waiting);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poster = {
+        let (mem, stop) = (mem.try_clone().unwrap(), stop.clone());
+        std::thread::spawn(move || {
+            // Mapped, as a client does: stores, no system calls, so it keeps up with
+            // valed.
+            // SAFETY: a fresh shared mapping of the whole region, unmapped below; only
+            // volatile accesses go through it (valed writes it too).
+            let base = unsafe {
+                rustix::mm::mmap(
+                    std::ptr::null_mut(),
+                    region_len(),
+                    rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                    rustix::mm::MapFlags::SHARED,
+                    &mem,
+                    0,
+                )
+                .unwrap()
+            }
+            .cast::<u8>();
+            let desc = |slot: u16| {
+                let off = s2c() + L.descriptors() + usize::from(slot) % SLOTS * DESC_LEN;
+                // SAFETY: inside the mapping.
+                unsafe { base.add(off) }
+            };
+            let bad = Desc {
+                region: 0,
+                length: 100,
+                offset: u32::MAX - 50,
+                ..Desc::default()
+            }
+            .encode();
+            let put = |slot: u16| {
+                // SAFETY: 16 bytes inside the mapping.
+                unsafe { std::ptr::copy_nonoverlapping(bad.as_ptr(), desc(slot), DESC_LEN) };
+            };
+            let len_of = |slot: u16| {
+                // SAFETY: bytes 4..8 of a descriptor, 4-aligned, inside the mapping.
+                unsafe { std::ptr::read_volatile(desc(slot).add(4).cast::<u32>()) }
+            };
+            let head_at = (s2c() + RingLayout::HEAD) as isize;
+            let publish = |head: u16| {
+                std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+                // SAFETY: the ring's 2-aligned head, inside the mapping.
+                unsafe { std::ptr::write_volatile(base.offset(head_at).cast::<u16>(), head) };
+            };
+            for s in 0..SLOTS as u16 {
+                put(s);
+            }
+            let mut head = SLOTS as u16;
+            publish(head);
+            // Bounded: until told, or 15 s.
+            let (t, mut reposted) = (Instant::now(), 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && t.elapsed().as_secs() < 15 {
+                let slot = head.wrapping_sub(SLOTS as u16);
+                if len_of(slot) == 0 {
+                    put(slot);
+                    head = head.wrapping_add(1);
+                    publish(head);
+                    reposted += 1;
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            // SAFETY: mapped above, no pointer into it outlives this.
+            unsafe { rustix::mm::munmap(base.cast(), region_len()).unwrap() };
+            reposted
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    bystanders_exchange(&d, &a, &b, 1000);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reposted = poster.join().unwrap();
+    assert!(
+        reposted > SLOTS as u64,
+        "valed kept taking its bad buffers: {reposted}"
+    );
+    assert!(host_counter(&d, "m", "bad_desc") >= reposted);
+    assert_eq!(host_counter(&d, "m", "to_host"), 0);
+    assert!(d.alive(), "valed is up");
+}
+
+/// A port removed while its client keeps its eventfds and kicks them: valed takes them
+/// out of its forwarding thread's epoll set (closing its own copies would not, as the
+/// client holds the same open files), so the thread sleeps.
+#[test]
+fn a_removed_port_whose_client_still_kicks_costs_no_cpu() {
+    let (d, sock) = memif_daemon("memif-removed-kicks", &[]);
+    let sock = sock.as_str();
+    memif_port(&d, "vale0:m", sock, 0, &[]);
+    let h = Hostile::connect(sock);
+    let mem = h.mem.try_clone().unwrap();
+    // The client keeps its C2S ring's eventfd.
+    h.init(0, "");
+    h.acked();
+    h.send(
+        &Msg::AddRegion(AddRegion {
+            index: 0,
+            size: region_len() as u64,
+        }),
+        Some(&mem),
+    );
+    h.acked();
+    let kick = eventfd();
+    for (flags, offset, fd) in [(RING_FLAG_C2S, c2s(), &kick), (0, s2c(), &eventfd())] {
+        h.send(
+            &Msg::AddRing(AddRing {
+                flags,
+                index: 0,
+                region: 0,
+                offset: offset as u32,
+                log2_size: LOG2,
+                private_hdr_size: 0,
+            }),
+            Some(fd),
+        );
+        h.acked();
+    }
+    h.send(
+        &Msg::Connect {
+            if_name: FixedStr::new(b"evil0"),
+        },
+        None,
+    );
+    assert!(matches!(h.recv(), Some(Msg::Connected { .. })));
+    assert!(wait_for(3.0, || connected(&d, "m")));
+    let _other = d.open("vale0:a");
+    assert!(d.ctl(&["-d", "vale0:m"]).status.success());
+    // A kick nobody reads: level-triggered, it would wake an epoll that still has it
+    // at once, every time.
+    rustix::io::write(&kick, &1u64.to_ne_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu = d.idle_cpu(2.0);
+    assert!(
+        cpu < 0.2,
+        "the forwarding thread sleeps: {cpu:.2} CPU-s in 2 s"
+    );
+    drop(h);
+}
+
 /// With `--memif-trust-unsealed` a client's unsealable memory is taken; when the client
 /// truncates it under traffic, valed survives (no SIGBUS reaches it), counts the fault,
 /// disconnects the client, and the bystanders lose nothing.

@@ -185,6 +185,14 @@ pub struct MemifIo<L: Link> {
     stalled: Option<Duration>,
 }
 
+impl<L: Link> Drop for MemifIo<L> {
+    fn drop(&mut self) {
+        // The peer holds the same open files as these eventfds: closing valed's copies
+        // would leave them in the lane's epoll set, waking it for a port that is gone.
+        self.drop_conn();
+    }
+}
+
 impl<L: Link> MemifIo<L> {
     pub fn new(slot: Arc<Slot<L>>, rings: PortRings, watcher: Watcher) -> MemifIo<L> {
         MemifIo {
@@ -479,7 +487,7 @@ impl<L: Link> DrivenPort for MemifIo<L> {
         let v = rx.view();
         let num_slots = rx.num_slots();
         let (mut head, mut space) = (rx.head(), rx.space());
-        let (mut taken, mut bytes) = (0u32, 0u64);
+        let (mut taken, mut bytes, mut bad) = (0u32, 0u64, 0usize);
         while sent < BURST && space > 0 {
             let (used, len) = peek_at(v, head, space);
             let one = (used == 1)
@@ -506,8 +514,15 @@ impl<L: Link> DrivenPort for MemifIo<L> {
                     full = true;
                     break;
                 }
+                // The frame is tried again with the next buffer; the bad ones count
+                // against the burst, so a client that keeps posting them cannot keep
+                // the forwarding thread here.
                 Ok(Err(Unsent::BadDesc)) => {
                     PortCounters::lost(&self.counters.bad_desc, 1);
+                    bad += 1;
+                    if sent + bad >= BURST {
+                        break;
+                    }
                     continue;
                 }
                 Ok(Err(Unsent::TooLong)) => {
@@ -529,7 +544,8 @@ impl<L: Link> DrivenPort for MemifIo<L> {
             crate::port::counters::bump(&self.counters.to_host, sent as u64);
             crate::port::counters::bump(&self.counters.to_host_bytes, bytes);
         }
-        if sent > 0 {
+        // Buffers given back empty go back to the client with the frames sent.
+        if sent > 0 || bad > 0 {
             if let Err(e) = c.publish() {
                 broke = Some(e);
             }

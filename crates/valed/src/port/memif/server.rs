@@ -593,7 +593,11 @@ mod tests {
         let now = s.connect(2, peer());
         assert_ne!(now, seen);
         assert_eq!(s.take(seen), None, "not the generation looked at");
-        assert_eq!(s.take(s.generation()), Some(2), "still there for the next look");
+        assert_eq!(
+            s.take(s.generation()),
+            Some(2),
+            "still there for the next look"
+        );
         assert_eq!(s.take(s.generation()), None, "taken once");
     }
 }

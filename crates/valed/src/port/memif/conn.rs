@@ -64,6 +64,31 @@ fn seal_then_size(fd: &OwnedFd, index: usize, trust: bool) -> Result<(u64, bool)
     Ok((st.st_size.max(0) as u64, sealed.is_ok()))
 }
 
+/// What backs a region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Memory {
+    /// shmem (a memfd, /dev/shm).
+    Shared,
+    /// hugetlbfs (a memfd with MFD_HUGETLB, DPDK's huge pages).
+    Huge,
+}
+
+/// Only memory: a file on a disk or a FUSE mount (which `memif_trust_unsealed` would
+/// otherwise let through, not being a memfd) can block the forwarding thread in a page
+/// fault for as long as its server likes.
+fn memory_kind(fd: &OwnedFd, index: usize) -> Result<Memory, String> {
+    const TMPFS_MAGIC: u64 = 0x0102_1994;
+    const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
+    let st = rustix::fs::fstatfs(fd).map_err(|e| format!("region {index}: fstatfs: {e}"))?;
+    match st.f_type as u64 {
+        TMPFS_MAGIC => Ok(Memory::Shared),
+        HUGETLBFS_MAGIC => Ok(Memory::Huge),
+        t => Err(format!(
+            "region {index} is not shared memory (a file system of type {t:#x}): memif regions are memfds"
+        )),
+    }
+}
+
 impl Conn {
     /// Maps what the handshake accepted; regions that cannot be sealed only if `trust`
     /// (then watched). The error is the reason sent in DISCONNECT.
@@ -78,6 +103,7 @@ impl Conn {
                     r.size
                 ));
             }
+            let fs = memory_kind(&r.fd, i)?;
             let m = PeerMem::map(r.fd.as_fd(), r.size)
                 .map_err(|e| format!("region {i}: mmap of {} bytes: {e}", r.size))?;
             if !sealed {
@@ -86,10 +112,24 @@ impl Conn {
                     r.size
                 );
                 unsealed.push(m.range());
+            } else if fs == Memory::Huge {
+                // Sealed against shrinking, but a hole punched in a huge-page file gives
+                // its pages back, and the next touch can find none: watched too.
+                unsealed.push(m.range());
             }
             // The mapping outlives the descriptor.
             regions.push(m);
         }
+        // Watched before the rings are first touched below: a truncation that races
+        // the checks above must find the watch in place.
+        let watched = if unsealed.is_empty() {
+            None
+        } else {
+            Some(
+                crate::sys::sigbus::Watched::new(unsealed)
+                    .map_err(|e| format!("cannot watch unsealed memory: {e}"))?,
+            )
+        };
         let at = |region: u16, offset: u32, log2_size: u8| Placement {
             region: usize::from(region),
             offset: offset as usize,
@@ -121,14 +161,6 @@ impl Conn {
             s2c.push(ring);
             s2c_kick.push(r.eventfd);
         }
-        let watched = if unsealed.is_empty() {
-            None
-        } else {
-            Some(
-                crate::sys::sigbus::Watched::new(unsealed)
-                    .map_err(|e| format!("cannot watch unsealed memory: {e}"))?,
-            )
-        };
         Ok(Conn {
             watched,
             regions,
@@ -220,6 +252,28 @@ mod tests {
         let f = std::fs::File::open("/dev/null").unwrap();
         let e = Conn::map(setup(f.into(), 4096), false).err().unwrap();
         assert!(e.contains("not a sealable memfd"), "{e}");
+    }
+
+    /// Trusted or not, a region must be memory: a file on a disk (or a FUSE mount)
+    /// could hold the forwarding thread in a page fault.
+    #[test]
+    fn a_region_that_is_a_file_on_a_disk_is_refused_even_when_trusted() {
+        let dir = std::env::current_exe().unwrap();
+        let path = dir
+            .parent()
+            .unwrap()
+            .join(format!("memif-region-{}", std::process::id()));
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(1 << 16).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let fd: OwnedFd = f.into();
+        let kind = rustix::fs::fstatfs(&fd).unwrap().f_type as u64;
+        if kind == 0x0102_1994 {
+            eprintln!("SKIP: the build directory is on tmpfs, which is memory");
+            return;
+        }
+        let e = Conn::map(setup(fd, 1 << 16), true).err().unwrap();
+        assert!(e.contains("region 0 is not shared memory"), "{e}");
     }
 
     #[test]

@@ -824,7 +824,8 @@ impl Hostile {
         rustix::net::sockopt::set_socket_timeout(
             &sock,
             rustix::net::sockopt::Timeout::Recv,
-            Some(Duration::from_secs(5)),
+            // Longer than a stalled handshake lasts (5 s, then the next sweep).
+            Some(Duration::from_secs(10)),
         )
         .unwrap();
         let h = Hostile {
@@ -1255,6 +1256,59 @@ fn a_client_posting_only_bad_buffers_does_not_hold_the_forwarding_thread() {
     assert!(host_counter(&d, "m", "bad_desc") >= reposted);
     assert_eq!(host_counter(&d, "m", "to_host"), 0);
     assert!(d.alive(), "valed is up");
+}
+
+/// Handshakes are bounded in time and in number: a client that claims an id and stalls
+/// is told "Handshake timed out" after 5 s (it kept the id from the real client for as
+/// long as it held its connection), and more than 64 unfinished handshakes on a socket
+/// turn the next client away.
+#[test]
+fn stalled_handshakes_time_out_and_are_bounded_in_number() {
+    let (d, sock) = memif_daemon("memif-stalled", &[]);
+    let sock = sock.as_str();
+    memif_port(&d, "vale0:m", sock, 0, &[]);
+    let staller = Hostile::connect(sock);
+    staller.init(0, "");
+    staller.acked();
+    let t = Instant::now();
+    let h = Hostile::connect(sock);
+    h.init(0, "");
+    assert_eq!(h.disconnected(), "Already connected");
+    // Connections that never say a word, up to the bound (the staller is one).
+    let idle: Vec<Hostile> = (1..64).map(|_| Hostile::connect(sock)).collect();
+    let turned_away = {
+        let sock_fd = rustix::net::socket(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            None,
+        )
+        .unwrap();
+        rustix::net::connect(&sock_fd, &rustix::net::SocketAddrUnix::new(sock).unwrap()).unwrap();
+        let mut b = [0u8; 2 * MSG_LEN];
+        let (n, _) = vale::sock::recv(sock_fd.as_fd(), &mut b).unwrap();
+        Msg::decode(&b[..n]).unwrap()
+    };
+    match turned_away {
+        Msg::Disconnect { reason, .. } => {
+            assert!(reason.to_string_lossy().contains("Too many"), "{reason:?}")
+        }
+        other => panic!("the 65th was let in: {other:?}"),
+    }
+    assert_eq!(staller.disconnected(), "Handshake timed out");
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(8),
+        "after about 5 s: {waited:?}"
+    );
+    for i in &idle {
+        assert_eq!(i.disconnected(), "Handshake timed out");
+    }
+    // The id is free for the real client.
+    let mut h = Hostile::connect(sock);
+    let mem = h.mem.try_clone().unwrap();
+    assert!(matches!(h.setup(0, &mem), Some(Msg::Connected { .. })));
+    h.send_frame(&frame(BCAST, [2, 0, 0, 0, 0, 0xe], 1));
+    assert!(wait_for(3.0, || host_counter(&d, "m", "from_host") == 1));
 }
 
 /// A port removed while its client keeps its eventfds and kicks them: valed takes them

@@ -334,7 +334,15 @@ struct Client {
     /// The port whose id it claimed, and whether it got as far as CONNECTED.
     claimed: Option<(Arc<Slot>, u32)>,
     connected: bool,
+    /// When it was accepted: a handshake that takes longer than
+    /// [`super::client::HANDSHAKE`] is ended (a client that claimed an id and stalled
+    /// would keep the real one out).
+    since: std::time::Instant,
 }
+
+/// Clients of one socket still in their handshake, at most: more are turned away, so
+/// that connections that never finish cannot take every descriptor valed may open.
+pub const MAX_HANDSHAKES: usize = 64;
 
 fn send(fd: &OwnedFd, m: &Msg) -> bool {
     vale::sock::send(fd.as_fd(), &m.encode(), &[]).is_ok()
@@ -407,6 +415,11 @@ fn accept(
                 return;
             }
         };
+        if clients.values().filter(|c| !c.connected).count() >= MAX_HANDSHAKES {
+            let _ = send(&fd, &Msg::disconnect("Too many clients in their handshake"));
+            tracing::warn!(socket = %server.key, "memif client turned away: {MAX_HANDSHAKES} handshakes under way");
+            continue;
+        }
         if !send(&fd, &OFFER.hello("valed")) {
             continue;
         }
@@ -429,6 +442,7 @@ fn accept(
                 hs: Handshake::new(OFFER),
                 claimed: None,
                 connected: false,
+                since: std::time::Instant::now(),
             },
         );
     }
@@ -525,6 +539,10 @@ fn sweep(server: &Server, ep: &OwnedFd, clients: &mut HashMap<u64, Client>) {
     let ports = lock(&server.ports);
     let mut ended = Vec::new();
     for (t, c) in clients.iter() {
+        if !c.connected && c.since.elapsed() > super::client::HANDSHAKE {
+            ended.push((*t, End::Tell("Handshake timed out".into())));
+            continue;
+        }
         let Some((slot, id)) = &c.claimed else {
             continue;
         };

@@ -89,6 +89,32 @@ fn memory_kind(fd: &OwnedFd, index: usize) -> Result<Memory, String> {
     }
 }
 
+/// A ring's interrupt descriptor must be an eventfd in counter mode: anything else (a
+/// socket that stays readable, a pipe, a file on FUSE whose reads block whatever
+/// O_NONBLOCK says, a semaphore eventfd that one read does not empty) would make the
+/// forwarding thread spin or block.
+fn check_eventfd(fd: &OwnedFd, ring: usize) -> Result<(), String> {
+    use rustix::fd::AsRawFd;
+    let n = fd.as_raw_fd();
+    let what = std::fs::read_link(format!("/proc/self/fd/{n}"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if what != "anon_inode:[eventfd]" {
+        return Err(format!(
+            "Ring {ring}'s interrupt fd is not an eventfd ({})",
+            if what.is_empty() { "unknown" } else { &what }
+        ));
+    }
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{n}")).unwrap_or_default();
+    if info
+        .lines()
+        .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["eventfd-semaphore:", "1"])
+    {
+        return Err(format!("Ring {ring}'s interrupt eventfd is a semaphore"));
+    }
+    Ok(())
+}
+
 impl Conn {
     /// Maps what the handshake accepted; regions that cannot be sealed only if `trust`
     /// (then watched). The error is the reason sent in DISCONNECT.
@@ -142,7 +168,8 @@ impl Conn {
         let s2c_slots = 1u32 << setup.s2c[0].log2_size;
         // The client's eventfds are read and written from the forwarding thread, which
         // must never block on them (DPDK makes them non-blocking too).
-        for r in setup.c2s.iter().chain(&setup.s2c) {
+        for (i, r) in setup.c2s.iter().chain(&setup.s2c).enumerate() {
+            check_eventfd(&r.eventfd, i)?;
             let _ = rustix::fs::fcntl_setfl(&r.eventfd, rustix::fs::OFlags::NONBLOCK);
         }
         for (i, r) in setup.c2s.into_iter().enumerate() {
@@ -286,6 +313,39 @@ mod tests {
         )
         .unwrap();
         assert!(c.watched.is_none(), "sealed memory needs no watch");
+    }
+
+    /// A ring's interrupt fd that is not a counting eventfd is refused: a socket (it
+    /// could stay readable), or an eventfd in semaphore mode (one read does not empty it).
+    #[test]
+    fn interrupt_fds_that_are_not_counting_eventfds_are_refused() {
+        let region = || memfd(1 << 16, MemfdFlags::ALLOW_SEALING);
+        let mut s = setup(region(), 1 << 16);
+        let (a, _b) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        s.s2c[0].eventfd = a;
+        let e = Conn::map(s, true).err().unwrap();
+        assert!(
+            e.contains("Ring 1's interrupt fd is not an eventfd (socket:"),
+            "{e}"
+        );
+        let mut s = setup(region(), 1 << 16);
+        s.c2s[0].eventfd = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::SEMAPHORE,
+        )
+        .unwrap();
+        let e = Conn::map(s, true).err().unwrap();
+        assert!(
+            e.contains("Ring 0's interrupt eventfd is a semaphore"),
+            "{e}"
+        );
+        assert!(Conn::map(setup(region(), 1 << 16), false).is_ok());
     }
 
     #[test]

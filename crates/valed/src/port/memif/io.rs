@@ -253,8 +253,13 @@ impl<L: Link> MemifIo<L> {
     /// The rings cannot be used: the peer is disconnected with the reason.
     fn broken(&mut self, e: Broken) {
         PortCounters::lost(&self.counters.read_errors, 1);
+        // A connection whose peer already went (read to its end while a new one may
+        // be waiting) is let go quietly: the slot's disconnect would end the new one.
+        let current = self.current();
         self.drop_conn();
-        self.slot.broken(e.to_string());
+        if current {
+            self.slot.broken(e.to_string());
+        }
     }
 
     /// After the peer's memory was touched: if a truncation was caught anywhere since
@@ -270,9 +275,12 @@ impl<L: Link> MemifIo<L> {
         let faults = self.conn.as_ref().map_or(0, |c| c.faults());
         if faults > 0 {
             PortCounters::lost(&self.counters.memory_faults, faults);
+            let current = self.current();
             self.drop_conn();
-            self.slot
-                .broken("the client's memory was truncated under valed".into());
+            if current {
+                self.slot
+                    .broken("the client's memory was truncated under valed".into());
+            }
         }
     }
 

@@ -324,6 +324,11 @@ unsafe fn nioctrl(dev: &Device, arg: *mut c_void) -> NmResult<()> {
     if !(NETMAP_MIN_API..=NETMAP_MAX_API).contains(&h.nr_version) || h.nr_reserved != 0 {
         return Err(Errno::INVAL);
     }
+    // A body exactly where the type has one (netmap's `nmreq_copyin`): every handler
+    // below may then read or write through a non-null `nr_body`.
+    if (body_size(h.nr_reqtype) > 0) != (h.nr_body != 0) {
+        return Err(Errno::INVAL);
+    }
     // SAFETY: the options the application linked from its header.
     unsafe { refuse_options(h.nr_options)? };
     let name = name_of(&h.nr_name).ok_or(Errno::INVAL)?.to_string();
@@ -351,12 +356,12 @@ unsafe fn nioctrl(dev: &Device, arg: *mut c_void) -> NmResult<()> {
         REQ_PORT_HDR_GET => {
             // VALE client ports carry no virtio-net header.
             let b = NmreqPortHdr::default();
-            // SAFETY: the body is a `struct nmreq_port_hdr`.
+            // SAFETY: the body (non-null: checked above) is a `struct nmreq_port_hdr`.
             unsafe { write_out(body, &b) };
             Ok(())
         }
         REQ_PORT_HDR_SET => {
-            // SAFETY: the body is a `struct nmreq_port_hdr`.
+            // SAFETY: the body (non-null: checked above) is a `struct nmreq_port_hdr`.
             let b: NmreqPortHdr = unsafe { read_in(body)? };
             if b.nr_hdr_len == 0 {
                 Ok(())
@@ -384,7 +389,7 @@ unsafe fn nioctrl(dev: &Device, arg: *mut c_void) -> NmResult<()> {
                 nr_mem_id: mem_id,
                 ..Default::default()
             };
-            // SAFETY: the body is a `struct nmreq_port_info_get`.
+            // SAFETY: the body (non-null: checked above) is a `struct nmreq_port_info_get`.
             unsafe { write_out(body, &b) };
             Ok(())
         }
@@ -408,7 +413,7 @@ unsafe fn nioctrl(dev: &Device, arg: *mut c_void) -> NmResult<()> {
                 nr_buf_pool_objsize: g.buf_size,
                 ..Default::default()
             };
-            // SAFETY: the body is a `struct nmreq_pools_info`.
+            // SAFETY: the body (non-null: checked above) is a `struct nmreq_pools_info`.
             unsafe { write_out(body, &b) };
             Ok(())
         }

@@ -64,6 +64,22 @@ pub fn prefix_len(tx: u16, rx: u16) -> usize {
 /// Live prefixes, for REGISTERs that ask for an existing mapping.
 static PREFIXES: Mutex<Vec<std::sync::Weak<Prefix>>> = Mutex::new(Vec::new());
 
+/// The lowest descriptor number the library keeps for itself (netmap-abi §5.2).
+const HIDDEN_FDS_FROM: i32 = 512;
+
+/// A close-on-exec duplicate of `fd` at or above [`HIDDEN_FDS_FROM`], so that the
+/// library's own descriptors never take the low numbers a program expects to get (or
+/// has closed on purpose: with `2>&-`, a memfd landing on fd 2 would have every write
+/// to stderr go over a `netmap_if`).
+pub fn high_dup(fd: rustix::fd::BorrowedFd<'_>) -> NmResult<OwnedFd> {
+    rustix::io::fcntl_dupfd_cloexec(fd, HIDDEN_FDS_FROM).map_err(|_| Errno::MFILE)
+}
+
+/// `fd` moved to [`high_dup`]'s range, its low number given back.
+fn hide(fd: OwnedFd) -> NmResult<OwnedFd> {
+    high_dup(fd.as_fd())
+}
+
 fn file_id(fd: rustix::fd::BorrowedFd<'_>) -> (u64, u64) {
     rustix::fs::fstat(fd).map_or((0, 0), |s| (s.st_dev, s.st_ino))
 }
@@ -74,6 +90,7 @@ impl Prefix {
         let len = slot * (1 + SHARERS);
         let fd = rustix::fs::memfd_create(c"vale-netmap-if", rustix::fs::MemfdFlags::CLOEXEC)
             .map_err(|_| Errno::NOMEM)?;
+        let fd = hide(fd)?;
         rustix::fs::ftruncate(&fd, len as u64).map_err(|_| Errno::NOMEM)?;
         let p = std::sync::Arc::new(Prefix {
             fd,
@@ -375,6 +392,12 @@ impl Device {
         };
         let [memfd, kick, notify]: [OwnedFd; proto::OPEN_FDS] =
             fds.try_into().map_err(|_| undo(Errno::IO))?;
+        let [memfd, kick, notify] = [hide(memfd), hide(kick), hide(notify)];
+        let (memfd, kick, notify) = (
+            memfd.map_err(undo)?,
+            kick.map_err(undo)?,
+            notify.map_err(undo)?,
+        );
         let region = Region::from_fd(memfd, g).map_err(|_| undo(Errno::IO))?;
         // The rings this descriptor sees, as the entries of its netmap_if: per direction
         // one entry per ring, Some(ring offset in the region) if it is bound. A pipe

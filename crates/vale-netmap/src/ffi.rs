@@ -186,8 +186,9 @@ fn open_device() -> c_int {
     };
     // The application's descriptor is not close-on-exec (netmap's is not); our twin is,
     // and sits high so it does not surprise programs that count descriptors.
-    let Ok(twin) = rustix::io::fcntl_dupfd_cloexec(&conn, 512) else {
-        return fail(Errno::MFILE, -1);
+    let twin = match crate::dev::high_dup(conn.as_fd()) {
+        Ok(t) => t,
+        Err(e) => return fail(e, -1),
     };
     let _ = rustix::io::fcntl_setfd(&conn, rustix::io::FdFlags::empty());
     let fd = rustix::fd::IntoRawFd::into_raw_fd(conn);

@@ -142,6 +142,24 @@ fn every_error_path_answers_with_netmaps_errno() {
 }
 
 #[test]
+fn the_fds_the_library_hides_never_take_a_programs_low_numbers() {
+    let Some(nmtest) = program("nmtest") else {
+        return;
+    };
+    // `prog 2>&-`: were a hidden memfd to land on fd 2, every write to stderr would go
+    // over the netmap_if in shared memory.
+    let d = Daemon::start("nm-lowfds", &[]);
+    let peer = d.open("vale0:peer");
+    let out = run_ok(&d, &nmtest, &["lowfds", "vale0:low"]);
+    assert!(!out.contains("FAIL") && out.contains("failures 0"), "{out}");
+    assert_eq!(
+        seqs(&drain(&peer, 2.0)),
+        (0..10).collect::<Vec<u32>>(),
+        "{out}"
+    );
+}
+
+#[test]
 fn without_valed_the_device_is_missing_as_without_the_module() {
     let Some(nmtest) = program("nmtest") else {
         return;

@@ -20,10 +20,14 @@
  *   nmtest exclusive NAME   NR_EXCLUSIVE against other descriptors
  *   nmtest share PORT       descriptors asking for an existing mapping's nr_mem_id (as
  *       libnetmap's `@N`, lb's pipes and pkt-gen's threads do) share it
+ *   nmtest lowfds NAME      with fds 0, 1 and 2 closed (`2>&-`), opens and registers
+ *       NAME: the device takes fd 0 as in netmap, no fd the library hides takes
+ *       another below 512, and the port sends; reports on fd 100 (its stdout, moved)
  *   nmtest pipe PORT        both ends of pipe PORT{7 / PORT}7 in one process: frames
  *       both ways in order, by buffer swap (zero copy), a full peer holding the sender
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -828,6 +832,71 @@ static int cmd_pipe(const char *port)
 	return failures;
 }
 
+/* Which descriptors below 512 are open (the directory's own excluded). */
+static void low_fds(char open_[512])
+{
+	DIR *d = opendir("/proc/self/fd");
+	memset(open_, 0, 512);
+	if (!d)
+		return;
+	for (struct dirent *e; (e = readdir(d));) {
+		int fd = atoi(e->d_name);
+		if (e->d_name[0] != '.' && fd != dirfd(d) && fd < 512)
+			open_[fd] = 1;
+	}
+	closedir(d);
+}
+
+static int cmd_lowfds(const char *name)
+{
+	struct port p;
+	char before[512], after[512], list[256] = "";
+	int out = dup2(1, 100);
+	if (out < 0)
+		return 2;
+	FILE *o = fdopen(out, "w");
+	setvbuf(o, NULL, _IOLBF, 0);
+	close(0);
+	close(1);
+	close(2);
+	low_fds(before);
+	int e = reg_port(&p, name, NR_REG_ALL_NIC, 0, 0);
+	fprintf(o, "%s register: %s\n", e ? "FAIL" : "ok", strerror(e));
+	if (e)
+		return 1;
+	fprintf(o, "%s the device is fd %d, the lowest free, as in netmap\n", p.fd == 0 ? "ok" : "FAIL", p.fd);
+	failures += p.fd != 0;
+	low_fds(after);
+	int n = 0;
+	for (int fd = 0; fd < 512; fd++) {
+		if (after[fd] && !before[fd] && fd != p.fd) {
+			size_t at = strlen(list);
+			snprintf(list + at, sizeof(list) - at, " %d", fd);
+			n++;
+		}
+	}
+	fprintf(o, "%s no new fd below 512 but the device's (found:%s)\n", n == 0 ? "ok" : "FAIL", list);
+	failures += n != 0;
+	errno = 0;
+	int f1 = fcntl(1, F_GETFD), f2 = fcntl(2, F_GETFD);
+	fprintf(o, "%s fds 1 and 2 stay closed\n", f1 < 0 && f2 < 0 && errno == EBADF ? "ok" : "FAIL");
+	failures += !(f1 < 0 && f2 < 0 && errno == EBADF);
+	/* Output to the closed stderr goes nowhere, and the ring still works. */
+	fprintf(stderr, "this must not land in shared memory\n");
+	fflush(stderr);
+	struct netmap_ring *r = NETMAP_TXRING(p.nifp, 0);
+	for (uint32_t i = 0; i < 10; i++) {
+		put_frame(r, &r->slot[r->head], i);
+		r->head = r->cur = nm_ring_next(r, r->head);
+	}
+	int ok = ioctl(p.fd, NIOCTXSYNC, NULL) == 0 && strcmp(p.nifp->ni_name, name) == 0;
+	fprintf(o, "%s sent 10, netmap_if intact\n", ok ? "ok" : "FAIL");
+	failures += !ok;
+	fprintf(o, "failures %d\n", failures);
+	close_port(&p);
+	return failures;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -853,6 +922,8 @@ int main(int argc, char **argv)
 		return cmd_share(argv[2]);
 	if (strcmp(argv[1], "pipe") == 0)
 		return cmd_pipe(argv[2]);
+	if (strcmp(argv[1], "lowfds") == 0)
+		return cmd_lowfds(argv[2]);
 	if (strcmp(argv[1], "exclusive") == 0)
 		return cmd_exclusive(argv[2]);
 	if (strcmp(argv[1], "notxpoll") == 0 && argc >= 4)

@@ -303,6 +303,9 @@ pub struct Device {
     pub conn: OwnedFd,
     port: OnceLock<Port>,
     registering: Mutex<()>,
+    /// One request and its answer at a time on `conn`: threads sharing the descriptor
+    /// would otherwise read each other's answers.
+    calling: Mutex<()>,
 }
 
 /// Mem ids: unique per mapping handed out (libnetmap shares a mapping between
@@ -335,6 +338,7 @@ impl Device {
             conn,
             port: OnceLock::new(),
             registering: Mutex::new(()),
+            calling: Mutex::new(()),
         }
     }
 
@@ -344,6 +348,7 @@ impl Device {
 
     /// One request to valed on this descriptor's connection.
     pub fn call(&self, req: &Request) -> NmResult<(Response, Vec<OwnedFd>)> {
+        let _one = self.calling.lock().unwrap_or_else(|p| p.into_inner());
         vale::sock::call(&self.conn, req).map_err(|_| Errno::IO)
     }
 

@@ -5,13 +5,17 @@
 //! the real poll on the ports' notify eventfds, with no lost wake-up and no busy loop.
 
 use crate::dev::Device;
-use libc::{POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDNORM, POLLWRNORM, pollfd};
+use libc::{
+    POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, POLLRDHUP, POLLRDNORM, POLLWRNORM, pollfd,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vale_abi::Dir;
 
 const WANT_RX: i16 = POLLIN | POLLRDNORM;
 const WANT_TX: i16 = POLLOUT | POLLWRNORM;
+/// What the connection to valed says when valed is gone.
+const GONE: i16 = POLLHUP | POLLERR | POLLRDHUP | POLLNVAL;
 
 /// The real poll the emulation sleeps in: the descriptors, and a timeout (`None`:
 /// none). Returns what poll(2) returns; errno is left as it set it.
@@ -115,9 +119,12 @@ pub fn poll(
                     events: POLLIN,
                     revents: 0,
                 });
+                // Only a hang-up (HUP, ERR and RDHUP are reported whatever is asked):
+                // the connection is readable whenever another thread's NIOCCTRL is
+                // answered on it, which says nothing about valed going away.
                 set.push(pollfd {
                     fd: d.as_ref().map_or(-1, |d| d.conn.as_raw_fd()),
-                    events: POLLIN,
+                    events: POLLRDHUP,
                     revents: 0,
                 });
             }
@@ -136,7 +143,7 @@ pub fn poll(
                     let _ = rustix::io::read(&p.notify, &mut b);
                 }
             }
-            if set[at + 1].revents != 0 {
+            if set[at + 1].revents & GONE != 0 {
                 fds[i].revents = POLLERR | POLLHUP;
                 hung += 1;
             }

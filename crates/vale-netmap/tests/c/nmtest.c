@@ -23,6 +23,11 @@
  *   nmtest lowfds NAME      with fds 0, 1 and 2 closed (`2>&-`), opens and registers
  *       NAME: the device takes fd 0 as in netmap, no fd the library hides takes
  *       another below 512, and the port sends; reports on fd 100 (its stdout, moved)
+ *   nmtest threads NAME     one descriptor shared by threads: one sleeps in poll while
+ *       two others issue NIOCCTRL requests that valed answers (VALE_LIST, VALE_DELIF):
+ *       the poll sees no hang-up, each request gets its own answer
+ *   nmtest hangup NAME      registers, says "ready", then polls for input for up to 10 s
+ *       while the test kills valed: prints the poll's result and revents
  *   nmtest pipe PORT        both ends of pipe PORT{7 / PORT}7 in one process: frames
  *       both ways in order, by buffer swap (zero copy), a full peer holding the sender
  */
@@ -31,6 +36,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -832,6 +838,93 @@ static int cmd_pipe(const char *port)
 	return failures;
 }
 
+static int cmd_hangup(const char *name)
+{
+	struct port p;
+	open_or_die(&p, name, NR_REG_ALL_NIC, 0, 0);
+	printf("ready\n");
+	fflush(stdout);
+	struct pollfd pf = {.fd = p.fd, .events = POLLIN};
+	double t0 = now_ms();
+	int rc = poll(&pf, 1, 10000);
+	printf("poll %d revents%s%s%s after %.0f ms\n", rc, pf.revents & POLLIN ? " IN" : "",
+	       pf.revents & POLLERR ? " ERR" : "", pf.revents & POLLHUP ? " HUP" : "", now_ms() - t0);
+	return 0;
+}
+
+struct shared {
+	int fd;
+	const char *name;
+	volatile int stop;
+	int delif_errno; /* what DELIF of no such interface answers, alone */
+	unsigned lists, list_bad, delifs, delif_bad, polls, hangups;
+};
+
+/* VALE_LIST of the port by name: its place, every time. */
+static void *lister(void *arg)
+{
+	struct shared *s = arg;
+	while (!s->stop) {
+		struct nmreq_header h;
+		struct nmreq_vale_list vl;
+		memset(&vl, 0, sizeof(vl));
+		hdr_init(&h, NETMAP_REQ_VALE_LIST, s->name, &vl);
+		s->list_bad += ioctl(s->fd, NIOCCTRL, &h) != 0;
+		s->lists++;
+	}
+	return NULL;
+}
+
+/* VALE_DELIF of no such interface: the same refusal every time. */
+static void *deleter(void *arg)
+{
+	struct shared *s = arg;
+	while (!s->stop) {
+		struct nmreq_header h;
+		hdr_init(&h, NETMAP_REQ_VALE_DELIF, "nmnope0", NULL);
+		s->delif_bad += !(ioctl(s->fd, NIOCCTRL, &h) < 0 && errno == s->delif_errno);
+		s->delifs++;
+	}
+	return NULL;
+}
+
+static int cmd_threads(const char *name)
+{
+	struct port p;
+	struct shared s;
+	struct nmreq_header h;
+	pthread_t a, b;
+
+	open_or_die(&p, name, NR_REG_ALL_NIC, 0, 0);
+	memset(&s, 0, sizeof(s));
+	s.fd = p.fd;
+	s.name = name;
+	hdr_init(&h, NETMAP_REQ_VALE_DELIF, "nmnope0", NULL);
+	check(ioctl(p.fd, NIOCCTRL, &h) < 0, "DELIF of no such interface fails");
+	s.delif_errno = errno;
+	check(pthread_create(&a, NULL, lister, &s) == 0 && pthread_create(&b, NULL, deleter, &s) == 0,
+	      "two threads issue requests on the descriptor");
+	/* Nothing arrives: every poll times out, none says the device hung up. */
+	double until = now_ms() + 1500;
+	while (now_ms() < until) {
+		struct pollfd pf = {.fd = p.fd, .events = POLLIN};
+		int rc = poll(&pf, 1, 100);
+		s.polls++;
+		s.hangups += rc != 0 || pf.revents != 0;
+	}
+	s.stop = 1;
+	pthread_join(a, NULL);
+	pthread_join(b, NULL);
+	printf("polls %u (%u woke), lists %u (%u failed), delifs %u (%u other answers)\n", s.polls,
+	       s.hangups, s.lists, s.list_bad, s.delifs, s.delif_bad);
+	check(s.hangups == 0 && s.polls >= 10, "poll slept through the requests' answers");
+	check(s.lists > 10 && s.list_bad == 0, "every VALE_LIST got its own answer");
+	check(s.delifs > 10 && s.delif_bad == 0, "every VALE_DELIF got its own answer");
+	close_port(&p);
+	printf("failures %d\n", failures);
+	return failures;
+}
+
 /* Which descriptors below 512 are open (the directory's own excluded). */
 static void low_fds(char open_[512])
 {
@@ -922,6 +1015,10 @@ int main(int argc, char **argv)
 		return cmd_share(argv[2]);
 	if (strcmp(argv[1], "pipe") == 0)
 		return cmd_pipe(argv[2]);
+	if (strcmp(argv[1], "hangup") == 0)
+		return cmd_hangup(argv[2]);
+	if (strcmp(argv[1], "threads") == 0)
+		return cmd_threads(argv[2]);
 	if (strcmp(argv[1], "lowfds") == 0)
 		return cmd_lowfds(argv[2]);
 	if (strcmp(argv[1], "exclusive") == 0)

@@ -550,6 +550,15 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
             NIOCCTRL => done(unsafe { nioctrl(&dev, arg) }),
             // SAFETY: the legacy requests' argument is a `struct nmreq`.
             c @ (NIOCREGIF | NIOCGINFO) => done(unsafe { legacy(&dev, c, arg) }),
+            // The kernel's own ioctls on any file. O_NONBLOCK means nothing to netmap
+            // and would be shared with the twin (one open file), whose requests must
+            // block for their answers: accepted, not passed on.
+            FIONBIO => 0,
+            // SAFETY: the caller's arguments; these change only this descriptor's flag.
+            FIOCLEX | FIONCLEX => real::ioctl().map_or_else(
+                || fail(Errno::NOSYS, -1),
+                |f| unsafe { f(fd, request, arg) },
+            ),
             _ => fail(Errno::OPNOTSUPP, -1),
         }
     })
@@ -712,12 +721,24 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     })
 }
 
+/// F_SETFL's flags for `fd`: a netmap descriptor keeps O_NONBLOCK off, as for FIONBIO
+/// (the twin shares its open file and must block for valed's answers; netmap ignores
+/// the flag).
+fn setfl_arg(fd: c_int, cmd: c_int, arg: c_ulong) -> c_ulong {
+    if cmd == libc::F_SETFL && lookup(fd).is_some() {
+        arg & !(libc::O_NONBLOCK as c_ulong)
+    } else {
+        arg
+    }
+}
+
 /// # Safety
 /// As fcntl(2).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     guard(-1, || {
-        // SAFETY: the caller's arguments, passed on unchanged.
+        let arg = setfl_arg(fd, cmd, arg);
+        // SAFETY: the caller's arguments, passed on unchanged but for O_NONBLOCK.
         let r =
             real::fcntl().map_or_else(|| fail(Errno::NOSYS, -1), |f| unsafe { f(fd, cmd, arg) });
         if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
@@ -733,7 +754,8 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     guard(-1, || {
-        // SAFETY: the caller's arguments, passed on unchanged.
+        let arg = setfl_arg(fd, cmd, arg);
+        // SAFETY: the caller's arguments, passed on unchanged but for O_NONBLOCK.
         let r =
             real::fcntl64().map_or_else(|| fail(Errno::NOSYS, -1), |f| unsafe { f(fd, cmd, arg) });
         if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
@@ -954,6 +976,9 @@ unsafe fn select_emu(
 }
 
 const POLLIN_: i16 = libc::POLLIN;
+const FIONBIO: u32 = libc::FIONBIO as u32;
+const FIOCLEX: u32 = libc::FIOCLEX as u32;
+const FIONCLEX: u32 = libc::FIONCLEX as u32;
 const POLLOUT_: i16 = libc::POLLOUT;
 
 /// # Safety

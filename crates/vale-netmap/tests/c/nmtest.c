@@ -437,6 +437,21 @@ static int cmd_errors(const char *name)
 	}
 	check(found && errno == ENOENT, "VALE_LIST walks to this port, then ENOENT");
 
+	/* The kernel's ioctls on any file work on the device too. */
+	int on = 1;
+	check(ioctl(p.fd, FIONBIO, &on) == 0, "FIONBIO: done");
+	memset(&vl, 0, sizeof(vl));
+	hdr_init(&h, NETMAP_REQ_VALE_LIST, name, &vl);
+	check(ioctl(p.fd, NIOCCTRL, &h) == 0, "after FIONBIO, requests to valed still get answers");
+	check(fcntl(p.fd, F_SETFL, O_NONBLOCK) == 0, "F_SETFL O_NONBLOCK: done");
+	int answered = 1;
+	for (int i = 0; i < 50; i++) /* an answer not there yet would read EAGAIN */
+		answered &= ioctl(p.fd, NIOCCTRL, &h) == 0;
+	check(answered, "after O_NONBLOCK, requests to valed still get answers");
+	check(ioctl(p.fd, FIOCLEX) == 0 && (fcntl(p.fd, F_GETFD) & FD_CLOEXEC), "FIOCLEX sets close-on-exec");
+	check(ioctl(p.fd, FIONCLEX) == 0 && !(fcntl(p.fd, F_GETFD) & FD_CLOEXEC),
+	      "FIONCLEX clears it");
+
 	/* netmap's prologue: a head past tail reinitialises the ring, nothing is sent. */
 	struct netmap_ring *r = NETMAP_TXRING(p.nifp, 0);
 	uint32_t head = r->head, tail = r->tail;

@@ -1,5 +1,5 @@
 //! The C entry points: libc's `open`, `ioctl`, `mmap`, `close`, `dup`, `fcntl`, `poll`
-//! and `select` families, taken over for `/dev/netmap` and its descriptors only; every
+//! and `select` families and `epoll_ctl`, taken over for `/dev/netmap` and its descriptors only; every
 //! other path and descriptor goes to the next definition (libc) at the cost of one
 //! atomic load while no netmap descriptor is open.
 //!
@@ -67,6 +67,7 @@ mod real {
     next!(poll: fn(*mut pollfd, nfds_t, c_int) -> c_int);
     next!(ppoll: fn(*mut pollfd, nfds_t, *const libc::timespec, *const libc::sigset_t) -> c_int);
     next!(select: fn(c_int, *mut libc::fd_set, *mut libc::fd_set, *mut libc::fd_set, *mut libc::timeval) -> c_int);
+    next!(epoll_ctl: fn(c_int, c_int, c_int, *mut libc::epoll_event) -> c_int);
     next!(pselect: fn(c_int, *mut libc::fd_set, *mut libc::fd_set, *mut libc::fd_set, *const libc::timespec, *const libc::sigset_t) -> c_int);
 }
 
@@ -1048,6 +1049,34 @@ pub unsafe extern "C" fn pselect(
         real::pselect().map_or_else(
             || fail(Errno::NOSYS, -1),
             |f| unsafe { f(nfds, r, w, e, ts, sigmask) },
+        )
+    })
+}
+
+// ---- epoll ----------------------------------------------------------------------------
+
+/// # Safety
+/// As epoll_ctl(2).
+///
+/// A netmap descriptor cannot be watched by epoll: what makes it ready is ring state
+/// the library computes in poll, never its socket, so an epoll_wait on it would sleep
+/// for ever. It is refused as a regular file is (EPERM), which programs take as "use
+/// poll"; every other descriptor goes to libc.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epoll_ctl(
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    event: *mut libc::epoll_event,
+) -> c_int {
+    guard(-1, || {
+        if (op == libc::EPOLL_CTL_ADD || op == libc::EPOLL_CTL_MOD) && lookup(fd).is_some() {
+            return fail(Errno::PERM, -1);
+        }
+        // SAFETY: the caller's arguments, passed on unchanged.
+        real::epoll_ctl().map_or_else(
+            || fail(Errno::NOSYS, -1),
+            |f| unsafe { f(epfd, op, fd, event) },
         )
     })
 }

@@ -41,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -451,6 +452,20 @@ static int cmd_errors(const char *name)
 	check(ioctl(p.fd, FIOCLEX) == 0 && (fcntl(p.fd, F_GETFD) & FD_CLOEXEC), "FIOCLEX sets close-on-exec");
 	check(ioctl(p.fd, FIONCLEX) == 0 && !(fcntl(p.fd, F_GETFD) & FD_CLOEXEC),
 	      "FIONCLEX clears it");
+
+	/* epoll cannot watch ring state: refused as for a regular file, other fds served. */
+	int ep = epoll_create1(EPOLL_CLOEXEC), pp[2];
+	struct epoll_event ev = {.events = EPOLLIN};
+	check(ep >= 0 && epoll_ctl(ep, EPOLL_CTL_ADD, p.fd, &ev) < 0 && errno == EPERM,
+	      "epoll_ctl ADD of the device: EPERM");
+	check(epoll_ctl(ep, EPOLL_CTL_MOD, p.fd, &ev) < 0 && errno == EPERM,
+	      "epoll_ctl MOD of the device: EPERM");
+	check(pipe(pp) == 0 && epoll_ctl(ep, EPOLL_CTL_ADD, pp[0], &ev) == 0 &&
+		  write(pp[1], "x", 1) == 1 && epoll_wait(ep, &ev, 1, 1000) == 1,
+	      "epoll on another descriptor works");
+	close(pp[0]);
+	close(pp[1]);
+	close(ep);
 
 	/* netmap's prologue: a head past tail reinitialises the ring, nothing is sent. */
 	struct netmap_ring *r = NETMAP_TXRING(p.nifp, 0);

@@ -7,7 +7,7 @@ use crate::abi::*;
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::io::Errno;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use vale::proto::{self, ErrorKind, GeometryRequest, Request, Response};
 use vale_abi::layout::{NS_BUF_CHANGED, NS_MOREFRAG, NetmapSlot};
 use vale_abi::ring::dist;
@@ -306,6 +306,10 @@ pub struct Device {
     /// One request and its answer at a time on `conn`: threads sharing the descriptor
     /// would otherwise read each other's answers.
     calling: Mutex<()>,
+    /// The threads in a poll on this descriptor, from before they last look at the
+    /// rings until they wake, by their own wake-up eventfd: they all sleep on the one
+    /// notify eventfd, and whichever drains it passes the wake-up on to the others.
+    waiters: Mutex<Vec<Arc<OwnedFd>>>,
 }
 
 /// Mem ids: unique per mapping handed out (libnetmap shares a mapping between
@@ -339,11 +343,35 @@ impl Device {
             port: OnceLock::new(),
             registering: Mutex::new(()),
             calling: Mutex::new(()),
+            waiters: Mutex::new(Vec::new()),
         }
     }
 
     pub fn port(&self) -> Option<&Port> {
         self.port.get()
+    }
+
+    /// A thread that may sleep on this descriptor's notify eventfd, woken by `me`.
+    pub fn wait_begin(&self, me: &Arc<OwnedFd>) {
+        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        w.push(me.clone());
+    }
+
+    /// That thread is awake (one [`Self::wait_begin`] undone).
+    pub fn wait_end(&self, me: &Arc<OwnedFd>) {
+        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = w.iter().position(|x| Arc::ptr_eq(x, me)) {
+            w.swap_remove(i);
+        }
+    }
+
+    /// The calling thread (`me`, if it has a wake-up eventfd) drained the notify
+    /// eventfd: every other thread that may be about to sleep on it is woken instead.
+    pub fn wake_others(&self, me: Option<&Arc<OwnedFd>>) {
+        let w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        for x in w.iter().filter(|x| me.is_none_or(|me| !Arc::ptr_eq(x, me))) {
+            let _ = rustix::io::write(&**x, &1u64.to_ne_bytes());
+        }
     }
 
     /// One request to valed on this descriptor's connection.
@@ -391,19 +419,26 @@ impl Device {
         };
         // From here on a failure lets go of the port again, so that the descriptor may
         // register once more (as netmap's does after a failed REGISTER).
-        let undo = |e: Errno| {
+        self.bind(req, g, granted, pipe_end, fds).inspect_err(|_| {
             let _ = self.call(&Request::Close);
-            e
-        };
+        })
+    }
+
+    /// The port valed opened, bound as `req` asks: its region from the first of `fds`
+    /// (then the kick and notify eventfds), the rings, this descriptor's `netmap_if`.
+    pub(crate) fn bind(
+        &self,
+        req: &RegisterReq,
+        g: PortGeometry,
+        granted: (u32, u32),
+        pipe_end: Option<PipeEnd>,
+        fds: Vec<OwnedFd>,
+    ) -> NmResult<RegisterReply> {
         let [memfd, kick, notify]: [OwnedFd; proto::OPEN_FDS] =
-            fds.try_into().map_err(|_| undo(Errno::IO))?;
+            fds.try_into().map_err(|_| Errno::IO)?;
         let [memfd, kick, notify] = [hide(memfd), hide(kick), hide(notify)];
-        let (memfd, kick, notify) = (
-            memfd.map_err(undo)?,
-            kick.map_err(undo)?,
-            notify.map_err(undo)?,
-        );
-        let region = Region::from_fd(memfd, g).map_err(|_| undo(Errno::IO))?;
+        let (memfd, kick, notify) = (memfd?, kick?, notify?);
+        let region = Region::from_fd(memfd, g).map_err(|_| Errno::IO)?;
         // The rings this descriptor sees, as the entries of its netmap_if: per direction
         // one entry per ring, Some(ring offset in the region) if it is bound. A pipe
         // endpoint is one ring each way, its own rings in the port's region.
@@ -412,7 +447,7 @@ impl Device {
             None => (g.tx_rings, g.rx_rings),
         };
         if req.mode == NR_REG_ONE_NIC && req.ringid >= nt && req.ringid >= nr {
-            return Err(undo(Errno::INVAL));
+            return Err(Errno::INVAL);
         }
         let entries = |dir: Dir, n: u16, off: u64| -> Vec<Option<usize>> {
             let ids = if req.flags & off != 0 {
@@ -435,7 +470,7 @@ impl Device {
         let tx_at = entries(Dir::Tx, nt, NR_RX_RINGS_ONLY);
         let rx_at = entries(Dir::Rx, nr, NR_TX_RINGS_ONLY);
         if !link_extra_bufs(&region, granted) {
-            return Err(undo(Errno::IO));
+            return Err(Errno::IO);
         }
         // The mapping: the one the program named, if it maps this region and has room,
         // else a new one (room for this port's netmap_if, or a pipe's, in every slot).
@@ -448,8 +483,8 @@ impl Device {
             Some(s) => s,
             None => {
                 let slot = prefix_len(g.tx_rings, g.rx_rings) / (1 + SHARERS);
-                let p = Prefix::new(&region, slot).map_err(undo)?;
-                let off = p.take(bytes).ok_or_else(|| undo(Errno::NOMEM))?;
+                let p = Prefix::new(&region, slot)?;
+                let off = p.take(bytes).ok_or(Errno::NOMEM)?;
                 (p, off)
             }
         };
@@ -458,7 +493,7 @@ impl Device {
             &region, &prefix, nifp_off, &tx_at, &rx_at, granted, &ni_name,
         ) {
             prefix.give_back(nifp_off);
-            return Err(undo(e));
+            return Err(e);
         }
         let bind = |dir: Dir, at: &[Option<usize>]| -> Vec<Bound> {
             (0..at.len() as u16)
@@ -487,9 +522,7 @@ impl Device {
         // peer's RX ring.
         let pipe = match pipe_end {
             Some(end) if !tx.is_empty() => {
-                let peer_rx = region
-                    .pipe_ring(end.peer(), Dir::Rx)
-                    .ok_or_else(|| undo(Errno::IO))?;
+                let peer_rx = region.pipe_ring(end.peer(), Dir::Rx).ok_or(Errno::IO)?;
                 Some(PipeKernel::new(
                     tx[0].app.view().clone(),
                     peer_rx,

@@ -1140,3 +1140,157 @@ pub fn fuzz_requests(data: &[u8]) -> Vec<Request> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::event::EventfdFlags;
+    use rustix::fd::OwnedFd;
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    use std::sync::mpsc;
+    use std::time::Instant;
+    use vale_abi::{PortGeometry, Region};
+
+    /// A registered device without valed: the switch's side of its region, the notify
+    /// eventfd as valed holds it, and the other end of the connection.
+    fn device() -> (Arc<Device>, Region, OwnedFd, OwnedFd) {
+        let g = PortGeometry {
+            tx_slots: 64,
+            rx_slots: 64,
+            ..Default::default()
+        };
+        let sw = Region::create("vale0:t", g).unwrap();
+        let memfd = rustix::io::fcntl_dupfd_cloexec(sw.fd(), 0).unwrap();
+        let ev = || rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK);
+        let (kick, notify) = (ev().unwrap(), ev().unwrap());
+        let notify_sw = rustix::io::fcntl_dupfd_cloexec(&notify, 0).unwrap();
+        let (conn, peer) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let dev = Arc::new(Device::new(conn));
+        let req = crate::dev::RegisterReq {
+            name: "vale0:t".into(),
+            mode: NR_REG_ALL_NIC,
+            ringid: 0,
+            flags: 0,
+            geometry: Default::default(),
+            mem_id: 0,
+        };
+        dev.bind(&req, g, (0, 0), None, vec![memfd, kick, notify])
+            .unwrap();
+        (dev, sw, notify_sw, peer)
+    }
+
+    fn real_sleep(fds: &mut [pollfd], timeout: Option<Duration>) -> i32 {
+        Real {
+            sigmask: std::ptr::null(),
+        }
+        .poll(fds, timeout)
+    }
+
+    /// The real poll, saying so each time before it sleeps.
+    struct Telling(mpsc::Sender<()>);
+
+    impl Sleeper for Telling {
+        fn poll(&mut self, fds: &mut [pollfd], timeout: Option<Duration>) -> i32 {
+            let _ = self.0.send(());
+            real_sleep(fds, timeout)
+        }
+    }
+
+    /// The real poll, after running `.0` once, when the poll first goes to sleep.
+    struct Meanwhile<F: FnMut()>(Option<F>);
+
+    impl<F: FnMut()> Sleeper for Meanwhile<F> {
+        fn poll(&mut self, fds: &mut [pollfd], timeout: Option<Duration>) -> i32 {
+            if let Some(mut f) = self.0.take() {
+                f();
+            }
+            real_sleep(fds, timeout)
+        }
+    }
+
+    /// The real poll, counting its calls.
+    struct Counting<'a>(&'a AtomicUsize);
+
+    impl Sleeper for Counting<'_> {
+        fn poll(&mut self, fds: &mut [pollfd], timeout: Option<Duration>) -> i32 {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            real_sleep(fds, timeout)
+        }
+    }
+
+    fn want_rx() -> [pollfd; 1] {
+        [pollfd {
+            fd: -1,
+            events: libc::POLLIN,
+            revents: 0,
+        }]
+    }
+
+    #[test]
+    fn a_wake_up_one_thread_drains_reaches_the_others_asleep_on_the_descriptor() {
+        let (dev, sw, notify, _peer) = device();
+        // Thread A sleeps in poll on the descriptor.
+        let (said, asleep) = mpsc::channel();
+        let a_dev = dev.clone();
+        let mut a = Some(std::thread::spawn(move || {
+            let t = Some(Duration::from_secs(5));
+            pollemu::poll(&mut want_rx(), &[Some(a_dev)], t, &mut Telling(said))
+        }));
+        asleep.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(100)); // in ppoll by now
+        // Thread B has armed and looked once more (nothing), and is about to sleep when
+        // the switch delivers a frame and kicks; A wakes first and drains the eventfd.
+        let t0 = Instant::now();
+        let rc = pollemu::poll(
+            &mut want_rx(),
+            &[Some(dev.clone())],
+            Some(Duration::from_secs(3)),
+            &mut Meanwhile(Some(|| {
+                sw.ring(Dir::Rx, 0).unwrap().csb().sw_publish_release(0, 1);
+                rustix::io::write(&notify, &1u64.to_ne_bytes()).unwrap();
+                let a = a.take().unwrap().join().unwrap();
+                assert_eq!(a, 1, "A woke to the frame");
+            })),
+        );
+        assert_eq!(rc, 1, "B sees the frame");
+        let slept = t0.elapsed();
+        assert!(
+            slept < Duration::from_secs(1),
+            "B slept {slept:?} on the eventfd A drained"
+        );
+    }
+
+    #[test]
+    fn threads_asleep_on_one_descriptor_pass_a_wake_up_on_once_not_back_and_forth() {
+        let (dev, _sw, notify, _peer) = device();
+        let sleeps = AtomicUsize::new(0);
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    let t = Some(Duration::from_millis(600));
+                    let rc = pollemu::poll(
+                        &mut want_rx(),
+                        &[Some(dev.clone())],
+                        t,
+                        &mut Counting(&sleeps),
+                    );
+                    assert_eq!(rc, 0, "nothing arrived");
+                });
+            }
+            // A kick with nothing behind it (a spurious one): each thread wakes, looks,
+            // sleeps again; none wakes another for ever.
+            std::thread::sleep(Duration::from_millis(200));
+            rustix::io::write(&notify, &1u64.to_ne_bytes()).unwrap();
+        });
+        assert!(t0.elapsed() >= Duration::from_millis(590));
+        let n = sleeps.load(Ordering::Relaxed);
+        assert!(n <= 3 * 4, "{n} sleeps for one kick in three threads");
+    }
+}

@@ -184,6 +184,25 @@ pub struct Nmreq {
     pub spare2: u32,
 }
 
+/// Bytes of the body a request type carries (0: none), as netmap's `nmreq_size_by_type`
+/// counts them: NIOCCTRL fails with EINVAL when a body is missing where one is expected,
+/// or present where none is (DELIF, SYNC_KLOOP_STOP, CSB_ENABLE, unknown types).
+pub fn body_size(reqtype: u16) -> usize {
+    match reqtype {
+        REQ_REGISTER => size_of::<NmreqRegister>(),
+        REQ_PORT_INFO_GET => size_of::<NmreqPortInfoGet>(),
+        REQ_VALE_ATTACH => 64, // nmreq_vale_attach: a nmreq_register, then port_index
+        REQ_VALE_DETACH => 8,  // nmreq_vale_detach: port_index
+        REQ_VALE_LIST => size_of::<NmreqValeList>(),
+        REQ_PORT_HDR_SET | REQ_PORT_HDR_GET => size_of::<NmreqPortHdr>(),
+        REQ_VALE_NEWIF => 16, // nmreq_vale_newif: slots, rings, mem id
+        REQ_VALE_POLLING_ENABLE | REQ_VALE_POLLING_DISABLE => 16, // nmreq_vale_polling
+        REQ_POOLS_INFO_GET => size_of::<NmreqPoolsInfo>(),
+        REQ_SYNC_KLOOP_START => 8, // nmreq_sync_kloop_start: sleep_us
+        _ => 0,
+    }
+}
+
 /// Bytes of a `netmap_if` with room for `tx` and `rx` rings and their host
 /// placeholders: 56, then one `ssize_t` per ring.
 pub fn netmap_if_bytes(tx: u16, rx: u16) -> usize {
@@ -263,6 +282,30 @@ mod tests {
         );
         assert_eq!(name_of(&[b'x'; 4]), Some("xxxx"), "no NUL: the whole array");
         assert_eq!(name_of(&[0xff, 0]), None);
+    }
+
+    #[test]
+    fn bodies_are_expected_where_netmap_expects_them() {
+        for t in [REQ_VALE_DELIF, REQ_SYNC_KLOOP_STOP, REQ_CSB_ENABLE, 0, 99] {
+            assert_eq!(body_size(t), 0, "type {t} carries no body");
+        }
+        let sized = [
+            (REQ_REGISTER, 56),
+            (REQ_PORT_INFO_GET, 32),
+            (REQ_VALE_ATTACH, 64),
+            (REQ_VALE_DETACH, 8),
+            (REQ_VALE_LIST, 8),
+            (REQ_PORT_HDR_SET, 8),
+            (REQ_PORT_HDR_GET, 8),
+            (REQ_VALE_NEWIF, 16),
+            (REQ_VALE_POLLING_ENABLE, 16),
+            (REQ_VALE_POLLING_DISABLE, 16),
+            (REQ_POOLS_INFO_GET, 64),
+            (REQ_SYNC_KLOOP_START, 8),
+        ];
+        for (t, n) in sized {
+            assert_eq!(body_size(t), n, "type {t}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::abi::*;
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::io::Errno;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use vale::proto::{self, ErrorKind, GeometryRequest, Request, Response};
 use vale_abi::layout::{NS_BUF_CHANGED, NS_MOREFRAG, NetmapSlot};
 use vale_abi::ring::dist;
@@ -64,6 +64,22 @@ pub fn prefix_len(tx: u16, rx: u16) -> usize {
 /// Live prefixes, for REGISTERs that ask for an existing mapping.
 static PREFIXES: Mutex<Vec<std::sync::Weak<Prefix>>> = Mutex::new(Vec::new());
 
+/// The lowest descriptor number the library keeps for itself (netmap-abi §5.2).
+const HIDDEN_FDS_FROM: i32 = 512;
+
+/// A close-on-exec duplicate of `fd` at or above [`HIDDEN_FDS_FROM`], so that the
+/// library's own descriptors never take the low numbers a program expects to get (or
+/// has closed on purpose: with `2>&-`, a memfd landing on fd 2 would have every write
+/// to stderr go over a `netmap_if`).
+pub fn high_dup(fd: rustix::fd::BorrowedFd<'_>) -> NmResult<OwnedFd> {
+    rustix::io::fcntl_dupfd_cloexec(fd, HIDDEN_FDS_FROM).map_err(|_| Errno::MFILE)
+}
+
+/// `fd` moved to [`high_dup`]'s range, its low number given back.
+fn hide(fd: OwnedFd) -> NmResult<OwnedFd> {
+    high_dup(fd.as_fd())
+}
+
 fn file_id(fd: rustix::fd::BorrowedFd<'_>) -> (u64, u64) {
     rustix::fs::fstat(fd).map_or((0, 0), |s| (s.st_dev, s.st_ino))
 }
@@ -74,6 +90,7 @@ impl Prefix {
         let len = slot * (1 + SHARERS);
         let fd = rustix::fs::memfd_create(c"vale-netmap-if", rustix::fs::MemfdFlags::CLOEXEC)
             .map_err(|_| Errno::NOMEM)?;
+        let fd = hide(fd)?;
         rustix::fs::ftruncate(&fd, len as u64).map_err(|_| Errno::NOMEM)?;
         let p = std::sync::Arc::new(Prefix {
             fd,
@@ -286,6 +303,13 @@ pub struct Device {
     pub conn: OwnedFd,
     port: OnceLock<Port>,
     registering: Mutex<()>,
+    /// One request and its answer at a time on `conn`: threads sharing the descriptor
+    /// would otherwise read each other's answers.
+    calling: Mutex<()>,
+    /// The threads in a poll on this descriptor, from before they last look at the
+    /// rings until they wake, by their own wake-up eventfd: they all sleep on the one
+    /// notify eventfd, and whichever drains it passes the wake-up on to the others.
+    waiters: Mutex<Vec<Arc<OwnedFd>>>,
 }
 
 /// Mem ids: unique per mapping handed out (libnetmap shares a mapping between
@@ -318,6 +342,8 @@ impl Device {
             conn,
             port: OnceLock::new(),
             registering: Mutex::new(()),
+            calling: Mutex::new(()),
+            waiters: Mutex::new(Vec::new()),
         }
     }
 
@@ -325,8 +351,32 @@ impl Device {
         self.port.get()
     }
 
+    /// A thread that may sleep on this descriptor's notify eventfd, woken by `me`.
+    pub fn wait_begin(&self, me: &Arc<OwnedFd>) {
+        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        w.push(me.clone());
+    }
+
+    /// That thread is awake (one [`Self::wait_begin`] undone).
+    pub fn wait_end(&self, me: &Arc<OwnedFd>) {
+        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = w.iter().position(|x| Arc::ptr_eq(x, me)) {
+            w.swap_remove(i);
+        }
+    }
+
+    /// The calling thread (`me`, if it has a wake-up eventfd) drained the notify
+    /// eventfd: every other thread that may be about to sleep on it is woken instead.
+    pub fn wake_others(&self, me: Option<&Arc<OwnedFd>>) {
+        let w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        for x in w.iter().filter(|x| me.is_none_or(|me| !Arc::ptr_eq(x, me))) {
+            let _ = rustix::io::write(&**x, &1u64.to_ne_bytes());
+        }
+    }
+
     /// One request to valed on this descriptor's connection.
     pub fn call(&self, req: &Request) -> NmResult<(Response, Vec<OwnedFd>)> {
+        let _one = self.calling.lock().unwrap_or_else(|p| p.into_inner());
         vale::sock::call(&self.conn, req).map_err(|_| Errno::IO)
     }
 
@@ -369,13 +419,26 @@ impl Device {
         };
         // From here on a failure lets go of the port again, so that the descriptor may
         // register once more (as netmap's does after a failed REGISTER).
-        let undo = |e: Errno| {
+        self.bind(req, g, granted, pipe_end, fds).inspect_err(|_| {
             let _ = self.call(&Request::Close);
-            e
-        };
+        })
+    }
+
+    /// The port valed opened, bound as `req` asks: its region from the first of `fds`
+    /// (then the kick and notify eventfds), the rings, this descriptor's `netmap_if`.
+    pub(crate) fn bind(
+        &self,
+        req: &RegisterReq,
+        g: PortGeometry,
+        granted: (u32, u32),
+        pipe_end: Option<PipeEnd>,
+        fds: Vec<OwnedFd>,
+    ) -> NmResult<RegisterReply> {
         let [memfd, kick, notify]: [OwnedFd; proto::OPEN_FDS] =
-            fds.try_into().map_err(|_| undo(Errno::IO))?;
-        let region = Region::from_fd(memfd, g).map_err(|_| undo(Errno::IO))?;
+            fds.try_into().map_err(|_| Errno::IO)?;
+        let [memfd, kick, notify] = [hide(memfd), hide(kick), hide(notify)];
+        let (memfd, kick, notify) = (memfd?, kick?, notify?);
+        let region = Region::from_fd(memfd, g).map_err(|_| Errno::IO)?;
         // The rings this descriptor sees, as the entries of its netmap_if: per direction
         // one entry per ring, Some(ring offset in the region) if it is bound. A pipe
         // endpoint is one ring each way, its own rings in the port's region.
@@ -384,7 +447,7 @@ impl Device {
             None => (g.tx_rings, g.rx_rings),
         };
         if req.mode == NR_REG_ONE_NIC && req.ringid >= nt && req.ringid >= nr {
-            return Err(undo(Errno::INVAL));
+            return Err(Errno::INVAL);
         }
         let entries = |dir: Dir, n: u16, off: u64| -> Vec<Option<usize>> {
             let ids = if req.flags & off != 0 {
@@ -407,7 +470,7 @@ impl Device {
         let tx_at = entries(Dir::Tx, nt, NR_RX_RINGS_ONLY);
         let rx_at = entries(Dir::Rx, nr, NR_TX_RINGS_ONLY);
         if !link_extra_bufs(&region, granted) {
-            return Err(undo(Errno::IO));
+            return Err(Errno::IO);
         }
         // The mapping: the one the program named, if it maps this region and has room,
         // else a new one (room for this port's netmap_if, or a pipe's, in every slot).
@@ -420,8 +483,8 @@ impl Device {
             Some(s) => s,
             None => {
                 let slot = prefix_len(g.tx_rings, g.rx_rings) / (1 + SHARERS);
-                let p = Prefix::new(&region, slot).map_err(undo)?;
-                let off = p.take(bytes).ok_or_else(|| undo(Errno::NOMEM))?;
+                let p = Prefix::new(&region, slot)?;
+                let off = p.take(bytes).ok_or(Errno::NOMEM)?;
                 (p, off)
             }
         };
@@ -430,7 +493,7 @@ impl Device {
             &region, &prefix, nifp_off, &tx_at, &rx_at, granted, &ni_name,
         ) {
             prefix.give_back(nifp_off);
-            return Err(undo(e));
+            return Err(e);
         }
         let bind = |dir: Dir, at: &[Option<usize>]| -> Vec<Bound> {
             (0..at.len() as u16)
@@ -459,9 +522,7 @@ impl Device {
         // peer's RX ring.
         let pipe = match pipe_end {
             Some(end) if !tx.is_empty() => {
-                let peer_rx = region
-                    .pipe_ring(end.peer(), Dir::Rx)
-                    .ok_or_else(|| undo(Errno::IO))?;
+                let peer_rx = region.pipe_ring(end.peer(), Dir::Rx).ok_or(Errno::IO)?;
                 Some(PipeKernel::new(
                     tx[0].app.view().clone(),
                     peer_rx,

@@ -1,5 +1,5 @@
 //! The C entry points: libc's `open`, `ioctl`, `mmap`, `close`, `dup`, `fcntl`, `poll`
-//! and `select` families, taken over for `/dev/netmap` and its descriptors only; every
+//! and `select` families and `epoll_ctl`, taken over for `/dev/netmap` and its descriptors only; every
 //! other path and descriptor goes to the next definition (libc) at the cost of one
 //! atomic load while no netmap descriptor is open.
 //!
@@ -67,6 +67,7 @@ mod real {
     next!(poll: fn(*mut pollfd, nfds_t, c_int) -> c_int);
     next!(ppoll: fn(*mut pollfd, nfds_t, *const libc::timespec, *const libc::sigset_t) -> c_int);
     next!(select: fn(c_int, *mut libc::fd_set, *mut libc::fd_set, *mut libc::fd_set, *mut libc::timeval) -> c_int);
+    next!(epoll_ctl: fn(c_int, c_int, c_int, *mut libc::epoll_event) -> c_int);
     next!(pselect: fn(c_int, *mut libc::fd_set, *mut libc::fd_set, *mut libc::fd_set, *const libc::timespec, *const libc::sigset_t) -> c_int);
 }
 
@@ -186,8 +187,9 @@ fn open_device() -> c_int {
     };
     // The application's descriptor is not close-on-exec (netmap's is not); our twin is,
     // and sits high so it does not surprise programs that count descriptors.
-    let Ok(twin) = rustix::io::fcntl_dupfd_cloexec(&conn, 512) else {
-        return fail(Errno::MFILE, -1);
+    let twin = match crate::dev::high_dup(conn.as_fd()) {
+        Ok(t) => t,
+        Err(e) => return fail(e, -1),
     };
     let _ = rustix::io::fcntl_setfd(&conn, rustix::io::FdFlags::empty());
     let fd = rustix::fd::IntoRawFd::into_raw_fd(conn);
@@ -324,6 +326,11 @@ unsafe fn nioctrl(dev: &Device, arg: *mut c_void) -> NmResult<()> {
     if !(NETMAP_MIN_API..=NETMAP_MAX_API).contains(&h.nr_version) || h.nr_reserved != 0 {
         return Err(Errno::INVAL);
     }
+    // A body exactly where the type has one (netmap's `nmreq_copyin`): every handler
+    // below may then read or write through a non-null `nr_body`.
+    if (body_size(h.nr_reqtype) > 0) != (h.nr_body != 0) {
+        return Err(Errno::INVAL);
+    }
     // SAFETY: the options the application linked from its header.
     unsafe { refuse_options(h.nr_options)? };
     let name = name_of(&h.nr_name).ok_or(Errno::INVAL)?.to_string();
@@ -351,12 +358,12 @@ unsafe fn nioctrl(dev: &Device, arg: *mut c_void) -> NmResult<()> {
         REQ_PORT_HDR_GET => {
             // VALE client ports carry no virtio-net header.
             let b = NmreqPortHdr::default();
-            // SAFETY: the body is a `struct nmreq_port_hdr`.
+            // SAFETY: the body (non-null: checked above) is a `struct nmreq_port_hdr`.
             unsafe { write_out(body, &b) };
             Ok(())
         }
         REQ_PORT_HDR_SET => {
-            // SAFETY: the body is a `struct nmreq_port_hdr`.
+            // SAFETY: the body (non-null: checked above) is a `struct nmreq_port_hdr`.
             let b: NmreqPortHdr = unsafe { read_in(body)? };
             if b.nr_hdr_len == 0 {
                 Ok(())
@@ -384,7 +391,7 @@ unsafe fn nioctrl(dev: &Device, arg: *mut c_void) -> NmResult<()> {
                 nr_mem_id: mem_id,
                 ..Default::default()
             };
-            // SAFETY: the body is a `struct nmreq_port_info_get`.
+            // SAFETY: the body (non-null: checked above) is a `struct nmreq_port_info_get`.
             unsafe { write_out(body, &b) };
             Ok(())
         }
@@ -408,7 +415,7 @@ unsafe fn nioctrl(dev: &Device, arg: *mut c_void) -> NmResult<()> {
                 nr_buf_pool_objsize: g.buf_size,
                 ..Default::default()
             };
-            // SAFETY: the body is a `struct nmreq_pools_info`.
+            // SAFETY: the body (non-null: checked above) is a `struct nmreq_pools_info`.
             unsafe { write_out(body, &b) };
             Ok(())
         }
@@ -544,6 +551,15 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
             NIOCCTRL => done(unsafe { nioctrl(&dev, arg) }),
             // SAFETY: the legacy requests' argument is a `struct nmreq`.
             c @ (NIOCREGIF | NIOCGINFO) => done(unsafe { legacy(&dev, c, arg) }),
+            // The kernel's own ioctls on any file. O_NONBLOCK means nothing to netmap
+            // and would be shared with the twin (one open file), whose requests must
+            // block for their answers: accepted, not passed on.
+            FIONBIO => 0,
+            // SAFETY: the caller's arguments; these change only this descriptor's flag.
+            FIOCLEX | FIONCLEX => real::ioctl().map_or_else(
+                || fail(Errno::NOSYS, -1),
+                |f| unsafe { f(fd, request, arg) },
+            ),
             _ => fail(Errno::OPNOTSUPP, -1),
         }
     })
@@ -706,12 +722,24 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     })
 }
 
+/// F_SETFL's flags for `fd`: a netmap descriptor keeps O_NONBLOCK off, as for FIONBIO
+/// (the twin shares its open file and must block for valed's answers; netmap ignores
+/// the flag).
+fn setfl_arg(fd: c_int, cmd: c_int, arg: c_ulong) -> c_ulong {
+    if cmd == libc::F_SETFL && lookup(fd).is_some() {
+        arg & !(libc::O_NONBLOCK as c_ulong)
+    } else {
+        arg
+    }
+}
+
 /// # Safety
 /// As fcntl(2).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     guard(-1, || {
-        // SAFETY: the caller's arguments, passed on unchanged.
+        let arg = setfl_arg(fd, cmd, arg);
+        // SAFETY: the caller's arguments, passed on unchanged but for O_NONBLOCK.
         let r =
             real::fcntl().map_or_else(|| fail(Errno::NOSYS, -1), |f| unsafe { f(fd, cmd, arg) });
         if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
@@ -727,7 +755,8 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     guard(-1, || {
-        // SAFETY: the caller's arguments, passed on unchanged.
+        let arg = setfl_arg(fd, cmd, arg);
+        // SAFETY: the caller's arguments, passed on unchanged but for O_NONBLOCK.
         let r =
             real::fcntl64().map_or_else(|| fail(Errno::NOSYS, -1), |f| unsafe { f(fd, cmd, arg) });
         if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
@@ -948,6 +977,9 @@ unsafe fn select_emu(
 }
 
 const POLLIN_: i16 = libc::POLLIN;
+const FIONBIO: u32 = libc::FIONBIO as u32;
+const FIOCLEX: u32 = libc::FIOCLEX as u32;
+const FIONCLEX: u32 = libc::FIONCLEX as u32;
 const POLLOUT_: i16 = libc::POLLOUT;
 
 /// # Safety
@@ -1021,6 +1053,34 @@ pub unsafe extern "C" fn pselect(
     })
 }
 
+// ---- epoll ----------------------------------------------------------------------------
+
+/// # Safety
+/// As epoll_ctl(2).
+///
+/// A netmap descriptor cannot be watched by epoll: what makes it ready is ring state
+/// the library computes in poll, never its socket, so an epoll_wait on it would sleep
+/// for ever. It is refused as a regular file is (EPERM), which programs take as "use
+/// poll"; every other descriptor goes to libc.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epoll_ctl(
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    event: *mut libc::epoll_event,
+) -> c_int {
+    guard(-1, || {
+        if (op == libc::EPOLL_CTL_ADD || op == libc::EPOLL_CTL_MOD) && lookup(fd).is_some() {
+            return fail(Errno::PERM, -1);
+        }
+        // SAFETY: the caller's arguments, passed on unchanged.
+        real::epoll_ctl().map_or_else(
+            || fail(Errno::NOSYS, -1),
+            |f| unsafe { f(epfd, op, fd, event) },
+        )
+    })
+}
+
 // ---- fuzzing ------------------------------------------------------------------------
 
 /// The netmap request structs from raw bytes, as an application's pointers deliver them
@@ -1079,4 +1139,158 @@ pub fn fuzz_requests(data: &[u8]) -> Vec<Request> {
         out.extend(crate::dev::open_request(&r));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::event::EventfdFlags;
+    use rustix::fd::OwnedFd;
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    use std::sync::mpsc;
+    use std::time::Instant;
+    use vale_abi::{PortGeometry, Region};
+
+    /// A registered device without valed: the switch's side of its region, the notify
+    /// eventfd as valed holds it, and the other end of the connection.
+    fn device() -> (Arc<Device>, Region, OwnedFd, OwnedFd) {
+        let g = PortGeometry {
+            tx_slots: 64,
+            rx_slots: 64,
+            ..Default::default()
+        };
+        let sw = Region::create("vale0:t", g).unwrap();
+        let memfd = rustix::io::fcntl_dupfd_cloexec(sw.fd(), 0).unwrap();
+        let ev = || rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK);
+        let (kick, notify) = (ev().unwrap(), ev().unwrap());
+        let notify_sw = rustix::io::fcntl_dupfd_cloexec(&notify, 0).unwrap();
+        let (conn, peer) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let dev = Arc::new(Device::new(conn));
+        let req = crate::dev::RegisterReq {
+            name: "vale0:t".into(),
+            mode: NR_REG_ALL_NIC,
+            ringid: 0,
+            flags: 0,
+            geometry: Default::default(),
+            mem_id: 0,
+        };
+        dev.bind(&req, g, (0, 0), None, vec![memfd, kick, notify])
+            .unwrap();
+        (dev, sw, notify_sw, peer)
+    }
+
+    fn real_sleep(fds: &mut [pollfd], timeout: Option<Duration>) -> i32 {
+        Real {
+            sigmask: std::ptr::null(),
+        }
+        .poll(fds, timeout)
+    }
+
+    /// The real poll, saying so each time before it sleeps.
+    struct Telling(mpsc::Sender<()>);
+
+    impl Sleeper for Telling {
+        fn poll(&mut self, fds: &mut [pollfd], timeout: Option<Duration>) -> i32 {
+            let _ = self.0.send(());
+            real_sleep(fds, timeout)
+        }
+    }
+
+    /// The real poll, after running `.0` once, when the poll first goes to sleep.
+    struct Meanwhile<F: FnMut()>(Option<F>);
+
+    impl<F: FnMut()> Sleeper for Meanwhile<F> {
+        fn poll(&mut self, fds: &mut [pollfd], timeout: Option<Duration>) -> i32 {
+            if let Some(mut f) = self.0.take() {
+                f();
+            }
+            real_sleep(fds, timeout)
+        }
+    }
+
+    /// The real poll, counting its calls.
+    struct Counting<'a>(&'a AtomicUsize);
+
+    impl Sleeper for Counting<'_> {
+        fn poll(&mut self, fds: &mut [pollfd], timeout: Option<Duration>) -> i32 {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            real_sleep(fds, timeout)
+        }
+    }
+
+    fn want_rx() -> [pollfd; 1] {
+        [pollfd {
+            fd: -1,
+            events: libc::POLLIN,
+            revents: 0,
+        }]
+    }
+
+    #[test]
+    fn a_wake_up_one_thread_drains_reaches_the_others_asleep_on_the_descriptor() {
+        let (dev, sw, notify, _peer) = device();
+        // Thread A sleeps in poll on the descriptor.
+        let (said, asleep) = mpsc::channel();
+        let a_dev = dev.clone();
+        let mut a = Some(std::thread::spawn(move || {
+            let t = Some(Duration::from_secs(5));
+            pollemu::poll(&mut want_rx(), &[Some(a_dev)], t, &mut Telling(said))
+        }));
+        asleep.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(100)); // in ppoll by now
+        // Thread B has armed and looked once more (nothing), and is about to sleep when
+        // the switch delivers a frame and kicks; A wakes first and drains the eventfd.
+        let t0 = Instant::now();
+        let rc = pollemu::poll(
+            &mut want_rx(),
+            &[Some(dev.clone())],
+            Some(Duration::from_secs(3)),
+            &mut Meanwhile(Some(|| {
+                sw.ring(Dir::Rx, 0).unwrap().csb().sw_publish_release(0, 1);
+                rustix::io::write(&notify, &1u64.to_ne_bytes()).unwrap();
+                let a = a.take().unwrap().join().unwrap();
+                assert_eq!(a, 1, "A woke to the frame");
+            })),
+        );
+        assert_eq!(rc, 1, "B sees the frame");
+        let slept = t0.elapsed();
+        assert!(
+            slept < Duration::from_secs(1),
+            "B slept {slept:?} on the eventfd A drained"
+        );
+    }
+
+    #[test]
+    fn threads_asleep_on_one_descriptor_pass_a_wake_up_on_once_not_back_and_forth() {
+        let (dev, _sw, notify, _peer) = device();
+        let sleeps = AtomicUsize::new(0);
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    let t = Some(Duration::from_millis(600));
+                    let rc = pollemu::poll(
+                        &mut want_rx(),
+                        &[Some(dev.clone())],
+                        t,
+                        &mut Counting(&sleeps),
+                    );
+                    assert_eq!(rc, 0, "nothing arrived");
+                });
+            }
+            // A kick with nothing behind it (a spurious one): each thread wakes, looks,
+            // sleeps again; none wakes another for ever.
+            std::thread::sleep(Duration::from_millis(200));
+            rustix::io::write(&notify, &1u64.to_ne_bytes()).unwrap();
+        });
+        assert!(t0.elapsed() >= Duration::from_millis(590));
+        let n = sleeps.load(Ordering::Relaxed);
+        assert!(n <= 3 * 4, "{n} sleeps for one kick in three threads");
+    }
 }

@@ -3,15 +3,25 @@
 //! "tail moved past cur"; ordinary descriptors in the same call are served by one real
 //! poll; nothing ready means arming the rings' kicks, looking once more, and sleeping in
 //! the real poll on the ports' notify eventfds, with no lost wake-up and no busy loop.
+//! Threads polling one descriptor share its notify eventfd: the one that drains it
+//! passes the wake-up on to the others through their own eventfds.
 
-use crate::dev::Device;
-use libc::{POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDNORM, POLLWRNORM, pollfd};
+use crate::dev::{Device, high_dup};
+use libc::{
+    POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, POLLRDHUP, POLLRDNORM, POLLWRNORM, pollfd,
+};
+use rustix::event::EventfdFlags;
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::process::Pid;
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vale_abi::Dir;
 
 const WANT_RX: i16 = POLLIN | POLLRDNORM;
 const WANT_TX: i16 = POLLOUT | POLLWRNORM;
+/// What the connection to valed says when valed is gone.
+const GONE: i16 = POLLHUP | POLLERR | POLLRDHUP | POLLNVAL;
 
 /// The real poll the emulation sleeps in: the descriptors, and a timeout (`None`:
 /// none). Returns what poll(2) returns; errno is left as it set it.
@@ -78,6 +88,9 @@ pub fn poll(
         if ready > 0 || last_look {
             return ready + poll_others(fds, &others, sleeper);
         }
+        // From here until it wakes, this thread may need a wake-up that another thread
+        // drains from a notify eventfd they share.
+        let waiting = Waiting::new(devs);
         // Ask every waited ring for a kick, then look once more (vale_abi::sync).
         for (f, d) in fds.iter().zip(devs) {
             if let Some(d) = d {
@@ -115,13 +128,25 @@ pub fn poll(
                     events: POLLIN,
                     revents: 0,
                 });
+                // Only a hang-up (HUP, ERR and RDHUP are reported whatever is asked):
+                // the connection is readable whenever another thread's NIOCCTRL is
+                // answered on it, which says nothing about valed going away.
                 set.push(pollfd {
                     fd: d.as_ref().map_or(-1, |d| d.conn.as_raw_fd()),
-                    events: POLLIN,
+                    events: POLLRDHUP,
                     revents: 0,
                 });
             }
         }
+        let own_at = waiting.me.as_ref().map(|me| {
+            use rustix::fd::AsRawFd;
+            set.push(pollfd {
+                fd: me.as_raw_fd(),
+                events: POLLIN,
+                revents: 0,
+            });
+            set.len() - 1
+        });
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let rc = sleeper.poll(&mut set, left);
         disarm(fds);
@@ -131,16 +156,28 @@ pub fn poll(
         let mut hung = 0;
         for (i, at) in slots {
             if set[at].revents != 0 {
-                if let Some(p) = devs[i].as_ref().and_then(|d| d.port()) {
+                if let Some(d) = devs[i].as_ref() {
                     let mut b = [0u8; 8];
-                    let _ = rustix::io::read(&p.notify, &mut b);
+                    let drained = d
+                        .port()
+                        .is_some_and(|p| rustix::io::read(&p.notify, &mut b) == Ok(8));
+                    if drained {
+                        d.wake_others(waiting.me.as_ref());
+                    }
                 }
             }
-            if set[at + 1].revents != 0 {
+            if set[at + 1].revents & GONE != 0 {
                 fds[i].revents = POLLERR | POLLHUP;
                 hung += 1;
             }
         }
+        if let (Some(at), Some(me)) = (own_at, waiting.me.as_ref()) {
+            if set[at].revents != 0 {
+                let mut b = [0u8; 8];
+                let _ = rustix::io::read(&**me, &mut b);
+            }
+        }
+        drop(waiting);
         let mut other_events = 0;
         for (k, &i) in others.iter().enumerate() {
             fds[i].revents = set[k].revents;
@@ -151,6 +188,59 @@ pub fn poll(
         }
         // Something moved, another descriptor is ready, or time is up: one last look.
         last_look = other_events > 0 || deadline.is_some_and(|d| Instant::now() >= d);
+    }
+}
+
+/// This thread's wake-up eventfd, for wake-ups another thread passes on (see
+/// [`Device::wake_others`]): made on first use, close-on-exec and above the program's
+/// descriptors; a forked child makes its own. None if it cannot be made (then a
+/// drained wake-up may be missed until the poll's timeout, as before).
+fn own_wake() -> Option<Arc<OwnedFd>> {
+    thread_local! {
+        static OWN: RefCell<Option<(Pid, Arc<OwnedFd>)>> = const { RefCell::new(None) };
+    }
+    let pid = rustix::process::getpid();
+    OWN.try_with(|own| {
+        let mut own = own.borrow_mut();
+        if let Some((_, fd)) = own.as_ref().filter(|(p, _)| *p == pid) {
+            return Some(fd.clone());
+        }
+        let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
+        let fd = rustix::event::eventfd(0, flags).ok()?;
+        let fd = Arc::new(high_dup(fd.as_fd()).ok()?);
+        *own = Some((pid, fd.clone()));
+        Some(fd)
+    })
+    .ok()
+    .flatten()
+}
+
+/// A thread counted among the waiters of every registered device of a poll, for as
+/// long as it lives.
+struct Waiting<'a> {
+    devs: &'a [Option<Arc<Device>>],
+    me: Option<Arc<OwnedFd>>,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(devs: &'a [Option<Arc<Device>>]) -> Waiting<'a> {
+        let me = own_wake();
+        if let Some(me) = &me {
+            for d in devs.iter().flatten() {
+                d.wait_begin(me);
+            }
+        }
+        Waiting { devs, me }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(me) = &self.me {
+            for d in self.devs.iter().flatten() {
+                d.wait_end(me);
+            }
+        }
     }
 }
 

@@ -29,7 +29,7 @@ fn netmap_crate() -> PathBuf {
 /// Compiles `tests/c/NAME.c` of vale-netmap once, with our headers only and warnings as
 /// errors. None (with SKIP printed) where there is no C compiler.
 fn program(name: &str) -> Option<PathBuf> {
-    build(name, name, &[])
+    build(name, name, &["-pthread"])
 }
 
 /// Like [`program`], as `out`, with extra arguments for cc (after the source).
@@ -139,6 +139,55 @@ fn every_error_path_answers_with_netmaps_errno() {
         "{out}"
     );
     assert!(out.contains("failures 0"), "{out}");
+}
+
+#[test]
+fn the_fds_the_library_hides_never_take_a_programs_low_numbers() {
+    let Some(nmtest) = program("nmtest") else {
+        return;
+    };
+    // `prog 2>&-`: were a hidden memfd to land on fd 2, every write to stderr would go
+    // over the netmap_if in shared memory.
+    let d = Daemon::start("nm-lowfds", &[]);
+    let peer = d.open("vale0:peer");
+    let out = run_ok(&d, &nmtest, &["lowfds", "vale0:low"]);
+    assert!(!out.contains("FAIL") && out.contains("failures 0"), "{out}");
+    assert_eq!(
+        seqs(&drain(&peer, 2.0)),
+        (0..10).collect::<Vec<u32>>(),
+        "{out}"
+    );
+}
+
+#[test]
+fn threads_sharing_a_descriptor_poll_and_ask_without_crossing_answers() {
+    let Some(nmtest) = program("nmtest") else {
+        return;
+    };
+    // pkt-gen's threads: one sleeps in poll while another asks valed something on the
+    // same descriptor. The answer is no hang-up, and no answer goes to the wrong asker.
+    let d = Daemon::start("nm-threads", &[]);
+    let out = run_ok(&d, &nmtest, &["threads", "vale0:t"]);
+    assert!(!out.contains("FAIL") && out.contains("failures 0"), "{out}");
+}
+
+#[test]
+fn a_poll_learns_that_valed_went_away() {
+    let Some(nmtest) = program("nmtest") else {
+        return;
+    };
+    let mut d = Daemon::start("nm-hangup", &[]);
+    let mut c = spawn(&d, &nmtest, &["hangup", "vale0:h"]);
+    let mut out = BufReader::new(c.stdout.take().unwrap());
+    read_until(&mut out, "ready");
+    std::thread::sleep(Duration::from_millis(200)); // asleep in poll by now
+    d.child.kill().unwrap();
+    let lines = read_until(&mut out, "poll ");
+    assert!(c.wait().unwrap().success(), "{lines:?}");
+    let l = lines.last().unwrap();
+    assert!(l.starts_with("poll 1 revents ERR HUP after"), "{lines:?}");
+    let ms: f64 = l.split_whitespace().nth(6).unwrap().parse().unwrap();
+    assert!(ms < 5000.0, "woken by the hang-up, not the timeout: {l}");
 }
 
 #[test]

@@ -20,17 +20,28 @@
  *   nmtest exclusive NAME   NR_EXCLUSIVE against other descriptors
  *   nmtest share PORT       descriptors asking for an existing mapping's nr_mem_id (as
  *       libnetmap's `@N`, lb's pipes and pkt-gen's threads do) share it
+ *   nmtest lowfds NAME      with fds 0, 1 and 2 closed (`2>&-`), opens and registers
+ *       NAME: the device takes fd 0 as in netmap, no fd the library hides takes
+ *       another below 512, and the port sends; reports on fd 100 (its stdout, moved)
+ *   nmtest threads NAME     one descriptor shared by threads: one sleeps in poll while
+ *       two others issue NIOCCTRL requests that valed answers (VALE_LIST, VALE_DELIF):
+ *       the poll sees no hang-up, each request gets its own answer
+ *   nmtest hangup NAME      registers, says "ready", then polls for input for up to 10 s
+ *       while the test kills valed: prints the poll's result and revents
  *   nmtest pipe PORT        both ends of pipe PORT{7 / PORT}7 in one process: frames
  *       both ways in order, by buffer swap (zero copy), a full peer holding the sender
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -284,6 +295,16 @@ static int cmd_rx(int argc, char **argv, int scribble)
 	return got == (uint32_t)atoi(argv[3]) && bad == 0 ? 0 : 1;
 }
 
+/* A request of `type` with no body where netmap expects one: EINVAL (netmap's
+ * nmreq_copyin), never a fault. The name is one valed would refuse otherwise (no such
+ * port or interface: ENXIO), so only the body check answers EINVAL. */
+static int null_body(int fd, uint16_t type)
+{
+	struct nmreq_header h;
+	hdr_init(&h, type, "nmnobody0", NULL);
+	return ioctl(fd, NIOCCTRL, &h) < 0 && errno == EINVAL;
+}
+
 static int cmd_errors(const char *name)
 {
 	struct nmreq_header h;
@@ -348,6 +369,21 @@ static int cmd_errors(const char *name)
 	memset(&pi, 0, sizeof(pi));
 	hdr_init(&h, NETMAP_REQ_PORT_INFO_GET, "vale0:nosuchport", &pi);
 	check(ioctl(fd, NIOCCTRL, &h) < 0 && errno == ENXIO, "PORT_INFO_GET of no port: ENXIO");
+	/* A body exactly where the type has one, and none where it has none. */
+	check(null_body(fd, NETMAP_REQ_REGISTER), "REGISTER with a NULL body: EINVAL");
+	check(null_body(fd, NETMAP_REQ_PORT_INFO_GET), "PORT_INFO_GET with a NULL body: EINVAL");
+	check(null_body(fd, NETMAP_REQ_PORT_HDR_GET), "PORT_HDR_GET with a NULL body: EINVAL");
+	check(null_body(fd, NETMAP_REQ_PORT_HDR_SET), "PORT_HDR_SET with a NULL body: EINVAL");
+	check(null_body(fd, NETMAP_REQ_POOLS_INFO_GET), "POOLS_INFO_GET with a NULL body: EINVAL");
+	check(null_body(fd, NETMAP_REQ_VALE_LIST), "VALE_LIST with a NULL body: EINVAL");
+	check(null_body(fd, NETMAP_REQ_VALE_NEWIF), "VALE_NEWIF with a NULL body: EINVAL");
+	check(null_body(fd, NETMAP_REQ_VALE_ATTACH), "VALE_ATTACH with a NULL body: EINVAL");
+	check(null_body(fd, NETMAP_REQ_VALE_DETACH), "VALE_DETACH with a NULL body: EINVAL");
+	hdr_init(&h, NETMAP_REQ_VALE_DELIF, "nmnobody0", &ph);
+	check(ioctl(fd, NIOCCTRL, &h) < 0 && errno == EINVAL, "VALE_DELIF with a body: EINVAL");
+	hdr_init(&h, NETMAP_REQ_VALE_DELIF, "nmnobody0", NULL);
+	check(ioctl(fd, NIOCCTRL, &h) < 0 && errno == ENXIO, "VALE_DELIF without one: valed's answer");
+
 	memset(&reg, 0, sizeof(reg));
 	reg.nr_mode = NR_REG_ALL_NIC;
 	hdr_init(&h, NETMAP_REQ_REGISTER, name, &reg);
@@ -364,6 +400,12 @@ static int cmd_errors(const char *name)
 	check(ioctl(p.fd, NIOCCTRL, &h) < 0 && errno == EBUSY, "second REGISTER: EBUSY");
 	check(mmap(NULL, p.reg.nr_memsize + 4096, PROT_READ, MAP_SHARED, p.fd, 0) == MAP_FAILED &&
 		  errno == EINVAL, "mmap past nr_memsize: EINVAL");
+	hdr_init(&h, NETMAP_REQ_PORT_HDR_GET, name, NULL);
+	check(ioctl(p.fd, NIOCCTRL, &h) < 0 && errno == EINVAL, "registered: PORT_HDR_GET, NULL body: EINVAL");
+	hdr_init(&h, NETMAP_REQ_PORT_INFO_GET, name, NULL);
+	check(ioctl(p.fd, NIOCCTRL, &h) < 0 && errno == EINVAL, "registered: PORT_INFO_GET, NULL body: EINVAL");
+	hdr_init(&h, NETMAP_REQ_POOLS_INFO_GET, name, NULL);
+	check(ioctl(p.fd, NIOCCTRL, &h) < 0 && errno == EINVAL, "registered: POOLS_INFO_GET, NULL body: EINVAL");
 	ph.nr_hdr_len = 99;
 	hdr_init(&h, NETMAP_REQ_PORT_HDR_GET, name, &ph);
 	check(ioctl(p.fd, NIOCCTRL, &h) == 0 && ph.nr_hdr_len == 0, "PORT_HDR_GET: 0");
@@ -395,6 +437,35 @@ static int cmd_errors(const char *name)
 		h.nr_name[0] = '\0';
 	}
 	check(found && errno == ENOENT, "VALE_LIST walks to this port, then ENOENT");
+
+	/* The kernel's ioctls on any file work on the device too. */
+	int on = 1;
+	check(ioctl(p.fd, FIONBIO, &on) == 0, "FIONBIO: done");
+	memset(&vl, 0, sizeof(vl));
+	hdr_init(&h, NETMAP_REQ_VALE_LIST, name, &vl);
+	check(ioctl(p.fd, NIOCCTRL, &h) == 0, "after FIONBIO, requests to valed still get answers");
+	check(fcntl(p.fd, F_SETFL, O_NONBLOCK) == 0, "F_SETFL O_NONBLOCK: done");
+	int answered = 1;
+	for (int i = 0; i < 50; i++) /* an answer not there yet would read EAGAIN */
+		answered &= ioctl(p.fd, NIOCCTRL, &h) == 0;
+	check(answered, "after O_NONBLOCK, requests to valed still get answers");
+	check(ioctl(p.fd, FIOCLEX) == 0 && (fcntl(p.fd, F_GETFD) & FD_CLOEXEC), "FIOCLEX sets close-on-exec");
+	check(ioctl(p.fd, FIONCLEX) == 0 && !(fcntl(p.fd, F_GETFD) & FD_CLOEXEC),
+	      "FIONCLEX clears it");
+
+	/* epoll cannot watch ring state: refused as for a regular file, other fds served. */
+	int ep = epoll_create1(EPOLL_CLOEXEC), pp[2];
+	struct epoll_event ev = {.events = EPOLLIN};
+	check(ep >= 0 && epoll_ctl(ep, EPOLL_CTL_ADD, p.fd, &ev) < 0 && errno == EPERM,
+	      "epoll_ctl ADD of the device: EPERM");
+	check(epoll_ctl(ep, EPOLL_CTL_MOD, p.fd, &ev) < 0 && errno == EPERM,
+	      "epoll_ctl MOD of the device: EPERM");
+	check(pipe(pp) == 0 && epoll_ctl(ep, EPOLL_CTL_ADD, pp[0], &ev) == 0 &&
+		  write(pp[1], "x", 1) == 1 && epoll_wait(ep, &ev, 1, 1000) == 1,
+	      "epoll on another descriptor works");
+	close(pp[0]);
+	close(pp[1]);
+	close(ep);
 
 	/* netmap's prologue: a head past tail reinitialises the ring, nothing is sent. */
 	struct netmap_ring *r = NETMAP_TXRING(p.nifp, 0);
@@ -797,6 +868,158 @@ static int cmd_pipe(const char *port)
 	return failures;
 }
 
+static int cmd_hangup(const char *name)
+{
+	struct port p;
+	open_or_die(&p, name, NR_REG_ALL_NIC, 0, 0);
+	printf("ready\n");
+	fflush(stdout);
+	struct pollfd pf = {.fd = p.fd, .events = POLLIN};
+	double t0 = now_ms();
+	int rc = poll(&pf, 1, 10000);
+	printf("poll %d revents%s%s%s after %.0f ms\n", rc, pf.revents & POLLIN ? " IN" : "",
+	       pf.revents & POLLERR ? " ERR" : "", pf.revents & POLLHUP ? " HUP" : "", now_ms() - t0);
+	return 0;
+}
+
+struct shared {
+	int fd;
+	const char *name;
+	volatile int stop;
+	int delif_errno; /* what DELIF of no such interface answers, alone */
+	unsigned lists, list_bad, delifs, delif_bad, polls, hangups;
+};
+
+/* VALE_LIST of the port by name: its place, every time. */
+static void *lister(void *arg)
+{
+	struct shared *s = arg;
+	while (!s->stop) {
+		struct nmreq_header h;
+		struct nmreq_vale_list vl;
+		memset(&vl, 0, sizeof(vl));
+		hdr_init(&h, NETMAP_REQ_VALE_LIST, s->name, &vl);
+		s->list_bad += ioctl(s->fd, NIOCCTRL, &h) != 0;
+		s->lists++;
+	}
+	return NULL;
+}
+
+/* VALE_DELIF of no such interface: the same refusal every time. */
+static void *deleter(void *arg)
+{
+	struct shared *s = arg;
+	while (!s->stop) {
+		struct nmreq_header h;
+		hdr_init(&h, NETMAP_REQ_VALE_DELIF, "nmnope0", NULL);
+		s->delif_bad += !(ioctl(s->fd, NIOCCTRL, &h) < 0 && errno == s->delif_errno);
+		s->delifs++;
+	}
+	return NULL;
+}
+
+static int cmd_threads(const char *name)
+{
+	struct port p;
+	struct shared s;
+	struct nmreq_header h;
+	pthread_t a, b;
+
+	open_or_die(&p, name, NR_REG_ALL_NIC, 0, 0);
+	memset(&s, 0, sizeof(s));
+	s.fd = p.fd;
+	s.name = name;
+	hdr_init(&h, NETMAP_REQ_VALE_DELIF, "nmnope0", NULL);
+	check(ioctl(p.fd, NIOCCTRL, &h) < 0, "DELIF of no such interface fails");
+	s.delif_errno = errno;
+	check(pthread_create(&a, NULL, lister, &s) == 0 && pthread_create(&b, NULL, deleter, &s) == 0,
+	      "two threads issue requests on the descriptor");
+	/* Nothing arrives: every poll times out, none says the device hung up. */
+	double until = now_ms() + 1500;
+	while (now_ms() < until) {
+		struct pollfd pf = {.fd = p.fd, .events = POLLIN};
+		int rc = poll(&pf, 1, 100);
+		s.polls++;
+		s.hangups += rc != 0 || pf.revents != 0;
+	}
+	s.stop = 1;
+	pthread_join(a, NULL);
+	pthread_join(b, NULL);
+	printf("polls %u (%u woke), lists %u (%u failed), delifs %u (%u other answers)\n", s.polls,
+	       s.hangups, s.lists, s.list_bad, s.delifs, s.delif_bad);
+	check(s.hangups == 0 && s.polls >= 10, "poll slept through the requests' answers");
+	check(s.lists > 10 && s.list_bad == 0, "every VALE_LIST got its own answer");
+	check(s.delifs > 10 && s.delif_bad == 0, "every VALE_DELIF got its own answer");
+	close_port(&p);
+	printf("failures %d\n", failures);
+	return failures;
+}
+
+/* Which descriptors below 512 are open (the directory's own excluded). */
+static void low_fds(char open_[512])
+{
+	DIR *d = opendir("/proc/self/fd");
+	memset(open_, 0, 512);
+	if (!d)
+		return;
+	for (struct dirent *e; (e = readdir(d));) {
+		int fd = atoi(e->d_name);
+		if (e->d_name[0] != '.' && fd != dirfd(d) && fd < 512)
+			open_[fd] = 1;
+	}
+	closedir(d);
+}
+
+static int cmd_lowfds(const char *name)
+{
+	struct port p;
+	char before[512], after[512], list[256] = "";
+	int out = dup2(1, 100);
+	if (out < 0)
+		return 2;
+	FILE *o = fdopen(out, "w");
+	setvbuf(o, NULL, _IOLBF, 0);
+	close(0);
+	close(1);
+	close(2);
+	low_fds(before);
+	int e = reg_port(&p, name, NR_REG_ALL_NIC, 0, 0);
+	fprintf(o, "%s register: %s\n", e ? "FAIL" : "ok", strerror(e));
+	if (e)
+		return 1;
+	fprintf(o, "%s the device is fd %d, the lowest free, as in netmap\n", p.fd == 0 ? "ok" : "FAIL", p.fd);
+	failures += p.fd != 0;
+	low_fds(after);
+	int n = 0;
+	for (int fd = 0; fd < 512; fd++) {
+		if (after[fd] && !before[fd] && fd != p.fd) {
+			size_t at = strlen(list);
+			snprintf(list + at, sizeof(list) - at, " %d", fd);
+			n++;
+		}
+	}
+	fprintf(o, "%s no new fd below 512 but the device's (found:%s)\n", n == 0 ? "ok" : "FAIL", list);
+	failures += n != 0;
+	errno = 0;
+	int f1 = fcntl(1, F_GETFD), f2 = fcntl(2, F_GETFD);
+	fprintf(o, "%s fds 1 and 2 stay closed\n", f1 < 0 && f2 < 0 && errno == EBADF ? "ok" : "FAIL");
+	failures += !(f1 < 0 && f2 < 0 && errno == EBADF);
+	/* Output to the closed stderr goes nowhere, and the ring still works. */
+	fprintf(stderr, "this must not land in shared memory\n");
+	fflush(stderr);
+	struct netmap_ring *r = NETMAP_TXRING(p.nifp, 0);
+	for (uint32_t i = 0; i < 10; i++) {
+		put_frame(r, &r->slot[r->head], i);
+		r->head = r->cur = nm_ring_next(r, r->head);
+	}
+	int ok = ioctl(p.fd, NIOCTXSYNC, NULL) == 0 && strcmp(p.nifp->ni_name, name) == 0;
+	fprintf(o, "%s sent 10, netmap_if intact\n", ok ? "ok" : "FAIL");
+	failures += !ok;
+	fprintf(o, "failures %d\n", failures);
+	close_port(&p);
+	return failures;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -822,6 +1045,12 @@ int main(int argc, char **argv)
 		return cmd_share(argv[2]);
 	if (strcmp(argv[1], "pipe") == 0)
 		return cmd_pipe(argv[2]);
+	if (strcmp(argv[1], "hangup") == 0)
+		return cmd_hangup(argv[2]);
+	if (strcmp(argv[1], "threads") == 0)
+		return cmd_threads(argv[2]);
+	if (strcmp(argv[1], "lowfds") == 0)
+		return cmd_lowfds(argv[2]);
 	if (strcmp(argv[1], "exclusive") == 0)
 		return cmd_exclusive(argv[2]);
 	if (strcmp(argv[1], "notxpoll") == 0 && argc >= 4)

@@ -1998,3 +1998,47 @@ fn the_socket_group_decides_who_may_connect() {
     assert!(tx.status.success(), "{}", stderr_of(&tx));
     assert_eq!(drain(&rx, 2.0).len(), 10);
 }
+
+/// valed refuses a socket directory another user owns, or one others may write in
+/// without the sticky bit: there they could replace the socket and have valed's clients
+/// talk to a daemon of theirs. A sticky one (as /tmp) and its own are fine.
+#[test]
+fn valed_refuses_a_socket_directory_others_could_replace_its_socket_in() {
+    let base = dir_of("socket-dir");
+    let start = |dir: &std::path::Path| {
+        let sock = dir.join("valed.sock");
+        let mut c = Command::new(VALED)
+            .args(["-q", "--socket", path_str(&sock)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let up = wait_for(5.0, || {
+            sock.exists() || c.try_wait().ok().flatten().is_some()
+        });
+        let up = up && sock.exists();
+        let _ = c.kill();
+        let o = c.wait_with_output().unwrap();
+        (up, String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let theirs = base.join("theirs");
+    std::fs::create_dir_all(&theirs).unwrap();
+    rustix::fs::chown(&theirs, Some(rustix::process::Uid::from_raw(65534)), None).unwrap();
+    let (up, err) = start(&theirs);
+    assert!(!up && err.contains("belongs to uid 65534"), "{err}");
+    let open = base.join("open");
+    std::fs::create_dir_all(&open).unwrap();
+    rustix::fs::chmod(&open, rustix::fs::Mode::from_raw_mode(0o777)).unwrap();
+    let (up, err) = start(&open);
+    assert!(
+        !up && err.contains("others may write in it (mode 777"),
+        "{err}"
+    );
+    rustix::fs::chmod(&open, rustix::fs::Mode::from_raw_mode(0o1777)).unwrap();
+    let (up, err) = start(&open);
+    assert!(up, "a sticky directory is fine: {err}");
+    let mine = base.join("mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    let (up, err) = start(&mine);
+    assert!(up, "its own: {err}");
+}

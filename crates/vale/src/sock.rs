@@ -45,7 +45,37 @@ pub fn connect(path: &Path) -> Result<OwnedFd, Error> {
     .map_err(|e| Error::Io("socket", e.into()))?;
     let addr = SocketAddrUnix::new(path).map_err(|e| not_running(e.into()))?;
     rustix::net::connect(&fd, &addr).map_err(|e| not_running(e.into()))?;
+    served_by_us_or_root(&fd, path)?;
     Ok(fd)
+}
+
+/// The per-user fallback in /tmp (no `$VALE_SOCKET`, no `$XDG_RUNTIME_DIR`) is a name
+/// anyone could have taken first: its directory must be this user's (or root's) and
+/// closed to others' writes, else another user could be serving the socket, and its
+/// memory and answers are not to be used. A socket named any other way is the user's
+/// choice (a shared daemon of another user, say).
+fn served_by_us_or_root(_fd: &OwnedFd, path: &Path) -> Result<(), Error> {
+    let me = rustix::process::geteuid();
+    if me.is_root() || !path.starts_with("/tmp") || path != default_socket_path() {
+        return Ok(());
+    }
+    let Some(dir) = path.parent() else {
+        return Ok(());
+    };
+    let st = rustix::fs::stat(dir).map_err(|e| Error::Io("stat", e.into()))?;
+    if (st.st_uid == me.as_raw() || st.st_uid == 0) && st.st_mode & 0o022 == 0 {
+        return Ok(());
+    }
+    Err(Error::Io(
+        "connect",
+        std::io::Error::other(format!(
+            "{} belongs to uid {} (mode {:o}), so another user may be serving {}: remove it, or set VALE_SOCKET or XDG_RUNTIME_DIR",
+            dir.display(),
+            st.st_uid,
+            st.st_mode & 0o7777,
+            path.display()
+        )),
+    ))
 }
 
 /// Sends one message with optional descriptors.

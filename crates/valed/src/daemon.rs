@@ -14,14 +14,37 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use vale_switch::Registry;
 
+/// The socket's directory must be valed's user's or root's, and not open to others'
+/// writes unless sticky (as /tmp is): in a directory another user owns or may write,
+/// that user could replace the socket and have valed's clients talk to a daemon of
+/// theirs (one who made `/tmp/vale-$UID` first, say).
+fn safe_dir(dir: &Path) -> std::io::Result<()> {
+    let st = rustix::fs::stat(dir)?;
+    let me = rustix::process::geteuid().as_raw();
+    if st.st_uid != me && st.st_uid != 0 {
+        return Err(std::io::Error::other(format!(
+            "it belongs to uid {}, not to valed's user ({me}) or root: its owner could replace the socket; remove it, or give another --socket",
+            st.st_uid
+        )));
+    }
+    if st.st_mode & 0o022 != 0 && st.st_mode & 0o1000 == 0 {
+        return Err(std::io::Error::other(format!(
+            "others may write in it (mode {:o}, not sticky) and so replace the socket; chmod go-w it, or give another --socket",
+            st.st_mode & 0o7777
+        )));
+    }
+    Ok(())
+}
+
 fn listen(path: &Path, mode: u32, group: Option<&str>) -> Result<OwnedFd, StartError> {
     let sock_err = |what, e: std::io::Error| StartError::Socket {
         what,
         path: path.to_path_buf(),
         source: e,
     };
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| sock_err("cannot create the directory of", e))?;
+        safe_dir(dir).map_err(|e| sock_err("refusing the directory of", e))?;
     }
     if path.exists() {
         // A live daemon answers; a stale file from a crash does not.
@@ -37,6 +60,9 @@ fn listen(path: &Path, mode: u32, group: Option<&str>) -> Result<OwnedFd, StartE
         None,
     )
     .map_err(|e| StartError::Os("socket", e.into()))?;
+    // Clients pass no descriptors: refused at the source where the kernel can (on the
+    // listener too, for what its connections inherit).
+    crate::sys::closer::refuse_rights(&fd);
     let addr = SocketAddrUnix::new(path).map_err(|e| sock_err("bad socket path", e.into()))?;
     rustix::net::bind(&fd, &addr).map_err(|e| sock_err("cannot bind", e.into()))?;
     rustix::fs::chmod(path, rustix::fs::Mode::from_raw_mode(mode))

@@ -116,7 +116,15 @@ fn wrong_types(d: &Daemon) -> usize {
         let (kind, msg) = error_of(&r, c);
         assert_eq!(kind, ErrorKind::BadRequest, "{c}: {msg}");
     }
-    cases.len()
+    // A long value of the wrong type: the error quotes its start and the parser's
+    // verdict, not the whole value.
+    let long = format!(r#"{{"op":"list","page":"{}"}}"#, "x".repeat(60_000));
+    let r = exchange(&conn, long.as_bytes(), &[]).expect("an answer to a long wrong value");
+    assert!(r.len() < SHORT_REPLY, "a {}-byte reply", r.len());
+    let (kind, msg) = error_of(&r, "a long wrong value");
+    assert_eq!(kind, ErrorKind::BadRequest, "{msg}");
+    assert!(msg.contains("expected"), "the parser's verdict kept: {msg}");
+    cases.len() + 1
 }
 
 /// Real requests cut short at every few bytes.
@@ -175,15 +183,40 @@ fn unexpected_fds(d: &Daemon) -> usize {
         .collect();
     let fds: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
     let req = serde_json::to_vec(&Request::List { page: None }).unwrap();
+    // Linux 6.16 and later refuse them at the source (valed turns SO_PASSRIGHTS off):
+    // the send fails with EPERM, and the connection goes on serving. A message sent
+    // before valed accepted the connection may still carry them: valed closes those.
+    let eperm = Some(rustix::io::Errno::PERM.raw_os_error());
+    let mut refused = 0;
+    let mut ask = |bytes: &[u8], k: usize| -> Option<Vec<u8>> {
+        match send_with_fds(&conn, bytes, &fds[..k]) {
+            Err(e) if e.raw_os_error() == eperm => {
+                refused += 1;
+                None
+            }
+            Err(e) => panic!("send with {k} fds: {e}"),
+            Ok(()) => {
+                let mut buf = vec![0u8; MAX_MSG];
+                let (n, _) = vale::sock::recv(conn.as_fd(), &mut buf).expect("an answer");
+                Some(buf[..n].to_vec())
+            }
+        }
+    };
     for k in [1, 8, 9, 32] {
-        let r = exchange(&conn, &req, &fds[..k]).expect("an answer to a request with fds");
-        let resp: Response = serde_json::from_slice(&r).unwrap();
-        assert!(matches!(resp, Response::List { .. }), "{k} fds: {resp:?}");
+        if let Some(r) = ask(&req, k) {
+            let resp: Response = serde_json::from_slice(&r).unwrap();
+            assert!(matches!(resp, Response::List { .. }), "{k} fds: {resp:?}");
+        }
     }
     // Garbage with descriptors, too.
-    let r = exchange(&conn, b"\x00garbage", &fds[..5]).expect("an answer");
-    assert_eq!(error_of(&r, "garbage with fds").0, ErrorKind::BadRequest);
-    5
+    if let Some(r) = ask(b"\x00garbage", 5) {
+        assert_eq!(error_of(&r, "garbage with fds").0, ErrorKind::BadRequest);
+    }
+    eprintln!("requests with descriptors refused at the source: {refused} of 5");
+    let r = exchange(&conn, &req, &[]).expect("an answer after the descriptors");
+    let resp: Response = serde_json::from_slice(&r).unwrap();
+    assert!(matches!(resp, Response::List { .. }), "{resp:?}");
+    6
 }
 
 /// Over-long names in every request that takes one: an error whose reply stays short,
@@ -264,5 +297,58 @@ fn garbage_on_the_control_socket_gets_clear_errors_and_valed_keeps_serving() {
     assert_eq!(
         after.fds, before.fds,
         "every connection and passed descriptor closed"
+    );
+}
+
+/// A client passes valed a descriptor whose last close blocks: a TCP connection on
+/// loopback whose peer never reads (its window and send buffer full) with `SO_LINGER`
+/// of 20 s, so closing it waits out the linger. valed refuses such descriptors at the
+/// source (`SO_PASSRIGHTS` off, Linux 6.16 and later: the client's send fails with
+/// EPERM) and closes any it gets anyway off its control thread, so another client is
+/// answered at once (before, the control thread sat in that close for 20 s).
+#[test]
+fn a_passed_descriptor_whose_close_would_block_stalls_no_other_client() {
+    use std::io::Write;
+    use std::time::Instant;
+    let _one = serialise();
+    let d = Daemon::start("hostile-linger", &[]);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (_never_read, _) = l.accept().unwrap();
+    s.set_nonblocking(true).unwrap();
+    let chunk = vec![0u8; 65536];
+    let mut queued = 0usize;
+    for _ in 0..10_000 {
+        match s.write(&chunk) {
+            Ok(n) => queued += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    assert!(queued > 0);
+    rustix::net::sockopt::set_socket_linger(&s, Some(Duration::from_secs(20))).unwrap();
+    let conn = connect(&d);
+    let req = serde_json::to_vec(&Request::List { page: None }).unwrap();
+    let refused_at_source = match send_with_fds(&conn, &req, &[s.as_fd()]) {
+        Ok(()) => false,
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error()) => true,
+        Err(e) => panic!("send: {e}"),
+    };
+    // valed's copy, if it got one, is now the last (if it got none, ours is: no linger).
+    if refused_at_source {
+        rustix::net::sockopt::set_socket_linger(&s, None).unwrap();
+    }
+    drop(s);
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let o = d.ctl(&["list"]);
+    let took = t.elapsed();
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "another client waited {took:?} (refused at the source: {refused_at_source})"
+    );
+    eprintln!(
+        "descriptor refused at the source (SO_PASSRIGHTS): {refused_at_source}; vale-ctl list answered in {took:?}"
     );
 }

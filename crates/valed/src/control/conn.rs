@@ -114,10 +114,12 @@ impl Control {
         loop {
             match rustix::net::accept_with(listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
                 Ok(fd) => {
-                    let cred = rustix::net::sockopt::socket_peercred(&fd).ok();
-                    let uid = cred.as_ref().map(|c| c.uid.as_raw());
+                    crate::sys::closer::refuse_rights(&fd);
+                    let cred = crate::sys::closer::peer_cred(&fd);
+                    let uid = cred.map(|(_, uid, _)| uid);
                     if let Some(why) = self.over_client_limit(uid) {
                         turn_away(&fd, &why);
+                        crate::sys::closer::discard(vec![fd]);
                         continue;
                     }
                     self.conns.next_id += 1;
@@ -132,9 +134,11 @@ impl Control {
                         continue;
                     }
                     tracing::debug!(conn = id, ?uid, "client connected");
-                    let gids = match &cred {
-                        Some(c) if self.settings.shared.iter().any(|s| s.group.is_some()) => {
-                            groups_of(c.pid.as_raw_nonzero().get(), c.gid.as_raw())
+                    let gids = match cred {
+                        Some((_, _, gid))
+                            if self.settings.shared.iter().any(|s| s.group.is_some()) =>
+                        {
+                            groups_of(&fd, gid)
                         }
                         _ => Vec::new(),
                     };
@@ -181,7 +185,9 @@ impl Control {
                         turn_away(fd, "valed is out of file descriptors");
                     }
                     let turned_away = took.is_ok();
-                    drop(took);
+                    if let Ok(fd) = took {
+                        crate::sys::closer::discard(vec![fd]);
+                    }
                     self.spare = super::spare_fd();
                     // Linux reports EMFILE before it looks for a pending connection: if
                     // there was none, stop here (the listener is not readable).
@@ -207,7 +213,9 @@ impl Control {
             ));
         }
         let me = rustix::process::geteuid().as_raw();
-        let uid = uid?;
+        // A peer whose uid the kernel would not say counts as one more unprivileged
+        // user (its connections share one bucket), not as unlimited.
+        let uid = uid.unwrap_or(u32::MAX);
         if uid == 0 || uid == me {
             return None;
         }
@@ -215,7 +223,7 @@ impl Control {
             .conns
             .by_id
             .values()
-            .filter(|c| c.uid == Some(uid))
+            .filter(|c| c.uid.unwrap_or(u32::MAX) == uid)
             .count();
         (mine >= per_uid).then(|| {
             format!("uid {uid} has {mine} connections to valed, its limit (--max-clients-per-uid {per_uid})")
@@ -238,7 +246,9 @@ impl Control {
         let n = match vale::sock::recv(conn.fd.as_fd(), buf) {
             Ok((0, _)) => return self.disconnect(id),
             Ok((n, fds)) => {
-                drop(fds); // clients send no descriptors; close any they do send
+                // Clients send no descriptors; any they do send are closed off this
+                // thread (closing one can block: see sys::closer).
+                crate::sys::closer::discard(fds);
                 n
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
@@ -253,7 +263,7 @@ impl Control {
             Some(Ok(req)) => self.handle(id, req),
             Some(Err(e)) => Err(CtlError::Malformed {
                 len: n,
-                why: e.to_string(),
+                why: brief(&e.to_string()),
             }),
             None => Err(CtlError::TooLong { max: buf.len() }),
         };
@@ -354,6 +364,8 @@ impl Control {
         if let Some(h) = conn.port {
             self.ports.release(h);
         }
+        // Its queue may hold descriptors it sent: closed off this thread.
+        crate::sys::closer::discard(vec![conn.fd]);
     }
 
     /// Whether connection `id`'s peer may use host ports and monitors.
@@ -362,18 +374,31 @@ impl Control {
     }
 }
 
-/// A process's groups: `gid` and the supplementary ones its /proc status lists.
-fn groups_of(pid: i32, gid: u32) -> Vec<u32> {
-    let mut out = vec![gid];
-    if let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-        if let Some(l) = st.lines().find(|l| l.starts_with("Groups:")) {
-            out.extend(
-                l[7..]
-                    .split_whitespace()
-                    .filter_map(|g| g.parse::<u32>().ok()),
-            );
-        }
+/// The parser's message about a malformed request, short whatever the input: it quotes
+/// the offending value whole (`invalid type: string "...", expected ...`), so a long one
+/// keeps its start and the verdict at its end.
+fn brief(why: &str) -> String {
+    const KEEP: usize = 120;
+    if why.len() <= 2 * KEEP {
+        return why.to_string();
     }
+    let mut head = KEEP;
+    while !why.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = why.len() - KEEP;
+    while !why.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}...{}", &why[..head], &why[tail..])
+}
+
+/// A peer's groups: `gid` and the supplementary ones the kernel recorded when it
+/// connected (`SO_PEERGROUPS`: not looked up by pid, which another process may have
+/// taken by the time valed looks).
+fn groups_of(fd: &OwnedFd, gid: u32) -> Vec<u32> {
+    let mut out = vec![gid];
+    out.extend(crate::sys::closer::peer_groups(fd).unwrap_or_default());
     out
 }
 
@@ -392,8 +417,8 @@ fn turn_away(fd: &OwnedFd, why: &str) {
     // the connection and lose the reason before the client reads it.
     let mut buf = [0u8; 512];
     for _ in 0..16 {
-        match rustix::net::recv(fd, &mut buf, rustix::net::RecvFlags::DONTWAIT) {
-            Ok((n, _)) if n > 0 => continue,
+        match vale::sock::recv(fd.as_fd(), &mut buf) {
+            Ok((n, fds)) if n > 0 => crate::sys::closer::discard(fds),
             _ => break,
         }
     }

@@ -25,6 +25,7 @@ use rustix::mm::{MapFlags, ProtFlags};
 use std::io;
 
 pub mod bpf;
+pub mod closer;
 pub mod guest;
 mod iov;
 mod packet;

@@ -1435,5 +1435,44 @@ fn one_uplink_carries_several_vnis_each_mapped_to_a_vlan() {
         );
     }
     assert_eq!(hc(d, "vxlan_foreign_vni"), 0);
+    // A remote in VNI 42 that tags its frames with VID 20 does not get into VLAN 20,
+    // and so into VNI 43: dropped, counted. A VID no VNI is mapped to passes as before.
+    assert_eq!(hc(d, "vxlan_tagged_mapped"), 0);
+    let tagged = |tpid: [u8; 2], vid: u8| -> Vec<u8> {
+        [
+            &[0x08, 0, 0, 0, 0, 0, 42, 0][..],
+            &[0xff; 6],
+            &[2, 0, 0, 0, 0, 0x77],
+            &tpid,
+            &[0, vid],
+            &[0x88, 0xb5],
+            &[0u8; 46],
+        ]
+        .concat()
+    };
+    let (from0, rx1c) = (hc(d, "from_host"), counts(&p.k, "vx1").0);
+    send_py(
+        &p.k,
+        "198.18.0.1",
+        &[
+            tagged([0x81, 0x00], 20),
+            tagged([0x81, 0x00], 20),
+            tagged([0x88, 0xa8], 20),
+            tagged([0x81, 0x00], 30),
+        ],
+        0,
+    );
+    assert!(
+        wait_for(3.0, || hc(d, "vxlan_tagged_mapped") == 3
+            && hc(d, "from_host") == from0 + 1),
+        "{}",
+        uplink(d)["counters"]
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        counts(&p.k, "vx1").0,
+        rx1c,
+        "nothing of it was flooded into VNI 43"
+    );
     d.assert_laws();
 }

@@ -531,6 +531,10 @@ pub struct HostCounters {
     /// while this one's inbox was full (it fell behind), dropped.
     #[serde(default)]
     pub vxlan_queue_full: u64,
+    /// VXLAN: frames in the uplink's own VNI tagged with a VLAN that another VNI is
+    /// mapped to (`--map`), dropped: they would reach that VNI's segment.
+    #[serde(default)]
+    pub vxlan_tagged_mapped: u64,
     /// Frames too long for the peer, dropped: on a VXLAN uplink, a datagram over the
     /// underlay's MTU (`EMSGSIZE`: the uplink never fragments); on an attached
     /// interface, a frame over its MTU + 14 (+ 4 for one pushed VLAN tag: see the README's

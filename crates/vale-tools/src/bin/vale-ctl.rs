@@ -141,7 +141,7 @@ fn run(args: &Args) -> Result<(), String> {
                             format!(" kernel_drops {} too_big {}", c.kernel_drops, c.too_big)
                         } else if h.kind == "vxlan" {
                             format!(
-                                " too_big {} replica_drops {} datagrams {} gso_sends {} gro_reads {}\n    dropped: too_short {} no_i_flag {} reserved {} foreign_vni {} queue_full {}\n    {}",
+                                " too_big {} replica_drops {} datagrams {} gso_sends {} gro_reads {}\n    dropped: too_short {} no_i_flag {} reserved {} foreign_vni {} queue_full {} tagged_mapped {}\n    {}",
                                 c.too_big,
                                 c.replica_drops,
                                 c.vxlan_datagrams,
@@ -152,6 +152,7 @@ fn run(args: &Args) -> Result<(), String> {
                                 c.vxlan_reserved,
                                 c.vxlan_foreign_vni,
                                 c.vxlan_queue_full,
+                                c.vxlan_tagged_mapped,
                                 h.about
                             )
                         } else if h.kind == "memif" {

@@ -394,7 +394,7 @@ const SENDER_DROPS: [&str; 7] = [
 /// A host port's losses of frames between its peer and its switch port (`read_errors`
 /// is not one: it counts failed reads, such as a peer hanging up, not frames; nor is a
 /// VXLAN port's `replica_drops`, copies of a frame that did leave).
-const HOST_DROPS: [&str; 10] = [
+const HOST_DROPS: [&str; 11] = [
     "truncated",
     "write_errors",
     "kernel_drops",
@@ -405,6 +405,7 @@ const HOST_DROPS: [&str; 10] = [
     "vxlan_reserved",
     "vxlan_foreign_vni",
     "vxlan_queue_full",
+    "vxlan_tagged_mapped",
 ];
 
 impl Stats {

@@ -292,7 +292,7 @@ fn render_hosts(t: &mut Text, hosts: &[HostRow]) {
             t.sample(&labels(h), get(s));
         }
     }
-    let errors: [(&str, Get); 16] = [
+    let errors: [(&str, Get); 17] = [
         ("truncated", |c| c.truncated),
         ("write_errors", |c| c.write_errors),
         ("read_errors", |c| c.read_errors),
@@ -309,6 +309,7 @@ fn render_hosts(t: &mut Text, hosts: &[HostRow]) {
         ("vxlan_reserved", |c| c.vxlan_reserved),
         ("vxlan_foreign_vni", |c| c.vxlan_foreign_vni),
         ("vxlan_queue_full", |c| c.vxlan_queue_full),
+        ("vxlan_tagged_mapped", |c| c.vxlan_tagged_mapped),
     ];
     t.family(
         "vale_host_port_errors_total",

@@ -40,6 +40,8 @@ pub struct PortCounters {
     /// VXLAN: datagrams another uplink of the socket read for this one while its
     /// inbox was full.
     pub vxlan_queue_full: AtomicU64,
+    /// VXLAN: frames of the uplink's own VNI tagged with a mapped VNI's VLAN.
+    pub vxlan_tagged_mapped: AtomicU64,
     /// Frames longer than the peer takes: a VXLAN datagram the underlay refused as
     /// larger than its MTU, a frame an interface refused (`EMSGSIZE`) or one longer
     /// than an AF_XDP port's interface MTU allows.
@@ -110,6 +112,7 @@ impl PortCounters {
             vxlan_reserved: g(&self.vxlan_reserved),
             vxlan_foreign_vni: g(&self.vxlan_foreign_vni),
             vxlan_queue_full: g(&self.vxlan_queue_full),
+            vxlan_tagged_mapped: g(&self.vxlan_tagged_mapped),
             too_big: g(&self.too_big),
             replica_drops: g(&self.replica_drops),
             vxlan_datagrams: g(&self.vxlan_datagrams),

@@ -101,6 +101,15 @@ enum Got {
     Other(Option<u32>, fn(&PortCounters) -> &AtomicU64),
 }
 
+/// The VID of a frame's outer 802.1Q or 802.1ad tag, if it has one.
+fn tagged_vid(f: &[u8]) -> Option<u16> {
+    let tpid = u16::from_be_bytes([*f.get(12)?, *f.get(13)?]);
+    if tpid != 0x8100 && tpid != 0x88a8 {
+        return None;
+    }
+    Some(u16::from_be_bytes([*f.get(14)?, *f.get(15)?]) & 0x0fff)
+}
+
 impl Ingress {
     /// Datagram `d` from `from`: its frame into `rings`' TX ring (tagged with its VLAN
     /// if it came in a mapped VNI), its source learned behind `from`.
@@ -129,6 +138,14 @@ impl Ingress {
                 return Got::Other(None, which);
             }
         };
+        // A frame of the uplink's own VNI already tagged with a VLAN that a mapped VNI
+        // carries would enter that VLAN, and so that VNI's segment: dropped, counted.
+        if net == 0
+            && !conf.map.is_empty()
+            && tagged_vid(inner).is_some_and(|v| conf.map.iter().any(|m| m.1 == v))
+        {
+            return Got::Other(None, |c| &c.vxlan_tagged_mapped);
+        }
         if conf.learning
             && let Some(from) = from
             && from != conf.local

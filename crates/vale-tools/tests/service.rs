@@ -722,8 +722,14 @@ fn the_units_capabilities_are_what_host_ports_need_and_each_is_needed() {
     let dir = std::env::temp_dir().join(format!("vb-caps-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    // valed's uid must be able to make its socket there.
-    rustix::fs::chmod(&dir, rustix::fs::Mode::from_raw_mode(0o777)).unwrap();
+    // valed's uid must be able to make its socket there, and own the directory (as the
+    // unit's RuntimeDirectory is): valed refuses one others may write in.
+    rustix::fs::chown(
+        &dir,
+        Some(rustix::process::Uid::from_raw(65534)),
+        Some(rustix::process::Gid::from_raw(65534)),
+    )
+    .unwrap();
     let xdp = match valed::probe_af_xdp() {
         Ok(()) => true,
         Err(e) => {

@@ -116,6 +116,9 @@ fn wrong_types(d: &Daemon) -> usize {
         let (kind, msg) = error_of(&r, c);
         assert_eq!(kind, ErrorKind::BadRequest, "{c}: {msg}");
     }
+    // A message of no bytes is a request too (not the end of the connection).
+    let r = exchange(&conn, b"", &[]).expect("an answer to an empty message, not a hang-up");
+    assert_eq!(error_of(&r, "an empty message").0, ErrorKind::BadRequest);
     // A long value of the wrong type: the error quotes its start and the parser's
     // verdict, not the whole value.
     let long = format!(r#"{{"op":"list","page":"{}"}}"#, "x".repeat(60_000));
@@ -124,7 +127,7 @@ fn wrong_types(d: &Daemon) -> usize {
     let (kind, msg) = error_of(&r, "a long wrong value");
     assert_eq!(kind, ErrorKind::BadRequest, "{msg}");
     assert!(msg.contains("expected"), "the parser's verdict kept: {msg}");
-    cases.len() + 1
+    cases.len() + 2
 }
 
 /// Real requests cut short at every few bytes.

@@ -244,6 +244,12 @@ impl Control {
         };
         conn.silent_since = None;
         let n = match vale::sock::recv(conn.fd.as_fd(), buf) {
+            // A message of no bytes reads as the end of the connection: told apart by
+            // whether the peer hung up.
+            Ok((0, fds)) if !hung_up(&conn.fd) => {
+                crate::sys::closer::discard(fds);
+                0
+            }
             Ok((0, _)) => return self.disconnect(id),
             Ok((n, fds)) => {
                 // Clients send no descriptors; any they do send are closed off this
@@ -371,6 +377,24 @@ impl Control {
     /// Whether connection `id`'s peer may use host ports and monitors.
     pub(super) fn may_touch_host(&self, id: u64) -> bool {
         self.conns.get(id).is_some_and(Conn::may_touch_host)
+    }
+}
+
+/// Whether a connection's peer hung up (what a read of 0 bytes means, unless the peer
+/// sent a message of none).
+fn hung_up(fd: &OwnedFd) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut p = [PollFd::new(fd, PollFlags::RDHUP)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match rustix::event::poll(&mut p, Some(&now)) {
+        Ok(n) if n > 0 => p[0]
+            .revents()
+            .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR),
+        Ok(_) => false,
+        Err(_) => true,
     }
 }
 

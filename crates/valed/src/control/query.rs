@@ -423,30 +423,42 @@ pub fn fdb_page(
         .iter()
         .find(|l| l.lock_ctl().registry.switch(switch).is_some())
         .ok_or_else(missing)?;
-    let st = lane.lock_ctl();
-    let now = lane.now();
-    let e = st.registry.switch(switch).ok_or_else(missing)?;
-    let lookup = e.switch.lookup();
-    let table = lookup.table();
+    // Under the lane's lock only what must be: the table's rows, its counters and the
+    // names of the ports they name. Sorting and sizing happen after, so that a client
+    // paging through a big table in a loop does not hold up the lane's forwarding.
+    let (rows, counters, name, names) = {
+        let st = lane.lock_ctl();
+        let now = lane.now();
+        let e = st.registry.switch(switch).ok_or_else(missing)?;
+        let lookup = e.switch.lookup();
+        let table = lookup.table();
+        let rows = table.map(|t| t.rows(now)).unwrap_or_default();
+        let counters: BTreeMap<String, u64> = table
+            .map(|t| t.counters())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, v)| (name.to_string(), v))
+            .collect();
+        let mut names = std::collections::HashMap::new();
+        for r in &rows {
+            names.entry(r.port).or_insert_with(|| {
+                e.switch
+                    .port(r.port)
+                    .map_or_else(|| "?".to_string(), |p| p.name().to_string())
+            });
+        }
+        (rows, counters, e.name.clone(), names)
+    };
     let place = |r: &vale_switch::TableRow| FdbPlace {
         port: r.port,
         vlan: r.vlan,
         mac: r.mac,
     };
-    let mut rows = table.map(|t| t.rows(now)).unwrap_or_default();
+    let mut rows = rows;
     rows.retain(|r| after.is_none_or(|a| place(r) > a));
     rows.sort_unstable_by_key(place);
-    let counters: BTreeMap<String, u64> = table
-        .map(|t| t.counters())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(name, v)| (name.to_string(), v))
-        .collect();
     let row = |r: &vale_switch::TableRow| {
-        let port = e
-            .switch
-            .port(r.port)
-            .map_or_else(|| "?".into(), |p| p.name().to_string());
+        let port = names.get(&r.port).cloned().unwrap_or_else(|| "?".into());
         let beyond = peer(&port, r.mac.octets(), r.vlan);
         FdbRow {
             mac: r.mac.to_string(),
@@ -459,7 +471,7 @@ pub fn fdb_page(
         }
     };
     let mut page = Response::Fdb {
-        switch: e.name.clone(),
+        switch: name,
         entries: Vec::new(),
         counters,
         next: None,

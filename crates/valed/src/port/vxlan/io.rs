@@ -43,8 +43,10 @@ static NOWHERE: SockAddr = SockAddr::V4(libc::sockaddr_in {
 #[derive(Clone, Copy, Default)]
 struct Fate {
     len: u32,
-    ok: u16,
-    failed: u16,
+    /// Copies of it sent and refused: one per remote at most, and a config file may
+    /// name more than 65535.
+    ok: u32,
+    failed: u32,
     too_big: bool,
     /// Which of the port's VNIs it goes in: 0 the port's own, `1 + i` the `i`th of the
     /// map.

@@ -114,6 +114,11 @@ impl Conf {
                     "--remote {a} is not a VTEP's address (a multicast group goes in --group)"
                 )));
             }
+            if a == local {
+                return Err(bad(format!(
+                    "--remote {a} is --local: each flood would come back to this uplink"
+                )));
+            }
             if !remotes.contains(&a) {
                 remotes.push(a);
             }
@@ -552,6 +557,7 @@ mod tests {
         assert!(e(conf("198.18.0.1", &["fd00::2"], None)).contains("not of one IP version"));
         assert!(e(conf("198.18.0.1", &["239.1.1.1"], None)).contains("goes in --group"));
         assert!(e(conf("198.18.0.1", &[], Some("198.18.0.9"))).contains("not a multicast"));
+        assert!(e(conf("198.18.0.1", &["198.18.0.1"], None)).contains("is --local"));
         let big = Conf::parse(
             1 << 24,
             "198.18.0.1",

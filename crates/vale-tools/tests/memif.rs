@@ -883,6 +883,11 @@ impl Hostile {
 
     /// INIT, the region (`mem`), a ring each way, CONNECT: connected.
     fn setup(&self, id: u32, mem: &OwnedFd) -> Option<Msg> {
+        self.setup_kicking(id, mem, &eventfd())
+    }
+
+    /// [`Hostile::setup`] with `kick` as its C2S ring's eventfd (the client keeps it).
+    fn setup_kicking(&self, id: u32, mem: &OwnedFd, kick: &OwnedFd) -> Option<Msg> {
         self.init(id, "");
         self.acked();
         self.send(
@@ -893,7 +898,8 @@ impl Hostile {
             Some(mem),
         );
         self.acked();
-        for (flags, offset) in [(RING_FLAG_C2S, c2s()), (0, s2c())] {
+        let s2c_kick = eventfd();
+        for (flags, offset, fd) in [(RING_FLAG_C2S, c2s(), kick), (0, s2c(), &s2c_kick)] {
             self.send(
                 &Msg::AddRing(AddRing {
                     flags,
@@ -903,7 +909,7 @@ impl Hostile {
                     log2_size: LOG2,
                     private_hdr_size: 0,
                 }),
-                Some(&eventfd()),
+                Some(fd),
             );
             self.acked();
         }
@@ -1322,38 +1328,11 @@ fn a_removed_port_whose_client_still_kicks_costs_no_cpu() {
     let h = Hostile::connect(sock);
     let mem = h.mem.try_clone().unwrap();
     // The client keeps its C2S ring's eventfd.
-    h.init(0, "");
-    h.acked();
-    h.send(
-        &Msg::AddRegion(AddRegion {
-            index: 0,
-            size: region_len() as u64,
-        }),
-        Some(&mem),
-    );
-    h.acked();
     let kick = eventfd();
-    for (flags, offset, fd) in [(RING_FLAG_C2S, c2s(), &kick), (0, s2c(), &eventfd())] {
-        h.send(
-            &Msg::AddRing(AddRing {
-                flags,
-                index: 0,
-                region: 0,
-                offset: offset as u32,
-                log2_size: LOG2,
-                private_hdr_size: 0,
-            }),
-            Some(fd),
-        );
-        h.acked();
-    }
-    h.send(
-        &Msg::Connect {
-            if_name: FixedStr::new(b"evil0"),
-        },
-        None,
-    );
-    assert!(matches!(h.recv(), Some(Msg::Connected { .. })));
+    assert!(matches!(
+        h.setup_kicking(0, &mem, &kick),
+        Some(Msg::Connected { .. })
+    ));
     assert!(wait_for(3.0, || connected(&d, "m")));
     let _other = d.open("vale0:a");
     assert!(d.ctl(&["-d", "vale0:m"]).status.success());

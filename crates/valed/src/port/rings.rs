@@ -39,9 +39,15 @@ pub fn ring_put(ring: &AppRing, frame: &[u8]) {
 /// The next packet of an RX ring, from `head`: the slots it takes and its length
 /// (a chain cut short by the ring's end is taken as it is).
 pub fn ring_peek(ring: &AppRing) -> (u32, usize) {
-    let v = ring.view();
-    let (n, space) = (ring.num_slots(), ring.space());
-    let (mut used, mut len, mut h) = (0u32, 0usize, ring.head());
+    peek_at(ring.view(), ring.head(), ring.space())
+}
+
+/// [`ring_peek`] from a position of the caller's, with `space` slots ready from it (a
+/// pass that moves `head` once at its end).
+#[inline]
+pub fn peek_at(v: &vale_abi::RingView, head: u32, space: u32) -> (u32, usize) {
+    let n = v.num_slots();
+    let (mut used, mut len, mut h) = (0u32, 0usize, head);
     loop {
         let s = v.read_slot(h);
         len += s.len as usize;
@@ -56,9 +62,13 @@ pub fn ring_peek(ring: &AppRing) -> (u32, usize) {
 /// Copies the `used` slots from `head` (a packet `ring_peek` measured) into `dst`, which
 /// is as long as the packet.
 pub fn ring_copy(ring: &AppRing, used: u32, dst: &mut [u8]) {
-    let v = ring.view();
-    let n = ring.num_slots();
-    let (mut at, mut h) = (0usize, ring.head());
+    copy_at(ring.view(), ring.head(), used, dst)
+}
+
+/// [`ring_copy`] from a position of the caller's.
+pub fn copy_at(v: &vale_abi::RingView, head: u32, used: u32, dst: &mut [u8]) {
+    let n = v.num_slots();
+    let (mut at, mut h) = (0usize, head);
     for _ in 0..used {
         let s = v.read_slot(h);
         let l = (s.len as usize).min(dst.len() - at);

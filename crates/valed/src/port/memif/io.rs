@@ -30,7 +30,7 @@ use super::conn::Conn;
 use super::own::Own;
 use super::ring::{Broken, Chain, Refused, Src, Unsent};
 use super::server::Slot;
-use crate::port::rings::{ring_peek, ring_put, room};
+use crate::port::rings::{copy_at, peek_at, ring_peek, ring_put, room};
 use crate::port::{BURST, DrivenPort, MAX_FRAME, PortCounters, PortRings, Watcher};
 use rustix::fd::OwnedFd;
 use std::sync::Arc;
@@ -307,36 +307,6 @@ impl<L: Link> MemifIo<L> {
             PortCounters::lost(&self.counters.no_peer, n);
             rx.rxsync();
         }
-    }
-}
-
-/// The slots and length of the packet at `head` of an RX ring with `space` slots ready
-/// ([`ring_peek`] from a position of the caller's).
-#[inline]
-fn peek_at(v: &vale_abi::RingView, head: u32, space: u32) -> (u32, usize) {
-    let n = v.num_slots();
-    let (mut used, mut len, mut h) = (0u32, 0usize, head);
-    loop {
-        let s = v.read_slot(h);
-        len += s.len as usize;
-        used += 1;
-        h = vale_abi::ring::next(h, n);
-        if s.flags & vale_abi::layout::NS_MOREFRAG == 0 || used >= space {
-            return (used, len);
-        }
-    }
-}
-
-/// Copies the `used` slots from `head` (a packet [`peek_at`] measured) into `dst`.
-fn copy_at(v: &vale_abi::RingView, head: u32, used: u32, dst: &mut [u8]) {
-    let n = v.num_slots();
-    let (mut at, mut h) = (0usize, head);
-    for _ in 0..used {
-        let s = v.read_slot(h);
-        let l = (s.len as usize).min(dst.len() - at);
-        v.bufs().read(s.buf_idx, &mut dst[at..at + l]);
-        at += l;
-        h = vale_abi::ring::next(h, n);
     }
 }
 

@@ -976,6 +976,16 @@ impl Hostile {
     }
 }
 
+/// A bystander pair on vale0, `a` and `b`, with `b`'s address learned (so that `a`'s
+/// frames to it are unicast).
+fn bystanders(d: &Daemon) -> (vale::Port, vale::Port) {
+    let a = d.open("vale0:a");
+    let b = d.open("vale0:b");
+    send(&b, &[frame(BCAST, [2, 0, 0, 0, 0, 0xb], 0)]);
+    drain(&a, 0.5);
+    (a, b)
+}
+
 /// A bystander pair on the same switch, checked to lose nothing at the end.
 fn bystanders_exchange(d: &Daemon, a: &vale::Port, b: &vale::Port, n: u32) {
     let frames: Vec<_> = (0..n)
@@ -997,11 +1007,7 @@ fn a_hostile_memif_client_is_refused_or_disconnected_and_nobody_else_notices() {
     let sock = sock.as_str();
     memif_port(&d, "vale0:m", sock, 0, &[]);
     memif_port(&d, "vale0:s", sock, 5, &["--secret", "sesame"]);
-    let a = d.open("vale0:a");
-    let b = d.open("vale0:b");
-    // b learns where it is; a's frames to it are unicast from then on.
-    send(&b, &[frame(BCAST, [2, 0, 0, 0, 0, 0xb], 0)]);
-    drain(&a, 0.5);
+    let (a, b) = bystanders(&d);
 
     // Messages that are not memif's.
     let h = Hostile::connect(sock);
@@ -1168,10 +1174,7 @@ fn a_client_posting_only_bad_buffers_does_not_hold_the_forwarding_thread() {
     let (mut d, sock) = memif_daemon("memif-badposts", &[]);
     let sock = sock.as_str();
     memif_port(&d, "vale0:m", sock, 0, &[]);
-    let a = d.open("vale0:a");
-    let b = d.open("vale0:b");
-    send(&b, &[frame(BCAST, [2, 0, 0, 0, 0, 0xb], 0)]);
-    drain(&a, 0.5);
+    let (a, b) = bystanders(&d);
     let mut h = Hostile::connect(sock);
     let mem = h.mem.try_clone().unwrap();
     assert!(matches!(h.setup(0, &mem), Some(Msg::Connected { .. })));
@@ -1356,10 +1359,7 @@ fn a_trusted_client_that_truncates_its_memory_is_cut_off_and_counted() {
     let (mut d, sock) = memif_daemon("memif-trunc", &["--memif-trust-unsealed"]);
     let sock = sock.as_str();
     memif_port(&d, "vale0:m", sock, 0, &[]);
-    let a = d.open("vale0:a");
-    let b = d.open("vale0:b");
-    send(&b, &[frame(BCAST, [2, 0, 0, 0, 0, 0xb], 0)]);
-    drain(&a, 0.5);
+    let (a, b) = bystanders(&d);
     let mut h = Hostile::connect(sock);
     h.mem = memfd(false);
     let mem = h.mem.try_clone().unwrap();

@@ -45,7 +45,7 @@ pub fn connect(path: &Path) -> Result<OwnedFd, Error> {
     .map_err(|e| Error::Io("socket", e.into()))?;
     let addr = SocketAddrUnix::new(path).map_err(|e| not_running(e.into()))?;
     rustix::net::connect(&fd, &addr).map_err(|e| not_running(e.into()))?;
-    served_by_us_or_root(&fd, path)?;
+    fallback_dir_is_ours(path)?;
     Ok(fd)
 }
 
@@ -54,7 +54,7 @@ pub fn connect(path: &Path) -> Result<OwnedFd, Error> {
 /// closed to others' writes, else another user could be serving the socket, and its
 /// memory and answers are not to be used. A socket named any other way is the user's
 /// choice (a shared daemon of another user, say).
-fn served_by_us_or_root(_fd: &OwnedFd, path: &Path) -> Result<(), Error> {
+fn fallback_dir_is_ours(path: &Path) -> Result<(), Error> {
     let me = rustix::process::geteuid();
     if me.is_root() || !path.starts_with("/tmp") || path != default_socket_path() {
         return Ok(());

@@ -115,7 +115,7 @@ impl Control {
             match rustix::net::accept_with(listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
                 Ok(fd) => {
                     crate::sys::closer::refuse_rights(&fd);
-                    let cred = crate::sys::closer::peer_cred(&fd);
+                    let cred = crate::sys::peer_cred(&fd);
                     let uid = cred.map(|(_, uid, _)| uid);
                     if let Some(why) = self.over_client_limit(uid) {
                         turn_away(&fd, &why);
@@ -422,7 +422,7 @@ fn brief(why: &str) -> String {
 /// taken by the time valed looks).
 fn groups_of(fd: &OwnedFd, gid: u32) -> Vec<u32> {
     let mut out = vec![gid];
-    out.extend(crate::sys::closer::peer_groups(fd).unwrap_or_default());
+    out.extend(crate::sys::peer_groups(fd).unwrap_or_default());
     out
 }
 

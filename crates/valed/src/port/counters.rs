@@ -72,15 +72,27 @@ impl PortCounters {
     /// One frame of `bytes` from the peer into the switch.
     #[inline]
     pub fn count_in(&self, bytes: usize) {
-        bump(&self.from_host, 1);
-        bump(&self.from_host_bytes, bytes as u64);
+        self.count_in_many(1, bytes as u64);
+    }
+
+    /// `frames` frames of `bytes` in all from the peer (a pass's, counted once).
+    #[inline]
+    pub fn count_in_many(&self, frames: u64, bytes: u64) {
+        bump(&self.from_host, frames);
+        bump(&self.from_host_bytes, bytes);
     }
 
     /// One frame of `bytes` from the switch out to the peer.
     #[inline]
     pub fn count_out(&self, bytes: usize) {
-        bump(&self.to_host, 1);
-        bump(&self.to_host_bytes, bytes as u64);
+        self.count_out_many(1, bytes as u64);
+    }
+
+    /// `frames` frames of `bytes` in all out to the peer (a pass's, counted once).
+    #[inline]
+    pub fn count_out_many(&self, frames: u64, bytes: u64) {
+        bump(&self.to_host, frames);
+        bump(&self.to_host_bytes, bytes);
     }
 
     /// Adds `n` to a loss counter. Losses are also counted from the vhost-user

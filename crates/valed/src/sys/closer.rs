@@ -7,7 +7,7 @@
 //! control socket at all ([`refuse_rights`], Linux 6.16 and later); this covers the
 //! kernels before that.
 
-use rustix::fd::{AsRawFd, OwnedFd};
+use rustix::fd::OwnedFd;
 use std::sync::OnceLock;
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 
@@ -51,69 +51,7 @@ pub fn discard(fds: Vec<OwnedFd>) {
 /// does nothing and [`discard`] is what protects the control thread.
 pub fn refuse_rights(fd: &OwnedFd) {
     const SO_PASSRIGHTS: libc::c_int = 83;
-    let off: libc::c_int = 0;
-    // SAFETY: a valid socket, and a c_int option value of the size given.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_PASSRIGHTS,
-            (&off as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
-/// The credentials of a unix socket's peer (`SO_PEERCRED`): pid, uid, gid. Read into
-/// the kernel's own struct: its pid is 0 when the peer's process has no number in this
-/// pid namespace (a client in another container), which rustix's `UCred` (a non-zero
-/// pid) cannot hold.
-pub fn peer_cred(fd: &OwnedFd) -> Option<(i32, u32, u32)> {
-    let mut c = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: a valid socket; `c` and `len` describe a writable ucred.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut c as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0 && len as usize == std::mem::size_of::<libc::ucred>()).then_some((c.pid, c.uid, c.gid))
-}
-
-/// The peer's supplementary groups as the kernel recorded them at connect
-/// (`SO_PEERGROUPS`), or `None` where the kernel cannot say.
-pub fn peer_groups(fd: &OwnedFd) -> Option<Vec<u32>> {
-    let mut groups = vec![0 as libc::gid_t; 64];
-    for _ in 0..4 {
-        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
-        // SAFETY: a valid socket; `groups` holds `len` writable bytes.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_PEERGROUPS,
-                groups.as_mut_ptr().cast(),
-                &mut len,
-            )
-        };
-        let n = len as usize / std::mem::size_of::<libc::gid_t>();
-        if rc == 0 {
-            groups.truncate(n);
-            return Some(groups);
-        }
-        if std::io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) || n <= groups.len()
-        {
-            return None;
-        }
-        groups.resize(n, 0);
-    }
-    None
+    // SAFETY: SO_PASSRIGHTS takes an int by value.
+    let _ =
+        unsafe { super::setsockopt_at(fd, libc::SOL_SOCKET, SO_PASSRIGHTS, &0 as &libc::c_int) };
 }

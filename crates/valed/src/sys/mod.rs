@@ -42,8 +42,8 @@ pub use packet::{
 };
 pub use tun::{MAX_TAP_QUEUES, TAP_VNET_HDR, tap_create};
 pub use unix::{
-    check_ifname, dgram_bind, if_index, readable_within, seqpacket_listen, stream_connect,
-    stream_listen,
+    check_ifname, dgram_bind, if_index, peer_cred, peer_groups, readable_within, seqpacket_listen,
+    stream_connect, stream_listen,
 };
 
 /// setsockopt(2) of `v` as option `opt` at `level`, for the options rustix does not
@@ -76,6 +76,31 @@ pub unsafe fn setsockopt_at<T>(
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// getsockopt(2) of option `opt` at `level` into `v`, for the options rustix does not
+/// wrap (or wraps in a type that cannot hold every value the kernel gives): the bytes
+/// the kernel wrote (it cuts its copy to `size_of::<T>()`).
+///
+/// # Safety
+///
+/// Option `opt` must give its value as a `T` (or a prefix of one), every bit pattern of
+/// which is a valid `T`: the kernel writes at most `size_of::<T>()` bytes at `v`.
+pub unsafe fn getsockopt_at<T>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    opt: libc::c_int,
+    v: &mut T,
+) -> io::Result<usize> {
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `v` is a live `T` of the size passed, written during the call only, and
+    // any bytes the kernel writes make a valid `T` (this function's contract).
+    let rc =
+        unsafe { libc::getsockopt(fd.as_raw_fd(), level, opt, (v as *mut T).cast(), &mut len) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(len as usize)
 }
 
 /// A memory mapping valed made, unmapped when dropped: an AF_PACKET or AF_XDP ring

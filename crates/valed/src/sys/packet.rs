@@ -280,22 +280,16 @@ pub fn packet_drops(fd: &OwnedFd) -> io::Result<u32> {
         tp_packets: 0,
         tp_drops: 0,
     };
-    let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes (it cuts its copy to the length
-    // given; for a TPACKET_V2 socket it has exactly a `tpacket_stats`) at `st`, which
-    // lives across the call, sets `len`, and keeps neither pointer.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
+    // SAFETY: PACKET_STATISTICS gives a `tpacket_stats` (for a TPACKET_V2 socket
+    // exactly one), two integers any bytes make.
+    unsafe {
+        super::getsockopt_at(
+            fd.as_fd(),
             libc::SOL_PACKET,
             libc::PACKET_STATISTICS,
-            (&mut st as *mut libc::tpacket_stats).cast(),
-            &mut len,
+            &mut st,
         )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    }?;
     Ok(st.tp_drops)
 }
 

@@ -325,19 +325,8 @@ fn set_int(fd: BorrowedFd<'_>, opt: libc::c_int, v: libc::c_int) -> io::Result<(
 /// once, as the option's current value.
 pub fn gso_supported(fd: BorrowedFd<'_>) -> bool {
     let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `v` and `len` live for the call and `len` is `v`'s size; the kernel writes
-    // at most that many bytes.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_UDP,
-            libc::UDP_SEGMENT,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    r == 0
+    // SAFETY: UDP_SEGMENT gives an int.
+    unsafe { super::getsockopt_at(fd, libc::SOL_UDP, libc::UDP_SEGMENT, &mut v) }.is_ok()
 }
 
 /// One datagram to send: `hdr` then `body`, to `to`.

@@ -1,7 +1,7 @@
 //! Unix sockets for the control socket and QEMU ports, and interface names and indices
 //! as the kernel sees them.
 
-use rustix::fd::{BorrowedFd, OwnedFd};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::io;
 
 /// A non-blocking unix socket of `kind` bound to `path`. A stale socket file there is
@@ -132,6 +132,40 @@ pub fn if_index(name: &str) -> Option<u32> {
     .ok()?;
     let i = rustix::net::netdevice::name_to_index(&s, name).ok()?;
     (i != 0).then_some(i)
+}
+
+/// The credentials of a unix socket's peer (`SO_PEERCRED`): pid, uid, gid. Read into
+/// the kernel's own struct: its pid is 0 when the peer's process has no number in this
+/// pid namespace (a client in another container), which rustix's `UCred` (a non-zero
+/// pid) cannot hold.
+pub fn peer_cred(fd: &OwnedFd) -> Option<(i32, u32, u32)> {
+    let mut c = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    // SAFETY: SO_PEERCRED gives a `ucred`, three integers any bytes make.
+    let n =
+        unsafe { super::getsockopt_at(fd.as_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, &mut c) };
+    (n.ok() == Some(std::mem::size_of::<libc::ucred>())).then_some((c.pid, c.uid, c.gid))
+}
+
+/// The peer's supplementary groups as the kernel recorded them at connect
+/// (`SO_PEERGROUPS`), or `None` where the kernel cannot say.
+pub fn peer_groups(fd: &OwnedFd) -> Option<Vec<u32>> {
+    let mut groups = [0 as libc::gid_t; 256];
+    // SAFETY: SO_PEERGROUPS gives an array of gid_t (cut to the room given; ERANGE when
+    // the peer has more), integers any bytes make.
+    let n = unsafe {
+        super::getsockopt_at(
+            fd.as_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERGROUPS,
+            &mut groups,
+        )
+    }
+    .ok()?;
+    Some(groups[..n / std::mem::size_of::<libc::gid_t>()].to_vec())
 }
 
 #[cfg(test)]

@@ -412,8 +412,7 @@ impl<'a> TxBatch<'a> {
     fn finish(mut self, counters: &PortCounters) -> u64 {
         self.hand_over();
         if self.frames > 0 {
-            crate::port::counters::bump(&counters.from_host, self.frames);
-            crate::port::counters::bump(&counters.from_host_bytes, self.bytes);
+            counters.count_in_many(self.frames, self.bytes);
         }
         self.frames
     }
@@ -519,8 +518,7 @@ impl<L: Link> DrivenPort for MemifIo<L> {
             rx.advance(taken);
         }
         if sent > 0 {
-            crate::port::counters::bump(&self.counters.to_host, sent as u64);
-            crate::port::counters::bump(&self.counters.to_host_bytes, bytes);
+            self.counters.count_out_many(sent as u64, bytes);
         }
         // Buffers given back empty go back to the client with the frames sent.
         if sent > 0 || bad > 0 {

@@ -755,7 +755,10 @@ impl Tcpdump {
         use std::io::BufRead;
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns, "tcpdump", "-i", ifname, "-Q", "in"])
-            .args(["-nn", "-U", "-s", "0", "-w"])
+            // Each frame as it comes: without --immediate-mode, libpcap hands frames
+            // over a TPACKET_V3 block at a time, up to a second late, so a capture that
+            // was not waited for could miss frames that had arrived (seen in CI).
+            .args(["--immediate-mode", "-nn", "-U", "-s", "0", "-w"])
             .arg(&file)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -1178,8 +1181,15 @@ fn vlan_aware_switch_between_af_packet_and_af_xdp_veths() {
     let [cap_a, cap_c, cap_q, cap_p, cap_x] = &caps[..] else {
         unreachable!()
     };
+    // Until every port has what it should get from both trunks (each trunk sends the
+    // others one frame of VLAN 10, 20 and 100), then a while for what it should not.
     wait_for(5.0, || {
-        cap_p.from(X).len() >= 5 && cap_x.from(P).len() >= 5 && !cap_q.from(X).is_empty()
+        [(cap_p, X), (cap_x, P)]
+            .iter()
+            .all(|(c, from)| c.from(*from).len() >= 5)
+            && [cap_a, cap_c, cap_q]
+                .iter()
+                .all(|c| !c.from(P).is_empty() && !c.from(X).is_empty())
     });
     std::thread::sleep(Duration::from_millis(300)); // anything that should not come
 

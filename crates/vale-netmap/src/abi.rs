@@ -250,10 +250,22 @@ const _: () = {
     assert!(NIOCRXSYNC == (0x69 << 8) | 149);
 };
 
-/// A NUL-terminated name in a fixed array, as UTF-8 (`None` if it is not).
+/// A NUL-terminated name in a fixed array, as UTF-8 (`None` if it is not). The last
+/// byte is a NUL whatever the program wrote there, as netmap writes one before it reads
+/// the name: a name that fills the array is cut by one byte.
 pub fn name_of(raw: &[u8]) -> Option<&str> {
+    let raw = &raw[..raw.len().saturating_sub(1)];
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
     std::str::from_utf8(&raw[..end]).ok()
+}
+
+/// `name` cut to at most `n` bytes (at a character boundary), as strlcpy cuts it.
+pub fn cut(name: &str, n: usize) -> &str {
+    let mut end = name.len().min(n);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
 }
 
 /// `name` into a fixed array, NUL-padded (false if it does not fit with its NUL).
@@ -280,8 +292,14 @@ mod tests {
             !put_name(&mut raw, "0123456789abcdef"),
             "no room for the NUL"
         );
-        assert_eq!(name_of(&[b'x'; 4]), Some("xxxx"), "no NUL: the whole array");
+        assert_eq!(
+            name_of(&[b'x'; 4]),
+            Some("xxx"),
+            "no NUL: the last byte is one"
+        );
         assert_eq!(name_of(&[0xff, 0]), None);
+        assert_eq!(cut("vale0:0123456789abcdef", 15), "vale0:012345678");
+        assert_eq!(cut("vale0:é", 7), "vale0:", "not inside a character");
     }
 
     #[test]

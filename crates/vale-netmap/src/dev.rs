@@ -6,6 +6,7 @@
 use crate::abi::*;
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::io::Errno;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use vale::proto::{self, ErrorKind, GeometryRequest, Request, Response};
@@ -42,7 +43,7 @@ pub struct RegisterReply {
 /// program asks for an existing mapping's `nr_mem_id` and it maps the same region (as
 /// netmap's pipes and `@N` do); otherwise each has its own, with its own mem id.
 pub struct Prefix {
-    pub fd: OwnedFd,
+    pub fd: Hidden,
     /// Bytes of the prefix (the region starts here in the mapping).
     pub len: usize,
     slot: usize,
@@ -67,17 +68,101 @@ static PREFIXES: Mutex<Vec<std::sync::Weak<Prefix>>> = Mutex::new(Vec::new());
 /// The lowest descriptor number the library keeps for itself (netmap-abi §5.2).
 const HIDDEN_FDS_FROM: i32 = 512;
 
+/// The descriptors the library holds for itself, by number, so that a program's
+/// `close_range` or `closefrom` passes over them: each is closed by its owner, when
+/// what it serves goes away (a closed number would otherwise be closed again later,
+/// whatever the program had opened under it by then).
+static KEPT: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+fn kept() -> std::sync::MutexGuard<'static, BTreeSet<i32>> {
+    KEPT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The library's descriptors in `first..=last`, in order.
+pub fn kept_in(first: u32, last: u32) -> Vec<i32> {
+    let (first, last) = (
+        first.min(i32::MAX as u32) as i32,
+        last.min(i32::MAX as u32) as i32,
+    );
+    kept().range(first..=last).copied().collect()
+}
+
+/// A descriptor's number, in [`KEPT`] while this lives.
+pub struct Kept(i32);
+
+impl Kept {
+    fn new(fd: rustix::fd::BorrowedFd<'_>) -> Kept {
+        let n = rustix::fd::AsRawFd::as_raw_fd(&fd);
+        kept().insert(n);
+        Kept(n)
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        kept().remove(&self.0);
+    }
+}
+
+/// A descriptor of the library's own: closed first, then its number is free to close
+/// (the fields drop in this order).
+pub struct Hidden {
+    fd: OwnedFd,
+    _kept: Kept,
+}
+
+impl Hidden {
+    pub fn new(fd: OwnedFd) -> Hidden {
+        let kept = Kept::new(fd.as_fd());
+        Hidden { fd, _kept: kept }
+    }
+
+    /// For an owner that needs the descriptor itself: it keeps the [`Kept`] after it.
+    pub fn into_parts(self) -> (OwnedFd, Kept) {
+        (self.fd, self._kept)
+    }
+}
+
+impl AsFd for Hidden {
+    fn as_fd(&self) -> rustix::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl rustix::fd::AsRawFd for Hidden {
+    fn as_raw_fd(&self) -> rustix::fd::RawFd {
+        rustix::fd::AsRawFd::as_raw_fd(&self.fd)
+    }
+}
+
 /// A close-on-exec duplicate of `fd` at or above [`HIDDEN_FDS_FROM`], so that the
 /// library's own descriptors never take the low numbers a program expects to get (or
 /// has closed on purpose: with `2>&-`, a memfd landing on fd 2 would have every write
 /// to stderr go over a `netmap_if`).
-pub fn high_dup(fd: rustix::fd::BorrowedFd<'_>) -> NmResult<OwnedFd> {
-    rustix::io::fcntl_dupfd_cloexec(fd, HIDDEN_FDS_FROM).map_err(|_| Errno::MFILE)
+pub fn high_dup(fd: rustix::fd::BorrowedFd<'_>) -> NmResult<Hidden> {
+    rustix::io::fcntl_dupfd_cloexec(fd, HIDDEN_FDS_FROM)
+        .map(Hidden::new)
+        .map_err(|_| Errno::MFILE)
 }
 
 /// `fd` moved to [`high_dup`]'s range, its low number given back.
-fn hide(fd: OwnedFd) -> NmResult<OwnedFd> {
+fn hide(fd: OwnedFd) -> NmResult<Hidden> {
     high_dup(fd.as_fd())
+}
+
+/// What a forked child must not inherit locked: the library's tables, held by the
+/// forking thread across the fork (`pthread_atfork`), in the order every other path
+/// takes them.
+pub struct ForkHold {
+    _prefixes: std::sync::MutexGuard<'static, Vec<std::sync::Weak<Prefix>>>,
+    _kept: std::sync::MutexGuard<'static, BTreeSet<i32>>,
+}
+
+pub fn fork_hold() -> ForkHold {
+    ForkHold {
+        _prefixes: PREFIXES.lock().unwrap_or_else(|e| e.into_inner()),
+        _kept: kept(),
+    }
 }
 
 fn file_id(fd: rustix::fd::BorrowedFd<'_>) -> (u64, u64) {
@@ -92,16 +177,24 @@ impl Prefix {
             .map_err(|_| Errno::NOMEM)?;
         let fd = hide(fd)?;
         rustix::fs::ftruncate(&fd, len as u64).map_err(|_| Errno::NOMEM)?;
+        let mut all = PREFIXES.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        // Unique among the live ones: libnetmap takes a mapping it already has for a
+        // descriptor whose mem id matches, so a reused id would have it read another
+        // port's memory.
+        let live: Vec<u16> = all
+            .iter()
+            .filter_map(|w| w.upgrade())
+            .map(|p| p.mem_id)
+            .collect();
         let p = std::sync::Arc::new(Prefix {
             fd,
             len,
             slot,
             used: Mutex::new(vec![false; 1 + SHARERS]),
-            mem_id: next_mem_id(),
+            mem_id: next_mem_id(|id| live.contains(&id)),
             region: file_id(region.fd()),
         });
-        let mut all = PREFIXES.lock().unwrap_or_else(|e| e.into_inner());
-        all.retain(|w| w.strong_count() > 0);
         all.push(std::sync::Arc::downgrade(&p));
         Ok(p)
     }
@@ -176,12 +269,15 @@ pub struct Port {
     pub mem_id: u16,
     tx: Vec<Bound>,
     rx: Vec<Bound>,
-    kick: OwnedFd,
-    pub notify: OwnedFd,
+    kick: Hidden,
+    pub notify: Hidden,
     /// Poll does no implicit txsync (`NR_NO_TX_POLL`).
     pub no_tx_poll: bool,
     /// For a pipe endpoint that sends: the move of its frames to the peer.
     pipe: Option<PipeKernel>,
+    /// The region's descriptor number, kept from `close_range` until the region (the
+    /// field before) has closed it.
+    _region_kept: Kept,
 }
 
 /// The sending half of a netmap pipe, run in the sender's txsync as netmap runs it in
@@ -300,7 +396,7 @@ impl PipeKernel {
 pub struct Device {
     /// A twin of the descriptor the application holds: the connection to valed, which
     /// holds the port for as long as any twin is open.
-    pub conn: OwnedFd,
+    pub conn: Hidden,
     port: OnceLock<Port>,
     registering: Mutex<()>,
     /// One request and its answer at a time on `conn`: threads sharing the descriptor
@@ -309,16 +405,17 @@ pub struct Device {
     /// The threads in a poll on this descriptor, from before they last look at the
     /// rings until they wake, by their own wake-up eventfd: they all sleep on the one
     /// notify eventfd, and whichever drains it passes the wake-up on to the others.
-    waiters: Mutex<Vec<Arc<OwnedFd>>>,
+    waiters: Mutex<Vec<Arc<Hidden>>>,
 }
 
 /// Mem ids: unique per mapping handed out (libnetmap shares a mapping between
-/// descriptors with the same id), never 0 (any) or 1 (netmap's global allocator).
-fn next_mem_id() -> u16 {
+/// descriptors with the same id), never 0 (any) or 1 (netmap's global allocator), nor
+/// one that is `taken` (still live after the count wrapped).
+fn next_mem_id(taken: impl Fn(u16) -> bool) -> u16 {
     static NEXT: AtomicU32 = AtomicU32::new(2);
     loop {
         let id = (NEXT.fetch_add(1, Ordering::Relaxed) % 0x1_0000) as u16;
-        if id >= 2 {
+        if id >= 2 && !taken(id) {
             return id;
         }
     }
@@ -337,7 +434,7 @@ fn bound_rings(mode: u32, ringid: u16, n: u16) -> Vec<u16> {
 }
 
 impl Device {
-    pub fn new(conn: OwnedFd) -> Device {
+    pub fn new(conn: Hidden) -> Device {
         Device {
             conn,
             port: OnceLock::new(),
@@ -352,13 +449,13 @@ impl Device {
     }
 
     /// A thread that may sleep on this descriptor's notify eventfd, woken by `me`.
-    pub fn wait_begin(&self, me: &Arc<OwnedFd>) {
+    pub fn wait_begin(&self, me: &Arc<Hidden>) {
         let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
         w.push(me.clone());
     }
 
     /// That thread is awake (one [`Self::wait_begin`] undone).
-    pub fn wait_end(&self, me: &Arc<OwnedFd>) {
+    pub fn wait_end(&self, me: &Arc<Hidden>) {
         let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = w.iter().position(|x| Arc::ptr_eq(x, me)) {
             w.swap_remove(i);
@@ -367,7 +464,7 @@ impl Device {
 
     /// The calling thread (`me`, if it has a wake-up eventfd) drained the notify
     /// eventfd: every other thread that may be about to sleep on it is woken instead.
-    pub fn wake_others(&self, me: Option<&Arc<OwnedFd>>) {
+    pub fn wake_others(&self, me: Option<&Arc<Hidden>>) {
         let w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
         for x in w.iter().filter(|x| me.is_none_or(|me| !Arc::ptr_eq(x, me))) {
             let _ = rustix::io::write(&**x, &1u64.to_ne_bytes());
@@ -438,6 +535,7 @@ impl Device {
             fds.try_into().map_err(|_| Errno::IO)?;
         let [memfd, kick, notify] = [hide(memfd), hide(kick), hide(notify)];
         let (memfd, kick, notify) = (memfd?, kick?, notify?);
+        let (memfd, region_kept) = memfd.into_parts();
         let region = Region::from_fd(memfd, g).map_err(|_| Errno::IO)?;
         // The rings this descriptor sees, as the entries of its netmap_if: per direction
         // one entry per ring, Some(ring offset in the region) if it is bound. A pipe
@@ -545,6 +643,7 @@ impl Device {
             no_tx_poll: req.flags & NR_NO_TX_POLL != 0,
             pipe,
             region,
+            _region_kept: region_kept,
         };
         let reply = RegisterReply {
             memsize: memsize as u64,
@@ -576,9 +675,10 @@ impl Device {
         if !region.read_raw(0, &mut nifp[..head]) {
             return Err(Errno::IO);
         }
-        // ni_name: what this descriptor opened (a pipe's own name, not its port's).
+        // ni_name: what this descriptor opened (a pipe's own name, not its port's), cut
+        // to fit with its NUL as netmap's strlcpy cuts it.
         let mut ni_name = [0u8; 16];
-        put_name(&mut ni_name, name);
+        put_name(&mut ni_name, cut(name, 15));
         nifp[..16].copy_from_slice(&ni_name);
         nifp[NI_TX_RINGS..NI_TX_RINGS + 4].copy_from_slice(&(tx.len() as u32).to_ne_bytes());
         nifp[NI_RX_RINGS..NI_RX_RINGS + 4].copy_from_slice(&(rx.len() as u32).to_ne_bytes());
@@ -893,9 +993,12 @@ mod tests {
     }
 
     #[test]
-    fn mem_ids_are_never_zero_or_one() {
-        for _ in 0..70_000 {
-            assert!(next_mem_id() >= 2);
+    fn mem_ids_are_never_zero_or_one_nor_a_live_one_after_the_wrap() {
+        // Ids 2..=9 stay live while the count goes round more than once.
+        let live = |id: u16| (2..10).contains(&id);
+        for _ in 0..140_000 {
+            let id = next_mem_id(live);
+            assert!(id >= 10, "{id}");
         }
     }
 

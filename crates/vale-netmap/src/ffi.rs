@@ -130,7 +130,40 @@ fn lookup(fd: c_int) -> Option<Arc<Device>> {
         .cloned()
 }
 
+/// What the forking thread holds across a fork: another thread in the table or the
+/// mappings' lists when a program forks would leave them locked for ever in the child
+/// (whose first `close` of a netmap descriptor would then hang).
+type ForkHold = (
+    std::sync::RwLockWriteGuard<'static, HashMap<c_int, Arc<Device>>>,
+    crate::dev::ForkHold,
+);
+
+thread_local! {
+    static FORK_HOLD: std::cell::RefCell<Option<ForkHold>> = const { std::cell::RefCell::new(None) };
+}
+
+extern "C" fn before_fork() {
+    let t = TABLE.write().unwrap_or_else(|p| p.into_inner());
+    let hold = (t, crate::dev::fork_hold());
+    let _ = FORK_HOLD.try_with(|h| *h.borrow_mut() = Some(hold));
+}
+
+extern "C" fn after_fork() {
+    let _ = FORK_HOLD.try_with(|h| h.borrow_mut().take());
+}
+
+/// Installs the fork handlers, once, when the first netmap descriptor opens.
+fn hold_across_forks() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: three handlers that take and release the library's own locks, on
+        // the forking thread (pthread_atfork's contract).
+        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+    });
+}
+
 fn insert(fd: c_int, d: Arc<Device>) {
+    hold_across_forks();
     let mut t = TABLE.write().unwrap_or_else(|p| p.into_inner());
     mark(fd, true);
     if t.insert(fd, d).is_none() {
@@ -568,27 +601,36 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
 // ---- mmap, close, dup ---------------------------------------------------------------
 
 /// The mapping of a registered descriptor: its own `netmap_if` first, then the port's
-/// region (rings and buffers, valed's shared memory, no copy), in one range the
-/// application unmaps with one munmap.
-fn map_device(dev: &Device, len: size_t, prot: c_int, off: off_t) -> *mut c_void {
+/// region (rings and buffers, valed's shared memory, no copy), one range of `memsize`
+/// bytes of which the program maps `len` from `off` (netmap's mmap: any page-aligned
+/// window within it), where it asks (`addr`, MAP_FIXED and MAP_FIXED_NOREPLACE as the
+/// kernel honours them), and unmaps as one.
+fn map_device(
+    dev: &Device,
+    addr: *mut c_void,
+    len: size_t,
+    prot: c_int,
+    flags: c_int,
+    off: off_t,
+) -> *mut c_void {
     use rustix::mm::{MapFlags, ProtFlags};
     let Some(p) = dev.port() else {
         return fail(Errno::INVAL, libc::MAP_FAILED);
     };
-    if off != 0 || len > p.memsize {
+    let page = 4096;
+    let Ok(off) = usize::try_from(off) else {
+        return fail(Errno::INVAL, libc::MAP_FAILED);
+    };
+    if len == 0 || off % page != 0 || off >= p.memsize || len > p.memsize - off {
         return fail(Errno::INVAL, libc::MAP_FAILED);
     }
+    let fixed = flags & (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE);
+    let reserve =
+        MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::from_bits_retain(fixed as u32);
     let prot = ProtFlags::from_bits_truncate(prot as u32);
-    // SAFETY: a fresh anonymous reservation, nothing of ours or the application's is
-    // at the address the kernel picks.
-    let base = match unsafe {
-        rustix::mm::mmap_anonymous(
-            std::ptr::null_mut(),
-            p.memsize,
-            ProtFlags::empty(),
-            MapFlags::PRIVATE | MapFlags::NORESERVE,
-        )
-    } {
+    // SAFETY: an anonymous reservation where the kernel picks (or, with MAP_FIXED,
+    // where the program said, replacing what it had there, as for netmap's mmap).
+    let base = match unsafe { rustix::mm::mmap_anonymous(addr, len, ProtFlags::empty(), reserve) } {
         Ok(b) => b,
         Err(e) => return fail(e, libc::MAP_FAILED),
     };
@@ -597,21 +639,27 @@ fn map_device(dev: &Device, len: size_t, prot: c_int, off: off_t) -> *mut c_void
         (p.prefix.len, p.region.size(), p.region.fd()),
     ];
     for (at, n, fd) in pieces {
-        // SAFETY: `base + at .. + n` lies inside the reservation just made, which only
-        // this call knows of; MAP_FIXED replaces that part of it and nothing else.
+        // The part of this piece inside the window [off, off + len).
+        let (from, to) = (at.max(off), (at + n).min(off + len));
+        if from >= to {
+            continue;
+        }
+        // SAFETY: `base + (from - off) .. + (to - from)` lies inside the reservation
+        // just made, which only this call knows of; MAP_FIXED replaces that part of it
+        // and nothing else.
         let r = unsafe {
             rustix::mm::mmap(
-                base.cast::<u8>().add(at).cast(),
-                n,
+                base.cast::<u8>().add(from - off).cast(),
+                to - from,
                 prot,
                 MapFlags::SHARED | MapFlags::FIXED,
                 fd,
-                0,
+                (from - at) as u64,
             )
         };
         if let Err(e) = r {
             // SAFETY: the reservation made above, not handed out yet.
-            let _ = unsafe { rustix::mm::munmap(base, p.memsize) };
+            let _ = unsafe { rustix::mm::munmap(base, len) };
             return fail(e, libc::MAP_FAILED);
         }
     }
@@ -630,7 +678,7 @@ pub unsafe extern "C" fn mmap(
     off: off_t,
 ) -> *mut c_void {
     guard(libc::MAP_FAILED, || match lookup(fd) {
-        Some(d) => map_device(&d, len, prot, off),
+        Some(d) => map_device(&d, addr, len, prot, flags, off),
         // SAFETY: the caller's arguments, passed on unchanged.
         None => real::mmap().map_or_else(
             || fail(Errno::NOSYS, libc::MAP_FAILED),
@@ -651,7 +699,7 @@ pub unsafe extern "C" fn mmap64(
     off: off_t,
 ) -> *mut c_void {
     guard(libc::MAP_FAILED, || match lookup(fd) {
-        Some(d) => map_device(&d, len, prot, off),
+        Some(d) => map_device(&d, addr, len, prot, flags, off),
         // SAFETY: the caller's arguments, passed on unchanged.
         None => real::mmap64().map_or_else(
             || fail(Errno::NOSYS, libc::MAP_FAILED),
@@ -669,6 +717,103 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
         drop(forget(fd));
         // SAFETY: the caller's argument, passed on unchanged.
         real::close().map_or_else(|| fail(Errno::NOSYS, -1), |f| unsafe { f(fd) })
+    })
+}
+
+/// Forgets the netmap descriptors in `first..=last` (they are being closed).
+fn forget_range(first: u32, last: u32) {
+    if OPEN.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    let gone: Vec<Arc<Device>> = {
+        let mut t = TABLE.write().unwrap_or_else(|p| p.into_inner());
+        let fds: Vec<c_int> = t
+            .keys()
+            .copied()
+            .filter(|&fd| (first..=last).contains(&(fd as u32)))
+            .collect();
+        fds.iter()
+            .filter_map(|fd| {
+                let d = t.remove(fd)?;
+                mark(*fd, false);
+                OPEN.fetch_sub(1, Ordering::Release);
+                Some(d)
+            })
+            .collect()
+    };
+    // Their devices close their own descriptors (the last duplicate gone), not under
+    // the table's lock.
+    drop(gone);
+}
+
+/// close_range(2) over `first..=last` but for the library's own descriptors, which
+/// their owners close: the netmap descriptors in the range are forgotten first (their
+/// devices close what they hold), unless the range is only made close-on-exec.
+fn close_range_keeping(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    if first > last {
+        return fail(Errno::INVAL, -1);
+    }
+    if flags as c_uint & libc::CLOSE_RANGE_CLOEXEC == 0 {
+        forget_range(first, last);
+    }
+    let mut from = u64::from(first);
+    let pieces = crate::dev::kept_in(first, last)
+        .into_iter()
+        .map(|k| k as u64)
+        .chain([u64::from(last) + 1]);
+    for k in pieces {
+        if k > from {
+            // SAFETY: close_range(2) with the caller's flags over part of its range.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_close_range,
+                    from as c_uint,
+                    (k - 1) as c_uint,
+                    flags as c_uint,
+                )
+            };
+            if r < 0 {
+                return -1; // errno is the kernel's
+            }
+        }
+        from = k + 1;
+    }
+    0
+}
+
+/// # Safety
+/// As close_range(2).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    guard(-1, || close_range_keeping(first, last, flags))
+}
+
+/// # Safety
+/// As closefrom(3).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn closefrom(low: c_int) {
+    guard((), || {
+        let low = low.max(0) as c_uint;
+        if close_range_keeping(low, c_uint::MAX, 0) == 0 {
+            return;
+        }
+        // A kernel without close_range (before 5.9): each open descriptor, as glibc's
+        // fallback does, but for the library's own.
+        let open: Vec<c_int> = std::fs::read_dir("/proc/self/fd")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .filter(|&fd: &c_int| fd as c_uint >= low)
+            .collect();
+        let kept = crate::dev::kept_in(low, c_uint::MAX);
+        for fd in open.into_iter().filter(|fd| !kept.contains(fd)) {
+            drop(forget(fd));
+            if let Some(f) = real::close() {
+                // SAFETY: closing a descriptor number the program asked to close.
+                unsafe { f(fd) };
+            }
+        }
     })
 }
 
@@ -1171,7 +1316,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let dev = Arc::new(Device::new(conn));
+        let dev = Arc::new(Device::new(crate::dev::Hidden::new(conn)));
         let req = crate::dev::RegisterReq {
             name: "vale0:t".into(),
             mode: NR_REG_ALL_NIC,

@@ -6,12 +6,12 @@
 //! Threads polling one descriptor share its notify eventfd: the one that drains it
 //! passes the wake-up on to the others through their own eventfds.
 
-use crate::dev::{Device, high_dup};
+use crate::dev::{Device, Hidden, high_dup};
 use libc::{
     POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, POLLRDHUP, POLLRDNORM, POLLWRNORM, pollfd,
 };
 use rustix::event::EventfdFlags;
-use rustix::fd::{AsFd, OwnedFd};
+use rustix::fd::AsFd;
 use rustix::process::Pid;
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -195,9 +195,9 @@ pub fn poll(
 /// [`Device::wake_others`]): made on first use, close-on-exec and above the program's
 /// descriptors; a forked child makes its own. None if it cannot be made (then a
 /// drained wake-up may be missed until the poll's timeout, as before).
-fn own_wake() -> Option<Arc<OwnedFd>> {
+fn own_wake() -> Option<Arc<Hidden>> {
     thread_local! {
-        static OWN: RefCell<Option<(Pid, Arc<OwnedFd>)>> = const { RefCell::new(None) };
+        static OWN: RefCell<Option<(Pid, Arc<Hidden>)>> = const { RefCell::new(None) };
     }
     let pid = rustix::process::getpid();
     OWN.try_with(|own| {
@@ -219,7 +219,7 @@ fn own_wake() -> Option<Arc<OwnedFd>> {
 /// long as it lives.
 struct Waiting<'a> {
     devs: &'a [Option<Arc<Device>>],
-    me: Option<Arc<OwnedFd>>,
+    me: Option<Arc<Hidden>>,
 }
 
 impl<'a> Waiting<'a> {

@@ -160,6 +160,36 @@ fn the_fds_the_library_hides_never_take_a_programs_low_numbers() {
 }
 
 #[test]
+fn closefrom_and_close_range_spare_the_librarys_descriptors_and_mmap_takes_windows() {
+    let Some(nmtest) = program("nmtest") else {
+        return;
+    };
+    // closefrom(3) before an exec, or close_range over a server's connections, closes
+    // the numbers it covers: the netmap ones among them are forgotten (their numbers
+    // are ordinary again), and the descriptors the library hides (>= 512) for the
+    // ports that stay open are spared.
+    let d = Daemon::start("nm-closefrom", &["--max-name-len", "31"]);
+    let peer = d.open("vale0:peer");
+    let out = run_ok(&d, &nmtest, &["fds", "vale0:cf"]);
+    assert!(!out.contains("FAIL") && out.contains("failures 0"), "{out}");
+    assert_eq!(
+        seqs(&drain(&peer, 2.0)),
+        (0..10).collect::<Vec<u32>>(),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_child_forked_while_a_thread_holds_the_table_closes_its_descriptor() {
+    let Some(nmtest) = program("nmtest") else {
+        return;
+    };
+    let d = Daemon::start("nm-forks", &[]);
+    let out = run_ok(&d, &nmtest, &["forks", "vale0:fk"]);
+    assert!(!out.contains("FAIL") && out.contains("failures 0"), "{out}");
+}
+
+#[test]
 fn threads_sharing_a_descriptor_poll_and_ask_without_crossing_answers() {
     let Some(nmtest) = program("nmtest") else {
         return;

@@ -30,6 +30,12 @@
  *       while the test kills valed: prints the poll's result and revents
  *   nmtest pipe PORT        both ends of pipe PORT{7 / PORT}7 in one process: frames
  *       both ways in order, by buffer swap (zero copy), a full peer holding the sender
+ *   nmtest fds NAME         mmap windows (length, offset, MAP_FIXED) of NAME, then
+ *       closefrom() over a second port NAMEx and every descriptor the library hides:
+ *       the number is an ordinary one again, NAME still asks and sends 10 frames;
+ *       close_range() marking it close-on-exec keeps it, closing it forgets it
+ *   nmtest forks NAME       forks 200 times while a thread dups and closes NAME's
+ *       descriptor; each child closes it and exits: none may hang
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -37,16 +43,19 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/select.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1020,6 +1029,161 @@ static int cmd_lowfds(const char *name)
 	return failures;
 }
 
+/* The line of /proc/self/maps for the mapping that holds `addr`, or "". */
+static void maps_line(void *addr, char *out, size_t n)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	char line[512];
+	out[0] = 0;
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long lo, hi;
+		if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && lo <= (unsigned long)addr && (unsigned long)addr < hi) {
+			snprintf(out, n, "%s", line);
+			break;
+		}
+	}
+	fclose(f);
+}
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+static int cmd_fds(const char *name)
+{
+	struct port a, b;
+	char aname[64], line[512];
+	struct nmreq_header h;
+	struct nmreq_port_info_get info;
+	const long pg = 4096;
+	open_or_die(&b, name, NR_REG_ALL_NIC, 0, 0);
+	snprintf(aname, sizeof(aname), "%sx", name);
+	open_or_die(&a, aname, NR_REG_ALL_NIC, 0, 0);
+	check(a.fd > b.fd, "the second port's descriptor is above the first's");
+	/* A name longer than ni_name's 16 bytes is cut there with its NUL, as strlcpy cuts. */
+	struct port l;
+	char lname[64];
+	snprintf(lname, sizeof(lname), "%s0123456789abc", name);
+	open_or_die(&l, lname, NR_REG_ALL_NIC, 0, 0);
+	check(strlen(l.nifp->ni_name) == 15 && strncmp(l.nifp->ni_name, lname, 15) == 0, "a long name is cut to 15 in ni_name");
+	close_port(&l);
+
+	/* mmap as netmap's: a page-aligned window, where the program says. */
+	size_t size = b.reg.nr_memsize;
+	errno = 0;
+	check(mmap(NULL, 0, PROT_READ, MAP_SHARED, b.fd, 0) == MAP_FAILED && errno == EINVAL, "length 0: EINVAL");
+	errno = 0;
+	check(mmap(NULL, pg, PROT_READ, MAP_SHARED, b.fd, (off_t)((size + pg - 1) / pg * pg)) == MAP_FAILED &&
+		      errno == EINVAL,
+	      "a window past the end: EINVAL");
+	errno = 0;
+	check(mmap(NULL, size, PROT_READ, MAP_SHARED, b.fd, pg) == MAP_FAILED && errno == EINVAL,
+	      "a window that runs past the end: EINVAL");
+	struct netmap_ring *txr = NETMAP_TXRING(b.nifp, 0);
+	size_t ring_at = (size_t)((char *)txr - (char *)b.mem), off = ring_at / pg * pg;
+	char *w = mmap(NULL, 2 * pg, PROT_READ, MAP_SHARED, b.fd, (off_t)off);
+	check(w != MAP_FAILED && memcmp(w + (ring_at - off), txr, sizeof(*txr)) == 0,
+	      "a window from the TX ring's page shows that ring");
+	if (w != MAP_FAILED)
+		munmap(w, 2 * pg);
+	char *r = mmap(NULL, 3 * pg, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char *fx = mmap(r, 2 * pg, PROT_READ, MAP_SHARED | MAP_FIXED, b.fd, 0);
+	check(fx == r && strcmp(NETMAP_IF(fx, b.reg.nr_offset)->ni_name, name) == 0,
+	      "MAP_FIXED: mapped where asked, the netmap_if there");
+	maps_line(r + 2 * pg, line, sizeof(line));
+	check(strstr(line, "memfd") == NULL, "two pages asked, two pages mapped (the third is still the reservation)");
+	errno = 0;
+	check(mmap(r, pg, PROT_READ, MAP_SHARED | MAP_FIXED_NOREPLACE, b.fd, 0) == MAP_FAILED && errno == EEXIST,
+	      "MAP_FIXED_NOREPLACE over a mapping: EEXIST");
+	munmap(r, 3 * pg);
+
+	/* closefrom over the second port and every descriptor the library hides. */
+	int was = a.fd;
+	closefrom(was);
+	int e = eventfd(0, 0);
+	check(e == was, "closefrom freed the second port's number");
+	errno = 0;
+	check(ioctl(e, NIOCTXSYNC, NULL) < 0 && errno == ENOTTY, "that number is an ordinary descriptor again (ENOTTY)");
+	memset(&info, 0, sizeof(info));
+	hdr_init(&h, NETMAP_REQ_PORT_INFO_GET, name, &info);
+	check(ioctl(b.fd, NIOCCTRL, &h) == 0 && info.nr_memsize == b.reg.nr_memsize,
+	      "the first port still asks valed (its connection was kept)");
+	for (uint32_t i = 0; i < 5; i++) {
+		put_frame(txr, &txr->slot[txr->head], i);
+		txr->head = txr->cur = nm_ring_next(txr, txr->head);
+	}
+	check(ioctl(b.fd, NIOCTXSYNC, NULL) == 0, "and syncs");
+	close(e);
+
+	/* close_range: close-on-exec keeps the port, closing forgets it. */
+	check(close_range(b.fd, b.fd, CLOSE_RANGE_CLOEXEC) == 0 && fcntl(b.fd, F_GETFD) == FD_CLOEXEC,
+	      "close_range(CLOEXEC) marks it");
+	for (uint32_t i = 5; i < 10; i++) {
+		put_frame(txr, &txr->slot[txr->head], i);
+		txr->head = txr->cur = nm_ring_next(txr, txr->head);
+	}
+	struct pollfd pfd = { .fd = b.fd, .events = POLLOUT };
+	check(poll(&pfd, 1, 1000) == 1 && (pfd.revents & POLLOUT), "and it still polls (and sends)");
+	munmap(b.mem, b.reg.nr_memsize);
+	int bfd = b.fd;
+	check(close_range(bfd, bfd, 0) == 0, "close_range closes it");
+	e = eventfd(0, 0);
+	errno = 0;
+	check(e == bfd && ioctl(e, NIOCTXSYNC, NULL) < 0 && errno == ENOTTY, "and its number is an ordinary one");
+	close(e);
+	printf("failures %d\n", failures);
+	return failures;
+}
+
+static volatile int stop_dups;
+
+static void *dupper(void *arg)
+{
+	int fd = *(int *)arg;
+	while (!stop_dups) {
+		int d = dup(fd);
+		if (d >= 0)
+			close(d);
+	}
+	return NULL;
+}
+
+static int cmd_forks(const char *name)
+{
+	struct port p;
+	pthread_t t;
+	int hung = 0, forks = 200;
+	open_or_die(&p, name, NR_REG_ALL_NIC, 0, 0);
+	pthread_create(&t, NULL, dupper, &p.fd);
+	for (int i = 0; i < forks; i++) {
+		pid_t pid = fork();
+		if (pid == 0) {
+			close(p.fd);
+			_exit(0);
+		}
+		int done = 0, st;
+		for (int ms = 0; ms < 3000 && !done; ms++) {
+			done = waitpid(pid, &st, WNOHANG) == pid;
+			if (!done)
+				usleep(1000);
+		}
+		if (!done) {
+			kill(pid, SIGKILL);
+			waitpid(pid, &st, 0);
+			hung++;
+		}
+	}
+	stop_dups = 1;
+	pthread_join(t, NULL);
+	printf("forks %d hung %d\n", forks, hung);
+	check(hung == 0, "no child hangs closing the descriptor");
+	close_port(&p);
+	printf("failures %d\n", failures);
+	return failures;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -1051,6 +1215,10 @@ int main(int argc, char **argv)
 		return cmd_threads(argv[2]);
 	if (strcmp(argv[1], "lowfds") == 0)
 		return cmd_lowfds(argv[2]);
+	if (strcmp(argv[1], "fds") == 0)
+		return cmd_fds(argv[2]);
+	if (strcmp(argv[1], "forks") == 0)
+		return cmd_forks(argv[2]);
 	if (strcmp(argv[1], "exclusive") == 0)
 		return cmd_exclusive(argv[2]);
 	if (strcmp(argv[1], "notxpoll") == 0 && argc >= 4)

@@ -156,9 +156,13 @@ check() {
       $PACK/path/*) echo \"testpmd: \$(command -v dpdk-testpmd)\" ;;
       *) echo 'check: FAILED, the system testpmd is not hidden'; exit 1 ;;
     esac
-    out=\$(timeout 20 dpdk-testpmd -l 0,1 --no-huge -m 512 --no-pci --file-prefix vbcheck$$ \
+    timeout 40 dpdk-testpmd -l 0,1 --no-huge -m 512 --no-pci --file-prefix vbcheck$$ \
           --vdev=net_memif0,role=server,socket=$t/memif.sock --vdev=net_virtio_user0,path=$t/vh.sock \
-          -- --total-num-mbufs 16384 --auto-start --stats-period 1 2>&1 </dev/null & sleep 6; kill \$! 2>/dev/null; wait)
+          -- --total-num-mbufs 16384 --auto-start --stats-period 1 >$t/pmd.out 2>&1 </dev/null &
+    pmd=\$!
+    for i in \$(seq 300); do grep -q 'Port 1: ' $t/pmd.out && break; kill -0 \$pmd 2>/dev/null || break; sleep 0.1; done
+    kill \$pmd 2>/dev/null; wait \$pmd 2>/dev/null
+    out=\$(cat $t/pmd.out)
     echo \"\$out\" | grep -E 'Port [0-9]+: |EAL: (Error|Cannot)|No probed' | head -8
     echo \"\$out\" | grep -q 'Port 1: ' && echo 'check: testpmd from .devpack probed memif and virtio_user' ||
       { echo \"\$out\" | tail -15; echo 'check: FAILED, testpmd from .devpack did not probe both ports'; exit 1; }

@@ -680,7 +680,13 @@ def iperf3(client_ns, server_ns, server_ip, secs, valed=None):
     srv = subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", server_ip],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(0.5)
+        # Until the server listens (a fixed wait lost the row on a busy machine).
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and srv.poll() is None:
+            ss = sh("ip", "netns", "exec", server_ns, "ss", "-Hltn", "sport = :5201", check=False).stdout
+            if ss.strip():
+                break
+            time.sleep(0.05)
         b0, f0 = busy_cpu_secs(), valed.fwd_cpu() if valed else 0
         out = sh("ip", "netns", "exec", client_ns, "iperf3", "-c", server_ip, "-t", str(max(1, int(secs))), "-J",
                  check=False).stdout

@@ -109,7 +109,7 @@ fn traffic(
     // The last frames (all workers at it): until nothing more arrives for a while.
     progress(PER_SENDER);
     let mut quiet = Instant::now();
-    while quiet.elapsed() < Duration::from_millis(300) {
+    while quiet.elapsed() < Duration::from_secs(1) {
         for (p, cl) in c.iter().enumerate() {
             let f = cl.recv_frames();
             if !f.is_empty() {

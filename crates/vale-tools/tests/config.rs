@@ -155,7 +155,10 @@ fn declared_ports_are_created_at_start_and_a_reload_applies_only_the_difference(
         hosts(&d),
         d.log()
     );
-    assert!(wait_for(2.0, || !vm.exists()), "the vhost-user socket went");
+    assert!(
+        wait_for(10.0, || !vm.exists()),
+        "the vhost-user socket went"
+    );
     assert_eq!(ifindex("vcfg1"), tap1, "the TAP port was not touched");
     assert!(d.log().contains("SIGHUP: reloaded"), "{}", d.log());
     drop(d);

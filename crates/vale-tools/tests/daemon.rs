@@ -264,11 +264,13 @@ fn a_killed_client_is_reclaimed_and_others_keep_forwarding() {
     victim.kill().unwrap(); // SIGKILL
     let t = Instant::now();
     victim.wait().unwrap();
+    // Promptly (a poll's hang-up, not a timeout of many seconds), even on a busy
+    // machine where each look starts a vale-ctl.
     assert!(
-        wait_for(1.0, || !d.ports().contains(&"vale0:k".to_string())),
-        "port gone within 1 s"
+        wait_for(5.0, || !d.ports().contains(&"vale0:k".to_string())),
+        "port gone within 5 s"
     );
-    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(t.elapsed() < Duration::from_secs(6));
     drain(&b, 0.5);
     let frames: Vec<_> = (0..100).map(|i| frame(B, A, i)).collect();
     send(&a, &frames);
@@ -290,7 +292,7 @@ fn a_hundred_kills_leak_nothing() {
         assert!(wait_for(5.0, || d.ports().contains(&"vale0:v".to_string())));
         c.kill().unwrap();
         c.wait().unwrap();
-        assert!(wait_for(2.0, || !d
+        assert!(wait_for(10.0, || !d
             .ports()
             .contains(&"vale0:v".to_string())));
     };
@@ -306,9 +308,14 @@ fn a_hundred_kills_leak_nothing() {
     for _ in 0..100 {
         warm(&d);
     }
+    // Client sockets are closed on valed's closer thread: wait for it to catch up.
+    let back = wait_for(5.0, || d.fd_count() <= fds0);
     let fds1 = settled_fds(&d);
     let rss1 = d.rss_kib();
-    assert_eq!(fds1, fds0, "open descriptors back to baseline");
+    assert!(
+        back,
+        "open descriptors back to baseline: {fds1}, were {fds0}"
+    );
     assert!(
         rss1 <= rss0 + 4096,
         "RSS grew from {rss0} KiB to {rss1} KiB"
@@ -446,7 +453,7 @@ fn garbage_and_half_handshakes_leave_the_daemon_serving() {
         drop(c2); // connect and close without a word
     }
     assert!(
-        wait_for(2.0, || !d.ports().contains(&"vale0:h".to_string())),
+        wait_for(10.0, || !d.ports().contains(&"vale0:h".to_string())),
         "half-opened port reclaimed"
     );
     let (a, b) = (d.open("vale0:a"), d.open("vale0:b"));
@@ -590,10 +597,11 @@ fn cpus_auto_pins_the_forwarding_thread_while_busy() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let pinned = wait_for(3.0, || fwd_cpus(d.pid()) == vec![last.clone()]);
+    // Any time in the sender's 5 s (the busy test binaries beside it slow both down).
+    let pinned = wait_for(5.0, || fwd_cpus(d.pid()) == vec![last.clone()]);
     let fwd = d.counter("vale0:s", "forwarded");
     let _ = tx.wait();
-    let back = wait_for(4.0, || unpinned(&fwd_cpus(d.pid())));
+    let back = wait_for(10.0, || unpinned(&fwd_cpus(d.pid())));
     let _ = rx.kill();
     let _ = rx.wait();
     assert!(
@@ -740,7 +748,7 @@ fn capture_writes_pcap_of_what_a_port_sends_and_receives() {
     let c = d.open("vale0:c");
     // b announces itself, so a's frames to b are unicast and c sees none of them.
     send(&b, &[frame(BCAST, B, 0)]);
-    let announced = drain(&a, 0.3).len() + drain(&c, 0.3).len();
+    let announced = drain(&a, 5.0).len() + drain(&c, 5.0).len();
     let file = d.dir.join("b.pcap");
     let cap = d
         .cmd(VALE_CTL)
@@ -777,7 +785,10 @@ fn capture_writes_pcap_of_what_a_port_sends_and_receives() {
     assert_eq!(at_b, frames, "b itself still gets every frame");
     assert!(drain(&c, 0.2).is_empty());
     // The monitor went away with its reader.
-    assert!(wait_for(2.0, || !d.ports().iter().any(|p| p.contains('/'))));
+    assert!(wait_for(10.0, || !d
+        .ports()
+        .iter()
+        .any(|p| p.contains('/'))));
     // Sent: the announcement's 2 copies, 5 unicast frames and their 5 monitor copies;
     // received by a and c, b, and in the capture file (which reported 0 dropped).
     let received = announced + at_b.len() + captured.len();
@@ -817,7 +828,7 @@ fn a_capture_that_falls_behind_drops_its_copies_not_the_switchs_frames() {
     // A monitor nobody reads (its ring fills up), opened through the library.
     let mon = d.open("vale0:b/r");
     send(&b, &[frame(BCAST, B, 0)]);
-    let announced = drain(&a, 0.3).len() as u64;
+    let announced = drain(&a, 5.0).len() as u64;
     let frames: Vec<_> = (1..=3000).map(|i| frame(B, A, i)).collect();
     let mut got = Vec::new();
     for chunk in frames.chunks(500) {
@@ -825,6 +836,8 @@ fn a_capture_that_falls_behind_drops_its_copies_not_the_switchs_frames() {
         got.extend(drain(&b, 1.0));
     }
     assert_eq!(got, frames, "the port itself loses nothing");
+    // The monitor's counts are added after the pass that filled b's ring.
+    d.counter_at("vale0:b/r", "ring_full", 3000 - 1023);
     let st = d.ctl_json(&["stats", "vale0:b/r"]);
     let c = &st["ports"][0]["counters"];
     assert_eq!(
@@ -898,7 +911,7 @@ fn qemu_stream_and_dgram_ports_survive_hostile_peers() {
         0,
         "valed closed the connection"
     );
-    assert!(wait_for(2.0, || host("s")["counters"]["read_errors"] == 1));
+    assert!(wait_for(10.0, || host("s")["counters"]["read_errors"] == 1));
     // A well-behaved peer on the same port: its frame (a broadcast) reaches vale0:rx,
     // split across writes as a stream may be.
     let mut good = UnixStream::connect(&sock).unwrap();
@@ -948,7 +961,7 @@ fn qemu_stream_and_dgram_ports_survive_hostile_peers() {
     q.send_to(&frame(BCAST, C, 44), &ours).unwrap();
     let got = drain(&rx, 2.0);
     assert!(got.contains(&frame(BCAST, C, 44)), "{got:?}");
-    assert!(wait_for(2.0, || d.counter("vale0:d", "runt") == 2));
+    assert!(wait_for(10.0, || d.counter("vale0:d", "runt") == 2));
     assert!(d.ports().contains(&"vale0:s".to_string()));
 }
 
@@ -965,7 +978,9 @@ fn a_stream_port_with_a_slow_reader_resumes_when_it_reads() {
     let o = d.ctl(&["qemu-stream", "vale0:s", "--listen", path_str(&sock)]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let mut vm = UnixStream::connect(&sock).unwrap();
-    assert!(wait_for(2.0, || d.ports().contains(&"vale0:s".to_string())));
+    assert!(wait_for(10.0, || d
+        .ports()
+        .contains(&"vale0:s".to_string())));
     let x = d.open("vale0:x");
     // 2000 frames of 1000 bytes (broadcasts: to the VM), far more than a socket holds.
     let frames: Vec<Vec<u8>> = (0..2000u32)
@@ -996,8 +1011,10 @@ fn a_stream_port_with_a_slow_reader_resumes_when_it_reads() {
     let sent = d.host("s")["counters"]["to_host"].as_u64().unwrap();
     assert!(sent > 1000, "valed framed {sent} frames for the VM");
     assert_eq!(bytes as u64, sent * 1004, "every frame valed sent arrived");
+    // The fault this guards against paused for the idle timer's second; a busy test
+    // machine may hold this reader off its CPU for a few hundred ms.
     assert!(
-        max_gap < Duration::from_millis(300),
+        max_gap < Duration::from_millis(700),
         "frames paused {max_gap:?} while the VM was reading"
     );
 }
@@ -1011,7 +1028,7 @@ fn pkt_gen_pins_itself_with_dash_a() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    assert!(wait_for(3.0, || d.ports().iter().any(|p| p == "vale0:p")));
+    assert!(wait_for(10.0, || d.ports().iter().any(|p| p == "vale0:p")));
     let status = std::fs::read_to_string(format!("/proc/{}/status", rx.id())).unwrap();
     assert!(status.contains("Cpus_allowed_list:\t0\n"), "{status}");
     let _ = rx.kill();
@@ -1144,21 +1161,28 @@ fn what_a_client_leaves_in_its_tx_ring_is_delivered_when_it_leaves() {
 #[test]
 fn clients_over_the_limit_are_turned_away_with_a_reason() {
     let mut d = Daemon::start("maxclients", &["--max-clients", "3"]);
-    // Start's own probe connection must be gone first (it may still count).
+    // Three clients, each served (so each is counted). The probe connections before
+    // them (Start's, the vale-ctl below) may still count for a moment, until valed has
+    // seen them go: try again until all three are served.
     assert!(wait_for(5.0, || d.ctl(&["list"]).status.success()));
-    std::thread::sleep(Duration::from_millis(100));
-    // Three clients, each served (so each is counted).
-    let held: Vec<_> = (0..3)
-        .map(|i| {
-            let c = vale::sock::connect(&d.socket).unwrap();
-            let (r, _) = vale::sock::call(&c, &vale::proto::Request::Settings).unwrap();
-            assert!(
-                matches!(r, vale::proto::Response::Settings { .. }),
-                "client {i}: {r:?}"
-            );
-            c
-        })
-        .collect();
+    let three = || -> Result<Vec<_>, String> {
+        (0..3)
+            .map(|i| {
+                let c = vale::sock::connect(&d.socket).map_err(|e| format!("{i}: {e}"))?;
+                match vale::sock::call(&c, &vale::proto::Request::Settings) {
+                    Ok((vale::proto::Response::Settings { .. }, _)) => Ok(c),
+                    r => Err(format!("client {i}: {r:?}")),
+                }
+            })
+            .collect()
+    };
+    let mut held = three();
+    let t = std::time::Instant::now();
+    while held.is_err() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+        held = three();
+    }
+    let held = held.unwrap();
     let o = d.ctl(&["list"]);
     assert!(!o.status.success(), "a fourth client is refused");
     let err = String::from_utf8_lossy(&o.stderr);
@@ -1303,7 +1327,11 @@ fn frames_for_a_stream_port_whose_vm_hung_up_are_counted() {
     let mut msg = (f.len() as u32).to_be_bytes().to_vec();
     msg.extend_from_slice(&f);
     vm.write_all(&msg).unwrap(); // valed learns it is connected
-    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        wait_for(5.0, || d.host("s")["counters"]["from_host"] == 1),
+        "{}",
+        d.host("s")
+    );
     send(&tx, &[frame(BCAST, B, 2)]);
     vm.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let mut len = [0u8; 4];
@@ -1311,11 +1339,17 @@ fn frames_for_a_stream_port_whose_vm_hung_up_are_counted() {
     drop(vm);
     // valed sees the hang-up when it next polls the socket.
     std::thread::sleep(Duration::from_millis(300));
-    // Frames the switch sends it now have nowhere to go: every one is counted.
+    // Frames the switch sends it now have nowhere to go: every one is counted (the
+    // first as a failed write if valed had not yet seen the hang-up, on a busy machine).
     let frames: Vec<_> = (0..50).map(|i| frame(BCAST, B, 100 + i)).collect();
     send(&tx, &frames);
+    let lost = || {
+        let c = &d.host("s")["counters"];
+        c["no_peer"].as_u64().unwrap_or(0) + c["write_errors"].as_u64().unwrap_or(0)
+    };
+    assert!(wait_for(5.0, || lost() == 50), "{}", d.host("s"));
     assert!(
-        wait_for(3.0, || d.host("s")["counters"]["no_peer"] == 50),
+        d.host("s")["counters"]["no_peer"].as_u64().unwrap_or(0) >= 49,
         "{}",
         d.host("s")
     );
@@ -1832,7 +1866,7 @@ fn a_connection_that_says_nothing_is_closed_after_the_handshake_timeout() {
     std::thread::sleep(Duration::from_millis(2500));
     send(&talker, &[frame(BCAST, A, 1)]);
     assert!(d.ports().contains(&"vale0:a".into()));
-    assert!(wait_for(2.0, || d.counter("vale0:a", "tx_packets") == 1));
+    assert!(wait_for(10.0, || d.counter("vale0:a", "tx_packets") == 1));
 }
 
 /// A uid other than root's and valed's own has a share of the ports and of their memory,

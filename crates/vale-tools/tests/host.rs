@@ -106,6 +106,32 @@ impl Net {
     fn ping(&self, ns: &str, dst: &str, count: u32) -> bool {
         ping_in(ns, dst, count, &["-W", "1"])
     }
+
+    /// `ip` as a permanent neighbour on `ifname` in `ns`, at the address of `peer_if` in
+    /// `peer_ns`: no ARP probes (the kernel's, some seconds after a neighbour learned
+    /// from a request is first used) among frames a test counts.
+    fn pin_neighbour(&self, ns: &str, ifname: &str, ip: &str, peer_ns: &str, peer_if: &str) {
+        let br = ok(&["ip", "-n", peer_ns, "-br", "link", "show", "dev", peer_if]);
+        let mac = br
+            .split_whitespace()
+            .nth(2)
+            .expect("a link address")
+            .to_string();
+        ok(&[
+            "ip",
+            "-n",
+            ns,
+            "neigh",
+            "replace",
+            ip,
+            "lladdr",
+            &mac,
+            "dev",
+            ifname,
+            "nud",
+            "permanent",
+        ]);
+    }
 }
 
 impl Drop for Net {
@@ -626,6 +652,8 @@ fn capture_of_a_host_port_reads_back_in_tcpdump() {
     net.place(&ta, &na, "10.199.3.1/24");
     net.place(&tb, &nb, "10.199.3.2/24");
     assert!(net.ping(&na, "10.199.3.2", 1), "ARP resolved first");
+    net.pin_neighbour(&na, &ta, "10.199.3.2", &nb, &tb);
+    net.pin_neighbour(&nb, &tb, "10.199.3.1", &na, &ta);
     let port = format!("vale0:{ta}");
     let file = d.dir.join("ping.pcap");
     let file_s = file.to_str().unwrap().to_string();

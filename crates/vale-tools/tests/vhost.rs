@@ -508,7 +508,7 @@ fn two_pairs_each_way(name: &str, args: &[&str]) {
     );
     let txq = q;
     assert_eq!(
-        d.counter("vale0:vm", "tx_packets"),
+        d.counter_at("vale0:vm", "tx_packets", pmd_sent),
         pmd_sent,
         "the port took every frame testpmd counted as sent\n{out}"
     );
@@ -607,7 +607,11 @@ fn one_of_two_pairs(name: &str, args: &[&str]) {
     assert!(running.contains("2 queue pairs (1 running; "), "{running}");
     let pmd_sent = stat_last(&out, "TX-packets:");
     assert!(pmd_sent > 1000, "{out}");
-    assert_eq!(d.counter("vale0:vm", "tx_packets"), pmd_sent, "{out}");
+    assert_eq!(
+        d.counter_at("vale0:vm", "tx_packets", pmd_sent),
+        pmd_sent,
+        "{out}"
+    );
     let (got, full) = settled(&d, "vale0:rx", pmd_sent);
     assert_eq!(got + full, pmd_sent);
     d.assert_laws();
@@ -1070,7 +1074,7 @@ fn a_hostile_vhost_user_frontend_is_counted_and_never_crashes_valed() {
     f.offer(0, 0, 1);
     send(&r, &[frame(VM_MAC, R_MAC, 20)]);
     assert!(f.wait_used(0, 1), "the bad RX buffer is returned");
-    assert!(wait_for(2.0, || host_counter(
+    assert!(wait_for(10.0, || host_counter(
         &d,
         "vale0:vm",
         "write_errors"
@@ -1092,7 +1096,7 @@ fn a_hostile_vhost_user_frontend_is_counted_and_never_crashes_valed() {
     send(&r, &[frame(VM_MAC, R_MAC, 22)]);
     assert!(f.wait_used(0, 3), "the small buffer is returned");
     assert_eq!(f.used_entry(0, 2), (2, 0));
-    assert!(wait_for(2.0, || host_counter(
+    assert!(wait_for(10.0, || host_counter(
         &d,
         "vale0:vm",
         "write_errors"
@@ -1208,8 +1212,10 @@ fn a_hostile_vhost_user_frontend_is_counted_and_never_crashes_valed() {
         "the waiting frame is delivered:\n{}",
         d.log()
     );
+    // At valed's idle timer it would be a second; a busy machine may add a few
+    // hundred ms of its own to the vhost-user round trips.
     assert!(
-        t.elapsed() < Duration::from_millis(300),
+        t.elapsed() < Duration::from_millis(800),
         "delivered {:?} after the ring restarted",
         t.elapsed()
     );
@@ -1471,7 +1477,7 @@ fn guest_memory_that_cannot_be_sealed_is_refused_with_a_clear_error() {
     );
     assert!(f.hung_up(5), "then the frontend is cut off");
     assert!(
-        wait_for(2.0, || d
+        wait_for(10.0, || d
             .log()
             .contains("cannot be sealed against shrinking")),
         "valed says why:\n{}",
@@ -1567,7 +1573,7 @@ fn a_trusted_frontend_that_truncates_its_memory_under_traffic_is_cut_off_and_cou
     let mut f = Front::connect_with(&sock, rustix::fs::MemfdFlags::empty());
     f.setup();
     assert!(
-        wait_for(2.0, || d.log().contains("accepted (vhost_trust_unsealed)")),
+        wait_for(10.0, || d.log().contains("accepted (vhost_trust_unsealed)")),
         "{}",
         d.log()
     );
@@ -1580,7 +1586,7 @@ fn a_trusted_frontend_that_truncates_its_memory_under_traffic_is_cut_off_and_cou
         f.offer(1, n % QSIZE, 1);
         assert!(f.wait_used(1, n + 1), "frame {n} taken:\n{}", d.log());
     }
-    assert!(wait_for(2.0, || host_counter(&d, "vale0:vm", "to_host")
+    assert!(wait_for(10.0, || host_counter(&d, "vale0:vm", "to_host")
         == 0
         && host_counter(&d, "vale0:vm", "from_host") == 50));
     let from_vm = drain(&r, 1.0).iter().filter(|g| g[6..12] == VM_MAC).count();
@@ -1611,14 +1617,14 @@ fn a_trusted_frontend_that_truncates_its_memory_under_traffic_is_cut_off_and_cou
     // daemon's (their learning frame included).
     let during = received.load(Ordering::Acquire);
     assert!(
-        wait_for(2.0, || received.load(Ordering::Acquire) > during + 64),
+        wait_for(10.0, || received.load(Ordering::Acquire) > during + 64),
         "bystanders keep forwarding after the fault"
     );
     phase.store(1, Ordering::Release);
     let (sent, got) = by.recv_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(got, sent, "every bystander frame arrived");
-    assert_eq!(d.counter("vale0:x", "tx_packets"), sent + 1);
-    assert_eq!(d.counter("vale0:y", "rx_packets"), sent + 1);
+    assert_eq!(d.counter_at("vale0:x", "tx_packets", sent + 1), sent + 1);
+    assert_eq!(d.counter_at("vale0:y", "rx_packets", sent + 1), sent + 1);
     phase.store(2, Ordering::Release);
     eprintln!(
         "truncation: counted within {caught:?}, frontend cut off within {cut:?}; \

@@ -79,7 +79,7 @@ fn vale_ctl_vlan_sets_shows_and_the_switch_follows() {
         &t,
         &[tagged([0xff; 6], [2, 0, 0, 0, 0x0b, 1], &[(0x8100, 40)], 3)],
     );
-    assert!(wait_for(2.0, || d
+    assert!(wait_for(10.0, || d
         .counter("vale4:a", "vlan_ingress_filter")
         == 1
         && d.counter("vale4:t", "vlan_ingress_filter") == 1));
@@ -90,7 +90,7 @@ fn vale_ctl_vlan_sets_shows_and_the_switch_follows() {
     );
     // The native VLAN: untagged into the trunk is VLAN 30, whose only member it is.
     send(&t, &[tagged([0xff; 6], [2, 0, 0, 0, 0x0b, 2], &[], 4)]);
-    assert!(wait_for(2.0, || d.counter("vale4:t", "vlan_not_member") == 1));
+    assert!(wait_for(10.0, || d.counter("vale4:t", "vlan_not_member") == 1));
     // fdb shows each address's VLAN.
     let fdb = d.ctl_json(&["fdb", "vale4"]);
     let rows = fdb["entries"].as_array().unwrap();

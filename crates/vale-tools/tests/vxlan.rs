@@ -302,7 +302,7 @@ fn a_kernel_vxlan_peer_pings_arps_and_carries_iperf3_both_ways_counted_exactly()
     // Every datagram the kernel's vx0 sent was one frame into the switch, and every
     // frame we sent one datagram it received (one remote: no replication), once the
     // last in flight have landed.
-    let balanced = wait_for(3.0, || {
+    let balanced = wait_for(10.0, || {
         let (krx, ktx) = counts(&p.k, "vx0");
         ktx == hc(d, "from_host") && krx == hc(d, "vxlan_datagrams")
     });
@@ -319,7 +319,7 @@ fn a_kernel_vxlan_peer_pings_arps_and_carries_iperf3_both_ways_counted_exactly()
     ok(&["ip", "-n", &p.h, "link", "set", &p.tap, "mtu", "1500"]);
     let (krx0, _) = counts(&p.k, "vx0");
     let _ = ping_df(&p.h, "198.19.0.2", 2, 1472);
-    assert!(wait_for(2.0, || hc(d, "too_big") == 2), "{}", uplink(d));
+    assert!(wait_for(10.0, || hc(d, "too_big") == 2), "{}", uplink(d));
     assert_eq!(
         counts(&p.k, "vx0").0,
         krx0,
@@ -417,7 +417,7 @@ fn the_fdb_shows_the_vtep_each_address_was_learned_from_and_follows_a_move() {
         ctl_ok(d, &["fdb", "vale0"]),
         ok(&["ip", "-n", &k2, "-s", "link", "show", "vx0"])
     );
-    let moved = wait_for(3.0, || {
+    let moved = wait_for(10.0, || {
         fdb_row(d, &kmac).is_some_and(|r| r["vtep"] == "198.18.1.2")
     });
     assert!(moved, "{:?}", fdb_row(d, &kmac));
@@ -484,7 +484,7 @@ fn uplinks_of_several_vnis_share_one_udp_socket() {
         &["--config", path_str(&file), "--threads", "2"],
     );
     assert!(
-        wait_for(3.0, || d
+        wait_for(10.0, || d
             .hosts()
             .iter()
             .filter(|h| h["kind"] == "vxlan")
@@ -509,7 +509,7 @@ fn uplinks_of_several_vnis_share_one_udp_socket() {
         // Every datagram of each kernel device was one frame into its own uplink's
         // switch (none into the other's), and every datagram an uplink sent reached
         // the device of its VNI.
-        let balanced = wait_for(3.0, || {
+        let balanced = wait_for(10.0, || {
             [("vx0", "vale0:v42"), ("vx1", "vale1:v43")]
                 .iter()
                 .all(|(dev, up)| {
@@ -578,7 +578,7 @@ fn uplinks_of_several_vnis_share_one_udp_socket() {
     assert_eq!(vxlan_sockets(&v), 1);
     ctl_ok(&d, &["-d", "vale1:v43"]);
     assert!(
-        wait_for(2.0, || vxlan_sockets(&v) == 0),
+        wait_for(10.0, || vxlan_sockets(&v) == 0),
         "the socket closes with its last uplink"
     );
     d.assert_laws();
@@ -725,10 +725,10 @@ fn malformed_headers_are_dropped_by_reason_and_a_garbage_flood_stalls_nothing() 
         ("vxlan_too_short", 1),
     ];
     let got = || want.iter().all(|&(k, n)| hc(&d, k) == n);
-    assert!(wait_for(3.0, got), "{}", uplink(&d)["counters"]);
+    assert!(wait_for(10.0, got), "{}", uplink(&d)["counters"]);
     // The one valid frame reached the host (the TAP's receive count).
     assert!(
-        wait_for(2.0, || counts(&h, &tap).0 == 1),
+        wait_for(10.0, || counts(&h, &tap).0 == 1),
         "{:?}",
         counts(&h, &tap)
     );
@@ -739,16 +739,21 @@ fn malformed_headers_are_dropped_by_reason_and_a_garbage_flood_stalls_nothing() 
     );
     // The one valid frame's source was learned behind its sender, and its age goes on
     // while nothing arrives.
+    // Ages are whole seconds since the port started, so a second's boundary may fall
+    // between the learning and the first look.
     let about = || uplink(&d)["about"].as_str().unwrap_or_default().to_string();
-    assert!(
-        about().contains("02:00:00:00:00:09 via 198.18.0.2 (0 s)"),
-        "{}",
-        about()
-    );
+    let age = || -> Option<u64> {
+        let a = about();
+        let rest = a.split("02:00:00:00:00:09 via 198.18.0.2 (").nth(1)?;
+        rest.split(" s)").next()?.parse().ok()
+    };
+    let a0 = age().unwrap_or_else(|| panic!("not learned: {}", about()));
+    assert!(a0 <= 1, "learned a moment ago: {}", about());
     std::thread::sleep(std::time::Duration::from_millis(2100));
+    let a1 = age().unwrap_or_else(|| panic!("forgotten: {}", about()));
     assert!(
-        about().contains("02:00:00:00:00:09 via 198.18.0.2 (2 s)"),
-        "{}",
+        (a0 + 2..=a0 + 3).contains(&a1),
+        "2.1 s later, from {a0} s: {}",
         about()
     );
     // And in the metrics, by reason.
@@ -778,9 +783,9 @@ fn malformed_headers_are_dropped_by_reason_and_a_garbage_flood_stalls_nothing() 
     let reads = hc(&d, "gro_reads");
     send_script(&s, SEND_TRAIN_PY, "198.18.0.1", &cases, 0);
     let twice = || want.iter().all(|&(k, n)| hc(&d, k) == 2 * n);
-    assert!(wait_for(3.0, twice), "{}", uplink(&d)["counters"]);
+    assert!(wait_for(10.0, twice), "{}", uplink(&d)["counters"]);
     assert_eq!(hc(&d, "gro_reads"), reads + 1, "one coalesced read");
-    assert!(wait_for(2.0, || counts(&h, &tap).0 == 2));
+    assert!(wait_for(10.0, || counts(&h, &tap).0 == 2));
 
     // 100000 random datagrams: counted, the switch unharmed, a valid frame still passes.
     send_py(&s, "198.18.0.1", &[], 100_000);
@@ -877,7 +882,16 @@ fn two_valeds_joined_only_by_vxlan_form_one_segment() {
                 "-Q",
                 "in",
             ])
-            .args(["-nn", "-U", "-s", "128", "-c", "100000", "-w"])
+            .args([
+                "--immediate-mode",
+                "-nn",
+                "-U",
+                "-s",
+                "128",
+                "-c",
+                "100000",
+                "-w",
+            ])
             .arg(&file)
             .arg("udp dst port 4789")
             .stdout(Stdio::null())
@@ -929,7 +943,7 @@ fn two_valeds_joined_only_by_vxlan_form_one_segment() {
     assert!(hc(&d1, "gso_sends") > 0, "{}", uplink(&d1)["counters"]);
     assert!(hc(&d2, "gro_reads") > 0, "{}", uplink(&d2)["counters"]);
     assert!(
-        wait_for(3.0, || hc(&d2, "from_host") == hc(&d1, "vxlan_datagrams")),
+        wait_for(10.0, || hc(&d2, "from_host") == hc(&d1, "vxlan_datagrams")),
         "what one sent the other got: {} / {}",
         uplink(&d1)["counters"],
         uplink(&d2)["counters"]
@@ -1024,9 +1038,11 @@ fn head_end_replication_floods_to_every_remote_and_unicast_reaches_only_its_host
     assert_eq!(c2, c1, "C got none of them");
     // And C's host is reached through C alone.
     assert!(ping(&h, "198.19.0.3", 3), "{}", d.log());
+    // At most the ARP broadcast and, should B's kernel probe H's entry meanwhile, the
+    // answer to its probe; flooded, the three pings would have come too.
     let b3 = counts(&b, "vx0").0;
     assert!(
-        b3 <= b2 + 1,
+        b3 <= b2 + 2,
         "B got only the ARP broadcast of C's: {b2} -> {b3}"
     );
     d.assert_laws();
@@ -1162,7 +1178,7 @@ fn vxlan_ports_are_declared_refused_with_reasons_removed_and_made_again() {
     .unwrap();
     let d = Daemon::start_in(&v, "vxe-v", &["--config", path_str(&file)]);
     assert!(
-        wait_for(3.0, || d.hosts().iter().any(|h| h["kind"] == "vxlan")),
+        wait_for(10.0, || d.hosts().iter().any(|h| h["kind"] == "vxlan")),
         "{}",
         d.log()
     );
@@ -1326,7 +1342,7 @@ fn a_vxlan_uplink_carries_one_vlan_of_a_vlan_aware_switch() {
     ctl_ok(d, &["vlan", "vale0:up", "--trunk", "10"]);
     assert!(!ping_df(&p.h, "198.19.0.2", 2, 1422), "tagged, they do not");
     assert!(
-        wait_for(2.0, || hc(d, "too_big") == big0 + 2),
+        wait_for(10.0, || hc(d, "too_big") == big0 + 2),
         "{}",
         uplink(d)
     );
@@ -1463,7 +1479,7 @@ fn one_uplink_carries_several_vnis_each_mapped_to_a_vlan() {
         0,
     );
     assert!(
-        wait_for(3.0, || hc(d, "vxlan_tagged_mapped") == 3
+        wait_for(10.0, || hc(d, "vxlan_tagged_mapped") == 3
             && hc(d, "from_host") == from0 + 1),
         "{}",
         uplink(d)["counters"]

@@ -168,6 +168,19 @@ impl Daemon {
             .unwrap_or_else(|| panic!("no counter {key} in {c}"))
     }
 
+    /// `key` of `port` once it reads `want`, or what it reads after 5 s: the sender's
+    /// and receivers' counts are added after a pass's frames are in their rings, so
+    /// a peer may have them a moment before the counters do.
+    pub fn counter_at(&self, port: &str, key: &str, want: u64) -> u64 {
+        let mut v = self.counter(port, key);
+        let t = Instant::now();
+        while v != want && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+            v = self.counter(port, key);
+        }
+        v
+    }
+
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().ok().flatten().is_none()
     }

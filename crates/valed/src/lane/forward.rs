@@ -681,9 +681,15 @@ mod tests {
             late.waited.lock().unwrap().len() >= 5
         });
         stop(lane, main);
+        // Left waiting, each would wait out the 100 ms park; four of five in well
+        // under that (one may lose its CPU on a busy machine).
         let waited = late.waited.lock().unwrap().clone();
         assert!(
-            waited.iter().all(|w| *w < Duration::from_millis(50)),
+            waited
+                .iter()
+                .filter(|w| **w < Duration::from_millis(50))
+                .count()
+                >= 4,
             "frames waited {waited:?}"
         );
     }

@@ -26,7 +26,7 @@ pub mod ring;
 pub mod sync;
 
 pub use error::{Error, Result};
-pub use region::{Dir, PipeEnd, PortGeometry, Region, RegionLayout};
+pub use region::{Dir, PipeEnd, Populate, PortGeometry, Region, RegionLayout};
 pub use ring::{
     AppRing, BufPool, Bufs, Frag, RingView, Slots, copy_frame, copy_frame_pop, copy_frame_push,
 };

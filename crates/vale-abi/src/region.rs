@@ -318,26 +318,72 @@ impl std::fmt::Debug for Region {
     }
 }
 
+/// The buffers of a region from [`Region::create_lazy`], to be faulted in. Faulting in
+/// writes nothing, so it may run while the region carries frames; it stops early once
+/// the region is gone.
+pub struct Populate {
+    map: Arc<Mapping>,
+    ranges: Vec<(usize, usize)>,
+}
+
+impl Populate {
+    /// Bytes left to fault in.
+    pub fn bytes(&self) -> usize {
+        self.ranges.iter().map(|r| r.1).sum()
+    }
+
+    pub fn run(self) {
+        const STEP: usize = 16 << 20;
+        for (at, len) in self.ranges {
+            let mut done = 0;
+            while done < len {
+                if Arc::strong_count(&self.map) == 1 {
+                    return; // every Region of it dropped: nobody will use these pages
+                }
+                let n = STEP.min(len - done);
+                self.map.populate(at + done, n);
+                done += n;
+            }
+        }
+    }
+}
+
 impl Region {
     /// Creates, seals, maps and initialises a region for port `name` (the creator's side:
     /// the switch). The memfd can then be handed to the client.
     pub fn create(name: &str, geometry: PortGeometry) -> Result<Region> {
+        let (region, rest) = Region::create_lazy(name, geometry)?;
+        rest.run();
+        Ok(region)
+    }
+
+    /// [`Region::create`] with the buffers not yet faulted in: what is returned beside
+    /// the region does that, on any thread, while the region is already in use (a
+    /// region of gigabytes takes seconds, which a switch's control thread should not
+    /// spend with other clients waiting).
+    pub fn create_lazy(name: &str, geometry: PortGeometry) -> Result<(Region, Populate)> {
         let layout = RegionLayout::new(geometry)?;
         let fd = crate::mem::sealed_memfd(name, layout.size)?;
-        let map = Mapping::new(fd.as_fd(), layout.size, false)?;
-        // Fault everything in now (not on the data path), except the pipes' buffers.
+        let map = Arc::new(Mapping::new(fd.as_fd(), layout.size, false)?);
+        // The rings now; the buffers (not on the data path) but the pipes' later.
         let (pf, pn) = layout.pipe_bufs();
         let bs = geometry.buf_size as usize;
         let hole = (layout.buf_offset + pf as usize * bs, pn as usize * bs);
-        map.populate(0, hole.0);
-        map.populate(hole.0 + hole.1, layout.size - (hole.0 + hole.1));
+        map.populate(0, layout.buf_offset);
+        let rest = Populate {
+            map: map.clone(),
+            ranges: vec![
+                (layout.buf_offset, hole.0 - layout.buf_offset),
+                (hole.0 + hole.1, layout.size - (hole.0 + hole.1)),
+            ],
+        };
         let region = Region {
-            map: Arc::new(map),
+            map,
             fd,
             layout: Arc::new(layout),
         };
         region.init(name);
-        Ok(region)
+        Ok((region, rest))
     }
 
     /// Maps a region received from the switch (the client's side). The file must be

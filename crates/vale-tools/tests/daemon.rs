@@ -1159,6 +1159,31 @@ fn what_a_client_leaves_in_its_tx_ring_is_delivered_when_it_leaves() {
 }
 
 #[test]
+fn a_big_port_is_faulted_in_beside_the_control_thread() {
+    // 16 rings of 4096 slots each way with 8 KiB buffers: 1 GiB, which took about a
+    // second to fault in before the answer, every other client waiting.
+    let d = Daemon::start("bigport", &["--buf-size", "8192"]);
+    let small = d.open("vale0:small");
+    let big = d.open("vale0:big@conf:rings=16,slots=4096");
+    // The answer came first: the buffers are still being faulted in, and meanwhile
+    // another client is answered.
+    let busy = || thread_ticks(d.pid(), "vale-fault-in").is_some();
+    assert!(
+        busy(),
+        "the open returned before its buffers were faulted in"
+    );
+    assert!(d.ctl(&["list"]).status.success());
+    assert!(busy(), "a client was answered meanwhile");
+    // The port carries frames at once, and when it is done, as well.
+    let frames: Vec<_> = (0..64).map(|i| frame(BCAST, A, i)).collect();
+    send(&small, &frames);
+    assert_eq!(drain(&big, 5.0), frames);
+    assert!(wait_for(30.0, || !busy()), "the buffers were faulted in");
+    send(&small, &frames);
+    assert_eq!(drain(&big, 5.0), frames);
+}
+
+#[test]
 fn clients_over_the_limit_are_turned_away_with_a_reason() {
     let mut d = Daemon::start("maxclients", &["--max-clients", "3"]);
     // Three clients, each served (so each is counted). The probe connections before

@@ -242,7 +242,6 @@ impl Drop for Daemon {
     }
 }
 
-/// Waits for `cond` up to `secs`.
 /// CPU ticks (user + system) of valed's thread named `name`, if it has one.
 pub fn thread_ticks(pid: u32, name: &str) -> Option<u64> {
     for t in std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -261,6 +260,7 @@ pub fn thread_ticks(pid: u32, name: &str) -> Option<u64> {
     None
 }
 
+/// Waits for `cond` up to `secs`.
 pub fn wait_for(secs: f64, mut cond: impl FnMut() -> bool) -> bool {
     let t = Instant::now();
     while t.elapsed().as_secs_f64() < secs {

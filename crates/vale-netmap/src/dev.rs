@@ -78,25 +78,40 @@ fn kept() -> std::sync::MutexGuard<'static, BTreeSet<i32>> {
     KEPT.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The library's descriptors in `first..=last`, in order.
-pub fn kept_in(first: u32, last: u32) -> Vec<i32> {
+/// Runs `f` with the library's descriptors in `first..=last`, in order, none made or
+/// closed meanwhile (a program's `close_range` issued inside `f` cannot close one that
+/// another thread makes at that moment).
+pub fn while_kept<R>(first: u32, last: u32, f: impl FnOnce(&[i32]) -> R) -> R {
     let (first, last) = (
         first.min(i32::MAX as u32) as i32,
         last.min(i32::MAX as u32) as i32,
     );
-    kept().range(first..=last).copied().collect()
+    let k = kept();
+    let list: Vec<i32> = k.range(first..=last).copied().collect();
+    f(&list)
 }
 
-/// A descriptor's number, in [`KEPT`] while this lives.
-pub struct Kept(i32);
+/// Whether this process forked from one that had netmap descriptors open: a lock that
+/// another thread of the parent held at the fork stays held here for ever, so the
+/// locks a child may meet are tried, not waited for.
+static FORKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-impl Kept {
-    fn new(fd: rustix::fd::BorrowedFd<'_>) -> Kept {
-        let n = rustix::fd::AsRawFd::as_raw_fd(&fd);
-        kept().insert(n);
-        Kept(n)
+/// `m` locked; in a forked child, only if it is free.
+fn lock_here<T>(m: &Mutex<T>) -> Option<std::sync::MutexGuard<'_, T>> {
+    if FORKED.load(Ordering::Relaxed) {
+        match m.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    } else {
+        Some(m.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
+
+/// A descriptor's number, in [`KEPT`] while this lives (for an owner that closes the
+/// descriptor itself, before dropping this).
+pub struct Kept(i32);
 
 impl Drop for Kept {
     fn drop(&mut self) {
@@ -104,34 +119,56 @@ impl Drop for Kept {
     }
 }
 
-/// A descriptor of the library's own: closed first, then its number is free to close
-/// (the fields drop in this order).
+/// A descriptor of the library's own, its number in [`KEPT`] from before it is made
+/// until after it is closed.
 pub struct Hidden {
-    fd: OwnedFd,
-    _kept: Kept,
+    fd: Option<OwnedFd>,
+    n: i32,
 }
 
 impl Hidden {
+    /// `fd`, made elsewhere, kept from now on.
     pub fn new(fd: OwnedFd) -> Hidden {
-        let kept = Kept::new(fd.as_fd());
-        Hidden { fd, _kept: kept }
+        let n = rustix::fd::AsRawFd::as_raw_fd(&fd);
+        kept().insert(n);
+        Hidden { fd: Some(fd), n }
     }
 
-    /// For an owner that needs the descriptor itself: it keeps the [`Kept`] after it.
-    pub fn into_parts(self) -> (OwnedFd, Kept) {
-        (self.fd, self._kept)
+    /// For an owner that needs the descriptor itself: it drops the [`Kept`] after it.
+    pub fn into_parts(mut self) -> (OwnedFd, Kept) {
+        let fd = self
+            .fd
+            .take()
+            .expect("a Hidden holds its descriptor until it drops");
+        let n = self.n;
+        std::mem::forget(self); // its descriptor taken: nothing left to close
+        (fd, Kept(n))
+    }
+
+    fn fd(&self) -> &OwnedFd {
+        self.fd
+            .as_ref()
+            .expect("a Hidden holds its descriptor until it drops")
+    }
+}
+
+impl Drop for Hidden {
+    fn drop(&mut self) {
+        let mut k = kept();
+        drop(self.fd.take());
+        k.remove(&self.n);
     }
 }
 
 impl AsFd for Hidden {
     fn as_fd(&self) -> rustix::fd::BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.fd().as_fd()
     }
 }
 
 impl rustix::fd::AsRawFd for Hidden {
     fn as_raw_fd(&self) -> rustix::fd::RawFd {
-        rustix::fd::AsRawFd::as_raw_fd(&self.fd)
+        self.n
     }
 }
 
@@ -140,9 +177,11 @@ impl rustix::fd::AsRawFd for Hidden {
 /// has closed on purpose: with `2>&-`, a memfd landing on fd 2 would have every write
 /// to stderr go over a `netmap_if`).
 pub fn high_dup(fd: rustix::fd::BorrowedFd<'_>) -> NmResult<Hidden> {
-    rustix::io::fcntl_dupfd_cloexec(fd, HIDDEN_FDS_FROM)
-        .map(Hidden::new)
-        .map_err(|_| Errno::MFILE)
+    let mut k = kept();
+    let new = rustix::io::fcntl_dupfd_cloexec(fd, HIDDEN_FDS_FROM).map_err(|_| Errno::MFILE)?;
+    let n = rustix::fd::AsRawFd::as_raw_fd(&new);
+    k.insert(n);
+    Ok(Hidden { fd: Some(new), n })
 }
 
 /// `fd` moved to [`high_dup`]'s range, its low number given back.
@@ -155,13 +194,27 @@ fn hide(fd: OwnedFd) -> NmResult<Hidden> {
 /// takes them.
 pub struct ForkHold {
     _prefixes: std::sync::MutexGuard<'static, Vec<std::sync::Weak<Prefix>>>,
-    _kept: std::sync::MutexGuard<'static, BTreeSet<i32>>,
+    kept: std::sync::MutexGuard<'static, BTreeSet<i32>>,
 }
 
 pub fn fork_hold() -> ForkHold {
     ForkHold {
         _prefixes: PREFIXES.lock().unwrap_or_else(|e| e.into_inner()),
-        _kept: kept(),
+        kept: kept(),
+    }
+}
+
+impl ForkHold {
+    /// In the child: the kept numbers are those of what this process can still close,
+    /// the descriptors of `devices` (the table's) and of this thread's `wake`; another
+    /// thread's (gone here, with whatever it held) are the program's to close.
+    pub fn in_child<'a>(&mut self, devices: impl Iterator<Item = &'a Device>, wake: Option<i32>) {
+        FORKED.store(true, Ordering::Relaxed);
+        self.kept.clear();
+        for d in devices {
+            self.kept.extend(d.kept_fds());
+        }
+        self.kept.extend(wake);
     }
 }
 
@@ -192,7 +245,7 @@ impl Prefix {
             len,
             slot,
             used: Mutex::new(vec![false; 1 + SHARERS]),
-            mem_id: next_mem_id(|id| live.contains(&id)),
+            mem_id: next_mem_id(|id| live.contains(&id)).ok_or(Errno::NOMEM)?,
             region: file_id(region.fd()),
         });
         all.push(std::sync::Arc::downgrade(&p));
@@ -220,9 +273,11 @@ impl Prefix {
     }
 
     fn give_back(&self, off: usize) {
-        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(u) = used.get_mut(off / self.slot) {
-            *u = false;
+        // In a forked child, left taken if the parent was taking one at the fork.
+        if let Some(mut used) = lock_here(&self.used) {
+            if let Some(u) = used.get_mut(off / self.slot) {
+                *u = false;
+            }
         }
     }
 }
@@ -411,14 +466,12 @@ pub struct Device {
 /// Mem ids: unique per mapping handed out (libnetmap shares a mapping between
 /// descriptors with the same id), never 0 (any) or 1 (netmap's global allocator), nor
 /// one that is `taken` (still live after the count wrapped).
-fn next_mem_id(taken: impl Fn(u16) -> bool) -> u16 {
+fn next_mem_id(taken: impl Fn(u16) -> bool) -> Option<u16> {
     static NEXT: AtomicU32 = AtomicU32::new(2);
-    loop {
+    (0..0x1_0000).find_map(|_| {
         let id = (NEXT.fetch_add(1, Ordering::Relaxed) % 0x1_0000) as u16;
-        if id >= 2 && !taken(id) {
-            return id;
-        }
-    }
+        (id >= 2 && !taken(id)).then_some(id)
+    })
 }
 
 fn page_up(n: usize) -> usize {
@@ -473,8 +526,28 @@ impl Device {
 
     /// One request to valed on this descriptor's connection.
     pub fn call(&self, req: &Request) -> NmResult<(Response, Vec<OwnedFd>)> {
-        let _one = self.calling.lock().unwrap_or_else(|p| p.into_inner());
+        // In a forked child whose parent was mid-request at the fork: EIO, not a hang.
+        let _one = lock_here(&self.calling).ok_or(Errno::IO)?;
         vale::sock::call(&self.conn, req).map_err(|_| Errno::IO)
+    }
+
+    /// The numbers of every descriptor this device holds for itself: its connection,
+    /// its port's, its mapping's, and the wake-up eventfds of threads in its polls.
+    pub fn kept_fds(&self) -> Vec<i32> {
+        use rustix::fd::AsRawFd;
+        let mut v = vec![self.conn.as_raw_fd()];
+        if let Some(p) = self.port() {
+            v.extend([
+                p._region_kept.0,
+                p.kick.as_raw_fd(),
+                p.notify.as_raw_fd(),
+                p.prefix.fd.as_raw_fd(),
+            ]);
+        }
+        if let Ok(w) = self.waiters.try_lock() {
+            v.extend(w.iter().map(|x| x.as_raw_fd()));
+        }
+        v
     }
 
     /// REGISTER: opens the port through valed and binds the rings the mode asks for.
@@ -997,9 +1070,14 @@ mod tests {
         // Ids 2..=9 stay live while the count goes round more than once.
         let live = |id: u16| (2..10).contains(&id);
         for _ in 0..140_000 {
-            let id = next_mem_id(live);
+            let id = next_mem_id(live).unwrap();
             assert!(id >= 10, "{id}");
         }
+        assert_eq!(
+            next_mem_id(|_| true),
+            None,
+            "every id live: none, not a hang"
+        );
     }
 
     #[test]

@@ -142,23 +142,47 @@ thread_local! {
     static FORK_HOLD: std::cell::RefCell<Option<ForkHold>> = const { std::cell::RefCell::new(None) };
 }
 
+/// The process whose table this is: a child that shares its parent's memory (vfork,
+/// `clone(CLONE_VM)`, as CPython's subprocess and posix_spawn make) and closes
+/// descriptors before its exec must not forget the parent's.
+static OWNER: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+fn owner() -> bool {
+    let o = OWNER.load(Ordering::Relaxed);
+    o == 0 || o == rustix::process::getpid().as_raw_nonzero().get()
+}
+
 extern "C" fn before_fork() {
     let t = TABLE.write().unwrap_or_else(|p| p.into_inner());
     let hold = (t, crate::dev::fork_hold());
     let _ = FORK_HOLD.try_with(|h| *h.borrow_mut() = Some(hold));
 }
 
-extern "C" fn after_fork() {
+extern "C" fn in_parent() {
     let _ = FORK_HOLD.try_with(|h| h.borrow_mut().take());
+}
+
+extern "C" fn in_child() {
+    let pid = rustix::process::getpid().as_raw_nonzero().get();
+    OWNER.store(pid, Ordering::Relaxed);
+    let _ = FORK_HOLD.try_with(|h| {
+        if let Some((t, mut hold)) = h.borrow_mut().take() {
+            hold.in_child(t.values().map(|d| &**d), pollemu::inherited_wake());
+        }
+    });
 }
 
 /// Installs the fork handlers, once, when the first netmap descriptor opens.
 fn hold_across_forks() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
+        OWNER.store(
+            rustix::process::getpid().as_raw_nonzero().get(),
+            Ordering::Relaxed,
+        );
         // SAFETY: three handlers that take and release the library's own locks, on
         // the forking thread (pthread_atfork's contract).
-        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+        unsafe { libc::pthread_atfork(Some(before_fork), Some(in_parent), Some(in_child)) };
     });
 }
 
@@ -172,7 +196,7 @@ fn insert(fd: c_int, d: Arc<Device>) {
 }
 
 fn forget(fd: c_int) -> Option<Arc<Device>> {
-    if !maybe_ours(fd) {
+    if !maybe_ours(fd) || !owner() {
         return None;
     }
     let mut t = TABLE.write().unwrap_or_else(|p| p.into_inner());
@@ -722,7 +746,7 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
 
 /// Forgets the netmap descriptors in `first..=last` (they are being closed).
 fn forget_range(first: u32, last: u32) {
-    if OPEN.load(Ordering::Acquire) == 0 {
+    if OPEN.load(Ordering::Acquire) == 0 || !owner() {
         return;
     }
     let gone: Vec<Arc<Device>> = {
@@ -747,38 +771,46 @@ fn forget_range(first: u32, last: u32) {
 }
 
 /// close_range(2) over `first..=last` but for the library's own descriptors, which
-/// their owners close: the netmap descriptors in the range are forgotten first (their
-/// devices close what they hold), unless the range is only made close-on-exec.
+/// their owners close. Once closed, the netmap descriptors in the range are forgotten
+/// (their devices then close what they hold), unless the range was only made
+/// close-on-exec, or closed in a table of this thread's own (CLOSE_RANGE_UNSHARE: the
+/// other threads keep them), or this is a child sharing its parent's memory (vfork:
+/// the table is the parent's, whose descriptors stay open).
 fn close_range_keeping(first: c_uint, last: c_uint, flags: c_int) -> c_int {
-    if first > last {
+    let known = libc::CLOSE_RANGE_CLOEXEC | libc::CLOSE_RANGE_UNSHARE;
+    if first > last || flags as c_uint & !known != 0 {
         return fail(Errno::INVAL, -1);
     }
-    if flags as c_uint & libc::CLOSE_RANGE_CLOEXEC == 0 {
+    let r = close_range_around_kept(first, last, flags);
+    if r == 0 && flags as c_uint & known == 0 {
         forget_range(first, last);
     }
-    let mut from = u64::from(first);
-    let pieces = crate::dev::kept_in(first, last)
-        .into_iter()
-        .map(|k| k as u64)
-        .chain([u64::from(last) + 1]);
-    for k in pieces {
-        if k > from {
-            // SAFETY: close_range(2) with the caller's flags over part of its range.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_close_range,
-                    from as c_uint,
-                    (k - 1) as c_uint,
-                    flags as c_uint,
-                )
-            };
-            if r < 0 {
-                return -1; // errno is the kernel's
+    r
+}
+
+fn close_range_around_kept(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    crate::dev::while_kept(first, last, |kept| {
+        let mut from = u64::from(first);
+        let pieces = kept.iter().map(|&k| k as u64).chain([u64::from(last) + 1]);
+        for k in pieces {
+            if k > from {
+                // SAFETY: close_range(2) with the caller's flags over part of its range.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_close_range,
+                        from as c_uint,
+                        (k - 1) as c_uint,
+                        flags as c_uint,
+                    )
+                };
+                if r < 0 {
+                    return -1; // errno is the kernel's
+                }
             }
+            from = k + 1;
         }
-        from = k + 1;
-    }
-    0
+        0
+    })
 }
 
 /// # Safety
@@ -788,39 +820,70 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
     guard(-1, || close_range_keeping(first, last, flags))
 }
 
+/// The open descriptors at or above `low` (from /proc/self/fd, the listing's own left
+/// out), or every number up to the descriptor limit if /proc cannot be read.
+fn open_from(low: c_int) -> Vec<c_int> {
+    use rustix::fs::{Mode, OFlags};
+    let listed = rustix::fs::open(
+        "/proc/self/fd",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()
+    .and_then(|fd| {
+        let own = rustix::fd::AsRawFd::as_raw_fd(&fd);
+        let mut dir = rustix::fs::Dir::new(fd).ok()?;
+        let mut v = Vec::new();
+        while let Some(e) = dir.read() {
+            let e = e.ok()?;
+            if let Some(n) = e.file_name().to_str().ok().and_then(|n| n.parse().ok()) {
+                if n >= low && n != own {
+                    v.push(n);
+                }
+            }
+        }
+        Some(v)
+    });
+    listed.unwrap_or_else(|| {
+        let max = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(1 << 20)
+            .min(1 << 20) as c_int;
+        (low..max).collect()
+    })
+}
+
 /// # Safety
 /// As closefrom(3).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn closefrom(low: c_int) {
     guard((), || {
-        let low = low.max(0) as c_uint;
-        if close_range_keeping(low, c_uint::MAX, 0) == 0 {
+        let low = low.max(0);
+        if close_range_keeping(low as c_uint, c_uint::MAX, 0) == 0 {
             return;
         }
-        // A kernel without close_range (before 5.9): each open descriptor, as glibc's
-        // fallback does, but for the library's own.
-        let open: Vec<c_int> = std::fs::read_dir("/proc/self/fd")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse().ok())
-            .filter(|&fd: &c_int| fd as c_uint >= low)
-            .collect();
-        let kept = crate::dev::kept_in(low, c_uint::MAX);
-        for fd in open.into_iter().filter(|fd| !kept.contains(fd)) {
-            drop(forget(fd));
-            if let Some(f) = real::close() {
-                // SAFETY: closing a descriptor number the program asked to close.
-                unsafe { f(fd) };
+        // A kernel without close_range (before 5.9), or a filter that refuses it: each
+        // open descriptor, as glibc's fallback does, but for the library's own.
+        crate::dev::while_kept(low as c_uint, c_uint::MAX, |kept| {
+            let open = open_from(low);
+            for fd in open
+                .into_iter()
+                .filter(|fd| kept.binary_search(fd).is_err())
+            {
+                if let Some(f) = real::close() {
+                    // SAFETY: closing a descriptor number the program asked to close.
+                    unsafe { f(fd) };
+                }
             }
-        }
+        });
+        forget_range(low as c_uint, c_uint::MAX);
     })
 }
 
 /// A duplicate of a netmap descriptor is the same device.
 fn dup_done(old: c_int, new: c_int) -> c_int {
     if new >= 0 {
-        if let Some(d) = lookup(old) {
+        if let Some(d) = lookup(old).filter(|_| owner()) {
             insert(new, d);
         }
     }

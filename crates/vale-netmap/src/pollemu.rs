@@ -191,14 +191,15 @@ pub fn poll(
     }
 }
 
+thread_local! {
+    static OWN: RefCell<Option<(Pid, Arc<Hidden>)>> = const { RefCell::new(None) };
+}
+
 /// This thread's wake-up eventfd, for wake-ups another thread passes on (see
 /// [`Device::wake_others`]): made on first use, close-on-exec and above the program's
 /// descriptors; a forked child makes its own. None if it cannot be made (then a
 /// drained wake-up may be missed until the poll's timeout, as before).
 fn own_wake() -> Option<Arc<Hidden>> {
-    thread_local! {
-        static OWN: RefCell<Option<(Pid, Arc<Hidden>)>> = const { RefCell::new(None) };
-    }
     let pid = rustix::process::getpid();
     OWN.try_with(|own| {
         let mut own = own.borrow_mut();
@@ -210,6 +211,18 @@ fn own_wake() -> Option<Arc<Hidden>> {
         let fd = Arc::new(high_dup(fd.as_fd()).ok()?);
         *own = Some((pid, fd.clone()));
         Some(fd)
+    })
+    .ok()
+    .flatten()
+}
+
+/// This thread's wake-up eventfd as a forked child inherits it (made by the parent's
+/// thread that forked), for the child's list of the library's descriptors.
+pub fn inherited_wake() -> Option<i32> {
+    OWN.try_with(|own| {
+        own.borrow()
+            .as_ref()
+            .map(|(_, fd)| rustix::fd::AsRawFd::as_raw_fd(&**fd))
     })
     .ok()
     .flatten()

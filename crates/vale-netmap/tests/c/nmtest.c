@@ -1050,6 +1050,28 @@ static void maps_line(void *addr, char *out, size_t n)
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
+#ifndef CLOSE_RANGE_UNSHARE
+#define CLOSE_RANGE_UNSHARE (1U << 1)
+#endif
+
+/* PORT_INFO_GET of `name` on p's descriptor answers (valed's connection alive) and a
+ * TXSYNC succeeds (its rings and kick alive). */
+static int still_asks(struct port *p, const char *name)
+{
+	struct nmreq_header h;
+	struct nmreq_port_info_get info;
+	memset(&info, 0, sizeof(info));
+	hdr_init(&h, NETMAP_REQ_PORT_INFO_GET, name, &info);
+	return ioctl(p->fd, NIOCCTRL, &h) == 0 && info.nr_memsize == p->reg.nr_memsize &&
+	       ioctl(p->fd, NIOCTXSYNC, NULL) == 0;
+}
+
+static void *unsharer(void *arg)
+{
+	(void)arg;
+	close_range(3, ~0U, CLOSE_RANGE_UNSHARE);
+	return NULL;
+}
 
 static int cmd_fds(const char *name)
 {
@@ -1098,6 +1120,25 @@ static int cmd_fds(const char *name)
 	check(mmap(r, pg, PROT_READ, MAP_SHARED | MAP_FIXED_NOREPLACE, b.fd, 0) == MAP_FAILED && errno == EEXIST,
 	      "MAP_FIXED_NOREPLACE over a mapping: EEXIST");
 	munmap(r, 3 * pg);
+
+	/* What must leave the ports alone: flags the kernel refuses, a vfork child that
+	 * closes everything before its exec (CPython's subprocess does), a thread that
+	 * closes everything in a table of its own. */
+	errno = 0;
+	check(close_range(b.fd, b.fd, 0x80) < 0 && errno == EINVAL, "close_range with unknown flags: EINVAL");
+	check(still_asks(&b, name), "and the port is untouched");
+	pid_t child = vfork();
+	if (child == 0) {
+		close_range(3, ~0U, 0);
+		close(b.fd);
+		_exit(0);
+	}
+	int st;
+	check(child > 0 && waitpid(child, &st, 0) == child && still_asks(&b, name),
+	      "a vfork child's close_range and close leave the parent's port working");
+	pthread_t t;
+	check(pthread_create(&t, NULL, unsharer, NULL) == 0 && pthread_join(t, NULL) == 0 && still_asks(&b, name),
+	      "close_range(CLOSE_RANGE_UNSHARE) in another thread leaves it working");
 
 	/* closefrom over the second port and every descriptor the library hides. */
 	int was = a.fd;

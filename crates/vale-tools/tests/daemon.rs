@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
@@ -1335,6 +1335,109 @@ fn one_uid_cannot_take_every_connection() {
         .args([a.id().to_string(), b.id().to_string()])
         .status();
     let _ = (a.wait(), b.wait());
+}
+
+/// vale-ctl's answer to `args`, or None (the command killed) if none came in `secs`.
+fn ctl_within(d: &Daemon, args: &[&str], secs: f64) -> Option<Output> {
+    let mut c = d
+        .cmd(VALE_CTL)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if !wait_for(secs, || c.try_wait().unwrap().is_some()) {
+        let _ = c.kill();
+        let _ = c.wait();
+        return None;
+    }
+    Some(c.wait_with_output().unwrap())
+}
+
+#[test]
+fn a_peer_that_listens_but_never_accepts_holds_nothing_up() {
+    use std::os::fd::AsFd;
+    // A stopped VM: its socket listens (backlog 0: one connection may wait) and
+    // nothing accepts. The queue full, connecting to it would block until it accepts.
+    let d = Daemon::start("no-accept", &[]);
+    let path = d.dir.join("stopped.sock");
+    let l = rustix::net::socket(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        None,
+    )
+    .unwrap();
+    rustix::net::bind(&l, &rustix::net::SocketAddrUnix::new(&path).unwrap()).unwrap();
+    rustix::net::listen(&l, 0).unwrap();
+    let waiting = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let p = path_str(&path);
+    for args in [
+        vec!["qemu-stream", "vale0:q", "--connect", p],
+        vec!["vhost-user", "vale0:v", "--path", p, "--client"],
+    ] {
+        let o = ctl_within(&d, &args, 10.0).expect("an answer, not a hang");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("does not accept"),
+            "{args:?}: {err}"
+        );
+    }
+    // With room for one: the port is made (that connection waits in the queue), its
+    // thread's own connect finds the queue full and tries again, and the port is
+    // removed at once.
+    drop(waiting);
+    let (_taken, _) = rustix::net::acceptfrom(l.as_fd()).unwrap();
+    let o = ctl_within(
+        &d,
+        &["vhost-user", "vale0:v2", "--path", p, "--client"],
+        10.0,
+    )
+    .expect("an answer");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::thread::sleep(Duration::from_millis(300)); // its thread at its connect
+    let o = ctl_within(&d, &["-d", "vale0:v2"], 10.0).expect("removed, not a hang");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(ctl_within(&d, &["list"], 10.0).is_some_and(|o| o.status.success()));
+    assert!(
+        !d.ports().iter().any(|p| p.starts_with("vale0:")),
+        "{:?}",
+        d.ports()
+    );
+}
+
+#[test]
+fn a_file_where_a_socket_would_go_is_never_deleted() {
+    let dir = std::env::temp_dir().join(format!("vale-precious-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for flag in ["--socket", "--metrics"] {
+        let file = dir.join("precious.txt");
+        std::fs::write(&file, "keep me").unwrap();
+        let mut args = vec![flag.to_string(), path_str(&file).to_string()];
+        if flag == "--metrics" {
+            args.extend(["--socket".into(), path_str(&dir.join("v.sock")).to_string()]);
+        }
+        let mut c = Command::new(VALED)
+            .args(&args)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let refused = wait_for(10.0, || c.try_wait().unwrap().is_some());
+        if !refused {
+            let _ = c.kill();
+        }
+        let o = c.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            refused && !o.status.success(),
+            "{flag}: valed started over a file"
+        );
+        assert!(err.contains("is not a socket"), "{flag}: {err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me", "{flag}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -51,7 +51,8 @@ fn listen(path: &Path, mode: u32, group: Option<&str>) -> Result<OwnedFd, StartE
         if vale::sock::connect(path).is_ok() {
             return Err(StartError::AlreadyRunning(path.to_path_buf()));
         }
-        std::fs::remove_file(path).map_err(|e| sock_err("cannot remove stale socket", e))?;
+        crate::sys::remove_socket_file(path)
+            .map_err(|e| sock_err("cannot remove stale socket", e))?;
     }
     let fd = rustix::net::socket_with(
         AddressFamily::UNIX,
@@ -229,7 +230,7 @@ pub fn run(
     }
     let socket = ctl.settings().socket.clone();
     drop(ctl); // clients see the connection close
-    let _ = std::fs::remove_file(&socket);
+    let _ = crate::sys::remove_socket_file(&socket);
     let _ = std::fs::remove_dir(Settings::private_dir_of(&socket));
     result
 }

@@ -19,9 +19,14 @@ pub fn notify(state: &str) {
     }
 }
 
+const SEND_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn send(path: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let sock = UnixDatagram::unbound()?;
+    // A manager whose queue is full (or a stale NOTIFY_SOCKET of someone else's that
+    // is never read) costs at most this, never a daemon that cannot start or stop.
+    sock.set_write_timeout(Some(SEND_LIMIT))?;
     let bytes = path.as_bytes();
     let sent = match bytes.strip_prefix(b"@") {
         Some(name) => {
@@ -62,5 +67,31 @@ mod tests {
         let n = rx.recv(&mut b).unwrap();
         assert_eq!(&b[..n], b"STOPPING=1");
         assert!(send(std::ffi::OsStr::new("/nonexistent/vb.sock"), "READY=1").is_err());
+    }
+
+    #[test]
+    fn a_manager_that_never_reads_costs_a_second_not_a_hang() {
+        let name = format!("vb-notify-full-{}", std::process::id());
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let rx = UnixDatagram::bind_addr(&addr).unwrap();
+        // Its queue filled (the kernel's per-socket datagram limit).
+        let filler = UnixDatagram::unbound().unwrap();
+        filler.set_nonblocking(true).unwrap();
+        let mut queued = 0;
+        while filler.send_to_addr(b"X", &addr).is_ok() && queued < 100_000 {
+            queued += 1;
+        }
+        assert!(queued > 0 && queued < 100_000, "queue full after {queued}");
+        let (tx, done) = std::sync::mpsc::channel();
+        let at = format!("@{name}");
+        std::thread::spawn(move || {
+            let _ = tx.send(send(std::ffi::OsStr::new(&at), "READY=1"));
+        });
+        let r = done
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("send gave up by its limit");
+        assert!(r.is_err(), "{r:?}");
+        drop(rx);
     }
 }

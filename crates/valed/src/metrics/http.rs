@@ -62,7 +62,7 @@ pub fn bind(addr: &MetricsAddr, mode: u32, group: Option<&str>) -> Result<Listen
                         "another server is listening there",
                     )));
                 }
-                std::fs::remove_file(p).map_err(err)?;
+                crate::sys::remove_socket_file(p).map_err(err)?;
             }
             let l = UnixListener::bind(p).map_err(err)?;
             rustix::fs::chmod(p, rustix::fs::Mode::from_raw_mode(mode))
@@ -158,7 +158,7 @@ fn accept_loop(listener: Listener, board: Arc<Board>, stop: &AtomicBool) {
         }
     }
     if let Listener::Unix(_, p) = &listener {
-        let _ = std::fs::remove_file(p);
+        let _ = crate::sys::remove_socket_file(p);
     }
 }
 

@@ -42,8 +42,8 @@ pub use packet::{
 };
 pub use tun::{MAX_TAP_QUEUES, TAP_VNET_HDR, tap_create};
 pub use unix::{
-    check_ifname, dgram_bind, if_index, peer_cred, peer_groups, readable_within, seqpacket_listen,
-    stream_connect, stream_listen,
+    check_ifname, dgram_bind, if_index, peer_cred, peer_groups, readable_within,
+    remove_socket_file, seqpacket_listen, stream_connect, stream_connect_blocking, stream_listen,
 };
 
 /// setsockopt(2) of `v` as option `opt` at `level`, for the options rustix does not

@@ -4,20 +4,27 @@
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::io;
 
+/// Removes the socket file at `path`, if there is one; any other kind of file there
+/// is an error, and stays (valed never deletes what it did not make).
+pub fn remove_socket_file(p: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(p),
+        Ok(_) => Err(io::Error::other(format!(
+            "{} exists and is not a socket",
+            p.display()
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// A non-blocking unix socket of `kind` bound to `path`. A stale socket file there is
 /// replaced; any other kind of file is an error (valed never deletes what it did not
 /// make).
 fn bound_unix(path: &str, kind: rustix::net::SocketType) -> io::Result<OwnedFd> {
     let p = std::path::Path::new(path);
-    if let Ok(m) = std::fs::symlink_metadata(p) {
-        use std::os::unix::fs::FileTypeExt;
-        if !m.file_type().is_socket() {
-            return Err(io::Error::other(format!(
-                "{path} exists and is not a socket"
-            )));
-        }
-        std::fs::remove_file(p)?;
-    }
+    remove_socket_file(p)?;
     let fd = rustix::net::socket_with(
         rustix::net::AddressFamily::UNIX,
         kind,
@@ -61,17 +68,32 @@ pub fn seqpacket_listen(path: &str, abstract_name: bool) -> io::Result<OwnedFd> 
     Ok(fd)
 }
 
-/// A unix stream socket connected to `path`, then made non-blocking.
+/// A non-blocking unix stream socket connected to `path`, without waiting: a peer that
+/// listens but does not accept (a stopped VM, its queue full) is an error at once, not
+/// a connect that blocks the caller until it accepts.
 pub fn stream_connect(path: &str) -> io::Result<OwnedFd> {
     let fd = rustix::net::socket_with(
         rustix::net::AddressFamily::UNIX,
         rustix::net::SocketType::STREAM,
-        rustix::net::SocketFlags::CLOEXEC,
+        rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
         None,
     )?;
-    rustix::net::connect(&fd, &rustix::net::SocketAddrUnix::new(path)?)?;
-    rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::NONBLOCK)?;
-    Ok(fd)
+    match rustix::net::connect(&fd, &rustix::net::SocketAddrUnix::new(path)?) {
+        Ok(()) => Ok(fd),
+        Err(rustix::io::Errno::AGAIN) => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            "it listens but does not accept connections (its queue is full)",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// [`stream_connect`], as a blocking std stream (for code that reads and writes it in
+/// blocking calls once connected).
+pub fn stream_connect_blocking(path: &str) -> io::Result<std::os::unix::net::UnixStream> {
+    let fd = stream_connect(path)?;
+    rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::empty())?;
+    Ok(fd.into())
 }
 
 /// Whether `fd` becomes readable within `ms` milliseconds (negative: no limit).

@@ -296,11 +296,9 @@ impl VhostUser {
         }
         if client {
             // Say now if nobody listens there; later losses are retried quietly.
-            std::os::unix::net::UnixStream::connect(socket).map_err(|source| {
-                PortError::NoPeer {
-                    path: socket.to_string(),
-                    source,
-                }
+            crate::sys::stream_connect(socket).map_err(|source| PortError::NoPeer {
+                path: socket.to_string(),
+                source,
             })?;
         }
         Ok(VhostUser {

@@ -74,7 +74,9 @@ impl ProtocolServer {
                             front
                         }
                         // Connect to the frontend, retrying while it is not there.
-                        None => match UnixStream::connect(&path) {
+                        // Never blocking: a frontend that does not accept is
+                        // tried again, and stop is seen meanwhile.
+                        None => match crate::sys::stream_connect_blocking(&path) {
                             Ok(f) => {
                                 warned = false;
                                 f

@@ -288,38 +288,56 @@ fn hostile_scrapers_get_errors_and_valed_keeps_serving() {
     assert_eq!(curl(&["-X", "DELETE", &url]).0, 405);
     assert_eq!(curl(&[&format!("http://{addr}/")]).0, 404);
     assert!(raw(&addr, b"\x16\x03\x01\x00\xa5garbage\r\n\r\n").starts_with("HTTP/1.1 400"));
-    // More slow clients than the server takes at once: the one over gets 503 at once,
-    // and once their deadline passes, scrapes are served again. The server takes 8; a
-    // connection served just before may still hold a slot for up to half a second (it
-    // reads what its client left unsent), so a slow client that was refused for that
-    // is replaced, twice at most.
-    let mut held: Vec<TcpStream> = Vec::new();
-    let mut refused = 0;
-    while held.len() < 8 {
-        let mut s = TcpStream::connect(&addr).unwrap();
+    // Slow clients, each sending half a request from a loopback address of its own
+    // (127.0.0.N): Ok while the server holds it, Err with what it answered if refused.
+    let slow_from = |n: u8| -> Result<TcpStream, String> {
+        use rustix::net::{AddressFamily, SocketType};
+        let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+        let from = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(127, 0, 0, n), 0);
+        rustix::net::bind(&fd, &from).unwrap();
+        let to: std::net::SocketAddr = addr.parse().unwrap();
+        rustix::net::connect(&fd, &to).unwrap();
+        let mut s = TcpStream::from(fd);
         s.write_all(b"GET /").unwrap();
         std::thread::sleep(Duration::from_millis(100));
         s.set_nonblocking(true).unwrap();
-        let mut b = [0u8; 64];
+        let mut b = [0u8; 512];
         match s.read(&mut b) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 s.set_nonblocking(false).unwrap();
-                held.push(s);
+                Ok(s)
             }
-            r => {
-                refused += 1;
-                let got = r.map(|n| String::from_utf8_lossy(&b[..n]).into_owned());
-                assert!(
-                    refused <= 2,
-                    "slow client {} refused: {got:?}",
-                    held.len() + 1
-                );
-            }
+            r => Err(format!(
+                "{:?}",
+                r.map(|n| String::from_utf8_lossy(&b[..n]).into_owned())
+            )),
         }
+    };
+    // A connection served just before may still hold a slot for up to half a second
+    // (it reads what its client left unsent).
+    std::thread::sleep(Duration::from_millis(700));
+    // One client holds two at most: its third is refused at once, and another
+    // client's scrape is served meanwhile.
+    let mut held: Vec<TcpStream> = (0..2).map(|_| slow_from(1).unwrap()).collect();
+    let third = slow_from(1).unwrap_err();
+    assert!(
+        third.contains("503") && third.contains("from this client"),
+        "{third}"
+    );
+    let (code, _) = curl(&["--interface", "127.0.0.2", &url]);
+    assert_eq!(
+        code, 200,
+        "another client served beside one holding its share"
+    );
+    // More slow clients than the server takes at once (8), each from its own address:
+    // the one over gets 503 at once, and once their deadline passes, scrapes are
+    // served again.
+    std::thread::sleep(Duration::from_millis(700));
+    for n in 3..9 {
+        held.push(slow_from(n).unwrap_or_else(|e| panic!("slow client 127.0.0.{n}: {e}")));
     }
-    std::thread::sleep(Duration::from_millis(200));
-    let over = raw(&addr, b"GET /metrics HTTP/1.1\r\n\r\n");
-    assert!(over.starts_with("HTTP/1.1 503"), "{over}");
+    let over = slow_from(9).unwrap_err();
+    assert!(over.contains("503") && over.contains("at once"), "{over}");
     assert!(
         wait_for(10.0, || curl(&[&url]).0 == 200),
         "scrapes served again after the slow clients' deadline"

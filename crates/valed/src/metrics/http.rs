@@ -12,11 +12,15 @@ use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Connections served at once; more are answered 503 and closed.
 pub const MAX_CONNS: usize = 8;
+/// Of those, what one peer (an IP address; on a unix socket, a uid) may hold, so that
+/// a client that sends its request a byte at a time cannot take every slot from the
+/// scrapers: a Prometheus server scrapes a target one request at a time.
+pub const MAX_CONNS_PER_PEER: usize = 2;
 /// The longest request head (request line and headers) read.
 pub const MAX_REQUEST: usize = 8192;
 /// How long a client has to send its request, and to take its reply.
@@ -98,8 +102,52 @@ pub fn serve(listener: Listener, board: Arc<Board>) -> Result<Server, StartError
     })
 }
 
+/// Who a connection is from, for [`MAX_CONNS_PER_PEER`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Peer {
+    Ip(std::net::IpAddr),
+    Uid(u32),
+}
+
+/// The connections being served, in all and by peer.
+#[derive(Default)]
+struct Active {
+    total: usize,
+    by_peer: std::collections::HashMap<Peer, usize>,
+}
+
+impl Active {
+    /// Takes a slot for `peer`, or says why there is none.
+    fn take(&mut self, peer: &Option<Peer>) -> Result<(), &'static str> {
+        if self.total >= MAX_CONNS {
+            return Err("too many scrapes at once\n");
+        }
+        if let Some(p) = peer {
+            let n = self.by_peer.entry(p.clone()).or_default();
+            if *n >= MAX_CONNS_PER_PEER {
+                return Err("too many scrapes at once from this client\n");
+            }
+            *n += 1;
+        }
+        self.total += 1;
+        Ok(())
+    }
+
+    fn give_back(&mut self, peer: &Option<Peer>) {
+        self.total -= 1;
+        if let Some(p) = peer {
+            if let Some(n) = self.by_peer.get_mut(p) {
+                *n -= 1;
+                if *n == 0 {
+                    self.by_peer.remove(p);
+                }
+            }
+        }
+    }
+}
+
 fn accept_loop(listener: Listener, board: Arc<Board>, stop: &AtomicBool) {
-    let active = Arc::new(AtomicUsize::new(0));
+    let active = Arc::new(std::sync::Mutex::new(Active::default()));
     let mut accept_errors = 0u32;
     while !stop.load(Ordering::Acquire) {
         let fd = match &listener {
@@ -118,10 +166,15 @@ fn accept_loop(listener: Listener, board: Arc<Board>, stop: &AtomicBool) {
             continue;
         }
         let conn = match &listener {
-            Listener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
-            Listener::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
+            Listener::Tcp(l) => l
+                .accept()
+                .map(|(s, a)| (Stream::Tcp(s), Some(Peer::Ip(a.ip())))),
+            Listener::Unix(l, _) => l.accept().map(|(s, _)| {
+                let uid = crate::sys::peer_cred(&s).map(|c| Peer::Uid(c.1));
+                (Stream::Unix(s), uid)
+            }),
         };
-        let mut conn = match conn {
+        let (mut conn, peer) = match conn {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => {
@@ -139,22 +192,25 @@ fn accept_loop(listener: Listener, board: Arc<Board>, stop: &AtomicBool) {
         if conn.set_nonblocking(false).is_err() {
             continue;
         }
-        if active.load(Ordering::Acquire) >= MAX_CONNS {
+        let slot = active.lock().unwrap_or_else(|p| p.into_inner()).take(&peer);
+        if let Err(why) = slot {
             // Best effort, without waiting: the client may not be reading.
             let _ = conn.set_write_timeout(Some(Duration::from_millis(100)));
-            let _ = conn.write_all(&response(503, "too many scrapes at once\n", &[]));
+            let _ = conn.write_all(&response(503, why, &[]));
             continue;
         }
-        active.fetch_add(1, Ordering::AcqRel);
-        let (b, a) = (board.clone(), active.clone());
+        let (b, a, p) = (board.clone(), active.clone(), peer.clone());
         let spawned = std::thread::Builder::new()
             .name("vale-metrics-conn".into())
             .spawn(move || {
                 handle(&mut conn, &b);
-                a.fetch_sub(1, Ordering::AcqRel);
+                a.lock().unwrap_or_else(|p| p.into_inner()).give_back(&p);
             });
         if spawned.is_err() {
-            active.fetch_sub(1, Ordering::AcqRel);
+            active
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .give_back(&peer);
         }
     }
     if let Listener::Unix(_, p) = &listener {

@@ -160,7 +160,7 @@ pub fn if_index(name: &str) -> Option<u32> {
 /// the kernel's own struct: its pid is 0 when the peer's process has no number in this
 /// pid namespace (a client in another container), which rustix's `UCred` (a non-zero
 /// pid) cannot hold.
-pub fn peer_cred(fd: &OwnedFd) -> Option<(i32, u32, u32)> {
+pub fn peer_cred(fd: &impl AsFd) -> Option<(i32, u32, u32)> {
     let mut c = libc::ucred {
         pid: 0,
         uid: 0,

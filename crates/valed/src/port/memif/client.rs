@@ -174,6 +174,7 @@ fn dial(key: &SocketKey) -> Result<OwnedFd, String> {
 /// What the server sent next, waiting until `until` (`None`: nothing by then).
 fn next(fd: &OwnedFd, until: Instant) -> Result<Option<Msg>, String> {
     let mut buf = [0u8; 2 * MSG_LEN];
+    let mut reset = false;
     loop {
         match vale::sock::recv(fd.as_fd(), &mut buf) {
             Ok((0, _)) => return Err("the server closed the connection".into()),
@@ -185,6 +186,12 @@ fn next(fd: &OwnedFd, until: Instant) -> Result<Option<Msg>, String> {
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // A server that closes with valed's messages unread makes the kernel report
+            // a reset once, before the messages it sent last (its DISCONNECT): read on.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !reset => {
+                reset = true;
+                continue;
+            }
             Err(e) => return Err(format!("from the server: {e}")),
         }
         let left = until.saturating_duration_since(Instant::now());
@@ -203,6 +210,25 @@ fn reply(fd: &OwnedFd, until: Instant) -> Result<Msg, String> {
             HANDSHAKE.as_secs()
         )
     })
+}
+
+fn refused(reason: String) -> String {
+    format!("the server refused: {reason}")
+}
+
+/// The reason of a DISCONNECT the server left queued before it closed, if it did (read
+/// without waiting, past the ACKs it may have sent first).
+fn refusal(fd: &OwnedFd) -> Option<String> {
+    for _ in 0..16 {
+        match next(fd, Instant::now()) {
+            Ok(Some(Msg::Disconnect { reason, .. })) => {
+                return Some(refused(reason.to_string_lossy()));
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return None,
+        }
+    }
+    None
 }
 
 fn send(fd: &OwnedFd, m: &Msg, with: Option<&OwnedFd>) -> Result<(), String> {
@@ -224,9 +250,7 @@ fn session(
     let until = Instant::now() + HANDSHAKE;
     let hello = match reply(&fd, until)? {
         Msg::Hello(h) => h,
-        Msg::Disconnect { reason, .. } => {
-            return Err(format!("the server refused: {}", reason.to_string_lossy()));
-        }
+        Msg::Disconnect { reason, .. } => return Err(refused(reason.to_string_lossy())),
         m => {
             return Err(format!(
                 "the server sent message type {} before HELLO",
@@ -245,15 +269,15 @@ fn session(
     } = &offered;
     let with = [None, Some(region), Some(c2s_kick), Some(s2c_kick), None];
     for (m, f) in requests(id, slot.secret(), geo).iter().zip(with) {
-        send(&fd, m, f)?;
+        // A server that refuses (a wrong id or secret) says why and closes: sending
+        // the rest fails (EPIPE), and what matters is what it said.
+        send(&fd, m, f).map_err(|why| refusal(&fd).unwrap_or(why))?;
     }
     let if_name = loop {
         match reply(&fd, until)? {
             Msg::Ack => {}
             Msg::Connected { if_name } => break if_name.to_string_lossy(),
-            Msg::Disconnect { reason, .. } => {
-                return Err(format!("the server refused: {}", reason.to_string_lossy()));
-            }
+            Msg::Disconnect { reason, .. } => return Err(refused(reason.to_string_lossy())),
             m => {
                 let why = format!(
                     "the server sent message type {} during the handshake",

@@ -1769,3 +1769,22 @@ fn a_memif_server_s_refusal_is_shown_with_its_reason() {
     );
 }
 
+/// Removing a client port while its server has accepted the connection and not said
+/// HELLO (a handshake that could go on for 5 s) returns at once: the control thread does
+/// not wait for the dialing thread's handshake.
+#[test]
+fn removing_a_client_port_in_a_stalled_handshake_is_prompt() {
+    let d = Daemon::start("memif-stall", &[]);
+    let (listener, sock) = server_socket(&d);
+    memif_port(&d, "vale0:m", &sock, 5, &["--client"]);
+    let c = Dialed::accept(&listener);
+    let t = Instant::now();
+    assert!(d.ctl(&["-d", "vale0:m"]).status.success());
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_millis(700),
+        "vale-ctl -d took {took:?}"
+    );
+    assert!(c.recv().is_none(), "valed closed the connection");
+    assert!(d.hosts().is_empty(), "{:?}", d.hosts());
+}

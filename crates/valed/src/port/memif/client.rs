@@ -355,7 +355,8 @@ fn session(
             tracing::info!(port = %slot.port, socket = %key, "memif server gone: {why}")
         }
     }
-    slot.release(true);
+    // valed removing the port is not the server going.
+    slot.release(!matches!(end, End::Deleted));
     if let End::Gone(why) | End::Broken(why) = end {
         slot.set_note(Some(why));
     }
@@ -401,6 +402,84 @@ fn watch(fd: &OwnedFd, slot: &Slot<Own>, stop: Stop<'_>) -> End {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::port::PortCounters;
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketType};
+
+    /// A memif server's side of the handshake, run by the test on the next connection
+    /// the dialer makes to `listener`: the connection, once valed is connected.
+    fn serve(listener: &OwnedFd) -> OwnedFd {
+        assert!(
+            crate::sys::readable_within(listener.as_fd(), 5000),
+            "dialed"
+        );
+        let fd = rustix::net::accept(listener).unwrap();
+        let send = |m: &Msg| vale::sock::send(fd.as_fd(), &m.encode(), &[]).unwrap();
+        send(&Msg::Hello(hello(VERSION, VERSION, 10)));
+        let mut b = [0u8; 2 * MSG_LEN];
+        for _ in 0..4 {
+            vale::sock::recv(fd.as_fd(), &mut b).unwrap();
+            send(&Msg::Ack);
+        }
+        let (n, _) = vale::sock::recv(fd.as_fd(), &mut b).unwrap();
+        assert!(matches!(Msg::decode(&b[..n]), Ok(Msg::Connect { .. })));
+        send(&Msg::Connected {
+            if_name: FixedStr::new(b"memif0"),
+        });
+        fd
+    }
+
+    /// valed removing a client port is no peer disconnect; the server hanging up is.
+    #[test]
+    fn only_the_server_going_counts_as_a_peer_disconnect() {
+        let dir = std::env::temp_dir().join(format!("valed-memif-c-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("server.sock").to_string_lossy().into_owned();
+        let listener =
+            rustix::net::socket(AddressFamily::UNIX, SocketType::SEQPACKET, None).unwrap();
+        rustix::net::bind(&listener, &SocketAddrUnix::new(path.as_str()).unwrap()).unwrap();
+        rustix::net::listen(&listener, 4).unwrap();
+        let key = SocketKey {
+            path: path.clone(),
+            abstract_name: false,
+        };
+        let counters = Arc::new(PortCounters::default());
+        let waker = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+        let slot: Arc<Slot<Own>> = Slot::new(
+            "vale0:m",
+            "",
+            false,
+            counters.clone(),
+            crate::port::Waker(Arc::new(waker)),
+        );
+        let disconnects = || counters.peer_disconnects.load(Ordering::Relaxed);
+        let connected = |s: &Slot<Own>| {
+            let t = Instant::now();
+            while s.peer().is_none() && t.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            s.peer().is_some()
+        };
+        let dialer = start(key.clone(), 1, slot.clone()).unwrap();
+        let conn = serve(&listener);
+        assert!(connected(&slot));
+        drop(dialer);
+        assert!(slot.peer().is_none());
+        assert_eq!(disconnects(), 0, "removing the port");
+        drop(conn);
+        // Connected again, and the server goes.
+        let dialer = start(key, 1, slot.clone()).unwrap();
+        let conn = serve(&listener);
+        assert!(connected(&slot));
+        drop(conn);
+        let t = Instant::now();
+        while disconnects() == 0 && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(disconnects(), 1, "the server hung up");
+        drop(dialer);
+        assert_eq!(disconnects(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn hello(min: u16, max: u16, log2: u8) -> Hello {
         Hello {

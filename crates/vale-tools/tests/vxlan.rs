@@ -619,6 +619,50 @@ fn an_ipv6_underlay_and_a_multicast_group_reach_the_kernel_too() {
     );
 }
 
+/// An IPv6 link-local underlay (`--local fe80::1%IF`): the zone names the link that
+/// the uplink's sockets are bound on and send over (without it the kernel cannot tell
+/// which link fe80::2 is on), the kernel's vxlan device is the peer across it.
+#[test]
+fn a_link_local_ipv6_underlay_with_a_zone_reaches_the_kernel() {
+    need_net!();
+    let mut net = Net::new("l");
+    let (v, k, h) = (net.ns("v", true), net.ns("k", true), net.ns("h", false));
+    let (vu, ku, tap) = (net.name("u"), net.name("k"), net.name("t"));
+    net.wire((&v, &vu, "fe80::1/64"), (&k, &ku, "fe80::2/64"));
+    let kargs = ["local", "fe80::2", "remote", "fe80::1"];
+    kernel_vtep(&k, &ku, "vx0", 42, &kargs, "198.19.0.2/24");
+    let d = Daemon::start_in(&v, "vxl-v", &[]);
+    tap_host(&d, &v, &tap, &h, "198.19.0.1/24", 1430);
+    let up = ["vxlan", "vale0:up", "--vni", "42", "--remote", "fe80::2"];
+    let e = ctl_err(&d, &[&up[..], &["--local", "fe80::1"]].concat());
+    assert!(
+        e.contains("name its interface as its zone (fe80::1%eth0)"),
+        "{e}"
+    );
+    let local = format!("fe80::1%{vu}");
+    ctl_ok(&d, &[&up[..], &["--local", &local]].concat());
+    assert!(ping(&h, "198.19.0.2", 3), "over fe80::/10:\n{}", d.log());
+    let about = uplink(&d)["about"].as_str().unwrap_or_default().to_string();
+    let index = ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &v,
+        "cat",
+        &format!("/sys/class/net/{vu}/ifindex"),
+    ]);
+    assert!(
+        about.contains(&format!("on [fe80::1%{}]:4789", index.trim())),
+        "{about}"
+    );
+    assert!(
+        about.contains("overlay MTU 1430 (underlay 1500 - 70)"),
+        "{about}"
+    );
+    assert!(about.contains("via fe80::2"), "{about}");
+    assert_eq!(hc(&d, "write_errors"), 0);
+}
+
 /// Sends datagrams built in Python from namespace `ns` to `to`:4789, one per line of
 /// `cases` (hex), then `flood` random ones.
 const SEND_PY: &str = r#"

@@ -1409,7 +1409,7 @@ fn vxlan_ports_are_declared_refused_with_reasons_removed_and_made_again() {
 #[test]
 fn a_vxlan_uplink_carries_one_vlan_of_a_vlan_aware_switch() {
     need_net!();
-    let p = kernel_peer("m", false, false);
+    let p = kernel_peer("w", false, false);
     let d = &p.d;
     let host = format!("vale0:{}", p.tap);
     ctl_ok(d, &["vlan", "vale0", "--filtering", "on"]);

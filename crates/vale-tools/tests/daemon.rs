@@ -1293,6 +1293,94 @@ fn running_out_of_descriptors_turns_clients_away_without_spinning() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// valed's open descriptors by number.
+fn open_fds(pid: u32) -> Vec<u32> {
+    let mut v: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+/// Opening a new port runs out of descriptors at each step in turn (valed's limit set
+/// so that only `room` more fit: the region's memfd, the port's kick eventfd, the
+/// hold's notify eventfd, the clones handed to the client): every failed open gives
+/// back what it made, so valed's descriptors are what they were before.
+#[test]
+fn an_open_that_runs_out_of_descriptors_leaves_none_behind() {
+    if !have("prlimit", "util-linux", "the descriptor-limit test") {
+        return;
+    }
+    let d = Daemon::start("emfile-open", &[]);
+    let pid = d.pid().to_string();
+    // The switch stays (a port held), so each open makes only a port.
+    let _keep = d.open("vale0:keep");
+    let settled = || {
+        let t = Instant::now();
+        let mut last = open_fds(d.pid());
+        while t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = open_fds(d.pid());
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+        last
+    };
+    let base = settled();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let hard = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4).map(String::from))
+        .unwrap();
+    let mut failed = 0;
+    for room in 1..=8 {
+        // The lowest `room` free numbers are what valed may still open.
+        let fds = settled();
+        assert_eq!(fds, base, "after an open with room for {}", room - 1);
+        let mut free = 0;
+        let limit = (0u32..)
+            .find(|n| {
+                free += u32::from(!fds.contains(n));
+                free == room
+            })
+            .unwrap()
+            + 1;
+        let set = |l: String| {
+            let o = Command::new("prlimit")
+                .args(["--pid", &pid, &format!("--nofile={l}:{hard}")])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        };
+        set(limit.to_string());
+        let name = format!("vale0:p{room}");
+        let r = vale::Port::open_with(
+            &name,
+            &vale::OpenOptions {
+                socket: Some(d.socket.clone()),
+                ..Default::default()
+            },
+        );
+        set(hard.clone());
+        match r {
+            Err(e) => {
+                failed += 1;
+                eprintln!("room {room}: {e}");
+            }
+            Ok(p) => drop(p),
+        }
+    }
+    assert!(failed >= 3, "the opens that ran out: {failed}");
+    assert_eq!(settled(), base, "{}", d.log());
+    assert!(d.ports().contains(&"vale0:keep".to_string()));
+}
+
 #[test]
 fn one_uid_cannot_take_every_connection() {
     if !rustix::process::geteuid().is_root() {

@@ -1572,14 +1572,8 @@ impl Dialed {
     }
 }
 
-/// valed as a client trusts its server no more than a client: a server of the wrong
-/// version is told why and dialed again; one that gets valed's region cannot shrink it;
-/// one that moves a ring index past what valed posted is disconnected with the reason
-/// and counted; and valed dials again and connects, while another port's traffic goes
-/// on untouched.
-#[test]
-fn a_hostile_memif_server_is_judged_and_valed_dials_again() {
-    let d = Daemon::start("memif-hsrv", &[]);
+/// A listening memif socket of the test's own in `d`'s directory, and its path.
+fn server_socket(d: &Daemon) -> (OwnedFd, String) {
     let sock = path_str(&d.dir.join("hostile-server.sock")).to_string();
     let listener = rustix::net::socket(
         rustix::net::AddressFamily::UNIX,
@@ -1593,6 +1587,18 @@ fn a_hostile_memif_server_is_judged_and_valed_dials_again() {
     )
     .unwrap();
     rustix::net::listen(&listener, 4).unwrap();
+    (listener, sock)
+}
+
+/// valed as a client trusts its server no more than a client: a server of the wrong
+/// version is told why and dialed again; one that gets valed's region cannot shrink it;
+/// one that moves a ring index past what valed posted is disconnected with the reason
+/// and counted; and valed dials again and connects, while another port's traffic goes
+/// on untouched.
+#[test]
+fn a_hostile_memif_server_is_judged_and_valed_dials_again() {
+    let d = Daemon::start("memif-hsrv", &[]);
+    let (listener, sock) = server_socket(&d);
     memif_port(&d, "vale0:m", &sock, 5, &["--client"]);
     let about = || {
         d.host("m")["about"]
@@ -1708,4 +1714,77 @@ fn a_hostile_memif_server_is_judged_and_valed_dials_again() {
     assert!(wait_for(5.0, || !connected(&d, "m")), "{}", about());
     bystand(10);
     d.assert_laws();
+}
+
+/// A server that refuses valed (as DPDK's does a wrong id or secret) sends DISCONNECT
+/// with its reason and closes: valed shows that reason, not the failed write or read
+/// that followed (a close before valed sent INIT makes the write fail with EPIPE; one
+/// with valed's messages unread makes the next read fail with ECONNRESET before the
+/// DISCONNECT).
+#[test]
+fn a_memif_server_s_refusal_is_shown_with_its_reason() {
+    let d = Daemon::start("memif-refuse", &[]);
+    let (listener, sock) = server_socket(&d);
+    memif_port(&d, "vale0:m", &sock, 5, &["--client"]);
+    let about = || {
+        d.host("m")["about"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    // 1. HELLO and DISCONNECT at once, closed before valed answers.
+    let c = Dialed::accept(&listener);
+    c.hello(VERSION);
+    c.send(&Msg::disconnect("no such interface id 5"));
+    drop(c);
+    assert!(
+        wait_for(5.0, || about().contains(
+            "connecting (the server refused: no such interface id 5)"
+        )),
+        "{}",
+        about()
+    );
+    // 2. DISCONNECT after INIT, closed with valed's other messages unread.
+    let c = Dialed::accept(&listener);
+    c.hello(VERSION);
+    assert!(matches!(c.recv(), Some((Msg::Init(_), None))));
+    c.send(&Msg::disconnect("incorrect secret"));
+    drop(c);
+    assert!(
+        wait_for(5.0, || about()
+            .contains("connecting (the server refused: incorrect secret)")),
+        "{}",
+        about()
+    );
+    let log = d.log();
+    for why in ["no such interface id 5", "incorrect secret"] {
+        assert!(
+            log.contains(&format!("memif: the server refused: {why}; trying again")),
+            "{log}"
+        );
+    }
+    assert!(
+        !log.contains("Broken pipe") && !log.contains("reset by peer"),
+        "{log}"
+    );
+}
+
+/// Removing a client port while its server has accepted the connection and not said
+/// HELLO (a handshake that could go on for 5 s) returns at once: the control thread does
+/// not wait for the dialing thread's handshake.
+#[test]
+fn removing_a_client_port_in_a_stalled_handshake_is_prompt() {
+    let d = Daemon::start("memif-stall", &[]);
+    let (listener, sock) = server_socket(&d);
+    memif_port(&d, "vale0:m", &sock, 5, &["--client"]);
+    let c = Dialed::accept(&listener);
+    let t = Instant::now();
+    assert!(d.ctl(&["-d", "vale0:m"]).status.success());
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_millis(700),
+        "vale-ctl -d took {took:?}"
+    );
+    assert!(c.recv().is_none(), "valed closed the connection");
+    assert!(d.hosts().is_empty(), "{:?}", d.hosts());
 }

@@ -586,6 +586,74 @@ fn uplinks_of_several_vnis_share_one_udp_socket() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An uplink refused after it took its place on a shared socket (its source ports are
+/// another uplink's) or before (its address is not this host's) leaves nothing behind
+/// there: the same VNI on the socket is then made, and each VNI's traffic reaches its
+/// own switch through the one socket.
+#[test]
+fn a_refused_uplink_leaves_its_shared_socket_as_it_was() {
+    need_net!();
+    let mut net = Net::new("r");
+    let (v, k) = (net.ns("v", false), net.ns("k", false));
+    let (h, h2) = (net.ns("h", false), net.ns("h2", false));
+    let (ku, tap, tap2) = (net.name("k"), net.name("t"), net.name("r"));
+    net.wire(
+        (&v, &net.name("u"), "198.18.0.1/24"),
+        (&k, &ku, "198.18.0.2/24"),
+    );
+    let kargs = ["local", "198.18.0.2", "remote", "198.18.0.1"];
+    kernel_vtep(&k, &ku, "vx0", 42, &kargs, "198.19.0.2/24");
+    kernel_vtep(&k, &ku, "vx1", 43, &kargs, "198.20.0.2/24");
+    let d = Daemon::start_in(&v, "vxr-v", &["--threads", "2"]);
+    tap_host_on(&d, "vale0", &v, &tap, &h, "198.19.0.1/24", 1450);
+    tap_host_on(&d, "vale1", &v, &tap2, &h2, "198.20.0.1/24", 1450);
+    let up = |port, vni, local, ports| {
+        [
+            "vxlan",
+            port,
+            "--vni",
+            vni,
+            "--local",
+            local,
+            "--remote",
+            "198.18.0.2",
+            "--src-ports",
+            ports,
+        ]
+    };
+    ctl_ok(&d, &up("vale0:v42", "42", "198.18.0.1", "49152-49153"));
+    let e = ctl_err(&d, &up("vale1:v43", "43", "198.18.0.1", "49153-49154"));
+    assert!(
+        e.contains("cannot bind UDP source port 198.18.0.1 49153"),
+        "{e}"
+    );
+    let e = ctl_err(&d, &up("vale1:v43", "43", "198.18.0.9", "49160-49161"));
+    assert!(e.contains("must be an address of this host"), "{e}");
+    ctl_ok(&d, &up("vale1:v43", "43", "198.18.0.1", "49160-49161"));
+    assert_eq!(vxlan_sockets(&v), 1, "one socket for both uplinks");
+    let about = d.host("vale1:v43")["about"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        about.contains("its socket shared with 1 more uplinks"),
+        "{about}"
+    );
+    assert!(ping(&h2, "198.20.0.2", 3), "VNI 43:\n{}", d.log());
+    assert!(
+        ping(&k, "198.20.0.1", 3),
+        "VNI 43 from the kernel:\n{}",
+        d.log()
+    );
+    assert!(ping(&h, "198.19.0.2", 3), "VNI 42:\n{}", d.log());
+    for up in ["vale0:v42", "vale1:v43"] {
+        for c in ["vxlan_foreign_vni", "vxlan_queue_full"] {
+            assert_eq!(host_counter(&d, up, c), 0, "{up} {c}");
+        }
+    }
+    d.assert_laws();
+}
+
 #[test]
 fn an_ipv6_underlay_and_a_multicast_group_reach_the_kernel_too() {
     need_net!();
@@ -617,6 +685,50 @@ fn an_ipv6_underlay_and_a_multicast_group_reach_the_kernel_too() {
         fdb.contains("dst 198.18.0.1"),
         "the kernel learned us: {fdb}"
     );
+}
+
+/// An IPv6 link-local underlay (`--local fe80::1%IF`): the zone names the link that
+/// the uplink's sockets are bound on and send over (without it the kernel cannot tell
+/// which link fe80::2 is on), the kernel's vxlan device is the peer across it.
+#[test]
+fn a_link_local_ipv6_underlay_with_a_zone_reaches_the_kernel() {
+    need_net!();
+    let mut net = Net::new("l");
+    let (v, k, h) = (net.ns("v", true), net.ns("k", true), net.ns("h", false));
+    let (vu, ku, tap) = (net.name("u"), net.name("k"), net.name("t"));
+    net.wire((&v, &vu, "fe80::1/64"), (&k, &ku, "fe80::2/64"));
+    let kargs = ["local", "fe80::2", "remote", "fe80::1"];
+    kernel_vtep(&k, &ku, "vx0", 42, &kargs, "198.19.0.2/24");
+    let d = Daemon::start_in(&v, "vxl-v", &[]);
+    tap_host(&d, &v, &tap, &h, "198.19.0.1/24", 1430);
+    let up = ["vxlan", "vale0:up", "--vni", "42", "--remote", "fe80::2"];
+    let e = ctl_err(&d, &[&up[..], &["--local", "fe80::1"]].concat());
+    assert!(
+        e.contains("name its interface as its zone (fe80::1%eth0)"),
+        "{e}"
+    );
+    let local = format!("fe80::1%{vu}");
+    ctl_ok(&d, &[&up[..], &["--local", &local]].concat());
+    assert!(ping(&h, "198.19.0.2", 3), "over fe80::/10:\n{}", d.log());
+    let about = uplink(&d)["about"].as_str().unwrap_or_default().to_string();
+    let index = ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &v,
+        "cat",
+        &format!("/sys/class/net/{vu}/ifindex"),
+    ]);
+    assert!(
+        about.contains(&format!("on [fe80::1%{}]:4789", index.trim())),
+        "{about}"
+    );
+    assert!(
+        about.contains("overlay MTU 1430 (underlay 1500 - 70)"),
+        "{about}"
+    );
+    assert!(about.contains("via fe80::2"), "{about}");
+    assert_eq!(hc(&d, "write_errors"), 0);
 }
 
 /// Sends datagrams built in Python from namespace `ns` to `to`:4789, one per line of
@@ -1297,7 +1409,7 @@ fn vxlan_ports_are_declared_refused_with_reasons_removed_and_made_again() {
 #[test]
 fn a_vxlan_uplink_carries_one_vlan_of_a_vlan_aware_switch() {
     need_net!();
-    let p = kernel_peer("m", false, false);
+    let p = kernel_peer("w", false, false);
     let d = &p.d;
     let host = format!("vale0:{}", p.tap);
     ctl_ok(d, &["vlan", "vale0", "--filtering", "on"]);

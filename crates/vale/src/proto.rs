@@ -507,7 +507,8 @@ pub struct HostCounters {
     /// dropped.
     #[serde(default)]
     pub chain_too_long: u64,
-    /// memif: clients that went away after connecting.
+    /// memif: peers (clients, or the server of a client port) that went away, or were
+    /// cut off for what they did, after connecting; valed removing the port is not one.
     #[serde(default)]
     pub peer_disconnects: u64,
     /// Times a vhost-user frontend truncated its guest memory under valed (caught, and

@@ -326,7 +326,8 @@ pub enum Cmd {
         /// The VXLAN network identifier (24 bits)
         #[arg(long)]
         vni: u32,
-        /// This host's underlay address (IPv4 or IPv6), where remotes send
+        /// This host's underlay address (IPv4 or IPv6), where remotes send; an IPv6
+        /// link-local one with its link as zone (fe80::1%eth0)
         #[arg(long, value_name = "IP")]
         local: String,
         /// The UDP port, ours and the remotes'

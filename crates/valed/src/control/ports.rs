@@ -337,7 +337,7 @@ impl PortTable {
         let notify = match eventfd() {
             Ok(n) => n,
             Err(e) => {
-                let _ = st.registry.close(key);
+                abandon(&mut st, &shared, key);
                 return Err(e);
             }
         };
@@ -408,7 +408,7 @@ impl PortTable {
                 // port's exclusivity is about the port's rings.
                 let port_rings = wants.pipe.is_none();
                 if port_rings && (b.exclusive || (wants.exclusive && b.clients > 0)) {
-                    let _ = st.registry.close(key);
+                    abandon(&mut st, &shared, key);
                     return Err(CtlError::Busy(format!(
                         "{name} is held {}",
                         if b.exclusive {
@@ -435,11 +435,7 @@ impl PortTable {
                             if b.clients == 0 {
                                 self.board.remove(&slot);
                             }
-                            if let Ok(Closed::PortRemoved) = st.registry.close(key) {
-                                if let Some(f) = st.fds.remove(&key) {
-                                    let _ = epoll::delete(&shared.epoll, &f.kick);
-                                }
-                            }
+                            abandon(&mut st, &shared, key);
                             return Err(e);
                         }
                     }
@@ -465,7 +461,7 @@ impl PortTable {
                 Ok(a)
             }
             None => {
-                let _ = st.registry.close(key);
+                abandon(&mut st, &shared, key);
                 Err(CtlError::Internal(format!("cannot hand out port `{name}`")))
             }
         }
@@ -515,6 +511,17 @@ impl PortTable {
             Ok(Closed::StillOpen) => {}
             Err(e) => tracing::error!("closing {name}: {e}"),
         }
+    }
+}
+
+/// Undoes an open that failed after the registry opened port `key`: its hold is closed
+/// and, if that removed the port, its kick eventfd (made and watched by the lane when
+/// the open created the port) goes too instead of staying in `st.fds`.
+fn abandon(st: &mut LaneState, lane: &Lane, key: PortKey) {
+    if let Ok(Closed::PortRemoved) = st.registry.close(key)
+        && let Some(f) = st.fds.remove(&key)
+    {
+        let _ = epoll::delete(&lane.epoll, &f.kick);
     }
 }
 

@@ -282,7 +282,7 @@ fn render_hosts(t: &mut Text, hosts: &[HostRow]) {
         ),
         (
             "vale_host_port_peer_disconnects_total",
-            "memif clients that went away after connecting.",
+            "memif peers that went away, or were cut off, after connecting (not valed removing the port).",
             |c| c.peer_disconnects,
         ),
     ];

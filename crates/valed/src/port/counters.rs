@@ -27,7 +27,8 @@ pub struct PortCounters {
     pub bad_desc: AtomicU64,
     /// memif: frames whose descriptor chain was longer than any frame, dropped.
     pub chain_too_long: AtomicU64,
-    /// memif: clients that went away after connecting.
+    /// memif: peers (clients, or the server of a client port) that went away, or were
+    /// cut off for what they did, after connecting; valed removing the port is not one.
     pub peer_disconnects: AtomicU64,
     /// vhost-user: times the frontend truncated guest memory under valed (a SIGBUS
     /// caught, `sys::sigbus`); each time it is cut off.

@@ -85,7 +85,8 @@ pub fn requests(id: u32, secret: &FixedStr<SECRET_LEN>, geo: Geometry) -> [Msg; 
 }
 
 /// The thread dialing for one port; dropping it disconnects from the server and stops
-/// the thread.
+/// the thread, at once even in a handshake (every wait of the thread also watches
+/// `wake`).
 pub struct Dialer {
     stop: Arc<AtomicBool>,
     wake: Arc<OwnedFd>,
@@ -125,12 +126,50 @@ pub fn start(key: SocketKey, id: u32, slot: Arc<Slot<Own>>) -> Result<Dialer, St
     })
 }
 
+/// What stops a dialing thread: the flag [`Dialer`]'s drop sets, and the eventfd it
+/// writes so that any wait of the thread ends at once (a port is removed on the control
+/// thread, which must not wait out a handshake).
+#[derive(Clone, Copy)]
+struct Stop<'a> {
+    flag: &'a AtomicBool,
+    wake: &'a OwnedFd,
+}
+
+impl Stop<'_> {
+    fn stopped(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    /// Waits up to `ms` for `fd` to become readable or for the thread to be woken (the
+    /// wake-up is cleared: the caller looks at `stopped` and the slot after).
+    fn wait(&self, fd: &OwnedFd, ms: i32) {
+        use rustix::event::{PollFd, PollFlags, Timespec};
+        let ts = Timespec {
+            tv_sec: (ms / 1000).into(),
+            tv_nsec: ((ms % 1000) * 1_000_000).into(),
+        };
+        let mut p = [
+            PollFd::new(fd, PollFlags::IN),
+            PollFd::new(self.wake, PollFlags::IN),
+        ];
+        if rustix::event::poll(&mut p, Some(&ts)).is_ok() && !p[1].revents().is_empty() {
+            let mut b = [0u8; 8];
+            let _ = rustix::io::read(self.wake, &mut b);
+        }
+    }
+}
+
+/// Why a session ended when the port was removed in it (never shown).
+const STOPPED: &str = "the port was removed";
+
 fn run(key: &SocketKey, id: u32, slot: &Slot<Own>, stop: &AtomicBool, wake: &OwnedFd) {
+    let stop = Stop { flag: stop, wake };
     let mut last: Option<String> = None;
-    while !stop.load(Ordering::Acquire) {
-        let r = dial(key).and_then(|fd| session(key, id, slot, fd, stop, wake));
+    while !stop.stopped() {
+        let r = dial(key).and_then(|fd| session(key, id, slot, fd, stop));
         match r {
             Ok(()) => last = None,
+            Err(_) if stop.stopped() => break,
             Err(why) => {
                 if last.as_deref() != Some(why.as_str()) {
                     tracing::warn!(port = %slot.port, socket = %key, "memif: {why}; trying again every {} s", RETRY.as_secs());
@@ -139,7 +178,7 @@ fn run(key: &SocketKey, id: u32, slot: &Slot<Own>, stop: &AtomicBool, wake: &Own
                 last = Some(why);
             }
         }
-        if !stop.load(Ordering::Acquire) {
+        if !stop.stopped() {
             wait(wake, RETRY);
         }
     }
@@ -171,9 +210,11 @@ fn dial(key: &SocketKey) -> Result<OwnedFd, String> {
     Ok(fd)
 }
 
-/// What the server sent next, waiting until `until` (`None`: nothing by then).
-fn next(fd: &OwnedFd, until: Instant) -> Result<Option<Msg>, String> {
+/// What the server sent next, waiting until `until` (`None`: nothing by then), or
+/// until the port is removed (`Err(STOPPED)`).
+fn next(fd: &OwnedFd, until: Instant, stop: Stop<'_>) -> Result<Option<Msg>, String> {
     let mut buf = [0u8; 2 * MSG_LEN];
+    let mut reset = false;
     loop {
         match vale::sock::recv(fd.as_fd(), &mut buf) {
             Ok((0, _)) => return Err("the server closed the connection".into()),
@@ -185,24 +226,52 @@ fn next(fd: &OwnedFd, until: Instant) -> Result<Option<Msg>, String> {
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // A server that closes with valed's messages unread makes the kernel report
+            // a reset once, before the messages it sent last (its DISCONNECT): read on.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !reset => {
+                reset = true;
+                continue;
+            }
             Err(e) => return Err(format!("from the server: {e}")),
         }
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Ok(None);
         }
-        crate::sys::readable_within(fd.as_fd(), left.as_millis() as i32 + 1);
+        if stop.stopped() {
+            return Err(STOPPED.into());
+        }
+        stop.wait(fd, left.as_millis() as i32 + 1);
     }
 }
 
 /// The next message of the handshake.
-fn reply(fd: &OwnedFd, until: Instant) -> Result<Msg, String> {
-    next(fd, until)?.ok_or_else(|| {
+fn reply(fd: &OwnedFd, until: Instant, stop: Stop<'_>) -> Result<Msg, String> {
+    next(fd, until, stop)?.ok_or_else(|| {
         format!(
             "the server did not finish the handshake within {} s",
             HANDSHAKE.as_secs()
         )
     })
+}
+
+fn refused(reason: String) -> String {
+    format!("the server refused: {reason}")
+}
+
+/// The reason of a DISCONNECT the server left queued before it closed, if it did (read
+/// without waiting, past the ACKs it may have sent first).
+fn refusal(fd: &OwnedFd, stop: Stop<'_>) -> Option<String> {
+    for _ in 0..16 {
+        match next(fd, Instant::now(), stop) {
+            Ok(Some(Msg::Disconnect { reason, .. })) => {
+                return Some(refused(reason.to_string_lossy()));
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return None,
+        }
+    }
+    None
 }
 
 fn send(fd: &OwnedFd, m: &Msg, with: Option<&OwnedFd>) -> Result<(), String> {
@@ -218,15 +287,12 @@ fn session(
     id: u32,
     slot: &Slot<Own>,
     fd: OwnedFd,
-    stop: &AtomicBool,
-    wake: &OwnedFd,
+    stop: Stop<'_>,
 ) -> Result<(), String> {
     let until = Instant::now() + HANDSHAKE;
-    let hello = match reply(&fd, until)? {
+    let hello = match reply(&fd, until, stop)? {
         Msg::Hello(h) => h,
-        Msg::Disconnect { reason, .. } => {
-            return Err(format!("the server refused: {}", reason.to_string_lossy()));
-        }
+        Msg::Disconnect { reason, .. } => return Err(refused(reason.to_string_lossy())),
         m => {
             return Err(format!(
                 "the server sent message type {} before HELLO",
@@ -245,15 +311,15 @@ fn session(
     } = &offered;
     let with = [None, Some(region), Some(c2s_kick), Some(s2c_kick), None];
     for (m, f) in requests(id, slot.secret(), geo).iter().zip(with) {
-        send(&fd, m, f)?;
+        // A server that refuses (a wrong id or secret) says why and closes: sending
+        // the rest fails (EPIPE), and what matters is what it said.
+        send(&fd, m, f).map_err(|why| refusal(&fd, stop).unwrap_or(why))?;
     }
     let if_name = loop {
-        match reply(&fd, until)? {
+        match reply(&fd, until, stop)? {
             Msg::Ack => {}
             Msg::Connected { if_name } => break if_name.to_string_lossy(),
-            Msg::Disconnect { reason, .. } => {
-                return Err(format!("the server refused: {}", reason.to_string_lossy()));
-            }
+            Msg::Disconnect { reason, .. } => return Err(refused(reason.to_string_lossy())),
             m => {
                 let why = format!(
                     "the server sent message type {} during the handshake",
@@ -276,7 +342,7 @@ fn session(
     tracing::info!(port = %slot.port, socket = %key, server = %peer.app, interface = %peer.if_name, slots, "memif connected to a server");
     slot.set_note(None);
     slot.connect(own, peer);
-    let end = watch(&fd, slot, stop, wake);
+    let end = watch(&fd, slot, stop);
     match &end {
         End::Deleted => {
             let _ = send(&fd, &Msg::disconnect("interface deleted"), None);
@@ -289,7 +355,8 @@ fn session(
             tracing::info!(port = %slot.port, socket = %key, "memif server gone: {why}")
         }
     }
-    slot.release(true);
+    // valed removing the port is not the server going.
+    slot.release(!matches!(end, End::Deleted));
     if let End::Gone(why) | End::Broken(why) = end {
         slot.set_note(Some(why));
     }
@@ -307,34 +374,16 @@ enum End {
 
 /// Waits while connected: for the server to go, the port to be removed, or its rings to
 /// break.
-fn watch(fd: &OwnedFd, slot: &Slot<Own>, stop: &AtomicBool, wake: &OwnedFd) -> End {
-    use rustix::event::{PollFd, PollFlags, Timespec};
-    let second = Timespec {
-        tv_sec: 1,
-        tv_nsec: 0,
-    };
+fn watch(fd: &OwnedFd, slot: &Slot<Own>, stop: Stop<'_>) -> End {
     loop {
-        if stop.load(Ordering::Acquire) {
+        if stop.stopped() {
             return End::Deleted;
         }
         if let Some(why) = slot.take_broken() {
             return End::Broken(why);
         }
-        let mut p = [
-            PollFd::new(fd, PollFlags::IN),
-            PollFd::new(wake, PollFlags::IN),
-        ];
-        if rustix::event::poll(&mut p, Some(&second)).is_err() {
-            continue;
-        }
-        if !p[1].revents().is_empty() {
-            let mut b = [0u8; 8];
-            let _ = rustix::io::read(wake, &mut b);
-        }
-        if p[0].revents().is_empty() {
-            continue;
-        }
-        match next(fd, Instant::now()) {
+        stop.wait(fd, 1000);
+        match next(fd, Instant::now(), stop) {
             Ok(Some(Msg::Disconnect { reason, .. })) => {
                 return End::Gone(format!("it disconnected: {}", reason.to_string_lossy()));
             }
@@ -353,6 +402,84 @@ fn watch(fd: &OwnedFd, slot: &Slot<Own>, stop: &AtomicBool, wake: &OwnedFd) -> E
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::port::PortCounters;
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketType};
+
+    /// A memif server's side of the handshake, run by the test on the next connection
+    /// the dialer makes to `listener`: the connection, once valed is connected.
+    fn serve(listener: &OwnedFd) -> OwnedFd {
+        assert!(
+            crate::sys::readable_within(listener.as_fd(), 5000),
+            "dialed"
+        );
+        let fd = rustix::net::accept(listener).unwrap();
+        let send = |m: &Msg| vale::sock::send(fd.as_fd(), &m.encode(), &[]).unwrap();
+        send(&Msg::Hello(hello(VERSION, VERSION, 10)));
+        let mut b = [0u8; 2 * MSG_LEN];
+        for _ in 0..4 {
+            vale::sock::recv(fd.as_fd(), &mut b).unwrap();
+            send(&Msg::Ack);
+        }
+        let (n, _) = vale::sock::recv(fd.as_fd(), &mut b).unwrap();
+        assert!(matches!(Msg::decode(&b[..n]), Ok(Msg::Connect { .. })));
+        send(&Msg::Connected {
+            if_name: FixedStr::new(b"memif0"),
+        });
+        fd
+    }
+
+    /// valed removing a client port is no peer disconnect; the server hanging up is.
+    #[test]
+    fn only_the_server_going_counts_as_a_peer_disconnect() {
+        let dir = std::env::temp_dir().join(format!("valed-memif-c-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("server.sock").to_string_lossy().into_owned();
+        let listener =
+            rustix::net::socket(AddressFamily::UNIX, SocketType::SEQPACKET, None).unwrap();
+        rustix::net::bind(&listener, &SocketAddrUnix::new(path.as_str()).unwrap()).unwrap();
+        rustix::net::listen(&listener, 4).unwrap();
+        let key = SocketKey {
+            path: path.clone(),
+            abstract_name: false,
+        };
+        let counters = Arc::new(PortCounters::default());
+        let waker = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+        let slot: Arc<Slot<Own>> = Slot::new(
+            "vale0:m",
+            "",
+            false,
+            counters.clone(),
+            crate::port::Waker(Arc::new(waker)),
+        );
+        let disconnects = || counters.peer_disconnects.load(Ordering::Relaxed);
+        let connected = |s: &Slot<Own>| {
+            let t = Instant::now();
+            while s.peer().is_none() && t.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            s.peer().is_some()
+        };
+        let dialer = start(key.clone(), 1, slot.clone()).unwrap();
+        let conn = serve(&listener);
+        assert!(connected(&slot));
+        drop(dialer);
+        assert!(slot.peer().is_none());
+        assert_eq!(disconnects(), 0, "removing the port");
+        drop(conn);
+        // Connected again, and the server goes.
+        let dialer = start(key, 1, slot.clone()).unwrap();
+        let conn = serve(&listener);
+        assert!(connected(&slot));
+        drop(conn);
+        let t = Instant::now();
+        while disconnects() == 0 && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(disconnects(), 1, "the server hung up");
+        drop(dialer);
+        assert_eq!(disconnects(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn hello(min: u16, max: u16, log2: u8) -> Hello {
         Hello {

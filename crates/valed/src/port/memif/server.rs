@@ -196,8 +196,10 @@ impl<C> Slot<C> {
         generation
     }
 
-    /// The client that claimed the id is gone.
-    pub(super) fn release(&self, was_connected: bool) {
+    /// The client that claimed the id is gone; `peer_went`: it had connected and the
+    /// connection ended for a reason other than valed removing the port (counted in
+    /// `peer_disconnects`).
+    pub(super) fn release(&self, peer_went: bool) {
         let mut g = lock(&self.inner);
         g.busy = false;
         g.offer = None;
@@ -205,7 +207,7 @@ impl<C> Slot<C> {
         g.broken = None;
         self.generation.fetch_add(1, Ordering::AcqRel);
         drop(g);
-        if was_connected {
+        if peer_went {
             PortCounters::lost(&self.counters.peer_disconnects, 1);
         }
         self.waker.wake();
@@ -390,7 +392,7 @@ fn serve(server: &Server, listener: OwnedFd) -> std::io::Result<()> {
         sweep(server, &ep, &mut clients);
     }
     for (_, c) in clients.drain() {
-        close(&ep, c, End::Tell("interface deleted".into()));
+        close(&ep, c, End::Deleted);
     }
     Ok(())
 }
@@ -454,6 +456,8 @@ enum End {
     Quiet,
     /// DISCONNECT with this reason, then close.
     Tell(String),
+    /// Its port was removed: DISCONNECT saying so, and no peer disconnect counted.
+    Deleted,
 }
 
 /// Handles what a client sent; `Some` when its connection ends.
@@ -547,7 +551,7 @@ fn sweep(server: &Server, ep: &OwnedFd, clients: &mut HashMap<u64, Client>) {
             continue;
         };
         if !ports.get(id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
-            ended.push((*t, End::Tell("interface deleted".into())));
+            ended.push((*t, End::Deleted));
         } else if let Some(why) = slot.take_broken() {
             ended.push((*t, End::Tell(why)));
         }
@@ -571,12 +575,16 @@ fn close(ep: &OwnedFd, c: Client, end: End) {
             tracing::warn!(port, "memif client disconnected: {why}");
             let _ = send(&c.fd, &Msg::disconnect(why));
         }
+        End::Deleted => {
+            tracing::info!(port, "memif client disconnected: interface deleted");
+            let _ = send(&c.fd, &Msg::disconnect("interface deleted"));
+        }
         End::Quiet if c.connected => tracing::info!(port, "memif client went away"),
         End::Quiet => {}
     }
     let _ = epoll::delete(ep, &c.fd);
     if let Some((slot, _)) = &c.claimed {
-        slot.release(c.connected);
+        slot.release(c.connected && !matches!(end, End::Deleted));
     }
 }
 
@@ -617,5 +625,53 @@ mod tests {
             "still there for the next look"
         );
         assert_eq!(s.take(s.generation()), None, "taken once");
+    }
+
+    /// A connected client whose port valed removes is told so, and that is no peer
+    /// disconnect; one that hangs up, or that valed cuts off for what it did, is one.
+    #[test]
+    fn only_a_client_going_counts_as_a_peer_disconnect() {
+        let fd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+        let counters = Arc::new(PortCounters::default());
+        let s: Arc<Slot> = Slot::new(
+            "vale0:m",
+            "",
+            false,
+            counters.clone(),
+            crate::port::Waker(Arc::new(fd)),
+        );
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+        let ends = [
+            End::Deleted,
+            End::Quiet,
+            End::Tell("S2C head 2000 slots ahead".into()),
+        ];
+        let mut told = Vec::new();
+        for end in ends {
+            let (ours, theirs) = rustix::net::socketpair(
+                rustix::net::AddressFamily::UNIX,
+                rustix::net::SocketType::SEQPACKET,
+                rustix::net::SocketFlags::CLOEXEC,
+                None,
+            )
+            .unwrap();
+            let c = Client {
+                fd: ours,
+                hs: Handshake::new(OFFER),
+                claimed: Some((s.clone(), 0)),
+                connected: true,
+                since: std::time::Instant::now(),
+            };
+            close(&ep, c, end);
+            told.push(counters.peer_disconnects.load(Ordering::Relaxed));
+            let mut b = [0u8; 2 * MSG_LEN];
+            if let Ok((n, _)) = vale::sock::recv(theirs.as_fd(), &mut b)
+                && let Ok(Msg::Disconnect { reason, .. }) = Msg::decode(&b[..n])
+            {
+                told.push(u64::from(reason.to_string_lossy() == "interface deleted"));
+            }
+        }
+        // Counts after each, with 1 after a DISCONNECT saying "interface deleted".
+        assert_eq!(told, [0, 1, 1, 2, 0]);
     }
 }

@@ -4,7 +4,7 @@
 
 use super::shared::{Inbox, RxSocket};
 use super::vtep::{self, Reject, Vteps};
-use super::{Conf, DATAGRAM_CAP, Shown, VTEP_CAPACITY, VTEP_MAX_AGE, dest};
+use super::{Conf, DATAGRAM_CAP, Shown, VTEP_CAPACITY, VTEP_MAX_AGE};
 use crate::port::counters::bump;
 use crate::port::rings::{ring_copy, ring_peek, ring_put, room};
 use crate::port::{DrivenPort, PortCounters, PortRings, Start, Watcher};
@@ -182,7 +182,7 @@ impl VxlanIo {
         cx: Start<'_>,
         shown: Arc<Mutex<Shown>>,
     ) -> VxlanIo {
-        let mut floods: Vec<SockAddr> = conf.remotes.iter().map(|&r| dest(r, conf.port)).collect();
+        let mut floods: Vec<SockAddr> = conf.remotes.iter().map(|&r| conf.dest(r)).collect();
         let mut recv = RecvBatch::new(DATAGRAM_CAP);
         // Trains on both sides where the kernel offers them; plain datagrams else. On
         // a shared socket the first uplink's choice holds for all (`RxSocket::gro`).
@@ -199,7 +199,7 @@ impl VxlanIo {
         if let Ok(mut s) = shown.lock() {
             s.offloads = Some((gso, gro));
         }
-        floods.extend(conf.group.map(|g| dest(g, conf.port)));
+        floods.extend(conf.group.map(|g| conf.dest(g)));
         VxlanIo {
             hdrs: std::iter::once(conf.vni)
                 .chain(conf.map.iter().map(|m| m.0))
@@ -554,7 +554,7 @@ impl DrivenPort for VxlanIo {
             };
             for d in 0..copies {
                 let to = match known {
-                    Some(ip) => dest(ip, self.conf.port),
+                    Some(ip) => self.conf.dest(ip),
                     None => self.floods[d],
                 };
                 if self.msgs.len() == MAX_BATCH {

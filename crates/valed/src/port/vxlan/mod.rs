@@ -44,6 +44,9 @@ pub struct Conf {
     pub local: IpAddr,
     pub port: u16,
     pub remotes: Vec<IpAddr>,
+    /// The interface its IPv6 link-local addresses are on (their zone, `fe80::1%eth0`),
+    /// by index; 0 if it has none.
+    pub scope: u32,
     pub group: Option<IpAddr>,
     pub dev: Option<(String, u32)>,
     pub learning: bool,
@@ -66,6 +69,37 @@ fn parse_ip(what: &str, s: &str) -> Result<IpAddr, CtlError> {
             s.escape_default()
         ))
     })
+}
+
+fn link_local(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v) if v.is_unicast_link_local())
+}
+
+/// An address, and for an IPv6 link-local one with a zone (`fe80::1%eth0`, or the
+/// interface's index, `fe80::1%2`) the index of its interface.
+fn parse_scoped(what: &str, s: &str) -> Result<(IpAddr, Option<u32>), CtlError> {
+    let Some((a, zone)) = s.split_once('%') else {
+        return Ok((parse_ip(what, s)?, None));
+    };
+    let ip = parse_ip(what, a)?;
+    if !link_local(ip) {
+        return Err(bad(format!(
+            "{what} `{}`: a zone (%IF) goes only with an IPv6 link-local address (fe80::/10)",
+            s.escape_default()
+        )));
+    }
+    let index = match zone.parse::<u32>() {
+        Ok(i) if i > 0 => Some(i),
+        _ => crate::sys::if_index(zone),
+    };
+    let index = index.ok_or_else(|| {
+        CtlError::NotFound(format!(
+            "{what} `{}`: no interface `{}` here (see `ip link`)",
+            s.escape_default(),
+            zone.escape_default()
+        ))
+    })?;
+    Ok((ip, Some(index)))
 }
 
 impl Conf {
@@ -91,7 +125,7 @@ impl Conf {
                 "--port 0: the VXLAN port is 4789 unless you pick another".into(),
             ));
         }
-        let local = parse_ip("--local", local)?;
+        let (local, mut scope) = parse_scoped("--local", local)?;
         if local.is_unspecified() || local.is_multicast() {
             return Err(bad(format!(
                 "--local {local}: name this host's own underlay address (the one the remotes send to)"
@@ -108,7 +142,22 @@ impl Conf {
         };
         let mut remotes = Vec::new();
         for r in remote {
-            let a = same("--remote", parse_ip("--remote", r)?)?;
+            let (a, zone) = parse_scoped("--remote", r)?;
+            let a = same("--remote", a)?;
+            match (scope, zone) {
+                (Some(s), Some(z)) if s != z => {
+                    return Err(bad(format!(
+                        "--remote {r} is on interface {z} and {} on interface {s}: an uplink's link-local addresses are on one link",
+                        if link_local(local) {
+                            "--local"
+                        } else {
+                            "another --remote"
+                        }
+                    )));
+                }
+                (None, Some(z)) => scope = Some(z),
+                _ => {}
+            }
             if a.is_multicast() || a.is_unspecified() {
                 return Err(bad(format!(
                     "--remote {a} is not a VTEP's address (a multicast group goes in --group)"
@@ -133,6 +182,15 @@ impl Conf {
                 Some(a)
             }
         };
+        if scope.is_none()
+            && let Some(a) = std::iter::once(local)
+                .chain(remotes.iter().copied())
+                .find(|&a| link_local(a))
+        {
+            return Err(bad(format!(
+                "{a} is an IPv6 link-local address: name its interface as its zone ({a}%eth0)"
+            )));
+        }
         if remotes.is_empty() && group.is_none() {
             return Err(bad(
                 "a VXLAN port needs --remote IP (one per VTEP) or --group MCAST --dev IF: where broadcast and unknown unicast go".into(),
@@ -177,6 +235,7 @@ impl Conf {
             local,
             port,
             remotes,
+            scope: scope.unwrap_or(0),
             group,
             dev,
             learning,
@@ -227,6 +286,22 @@ impl Conf {
         }
     }
 
+    /// `ip`'s socket address on `port`, with the uplink's zone if `ip` is link-local
+    /// (without it the kernel cannot tell which link it is on).
+    pub fn at(&self, ip: IpAddr, port: u16) -> SocketAddr {
+        match ip {
+            IpAddr::V6(v) if link_local(ip) => {
+                SocketAddr::V6(std::net::SocketAddrV6::new(v, port, 0, self.scope))
+            }
+            _ => SocketAddr::new(ip, port),
+        }
+    }
+
+    /// The socket address the port sends to for VTEP `ip`.
+    pub fn dest(&self, ip: IpAddr) -> SockAddr {
+        SockAddr::new(self.at(ip, self.port))
+    }
+
     /// IP, UDP and VXLAN headers around each frame (and the outer Ethernet header is
     /// not in the MTU): 50 bytes over IPv4, 70 over IPv6.
     pub fn overhead(&self) -> u32 {
@@ -245,7 +320,7 @@ impl Conf {
         }
         let to = self.remotes.first().copied().or(self.group)?;
         let s = udp_socket(self.family()).ok()?;
-        rustix::net::connect(&s, &SocketAddr::new(to, self.port)).ok()?;
+        rustix::net::connect(&s, &self.at(to, self.port)).ok()?;
         if to.is_ipv4() {
             sockopt::ip_mtu(&s).ok()
         } else {
@@ -286,7 +361,7 @@ fn open_tx(c: &Conf) -> Result<Vec<OwnedFd>, CtlError> {
         if !v4 {
             sockopt::set_ipv6_v6only(&s, true).map_err(|e| io("IPV6_V6ONLY", e.into()))?;
         }
-        rustix::net::bind(&s, &SocketAddr::new(c.local, p)).map_err(|e| {
+        rustix::net::bind(&s, &c.at(c.local, p)).map_err(|e| {
             CtlError::Busy(format!(
                 "cannot bind UDP source port {} {p}: {e} (uplinks on one address need --src-ports ranges apart)",
                 c.local
@@ -461,7 +536,7 @@ impl Backend for Vxlan {
 
     fn describe(&self) -> String {
         let c = &self.conf;
-        let mut s = format!("VNI {} on {}", c.vni, SocketAddr::new(c.local, c.port));
+        let mut s = format!("VNI {} on {}", c.vni, c.at(c.local, c.port));
         let others = self.rx.sock.members().saturating_sub(1);
         if others > 0 {
             s += &format!(" (its socket shared with {others} more uplinks)");
@@ -534,11 +609,6 @@ impl Backend for Vxlan {
     }
 }
 
-/// The socket address the port sends to for VTEP `ip`.
-pub fn dest(ip: IpAddr, port: u16) -> SockAddr {
-    SockAddr::new(SocketAddr::new(ip, port))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -596,5 +666,42 @@ mod tests {
         assert_eq!(c.remotes.len(), 2, "a remote named twice gets one copy");
         assert_eq!(c.overhead(), 50);
         assert_eq!(conf("fd00::1", &["fd00::2"], None).unwrap().overhead(), 70);
+    }
+
+    #[test]
+    fn a_link_local_address_keeps_its_zone_into_the_socket_address() {
+        let e = |r: Result<Conf, CtlError>| r.unwrap_err().to_string();
+        let lo = crate::sys::if_index("lo").unwrap();
+        let c = conf("fe80::1%lo", &["fe80::2", "fd00::9"], None).unwrap();
+        assert_eq!(c.scope, lo);
+        let at = |c: &Conf, ip: &str| c.at(ip.parse().unwrap(), 4789);
+        assert_eq!(
+            at(&c, "fe80::1").to_string(),
+            format!("[fe80::1%{lo}]:4789")
+        );
+        assert_eq!(
+            at(&c, "fe80::2").to_string(),
+            format!("[fe80::2%{lo}]:4789")
+        );
+        assert_eq!(
+            at(&c, "fd00::9").to_string(),
+            "[fd00::9]:4789",
+            "not link-local"
+        );
+        let SockAddr::V6(d) = c.dest("fe80::2".parse().unwrap()) else {
+            panic!("IPv6")
+        };
+        assert_eq!((d.sin6_scope_id, u16::from_be(d.sin6_port)), (lo, 4789));
+        // The zone of a remote, by index, when --local is not link-local.
+        let c = conf("fd00::1", &["fe80::2%7"], None).unwrap();
+        assert_eq!(at(&c, "fe80::2").to_string(), "[fe80::2%7]:4789");
+        assert!(e(conf("fe80::1", &["fe80::2"], None)).contains("name its interface"));
+        assert!(e(conf("fd00::1", &["fe80::2"], None)).contains("fe80::2 is an IPv6 link-local"));
+        assert!(e(conf("fd00::1%lo", &["fd00::2"], None)).contains("only with an IPv6 link-local"));
+        assert!(
+            e(conf("fe80::1%vxnosuch0", &["fe80::2"], None)).contains("no interface `vxnosuch0`")
+        );
+        assert!(e(conf("fe80::1%lo", &["fe80::2%999"], None)).contains("on one link"));
+        assert!(e(conf("198.18.0.1%lo", &["198.18.0.2"], None)).contains("only with an IPv6"));
     }
 }

@@ -212,8 +212,8 @@ pub fn join(name: &str, c: &Conf) -> Result<Membership, CtlError> {
         .map_err(|_| io("sockets", std::io::Error::other("poisoned")))?;
     all.retain(|w| w.strong_count() > 0);
     // A group's datagrams are addressed to the group, not to `local`: the port is bound
-    // on every address then.
-    let bound = SocketAddr::new(
+    // on every address then (and a link-local `local` on its link).
+    let bound = c.at(
         if c.group.is_some() {
             super::unspecified(c.local.is_ipv4())
         } else {

@@ -308,3 +308,74 @@ fn config_check_names_the_line_of_each_mistake() {
     assert!(ok && out.contains("ok (1 declared port)"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A reload whose changed port cannot be made keeps the port as it was: a queue count
+/// out of range is refused with the file (by `config check` too), before anything is
+/// removed; a port that fails only when it is made (a vhost-user client with nobody
+/// listening) is made again as it was, and the reload fails, naming it.
+#[test]
+fn a_reload_that_cannot_make_a_changed_port_keeps_the_old_one() {
+    let dir = cfg_dir("keep");
+    let file = dir.join("valed.toml");
+    let vm = dir.join("vm.sock");
+    let root = rustix::process::geteuid().is_root();
+    let entries = |queues: u16, client: bool| {
+        let tap = if root {
+            format!("[[port]]\nname = \"vale0:vcfgq0\"\nkind = \"tap\"\nqueues = {queues}\n\n")
+        } else {
+            String::new()
+        };
+        format!(
+            "{tap}[[port]]\nname = \"vale0:vm\"\nkind = \"vhost-user\"\nsocket = \"{}\"\nclient = {client}\n",
+            vm.display()
+        )
+    };
+    write(&file, &entries(2, false));
+    let d = Daemon::start("cfg-keep", &["--config", path_str(&file)]);
+    let want = if root {
+        vec!["vale0:vcfgq0", "vale0:vm"]
+    } else {
+        vec!["vale0:vm"]
+    };
+    assert_eq!(hosts(&d), want, "{}", d.log());
+    let tap = ifindex("vcfgq0");
+
+    // Out of range: refused up front, by `config check` and by the reload alike.
+    let mut bad = entries(2, false).replace("client = false", "client = false\nqueues = 17");
+    if root {
+        bad = entries(17, false);
+    }
+    write(&file, &bad);
+    let o = d.ctl(&["config", "check", path_str(&file)]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success() && err.contains("line 1"), "{err}");
+    let o = d.ctl(&["reload"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("line 1") && err.contains("1 to 16 queue"),
+        "{err}"
+    );
+    assert_eq!(hosts(&d), want, "{}", d.log());
+    assert_eq!(ifindex("vcfgq0"), tap, "the TAP was not touched");
+    assert!(!d.log().contains("removed vale0"), "{}", d.log());
+
+    // Refused only when made: the reload fails naming the port, which is back as it was.
+    write(&file, &entries(2, true));
+    let o = d.ctl(&["reload"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("could not create vale0:vm") && err.contains("made again as it was"),
+        "{err}"
+    );
+    assert_eq!(hosts(&d), want, "{}", d.log());
+    assert!(wait_for(5.0, || vm.exists()), "the server socket is back");
+    assert_eq!(ifindex("vcfgq0"), tap, "the TAP was not touched");
+    // The next reload of the file as it was changes nothing and succeeds.
+    write(&file, &entries(2, false));
+    let out = ctl_ok(&d, &["reload"]);
+    assert!(out.contains("declared port(s) unchanged"), "{out}");
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -425,6 +425,10 @@ fn declared(
     let spec: vale::proto::PortSpec = toml::Value::Table(rest)
         .try_into()
         .map_err(|e: toml::de::Error| bad(format!("{name}: {}", e.message())))?;
+    // What creating it would refuse, said now: a reload of a file with such a port
+    // stops before it removes anything.
+    let host = name.split_once(':').map_or(name.as_str(), |(_, p)| p);
+    crate::port::check(host, &spec).map_err(|e| bad(format!("{name}: {e}")))?;
     Ok(Declared {
         port: name,
         spec,
@@ -1030,6 +1034,63 @@ mod tests {
             &(vec![(name.into(), spec.clone())], vec![]),
             &Default::default(),
         )
+    }
+
+    #[test]
+    fn a_port_valed_would_refuse_to_make_is_refused_with_its_line() {
+        let dir = std::env::temp_dir().join(format!("vale-settings-spec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.toml");
+        let port = |name: &str, body: &str| {
+            format!("threads = 1\n\n[[port]]\nname = \"{name}\"\n{body}\n")
+        };
+        let long = "s".repeat(25);
+        let cases = [
+            (
+                port("vale0:rvt0", "kind = \"tap\"\nqueues = 17"),
+                "1 to 16 queues",
+            ),
+            (
+                port("vale0:rvt0", "kind = \"tap\"\nqueues = 0"),
+                "1 to 16 queues",
+            ),
+            (
+                port("vale0:valex", "kind = \"tap\""),
+                "may not start with `vale`",
+            ),
+            (
+                port(
+                    "vale0:vm",
+                    "kind = \"vhost-user\"\nsocket = \"/x\"\nqueues = 17",
+                ),
+                "1 to 16 queue pairs",
+            ),
+            (
+                port(
+                    "vale0:m",
+                    &format!("kind = \"memif\"\nsocket = \"/x\"\nsecret = \"{long}\""),
+                ),
+                "secret is at most 24 bytes",
+            ),
+            (
+                port(
+                    "vale0:up",
+                    "kind = \"vxlan\"\nvni = 1\nlocal = \"here\"\nremote = [\"198.18.0.2\"]",
+                ),
+                "--local `here` is not an IPv4 or IPv6 address",
+            ),
+            (port("vale0:q", "kind = \"qemu-stream\""), "one of listen"),
+        ];
+        for (text, why) in &cases {
+            let e = load_text(&path, text).unwrap_err().to_string();
+            assert!(
+                e.contains("line 3: [[port]]") && e.contains(why),
+                "{why}?\n{e}\n---\n{text}"
+            );
+        }
+        let ok = port("vale0:rvt0", "kind = \"tap\"\nqueues = 16");
+        assert_eq!(load_text(&path, &ok).unwrap().ports.len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -466,20 +466,31 @@ impl Control {
 
     /// Brings the declared ports in step with `want` (at start, and on reload): ports
     /// the file no longer declares, or declares differently, are removed; new ones are
-    /// created; the others are not touched. Returns what was done, a line each.
-    pub(super) fn apply_declared(&mut self, want: &[crate::settings::Declared]) -> Vec<String> {
+    /// created; the others are not touched. A port declared differently whose new
+    /// declaration cannot be made is made again as it was. Returns what was done, a line
+    /// each, and the lines of what could not be done.
+    pub(super) fn apply_declared(
+        &mut self,
+        want: &[crate::settings::Declared],
+    ) -> (Vec<String>, Vec<String>) {
         let mut done = Vec::new();
+        let mut failed = Vec::new();
         let gone: Vec<(String, PortSpec)> = self
             .declared
             .iter()
             .filter(|(p, spec)| !want.iter().any(|d| &d.port == *p && &d.spec == *spec))
             .map(|(p, s)| (p.clone(), s.clone()))
             .collect();
+        // What a changed port was, to make it again if its new declaration fails.
+        let mut before: BTreeMap<String, PortSpec> = BTreeMap::new();
         for (p, spec) in gone {
             self.declared.remove(&p);
             match self.remove_declared(&p, &spec) {
-                Ok(()) => done.push(format!("removed {p}")),
-                Err(e) => done.push(format!("could not remove {p}: {e}")),
+                Ok(()) => {
+                    done.push(format!("removed {p}"));
+                    before.insert(p, spec);
+                }
+                Err(e) => failed.push(format!("could not remove {p}: {e}")),
             }
         }
         let mut kept = 0;
@@ -499,15 +510,24 @@ impl Control {
                 }
                 Err(e) => {
                     tracing::error!(port = %d.port, line = d.line, "declared port not created: {e}");
-                    done.push(format!(
-                        "could not create {} (line {}): {e}",
-                        d.port, d.line
-                    ));
+                    let mut line = format!("could not create {} (line {}): {e}", d.port, d.line);
+                    if let Some(old) = before.remove(&d.port) {
+                        match self.create(&d.port, &old) {
+                            Ok(_) => {
+                                line.push_str("; made again as it was declared before");
+                                self.declared.insert(d.port.clone(), old);
+                            }
+                            Err(e) => {
+                                line.push_str(&format!(", nor made again as it was: {e}"));
+                            }
+                        }
+                    }
+                    failed.push(line);
                 }
             }
         }
         done.push(format!("{kept} declared port(s) unchanged"));
-        done
+        (done, failed)
     }
 
     /// A declared port goes: detached (or no longer waited for), and a TAP it made is

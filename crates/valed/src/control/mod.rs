@@ -120,8 +120,12 @@ impl Control {
         if want.is_empty() {
             return;
         }
-        for line in self.apply_declared(&want) {
+        let (done, failed) = self.apply_declared(&want);
+        for line in done {
             tracing::info!("config: {line}");
+        }
+        for line in failed {
+            tracing::error!("config: {line}");
         }
     }
 
@@ -141,11 +145,23 @@ impl Control {
             .and_then(|()| check.validate())
             .map_err(|e| crate::error::CtlError::BadRequest(e.to_string()))?;
         let mut lines = self.apply_vlans(&file.vlans);
-        lines.extend(self.apply_declared(&file.ports));
+        let (done, failed) = self.apply_declared(&file.ports);
+        lines.extend(done);
         self.settings.ports = file.ports;
         self.settings.vlans = file.vlans;
         for l in &lines {
             tracing::info!("config reload: {l}");
+        }
+        for l in &failed {
+            tracing::error!("config reload: {l}");
+        }
+        if !failed.is_empty() {
+            return Err(crate::error::CtlError::Unapplied(format!(
+                "reloaded {} but not all of it:\n  {}\ndone:\n  {}",
+                path.display(),
+                failed.join("\n  "),
+                lines.join("\n  ")
+            )));
         }
         Ok(format!(
             "reloaded {}:\n  {}\n(settings other than [[port]] and [[vlan]] take effect when valed starts again; `vale-ctl set` changes bridge_batch and verbose now)",

@@ -258,6 +258,8 @@ fn declared_vlan(
         Some(_) => return Err(bad(format!("{switch}: filtering must be true or false"))),
     };
     let mut ports = Vec::new();
+    // Each port's full name, with the key that gave it.
+    let mut keys: Vec<(String, String)> = Vec::new();
     match t.get("ports") {
         None => {}
         Some(toml::Value::Table(m)) => {
@@ -279,6 +281,16 @@ fn declared_vlan(
                 };
                 let m: vale_switch::PortVlan =
                     mode.parse().map_err(|e| bad(format!("{full}: {e}")))?;
+                // `vale0:a` and `a` name one port: which mode would win is no choice
+                // of the writer's.
+                if let Some(first) = keys.iter().find(|(f, _)| *f == full).map(|(_, k)| k) {
+                    return Err(bad(format!(
+                        "ports `{}` and `{}` are both {full}: give each port one mode",
+                        first.escape_default(),
+                        name.escape_default()
+                    )));
+                }
+                keys.push((full.clone(), name.clone()));
                 ports.push((full, m));
             }
         }
@@ -1090,6 +1102,33 @@ mod tests {
         }
         let ok = port("vale0:rvt0", "kind = \"tap\"\nqueues = 16");
         assert_eq!(load_text(&path, &ok).unwrap().ports.len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_vlan_table_gives_each_port_one_mode() {
+        let dir = std::env::temp_dir().join(format!("vale-settings-vlan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.toml");
+        let vlan = |ports: &str| format!("[[vlan]]\nswitch = \"vale0\"\nports = {{ {ports} }}\n");
+        let e = load_text(
+            &path,
+            &vlan("\"vale0:a\" = \"access 10\", a = \"access 20\""),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("line 1: [[vlan]] ports `a` and `vale0:a` are both vale0:a"),
+            "{e}"
+        );
+        let f = load_text(
+            &path,
+            &vlan("\"vale0:a\" = \"access 10\", b = \"access 20\""),
+        )
+        .unwrap();
+        let mut names: Vec<&str> = f.vlans[0].ports.iter().map(|(p, _)| p.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["vale0:a", "vale0:b"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -379,3 +379,51 @@ fn a_reload_that_cannot_make_a_changed_port_keeps_the_old_one() {
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A `[[vlan]]` table dropped from the file and reloaded: its switch is as if it had
+/// never been declared (filtering off, its ports, open or not, in the default mode) and
+/// `config dump` writes no table for it; a table kept and a switch set at run time keep
+/// what they have.
+#[test]
+fn a_vlan_table_removed_from_the_file_resets_its_switch_on_reload() {
+    let dir = cfg_dir("vlan");
+    let file = dir.join("valed.toml");
+    let vale7 = "[[vlan]]\nswitch = \"vale7\"\nfiltering = true\n\
+                 ports = { a = \"access 10\", b = \"trunk 10,20\" }\n\n";
+    let vale8 = "[[vlan]]\nswitch = \"vale8\"\nports = { a = \"access 30\" }\n";
+    write(&file, &format!("{vale7}{vale8}"));
+    let d = Daemon::start("cfg-vlan", &["--config", path_str(&file)]);
+    let _a = d.open("vale7:a");
+    ctl_ok(&d, &["vlan", "vale9", "--filtering", "on"]);
+    let j = d.ctl_json(&["vlan", "vale7"]);
+    assert_eq!(j["filtering"], true, "{j}");
+    assert_eq!(j["ports"]["vale7:a"], "access 10", "{j}");
+
+    write(&file, vale8);
+    let r = ctl_ok(&d, &["reload"]);
+    assert!(r.contains("vale7: no longer declared"), "{r}");
+    let j = d.ctl_json(&["vlan", "vale7"]);
+    assert_eq!(j["filtering"], false, "{j}");
+    assert_eq!(j["ports"]["vale7:a"], "trunk all", "the open port: {j}");
+    assert!(j["ports"].get("vale7:b").is_none(), "{j}");
+    assert_eq!(
+        d.ctl_json(&["vlan", "vale8"])["ports"]["vale8:a"],
+        "access 30"
+    );
+    assert_eq!(d.ctl_json(&["vlan", "vale9"])["filtering"], true);
+    let dump = ctl_ok(&d, &["config", "dump"]);
+    assert!(!dump.contains("vale7"), "{dump}");
+    assert_eq!(
+        dump.matches("[[vlan]]").count(),
+        2,
+        "vale8 and vale9: {dump}"
+    );
+    // Declared again: back as declared.
+    write(&file, &format!("{vale7}{vale8}"));
+    ctl_ok(&d, &["reload"]);
+    assert_eq!(
+        d.ctl_json(&["vlan", "vale7"])["ports"]["vale7:a"],
+        "access 10"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

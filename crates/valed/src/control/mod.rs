@@ -129,9 +129,10 @@ impl Control {
         }
     }
 
-    /// Reads the config file again and applies its `[[port]]` declarations (SIGHUP,
-    /// `vale-ctl reload`). Other settings take effect at the next start, except those
-    /// `vale-ctl set` changes at run time. Nothing changes if the file has an error.
+    /// Reads the config file again and applies its `[[port]]` and `[[vlan]]`
+    /// declarations (SIGHUP, `vale-ctl reload`). Other settings take effect at the next
+    /// start, except those `vale-ctl set` changes at run time. Nothing changes if the
+    /// file has an error.
     pub fn reload(&mut self) -> Result<String, crate::error::CtlError> {
         let Some(path) = self.settings.config.clone() else {
             return Err(crate::error::CtlError::BadRequest(

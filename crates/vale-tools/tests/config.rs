@@ -427,3 +427,106 @@ fn a_vlan_table_removed_from_the_file_resets_its_switch_on_reload() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// valed started with `--config FILE`, expected to refuse it: what it says (it is
+/// killed, and the test fails, if it starts instead).
+fn start_refused(dir: &Path, file: &Path) -> String {
+    let mut c = std::process::Command::new(VALED)
+        .args(["--socket", path_str(&dir.join("valed.sock"))])
+        .args(["--config", path_str(file)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    wait_for(10.0, || {
+        status = c.try_wait().unwrap();
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = c.kill();
+        let _ = c.wait();
+        panic!("valed started with {}", file.display());
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut c.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.unwrap().code(), Some(2), "{err}");
+    err
+}
+
+/// A config file others could change is refused at start and on reload, as valed's
+/// socket directory is: writable by group or others, in a directory they may write
+/// (unless it is sticky), or (as root) belonging to another user.
+#[test]
+fn a_config_file_others_may_change_is_refused_at_start_and_on_reload() {
+    use std::os::unix::fs::PermissionsExt;
+    let chmod = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let dir = cfg_dir("perm");
+    let conf = dir.join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    let file = conf.join("valed.toml");
+    let vlan =
+        |vid: u16| format!("[[vlan]]\nswitch = \"vale3\"\nports = {{ a = \"access {vid}\" }}\n");
+    write(&file, &vlan(10));
+    chmod(&file, 0o666);
+    let err = start_refused(&dir, &file);
+    assert!(
+        err.contains(&format!("refusing config file {}", file.display()))
+            && err.contains("group or others may write it (mode 666)")
+            && err.contains("chmod go-w"),
+        "{err}"
+    );
+    chmod(&file, 0o644);
+    chmod(&conf, 0o777);
+    let err = start_refused(&dir, &file);
+    assert!(
+        err.contains(&format!(
+            "its directory {} (mode 777, not sticky)",
+            conf.display()
+        )),
+        "{err}"
+    );
+    // Sticky, as /tmp: others may replace only their own files.
+    chmod(&conf, 0o1777);
+    let d = Daemon::start("cfg-perm", &["--config", path_str(&file)]);
+    assert_eq!(
+        d.ctl_json(&["vlan", "vale3"])["ports"]["vale3:a"],
+        "access 10"
+    );
+
+    // On reload: refused, and nothing changes.
+    write(&file, &vlan(20));
+    chmod(&file, 0o620);
+    let o = d.ctl(&["reload"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success() && err.contains("mode 620"), "{err}");
+    assert_eq!(
+        d.ctl_json(&["vlan", "vale3"])["ports"]["vale3:a"],
+        "access 10"
+    );
+    chmod(&file, 0o600);
+    ctl_ok(&d, &["reload"]);
+    assert_eq!(
+        d.ctl_json(&["vlan", "vale3"])["ports"]["vale3:a"],
+        "access 20"
+    );
+    if rustix::process::geteuid().is_root() {
+        // Another user's file (nobody's).
+        let nobody = Some(rustix::process::Uid::from_raw(65534));
+        rustix::fs::chown(&file, nobody, None).unwrap();
+        let o = d.ctl(&["reload"]);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(
+            !o.status.success() && err.contains("belongs to uid 65534, not to valed's user (0)"),
+            "{err}"
+        );
+        drop(d);
+        let err = start_refused(&dir, &file);
+        assert!(err.contains("belongs to uid 65534"), "{err}");
+    } else {
+        skip("another user's config file: chown needs root");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -48,6 +48,8 @@ pub enum SettingsError {
         line: usize,
         why: String,
     },
+    #[error("refusing config file {}: {why}", path.display())]
+    Untrusted { path: PathBuf, why: String },
     #[error("cpu list `{0}` is not like 2,3,8-11")]
     Cpus(String),
     #[error("socket mode `{0}` is not an octal mode like 0660")]
@@ -587,7 +589,95 @@ pub struct ConfigFile {
     pub vlans: Vec<DeclaredVlan>,
 }
 
+/// Who besides valed's user and root could change a file or directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writer {
+    /// It belongs to this uid.
+    Owner(u32),
+    /// Its group or others may write it (a directory, and it is not sticky: in a sticky
+    /// one, as /tmp, they may replace only their own files); its mode.
+    GroupOrOthers(u32),
+}
+
+/// Who besides valed's user and root could change what `st` describes, if anyone.
+pub fn other_writer(st: &rustix::fs::Stat) -> Option<Writer> {
+    let me = rustix::process::geteuid().as_raw();
+    let dir = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory;
+    if st.st_uid != me && st.st_uid != 0 {
+        Some(Writer::Owner(st.st_uid))
+    } else if st.st_mode & 0o022 != 0 && !(dir && st.st_mode & 0o1000 != 0) {
+        Some(Writer::GroupOrOthers(st.st_mode & 0o7777))
+    } else {
+        None
+    }
+}
+
+/// Why valed's config file cannot be trusted: someone besides valed's user and root
+/// could change it, or replace it in its directory, and so attach host interfaces,
+/// share switches or read memif secrets through valed.
+fn untrusted(file: &Path, st: &rustix::fs::Stat, is_dir: bool) -> Option<String> {
+    let me = rustix::process::geteuid().as_raw();
+    let (what, fix) = if is_dir {
+        (
+            format!("its directory {}", file.display()),
+            "replace the file",
+        )
+    } else {
+        ("it".to_string(), "change what valed is told to do")
+    };
+    Some(match other_writer(st)? {
+        Writer::Owner(uid) => format!(
+            "{what} belongs to uid {uid}, not to valed's user ({me}) or root: its owner could {fix}; chown it"
+        ),
+        Writer::GroupOrOthers(mode) if is_dir => format!(
+            "group or others may write in {what} (mode {mode:o}, not sticky) and so {fix}; chmod go-w it"
+        ),
+        Writer::GroupOrOthers(mode) => {
+            format!("group or others may write {what} (mode {mode:o}) and so {fix}; chmod go-w it")
+        }
+    })
+}
+
 impl ConfigFile {
+    /// The file at `path`, as valed reads it (at start and on reload): it and its
+    /// directory (and the directory of the file a link leads to) must be valed's user's
+    /// or root's and not writable by group or others (a directory may be, if sticky);
+    /// then as [`ConfigFile::load`]. The file is checked as opened, so that what is
+    /// read is what was checked.
+    pub fn load_trusted(path: &Path) -> Result<ConfigFile, SettingsError> {
+        let read_err = |source| SettingsError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let refuse = |why| SettingsError::Untrusted {
+            path: path.to_path_buf(),
+            why,
+        };
+        let real = std::fs::canonicalize(path).map_err(read_err)?;
+        let dir_of = |p: &Path| match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut dirs = vec![dir_of(path)];
+        if dir_of(&real) != dirs[0] {
+            dirs.push(dir_of(&real));
+        }
+        for d in &dirs {
+            let st = rustix::fs::stat(d).map_err(|e| read_err(e.into()))?;
+            if let Some(why) = untrusted(d, &st, true) {
+                return Err(refuse(why));
+            }
+        }
+        let mut file = std::fs::File::open(path).map_err(read_err)?;
+        let st = rustix::fs::fstat(&file).map_err(|e| read_err(e.into()))?;
+        if let Some(why) = untrusted(path, &st, false) {
+            return Err(refuse(why));
+        }
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut file, &mut text).map_err(read_err)?;
+        ConfigFile::parse(path, &text)
+    }
+
     /// The file at `path`, parsed, its `[[port]]` entries checked (names, kinds, keys,
     /// no port declared twice); errors name the line.
     pub fn load(path: &Path) -> Result<ConfigFile, SettingsError> {
@@ -595,7 +685,12 @@ impl ConfigFile {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut f: ConfigFile = toml::from_str(&text).map_err(|e| SettingsError::Parse {
+        ConfigFile::parse(path, &text)
+    }
+
+    /// `text`, the file at `path`, as [`ConfigFile::load`] takes it.
+    fn parse(path: &Path, text: &str) -> Result<ConfigFile, SettingsError> {
+        let mut f: ConfigFile = toml::from_str(text).map_err(|e| SettingsError::Parse {
             path: path.to_path_buf(),
             why: e.to_string(),
         })?;
@@ -603,7 +698,7 @@ impl ConfigFile {
             .max_name_len
             .unwrap_or(Settings::default().limits.max_name_len);
         for t in std::mem::take(&mut f.port_tables) {
-            let d = declared(&t, &text, path, max_name_len)?;
+            let d = declared(&t, text, path, max_name_len)?;
             if let Some(first) = f.ports.iter().find(|p| p.port == d.port) {
                 return Err(SettingsError::Port {
                     path: path.to_path_buf(),
@@ -621,7 +716,7 @@ impl ConfigFile {
             f.ports.push(d);
         }
         for t in std::mem::take(&mut f.vlan_tables) {
-            let d = declared_vlan(&t, &text, path, max_name_len)?;
+            let d = declared_vlan(&t, text, path, max_name_len)?;
             if let Some(first) = f.vlans.iter().find(|v| v.switch == d.switch) {
                 return Err(SettingsError::Vlan {
                     path: path.to_path_buf(),

@@ -139,7 +139,7 @@ impl Control {
                 "valed was started without --config: there is no file to reload".into(),
             ));
         };
-        let file = crate::settings::ConfigFile::load(&path)
+        let file = crate::settings::ConfigFile::load_trusted(&path)
             .map_err(|e| crate::error::CtlError::BadRequest(e.to_string()))?;
         let mut check = self.settings.clone();
         file.apply(&mut check)

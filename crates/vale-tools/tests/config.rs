@@ -530,3 +530,67 @@ fn a_config_file_others_may_change_is_refused_at_start_and_on_reload() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What a declared port that cannot be made says names what is in the way: an
+/// interface that is not there is "no interface", as `vale-ctl -a` says; a host port of
+/// the same name made by vale-ctl on another switch is named with its switch port; a
+/// file declaring one TAP on two switches is refused with the line of the first.
+#[test]
+fn a_declared_host_port_that_cannot_be_made_says_what_is_in_the_way() {
+    let dir = cfg_dir("host");
+    let file = dir.join("valed.toml");
+    let vm = dir.join("vm.sock");
+    write(
+        &file,
+        "[[port]]\nname = \"vale0:nosuch0\"\nkind = \"interface\"\n",
+    );
+    let d = Daemon::start("cfg-host", &["--config", path_str(&file)]);
+    let a = d.ctl(&["-a", "vale0:nosuch0"]);
+    let said = String::from_utf8_lossy(&a.stderr).into_owned();
+    assert!(
+        !a.status.success() && said.contains("no interface nosuch0"),
+        "{said}"
+    );
+    assert!(
+        wait_for(5.0, || {
+            d.log().contains(
+            "could not create vale0:nosuch0 (line 1): no interface nosuch0: create a persistent port"
+        )
+        }),
+        "{}",
+        d.log()
+    );
+    assert!(!d.log().contains("went away"), "{}", d.log());
+
+    ctl_ok(&d, &["vhost-user", "vale0:vm", "--path", path_str(&vm)]);
+    write(
+        &file,
+        &format!(
+            "[[port]]\nname = \"vale1:vm\"\nkind = \"vhost-user\"\nsocket = \"{}\"\n",
+            dir.join("vm1.sock").display()
+        ),
+    );
+    let o = d.ctl(&["reload"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        !o.status.success()
+            && err.contains("could not create vale1:vm (line 1): vale1:vm: host port vm exists already as vale0:vm (a vhost-user port"),
+        "{err}"
+    );
+
+    let tap = "kind = \"tap\"\n";
+    write(
+        &file,
+        &format!("[[port]]\nname = \"vale0:rvt0\"\n{tap}\n[[port]]\nname = \"vale1:rvt0\"\n{tap}"),
+    );
+    let o = d.ctl(&["config", "check", path_str(&file)]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        !o.status.success()
+            && err.contains(
+                "line 5: [[port]] vale1:rvt0: TAP interface rvt0 is vale0:rvt0's already, on line 1"
+            ),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -381,6 +381,27 @@ fn vni_taken(before: &[Declared], d: &Declared) -> Option<String> {
     })
 }
 
+/// Why entry `d` cannot be made next to the entries before it: its host port (the part
+/// of its name after `:`: a TAP or an interface of that name, or the name valed keeps a
+/// socket's port by) is another entry's already, on another switch.
+fn host_taken(before: &[Declared], d: &Declared) -> Option<String> {
+    let host = |p: &Declared| p.port.split_once(':').map_or("", |(_, h)| h).to_string();
+    let name = host(d);
+    let first = before.iter().find(|p| host(p) == name)?;
+    let what = match (&first.spec, &d.spec) {
+        (vale::proto::PortSpec::Tap { .. }, _) => format!("TAP interface {name}"),
+        (vale::proto::PortSpec::Interface { .. }, _) => format!("interface {name}"),
+        (_, vale::proto::PortSpec::Tap { .. } | vale::proto::PortSpec::Interface { .. }) => {
+            format!("host port {name}")
+        }
+        _ => format!("host port name {name}"),
+    };
+    Some(format!(
+        "{}: {what} is {}'s already, on line {}: the name after `:` names the host port, which joins one switch; give each declared port its own",
+        d.port, first.port, first.line
+    ))
+}
+
 /// One `[[port]]` table as the file has it, with where it starts.
 fn declared(
     table: &toml::Spanned<toml::Table>,
@@ -704,6 +725,13 @@ impl ConfigFile {
                     path: path.to_path_buf(),
                     line: d.line,
                     why: format!("{} is declared already, on line {}", d.port, first.line),
+                });
+            }
+            if let Some(why) = host_taken(&f.ports, &d) {
+                return Err(SettingsError::Port {
+                    path: path.to_path_buf(),
+                    line: d.line,
+                    why,
                 });
             }
             if let Some(why) = vni_taken(&f.ports, &d) {
@@ -1224,6 +1252,37 @@ mod tests {
         let mut names: Vec<&str> = f.vlans[0].ports.iter().map(|(p, _)| p.as_str()).collect();
         names.sort();
         assert_eq!(names, ["vale0:a", "vale0:b"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_host_port_is_declared_on_one_switch() {
+        let dir = std::env::temp_dir().join(format!("vale-settings-host-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.toml");
+        let port = |name: &str, kind: &str| format!("[[port]]\nname = \"{name}\"\n{kind}\n\n");
+        let tap = "kind = \"tap\"";
+        let vm = "kind = \"vhost-user\"\nsocket = \"/run/vm.sock\"";
+        let vm2 = "kind = \"vhost-user\"\nsocket = \"/run/vm2.sock\"";
+        for (text, says) in [
+            (
+                port("vale0:rvt0", tap) + &port("vale1:rvt0", tap),
+                "line 5: [[port]] vale1:rvt0: TAP interface rvt0 is vale0:rvt0's already, on line 1",
+            ),
+            (
+                port("vale0:eth9", "kind = \"interface\"") + &port("vale1:eth9", tap),
+                "vale1:eth9: interface eth9 is vale0:eth9's already, on line 1",
+            ),
+            (
+                port("vale0:vm", vm) + &port("vale1:vm", vm2),
+                "vale1:vm: host port name vm is vale0:vm's already, on line 1",
+            ),
+        ] {
+            let e = load_text(&path, &text).unwrap_err().to_string();
+            assert!(e.contains(says), "{says}?\n{e}");
+        }
+        let ok = port("vale0:rvt0", tap) + &port("vale1:rvt1", tap) + &port("vale1:vm", vm);
+        assert_eq!(load_text(&path, &ok).unwrap().ports.len(), 3);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

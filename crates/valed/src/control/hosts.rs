@@ -143,6 +143,13 @@ fn prepare(
         .collect()
 }
 
+/// An interface to attach that is not there (`vale-ctl -a`, a declared `interface`).
+fn no_interface(ifname: &str) -> CtlError {
+    CtlError::NotFound(format!(
+        "no interface {ifname}: create a persistent port with vale-ctl -n {ifname}, or name an existing interface"
+    ))
+}
+
 impl Control {
     /// Every host port detached and removed (shutdown): their threads stop, TAP
     /// interfaces and socket files disappear.
@@ -303,8 +310,23 @@ impl Control {
     /// once, or when its peer connects.
     pub(super) fn create(&mut self, port: &str, spec: &PortSpec) -> Result<String, CtlError> {
         let name = self.port_part(port)?;
-        if self.hosts.by_name.contains_key(&name) || self.ports.exists(port) {
-            return Err(CtlError::Exists(format!("{port} exists already")));
+        if let Some(h) = self.hosts.by_name.get(&name) {
+            let as_port = match h.attached.as_ref().map(|a| &a.port).or(h.port.as_ref()) {
+                Some(p) => format!(" as {p}"),
+                None => String::new(),
+            };
+            return Err(CtlError::Exists(format!(
+                "{port}: host port {name} exists already{as_port} (a {} port; see `vale-ctl list`): the name after `:` names the host port, which joins one switch",
+                h.backend.kind()
+            )));
+        }
+        if self.ports.exists(port) {
+            return Err(CtlError::Exists(format!(
+                "{port} exists already, a port opened by a client"
+            )));
+        }
+        if matches!(spec, PortSpec::Interface { .. }) && crate::sys::if_index(&name).is_none() {
+            return Err(no_interface(&name));
         }
         if let Some(path) = spec.socket() {
             self.check_socket_path(path, matches!(spec, PortSpec::Memif { .. }))?;
@@ -400,9 +422,7 @@ impl Control {
                 )));
             }
         } else if crate::sys::if_index(&ifname).is_none() {
-            return Err(CtlError::NotFound(format!(
-                "no interface {ifname}: create a persistent port with vale-ctl -n {ifname}, or name an existing interface"
-            )));
+            return Err(no_interface(&ifname));
         }
         if self.ports.exists(port) {
             return Err(CtlError::Busy(format!(

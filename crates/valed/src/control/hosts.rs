@@ -529,7 +529,6 @@ impl Control {
                     done.push(format!("created {} (line {})", d.port, d.line));
                 }
                 Err(e) => {
-                    tracing::error!(port = %d.port, line = d.line, "declared port not created: {e}");
                     let mut line = format!("could not create {} (line {}): {e}", d.port, d.line);
                     if let Some(old) = before.remove(&d.port) {
                         match self.create(&d.port, &old) {

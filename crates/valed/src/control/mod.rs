@@ -233,6 +233,9 @@ impl Control {
             if reload.swap(false, Ordering::AcqRel) {
                 match self.reload() {
                     Ok(m) => tracing::info!("SIGHUP: {m}"),
+                    Err(e @ crate::error::CtlError::Unapplied(_)) => {
+                        tracing::error!("SIGHUP: {e}")
+                    }
                     Err(e) => tracing::error!("SIGHUP: config not reloaded: {e}"),
                 }
             }

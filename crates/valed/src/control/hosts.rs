@@ -311,14 +311,18 @@ impl Control {
     pub(super) fn create(&mut self, port: &str, spec: &PortSpec) -> Result<String, CtlError> {
         let name = self.port_part(port)?;
         if let Some(h) = self.hosts.by_name.get(&name) {
-            let as_port = match h.attached.as_ref().map(|a| &a.port).or(h.port.as_ref()) {
-                Some(p) => format!(" as {p}"),
-                None => String::new(),
-            };
-            return Err(CtlError::Exists(format!(
-                "{port}: host port {name} exists already{as_port} (a {} port; see `vale-ctl list`): the name after `:` names the host port, which joins one switch",
-                h.backend.kind()
-            )));
+            let kind = h.backend.kind();
+            return Err(CtlError::Exists(
+                match h.attached.as_ref().map(|a| &a.port).or(h.port.as_ref()) {
+                    Some(p) if p == port => format!("{port} exists already (a {kind} port)"),
+                    Some(p) => format!(
+                        "{port}: host port {name} exists already as {p} (a {kind} port; see `vale-ctl list`): the name after `:` names the host port, which joins one switch"
+                    ),
+                    None => format!(
+                        "{port}: host port {name} exists already, attached nowhere (a {kind} port; attach it with vale-ctl -a {port})"
+                    ),
+                },
+            ));
         }
         if self.ports.exists(port) {
             return Err(CtlError::Exists(format!(

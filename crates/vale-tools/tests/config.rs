@@ -308,3 +308,289 @@ fn config_check_names_the_line_of_each_mistake() {
     assert!(ok && out.contains("ok (1 declared port)"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A reload whose changed port cannot be made keeps the port as it was: a queue count
+/// out of range is refused with the file (by `config check` too), before anything is
+/// removed; a port that fails only when it is made (a vhost-user client with nobody
+/// listening) is made again as it was, and the reload fails, naming it.
+#[test]
+fn a_reload_that_cannot_make_a_changed_port_keeps_the_old_one() {
+    let dir = cfg_dir("keep");
+    let file = dir.join("valed.toml");
+    let vm = dir.join("vm.sock");
+    let root = rustix::process::geteuid().is_root();
+    let entries = |queues: u16, client: bool| {
+        let tap = if root {
+            format!("[[port]]\nname = \"vale0:vcfgq0\"\nkind = \"tap\"\nqueues = {queues}\n\n")
+        } else {
+            String::new()
+        };
+        format!(
+            "{tap}[[port]]\nname = \"vale0:vm\"\nkind = \"vhost-user\"\nsocket = \"{}\"\nclient = {client}\n",
+            vm.display()
+        )
+    };
+    write(&file, &entries(2, false));
+    let d = Daemon::start("cfg-keep", &["--config", path_str(&file)]);
+    let want = if root {
+        vec!["vale0:vcfgq0", "vale0:vm"]
+    } else {
+        vec!["vale0:vm"]
+    };
+    assert_eq!(hosts(&d), want, "{}", d.log());
+    let tap = ifindex("vcfgq0");
+
+    // Out of range: refused up front, by `config check` and by the reload alike.
+    let mut bad = entries(2, false).replace("client = false", "client = false\nqueues = 17");
+    if root {
+        bad = entries(17, false);
+    }
+    write(&file, &bad);
+    let o = d.ctl(&["config", "check", path_str(&file)]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success() && err.contains("line 1"), "{err}");
+    let o = d.ctl(&["reload"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("line 1") && err.contains("1 to 16 queue"),
+        "{err}"
+    );
+    assert_eq!(hosts(&d), want, "{}", d.log());
+    assert_eq!(ifindex("vcfgq0"), tap, "the TAP was not touched");
+    assert!(!d.log().contains("removed vale0"), "{}", d.log());
+
+    // Refused only when made: the reload fails naming the port, which is back as it was.
+    write(&file, &entries(2, true));
+    let o = d.ctl(&["reload"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("could not create vale0:vm") && err.contains("made again as it was"),
+        "{err}"
+    );
+    assert_eq!(hosts(&d), want, "{}", d.log());
+    assert!(wait_for(5.0, || vm.exists()), "the server socket is back");
+    assert_eq!(ifindex("vcfgq0"), tap, "the TAP was not touched");
+    // The next reload of the file as it was changes nothing and succeeds.
+    write(&file, &entries(2, false));
+    let out = ctl_ok(&d, &["reload"]);
+    assert!(out.contains("declared port(s) unchanged"), "{out}");
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A `[[vlan]]` table dropped from the file and reloaded: its switch is as if it had
+/// never been declared (filtering off, its ports, open or not, in the default mode) and
+/// `config dump` writes no table for it; a table kept and a switch set at run time keep
+/// what they have.
+#[test]
+fn a_vlan_table_removed_from_the_file_resets_its_switch_on_reload() {
+    let dir = cfg_dir("vlan");
+    let file = dir.join("valed.toml");
+    let vale7 = "[[vlan]]\nswitch = \"vale7\"\nfiltering = true\n\
+                 ports = { a = \"access 10\", b = \"trunk 10,20\" }\n\n";
+    let vale8 = "[[vlan]]\nswitch = \"vale8\"\nports = { a = \"access 30\" }\n";
+    write(&file, &format!("{vale7}{vale8}"));
+    let d = Daemon::start("cfg-vlan", &["--config", path_str(&file)]);
+    let _a = d.open("vale7:a");
+    ctl_ok(&d, &["vlan", "vale9", "--filtering", "on"]);
+    let j = d.ctl_json(&["vlan", "vale7"]);
+    assert_eq!(j["filtering"], true, "{j}");
+    assert_eq!(j["ports"]["vale7:a"], "access 10", "{j}");
+
+    write(&file, vale8);
+    let r = ctl_ok(&d, &["reload"]);
+    assert!(r.contains("vale7: no longer declared"), "{r}");
+    let j = d.ctl_json(&["vlan", "vale7"]);
+    assert_eq!(j["filtering"], false, "{j}");
+    assert_eq!(j["ports"]["vale7:a"], "trunk all", "the open port: {j}");
+    assert!(j["ports"].get("vale7:b").is_none(), "{j}");
+    assert_eq!(
+        d.ctl_json(&["vlan", "vale8"])["ports"]["vale8:a"],
+        "access 30"
+    );
+    assert_eq!(d.ctl_json(&["vlan", "vale9"])["filtering"], true);
+    let dump = ctl_ok(&d, &["config", "dump"]);
+    assert!(!dump.contains("vale7"), "{dump}");
+    assert_eq!(
+        dump.matches("[[vlan]]").count(),
+        2,
+        "vale8 and vale9: {dump}"
+    );
+    // Declared again: back as declared.
+    write(&file, &format!("{vale7}{vale8}"));
+    ctl_ok(&d, &["reload"]);
+    assert_eq!(
+        d.ctl_json(&["vlan", "vale7"])["ports"]["vale7:a"],
+        "access 10"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// valed started with `--config FILE`, expected to refuse it: what it says (it is
+/// killed, and the test fails, if it starts instead).
+fn start_refused(dir: &Path, file: &Path) -> String {
+    let mut c = std::process::Command::new(VALED)
+        .args(["--socket", path_str(&dir.join("valed.sock"))])
+        .args(["--config", path_str(file)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    wait_for(10.0, || {
+        status = c.try_wait().unwrap();
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = c.kill();
+        let _ = c.wait();
+        panic!("valed started with {}", file.display());
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut c.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.unwrap().code(), Some(2), "{err}");
+    err
+}
+
+/// A config file others could change is refused at start and on reload, as valed's
+/// socket directory is: writable by group or others, in a directory they may write
+/// (unless it is sticky), or (as root) belonging to another user.
+#[test]
+fn a_config_file_others_may_change_is_refused_at_start_and_on_reload() {
+    use std::os::unix::fs::PermissionsExt;
+    let chmod = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let dir = cfg_dir("perm");
+    let conf = dir.join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    let file = conf.join("valed.toml");
+    let vlan =
+        |vid: u16| format!("[[vlan]]\nswitch = \"vale3\"\nports = {{ a = \"access {vid}\" }}\n");
+    write(&file, &vlan(10));
+    chmod(&file, 0o666);
+    let err = start_refused(&dir, &file);
+    assert!(
+        err.contains(&format!("refusing config file {}", file.display()))
+            && err.contains("group or others may write it (mode 666)")
+            && err.contains("chmod go-w"),
+        "{err}"
+    );
+    chmod(&file, 0o644);
+    chmod(&conf, 0o777);
+    let err = start_refused(&dir, &file);
+    assert!(
+        err.contains(&format!(
+            "its directory {} (mode 777, not sticky)",
+            conf.display()
+        )),
+        "{err}"
+    );
+    // Sticky, as /tmp: others may replace only their own files.
+    chmod(&conf, 0o1777);
+    let d = Daemon::start("cfg-perm", &["--config", path_str(&file)]);
+    assert_eq!(
+        d.ctl_json(&["vlan", "vale3"])["ports"]["vale3:a"],
+        "access 10"
+    );
+
+    // On reload: refused, and nothing changes.
+    write(&file, &vlan(20));
+    chmod(&file, 0o620);
+    let o = d.ctl(&["reload"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success() && err.contains("mode 620"), "{err}");
+    assert_eq!(
+        d.ctl_json(&["vlan", "vale3"])["ports"]["vale3:a"],
+        "access 10"
+    );
+    chmod(&file, 0o600);
+    ctl_ok(&d, &["reload"]);
+    assert_eq!(
+        d.ctl_json(&["vlan", "vale3"])["ports"]["vale3:a"],
+        "access 20"
+    );
+    if rustix::process::geteuid().is_root() {
+        // Another user's file (nobody's).
+        let nobody = Some(rustix::process::Uid::from_raw(65534));
+        rustix::fs::chown(&file, nobody, None).unwrap();
+        let o = d.ctl(&["reload"]);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(
+            !o.status.success() && err.contains("belongs to uid 65534, not to valed's user (0)"),
+            "{err}"
+        );
+        drop(d);
+        let err = start_refused(&dir, &file);
+        assert!(err.contains("belongs to uid 65534"), "{err}");
+    } else {
+        skip("another user's config file: chown needs root");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What a declared port that cannot be made says names what is in the way: an
+/// interface that is not there is "no interface", as `vale-ctl -a` says; a host port of
+/// the same name made by vale-ctl on another switch is named with its switch port; a
+/// file declaring one TAP on two switches is refused with the line of the first.
+#[test]
+fn a_declared_host_port_that_cannot_be_made_says_what_is_in_the_way() {
+    let dir = cfg_dir("host");
+    let file = dir.join("valed.toml");
+    let vm = dir.join("vm.sock");
+    write(
+        &file,
+        "[[port]]\nname = \"vale0:nosuch0\"\nkind = \"interface\"\n",
+    );
+    let d = Daemon::start("cfg-host", &["--config", path_str(&file)]);
+    let a = d.ctl(&["-a", "vale0:nosuch0"]);
+    let said = String::from_utf8_lossy(&a.stderr).into_owned();
+    assert!(
+        !a.status.success() && said.contains("no interface nosuch0"),
+        "{said}"
+    );
+    assert!(
+        wait_for(5.0, || {
+            d.log().contains(
+            "could not create vale0:nosuch0 (line 1): no interface nosuch0: create a persistent port"
+        )
+        }),
+        "{}",
+        d.log()
+    );
+    assert!(!d.log().contains("went away"), "{}", d.log());
+
+    ctl_ok(&d, &["vhost-user", "vale0:vm", "--path", path_str(&vm)]);
+    write(
+        &file,
+        &format!(
+            "[[port]]\nname = \"vale1:vm\"\nkind = \"vhost-user\"\nsocket = \"{}\"\n",
+            dir.join("vm1.sock").display()
+        ),
+    );
+    let o = d.ctl(&["reload"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        !o.status.success()
+            && err.contains("could not create vale1:vm (line 1): vale1:vm: host port vm exists already as vale0:vm (a vhost-user port"),
+        "{err}"
+    );
+
+    let tap = "kind = \"tap\"\n";
+    write(
+        &file,
+        &format!("[[port]]\nname = \"vale0:rvt0\"\n{tap}\n[[port]]\nname = \"vale1:rvt0\"\n{tap}"),
+    );
+    let o = d.ctl(&["config", "check", path_str(&file)]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        !o.status.success()
+            && err.contains(
+                "line 5: [[port]] vale1:rvt0: TAP interface rvt0 is vale0:rvt0's already, on line 1"
+            ),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

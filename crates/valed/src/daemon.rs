@@ -4,7 +4,7 @@
 use crate::control::{Control, SetVerbosity};
 use crate::error::StartError;
 use crate::lane::{Lane, LaneState, Token};
-use crate::settings::Settings;
+use crate::settings::{Settings, Writer};
 use rustix::event::{EventfdFlags, epoll};
 use rustix::fd::OwnedFd;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
@@ -21,19 +21,15 @@ use vale_switch::Registry;
 fn safe_dir(dir: &Path) -> std::io::Result<()> {
     let st = rustix::fs::stat(dir)?;
     let me = rustix::process::geteuid().as_raw();
-    if st.st_uid != me && st.st_uid != 0 {
-        return Err(std::io::Error::other(format!(
-            "it belongs to uid {}, not to valed's user ({me}) or root: its owner could replace the socket; remove it, or give another --socket",
-            st.st_uid
-        )));
+    match crate::settings::other_writer(&st) {
+        None => Ok(()),
+        Some(Writer::Owner(uid)) => Err(std::io::Error::other(format!(
+            "it belongs to uid {uid}, not to valed's user ({me}) or root: its owner could replace the socket; remove it, or give another --socket"
+        ))),
+        Some(Writer::GroupOrOthers(mode)) => Err(std::io::Error::other(format!(
+            "others may write in it (mode {mode:o}, not sticky) and so replace the socket; chmod go-w it, or give another --socket"
+        ))),
     }
-    if st.st_mode & 0o022 != 0 && st.st_mode & 0o1000 == 0 {
-        return Err(std::io::Error::other(format!(
-            "others may write in it (mode {:o}, not sticky) and so replace the socket; chmod go-w it, or give another --socket",
-            st.st_mode & 0o7777
-        )));
-    }
-    Ok(())
 }
 
 fn listen(path: &Path, mode: u32, group: Option<&str>) -> Result<OwnedFd, StartError> {

@@ -82,6 +82,10 @@ pub enum CtlError {
     /// A port could not be set up: what was being done, and the system's answer.
     #[error("{0}")]
     Port(#[from] PortError),
+    /// A config file reload that could not make everything the file declares: what
+    /// failed, by port, and what was done.
+    #[error("{0}")]
+    Unapplied(String),
     /// Something that should not happen inside the daemon.
     #[error("{0}")]
     Internal(String),
@@ -113,7 +117,7 @@ impl CtlError {
             CtlError::NotFound(_) => ErrorKind::NotFound,
             CtlError::Limit(_) => ErrorKind::Limit,
             CtlError::Port(e) => e.kind(),
-            CtlError::Internal(_) => ErrorKind::Internal,
+            CtlError::Unapplied(_) | CtlError::Internal(_) => ErrorKind::Internal,
         }
     }
 }

@@ -48,6 +48,8 @@ pub enum SettingsError {
         line: usize,
         why: String,
     },
+    #[error("refusing config file {}: {why}", path.display())]
+    Untrusted { path: PathBuf, why: String },
     #[error("cpu list `{0}` is not like 2,3,8-11")]
     Cpus(String),
     #[error("socket mode `{0}` is not an octal mode like 0660")]
@@ -258,6 +260,8 @@ fn declared_vlan(
         Some(_) => return Err(bad(format!("{switch}: filtering must be true or false"))),
     };
     let mut ports = Vec::new();
+    // Each port's full name, with the key that gave it.
+    let mut keys: Vec<(String, String)> = Vec::new();
     match t.get("ports") {
         None => {}
         Some(toml::Value::Table(m)) => {
@@ -279,6 +283,16 @@ fn declared_vlan(
                 };
                 let m: vale_switch::PortVlan =
                     mode.parse().map_err(|e| bad(format!("{full}: {e}")))?;
+                // `vale0:a` and `a` name one port: which mode would win is no choice
+                // of the writer's.
+                if let Some(first) = keys.iter().find(|(f, _)| *f == full).map(|(_, k)| k) {
+                    return Err(bad(format!(
+                        "ports `{}` and `{}` are both {full}: give each port one mode",
+                        first.escape_default(),
+                        name.escape_default()
+                    )));
+                }
+                keys.push((full.clone(), name.clone()));
                 ports.push((full, m));
             }
         }
@@ -367,6 +381,27 @@ fn vni_taken(before: &[Declared], d: &Declared) -> Option<String> {
     })
 }
 
+/// Why entry `d` cannot be made next to the entries before it: its host port (the part
+/// of its name after `:`: a TAP or an interface of that name, or the name valed keeps a
+/// socket's port by) is another entry's already, on another switch.
+fn host_taken(before: &[Declared], d: &Declared) -> Option<String> {
+    let host = |p: &Declared| p.port.split_once(':').map_or("", |(_, h)| h).to_string();
+    let name = host(d);
+    let first = before.iter().find(|p| host(p) == name)?;
+    let what = match (&first.spec, &d.spec) {
+        (vale::proto::PortSpec::Tap { .. }, _) => format!("TAP interface {name}"),
+        (vale::proto::PortSpec::Interface { .. }, _) => format!("interface {name}"),
+        (_, vale::proto::PortSpec::Tap { .. } | vale::proto::PortSpec::Interface { .. }) => {
+            format!("host port {name}")
+        }
+        _ => format!("host port name {name}"),
+    };
+    Some(format!(
+        "{}: {what} is {}'s already, on line {}: the name after `:` names the host port, which joins one switch; give each declared port its own",
+        d.port, first.port, first.line
+    ))
+}
+
 /// One `[[port]]` table as the file has it, with where it starts.
 fn declared(
     table: &toml::Spanned<toml::Table>,
@@ -425,6 +460,10 @@ fn declared(
     let spec: vale::proto::PortSpec = toml::Value::Table(rest)
         .try_into()
         .map_err(|e: toml::de::Error| bad(format!("{name}: {}", e.message())))?;
+    // What creating it would refuse, said now: a reload of a file with such a port
+    // stops before it removes anything.
+    let host = name.split_once(':').map_or(name.as_str(), |(_, p)| p);
+    crate::port::check(host, &spec).map_err(|e| bad(format!("{name}: {e}")))?;
     Ok(Declared {
         port: name,
         spec,
@@ -571,7 +610,95 @@ pub struct ConfigFile {
     pub vlans: Vec<DeclaredVlan>,
 }
 
+/// Who besides valed's user and root could change a file or directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writer {
+    /// It belongs to this uid.
+    Owner(u32),
+    /// Its group or others may write it (a directory, and it is not sticky: in a sticky
+    /// one, as /tmp, they may replace only their own files); its mode.
+    GroupOrOthers(u32),
+}
+
+/// Who besides valed's user and root could change what `st` describes, if anyone.
+pub fn other_writer(st: &rustix::fs::Stat) -> Option<Writer> {
+    let me = rustix::process::geteuid().as_raw();
+    let dir = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory;
+    if st.st_uid != me && st.st_uid != 0 {
+        Some(Writer::Owner(st.st_uid))
+    } else if st.st_mode & 0o022 != 0 && !(dir && st.st_mode & 0o1000 != 0) {
+        Some(Writer::GroupOrOthers(st.st_mode & 0o7777))
+    } else {
+        None
+    }
+}
+
+/// Why valed's config file cannot be trusted: someone besides valed's user and root
+/// could change it, or replace it in its directory, and so attach host interfaces,
+/// share switches or read memif secrets through valed.
+fn untrusted(file: &Path, st: &rustix::fs::Stat, is_dir: bool) -> Option<String> {
+    let me = rustix::process::geteuid().as_raw();
+    let (what, fix) = if is_dir {
+        (
+            format!("its directory {}", file.display()),
+            "replace the file",
+        )
+    } else {
+        ("it".to_string(), "change what valed is told to do")
+    };
+    Some(match other_writer(st)? {
+        Writer::Owner(uid) => format!(
+            "{what} belongs to uid {uid}, not to valed's user ({me}) or root: its owner could {fix}; chown it"
+        ),
+        Writer::GroupOrOthers(mode) if is_dir => format!(
+            "group or others may write in {what} (mode {mode:o}, not sticky) and so {fix}; chmod go-w it"
+        ),
+        Writer::GroupOrOthers(mode) => {
+            format!("group or others may write {what} (mode {mode:o}) and so {fix}; chmod go-w it")
+        }
+    })
+}
+
 impl ConfigFile {
+    /// The file at `path`, as valed reads it (at start and on reload): it and its
+    /// directory (and the directory of the file a link leads to) must be valed's user's
+    /// or root's and not writable by group or others (a directory may be, if sticky);
+    /// then as [`ConfigFile::load`]. The file is checked as opened, so that what is
+    /// read is what was checked.
+    pub fn load_trusted(path: &Path) -> Result<ConfigFile, SettingsError> {
+        let read_err = |source| SettingsError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let refuse = |why| SettingsError::Untrusted {
+            path: path.to_path_buf(),
+            why,
+        };
+        let real = std::fs::canonicalize(path).map_err(read_err)?;
+        let dir_of = |p: &Path| match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut dirs = vec![dir_of(path)];
+        if dir_of(&real) != dirs[0] {
+            dirs.push(dir_of(&real));
+        }
+        for d in &dirs {
+            let st = rustix::fs::stat(d).map_err(|e| read_err(e.into()))?;
+            if let Some(why) = untrusted(d, &st, true) {
+                return Err(refuse(why));
+            }
+        }
+        let mut file = std::fs::File::open(path).map_err(read_err)?;
+        let st = rustix::fs::fstat(&file).map_err(|e| read_err(e.into()))?;
+        if let Some(why) = untrusted(path, &st, false) {
+            return Err(refuse(why));
+        }
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut file, &mut text).map_err(read_err)?;
+        ConfigFile::parse(path, &text)
+    }
+
     /// The file at `path`, parsed, its `[[port]]` entries checked (names, kinds, keys,
     /// no port declared twice); errors name the line.
     pub fn load(path: &Path) -> Result<ConfigFile, SettingsError> {
@@ -579,7 +706,12 @@ impl ConfigFile {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut f: ConfigFile = toml::from_str(&text).map_err(|e| SettingsError::Parse {
+        ConfigFile::parse(path, &text)
+    }
+
+    /// `text`, the file at `path`, as [`ConfigFile::load`] takes it.
+    fn parse(path: &Path, text: &str) -> Result<ConfigFile, SettingsError> {
+        let mut f: ConfigFile = toml::from_str(text).map_err(|e| SettingsError::Parse {
             path: path.to_path_buf(),
             why: e.to_string(),
         })?;
@@ -587,12 +719,19 @@ impl ConfigFile {
             .max_name_len
             .unwrap_or(Settings::default().limits.max_name_len);
         for t in std::mem::take(&mut f.port_tables) {
-            let d = declared(&t, &text, path, max_name_len)?;
+            let d = declared(&t, text, path, max_name_len)?;
             if let Some(first) = f.ports.iter().find(|p| p.port == d.port) {
                 return Err(SettingsError::Port {
                     path: path.to_path_buf(),
                     line: d.line,
                     why: format!("{} is declared already, on line {}", d.port, first.line),
+                });
+            }
+            if let Some(why) = host_taken(&f.ports, &d) {
+                return Err(SettingsError::Port {
+                    path: path.to_path_buf(),
+                    line: d.line,
+                    why,
                 });
             }
             if let Some(why) = vni_taken(&f.ports, &d) {
@@ -605,7 +744,7 @@ impl ConfigFile {
             f.ports.push(d);
         }
         for t in std::mem::take(&mut f.vlan_tables) {
-            let d = declared_vlan(&t, &text, path, max_name_len)?;
+            let d = declared_vlan(&t, text, path, max_name_len)?;
             if let Some(first) = f.vlans.iter().find(|v| v.switch == d.switch) {
                 return Err(SettingsError::Vlan {
                     path: path.to_path_buf(),
@@ -1030,6 +1169,121 @@ mod tests {
             &(vec![(name.into(), spec.clone())], vec![]),
             &Default::default(),
         )
+    }
+
+    #[test]
+    fn a_port_valed_would_refuse_to_make_is_refused_with_its_line() {
+        let dir = std::env::temp_dir().join(format!("vale-settings-spec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.toml");
+        let port = |name: &str, body: &str| {
+            format!("threads = 1\n\n[[port]]\nname = \"{name}\"\n{body}\n")
+        };
+        let long = "s".repeat(25);
+        let cases = [
+            (
+                port("vale0:rvt0", "kind = \"tap\"\nqueues = 17"),
+                "1 to 16 queues",
+            ),
+            (
+                port("vale0:rvt0", "kind = \"tap\"\nqueues = 0"),
+                "1 to 16 queues",
+            ),
+            (
+                port("vale0:valex", "kind = \"tap\""),
+                "may not start with `vale`",
+            ),
+            (
+                port(
+                    "vale0:vm",
+                    "kind = \"vhost-user\"\nsocket = \"/x\"\nqueues = 17",
+                ),
+                "1 to 16 queue pairs",
+            ),
+            (
+                port(
+                    "vale0:m",
+                    &format!("kind = \"memif\"\nsocket = \"/x\"\nsecret = \"{long}\""),
+                ),
+                "secret is at most 24 bytes",
+            ),
+            (
+                port(
+                    "vale0:up",
+                    "kind = \"vxlan\"\nvni = 1\nlocal = \"here\"\nremote = [\"198.18.0.2\"]",
+                ),
+                "--local `here` is not an IPv4 or IPv6 address",
+            ),
+            (port("vale0:q", "kind = \"qemu-stream\""), "one of listen"),
+        ];
+        for (text, why) in &cases {
+            let e = load_text(&path, text).unwrap_err().to_string();
+            assert!(
+                e.contains("line 3: [[port]]") && e.contains(why),
+                "{why}?\n{e}\n---\n{text}"
+            );
+        }
+        let ok = port("vale0:rvt0", "kind = \"tap\"\nqueues = 16");
+        assert_eq!(load_text(&path, &ok).unwrap().ports.len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_vlan_table_gives_each_port_one_mode() {
+        let dir = std::env::temp_dir().join(format!("vale-settings-vlan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.toml");
+        let vlan = |ports: &str| format!("[[vlan]]\nswitch = \"vale0\"\nports = {{ {ports} }}\n");
+        let e = load_text(
+            &path,
+            &vlan("\"vale0:a\" = \"access 10\", a = \"access 20\""),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("line 1: [[vlan]] ports `a` and `vale0:a` are both vale0:a"),
+            "{e}"
+        );
+        let f = load_text(
+            &path,
+            &vlan("\"vale0:a\" = \"access 10\", b = \"access 20\""),
+        )
+        .unwrap();
+        let mut names: Vec<&str> = f.vlans[0].ports.iter().map(|(p, _)| p.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["vale0:a", "vale0:b"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_host_port_is_declared_on_one_switch() {
+        let dir = std::env::temp_dir().join(format!("vale-settings-host-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.toml");
+        let port = |name: &str, kind: &str| format!("[[port]]\nname = \"{name}\"\n{kind}\n\n");
+        let tap = "kind = \"tap\"";
+        let vm = "kind = \"vhost-user\"\nsocket = \"/run/vm.sock\"";
+        let vm2 = "kind = \"vhost-user\"\nsocket = \"/run/vm2.sock\"";
+        for (text, says) in [
+            (
+                port("vale0:rvt0", tap) + &port("vale1:rvt0", tap),
+                "line 5: [[port]] vale1:rvt0: TAP interface rvt0 is vale0:rvt0's already, on line 1",
+            ),
+            (
+                port("vale0:eth9", "kind = \"interface\"") + &port("vale1:eth9", tap),
+                "vale1:eth9: interface eth9 is vale0:eth9's already, on line 1",
+            ),
+            (
+                port("vale0:vm", vm) + &port("vale1:vm", vm2),
+                "vale1:vm: host port name vm is vale0:vm's already, on line 1",
+            ),
+        ] {
+            let e = load_text(&path, &text).unwrap_err().to_string();
+            assert!(e.contains(says), "{says}?\n{e}");
+        }
+        let ok = port("vale0:rvt0", tap) + &port("vale1:rvt1", tap) + &port("vale1:vm", vm);
+        assert_eq!(load_text(&path, &ok).unwrap().ports.len(), 3);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -25,7 +25,9 @@ pub struct Args {
     /// Mode of the socket file, octal (who may connect)
     #[arg(long, value_name = "MODE")]
     pub socket_mode: Option<String>,
-    /// TOML file with any of these settings (flags win), e.g. `max_switches = 64`
+    /// TOML file with any of these settings (flags win), e.g. `max_switches = 64`; it and
+    /// its directory must be valed's user's or root's and not writable by group or others
+    /// (a sticky directory may be)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// More log output (-v debug, -vv trace); change at run time with `vale-ctl set verbose N`
@@ -139,7 +141,7 @@ pub struct Args {
 pub fn settings(a: &Args) -> Result<Settings, valed::SettingsError> {
     let mut s = Settings::default();
     if let Some(path) = &a.config {
-        let file = ConfigFile::load(path)?;
+        let file = ConfigFile::load_trusted(path)?;
         file.apply(&mut s)?;
         s.ports = file.ports;
         s.vlans = file.vlans;

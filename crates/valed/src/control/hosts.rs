@@ -143,6 +143,13 @@ fn prepare(
         .collect()
 }
 
+/// An interface to attach that is not there (`vale-ctl -a`, a declared `interface`).
+fn no_interface(ifname: &str) -> CtlError {
+    CtlError::NotFound(format!(
+        "no interface {ifname}: create a persistent port with vale-ctl -n {ifname}, or name an existing interface"
+    ))
+}
+
 impl Control {
     /// Every host port detached and removed (shutdown): their threads stop, TAP
     /// interfaces and socket files disappear.
@@ -303,8 +310,27 @@ impl Control {
     /// once, or when its peer connects.
     pub(super) fn create(&mut self, port: &str, spec: &PortSpec) -> Result<String, CtlError> {
         let name = self.port_part(port)?;
-        if self.hosts.by_name.contains_key(&name) || self.ports.exists(port) {
-            return Err(CtlError::Exists(format!("{port} exists already")));
+        if let Some(h) = self.hosts.by_name.get(&name) {
+            let kind = h.backend.kind();
+            return Err(CtlError::Exists(
+                match h.attached.as_ref().map(|a| &a.port).or(h.port.as_ref()) {
+                    Some(p) if p == port => format!("{port} exists already (a {kind} port)"),
+                    Some(p) => format!(
+                        "{port}: host port {name} exists already as {p} (a {kind} port; see `vale-ctl list`): the name after `:` names the host port, which joins one switch"
+                    ),
+                    None => format!(
+                        "{port}: host port {name} exists already, attached nowhere (a {kind} port; attach it with vale-ctl -a {port})"
+                    ),
+                },
+            ));
+        }
+        if self.ports.exists(port) {
+            return Err(CtlError::Exists(format!(
+                "{port} exists already, a port opened by a client"
+            )));
+        }
+        if matches!(spec, PortSpec::Interface { .. }) && crate::sys::if_index(&name).is_none() {
+            return Err(no_interface(&name));
         }
         if let Some(path) = spec.socket() {
             self.check_socket_path(path, matches!(spec, PortSpec::Memif { .. }))?;
@@ -400,9 +426,7 @@ impl Control {
                 )));
             }
         } else if crate::sys::if_index(&ifname).is_none() {
-            return Err(CtlError::NotFound(format!(
-                "no interface {ifname}: create a persistent port with vale-ctl -n {ifname}, or name an existing interface"
-            )));
+            return Err(no_interface(&ifname));
         }
         if self.ports.exists(port) {
             return Err(CtlError::Busy(format!(
@@ -466,20 +490,31 @@ impl Control {
 
     /// Brings the declared ports in step with `want` (at start, and on reload): ports
     /// the file no longer declares, or declares differently, are removed; new ones are
-    /// created; the others are not touched. Returns what was done, a line each.
-    pub(super) fn apply_declared(&mut self, want: &[crate::settings::Declared]) -> Vec<String> {
+    /// created; the others are not touched. A port declared differently whose new
+    /// declaration cannot be made is made again as it was. Returns what was done, a line
+    /// each, and the lines of what could not be done.
+    pub(super) fn apply_declared(
+        &mut self,
+        want: &[crate::settings::Declared],
+    ) -> (Vec<String>, Vec<String>) {
         let mut done = Vec::new();
+        let mut failed = Vec::new();
         let gone: Vec<(String, PortSpec)> = self
             .declared
             .iter()
             .filter(|(p, spec)| !want.iter().any(|d| &d.port == *p && &d.spec == *spec))
             .map(|(p, s)| (p.clone(), s.clone()))
             .collect();
+        // What a changed port was, to make it again if its new declaration fails.
+        let mut before: BTreeMap<String, PortSpec> = BTreeMap::new();
         for (p, spec) in gone {
             self.declared.remove(&p);
             match self.remove_declared(&p, &spec) {
-                Ok(()) => done.push(format!("removed {p}")),
-                Err(e) => done.push(format!("could not remove {p}: {e}")),
+                Ok(()) => {
+                    done.push(format!("removed {p}"));
+                    before.insert(p, spec);
+                }
+                Err(e) => failed.push(format!("could not remove {p}: {e}")),
             }
         }
         let mut kept = 0;
@@ -498,16 +533,24 @@ impl Control {
                     done.push(format!("created {} (line {})", d.port, d.line));
                 }
                 Err(e) => {
-                    tracing::error!(port = %d.port, line = d.line, "declared port not created: {e}");
-                    done.push(format!(
-                        "could not create {} (line {}): {e}",
-                        d.port, d.line
-                    ));
+                    let mut line = format!("could not create {} (line {}): {e}", d.port, d.line);
+                    if let Some(old) = before.remove(&d.port) {
+                        match self.create(&d.port, &old) {
+                            Ok(_) => {
+                                line.push_str("; made again as it was declared before");
+                                self.declared.insert(d.port.clone(), old);
+                            }
+                            Err(e) => {
+                                line.push_str(&format!(", nor made again as it was: {e}"));
+                            }
+                        }
+                    }
+                    failed.push(line);
                 }
             }
         }
         done.push(format!("{kept} declared port(s) unchanged"));
-        done
+        (done, failed)
     }
 
     /// A declared port goes: detached (or no longer waited for), and a TAP it made is

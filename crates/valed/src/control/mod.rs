@@ -120,32 +120,49 @@ impl Control {
         if want.is_empty() {
             return;
         }
-        for line in self.apply_declared(&want) {
+        let (done, failed) = self.apply_declared(&want);
+        for line in done {
             tracing::info!("config: {line}");
+        }
+        for line in failed {
+            tracing::error!("config: {line}");
         }
     }
 
-    /// Reads the config file again and applies its `[[port]]` declarations (SIGHUP,
-    /// `vale-ctl reload`). Other settings take effect at the next start, except those
-    /// `vale-ctl set` changes at run time. Nothing changes if the file has an error.
+    /// Reads the config file again and applies its `[[port]]` and `[[vlan]]`
+    /// declarations (SIGHUP, `vale-ctl reload`). Other settings take effect at the next
+    /// start, except those `vale-ctl set` changes at run time. Nothing changes if the
+    /// file has an error.
     pub fn reload(&mut self) -> Result<String, crate::error::CtlError> {
         let Some(path) = self.settings.config.clone() else {
             return Err(crate::error::CtlError::BadRequest(
                 "valed was started without --config: there is no file to reload".into(),
             ));
         };
-        let file = crate::settings::ConfigFile::load(&path)
+        let file = crate::settings::ConfigFile::load_trusted(&path)
             .map_err(|e| crate::error::CtlError::BadRequest(e.to_string()))?;
         let mut check = self.settings.clone();
         file.apply(&mut check)
             .and_then(|()| check.validate())
             .map_err(|e| crate::error::CtlError::BadRequest(e.to_string()))?;
         let mut lines = self.apply_vlans(&file.vlans);
-        lines.extend(self.apply_declared(&file.ports));
+        let (done, failed) = self.apply_declared(&file.ports);
+        lines.extend(done);
         self.settings.ports = file.ports;
         self.settings.vlans = file.vlans;
         for l in &lines {
             tracing::info!("config reload: {l}");
+        }
+        for l in &failed {
+            tracing::error!("config reload: {l}");
+        }
+        if !failed.is_empty() {
+            return Err(crate::error::CtlError::Unapplied(format!(
+                "reloaded {} but not all of it:\n  {}\ndone:\n  {}",
+                path.display(),
+                failed.join("\n  "),
+                lines.join("\n  ")
+            )));
         }
         Ok(format!(
             "reloaded {}:\n  {}\n(settings other than [[port]] and [[vlan]] take effect when valed starts again; `vale-ctl set` changes bridge_batch and verbose now)",
@@ -216,6 +233,9 @@ impl Control {
             if reload.swap(false, Ordering::AcqRel) {
                 match self.reload() {
                     Ok(m) => tracing::info!("SIGHUP: {m}"),
+                    Err(e @ crate::error::CtlError::Unapplied(_)) => {
+                        tracing::error!("SIGHUP: {e}")
+                    }
                     Err(e) => tracing::error!("SIGHUP: config not reloaded: {e}"),
                 }
             }

@@ -104,17 +104,32 @@ impl Control {
         }
     }
 
-    /// Makes the switches the config file's `[[vlan]]` tables name exactly as declared
-    /// (the others keep what they have). Returns what changed, a line each.
+    /// Makes the switches the config file's `[[vlan]]` tables name exactly as declared,
+    /// and those the file declared before (`settings.vlans`) but names no more as they
+    /// were before any: filtering off, every port in the default mode. The others keep
+    /// what they have. Returns what changed, a line each.
     pub(super) fn apply_vlans(&mut self, want: &[DeclaredVlan]) -> Vec<String> {
         let have = self.vlan_settings();
+        let dropped = self
+            .settings
+            .vlans
+            .iter()
+            .filter(|v| !want.iter().any(|d| d.switch == v.switch))
+            .map(|v| (v.switch.clone(), SwitchVlan::default()));
+        let targets: Vec<(String, SwitchVlan)> = want
+            .iter()
+            .map(|d| {
+                let new = SwitchVlan {
+                    filtering: d.filtering,
+                    ports: d.ports.iter().cloned().collect(),
+                };
+                (d.switch.clone(), new)
+            })
+            .chain(dropped)
+            .collect();
         let mut lines = Vec::new();
-        for d in want {
-            let old = have.get(&d.switch).cloned().unwrap_or_default();
-            let new = SwitchVlan {
-                filtering: d.filtering,
-                ports: d.ports.iter().cloned().collect(),
-            };
+        for (switch, new) in targets {
+            let old = have.get(&switch).cloned().unwrap_or_default();
             if old == new {
                 continue;
             }
@@ -122,7 +137,7 @@ impl Control {
                 let mut st = l.lock_ctl();
                 let r = &mut st.registry;
                 if old.filtering != new.filtering {
-                    r.set_vlan_filtering(&d.switch, new.filtering);
+                    r.set_vlan_filtering(&switch, new.filtering);
                 }
                 for name in old.ports.keys().filter(|n| !new.ports.contains_key(*n)) {
                     let _ = r.set_port_vlan(name, None); // checked when it was set
@@ -133,9 +148,15 @@ impl Control {
                     }
                 }
             }
+            if new == SwitchVlan::default() && !want.iter().any(|d| d.switch == switch) {
+                lines.push(format!(
+                    "{switch}: no longer declared: vlan_filtering off, every port in the default mode"
+                ));
+                continue;
+            }
             lines.push(format!(
                 "{}: vlan_filtering {}, {} port modes",
-                d.switch,
+                switch,
                 if new.filtering { "on" } else { "off" },
                 new.ports.len()
             ));

@@ -281,6 +281,60 @@ pub struct Peer {
     pub vni: Option<u32>,
 }
 
+/// What [`create`] would refuse of host port `name` made as `spec` without asking the
+/// system (a queue count out of range, a name that is no interface name, a secret too
+/// long, a VXLAN address that is no address): the config file's checks, so that a file
+/// such a port is in is refused before anything is removed for it.
+pub fn check(name: &str, spec: &PortSpec) -> Result<(), CtlError> {
+    match spec {
+        PortSpec::Tap { queues } => tap::Tap::check(name, *queues),
+        PortSpec::Interface { .. } => {
+            crate::sys::check_ifname(name).map_err(|e| CtlError::BadName(e.to_string()))
+        }
+        PortSpec::QemuDgram { .. } => Ok(()),
+        PortSpec::QemuStream { listen, connect } => match (listen, connect) {
+            (Some(_), None) | (None, Some(_)) => Ok(()),
+            _ => Err(CtlError::BadRequest(
+                "qemu-stream takes one of listen = PATH or connect = PATH".into(),
+            )),
+        },
+        PortSpec::VhostUser { queues, .. } => vhost_user::check_queues(*queues),
+        PortSpec::Memif { socket, secret, .. } => {
+            memif::Memif::check(socket, secret.as_deref().unwrap_or(""))
+        }
+        PortSpec::Vxlan {
+            vni,
+            local,
+            port,
+            remote,
+            group,
+            dev,
+            learning,
+            src_ports,
+            map,
+            ..
+        } => {
+            // The device's index is the system's to say, when the port is made.
+            if let Some(d) = dev {
+                crate::sys::check_ifname(d)
+                    .map_err(|e| CtlError::BadRequest(format!("dev {d}: {e}")))?;
+            }
+            vxlan::Conf::parse(
+                *vni,
+                local,
+                *port,
+                remote,
+                group.as_deref(),
+                None,
+                *learning,
+                src_ports.as_deref(),
+            )?
+            .with_map(map)
+            .map(drop)
+        }
+    }
+}
+
 /// A new backend of the kind `spec` names, for host port `name`. This is the only
 /// place that knows every kind.
 /// A backend may put sockets only valed uses in `settings.private_dir()`.

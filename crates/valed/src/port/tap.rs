@@ -26,8 +26,9 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// TAP interface `name` with `queues` queues (1 to [`sys::MAX_TAP_QUEUES`]).
-    pub fn create(name: &str, queues: u16) -> Result<Tap, CtlError> {
+    /// What [`Tap::create`] refuses before it asks the system: a queue count out of
+    /// range, a name that is no interface name or names a switch port.
+    pub fn check(name: &str, queues: u16) -> Result<(), CtlError> {
         if !(1..=sys::MAX_TAP_QUEUES).contains(&queues) {
             return Err(CtlError::BadRequest(format!(
                 "--queues {queues}: a TAP port has 1 to {} queues (one descriptor, and one \
@@ -41,6 +42,12 @@ impl Tap {
                 "{name}: a persistent port's name may not start with `vale` (that names a switch port)"
             )));
         }
+        Ok(())
+    }
+
+    /// TAP interface `name` with `queues` queues (1 to [`sys::MAX_TAP_QUEUES`]).
+    pub fn create(name: &str, queues: u16) -> Result<Tap, CtlError> {
+        Tap::check(name, queues)?;
         if sys::if_index(name).is_some() {
             return Err(CtlError::Exists(format!(
                 "{name} already exists (see `ip link` and `vale-ctl list`)"

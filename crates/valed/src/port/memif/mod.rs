@@ -53,18 +53,9 @@ enum Role {
 }
 
 impl Memif {
-    /// A memif port serving interface `id` on `socket` (a file, or with `abstract_name`
-    /// a name in the abstract namespace), to clients that give `secret` (empty: none);
-    /// with `client`, connecting to a server there as interface `id`, giving `secret`.
-    pub fn create(
-        name: &str,
-        socket: &str,
-        abstract_name: bool,
-        id: u32,
-        secret: &str,
-        client: bool,
-        trust_unsealed: bool,
-    ) -> Result<Memif, CtlError> {
+    /// What [`Memif::create`] refuses: a socket name too long for `sun_path`, a secret
+    /// too long for the protocol's field.
+    pub fn check(socket: &str, secret: &str) -> Result<(), CtlError> {
         if socket.is_empty() || socket.len() > 107 {
             return Err(CtlError::BadRequest(format!(
                 "memif socket `{}` must be 1 to 107 bytes",
@@ -77,6 +68,22 @@ impl Memif {
                 vale_wire::memif::SECRET_LEN
             )));
         }
+        Ok(())
+    }
+
+    /// A memif port serving interface `id` on `socket` (a file, or with `abstract_name`
+    /// a name in the abstract namespace), to clients that give `secret` (empty: none);
+    /// with `client`, connecting to a server there as interface `id`, giving `secret`.
+    pub fn create(
+        name: &str,
+        socket: &str,
+        abstract_name: bool,
+        id: u32,
+        secret: &str,
+        client: bool,
+        trust_unsealed: bool,
+    ) -> Result<Memif, CtlError> {
+        Memif::check(socket, secret)?;
         Ok(Memif {
             name: name.to_string(),
             key: SocketKey {

@@ -273,6 +273,17 @@ pub struct VhostUser {
     guest: Option<GuestRef>,
 }
 
+/// A port offers 1 to [`MAX_QUEUE_PAIRS`] queue pairs.
+pub fn check_queues(queues: u16) -> Result<(), CtlError> {
+    if !(1..=MAX_QUEUE_PAIRS).contains(&queues) {
+        return Err(CtlError::BadRequest(format!(
+            "--queues {queues}: a vhost-user port offers 1 to {MAX_QUEUE_PAIRS} queue \
+             pairs (one per frontend queue pair it may use, e.g. DPDK's queues=N)"
+        )));
+    }
+    Ok(())
+}
+
 impl VhostUser {
     /// valed listens at `socket` (QEMU `-chardev socket,path=PATH` without `server=on`,
     /// DPDK `net_virtio_user0,path=PATH`) or, with `client`, connects to a frontend
@@ -288,12 +299,7 @@ impl VhostUser {
         private_dir: &Path,
         trust_unsealed: bool,
     ) -> Result<VhostUser, CtlError> {
-        if !(1..=MAX_QUEUE_PAIRS).contains(&queues) {
-            return Err(CtlError::BadRequest(format!(
-                "--queues {queues}: a vhost-user port offers 1 to {MAX_QUEUE_PAIRS} queue \
-                 pairs (one per frontend queue pair it may use, e.g. DPDK's queues=N)"
-            )));
-        }
+        check_queues(queues)?;
         if client {
             // Say now if nobody listens there; later losses are retried quietly.
             crate::sys::stream_connect(socket).map_err(|source| PortError::NoPeer {

@@ -904,6 +904,16 @@ mod hostile {
             self.write(avail(q) + 2, &n.to_le_bytes());
         }
 
+        /// Queue `q`'s call descriptor replaced by `fd`.
+        pub fn set_call(&self, q: u16, fd: rustix::fd::BorrowedFd<'_>) -> bool {
+            self.send(SET_VRING_CALL, &(q as u64).to_le_bytes(), &[fd])
+        }
+
+        /// Queue `q`'s kick descriptor replaced by `fd`.
+        pub fn set_kick(&self, q: u16, fd: rustix::fd::BorrowedFd<'_>) -> bool {
+            self.send(SET_VRING_KICK, &(q as u64).to_le_bytes(), &[fd])
+        }
+
         /// Stops queue `q` (GET_VRING_BASE): the device's position in it.
         pub fn stop(&mut self, q: u16) -> u32 {
             let mut p = (q as u32).to_le_bytes().to_vec();
@@ -992,6 +1002,104 @@ mod hostile {
 /// The port's host counter `key` (vale-ctl list).
 fn host_counter(d: &Daemon, port: &str, key: &str) -> u64 {
     d.host(port)["counters"][key].as_u64().unwrap()
+}
+
+#[test]
+fn a_frontend_s_notification_descriptors_cannot_hold_up_the_switch() {
+    let _turn = turn();
+    use hostile::*;
+    use rustix::fd::AsFd;
+    let d = Daemon::start("vhost-irqfd", &[]);
+    let (x, y) = (d.open("vale0:x"), d.open("vale0:y"));
+    let bystanders = |tag: u32| {
+        send(&x, &[frame(Y_MAC, X_MAC, tag)]);
+        let got = drain(&y, 2.0);
+        assert!(
+            got.iter().any(|f| f[14..18] == tag.to_be_bytes()),
+            "bystander frame {tag} crossed:\n{}",
+            d.log()
+        );
+    };
+    send(&y, &[frame(X_MAC, Y_MAC, 0)]);
+    send(&x, &[frame(Y_MAC, X_MAC, 0)]);
+    drain(&x, 0.5);
+    drain(&y, 0.5);
+    let sock = d.dir.join("vm.sock").to_str().unwrap().to_string();
+    let sock2 = d.dir.join("vm2.sock").to_str().unwrap().to_string();
+    for (p, s) in [("vale0:vm", &sock), ("vale0:vm2", &sock2)] {
+        let o = d.ctl(&["vhost-user", p, "--path", s]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let pkt = |tag: u32| {
+        let mut p = vec![0u8; 12];
+        p.extend_from_slice(&frame([0xff; 6], VM_MAC, tag));
+        p
+    };
+    let buf = 0x10000u64;
+
+    // TX queue 1's call eventfd filled to its limit, and blocking: valed's signal that
+    // the frame was used would block in the write (it did, on the forwarding thread:
+    // the bystanders froze, and the control thread behind it).
+    let mut f = Front::connect(&sock);
+    f.setup();
+    let full = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+    rustix::io::write(&full, &(u64::MAX - 1).to_ne_bytes()).unwrap();
+    assert!(f.set_call(1, full.as_fd()));
+    f.write(buf, &pkt(1));
+    f.set_desc(1, 0, buf, 72, 0, 0);
+    f.offer(1, 0, 1);
+    assert!(f.wait_used(1, 1), "the frame is used:\n{}", d.log());
+    std::thread::sleep(Duration::from_millis(300)); // its signal was due meanwhile
+    bystanders(1);
+    assert!(d.ctl(&["list"]).status.success(), "the control thread answers");
+
+    // A kick that is a pipe (the crate's read of it blocks holding the ring's lock):
+    // refused before it is used, the frontend cut off and counted.
+    let mut g = Front::connect(&sock2);
+    let feats = g.get_features();
+    assert!(feats & 1 << 32 != 0);
+    assert!(g.send(SET_OWNER, &[], &[]));
+    assert!(g.send(SET_FEATURES, &(1u64 << 32).to_le_bytes(), &[]));
+    assert!(g.mem_table(MEM, 0));
+    let (pr, pw) = rustix::pipe::pipe().unwrap();
+    assert!(g.set_kick(1, pr.as_fd()));
+    assert!(g.hung_up(5), "a pipe for a kick: the frontend is cut off");
+    assert!(host_counter(&d, "vale0:vm2", "read_errors") >= 1);
+    rustix::io::write(&pw, b"x").unwrap();
+    bystanders(2);
+
+    // The first frontend goes; while its filled eventfd still holds valed's notifier
+    // for that port, a new connection to it is refused (one such thread per port at
+    // most); once the eventfd is read, the next one is served and frames flow.
+    drop(f);
+    let mut h = Front::connect(&sock);
+    assert!(h.hung_up(10), "refused while the last one's notifier is stuck");
+    let mut b = [0u8; 8];
+    rustix::io::read(&full, &mut b).unwrap();
+    let mut h = Front::connect(&sock);
+    h.setup();
+    h.write(buf, &pkt(2));
+    h.set_desc(1, 0, buf, 72, 0, 0);
+    h.offer(1, 0, 1);
+    assert!(h.wait_used(1, 1), "a new frontend is served:\n{}", d.log());
+    assert!(h.called(1, 2000), "and its calls reach it");
+    bystanders(3);
+    drop(h);
+
+    // Connections that come and go leave no descriptor behind (the crate's worker
+    // exit eventfds were never closed: one per connection).
+    std::thread::sleep(Duration::from_millis(500));
+    let fds0 = d.fd_count();
+    for _ in 0..40 {
+        let mut c = Front::connect(&sock2);
+        let _ = c.get_features();
+    }
+    assert!(
+        wait_for(10.0, || d.fd_count() <= fds0),
+        "descriptors back to {fds0}: {}",
+        d.fd_count()
+    );
+    bystanders(4);
 }
 
 #[test]

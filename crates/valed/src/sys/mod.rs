@@ -109,6 +109,16 @@ pub unsafe fn getsockopt_at<T>(
 /// It hands out raw pointers only, never `&`/`&mut` to its bytes: the kernel writes into
 /// these mappings whenever it holds a slot, so only the ring code that knows a region
 /// has been handed over may make a reference to it, and only while it holds the `Mmap`.
+/// Closes descriptor number `fd`, which a library was handed as a raw number and
+/// leaves open for ever (vhost-user-backend's worker exit eventfds), once whatever used
+/// it is gone. The caller owns the number: nothing else closes it.
+pub fn close_abandoned(fd: i32) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the caller's contract: an open descriptor that nothing else will close
+    // or use from now on, so taking ownership of it here is sound.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+}
+
 pub struct Mmap {
     ptr: *mut u8,
     len: usize,

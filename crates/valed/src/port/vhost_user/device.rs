@@ -21,11 +21,21 @@ pub struct NetBackend {
     lane: Waker,
     /// The queue pairs offered (`--queues`).
     pairs: u16,
+    /// The exit eventfds the crate's worker threads were given and never close
+    /// (vhost-user-backend 0.24 registers the consumer's raw descriptor in its epoll
+    /// and forgets it; one per frontend connection): closed once that connection's
+    /// daemon is gone (`sys::close_abandoned`).
+    pub(super) exit_fds: std::sync::Mutex<Vec<i32>>,
 }
 
 impl NetBackend {
     pub fn new(guest: GuestRef, lane: Waker, pairs: u16) -> NetBackend {
-        NetBackend { guest, lane, pairs }
+        NetBackend {
+            guest,
+            lane,
+            pairs,
+            exit_fds: std::sync::Mutex::default(),
+        }
     }
 }
 
@@ -96,7 +106,13 @@ impl VhostUserBackendMut for NetBackend {
         Ok(())
     }
     fn exit_event(&self, _thread: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+        let (c, n) = new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()?;
+        use std::os::fd::AsRawFd;
+        self.exit_fds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(c.as_raw_fd());
+        Some((c, n))
     }
     fn handle_event(
         &mut self,

@@ -19,6 +19,7 @@
 
 pub(crate) mod datapath;
 mod device;
+mod pump;
 pub(crate) mod relay;
 mod server;
 pub(crate) mod split;
@@ -160,9 +161,11 @@ impl Guest {
     /// before anyone may touch them (the old memory's unwatched first).
     fn set_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> std::io::Result<()> {
         let map = crate::sys::guest::GuestMap::new(mem.memory().into_inner());
+        // The old ranges' watch goes before their mapping: a fault repaired in a range
+        // no longer mapped would map over whatever lives there by then.
+        self.watched = None;
         self.mem = None;
         self.map = None;
-        self.watched = None;
         self.watched = Some(crate::sys::sigbus::Watched::new(map.ranges())?);
         self.faults_seen = 0;
         self.map = Some(map);

@@ -14,7 +14,9 @@ const SET_MEM_TABLE: u32 = 5;
 /// Memory slots (CONFIGURE_MEM_SLOTS, not offered): refused outright.
 const ADD_MEM_REG: u32 = 37;
 const REM_MEM_REG: u32 = 38;
-const SET_VRING_KICK: u32 = 12;
+pub(super) const SET_VRING_KICK: u32 = 12;
+pub(super) const SET_VRING_CALL: u32 = 13;
+pub(super) const SET_VRING_ERR: u32 = 14;
 const SET_VRING_ENABLE: u32 = 18;
 const FLAG_VERSION: u32 = 0x1;
 const FLAG_REPLY: u32 = 0x4;
@@ -310,10 +312,24 @@ pub(super) fn relay(
     port: &str,
     counters: &PortCounters,
     trust_unsealed: bool,
+    pumps_alive: &Arc<std::sync::atomic::AtomicUsize>,
 ) {
     use rustix::fd::AsFd;
     let front_w = Arc::new(Mutex::new(front.try_clone().ok()));
     let back_r = back.try_clone().ok();
+    let pumps = super::pump::Pumps::start(port, pumps_alive);
+    let served = front_w.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+    let (true, Some(_), Ok(pumps)) = (served, &back_r, pumps.as_ref()) else {
+        // Out of descriptors (or threads), or the last frontend's notifications still
+        // stuck: the frontend sees the connection close and may come back, instead of
+        // waiting for answers that never come.
+        let why = pumps.err().map_or("out of descriptors".to_string(), |e| e.to_string());
+        tracing::warn!(port, "vhost-user: cannot serve the frontend: {why}");
+        counters.read_errors.fetch_add(1, Ordering::Relaxed);
+        let _ = back.shutdown(std::net::Shutdown::Both);
+        let _ = front.shutdown(std::net::Shutdown::Both);
+        return;
+    };
     let fw = front_w.clone();
     // Crate -> frontend: whole messages, so our own replies never interleave.
     let up = std::thread::spawn(move || {
@@ -352,6 +368,16 @@ pub(super) fn relay(
                 }
             }
             Verdict::Pass { then } => {
+                // The frontend's notification descriptors stay with valed's pump; the
+                // crate gets valed's own in their place.
+                let fds = match super::pump::substitute(pumps, &msg, fds) {
+                    Ok(f) => f,
+                    Err(why) => {
+                        tracing::warn!(port, "vhost-user frontend refused: {why}");
+                        counters.read_errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                };
                 let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
                 if vale::sock::send(back.as_fd(), &msg, &borrowed).is_err() {
                     break;

@@ -57,6 +57,8 @@ impl ProtocolServer {
         let front_now: Arc<Mutex<Option<UnixStream>>> = Arc::new(Mutex::new(None));
         let (stop2, shutdown2, front2) = (stop.clone(), shutdown.clone(), front_now.clone());
         let path = path.to_string();
+        // This port's notifier threads (one per frontend connection, see `pump`).
+        let pumps_alive = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let thread = std::thread::Builder::new()
             .name(format!("vale-vhost-{name}"))
             .spawn(move || {
@@ -123,11 +125,24 @@ impl ProtocolServer {
                     tracing::info!(port = %name, "vhost-user frontend connected");
                     *shutdown2.lock().unwrap_or_else(|p| p.into_inner()) = d.shutdown_handle();
                     let (n2, c2) = (name.clone(), counters.clone());
+                    let alive = pumps_alive.clone();
                     let relay = std::thread::spawn(move || {
-                        super::relay::relay(front, back, &n2, &c2, trust_unsealed)
+                        super::relay::relay(front, back, &n2, &c2, trust_unsealed, &alive)
                     });
                     let r = d.wait();
                     let _ = relay.join();
+                    // Its worker threads stopped and joined: their exit eventfds, which
+                    // the crate leaves open, are closed.
+                    drop(d);
+                    let abandoned = std::mem::take(
+                        &mut *backend
+                            .read()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .exit_fds
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner()),
+                    );
+                    abandoned.into_iter().for_each(crate::sys::close_abandoned);
                     // Its queues and memory are gone with it.
                     write(&guest).forget(&counters);
                     *shutdown2.lock().unwrap_or_else(|p| p.into_inner()) = None;

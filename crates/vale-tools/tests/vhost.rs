@@ -1049,9 +1049,28 @@ fn a_frontend_s_notification_descriptors_cannot_hold_up_the_switch() {
     f.set_desc(1, 0, buf, 72, 0, 0);
     f.offer(1, 0, 1);
     assert!(f.wait_used(1, 1), "the frame is used:\n{}", d.log());
-    std::thread::sleep(Duration::from_millis(300)); // its signal was due meanwhile
+    // valed's signal for it is on its way: the port's notifier thread sits in the
+    // write to the full eventfd (where the forwarding thread used to).
+    let stuck_in_write = || {
+        std::fs::read_dir(format!("/proc/{}/task", d.pid()))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|t| {
+                let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                let call = std::fs::read_to_string(t.path().join("syscall")).unwrap_or_default();
+                comm.trim() == "vale-vhost-irq" && call.starts_with("1 ") // write(2)
+            })
+    };
+    assert!(
+        wait_for(10.0, stuck_in_write),
+        "the notifier holds the signal"
+    );
     bystanders(1);
-    assert!(d.ctl(&["list"]).status.success(), "the control thread answers");
+    assert!(
+        d.ctl(&["list"]).status.success(),
+        "the control thread answers"
+    );
 
     // A kick that is a pipe (the crate's read of it blocks holding the ring's lock):
     // refused before it is used, the frontend cut off and counted.
@@ -1073,7 +1092,12 @@ fn a_frontend_s_notification_descriptors_cannot_hold_up_the_switch() {
     // most); once the eventfd is read, the next one is served and frames flow.
     drop(f);
     let mut h = Front::connect(&sock);
-    assert!(h.hung_up(10), "refused while the last one's notifier is stuck");
+    assert!(
+        h.hung_up(10),
+        "refused while the last one's notifier is stuck:\n{}",
+        d.log()
+    );
+    assert!(stuck_in_write(), "still held");
     let mut b = [0u8; 8];
     rustix::io::read(&full, &mut b).unwrap();
     let mut h = Front::connect(&sock);

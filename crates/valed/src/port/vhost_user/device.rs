@@ -106,7 +106,8 @@ impl VhostUserBackendMut for NetBackend {
         Ok(())
     }
     fn exit_event(&self, _thread: usize) -> Option<(EventConsumer, EventNotifier)> {
-        let (c, n) = new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()?;
+        let (c, n) =
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()?;
         use std::os::fd::AsRawFd;
         self.exit_fds
             .lock()

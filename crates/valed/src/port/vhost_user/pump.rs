@@ -88,21 +88,34 @@ impl Pumps {
             0,
             rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
         )?);
-        epoll::add(&*ep, &*wake, epoll::EventData::new_u64(WAKE), epoll::EventFlags::IN)?;
+        epoll::add(
+            &*ep,
+            &*wake,
+            epoll::EventData::new_u64(WAKE),
+            epoll::EventFlags::IN,
+        )?;
         let p = Pumps {
             epoll: ep,
             pairs: Arc::default(),
             stop: Arc::default(),
             wake,
         };
-        let (ep, pairs, stop) = (p.epoll.clone(), p.pairs.clone(), p.stop.clone());
+        // The thread holds the wake-up eventfd too: closed by the last holder while its
+        // event waits to be collected, epoll would forget the event (it did: the
+        // thread slept out its second).
+        let (ep, pairs, stop, wake) = (
+            p.epoll.clone(),
+            p.pairs.clone(),
+            p.stop.clone(),
+            p.wake.clone(),
+        );
         alive.fetch_add(1, Ordering::AcqRel);
         let a = alive.clone();
         let spawned = std::thread::Builder::new()
             .name("vale-vhost-irq".into())
             .spawn(move || {
                 run(&ep, &pairs, &stop);
-                drop(pairs); // the frontend's descriptors, before the count says gone
+                drop((pairs, wake)); // the frontend's descriptors, before the count says gone
                 a.fetch_sub(1, Ordering::AcqRel);
             });
         if let Err(e) = spawned {
@@ -115,7 +128,13 @@ impl Pumps {
 
     /// The frontend's `theirs` for request `req` of queue `queue`, replacing the one
     /// it had there: returns the descriptor to give the crate in its place.
-    pub(super) fn put(&self, req: u32, queue: u8, way: Way, theirs: OwnedFd) -> std::io::Result<OwnedFd> {
+    pub(super) fn put(
+        &self,
+        req: u32,
+        queue: u8,
+        way: Way,
+        theirs: OwnedFd,
+    ) -> std::io::Result<OwnedFd> {
         // Non-blocking, a flag the crate's duplicate shares: the crate reads it only
         // once readable with nobody else reading, and writes it far from its limit.
         let ours = rustix::event::eventfd(
@@ -133,7 +152,12 @@ impl Pumps {
             theirs: Arc::new(theirs),
             ours: Arc::new(ours),
         };
-        epoll::add(&*self.epoll, watched(&pair), epoll::EventData::new_u64(key), epoll::EventFlags::IN)?;
+        epoll::add(
+            &*self.epoll,
+            watched(&pair),
+            epoll::EventData::new_u64(key),
+            epoll::EventFlags::IN,
+        )?;
         pairs.insert(key, pair);
         Ok(for_crate)
     }
@@ -161,12 +185,17 @@ pub(super) fn substitute(
         _ => return Ok(fds),
     };
     // The payload: the queue in bits 0-7, bit 8 set for no descriptor (polling).
-    let payload = msg.get(12..20).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+    let payload = msg
+        .get(12..20)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
     if fds.is_empty() || payload & 0x100 != 0 {
         return Ok(fds);
     }
     if fds.len() != 1 {
-        return Err(format!("a notification message with {} descriptors", fds.len()));
+        return Err(format!(
+            "a notification message with {} descriptors",
+            fds.len()
+        ));
     }
     let theirs = fds.into_iter().next().expect("one");
     check(&theirs)?;
@@ -186,9 +215,20 @@ impl Drop for Pumps {
 }
 
 fn run(ep: &OwnedFd, pairs: &Mutex<HashMap<u64, Pair>>, stop: &AtomicBool) {
-    let mut events = epoll::EventVec::with_capacity(16);
+    let mut events = Vec::with_capacity(16);
+    let second = rustix::event::Timespec {
+        tv_sec: 1,
+        tv_nsec: 0,
+    };
     while !stop.load(Ordering::Acquire) {
-        if epoll::wait(ep, &mut events, 1000).is_err() {
+        events.clear();
+        if epoll::wait(
+            ep,
+            rustix::buffer::spare_capacity(&mut events),
+            Some(&second),
+        )
+        .is_err()
+        {
             continue;
         }
         for e in &events {
@@ -214,5 +254,28 @@ fn run(ep: &OwnedFd, pairs: &Mutex<HashMap<u64, Pair>>, stop: &AtomicBool) {
             }
             let _ = rustix::io::write(&*to, &1u64.to_ne_bytes());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_pump_thread_ends_at_once() {
+        let alive = Arc::new(AtomicUsize::new(0));
+        let p = Pumps::start("t", &alive).unwrap();
+        assert_eq!(alive.load(Ordering::Acquire), 1);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let t = std::time::Instant::now();
+        drop(p);
+        while alive.load(Ordering::Acquire) > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
     }
 }

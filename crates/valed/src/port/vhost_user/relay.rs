@@ -323,7 +323,9 @@ pub(super) fn relay(
         // Out of descriptors (or threads), or the last frontend's notifications still
         // stuck: the frontend sees the connection close and may come back, instead of
         // waiting for answers that never come.
-        let why = pumps.err().map_or("out of descriptors".to_string(), |e| e.to_string());
+        let why = pumps
+            .err()
+            .map_or("out of descriptors".to_string(), |e| e.to_string());
         tracing::warn!(port, "vhost-user: cannot serve the frontend: {why}");
         counters.read_errors.fetch_add(1, Ordering::Relaxed);
         let _ = back.shutdown(std::net::Shutdown::Both);

@@ -888,6 +888,17 @@ impl Hostile {
 
     /// [`Hostile::setup`] with `kick` as its C2S ring's eventfd (the client keeps it).
     fn setup_kicking(&self, id: u32, mem: &OwnedFd, kick: &OwnedFd) -> Option<Msg> {
+        self.setup_with(id, mem, kick, &eventfd())
+    }
+
+    /// [`Hostile::setup`] with the rings' eventfds given (the client keeps them).
+    fn setup_with(
+        &self,
+        id: u32,
+        mem: &OwnedFd,
+        kick: &OwnedFd,
+        s2c_kick: &OwnedFd,
+    ) -> Option<Msg> {
         self.init(id, "");
         self.acked();
         self.send(
@@ -898,8 +909,7 @@ impl Hostile {
             Some(mem),
         );
         self.acked();
-        let s2c_kick = eventfd();
-        for (flags, offset, fd) in [(RING_FLAG_C2S, c2s(), kick), (0, s2c(), &s2c_kick)] {
+        for (flags, offset, fd) in [(RING_FLAG_C2S, c2s(), kick), (0, s2c(), s2c_kick)] {
             self.send(
                 &Msg::AddRing(AddRing {
                     flags,
@@ -1318,6 +1328,123 @@ fn stalled_handshakes_time_out_and_are_bounded_in_number() {
     assert!(matches!(h.setup(0, &mem), Some(Msg::Connected { .. })));
     h.send_frame(&frame(BCAST, [2, 0, 0, 0, 0, 0xe], 1));
     assert!(wait_for(3.0, || host_counter(&d, "m", "from_host") == 1));
+}
+
+/// Whether one of valed's threads named `comm` sits in write(2).
+fn thread_in_write(d: &Daemon, comm: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{}/task", d.pid()))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|t| {
+            let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let call = std::fs::read_to_string(t.path().join("syscall")).unwrap_or_default();
+            name.trim() == comm && call.starts_with("1 ")
+        })
+}
+
+/// A client's interrupt eventfds share their files with it. One filled to its limit
+/// (valed's write of an interrupt would block), or drained by the client before valed
+/// reads it after the client cleared O_NONBLOCK (valed's read would block), once froze
+/// the forwarding thread: every port of the switch, and the control thread behind it.
+/// Now the write waits on the port's notifier thread, the read never waits, the
+/// bystanders forward throughout, and the port's next client unsticks the notifier.
+#[test]
+fn a_memif_client_s_interrupt_eventfds_cannot_hold_up_the_switch() {
+    let (mut d, sock) = memif_daemon("memif-irqfd", &[]);
+    let sock = sock.as_str();
+    memif_port(&d, "vale0:m", sock, 0, &[]);
+    let (a, b) = bystanders(&d);
+    let mut h = Hostile::connect(sock);
+    let mem = h.mem.try_clone().unwrap();
+    let kick = eventfd();
+    let full = eventfd();
+    rustix::io::write(&full, &(u64::MAX - 1).to_ne_bytes()).unwrap();
+    assert!(matches!(
+        h.setup_with(0, &mem, &kick, &full),
+        Some(Msg::Connected { .. })
+    ));
+    // Blocking again, whatever valed made of them (the flag is the files').
+    for fd in [&kick, &full] {
+        rustix::fs::fcntl_setfl(fd, rustix::fs::OFlags::empty()).unwrap();
+    }
+    // S2C buffers posted, interrupts wanted (the ring's flags left clear).
+    for j in 0..SLOTS {
+        let off = s2c() + L.descriptors() + j * DESC_LEN;
+        let d = Desc {
+            region: 0,
+            length: BUF as u32,
+            offset: buf(false, j) as u32,
+            ..Desc::default()
+        };
+        rustix::io::pwrite(&mem, &d.encode(), off as u64).unwrap();
+    }
+    rustix::io::pwrite(
+        &mem,
+        &(SLOTS as u16).to_le_bytes(),
+        (s2c() + RingLayout::HEAD) as u64,
+    )
+    .unwrap();
+    let e = [2, 0, 0, 0, 0, 0xe];
+    h.send_frame(&frame([2, 0, 0, 0, 0, 0xb], e, 1));
+    assert_eq!(drain(&b, 2.0).len(), 1, "the switch learns the client");
+    let s2c_tail = || {
+        let mut t = [0u8; 2];
+        rustix::io::pread(&mem, &mut t, (s2c() + L.tail()) as u64).unwrap();
+        u16::from_le_bytes(t)
+    };
+    send(&a, &[frame(e, [2, 0, 0, 0, 0, 0xa], 2)]);
+    assert!(
+        wait_for(10.0, || s2c_tail() == 1),
+        "the frame reached the client:\n{}",
+        d.log()
+    );
+    assert!(
+        wait_for(10.0, || thread_in_write(&d, "vale-memif-irq")),
+        "the port's notifier holds the interrupt"
+    );
+    bystanders_exchange(&d, &a, &b, 1000);
+    assert!(
+        d.ctl(&["list"]).status.success(),
+        "the control thread answers"
+    );
+
+    // Kicks the client takes back at once, without waiting itself (its file is
+    // blocking): valed, woken, finds some empty.
+    let nowait = |fd: &OwnedFd| {
+        let mut b = [0u8; 8];
+        let _ = rustix::io::preadv2(
+            fd,
+            &mut [std::io::IoSliceMut::new(&mut b)],
+            u64::MAX,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        );
+    };
+    for _ in 0..2000 {
+        rustix::io::write(&kick, &1u64.to_ne_bytes()).unwrap();
+        nowait(&kick);
+    }
+    bystanders_exchange(&d, &a, &b, 1000);
+    assert!(d.alive(), "valed is up");
+
+    // The client goes, its filled eventfd still holding the notifier; the port's next
+    // client unsticks it and is served.
+    drop(h);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        thread_in_write(&d, "vale-memif-irq"),
+        "held until the next client"
+    );
+    let h2 = Hostile::connect(sock);
+    let mem2 = h2.mem.try_clone().unwrap();
+    assert!(matches!(h2.setup(0, &mem2), Some(Msg::Connected { .. })));
+    assert!(
+        wait_for(5.0, || !thread_in_write(&d, "vale-memif-irq")),
+        "the gone client's notifier ended"
+    );
+    assert!(wait_for(3.0, || connected(&d, "m")));
+    bystanders_exchange(&d, &a, &b, 100);
+    drop(h2);
 }
 
 /// A port removed while its client keeps its eventfds and kicks them: valed takes them

@@ -386,7 +386,7 @@ pub fn memif_own(data: &[u8]) {
         log2: 1 + cfg % 6,
         bsize: 64 << (cfg >> 6),
     };
-    let Ok((mut own, offered)) = Own::create(geo) else {
+    let Ok((mut own, offered)) = Own::create(geo, &Default::default()) else {
         return;
     };
     let len = geo.region_len() as u64;

@@ -7,6 +7,7 @@ mod afpacket;
 pub mod counters;
 pub mod fd_io;
 pub mod memif;
+pub(crate) mod notify;
 pub mod qemu_dgram;
 pub mod qemu_stream;
 pub mod rings;

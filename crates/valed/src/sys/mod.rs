@@ -103,12 +103,6 @@ pub unsafe fn getsockopt_at<T>(
     Ok(len as usize)
 }
 
-/// A memory mapping valed made, unmapped when dropped: an AF_PACKET or AF_XDP ring
-/// shared with the kernel, or an AF_XDP UMEM.
-///
-/// It hands out raw pointers only, never `&`/`&mut` to its bytes: the kernel writes into
-/// these mappings whenever it holds a slot, so only the ring code that knows a region
-/// has been handed over may make a reference to it, and only while it holds the `Mmap`.
 /// Closes descriptor number `fd`, which a library was handed as a raw number and
 /// leaves open for ever (vhost-user-backend's worker exit eventfds), once whatever used
 /// it is gone. The caller owns the number: nothing else closes it.
@@ -119,6 +113,40 @@ pub fn close_abandoned(fd: i32) {
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
 }
 
+/// Reads an eventfd that another process shares (a peer's notification descriptor)
+/// without ever blocking: `O_NONBLOCK` is the file's, which the peer may clear at any
+/// time, so the read asks for no waiting itself (`RWF_NOWAIT`, which current kernels
+/// honour for eventfds: 6.18 here). Where the kernel does not, the file is made
+/// non-blocking first (a peer could clear that in between). `Ok(false)`: nothing was signalled.
+pub fn read_eventfd_nowait(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut b = [0u8; 8];
+    // Offset -1: the file's own position (an eventfd has none to move).
+    let r = rustix::io::preadv2(
+        fd,
+        &mut [io::IoSliceMut::new(&mut b)],
+        u64::MAX,
+        rustix::io::ReadWriteFlags::NOWAIT,
+    );
+    let r = match r {
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+            let _ = rustix::fs::fcntl_setfl(fd, rustix::fs::OFlags::NONBLOCK);
+            rustix::io::read(fd, &mut b)
+        }
+        r => r,
+    };
+    match r {
+        Ok(_) => Ok(true),
+        Err(rustix::io::Errno::AGAIN) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A memory mapping valed made, unmapped when dropped: an AF_PACKET or AF_XDP ring
+/// shared with the kernel, or an AF_XDP UMEM.
+///
+/// It hands out raw pointers only, never `&`/`&mut` to its bytes: the kernel writes into
+/// these mappings whenever it holds a slot, so only the ring code that knows a region
+/// has been handed over may make a reference to it, and only while it holds the `Mmap`.
 pub struct Mmap {
     ptr: *mut u8,
     len: usize,

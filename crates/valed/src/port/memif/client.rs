@@ -303,7 +303,8 @@ fn session(
     let geo = plan(&hello, WANT).inspect_err(|why| {
         let _ = send(&fd, &Msg::disconnect(why), None);
     })?;
-    let (mut own, offered) = Own::create(geo).map_err(|e| format!("memory: {e}"))?;
+    let (mut own, offered) =
+        Own::create(geo, &slot.notifiers).map_err(|e| format!("memory: {e}"))?;
     let Offered {
         region,
         c2s_kick,

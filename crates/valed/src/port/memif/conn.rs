@@ -16,6 +16,7 @@ use super::ring::{C2s, Placement, S2c};
 use crate::sys::peer::PeerMem;
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::SealFlags;
+use std::sync::Arc;
 use vale_wire::memif::RingLayout;
 
 /// The client's regions, mapped, and its rings.
@@ -26,14 +27,17 @@ pub struct Conn {
     pub regions: Vec<PeerMem>,
     pub c2s: Vec<C2s>,
     pub s2c: Vec<S2c>,
-    /// The eventfds the client passed with its rings: it writes a C2S one when it
-    /// published frames (unless valed masked it); valed writes an S2C one after
-    /// publishing (unless the client masked it).
+    /// The eventfds the client passed with its C2S rings: it writes one when it
+    /// published frames (unless valed masked it). valed writes an S2C one after
+    /// publishing (unless the client masked it): its own, relayed to the client's.
     pub c2s_kick: Vec<OwnedFd>,
     pub s2c_kick: Vec<OwnedFd>,
     /// Slots of each ring, for `vale-ctl list`.
     pub c2s_slots: u32,
     pub s2c_slots: u32,
+    /// Relays valed's interrupts (`s2c_kick`, eventfds of valed's own) to the client's
+    /// eventfds (`port::notify`): the forwarding thread never writes the client's.
+    _notify: crate::port::notify::Pumps,
 }
 
 /// Seals `fd` against shrinking if it is not yet, then returns its size and whether it
@@ -94,31 +98,21 @@ fn memory_kind(fd: &OwnedFd, index: usize) -> Result<Memory, String> {
 /// O_NONBLOCK says, a semaphore eventfd that one read does not empty) would make the
 /// forwarding thread spin or block.
 fn check_eventfd(fd: &OwnedFd, ring: usize) -> Result<(), String> {
-    use rustix::fd::AsRawFd;
-    let n = fd.as_raw_fd();
-    let what = std::fs::read_link(format!("/proc/self/fd/{n}"))
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if what != "anon_inode:[eventfd]" {
-        return Err(format!(
-            "Ring {ring}'s interrupt fd is not an eventfd ({})",
-            if what.is_empty() { "unknown" } else { &what }
-        ));
-    }
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{n}")).unwrap_or_default();
-    if info
-        .lines()
-        .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["eventfd-semaphore:", "1"])
-    {
-        return Err(format!("Ring {ring}'s interrupt eventfd is a semaphore"));
-    }
-    Ok(())
+    use crate::port::notify::{Unfit, check};
+    check(fd).map_err(|e| match e {
+        Unfit::NotEventfd(what) => format!("Ring {ring}'s interrupt fd is not an eventfd ({what})"),
+        Unfit::Semaphore => format!("Ring {ring}'s interrupt eventfd is a semaphore"),
+    })
 }
 
 impl Conn {
     /// Maps what the handshake accepted; regions that cannot be sealed only if `trust`
     /// (then watched). The error is the reason sent in DISCONNECT.
-    pub fn map(setup: Setup<OwnedFd>, trust: bool) -> Result<Conn, String> {
+    pub fn map(
+        setup: Setup<OwnedFd>,
+        trust: bool,
+        held: &Arc<crate::port::notify::Held>,
+    ) -> Result<Conn, String> {
         let mut regions = Vec::with_capacity(setup.regions.len());
         let mut unsealed = Vec::new();
         for (i, r) in setup.regions.into_iter().enumerate() {
@@ -166,12 +160,16 @@ impl Conn {
         let mut c2s_kick = Vec::new();
         let c2s_slots = 1u32 << setup.c2s[0].log2_size;
         let s2c_slots = 1u32 << setup.s2c[0].log2_size;
-        // The client's eventfds are read and written from the forwarding thread, which
-        // must never block on them (DPDK makes them non-blocking too).
+        // The client's eventfds share their files with it: it may clear O_NONBLOCK,
+        // fill the counter, drain it first. So the forwarding thread reads its kicks
+        // without waiting (`sys::read_eventfd_nowait`) and never writes its interrupts:
+        // it writes eventfds of valed's own, relayed (`port::notify`).
         for (i, r) in setup.c2s.iter().chain(&setup.s2c).enumerate() {
             check_eventfd(&r.eventfd, i)?;
-            let _ = rustix::fs::fcntl_setfl(&r.eventfd, rustix::fs::OFlags::NONBLOCK);
         }
+        // Two per port: the last connection's may still be read to its end.
+        let notify = crate::port::notify::Pumps::start("vale-memif-irq", held, 2)
+            .map_err(|e| format!("cannot relay the interrupts: {e}"))?;
         for (i, r) in setup.c2s.into_iter().enumerate() {
             let mut ring = C2s::new(at(r.region, r.offset, r.log2_size), layout);
             ring.connect(&regions)
@@ -186,7 +184,10 @@ impl Conn {
             ring.connect(&regions)
                 .map_err(|e| format!("S2C ring {i}: {e}"))?;
             s2c.push(ring);
-            s2c_kick.push(r.eventfd);
+            let ours = notify
+                .put(1, i as u8, crate::port::notify::Way::Out, r.eventfd)
+                .map_err(|e| format!("cannot relay ring {i}'s interrupts: {e}"))?;
+            s2c_kick.push(ours);
         }
         Ok(Conn {
             watched,
@@ -197,6 +198,7 @@ impl Conn {
             s2c_kick,
             c2s_slots,
             s2c_slots,
+            _notify: notify,
         })
     }
 }
@@ -247,7 +249,7 @@ mod tests {
     fn a_sealable_region_is_sealed_before_its_size_is_trusted() {
         let fd = memfd(1 << 16, MemfdFlags::ALLOW_SEALING);
         let keep = fd.try_clone().unwrap();
-        let c = Conn::map(setup(fd, 1 << 16), false).unwrap();
+        let c = Conn::map(setup(fd, 1 << 16), false, &Arc::default()).unwrap();
         assert_eq!((c.c2s.len(), c.s2c.len(), c.c2s_slots), (1, 1, 16));
         assert!(
             rustix::fs::ftruncate(&keep, 100).is_err(),
@@ -261,23 +263,32 @@ mod tests {
 
     #[test]
     fn regions_that_cannot_be_sealed_or_are_short_are_refused() {
-        let e = Conn::map(setup(memfd(1 << 16, MemfdFlags::empty()), 1 << 16), false)
-            .err()
-            .unwrap();
+        let e = Conn::map(
+            setup(memfd(1 << 16, MemfdFlags::empty()), 1 << 16),
+            false,
+            &Arc::default(),
+        )
+        .err()
+        .unwrap();
         assert!(e.contains("cannot be sealed against shrinking"), "{e}");
         let fd = memfd(1 << 16, MemfdFlags::ALLOW_SEALING);
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SEAL).unwrap();
-        let e = Conn::map(setup(fd, 1 << 16), false).err().unwrap();
+        let e = Conn::map(setup(fd, 1 << 16), false, &Arc::default())
+            .err()
+            .unwrap();
         assert!(e.contains("F_SEAL_SEAL is set"), "{e}");
         let e = Conn::map(
             setup(memfd(8192, MemfdFlags::ALLOW_SEALING), 1 << 16),
             false,
+            &Arc::default(),
         )
         .err()
         .unwrap();
         assert!(e.contains("region 0 is 8192 bytes, not the 65536"), "{e}");
         let f = std::fs::File::open("/dev/null").unwrap();
-        let e = Conn::map(setup(f.into(), 4096), false).err().unwrap();
+        let e = Conn::map(setup(f.into(), 4096), false, &Arc::default())
+            .err()
+            .unwrap();
         assert!(e.contains("not a sealable memfd"), "{e}");
     }
 
@@ -299,17 +310,25 @@ mod tests {
             eprintln!("SKIP: the build directory is on tmpfs, which is memory");
             return;
         }
-        let e = Conn::map(setup(fd, 1 << 16), true).err().unwrap();
+        let e = Conn::map(setup(fd, 1 << 16), true, &Arc::default())
+            .err()
+            .unwrap();
         assert!(e.contains("region 0 is not shared memory"), "{e}");
     }
 
     #[test]
     fn unsealable_memory_is_taken_only_when_trusted_and_then_watched() {
-        let c = Conn::map(setup(memfd(1 << 16, MemfdFlags::empty()), 1 << 16), true).unwrap();
+        let c = Conn::map(
+            setup(memfd(1 << 16, MemfdFlags::empty()), 1 << 16),
+            true,
+            &Arc::default(),
+        )
+        .unwrap();
         assert!(c.watched.is_some(), "its mapping is under watch");
         let c = Conn::map(
             setup(memfd(1 << 16, MemfdFlags::ALLOW_SEALING), 1 << 16),
             true,
+            &Arc::default(),
         )
         .unwrap();
         assert!(c.watched.is_none(), "sealed memory needs no watch");
@@ -329,7 +348,7 @@ mod tests {
         )
         .unwrap();
         s.s2c[0].eventfd = a;
-        let e = Conn::map(s, true).err().unwrap();
+        let e = Conn::map(s, true, &Arc::default()).err().unwrap();
         assert!(
             e.contains("Ring 1's interrupt fd is not an eventfd (socket:"),
             "{e}"
@@ -340,12 +359,12 @@ mod tests {
             rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::SEMAPHORE,
         )
         .unwrap();
-        let e = Conn::map(s, true).err().unwrap();
+        let e = Conn::map(s, true, &Arc::default()).err().unwrap();
         assert!(
             e.contains("Ring 0's interrupt eventfd is a semaphore"),
             "{e}"
         );
-        assert!(Conn::map(setup(region(), 1 << 16), false).is_ok());
+        assert!(Conn::map(setup(region(), 1 << 16), false, &Arc::default()).is_ok());
     }
 
     #[test]
@@ -353,7 +372,9 @@ mod tests {
         let fd = memfd(1 << 16, MemfdFlags::ALLOW_SEALING);
         let m = PeerMem::map(fd.as_fd(), 1 << 16).unwrap();
         assert!(m.write(4096, &[0u8; 4]));
-        let e = Conn::map(setup(fd, 1 << 16), false).err().unwrap();
+        let e = Conn::map(setup(fd, 1 << 16), false, &Arc::default())
+            .err()
+            .unwrap();
         assert!(e.starts_with("S2C ring 0: wrong cookie"), "{e}");
     }
 }

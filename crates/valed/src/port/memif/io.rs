@@ -32,7 +32,7 @@ use super::ring::{Broken, Chain, Refused, Src, Unsent};
 use super::server::Slot;
 use crate::port::rings::{copy_at, peek_at, ring_peek, ring_put, room};
 use crate::port::{BURST, DrivenPort, MAX_FRAME, PortCounters, PortRings, Watcher};
-use rustix::fd::OwnedFd;
+use rustix::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 use std::time::{Duration, Instant};
@@ -574,10 +574,10 @@ impl<L: Link> DrivenPort for MemifIo<L> {
     fn disarm(&mut self) {
         if let Some(c) = &self.conn {
             let _ = c.mask(true);
-            // The kicks that woke the thread.
-            let mut b = [0u8; 8];
+            // The kicks that woke the thread: the peer's eventfds, read without waiting
+            // (it may have drained them itself, after clearing O_NONBLOCK).
             for fd in c.kicks() {
-                let _ = rustix::io::read(fd, &mut b);
+                let _ = crate::sys::read_eventfd_nowait(fd.as_fd());
             }
         }
         self.after_peer_memory();

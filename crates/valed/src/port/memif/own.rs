@@ -158,6 +158,9 @@ pub struct Own {
     pub s2c_kick: OwnedFd,
     /// The pieces of the frame being read.
     segs: Vec<(usize, usize, usize)>,
+    /// Relays `c2s_kick` (valed's own) to the C2S eventfd the server has
+    /// (`port::notify`): it shares that file and could make a write to it block.
+    _notify: crate::port::notify::Pumps,
 }
 
 /// What the handshake sends with ADD_REGION and ADD_RING: the region's memfd and each
@@ -179,7 +182,10 @@ fn eventfd() -> std::io::Result<OwnedFd> {
 impl Own {
     /// A new region of `geo`'s shape, sealed, with both rings' cookies written and every
     /// descriptor pointing at its slot's buffer.
-    pub fn create(geo: Geometry) -> std::io::Result<(Own, Offered)> {
+    pub fn create(
+        geo: Geometry,
+        held: &std::sync::Arc<crate::port::notify::Held>,
+    ) -> std::io::Result<(Own, Offered)> {
         let fd = rustix::fs::memfd_create(
             "valed-memif",
             MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
@@ -187,6 +193,12 @@ impl Own {
         rustix::fs::ftruncate(&fd, geo.region_len() as u64)?;
         rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
         let mem = PeerMem::map(fd.as_fd(), geo.region_len() as u64)?;
+        // The eventfds go to the server, which shares their files: valed reads the
+        // S2C one without waiting, and writes the C2S one through a relay of its own
+        // (`port::notify`), as it does a client's.
+        let (c2s_theirs, s2c_kick) = (eventfd()?, eventfd()?);
+        let notify = crate::port::notify::Pumps::start("vale-memif-irq", held, 2)?;
+        let c2s_kick = notify.put(0, 0, crate::port::notify::Way::Out, c2s_theirs.try_clone()?)?;
         let own = Own {
             mem,
             geo,
@@ -196,9 +208,10 @@ impl Own {
             tx_tail: 0,
             rx_next: 0,
             rx_head: 0,
-            c2s_kick: eventfd()?,
-            s2c_kick: eventfd()?,
+            c2s_kick,
+            s2c_kick,
             segs: Vec::with_capacity(MAX_CHAIN),
+            _notify: notify,
         };
         for r in [&own.c2s, &own.s2c] {
             let ok = own
@@ -212,7 +225,7 @@ impl Own {
         }
         let offered = Offered {
             region: fd,
-            c2s_kick: own.c2s_kick.try_clone()?,
+            c2s_kick: c2s_theirs,
             s2c_kick: own.s2c_kick.try_clone()?,
         };
         Ok((own, offered))
@@ -381,7 +394,7 @@ mod tests {
     /// valed's client region, and valed's own server side mapping it (the server code
     /// is the reference for what a server sees).
     fn pair() -> (Own, Conn) {
-        let (mut own, off) = Own::create(GEO).unwrap();
+        let (mut own, off) = Own::create(GEO, &Default::default()).unwrap();
         let setup = Setup {
             id: 0,
             peer: "valed".into(),
@@ -403,7 +416,7 @@ mod tests {
                 eventfd: off.s2c_kick,
             }],
         };
-        let conn = Conn::map(setup, false).unwrap();
+        let conn = Conn::map(setup, false, &Default::default()).unwrap();
         own.start().unwrap();
         (own, conn)
     }
@@ -414,7 +427,7 @@ mod tests {
 
     #[test]
     fn the_region_is_sealed_and_laid_out_as_dpdk_does() {
-        let (own, off) = Own::create(GEO).unwrap();
+        let (own, off) = Own::create(GEO, &Default::default()).unwrap();
         let seals = rustix::fs::fcntl_get_seals(&off.region).unwrap();
         assert!(seals.contains(SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL));
         assert!(rustix::fs::ftruncate(&off.region, 10).is_err());
@@ -573,6 +586,8 @@ mod tests {
         assert_eq!(own.publish(), Ok(false), "the server masked C2S at connect");
         conn.c2s[0].mask_interrupts(&conn.regions, false).unwrap();
         assert_eq!(own.publish(), Ok(true));
+        // Relayed by both sides' notifier threads (valed's own eventfds each side).
+        assert!(crate::sys::readable_within(conn.c2s_kick[0].as_fd(), 2000));
         let mut b = [0u8; 8];
         assert_eq!(rustix::io::read(&conn.c2s_kick[0], &mut b), Ok(8));
         // valed masks S2C while it polls, and clears the flag to be kicked.

@@ -99,6 +99,8 @@ pub struct Slot<C = Conn> {
     inner: Mutex<SlotInner<C>>,
     /// Wakes the socket (or dialing) thread (set when the slot is registered).
     server_wake: Mutex<Option<Arc<OwnedFd>>>,
+    /// The port's interrupt relays (`port::notify`).
+    pub notifiers: Arc<crate::port::notify::Held>,
 }
 
 impl<C> Slot<C> {
@@ -118,6 +120,7 @@ impl<C> Slot<C> {
             generation: AtomicU64::new(0),
             inner: Mutex::new(SlotInner::default()),
             server_wake: Mutex::new(None),
+            notifiers: Arc::default(),
         })
     }
 
@@ -513,7 +516,7 @@ fn client_ready(server: &Server, c: Option<&mut Client>) -> Option<End> {
                 };
                 let (id, app, if_name) = (setup.id, setup.peer.clone(), setup.if_name.clone());
                 let (nc, ns) = (setup.c2s.len(), setup.s2c.len());
-                let conn = match Conn::map(setup, slot.trust_unsealed) {
+                let conn = match Conn::map(setup, slot.trust_unsealed, &slot.notifiers) {
                     Ok(conn) => conn,
                     Err(why) => return Some(End::Tell(why)),
                 };

@@ -19,7 +19,6 @@
 
 pub(crate) mod datapath;
 mod device;
-mod pump;
 pub(crate) mod relay;
 mod server;
 pub(crate) mod split;

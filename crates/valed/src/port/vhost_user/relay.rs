@@ -14,9 +14,9 @@ const SET_MEM_TABLE: u32 = 5;
 /// Memory slots (CONFIGURE_MEM_SLOTS, not offered): refused outright.
 const ADD_MEM_REG: u32 = 37;
 const REM_MEM_REG: u32 = 38;
-pub(super) const SET_VRING_KICK: u32 = 12;
-pub(super) const SET_VRING_CALL: u32 = 13;
-pub(super) const SET_VRING_ERR: u32 = 14;
+pub(crate) const SET_VRING_KICK: u32 = 12;
+pub(crate) const SET_VRING_CALL: u32 = 13;
+pub(crate) const SET_VRING_ERR: u32 = 14;
 const SET_VRING_ENABLE: u32 = 18;
 const FLAG_VERSION: u32 = 0x1;
 const FLAG_REPLY: u32 = 0x4;
@@ -312,12 +312,12 @@ pub(super) fn relay(
     port: &str,
     counters: &PortCounters,
     trust_unsealed: bool,
-    pumps_alive: &Arc<std::sync::atomic::AtomicUsize>,
+    notifiers: &Arc<crate::port::notify::Held>,
 ) {
     use rustix::fd::AsFd;
     let front_w = Arc::new(Mutex::new(front.try_clone().ok()));
     let back_r = back.try_clone().ok();
-    let pumps = super::pump::Pumps::start(port, pumps_alive);
+    let pumps = crate::port::notify::Pumps::start("vale-vhost-irq", notifiers, 1);
     let served = front_w.lock().unwrap_or_else(|p| p.into_inner()).is_some();
     let (true, Some(_), Ok(pumps)) = (served, &back_r, pumps.as_ref()) else {
         // Out of descriptors (or threads), or the last frontend's notifications still
@@ -372,7 +372,7 @@ pub(super) fn relay(
             Verdict::Pass { then } => {
                 // The frontend's notification descriptors stay with valed's pump; the
                 // crate gets valed's own in their place.
-                let fds = match super::pump::substitute(pumps, &msg, fds) {
+                let fds = match crate::port::notify::substitute(pumps, &msg, fds) {
                     Ok(f) => f,
                     Err(why) => {
                         tracing::warn!(port, "vhost-user frontend refused: {why}");

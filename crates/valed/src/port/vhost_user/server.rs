@@ -57,8 +57,8 @@ impl ProtocolServer {
         let front_now: Arc<Mutex<Option<UnixStream>>> = Arc::new(Mutex::new(None));
         let (stop2, shutdown2, front2) = (stop.clone(), shutdown.clone(), front_now.clone());
         let path = path.to_string();
-        // This port's notifier threads (one per frontend connection, see `pump`).
-        let pumps_alive = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // This port's notifier threads (one per frontend connection, `port::notify`).
+        let notifiers = Arc::new(crate::port::notify::Held::default());
         let thread = std::thread::Builder::new()
             .name(format!("vale-vhost-{name}"))
             .spawn(move || {
@@ -125,7 +125,7 @@ impl ProtocolServer {
                     tracing::info!(port = %name, "vhost-user frontend connected");
                     *shutdown2.lock().unwrap_or_else(|p| p.into_inner()) = d.shutdown_handle();
                     let (n2, c2) = (name.clone(), counters.clone());
-                    let alive = pumps_alive.clone();
+                    let alive = notifiers.clone();
                     let relay = std::thread::spawn(move || {
                         super::relay::relay(front, back, &n2, &c2, trust_unsealed, &alive)
                     });

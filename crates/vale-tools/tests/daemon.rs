@@ -1124,6 +1124,46 @@ fn each_client_of_a_port_has_its_own_wake_up() {
     drop((x, y, c));
 }
 
+/// A client shares its notify eventfd's file with valed: one that fills it to its limit
+/// and clears O_NONBLOCK (the file's flag) made valed's next write of a wake-up wait,
+/// and the switch with it (every port of the lane). valed puts the flag back first:
+/// the bystanders forward, the control thread answers.
+#[test]
+fn a_client_that_fills_its_wake_up_eventfd_and_makes_it_blocking_holds_up_nothing() {
+    let d = Daemon::start("notify-full", &[]);
+    let (a, b, h) = (d.open("vale0:a"), d.open("vale0:b"), d.open("vale0:h"));
+    let (ma, mb, mh) = (
+        [2, 0, 0, 0, 0, 0xa],
+        [2, 0, 0, 0, 0, 0xb],
+        [2, 0, 0, 0, 0, 0xe],
+    );
+    send(&b, &[frame(BCAST, mb, 0)]);
+    send(&h, &[frame(BCAST, mh, 0)]);
+    for p in [&a, &b, &h] {
+        drain(p, 0.5);
+    }
+    let fd = h.notify_fd();
+    rustix::io::write(fd, &(u64::MAX - 1).to_ne_bytes()).unwrap();
+    rustix::fs::fcntl_setfl(fd, rustix::fs::OFlags::empty()).unwrap();
+    // About to sleep for received frames: it asked for a kick.
+    h.rx_rings()[0].view().csb().app_arm_kick();
+    send(&a, &[frame(mh, ma, 1)]);
+    std::thread::sleep(Duration::from_millis(200));
+    let frames: Vec<_> = (0..100).map(|i| frame(mb, ma, 10 + i)).collect();
+    send(&a, &frames);
+    assert_eq!(
+        drain(&b, 3.0).len(),
+        100,
+        "the bystanders forward:\n{}",
+        d.log()
+    );
+    assert!(
+        d.ctl(&["list"]).status.success(),
+        "the control thread answers"
+    );
+    assert_eq!(drain(&h, 2.0).len(), 1, "the hostile client got its frame");
+}
+
 /// A client that injects, publishes its TX ring once without a kick (the switch is
 /// asleep and would not look) and exits still gets every frame delivered: the port's
 /// last close forwards what its TX rings hold, as netmap forwards inside the sync.

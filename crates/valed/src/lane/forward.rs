@@ -257,8 +257,9 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
         }
         for k in &kicked {
             if let Some(f) = st.fds.get(k) {
-                let mut b = [0u8; 8];
-                let _ = rustix::io::read(&f.kick, &mut b);
+                // The client shares the file: it may have read the kick itself, after
+                // clearing O_NONBLOCK, and a plain read would then wait for the next.
+                let _ = crate::sys::read_eventfd_nowait(rustix::fd::AsFd::as_fd(&f.kick));
             }
         }
         for e in st.registry.switches() {

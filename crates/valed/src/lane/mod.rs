@@ -63,7 +63,7 @@ impl PortFds {
     /// Wakes every client of the port.
     pub fn notify_all(&self) {
         for (_, f) in &self.notify {
-            let _ = rustix::io::write(f, &1u64.to_ne_bytes());
+            notify_client(f);
         }
     }
 }
@@ -81,6 +81,21 @@ pub struct LaneState {
     /// of several threads, pair `i` is served by worker `i % threads`
     /// ([`Lane::serves`]), the lane's thread and its helpers alike.
     pub pairs: PortMap<Arc<dyn Pairs>>,
+}
+
+/// Writes a client's notify eventfd, which it shares: a client that filled it to its
+/// limit and cleared `O_NONBLOCK` (the file's flag) would make the write wait, holding
+/// the lane. So the flag is put back first when it is gone (one more system call, only
+/// when a client is about to sleep). A client clearing it again in the instant between
+/// the two calls, in a loop, still could: see docs/reliability.md.
+pub fn notify_client(f: &OwnedFd) {
+    use rustix::fs::OFlags;
+    if let Ok(fl) = rustix::fs::fcntl_getfl(f) {
+        if !fl.contains(OFlags::NONBLOCK) {
+            let _ = rustix::fs::fcntl_setfl(f, fl | OFlags::NONBLOCK);
+        }
+    }
+    let _ = rustix::io::write(f, &1u64.to_ne_bytes());
 }
 
 /// Wakes the clients the engine asked to wake (`Notify`s of switch `si`).

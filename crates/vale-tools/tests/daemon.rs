@@ -1164,6 +1164,58 @@ fn a_client_that_fills_its_wake_up_eventfd_and_makes_it_blocking_holds_up_nothin
     assert_eq!(drain(&h, 2.0).len(), 1, "the hostile client got its frame");
 }
 
+/// The same client racing valed: it clears O_NONBLOCK again and again, from a thread of
+/// its own, so that some of valed's wake-up writes find it cleared between valed putting
+/// it back and writing. Such a write waits a moment at most (a timer of the lane's
+/// interrupts it), and the bystanders forward throughout.
+#[test]
+fn a_client_racing_to_make_its_full_wake_up_eventfd_blocking_holds_up_nothing() {
+    let d = Daemon::start("notify-race", &[]);
+    let (a, b, h) = (d.open("vale0:a"), d.open("vale0:b"), d.open("vale0:h"));
+    let (ma, mb, mh) = (
+        [2, 0, 0, 0, 0, 0xa],
+        [2, 0, 0, 0, 0, 0xb],
+        [2, 0, 0, 0, 0, 0xe],
+    );
+    send(&b, &[frame(BCAST, mb, 0)]);
+    send(&h, &[frame(BCAST, mh, 0)]);
+    for p in [&a, &b, &h] {
+        drain(p, 0.5);
+    }
+    rustix::io::write(h.notify_fd(), &(u64::MAX - 1).to_ne_bytes()).unwrap();
+    let fd = rustix::io::fcntl_dupfd_cloexec(h.notify_fd(), 0).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let racer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && t.elapsed().as_secs() < 20 {
+                let _ = rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::empty());
+            }
+        })
+    };
+    let mut got = 0;
+    for i in 0..600 {
+        // Asks for a wake-up each time, so that each frame for it is one more write;
+        // takes what it got without reading its eventfd (which a poll would).
+        h.rx_rings()[0].view().csb().app_arm_kick();
+        send(&a, &[frame(mh, ma, i), frame(mb, ma, i)]);
+        std::thread::sleep(Duration::from_millis(1));
+        h.dispatch(0, |_| {});
+        let _ = h.rxsync();
+        got += b.dispatch(0, |_| {});
+        let _ = b.rxsync();
+    }
+    got += drain(&b, 3.0).len();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    racer.join().unwrap();
+    assert_eq!(got, 600, "the bystanders forward:\n{}", d.log());
+    assert!(
+        d.ctl(&["list"]).status.success(),
+        "the control thread answers"
+    );
+}
+
 /// A client that injects, publishes its TX ring once without a kick (the switch is
 /// asleep and would not look) and exits still gets every frame delivered: the port's
 /// last close forwards what its TX rings hold, as netmap forwards inside the sync.

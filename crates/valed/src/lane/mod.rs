@@ -86,16 +86,19 @@ pub struct LaneState {
 /// Writes a client's notify eventfd, which it shares: a client that filled it to its
 /// limit and cleared `O_NONBLOCK` (the file's flag) would make the write wait, holding
 /// the lane. So the flag is put back first when it is gone (one more system call, only
-/// when a client is about to sleep). A client clearing it again in the instant between
-/// the two calls, in a loop, still could: see docs/reliability.md.
+/// when a client is about to sleep), and a client that clears it again in the instant
+/// before the write holds the lane for [`crate::sys::bounded::WRITE_LIMIT`] at most, its
+/// wake-up skipped (its eventfd, full, is readable anyway).
 pub fn notify_client(f: &OwnedFd) {
+    use rustix::fd::AsFd;
     use rustix::fs::OFlags;
     if let Ok(fl) = rustix::fs::fcntl_getfl(f) {
         if !fl.contains(OFlags::NONBLOCK) {
             let _ = rustix::fs::fcntl_setfl(f, fl | OFlags::NONBLOCK);
         }
     }
-    let _ = rustix::io::write(f, &1u64.to_ne_bytes());
+    let limit = crate::sys::bounded::WRITE_LIMIT;
+    let _ = crate::sys::bounded::write_eventfd_bounded(f.as_fd(), 1, limit);
 }
 
 /// Wakes the clients the engine asked to wake (`Notify`s of switch `si`).

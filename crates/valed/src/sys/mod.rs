@@ -24,6 +24,7 @@ use rustix::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use rustix::mm::{MapFlags, ProtFlags};
 use std::io;
 
+pub mod bounded;
 pub mod bpf;
 pub mod closer;
 pub mod guest;

@@ -1124,6 +1124,25 @@ fn each_client_of_a_port_has_its_own_wake_up() {
     drop((x, y, c));
 }
 
+/// The addresses of [`learned_trio`]'s ports.
+const TRIO: [[u8; 6]; 3] = [
+    [2, 0, 0, 0, 0, 0xa],
+    [2, 0, 0, 0, 0, 0xb],
+    [2, 0, 0, 0, 0, 0xe],
+];
+
+/// Ports `vale0:a`, `b` and `h`, `b` and `h` learned by the switch at their [`TRIO`]
+/// addresses.
+fn learned_trio(d: &Daemon) -> (vale::Port, vale::Port, vale::Port) {
+    let (a, b, h) = (d.open("vale0:a"), d.open("vale0:b"), d.open("vale0:h"));
+    send(&b, &[frame(BCAST, TRIO[1], 0)]);
+    send(&h, &[frame(BCAST, TRIO[2], 0)]);
+    for p in [&a, &b, &h] {
+        drain(p, 0.5);
+    }
+    (a, b, h)
+}
+
 /// A client shares its notify eventfd's file with valed: one that fills it to its limit
 /// and clears O_NONBLOCK (the file's flag) made valed's next write of a wake-up wait,
 /// and the switch with it (every port of the lane). valed puts the flag back first:
@@ -1131,17 +1150,8 @@ fn each_client_of_a_port_has_its_own_wake_up() {
 #[test]
 fn a_client_that_fills_its_wake_up_eventfd_and_makes_it_blocking_holds_up_nothing() {
     let d = Daemon::start("notify-full", &[]);
-    let (a, b, h) = (d.open("vale0:a"), d.open("vale0:b"), d.open("vale0:h"));
-    let (ma, mb, mh) = (
-        [2, 0, 0, 0, 0, 0xa],
-        [2, 0, 0, 0, 0, 0xb],
-        [2, 0, 0, 0, 0, 0xe],
-    );
-    send(&b, &[frame(BCAST, mb, 0)]);
-    send(&h, &[frame(BCAST, mh, 0)]);
-    for p in [&a, &b, &h] {
-        drain(p, 0.5);
-    }
+    let (a, b, h) = learned_trio(&d);
+    let [ma, mb, mh] = TRIO;
     let fd = h.notify_fd();
     rustix::io::write(fd, &(u64::MAX - 1).to_ne_bytes()).unwrap();
     rustix::fs::fcntl_setfl(fd, rustix::fs::OFlags::empty()).unwrap();
@@ -1171,17 +1181,8 @@ fn a_client_that_fills_its_wake_up_eventfd_and_makes_it_blocking_holds_up_nothin
 #[test]
 fn a_client_racing_to_make_its_full_wake_up_eventfd_blocking_holds_up_nothing() {
     let d = Daemon::start("notify-race", &[]);
-    let (a, b, h) = (d.open("vale0:a"), d.open("vale0:b"), d.open("vale0:h"));
-    let (ma, mb, mh) = (
-        [2, 0, 0, 0, 0, 0xa],
-        [2, 0, 0, 0, 0, 0xb],
-        [2, 0, 0, 0, 0, 0xe],
-    );
-    send(&b, &[frame(BCAST, mb, 0)]);
-    send(&h, &[frame(BCAST, mh, 0)]);
-    for p in [&a, &b, &h] {
-        drain(p, 0.5);
-    }
+    let (a, b, h) = learned_trio(&d);
+    let [ma, mb, mh] = TRIO;
     rustix::io::write(h.notify_fd(), &(u64::MAX - 1).to_ne_bytes()).unwrap();
     let fd = rustix::io::fcntl_dupfd_cloexec(h.notify_fd(), 0).unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -181,6 +181,14 @@ fn host_counter(d: &Daemon, name: &str, key: &str) -> u64 {
     d.host(name)["counters"][key].as_u64().unwrap_or(0)
 }
 
+/// What `vale-ctl list` says of host port `name` (its `about`).
+fn about_of(d: &Daemon, name: &str) -> String {
+    d.host(name)["about"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn connected(d: &Daemon, name: &str) -> bool {
     d.host(name)["about"]
         .as_str()
@@ -587,12 +595,7 @@ fn valed_as_a_memif_client_dials_a_testpmd_server_and_again_after_it_restarts() 
     let _turn = turn();
     let (d, sock) = memif_daemon("memif-client", &[]);
     memif_port(&d, "vale0:m", &sock, 3, &["--client"]);
-    let about = || {
-        d.host("m")["about"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    };
+    let about = || about_of(&d, "m");
     assert!(
         wait_for(5.0, || about().contains("connecting (cannot connect")),
         "{}",
@@ -1330,19 +1333,6 @@ fn stalled_handshakes_time_out_and_are_bounded_in_number() {
     assert!(wait_for(3.0, || host_counter(&d, "m", "from_host") == 1));
 }
 
-/// Whether one of valed's threads named `comm` sits in write(2).
-fn thread_in_write(d: &Daemon, comm: &str) -> bool {
-    std::fs::read_dir(format!("/proc/{}/task", d.pid()))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|t| {
-            let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-            let call = std::fs::read_to_string(t.path().join("syscall")).unwrap_or_default();
-            name.trim() == comm && call.starts_with("1 ")
-        })
-}
-
 /// A client's interrupt eventfds share their files with it. One filled to its limit
 /// (valed's write of an interrupt would block), or drained by the client before valed
 /// reads it after the client cleared O_NONBLOCK (valed's read would block), once froze
@@ -1400,7 +1390,7 @@ fn a_memif_client_s_interrupt_eventfds_cannot_hold_up_the_switch() {
         d.log()
     );
     assert!(
-        wait_for(10.0, || thread_in_write(&d, "vale-memif-irq")),
+        wait_for(10.0, || thread_in_write(d.pid(), "vale-memif-irq")),
         "the port's notifier holds the interrupt"
     );
     bystanders_exchange(&d, &a, &b, 1000);
@@ -1432,14 +1422,14 @@ fn a_memif_client_s_interrupt_eventfds_cannot_hold_up_the_switch() {
     drop(h);
     std::thread::sleep(Duration::from_millis(500));
     assert!(
-        thread_in_write(&d, "vale-memif-irq"),
+        thread_in_write(d.pid(), "vale-memif-irq"),
         "held until the next client"
     );
     let h2 = Hostile::connect(sock);
     let mem2 = h2.mem.try_clone().unwrap();
     assert!(matches!(h2.setup(0, &mem2), Some(Msg::Connected { .. })));
     assert!(
-        wait_for(5.0, || !thread_in_write(&d, "vale-memif-irq")),
+        wait_for(5.0, || !thread_in_write(d.pid(), "vale-memif-irq")),
         "the gone client's notifier ended"
     );
     assert!(wait_for(3.0, || connected(&d, "m")));
@@ -1727,12 +1717,7 @@ fn a_hostile_memif_server_is_judged_and_valed_dials_again() {
     let d = Daemon::start("memif-hsrv", &[]);
     let (listener, sock) = server_socket(&d);
     memif_port(&d, "vale0:m", &sock, 5, &["--client"]);
-    let about = || {
-        d.host("m")["about"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    };
+    let about = || about_of(&d, "m");
     // Bystanders: two ports exchanging frames the whole time.
     let a = d.open("vale0:a");
     let b = d.open("vale0:b");
@@ -1853,12 +1838,7 @@ fn a_memif_server_s_refusal_is_shown_with_its_reason() {
     let d = Daemon::start("memif-refuse", &[]);
     let (listener, sock) = server_socket(&d);
     memif_port(&d, "vale0:m", &sock, 5, &["--client"]);
-    let about = || {
-        d.host("m")["about"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    };
+    let about = || about_of(&d, "m");
     // 1. HELLO and DISCONNECT at once, closed before valed answers.
     let c = Dialed::accept(&listener);
     c.hello(VERSION);

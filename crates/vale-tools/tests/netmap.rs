@@ -149,9 +149,21 @@ fn the_fds_the_library_hides_never_take_a_programs_low_numbers() {
     // `prog 2>&-`: were a hidden memfd to land on fd 2, every write to stderr would go
     // over the netmap_if in shared memory.
     let d = Daemon::start("nm-lowfds", &[]);
-    let peer = d.open("vale0:peer");
-    let out = run_ok(&d, &nmtest, &["lowfds", "vale0:low"]);
+    passes_and_sends_ten(&d, &nmtest, "lowfds", "vale0:low");
+}
+
+/// nmtest `args` ran every check and each passed; its output.
+fn passes(d: &Daemon, nmtest: &Path, args: &[&str]) -> String {
+    let out = run_ok(d, nmtest, args);
     assert!(!out.contains("FAIL") && out.contains("failures 0"), "{out}");
+    out
+}
+
+/// nmtest `mode` on `port` passed, and `vale0:peer` (opened before) got the ten frames
+/// (sequence 0 to 9) it sends at the end.
+fn passes_and_sends_ten(d: &Daemon, nmtest: &Path, mode: &str, port: &str) {
+    let peer = d.open("vale0:peer");
+    let out = passes(d, nmtest, &[mode, port]);
     assert_eq!(
         seqs(&drain(&peer, 2.0)),
         (0..10).collect::<Vec<u32>>(),
@@ -169,14 +181,7 @@ fn closefrom_and_close_range_spare_the_librarys_descriptors_and_mmap_takes_windo
     // are ordinary again), and the descriptors the library hides (>= 512) for the
     // ports that stay open are spared.
     let d = Daemon::start("nm-closefrom", &["--max-name-len", "31"]);
-    let peer = d.open("vale0:peer");
-    let out = run_ok(&d, &nmtest, &["fds", "vale0:cf"]);
-    assert!(!out.contains("FAIL") && out.contains("failures 0"), "{out}");
-    assert_eq!(
-        seqs(&drain(&peer, 2.0)),
-        (0..10).collect::<Vec<u32>>(),
-        "{out}"
-    );
+    passes_and_sends_ten(&d, &nmtest, "fds", "vale0:cf");
 }
 
 #[test]
@@ -185,8 +190,7 @@ fn a_child_forked_while_a_thread_holds_the_table_closes_its_descriptor() {
         return;
     };
     let d = Daemon::start("nm-forks", &[]);
-    let out = run_ok(&d, &nmtest, &["forks", "vale0:fk"]);
-    assert!(!out.contains("FAIL") && out.contains("failures 0"), "{out}");
+    passes(&d, &nmtest, &["forks", "vale0:fk"]);
 }
 
 #[test]
@@ -197,8 +201,7 @@ fn threads_sharing_a_descriptor_poll_and_ask_without_crossing_answers() {
     // pkt-gen's threads: one sleeps in poll while another asks valed something on the
     // same descriptor. The answer is no hang-up, and no answer goes to the wrong asker.
     let d = Daemon::start("nm-threads", &[]);
-    let out = run_ok(&d, &nmtest, &["threads", "vale0:t"]);
-    assert!(!out.contains("FAIL") && out.contains("failures 0"), "{out}");
+    passes(&d, &nmtest, &["threads", "vale0:t"]);
 }
 
 #[test]

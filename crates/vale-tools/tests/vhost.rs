@@ -1004,26 +1004,35 @@ fn host_counter(d: &Daemon, port: &str, key: &str) -> u64 {
     d.host(port)["counters"][key].as_u64().unwrap()
 }
 
+/// Bystanders `vale0:x` and `vale0:y`, both learned by the switch (frames between them
+/// are unicast).
+fn bystander_pair(d: &Daemon) -> (vale::Port, vale::Port) {
+    let (x, y) = (d.open("vale0:x"), d.open("vale0:y"));
+    send(&y, &[frame(X_MAC, Y_MAC, 0)]);
+    send(&x, &[frame(Y_MAC, X_MAC, 0)]);
+    drain(&x, 0.5);
+    drain(&y, 0.5);
+    (x, y)
+}
+
+/// Bystander frame `tag` crosses from `x` to `y`.
+fn crosses(x: &vale::Port, y: &vale::Port, tag: u32) {
+    send(x, &[frame(Y_MAC, X_MAC, tag)]);
+    let got = drain(y, 2.0);
+    assert!(
+        got.iter().any(|f| f[14..18] == tag.to_be_bytes()),
+        "bystander frame {tag} crossed"
+    );
+}
+
 #[test]
 fn a_frontend_s_notification_descriptors_cannot_hold_up_the_switch() {
     let _turn = turn();
     use hostile::*;
     use rustix::fd::AsFd;
     let d = Daemon::start("vhost-irqfd", &[]);
-    let (x, y) = (d.open("vale0:x"), d.open("vale0:y"));
-    let bystanders = |tag: u32| {
-        send(&x, &[frame(Y_MAC, X_MAC, tag)]);
-        let got = drain(&y, 2.0);
-        assert!(
-            got.iter().any(|f| f[14..18] == tag.to_be_bytes()),
-            "bystander frame {tag} crossed:\n{}",
-            d.log()
-        );
-    };
-    send(&y, &[frame(X_MAC, Y_MAC, 0)]);
-    send(&x, &[frame(Y_MAC, X_MAC, 0)]);
-    drain(&x, 0.5);
-    drain(&y, 0.5);
+    let (x, y) = bystander_pair(&d);
+    let bystanders = |tag: u32| crosses(&x, &y, tag);
     let sock = d.dir.join("vm.sock").to_str().unwrap().to_string();
     let sock2 = d.dir.join("vm2.sock").to_str().unwrap().to_string();
     for (p, s) in [("vale0:vm", &sock), ("vale0:vm2", &sock2)] {
@@ -1051,17 +1060,7 @@ fn a_frontend_s_notification_descriptors_cannot_hold_up_the_switch() {
     assert!(f.wait_used(1, 1), "the frame is used:\n{}", d.log());
     // valed's signal for it is on its way: the port's notifier thread sits in the
     // write to the full eventfd (where the forwarding thread used to).
-    let stuck_in_write = || {
-        std::fs::read_dir(format!("/proc/{}/task", d.pid()))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|t| {
-                let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-                let call = std::fs::read_to_string(t.path().join("syscall")).unwrap_or_default();
-                comm.trim() == "vale-vhost-irq" && call.starts_with("1 ") // write(2)
-            })
-    };
+    let stuck_in_write = || thread_in_write(d.pid(), "vale-vhost-irq");
     assert!(
         wait_for(10.0, stuck_in_write),
         "the notifier holds the signal"
@@ -1129,21 +1128,10 @@ fn a_hostile_vhost_user_frontend_is_counted_and_never_crashes_valed() {
     use hostile::*;
     let mut d = Daemon::start("vhost-hostile", &[]);
     let r = d.open("vale0:r");
-    // Bystanders on the same switch, forwarding throughout.
-    let (x, y) = (d.open("vale0:x"), d.open("vale0:y"));
-    let bystanders = |tag: u32| {
-        send(&x, &[frame(Y_MAC, X_MAC, tag)]);
-        let got = drain(&y, 2.0);
-        assert!(
-            got.iter().any(|f| f[14..18] == tag.to_be_bytes()),
-            "bystander frame {tag} crossed"
-        );
-    };
-    // The switch learns x and y before the VM's port exists (nothing floods to it).
-    send(&y, &[frame(X_MAC, Y_MAC, 0)]);
-    send(&x, &[frame(Y_MAC, X_MAC, 0)]);
-    drain(&x, 0.5);
-    drain(&y, 0.5);
+    // Bystanders on the same switch, forwarding throughout, learned before the VM's
+    // port exists (nothing floods to it).
+    let (x, y) = bystander_pair(&d);
+    let bystanders = |tag: u32| crosses(&x, &y, tag);
     drain(&r, 0.2);
     let sock = d.dir.join("vm.sock").to_str().unwrap().to_string();
     let o = d.ctl(&["vhost-user", "vale0:vm", "--path", &sock]);

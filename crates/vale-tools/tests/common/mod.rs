@@ -260,6 +260,20 @@ pub fn thread_ticks(pid: u32, name: &str) -> Option<u64> {
     None
 }
 
+/// Whether one of process `pid`'s threads named `name` sits in write(2) (system call 1
+/// on x86-64, the first field of /proc's `syscall`).
+pub fn thread_in_write(pid: u32, name: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let call = std::fs::read_to_string(t.path().join("syscall")).unwrap_or_default();
+            comm.trim() == name && call.starts_with("1 ")
+        })
+}
+
 /// Waits for `cond` up to `secs`.
 pub fn wait_for(secs: f64, mut cond: impl FnMut() -> bool) -> bool {
     let t = Instant::now();

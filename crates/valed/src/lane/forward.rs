@@ -85,6 +85,8 @@ impl PinWhenBusy {
 }
 
 pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhenBusy>) {
+    // Its sleeps (epoll_wait) take EINTR in their stride: see sys::bounded.
+    crate::sys::bounded::tolerate_stray_timer();
     let mut notes: Vec<Notify> = Vec::new();
     let mut fw = vale_switch::Forwarder::new();
     let mut kicked: Vec<vale_switch::PortKey> = Vec::new();
@@ -317,6 +319,8 @@ fn each_driven(
 /// parks until the lane's thread sees work on such a switch again (or 100 ms pass);
 /// while it is parked, the lane's thread serves its pairs.
 pub fn run_helper(shared: Arc<Lane>, worker: usize, busy_poll: Duration) {
+    // Its sleeps (thread parking) take EINTR in their stride: see sys::bounded.
+    crate::sys::bounded::tolerate_stray_timer();
     let mut notes: Vec<Notify> = Vec::new();
     let mut fw = vale_switch::Forwarder::new();
     let mut idle = super::spin::Idle::default();

@@ -456,17 +456,8 @@ fn vxlan_sockets(ns: &str) -> usize {
 
 /// Namespaces `v` (valed's) and `k` (the kernel's, with vxlan devices for VNIs 42 and
 /// 43 over 198.18.0.0/24), hosts `h` and `h2` for the two switches, and the names of
-/// their TAP interfaces.
-struct TwoVnis {
-    v: String,
-    k: String,
-    h: String,
-    h2: String,
-    tap: String,
-    tap2: String,
-}
-
-fn two_vnis(net: &mut Net) -> TwoVnis {
+/// their TAP interfaces, in that order.
+fn two_vnis(net: &mut Net) -> (String, String, String, String, String, String) {
     let (v, k) = (net.ns("v", false), net.ns("k", false));
     let (h, h2) = (net.ns("h", false), net.ns("h2", false));
     let (ku, tap, tap2) = (net.name("k"), net.name("t"), net.name("r"));
@@ -477,14 +468,7 @@ fn two_vnis(net: &mut Net) -> TwoVnis {
     let kargs = ["local", "198.18.0.2", "remote", "198.18.0.1"];
     kernel_vtep(&k, &ku, "vx0", 42, &kargs, "198.19.0.2/24");
     kernel_vtep(&k, &ku, "vx1", 43, &kargs, "198.20.0.2/24");
-    TwoVnis {
-        v,
-        k,
-        h,
-        h2,
-        tap,
-        tap2,
-    }
+    (v, k, h, h2, tap, tap2)
 }
 
 /// One uplink per VNI, all on one local address and port (declared in the config
@@ -497,14 +481,7 @@ fn two_vnis(net: &mut Net) -> TwoVnis {
 fn uplinks_of_several_vnis_share_one_udp_socket() {
     need_net!();
     let mut net = Net::new("s");
-    let TwoVnis {
-        v,
-        k,
-        h,
-        h2,
-        tap,
-        tap2,
-    } = two_vnis(&mut net);
+    let (v, k, h, h2, tap, tap2) = two_vnis(&mut net);
     let dir = std::env::temp_dir().join(format!("vale-test-vxs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("valed.toml");
@@ -625,14 +602,7 @@ fn uplinks_of_several_vnis_share_one_udp_socket() {
 fn a_refused_uplink_leaves_its_shared_socket_as_it_was() {
     need_net!();
     let mut net = Net::new("r");
-    let TwoVnis {
-        v,
-        k,
-        h,
-        h2,
-        tap,
-        tap2,
-    } = two_vnis(&mut net);
+    let (v, k, h, h2, tap, tap2) = two_vnis(&mut net);
     let d = Daemon::start_in(&v, "vxr-v", &["--threads", "2"]);
     tap_host_on(&d, "vale0", &v, &tap, &h, "198.19.0.1/24", 1450);
     tap_host_on(&d, "vale1", &v, &tap2, &h2, "198.20.0.1/24", 1450);

@@ -454,6 +454,19 @@ fn vxlan_sockets(ns: &str) -> usize {
     .count()
 }
 
+/// Namespace `v` has one VXLAN socket, and `port`'s uplink says it shares it.
+fn one_socket_for_both(d: &Daemon, v: &str, port: &str) {
+    assert_eq!(vxlan_sockets(v), 1, "one socket for both uplinks");
+    let about = d.host(port)["about"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        about.contains("its socket shared with 1 more uplinks"),
+        "{about}"
+    );
+}
+
 /// Namespaces `v` (valed's) and `k` (the kernel's, with vxlan devices for VNIs 42 and
 /// 43 over 198.18.0.0/24), hosts `h` and `h2` for the two switches, and the names of
 /// their TAP interfaces, in that order.
@@ -503,15 +516,7 @@ fn uplinks_of_several_vnis_share_one_udp_socket() {
     );
     tap_host_on(&d, "vale0", &v, &tap, &h, "198.19.0.1/24", 1450);
     tap_host_on(&d, "vale1", &v, &tap2, &h2, "198.20.0.1/24", 1450);
-    assert_eq!(vxlan_sockets(&v), 1, "one socket for both uplinks");
-    let about = d.host("vale0:v42")["about"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        about.contains("its socket shared with 1 more uplinks"),
-        "{about}"
-    );
+    one_socket_for_both(&d, &v, "vale0:v42");
 
     let exact = |what: &str| {
         // Every datagram of each kernel device was one frame into its own uplink's
@@ -629,15 +634,7 @@ fn a_refused_uplink_leaves_its_shared_socket_as_it_was() {
     let e = ctl_err(&d, &up("vale1:v43", "43", "198.18.0.9", "49160-49161"));
     assert!(e.contains("must be an address of this host"), "{e}");
     ctl_ok(&d, &up("vale1:v43", "43", "198.18.0.1", "49160-49161"));
-    assert_eq!(vxlan_sockets(&v), 1, "one socket for both uplinks");
-    let about = d.host("vale1:v43")["about"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        about.contains("its socket shared with 1 more uplinks"),
-        "{about}"
-    );
+    one_socket_for_both(&d, &v, "vale1:v43");
     assert!(ping(&h2, "198.20.0.2", 3), "VNI 43:\n{}", d.log());
     assert!(
         ping(&k, "198.20.0.1", 3),

@@ -24,7 +24,7 @@ use std::cell::RefCell;
 use std::io;
 use std::sync::Once;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a write may wait: a client's eventfd that is full is readable already, so
 /// the wake-up it would carry is not needed. Long enough that arming the timer seldom
@@ -102,46 +102,57 @@ impl Drop for Timer {
     }
 }
 
+/// A thread's timer, and how its writes use it.
+struct Guard {
+    /// Made at the thread's first bounded write (`None` inside: none could be made, and
+    /// writes are then plain).
+    timer: Option<Option<Timer>>,
+    /// Left armed between writes ([`tolerate_stray_timer`]); then when it fires.
+    lazy: bool,
+    fires: Option<Instant>,
+}
+
 thread_local! {
-    /// This thread's timer, made at its first bounded write (`None` inside: none
-    /// could be made, and writes are then plain).
-    static TIMER: RefCell<Option<Option<Timer>>> = const { RefCell::new(None) };
-    /// Whether this thread's timer may fire outside a write, and when it will if so.
-    static LAZY: std::cell::Cell<(bool, Option<std::time::Instant>)> =
-        const { std::cell::Cell::new((false, None)) };
+    static GUARD: RefCell<Guard> = const {
+        RefCell::new(Guard {
+            timer: None,
+            lazy: false,
+            fires: None,
+        })
+    };
 }
 
 /// The calling thread takes a stray `EINTR` from its sleeping system calls in its
 /// stride: its bounded writes leave their timer armed (see the module).
 pub fn tolerate_stray_timer() {
-    LAZY.with(|l| l.set((true, None)));
+    GUARD.with(|g| g.borrow_mut().lazy = true);
 }
 
 /// Writes `v` to the eventfd `fd`, waiting at most about `limit` if its owner made it
 /// wait: `Err(EINTR)` then.
 pub fn write_eventfd_bounded(fd: BorrowedFd<'_>, v: u64, limit: Duration) -> io::Result<()> {
-    TIMER.with(|t| {
-        let mut t = t.borrow_mut();
-        let timer = t.get_or_insert_with(Timer::new);
-        let (lazy, fires) = LAZY.with(|l| l.get());
-        if let Some(timer) = timer {
-            if !lazy {
-                timer.set(limit);
-            } else {
-                let now = std::time::Instant::now();
-                if fires.is_none_or(|f| f < now + limit / 2) {
-                    timer.set(limit);
-                    LAZY.with(|l| l.set((true, Some(now + limit))));
-                }
-            }
-        }
-        let r = rustix::io::write(fd, &v.to_ne_bytes());
-        if let Some(timer) = timer
-            && !lazy
-        {
+    let write = || {
+        rustix::io::write(fd, &v.to_ne_bytes())
+            .map(|_| ())
+            .map_err(io::Error::from)
+    };
+    GUARD.with(|g| {
+        let g = &mut *g.borrow_mut();
+        let Some(timer) = g.timer.get_or_insert_with(Timer::new) else {
+            return write();
+        };
+        if !g.lazy {
+            timer.set(limit);
+            let r = write();
             timer.set(Duration::ZERO);
+            return r;
         }
-        r.map(|_| ()).map_err(io::Error::from)
+        let now = Instant::now();
+        if g.fires.is_none_or(|f| f < now + limit / 2) {
+            timer.set(limit);
+            g.fires = Some(now + limit);
+        }
+        write()
     })
 }
 

@@ -488,15 +488,16 @@ impl Backend for Vxlan {
     }
 
     fn start(&mut self, cx: Start<'_>) -> Result<Box<dyn DrivenPort>, PortError> {
-        let tx = self
-            .tx
-            .take()
-            .ok_or_else(|| PortError::Refused("the VXLAN sockets are in use".into()))?;
+        if self.tx.is_none() {
+            return Err(PortError::Refused("the VXLAN sockets are in use".into()));
+        }
         // A descriptor of its own for the shared socket: each uplink's lane watches it
         // under the uplink's token (epoll keys on the descriptor).
         let rx = rustix::io::fcntl_dupfd_cloexec(&self.rx.sock.fd, 0)
             .map_err(|e| PortError::io("dup", e))?;
         cx.watcher.add(&rx)?;
+        // Taken only once nothing can fail: a start refused keeps the sockets for the next.
+        let tx = self.tx.take().unwrap_or_default();
         let inbox = Arc::new(shared::Inbox::new(cx.waker.clone(), cx.counters.clone()));
         self.rx.set_inbox(inbox.clone());
         Ok(Box::new(io::VxlanIo::new(

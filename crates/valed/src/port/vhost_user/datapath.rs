@@ -615,35 +615,43 @@ impl Queues {
         let Some(mut pr) = pair(g, p) else {
             return false;
         };
+        // Through `g.map` only, as the passes: the crate's own memory (what its
+        // `VringRwLock` calls use) is a new memory table's as soon as the frontend
+        // sends one, before `update_memory` watches it for truncation.
+        let (Some(vr), Some(m)) = (g.vrings.as_ref(), g.map.as_ref()) else {
+            return false;
+        };
         let mut work = false;
-        if let Some((vq, mem)) = g.queue(tx_queue(p)) {
-            if !pr.tx_broken && live(&vq) && vq.enable_notification().unwrap_or(false) {
-                if avail_beyond_ring(&vq, &mem) {
-                    pr.tx_broken = true;
-                    self.counters.read_errors.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    work = true;
+        if let Some(vq) = vr.get(tx_queue(p)).filter(|vq| !pr.tx_broken && live(vq)) {
+            let st = vq.get_ref();
+            let q = st.get_queue();
+            if let Some(split) = Split::of(m, q) {
+                let next = q.next_avail();
+                if split.kick_past(m, next) == Some(true) {
+                    match split.avail_idx_acquire(m) {
+                        Some(i) if Wrapping(i) - Wrapping(next) > Wrapping(split.size()) => {
+                            pr.tx_broken = true;
+                            self.counters.read_errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => work = true,
+                    }
                 }
             }
         }
         let mut retry = false;
         if !pr.out.pending.is_empty() {
-            if let Some((vq, mem)) = g.queue(rx_queue(p)) {
-                if live(&vq) {
-                    let mut st = vq.get_mut();
-                    let q = st.get_queue_mut();
-                    match q.avail_idx(&*mem, std::sync::atomic::Ordering::Acquire) {
-                        Err(_) => {}
+            if let Some(vq) = vr.get(rx_queue(p)).filter(|vq| live(vq)) {
+                let st = vq.get_ref();
+                if let Some(split) = Split::of(m, st.get_queue()) {
+                    match split.avail_idx_acquire(m) {
+                        None => {}
                         // Buffers added since the last try: deliver them first.
-                        Ok(now) if Some(now.0) != pr.out.rx_seen => work = true,
-                        Ok(now) => {
-                            // A kick when the guest adds any buffer: with EVENT_IDX,
-                            // `avail_event` is written from `next_avail`, which would ask
-                            // for a kick only past the buffers it has already added.
-                            let next = q.next_avail();
-                            q.set_next_avail(now.0);
-                            work |= q.enable_notification(&*mem).unwrap_or(false);
-                            q.set_next_avail(next);
+                        Some(now) if Some(now) != pr.out.rx_seen => work = true,
+                        Some(now) => {
+                            // A kick when the guest adds any buffer: past `now`, not
+                            // past `next_avail`, which would ask for a kick only past
+                            // the buffers it has already added.
+                            work |= split.kick_past(m, now).unwrap_or(false);
                             retry = !work;
                         }
                     }
@@ -669,13 +677,19 @@ impl Queues {
 
     /// After the thread serving pair `p` woke: polling again, no kicks wanted. Only
     /// queues the frontend set up: one it never did (a pair it does not use) has its
-    /// rings at guest address 0, where the crate would write the used ring's flags
-    /// (without EVENT_IDX), into guest memory the queue does not own.
+    /// rings at guest address 0, where the used ring's flags would be written (without
+    /// EVENT_IDX), into guest memory the queue does not own. Through `g.map`, as
+    /// [`Queues::arm_pair`].
     fn disarm_pair(&self, g: &Guest, p: usize) {
-        if let Some(vr) = &g.vrings {
-            for q in [rx_queue(p), tx_queue(p)] {
-                if let Some(vq) = vr.get(q).filter(|vq| vq.get_ref().get_queue().ready()) {
-                    let _ = vq.disable_notification();
+        let (Some(vr), Some(m)) = (g.vrings.as_ref(), g.map.as_ref()) else {
+            return;
+        };
+        for q in [rx_queue(p), tx_queue(p)] {
+            if let Some(vq) = vr.get(q) {
+                let st = vq.get_ref();
+                let q = st.get_queue();
+                if let Some(split) = Split::of(m, q).filter(|_| q.ready()) {
+                    split.no_kicks(m);
                 }
             }
         }
@@ -770,11 +784,6 @@ impl Pairs for Queues {
 
 /// Whether the guest's avail index is further ahead than its ring holds (a broken or
 /// hostile driver): then "more to do" can never be done.
-fn avail_beyond_ring(vq: &VringRwLock, mem: &GuestMemoryMmap) -> bool {
-    avail_beyond(vq.get_ref().get_queue(), mem)
-}
-
-/// [`avail_beyond_ring`] of a queue.
 pub(crate) fn avail_beyond(q: &virtio_queue::Queue, mem: &GuestMemoryMmap) -> bool {
     match q.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
         Ok(i) => (i - std::num::Wrapping(q.next_avail())).0 > q.size(),

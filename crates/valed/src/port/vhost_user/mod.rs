@@ -144,20 +144,11 @@ impl Guest {
         }
     }
 
-    /// Queue `q` and the guest's memory, if the frontend has set them up.
-    fn queue(
-        &self,
-        q: usize,
-    ) -> Option<(
-        VringRwLock,
-        vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap>,
-    )> {
-        let vq = self.vrings.as_ref()?.get(q)?.clone();
-        Some((vq, self.mem.as_ref()?.memory()))
-    }
-
     /// The memory the crate mapped for the frontend, its ranges watched for truncation
-    /// before anyone may touch them (the old memory's unwatched first).
+    /// before anyone may touch them (the old memory's unwatched first). The forwarding
+    /// threads touch guest memory through `map` only: the crate's own handle (`mem`,
+    /// which its `VringRwLock` calls use) shows the new table from the moment the crate
+    /// mapped it, before this runs.
     fn set_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> std::io::Result<()> {
         let map = crate::sys::guest::GuestMap::new(mem.memory().into_inner());
         // The old ranges' watch goes before their mapping: a fault repaired in a range
@@ -169,6 +160,10 @@ impl Guest {
         self.faults_seen = 0;
         self.map = Some(map);
         self.mem = Some(mem);
+        // Where a queue's rings were found is a place in the old table.
+        for p in &mut self.pairs {
+            p.get_mut().unwrap_or_else(|e| e.into_inner()).rx_split = None;
+        }
         Ok(())
     }
 
@@ -190,6 +185,8 @@ impl Guest {
             "vhost-user: the frontend truncated guest memory under valed ({n} regions \
              lost): disconnected"
         );
+        // Unwatched before the mapping may go, as in `set_memory`.
+        self.watched = None;
         self.vrings = None;
         self.mem = None;
         self.map = None;
@@ -201,10 +198,11 @@ impl Guest {
 
     /// The frontend went away: nothing of it may be touched any more.
     pub fn forget(&mut self, counters: &PortCounters) {
+        // Unwatched before the mapping may go, as in `set_memory`.
+        self.watched = None;
         self.vrings = None;
         self.mem = None;
         self.map = None;
-        self.watched = None;
         self.front = None;
         for p in &mut self.pairs {
             let p = p.get_mut().unwrap_or_else(|e| e.into_inner());

@@ -20,6 +20,8 @@ pub(crate) const F_WRITE: u16 = 2;
 pub(crate) const F_INDIRECT: u16 = 4;
 /// The driver asks for no interrupts (without EVENT_IDX).
 const AVAIL_F_NO_INTERRUPT: u16 = 1;
+/// The device asks for no kicks (without EVENT_IDX).
+const USED_F_NO_NOTIFY: u16 = 1;
 
 /// A queue's three parts in guest memory, each inside one region.
 #[derive(Clone, Copy, Debug)]
@@ -137,6 +139,41 @@ impl Split {
         match m.load_u16(self.avail, at, Ordering::Relaxed) {
             Some(ev) => now - Wrapping(ev) - Wrapping(1) < now - old,
             None => true,
+        }
+    }
+
+    /// Asks the driver to kick when it makes avail entries past `next` (the next one
+    /// the device takes): with EVENT_IDX, `avail_event` set to `next`; without it,
+    /// VRING_USED_F_NO_NOTIFY cleared. Then whether entries are there already (the
+    /// avail index read after the wish is stored): `None` if the ring cannot be read.
+    /// As `virtio_queue::Queue::enable_notification` does, but through the memory the
+    /// forwarding thread watches for truncation.
+    pub(crate) fn kick_past(&self, m: &GuestMap, next: u16) -> Option<bool> {
+        let stored = if self.event_idx {
+            m.store_u16(
+                self.used,
+                4 + 8 * usize::from(self.size),
+                next,
+                Ordering::Relaxed,
+            )
+        } else {
+            m.store_u16(self.used, 0, 0, Ordering::Relaxed)
+        };
+        if !stored {
+            return None;
+        }
+        // The wish is stored before the index is read (a driver that adds an entry
+        // meanwhile then sees the wish, or the device sees the entry).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        Some(m.load_u16(self.avail, 2, Ordering::Relaxed)? != next)
+    }
+
+    /// Asks the driver not to kick (the device polls): VRING_USED_F_NO_NOTIFY set
+    /// without EVENT_IDX; with it, nothing (the driver kicks only at `avail_event`,
+    /// which stays behind).
+    pub(crate) fn no_kicks(&self, m: &GuestMap) {
+        if !self.event_idx {
+            m.store_u16(self.used, 0, USED_F_NO_NOTIFY, Ordering::Relaxed);
         }
     }
 
@@ -374,6 +411,54 @@ mod tests {
             s.wants_signal(&m, Some(0), 100),
             "more than a ring since: signalled"
         );
+    }
+
+    /// Kicks asked for and refused as the vhost crate's queue does it (the forwarding
+    /// thread's arm and disarm), byte for byte, with and without EVENT_IDX, with and
+    /// without entries waiting.
+    #[test]
+    fn kicks_are_asked_for_and_refused_as_virtio_queue_does() {
+        use virtio_queue::QueueT;
+        for event_idx in [false, true] {
+            for (avail, next) in [(4u16, 4u16), (5, 4), (0xffff, 0xfffe), (0, 0xffff)] {
+                let theirs =
+                    GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+                let ours =
+                    GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+                let mut q = virtio_queue::Queue::new(8).unwrap();
+                q.set_size(8);
+                q.set_desc_table_address(Some(0), Some(0));
+                q.set_avail_ring_address(Some(0x100), Some(0));
+                q.set_used_ring_address(Some(0x200), Some(0));
+                q.set_event_idx(event_idx);
+                q.set_ready(true);
+                q.set_next_avail(next);
+                for mem in [&theirs, &ours] {
+                    mem.write_obj(avail.to_le(), GuestAddress(0x102)).unwrap();
+                    mem.write_obj(0x5a5au16, GuestAddress(0x200 + 4 + 8 * 8))
+                        .unwrap();
+                }
+                let m = GuestMap::new(Arc::new(ours.clone()));
+                let split = Split::of(&m, &q).unwrap();
+                let used = |mem: &GuestMemoryMmap| {
+                    let mut b = [0u8; 6 + 8 * 8];
+                    mem.read_slice(&mut b, GuestAddress(0x200)).unwrap();
+                    b
+                };
+                let what = format!("event_idx {event_idx}, avail {avail}, next {next}");
+                split.no_kicks(&m);
+                q.disable_notification(&theirs).unwrap();
+                assert_eq!(used(&ours), used(&theirs), "refused: {what}");
+                let said = split.kick_past(&m, next);
+                assert_eq!(
+                    said,
+                    Some(q.enable_notification(&theirs).unwrap()),
+                    "{what}"
+                );
+                assert_eq!(said, Some(avail != next), "{what}");
+                assert_eq!(used(&ours), used(&theirs), "asked for: {what}");
+            }
+        }
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub(super) struct Outbox {
     pub(super) acked: u64,
     /// Frames (12-byte header first), in order.
     pub(super) pending: VecDeque<Vec<u8>>,
+    /// The memory they hold (their buffers' capacity: a reused buffer may be bigger
+    /// than its frame).
+    pending_bytes: usize,
     /// Frame buffers to reuse.
     spare: Vec<Vec<u8>>,
     /// Scratch for software segmentation.
@@ -54,9 +57,13 @@ pub(crate) struct Scratch {
 
 /// Most fragments of a packet handed over directly (netmap's `NETMAP_MAX_FRAGS`).
 const MAX_PARTS: usize = 64;
-/// Most frames waiting for guest RX buffers; beyond, the switch's packets for the guest
-/// are dropped (`tx_error` on the port), as a NIC with a full ring would.
+/// Most frames waiting for guest RX buffers, and most bytes (each queue pair's): beyond
+/// either, the switch's packets for the guest are dropped (`tx_error` on the port), as
+/// a NIC with a full ring would. The bytes bound what a guest that takes TSO
+/// super-frames of 64 KiB and never reads holds of valed's memory: 64 of them (some
+/// 2900 frames of 1500 bytes, more than the 512 of 1500 bytes the count allows).
 const MAX_PENDING: usize = 512;
+const MAX_PENDING_BYTES: usize = 4 << 20;
 /// How often the routes of RX rings are looked at when the pairs are served one by one.
 const ROUTES_EVERY_NS: u64 = 1_000_000;
 
@@ -587,9 +594,9 @@ impl Queues {
         // switch hands a whole batch over before `push` looks again, and without this a
         // batch arriving just after the guest refilled was dropped while its buffers
         // stood empty (seen: 256 buffers free as frames were dropped).
-        if pr.out.pending.len() >= MAX_PENDING {
+        if pr.out.full() {
             flush(&g, pr, p, &self.counters);
-            if pr.out.pending.len() >= MAX_PENDING {
+            if pr.out.full() {
                 return false;
             }
         }
@@ -840,13 +847,31 @@ fn deliver(out: &mut Outbox, rx: &mut Rx<'_>, c: &PortCounters) -> Option<bool> 
             return None;
         }
     };
-    if let Some(f) = out.pending.pop_front() {
+    if let Some(f) = out.pop() {
         out.recycle(f);
     }
     Some(r)
 }
 
 impl Outbox {
+    /// Queues `f` behind what waits.
+    fn push(&mut self, f: Vec<u8>) {
+        self.pending_bytes += f.capacity();
+        self.pending.push_back(f);
+    }
+
+    /// The first frame waiting, taken off.
+    pub(super) fn pop(&mut self) -> Option<Vec<u8>> {
+        let f = self.pending.pop_front()?;
+        self.pending_bytes -= f.capacity();
+        Some(f)
+    }
+
+    /// No more frames may wait ([`MAX_PENDING`], [`MAX_PENDING_BYTES`]).
+    fn full(&self) -> bool {
+        self.pending.len() >= MAX_PENDING || self.pending_bytes >= MAX_PENDING_BYTES
+    }
+
     /// What [`deliver`] delivered, to the port's counters.
     fn settle(&mut self, c: &PortCounters) {
         let (n, b) = std::mem::take(&mut self.owed);
@@ -875,16 +900,17 @@ impl Outbox {
             if h.flags & offload::F_DATA_VALID != 0 && self.acked & (1 << F_GUEST_CSUM) == 0 {
                 frame[0] &= !offload::F_DATA_VALID;
             }
-            self.pending.push_back(frame);
+            self.push(frame);
             return;
         }
         h.flags &= offload::F_NEEDS_CSUM; // what resolve looks at
-        let (pending, spare) = (&mut self.pending, &mut self.spare);
+        let (pending, bytes, spare) = (&mut self.pending, &mut self.pending_bytes, &mut self.spare);
         let r = offload::resolve(&h, &frame[VNET_HDR..], &mut self.work, |seg| {
             let mut f = spare.pop().unwrap_or_default();
             f.clear();
             f.resize(VNET_HDR, 0);
             f.extend_from_slice(seg);
+            *bytes += f.capacity();
             pending.push_back(f);
         });
         if r.is_err() {
@@ -1103,6 +1129,48 @@ mod tests {
         };
         o.stage(tso_frame(3000, 1500), &c);
         assert_eq!(o.pending.len(), 2);
+    }
+
+    #[test]
+    fn frames_wait_for_the_guest_up_to_a_count_and_up_to_a_size() {
+        let c = PortCounters::default();
+        let tso = 1 << F_GUEST_CSUM | 1 << F_GUEST_TSO4;
+        // Small frames: the count bounds them.
+        let mut o = Outbox::default();
+        let mut n = 0;
+        while !o.full() {
+            o.stage(tso_frame(100, 100), &c);
+            n += 1;
+        }
+        assert_eq!(n, MAX_PENDING);
+        // Super-frames a TSO guest takes whole: their bytes do, long before the count.
+        let mut o = Outbox {
+            acked: tso,
+            ..Default::default()
+        };
+        let big = tso_frame(60_000, 1400);
+        let mut n = 0;
+        while !o.full() {
+            o.stage(big.clone(), &c);
+            n += 1;
+        }
+        assert!(
+            (68..=72).contains(&n) && o.pending_bytes >= MAX_PENDING_BYTES,
+            "{n} super-frames held"
+        );
+        // Taken off one by one, the bytes follow: room again, and none left at the end.
+        let held: usize = o.pending.iter().map(Vec::capacity).sum();
+        assert_eq!(o.pending_bytes, held);
+        assert!(o.pop().is_some());
+        assert!(!o.full());
+        while o.pop().is_some() {}
+        assert_eq!((o.pending.len(), o.pending_bytes), (0, 0));
+        // Segmented for a guest without TSO, each segment counts.
+        let mut o = Outbox::default();
+        o.stage(big.clone(), &c);
+        let segs: usize = o.pending.iter().map(Vec::capacity).sum();
+        assert_eq!(o.pending_bytes, segs);
+        assert_eq!(o.pending.len(), 60_000usize.div_ceil(1400));
     }
 
     #[test]

@@ -211,7 +211,7 @@ impl Guest {
             p.tx_broken = false;
             let n = p.out.pending.len() as u64;
             counters.write_errors.fetch_add(n, Ordering::Relaxed);
-            while let Some(f) = p.out.pending.pop_front() {
+            while let Some(f) = p.out.pop() {
                 p.out.recycle(f);
             }
         }

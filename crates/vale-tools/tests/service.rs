@@ -260,6 +260,32 @@ fn raw(addr: &str, req: &[u8]) -> String {
     out
 }
 
+/// A slow client, sending half a request from a loopback address of its own
+/// (127.0.0.N): Ok while the server holds it, Err with what it answered if refused.
+fn slow_from(addr: &str, n: u8) -> Result<TcpStream, String> {
+    use rustix::net::{AddressFamily, SocketType};
+    let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    let from = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(127, 0, 0, n), 0);
+    rustix::net::bind(&fd, &from).unwrap();
+    let to: std::net::SocketAddr = addr.parse().unwrap();
+    rustix::net::connect(&fd, &to).unwrap();
+    let mut s = TcpStream::from(fd);
+    s.write_all(b"GET /").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    s.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 512];
+    match s.read(&mut b) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            s.set_nonblocking(false).unwrap();
+            Ok(s)
+        }
+        r => Err(format!(
+            "{:?}",
+            r.map(|n| String::from_utf8_lossy(&b[..n]).into_owned())
+        )),
+    }
+}
+
 #[test]
 fn hostile_scrapers_get_errors_and_valed_keeps_serving() {
     if !have("curl", "curl", "metrics scrape") {
@@ -288,38 +314,13 @@ fn hostile_scrapers_get_errors_and_valed_keeps_serving() {
     assert_eq!(curl(&["-X", "DELETE", &url]).0, 405);
     assert_eq!(curl(&[&format!("http://{addr}/")]).0, 404);
     assert!(raw(&addr, b"\x16\x03\x01\x00\xa5garbage\r\n\r\n").starts_with("HTTP/1.1 400"));
-    // Slow clients, each sending half a request from a loopback address of its own
-    // (127.0.0.N): Ok while the server holds it, Err with what it answered if refused.
-    let slow_from = |n: u8| -> Result<TcpStream, String> {
-        use rustix::net::{AddressFamily, SocketType};
-        let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
-        let from = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(127, 0, 0, n), 0);
-        rustix::net::bind(&fd, &from).unwrap();
-        let to: std::net::SocketAddr = addr.parse().unwrap();
-        rustix::net::connect(&fd, &to).unwrap();
-        let mut s = TcpStream::from(fd);
-        s.write_all(b"GET /").unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        s.set_nonblocking(true).unwrap();
-        let mut b = [0u8; 512];
-        match s.read(&mut b) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                s.set_nonblocking(false).unwrap();
-                Ok(s)
-            }
-            r => Err(format!(
-                "{:?}",
-                r.map(|n| String::from_utf8_lossy(&b[..n]).into_owned())
-            )),
-        }
-    };
     // A connection served just before may still hold a slot for up to half a second
     // (it reads what its client left unsent).
     std::thread::sleep(Duration::from_millis(700));
     // One client holds two at most: its third is refused at once, and another
     // client's scrape is served meanwhile.
-    let mut held: Vec<TcpStream> = (0..2).map(|_| slow_from(1).unwrap()).collect();
-    let third = slow_from(1).unwrap_err();
+    let mut held: Vec<TcpStream> = (0..2).map(|_| slow_from(&addr, 1).unwrap()).collect();
+    let third = slow_from(&addr, 1).unwrap_err();
     assert!(
         third.contains("503") && third.contains("from this client"),
         "{third}"
@@ -334,9 +335,9 @@ fn hostile_scrapers_get_errors_and_valed_keeps_serving() {
     // served again.
     std::thread::sleep(Duration::from_millis(700));
     for n in 3..9 {
-        held.push(slow_from(n).unwrap_or_else(|e| panic!("slow client 127.0.0.{n}: {e}")));
+        held.push(slow_from(&addr, n).unwrap_or_else(|e| panic!("slow client 127.0.0.{n}: {e}")));
     }
-    let over = slow_from(9).unwrap_err();
+    let over = slow_from(&addr, 9).unwrap_err();
     assert!(over.contains("503") && over.contains("at once"), "{over}");
     assert!(
         wait_for(10.0, || curl(&[&url]).0 == 200),
@@ -351,6 +352,78 @@ fn hostile_scrapers_get_errors_and_valed_keeps_serving() {
     // The daemon itself never noticed.
     let o = d.ctl(&["list"]);
     assert!(o.status.success());
+}
+
+#[test]
+fn metrics_connection_limits_are_settings() {
+    if !have("curl", "curl", "metrics scrape") {
+        return;
+    }
+    let addr = format!("127.0.0.1:{}", free_port());
+    let d = Daemon::start(
+        "vb-mconns",
+        &[
+            "--metrics",
+            &addr,
+            "--metrics-max-connections",
+            "3",
+            "--metrics-max-connections-per-client",
+            "1",
+        ],
+    );
+    let s = d.ctl_json(&["settings"]);
+    assert_eq!(s["settings"]["metrics_max_connections"], "3", "{s}");
+    assert_eq!(
+        s["settings"]["metrics_max_connections_per_client"], "1",
+        "{s}"
+    );
+    // One client holds one: its second is refused at once.
+    let mut held = vec![slow_from(&addr, 1).unwrap()];
+    let second = slow_from(&addr, 1).unwrap_err();
+    assert!(
+        second.contains("503") && second.contains("from this client"),
+        "{second}"
+    );
+    // Three clients hold three: the fourth is refused, not the default's eighth.
+    for n in 2..4 {
+        held.push(slow_from(&addr, n).unwrap_or_else(|e| panic!("client 127.0.0.{n}: {e}")));
+    }
+    let over = slow_from(&addr, 4).unwrap_err();
+    assert!(over.contains("503") && over.contains("at once"), "{over}");
+    drop(held);
+    assert!(
+        wait_for(10.0, || curl(&[&format!("http://{addr}/metrics")]).0 == 200),
+        "served again once they went"
+    );
+    // Out of range, or more per client than in all: valed says which and does not start.
+    for (args, what) in [
+        (
+            &["--metrics-max-connections", "0"][..],
+            "metrics_max_connections",
+        ),
+        (
+            &[
+                "--metrics-max-connections",
+                "2",
+                "--metrics-max-connections-per-client",
+                "3",
+            ][..],
+            "metrics_max_connections_per_client",
+        ),
+    ] {
+        let o = d
+            .cmd(VALED)
+            .args(args)
+            .args(["--socket", "/tmp/x.sock"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("{what} ")) && err.contains("out of range"),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -191,7 +191,12 @@ pub fn run(
                 lanes.iter().map(|l| l.stats.clone()).collect(),
             ));
             ctl.share_metrics(board.clone());
-            let server = crate::metrics::http::serve(l, board)?;
+            let s = ctl.settings();
+            let conns = crate::metrics::http::Conns {
+                total: s.metrics_max_connections,
+                per_peer: s.metrics_max_connections_per_client,
+            };
+            let server = crate::metrics::http::serve(l, board, conns)?;
             if let Some(a) = &ctl.settings().metrics {
                 tracing::info!(metrics = %a, "serving GET /metrics");
             }

@@ -19,6 +19,11 @@ pub const DEFAULT_MAX_CLIENTS_PER_UID: usize = 256;
 pub const DEFAULT_MAX_PORTS_PER_UID: usize = 64;
 /// Seconds a new connection may stay silent before its first request.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_S: u64 = 30;
+/// Metrics connections served at once, in all and from one client.
+pub const DEFAULT_METRICS_MAX_CONNECTIONS: usize = 8;
+pub const DEFAULT_METRICS_MAX_CONNECTIONS_PER_CLIENT: usize = 2;
+/// The most either may be set to (each connection is a thread while it is served).
+pub const MAX_METRICS_CONNECTIONS: usize = 1024;
 /// netmap pipes each new port has room for (netmap's VALE ports: 2). Their buffers are
 /// faulted in only when used.
 pub const DEFAULT_PIPES: u16 = 2;
@@ -153,6 +158,10 @@ pub struct Settings {
     pub memif_trust_unsealed: bool,
     /// Where `GET /metrics` is served (Prometheus text format); `None`: nowhere.
     pub metrics: Option<MetricsAddr>,
+    /// Metrics connections served at once; more are answered 503.
+    pub metrics_max_connections: usize,
+    /// Of those, what one client (an IP address; on a unix socket, a uid) may hold.
+    pub metrics_max_connections_per_client: usize,
     /// Ports the config file declares: created at start, kept in step with the file on
     /// reload (SIGHUP, `vale-ctl reload`).
     pub ports: Vec<Declared>,
@@ -554,6 +563,8 @@ impl Default for Settings {
             vhost_trust_unsealed: false,
             memif_trust_unsealed: false,
             metrics: None,
+            metrics_max_connections: DEFAULT_METRICS_MAX_CONNECTIONS,
+            metrics_max_connections_per_client: DEFAULT_METRICS_MAX_CONNECTIONS_PER_CLIENT,
             ports: Vec::new(),
             vlans: Vec::new(),
             config: None,
@@ -598,6 +609,8 @@ pub struct ConfigFile {
     pub socket_group: Option<String>,
     pub cpus: Option<String>,
     pub metrics: Option<String>,
+    pub metrics_max_connections: Option<usize>,
+    pub metrics_max_connections_per_client: Option<usize>,
     /// `[[port]]` tables as written; [`ConfigFile::load`] turns them into `ports`.
     #[serde(default, rename = "port")]
     pub port_tables: Vec<toml::Spanned<toml::Table>>,
@@ -777,7 +790,9 @@ impl ConfigFile {
              max_port_memory_mib => s.max_port_memory_mib,
              handshake_timeout_s => s.handshake_timeout_s,
              vhost_trust_unsealed => s.vhost_trust_unsealed,
-             memif_trust_unsealed => s.memif_trust_unsealed);
+             memif_trust_unsealed => s.memif_trust_unsealed,
+             metrics_max_connections => s.metrics_max_connections,
+             metrics_max_connections_per_client => s.metrics_max_connections_per_client);
         if let Some(m) = self.max_port_memory_per_uid_mib {
             s.max_port_memory_per_uid_mib = Some(m);
         }
@@ -1000,6 +1015,24 @@ impl Settings {
                 min: 1,
                 max: 256,
             });
+        }
+        let conns = self.metrics_max_connections;
+        for (what, value, max) in [
+            ("metrics_max_connections", conns, MAX_METRICS_CONNECTIONS),
+            (
+                "metrics_max_connections_per_client",
+                self.metrics_max_connections_per_client,
+                conns,
+            ),
+        ] {
+            if value == 0 || value > max {
+                return Err(SettingsError::OutOfRange {
+                    what,
+                    value,
+                    min: 1,
+                    max,
+                });
+            }
         }
         if let Some(g) = &self.socket_group {
             group_id(g)?;

@@ -134,6 +134,13 @@ pub struct Args {
     /// unix socket path [default: off]
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// Metrics connections served at once, 1..=1024; more are answered 503 [default: 8]
+    #[arg(long, value_name = "N")]
+    pub metrics_max_connections: Option<usize>,
+    /// Of those, what one client (an IP address; on a unix socket, a uid) may hold, at
+    /// most --metrics-max-connections [default: 2]
+    #[arg(long, value_name = "N")]
+    pub metrics_max_connections_per_client: Option<usize>,
 }
 
 /// The settings these flags ask for: the `--config` file's, then the flags over them,
@@ -183,6 +190,8 @@ pub fn settings(a: &Args) -> Result<Settings, valed::SettingsError> {
             .clone()
             .or_else(|| a.no_pin.then(|| "none".to_string())),
         metrics: a.metrics.clone(),
+        metrics_max_connections: a.metrics_max_connections,
+        metrics_max_connections_per_client: a.metrics_max_connections_per_client,
         ..Default::default()
     };
     flags.apply(&mut s)?;

@@ -574,6 +574,14 @@ pub fn settings(s: &Settings, threads: usize) -> Response {
             },
         ),
         (
+            "metrics_max_connections".to_string(),
+            s.metrics_max_connections.to_string(),
+        ),
+        (
+            "metrics_max_connections_per_client".to_string(),
+            s.metrics_max_connections_per_client.to_string(),
+        ),
+        (
             "metrics".to_string(),
             s.metrics
                 .as_ref()
@@ -911,6 +919,8 @@ mod tests {
         assert_eq!(m["vhost_trust_unsealed"], "false");
         assert_eq!(m["metrics"], "");
         assert_eq!(m["switch_threads"], "");
-        assert_eq!(m.len(), 31);
+        assert_eq!(m["metrics_max_connections"], "8");
+        assert_eq!(m["metrics_max_connections_per_client"], "2");
+        assert_eq!(m.len(), 33);
     }
 }

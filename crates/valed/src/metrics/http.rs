@@ -1,5 +1,5 @@
 //! The metrics server: `GET /metrics` over HTTP/1.1 on a TCP address or a unix socket,
-//! one short-lived thread per connection and at most [`MAX_CONNS`] at once, each with
+//! one short-lived thread per connection and at most [`Conns::total`] at once, each with
 //! a deadline for reading its request and one for taking its reply. A slow or hostile
 //! scraper holds one of those threads for a few seconds at most, never the daemon.
 
@@ -15,12 +15,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// Connections served at once; more are answered 503 and closed.
-pub const MAX_CONNS: usize = 8;
-/// Of those, what one peer (an IP address; on a unix socket, a uid) may hold, so that
-/// a client that sends its request a byte at a time cannot take every slot from the
-/// scrapers: a Prometheus server scrapes a target one request at a time.
-pub const MAX_CONNS_PER_PEER: usize = 2;
+/// How many connections are served at once (`--metrics-max-connections`,
+/// `--metrics-max-connections-per-client`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conns {
+    /// In all; more are answered 503 and closed.
+    pub total: usize,
+    /// Of those, what one peer (an IP address; on a unix socket, a uid) may hold, so
+    /// that a client that sends its request a byte at a time cannot take every slot
+    /// from the scrapers: a Prometheus server scrapes a target one request at a time.
+    pub per_peer: usize,
+}
 /// The longest request head (request line and headers) read.
 pub const MAX_REQUEST: usize = 8192;
 /// How long a client has to send its request, and to take its reply.
@@ -88,13 +93,13 @@ pub fn bind(addr: &MetricsAddr, mode: u32, group: Option<&str>) -> Result<Listen
     Ok(listener)
 }
 
-/// Serves `board` on `listener` from a thread of its own.
-pub fn serve(listener: Listener, board: Arc<Board>) -> Result<Server, StartError> {
+/// Serves `board` on `listener` from a thread of its own, `conns` at once.
+pub fn serve(listener: Listener, board: Arc<Board>, conns: Conns) -> Result<Server, StartError> {
     let stop = Arc::new(AtomicBool::new(false));
     let s2 = stop.clone();
     let thread = std::thread::Builder::new()
         .name("vale-metrics".into())
-        .spawn(move || accept_loop(listener, board, &s2))
+        .spawn(move || accept_loop(listener, board, conns, &s2))
         .map_err(|e| StartError::Os("spawn metrics thread", e))?;
     Ok(Server {
         stop,
@@ -102,16 +107,16 @@ pub fn serve(listener: Listener, board: Arc<Board>) -> Result<Server, StartError
     })
 }
 
-/// Who a connection is from, for [`MAX_CONNS_PER_PEER`].
+/// Who a connection is from, for [`Conns::per_peer`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Peer {
     Ip(std::net::IpAddr),
     Uid(u32),
 }
 
-/// The connections being served, in all and by peer.
-#[derive(Default)]
+/// The connections being served, in all and by peer, and how many may be.
 struct Active {
+    most: Conns,
     total: usize,
     by_peer: std::collections::HashMap<Peer, usize>,
 }
@@ -119,12 +124,12 @@ struct Active {
 impl Active {
     /// Takes a slot for `peer`, or says why there is none.
     fn take(&mut self, peer: &Option<Peer>) -> Result<(), &'static str> {
-        if self.total >= MAX_CONNS {
+        if self.total >= self.most.total {
             return Err("too many scrapes at once\n");
         }
         if let Some(p) = peer {
             let n = self.by_peer.entry(p.clone()).or_default();
-            if *n >= MAX_CONNS_PER_PEER {
+            if *n >= self.most.per_peer {
                 return Err("too many scrapes at once from this client\n");
             }
             *n += 1;
@@ -146,8 +151,12 @@ impl Active {
     }
 }
 
-fn accept_loop(listener: Listener, board: Arc<Board>, stop: &AtomicBool) {
-    let active = Arc::new(std::sync::Mutex::new(Active::default()));
+fn accept_loop(listener: Listener, board: Arc<Board>, most: Conns, stop: &AtomicBool) {
+    let active = Arc::new(std::sync::Mutex::new(Active {
+        most,
+        total: 0,
+        by_peer: Default::default(),
+    }));
     let mut accept_errors = 0u32;
     while !stop.load(Ordering::Acquire) {
         let fd = match &listener {

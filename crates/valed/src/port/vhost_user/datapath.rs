@@ -1192,12 +1192,7 @@ mod tests {
     fn rx_queue(bufs: u16, len: u32) -> (virtio_queue::Queue, GuestMemoryMmap) {
         use vm_memory::{Bytes, GuestAddress};
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-        let mut q = virtio_queue::Queue::new(8).unwrap();
-        q.set_size(8);
-        q.set_desc_table_address(Some(0), Some(0));
-        q.set_avail_ring_address(Some(0x100), Some(0));
-        q.set_used_ring_address(Some(0x200), Some(0));
-        q.set_ready(true);
+        let q = super::super::split::test_queue();
         for i in 0..bufs {
             let d = u64::from(i) * 16;
             let addr = 0x1000 + u64::from(i) * 0x800;
@@ -1327,12 +1322,7 @@ mod tests {
     fn bench_queue(len: u32, flags: u16) -> (virtio_queue::Queue, GuestMemoryMmap) {
         use vm_memory::{Bytes, GuestAddress};
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let mut q = virtio_queue::Queue::new(256).unwrap();
-        q.set_size(256);
-        q.set_desc_table_address(Some(0), Some(0));
-        q.set_avail_ring_address(Some(0x1000), Some(0));
-        q.set_used_ring_address(Some(0x2000), Some(0));
-        q.set_ready(true);
+        let q = super::super::split::test_queue_of(256, 0x1000, 0x2000);
         for i in 0..256u64 {
             mem.write_obj((0x10000 + 2048 * i).to_le(), GuestAddress(16 * i))
                 .unwrap();

@@ -278,6 +278,26 @@ impl<'a> SpanWriter<'a> {
     }
 }
 
+/// A queue of 8 for tests, set up and ready: descriptor table at guest address 0, avail
+/// ring at 0x100, used ring at 0x200.
+#[cfg(test)]
+pub(crate) fn test_queue() -> virtio_queue::Queue {
+    test_queue_of(8, 0x100, 0x200)
+}
+
+/// A queue of `size` for tests, set up and ready: descriptor table at guest address 0,
+/// the avail and used rings at `avail` and `used`.
+#[cfg(test)]
+pub(crate) fn test_queue_of(size: u16, avail: u32, used: u32) -> virtio_queue::Queue {
+    let mut q = virtio_queue::Queue::new(size).unwrap();
+    q.set_size(size);
+    q.set_desc_table_address(Some(0), Some(0));
+    q.set_avail_ring_address(Some(avail), Some(0));
+    q.set_used_ring_address(Some(used), Some(0));
+    q.set_ready(true);
+    q
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,11 +307,7 @@ mod tests {
     /// A queue of 8 in one 64 KiB region (table 0, avail 0x100, used 0x200), and its
     /// memory, with the guest's view.
     fn ring(mem: &GuestMemoryMmap) -> (GuestMap, Split) {
-        let mut q = virtio_queue::Queue::new(8).unwrap();
-        q.set_size(8);
-        q.set_desc_table_address(Some(0), Some(0));
-        q.set_avail_ring_address(Some(0x100), Some(0));
-        q.set_used_ring_address(Some(0x200), Some(0));
+        let q = test_queue();
         let m = GuestMap::new(Arc::new(mem.clone()));
         let s = Split::of(&m, &q).unwrap();
         (m, s)
@@ -425,13 +441,8 @@ mod tests {
                     GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
                 let ours =
                     GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-                let mut q = virtio_queue::Queue::new(8).unwrap();
-                q.set_size(8);
-                q.set_desc_table_address(Some(0), Some(0));
-                q.set_avail_ring_address(Some(0x100), Some(0));
-                q.set_used_ring_address(Some(0x200), Some(0));
+                let mut q = test_queue();
                 q.set_event_idx(event_idx);
-                q.set_ready(true);
                 q.set_next_avail(next);
                 for mem in [&theirs, &ours] {
                     mem.write_obj(avail.to_le(), GuestAddress(0x102)).unwrap();

@@ -479,6 +479,16 @@ impl Drop for Valed {
 
 /// valed started as systemd would (NOTIFY_SOCKET set), with `args`.
 fn notified(dir: &std::path::Path, notify: &str, args: &[&str]) -> Valed {
+    notified_with(dir, notify, args, &[])
+}
+
+/// The same, with more of the manager's variables (`envs`).
+fn notified_with(
+    dir: &std::path::Path,
+    notify: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Valed {
     let log = std::fs::File::create(dir.join("valed.log")).unwrap();
     Valed(
         Command::new(VALED)
@@ -486,11 +496,129 @@ fn notified(dir: &std::path::Path, notify: &str, args: &[&str]) -> Valed {
             .arg(dir.join("valed.sock"))
             .args(args)
             .env("NOTIFY_SOCKET", notify)
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap(),
     )
+}
+
+/// One thread of another process stopped (ptrace: only that thread stops), until
+/// dropped.
+struct ThreadStopped(libc::pid_t);
+
+impl ThreadStopped {
+    fn new(tid: libc::pid_t) -> ThreadStopped {
+        // SAFETY: plain ptrace and waitpid calls on a thread of a child of ours.
+        unsafe {
+            let r = libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0);
+            assert_eq!(
+                r,
+                0,
+                "PTRACE_SEIZE {tid}: {}",
+                std::io::Error::last_os_error()
+            );
+            assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0), 0);
+            let mut st = 0;
+            assert_eq!(libc::waitpid(tid, &mut st, libc::__WALL), tid);
+        }
+        ThreadStopped(tid)
+    }
+}
+
+impl Drop for ThreadStopped {
+    fn drop(&mut self) {
+        // SAFETY: as in `new`; the thread is in its ptrace stop.
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, self.0, 0, 0) };
+    }
+}
+
+/// The thread of process `pid` named `name`.
+fn thread_named(pid: u32, name: &str) -> Option<libc::pid_t> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .find_map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            (comm.trim() == name).then(|| t.file_name().to_str()?.parse().ok())?
+        })
+}
+
+/// The datagrams `rx` gets within `secs`.
+fn datagrams(rx: &UnixDatagram, secs: f64) -> Vec<String> {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut out = Vec::new();
+    let mut b = [0u8; 1024];
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        rx.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        if let Ok(n) = rx.recv(&mut b) {
+            out.push(String::from_utf8_lossy(&b[..n]).into_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn the_watchdog_is_fed_while_every_forwarding_thread_runs_and_not_while_one_is_stuck() {
+    let dir = std::env::temp_dir().join(format!("vb-watchdog-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let rx = UnixDatagram::bind(&path).unwrap();
+    let notify = path_str(&path).to_string();
+    let d = notified_with(&dir, &notify, &[], &[("WATCHDOG_USEC", "1000000")]);
+    let pid = d.0.id();
+    let first = datagrams(&rx, 2.6);
+    assert!(first.iter().any(|m| m.contains("READY=1")), "{first:?}");
+    let fed = |ms: &[String]| ms.iter().filter(|m| *m == "WATCHDOG=1").count();
+    assert!((3..=7).contains(&fed(&first)), "fed every 0.5 s: {first:?}");
+    // The forwarding thread stopped (as if stuck in a system call): named, and the
+    // watchdog is no longer fed.
+    let tid = thread_named(pid, "vale-fwd0").expect("valed's forwarding thread");
+    let stopped = ThreadStopped::new(tid);
+    let during = datagrams(&rx, 4.0);
+    let told = during
+        .iter()
+        .position(|m| m.starts_with("STATUS=") && m.contains("vale-fwd0"))
+        .unwrap_or_else(|| panic!("the stuck thread named in the status: {during:?}"));
+    assert_eq!(
+        fed(&during[told..]),
+        0,
+        "not fed once it is stuck: {during:?}"
+    );
+    let quiet = datagrams(&rx, 1.5);
+    assert_eq!(fed(&quiet), 0, "{quiet:?}");
+    let log = std::fs::read_to_string(dir.join("valed.log")).unwrap();
+    assert!(
+        log.contains("vale-fwd0 has not gone round its loop"),
+        "{log}"
+    );
+    // Going again: said so, and fed again.
+    drop(stopped);
+    let after = datagrams(&rx, 2.0);
+    assert!(after.iter().any(|m| m == "STATUS=forwarding"), "{after:?}");
+    assert!(fed(&after) >= 2, "fed again: {after:?}");
+    let o = Command::new(VALE_CTL)
+        .arg("list")
+        .env("VALE_SOCKET", dir.join("valed.sock"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    drop(d);
+    // A watchdog meant for another process (WATCHDOG_PID) is not fed.
+    let d = notified_with(
+        &dir,
+        &notify,
+        &[],
+        &[("WATCHDOG_USEC", "1000000"), ("WATCHDOG_PID", "1")],
+    );
+    let other = datagrams(&rx, 2.0);
+    assert!(other.iter().any(|m| m.contains("READY=1")), "{other:?}");
+    assert_eq!(fed(&other), 0, "{other:?}");
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

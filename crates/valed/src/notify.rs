@@ -19,14 +19,47 @@ pub fn notify(state: &str) {
     }
 }
 
+/// Sends `state` (`WATCHDOG=1`, a `STATUS=`) without waiting: a manager whose queue is
+/// full misses it. False if it was not sent (no manager, or that).
+pub fn notify_nowait(state: &str) -> bool {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return false;
+    };
+    send_with(&path, state, None).is_ok()
+}
+
+/// How often the service manager wants `WATCHDOG=1` (systemd's `WatchdogSec=`, passed
+/// as `$WATCHDOG_USEC`), if it wants it of this process (`$WATCHDOG_PID`, when set).
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.trim().parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| std::time::Duration::from_micros(usec))
+}
+
 const SEND_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn send(path: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let sock = UnixDatagram::unbound()?;
     // A manager whose queue is full (or a stale NOTIFY_SOCKET of someone else's that
     // is never read) costs at most this, never a daemon that cannot start or stop.
-    sock.set_write_timeout(Some(SEND_LIMIT))?;
+    send_with(path, state, Some(SEND_LIMIT))
+}
+
+/// One datagram, waiting at most `limit` for room (`None`: not at all).
+fn send_with(
+    path: &std::ffi::OsStr,
+    state: &str,
+    limit: Option<std::time::Duration>,
+) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let sock = UnixDatagram::unbound()?;
+    match limit {
+        Some(l) => sock.set_write_timeout(Some(l))?,
+        None => sock.set_nonblocking(true)?,
+    }
     let bytes = path.as_bytes();
     let sent = match bytes.strip_prefix(b"@") {
         Some(name) => {

@@ -16,6 +16,7 @@ mod metrics;
 mod ports;
 mod query;
 mod vlan;
+mod watchdog;
 
 use crate::error::StartError;
 use crate::lane::Lane;
@@ -207,6 +208,7 @@ impl Control {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(64);
         let mut buf = vec![0u8; proto::MAX_MSG];
         let mut last_sweep = std::time::Instant::now();
+        let mut dog = watchdog::Watchdog::from_env();
         let tick = Timespec {
             tv_sec: 0,
             tv_nsec: 100_000_000,
@@ -242,6 +244,9 @@ impl Control {
             if last_sweep.elapsed().as_secs() >= 1 {
                 last_sweep = std::time::Instant::now();
                 self.close_silent();
+            }
+            if let Some(d) = dog.as_mut() {
+                d.tick(self.ports.lanes());
             }
         }
         Ok(())

@@ -101,6 +101,7 @@ pub fn run(shared: Arc<Lane>, busy_poll: Duration, mut when_busy: Option<PinWhen
     let (mut window_pkts, mut busy_passes) = (0u64, 0u32);
     let mut spin = super::spin::Spin::new(busy_poll);
     while !shared.stop.load(Ordering::Acquire) {
+        shared.beat(0);
         let moved = {
             let st = shared.lock();
             let mut driven = st.driven.lock().unwrap_or_else(|p| p.into_inner());
@@ -326,6 +327,7 @@ pub fn run_helper(shared: Arc<Lane>, worker: usize, busy_poll: Duration) {
     let mut idle = super::spin::Idle::default();
     shared.set_parked(worker, false);
     while !shared.stop.load(Ordering::Acquire) {
+        shared.beat(worker);
         let moved = {
             let st = shared.lock();
             let now = shared.now();

@@ -175,6 +175,9 @@ pub struct Lane {
     /// is parked, when the lane's thread serves the queue pairs that are `h`'s.
     parked_by: Box<[AtomicBool]>,
     ctl_waiting: AtomicBool,
+    /// Per worker (0: the lane's thread, `h`: helper `h`): its loops so far, for the
+    /// watchdog ([`Lane::beat`], [`Lane::beats`]).
+    beats: Box<[Beat]>,
     /// The lane's thread is going to sleep or asleep in epoll ([`Lane::lane_sleeps`]).
     lane_asleep: AtomicBool,
     pub stop: AtomicBool,
@@ -187,6 +190,11 @@ pub struct Lane {
     /// What the forwarder publishes for metrics, read without the lock.
     pub stats: Arc<LaneStats>,
 }
+
+/// A worker's loop count, on a cache line of its own (each worker writes its own at
+/// every pass).
+#[repr(align(128))]
+struct Beat(AtomicU64);
 
 /// One switch's address-table counters as its forwarder last published them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -352,6 +360,9 @@ impl Lane {
                 .map(|_| AtomicBool::new(true))
                 .collect(),
             ctl_waiting: AtomicBool::new(false),
+            beats: (0..=usize::from(vale_switch::MAX_THREADS))
+                .map(|_| Beat(AtomicU64::new(0)))
+                .collect(),
             lane_asleep: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             epoll: Arc::new(epoll),
@@ -409,6 +420,32 @@ impl Lane {
         for h in hs {
             let _ = h.join();
         }
+    }
+
+    /// Worker `worker` (0: the lane's thread) goes round its loop once more: it is
+    /// not stuck. Each worker goes round at least once a second however idle (its
+    /// sleeps are bounded: 1 s in epoll, 100 ms parked), so one whose count stays put
+    /// for longer is held up somewhere (the watchdog: `control::Control::stalled`).
+    pub fn beat(&self, worker: usize) {
+        if let Some(Beat(b)) = self.beats.get(worker) {
+            b.store(b.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        }
+    }
+
+    /// Each running worker's thread name and loops so far: the lane's thread, then
+    /// its helpers.
+    pub fn beats(&self, index: usize) -> Vec<(String, u64)> {
+        let helpers = self.helpers.lock().unwrap_or_else(|p| p.into_inner()).len();
+        (0..=helpers)
+            .filter_map(|w| {
+                let n = self.beats.get(w)?.0.load(Ordering::Relaxed);
+                let name = match w {
+                    0 => format!("vale-fwd{index}"),
+                    h => format!("vale-fwd{index}.{h}"),
+                };
+                Some((name, n))
+            })
+            .collect()
     }
 
     /// A helper, idle: parks until woken (or 100 ms, so a lost wake-up costs little).

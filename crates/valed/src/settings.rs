@@ -19,6 +19,8 @@ pub const DEFAULT_MAX_CLIENTS_PER_UID: usize = 256;
 pub const DEFAULT_MAX_PORTS_PER_UID: usize = 64;
 /// Seconds a new connection may stay silent before its first request.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_S: u64 = 30;
+/// The most entries a switch's learning table may have (14 bytes each: 224 MiB).
+pub const MAX_FDB_SIZE: usize = 1 << 24;
 /// Metrics connections served at once, in all and from one client.
 pub const DEFAULT_METRICS_MAX_CONNECTIONS: usize = 8;
 pub const DEFAULT_METRICS_MAX_CONNECTIONS_PER_CLIENT: usize = 2;
@@ -1018,6 +1020,7 @@ impl Settings {
         }
         let conns = self.metrics_max_connections;
         for (what, value, max) in [
+            ("fdb_size", l.fdb.capacity, MAX_FDB_SIZE),
             ("metrics_max_connections", conns, MAX_METRICS_CONNECTIONS),
             (
                 "metrics_max_connections_per_client",
@@ -1187,6 +1190,20 @@ mod tests {
                 .to_string()
                 .contains("bridge_batch")
         );
+        // A learning table too big to allocate is refused at start, not when the first
+        // switch is made (its allocation would end valed).
+        let mut s = Settings::default();
+        assert!(s.validate().is_ok());
+        for bad in [0, MAX_FDB_SIZE + 1, 1 << 61, usize::MAX] {
+            s.limits.fdb.capacity = bad;
+            let e = s.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("fdb_size") && e.contains("out of range"),
+                "{bad}: {e}"
+            );
+        }
+        s.limits.fdb.capacity = MAX_FDB_SIZE;
+        assert!(s.validate().is_ok());
     }
 
     /// Writes `text` to `path` and loads it as a config file.

@@ -99,7 +99,7 @@ pub struct Args {
     /// Buffer size of new ports, a multiple of 64 (larger for jumbo frames; netmap's is 2048) [default: 2112]
     #[arg(long)]
     pub buf_size: Option<u32>,
-    /// Entries of each switch's learning table [default: 8192]
+    /// Entries of each switch's learning table, 1..=16777216 [default: 8192]
     #[arg(long)]
     pub fdb_size: Option<usize>,
     /// Seconds before an unused learned address is forgotten, 0 = never [default: 300]

@@ -642,3 +642,15 @@ pub fn ctl_ok(d: &Daemon, args: &[&str]) -> String {
     );
     stdout_of(&o)
 }
+
+/// A child process killed (and reaped) when this goes, a failed assertion included.
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}

@@ -110,6 +110,40 @@ impl From<Response> for Reply {
 }
 
 impl Control {
+    /// Out of descriptors with none in reserve: the listener leaves the control
+    /// thread's set, so that clients waiting on it do not keep the thread spinning.
+    fn pause_listener(&mut self, listener: &OwnedFd) {
+        if !self.listener_paused && epoll::delete(&self.ep, listener).is_ok() {
+            self.listener_paused = true;
+            tracing::warn!(
+                "out of file descriptors with none in reserve: not accepting clients until one is free"
+            );
+        }
+    }
+
+    /// From the control loop: a paused listener comes back once a descriptor can be
+    /// held in reserve again.
+    pub(super) fn resume_listener(&mut self, listener: &OwnedFd) {
+        if !self.listener_paused {
+            return;
+        }
+        if self.spare.is_none() {
+            self.spare = super::spare_fd();
+        }
+        if self.spare.is_some()
+            && epoll::add(
+                &self.ep,
+                listener,
+                epoll::EventData::new_u64(super::CtlToken::Listener.into_u64()),
+                epoll::EventFlags::IN,
+            )
+            .is_ok()
+        {
+            self.listener_paused = false;
+            tracing::info!("accepting clients again");
+        }
+    }
+
     pub(super) fn accept(&mut self, listener: &OwnedFd) {
         loop {
             match rustix::net::accept_with(listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
@@ -180,18 +214,33 @@ impl Control {
                         );
                     }
                     drop(self.spare.take());
-                    let took = rustix::net::accept_with(listener, SocketFlags::CLOEXEC);
+                    // Non-blocking, as every client's: a client that sends nothing (or
+                    // keeps its socket full) must not hold the control thread here.
+                    let took = rustix::net::accept_with(
+                        listener,
+                        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+                    );
                     if let Ok(fd) = &took {
+                        crate::sys::closer::refuse_rights(fd);
                         turn_away(fd, "valed is out of file descriptors");
                     }
                     let turned_away = took.is_ok();
-                    if let Ok(fd) = took {
-                        crate::sys::closer::discard(vec![fd]);
-                    }
+                    // Closed here, not by the closer thread: the reserve goes back into
+                    // its place at once (closing a socket that holds nothing of ours
+                    // cannot wait). Were it closed later, the next client accepted
+                    // would take that place and leave no reserve.
+                    drop(took);
                     self.spare = super::spare_fd();
+                    if self.spare.is_none() {
+                        // No reserve (something else took its place): the listener is
+                        // readable for as long as clients wait, and every accept fails.
+                        // It rests until a descriptor is free again (`resume_listener`).
+                        self.pause_listener(listener);
+                        return;
+                    }
                     // Linux reports EMFILE before it looks for a pending connection: if
                     // there was none, stop here (the listener is not readable).
-                    if !turned_away || self.spare.is_none() {
+                    if !turned_away {
                         return;
                     }
                 }

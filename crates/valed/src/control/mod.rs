@@ -81,6 +81,8 @@ pub struct Control {
     /// pending connection can be accepted and turned away, instead of the listener
     /// staying readable and the control thread spinning on EMFILE.
     spare: Option<OwnedFd>,
+    /// The listener is out of the epoll set: out of descriptors, with none in reserve.
+    listener_paused: bool,
     /// When running out of descriptors was last logged (at most once a second).
     emfile_logged: Option<std::time::Instant>,
     /// Ports the config file declared and valed created: switch port -> spec.
@@ -105,6 +107,7 @@ impl Control {
             ep: epoll::create(epoll::CreateFlags::CLOEXEC)
                 .map_err(|e| StartError::Os("epoll_create", e.into()))?,
             spare: spare_fd(),
+            listener_paused: false,
             emfile_logged: None,
             declared: Default::default(),
             metrics: None,
@@ -231,6 +234,7 @@ impl Control {
                     None => {}
                 }
             }
+            self.resume_listener(listener);
             self.publish_metrics();
             if reload.swap(false, Ordering::AcqRel) {
                 match self.reload() {

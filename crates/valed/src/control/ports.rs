@@ -64,8 +64,8 @@ impl Quota {
     pub fn of(s: &crate::Settings) -> Quota {
         Quota {
             ports_per_uid: s.max_ports_per_uid,
-            memory: s.max_port_memory_mib << 20,
-            memory_per_uid: s.port_memory_per_uid_mib() << 20,
+            memory: s.max_port_memory_mib.saturating_mul(1 << 20),
+            memory_per_uid: s.port_memory_per_uid_mib().saturating_mul(1 << 20),
         }
     }
 }

@@ -594,3 +594,46 @@ fn a_declared_host_port_that_cannot_be_made_says_what_is_in_the_way() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A declared TAP detached by hand (`vale-ctl -d`, which keeps the interface) is
+/// attached again by the next reload; removed by hand and made again by hand under
+/// the same name on another switch, it is not the file's: a reload that drops it from
+/// the file leaves that one attached.
+#[test]
+fn a_declared_tap_detached_by_hand_comes_back_and_one_made_by_hand_stays() {
+    if !rustix::process::geteuid().is_root() {
+        skip("declared TAP ports need root");
+        return;
+    }
+    let dir = cfg_dir("tapback");
+    let file = dir.join("valed.toml");
+    write(&file, "[[port]]\nname = \"vale0:vcfgb\"\nkind = \"tap\"\n");
+    let d = Daemon::start("cfg-tapback", &["--config", path_str(&file)]);
+    assert_eq!(hosts(&d), ["vale0:vcfgb"], "{}", d.log());
+    ctl_ok(&d, &["-d", "vale0:vcfgb"]);
+    assert!(
+        hosts(&d).is_empty(),
+        "detached: attached nowhere, waiting for nothing"
+    );
+    assert!(ifindex("vcfgb").is_some(), "the TAP stays");
+    let out = ctl_ok(&d, &["reload"]);
+    assert!(out.contains("attached vale0:vcfgb again (line 1)"), "{out}");
+    assert_eq!(hosts(&d), ["vale0:vcfgb"]);
+
+    // Removed by hand (detached, then removed), made by hand on vale1.
+    ctl_ok(&d, &["-d", "vale0:vcfgb"]);
+    ctl_ok(&d, &["-d", "vale0:vcfgb"]);
+    assert_eq!(ifindex("vcfgb"), None, "{}", d.log());
+    ctl_ok(&d, &["-n", "vcfgb"]);
+    ctl_ok(&d, &["-a", "vale1:vcfgb"]);
+    assert_eq!(hosts(&d), ["vale1:vcfgb"]);
+    write(&file, "bridge_batch = 256\n");
+    let out = ctl_ok(&d, &["reload"]);
+    assert_eq!(hosts(&d), ["vale1:vcfgb"], "{out}\n{}", d.log());
+    assert!(ifindex("vcfgb").is_some(), "the TAP made by hand stays");
+    // It is still ours to manage: detached and removed as any.
+    ctl_ok(&d, &["-d", "vale1:vcfgb"]);
+    ctl_ok(&d, &["-r", "vcfgb"]);
+    assert_eq!(ifindex("vcfgb"), None);
+    let _ = std::fs::remove_dir_all(&dir);
+}

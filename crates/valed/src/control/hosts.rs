@@ -59,8 +59,25 @@ impl HostPorts {
         }
         self.by_name
             .iter()
-            .find(|(_, h)| h.attached.is_none() && h.port.as_deref() == Some(name))
+            .find(|(_, h)| {
+                h.attached.is_none()
+                    && h.port.as_deref() == Some(name)
+                    && h.backend.status().waiting
+            })
             .map(|(n, _)| (n.as_str(), true))
+    }
+
+    /// The host port made for switch port `name` that was detached by hand and kept
+    /// (a declared TAP after `vale-ctl -d`): attached nowhere, waiting for nobody.
+    fn detached_from(&self, name: &str) -> Option<String> {
+        self.by_name
+            .iter()
+            .find(|(_, h)| {
+                h.attached.is_none()
+                    && h.port.as_deref() == Some(name)
+                    && !h.backend.status().waiting
+            })
+            .map(|(n, _)| n.clone())
     }
 
     /// Where address `mac` (in `vlan`), learned on switch port `port`, lives beyond it,
@@ -524,6 +541,18 @@ impl Control {
                     kept += 1;
                     continue;
                 }
+                // Detached by hand since and kept (a TAP): attached again, as the file
+                // says it should be.
+                if let Some(name) = self.hosts.detached_from(&d.port) {
+                    match self.attach_driven(&name, &d.port) {
+                        Ok(()) => done.push(format!("attached {} again (line {})", d.port, d.line)),
+                        Err(e) => failed.push(format!(
+                            "could not attach {} again (line {}): {e}",
+                            d.port, d.line
+                        )),
+                    }
+                    continue;
+                }
                 // Removed by hand since (`vale-ctl -d`): the file says it should be.
                 self.declared.remove(&d.port);
             }
@@ -566,7 +595,14 @@ impl Control {
         if attached {
             self.detach(port)?;
         }
-        if matches!(spec, PortSpec::Tap { .. }) && self.hosts.by_name.contains_key(&name) {
+        // Only the TAP made for this declaration: one of that name made since by hand
+        // (`vale-ctl -n`, attached elsewhere or nowhere) is not the file's to remove.
+        let made_for_it = self
+            .hosts
+            .by_name
+            .get(&name)
+            .is_some_and(|h| h.attached.is_none() && h.port.as_deref() == Some(port));
+        if matches!(spec, PortSpec::Tap { .. }) && made_for_it {
             self.forget(&name);
         }
         Ok(())

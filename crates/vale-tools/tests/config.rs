@@ -637,3 +637,38 @@ fn a_declared_tap_detached_by_hand_comes_back_and_one_made_by_hand_stays() {
     assert_eq!(ifindex("vcfgb"), None);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Names in the file are checked against the limit the daemon runs with:
+/// `--max-name-len` over the file's own `max_name_len`, at start and on reload.
+#[test]
+fn declared_names_are_checked_against_the_daemons_name_limit() {
+    let dir = cfg_dir("namelen");
+    let file = dir.join("valed.toml");
+    let vm = dir.join("vm.sock");
+    let name = "vale0:a_long_vhost_port_name";
+    write(
+        &file,
+        &format!(
+            "[[port]]\nname = \"{name}\"\nkind = \"vhost-user\"\nsocket = \"{}\"\n",
+            vm.display()
+        ),
+    );
+    let d = Daemon::start(
+        "cfg-namelen",
+        &["--config", path_str(&file), "--max-name-len", "32"],
+    );
+    assert_eq!(hosts(&d), [name], "{}", d.log());
+    let out = ctl_ok(&d, &["reload"]);
+    assert!(out.contains("1 declared port(s) unchanged"), "{out}");
+    drop(d);
+    // Without the flag the default (15) refuses it, and says so.
+    let o = std::process::Command::new(VALED)
+        .args(["--config", path_str(&file), "--socket"])
+        .arg(dir.join("x.sock"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("line 1"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -679,8 +679,12 @@ impl ConfigFile {
     /// directory (and the directory of the file a link leads to) must be valed's user's
     /// or root's and not writable by group or others (a directory may be, if sticky);
     /// then as [`ConfigFile::load`]. The file is checked as opened, so that what is
-    /// read is what was checked.
-    pub fn load_trusted(path: &Path) -> Result<ConfigFile, SettingsError> {
+    /// read is what was checked. Port names are checked against `max_name_len` when
+    /// given (the daemon's own, `--max-name-len` over the file's), else the file's.
+    pub fn load_trusted(
+        path: &Path,
+        max_name_len: Option<usize>,
+    ) -> Result<ConfigFile, SettingsError> {
         let read_err = |source| SettingsError::Read {
             path: path.to_path_buf(),
             source,
@@ -711,7 +715,7 @@ impl ConfigFile {
         }
         let mut text = String::new();
         std::io::Read::read_to_string(&mut file, &mut text).map_err(read_err)?;
-        ConfigFile::parse(path, &text)
+        ConfigFile::parse(path, &text, max_name_len)
     }
 
     /// The file at `path`, parsed, its `[[port]]` entries checked (names, kinds, keys,
@@ -721,17 +725,21 @@ impl ConfigFile {
             path: path.to_path_buf(),
             source,
         })?;
-        ConfigFile::parse(path, &text)
+        ConfigFile::parse(path, &text, None)
     }
 
     /// `text`, the file at `path`, as [`ConfigFile::load`] takes it.
-    fn parse(path: &Path, text: &str) -> Result<ConfigFile, SettingsError> {
+    fn parse(
+        path: &Path,
+        text: &str,
+        max_name_len: Option<usize>,
+    ) -> Result<ConfigFile, SettingsError> {
         let mut f: ConfigFile = toml::from_str(text).map_err(|e| SettingsError::Parse {
             path: path.to_path_buf(),
             why: e.to_string(),
         })?;
-        let max_name_len = f
-            .max_name_len
+        let max_name_len = max_name_len
+            .or(f.max_name_len)
             .unwrap_or(Settings::default().limits.max_name_len);
         for t in std::mem::take(&mut f.port_tables) {
             let d = declared(&t, text, path, max_name_len)?;

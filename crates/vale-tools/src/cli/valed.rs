@@ -148,7 +148,8 @@ pub struct Args {
 pub fn settings(a: &Args) -> Result<Settings, valed::SettingsError> {
     let mut s = Settings::default();
     if let Some(path) = &a.config {
-        let file = ConfigFile::load_trusted(path)?;
+        // Port names as long as the daemon will take (`--max-name-len` over the file's).
+        let file = ConfigFile::load_trusted(path, a.max_name_len)?;
         file.apply(&mut s)?;
         s.ports = file.ports;
         s.vlans = file.vlans;

@@ -189,20 +189,24 @@ impl Control {
     fn insert(
         &mut self,
         name: &str,
-        backend: Box<dyn Backend>,
+        mut backend: Box<dyn Backend>,
         port: Option<String>,
         spec: &PortSpec,
     ) -> Result<(), CtlError> {
         self.hosts.next_id += 1;
         let id = self.hosts.next_id;
         if let Some(fd) = backend.control_fd() {
-            epoll::add(
+            let r = epoll::add(
                 &self.ep,
                 fd,
                 epoll::EventData::new_u64(CtlToken::Host(id).into_u64()),
                 epoll::EventFlags::IN,
-            )
-            .map_err(|e| CtlError::Internal(format!("epoll_ctl: {e}")))?;
+            );
+            if let Err(e) = r {
+                // Not kept: the socket file it made goes with it.
+                backend.remove();
+                return Err(CtlError::Internal(format!("epoll_ctl: {e}")));
+            }
         }
         self.hosts.by_id.insert(id, name.to_string());
         self.hosts.by_name.insert(

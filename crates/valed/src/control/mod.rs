@@ -143,8 +143,11 @@ impl Control {
                 "valed was started without --config: there is no file to reload".into(),
             ));
         };
-        let file = crate::settings::ConfigFile::load_trusted(&path)
-            .map_err(|e| crate::error::CtlError::BadRequest(e.to_string()))?;
+        let file = crate::settings::ConfigFile::load_trusted(
+            &path,
+            Some(self.settings.limits.max_name_len),
+        )
+        .map_err(|e| crate::error::CtlError::BadRequest(e.to_string()))?;
         let mut check = self.settings.clone();
         file.apply(&mut check)
             .and_then(|()| check.validate())

@@ -602,12 +602,15 @@ fn drain(fw: &mut vale_switch::Forwarder, st: &mut LaneState, lane: &Lane, key: 
         driven: st.driven.get_mut().unwrap_or_else(|p| p.into_inner()),
     };
     for r in 0..g.tx_rings {
-        // Each batch takes at least one slot, so this ends within a ring's worth.
-        for _ in 0..g.tx_slots {
+        // A ring's worth at most (and a batch beyond): a client that keeps filling the
+        // ring from another thread as it closes must not keep the lane here.
+        let mut left = g.tx_slots as usize;
+        while left > 0 {
             let n = fw.forward_ring(&e.switch, key.port, r, now, &mut notes, &mut egress);
             if n == 0 {
                 break;
             }
+            left = left.saturating_sub(n);
         }
     }
     crate::lane::notify(&st.fds, key.switch, &notes);

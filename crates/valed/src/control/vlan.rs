@@ -133,6 +133,15 @@ impl Control {
             if old == new {
                 continue;
             }
+            // Names were checked on load against the daemon's own limit, so a refusal
+            // here is not expected; one would still be said, not lost.
+            let mut refused: Vec<String> = Vec::new();
+            let mut refuse = |name: &str, e: vale_switch::RegistryError| {
+                let line = format!("{switch}: {name}'s VLAN mode not set: {e}");
+                if !refused.contains(&line) {
+                    refused.push(line);
+                }
+            };
             for l in self.ports.lanes() {
                 let mut st = l.lock_ctl();
                 let r = &mut st.registry;
@@ -140,14 +149,19 @@ impl Control {
                     r.set_vlan_filtering(&switch, new.filtering);
                 }
                 for name in old.ports.keys().filter(|n| !new.ports.contains_key(*n)) {
-                    let _ = r.set_port_vlan(name, None); // checked when it was set
+                    if let Err(e) = r.set_port_vlan(name, None) {
+                        refuse(name, e);
+                    }
                 }
                 for (name, m) in &new.ports {
                     if old.ports.get(name) != Some(m) {
-                        let _ = r.set_port_vlan(name, Some(m.clone())); // checked on load
+                        if let Err(e) = r.set_port_vlan(name, Some(m.clone())) {
+                            refuse(name, e);
+                        }
                     }
                 }
             }
+            lines.extend(refused);
             if new == SwitchVlan::default() && !want.iter().any(|d| d.switch == switch) {
                 lines.push(format!(
                     "{switch}: no longer declared: vlan_filtering off, every port in the default mode"

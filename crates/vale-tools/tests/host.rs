@@ -342,6 +342,11 @@ fn interfaces_that_go_down_or_away_leave_the_daemon_idle() {
         del < 0.3,
         "valed used {del:.2} CPU-s in 2 s after {veth} was deleted"
     );
+    assert_eq!(d.host(&veth)["gone"], true);
+    // Made again under the same name, it is another interface (the port's socket is
+    // not on it): still gone.
+    net.veth(&veth, &peer);
+    assert_eq!(d.host(&veth)["gone"], true, "a new {veth} is not the one attached");
     ctl_ok(&d, &["-d", &format!("vale0:{veth}")]);
     assert!(d.ports().is_empty(), "{:?}", d.ports());
     eprintln!(

@@ -30,12 +30,16 @@ use vale_wire::{ethernet, virtio_net};
 /// The control side: just the interface's name (the socket is opened on attach).
 pub struct Nic {
     ifname: String,
+    /// The interface's index when it was attached: one deleted and made again under
+    /// the same name is another interface, which the port's socket is not on.
+    ifindex: Option<u32>,
 }
 
 impl Nic {
     pub fn create(ifname: &str) -> Result<Nic, CtlError> {
         Ok(Nic {
             ifname: ifname.to_string(),
+            ifindex: None,
         })
     }
 }
@@ -55,6 +59,7 @@ impl Backend for Nic {
     fn start(&mut self, cx: Start<'_>) -> Result<Box<dyn DrivenPort>, PortError> {
         let ifname = &self.ifname;
         let i = sys::if_index(ifname).ok_or_else(|| PortError::Gone(ifname.clone()))?;
+        self.ifindex = Some(i);
         let dev = sys::packet_socket(i).map_err(|e| PortError::Io {
             what: format!("cannot open an AF_PACKET socket on {ifname}"),
             source: e,
@@ -90,9 +95,19 @@ impl Backend for Nic {
 
     fn status(&self) -> Status {
         Status {
-            gone: sys::if_index(&self.ifname).is_none(),
+            gone: gone(&self.ifname, self.ifindex),
             waiting: false,
         }
+    }
+}
+
+/// Whether interface `ifname`, attached when its index was `at`, is gone: no
+/// interface of that name, or another one (deleted and made again).
+pub(super) fn gone(ifname: &str, at: Option<u32>) -> bool {
+    match (sys::if_index(ifname), at) {
+        (None, _) => true,
+        (Some(now), Some(then)) => now != then,
+        (Some(_), None) => false,
     }
 }
 

@@ -147,12 +147,16 @@ pub fn attach(ifname: &str, ifindex: u32) -> Result<Attached, PortError> {
 /// The control side: the interface's name (program and sockets are made on attach).
 pub struct Xdp {
     ifname: String,
+    /// The interface's index when it was attached: one deleted and made again under
+    /// the same name is another interface, which the port's socket is not on.
+    ifindex: Option<u32>,
 }
 
 impl Xdp {
     pub fn create(ifname: &str) -> Result<Xdp, CtlError> {
         Ok(Xdp {
             ifname: ifname.to_string(),
+            ifindex: None,
         })
     }
 }
@@ -174,6 +178,7 @@ impl Backend for Xdp {
     fn start(&mut self, cx: Start<'_>) -> Result<Box<dyn DrivenPort>, PortError> {
         let ifname = &self.ifname;
         let i = crate::sys::if_index(ifname).ok_or_else(|| PortError::Gone(ifname.clone()))?;
+        self.ifindex = Some(i);
         let x = attach(ifname, i)?;
         // Every queue's socket wakes the thread.
         for s in &x.socks {
@@ -204,6 +209,7 @@ impl Backend for Xdp {
             name: ifname.clone(),
             polls: 0,
             stats_at: Instant::now(),
+            drops_at: Instant::now(),
         }))
     }
 
@@ -217,7 +223,7 @@ impl Backend for Xdp {
 
     fn status(&self) -> Status {
         Status {
-            gone: crate::sys::if_index(&self.ifname).is_none(),
+            gone: super::afpacket::gone(&self.ifname, self.ifindex),
             waiting: false,
         }
     }
@@ -231,11 +237,12 @@ struct XdpIo {
     counters: Arc<PortCounters>,
     watcher: Watcher,
     name: String,
-    /// Passes over the sockets, and when the kernel's drop counters were last read.
+    /// Passes over the sockets; when the once-a-second look (drop counters and MTU)
+    /// was last made, and when the drop counters were last read (`arm` reads them too).
     polls: u32,
     stats_at: Instant,
-    /// The longest frame the interface sends ([`max_len`]), read again with the drop
-    /// counters.
+    drops_at: Instant,
+    /// The longest frame the interface sends ([`max_len`]), read again once a second.
     max_len: usize,
 }
 
@@ -254,12 +261,9 @@ fn max_len(ifname: &str) -> Option<usize> {
 
 impl XdpIo {
     /// `kernel_drops` from the sockets' counts (`XDP_STATISTICS`: totals since each
-    /// socket was made).
+    /// socket was made): a system call per socket.
     fn read_drops(&mut self) {
-        self.stats_at = Instant::now();
-        if let Some(m) = max_len(&self.name) {
-            self.max_len = m;
-        }
+        self.drops_at = Instant::now();
         let lost: u64 = self.x.socks.iter().map(|s| s.statistics().lost()).sum();
         self.counters.kernel_drops.store(lost, Ordering::Relaxed);
     }
@@ -296,7 +300,12 @@ impl DrivenPort for XdpIo {
         // thread sleeps (`arm`).
         if (got == 0 || self.polls % 1024 == 0) && self.stats_at.elapsed() >= Duration::from_secs(1)
         {
+            self.stats_at = Instant::now();
             self.read_drops();
+            // The MTU (a file in sysfs) likewise.
+            if let Some(m) = max_len(&self.name) {
+                self.max_len = m;
+            }
         }
         if got > 0 {
             self.rings.tx.txsync();
@@ -346,9 +355,13 @@ impl DrivenPort for XdpIo {
     }
 
     /// The thread is going to sleep: the kernel's drop counts first, so an idle port's
-    /// `kernel_drops` is up to date.
+    /// `kernel_drops` is up to date (at most every 100 ms: a lane that goes idle
+    /// between every few frames must not pay a system call per socket each time;
+    /// the lane wakes within a second, and reads them then).
     fn arm(&mut self) -> bool {
-        self.read_drops();
+        if self.drops_at.elapsed() >= Duration::from_millis(100) {
+            self.read_drops();
+        }
         false
     }
 

@@ -202,7 +202,23 @@ impl PacketRing {
         // TPACKET_ALIGNMENT (16), at least a header long, and the `frame_nr` slots
         // fill `tp_block_nr` whole blocks: slot `i` is then at `i * frame_size` of a
         // ring `frame_nr * frame_size` long, which it refuses to map any longer.
-        let map = Mmap::shared(fd.as_fd(), frame_nr * frame_size, 0, false)?;
+        let map = match Mmap::shared(fd.as_fd(), frame_nr * frame_size, 0, false) {
+            Ok(m) => m,
+            Err(e) => {
+                // The ring goes again: left set up, the kernel would fill it for no one
+                // (ordinary frames lost, the socket readable for ever) while plain reads
+                // find nothing.
+                let none = libc::tpacket_req {
+                    tp_block_size: 0,
+                    tp_block_nr: 0,
+                    tp_frame_size: 0,
+                    tp_frame_nr: 0,
+                };
+                // SAFETY: as above; a request of no blocks frees the ring.
+                let _ = unsafe { setsockopt_at(fd, libc::SOL_PACKET, libc::PACKET_RX_RING, &none) };
+                return Err(e);
+            }
+        };
         Ok(PacketRing {
             map,
             frame_size,

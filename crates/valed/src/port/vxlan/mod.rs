@@ -377,7 +377,9 @@ fn open_tx(c: &Conf) -> Result<Vec<OwnedFd>, CtlError> {
         .map_err(|e| io("IP_MTU_DISCOVER", e.into()))?;
         let _ = sockopt::set_socket_send_buffer_size(&s, 1 << 20);
         if let Some(g) = c.group {
-            let ifindex = c.dev.as_ref().map_or(0, |d| d.1);
+            // On --dev, else on the local address's link (its zone; 0 for IPv4 and
+            // global IPv6 addresses: the route decides).
+            let ifindex = c.dev.as_ref().map_or(c.scope, |d| d.1);
             // Our own group datagrams must not come back to our receiving socket.
             let r = match (g, c.local) {
                 (IpAddr::V4(g), IpAddr::V4(l)) => {

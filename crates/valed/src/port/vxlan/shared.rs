@@ -272,7 +272,7 @@ pub fn join(name: &str, c: &Conf) -> Result<Membership, CtlError> {
     };
     let group = match c.group {
         Some(g) => {
-            let key = (g, c.local, c.dev.as_ref().map_or(0, |d| d.1));
+            let key = (g, c.local, c.dev.as_ref().map_or(c.scope, |d| d.1));
             join_group(&sock, key)?;
             Some(key)
         }

@@ -595,9 +595,10 @@ impl DrivenPort for VxlanIo {
     }
 
     /// Datagrams queued by other uplinks' threads, or of a train not yet taken (the TX
-    /// ring was full), are work waiting.
+    /// ring was full), are work waiting; not once the socket is closed (`pull` takes
+    /// nothing then, and the lane would never sleep).
     fn arm(&mut self) -> bool {
-        !self.inbox.is_empty() || self.recv.pending() > 0
+        !self.closed && (!self.inbox.is_empty() || self.recv.pending() > 0)
     }
 
     fn fault(&mut self) {

@@ -346,7 +346,11 @@ fn interfaces_that_go_down_or_away_leave_the_daemon_idle() {
     // Made again under the same name, it is another interface (the port's socket is
     // not on it): still gone.
     net.veth(&veth, &peer);
-    assert_eq!(d.host(&veth)["gone"], true, "a new {veth} is not the one attached");
+    assert_eq!(
+        d.host(&veth)["gone"],
+        true,
+        "a new {veth} is not the one attached"
+    );
     ctl_ok(&d, &["-d", &format!("vale0:{veth}")]);
     assert!(d.ports().is_empty(), "{:?}", d.ports());
     eprintln!(

@@ -560,11 +560,17 @@ fn datagrams(rx: &UnixDatagram, secs: f64) -> Vec<String> {
     out
 }
 
-#[test]
-fn the_watchdog_is_fed_while_every_forwarding_thread_runs_and_not_while_one_is_stuck() {
-    let dir = std::env::temp_dir().join(format!("vb-watchdog-{}", std::process::id()));
+/// A fresh directory for a test's sockets and log: /tmp/vb-TAG-PID.
+fn fresh_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("vb-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn the_watchdog_is_fed_while_every_forwarding_thread_runs_and_not_while_one_is_stuck() {
+    let dir = fresh_dir("watchdog");
     let path = dir.join("notify.sock");
     let rx = UnixDatagram::bind(&path).unwrap();
     let notify = path_str(&path).to_string();
@@ -623,9 +629,7 @@ fn the_watchdog_is_fed_while_every_forwarding_thread_runs_and_not_while_one_is_s
 
 #[test]
 fn ready_comes_once_the_control_socket_accepts_and_stopping_on_sigterm() {
-    let dir = std::env::temp_dir().join(format!("vb-notify-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("notify");
     let socket = dir.join("valed.sock");
     let path = dir.join("notify.sock");
     let abstract_name = format!("vb-notify-{}", std::process::id());

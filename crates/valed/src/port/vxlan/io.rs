@@ -80,7 +80,10 @@ pub struct VxlanIo {
     /// Send a flow's equal datagrams as one train (UDP GSO), while the kernel takes it.
     gso: bool,
     t0: Instant,
+    /// When the learned table was last published: the second, and the millisecond
+    /// (since `t0`).
     published: u64,
+    published_ms: u64,
     closed: bool,
 }
 
@@ -230,6 +233,7 @@ impl VxlanIo {
             shown,
             t0: Instant::now(),
             published: u64::MAX,
+            published_ms: 0,
             closed: false,
         }
     }
@@ -238,16 +242,30 @@ impl VxlanIo {
         self.t0.elapsed().as_secs()
     }
 
-    /// The learned table for `vale-ctl list`, once a second at most (never waiting for
-    /// the control thread).
+    /// The learned table for `vale-ctl list` and `fdb`: once a second, and when it
+    /// changed, ten times a second at most while the port is busy (a MAC that flaps
+    /// between VTEPs, an overlay loop, changes it every pass, and each publication
+    /// sorts every row) and before its lane sleeps (`arm`); never waiting for the
+    /// control thread.
     fn publish(&mut self, now: u64) {
-        if now == self.published && !self.ing.changed {
-            return;
+        if now == self.published {
+            if !self.ing.changed {
+                return;
+            }
+            let ms = self.t0.elapsed().as_millis() as u64;
+            if ms < self.published_ms.saturating_add(100) {
+                return;
+            }
         }
+        self.publish_now(now);
+    }
+
+    fn publish_now(&mut self, now: u64) {
         if let Ok(mut s) = self.shown.try_lock() {
             s.vteps = self.ing.vteps.iter().map(|t| t.rows(now)).collect();
             s.at = Some((self.t0, now));
             self.published = now;
+            self.published_ms = self.t0.elapsed().as_millis() as u64;
             self.ing.changed = false;
         }
     }
@@ -598,6 +616,10 @@ impl DrivenPort for VxlanIo {
     /// ring was full), are work waiting; not once the socket is closed (`pull` takes
     /// nothing then, and the lane would never sleep).
     fn arm(&mut self) -> bool {
+        if self.ing.changed {
+            let now = self.now();
+            self.publish_now(now);
+        }
         !self.closed && (!self.inbox.is_empty() || self.recv.pending() > 0)
     }
 

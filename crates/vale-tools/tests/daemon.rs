@@ -1545,6 +1545,59 @@ fn one_uid_cannot_take_every_connection() {
     let _ = (a.wait(), b.wait());
 }
 
+#[test]
+fn one_uid_cannot_take_every_switch() {
+    if !rustix::process::geteuid().is_root() {
+        skip("the per-uid switch test needs root (to act as another uid)");
+        return;
+    }
+    if !have("setpriv", "util-linux", "the per-uid switch test") {
+        return;
+    }
+    let d = Daemon::start(
+        "peruid-sw",
+        &["--max-switches-per-uid", "1", "--socket-mode", "0666"],
+    );
+    let _ = std::fs::set_permissions(&d.dir, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+    let as_nobody = |port: &str, secs: &str| {
+        let mut c = d.cmd("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", PKT_GEN])
+            .args(["-i", port, "-f", "rx", "--duration", secs])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    };
+    // uid 65534 makes vale5 (its one switch) and holds a port there.
+    let mut a = Reaped(as_nobody("vale5:a", "6").spawn().unwrap());
+    assert!(
+        wait_for(5.0, || d.ports().contains(&"vale5:a".into())),
+        "{}",
+        d.log()
+    );
+    // A second switch of its own is refused, saying why; another port on its switch
+    // is not.
+    let o = as_nobody("vale6:a", "1").output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a second switch was made");
+    assert!(
+        err.contains("--max-switches-per-uid 1") && err.contains("vale5"),
+        "saying why: {err}"
+    );
+    assert!(!d.ports().iter().any(|p| p.starts_with("vale6:")));
+    let o = as_nobody("vale5:b", "1").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Root is not held to it, and a switch root made is open to the uid (it is not its
+    // own).
+    let r = d.open("vale6:r");
+    let o = as_nobody("vale6:a", "1").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    drop(r);
+    let _ = Command::new("kill").arg(a.0.id().to_string()).status();
+    let _ = a.0.wait();
+    let o = d.ctl_json(&["settings"]);
+    assert_eq!(o["settings"]["max_switches_per_uid"], "1", "{o}");
+}
+
 /// vale-ctl's answer to `args`, or None (the command killed) if none came in `secs`.
 fn ctl_within(d: &Daemon, args: &[&str], secs: f64) -> Option<Output> {
     let mut c = d

@@ -143,6 +143,9 @@ pub struct Settings {
     /// The same for the ports one uid created (root and valed's own user count against
     /// the total only); `None`: a quarter of the total.
     pub max_port_memory_per_uid_mib: Option<u64>,
+    /// Switches one uid's ports may make (a switch is made by the open of its first
+    /// port; root and valed's own user: no limit); `None`: half of `max_switches`.
+    pub max_switches_per_uid: Option<usize>,
     /// Switches whose ports any client (or any member of a group) may open, whoever
     /// created them; elsewhere a port belongs to the uid that created it.
     pub shared: Vec<SharedSwitch>,
@@ -521,6 +524,12 @@ impl Settings {
         self.max_port_memory_per_uid_mib
             .unwrap_or(self.max_port_memory_mib / 4)
     }
+
+    /// The per-uid switch limit: half the switches (at least one), unless set.
+    pub fn switches_per_uid(&self) -> usize {
+        self.max_switches_per_uid
+            .unwrap_or((self.limits.max_switches / 2).max(1))
+    }
 }
 
 /// Half of the machine's memory, in MiB (the default limit on port memory), or 8 GiB if
@@ -560,6 +569,7 @@ impl Default for Settings {
             max_ports_per_uid: DEFAULT_MAX_PORTS_PER_UID,
             max_port_memory_mib: half_of_memory_mib(),
             max_port_memory_per_uid_mib: None,
+            max_switches_per_uid: None,
             shared: Vec::new(),
             handshake_timeout_s: DEFAULT_HANDSHAKE_TIMEOUT_S,
             vhost_trust_unsealed: false,
@@ -592,6 +602,7 @@ pub struct ConfigFile {
     pub max_ports_per_uid: Option<usize>,
     pub max_port_memory_mib: Option<u64>,
     pub max_port_memory_per_uid_mib: Option<u64>,
+    pub max_switches_per_uid: Option<usize>,
     pub share: Option<Vec<String>>,
     pub handshake_timeout_s: Option<u64>,
     pub vhost_trust_unsealed: Option<bool>,
@@ -805,6 +816,9 @@ impl ConfigFile {
              metrics_max_connections_per_client => s.metrics_max_connections_per_client);
         if let Some(m) = self.max_port_memory_per_uid_mib {
             s.max_port_memory_per_uid_mib = Some(m);
+        }
+        if let Some(n) = self.max_switches_per_uid {
+            s.max_switches_per_uid = Some(n);
         }
         if let Some(list) = &self.share {
             s.shared = list

@@ -72,6 +72,9 @@ pub struct Args {
     /// Memory of the ports one uid created, MiB (root and valed's own user count against the total only) [default: a quarter of --max-port-memory-mib]
     #[arg(long, value_name = "MIB")]
     pub max_port_memory_per_uid_mib: Option<u64>,
+    /// Switches one uid's ports may make (root and valed's own user: no limit) [default: half of --max-switches]
+    #[arg(long, value_name = "N")]
+    pub max_switches_per_uid: Option<usize>,
     /// A switch whose ports any client may open, or with :GROUP any member of GROUP, whoever created them (elsewhere a port is its creator's, root's and valed's); repeat for more
     #[arg(long, value_name = "SWITCH[:GROUP]")]
     pub share: Vec<String>,
@@ -170,6 +173,7 @@ pub fn settings(a: &Args) -> Result<Settings, valed::SettingsError> {
         max_ports_per_uid: a.max_ports_per_uid,
         max_port_memory_mib: a.max_port_memory_mib,
         max_port_memory_per_uid_mib: a.max_port_memory_per_uid_mib,
+        max_switches_per_uid: a.max_switches_per_uid,
         share: (!a.share.is_empty()).then(|| a.share.clone()),
         handshake_timeout_s: a.handshake_timeout_s,
         vhost_trust_unsealed: a.vhost_trust_unsealed.then_some(true),

@@ -56,6 +56,8 @@ impl Who {
 #[derive(Debug, Clone, Copy)]
 pub struct Quota {
     pub ports_per_uid: usize,
+    /// Switches one uid's ports may have made.
+    pub switches_per_uid: usize,
     pub memory: u64,
     pub memory_per_uid: u64,
 }
@@ -64,6 +66,7 @@ impl Quota {
     pub fn of(s: &crate::Settings) -> Quota {
         Quota {
             ports_per_uid: s.max_ports_per_uid,
+            switches_per_uid: s.switches_per_uid(),
             memory: s.max_port_memory_mib.saturating_mul(1 << 20),
             memory_per_uid: s.port_memory_per_uid_mib().saturating_mul(1 << 20),
         }
@@ -216,6 +219,35 @@ impl PortTable {
                 "{name}: uid {} has {n} ports, its limit (--max-ports-per-uid {})",
                 who.uid, q.ports_per_uid
             )));
+        }
+        // A port on a switch that has none makes the switch. The switches that only
+        // the uid's ports are on are counted, so that one user cannot take every
+        // switch; one it shares with others' ports is not.
+        let switch = name.split(':').next().unwrap_or(name);
+        if !self.board.values().any(|e| e.switch == switch) {
+            let mut theirs: Vec<&str> = self
+                .board
+                .values()
+                .filter(|e| e.counted && e.owner == who.uid)
+                .map(|e| e.switch.as_str())
+                .filter(|sw| {
+                    self.board
+                        .values()
+                        .filter(|e| e.switch == *sw)
+                        .all(|e| e.counted && e.owner == who.uid)
+                })
+                .collect();
+            theirs.sort_unstable();
+            theirs.dedup();
+            if theirs.len() >= q.switches_per_uid {
+                return Err(CtlError::Limit(format!(
+                    "{name}: cannot make switch {switch}: uid {} has {} switches of its own ({}), its limit (--max-switches-per-uid {})",
+                    who.uid,
+                    theirs.len(),
+                    theirs.join(", "),
+                    q.switches_per_uid,
+                )));
+            }
         }
         if mine + bytes > q.memory_per_uid {
             return Err(CtlError::Limit(format!(
@@ -708,6 +740,7 @@ mod tests {
     fn ports_per_uid_are_counted_by_creator_and_given_back() {
         let mut t = table(Quota {
             ports_per_uid: 2,
+            switches_per_uid: 8,
             memory: 1 << 40,
             memory_per_uid: 1 << 40,
         });
@@ -740,10 +773,48 @@ mod tests {
     }
 
     #[test]
+    fn switches_made_by_one_uid_are_limited_and_given_back() {
+        let mut t = table(Quota {
+            ports_per_uid: 100,
+            switches_per_uid: 2,
+            memory: 1 << 40,
+            memory_per_uid: 1 << 40,
+        });
+        let a = open(&mut t, "vale0:a", user(1000)).unwrap();
+        open(&mut t, "vale1:a", user(1000)).unwrap();
+        let err = open(&mut t, "vale2:a", user(1000)).unwrap_err();
+        assert!(err.contains("uid 1000 has 2 switches of its own"), "{err}");
+        assert!(err.contains("--max-switches-per-uid 2"), "{err}");
+        assert!(err.contains("vale0, vale1"), "says which it has: {err}");
+        assert!(!t.exists("vale2:a"));
+        // More ports on its switches, and ports on switches others made, are fine (a
+        // switch shared with others' ports is not its own); other uids and valed are
+        // not held to its count.
+        open(&mut t, "vale0:b", user(1000)).unwrap();
+        open(&mut t, "vale3:x", user(1001)).unwrap();
+        open(&mut t, "vale3:a", user(1000)).unwrap();
+        open(&mut t, "vale4:d", Who::daemon()).unwrap();
+        // A switch whose last port of its went is one fewer: vale0 still has vale0:b.
+        t.release(a);
+        assert!(open(&mut t, "vale5:a", user(1000)).is_err());
+        let b = t.board().find(|(_, _, e)| e.name == "vale0:b").unwrap().1;
+        t.release(Held {
+            lane: 0,
+            key: b,
+            hold: 0,
+            extra: None,
+            exclusive: false,
+            pipe: None,
+        });
+        open(&mut t, "vale5:a", user(1000)).unwrap();
+    }
+
+    #[test]
     fn port_memory_is_limited_in_all_and_per_uid() {
         let one = vale_abi::RegionLayout::new(SMALL).unwrap().size as u64;
         let mut t = table(Quota {
             ports_per_uid: 100,
+            switches_per_uid: 8,
             memory: 3 * one,
             memory_per_uid: 2 * one,
         });

@@ -524,6 +524,10 @@ pub fn settings(s: &Settings, threads: usize) -> Response {
             s.port_memory_per_uid_mib().to_string(),
         ),
         (
+            "max_switches_per_uid".to_string(),
+            s.switches_per_uid().to_string(),
+        ),
+        (
             "share".to_string(),
             s.shared
                 .iter()
@@ -921,6 +925,7 @@ mod tests {
         assert_eq!(m["switch_threads"], "");
         assert_eq!(m["metrics_max_connections"], "8");
         assert_eq!(m["metrics_max_connections_per_client"], "2");
-        assert_eq!(m.len(), 33);
+        assert_eq!(m["max_switches_per_uid"], "4", "half of 8");
+        assert_eq!(m.len(), 34);
     }
 }

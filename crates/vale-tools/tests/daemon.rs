@@ -1501,28 +1501,37 @@ fn an_open_that_runs_out_of_descriptors_leaves_none_behind() {
     assert!(d.ports().contains(&"vale0:keep".to_string()));
 }
 
+/// A daemon with `args` whose socket uid 65534 may reach (mode 0666, its directory
+/// 0755), for the per-uid limit tests; None (with a SKIP) without root or setpriv.
+fn open_to_nobody(tag: &str, args: &[&str]) -> Option<Daemon> {
+    if !rustix::process::geteuid().is_root() {
+        skip("the per-uid limit tests need root (to act as another uid)");
+        return None;
+    }
+    if !have("setpriv", "util-linux", "the per-uid limit tests") {
+        return None;
+    }
+    let d = Daemon::start(tag, &[args, &["--socket-mode", "0666"]].concat());
+    let _ = std::fs::set_permissions(&d.dir, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+    Some(d)
+}
+
+/// `pkt-gen -f rx` on `port` for `secs` seconds as uid 65534.
+fn nobody_rx(d: &Daemon, port: &str, secs: &str) -> Command {
+    let mut c = d.cmd("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", PKT_GEN])
+        .args(["-i", port, "-f", "rx", "--duration", secs])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
+
 #[test]
 fn one_uid_cannot_take_every_connection() {
-    if !rustix::process::geteuid().is_root() {
-        skip("the per-uid limit test needs root (to act as another uid)");
+    let Some(d) = open_to_nobody("peruid", &["--max-clients-per-uid", "2"]) else {
         return;
-    }
-    if !have("setpriv", "util-linux", "the per-uid limit test") {
-        return;
-    }
-    let d = Daemon::start(
-        "peruid",
-        &["--max-clients-per-uid", "2", "--socket-mode", "0666"],
-    );
-    let _ = std::fs::set_permissions(&d.dir, std::os::unix::fs::PermissionsExt::from_mode(0o755));
-    let as_nobody = |port: &str| {
-        let mut c = d.cmd("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", PKT_GEN])
-            .args(["-i", port, "-f", "rx", "--duration", "4"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        c
     };
+    let as_nobody = |port: &str| nobody_rx(&d, port, "4");
     // Two receivers as uid 65534 hold a connection each; a third is refused.
     let mut a = as_nobody("vale0:a").spawn().unwrap();
     let mut b = as_nobody("vale0:b").spawn().unwrap();
@@ -1547,26 +1556,10 @@ fn one_uid_cannot_take_every_connection() {
 
 #[test]
 fn one_uid_cannot_take_every_switch() {
-    if !rustix::process::geteuid().is_root() {
-        skip("the per-uid switch test needs root (to act as another uid)");
+    let Some(d) = open_to_nobody("peruid-sw", &["--max-switches-per-uid", "1"]) else {
         return;
-    }
-    if !have("setpriv", "util-linux", "the per-uid switch test") {
-        return;
-    }
-    let d = Daemon::start(
-        "peruid-sw",
-        &["--max-switches-per-uid", "1", "--socket-mode", "0666"],
-    );
-    let _ = std::fs::set_permissions(&d.dir, std::os::unix::fs::PermissionsExt::from_mode(0o755));
-    let as_nobody = |port: &str, secs: &str| {
-        let mut c = d.cmd("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", PKT_GEN])
-            .args(["-i", port, "-f", "rx", "--duration", secs])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        c
     };
+    let as_nobody = |port: &str, secs: &str| nobody_rx(&d, port, secs);
     // uid 65534 makes vale5 (its one switch) and holds a port there.
     let mut a = Reaped(as_nobody("vale5:a", "6").spawn().unwrap());
     assert!(

@@ -730,6 +730,28 @@ mod tests {
         }
     }
 
+    /// Limits that bind none of these tests, each test tightening one.
+    const LOOSE: Quota = Quota {
+        ports_per_uid: 100,
+        switches_per_uid: 8,
+        memory: 1 << 40,
+        memory_per_uid: 1 << 40,
+    };
+
+    /// A hold on open port `name` of lane 0 (the plain kind every open in these tests
+    /// takes), to release one more.
+    fn hold_of(t: &PortTable, name: &str) -> Held {
+        let key = t.board().find(|(_, _, e)| e.name == name).unwrap().1;
+        Held {
+            lane: 0,
+            key,
+            hold: 0,
+            extra: None,
+            exclusive: false,
+            pipe: None,
+        }
+    }
+
     fn open(t: &mut PortTable, name: &str, who: Who) -> Result<Held, String> {
         t.acquire_with(name, SMALL, Wants::default(), who)
             .map(|a| a.held)
@@ -740,9 +762,7 @@ mod tests {
     fn ports_per_uid_are_counted_by_creator_and_given_back() {
         let mut t = table(Quota {
             ports_per_uid: 2,
-            switches_per_uid: 8,
-            memory: 1 << 40,
-            memory_per_uid: 1 << 40,
+            ..LOOSE
         });
         let a = open(&mut t, "vale0:a", user(1000)).unwrap();
         open(&mut t, "vale0:b", user(1000)).unwrap();
@@ -759,26 +779,15 @@ mod tests {
         // A port gone (both holds of vale0:a) is one fewer.
         t.release(a);
         assert!(open(&mut t, "vale0:e", user(1000)).is_err());
-        let again = t.board().find(|(_, _, e)| e.name == "vale0:a").unwrap().1;
-        let held = Held {
-            lane: 0,
-            key: again,
-            hold: 0,
-            extra: None,
-            exclusive: false,
-            pipe: None,
-        };
-        t.release(held);
+        t.release(hold_of(&t, "vale0:a"));
         open(&mut t, "vale0:e", user(1000)).unwrap();
     }
 
     #[test]
     fn switches_made_by_one_uid_are_limited_and_given_back() {
         let mut t = table(Quota {
-            ports_per_uid: 100,
             switches_per_uid: 2,
-            memory: 1 << 40,
-            memory_per_uid: 1 << 40,
+            ..LOOSE
         });
         let a = open(&mut t, "vale0:a", user(1000)).unwrap();
         open(&mut t, "vale1:a", user(1000)).unwrap();
@@ -797,15 +806,7 @@ mod tests {
         // A switch whose last port of its went is one fewer: vale0 still has vale0:b.
         t.release(a);
         assert!(open(&mut t, "vale5:a", user(1000)).is_err());
-        let b = t.board().find(|(_, _, e)| e.name == "vale0:b").unwrap().1;
-        t.release(Held {
-            lane: 0,
-            key: b,
-            hold: 0,
-            extra: None,
-            exclusive: false,
-            pipe: None,
-        });
+        t.release(hold_of(&t, "vale0:b"));
         open(&mut t, "vale5:a", user(1000)).unwrap();
     }
 
@@ -813,10 +814,9 @@ mod tests {
     fn port_memory_is_limited_in_all_and_per_uid() {
         let one = vale_abi::RegionLayout::new(SMALL).unwrap().size as u64;
         let mut t = table(Quota {
-            ports_per_uid: 100,
-            switches_per_uid: 8,
             memory: 3 * one,
             memory_per_uid: 2 * one,
+            ..LOOSE
         });
         open(&mut t, "vale0:a", user(1000)).unwrap();
         open(&mut t, "vale0:b", user(1000)).unwrap();

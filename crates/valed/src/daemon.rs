@@ -154,7 +154,7 @@ pub fn run(
         let cpu = (!settings.cpus.is_empty()).then(|| settings.cpus[t % settings.cpus.len()]);
         threads.push(
             std::thread::Builder::new()
-                .name(format!("vale-fwd{t}"))
+                .name(crate::lane::worker_name(t, 0))
                 .spawn(move || {
                     let mut when_busy = None;
                     match cpu {

@@ -110,6 +110,17 @@ impl From<Response> for Reply {
 }
 
 impl Control {
+    /// The listener joins the control thread's epoll set (at start, and back from a
+    /// pause).
+    pub(super) fn watch_listener(&self, listener: &OwnedFd) -> rustix::io::Result<()> {
+        epoll::add(
+            &self.ep,
+            listener,
+            epoll::EventData::new_u64(CtlToken::Listener.into_u64()),
+            epoll::EventFlags::IN,
+        )
+    }
+
     /// Out of descriptors with none in reserve: the listener leaves the control
     /// thread's set, so that clients waiting on it do not keep the thread spinning.
     fn pause_listener(&mut self, listener: &OwnedFd) {
@@ -130,15 +141,7 @@ impl Control {
         if self.spare.is_none() {
             self.spare = super::spare_fd();
         }
-        if self.spare.is_some()
-            && epoll::add(
-                &self.ep,
-                listener,
-                epoll::EventData::new_u64(super::CtlToken::Listener.into_u64()),
-                epoll::EventFlags::IN,
-            )
-            .is_ok()
-        {
+        if self.spare.is_some() && self.watch_listener(listener).is_ok() {
             self.listener_paused = false;
             tracing::info!("accepting clients again");
         }

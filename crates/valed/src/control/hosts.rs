@@ -57,27 +57,24 @@ impl HostPorts {
         if let Some(h) = self.attached_as(name) {
             return Some((h, false));
         }
-        self.by_name
-            .iter()
-            .find(|(_, h)| {
-                h.attached.is_none()
-                    && h.port.as_deref() == Some(name)
-                    && h.backend.status().waiting
-            })
-            .map(|(n, _)| (n.as_str(), true))
+        self.made_for(name).filter(|(_, waits)| *waits)
     }
 
-    /// The host port made for switch port `name` that was detached by hand and kept
-    /// (a declared TAP after `vale-ctl -d`): attached nowhere, waiting for nobody.
-    fn detached_from(&self, name: &str) -> Option<String> {
+    /// The host port made for switch port `name` that is attached nowhere, with
+    /// whether it waits for its peer (else it was detached by hand and kept: a
+    /// declared TAP after `vale-ctl -d`).
+    fn made_for(&self, name: &str) -> Option<(&str, bool)> {
         self.by_name
             .iter()
-            .find(|(_, h)| {
-                h.attached.is_none()
-                    && h.port.as_deref() == Some(name)
-                    && !h.backend.status().waiting
-            })
-            .map(|(n, _)| n.clone())
+            .find(|(_, h)| h.attached.is_none() && h.port.as_deref() == Some(name))
+            .map(|(n, h)| (n.as_str(), h.backend.status().waiting))
+    }
+
+    /// [`HostPorts::made_for`] `name`, detached by hand and kept.
+    fn detached_from(&self, name: &str) -> Option<String> {
+        self.made_for(name)
+            .filter(|(_, waits)| !*waits)
+            .map(|(n, _)| n.to_string())
     }
 
     /// Where address `mac` (in `vlan`), learned on switch port `port`, lives beyond it,
@@ -471,13 +468,8 @@ impl Control {
 
     /// `vale-ctl -d valeX:NAME`.
     pub(super) fn detach(&mut self, port: &str) -> Result<String, CtlError> {
-        // A port still waiting for its peer.
-        let waiting = self
-            .hosts
-            .by_name
-            .iter()
-            .find(|(_, h)| h.attached.is_none() && h.port.as_deref() == Some(port))
-            .map(|(n, _)| n.clone());
+        // A port still waiting for its peer (or one detached by hand and kept).
+        let waiting = self.hosts.made_for(port).map(|(n, _)| n.to_string());
         if let Some(n) = waiting {
             self.forget(&n);
             return Ok(format!("removed {port}"));
@@ -601,11 +593,7 @@ impl Control {
         }
         // Only the TAP made for this declaration: one of that name made since by hand
         // (`vale-ctl -n`, attached elsewhere or nowhere) is not the file's to remove.
-        let made_for_it = self
-            .hosts
-            .by_name
-            .get(&name)
-            .is_some_and(|h| h.attached.is_none() && h.port.as_deref() == Some(port));
+        let made_for_it = self.hosts.made_for(port).is_some_and(|(n, _)| n == name);
         if matches!(spec, PortSpec::Tap { .. }) && made_for_it {
             self.forget(&name);
         }

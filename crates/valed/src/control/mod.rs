@@ -204,13 +204,8 @@ impl Control {
         stop: &AtomicBool,
         reload: &AtomicBool,
     ) -> Result<(), StartError> {
-        epoll::add(
-            &self.ep,
-            listener,
-            epoll::EventData::new_u64(CtlToken::Listener.into_u64()),
-            epoll::EventFlags::IN,
-        )
-        .map_err(|e| StartError::Os("epoll_ctl", e.into()))?;
+        self.watch_listener(listener)
+            .map_err(|e| StartError::Os("epoll_ctl", e.into()))?;
         let mut events: Vec<epoll::Event> = Vec::with_capacity(64);
         let mut buf = vec![0u8; proto::MAX_MSG];
         let mut last_sweep = std::time::Instant::now();

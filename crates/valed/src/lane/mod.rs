@@ -191,6 +191,15 @@ pub struct Lane {
     pub stats: Arc<LaneStats>,
 }
 
+/// The thread name of worker `worker` (0: the lane's own thread, `h`: its helper `h`)
+/// of lane `lane`: `vale-fwd0`, `vale-fwd0.1`.
+pub fn worker_name(lane: usize, worker: usize) -> String {
+    match worker {
+        0 => format!("vale-fwd{lane}"),
+        h => format!("vale-fwd{lane}.{h}"),
+    }
+}
+
 /// A worker's loop count, on a cache line of its own (each worker writes its own at
 /// every pass).
 #[repr(align(128))]
@@ -399,7 +408,7 @@ impl Lane {
             let cpu = (!cpus.is_empty()).then(|| cpus[t % cpus.len()]);
             let lane = self.clone();
             let th = std::thread::Builder::new()
-                .name(format!("vale-fwd{index}.{h}"))
+                .name(worker_name(index, h))
                 .spawn(move || {
                     if let Some(c) = cpu {
                         crate::daemon::pin(t, c);
@@ -425,7 +434,7 @@ impl Lane {
     /// Worker `worker` (0: the lane's thread) goes round its loop once more: it is
     /// not stuck. Each worker goes round at least once a second however idle (its
     /// sleeps are bounded: 1 s in epoll, 100 ms parked), so one whose count stays put
-    /// for longer is held up somewhere (the watchdog: `control::Control::stalled`).
+    /// for longer is held up somewhere (`control::watchdog`).
     pub fn beat(&self, worker: usize) {
         if let Some(Beat(b)) = self.beats.get(worker) {
             b.store(b.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
@@ -439,11 +448,7 @@ impl Lane {
         (0..=helpers)
             .filter_map(|w| {
                 let n = self.beats.get(w)?.0.load(Ordering::Relaxed);
-                let name = match w {
-                    0 => format!("vale-fwd{index}"),
-                    h => format!("vale-fwd{index}.{h}"),
-                };
-                Some((name, n))
+                Some((worker_name(index, w), n))
             })
             .collect()
     }
